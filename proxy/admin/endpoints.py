@@ -1,0 +1,325 @@
+"""Admin endpoints as Envoy serves them: routing, query parsing and response bodies.
+
+Job: turn (method, request target) into an `AdminResponse` by calling the `AdminContext`
+the server was given. Bodies follow Envoy's admin output (`/stats`, `/stats/prometheus`,
+`/clusters`, `/listeners`, `/config_dump`, `/server_info`, `/ready`, `/healthcheck/*`,
+`/quitquitquit`). Mutating endpoints require POST (GET answers 400). A handler exception
+becomes a 500 carrying the message; it never escapes `handle()`.
+
+Thread affinity: `handle()` is called on admin request threads (one per connection), so
+every `AdminContext` callable must be safe to call from any thread (read immutable
+snapshots, or post to main and wait). Must not: do socket I/O or import the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from proxy.stats.render import render_json, render_prometheus, render_text
+from proxy.stats.store import StatsSnapshot
+
+__all__ = ["AdminContext", "AdminResponse", "Endpoint", "ENDPOINTS", "handle", "help_text",
+           "render_clusters_text", "render_clusters_json", "render_listeners_json"]
+
+TEXT = "text/plain; charset=UTF-8"
+JSON = "application/json"
+REQUIRES_POST = "This endpoint requires POST\n"
+
+_log = logging.getLogger("proxy.admin")
+
+
+class AdminContext(Protocol):
+    """What the admin needs from the server. Called from admin request threads.
+
+    clusters(): [{"name": str, "added_via_api": bool (optional),
+                  "hosts": [{"address": "127.0.0.1", "port": 8080, "weight": 1,
+                             "health_flags": "healthy" | "/failed_active_hc/failed_outlier_check"...,
+                             "hostname": str (opt), "zone"/"region"/"sub_zone": str (opt),
+                             "priority": int (opt), "stats": {"cx_active": n, "rq_total": n, ...}}],
+                  "circuit_breakers": {"thresholds": [{"priority": "DEFAULT"|"HIGH",
+                      "max_connections": n, "max_pending_requests": n, "max_requests": n,
+                      "max_retries": n}]}}]
+    listeners(): [{"name": str, "address": "127.0.0.1:10000"}]
+    state(): "LIVE" | "DRAINING" | "PRE_INITIALIZING" | "INITIALIZING"
+    """
+
+    def stats_snapshot(self) -> StatsSnapshot: ...
+    def clusters(self) -> list[dict[str, Any]]: ...
+    def config_dump(self) -> dict[str, Any]: ...
+    def listeners(self) -> list[dict[str, Any]]: ...
+    def server_info(self) -> dict[str, Any]: ...
+    def state(self) -> str: ...
+    def set_healthcheck_failed(self, failed: bool) -> None: ...
+    def quit(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdminResponse:
+    status: int
+    content_type: str
+    body: bytes
+    # Run by the server after the response has been written (e.g. quit()).
+    after: Callable[[], None] | None = None
+
+
+def _text(status: int, body: str, after: Callable[[], None] | None = None) -> AdminResponse:
+    return AdminResponse(status, TEXT, body.encode(), after)
+
+
+def _json(obj: Any, status: int = 200) -> AdminResponse:
+    return AdminResponse(status, JSON, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+Params = Mapping[str, Sequence[str]]
+Handler = Callable[[AdminContext, Params], AdminResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str
+    help: str
+    handler: Handler
+    mutates: bool = False
+
+
+def _param(params: Params, key: str) -> str | None:
+    vals = params.get(key)
+    return vals[-1] if vals else None
+
+
+# ---------------------------------------------------------------- stats
+
+
+def _stats(ctx: AdminContext, params: Params, fmt: str | None = None) -> AdminResponse:
+    fmt = fmt or _param(params, "format") or "text"
+    filter_re = _param(params, "filter")
+    usedonly = "usedonly" in params
+    try:
+        rx = re.compile(filter_re) if filter_re else None
+    except re.error as e:
+        return _text(400, f"Invalid re2 regex: {e}\n")
+    renderers = {"text": (render_text, TEXT), "json": (render_json, JSON),
+                 "prometheus": (render_prometheus, TEXT)}
+    if fmt not in renderers:
+        return _text(400, f"usage: /stats?format=(json|prometheus|text); unknown format {fmt!r}\n")
+    render, ctype = renderers[fmt]
+    return AdminResponse(200, ctype, render(ctx.stats_snapshot(), rx, usedonly).encode())
+
+
+def _stats_prometheus(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _stats(ctx, params, "prometheus")
+
+
+# ---------------------------------------------------------------- clusters
+
+_CB_FIELDS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
+_GAUGE_HOST_STATS = frozenset({"cx_active", "rq_active"})
+
+
+def _host_addr(host: Mapping[str, Any]) -> str:
+    addr = str(host.get("address", ""))
+    if ":" in addr and not addr.startswith("["):
+        addr = f"[{addr}]"
+    return f"{addr}:{host.get('port', 0)}"
+
+
+def _bool(v: Any) -> str:
+    return "true" if v else "false"
+
+
+def render_clusters_text(clusters: Sequence[Mapping[str, Any]]) -> str:
+    """Envoy `/clusters` text: `<cluster>::<key>::<value>` and `<cluster>::<host>::<key>::<value>`."""
+    out: list[str] = []
+    for c in clusters:
+        name = c["name"]
+        out.append(f"{name}::observability_name::{c.get('observability_name', name)}")
+        for t in (c.get("circuit_breakers") or {}).get("thresholds", []):
+            prio = str(t.get("priority", "DEFAULT")).lower()
+            for f in _CB_FIELDS:
+                if f in t:
+                    out.append(f"{name}::{prio}_priority::{f}::{t[f]}")
+        out.append(f"{name}::added_via_api::{_bool(c.get('added_via_api', False))}")
+        for h in c.get("hosts", []):
+            p = f"{name}::{_host_addr(h)}"
+            for k, v in sorted((h.get("stats") or {}).items()):
+                out.append(f"{p}::{k}::{v}")
+            out.append(f"{p}::hostname::{h.get('hostname', '')}")
+            out.append(f"{p}::health_flags::{h.get('health_flags', 'healthy')}")
+            out.append(f"{p}::weight::{h.get('weight', 1)}")
+            out.append(f"{p}::region::{h.get('region', '')}")
+            out.append(f"{p}::zone::{h.get('zone', '')}")
+            out.append(f"{p}::sub_zone::{h.get('sub_zone', '')}")
+            out.append(f"{p}::canary::{_bool(h.get('canary', False))}")
+            out.append(f"{p}::priority::{h.get('priority', 0)}")
+            out.append(f"{p}::success_rate::{h.get('success_rate', -1)}")
+            out.append(f"{p}::local_origin_success_rate::{h.get('local_origin_success_rate', -1)}")
+    return "".join(line + "\n" for line in out)
+
+
+_FLAG_TO_JSON = {
+    "/failed_active_hc": ("failed_active_health_check", True),
+    "/failed_outlier_check": ("failed_outlier_check", True),
+    "/degraded_active_hc": ("failed_active_degraded_check", True),
+    "/pending_dynamic_removal": ("pending_dynamic_removal", True),
+    "/pending_active_hc": ("pending_active_hc", True),
+    "/excluded_via_immediate_hc_fail": ("excluded_via_immediate_hc_fail", True),
+}
+
+
+def _health_status(flags: str) -> dict[str, Any]:
+    status: dict[str, Any] = {"eds_health_status": "HEALTHY"}
+    for flag in re.findall(r"/[a-z_]+", flags or ""):
+        if flag == "/failed_eds_health":
+            status["eds_health_status"] = "UNHEALTHY"
+        elif flag == "/degraded_eds_health":
+            status["eds_health_status"] = "DEGRADED"
+        elif flag in _FLAG_TO_JSON:
+            key, val = _FLAG_TO_JSON[flag]
+            status[key] = val
+    return status
+
+
+def _socket_address(address: str, port: Any) -> dict[str, Any]:
+    return {"socket_address": {"address": address.strip("[]"), "port_value": int(port)}}
+
+
+def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Envoy `/clusters?format=json` shape (`cluster_statuses[].host_statuses[]`); stat
+    values are strings as protobuf JSON renders uint64."""
+    statuses = []
+    for c in clusters:
+        hosts = []
+        for h in c.get("hosts", []):
+            stats = []
+            for k, v in sorted((h.get("stats") or {}).items()):
+                entry: dict[str, Any] = {"name": k, "value": str(v)}
+                if k in _GAUGE_HOST_STATS:
+                    entry["type"] = "GAUGE"
+                stats.append(entry)
+            host: dict[str, Any] = {
+                "address": _socket_address(str(h.get("address", "")), h.get("port", 0)),
+                "stats": stats,
+                "health_status": _health_status(str(h.get("health_flags", "healthy"))),
+                "weight": h.get("weight", 1),
+                "locality": {k: h[k] for k in ("region", "zone", "sub_zone") if h.get(k)},
+                "priority": h.get("priority", 0),
+            }
+            if h.get("hostname"):
+                host["hostname"] = h["hostname"]
+            hosts.append(host)
+        entry_c: dict[str, Any] = {
+            "name": c["name"],
+            "observability_name": c.get("observability_name", c["name"]),
+            "added_via_api": bool(c.get("added_via_api", False)),
+            "host_statuses": hosts,
+        }
+        if c.get("circuit_breakers"):
+            entry_c["circuit_breakers"] = c["circuit_breakers"]
+        statuses.append(entry_c)
+    return {"cluster_statuses": statuses}
+
+
+def _clusters(ctx: AdminContext, params: Params) -> AdminResponse:
+    if _param(params, "format") == "json":
+        return _json(render_clusters_json(ctx.clusters()))
+    return _text(200, render_clusters_text(ctx.clusters()))
+
+
+# ---------------------------------------------------------------- listeners, server
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else 0
+
+
+def render_listeners_json(listeners: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out = []
+    for lst in listeners:
+        host, port = _split_address(str(lst.get("address", "")))
+        out.append({"name": lst["name"], "local_address": _socket_address(host, port)})
+    return {"listener_statuses": out}
+
+
+def _listeners(ctx: AdminContext, params: Params) -> AdminResponse:
+    listeners = ctx.listeners()
+    if _param(params, "format") == "json":
+        return _json(render_listeners_json(listeners))
+    return _text(200, "".join(f"{lst['name']}::{lst.get('address', '')}\n" for lst in listeners))
+
+
+def _config_dump(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.config_dump())
+
+
+def _server_info(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.server_info())
+
+
+def _ready(ctx: AdminContext, params: Params) -> AdminResponse:
+    state = ctx.state()
+    return _text(200 if state == "LIVE" else 503, f"{state}\n")
+
+
+def _healthcheck_fail(ctx: AdminContext, params: Params) -> AdminResponse:
+    ctx.set_healthcheck_failed(True)
+    return _text(200, "OK\n")
+
+
+def _healthcheck_ok(ctx: AdminContext, params: Params) -> AdminResponse:
+    ctx.set_healthcheck_failed(False)
+    return _text(200, "OK\n")
+
+
+def _quit(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _text(200, "OK\n", after=ctx.quit)
+
+
+def _help(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _text(200, help_text())
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/", "Admin home page", _help),
+    Endpoint("/clusters", "upstream cluster status", _clusters),
+    Endpoint("/config_dump", "dump current Envoy configs", _config_dump),
+    Endpoint("/healthcheck/fail", "cause the server to fail health checks", _healthcheck_fail, mutates=True),
+    Endpoint("/healthcheck/ok", "cause the server to pass health checks", _healthcheck_ok, mutates=True),
+    Endpoint("/help", "print out list of admin commands", _help),
+    Endpoint("/listeners", "print listener info", _listeners),
+    Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
+    Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),
+    Endpoint("/server_info", "print server version/status information", _server_info),
+    Endpoint("/stats", "print server stats", _stats),
+    Endpoint("/stats/prometheus", "print server stats in prometheus format", _stats_prometheus),
+)
+_BY_PATH: Mapping[str, Endpoint] = {e.path: e for e in ENDPOINTS}
+
+
+def help_text() -> str:
+    return "admin commands are:\n" + "".join(f"  {e.path}: {e.help}\n" for e in ENDPOINTS)
+
+
+def handle(ctx: AdminContext, method: str, target: str) -> AdminResponse:
+    """Route one request. Never raises: handler errors become 500 with the message."""
+    try:
+        parts = urlsplit(target)
+        path = parts.path or "/"
+        if len(path) > 1:
+            path = path.rstrip("/")
+        endpoint = _BY_PATH.get(path)
+        if endpoint is None:
+            return _text(404, "invalid path. " + help_text())
+        if endpoint.mutates and method != "POST":
+            return _text(400, REQUIRES_POST)
+        params = parse_qs(parts.query, keep_blank_values=True)
+        return endpoint.handler(ctx, params)
+    except Exception as e:  # noqa: BLE001 - the admin must survive any handler bug
+        _log.exception("admin handler failed: %s %s", method, target)
+        return _text(500, f"{type(e).__name__}: {e}\n")

@@ -1,0 +1,168 @@
+"""The admin HTTP/1.1 server: a thin socket shell around `endpoints.handle`.
+
+Job: bind `admin.address` (port 0 allowed), accept on a daemon thread named "admin", serve
+each connection on its own daemon thread "admin-request" (keep-alive, Content-Length always
+set), and write whatever `endpoints.handle` answers. `stop()` stops accepting and closes the
+listen socket (hot restart frees the admin port this way); connections already open finish
+their current request and close at their idle timeout.
+
+Thread affinity: `start()`/`stop()` from main (or any one thread; `stop()` is also safe from
+an admin request thread, e.g. inside `quit()`). Request threads only call `handle()`.
+Must not: contain endpoint logic, or block main.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .endpoints import AdminContext, AdminResponse, handle
+
+__all__ = ["AdminServer"]
+
+_log = logging.getLogger("proxy.admin")
+
+# An idle keep-alive admin connection is dropped after this long, so slow or stuck clients
+# cannot pin request threads forever.
+IDLE_TIMEOUT_S = 30.0
+# Admin POSTs carry no meaningful body; refuse big ones rather than buffer them.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "envoy"
+    sys_version = ""
+    timeout = IDLE_TIMEOUT_S
+    server: _HTTPServer
+
+    def _dispatch(self, send_body: bool = True) -> None:
+        if not self._drain_body():
+            return
+        method = "GET" if self.command == "HEAD" else self.command
+        resp = handle(self.server.context, method, self.path)
+        if resp.after is not None:
+            self.close_connection = True
+        self._write(resp, send_body)
+        if resp.after is not None:
+            try:
+                resp.after()
+            except Exception:  # noqa: BLE001 - never kill the request thread
+                _log.exception("admin post-response action failed for %s", self.path)
+
+    def _drain_body(self) -> bool:
+        raw = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            self._write(AdminResponse(411, "text/plain; charset=UTF-8", b"Content-Length required\n"))
+            self.close_connection = True
+            return False
+        try:
+            length = int(raw) if raw else 0
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            self._write(AdminResponse(413 if length > 0 else 400, "text/plain; charset=UTF-8", b"bad request body\n"))
+            self.close_connection = True
+            return False
+        if length:
+            self.rfile.read(length)
+        return True
+
+    def _write(self, resp: AdminResponse, send_body: bool = True) -> None:
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(len(resp.body)))
+        self.send_header("Cache-Control", "no-cache, max-age=0")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(resp.body)
+        self.wfile.flush()
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch(send_body=False)
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        _log.debug("admin %s %s", self.address_string(), format % args)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], context: AdminContext) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.context = context
+        super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             name="admin-request", daemon=True)
+        t.start()
+
+    def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+        _log.exception("admin connection from %s failed", client_address)
+
+
+class AdminServer:
+    """Envoy's admin endpoint on `host:port`. `.port` is the bound port after `start()`."""
+
+    def __init__(self, context: AdminContext, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._context = context
+        self._host = host
+        self._port = port
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        # AdminServer._lock guards _httpd/_thread against concurrent start()/stop()
+        # (stop() may come from an admin request thread via quit()).
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        httpd = self._httpd
+        return httpd.server_address[1] if httpd is not None else self._port
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    def start(self) -> None:
+        with self._lock:
+            if self._httpd is not None:
+                raise RuntimeError("admin server already started")
+            httpd = _HTTPServer((self._host, self._port), self._context)
+            thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                      name="admin", daemon=True)
+            self._httpd, self._thread = httpd, thread
+            thread.start()
+        _log.info("admin listening on %s:%d", self._host, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listen socket. Idempotent."""
+        with self._lock:
+            httpd, thread = self._httpd, self._thread
+            self._httpd = self._thread = None
+        if httpd is None:
+            return
+        self._port = httpd.server_address[1]
+        httpd.shutdown()
+        httpd.server_close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)

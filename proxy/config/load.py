@@ -1,0 +1,108 @@
+"""Loading a bootstrap file (`-c`, `--config-yaml`) and the `validate` entry point.
+
+Job: read a .yaml/.yml/.json file, optionally merge `--config-yaml` over it the way Envoy
+merges protos (objects merged, lists appended, scalars replaced), fill the extension registry
+and validate the tree into a `Bootstrap`. Every failure is a `ConfigError` with a clear
+message (file, line for syntax errors, JSON path for bad values).
+
+Must not: touch sockets or start anything. Thread affinity: main thread only (file I/O).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+import proxy.extensions  # noqa: F401  fills the registry before any config is parsed
+from proxy.config.bootstrap import Bootstrap
+from proxy.config.bootstrap import parse_bootstrap as _parse_bootstrap
+from proxy.config.reader import ConfigError
+
+__all__ = ["load_bootstrap", "parse_bootstrap", "parse_text", "merge", "validate"]
+
+_YAML_EXT = (".yaml", ".yml")
+_JSON_EXT = (".json",)
+_PROTO_EXT = (".pb", ".pb_text")
+
+
+def parse_bootstrap(raw: Mapping[str, Any]) -> Bootstrap:
+    """Validate an already-decoded bootstrap tree (registry filled by this module's import)."""
+    return _parse_bootstrap(raw)
+
+
+def load_bootstrap(path: str | None, *, config_yaml: str | None = None) -> Bootstrap:
+    """Load and validate the bootstrap at `path`, with `config_yaml` merged over it."""
+    tree: Any = {}
+    if path:
+        tree = _read_file(path)
+    if config_yaml:
+        overlay = parse_text(config_yaml, "--config-yaml", as_json=False)
+        tree = merge(tree, overlay)
+    if not path and not config_yaml:
+        raise ConfigError("", "no configuration given (use -c <file> or --config-yaml)")
+    if not isinstance(tree, Mapping):
+        raise ConfigError("", f"{path}: the top level must be an object, got {type(tree).__name__}")
+    return _parse_bootstrap(tree)
+
+
+def validate(path: str | None, *, config_yaml: str | None = None) -> tuple[int, str]:
+    """`--mode validate` / `proxyctl validate`: (exit status, message to print)."""
+    try:
+        load_bootstrap(path, config_yaml=config_yaml)
+    except ConfigError as e:
+        return 1, f"error initializing configuration '{path or '--config-yaml'}': {e}"
+    return 0, f"configuration '{path or '--config-yaml'}' OK"
+
+
+def _read_file(path: str) -> Any:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _PROTO_EXT:
+        raise ConfigError("", f"{path}: protobuf bootstrap files ({ext}) are not supported yet; "
+                              "use YAML or JSON")
+    if ext not in _YAML_EXT + _JSON_EXT:
+        raise ConfigError("", f"{path}: unknown config file extension {ext!r} "
+                              "(expected .yaml, .yml or .json)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as e:
+        raise ConfigError("", f"{path}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"{path}: config file is not UTF-8 text ({e.reason})") from None
+    return parse_text(text, path, as_json=ext in _JSON_EXT)
+
+
+def parse_text(text: str, source: str, *, as_json: bool) -> Any:
+    """Decode JSON or YAML text (YAML is a superset, so .yaml files may hold JSON)."""
+    if as_json:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError("", f"{source}: invalid JSON at line {e.lineno} column {e.colno}: "
+                                  f"{e.msg}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{source}: invalid YAML{where}: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{source}: invalid YAML: {e}") from None
+    return {} if data is None else data
+
+
+def merge(base: Any, overlay: Any) -> Any:
+    """Proto MergeFrom on decoded trees: objects merge key by key, lists append, else replace."""
+    if isinstance(base, Mapping) and isinstance(overlay, Mapping):
+        out = dict(base)
+        for key, value in overlay.items():
+            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if isinstance(base, list) and isinstance(overlay, list):
+        return [*base, *copy.deepcopy(overlay)]
+    return copy.deepcopy(overlay)

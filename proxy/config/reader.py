@@ -1,0 +1,249 @@
+"""Path-tracking readers for Envoy v3 config trees (plain dicts/lists from YAML or JSON).
+
+Job: turn untrusted config values into checked Python values, and on any mistake raise
+`ConfigError` whose message names the full path (`static_resources.clusters[0].lb_policy`).
+Every parser in ftproxy (bootstrap, filters, routes, clusters, xDS resources) reads through
+`Fields` so that a bad file and a bad xDS push get the same message.
+
+Rules followed (Envoy's, from its JSON->proto loading):
+- unknown fields are errors, with a "did you mean" suggestion;
+- enum names are case-insensitive (`round_robin` == `ROUND_ROBIN`);
+- durations are strings (`"0.25s"`, `"5s"`, `"1.5ms"` is NOT valid proto JSON but `"0.0015s"` is),
+  or `{seconds, nanos}`; plain numbers are accepted as seconds;
+- wrapper types (UInt32Value, BoolValue) may be given as plain scalars or `{value: x}`;
+- a field present with value null is treated as absent.
+
+Must not: do I/O, import anything from proxy beyond this package, or keep state.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+__all__ = ["ConfigError", "Fields", "MISSING", "join", "index", "parse_duration"]
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. `path` is the JSON path, `message` the reason."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def index(path: str, i: int) -> str:
+    return f"{path}[{i}]"
+
+
+_DURATION_RE = re.compile(r"^(-?\d+(?:\.\d+)?)s$")
+
+
+def parse_duration(value: Any, path: str) -> float:
+    """Duration in seconds from `"1.5s"`, `{seconds, nanos}` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(path, f"expected a duration such as \"5s\", got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value.strip())
+        if not m:
+            raise ConfigError(path, f"invalid duration {value!r} (expected e.g. \"0.25s\")")
+        seconds = float(m.group(1))
+    elif isinstance(value, Mapping):
+        f = Fields(value, path, ("seconds", "nanos"))
+        seconds = f.int("seconds", 0) + f.int("nanos", 0) / 1e9
+    else:
+        raise ConfigError(path, f"expected a duration such as \"5s\", got {type(value).__name__}")
+    if seconds < 0:
+        raise ConfigError(path, "duration must not be negative")
+    return seconds
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list):
+        return "list"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+class Fields:
+    """A config object (mapping) at `path`, restricted to `allowed` field names.
+
+    Construction checks the type and rejects unknown fields. Accessors take the field name
+    and a default; `required=True` makes absence an error.
+    """
+
+    __slots__ = ("raw", "path")
+
+    def __init__(self, value: Any, path: str, allowed: Iterable[str]) -> None:
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"expected an object, got {_type_name(value)}")
+        allowed = tuple(allowed)
+        for key in value:
+            if not isinstance(key, str):
+                raise ConfigError(path, f"field names must be strings, got {key!r}")
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                more = f' (did you mean "{hint[0]}"?)' if hint else ""
+                raise ConfigError(path, f'unknown field "{key}"{more}')
+        self.raw: Mapping[str, Any] = value
+        self.path = path
+
+    # -- plumbing -------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def at(self, key: str) -> str:
+        return join(self.path, key)
+
+    def value(self, key: str, default: Any = MISSING, required: bool = False) -> Any:
+        v = self.raw.get(key)
+        if v is None:
+            if required or default is MISSING:
+                if required:
+                    raise ConfigError(self.at(key), "required field is missing")
+                return None
+            return default
+        return v
+
+    def _unwrap(self, key: str, v: Any) -> Any:
+        # Wrapper types (google.protobuf.UInt32Value etc.) may be written as {value: x}.
+        if isinstance(v, Mapping) and set(v) == {"value"}:
+            return v["value"]
+        return v
+
+    # -- scalars ------------------------------------------------------------------------
+    def str(self, key: str, default: Any = MISSING, required: bool = False) -> Any:
+        v = self.value(key, default, required)
+        if v is None or v is default:
+            return v
+        if not isinstance(v, str):
+            raise ConfigError(self.at(key), f"expected a string, got {_type_name(v)}")
+        return v
+
+    def bool(self, key: str, default: Any = MISSING, required: bool = False) -> Any:
+        v = self.value(key, default, required)
+        if v is None or v is default:
+            return v
+        v = self._unwrap(key, v)
+        if not isinstance(v, bool):
+            raise ConfigError(self.at(key), f"expected true or false, got {v!r}")
+        return v
+
+    def int(self, key: str, default: Any = MISSING, required: bool = False,
+            min: int | None = None, max: int | None = None) -> Any:
+        v = self.value(key, default, required)
+        if v is None or v is default:
+            return v
+        v = self._unwrap(key, v)
+        if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+            v = int(v)  # proto3 JSON writes 64-bit integers as strings
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(self.at(key), f"expected an integer, got {v!r}")
+        if min is not None and v < min:
+            raise ConfigError(self.at(key), f"must be >= {min}, got {v}")
+        if max is not None and v > max:
+            raise ConfigError(self.at(key), f"must be <= {max}, got {v}")
+        return v
+
+    def float(self, key: str, default: Any = MISSING, required: bool = False) -> Any:
+        v = self.value(key, default, required)
+        if v is None or v is default:
+            return v
+        v = self._unwrap(key, v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(self.at(key), f"expected a number, got {v!r}")
+        return float(v)
+
+    def duration(self, key: str, default: Any = MISSING, required: bool = False) -> Any:
+        v = self.value(key, default, required)
+        if v is None or v is default:
+            return v
+        return parse_duration(v, self.at(key))
+
+    def enum(self, key: str, choices: Iterable[str], default: Any = MISSING,
+             required: bool = False) -> Any:
+        """Case-insensitive enum; returns the canonical (upper-case) name."""
+        v = self.value(key, default, required)
+        if v is None or v is default:
+            return v
+        choices = tuple(choices)
+        if isinstance(v, str) and v.upper() in choices:
+            return v.upper()
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(choices):
+            return choices[v]  # proto enums may be written by number
+        hint = difflib.get_close_matches(str(v).upper(), choices, n=1, cutoff=0.6)
+        more = f' (did you mean "{hint[0]}"?)' if hint else ""
+        raise ConfigError(self.at(key), f'unknown value "{v}"{more}; expected one of {", ".join(choices)}')
+
+    # -- structure ----------------------------------------------------------------------
+    def obj(self, key: str, allowed: Iterable[str], required: bool = False) -> Fields | None:
+        v = self.value(key, required=required)
+        if v is None:
+            return None
+        return Fields(v, self.at(key), allowed)
+
+    def raw_obj(self, key: str, required: bool = False) -> Mapping[str, Any] | None:
+        """An object whose fields the caller checks (e.g. a typed_config)."""
+        v = self.value(key, required=required)
+        if v is None:
+            return None
+        if not isinstance(v, Mapping):
+            raise ConfigError(self.at(key), f"expected an object, got {_type_name(v)}")
+        return v
+
+    def list(self, key: str, required: bool = False, min_items: int = 0) -> list[tuple[Any, str]]:
+        """Items of a list field as (value, path) pairs."""
+        v = self.value(key, required=required)
+        if v is None:
+            v = []
+        if not isinstance(v, list):
+            raise ConfigError(self.at(key), f"expected a list, got {_type_name(v)}")
+        if len(v) < min_items:
+            raise ConfigError(self.at(key), f"must have at least {min_items} item(s)")
+        base = self.at(key)
+        return [(item, index(base, i)) for i, item in enumerate(v)]
+
+    def objs(self, key: str, allowed: Iterable[str], required: bool = False,
+             min_items: int = 0) -> Iterator[Fields]:
+        allowed = tuple(allowed)
+        for item, path in self.list(key, required=required, min_items=min_items):
+            yield Fields(item, path, allowed)
+
+    def strs(self, key: str, required: bool = False, min_items: int = 0) -> tuple[str, ...]:
+        out = []
+        for item, path in self.list(key, required=required, min_items=min_items):
+            if not isinstance(item, str):
+                raise ConfigError(path, f"expected a string, got {_type_name(item)}")
+            out.append(item)
+        return tuple(out)
+
+    def oneof(self, *keys: str, required: bool = False) -> str | None:
+        """Which of the mutually exclusive `keys` is set (None if none)."""
+        present = [k for k in keys if self.has(k)]
+        if len(present) > 1:
+            raise ConfigError(self.path, f"only one of {', '.join(keys)} may be set, got {', '.join(present)}")
+        if not present:
+            if required:
+                raise ConfigError(self.path, f"one of {', '.join(keys)} is required")
+            return None
+        return present[0]

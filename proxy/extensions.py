@@ -1,0 +1,16 @@
+"""The list of built-in extensions, like Envoy's extensions_build_config.bzl.
+
+Job: importing this module imports every module that registers an extension (network
+filters, HTTP filters, access loggers), filling `proxy.config.registry`. Adding an
+extension = one import line here.
+
+Must not: contain logic. Thread affinity: import on the main thread before any worker starts;
+the registry is read-only afterwards.
+"""
+
+from __future__ import annotations
+
+import proxy.access_log.config  # noqa: F401  access loggers
+import proxy.http.hcm_config  # noqa: F401  envoy.filters.network.http_connection_manager
+import proxy.http.router_filter_config  # noqa: F401  envoy.filters.http.router
+import proxy.network.tcp_proxy_config  # noqa: F401  envoy.filters.network.tcp_proxy

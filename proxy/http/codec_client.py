@@ -1,0 +1,144 @@
+"""Upstream HTTP/1.1 connection: a client Connection plus a client codec, one request at a time.
+
+States (one at a time, Envoy's pool client states): CONNECTING -> READY (idle in the pool)
+<-> BUSY (serving one router) -> CLOSED. The pool decides; this object answers predicates and
+forwards codec events to the router that holds it.
+Thread affinity: the worker that owns its pool.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ..network.connection import CloseReason, Connection, ConnectionCallbacks
+from .codec import make_client_codec
+from .codec.errors import CodecError
+from .codec.events import Data, Informational, MessageComplete, ResponseHeaders
+
+__all__ = ["UpstreamHttpConnection"]
+
+_RESET_REASON = {
+    CloseReason.CONNECT_FAILED: ("connection failure", "UF"),
+    CloseReason.CONNECT_TIMEOUT: ("connection timeout", "UF"),
+}
+
+
+class UpstreamHttpConnection(ConnectionCallbacks):
+    __slots__ = ("pool", "connection", "codec", "router", "state", "requests", "response_done",
+                 "tunnel", "holds_slot")
+
+    def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
+                 buffer_limit: int, codec_impl: str, conn_id: int) -> None:
+        self.pool = pool
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection = Connection(dispatcher, sock, self, buffer_limit=buffer_limit,
+                                     remote_address="%s:%d" % address, conn_id=conn_id)
+        self.codec = make_client_codec(codec_impl)
+        self.router = None
+        self.state = "CONNECTING"
+        self.requests = 0
+        self.response_done = False
+        self.tunnel = False
+        self.holds_slot = False
+        self.connection.connect(address, connect_timeout)
+
+    # -- used by the router ---------------------------------------------------------------------
+    def send_request(self, router, head, chunked: bool) -> None:
+        self.router = router
+        self.requests += 1
+        self.response_done = False
+        headers = [(b"host", head.authority)]
+        headers.extend(kv for kv in head.headers.items() if kv[0] != b"host")
+        self.connection.write(self.codec.encode_request_head(head.method, head.path, headers,
+                                                             chunked=chunked))
+
+    def send_body(self, data: bytes) -> None:
+        self.connection.write(self.codec.encode_body(data))
+
+    def end_request(self, trailers) -> None:
+        self.connection.write(self.codec.encode_end(trailers))
+
+    def release(self, reusable: bool) -> None:
+        """The router is done with this connection."""
+        self.router = None
+        self.pool.on_release(self, reusable and self.response_done and not self.tunnel)
+
+    # -- connection callbacks ----------------------------------------------------------------------
+    def on_connected(self) -> None:
+        self.pool.on_connected(self)
+
+    def on_data(self, data: bytes) -> None:
+        router = self.router
+        try:
+            events = self.codec.feed(data)
+        except CodecError as e:
+            self._fail(f"protocol error", "UPE", 502, e)
+            return
+        for ev in events:
+            router = self.router
+            if router is None:
+                # Bytes with no request outstanding (or after we gave up): not reusable.
+                self.connection.close(flush=False)
+                return
+            cls = type(ev)
+            if cls is Data:
+                router.on_upstream_data(ev.data)
+            elif cls is ResponseHeaders:
+                if ev.status == 101:
+                    self.tunnel = True
+                router.on_upstream_headers(ev)
+            elif cls is MessageComplete:
+                self.response_done = True
+                router.on_upstream_complete(ev.trailers)
+            elif cls is Informational:
+                pass  # 100-continue was answered by the connection manager already
+
+    def on_eof(self) -> None:
+        router = self.router
+        if router is not None:
+            try:
+                events = self.codec.feed(b"")
+            except CodecError:
+                events = None
+            if events:
+                self.on_data_events(events)
+        self.connection.close(flush=False, reason=CloseReason.REMOTE)
+
+    def on_data_events(self, events) -> None:
+        for ev in events:
+            router = self.router
+            if router is None:
+                return
+            if type(ev) is Data:
+                router.on_upstream_data(ev.data)
+            elif type(ev) is MessageComplete:
+                self.response_done = True
+                router.on_upstream_complete(ev.trailers)
+
+    def on_close(self, reason: str) -> None:
+        prev = self.state
+        self.state = "CLOSED"
+        router = self.router
+        self.router = None
+        self.pool.on_closed(self, prev, reason)
+        if router is not None:
+            reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
+            router.on_upstream_reset(reset_reason, flag)
+
+    def on_above_write_watermark(self) -> None:
+        if self.router is not None:
+            self.router.on_upstream_watermark(True)
+
+    def on_below_write_watermark(self) -> None:
+        if self.router is not None:
+            self.router.on_upstream_watermark(False)
+
+    def _fail(self, reason: str, flag: str, status: int, err: Exception) -> None:
+        router = self.router
+        self.router = None
+        self.connection.close(flush=False)
+        if router is not None:
+            router.on_upstream_reset(reason, flag, status)

@@ -1,0 +1,471 @@
+"""HTTP connection manager (HCM): one per downstream connection; turns codec events into streams.
+
+Life of a request (phases, always ending in logging):
+  1. decode: codec -> RequestHeaders -> ActiveStream; Envoy's request header handling
+     (x-forwarded-*, x-request-id, hop-by-hop removal) -> router filter.
+  2. the router picks a route, cluster and host, gets a pooled upstream connection and streams
+     the request body; the response comes back through `encode_headers/encode_data/encode_end`.
+  3. log: access loggers run once the stream ends, whatever the outcome.
+
+The stream model is codec-agnostic: streams are kept by id, and the codec only turns bytes
+into events and responses into bytes. HTTP/1.1 has one active stream at a time; pipelined
+requests wait (events queued, reading paused) until the stream before them is answered.
+
+Thread affinity: everything here lives on the worker that accepted the connection.
+Must not: block, or let an exception from one stream escape to the worker loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from ..access_log.stream_info import StreamInfo
+from ..network.connection import CloseReason, Connection, ConnectionCallbacks
+from .codec import make_server_codec
+from .codec.errors import CodecError
+from .codec.events import Data, MessageComplete, RequestHeaders
+from .headers import HOP_BY_HOP, Headers, RequestHead, ResponseHead
+from .local_reply import local_reply_head
+from .router_filter import RouterFilter
+
+__all__ = ["ConnectionManager", "ActiveStream"]
+
+log = logging.getLogger("ftproxy.http")
+
+_CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ActiveStream:
+    """One request/response exchange. Owned by its ConnectionManager."""
+
+    __slots__ = ("hcm", "stream_id", "head", "info", "router", "request_complete",
+                 "response_started", "response_complete", "keep_alive", "upgrade", "upgraded",
+                 "response_head", "closed", "idle_timer")
+
+    def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead, info: StreamInfo,
+                 keep_alive: bool, upgrade: bytes | None) -> None:
+        self.hcm = hcm
+        self.stream_id = stream_id
+        self.head = head
+        self.info = info
+        self.router: RouterFilter | None = None
+        self.request_complete = False
+        self.response_started = False
+        self.response_complete = False
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.upgraded = False
+        self.response_head: ResponseHead | None = None
+        self.closed = False
+        self.idle_timer = None
+
+    # -- encode path (called by the router filter) ----------------------------------------
+    def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        hcm = self.hcm
+        if self.closed:
+            return
+        self.response_started = True
+        self.response_head = head
+        info = self.info
+        info.response_code = head.status
+        info.response_headers = head
+        info.response_start_monotonic = time.monotonic()
+        cfg = hcm.ctx.config
+        headers = head.headers
+        if cfg.server_header_transformation == "OVERWRITE":
+            headers.set(b"server", hcm.ctx.server_name)
+        elif cfg.server_header_transformation == "APPEND_IF_ABSENT":
+            headers.set_default(b"server", hcm.ctx.server_name)
+        if hcm.draining or hcm.ctx.worker.draining:
+            self.keep_alive = False
+        if head.status == 101 and self.upgrade:
+            self.upgraded = True
+            hcm.stats.downstream_cx_upgrades_total.value += 1
+            hcm.stats.downstream_cx_upgrades_active.value += 1
+        data = hcm.codec.encode_response_head(head.status, head.reason or None, headers.items(),
+                                              self.head.method, self.head.http_version, self.keep_alive)
+        info.bytes_sent_head = len(data)
+        hcm.connection.write(data)
+        if end_stream:
+            self.encode_end(None)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.closed:
+            return
+        if data:
+            self.info.bytes_sent += len(data)
+            self.hcm.connection.write(self.hcm.codec.encode_body(data))
+        if end_stream:
+            self.encode_end(None)
+
+    def encode_end(self, trailers) -> None:
+        if self.closed or self.response_complete:
+            return
+        self.response_complete = True
+        hcm = self.hcm
+        if not self.upgraded:
+            hcm.connection.write(hcm.codec.encode_end(trailers))
+        if hcm.codec.response_must_close:
+            self.keep_alive = False
+        hcm.stream_done(self)
+
+    def send_local_reply(self, status: int, body: bytes, flag: str | None, details: str,
+                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Envoy-style local reply (text/plain body), unless the response already started."""
+        info = self.info
+        if flag:
+            info.response_flags.append(flag)
+        info.response_code_details = details
+        if self.response_started:
+            self.reset(details)
+            return
+        if status >= 400 and status != 404 and not self.request_complete:
+            # The rest of the request body will not be read: the connection cannot be reused.
+            self.keep_alive = False
+        head = local_reply_head(status, body, extra)
+        self.encode_headers(head, end_stream=not body)
+        if body:
+            self.encode_data(body, end_stream=True)
+
+    def reset(self, details: str = "") -> None:
+        """Abort the stream: the downstream connection is closed (HTTP/1.1 has no stream reset)."""
+        if self.closed:
+            return
+        if details and not self.info.response_code_details:
+            self.info.response_code_details = details
+        self.hcm.stats.downstream_rq_tx_reset.value += 1
+        self.keep_alive = False
+        self.hcm.stream_done(self, reset=True)
+
+    def read_disable_downstream(self, disable: bool) -> None:
+        self.hcm.connection.read_disable(disable)
+
+    @property
+    def downstream_above_high_watermark(self) -> bool:
+        return self.hcm.connection.above_high_watermark
+
+
+class ConnectionManager(ConnectionCallbacks):
+    """Downstream HTTP/1.1 connection. `ctx` is the per-worker HcmContext of its filter chain."""
+
+    def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
+                 buffer_limit: int, on_closed) -> None:
+        self.ctx = ctx
+        self.stats = ctx.stats
+        cfg = ctx.config
+        self.codec = make_server_codec(ctx.codec_impl, max_request_headers_kb=cfg.max_request_headers_kb,
+                                       max_headers_count=cfg.max_headers_count)
+        self.remote_ip = remote[0]
+        self.remote = "%s:%d" % remote
+        self.local = "%s:%d" % local
+        self.connection = Connection(ctx.worker.dispatcher, sock, self, buffer_limit=buffer_limit,
+                                     remote_address=self.remote, local_address=self.local,
+                                     conn_id=conn_id)
+        self.on_closed = on_closed
+        self.active: ActiveStream | None = None
+        self.pending: deque = deque()  # codec events of pipelined requests not started yet
+        self.paused_for_pipeline = False
+        self.next_stream_id = 1
+        self.requests = 0
+        self.draining = False
+        self.created = time.monotonic()
+        self.idle_timer = None
+        st = self.stats
+        st.downstream_cx_total.value += 1
+        st.downstream_cx_http1_total.value += 1
+        st.downstream_cx_active.value += 1
+        st.downstream_cx_http1_active.value += 1
+        self.connection.start()
+        self._arm_idle_timer()
+
+    # -- timers -----------------------------------------------------------------------------
+    def _arm_idle_timer(self) -> None:
+        timeout = self.ctx.config.idle_timeout
+        if timeout:
+            if self.idle_timer is None:
+                self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+            self.idle_timer.enable(timeout)
+
+    def _on_idle_timeout(self) -> None:
+        if self.active is None:
+            self.stats.downstream_cx_idle_timeout.value += 1
+            self.connection.close(flush=True)
+
+    # -- connection callbacks ----------------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        self.stats.downstream_cx_rx_bytes_total.value += len(data)
+        try:
+            events = self.codec.feed(data)
+        except CodecError as e:
+            self._on_codec_error(e)
+            return
+        self._dispatch(events)
+
+    def _dispatch(self, events) -> None:
+        pending = self.pending
+        for ev in events:
+            if pending or self.paused_for_pipeline:
+                pending.append(ev)
+                continue
+            self._on_event(ev)
+            if self.connection.closed:
+                return
+        if pending and not self.paused_for_pipeline:
+            self.paused_for_pipeline = True
+            self.connection.read_disable(True)
+
+    def _on_event(self, ev) -> None:
+        stream = self.active
+        cls = type(ev)
+        if cls is RequestHeaders:
+            if stream is not None:
+                # A pipelined request: wait until the current response is done.
+                self.pending.append(ev)
+                return
+            self._new_stream(ev)
+        elif cls is Data:
+            if stream is not None and not stream.closed:
+                stream.info.bytes_received += len(ev.data)
+                if stream.router is not None:
+                    stream.router.decode_data(ev.data, False)
+        elif cls is MessageComplete:
+            if stream is not None and not stream.closed:
+                stream.request_complete = True
+                stream.info.request_complete_monotonic = time.monotonic()
+                if stream.router is not None:
+                    stream.router.decode_end(ev.trailers)
+
+    def on_eof(self) -> None:
+        try:
+            events = self.codec.feed(b"")
+        except CodecError:
+            events = []
+        if events:
+            self._dispatch(events)
+        stream = self.active
+        if stream is not None and stream.upgraded and stream.router is not None:
+            stream.router.decode_eof()
+            return
+        if stream is not None and not stream.closed:
+            self.stats.downstream_rq_rx_reset.value += 1
+            stream.info.response_flags.append("DC")
+        self.connection.close(flush=True)
+
+    def on_close(self, reason: str) -> None:
+        st = self.stats
+        st.downstream_cx_active.value -= 1
+        st.downstream_cx_http1_active.value -= 1
+        st.downstream_cx_destroy.value += 1
+        if reason == CloseReason.REMOTE:
+            st.downstream_cx_destroy_remote.value += 1
+        else:
+            st.downstream_cx_destroy_local.value += 1
+        st.downstream_cx_tx_bytes_total.value += self.connection.bytes_sent
+        st.downstream_cx_length_ms.record((time.monotonic() - self.created) * 1000.0)
+        if self.idle_timer is not None:
+            self.idle_timer.disable()
+        stream = self.active
+        if stream is not None and not stream.closed:
+            if not stream.response_complete and "DC" not in stream.info.response_flags:
+                stream.info.response_flags.append("DC")
+                self.stats.downstream_rq_rx_reset.value += 1
+            self._finish_stream(stream)
+        self.pending.clear()
+        self.on_closed(self)
+
+    def on_above_write_watermark(self) -> None:
+        s = self.active
+        if s is not None and s.router is not None:
+            s.router.on_downstream_watermark(True)
+
+    def on_below_write_watermark(self) -> None:
+        s = self.active
+        if s is not None and s.router is not None:
+            s.router.on_downstream_watermark(False)
+
+    # -- streams ------------------------------------------------------------------------------
+    def _new_stream(self, ev: RequestHeaders) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.disable()
+        ctx = self.ctx
+        st = self.stats
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        st.downstream_rq_active.value += 1
+        self.requests += 1
+        info = StreamInfo()
+        info.start_time = time.time()
+        info.start_monotonic = time.monotonic()
+        info.protocol = "HTTP/1.0" if ev.http_version == b"1.0" else "HTTP/1.1"
+        info.downstream_remote_address = self.remote
+        info.downstream_direct_remote_address = self.remote
+        info.downstream_local_address = self.local
+        info.connection_id = self.connection.id
+        info.response_flags = []
+        headers = Headers(ev.headers)
+        authority = headers.get(b"host") or b""
+        head = RequestHead(ev.method, ev.target, authority, b"http", headers, ev.http_version)
+        info.request_headers = head
+        keep_alive = ev.keep_alive and not self.draining
+        cfg = ctx.config
+        if cfg.max_requests_per_connection and self.requests >= cfg.max_requests_per_connection:
+            keep_alive = False
+        stream = ActiveStream(self, self.next_stream_id, head, info, keep_alive, ev.upgrade)
+        self.next_stream_id += 1
+        self.active = stream
+        if ev.expect_continue:
+            headers.remove(b"expect")
+            self.connection.write(_CONTINUE_100)
+        if not ev.target.startswith(b"/") and ev.method != b"CONNECT":
+            if ev.target.startswith((b"http://", b"https://")):
+                self._absolute_form(head)
+            elif ev.target != b"*" or ev.method != b"OPTIONS":
+                st.downstream_rq_non_relative_path.value += 1
+                stream.send_local_reply(404, b"", None, "absolute_path_rejected")
+                return
+        if ev.upgrade is not None and not ctx.upgrade_allowed(ev.upgrade):
+            # Envoy: 403 for an upgrade no upgrade_config enables.
+            st.downstream_rq_ws_on_non_ws_route.value += 1
+            stream.send_local_reply(403, b"", None, "upgrade_failed")
+            return
+        self._mutate_request_headers(stream, ev)
+        stream.router = RouterFilter(stream, ctx)
+        stream.router.decode_headers(ev.content_length == 0 and not ev.chunked and ev.upgrade is None)
+
+    def _absolute_form(self, head: RequestHead) -> None:
+        # RFC 9112 §3.2.2: with an absolute-form target the authority comes from the target.
+        target = head.path
+        rest = target.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        head.set_authority(authority)
+        head.set_path(path)
+        head.headers.set(b"host", authority)
+
+    def _mutate_request_headers(self, stream: ActiveStream, ev: RequestHeaders) -> None:
+        """Envoy's request header sanitising/adding (ConnectionManagerUtility::mutateRequestHeaders)."""
+        ctx = self.ctx
+        cfg = ctx.config
+        headers = stream.head.headers
+        if ev.upgrade is not None:
+            headers.remove_many(_HOP_BY_HOP_UPGRADE)
+        else:
+            conn_tokens = headers.get(b"connection")
+            if conn_tokens is not None:
+                # RFC 9110 §7.6.1: drop the fields that Connection names.
+                names = {t.strip().lower() for t in conn_tokens.split(b",")}
+                headers.remove_many(names - _PROTECTED)
+            headers.remove_many(HOP_BY_HOP)
+        if cfg.use_remote_address:
+            if not cfg.skip_xff_append:
+                xff = headers.get(b"x-forwarded-for")
+                ip = self.remote_ip.encode()
+                headers.set(b"x-forwarded-for", xff + b", " + ip if xff else ip)
+            headers.set(b"x-forwarded-proto", b"http")
+        elif not headers.has(b"x-forwarded-proto"):
+            headers.add(b"x-forwarded-proto", b"http")
+        if cfg.generate_request_id:
+            rid = headers.get(b"x-request-id")
+            if rid is None or (cfg.use_remote_address and not cfg.preserve_external_request_id):
+                headers.set(b"x-request-id", ctx.new_request_id())
+        # Envoy strips x-envoy-* internal headers from external requests at the edge.
+        if cfg.use_remote_address:
+            for name in _ENVOY_INTERNAL:
+                headers.remove(name)
+
+    def stream_done(self, stream: ActiveStream, reset: bool = False) -> None:
+        """The response is complete (or the stream was reset): log, then next request or close."""
+        if stream.closed:
+            return
+        self._finish_stream(stream)
+        if reset or not stream.keep_alive or stream.upgraded:
+            self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
+            return
+        if not stream.request_complete:
+            # The response finished before the request body did: we cannot find the next
+            # request boundary safely, so close (Envoy does the same for HTTP/1).
+            self.connection.close(flush=True)
+            return
+        self._arm_idle_timer()
+        if self.pending:
+            events = list(self.pending)
+            self.pending.clear()
+            if self.paused_for_pipeline:
+                self.paused_for_pipeline = False
+                self.connection.read_disable(False)
+            self._dispatch(events)
+
+    def _finish_stream(self, stream: ActiveStream) -> None:
+        stream.closed = True
+        if self.active is stream:
+            self.active = None
+        st = self.stats
+        st.downstream_rq_active.value -= 1
+        if stream.upgraded:
+            st.downstream_cx_upgrades_active.value -= 1
+        if stream.router is not None:
+            stream.router.on_destroy()
+        info = stream.info
+        info.end_monotonic = now = time.monotonic()
+        code = info.response_code
+        if code:
+            st.downstream_rq_completed.value += 1
+            cls = code // 100
+            if 1 <= cls <= 5:
+                st.rq_class[cls].value += 1
+        st.downstream_rq_time.record((now - info.start_monotonic) * 1000.0)
+        for logger in self.ctx.access_loggers:
+            try:
+                logger.log(info)
+            except Exception:
+                log.exception("access logger failed")
+
+    def _on_codec_error(self, e: CodecError) -> None:
+        self.stats.downstream_cx_protocol_error.value += 1
+        if e.status == 431:
+            self.stats.downstream_rq_too_large.value += 1
+        stream = self.active
+        if stream is None or stream.response_started:
+            if stream is None:
+                # Error before a stream existed: make a stream only to answer and log it.
+                info = StreamInfo()
+                info.start_time = time.time()
+                info.start_monotonic = time.monotonic()
+                info.protocol = "HTTP/1.1"
+                info.downstream_remote_address = self.remote
+                info.downstream_local_address = self.local
+                info.connection_id = self.connection.id
+                info.response_flags = []
+                head = RequestHead(b"-", b"-", b"", b"http", Headers())
+                info.request_headers = head
+                stream = ActiveStream(self, self.next_stream_id, head, info, False, None)
+                self.stats.downstream_rq_total.value += 1
+                self.stats.downstream_rq_active.value += 1
+                self.active = stream
+            else:
+                stream.reset(e.details)
+                self.connection.close(flush=False)
+                return
+        stream.keep_alive = False
+        self.pending.clear()
+        body = e.message.encode("latin-1", "replace") if e.status != 431 else b""
+        stream.send_local_reply(e.status, body, "DPE", e.details)
+        self.connection.close(flush=True)
+
+    # -- draining ------------------------------------------------------------------------------
+    def start_drain(self) -> None:
+        """Worker drain: finish the current request with `connection: close`, close if idle."""
+        self.draining = True
+        if self.active is None:
+            self.stats.downstream_cx_drain_close.value += 1
+            self.connection.close(flush=True)
+        else:
+            self.active.keep_alive = False
+
+
+_HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+                                 b"trailer", b"proxy-authenticate"})
+_PROTECTED = frozenset({b"host", b"content-length", b"x-request-id"})
+_ENVOY_INTERNAL = (b"x-envoy-original-path", b"x-envoy-upstream-service-time")

@@ -1,0 +1,67 @@
+"""Builds HTTP connection managers for a listener's filter chain.
+
+`HcmFactory` is made once per HCM config on the main thread (route table compiled, access
+loggers opened; all immutable or internally locked) and shared by every worker.
+`HcmContext` is the per-worker part: stat handles, the worker (clusters, dispatcher, rng).
+Must not: hold per-connection state.
+"""
+
+from __future__ import annotations
+
+from ..router.table import RouteTable
+from .conn_manager import ConnectionManager
+from .http_stats import HcmStats
+from .router_filter_config import RouterFilterConfig
+
+__all__ = ["HcmFactory", "HcmContext"]
+
+
+class HcmFactory:
+    def __init__(self, config, codec_impl: str = "fast") -> None:
+        self.config = config
+        self.codec_impl = codec_impl
+        self.route_table = RouteTable(config.route_config)
+        self.access_loggers = tuple(a.create() for a in config.access_logs)
+        router_cfg = None
+        for f in config.http_filters:
+            if isinstance(f.config, RouterFilterConfig):
+                router_cfg = f.config
+        self.router_config = router_cfg or RouterFilterConfig()
+        self.upgrades = frozenset(u.upgrade_type for u in config.upgrade_configs if u.enabled)
+        self.server_name = config.server_name.encode()
+
+    def for_worker(self, worker) -> HcmContext:
+        return HcmContext(self, worker)
+
+
+class HcmContext:
+    __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
+                 "server_name", "worker", "stats")
+
+    def __init__(self, factory: HcmFactory, worker) -> None:
+        self.config = factory.config
+        self.codec_impl = factory.codec_impl
+        self.route_table = factory.route_table
+        self.access_loggers = factory.access_loggers
+        self.router_config = factory.router_config
+        self.upgrades = factory.upgrades
+        self.server_name = factory.server_name
+        self.worker = worker
+        self.stats = HcmStats(worker.stats, factory.config.stat_prefix)
+
+    def upgrade_allowed(self, upgrade: bytes) -> bool:
+        """HCM-level check; a route may still override (route_upgrade_allowed)."""
+        return True
+
+    def route_upgrade_allowed(self, action, upgrade: bytes) -> bool:
+        kind = upgrade.decode("latin-1").lower()
+        for name, enabled in action.upgrade_configs:
+            if name == kind:
+                return enabled
+        return kind in self.upgrades
+
+    def new_request_id(self) -> bytes:
+        return self.worker.new_request_id()
+
+    def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed) -> ConnectionManager:
+        return ConnectionManager(self, sock, remote, local, conn_id, buffer_limit, on_closed)

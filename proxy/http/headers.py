@@ -1,0 +1,160 @@
+"""HTTP header containers shared by codecs, the connection manager, router and filters.
+
+`Headers` is an ordered multi-map of (name, value) byte pairs with lower-case names; a list
+of ~10 pairs is faster to scan than a dict is to build, and keeps duplicates and order.
+`RequestHead` / `ResponseHead` carry the pseudo-header values (method, path, authority,
+status) next to the regular headers, so that HTTP/1 and HTTP/2 look the same above the codec.
+
+Thread affinity: owned by the stream (one worker). Must not: do I/O or validation (the codec
+validated the bytes already).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+__all__ = ["Headers", "RequestHead", "ResponseHead", "HOP_BY_HOP"]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the ones Envoy strips by default.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
+    b"proxy-authenticate", b"trailer",
+})
+
+
+class Headers:
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self._items: list[tuple[bytes, bytes]] = list(items)
+
+    def get(self, name: bytes) -> bytes | None:
+        for k, v in self._items:
+            if k == name:
+                return v
+        return None
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self._items if k == name]
+
+    def get_str(self, name: str) -> str | None:
+        """First value as text (latin-1), for access logs and matchers."""
+        v = self.get(name.encode("latin-1"))
+        return None if v is None else v.decode("latin-1")
+
+    def has(self, name: bytes) -> bool:
+        for k, _ in self._items:
+            if k == name:
+                return True
+        return False
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self._items.append((name, value))
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """Replace every value of `name` with one `value` (kept at the first position)."""
+        items = self._items
+        for i, (k, _) in enumerate(items):
+            if k == name:
+                items[i] = (name, value)
+                self._items = items[: i + 1] + [kv for kv in items[i + 1:] if kv[0] != name]
+                return
+        items.append((name, value))
+
+    def set_default(self, name: bytes, value: bytes) -> None:
+        if not self.has(name):
+            self._items.append((name, value))
+
+    def remove(self, name: bytes) -> bool:
+        before = len(self._items)
+        self._items = [kv for kv in self._items if kv[0] != name]
+        return len(self._items) != before
+
+    def remove_many(self, names: frozenset[bytes] | set[bytes]) -> None:
+        self._items = [kv for kv in self._items if kv[0] not in names]
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return self._items
+
+    def copy(self) -> Headers:
+        return Headers(self._items)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+class RequestHead:
+    """A request's start line and headers. `path` is the full request target (with query)."""
+
+    __slots__ = ("method", "path", "authority", "scheme", "headers", "http_version",
+                 "_path_str", "_host_str")
+
+    def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
+                 headers: Headers, http_version: bytes = b"1.1") -> None:
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.scheme = scheme
+        self.headers = headers
+        self.http_version = http_version
+        self._path_str: str | None = None
+        self._host_str: str | None = None
+
+    # Text views, decoded once per request for the router.
+    @property
+    def path_str(self) -> str:
+        s = self._path_str
+        if s is None:
+            s = self._path_str = self.path.decode("latin-1")
+        return s
+
+    @property
+    def host_str(self) -> str:
+        s = self._host_str
+        if s is None:
+            s = self._host_str = self.authority.decode("latin-1").lower()
+        return s
+
+    @property
+    def method_str(self) -> str:
+        return self.method.decode("latin-1")
+
+    def set_path(self, path: bytes) -> None:
+        self.path = path
+        self._path_str = None
+
+    def set_authority(self, authority: bytes) -> None:
+        self.authority = authority
+        self._host_str = None
+
+    def get_str(self, name: str) -> str | None:
+        """Header or pseudo-header (`:method`, `:path`, `:authority`, `:scheme`) as text."""
+        if name[:1] == ":":
+            v = {":method": self.method, ":path": self.path, ":authority": self.authority,
+                 ":scheme": self.scheme}.get(name)
+            return None if v is None else v.decode("latin-1")
+        if name == "host":
+            return self.authority.decode("latin-1")
+        return self.headers.get_str(name)
+
+
+class ResponseHead:
+    __slots__ = ("status", "reason", "headers", "http_version")
+
+    def __init__(self, status: int, headers: Headers, reason: bytes = b"",
+                 http_version: bytes = b"1.1") -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.http_version = http_version
+
+    def get_str(self, name: str) -> str | None:
+        if name == ":status":
+            return str(self.status)
+        return self.headers.get_str(name)

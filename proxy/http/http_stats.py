@@ -1,0 +1,39 @@
+"""Per-worker stat handles for one HTTP connection manager (`http.<stat_prefix>.*`).
+
+Resolved once per worker per HCM so that the request path only does `c.value += 1`.
+Names are Envoy's. Thread affinity: owned by one worker (its Store).
+"""
+
+from __future__ import annotations
+
+__all__ = ["HcmStats"]
+
+_COUNTERS = (
+    "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_destroy",
+    "downstream_cx_destroy_remote", "downstream_cx_destroy_local", "downstream_cx_protocol_error",
+    "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total", "downstream_cx_idle_timeout",
+    "downstream_cx_drain_close", "downstream_cx_upgrades_total", "downstream_rq_total",
+    "downstream_rq_http1_total", "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx",
+    "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_timeout",
+    "downstream_rq_idle_timeout", "downstream_rq_too_large", "downstream_rq_rx_reset",
+    "downstream_rq_tx_reset", "downstream_rq_ws_on_non_ws_route", "downstream_rq_non_relative_path",
+    "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total",
+)
+_GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active",
+           "downstream_cx_upgrades_active")
+
+
+class HcmStats:
+    __slots__ = _COUNTERS + _GAUGES + ("rq_class", "downstream_rq_time", "downstream_cx_length_ms")
+
+    def __init__(self, store, stat_prefix: str) -> None:
+        scope = store.scope(f"http.{stat_prefix}")
+        for name in _COUNTERS:
+            setattr(self, name, scope.counter(name))
+        for name in _GAUGES:
+            setattr(self, name, scope.gauge(name))
+        # index by status // 100
+        self.rq_class = (None, self.downstream_rq_1xx, self.downstream_rq_2xx, self.downstream_rq_3xx,
+                         self.downstream_rq_4xx, self.downstream_rq_5xx)
+        self.downstream_rq_time = scope.histogram("downstream_rq_time", "ms")
+        self.downstream_cx_length_ms = scope.histogram("downstream_cx_length_ms", "ms")

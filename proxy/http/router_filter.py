@@ -1,0 +1,337 @@
+"""The router HTTP filter (`envoy.filters.http.router`): route -> cluster -> host -> upstream.
+
+Decode side: match the route; answer redirects, direct responses and failures locally
+(404 NR, 503 NC/UH/UO/UF/UC, 504 UT, 502 UPE); otherwise take a connection from the
+worker's pool for the chosen host and stream the request to it. Encode side: stream the
+upstream response back, adding `x-envoy-upstream-service-time` and route header mutations.
+
+Flow control: the upstream connection's reading pauses while the downstream write buffer is
+above its high watermark, and the downstream's reading pauses while the upstream's is (or while
+request body waits for a connection beyond the buffer limit).
+Thread affinity: one worker. Must not: block or touch another worker's pools.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..router.header_mutation import apply_mutations
+from .codec.events import ResponseHeaders
+from .headers import HOP_BY_HOP, Headers, ResponseHead
+from .local_reply import reset_body
+
+__all__ = ["RouterFilter"]
+
+_RESPONSE_HOP_BY_HOP = HOP_BY_HOP
+
+
+class RouterFilter:
+    __slots__ = ("stream", "ctx", "route", "cluster", "host", "pool_handle", "upstream",
+                 "buffered", "buffered_bytes", "request_ended", "trailers", "timeout_timer",
+                 "upstream_start", "response_started", "done", "holds_request_slot",
+                 "downstream_paused", "upstream_paused", "chunked", "upstream_head")
+
+    def __init__(self, stream, ctx) -> None:
+        self.stream = stream
+        self.ctx = ctx
+        self.route = None
+        self.cluster = None
+        self.host = None
+        self.pool_handle = None
+        self.upstream = None          # UpstreamHttpConnection while attached
+        self.buffered: list[bytes] = []
+        self.buffered_bytes = 0
+        self.request_ended = False
+        self.trailers = None
+        self.timeout_timer = None
+        self.upstream_start = 0.0
+        self.response_started = False
+        self.done = False
+        self.holds_request_slot = False
+        self.downstream_paused = False
+        self.upstream_paused = False
+        self.chunked = False
+        self.upstream_head = None
+
+    # -- decode path ---------------------------------------------------------------------------
+    def decode_headers(self, end_stream: bool) -> None:
+        stream = self.stream
+        ctx = self.ctx
+        head = stream.head
+        info = stream.info
+        route = ctx.route_table.route(head)
+        if route is None:
+            ctx.stats.no_route.value += 1
+            stream.send_local_reply(404, b"", "NR", "route_not_found")
+            return
+        self.route = route
+        info.route_name = route.name or None
+        if route.direct_response is not None:
+            ctx.stats.rq_direct_response.value += 1
+            dr = route.direct_response
+            self._local_with_mutations(dr.status, dr.body, "direct_response")
+            return
+        if route.redirect is not None:
+            ctx.stats.rq_redirect.value += 1
+            rd = route.redirect
+            self._local_with_mutations(rd.response_code, b"", "direct_response",
+                                       [(b"location", rd.location(head))])
+            return
+        action = route.action
+        if stream.upgrade is not None and not ctx.route_upgrade_allowed(action, stream.upgrade):
+            ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
+            stream.send_local_reply(403, b"", None, "upgrade_failed")
+            return
+        name = action.choose_cluster(head, ctx.worker.rand_bits())
+        cluster = ctx.worker.cluster(name) if name is not None else None
+        if cluster is None:
+            ctx.stats.no_cluster.value += 1
+            stream.send_local_reply(action.cluster_not_found_response_code, b"", "NC", "cluster_not_found")
+            return
+        self.cluster = cluster
+        info.upstream_cluster = cluster.name
+        cstats = cluster.stats
+        host = cluster.choose_host()
+        if host is None:
+            cstats.upstream_cx_none_healthy.value += 1
+            stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
+            return
+        self.host = host
+        if not cluster.limits.try_acquire_request():
+            cstats.upstream_rq_pending_overflow.value += 1
+            stream.send_local_reply(503, reset_body("overflow"), "UO",
+                                    "upstream_reset_before_response_started{overflow}")
+            return
+        self.holds_request_slot = True
+        self._prepare_upstream_head(action, end_stream)
+        self.request_ended = end_stream
+        if end_stream:
+            self._start_timeout()
+        cstats.upstream_rq_total.value += 1
+        cstats.upstream_rq_active.value += 1
+        self.pool_handle = cluster.pool_for(host).new_stream(self)
+
+    def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
+        head_items = [(b"content-length", b"%d" % len(body))]
+        if body:
+            head_items.append((b"content-type", b"text/plain"))
+        if extra:
+            head_items.extend(extra)
+        headers = Headers(head_items)
+        if self.route.response_mutations:
+            apply_mutations(self.route.response_mutations, headers, self.stream.info)
+        self.stream.info.response_code_details = details
+        self.stream.encode_headers(ResponseHead(status, headers), end_stream=not body)
+        if body:
+            self.stream.encode_data(body, True)
+
+    def _prepare_upstream_head(self, action, end_stream: bool) -> None:
+        stream = self.stream
+        head = stream.head
+        headers = head.headers
+        new_path = action.rewrite_path(head)
+        if new_path is not None:
+            headers.set(b"x-envoy-original-path", head.path)
+            head.set_path(new_path)
+        if action.host_rewrite_literal is not None:
+            head.set_authority(action.host_rewrite_literal)
+        if self.route.request_mutations:
+            apply_mutations(self.route.request_mutations, headers, stream.info)
+        timeout = action.timeout
+        if timeout and not self.ctx.router_config.suppress_envoy_headers:
+            headers.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(timeout * 1000))
+        self.chunked = headers.has(b"transfer-encoding") or (
+            not end_stream and not headers.has(b"content-length") and stream.upgrade is None)
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.done:
+            return
+        up = self.upstream
+        if up is not None:
+            up.send_body(data)
+        elif self.host is not None:
+            self.buffered.append(data)
+            self.buffered_bytes += len(data)
+            if not self.downstream_paused and self.buffered_bytes > self.cluster.buffer_limit:
+                self.downstream_paused = True
+                self.stream.read_disable_downstream(True)
+        if end_stream:
+            self.decode_end(None)
+
+    def decode_end(self, trailers) -> None:
+        if self.done or self.request_ended:
+            return
+        self.request_ended = True
+        self.trailers = trailers
+        if self.upstream is not None:
+            self.upstream.end_request(trailers)
+        self._start_timeout()
+
+    def decode_eof(self) -> None:
+        """Downstream half-closed an upgraded (tunnelled) stream: pass the FIN on."""
+        if self.upstream is not None:
+            self.upstream.connection.shutdown_write()
+
+    def _start_timeout(self) -> None:
+        route = self.route
+        if route is None or route.action is None or self.done:
+            return
+        timeout = route.action.timeout
+        if timeout and self.timeout_timer is None and not self.stream.upgrade:
+            self.timeout_timer = self.ctx.worker.dispatcher.call_later(timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self.timeout_timer = None
+        if self.done:
+            return
+        self.cluster.stats.upstream_rq_timeout.value += 1
+        self._abandon_upstream()
+        self.stream.send_local_reply(504, b"upstream request timeout", "UT", "response_timeout")
+
+    # -- pool callbacks ----------------------------------------------------------------------------
+    def on_pool_ready(self, upstream) -> None:
+        self.pool_handle = None
+        if self.done:
+            upstream.release(reusable=True)
+            return
+        self.upstream = upstream
+        info = self.stream.info
+        info.upstream_host = upstream.pool.host_str
+        info.upstream_local_address = upstream.connection.local_address
+        self.upstream_start = time.monotonic()
+        info.first_upstream_tx_monotonic = self.upstream_start
+        head = self.stream.head
+        upstream.send_request(self, head, self.chunked)
+        if self.buffered:
+            for chunk in self.buffered:
+                upstream.send_body(chunk)
+            self.buffered = []
+            self.buffered_bytes = 0
+            if self.downstream_paused:
+                self.downstream_paused = False
+                self.stream.read_disable_downstream(False)
+        if self.request_ended:
+            upstream.end_request(self.trailers)
+        if self.stream.downstream_above_high_watermark:
+            self.on_downstream_watermark(True)
+
+    def on_pool_failure(self, reason: str, flag: str) -> None:
+        self.pool_handle = None
+        if self.done:
+            return
+        self._release_request_slot()
+        self.stream.info.upstream_transport_failure_reason = None
+        status = 503
+        self.stream.send_local_reply(status, reset_body(reason), flag,
+                                     "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
+
+    # -- upstream response ---------------------------------------------------------------------------
+    def on_upstream_headers(self, ev: ResponseHeaders) -> None:
+        if self.done:
+            return
+        stream = self.stream
+        info = stream.info
+        info.first_upstream_rx_monotonic = now = time.monotonic()
+        self.response_started = True
+        if self.timeout_timer is not None and ev.status == 101:
+            self.timeout_timer.disable()
+            self.timeout_timer = None
+        headers = Headers(ev.headers)
+        if ev.status != 101:
+            headers.remove_many(_RESPONSE_HOP_BY_HOP)
+        else:
+            headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
+        if not self.ctx.router_config.suppress_envoy_headers:
+            headers.add(b"x-envoy-upstream-service-time", b"%d" % int((now - self.upstream_start) * 1000))
+        if self.route.response_mutations:
+            apply_mutations(self.route.response_mutations, headers, info)
+        cstats = self.cluster.stats
+        cstats.record_response(ev.status, (now - self.upstream_start) * 1000.0)
+        # The end of the response always arrives as the codec's MessageComplete.
+        stream.encode_headers(ResponseHead(ev.status, headers, ev.reason), end_stream=False)
+
+    def on_upstream_data(self, data: bytes) -> None:
+        if not self.done:
+            self.stream.encode_data(data, False)
+
+    def on_upstream_complete(self, trailers) -> None:
+        if self.done:
+            return
+        # Reuse the connection only if the whole request went out (an early response would
+        # leave the rest of the request body unread on that connection).
+        self._finish_upstream(reusable=self.request_ended)
+        self.stream.encode_end(trailers)
+
+    def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503) -> None:
+        """The upstream connection failed mid-request (closed, or sent a bad response)."""
+        if self.done:
+            return
+        self.upstream = None
+        self.cluster.stats.upstream_rq_rx_reset.value += 1
+        self._release_request_slot()
+        stream = self.stream
+        if stream.upgraded:
+            # A tunnel ends when either side closes.
+            stream.encode_end(None)
+            return
+        if self.response_started:
+            stream.info.response_flags.append(flag)
+            stream.reset("upstream_reset_after_response_started{%s}" % reason.replace(" ", "_"))
+            return
+        stream.send_local_reply(status, reset_body(reason), flag,
+                                "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
+
+    def on_upstream_watermark(self, above: bool) -> None:
+        """Upstream write buffer crossed a watermark: pause/resume reading the downstream."""
+        if self.downstream_paused != above and not self.done:
+            self.downstream_paused = above
+            self.stream.read_disable_downstream(above)
+
+    def on_downstream_watermark(self, above: bool) -> None:
+        up = self.upstream
+        if up is not None and self.upstream_paused != above:
+            self.upstream_paused = above
+            up.connection.read_disable(above)
+
+    # -- teardown -----------------------------------------------------------------------------------
+    def _finish_upstream(self, reusable: bool) -> None:
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            if self.upstream_paused:
+                self.upstream_paused = False
+                up.connection.read_disable(False)
+            up.release(reusable=reusable and not self.stream.upgraded)
+        self._release_request_slot()
+        if self.timeout_timer is not None:
+            self.timeout_timer.disable()
+            self.timeout_timer = None
+
+    def _abandon_upstream(self) -> None:
+        if self.pool_handle is not None:
+            self.pool_handle.cancel()
+            self.pool_handle = None
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.release(reusable=False)
+        self._release_request_slot()
+
+    def _release_request_slot(self) -> None:
+        if self.holds_request_slot:
+            self.holds_request_slot = False
+            self.cluster.limits.release_request()
+            self.cluster.stats.upstream_rq_active.value -= 1
+
+    def on_destroy(self) -> None:
+        """The stream is over (completed, reset or the downstream went away)."""
+        if self.done:
+            return
+        if self.upstream is not None or self.pool_handle is not None:
+            self.cluster.stats.upstream_rq_cancelled.value += 1 if not self.stream.response_complete else 0
+            self._abandon_upstream()
+        self.done = True
+        if self.timeout_timer is not None:
+            self.timeout_timer.disable()
+            self.timeout_timer = None
+        self._release_request_slot()

@@ -1,0 +1,125 @@
+"""Listen sockets and the per-worker accept loop.
+
+`bind_listen_sockets` runs on the main thread before workers start: with `enable_reuse_port`
+(Envoy's Linux default) one SO_REUSEPORT socket per worker, so the kernel balances accepts;
+port 0 is resolved by the first bind and the rest bind the same port. `ActiveListener` is a
+worker's view of one listener: it accepts on that worker's socket and hands each connection
+to the filter chain's network filter (HCM or tcp_proxy) — a connection lives and dies there.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from ..threads.dispatcher import READ
+
+__all__ = ["bind_listen_sockets", "ActiveListener"]
+
+log = logging.getLogger("ftproxy.listener")
+
+# Accepts per readiness event: bounded so that one busy listener cannot starve a worker's
+# established connections (Envoy accepts in a loop too, one event per socket).
+ACCEPT_BATCH = 64
+BACKLOG = 1024
+
+
+def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
+                        backlog: int | None = None) -> list[socket.socket]:
+    """`count` sockets (reuse_port) or one shared socket; non-blocking, inheritable for hot restart."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    socks: list[socket.socket] = []
+    n = count if reuse_port else 1
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((address, port))
+            port = s.getsockname()[1]
+            s.listen(backlog or BACKLOG)
+            s.setblocking(False)
+            socks.append(s)
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+class ActiveListener:
+    def __init__(self, worker, config, sock: socket.socket, network_filter_ctx, shared: bool) -> None:
+        self.worker = worker
+        self.config = config
+        self.sock = sock
+        self.ctx = network_filter_ctx
+        self.shared = shared  # one socket registered in every worker (reuse_port off)
+        self.buffer_limit = config.per_connection_buffer_limit_bytes
+        scope = worker.stats.scope(f"listener.{config.stat_prefix}")
+        self.cx_total = scope.counter("downstream_cx_total")
+        self.cx_destroy = scope.counter("downstream_cx_destroy")
+        self.cx_active = scope.gauge("downstream_cx_active")
+        wscope = scope.scope(f"worker_{worker.index}")
+        self.w_cx_total = wscope.counter("downstream_cx_total")
+        self.w_cx_active = wscope.gauge("downstream_cx_active")
+        self.server_total = worker.stats.counter("server.total_connections_accepted")
+        self.accepting = False
+
+    def start(self) -> None:
+        self.worker.dispatcher.register(self.sock, READ, self._on_readable)
+        self.accepting = True
+
+    def stop(self, close_socket: bool = True) -> None:
+        if self.accepting:
+            self.worker.dispatcher.unregister(self.sock)
+            self.accepting = False
+        if close_socket and not self.shared:
+            self.sock.close()
+
+    def _on_readable(self, _mask: int) -> None:
+        worker = self.worker
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, remote = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("listener %s: accept failed: %s", self.config.name, e)
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                local = sock.getsockname()
+            except OSError:
+                sock.close()
+                continue
+            self.cx_total.value += 1
+            self.cx_active.value += 1
+            self.w_cx_total.value += 1
+            self.w_cx_active.value += 1
+            self.server_total.value += 1
+            try:
+                conn = self.ctx.new_connection(sock, remote[:2], local[:2], worker.next_connection_id(),
+                                               self.buffer_limit, self._on_closed)
+            except Exception:
+                log.exception("listener %s: creating a connection failed", self.config.name)
+                worker.unhandled_exceptions.value += 1
+                sock.close()
+                self._on_closed(None)
+                continue
+            if not getattr(conn, "finished", False) and not _closed(conn):
+                worker.connections.add(conn)
+
+    def _on_closed(self, conn) -> None:
+        self.cx_active.value -= 1
+        self.w_cx_active.value -= 1
+        self.cx_destroy.value += 1
+        if conn is not None:
+            self.worker.connections.discard(conn)
+            self.worker.on_connection_closed()
+
+
+def _closed(conn) -> bool:
+    c = getattr(conn, "connection", None) or getattr(conn, "downstream", None)
+    return c is not None and c.closed

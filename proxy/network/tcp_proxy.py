@@ -1,0 +1,250 @@
+"""tcp_proxy network filter: relays bytes between a downstream connection and one upstream host.
+
+Per downstream connection: pick the cluster (or a weighted one), pick a host, connect
+(`connect_timeout`), then relay in both directions with watermark flow control (a side whose
+write buffer is over the limit pauses reading on the other side), half-close propagation,
+and an idle timeout (default 1h). Stats are Envoy's `tcp.<stat_prefix>.*`; connect failures
+count in the cluster's stats, and access logs run when both sides are gone.
+Thread affinity: one worker.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from ..access_log.stream_info import StreamInfo
+from .connection import BULK_READ_SIZE, CloseReason, Connection, ConnectionCallbacks
+
+__all__ = ["TcpProxyFactory", "TcpProxyContext"]
+
+_COUNTERS = ("downstream_cx_total", "downstream_cx_no_route", "downstream_cx_rx_bytes_total",
+             "downstream_cx_tx_bytes_total", "idle_timeout", "upstream_flush_total",
+             "downstream_flow_control_paused_reading_total", "downstream_flow_control_resumed_reading_total",
+             "max_downstream_connection_duration")
+
+
+class TcpProxyFactory:
+    def __init__(self, config) -> None:
+        self.config = config
+        self.access_loggers = tuple(a.create() for a in config.access_logs)
+        w = config.weighted_clusters
+        self.weighted = tuple((c.name, c.weight) for c in w)
+        self.total_weight = sum(c.weight for c in w)
+
+    def for_worker(self, worker) -> TcpProxyContext:
+        return TcpProxyContext(self, worker)
+
+
+class TcpProxyContext:
+    def __init__(self, factory: TcpProxyFactory, worker) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.worker = worker
+        scope = worker.stats.scope(f"tcp.{factory.config.stat_prefix}")
+        for n in _COUNTERS:
+            setattr(self, n, scope.counter(n))
+        self.downstream_cx_active = scope.gauge("downstream_cx_active")
+        self.upstream_cx_active = scope.gauge("upstream_flush_active")
+
+    def choose_cluster(self) -> str | None:
+        f = self.factory
+        if f.config.cluster is not None:
+            return f.config.cluster
+        r = self.worker.rand_below(f.total_weight) if f.total_weight else 0
+        for name, weight in f.weighted:
+            if r < weight:
+                return name
+            r -= weight
+        return None
+
+    def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed) -> TcpProxySession:
+        return TcpProxySession(self, sock, remote, local, conn_id, buffer_limit, on_closed)
+
+
+class _UpstreamSide(ConnectionCallbacks):
+    __slots__ = ("session",)
+
+    def __init__(self, session: TcpProxySession) -> None:
+        self.session = session
+
+    def on_connected(self) -> None:
+        self.session._on_upstream_connected()
+
+    def on_data(self, data: bytes) -> None:
+        s = self.session
+        s._touch()
+        s.downstream.write(data)
+
+    def on_eof(self) -> None:
+        s = self.session
+        s.upstream_eof = True
+        s.downstream.shutdown_write()
+        s._maybe_done()
+
+    def on_close(self, reason: str) -> None:
+        self.session._on_upstream_close(reason)
+
+    def on_above_write_watermark(self) -> None:
+        self.session.downstream.read_disable(True)
+
+    def on_below_write_watermark(self) -> None:
+        self.session.downstream.read_disable(False)
+
+
+class TcpProxySession(ConnectionCallbacks):
+    def __init__(self, ctx: TcpProxyContext, sock, remote, local, conn_id, buffer_limit, on_closed) -> None:
+        self.ctx = ctx
+        self.on_closed = on_closed
+        self.info = info = StreamInfo(time.time(), time.monotonic())
+        info.downstream_remote_address = "%s:%d" % remote
+        info.downstream_local_address = "%s:%d" % local
+        info.connection_id = conn_id
+        info.response_flags = []
+        self.downstream = Connection(ctx.worker.dispatcher, sock, self, buffer_limit=buffer_limit,
+                                     read_size=BULK_READ_SIZE, remote_address=info.downstream_remote_address,
+                                     conn_id=conn_id)
+        self.upstream: Connection | None = None
+        self.cluster = None
+        self.holds_slot = False
+        self.connected = False
+        self.early: list[bytes] = []
+        self.downstream_eof = False
+        self.upstream_eof = False
+        self.finished = False
+        self.idle_timer = None
+        ctx.downstream_cx_total.value += 1
+        ctx.downstream_cx_active.value += 1
+        self._connect(buffer_limit)
+
+    def _connect(self, buffer_limit: int) -> None:
+        ctx = self.ctx
+        name = ctx.choose_cluster()
+        cluster = ctx.worker.cluster(name) if name else None
+        if cluster is None:
+            ctx.downstream_cx_no_route.value += 1
+            self.info.response_flags.append("NR")
+            self.downstream.close(flush=False)
+            return
+        self.cluster = cluster
+        self.info.upstream_cluster = cluster.name
+        host = cluster.choose_host()
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            self.info.response_flags.append("UH")
+            self.downstream.close(flush=False)
+            return
+        if not cluster.limits.try_acquire_connection():
+            cluster.stats.upstream_cx_overflow.value += 1
+            self.info.response_flags.append("UO")
+            self.downstream.close(flush=False)
+            return
+        self.holds_slot = True
+        self.info.upstream_host = str(host)
+        cluster.stats.upstream_cx_total.value += 1
+        cluster.stats.upstream_cx_active.value += 1
+        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+        usock = socket.socket(family, socket.SOCK_STREAM)
+        usock.setblocking(False)
+        usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.upstream = Connection(ctx.worker.dispatcher, usock, _UpstreamSide(self),
+                                   buffer_limit=cluster.buffer_limit or buffer_limit,
+                                   read_size=BULK_READ_SIZE, remote_address=str(host))
+        self.upstream.connect((host.address, host.port), cluster.config.connect_timeout)
+        # Read nothing from downstream until the upstream is there (bounded by the limit anyway).
+        self.downstream.read_disable(True)
+        self.downstream.start()
+
+    def _on_upstream_connected(self) -> None:
+        self.connected = True
+        self.info.upstream_local_address = self.upstream.local_address
+        self.downstream.read_disable(False)
+        self._touch()
+
+    def _touch(self) -> None:
+        timeout = self.ctx.config.idle_timeout
+        if timeout:
+            if self.idle_timer is None:
+                self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle)
+            self.idle_timer.enable(timeout)
+
+    def _on_idle(self) -> None:
+        self.ctx.idle_timeout.value += 1
+        self.downstream.close(flush=True)
+        if self.upstream is not None:
+            self.upstream.close(flush=True)
+
+    # -- downstream callbacks ------------------------------------------------------------------
+    def on_data(self, data: bytes) -> None:
+        self._touch()
+        self.upstream.write(data)
+
+    def on_eof(self) -> None:
+        self.downstream_eof = True
+        if self.upstream is not None:
+            self.upstream.shutdown_write()
+        self._maybe_done()
+
+    def on_close(self, reason: str) -> None:
+        up = self.upstream
+        if up is not None and not up.closed:
+            up.close(flush=reason != CloseReason.REMOTE)
+        self._finish()
+
+    def on_above_write_watermark(self) -> None:
+        if self.upstream is not None:
+            self.ctx.downstream_flow_control_paused_reading_total.value += 1
+            self.upstream.read_disable(True)
+
+    def on_below_write_watermark(self) -> None:
+        if self.upstream is not None:
+            self.ctx.downstream_flow_control_resumed_reading_total.value += 1
+            self.upstream.read_disable(False)
+
+    # -- upstream outcome ----------------------------------------------------------------------
+    def _on_upstream_close(self, reason: str) -> None:
+        cluster = self.cluster
+        stats = cluster.stats
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_cx_destroy.value += 1
+        up = self.upstream
+        stats.upstream_cx_rx_bytes_total.value += up.bytes_received
+        stats.upstream_cx_tx_bytes_total.value += up.bytes_sent
+        if self.holds_slot:
+            self.holds_slot = False
+            cluster.limits.release_connection()
+        if not self.connected:
+            stats.upstream_cx_connect_fail.value += 1
+            if reason == CloseReason.CONNECT_TIMEOUT:
+                stats.upstream_cx_connect_timeout.value += 1
+            self.info.response_flags.append("UF")
+            self.downstream.close(flush=False)
+            return
+        self.downstream.close(flush=True)
+        self._finish()
+
+    def _maybe_done(self) -> None:
+        if self.downstream_eof and self.upstream_eof:
+            self.downstream.close(flush=True)
+
+    def _finish(self) -> None:
+        if self.finished or (self.upstream is not None and not self.upstream.closed) or not self.downstream.closed:
+            return
+        self.finished = True
+        ctx = self.ctx
+        if self.idle_timer is not None:
+            self.idle_timer.disable()
+        ctx.downstream_cx_active.value -= 1
+        d = self.downstream
+        ctx.downstream_cx_rx_bytes_total.value += d.bytes_received
+        ctx.downstream_cx_tx_bytes_total.value += d.bytes_sent
+        info = self.info
+        info.bytes_received = d.bytes_received
+        info.bytes_sent = d.bytes_sent
+        info.end_monotonic = time.monotonic()
+        for logger in ctx.factory.access_loggers:
+            logger.log(info)
+        self.on_closed(self)
+
+    def start_drain(self) -> None:
+        """tcp_proxy connections are not interrupted by a drain; they end on their own."""

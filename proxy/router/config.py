@@ -1,0 +1,377 @@
+"""`envoy.config.route.v3.RouteConfiguration` parsed into an immutable model.
+
+Job: validate a route configuration (from a bootstrap's inline `route_config` or an RDS push)
+through `Fields`, so every error names its full JSON path, and build frozen dataclasses with
+everything precompiled: regexes, header-value formats, per-route combined header mutations,
+the synthetic `require_tls` redirect route, direct-response bodies (read from `filename`
+here: config loading may read files, request handling never does). Fields Envoy has but we
+do not implement are refused as "unsupported", never silently ignored (`decorator` and
+`metadata` are accepted and ignored: they do not change routing).
+
+Must not: match requests (see `table.py`) or do any I/O beyond reading direct-response body
+files at parse time. Thread affinity: parse on the main thread; the result is immutable and
+shared by all workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.config.reader import ConfigError, Fields
+
+from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
+from .matchers import RouteMatch, parse_route_match, reject_unsupported
+from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
+                       parse_regex_rewrite)
+
+__all__ = ["RouteConfiguration", "VirtualHost", "Route", "RouteAction", "DirectResponseAction",
+           "parse_route_configuration", "DEFAULT_ROUTE_TIMEOUT"]
+
+DEFAULT_ROUTE_TIMEOUT = 15.0      # Envoy's RouteAction.timeout default; 0 disables
+DEFAULT_MAX_DIRECT_RESPONSE_BODY = 4096
+_NOT_FOUND_CODES = {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERVER_ERROR": 500}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    cluster: str | None = None
+    cluster_header: bytes | None = None
+    weighted_clusters: tuple[tuple[str, int], ...] | None = None
+    weighted_header_name: bytes | None = None   # header carrying the random value, if any
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite_literal: bytes | None = None
+    auto_host_rewrite: bool = False
+    timeout: float = DEFAULT_ROUTE_TIMEOUT
+    idle_timeout: float | None = None
+    cluster_not_found_response_code: int = 503
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
+    path_rewrite: PathRewrite = PathRewrite()
+
+    def choose_cluster(self, req: Any, rand: int) -> str | None:
+        """Cluster name for this request; `rand` is a caller-supplied random integer."""
+        if self.cluster is not None:
+            return self.cluster
+        if self.cluster_header is not None:
+            v = req.headers.get(self.cluster_header)
+            return v.decode("latin-1") if v else None
+        clusters = self.weighted_clusters or ()
+        if self.weighted_header_name is not None:
+            v = req.headers.get(self.weighted_header_name)
+            if v is not None and v.isdigit():
+                rand = int(v)
+        total = sum(w for _, w in clusters)
+        selected = rand % total
+        end = 0
+        for name, weight in clusters:
+            end += weight
+            if selected < end:
+                return name
+        return clusters[-1][0]  # unreachable: selected < total
+
+    def rewrite_path(self, req: Any) -> bytes | None:
+        """New :path (query kept) for prefix_rewrite / regex_rewrite, else None."""
+        new = self.path_rewrite.apply(req.path_str)
+        return None if new is None else new.encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponseAction:
+    status: int
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    virtual_host_name: str
+    match: RouteMatch | None
+    action: RouteAction | None = None
+    redirect: RedirectAction | None = None
+    direct_response: DirectResponseAction | None = None
+    request_mutations: tuple[HeaderMutation, ...] = ()
+    response_mutations: tuple[HeaderMutation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]            # lower-case
+    routes: tuple[Route, ...]
+    require_tls: str = "NONE"           # NONE, EXTERNAL_ONLY, ALL
+    tls_redirect_route: Route | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfiguration:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    internal_only_headers: tuple[bytes, ...] = ()
+    most_specific_header_mutations_wins: bool = False
+    validate_clusters: bool | None = None
+    max_direct_response_body_size_bytes: int = DEFAULT_MAX_DIRECT_RESPONSE_BODY
+    ignore_port_in_host_matching: bool = False
+    request_mutations: tuple[HeaderMutation, ...] = ()    # route-config level only
+    response_mutations: tuple[HeaderMutation, ...] = ()
+
+
+_HEADER_FIELDS = ("request_headers_to_add", "request_headers_to_remove",
+                  "response_headers_to_add", "response_headers_to_remove")
+
+
+def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation, ...]]:
+    return (parse_header_mutations(f, "request_headers_to_add", "request_headers_to_remove"),
+            parse_header_mutations(f, "response_headers_to_add", "response_headers_to_remove"))
+
+
+# -- RouteAction ----------------------------------------------------------------------------
+
+_ACTION_SUPPORTED = ("cluster", "cluster_header", "weighted_clusters", "prefix_rewrite",
+                     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "timeout",
+                     "idle_timeout", "cluster_not_found_response_code", "upgrade_configs")
+_ACTION_UNSUPPORTED = (
+    "cluster_specifier_plugin", "inline_cluster_specifier_plugin", "metadata_match",
+    "host_rewrite_header", "host_rewrite_path_regex", "append_x_forwarded_host",
+    "path_rewrite_policy", "retry_policy", "retry_policy_typed_config", "request_mirror_policies",
+    "priority", "rate_limits", "include_vh_rate_limits", "hash_policy", "cors",
+    "max_grpc_timeout", "grpc_timeout_offset", "internal_redirect_policy",
+    "internal_redirect_action", "max_internal_redirects", "hedge_policy", "max_stream_duration",
+    "early_data_policy", "request_body_buffer_limit")
+_WEIGHTED_UNSUPPORTED = ("random_value_specifier",)
+_WEIGHTED_CLUSTER_UNSUPPORTED = (
+    "cluster_header", "metadata_match", "typed_per_filter_config", "host_rewrite_literal",
+    "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
+    "response_headers_to_remove")
+
+
+def _parse_weighted(f: Fields) -> tuple[tuple[tuple[str, int], ...], bytes | None]:
+    w = f.obj("weighted_clusters", ("clusters", "total_weight", "runtime_key_prefix",
+                                    "header_name") + _WEIGHTED_UNSUPPORTED)
+    reject_unsupported(w, _WEIGHTED_UNSUPPORTED)
+    clusters = []
+    for c in w.objs("clusters", ("name", "weight") + _WEIGHTED_CLUSTER_UNSUPPORTED,
+                    required=True, min_items=1):
+        reject_unsupported(c, _WEIGHTED_CLUSTER_UNSUPPORTED)
+        name = c.str("name", required=True)
+        if not name:
+            raise ConfigError(c.at("name"), "must not be empty")
+        clusters.append((name, c.int("weight", 0, min=0)))
+    total = sum(weight for _, weight in clusters)
+    if total <= 0:
+        raise ConfigError(w.at("clusters"), "sum of weights must be greater than 0")
+    declared = w.int("total_weight", None, min=1)
+    if declared is not None and declared != total:
+        raise ConfigError(w.at("total_weight"),
+                          f"sum of weights ({total}) must equal total_weight ({declared})")
+    w.str("runtime_key_prefix")  # accepted: without runtime overrides the weights stand
+    header = w.str("header_name")
+    return tuple(clusters), header.lower().encode("latin-1") if header else None
+
+
+def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
+    f = Fields(raw, path, _ACTION_SUPPORTED + _ACTION_UNSUPPORTED)
+    reject_unsupported(f, _ACTION_UNSUPPORTED)
+    which = f.oneof("cluster", "cluster_header", "weighted_clusters", required=True)
+    cluster = cluster_header = weighted = header_name = None
+    if which == "cluster":
+        cluster = f.str("cluster")
+        if not cluster:
+            raise ConfigError(f.at("cluster"), "must not be empty")
+    elif which == "cluster_header":
+        name = f.str("cluster_header")
+        if not name or name.startswith(":"):
+            raise ConfigError(f.at("cluster_header"), "must be a non-empty regular header name")
+        cluster_header = name.lower().encode("latin-1")
+    else:
+        weighted, header_name = _parse_weighted(f)
+    rewrite_kind = f.oneof("prefix_rewrite", "regex_rewrite")
+    prefix = f.str("prefix_rewrite")
+    if prefix is not None and match.kind == "safe_regex":
+        raise ConfigError(f.at("prefix_rewrite"), "prefix_rewrite needs a prefix, path or "
+                          "path_separated_prefix match, not safe_regex")
+    regex = parse_regex_rewrite(f.raw["regex_rewrite"], f.at("regex_rewrite")) \
+        if rewrite_kind == "regex_rewrite" else None
+    host_literal = f.str("host_rewrite_literal")
+    f.oneof("host_rewrite_literal", "auto_host_rewrite")
+    upgrades = []
+    for u in f.objs("upgrade_configs", ("upgrade_type", "enabled", "connect_config")):
+        reject_unsupported(u, ("connect_config",))
+        upgrades.append((u.str("upgrade_type", required=True).lower(), u.bool("enabled", True)))
+    code = f.enum("cluster_not_found_response_code", tuple(_NOT_FOUND_CODES),
+                  "SERVICE_UNAVAILABLE")
+    return RouteAction(
+        cluster=cluster, cluster_header=cluster_header, weighted_clusters=weighted,
+        weighted_header_name=header_name, prefix_rewrite=prefix, regex_rewrite=regex,
+        host_rewrite_literal=host_literal.encode("latin-1") if host_literal else None,
+        auto_host_rewrite=f.bool("auto_host_rewrite", False),
+        timeout=f.duration("timeout", DEFAULT_ROUTE_TIMEOUT),
+        idle_timeout=f.duration("idle_timeout", None),
+        cluster_not_found_response_code=_NOT_FOUND_CODES[code],
+        upgrade_configs=tuple(upgrades),
+        path_rewrite=PathRewrite(match.matched_length, prefix, regex),
+    )
+
+
+# -- DirectResponseAction -------------------------------------------------------------------
+
+def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponseAction:
+    f = Fields(raw, path, ("status", "body"))
+    status = f.int("status", required=True, min=200, max=599)
+    body = b""
+    d = f.obj("body", ("filename", "inline_bytes", "inline_string", "environment_variable",
+                       "watched_directory"))
+    if d is not None:
+        reject_unsupported(d, ("environment_variable", "watched_directory"))
+        kind = d.oneof("filename", "inline_bytes", "inline_string", required=True)
+        if kind == "inline_string":
+            body = d.str(kind).encode("utf-8")
+        elif kind == "inline_bytes":
+            try:
+                body = base64.b64decode(d.str(kind), validate=True)
+            except (binascii.Error, ValueError):
+                raise ConfigError(d.at(kind), "invalid base64") from None
+        else:
+            try:
+                with open(d.str(kind), "rb") as fh:
+                    body = fh.read(max_body + 1)
+            except OSError as e:
+                raise ConfigError(d.at(kind), f"cannot read {d.str(kind)!r}: {e.strerror}") \
+                    from None
+        if len(body) > max_body:
+            raise ConfigError(d.path, f"response body is larger than "
+                              f"max_direct_response_body_size_bytes ({max_body})")
+    return DirectResponseAction(status, body)
+
+
+# -- Route / VirtualHost / RouteConfiguration -----------------------------------------------
+
+_ROUTE_UNSUPPORTED = ("filter_action", "non_forwarding_action", "typed_per_filter_config",
+                      "tracing", "per_request_buffer_limit_bytes", "stat_prefix",
+                      "request_body_buffer_limit")
+_ROUTE_FIELDS = ("name", "match", "route", "redirect", "direct_response", "metadata",
+                 "decorator") + _HEADER_FIELDS + _ROUTE_UNSUPPORTED
+
+
+@dataclass(frozen=True, slots=True)
+class _Outer:
+    """Header levels above a route, and config-wide settings a route needs while parsing."""
+    vhost_name: str
+    request_levels: tuple[tuple[HeaderMutation, ...], ...]   # inner first: vhost, config
+    response_levels: tuple[tuple[HeaderMutation, ...], ...]
+    most_specific_wins: bool
+    max_body: int
+
+
+def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
+    f = Fields(raw, path, _ROUTE_FIELDS)
+    reject_unsupported(f, _ROUTE_UNSUPPORTED)
+    match = parse_route_match(f.value("match", required=True), f.at("match"))
+    kind = f.oneof("route", "redirect", "direct_response", required=True)
+    action = redirect = direct = None
+    if kind == "route":
+        action = _parse_route_action(f.raw[kind], f.at(kind), match)
+    elif kind == "redirect":
+        length = None if match.kind == "safe_regex" else match.matched_length
+        redirect = parse_redirect(f.raw[kind], f.at(kind), length)
+    else:
+        direct = _parse_direct_response(f.raw[kind], f.at(kind), outer.max_body)
+    req_level, resp_level = _levels(f)
+    return Route(
+        name=f.str("name", ""), virtual_host_name=outer.vhost_name, match=match,
+        action=action, redirect=redirect, direct_response=direct,
+        request_mutations=combine_levels((req_level,) + outer.request_levels,
+                                         outer.most_specific_wins),
+        response_mutations=combine_levels((resp_level,) + outer.response_levels,
+                                          outer.most_specific_wins),
+    )
+
+
+_VHOST_UNSUPPORTED = (
+    "matcher", "virtual_clusters", "rate_limits", "cors", "typed_per_filter_config",
+    "include_request_attempt_count", "include_attempt_count_in_response", "retry_policy",
+    "retry_policy_typed_config", "hedge_policy", "include_is_timeout_retry_header",
+    "per_request_buffer_limit_bytes", "request_mirror_policies", "request_body_buffer_limit")
+_VHOST_FIELDS = ("name", "domains", "routes", "require_tls", "metadata") + _HEADER_FIELDS \
+    + _VHOST_UNSUPPORTED
+
+
+def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
+                 config_resp: tuple[HeaderMutation, ...], most_specific: bool,
+                 max_body: int, seen: dict[str, str]) -> VirtualHost:
+    f = Fields(raw, path, _VHOST_FIELDS)
+    reject_unsupported(f, _VHOST_UNSUPPORTED)
+    name = f.str("name", required=True)
+    if not name:
+        raise ConfigError(f.at("name"), "must not be empty")
+    domains = []
+    for d, dpath in f.list("domains", required=True, min_items=1):
+        if not isinstance(d, str) or not d:
+            raise ConfigError(dpath, "expected a non-empty domain")
+        if any(c in d for c in " \t\r\n\0/"):
+            raise ConfigError(dpath, f"invalid domain {d!r}")
+        d = d.lower()
+        if d in seen:
+            if d == "*":
+                raise ConfigError(dpath, "only one virtual host may have the domain \"*\" "
+                                  f"(already in {seen[d]})")
+            raise ConfigError(dpath, f"domain {d!r} is already used by {seen[d]}")
+        seen[d] = f"{path} ({name})"
+        domains.append(d)
+    req_level, resp_level = _levels(f)
+    outer = _Outer(name, (req_level, config_req), (resp_level, config_resp), most_specific,
+                   max_body)
+    routes = tuple(_parse_route(item, p, outer) for item, p in f.list("routes"))
+    require_tls = f.enum("require_tls", ("NONE", "EXTERNAL_ONLY", "ALL"), "NONE")
+    tls_route = None
+    if require_tls != "NONE":
+        # Envoy's SslRedirectRoute: a 301 to the same URL over https.
+        tls_route = Route(name="", virtual_host_name=name, match=None,
+                          redirect=RedirectAction(https_redirect=True, response_code=301))
+    return VirtualHost(name, tuple(domains), routes, require_tls, tls_route)
+
+
+_CONFIG_UNSUPPORTED = ("vhds", "cluster_specifier_plugins", "request_mirror_policies",
+                       "ignore_path_parameters_in_path_matching", "typed_per_filter_config")
+_CONFIG_FIELDS = ("name", "virtual_hosts", "internal_only_headers",
+                  "most_specific_header_mutations_wins", "validate_clusters",
+                  "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
+                  "metadata") + _HEADER_FIELDS + _CONFIG_UNSUPPORTED
+
+
+def parse_route_configuration(raw: Mapping[str, Any], path: str) -> RouteConfiguration:
+    """Validate `raw` (a RouteConfiguration as plain dicts) found at JSON path `path`."""
+    f = Fields(raw, path, _CONFIG_FIELDS)
+    reject_unsupported(f, _CONFIG_UNSUPPORTED)
+    most_specific = f.bool("most_specific_header_mutations_wins", False)
+    max_body = f.int("max_direct_response_body_size_bytes", DEFAULT_MAX_DIRECT_RESPONSE_BODY,
+                     min=0)
+    req_level, resp_level = _levels(f)
+    internal = []
+    for h, hpath in f.list("internal_only_headers"):
+        if not isinstance(h, str) or not h:
+            raise ConfigError(hpath, "expected a non-empty header name")
+        internal.append(h.lower().encode("latin-1"))
+    seen: dict[str, str] = {}
+    vhosts = tuple(_parse_vhost(item, p, req_level, resp_level, most_specific, max_body, seen)
+                   for item, p in f.list("virtual_hosts"))
+    names: dict[str, str] = {}
+    for vh, (_, p) in zip(vhosts, f.list("virtual_hosts")):
+        if vh.name in names:
+            raise ConfigError(f"{p}.name", f"virtual host name {vh.name!r} is already used by "
+                              f"{names[vh.name]}")
+        names[vh.name] = p
+    return RouteConfiguration(
+        name=f.str("name", ""),
+        virtual_hosts=vhosts,
+        internal_only_headers=tuple(internal),
+        most_specific_header_mutations_wins=most_specific,
+        validate_clusters=f.bool("validate_clusters", None),
+        max_direct_response_body_size_bytes=max_body,
+        ignore_port_in_host_matching=f.bool("ignore_port_in_host_matching", False),
+        request_mutations=req_level,
+        response_mutations=resp_level,
+    )

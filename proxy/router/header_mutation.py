@@ -1,0 +1,241 @@
+"""Header add/remove of the route tables (`request_headers_to_add` / `_remove` and the response
+pair) at route-config, virtual-host and route level.
+
+Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `HeaderMutation`
+(value formats precompiled), combine the levels in Envoy's order, and apply them to a
+`Headers`. Envoy's rules kept here:
+- each level removes first, then adds;
+- levels run innermost first (route, virtual host, route config) so outer levels win
+  conflicts; with `most_specific_header_mutations_wins` the order is reversed;
+- `append_action` default APPEND_IF_EXISTS_OR_ADD; legacy `append: false` means
+  OVERWRITE_IF_EXISTS_OR_ADD; both set is an error;
+- an empty formatted value is skipped unless `keep_empty_value`;
+- `:`-prefixed names and `host` may not be added or removed;
+- values are format strings: `%%` is a literal percent; supported operators are
+  `%DOWNSTREAM_REMOTE_ADDRESS%`, `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`,
+  `%DOWNSTREAM_LOCAL_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%`,
+  `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation) and `%START_TIME%`; others are refused
+  at load. Values come from `info`: an object with `downstream_remote_address: str`,
+  optional `downstream_local_address: str`, `start_time: float` (epoch seconds) and
+  `request_headers` (anything with `get_str(name)`); a missing value formats as "".
+
+Must not: do I/O or read clocks (START_TIME comes from `info`). Thread affinity: mutations are
+immutable and shared; `apply_mutations` mutates only the caller's `Headers`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.config.reader import ConfigError, Fields
+from proxy.http.headers import Headers
+
+__all__ = ["HeaderMutation", "ValueFormat", "parse_header_mutations", "combine_levels",
+           "apply_mutations", "compile_value_format",
+           "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
+           "OVERWRITE_IF_EXISTS"]
+
+APPEND_IF_EXISTS_OR_ADD = "APPEND_IF_EXISTS_OR_ADD"
+ADD_IF_ABSENT = "ADD_IF_ABSENT"
+OVERWRITE_IF_EXISTS_OR_ADD = "OVERWRITE_IF_EXISTS_OR_ADD"
+OVERWRITE_IF_EXISTS = "OVERWRITE_IF_EXISTS"
+_APPEND_ACTIONS = (APPEND_IF_EXISTS_OR_ADD, ADD_IF_ABSENT, OVERWRITE_IF_EXISTS_OR_ADD,
+                   OVERWRITE_IF_EXISTS)
+
+# -- value formats ----------------------------------------------------------------------------
+
+
+def _without_port(addr: str) -> str:
+    if addr.startswith("["):
+        end = addr.find("]")
+        return addr[1:end] if end > 0 else addr
+    if addr.count(":") == 1:
+        return addr.partition(":")[0]
+    return addr
+
+
+def _attr(name: str, strip_port: bool) -> Callable[[Any], str]:
+    def get(info: Any) -> str:
+        v = getattr(info, name, None) if info is not None else None
+        if not v:
+            return ""
+        return _without_port(str(v)) if strip_port else str(v)
+    return get
+
+
+def _start_time(info: Any) -> str:
+    t = getattr(info, "start_time", None) if info is not None else None
+    if t is None:
+        return ""
+    dt = datetime.datetime.fromtimestamp(t, tz=datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _req(names: tuple[str, ...], limit: int | None) -> Callable[[Any], str]:
+    def get(info: Any) -> str:
+        headers = getattr(info, "request_headers", None) if info is not None else None
+        if headers is None:
+            return ""
+        for n in names:
+            v = headers.get_str(n)
+            if v is not None:
+                return v if limit is None else v[:limit]
+        return ""
+    return get
+
+
+_SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
+    "DOWNSTREAM_REMOTE_ADDRESS": _attr("downstream_remote_address", False),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _attr("downstream_remote_address", True),
+    "DOWNSTREAM_LOCAL_ADDRESS": _attr("downstream_local_address", False),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _attr("downstream_local_address", True),
+    "START_TIME": _start_time,
+}
+_OP_RE = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+
+
+@dataclass(frozen=True, slots=True)
+class ValueFormat:
+    """A header value with its operators compiled: parts are literal str or callables."""
+
+    source: str
+    parts: tuple[str | Callable[[Any], str], ...]
+
+    @property
+    def is_literal(self) -> bool:
+        return all(isinstance(p, str) for p in self.parts)
+
+    def format(self, info: Any = None) -> str:
+        return "".join(p if isinstance(p, str) else p(info) for p in self.parts)
+
+
+def compile_value_format(value: str, path: str) -> ValueFormat:
+    parts: list[str | Callable[[Any], str]] = []
+    literal: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c != "%":
+            literal.append(c)
+            i += 1
+            continue
+        if value.startswith("%%", i):
+            literal.append("%")
+            i += 2
+            continue
+        m = _OP_RE.match(value, i)
+        if m is None:
+            raise ConfigError(path, f"invalid header value format at position {i} in {value!r} "
+                              "(write %% for a literal percent)")
+        op, arg, limit = m.group(1), m.group(2), m.group(3)
+        if op == "REQ" and arg:
+            fn: Callable[[Any], str] = _req(tuple(a.lower() for a in arg.split("?")),
+                                            int(limit) if limit else None)
+        elif op in _SIMPLE_OPS and arg is None and limit is None:
+            fn = _SIMPLE_OPS[op]
+        else:
+            raise ConfigError(path, f"unsupported header value operator %{op}%")
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append(fn)
+        i = m.end()
+    if literal:
+        parts.append("".join(literal))
+    return ValueFormat(value, tuple(parts))
+
+
+# -- mutations ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutation:
+    """One step: remove `name`, or add it with `value` under `append_action`."""
+
+    name: bytes
+    remove: bool = False
+    value: ValueFormat | None = None
+    append_action: str = APPEND_IF_EXISTS_OR_ADD
+    keep_empty_value: bool = False
+
+
+def _check_name(name: Any, path: str) -> bytes:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(path, "expected a non-empty header name")
+    lower = name.lower()
+    if lower.startswith(":") or lower == "host":
+        raise ConfigError(path, f"\":\"-prefixed or host headers may not be modified: {name!r}")
+    if any(c in name for c in " \t\r\n\0:"):
+        raise ConfigError(path, f"invalid header name {name!r}")
+    return lower.encode("latin-1")
+
+
+_OPTION_FIELDS = ("header", "append", "append_action", "keep_empty_value")
+
+
+def _parse_option(raw: Any, path: str) -> HeaderMutation:
+    f = Fields(raw, path, _OPTION_FIELDS)
+    h = f.obj("header", ("key", "value", "raw_value"), required=True)
+    name = _check_name(h.str("key", required=True), h.at("key"))
+    if h.has("value") and h.has("raw_value"):
+        raise ConfigError(h.path, "only one of value, raw_value may be set")
+    if h.has("raw_value"):
+        try:
+            text = base64.b64decode(h.str("raw_value"), validate=True).decode("latin-1")
+        except (binascii.Error, ValueError):
+            raise ConfigError(h.at("raw_value"), "invalid base64") from None
+        value = compile_value_format(text, h.at("raw_value"))
+    else:
+        text = h.str("value", "")
+        if any(c in text for c in "\r\n\0"):
+            raise ConfigError(h.at("value"), "header values may not contain CR, LF or NUL")
+        value = compile_value_format(text, h.at("value"))
+    if f.has("append") and f.has("append_action"):
+        raise ConfigError(f.path, "both append and append_action are set; use append_action")
+    if f.has("append"):
+        action = APPEND_IF_EXISTS_OR_ADD if f.bool("append") else OVERWRITE_IF_EXISTS_OR_ADD
+    else:
+        action = f.enum("append_action", _APPEND_ACTIONS, APPEND_IF_EXISTS_OR_ADD)
+    return HeaderMutation(name, False, value, action, f.bool("keep_empty_value", False))
+
+
+def parse_header_mutations(f: Fields, add_key: str, remove_key: str) -> tuple[HeaderMutation, ...]:
+    """One level's mutations from fields `add_key` / `remove_key` of `f`: removals first."""
+    out = [HeaderMutation(_check_name(name, p), remove=True) for name, p in f.list(remove_key)]
+    out.extend(_parse_option(item, p) for item, p in f.list(add_key))
+    return tuple(out)
+
+
+def combine_levels(levels_inner_first: Iterable[tuple[HeaderMutation, ...]],
+                   most_specific_wins: bool) -> tuple[HeaderMutation, ...]:
+    """Flatten (route, vhost, route-config) levels in the order Envoy evaluates them."""
+    levels = list(levels_inner_first)
+    if most_specific_wins:
+        levels.reverse()
+    return tuple(m for level in levels for m in level)
+
+
+def apply_mutations(mutations: Iterable[HeaderMutation], headers: Headers, info: Any = None) -> None:
+    for m in mutations:
+        if m.remove:
+            headers.remove(m.name)
+            continue
+        text = m.value.format(info)  # type: ignore[union-attr]
+        if not text and not m.keep_empty_value:
+            continue
+        value = text.encode("latin-1", "replace")
+        action = m.append_action
+        if action == APPEND_IF_EXISTS_OR_ADD:
+            headers.add(m.name, value)
+        elif action == ADD_IF_ABSENT:
+            headers.set_default(m.name, value)
+        elif action == OVERWRITE_IF_EXISTS_OR_ADD or headers.has(m.name):  # or _IF_EXISTS
+            # Envoy's setReferenceKey: drop every existing value, then append the new one.
+            headers.remove(m.name)
+            headers.add(m.name, value)

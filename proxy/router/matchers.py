@@ -1,0 +1,353 @@
+"""Request matchers of `config.route.v3.RouteMatch`: string, header, query-parameter and path.
+
+Job: parse the matcher config (through `Fields`, so errors name the JSON path), compile it once
+(regexes included) into immutable objects, and answer `matches(...)` for a request with
+Envoy's semantics:
+- the path matchers see the path without query string and fragment; `case_sensitive` (default
+  true) applies to `prefix`, `path` and `path_separated_prefix`, never to `safe_regex`;
+- `safe_regex` is a full-string match (Python `re` stands in for RE2);
+- a header matcher reads all values of the header joined with "," (pseudo-headers `:method`,
+  `:path`, `:authority`, `:scheme` and `host` come from the request head); a missing header
+  fails the match (true when inverted) unless `treat_missing_header_as_empty`;
+- a matcher with no specifier is a presence match;
+- query parameters are percent-decoded and the first value of a name is used.
+
+Must not: do I/O, keep per-request state, or import anything from `proxy` beyond
+`proxy.config.reader` and `proxy.http.headers`. Thread affinity: none; every object here is
+immutable after parse and shared by all workers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from proxy.config.reader import ConfigError, Fields
+
+__all__ = [
+    "StringMatcher", "HeaderMatcher", "QueryParameterMatcher", "RouteMatch", "RequestView",
+    "parse_string_matcher", "parse_header_matcher", "parse_route_match", "compile_regex",
+    "parse_regex_matcher", "reject_unsupported", "split_path",
+]
+
+# Parse-time helpers shared by the router's config modules ---------------------------------
+
+
+def reject_unsupported(f: Fields, names: Iterable[str]) -> None:
+    """Envoy fields we know but do not implement: refuse them by name (not "unknown field")."""
+    for name in names:
+        if f.has(name):
+            raise ConfigError(f.at(name), "unsupported: ftproxy does not implement this field")
+
+
+def compile_regex(regex: str, path: str) -> re.Pattern[str]:
+    try:
+        return re.compile(regex)
+    except re.error as e:
+        raise ConfigError(path, f"invalid regex {regex!r}: {e}") from None
+
+
+_REGEX_FIELDS = ("regex", "google_re2")
+
+
+def parse_regex_matcher(raw: Any, path: str) -> re.Pattern[str]:
+    """`type.matcher.v3.RegexMatcher` {regex, google_re2 (accepted, ignored)}."""
+    f = Fields(raw, path, _REGEX_FIELDS)
+    return compile_regex(f.str("regex", required=True), f.at("regex"))
+
+
+def split_path(target: str) -> tuple[str, str]:
+    """(path, query) of a request target; the fragment, if any, is dropped."""
+    hash_at = target.find("#")
+    if hash_at >= 0:
+        target = target[:hash_at]
+    q = target.find("?")
+    if q < 0:
+        return target, ""
+    return target[:q], target[q + 1:]
+
+
+# String matcher ---------------------------------------------------------------------------
+
+_STRING_KINDS = ("exact", "prefix", "suffix", "safe_regex", "contains")
+_STRING_FIELDS = _STRING_KINDS + ("ignore_case", "custom")
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatcher:
+    """`type.matcher.v3.StringMatcher`. `value` is lower-cased already when `ignore_case`."""
+
+    kind: str                            # one of _STRING_KINDS
+    value: str = ""
+    regex: re.Pattern[str] | None = None
+    ignore_case: bool = False
+
+    def match(self, s: str) -> bool:
+        kind = self.kind
+        if kind == "safe_regex":
+            return self.regex.fullmatch(s) is not None  # type: ignore[union-attr]
+        if self.ignore_case:
+            s = s.lower()
+        if kind == "exact":
+            return s == self.value
+        if kind == "prefix":
+            return s.startswith(self.value)
+        if kind == "suffix":
+            return s.endswith(self.value)
+        return self.value in s  # contains
+
+
+def _string_matcher(kind: str, value: Any, path: str, ignore_case: bool) -> StringMatcher:
+    if kind == "safe_regex":
+        return StringMatcher("safe_regex", regex=parse_regex_matcher(value, path))
+    if not isinstance(value, str):
+        raise ConfigError(path, f"expected a string, got {type(value).__name__}")
+    if kind != "exact" and not value:
+        raise ConfigError(path, "must not be empty")
+    return StringMatcher(kind, value.lower() if ignore_case else value, None, ignore_case)
+
+
+def parse_string_matcher(raw: Any, path: str) -> StringMatcher:
+    f = Fields(raw, path, _STRING_FIELDS)
+    reject_unsupported(f, ("custom",))
+    kind = f.oneof(*_STRING_KINDS, required=True)
+    return _string_matcher(kind, f.raw[kind], f.at(kind), f.bool("ignore_case", False))
+
+
+# Header matcher ---------------------------------------------------------------------------
+
+_LEGACY_HEADER_KINDS = {"exact_match": "exact", "prefix_match": "prefix",
+                        "suffix_match": "suffix", "contains_match": "contains",
+                        "safe_regex_match": "safe_regex"}
+_HEADER_SPECIFIERS = ("string_match", "present_match", "range_match") + tuple(_LEGACY_HEADER_KINDS)
+_HEADER_FIELDS = ("name", "invert_match", "treat_missing_header_as_empty") + _HEADER_SPECIFIERS
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatcher:
+    """`config.route.v3.HeaderMatcher`. Exactly one of `string`, `present`, `range` is set."""
+
+    name: str                                   # lower-case; may be a pseudo-header
+    string: StringMatcher | None = None
+    present: bool | None = None
+    range: tuple[int, int] | None = None        # [start, end)
+    invert: bool = False
+    treat_missing_as_empty: bool = False
+
+    def matches(self, req: Any) -> bool:
+        value = _header_value(req, self.name)
+        if self.present is not None:
+            return ((value is not None) == self.present) != self.invert
+        if value is None:
+            if not self.treat_missing_as_empty:
+                return self.invert
+            value = ""
+        if self.string is not None:
+            ok = self.string.match(value)
+        else:
+            ok = _in_range(value, self.range)  # type: ignore[arg-type]
+        return ok != self.invert
+
+
+def _in_range(value: str, bounds: tuple[int, int]) -> bool:
+    try:
+        n = int(value.strip(), 10)
+    except ValueError:
+        return False
+    return bounds[0] <= n < bounds[1]
+
+
+def _header_value(req: Any, name: str) -> str | None:
+    if name[:1] == ":" or name == "host":
+        return req.get_str(name)
+    values = req.headers.get_all(name.encode("latin-1"))
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0].decode("latin-1")
+    return b",".join(values).decode("latin-1")
+
+
+def parse_header_matcher(raw: Any, path: str) -> HeaderMatcher:
+    f = Fields(raw, path, _HEADER_FIELDS)
+    name = f.str("name", required=True)
+    if not name:
+        raise ConfigError(f.at("name"), "must not be empty")
+    common = {"name": name.lower(), "invert": f.bool("invert_match", False),
+              "treat_missing_as_empty": f.bool("treat_missing_header_as_empty", False)}
+    kind = f.oneof(*_HEADER_SPECIFIERS)
+    if kind is None:  # Envoy: no specifier means "header is present"
+        return HeaderMatcher(present=True, **common)
+    if kind == "present_match":
+        return HeaderMatcher(present=f.bool("present_match"), **common)
+    if kind == "range_match":
+        r = f.obj("range_match", ("start", "end"), required=True)
+        start, end = r.int("start", required=True), r.int("end", required=True)
+        if start >= end:
+            raise ConfigError(r.path, f"start ({start}) must be less than end ({end})")
+        return HeaderMatcher(range=(start, end), **common)
+    if kind == "string_match":
+        return HeaderMatcher(string=parse_string_matcher(f.raw[kind], f.at(kind)), **common)
+    return HeaderMatcher(string=_string_matcher(_LEGACY_HEADER_KINDS[kind], f.raw[kind],
+                                                f.at(kind), False), **common)
+
+
+# Query parameter matcher ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParameterMatcher:
+    """`config.route.v3.QueryParameterMatcher`: the parameter must be present, and when
+    `string` is set its first (decoded) value must match it."""
+
+    name: str
+    string: StringMatcher | None = None
+
+    def matches(self, query: Mapping[str, str]) -> bool:
+        value = query.get(self.name)
+        if value is None:
+            return False
+        return self.string is None or self.string.match(value)
+
+
+def parse_query_parameter_matcher(raw: Any, path: str) -> QueryParameterMatcher:
+    f = Fields(raw, path, ("name", "string_match", "present_match"))
+    name = f.str("name", required=True)
+    if not name:
+        raise ConfigError(f.at("name"), "must not be empty")
+    kind = f.oneof("string_match", "present_match")
+    if kind == "string_match":
+        return QueryParameterMatcher(name, parse_string_matcher(f.raw[kind], f.at(kind)))
+    if kind == "present_match":
+        f.bool("present_match")  # type check only; Envoy treats any value as "present"
+    return QueryParameterMatcher(name)
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """Decoded query parameters, first value per name (Envoy's getFirstValue)."""
+    out: dict[str, str] = {}
+    if not query:
+        return out
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = unquote(name, encoding="latin-1")
+        if name not in out:
+            out[name] = unquote(value, encoding="latin-1")
+    return out
+
+
+# Per-request view -------------------------------------------------------------------------
+
+
+class RequestView:
+    """What the matchers read from one request: path split once, query parsed on demand.
+    Owned by the worker handling the request; never shared."""
+
+    __slots__ = ("req", "path", "_query_str", "_query")
+
+    def __init__(self, req: Any) -> None:
+        self.req = req
+        self.path, self._query_str = split_path(req.path_str)
+        self._query: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        q = self._query
+        if q is None:
+            q = self._query = parse_query(self._query_str)
+        return q
+
+
+# Route match ------------------------------------------------------------------------------
+
+_PATH_KINDS = ("prefix", "path", "safe_regex", "path_separated_prefix")
+_MATCH_UNSUPPORTED = ("connect_matcher", "path_match_policy", "runtime_fraction", "tls_context",
+                      "dynamic_metadata", "filter_state", "cel_expression")
+_MATCH_FIELDS = _PATH_KINDS + ("case_sensitive", "headers", "query_parameters",
+                               "grpc") + _MATCH_UNSUPPORTED
+
+
+def _is_grpc(req: Any) -> bool:
+    ct = req.headers.get(b"content-type")
+    if ct is None:
+        return False
+    # Envoy's Grpc::Common::hasGrpcContentType: exact, or "+proto"-style / parameters.
+    return ct == b"application/grpc" or ct.startswith((b"application/grpc+", b"application/grpc;"))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """`config.route.v3.RouteMatch`. `kind` is the path specifier; `value` is lower-cased
+    when not `case_sensitive`."""
+
+    kind: str
+    value: str = ""
+    regex: re.Pattern[str] | None = None
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatcher, ...] = ()
+    query_parameters: tuple[QueryParameterMatcher, ...] = ()
+    grpc: bool = False
+
+    def matches(self, view: RequestView) -> bool:
+        if not self._path_matches(view.path):
+            return False
+        req = view.req
+        for h in self.headers:
+            if not h.matches(req):
+                return False
+        if self.query_parameters:
+            query = view.query
+            for q in self.query_parameters:
+                if not q.matches(query):
+                    return False
+        return not self.grpc or _is_grpc(req)
+
+    def _path_matches(self, path: str) -> bool:
+        kind = self.kind
+        if kind == "safe_regex":
+            return self.regex.fullmatch(path) is not None  # type: ignore[union-attr]
+        if not self.case_sensitive:
+            path = path.lower()
+        if kind == "prefix":
+            return path.startswith(self.value)
+        if kind == "path":
+            return path == self.value
+        # path_separated_prefix: the prefix, then end of path or "/".
+        value = self.value
+        return path.startswith(value) and (len(path) == len(value) or path[len(value)] == "/")
+
+    @property
+    def matched_length(self) -> int:
+        """Characters of the path a prefix_rewrite replaces (prefix/path kinds only)."""
+        return len(self.value)
+
+
+def parse_route_match(raw: Any, path: str) -> RouteMatch:
+    f = Fields(raw, path, _MATCH_FIELDS)
+    reject_unsupported(f, _MATCH_UNSUPPORTED)
+    kind = f.oneof(*_PATH_KINDS, required=True)
+    case_sensitive = f.bool("case_sensitive", True)
+    value, regex = "", None
+    if kind == "safe_regex":
+        regex = parse_regex_matcher(f.raw[kind], f.at(kind))
+    else:
+        value = f.str(kind)
+        if kind == "path_separated_prefix":
+            if not value.startswith("/") or value.endswith("/") or "?" in value or "#" in value:
+                raise ConfigError(f.at(kind), "must start with \"/\", not end with \"/\", and "
+                                  "contain no \"?\" or \"#\"")
+        if not case_sensitive:
+            value = value.lower()
+    headers = tuple(parse_header_matcher(item, p) for item, p in f.list("headers"))
+    queries = tuple(parse_query_parameter_matcher(item, p)
+                    for item, p in f.list("query_parameters"))
+    grpc = False
+    if f.has("grpc"):
+        Fields(f.raw["grpc"], f.at("grpc"), ())
+        grpc = True
+    return RouteMatch(kind, value, regex, case_sensitive, headers, queries, grpc)

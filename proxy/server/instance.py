@@ -1,0 +1,228 @@
+"""The server: composition root. Builds everything from a Bootstrap and runs the main thread.
+
+Main thread owns: the bootstrap, the cluster manager (DNS), stats merging, signals and the
+lifecycle; the admin server answers on its own thread ("admin") and only reads immutable
+snapshots or merged stats. Workers get listen sockets and cluster snapshots via `post()`.
+
+Lifecycle: INITIALIZING -> LIVE -> DRAINING (SIGTERM/SIGINT or /quitquitquit: stop accepting,
+finish in-flight requests, bounded by drain_time) -> exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from .. import __version__
+from ..admin.server import AdminServer
+from ..http.hcm_config import HcmConfig
+from ..http.hcm_factory import HcmFactory
+from ..network.listener import bind_listen_sockets
+from ..network.tcp_proxy import TcpProxyFactory
+from ..network.tcp_proxy_config import TcpProxyConfig
+from ..stats.store import StatsRegistry
+from ..threads.dispatcher import Dispatcher
+from ..threads.worker import Worker
+from ..upstream.cluster_manager import ClusterManager
+from .admin_context import ServerAdminContext
+
+__all__ = ["Server", "ServerOptions", "gil_enabled"]
+
+log = logging.getLogger("ftproxy.server")
+
+
+def gil_enabled() -> bool:
+    f = getattr(sys, "_is_gil_enabled", None)
+    return True if f is None else bool(f())
+
+
+class ServerOptions:
+    def __init__(self, config_path: str = "", concurrency: int | None = None, drain_time_s: float = 600.0,
+                 codec: str = "fast", log_level: str = "info", hot_restart_epoch: int = 0) -> None:
+        self.config_path = config_path
+        self.concurrency = max(1, concurrency if concurrency is not None else (os.cpu_count() or 1))
+        self.drain_time_s = drain_time_s
+        self.codec = codec
+        self.log_level = log_level
+        self.hot_restart_epoch = hot_restart_epoch
+
+
+class Server:
+    def __init__(self, bootstrap, options: ServerOptions) -> None:
+        self.bootstrap = bootstrap
+        self.options = options
+        self.state = "INITIALIZING"
+        self.start_time = time.time()
+        self.main = Dispatcher("main")
+        self.stats = StatsRegistry()
+        self.main_store = self.stats.new_store("main")
+        self.workers: list[Worker] = []
+        self.listen_sockets: dict[str, list] = {}
+        self.listener_addresses: dict[str, tuple[str, int]] = {}
+        self.admin: AdminServer | None = None
+        self.healthcheck_failed = False
+        self.cluster_manager: ClusterManager | None = None
+        self._tick_timer = None
+        self._exit_code = 0
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._drain_started = False
+
+    # -- public ------------------------------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> int:
+        """Start everything and run the main loop on the calling thread until shut down."""
+        self.start()
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.main.post(self.shutdown))
+        try:
+            self.main.run()
+        finally:
+            self._teardown()
+            self._stopped.set()
+        return self._exit_code
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Drain and exit (main thread; others call `request_shutdown`)."""
+        if self._drain_started:
+            return
+        self._drain_started = True
+        self.state = "DRAINING"
+        log.info("shutting down: draining %d worker(s) for at most %.0fs", len(self.workers),
+                 self.options.drain_time_s)
+        remaining = [len(self.workers)]
+
+        def worker_idle() -> None:  # called on each worker thread, hops back to main
+            self.main.post(one_done)
+
+        def one_done() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self.main.exit()
+
+        for w in self.workers:
+            w.post(lambda w=w: w.start_drain(worker_idle))
+        if not self.workers:
+            self.main.exit()
+        self.main.call_later(self.options.drain_time_s, self.main.exit)
+
+    def request_shutdown(self) -> None:
+        self.main.post(self.shutdown)
+
+    # -- start-up ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        opts = self.options
+        log.info("ftproxy %s starting: python %s (%s), GIL %s, concurrency %d, config %s", __version__,
+                 platform.python_version(), sys.implementation.name,
+                 "enabled" if gil_enabled() else "disabled", opts.concurrency, opts.config_path or "-")
+        st = self.main_store
+        st.gauge("server.concurrency").set(opts.concurrency)
+        st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
+        st.gauge("server.live").set(0)
+        factories = self._build_filter_factories()
+        for lc in self.bootstrap.listeners:
+            socks = bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
+                                        lc.tcp_backlog_size)
+            self.listen_sockets[lc.name] = socks
+            self.listener_addresses[lc.name] = socks[0].getsockname()[:2]
+        self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
+                        for i in range(opts.concurrency)]
+        self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
+                                              stats=self.main_store)
+        self.cluster_manager.initialize()
+        for lc in self.bootstrap.listeners:
+            socks = self.listen_sockets[lc.name]
+            shared = len(socks) == 1 and opts.concurrency > 1
+            for i, w in enumerate(self.workers):
+                sock = socks[i] if not shared else socks[0]
+                w.post(lambda w=w, lc=lc, sock=sock: w.add_listener(lc, sock, factories[lc.name], shared))
+        for w in self.workers:
+            w.start()
+        st.counter("listener_manager.workers_started").inc(len(self.workers))
+        if self.bootstrap.admin is not None:
+            a = self.bootstrap.admin
+            self.admin = AdminServer(ServerAdminContext(self), a.address, a.port)
+            self.admin.start()
+            log.info("admin listening on %s:%d", self.admin.host, self.admin.port)
+        for name, (host, port) in self.listener_addresses.items():
+            log.info("listener %s on %s:%d", name, host, port)
+        self._tick_timer = self.main.create_timer(self._tick)
+        self._tick_timer.enable(1.0)
+        self.state = "LIVE"
+        st.gauge("server.live").set(1)
+        st.gauge("server.state").set(0)
+        self._update_uptime()
+        self._ready.set()
+
+    def _build_filter_factories(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for lc in self.bootstrap.listeners:
+            chain = lc.filter_chains[0]
+            terminal = chain.filters[-1].config
+            if isinstance(terminal, HcmConfig):
+                out[lc.name] = HcmFactory(terminal, self.options.codec)
+            elif isinstance(terminal, TcpProxyConfig):
+                out[lc.name] = TcpProxyFactory(terminal)
+            else:  # config parsing only admits the two terminal filters above
+                raise RuntimeError(f"listener {lc.name}: unsupported terminal filter {chain.filters[-1].name}")
+        return out
+
+    def _publish_clusters(self, snapshots) -> None:
+        # Thread-local slot: one immutable mapping, swapped on each worker's own thread.
+        for w in self.workers:
+            w.post(lambda w=w: w.set_clusters(snapshots))
+
+    def _tick(self) -> None:
+        try:
+            if self.cluster_manager is not None:
+                self.cluster_manager.tick()
+            self._update_uptime()
+        finally:
+            self._tick_timer.enable(1.0)
+
+    def _update_uptime(self) -> None:
+        self.main_store.gauge("server.uptime").set(int(time.time() - self.start_time))
+
+    def _teardown(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
+        for w in self.workers:
+            w.post(w.stop_listeners)
+            w.stop()
+        for w in self.workers:
+            w.join(5.0)
+        for socks in self.listen_sockets.values():
+            for s in socks:
+                s.close()
+        self.main.close()
+        log.info("ftproxy exited")
+
+    # -- helpers for admin and tests -----------------------------------------------------------------
+    def listener_port(self, name: str | None = None) -> int:
+        if name is None:
+            name = next(iter(self.listener_addresses))
+        return self.listener_addresses[name][1]
+
+    def call_on_main(self, fn: Callable[[], object], timeout: float = 5.0) -> object:
+        """Run `fn` on the main thread and return its result (for admin/test threads)."""
+        done = threading.Event()
+        box: list = []
+
+        def run() -> None:
+            try:
+                box.append(fn())
+            finally:
+                done.set()
+
+        self.main.post(run)
+        done.wait(timeout)
+        return box[0] if box else None

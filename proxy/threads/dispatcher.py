@@ -1,0 +1,193 @@
+"""Dispatcher: one `selectors` event loop per thread, with timers and a cross-thread post queue.
+
+Every worker thread (and the main thread) runs exactly one Dispatcher. Everything registered
+with it (sockets, timers) belongs to its thread: only the owner thread may register,
+modify, or unregister. The one thread-safe entry point is `post(fn)`, which queues `fn` to run
+on the owner thread and wakes the loop through an eventfd (Envoy's Dispatcher::post).
+
+OS facts that shaped this:
+- epoll keys on file descriptors: closing an fd that is still registered leaves a stale
+  entry, so `unregister` always runs before `close` (Connection.close does that).
+- Waking a thread blocked in epoll_wait from another thread needs a kernel object; an eventfd
+  is one fd and one 8-byte write (a socketpair would be two fds).
+
+Errors: a callback that raises is logged and counted (`unhandled_exceptions`) and the loop
+goes on; callers are expected to contain failures to their own connection first.
+Must not: know about HTTP, config or stats names.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import selectors
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["Dispatcher", "Timer", "READ", "WRITE"]
+
+log = logging.getLogger("ftproxy.dispatcher")
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+
+class Timer:
+    """A one-shot timer owned by a Dispatcher. `enable(delay)` (re)arms, `disable()` cancels."""
+
+    __slots__ = ("_dispatcher", "_callback", "_deadline", "_entry")
+
+    def __init__(self, dispatcher: Dispatcher, callback: Callable[[], None]) -> None:
+        self._dispatcher = dispatcher
+        self._callback = callback
+        self._deadline: float | None = None
+        self._entry: list | None = None
+
+    def enable(self, delay: float) -> None:
+        self.disable()
+        self._deadline = time.monotonic() + delay
+        self._entry = self._dispatcher._push_timer(self._deadline, self)
+
+    def disable(self) -> None:
+        if self._entry is not None:
+            self._entry[2] = None  # lazy deletion: the heap entry is skipped when popped
+            self._entry = None
+        self._deadline = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._entry is not None
+
+    def _fire(self) -> None:
+        self._entry = None
+        self._deadline = None
+        self._callback()
+
+
+class Dispatcher:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[list] = []  # heap of [deadline, seq, Timer|None]
+        self._seq = 0
+        # Cross-thread queue. deque.append/popleft are atomic on GIL and free-threaded builds.
+        self._posted: deque[Callable[[], None]] = deque()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._selector.register(self._wake_fd, READ, self._on_wake)
+        self._deferred: list[Callable[[], None]] = []
+        self._thread_id: int | None = None
+        self._running = False
+        self._exit_requested = False
+        self.unhandled_exceptions = 0
+        self.loop_iterations = 0
+
+    # -- thread-safe ---------------------------------------------------------------------
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on this dispatcher's thread. Safe from any thread."""
+        self._posted.append(fn)
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except (BlockingIOError, OSError):
+            pass  # counter saturated or loop closed: the queue still holds fn
+
+    def exit(self) -> None:
+        """Ask the loop to return from run() after the current iteration. Safe from any thread."""
+        self._exit_requested = True
+        self.post(lambda: None)
+
+    def is_thread_safe(self) -> bool:
+        """True when called on the owner thread (where touching its objects is allowed)."""
+        return self._thread_id is None or self._thread_id == threading.get_ident()
+
+    # -- owner thread only -----------------------------------------------------------------
+    def register(self, fd, events: int, callback: Callable[[int], None]) -> None:
+        self._selector.register(fd, events, callback)
+
+    def modify(self, fd, events: int, callback: Callable[[int], None]) -> None:
+        self._selector.modify(fd, events, callback)
+
+    def unregister(self, fd) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def create_timer(self, callback: Callable[[], None]) -> Timer:
+        return Timer(self, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        t = Timer(self, callback)
+        t.enable(delay)
+        return t
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Run `fn` at the end of the current loop iteration (deferred deletion)."""
+        self._deferred.append(fn)
+
+    def _push_timer(self, deadline: float, timer: Timer) -> list:
+        self._seq += 1
+        entry = [deadline, self._seq, timer]
+        heapq.heappush(self._timers, entry)
+        return entry
+
+    def _on_wake(self, _mask: int) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+
+    def _run_guarded(self, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.unhandled_exceptions += 1
+            log.exception("dispatcher %s: unhandled exception in %r", self.name, fn)
+
+    def run(self) -> None:
+        """Run the loop on the calling thread until exit() is called."""
+        self._thread_id = threading.get_ident()
+        self._running = True
+        select = self._selector.select
+        timers = self._timers
+        posted = self._posted
+        try:
+            while not self._exit_requested:
+                self.loop_iterations += 1
+                timeout = None
+                if posted or self._deferred:
+                    timeout = 0
+                else:
+                    while timers and timers[0][2] is None:
+                        heapq.heappop(timers)
+                    if timers:
+                        timeout = max(0.0, timers[0][0] - time.monotonic())
+                for key, mask in select(timeout):
+                    cb = key.data
+                    try:
+                        cb(mask)
+                    except Exception:
+                        self.unhandled_exceptions += 1
+                        log.exception("dispatcher %s: unhandled exception in I/O callback", self.name)
+                if timers:
+                    now = time.monotonic()
+                    while timers and (timers[0][2] is None or timers[0][0] <= now):
+                        entry = heapq.heappop(timers)
+                        timer = entry[2]
+                        if timer is not None:
+                            self._run_guarded(timer._fire)
+                # Run only what was queued when the drain started (trio's bounded drain).
+                for _ in range(len(posted)):
+                    self._run_guarded(posted.popleft())
+                if self._deferred:
+                    deferred, self._deferred = self._deferred, []
+                    for fn in deferred:
+                        self._run_guarded(fn)
+        finally:
+            self._running = False
+
+    def close(self) -> None:
+        self._selector.close()
+        os.close(self._wake_fd)

@@ -1,0 +1,131 @@
+"""Worker: an OS thread running one Dispatcher, owning its connections, pools and stats.
+
+Main talks to a worker only through `post()` (Dispatcher.post): it hands over listen sockets,
+publishes cluster snapshots (the thread-local slot pattern: immutable value, swapped by
+reference on the worker's own thread between events) and asks it to drain or stop.
+Thread affinity: every method except `post`, `start`, `join` and the read-only
+`active_connections` runs on the worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+
+from ..network.listener import ActiveListener
+from ..upstream.worker_cluster import WorkerCluster
+from .dispatcher import Dispatcher
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("ftproxy.worker")
+
+
+class Worker:
+    def __init__(self, index: int, store, codec_impl: str = "fast") -> None:
+        self.index = index
+        self.name = f"worker_{index}"
+        self.dispatcher = Dispatcher(self.name)
+        self.stats = store
+        self.codec_impl = codec_impl
+        self.clusters: dict[str, WorkerCluster] = {}
+        self.listeners: list[ActiveListener] = []
+        self.connections: set = set()
+        self.draining = False
+        self._rng = random.Random()
+        self._conn_seq = 0
+        self._thread: threading.Thread | None = None
+        self.unhandled_exceptions = store.counter(f"server.{self.name}.unhandled_exceptions")
+        self._cx_gauge = store.gauge(f"server.{self.name}.connections")
+        self._on_idle: Callable[[], None] | None = None
+
+    # -- thread-safe -----------------------------------------------------------------------------
+    def post(self, fn: Callable[[], None]) -> None:
+        self.dispatcher.post(fn)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def active_connections(self) -> int:
+        return self._cx_gauge.value
+
+    def _run(self) -> None:
+        try:
+            self.dispatcher.run()
+        except BaseException:
+            log.exception("%s: event loop died", self.name)
+            raise
+        finally:
+            self.dispatcher.close()
+
+    # -- worker thread ---------------------------------------------------------------------------
+    def rand_bits(self) -> int:
+        return self._rng.getrandbits(32)
+
+    def rand_below(self, n: int) -> int:
+        return self._rng.randrange(n) if n > 0 else 0
+
+    def new_request_id(self) -> bytes:
+        """A UUID4 string; random.getrandbits is ~3x cheaper than uuid.uuid4() (os.urandom)."""
+        v = (self._rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
+        h = "%032x" % v
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+    def next_connection_id(self) -> int:
+        self._conn_seq += 1
+        self._cx_gauge.value = len(self.connections) + 1
+        return (self._conn_seq << 8) | self.index
+
+    def on_connection_closed(self) -> None:
+        self._cx_gauge.value = len(self.connections)
+        if self.draining and not self.connections and self._on_idle is not None:
+            cb, self._on_idle = self._on_idle, None
+            cb()
+
+    def cluster(self, name: str) -> WorkerCluster | None:
+        return self.clusters.get(name)
+
+    def set_clusters(self, snapshots: Mapping) -> None:
+        """Swap in a new cluster snapshot mapping (posted by main)."""
+        for name in [n for n in self.clusters if n not in snapshots]:
+            self.clusters.pop(name).drain()
+        for name, snap in snapshots.items():
+            wc = self.clusters.get(name)
+            if wc is None:
+                self.clusters[name] = WorkerCluster(self, snap)
+            elif wc.snapshot is not snap:
+                wc.update(snap)
+
+    def add_listener(self, config, sock, filter_factory, shared: bool) -> None:
+        al = ActiveListener(self, config, sock, filter_factory.for_worker(self), shared)
+        self.listeners.append(al)
+        al.start()
+
+    def stop_listeners(self, close_sockets: bool = True) -> None:
+        for al in self.listeners:
+            al.stop(close_sockets)
+
+    def start_drain(self, on_idle: Callable[[], None]) -> None:
+        """Stop accepting, close idle keep-alive connections, answer the rest with
+        `connection: close`; call `on_idle` (on this thread) once no connection is left."""
+        self.draining = True
+        self.stop_listeners()
+        for conn in list(self.connections):
+            conn.start_drain()
+        for wc in self.clusters.values():
+            wc.drain()
+        if self.connections:
+            self._on_idle = on_idle
+        else:
+            on_idle()
+
+    def stop(self) -> None:
+        self.dispatcher.exit()

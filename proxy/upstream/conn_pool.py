@@ -1,0 +1,171 @@
+"""Per-worker, per-host HTTP/1.1 connection pool.
+
+Bookkeeping only (httpcore's lesson): the pool keeps each upstream connection in one state
+list (connecting / ready / busy), a FIFO of pending requests, and decides which request
+gets which connection. Connections and routers do the I/O.
+Limits: `max_connections` and `max_pending_requests` are cluster-wide (ResourceLimits, shared by
+all workers); like Envoy, a pool with no connection at all may always open one, so one worker
+cannot be starved by the others.
+Thread affinity: one worker. Must not: block.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..http.codec_client import UpstreamHttpConnection
+from ..network.connection import CloseReason
+
+__all__ = ["HttpConnPool", "PendingRequest"]
+
+
+class PendingRequest:
+    __slots__ = ("pool", "router", "cancelled")
+
+    def __init__(self, pool: HttpConnPool, router) -> None:
+        self.pool = pool
+        self.router = router
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.pool._cancel(self)
+
+
+class HttpConnPool:
+    def __init__(self, cluster, host) -> None:
+        self.cluster = cluster            # WorkerCluster
+        self.host = host
+        self.host_str = str(host)
+        self.address = (host.address, host.port)
+        self.ready: list[UpstreamHttpConnection] = []
+        self.busy: set[UpstreamHttpConnection] = set()
+        self.connecting: set[UpstreamHttpConnection] = set()
+        self.pending: deque[PendingRequest] = deque()
+        self.draining = False
+        self.active_requests = 0
+
+    # -- requests ------------------------------------------------------------------------------
+    def new_stream(self, router) -> PendingRequest | None:
+        """Attach `router` to a connection now (returns None) or queue it (returns a handle)."""
+        self.active_requests += 1
+        ready = self.ready
+        while ready:
+            conn = ready.pop()
+            if conn.connection.closed:
+                continue
+            self._attach(conn, router)
+            return None
+        limits = self.cluster.limits
+        stats = self.cluster.stats
+        if len(self.connecting) < len(self.pending) + 1:
+            if limits.try_acquire_connection():
+                self._open(holds_slot=True)
+            elif not (self.busy or self.connecting):
+                self._open(holds_slot=False)
+            else:
+                stats.upstream_cx_overflow.value += 1
+        if not limits.try_acquire_pending():
+            stats.upstream_rq_pending_overflow.value += 1
+            self.active_requests -= 1
+            router.on_pool_failure("overflow", "UO")
+            return None
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
+        p = PendingRequest(self, router)
+        self.pending.append(p)
+        return p
+
+    def _cancel(self, p: PendingRequest) -> None:
+        try:
+            self.pending.remove(p)
+        except ValueError:
+            return
+        self._pending_done()
+        self.active_requests -= 1
+
+    def _pending_done(self) -> None:
+        self.cluster.limits.release_pending()
+        self.cluster.stats.upstream_rq_pending_active.value -= 1
+
+    def _attach(self, conn: UpstreamHttpConnection, router) -> None:
+        conn.state = "BUSY"
+        self.busy.add(conn)
+        router.on_pool_ready(conn)
+
+    def _open(self, holds_slot: bool) -> None:
+        c = self.cluster
+        c.stats.upstream_cx_total.value += 1
+        c.stats.upstream_cx_active.value += 1
+        conn = UpstreamHttpConnection(self, c.worker.dispatcher, self.address, c.config.connect_timeout,
+                                      c.buffer_limit, c.codec_impl, c.worker.next_connection_id())
+        conn.holds_slot = holds_slot
+        self.connecting.add(conn)
+
+    # -- connection events ---------------------------------------------------------------------
+    def on_connected(self, conn: UpstreamHttpConnection) -> None:
+        self.connecting.discard(conn)
+        conn.state = "READY"
+        self._assign_or_idle(conn)
+
+    def on_release(self, conn: UpstreamHttpConnection, reusable: bool) -> None:
+        self.active_requests -= 1
+        self.busy.discard(conn)
+        max_rq = self.cluster.config.max_requests_per_connection
+        if not reusable or self.draining or conn.connection.closed or (max_rq and conn.requests >= max_rq):
+            conn.connection.close(flush=False)
+            return
+        conn.state = "READY"
+        self._assign_or_idle(conn)
+
+    def _assign_or_idle(self, conn: UpstreamHttpConnection) -> None:
+        while self.pending:
+            p = self.pending.popleft()
+            if p.cancelled:
+                continue
+            p.cancelled = True
+            self._pending_done()
+            self._attach(conn, p.router)
+            return
+        self.ready.append(conn)
+
+    def on_closed(self, conn: UpstreamHttpConnection, prev_state: str, reason: str) -> None:
+        c = self.cluster
+        c.stats.upstream_cx_active.value -= 1
+        c.stats.upstream_cx_destroy.value += 1
+        c.stats.upstream_cx_rx_bytes_total.value += conn.connection.bytes_received
+        c.stats.upstream_cx_tx_bytes_total.value += conn.connection.bytes_sent
+        if conn.holds_slot:
+            conn.holds_slot = False
+            c.limits.release_connection()
+        self.connecting.discard(conn)
+        self.busy.discard(conn)
+        if conn in self.ready:
+            self.ready.remove(conn)
+        if prev_state == "CONNECTING":
+            if reason == CloseReason.CONNECT_TIMEOUT:
+                c.stats.upstream_cx_connect_timeout.value += 1
+            c.stats.upstream_cx_connect_fail.value += 1
+            text = "connection timeout" if reason == CloseReason.CONNECT_TIMEOUT else "connection failure"
+            # Fail pending requests that no remaining connection attempt will serve.
+            while self.pending and len(self.pending) > len(self.connecting):
+                p = self.pending.popleft()
+                if p.cancelled:
+                    continue
+                p.cancelled = True
+                self._pending_done()
+                self.active_requests -= 1
+                p.router.on_pool_failure(text, "UF")
+        elif self.pending and not self.connecting:
+            self._open(holds_slot=self.cluster.limits.try_acquire_connection())
+
+    def drain(self) -> None:
+        """Close idle connections; busy ones close when released."""
+        self.draining = True
+        for conn in list(self.ready):
+            conn.connection.close(flush=False)
+
+    @property
+    def idle(self) -> bool:
+        return not (self.busy or self.connecting or self.pending)

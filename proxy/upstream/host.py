@@ -1,0 +1,70 @@
+"""Upstream hosts, host sets and the per-cluster snapshot that workers read.
+
+Job: the immutable values the main thread builds (from config and DNS answers) and publishes
+to every worker. A `ClusterSnapshot` is shared read-only by all workers; the only mutable
+thing reachable from it is `limits` (`ResourceLimits`), which is thread-safe by design and is
+the same object across all snapshots of one cluster (circuit breakers are cluster-wide).
+
+Must not: do I/O or hold per-worker state (load-balancer cursors, pools live in the worker).
+Thread affinity: any thread (immutable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .circuit_breaker import ResourceLimits
+from .cluster_config import ClusterConfig
+
+__all__ = ["Host", "HostSet", "ClusterSnapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One upstream peer. Equal hosts (all fields) are interchangeable across snapshots."""
+
+    address: str          # IP literal
+    port: int
+    weight: int = 1
+    hostname: str = ""    # endpoint `hostname`, or the DNS name it was resolved from
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identity of the peer (for per-host pools and active-request counts)."""
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        if ":" in self.address:  # IPv6, as Envoy prints it
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HostSet:
+    """An ordered, duplicate-free (by `key`) tuple of hosts."""
+
+    hosts: tuple[Host, ...] = ()
+
+    @classmethod
+    def of(cls, hosts: "tuple[Host, ...] | list[Host]") -> "HostSet":
+        """Build a set keeping the first host for each (address, port)."""
+        seen: set[tuple[str, int]] = set()
+        out: list[Host] = []
+        for h in hosts:
+            if h.key not in seen:
+                seen.add(h.key)
+                out.append(h)
+        return cls(tuple(out))
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """What a worker needs to route to a cluster: its config, current hosts, shared limits."""
+
+    name: str
+    config: ClusterConfig
+    hosts: tuple[Host, ...]
+    limits: ResourceLimits

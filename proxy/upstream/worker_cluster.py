@@ -1,0 +1,89 @@
+"""A cluster as one worker sees it: the current snapshot, its load balancer, per-host pools
+and the worker's `cluster.<name>.*` stat handles.
+
+Main publishes a new ClusterSnapshot (immutable); the worker calls `update()` on its own
+thread, which rebuilds the balancer and drains pools of hosts that left.
+Thread affinity: one worker.
+"""
+
+from __future__ import annotations
+
+from .conn_pool import HttpConnPool
+from .load_balancer import create_load_balancer
+
+__all__ = ["WorkerCluster", "ClusterStats"]
+
+_COUNTERS = (
+    "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_overflow",
+    "upstream_cx_destroy", "upstream_cx_none_healthy", "upstream_cx_rx_bytes_total",
+    "upstream_cx_tx_bytes_total", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
+    "upstream_rq_pending_overflow", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
+    "upstream_rq_cancelled", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
+    "upstream_rq_5xx",
+)
+_GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active")
+
+
+class ClusterStats:
+    __slots__ = _COUNTERS + _GAUGES + ("scope", "rq_class", "by_code", "upstream_rq_time",
+                                       "upstream_cx_connect_ms")
+
+    def __init__(self, store, name: str) -> None:
+        self.scope = scope = store.scope(f"cluster.{name}")
+        for n in _COUNTERS:
+            setattr(self, n, scope.counter(n))
+        for n in _GAUGES:
+            setattr(self, n, scope.gauge(n))
+        self.rq_class = (None, self.upstream_rq_1xx, self.upstream_rq_2xx, self.upstream_rq_3xx,
+                         self.upstream_rq_4xx, self.upstream_rq_5xx)
+        self.by_code: dict[int, object] = {}
+        self.upstream_rq_time = scope.histogram("upstream_rq_time", "ms")
+        self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms", "ms")
+
+    def record_response(self, status: int, elapsed_ms: float) -> None:
+        c = self.by_code.get(status)
+        if c is None:
+            c = self.by_code[status] = self.scope.counter("upstream_rq_%d" % status)
+        c.value += 1
+        cls = status // 100
+        if 1 <= cls <= 5:
+            self.rq_class[cls].value += 1
+        self.upstream_rq_completed.value += 1
+        self.upstream_rq_time.record(elapsed_ms)
+
+
+class WorkerCluster:
+    def __init__(self, worker, snapshot) -> None:
+        self.worker = worker
+        self.name = snapshot.name
+        self.stats = ClusterStats(worker.stats, snapshot.name)
+        self.pools: dict[tuple[str, int], HttpConnPool] = {}
+        self.codec_impl = worker.codec_impl
+        self.update(snapshot)
+
+    def update(self, snapshot) -> None:
+        self.snapshot = snapshot
+        self.config = snapshot.config
+        self.limits = snapshot.limits
+        self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
+        self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)
+        keep = {h.key for h in snapshot.hosts}
+        for key in [k for k in self.pools if k not in keep]:
+            self.pools.pop(key).drain()
+
+    def _active_requests(self, host) -> int:
+        pool = self.pools.get(host.key)
+        return pool.active_requests if pool is not None else 0
+
+    def choose_host(self):
+        return self.lb.choose()
+
+    def pool_for(self, host) -> HttpConnPool:
+        pool = self.pools.get(host.key)
+        if pool is None:
+            pool = self.pools[host.key] = HttpConnPool(self, host)
+        return pool
+
+    def drain(self) -> None:
+        for pool in self.pools.values():
+            pool.drain()

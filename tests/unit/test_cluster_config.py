@@ -1,0 +1,239 @@
+"""parse_cluster: Envoy v3 Cluster -> ClusterConfig, and errors that name the full path."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.config.reader import ConfigError
+from proxy.upstream.cluster_config import (
+    ClusterConfig, EndpointConfig, Thresholds, parse_cluster, parse_clusters,
+)
+
+P = "static_resources.clusters[0]"
+
+
+def sock(address: str, port: int) -> dict:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def lb_endpoint(address: str, port: int, **extra) -> dict:
+    return {"endpoint": {"address": sock(address, port)}, **extra}
+
+
+def cluster(**fields) -> dict:
+    base = {
+        "name": "backend",
+        "connect_timeout": "0.25s",
+        "load_assignment": {
+            "cluster_name": "backend",
+            "endpoints": [{"lb_endpoints": [lb_endpoint("127.0.0.1", 8080)]}],
+        },
+    }
+    base.update(fields)
+    return base
+
+
+def error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(raw, P)
+    return str(e.value)
+
+
+# -- happy paths --------------------------------------------------------------------------
+
+def test_minimal_static_cluster_gets_envoy_defaults():
+    raw = {"name": "c"}
+    cfg = parse_cluster(raw, P)
+    assert cfg == ClusterConfig(name="c")
+    assert (cfg.type, cfg.lb_policy, cfg.connect_timeout) == ("STATIC", "ROUND_ROBIN", 5.0)
+    assert cfg.dns_refresh_rate == 5.0 and cfg.dns_lookup_family == "AUTO"
+    assert cfg.per_connection_buffer_limit_bytes == 1024 * 1024
+    assert cfg.circuit_breakers == Thresholds(1024, 1024, 1024, 3)
+    assert cfg.idle_timeout == 3600.0 and cfg.max_requests_per_connection is None
+    assert cfg.raw is raw
+
+
+def test_front_proxy_style_cluster_parses_endpoints_weights_and_hostnames():
+    raw = cluster(
+        type="static", lb_policy="round_robin",
+        load_assignment={"cluster_name": "backend", "endpoints": [
+            {"locality": {"zone": "a"}, "priority": 0, "lb_endpoints": [
+                lb_endpoint("10.0.0.1", 80, load_balancing_weight=3, health_status="HEALTHY",
+                            metadata={"filter_metadata": {}}),
+                {"endpoint": {"address": sock("::1", 81), "hostname": "web",
+                              "health_check_config": {"port_value": 9}}},
+            ]}]},
+    )
+    cfg = parse_cluster(raw, P)
+    assert cfg.connect_timeout == 0.25
+    assert cfg.endpoints == (
+        EndpointConfig("10.0.0.1", 80, 3, "", "HEALTHY"),
+        EndpointConfig("::1", 81, 1, "web", "UNKNOWN"),
+    )
+
+
+def test_legacy_hosts_list_is_accepted():
+    cfg = parse_cluster({"name": "c", "hosts": [sock("127.0.0.2", 9000)]}, P)
+    assert cfg.endpoints == (EndpointConfig("127.0.0.2", 9000),)
+
+
+def test_enums_may_be_given_by_number_as_in_proto_json():
+    cfg = parse_cluster({"name": "c", "type": 1, "lb_policy": 3,
+                         "load_assignment": {"endpoints": [{"lb_endpoints": [
+                             lb_endpoint("example.com", 80)]}]}}, P)
+    assert (cfg.type, cfg.lb_policy) == ("STRICT_DNS", "RANDOM")
+
+
+def test_dns_cluster_accepts_hostnames_and_dns_knobs():
+    cfg = parse_cluster(cluster(
+        type="LOGICAL_DNS", dns_refresh_rate="30s", dns_lookup_family="v4_only",
+        respect_dns_ttl=True,
+        load_assignment={"endpoints": [{"lb_endpoints": [lb_endpoint("example.com", 443)]}]},
+    ), P)
+    assert cfg.type == "LOGICAL_DNS" and cfg.endpoints[0].address == "example.com"
+    assert (cfg.dns_refresh_rate, cfg.dns_lookup_family, cfg.respect_dns_ttl) == (30.0, "V4_ONLY", True)
+
+
+def test_circuit_breaker_thresholds_by_priority():
+    cfg = parse_cluster(cluster(circuit_breakers={"thresholds": [
+        {"priority": "HIGH", "max_connections": 7},
+        {"max_connections": 1, "max_pending_requests": 2, "max_requests": 3, "max_retries": 4,
+         "track_remaining": True},
+    ]}), P)
+    assert cfg.circuit_breakers == Thresholds(1, 2, 3, 4, True)
+    assert cfg.high_priority_circuit_breakers.max_connections == 7
+
+
+def test_typed_http_protocol_options_set_idle_timeout_and_max_requests():
+    cfg = parse_cluster(cluster(typed_extension_protocol_options={
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {}},
+            "common_http_protocol_options": {"idle_timeout": "15s", "max_requests_per_connection": 100},
+        }}), P)
+    assert (cfg.idle_timeout, cfg.max_requests_per_connection) == (15.0, 100)
+
+
+def test_legacy_common_http_protocol_options_are_read():
+    cfg = parse_cluster(cluster(common_http_protocol_options={"idle_timeout": "2s"},
+                                http_protocol_options={}, max_requests_per_connection=5), P)
+    assert (cfg.idle_timeout, cfg.max_requests_per_connection) == (2.0, 5)
+
+
+def test_least_request_choice_count_and_ignored_common_lb_config():
+    cfg = parse_cluster(cluster(lb_policy="LEAST_REQUEST", least_request_lb_config={"choice_count": 3},
+                                common_lb_config={"healthy_panic_threshold": {"value": 40}}), P)
+    assert (cfg.lb_policy, cfg.least_request_choice_count) == ("LEAST_REQUEST", 3)
+
+
+def test_raw_buffer_transport_socket_is_accepted_as_plaintext():
+    cfg = parse_cluster(cluster(transport_socket={"name": "envoy.transport_sockets.raw_buffer"}), P)
+    assert cfg.name == "backend"
+
+
+def test_parse_clusters_rejects_duplicate_names_with_path():
+    with pytest.raises(ConfigError) as e:
+        parse_clusters([{"name": "a"}, {"name": "a"}], "static_resources.clusters")
+    assert str(e.value) == 'static_resources.clusters[1].name: duplicate cluster name "a"'
+
+
+# -- errors name the full path ------------------------------------------------------------
+
+def test_misspelled_field_names_path_and_suggests():
+    raw = cluster(lb_polcy="ROUND_ROBIN")
+    assert error(raw) == f'{P}: unknown field "lb_polcy" (did you mean "lb_policy"?)'
+
+
+def test_missing_name_is_an_error():
+    assert error({"type": "STATIC"}) == f"{P}.name: required field is missing"
+
+
+@pytest.mark.parametrize("ctype", ["EDS", "ORIGINAL_DST"])
+def test_unsupported_discovery_types_are_refused(ctype):
+    assert error(cluster(type=ctype)).startswith(f"{P}.type: cluster type {ctype} is not supported")
+
+
+def test_unknown_lb_policy_value_is_refused_and_ring_hash_is_unsupported():
+    assert error(cluster(lb_policy="ROUND_ROBN")).startswith(
+        f'{P}.lb_policy: unknown value "ROUND_ROBN" (did you mean "ROUND_ROBIN"?)')
+    assert "not supported" in error(cluster(lb_policy="RING_HASH"))
+
+
+def test_static_endpoint_must_be_an_ip_literal():
+    raw = cluster(load_assignment={"endpoints": [{"lb_endpoints": [
+        lb_endpoint("127.0.0.1", 1), lb_endpoint("backend.local", 80)]}]})
+    msg = error(raw)
+    assert msg.startswith(f"{P}.load_assignment.endpoints[0].lb_endpoints[1].endpoint.address"
+                          ".socket_address.address: STATIC cluster addresses must be IP addresses")
+
+
+@pytest.mark.parametrize("field,expected", [
+    ("transport_socket", "transport_socket is not supported yet"),
+    ("health_checks", "health_checks is not supported"),
+    ("outlier_detection", "outlier_detection is not supported"),
+    ("http2_protocol_options", "HTTP/2 upstreams are not supported yet"),
+])
+def test_unsupported_envoy_fields_are_refused_by_name(field, expected):
+    value = [{}] if field == "health_checks" else {"name": "envoy.transport_sockets.tls"}
+    assert error(cluster(**{field: value})).startswith(f"{P}.{field}: {expected}")
+
+
+def test_http2_in_typed_protocol_options_is_refused_with_path():
+    key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    msg = error(cluster(typed_extension_protocol_options={
+        key: {"explicit_http_config": {"http2_protocol_options": {}}}}))
+    assert msg == (f"{P}.typed_extension_protocol_options.{key}.explicit_http_config"
+                   ".http2_protocol_options: HTTP/2 upstreams are not supported yet")
+
+
+def test_unknown_protocol_options_extension_is_refused():
+    msg = error(cluster(typed_extension_protocol_options={"envoy.filters.network.foo": {}}))
+    assert msg.startswith(f"{P}.typed_extension_protocol_options.envoy.filters.network.foo:")
+
+
+def test_only_priority_zero_is_supported():
+    raw = cluster(load_assignment={"endpoints": [
+        {"priority": 1, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
+    assert error(raw) == f"{P}.load_assignment.endpoints[0].priority: only priority 0 is supported"
+
+
+def test_udp_socket_address_is_refused():
+    raw = cluster(load_assignment={"endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": 53, "protocol": "UDP"}}}}]}]})
+    assert error(raw).endswith(".socket_address.protocol: only TCP upstreams are supported")
+
+
+def test_port_out_of_range_and_zero_weight_are_refused():
+    bad_port = cluster(load_assignment={"endpoints": [{"lb_endpoints": [lb_endpoint("127.0.0.1", 70000)]}]})
+    assert error(bad_port).endswith("socket_address.port_value: must be <= 65535, got 70000")
+    zero = cluster(load_assignment={"endpoints": [{"lb_endpoints": [
+        lb_endpoint("127.0.0.1", 1, load_balancing_weight=0)]}]})
+    assert error(zero).endswith("lb_endpoints[0].load_balancing_weight: must be >= 1, got 0")
+
+
+def test_logical_dns_needs_exactly_one_endpoint():
+    raw = cluster(type="LOGICAL_DNS", load_assignment={"endpoints": [{"lb_endpoints": [
+        lb_endpoint("a.example", 1), lb_endpoint("b.example", 1)]}]})
+    assert error(raw) == (f"{P}.load_assignment: LOGICAL_DNS clusters must have exactly one "
+                          "endpoint, got 2")
+
+
+def test_strict_dns_without_endpoints_is_refused():
+    assert "need at least one endpoint" in error({"name": "c", "type": "STRICT_DNS"})
+
+
+def test_bad_duration_and_non_positive_connect_timeout_name_the_field():
+    assert error(cluster(connect_timeout="5 seconds")).startswith(f"{P}.connect_timeout: invalid duration")
+    assert error(cluster(connect_timeout="0s")) == f"{P}.connect_timeout: must be greater than 0s"
+
+
+def test_unknown_field_inside_circuit_breaker_threshold_names_its_index():
+    msg = error(cluster(circuit_breakers={"thresholds": [{"max_connection": 1}]}))
+    assert msg == (f'{P}.circuit_breakers.thresholds[0]: unknown field "max_connection" '
+                   '(did you mean "max_connections"?)')
+
+
+def test_load_assignment_and_hosts_are_mutually_exclusive():
+    assert error(cluster(hosts=[sock("127.0.0.1", 1)])) == (
+        f"{P}: only one of load_assignment, hosts may be set")

@@ -1,0 +1,216 @@
+"""HTTP connection manager, router filter and tcp_proxy config models."""
+
+from __future__ import annotations
+
+import pytest
+
+import proxy.extensions  # noqa: F401  fills the registry
+from proxy.config.reader import ConfigError
+from proxy.config.registry import resolve
+from proxy.http.hcm_config import HcmConfig, UpgradeConfig, parse_hcm
+from proxy.http.router_filter_config import RouterFilterConfig, parse_router_filter
+from proxy.network.tcp_proxy_config import TcpProxyConfig, WeightedCluster, parse_tcp_proxy
+
+P = "hcm"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+ROUTES = {"virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": [
+    {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]}
+
+
+def _hcm(**fields) -> dict:
+    raw = {"stat_prefix": "ingress", "route_config": ROUTES,
+           "http_filters": [{"name": "envoy.filters.http.router"}]}
+    raw.update(fields)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def _err(fn, raw, path=P) -> str:
+    with pytest.raises(ConfigError) as e:
+        fn(raw, path)
+    return str(e.value)
+
+
+# -- HCM ----------------------------------------------------------------------------------
+
+def test_defaults_match_envoy():
+    c = parse_hcm(_hcm(), P)
+    assert (c.codec_type, c.use_remote_address, c.xff_num_trusted_hops, c.generate_request_id,
+            c.server_name, c.server_header_transformation, c.stream_idle_timeout,
+            c.request_timeout, c.drain_timeout, c.delayed_close_timeout, c.idle_timeout,
+            c.max_headers_count, c.max_request_headers_kb, c.headers_with_underscores_action) == \
+        ("AUTO", False, 0, True, "envoy", "OVERWRITE", 300.0, 0.0, 5.0, 1.0, 3600.0, 100, 60, "ALLOW")
+    assert c.http_protocol_options.accept_http_10 is False
+    assert c.raw["stat_prefix"] == "ingress"
+
+
+def test_name_only_router_filter_resolves():
+    (flt,) = parse_hcm(_hcm(), P).http_filters
+    assert flt.name == "envoy.filters.http.router"
+    assert isinstance(flt.config, RouterFilterConfig)
+
+
+def test_router_with_empty_typed_config_accepted():
+    c = parse_hcm(_hcm(http_filters=[{"name": "envoy.filters.http.router", "typed_config": {}}]), P)
+    assert isinstance(c.http_filters[0].config, RouterFilterConfig)
+
+
+def test_router_by_type_url_with_fields():
+    c = parse_hcm(_hcm(http_filters=[{"name": "router", "typed_config": {
+        "@type": ROUTER_TYPE, "suppress_envoy_headers": True, "dynamic_stats": {"value": False}}}]), P)
+    flt = c.http_filters[0]
+    assert flt.name == "router"
+    assert flt.config.suppress_envoy_headers is True and flt.config.dynamic_stats is False
+
+
+def test_no_http_filters_gets_default_router():
+    c = parse_hcm(_hcm(http_filters=[]), P)
+    assert [f.name for f in c.http_filters] == ["envoy.filters.http.router"]
+
+
+def test_router_must_be_last():
+    router = {"name": "envoy.filters.http.router"}
+    msg = _err(parse_hcm, _hcm(http_filters=[router, router]))
+    assert msg == "hcm.http_filters[1]: the router filter (hcm.http_filters[0]) must be the last HTTP filter"
+
+
+def test_unknown_optional_filter_is_skipped_but_required_one_refused():
+    unknown = {"name": "x", "typed_config": {"@type": "type.googleapis.com/acme.Nope"}}
+    router = {"name": "envoy.filters.http.router"}
+    c = parse_hcm(_hcm(http_filters=[{**unknown, "is_optional": True}, router]), P)
+    assert [f.name for f in c.http_filters] == ["envoy.filters.http.router"]
+    assert _err(parse_hcm, _hcm(http_filters=[unknown, router])).startswith(
+        'hcm.http_filters[0].typed_config["@type"]: unsupported http filter type')
+
+
+def test_bad_filter_type_url_names_path():
+    msg = _err(parse_hcm, _hcm(http_filters=[{"name": "r", "typed_config": {"@type": 5}}]))
+    assert msg == 'hcm.http_filters[0].typed_config: missing "@type"'
+
+
+def test_enums_are_case_insensitive():
+    c = parse_hcm(_hcm(codec_type="http1", server_header_transformation="pass_through",
+                       common_http_protocol_options={"headers_with_underscores_action": "reject_request"}), P)
+    assert (c.codec_type, c.server_header_transformation, c.headers_with_underscores_action) == \
+        ("HTTP1", "PASS_THROUGH", "REJECT_REQUEST")
+
+
+def test_bad_enum_suggests():
+    assert _err(parse_hcm, _hcm(codec_type="htp1")).startswith(
+        'hcm.codec_type: unknown value "htp1" (did you mean "HTTP1"?)')
+
+
+@pytest.mark.parametrize("codec", ["HTTP2", "http3"])
+def test_http2_and_http3_codecs_refused(codec):
+    assert "not supported yet" in _err(parse_hcm, _hcm(codec_type=codec))
+
+
+def test_durations_parsed():
+    c = parse_hcm(_hcm(stream_idle_timeout="0.25s", request_timeout={"seconds": "5"},
+                       drain_timeout=2, common_http_protocol_options={
+                           "idle_timeout": "0s", "max_connection_duration": "60s",
+                           "max_requests_per_connection": 10, "max_headers_count": 50}), P)
+    assert (c.stream_idle_timeout, c.request_timeout, c.drain_timeout, c.idle_timeout,
+            c.max_connection_duration, c.max_requests_per_connection, c.max_headers_count) == \
+        (0.25, 5.0, 2.0, 0.0, 60.0, 10, 50)
+
+
+def test_bad_duration_names_path():
+    assert _err(parse_hcm, _hcm(stream_idle_timeout="5m")).startswith("hcm.stream_idle_timeout: invalid duration")
+
+
+def test_missing_stat_prefix():
+    raw = _hcm()
+    del raw["stat_prefix"]
+    assert _err(parse_hcm, raw) == "hcm.stat_prefix: required field is missing"
+
+
+def test_route_config_required_and_rds_refused():
+    raw = _hcm()
+    del raw["route_config"]
+    assert "one of route_config or rds is required" in _err(parse_hcm, raw)
+    raw["rds"] = {"route_config_name": "r"}
+    assert _err(parse_hcm, raw).startswith("hcm.rds: rds (dynamic route configuration) is not supported yet")
+
+
+def test_route_config_errors_name_nested_path():
+    bad = {"virtual_hosts": [{"name": "vh", "domains": ["*"], "routez": []}]}
+    assert _err(parse_hcm, _hcm(route_config=bad)).startswith("hcm.route_config.virtual_hosts[0]")
+
+
+def test_max_request_headers_kb_bounds():
+    assert parse_hcm(_hcm(max_request_headers_kb=8192), P).max_request_headers_kb == 8192
+    assert _err(parse_hcm, _hcm(max_request_headers_kb=8193)) == "hcm.max_request_headers_kb: must be <= 8192, got 8193"
+    assert _err(parse_hcm, _hcm(max_request_headers_kb=0)).startswith("hcm.max_request_headers_kb: must be >= 1")
+
+
+def test_upgrade_configs_lower_cased():
+    c = parse_hcm(_hcm(upgrade_configs=[{"upgrade_type": "WebSocket"},
+                                        {"upgrade_type": "CONNECT", "enabled": False}]), P)
+    assert c.upgrade_configs == (UpgradeConfig("websocket", True), UpgradeConfig("connect", False))
+
+
+def test_http1_options_and_xff_fields():
+    c = parse_hcm(_hcm(http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "h"},
+                       use_remote_address=True, xff_num_trusted_hops=1, via="ftproxy",
+                       internal_address_config={"cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]}), P)
+    assert (c.http_protocol_options.accept_http_10, c.http_protocol_options.default_host_for_http_10) == (True, "h")
+    assert (c.use_remote_address, c.xff_num_trusted_hops, c.via) == (True, 1, "ftproxy")
+    assert c.internal_cidr_ranges == (("10.0.0.0", 8),)
+
+
+def test_unsupported_known_field_vs_typo():
+    assert _err(parse_hcm, _hcm(tracing={"random_sampling": {"value": 1}})) == "hcm.tracing: not supported yet"
+    assert _err(parse_hcm, _hcm(stat_prefx="x")).startswith(
+        'hcm: unknown field "stat_prefx" (did you mean "stat_prefix"?)')
+
+
+def test_hcm_registered_by_type_url():
+    ext, cfg = resolve("network_filter", {"name": "envoy.filters.network.http_connection_manager",
+                                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters"
+                                                           ".network.http_connection_manager.v3.HttpConnectionManager",
+                                                           **_hcm()}}, "f")
+    assert ext.name == "envoy.filters.network.http_connection_manager" and isinstance(cfg, HcmConfig)
+
+
+# -- router filter ------------------------------------------------------------------------
+
+def test_router_filter_defaults():
+    assert parse_router_filter({}, "r") == RouterFilterConfig()
+    assert RouterFilterConfig().dynamic_stats is True
+
+
+def test_router_strict_check_headers_validated():
+    c = parse_router_filter({"strict_check_headers": ["x-envoy-max-retries"]}, "r")
+    assert c.strict_check_headers == ("x-envoy-max-retries",)
+    assert _err(parse_router_filter, {"strict_check_headers": ["x-foo"]}, "r").startswith(
+        "r.strict_check_headers[0]: unknown header")
+
+
+# -- tcp_proxy ----------------------------------------------------------------------------
+
+def test_tcp_proxy_defaults():
+    c = parse_tcp_proxy({"stat_prefix": "tcp", "cluster": "backend"}, "t")
+    assert c == TcpProxyConfig(stat_prefix="tcp", cluster="backend")
+    assert (c.idle_timeout, c.max_connect_attempts, c.downstream_idle_timeout) == (3600.0, 1, None)
+
+
+def test_tcp_proxy_weighted_clusters_and_timeouts():
+    c = parse_tcp_proxy({"stat_prefix": "tcp", "idle_timeout": "0s", "max_connect_attempts": 3,
+                         "max_downstream_connection_duration": "10s",
+                         "weighted_clusters": {"clusters": [{"name": "a", "weight": 1},
+                                                            {"name": "b", "weight": 3}]}}, "t")
+    assert c.weighted_clusters == (WeightedCluster("a", 1), WeightedCluster("b", 3))
+    assert (c.cluster, c.idle_timeout, c.max_connect_attempts, c.max_downstream_connection_duration) == \
+        (None, 0.0, 3, 10.0)
+
+
+def test_tcp_proxy_requires_stat_prefix_and_one_cluster_choice():
+    assert _err(parse_tcp_proxy, {"cluster": "a"}, "t") == "t.stat_prefix: required field is missing"
+    assert _err(parse_tcp_proxy, {"stat_prefix": "s"}, "t") == "t: one of cluster, weighted_clusters is required"
+    assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a",
+                                  "weighted_clusters": {"clusters": []}}, "t").startswith("t: only one of")
+
+
+def test_tcp_proxy_unsupported_field_named():
+    assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a", "tunneling_config": {"hostname": "h"}},
+                "t") == "t.tunneling_config: not supported yet"

@@ -86,8 +86,12 @@ class ActiveStream:
             hcm.stats.downstream_cx_upgrades_active.value += 1
         data = hcm.codec.encode_response_head(head.status, head.reason or None, headers.items(),
                                               self.head.method, self.head.http_version, self.keep_alive)
-        info.bytes_sent_head = len(data)
         hcm.connection.write(data)
+        if self.upgrade is not None:
+            # Bytes the codec held back behind the upgrade request (tunnel data after a 101).
+            held = hcm.codec.resume()
+            if held and self.upgraded:
+                hcm.dispatch_later(held)
         if end_stream:
             self.encode_end(None)
 
@@ -202,6 +206,9 @@ class ConnectionManager(ConnectionCallbacks):
             self._on_codec_error(e)
             return
         self._dispatch(events)
+
+    def dispatch_later(self, events) -> None:
+        self.ctx.worker.dispatcher.defer(lambda: self._dispatch(events))
 
     def _dispatch(self, events) -> None:
         pending = self.pending

@@ -213,6 +213,9 @@ class TcpProxySession(ConnectionCallbacks):
         if self.holds_slot:
             self.holds_slot = False
             cluster.limits.release_connection()
+        if not self.connected and self.downstream.closed:
+            self._finish()  # downstream went away while we were connecting: a cancel
+            return
         if not self.connected:
             stats.upstream_cx_connect_fail.value += 1
             if reason == CloseReason.CONNECT_TIMEOUT:

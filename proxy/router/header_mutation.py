@@ -221,7 +221,9 @@ def combine_levels(levels_inner_first: Iterable[tuple[HeaderMutation, ...]],
     return tuple(m for level in levels for m in level)
 
 
-def apply_mutations(mutations: Iterable[HeaderMutation], headers: Headers, info: Any = None) -> None:
+def apply_mutations(mutations: Iterable[HeaderMutation], headers: Headers,
+                    info: Any = None) -> None:
+    """Apply precomputed mutations in order to the caller's `headers` (see module doc)."""
     for m in mutations:
         if m.remove:
             headers.remove(m.name)
@@ -235,7 +237,7 @@ def apply_mutations(mutations: Iterable[HeaderMutation], headers: Headers, info:
             headers.add(m.name, value)
         elif action == ADD_IF_ABSENT:
             headers.set_default(m.name, value)
-        elif action == OVERWRITE_IF_EXISTS_OR_ADD or headers.has(m.name):  # or _IF_EXISTS
+        elif action == OVERWRITE_IF_EXISTS_OR_ADD or headers.has(m.name):  # or IF_EXISTS
             # Envoy's setReferenceKey: drop every existing value, then append the new one.
             headers.remove(m.name)
             headers.add(m.name, value)

@@ -27,7 +27,8 @@ from .redirect import request_scheme
 
 __all__ = ["RouteTable", "strip_port"]
 
-_Wildcards = tuple[tuple[int, dict[str, VirtualHost]], ...]   # (length, {fragment: vhost}), longest first
+# (length, {fragment: vhost}) pairs, longest fragment first.
+_Wildcards = tuple[tuple[int, dict[str, VirtualHost]], ...]
 
 
 def strip_port(host: str) -> str:

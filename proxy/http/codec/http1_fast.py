@@ -1,0 +1,372 @@
+"""HTTP/1.1 codecs on httptools (llhttp): the hot path.
+
+llhttp runs in strict mode (no leniency flags): it rejects obs-fold, bare CR/LF, NUL and
+control bytes, whitespace before the colon, duplicate Content-Length, CL+TE and malformed
+chunk lines by itself; `framing.analyze` adds the rest of our policy once per message.
+Per header the Python work is one `lower()`, one `rstrip()`, one append and one set lookup.
+
+httptools gaps we work around: no EOF call (close-delimited bodies are completed here), no
+way to skip a body (HEAD / CONNECT responses) and no error offset except on upgrade. The
+client therefore splits response heads itself (one `find` per head) and feeds llhttp the
+head alone; the server relies on llhttp's upgrade pause for its offset.
+
+Thread affinity: one codec per connection, used by the owning worker only. Must not: do
+I/O, keep module-level mutable state, or forward anything from a message that errored.
+"""
+
+from __future__ import annotations
+
+from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgrade,
+                       HttpRequestParser, HttpResponseParser)
+
+from .errors import CodecError
+from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
+from .framing import (SPECIAL, VERSIONS, RequestEncoding, ResponseEncoding, analyze,
+                      check_head_limits, reject)
+
+__all__ = ["FastServerCodec", "FastClientCodec"]
+
+_OPEN, _AWAIT_SWITCH, _TUNNEL, _CLOSED = range(4)   # server states
+_HEAD, _BODY = 0, 1                                  # client states (+ _TUNNEL, _CLOSED)
+
+
+def _llhttp_error(exc: Exception, is_request: bool) -> CodecError:
+    ctx = exc.__context__
+    if isinstance(exc, HttpParserCallbackError) and isinstance(ctx, CodecError):
+        return ctx
+    msg = str(exc)
+    if "Transfer-Encoding" in msg:
+        if "Content-Length" in msg:
+            return reject(is_request, 400, "http1.content_length_and_chunked_not_allowed", msg)
+        return reject(is_request, 501, "http1.invalid_transfer_encoding", msg)
+    return reject(is_request, 400, "http1.codec_error", msg)
+
+
+class FastServerCodec(ResponseEncoding):
+    """Downstream side: parses requests (pipelined), encodes responses."""
+
+    __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "_max_bytes",
+                 "_max_count", "_in_head", "_in_msg", "_head_first", "_head_late", "_feed_len",
+                 "_state", "_held", "_keep_alive", "_switch", "_unanswered", "_resp_chunked",
+                 "_must_close")
+
+    def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
+        self._parser = HttpRequestParser(self)
+        self._events: list = []
+        self._headers: list = []
+        self._specials: list = []
+        self._url = b""
+        self._max_bytes = max_request_headers_kb * 1024
+        self._max_count = max_headers_count
+        self._in_head = self._in_msg = self._switch = False
+        self._head_first = self._head_late = self._feed_len = 0
+        self._state = _OPEN
+        self._held = b""
+        self._keep_alive = True
+        self._unanswered = 0
+        self._resp_chunked = self._must_close = False
+
+    # --- input ---
+    def feed(self, data: bytes) -> list:
+        if not data:
+            return self._eof()
+        state = self._state
+        if state != _OPEN:
+            if state == _TUNNEL:
+                return [Data(data)]
+            if state == _AWAIT_SWITCH:
+                self._held += data
+                if len(self._held) > self._max_bytes:
+                    raise CodecError(400, "http1.codec_error", "too much data before upgrade answer")
+            return []
+        if self._in_head:
+            self._head_late += len(data)
+            if self._head_late > 2 * self._max_bytes:
+                raise CodecError(431, "http1.headers_too_large", "request head too large")
+        events = self._events = []
+        self._feed_len = len(data)
+        self._run(data)
+        return events
+
+    def _run(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            rest = data[exc.args[0]:]
+            if self._state == _AWAIT_SWITCH:
+                self._held = rest
+            elif rest and self._state == _OPEN:
+                self._run(rest)
+        except HttpParserError as exc:
+            if self._state == _CLOSED and not self._in_msg:
+                return  # bytes after a `Connection: close` request are ignored
+            raise _llhttp_error(exc, True) from None
+
+    def _eof(self) -> list:
+        if self._in_msg and self._state == _OPEN:
+            raise CodecError(400, "http1.codec_error", "downstream closed mid-request")
+        return []
+
+    def resume(self) -> list:
+        """Events for bytes held while an upgrade/CONNECT request awaited its answer; call
+        after `encode_response_head` of that answer."""
+        held, self._held = self._held, b""
+        if not held:
+            return []
+        if self._state == _TUNNEL:
+            return [Data(held)]
+        if self._state == _OPEN:
+            return self.feed(held)
+        return []
+
+    # --- llhttp callbacks ---
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._specials = []
+        self._url = b""
+        self._in_head = self._in_msg = True
+        self._head_first = self._feed_len
+        self._head_late = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        value = value.rstrip()
+        self._headers.append((name, value))
+        if name in SPECIAL:
+            self._specials.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        version = VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise CodecError(400, "http1.codec_error", "unsupported HTTP version")
+        method = parser.get_method()
+        headers = self._headers
+        if self._head_first + self._head_late > self._max_bytes or len(headers) > self._max_count:
+            check_head_limits(method, self._url, headers, self._max_bytes, self._max_count, True)
+        cl, chunked, keep_alive, _, upgrade, expect = analyze(self._specials, version, True)
+        if parser.should_upgrade():
+            if cl or chunked:
+                raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
+            if method == b"CONNECT":
+                upgrade = None
+            self._switch = True
+        else:
+            upgrade = None
+        self._keep_alive = keep_alive
+        self._events.append(RequestHeaders(method, self._url, version, headers, keep_alive,
+                                           upgrade, expect, cl, chunked))
+        self._headers = []  # trailers, if any, land here
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._in_msg = False
+        self._events.append(MessageComplete(self._headers or None))
+        self._unanswered += 1
+        if self._switch:
+            self._switch = False
+            self._state = _AWAIT_SWITCH
+            self._held = b""
+        elif not self._keep_alive:
+            self._state = _CLOSED
+
+    # --- response side hooks (ResponseEncoding) ---
+    def _switch_protocols(self) -> None:
+        self._unanswered -= 1
+        self._state = _TUNNEL
+
+    def _final_response(self) -> None:
+        self._unanswered -= 1
+        if self._state == _AWAIT_SWITCH and self._unanswered <= 0:
+            self._state = _OPEN if self._keep_alive else _CLOSED
+
+
+class FastClientCodec(RequestEncoding):
+    """Upstream side: encodes requests, parses their responses (one at a time)."""
+
+    __slots__ = ("_parser", "_events", "_buf", "_methods", "_state", "_headers", "_specials",
+                 "_reason", "_max_bytes", "_max_count", "_head_len", "_feeding_head",
+                 "_informational", "_skip_complete", "_keep_alive", "_close_delimited",
+                 "_error", "_req_chunked")
+
+    def __init__(self, max_response_headers_kb: int = 60, max_headers_count: int = 100) -> None:
+        self._parser = HttpResponseParser(self)
+        self._events: list = []
+        self._buf = b""
+        self._methods: list[bytes] = []
+        self._state = _HEAD
+        self._headers: list = []
+        self._specials: list = []
+        self._reason = b""
+        self._max_bytes = max_response_headers_kb * 1024
+        self._max_count = max_headers_count
+        self._head_len = 0
+        self._feeding_head = self._informational = self._skip_complete = False
+        self._keep_alive = True
+        self._close_delimited = False
+        self._error: CodecError | None = None
+        self._req_chunked = False
+
+    def _request_sent(self, method: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._methods.append(method)
+
+    # --- input ---
+    def feed(self, data: bytes) -> list:
+        if self._error is not None:
+            raise self._error
+        if not data:
+            return self._eof()
+        state = self._state
+        if state == _TUNNEL:
+            return [Data(data)]
+        if state == _CLOSED:
+            return []
+        events = self._events = []
+        while data:
+            if self._state == _BODY:
+                self._feed(data, False)
+                break
+            if self._state == _TUNNEL:
+                events.append(Data(data))
+                break
+            if self._state == _CLOSED:
+                break
+            data = self._take_head(data)
+        return events
+
+    def _take_head(self, data: bytes) -> bytes:
+        buf = self._buf + data if self._buf else data
+        if buf[:2] == b"\r\n":  # llhttp skips empty lines between messages
+            buf = buf.lstrip(b"\r\n") if buf.lstrip(b"\r\n")[:1] != b"\n" else buf
+        self._buf = b""
+        if not buf:
+            return b""
+        if not self._methods:
+            self._fail("response bytes without a pending request")
+            return b""
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > 2 * self._max_bytes:
+                raise CodecError(502, "http1.headers_too_large", "response head too large")
+            self._buf = buf
+            return b""
+        end += 4
+        self._head_len = end
+        self._feed(buf[:end], True)
+        return buf[end:]
+
+    def _fail(self, message: str) -> None:
+        self._error = CodecError(502, "http1.codec_error", message)
+        self._state = _CLOSED
+
+    def _feed(self, data: bytes, head: bool) -> None:
+        self._feeding_head = head
+        try:
+            self._parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, _Unsolicited):
+                self._parser = HttpResponseParser(self)
+                self._fail("response bytes after the end of the response")
+                return
+            if self._state != _TUNNEL:
+                raise _llhttp_error(exc, False) from None
+        if self._state == _TUNNEL or self._skip_complete:
+            self._skip_complete = False
+            self._parser = HttpResponseParser(self)
+
+    def _eof(self) -> list:
+        if self._state == _BODY and self._close_delimited:
+            self._state = _CLOSED
+            self._methods.pop(0)
+            return [MessageComplete(None)]
+        if self._state in (_TUNNEL, _CLOSED) or (self._state == _HEAD and not self._methods):
+            self._state = _CLOSED
+            return []
+        raise CodecError(502, "upstream_reset_before_response_complete",
+                         "upstream closed connection before end of response")
+
+    # --- llhttp callbacks ---
+    def on_message_begin(self) -> None:
+        if not self._feeding_head:
+            raise _Unsolicited()
+        self._headers = []
+        self._specials = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        value = value.rstrip()
+        self._headers.append((name, value))
+        if name in SPECIAL:
+            self._specials.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise CodecError(502, "http1.codec_error", "unsupported HTTP version")
+        status = parser.get_status_code()
+        headers = self._headers
+        if self._head_len > self._max_bytes or len(headers) > self._max_count:
+            check_head_limits(b"", self._reason, headers, self._max_bytes, self._max_count, False)
+        cl, chunked, keep_alive, _, _, _ = analyze(self._specials, version, False)
+        if status < 200 and status != 101:
+            self._informational = True
+            self._events.append(Informational(status, headers))
+            return
+        method = self._methods[0]
+        events = self._events
+        if status == 101 or (method == b"CONNECT" and status < 300):
+            events.append(ResponseHeaders(status, self._reason, version, headers, keep_alive,
+                                          cl, chunked))
+            self._methods.pop(0)
+            self._state = _TUNNEL
+            return
+        if method == b"HEAD" or status == 204 or status == 304:
+            events.append(ResponseHeaders(status, self._reason, version, headers, keep_alive,
+                                          cl, chunked))
+            self._skip_complete = True
+            self._keep_alive = keep_alive
+            self._complete(None)
+            return
+        if cl is None and not chunked:
+            keep_alive = False
+            self._close_delimited = True
+        else:
+            self._close_delimited = False
+        self._keep_alive = keep_alive
+        events.append(ResponseHeaders(status, self._reason, version, headers, keep_alive,
+                                      cl, chunked))
+        self._headers = []
+        self._state = _BODY
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+        elif not self._skip_complete and self._state == _BODY:
+            self._complete(self._headers or None)
+
+    def _complete(self, trailers: list | None) -> None:
+        self._events.append(MessageComplete(trailers))
+        self._methods.pop(0)
+        self._state = _HEAD if self._keep_alive else _CLOSED
+        self._keep_alive = True
+
+
+class _Unsolicited(Exception):
+    """Raised inside llhttp when a new response starts that nobody asked for."""

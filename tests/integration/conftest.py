@@ -1,0 +1,31 @@
+import pytest
+
+from .harness import EchoUpstream, ProxyUnderTest
+
+
+@pytest.fixture
+def upstream():
+    u = EchoUpstream("service1")
+    yield u
+    u.close()
+
+
+@pytest.fixture
+def upstream2():
+    u = EchoUpstream("service2")
+    yield u
+    u.close()
+
+
+@pytest.fixture
+def proxy_factory():
+    started = []
+
+    def make(config, **kw):
+        p = ProxyUnderTest(config, **kw)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()

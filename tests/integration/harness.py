@@ -1,0 +1,211 @@
+"""Integration harness: the real server in-process on 127.0.0.1 port 0, real upstream servers.
+
+`ProxyUnderTest` runs `proxy.server.instance.Server` on a background thread (its main loop)
+with listeners and admin bound to port 0; `EchoUpstream` is a real HTTP/1.1 server
+(stdlib ThreadingHTTPServer) that answers with what it received. No mocks anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import yaml
+
+from proxy.config.load import parse_bootstrap
+from proxy.server.instance import Server, ServerOptions
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "upstream"
+
+    def log_message(self, *a):  # keep test output quiet
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _handle(self) -> None:
+        srv = self.server
+        body = self._body()
+        srv.requests.append((self.command, self.path, dict((k.lower(), v) for k, v in self.headers.items()), body))
+        path = self.path.split("?")[0]
+        if path.startswith("/status/"):
+            code = int(path.rsplit("/", 1)[1])
+            self.send_response(code)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if path.startswith("/delay/"):
+            time.sleep(float(path.rsplit("/", 1)[1]))
+        if path.startswith("/bytes/"):
+            n = int(path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("content-length", str(n))
+            self.end_headers()
+            chunk = b"x" * 65536
+            left = n
+            while left:
+                k = min(left, len(chunk))
+                self.wfile.write(chunk[:k])
+                left -= k
+            return
+        if path == "/close":
+            self.send_response(200)
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(b"closed-body")
+            self.close_connection = True
+            return
+        payload = json.dumps({"server": srv.name, "method": self.command, "path": self.path,
+                              "headers": dict((k.lower(), v) for k, v in self.headers.items()),
+                              "body_len": len(body)}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.send_header("x-upstream", srv.name)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
+
+
+class EchoUpstream:
+    def __init__(self, name: str = "upstream") -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+        self.httpd.daemon_threads = True
+        self.httpd.name = name
+        self.httpd.requests = []
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name=f"upstream-{name}")
+        self.thread.start()
+
+    @property
+    def requests(self) -> list:
+        return self.httpd.requests
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def front_proxy_config(routes: list[dict], clusters: list[dict], **hcm_extra) -> dict:
+    """A bootstrap with one HCM listener on 127.0.0.1:0 and admin on 127.0.0.1:0."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress_http",
+        "route_config": {"name": "local_route", "virtual_hosts": [
+            {"name": "backend", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    hcm.update(hcm_extra)
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{"name": "listener_0",
+                           "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": hcm}]}]}],
+            "clusters": clusters,
+        },
+    }
+
+
+def static_cluster(name: str, *ports: int, **extra) -> dict:
+    c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
+         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+             for p in ports]}]}}
+    c.update(extra)
+    return c
+
+
+class ProxyUnderTest:
+    def __init__(self, config: dict, concurrency: int = 1, codec: str = "fast", drain_time_s: float = 10.0) -> None:
+        self.config = config
+        bootstrap = parse_bootstrap(yaml.safe_load(yaml.safe_dump(config)))
+        self.server = Server(bootstrap, ServerOptions("<test>", concurrency, drain_time_s, codec))
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="proxy-main")
+        self.thread.start()
+        if not self.server.wait_ready(10):
+            raise RuntimeError("proxy did not start")
+
+    def _run(self) -> None:
+        self.exit_code = self.server.run(install_signals=False)
+
+    @property
+    def port(self) -> int:
+        return self.server.listener_port()
+
+    @property
+    def admin_port(self) -> int:
+        return self.server.admin.port
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.server.stats.snapshot().counters)
+
+    def gauges(self) -> dict[str, int]:
+        return dict(self.server.stats.snapshot().gauges)
+
+    def wait_for(self, predicate, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.01)
+        return predicate()
+
+    def stop(self) -> None:
+        self.server.request_shutdown()
+        self.thread.join(15)
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
+    """Send raw bytes, read the reply until the proxy closes (or timeout)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = bytearray()
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+                if not read_until_close and b"\r\n\r\n" in out:
+                    break
+        except socket.timeout:
+            pass
+        return bytes(out)
+    finally:
+        s.close()

@@ -462,14 +462,19 @@ class ConnectionManager(ConnectionCallbacks):
         self.connection.close(flush=True)
 
     # -- draining ------------------------------------------------------------------------------
-    def start_drain(self) -> None:
-        """Worker drain: finish the current request with `connection: close`, close if idle."""
+    def start_drain(self, close_idle: bool = True) -> None:
+        """Worker drain: finish the current request with `connection: close`; close now if idle
+        and `close_idle` (else an idle connection closes at its next response or at close_idle())."""
         self.draining = True
-        if self.active is None:
+        if self.active is not None:
+            self.active.keep_alive = False
+        elif close_idle:
+            self.close_idle()
+
+    def close_idle(self) -> None:
+        if self.active is None and not self.connection.closed:
             self.stats.downstream_cx_drain_close.value += 1
             self.connection.close(flush=True)
-        else:
-            self.active.keep_alive = False
 
 
 _HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",

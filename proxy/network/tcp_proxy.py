@@ -249,5 +249,8 @@ class TcpProxySession(ConnectionCallbacks):
             logger.log(info)
         self.on_closed(self)
 
-    def start_drain(self) -> None:
+    def start_drain(self, close_idle: bool = True) -> None:
         """tcp_proxy connections are not interrupted by a drain; they end on their own."""
+
+    def close_idle(self) -> None:
+        """Nothing is idle in a byte relay."""

@@ -88,6 +88,7 @@ class Worker:
         self._cx_gauge.value = len(self.connections)
         if self.draining and not self.connections and self._on_idle is not None:
             cb, self._on_idle = self._on_idle, None
+            self._drained()
             cb()
 
     def cluster(self, name: str) -> WorkerCluster | None:
@@ -113,19 +114,27 @@ class Worker:
         for al in self.listeners:
             al.stop(close_sockets)
 
-    def start_drain(self, on_idle: Callable[[], None]) -> None:
-        """Stop accepting, close idle keep-alive connections, answer the rest with
-        `connection: close`; call `on_idle` (on this thread) once no connection is left."""
+    def start_drain(self, on_idle: Callable[[], None], close_idle: bool = True) -> None:
+        """Stop accepting and answer in-flight requests with `connection: close`; with
+        `close_idle`, close idle keep-alive connections now (else at close_idle_connections()).
+        Calls `on_idle` (on this thread) once no connection is left."""
         self.draining = True
         self.stop_listeners()
         for conn in list(self.connections):
-            conn.start_drain()
-        for wc in self.clusters.values():
-            wc.drain()
+            conn.start_drain(close_idle)
         if self.connections:
             self._on_idle = on_idle
         else:
+            self._drained()
             on_idle()
+
+    def close_idle_connections(self) -> None:
+        for conn in list(self.connections):
+            conn.close_idle()
+
+    def _drained(self) -> None:
+        for wc in self.clusters.values():
+            wc.drain()
 
     def stop(self) -> None:
         self.dispatcher.exit()

@@ -32,7 +32,7 @@ from types import MappingProxyType
 from .errors import CodecError
 
 __all__ = ["SPECIAL", "KNOWN_METHODS", "VERSIONS", "analyze", "check_head_limits",
-           "check_raw_head", "ChunkScanner", "ResponseEncoding", "RequestEncoding", "reject"]
+           "check_raw_head", "strip_empty_lines", "ChunkScanner", "ResponseEncoding", "RequestEncoding", "reject"]
 
 # Headers whose values decide framing; everything else is only lower-cased and kept.
 SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
@@ -137,7 +137,18 @@ def check_head_limits(method: bytes, target: bytes, headers: list[tuple[bytes, b
         raise reject(is_request, 431, "http1.headers_too_large", f"{size} header bytes > {max_bytes}")
 
 
+def strip_empty_lines(buf: bytes) -> bytes:
+    """Drop CRLFs before a start line (RFC 9112 §2.2: SHOULD ignore; llhttp does)."""
+    i = 0
+    while buf.startswith(b"\r\n", i):
+        i += 2
+    return buf[i:] if i else buf
+
+
 # --- byte-level checks for the h11 codec (llhttp applies the same ones itself) ---
+
+_FIELD_CTL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
 
 def check_raw_head(head: bytes, is_request: bool) -> list[tuple[bytes, bytes]]:
     """Reject what h11 would tolerate; return the SPECIAL headers of the raw head.
@@ -150,6 +161,8 @@ def check_raw_head(head: bytes, is_request: bool) -> list[tuple[bytes, bytes]]:
         raise reject(is_request, 400, "http1.invalid_characters", "NUL in head")
     if b"\r\n " in head or b"\r\n\t" in head:
         raise reject(is_request, 400, "http1.codec_error", "obs-fold or whitespace line")
+    if _FIELD_CTL.search(head, head.find(b"\r\n")):
+        raise reject(is_request, 400, "http1.invalid_characters", "control byte in a field")
     specials = []
     for line in head.split(b"\r\n")[1:-2]:
         name, _, value = line.partition(b":")

@@ -22,7 +22,7 @@ from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgra
 from .errors import CodecError
 from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
 from .framing import (SPECIAL, VERSIONS, RequestEncoding, ResponseEncoding, analyze,
-                      check_head_limits, reject)
+                      check_head_limits, reject, strip_empty_lines)
 
 __all__ = ["FastServerCodec", "FastClientCodec"]
 
@@ -46,7 +46,7 @@ class FastServerCodec(ResponseEncoding):
     """Downstream side: parses requests (pipelined), encodes responses."""
 
     __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "_max_bytes",
-                 "_max_count", "_in_head", "_in_msg", "_head_first", "_head_late", "_feed_len",
+                 "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len",
                  "_state", "_held", "_keep_alive", "_switch", "_unanswered", "_resp_chunked",
                  "_must_close")
 
@@ -59,7 +59,7 @@ class FastServerCodec(ResponseEncoding):
         self._max_bytes = max_request_headers_kb * 1024
         self._max_count = max_headers_count
         self._in_head = self._in_msg = self._switch = False
-        self._head_first = self._head_late = self._feed_len = 0
+        self._head_bytes = self._feed_len = 0
         self._state = _OPEN
         self._held = b""
         self._keep_alive = True
@@ -79,13 +79,17 @@ class FastServerCodec(ResponseEncoding):
                 if len(self._held) > self._max_bytes:
                     raise CodecError(400, "http1.codec_error", "too much data before upgrade answer")
             return []
-        if self._in_head:
-            self._head_late += len(data)
-            if self._head_late > 2 * self._max_bytes:
-                raise CodecError(431, "http1.headers_too_large", "request head too large")
         events = self._events = []
         self._feed_len = len(data)
         self._run(data)
+        if self._in_head:  # a head is still incomplete: bound what we hold of it
+            if self._head_bytes < 0:  # it began in this feed, after the last blank line
+                i = data.rfind(b"\r\n\r\n")
+                self._head_bytes = len(data) - (i + 4 if i >= 0 else 0)
+            else:
+                self._head_bytes += len(data)
+            if self._head_bytes > 2 * self._max_bytes:
+                raise CodecError(431, "http1.headers_too_large", "request head too large")
         return events
 
     def _run(self, data: bytes) -> None:
@@ -125,8 +129,7 @@ class FastServerCodec(ResponseEncoding):
         self._specials = []
         self._url = b""
         self._in_head = self._in_msg = True
-        self._head_first = self._feed_len
-        self._head_late = 0
+        self._head_bytes = -1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -146,7 +149,10 @@ class FastServerCodec(ResponseEncoding):
             raise CodecError(400, "http1.codec_error", "unsupported HTTP version")
         method = parser.get_method()
         headers = self._headers
-        if self._head_first + self._head_late > self._max_bytes or len(headers) > self._max_count:
+        # Raw bytes of this head <= this feed + what earlier feeds held; only if that bound
+        # passes the limit is the exact header-map size worth computing.
+        if (self._feed_len + max(self._head_bytes, 0) > self._max_bytes
+                or len(headers) > self._max_count):
             check_head_limits(method, self._url, headers, self._max_bytes, self._max_count, True)
         cl, chunked, keep_alive, _, upgrade, expect = analyze(self._specials, version, True)
         if parser.should_upgrade():
@@ -245,7 +251,7 @@ class FastClientCodec(RequestEncoding):
     def _take_head(self, data: bytes) -> bytes:
         buf = self._buf + data if self._buf else data
         if buf[:2] == b"\r\n":  # llhttp skips empty lines between messages
-            buf = buf.lstrip(b"\r\n") if buf.lstrip(b"\r\n")[:1] != b"\n" else buf
+            buf = strip_empty_lines(buf)
         self._buf = b""
         if not buf:
             return b""

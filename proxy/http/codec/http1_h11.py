@@ -19,20 +19,14 @@ import h11
 from .errors import CodecError
 from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
 from .framing import (KNOWN_METHODS, ChunkScanner, RequestEncoding, ResponseEncoding, analyze,
-                      check_head_limits, check_raw_head, reject)
+                      check_head_limits, check_raw_head, reject,
+                      strip_empty_lines)
 
 __all__ = ["H11ServerCodec", "H11ClientCodec"]
 
 _OPEN, _AWAIT_SWITCH, _TUNNEL, _CLOSED = range(4)
 _HEAD, _BODY = 0, 1
 _UNBOUNDED = 1 << 40  # heads are split and size-checked here before h11 sees them
-
-
-def _strip_empty_lines(buf: bytes) -> bytes:
-    i = 0
-    while buf.startswith(b"\r\n", i):
-        i += 2
-    return buf[i:] if i else buf
 
 
 def _split_head(buf: bytes, max_bytes: int, is_request: bool) -> int:
@@ -84,7 +78,7 @@ class H11ServerCodec(ResponseEncoding):
 
     def feed(self, data: bytes) -> list:
         if not data:
-            if self._state == _OPEN and (self._conn is not None or _strip_empty_lines(self._buf)):
+            if self._state == _OPEN and (self._conn is not None or strip_empty_lines(self._buf)):
                 raise CodecError(400, "http1.codec_error", "downstream closed mid-request")
             return []
         if self._state == _TUNNEL:
@@ -112,7 +106,7 @@ class H11ServerCodec(ResponseEncoding):
         return self.feed(held) if self._state == _OPEN else []
 
     def _start(self, events: list) -> bool:
-        buf = self._buf = _strip_empty_lines(self._buf)
+        buf = self._buf = strip_empty_lines(self._buf)
         end = _split_head(buf, self._max_bytes, True)
         if end < 0:
             return False
@@ -162,7 +156,8 @@ class H11ServerCodec(ResponseEncoding):
         data, self._buf = self._buf, b""
         if self._scanner is not None and not self._scanner.done:
             self._scanner.feed(data)
-        conn.receive_data(data)
+        if data:  # receive_data(b"") would mean EOF to h11
+            conn.receive_data(data)
         while True:
             ev = _next(conn, True)
             if ev is h11.NEED_DATA:
@@ -254,7 +249,7 @@ class H11ClientCodec(RequestEncoding):
         return conn
 
     def _head(self, events: list) -> bool:
-        buf = self._buf = _strip_empty_lines(self._buf)
+        buf = self._buf = strip_empty_lines(self._buf)
         if not buf:
             return False
         if not self._methods:
@@ -311,7 +306,8 @@ class H11ClientCodec(RequestEncoding):
         data, self._buf = self._buf, b""
         if self._scanner is not None and not self._scanner.done:
             self._scanner.feed(data)
-        conn.receive_data(data)
+        if data:  # receive_data(b"") would mean EOF to h11
+            conn.receive_data(data)
         while True:
             ev = _next(conn, False)
             if ev is h11.NEED_DATA:

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# perf/profile.sh - profile ftproxy on the HTTP/1.1 keep-alive case (wrk -c50, 100 B body).
+#
+# Starts the nginx upstream on CPU 1, ftproxy (`python -X perf`, one worker) on CPU 0, drives it
+# with wrk on CPU 1 and records with Linux `perf record -g` (py-spy misattributes frames on 3.13,
+# see shared/reference/python-runtime.md §5). Also takes a cProfile of the same run when
+# PROFILER=cprofile. Output: $OUT_DIR/perf.report.txt (self and children tables).
+#
+#   perf/profile.sh                 # ~20 s;  OUT_DIR=/tmp/ftproxy-prof  SECS=8
+# Loopback only. Kills only the process groups it started.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
+OUT_DIR=${OUT_DIR:-/tmp/ftproxy-prof}; SECS=${SECS:-8}; PROFILER=${PROFILER:-perf}
+mkdir -p "$OUT_DIR/www" "$OUT_DIR/tmp"; chmod 755 "$OUT_DIR"
+PGS=()
+cleanup() { for p in "${PGS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+BODY=$(printf '%0100d' 0)
+cat > "$OUT_DIR/upstream.conf" <<EOC
+worker_processes 1; pid $OUT_DIR/upstream.pid; error_log $OUT_DIR/upstream.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; client_body_temp_path $OUT_DIR/tmp/b;
+  proxy_temp_path $OUT_DIR/tmp/p; fastcgi_temp_path $OUT_DIR/tmp/f; uwsgi_temp_path $OUT_DIR/tmp/u;
+  scgi_temp_path $OUT_DIR/tmp/s;
+  server { listen 127.0.0.1:18080; location = / { default_type text/plain; return 200 "$BODY"; } } }
+EOC
+setsid taskset -c 1 nginx -p "$OUT_DIR/" -e "$OUT_DIR/upstream.err" -c "$OUT_DIR/upstream.conf" -g 'daemon off;' \
+  >"$OUT_DIR/upstream.log" 2>&1 </dev/null & PGS+=($!)
+if [ "$PROFILER" = cprofile ]; then
+  setsid taskset -c 0 "$ROOT/.venv/bin/python" -m cProfile -o "$OUT_DIR/cprofile.out" -m cli.main start \
+    -c "$ROOT/perf/configs/http.yaml" --concurrency 1 -l warning >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
+else
+  setsid taskset -c 0 "$ROOT/.venv/bin/python" -X perf "$ROOT/.venv/bin/proxyctl" start \
+    -c "$ROOT/perf/configs/http.yaml" --concurrency 1 -l warning >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
+fi
+PROXY_PG=${PGS[-1]}
+for i in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18090/ && break; sleep 0.1; done
+taskset -c 1 wrk -t1 -c50 -d2s http://127.0.0.1:18090/ >/dev/null    # warm-up
+PID=$(pgrep -g "$PROXY_PG" -f python | head -1)
+if [ "$PROFILER" = cprofile ]; then
+  taskset -c 1 wrk -t1 -c50 -d"${SECS}s" http://127.0.0.1:18090/ | tee "$OUT_DIR/wrk.txt"
+  kill -INT "$PID"; sleep 2
+  "$ROOT/.venv/bin/python" -c "import pstats,sys; p=pstats.Stats('$OUT_DIR/cprofile.out'); p.sort_stats('tottime').print_stats(35)" \
+    > "$OUT_DIR/cprofile.txt"; echo "cProfile: $OUT_DIR/cprofile.txt"
+  exit 0
+fi
+perf record -F 499 --call-graph dwarf,16384 -p "$PID" -o "$OUT_DIR/perf.data" -- sleep "$SECS" 2>"$OUT_DIR/perf-record.err" &
+REC=$!
+taskset -c 1 wrk -t1 -c50 -d"${SECS}s" http://127.0.0.1:18090/ | tee "$OUT_DIR/wrk.txt"
+wait $REC || true
+perf report -i "$OUT_DIR/perf.data" --no-children --sort symbol --stdio --percent-limit 0.7 -g none \
+  > "$OUT_DIR/perf.self.txt" 2>/dev/null
+perf report -i "$OUT_DIR/perf.data" --children --sort symbol --stdio --percent-limit 2 -g none \
+  > "$OUT_DIR/perf.children.txt" 2>/dev/null
+echo "perf report: $OUT_DIR/perf.self.txt $OUT_DIR/perf.children.txt"

@@ -1,0 +1,313 @@
+"""Extra real upstream servers and a raw HTTP/1.1 client reader for the integration tests.
+
+- `RawHttpUpstream`: a raw-socket HTTP/1.1 server (threads) that records exactly the bytes it
+  receives (optional) and streams request bodies into a SHA-256 (no buffering), so 100 MiB
+  bodies cost no memory. Routes: `/sink` (answers the body length and hash), `/stream/<n>`
+  (n bytes with Content-Length), `/chunked/<n>/<k>` (n bytes as k-byte chunks), `/raw/<name>`
+  (a canned raw response from `canned`), anything else a small 200.
+- `WebSocketEchoUpstream`: `websockets.sync.server` echo server.
+- `TcpEchoUpstream`: echoes bytes; on EOF from the client it half-closes its side.
+- `read_response(sock)`: reads one HTTP/1.1 response (CL, chunked, bodiless or close-delimited).
+Everything binds 127.0.0.1 port 0. No mocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+
+PATTERN = bytes(range(256)) * 256  # 64 KiB of a non-trivial pattern
+
+
+def pattern_bytes(n: int):
+    """Yield n bytes of the repeating PATTERN in 64 KiB pieces."""
+    left = n
+    while left:
+        k = min(left, len(PATTERN))
+        yield PATTERN[:k]
+        left -= k
+
+
+def pattern_sha256(n: int) -> str:
+    h = hashlib.sha256()
+    for piece in pattern_bytes(n):
+        h.update(piece)
+    return h.hexdigest()
+
+
+class _Reader:
+    """Buffered reads on a blocking socket."""
+
+    def __init__(self, sock: socket.socket, tap=None) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.tap = tap
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(262144)
+        if not data:
+            return False
+        if self.tap is not None:
+            self.tap(data)
+        self.buf += data
+        return True
+
+    def until(self, sep: bytes) -> bytes | None:
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(sep)])
+                del self.buf[:i + len(sep)]
+                return out
+            if not self._fill():
+                return None
+
+    def exactly_into(self, n: int, sink) -> bool:
+        while n:
+            if not self.buf and not self._fill():
+                return False
+            k = min(n, len(self.buf))
+            sink(bytes(self.buf[:k]))
+            del self.buf[:k]
+            n -= k
+        return True
+
+    def rest_into(self, sink) -> None:
+        while True:
+            if self.buf:
+                sink(bytes(self.buf))
+                self.buf.clear()
+            if not self._fill():
+                return
+
+
+def _parse_head(raw: bytes) -> tuple[str, dict[str, str]]:
+    lines = raw.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+    return lines[0], headers
+
+
+def _read_body(r: _Reader, headers: dict[str, str], sink) -> bool:
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            line = r.until(b"\r\n")
+            if line is None:
+                return False
+            size = int(line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while (t := r.until(b"\r\n")) not in (b"\r\n", None):
+                    pass
+                return True
+            if not r.exactly_into(size, sink) or r.until(b"\r\n") is None:
+                return False
+    n = int(headers.get("content-length") or 0)
+    return r.exactly_into(n, sink)
+
+
+class RawHttpUpstream:
+    def __init__(self, record: bool = True, canned: dict[str, bytes] | None = None) -> None:
+        self.record = record
+        self.canned = canned or {}
+        self.lock = threading.Lock()  # guards received, requests, connections
+        self.received = bytearray()
+        self.requests: list[dict] = []
+        self.connections = 0
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self._closing = False
+        self.thread = threading.Thread(target=self._accept, daemon=True, name="raw-upstream")
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _tap(self, data: bytes) -> None:
+        if self.record:
+            with self.lock:
+                self.received += data
+
+    def _serve(self, s: socket.socket) -> None:
+        r = _Reader(s, self._tap)
+        try:
+            while True:
+                raw = r.until(b"\r\n\r\n")
+                if raw is None:
+                    return
+                start, headers = _parse_head(raw)
+                method, target, _ = start.split(" ", 2)
+                h = hashlib.sha256()
+                n = [0]
+
+                def sink(b: bytes) -> None:
+                    h.update(b)
+                    n[0] += len(b)
+
+                if not _read_body(r, headers, sink):
+                    return
+                req = {"method": method, "path": target, "headers": headers, "body_len": n[0],
+                       "sha256": h.hexdigest()}
+                with self.lock:
+                    self.requests.append(req)
+                if not self._respond(s, req):
+                    return
+        except OSError:
+            return
+        finally:
+            s.close()
+
+    def _respond(self, s: socket.socket, req: dict) -> bool:
+        path = req["path"]
+        parts = path.strip("/").split("/")
+        if parts[0] == "raw":
+            s.sendall(self.canned[parts[1]])
+            return True
+        if parts[0] == "stream":
+            n = int(parts[1])
+            s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
+            if req["method"] != "HEAD":
+                for piece in pattern_bytes(n):
+                    s.sendall(piece)
+            return True
+        if parts[0] == "chunked":
+            n, k = int(parts[1]), int(parts[2])
+            s.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            data = b"".join(pattern_bytes(n))
+            for i in range(0, n, k):
+                piece = data[i:i + k]
+                s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            s.sendall(b"0\r\n\r\n")
+            return True
+        body = json.dumps(req).encode()
+        s.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        return True
+
+    def received_bytes(self) -> bytes:
+        with self.lock:
+            return bytes(self.received)
+
+    def close(self) -> None:
+        self._closing = True
+        self.lsock.close()
+
+
+class WebSocketEchoUpstream:
+    def __init__(self) -> None:
+        from websockets.sync.server import serve
+
+        def echo(ws) -> None:
+            for msg in ws:
+                ws.send(msg)
+
+        self.server = serve(echo, "127.0.0.1", 0)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="ws-upstream")
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+class TcpEchoUpstream:
+    def __init__(self) -> None:
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.lock = threading.Lock()  # guards connections
+        self.connections = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True, name="tcp-echo")
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._echo, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def _echo(s: socket.socket) -> None:
+        try:
+            while True:
+                data = s.recv(262144)
+                if not data:
+                    s.shutdown(socket.SHUT_WR)
+                    return
+                s.sendall(data)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def close(self) -> None:
+        self.lsock.close()
+
+
+def free_port() -> int:
+    """A port that nothing listens on right now (bound then released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Response:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+def read_response(sock: socket.socket, method: str = "GET", reader: _Reader | None = None) -> Response:
+    """Read one response from a blocking socket (pass the same `reader` for pipelined reads)."""
+    r = reader or _Reader(sock)
+    while True:
+        raw = r.until(b"\r\n\r\n")
+        if raw is None:
+            raise ConnectionError("connection closed before a response head")
+        start, _ = _parse_head(raw)
+        status = int(start.split(" ")[1])
+        if status != 100:
+            break
+    lines = raw.decode("latin-1").split("\r\n")[1:]
+    headers = []
+    for line in lines:
+        if line:
+            k, _, v = line.partition(":")
+            headers.append((k.strip().lower(), v.strip()))
+    hmap = dict(headers)
+    body = bytearray()
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return Response(status, headers, b"")
+    if "content-length" in hmap or hmap.get("transfer-encoding", "").lower() == "chunked":
+        if not _read_body(r, hmap, body.extend):
+            raise ConnectionError("connection closed inside a response body")
+    else:
+        r.rest_into(body.extend)
+    return Response(status, headers, bytes(body))
+
+
+def new_reader(sock: socket.socket) -> _Reader:
+    return _Reader(sock)

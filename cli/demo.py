@@ -172,8 +172,8 @@ def start_demo_upstreams(host: str = DEMO_HOST,
             s.server_close()
         raise
     for s in servers:
-        threading.Thread(target=s.serve_forever, name=f"demo-{s.service_name}",  # type: ignore[attr-defined]
-                         daemon=True).start()
+        name = getattr(s, "service_name", "upstream")
+        threading.Thread(target=s.serve_forever, name=f"demo-{name}", daemon=True).start()
     return servers
 
 
@@ -226,8 +226,8 @@ def _route_note(route: Any) -> str:
 def describe_config(bootstrap: Any, ports: Mapping[str, int] | None = None,
                     admin_port: int | None = None) -> list[str]:
     """Lines telling a user what to try against `bootstrap`: a curl line per route with a
-    literal path, a nc line per TCP proxy listener, and the admin URLs. `ports` overrides
-    listener ports by name (the real ports of `port_value: 0` listeners)."""
+    literal path, a `curl telnet://` line per TCP proxy listener, and the admin URLs.
+    `ports` overrides listener ports by name (the real ports of `port_value: 0` listeners)."""
     from proxy.http.hcm_config import HcmConfig
     from proxy.network.tcp_proxy_config import TcpProxyConfig
 
@@ -239,7 +239,7 @@ def describe_config(bootstrap: Any, ports: Mapping[str, int] | None = None,
         terminal = lis.filter_chains[0].filters[-1].config
         if isinstance(terminal, TcpProxyConfig):
             target = terminal.cluster or "weighted clusters"
-            lines.append(f"  printf 'hello\\n' | nc -q1 {lis.address} {port}"
+            lines.append(f"  printf 'hello\\n' | curl -s --max-time 1 telnet://{base}"
                          f"    # tcp_proxy -> {target}")
             continue
         if not isinstance(terminal, HcmConfig):

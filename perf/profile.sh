@@ -4,7 +4,8 @@
 # Starts the nginx upstream on CPU 1, ftproxy (`python -X perf`, one worker) on CPU 0, drives it
 # with wrk on CPU 1 and records with Linux `perf record -g` (py-spy misattributes frames on 3.13,
 # see shared/reference/python-runtime.md §5). Also takes a cProfile of the same run when
-# PROFILER=cprofile. Output: $OUT_DIR/perf.report.txt (self and children tables).
+# PROFILER=cprofile
+# (perf/profile_inproc.py: every worker thread under cProfile). Output: $OUT_DIR/perf.report.txt (self and children tables).
 #
 #   perf/profile.sh                 # ~20 s;  OUT_DIR=/tmp/ftproxy-prof  SECS=8
 # Loopback only. Kills only the process groups it started.
@@ -27,11 +28,11 @@ EOC
 setsid taskset -c 1 nginx -p "$OUT_DIR/" -e "$OUT_DIR/upstream.err" -c "$OUT_DIR/upstream.conf" -g 'daemon off;' \
   >"$OUT_DIR/upstream.log" 2>&1 </dev/null & PGS+=($!)
 if [ "$PROFILER" = cprofile ]; then
-  setsid taskset -c 0 "$ROOT/.venv/bin/python" -m cProfile -o "$OUT_DIR/cprofile.out" -m cli.main start \
-    -c "$ROOT/perf/configs/http.yaml" --concurrency 1 -l warning >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
+  setsid taskset -c 0 env FTPROXY_PROFILE_DIR="$OUT_DIR" PYTHONPATH="$ROOT" "$ROOT/.venv/bin/python" "$ROOT/perf/profile_inproc.py" \
+    -c "$ROOT/perf/configs/http.yaml" --concurrency 1 --drain-time-s 1 -l warning --base-id 4711 >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 else
-  setsid taskset -c 0 "$ROOT/.venv/bin/python" -X perf "$ROOT/.venv/bin/proxyctl" start \
-    -c "$ROOT/perf/configs/http.yaml" --concurrency 1 -l warning >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
+  setsid taskset -c 0 env PYTHONPATH="$ROOT" "$ROOT/.venv/bin/python" -X perf -m proxy.server.main \
+    -c "$ROOT/perf/configs/http.yaml" --concurrency 1 -l warning --base-id 4711 >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 fi
 PROXY_PG=${PGS[-1]}
 for i in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18090/ && break; sleep 0.1; done
@@ -39,9 +40,10 @@ taskset -c 1 wrk -t1 -c50 -d2s http://127.0.0.1:18090/ >/dev/null    # warm-up
 PID=$(pgrep -g "$PROXY_PG" -f python | head -1)
 if [ "$PROFILER" = cprofile ]; then
   taskset -c 1 wrk -t1 -c50 -d"${SECS}s" http://127.0.0.1:18090/ | tee "$OUT_DIR/wrk.txt"
-  kill -INT "$PID"; sleep 2
-  "$ROOT/.venv/bin/python" -c "import pstats,sys; p=pstats.Stats('$OUT_DIR/cprofile.out'); p.sort_stats('tottime').print_stats(35)" \
-    > "$OUT_DIR/cprofile.txt"; echo "cProfile: $OUT_DIR/cprofile.txt"
+  kill -TERM "$PID"; for i in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  for f in "$OUT_DIR"/thread-*.prof; do
+    "$ROOT/.venv/bin/python" -c "import pstats,sys; p=pstats.Stats(sys.argv[1]); p.sort_stats('tottime').print_stats(40); p.sort_stats('cumulative').print_stats(40)" "$f"
+  done > "$OUT_DIR/cprofile.txt"; echo "cProfile: $OUT_DIR/cprofile.txt"
   exit 0
 fi
 perf record -F 499 --call-graph dwarf,16384 -p "$PID" -o "$OUT_DIR/perf.data" -- sleep "$SECS" 2>"$OUT_DIR/perf-record.err" &

@@ -89,7 +89,7 @@ class ParentSide(Protocol):
     """What the parent's logic needs from its server (all called on the main thread)."""
 
     epoch: int
-    start_time: float
+    original_start_time: float  # the first epoch's start (uptime across epochs)
 
     def listen_fds(self, address: str) -> list[int]: ...
     def stats_counters(self) -> tuple[dict[str, int], dict[str, int]]: ...
@@ -121,7 +121,7 @@ class ParentLogic:
                                         f"{self.side.epoch}"})
             self.greeted = True
             return Reply({"type": "hello", "ok": True, "epoch": self.side.epoch,
-                          "start_time": self.side.start_time})
+                          "start_time": self.side.original_start_time})
         if not self.greeted:
             return Reply({"type": "error", "reason": "hello expected first"})
         if kind == "listen_sockets":

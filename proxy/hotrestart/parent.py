@@ -60,15 +60,16 @@ class HotRestartParent:
             return
         for msg in msgs:
             reply = self.logic.reply(msg)
+            if reply.action == "shutdown_admin":
+                # Before answering: the child binds the admin port as soon as it reads the reply.
+                self.server.stop_admin()
             try:
                 channel.send(sock, reply.message, reply.fds)
             except OSError as e:
                 log.warning("hot restart: reply failed: %s", e)
                 self._child_gone()
                 return
-            if reply.action == "shutdown_admin":
-                self.server.stop_admin()
-            elif reply.action == "drain":
+            if reply.action == "drain":
                 self.drain_requested = True
                 self.server.start_parent_drain()
 

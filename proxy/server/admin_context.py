@@ -12,6 +12,7 @@ import sys
 import time
 
 from .. import __version__
+from ..hotrestart.messages import HOT_RESTART_VERSION
 
 __all__ = ["ServerAdminContext"]
 
@@ -68,19 +69,21 @@ class ServerAdminContext:
     def server_info(self) -> dict:
         s = self.server
         uptime = int(time.time() - s.start_time)
+        uptime_all = int(time.time() - s.original_start_time)
         b = s.bootstrap
         return {
             "version": f"ftproxy/{__version__}",
             "state": s.state,
-            "hot_restart_version": "ftproxy.1",
+            "hot_restart_version": HOT_RESTART_VERSION,
             "uptime_current_epoch": f"{uptime}s",
-            "uptime_all_epochs": f"{uptime}s",
+            "uptime_all_epochs": f"{uptime_all}s",
             "node": {"id": b.node.id, "cluster": b.node.cluster},
             "command_line_options": {
                 "config_path": s.options.config_path,
                 "concurrency": s.options.concurrency,
                 "drain_time": f"{s.options.drain_time_s:g}s",
-                "restart_epoch": s.options.hot_restart_epoch,
+                "restart_epoch": s.epoch,
+                "base_id": s.options.base_id,
                 "log_level": s.options.log_level,
             },
             "python": {

@@ -44,13 +44,21 @@ def gil_enabled() -> bool:
 
 class ServerOptions:
     def __init__(self, config_path: str = "", concurrency: int | None = None, drain_time_s: float = 600.0,
-                 codec: str = "fast", log_level: str = "info", hot_restart_epoch: int = 0) -> None:
+                 codec: str = "fast", log_level: str = "info", hot_restart_epoch: int = 0,
+                 base_id: int = 0, hot_restart_socket_path: str | None = None,
+                 parent_shutdown_time_s: float = 900.0, disable_hot_restart: bool = False,
+                 on_ready: Callable[[dict], None] | None = None) -> None:
         self.config_path = config_path
         self.concurrency = max(1, concurrency if concurrency is not None else (os.cpu_count() or 1))
         self.drain_time_s = drain_time_s
         self.codec = codec
         self.log_level = log_level
         self.hot_restart_epoch = hot_restart_epoch
+        self.base_id = base_id
+        self.hot_restart_socket_path = hot_restart_socket_path
+        self.parent_shutdown_time_s = parent_shutdown_time_s
+        self.disable_hot_restart = disable_hot_restart
+        self.on_ready = on_ready  # called on main with {"listeners": {...}, "admin": "ip:port"}
 
 
 class Server:
@@ -59,6 +67,10 @@ class Server:
         self.options = options
         self.state = "INITIALIZING"
         self.start_time = time.time()
+        self.original_start_time = self.start_time  # first epoch's start (server.uptime)
+        self.epoch = options.hot_restart_epoch
+        self.hr_parent = None   # HotRestartParent: we listen for the next epoch
+        self.hr_child = None    # HotRestartChild: link to the previous epoch
         self.main = Dispatcher("main")
         self.stats = StatsRegistry()
         self.main_store = self.stats.new_store("main")
@@ -77,7 +89,12 @@ class Server:
     # -- public ------------------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
         """Start everything and run the main loop on the calling thread until shut down."""
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self._teardown()
+            self._stopped.set()
+            raise
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.main.post(self.shutdown))
@@ -93,12 +110,14 @@ class Server:
 
     def shutdown(self) -> None:
         """Drain and exit (main thread; others call `request_shutdown`)."""
+        self._begin_drain(close_idle=True, limit=self.options.drain_time_s)
+
+    def _begin_drain(self, close_idle: bool, limit: float) -> None:
         if self._drain_started:
             return
         self._drain_started = True
         self.state = "DRAINING"
-        log.info("shutting down: draining %d worker(s) for at most %.0fs", len(self.workers),
-                 self.options.drain_time_s)
+        log.info("draining %d worker(s) for at most %.0fs", len(self.workers), limit)
         remaining = [len(self.workers)]
 
         def worker_idle() -> None:  # called on each worker thread, hops back to main
@@ -110,10 +129,10 @@ class Server:
                 self.main.exit()
 
         for w in self.workers:
-            w.post(lambda w=w: w.start_drain(worker_idle))
+            w.post(lambda w=w: w.start_drain(worker_idle, close_idle))
         if not self.workers:
             self.main.exit()
-        self.main.call_later(self.options.drain_time_s, self.main.exit)
+        self.main.call_later(limit, self.main.exit)
 
     def request_shutdown(self) -> None:
         self.main.post(self.shutdown)
@@ -129,11 +148,15 @@ class Server:
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
         st.gauge("server.live").set(0)
         factories = self._build_filter_factories()
+        self._connect_to_parent()
         for lc in self.bootstrap.listeners:
-            socks = bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
-                                        lc.tcp_backlog_size)
+            socks = self._take_or_bind(lc)
             self.listen_sockets[lc.name] = socks
             self.listener_addresses[lc.name] = socks[0].getsockname()[:2]
+        if self.hr_child is not None:
+            self.hr_child.fetch_stats()
+            self.stats.set_carryover(self.hr_child.parent_counters)
+            self.original_start_time = self.hr_child.original_start_time or self.start_time
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
@@ -141,18 +164,34 @@ class Server:
         self.cluster_manager.initialize()
         for lc in self.bootstrap.listeners:
             socks = self.listen_sockets[lc.name]
-            shared = len(socks) == 1 and opts.concurrency > 1
-            for i, w in enumerate(self.workers):
-                sock = socks[i] if not shared else socks[0]
-                w.post(lambda w=w, lc=lc, sock=sock: w.add_listener(lc, sock, factories[lc.name], shared))
+            if not lc.enable_reuse_port:
+                # One shared socket registered in every worker.
+                for w in self.workers:
+                    w.post(lambda w=w, lc=lc, sock=socks[0]: w.add_listener(lc, sock, factories[lc.name], True))
+                continue
+            # One socket per worker; sockets inherited beyond that are spread over the workers
+            # too, so no accept queue is left unserved.
+            for i, sock in enumerate(socks):
+                w = self.workers[i % len(self.workers)]
+                w.post(lambda w=w, lc=lc, sock=sock: w.add_listener(lc, sock, factories[lc.name], False))
         for w in self.workers:
             w.start()
         st.counter("listener_manager.workers_started").inc(len(self.workers))
-        if self.bootstrap.admin is not None:
-            a = self.bootstrap.admin
-            self.admin = AdminServer(ServerAdminContext(self), a.address, a.port)
-            self.admin.start()
-            log.info("admin listening on %s:%d", self.admin.host, self.admin.port)
+        if self.hr_child is not None:
+            self.hr_child.shutdown_parent_admin()
+        self.restart_admin()
+        if self.hr_child is not None:
+            self.hr_child.drain_parent(self.main, self._on_parent_stats)
+        if not opts.disable_hot_restart:
+            from ..hotrestart.messages import socket_address
+            from ..hotrestart.parent import HotRestartParent
+            address = socket_address(opts.base_id, self.epoch, opts.hot_restart_socket_path)
+            try:
+                self.hr_parent = HotRestartParent(self, address)
+            except OSError as e:
+                raise OSError(e.errno, f"unable to bind the hot restart socket {address!r} (base id "
+                                       f"{opts.base_id}, epoch {self.epoch}): {e.strerror}; another "
+                                       f"ftproxy uses this base id? pass --base-id") from None
         for name, (host, port) in self.listener_addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
         self._tick_timer = self.main.create_timer(self._tick)
@@ -162,6 +201,79 @@ class Server:
         st.gauge("server.state").set(0)
         self._update_uptime()
         self._ready.set()
+        if opts.on_ready is not None:
+            opts.on_ready(self.ready_info())
+
+    def ready_info(self) -> dict:
+        return {"epoch": self.epoch, "pid": os.getpid(),
+                "listeners": {n: f"{h}:{p}" for n, (h, p) in self.listener_addresses.items()},
+                "admin": f"{self.admin.host}:{self.admin.port}" if self.admin is not None else None}
+
+    # -- hot restart ---------------------------------------------------------------------------------
+    def _connect_to_parent(self) -> None:
+        opts = self.options
+        if self.epoch == 0 or opts.disable_hot_restart:
+            return
+        from ..hotrestart.child import HotRestartChild
+        from ..hotrestart.messages import socket_address
+        address = socket_address(opts.base_id, self.epoch - 1, opts.hot_restart_socket_path)
+        try:
+            self.hr_child = HotRestartChild(address, self.epoch)
+        except (FileNotFoundError, ConnectionRefusedError):
+            log.warning("hot restart: no parent epoch %d is listening; starting fresh", self.epoch - 1)
+            return
+        log.info("hot restart: connected to parent epoch %s", self.hr_child.parent_epoch)
+
+    def _take_or_bind(self, lc) -> list:
+        """The parent's listen sockets for this address if it has them, else fresh ones."""
+        opts = self.options
+        socks = []
+        if self.hr_child is not None and lc.port != 0:
+            socks = self.hr_child.listen_sockets(f"{lc.address}:{lc.port}")
+            if socks:
+                log.info("hot restart: took %d listen socket(s) for %s:%d", len(socks), lc.address, lc.port)
+        if not socks:
+            return bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
+                                       lc.tcp_backlog_size)
+        if lc.enable_reuse_port and len(socks) < opts.concurrency:
+            port = socks[0].getsockname()[1]
+            socks += bind_listen_sockets(lc.address, port, opts.concurrency - len(socks), True,
+                                         lc.tcp_backlog_size)
+        return socks
+
+    def _on_parent_stats(self, counters: dict) -> None:
+        self.stats.set_carryover(counters)
+
+    # ParentSide (messages.ParentLogic), main thread:
+    def listen_fds(self, address: str) -> list[int]:
+        for lc in self.bootstrap.listeners:
+            if f"{lc.address}:{lc.port}" == address and lc.name in self.listen_sockets:
+                return [s.fileno() for s in self.listen_sockets[lc.name] if s.fileno() >= 0]
+        return []
+
+    def stats_counters(self) -> tuple[dict, dict]:
+        snap = self.stats.snapshot()
+        return dict(snap.counters), dict(snap.gauges)
+
+    def stop_admin(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
+
+    def restart_admin(self) -> None:
+        if self.admin is None and self.bootstrap.admin is not None and not self._drain_started:
+            a = self.bootstrap.admin
+            self.admin = AdminServer(ServerAdminContext(self), a.address, a.port)
+            self.admin.start()
+
+    def start_parent_drain(self) -> None:
+        """The next epoch took over: stop accepting, finish in-flight requests (keep-alive
+        clients get `connection: close`), close idle connections after drain_time, and exit
+        when idle or at parent_shutdown_time."""
+        opts = self.options
+        self._begin_drain(close_idle=False, limit=opts.parent_shutdown_time_s)
+        close_after = min(opts.drain_time_s, opts.parent_shutdown_time_s)
+        self.main.call_later(close_after, lambda: [w.post(w.close_idle_connections) for w in self.workers])
 
     def _build_filter_factories(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -185,16 +297,22 @@ class Server:
         try:
             if self.cluster_manager is not None:
                 self.cluster_manager.tick()
+            if self.hr_child is not None and self.hr_child.connected:
+                self.hr_child.poll_stats()
             self._update_uptime()
         finally:
             self._tick_timer.enable(1.0)
 
     def _update_uptime(self) -> None:
-        self.main_store.gauge("server.uptime").set(int(time.time() - self.start_time))
+        self.main_store.gauge("server.uptime").set(int(time.time() - self.original_start_time))
 
     def _teardown(self) -> None:
-        if self.admin is not None:
-            self.admin.stop()
+        self.stop_admin()
+        if self.hr_parent is not None:
+            self.hr_parent.send_final_stats()
+            self.hr_parent.close()
+        if self.hr_child is not None:
+            self.hr_child.close()
         for w in self.workers:
             w.post(w.stop_listeners)
             w.stop()

@@ -142,7 +142,8 @@ class ProxyUnderTest:
     def __init__(self, config: dict, concurrency: int = 1, codec: str = "fast", drain_time_s: float = 10.0) -> None:
         self.config = config
         bootstrap = parse_bootstrap(yaml.safe_load(yaml.safe_dump(config)))
-        self.server = Server(bootstrap, ServerOptions("<test>", concurrency, drain_time_s, codec))
+        self.server = Server(bootstrap, ServerOptions("<test>", concurrency, drain_time_s, codec,
+                                                     disable_hot_restart=True))
         self.exit_code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="proxy-main")
         self.thread.start()

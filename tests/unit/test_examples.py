@@ -122,6 +122,6 @@ def test_describe_config_uses_the_real_ports_it_is_given():
     assert "http://127.0.0.1:34567/" in text and ":9901" not in text
 
 
-def test_describe_config_gives_an_nc_line_for_a_tcp_proxy_listener():
+def test_describe_config_gives_a_telnet_line_for_a_tcp_proxy_listener():
     lines = describe_config(load_bootstrap(str(TCP_PROXY)))
-    assert any("nc -q1 127.0.0.1 10001" in line and "echo_service" in line for line in lines)
+    assert any("telnet://127.0.0.1:10001" in line and "echo_service" in line for line in lines)

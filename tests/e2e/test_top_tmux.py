@@ -1,0 +1,149 @@
+"""`proxyctl top` end to end: the real proxy as a subprocess, a real echo upstream, and the
+TUI driven in a tmux pane (capture-pane to read it, send-keys to quit).
+
+The proxy runs as `python -m proxy.server.main --disable-hot-restart` (the process `proxyctl
+start` runs per epoch): `proxyctl start` has no --base-id yet, so a second proxy on the machine
+(another test, a developer's demo) would hold the hot-restart socket of base id 0 and make the
+test fail for a reason unrelated to top. cli/main.py does not register `top` yet, so the TUI
+runs as `python -m cli.top`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import EchoUpstream, front_proxy_config, static_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def http_get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    upstream = EchoUpstream("top-e2e")
+    admin_port, listener_port = free_port(), free_port()
+    config = front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                                [static_cluster("backend", upstream.port)])
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listener_port
+    cfg = tmp_path / "proxy.json"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "proxy.server.main", "-c", str(cfg), "--concurrency", "2", "--disable-hot-restart",
+         "-l", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{admin_port}/ready") == 200 or proc.poll() is not None,
+                   10, "the proxy to be ready")
+        assert proc.poll() is None, proc.stderr.read().decode()
+        yield admin_port, listener_port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        upstream.close()
+
+
+class Tmux:
+    """A private tmux server (own socket) so the test never touches the user's sessions."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.socket = f"ftproxy-top-{os.getpid()}"
+        self.session = "top"
+        self.env = {**os.environ, "TERM": "xterm-256color"}
+        self.env.pop("TMUX", None)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["tmux", "-L", self.socket, *args], env=self.env, capture_output=True, text=True,
+                              check=check, timeout=10)
+
+    def alive(self) -> bool:
+        return self.run("has-session", "-t", self.session, check=False).returncode == 0
+
+    def capture(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.session).stdout
+
+    def kill_server(self) -> None:
+        self.run("kill-server", check=False)
+
+
+@pytest.fixture
+def tmux(tmp_path):
+    t = Tmux(tmp_path)
+    yield t
+    t.kill_server()
+
+
+def test_top_shows_header_and_nonzero_rows_and_q_exits(proxy, tmux, tmp_path):
+    admin_port, listener_port = proxy
+    for path in ("/a", "/b", "/c", "/status/503"):
+        http_get(f"http://127.0.0.1:{listener_port}{path}")
+    rc_file = tmp_path / "top.rc"
+    cmd = (f"cd {ROOT} && {PYTHON} -m cli.top --admin 127.0.0.1:{admin_port} --interval 0.2; "
+           f"echo $? > {rc_file}")
+    tmux.run("new-session", "-d", "-s", tmux.session, "-x", "140", "-y", "40", cmd)
+
+    def rows_with_totals() -> str | None:
+        screen = tmux.capture()
+        lines = screen.splitlines()
+        hcm = [line for line in lines if "ingress_http" in line]
+        cluster = [line for line in lines if line.replace("│", " ").split()[:1] == ["backend"]]
+        if hcm and cluster and "state LIVE" in screen:
+            return screen
+        return None
+
+    screen = wait_until(rows_with_totals, 10, "top to show the listener and cluster rows")
+    assert "ftproxy/" in screen and "concurrency 2" in screen and "epoch 0" in screen
+    hcm_cells = next(line for line in screen.splitlines() if "ingress_http" in line).replace("│", " ").split()
+    assert hcm_cells[0] == "ingress_http" and int(hcm_cells[1]) == 4  # rq total
+    cluster_cells = next(line for line in screen.splitlines()
+                         if line.replace("│", " ").split()[:1] == ["backend"]).replace("│", " ").split()
+    assert cluster_cells[1] == "1/1" and int(cluster_cells[2]) == 4  # healthy hosts, rq total
+    worker_lines = [line for line in screen.splitlines() if "worker_0" in line or "worker_1" in line]
+    assert len(worker_lines) == 2
+
+    tmux.run("send-keys", "-t", tmux.session, "q")
+    wait_until(lambda: not tmux.alive(), 5, "top to exit on q")
+    assert rc_file.read_text().strip() == "0"

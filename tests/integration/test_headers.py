@@ -1,0 +1,202 @@
+"""Request/response header handling through the real proxy: x-forwarded-*, x-request-id,
+x-envoy-upstream-service-time, server, hop-by-hop removal, and header add/remove at the
+route, virtual host and route-configuration levels.
+
+Two proxies are shared by the module: `edge` (use_remote_address: true, default server name)
+and `inner` (use_remote_address: false, server_name "my-proxy").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from .clients import echo, request
+from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, raw_request, static_cluster
+
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def _add(key: str, value: str, action: str | None = None) -> dict:
+    opt: dict = {"header": {"key": key, "value": value}}
+    if action:
+        opt["append_action"] = action
+    return opt
+
+
+OVERWRITE = "OVERWRITE_IF_EXISTS_OR_ADD"
+
+ROUTES = [
+    {"match": {"prefix": "/mut"}, "route": {"cluster": "c1"},
+     "request_headers_to_add": [_add("x-route-req", "route"), _add("x-level", "route", OVERWRITE),
+                                _add("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%")],
+     "request_headers_to_remove": ["x-remove-route"],
+     "response_headers_to_add": [_add("x-route-resp", "route"), _add("x-level", "route", OVERWRITE)],
+     "response_headers_to_remove": ["x-upstream"]},
+    {"match": {"prefix": "/"}, "route": {"cluster": "c1"}},
+]
+
+VHOST_MUTATIONS = {
+    "request_headers_to_add": [_add("x-vh-req", "vhost"), _add("x-level", "vhost", OVERWRITE)],
+    "request_headers_to_remove": ["x-remove-vh"],
+    "response_headers_to_add": [_add("x-vh-resp", "vhost"), _add("x-level", "vhost", OVERWRITE)],
+    "response_headers_to_remove": ["date"],
+}
+
+ROUTE_CONFIG_MUTATIONS = {
+    "request_headers_to_add": [_add("x-rc-req", "rc"), _add("x-level", "rc", OVERWRITE)],
+    "request_headers_to_remove": ["x-remove-rc"],
+    "response_headers_to_add": [_add("x-rc-resp", "rc"), _add("x-level", "rc", OVERWRITE)],
+    "response_headers_to_remove": ["content-type"],
+}
+
+
+def _proxy(upstream_port: int, **hcm) -> ProxyUnderTest:
+    cfg = front_proxy_config(ROUTES, [static_cluster("c1", upstream_port)], **hcm)
+    rc = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    rc["virtual_hosts"][0].update(VHOST_MUTATIONS)
+    rc.update(ROUTE_CONFIG_MUTATIONS)
+    return ProxyUnderTest(cfg)
+
+
+@pytest.fixture(scope="module")
+def up():
+    u = EchoUpstream("service1")
+    yield u
+    u.close()
+
+
+@pytest.fixture(scope="module")
+def edge(up):
+    p = _proxy(up.port, use_remote_address=True)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def inner(up):
+    p = _proxy(up.port, use_remote_address=False, server_name="my-proxy")
+    yield p
+    p.stop()
+
+
+# -- x-forwarded-* ------------------------------------------------------------------------------
+def test_xff_gets_peer_address_with_use_remote_address(edge):
+    assert echo(edge.port, "/")["headers"]["x-forwarded-for"] == "127.0.0.1"
+
+
+def test_xff_appends_peer_after_existing_entries(edge):
+    seen = echo(edge.port, "/", headers={"x-forwarded-for": "10.0.0.1, 10.0.0.2"})
+    assert seen["headers"]["x-forwarded-for"] == "10.0.0.1, 10.0.0.2, 127.0.0.1"
+
+
+def test_xff_not_appended_without_use_remote_address(inner):
+    seen = echo(inner.port, "/", headers={"x-forwarded-for": "10.0.0.1"})
+    assert seen["headers"]["x-forwarded-for"] == "10.0.0.1"
+
+
+def test_x_forwarded_proto_set_to_http(edge, inner):
+    assert echo(edge.port, "/", headers={"x-forwarded-proto": "https"})["headers"]["x-forwarded-proto"] == "http"
+    assert echo(inner.port, "/")["headers"]["x-forwarded-proto"] == "http"
+
+
+# -- x-request-id -------------------------------------------------------------------------------
+def test_request_id_generated_as_uuid4(edge, inner):
+    for p in (edge, inner):
+        rid = echo(p.port, "/")["headers"]["x-request-id"]
+        assert UUID4.match(rid), rid
+
+
+def test_request_ids_are_unique_per_request(inner):
+    ids = {echo(inner.port, "/")["headers"]["x-request-id"] for _ in range(5)}
+    assert len(ids) == 5
+
+
+def test_request_id_preserved_without_use_remote_address(inner):
+    seen = echo(inner.port, "/", headers={"x-request-id": "client-given-id"})
+    assert seen["headers"]["x-request-id"] == "client-given-id"
+
+
+def test_external_request_id_replaced_at_the_edge(edge):
+    rid = echo(edge.port, "/", headers={"x-request-id": "client-given-id"})["headers"]["x-request-id"]
+    assert rid != "client-given-id" and UUID4.match(rid)
+
+
+# -- response headers added by the proxy ----------------------------------------------------------
+def test_upstream_service_time_header_in_response(edge):
+    r = request(edge.port, "/")
+    assert r.status == 200
+    assert r.headers["x-envoy-upstream-service-time"].isdigit()
+
+
+def test_server_header_overwritten_with_envoy(edge):
+    r = request(edge.port, "/")
+    assert [v for k, v in r.all_headers if k == "server"] == ["envoy"]
+
+
+def test_server_name_override(inner):
+    r = request(inner.port, "/")
+    assert [v for k, v in r.all_headers if k == "server"] == ["my-proxy"]
+
+
+# -- hop-by-hop --------------------------------------------------------------------------------
+def test_hop_by_hop_headers_not_forwarded(edge):
+    raw = raw_request(edge.port, b"GET / HTTP/1.1\r\nhost: a\r\nconnection: keep-alive, x-secret\r\n"
+                                 b"x-secret: s\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\n"
+                                 b"x-kept: k\r\nconnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), raw
+    seen = json.loads(body)["headers"]
+    assert seen["x-kept"] == "k"
+    for name in ("x-secret", "keep-alive", "proxy-connection"):
+        assert name not in seen, name
+
+
+def test_bodiless_get_forwarded_without_transfer_encoding(edge, up):
+    before = len(up.requests)
+    assert echo(edge.port, "/")["body_len"] == 0
+    _, _, headers, body = up.requests[before]
+    assert "transfer-encoding" not in headers and body == b""
+
+
+# -- header mutations at three levels ---------------------------------------------------------------
+def test_request_headers_added_at_route_vhost_and_route_config(edge):
+    h = echo(edge.port, "/mut")["headers"]
+    assert (h["x-route-req"], h["x-vh-req"], h["x-rc-req"]) == ("route", "vhost", "rc")
+    assert h["x-client"] == "127.0.0.1"
+
+
+def test_request_headers_removed_at_route_vhost_and_route_config(edge):
+    h = echo(edge.port, "/mut", headers={"x-remove-route": "1", "x-remove-vh": "1",
+                                         "x-remove-rc": "1", "x-stays": "1"})["headers"]
+    assert h["x-stays"] == "1"
+    assert not {"x-remove-route", "x-remove-vh", "x-remove-rc"} & set(h)
+
+
+def test_vhost_and_route_config_request_mutations_apply_to_every_route(edge):
+    h = echo(edge.port, "/other", headers={"x-remove-vh": "1", "x-remove-rc": "1"})["headers"]
+    assert h["x-vh-req"] == "vhost" and h["x-rc-req"] == "rc"
+    assert "x-route-req" not in h
+    assert not {"x-remove-vh", "x-remove-rc"} & set(h)
+
+
+def test_response_headers_added_at_route_vhost_and_route_config(edge):
+    r = request(edge.port, "/mut")
+    assert (r.headers["x-route-resp"], r.headers["x-vh-resp"], r.headers["x-rc-resp"]) == ("route", "vhost", "rc")
+
+
+def test_response_headers_removed_at_route_vhost_and_route_config(edge, up):
+    direct = request(up.port, "/")
+    assert {"x-upstream", "date", "content-type"} <= set(direct.headers)   # the upstream sends them
+    plain = request(edge.port, "/other")      # vhost removes date, route config content-type
+    assert "x-upstream" in plain.headers
+    assert not {"date", "content-type"} & set(plain.headers)
+    r = request(edge.port, "/mut")            # plus the route removes x-upstream
+    assert not {"x-upstream", "date", "content-type"} & set(r.headers)
+
+
+def test_outer_level_wins_header_conflicts_by_default(edge):
+    assert echo(edge.port, "/mut")["headers"]["x-level"] == "rc"
+    assert [v for k, v in request(edge.port, "/mut").all_headers if k == "x-level"] == ["rc"]

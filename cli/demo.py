@@ -306,8 +306,10 @@ def run_demo(config_path: str | None, concurrency: int | None, log_level: str) -
                    "(is another demo running?)", err=True)
         return 1
     try:
+        # No hot restart for a demo: its restart socket would collide with any other ftproxy
+        # running on this machine under the default base id.
         server = Server(bootstrap, ServerOptions(str(path), concurrency, DEMO_DRAIN_TIME_S,
-                                                 "fast", log_level))
+                                                 "fast", log_level, disable_hot_restart=True))
         threading.Thread(target=_announce, args=(server, bootstrap, upstreams),
                          name="demo-announce", daemon=True).start()
         return server.run()

@@ -339,7 +339,8 @@ class ConnectionManager(ConnectionCallbacks):
             return
         self._mutate_request_headers(stream, ev)
         stream.router = RouterFilter(stream, ctx)
-        stream.router.decode_headers(ev.content_length == 0 and not ev.chunked and ev.upgrade is None)
+        # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
+        stream.router.decode_headers(not ev.content_length and not ev.chunked and ev.upgrade is None)
 
     def _absolute_form(self, head: RequestHead) -> None:
         # RFC 9112 §3.2.2: with an absolute-form target the authority comes from the target.

@@ -75,7 +75,7 @@ def proxy(tmp_path):
         wait_until(lambda: http_get(f"http://127.0.0.1:{admin_port}/ready") == 200 or proc.poll() is not None,
                    10, "the proxy to be ready")
         assert proc.poll() is None, proc.stderr.read().decode()
-        yield admin_port, listener_port
+        yield admin_port, listener_port, proc
     finally:
         proc.terminate()
         try:
@@ -116,8 +116,8 @@ def tmux(tmp_path):
     t.kill_server()
 
 
-def test_top_shows_header_and_nonzero_rows_and_q_exits(proxy, tmux, tmp_path):
-    admin_port, listener_port = proxy
+def test_top_shows_rows_keeps_them_when_admin_goes_away_and_q_exits(proxy, tmux, tmp_path):
+    admin_port, listener_port, proxy_proc = proxy
     for path in ("/a", "/b", "/c", "/status/503"):
         http_get(f"http://127.0.0.1:{listener_port}{path}")
     rc_file = tmp_path / "top.rc"
@@ -143,6 +143,15 @@ def test_top_shows_header_and_nonzero_rows_and_q_exits(proxy, tmux, tmp_path):
     assert cluster_cells[1] == "1/1" and int(cluster_cells[2]) == 4  # healthy hosts, rq total
     worker_lines = [line for line in screen.splitlines() if "worker_0" in line or "worker_1" in line]
     assert len(worker_lines) == 2
+
+    proxy_proc.terminate()  # the admin goes away: the last data stays, the header says so
+    proxy_proc.wait(10)
+    def unreachable_shown() -> str | None:
+        screen = tmux.capture()
+        return screen if "admin unreachable, retrying" in screen else None
+
+    screen = wait_until(unreachable_shown, 5, "top to report the admin unreachable")
+    assert any("ingress_http" in line for line in screen.splitlines())
 
     tmux.run("send-keys", "-t", tmux.session, "q")
     wait_until(lambda: not tmux.alive(), 5, "top to exit on q")

@@ -90,7 +90,14 @@ def analyze(specials: list[tuple[bytes, bytes]], version: bytes, is_request: boo
         elif name == b"host":
             hosts += 1
         elif name == b"connection":
-            for token in value.lower().split(b","):
+            value = value.lower()
+            if value == b"keep-alive":  # the common single-token cases skip the split
+                keep = True
+                continue
+            if value == b"close":
+                close = True
+                continue
+            for token in value.split(b","):
                 token = token.strip(b" \t")
                 if token == b"close":
                     close = True

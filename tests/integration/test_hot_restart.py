@@ -1,0 +1,112 @@
+"""Hot restart between two epochs in one process (two Servers, real sockets, real fd passing)."""
+
+import os
+import socket
+import threading
+import urllib.request
+
+import yaml
+
+from proxy.config.load import parse_bootstrap
+from proxy.server.instance import Server, ServerOptions
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def config(port: int, admin_port: int, body: str) -> dict:
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "ingress",
+           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": body}}}]}]},
+           "http_filters": [{"name": "envoy.filters.http.router"}]}
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": {"listeners": [{
+                "name": "l0", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}]}]}}
+
+
+def start(cfg: dict, epoch: int, base_id: int) -> tuple[Server, threading.Thread]:
+    b = parse_bootstrap(yaml.safe_load(yaml.safe_dump(cfg)))
+    s = Server(b, ServerOptions("<test>", 2, drain_time_s=1.0, hot_restart_epoch=epoch, base_id=base_id,
+                                parent_shutdown_time_s=3.0))
+    t = threading.Thread(target=s.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    assert s.wait_ready(10)
+    return s, t
+
+
+def get(port: int, path: str = "/") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_child_epoch_takes_listen_sockets_stats_and_admin_then_parent_exits():
+    port, admin = free_port(), free_port()
+    base_id = 1000 + os.getpid() % 50000
+    parent, pt = start(config(port, admin, "A"), 0, base_id)
+    parent_fds = {lc: [s.fileno() for s in socks] for lc, socks in parent.listen_sockets.items()}
+    try:
+        for _ in range(5):
+            assert get(port) == "A"
+        child, ct = start(config(port, admin, "B"), 1, base_id)
+        try:
+            # The child serves on the same port with the inherited sockets.
+            assert len(child.listen_sockets["l0"]) == len(parent_fds["l0"])
+            assert get(port) == "B"
+            # The parent drains and exits on its own.
+            pt.join(10)
+            assert not pt.is_alive()
+            stats = get(admin, "/stats?filter=downstream_rq_total|hot_restart_epoch")
+            lines = dict(l.split(": ") for l in stats.strip().splitlines())
+            assert int(lines["http.ingress.downstream_rq_total"]) >= 6  # 5 on the parent + 1 here
+            assert lines["server.hot_restart_epoch"] == "1"
+            assert child.original_start_time == parent.original_start_time
+        finally:
+            child.request_shutdown()
+            ct.join(10)
+    finally:
+        parent.request_shutdown()
+        pt.join(10)
+
+
+def test_parent_keeps_serving_and_gets_its_admin_back_when_child_fails():
+    port, admin = free_port(), free_port()
+    base_id = 2000 + os.getpid() % 50000
+    parent, pt = start(config(port, admin, "A"), 0, base_id)
+    try:
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        # The new config moves the admin to a port that is taken: the child takes the listen
+        # sockets and makes the parent shut its admin, then fails to bind its own admin.
+        b = parse_bootstrap(yaml.safe_load(yaml.safe_dump(config(port, blocker.getsockname()[1], "B"))))
+        child = Server(b, ServerOptions("<test>", 1, hot_restart_epoch=1, base_id=base_id))
+        try:
+            child.run(install_signals=False)
+            raise AssertionError("child should have failed")
+        except OSError:
+            pass
+        blocker.close()
+        assert get(port) == "A"
+        assert parent.state == "LIVE"
+
+        def admin_back():
+            try:
+                return "LIVE" in get(admin, "/ready")
+            except OSError:
+                return False
+        import time
+        deadline = time.monotonic() + 5
+        while not admin_back() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert admin_back()
+    finally:
+        parent.request_shutdown()
+        pt.join(10)

@@ -1,0 +1,112 @@
+"""Connection: watermark callbacks, counted read-disable, flush-then-close (real socketpairs)."""
+
+import socket
+
+from proxy.network.connection import Connection, ConnectionCallbacks
+from proxy.threads.dispatcher import Dispatcher
+
+
+class Recorder(ConnectionCallbacks):
+    def __init__(self):
+        self.events = []
+        self.data = bytearray()
+
+    def on_data(self, data):
+        self.data += data
+
+    def on_eof(self):
+        self.events.append("eof")
+
+    def on_close(self, reason):
+        self.events.append(("close", reason))
+
+    def on_above_write_watermark(self):
+        self.events.append("above")
+
+    def on_below_write_watermark(self):
+        self.events.append("below")
+
+
+def pair(limit=64 * 1024):
+    d = Dispatcher("t")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    rec = Recorder()
+    conn = Connection(d, a, rec, buffer_limit=limit)
+    conn.start()
+    return d, conn, rec, b
+
+
+def test_write_beyond_limit_raises_high_watermark_once_and_low_after_drain():
+    d, conn, rec, peer = pair(limit=64 * 1024)
+    for _ in range(20):
+        conn.write(b"x" * 16 * 1024)  # 320 KiB into a tiny socket buffer
+    assert rec.events.count("above") == 1
+    assert conn.above_high_watermark
+    # Drain from the peer side while the dispatcher flushes.
+    received = 0
+    peer.setblocking(False)
+    import time
+    deadline = time.monotonic() + 5
+    while received < 20 * 16 * 1024 and time.monotonic() < deadline:
+        d.call_later(0, d.exit)
+        d._exit_requested = False
+        d.run()
+        try:
+            received += len(peer.recv(1 << 20))
+        except BlockingIOError:
+            pass
+    assert received == 20 * 16 * 1024
+    assert rec.events.count("below") == 1
+    assert not conn.above_high_watermark
+
+
+def test_read_disable_is_counted():
+    d, conn, rec, peer = pair()
+    conn.read_disable(True)
+    conn.read_disable(True)
+    conn.read_disable(False)
+    assert not conn.reading_enabled
+    conn.read_disable(False)
+    assert conn.reading_enabled
+
+
+def test_close_with_flush_delivers_buffered_bytes_then_closes():
+    d, conn, rec, peer = pair(limit=1 << 20)
+    payload = b"y" * 200_000
+    conn.write(payload)
+    conn.close(flush=True)
+    assert not conn.closed  # still flushing
+    got = bytearray()
+    peer.settimeout(0.05)
+    import time
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not conn.closed:
+        d.call_later(0.001, d.exit)
+        d._exit_requested = False
+        d.run()
+        try:
+            got += peer.recv(1 << 20)
+        except socket.timeout:
+            pass
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        got += chunk
+    assert conn.closed
+    assert bytes(got) == payload
+    assert ("close", "local") in rec.events
+
+
+def test_peer_eof_reported():
+    d, conn, rec, peer = pair()
+    peer.shutdown(socket.SHUT_WR)
+    d.call_later(0.05, d.exit)
+    d.run()
+    assert "eof" in rec.events

@@ -45,7 +45,6 @@ _WORKER = re.compile(r"^listener\.(.+)\.worker_(\d+)\.(downstream_cx_total|downs
 _LISTENER = re.compile(r"^listener\.(.+)\.(downstream_cx_total|downstream_cx_active)$")
 _CLUSTER = re.compile(r"^cluster\.(.+)\.(upstream_rq_total|upstream_rq_[245]xx|upstream_rq_active"
                       r"|upstream_cx_active|membership_healthy|membership_total)$")
-_QUANTILES = (50.0, 90.0, 99.0)
 UNREACHABLE = "admin unreachable, retrying…"
 
 

@@ -74,6 +74,7 @@ class ActiveStream:
         info.response_start_monotonic = time.monotonic()
         cfg = hcm.ctx.config
         headers = head.headers
+        headers.set_default(b"date", hcm.ctx.worker.http_date())
         if cfg.server_header_transformation == "OVERWRITE":
             headers.set(b"server", hcm.ctx.server_name)
         elif cfg.server_header_transformation == "APPEND_IF_ABSENT":

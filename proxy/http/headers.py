@@ -136,9 +136,17 @@ class RequestHead:
     def get_str(self, name: str) -> str | None:
         """Header or pseudo-header (`:method`, `:path`, `:authority`, `:scheme`) as text."""
         if name[:1] == ":":
-            v = {":method": self.method, ":path": self.path, ":authority": self.authority,
-                 ":scheme": self.scheme}.get(name)
-            return None if v is None else v.decode("latin-1")
+            if name == ":path":
+                return self.path_str
+            if name == ":method":
+                v = self.method
+            elif name == ":authority":
+                v = self.authority
+            elif name == ":scheme":
+                v = self.scheme
+            else:
+                return None
+            return v.decode("latin-1")
         if name == "host":
             return self.authority.decode("latin-1")
         return self.headers.get_str(name)

@@ -185,6 +185,7 @@ class RouterFilter:
         if self.done:
             return
         self.cluster.stats.upstream_rq_timeout.value += 1
+        self._charge_local(504)
         self._abandon_upstream()
         self.stream.send_local_reply(504, b"upstream request timeout", "UT", "response_timeout")
 
@@ -220,8 +221,8 @@ class RouterFilter:
         if self.done:
             return
         self._release_request_slot()
-        self.stream.info.upstream_transport_failure_reason = None
         status = 503
+        self._charge_local(status)
         self.stream.send_local_reply(status, reset_body(reason), flag,
                                      "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
 
@@ -274,6 +275,8 @@ class RouterFilter:
             # A tunnel ends when either side closes.
             stream.encode_end(None)
             return
+        if not self.response_started:
+            self._charge_local(status)
         if self.response_started:
             stream.info.response_flags.append(flag)
             stream.reset("upstream_reset_after_response_started{%s}" % reason.replace(" ", "_"))
@@ -292,6 +295,12 @@ class RouterFilter:
         if up is not None and self.upstream_paused != above:
             self.upstream_paused = above
             up.connection.read_disable(above)
+
+    def _charge_local(self, status: int) -> None:
+        """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
+        cluster's upstream_rq_<code> stats too."""
+        start = self.upstream_start or self.stream.info.start_monotonic
+        self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0)
 
     # -- teardown -----------------------------------------------------------------------------------
     def _finish_upstream(self, reusable: bool) -> None:

@@ -148,6 +148,17 @@ class Server:
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
         st.gauge("server.live").set(0)
         factories = self._build_filter_factories()
+        # Our own hot-restart socket first (as Envoy): a base-id clash fails before anything serves.
+        if not opts.disable_hot_restart:
+            from ..hotrestart.messages import socket_address
+            from ..hotrestart.parent import HotRestartParent
+            address = socket_address(opts.base_id, self.epoch, opts.hot_restart_socket_path)
+            try:
+                self.hr_parent = HotRestartParent(self, address)
+            except OSError as e:
+                raise OSError(e.errno, f"unable to bind the hot restart socket {address!r} (base id "
+                                       f"{opts.base_id}, epoch {self.epoch}): {e.strerror}; another "
+                                       f"ftproxy uses this base id? pass --base-id") from None
         self._connect_to_parent()
         for lc in self.bootstrap.listeners:
             socks = self._take_or_bind(lc)
@@ -174,24 +185,15 @@ class Server:
             for i, sock in enumerate(socks):
                 w = self.workers[i % len(self.workers)]
                 w.post(lambda w=w, lc=lc, sock=sock: w.add_listener(lc, sock, factories[lc.name], False))
+        if self.hr_child is not None:
+            self.hr_child.shutdown_parent_admin()
+        # The admin binds before any worker accepts: if it fails, no connection is lost with us.
+        self.restart_admin()
         for w in self.workers:
             w.start()
         st.counter("listener_manager.workers_started").inc(len(self.workers))
         if self.hr_child is not None:
-            self.hr_child.shutdown_parent_admin()
-        self.restart_admin()
-        if self.hr_child is not None:
             self.hr_child.drain_parent(self.main, self._on_parent_stats)
-        if not opts.disable_hot_restart:
-            from ..hotrestart.messages import socket_address
-            from ..hotrestart.parent import HotRestartParent
-            address = socket_address(opts.base_id, self.epoch, opts.hot_restart_socket_path)
-            try:
-                self.hr_parent = HotRestartParent(self, address)
-            except OSError as e:
-                raise OSError(e.errno, f"unable to bind the hot restart socket {address!r} (base id "
-                                       f"{opts.base_id}, epoch {self.epoch}): {e.strerror}; another "
-                                       f"ftproxy uses this base id? pass --base-id") from None
         for name, (host, port) in self.listener_addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
         self._tick_timer = self.main.create_timer(self._tick)

@@ -9,9 +9,11 @@ Thread affinity: every method except `post`, `start`, `join` and the read-only
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from ..network.listener import ActiveListener
@@ -40,6 +42,8 @@ class Worker:
         self.unhandled_exceptions = store.counter(f"server.{self.name}.unhandled_exceptions")
         self._cx_gauge = store.gauge(f"server.{self.name}.connections")
         self._on_idle: Callable[[], None] | None = None
+        self._date_second = -1
+        self._date_value = b""
 
     # -- thread-safe -----------------------------------------------------------------------------
     def post(self, fn: Callable[[], None]) -> None:
@@ -78,6 +82,14 @@ class Worker:
         v = (self._rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
         h = "%032x" % v
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+    def http_date(self) -> bytes:
+        """The `date` header value, formatted once per second per worker."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date_value = email.utils.formatdate(now, usegmt=True).encode()
+        return self._date_value
 
     def next_connection_id(self) -> int:
         self._conn_seq += 1

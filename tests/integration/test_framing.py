@@ -188,6 +188,7 @@ def test_bad_request_rejected_then_proxy_keeps_serving(proxy, raw_upstream, case
     assert len(re.findall(rb"(?:^|\r\n)HTTP/1\.1 \d{3} ", reply)) == 1  # nothing answered after it
     if case != "bad_chunk_size_400":  # that one is only detected after the head went upstream
         assert raw_upstream.received_bytes() == b""
+        assert raw_upstream.connections == 0
     ok = raw_request(proxy.port, b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200 ")
     assert b"smuggled" not in raw_upstream.received_bytes()

@@ -210,7 +210,7 @@ class _FakeAdmin(BaseHTTPRequestHandler):
 def fake_admin():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeAdmin)
     httpd.paths = []
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield httpd
     httpd.shutdown()

@@ -1,0 +1,535 @@
+"""ftproxy benchmark scenarios that peers.sh lacks, and the combined report.
+
+Job: start an nginx upstream (CPU 1) and, per case, a fresh server under test pinned to CPU 0
+(ftproxy one worker, HAProxy, nginx-as-proxy) exactly like ../shared/tools/peers.sh, drive
+it with wrk / curl / small Python clients on CPU 1, and record RPS, p50/p99, the server's CPU
+µs per request (CPU ticks of its process group / requests), its peak RSS (VmHWM) and, for the
+memory cases, VmRSS samples. Then merge peers.sh's JSON (the main HTTP keep-alive comparison)
+and write perf/results.json and perf/RESULTS.md.
+
+Scenarios: newconn (wrk, `Connection: close`), 1 MiB responses, 1,000 keep-alive connections,
+TCP bulk (tcp_proxy), concurrency sweep, 10,000 idle keep-alive connections (RSS per
+connection), 1 GiB through a slow reader (RSS growth vs the buffer limit).
+Everything listens on / connects to 127.0.0.1 only. It kills only the process groups it
+started. Benchmark tool, not imported by the proxy; no timed assertions anywhere.
+
+    .venv/bin/python perf/bench.py [--only newconn,mib,c1000,tcp,sweep,idle,slow] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = ROOT / ".venv" / "bin" / "python"
+PROXY_CPU, CLIENT_CPU = os.environ.get("PROXY_CPU", "0"), os.environ.get("CLIENT_CPU", "1")
+UP, HAP, NGX, FT = 18080, 18081, 18082, 18090
+CLK = os.sysconf("SC_CLK_TCK")
+ENV = os.environ
+DURATION = ENV.get("DURATION", "5s")
+RUNS = int(ENV.get("RUNS", "1"))
+SWEEP = [int(x) for x in ENV.get("SWEEP", "1 2").split()]
+SWEEP_CPUS = ENV.get("SWEEP_CPUS", PROXY_CPU)      # e.g. 0-15 on a big free-threaded host
+IDLE_CONNS = int(ENV.get("IDLE_CONNS", "10000"))
+SLOW_MB = int(ENV.get("SLOW_MB", "1024"))
+SLOW_RATE_MBPS = float(ENV.get("SLOW_RATE_MBPS", "200"))
+BULK_MB, BULK_REPS = int(ENV.get("BULK_MB", "100")), int(ENV.get("BULK_REPS", "5"))
+BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default (1 MiB)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%T')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ftproxy_cmd(config: str, concurrency: int) -> list[str]:
+    """FTPROXY_CMD (a template with {config} {concurrency}) or proxyctl start, one epoch."""
+    tmpl = ENV.get("FTPROXY_CMD") or (
+        f"{ROOT}/.venv/bin/proxyctl start -c {{config}} --concurrency {{concurrency}} -l warning")
+    return ["bash", "-c", "cd %s && exec %s" % (ROOT, tmpl.format(
+        config=HERE / "configs" / config, concurrency=concurrency))]
+
+
+def _raise_nofile(n: int = 65536) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(n, hard) if hard != resource.RLIM_INFINITY else n
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+
+
+class Server:
+    """One process group in its own session, pinned to `cpus`; killed by group on stop()."""
+
+    def __init__(self, name: str, argv: list[str], cpus: str, work: Path) -> None:
+        self.name = name
+        self.log = open(work / f"{name}.log", "ab")
+        self.p = subprocess.Popen(["taskset", "-c", cpus, *argv], stdout=self.log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True, preexec_fn=_raise_nofile)
+        self.pgid = self.p.pid
+
+    def pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-g", str(self.pgid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    def ticks(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(f[11]) + int(f[12])
+            except (OSError, IndexError):
+                pass
+        return total
+
+    def mem_kib(self, key: str = "VmRSS") -> int:
+        """Sum of `key` over the group (proxyctl may supervise an epoch child)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                m = re.search(rf"^{key}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+            except OSError:
+                continue
+            if m and not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"taskset"):
+                total += int(m.group(1))
+        return total
+
+    def stop(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.p.wait(3)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+
+
+def wait_port(port: int, path: str = "/", secs: float = 15.0) -> None:
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        r = subprocess.run(["curl", "-fs", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"])
+        if r.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"port {port} not ready")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+# ------------------------------------------------------------------------------ configs
+def write_configs(work: Path) -> None:
+    (work / "www").mkdir()
+    (work / "tmp").mkdir()
+    os.chmod(work, 0o755)
+    with open(work / "www" / "1m.bin", "wb") as f:
+        f.write(os.urandom(1024 * 1024))
+    with open(work / "www" / "big.bin", "wb") as f:
+        for _ in range(BULK_MB):
+            f.write(os.urandom(1024 * 1024))
+    with open(work / "www" / "huge.bin", "wb") as f:   # sparse: SLOW_MB MiB of zeros, no disk
+        f.truncate(SLOW_MB * 1024 * 1024)
+    body = "0" * 100
+    common = (f"access_log off; keepalive_requests 1000000; keepalive_timeout 300s; "
+              f"client_body_temp_path {work}/tmp/b; proxy_temp_path {work}/tmp/p; "
+              f"fastcgi_temp_path {work}/tmp/f; uwsgi_temp_path {work}/tmp/u; scgi_temp_path {work}/tmp/s;")
+    (work / "upstream.conf").write_text(f"""
+worker_processes 1; pid {work}/upstream.pid; error_log {work}/upstream.err warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
+http {{ {common} sendfile on;
+  server {{ listen 127.0.0.1:{UP} backlog=4096;
+    location = / {{ default_type text/plain; return 200 "{body}"; }}
+    location / {{ root {work}/www; }} }} }}
+""")
+    (work / "nginx-proxy.conf").write_text(f"""
+worker_processes 1; pid {work}/nginx-proxy.pid; error_log {work}/nginx-proxy.err warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
+http {{ {common}
+  upstream up {{ server 127.0.0.1:{UP}; keepalive 64; keepalive_requests 1000000; }}
+  server {{ listen 127.0.0.1:{NGX} backlog=4096;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_max_temp_file_size 0; }} }} }}
+""")
+    (work / "haproxy.cfg").write_text(f"""
+global
+    nbthread 1
+    maxconn 30000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend h1
+    bind 127.0.0.1:{HAP}
+    default_backend up
+backend up
+    server s1 127.0.0.1:{UP}
+listen tcp
+    mode tcp
+    bind 127.0.0.1:18084
+    server s1 127.0.0.1:{UP}
+""")
+    (work / "report.lua").write_text("""
+done = function(s, lat, req)
+  local e = s.errors
+  io.write(string.format("RESULT\\t%d\\t%d\\t%d\\t%d\\t%d\\t%d\\t%d\\n", s.requests, s.duration,
+    lat:percentile(50), lat:percentile(99), e.connect + e.read + e.write + e.timeout, e.status, s.bytes))
+end
+""")
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.results: dict = {}
+        self.upstream = Server("upstream", ["nginx", "-p", f"{work}/", "-e", f"{work}/upstream.err",
+                                            "-c", f"{work}/upstream.conf", "-g", "daemon off;"],
+                               CLIENT_CPU, work)
+        wait_port(UP)
+
+    # -- servers under test ------------------------------------------------------------------
+    def start(self, system: str, *, config: str = "http.yaml", concurrency: int = 1,
+              cpus: str = PROXY_CPU) -> tuple[Server | None, int]:
+        w = self.work
+        if system == "direct":
+            return None, UP
+        if system == "haproxy":
+            s, port = Server("haproxy", ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], cpus, w), HAP
+        elif system == "haproxy-tcp":
+            s, port = Server("haproxy", ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], cpus, w), 18084
+        elif system == "nginx":
+            s, port = Server("nginx", ["nginx", "-p", f"{w}/", "-e", f"{w}/nginx-proxy.err", "-c",
+                                       f"{w}/nginx-proxy.conf", "-g", "daemon off;"], cpus, w), NGX
+        else:
+            s, port = Server("ftproxy", ftproxy_cmd(config, concurrency), cpus, w), FT
+        try:
+            wait_port(port)
+        except RuntimeError:
+            s.stop()
+            raise
+        return s, port
+
+    # -- clients ---------------------------------------------------------------------------
+    def wrk(self, port: int, path: str = "/", conns: int = 50, duration: str = DURATION,
+            headers: tuple[str, ...] = ()) -> dict:
+        argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}",
+                "--timeout", "10s", "-s", str(self.work / "report.lua")]
+        for h in headers:
+            argv += ["-H", h]
+        out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                             text=True, preexec_fn=_raise_nofile).stdout
+        line = next((ln for ln in out.splitlines() if ln.startswith("RESULT")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no result: {out[-500:]}")
+        req, dur, p50, p99, errs, non2xx, nbytes = (int(x) for x in line.split("\t")[1:])
+        return {"requests": req, "seconds": dur / 1e6, "rps": req / (dur / 1e6), "p50_ms": p50 / 1e3,
+                "p99_ms": p99 / 1e3, "errors": errs, "non2xx": non2xx, "MBps": nbytes / (dur / 1e6) / 1e6}
+
+    def measured(self, server: Server | None, fn, *a, **kw) -> dict:
+        t0 = server.ticks() if server else 0
+        r = fn(*a, **kw)
+        if server:
+            cpu_s = (server.ticks() - t0) / CLK
+            r["proxy_cpu_pct"] = 100 * cpu_s / max(r["seconds"], 1e-9)
+            if "requests" in r:
+                r["proxy_cpu_us_per_req"] = cpu_s * 1e6 / max(r["requests"], 1)
+            r["peak_rss_mib"] = server.mem_kib("VmHWM") / 1024
+        return r
+
+    def wrk_case(self, section: str, systems: list[str], **wrk_kw) -> None:
+        """Each system: fresh start, 2 s warm-up, RUNS runs (median by RPS), stop."""
+        for system in systems:
+            kw = {}
+            if isinstance(system, tuple):
+                system, kw = system
+            label = kw.pop("label", system)
+            try:
+                server, port = self.start(system, **kw)
+            except RuntimeError as e:
+                log(f"{section}/{label}: {e}")
+                continue
+            try:
+                self.wrk(port, **{**wrk_kw, "duration": "2s"})
+                runs = [self.measured(server, self.wrk, port, **wrk_kw) for _ in range(RUNS)]
+            finally:
+                if server:
+                    server.stop()
+            med = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+            self.results.setdefault(section, {})[label] = {**med, "runs": runs}
+            log(f"{section}/{label}: {med['rps']:.0f} rps p99 {med['p99_ms']:.2f} ms "
+                f"{med.get('proxy_cpu_us_per_req', 0):.1f} us/req")
+
+    def bulk_case(self) -> None:
+        url_path = "/big.bin"
+        for system, kw in (("direct", {}), ("haproxy-tcp", {}), ("ftproxy", {"config": "tcp.yaml"})):
+            server, port = self.start(system, **kw)
+            try:
+                def run():
+                    args = []
+                    for _ in range(BULK_REPS):
+                        args += ["-o", "/dev/null", f"http://127.0.0.1:{port}{url_path}"]
+                    out = subprocess.run(["taskset", "-c", CLIENT_CPU, "curl", "-sf", "-w",
+                                          "%{size_download} %{time_total}\n", *args],
+                                         capture_output=True, text=True).stdout.split()
+                    b = sum(int(x) for x in out[0::2])
+                    t = sum(float(x) for x in out[1::2])
+                    bad = BULK_REPS - sum(int(x) == BULK_MB << 20 for x in out[0::2])
+                    return {"bytes": b, "seconds": t, "MBps": b / t / 1e6 if t else 0, "bad": bad}
+                run()
+                runs = [self.measured(server, run) for _ in range(RUNS)]
+            finally:
+                if server:
+                    server.stop()
+            med = sorted(runs, key=lambda r: r["MBps"])[len(runs) // 2]
+            self.results.setdefault("tcp_bulk", {})[system] = {**med, "runs": runs}
+            log(f"tcp_bulk/{system}: {med['MBps']:.0f} MB/s")
+
+    def sweep_case(self) -> None:
+        cases = [("ftproxy", {"concurrency": n, "cpus": SWEEP_CPUS, "label": f"ftproxy-c{n}"})
+                 for n in SWEEP]
+        # GIL demonstration: two workers allowed on both CPUs (the client shares CPU 1).
+        if os.cpu_count() == 2 and SWEEP_CPUS == PROXY_CPU:
+            cases.append(("ftproxy", {"concurrency": 2, "cpus": "0,1", "label": "ftproxy-c2-cpus0,1"}))
+            cases.append(("ftproxy", {"concurrency": 1, "cpus": "0,1", "label": "ftproxy-c1-cpus0,1"}))
+        self.wrk_case("sweep", cases)
+
+    # -- memory: idle keep-alive connections ---------------------------------------------------
+    def idle_case(self) -> None:
+        for system in ("ftproxy", "haproxy", "nginx"):
+            server, port = self.start(system)
+            try:
+                self.results.setdefault("idle", {})[system] = self._idle(server, port)
+            finally:
+                server.stop()
+            r = self.results["idle"][system]
+            log(f"idle/{system}: {r['open']} conns, {r['kib_per_conn']:.1f} KiB/conn")
+
+    def _idle(self, server: Server, port: int) -> dict:
+        _raise_nofile(IDLE_CONNS + 1000)
+        # warm: a few keep-alive requests so pools/allocators exist before the baseline
+        subprocess.run(["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c4", "-d1s",
+                        f"http://127.0.0.1:{port}/"], capture_output=True)
+        time.sleep(0.5)
+        base = server.mem_kib()
+        req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+        socks: list[socket.socket] = []
+        sel = selectors.DefaultSelector()
+        t0 = time.monotonic()
+        opened = 0
+        pending: dict[socket.socket, bytes] = {}
+        try:
+            for i in range(IDLE_CONNS):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+                socks.append(s)
+                sel.register(s, selectors.EVENT_WRITE)
+                pending[s] = b""
+                if len(pending) >= 200 or i == IDLE_CONNS - 1:   # keep the accept backlog small
+                    opened += self._drive(sel, pending, req)
+            time.sleep(1.0)
+            rss = [server.mem_kib() for _ in range(3) if not time.sleep(0.3)]
+            loaded = statistics.median(rss)
+            alive = sum(1 for s in socks if _alive(s))
+        finally:
+            for s in socks:
+                s.close()
+            sel.close()
+        return {"open": opened, "still_open": alive, "seconds_to_open": time.monotonic() - t0,
+                "rss_before_kib": base, "rss_loaded_kib": loaded,
+                "kib_per_conn": (loaded - base) / max(opened, 1), "peak_rss_mib": server.mem_kib("VmHWM") / 1024}
+
+    @staticmethod
+    def _drive(sel: selectors.BaseSelector, pending: dict, req: bytes) -> int:
+        """Connect, send one request, read one full 100 B response on each pending socket."""
+        done, deadline = 0, time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for key, ev in sel.select(1.0):
+                s = key.fileobj
+                if ev & selectors.EVENT_WRITE:
+                    try:
+                        s.send(req)
+                    except OSError:
+                        sel.unregister(s); pending.pop(s); continue
+                    sel.modify(s, selectors.EVENT_READ)
+                else:
+                    try:
+                        data = s.recv(4096)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sel.unregister(s); pending.pop(s); continue
+                    pending[s] += data
+                    buf = pending[s]
+                    if b"\r\n\r\n" in buf and len(buf.split(b"\r\n\r\n", 1)[1]) >= 100:
+                        sel.unregister(s); pending.pop(s); done += 1
+        for s in list(pending):
+            sel.unregister(s); pending.pop(s)
+        return done
+
+    # -- memory: 1 GiB through a slow reader ------------------------------------------------
+    def slow_case(self) -> None:
+        for system in ("ftproxy", "haproxy"):
+            server, port = self.start(system)
+            try:
+                self.results.setdefault("slow_reader", {})[system] = self._slow(server, port)
+            finally:
+                server.stop()
+            r = self.results["slow_reader"][system]
+            log(f"slow_reader/{system}: {r['bytes']>>20} MiB, RSS growth {r['rss_growth_kib']} KiB")
+
+    def _slow(self, server: Server, port: int) -> dict:
+        subprocess.run(["curl", "-fs", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
+        time.sleep(0.3)
+        base = server.mem_kib()
+        samples = []
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)   # keep the kernel queue small
+        s.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: bench\r\n\r\n")
+        got, chunk, t0 = 0, 64 * 1024, time.monotonic()
+        want = SLOW_MB * 1024 * 1024
+        next_sample = t0
+        head_len = None
+        buf = bytearray(chunk)
+        while True:
+            n = s.recv_into(buf, chunk)
+            if not n:
+                break
+            got += n
+            if head_len is None:
+                i = bytes(buf[:n]).find(b"\r\n\r\n")
+                head_len = i + 4 if i >= 0 else 0
+            if got - (head_len or 0) >= want:
+                break
+            # pace the reader to SLOW_RATE_MBPS
+            lag = got / (SLOW_RATE_MBPS * 1e6) - (time.monotonic() - t0)
+            if lag > 0:
+                time.sleep(lag)
+            if time.monotonic() >= next_sample:
+                samples.append(server.mem_kib())
+                next_sample += 0.1
+        s.close()
+        secs = time.monotonic() - t0
+        peak = max(samples) if samples else base
+        return {"bytes": got, "seconds": secs, "MBps": got / secs / 1e6, "rss_before_kib": base,
+                "rss_peak_kib": peak, "rss_growth_kib": peak - base, "samples": len(samples),
+                "buffer_limit_kib": BUFFER_LIMIT // 1024,
+                "growth_vs_limit": (peak - base) / (BUFFER_LIMIT / 1024)}
+
+
+def _alive(s: socket.socket) -> bool:
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+SCENARIOS = ("newconn", "mib", "c1000", "tcp", "sweep", "idle", "slow")
+
+
+def run(only: list[str], work: Path) -> dict:
+    b = Bench(work)
+    peers3 = ["direct", "haproxy", "nginx", "ftproxy"]
+    try:
+        for sc in only:
+            log(f"scenario {sc}")
+            if sc == "newconn":
+                b.wrk_case("newconn", peers3, headers=("Connection: close",))
+            elif sc == "mib":
+                b.wrk_case("mib", peers3, path="/1m.bin", conns=10)
+            elif sc == "c1000":
+                b.wrk_case("c1000", peers3, conns=1000)
+            elif sc == "tcp":
+                b.bulk_case()
+            elif sc == "sweep":
+                b.sweep_case()
+            elif sc == "idle":
+                b.idle_case()
+            elif sc == "slow":
+                b.slow_case()
+    finally:
+        b.upstream.stop()
+    return b.results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default=",".join(SCENARIOS))
+    ap.add_argument("--peers-json", default=str(HERE / "peers.json"))
+    ap.add_argument("--out", default=str(HERE / "results.json"))
+    ap.add_argument("--md", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--command", default=" ".join(sys.argv))
+    a = ap.parse_args()
+    for port in (UP, HAP, NGX, FT, 18084, 19901):
+        if not port_free(port):
+            log(f"port {port} is in use; stop what listens there first")
+            return 1
+    work = Path(tempfile.mkdtemp(prefix="ftbench."))
+    write_configs(work)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        results = run([x for x in a.only.split(",") if x], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    peers = json.loads(Path(a.peers_json).read_text()) if Path(a.peers_json).exists() else None
+    doc = {"meta": meta(a.command, started), "peers": peers, "scenarios": results}
+    Path(a.out).write_text(json.dumps(doc, indent=1))
+    from report import render  # perf/report.py
+    md = Path(a.md)
+    md.write_text(render(doc, md.read_text() if md.exists() else None))
+    log(f"wrote {a.out} and {a.md}")
+    return 0
+
+
+def meta(command: str, started) -> dict:
+    def ver(argv):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True)
+            return (r.stdout or r.stderr).splitlines()[0].strip()
+        except (OSError, IndexError):
+            return "n/a"
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    py = subprocess.run([str(PY), "-c", "import sys,sysconfig;print(sys.version.split()[0],"
+                         "'free-threaded' if sysconfig.get_config_var('Py_GIL_DISABLED') else 'GIL')"],
+                        capture_output=True, text=True).stdout.strip()
+    return {"date": started.isoformat(timespec="seconds"), "command": command,
+            "machine": f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+            "python": py, "ftproxy_cmd": " ".join(ftproxy_cmd("<config>", 1)[2:]),
+            "versions": {"wrk": ver(["wrk", "-v"]), "haproxy": ver(["haproxy", "-v"]),
+                         "nginx": ver(["nginx", "-v"])},
+            "params": {"DURATION": DURATION, "RUNS": RUNS, "SWEEP": SWEEP, "SWEEP_CPUS": SWEEP_CPUS,
+                       "IDLE_CONNS": IDLE_CONNS, "SLOW_MB": SLOW_MB, "SLOW_RATE_MBPS": SLOW_RATE_MBPS,
+                       "BULK_MB": BULK_MB, "BULK_REPS": BULK_REPS},
+            "pinning": f"server under test on CPU {PROXY_CPU}; clients and upstream nginx on CPU {CLIENT_CPU}"}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Access logs written by the running proxy: a file logger with Envoy's default format and one
+with json_format, read back from real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from .clients import request
+from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, static_cluster
+
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+DEFAULT_LINE = re.compile(
+    r'^\[(?P<start>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] '
+    r'"(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" (?P<code>\d+) (?P<flags>\S+) '
+    r'(?P<rx>\d+) (?P<tx>\d+) (?P<duration>\d+) (?P<ust>\S+) "(?P<xff>[^"]*)" "(?P<ua>[^"]*)" '
+    r'"(?P<rid>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream>[^"]*)"$')
+
+JSON_FORMAT = {"method": "%REQ(:METHOD)%", "path": "%REQ(:PATH)%", "code": "%RESPONSE_CODE%",
+               "flags": "%RESPONSE_FLAGS%", "bytes_sent": "%BYTES_SENT%", "duration": "%DURATION%",
+               "upstream": "%UPSTREAM_HOST%", "cluster": "%UPSTREAM_CLUSTER%", "agent": "%REQ(USER-AGENT)%"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    up = EchoUpstream("service1")
+    d = tmp_path_factory.mktemp("alog")
+    text_path, json_path = str(d / "default.log"), str(d / "json.log")
+    routes = [{"match": {"prefix": "/api/"}, "route": {"cluster": "c1", "prefix_rewrite": "/v2/"}},
+              {"match": {"prefix": "/echo"}, "route": {"cluster": "c1"}}]
+    cfg = front_proxy_config(routes, [static_cluster("c1", up.port)], access_log=[
+        {"name": "envoy.access_loggers.file", "typed_config": {"@type": FILE_LOG, "path": text_path}},
+        {"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": FILE_LOG, "path": json_path, "log_format": {"json_format": JSON_FORMAT}}},
+    ])
+    p = ProxyUnderTest(cfg)
+    yield p, up, text_path, json_path
+    p.stop()
+    up.close()
+
+
+def _wait_line(p, path: str, needle: str) -> str:
+    found: list[str] = []
+
+    def check():
+        if os.path.exists(path):
+            found[:] = [line for line in open(path).read().splitlines() if needle in line]
+        return bool(found)
+    assert p.wait_for(check), f"no line with {needle!r} in {path}"
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_default_format_line_for_proxied_request(env):
+    p, up, text_path, _ = env
+    r = request(p.port, "/echo/one", method="POST", body=b"hello",
+                headers={"user-agent": "itest/1.0", "x-request-id": "rid-default-1"}, host="svc.local")
+    assert r.status == 200
+    line = _wait_line(p, text_path, "rid-default-1")
+    m = DEFAULT_LINE.match(line)
+    assert m, line
+    assert (m["method"], m["path"], m["protocol"]) == ("POST", "/echo/one", "HTTP/1.1")
+    assert (m["code"], m["flags"]) == ("200", "-")
+    assert int(m["rx"]) == 5
+    assert int(m["tx"]) == len(r.body)
+    assert m["ust"] == r.headers["x-envoy-upstream-service-time"]
+    assert (m["ua"], m["authority"]) == ("itest/1.0", "svc.local")
+    assert m["xff"] == "-" or m["xff"] == ""
+    assert m["upstream"] == f"127.0.0.1:{up.port}"
+
+
+def test_default_format_logs_original_path_after_prefix_rewrite(env):
+    p, _, text_path, _ = env
+    assert request(p.port, "/api/items", headers={"x-request-id": "rid-rewrite"}).status == 200
+    m = DEFAULT_LINE.match(_wait_line(p, text_path, "rid-rewrite"))
+    assert m and m["path"] == "/api/items"
+
+
+def test_no_route_logged_with_nr_flag(env):
+    p, _, text_path, json_path = env
+    assert request(p.port, "/missing", headers={"x-request-id": "rid-nr"}).status == 404
+    m = DEFAULT_LINE.match(_wait_line(p, text_path, "rid-nr"))
+    assert m and (m["code"], m["flags"], m["upstream"]) == ("404", "NR", "-")
+    entry = json.loads(_wait_line(p, json_path, '"/missing"'))
+    assert entry["code"] == 404 and entry["flags"] == "NR"
+
+
+def test_json_format_logger_writes_typed_json(env):
+    p, up, _, json_path = env
+    r = request(p.port, "/echo/json", headers={"user-agent": "json-agent"})
+    assert r.status == 200
+    entry = json.loads(_wait_line(p, json_path, '"/echo/json"'))
+    assert entry["method"] == "GET" and entry["path"] == "/echo/json"
+    assert entry["code"] == 200 and isinstance(entry["code"], int)
+    assert entry["bytes_sent"] == len(r.body) and isinstance(entry["bytes_sent"], int)
+    assert isinstance(entry["duration"], int)
+    assert entry["flags"] == "-"
+    assert entry["upstream"] == f"127.0.0.1:{up.port}"
+    assert entry["cluster"] == "c1" and entry["agent"] == "json-agent"

@@ -1,0 +1,145 @@
+"""Stats and the admin endpoints of a running proxy, read over real HTTP from the admin port."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .clients import echo
+from .harness import front_proxy_config, static_cluster
+
+N = 5
+# Envoy names listener stats after the configured address (port 0 here), not the bound port.
+LISTENER = "listener.127.0.0.1_0"
+
+
+def _config(upstream_port: int) -> dict:
+    return front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}],
+                              [static_cluster("c1", upstream_port)])
+
+
+@pytest.fixture
+def proxy(upstream, proxy_factory):
+    return proxy_factory(_config(upstream.port))
+
+
+@pytest.fixture
+def busy_proxy(proxy):
+    """A proxy that has served N requests, each on its own connection."""
+    for _ in range(N):
+        echo(proxy.port, "/")
+    assert proxy.wait_for(lambda: proxy.counters().get("http.ingress_http.downstream_rq_2xx") == N)
+    return proxy
+
+
+def _stats_text(p, query: str = "") -> dict[str, str]:
+    status, body = p.admin("/stats" + query)
+    assert status == 200
+    return dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
+
+
+# -- counters ---------------------------------------------------------------------------------
+def test_counters_count_requests_and_connections(busy_proxy):
+    c = busy_proxy.counters()
+    assert c["http.ingress_http.downstream_rq_total"] == N
+    assert c["http.ingress_http.downstream_rq_2xx"] == N
+    assert c["cluster.c1.upstream_rq_total"] == N
+    assert c["cluster.c1.upstream_rq_200"] == N
+    assert c[f"{LISTENER}.downstream_cx_total"] == N
+    assert c["http.ingress_http.downstream_cx_total"] == N
+
+
+def test_stats_text_lists_counters_with_values(busy_proxy):
+    stats = _stats_text(busy_proxy)
+    assert stats["cluster.c1.upstream_rq_total"] == str(N)
+    assert stats["http.ingress_http.downstream_rq_2xx"] == str(N)
+
+
+def test_stats_json_format(busy_proxy):
+    status, body = busy_proxy.admin("/stats?format=json")
+    assert status == 200
+    values = {s["name"]: s.get("value") for s in json.loads(body)["stats"] if "name" in s}
+    assert values["cluster.c1.upstream_rq_total"] == N
+
+
+def test_stats_filter_keeps_only_matching_names(busy_proxy):
+    stats = _stats_text(busy_proxy, "?filter=upstream_rq_2")
+    assert stats and all("upstream_rq_2" in name for name in stats)
+    assert stats["cluster.c1.upstream_rq_200"] == str(N)
+
+
+def test_prometheus_output_parses_and_has_cluster_label(busy_proxy):
+    status, body = busy_proxy.admin("/stats/prometheus")
+    assert status == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body) for s in fam.samples}
+    assert samples[("envoy_cluster_upstream_rq_total", (("envoy_cluster_name", "c1"),))] == N
+    assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="c1"} 5' in body
+
+
+# -- admin endpoints ---------------------------------------------------------------------------
+def test_clusters_shows_host_and_request_counts(busy_proxy, upstream):
+    status, body = busy_proxy.admin("/clusters")
+    assert status == 200
+    assert f"c1::127.0.0.1:{upstream.port}::rq_total::{N}" in body.splitlines()
+    assert f"c1::127.0.0.1:{upstream.port}::health_flags::healthy" in body.splitlines()
+
+
+def test_listeners_shows_bound_port(proxy):
+    status, body = proxy.admin("/listeners")
+    assert status == 200
+    assert f"listener_0::127.0.0.1:{proxy.port}" in body.splitlines()
+
+
+def test_config_dump_is_json_with_listener_and_cluster(proxy):
+    status, body = proxy.admin("/config_dump")
+    assert status == 200
+    dump = json.loads(body)
+    assert "configs" in dump
+    assert '"listener_0"' in body and '"c1"' in body
+
+
+def test_server_info_reports_gil_and_concurrency(proxy):
+    status, body = proxy.admin("/server_info")
+    assert status == 200
+    info = json.loads(body)
+    assert isinstance(info["python"]["gil_enabled"], bool)
+    assert info["command_line_options"]["concurrency"] == 1
+    assert info["state"] == "LIVE"
+
+
+def test_ready_is_200_live(proxy):
+    assert proxy.admin("/ready") == (200, "LIVE\n")
+
+
+def test_healthcheck_fail_makes_ready_503(proxy):
+    assert proxy.admin("/healthcheck/fail", "POST")[0] == 200
+    status, body = proxy.admin("/ready")
+    assert status == 503
+    assert body.strip() != "LIVE"
+    assert proxy.admin("/healthcheck/ok", "POST")[0] == 200
+    assert proxy.admin("/ready")[0] == 200
+
+
+def test_quitquitquit_requires_post(proxy):
+    status, _ = proxy.admin("/quitquitquit")
+    assert status == 400
+    assert proxy.admin("/ready")[0] == 200        # still running
+    assert echo(proxy.port, "/")["server"] == "service1"
+
+
+# -- workers ------------------------------------------------------------------------------------
+def test_concurrency_two_spreads_connections_over_both_workers(upstream, proxy_factory):
+    p = proxy_factory(_config(upstream.port), concurrency=2)
+    conns = 64
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        s.close()
+    key0, key1 = f"{LISTENER}.worker_0.downstream_cx_total", f"{LISTENER}.worker_1.downstream_cx_total"
+    assert p.wait_for(lambda: p.counters().get(f"{LISTENER}.downstream_cx_total") == conns)
+    c = p.counters()
+    assert c.get(key0, 0) > 0 and c.get(key1, 0) > 0, (c.get(key0), c.get(key1))
+    assert c[key0] + c[key1] == conns

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 from .control import bind_unix, control_socket_path, pid_alive, read_pid
 
-__all__ = ["EpochOptions", "Epoch", "Supervisor", "StartError", "STATUS_TIMEOUT_S"]
+__all__ = ["EpochOptions", "Epoch", "Supervisor", "StartError", "STATUS_TIMEOUT_S", "run_foreground",
+           "run_daemon"]
 
 # A child that has not reported within 30 s is stuck (config load, parent hand-over and
 # worker start take well under a second); it is killed and the reload reported as failed.
@@ -342,3 +343,82 @@ class Supervisor:
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
             self._wakeup_r = self._wakeup_w = -1
+
+
+# -- entry points for `proxyctl start` ----------------------------------------------------------
+def _started_lines(sup: Supervisor, epoch: Epoch) -> list[str]:
+    lines = [f"ftproxy started: epoch {epoch.epoch} (pid {epoch.proc.pid}), supervisor pid {os.getpid()}, "
+             f"pid file {sup.pid_file}"]
+    lines += [f"listener {name} on {addr}" for name, addr in epoch.listeners.items()]
+    lines.append(f"admin on {epoch.admin or '-'}")
+    return lines
+
+
+def run_foreground(config: str, options: EpochOptions, pid_file: str) -> int:
+    sup = Supervisor(config, options, pid_file)
+    try:
+        epoch = sup.start()
+    except StartError as e:
+        sup.close()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    print("\n".join(_started_lines(sup, epoch)), flush=True)
+    return sup.serve_forever()
+
+
+def run_daemon(config: str, options: EpochOptions, pid_file: str, log_file: str) -> int:
+    """Double-fork; the grandchild supervises. Returns (in the caller) once epoch 0 serves:
+    0 after printing where it listens, 1 with the reason if it failed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        data = bytearray()
+        while chunk := os.read(r, 65536):
+            data += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        try:
+            result = json.loads(data)
+        except ValueError:
+            print(f"error: the daemon exited before epoch 0 served (see {log_file})", file=sys.stderr)
+            return 1
+        if not result.get("ok"):
+            print(f"error: {result.get('reason')}", file=sys.stderr)
+            return 1
+        print("\n".join(result["lines"] + [f"logs in {log_file}"]), flush=True)
+        return 0
+    os.close(r)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    code = 1
+    try:
+        os.chdir("/")
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(null)
+        os.close(out)
+        sup = Supervisor(config, options, pid_file)
+        try:
+            epoch = sup.start()
+        except StartError as e:
+            sup.close()
+            _log(f"start failed: {e}")
+            os.write(w, json.dumps({"ok": False, "reason": str(e)}).encode())
+            os.close(w)
+            os._exit(1)
+        os.write(w, json.dumps({"ok": True, "lines": _started_lines(sup, epoch)}).encode())
+        os.close(w)
+        w = -1
+        code = sup.serve_forever()
+    except BaseException as e:  # the daemon has no caller to raise to: log and exit
+        _log(f"supervisor crashed: {e!r}")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

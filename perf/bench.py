@@ -51,7 +51,10 @@ IDLE_CONNS = int(ENV.get("IDLE_CONNS", "10000"))
 SLOW_MB = int(ENV.get("SLOW_MB", "1024"))
 SLOW_RATE_MBPS = float(ENV.get("SLOW_RATE_MBPS", "200"))
 BULK_MB, BULK_REPS = int(ENV.get("BULK_MB", "100")), int(ENV.get("BULK_REPS", "5"))
-BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default (1 MiB)
+BUFFER_LIMIT = 1024 * 1024
+# HAProxy refuses to start unless it can get ~2 fds per maxconn under the hard RLIMIT_NOFILE.
+HAP_MAXCONN = max(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100) // 2
+                  if resource.getrlimit(resource.RLIMIT_NOFILE)[1] != resource.RLIM_INFINITY else 30000)  # Envoy's per_connection_buffer_limit_bytes default (1 MiB)
 
 
 def log(msg: str) -> None:
@@ -67,9 +70,16 @@ def ftproxy_cmd(config: str, concurrency: int) -> list[str]:
 
 
 def _raise_nofile(n: int = 65536) -> None:
+    """Raise RLIMIT_NOFILE to at least n when allowed (never lowers it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(n, hard) if hard != resource.RLIM_INFINITY else n
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    if hard != resource.RLIM_INFINITY and n > hard:
+        try:   # root with CAP_SYS_RESOURCE may raise the hard limit too
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+            return
+        except (ValueError, OSError):
+            n = hard
+    if n > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
 class Server:
@@ -176,7 +186,7 @@ http {{ {common}
     (work / "haproxy.cfg").write_text(f"""
 global
     nbthread 1
-    maxconn 30000
+    maxconn {HAP_MAXCONN}
 defaults
     mode http
     timeout connect 5s
@@ -322,13 +332,14 @@ class Bench:
         for system in ("ftproxy", "haproxy", "nginx"):
             server, port = self.start(system)
             try:
-                self.results.setdefault("idle", {})[system] = self._idle(server, port)
+                n = min(IDLE_CONNS, HAP_MAXCONN - 100) if system == "haproxy" else IDLE_CONNS
+                self.results.setdefault("idle", {})[system] = self._idle(server, port, n)
             finally:
                 server.stop()
             r = self.results["idle"][system]
             log(f"idle/{system}: {r['open']} conns, {r['kib_per_conn']:.1f} KiB/conn")
 
-    def _idle(self, server: Server, port: int) -> dict:
+    def _idle(self, server: Server, port: int, conns: int) -> dict:
         _raise_nofile(IDLE_CONNS + 1000)
         # warm: a few keep-alive requests so pools/allocators exist before the baseline
         subprocess.run(["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c4", "-d1s",
@@ -342,14 +353,14 @@ class Bench:
         opened = 0
         pending: dict[socket.socket, bytes] = {}
         try:
-            for i in range(IDLE_CONNS):
+            for i in range(conns):
                 s = socket.socket()
                 s.setblocking(False)
                 s.connect_ex(("127.0.0.1", port))
                 socks.append(s)
                 sel.register(s, selectors.EVENT_WRITE)
                 pending[s] = b""
-                if len(pending) >= 200 or i == IDLE_CONNS - 1:   # keep the accept backlog small
+                if len(pending) >= 200 or i == conns - 1:   # keep the accept backlog small
                     opened += self._drive(sel, pending, req)
             time.sleep(1.0)
             rss = [server.mem_kib() for _ in range(3) if not time.sleep(0.3)]
@@ -496,7 +507,8 @@ def main() -> int:
     try:
         results = run([x for x in a.only.split(",") if x], work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not ENV.get("KEEP_WORK"):
+            shutil.rmtree(work, ignore_errors=True)
     peers = json.loads(Path(a.peers_json).read_text()) if Path(a.peers_json).exists() else None
     doc = {"meta": meta(a.command, started), "peers": peers, "scenarios": results}
     Path(a.out).write_text(json.dumps(doc, indent=1))

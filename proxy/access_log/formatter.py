@@ -161,10 +161,10 @@ def _without_port(addr: str | None) -> str | None:
 _FLAG_RANK = {flag: i for i, flag in enumerate(RESPONSE_FLAG_ORDER)}
 
 
-def _response_flags(info: StreamInfo) -> str | None:
+def _response_flags(info: StreamInfo) -> str:
     flags = info.response_flags
     if not flags:
-        return None
+        return "-"  # Envoy's ResponseFlagUtils::NONE, in text and JSON alike
     if len(flags) == 1:
         return flags[0]
     return ",".join(sorted(flags, key=lambda f: _FLAG_RANK.get(f, len(_FLAG_RANK))))

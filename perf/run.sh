@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# perf/run.sh - ftproxy side-by-side benchmark suite, one command:
+#
+#   perf/run.sh              # full run (~8 min): peers.sh (RUNS=3, 10 s) + perf/bench.py
+#   QUICK=1 perf/run.sh      # ~4 min: RUNS=1, DURATION=5s, smaller bulk
+#
+# 1. ../shared/tools/peers.sh with PROXY_CMD = ftproxy (one worker, perf/configs/http.yaml):
+#    HTTP/1.1 keep-alive (wrk -c50) and HTTP bulk vs direct, HAProxy and nginx  -> perf/peers.json
+# 2. perf/bench.py: new connection per request, 1 MiB responses, 1,000 connections, TCP bulk
+#    (perf/configs/tcp.yaml), concurrency sweep, 10,000 idle connections (RSS), 1 GiB through a
+#    slow reader (RSS)  -> perf/results.json and the tables in perf/RESULTS.md.
+# Everything on 127.0.0.1; the server under test on CPU 0, clients and upstream on CPU 1.
+# Knobs (env): QUICK, RUNS, DURATION, SWEEP="1 2", SWEEP_CPUS, IDLE_CONNS, SLOW_MB, ONLY=a,b,
+#   SKIP_PEERS=1, FTPROXY_CMD (template with {config} {concurrency}; default below).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd); cd "$ROOT"
+PEERS=${PEERS:-$ROOT/../shared/tools/peers.sh}
+[ -x "$PEERS" ] || PEERS=/work/shared/tools/peers.sh
+if [ "${QUICK:-0}" = 1 ]; then
+  export RUNS=${RUNS:-1} DURATION=${DURATION:-5s} BULK_MB=${BULK_MB:-100} BULK_REPS=${BULK_REPS:-3}
+else
+  export RUNS=${RUNS:-3} DURATION=${DURATION:-10s}
+fi
+# The proxy under test. A separate --base-id keeps its hot-restart socket apart from any other
+# ftproxy on the box (e.g. a test run). proxyctl gets it when it has the flag; otherwise run the
+# epoch process proxyctl supervises (same hot path) directly.
+if [ -z "${FTPROXY_CMD:-}" ]; then
+  if .venv/bin/proxyctl start --help 2>/dev/null | grep -q -- --base-id; then
+    FTPROXY_CMD='.venv/bin/proxyctl start -c {config} --concurrency {concurrency} -l warning --base-id 4711'
+  elif .venv/bin/python -c 'import proxy.server.main' 2>/dev/null; then
+    FTPROXY_CMD='.venv/bin/python -m proxy.server.main -c {config} --concurrency {concurrency} -l warning --base-id 4711'
+  else
+    FTPROXY_CMD='.venv/bin/proxyctl start -c {config} --concurrency {concurrency} -l warning'
+  fi
+fi
+export FTPROXY_CMD
+if [ "${SKIP_PEERS:-0}" != 1 ]; then
+  cmd=${FTPROXY_CMD//\{config\}/perf/configs/http.yaml}; cmd=${cmd//\{concurrency\}/1}
+  PROXY_CMD="cd $ROOT && exec $cmd" PROXY_NAME=ftproxy SKIP_H2=1 OUT="$HERE/peers.json" \
+    "$PEERS" | tee "$HERE/peers.txt"
+fi
+exec .venv/bin/python perf/bench.py ${ONLY:+--only "$ONLY"} --command "${QUICK:+QUICK=$QUICK }perf/run.sh"

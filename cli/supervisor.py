@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .control import bind_unix, control_socket_path, pid_alive, read_pid
+from .control import bind_unix, connect_unix, control_socket_path, pid_alive, read_pid
 
 __all__ = ["EpochOptions", "Epoch", "Supervisor", "StartError", "STATUS_TIMEOUT_S", "run_foreground",
            "run_daemon"]
@@ -135,9 +135,20 @@ class Supervisor:
 
     def _check_not_running(self) -> None:
         pid = read_pid(self.pid_file)
-        if pid and pid != os.getpid() and pid_alive(pid) and os.path.exists(self.socket_path):
+        if pid and pid != os.getpid() and pid_alive(pid) and self._control_answers():
             raise StartError(f"an ftproxy supervisor is already running (pid {pid}, pid file "
                              f"{self.pid_file}); use `proxyctl reload` or `proxyctl stop`")
+
+    def _control_answers(self) -> bool:
+        """A live supervisor accepts on the control socket (a killed one leaves a dead file)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connect_unix(s, self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     def _install_signals(self) -> None:
         r, w = os.pipe()

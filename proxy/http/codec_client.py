@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 
+from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_client_codec
 from .codec.errors import CodecError
@@ -35,7 +36,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connection = Connection(dispatcher, sock, self, buffer_limit=buffer_limit,
-                                     remote_address="%s:%d" % address, conn_id=conn_id)
+                                     remote_address=format_address(address), conn_id=conn_id)
         self.codec = make_client_codec(codec_impl)
         self.router = None
         self.state = "CONNECTING"

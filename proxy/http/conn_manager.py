@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from ..network.address import format_address
 from collections import deque
 
 from ..access_log.stream_info import StreamInfo
@@ -163,8 +164,8 @@ class ConnectionManager(ConnectionCallbacks):
         self.codec = make_server_codec(ctx.codec_impl, max_request_headers_kb=cfg.max_request_headers_kb,
                                        max_headers_count=cfg.max_headers_count)
         self.remote_ip = remote[0]
-        self.remote = "%s:%d" % remote
-        self.local = "%s:%d" % local
+        self.remote = format_address(remote)
+        self.local = format_address(local)
         self.connection = Connection(ctx.worker.dispatcher, sock, self, buffer_limit=buffer_limit,
                                      remote_address=self.remote, local_address=self.local,
                                      conn_id=conn_id)

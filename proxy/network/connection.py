@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from .address import format_address
 from collections import deque
 from collections.abc import Callable
 
@@ -244,7 +245,7 @@ class Connection:
             self._connect_timer.disable()
             self._connect_timer = None
         try:
-            self.local_address = "%s:%d" % self.sock.getsockname()[:2]
+            self.local_address = format_address(self.sock.getsockname()[:2])
         except OSError:
             pass
         self._update_interest()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import time
 
+from .address import format_address
 from ..access_log.stream_info import StreamInfo
 from .connection import BULK_READ_SIZE, CloseReason, Connection, ConnectionCallbacks
 
@@ -97,8 +98,8 @@ class TcpProxySession(ConnectionCallbacks):
         self.ctx = ctx
         self.on_closed = on_closed
         self.info = info = StreamInfo(time.time(), time.monotonic())
-        info.downstream_remote_address = "%s:%d" % remote
-        info.downstream_local_address = "%s:%d" % local
+        info.downstream_remote_address = format_address(remote)
+        info.downstream_local_address = format_address(local)
         info.connection_id = conn_id
         info.response_flags = []
         self.downstream = Connection(ctx.worker.dispatcher, sock, self, buffer_limit=buffer_limit,

@@ -89,6 +89,16 @@ class Epoch:
                 "config": self.config, "listeners": self.listeners, "admin": self.admin}
 
 
+def _die_with_parent() -> None:
+    """In the epoch before exec: SIGTERM (drain) when the supervisor dies, even by SIGKILL, so
+    no orphan epoch keeps the ports and the hot-restart socket (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _log(msg: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"[{stamp}][{os.getpid()}][supervisor][info] {msg}", file=sys.stderr, flush=True)
@@ -167,7 +177,8 @@ class Supervisor:
         """Start epoch `n` and wait for its status line; (Epoch, "") or (None, reason)."""
         r, w = os.pipe()
         try:
-            proc = subprocess.Popen(self.options.argv(config, n, w), pass_fds=(w,), stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(self.options.argv(config, n, w), pass_fds=(w,), stdin=subprocess.DEVNULL,
+                                    preexec_fn=_die_with_parent)
         except OSError as e:
             os.close(r)
             os.close(w)

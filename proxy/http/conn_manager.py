@@ -189,6 +189,8 @@ class ConnectionManager(ConnectionCallbacks):
     # -- timers -----------------------------------------------------------------------------
     def _arm_idle_timer(self) -> None:
         timeout = self.ctx.config.idle_timeout
+        if self.draining:
+            timeout = min(timeout, DRAIN_IDLE_GRACE) if timeout else DRAIN_IDLE_GRACE
         if timeout:
             if self.idle_timer is None:
                 self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
@@ -196,7 +198,10 @@ class ConnectionManager(ConnectionCallbacks):
 
     def _on_idle_timeout(self) -> None:
         if self.active is None:
-            self.stats.downstream_cx_idle_timeout.value += 1
+            if self.draining:
+                self.stats.downstream_cx_drain_close.value += 1
+            else:
+                self.stats.downstream_cx_idle_timeout.value += 1
             self.connection.close(flush=True)
 
     # -- connection callbacks ----------------------------------------------------------------
@@ -324,6 +329,13 @@ class ConnectionManager(ConnectionCallbacks):
         stream = ActiveStream(self, self.next_stream_id, head, info, keep_alive, ev.upgrade)
         self.next_stream_id += 1
         self.active = stream
+        # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
+        end_stream = not ev.content_length and not ev.chunked and ev.upgrade is None
+        if end_stream:
+            # The request is whole already (its MessageComplete event follows): a reply sent
+            # before we handle that event is not a "response before the request ended".
+            stream.request_complete = True
+            info.request_complete_monotonic = info.start_monotonic
         if ev.expect_continue:
             headers.remove(b"expect")
             self.connection.write(_CONTINUE_100)
@@ -341,8 +353,7 @@ class ConnectionManager(ConnectionCallbacks):
             return
         self._mutate_request_headers(stream, ev)
         stream.router = RouterFilter(stream, ctx)
-        # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
-        stream.router.decode_headers(not ev.content_length and not ev.chunked and ev.upgrade is None)
+        stream.router.decode_headers(end_stream)
 
     def _absolute_form(self, head: RequestHead) -> None:
         # RFC 9112 §3.2.2: with an absolute-form target the authority comes from the target.
@@ -473,12 +484,20 @@ class ConnectionManager(ConnectionCallbacks):
             self.active.keep_alive = False
         elif close_idle:
             self.close_idle()
+        else:
+            self._arm_idle_timer()  # closes after DRAIN_IDLE_GRACE unless a request comes first
 
     def close_idle(self) -> None:
         if self.active is None and not self.connection.closed:
             self.stats.downstream_cx_drain_close.value += 1
             self.connection.close(flush=True)
 
+
+# A draining connection that stays idle this long is closed. Closing an idle HTTP/1.1
+# connection always races with a request the client may be sending; a connection idle for a
+# whole second is very unlikely to be mid-request, while a busy one gets `connection: close`
+# on its next response instead (clean for the client).
+DRAIN_IDLE_GRACE = 1.0
 
 _HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
                                  b"trailer", b"proxy-authenticate"})

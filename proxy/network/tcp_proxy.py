@@ -252,6 +252,3 @@ class TcpProxySession(ConnectionCallbacks):
 
     def start_drain(self, close_idle: bool = True) -> None:
         """tcp_proxy connections are not interrupted by a drain; they end on their own."""
-
-    def close_idle(self) -> None:
-        """Nothing is idle in a byte relay."""

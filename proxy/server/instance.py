@@ -274,8 +274,6 @@ class Server:
         when idle or at parent_shutdown_time."""
         opts = self.options
         self._begin_drain(close_idle=False, limit=opts.parent_shutdown_time_s)
-        close_after = min(opts.drain_time_s, opts.parent_shutdown_time_s)
-        self.main.call_later(close_after, lambda: [w.post(w.close_idle_connections) for w in self.workers])
 
     def _build_filter_factories(self) -> dict[str, object]:
         out: dict[str, object] = {}

@@ -140,10 +140,6 @@ class Worker:
             self._drained()
             on_idle()
 
-    def close_idle_connections(self) -> None:
-        for conn in list(self.connections):
-            conn.close_idle()
-
     def _drained(self) -> None:
         for wc in self.clusters.values():
             wc.drain()

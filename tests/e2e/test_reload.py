@@ -51,11 +51,10 @@ def echo_ab():
         u.close()
 
 
-def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, supervised, echo_ab):
-    # Keep-alive load through an upstream route (config A: cluster a, config B: cluster b).
+def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, supervised):
+    # Keep-alive load on a route whose answer differs between the configs (A / B).
     port = free_port()
-    a = upstream_config(tmp_path / "a.yaml", port, "a", echo_ab[0].port)
-    b = upstream_config(tmp_path / "b.yaml", port, "b", echo_ab[1].port)
+    a, b = two_configs(tmp_path, port)
     sup: Supervised = supervised(tmp_path, a, port)
     wrk = subprocess.Popen(["wrk", "-t2", "-c20", "-d20s", "--latency", f"http://127.0.0.1:{port}/"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -67,7 +66,7 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
             assert r.returncode == 0, r.stderr
             assert re.fullmatch(rf"reloaded: epoch {i + 1} \(pid \d+\)\n", r.stdout)
             code, body = curl(port)
-            assert code == 200 and json.loads(body)["server"] == name, f"reload {i + 1}: route not in force"
+            assert code == 200 and body.strip() == name.upper(), f"reload {i + 1}: route not in force"
             time.sleep(2.5)
         out, _ = wrk.communicate(timeout=40)
     finally:

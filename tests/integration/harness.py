@@ -87,9 +87,14 @@ class _EchoHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the stdlib default of 5 resets connections under load
+    daemon_threads = True
+
+
 class EchoUpstream:
     def __init__(self, name: str = "upstream") -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+        self.httpd = _Server(("127.0.0.1", 0), _EchoHandler)
         self.httpd.daemon_threads = True
         self.httpd.name = name
         self.httpd.requests = []

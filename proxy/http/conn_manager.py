@@ -43,7 +43,7 @@ class ActiveStream:
 
     __slots__ = ("hcm", "stream_id", "head", "info", "router", "request_complete",
                  "response_started", "response_complete", "keep_alive", "upgrade", "upgraded",
-                 "response_head", "closed", "idle_timer")
+                 "response_head", "closed")
 
     def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead, info: StreamInfo,
                  keep_alive: bool, upgrade: bytes | None) -> None:
@@ -60,7 +60,6 @@ class ActiveStream:
         self.upgraded = False
         self.response_head: ResponseHead | None = None
         self.closed = False
-        self.idle_timer = None
 
     # -- encode path (called by the router filter) ----------------------------------------
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
@@ -187,16 +186,33 @@ class ConnectionManager(ConnectionCallbacks):
         self._arm_idle_timer()
 
     # -- timers -----------------------------------------------------------------------------
-    def _arm_idle_timer(self) -> None:
+    def _idle_timeout(self) -> float:
         timeout = self.ctx.config.idle_timeout
         if self.draining:
             timeout = min(timeout, DRAIN_IDLE_GRACE) if timeout else DRAIN_IDLE_GRACE
-        if timeout:
-            if self.idle_timer is None:
-                self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+        return timeout
+
+    def _arm_idle_timer(self, rearm: bool = False) -> None:
+        """The connection became idle now. The timer is not re-armed per request (a heap push
+        each time): it stays armed and, when it fires early, re-arms for the time left."""
+        self.idle_since = time.monotonic()
+        timeout = self._idle_timeout()
+        if not timeout:
+            return
+        if self.idle_timer is None:
+            self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+        if rearm or not self.idle_timer.enabled:
             self.idle_timer.enable(timeout)
 
     def _on_idle_timeout(self) -> None:
+        timeout = self._idle_timeout()
+        if self.active is not None:
+            self.idle_timer.enable(timeout)  # busy: look again a full timeout later
+            return
+        left = self.idle_since + timeout - time.monotonic()
+        if left > 0.001:
+            self.idle_timer.enable(left)
+            return
         if self.active is None:
             if self.draining:
                 self.stats.downstream_cx_drain_close.value += 1
@@ -301,8 +317,6 @@ class ConnectionManager(ConnectionCallbacks):
 
     # -- streams ------------------------------------------------------------------------------
     def _new_stream(self, ev: RequestHeaders) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.disable()
         ctx = self.ctx
         st = self.stats
         st.downstream_rq_total.value += 1
@@ -485,7 +499,8 @@ class ConnectionManager(ConnectionCallbacks):
         elif close_idle:
             self.close_idle()
         else:
-            self._arm_idle_timer()  # closes after DRAIN_IDLE_GRACE unless a request comes first
+            # Closes after DRAIN_IDLE_GRACE unless a request comes first.
+            self._arm_idle_timer(rearm=True)
 
     def close_idle(self) -> None:
         if self.active is None and not self.connection.closed:

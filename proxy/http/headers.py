@@ -54,11 +54,18 @@ class Headers:
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every value of `name` with one `value` (kept at the first position)."""
         items = self._items
-        for i, (k, _) in enumerate(items):
-            if k == name:
+        i = 0
+        n = len(items)
+        while i < n:
+            if items[i][0] == name:
                 items[i] = (name, value)
-                self._items = items[: i + 1] + [kv for kv in items[i + 1:] if kv[0] != name]
+                # Later duplicates are rare: rebuild the list only when there is one.
+                for j in range(i + 1, n):
+                    if items[j][0] == name:
+                        self._items = items[: i + 1] + [kv for kv in items[i + 1:] if kv[0] != name]
+                        break
                 return
+            i += 1
         items.append((name, value))
 
     def set_default(self, name: bytes, value: bytes) -> None:

@@ -55,6 +55,7 @@ class Timer:
         if self._entry is not None:
             self._entry[2] = None  # lazy deletion: the heap entry is skipped when popped
             self._entry = None
+            self._dispatcher._timer_cancelled()
         self._deadline = None
 
     @property
@@ -72,12 +73,14 @@ class Dispatcher:
         self.name = name
         self._selector = selectors.DefaultSelector()
         self._timers: list[list] = []  # heap of [deadline, seq, Timer|None]
+        self._cancelled = 0            # entries in _timers whose Timer is None
         self._seq = 0
         # Cross-thread queue. deque.append/popleft are atomic on GIL and free-threaded builds.
         self._posted: deque[Callable[[], None]] = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._selector.register(self._wake_fd, READ, self._on_wake)
         self._deferred: list[Callable[[], None]] = []
+        self._flushes: list = []  # connections with writes queued this iteration
         self._thread_id: int | None = None
         self._running = False
         self._exit_requested = False
@@ -127,6 +130,19 @@ class Dispatcher:
         """Run `fn` at the end of the current loop iteration (deferred deletion)."""
         self._deferred.append(fn)
 
+    def flush_at_end_of_iteration(self, conn) -> None:
+        """`conn.flush_scheduled()` runs once all events of this iteration are handled."""
+        self._flushes.append(conn)
+
+    def _timer_cancelled(self) -> None:
+        # Cancelled entries stay in the heap until they reach its top; long timers (idle
+        # timeouts of an hour) would pile up, so compact once they are most of the heap.
+        self._cancelled += 1
+        if self._cancelled > 1024 and self._cancelled * 2 > len(self._timers):
+            self._timers = [e for e in self._timers if e[2] is not None]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
+
     def _push_timer(self, deadline: float, timer: Timer) -> list:
         self._seq += 1
         entry = [deadline, self._seq, timer]
@@ -151,17 +167,18 @@ class Dispatcher:
         self._thread_id = threading.get_ident()
         self._running = True
         select = self._selector.select
-        timers = self._timers
         posted = self._posted
         try:
             while not self._exit_requested:
                 self.loop_iterations += 1
+                timers = self._timers  # may be replaced by a compaction
                 timeout = None
-                if posted or self._deferred:
+                if posted or self._deferred or self._flushes:
                     timeout = 0
                 else:
                     while timers and timers[0][2] is None:
                         heapq.heappop(timers)
+                        self._cancelled -= 1
                     if timers:
                         timeout = max(0.0, timers[0][0] - time.monotonic())
                 for key, mask in select(timeout):
@@ -171,13 +188,17 @@ class Dispatcher:
                     except Exception:
                         self.unhandled_exceptions += 1
                         log.exception("dispatcher %s: unhandled exception in I/O callback", self.name)
+                timers = self._timers
                 if timers:
                     now = time.monotonic()
                     while timers and (timers[0][2] is None or timers[0][0] <= now):
                         entry = heapq.heappop(timers)
                         timer = entry[2]
-                        if timer is not None:
+                        if timer is None:
+                            self._cancelled -= 1
+                        else:
                             self._run_guarded(timer._fire)
+                            timers = self._timers
                 # Run only what was queued when the drain started (trio's bounded drain).
                 for _ in range(len(posted)):
                     self._run_guarded(posted.popleft())
@@ -185,6 +206,10 @@ class Dispatcher:
                     deferred, self._deferred = self._deferred, []
                     for fn in deferred:
                         self._run_guarded(fn)
+                if self._flushes:
+                    flushes, self._flushes = self._flushes, []
+                    for conn in flushes:
+                        self._run_guarded(conn.flush_scheduled)
         finally:
             self._running = False
 

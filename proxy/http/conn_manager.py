@@ -331,8 +331,7 @@ class ConnectionManager(ConnectionCallbacks):
         info.downstream_direct_remote_address = self.remote
         info.downstream_local_address = self.local
         info.connection_id = self.connection.id
-        info.response_flags = []
-        headers = Headers(ev.headers)
+        headers = Headers.adopt(ev.headers)
         authority = headers.get(b"host") or b""
         head = RequestHead(ev.method, ev.target, authority, b"http", headers, ev.http_version)
         info.request_headers = head
@@ -442,6 +441,7 @@ class ConnectionManager(ConnectionCallbacks):
             st.downstream_cx_upgrades_active.value -= 1
         if stream.router is not None:
             stream.router.on_destroy()
+            stream.router = None  # break the stream <-> router cycle: freed by refcount, not GC
         info = stream.info
         info.end_monotonic = now = time.monotonic()
         code = info.response_code

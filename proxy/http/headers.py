@@ -28,6 +28,13 @@ class Headers:
     def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
         self._items: list[tuple[bytes, bytes]] = list(items)
 
+    @classmethod
+    def adopt(cls, items: list[tuple[bytes, bytes]]) -> Headers:
+        """Wrap `items` without copying; the caller gives up the list (codec events)."""
+        h = cls.__new__(cls)
+        h._items = items
+        return h
+
     def get(self, name: bytes) -> bytes | None:
         for k, v in self._items:
             if k == name:

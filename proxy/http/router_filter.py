@@ -82,7 +82,7 @@ class RouterFilter:
             ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
             stream.send_local_reply(403, b"", None, "upgrade_failed")
             return
-        name = action.choose_cluster(head, ctx.worker.rand_bits())
+        name = action.cluster or action.choose_cluster(head, ctx.worker.rand_bits())
         cluster = ctx.worker.cluster(name) if name is not None else None
         if cluster is None:
             ctx.stats.no_cluster.value += 1
@@ -237,7 +237,7 @@ class RouterFilter:
         if self.timeout_timer is not None and ev.status == 101:
             self.timeout_timer.disable()
             self.timeout_timer = None
-        headers = Headers(ev.headers)
+        headers = Headers.adopt(ev.headers)
         if ev.status != 101:
             headers.remove_many(_RESPONSE_HOP_BY_HOP)
         else:

@@ -48,8 +48,7 @@ pid_file_option = click.option(
               help="Worker threads (default: CPU count; 0 runs one worker, as in Envoy).")
 @click.option("-l", "--log-level", type=click.Choice(_LEVELS, case_sensitive=False), default="info")
 @click.option("--drain-time-s", type=float, default=600.0, show_default=True,
-              help="Longest time to finish in-flight requests on shutdown; after a reload, when the "
-                   "old epoch closes its idle keep-alive connections.")
+              help="Longest time to finish in-flight requests on shutdown (SIGTERM, stop).")
 @click.option("--parent-shutdown-time-s", type=float, default=900.0, show_default=True,
               help="After a reload, the old epoch exits at the latest this long after the new one serves.")
 @click.option("--base-id", type=click.IntRange(min=0), default=0, show_default=True,

@@ -323,9 +323,7 @@ class ConnectionManager(ConnectionCallbacks):
         st.downstream_rq_http1_total.value += 1
         st.downstream_rq_active.value += 1
         self.requests += 1
-        info = StreamInfo()
-        info.start_time = time.time()
-        info.start_monotonic = time.monotonic()
+        info = StreamInfo(time.time(), time.monotonic())
         info.protocol = "HTTP/1.0" if ev.http_version == b"1.0" else "HTTP/1.1"
         info.downstream_remote_address = self.remote
         info.downstream_direct_remote_address = self.remote
@@ -359,11 +357,6 @@ class ConnectionManager(ConnectionCallbacks):
                 st.downstream_rq_non_relative_path.value += 1
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
-        if ev.upgrade is not None and not ctx.upgrade_allowed(ev.upgrade):
-            # Envoy: 403 for an upgrade no upgrade_config enables.
-            st.downstream_rq_ws_on_non_ws_route.value += 1
-            stream.send_local_reply(403, b"", None, "upgrade_failed")
-            return
         self._mutate_request_headers(stream, ev)
         stream.router = RouterFilter(stream, ctx)
         stream.router.decode_headers(end_stream)

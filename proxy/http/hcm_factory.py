@@ -49,11 +49,9 @@ class HcmContext:
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix)
 
-    def upgrade_allowed(self, upgrade: bytes) -> bool:
-        """HCM-level check; a route may still override (route_upgrade_allowed)."""
-        return True
-
     def route_upgrade_allowed(self, action, upgrade: bytes) -> bool:
+        """Envoy: a route's upgrade_configs override the HCM's; an upgrade neither enables
+        is answered 403."""
         kind = upgrade.decode("latin-1").lower()
         for name, enabled in action.upgrade_configs:
             if name == kind:

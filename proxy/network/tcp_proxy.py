@@ -1,9 +1,12 @@
 """tcp_proxy network filter: relays bytes between a downstream connection and one upstream host.
 
 Per downstream connection: pick the cluster (or a weighted one), pick a host, connect
-(`connect_timeout`), then relay in both directions with watermark flow control (a side whose
-write buffer is over the limit pauses reading on the other side), half-close propagation,
-and an idle timeout (default 1h). Stats are Envoy's `tcp.<stat_prefix>.*`; connect failures
+(`connect_timeout`), then relay in both directions with half-close propagation and an idle
+timeout (default 1h). On Linux the relay is zero-copy (`SpliceRelay`: socket -> pipe ->
+socket, one pipe per direction sized to the buffer limit, which bounds each direction);
+elsewhere, or if the kernel refuses splice on the sockets, bytes go through Python via two
+`Connection`s with watermark flow control (a side whose write buffer is over the limit
+pauses reading on the other side). Stats are Envoy's `tcp.<stat_prefix>.*`; connect failures
 count in the cluster's stats, and access logs run when both sides are gone.
 Thread affinity: one worker.
 """
@@ -16,6 +19,7 @@ import time
 from .address import format_address
 from ..access_log.stream_info import StreamInfo
 from .connection import BULK_READ_SIZE, CloseReason, Connection, ConnectionCallbacks
+from .splice_relay import RelayCallbacks, SpliceRelay, splice_supported
 
 __all__ = ["TcpProxyFactory", "TcpProxyContext"]
 
@@ -26,8 +30,10 @@ _COUNTERS = ("downstream_cx_total", "downstream_cx_no_route", "downstream_cx_rx_
 
 
 class TcpProxyFactory:
-    def __init__(self, config) -> None:
+    def __init__(self, config, use_splice: bool | None = None) -> None:
         self.config = config
+        # Probed once here (immutable afterwards): os.splice present and working on sockets.
+        self.use_splice = splice_supported() if use_splice is None else use_splice
         self.access_loggers = tuple(a.create() for a in config.access_logs)
         w = config.weighted_clusters
         self.weighted = tuple((c.name, c.weight) for c in w)

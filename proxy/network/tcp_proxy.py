@@ -19,7 +19,7 @@ import time
 from .address import format_address
 from ..access_log.stream_info import StreamInfo
 from .connection import BULK_READ_SIZE, CloseReason, Connection, ConnectionCallbacks
-from .splice_relay import RelayCallbacks, SpliceRelay, splice_supported
+from .splice_relay import DEFAULT_PIPE_SIZE, RelayCallbacks, SpliceRelay, splice_supported
 
 __all__ = ["TcpProxyFactory", "TcpProxyContext"]
 
@@ -93,13 +93,17 @@ class _UpstreamSide(ConnectionCallbacks):
         self.session._on_upstream_close(reason)
 
     def on_above_write_watermark(self) -> None:
-        self.session.downstream.read_disable(True)
+        s = self.session
+        s.ctx.downstream_flow_control_paused_reading_total.value += 1
+        s.downstream.read_disable(True)
 
     def on_below_write_watermark(self) -> None:
-        self.session.downstream.read_disable(False)
+        s = self.session
+        s.ctx.downstream_flow_control_resumed_reading_total.value += 1
+        s.downstream.read_disable(False)
 
 
-class TcpProxySession(ConnectionCallbacks):
+class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
     def __init__(self, ctx: TcpProxyContext, sock, remote, local, conn_id, buffer_limit, on_closed) -> None:
         self.ctx = ctx
         self.on_closed = on_closed
@@ -120,6 +124,8 @@ class TcpProxySession(ConnectionCallbacks):
         self.upstream_eof = False
         self.finished = False
         self.idle_timer = None
+        self.relay: SpliceRelay | None = None
+        self.pipe_size = buffer_limit
         ctx.downstream_cx_total.value += 1
         ctx.downstream_cx_active.value += 1
         self._connect(buffer_limit)
@@ -154,6 +160,9 @@ class TcpProxySession(ConnectionCallbacks):
         usock = socket.socket(family, socket.SOCK_STREAM)
         usock.setblocking(False)
         usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Each splice pipe plays the per-connection buffer limit (the smaller one if both set).
+        limits = [x for x in (cluster.buffer_limit, buffer_limit) if x]
+        self.pipe_size = min(limits) if limits else DEFAULT_PIPE_SIZE
         self.upstream = Connection(ctx.worker.dispatcher, usock, _UpstreamSide(self),
                                    buffer_limit=cluster.buffer_limit or buffer_limit,
                                    read_size=BULK_READ_SIZE, remote_address=str(host))
@@ -165,9 +174,57 @@ class TcpProxySession(ConnectionCallbacks):
     def _on_upstream_connected(self) -> None:
         self.connected = True
         self.info.upstream_local_address = self.upstream.local_address
+        if self.ctx.factory.use_splice and self._start_splice():
+            self._touch()
+            return
         self.downstream.read_disable(False)
         self._touch()
 
+    # -- zero-copy relay -----------------------------------------------------------------------
+    def _start_splice(self) -> bool:
+        """Hand both sockets to a SpliceRelay; both Connections stay unregistered (read
+        disabled, nothing buffered) until the relay is done and they close the sockets."""
+        up = self.upstream
+        up.read_disable(True)
+        relay = SpliceRelay(self.ctx.worker.dispatcher, self.downstream.sock, up.sock, self,
+                            pipe_size=self.pipe_size)
+        try:
+            relay.start()
+        except OSError:  # e.g. out of fds for the pipes: copy through Python instead
+            up.read_disable(False)
+            return False
+        self.relay = relay
+        return True
+
+    def on_relay_unsupported(self) -> None:
+        self.relay = None
+        self.upstream.read_disable(False)
+        self.downstream.read_disable(False)
+
+    def on_relay_paused(self, from_downstream: bool) -> None:
+        if from_downstream:
+            self.ctx.downstream_flow_control_paused_reading_total.value += 1
+
+    def on_relay_resumed(self, from_downstream: bool) -> None:
+        if from_downstream:
+            self.ctx.downstream_flow_control_resumed_reading_total.value += 1
+
+    def on_relay_done(self, reason: str) -> None:
+        self._end_relay()
+        # Closing downstream closes upstream (on_close) and then finishes the session.
+        self.downstream.close(flush=False, reason=reason)
+
+    def _end_relay(self) -> None:
+        relay = self.relay
+        relay.close()
+        d, u = self.downstream, self.upstream
+        d.bytes_received += relay.downstream_rx
+        d.bytes_sent += relay.downstream_tx
+        u.bytes_received += relay.upstream_rx
+        u.bytes_sent += relay.upstream_tx
+        self.relay = None
+
+    # -- idle timeout --------------------------------------------------------------------------
     def _touch(self) -> None:
         timeout = self.ctx.config.idle_timeout
         if timeout:
@@ -176,6 +233,18 @@ class TcpProxySession(ConnectionCallbacks):
             self.idle_timer.enable(timeout)
 
     def _on_idle(self) -> None:
+        relay = self.relay
+        if relay is not None:
+            # The relay only stamps its last activity; re-arm for the rest of the period.
+            timeout = self.ctx.config.idle_timeout
+            left = relay.last_activity + timeout - time.monotonic()
+            if left > 0:
+                self.idle_timer.enable(left)
+                return
+            self.ctx.idle_timeout.value += 1
+            self._end_relay()
+            self.downstream.close(flush=False)
+            return
         self.ctx.idle_timeout.value += 1
         self.downstream.close(flush=True)
         if self.upstream is not None:
@@ -193,6 +262,8 @@ class TcpProxySession(ConnectionCallbacks):
         self._maybe_done()
 
     def on_close(self, reason: str) -> None:
+        if self.relay is not None:
+            self._end_relay()
         up = self.upstream
         if up is not None and not up.closed:
             up.close(flush=reason != CloseReason.REMOTE)
@@ -200,16 +271,16 @@ class TcpProxySession(ConnectionCallbacks):
 
     def on_above_write_watermark(self) -> None:
         if self.upstream is not None:
-            self.ctx.downstream_flow_control_paused_reading_total.value += 1
             self.upstream.read_disable(True)
 
     def on_below_write_watermark(self) -> None:
         if self.upstream is not None:
-            self.ctx.downstream_flow_control_resumed_reading_total.value += 1
             self.upstream.read_disable(False)
 
     # -- upstream outcome ----------------------------------------------------------------------
     def _on_upstream_close(self, reason: str) -> None:
+        if self.relay is not None:
+            self._end_relay()
         cluster = self.cluster
         stats = cluster.stats
         stats.upstream_cx_active.value -= 1

@@ -76,7 +76,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         try:
             events = self.codec.feed(data)
         except CodecError as e:
-            self._fail(f"protocol error", "UPE", 502, e)
+            self._fail("protocol error", "UPE", 502, e)
             return
         for ev in events:
             router = self.router

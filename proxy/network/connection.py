@@ -18,7 +18,6 @@ import errno
 import socket
 from .address import format_address
 from collections import deque
-from collections.abc import Callable
 
 from ..threads.dispatcher import READ, WRITE, Dispatcher
 

@@ -76,8 +76,9 @@ class Timer:
 
 
 class Dispatcher:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_unhandled: Callable[[], None] | None = None) -> None:
         self.name = name
+        self._on_unhandled = on_unhandled  # e.g. a stats counter's inc
         self._epoll = select.epoll()
         self._callbacks: dict[int, Callable[[int], None]] = {}
         self._timers: list[list] = []  # heap of [deadline, seq, Timer|None]
@@ -176,8 +177,13 @@ class Dispatcher:
         try:
             fn(*args)
         except Exception:
-            self.unhandled_exceptions += 1
-            log.exception("dispatcher %s: unhandled exception in %r", self.name, fn)
+            self._unhandled(f"in {fn!r}")
+
+    def _unhandled(self, where: str) -> None:
+        self.unhandled_exceptions += 1
+        log.exception("dispatcher %s: unhandled exception %s", self.name, where)
+        if self._on_unhandled is not None:
+            self._on_unhandled()
 
     def run(self) -> None:
         """Run the loop on the calling thread until exit() is called."""
@@ -208,8 +214,7 @@ class Dispatcher:
                     try:
                         cb(mask)
                     except Exception:
-                        self.unhandled_exceptions += 1
-                        log.exception("dispatcher %s: unhandled exception in I/O callback", self.name)
+                        self._unhandled("in an I/O callback")
                 timers = self._timers
                 if timers:
                     now = time.monotonic()

@@ -29,8 +29,11 @@ class Worker:
     def __init__(self, index: int, store, codec_impl: str = "fast") -> None:
         self.index = index
         self.name = f"worker_{index}"
-        self.dispatcher = Dispatcher(self.name)
         self.stats = store
+        # A bug that escapes a connection's own handling is logged and counted; the connection
+        # concerned is closed (Connection._on_event) and the worker keeps serving.
+        self.unhandled_exceptions = store.counter(f"server.{self.name}.unhandled_exceptions")
+        self.dispatcher = Dispatcher(self.name, self.unhandled_exceptions.inc)
         self.codec_impl = codec_impl
         self.clusters: dict[str, WorkerCluster] = {}
         self.listeners: list[ActiveListener] = []
@@ -39,7 +42,6 @@ class Worker:
         self._rng = random.Random()
         self._conn_seq = 0
         self._thread: threading.Thread | None = None
-        self.unhandled_exceptions = store.counter(f"server.{self.name}.unhandled_exceptions")
         self._cx_gauge = store.gauge(f"server.{self.name}.connections")
         self._on_idle: Callable[[], None] | None = None
         self._date_second = -1

@@ -18,18 +18,11 @@ import pytest
 import yaml
 
 from tests.integration.harness import EchoUpstream, front_proxy_config, static_cluster
+from tests.integration.servers import free_port
 
 PROXYCTL = str(Path(sys.executable).parent / "proxyctl")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PROXYCTL), reason="proxyctl is not installed in this venv")
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

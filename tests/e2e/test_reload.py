@@ -9,7 +9,6 @@ config leaves the old epoch serving; ten reloads leave exactly one epoch and no 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import socket
 import subprocess

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,20 +21,13 @@ import pytest
 import yaml
 
 from cli.control import pid_alive
+from tests.integration.servers import free_port
 
 PROXYCTL = str(Path(sys.executable).parent / "proxyctl")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PROXYCTL), reason="proxyctl is not installed in this venv")
 
 _base_ids = itertools.count(1)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def unique_base_id() -> int:

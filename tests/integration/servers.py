@@ -101,7 +101,7 @@ def _read_body(r: _Reader, headers: dict[str, str], sink) -> bool:
                 return False
             size = int(line.split(b";")[0].strip(), 16)
             if size == 0:
-                while (t := r.until(b"\r\n")) not in (b"\r\n", None):
+                while r.until(b"\r\n") not in (b"\r\n", None):
                     pass
                 return True
             if not r.exactly_into(size, sink) or r.until(b"\r\n") is None:

@@ -9,14 +9,7 @@ import yaml
 
 from proxy.config.load import parse_bootstrap
 from proxy.server.instance import Server, ServerOptions
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.integration.servers import free_port
 
 
 def config(port: int, admin_port: int, body: str) -> dict:

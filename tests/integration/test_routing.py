@@ -105,7 +105,7 @@ def test_path_separated_prefix_matches_segment_boundary_only(env):
 
 
 def test_prefix_matcher_routes_to_cluster(env):
-    p, u1 = env[0], env[1]
+    p = env[0]
     seen = echo(p.port, "/anything/here?a=b")
     assert seen["server"] == "service1" and seen["path"] == "/anything/here?a=b"
 

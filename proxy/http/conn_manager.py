@@ -27,7 +27,7 @@ from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_server_codec
 from .codec.errors import CodecError
 from .codec.events import Data, MessageComplete, RequestHeaders
-from .headers import HOP_BY_HOP, Headers, RequestHead, ResponseHead
+from .headers import Headers, RequestHead, ResponseHead
 from .local_reply import local_reply_head
 from .router_filter import RouterFilter
 
@@ -43,7 +43,7 @@ class ActiveStream:
 
     __slots__ = ("hcm", "stream_id", "head", "info", "router", "request_complete",
                  "response_started", "response_complete", "keep_alive", "upgrade", "upgraded",
-                 "response_head", "closed")
+                 "response_head", "closed", "last_activity")
 
     def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead, info: StreamInfo,
                  keep_alive: bool, upgrade: bytes | None) -> None:
@@ -60,6 +60,7 @@ class ActiveStream:
         self.upgraded = False
         self.response_head: ResponseHead | None = None
         self.closed = False
+        self.last_activity = info.start_monotonic  # for stream_idle_timeout
 
     # -- encode path (called by the router filter) ----------------------------------------
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
@@ -71,10 +72,16 @@ class ActiveStream:
         info = self.info
         info.response_code = head.status
         info.response_headers = head
-        info.response_start_monotonic = time.monotonic()
+        info.response_start_monotonic = self.last_activity = time.monotonic()
         cfg = hcm.ctx.config
         headers = head.headers
         headers.set_default(b"date", hcm.ctx.worker.http_date())
+        if cfg.via:
+            _append_via(headers, hcm.ctx.via)
+        if cfg.always_set_request_id_in_response:
+            rid = self.head.headers.get(b"x-request-id")
+            if rid is not None:
+                headers.set(b"x-request-id", rid)
         if cfg.server_header_transformation == "OVERWRITE":
             headers.set(b"server", hcm.ctx.server_name)
         elif cfg.server_header_transformation == "APPEND_IF_ABSENT":
@@ -101,6 +108,7 @@ class ActiveStream:
             return
         if data:
             self.info.bytes_sent += len(data)
+            self.last_activity = time.monotonic()
             self.hcm.connection.write(self.hcm.codec.encode_body(data))
         if end_stream:
             self.encode_end(None)
@@ -126,7 +134,7 @@ class ActiveStream:
         if self.response_started:
             self.reset(details)
             return
-        if status >= 400 and status != 404 and not self.request_complete:
+        if not self.request_complete:
             # The rest of the request body will not be read: the connection cannot be reused.
             self.keep_alive = False
         head = local_reply_head(status, body, extra)
@@ -204,11 +212,46 @@ class ConnectionManager(ConnectionCallbacks):
         if rearm or not self.idle_timer.enabled:
             self.idle_timer.enable(timeout)
 
-    def _on_idle_timeout(self) -> None:
-        timeout = self._idle_timeout()
-        if self.active is not None:
-            self.idle_timer.enable(timeout)  # busy: look again a full timeout later
+    def _stream_deadline(self, stream: ActiveStream) -> float | None:
+        """When `stream` times out (stream_idle_timeout, request_timeout), or None."""
+        cfg = self.ctx.config
+        deadline = None
+        if cfg.stream_idle_timeout:
+            deadline = stream.last_activity + cfg.stream_idle_timeout
+        if cfg.request_timeout and not stream.request_complete:
+            t = stream.info.start_monotonic + cfg.request_timeout
+            deadline = t if deadline is None else min(deadline, t)
+        return deadline
+
+    def _watch_stream(self, stream: ActiveStream) -> None:
+        """Make the connection's one timer fire by the stream's deadline. Amortised: the timer
+        is only moved when it would fire too late, not once per request."""
+        deadline = self._stream_deadline(stream)
+        if deadline is None:
             return
+        if self.idle_timer is None:
+            self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+        current = self.idle_timer.deadline
+        if current is None or current > deadline:
+            self.idle_timer.enable(max(0.0, deadline - time.monotonic()))
+
+    def _on_idle_timeout(self) -> None:
+        """The connection's one timer: connection idle_timeout when no stream is active, else
+        the active stream's stream_idle_timeout / request_timeout."""
+        stream = self.active
+        if stream is not None:
+            deadline = self._stream_deadline(stream)
+            now = time.monotonic()
+            if deadline is None:
+                self.idle_timer.enable(self._idle_timeout() or 3600.0)
+            elif now < deadline:
+                self.idle_timer.enable(deadline - now)
+            else:
+                self._stream_timed_out(stream, now)
+            return
+        timeout = self._idle_timeout()
+        if not timeout:
+            return  # idle_timeout disabled; the timer was only watching a stream
         left = self.idle_since + timeout - time.monotonic()
         if left > 0.001:
             self.idle_timer.enable(left)
@@ -219,6 +262,17 @@ class ConnectionManager(ConnectionCallbacks):
             else:
                 self.stats.downstream_cx_idle_timeout.value += 1
             self.connection.close(flush=True)
+
+    def _stream_timed_out(self, stream: ActiveStream, now: float) -> None:
+        cfg = self.ctx.config
+        st = self.stats
+        if cfg.request_timeout and not stream.request_complete and \
+                now >= stream.info.start_monotonic + cfg.request_timeout:
+            st.downstream_rq_timeout.value += 1
+            stream.send_local_reply(408, b"request timeout", None, "request_overall_timeout")
+        else:
+            st.downstream_rq_idle_timeout.value += 1
+            stream.send_local_reply(408, b"stream timeout", "SI", "stream_idle_timeout")
 
     # -- connection callbacks ----------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
@@ -258,6 +312,7 @@ class ConnectionManager(ConnectionCallbacks):
         elif cls is Data:
             if stream is not None and not stream.closed:
                 stream.info.bytes_received += len(ev.data)
+                stream.last_activity = time.monotonic()
                 if stream.router is not None:
                     stream.router.decode_data(ev.data, False)
         elif cls is MessageComplete:
@@ -340,6 +395,7 @@ class ConnectionManager(ConnectionCallbacks):
         stream = ActiveStream(self, self.next_stream_id, head, info, keep_alive, ev.upgrade)
         self.next_stream_id += 1
         self.active = stream
+        self._watch_stream(stream)
         # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
         end_stream = not ev.content_length and not ev.chunked and ev.upgrade is None
         if end_stream:
@@ -347,6 +403,17 @@ class ConnectionManager(ConnectionCallbacks):
             # before we handle that event is not a "response before the request ended".
             stream.request_complete = True
             info.request_complete_monotonic = info.start_monotonic
+        if ev.http_version == b"1.0":
+            h10 = cfg.http_protocol_options
+            if not h10.accept_http_10:
+                # Envoy refuses HTTP/1.0 unless http_protocol_options.accept_http_10.
+                stream.keep_alive = False
+                stream.send_local_reply(426, b"", None, "low_version")
+                return
+            if not authority and h10.default_host_for_http_10:
+                head.set_authority(h10.default_host_for_http_10.encode())
+        if cfg.headers_with_underscores_action != "ALLOW" and self._underscores(stream, headers):
+            return
         if ev.expect_continue:
             headers.remove(b"expect")
             self.connection.write(_CONTINUE_100)
@@ -360,6 +427,19 @@ class ConnectionManager(ConnectionCallbacks):
         self._mutate_request_headers(stream, ev)
         stream.router = RouterFilter(stream, ctx)
         stream.router.decode_headers(end_stream)
+
+    def _underscores(self, stream: ActiveStream, headers: Headers) -> bool:
+        """headers_with_underscores_action: True when the request was rejected."""
+        names = [n for n, _ in headers.items() if b"_" in n]
+        if not names:
+            return False
+        if self.ctx.config.headers_with_underscores_action == "REJECT_REQUEST":
+            self.stats.requests_rejected_with_underscores_in_headers.value += 1
+            stream.send_local_reply(400, b"", None, "unexpected_underscore")
+            return True
+        self.stats.dropped_headers_with_underscores.value += len(names)
+        headers.remove_many(frozenset(names))
+        return False
 
     def _absolute_form(self, head: RequestHead) -> None:
         # RFC 9112 §3.2.2: with an absolute-form target the authority comes from the target.
@@ -384,7 +464,9 @@ class ConnectionManager(ConnectionCallbacks):
                 # RFC 9110 §7.6.1: drop the fields that Connection names.
                 names = {t.strip().lower() for t in conn_tokens.split(b",")}
                 headers.remove_many(names - _PROTECTED)
-            headers.remove_many(HOP_BY_HOP)
+            headers.remove_many(ctx.request_headers_removed)
+        if cfg.via:
+            _append_via(headers, ctx.via)
         if cfg.use_remote_address:
             if not cfg.skip_xff_append:
                 xff = headers.get(b"x-forwarded-for")
@@ -506,6 +588,11 @@ class ConnectionManager(ConnectionCallbacks):
 # whole second is very unlikely to be mid-request, while a busy one gets `connection: close`
 # on its next response instead (clean for the client).
 DRAIN_IDLE_GRACE = 1.0
+
+def _append_via(headers: Headers, via: bytes) -> None:
+    current = headers.get(b"via")
+    headers.set(b"via", current + b", " + via if current else via)
+
 
 _HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
                                  b"trailer", b"proxy-authenticate"})

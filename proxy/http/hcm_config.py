@@ -161,7 +161,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
     _parse_common_options(f, kwargs)
     _parse_internal_address_config(f, kwargs)
     max_kb = f.int("max_request_headers_kb", 60, min=1, max=8192)
-    return HcmConfig(
+    config = HcmConfig(
         stat_prefix=stat_prefix,
         route_config=route_config,
         http_filters=_parse_http_filters(f),
@@ -198,6 +198,43 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         raw=raw,
         **kwargs,
     )
+    _refuse_unimplemented(config, path)
+    return config
+
+
+# Options parsed (so a config naming them is understood) whose runtime behaviour is not built
+# yet: a value other than the default is refused rather than silently ignored.
+_NOT_IMPLEMENTED = (
+    ("xff_num_trusted_hops", 0), ("request_headers_timeout", 0.0),
+    ("max_connection_duration", None), ("max_stream_duration", None),
+    ("normalize_path", False), ("merge_slashes", False),
+    ("path_with_escaped_slashes_action", "KEEP_UNCHANGED"), ("add_user_agent", False),
+    ("proxy_100_continue", False), ("strip_matching_host_port", False), ("strip_any_host_port", False),
+    ("strip_trailing_host_dot", False), ("forward_client_cert_details", "SANITIZE"),
+    ("stream_error_on_invalid_http_message", False), ("append_x_forwarded_port", False),
+    ("internal_cidr_ranges", ()), ("internal_unix_sockets", False),
+)
+_FIELD_PATHS = {
+    "max_connection_duration": "common_http_protocol_options.max_connection_duration",
+    "max_stream_duration": "common_http_protocol_options.max_stream_duration",
+    "headers_with_underscores_action": "common_http_protocol_options.headers_with_underscores_action",
+    "internal_cidr_ranges": "internal_address_config.cidr_ranges",
+    "internal_unix_sockets": "internal_address_config.unix_sockets",
+}
+
+
+def _refuse_unimplemented(config: HcmConfig, path: str) -> None:
+    for name, default in _NOT_IMPLEMENTED:
+        if getattr(config, name) != default:
+            field = _FIELD_PATHS.get(name, name)
+            raise ConfigError(f"{path}.{field}" if path else field,
+                              f"not supported yet (only the default, {default!r}, is)")
+    h1 = config.http_protocol_options
+    for name, default in (("allow_absolute_url", True), ("enable_trailers", False),
+                          ("allow_chunked_length", False)):
+        if getattr(h1, name) != default:
+            raise ConfigError(f"{path}.http_protocol_options.{name}",
+                              f"not supported yet (only the default, {default!r}, is)")
 
 
 def _parse_common_options(f: Fields, out: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..router.table import RouteTable
 from .conn_manager import ConnectionManager
+from .headers import HOP_BY_HOP
 from .http_stats import HcmStats
 from .router_filter_config import RouterFilterConfig
 
@@ -29,6 +30,10 @@ class HcmFactory:
         self.router_config = router_cfg or RouterFilterConfig()
         self.upgrades = frozenset(u.upgrade_type for u in config.upgrade_configs if u.enabled)
         self.server_name = config.server_name.encode()
+        self.via = config.via.encode() if config.via else b""
+        # Hop-by-hop fields, plus x-forwarded-client-cert when sanitising it (the default;
+        # without TLS there is no certificate to forward).
+        self.request_headers_removed = HOP_BY_HOP | {b"x-forwarded-client-cert"}
 
     def for_worker(self, worker) -> HcmContext:
         return HcmContext(self, worker)
@@ -36,7 +41,7 @@ class HcmFactory:
 
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
-                 "server_name", "worker", "stats")
+                 "server_name", "via", "request_headers_removed", "worker", "stats")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config
@@ -46,6 +51,8 @@ class HcmContext:
         self.router_config = factory.router_config
         self.upgrades = factory.upgrades
         self.server_name = factory.server_name
+        self.via = factory.via
+        self.request_headers_removed = factory.request_headers_removed
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix)
 

@@ -192,6 +192,14 @@ class Server:
         self.restart_admin()
         for w in self.workers:
             w.start()
+        # Ready means every worker has run what was posted to it so far (listeners registered,
+        # clusters installed): one event per worker, posted last.
+        started = [threading.Event() for _ in self.workers]
+        for w, ev in zip(self.workers, started):
+            w.post(ev.set)
+        for ev in started:
+            if not ev.wait(10.0):
+                raise RuntimeError("a worker did not start within 10 s")
         st.counter("listener_manager.workers_started").inc(len(self.workers))
         if self.hr_child is not None:
             self.hr_child.drain_parent(self.main, self._on_parent_stats)

@@ -69,6 +69,11 @@ class Timer:
     def enabled(self) -> bool:
         return self._entry is not None
 
+    @property
+    def deadline(self) -> float | None:
+        """Monotonic time at which it fires, or None when disabled."""
+        return self._deadline
+
     def _fire(self) -> None:
         self._entry = None
         self._deadline = None

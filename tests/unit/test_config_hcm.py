@@ -107,11 +107,10 @@ def test_http2_and_http3_codecs_refused(codec):
 def test_durations_parsed():
     c = parse_hcm(_hcm(stream_idle_timeout="0.25s", request_timeout={"seconds": "5"},
                        drain_timeout=2, common_http_protocol_options={
-                           "idle_timeout": "0s", "max_connection_duration": "60s",
+                           "idle_timeout": "0s",
                            "max_requests_per_connection": 10, "max_headers_count": 50}), P)
     assert (c.stream_idle_timeout, c.request_timeout, c.drain_timeout, c.idle_timeout,
-            c.max_connection_duration, c.max_requests_per_connection, c.max_headers_count) == \
-        (0.25, 5.0, 2.0, 0.0, 60.0, 10, 50)
+            c.max_requests_per_connection, c.max_headers_count) == (0.25, 5.0, 2.0, 0.0, 10, 50)
 
 
 def test_bad_duration_names_path():
@@ -149,13 +148,19 @@ def test_upgrade_configs_lower_cased():
     assert c.upgrade_configs == (UpgradeConfig("websocket", True), UpgradeConfig("connect", False))
 
 
-def test_http1_options_and_xff_fields():
+def test_http1_options_and_via():
     c = parse_hcm(_hcm(http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "h"},
-                       use_remote_address=True, xff_num_trusted_hops=1, via="ftproxy",
-                       internal_address_config={"cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]}), P)
+                       use_remote_address=True, via="ftproxy"), P)
     assert (c.http_protocol_options.accept_http_10, c.http_protocol_options.default_host_for_http_10) == (True, "h")
-    assert (c.use_remote_address, c.xff_num_trusted_hops, c.via) == (True, 1, "ftproxy")
-    assert c.internal_cidr_ranges == (("10.0.0.0", 8),)
+    assert (c.use_remote_address, c.via) == (True, "ftproxy")
+
+
+def test_known_options_without_runtime_support_are_refused_unless_default():
+    assert _err(parse_hcm, _hcm(xff_num_trusted_hops=1)).startswith("hcm.xff_num_trusted_hops: not supported yet")
+    assert _err(parse_hcm, _hcm(internal_address_config={
+        "cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]})).startswith(
+        "hcm.internal_address_config.cidr_ranges: not supported yet")
+    assert parse_hcm(_hcm(xff_num_trusted_hops=0), P).xff_num_trusted_hops == 0
 
 
 def test_unsupported_known_field_vs_typo():

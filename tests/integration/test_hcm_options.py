@@ -1,0 +1,137 @@
+"""HCM options through the running proxy: stream_idle_timeout, request_timeout, via,
+always_set_request_id_in_response, HTTP/1.0 handling, and refusal of options not built yet."""
+
+import socket
+import time
+
+import pytest
+
+from proxy.config.reader import ConfigError
+from proxy.http.hcm_config import parse_hcm
+
+from .clients import echo, request
+from .harness import front_proxy_config, raw_request, static_cluster
+
+
+def routes(timeout="15s"):
+    return [{"match": {"prefix": "/"}, "route": {"cluster": "backend", "timeout": timeout}}]
+
+
+def test_stream_idle_timeout_answers_408_when_the_request_body_stalls(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
+                                         stream_idle_timeout="0.3s"))
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    try:
+        # Promise 10 bytes, send 3, then stall.
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        started = time.monotonic()
+        reply = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        elapsed = time.monotonic() - started
+    finally:
+        s.close()
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert reply.endswith(b"stream timeout")
+    assert elapsed < 5
+    assert p.counters()["http.ingress_http.downstream_rq_idle_timeout"] == 1
+
+
+def test_stream_idle_timeout_does_not_cut_a_request_that_keeps_moving(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
+                                         stream_idle_timeout="0.4s"))
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    try:
+        s.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        for byte in b"abcd":  # 4 x 0.2 s = 0.8 s in all, never 0.4 s idle
+            time.sleep(0.2)
+            s.sendall(bytes([byte]))
+        reply = s.recv(65536)
+    finally:
+        s.close()
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert p.counters().get("http.ingress_http.downstream_rq_idle_timeout", 0) == 0
+
+
+def test_request_timeout_answers_408_request_timeout(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
+                                         request_timeout="0.3s"))
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    try:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(3):  # keeps trickling: not idle, but the whole request takes too long
+            time.sleep(0.15)
+            s.sendall(b"x")
+        reply = s.recv(65536)
+    finally:
+        s.close()
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert reply.endswith(b"request timeout")
+    assert p.counters()["http.ingress_http.downstream_rq_timeout"] == 1
+
+
+def test_via_is_appended_to_request_and_response(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
+                                         via="1.1 ftproxy"))
+    r = request(p.port, "/v", headers={"via": "1.0 client-proxy"})
+    assert r.status == 200
+    assert r.json()["headers"]["via"] == "1.0 client-proxy, 1.1 ftproxy"
+    assert r.headers["via"] == "1.1 ftproxy"
+
+
+def test_always_set_request_id_in_response(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
+                                         always_set_request_id_in_response=True))
+    r = request(p.port, "/rid")
+    assert r.headers["x-request-id"] == r.json()["headers"]["x-request-id"]
+
+
+def test_http10_request_is_refused_with_426_by_default(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)]))
+    reply = raw_request(p.port, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 426 ")
+    assert upstream.requests == []
+
+
+def test_http10_accepted_with_accept_http_10_and_default_host(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
+                                         http_protocol_options={"accept_http_10": True,
+                                                                "default_host_for_http_10": "legacy.example"}))
+    reply = raw_request(p.port, b"GET /old HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in reply.lower()
+    assert upstream.requests[-1][2]["host"] == "legacy.example"
+
+
+@pytest.mark.parametrize("field,value,path", [
+    ("xff_num_trusted_hops", 1, "hcm.xff_num_trusted_hops"),
+    ("normalize_path", True, "hcm.normalize_path"),
+    ("common_http_protocol_options", {"max_connection_duration": "10s"},
+     "hcm.common_http_protocol_options.max_connection_duration"),
+])
+def test_options_not_built_yet_are_refused_naming_the_field(field, value, path):
+    raw = {"stat_prefix": "x", "route_config": {"virtual_hosts": []}, field: value}
+    with pytest.raises(ConfigError) as e:
+        parse_hcm(raw, "hcm")
+    assert str(e.value).startswith(path + ": not supported yet")
+
+
+def test_x_forwarded_client_cert_is_sanitized(upstream, proxy_factory):
+    p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)]))
+    assert "x-forwarded-client-cert" not in echo(p.port, "/", headers={"x-forwarded-client-cert": "forged"})["headers"]
+
+
+def test_headers_with_underscores_rejected_or_dropped(upstream, proxy_factory):
+    reject = proxy_factory(front_proxy_config(
+        routes(), [static_cluster("backend", upstream.port)],
+        common_http_protocol_options={"headers_with_underscores_action": "REJECT_REQUEST"}))
+    assert request(reject.port, "/", headers={"x_bad": "1"}).status == 400
+    assert reject.counters()["http.ingress_http.requests_rejected_with_underscores_in_headers"] == 1
+    drop = proxy_factory(front_proxy_config(
+        routes(), [static_cluster("backend", upstream.port)],
+        common_http_protocol_options={"headers_with_underscores_action": "DROP_HEADER"}))
+    seen = echo(drop.port, "/", headers={"x_bad": "1", "x-good": "2"})["headers"]
+    assert "x_bad" not in seen and seen["x-good"] == "2"

@@ -143,8 +143,8 @@ def _parse_admin(f: Fields) -> AdminConfig | None:
     return AdminConfig(
         address=ip,
         port=port,
-        access_logs=tuple(parse_access_logs(a.list("access_log"))),
-        access_log_path=a.str("access_log_path"),
+        access_logs=_admin_access_logs(a),
+        access_log_path=_admin_access_log_path(a),
         profile_path=a.str("profile_path"),
     )
 
@@ -226,3 +226,20 @@ def _route_cluster_refs(rc: Mapping[str, Any], path: str) -> Iterator[tuple[str,
 
 def _as_list(v: Any) -> list[Any]:
     return v if isinstance(v, list) else []
+
+
+# The admin server does not write access logs yet. Envoy's examples commonly send them to
+# /dev/null, which is what we do anyway; any other destination is refused, not ignored.
+def _admin_access_logs(a: Fields) -> tuple[Any, ...]:
+    logs = tuple(parse_access_logs(a.list("access_log")))
+    for log, (_, path) in zip(logs, a.list("access_log")):
+        if log.target != "/dev/null":
+            raise ConfigError(path, "admin access logs are not supported yet (only /dev/null)")
+    return logs
+
+
+def _admin_access_log_path(a: Fields) -> str | None:
+    path = a.str("access_log_path")
+    if path not in (None, "", "/dev/null"):
+        raise ConfigError(a.at("access_log_path"), "admin access logs are not supported yet (only /dev/null)")
+    return path

@@ -145,7 +145,7 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
         enable_reuse_port=reuse,
         per_connection_buffer_limit_bytes=f.int("per_connection_buffer_limit_bytes",
                                                 DEFAULT_BUFFER_LIMIT, min=0),
-        access_logs=tuple(parse_access_logs(f.list("access_log"))),
+        access_logs=_listener_access_logs(f),
         traffic_direction=f.enum("traffic_direction", ("UNSPECIFIED", "INBOUND", "OUTBOUND"),
                                  "UNSPECIFIED"),
         drain_type=f.enum("drain_type", ("DEFAULT", "MODIFY_ONLY"), "DEFAULT"),
@@ -206,3 +206,12 @@ def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
         raise ConfigError(c.at("filters"), "the last network filter must be a terminal filter "
                                            f"({', '.join(sorted(TERMINAL_NETWORK_FILTERS))})")
     return FilterChainConfig(filters=tuple(filters), name=c.str("name", ""))
+
+
+def _listener_access_logs(f: Fields) -> tuple[Any, ...]:
+    logs = tuple(parse_access_logs(f.list("access_log")))
+    if logs:
+        # Connection-level (listener) logging has no runtime yet; refusing beats silence.
+        raise ConfigError(f.at("access_log"), "listener access logs are not supported yet; use the "
+                                              "access_log of the http_connection_manager or tcp_proxy")
+    return logs

@@ -68,6 +68,12 @@ def parse_tcp_proxy(raw: Mapping[str, Any], path: str) -> TcpProxyConfig:
             raise ConfigError(f.at("cluster"), "must not be empty")
     else:
         weighted = _parse_weighted(f)
+    # Parsed, but without runtime behaviour yet: refused unless left at the default.
+    for key in ("downstream_idle_timeout", "upstream_idle_timeout", "max_downstream_connection_duration"):
+        if f.has(key):
+            raise ConfigError(f.at(key), "not supported yet (use idle_timeout)")
+    if f.int("max_connect_attempts", 1, min=1) != 1:
+        raise ConfigError(f.at("max_connect_attempts"), "not supported yet (only 1)")
     return TcpProxyConfig(
         stat_prefix=stat_prefix,
         cluster=cluster,

@@ -190,7 +190,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         endpoints=endpoints,
         dns_refresh_rate=dns_refresh_rate,
         dns_lookup_family=f.enum("dns_lookup_family", _DNS_FAMILIES, "AUTO"),
-        respect_dns_ttl=f.bool("respect_dns_ttl", False),
+        respect_dns_ttl=_no_dns_ttl(f),
         per_connection_buffer_limit_bytes=f.int("per_connection_buffer_limit_bytes",
                                                 DEFAULT_BUFFER_LIMIT, min=0, max=2**32 - 1),
         circuit_breakers=default_cb,
@@ -388,3 +388,10 @@ def _choice_count(f: Fields) -> int:
         if lr.has(key):
             raise ConfigError(lr.at(key), f"{key} is not supported")
     return lr.int("choice_count", 2, min=2)
+
+
+def _no_dns_ttl(f: Fields) -> bool:
+    if f.bool("respect_dns_ttl", False):
+        # getaddrinfo reports no TTL; honouring it needs a DNS client of our own.
+        raise ConfigError(f.at("respect_dns_ttl"), "not supported yet (refresh follows dns_refresh_rate)")
+    return False

@@ -87,11 +87,16 @@ def test_enums_may_be_given_by_number_as_in_proto_json():
 def test_dns_cluster_accepts_hostnames_and_dns_knobs():
     cfg = parse_cluster(cluster(
         type="LOGICAL_DNS", dns_refresh_rate="30s", dns_lookup_family="v4_only",
-        respect_dns_ttl=True,
         load_assignment={"endpoints": [{"lb_endpoints": [lb_endpoint("example.com", 443)]}]},
     ), P)
     assert cfg.type == "LOGICAL_DNS" and cfg.endpoints[0].address == "example.com"
-    assert (cfg.dns_refresh_rate, cfg.dns_lookup_family, cfg.respect_dns_ttl) == (30.0, "V4_ONLY", True)
+    assert (cfg.dns_refresh_rate, cfg.dns_lookup_family) == (30.0, "V4_ONLY")
+
+
+def test_respect_dns_ttl_is_refused_since_getaddrinfo_has_no_ttl():
+    with pytest.raises(ConfigError, match=r"clusters\[0\]\.respect_dns_ttl: not supported yet"):
+        parse_cluster(cluster(type="STRICT_DNS", respect_dns_ttl=True,
+                              load_assignment={"endpoints": [{"lb_endpoints": [lb_endpoint("h", 1)]}]}), P)
 
 
 def test_circuit_breaker_thresholds_by_priority():

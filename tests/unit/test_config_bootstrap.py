@@ -419,3 +419,30 @@ def test_validate_clusters_false_allows_undefined_cluster():
     hcm = raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["route_config"]["validate_clusters"] = False
     assert parse_bootstrap(raw).listeners[0].name == "http"
+
+
+def _minimal_listener(**extra):
+    l = {"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+         "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+             "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+             "stat_prefix": "t", "cluster": "c"}}]}]}
+    l.update(extra)
+    return l
+
+
+def test_listener_access_log_is_refused_not_ignored():
+    from proxy.config.load import parse_bootstrap
+    log = [{"name": "envoy.access_loggers.stdout", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}]
+    with pytest.raises(ConfigError) as e:
+        parse_bootstrap({"static_resources": {"listeners": [_minimal_listener(access_log=log)]}})
+    assert str(e.value).startswith("static_resources.listeners[0].access_log: listener access logs are not supported")
+
+
+def test_admin_access_log_only_to_dev_null():
+    from proxy.config.load import parse_bootstrap
+    admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+    assert parse_bootstrap({"admin": {**admin, "access_log_path": "/dev/null"}}).admin.port == 0
+    with pytest.raises(ConfigError) as e:
+        parse_bootstrap({"admin": {**admin, "access_log_path": "/tmp/admin.log"}})
+    assert str(e.value).startswith("admin.access_log_path: admin access logs are not supported yet")

@@ -200,13 +200,19 @@ def test_tcp_proxy_defaults():
 
 
 def test_tcp_proxy_weighted_clusters_and_timeouts():
-    c = parse_tcp_proxy({"stat_prefix": "tcp", "idle_timeout": "0s", "max_connect_attempts": 3,
-                         "max_downstream_connection_duration": "10s",
+    c = parse_tcp_proxy({"stat_prefix": "tcp", "idle_timeout": "0s",
                          "weighted_clusters": {"clusters": [{"name": "a", "weight": 1},
                                                             {"name": "b", "weight": 3}]}}, "t")
     assert c.weighted_clusters == (WeightedCluster("a", 1), WeightedCluster("b", 3))
-    assert (c.cluster, c.idle_timeout, c.max_connect_attempts, c.max_downstream_connection_duration) == \
-        (None, 0.0, 3, 10.0)
+    assert (c.cluster, c.idle_timeout, c.max_connect_attempts) == (None, 0.0, 1)
+
+
+def test_tcp_proxy_options_without_runtime_support_are_refused():
+    assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a", "max_connect_attempts": 3}, "t") == \
+        "t.max_connect_attempts: not supported yet (only 1)"
+    assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a",
+                                  "max_downstream_connection_duration": "10s"}, "t").startswith(
+        "t.max_downstream_connection_duration: not supported yet")
 
 
 def test_tcp_proxy_requires_stat_prefix_and_one_cluster_choice():

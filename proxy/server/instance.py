@@ -84,7 +84,6 @@ class Server:
         self._tick_timer = None
         self._exit_code = 0
         self._ready = threading.Event()
-        self._stopped = threading.Event()
         self._drain_started = False
 
     # -- public ------------------------------------------------------------------------------------
@@ -94,7 +93,6 @@ class Server:
             self.start()
         except BaseException:
             self._teardown()
-            self._stopped.set()
             raise
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,7 +101,6 @@ class Server:
             self.main.run()
         finally:
             self._teardown()
-            self._stopped.set()
         return self._exit_code
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
@@ -342,18 +339,3 @@ class Server:
         if name is None:
             name = next(iter(self.listener_addresses))
         return self.listener_addresses[name][1]
-
-    def call_on_main(self, fn: Callable[[], object], timeout: float = 5.0) -> object:
-        """Run `fn` on the main thread and return its result (for admin/test threads)."""
-        done = threading.Event()
-        box: list = []
-
-        def run() -> None:
-            try:
-                box.append(fn())
-            finally:
-                done.set()
-
-        self.main.post(run)
-        done.wait(timeout)
-        return box[0] if box else None

@@ -19,145 +19,23 @@ from __future__ import annotations
 
 import logging
 import time
-from ..network.address import format_address
 from collections import deque
 
 from ..access_log.stream_info import StreamInfo
+from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_server_codec
 from .codec.errors import CodecError
 from .codec.events import Data, MessageComplete, RequestHeaders
-from .headers import Headers, RequestHead, ResponseHead
-from .local_reply import local_reply_head
+from .headers import Headers, RequestHead, append_via
 from .router_filter import RouterFilter
+from .stream import ActiveStream
 
-__all__ = ["ConnectionManager", "ActiveStream"]
+__all__ = ["ConnectionManager"]
 
 log = logging.getLogger("ftproxy.http")
 
 _CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class ActiveStream:
-    """One request/response exchange. Owned by its ConnectionManager."""
-
-    __slots__ = ("hcm", "stream_id", "head", "info", "router", "request_complete",
-                 "response_started", "response_complete", "keep_alive", "upgrade", "upgraded",
-                 "response_head", "closed", "last_activity")
-
-    def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead, info: StreamInfo,
-                 keep_alive: bool, upgrade: bytes | None) -> None:
-        self.hcm = hcm
-        self.stream_id = stream_id
-        self.head = head
-        self.info = info
-        self.router: RouterFilter | None = None
-        self.request_complete = False
-        self.response_started = False
-        self.response_complete = False
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.upgraded = False
-        self.response_head: ResponseHead | None = None
-        self.closed = False
-        self.last_activity = info.start_monotonic  # for stream_idle_timeout
-
-    # -- encode path (called by the router filter) ----------------------------------------
-    def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
-        hcm = self.hcm
-        if self.closed:
-            return
-        self.response_started = True
-        self.response_head = head
-        info = self.info
-        info.response_code = head.status
-        info.response_headers = head
-        info.response_start_monotonic = self.last_activity = time.monotonic()
-        cfg = hcm.ctx.config
-        headers = head.headers
-        headers.set_default(b"date", hcm.ctx.worker.http_date())
-        if cfg.via:
-            _append_via(headers, hcm.ctx.via)
-        if cfg.always_set_request_id_in_response:
-            rid = self.head.headers.get(b"x-request-id")
-            if rid is not None:
-                headers.set(b"x-request-id", rid)
-        if cfg.server_header_transformation == "OVERWRITE":
-            headers.set(b"server", hcm.ctx.server_name)
-        elif cfg.server_header_transformation == "APPEND_IF_ABSENT":
-            headers.set_default(b"server", hcm.ctx.server_name)
-        if hcm.draining or hcm.ctx.worker.draining:
-            self.keep_alive = False
-        if head.status == 101 and self.upgrade:
-            self.upgraded = True
-            hcm.stats.downstream_cx_upgrades_total.value += 1
-            hcm.stats.downstream_cx_upgrades_active.value += 1
-        data = hcm.codec.encode_response_head(head.status, head.reason or None, headers.items(),
-                                              self.head.method, self.head.http_version, self.keep_alive)
-        hcm.connection.write(data)
-        if self.upgrade is not None:
-            # Bytes the codec held back behind the upgrade request (tunnel data after a 101).
-            held = hcm.codec.resume()
-            if held and self.upgraded:
-                hcm.dispatch_later(held)
-        if end_stream:
-            self.encode_end(None)
-
-    def encode_data(self, data: bytes, end_stream: bool) -> None:
-        if self.closed:
-            return
-        if data:
-            self.info.bytes_sent += len(data)
-            self.last_activity = time.monotonic()
-            self.hcm.connection.write(self.hcm.codec.encode_body(data))
-        if end_stream:
-            self.encode_end(None)
-
-    def encode_end(self, trailers) -> None:
-        if self.closed or self.response_complete:
-            return
-        self.response_complete = True
-        hcm = self.hcm
-        if not self.upgraded:
-            hcm.connection.write(hcm.codec.encode_end(trailers))
-        if hcm.codec.response_must_close:
-            self.keep_alive = False
-        hcm.stream_done(self)
-
-    def send_local_reply(self, status: int, body: bytes, flag: str | None, details: str,
-                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Envoy-style local reply (text/plain body), unless the response already started."""
-        info = self.info
-        if flag:
-            info.response_flags.append(flag)
-        info.response_code_details = details
-        if self.response_started:
-            self.reset(details)
-            return
-        if not self.request_complete:
-            # The rest of the request body will not be read: the connection cannot be reused.
-            self.keep_alive = False
-        head = local_reply_head(status, body, extra)
-        self.encode_headers(head, end_stream=not body)
-        if body:
-            self.encode_data(body, end_stream=True)
-
-    def reset(self, details: str = "") -> None:
-        """Abort the stream: the downstream connection is closed (HTTP/1.1 has no stream reset)."""
-        if self.closed:
-            return
-        if details and not self.info.response_code_details:
-            self.info.response_code_details = details
-        self.hcm.stats.downstream_rq_tx_reset.value += 1
-        self.keep_alive = False
-        self.hcm.stream_done(self, reset=True)
-
-    def read_disable_downstream(self, disable: bool) -> None:
-        self.hcm.connection.read_disable(disable)
-
-    @property
-    def downstream_above_high_watermark(self) -> bool:
-        return self.hcm.connection.above_high_watermark
 
 
 class ConnectionManager(ConnectionCallbacks):
@@ -466,7 +344,7 @@ class ConnectionManager(ConnectionCallbacks):
                 headers.remove_many(names - _PROTECTED)
             headers.remove_many(ctx.request_headers_removed)
         if cfg.via:
-            _append_via(headers, ctx.via)
+            append_via(headers, ctx.via)
         if cfg.use_remote_address:
             if not cfg.skip_xff_append:
                 xff = headers.get(b"x-forwarded-for")
@@ -588,11 +466,6 @@ class ConnectionManager(ConnectionCallbacks):
 # whole second is very unlikely to be mid-request, while a busy one gets `connection: close`
 # on its next response instead (clean for the client).
 DRAIN_IDLE_GRACE = 1.0
-
-def _append_via(headers: Headers, via: bytes) -> None:
-    current = headers.get(b"via")
-    headers.set(b"via", current + b", " + via if current else via)
-
 
 _HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
                                  b"trailer", b"proxy-authenticate"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-__all__ = ["Headers", "RequestHead", "ResponseHead", "HOP_BY_HOP"]
+__all__ = ["Headers", "RequestHead", "ResponseHead", "HOP_BY_HOP", "append_via"]
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the ones Envoy strips by default.
 HOP_BY_HOP = frozenset({
@@ -180,3 +180,9 @@ class ResponseHead:
         if name == ":status":
             return str(self.status)
         return self.headers.get_str(name)
+
+
+def append_via(headers: Headers, via: bytes) -> None:
+    """Append our `via` entry (HCM `via`) after any the message already carries."""
+    current = headers.get(b"via")
+    headers.set(b"via", current + b", " + via if current else via)

@@ -62,6 +62,7 @@ class ConnectionManager(ConnectionCallbacks):
         self.requests = 0
         self.draining = False
         self.created = time.monotonic()
+        self.tx_reported = 0
         self.idle_timer = None
         st = self.stats
         st.downstream_cx_total.value += 1
@@ -225,7 +226,7 @@ class ConnectionManager(ConnectionCallbacks):
             st.downstream_cx_destroy_remote.value += 1
         else:
             st.downstream_cx_destroy_local.value += 1
-        st.downstream_cx_tx_bytes_total.value += self.connection.bytes_sent
+        st.downstream_cx_tx_bytes_total.value += max(0, self.connection.bytes_sent - self.tx_reported)
         st.downstream_cx_length_ms.record((time.monotonic() - self.created) * 1000.0)
         if self.idle_timer is not None:
             self.idle_timer.disable()
@@ -386,6 +387,10 @@ class ConnectionManager(ConnectionCallbacks):
 
     def _finish_stream(self, stream: ActiveStream) -> None:
         stream.closed = True
+        c = self.connection  # tx bytes counted per stream (written, incl. still queued)
+        sent = c.bytes_sent + c.buffered_bytes
+        self.stats.downstream_cx_tx_bytes_total.value += sent - self.tx_reported
+        self.tx_reported = sent
         if self.active is stream:
             self.active = None
         st = self.stats

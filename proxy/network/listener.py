@@ -63,7 +63,6 @@ class ActiveListener:
         wscope = scope.scope(f"worker_{worker.index}")
         self.w_cx_total = wscope.counter("downstream_cx_total")
         self.w_cx_active = wscope.gauge("downstream_cx_active")
-        self.server_total = worker.stats.counter("server.total_connections_accepted")
         self.accepting = False
 
     def start(self) -> None:
@@ -98,7 +97,6 @@ class ActiveListener:
             self.cx_active.value += 1
             self.w_cx_total.value += 1
             self.w_cx_active.value += 1
-            self.server_total.value += 1
             try:
                 conn = self.ctx.new_connection(sock, remote[:2], local[:2], worker.next_connection_id(),
                                                self.buffer_limit, self._on_closed)
@@ -109,7 +107,7 @@ class ActiveListener:
                 self._on_closed(None)
                 continue
             if not getattr(conn, "finished", False) and not _closed(conn):
-                worker.connections.add(conn)
+                worker.add_connection(conn)
 
     def _on_closed(self, conn) -> None:
         self.cx_active.value -= 1

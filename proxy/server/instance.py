@@ -114,6 +114,7 @@ class Server:
         if self._drain_started:
             return
         self._drain_started = True
+        self.main_store.gauge("server.state").set(1)  # Envoy: 0 LIVE, 1 DRAINING
         self.state = "DRAINING"
         log.info("draining %d worker(s) for at most %.0fs", len(self.workers), limit)
         remaining = [len(self.workers)]

@@ -42,7 +42,8 @@ class Worker:
         self._rng = random.Random()
         self._conn_seq = 0
         self._thread: threading.Thread | None = None
-        self._cx_gauge = store.gauge(f"server.{self.name}.connections")
+        # Envoy's server.total_connections: each worker's share, summed when stats merge.
+        self._cx_gauge = store.gauge("server.total_connections")
         self._on_idle: Callable[[], None] | None = None
         self._date_second = -1
         self._new_rid_prefix()
@@ -108,8 +109,12 @@ class Worker:
 
     def next_connection_id(self) -> int:
         self._conn_seq += 1
-        self._cx_gauge.value = len(self.connections) + 1
         return (self._conn_seq << 8) | self.index
+
+    def add_connection(self, conn) -> None:
+        """A downstream connection this worker now owns (until on_connection_closed)."""
+        self.connections.add(conn)
+        self._cx_gauge.value = len(self.connections)
 
     def on_connection_closed(self) -> None:
         self._cx_gauge.value = len(self.connections)

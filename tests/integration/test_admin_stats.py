@@ -143,3 +143,21 @@ def test_concurrency_two_spreads_connections_over_both_workers(upstream, proxy_f
     c = p.counters()
     assert c.get(key0, 0) > 0 and c.get(key1, 0) > 0, (c.get(key0), c.get(key1))
     assert c[key0] + c[key1] == conns
+
+
+def test_byte_and_connection_gauges_are_counted_while_connections_stay_open(upstream, proxy_factory):
+    import http.client
+    from .harness import front_proxy_config as _cfg, static_cluster as _sc
+    p = proxy_factory(_cfg([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                           [_sc("backend", upstream.port)]))
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/bytes/1000")
+            assert len(conn.getresponse().read()) == 1000
+        # The keep-alive connections are still open: the totals already include their bytes.
+        assert p.wait_for(lambda: p.counters()["http.ingress_http.downstream_cx_tx_bytes_total"] > 3000)
+        assert p.counters()["cluster.backend.upstream_cx_rx_bytes_total"] > 3000
+        assert p.gauges()["server.total_connections"] == 1
+    finally:
+        conn.close()

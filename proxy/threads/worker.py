@@ -3,8 +3,7 @@
 Main talks to a worker only through `post()` (Dispatcher.post): it hands over listen sockets,
 publishes cluster snapshots (the thread-local slot pattern: immutable value, swapped by
 reference on the worker's own thread between events) and asks it to drain or stop.
-Thread affinity: every method except `post`, `start`, `join` and the read-only
-`active_connections` runs on the worker thread.
+Thread affinity: every method except `post`, `start` and `join` runs on the worker thread.
 """
 
 from __future__ import annotations
@@ -60,10 +59,6 @@ class Worker:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
-
-    @property
-    def active_connections(self) -> int:
-        return self._cx_gauge.value
 
     def _run(self) -> None:
         try:

@@ -26,7 +26,7 @@ _RESET_REASON = {
 
 class UpstreamHttpConnection(ConnectionCallbacks):
     __slots__ = ("pool", "connection", "codec", "router", "state", "requests", "response_done",
-                 "tunnel", "holds_slot", "rx_reported", "tx_reported")
+                 "tunnel", "holds_slot", "rx_reported", "tx_reported", "idle_since")
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
                  buffer_limit: int, codec_impl: str, conn_id: int) -> None:
@@ -45,6 +45,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.tunnel = False
         self.holds_slot = False
         self.rx_reported = self.tx_reported = 0  # bytes already added to cluster stats
+        self.idle_since = 0.0  # when it last went back to the pool (cluster idle_timeout)
         self.connection.connect(address, connect_timeout)
 
     # -- used by the router ---------------------------------------------------------------------

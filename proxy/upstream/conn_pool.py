@@ -11,6 +11,7 @@ Thread affinity: one worker. Must not: block.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from ..http.codec_client import UpstreamHttpConnection
@@ -45,6 +46,7 @@ class HttpConnPool:
         self.pending: deque[PendingRequest] = deque()
         self.draining = False
         self.active_requests = 0
+        self.idle_timer = None
 
     # -- requests ------------------------------------------------------------------------------
     def new_stream(self, router) -> PendingRequest | None:
@@ -137,7 +139,26 @@ class HttpConnPool:
             self._pending_done()
             self._attach(conn, p.router)
             return
+        # `ready` is oldest-idle first: new_stream reuses the most recent (warmest) one from
+        # the end, and the idle check closes expired ones from the front.
+        conn.idle_since = time.monotonic()
         self.ready.append(conn)
+        timeout = self.cluster.config.idle_timeout
+        if timeout and (self.idle_timer is None or not self.idle_timer.enabled):
+            if self.idle_timer is None:
+                self.idle_timer = self.cluster.worker.dispatcher.create_timer(self._close_idle)
+            self.idle_timer.enable(timeout)
+
+    def _close_idle(self) -> None:
+        """Cluster idle_timeout (common_http_protocol_options.idle_timeout, default 1 h)."""
+        timeout = self.cluster.config.idle_timeout
+        now = time.monotonic()
+        while self.ready and now - self.ready[0].idle_since >= timeout:
+            conn = self.ready.pop(0)
+            self.cluster.stats.upstream_cx_idle_timeout.value += 1
+            conn.connection.close(flush=False)
+        if self.ready:
+            self.idle_timer.enable(self.ready[0].idle_since + timeout - now)
 
     def on_closed(self, conn: UpstreamHttpConnection, prev_state: str, reason: str) -> None:
         c = self.cluster
@@ -171,6 +192,8 @@ class HttpConnPool:
     def drain(self) -> None:
         """Close idle connections; busy ones close when released."""
         self.draining = True
+        if self.idle_timer is not None:
+            self.idle_timer.disable()
         for conn in list(self.ready):
             conn.connection.close(flush=False)
 

@@ -16,6 +16,7 @@ import os
 import platform
 import signal
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -142,6 +143,11 @@ class Server:
         log.info("ftproxy %s starting: python %s (%s), GIL %s, concurrency %d, config %s", __version__,
                  platform.python_version(), sys.implementation.name,
                  "enabled" if gil_enabled() else "disabled", opts.concurrency, opts.config_path or "-")
+        if sysconfig.get_config_var("Py_GIL_DISABLED") and gil_enabled():
+            # A free-threaded build running with the GIL: an extension module without
+            # Py_mod_gil support re-enabled it at import (DESIGN.md §2), or PYTHON_GIL=1.
+            log.warning("free-threaded CPython build, but the GIL is enabled: an imported extension "
+                        "re-enabled it (or PYTHON_GIL=1); workers will not run in parallel")
         st = self.main_store
         st.gauge("server.concurrency").set(opts.concurrency)
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)

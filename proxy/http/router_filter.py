@@ -18,7 +18,7 @@ import time
 from ..router.header_mutation import apply_mutations
 from .codec.events import ResponseHeaders
 from .headers import HOP_BY_HOP, Headers, ResponseHead
-from .local_reply import reset_body
+from .local_reply import local_reply_head, reset_body
 
 __all__ = ["RouterFilter"]
 
@@ -112,18 +112,18 @@ class RouterFilter:
         self.pool_handle = cluster.pool_for(host).new_stream(self)
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
-        head_items = [(b"content-length", b"%d" % len(body))]
-        if body:
-            head_items.append((b"content-type", b"text/plain"))
-        if extra:
-            head_items.extend(extra)
-        headers = Headers(head_items)
+        """A direct response or redirect: a local reply that the route's response header
+        mutations apply to (Envoy applies them; it does not to error replies)."""
+        stream = self.stream
+        head = local_reply_head(status, body, extra)
         if self.route.response_mutations:
-            apply_mutations(self.route.response_mutations, headers, self.stream.info)
-        self.stream.info.response_code_details = details
-        self.stream.encode_headers(ResponseHead(status, headers), end_stream=not body)
+            apply_mutations(self.route.response_mutations, head.headers, stream.info)
+        stream.info.response_code_details = details
+        if not stream.request_complete:
+            stream.keep_alive = False  # the unread rest of the request body ends the connection
+        stream.encode_headers(head, end_stream=not body)
         if body:
-            self.stream.encode_data(body, True)
+            stream.encode_data(body, True)
 
     def _prepare_upstream_head(self, action, end_stream: bool) -> None:
         stream = self.stream

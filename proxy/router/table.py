@@ -54,7 +54,7 @@ def _group(pairs: list[tuple[str, VirtualHost]]) -> _Wildcards:
 class RouteTable:
     """Immutable after `__init__`; safe to share between worker threads."""
 
-    __slots__ = ("config", "_exact", "_suffix", "_prefix", "_default", "_strip_port_first")
+    __slots__ = ("config", "_exact", "_suffix", "_prefix", "_default", "_strip_port_first", "_only_default")
 
     def __init__(self, config: RouteConfiguration) -> None:
         self.config = config
@@ -81,6 +81,9 @@ class RouteTable:
         self._prefix = _group(prefixes)
         self._default = default
         self._strip_port_first = config.ignore_port_in_host_matching or not any_port
+        # Only a "*" virtual host (the common front-proxy table): the Host header cannot change
+        # the outcome, so it is not even decoded.
+        self._only_default = not (exact or suffixes or prefixes)
 
     # -- virtual host --------------------------------------------------------------------
     def _find_named(self, host: str) -> VirtualHost | None:
@@ -115,7 +118,7 @@ class RouteTable:
     # -- route ---------------------------------------------------------------------------
     def route(self, req: Any) -> Route | None:
         """The route for `req` (a `RequestHead`), or None (Envoy answers 404 NR)."""
-        vh = self.virtual_host(req.host_str)
+        vh = self._default if self._only_default else self.virtual_host(req.host_str)
         if vh is None:
             return None
         if vh.tls_redirect_route is not None and request_scheme(req) != "https":

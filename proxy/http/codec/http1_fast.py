@@ -5,10 +5,20 @@ control bytes, whitespace before the colon, duplicate Content-Length, CL+TE and 
 chunk lines by itself; `framing.analyze` adds the rest of our policy once per message.
 Per header the Python work is one `lower()`, one `rstrip()`, one append and one set lookup.
 
+Speed notes (this is the proxy's hottest code): `on_url` / `on_status` are bound
+`list.append`s (no Python frame per call; httptools looks the callbacks up once, when the
+parser is built); the header lists are handed out per message and only replaced when a
+message actually used them; `analyze` has a fast path for the usual framing headers; and
+`llhttp`'s `should_upgrade()` is only asked when an Upgrade header or CONNECT makes it
+possible.
+
 httptools gaps we work around: no EOF call (close-delimited bodies are completed here), no
 way to skip a body (HEAD / CONNECT responses) and no error offset except on upgrade. The
 client therefore splits response heads itself (one `find` per head) and feeds llhttp the
-head alone; the server relies on llhttp's upgrade pause for its offset.
+head alone when the response may be bodyless or a tunnel (request HEAD/CONNECT, status
+1xx/204/304, or a start line it cannot read cheaply); the usual response (head and body in
+one buffer) goes to llhttp in one call. The server relies on llhttp's upgrade pause for its
+offset.
 
 Thread affinity: one codec per connection, used by the owning worker only. Must not: do
 I/O, keep module-level mutable state, or forward anything from a message that errored.
@@ -28,6 +38,7 @@ __all__ = ["FastServerCodec", "FastClientCodec"]
 
 _OPEN, _AWAIT_SWITCH, _TUNNEL, _CLOSED = range(4)   # server states
 _HEAD, _BODY = 0, 1                                  # client states (+ _TUNNEL, _CLOSED)
+_STATUS_END = (b" ", b"\r")                          # what may follow a 3-digit status code
 
 
 def _llhttp_error(exc: Exception, is_request: bool) -> CodecError:
@@ -45,17 +56,19 @@ def _llhttp_error(exc: Exception, is_request: bool) -> CodecError:
 class FastServerCodec(ResponseEncoding):
     """Downstream side: parses requests (pipelined), encodes responses."""
 
-    __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "_max_bytes",
+    __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "on_url", "_max_bytes",
                  "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len",
                  "_state", "_held", "_keep_alive", "_switch", "_unanswered", "_resp_chunked",
                  "_must_close")
 
     def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
-        self._parser = HttpRequestParser(self)
         self._events: list = []
+        # Invariant at each message begin: `_headers`, `_specials` and `_url` are empty.
         self._headers: list = []
         self._specials: list = []
-        self._url = b""
+        self._url: list[bytes] = []   # target pieces; llhttp's on_url is its C-level append
+        self.on_url = self._url.append
+        self._parser = HttpRequestParser(self)
         self._max_bytes = max_request_headers_kb * 1024
         self._max_count = max_headers_count
         self._in_head = self._in_msg = self._switch = False
@@ -81,7 +94,10 @@ class FastServerCodec(ResponseEncoding):
             return []
         events = self._events = []
         self._feed_len = len(data)
-        self._run(data)
+        try:
+            self._parser.feed_data(data)
+        except (HttpParserUpgrade, HttpParserError) as exc:
+            self._parse_stopped(exc, data)
         if self._in_head:  # a head is still incomplete: bound what we hold of it
             if self._head_bytes < 0:  # it began in this feed, after the last blank line
                 i = data.rfind(b"\r\n\r\n")
@@ -95,16 +111,21 @@ class FastServerCodec(ResponseEncoding):
     def _run(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade as exc:
+        except (HttpParserUpgrade, HttpParserError) as exc:
+            self._parse_stopped(exc, data)
+
+    def _parse_stopped(self, exc: Exception, data: bytes) -> None:
+        """llhttp stopped inside `data`: an upgrade/CONNECT pause, or an error."""
+        if isinstance(exc, HttpParserUpgrade):
             rest = data[exc.args[0]:]
             if self._state == _AWAIT_SWITCH:
                 self._held = rest
             elif rest and self._state == _OPEN:
                 self._run(rest)
-        except HttpParserError as exc:
-            if self._state == _CLOSED and not self._in_msg:
-                return  # bytes after a `Connection: close` request are ignored
-            raise _llhttp_error(exc, True) from None
+            return
+        if self._state == _CLOSED and not self._in_msg:
+            return  # bytes after a `Connection: close` request are ignored
+        raise _llhttp_error(exc, True) from None
 
     def _eof(self) -> list:
         if self._in_msg and self._state == _OPEN:
@@ -124,38 +145,41 @@ class FastServerCodec(ResponseEncoding):
         return []
 
     # --- llhttp callbacks ---
+    # (on_url is the slot set in __init__: `self._url.append`.)
     def on_message_begin(self) -> None:
-        self._headers = []
-        self._specials = []
-        self._url = b""
         self._in_head = self._in_msg = True
         self._head_bytes = -1
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        value = value.rstrip()
-        self._headers.append((name, value))
-        if name in SPECIAL:
-            self._specials.append((name, value))
+        pair = (name.lower(), value.rstrip())
+        self._headers.append(pair)
+        if pair[0] in SPECIAL:
+            self._specials.append(pair)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        version = VERSIONS.get(parser.get_http_version())
+        url_parts = self._url
+        url = url_parts[0] if len(url_parts) == 1 else b"".join(url_parts)
+        url_parts.clear()
+        v = parser.get_http_version()
+        version = b"1.1" if v == "1.1" else VERSIONS.get(v)
         if version is None:
             raise CodecError(400, "http1.codec_error", "unsupported HTTP version")
         method = parser.get_method()
         headers = self._headers
+        self._headers = []  # trailers, if any, land here
         # Raw bytes of this head <= this feed + what earlier feeds held; only if that bound
         # passes the limit is the exact header-map size worth computing.
-        if (self._feed_len + max(self._head_bytes, 0) > self._max_bytes
+        held = self._head_bytes
+        if (self._feed_len + (held if held > 0 else 0) > self._max_bytes
                 or len(headers) > self._max_count):
-            check_head_limits(method, self._url, headers, self._max_bytes, self._max_count, True)
-        cl, chunked, keep_alive, _, upgrade, expect = analyze(self._specials, version, True)
-        if parser.should_upgrade():
+            check_head_limits(method, url, headers, self._max_bytes, self._max_count, True)
+        specials = self._specials
+        cl, chunked, keep_alive, _, upgrade, expect = analyze(specials, version, True)
+        specials.clear()
+        # llhttp only flags an upgrade for CONNECT or when an Upgrade header was present.
+        if (upgrade is not None or method == b"CONNECT") and parser.should_upgrade():
             if cl or chunked:
                 raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
             if method == b"CONNECT":
@@ -164,16 +188,21 @@ class FastServerCodec(ResponseEncoding):
         else:
             upgrade = None
         self._keep_alive = keep_alive
-        self._events.append(RequestHeaders(method, self._url, version, headers, keep_alive,
+        self._events.append(RequestHeaders(method, url, version, headers, keep_alive,
                                            upgrade, expect, cl, chunked))
-        self._headers = []  # trailers, if any, land here
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
         self._in_msg = False
-        self._events.append(MessageComplete(self._headers or None))
+        trailers = self._headers
+        if trailers:  # rare: the next message needs fresh lists
+            self._headers = []
+            self._specials.clear()
+            self._events.append(MessageComplete(trailers))
+        else:  # the empty list is reused as the next message's header list
+            self._events.append(MessageComplete(None))
         self._unanswered += 1
         if self._switch:
             self._switch = False
@@ -197,19 +226,21 @@ class FastClientCodec(RequestEncoding):
     """Upstream side: encodes requests, parses their responses (one at a time)."""
 
     __slots__ = ("_parser", "_events", "_buf", "_methods", "_state", "_headers", "_specials",
-                 "_reason", "_max_bytes", "_max_count", "_head_len", "_feeding_head",
-                 "_informational", "_skip_complete", "_keep_alive", "_close_delimited",
-                 "_error", "_req_chunked")
+                 "_reason", "on_status", "_max_bytes", "_max_count", "_head_len",
+                 "_feeding_head", "_informational", "_skip_complete", "_keep_alive",
+                 "_close_delimited", "_error", "_req_chunked")
 
     def __init__(self, max_response_headers_kb: int = 60, max_headers_count: int = 100) -> None:
-        self._parser = HttpResponseParser(self)
         self._events: list = []
         self._buf = b""
         self._methods: list[bytes] = []
         self._state = _HEAD
+        # Invariant at each message begin: `_headers`, `_specials` and `_reason` are empty.
         self._headers: list = []
         self._specials: list = []
-        self._reason = b""
+        self._reason: list[bytes] = []  # reason pieces; llhttp's on_status is its append
+        self.on_status = self._reason.append
+        self._parser = HttpResponseParser(self)
         self._max_bytes = max_response_headers_kb * 1024
         self._max_count = max_headers_count
         self._head_len = 0
@@ -266,6 +297,16 @@ class FastClientCodec(RequestEncoding):
             return b""
         end += 4
         self._head_len = end
+        method = self._methods[0]
+        code = buf[9:12]
+        # One llhttp call for head and body when the response surely has an ordinary body
+        # (not 1xx/204/304, not to HEAD/CONNECT): llhttp reads the same bytes either way,
+        # and `on_message_begin` still refuses a second response inside the buffer.
+        if (code > b"199" and code != b"204" and code != b"304" and code.isdigit()
+                and method != b"HEAD" and method != b"CONNECT"
+                and buf[8:9] == b" " and buf[12:13] in _STATUS_END):
+            self._feed(buf, True)
+            return b""
         self._feed(buf[:end], True)
         return buf[end:]
 
@@ -301,33 +342,36 @@ class FastClientCodec(RequestEncoding):
                          "upstream closed connection before end of response")
 
     # --- llhttp callbacks ---
+    # (on_status is the slot set in __init__: `self._reason.append`.)
     def on_message_begin(self) -> None:
+        # Only the response whose head `_take_head` found may begin in one llhttp call.
         if not self._feeding_head:
             raise _Unsolicited()
-        self._headers = []
-        self._specials = []
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._feeding_head = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        value = value.rstrip()
-        self._headers.append((name, value))
-        if name in SPECIAL:
-            self._specials.append((name, value))
+        pair = (name.lower(), value.rstrip())
+        self._headers.append(pair)
+        if pair[0] in SPECIAL:
+            self._specials.append(pair)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        version = VERSIONS.get(parser.get_http_version())
+        reason_parts = self._reason
+        reason = reason_parts[0] if len(reason_parts) == 1 else b"".join(reason_parts)
+        reason_parts.clear()
+        headers = self._headers
+        self._headers = []  # trailers, if any, land here
+        specials = self._specials
+        v = parser.get_http_version()
+        version = b"1.1" if v == "1.1" else VERSIONS.get(v)
         if version is None:
             raise CodecError(502, "http1.codec_error", "unsupported HTTP version")
         status = parser.get_status_code()
-        headers = self._headers
         if self._head_len > self._max_bytes or len(headers) > self._max_count:
-            check_head_limits(b"", self._reason, headers, self._max_bytes, self._max_count, False)
-        cl, chunked, keep_alive, _, _, _ = analyze(self._specials, version, False)
+            check_head_limits(b"", reason, headers, self._max_bytes, self._max_count, False)
+        cl, chunked, keep_alive, _, _, _ = analyze(specials, version, False)
+        specials.clear()
         if status < 200 and status != 101:
             self._informational = True
             self._events.append(Informational(status, headers))
@@ -335,13 +379,13 @@ class FastClientCodec(RequestEncoding):
         method = self._methods[0]
         events = self._events
         if status == 101 or (method == b"CONNECT" and status < 300):
-            events.append(ResponseHeaders(status, self._reason, version, headers, keep_alive,
+            events.append(ResponseHeaders(status, reason, version, headers, keep_alive,
                                           cl, chunked))
             self._methods.pop(0)
             self._state = _TUNNEL
             return
         if method == b"HEAD" or status == 204 or status == 304:
-            events.append(ResponseHeaders(status, self._reason, version, headers, keep_alive,
+            events.append(ResponseHeaders(status, reason, version, headers, keep_alive,
                                           cl, chunked))
             self._skip_complete = True
             self._keep_alive = keep_alive
@@ -353,9 +397,8 @@ class FastClientCodec(RequestEncoding):
         else:
             self._close_delimited = False
         self._keep_alive = keep_alive
-        events.append(ResponseHeaders(status, self._reason, version, headers, keep_alive,
+        events.append(ResponseHeaders(status, reason, version, headers, keep_alive,
                                       cl, chunked))
-        self._headers = []
         self._state = _BODY
 
     def on_body(self, body: bytes) -> None:
@@ -365,7 +408,13 @@ class FastClientCodec(RequestEncoding):
         if self._informational:
             self._informational = False
         elif not self._skip_complete and self._state == _BODY:
-            self._complete(self._headers or None)
+            trailers = self._headers
+            if trailers:  # rare: the next response needs fresh lists
+                self._headers = []
+                self._specials.clear()
+                self._complete(trailers)
+            else:  # the empty list is reused as the next response's header list
+                self._complete(None)
 
     def _complete(self, trailers: list | None) -> None:
         self._events.append(MessageComplete(trailers))

@@ -1,6 +1,7 @@
 """HCM options through the running proxy: stream_idle_timeout, request_timeout, via,
 always_set_request_id_in_response, HTTP/1.0 handling, and refusal of options not built yet."""
 
+import select
 import socket
 import time
 
@@ -42,11 +43,11 @@ def test_stream_idle_timeout_answers_408_when_the_request_body_stalls(upstream, 
 
 def test_stream_idle_timeout_does_not_cut_a_request_that_keeps_moving(upstream, proxy_factory):
     p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
-                                         stream_idle_timeout="0.4s"))
+                                         stream_idle_timeout="1s"))
     s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
     try:
-        s.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
-        for byte in b"abcd":  # 4 x 0.2 s = 0.8 s in all, never 0.4 s idle
+        s.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        for byte in b"abcdefgh":  # 8 x 0.2 s = 1.6 s in all, never 1 s idle
             time.sleep(0.2)
             s.sendall(bytes([byte]))
         reply = s.recv(65536)
@@ -62,10 +63,17 @@ def test_request_timeout_answers_408_request_timeout(upstream, proxy_factory):
     s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
     try:
         s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-        for _ in range(3):  # keeps trickling: not idle, but the whole request takes too long
-            time.sleep(0.15)
-            s.sendall(b"x")
-        reply = s.recv(65536)
+        # Keep trickling (never idle) until the proxy answers: the whole request takes too long.
+        reply = b""
+        deadline = time.monotonic() + 5
+        while not reply and time.monotonic() < deadline:
+            if select.select([s], [], [], 0.1)[0]:
+                reply = s.recv(65536)
+                break
+            try:
+                s.sendall(b"x")
+            except OSError:  # the proxy answered and closed while we were sending
+                pass
     finally:
         s.close()
     assert reply.startswith(b"HTTP/1.1 408 ")

@@ -11,22 +11,15 @@ Exit status (docs/deploying.md): 0 success, 1 failure with one line on stderr, 2
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
 import click
 
 from .control import default_pid_file
+from .views import register_commands
 
 _LEVELS = ["trace", "debug", "info", "warning", "warn", "error", "critical", "off"]
-
-
-def _setup_logging(level: str) -> None:
-    lvl = {"trace": logging.DEBUG, "warn": logging.WARNING, "off": logging.CRITICAL + 10}.get(
-        level, getattr(logging, level.upper(), logging.INFO))
-    logging.basicConfig(level=lvl, format="[%(asctime)s][%(threadName)s][%(levelname)s] %(message)s",
-                        stream=sys.stderr)
 
 
 @click.group()
@@ -160,17 +153,15 @@ def validate(config_path: str, config_yaml: str | None) -> None:
 @click.option("-l", "--log-level", type=click.Choice(_LEVELS, case_sensitive=False), default="info")
 def demo(config_path: str | None, concurrency: int | None, log_level: str) -> None:
     """Run the front-proxy example with its demo upstreams (all on 127.0.0.1)."""
-    _setup_logging(log_level)
+    from proxy.server.main import setup_logging
+
+    setup_logging(log_level)
     from .demo import run_demo
 
     sys.exit(run_demo(config_path, concurrency, log_level))
 
 
-try:
-    from .views import register_commands
-    register_commands(main)
-except ImportError:
-    pass
+register_commands(main)  # top, stats, clusters, config-dump (cli/views.py)
 
 
 if __name__ == "__main__":

@@ -154,28 +154,17 @@ class H11ServerCodec(ResponseEncoding):
     def _body(self, events: list) -> bool:
         conn = self._conn
         data, self._buf = self._buf, b""
-        if self._scanner is not None and not self._scanner.done:
-            self._scanner.feed(data)
-        if data:  # receive_data(b"") would mean EOF to h11
-            conn.receive_data(data)
-        while True:
-            ev = _next(conn, True)
-            if ev is h11.NEED_DATA:
-                return False
-            if type(ev) is h11.Data:
-                events.append(Data(bytes(ev.data)))
-            elif type(ev) is h11.EndOfMessage:
-                trailers = [(bytes(n), bytes(v)) for n, v in ev.headers]
-                events.append(MessageComplete(trailers or None))
-                self._unanswered += 1
-                self._conn = self._scanner = None
-                if self._keep_alive:
-                    self._buf = bytes(conn.trailing_data[0])
-                    return True
-                self._state = _CLOSED
-                return False
-            else:
-                raise AssertionError(f"h11 server codec: unexpected {ev!r}")
+        trailers = _pump_body(conn, self._scanner, data, True, events)
+        if trailers is _NEED_DATA:
+            return False
+        events.append(MessageComplete(trailers))
+        self._unanswered += 1
+        self._conn = self._scanner = None
+        if self._keep_alive:
+            self._buf = bytes(conn.trailing_data[0])
+            return True
+        self._state = _CLOSED
+        return False
 
     def _switch_protocols(self) -> None:
         self._unanswered -= 1
@@ -185,6 +174,28 @@ class H11ServerCodec(ResponseEncoding):
         self._unanswered -= 1
         if self._state == _AWAIT_SWITCH and self._unanswered <= 0:
             self._state = _OPEN if self._keep_alive else _CLOSED
+
+
+_NEED_DATA = object()
+
+
+def _pump_body(conn: h11.Connection, scanner, data: bytes, is_request: bool, events: list):
+    """Feed body bytes to h11 (and our strict chunk-line scanner); append Data events.
+    Returns the trailers (or None) at the end of the message, else _NEED_DATA."""
+    if scanner is not None and not scanner.done:
+        scanner.feed(data)
+    if data:  # receive_data(b"") would mean EOF to h11
+        conn.receive_data(data)
+    while True:
+        ev = _next(conn, is_request)
+        if ev is h11.NEED_DATA:
+            return _NEED_DATA
+        if type(ev) is h11.Data:
+            events.append(Data(bytes(ev.data)))
+        elif type(ev) is h11.EndOfMessage:
+            return [(bytes(n), bytes(v)) for n, v in ev.headers] or None
+        else:
+            raise AssertionError(f"h11 codec: unexpected {ev!r}")
 
 
 class H11ClientCodec(RequestEncoding):
@@ -304,23 +315,12 @@ class H11ClientCodec(RequestEncoding):
     def _body(self, events: list) -> bool:
         conn = self._conn
         data, self._buf = self._buf, b""
-        if self._scanner is not None and not self._scanner.done:
-            self._scanner.feed(data)
-        if data:  # receive_data(b"") would mean EOF to h11
-            conn.receive_data(data)
-        while True:
-            ev = _next(conn, False)
-            if ev is h11.NEED_DATA:
-                return False
-            if type(ev) is h11.Data:
-                events.append(Data(bytes(ev.data)))
-            elif type(ev) is h11.EndOfMessage:
-                self._buf = bytes(conn.trailing_data[0])
-                trailers = [(bytes(n), bytes(v)) for n, v in ev.headers]
-                self._complete(events, trailers or None)
-                return True
-            else:
-                raise AssertionError(f"h11 client codec: unexpected {ev!r}")
+        trailers = _pump_body(conn, self._scanner, data, False, events)
+        if trailers is _NEED_DATA:
+            return False
+        self._buf = bytes(conn.trailing_data[0])
+        self._complete(events, trailers)
+        return True
 
     def _complete(self, events: list, trailers: list | None) -> None:
         events.append(MessageComplete(trailers))

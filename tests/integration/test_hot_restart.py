@@ -103,3 +103,56 @@ def test_parent_keeps_serving_and_gets_its_admin_back_when_child_fails():
     finally:
         parent.request_shutdown()
         pt.join(10)
+
+
+def two_listener_config(ports: dict[str, int], admin_port: int) -> dict:
+    cfg = config(0, admin_port, "x")
+    template = cfg["static_resources"]["listeners"][0]
+    listeners = []
+    for name, port in ports.items():
+        hcm = dict(template["filter_chains"][0]["filters"][0]["typed_config"])
+        hcm["route_config"] = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": name}}}]}]}
+        listeners.append({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                          "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                          "typed_config": hcm}]}]})
+    cfg["static_resources"]["listeners"] = listeners
+    return cfg
+
+
+def start_with_path(cfg: dict, epoch: int, path: str) -> tuple[Server, threading.Thread]:
+    b = parse_bootstrap(yaml.safe_load(yaml.safe_dump(cfg)))
+    s = Server(b, ServerOptions("<test>", 1, drain_time_s=1.0, hot_restart_epoch=epoch,
+                                hot_restart_socket_path=path, parent_shutdown_time_s=3.0))
+    t = threading.Thread(target=s.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    assert s.wait_ready(10)
+    return s, t
+
+
+def test_filesystem_socket_path_new_listener_bound_fresh_and_removed_one_closed(tmp_path):
+    a, b, c, admin = free_port(), free_port(), free_port(), free_port()
+    path = str(tmp_path / "hr")
+    parent, pt = start_with_path(two_listener_config({"a": a, "b": b}, admin), 0, path)
+    try:
+        assert os.path.exists(path + ".0")  # the parent listens on a filesystem socket
+        assert get(a) == "a" and get(b) == "b"
+        child, ct = start_with_path(two_listener_config({"a": a, "c": c}, admin), 1, path)
+        try:
+            pt.join(10)
+            assert not pt.is_alive()
+            assert not os.path.exists(path + ".0")  # removed with the parent
+            assert get(a) == "a"       # inherited listen socket
+            assert get(c) == "c"       # new in the child: bound fresh
+            try:                        # gone from the child's config: closed with the parent
+                get(b)
+                refused = False
+            except OSError:
+                refused = True
+            assert refused
+        finally:
+            child.request_shutdown()
+            ct.join(10)
+    finally:
+        parent.request_shutdown()
+        pt.join(10)

@@ -262,6 +262,10 @@ def _server_info(ctx: AdminContext, params: Params) -> AdminResponse:
     return _json(ctx.server_info())
 
 
+def _hot_restart_version(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _text(200, f"{ctx.server_info().get('hot_restart_version', '')}\n")
+
+
 def _ready(ctx: AdminContext, params: Params) -> AdminResponse:
     state = ctx.state()
     return _text(200 if state == "LIVE" else 503, f"{state}\n")
@@ -292,6 +296,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/healthcheck/fail", "cause the server to fail health checks", _healthcheck_fail, mutates=True),
     Endpoint("/healthcheck/ok", "cause the server to pass health checks", _healthcheck_ok, mutates=True),
     Endpoint("/help", "print out list of admin commands", _help),
+    Endpoint("/hot_restart_version", "print the hot restart compatibility version", _hot_restart_version),
     Endpoint("/listeners", "print listener info", _listeners),
     Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),

@@ -63,15 +63,16 @@ class HotRestartParent:
             if reply.action == "shutdown_admin":
                 # Before answering: the child binds the admin port as soon as it reads the reply.
                 self.server.stop_admin()
+            elif reply.action == "drain":
+                # Before answering too: once the child reads it, we no longer accept.
+                self.drain_requested = True
+                self.server.start_parent_drain()
             try:
                 channel.send(sock, reply.message, reply.fds)
             except OSError as e:
                 log.warning("hot restart: reply failed: %s", e)
                 self._child_gone()
                 return
-            if reply.action == "drain":
-                self.drain_requested = True
-                self.server.start_parent_drain()
 
     def _child_gone(self) -> None:
         sock, self.child = self.child, None

@@ -291,6 +291,14 @@ class Server:
         when idle or at parent_shutdown_time."""
         opts = self.options
         self._begin_drain(close_idle=False, limit=opts.parent_shutdown_time_s)
+        # Return only once every worker has stopped accepting (each ran start_drain, posted
+        # before this marker): the child reports "ready" after our answer, and from then on
+        # only it accepts, so a reload's new config is in force when `proxyctl reload` returns.
+        stopped = [threading.Event() for _ in self.workers]
+        for w, ev in zip(self.workers, stopped):
+            w.post(ev.set)
+        for ev in stopped:
+            ev.wait(5.0)
 
     def _build_filter_factories(self) -> dict[str, object]:
         out: dict[str, object] = {}

@@ -89,6 +89,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """Bytes up to and including the first newline (or all until EOF): one control message."""
+    buf = bytearray()
+    while b"\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
 def request(pid_file: str, msg: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """Send one request to the supervisor of `pid_file`; raise NotRunning if none answers."""
     path = control_socket_path(pid_file)
@@ -105,12 +116,7 @@ def request(pid_file: str, msg: dict[str, Any], timeout: float = 60.0) -> dict[s
             raise NotRunning(f"no ftproxy supervisor is running (control socket {path}: "
                              f"{e.strerror})") from None
         s.sendall(json.dumps(msg).encode() + b"\n")
-        buf = bytearray()
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = read_line(s)
     except TimeoutError:
         raise NotRunning(f"the supervisor at {path} did not answer within {timeout:.0f}s") from None
     finally:

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .control import bind_unix, connect_unix, control_socket_path, pid_alive, read_pid
+from .control import bind_unix, connect_unix, control_socket_path, pid_alive, read_line, read_pid
 
 __all__ = ["EpochOptions", "Epoch", "Supervisor", "StartError", "STATUS_TIMEOUT_S", "run_foreground",
            "run_daemon"]
@@ -322,12 +322,9 @@ class Supervisor:
             conn.setblocking(True)
             conn.settimeout(CLIENT_TIMEOUT_S)
             try:
-                buf = bytearray()
-                while b"\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
+                buf = read_line(conn)
+                if b"\n" not in buf:
+                    return  # the client went away before a whole request
                 req = json.loads(buf.split(b"\n", 1)[0])
                 reply = self._dispatch(req if isinstance(req, dict) else {})
                 conn.sendall(json.dumps(reply).encode() + b"\n")

@@ -129,7 +129,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.pool.on_closed(self, prev, reason)
         if router is not None:
             reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
-            router.on_upstream_reset(reset_reason, flag)
+            router.on_upstream_reset(reset_reason, flag, reused=self.requests > 1)
 
     def on_above_write_watermark(self) -> None:
         if self.router is not None:

@@ -23,13 +23,14 @@ from .local_reply import local_reply_head, reset_body
 __all__ = ["RouterFilter"]
 
 _RESPONSE_HOP_BY_HOP = HOP_BY_HOP
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class RouterFilter:
     __slots__ = ("stream", "ctx", "route", "cluster", "host", "pool_handle", "upstream",
                  "buffered", "buffered_bytes", "request_ended", "trailers", "timeout_timer",
                  "upstream_start", "response_started", "done", "holds_request_slot",
-                 "downstream_paused", "upstream_paused", "chunked", "upstream_head")
+                 "downstream_paused", "upstream_paused", "chunked", "retried")
 
     def __init__(self, stream, ctx) -> None:
         self.stream = stream
@@ -51,7 +52,7 @@ class RouterFilter:
         self.downstream_paused = False
         self.upstream_paused = False
         self.chunked = False
-        self.upstream_head = None
+        self.retried = False
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, end_stream: bool) -> None:
@@ -263,12 +264,15 @@ class RouterFilter:
         self._finish_upstream(reusable=self.request_ended)
         self.stream.encode_end(trailers)
 
-    def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503) -> None:
+    def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503,
+                          reused: bool = False) -> None:
         """The upstream connection failed mid-request (closed, or sent a bad response)."""
         if self.done:
             return
         self.upstream = None
         self.cluster.stats.upstream_rq_rx_reset.value += 1
+        if reused and self._retry_on_fresh_connection():
+            return
         self._release_request_slot()
         stream = self.stream
         if stream.upgraded:
@@ -283,6 +287,22 @@ class RouterFilter:
             return
         stream.send_local_reply(status, reset_body(reason), flag,
                                 "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
+
+    def _retry_on_fresh_connection(self) -> bool:
+        """A pooled keep-alive connection can be closed by the upstream just as we reuse it
+        (its FIN crossing our request). For an idempotent request without a body, before any
+        response byte, retry once on a new connection rather than answer 503 UC. Envoy answers
+        503 unless a retry_policy says otherwise; nginx's proxy_next_upstream retries."""
+        stream = self.stream
+        head = stream.head
+        if (self.retried or self.response_started or not self.request_ended or self.chunked
+                or stream.upgrade is not None or head.method not in _IDEMPOTENT
+                or head.headers.get(b"content-length") not in (None, b"0")):
+            return False
+        self.retried = True
+        self.cluster.stats.upstream_rq_retry.value += 1
+        self.pool_handle = self.cluster.pool_for(self.host).new_stream(self, fresh=True)
+        return True
 
     def on_upstream_watermark(self, above: bool) -> None:
         """Upstream write buffer crossed a watermark: pause/resume reading the downstream."""

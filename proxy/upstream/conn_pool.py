@@ -49,11 +49,12 @@ class HttpConnPool:
         self.idle_timer = None
 
     # -- requests ------------------------------------------------------------------------------
-    def new_stream(self, router) -> PendingRequest | None:
-        """Attach `router` to a connection now (returns None) or queue it (returns a handle)."""
+    def new_stream(self, router, fresh: bool = False) -> PendingRequest | None:
+        """Attach `router` to a connection now (returns None) or queue it (returns a handle).
+        `fresh`: do not reuse an idle connection (a retry after a reused one failed)."""
         self.active_requests += 1
         ready = self.ready
-        while ready:
+        while ready and not fresh:
             conn = ready.pop()
             if conn.connection.closed:
                 continue
@@ -169,7 +170,9 @@ class HttpConnPool:
             conn.holds_slot = False
             c.limits.release_connection()
         self.connecting.discard(conn)
-        self.busy.discard(conn)
+        if conn in self.busy:
+            self.busy.discard(conn)
+            self.active_requests -= 1  # its request ended with the connection (no release)
         if conn in self.ready:
             self.ready.remove(conn)
         if prev_state == "CONNECTING":

@@ -20,3 +20,84 @@ def test_idle_upstream_connection_is_closed_after_cluster_idle_timeout(upstream,
     # The next request opens a fresh connection and succeeds.
     assert echo(p.port, "/two")["path"] == "/two"
     assert p.counters()["cluster.backend.upstream_cx_total"] == 2
+
+
+class ClosesSecondRequest:
+    """A real upstream whose first connection answers one request, then reads the next one
+    and closes without answering (an idle keep-alive connection the upstream just timed out);
+    every later connection answers normally."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _read_request(self, conn):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        self.requests.append(buf.split(b"\r\n", 1)[0])
+        return buf
+
+    def _serve(self) -> None:
+        import threading
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn, self.connections == 1), daemon=True).start()
+
+    def _answer(self, conn, first: bool) -> None:
+        with conn:
+            served = 0
+            while self._read_request(conn) is not None:
+                if first and served == 1:
+                    return  # close instead of answering the second request
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                served += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _one_backend(port):
+    return front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                              [static_cluster("backend", port)])
+
+
+def test_get_on_a_reused_connection_the_upstream_closed_is_retried_once(proxy_factory):
+    from .clients import request
+    up = ClosesSecondRequest()
+    try:
+        p = proxy_factory(_one_backend(up.port))
+        assert request(p.port, "/first").status == 200
+        r = request(p.port, "/second")  # sent on the pooled connection, which the upstream drops
+        assert r.status == 200 and r.body == b"ok"
+        assert up.connections == 2
+        assert p.counters()["cluster.backend.upstream_rq_retry"] == 1
+    finally:
+        up.close()
+
+
+def test_post_with_a_body_is_not_retried(proxy_factory):
+    from .clients import request
+    up = ClosesSecondRequest()
+    try:
+        p = proxy_factory(_one_backend(up.port))
+        assert request(p.port, "/first").status == 200
+        r = request(p.port, "/second", method="POST", body=b"payload")
+        assert r.status == 503
+        assert r.body.startswith(b"upstream connect error or disconnect/reset before headers. "
+                                 b"reset reason: connection termination")
+        assert p.counters().get("cluster.backend.upstream_rq_retry", 0) == 0
+    finally:
+        up.close()

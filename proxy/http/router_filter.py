@@ -249,6 +249,7 @@ class RouterFilter:
             apply_mutations(self.route.response_mutations, headers, info)
         cstats = self.cluster.stats
         cstats.record_response(ev.status, (now - self.upstream_start) * 1000.0)
+        self.upstream.pool.record_status(ev.status)
         # The end of the response always arrives as the codec's MessageComplete.
         stream.encode_headers(ResponseHead(ev.status, headers, ev.reason), end_stream=False)
 
@@ -321,6 +322,7 @@ class RouterFilter:
         cluster's upstream_rq_<code> stats too."""
         start = self.upstream_start or self.stream.info.start_monotonic
         self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0)
+        self.cluster.pool_for(self.host).record_status(status)
 
     # -- teardown -----------------------------------------------------------------------------------
     def _finish_upstream(self, reusable: bool) -> None:

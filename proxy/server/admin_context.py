@@ -28,7 +28,6 @@ class ServerAdminContext:
         cm = self.server.cluster_manager
         if cm is None:
             return []
-        counters = self.server.stats.snapshot()
         out = []
         for name, snap in sorted(cm.snapshots().items()):
             t = snap.config.circuit_breakers
@@ -36,7 +35,7 @@ class ServerAdminContext:
             for h in snap.hosts:
                 hosts.append({"address": h.address, "port": h.port, "weight": h.weight,
                               "hostname": h.hostname, "health_flags": "healthy",
-                              "stats": self._host_stats(counters, name)})
+                              "stats": self._host_stats(name, h)})
             out.append({"name": name, "hosts": hosts,
                         "circuit_breakers": {"thresholds": [{
                             "priority": "DEFAULT", "max_connections": t.max_connections,
@@ -44,16 +43,25 @@ class ServerAdminContext:
                             "max_requests": t.max_requests, "max_retries": t.max_retries}]}})
         return out
 
-    @staticmethod
-    def _host_stats(snapshot, cluster: str) -> dict:
-        # Per-host stats are not tracked separately yet; report the cluster's totals.
-        c = snapshot.counters
-        g = snapshot.gauges
-        p = f"cluster.{cluster}."
-        return {"cx_active": g.get(p + "upstream_cx_active", 0), "cx_total": c.get(p + "upstream_cx_total", 0),
-                "cx_connect_fail": c.get(p + "upstream_cx_connect_fail", 0),
-                "rq_total": c.get(p + "upstream_rq_total", 0), "rq_active": g.get(p + "upstream_rq_active", 0),
-                "rq_error": c.get(p + "upstream_rq_5xx", 0), "rq_success": c.get(p + "upstream_rq_2xx", 0)}
+    def _host_stats(self, cluster: str, host) -> dict:
+        """Envoy's per-host stats, summed over the workers' pools for this host. Read from the
+        admin thread: each value is a single int attribute read; `dict.get` and `list()` on the
+        workers' tables are safe against concurrent inserts (per-object locks on 3.14t)."""
+        out = dict.fromkeys(("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_active",
+                             "rq_success", "rq_error"), 0)
+        for w in list(self.server.workers):
+            wc = w.clusters.get(cluster)
+            pool = wc.pools.get(host.key) if wc is not None else None
+            if pool is None:
+                continue
+            out["cx_total"] += pool.cx_total
+            out["cx_active"] += pool.cx_active
+            out["cx_connect_fail"] += pool.cx_connect_fail
+            out["rq_total"] += pool.rq_total
+            out["rq_active"] += pool.active_requests
+            out["rq_success"] += pool.rq_success
+            out["rq_error"] += pool.rq_error
+        return out
 
     def config_dump(self) -> dict:
         b = self.server.bootstrap

@@ -47,12 +47,16 @@ class HttpConnPool:
         self.draining = False
         self.active_requests = 0
         self.idle_timer = None
+        # Per-host stats for /clusters (Envoy's host stats): written by this worker only,
+        # read (summed over workers) by the admin thread as plain int attributes.
+        self.rq_total = self.rq_success = self.rq_error = self.cx_total = self.cx_connect_fail = 0
 
     # -- requests ------------------------------------------------------------------------------
     def new_stream(self, router, fresh: bool = False) -> PendingRequest | None:
         """Attach `router` to a connection now (returns None) or queue it (returns a handle).
         `fresh`: do not reuse an idle connection (a retry after a reused one failed)."""
         self.active_requests += 1
+        self.rq_total += 1
         ready = self.ready
         while ready and not fresh:
             conn = ready.pop()
@@ -99,6 +103,7 @@ class HttpConnPool:
 
     def _open(self, holds_slot: bool) -> None:
         c = self.cluster
+        self.cx_total += 1
         c.stats.upstream_cx_total.value += 1
         c.stats.upstream_cx_active.value += 1
         conn = UpstreamHttpConnection(self, c.worker.dispatcher, self.address, c.config.connect_timeout,
@@ -179,6 +184,7 @@ class HttpConnPool:
             if reason == CloseReason.CONNECT_TIMEOUT:
                 c.stats.upstream_cx_connect_timeout.value += 1
             c.stats.upstream_cx_connect_fail.value += 1
+            self.cx_connect_fail += 1
             text = "connection timeout" if reason == CloseReason.CONNECT_TIMEOUT else "connection failure"
             # Fail pending requests that no remaining connection attempt will serve.
             while self.pending and len(self.pending) > len(self.connecting):
@@ -199,6 +205,16 @@ class HttpConnPool:
             self.idle_timer.disable()
         for conn in list(self.ready):
             conn.connection.close(flush=False)
+
+    def record_status(self, status: int) -> None:
+        if status >= 500:
+            self.rq_error += 1
+        else:
+            self.rq_success += 1
+
+    @property
+    def cx_active(self) -> int:
+        return len(self.busy) + len(self.ready)
 
     @property
     def idle(self) -> bool:

@@ -101,3 +101,24 @@ def test_post_with_a_body_is_not_retried(proxy_factory):
         assert p.counters().get("cluster.backend.upstream_rq_retry", 0) == 0
     finally:
         up.close()
+
+
+def test_clusters_endpoint_reports_each_hosts_own_stats(upstream, upstream2, proxy_factory):
+    import json
+    from .clients import request
+    cluster = static_cluster("backend", upstream.port, upstream2.port)
+    p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                                         [cluster]))
+    for _ in range(4):
+        assert request(p.port, "/").status == 200
+    assert request(p.port, "/status/503").status == 503  # one error on whichever host is next
+    status, body = p.admin("/clusters?format=json")
+    assert status == 200
+    hosts = json.loads(body)["cluster_statuses"][0]["host_statuses"]
+    by_port = {h["address"]["socket_address"]["port_value"]: {s["name"]: int(s.get("value", 0))
+                                                              for s in h["stats"]} for h in hosts}
+    assert set(by_port) == {upstream.port, upstream2.port}
+    totals = [by_port[port]["rq_total"] for port in (upstream.port, upstream2.port)]
+    assert sorted(totals) == [2, 3]  # round robin over two hosts, five requests
+    assert sum(by_port[port]["rq_error"] for port in by_port) == 1
+    assert sum(by_port[port]["rq_success"] for port in by_port) == 4

@@ -374,14 +374,19 @@ class ResponseEncoding:
 
 
 class RequestEncoding:
-    """Mixin for client codecs: request heads and bodies. Needs slot `_req_chunked` and the
-    hook `_request_sent(method)` (the parser must know HEAD/CONNECT)."""
+    """Mixin for client codecs: request heads and bodies. Needs slots `_req_chunked`,
+    `_error` (a CodecError that poisoned the connection, or None) and `_methods` (the methods
+    of requests awaiting their response: the parser must know HEAD/CONNECT)."""
 
     __slots__ = ()
     _req_chunked: bool
+    _error: CodecError | None
+    _methods: list[bytes]
 
     def _request_sent(self, method: bytes) -> None:
-        raise NotImplementedError
+        if self._error is not None:
+            raise self._error
+        self._methods.append(method)
 
     def encode_request_head(self, method: bytes, target: bytes,
                             headers: list[tuple[bytes, bytes]], *, chunked: bool) -> bytes:

@@ -53,6 +53,15 @@ def _llhttp_error(exc: Exception, is_request: bool) -> CodecError:
     return reject(is_request, 400, "http1.codec_error", msg)
 
 
+
+def _collect_header(self, name: bytes, value: bytes) -> None:
+    """llhttp callback shared by both codecs: keep the header, and the framing-relevant ones
+    apart for `analyze` (one tuple, lower-cased name, value without trailing whitespace)."""
+    pair = (name.lower(), value.rstrip())
+    self._headers.append(pair)
+    if pair[0] in SPECIAL:
+        self._specials.append(pair)
+
 class FastServerCodec(ResponseEncoding):
     """Downstream side: parses requests (pipelined), encodes responses."""
 
@@ -150,11 +159,7 @@ class FastServerCodec(ResponseEncoding):
         self._in_head = self._in_msg = True
         self._head_bytes = -1
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        pair = (name.lower(), value.rstrip())
-        self._headers.append(pair)
-        if pair[0] in SPECIAL:
-            self._specials.append(pair)
+    on_header = _collect_header
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -250,11 +255,6 @@ class FastClientCodec(RequestEncoding):
         self._error: CodecError | None = None
         self._req_chunked = False
 
-    def _request_sent(self, method: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._methods.append(method)
-
     # --- input ---
     def feed(self, data: bytes) -> list:
         if self._error is not None:
@@ -349,11 +349,7 @@ class FastClientCodec(RequestEncoding):
             raise _Unsolicited()
         self._feeding_head = False
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        pair = (name.lower(), value.rstrip())
-        self._headers.append(pair)
-        if pair[0] in SPECIAL:
-            self._specials.append(pair)
+    on_header = _collect_header
 
     def on_headers_complete(self) -> None:
         parser = self._parser

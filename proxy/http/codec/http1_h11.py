@@ -215,11 +215,6 @@ class H11ClientCodec(RequestEncoding):
         self._max_count = max_headers_count
         self._req_chunked = False
 
-    def _request_sent(self, method: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._methods.append(method)
-
     def _fail(self, message: str) -> None:
         self._error = CodecError(502, "http1.codec_error", message)
         self._state = _CLOSED

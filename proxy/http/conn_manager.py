@@ -214,7 +214,7 @@ class ConnectionManager(ConnectionCallbacks):
             return
         if stream is not None and not stream.closed:
             self.stats.downstream_rq_rx_reset.value += 1
-            stream.info.response_flags.append("DC")
+            stream.info.set_response_flag("DC")
         self.connection.close(flush=True)
 
     def on_close(self, reason: str) -> None:
@@ -232,8 +232,8 @@ class ConnectionManager(ConnectionCallbacks):
             self.idle_timer.disable()
         stream = self.active
         if stream is not None and not stream.closed:
-            if not stream.response_complete and "DC" not in stream.info.response_flags:
-                stream.info.response_flags.append("DC")
+            if not stream.response_complete and not stream.info.has_response_flag("DC"):
+                stream.info.set_response_flag("DC")
                 self.stats.downstream_rq_rx_reset.value += 1
             self._finish_stream(stream)
         self.pending.clear()

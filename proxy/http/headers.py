@@ -135,10 +135,6 @@ class RequestHead:
             s = self._host_str = self.authority.decode("latin-1").lower()
         return s
 
-    @property
-    def method_str(self) -> str:
-        return self.method.decode("latin-1")
-
     def set_path(self, path: bytes) -> None:
         self.path = path
         self._path_str = None

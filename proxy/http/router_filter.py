@@ -30,7 +30,7 @@ class RouterFilter:
     __slots__ = ("stream", "ctx", "route", "cluster", "host", "pool_handle", "upstream",
                  "buffered", "buffered_bytes", "request_ended", "trailers", "timeout_timer",
                  "upstream_start", "response_started", "done", "holds_request_slot",
-                 "downstream_paused", "upstream_paused", "chunked", "retried")
+                 "downstream_paused", "upstream_paused", "chunked", "retried", "holds_retry_slot")
 
     def __init__(self, stream, ctx) -> None:
         self.stream = stream
@@ -53,6 +53,7 @@ class RouterFilter:
         self.upstream_paused = False
         self.chunked = False
         self.retried = False
+        self.holds_retry_slot = False
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, end_stream: bool) -> None:
@@ -283,7 +284,7 @@ class RouterFilter:
         if not self.response_started:
             self._charge_local(status)
         if self.response_started:
-            stream.info.response_flags.append(flag)
+            stream.info.set_response_flag(flag)
             stream.reset("upstream_reset_after_response_started{%s}" % reason.replace(" ", "_"))
             return
         stream.send_local_reply(status, reset_body(reason), flag,
@@ -300,7 +301,12 @@ class RouterFilter:
                 or stream.upgrade is not None or head.method not in _IDEMPOTENT
                 or head.headers.get(b"content-length") not in (None, b"0")):
             return False
+        if not self.cluster.limits.try_acquire_retry():
+            # Envoy's circuit_breakers max_retries bounds concurrent retries cluster-wide.
+            self.cluster.stats.upstream_rq_retry_overflow.value += 1
+            return False
         self.retried = True
+        self.holds_retry_slot = True
         self.cluster.stats.upstream_rq_retry.value += 1
         self.pool_handle = self.cluster.pool_for(self.host).new_stream(self, fresh=True)
         return True
@@ -349,6 +355,9 @@ class RouterFilter:
         self._release_request_slot()
 
     def _release_request_slot(self) -> None:
+        if self.holds_retry_slot:
+            self.holds_retry_slot = False
+            self.cluster.limits.release_retry()
         if self.holds_request_slot:
             self.holds_request_slot = False
             self.cluster.limits.release_request()

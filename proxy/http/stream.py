@@ -116,7 +116,7 @@ class ActiveStream:
         """Envoy-style local reply (text/plain body), unless the response already started."""
         info = self.info
         if flag:
-            info.response_flags.append(flag)
+            info.set_response_flag(flag)
         info.response_code_details = details
         if self.response_started:
             self.reset(details)

@@ -136,7 +136,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         cluster = ctx.worker.cluster(name) if name else None
         if cluster is None:
             ctx.downstream_cx_no_route.value += 1
-            self.info.response_flags.append("NR")
+            self.info.set_response_flag("NR")
             self.downstream.close(flush=False)
             return
         self.cluster = cluster
@@ -144,12 +144,12 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         host = cluster.choose_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
-            self.info.response_flags.append("UH")
+            self.info.set_response_flag("UH")
             self.downstream.close(flush=False)
             return
         if not cluster.limits.try_acquire_connection():
             cluster.stats.upstream_cx_overflow.value += 1
-            self.info.response_flags.append("UO")
+            self.info.set_response_flag("UO")
             self.downstream.close(flush=False)
             return
         self.holds_slot = True
@@ -298,7 +298,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
             stats.upstream_cx_connect_fail.value += 1
             if reason == CloseReason.CONNECT_TIMEOUT:
                 stats.upstream_cx_connect_timeout.value += 1
-            self.info.response_flags.append("UF")
+            self.info.set_response_flag("UF")
             self.downstream.close(flush=False)
             return
         self.downstream.close(flush=True)

@@ -107,10 +107,6 @@ class ValueFormat:
     source: str
     parts: tuple[str | Callable[[Any], str], ...]
 
-    @property
-    def is_literal(self) -> bool:
-        return all(isinstance(p, str) for p in self.parts)
-
     def format(self, info: Any = None) -> str:
         return "".join(p if isinstance(p, str) else p(info) for p in self.parts)
 

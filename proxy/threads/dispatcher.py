@@ -25,7 +25,6 @@ import heapq
 import logging
 import os
 import select
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -95,7 +94,6 @@ class Dispatcher:
         self.register(self._wake_fd, READ, self._on_wake)
         self._deferred: list[Callable[[], None]] = []
         self._flushes: list = []  # connections with writes queued this iteration
-        self._thread_id: int | None = None
         self._running = False
         self._exit_requested = False
         self.unhandled_exceptions = 0
@@ -114,10 +112,6 @@ class Dispatcher:
         """Ask the loop to return from run() after the current iteration. Safe from any thread."""
         self._exit_requested = True
         self.post(lambda: None)
-
-    def is_thread_safe(self) -> bool:
-        """True when called on the owner thread (where touching its objects is allowed)."""
-        return self._thread_id is None or self._thread_id == threading.get_ident()
 
     # -- owner thread only -----------------------------------------------------------------
     def register(self, fd, events: int, callback: Callable[[int], None]) -> None:
@@ -192,7 +186,6 @@ class Dispatcher:
 
     def run(self) -> None:
         """Run the loop on the calling thread until exit() is called."""
-        self._thread_id = threading.get_ident()
         self._running = True
         poll = self._epoll.poll
         callbacks = self._callbacks

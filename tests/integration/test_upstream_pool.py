@@ -122,3 +122,19 @@ def test_clusters_endpoint_reports_each_hosts_own_stats(upstream, upstream2, pro
     assert sorted(totals) == [2, 3]  # round robin over two hosts, five requests
     assert sum(by_port[port]["rq_error"] for port in by_port) == 1
     assert sum(by_port[port]["rq_success"] for port in by_port) == 4
+
+
+def test_stale_connection_retry_respects_the_max_retries_circuit_breaker(proxy_factory):
+    from .clients import request
+    up = ClosesSecondRequest()
+    try:
+        cluster = static_cluster("backend", up.port,
+                                 circuit_breakers={"thresholds": [{"max_retries": 0}]})
+        p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                                             [cluster]))
+        assert request(p.port, "/first").status == 200
+        assert request(p.port, "/second").status == 503
+        assert p.counters()["cluster.backend.upstream_rq_retry_overflow"] == 1
+        assert p.counters().get("cluster.backend.upstream_rq_retry", 0) == 0
+    finally:
+        up.close()

@@ -53,10 +53,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.router = router
         self.requests += 1
         self.response_done = False
-        headers = [(b"host", head.authority)]
-        headers.extend(kv for kv in head.headers.items() if kv[0] != b"host")
-        self.connection.write(self.codec.encode_request_head(head.method, head.path, headers,
-                                                             chunked=chunked))
+        self.connection.write(self.codec.encode_request_head(
+            head.method, head.path, head.headers.items(), chunked=chunked, authority=head.authority))
 
     def send_body(self, data: bytes) -> None:
         self.connection.write(self.codec.encode_body(data))

@@ -83,13 +83,16 @@ class ConnectionManager(ConnectionCallbacks):
         """The connection became idle now. The timer is not re-armed per request (a heap push
         each time): it stays armed and, when it fires early, re-arms for the time left."""
         self.idle_since = time.monotonic()
-        timeout = self._idle_timeout()
+        timeout = self.ctx.config.idle_timeout
+        if self.draining:
+            timeout = self._idle_timeout()
         if not timeout:
             return
-        if self.idle_timer is None:
-            self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
-        if rearm or not self.idle_timer.enabled:
-            self.idle_timer.enable(timeout)
+        timer = self.idle_timer
+        if timer is None:
+            timer = self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+        if rearm or timer.deadline is None:
+            timer.enable(timeout)
 
     def _stream_deadline(self, stream: ActiveStream) -> float | None:
         """When `stream` times out (stream_idle_timeout, request_timeout), or None."""
@@ -103,16 +106,24 @@ class ConnectionManager(ConnectionCallbacks):
         return deadline
 
     def _watch_stream(self, stream: ActiveStream) -> None:
-        """Make the connection's one timer fire by the stream's deadline. Amortised: the timer
-        is only moved when it would fire too late, not once per request."""
-        deadline = self._stream_deadline(stream)
+        """Make the connection's one timer fire by a new stream's deadline (what
+        `_stream_deadline` gives for it). Amortised: the timer is only moved when it would
+        fire too late, not once per request."""
+        cfg = self.ctx.config
+        start = stream.last_activity
+        deadline = start + cfg.stream_idle_timeout if cfg.stream_idle_timeout else None
+        if cfg.request_timeout:
+            t = start + cfg.request_timeout
+            if deadline is None or t < deadline:
+                deadline = t
         if deadline is None:
             return
-        if self.idle_timer is None:
-            self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
-        current = self.idle_timer.deadline
+        timer = self.idle_timer
+        if timer is None:
+            timer = self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+        current = timer.deadline
         if current is None or current > deadline:
-            self.idle_timer.enable(max(0.0, deadline - time.monotonic()))
+            timer.enable(max(0.0, deadline - time.monotonic()))
 
     def _on_idle_timeout(self) -> None:
         """The connection's one timer: connection idle_timeout when no stream is active, else
@@ -172,6 +183,11 @@ class ConnectionManager(ConnectionCallbacks):
             if pending or self.paused_for_pipeline:
                 pending.append(ev)
                 continue
+            if type(ev) is MessageComplete and ev.trailers is None:
+                # The usual end of a bodyless request: its stream knew at the head.
+                stream = self.active
+                if stream is None or stream.closed or stream.request_complete:
+                    continue
             self._on_event(ev)
             if self.connection.closed:
                 return
@@ -258,7 +274,7 @@ class ConnectionManager(ConnectionCallbacks):
         st.downstream_rq_active.value += 1
         self.requests += 1
         info = StreamInfo(time.time(), time.monotonic())
-        info.protocol = "HTTP/1.0" if ev.http_version == b"1.0" else "HTTP/1.1"
+        info.protocol = "HTTP/1.1" if ev.http_version == b"1.1" else "HTTP/1.0"
         info.downstream_remote_address = self.remote
         info.downstream_direct_remote_address = self.remote
         info.downstream_local_address = self.local
@@ -274,7 +290,8 @@ class ConnectionManager(ConnectionCallbacks):
         stream = ActiveStream(self, self.next_stream_id, head, info, keep_alive, ev.upgrade)
         self.next_stream_id += 1
         self.active = stream
-        self._watch_stream(stream)
+        if cfg.stream_idle_timeout or cfg.request_timeout:
+            self._watch_stream(stream)
         # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
         end_stream = not ev.content_length and not ev.chunked and ev.upgrade is None
         if end_stream:
@@ -296,7 +313,7 @@ class ConnectionManager(ConnectionCallbacks):
         if ev.expect_continue:
             headers.remove(b"expect")
             self.connection.write(_CONTINUE_100)
-        if not ev.target.startswith(b"/") and ev.method != b"CONNECT":
+        if ev.target[:1] != b"/" and ev.method != b"CONNECT":
             if ev.target.startswith((b"http://", b"https://")):
                 self._absolute_form(head)
             elif ev.target != b"*" or ev.method != b"OPTIONS":
@@ -335,15 +352,20 @@ class ConnectionManager(ConnectionCallbacks):
         ctx = self.ctx
         cfg = ctx.config
         headers = stream.head.headers
+        # One pass collects the names present; each rule below is then a set lookup, and
+        # the header list is only rebuilt when something must go.
+        present = {kv[0] for kv in headers.items()}
         if ev.upgrade is not None:
-            headers.remove_many(_HOP_BY_HOP_UPGRADE)
+            drop = _HOP_BY_HOP_UPGRADE
         else:
-            conn_tokens = headers.get(b"connection")
-            if conn_tokens is not None:
+            drop = ctx.request_headers_removed
+            if b"connection" in present:
                 # RFC 9110 §7.6.1: drop the fields that Connection names.
-                names = {t.strip().lower() for t in conn_tokens.split(b",")}
-                headers.remove_many(names - _PROTECTED)
-            headers.remove_many(ctx.request_headers_removed)
+                names = {t.strip().lower() for t in headers.get(b"connection").split(b",")}
+                drop = drop | (names - _PROTECTED)
+        if not present.isdisjoint(drop):
+            headers.remove_many(drop)
+            present = {kv[0] for kv in headers.items()}
         if cfg.via:
             append_via(headers, ctx.via)
         if cfg.use_remote_address:
@@ -352,16 +374,16 @@ class ConnectionManager(ConnectionCallbacks):
                 ip = self.remote_ip.encode()
                 headers.set(b"x-forwarded-for", xff + b", " + ip if xff else ip)
             headers.set(b"x-forwarded-proto", b"http")
-        elif not headers.has(b"x-forwarded-proto"):
+        elif b"x-forwarded-proto" not in present:
             headers.add(b"x-forwarded-proto", b"http")
         if cfg.generate_request_id:
-            rid = headers.get(b"x-request-id")
-            if rid is None or (cfg.use_remote_address and not cfg.preserve_external_request_id):
-                headers.set(b"x-request-id", ctx.new_request_id())
+            if b"x-request-id" not in present:
+                headers.add(b"x-request-id", ctx.worker.new_request_id())
+            elif cfg.use_remote_address and not cfg.preserve_external_request_id:
+                headers.set(b"x-request-id", ctx.worker.new_request_id())
         # Envoy strips x-envoy-* internal headers from external requests at the edge.
-        if cfg.use_remote_address:
-            for name in _ENVOY_INTERNAL:
-                headers.remove(name)
+        if cfg.use_remote_address and not present.isdisjoint(_ENVOY_INTERNAL):
+            headers.remove_many(_ENVOY_INTERNAL)
 
     def stream_done(self, stream: ActiveStream, reset: bool = False) -> None:
         """The response is complete (or the stream was reset): log, then next request or close."""
@@ -475,4 +497,4 @@ DRAIN_IDLE_GRACE = 1.0
 _HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
                                  b"trailer", b"proxy-authenticate"})
 _PROTECTED = frozenset({b"host", b"content-length", b"x-request-id"})
-_ENVOY_INTERNAL = (b"x-envoy-original-path", b"x-envoy-upstream-service-time")
+_ENVOY_INTERNAL = frozenset({b"x-envoy-original-path", b"x-envoy-upstream-service-time"})

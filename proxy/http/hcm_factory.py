@@ -65,8 +65,5 @@ class HcmContext:
                 return enabled
         return kind in self.upgrades
 
-    def new_request_id(self) -> bytes:
-        return self.worker.new_request_id()
-
     def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed) -> ConnectionManager:
         return ConnectionManager(self, sock, remote, local, conn_id, buffer_limit, on_closed)

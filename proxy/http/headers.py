@@ -76,8 +76,11 @@ class Headers:
         items.append((name, value))
 
     def set_default(self, name: bytes, value: bytes) -> None:
-        if not self.has(name):
-            self._items.append((name, value))
+        items = self._items
+        for k, _ in items:
+            if k == name:
+                return
+        items.append((name, value))
 
     def remove(self, name: bytes) -> bool:
         before = len(self._items)

@@ -27,33 +27,31 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class RouterFilter:
-    __slots__ = ("stream", "ctx", "route", "cluster", "host", "pool_handle", "upstream",
-                 "buffered", "buffered_bytes", "request_ended", "trailers", "timeout_timer",
-                 "upstream_start", "response_started", "done", "holds_request_slot",
-                 "downstream_paused", "upstream_paused", "chunked", "retried", "holds_retry_slot")
+    # Per-request object: the defaults are class attributes (no __slots__), so creating one
+    # stores two fields instead of twenty.
+    route = None
+    cluster = None
+    host = None
+    pool_handle = None
+    upstream = None               # UpstreamHttpConnection while attached
+    buffered: list[bytes] | None = None  # request body waiting for a connection
+    buffered_bytes = 0
+    request_ended = False
+    trailers = None
+    timeout_timer = None
+    upstream_start = 0.0
+    response_started = False
+    done = False
+    holds_request_slot = False
+    downstream_paused = False
+    upstream_paused = False
+    chunked = False
+    retried = False
+    holds_retry_slot = False
 
     def __init__(self, stream, ctx) -> None:
         self.stream = stream
         self.ctx = ctx
-        self.route = None
-        self.cluster = None
-        self.host = None
-        self.pool_handle = None
-        self.upstream = None          # UpstreamHttpConnection while attached
-        self.buffered: list[bytes] = []
-        self.buffered_bytes = 0
-        self.request_ended = False
-        self.trailers = None
-        self.timeout_timer = None
-        self.upstream_start = 0.0
-        self.response_started = False
-        self.done = False
-        self.holds_request_slot = False
-        self.downstream_paused = False
-        self.upstream_paused = False
-        self.chunked = False
-        self.retried = False
-        self.holds_retry_slot = False
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, end_stream: bool) -> None:
@@ -85,7 +83,7 @@ class RouterFilter:
             stream.send_local_reply(403, b"", None, "upgrade_failed")
             return
         name = action.cluster or action.choose_cluster(head, ctx.worker.rand_bits())
-        cluster = ctx.worker.cluster(name) if name is not None else None
+        cluster = ctx.worker.clusters.get(name) if name is not None else None
         if cluster is None:
             ctx.stats.no_cluster.value += 1
             stream.send_local_reply(action.cluster_not_found_response_code, b"", "NC", "cluster_not_found")
@@ -93,7 +91,7 @@ class RouterFilter:
         self.cluster = cluster
         info.upstream_cluster = cluster.name
         cstats = cluster.stats
-        host = cluster.choose_host()
+        host = cluster.lb.choose()
         if host is None:
             cstats.upstream_cx_none_healthy.value += 1
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
@@ -105,13 +103,24 @@ class RouterFilter:
                                     "upstream_reset_before_response_started{overflow}")
             return
         self.holds_request_slot = True
-        self._prepare_upstream_head(action, end_stream)
-        self.request_ended = end_stream
+        if action.rewrites_path or action.host_rewrite_literal is not None or route.request_mutations:
+            self._rewrite_request(action)
+        if action.timeout and not ctx.router_config.suppress_envoy_headers:
+            head.headers.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout * 1000))
         if end_stream:
-            self._start_timeout()
+            self.request_ended = True
+            if action.timeout:
+                self._start_timeout()
+        else:
+            headers = head.headers
+            self.chunked = headers.has(b"transfer-encoding") or (
+                not headers.has(b"content-length") and stream.upgrade is None)
         cstats.upstream_rq_total.value += 1
         cstats.upstream_rq_active.value += 1
-        self.pool_handle = cluster.pool_for(host).new_stream(self)
+        pool = cluster.pools.get(host.key)
+        if pool is None:
+            pool = cluster.pool_for(host)
+        self.pool_handle = pool.new_stream(self)
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header
@@ -127,7 +136,8 @@ class RouterFilter:
         if body:
             stream.encode_data(body, True)
 
-    def _prepare_upstream_head(self, action, end_stream: bool) -> None:
+    def _rewrite_request(self, action) -> None:
+        """The route's path and host rewrites and request header mutations."""
         stream = self.stream
         head = stream.head
         headers = head.headers
@@ -139,11 +149,6 @@ class RouterFilter:
             head.set_authority(action.host_rewrite_literal)
         if self.route.request_mutations:
             apply_mutations(self.route.request_mutations, headers, stream.info)
-        timeout = action.timeout
-        if timeout and not self.ctx.router_config.suppress_envoy_headers:
-            headers.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(timeout * 1000))
-        self.chunked = headers.has(b"transfer-encoding") or (
-            not end_stream and not headers.has(b"content-length") and stream.upgrade is None)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if self.done:
@@ -152,6 +157,8 @@ class RouterFilter:
         if up is not None:
             up.send_body(data)
         elif self.host is not None:
+            if self.buffered is None:
+                self.buffered = []
             self.buffered.append(data)
             self.buffered_bytes += len(data)
             if not self.downstream_paused and self.buffered_bytes > self.cluster.buffer_limit:
@@ -203,19 +210,19 @@ class RouterFilter:
         info.upstream_local_address = upstream.connection.local_address
         self.upstream_start = time.monotonic()
         info.first_upstream_tx_monotonic = self.upstream_start
-        head = self.stream.head
-        upstream.send_request(self, head, self.chunked)
+        stream = self.stream
+        upstream.send_request(self, stream.head, self.chunked)
         if self.buffered:
             for chunk in self.buffered:
                 upstream.send_body(chunk)
-            self.buffered = []
+            self.buffered = None
             self.buffered_bytes = 0
             if self.downstream_paused:
                 self.downstream_paused = False
-                self.stream.read_disable_downstream(False)
-        if self.request_ended:
-            upstream.end_request(self.trailers)
-        if self.stream.downstream_above_high_watermark:
+                stream.read_disable_downstream(False)
+        if self.request_ended and self.chunked:
+            upstream.end_request(self.trailers)  # the last chunk (and trailers)
+        if stream.hcm.connection.above_high_watermark:
             self.on_downstream_watermark(True)
 
     def on_pool_failure(self, reason: str, flag: str) -> None:

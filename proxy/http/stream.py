@@ -28,9 +28,15 @@ __all__ = ["ActiveStream"]
 class ActiveStream:
     """One request/response exchange. Owned by its ConnectionManager."""
 
-    __slots__ = ("hcm", "stream_id", "head", "info", "router", "request_complete",
-                 "response_started", "response_complete", "keep_alive", "upgrade", "upgraded",
-                 "response_head", "closed", "last_activity")
+    # Per-request object: defaults are class attributes (no __slots__), so creating one
+    # stores only what differs.
+    router: RouterFilter | None = None
+    request_complete = False
+    response_started = False
+    response_complete = False
+    upgraded = False
+    response_head: ResponseHead | None = None
+    closed = False
 
     def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead, info: StreamInfo,
                  keep_alive: bool, upgrade: bytes | None) -> None:
@@ -38,50 +44,46 @@ class ActiveStream:
         self.stream_id = stream_id
         self.head = head
         self.info = info
-        self.router: RouterFilter | None = None
-        self.request_complete = False
-        self.response_started = False
-        self.response_complete = False
         self.keep_alive = keep_alive
         self.upgrade = upgrade
-        self.upgraded = False
-        self.response_head: ResponseHead | None = None
-        self.closed = False
         self.last_activity = info.start_monotonic  # for stream_idle_timeout
 
     # -- encode path (called by the router filter) ----------------------------------------
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
-        hcm = self.hcm
         if self.closed:
             return
+        hcm = self.hcm
+        ctx = hcm.ctx
         self.response_started = True
         self.response_head = head
         info = self.info
-        info.response_code = head.status
+        status = info.response_code = head.status
         info.response_headers = head
         info.response_start_monotonic = self.last_activity = time.monotonic()
-        cfg = hcm.ctx.config
+        cfg = ctx.config
         headers = head.headers
-        headers.set_default(b"date", hcm.ctx.worker.http_date())
+        headers.set_default(b"date", ctx.worker.http_date())
         if cfg.via:
-            append_via(headers, hcm.ctx.via)
+            append_via(headers, ctx.via)
         if cfg.always_set_request_id_in_response:
             rid = self.head.headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
-        if cfg.server_header_transformation == "OVERWRITE":
-            headers.set(b"server", hcm.ctx.server_name)
-        elif cfg.server_header_transformation == "APPEND_IF_ABSENT":
-            headers.set_default(b"server", hcm.ctx.server_name)
-        if hcm.draining or hcm.ctx.worker.draining:
+        transformation = cfg.server_header_transformation
+        if transformation == "OVERWRITE":
+            headers.set(b"server", ctx.server_name)
+        elif transformation == "APPEND_IF_ABSENT":
+            headers.set_default(b"server", ctx.server_name)
+        if hcm.draining or ctx.worker.draining:
             self.keep_alive = False
-        if head.status == 101 and self.upgrade:
+        if status == 101 and self.upgrade:
             self.upgraded = True
             hcm.stats.downstream_cx_upgrades_total.value += 1
             hcm.stats.downstream_cx_upgrades_active.value += 1
-        data = hcm.codec.encode_response_head(head.status, head.reason or None, headers.items(),
-                                              self.head.method, self.head.http_version, self.keep_alive)
-        hcm.connection.write(data)
+        req = self.head
+        hcm.connection.write(hcm.codec.encode_response_head(
+            status, head.reason or None, headers.items(), req.method, req.http_version,
+            self.keep_alive))
         if self.upgrade is not None:
             # Bytes the codec held back behind the upgrade request (tunnel data after a 101).
             held = hcm.codec.resume()
@@ -106,7 +108,9 @@ class ActiveStream:
         self.response_complete = True
         hcm = self.hcm
         if not self.upgraded:
-            hcm.connection.write(hcm.codec.encode_end(trailers))
+            last = hcm.codec.encode_end(trailers)
+            if last:
+                hcm.connection.write(last)
         if hcm.codec.response_must_close:
             self.keep_alive = False
         hcm.stream_done(self)
@@ -142,6 +146,3 @@ class ActiveStream:
     def read_disable_downstream(self, disable: bool) -> None:
         self.hcm.connection.read_disable(disable)
 
-    @property
-    def downstream_above_high_watermark(self) -> bool:
-        return self.hcm.connection.above_high_watermark

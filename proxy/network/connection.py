@@ -50,9 +50,9 @@ class ConnectionCallbacks:
 
 
 class Connection:
-    __slots__ = ("dispatcher", "sock", "fd", "callbacks", "limit", "read_size", "_out", "_out_bytes",
-                 "_read_disable", "_interest", "_closed", "_connecting", "_connect_timer",
-                 "_above_high", "_close_after_flush", "_shutdown_after_flush", "_read_eof",
+    __slots__ = ("dispatcher", "sock", "fd", "callbacks", "limit", "read_size", "_out", "buffered_bytes",
+                 "_read_disable", "_interest", "closed", "_connecting", "_connect_timer",
+                 "above_high_watermark", "_close_after_flush", "_shutdown_after_flush", "_read_eof",
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
                  "_delayed_close_timer", "_flush_scheduled")
 
@@ -66,15 +66,15 @@ class Connection:
         self.limit = buffer_limit
         self.read_size = read_size
         self._out: deque[bytes | memoryview] = deque()
-        self._out_bytes = 0
+        self.buffered_bytes = 0
         self._read_disable = 0
         self._interest = 0
-        self._closed = False
+        self.closed = False
         self._connecting = False
         self._connect_timer = None
         self._delayed_close_timer = None
         self._flush_scheduled = False
-        self._above_high = False
+        self.above_high_watermark = False
         self._close_after_flush = False
         self._shutdown_after_flush = False
         self._read_eof = False
@@ -103,21 +103,13 @@ class Connection:
         self._update_interest()
 
     # -- state -----------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    # Plain attributes read on every request: `closed` (the socket is gone),
+    # `buffered_bytes` (queued, not yet sent) and `above_high_watermark` (the write buffer
+    # passed the limit and has not drained to half of it since).
 
     @property
     def connecting(self) -> bool:
         return self._connecting
-
-    @property
-    def buffered_bytes(self) -> int:
-        return self._out_bytes
-
-    @property
-    def above_high_watermark(self) -> bool:
-        return self._above_high
 
     def read_disable(self, disable: bool) -> None:
         """Counted pause/resume of reading: n disables need n enables."""
@@ -132,7 +124,7 @@ class Connection:
         return self._read_disable == 0
 
     def _update_interest(self) -> None:
-        if self._closed:
+        if self.closed:
             return
         want = 0
         if self._connecting:
@@ -160,11 +152,11 @@ class Connection:
                 return
             if mask & WRITE:
                 self._flush()
-            if mask & READ and not self._closed and self._read_disable == 0:
+            if mask & READ and not self.closed and self._read_disable == 0:
                 self._do_read()
         except Exception:
             # A bug in an owner's callback must cost only this connection, never the worker.
-            if not self._closed:
+            if not self.closed:
                 self.close(flush=False, reason=CloseReason.ERROR)
             raise
 
@@ -188,22 +180,43 @@ class Connection:
         """Queue `data`; it goes out in one `sendmsg` with everything else written to this
         connection during the current loop iteration (one syscall per response, not per
         piece: each extra send on loopback costs ~6 µs of kernel time, python-runtime §5)."""
-        if self._closed or not data:
+        if self.closed or not data:
             return
         self._out.append(data)
-        self._out_bytes += len(data)
+        self.buffered_bytes += len(data)
         if not self._flush_scheduled and not self._interest & WRITE and not self._connecting:
             self._flush_scheduled = True
             self.dispatcher.flush_at_end_of_iteration(self)
-        if not self._above_high and self._out_bytes > self.limit:
-            self._above_high = True
+        if not self.above_high_watermark and self.buffered_bytes > self.limit:
+            self.above_high_watermark = True
             self.callbacks.on_above_write_watermark()
 
     def flush_scheduled(self) -> None:
-        """Called by the dispatcher at the end of the iteration in which write() queued data."""
+        """Called by the dispatcher at the end of the iteration in which write() queued data.
+        The usual case (everything fits in the socket buffer) is handled here in one frame."""
         self._flush_scheduled = False
-        if not self._closed and self._out and not self._interest & WRITE:
-            self._flush()
+        out = self._out
+        if self.closed or not out or self._interest & WRITE:
+            return
+        if len(out) == 1 and not (self.above_high_watermark or self._close_after_flush
+                                  or self._shutdown_after_flush):
+            chunk = out[0]
+            try:
+                n = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self.close(flush=False, reason=CloseReason.REMOTE)
+                return
+            self.bytes_sent += n
+            self.buffered_bytes -= n
+            if n == len(chunk):
+                out.clear()
+                return
+            out[0] = memoryview(chunk)[n:]
+            self._update_interest()  # wait for writability
+            return
+        self._flush()
 
     def _flush(self) -> None:
         out = self._out
@@ -219,7 +232,7 @@ class Connection:
                 self.close(flush=False, reason=CloseReason.REMOTE)
                 return
             self.bytes_sent += n
-            self._out_bytes -= n
+            self.buffered_bytes -= n
             while n:
                 chunk = out[0]
                 size = len(chunk)
@@ -232,8 +245,8 @@ class Connection:
             if out:
                 # Partial write: the socket buffer is full; wait for writability.
                 break
-        if self._above_high and self._out_bytes <= self.limit // 2:
-            self._above_high = False
+        if self.above_high_watermark and self.buffered_bytes <= self.limit // 2:
+            self.above_high_watermark = False
             self.callbacks.on_below_write_watermark()
         if not out:
             if self._close_after_flush:
@@ -242,7 +255,10 @@ class Connection:
             if self._shutdown_after_flush:
                 self._shutdown_after_flush = False
                 self._shutdown_now()
-        self._update_interest()
+            if self._interest & WRITE:
+                self._update_interest()
+        elif not self._interest & WRITE:
+            self._update_interest()
 
     def _finish_connect(self) -> None:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -261,7 +277,7 @@ class Connection:
         self.callbacks.on_connected()
 
     def _fail_connect(self, reason: str) -> None:
-        if self._closed:
+        if self.closed:
             return
         self._connecting = False
         self.close(flush=False, reason=reason)
@@ -269,7 +285,7 @@ class Connection:
     # -- closing ---------------------------------------------------------------------------
     def shutdown_write(self) -> None:
         """Half-close: send FIN after the buffered data is written."""
-        if self._closed:
+        if self.closed:
             return
         if self._out:
             self._shutdown_after_flush = True
@@ -285,7 +301,7 @@ class Connection:
     def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0) -> None:
         """Close; with `flush`, after the write buffer drains (bounded by `delay` seconds,
         Envoy's delayed_close_timeout)."""
-        if self._closed:
+        if self.closed:
             return
         if flush and self._out and not self._connecting:
             if not self._close_after_flush:
@@ -295,7 +311,7 @@ class Connection:
                 self._delayed_close_timer = self.dispatcher.call_later(
                     delay, lambda: self.close(flush=False, reason=reason))
             return
-        self._closed = True
+        self.closed = True
         for t in (self._connect_timer, self._delayed_close_timer):
             if t is not None:
                 t.disable()
@@ -307,5 +323,5 @@ class Connection:
         except OSError:
             pass
         self._out.clear()
-        self._out_bytes = 0
+        self.buffered_bytes = 0
         self.callbacks.on_close(reason)

@@ -73,6 +73,10 @@ class RouteAction:
                 return name
         return clusters[-1][0]  # unreachable: selected < total
 
+    @property
+    def rewrites_path(self) -> bool:
+        return self.prefix_rewrite is not None or self.regex_rewrite is not None
+
     def rewrite_path(self, req: Any) -> bytes | None:
         """New :path (query kept) for prefix_rewrite / regex_rewrite, else None."""
         new = self.path_rewrite.apply(req.path_str)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -292,6 +292,15 @@ class RouteMatch:
     headers: tuple[HeaderMatcher, ...] = ()
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
     grpc: bool = False
+    # A case-sensitive prefix with nothing else to check matches on the raw target bytes
+    # (a prefix without "?" or "#" matches the target iff it matches its path part).
+    raw_prefix: bytes | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.kind == "prefix" and self.case_sensitive and not self.headers
+                and not self.query_parameters and not self.grpc and "?" not in self.value
+                and "#" not in self.value):
+            object.__setattr__(self, "raw_prefix", self.value.encode("latin-1"))
 
     def matches(self, view: RequestView) -> bool:
         if not self._path_matches(view.path):

@@ -124,8 +124,17 @@ class RouteTable:
         if vh.tls_redirect_route is not None and request_scheme(req) != "https":
             if vh.require_tls == "ALL" or req.headers.get(b"x-envoy-internal") != b"true":
                 return vh.tls_redirect_route
-        view = RequestView(req)
+        view = None
+        target = req.path
         for route in vh.routes:
-            if route.match.matches(view):  # type: ignore[union-attr]
+            match = route.match
+            prefix = match.raw_prefix  # type: ignore[union-attr]
+            if prefix is not None:
+                if target.startswith(prefix):
+                    return route
+                continue
+            if view is None:
+                view = RequestView(req)
+            if match.matches(view):  # type: ignore[union-attr]
                 return route
         return None

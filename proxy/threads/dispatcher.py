@@ -44,38 +44,36 @@ _READ_WRITE = READ | WRITE
 class Timer:
     """A one-shot timer owned by a Dispatcher. `enable(delay)` (re)arms, `disable()` cancels."""
 
-    __slots__ = ("_dispatcher", "_callback", "_deadline", "_entry")
+    # `deadline` is a plain attribute (read on the hot path): the monotonic time at which the
+    # timer fires, or None when it is disabled.
+    __slots__ = ("_dispatcher", "_callback", "deadline", "_entry")
 
     def __init__(self, dispatcher: Dispatcher, callback: Callable[[], None]) -> None:
         self._dispatcher = dispatcher
         self._callback = callback
-        self._deadline: float | None = None
+        self.deadline: float | None = None
         self._entry: list | None = None
 
     def enable(self, delay: float) -> None:
-        self.disable()
-        self._deadline = time.monotonic() + delay
-        self._entry = self._dispatcher._push_timer(self._deadline, self)
+        if self._entry is not None:
+            self.disable()
+        self.deadline = deadline = time.monotonic() + delay
+        self._entry = self._dispatcher._push_timer(deadline, self)
 
     def disable(self) -> None:
         if self._entry is not None:
             self._entry[2] = None  # lazy deletion: the heap entry is skipped when popped
             self._entry = None
             self._dispatcher._timer_cancelled()
-        self._deadline = None
+        self.deadline = None
 
     @property
     def enabled(self) -> bool:
         return self._entry is not None
 
-    @property
-    def deadline(self) -> float | None:
-        """Monotonic time at which it fires, or None when disabled."""
-        return self._deadline
-
     def _fire(self) -> None:
         self._entry = None
-        self._deadline = None
+        self.deadline = None
         self._callback()
 
 
@@ -234,7 +232,10 @@ class Dispatcher:
                 if self._flushes:
                     flushes, self._flushes = self._flushes, []
                     for conn in flushes:
-                        self._run_guarded(conn.flush_scheduled)
+                        try:
+                            conn.flush_scheduled()
+                        except Exception:
+                            self._unhandled("in a write flush")
         finally:
             self._running = False
 

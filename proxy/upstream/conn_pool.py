@@ -62,7 +62,9 @@ class HttpConnPool:
             conn = ready.pop()
             if conn.connection.closed:
                 continue
-            self._attach(conn, router)
+            conn.state = "BUSY"
+            self.busy.add(conn)
+            router.on_pool_ready(conn)
             return None
         limits = self.cluster.limits
         stats = self.cluster.stats
@@ -150,7 +152,7 @@ class HttpConnPool:
         conn.idle_since = time.monotonic()
         self.ready.append(conn)
         timeout = self.cluster.config.idle_timeout
-        if timeout and (self.idle_timer is None or not self.idle_timer.enabled):
+        if timeout and (self.idle_timer is None or self.idle_timer.deadline is None):
             if self.idle_timer is None:
                 self.idle_timer = self.cluster.worker.dispatcher.create_timer(self._close_idle)
             self.idle_timer.enable(timeout)

@@ -281,6 +281,10 @@ _OWN_RESPONSE_FIELDS = frozenset({b"connection", b"transfer-encoding", b"keep-al
 # decides whether it needs a second look (measured faster than `map`-based variants for
 # the usual 2-10 fields).
 _RESPONSE_FRAMING_FIELDS = _OWN_RESPONSE_FIELDS | {b"content-length"}
+# Request fields the encoder may drop: transfer-encoding always, content-length when it
+# sends chunked, host when the caller passes the authority.
+_REQUEST_FRAMING_FIELDS = frozenset({b"transfer-encoding", b"content-length"})
+_REQUEST_FRAMING_FIELDS_AND_HOST = _REQUEST_FRAMING_FIELDS | {b"host"}
 _field_line = b": ".join
 _END = (b"", b"")  # the last field's CRLF + the blank line
 
@@ -298,12 +302,13 @@ def _last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
 class ResponseEncoding:
     """Mixin for server codecs: response heads and bodies with codec-owned framing.
 
-    Needs slots `_resp_chunked`, `_must_close` and the hooks `_switch_protocols()` (after a
+    Needs slots `_resp_chunked`, `response_must_close` (a plain attribute: the connection
+    must close after this response) and the hooks `_switch_protocols()` (after a
     101, or a 2xx to CONNECT) and `_final_response()` (after any other final head)."""
 
     __slots__ = ()
     _resp_chunked: bool
-    _must_close: bool
+    response_must_close: bool
 
     def _switch_protocols(self) -> None:
         raise NotImplementedError
@@ -346,8 +351,8 @@ class ResponseEncoding:
             else:
                 keep_alive = False  # close-delimited body for an HTTP/1.0 client
         if not tunnel:
-            if not keep_alive or self._must_close:
-                self._must_close = True
+            if not keep_alive or self.response_must_close:
+                self.response_must_close = True
                 parts.append(b"connection: close")
             elif request_version == b"1.0":
                 parts.append(b"connection: keep-alive")
@@ -368,9 +373,6 @@ class ResponseEncoding:
             return _last_chunk(trailers)
         return b""
 
-    @property
-    def response_must_close(self) -> bool:
-        return self._must_close
 
 
 class RequestEncoding:
@@ -389,12 +391,19 @@ class RequestEncoding:
         self._methods.append(method)
 
     def encode_request_head(self, method: bytes, target: bytes,
-                            headers: list[tuple[bytes, bytes]], *, chunked: bool) -> bytes:
+                            headers: list[tuple[bytes, bytes]], *, chunked: bool,
+                            authority: bytes | None = None) -> bytes:
+        """`authority`, when given, is sent as the first field (`host`) and any `host` in
+        `headers` is left out."""
         parts = [method + b" " + target + b" HTTP/1.1"]
+        skip = _REQUEST_FRAMING_FIELDS
+        if authority is not None:
+            parts.append(b"host: " + authority)
+            skip = _REQUEST_FRAMING_FIELDS_AND_HOST
         for field in headers:
             n = field[0]
-            if n == b"transfer-encoding" or (chunked and n == b"content-length"):
-                continue
+            if n in skip and (n != b"content-length" or chunked):
+                continue  # codec-owned framing, or the host given as `authority`
             parts.append(_field_line(field))
         if chunked:
             parts.append(b"transfer-encoding: chunked")

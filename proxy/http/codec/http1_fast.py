@@ -68,7 +68,7 @@ class FastServerCodec(ResponseEncoding):
     __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "on_url", "_max_bytes",
                  "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len",
                  "_state", "_held", "_keep_alive", "_switch", "_unanswered", "_resp_chunked",
-                 "_must_close")
+                 "response_must_close")
 
     def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
         self._events: list = []
@@ -86,7 +86,7 @@ class FastServerCodec(ResponseEncoding):
         self._held = b""
         self._keep_alive = True
         self._unanswered = 0
-        self._resp_chunked = self._must_close = False
+        self._resp_chunked = self.response_must_close = False
 
     # --- input ---
     def feed(self, data: bytes) -> list:

@@ -183,12 +183,16 @@ class ConnectionManager(ConnectionCallbacks):
             if pending or self.paused_for_pipeline:
                 pending.append(ev)
                 continue
-            if type(ev) is MessageComplete and ev.trailers is None:
+            cls = type(ev)
+            if cls is MessageComplete and ev.trailers is None:
                 # The usual end of a bodyless request: its stream knew at the head.
                 stream = self.active
                 if stream is None or stream.closed or stream.request_complete:
                     continue
-            self._on_event(ev)
+            if cls is RequestHeaders and self.active is None:
+                self._new_stream(ev)
+            else:
+                self._on_event(ev)
             if self.connection.closed:
                 return
         if pending and not self.paused_for_pipeline:

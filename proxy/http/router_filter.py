@@ -381,4 +381,5 @@ class RouterFilter:
         if self.timeout_timer is not None:
             self.timeout_timer.disable()
             self.timeout_timer = None
-        self._release_request_slot()
+        if self.holds_request_slot or self.holds_retry_slot:
+            self._release_request_slot()

@@ -153,28 +153,25 @@ class Connection:
             if mask & WRITE:
                 self._flush()
             if mask & READ and not self.closed and self._read_disable == 0:
-                self._do_read()
+                try:
+                    data = self.sock.recv(self.read_size)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self.close(flush=False, reason=CloseReason.REMOTE)
+                    return
+                if data:
+                    self.bytes_received += len(data)
+                    self.callbacks.on_data(data)
+                else:
+                    self._read_eof = True
+                    self._update_interest()
+                    self.callbacks.on_eof()
         except Exception:
             # A bug in an owner's callback must cost only this connection, never the worker.
             if not self.closed:
                 self.close(flush=False, reason=CloseReason.ERROR)
             raise
-
-    def _do_read(self) -> None:
-        try:
-            data = self.sock.recv(self.read_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close(flush=False, reason=CloseReason.REMOTE)
-            return
-        if not data:
-            self._read_eof = True
-            self._update_interest()
-            self.callbacks.on_eof()
-            return
-        self.bytes_received += len(data)
-        self.callbacks.on_data(data)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue `data`; it goes out in one `sendmsg` with everything else written to this
@@ -186,37 +183,52 @@ class Connection:
         self.buffered_bytes += len(data)
         if not self._flush_scheduled and not self._interest & WRITE and not self._connecting:
             self._flush_scheduled = True
-            self.dispatcher.flush_at_end_of_iteration(self)
+            self.dispatcher.pending_flushes.append(self)
         if not self.above_high_watermark and self.buffered_bytes > self.limit:
             self.above_high_watermark = True
             self.callbacks.on_above_write_watermark()
 
     def flush_scheduled(self) -> None:
         """Called by the dispatcher at the end of the iteration in which write() queued data.
-        The usual case (everything fits in the socket buffer) is handled here in one frame."""
+        The usual case (a response head and body that fit in the socket buffer) is one
+        syscall in this one frame; anything else goes through `_flush`."""
         self._flush_scheduled = False
         out = self._out
         if self.closed or not out or self._interest & WRITE:
             return
-        if len(out) == 1 and not (self.above_high_watermark or self._close_after_flush
-                                  or self._shutdown_after_flush):
-            chunk = out[0]
-            try:
-                n = self.sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError:
-                self.close(flush=False, reason=CloseReason.REMOTE)
-                return
-            self.bytes_sent += n
-            self.buffered_bytes -= n
-            if n == len(chunk):
-                out.clear()
-                return
-            out[0] = memoryview(chunk)[n:]
-            self._update_interest()  # wait for writability
+        if (self.above_high_watermark or self._close_after_flush or self._shutdown_after_flush
+                or len(out) > _IOV_MAX):
+            self._flush()
             return
-        self._flush()
+        try:
+            n = self.sock.send(out[0]) if len(out) == 1 else self.sock.sendmsg(out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self.close(flush=False, reason=CloseReason.REMOTE)
+            return
+        if n == self.buffered_bytes:
+            self.bytes_sent += n
+            self.buffered_bytes = 0
+            out.clear()
+            return
+        self._sent(n)
+        self._update_interest()  # the socket buffer is full: wait for writability
+
+    def _sent(self, n: int) -> None:
+        """Drop the first `n` bytes from the write queue (they were sent)."""
+        self.bytes_sent += n
+        self.buffered_bytes -= n
+        out = self._out
+        while n:
+            chunk = out[0]
+            size = len(chunk)
+            if n >= size:
+                out.popleft()
+                n -= size
+            else:
+                out[0] = memoryview(chunk)[n:]
+                n = 0
 
     def _flush(self) -> None:
         out = self._out
@@ -231,17 +243,7 @@ class Connection:
             except OSError:
                 self.close(flush=False, reason=CloseReason.REMOTE)
                 return
-            self.bytes_sent += n
-            self.buffered_bytes -= n
-            while n:
-                chunk = out[0]
-                size = len(chunk)
-                if n >= size:
-                    out.popleft()
-                    n -= size
-                else:
-                    out[0] = memoryview(chunk)[n:]
-                    n = 0
+            self._sent(n)
             if out:
                 # Partial write: the socket buffer is full; wait for writability.
                 break

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config.reader import ConfigError, Fields
@@ -51,6 +51,11 @@ class RouteAction:
     cluster_not_found_response_code: int = 503
     upgrade_configs: tuple[tuple[str, bool], ...] = ()
     path_rewrite: PathRewrite = PathRewrite()
+    rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rewrites_path",
+                           self.prefix_rewrite is not None or self.regex_rewrite is not None)
 
     def choose_cluster(self, req: Any, rand: int) -> str | None:
         """Cluster name for this request; `rand` is a caller-supplied random integer."""
@@ -72,10 +77,6 @@ class RouteAction:
             if selected < end:
                 return name
         return clusters[-1][0]  # unreachable: selected < total
-
-    @property
-    def rewrites_path(self) -> bool:
-        return self.prefix_rewrite is not None or self.regex_rewrite is not None
 
     def rewrite_path(self, req: Any) -> bytes | None:
         """New :path (query kept) for prefix_rewrite / regex_rewrite, else None."""

@@ -91,7 +91,9 @@ class Dispatcher:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.register(self._wake_fd, READ, self._on_wake)
         self._deferred: list[Callable[[], None]] = []
-        self._flushes: list = []  # connections with writes queued this iteration
+        # Connections with writes queued this iteration: a connection appends itself (once per
+        # iteration) and its `flush_scheduled()` runs once all events are handled.
+        self.pending_flushes: list = []
         self._running = False
         self._exit_requested = False
         self.unhandled_exceptions = 0
@@ -145,10 +147,6 @@ class Dispatcher:
         """Run `fn` at the end of the current loop iteration (deferred deletion)."""
         self._deferred.append(fn)
 
-    def flush_at_end_of_iteration(self, conn) -> None:
-        """`conn.flush_scheduled()` runs once all events of this iteration are handled."""
-        self._flushes.append(conn)
-
     def _timer_cancelled(self) -> None:
         # Cancelled entries stay in the heap until they reach its top; long timers (idle
         # timeouts of an hour) would pile up, so compact once they are most of the heap.
@@ -193,7 +191,7 @@ class Dispatcher:
                 self.loop_iterations += 1
                 timers = self._timers  # may be replaced by a compaction
                 timeout = None
-                if posted or self._deferred or self._flushes:
+                if posted or self._deferred or self.pending_flushes:
                     timeout = 0
                 else:
                     while timers and timers[0][2] is None:
@@ -229,8 +227,8 @@ class Dispatcher:
                     deferred, self._deferred = self._deferred, []
                     for fn in deferred:
                         self._run_guarded(fn)
-                if self._flushes:
-                    flushes, self._flushes = self._flushes, []
+                if self.pending_flushes:
+                    flushes, self.pending_flushes = self.pending_flushes, []
                     for conn in flushes:
                         try:
                             conn.flush_scheduled()

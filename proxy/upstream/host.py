@@ -11,7 +11,7 @@ Thread affinity: any thread (immutable).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .circuit_breaker import ResourceLimits
 from .cluster_config import ClusterConfig
@@ -27,11 +27,11 @@ class Host:
     port: int
     weight: int = 1
     hostname: str = ""    # endpoint `hostname`, or the DNS name it was resolved from
+    # Identity of the peer (for per-host pools and active-request counts): (address, port).
+    key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[str, int]:
-        """Identity of the peer (for per-host pools and active-request counts)."""
-        return (self.address, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.address, self.port))
 
     def __str__(self) -> str:
         if ":" in self.address:  # IPv6, as Envoy prints it

@@ -10,7 +10,7 @@ or do I/O; the codec that built an event already validated it.
 from __future__ import annotations
 
 __all__ = ["RequestHeaders", "ResponseHeaders", "Informational", "Data", "MessageComplete",
-           "Event"]
+           "END_OF_MESSAGE", "Event"]
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -90,5 +90,8 @@ class MessageComplete(_Event):
     def __init__(self, trailers: HeaderList | None = None) -> None:
         self.trailers = trailers
 
+
+# The end of a message without trailers: one shared instance (events are never mutated).
+END_OF_MESSAGE = MessageComplete(None)
 
 Event = RequestHeaders | ResponseHeaders | Informational | Data | MessageComplete

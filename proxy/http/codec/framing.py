@@ -385,11 +385,6 @@ class RequestEncoding:
     _error: CodecError | None
     _methods: list[bytes]
 
-    def _request_sent(self, method: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._methods.append(method)
-
     def encode_request_head(self, method: bytes, target: bytes,
                             headers: list[tuple[bytes, bytes]], *, chunked: bool,
                             authority: bytes | None = None) -> bytes:
@@ -408,7 +403,9 @@ class RequestEncoding:
         if chunked:
             parts.append(b"transfer-encoding: chunked")
         parts += _END
-        self._request_sent(method)
+        if self._error is not None:
+            raise self._error
+        self._methods.append(method)  # the parser must know HEAD/CONNECT
         self._req_chunked = chunked
         return b"\r\n".join(parts)
 

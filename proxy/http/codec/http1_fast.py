@@ -30,7 +30,8 @@ from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgra
                        HttpRequestParser, HttpResponseParser)
 
 from .errors import CodecError
-from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
+from .events import (END_OF_MESSAGE, Data, Informational, MessageComplete, RequestHeaders,
+                     ResponseHeaders)
 from .framing import (SPECIAL, VERSIONS, RequestEncoding, ResponseEncoding, analyze,
                       check_head_limits, reject, strip_empty_lines)
 
@@ -181,7 +182,11 @@ class FastServerCodec(ResponseEncoding):
                 or len(headers) > self._max_count):
             check_head_limits(method, url, headers, self._max_bytes, self._max_count, True)
         specials = self._specials
-        cl, chunked, keep_alive, _, upgrade, expect = analyze(specials, version, True)
+        if len(specials) == 1 and specials[0][0] == b"host":
+            # analyze()'s first fast path, inlined: a request whose only framing field is Host.
+            cl, chunked, keep_alive, upgrade, expect = None, False, version == b"1.1", None, False
+        else:
+            cl, chunked, keep_alive, _, upgrade, expect = analyze(specials, version, True)
         specials.clear()
         # llhttp only flags an upgrade for CONNECT or when an Upgrade header was present.
         if (upgrade is not None or method == b"CONNECT") and parser.should_upgrade():
@@ -205,9 +210,9 @@ class FastServerCodec(ResponseEncoding):
         if trailers:  # rare: the next message needs fresh lists
             self._headers = []
             self._specials.clear()
-            self._events.append(MessageComplete(trailers))
+            self._events.append(MessageComplete(trailers) if trailers else END_OF_MESSAGE)
         else:  # the empty list is reused as the next message's header list
-            self._events.append(MessageComplete(None))
+            self._events.append(END_OF_MESSAGE)
         self._unanswered += 1
         if self._switch:
             self._switch = False
@@ -334,7 +339,7 @@ class FastClientCodec(RequestEncoding):
         if self._state == _BODY and self._close_delimited:
             self._state = _CLOSED
             self._methods.pop(0)
-            return [MessageComplete(None)]
+            return [END_OF_MESSAGE]
         if self._state in (_TUNNEL, _CLOSED) or (self._state == _HEAD and not self._methods):
             self._state = _CLOSED
             return []
@@ -413,7 +418,7 @@ class FastClientCodec(RequestEncoding):
                 self._complete(None)
 
     def _complete(self, trailers: list | None) -> None:
-        self._events.append(MessageComplete(trailers))
+        self._events.append(MessageComplete(trailers) if trailers else END_OF_MESSAGE)
         self._methods.pop(0)
         self._state = _HEAD if self._keep_alive else _CLOSED
         self._keep_alive = True

@@ -12,8 +12,6 @@ validated the bytes already).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from itertools import compress
-from operator import itemgetter, not_
 
 __all__ = ["Headers", "RequestHead", "ResponseHead", "HOP_BY_HOP", "append_via"]
 
@@ -24,13 +22,7 @@ HOP_BY_HOP = frozenset({
 })
 
 
-_name = itemgetter(0)
-
-
 class Headers:
-    """Lookups that scan every field (`has`, `set`, `remove*`) iterate the names with `map`,
-    i.e. in C: no bytecode per field on the hot path."""
-
     __slots__ = ("_items",)
 
     def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
@@ -58,7 +50,10 @@ class Headers:
         return None if v is None else v.decode("latin-1")
 
     def has(self, name: bytes) -> bool:
-        return name in map(_name, self._items)
+        for k, _ in self._items:
+            if k == name:
+                return True
+        return False
 
     def add(self, name: bytes, value: bytes) -> None:
         self._items.append((name, value))
@@ -66,31 +61,34 @@ class Headers:
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every value of `name` with one `value` (kept at the first position)."""
         items = self._items
-        names = list(map(_name, items))
-        count = names.count(name)
-        if not count:
-            items.append((name, value))
-            return
-        i = names.index(name)
-        items[i] = (name, value)
-        if count > 1:  # rare: drop the later duplicates
-            self._items = items[: i + 1] + [kv for kv in items[i + 1:] if kv[0] != name]
+        i = 0
+        n = len(items)
+        while i < n:
+            if items[i][0] == name:
+                items[i] = (name, value)
+                # Later duplicates are rare: rebuild the list only when there is one.
+                for j in range(i + 1, n):
+                    if items[j][0] == name:
+                        self._items = items[: i + 1] + [kv for kv in items[i + 1:] if kv[0] != name]
+                        break
+                return
+            i += 1
+        items.append((name, value))
 
     def set_default(self, name: bytes, value: bytes) -> None:
         items = self._items
-        if name not in map(_name, items):
-            items.append((name, value))
+        for k, _ in items:
+            if k == name:
+                return
+        items.append((name, value))
 
     def remove(self, name: bytes) -> bool:
-        if name not in map(_name, self._items):
-            return False
+        before = len(self._items)
         self._items = [kv for kv in self._items if kv[0] != name]
-        return True
+        return len(self._items) != before
 
     def remove_many(self, names: frozenset[bytes] | set[bytes]) -> None:
-        items = self._items
-        if not names.isdisjoint(map(_name, items)):
-            self._items = list(compress(items, map(not_, map(names.__contains__, map(_name, items)))))
+        self._items = [kv for kv in self._items if kv[0] not in names]
 
     def items(self) -> list[tuple[bytes, bytes]]:
         return self._items

@@ -285,7 +285,6 @@ _RESPONSE_FRAMING_FIELDS = _OWN_RESPONSE_FIELDS | {b"content-length"}
 # sends chunked, host when the caller passes the authority.
 _REQUEST_FRAMING_FIELDS = frozenset({b"transfer-encoding", b"content-length"})
 _REQUEST_FRAMING_FIELDS_AND_HOST = _REQUEST_FRAMING_FIELDS | {b"host"}
-_CONTENT_LENGTH_ONLY = frozenset({b"content-length"})
 _field_line = b": ".join
 _END = (b"", b"")  # the last field's CRLF + the blank line
 
@@ -337,22 +336,13 @@ class ResponseEncoding:
         bodyless = tunnel or status == 204 or status == 304 or request_method == b"HEAD"
         has_length = False
         parts = [line]
-        # Which framing fields are present, found in C (dict() and a set intersection); when
-        # every field is kept, the lines are built by `map` with no bytecode per field.
-        framing = dict(headers).keys() & _RESPONSE_FRAMING_FIELDS
-        if not framing:
-            parts += map(_field_line, headers)
-        elif framing == _CONTENT_LENGTH_ONLY and status != 204 and not tunnel:
-            has_length = True
-            parts += map(_field_line, headers)
-        else:
-            for field in headers:
-                n = field[0]
-                if n in _RESPONSE_FRAMING_FIELDS:
-                    if n != b"content-length" or status == 204 or tunnel:
-                        continue  # codec-owned, or no length allowed
-                    has_length = True
-                parts.append(_field_line(field))
+        for field in headers:
+            n = field[0]
+            if n in _RESPONSE_FRAMING_FIELDS:
+                if n != b"content-length" or status == 204 or tunnel:
+                    continue  # codec-owned, or no length allowed
+                has_length = True
+            parts.append(_field_line(field))
         chunked = False
         if not bodyless and not has_length:
             if request_version == b"1.1":
@@ -405,15 +395,11 @@ class RequestEncoding:
         if authority is not None:
             parts.append(b"host: " + authority)
             skip = _REQUEST_FRAMING_FIELDS_AND_HOST
-        present = dict(headers).keys() & skip  # in C, as in encode_response_head
-        if not present or (present == _CONTENT_LENGTH_ONLY and not chunked):
-            parts += map(_field_line, headers)
-        else:
-            for field in headers:
-                n = field[0]
-                if n in skip and (n != b"content-length" or chunked):
-                    continue  # codec-owned framing, or the host given as `authority`
-                parts.append(_field_line(field))
+        for field in headers:
+            n = field[0]
+            if n in skip and (n != b"content-length" or chunked):
+                continue  # codec-owned framing, or the host given as `authority`
+            parts.append(_field_line(field))
         if chunked:
             parts.append(b"transfer-encoding: chunked")
         parts += _END

@@ -3,13 +3,12 @@
 llhttp runs in strict mode (no leniency flags): it rejects obs-fold, bare CR/LF, NUL and
 control bytes, whitespace before the colon, duplicate Content-Length, CL+TE and malformed
 chunk lines by itself; `framing.analyze` adds the rest of our policy once per message.
-Per header the Python work is one callback that appends the raw pair; lower-casing, value
-trimming and picking the framing fields happen once per block, in C (`_normalise`).
+Per header the Python work is one `lower()`, one `rstrip()`, one append and one set lookup.
 
-Speed notes (this is the proxy's hottest code; perf/bytecode_count.py counts its bytecodes):
-`on_url` / `on_status` are bound `list.append`s (no Python frame per call; httptools looks
-the callbacks up once, when the parser is built); `analyze` has a fast path for the usual
-framing headers; and
+Speed notes (this is the proxy's hottest code): `on_url` / `on_status` are bound
+`list.append`s (no Python frame per call; httptools looks the callbacks up once, when the
+parser is built); the header lists are handed out per message and only replaced when a
+message actually used them; `analyze` has a fast path for the usual framing headers; and
 `llhttp`'s `should_upgrade()` is only asked when an Upgrade header or CONNECT makes it
 possible.
 
@@ -26,9 +25,6 @@ I/O, keep module-level mutable state, or forward anything from a message that er
 """
 
 from __future__ import annotations
-
-from itertools import compress
-from operator import itemgetter
 
 from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgrade,
                        HttpRequestParser, HttpResponseParser)
@@ -60,34 +56,26 @@ def _llhttp_error(exc: Exception, is_request: bool) -> CodecError:
 
 
 def _collect_header(self, name: bytes, value: bytes) -> None:
-    """llhttp callback shared by both codecs: keep the raw field; `_normalise` does the rest
-    for the whole block at once."""
-    self._raw.append((name, value))
-
-
-_first = itemgetter(0)
-_second = itemgetter(1)
-
-
-def _normalise(raw: list) -> tuple[list, list]:
-    """(headers, specials) of a raw field list: names lower-cased, values without trailing
-    whitespace, and the framing-relevant fields (`SPECIAL`) apart for `analyze`. Built with
-    map/zip/compress, i.e. in C: no bytecode per field."""
-    headers = list(zip(map(bytes.lower, map(_first, raw)), map(bytes.rstrip, map(_second, raw))))
-    return headers, list(compress(headers, map(SPECIAL.__contains__, map(_first, headers))))
+    """llhttp callback shared by both codecs: keep the header, and the framing-relevant ones
+    apart for `analyze` (one tuple, lower-cased name, value without trailing whitespace)."""
+    pair = (name.lower(), value.rstrip())
+    self._headers.append(pair)
+    if pair[0] in SPECIAL:
+        self._specials.append(pair)
 
 class FastServerCodec(ResponseEncoding):
     """Downstream side: parses requests (pipelined), encodes responses."""
 
-    __slots__ = ("_parser", "_events", "_raw", "_url", "on_url", "_max_bytes",
+    __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "on_url", "_max_bytes",
                  "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len",
                  "_state", "_held", "_keep_alive", "_switch", "_unanswered", "_resp_chunked",
                  "response_must_close")
 
     def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
         self._events: list = []
-        # Invariant at each message begin: `_raw` (fields as llhttp gave them) and `_url` are empty.
-        self._raw: list = []
+        # Invariant at each message begin: `_headers`, `_specials` and `_url` are empty.
+        self._headers: list = []
+        self._specials: list = []
         self._url: list[bytes] = []   # target pieces; llhttp's on_url is its C-level append
         self.on_url = self._url.append
         self._parser = HttpRequestParser(self)
@@ -185,20 +173,21 @@ class FastServerCodec(ResponseEncoding):
         if version is None:
             raise CodecError(400, "http1.codec_error", "unsupported HTTP version")
         method = parser.get_method()
-        raw = self._raw
-        headers, specials = _normalise(raw)
-        raw.clear()  # trailers, if any, land here
+        headers = self._headers
+        self._headers = []  # trailers, if any, land here
         # Raw bytes of this head <= this feed + what earlier feeds held; only if that bound
         # passes the limit is the exact header-map size worth computing.
         held = self._head_bytes
         if (self._feed_len + (held if held > 0 else 0) > self._max_bytes
                 or len(headers) > self._max_count):
             check_head_limits(method, url, headers, self._max_bytes, self._max_count, True)
+        specials = self._specials
         if len(specials) == 1 and specials[0][0] == b"host":
             # analyze()'s first fast path, inlined: a request whose only framing field is Host.
             cl, chunked, keep_alive, upgrade, expect = None, False, version == b"1.1", None, False
         else:
             cl, chunked, keep_alive, _, upgrade, expect = analyze(specials, version, True)
+        specials.clear()
         # llhttp only flags an upgrade for CONNECT or when an Upgrade header was present.
         if (upgrade is not None or method == b"CONNECT") and parser.should_upgrade():
             if cl or chunked:
@@ -217,11 +206,12 @@ class FastServerCodec(ResponseEncoding):
 
     def on_message_complete(self) -> None:
         self._in_msg = False
-        raw = self._raw
-        if raw:  # trailers (rare)
-            self._events.append(MessageComplete(_normalise(raw)[0]))
-            raw.clear()
-        else:
+        trailers = self._headers
+        if trailers:  # rare: the next message needs fresh lists
+            self._headers = []
+            self._specials.clear()
+            self._events.append(MessageComplete(trailers) if trailers else END_OF_MESSAGE)
+        else:  # the empty list is reused as the next message's header list
             self._events.append(END_OF_MESSAGE)
         self._unanswered += 1
         if self._switch:
@@ -245,7 +235,7 @@ class FastServerCodec(ResponseEncoding):
 class FastClientCodec(RequestEncoding):
     """Upstream side: encodes requests, parses their responses (one at a time)."""
 
-    __slots__ = ("_parser", "_events", "_buf", "_methods", "_state", "_raw",
+    __slots__ = ("_parser", "_events", "_buf", "_methods", "_state", "_headers", "_specials",
                  "_reason", "on_status", "_max_bytes", "_max_count", "_head_len",
                  "_feeding_head", "_informational", "_skip_complete", "_keep_alive",
                  "_close_delimited", "_error", "_req_chunked")
@@ -255,8 +245,9 @@ class FastClientCodec(RequestEncoding):
         self._buf = b""
         self._methods: list[bytes] = []
         self._state = _HEAD
-        # Invariant at each message begin: `_raw` and `_reason` are empty.
-        self._raw: list = []
+        # Invariant at each message begin: `_headers`, `_specials` and `_reason` are empty.
+        self._headers: list = []
+        self._specials: list = []
         self._reason: list[bytes] = []  # reason pieces; llhttp's on_status is its append
         self.on_status = self._reason.append
         self._parser = HttpResponseParser(self)
@@ -370,9 +361,9 @@ class FastClientCodec(RequestEncoding):
         reason_parts = self._reason
         reason = reason_parts[0] if len(reason_parts) == 1 else b"".join(reason_parts)
         reason_parts.clear()
-        raw = self._raw
-        headers, specials = _normalise(raw)
-        raw.clear()  # trailers, if any, land here
+        headers = self._headers
+        self._headers = []  # trailers, if any, land here
+        specials = self._specials
         v = parser.get_http_version()
         version = b"1.1" if v == "1.1" else VERSIONS.get(v)
         if version is None:
@@ -381,6 +372,7 @@ class FastClientCodec(RequestEncoding):
         if self._head_len > self._max_bytes or len(headers) > self._max_count:
             check_head_limits(b"", reason, headers, self._max_bytes, self._max_count, False)
         cl, chunked, keep_alive, _, _, _ = analyze(specials, version, False)
+        specials.clear()
         if status < 200 and status != 101:
             self._informational = True
             self._events.append(Informational(status, headers))
@@ -417,11 +409,12 @@ class FastClientCodec(RequestEncoding):
         if self._informational:
             self._informational = False
         elif not self._skip_complete and self._state == _BODY:
-            raw = self._raw
-            if raw:  # trailers (rare)
-                self._complete(_normalise(raw)[0])
-                raw.clear()
-            else:
+            trailers = self._headers
+            if trailers:  # rare: the next response needs fresh lists
+                self._headers = []
+                self._specials.clear()
+                self._complete(trailers)
+            else:  # the empty list is reused as the next response's header list
                 self._complete(None)
 
     def _complete(self, trailers: list | None) -> None:

@@ -27,31 +27,33 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class RouterFilter:
-    # Per-request object: the defaults are class attributes (no __slots__), so creating one
-    # stores two fields instead of twenty.
-    route = None
-    cluster = None
-    host = None
-    pool_handle = None
-    upstream = None               # UpstreamHttpConnection while attached
-    buffered: list[bytes] | None = None  # request body waiting for a connection
-    buffered_bytes = 0
-    request_ended = False
-    trailers = None
-    timeout_timer = None
-    upstream_start = 0.0
-    response_started = False
-    done = False
-    holds_request_slot = False
-    downstream_paused = False
-    upstream_paused = False
-    chunked = False
-    retried = False
-    holds_retry_slot = False
+    __slots__ = ("stream", "ctx", "route", "cluster", "host", "pool_handle", "upstream",
+                 "buffered", "buffered_bytes", "request_ended", "trailers", "timeout_timer",
+                 "upstream_start", "response_started", "done", "holds_request_slot",
+                 "downstream_paused", "upstream_paused", "chunked", "retried", "holds_retry_slot")
 
     def __init__(self, stream, ctx) -> None:
         self.stream = stream
         self.ctx = ctx
+        self.route = None
+        self.cluster = None
+        self.host = None
+        self.pool_handle = None
+        self.upstream = None          # UpstreamHttpConnection while attached
+        self.buffered: list[bytes] | None = None  # request body waiting for a connection
+        self.buffered_bytes = 0
+        self.request_ended = False
+        self.trailers = None
+        self.timeout_timer = None
+        self.upstream_start = 0.0
+        self.response_started = False
+        self.done = False
+        self.holds_request_slot = False
+        self.downstream_paused = False
+        self.upstream_paused = False
+        self.chunked = False
+        self.retried = False
+        self.holds_retry_slot = False
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, end_stream: bool) -> None:

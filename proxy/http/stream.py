@@ -28,15 +28,9 @@ __all__ = ["ActiveStream"]
 class ActiveStream:
     """One request/response exchange. Owned by its ConnectionManager."""
 
-    # Per-request object: defaults are class attributes (no __slots__), so creating one
-    # stores only what differs.
-    router: RouterFilter | None = None
-    request_complete = False
-    response_started = False
-    response_complete = False
-    upgraded = False
-    response_head: ResponseHead | None = None
-    closed = False
+    __slots__ = ("hcm", "stream_id", "head", "info", "router", "request_complete",
+                 "response_started", "response_complete", "keep_alive", "upgrade", "upgraded",
+                 "response_head", "closed", "last_activity")
 
     def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead, info: StreamInfo,
                  keep_alive: bool, upgrade: bytes | None) -> None:
@@ -44,8 +38,15 @@ class ActiveStream:
         self.stream_id = stream_id
         self.head = head
         self.info = info
+        self.router: RouterFilter | None = None
+        self.request_complete = False
+        self.response_started = False
+        self.response_complete = False
         self.keep_alive = keep_alive
         self.upgrade = upgrade
+        self.upgraded = False
+        self.response_head: ResponseHead | None = None
+        self.closed = False
         self.last_activity = info.start_monotonic  # for stream_idle_timeout
 
     # -- encode path (called by the router filter) ----------------------------------------

@@ -10,7 +10,7 @@
 #    (perf/configs/tcp.yaml), concurrency sweep, 10,000 idle connections (RSS), 1 GiB through a
 #    slow reader (RSS)  -> perf/results.json and the tables in perf/RESULTS.md.
 # Everything on 127.0.0.1; the server under test on CPU 0, clients and upstream on CPU 1.
-# Knobs (env): QUICK, RUNS, DURATION, SWEEP="1 2", SWEEP_CPUS, IDLE_CONNS, SLOW_MB, ONLY=a,b,
+# Knobs (env): QUICK, RUNS, DURATION, SWEEP="1 2", SWEEP_CPUS, IDLE_CONNS, SLOW_MB, SLOW_RUNS, ONLY=a,b,
 #   SKIP_PEERS=1, FTPROXY_CMD (template with {config} {concurrency}; default below).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd); cd "$ROOT"

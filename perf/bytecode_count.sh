@@ -15,17 +15,8 @@ mkdir -p "$OUT_DIR/tmp"; chmod 755 "$OUT_DIR"
 PGS=()
 cleanup() { for p in "${PGS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-BODY=$(printf '%0100d' 0)
-cat > "$OUT_DIR/upstream.conf" <<EOC
-worker_processes 1; pid $OUT_DIR/upstream.pid; error_log $OUT_DIR/upstream.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; client_body_temp_path $OUT_DIR/tmp/b;
-  proxy_temp_path $OUT_DIR/tmp/p; fastcgi_temp_path $OUT_DIR/tmp/f; uwsgi_temp_path $OUT_DIR/tmp/u;
-  scgi_temp_path $OUT_DIR/tmp/s;
-  server { listen 127.0.0.1:18080; location = / { default_type text/plain; return 200 "$BODY"; } } }
-EOC
-setsid nginx -p "$OUT_DIR/" -e "$OUT_DIR/upstream.err" -c "$OUT_DIR/upstream.conf" -g 'daemon off;' \
-  >"$OUT_DIR/upstream.log" 2>&1 </dev/null & PGS+=($!)
+source "$HERE/upstream.sh"
+start_upstream ""
 setsid env FTPROXY_BYTECODE_OUT="$OUT_DIR/counts.json" PYTHONPATH="$ROOT" "$PY" "$HERE/bytecode_count.py" \
   -c "$ROOT/perf/configs/http.yaml" --concurrency 1 --drain-time-s 1 -l warning --base-id 4714 \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)

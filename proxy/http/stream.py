@@ -146,4 +146,3 @@ class ActiveStream:
 
     def read_disable_downstream(self, disable: bool) -> None:
         self.hcm.connection.read_disable(disable)
-

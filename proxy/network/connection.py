@@ -2,7 +2,9 @@
 
 A `Connection` wraps one socket registered with one Dispatcher (thread-confined). It reads
 whenever reading is enabled and hands each chunk to its `ConnectionCallbacks.on_data`; it
-writes through `write()`, which sends at once when it can and buffers the rest. When the
+writes through `write()`, which queues; the dispatcher calls `flush_scheduled()` once per loop
+iteration, sending everything queued in one `send`/`sendmsg` and keeping what the socket did
+not take (then it waits for writability). When the
 write buffer grows past the high watermark (the `per_connection_buffer_limit_bytes`) the
 callbacks get `on_above_write_watermark()` — the owner then read-disables the *other* side —
 and `on_below_write_watermark()` once it drains under half of it (Envoy's flow_control.md).

@@ -374,7 +374,6 @@ class ResponseEncoding:
         return b""
 
 
-
 class RequestEncoding:
     """Mixin for client codecs: request heads and bodies. Needs slots `_req_chunked`,
     `_error` (a CodecError that poisoned the connection, or None) and `_methods` (the methods

@@ -210,7 +210,7 @@ class FastServerCodec(ResponseEncoding):
         if trailers:  # rare: the next message needs fresh lists
             self._headers = []
             self._specials.clear()
-            self._events.append(MessageComplete(trailers) if trailers else END_OF_MESSAGE)
+            self._events.append(MessageComplete(trailers))
         else:  # the empty list is reused as the next message's header list
             self._events.append(END_OF_MESSAGE)
         self._unanswered += 1

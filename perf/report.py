@@ -79,11 +79,12 @@ def render_tables(doc: dict) -> str:
     if "tcp_bulk" in s:
         t = s["tcp_bulk"]
         d = t.get("direct", {}).get("MBps")
-        out += ["### TCP proxy bulk (tcp_proxy; curl downloads of /big.bin over one connection)", "",
-                "| case | MB/s | vs direct | CPU % | peak RSS MiB | bad |", "|---|---|---|---|---|---|"]
+        out += ["### TCP proxy bulk (tcp_proxy; curl downloads of /big.bin over one connection; rounds interleave the systems)", "",
+                "| case | MB/s | vs direct | vs direct per round | CPU % | peak RSS MiB | bad |", "|---|---|---|---|---|---|---|"]
         for name, r in t.items():
-            out.append(f"| {name} | {_f(r['MBps'], 0)} | {_ratio(r['MBps'], d)} | {_f(r.get('proxy_cpu_pct'), 0)} | "
-                       f"{_f(r.get('peak_rss_mib'))} | {r['bad']} |")
+            per_round = " / ".join(_f(x, 2) for x in r.get("vs_direct_per_round", [])) or "-"
+            out.append(f"| {name} | {_f(r['MBps'], 0)} | {_ratio(r['MBps'], d)} | {per_round} | "
+                       f"{_f(r.get('proxy_cpu_pct'), 0)} | {_f(r.get('peak_rss_mib'))} | {r['bad']} |")
         out.append("")
     if "idle" in s:
         out += ["### Idle keep-alive connections (one request each, then idle; VmRSS of the server)", "",

@@ -7,7 +7,8 @@ start, end) and hands to every configured access logger at the end.
 Thread affinity: a StreamInfo is created, filled and logged by the one worker thread that
 owns the connection; it is never shared between threads. Must not: do I/O, read clocks (the
 owner writes the timestamps it took from its dispatcher's clock), or import other proxy
-packages. Cheap to construct: it is created per request, so `__init__` only assigns slots.
+packages. Cheap to construct: it is created per request, so `__init__` only stores the start
+times (the other fields' defaults are class attributes).
 
 Timestamps: `start_time` is wall-clock epoch seconds (for %START_TIME%); every `*_monotonic`
 is the dispatcher's monotonic clock in seconds (durations are differences of these).
@@ -38,7 +39,9 @@ RESPONSE_FLAG_ORDER: tuple[str, ...] = (
 class StreamInfo:
     """Facts about one downstream request/connection; see the module docstring."""
 
-    __slots__ = (
+    # One is created per request: every field's default is a class attribute, so creating
+    # one stores only the start times (no __slots__; attributes are set as the request goes).
+    _FIELDS = (
         "start_time", "start_monotonic", "request_complete_monotonic",
         "first_upstream_tx_monotonic", "first_upstream_rx_monotonic",
         "response_start_monotonic", "end_monotonic",
@@ -51,45 +54,51 @@ class StreamInfo:
         "upstream_transport_failure_reason", "connection_id",
         "upstream_request_attempt_count",
     )
+    start_time: float | None = None
+    start_monotonic: float | None = None
+    request_complete_monotonic: float | None = None
+    first_upstream_tx_monotonic: float | None = None
+    first_upstream_rx_monotonic: float | None = None
+    response_start_monotonic: float | None = None
+    end_monotonic: float | None = None
+    request_headers: Any = None
+    response_headers: Any = None
+    response_trailers: Any = None
+    response_code: int | None = None
+    response_code_details: str | None = None
+    # A tuple until the first flag is set (set_response_flag makes the instance's own list).
+    response_flags: list[str] | tuple[()] = ()
+    bytes_received = 0
+    bytes_sent = 0
+    protocol: str | None = None
+    upstream_host: str | None = None
+    upstream_cluster: str | None = None
+    upstream_local_address: str | None = None
+    downstream_remote_address: str | None = None
+    downstream_local_address: str | None = None
+    downstream_direct_remote_address: str | None = None
+    route_name: str | None = None
+    requested_server_name: str | None = None
+    upstream_transport_failure_reason: str | None = None
+    connection_id = 0
+    upstream_request_attempt_count = 0
 
     def __init__(self, start_time: float | None = None, start_monotonic: float | None = None) -> None:
-        self.start_time: float | None = start_time
-        self.start_monotonic: float | None = start_monotonic
-        self.request_complete_monotonic: float | None = None
-        self.first_upstream_tx_monotonic: float | None = None
-        self.first_upstream_rx_monotonic: float | None = None
-        self.response_start_monotonic: float | None = None
-        self.end_monotonic: float | None = None
-        self.request_headers: Any = None
-        self.response_headers: Any = None
-        self.response_trailers: Any = None
-        self.response_code: int | None = None
-        self.response_code_details: str | None = None
-        self.response_flags: list[str] = []
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.protocol: str | None = None
-        self.upstream_host: str | None = None
-        self.upstream_cluster: str | None = None
-        self.upstream_local_address: str | None = None
-        self.downstream_remote_address: str | None = None
-        self.downstream_local_address: str | None = None
-        self.downstream_direct_remote_address: str | None = None
-        self.route_name: str | None = None
-        self.requested_server_name: str | None = None
-        self.upstream_transport_failure_reason: str | None = None
-        self.connection_id = 0
-        self.upstream_request_attempt_count = 0
+        self.start_time = start_time
+        self.start_monotonic = start_monotonic
 
     def set_response_flag(self, flag: str) -> None:
         """Add an Envoy short response flag ("UH", "UF", ...) once."""
-        if flag not in self.response_flags:
-            self.response_flags.append(flag)
+        flags = self.response_flags
+        if flag not in flags:
+            if type(flags) is tuple:
+                self.response_flags = flags = []
+            flags.append(flag)
 
     def has_response_flag(self, flag: str) -> bool:
         return flag in self.response_flags
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__
-                           if getattr(self, n) not in (None, 0, []))
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._FIELDS
+                           if getattr(self, n) not in (None, 0, [], ()))
         return f"StreamInfo({fields})"

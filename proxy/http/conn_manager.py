@@ -106,16 +106,9 @@ class ConnectionManager(ConnectionCallbacks):
         return deadline
 
     def _watch_stream(self, stream: ActiveStream) -> None:
-        """Make the connection's one timer fire by a new stream's deadline (what
-        `_stream_deadline` gives for it). Amortised: the timer is only moved when it would
-        fire too late, not once per request."""
-        cfg = self.ctx.config
-        start = stream.last_activity
-        deadline = start + cfg.stream_idle_timeout if cfg.stream_idle_timeout else None
-        if cfg.request_timeout:
-            t = start + cfg.request_timeout
-            if deadline is None or t < deadline:
-                deadline = t
+        """Make the connection's one timer fire by the stream's deadline. Amortised: the timer
+        is only moved when it would fire too late, not once per request."""
+        deadline = self._stream_deadline(stream)
         if deadline is None:
             return
         timer = self.idle_timer
@@ -183,16 +176,7 @@ class ConnectionManager(ConnectionCallbacks):
             if pending or self.paused_for_pipeline:
                 pending.append(ev)
                 continue
-            cls = type(ev)
-            if cls is MessageComplete and ev.trailers is None:
-                # The usual end of a bodyless request: its stream knew at the head.
-                stream = self.active
-                if stream is None or stream.closed or stream.request_complete:
-                    continue
-            if cls is RequestHeaders and self.active is None:
-                self._new_stream(ev)
-            else:
-                self._on_event(ev)
+            self._on_event(ev)
             if self.connection.closed:
                 return
         if pending and not self.paused_for_pipeline:
@@ -215,7 +199,8 @@ class ConnectionManager(ConnectionCallbacks):
                 if stream.router is not None:
                     stream.router.decode_data(ev.data, False)
         elif cls is MessageComplete:
-            if stream is not None and not stream.closed:
+            # A bodyless request was complete at its head already (`_new_stream`).
+            if stream is not None and not stream.closed and not stream.request_complete:
                 stream.request_complete = True
                 stream.info.request_complete_monotonic = time.monotonic()
                 if stream.router is not None:

@@ -76,11 +76,8 @@ class Headers:
         items.append((name, value))
 
     def set_default(self, name: bytes, value: bytes) -> None:
-        items = self._items
-        for k, _ in items:
-            if k == name:
-                return
-        items.append((name, value))
+        if not self.has(name):
+            self._items.append((name, value))
 
     def remove(self, name: bytes) -> bool:
         before = len(self._items)

@@ -85,7 +85,7 @@ class RouterFilter:
             stream.send_local_reply(403, b"", None, "upgrade_failed")
             return
         name = action.cluster or action.choose_cluster(head, ctx.worker.rand_bits())
-        cluster = ctx.worker.clusters.get(name) if name is not None else None
+        cluster = ctx.worker.cluster(name) if name is not None else None
         if cluster is None:
             ctx.stats.no_cluster.value += 1
             stream.send_local_reply(action.cluster_not_found_response_code, b"", "NC", "cluster_not_found")
@@ -93,7 +93,7 @@ class RouterFilter:
         self.cluster = cluster
         info.upstream_cluster = cluster.name
         cstats = cluster.stats
-        host = cluster.lb.choose()
+        host = cluster.choose_host()
         if host is None:
             cstats.upstream_cx_none_healthy.value += 1
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
@@ -119,10 +119,7 @@ class RouterFilter:
                 not headers.has(b"content-length") and stream.upgrade is None)
         cstats.upstream_rq_total.value += 1
         cstats.upstream_rq_active.value += 1
-        pool = cluster.pools.get(host.key)
-        if pool is None:
-            pool = cluster.pool_for(host)
-        self.pool_handle = pool.new_stream(self)
+        self.pool_handle = cluster.pool_for(host).new_stream(self)
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header

@@ -123,6 +123,14 @@ def test_prefix_ignores_query():
     assert not matches({"prefix": "/api"}, path="/ap?i")
 
 
+def test_prefix_with_query_or_fragment_characters_matches_the_path_part_only():
+    # Such prefixes cannot take the raw-target fast path: the path part of "/a?b" is "/a".
+    assert not matches({"prefix": "/a?b"}, path="/a?b")
+    assert not matches({"prefix": "/a#b"}, path="/a#b")
+    assert matches({"prefix": "/a"}, path="/a#b")
+    assert matches({"prefix": "/A", "case_sensitive": False}, path="/a/x?y=1")
+
+
 def test_exact_path_ignores_query_and_fragment():
     assert matches({"path": "/a"}, path="/a?x=1")
     assert matches({"path": "/a"}, path="/a#frag")

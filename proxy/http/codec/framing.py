@@ -31,7 +31,7 @@ from types import MappingProxyType
 
 from .errors import CodecError
 
-__all__ = ["SPECIAL", "KNOWN_METHODS", "VERSIONS", "analyze", "check_head_limits",
+__all__ = ["OPEN", "AWAIT_SWITCH", "TUNNEL", "CLOSED", "HEAD", "BODY", "SPECIAL", "KNOWN_METHODS", "VERSIONS", "analyze", "check_head_limits",
            "check_raw_head", "strip_empty_lines", "ChunkScanner", "ResponseEncoding", "RequestEncoding", "reject"]
 
 # Headers whose values decide framing; everything else is only lower-cased and kept.
@@ -299,22 +299,37 @@ def _last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
     return b"0\r\n" + b"".join([n + b": " + v + b"\r\n" for n, v in trailers]) + b"\r\n"
 
 
+# Connection states of both codecs. Server: OPEN, AWAIT_SWITCH (an upgrade/CONNECT request
+# awaits its answer), then TUNNEL or CLOSED. Client: HEAD <-> BODY, then TUNNEL or CLOSED.
+OPEN, AWAIT_SWITCH, TUNNEL, CLOSED = range(4)
+HEAD, BODY = 0, 1
+
+
 class ResponseEncoding:
-    """Mixin for server codecs: response heads and bodies with codec-owned framing.
+    """Mixin for server codecs: response heads and bodies with codec-owned framing, and the
+    server state change each final head makes.
 
     Needs slots `_resp_chunked`, `response_must_close` (a plain attribute: the connection
-    must close after this response) and the hooks `_switch_protocols()` (after a
-    101, or a 2xx to CONNECT) and `_final_response()` (after any other final head)."""
+    must close after this response), `_state`, `_unanswered` (requests without a final
+    answer yet) and `_keep_alive` (of the last request)."""
 
     __slots__ = ()
     _resp_chunked: bool
     response_must_close: bool
+    _state: int
+    _unanswered: int
+    _keep_alive: bool
 
     def _switch_protocols(self) -> None:
-        raise NotImplementedError
+        """After a 101, or a 2xx to CONNECT: the connection is a tunnel now."""
+        self._unanswered -= 1
+        self._state = TUNNEL
 
     def _final_response(self) -> None:
-        raise NotImplementedError
+        """After any other final head: a refused upgrade reopens (or closes) the connection."""
+        self._unanswered -= 1
+        if self._state == AWAIT_SWITCH and self._unanswered <= 0:
+            self._state = OPEN if self._keep_alive else CLOSED
 
     def encode_response_head(self, status: int, reason: bytes | None,
                              headers: list[tuple[bytes, bytes]], request_method: bytes,

@@ -32,13 +32,12 @@ from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgra
 from .errors import CodecError
 from .events import (END_OF_MESSAGE, Data, Informational, MessageComplete, RequestHeaders,
                      ResponseHeaders)
-from .framing import (SPECIAL, VERSIONS, RequestEncoding, ResponseEncoding, analyze,
-                      check_head_limits, reject, strip_empty_lines)
+from .framing import (AWAIT_SWITCH, BODY, CLOSED, HEAD, OPEN, SPECIAL, TUNNEL, VERSIONS,
+                      RequestEncoding, ResponseEncoding, analyze, check_head_limits, reject,
+                      strip_empty_lines)
 
 __all__ = ["FastServerCodec", "FastClientCodec"]
 
-_OPEN, _AWAIT_SWITCH, _TUNNEL, _CLOSED = range(4)   # server states
-_HEAD, _BODY = 0, 1                                  # client states (+ _TUNNEL, _CLOSED)
 _STATUS_END = (b" ", b"\r")                          # what may follow a 3-digit status code
 
 
@@ -83,7 +82,7 @@ class FastServerCodec(ResponseEncoding):
         self._max_count = max_headers_count
         self._in_head = self._in_msg = self._switch = False
         self._head_bytes = self._feed_len = 0
-        self._state = _OPEN
+        self._state = OPEN
         self._held = b""
         self._keep_alive = True
         self._unanswered = 0
@@ -94,10 +93,10 @@ class FastServerCodec(ResponseEncoding):
         if not data:
             return self._eof()
         state = self._state
-        if state != _OPEN:
-            if state == _TUNNEL:
+        if state != OPEN:
+            if state == TUNNEL:
                 return [Data(data)]
-            if state == _AWAIT_SWITCH:
+            if state == AWAIT_SWITCH:
                 self._held += data
                 if len(self._held) > self._max_bytes:
                     raise CodecError(400, "http1.codec_error", "too much data before upgrade answer")
@@ -128,17 +127,17 @@ class FastServerCodec(ResponseEncoding):
         """llhttp stopped inside `data`: an upgrade/CONNECT pause, or an error."""
         if isinstance(exc, HttpParserUpgrade):
             rest = data[exc.args[0]:]
-            if self._state == _AWAIT_SWITCH:
+            if self._state == AWAIT_SWITCH:
                 self._held = rest
-            elif rest and self._state == _OPEN:
+            elif rest and self._state == OPEN:
                 self._run(rest)
             return
-        if self._state == _CLOSED and not self._in_msg:
+        if self._state == CLOSED and not self._in_msg:
             return  # bytes after a `Connection: close` request are ignored
         raise _llhttp_error(exc, True) from None
 
     def _eof(self) -> list:
-        if self._in_msg and self._state == _OPEN:
+        if self._in_msg and self._state == OPEN:
             raise CodecError(400, "http1.codec_error", "downstream closed mid-request")
         return []
 
@@ -148,9 +147,9 @@ class FastServerCodec(ResponseEncoding):
         held, self._held = self._held, b""
         if not held:
             return []
-        if self._state == _TUNNEL:
+        if self._state == TUNNEL:
             return [Data(held)]
-        if self._state == _OPEN:
+        if self._state == OPEN:
             return self.feed(held)
         return []
 
@@ -182,11 +181,7 @@ class FastServerCodec(ResponseEncoding):
                 or len(headers) > self._max_count):
             check_head_limits(method, url, headers, self._max_bytes, self._max_count, True)
         specials = self._specials
-        if len(specials) == 1 and specials[0][0] == b"host":
-            # analyze()'s first fast path, inlined: a request whose only framing field is Host.
-            cl, chunked, keep_alive, upgrade, expect = None, False, version == b"1.1", None, False
-        else:
-            cl, chunked, keep_alive, _, upgrade, expect = analyze(specials, version, True)
+        cl, chunked, keep_alive, _, upgrade, expect = analyze(specials, version, True)
         specials.clear()
         # llhttp only flags an upgrade for CONNECT or when an Upgrade header was present.
         if (upgrade is not None or method == b"CONNECT") and parser.should_upgrade():
@@ -216,20 +211,10 @@ class FastServerCodec(ResponseEncoding):
         self._unanswered += 1
         if self._switch:
             self._switch = False
-            self._state = _AWAIT_SWITCH
+            self._state = AWAIT_SWITCH
             self._held = b""
         elif not self._keep_alive:
-            self._state = _CLOSED
-
-    # --- response side hooks (ResponseEncoding) ---
-    def _switch_protocols(self) -> None:
-        self._unanswered -= 1
-        self._state = _TUNNEL
-
-    def _final_response(self) -> None:
-        self._unanswered -= 1
-        if self._state == _AWAIT_SWITCH and self._unanswered <= 0:
-            self._state = _OPEN if self._keep_alive else _CLOSED
+            self._state = CLOSED
 
 
 class FastClientCodec(RequestEncoding):
@@ -244,7 +229,7 @@ class FastClientCodec(RequestEncoding):
         self._events: list = []
         self._buf = b""
         self._methods: list[bytes] = []
-        self._state = _HEAD
+        self._state = HEAD
         # Invariant at each message begin: `_headers`, `_specials` and `_reason` are empty.
         self._headers: list = []
         self._specials: list = []
@@ -267,19 +252,19 @@ class FastClientCodec(RequestEncoding):
         if not data:
             return self._eof()
         state = self._state
-        if state == _TUNNEL:
+        if state == TUNNEL:
             return [Data(data)]
-        if state == _CLOSED:
+        if state == CLOSED:
             return []
         events = self._events = []
         while data:
-            if self._state == _BODY:
+            if self._state == BODY:
                 self._feed(data, False)
                 break
-            if self._state == _TUNNEL:
+            if self._state == TUNNEL:
                 events.append(Data(data))
                 break
-            if self._state == _CLOSED:
+            if self._state == CLOSED:
                 break
             data = self._take_head(data)
         return events
@@ -317,7 +302,7 @@ class FastClientCodec(RequestEncoding):
 
     def _fail(self, message: str) -> None:
         self._error = CodecError(502, "http1.codec_error", message)
-        self._state = _CLOSED
+        self._state = CLOSED
 
     def _feed(self, data: bytes, head: bool) -> None:
         self._feeding_head = head
@@ -329,19 +314,19 @@ class FastClientCodec(RequestEncoding):
                 self._parser = HttpResponseParser(self)
                 self._fail("response bytes after the end of the response")
                 return
-            if self._state != _TUNNEL:
+            if self._state != TUNNEL:
                 raise _llhttp_error(exc, False) from None
-        if self._state == _TUNNEL or self._skip_complete:
+        if self._state == TUNNEL or self._skip_complete:
             self._skip_complete = False
             self._parser = HttpResponseParser(self)
 
     def _eof(self) -> list:
-        if self._state == _BODY and self._close_delimited:
-            self._state = _CLOSED
+        if self._state == BODY and self._close_delimited:
+            self._state = CLOSED
             self._methods.pop(0)
             return [END_OF_MESSAGE]
-        if self._state in (_TUNNEL, _CLOSED) or (self._state == _HEAD and not self._methods):
-            self._state = _CLOSED
+        if self._state in (TUNNEL, CLOSED) or (self._state == HEAD and not self._methods):
+            self._state = CLOSED
             return []
         raise CodecError(502, "upstream_reset_before_response_complete",
                          "upstream closed connection before end of response")
@@ -383,7 +368,7 @@ class FastClientCodec(RequestEncoding):
             events.append(ResponseHeaders(status, reason, version, headers, keep_alive,
                                           cl, chunked))
             self._methods.pop(0)
-            self._state = _TUNNEL
+            self._state = TUNNEL
             return
         if method == b"HEAD" or status == 204 or status == 304:
             events.append(ResponseHeaders(status, reason, version, headers, keep_alive,
@@ -400,7 +385,7 @@ class FastClientCodec(RequestEncoding):
         self._keep_alive = keep_alive
         events.append(ResponseHeaders(status, reason, version, headers, keep_alive,
                                       cl, chunked))
-        self._state = _BODY
+        self._state = BODY
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
@@ -408,7 +393,7 @@ class FastClientCodec(RequestEncoding):
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
-        elif not self._skip_complete and self._state == _BODY:
+        elif not self._skip_complete and self._state == BODY:
             trailers = self._headers
             if trailers:  # rare: the next response needs fresh lists
                 self._headers = []
@@ -420,7 +405,7 @@ class FastClientCodec(RequestEncoding):
     def _complete(self, trailers: list | None) -> None:
         self._events.append(MessageComplete(trailers) if trailers else END_OF_MESSAGE)
         self._methods.pop(0)
-        self._state = _HEAD if self._keep_alive else _CLOSED
+        self._state = HEAD if self._keep_alive else CLOSED
         self._keep_alive = True
 
 

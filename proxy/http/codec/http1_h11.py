@@ -18,14 +18,12 @@ import h11
 
 from .errors import CodecError
 from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
-from .framing import (KNOWN_METHODS, ChunkScanner, RequestEncoding, ResponseEncoding, analyze,
-                      check_head_limits, check_raw_head, reject,
-                      strip_empty_lines)
+from .framing import (AWAIT_SWITCH, BODY, CLOSED, HEAD, KNOWN_METHODS, OPEN, TUNNEL,
+                      ChunkScanner, RequestEncoding, ResponseEncoding, analyze,
+                      check_head_limits, check_raw_head, reject, strip_empty_lines)
 
 __all__ = ["H11ServerCodec", "H11ClientCodec"]
 
-_OPEN, _AWAIT_SWITCH, _TUNNEL, _CLOSED = range(4)
-_HEAD, _BODY = 0, 1
 _UNBOUNDED = 1 << 40  # heads are split and size-checked here before h11 sees them
 
 
@@ -68,7 +66,7 @@ class H11ServerCodec(ResponseEncoding):
         self._buf = b""
         self._conn: h11.Connection | None = None
         self._scanner: ChunkScanner | None = None
-        self._state = _OPEN
+        self._state = OPEN
         self._held = b""
         self._keep_alive = True
         self._unanswered = 0
@@ -78,21 +76,21 @@ class H11ServerCodec(ResponseEncoding):
 
     def feed(self, data: bytes) -> list:
         if not data:
-            if self._state == _OPEN and (self._conn is not None or strip_empty_lines(self._buf)):
+            if self._state == OPEN and (self._conn is not None or strip_empty_lines(self._buf)):
                 raise CodecError(400, "http1.codec_error", "downstream closed mid-request")
             return []
-        if self._state == _TUNNEL:
+        if self._state == TUNNEL:
             return [Data(data)]
-        if self._state == _AWAIT_SWITCH:
+        if self._state == AWAIT_SWITCH:
             self._held += data
             if len(self._held) > self._max_bytes:
                 raise CodecError(400, "http1.codec_error", "too much data before upgrade answer")
             return []
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             return []
         events: list = []
         self._buf += data
-        while self._state == _OPEN:
+        while self._state == OPEN:
             if not (self._start(events) if self._conn is None else self._body(events)):
                 break
         return events
@@ -101,9 +99,9 @@ class H11ServerCodec(ResponseEncoding):
         held, self._held = self._held, b""
         if not held:
             return []
-        if self._state == _TUNNEL:
+        if self._state == TUNNEL:
             return [Data(held)]
-        return self.feed(held) if self._state == _OPEN else []
+        return self.feed(held) if self._state == OPEN else []
 
     def _start(self, events: list) -> bool:
         buf = self._buf = strip_empty_lines(self._buf)
@@ -143,7 +141,7 @@ class H11ServerCodec(ResponseEncoding):
         if switch:
             events.append(MessageComplete(None))
             self._unanswered += 1
-            self._state = _AWAIT_SWITCH
+            self._state = AWAIT_SWITCH
             self._held, self._buf = rest, b""
             return False
         self._conn = conn
@@ -163,17 +161,8 @@ class H11ServerCodec(ResponseEncoding):
         if self._keep_alive:
             self._buf = bytes(conn.trailing_data[0])
             return True
-        self._state = _CLOSED
+        self._state = CLOSED
         return False
-
-    def _switch_protocols(self) -> None:
-        self._unanswered -= 1
-        self._state = _TUNNEL
-
-    def _final_response(self) -> None:
-        self._unanswered -= 1
-        if self._state == _AWAIT_SWITCH and self._unanswered <= 0:
-            self._state = _OPEN if self._keep_alive else _CLOSED
 
 
 _NEED_DATA = object()
@@ -207,7 +196,7 @@ class H11ClientCodec(RequestEncoding):
         self._conn: h11.Connection | None = None
         self._scanner: ChunkScanner | None = None
         self._methods: list[bytes] = []
-        self._state = _HEAD
+        self._state = HEAD
         self._error: CodecError | None = None
         self._keep_alive = True
         self._close_delimited = False
@@ -217,28 +206,28 @@ class H11ClientCodec(RequestEncoding):
 
     def _fail(self, message: str) -> None:
         self._error = CodecError(502, "http1.codec_error", message)
-        self._state = _CLOSED
+        self._state = CLOSED
 
     def feed(self, data: bytes) -> list:
         if self._error is not None:
             raise self._error
         if not data:
             return self._eof()
-        if self._state == _TUNNEL:
+        if self._state == TUNNEL:
             return [Data(data)]
-        if self._state == _CLOSED:
+        if self._state == CLOSED:
             return []
         events: list = []
         self._buf += data
         while True:
-            if self._state == _HEAD:
+            if self._state == HEAD:
                 if not self._head(events):
                     break
-            elif self._state == _BODY:
+            elif self._state == BODY:
                 if not self._body(events):
                     break
             else:
-                if self._state == _TUNNEL and self._buf:
+                if self._state == TUNNEL and self._buf:
                     events.append(Data(self._buf))
                 self._buf = b""
                 break
@@ -291,7 +280,7 @@ class H11ClientCodec(RequestEncoding):
                                           chunked))
             self._methods.pop(0)
             self._conn = None
-            self._state = _TUNNEL
+            self._state = TUNNEL
             return True
         if method == b"HEAD" or status == 204 or status == 304:
             events.append(ResponseHeaders(status, reason, version, headers, keep_alive, cl,
@@ -304,7 +293,7 @@ class H11ClientCodec(RequestEncoding):
         events.append(ResponseHeaders(status, reason, version, headers, self._keep_alive, cl,
                                       chunked))
         self._scanner = ChunkScanner(False) if chunked else None
-        self._state = _BODY
+        self._state = BODY
         return True
 
     def _body(self, events: list) -> bool:
@@ -321,20 +310,20 @@ class H11ClientCodec(RequestEncoding):
         events.append(MessageComplete(trailers))
         self._methods.pop(0)
         self._conn = self._scanner = None
-        self._state = _HEAD if self._keep_alive else _CLOSED
+        self._state = HEAD if self._keep_alive else CLOSED
         if not self._keep_alive:
             self._buf = b""
         self._keep_alive = True
 
     def _eof(self) -> list:
-        if self._state == _BODY and self._close_delimited:
-            self._state = _CLOSED
+        if self._state == BODY and self._close_delimited:
+            self._state = CLOSED
             self._methods.pop(0)
             self._conn = None
             return [MessageComplete(None)]
-        if self._state in (_TUNNEL, _CLOSED) or (self._state == _HEAD and not self._methods
+        if self._state in (TUNNEL, CLOSED) or (self._state == HEAD and not self._methods
                                                  and not self._buf):
-            self._state = _CLOSED
+            self._state = CLOSED
             return []
         raise CodecError(502, "upstream_reset_before_response_complete",
                          "upstream closed connection before end of response")

@@ -17,7 +17,9 @@ import time
 
 import pytest
 
+from tests.integration.clients import read_request_head
 from tests.integration.harness import EchoUpstream
+from tests.integration.servers import AcceptLoop
 from tests.e2e.test_supervisor import (PROXYCTL, Supervised, admin_counters, children, curl, direct_config,
                                        free_port, open_fds, supervised, wait_for)
 
@@ -77,41 +79,24 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
     assert "Non-2xx or 3xx responses" not in out, out
 
 
-class SlowUpstream:
+class SlowUpstream(AcceptLoop):
     """Answers every request with `size` bytes (a known pattern) spread over `seconds`."""
 
     def __init__(self, size: int, seconds: float) -> None:
         self.size, self.seconds = size, seconds
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.payload = (bytes(range(256)) * (size // 256 + 1))[:size]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__("slow-upstream")
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket, n: int) -> None:
         with conn:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
+            if b"\r\n\r\n" not in read_request_head(conn):
+                return
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % self.size)
             step = 256 * 1024
             pause = self.seconds / (self.size / step)
             for off in range(0, self.size, step):
                 conn.sendall(self.payload[off:off + step])
                 time.sleep(pause)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_streaming_response_started_before_reload_completes_intact(tmp_path, supervised):

@@ -7,6 +7,7 @@
   (a canned raw response from `canned`), anything else a small 200.
 - `WebSocketEchoUpstream`: `websockets.sync.server` echo server.
 - `TcpEchoUpstream`: echoes bytes; on EOF from the client it half-closes its side.
+- `AcceptLoop`: the listener + accept thread the raw servers here and in other tests share.
 - `read_response(sock)`: reads one HTTP/1.1 response (CL, chunked, bodiless or close-delimited).
 Everything binds 127.0.0.1 port 0. No mocks.
 """
@@ -110,29 +111,45 @@ def _read_body(r: _Reader, headers: dict[str, str], sink) -> bool:
     return r.exactly_into(n, sink)
 
 
-class RawHttpUpstream:
+class AcceptLoop:
+    """A 127.0.0.1 listener (`port`) whose daemon thread accepts until `close()` and hands each
+    connection to `handle(conn, n)` on a daemon thread of its own (n = 1, 2, ... in accept
+    order). `connections` counts the accepted ones; only the accept thread writes it.
+    Subclasses set their own fields before calling `__init__` (accepting starts there)."""
+
+    def __init__(self, name: str) -> None:
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True, name=name).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.lsock.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self.handle, args=(conn, self.connections), daemon=True).start()
+
+    def handle(self, conn: socket.socket, n: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.lsock.close()
+
+
+class RawHttpUpstream(AcceptLoop):
     def __init__(self, record: bool = True, canned: dict[str, bytes] | None = None) -> None:
         self.record = record
         self.canned = canned or {}
-        self.lock = threading.Lock()  # guards received, requests, connections
+        self.lock = threading.Lock()  # guards received, requests
         self.received = bytearray()
         self.requests: list[dict] = []
-        self.connections = 0
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self._closing = False
-        self.thread = threading.Thread(target=self._accept, daemon=True, name="raw-upstream")
-        self.thread.start()
+        super().__init__("raw-upstream")
 
-    def _accept(self) -> None:
-        while not self._closing:
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+    def handle(self, conn: socket.socket, n: int) -> None:
+        self._serve(conn)
 
     def _tap(self, data: bytes) -> None:
         if self.record:
@@ -199,9 +216,6 @@ class RawHttpUpstream:
         with self.lock:
             return bytes(self.received)
 
-    def close(self) -> None:
-        self._closing = True
-        self.lsock.close()
 
 
 class WebSocketEchoUpstream:
@@ -221,27 +235,11 @@ class WebSocketEchoUpstream:
         self.server.shutdown()
 
 
-class TcpEchoUpstream:
+class TcpEchoUpstream(AcceptLoop):
     def __init__(self) -> None:
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self.lock = threading.Lock()  # guards connections
-        self.connections = 0
-        self.thread = threading.Thread(target=self._accept, daemon=True, name="tcp-echo")
-        self.thread.start()
+        super().__init__("tcp-echo")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-            threading.Thread(target=self._echo, args=(s,), daemon=True).start()
-
-    @staticmethod
-    def _echo(s: socket.socket) -> None:
+    def handle(self, s: socket.socket, n: int) -> None:
         try:
             while True:
                 data = s.recv(262144)
@@ -253,9 +251,6 @@ class TcpEchoUpstream:
             pass
         finally:
             s.close()
-
-    def close(self) -> None:
-        self.lsock.close()
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.network import splice_relay, tcp_proxy
 
-from .servers import TcpEchoUpstream
+from .servers import AcceptLoop, TcpEchoUpstream
 from .test_tcp_proxy import _recv_until_eof, tcp_proxy_config
 
 MiB = 1024 * 1024
@@ -29,25 +29,18 @@ def echo():
     u.close()
 
 
-class SinkUpstream:
+class SinkUpstream(AcceptLoop):
     """Accepts connections and never reads from them (until closed)."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("sink-upstream")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
+    def handle(self, conn: socket.socket, n: int) -> None:
+        self.conns.append(conn)
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         for c in self.conns:
             c.close()
 

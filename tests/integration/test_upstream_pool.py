@@ -1,7 +1,8 @@
 """Upstream connection pool behaviour through the proxy: reuse and the cluster idle_timeout."""
 
-from .clients import echo
+from .clients import echo, read_request_head
 from .harness import front_proxy_config, static_cluster
+from .servers import AcceptLoop
 
 _OPTS = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -22,41 +23,24 @@ def test_idle_upstream_connection_is_closed_after_cluster_idle_timeout(upstream,
     assert p.counters()["cluster.backend.upstream_cx_total"] == 2
 
 
-class ClosesSecondRequest:
+class ClosesSecondRequest(AcceptLoop):
     """A real upstream whose first connection answers one request, then reads the next one
     and closes without answering (an idle keep-alive connection the upstream just timed out);
     every later connection answers normally."""
 
     def __init__(self) -> None:
-        import socket
-        import threading
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.requests = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__("closes-second-request")
 
     def _read_request(self, conn):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            buf += chunk
+        buf = read_request_head(conn)
+        if b"\r\n\r\n" not in buf:
+            return None
         self.requests.append(buf.split(b"\r\n", 1)[0])
         return buf
 
-    def _serve(self) -> None:
-        import threading
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn, self.connections == 1), daemon=True).start()
-
-    def _answer(self, conn, first: bool) -> None:
+    def handle(self, conn, n: int) -> None:
+        first = n == 1
         with conn:
             served = 0
             while self._read_request(conn) is not None:
@@ -64,9 +48,6 @@ class ClosesSecondRequest:
                     return  # close instead of answering the second request
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 served += 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _one_backend(port):

@@ -41,19 +41,6 @@ class StreamInfo:
 
     # One is created per request: every field's default is a class attribute, so creating
     # one stores only the start times (no __slots__; attributes are set as the request goes).
-    _FIELDS = (
-        "start_time", "start_monotonic", "request_complete_monotonic",
-        "first_upstream_tx_monotonic", "first_upstream_rx_monotonic",
-        "response_start_monotonic", "end_monotonic",
-        "request_headers", "response_headers", "response_trailers",
-        "response_code", "response_code_details", "response_flags",
-        "bytes_received", "bytes_sent", "protocol",
-        "upstream_host", "upstream_cluster", "upstream_local_address",
-        "downstream_remote_address", "downstream_local_address",
-        "downstream_direct_remote_address", "route_name", "requested_server_name",
-        "upstream_transport_failure_reason", "connection_id",
-        "upstream_request_attempt_count",
-    )
     start_time: float | None = None
     start_monotonic: float | None = None
     request_complete_monotonic: float | None = None
@@ -99,6 +86,6 @@ class StreamInfo:
         return flag in self.response_flags
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._FIELDS
-                           if getattr(self, n) not in (None, 0, [], ()))
+        # The fields set on this request (the rest hold their class defaults).
+        fields = ", ".join(f"{n}={v!r}" for n, v in vars(self).items())
         return f"StreamInfo({fields})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -106,7 +107,7 @@ def test_server_info_reports_gil_and_concurrency(proxy):
     status, body = proxy.admin("/server_info")
     assert status == 200
     info = json.loads(body)
-    assert isinstance(info["python"]["gil_enabled"], bool)
+    assert info["python"]["gil_enabled"] is getattr(sys, "_is_gil_enabled", lambda: True)()
     assert info["command_line_options"]["concurrency"] == 1
     assert info["state"] == "LIVE"
 
@@ -119,7 +120,7 @@ def test_healthcheck_fail_makes_ready_503(proxy):
     assert proxy.admin("/healthcheck/fail", "POST")[0] == 200
     status, body = proxy.admin("/ready")
     assert status == 503
-    assert body.strip() != "LIVE"
+    assert body == "DRAINING\n"  # Envoy: a failed health check reports the server as draining
     assert proxy.admin("/healthcheck/ok", "POST")[0] == 200
     assert proxy.admin("/ready")[0] == 200
 

@@ -57,6 +57,28 @@ def _json(resp) -> dict:
     return json.loads(resp.body)
 
 
+def test_the_parametrized_codec_is_the_one_serving_both_sides(proxy_factory, raw_upstream, codec, monkeypatch):
+    """Every test here runs per codec: make sure the h11 run really parses with h11 (downstream
+    and upstream), not with the default fast codec twice."""
+    from proxy.http import codec_client, conn_manager
+    built = []
+
+    def spy(real):
+        def make(impl, **kw):
+            c = real(impl, **kw)
+            built.append((impl, type(c).__name__))
+            return c
+        return make
+
+    monkeypatch.setattr(conn_manager, "make_server_codec", spy(conn_manager.make_server_codec))
+    monkeypatch.setattr(codec_client, "make_client_codec", spy(codec_client.make_client_codec))
+    p = proxy_factory(_config(raw_upstream.port), codec=codec)
+    assert raw_request(p.port, b"GET /which HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 200 ")
+    prefix = {"fast": "Fast", "h11": "H11"}[codec]
+    assert sorted(name for _, name in built) == [prefix + "ClientCodec", prefix + "ServerCodec"], built
+
+
 def test_keep_alive_reuses_one_upstream_connection(proxy, raw_upstream):
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
     for i in range(5):
@@ -180,10 +202,33 @@ BAD_REQUESTS = {
 }
 
 
+def _reply_until_close(port: int, data: bytes) -> bytes:
+    """Send `data`, read until the proxy closes the connection (a timeout fails the test:
+    `raw_request` would return what it had and hide a connection left open)."""
+    s = _connect(port)
+    try:
+        s.settimeout(5)
+        s.sendall(data)
+        out = bytearray()
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:  # closed with request bytes still unread: also a close
+                break
+            except socket.timeout:
+                raise AssertionError(f"the proxy kept the connection open after {bytes(out[:80])!r}")
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_request_rejected_then_proxy_keeps_serving(proxy, raw_upstream, case):
     data, status = BAD_REQUESTS[case]
-    reply = raw_request(proxy.port, data)  # reads until the proxy closes the connection
+    reply = _reply_until_close(proxy.port, data)
     assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:200]
     assert len(re.findall(rb"(?:^|\r\n)HTTP/1\.1 \d{3} ", reply)) == 1  # nothing answered after it
     if case != "bad_chunk_size_400":  # that one is only detected after the head went upstream
@@ -192,4 +237,6 @@ def test_bad_request_rejected_then_proxy_keeps_serving(proxy, raw_upstream, case
     ok = raw_request(proxy.port, b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200 ")
     assert b"smuggled" not in raw_upstream.received_bytes()
-    assert proxy.counters()["http.ingress_http.downstream_cx_protocol_error"] >= 1
+    c = proxy.counters()  # a fresh proxy per case: exactly this one error is counted
+    assert c["http.ingress_http.downstream_cx_protocol_error"] == 1
+    assert c.get("http.ingress_http.downstream_rq_too_large", 0) == (1 if status == 431 else 0)

@@ -95,6 +95,11 @@ def test_always_set_request_id_in_response(upstream, proxy_factory):
                                          always_set_request_id_in_response=True))
     r = request(p.port, "/rid")
     assert r.headers["x-request-id"] == r.json()["headers"]["x-request-id"]
+    # The option is what puts it there: by default the response has no x-request-id.
+    plain = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)]))
+    r = request(plain.port, "/rid")
+    assert r.status == 200 and r.json()["headers"]["x-request-id"]
+    assert "x-request-id" not in r.headers
 
 
 def test_http10_request_is_refused_with_426_by_default(upstream, proxy_factory):

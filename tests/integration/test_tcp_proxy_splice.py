@@ -153,8 +153,17 @@ def test_einval_from_splice_falls_back_to_python_copy(proxy_factory, echo, monke
 
 def test_without_splice_the_python_copy_path_relays(proxy_factory, echo, monkeypatch):
     monkeypatch.setattr(tcp_proxy, "splice_supported", lambda: False)
+    started = []
+    real_start = splice_relay.SpliceRelay.start
+
+    def spy(self):
+        started.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(splice_relay.SpliceRelay, "start", spy)
     p = proxy_factory(tcp_proxy_config(echo.port, stat_prefix="np"))
     assert _echo_roundtrip(p.port, b"plain" * 50_000) == b"plain" * 50_000
+    assert started == []  # the bytes went through the Python copy, not a SpliceRelay
     assert p.wait_for(lambda: p.counters().get("tcp.np.downstream_cx_tx_bytes_total") == 250_000)
 
 

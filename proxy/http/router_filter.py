@@ -24,6 +24,7 @@ __all__ = ["RouterFilter"]
 
 _RESPONSE_HOP_BY_HOP = HOP_BY_HOP
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+_MS = tuple(b"%d" % i for i in range(1000))  # x-envoy-upstream-service-time values under 1 s
 
 
 class RouterFilter:
@@ -108,7 +109,7 @@ class RouterFilter:
         if action.rewrites_path or action.host_rewrite_literal is not None or route.request_mutations:
             self._rewrite_request(action)
         if action.timeout and not ctx.router_config.suppress_envoy_headers:
-            head.headers.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % int(action.timeout * 1000))
+            head.headers.set(b"x-envoy-expected-rq-timeout-ms", action.timeout_ms)
         if end_stream:
             self.request_ended = True
             if action.timeout:
@@ -251,7 +252,8 @@ class RouterFilter:
         else:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
         if not self.ctx.router_config.suppress_envoy_headers:
-            headers.add(b"x-envoy-upstream-service-time", b"%d" % int((now - self.upstream_start) * 1000))
+            ms = int((now - self.upstream_start) * 1000)
+            headers.add(b"x-envoy-upstream-service-time", _MS[ms] if ms < 1000 else b"%d" % ms)
         if self.route.response_mutations:
             apply_mutations(self.route.response_mutations, headers, info)
         cstats = self.cluster.stats

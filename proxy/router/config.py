@@ -52,10 +52,13 @@ class RouteAction:
     upgrade_configs: tuple[tuple[str, bool], ...] = ()
     path_rewrite: PathRewrite = PathRewrite()
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
+    # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request.
+    timeout_ms: bytes = field(default=b"", init=False, compare=False)  # derived
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rewrites_path",
                            self.prefix_rewrite is not None or self.regex_rewrite is not None)
+        object.__setattr__(self, "timeout_ms", b"%d" % int(self.timeout * 1000))
 
     def choose_cluster(self, req: Any, rand: int) -> str | None:
         """Cluster name for this request; `rand` is a caller-supplied random integer."""

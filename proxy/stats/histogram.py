@@ -30,9 +30,11 @@ __all__ = [
 ]
 
 # Envoy's default histogram bucket upper bounds (stats_config.histogram_bucket_settings).
+# Floats, as `Histogram` keeps every bound: bisect compares float samples with float bounds
+# in about half the time it takes against ints.
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
-    300000, 600000, 1800000, 3600000,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 )
 
 # Quantiles Envoy prints in /stats (as fractions; Envoy shows them as percentages).
@@ -50,7 +52,7 @@ class Histogram:
         if unit not in HISTOGRAM_UNITS:
             raise ValueError(f"unknown histogram unit {unit!r}; expected one of {sorted(HISTOGRAM_UNITS)}")
         self.unit = unit
-        self.bounds = bounds
+        self.bounds = tuple(float(b) for b in bounds)
         # One counter per bound (samples <= bound and > previous bound) plus one overflow slot.
         self._buckets = [0] * (len(bounds) + 1)
         self.count = 0

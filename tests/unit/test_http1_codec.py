@@ -62,6 +62,32 @@ def test_pipelined_requests_come_out_in_order(impl, bytewise):
                       rq(), MessageComplete(None)]
 
 
+@pytest.mark.parametrize("split", ["whole", "per-request", "mid-head", 1, 12, 20])
+def test_request_versions_wherever_the_head_starts_in_a_feed(impl, split):
+    """The fast codec reads the version off the request line when a head starts a feed, and
+    asks llhttp otherwise: pipelined HTTP/1.0 and 1.1 requests in one feed, one feed each, a
+    head split inside its request line or after it, a leading empty line, a POST body before
+    the next head, and a feed that starts with a header line whose value looks like a version."""
+    requests = [b"GET /1 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+                b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nX: HTTP/1.1\r\n\r\nab",
+                b"GET /3 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+                b"\r\nGET /4 HTTP/1.1\r\nHost: h\r\n\r\n"]
+    data = b"".join(requests)
+    if split == "whole":
+        feeds = [data]
+    elif split == "per-request":
+        feeds = requests
+    elif split == "mid-head":  # the second feed starts at `X: HTTP/1.1`, then /3 begins in it
+        i = data.index(b"X: ")
+        feeds = [data[:i], data[i:]]
+    else:
+        feeds = [data[i:i + split] for i in range(0, len(data), split)]
+    codec = server(impl)
+    events = [ev for chunk in feeds for ev in codec.feed(chunk)]
+    heads = [(ev.target, ev.http_version) for ev in events if type(ev) is RequestHeaders]
+    assert heads == [(b"/1", b"1.0"), (b"/2", b"1.1"), (b"/3", b"1.0"), (b"/4", b"1.1")]
+
+
 @pytest.mark.parametrize("bytewise", [False, True])
 def test_chunked_request_body_and_trailers(impl, bytewise):
     data = (b"POST / HTTP/1.1\r\nHost: h\r\n" + TE + b"\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n"
@@ -300,6 +326,34 @@ def test_keep_alive_responses_on_one_connection(impl, bytewise):
     second = feed_all(codec, b"HTTP/1.1 200 OK\r\n" + TE + b"\r\n2\r\nyo\r\n0\r\nX: 1\r\n\r\n",
                       bytewise)
     assert second[0].chunked and second[1:] == [Data(b"yo"), MessageComplete([(b"x", b"1")])]
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_response_fields_and_trailers_on_one_connection(impl, bytewise):
+    """Length-framed and chunked responses (with trailers) alternate on one connection; field
+    values lose surrounding whitespace and keep inner colons."""
+    codec = client(impl)
+    plain = b"HTTP/1.1 200 OK\r\nX-A:  a:b \t\r\nX-Empty:\r\nContent-Length: 2\r\n\r\nhi"
+    chunked = b"HTTP/1.1 201 Made\r\nX-C: c\r\n" + TE + b"\r\n2\r\nyo\r\n0\r\nT: 1\r\n\r\n"
+    fields = [(b"x-a", b"a:b"), (b"x-empty", b""), (b"content-length", b"2")]
+    for _ in range(2):
+        codec.encode_request_head(b"GET", b"/", [(b"host", b"h")], chunked=False)
+        assert feed_all(codec, plain, bytewise) == [
+            ResponseHeaders(200, b"OK", b"1.1", fields, True, 2, False), Data(b"hi"),
+            MessageComplete(None)]
+        codec.encode_request_head(b"GET", b"/", [(b"host", b"h")], chunked=False)
+        assert feed_all(codec, chunked, bytewise) == [
+            ResponseHeaders(201, b"Made", b"1.1", [(b"x-c", b"c"), (b"transfer-encoding", b"chunked")],
+                            True, None, True), Data(b"yo"), MessageComplete([(b"t", b"1")])]
+
+
+@pytest.mark.parametrize("head", [b"Bad Name: v", b"X : v", b"X: a\x01b", b": v", b"NoColon"])
+def test_malformed_response_field_is_502(impl, head):
+    codec = client(impl)
+    codec.encode_request_head(b"GET", b"/", [(b"host", b"h")], chunked=False)
+    with pytest.raises(CodecError) as err:
+        codec.feed(b"HTTP/1.1 200 OK\r\n" + head + b"\r\nContent-Length: 0\r\n\r\n")
+    assert err.value.status == 502
 
 
 def test_close_delimited_response_completes_at_eof(impl):

@@ -8,9 +8,10 @@ Per header the Python work is one `lower()`, one `rstrip()`, one append and one 
 Speed notes (this is the proxy's hottest code): `on_url` / `on_status` are bound
 `list.append`s (no Python frame per call; httptools looks the callbacks up once, when the
 parser is built); the header lists are handed out per message and only replaced when a
-message actually used them; `analyze` has a fast path for the usual framing headers; and
+message actually used them; `analyze` has a fast path for the usual framing headers;
 `llhttp`'s `should_upgrade()` is only asked when an Upgrade header or CONNECT makes it
-possible.
+possible; and the HTTP version is read off the start line llhttp validated (httptools'
+`get_http_version()` formats a str per call).
 
 httptools gaps we work around: no EOF call (close-delimited bodies are completed here), no
 way to skip a body (HEAD / CONNECT responses) and no error offset except on upgrade. The
@@ -66,9 +67,9 @@ class FastServerCodec(ResponseEncoding):
     """Downstream side: parses requests (pipelined), encodes responses."""
 
     __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "on_url", "_max_bytes",
-                 "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len",
-                 "_state", "_held", "_keep_alive", "_switch", "_unanswered", "_resp_chunked",
-                 "response_must_close")
+                 "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len", "_data",
+                 "_start", "_state", "_held", "_keep_alive", "_switch", "_unanswered",
+                 "_resp_chunked", "response_must_close")
 
     def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
         self._events: list = []
@@ -82,6 +83,9 @@ class FastServerCodec(ResponseEncoding):
         self._max_count = max_headers_count
         self._in_head = self._in_msg = self._switch = False
         self._head_bytes = self._feed_len = 0
+        # `_data`: this feed's bytes while a message may still begin at their offset 0;
+        # `_start`: those bytes for the message that began there (see `_request_version`).
+        self._data = self._start = None
         self._state = OPEN
         self._held = b""
         self._keep_alive = True
@@ -103,6 +107,7 @@ class FastServerCodec(ResponseEncoding):
             return []
         events = self._events = []
         self._feed_len = len(data)
+        self._data = None if self._in_msg else data
         try:
             self._parser.feed_data(data)
         except (HttpParserUpgrade, HttpParserError) as exc:
@@ -158,6 +163,8 @@ class FastServerCodec(ResponseEncoding):
     def on_message_begin(self) -> None:
         self._in_head = self._in_msg = True
         self._head_bytes = -1
+        self._start = self._data
+        self._data = None
 
     on_header = _collect_header
 
@@ -167,8 +174,7 @@ class FastServerCodec(ResponseEncoding):
         url_parts = self._url
         url = url_parts[0] if len(url_parts) == 1 else b"".join(url_parts)
         url_parts.clear()
-        v = parser.get_http_version()
-        version = b"1.1" if v == "1.1" else VERSIONS.get(v)
+        version = self._request_version()
         if version is None:
             raise CodecError(400, "http1.codec_error", "unsupported HTTP version")
         method = parser.get_method()
@@ -196,6 +202,21 @@ class FastServerCodec(ResponseEncoding):
         self._events.append(RequestHeaders(method, url, version, headers, keep_alive,
                                            upgrade, expect, cl, chunked))
 
+    def _request_version(self) -> bytes | None:
+        """The request's HTTP version. httptools' get_http_version() formats a str each call;
+        when the head began at the start of a feed, its request line (which llhttp has
+        validated by now) ends with the version."""
+        start = self._start
+        if start is not None:
+            self._start = None
+            end = start.find(b"\r\n")
+            version = start[end - 8:end] if end >= 8 else b""
+            if version == b"HTTP/1.1":
+                return b"1.1"
+            if version == b"HTTP/1.0":
+                return b"1.0"
+        return VERSIONS.get(self._parser.get_http_version())
+
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
 
@@ -221,7 +242,7 @@ class FastClientCodec(RequestEncoding):
     """Upstream side: encodes requests, parses their responses (one at a time)."""
 
     __slots__ = ("_parser", "_events", "_buf", "_methods", "_state", "_headers", "_specials",
-                 "_reason", "on_status", "_max_bytes", "_max_count", "_head_len",
+                 "_reason", "on_status", "_max_bytes", "_max_count", "_head_len", "_version",
                  "_feeding_head", "_informational", "_skip_complete", "_keep_alive",
                  "_close_delimited", "_error", "_req_chunked")
 
@@ -239,6 +260,7 @@ class FastClientCodec(RequestEncoding):
         self._max_bytes = max_response_headers_kb * 1024
         self._max_count = max_headers_count
         self._head_len = 0
+        self._version = b""   # the status line's version digits (see `_take_head`)
         self._feeding_head = self._informational = self._skip_complete = False
         self._keep_alive = True
         self._close_delimited = False
@@ -287,6 +309,9 @@ class FastClientCodec(RequestEncoding):
             return b""
         end += 4
         self._head_len = end
+        # `HTTP/1.1 200`: llhttp validates the status line; reading the version here saves
+        # httptools' get_http_version(), which formats a str per call.
+        self._version = buf[5:8]
         method = self._methods[0]
         code = buf[9:12]
         # One llhttp call for head and body when the response surely has an ordinary body
@@ -349,10 +374,11 @@ class FastClientCodec(RequestEncoding):
         headers = self._headers
         self._headers = []  # trailers, if any, land here
         specials = self._specials
-        v = parser.get_http_version()
-        version = b"1.1" if v == "1.1" else VERSIONS.get(v)
-        if version is None:
-            raise CodecError(502, "http1.codec_error", "unsupported HTTP version")
+        version = self._version
+        if version != b"1.1" and version != b"1.0":
+            version = VERSIONS.get(parser.get_http_version())
+            if version is None:
+                raise CodecError(502, "http1.codec_error", "unsupported HTTP version")
         status = parser.get_status_code()
         if self._head_len > self._max_bytes or len(headers) > self._max_count:
             check_head_limits(b"", reason, headers, self._max_bytes, self._max_count, False)

@@ -9,6 +9,7 @@
 # callgrind with instrumentation off; wrk -c20 warms up, then instrumentation is switched on
 # for SECS seconds of wrk -c20 and the worker thread's count is divided by the requests.
 #   perf/instr_count.sh        # SECS=5 TOP=25 OUT_DIR=/tmp/ftproxy-instr
+#   PROBE=1 perf/instr_count.sh   # the same count for perf/probe_floor.py (CPython's floor)
 # Under callgrind the proxy runs ~50x slower (a few hundred requests a second).
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
@@ -23,13 +24,18 @@ trap cleanup EXIT
 source "$HERE/upstream.sh"
 start_upstream ""
 cd "$ROOT"
+if [ -n "${PROBE:-}" ]; then
+  SERVER=("$HERE/probe_floor.py"); MATCH=probe_floor
+else
+  SERVER=(-m proxy.server.main -c "$ROOT/perf/configs/http.yaml" --concurrency 1 --drain-time-s 1
+          -l warning --base-id 4715); MATCH=proxy.server.main
+fi
 setsid valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
-  --callgrind-out-file="$OUT_DIR/callgrind.out" "$PY" -m proxy.server.main \
-  -c "$ROOT/perf/configs/http.yaml" --concurrency 1 --drain-time-s 1 -l warning --base-id 4715 \
+  --callgrind-out-file="$OUT_DIR/callgrind.out" "$PY" "${SERVER[@]}" \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 for i in $(seq 240); do curl -fs -o /dev/null http://127.0.0.1:18090/ && break; sleep 0.5; done
 wrk -t1 -c20 -d2s http://127.0.0.1:18090/ >/dev/null    # warm-up, not counted
-PID=$(pgrep -g "${PGS[-1]}" -f "proxy.server.main" | head -1)
+PID=$(pgrep -g "${PGS[-1]}" -f "$MATCH" | head -1)
 callgrind_control -i on "$PID" >/dev/null 2>&1
 wrk -t1 -c20 -d"${SECS}s" http://127.0.0.1:18090/ > "$OUT_DIR/wrk.txt"
 callgrind_control -i off "$PID" >/dev/null 2>&1

@@ -6,7 +6,8 @@ opens the control socket `<pidfile>.sock` and then serves control requests (cli/
 describes them): `reload` spawns epoch N+1 with the same options (and the new config if one is
 given), which takes the listen sockets and counters from epoch N and makes it drain; `status`
 describes the epochs; `stop` forwards SIGTERM to every epoch (they drain) and exits once all
-have. SIGTERM/SIGINT = stop, SIGHUP = reload with the current config. The supervisor exits
+have. SIGTERM/SIGINT = stop, SIGHUP = reload with the current config, SIGUSR1 = forwarded to
+every epoch (they reopen their access logs). The supervisor exits
 when its last epoch exits (with that epoch's exit status, or 0 after a stop), removing the pid
 file and the socket.
 
@@ -166,7 +167,7 @@ class Supervisor:
         os.set_blocking(w, False)
         self._wakeup_r, self._wakeup_w = r, w
         signal.set_wakeup_fd(w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, _frame) -> None:
@@ -312,6 +313,18 @@ class Supervisor:
             elif sig == signal.SIGHUP:
                 _log("SIGHUP: reloading")
                 self.reload()
+            elif sig == signal.SIGUSR1:
+                self.forward(signal.SIGUSR1)
+
+    def forward(self, sig: int) -> None:
+        """Pass `sig` to every live epoch (SIGUSR1: reopen access logs, as Envoy's
+        hot-restarter forwards it to all its children)."""
+        for e in self.epochs:
+            if e.proc.poll() is None:
+                try:
+                    e.proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
 
     def _accept(self) -> None:
         try:

@@ -57,6 +57,7 @@ class AdminContext(Protocol):
     def state(self) -> str: ...
     def set_healthcheck_failed(self, failed: bool) -> None: ...
     def quit(self) -> None: ...
+    def reopen_logs(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,11 @@ def _quit(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n", after=ctx.quit)
 
 
+def _reopen_logs(ctx: AdminContext, params: Params) -> AdminResponse:
+    ctx.reopen_logs()
+    return _text(200, "OK\n")
+
+
 def _help(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, help_text())
 
@@ -300,6 +306,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/listeners", "print listener info", _listeners),
     Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),
+    Endpoint("/reopen_logs", "reopen access logs", _reopen_logs, mutates=True),
     Endpoint("/server_info", "print server version/status information", _server_info),
     Endpoint("/stats", "print server stats", _stats),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", _stats_prometheus),

@@ -114,6 +114,9 @@ class ServerAdminContext:
     def quit(self) -> None:
         self.server.request_shutdown()
 
+    def reopen_logs(self) -> None:
+        self.server.reopen_logs()
+
 
 def _gil() -> bool:
     f = getattr(sys, "_is_gil_enabled", None)

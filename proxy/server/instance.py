@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from .. import __version__
+from ..access_log.sinks import DEFAULT_SINKS
 from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
@@ -98,6 +99,8 @@ class Server:
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.main.post(self.shutdown))
+            # Envoy: SIGUSR1 reopens the access logs (log rotation), like admin /reopen_logs.
+            signal.signal(signal.SIGUSR1, lambda *_: self.main.post(self.reopen_logs))
         try:
             self.main.run()
         finally:
@@ -136,6 +139,13 @@ class Server:
 
     def request_shutdown(self) -> None:
         self.main.post(self.shutdown)
+
+    @staticmethod
+    def reopen_logs() -> None:
+        """Reopen every access log file (after log rotation): SIGUSR1 and admin /reopen_logs.
+        Lines written before are flushed to the old file first. Any thread: the sinks lock."""
+        log.info("reopening access logs")
+        DEFAULT_SINKS.reopen_all()
 
     # -- start-up ----------------------------------------------------------------------------------
     def start(self) -> None:

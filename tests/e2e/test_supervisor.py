@@ -275,3 +275,28 @@ def test_serving_epoch_refuses_child_with_other_hot_restart_version(tmp_path, su
     assert reply["ok"] is False and "version mismatch" in reply["reason"] and not fds
     assert curl(port)[0] == 200
     assert sup.status()["serving_epoch"] == 0
+
+
+def test_sigusr1_to_proxyctl_reopens_access_logs_in_the_epoch(tmp_path, supervised):
+    """logrotate's way: rename the access log, send SIGUSR1 to the supervisor. It forwards the
+    signal to its epoch, which reopens the file: later lines land in a new file at the path."""
+    port = free_port()
+    log_path = tmp_path / "access.log"
+    config = direct_config(tmp_path / "c.yaml", port)
+    cfg = yaml.safe_load(config.read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": str(log_path), "log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)%\n"}}}}]
+    config.write_text(yaml.safe_dump(cfg))
+    sup: Supervised = supervised(tmp_path, config, port)
+    assert curl(port, "/before") == (200, "A")
+    assert wait_for(lambda: log_path.exists() and "/before" in log_path.read_text())
+    os.rename(log_path, tmp_path / "access.log.1")
+    os.kill(sup.proc.pid, signal.SIGUSR1)
+    assert wait_for(log_path.exists), "the epoch did not reopen its access log:\n" + sup.output()
+    assert curl(port, "/after") == (200, "A")
+    assert wait_for(lambda: "/after" in log_path.read_text())
+    assert (tmp_path / "access.log.1").read_text().split() == ["/before"]
+    assert log_path.read_text().split() == ["/after"]
+    assert sup.proc.poll() is None  # SIGUSR1 did not stop anything

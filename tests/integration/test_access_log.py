@@ -107,3 +107,30 @@ def test_json_format_response_flags_without_flags_is_dash(env):
     assert request(p.port, "/echo/noflags").status == 200
     entry = json.loads(_wait_line(p, json_path, '"/echo/noflags"'))
     assert entry["flags"] == "-"
+
+
+def test_reopen_logs_after_rotation_writes_to_a_new_file(tmp_path):
+    """Log rotation as logrotate does it: rename the file, then POST /reopen_logs (what
+    SIGUSR1 also does). Lines before the reopen stay in the renamed file; later ones go to a
+    new file at the configured path. GET is refused (Envoy: mutating endpoints need POST)."""
+    up = EchoUpstream("service1")
+    path = str(tmp_path / "access.log")
+    cfg = front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}],
+                             [static_cluster("c1", up.port)], access_log=[
+        {"name": "envoy.access_loggers.file", "typed_config": {"@type": FILE_LOG, "path": path}}])
+    p = ProxyUnderTest(cfg)
+    try:
+        assert request(p.port, "/", headers={"x-request-id": "before-rotation"}).status == 200
+        _wait_line(p, path, "before-rotation")
+        os.rename(path, path + ".1")
+        assert p.admin("/reopen_logs")[0] == 400
+        assert p.admin("/reopen_logs", "POST") == (200, "OK\n")
+        assert os.path.exists(path)  # reopened (created) at once, before any new line
+        assert request(p.port, "/", headers={"x-request-id": "after-rotation"}).status == 200
+        _wait_line(p, path, "after-rotation")
+        rotated = open(path + ".1").read()
+        assert "before-rotation" in rotated and "after-rotation" not in rotated
+        assert "before-rotation" not in open(path).read()
+    finally:
+        p.stop()
+        up.close()

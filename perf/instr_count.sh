@@ -9,7 +9,8 @@
 # callgrind with instrumentation off; wrk -c20 warms up, then instrumentation is switched on
 # for SECS seconds of wrk -c20 and the worker thread's count is divided by the requests.
 #   perf/instr_count.sh        # SECS=5 TOP=25 OUT_DIR=/tmp/ftproxy-instr
-#   PROBE=1 perf/instr_count.sh   # the same count for perf/probe_floor.py (CPython's floor)
+#   PROBE=floor perf/instr_count.sh   # the same count for perf/probe_floor.py (CPython's floor)
+#   PROBE=lane perf/instr_count.sh    # ... for perf/probe_lane.py (a fused path's lower bound)
 # Under callgrind the proxy runs ~50x slower (a few hundred requests a second).
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
@@ -25,7 +26,8 @@ source "$HERE/upstream.sh"
 start_upstream ""
 cd "$ROOT"
 if [ -n "${PROBE:-}" ]; then
-  SERVER=("$HERE/probe_floor.py"); MATCH=probe_floor
+  [ "$PROBE" = lane ] || PROBE=floor
+  SERVER=("$HERE/probe_$PROBE.py"); MATCH=probe_$PROBE
 else
   SERVER=(-m proxy.server.main -c "$ROOT/perf/configs/http.yaml" --concurrency 1 --drain-time-s 1
           -l warning --base-id 4715); MATCH=proxy.server.main

@@ -9,9 +9,12 @@
 # 2. perf/bench.py: new connection per request, 1 MiB responses, 1,000 connections, TCP bulk
 #    (perf/configs/tcp.yaml), concurrency sweep, 10,000 idle connections (RSS), 1 GiB through a
 #    slow reader (RSS)  -> perf/results.json and the tables in perf/RESULTS.md.
+# 3. perf/instr_count.sh (when valgrind is installed; SKIP_INSTR=1 skips it): machine
+#    instructions per keep-alive request for ftproxy, the floor probe and the fused-path probe,
+#    which do not move with the VM's speed  -> perf/instr.txt.
 # Everything on 127.0.0.1; the server under test on CPU 0, clients and upstream on CPU 1.
 # Knobs (env): QUICK, RUNS, DURATION, SWEEP="1 2", SWEEP_CPUS, IDLE_CONNS, SLOW_MB, SLOW_RUNS, ONLY=a,b,
-#   SKIP_PEERS=1, FTPROXY_CMD (template with {config} {concurrency}; default below).
+#   SKIP_PEERS=1, SKIP_INSTR=1, FTPROXY_CMD (template with {config} {concurrency}; default below).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd); cd "$ROOT"
 PEERS=${PEERS:-$ROOT/../shared/tools/peers.sh}
@@ -39,4 +42,10 @@ if [ "${SKIP_PEERS:-0}" != 1 ]; then
   PROXY_CMD="cd $ROOT && exec $cmd" PROXY_NAME=ftproxy SKIP_H2=1 OUT="$HERE/peers.json" \
     "$PEERS" | tee "$HERE/peers.txt"
 fi
-exec .venv/bin/python perf/bench.py ${ONLY:+--only "$ONLY"} --command "${QUICK:+QUICK=$QUICK }perf/run.sh"
+.venv/bin/python perf/bench.py ${ONLY:+--only "$ONLY"} --command "${QUICK:+QUICK=$QUICK }perf/run.sh"
+if [ "${SKIP_INSTR:-0}" != 1 ] && [ -z "${ONLY:-}" ] && command -v valgrind >/dev/null; then
+  { echo "# perf/instr_count.sh, $(date -u +%FT%TZ): user-space instructions per keep-alive request"
+    for probe in "" floor lane; do
+      echo "${probe:-ftproxy}: $(PROBE=$probe perf/instr_count.sh | head -1)"
+    done; } | tee "$HERE/instr.txt"
+fi

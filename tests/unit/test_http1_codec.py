@@ -88,6 +88,15 @@ def test_request_versions_wherever_the_head_starts_in_a_feed(impl, split):
     assert heads == [(b"/1", b"1.0"), (b"/2", b"1.1"), (b"/3", b"1.0"), (b"/4", b"1.1")]
 
 
+@pytest.mark.parametrize("line", [b"GET /aHTTP/1.1", b"GET /x/HTTP/1.0", b"POST /p?q=HTTP/1.1"])
+def test_request_line_without_a_version_is_400_even_when_the_target_ends_like_one(impl, line):
+    """llhttp reads `GET /aHTTP/1.1` as an HTTP/0.9 line (target `/aHTTP/1.1`, no version);
+    the version must not be taken from the line's last bytes (found by the fuzz campaign)."""
+    with pytest.raises(CodecError) as err:
+        server(impl).feed(line + b"\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    assert err.value.status == 400
+
+
 @pytest.mark.parametrize("bytewise", [False, True])
 def test_chunked_request_body_and_trailers(impl, bytewise):
     data = (b"POST / HTTP/1.1\r\nHost: h\r\n" + TE + b"\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n"

@@ -205,15 +205,16 @@ class FastServerCodec(ResponseEncoding):
     def _request_version(self) -> bytes | None:
         """The request's HTTP version. httptools' get_http_version() formats a str each call;
         when the head began at the start of a feed, its request line (which llhttp has
-        validated by now) ends with the version."""
+        validated by now) ends with ` HTTP/1.x`. The space matters: llhttp takes
+        `GET /aHTTP/1.1` as an HTTP/0.9 line whose target ends in `HTTP/1.1` (refused below)."""
         start = self._start
         if start is not None:
             self._start = None
             end = start.find(b"\r\n")
-            version = start[end - 8:end] if end >= 8 else b""
-            if version == b"HTTP/1.1":
+            version = start[end - 9:end] if end >= 9 else b""
+            if version == b" HTTP/1.1":
                 return b"1.1"
-            if version == b"HTTP/1.0":
+            if version == b" HTTP/1.0":
                 return b"1.0"
         return VERSIONS.get(self._parser.get_http_version())
 

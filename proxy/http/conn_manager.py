@@ -163,8 +163,14 @@ class ConnectionManager(ConnectionCallbacks):
         try:
             events = self.codec.feed(data)
         except CodecError as e:
-            self._on_codec_error(e)
-            return
+            # Whole requests before the bad bytes are answered first, then the error in its
+            # turn (Envoy parses one request at a time, so a pipelining client gets each
+            # answer in order).
+            events = _whole_requests(e.parsed)
+            if not events:
+                self._on_codec_error(e)
+                return
+            events.append(e)
         self._dispatch(events)
 
     def dispatch_later(self, events) -> None:
@@ -205,6 +211,11 @@ class ConnectionManager(ConnectionCallbacks):
                 stream.info.request_complete_monotonic = time.monotonic()
                 if stream.router is not None:
                     stream.router.decode_end(ev.trailers)
+        elif cls is CodecError:  # bad bytes after whole requests (on_data)
+            if stream is not None:
+                self.pending.append(ev)  # answered after the response in progress
+            else:
+                self._on_codec_error(ev)
 
     def on_eof(self) -> None:
         try:
@@ -475,6 +486,14 @@ class ConnectionManager(ConnectionCallbacks):
         if self.active is None and not self.connection.closed:
             self.stats.downstream_cx_drain_close.value += 1
             self.connection.close(flush=True)
+
+
+def _whole_requests(events: list) -> list:
+    """`events` up to the end of the last whole request among them."""
+    for i in range(len(events) - 1, -1, -1):
+        if type(events[i]) is MessageComplete:
+            return events[:i + 1]
+    return []
 
 
 # A draining connection that stays idle this long is closed. Closing an idle HTTP/1.1

@@ -61,6 +61,10 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def is_alive(self) -> bool:
+        """The worker's thread runs (started and its loop has not ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         try:
             self.dispatcher.run()

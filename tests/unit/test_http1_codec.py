@@ -88,6 +88,18 @@ def test_request_versions_wherever_the_head_starts_in_a_feed(impl, split):
     assert heads == [(b"/1", b"1.0"), (b"/2", b"1.1"), (b"/3", b"1.0"), (b"/4", b"1.1")]
 
 
+def test_error_after_whole_requests_carries_them(impl):
+    """The connection manager answers the whole requests before bad bytes first (as Envoy,
+    which parses one request at a time), so the error carries what the feed parsed."""
+    data = GET + b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab" + b"BOGUS\r\n\r\n"
+    with pytest.raises(CodecError) as err:
+        server(impl).feed(data)
+    post = RequestHeaders(b"POST", b"/p", b"1.1", [(b"host", b"h"), (b"content-length", b"2")],
+                          True, None, False, 2, False)
+    assert err.value.status == 400
+    assert err.value.parsed == [rq(), MessageComplete(None), post, Data(b"ab"), MessageComplete(None)]
+
+
 @pytest.mark.parametrize("line", [b"GET /aHTTP/1.1", b"GET /x/HTTP/1.0", b"POST /p?q=HTTP/1.1"])
 def test_request_line_without_a_version_is_400_even_when_the_target_ends_like_one(impl, line):
     """llhttp reads `GET /aHTTP/1.1` as an HTTP/0.9 line (target `/aHTTP/1.1`, no version);

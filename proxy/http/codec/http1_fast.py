@@ -119,7 +119,9 @@ class FastServerCodec(ResponseEncoding):
             else:
                 self._head_bytes += len(data)
             if self._head_bytes > 2 * self._max_bytes:
-                raise CodecError(431, "http1.headers_too_large", "request head too large")
+                err = CodecError(431, "http1.headers_too_large", "request head too large")
+                err.parsed = events
+                raise err
         return events
 
     def _run(self, data: bytes) -> None:
@@ -139,7 +141,9 @@ class FastServerCodec(ResponseEncoding):
             return
         if self._state == CLOSED and not self._in_msg:
             return  # bytes after a `Connection: close` request are ignored
-        raise _llhttp_error(exc, True) from None
+        err = _llhttp_error(exc, True)
+        err.parsed = self._events
+        raise err from None
 
     def _eof(self) -> list:
         if self._in_msg and self._state == OPEN:

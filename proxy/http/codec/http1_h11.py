@@ -90,9 +90,13 @@ class H11ServerCodec(ResponseEncoding):
             return []
         events: list = []
         self._buf += data
-        while self._state == OPEN:
-            if not (self._start(events) if self._conn is None else self._body(events)):
-                break
+        try:
+            while self._state == OPEN:
+                if not (self._start(events) if self._conn is None else self._body(events)):
+                    break
+        except CodecError as err:
+            err.parsed = events
+            raise
         return events
 
     def resume(self) -> list:

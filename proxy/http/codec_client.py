@@ -26,7 +26,8 @@ _RESET_REASON = {
 
 class UpstreamHttpConnection(ConnectionCallbacks):
     __slots__ = ("pool", "connection", "codec", "router", "state", "requests", "response_done",
-                 "tunnel", "holds_slot", "rx_reported", "tx_reported", "idle_since")
+                 "tunnel", "upgrade_requested", "holds_slot", "rx_reported", "tx_reported",
+                 "idle_since")
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
                  buffer_limit: int, codec_impl: str, conn_id: int) -> None:
@@ -43,16 +44,19 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.requests = 0
         self.response_done = False
         self.tunnel = False
+        self.upgrade_requested = False  # the request in flight asked to switch protocols
         self.holds_slot = False
         self.rx_reported = self.tx_reported = 0  # bytes already added to cluster stats
         self.idle_since = 0.0  # when it last went back to the pool (cluster idle_timeout)
         self.connection.connect(address, connect_timeout)
 
     # -- used by the router ---------------------------------------------------------------------
-    def send_request(self, router, head, chunked: bool) -> None:
+    def send_request(self, router, head, chunked: bool, upgrade: bool = False) -> None:
+        """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
         self.router = router
         self.requests += 1
         self.response_done = False
+        self.upgrade_requested = upgrade
         self.connection.write(self.codec.encode_request_head(
             head.method, head.path, head.headers.items(), chunked=chunked, authority=head.authority))
 
@@ -65,7 +69,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
     def release(self, reusable: bool) -> None:
         """The router is done with this connection."""
         self.router = None
-        self.pool.on_release(self, reusable and self.response_done and not self.tunnel)
+        self.pool.on_release(self, reusable and self.response_done and not self.tunnel
+                             and not self.codec.failed)
 
     # -- connection callbacks ----------------------------------------------------------------------
     def on_connected(self) -> None:
@@ -89,6 +94,11 @@ class UpstreamHttpConnection(ConnectionCallbacks):
                 router.on_upstream_data(ev.data)
             elif cls is ResponseHeaders:
                 if ev.status == 101:
+                    if not self.upgrade_requested:
+                        # RFC 9110 §15.2.2: a 101 answers only a request that asked to upgrade;
+                        # what follows it would reach the client as raw bytes.
+                        self._fail("protocol error", "UPE", 502, None)
+                        return
                     self.tunnel = True
                 router.on_upstream_headers(ev)
             elif cls is MessageComplete:
@@ -96,6 +106,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
                 router.on_upstream_complete(ev.trailers)
             elif cls is Informational:
                 pass  # 100-continue was answered by the connection manager already
+        if not events and self.codec.failed and not self.connection.closed:
+            self.connection.close(flush=False)  # bytes nobody asked for: never reuse it
 
     def on_eof(self) -> None:
         router = self.router

@@ -132,9 +132,7 @@ class RouterFilter:
         stream.info.response_code_details = details
         if not stream.request_complete:
             stream.keep_alive = False  # the unread rest of the request body ends the connection
-        stream.encode_headers(head, end_stream=not body)
-        if body:
-            stream.encode_data(body, True)
+        stream.encode_local(head, body)
 
     def _rewrite_request(self, action) -> None:
         """The route's path and host rewrites and request header mutations."""
@@ -211,7 +209,7 @@ class RouterFilter:
         self.upstream_start = time.monotonic()
         info.first_upstream_tx_monotonic = self.upstream_start
         stream = self.stream
-        upstream.send_request(self, stream.head, self.chunked)
+        upstream.send_request(self, stream.head, self.chunked, stream.upgrade is not None)
         if self.buffered:
             for chunk in self.buffered:
                 upstream.send_body(chunk)
@@ -263,8 +261,17 @@ class RouterFilter:
         stream.encode_headers(ResponseHead(ev.status, headers, ev.reason), end_stream=False)
 
     def on_upstream_data(self, data: bytes) -> None:
-        if not self.done:
-            self.stream.encode_data(data, False)
+        if self.done:
+            return
+        if not self.response_started:
+            # Body bytes before any response head: a codec bug or a peer it misread. Never
+            # forward raw upstream bytes to the client.
+            self._abandon_upstream()
+            self._charge_local(502)
+            self.stream.send_local_reply(502, reset_body("protocol error"), "UPE",
+                                         "upstream_reset_before_response_started{protocol_error}")
+            return
+        self.stream.encode_data(data, False)
 
     def on_upstream_complete(self, trailers) -> None:
         if self.done:

@@ -129,7 +129,14 @@ class ActiveStream:
         if not self.request_complete:
             # The rest of the request body will not be read: the connection cannot be reused.
             self.keep_alive = False
-        head = local_reply_head(status, body, extra)
+        self.encode_local(local_reply_head(status, body, extra), body)
+
+    def encode_local(self, head: ResponseHead, body: bytes) -> None:
+        """A response the proxy made itself (local reply, direct response, redirect): its head,
+        then its body unless the request was HEAD (Envoy sends the headers only, with the
+        content-length of the body it would have sent)."""
+        if self.head.method == b"HEAD":
+            body = b""
         self.encode_headers(head, end_stream=not body)
         if body:
             self.encode_data(body, end_stream=True)

@@ -17,6 +17,12 @@ def upstream2():
     u.close()
 
 
+@pytest.fixture(params=["fast", "h11"])
+def codec(request):
+    """Each HTTP/1.1 codec in turn: httptools (the hot path) and h11 (the reference)."""
+    return request.param
+
+
 @pytest.fixture
 def proxy_factory():
     started = []

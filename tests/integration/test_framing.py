@@ -19,14 +19,6 @@ import pytest
 from .harness import front_proxy_config, raw_request, static_cluster
 from .servers import RawHttpUpstream, new_reader, pattern_sha256, read_response
 
-CODECS = ["fast", "h11"]
-
-
-@pytest.fixture(params=CODECS)
-def codec(request):
-    return request.param
-
-
 @pytest.fixture
 def raw_upstream():
     canned = {

@@ -37,6 +37,8 @@ import h11
 import pytest
 
 from .harness import front_proxy_config, raw_request, static_cluster
+from .fuzz import (parse_responses, recv_some, insert_line, m_delete, m_flip, m_insert, m_line_endings, m_obs_fold,
+                            m_truncate, oversize)
 from .servers import AcceptLoop
 
 CODECS = ["fast", "h11"]
@@ -49,11 +51,6 @@ READ_DEADLINE = 4.0      # the proxy's own timeouts (below) end every connection
 # 414: a target too long (RFC 9112 section 3).
 ALLOWED = {200, 400, 403, 404, 408, 413, 414, 417, 426, 431, 501, 502, 503}
 CLOSING_ERRORS = {400, 408, 413, 414, 417, 426, 431, 501}  # nothing may follow these on a connection
-
-
-@pytest.fixture(params=CODECS)
-def codec(request):
-    return request.param
 
 
 @pytest.fixture
@@ -167,7 +164,6 @@ def seed_corpus(tok: bytes) -> list[bytes]:
     ]
 
 
-_SPECIAL_BYTES = b"\r\n\x00 :\t\x7f\xff;,"
 _FRAMING_LINES = [
     b"Content-Length: 0", b"Content-Length: 5", b"Content-Length: 1, 1", b"Content-Length: +5",
     b"Content-Length: -1", b"Content-Length: 99999999999999999999", b"Content-Length : 3",
@@ -180,84 +176,13 @@ _FRAMING_LINES = [
 ]
 
 
-def _head_end(data: bytes) -> int:
-    i = data.find(b"\r\n\r\n")
-    return len(data) if i < 0 else i
-
-
-def _pos(rng: random.Random, data: bytes, head_bias: float = 0.75) -> int:
-    end = _head_end(data)
-    if end and rng.random() < head_bias:
-        return rng.randrange(end + 1)
-    return rng.randrange(len(data) + 1)
-
-
-def _line_start(rng: random.Random, data: bytes) -> int:
-    """Just after a random CRLF inside the head (a header line boundary)."""
-    end = _head_end(data)
-    starts = [m.end() for m in re.finditer(rb"\r\n", data[:end])]
-    return rng.choice(starts) if starts else len(data)
-
-
-def m_flip(rng, d):
-    i = rng.randrange(len(d)) if rng.random() < 0.3 else min(_pos(rng, d), len(d) - 1)
-    b = d[i] ^ (1 << rng.randrange(8)) if rng.random() < 0.6 else rng.randrange(256)
-    return d[:i] + bytes([b]) + d[i + 1:]
-
-
-def m_insert(rng, d):
-    i = _pos(rng, d)
-    ins = bytes([rng.choice(_SPECIAL_BYTES) if rng.random() < 0.8 else rng.randrange(256)
-                 for _ in range(rng.choice((1, 1, 2, 3)))])
-    return d[:i] + ins + d[i:]
-
-
-def m_delete(rng, d):
-    i = _pos(rng, d)
-    return d[:i] + d[i + rng.randint(1, 4):]
-
-
-def m_truncate(rng, d):
-    return d[:rng.randrange(1, len(d))] if len(d) > 1 else d
-
-
-def m_framing(rng, d):
-    i = _line_start(rng, d)
-    return d[:i] + rng.choice(_FRAMING_LINES) + b"\r\n" + d[i:]
-
-
-def m_obs_fold(rng, d):
-    i = _line_start(rng, d)
-    return d[:i] + rng.choice((b" ", b"\t", b"  ")) + b"folded-" + bytes([rng.choice(b"abc:")]) + b"\r\n" + d[i:]
-
-
-def m_oversize(rng, d):
-    i = _line_start(rng, d)
-    kind = rng.randrange(3)
-    if kind == 0:
-        line = b"X-Big: " + b"b" * rng.choice((7000, 9000, 70000))
-    elif kind == 1:
-        line = b"\r\n".join(b"X-Many-%d: v" % k for k in range(rng.choice((90, 120))))
-    else:
-        line = b"X-" + b"n" * rng.choice((5000, 9000)) + b": v"
-    return d[:i] + line + b"\r\n" + d[i:]
-
-
-def m_line_endings(rng, d):
-    end = _head_end(d)
-    crlfs = [m.start() for m in re.finditer(rb"\r\n", d[:end + 4])]
-    if not crlfs:
-        return d
-    i = rng.choice(crlfs)
-    repl = rng.choice((b"\n", b"\r", b"\r\r\n", b"\n\r", b"\r\n\r\n"))
-    return d[:i] + repl + d[i + 2:]
-
-
 def m_version(rng, d):
     return re.sub(rb"HTTP/1\.[01]", rng.choice((b"HTTP/1.2", b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.10",
                                                  b"http/1.1", b"HTTP/1.1 ", b"HTTP /1.1", b"HTTP/11")), d, count=1)
 
 
+m_framing = insert_line(_FRAMING_LINES)
+m_oversize = oversize(big_values=(7000, 9000, 70000), long_names=(5000, 9000))
 MUTATORS = [m_flip, m_flip, m_insert, m_insert, m_delete, m_truncate, m_framing, m_framing,
             m_obs_fold, m_oversize, m_line_endings, m_version]
 
@@ -314,69 +239,21 @@ def run_case(port: int, case: Case) -> tuple[bytes, bool]:
             return b"", True
         deadline = time.monotonic() + READ_DEADLINE
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return bytes(out), False
-            s.settimeout(left)
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                return bytes(out), False
-            except ConnectionResetError:  # closed with request bytes unread: a close too
-                return bytes(out), True
-            if not chunk:
-                return bytes(out), True
+            chunk, closed = recv_some(s, deadline)
+            if chunk is None:
+                return bytes(out), closed
             out += chunk
     finally:
         s.close()
 
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3})(?: [^\r\n]*)?\r\n")
-
-
 def parse_replies(reply: bytes) -> tuple[list[tuple[int, dict[bytes, bytes]]], str | None]:
-    """Split a reply into responses [(status, headers)]; the second item names a framing fault."""
-    out = []
-    pos = 0
-    while pos < len(reply):
-        m = _STATUS_LINE.match(reply, pos)
-        end = reply.find(b"\r\n\r\n", m.end() - 2) if m else -1
-        if m is None or end < 0:
-            return out, f"malformed or truncated response at byte {pos}: {reply[pos:pos + 80]!r}"
-        status = int(m.group(1))
-        headers = {}
-        for line in reply[m.end():end].split(b"\r\n") if end >= m.end() else ():
-            k, sep, v = line.partition(b":")
-            if not sep:
-                return out, f"bad response header line {line!r}"
-            headers[k.strip().lower()] = v.strip()
-        out.append((status, headers))
-        pos = end + 4
-        if status < 200 or status in (204, 304):
-            continue
-        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-            while True:
-                le = reply.find(b"\r\n", pos)
-                if le < 0:
-                    return out, "truncated chunked response body"
-                try:
-                    size = int(reply[pos:le].split(b";")[0], 16)
-                except ValueError:
-                    return out, f"bad chunk size line {reply[pos:le][:40]!r}"
-                pos = le + 2 + size + 2
-                if size == 0:
-                    break
-            if pos > len(reply):
-                return out, "truncated chunked response body"
-        elif b"content-length" in headers:
-            if not headers[b"content-length"].isdigit():
-                return out, f"bad content-length {headers[b'content-length']!r}"
-            pos += int(headers[b"content-length"])
-            if pos > len(reply):
-                return out, "truncated response body"
-        else:
-            pos = len(reply)  # close-delimited
-    return out, None
+    """Split a reply into responses [(status, headers)]; the second item names a framing
+    fault, a body cut short included."""
+    rs, fault = parse_responses(reply, ())
+    if fault is None and rs and rs[-1].complete is False:
+        fault = "truncated response body"
+    return [(r.status, dict(r.headers)) for r in rs], fault
 
 
 def h11_sees(data: bytes) -> set[bytes]:
@@ -455,6 +332,19 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def run_campaign(port: int, cases: list, run_case, parallel: int) -> tuple[list, float, "Bystander"]:
+    """Run every case, `parallel` at a time, while a bystander keep-alive client runs:
+    (replies in case order, seconds taken, the bystander)."""
+    bystander = Bystander(port)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(parallel) as pool:
+        replies = list(pool.map(lambda c: run_case(port, c), cases))
+    elapsed = time.monotonic() - t0
+    bystander.stop.set()
+    bystander.thread.join(5)
+    return replies, elapsed, bystander
+
+
 class Bystander:
     """One well-behaved keep-alive client requesting every 20 ms while the campaign runs.
     A close that races its request after the connection sat idle for about the proxy's
@@ -524,13 +414,7 @@ def test_mutation_campaign_every_input_gets_a_clear_answer_and_the_proxy_survive
 
     cases = [make_case(BASE_SEED + i) for i in range(N_CASES)]
     tokens = {c.token for c in cases}
-    bystander = Bystander(p.port)
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        replies = list(pool.map(lambda c: run_case(p.port, c), cases))
-    elapsed = time.monotonic() - t0
-    bystander.stop.set()
-    bystander.thread.join(5)
+    replies, elapsed, bystander = run_campaign(p.port, cases, run_case, PARALLEL)
 
     failures = []
     for case, (reply, closed) in zip(cases, replies):

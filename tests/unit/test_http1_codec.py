@@ -315,7 +315,9 @@ def test_bodyless_responses_get_no_body_framing(impl, status, method, expected):
                                       True) == expected
     head = codec.encode_response_head(status, None, [], method, b"1.1", True)
     assert b"transfer-encoding" not in head
-    assert codec.encode_body(b"x") == b"x"  # the caller sends nothing; nothing is framed
+    # Body bytes a caller still writes after a bodyless head are dropped: a client would read
+    # them as the start of its next response.
+    assert codec.encode_body(b"x") == b"" and codec.encode_end() == b""
 
 
 # --- client side ---

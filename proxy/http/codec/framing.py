@@ -303,18 +303,23 @@ def _last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
 # awaits its answer), then TUNNEL or CLOSED. Client: HEAD <-> BODY, then TUNNEL or CLOSED.
 OPEN, AWAIT_SWITCH, TUNNEL, CLOSED = range(4)
 HEAD, BODY = 0, 1
+# How the server codec frames the body of the response it is sending: bytes as they are
+# (Content-Length, close-delimited, tunnel), chunked, or none at all (HEAD, 204, 304: any
+# body bytes a caller still writes are dropped, so they can never be read as a next response).
+_BODY_AS_IS, _BODY_CHUNKED, _BODY_NONE = range(3)
 
 
 class ResponseEncoding:
     """Mixin for server codecs: response heads and bodies with codec-owned framing, and the
     server state change each final head makes.
 
-    Needs slots `_resp_chunked`, `response_must_close` (a plain attribute: the connection
+    Needs slots `_resp_body` (one of the `_BODY_*` modes), `response_must_close` (a plain
+    attribute: the connection
     must close after this response), `_state`, `_unanswered` (requests without a final
     answer yet) and `_keep_alive` (of the last request)."""
 
     __slots__ = ()
-    _resp_chunked: bool
+    _resp_body: int
     response_must_close: bool
     _state: int
     _unanswered: int
@@ -344,7 +349,7 @@ class ResponseEncoding:
                 parts.append(_field_line(field))
             parts += _END
             if status == 101:
-                self._resp_chunked = False
+                self._resp_body = _BODY_AS_IS
                 self._switch_protocols()
             return b"\r\n".join(parts)
         tunnel = request_method == b"CONNECT" and status < 300
@@ -372,7 +377,8 @@ class ResponseEncoding:
             elif request_version == b"1.0":
                 parts.append(b"connection: keep-alive")
         parts += _END
-        self._resp_chunked = chunked
+        self._resp_body = (_BODY_CHUNKED if chunked else
+                           _BODY_NONE if bodyless and not tunnel else _BODY_AS_IS)
         if tunnel:
             self._switch_protocols()
         else:
@@ -380,11 +386,14 @@ class ResponseEncoding:
         return b"\r\n".join(parts)
 
     def encode_body(self, data: bytes) -> bytes:
-        return _chunk(data) if self._resp_chunked else data
+        mode = self._resp_body
+        if mode == _BODY_AS_IS:
+            return data
+        return _chunk(data) if mode == _BODY_CHUNKED else b""
 
     def encode_end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> bytes:
-        if self._resp_chunked:
-            self._resp_chunked = False
+        if self._resp_body == _BODY_CHUNKED:
+            self._resp_body = _BODY_AS_IS
             return _last_chunk(trailers)
         return b""
 
@@ -398,6 +407,11 @@ class RequestEncoding:
     _req_chunked: bool
     _error: CodecError | None
     _methods: list[bytes]
+
+    @property
+    def failed(self) -> bool:
+        """The peer sent bytes that poisoned this connection: it must not be reused."""
+        return self._error is not None
 
     def encode_request_head(self, method: bytes, target: bytes,
                             headers: list[tuple[bytes, bytes]], *, chunked: bool,

@@ -69,7 +69,7 @@ class FastServerCodec(ResponseEncoding):
     __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "on_url", "_max_bytes",
                  "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len", "_data",
                  "_start", "_state", "_held", "_keep_alive", "_switch", "_unanswered",
-                 "_resp_chunked", "response_must_close")
+                 "_resp_body", "response_must_close")
 
     def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
         self._events: list = []
@@ -90,7 +90,8 @@ class FastServerCodec(ResponseEncoding):
         self._held = b""
         self._keep_alive = True
         self._unanswered = 0
-        self._resp_chunked = self.response_must_close = False
+        self._resp_body = 0
+        self.response_must_close = False
 
     # --- input ---
     def feed(self, data: bytes) -> list:
@@ -385,6 +386,8 @@ class FastClientCodec(RequestEncoding):
             if version is None:
                 raise CodecError(502, "http1.codec_error", "unsupported HTTP version")
         status = parser.get_status_code()
+        if status < 100:  # llhttp reads any 3 digits; below 100 is no HTTP status (RFC 9110 §15)
+            raise CodecError(502, "http1.codec_error", f"invalid status {status}")
         if self._head_len > self._max_bytes or len(headers) > self._max_count:
             check_head_limits(b"", reason, headers, self._max_bytes, self._max_count, False)
         cl, chunked, keep_alive, _, _, _ = analyze(specials, version, False)

@@ -60,7 +60,7 @@ def _raw_te(headers: list, specials: list) -> list:
 
 class H11ServerCodec(ResponseEncoding):
     __slots__ = ("_buf", "_conn", "_scanner", "_state", "_held", "_keep_alive", "_unanswered",
-                 "_max_bytes", "_max_count", "_resp_chunked", "response_must_close")
+                 "_max_bytes", "_max_count", "_resp_body", "response_must_close")
 
     def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
         self._buf = b""
@@ -72,7 +72,8 @@ class H11ServerCodec(ResponseEncoding):
         self._unanswered = 0
         self._max_bytes = max_request_headers_kb * 1024
         self._max_count = max_headers_count
-        self._resp_chunked = self.response_must_close = False
+        self._resp_body = 0
+        self.response_must_close = False
 
     def feed(self, data: bytes) -> list:
         if not data:

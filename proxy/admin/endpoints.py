@@ -321,7 +321,10 @@ def help_text() -> str:
 def handle(ctx: AdminContext, method: str, target: str) -> AdminResponse:
     """Route one request. Never raises: handler errors become 500 with the message."""
     try:
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # e.g. an absolute-form target with a malformed [IPv6] authority
+            return _text(400, "invalid request target\n")
         path = parts.path or "/"
         if len(path) > 1:
             path = path.rstrip("/")

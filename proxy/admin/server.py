@@ -33,10 +33,33 @@ MAX_BODY_BYTES = 64 * 1024
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The stdlib's default ("HTTP/0.9") would send an error met before the version was read
+    # (or any answer to a version-less request line) without a status line.
+    default_request_version = "HTTP/1.1"
     server_version = "envoy"
     sys_version = ""
     timeout = IDLE_TIMEOUT_S
     server: _HTTPServer
+
+    def parse_request(self) -> bool:
+        """The stdlib's parse plus the rules Envoy's HTTP/1 codec applies to every request
+        (the admin is an HTTP listener like any other): HTTP/1.0 or 1.1 only, one Host in an
+        HTTP/1.1 request, at most one Content-Length and only digits in it (RFC 9112 §3.2,
+        §6.3); anything else is a 400 and the connection closes."""
+        if not super().parse_request():
+            return False
+        if len(self.requestline.split()) != 3 or self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.send_error(400, "Bad request line")
+            return False
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1 or (self.request_version == "HTTP/1.1" and not hosts):
+            self.send_error(400, "Missing or repeated Host")
+            return False
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
+            self.send_error(400, "Bad Content-Length")
+            return False
+        return True
 
     def _dispatch(self, send_body: bool = True) -> None:
         if not self._drain_body():
@@ -53,18 +76,17 @@ class _Handler(BaseHTTPRequestHandler):
                 _log.exception("admin post-response action failed for %s", self.path)
 
     def _drain_body(self) -> bool:
-        raw = self.headers.get("Content-Length")
+        """Read (and drop) the request body; False after refusing it (the connection closes).
+        `parse_request` already checked Content-Length's syntax."""
+        send_body = self.command != "HEAD"
         if self.headers.get("Transfer-Encoding"):
-            self._write(AdminResponse(411, "text/plain; charset=UTF-8", b"Content-Length required\n"))
             self.close_connection = True
+            self._write(AdminResponse(411, "text/plain; charset=UTF-8", b"Content-Length required\n"), send_body)
             return False
-        try:
-            length = int(raw) if raw else 0
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY_BYTES:
-            self._write(AdminResponse(413 if length > 0 else 400, "text/plain; charset=UTF-8", b"bad request body\n"))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
             self.close_connection = True
+            self._write(AdminResponse(413, "text/plain; charset=UTF-8", b"request body too large\n"), send_body)
             return False
         if length:
             self.rfile.read(length)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 from ..threads.dispatcher import READ
 from .channel import ChildChannel
@@ -25,7 +26,7 @@ class HotRestartChild:
         reply, _ = self.channel.request({"type": "hello", "version": HOT_RESTART_VERSION, "epoch": epoch})
         check_hello_reply(reply)
         self.parent_epoch = reply.get("epoch")
-        self.original_start_time = float(reply.get("start_time") or 0.0)
+        self.original_start_time = _number(reply.get("start_time") or 0.0, "start_time")
         self.parent_counters: dict[str, int] = {}
         self.parent_gauges: dict[str, int] = {}
         self._dispatcher = None
@@ -49,8 +50,8 @@ class HotRestartChild:
         self._take_stats(reply)
 
     def _take_stats(self, msg: dict) -> None:
-        self.parent_counters = {k: int(v) for k, v in (msg.get("counters") or {}).items()}
-        self.parent_gauges = {k: int(v) for k, v in (msg.get("gauges") or {}).items()}
+        self.parent_counters = _stat_map(msg.get("counters"), "counters")
+        self.parent_gauges = _stat_map(msg.get("gauges"), "gauges")
         if self._on_stats is not None:
             self._on_stats(self.parent_counters)
 
@@ -92,7 +93,12 @@ class HotRestartChild:
             return
         for msg in msgs:
             if msg.get("type") in ("stats", "final_stats"):
-                self._take_stats(msg)
+                try:
+                    self._take_stats(msg)
+                except ProtocolError as e:
+                    log.warning("hot restart: %s", e)
+                    self._gone()
+                    return
 
     def _gone(self) -> None:
         if not self.connected:
@@ -105,3 +111,20 @@ class HotRestartChild:
 
     def close(self) -> None:
         self._gone()
+
+
+def _number(value: Any, field: str) -> float:
+    """A number the parent sent, or ProtocolError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"bad {field} from the parent: {str(value)[:80]!r}")
+    return float(value)
+
+
+def _stat_map(value: Any, field: str) -> dict[str, int]:
+    """{stat name: int} from the parent's message, or ProtocolError naming the field."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()):
+        raise ProtocolError(f"bad {field} from the parent: not a map of names to integers")
+    return dict(value)

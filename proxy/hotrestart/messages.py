@@ -77,8 +77,8 @@ class FrameDecoder:
             del self._buf[:4 + n]
             try:
                 msg = json.loads(body)
-            except ValueError as e:
-                raise ProtocolError(f"bad frame: {e}") from None
+            except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+                raise ProtocolError(f"bad frame: {type(e).__name__}: {str(e)[:200]}") from None
             if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
                 raise ProtocolError("bad frame: not an object with a type")
             out.append(msg)
@@ -114,7 +114,8 @@ class ParentLogic:
             if req.get("version") != self.version:
                 return Reply({"type": "hello", "ok": False,
                               "reason": f"hot restart version mismatch: parent {self.version!r}, "
-                                        f"child {req.get('version')!r}; stop the old process first"})
+                                        f"child {str(req.get('version'))[:80]!r}; "
+                                        "stop the old process first"})
             if req.get("epoch") != self.side.epoch + 1:
                 return Reply({"type": "hello", "ok": False,
                               "reason": f"child epoch {req.get('epoch')} does not follow parent epoch "

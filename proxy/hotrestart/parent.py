@@ -69,7 +69,7 @@ class HotRestartParent:
                 self.server.start_parent_drain()
             try:
                 channel.send(sock, reply.message, reply.fds)
-            except OSError as e:
+            except (OSError, ProtocolError) as e:  # ProtocolError: a reply too large to frame
                 log.warning("hot restart: reply failed: %s", e)
                 self._child_gone()
                 return

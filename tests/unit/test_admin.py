@@ -28,6 +28,7 @@ class FakeAdminContext:
         self.state_value = "LIVE"
         self.healthcheck_failed: bool | None = None
         self.quit_called = threading.Event()
+        self.reopened = 0
         self.fail_clusters = False
 
     def stats_snapshot(self) -> StatsSnapshot:
@@ -62,6 +63,9 @@ class FakeAdminContext:
 
     def quit(self) -> None:
         self.quit_called.set()
+
+    def reopen_logs(self) -> None:
+        self.reopened += 1
 
 
 @pytest.fixture
@@ -202,6 +206,14 @@ def test_healthcheck_fail_and_ok_require_post(admin):
     assert ctx.healthcheck_failed is True
     assert request(server, "/healthcheck/ok", "POST")[::2] == (200, "OK\n")
     assert ctx.healthcheck_failed is False
+
+
+def test_reopen_logs_needs_post_and_reopens(admin):
+    ctx, server = admin
+    assert request(server, "/reopen_logs")[0] == 400
+    assert ctx.reopened == 0
+    assert request(server, "/reopen_logs", "POST")[::2] == (200, "OK\n")
+    assert ctx.reopened == 1
 
 
 def test_quitquitquit_answers_ok_then_quits(admin):

@@ -87,7 +87,7 @@ def _data_source_text(raw: Any, path: str) -> str:
     if which == "inline_bytes":
         try:
             return base64.b64decode(f.str("inline_bytes"), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as e:
+        except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input; UnicodeDecodeError
             raise ConfigError(f.at("inline_bytes"), f"invalid base64 UTF-8 text: {e}") from None
     raise ConfigError(f.at(which), "not supported yet for access log formats (use inline_string)")
 

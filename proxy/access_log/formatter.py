@@ -50,7 +50,7 @@ DEFAULT_FORMAT = (
 Getter = Callable[[StreamInfo], Any]   # returns str | int | None (None = unset)
 
 # %NAME%, %NAME(arg)%, %NAME(arg):N%  (Envoy: arguments cannot contain ")").
-_COMMAND_RE = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+_COMMAND_RE = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::(\d{1,9}))?%")
 
 # -- helpers for getters ----------------------------------------------------------------------
 def _ms(start: float | None, end: float | None) -> int | None:

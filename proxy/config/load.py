@@ -21,7 +21,7 @@ import yaml
 import proxy.extensions  # noqa: F401  fills the registry before any config is parsed
 from proxy.config.bootstrap import Bootstrap
 from proxy.config.bootstrap import parse_bootstrap as _parse_bootstrap
-from proxy.config.reader import ConfigError
+from proxy.config.reader import ConfigError, index, join
 
 __all__ = ["load_bootstrap", "parse_bootstrap", "parse_text", "merge", "validate"]
 
@@ -32,7 +32,7 @@ _PROTO_EXT = (".pb", ".pb_text")
 
 def parse_bootstrap(raw: Mapping[str, Any]) -> Bootstrap:
     """Validate an already-decoded bootstrap tree (registry filled by this module's import)."""
-    return _parse_bootstrap(raw)
+    return _checked(raw)
 
 
 def load_bootstrap(path: str | None, *, config_yaml: str | None = None) -> Bootstrap:
@@ -47,7 +47,32 @@ def load_bootstrap(path: str | None, *, config_yaml: str | None = None) -> Boots
         raise ConfigError("", "no configuration given (use -c <file> or --config-yaml)")
     if not isinstance(tree, Mapping):
         raise ConfigError("", f"{path}: the top level must be an object, got {type(tree).__name__}")
-    return _parse_bootstrap(tree)
+    return _checked(tree)
+
+
+def _checked(tree: Mapping[str, Any]) -> Bootstrap:
+    _check_depth(tree)
+    try:
+        return _parse_bootstrap(tree)
+    except RecursionError:  # a last resort: _check_depth bounds the nesting already
+        raise ConfigError("", "the configuration is nested too deeply") from None
+
+
+MAX_DEPTH = 100  # protobuf's default recursion limit, which Envoy's config parsing inherits
+
+
+def _check_depth(tree: Any) -> None:
+    """ConfigError at the first value nested deeper than MAX_DEPTH (walked without recursion:
+    copying or compiling such a value would exhaust Python's stack)."""
+    stack: list[tuple[Any, str, int]] = [(tree, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(path, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, Mapping):
+            stack.extend((v, join(path, str(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, index(path, i), depth + 1) for i, v in enumerate(value))
 
 
 def validate(path: str | None, *, config_yaml: str | None = None) -> tuple[int, str]:
@@ -85,6 +110,8 @@ def parse_text(text: str, source: str, *, as_json: bool) -> Any:
         except json.JSONDecodeError as e:
             raise ConfigError("", f"{source}: invalid JSON at line {e.lineno} column {e.colno}: "
                                   f"{e.msg}") from None
+        except (RecursionError, ValueError) as e:  # absurd nesting; an integer over 4300 digits
+            raise ConfigError("", f"{source}: invalid JSON: {type(e).__name__}: {str(e)[:200]}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -93,6 +120,8 @@ def parse_text(text: str, source: str, *, as_json: bool) -> Any:
         raise ConfigError("", f"{source}: invalid YAML{where}: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError("", f"{source}: invalid YAML: {e}") from None
+    except (RecursionError, ValueError) as e:  # absurd nesting; an integer over 4300 digits
+        raise ConfigError("", f"{source}: invalid YAML: {type(e).__name__}: {str(e)[:200]}") from None
     return {} if data is None else data
 
 

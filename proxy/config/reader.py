@@ -19,6 +19,7 @@ Must not: do I/O, import anything from proxy beyond this package, or keep state.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -52,27 +53,42 @@ def index(path: str, i: int) -> str:
 
 
 _DURATION_RE = re.compile(r"^(-?\d+(?:\.\d+)?)s$")
+_MAX_DURATION_S = 315_576_000_000  # google.protobuf.Duration's range: 10,000 years
 
 
 def parse_duration(value: Any, path: str) -> float:
     """Duration in seconds from `"1.5s"`, `{seconds, nanos}` or a number of seconds."""
     if isinstance(value, bool):
         raise ConfigError(path, f"expected a duration such as \"5s\", got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = _DURATION_RE.match(value.strip())
-        if not m:
-            raise ConfigError(path, f"invalid duration {value!r} (expected e.g. \"0.25s\")")
-        seconds = float(m.group(1))
-    elif isinstance(value, Mapping):
-        f = Fields(value, path, ("seconds", "nanos"))
-        seconds = f.int("seconds", 0) + f.int("nanos", 0) / 1e9
-    else:
-        raise ConfigError(path, f"expected a duration such as \"5s\", got {type(value).__name__}")
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        elif isinstance(value, str):
+            m = _DURATION_RE.match(value.strip())
+            if not m:
+                raise ConfigError(path, f"invalid duration {value[:80]!r} (expected e.g. \"0.25s\")")
+            seconds = float(m.group(1))
+        elif isinstance(value, Mapping):
+            f = Fields(value, path, ("seconds", "nanos"))
+            seconds = f.int("seconds", 0) + f.int("nanos", 0) / 1e9
+        else:
+            raise ConfigError(path, f"expected a duration such as \"5s\", got {type(value).__name__}")
+    except OverflowError:
+        raise ConfigError(path, "duration out of range") from None
+    if not math.isfinite(seconds) or seconds > _MAX_DURATION_S:
+        raise ConfigError(path, "duration out of range (at most 315576000000s, as protobuf's)")
     if seconds < 0:
         raise ConfigError(path, "duration must not be negative")
     return seconds
+
+
+def header_bytes(value: str, path: str) -> bytes:
+    """A config string that goes on the wire in an HTTP/1 head (a header name or value, a
+    host): Latin-1 bytes, or ConfigError naming `path`."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(path, f"{value[:80]!r}: an HTTP header can only carry Latin-1 characters") from None
 
 
 def _type_name(value: Any) -> str:
@@ -155,7 +171,7 @@ class Fields:
         if v is None or v is default:
             return v
         v = self._unwrap(key, v)
-        if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+        if isinstance(v, str) and re.fullmatch(r"-?\d{1,20}", v.strip()):
             v = int(v)  # proto3 JSON writes 64-bit integers as strings
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(self.at(key), f"expected an integer, got {v!r}")

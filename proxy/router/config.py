@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.reader import ConfigError, Fields, header_bytes
 
 from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
 from .matchers import RouteMatch, parse_route_match, reject_unsupported
@@ -177,7 +177,7 @@ def _parse_weighted(f: Fields) -> tuple[tuple[tuple[str, int], ...], bytes | Non
                           f"sum of weights ({total}) must equal total_weight ({declared})")
     w.str("runtime_key_prefix")  # accepted: without runtime overrides the weights stand
     header = w.str("header_name")
-    return tuple(clusters), header.lower().encode("latin-1") if header else None
+    return tuple(clusters), header_bytes(header.lower(), w.at("header_name")) if header else None
 
 
 def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
@@ -193,7 +193,7 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
         name = f.str("cluster_header")
         if not name or name.startswith(":"):
             raise ConfigError(f.at("cluster_header"), "must be a non-empty regular header name")
-        cluster_header = name.lower().encode("latin-1")
+        cluster_header = header_bytes(name.lower(), f.at("cluster_header"))
     else:
         weighted, header_name = _parse_weighted(f)
     rewrite_kind = f.oneof("prefix_rewrite", "regex_rewrite")
@@ -214,7 +214,7 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
     return RouteAction(
         cluster=cluster, cluster_header=cluster_header, weighted_clusters=weighted,
         weighted_header_name=header_name, prefix_rewrite=prefix, regex_rewrite=regex,
-        host_rewrite_literal=host_literal.encode("latin-1") if host_literal else None,
+        host_rewrite_literal=header_bytes(host_literal, f.at("host_rewrite_literal")) if host_literal else None,
         auto_host_rewrite=f.bool("auto_host_rewrite", False),
         timeout=f.duration("timeout", DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=f.duration("idle_timeout", None),
@@ -236,7 +236,10 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
         reject_unsupported(d, ("environment_variable", "watched_directory"))
         kind = d.oneof("filename", "inline_bytes", "inline_string", required=True)
         if kind == "inline_string":
-            body = d.str(kind).encode("utf-8")
+            try:
+                body = d.str(kind).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in a JSON file
+                raise ConfigError(d.at(kind), "not valid Unicode text") from None
         elif kind == "inline_bytes":
             try:
                 body = base64.b64decode(d.str(kind), validate=True)
@@ -246,6 +249,8 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
             try:
                 with open(d.str(kind), "rb") as fh:
                     body = fh.read(max_body + 1)
+            except ValueError as e:  # an embedded NUL in the file name
+                raise ConfigError(d.at(kind), f"invalid file name: {e}") from None
             except OSError as e:
                 raise ConfigError(d.at(kind), f"cannot read {d.str(kind)!r}: {e.strerror}") \
                     from None
@@ -356,13 +361,13 @@ def parse_route_configuration(raw: Mapping[str, Any], path: str) -> RouteConfigu
     reject_unsupported(f, _CONFIG_UNSUPPORTED)
     most_specific = f.bool("most_specific_header_mutations_wins", False)
     max_body = f.int("max_direct_response_body_size_bytes", DEFAULT_MAX_DIRECT_RESPONSE_BODY,
-                     min=0)
+                     min=0, max=2**32 - 1)  # Envoy's field is a uint32
     req_level, resp_level = _levels(f)
     internal = []
     for h, hpath in f.list("internal_only_headers"):
         if not isinstance(h, str) or not h:
             raise ConfigError(hpath, "expected a non-empty header name")
-        internal.append(h.lower().encode("latin-1"))
+        internal.append(header_bytes(h.lower(), hpath))
     seen: dict[str, str] = {}
     vhosts = tuple(_parse_vhost(item, p, req_level, resp_level, most_specific, max_body, seen)
                    for item, p in f.list("virtual_hosts"))

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.reader import ConfigError, Fields, header_bytes
 from proxy.http.headers import Headers
 
 __all__ = ["HeaderMutation", "ValueFormat", "parse_header_mutations", "combine_levels",
@@ -97,7 +97,7 @@ _SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _attr("downstream_local_address", True),
     "START_TIME": _start_time,
 }
-_OP_RE = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+_OP_RE = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?(?::(\d{1,9}))?%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +169,7 @@ def _check_name(name: Any, path: str) -> bytes:
         raise ConfigError(path, f"\":\"-prefixed or host headers may not be modified: {name!r}")
     if any(c in name for c in " \t\r\n\0:"):
         raise ConfigError(path, f"invalid header name {name!r}")
-    return lower.encode("latin-1")
+    return header_bytes(lower, path)
 
 
 _OPTION_FIELDS = ("header", "append", "append_action", "keep_empty_value")

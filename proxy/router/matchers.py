@@ -46,8 +46,8 @@ def reject_unsupported(f: Fields, names: Iterable[str]) -> None:
 def compile_regex(regex: str, path: str) -> re.Pattern[str]:
     try:
         return re.compile(regex)
-    except re.error as e:
-        raise ConfigError(path, f"invalid regex {regex!r}: {e}") from None
+    except (re.error, OverflowError, RecursionError) as e:  # e.g. a{99999999999}, deep nesting
+        raise ConfigError(path, f"invalid regex {regex[:200]!r}: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 _REGEX_FIELDS = ("regex", "google_re2")
@@ -299,8 +299,8 @@ class RouteMatch:
     def __post_init__(self) -> None:
         if (self.kind == "prefix" and self.case_sensitive and not self.headers
                 and not self.query_parameters and not self.grpc and "?" not in self.value
-                and "#" not in self.value):
-            object.__setattr__(self, "raw_prefix", self.value.encode("latin-1"))
+                and "#" not in self.value and self.value.isascii()):
+            object.__setattr__(self, "raw_prefix", self.value.encode("ascii"))
 
     def matches(self, view: RequestView) -> bool:
         if not self._path_matches(view.path):

@@ -90,7 +90,7 @@ class FastServerCodec(ResponseEncoding):
         self._held = b""
         self._keep_alive = True
         self._unanswered = 0
-        self._resp_body = 0
+        self._resp_body = 0  # framing._BODY_AS_IS until a response head says otherwise
         self.response_must_close = False
 
     # --- input ---

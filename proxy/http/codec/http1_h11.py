@@ -72,7 +72,7 @@ class H11ServerCodec(ResponseEncoding):
         self._unanswered = 0
         self._max_bytes = max_request_headers_kb * 1024
         self._max_count = max_headers_count
-        self._resp_body = 0
+        self._resp_body = 0  # framing._BODY_AS_IS until a response head says otherwise
         self.response_must_close = False
 
     def feed(self, data: bytes) -> list:

@@ -158,6 +158,10 @@ def test_204_and_304_without_body(proxy, status):
         s.close()
     assert first.status == int(status)
     assert first.header("transfer-encoding") is None
+    # RFC 9110 §8.6: a 304 keeps the Content-Length of the representation (the upstream sent
+    # 50) and no body follows; a 204 has none (read_response reads no body for either, so a
+    # stray body would show up as the next response).
+    assert first.header("content-length") == ("50" if status == "304" else None)
     assert nxt.status == 200 and _json(nxt)["path"] == "/after"
 
 

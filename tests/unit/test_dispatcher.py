@@ -61,6 +61,20 @@ def test_timer_enable_rearms():
     assert len(fired) == 1 and fired[0] - start < 1
 
 
+def test_timer_enable_to_a_later_time_drops_the_earlier_deadline():
+    """The other direction: a timer re-armed for later must not fire at its old, earlier
+    deadline (a stale heap entry)."""
+    d = Dispatcher("t")
+    fired = []
+    t = d.create_timer(lambda: fired.append(time.monotonic()))
+    t.enable(0.02)
+    t.enable(30)
+    assert t.deadline is not None and t.deadline > time.monotonic() + 20
+    d.call_later(0.3, d.exit)
+    d.run()
+    assert fired == []
+
+
 def test_exception_in_callback_is_counted_and_loop_continues():
     d = Dispatcher("t")
     after = []

@@ -102,18 +102,46 @@ def _read_file(path: str) -> Any:
     return parse_text(text, path, as_json=ext in _JSON_EXT)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently: a pasted second `admin:` or `clusters:` would quietly replace the first)."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            # Merge keys (`<<: *anchor`) may be overridden by explicit ones: only explicit
+            # scalar keys are compared.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {key_node.value!r}",
+                                           problem_mark=key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def parse_text(text: str, source: str, *, as_json: bool) -> Any:
-    """Decode JSON or YAML text (YAML is a superset, so .yaml files may hold JSON)."""
+    """Decode JSON or YAML text (YAML is a superset, so .yaml files may hold JSON). A key
+    given twice in one object is an error, in both."""
     if as_json:
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise ConfigError("", f"{source}: invalid JSON at line {e.lineno} column {e.colno}: "
                                   f"{e.msg}") from None
         except (RecursionError, ValueError) as e:  # absurd nesting; an integer over 4300 digits
             raise ConfigError("", f"{source}: invalid JSON: {type(e).__name__}: {str(e)[:200]}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""

@@ -754,6 +754,30 @@ def test_pathological_config_file_is_a_config_error(tmp_path, name, text):
     assert str(p) in str(e), short(str(e))
 
 
+@pytest.mark.parametrize("name,text", [
+    ("dup.yaml", "admin: {}\nstatic_resources: {}\nadmin: {}\n"),
+    ("dup-nested.yaml", "static_resources:\n  clusters: []\n  clusters: []\n"),
+    ("dup.json", '{"admin": {}, "admin": {}}'),
+], ids=["yaml", "yaml-nested", "json"])
+def test_duplicate_key_in_a_config_file_is_a_config_error(tmp_path, name, text):
+    """A key given twice (a pasted second `clusters:`) is refused, not silently replaced."""
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    e = config_error_of(lambda: load_bootstrap(str(p)))
+    assert str(p) in str(e) and "duplicate key" in str(e), short(str(e))
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    """YAML merge keys (`<<: {...}`) are not duplicates: an explicit key overrides them."""
+    text = yaml.safe_dump(minimal_http())
+    cluster_line = "  - connect_timeout: 0.25s\n"
+    assert cluster_line in text, text
+    p = tmp_path / "merge.yaml"
+    p.write_text(text.replace(cluster_line, "  - <<: {connect_timeout: 1s}\n    connect_timeout: 0.25s\n"),
+                 encoding="utf-8")
+    assert load_bootstrap(str(p)).clusters[0].connect_timeout == 0.25
+
+
 @pytest.mark.parametrize("case", ["access_log_inline_bytes", "direct_response_nul_filename"])
 def test_data_source_value_errors_are_config_errors(case):
     if case == "access_log_inline_bytes":

@@ -173,6 +173,17 @@ class ConnectionManager(ConnectionCallbacks):
             events.append(e)
         self._dispatch(events)
 
+    def resume_held(self) -> None:
+        """After the answer to an upgrade request: the bytes the codec held back behind it are
+        tunnel data (after a 101), or the next requests on this connection, or bad bytes that
+        get their 400 after this answer (after a refusal)."""
+        try:
+            events = self.codec.resume()
+        except CodecError as e:
+            events = _whole_requests(e.parsed) + [e]
+        if events:
+            self.dispatch_later(events)
+
     def dispatch_later(self, events) -> None:
         self.ctx.worker.dispatcher.defer(lambda: self._dispatch(events))
 

@@ -257,8 +257,10 @@ class RouterFilter:
         cstats = self.cluster.stats
         cstats.record_response(ev.status, (now - self.upstream_start) * 1000.0)
         self.upstream.pool.record_status(ev.status)
-        # The end of the response always arrives as the codec's MessageComplete.
-        stream.encode_headers(ResponseHead(ev.status, headers, ev.reason), end_stream=False)
+        # The end of the response always arrives as the codec's MessageComplete. The reason
+        # phrase is not passed on: like Envoy, the downstream codec writes the standard one
+        # (an upstream's may carry bytes a client should not see).
+        stream.encode_headers(ResponseHead(ev.status, headers), end_stream=False)
 
     def on_upstream_data(self, data: bytes) -> None:
         if self.done:

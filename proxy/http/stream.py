@@ -86,10 +86,7 @@ class ActiveStream:
             status, head.reason or None, headers.items(), req.method, req.http_version,
             self.keep_alive))
         if self.upgrade is not None:
-            # Bytes the codec held back behind the upgrade request (tunnel data after a 101).
-            held = hcm.codec.resume()
-            if held and self.upgraded:
-                hcm.dispatch_later(held)
+            hcm.resume_held()
         if end_stream:
             self.encode_end(None)
 

@@ -24,6 +24,7 @@ def raw_upstream():
     canned = {
         "204": b"HTTP/1.1 204 No Content\r\n\r\n",
         "304": b"HTTP/1.1 304 Not Modified\r\ncontent-length: 50\r\netag: \"x\"\r\n\r\n",
+        "reason": b"HTTP/1.1 404 Nothing <script>here</script>\r\ncontent-length: 2\r\n\r\nno",
     }
     u = RawHttpUpstream(record=True, canned=canned)
     yield u
@@ -163,6 +164,14 @@ def test_204_and_304_without_body(proxy, status):
     # stray body would show up as the next response).
     assert first.header("content-length") == ("50" if status == "304" else None)
     assert nxt.status == 200 and _json(nxt)["path"] == "/after"
+
+
+def test_upstream_reason_phrase_is_replaced_by_the_standard_one(proxy):
+    """Like Envoy, the proxy writes the standard reason phrase for the status, never the
+    upstream's text."""
+    reply = raw_request(proxy.port, b"GET /raw/reason HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 404 Not Found\r\n"), reply[:120]
+    assert reply.endswith(b"\r\n\r\nno") and b"script" not in reply
 
 
 def test_expect_100_continue_then_final_response(proxy, raw_upstream):

@@ -32,7 +32,6 @@ Run: nice -n 19 .venv/bin/python -m pytest tests/integration/test_fuzz_responses
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 import socket
@@ -43,11 +42,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from .harness import front_proxy_config, raw_request, static_cluster
+from .harness import front_proxy_config, static_cluster
 from .fuzz import (parse_responses, recv_some, insert_line, m_delete, m_flip, m_insert, m_line_endings, m_obs_fold,
                             m_truncate, oversize)
 from .servers import AcceptLoop
-from .test_fuzz_robustness import CODECS, IDLE_TIMEOUT, _fd_count, run_campaign
+from .test_fuzz_robustness import CODECS, IDLE_TIMEOUT, assert_healthy, run_campaign, warm_baseline
 
 BASE_SEED = 0x5E5F0000
 N_CASES = 600            # per codec
@@ -412,30 +411,13 @@ CONN_GAUGES = ("http.ingress_http.downstream_cx_active", "server.total_connectio
                "cluster.backend.upstream_cx_active", "cluster.oneshot.upstream_cx_active")
 
 
-def _assert_healthy(p, run: str, fd_before: int) -> None:
-    after = raw_request(p.port, b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert after.startswith(b"HTTP/1.1 200 "), (run, after[:200])
-    for w in p.server.workers:
-        assert w.is_alive(), f"{run}: {w.name} thread died"
-        assert w.dispatcher.unhandled_exceptions == 0, f"{run}: {w.name} had unhandled exceptions"
-    unhandled = {k: v for k, v in p.counters().items() if k.endswith("unhandled_exceptions") and v}
-    assert not unhandled, (run, unhandled)
-    for gauge in CONN_GAUGES:
-        assert p.wait_for(lambda: p.gauges().get(gauge, 0) == 0, 5), (run, gauge, p.gauges().get(gauge))
-    assert p.wait_for(lambda: _fd_count() <= fd_before + 2, 5), \
-        (run, "fd leak", fd_before, _fd_count(), sorted(os.listdir("/proc/self/fd")))
-
-
 def test_mutated_responses_never_split_or_cross_and_the_proxy_survives(proxy_factory, raw_upstream, codec):
     up = raw_upstream
     run = f"seeds {BASE_SEED:#x}..{BASE_SEED + N_CASES - 1:#x} ({codec} codec)"
     cases = [make_case(BASE_SEED + i) for i in range(N_CASES)]
     up.cases = {c.token: c for c in cases}
     p = proxy_factory(_config(up.port), concurrency=2, codec=codec)
-    warm = raw_request(p.port, b"GET /warm HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert warm.startswith(b"HTTP/1.1 200 "), warm[:200]
-    assert p.wait_for(lambda: p.gauges().get("cluster.backend.upstream_cx_active") == 0, 5)
-    fd_before = _fd_count()
+    fd_before = warm_baseline(p, "cluster.backend.upstream_cx_active")
 
     replies, elapsed, bystander = run_campaign(p.port, cases, run_case, PARALLEL)
 
@@ -450,7 +432,7 @@ def test_mutated_responses_never_split_or_cross_and_the_proxy_survives(proxy_fac
             failures.append(f"{why}\n    input: {case.describe()}")
     assert not failures, f"{len(failures)} failures, {run}:\n" + "\n".join(failures[:8])
     assert not bystander.failures and bystander.ok > 0, (run, bystander.failures, bystander.ok)
-    _assert_healthy(p, run, fd_before)
+    assert_healthy(p, run, fd_before, CONN_GAUGES)
 
     statuses = Counter(r.status for reply, _ in replies
                        for r in parse_responses(reply, (b"GET", b"GET"))[0])

@@ -332,6 +332,32 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def warm_baseline(p, upstream_gauge: str) -> int:
+    """A first request through the proxy, then the process's fd count once that request's
+    pooled upstream connection has closed (`upstream_gauge` at 0): the clean baseline that
+    `assert_healthy` compares against."""
+    warm = raw_request(p.port, b"GET /warm HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert warm.startswith(b"HTTP/1.1 200 "), warm[:200]
+    assert p.wait_for(lambda: p.gauges().get(upstream_gauge) == 0, 5)
+    return _fd_count()
+
+
+def assert_healthy(p, run: str, fd_before: int, gauges: tuple[str, ...]) -> None:
+    """After a campaign: the proxy still serves, no worker died or counted an unhandled
+    exception, every connection named by `gauges` closed and its fd was released."""
+    after = raw_request(p.port, b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert after.startswith(b"HTTP/1.1 200 "), (run, after[:200])
+    for w in p.server.workers:
+        assert w.is_alive(), f"{run}: {w.name} thread died"
+        assert w.dispatcher.unhandled_exceptions == 0, f"{run}: {w.name} had unhandled exceptions"
+    unhandled = {k: v for k, v in p.counters().items() if k.endswith("unhandled_exceptions") and v}
+    assert not unhandled, (run, unhandled)
+    for gauge in gauges:
+        assert p.wait_for(lambda: p.gauges().get(gauge, 0) == 0, 5), (run, gauge, p.gauges().get(gauge))
+    assert p.wait_for(lambda: _fd_count() <= fd_before + 2, 5), \
+        (run, "fd leak", fd_before, _fd_count(), sorted(os.listdir("/proc/self/fd")))
+
+
 def run_campaign(port: int, cases: list, run_case, parallel: int) -> tuple[list, float, "Bystander"]:
     """Run every case, `parallel` at a time, while a bystander keep-alive client runs:
     (replies in case order, seconds taken, the bystander)."""
@@ -406,11 +432,7 @@ def test_mutation_campaign_every_input_gets_a_clear_answer_and_the_proxy_survive
     up = fuzz_upstream
     run = f"seeds {BASE_SEED:#x}..{BASE_SEED + N_CASES - 1:#x} ({codec} codec)"
     p = proxy_factory(_config(up.port), concurrency=2, codec=codec)
-    warm = raw_request(p.port, b"GET /warm HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert warm.startswith(b"HTTP/1.1 200 "), warm[:200]
-    # The warm-up's pooled upstream connection closes (0.3 s idle upstream): a clean baseline.
-    assert p.wait_for(lambda: p.gauges().get("cluster.backend.upstream_cx_active") == 0, 5)
-    fd_before = _fd_count()
+    fd_before = warm_baseline(p, "cluster.backend.upstream_cx_active")
 
     cases = [make_case(BASE_SEED + i) for i in range(N_CASES)]
     tokens = {c.token for c in cases}
@@ -429,22 +451,9 @@ def test_mutation_campaign_every_input_gets_a_clear_answer_and_the_proxy_survive
     assert not upstream_errors, f"{run}: the proxy forwarded bytes h11 cannot parse: {upstream_errors[:3]}"
     assert not bystander.failures and bystander.ok > 0, (run, bystander.failures, bystander.ok)
 
-    # The proxy keeps serving; no worker died or counted an unhandled exception.
-    after = raw_request(p.port, b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert after.startswith(b"HTTP/1.1 200 "), (run, after[:200])
-    for w in p.server.workers:
-        assert w.is_alive(), f"{run}: {w.name} thread died"
-        assert w.dispatcher.unhandled_exceptions == 0, f"{run}: {w.name} had unhandled exceptions"
-    counters = p.counters()
-    unhandled = {k: v for k, v in counters.items() if k.endswith("unhandled_exceptions") and v}
-    assert not unhandled, (run, unhandled)
-    # Every connection (down and up) was closed and its fd released.
-    for gauge in ("http.ingress_http.downstream_cx_active", "server.total_connections",
-                  "cluster.backend.upstream_cx_active"):
-        assert p.wait_for(lambda: p.gauges().get(gauge) == 0, 5), (run, gauge, p.gauges().get(gauge))
-    assert p.wait_for(lambda: _fd_count() <= fd_before + 2, 5), \
-        (run, "fd leak", fd_before, _fd_count(), sorted(os.listdir("/proc/self/fd")))
-    assert counters["http.ingress_http.downstream_cx_protocol_error"] > N_CASES // 2  # the fuzz bites
+    assert_healthy(p, run, fd_before, ("http.ingress_http.downstream_cx_active",
+                                       "server.total_connections", "cluster.backend.upstream_cx_active"))
+    assert p.counters()["http.ingress_http.downstream_cx_protocol_error"] > N_CASES // 2  # the fuzz bites
 
     statuses = Counter(st for reply, _ in replies for st, _h in parse_replies(reply)[0])
     print(f"\n{run}: {elapsed:.1f}s, statuses {dict(sorted(statuses.items()))}, "

@@ -129,8 +129,8 @@ def analyze(specials: list[tuple[bytes, bytes]], version: bytes, is_request: boo
                     keep = True
                 elif token == b"upgrade":
                     conn_upgrade = True
-        elif name == b"upgrade":
-            upgrade = value
+        elif name == b"upgrade":  # several lines make one list (then no single protocol matches)
+            upgrade = value if upgrade is None else upgrade + b"," + value
         elif name == b"expect":
             expect = value.strip(b" \t").lower() == b"100-continue"
     if is_request:

@@ -192,10 +192,11 @@ class FastServerCodec(ResponseEncoding):
                 or len(headers) > self._max_count):
             check_head_limits(method, url, headers, self._max_bytes, self._max_count, True)
         specials = self._specials
-        cl, chunked, keep_alive, _, upgrade, expect = analyze(specials, version, True)
+        cl, chunked, keep_alive, conn_upgrade, upgrade, expect = analyze(specials, version, True)
         specials.clear()
-        # llhttp only flags an upgrade for CONNECT or when an Upgrade header was present.
-        if (upgrade is not None or method == b"CONNECT") and parser.should_upgrade():
+        # An upgrade needs `Connection: upgrade` (llhttp also counts Proxy-Connection, h11 and
+        # Envoy do not); llhttp only flags one for CONNECT or when an Upgrade header was present.
+        if ((conn_upgrade and upgrade is not None) or method == b"CONNECT") and parser.should_upgrade():
             if cl or chunked:
                 raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
             if method == b"CONNECT":

@@ -122,8 +122,9 @@ class Upstream:
             self.parser.feed_data(data)
 
 
-def main() -> None:
-    loop = Loop()
+def serve(loop, handler_for) -> None:
+    """Listen on LISTEN and run `loop`; each accepted socket gets `handler_for(loop, sock)`
+    (a callable run when the socket is readable). Shared with probe_lane.py."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(LISTEN)
@@ -138,10 +139,14 @@ def main() -> None:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            loop.add(sock, Downstream(loop, sock).on_readable)
+            loop.add(sock, handler_for(loop, sock))
 
     loop.add(listener, accept)
     loop.run()
+
+
+def main() -> None:
+    serve(Loop(), lambda loop, sock: Downstream(loop, sock).on_readable)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import email.utils
 import os
-import select
 import socket
 import sys
 import threading
@@ -38,11 +37,10 @@ from binascii import hexlify
 import httptools
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from probe_floor import UPSTREAM, serve  # noqa: E402  (perf/ is on sys.path: run as a script)
+from probe_floor import Loop as FloorLoop  # noqa: E402
 from proxy.http.codec.framing import SPECIAL, analyze  # noqa: E402
 from proxy.stats.histogram import Histogram  # noqa: E402
-
-LISTEN = ("127.0.0.1", 18090)
-UPSTREAM = ("127.0.0.1", 18080)
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade", b"te", b"proxy-authenticate", b"trailer"})
 RESPONSE_DROP = HOP_BY_HOP | {b"server", b"content-length"}
@@ -89,23 +87,15 @@ class Breaker:
 BREAKER = Breaker(100000)
 
 
-class Loop:
+class Loop(FloorLoop):
+    """The floor probe's loop, plus the end-of-iteration flush, the pool and the clocks."""
+
     def __init__(self) -> None:
-        self.epoll = select.epoll()
-        self.handlers: dict[int, object] = {}
+        super().__init__()
         self.flushes: list = []
         self.idle: list = []          # the pool: idle upstream connections, most recent last
         self.date_second, self.date = 0, b""
         self.rid_prefix, self.rid = b"%08x-0000-4000-8000-" % os.getpid(), 0
-
-    def add(self, sock: socket.socket, handler) -> None:
-        self.handlers[sock.fileno()] = handler
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
-
-    def remove(self, sock: socket.socket) -> None:
-        self.handlers.pop(sock.fileno(), None)
-        self.epoll.unregister(sock.fileno())
-        sock.close()
 
     def http_date(self) -> bytes:
         now = int(time.time())
@@ -319,25 +309,7 @@ class Upstream:
 
 
 def main() -> None:
-    loop = Loop()
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(LISTEN)
-    listener.listen(1024)
-    listener.setblocking(False)
-
-    def accept() -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            loop.add(sock, Downstream(loop, sock).on_readable)
-
-    loop.add(listener, accept)
-    loop.run()
+    serve(Loop(), lambda loop, sock: Downstream(loop, sock).on_readable)
 
 
 if __name__ == "__main__":

@@ -51,11 +51,8 @@ def load_bootstrap(path: str | None, *, config_yaml: str | None = None) -> Boots
 
 
 def _checked(tree: Mapping[str, Any]) -> Bootstrap:
-    _check_depth(tree)
-    try:
-        return _parse_bootstrap(tree)
-    except RecursionError:  # a last resort: _check_depth bounds the nesting already
-        raise ConfigError("", "the configuration is nested too deeply") from None
+    _check_depth(tree)  # bounded nesting: parsing (copies, format compilers) cannot recurse too deep
+    return _parse_bootstrap(tree)
 
 
 MAX_DEPTH = 100  # protobuf's default recursion limit, which Envoy's config parsing inherits

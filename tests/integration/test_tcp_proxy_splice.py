@@ -56,8 +56,9 @@ def _echo_roundtrip(port: int, msg: bytes) -> bytes:
         return _recv_until_eof(s)
 
 
-def test_sessions_use_splice_relay_and_count_bytes_both_ways(proxy_factory, echo, monkeypatch):
-    started = []
+def _record_relay_starts(monkeypatch) -> list:
+    """The SpliceRelays started from now on (each still starts)."""
+    started: list = []
     real_start = splice_relay.SpliceRelay.start
 
     def spy(self):
@@ -65,6 +66,11 @@ def test_sessions_use_splice_relay_and_count_bytes_both_ways(proxy_factory, echo
         return real_start(self)
 
     monkeypatch.setattr(splice_relay.SpliceRelay, "start", spy)
+    return started
+
+
+def test_sessions_use_splice_relay_and_count_bytes_both_ways(proxy_factory, echo, monkeypatch):
+    started = _record_relay_starts(monkeypatch)
     p = proxy_factory(tcp_proxy_config(echo.port, stat_prefix="sp"))
     assert _echo_roundtrip(p.port, b"a" * 300_000) == b"a" * 300_000
     assert len(started) == 1
@@ -153,14 +159,7 @@ def test_einval_from_splice_falls_back_to_python_copy(proxy_factory, echo, monke
 
 def test_without_splice_the_python_copy_path_relays(proxy_factory, echo, monkeypatch):
     monkeypatch.setattr(tcp_proxy, "splice_supported", lambda: False)
-    started = []
-    real_start = splice_relay.SpliceRelay.start
-
-    def spy(self):
-        started.append(self)
-        return real_start(self)
-
-    monkeypatch.setattr(splice_relay.SpliceRelay, "start", spy)
+    started = _record_relay_starts(monkeypatch)
     p = proxy_factory(tcp_proxy_config(echo.port, stat_prefix="np"))
     assert _echo_roundtrip(p.port, b"plain" * 50_000) == b"plain" * 50_000
     assert started == []  # the bytes went through the Python copy, not a SpliceRelay

@@ -21,7 +21,6 @@ import logging
 import time
 from collections import deque
 
-from ..access_log.stream_info import StreamInfo
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_server_codec
@@ -41,6 +40,10 @@ _CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 class ConnectionManager(ConnectionCallbacks):
     """Downstream HTTP/1.1 connection. `ctx` is the per-worker HcmContext of its filter chain."""
 
+    __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "connection", "on_closed",
+                 "active", "pending", "paused_for_pipeline", "requests", "draining", "created",
+                 "tx_reported", "idle_timer", "idle_since")
+
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed) -> None:
         self.ctx = ctx
@@ -58,7 +61,6 @@ class ConnectionManager(ConnectionCallbacks):
         self.active: ActiveStream | None = None
         self.pending: deque = deque()  # codec events of pipelined requests not started yet
         self.paused_for_pipeline = False
-        self.next_stream_id = 1
         self.requests = 0
         self.draining = False
         self.created = time.monotonic()
@@ -101,7 +103,7 @@ class ConnectionManager(ConnectionCallbacks):
         if cfg.stream_idle_timeout:
             deadline = stream.last_activity + cfg.stream_idle_timeout
         if cfg.request_timeout and not stream.request_complete:
-            t = stream.info.start_monotonic + cfg.request_timeout
+            t = stream.start_monotonic + cfg.request_timeout
             deadline = t if deadline is None else min(deadline, t)
         return deadline
 
@@ -150,7 +152,7 @@ class ConnectionManager(ConnectionCallbacks):
         cfg = self.ctx.config
         st = self.stats
         if cfg.request_timeout and not stream.request_complete and \
-                now >= stream.info.start_monotonic + cfg.request_timeout:
+                now >= stream.start_monotonic + cfg.request_timeout:
             st.downstream_rq_timeout.value += 1
             stream.send_local_reply(408, b"request timeout", None, "request_overall_timeout")
         else:
@@ -211,7 +213,7 @@ class ConnectionManager(ConnectionCallbacks):
             self._new_stream(ev)
         elif cls is Data:
             if stream is not None and not stream.closed:
-                stream.info.bytes_received += len(ev.data)
+                stream.bytes_received += len(ev.data)
                 stream.last_activity = time.monotonic()
                 if stream.router is not None:
                     stream.router.decode_data(ev.data, False)
@@ -219,7 +221,7 @@ class ConnectionManager(ConnectionCallbacks):
             # A bodyless request was complete at its head already (`_new_stream`).
             if stream is not None and not stream.closed and not stream.request_complete:
                 stream.request_complete = True
-                stream.info.request_complete_monotonic = time.monotonic()
+                stream.request_complete_monotonic = time.monotonic()
                 if stream.router is not None:
                     stream.router.decode_end(ev.trailers)
         elif cls is CodecError:  # bad bytes after whole requests (on_data)
@@ -241,7 +243,7 @@ class ConnectionManager(ConnectionCallbacks):
             return
         if stream is not None and not stream.closed:
             self.stats.downstream_rq_rx_reset.value += 1
-            stream.info.set_response_flag("DC")
+            stream.set_response_flag("DC")
         self.connection.close(flush=True)
 
     def on_close(self, reason: str) -> None:
@@ -259,8 +261,8 @@ class ConnectionManager(ConnectionCallbacks):
             self.idle_timer.disable()
         stream = self.active
         if stream is not None and not stream.closed:
-            if not stream.response_complete and not stream.info.has_response_flag("DC"):
-                stream.info.set_response_flag("DC")
+            if not stream.response_complete and not stream.has_response_flag("DC"):
+                stream.set_response_flag("DC")
                 self.stats.downstream_rq_rx_reset.value += 1
             self._finish_stream(stream)
         self.pending.clear()
@@ -284,22 +286,15 @@ class ConnectionManager(ConnectionCallbacks):
         st.downstream_rq_http1_total.value += 1
         st.downstream_rq_active.value += 1
         self.requests += 1
-        info = StreamInfo(time.time(), time.monotonic())
-        info.protocol = "HTTP/1.1" if ev.http_version == b"1.1" else "HTTP/1.0"
-        info.downstream_remote_address = self.remote
-        info.downstream_direct_remote_address = self.remote
-        info.downstream_local_address = self.local
-        info.connection_id = self.connection.id
         headers = Headers.adopt(ev.headers)
         authority = headers.get(b"host") or b""
         head = RequestHead(ev.method, ev.target, authority, b"http", headers, ev.http_version)
-        info.request_headers = head
         keep_alive = ev.keep_alive and not self.draining
         cfg = ctx.config
         if cfg.max_requests_per_connection and self.requests >= cfg.max_requests_per_connection:
             keep_alive = False
-        stream = ActiveStream(self, self.next_stream_id, head, info, keep_alive, ev.upgrade)
-        self.next_stream_id += 1
+        now = time.monotonic()
+        stream = ActiveStream(self, head, keep_alive, ev.upgrade, time.time(), now)
         self.active = stream
         if cfg.stream_idle_timeout or cfg.request_timeout:
             self._watch_stream(stream)
@@ -309,7 +304,7 @@ class ConnectionManager(ConnectionCallbacks):
             # The request is whole already (its MessageComplete event follows): a reply sent
             # before we handle that event is not a "response before the request ended".
             stream.request_complete = True
-            info.request_complete_monotonic = info.start_monotonic
+            stream.request_complete_monotonic = now
         if ev.http_version == b"1.0":
             h10 = cfg.http_protocol_options
             if not h10.accept_http_10:
@@ -433,18 +428,17 @@ class ConnectionManager(ConnectionCallbacks):
         if stream.router is not None:
             stream.router.on_destroy()
             stream.router = None  # break the stream <-> router cycle: freed by refcount, not GC
-        info = stream.info
-        info.end_monotonic = now = time.monotonic()
-        code = info.response_code
+        stream.end_monotonic = now = time.monotonic()
+        code = stream.response_code
         if code:
             st.downstream_rq_completed.value += 1
             cls = code // 100
             if 1 <= cls <= 5:
                 st.rq_class[cls].value += 1
-        st.downstream_rq_time.record((now - info.start_monotonic) * 1000.0)
+        st.downstream_rq_time.record((now - stream.start_monotonic) * 1000.0)
         for logger in self.ctx.access_loggers:
             try:
-                logger.log(info)
+                logger.log(stream)
             except Exception:
                 log.exception("access logger failed")
 
@@ -456,17 +450,8 @@ class ConnectionManager(ConnectionCallbacks):
         if stream is None or stream.response_started:
             if stream is None:
                 # Error before a stream existed: make a stream only to answer and log it.
-                info = StreamInfo()
-                info.start_time = time.time()
-                info.start_monotonic = time.monotonic()
-                info.protocol = "HTTP/1.1"
-                info.downstream_remote_address = self.remote
-                info.downstream_local_address = self.local
-                info.connection_id = self.connection.id
-                info.response_flags = []
                 head = RequestHead(b"-", b"-", b"", b"http", Headers())
-                info.request_headers = head
-                stream = ActiveStream(self, self.next_stream_id, head, info, False, None)
+                stream = ActiveStream(self, head, False, None, time.time(), time.monotonic())
                 self.stats.downstream_rq_total.value += 1
                 self.stats.downstream_rq_active.value += 1
                 self.active = stream

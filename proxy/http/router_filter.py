@@ -28,11 +28,6 @@ _MS = tuple(b"%d" % i for i in range(1000))  # x-envoy-upstream-service-time val
 
 
 class RouterFilter:
-    __slots__ = ("stream", "ctx", "route", "cluster", "host", "pool_handle", "upstream",
-                 "buffered", "buffered_bytes", "request_ended", "trailers", "timeout_timer",
-                 "upstream_start", "response_started", "done", "holds_request_slot",
-                 "downstream_paused", "upstream_paused", "chunked", "retried", "holds_retry_slot")
-
     def __init__(self, stream, ctx) -> None:
         self.stream = stream
         self.ctx = ctx
@@ -61,7 +56,7 @@ class RouterFilter:
         stream = self.stream
         ctx = self.ctx
         head = stream.head
-        info = stream.info
+        info = stream
         route = ctx.route_table.route(head)
         if route is None:
             ctx.stats.no_route.value += 1
@@ -128,8 +123,8 @@ class RouterFilter:
         stream = self.stream
         head = local_reply_head(status, body, extra)
         if self.route.response_mutations:
-            apply_mutations(self.route.response_mutations, head.headers, stream.info)
-        stream.info.response_code_details = details
+            apply_mutations(self.route.response_mutations, head.headers, stream)
+        stream.response_code_details = details
         if not stream.request_complete:
             stream.keep_alive = False  # the unread rest of the request body ends the connection
         stream.encode_local(head, body)
@@ -146,7 +141,7 @@ class RouterFilter:
         if action.host_rewrite_literal is not None:
             head.set_authority(action.host_rewrite_literal)
         if self.route.request_mutations:
-            apply_mutations(self.route.request_mutations, headers, stream.info)
+            apply_mutations(self.route.request_mutations, headers, stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if self.done:
@@ -203,7 +198,7 @@ class RouterFilter:
             upstream.release(reusable=True)
             return
         self.upstream = upstream
-        info = self.stream.info
+        info = self.stream
         info.upstream_host = upstream.pool.host_str
         info.upstream_local_address = upstream.connection.local_address
         self.upstream_start = time.monotonic()
@@ -238,7 +233,7 @@ class RouterFilter:
         if self.done:
             return
         stream = self.stream
-        info = stream.info
+        info = stream
         info.first_upstream_rx_monotonic = now = time.monotonic()
         self.response_started = True
         if self.timeout_timer is not None and ev.status == 101:
@@ -301,7 +296,7 @@ class RouterFilter:
         if not self.response_started:
             self._charge_local(status)
         if self.response_started:
-            stream.info.set_response_flag(flag)
+            stream.set_response_flag(flag)
             stream.reset("upstream_reset_after_response_started{%s}" % reason.replace(" ", "_"))
             return
         stream.send_local_reply(status, reset_body(reason), flag,
@@ -343,7 +338,7 @@ class RouterFilter:
     def _charge_local(self, status: int) -> None:
         """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
         cluster's upstream_rq_<code> stats too."""
-        start = self.upstream_start or self.stream.info.start_monotonic
+        start = self.upstream_start or self.stream.start_monotonic
         self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0)
         self.cluster.pool_for(self.host).record_status(status)
 

@@ -6,6 +6,10 @@ downstream flow control. The stream applies Envoy's response header handling (da
 via, x-request-id echo) and hands bytes to the connection's codec; its connection manager
 (conn_manager.py) owns its life: creation, timeouts, logging, and what happens next on the
 connection.
+
+A stream is its own StreamInfo: the facts access loggers read are fields of this object (one
+object per request instead of two), and the connection-level ones (addresses, connection id)
+are read from the connection manager when a logger asks.
 Thread affinity: the worker that owns the connection. Must not: read from sockets.
 """
 
@@ -25,42 +29,74 @@ if TYPE_CHECKING:
 __all__ = ["ActiveStream"]
 
 
-class ActiveStream:
-    """One request/response exchange. Owned by its ConnectionManager."""
+class ActiveStream(StreamInfo):
+    """One request/response exchange, and its StreamInfo. Owned by its ConnectionManager."""
 
-    __slots__ = ("hcm", "stream_id", "head", "info", "router", "request_complete",
-                 "response_started", "response_complete", "keep_alive", "upgrade", "upgraded",
-                 "response_head", "closed", "last_activity")
+    # Slots for StreamInfo's per-request fields too (they shadow its class defaults): a slot
+    # store is cheaper than an instance dict's, and a stream takes a dozen of them.
+    __slots__ = ("hcm", "head", "router", "request_complete", "response_started",
+                 "response_complete", "keep_alive", "upgrade", "upgraded", "closed",
+                 "last_activity",
+                 "start_time", "start_monotonic", "request_complete_monotonic",
+                 "first_upstream_tx_monotonic", "first_upstream_rx_monotonic",
+                 "response_start_monotonic", "end_monotonic", "request_headers",
+                 "response_headers", "response_trailers", "response_code",
+                 "response_code_details", "response_flags", "bytes_received", "bytes_sent",
+                 "upstream_host", "upstream_cluster", "upstream_local_address", "route_name",
+                 "requested_server_name", "upstream_transport_failure_reason",
+                 "upstream_request_attempt_count")
 
-    def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead, info: StreamInfo,
-                 keep_alive: bool, upgrade: bytes | None) -> None:
+    def __init__(self, hcm: ConnectionManager, head: RequestHead, keep_alive: bool,
+                 upgrade: bytes | None, start_time: float, start_monotonic: float) -> None:
         self.hcm = hcm
-        self.stream_id = stream_id
-        self.head = head
-        self.info = info
+        self.head = self.request_headers = head
         self.router: RouterFilter | None = None
-        self.request_complete = False
-        self.response_started = False
-        self.response_complete = False
+        self.request_complete = self.response_started = self.response_complete = False
+        self.upgraded = self.closed = False
         self.keep_alive = keep_alive
         self.upgrade = upgrade
-        self.upgraded = False
-        self.response_head: ResponseHead | None = None
-        self.closed = False
-        self.last_activity = info.start_monotonic  # for stream_idle_timeout
+        self.start_time = start_time
+        self.start_monotonic = self.last_activity = start_monotonic  # for stream_idle_timeout
+        self.request_complete_monotonic = self.first_upstream_tx_monotonic = None
+        self.first_upstream_rx_monotonic = self.response_start_monotonic = None
+        self.end_monotonic = self.response_headers = self.response_trailers = None
+        self.response_code = self.response_code_details = None
+        self.response_flags = ()
+        self.bytes_received = self.bytes_sent = self.upstream_request_attempt_count = 0
+        self.upstream_host = self.upstream_cluster = self.upstream_local_address = None
+        self.route_name = self.requested_server_name = None
+        self.upstream_transport_failure_reason = None
+
+    # StreamInfo's connection-level facts, for access loggers.
+    @property
+    def downstream_remote_address(self) -> str:
+        return self.hcm.remote
+
+    downstream_direct_remote_address = downstream_remote_address
+
+    @property
+    def downstream_local_address(self) -> str:
+        return self.hcm.local
+
+    @property
+    def connection_id(self) -> int:
+        return self.hcm.connection.id
+
+    @property
+    def protocol(self) -> str:
+        return "HTTP/1.1" if self.head.http_version == b"1.1" else "HTTP/1.0"
 
     # -- encode path (called by the router filter) ----------------------------------------
     def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        """A response head: Envoy's response header rules for this HCM, then the codec."""
         if self.closed:
             return
         hcm = self.hcm
-        ctx = hcm.ctx
         self.response_started = True
-        self.response_head = head
-        info = self.info
-        status = info.response_code = head.status
-        info.response_headers = head
-        info.response_start_monotonic = self.last_activity = time.monotonic()
+        self.response_headers = head
+        status = self.response_code = head.status
+        self.response_start_monotonic = self.last_activity = time.monotonic()
+        ctx = hcm.ctx
         cfg = ctx.config
         headers = head.headers
         headers.set_default(b"date", ctx.worker.http_date())
@@ -75,7 +111,7 @@ class ActiveStream:
             headers.set(b"server", ctx.server_name)
         elif transformation == "APPEND_IF_ABSENT":
             headers.set_default(b"server", ctx.server_name)
-        if hcm.draining or ctx.worker.draining:
+        if hcm.draining or hcm.ctx.worker.draining:
             self.keep_alive = False
         if status == 101 and self.upgrade:
             self.upgraded = True
@@ -83,8 +119,7 @@ class ActiveStream:
             hcm.stats.downstream_cx_upgrades_active.value += 1
         req = self.head
         hcm.connection.write(hcm.codec.encode_response_head(
-            status, head.reason or None, headers.items(), req.method, req.http_version,
-            self.keep_alive))
+            status, None, headers.items(), req.method, req.http_version, self.keep_alive))
         if self.upgrade is not None:
             hcm.resume_held()
         if end_stream:
@@ -94,7 +129,7 @@ class ActiveStream:
         if self.closed:
             return
         if data:
-            self.info.bytes_sent += len(data)
+            self.bytes_sent += len(data)
             self.last_activity = time.monotonic()
             self.hcm.connection.write(self.hcm.codec.encode_body(data))
         if end_stream:
@@ -116,10 +151,9 @@ class ActiveStream:
     def send_local_reply(self, status: int, body: bytes, flag: str | None, details: str,
                          extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """Envoy-style local reply (text/plain body), unless the response already started."""
-        info = self.info
         if flag:
-            info.set_response_flag(flag)
-        info.response_code_details = details
+            self.set_response_flag(flag)
+        self.response_code_details = details
         if self.response_started:
             self.reset(details)
             return
@@ -142,8 +176,8 @@ class ActiveStream:
         """Abort the stream: the downstream connection is closed (HTTP/1.1 has no stream reset)."""
         if self.closed:
             return
-        if details and not self.info.response_code_details:
-            self.info.response_code_details = details
+        if details and not self.response_code_details:
+            self.response_code_details = details
         self.hcm.stats.downstream_rq_tx_reset.value += 1
         self.keep_alive = False
         self.hcm.stream_done(self, reset=True)

@@ -43,6 +43,8 @@ class CloseReason:
 class ConnectionCallbacks:
     """What a connection's owner implements. All calls happen on the owner dispatcher."""
 
+    __slots__ = ()
+
     def on_data(self, data: bytes) -> None: ...
     def on_eof(self) -> None: ...                # peer half-closed; default owners close
     def on_close(self, reason: str) -> None: ...  # socket is gone

@@ -35,6 +35,10 @@ class PendingRequest:
 
 
 class HttpConnPool:
+    __slots__ = ("cluster", "host", "host_str", "address", "ready", "busy", "connecting", "pending",
+                 "draining", "active_requests", "idle_timer", "rq_total", "rq_success", "rq_error",
+                 "cx_total", "cx_connect_fail")
+
     def __init__(self, cluster, host) -> None:
         self.cluster = cluster            # WorkerCluster
         self.host = host

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 
 import pytest
 
@@ -24,20 +25,30 @@ JSON_FORMAT = {"method": "%REQ(:METHOD)%", "path": "%REQ(:PATH)%", "code": "%RES
                "flags": "%RESPONSE_FLAGS%", "bytes_sent": "%BYTES_SENT%", "duration": "%DURATION%",
                "upstream": "%UPSTREAM_HOST%", "cluster": "%UPSTREAM_CLUSTER%", "agent": "%REQ(USER-AGENT)%"}
 
+# The connection-level facts of a request (the stream reads them off its connection).
+CONN_FORMAT = ("%RESPONSE_CODE% %PROTOCOL% %DOWNSTREAM_REMOTE_ADDRESS% "
+               "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %CONNECTION_ID% "
+               "%REQ(X-REQUEST-ID)%\n")
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     up = EchoUpstream("service1")
     d = tmp_path_factory.mktemp("alog")
     text_path, json_path = str(d / "default.log"), str(d / "json.log")
+    conn_path = str(d / "conn.log")
     routes = [{"match": {"prefix": "/api/"}, "route": {"cluster": "c1", "prefix_rewrite": "/v2/"}},
               {"match": {"prefix": "/echo"}, "route": {"cluster": "c1"}}]
     cfg = front_proxy_config(routes, [static_cluster("c1", up.port)], access_log=[
         {"name": "envoy.access_loggers.file", "typed_config": {"@type": FILE_LOG, "path": text_path}},
         {"name": "envoy.access_loggers.file", "typed_config": {
             "@type": FILE_LOG, "path": json_path, "log_format": {"json_format": JSON_FORMAT}}},
+        {"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": FILE_LOG, "path": conn_path, "log_format": {"text_format_source": {
+                "inline_string": CONN_FORMAT}}}},
     ])
     p = ProxyUnderTest(cfg)
+    p.conn_log = conn_path
     yield p, up, text_path, json_path
     p.stop()
     up.close()
@@ -134,3 +145,49 @@ def test_reopen_logs_after_rotation_writes_to_a_new_file(tmp_path):
     finally:
         p.stop()
         up.close()
+
+
+def _conn_facts(p, needle: str, head: bytes) -> tuple[list[str], tuple, tuple]:
+    """Send `head` on a fresh client socket; the conn.log line with `needle`, and the
+    client's own and the proxy's address of that socket."""
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(head)
+        s.settimeout(5)
+        while s.recv(65536):
+            pass
+        mine, theirs = s.getsockname(), s.getpeername()
+    return _wait_line(p, p.conn_log, needle).split(" "), mine, theirs
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_connection_facts_of_a_proxied_request(env, version):
+    p = env[0]
+    rid = f"rid-conn-{version}"
+    line, mine, theirs = _conn_facts(p, rid, (
+        f"GET /echo/c HTTP/{version}\r\nHost: a\r\nx-request-id: {rid}\r\n"
+        "Connection: close\r\n\r\n").encode())
+    code, protocol, remote, direct, local, conn_id, logged_rid = line
+    # HTTP/1.0 is refused unless accept_http_10 (Envoy's default): logged all the same.
+    expected = "200" if version == "1.1" else "426"
+    assert (code, protocol, logged_rid) == (expected, f"HTTP/{version}", rid)
+    assert remote == direct == f"{mine[0]}:{mine[1]}"
+    assert local == f"{theirs[0]}:{theirs[1]}"
+    assert int(conn_id) > 0
+
+
+def test_connection_facts_of_a_bad_request_and_ids_differ(env):
+    p = env[0]
+    first, _, _ = _conn_facts(p, "rid-conn-ok", (
+        b"GET /echo/d HTTP/1.1\r\nHost: a\r\nx-request-id: rid-conn-ok\r\n"
+        b"Connection: close\r\n\r\n"))
+    before = open(p.conn_log).read().count("\n400 ")
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 400 ")
+        mine = s.getsockname()
+    assert p.wait_for(lambda: open(p.conn_log).read().count("\n400 ") == before + 1)
+    bad = [ln for ln in open(p.conn_log).read().splitlines() if ln.startswith("400 ")][-1].split(" ")
+    assert bad[1] == "HTTP/1.1"
+    assert bad[2] == bad[3] == f"{mine[0]}:{mine[1]}"
+    assert bad[5] != first[5]

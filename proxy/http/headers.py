@@ -106,9 +106,6 @@ class Headers:
 class RequestHead:
     """A request's start line and headers. `path` is the full request target (with query)."""
 
-    __slots__ = ("method", "path", "authority", "scheme", "headers", "http_version",
-                 "_path_str", "_host_str")
-
     def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
                  headers: Headers, http_version: bytes = b"1.1") -> None:
         self.method = method
@@ -163,8 +160,6 @@ class RequestHead:
 
 
 class ResponseHead:
-    __slots__ = ("status", "reason", "headers", "http_version")
-
     def __init__(self, status: int, headers: Headers, reason: bytes = b"",
                  http_version: bytes = b"1.1") -> None:
         self.status = status

@@ -1,6 +1,6 @@
 """Events produced by the HTTP/1.1 codecs (bytes in, events out).
 
-Small slotted value classes: cheap to build on the hot path, compared by value in tests.
+Small value classes: cheap to build on the hot path, compared by value in tests.
 Header lists are `list[tuple[bytes, bytes]]` with lower-case names, in wire order.
 
 Thread affinity: none (plain values, owned by whoever received them). Must not: validate
@@ -16,18 +16,20 @@ HeaderList = list[tuple[bytes, bytes]]
 
 
 class _Event:
-    __slots__ = ()
+    # Plain classes, not slotted: CPython 3.13 builds a plain class whose __init__ sets every
+    # field inline (CALL_ALLOC_AND_ENTER_INIT); a slotted one goes through type_call.
+    _fields: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        return all(getattr(self, s) == getattr(other, s) for s in self._fields)
 
     def __hash__(self) -> int:  # events hold lists; they are values, not keys
         raise TypeError(f"unhashable type: {type(self).__name__}")
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in self.__slots__)
+        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in self._fields)
         return f"{type(self).__name__}({fields})"
 
 
@@ -35,7 +37,7 @@ class RequestHeaders(_Event):
     """A request head. `upgrade` is the Upgrade value when the request asks to switch
     protocols (Connection: upgrade + Upgrade); CONNECT is reported by its method."""
 
-    __slots__ = ("method", "target", "http_version", "headers", "keep_alive", "upgrade",
+    _fields = ("method", "target", "http_version", "headers", "keep_alive", "upgrade",
                  "expect_continue", "content_length", "chunked")
 
     def __init__(self, method: bytes, target: bytes, http_version: bytes, headers: HeaderList,
@@ -53,7 +55,7 @@ class RequestHeaders(_Event):
 
 
 class ResponseHeaders(_Event):
-    __slots__ = ("status", "reason", "http_version", "headers", "keep_alive", "content_length",
+    _fields = ("status", "reason", "http_version", "headers", "keep_alive", "content_length",
                  "chunked")
 
     def __init__(self, status: int, reason: bytes, http_version: bytes, headers: HeaderList,
@@ -70,7 +72,7 @@ class ResponseHeaders(_Event):
 class Informational(_Event):
     """A 1xx response other than 101 (client side only); the final response follows."""
 
-    __slots__ = ("status", "headers")
+    _fields = ("status", "headers")
 
     def __init__(self, status: int, headers: HeaderList) -> None:
         self.status = status
@@ -78,14 +80,14 @@ class Informational(_Event):
 
 
 class Data(_Event):
-    __slots__ = ("data",)
+    _fields = ("data",)
 
     def __init__(self, data: bytes) -> None:
         self.data = data
 
 
 class MessageComplete(_Event):
-    __slots__ = ("trailers",)
+    _fields = ("trailers",)
 
     def __init__(self, trailers: HeaderList | None = None) -> None:
         self.trailers = trailers

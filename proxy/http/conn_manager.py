@@ -296,8 +296,11 @@ class ConnectionManager(ConnectionCallbacks):
         now = time.monotonic()
         stream = ActiveStream(self, head, keep_alive, ev.upgrade, time.time(), now)
         self.active = stream
-        if cfg.stream_idle_timeout or cfg.request_timeout:
-            self._watch_stream(stream)
+        first_timeout = ctx.first_stream_timeout
+        if first_timeout:
+            timer = self.idle_timer  # usually set to fire early enough already (_watch_stream)
+            if timer is None or timer.deadline is None or timer.deadline > now + first_timeout:
+                self._watch_stream(stream)
         # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
         end_stream = not ev.content_length and not ev.chunked and ev.upgrade is None
         if end_stream:
@@ -332,7 +335,7 @@ class ConnectionManager(ConnectionCallbacks):
 
     def _underscores(self, stream: ActiveStream, headers: Headers) -> bool:
         """headers_with_underscores_action: True when the request was rejected."""
-        names = [n for n, _ in headers.items() if b"_" in n]
+        names = [n for n, _ in headers.fields if b"_" in n]
         if not names:
             return False
         if self.ctx.config.headers_with_underscores_action == "REJECT_REQUEST":
@@ -360,7 +363,7 @@ class ConnectionManager(ConnectionCallbacks):
         headers = stream.head.headers
         # One pass collects the names present; each rule below is then a set lookup, and
         # the header list is only rebuilt when something must go.
-        present = {kv[0] for kv in headers.items()}
+        present = {kv[0] for kv in headers.fields}
         if ev.upgrade is not None:
             drop = _HOP_BY_HOP_UPGRADE
         else:
@@ -371,7 +374,7 @@ class ConnectionManager(ConnectionCallbacks):
                 drop = drop | (names - _PROTECTED)
         if not present.isdisjoint(drop):
             headers.remove_many(drop)
-            present = {kv[0] for kv in headers.items()}
+            present = {kv[0] for kv in headers.fields}
         if cfg.via:
             append_via(headers, ctx.via)
         if cfg.use_remote_address:

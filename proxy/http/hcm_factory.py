@@ -34,6 +34,10 @@ class HcmFactory:
         # Hop-by-hop fields, plus x-forwarded-client-cert when sanitising it (the default;
         # without TLS there is no certificate to forward).
         self.request_headers_removed = HOP_BY_HOP | {b"x-forwarded-client-cert"}
+        # A new stream's first deadline, from its start: the earlier of stream_idle_timeout
+        # and request_timeout (those set), or 0 when neither is.
+        self.first_stream_timeout = min([t for t in (config.stream_idle_timeout,
+                                                     config.request_timeout) if t], default=0)
 
     def for_worker(self, worker) -> HcmContext:
         return HcmContext(self, worker)
@@ -41,7 +45,8 @@ class HcmFactory:
 
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
-                 "server_name", "via", "request_headers_removed", "worker", "stats")
+                 "server_name", "via", "request_headers_removed", "first_stream_timeout", "worker",
+                 "stats")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config
@@ -53,6 +58,7 @@ class HcmContext:
         self.server_name = factory.server_name
         self.via = factory.via
         self.request_headers_removed = factory.request_headers_removed
+        self.first_stream_timeout = factory.first_stream_timeout
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix)
 

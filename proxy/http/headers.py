@@ -23,26 +23,28 @@ HOP_BY_HOP = frozenset({
 
 
 class Headers:
-    __slots__ = ("_items",)
+    """`fields` is the list itself, in order: the hot path reads it directly."""
+
+    __slots__ = ("fields",)
 
     def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        self._items: list[tuple[bytes, bytes]] = list(items)
+        self.fields: list[tuple[bytes, bytes]] = list(items)
 
     @classmethod
     def adopt(cls, items: list[tuple[bytes, bytes]]) -> Headers:
         """Wrap `items` without copying; the caller gives up the list (codec events)."""
         h = cls.__new__(cls)
-        h._items = items
+        h.fields = items
         return h
 
     def get(self, name: bytes) -> bytes | None:
-        for k, v in self._items:
+        for k, v in self.fields:
             if k == name:
                 return v
         return None
 
     def get_all(self, name: bytes) -> list[bytes]:
-        return [v for k, v in self._items if k == name]
+        return [v for k, v in self.fields if k == name]
 
     def get_str(self, name: str) -> str | None:
         """First value as text (latin-1), for access logs and matchers."""
@@ -50,17 +52,17 @@ class Headers:
         return None if v is None else v.decode("latin-1")
 
     def has(self, name: bytes) -> bool:
-        for k, _ in self._items:
+        for k, _ in self.fields:
             if k == name:
                 return True
         return False
 
     def add(self, name: bytes, value: bytes) -> None:
-        self._items.append((name, value))
+        self.fields.append((name, value))
 
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every value of `name` with one `value` (kept at the first position)."""
-        items = self._items
+        items = self.fields
         i = 0
         n = len(items)
         while i < n:
@@ -69,38 +71,40 @@ class Headers:
                 # Later duplicates are rare: rebuild the list only when there is one.
                 for j in range(i + 1, n):
                     if items[j][0] == name:
-                        self._items = items[: i + 1] + [kv for kv in items[i + 1:] if kv[0] != name]
+                        self.fields = items[: i + 1] + [kv for kv in items[i + 1:] if kv[0] != name]
                         break
                 return
             i += 1
         items.append((name, value))
 
     def set_default(self, name: bytes, value: bytes) -> None:
-        if not self.has(name):
-            self._items.append((name, value))
+        for k, _ in self.fields:
+            if k == name:
+                return
+        self.fields.append((name, value))
 
     def remove(self, name: bytes) -> bool:
-        before = len(self._items)
-        self._items = [kv for kv in self._items if kv[0] != name]
-        return len(self._items) != before
+        before = len(self.fields)
+        self.fields = [kv for kv in self.fields if kv[0] != name]
+        return len(self.fields) != before
 
     def remove_many(self, names: frozenset[bytes] | set[bytes]) -> None:
-        self._items = [kv for kv in self._items if kv[0] not in names]
+        self.fields = [kv for kv in self.fields if kv[0] not in names]
 
     def items(self) -> list[tuple[bytes, bytes]]:
-        return self._items
+        return self.fields
 
     def copy(self) -> Headers:
-        return Headers(self._items)
+        return Headers(self.fields)
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(self._items)
+        return iter(self.fields)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.fields)
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self.fields!r})"
 
 
 class RequestHead:

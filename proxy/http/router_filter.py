@@ -81,7 +81,7 @@ class RouterFilter:
             stream.send_local_reply(403, b"", None, "upgrade_failed")
             return
         name = action.cluster or action.choose_cluster(head, ctx.worker.rand_bits())
-        cluster = ctx.worker.cluster(name) if name is not None else None
+        cluster = ctx.worker.clusters.get(name) if name is not None else None
         if cluster is None:
             ctx.stats.no_cluster.value += 1
             stream.send_local_reply(action.cluster_not_found_response_code, b"", "NC", "cluster_not_found")
@@ -89,7 +89,7 @@ class RouterFilter:
         self.cluster = cluster
         info.upstream_cluster = cluster.name
         cstats = cluster.stats
-        host = cluster.choose_host()
+        host = cluster.lb.choose()
         if host is None:
             cstats.upstream_cx_none_healthy.value += 1
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")

@@ -119,7 +119,7 @@ class ActiveStream(StreamInfo):
             hcm.stats.downstream_cx_upgrades_active.value += 1
         req = self.head
         hcm.connection.write(hcm.codec.encode_response_head(
-            status, None, headers.items(), req.method, req.http_version, self.keep_alive))
+            status, None, headers.fields, req.method, req.http_version, self.keep_alive))
         if self.upgrade is not None:
             hcm.resume_held()
         if end_stream:

@@ -25,7 +25,7 @@ from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_server_codec
 from .codec.errors import CodecError
-from .codec.events import Data, MessageComplete, RequestHeaders
+from .codec.events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
 from .headers import Headers, RequestHead, append_via
 from .router_filter import RouterFilter
 from .stream import ActiveStream
@@ -195,6 +195,8 @@ class ConnectionManager(ConnectionCallbacks):
             if pending or self.paused_for_pipeline:
                 pending.append(ev)
                 continue
+            if ev is END_OF_MESSAGE and (self.active is None or self.active.request_complete):
+                continue  # the end of a request whose head said it had no body (_new_stream)
             self._on_event(ev)
             if self.connection.closed:
                 return
@@ -407,7 +409,11 @@ class ConnectionManager(ConnectionCallbacks):
             # request boundary safely, so close (Envoy does the same for HTTP/1).
             self.connection.close(flush=True)
             return
-        self._arm_idle_timer()
+        timer = self.idle_timer
+        if timer is None or timer.deadline is None or self.draining:
+            self._arm_idle_timer()
+        else:  # the timer is armed already and re-arms itself when it fires early
+            self.idle_since = time.monotonic()
         if self.pending:
             events = list(self.pending)
             self.pending.clear()
@@ -428,8 +434,10 @@ class ConnectionManager(ConnectionCallbacks):
         st.downstream_rq_active.value -= 1
         if stream.upgraded:
             st.downstream_cx_upgrades_active.value -= 1
-        if stream.router is not None:
-            stream.router.on_destroy()
+        router = stream.router
+        if router is not None:
+            if not router.done:
+                router.on_destroy()
             stream.router = None  # break the stream <-> router cycle: freed by refcount, not GC
         stream.end_monotonic = now = time.monotonic()
         code = stream.response_code

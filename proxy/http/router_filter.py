@@ -276,6 +276,7 @@ class RouterFilter:
         # Reuse the connection only if the whole request went out (an early response would
         # leave the rest of the request body unread on that connection).
         self._finish_upstream(reusable=self.request_ended)
+        self.done = True  # nothing is left for on_destroy to release
         self.stream.encode_end(trailers)
 
     def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503,

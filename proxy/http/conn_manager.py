@@ -50,7 +50,8 @@ class ConnectionManager(ConnectionCallbacks):
         self.stats = ctx.stats
         cfg = ctx.config
         self.codec = make_server_codec(ctx.codec_impl, max_request_headers_kb=cfg.max_request_headers_kb,
-                                       max_headers_count=cfg.max_headers_count)
+                                       max_headers_count=cfg.max_headers_count,
+                                       response_fields=ctx.response_fields)
         self.remote_ip = remote[0]
         self.remote = format_address(remote)
         self.local = format_address(local)
@@ -447,7 +448,12 @@ class ConnectionManager(ConnectionCallbacks):
             if 1 <= cls <= 5:
                 st.rq_class[cls].value += 1
         st.downstream_rq_time.record((now - stream.start_monotonic) * 1000.0)
-        for logger in self.ctx.access_loggers:
+        loggers = self.ctx.access_loggers
+        if loggers and stream.response_headers is not None:
+            # What the codec wrote in place of the head's own fields, for %RESP(...)%.
+            for name, value in self.ctx.response_fields:
+                stream.response_headers.headers.set(name, value)
+        for logger in loggers:
             try:
                 logger.log(stream)
             except Exception:

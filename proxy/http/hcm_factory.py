@@ -36,6 +36,10 @@ class HcmFactory:
         self.request_headers_removed = HOP_BY_HOP | {b"x-forwarded-client-cert"}
         # A new stream's first deadline, from its start: the earlier of stream_idle_timeout
         # and request_timeout (those set), or 0 when neither is.
+        # Fields the codec writes on every response in place of the head's own: Envoy's
+        # server_header_transformation OVERWRITE (the default) sets `server` so.
+        self.response_fields = (((b"server", self.server_name),)
+                                if config.server_header_transformation == "OVERWRITE" else ())
         self.first_stream_timeout = min([t for t in (config.stream_idle_timeout,
                                                      config.request_timeout) if t], default=0)
 
@@ -45,7 +49,8 @@ class HcmFactory:
 
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
-                 "server_name", "via", "request_headers_removed", "first_stream_timeout", "worker",
+                 "server_name", "via", "request_headers_removed", "first_stream_timeout",
+                 "response_fields", "worker",
                  "stats")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
@@ -59,6 +64,7 @@ class HcmContext:
         self.via = factory.via
         self.request_headers_removed = factory.request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
+        self.response_fields = factory.response_fields
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix)
 

@@ -99,17 +99,19 @@ class ActiveStream(StreamInfo):
         ctx = hcm.ctx
         cfg = ctx.config
         headers = head.headers
-        headers.set_default(b"date", ctx.worker.http_date())
+        for name, _ in headers.fields:  # Envoy keeps the upstream's date, else adds one
+            if name == b"date":
+                break
+        else:
+            headers.fields.append((b"date", ctx.worker.http_date()))
         if cfg.via:
             append_via(headers, ctx.via)
         if cfg.always_set_request_id_in_response:
             rid = self.head.headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
-        transformation = cfg.server_header_transformation
-        if transformation == "OVERWRITE":
-            headers.set(b"server", ctx.server_name)
-        elif transformation == "APPEND_IF_ABSENT":
+        # (OVERWRITE: the codec writes `server`, see HcmContext.response_fields.)
+        if cfg.server_header_transformation == "APPEND_IF_ABSENT":
             headers.set_default(b"server", ctx.server_name)
         if hcm.draining or hcm.ctx.worker.draining:
             self.keep_alive = False

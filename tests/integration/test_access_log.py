@@ -28,7 +28,7 @@ JSON_FORMAT = {"method": "%REQ(:METHOD)%", "path": "%REQ(:PATH)%", "code": "%RES
 # The connection-level facts of a request (the stream reads them off its connection).
 CONN_FORMAT = ("%RESPONSE_CODE% %PROTOCOL% %DOWNSTREAM_REMOTE_ADDRESS% "
                "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %CONNECTION_ID% "
-               "%REQ(X-REQUEST-ID)%\n")
+               "%REQ(X-REQUEST-ID)% %RESP(SERVER)%\n")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,8 @@ def test_connection_facts_of_a_proxied_request(env, version):
     line, mine, theirs = _conn_facts(p, rid, (
         f"GET /echo/c HTTP/{version}\r\nHost: a\r\nx-request-id: {rid}\r\n"
         "Connection: close\r\n\r\n").encode())
-    code, protocol, remote, direct, local, conn_id, logged_rid = line
+    code, protocol, remote, direct, local, conn_id, logged_rid, server = line
+    assert server == "envoy"  # written by the codec in place of the upstream's, and logged
     # HTTP/1.0 is refused unless accept_http_10 (Envoy's default): logged all the same.
     expected = "200" if version == "1.1" else "426"
     assert (code, protocol, logged_rid) == (expected, f"HTTP/{version}", rid)
@@ -191,3 +192,4 @@ def test_connection_facts_of_a_bad_request_and_ids_differ(env):
     assert bad[1] == "HTTP/1.1"
     assert bad[2] == bad[3] == f"{mine[0]}:{mine[1]}"
     assert bad[5] != first[5]
+    assert bad[7] == first[7] == "envoy"

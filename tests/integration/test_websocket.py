@@ -29,6 +29,9 @@ def test_websocket_echoes_text_and_binary_through_proxy(proxy_factory, ws_upstre
     p = proxy_factory(_config(ws_upstream.port, upgrade_configs=[{"upgrade_type": "websocket"}]), codec=codec)
     big = bytes(range(256)) * 1024  # 256 KiB frame
     with connect(f"ws://127.0.0.1:{p.port}/chat", open_timeout=5, close_timeout=5) as ws:
+        # The 101 answer keeps its Upgrade/Connection fields; its server is ours, once.
+        assert ws.response.headers.get_all("Server") == ["envoy"]
+        assert ws.response.headers["Upgrade"].lower() == "websocket"
         ws.send("hello")
         assert ws.recv(timeout=5) == "hello"
         ws.send(b"\x00\x01\xffbin")

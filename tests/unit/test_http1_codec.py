@@ -166,6 +166,22 @@ def test_websocket_upgrade_becomes_passthrough_after_101(impl):
     assert codec.encode_body(b"raw") == b"raw"
 
 
+def test_response_fields_replace_the_heads_own(impl):
+    """`response_fields` (the HCM's server under OVERWRITE) go on every response head, final
+    or 101, in place of same-named fields; other fields keep their order."""
+    codec = server(impl, response_fields=((b"server", b"envoy"),))
+    codec.feed(GET)
+    head = codec.encode_response_head(200, None, [(b"server", b"nginx"), (b"date", b"d"),
+                                                  (b"server", b"again"), (b"content-length", b"0")],
+                                      b"GET", b"1.1", True)
+    assert head == (b"HTTP/1.1 200 OK\r\ndate: d\r\ncontent-length: 0\r\nserver: envoy\r\n\r\n")
+    codec.feed(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    head = codec.encode_response_head(101, None, [(b"connection", b"upgrade"), (b"server", b"ws"),
+                                                  (b"upgrade", b"websocket")], b"GET", b"1.1", True)
+    assert head == (b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n"
+                    b"upgrade: websocket\r\nserver: envoy\r\n\r\n")
+
+
 def test_refused_upgrade_resumes_http_parsing(impl):
     codec = server(impl)
     codec.feed(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n" + GET)

@@ -21,13 +21,15 @@ __all__ = ["make_server_codec", "make_client_codec", "CodecError", "Data", "Even
 
 
 def make_server_codec(impl: Literal["fast", "h11"] = "fast", *, max_request_headers_kb: int = 60,
-                      max_headers_count: int = 100):
+                      max_headers_count: int = 100,
+                      response_fields: tuple[tuple[bytes, bytes], ...] = ()):
+    """`response_fields`: written on every response head, replacing same-named fields."""
     if impl == "fast":
         from .http1_fast import FastServerCodec
-        return FastServerCodec(max_request_headers_kb, max_headers_count)
+        return FastServerCodec(max_request_headers_kb, max_headers_count, response_fields)
     if impl == "h11":
         from .http1_h11 import H11ServerCodec
-        return H11ServerCodec(max_request_headers_kb, max_headers_count)
+        return H11ServerCodec(max_request_headers_kb, max_headers_count, response_fields)
     raise ValueError(f"unknown HTTP/1 codec {impl!r} (expected 'fast' or 'h11')")
 
 

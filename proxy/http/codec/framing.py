@@ -316,7 +316,8 @@ class ResponseEncoding:
     Needs slots `_resp_body` (one of the `_BODY_*` modes), `response_must_close` (a plain
     attribute: the connection
     must close after this response), `_state`, `_unanswered` (requests without a final
-    answer yet) and `_keep_alive` (of the last request)."""
+    answer yet), `_keep_alive` (of the last request), and `_own_lines` / `_skip_fields`
+    (set by `_set_response_fields`)."""
 
     __slots__ = ()
     _resp_body: int
@@ -324,6 +325,15 @@ class ResponseEncoding:
     _state: int
     _unanswered: int
     _keep_alive: bool
+    _own_lines: tuple[bytes, ...]
+    _skip_fields: frozenset[bytes]
+
+    def _set_response_fields(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        """Fields written on every response head in place of any the caller's headers carry
+        (the connection manager's `server` when it overwrites it): one set lookup per field,
+        which the framing fields need anyway, instead of a pass of its own."""
+        self._own_lines = tuple(_field_line(f) for f in fields)
+        self._skip_fields = _RESPONSE_FRAMING_FIELDS | {n for n, _ in fields}
 
     def _switch_protocols(self) -> None:
         """After a 101, or a 2xx to CONNECT: the connection is a tunnel now."""
@@ -345,8 +355,11 @@ class ResponseEncoding:
             line = b"HTTP/1.1 %d %s" % (status, reason)
         if status < 200:
             parts = [line]
+            own = self._skip_fields - _RESPONSE_FRAMING_FIELDS
             for field in headers:
-                parts.append(_field_line(field))
+                if field[0] not in own:
+                    parts.append(_field_line(field))
+            parts += self._own_lines
             parts += _END
             if status == 101:
                 self._resp_body = _BODY_AS_IS
@@ -356,13 +369,15 @@ class ResponseEncoding:
         bodyless = tunnel or status == 204 or status == 304 or request_method == b"HEAD"
         has_length = False
         parts = [line]
+        skip = self._skip_fields
         for field in headers:
             n = field[0]
-            if n in _RESPONSE_FRAMING_FIELDS:
+            if n in skip:
                 if n != b"content-length" or status == 204 or tunnel:
-                    continue  # codec-owned, or no length allowed
+                    continue  # codec-owned, set by the owner (`_own_lines`), or no length allowed
                 has_length = True
             parts.append(_field_line(field))
+        parts += self._own_lines
         chunked = False
         if not bodyless and not has_length:
             if request_version == b"1.1":

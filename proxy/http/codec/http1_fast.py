@@ -69,9 +69,11 @@ class FastServerCodec(ResponseEncoding):
     __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "on_url", "_max_bytes",
                  "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len", "_data",
                  "_start", "_state", "_held", "_keep_alive", "_switch", "_unanswered",
-                 "_resp_body", "response_must_close")
+                 "_resp_body", "response_must_close", "_own_lines", "_skip_fields")
 
-    def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
+    def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100,
+                 response_fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self._set_response_fields(response_fields)
         self._events: list = []
         # Invariant at each message begin: `_headers`, `_specials` and `_url` are empty.
         self._headers: list = []

@@ -60,9 +60,12 @@ def _raw_te(headers: list, specials: list) -> list:
 
 class H11ServerCodec(ResponseEncoding):
     __slots__ = ("_buf", "_conn", "_scanner", "_state", "_held", "_keep_alive", "_unanswered",
-                 "_max_bytes", "_max_count", "_resp_body", "response_must_close")
+                 "_max_bytes", "_max_count", "_resp_body", "response_must_close", "_own_lines",
+                 "_skip_fields")
 
-    def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100) -> None:
+    def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100,
+                 response_fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self._set_response_fields(response_fields)
         self._buf = b""
         self._conn: h11.Connection | None = None
         self._scanner: ChunkScanner | None = None

@@ -58,7 +58,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.response_done = False
         self.upgrade_requested = upgrade
         self.connection.write(self.codec.encode_request_head(
-            head.method, head.path, head.headers.fields, chunked=chunked, authority=head.authority))
+            head.method, head.path, head.headers.fields, chunked, head.authority))
 
     def send_body(self, data: bytes) -> None:
         self.connection.write(self.codec.encode_body(data))

@@ -196,8 +196,14 @@ class ConnectionManager(ConnectionCallbacks):
             if pending or self.paused_for_pipeline:
                 pending.append(ev)
                 continue
-            if ev is END_OF_MESSAGE and (self.active is None or self.active.request_complete):
-                continue  # the end of a request whose head said it had no body (_new_stream)
+            if ev is END_OF_MESSAGE:
+                if self.active is None or self.active.request_complete:
+                    continue  # the end of a request whose head said it had no body (_new_stream)
+            elif type(ev) is RequestHeaders and self.active is None:
+                self._new_stream(ev)
+                if self.connection.closed:
+                    return
+                continue
             self._on_event(ev)
             if self.connection.closed:
                 return

@@ -246,16 +246,16 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
         if not self.ctx.router_config.suppress_envoy_headers:
             ms = int((now - self.upstream_start) * 1000)
-            headers.add(b"x-envoy-upstream-service-time", _MS[ms] if ms < 1000 else b"%d" % ms)
+            headers.fields.append((b"x-envoy-upstream-service-time",
+                                   _MS[ms] if ms < 1000 else b"%d" % ms))
         if self.route.response_mutations:
             apply_mutations(self.route.response_mutations, headers, info)
         cstats = self.cluster.stats
-        cstats.record_response(ev.status, (now - self.upstream_start) * 1000.0)
-        self.upstream.pool.record_status(ev.status)
+        cstats.record_response(ev.status, (now - self.upstream_start) * 1000.0, self.upstream.pool)
         # The end of the response always arrives as the codec's MessageComplete. The reason
         # phrase is not passed on: like Envoy, the downstream codec writes the standard one
         # (an upstream's may carry bytes a client should not see).
-        stream.encode_headers(ResponseHead(ev.status, headers), end_stream=False)
+        stream.encode_headers(ResponseHead(ev.status, headers), False)
 
     def on_upstream_data(self, data: bytes) -> None:
         if self.done:
@@ -275,7 +275,7 @@ class RouterFilter:
             return
         # Reuse the connection only if the whole request went out (an early response would
         # leave the rest of the request body unread on that connection).
-        self._finish_upstream(reusable=self.request_ended)
+        self._finish_upstream(self.request_ended)  # (positional: CALL_KW is not specialised)
         self.done = True  # nothing is left for on_destroy to release
         self.stream.encode_end(trailers)
 
@@ -340,8 +340,8 @@ class RouterFilter:
         """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
         cluster's upstream_rq_<code> stats too."""
         start = self.upstream_start or self.stream.start_monotonic
-        self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0)
-        self.cluster.pool_for(self.host).record_status(status)
+        self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0,
+                                           self.cluster.pool_for(self.host))
 
     # -- teardown -----------------------------------------------------------------------------------
     def _finish_upstream(self, reusable: bool) -> None:
@@ -351,7 +351,7 @@ class RouterFilter:
             if self.upstream_paused:
                 self.upstream_paused = False
                 up.connection.read_disable(False)
-            up.release(reusable=reusable and not self.stream.upgraded)
+            up.release(reusable and not self.stream.upgraded)
         self._release_request_slot()
         if self.timeout_timer is not None:
             self.timeout_timer.disable()

@@ -212,12 +212,6 @@ class HttpConnPool:
         for conn in list(self.ready):
             conn.connection.close(flush=False)
 
-    def record_status(self, status: int) -> None:
-        if status >= 500:
-            self.rq_error += 1
-        else:
-            self.rq_success += 1
-
     @property
     def cx_active(self) -> int:
         return len(self.busy) + len(self.ready)

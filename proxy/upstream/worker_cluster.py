@@ -40,7 +40,13 @@ class ClusterStats:
         self.upstream_rq_time = scope.histogram("upstream_rq_time", "ms")
         self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms", "ms")
 
-    def record_response(self, status: int, elapsed_ms: float) -> None:
+    def record_response(self, status: int, elapsed_ms: float, pool) -> None:
+        """A response (or a reply the router made for the chosen host): the cluster's
+        upstream_rq_* stats, and the host's success/error count in `pool`."""
+        if status >= 500:
+            pool.rq_error += 1
+        else:
+            pool.rq_success += 1
         c = self.by_code.get(status)
         if c is None:
             c = self.by_code[status] = self.scope.counter("upstream_rq_%d" % status)

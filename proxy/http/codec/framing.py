@@ -429,7 +429,7 @@ class RequestEncoding:
         return self._error is not None
 
     def encode_request_head(self, method: bytes, target: bytes,
-                            headers: list[tuple[bytes, bytes]], *, chunked: bool,
+                            headers: list[tuple[bytes, bytes]], chunked: bool,
                             authority: bytes | None = None) -> bytes:
         """`authority`, when given, is sent as the first field (`host`) and any `host` in
         `headers` is left out."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from proxy.admin.safe_regex import SafeRegex, SafeRegexError
 from proxy.stats.render import render_json, render_prometheus, render_text
 from proxy.stats.store import StatsSnapshot
 
@@ -97,20 +98,30 @@ def _param(params: Params, key: str) -> str | None:
 # ---------------------------------------------------------------- stats
 
 
+# Threat: a linear but large filter (program ~1000 states, all active) costs ~20 ms per
+# stat name in pure Python; over thousands of names that pins an admin thread for a minute.
+# Budget of NFA state visits per /stats request (~2 s of CPU); ordinary filters use <1%.
+STATS_FILTER_MAX_STEPS = 5_000_000
+
+
 def _stats(ctx: AdminContext, params: Params, fmt: str | None = None) -> AdminResponse:
     fmt = fmt or _param(params, "format") or "text"
     filter_re = _param(params, "filter")
     usedonly = "usedonly" in params
-    try:
-        rx = re.compile(filter_re) if filter_re else None
-    except re.error as e:
+    try:  # RE2 subset, linear time: the pattern is untrusted (a backtracking re is a DoS)
+        rx = SafeRegex.compile(filter_re).budgeted(STATS_FILTER_MAX_STEPS) if filter_re else None
+    except SafeRegexError as e:
         return _text(400, f"Invalid re2 regex: {e}\n")
     renderers = {"text": (render_text, TEXT), "json": (render_json, JSON),
                  "prometheus": (render_prometheus, TEXT)}
     if fmt not in renderers:
         return _text(400, f"usage: /stats?format=(json|prometheus|text); unknown format {fmt!r}\n")
     render, ctype = renderers[fmt]
-    return AdminResponse(200, ctype, render(ctx.stats_snapshot(), rx, usedonly).encode())
+    try:
+        body = render(ctx.stats_snapshot(), rx, usedonly)
+    except SafeRegexError as e:  # STATS_FILTER_MAX_STEPS ran out
+        return _text(400, f"Invalid re2 regex: {e}\n")
+    return AdminResponse(200, ctype, body.encode())
 
 
 def _stats_prometheus(ctx: AdminContext, params: Params) -> AdminResponse:

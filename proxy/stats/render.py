@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .histogram import SUPPORTED_QUANTILES, HistogramSummary
 
@@ -92,13 +92,25 @@ def prometheus_name(extracted: str) -> str:
     return "envoy_" + _UNSAFE.sub("_", extracted)
 
 
-def _compile(filter_re: str | re.Pattern[str] | None) -> re.Pattern[str] | None:
-    if filter_re is None or isinstance(filter_re, re.Pattern):
-        return filter_re
-    return re.compile(filter_re)  # re.error propagates: the admin answers 400
+class StatFilter(Protocol):
+    """A compiled name filter: `re.Pattern` or `proxy.admin.safe_regex.SafeRegex` (untrusted
+    patterns must use the latter: it runs in linear time)."""
+
+    def search(self, name: str, /) -> object: ...
 
 
-def _select(names: Iterable[str], snap: StatsSnapshot, rx: re.Pattern[str] | None, usedonly: bool) -> list[str]:
+FilterArg = str | StatFilter | None
+
+
+def _compile(filter_re: FilterArg) -> StatFilter | None:
+    """None and compiled filters pass through. A str is compiled with `re` (backtracking):
+    only for trusted patterns; the admin compiles untrusted ones with SafeRegex first."""
+    if isinstance(filter_re, str):
+        return re.compile(filter_re)  # re.error propagates
+    return filter_re
+
+
+def _select(names: Iterable[str], snap: StatsSnapshot, rx: StatFilter | None, usedonly: bool) -> list[str]:
     return sorted(
         n for n in names
         if (rx is None or rx.search(n)) and (not usedonly or snap.is_used(n))
@@ -127,7 +139,7 @@ def _histogram_text(h: HistogramSummary) -> str:
     return " ".join(f"P{_quantile_label(q)}(nan,{_num(h.quantile(q))})" for q in SUPPORTED_QUANTILES)
 
 
-def render_text(snapshot: StatsSnapshot, filter_re: str | re.Pattern[str] | None = None,
+def render_text(snapshot: StatsSnapshot, filter_re: FilterArg = None,
                 usedonly: bool = False) -> str:
     """Envoy `/stats`: `name: value` for counters and gauges (sorted together), then
     histograms as `name: P0(nan,x) ... P100(nan,x)` (interval, cumulative)."""
@@ -139,7 +151,7 @@ def render_text(snapshot: StatsSnapshot, filter_re: str | re.Pattern[str] | None
     return "".join(line + "\n" for line in lines)
 
 
-def render_json(snapshot: StatsSnapshot, filter_re: str | re.Pattern[str] | None = None,
+def render_json(snapshot: StatsSnapshot, filter_re: FilterArg = None,
                 usedonly: bool = False) -> str:
     """Envoy `/stats?format=json`: {"stats": [{"name", "value"}..., {"histograms": {...}}]}."""
     rx = _compile(filter_re)
@@ -185,7 +197,7 @@ def _prom_num(v: float) -> str:
     return _num(v) if float(v).is_integer() else repr(float(v))
 
 
-def render_prometheus(snapshot: StatsSnapshot, filter_re: str | re.Pattern[str] | None = None,
+def render_prometheus(snapshot: StatsSnapshot, filter_re: FilterArg = None,
                       usedonly: bool = False) -> str:
     """Prometheus text format 0.0.4: counters, then gauges, then histograms; one `# TYPE`
     line per metric family. A family name already taken by another type keeps the first

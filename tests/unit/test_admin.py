@@ -252,3 +252,43 @@ def test_stop_closes_the_listen_socket():
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     server.stop()  # idempotent
+
+
+def test_stats_filter_refuses_constructs_re2_does_not_support(admin):
+    from urllib.parse import quote
+
+    _, server = admin
+    status, _, body = request(server, "/stats?filter=" + quote(r"(a)\1"))
+    assert status == 400
+    assert body.startswith("Invalid re2 regex: ") and "unsupported by RE2: backreference" in body
+
+
+def test_stats_filter_with_catastrophic_backtracking_pattern_answers(admin):
+    from urllib.parse import quote
+
+    ctx, server = admin
+    long_name = "cluster." + "a" * 5000 + ".upstream_rq_total"  # `re` would never finish on it
+    ctx.registry.new_store("worker_0").counter(long_name).inc()
+    _, _, everything = request(server, "/stats")
+    assert f"{long_name}: 1\n" in everything
+    status, _, body = request(server, "/stats?filter=" + quote("(.|.)*!"))
+    assert (status, body) == (200, "")
+    # Matches the short names holding a "b" (backend); the long name has none.
+    status, _, body = request(server, "/stats?filter=" + quote("(a*)*b"))
+    with_b = [line for line in everything.splitlines(keepends=True) if "b" in line.split(":")[0]]
+    assert status == 200 and with_b and body == "".join(with_b)
+    status, _, body = request(server, "/stats?filter=" + quote("^cluster\\.(a|aa)*\\.upstream_rq_t"))
+    assert (status, body) == (200, f"{long_name}: 1\n")
+
+
+def test_stats_filter_over_the_work_budget_is_400(admin, monkeypatch):
+    from urllib.parse import quote
+
+    import proxy.admin.endpoints as endpoints
+
+    _, server = admin
+    monkeypatch.setattr(endpoints, "STATS_FILTER_MAX_STEPS", 50)
+    status, _, body = request(server, "/stats?filter=" + quote("(.?){20}!"))
+    assert status == 400 and "too expensive" in body
+    status, _, body = request(server, "/stats?filter=live")  # substring fast path: no NFA work
+    assert (status, body) == (200, "server.live: 1\n")

@@ -2,7 +2,7 @@
 
 Life of a request (phases, always ending in logging):
   1. decode: codec -> RequestHeaders -> ActiveStream; Envoy's request header handling
-     (x-forwarded-*, x-request-id, hop-by-hop removal) -> router filter.
+     (x-forwarded-*, x-request-id, hop-by-hop removal: request_headers.py) -> router filter.
   2. the router picks a route, cluster and host, gets a pooled upstream connection and streams
      the request body; the response comes back through `encode_headers/encode_data/encode_end`.
   3. log: access loggers run once the stream ends, whatever the outcome.
@@ -26,7 +26,8 @@ from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_server_codec
 from .codec.errors import CodecError
 from .codec.events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
-from .headers import Headers, RequestHead, append_via
+from .headers import Headers, RequestHead
+from .request_headers import absolute_form, mutate_request_headers
 from .router_filter import RouterFilter
 from .stream import ActiveStream
 
@@ -333,12 +334,12 @@ class ConnectionManager(ConnectionCallbacks):
             self.connection.write(_CONTINUE_100)
         if ev.target[:1] != b"/" and ev.method != b"CONNECT":
             if ev.target.startswith((b"http://", b"https://")):
-                self._absolute_form(head)
+                absolute_form(head)
             elif ev.target != b"*" or ev.method != b"OPTIONS":
                 st.downstream_rq_non_relative_path.value += 1
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
-        self._mutate_request_headers(stream, ev)
+        mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade)
         stream.router = RouterFilter(stream, ctx)
         stream.router.decode_headers(end_stream)
 
@@ -354,54 +355,6 @@ class ConnectionManager(ConnectionCallbacks):
         self.stats.dropped_headers_with_underscores.value += len(names)
         headers.remove_many(frozenset(names))
         return False
-
-    def _absolute_form(self, head: RequestHead) -> None:
-        # RFC 9112 §3.2.2: with an absolute-form target the authority comes from the target.
-        target = head.path
-        rest = target.split(b"://", 1)[1]
-        slash = rest.find(b"/")
-        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
-        head.set_authority(authority)
-        head.set_path(path)
-        head.headers.set(b"host", authority)
-
-    def _mutate_request_headers(self, stream: ActiveStream, ev: RequestHeaders) -> None:
-        """Envoy's request header sanitising/adding (ConnectionManagerUtility::mutateRequestHeaders)."""
-        ctx = self.ctx
-        cfg = ctx.config
-        headers = stream.head.headers
-        # One pass collects the names present; each rule below is then a set lookup, and
-        # the header list is only rebuilt when something must go.
-        present = {kv[0] for kv in headers.fields}
-        if ev.upgrade is not None:
-            drop = _HOP_BY_HOP_UPGRADE
-        else:
-            drop = ctx.request_headers_removed
-            if b"connection" in present:
-                # RFC 9110 §7.6.1: drop the fields that Connection names.
-                names = {t.strip().lower() for t in headers.get(b"connection").split(b",")}
-                drop = drop | (names - _PROTECTED)
-        if not present.isdisjoint(drop):
-            headers.remove_many(drop)
-            present = {kv[0] for kv in headers.fields}
-        if cfg.via:
-            append_via(headers, ctx.via)
-        if cfg.use_remote_address:
-            if not cfg.skip_xff_append:
-                xff = headers.get(b"x-forwarded-for")
-                ip = self.remote_ip.encode()
-                headers.set(b"x-forwarded-for", xff + b", " + ip if xff else ip)
-            headers.set(b"x-forwarded-proto", b"http")
-        elif b"x-forwarded-proto" not in present:
-            headers.add(b"x-forwarded-proto", b"http")
-        if cfg.generate_request_id:
-            if b"x-request-id" not in present:
-                headers.add(b"x-request-id", ctx.worker.new_request_id())
-            elif cfg.use_remote_address and not cfg.preserve_external_request_id:
-                headers.set(b"x-request-id", ctx.worker.new_request_id())
-        # Envoy strips x-envoy-* internal headers from external requests at the edge.
-        if cfg.use_remote_address and not present.isdisjoint(_ENVOY_INTERNAL):
-            headers.remove_many(_ENVOY_INTERNAL)
 
     def stream_done(self, stream: ActiveStream, reset: bool = False) -> None:
         """The response is complete (or the stream was reset): log, then next request or close."""
@@ -520,8 +473,3 @@ def _whole_requests(events: list) -> list:
 # whole second is very unlikely to be mid-request, while a busy one gets `connection: close`
 # on its next response instead (clean for the client).
 DRAIN_IDLE_GRACE = 1.0
-
-_HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-                                 b"trailer", b"proxy-authenticate"})
-_PROTECTED = frozenset({b"host", b"content-length", b"x-request-id"})
-_ENVOY_INTERNAL = frozenset({b"x-envoy-original-path", b"x-envoy-upstream-service-time"})

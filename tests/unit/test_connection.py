@@ -110,3 +110,53 @@ def test_peer_eof_reported():
     d.call_later(0.05, d.exit)
     d.run()
     assert "eof" in rec.events
+
+
+class _SendSpy:
+    """The real socket, with its send/sendmsg calls recorded."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.calls = []
+
+    def send(self, data):
+        self.calls.append(("send", bytes(data)))
+        return self._sock.send(data)
+
+    def sendmsg(self, buffers):
+        self.calls.append(("sendmsg", [bytes(b) for b in buffers]))
+        return self._sock.sendmsg(buffers)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _one_iteration(d):
+    d.call_later(0, d.exit)
+    d._exit_requested = False
+    d.run()
+
+
+def test_small_writes_of_one_iteration_leave_in_one_send_large_ones_in_one_sendmsg():
+    d, conn, rec, peer = pair(limit=1 << 20)
+    spy = conn.sock = _SendSpy(conn.sock)
+    conn.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    conn.write(b"body")
+    _one_iteration(d)
+    assert spy.calls == [("send", b"HTTP/1.1 200 OK\r\n\r\nbody")]  # joined: one small copy
+    peer.settimeout(5)
+    assert peer.recv(100) == b"HTTP/1.1 200 OK\r\n\r\nbody"
+    spy.calls.clear()
+    big = b"y" * 3000
+    conn.write(b"head")
+    for _ in range(6):  # 18 KB: above the join limit, sent as it is queued
+        conn.write(big)
+    _one_iteration(d)
+    assert [c[0] for c in spy.calls][:1] == ["sendmsg"]
+    assert spy.calls[0][1][:2] == [b"head", big]
+    got = b""
+    while len(got) < 4 + 6 * 3000:
+        _one_iteration(d)
+        got += peer.recv(1 << 16)
+    assert got == b"head" + big * 6
+    assert conn.bytes_sent == 4 + 6 * 3000 + len(b"HTTP/1.1 200 OK\r\n\r\nbody")

@@ -34,12 +34,12 @@ class HcmFactory:
         # Hop-by-hop fields, plus x-forwarded-client-cert when sanitising it (the default;
         # without TLS there is no certificate to forward).
         self.request_headers_removed = HOP_BY_HOP | {b"x-forwarded-client-cert"}
-        # A new stream's first deadline, from its start: the earlier of stream_idle_timeout
-        # and request_timeout (those set), or 0 when neither is.
         # Fields the codec writes on every response in place of the head's own: Envoy's
         # server_header_transformation OVERWRITE (the default) sets `server` so.
         self.response_fields = (((b"server", self.server_name),)
                                 if config.server_header_transformation == "OVERWRITE" else ())
+        # A new stream's first deadline, from its start: the earlier of stream_idle_timeout
+        # and request_timeout (those set), or 0 when neither is.
         self.first_stream_timeout = min([t for t in (config.stream_idle_timeout,
                                                      config.request_timeout) if t], default=0)
 
@@ -50,8 +50,7 @@ class HcmFactory:
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
                  "server_name", "via", "request_headers_removed", "first_stream_timeout",
-                 "response_fields", "worker",
-                 "stats")
+                 "response_fields", "worker", "stats")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config

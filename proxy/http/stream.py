@@ -113,7 +113,7 @@ class ActiveStream(StreamInfo):
         # (OVERWRITE: the codec writes `server`, see HcmContext.response_fields.)
         if cfg.server_header_transformation == "APPEND_IF_ABSENT":
             headers.set_default(b"server", ctx.server_name)
-        if hcm.draining or hcm.ctx.worker.draining:
+        if hcm.draining or ctx.worker.draining:
             self.keep_alive = False
         if status == 101 and self.upgrade:
             self.upgraded = True

@@ -38,7 +38,7 @@ class RequestHeaders(_Event):
     protocols (Connection: upgrade + Upgrade); CONNECT is reported by its method."""
 
     _fields = ("method", "target", "http_version", "headers", "keep_alive", "upgrade",
-                 "expect_continue", "content_length", "chunked")
+               "expect_continue", "content_length", "chunked")
 
     def __init__(self, method: bytes, target: bytes, http_version: bytes, headers: HeaderList,
                  keep_alive: bool, upgrade: bytes | None, expect_continue: bool,
@@ -56,7 +56,7 @@ class RequestHeaders(_Event):
 
 class ResponseHeaders(_Event):
     _fields = ("status", "reason", "http_version", "headers", "keep_alive", "content_length",
-                 "chunked")
+               "chunked")
 
     def __init__(self, status: int, reason: bytes, http_version: bytes, headers: HeaderList,
                  keep_alive: bool, content_length: int | None, chunked: bool) -> None:

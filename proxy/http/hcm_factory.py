@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..router.table import RouteTable
 from .conn_manager import ConnectionManager
 from .headers import HOP_BY_HOP
+from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
 from .http_stats import HcmStats
 from .router_filter_config import RouterFilterConfig
 
@@ -31,9 +32,13 @@ class HcmFactory:
         self.upgrades = frozenset(u.upgrade_type for u in config.upgrade_configs if u.enabled)
         self.server_name = config.server_name.encode()
         self.via = config.via.encode() if config.via else b""
-        # Hop-by-hop fields, plus x-forwarded-client-cert when sanitising it (the default;
-        # without TLS there is no certificate to forward).
-        self.request_headers_removed = HOP_BY_HOP | {b"x-forwarded-client-cert"}
+        # What a request loses before routing (request_headers.py): for an upgrade request
+        # the hop-by-hop fields but Connection and Upgrade.
+        internal_only = config.route_config.internal_only_headers
+        self.request_headers_removed = request_fields_removed(
+            HOP_BY_HOP, config.use_remote_address, internal_only)
+        self.upgrade_request_headers_removed = request_fields_removed(
+            HOP_BY_HOP_UPGRADE, config.use_remote_address, internal_only)
         # Fields the codec writes on every response in place of the head's own: Envoy's
         # server_header_transformation OVERWRITE (the default) sets `server` so.
         self.response_fields = (((b"server", self.server_name),)
@@ -49,7 +54,8 @@ class HcmFactory:
 
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
-                 "server_name", "via", "request_headers_removed", "first_stream_timeout",
+                 "server_name", "via", "request_headers_removed",
+                 "upgrade_request_headers_removed", "first_stream_timeout",
                  "response_fields", "worker", "stats")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
@@ -62,6 +68,7 @@ class HcmContext:
         self.server_name = factory.server_name
         self.via = factory.via
         self.request_headers_removed = factory.request_headers_removed
+        self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
         self.response_fields = factory.response_fields
         self.worker = worker

@@ -2,8 +2,18 @@
 
 Job: the rules Envoy's ConnectionManagerUtility::mutateRequestHeaders applies to every request
 (hop-by-hop fields and the ones Connection names dropped, x-forwarded-for / -proto, via,
-x-request-id generated or kept, x-envoy-* internal fields stripped at the edge), and the
-rewrite of an absolute-form target. Works on the request's `Headers` in place.
+x-request-id generated or kept, Envoy's x-envoy-* sanitising and x-envoy-external-address), and
+the rewrite of an absolute-form target. Works on the request's `Headers` in place; the fields
+to drop are one set per HCM (`request_fields_removed`), so a request pays one set test for
+all of them.
+
+Envoy's internal/external split: a request is internal only when its single XFF address is in
+internal_address_config; since Envoy 1.33 no address is unless listed, and ftproxy accepts only
+that default, so every request is external here. For external requests Envoy drops the fields
+that would steer its router (x-envoy-retry-on, x-envoy-upstream-rq-timeout-ms, ...), always
+drops x-envoy-internal, and at the edge (use_remote_address) also drops the fields naming the
+caller and sets x-envoy-external-address to the client's address (HTTP header sanitizing,
+Envoy docs).
 Thread affinity: the worker that owns the request. Must not: do I/O or answer requests (the
 connection manager decides what to refuse).
 """
@@ -12,7 +22,18 @@ from __future__ import annotations
 
 from .headers import Headers, RequestHead, append_via
 
-__all__ = ["mutate_request_headers", "absolute_form"]
+__all__ = ["mutate_request_headers", "absolute_form", "request_fields_removed"]
+
+
+def request_fields_removed(hop_by_hop: frozenset[bytes], use_remote_address: bool,
+                           internal_only: tuple[bytes, ...] = ()) -> frozenset[bytes]:
+    """Every field the HCM drops from a request before routing, for one HCM config:
+    `hop_by_hop` (connection-level fields), x-forwarded-client-cert (sanitised: without TLS
+    there is no certificate to forward), Envoy's x-envoy-* sanitising, and the route
+    configuration's `internal_only` headers (internal_only_headers: Envoy removes them from
+    external requests, and every request is external here)."""
+    removed = hop_by_hop | {b"x-forwarded-client-cert"} | _ENVOY_EXTERNAL | frozenset(internal_only)
+    return removed | _ENVOY_EDGE if use_remote_address else removed
 
 
 def absolute_form(head: RequestHead) -> None:
@@ -36,7 +57,7 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
     # the header list is only rebuilt when something must go.
     present = {kv[0] for kv in headers.fields}
     if upgrade is not None:
-        drop = _HOP_BY_HOP_UPGRADE
+        drop = ctx.upgrade_request_headers_removed
     else:
         drop = ctx.request_headers_removed
         if b"connection" in present:
@@ -54,6 +75,8 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
             ip = remote_ip.encode()
             headers.set(b"x-forwarded-for", xff + b", " + ip if xff else ip)
         headers.set(b"x-forwarded-proto", b"http")
+        # The edge: the first ingress into the trusted network (x-envoy-external-address).
+        headers.add(b"x-envoy-external-address", remote_ip.encode())
     elif b"x-forwarded-proto" not in present:
         headers.add(b"x-forwarded-proto", b"http")
     if cfg.generate_request_id:
@@ -61,12 +84,23 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
             headers.add(b"x-request-id", ctx.worker.new_request_id())
         elif cfg.use_remote_address and not cfg.preserve_external_request_id:
             headers.set(b"x-request-id", ctx.worker.new_request_id())
-    # Envoy strips x-envoy-* internal headers from external requests at the edge.
-    if cfg.use_remote_address and not present.isdisjoint(_ENVOY_INTERNAL):
-        headers.remove_many(_ENVOY_INTERNAL)
 
 
-_HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-                                 b"trailer", b"proxy-authenticate"})
+# What an upgrade request keeps of the hop-by-hop fields: Connection and Upgrade go upstream.
+HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+                                b"trailer", b"proxy-authenticate"})
 _PROTECTED = frozenset({b"host", b"content-length", b"x-request-id"})
-_ENVOY_INTERNAL = frozenset({b"x-envoy-original-path", b"x-envoy-upstream-service-time"})
+# Dropped from every external request (see the module docstring), x-envoy-internal included.
+_ENVOY_EXTERNAL = frozenset({
+    b"x-envoy-internal", b"x-envoy-retry-on", b"x-envoy-retry-grpc-on", b"x-envoy-max-retries",
+    b"x-envoy-upstream-alt-stat-name", b"x-envoy-upstream-rq-timeout-ms",
+    b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-upstream-rq-timeout-alt-response",
+    b"x-envoy-expected-rq-timeout-ms", b"x-envoy-force-trace", b"x-envoy-ip-tags",
+})
+# Also dropped at the edge: the fields naming the caller, the client's own
+# x-envoy-external-address (ours replaces it), and fields only ftproxy itself sets.
+_ENVOY_EDGE = frozenset({
+    b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node", b"x-envoy-external-address",
+    b"x-envoy-original-path", b"x-envoy-upstream-service-time",
+})

@@ -122,6 +122,78 @@ def test_x_forwarded_proto_set_to_http(edge, inner):
     assert echo(inner.port, "/")["headers"]["x-forwarded-proto"] == "http"
 
 
+# -- Envoy's x-envoy-* sanitising -----------------------------------------------------------------
+# Fields that would steer an Envoy's router, sent by a client: every request is external (no
+# internal_address_config), so Envoy drops them; x-envoy-internal always.
+STEERING = {"x-envoy-retry-on": "5xx", "x-envoy-max-retries": "9", "x-envoy-force-trace": "1",
+            "x-envoy-upstream-rq-timeout-ms": "1", "x-envoy-expected-rq-timeout-ms": "1",
+            "x-envoy-internal": "true", "x-envoy-ip-tags": "a"}
+# Fields naming the caller: dropped at the edge (use_remote_address) only.
+CALLER = {"x-envoy-decorator-operation": "op", "x-envoy-downstream-service-cluster": "svc",
+          "x-envoy-downstream-service-node": "node"}
+
+
+def test_edge_drops_envoy_steering_and_caller_fields_and_sets_external_address(edge):
+    seen = echo(edge.port, "/", headers={**STEERING, **CALLER, "x-envoy-external-address": "6.6.6.6",
+                                         "x-envoy-custom": "kept"})["headers"]
+    # The router sets its own x-envoy-expected-rq-timeout-ms (the route's 15 s), after.
+    assert seen.pop("x-envoy-expected-rq-timeout-ms") == "15000"
+    assert not set(STEERING) & set(seen), seen
+    assert not set(CALLER) & set(seen), seen
+    assert seen["x-envoy-external-address"] == "127.0.0.1"  # ours, not the client's
+    assert seen["x-envoy-custom"] == "kept"  # only Envoy's own fields are sanitised
+
+
+def test_inner_hop_drops_steering_fields_keeps_caller_fields_and_adds_no_external_address(inner):
+    seen = echo(inner.port, "/", headers={**STEERING, **CALLER})["headers"]
+    assert seen.pop("x-envoy-expected-rq-timeout-ms") == "15000"
+    assert not set(STEERING) & set(seen), seen
+    assert {k: seen.get(k) for k in CALLER} == CALLER
+    assert "x-envoy-external-address" not in seen
+
+
+def test_route_config_internal_only_headers_are_removed(proxy_factory, up):
+    """route_config.internal_only_headers: Envoy removes them from external requests, and with
+    no internal_address_config every request is external."""
+    cfg = front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}],
+                             [static_cluster("c1", up.port)])
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"]["internal_only_headers"] = ["X-Internal-Secret"]
+    p = proxy_factory(cfg)
+    seen = echo(p.port, "/", headers={"x-internal-secret": "s3", "x-other": "o"})["headers"]
+    assert "x-internal-secret" not in seen
+    assert seen["x-other"] == "o"
+
+
+def test_upgrade_requests_are_sanitised_too(proxy_factory):
+    """An upgrade request keeps Connection and Upgrade but loses Envoy's steering fields, and at
+    the edge gets x-envoy-external-address, as any other request."""
+    heads: list[bytes] = []
+
+    def switch(sock) -> None:  # records the head it got, answers 101, closes
+        heads.append(read_request_head(sock))
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+                     b"Upgrade: websocket\r\n\r\n")
+
+    raw_up = RawUpstream(switch)
+    try:
+        p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}],
+                                             [static_cluster("c1", raw_up.port)],
+                                             use_remote_address=True,
+                                             upgrade_configs=[{"upgrade_type": "websocket"}]))
+        reply = raw_request(p.port, b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
+                                    b"Upgrade: websocket\r\nx-envoy-retry-on: 5xx\r\n"
+                                    b"x-envoy-internal: true\r\nx-envoy-external-address: 6.6.6.6\r\n\r\n")
+    finally:
+        raw_up.close()
+    assert reply.startswith(b"HTTP/1.1 101 "), reply[:80]
+    fields = [line.split(b":", 1)[0].lower() for line in heads[0].split(b"\r\n")[1:] if line]
+    assert b"connection" in fields and b"upgrade" in fields
+    assert b"x-envoy-retry-on" not in fields and b"x-envoy-internal" not in fields
+    assert b"x-envoy-external-address: 127.0.0.1" in heads[0].lower()
+    assert fields.count(b"x-envoy-external-address") == 1
+
+
 # -- x-request-id -------------------------------------------------------------------------------
 def test_request_id_generated_as_uuid4(edge, inner):
     for p in (edge, inner):

@@ -53,7 +53,7 @@ class HotRestartChild:
         self.parent_counters = _stat_map(msg.get("counters"), "counters")
         self.parent_gauges = _stat_map(msg.get("gauges"), "gauges")
         if self._on_stats is not None:
-            self._on_stats(self.parent_counters)
+            self._on_stats(self.parent_counters, self.parent_gauges)
 
     def shutdown_parent_admin(self) -> None:
         self.channel.request({"type": "shutdown_admin"})
@@ -108,9 +108,26 @@ class HotRestartChild:
         if self._dispatcher is not None:
             self._dispatcher.unregister(self.channel.sock)
         self.channel.close()
+        # Its counters carry on; its gauges (connections it held) went with it.
+        self.parent_gauges = {}
+        if self._on_stats is not None:
+            self._on_stats(self.parent_counters, self.parent_gauges)
 
     def close(self) -> None:
         self._gone()
+
+
+def parent_gauge_carryover(gauges: dict[str, int]) -> dict[str, int]:
+    """The parent's gauges that count toward the child's while the parent lives: Envoy's
+    ImportMode Accumulate gauges (connections and requests in flight: `*_active`, and
+    server.total_connections, "of both new and old Envoy processes"), plus
+    server.parent_connections. The others (server.live, state, uptime, concurrency, ...) are
+    the child's own (Envoy: NeverImport)."""
+    carried = {n: v for n, v in gauges.items() if n.endswith("_active")}
+    total = gauges.get("server.total_connections", 0)
+    carried["server.total_connections"] = total
+    carried["server.parent_connections"] = total
+    return carried
 
 
 def _number(value: Any, field: str) -> float:

@@ -181,7 +181,7 @@ class Server:
             self.listener_addresses[lc.name] = socks[0].getsockname()[:2]
         if self.hr_child is not None:
             self.hr_child.fetch_stats()
-            self.stats.set_carryover(self.hr_child.parent_counters)
+            self._on_parent_stats(self.hr_child.parent_counters, self.hr_child.parent_gauges)
             self.original_start_time = self.hr_child.original_start_time or self.start_time
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
@@ -270,8 +270,11 @@ class Server:
                                          lc.tcp_backlog_size)
         return socks
 
-    def _on_parent_stats(self, counters: dict) -> None:
-        self.stats.set_carryover(counters)
+    def _on_parent_stats(self, counters: dict, gauges: dict) -> None:
+        """The parent's latest stats: its counters continue in ours; its connection gauges
+        count toward ours while it lives (empty `gauges` once it exited)."""
+        from ..hotrestart.child import parent_gauge_carryover
+        self.stats.set_carryover(counters, parent_gauge_carryover(gauges))
 
     # ParentSide (messages.ParentLogic), main thread:
     def listen_fds(self, address: str) -> list[int]:

@@ -173,3 +173,72 @@ def test_admin_reports_the_hot_restart_version_the_cli_prints():
     finally:
         s.request_shutdown()
         t.join(10)
+
+
+def test_parent_connections_count_in_the_childs_gauges_until_the_parent_exits():
+    """Envoy's hot restart: the parent's connection gauges (ImportMode Accumulate) add to the
+    child's while the parent drains, with server.parent_connections; they leave with it."""
+    from tests.integration.clients import RawUpstream, read_request_head
+
+    release = threading.Event()
+
+    def held(sock) -> None:  # answers only when the test says so
+        read_request_head(sock)
+        release.wait(20)
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld")
+
+    up = RawUpstream(held)
+    port, admin = free_port(), free_port()
+    base_id = 4000 + os.getpid() % 50000
+    cfg = config(port, admin, "unused")
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]
+    cfg["static_resources"]["clusters"] = [{
+        "name": "up", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "up", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": up.port}}}}]}]}}]
+    parent, pt = start(cfg, 0, base_id)
+    answers: list[str] = []
+    client = threading.Thread(target=lambda: answers.append(get(port)), daemon=True)
+    client.start()
+
+    def gauges(path_filter: str) -> dict[str, int]:
+        text = get(admin, f"/stats?filter={path_filter}")
+        return {k: int(v) for k, v in (line.split(": ") for line in text.strip().splitlines())}
+
+    def wait_for(pred) -> bool:
+        import time
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert wait_for(lambda: gauges("http.ingress.downstream_rq_active")
+                        .get("http.ingress.downstream_rq_active") == 1)  # in flight, on the parent
+        child, ct = start(cfg, 1, base_id)
+        try:
+            # The child serves nothing yet: what its admin shows is the parent's request.
+            g = gauges("http.ingress.downstream_(cx|rq)_active|server.parent_connections|"
+                       "upstream_rq_active")
+            assert g["http.ingress.downstream_rq_active"] == 1, g
+            assert g["http.ingress.downstream_cx_active"] == 1, g
+            assert g["cluster.up.upstream_rq_active"] == 1, g
+            assert g["server.parent_connections"] >= 1, g
+            release.set()
+            client.join(10)
+            assert answers == ["held"]
+            pt.join(10)
+            assert not pt.is_alive()
+            assert wait_for(lambda: gauges("http.ingress.downstream_rq_active|server.parent_connections")
+                            == {"http.ingress.downstream_rq_active": 0, "server.parent_connections": 0})
+        finally:
+            child.request_shutdown()
+            ct.join(10)
+    finally:
+        release.set()
+        parent.request_shutdown()
+        pt.join(10)
+        up.close()

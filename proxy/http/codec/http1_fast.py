@@ -30,11 +30,12 @@ from __future__ import annotations
 from httptools import (HttpParserCallbackError, HttpParserError, HttpParserUpgrade,
                        HttpRequestParser, HttpResponseParser)
 
+from .encoding import RequestEncoding, ResponseEncoding
 from .errors import CodecError
 from .events import (END_OF_MESSAGE, Data, Informational, MessageComplete, RequestHeaders,
                      ResponseHeaders)
 from .framing import (AWAIT_SWITCH, BODY, CLOSED, HEAD, OPEN, SPECIAL, TUNNEL, VERSIONS,
-                      RequestEncoding, ResponseEncoding, analyze, check_head_limits, reject,
+                      analyze, check_head_limits, reject,
                       strip_empty_lines)
 
 __all__ = ["FastServerCodec", "FastClientCodec"]
@@ -92,7 +93,7 @@ class FastServerCodec(ResponseEncoding):
         self._held = b""
         self._keep_alive = True
         self._unanswered = 0
-        self._resp_body = 0  # framing._BODY_AS_IS until a response head says otherwise
+        self._resp_body = 0  # encoding._BODY_AS_IS until a response head says otherwise
         self.response_must_close = False
 
     # --- input ---

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import h11
 
+from .encoding import RequestEncoding, ResponseEncoding
 from .errors import CodecError
 from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
 from .framing import (AWAIT_SWITCH, BODY, CLOSED, HEAD, KNOWN_METHODS, OPEN, TUNNEL,
-                      ChunkScanner, RequestEncoding, ResponseEncoding, analyze,
+                      ChunkScanner, analyze,
                       check_head_limits, check_raw_head, reject, strip_empty_lines)
 
 __all__ = ["H11ServerCodec", "H11ClientCodec"]
@@ -75,7 +76,7 @@ class H11ServerCodec(ResponseEncoding):
         self._unanswered = 0
         self._max_bytes = max_request_headers_kb * 1024
         self._max_count = max_headers_count
-        self._resp_body = 0  # framing._BODY_AS_IS until a response head says otherwise
+        self._resp_body = 0  # encoding._BODY_AS_IS until a response head says otherwise
         self.response_must_close = False
 
     def feed(self, data: bytes) -> list:

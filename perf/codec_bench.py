@@ -20,7 +20,8 @@ from pathlib import Path
 _ROOT = sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv else None
 sys.path.insert(0, _ROOT or str(Path(__file__).resolve().parent.parent))
 
-from proxy.http.codec.http1_fast import FastClientCodec, FastServerCodec  # noqa: E402
+from proxy.http.codec.http1_fast import FastServerCodec  # noqa: E402
+from proxy.http.codec.http1_fast_client import FastClientCodec  # noqa: E402
 
 REQ = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
 RESP = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 22:47:19 GMT\r\n"

@@ -36,7 +36,7 @@ def make_server_codec(impl: Literal["fast", "h11"] = "fast", *, max_request_head
 def make_client_codec(impl: Literal["fast", "h11"] = "fast", *,
                       max_response_headers_kb: int = 60, max_headers_count: int = 100):
     if impl == "fast":
-        from .http1_fast import FastClientCodec
+        from .http1_fast_client import FastClientCodec
         return FastClientCodec(max_response_headers_kb, max_headers_count)
     if impl == "h11":
         from .http1_h11 import H11ClientCodec

@@ -102,7 +102,8 @@ class RouterFilter:
                                     "upstream_reset_before_response_started{overflow}")
             return
         self.holds_request_slot = True
-        if action.rewrites_path or action.host_rewrite_literal is not None or route.request_mutations:
+        if (action.rewrites_path or action.host_rewrite_literal is not None
+                or action.auto_host_rewrite or route.request_mutations):
             self._rewrite_request(action)
         if action.timeout and not ctx.router_config.suppress_envoy_headers:
             head.headers.set(b"x-envoy-expected-rq-timeout-ms", action.timeout_ms)
@@ -141,6 +142,10 @@ class RouterFilter:
             head.set_path(new_path)
         if action.host_rewrite_literal is not None:
             head.set_authority(action.host_rewrite_literal)
+        elif action.auto_host_rewrite and self.host.hostname:
+            # Envoy: the chosen host's hostname (a STRICT/LOGICAL_DNS name, or the endpoint's
+            # `hostname`); a host without one leaves the Host as it was.
+            head.set_authority(self.host.hostname.encode("idna"))
         if self.route.request_mutations:
             apply_mutations(self.route.request_mutations, headers, stream)
 

@@ -163,6 +163,31 @@ def test_host_rewrite_literal_changes_upstream_host(env):
     assert seen["headers"]["host"] == "rewritten.example"
 
 
+def test_auto_host_rewrite_uses_the_chosen_hosts_hostname(proxy_factory):
+    """auto_host_rewrite: Host becomes the upstream host's hostname (the endpoint's `hostname`
+    or a DNS cluster's name); a host without one keeps the client's Host."""
+    up = EchoUpstream("named")
+    try:
+        named = {"name": "named", "type": "STATIC", "connect_timeout": "1s",
+                 "load_assignment": {"cluster_name": "named", "endpoints": [{"lb_endpoints": [
+                     {"endpoint": {"hostname": "svc.internal.example", "address": {
+                         "socket_address": {"address": "127.0.0.1", "port_value": up.port}}}}]}]}}
+        dns = {"name": "dns", "type": "STRICT_DNS", "connect_timeout": "1s",
+               "dns_lookup_family": "V4_ONLY",
+               "load_assignment": {"cluster_name": "dns", "endpoints": [{"lb_endpoints": [
+                   {"endpoint": {"address": {"socket_address": {"address": "localhost",
+                                                                "port_value": up.port}}}}]}]}}
+        routes = [{"match": {"prefix": "/named"}, "route": {"cluster": "named", "auto_host_rewrite": True}},
+                  {"match": {"prefix": "/dns"}, "route": {"cluster": "dns", "auto_host_rewrite": True}},
+                  {"match": {"prefix": "/ip"}, "route": {"cluster": "ip", "auto_host_rewrite": True}}]
+        p = proxy_factory(front_proxy_config(routes, [named, dns, static_cluster("ip", up.port)]))
+        assert echo(p.port, "/named", host="client.example")["headers"]["host"] == "svc.internal.example"
+        assert echo(p.port, "/dns", host="client.example")["headers"]["host"] == "localhost"
+        assert echo(p.port, "/ip", host="client.example")["headers"]["host"] == "client.example"
+    finally:
+        up.close()
+
+
 def test_weighted_clusters_send_traffic_to_both_clusters(env):
     servers = [echo(env[0].port, "/weighted")["server"] for _ in range(40)]
     assert servers.count("service1") > 0 and servers.count("service2") > 0

@@ -90,7 +90,7 @@ class RouterFilter:
         self.cluster = cluster
         stream.upstream_cluster = cluster.name
         cstats = cluster.stats
-        host = cluster.lb.choose()
+        host = cluster.choose_host()
         if host is None:
             cstats.upstream_cx_none_healthy.value += 1
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")

@@ -34,7 +34,8 @@ class ServerAdminContext:
             hosts = []
             for h in snap.hosts:
                 hosts.append({"address": h.address, "port": h.port, "weight": h.weight,
-                              "hostname": h.hostname, "health_flags": "healthy",
+                              "hostname": h.hostname, "health_flags": _HEALTH_FLAGS.get(
+                                  h.health_status, "/failed_eds_health"),
                               "stats": self._host_stats(name, h)})
             out.append({"name": name, "hosts": hosts,
                         "circuit_breakers": {"thresholds": [{
@@ -126,3 +127,7 @@ def _gil() -> bool:
 def _ft_build() -> bool:
     import sysconfig
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+# /clusters health_flags for an endpoint's health_status (Envoy's strings).
+_HEALTH_FLAGS = {"HEALTHY": "healthy", "UNKNOWN": "healthy", "DEGRADED": "/degraded_eds_health"}

@@ -100,7 +100,7 @@ class EndpointConfig:
     port: int
     weight: int = 1
     hostname: str = ""
-    health_status: str = "UNKNOWN"   # accepted, not acted on yet (no health checking)
+    health_status: str = "UNKNOWN"   # the load balancer skips UNHEALTHY, DRAINING, TIMEOUT (host.lb_hosts)
 
 
 @dataclass(frozen=True, slots=True)

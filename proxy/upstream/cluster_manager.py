@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from .circuit_breaker import ResourceLimits
 from .cluster_config import ClusterConfig, EndpointConfig
 from .dns import system_resolver
-from .host import ClusterSnapshot, Host, HostSet
+from .host import HEALTHY_STATUSES, ClusterSnapshot, Host, HostSet
 
 __all__ = ["ClusterManager", "StatsSink"]
 
@@ -123,7 +123,7 @@ class ClusterManager:
     # -- internals ------------------------------------------------------------------------
     @staticmethod
     def _static_host(ep: EndpointConfig) -> Host:
-        return Host(ep.address, ep.port, ep.weight, ep.hostname)
+        return Host(ep.address, ep.port, ep.weight, ep.hostname, _health(ep))
 
     @staticmethod
     def _all_hosts(state: _ClusterState) -> list[Host]:
@@ -154,7 +154,8 @@ class ClusterManager:
                 self._count(prefix + "update_empty")  # STRICT_DNS: an empty answer empties the set
             self._count(prefix + "update_success")
             hostname = ep.hostname or ep.address
-            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname) for a in unique)
+            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname, _health(ep))
+                                          for a in unique)
         state.next_refresh = self._clock() + cfg.dns_refresh_rate
 
     def _update_hosts(self, state: _ClusterState) -> bool:
@@ -172,8 +173,11 @@ class ClusterManager:
         cfg = state.config
         state.snapshot = ClusterSnapshot(cfg.name, cfg, hosts, state.limits)
         self._set_gauge(f"cluster.{cfg.name}.membership_total", len(hosts))
-        # No health checking yet: every host is healthy.
-        self._set_gauge(f"cluster.{cfg.name}.membership_healthy", len(hosts))
+        # Health comes from the endpoints' health_status (no active health checking yet).
+        self._set_gauge(f"cluster.{cfg.name}.membership_healthy",
+                        sum(h.health_status in HEALTHY_STATUSES for h in hosts))
+        self._set_gauge(f"cluster.{cfg.name}.membership_degraded",
+                        sum(h.health_status == "DEGRADED" for h in hosts))
 
     def _publish_all(self) -> None:
         snaps = {name: s.snapshot for name, s in self._clusters.items() if s.snapshot is not None}
@@ -194,3 +198,8 @@ class ClusterManager:
     def _set_gauge(self, name: str, value: int) -> None:
         if self._stats is not None:
             self._stats.gauge(name).set(value)
+
+
+def _health(ep: EndpointConfig) -> str:
+    """The host's health from its endpoint's health_status (UNKNOWN counts as healthy)."""
+    return "HEALTHY" if ep.health_status == "UNKNOWN" else ep.health_status

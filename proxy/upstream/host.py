@@ -27,6 +27,7 @@ class Host:
     port: int
     weight: int = 1
     hostname: str = ""    # endpoint `hostname`, or the DNS name it was resolved from
+    health_status: str = "HEALTHY"  # the endpoint's health_status (Envoy's EDS values)
     # Identity of the peer (for per-host pools and active-request counts): (address, port).
     key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
@@ -60,11 +61,40 @@ class HostSet:
         return len(self.hosts)
 
 
+# Envoy's EDS health: these count as healthy, DEGRADED as degraded, the rest (UNHEALTHY,
+# DRAINING, TIMEOUT) as failed_eds_health.
+HEALTHY_STATUSES = frozenset({"UNKNOWN", "HEALTHY"})
+# common_lb_config.healthy_panic_threshold's default: below this share of healthy (or
+# degraded) hosts, Envoy balances over all hosts, health ignored ("panic").
+PANIC_THRESHOLD_PERCENT = 50
+
+
+def lb_hosts(hosts: tuple[Host, ...]) -> tuple[tuple[Host, ...], bool]:
+    """The hosts a load balancer picks from, and whether the cluster is in panic: the healthy
+    ones; the degraded ones only when none is healthy (Envoy gives degraded hosts traffic only
+    when the healthy ones cannot take it all; with one priority level and the default
+    overprovisioning this simplification differs only while 0 < healthy < 72 % of hosts); all of
+    them when fewer than PANIC_THRESHOLD_PERCENT are healthy or degraded."""
+    healthy = tuple(h for h in hosts if h.health_status in HEALTHY_STATUSES)
+    degraded = tuple(h for h in hosts if h.health_status == "DEGRADED")
+    if hosts and 100 * (len(healthy) + len(degraded)) < PANIC_THRESHOLD_PERCENT * len(hosts):
+        return hosts, True
+    return healthy or degraded, False
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
-    """What a worker needs to route to a cluster: its config, current hosts, shared limits."""
+    """What a worker needs to route to a cluster: its config, current hosts, shared limits,
+    and the hosts its load balancers pick from (`lb_hosts`, `panic`: see `lb_hosts()`)."""
 
     name: str
     config: ClusterConfig
     hosts: tuple[Host, ...]
     limits: ResourceLimits
+    lb_hosts: tuple[Host, ...] = field(init=False, compare=False, repr=False)
+    panic: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        chosen, panic = lb_hosts(self.hosts)
+        object.__setattr__(self, "lb_hosts", chosen)
+        object.__setattr__(self, "panic", panic)

@@ -154,13 +154,14 @@ class RandomLoadBalancer(LoadBalancer):
 
 def create_load_balancer(snapshot: ClusterSnapshot, active_requests: ActiveRequests,
                          rand: Rand) -> LoadBalancer:
-    """The balancer for `snapshot.config.lb_policy` over `snapshot.hosts` (one per worker)."""
+    """The balancer for `snapshot.config.lb_policy` over `snapshot.lb_hosts` (one per worker)."""
     policy = snapshot.config.lb_policy
+    hosts = snapshot.lb_hosts
     if policy == "ROUND_ROBIN":
-        return RoundRobinLoadBalancer(snapshot.hosts, rand)
+        return RoundRobinLoadBalancer(hosts, rand)
     if policy == "LEAST_REQUEST":
-        return LeastRequestLoadBalancer(snapshot.hosts, active_requests, rand,
+        return LeastRequestLoadBalancer(hosts, active_requests, rand,
                                         snapshot.config.least_request_choice_count)
     if policy == "RANDOM":
-        return RandomLoadBalancer(snapshot.hosts, rand)
+        return RandomLoadBalancer(hosts, rand)
     raise ValueError(f"unsupported lb_policy {policy!r}")  # config parsing refuses it first

@@ -19,7 +19,7 @@ _COUNTERS = (
     "upstream_cx_tx_bytes_total", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
     "upstream_rq_pending_overflow", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
     "upstream_rq_cancelled", "upstream_rq_retry", "upstream_rq_retry_overflow", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
-    "upstream_rq_5xx",
+    "upstream_rq_5xx", "lb_healthy_panic",
 )
 _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active")
 
@@ -71,6 +71,7 @@ class WorkerCluster:
         self.snapshot = snapshot
         self.config = snapshot.config
         self.limits = snapshot.limits
+        self.panic = snapshot.panic
         self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
         self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)
         keep = {h.key for h in snapshot.hosts}
@@ -82,6 +83,9 @@ class WorkerCluster:
         return pool.active_requests if pool is not None else 0
 
     def choose_host(self):
+        """A host from the load balancer; in panic (see host.lb_hosts) counted as Envoy does."""
+        if self.panic:
+            self.stats.lb_healthy_panic.value += 1
         return self.lb.choose()
 
     def pool_for(self, host) -> HttpConnPool:

@@ -1,0 +1,58 @@
+"""Endpoint health_status through the proxy: Envoy's load balancer skips UNHEALTHY, DRAINING
+and TIMEOUT endpoints, uses DEGRADED ones only when no endpoint is healthy, and balances over
+every endpoint (panic, counted in lb_healthy_panic) when fewer than half are healthy or
+degraded (common_lb_config.healthy_panic_threshold's default, 50 %)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .clients import echo
+from .harness import EchoUpstream, front_proxy_config
+
+
+@pytest.fixture(scope="module")
+def ups():
+    servers = [EchoUpstream(f"s{i}") for i in range(3)]
+    yield servers
+    for s in servers:
+        s.close()
+
+
+def _cluster(name: str, endpoints: list[tuple[EchoUpstream, str]]) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"health_status": status, "endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": up.port}}}}
+                for up, status in endpoints]}]}}
+
+
+def _served_by(port: int, path: str, n: int = 12) -> set[str]:
+    return {echo(port, path)["server"] for _ in range(n)}
+
+
+def test_health_status_steers_the_load_balancer(ups, proxy_factory):
+    s0, s1, s2 = ups
+    clusters = [
+        _cluster("half", [(s0, "HEALTHY"), (s1, "UNHEALTHY")]),          # 50 %: no panic
+        _cluster("draining", [(s0, "UNKNOWN"), (s1, "DRAINING"), (s2, "TIMEOUT")]),  # 33 %: panic
+        _cluster("degraded", [(s0, "DEGRADED"), (s1, "HEALTHY")]),       # degraded unused
+        _cluster("only_degraded", [(s0, "DEGRADED"), (s1, "UNHEALTHY")]),  # degraded used
+    ]
+    routes = [{"match": {"prefix": f"/{c['name']}"}, "route": {"cluster": c["name"]}} for c in clusters]
+    p = proxy_factory(front_proxy_config(routes, clusters))
+    assert _served_by(p.port, "/half") == {"s0"}
+    assert _served_by(p.port, "/degraded") == {"s1"}
+    assert _served_by(p.port, "/only_degraded") == {"s0"}
+    assert _served_by(p.port, "/draining") == {"s0", "s1", "s2"}  # round robin over all three
+    c, g = p.counters(), p.gauges()
+    assert c.get("cluster.draining.lb_healthy_panic") == 12
+    assert c.get("cluster.half.lb_healthy_panic", 0) == 0
+    assert (g["cluster.half.membership_healthy"], g["cluster.half.membership_total"]) == (1, 2)
+    assert g["cluster.degraded.membership_degraded"] == 1
+    status, text = p.admin("/clusters")
+    assert status == 200
+    flags = {line.split("::")[1]: line.rsplit("::", 1)[1] for line in text.splitlines()
+             if line.startswith("half::") and line.endswith(("healthy", "_health"))
+             and "::health_flags::" in line}
+    assert flags == {f"127.0.0.1:{s0.port}": "healthy", f"127.0.0.1:{s1.port}": "/failed_eds_health"}

@@ -130,6 +130,9 @@ class ClusterConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT   # 0.0 = disabled (Envoy semantics)
     max_requests_per_connection: int | None = None
     least_request_choice_count: int = 2
+    # common_lb_config.healthy_panic_threshold (percent): below this share of healthy (or
+    # degraded) hosts the load balancer uses every host (host.lb_hosts). 0 disables panic.
+    healthy_panic_threshold: float = 50.0
     # The original config object, for /config_dump. Never mutate it.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -176,7 +179,6 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     dns_refresh_rate = f.duration("dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE)
     if dns_refresh_rate < 0.001:
         raise ConfigError(f.at("dns_refresh_rate"), "must be at least 1ms")
-    f.raw_obj("common_lb_config")     # accepted, ignored (healthy panic etc. need health checks)
     f.raw_obj("metadata")             # accepted, ignored
     f.raw_obj("http_protocol_options")  # legacy Http1ProtocolOptions: accepted
     endpoints = _endpoints(f, ctype)
@@ -198,6 +200,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_rpc,
         least_request_choice_count=_choice_count(f),
+        healthy_panic_threshold=_panic_threshold(f),
         raw=raw,
     )
 
@@ -375,6 +378,20 @@ def _protocol_options(f: Fields) -> tuple[float, int | None]:
     if max_rpc == 0:
         max_rpc = None   # Envoy: 0 means unlimited
     return (DEFAULT_IDLE_TIMEOUT if idle is None else idle), max_rpc
+
+
+def _panic_threshold(f: Fields) -> float:
+    """common_lb_config.healthy_panic_threshold.value (a percent, default 50); the rest of
+    common_lb_config is accepted and ignored."""
+    c = f.raw_obj("common_lb_config")
+    if c is None or c.get("healthy_panic_threshold") is None:
+        return 50.0
+    path = f"{f.at('common_lb_config')}.healthy_panic_threshold"
+    p = Fields(c["healthy_panic_threshold"], path, ("value",))
+    value = p.float("value", 0.0)  # an empty Percent is 0 (proto3 default)
+    if not 0.0 <= value <= 100.0:
+        raise ConfigError(p.at("value"), f"must be between 0 and 100, got {value}")
+    return value
 
 
 def _choice_count(f: Fields) -> int:

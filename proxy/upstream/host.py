@@ -64,20 +64,16 @@ class HostSet:
 # Envoy's EDS health: these count as healthy, DEGRADED as degraded, the rest (UNHEALTHY,
 # DRAINING, TIMEOUT) as failed_eds_health.
 HEALTHY_STATUSES = frozenset({"UNKNOWN", "HEALTHY"})
-# common_lb_config.healthy_panic_threshold's default: below this share of healthy (or
-# degraded) hosts, Envoy balances over all hosts, health ignored ("panic").
-PANIC_THRESHOLD_PERCENT = 50
-
-
-def lb_hosts(hosts: tuple[Host, ...]) -> tuple[tuple[Host, ...], bool]:
+def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tuple[Host, ...], bool]:
     """The hosts a load balancer picks from, and whether the cluster is in panic: the healthy
     ones; the degraded ones only when none is healthy (Envoy gives degraded hosts traffic only
     when the healthy ones cannot take it all; with one priority level and the default
     overprovisioning this simplification differs only while 0 < healthy < 72 % of hosts); all of
-    them when fewer than PANIC_THRESHOLD_PERCENT are healthy or degraded."""
+    them when less than `panic_threshold` percent are healthy or degraded
+    (common_lb_config.healthy_panic_threshold, default 50; 0 never panics)."""
     healthy = tuple(h for h in hosts if h.health_status in HEALTHY_STATUSES)
     degraded = tuple(h for h in hosts if h.health_status == "DEGRADED")
-    if hosts and 100 * (len(healthy) + len(degraded)) < PANIC_THRESHOLD_PERCENT * len(hosts):
+    if hosts and 100 * (len(healthy) + len(degraded)) < panic_threshold * len(hosts):
         return hosts, True
     return healthy or degraded, False
 
@@ -95,6 +91,6 @@ class ClusterSnapshot:
     panic: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        chosen, panic = lb_hosts(self.hosts)
+        chosen, panic = lb_hosts(self.hosts, self.config.healthy_panic_threshold)
         object.__setattr__(self, "lb_hosts", chosen)
         object.__setattr__(self, "panic", panic)

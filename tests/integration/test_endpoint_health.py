@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .clients import echo
+from .clients import echo, request
 from .harness import EchoUpstream, front_proxy_config
 
 
@@ -56,3 +56,23 @@ def test_health_status_steers_the_load_balancer(ups, proxy_factory):
              if line.startswith("half::") and line.endswith(("healthy", "_health"))
              and "::health_flags::" in line}
     assert flags == {f"127.0.0.1:{s0.port}": "healthy", f"127.0.0.1:{s1.port}": "/failed_eds_health"}
+
+
+def test_healthy_panic_threshold_is_configurable(ups, proxy_factory):
+    """common_lb_config.healthy_panic_threshold: at 30 % one healthy host of three (33 %) is
+    no panic; at 0 panic is off, and with no healthy host the answer is 503 UH."""
+    s0, s1, s2 = ups
+    third = [(s0, "HEALTHY"), (s1, "UNHEALTHY"), (s2, "UNHEALTHY")]
+    low = _cluster("low", third)
+    low["common_lb_config"] = {"healthy_panic_threshold": {"value": 30}}
+    off = _cluster("off", [(s0, "UNHEALTHY"), (s1, "TIMEOUT")])
+    off["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+    clusters = [low, off]
+    routes = [{"match": {"prefix": f"/{c['name']}"}, "route": {"cluster": c["name"]}} for c in clusters]
+    p = proxy_factory(front_proxy_config(routes, clusters))
+    assert _served_by(p.port, "/low") == {"s0"}
+    r = request(p.port, "/off")
+    assert (r.status, r.body) == (503, b"no healthy upstream")
+    c = p.counters()
+    assert c.get("cluster.low.lb_healthy_panic", 0) == 0
+    assert c.get("cluster.off.upstream_cx_none_healthy") == 1

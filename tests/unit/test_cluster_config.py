@@ -242,3 +242,19 @@ def test_unknown_field_inside_circuit_breaker_threshold_names_its_index():
 def test_load_assignment_and_hosts_are_mutually_exclusive():
     assert error(cluster(hosts=[sock("127.0.0.1", 1)])) == (
         f"{P}: only one of load_assignment, hosts may be set")
+
+
+def test_healthy_panic_threshold_parsed_and_bounded():
+    eps = {"endpoints": [{"lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]}
+    assert parse_cluster(cluster(load_assignment=eps), P).healthy_panic_threshold == 50.0
+    cfg = parse_cluster(cluster(load_assignment=eps, common_lb_config={
+        "healthy_panic_threshold": {"value": 12.5}, "update_merge_window": "1s"}), P)
+    assert cfg.healthy_panic_threshold == 12.5  # the rest of common_lb_config is accepted
+    with pytest.raises(ConfigError, match=r"clusters\[0\]\.common_lb_config\.healthy_panic_threshold"
+                                          r"\.value: must be between 0 and 100"):
+        parse_cluster(cluster(load_assignment=eps, common_lb_config={
+            "healthy_panic_threshold": {"value": 150}}), P)
+    with pytest.raises(ConfigError, match=r"common_lb_config\.healthy_panic_threshold: unknown "
+                                          r'field "valu" \(did you mean "value"\?\)'):
+        parse_cluster(cluster(load_assignment=eps, common_lb_config={
+            "healthy_panic_threshold": {"valu": 5}}), P)

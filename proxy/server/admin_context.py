@@ -13,6 +13,7 @@ import time
 
 from .. import __version__
 from ..hotrestart.messages import HOT_RESTART_VERSION
+from ..upstream.host import health_flags
 
 __all__ = ["ServerAdminContext"]
 
@@ -34,8 +35,7 @@ class ServerAdminContext:
             hosts = []
             for h in snap.hosts:
                 hosts.append({"address": h.address, "port": h.port, "weight": h.weight,
-                              "hostname": h.hostname, "health_flags": _HEALTH_FLAGS.get(
-                                  h.health_status, "/failed_eds_health"),
+                              "hostname": h.hostname, "health_flags": health_flags(h.health_status),
                               "stats": self._host_stats(name, h)})
             out.append({"name": name, "hosts": hosts,
                         "circuit_breakers": {"thresholds": [{
@@ -127,7 +127,3 @@ def _gil() -> bool:
 def _ft_build() -> bool:
     import sysconfig
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-
-
-# /clusters health_flags for an endpoint's health_status (Envoy's strings).
-_HEALTH_FLAGS = {"HEALTHY": "healthy", "UNKNOWN": "healthy", "DEGRADED": "/degraded_eds_health"}

@@ -123,7 +123,7 @@ class ClusterManager:
     # -- internals ------------------------------------------------------------------------
     @staticmethod
     def _static_host(ep: EndpointConfig) -> Host:
-        return Host(ep.address, ep.port, ep.weight, ep.hostname, _health(ep))
+        return Host(ep.address, ep.port, ep.weight, ep.hostname, ep.health_status)
 
     @staticmethod
     def _all_hosts(state: _ClusterState) -> list[Host]:
@@ -154,7 +154,7 @@ class ClusterManager:
                 self._count(prefix + "update_empty")  # STRICT_DNS: an empty answer empties the set
             self._count(prefix + "update_success")
             hostname = ep.hostname or ep.address
-            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname, _health(ep))
+            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname, ep.health_status)
                                           for a in unique)
         state.next_refresh = self._clock() + cfg.dns_refresh_rate
 
@@ -198,8 +198,3 @@ class ClusterManager:
     def _set_gauge(self, name: str, value: int) -> None:
         if self._stats is not None:
             self._stats.gauge(name).set(value)
-
-
-def _health(ep: EndpointConfig) -> str:
-    """The host's health from its endpoint's health_status (UNKNOWN counts as healthy)."""
-    return "HEALTHY" if ep.health_status == "UNKNOWN" else ep.health_status

@@ -27,7 +27,7 @@ class Host:
     port: int
     weight: int = 1
     hostname: str = ""    # endpoint `hostname`, or the DNS name it was resolved from
-    health_status: str = "HEALTHY"  # the endpoint's health_status (Envoy's EDS values)
+    health_status: str = "UNKNOWN"  # the endpoint's health_status (Envoy's EDS values)
     # Identity of the peer (for per-host pools and active-request counts): (address, port).
     key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
@@ -64,6 +64,15 @@ class HostSet:
 # Envoy's EDS health: these count as healthy, DEGRADED as degraded, the rest (UNHEALTHY,
 # DRAINING, TIMEOUT) as failed_eds_health.
 HEALTHY_STATUSES = frozenset({"UNKNOWN", "HEALTHY"})
+
+
+def health_flags(status: str) -> str:
+    """Envoy's /clusters `health_flags` for a host's health_status."""
+    if status in HEALTHY_STATUSES:
+        return "healthy"
+    return "/degraded_eds_health" if status == "DEGRADED" else "/failed_eds_health"
+
+
 def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tuple[Host, ...], bool]:
     """The hosts a load balancer picks from, and whether the cluster is in panic: the healthy
     ones; the degraded ones only when none is healthy (Envoy gives degraded hosts traffic only

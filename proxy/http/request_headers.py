@@ -76,12 +76,12 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
             headers.set(b"x-forwarded-for", xff + b", " + ip if xff else ip)
         headers.set(b"x-forwarded-proto", b"http")
         # The edge: the first ingress into the trusted network (x-envoy-external-address).
-        headers.add(b"x-envoy-external-address", remote_ip.encode())
+        headers.fields.append((b"x-envoy-external-address", remote_ip.encode()))
     elif b"x-forwarded-proto" not in present:
-        headers.add(b"x-forwarded-proto", b"http")
+        headers.fields.append((b"x-forwarded-proto", b"http"))
     if cfg.generate_request_id:
         if b"x-request-id" not in present:
-            headers.add(b"x-request-id", ctx.worker.new_request_id())
+            headers.fields.append((b"x-request-id", ctx.worker.new_request_id()))
         elif cfg.use_remote_address and not cfg.preserve_external_request_id:
             headers.set(b"x-request-id", ctx.worker.new_request_id())
 

@@ -133,7 +133,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
     def _connect(self, buffer_limit: int) -> None:
         ctx = self.ctx
         name = ctx.choose_cluster()
-        cluster = ctx.worker.cluster(name) if name else None
+        cluster = ctx.worker.clusters.get(name) if name else None
         if cluster is None:
             ctx.downstream_cx_no_route.value += 1
             self.info.set_response_flag("NR")

@@ -124,9 +124,6 @@ class Worker:
             self._drained()
             cb()
 
-    def cluster(self, name: str) -> WorkerCluster | None:
-        return self.clusters.get(name)
-
     def set_clusters(self, snapshots: Mapping) -> None:
         """Swap in a new cluster snapshot mapping (posted by main)."""
         for name in [n for n in self.clusters if n not in snapshots]:

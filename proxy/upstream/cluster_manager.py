@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from .circuit_breaker import ResourceLimits
 from .cluster_config import ClusterConfig, EndpointConfig
 from .dns import system_resolver
-from .host import HEALTHY_STATUSES, ClusterSnapshot, Host, HostSet
+from .host import ClusterSnapshot, Host, HostSet, by_health
 
 __all__ = ["ClusterManager", "StatsSink"]
 
@@ -174,10 +174,9 @@ class ClusterManager:
         state.snapshot = ClusterSnapshot(cfg.name, cfg, hosts, state.limits)
         self._set_gauge(f"cluster.{cfg.name}.membership_total", len(hosts))
         # Health comes from the endpoints' health_status (no active health checking yet).
-        self._set_gauge(f"cluster.{cfg.name}.membership_healthy",
-                        sum(h.health_status in HEALTHY_STATUSES for h in hosts))
-        self._set_gauge(f"cluster.{cfg.name}.membership_degraded",
-                        sum(h.health_status == "DEGRADED" for h in hosts))
+        healthy, degraded = by_health(hosts)
+        self._set_gauge(f"cluster.{cfg.name}.membership_healthy", len(healthy))
+        self._set_gauge(f"cluster.{cfg.name}.membership_degraded", len(degraded))
 
     def _publish_all(self) -> None:
         snaps = {name: s.snapshot for name, s in self._clusters.items() if s.snapshot is not None}

@@ -73,6 +73,12 @@ def health_flags(status: str) -> str:
     return "/degraded_eds_health" if status == "DEGRADED" else "/failed_eds_health"
 
 
+def by_health(hosts: tuple[Host, ...]) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
+    """The healthy hosts and the degraded ones (the membership_healthy/_degraded gauges)."""
+    return (tuple(h for h in hosts if h.health_status in HEALTHY_STATUSES),
+            tuple(h for h in hosts if h.health_status == "DEGRADED"))
+
+
 def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tuple[Host, ...], bool]:
     """The hosts a load balancer picks from, and whether the cluster is in panic: the healthy
     ones; the degraded ones only when none is healthy (Envoy gives degraded hosts traffic only
@@ -80,8 +86,7 @@ def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tu
     overprovisioning this simplification differs only while 0 < healthy < 72 % of hosts); all of
     them when less than `panic_threshold` percent are healthy or degraded
     (common_lb_config.healthy_panic_threshold, default 50; 0 never panics)."""
-    healthy = tuple(h for h in hosts if h.health_status in HEALTHY_STATUSES)
-    degraded = tuple(h for h in hosts if h.health_status == "DEGRADED")
+    healthy, degraded = by_health(hosts)
     if hosts and 100 * (len(healthy) + len(degraded)) < panic_threshold * len(hosts):
         return hosts, True
     return healthy or degraded, False

@@ -74,6 +74,9 @@ class WorkerCluster:
         self.panic = snapshot.panic
         self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
         self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)
+        # choose_host(): a host from the load balancer; in panic (see host.lb_hosts) each pick
+        # is counted, as Envoy does. Bound per snapshot: no wrapper frame per request.
+        self.choose_host = self._choose_in_panic if self.panic else self.lb.choose
         keep = {h.key for h in snapshot.hosts}
         for key in [k for k in self.pools if k not in keep]:
             self.pools.pop(key).drain()
@@ -82,10 +85,8 @@ class WorkerCluster:
         pool = self.pools.get(host.key)
         return pool.active_requests if pool is not None else 0
 
-    def choose_host(self):
-        """A host from the load balancer; in panic (see host.lb_hosts) counted as Envoy does."""
-        if self.panic:
-            self.stats.lb_healthy_panic.value += 1
+    def _choose_in_panic(self):
+        self.stats.lb_healthy_panic.value += 1
         return self.lb.choose()
 
     def pool_for(self, host) -> HttpConnPool:

@@ -88,12 +88,6 @@ class ResponseEncoding:
         self._unanswered -= 1
         self._state = TUNNEL
 
-    def _final_response(self) -> None:
-        """After any other final head: a refused upgrade reopens (or closes) the connection."""
-        self._unanswered -= 1
-        if self._state == AWAIT_SWITCH and self._unanswered <= 0:
-            self._state = OPEN if self._keep_alive else CLOSED
-
     def encode_response_head(self, status: int, reason: bytes | None,
                              headers: list[tuple[bytes, bytes]], request_method: bytes,
                              request_version: bytes, keep_alive: bool) -> bytes:
@@ -144,8 +138,10 @@ class ResponseEncoding:
                            _BODY_NONE if bodyless and not tunnel else _BODY_AS_IS)
         if tunnel:
             self._switch_protocols()
-        else:
-            self._final_response()
+        else:  # any other final head: a refused upgrade reopens (or closes) the connection
+            self._unanswered -= 1
+            if self._state == AWAIT_SWITCH and self._unanswered <= 0:
+                self._state = OPEN if self._keep_alive else CLOSED
         return b"\r\n".join(parts)
 
     def encode_body(self, data: bytes) -> bytes:

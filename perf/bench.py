@@ -25,22 +25,22 @@ import os
 import platform
 import re
 import resource
-import selectors
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_configs import FT, HAP, NGX, UP, write_configs  # perf/ is the script dir
+from bench_memory import idle_connections, raise_nofile, slow_reader
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = ROOT / ".venv" / "bin" / "python"
 PROXY_CPU, CLIENT_CPU = os.environ.get("PROXY_CPU", "0"), os.environ.get("CLIENT_CPU", "1")
-UP, HAP, NGX, FT = 18080, 18081, 18082, 18090
 CLK = os.sysconf("SC_CLK_TCK")
 ENV = os.environ
 DURATION = ENV.get("DURATION", "5s")
@@ -52,10 +52,10 @@ SLOW_MB = int(ENV.get("SLOW_MB", "1024"))
 SLOW_RATE_MBPS = float(ENV.get("SLOW_RATE_MBPS", "200"))
 SLOW_RUNS = int(ENV.get("SLOW_RUNS", "3"))
 BULK_MB, BULK_REPS = int(ENV.get("BULK_MB", "100")), int(ENV.get("BULK_REPS", "5"))
-BUFFER_LIMIT = 1024 * 1024
+BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default (1 MiB)
 # HAProxy refuses to start unless it can get ~2 fds per maxconn under the hard RLIMIT_NOFILE.
 HAP_MAXCONN = max(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100) // 2
-                  if resource.getrlimit(resource.RLIMIT_NOFILE)[1] != resource.RLIM_INFINITY else 30000)  # Envoy's per_connection_buffer_limit_bytes default (1 MiB)
+                  if resource.getrlimit(resource.RLIMIT_NOFILE)[1] != resource.RLIM_INFINITY else 30000)
 
 
 def log(msg: str) -> None:
@@ -70,19 +70,6 @@ def ftproxy_cmd(config: str, concurrency: int) -> list[str]:
         config=HERE / "configs" / config, concurrency=concurrency))]
 
 
-def _raise_nofile(n: int = 65536) -> None:
-    """Raise RLIMIT_NOFILE to at least n when allowed (never lowers it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and n > hard:
-        try:   # root with CAP_SYS_RESOURCE may raise the hard limit too
-            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
-            return
-        except (ValueError, OSError):
-            n = hard
-    if n > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
-
-
 class Server:
     """One process group in its own session, pinned to `cpus`; killed by group on stop()."""
 
@@ -91,7 +78,7 @@ class Server:
         self.log = open(work / f"{name}.log", "ab")
         self.p = subprocess.Popen(["taskset", "-c", cpus, *argv], stdout=self.log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=True, preexec_fn=_raise_nofile)
+                                  start_new_session=True, preexec_fn=raise_nofile)
         self.pgid = self.p.pid
 
     def pids(self) -> list[int]:
@@ -150,69 +137,6 @@ def port_free(port: int) -> bool:
 
 
 # ------------------------------------------------------------------------------ configs
-def write_configs(work: Path) -> None:
-    (work / "www").mkdir()
-    (work / "tmp").mkdir()
-    os.chmod(work, 0o755)
-    with open(work / "www" / "1m.bin", "wb") as f:
-        f.write(os.urandom(1024 * 1024))
-    with open(work / "www" / "big.bin", "wb") as f:
-        for _ in range(BULK_MB):
-            f.write(os.urandom(1024 * 1024))
-    with open(work / "www" / "huge.bin", "wb") as f:   # sparse: SLOW_MB MiB of zeros, no disk
-        f.truncate(SLOW_MB * 1024 * 1024)
-    body = "0" * 100
-    common = (f"access_log off; keepalive_requests 1000000; keepalive_timeout 300s; "
-              f"client_body_temp_path {work}/tmp/b; proxy_temp_path {work}/tmp/p; "
-              f"fastcgi_temp_path {work}/tmp/f; uwsgi_temp_path {work}/tmp/u; scgi_temp_path {work}/tmp/s;")
-    (work / "upstream.conf").write_text(f"""
-worker_processes 1; pid {work}/upstream.pid; error_log {work}/upstream.err warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 30000; }}
-http {{ {common} sendfile on;
-  server {{ listen 127.0.0.1:{UP} backlog=4096;
-    location = / {{ default_type text/plain; return 200 "{body}"; }}
-    location / {{ root {work}/www; }} }} }}
-""")
-    (work / "nginx-proxy.conf").write_text(f"""
-worker_processes 1; pid {work}/nginx-proxy.pid; error_log {work}/nginx-proxy.err warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 30000; }}
-http {{ {common}
-  upstream up {{ server 127.0.0.1:{UP}; keepalive 64; keepalive_requests 1000000; }}
-  server {{ listen 127.0.0.1:{NGX} backlog=4096;
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_max_temp_file_size 0; }} }} }}
-""")
-    (work / "haproxy.cfg").write_text(f"""
-global
-    nbthread 1
-    maxconn {HAP_MAXCONN}
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-frontend h1
-    bind 127.0.0.1:{HAP}
-    default_backend up
-backend up
-    server s1 127.0.0.1:{UP}
-listen tcp
-    mode tcp
-    bind 127.0.0.1:18084
-    server s1 127.0.0.1:{UP}
-""")
-    (work / "report.lua").write_text("""
-done = function(s, lat, req)
-  local e = s.errors
-  io.write(string.format("RESULT\\t%d\\t%d\\t%d\\t%d\\t%d\\t%d\\t%d\\n", s.requests, s.duration,
-    lat:percentile(50), lat:percentile(99), e.connect + e.read + e.write + e.timeout, e.status, s.bytes))
-end
-""")
-
-
 class Bench:
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -252,7 +176,7 @@ class Bench:
         for h in headers:
             argv += ["-H", h]
         out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                             text=True, preexec_fn=_raise_nofile).stdout
+                             text=True, preexec_fn=raise_nofile).stdout
         line = next((ln for ln in out.splitlines() if ln.startswith("RESULT")), None)
         if line is None:
             raise RuntimeError(f"wrk printed no result: {out[-500:]}")
@@ -353,74 +277,11 @@ class Bench:
             server, port = self.start(system)
             try:
                 n = min(IDLE_CONNS, HAP_MAXCONN - 100) if system == "haproxy" else IDLE_CONNS
-                self.results.setdefault("idle", {})[system] = self._idle(server, port, n)
+                self.results.setdefault("idle", {})[system] = idle_connections(server, port, n, CLIENT_CPU)
             finally:
                 server.stop()
             r = self.results["idle"][system]
             log(f"idle/{system}: {r['open']} conns, {r['kib_per_conn']:.1f} KiB/conn")
-
-    def _idle(self, server: Server, port: int, conns: int) -> dict:
-        _raise_nofile(IDLE_CONNS + 1000)
-        # warm: a few keep-alive requests so pools/allocators exist before the baseline
-        subprocess.run(["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c4", "-d1s",
-                        f"http://127.0.0.1:{port}/"], capture_output=True)
-        time.sleep(0.5)
-        base = server.mem_kib()
-        req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-        socks: list[socket.socket] = []
-        sel = selectors.DefaultSelector()
-        t0 = time.monotonic()
-        opened = 0
-        pending: dict[socket.socket, bytes] = {}
-        try:
-            for i in range(conns):
-                s = socket.socket()
-                s.setblocking(False)
-                s.connect_ex(("127.0.0.1", port))
-                socks.append(s)
-                sel.register(s, selectors.EVENT_WRITE)
-                pending[s] = b""
-                if len(pending) >= 200 or i == conns - 1:   # keep the accept backlog small
-                    opened += self._drive(sel, pending, req)
-            time.sleep(1.0)
-            rss = [server.mem_kib() for _ in range(3) if not time.sleep(0.3)]
-            loaded = statistics.median(rss)
-            alive = sum(1 for s in socks if _alive(s))
-        finally:
-            for s in socks:
-                s.close()
-            sel.close()
-        return {"open": opened, "still_open": alive, "seconds_to_open": time.monotonic() - t0,
-                "rss_before_kib": base, "rss_loaded_kib": loaded,
-                "kib_per_conn": (loaded - base) / max(opened, 1), "peak_rss_mib": server.mem_kib("VmHWM") / 1024}
-
-    @staticmethod
-    def _drive(sel: selectors.BaseSelector, pending: dict, req: bytes) -> int:
-        """Connect, send one request, read one full 100 B response on each pending socket."""
-        done, deadline = 0, time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            for key, ev in sel.select(1.0):
-                s = key.fileobj
-                if ev & selectors.EVENT_WRITE:
-                    try:
-                        s.send(req)
-                    except OSError:
-                        sel.unregister(s); pending.pop(s); continue
-                    sel.modify(s, selectors.EVENT_READ)
-                else:
-                    try:
-                        data = s.recv(4096)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        sel.unregister(s); pending.pop(s); continue
-                    pending[s] += data
-                    buf = pending[s]
-                    if b"\r\n\r\n" in buf and len(buf.split(b"\r\n\r\n", 1)[1]) >= 100:
-                        sel.unregister(s); pending.pop(s); done += 1
-        for s in list(pending):
-            sel.unregister(s); pending.pop(s)
-        return done
 
     # -- memory: 1 GiB through a slow reader ------------------------------------------------
     def slow_case(self) -> None:
@@ -431,7 +292,7 @@ class Bench:
             for _ in range(SLOW_RUNS):
                 server, port = self.start(system)
                 try:
-                    runs.append(self._slow(server, port))
+                    runs.append(slow_reader(server, port, SLOW_MB, SLOW_RATE_MBPS, BUFFER_LIMIT))
                 finally:
                     server.stop()
             runs.sort(key=lambda r: r["rss_growth_kib"])
@@ -440,54 +301,6 @@ class Bench:
             self.results.setdefault("slow_reader", {})[system] = r
             log(f"slow_reader/{system}: {r['bytes']>>20} MiB, RSS growth {r['rss_growth_kib']} KiB "
                 f"(median of {r['rss_growth_runs_kib']})")
-
-    def _slow(self, server: Server, port: int) -> dict:
-        subprocess.run(["curl", "-fs", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
-        time.sleep(0.3)
-        base = server.mem_kib()
-        samples = []
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)   # keep the kernel queue small
-        s.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: bench\r\n\r\n")
-        got, chunk, t0 = 0, 64 * 1024, time.monotonic()
-        want = SLOW_MB * 1024 * 1024
-        next_sample = t0
-        head_len = None
-        buf = bytearray(chunk)
-        while True:
-            n = s.recv_into(buf, chunk)
-            if not n:
-                break
-            got += n
-            if head_len is None:
-                i = bytes(buf[:n]).find(b"\r\n\r\n")
-                head_len = i + 4 if i >= 0 else 0
-            if got - (head_len or 0) >= want:
-                break
-            # pace the reader to SLOW_RATE_MBPS
-            lag = got / (SLOW_RATE_MBPS * 1e6) - (time.monotonic() - t0)
-            if lag > 0:
-                time.sleep(lag)
-            if time.monotonic() >= next_sample:
-                samples.append(server.mem_kib())
-                next_sample += 0.1
-        s.close()
-        secs = time.monotonic() - t0
-        peak = max(samples) if samples else base
-        return {"bytes": got, "seconds": secs, "MBps": got / secs / 1e6, "rss_before_kib": base,
-                "rss_peak_kib": peak, "rss_growth_kib": peak - base, "samples": len(samples),
-                "buffer_limit_kib": BUFFER_LIMIT // 1024,
-                "growth_vs_limit": (peak - base) / (BUFFER_LIMIT / 1024)}
-
-
-def _alive(s: socket.socket) -> bool:
-    try:
-        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-
 
 SCENARIOS = ("newconn", "mib", "c1000", "tcp", "sweep", "idle", "slow")
 
@@ -530,7 +343,7 @@ def main() -> int:
             log(f"port {port} is in use; stop what listens there first")
             return 1
     work = Path(tempfile.mkdtemp(prefix="ftbench."))
-    write_configs(work)
+    write_configs(work, bulk_mb=BULK_MB, slow_mb=SLOW_MB, hap_maxconn=HAP_MAXCONN)
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
         results = run([x for x in a.only.split(",") if x], work)

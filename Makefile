@@ -1,6 +1,8 @@
 # ftproxy: `make test` runs the test suite, `make demo` runs the front-proxy example.
 # Both create .venv (CPython 3.13) on first use and install the project into it (editable,
 # with the test extras); later runs skip the install until pyproject.toml changes.
+# `make test PYTHON=python3.14t` creates .venv from that interpreter instead (any CPython
+# >= 3.13, e.g. a free-threaded build); `make clean-venv` first to switch.
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,9 +20,13 @@ demo: $(STAMP)
 
 install: $(STAMP)
 
-# python3.13 from PATH (a pyenv shim counts when it can run), else pyenv's 3.13.
+# $(PYTHON) when given; else python3.13 from PATH (a pyenv shim counts when it can run),
+# else pyenv's 3.13.
 $(PY):
-	@if python3.13 -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then \
+	@if [ -n "$(PYTHON)" ]; then \
+		$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 13), sys.version' || exit 1; \
+		echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); \
+	elif python3.13 -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then \
 		echo "creating $(VENV) with python3.13"; python3.13 -m venv $(VENV); \
 	elif [ -x "$(PYENV)" ]; then \
 		echo "creating $(VENV) with pyenv $(PYENV_PYTHON_VERSION)"; \

@@ -52,6 +52,9 @@ SLOW_MB = int(ENV.get("SLOW_MB", "1024"))
 SLOW_RATE_MBPS = float(ENV.get("SLOW_RATE_MBPS", "200"))
 SLOW_RUNS = int(ENV.get("SLOW_RUNS", "3"))
 BULK_MB, BULK_REPS = int(ENV.get("BULK_MB", "100")), int(ENV.get("BULK_REPS", "5"))
+# Rounds of the TCP bulk case: each is a few seconds, and pairs measured seconds apart are what
+# cancels this VM's drift (the paired ratio), so more rounds than the wrk cases' RUNS.
+BULK_ROUNDS = int(ENV.get("BULK_ROUNDS", "7"))
 BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default (1 MiB)
 # HAProxy refuses to start unless it can get ~2 fds per maxconn under the hard RLIMIT_NOFILE.
 HAP_MAXCONN = max(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100) // 2
@@ -245,7 +248,7 @@ class Bench:
             for _, _, port in started:
                 run(port)  # warm-up
             runs: dict[str, list[dict]] = {system: [] for system, _, _ in started}
-            for _ in range(max(RUNS, 3)):
+            for _ in range(BULK_ROUNDS):
                 for system, server, port in started:
                     runs[system].append(self.measured(server, run, port))
         finally:
@@ -379,7 +382,7 @@ def meta(command: str, started) -> dict:
                          "nginx": ver(["nginx", "-v"])},
             "params": {"DURATION": DURATION, "RUNS": RUNS, "SWEEP": SWEEP, "SWEEP_CPUS": SWEEP_CPUS,
                        "IDLE_CONNS": IDLE_CONNS, "SLOW_MB": SLOW_MB, "SLOW_RATE_MBPS": SLOW_RATE_MBPS, "SLOW_RUNS": SLOW_RUNS,
-                       "BULK_MB": BULK_MB, "BULK_REPS": BULK_REPS},
+                       "BULK_MB": BULK_MB, "BULK_REPS": BULK_REPS, "BULK_ROUNDS": BULK_ROUNDS},
             "pinning": f"server under test on CPU {PROXY_CPU}; clients and upstream nginx on CPU {CLIENT_CPU}"}
 
 

@@ -13,14 +13,14 @@
 #    instructions per keep-alive request for ftproxy, the floor probe and the fused-path probe,
 #    which do not move with the VM's speed  -> perf/instr.txt.
 # Everything on 127.0.0.1; the server under test on CPU 0, clients and upstream on CPU 1.
-# Knobs (env): QUICK, RUNS, DURATION, SWEEP="1 2", SWEEP_CPUS, IDLE_CONNS, SLOW_MB, SLOW_RUNS, ONLY=a,b,
+# Knobs (env): QUICK, RUNS, DURATION, SWEEP="1 2", SWEEP_CPUS, IDLE_CONNS, SLOW_MB, SLOW_RUNS, BULK_ROUNDS, ONLY=a,b,
 #   SKIP_PEERS=1, SKIP_INSTR=1, FTPROXY_CMD (template with {config} {concurrency}; default below).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd); cd "$ROOT"
 PEERS=${PEERS:-$ROOT/../shared/tools/peers.sh}
 [ -x "$PEERS" ] || PEERS=/work/shared/tools/peers.sh
 if [ "${QUICK:-0}" = 1 ]; then
-  export RUNS=${RUNS:-1} DURATION=${DURATION:-5s} BULK_MB=${BULK_MB:-100} BULK_REPS=${BULK_REPS:-3}
+  export RUNS=${RUNS:-1} DURATION=${DURATION:-5s} BULK_MB=${BULK_MB:-100} BULK_REPS=${BULK_REPS:-3} BULK_ROUNDS=${BULK_ROUNDS:-3}
 else
   export RUNS=${RUNS:-3} DURATION=${DURATION:-10s}
 fi

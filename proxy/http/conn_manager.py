@@ -99,17 +99,21 @@ class ConnectionManager(ConnectionCallbacks):
             timer.enable(timeout)
 
     def _stream_deadline(self, stream: ActiveStream) -> float | None:
-        """When `stream` times out (stream_idle_timeout, request_timeout), or None."""
+        """When `stream` times out (stream_idle_timeout or the route's idle_timeout,
+        request_timeout), or None."""
         cfg = self.ctx.config
         deadline = None
-        if cfg.stream_idle_timeout:
-            deadline = stream.last_activity + cfg.stream_idle_timeout
+        idle = stream.idle_timeout
+        if idle is None:
+            idle = cfg.stream_idle_timeout
+        if idle:
+            deadline = stream.last_activity + idle
         if cfg.request_timeout and not stream.request_complete:
             t = stream.start_monotonic + cfg.request_timeout
             deadline = t if deadline is None else min(deadline, t)
         return deadline
 
-    def _watch_stream(self, stream: ActiveStream) -> None:
+    def watch_stream(self, stream: ActiveStream) -> None:
         """Make the connection's one timer fire by the stream's deadline. Amortised: the timer
         is only moved when it would fire too late, not once per request."""
         deadline = self._stream_deadline(stream)
@@ -308,9 +312,9 @@ class ConnectionManager(ConnectionCallbacks):
         self.active = stream
         first_timeout = ctx.first_stream_timeout
         if first_timeout:
-            timer = self.idle_timer  # usually set to fire early enough already (_watch_stream)
+            timer = self.idle_timer  # usually set to fire early enough already (watch_stream)
             if timer is None or timer.deadline is None or timer.deadline > now + first_timeout:
-                self._watch_stream(stream)
+                self.watch_stream(stream)
         # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
         end_stream = not ev.content_length and not ev.chunked and ev.upgrade is None
         if end_stream:

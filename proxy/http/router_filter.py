@@ -35,6 +35,7 @@ class RouterFilter:
         self.ctx = ctx
         self.route = None
         self.cluster = None
+        self.limits = None            # the cluster's circuit breakers for the route's priority
         self.host = None
         self.pool_handle = None
         self.upstream = None          # UpstreamHttpConnection while attached
@@ -77,6 +78,8 @@ class RouterFilter:
                                        [(b"location", rd.location(head))])
             return
         action = route.action
+        if action.idle_timeout is not None:
+            stream.set_idle_timeout(action.idle_timeout)
         if stream.upgrade is not None and not ctx.route_upgrade_allowed(action, stream.upgrade):
             ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
             stream.send_local_reply(403, b"", None, "upgrade_failed")
@@ -96,7 +99,9 @@ class RouterFilter:
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
             return
         self.host = host
-        if not cluster.limits.try_acquire_request():
+        high = action.high_priority
+        limits = self.limits = cluster.high_limits if high else cluster.limits
+        if not limits.try_acquire_request():
             cstats.upstream_rq_pending_overflow.value += 1
             stream.send_local_reply(503, reset_body("overflow"), "UO",
                                     "upstream_reset_before_response_started{overflow}")
@@ -117,7 +122,7 @@ class RouterFilter:
                 not headers.has(b"content-length") and stream.upgrade is None)
         cstats.upstream_rq_total.value += 1
         cstats.upstream_rq_active.value += 1
-        self.pool_handle = cluster.pool_for(host).new_stream(self)
+        self.pool_handle = cluster.pool_for(host, high).new_stream(self)
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header
@@ -317,14 +322,14 @@ class RouterFilter:
                 or stream.upgrade is not None or head.method not in _IDEMPOTENT
                 or head.headers.get(b"content-length") not in (None, b"0")):
             return False
-        if not self.cluster.limits.try_acquire_retry():
+        if not self.limits.try_acquire_retry():
             # Envoy's circuit_breakers max_retries bounds concurrent retries cluster-wide.
             self.cluster.stats.upstream_rq_retry_overflow.value += 1
             return False
         self.retried = True
         self.holds_retry_slot = True
         self.cluster.stats.upstream_rq_retry.value += 1
-        self.pool_handle = self.cluster.pool_for(self.host).new_stream(self, fresh=True)
+        self.pool_handle = self._pool().new_stream(self, fresh=True)
         return True
 
     def on_upstream_watermark(self, above: bool) -> None:
@@ -344,7 +349,11 @@ class RouterFilter:
         cluster's upstream_rq_<code> stats too."""
         start = self.upstream_start or self.stream.start_monotonic
         self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0,
-                                           self.cluster.pool_for(self.host))
+                                           self._pool())
+
+    def _pool(self):
+        """The chosen host's pool for the route's priority."""
+        return self.cluster.pool_for(self.host, self.route.action.high_priority)
 
     # -- teardown -----------------------------------------------------------------------------------
     def _finish_upstream(self, reusable: bool) -> None:
@@ -373,10 +382,10 @@ class RouterFilter:
     def _release_request_slot(self) -> None:
         if self.holds_retry_slot:
             self.holds_retry_slot = False
-            self.cluster.limits.release_retry()
+            self.limits.release_retry()
         if self.holds_request_slot:
             self.holds_request_slot = False
-            self.cluster.limits.release_request()
+            self.limits.release_request()
             self.cluster.stats.upstream_rq_active.value -= 1
 
     def on_destroy(self) -> None:

@@ -36,7 +36,7 @@ class ActiveStream(StreamInfo):
     # store is cheaper than an instance dict's, and a stream takes a dozen of them.
     __slots__ = ("hcm", "head", "router", "request_complete", "response_started",
                  "response_complete", "keep_alive", "upgrade", "upgraded", "closed",
-                 "last_activity",
+                 "last_activity", "idle_timeout",
                  "start_time", "start_monotonic", "request_complete_monotonic",
                  "first_upstream_tx_monotonic", "first_upstream_rx_monotonic",
                  "response_start_monotonic", "end_monotonic", "request_headers",
@@ -57,6 +57,7 @@ class ActiveStream(StreamInfo):
         self.upgrade = upgrade
         self.start_time = start_time
         self.start_monotonic = self.last_activity = start_monotonic  # for stream_idle_timeout
+        self.idle_timeout = None  # the route's idle_timeout, when it overrides the HCM's
         self.request_complete_monotonic = self.first_upstream_tx_monotonic = None
         self.first_upstream_rx_monotonic = self.response_start_monotonic = None
         self.end_monotonic = self.response_headers = self.response_trailers = None
@@ -183,6 +184,12 @@ class ActiveStream(StreamInfo):
         self.hcm.stats.downstream_rq_tx_reset.value += 1
         self.keep_alive = False
         self.hcm.stream_done(self, reset=True)
+
+    def set_idle_timeout(self, timeout: float) -> None:
+        """The route's `idle_timeout` replaces the HCM's stream_idle_timeout for this stream
+        (0 disables it)."""
+        self.idle_timeout = timeout
+        self.hcm.watch_stream(self)
 
     def read_disable_downstream(self, disable: bool) -> None:
         self.hcm.connection.read_disable(disable)

@@ -46,6 +46,7 @@ class RouteAction:
     regex_rewrite: RegexRewrite | None = None
     host_rewrite_literal: bytes | None = None
     auto_host_rewrite: bool = False
+    high_priority: bool = False   # `priority: HIGH`: the cluster's HIGH circuit breakers and pools
     timeout: float = DEFAULT_ROUTE_TIMEOUT
     idle_timeout: float | None = None
     cluster_not_found_response_code: int = 503
@@ -140,12 +141,12 @@ def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation
 
 _ACTION_SUPPORTED = ("cluster", "cluster_header", "weighted_clusters", "prefix_rewrite",
                      "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "timeout",
-                     "idle_timeout", "cluster_not_found_response_code", "upgrade_configs")
+                     "idle_timeout", "cluster_not_found_response_code", "upgrade_configs", "priority")
 _ACTION_UNSUPPORTED = (
     "cluster_specifier_plugin", "inline_cluster_specifier_plugin", "metadata_match",
     "host_rewrite_header", "host_rewrite_path_regex", "append_x_forwarded_host",
     "path_rewrite_policy", "retry_policy", "retry_policy_typed_config", "request_mirror_policies",
-    "priority", "rate_limits", "include_vh_rate_limits", "hash_policy", "cors",
+    "rate_limits", "include_vh_rate_limits", "hash_policy", "cors",
     "max_grpc_timeout", "grpc_timeout_offset", "internal_redirect_policy",
     "internal_redirect_action", "max_internal_redirects", "hedge_policy", "max_stream_duration",
     "early_data_policy", "request_body_buffer_limit")
@@ -216,6 +217,7 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
         weighted_header_name=header_name, prefix_rewrite=prefix, regex_rewrite=regex,
         host_rewrite_literal=header_bytes(host_literal, f.at("host_rewrite_literal")) if host_literal else None,
         auto_host_rewrite=f.bool("auto_host_rewrite", False),
+        high_priority=f.enum("priority", ("DEFAULT", "HIGH"), "DEFAULT") == "HIGH",
         timeout=f.duration("timeout", DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=f.duration("idle_timeout", None),
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],

@@ -31,7 +31,7 @@ class ServerAdminContext:
             return []
         out = []
         for name, snap in sorted(cm.snapshots().items()):
-            t = snap.config.circuit_breakers
+            cfg = snap.config
             hosts = []
             for h in snap.hosts:
                 hosts.append({"address": h.address, "port": h.port, "weight": h.weight,
@@ -39,9 +39,11 @@ class ServerAdminContext:
                               "stats": self._host_stats(name, h)})
             out.append({"name": name, "hosts": hosts,
                         "circuit_breakers": {"thresholds": [{
-                            "priority": "DEFAULT", "max_connections": t.max_connections,
+                            "priority": prio, "max_connections": t.max_connections,
                             "max_pending_requests": t.max_pending_requests,
-                            "max_requests": t.max_requests, "max_retries": t.max_retries}]}})
+                            "max_requests": t.max_requests, "max_retries": t.max_retries}
+                            for prio, t in (("DEFAULT", cfg.circuit_breakers),
+                                            ("HIGH", cfg.high_priority_circuit_breakers))]}})
         return out
 
     def _host_stats(self, cluster: str, host) -> dict:
@@ -52,16 +54,14 @@ class ServerAdminContext:
                              "rq_success", "rq_error"), 0)
         for w in list(self.server.workers):
             wc = w.clusters.get(cluster)
-            pool = wc.pools.get(host.key) if wc is not None else None
-            if pool is None:
-                continue
-            out["cx_total"] += pool.cx_total
-            out["cx_active"] += pool.cx_active
-            out["cx_connect_fail"] += pool.cx_connect_fail
-            out["rq_total"] += pool.rq_total
-            out["rq_active"] += pool.active_requests
-            out["rq_success"] += pool.rq_success
-            out["rq_error"] += pool.rq_error
+            for pool in wc.host_pools(host.key) if wc is not None else ():
+                out["cx_total"] += pool.cx_total
+                out["cx_active"] += pool.cx_active
+                out["cx_connect_fail"] += pool.cx_connect_fail
+                out["rq_total"] += pool.rq_total
+                out["rq_active"] += pool.active_requests
+                out["rq_success"] += pool.rq_success
+                out["rq_error"] += pool.rq_error
         return out
 
     def config_dump(self) -> dict:

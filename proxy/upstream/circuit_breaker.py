@@ -112,15 +112,16 @@ class ResourceLimits:
         with self._counts_lock:
             return LimitsState(self._cx, self._pending, self._rq, self._retries)
 
-    def gauges(self) -> dict[str, int]:
-        """Envoy's `circuit_breakers.default.*` gauges (names relative to `cluster.<name>.`).
+    def gauges(self, priority: str = "default") -> dict[str, int]:
+        """Envoy's `circuit_breakers.<priority>.*` gauges (names relative to `cluster.<name>.`;
+        `priority` is `default` or `high`).
 
         `*_open` is 1 while the resource is at its limit; `remaining_*` are present only when
-        the DEFAULT thresholds set `track_remaining`, as in Envoy.
+        the thresholds set `track_remaining`, as in Envoy.
         """
         s = self.state()
         t = self.thresholds
-        p = "circuit_breakers.default."
+        p = f"circuit_breakers.{priority}."
         out = {
             p + "cx_open": int(s.connections >= t.max_connections),
             p + "rq_pending_open": int(s.pending_requests >= t.max_pending_requests),

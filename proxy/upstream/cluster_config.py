@@ -105,7 +105,7 @@ class EndpointConfig:
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Circuit-breaker limits for the DEFAULT routing priority (Envoy's defaults)."""
+    """Circuit-breaker limits for one routing priority (DEFAULT or HIGH; Envoy's defaults)."""
 
     max_connections: int = 1024
     max_pending_requests: int = 1024

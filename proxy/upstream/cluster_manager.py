@@ -48,11 +48,12 @@ class StatsSink(Protocol):
 class _ClusterState:
     """Main-thread bookkeeping for one cluster."""
 
-    __slots__ = ("config", "limits", "target_hosts", "next_refresh", "snapshot")
+    __slots__ = ("config", "limits", "high_limits", "target_hosts", "next_refresh", "snapshot")
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.limits = ResourceLimits(config.circuit_breakers)
+        self.high_limits = ResourceLimits(config.high_priority_circuit_breakers)
         # One tuple of hosts per configured endpoint (a DNS "resolve target" in Envoy).
         self.target_hosts: list[tuple[Host, ...]] = [() for _ in config.endpoints]
         self.next_refresh = -math.inf
@@ -171,7 +172,7 @@ class ClusterManager:
 
     def _rebuild(self, state: _ClusterState, hosts: tuple[Host, ...]) -> None:
         cfg = state.config
-        state.snapshot = ClusterSnapshot(cfg.name, cfg, hosts, state.limits)
+        state.snapshot = ClusterSnapshot(cfg.name, cfg, hosts, state.limits, state.high_limits)
         self._set_gauge(f"cluster.{cfg.name}.membership_total", len(hosts))
         # Health comes from the endpoints' health_status (no active health checking yet).
         healthy, degraded = by_health(hosts)
@@ -187,8 +188,9 @@ class ClusterManager:
         if self._stats is None:
             return
         for name, state in self._clusters.items():
-            for stat, value in state.limits.gauges().items():
-                self._set_gauge(f"cluster.{name}.{stat}", value)
+            for priority, limits in (("default", state.limits), ("high", state.high_limits)):
+                for stat, value in limits.gauges(priority).items():
+                    self._set_gauge(f"cluster.{name}.{stat}", value)
 
     def _count(self, name: str) -> None:
         if self._stats is not None:

@@ -3,8 +3,8 @@
 Bookkeeping only (httpcore's lesson): the pool keeps each upstream connection in one state
 list (connecting / ready / busy), a FIFO of pending requests, and decides which request
 gets which connection. Connections and routers do the I/O.
-Limits: `max_connections` and `max_pending_requests` are cluster-wide (ResourceLimits, shared by
-all workers); like Envoy, a pool with no connection at all may always open one, so one worker
+Limits: `max_connections` and `max_pending_requests` are cluster-wide (the ResourceLimits of the
+pool's routing priority, shared by all workers); like Envoy, a pool with no connection at all may always open one, so one worker
 cannot be starved by the others.
 Thread affinity: one worker. Must not: block.
 """
@@ -35,13 +35,14 @@ class PendingRequest:
 
 
 class HttpConnPool:
-    __slots__ = ("cluster", "host", "host_str", "address", "ready", "busy", "connecting", "pending",
+    __slots__ = ("cluster", "host", "limits", "host_str", "address", "ready", "busy", "connecting", "pending",
                  "draining", "active_requests", "idle_timer", "rq_total", "rq_success", "rq_error",
                  "cx_total", "cx_connect_fail")
 
-    def __init__(self, cluster, host) -> None:
+    def __init__(self, cluster, host, limits) -> None:
         self.cluster = cluster            # WorkerCluster
         self.host = host
+        self.limits = limits              # the cluster's ResourceLimits for this pool's priority
         self.host_str = str(host)
         self.address = (host.address, host.port)
         self.ready: list[UpstreamHttpConnection] = []
@@ -70,7 +71,7 @@ class HttpConnPool:
             self.busy.add(conn)
             router.on_pool_ready(conn)
             return None
-        limits = self.cluster.limits
+        limits = self.limits
         stats = self.cluster.stats
         if len(self.connecting) < len(self.pending) + 1:
             if limits.try_acquire_connection():
@@ -99,7 +100,7 @@ class HttpConnPool:
         self.active_requests -= 1
 
     def _pending_done(self) -> None:
-        self.cluster.limits.release_pending()
+        self.limits.release_pending()
         self.cluster.stats.upstream_rq_pending_active.value -= 1
 
     def _attach(self, conn: UpstreamHttpConnection, router) -> None:
@@ -179,7 +180,7 @@ class HttpConnPool:
         self._count_bytes(conn)
         if conn.holds_slot:
             conn.holds_slot = False
-            c.limits.release_connection()
+            self.limits.release_connection()
         self.connecting.discard(conn)
         if conn in self.busy:
             self.busy.discard(conn)
@@ -202,7 +203,7 @@ class HttpConnPool:
                 self.active_requests -= 1
                 p.router.on_pool_failure(text, "UF")
         elif self.pending and not self.connecting:
-            self._open(holds_slot=self.cluster.limits.try_acquire_connection())
+            self._open(holds_slot=self.limits.try_acquire_connection())
 
     def drain(self) -> None:
         """Close idle connections; busy ones close when released."""

@@ -94,13 +94,15 @@ def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tu
 
 @dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
-    """What a worker needs to route to a cluster: its config, current hosts, shared limits,
-    and the hosts its load balancers pick from (`lb_hosts`, `panic`: see `lb_hosts()`)."""
+    """What a worker needs to route to a cluster: its config, current hosts, shared limits (one
+    ResourceLimits per routing priority), and the hosts its load balancers pick from
+    (`lb_hosts`, `panic`: see `lb_hosts()`)."""
 
     name: str
     config: ClusterConfig
     hosts: tuple[Host, ...]
     limits: ResourceLimits
+    high_limits: ResourceLimits   # the circuit breakers of routes with `priority: HIGH`
     lb_hosts: tuple[Host, ...] = field(init=False, compare=False, repr=False)
     panic: bool = field(init=False, compare=False, repr=False)
 

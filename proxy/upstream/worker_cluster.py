@@ -2,7 +2,9 @@
 and the worker's `cluster.<name>.*` stat handles.
 
 Main publishes a new ClusterSnapshot (immutable); the worker calls `update()` on its own
-thread, which rebuilds the balancer and drains pools of hosts that left.
+thread, which rebuilds the balancer and drains pools of hosts that left. As in Envoy, each
+routing priority has its own pools per host (`pools`, `high_pools`), held to that priority's
+circuit breakers (`limits`, `high_limits`).
 Thread affinity: one worker.
 """
 
@@ -63,7 +65,8 @@ class WorkerCluster:
         self.worker = worker
         self.name = snapshot.name
         self.stats = ClusterStats(worker.stats, snapshot.name)
-        self.pools: dict[tuple[str, int], HttpConnPool] = {}
+        self.pools: dict[tuple[str, int], HttpConnPool] = {}       # DEFAULT priority
+        self.high_pools: dict[tuple[str, int], HttpConnPool] = {}  # routes with priority HIGH
         self.codec_impl = worker.codec_impl
         self.update(snapshot)
 
@@ -71,6 +74,7 @@ class WorkerCluster:
         self.snapshot = snapshot
         self.config = snapshot.config
         self.limits = snapshot.limits
+        self.high_limits = snapshot.high_limits
         self.panic = snapshot.panic
         self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
         self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)
@@ -78,23 +82,30 @@ class WorkerCluster:
         # is counted, as Envoy does. Bound per snapshot: no wrapper frame per request.
         self.choose_host = self._choose_in_panic if self.panic else self.lb.choose
         keep = {h.key for h in snapshot.hosts}
-        for key in [k for k in self.pools if k not in keep]:
-            self.pools.pop(key).drain()
+        for pools in (self.pools, self.high_pools):
+            for key in [k for k in pools if k not in keep]:
+                pools.pop(key).drain()
+
+    def host_pools(self, key: tuple[str, int]) -> list[HttpConnPool]:
+        """The host's pools, one per routing priority in use."""
+        return [p for p in (self.pools.get(key), self.high_pools.get(key)) if p is not None]
 
     def _active_requests(self, host) -> int:
-        pool = self.pools.get(host.key)
-        return pool.active_requests if pool is not None else 0
+        return sum(p.active_requests for p in self.host_pools(host.key))
 
     def _choose_in_panic(self):
         self.stats.lb_healthy_panic.value += 1
         return self.lb.choose()
 
-    def pool_for(self, host) -> HttpConnPool:
-        pool = self.pools.get(host.key)
+    def pool_for(self, host, high_priority: bool = False) -> HttpConnPool:
+        pools = self.high_pools if high_priority else self.pools
+        pool = pools.get(host.key)
         if pool is None:
-            pool = self.pools[host.key] = HttpConnPool(self, host)
+            limits = self.high_limits if high_priority else self.limits
+            pool = pools[host.key] = HttpConnPool(self, host, limits)
         return pool
 
     def drain(self) -> None:
-        for pool in self.pools.values():
-            pool.drain()
+        for pools in (self.pools, self.high_pools):
+            for pool in pools.values():
+                pool.drain()

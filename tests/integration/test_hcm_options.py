@@ -57,6 +57,30 @@ def test_stream_idle_timeout_does_not_cut_a_request_that_keeps_moving(upstream, 
     assert p.counters().get("http.ingress_http.downstream_rq_idle_timeout", 0) == 0
 
 
+def test_route_idle_timeout_overrides_the_hcm_stream_idle_timeout(upstream, proxy_factory):
+    """Route `idle_timeout` replaces stream_idle_timeout for its route, as in Envoy; 0 disables
+    it. The upstream answers after 1 s, with no byte moving meanwhile."""
+    def config(hcm_timeout):
+        rts = [{"match": {"prefix": "/short/"}, "route": {"cluster": "backend", "prefix_rewrite": "/",
+                                                          "idle_timeout": "0.3s"}},
+               {"match": {"prefix": "/off/"}, "route": {"cluster": "backend", "prefix_rewrite": "/",
+                                                        "idle_timeout": "0s"}},
+               {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]
+        return front_proxy_config(rts, [static_cluster("backend", upstream.port)],
+                                  stream_idle_timeout=hcm_timeout)
+
+    p = proxy_factory(config("3s"))  # longer than the upstream's 1 s: only the route's can fire
+    r = request(p.port, "/short/delay/1")
+    assert r.status == 408 and r.body == b"stream timeout"
+    assert request(p.port, "/delay/1").status == 200
+    assert p.counters()["http.ingress_http.downstream_rq_idle_timeout"] == 1
+
+    p = proxy_factory(config("0.3s"))  # shorter than the upstream's 1 s
+    assert request(p.port, "/off/delay/1").status == 200   # disabled on this route
+    assert request(p.port, "/delay/1").status == 408
+    assert p.counters()["http.ingress_http.downstream_rq_idle_timeout"] == 1
+
+
 def test_request_timeout_answers_408_request_timeout(upstream, proxy_factory):
     p = proxy_factory(front_proxy_config(routes(), [static_cluster("backend", upstream.port)],
                                          request_timeout="0.3s"))

@@ -336,3 +336,22 @@ def test_remaining_gauges_only_with_track_remaining():
     tracked = ResourceLimits(Thresholds(max_requests=5, track_remaining=True))
     tracked.try_acquire_request()
     assert tracked.gauges()["circuit_breakers.default.remaining_rq"] == 4
+
+
+def test_high_priority_circuit_breakers_are_their_own_limits_and_gauges():
+    stats = FakeStats()
+    cfg = parse_cluster({"name": "s", "hosts": [{"socket_address": {"address": "127.0.0.1", "port_value": 1}}],
+                         "circuit_breakers": {"thresholds": [
+                             {"max_requests": 1},
+                             {"priority": "HIGH", "max_requests": 2, "track_remaining": True}]}},
+                        "c")
+    cm, _, _ = make([cfg], FakeResolver(), stats)
+    cm.initialize()
+    snap = cm.snapshots()["s"]
+    assert snap.limits is not snap.high_limits
+    assert snap.limits.try_acquire_request() and not snap.limits.try_acquire_request()
+    assert snap.high_limits.try_acquire_request()  # DEFAULT being full does not touch HIGH
+    cm.tick()
+    assert stats["cluster.s.circuit_breakers.default.rq_open"] == 1
+    assert stats["cluster.s.circuit_breakers.high.rq_open"] == 0
+    assert stats["cluster.s.circuit_breakers.high.remaining_rq"] == 1

@@ -21,7 +21,7 @@ def hosts(*weights: int) -> tuple[Host, ...]:
 
 def snapshot(policy: str, hs: tuple[Host, ...], choice_count: int = 2) -> ClusterSnapshot:
     cfg = ClusterConfig(name="c", lb_policy=policy, least_request_choice_count=choice_count)
-    return ClusterSnapshot("c", cfg, hs, ResourceLimits(Thresholds()))
+    return ClusterSnapshot("c", cfg, hs, ResourceLimits(Thresholds()), ResourceLimits(Thresholds()))
 
 
 def no_load(_: Host) -> int:

@@ -304,3 +304,16 @@ def test_require_tls_builds_redirect_route():
     assert vh.require_tls == "ALL"
     assert vh.tls_redirect_route.redirect.https_redirect is True
     assert vh.tls_redirect_route.redirect.response_code == 301
+
+
+def test_route_priority_high_is_parsed_and_default_otherwise():
+    routes = [{"match": {"prefix": "/a"}, "route": {"cluster": "c", "priority": "HIGH"}},
+              {"match": {"prefix": "/b"}, "route": {"cluster": "c", "priority": "DEFAULT"}},
+              {"match": {"prefix": "/c"}, "route": {"cluster": "c"}}]
+    got = [r.action.high_priority for r in parse(rc(routes)).virtual_hosts[0].routes]
+    assert got == [True, False, False]
+
+
+def test_route_priority_unknown_value_names_the_field():
+    msg = error(rc([{"match": {"prefix": "/"}, "route": {"cluster": "c", "priority": "URGENT"}}]))
+    assert msg.startswith("route_config.virtual_hosts[0].routes[0].route.priority:"), msg

@@ -252,14 +252,18 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP)
         else:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
-        if not self.ctx.router_config.suppress_envoy_headers:
+        rc = self.ctx.router_config
+        if not rc.suppress_envoy_headers:
             ms = int((now - self.upstream_start) * 1000)
             headers.fields.append((b"x-envoy-upstream-service-time",
                                    _MS[ms] if ms < 1000 else b"%d" % ms))
         if self.route.response_mutations:
             apply_mutations(self.route.response_mutations, headers, stream)
-        cstats = self.cluster.stats
-        cstats.record_response(ev.status, (now - self.upstream_start) * 1000.0, self.upstream.pool)
+        if rc.dynamic_stats:
+            self.cluster.stats.record_response(ev.status, (now - self.upstream_start) * 1000.0,
+                                               self.upstream.pool)
+        elif ev.status < 500:
+            self.upstream.pool.rq_success += 1  # Envoy counts a host's successes either way
         # The end of the response always arrives as the codec's MessageComplete. The reason
         # phrase is not passed on: like Envoy, the downstream codec writes the standard one
         # (an upstream's may carry bytes a client should not see).
@@ -346,7 +350,9 @@ class RouterFilter:
 
     def _charge_local(self, status: int) -> None:
         """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
-        cluster's upstream_rq_<code> stats too."""
+        cluster's upstream_rq_<code> stats too (dynamic stats, like a response's)."""
+        if not self.ctx.router_config.dynamic_stats:
+            return
         start = self.upstream_start or self.stream.start_monotonic
         self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0,
                                            self._pool())

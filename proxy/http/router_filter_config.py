@@ -30,6 +30,7 @@ _UNSUPPORTED = ("upstream_log", "upstream_log_options", "upstream_http_filters")
 
 @dataclass(frozen=True, slots=True)
 class RouterFilterConfig:
+    # False: no upstream_rq_<code>/<class>xx/completed and no upstream_rq_time, as in Envoy.
     dynamic_stats: bool = True
     start_child_span: bool = False
     suppress_envoy_headers: bool = False

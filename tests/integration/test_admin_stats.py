@@ -175,3 +175,35 @@ def test_byte_and_connection_gauges_are_counted_while_connections_stay_open(upst
         assert p.gauges()["server.total_connections"] == 1
     finally:
         s.close()
+
+
+def test_router_dynamic_stats_false_skips_per_code_stats_and_upstream_rq_time(upstream, proxy_factory):
+    """Envoy's router `dynamic_stats: false`: no upstream_rq_<code>/<class>xx/completed and no
+    upstream_rq_time; upstream_rq_total and the host's rq_success still count."""
+    router = {"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        "dynamic_stats": False}}
+    p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}],
+                                         [static_cluster("c1", upstream.port)], http_filters=[router]))
+    for _ in range(N):
+        echo(p.port, "/")
+    counters = p.counters()
+    assert counters["cluster.c1.upstream_rq_total"] == N
+    assert counters.get("cluster.c1.upstream_rq_200", 0) == 0
+    assert counters.get("cluster.c1.upstream_rq_2xx", 0) == 0
+    assert counters.get("cluster.c1.upstream_rq_completed", 0) == 0
+    status, body = p.admin("/stats/prometheus")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body) for s in fam.samples}
+    assert samples.get(("envoy_cluster_upstream_rq_time_count", (("envoy_cluster_name", "c1"),)), 0) == 0
+    assert f"c1::127.0.0.1:{upstream.port}::rq_success::{N}" in p.admin("/clusters")[1].splitlines()
+
+
+def test_router_dynamic_stats_default_counts_per_code_and_upstream_rq_time(busy_proxy):
+    counters = busy_proxy.counters()
+    assert counters["cluster.c1.upstream_rq_200"] == N
+    assert counters["cluster.c1.upstream_rq_completed"] == N
+    status, body = busy_proxy.admin("/stats/prometheus")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body) for s in fam.samples}
+    assert samples[("envoy_cluster_upstream_rq_time_count", (("envoy_cluster_name", "c1"),))] == N

@@ -8,6 +8,7 @@ Must not: hold per-connection state.
 
 from __future__ import annotations
 
+from ..network.address import node_address
 from ..router.table import RouteTable
 from .conn_manager import ConnectionManager
 from .headers import HOP_BY_HOP
@@ -31,6 +32,10 @@ class HcmFactory:
         self.router_config = router_cfg or RouterFilterConfig()
         self.upgrades = frozenset(u.upgrade_type for u in config.upgrade_configs if u.enabled)
         self.server_name = config.server_name.encode()
+        # What x-forwarded-for gets for a loopback peer (use_remote_address): this host's
+        # address, as Envoy appends its local_info address there.
+        self.local_address = (node_address().encode()
+                              if config.use_remote_address and not config.skip_xff_append else b"")
         self.via = config.via.encode() if config.via else b""
         # What a request loses before routing (request_headers.py): for an upgrade request
         # the hop-by-hop fields but Connection and Upgrade.
@@ -54,7 +59,7 @@ class HcmFactory:
 
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
-                 "server_name", "via", "request_headers_removed",
+                 "server_name", "local_address", "via", "request_headers_removed",
                  "upgrade_request_headers_removed", "first_stream_timeout",
                  "response_fields", "worker", "stats")
 
@@ -66,6 +71,7 @@ class HcmContext:
         self.router_config = factory.router_config
         self.upgrades = factory.upgrades
         self.server_name = factory.server_name
+        self.local_address = factory.local_address
         self.via = factory.via
         self.request_headers_removed = factory.request_headers_removed
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed

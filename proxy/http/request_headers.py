@@ -13,13 +13,15 @@ that default, so every request is external here. For external requests Envoy dro
 that would steer its router (x-envoy-retry-on, x-envoy-upstream-rq-timeout-ms, ...), always
 drops x-envoy-internal, and at the edge (use_remote_address) also drops the fields naming the
 caller and sets x-envoy-external-address to the client's address (HTTP header sanitizing,
-Envoy docs).
+Envoy docs). x-forwarded-for gets the peer's address, or this host's (`ctx.local_address`) when
+the peer is on loopback, as Envoy does.
 Thread affinity: the worker that owns the request. Must not: do I/O or answer requests (the
 connection manager decides what to refuse).
 """
 
 from __future__ import annotations
 
+from ..network.address import is_loopback
 from .headers import Headers, RequestHead, append_via
 
 __all__ = ["mutate_request_headers", "absolute_form", "request_fields_removed"]
@@ -72,7 +74,8 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
     if cfg.use_remote_address:
         if not cfg.skip_xff_append:
             xff = headers.get(b"x-forwarded-for")
-            ip = remote_ip.encode()
+            # Envoy appends its own address, not the peer's, when the peer is on loopback.
+            ip = ctx.local_address if is_loopback(remote_ip) else remote_ip.encode()
             headers.set(b"x-forwarded-for", xff + b", " + ip if xff else ip)
         headers.set(b"x-forwarded-proto", b"http")
         # The edge: the first ingress into the trusted network (x-envoy-external-address).

@@ -91,7 +91,10 @@ class WorkerCluster:
         return [p for p in (self.pools.get(key), self.high_pools.get(key)) if p is not None]
 
     def _active_requests(self, host) -> int:
-        return sum(p.active_requests for p in self.host_pools(host.key))
+        """For LEAST_REQUEST, per pick: the host's requests over both priorities' pools."""
+        pool, high = self.pools.get(host.key), self.high_pools.get(host.key)
+        return ((pool.active_requests if pool is not None else 0)
+                + (high.active_requests if high is not None else 0))
 
     def _choose_in_panic(self):
         self.stats.lb_healthy_panic.value += 1

@@ -119,3 +119,28 @@ def test_stale_connection_retry_respects_the_max_retries_circuit_breaker(proxy_f
         assert p.counters().get("cluster.backend.upstream_rq_retry", 0) == 0
     finally:
         up.close()
+
+
+def test_least_request_sends_a_new_request_to_the_idle_host(upstream, upstream2, proxy_factory):
+    """LEAST_REQUEST through the proxy: with one request in flight on one host, the next goes to
+    the other. choice_count 30 over two hosts makes a draw that misses the idle host a
+    2^-29 event, so the pick is decided by the active-request counts alone."""
+    import threading
+
+    from .clients import request
+    cluster = static_cluster("backend", upstream.port, upstream2.port, lb_policy="LEAST_REQUEST",
+                             least_request_lb_config={"choice_count": 30})
+    p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                                         [cluster]))
+    replies: list = []
+    threads = []
+    for n in (1, 2):
+        t = threading.Thread(target=lambda: replies.append(request(p.port, "/delay/1", timeout=10)))
+        t.start()
+        threads.append(t)
+        assert p.wait_for(lambda: p.gauges().get("cluster.backend.upstream_rq_active") == n)
+    for t in threads:
+        t.join(10)
+    assert [r.status for r in replies] == [200, 200]
+    delayed = [[r for r in up.requests if r[1] == "/delay/1"] for up in (upstream, upstream2)]
+    assert [len(d) for d in delayed] == [1, 1]

@@ -144,3 +144,21 @@ def test_least_request_sends_a_new_request_to_the_idle_host(upstream, upstream2,
     assert [r.status for r in replies] == [200, 200]
     delayed = [[r for r in up.requests if r[1] == "/delay/1"] for up in (upstream, upstream2)]
     assert [len(d) for d in delayed] == [1, 1]
+
+
+def test_random_spreads_requests_by_weight(upstream, upstream2, proxy_factory):
+    """RANDOM through the proxy: weights 1 and 3 over 200 requests. The bounds are 6 standard
+    deviations wide (the share of the weight-3 host has mean 150, sd 6.1)."""
+    cluster = static_cluster("backend", lb_policy="RANDOM")
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}},
+         "load_balancing_weight": weight}
+        for port, weight in ((upstream.port, 1), (upstream2.port, 3))]
+    p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                                         [cluster]))
+    for _ in range(200):
+        echo(p.port, "/random")
+    heavy = sum(1 for r in upstream2.requests if r[1] == "/random")
+    light = sum(1 for r in upstream.requests if r[1] == "/random")
+    assert heavy + light == 200
+    assert 113 <= heavy <= 187, (light, heavy)

@@ -13,6 +13,8 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 
+from .servers import close_listener
+
 
 @dataclass
 class Reply:
@@ -96,11 +98,7 @@ class RawUpstream:
 
     def close(self) -> None:
         self._stop = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_listener(self.sock, self.thread)
 
 
 def read_request_head(sock) -> bytes:

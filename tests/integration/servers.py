@@ -121,7 +121,8 @@ class AcceptLoop:
         self.lsock = socket.create_server(("127.0.0.1", 0))
         self.port = self.lsock.getsockname()[1]
         self.connections = 0
-        threading.Thread(target=self._accept, daemon=True, name=name).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name=name)
+        self._thread.start()
 
     def _accept(self) -> None:
         while True:
@@ -136,7 +137,21 @@ class AcceptLoop:
         raise NotImplementedError
 
     def close(self) -> None:
-        self.lsock.close()
+        close_listener(self.lsock, self._thread)
+
+
+def close_listener(lsock: socket.socket, accept_thread: threading.Thread) -> None:
+    """Stop an accept thread, then close its socket. Closing first is not enough: a thread
+    blocked in (or about to enter) accept() keeps the listening socket alive, or, once the fd
+    number is reused, accepts on whatever socket gets it next, and serves a later test's
+    connections with this server's handler (seen on free-threaded 3.14t). shutdown() wakes
+    accept() with an error; the join makes sure the thread is gone before the fd is freed."""
+    try:
+        lsock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    accept_thread.join(5)
+    lsock.close()
 
 
 class RawHttpUpstream(AcceptLoop):

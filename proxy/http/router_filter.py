@@ -35,7 +35,7 @@ class RouterFilter:
         self.ctx = ctx
         self.route = None
         self.cluster = None
-        self.limits = None            # the cluster's circuit breakers for the route's priority
+        self.pool = None              # the host's pool for the route's priority (its `limits`)
         self.host = None
         self.pool_handle = None
         self.upstream = None          # UpstreamHttpConnection while attached
@@ -99,9 +99,8 @@ class RouterFilter:
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
             return
         self.host = host
-        high = action.high_priority
-        limits = self.limits = cluster.high_limits if high else cluster.limits
-        if not limits.try_acquire_request():
+        pool = self.pool = cluster.pool_for(host, action.high_priority)
+        if not pool.limits.try_acquire_request():
             cstats.upstream_rq_pending_overflow.value += 1
             stream.send_local_reply(503, reset_body("overflow"), "UO",
                                     "upstream_reset_before_response_started{overflow}")
@@ -122,7 +121,7 @@ class RouterFilter:
                 not headers.has(b"content-length") and stream.upgrade is None)
         cstats.upstream_rq_total.value += 1
         cstats.upstream_rq_active.value += 1
-        self.pool_handle = cluster.pool_for(host, high).new_stream(self)
+        self.pool_handle = pool.new_stream(self)
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header
@@ -326,14 +325,14 @@ class RouterFilter:
                 or stream.upgrade is not None or head.method not in _IDEMPOTENT
                 or head.headers.get(b"content-length") not in (None, b"0")):
             return False
-        if not self.limits.try_acquire_retry():
+        if not self.pool.limits.try_acquire_retry():
             # Envoy's circuit_breakers max_retries bounds concurrent retries cluster-wide.
             self.cluster.stats.upstream_rq_retry_overflow.value += 1
             return False
         self.retried = True
         self.holds_retry_slot = True
         self.cluster.stats.upstream_rq_retry.value += 1
-        self.pool_handle = self._pool().new_stream(self, fresh=True)
+        self.pool_handle = self.pool.new_stream(self, fresh=True)
         return True
 
     def on_upstream_watermark(self, above: bool) -> None:
@@ -355,11 +354,7 @@ class RouterFilter:
             return
         start = self.upstream_start or self.stream.start_monotonic
         self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0,
-                                           self._pool())
-
-    def _pool(self):
-        """The chosen host's pool for the route's priority."""
-        return self.cluster.pool_for(self.host, self.route.action.high_priority)
+                                           self.pool)
 
     # -- teardown -----------------------------------------------------------------------------------
     def _finish_upstream(self, reusable: bool) -> None:
@@ -388,10 +383,10 @@ class RouterFilter:
     def _release_request_slot(self) -> None:
         if self.holds_retry_slot:
             self.holds_retry_slot = False
-            self.limits.release_retry()
+            self.pool.limits.release_retry()
         if self.holds_request_slot:
             self.holds_request_slot = False
-            self.limits.release_request()
+            self.pool.limits.release_request()
             self.cluster.stats.upstream_rq_active.value -= 1
 
     def on_destroy(self) -> None:

@@ -14,7 +14,7 @@ from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_client_codec
 from .codec.errors import CodecError
-from .codec.events import Data, Informational, MessageComplete, ResponseHeaders
+from .codec.events import END_OF_MESSAGE, Data, Informational, MessageComplete, ResponseHeaders
 
 __all__ = ["UpstreamHttpConnection"]
 
@@ -51,14 +51,19 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.connection.connect(address, connect_timeout)
 
     # -- used by the router ---------------------------------------------------------------------
-    def send_request(self, router, head, chunked: bool, upgrade: bool = False) -> None:
-        """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
+    def send_request(self, router, head, chunked: bool, upgrade: bool, whole: bool) -> None:
+        """`upgrade`: the request asks to switch protocols (only then may a 101 answer it).
+        `whole`: the head is the whole request (no body follows): it is sent at once."""
         self.router = router
         self.requests += 1
         self.response_done = False
         self.upgrade_requested = upgrade
-        self.connection.write(self.codec.encode_request_head(
-            head.method, head.path, head.headers.fields, chunked, head.authority))
+        data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
+                                              chunked, head.authority)
+        if whole:
+            self.connection.send(data)
+        else:
+            self.connection.write(data)
 
     def send_body(self, data: bytes) -> None:
         self.connection.write(self.codec.encode_body(data))
@@ -82,6 +87,14 @@ class UpstreamHttpConnection(ConnectionCallbacks):
             events = self.codec.feed(data)
         except CodecError as e:
             self._fail("protocol error", "UPE", 502, e)
+            return
+        n = len(events)
+        if (n == 3 or n == 2) and events[-1] is END_OF_MESSAGE and router is not None \
+                and type(events[0]) is ResponseHeaders:
+            # The usual response: head, body (if any) and end in one read, in one call. (Such
+            # a head is never a 101: a tunnel has no end.)
+            self.response_done = True
+            router.on_upstream_headers(events[0], events[1].data if n == 3 else b"")
             return
         for ev in events:
             router = self.router

@@ -212,7 +212,8 @@ class RouterFilter:
         stream.upstream_host = upstream.pool.host_str
         stream.upstream_local_address = upstream.connection.local_address
         self.upstream_start = stream.first_upstream_tx_monotonic = time.monotonic()
-        upstream.send_request(self, stream.head, self.chunked, stream.upgrade is not None)
+        upstream.send_request(self, stream.head, self.chunked, stream.upgrade is not None,
+                              self.request_ended and not self.chunked and not self.buffered)
         if self.buffered:
             for chunk in self.buffered:
                 upstream.send_body(chunk)
@@ -237,7 +238,9 @@ class RouterFilter:
                                      "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
 
     # -- upstream response ---------------------------------------------------------------------------
-    def on_upstream_headers(self, ev: ResponseHeaders) -> None:
+    def on_upstream_headers(self, ev: ResponseHeaders, body: bytes | None = None) -> None:
+        """The response head; with `body`, the whole response (head, body and end arrived in
+        one read: the usual case), handed to the stream in one call."""
         if self.done:
             return
         stream = self.stream
@@ -263,10 +266,14 @@ class RouterFilter:
                                                self.upstream.pool)
         elif ev.status < 500:
             self.upstream.pool.rq_success += 1  # Envoy counts a host's successes either way
-        # The end of the response always arrives as the codec's MessageComplete. The reason
-        # phrase is not passed on: like Envoy, the downstream codec writes the standard one
-        # (an upstream's may carry bytes a client should not see).
-        stream.encode_headers(ResponseHead(ev.status, headers), False)
+        # The reason phrase is not passed on: like Envoy, the downstream codec writes the
+        # standard one (an upstream's may carry bytes a client should not see).
+        if body is None:  # the rest follows: on_upstream_data, on_upstream_complete
+            stream.encode_headers(ResponseHead(ev.status, headers), False)
+            return
+        self._finish_upstream(self.request_ended)  # as on_upstream_complete
+        self.done = True
+        stream.encode_headers(ResponseHead(ev.status, headers), True, body)
 
     def on_upstream_data(self, data: bytes) -> None:
         if self.done:

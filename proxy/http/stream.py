@@ -88,8 +88,10 @@ class ActiveStream(StreamInfo):
         return "HTTP/1.1" if self.head.http_version == b"1.1" else "HTTP/1.0"
 
     # -- encode path (called by the router filter) ----------------------------------------
-    def encode_headers(self, head: ResponseHead, end_stream: bool) -> None:
-        """A response head: Envoy's response header rules for this HCM, then the codec."""
+    def encode_headers(self, head: ResponseHead, end_stream: bool, body: bytes | None = None) -> None:
+        """A response head: Envoy's response header rules for this HCM, then the codec.
+        With `body` (and `end_stream`), the whole response: head, body and end go out as
+        one write, sent at once (the usual upstream response arrives in one read)."""
         if self.closed:
             return
         hcm = self.hcm
@@ -121,8 +123,16 @@ class ActiveStream(StreamInfo):
             hcm.stats.downstream_cx_upgrades_total.value += 1
             hcm.stats.downstream_cx_upgrades_active.value += 1
         req = self.head
-        hcm.connection.write(hcm.codec.encode_response_head(
-            status, None, headers.fields, req.method, req.http_version, self.keep_alive))
+        codec = hcm.codec
+        data = codec.encode_response_head(status, None, headers.fields, req.method,
+                                          req.http_version, self.keep_alive)
+        if body is None:
+            hcm.connection.write(data)
+        else:
+            if body:
+                self.bytes_sent += len(body)
+                data += codec.encode_body(body)
+            hcm.connection.send(data + codec.encode_end(None))
         if self.upgrade is not None:
             hcm.resume_held()
         if end_stream:
@@ -169,11 +179,7 @@ class ActiveStream(StreamInfo):
         """A response the proxy made itself (local reply, direct response, redirect): its head,
         then its body unless the request was HEAD (Envoy sends the headers only, with the
         content-length of the body it would have sent)."""
-        if self.head.method == b"HEAD":
-            body = b""
-        self.encode_headers(head, end_stream=not body)
-        if body:
-            self.encode_data(body, end_stream=True)
+        self.encode_headers(head, True, b"" if self.head.method == b"HEAD" else body)
 
     def reset(self, details: str = "") -> None:
         """Abort the stream: the downstream connection is closed (HTTP/1.1 has no stream reset)."""

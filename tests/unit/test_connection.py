@@ -160,3 +160,44 @@ def test_small_writes_of_one_iteration_leave_in_one_send_large_ones_in_one_sendm
         got += peer.recv(1 << 16)
     assert got == b"head" + big * 6
     assert conn.bytes_sent == 4 + 6 * 3000 + len(b"HTTP/1.1 200 OK\r\n\r\nbody")
+
+
+def test_send_goes_out_at_once_without_a_scheduled_flush():
+    d, conn, rec, peer = pair(limit=1 << 20)
+    spy = conn.sock = _SendSpy(conn.sock)
+    conn.send(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    assert spy.calls == [("send", b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")]  # before any iteration
+    assert d.pending_flushes == [] and conn.buffered_bytes == 0
+    assert conn.bytes_sent == 27
+    peer.settimeout(5)
+    assert peer.recv(100) == b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
+
+
+def test_send_after_queued_bytes_keeps_their_order():
+    d, conn, rec, peer = pair(limit=1 << 20)
+    spy = conn.sock = _SendSpy(conn.sock)
+    conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    conn.send(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert spy.calls == []  # queued behind the earlier write: one flush sends both, in order
+    _one_iteration(d)
+    assert spy.calls == [("send", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n")]
+
+
+def test_send_larger_than_the_socket_buffer_queues_the_rest_and_delivers_all():
+    d, conn, rec, peer = pair(limit=64 * 1024)
+    payload = bytes(range(256)) * 1024  # 256 KiB into a 4 KiB socket buffer
+    conn.send(payload)
+    assert 0 < conn.buffered_bytes < len(payload)  # the rest waits for writability
+    assert rec.events.count("above") == 1  # and counts against the write buffer limit
+    peer.setblocking(False)
+    got = bytearray()
+    for _ in range(2000):
+        if len(got) == len(payload):
+            break
+        _one_iteration(d)
+        try:
+            got += peer.recv(1 << 20)
+        except BlockingIOError:
+            pass
+    assert bytes(got) == payload
+    assert conn.bytes_sent == len(payload) and conn.buffered_bytes == 0

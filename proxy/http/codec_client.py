@@ -26,7 +26,7 @@ _RESET_REASON = {
 
 class UpstreamHttpConnection(ConnectionCallbacks):
     __slots__ = ("pool", "connection", "codec", "router", "state", "requests", "response_done",
-                 "tunnel", "upgrade_requested", "holds_slot", "rx_reported", "tx_reported",
+                 "tunnel", "upgrade_requested", "holds_slot", "stats",
                  "idle_since")
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
@@ -46,7 +46,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.tunnel = False
         self.upgrade_requested = False  # the request in flight asked to switch protocols
         self.holds_slot = False
-        self.rx_reported = self.tx_reported = 0  # bytes already added to cluster stats
+        # upstream_cx_{rx,tx}_bytes_total count as bytes are read and written (tx: queued).
+        self.stats = pool.cluster.stats
         self.idle_since = 0.0  # when it last went back to the pool (cluster idle_timeout)
         self.connection.connect(address, connect_timeout)
 
@@ -60,28 +61,34 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.upgrade_requested = upgrade
         data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
                                               chunked, head.authority)
+        self.stats.upstream_cx_tx_bytes_total.value += len(data)
         if whole:
             self.connection.send(data)
         else:
             self.connection.write(data)
 
     def send_body(self, data: bytes) -> None:
-        self.connection.write(self.codec.encode_body(data))
+        data = self.codec.encode_body(data)
+        self.stats.upstream_cx_tx_bytes_total.value += len(data)
+        self.connection.write(data)
 
     def end_request(self, trailers) -> None:
-        self.connection.write(self.codec.encode_end(trailers))
+        data = self.codec.encode_end(trailers)
+        self.stats.upstream_cx_tx_bytes_total.value += len(data)
+        self.connection.write(data)
 
     def release(self, reusable: bool) -> None:
         """The router is done with this connection."""
         self.router = None
         self.pool.on_release(self, reusable and self.response_done and not self.tunnel
-                             and not self.codec.failed)
+                             and self.codec.error is None)
 
     # -- connection callbacks ----------------------------------------------------------------------
     def on_connected(self) -> None:
         self.pool.on_connected(self)
 
     def on_data(self, data: bytes) -> None:
+        self.stats.upstream_cx_rx_bytes_total.value += len(data)
         router = self.router
         try:
             events = self.codec.feed(data)
@@ -119,7 +126,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
                 router.on_upstream_complete(ev.trailers)
             elif cls is Informational:
                 pass  # 100-continue was answered by the connection manager already
-        if not events and self.codec.failed and not self.connection.closed:
+        if not events and self.codec.error is not None and not self.connection.closed:
             self.connection.close(flush=False)  # bytes nobody asked for: never reuse it
 
     def on_eof(self) -> None:

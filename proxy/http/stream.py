@@ -90,8 +90,8 @@ class ActiveStream(StreamInfo):
     # -- encode path (called by the router filter) ----------------------------------------
     def encode_headers(self, head: ResponseHead, end_stream: bool, body: bytes | None = None) -> None:
         """A response head: Envoy's response header rules for this HCM, then the codec.
-        With `body` (and `end_stream`), the whole response: head, body and end go out as
-        one write, sent at once (the usual upstream response arrives in one read)."""
+        With `body` (then `end_stream` is True), the whole response: head, body and end go
+        out as one write, sent at once (the usual upstream response arrives in one read)."""
         if self.closed:
             return
         hcm = self.hcm
@@ -126,13 +126,19 @@ class ActiveStream(StreamInfo):
         codec = hcm.codec
         data = codec.encode_response_head(status, None, headers.fields, req.method,
                                           req.http_version, self.keep_alive)
-        if body is None:
-            hcm.connection.write(data)
-        else:
+        if body is not None:  # the whole response (what encode_data and encode_end do)
             if body:
                 self.bytes_sent += len(body)
                 data += codec.encode_body(body)
             hcm.connection.send(data + codec.encode_end(None))
+            if self.upgrade is not None:
+                hcm.resume_held()
+            self.response_complete = True
+            if codec.response_must_close:
+                self.keep_alive = False
+            hcm.stream_done(self)
+            return
+        hcm.connection.write(data)
         if self.upgrade is not None:
             hcm.resume_held()
         if end_stream:

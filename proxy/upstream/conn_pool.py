@@ -124,17 +124,8 @@ class HttpConnPool:
         conn.state = "READY"
         self._assign_or_idle(conn)
 
-    def _count_bytes(self, conn: UpstreamHttpConnection) -> None:
-        """Add the bytes moved since the last count to the cluster's totals (per request)."""
-        stats = self.cluster.stats
-        c = conn.connection
-        stats.upstream_cx_rx_bytes_total.value += c.bytes_received - conn.rx_reported
-        stats.upstream_cx_tx_bytes_total.value += c.bytes_sent - conn.tx_reported
-        conn.rx_reported, conn.tx_reported = c.bytes_received, c.bytes_sent
-
     def on_release(self, conn: UpstreamHttpConnection, reusable: bool) -> None:
         self.active_requests -= 1
-        self._count_bytes(conn)
         self.busy.discard(conn)
         max_rq = self.cluster.config.max_requests_per_connection
         if not reusable or self.draining or conn.connection.closed or (max_rq and conn.requests >= max_rq):
@@ -177,7 +168,6 @@ class HttpConnPool:
         c = self.cluster
         c.stats.upstream_cx_active.value -= 1
         c.stats.upstream_cx_destroy.value += 1
-        self._count_bytes(conn)
         if conn.holds_slot:
             conn.holds_slot = False
             self.limits.release_connection()

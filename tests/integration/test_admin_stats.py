@@ -177,6 +177,35 @@ def test_byte_and_connection_gauges_are_counted_while_connections_stay_open(upst
         s.close()
 
 
+def test_upstream_byte_counters_equal_the_bytes_on_the_upstream_wire(proxy_factory, codec):
+    """cluster.<name>.upstream_cx_{tx,rx}_bytes_total: exactly the bytes the upstream received
+    (request heads, a content-length body, a chunked body with its framing) and sent."""
+    from .harness import front_proxy_config as _cfg, static_cluster as _sc
+    from .servers import RawHttpUpstream, read_response
+    canned = {"one": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"}
+    u = RawHttpUpstream(record=True, canned=canned)
+    try:
+        p = proxy_factory(_cfg([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                               [_sc("backend", u.port)]), codec=codec)
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        try:
+            for req in (b"GET /raw/one HTTP/1.1\r\nHost: a\r\n\r\n",
+                        b"POST /raw/one HTTP/1.1\r\nHost: a\r\ncontent-length: 4\r\n\r\nbody",
+                        b"POST /raw/one HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+                        b"3\r\nabc\r\n0\r\n\r\n"):
+                s.sendall(req)
+                assert read_response(s).body == b"hello"
+        finally:
+            s.close()
+        sent = len(u.received_bytes())
+        assert sent > 3 * 40
+        assert p.wait_for(lambda: p.counters()["cluster.backend.upstream_cx_tx_bytes_total"] == sent), \
+            (p.counters()["cluster.backend.upstream_cx_tx_bytes_total"], sent)
+        assert p.counters()["cluster.backend.upstream_cx_rx_bytes_total"] == 3 * len(canned["one"])
+    finally:
+        u.close()
+
+
 def test_router_dynamic_stats_false_skips_per_code_stats_and_upstream_rq_time(upstream, proxy_factory):
     """Envoy's router `dynamic_stats: false`: no upstream_rq_<code>/<class>xx/completed and no
     upstream_rq_time; upstream_rq_total and the host's rq_success still count."""

@@ -159,18 +159,14 @@ class ResponseEncoding:
 
 class RequestEncoding:
     """Mixin for client codecs: request heads and bodies. Needs slots `_req_chunked`,
-    `_error` (a CodecError that poisoned the connection, or None) and `_methods` (the methods
-    of requests awaiting their response: the parser must know HEAD/CONNECT)."""
+    `error` (the CodecError of bytes from the peer that poisoned this connection, or None:
+    then it must not be reused) and `_methods` (the methods of requests awaiting their
+    response: the parser must know HEAD/CONNECT)."""
 
     __slots__ = ()
     _req_chunked: bool
-    _error: CodecError | None
+    error: CodecError | None
     _methods: list[bytes]
-
-    @property
-    def failed(self) -> bool:
-        """The peer sent bytes that poisoned this connection: it must not be reused."""
-        return self._error is not None
 
     def encode_request_head(self, method: bytes, target: bytes,
                             headers: list[tuple[bytes, bytes]], chunked: bool,
@@ -190,8 +186,8 @@ class RequestEncoding:
         if chunked:
             parts.append(b"transfer-encoding: chunked")
         parts += _END
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         self._methods.append(method)  # the parser must know HEAD/CONNECT
         self._req_chunked = chunked
         return b"\r\n".join(parts)

@@ -34,7 +34,7 @@ class FastClientCodec(RequestEncoding):
     __slots__ = ("_parser", "_events", "_buf", "_methods", "_state", "_headers", "_specials",
                  "_reason", "on_status", "_max_bytes", "_max_count", "_head_len", "_version",
                  "_feeding_head", "_informational", "_skip_complete", "_keep_alive",
-                 "_close_delimited", "_error", "_req_chunked")
+                 "_close_delimited", "error", "_req_chunked")
 
     def __init__(self, max_response_headers_kb: int = 60, max_headers_count: int = 100) -> None:
         self._events: list = []
@@ -54,13 +54,13 @@ class FastClientCodec(RequestEncoding):
         self._feeding_head = self._informational = self._skip_complete = False
         self._keep_alive = True
         self._close_delimited = False
-        self._error: CodecError | None = None
+        self.error: CodecError | None = None
         self._req_chunked = False
 
     # --- input ---
     def feed(self, data: bytes) -> list:
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         if not data:
             return self._eof()
         state = self._state
@@ -116,7 +116,7 @@ class FastClientCodec(RequestEncoding):
         return buf[end:]
 
     def _fail(self, message: str) -> None:
-        self._error = CodecError(502, "http1.codec_error", message)
+        self.error = CodecError(502, "http1.codec_error", message)
         self._state = CLOSED
 
     def _feed(self, data: bytes, head: bool) -> None:

@@ -197,7 +197,7 @@ def _pump_body(conn: h11.Connection, scanner, data: bytes, is_request: bool, eve
 
 
 class H11ClientCodec(RequestEncoding):
-    __slots__ = ("_buf", "_conn", "_scanner", "_methods", "_state", "_error", "_keep_alive",
+    __slots__ = ("_buf", "_conn", "_scanner", "_methods", "_state", "error", "_keep_alive",
                  "_close_delimited", "_max_bytes", "_max_count", "_req_chunked")
 
     def __init__(self, max_response_headers_kb: int = 60, max_headers_count: int = 100) -> None:
@@ -206,7 +206,7 @@ class H11ClientCodec(RequestEncoding):
         self._scanner: ChunkScanner | None = None
         self._methods: list[bytes] = []
         self._state = HEAD
-        self._error: CodecError | None = None
+        self.error: CodecError | None = None
         self._keep_alive = True
         self._close_delimited = False
         self._max_bytes = max_response_headers_kb * 1024
@@ -214,12 +214,12 @@ class H11ClientCodec(RequestEncoding):
         self._req_chunked = False
 
     def _fail(self, message: str) -> None:
-        self._error = CodecError(502, "http1.codec_error", message)
+        self.error = CodecError(502, "http1.codec_error", message)
         self._state = CLOSED
 
     def feed(self, data: bytes) -> list:
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         if not data:
             return self._eof()
         if self._state == TUNNEL:

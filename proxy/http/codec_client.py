@@ -52,9 +52,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.connection.connect(address, connect_timeout)
 
     # -- used by the router ---------------------------------------------------------------------
-    def send_request(self, router, head, chunked: bool, upgrade: bool, whole: bool) -> None:
-        """`upgrade`: the request asks to switch protocols (only then may a 101 answer it).
-        `whole`: the head is the whole request (no body follows): it is sent at once."""
+    def send_request(self, router, head, chunked: bool, upgrade: bool = False) -> None:
+        """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
         self.router = router
         self.requests += 1
         self.response_done = False
@@ -62,10 +61,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
                                               chunked, head.authority)
         self.stats.upstream_cx_tx_bytes_total.value += len(data)
-        if whole:
-            self.connection.send(data)
-        else:
-            self.connection.write(data)
+        self.connection.write(data)
 
     def send_body(self, data: bytes) -> None:
         data = self.codec.encode_body(data)

@@ -212,8 +212,7 @@ class RouterFilter:
         stream.upstream_host = upstream.pool.host_str
         stream.upstream_local_address = upstream.connection.local_address
         self.upstream_start = stream.first_upstream_tx_monotonic = time.monotonic()
-        upstream.send_request(self, stream.head, self.chunked, stream.upgrade is not None,
-                              self.request_ended and not self.chunked and not self.buffered)
+        upstream.send_request(self, stream.head, self.chunked, stream.upgrade is not None)
         if self.buffered:
             for chunk in self.buffered:
                 upstream.send_body(chunk)

@@ -91,7 +91,7 @@ class ActiveStream(StreamInfo):
     def encode_headers(self, head: ResponseHead, end_stream: bool, body: bytes | None = None) -> None:
         """A response head: Envoy's response header rules for this HCM, then the codec.
         With `body` (then `end_stream` is True), the whole response: head, body and end go
-        out as one write, sent at once (the usual upstream response arrives in one read)."""
+        out as one write (the usual upstream response arrives in one read)."""
         if self.closed:
             return
         hcm = self.hcm
@@ -130,7 +130,7 @@ class ActiveStream(StreamInfo):
             if body:
                 self.bytes_sent += len(body)
                 data += codec.encode_body(body)
-            hcm.connection.send(data + codec.encode_end(None))
+            hcm.connection.write(data + codec.encode_end(None))
             if self.upgrade is not None:
                 hcm.resume_held()
             self.response_complete = True

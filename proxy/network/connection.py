@@ -4,8 +4,9 @@ A `Connection` wraps one socket registered with one Dispatcher (thread-confined)
 whenever reading is enabled and hands each chunk to its `ConnectionCallbacks.on_data`; it
 writes through `write()`, which queues; the dispatcher calls `flush_scheduled()` once per loop
 iteration, sending everything queued in one `send`/`sendmsg` and keeping what the socket did
-not take (then it waits for writability); `send()` is the write that goes out at once, for the
-last bytes a caller writes in an iteration. When the
+not take (then it waits for writability). The flush waits for the end of the iteration on
+purpose: sending at once, in the middle of the batch of events, measured 35 % more CPU per
+request (perf/RESULTS.md, sixth round). When the
 write buffer grows past the high watermark (the `per_connection_buffer_limit_bytes`) the
 callbacks get `on_above_write_watermark()` — the owner then read-disables the *other* side —
 and `on_below_write_watermark()` once it drains under half of it (Envoy's flow_control.md).
@@ -195,27 +196,6 @@ class Connection:
         if not self.above_high_watermark and self.buffered_bytes > self.limit:
             self.above_high_watermark = True
             self.callbacks.on_above_write_watermark()
-
-    def send(self, data: bytes) -> None:
-        """Write `data` and send it now, for a caller whose write is the last of this loop
-        iteration on this connection (a whole response, a request head without body): one
-        `send` here instead of a scheduled flush. Queued bytes, a pending connect or a close
-        in progress make it a plain `write`, so bytes never overtake each other."""
-        if self._out or self._interest & WRITE or self._connecting or self._close_after_flush:
-            self.write(data)
-            return
-        if self.closed or not data:
-            return
-        try:
-            n = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:
-            self.close(flush=False, reason=CloseReason.REMOTE)
-            return
-        self.bytes_sent += n
-        if n < len(data):  # the socket buffer is full: queue the rest (watermarks apply)
-            self.write(memoryview(data)[n:])
 
     def flush_scheduled(self) -> None:
         """Called by the dispatcher at the end of the iteration in which write() queued data.

@@ -46,6 +46,6 @@ fi
 if [ "${SKIP_INSTR:-0}" != 1 ] && [ -z "${ONLY:-}" ] && command -v valgrind >/dev/null; then
   { echo "# perf/instr_count.sh, $(date -u +%FT%TZ): user-space instructions per keep-alive request"
     for probe in "" floor lane; do
-      echo "${probe:-ftproxy}: $(PROBE=$probe perf/instr_count.sh | head -1)"
+      echo "${probe:-ftproxy}: $(PROBE=$probe perf/instr_count.sh | sed -n 1p)"
     done; } | tee "$HERE/instr.txt"
 fi

@@ -5,7 +5,7 @@ whenever reading is enabled and hands each chunk to its `ConnectionCallbacks.on_
 writes through `write()`, which queues; the dispatcher calls `flush_scheduled()` once per loop
 iteration, sending everything queued in one `send`/`sendmsg` and keeping what the socket did
 not take (then it waits for writability). The flush waits for the end of the iteration on
-purpose: sending at once, in the middle of the batch of events, measured 35 % more CPU per
+purpose: sending at once, in the middle of the batch of events, measured 35-50 % more CPU per
 request (perf/RESULTS.md, sixth round). When the
 write buffer grows past the high watermark (the `per_connection_buffer_limit_bytes`) the
 callbacks get `on_above_write_watermark()` — the owner then read-disables the *other* side —

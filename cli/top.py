@@ -43,8 +43,10 @@ _HCM = re.compile(r"^http\.([^.]+)\.(downstream_rq_total|downstream_rq_[245]xx|d
                   r"|downstream_cx_active)$")
 _WORKER = re.compile(r"^listener\.(.+)\.worker_(\d+)\.(downstream_cx_total|downstream_cx_active)$")
 _LISTENER = re.compile(r"^listener\.(.+)\.(downstream_cx_total|downstream_cx_active)$")
-_CLUSTER = re.compile(r"^cluster\.(.+)\.(upstream_rq_total|upstream_rq_[245]xx|upstream_rq_active"
-                      r"|upstream_cx_active|membership_healthy|membership_total)$")
+# (Not `cluster.<name>.external.upstream_rq_2xx`: `external` is Envoy's category, no cluster.)
+_CLUSTER = re.compile(r"^cluster\.(.+)(?<!\.external)(?<!\.internal)\.(upstream_rq_total"
+                      r"|upstream_rq_[245]xx|upstream_rq_active|upstream_cx_active"
+                      r"|membership_healthy|membership_total)$")
 UNREACHABLE = "admin unreachable, retrying…"
 
 

@@ -3,7 +3,9 @@
 Job: hand out `Counter` / `Gauge` / `Histogram` objects by Envoy stat name (the same name
 always yields the same object within a store), and merge every store's values into an
 immutable `StatsSnapshot` (counters summed plus the hot-restart carryover, gauges summed,
-histograms bucket-merged).
+histograms bucket-merged). `alias()` reports one stat under a second name as well (Envoy's
+`external.*` variants, which every request here charges exactly like the plain stats): the
+writer updates one object, and each name is merged and carried over on its own.
 
 Thread affinity and ownership:
 - A `Store` belongs to one thread (a worker or main). Only that thread increments its stats;
@@ -107,6 +109,9 @@ class Scope:
     def scope(self, prefix: str) -> Scope:
         return Scope(self._store, _join(self.prefix, prefix.rstrip(".")))
 
+    def alias(self, name: str, stat: Counter | Gauge | Histogram) -> None:
+        self._store.alias(_join(self.prefix, name), stat)
+
 
 class Store:
     """Stats of one thread. See the module docstring for who may write what."""
@@ -141,6 +146,13 @@ class Store:
 
     def scope(self, prefix: str) -> Scope:
         return Scope(self, prefix)
+
+    def alias(self, name: str, stat: Counter | Gauge | Histogram) -> None:
+        """Report `stat` (a stat of this store) under `name` too."""
+        table = (self._counters if isinstance(stat, Counter) else
+                 self._gauges if isinstance(stat, Gauge) else self._histograms)
+        if self._create(table, name, lambda: stat) is not stat:
+            raise ValueError(f"stat {name!r} already exists in store {self.name!r}")
 
     def _create(self, table: dict, name: str, factory):  # type: ignore[no-untyped-def]
         if not name or not isinstance(name, str):

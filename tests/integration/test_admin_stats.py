@@ -221,6 +221,8 @@ def test_router_dynamic_stats_false_skips_per_code_stats_and_upstream_rq_time(up
     assert counters.get("cluster.c1.upstream_rq_200", 0) == 0
     assert counters.get("cluster.c1.upstream_rq_2xx", 0) == 0
     assert counters.get("cluster.c1.upstream_rq_completed", 0) == 0
+    assert counters.get("cluster.c1.external.upstream_rq_200", 0) == 0
+    assert counters.get("cluster.c1.external.upstream_rq_completed", 0) == 0
     status, body = p.admin("/stats/prometheus")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(body) for s in fam.samples}
@@ -236,3 +238,20 @@ def test_router_dynamic_stats_default_counts_per_code_and_upstream_rq_time(busy_
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(body) for s in fam.samples}
     assert samples[("envoy_cluster_upstream_rq_time_count", (("envoy_cluster_name", "c1"),))] == N
+
+
+def test_responses_are_also_charged_to_envoys_external_category(busy_proxy):
+    """Envoy charges every external request's response to cluster.<name>.external.* as well
+    (every request is external here); with tag extraction, Prometheus shows them as
+    envoy_cluster_external_upstream_rq{envoy_response_code=...}."""
+    counters = busy_proxy.counters()
+    assert counters["cluster.c1.external.upstream_rq_200"] == N
+    assert counters["cluster.c1.external.upstream_rq_2xx"] == N
+    assert counters["cluster.c1.external.upstream_rq_completed"] == N
+    assert counters.get("cluster.c1.external.upstream_rq_5xx", 0) == 0
+    status, body = busy_proxy.admin("/stats/prometheus")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body) for s in fam.samples}
+    code = (("envoy_cluster_name", "c1"), ("envoy_response_code", "200"))
+    assert samples[("envoy_cluster_external_upstream_rq_total", code)] == N
+    assert samples[("envoy_cluster_external_upstream_rq_time_count", (("envoy_cluster_name", "c1"),))] == N

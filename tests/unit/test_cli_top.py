@@ -43,6 +43,8 @@ def sample(rq: int, ok: int, c4: int, c5: int, w0: int, w1: int, up_rq: int) -> 
         "cluster.backend.upstream_rq_total": up_rq, "cluster.backend.upstream_rq_2xx": up_rq,
         "cluster.backend.upstream_rq_4xx": 0, "cluster.backend.upstream_rq_5xx": 0,
         "cluster.backend.upstream_cx_active": 4, "cluster.backend.upstream_rq_active": 1,
+        # Envoy's external.* twins of the per-class stats (ftproxy reports them too).
+        "cluster.backend.external.upstream_rq_2xx": up_rq, "cluster.backend.external.upstream_rq_5xx": 0,
         "server.uptime": 62, "server.hot_restart_epoch": 1, "server.concurrency": 2,
     }, {"cluster.backend.upstream_rq_time": [0.1, 0.2, 1.5, 2.0, 4.25, 5.0, 9.75, 9.8, 9.9, 10.0]})
 
@@ -85,6 +87,11 @@ def test_two_samples_give_per_second_rates_per_hcm_and_cluster():
     (cl,) = view.clusters
     assert (cl.name, cl.rq_total, cl.rq_per_s, cl.rq_2xx_per_s, cl.cx_active, cl.rq_active) == (
         "backend", 29, 10.0, 10.0, 4, 1)
+
+
+def test_external_category_stats_are_no_cluster_of_their_own():
+    view = two_samples().view()
+    assert [c.name for c in view.clusters] == ["backend"]  # not also "backend.external"
 
 
 def test_rendered_rows_show_rates_totals_and_latency():

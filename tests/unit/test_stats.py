@@ -142,6 +142,35 @@ def test_carryover_counters_continue_from_parent_values():
     assert snap.gauges["server.total_connections"] == 6
 
 
+def test_alias_reports_one_stat_under_two_names_each_merged_and_carried_over():
+    reg = StatsRegistry()
+    a, b = reg.new_store("worker_0"), reg.new_store("worker_1")
+    reg.set_carryover({"cluster.c.external.upstream_rq_200": 10})  # a parent's value, by name
+    for store, n in ((a, 2), (b, 3)):
+        scope = store.scope("cluster.c")
+        c = scope.counter("upstream_rq_200")
+        scope.alias("external.upstream_rq_200", c)
+        c.inc(n)
+        h = scope.histogram("upstream_rq_time")
+        scope.alias("external.upstream_rq_time", h)
+        h.record(4.0)
+    assert a.counter("cluster.c.external.upstream_rq_200") is a.counter("cluster.c.upstream_rq_200")
+    snap = reg.snapshot()
+    assert snap.counters["cluster.c.upstream_rq_200"] == 5
+    assert snap.counters["cluster.c.external.upstream_rq_200"] == 15
+    assert snap.histograms["cluster.c.external.upstream_rq_time"].count == 2
+    assert snap.histograms["cluster.c.upstream_rq_time"].count == 2
+
+
+def test_alias_to_a_name_taken_by_another_stat_is_refused():
+    store = StatsRegistry().new_store("main")
+    store.counter("a")
+    with pytest.raises(ValueError):
+        store.alias("a", store.counter("b"))
+    with pytest.raises(ValueError):
+        store.alias("a", store.gauge("g"))  # the name is a counter already
+
+
 def test_set_carryover_replaces_previous_carryover():
     reg = StatsRegistry()
     reg.set_carryover({"a": 10})

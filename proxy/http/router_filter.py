@@ -262,9 +262,9 @@ class RouterFilter:
             apply_mutations(self.route.response_mutations, headers, stream)
         if rc.dynamic_stats:
             self.cluster.stats.record_response(ev.status, (now - self.upstream_start) * 1000.0,
-                                               self.upstream.pool)
+                                               self.pool)
         elif ev.status < 500:
-            self.upstream.pool.rq_success += 1  # Envoy counts a host's successes either way
+            self.pool.rq_success += 1  # Envoy counts a host's successes either way
         # The reason phrase is not passed on: like Envoy, the downstream codec writes the
         # standard one (an upstream's may carry bytes a client should not see).
         if body is None:  # the rest follows: on_upstream_data, on_upstream_complete

@@ -160,4 +160,3 @@ def test_small_writes_of_one_iteration_leave_in_one_send_large_ones_in_one_sendm
         got += peer.recv(1 << 16)
     assert got == b"head" + big * 6
     assert conn.bytes_sent == 4 + 6 * 3000 + len(b"HTTP/1.1 200 OK\r\n\r\nbody")
-

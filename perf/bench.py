@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_configs import FT, HAP, NGX, UP, write_configs  # perf/ is the script dir
+from bench_configs import FT, HAP, NGX, RELAY, UP, write_configs  # perf/ is the script dir
 from bench_memory import idle_connections, raise_nofile, slow_reader
 
 HERE = Path(__file__).resolve().parent
@@ -159,6 +159,9 @@ class Bench:
             s, port = Server("haproxy", ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], cpus, w), HAP
         elif system == "haproxy-tcp":
             s, port = Server("haproxy", ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], cpus, w), 18084
+        elif system == "python-relay":  # the reference for TCP bulk (perf/probe_relay.py)
+            s, port = Server("python-relay", [str(PY), str(HERE / "probe_relay.py"), str(RELAY),
+                                              str(UP)], cpus, w), RELAY
         elif system == "nginx":
             s, port = Server("nginx", ["nginx", "-p", f"{w}/", "-e", f"{w}/nginx-proxy.err", "-c",
                                        f"{w}/nginx-proxy.conf", "-g", "daemon off;"], cpus, w), NGX
@@ -226,7 +229,8 @@ class Bench:
         # bulk speed drifts by 20-30 % within minutes, which back-to-back blocks per system
         # turned into ratios between 0.73 and 0.99 for the same build.
         url_path = "/big.bin"
-        systems = (("direct", {}), ("haproxy-tcp", {}), ("ftproxy", {"config": "tcp.yaml"}))
+        systems = (("direct", {}), ("haproxy-tcp", {}), ("python-relay", {}),
+                   ("ftproxy", {"config": "tcp.yaml"}))
         started: list[tuple[str, Server | None, int]] = []
         try:
             for system, kw in systems:

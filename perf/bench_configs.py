@@ -13,6 +13,7 @@ from pathlib import Path
 __all__ = ["write_configs", "UP", "HAP", "NGX", "FT"]
 
 UP, HAP, NGX, FT = 18080, 18081, 18082, 18090  # upstream, HAProxy, nginx, ftproxy
+RELAY = 18088  # perf/probe_relay.py, the plain asyncio relay (TCP bulk reference)
 
 
 def write_configs(work: Path, *, bulk_mb: int, slow_mb: int, hap_maxconn: int) -> None:

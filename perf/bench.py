@@ -54,7 +54,7 @@ SLOW_RUNS = int(ENV.get("SLOW_RUNS", "3"))
 BULK_MB, BULK_REPS = int(ENV.get("BULK_MB", "100")), int(ENV.get("BULK_REPS", "5"))
 # Rounds of the TCP bulk case: each is a few seconds, and pairs measured seconds apart are what
 # cancels this VM's drift (the paired ratio), so more rounds than the wrk cases' RUNS.
-BULK_ROUNDS = int(ENV.get("BULK_ROUNDS", "7"))
+BULK_ROUNDS = int(ENV.get("BULK_ROUNDS", "11"))
 BUFFER_LIMIT = 1024 * 1024  # Envoy's per_connection_buffer_limit_bytes default (1 MiB)
 # HAProxy refuses to start unless it can get ~2 fds per maxconn under the hard RLIMIT_NOFILE.
 HAP_MAXCONN = max(1000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100) // 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["write_configs", "UP", "HAP", "NGX", "FT"]
+__all__ = ["write_configs", "UP", "HAP", "NGX", "FT", "RELAY"]
 
 UP, HAP, NGX, FT = 18080, 18081, 18082, 18090  # upstream, HAProxy, nginx, ftproxy
 RELAY = 18088  # perf/probe_relay.py, the plain asyncio relay (TCP bulk reference)

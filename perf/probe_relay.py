@@ -1,8 +1,8 @@
 """The issue's reference for TCP bulk: a plain asyncio byte relay, for comparison only.
 
-Job: measure, in the same run as ftproxy's tcp_proxy, what the Python relay that issue 4
+Job: measure, in the same run as ftproxy's tcp_proxy, what the kind of Python relay issue 4
 cites ("a plain asyncio byte relay ... relays bulk TCP at 1.55-1.7 GB/s") reaches on this
-machine today. One upstream connection per client; each direction is a Protocol that writes
+machine today; it is built to that description (the issue's own code is not in the repository). One upstream connection per client; each direction is a Protocol that writes
 what it receives to the other side and pauses reading while the other side's transport is
 above its write buffer limit (asyncio's own flow control). No stats, timeouts or limits.
 

@@ -209,7 +209,7 @@ class RouterFilter:
             return
         self.upstream = upstream
         stream = self.stream
-        stream.upstream_host = upstream.pool.host_str
+        stream.upstream_host = self.pool.host_str
         stream.upstream_local_address = upstream.connection.local_address
         self.upstream_start = stream.first_upstream_tx_monotonic = time.monotonic()
         upstream.send_request(self, stream.head, self.chunked, stream.upgrade is not None)

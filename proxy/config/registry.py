@@ -18,7 +18,8 @@ from typing import Any
 
 from .reader import ConfigError, Fields
 
-__all__ = ["Extension", "register", "resolve", "TYPE_URL_PREFIX", "registered"]
+__all__ = ["Extension", "register", "resolve", "TYPE_URL_PREFIX", "registered",
+           "per_route_extension", "per_route_protos"]
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
@@ -34,18 +35,44 @@ class Extension:
     parse: Callable[[Mapping[str, Any], str], Any]
     empty_config_ok: bool = False
     aliases: tuple[str, ...] = ()
+    # The runtime: `factory(config, name)` makes the filter's FilterFactory from its parsed
+    # config and the name it was configured under. Required for filters: registering a
+    # filter is what makes it run, so a filter cannot be registered without its runtime.
+    factory: Callable[[Any, str], Any] | None = None
+    # typed_per_filter_config: the proto of the filter's per-route config and its parser.
+    per_route_proto: str | None = None
+    parse_per_route: Callable[[Mapping[str, Any], str], Any] | None = None
 
 
 # Filled at import time, before any thread starts; never mutated afterwards.
 _BY_NAME: dict[tuple[str, str], Extension] = {}
 _BY_PROTO: dict[tuple[str, str], Extension] = {}
+_BY_PER_ROUTE_PROTO: dict[str, Extension] = {}
+
+
+_NEEDS_FACTORY = ("http_filter",)
 
 
 def register(ext: Extension) -> Extension:
+    if ext.category in _NEEDS_FACTORY and ext.factory is None:
+        raise TypeError(f"{ext.name}: a filter extension needs its runtime factory")
+    if (ext.per_route_proto is None) != (ext.parse_per_route is None):
+        raise TypeError(f"{ext.name}: per_route_proto and parse_per_route go together")
     for name in (ext.name, *ext.aliases):
         _BY_NAME[(ext.category, name)] = ext
     _BY_PROTO[(ext.category, ext.proto)] = ext
+    if ext.per_route_proto is not None:
+        _BY_PER_ROUTE_PROTO[ext.per_route_proto] = ext
     return ext
+
+
+def per_route_extension(proto: str) -> Extension | None:
+    """The HTTP filter whose per-route config (typed_per_filter_config) is `proto`."""
+    return _BY_PER_ROUTE_PROTO.get(proto)
+
+
+def per_route_protos() -> list[str]:
+    return sorted(_BY_PER_ROUTE_PROTO)
 
 
 def registered(category: str) -> list[str]:

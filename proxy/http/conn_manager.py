@@ -28,14 +28,11 @@ from .codec.errors import CodecError
 from .codec.events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
 from .headers import Headers, RequestHead
 from .request_headers import absolute_form, mutate_request_headers
-from .router_filter import RouterFilter
 from .stream import ActiveStream
 
 __all__ = ["ConnectionManager"]
 
 log = logging.getLogger("ftproxy.http")
-
-_CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ConnectionManager(ConnectionCallbacks):
@@ -229,15 +226,18 @@ class ConnectionManager(ConnectionCallbacks):
             if stream is not None and not stream.closed:
                 stream.bytes_received += len(ev.data)
                 stream.last_activity = time.monotonic()
-                if stream.router is not None:
-                    stream.router.decode_data(ev.data, False)
+                if stream.chains is not None:
+                    stream.decode_data(ev.data, False)
         elif cls is MessageComplete:
             # A bodyless request was complete at its head already (`_new_stream`).
             if stream is not None and not stream.closed and not stream.request_complete:
                 stream.request_complete = True
                 stream.request_complete_monotonic = time.monotonic()
-                if stream.router is not None:
-                    stream.router.decode_end(ev.trailers)
+                if stream.chains is not None:
+                    if ev.trailers:
+                        stream.decode_trailers(ev.trailers)
+                    else:
+                        stream.decode_data(b"", True)
         elif cls is CodecError:  # bad bytes after whole requests (on_data)
             if stream is not None:
                 self.pending.append(ev)  # answered after the response in progress
@@ -252,8 +252,8 @@ class ConnectionManager(ConnectionCallbacks):
         if events:
             self._dispatch(events)
         stream = self.active
-        if stream is not None and stream.upgraded and stream.router is not None:
-            stream.router.decode_eof()
+        if stream is not None and stream.upgraded and stream.chains is not None:
+            stream.decode_data(b"", True)  # a tunnel's half-close goes on upstream
             return
         if stream is not None and not stream.closed:
             self.stats.downstream_rq_rx_reset.value += 1
@@ -284,13 +284,13 @@ class ConnectionManager(ConnectionCallbacks):
 
     def on_above_write_watermark(self) -> None:
         s = self.active
-        if s is not None and s.router is not None:
-            s.router.on_downstream_watermark(True)
+        if s is not None:
+            s.on_downstream_watermark(True)
 
     def on_below_write_watermark(self) -> None:
         s = self.active
-        if s is not None and s.router is not None:
-            s.router.on_downstream_watermark(False)
+        if s is not None:
+            s.on_downstream_watermark(False)
 
     # -- streams ------------------------------------------------------------------------------
     def _new_stream(self, ev: RequestHeaders) -> None:
@@ -335,7 +335,7 @@ class ConnectionManager(ConnectionCallbacks):
             return
         if ev.expect_continue:
             headers.remove(b"expect")
-            self.connection.write(_CONTINUE_100)
+            self.connection.write(self.codec.encode_continue())
         if ev.target[:1] != b"/" and ev.method != b"CONNECT":
             if ev.target.startswith((b"http://", b"https://")):
                 absolute_form(head)
@@ -344,8 +344,8 @@ class ConnectionManager(ConnectionCallbacks):
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
         mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade)
-        stream.router = RouterFilter(stream, ctx)
-        stream.router.decode_headers(end_stream)
+        stream.create_filter_chain(ctx.filter_factories)
+        stream.decode_headers(end_stream)
 
     def _underscores(self, stream: ActiveStream, headers: Headers) -> bool:
         """headers_with_underscores_action: True when the request was rejected."""
@@ -398,11 +398,7 @@ class ConnectionManager(ConnectionCallbacks):
         st.downstream_rq_active.value -= 1
         if stream.upgraded:
             st.downstream_cx_upgrades_active.value -= 1
-        router = stream.router
-        if router is not None:
-            if not router.done:
-                router.on_destroy()
-            stream.router = None  # break the stream <-> router cycle: freed by refcount, not GC
+        stream.destroy_filters()  # also breaks the stream <-> filter cycles (freed by refcount)
         stream.end_monotonic = now = time.monotonic()
         code = stream.response_code
         if code:

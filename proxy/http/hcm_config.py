@@ -69,9 +69,13 @@ _H1_UNSUPPORTED = ("header_key_format", "send_fully_qualified_url", "use_balsa_p
 
 
 class HttpFilterConfig(NamedTuple):
-    """One entry of `http_filters`: the name as written (or the extension's) and its config."""
+    """One entry of `http_filters`: the name as written (or the extension's), its parsed
+    config, its extension (whose `factory` makes it run) and whether it is disabled unless a
+    route enables it (typed_per_filter_config with a FilterConfig saying `disabled: false`)."""
     name: str
     config: Any
+    extension: Any = None
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +304,7 @@ def _parse_http_filters(f: Fields) -> tuple[HttpFilterConfig, ...]:
     if not items:
         # Envoy adds the router when no HTTP filter is configured.
         ext, cfg = resolve("http_filter", {"name": ROUTER_FILTER_NAME}, f.at("http_filters"))
-        return (HttpFilterConfig(ext.name, cfg),)
+        return (HttpFilterConfig(ext.name, cfg, ext),)
     out: list[HttpFilterConfig] = []
     router_at: str | None = None
     for item, path in items:
@@ -335,12 +339,10 @@ def _parse_http_filter(item: Any, path: str) -> tuple[str, HttpFilterConfig] | N
         if unknown and opts.bool("is_optional", False):
             return None  # Envoy skips optional filters it does not know
         raise
-    if opts.bool("disabled", False):
-        if ext.name == ROUTER_FILTER_NAME:
-            raise ConfigError(opts.at("disabled"), "the router filter cannot be disabled")
-        # Disabled by default and only re-enabled per route, which we do not support yet.
-        return None
-    return ext.name, HttpFilterConfig(opts.str("name") or ext.name, cfg)
+    disabled = opts.bool("disabled", False)
+    if disabled and ext.name == ROUTER_FILTER_NAME:
+        raise ConfigError(opts.at("disabled"), "the router filter cannot be disabled")
+    return ext.name, HttpFilterConfig(opts.str("name") or ext.name, cfg, ext, disabled)
 
 
 register(Extension(

@@ -14,7 +14,6 @@ from .conn_manager import ConnectionManager
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
 from .http_stats import HcmStats
-from .router_filter_config import RouterFilterConfig
 
 __all__ = ["HcmFactory", "HcmContext"]
 
@@ -25,11 +24,11 @@ class HcmFactory:
         self.codec_impl = codec_impl
         self.route_table = RouteTable(config.route_config)
         self.access_loggers = tuple(a.create() for a in config.access_logs)
-        router_cfg = None
-        for f in config.http_filters:
-            if isinstance(f.config, RouterFilterConfig):
-                router_cfg = f.config
-        self.router_config = router_cfg or RouterFilterConfig()
+        # The HTTP filter chain: each filter's extension makes its runtime factory.
+        switchable = config.route_config.filters_switched_per_route
+        self.filter_factories = tuple(
+            (f.extension.factory(f.config, f.name), f.disabled, f.disabled or f.name in switchable)
+            for f in config.http_filters)
         self.upgrades = frozenset(u.upgrade_type for u in config.upgrade_configs if u.enabled)
         self.server_name = config.server_name.encode()
         # What x-forwarded-for gets for a loopback peer (use_remote_address): this host's
@@ -58,7 +57,7 @@ class HcmFactory:
 
 
 class HcmContext:
-    __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "router_config", "upgrades",
+    __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
                  "upgrade_request_headers_removed", "first_stream_timeout",
                  "response_fields", "worker", "stats")
@@ -68,7 +67,6 @@ class HcmContext:
         self.codec_impl = factory.codec_impl
         self.route_table = factory.route_table
         self.access_loggers = factory.access_loggers
-        self.router_config = factory.router_config
         self.upgrades = factory.upgrades
         self.server_name = factory.server_name
         self.local_address = factory.local_address
@@ -79,6 +77,9 @@ class HcmContext:
         self.response_fields = factory.response_fields
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix)
+        # (per-worker factory, disabled by default, may a route switch it on or off)
+        self.filter_factories = tuple((f.for_worker(self), disabled, switchable)
+                                      for f, disabled, switchable in factory.filter_factories)
 
     def route_upgrade_allowed(self, action, upgrade: bytes) -> bool:
         """Envoy: a route's upgrade_configs override the HCM's; an upgrade neither enables

@@ -1,5 +1,10 @@
 """The router HTTP filter (`envoy.filters.http.router`): route -> cluster -> host -> upstream.
 
+The terminal filter of every HTTP filter chain. Its callbacks are its stream (the stream's
+filter manager): it reads the route through `route()` (so a filter before it that changed the
+request and cleared the route cache is routed anew), and answers through `encode_*` and
+`send_local_reply`, which run the encoder filters.
+
 Decode side: match the route; answer redirects, direct responses and failures locally
 (404 NR, 503 NC/UH/UO/UF/UC, 504 UT, 502 UPE); otherwise take a connection from the
 worker's pool for the chosen host and stream the request to it. Encode side: stream the
@@ -17,10 +22,15 @@ import time
 
 from ..router.header_mutation import apply_mutations
 from .codec.events import ResponseHeaders
+from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
 from .local_reply import local_reply_head, reset_body
 
-__all__ = ["RouterFilter"]
+__all__ = ["RouterFilter", "RouterFactory"]
+
+_STOP = FilterHeadersStatus.STOP_ITERATION
+_TAKEN = FilterDataStatus.STOP_ITERATION_NO_BUFFER
+_STOP_TRAILERS = FilterTrailersStatus.STOP_ITERATION
 
 _RESPONSE_HOP_BY_HOP = HOP_BY_HOP
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -30,9 +40,10 @@ _MS = tuple(b"%d" % i for i in range(1000))  # x-envoy-upstream-service-time val
 class RouterFilter:
     # A plain class whose __init__ sets every field (CPython 3.13 builds it inline; slotted
     # objects go through type_call), one per request. perf/RESULTS.md, fourth round.
-    def __init__(self, stream, ctx) -> None:
-        self.stream = stream
+    def __init__(self, stream, ctx, config) -> None:
+        self.stream = stream          # its FilterCallbacks (and StreamInfo)
         self.ctx = ctx
+        self.config = config          # RouterFilterConfig
         self.route = None
         self.cluster = None
         self.pool = None              # the host's pool for the route's priority (its `limits`)
@@ -53,13 +64,18 @@ class RouterFilter:
         self.chunked = False
         self.retried = False
         self.holds_retry_slot = False
+        stream.add_downstream_watermark_callbacks(self.on_downstream_watermark)
 
     # -- decode path ---------------------------------------------------------------------------
-    def decode_headers(self, end_stream: bool) -> None:
+    def decode_headers(self, head, end_stream: bool) -> int:
+        self._decode_headers(head, end_stream)
+        return _STOP
+
+    def _decode_headers(self, head, end_stream: bool) -> None:
         stream = self.stream
         ctx = self.ctx
-        head = stream.head
-        route = ctx.route_table.route(head)
+        ctx.stats.rq_total.value += 1  # Envoy: every request that reaches the router
+        route = stream.route()
         if route is None:
             ctx.stats.no_route.value += 1
             stream.send_local_reply(404, b"", "NR", "route_not_found")
@@ -109,7 +125,7 @@ class RouterFilter:
         if (action.rewrites_path or action.host_rewrite_literal is not None
                 or action.auto_host_rewrite or route.request_mutations):
             self._rewrite_request(action)
-        if action.timeout and not ctx.router_config.suppress_envoy_headers:
+        if action.timeout and not self.config.suppress_envoy_headers:
             head.headers.set(b"x-envoy-expected-rq-timeout-ms", action.timeout_ms)
         if end_stream:
             self.request_ended = True
@@ -153,9 +169,12 @@ class RouterFilter:
         if self.route.request_mutations:
             apply_mutations(self.route.request_mutations, headers, stream)
 
-    def decode_data(self, data: bytes, end_stream: bool) -> None:
+    def decode_data(self, data: bytes, end_stream: bool) -> int:
         if self.done:
-            return
+            return _TAKEN
+        if end_stream and not data and self.stream.upgraded:
+            self.decode_eof()  # the downstream half-closed a tunnel
+            return _TAKEN
         up = self.upstream
         if up is not None:
             up.send_body(data)
@@ -169,6 +188,11 @@ class RouterFilter:
                 self.stream.read_disable_downstream(True)
         if end_stream:
             self.decode_end(None)
+        return _TAKEN
+
+    def decode_trailers(self, trailers) -> int:
+        self.decode_end(trailers)
+        return _STOP_TRAILERS
 
     def decode_end(self, trailers) -> None:
         if self.done or self.request_ended:
@@ -223,7 +247,7 @@ class RouterFilter:
                 stream.read_disable_downstream(False)
         if self.request_ended and self.chunked:
             upstream.end_request(self.trailers)  # the last chunk (and trailers)
-        if stream.hcm.connection.above_high_watermark:
+        if stream.downstream_above_high_watermark():
             self.on_downstream_watermark(True)
 
     def on_pool_failure(self, reason: str, flag: str) -> None:
@@ -253,7 +277,7 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP)
         else:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
-        rc = self.ctx.router_config
+        rc = self.config
         if not rc.suppress_envoy_headers:
             ms = int((now - self.upstream_start) * 1000)
             headers.fields.append((b"x-envoy-upstream-service-time",
@@ -294,7 +318,10 @@ class RouterFilter:
         # leave the rest of the request body unread on that connection).
         self._finish_upstream(self.request_ended)  # (positional: CALL_KW is not specialised)
         self.done = True  # nothing is left for on_destroy to release
-        self.stream.encode_end(trailers)
+        if trailers:
+            self.stream.encode_trailers(trailers)
+        else:
+            self.stream.encode_data(b"", True)
 
     def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503,
                           reused: bool = False) -> None:
@@ -309,7 +336,7 @@ class RouterFilter:
         stream = self.stream
         if stream.upgraded:
             # A tunnel ends when either side closes.
-            stream.encode_end(None)
+            stream.encode_data(b"", True)
             return
         if not self.response_started:
             self._charge_local(status)
@@ -356,7 +383,7 @@ class RouterFilter:
     def _charge_local(self, status: int) -> None:
         """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
         cluster's upstream_rq_<code> stats too (dynamic stats, like a response's)."""
-        if not self.ctx.router_config.dynamic_stats:
+        if not self.config.dynamic_stats:
             return
         start = self.upstream_start or self.stream.start_monotonic
         self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0,
@@ -408,3 +435,21 @@ class RouterFilter:
             self.timeout_timer = None
         if self.holds_request_slot or self.holds_retry_slot:
             self._release_request_slot()
+
+
+class RouterFactory:
+    """The router's per-worker filter factory (FilterFactory / WorkerFilterFactory)."""
+
+    decoder = True
+    encoder = False
+
+    def __init__(self, config, name: str = "envoy.filters.http.router", ctx=None) -> None:
+        self.config = config
+        self.name = name
+        self.ctx = ctx
+
+    def for_worker(self, ctx) -> RouterFactory:
+        return RouterFactory(self.config, self.name, ctx)
+
+    def create(self, callbacks) -> RouterFilter:
+        return RouterFilter(callbacks, self.ctx, self.config)

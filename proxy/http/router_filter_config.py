@@ -70,4 +70,10 @@ register(Extension(
     proto=ROUTER_PROTO,
     parse=parse_router_filter,
     empty_config_ok=True,
+    factory=lambda config, name: _router_factory(config, name),
 ))
+
+
+def _router_factory(config: RouterFilterConfig, name: str):
+    from .router_filter import RouterFactory  # the runtime; imported when a chain is built
+    return RouterFactory(config, name)

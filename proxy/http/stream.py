@@ -1,11 +1,11 @@
 """ActiveStream: one request/response exchange of an HTTP connection manager.
 
-The router filter talks to its stream through this object: `encode_headers`, `encode_data`,
-`encode_end`, `send_local_reply` (Envoy's wording and response flags), `reset`, and
-downstream flow control. The stream applies Envoy's response header handling (date, server,
-via, x-request-id echo) and hands bytes to the connection's codec; its connection manager
-(conn_manager.py) owns its life: creation, timeouts, logging, and what happens next on the
-connection.
+The stream runs its HTTP filter chain (it is a FilterManager: filter_manager.py) and is what
+filters call back (`encode_headers`, `send_local_reply`, `continue_decoding`, `route()`...).
+At the end of the encoder chain it writes the response (`_write_headers`, `_write_data`,
+`_write_trailers`): Envoy's response header handling (date, server, via, x-request-id echo),
+then the connection's codec. Its connection manager (conn_manager.py) owns its life:
+creation, timeouts, logging, and what happens next on the connection.
 
 A stream is its own StreamInfo: the facts access loggers read are fields of this object (one
 object per request instead of two), and the connection-level ones (addresses, connection id)
@@ -19,22 +19,22 @@ import time
 from typing import TYPE_CHECKING
 
 from ..access_log.stream_info import StreamInfo
+from .filter_manager import FilterManager
 from .headers import RequestHead, ResponseHead, append_via
-from .local_reply import local_reply_head
 
 if TYPE_CHECKING:
     from .conn_manager import ConnectionManager
-    from .router_filter import RouterFilter
 
 __all__ = ["ActiveStream"]
 
 
-class ActiveStream(StreamInfo):
-    """One request/response exchange, and its StreamInfo. Owned by its ConnectionManager."""
+class ActiveStream(FilterManager, StreamInfo):
+    """One request/response exchange, its StreamInfo and its filter chain. Owned by its
+    ConnectionManager."""
 
     # Slots for StreamInfo's per-request fields too (they shadow its class defaults): a slot
     # store is cheaper than an instance dict's, and a stream takes a dozen of them.
-    __slots__ = ("hcm", "head", "router", "request_complete", "response_started",
+    __slots__ = ("hcm", "ctx", "head", "request_complete", "response_started",
                  "response_complete", "keep_alive", "upgrade", "upgraded", "closed",
                  "last_activity", "idle_timeout",
                  "start_time", "start_monotonic", "request_complete_monotonic",
@@ -49,8 +49,9 @@ class ActiveStream(StreamInfo):
     def __init__(self, hcm: ConnectionManager, head: RequestHead, keep_alive: bool,
                  upgrade: bytes | None, start_time: float, start_monotonic: float) -> None:
         self.hcm = hcm
+        self.ctx = hcm.ctx
         self.head = self.request_headers = head
-        self.router: RouterFilter | None = None
+        self.init_filters()
         self.request_complete = self.response_started = self.response_complete = False
         self.upgraded = self.closed = False
         self.keep_alive = keep_alive
@@ -87,8 +88,8 @@ class ActiveStream(StreamInfo):
     def protocol(self) -> str:
         return "HTTP/1.1" if self.head.http_version == b"1.1" else "HTTP/1.0"
 
-    # -- encode path (called by the router filter) ----------------------------------------
-    def encode_headers(self, head: ResponseHead, end_stream: bool, body: bytes | None = None) -> None:
+    # -- the wire: what the end of the encoder chain calls --------------------------------
+    def _write_headers(self, head: ResponseHead, end_stream: bool, body: bytes | None = None) -> None:
         """A response head: Envoy's response header rules for this HCM, then the codec.
         With `body` (then `end_stream` is True), the whole response: head, body and end go
         out as one write (the usual upstream response arrives in one read)."""
@@ -142,9 +143,9 @@ class ActiveStream(StreamInfo):
         if self.upgrade is not None:
             hcm.resume_held()
         if end_stream:
-            self.encode_end(None)
+            self._write_trailers(None)
 
-    def encode_data(self, data: bytes, end_stream: bool) -> None:
+    def _write_data(self, data: bytes, end_stream: bool) -> None:
         if self.closed:
             return
         if data:
@@ -152,9 +153,10 @@ class ActiveStream(StreamInfo):
             self.last_activity = time.monotonic()
             self.hcm.connection.write(self.hcm.codec.encode_body(data))
         if end_stream:
-            self.encode_end(None)
+            self._write_trailers(None)
 
-    def encode_end(self, trailers) -> None:
+    def _write_trailers(self, trailers) -> None:
+        """The end of the response (with trailers, or None)."""
         if self.closed or self.response_complete:
             return
         self.response_complete = True
@@ -166,26 +168,6 @@ class ActiveStream(StreamInfo):
         if hcm.codec.response_must_close:
             self.keep_alive = False
         hcm.stream_done(self)
-
-    def send_local_reply(self, status: int, body: bytes, flag: str | None, details: str,
-                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Envoy-style local reply (text/plain body), unless the response already started."""
-        if flag:
-            self.set_response_flag(flag)
-        self.response_code_details = details
-        if self.response_started:
-            self.reset(details)
-            return
-        if not self.request_complete:
-            # The rest of the request body will not be read: the connection cannot be reused.
-            self.keep_alive = False
-        self.encode_local(local_reply_head(status, body, extra), body)
-
-    def encode_local(self, head: ResponseHead, body: bytes) -> None:
-        """A response the proxy made itself (local reply, direct response, redirect): its head,
-        then its body unless the request was HEAD (Envoy sends the headers only, with the
-        content-length of the body it would have sent)."""
-        self.encode_headers(head, True, b"" if self.head.method == b"HEAD" else body)
 
     def reset(self, details: str = "") -> None:
         """Abort the stream: the downstream connection is closed (HTTP/1.1 has no stream reset)."""
@@ -205,3 +187,10 @@ class ActiveStream(StreamInfo):
 
     def read_disable_downstream(self, disable: bool) -> None:
         self.hcm.connection.read_disable(disable)
+
+    def downstream_above_high_watermark(self) -> bool:
+        return self.hcm.connection.above_high_watermark
+
+    def buffer_limit(self) -> int:
+        """The stream's buffer limit: its connection's (per_connection_buffer_limit_bytes)."""
+        return self.hcm.connection.limit

@@ -25,6 +25,8 @@ from proxy.config.reader import ConfigError, Fields, header_bytes
 
 from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
 from .matchers import RouteMatch, parse_route_match, reject_unsupported
+from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_levels,
+                               parse_typed_per_filter_config)
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
                        parse_regex_rewrite)
 
@@ -104,6 +106,9 @@ class Route:
     direct_response: DirectResponseAction | None = None
     request_mutations: tuple[HeaderMutation, ...] = ()
     response_mutations: tuple[HeaderMutation, ...] = ()
+    # typed_per_filter_config of the route, its virtual host and route configuration, merged
+    # (per_filter_config.py): filter name -> PerFilterConfig.
+    per_filter_config: Mapping[str, PerFilterConfig] = NO_PER_FILTER_CONFIG
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,9 @@ class RouteConfiguration:
     ignore_port_in_host_matching: bool = False
     request_mutations: tuple[HeaderMutation, ...] = ()    # route-config level only
     response_mutations: tuple[HeaderMutation, ...] = ()
+    # HTTP filters some level's FilterConfig enables or disables: the chain looks them up
+    # per request (only them).
+    filters_switched_per_route: frozenset[str] = frozenset()
 
 
 _HEADER_FIELDS = ("request_headers_to_add", "request_headers_to_remove",
@@ -264,11 +272,10 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
 
 # -- Route / VirtualHost / RouteConfiguration -----------------------------------------------
 
-_ROUTE_UNSUPPORTED = ("filter_action", "non_forwarding_action", "typed_per_filter_config",
-                      "tracing", "per_request_buffer_limit_bytes", "stat_prefix",
+_ROUTE_UNSUPPORTED = ("filter_action", "non_forwarding_action", "tracing", "per_request_buffer_limit_bytes", "stat_prefix",
                       "request_body_buffer_limit")
 _ROUTE_FIELDS = ("name", "match", "route", "redirect", "direct_response", "metadata",
-                 "decorator") + _HEADER_FIELDS + _ROUTE_UNSUPPORTED
+                 "decorator", "typed_per_filter_config") + _HEADER_FIELDS + _ROUTE_UNSUPPORTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +286,8 @@ class _Outer:
     response_levels: tuple[tuple[HeaderMutation, ...], ...]
     most_specific_wins: bool
     max_body: int
+    per_filter_levels: tuple[Mapping[str, PerFilterConfig], ...] = ()  # vhost, config
+    switched: set[str] | None = None   # collects names a FilterConfig switches
 
 
 def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
@@ -295,6 +304,7 @@ def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
     else:
         direct = _parse_direct_response(f.raw[kind], f.at(kind), outer.max_body)
     req_level, resp_level = _levels(f)
+    per_filter = _per_filter_level(f, outer.switched)
     return Route(
         name=f.str("name", ""), virtual_host_name=outer.vhost_name, match=match,
         action=action, redirect=redirect, direct_response=direct,
@@ -302,21 +312,32 @@ def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
                                          outer.most_specific_wins),
         response_mutations=combine_levels((resp_level,) + outer.response_levels,
                                           outer.most_specific_wins),
+        per_filter_config=merge_levels(per_filter, *outer.per_filter_levels),
     )
 
 
+def _per_filter_level(f: Fields, switched: set[str] | None) -> dict[str, PerFilterConfig]:
+    level = parse_typed_per_filter_config(f.raw_obj("typed_per_filter_config"),
+                                          f.at("typed_per_filter_config"))
+    if switched is not None:
+        switched.update(n for n, e in level.items() if e.disabled is not None)
+    return level
+
+
 _VHOST_UNSUPPORTED = (
-    "matcher", "virtual_clusters", "rate_limits", "cors", "typed_per_filter_config",
+    "matcher", "virtual_clusters", "rate_limits", "cors",
     "include_request_attempt_count", "include_attempt_count_in_response", "retry_policy",
     "retry_policy_typed_config", "hedge_policy", "include_is_timeout_retry_header",
     "per_request_buffer_limit_bytes", "request_mirror_policies", "request_body_buffer_limit")
-_VHOST_FIELDS = ("name", "domains", "routes", "require_tls", "metadata") + _HEADER_FIELDS \
+_VHOST_FIELDS = ("name", "domains", "routes", "require_tls", "metadata",
+                 "typed_per_filter_config") + _HEADER_FIELDS \
     + _VHOST_UNSUPPORTED
 
 
 def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                  config_resp: tuple[HeaderMutation, ...], most_specific: bool,
-                 max_body: int, seen: dict[str, str]) -> VirtualHost:
+                 max_body: int, seen: dict[str, str],
+                 config_filters: Mapping[str, PerFilterConfig], switched: set[str]) -> VirtualHost:
     f = Fields(raw, path, _VHOST_FIELDS)
     reject_unsupported(f, _VHOST_UNSUPPORTED)
     name = f.str("name", required=True)
@@ -337,21 +358,23 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
         seen[d] = f"{path} ({name})"
         domains.append(d)
     req_level, resp_level = _levels(f)
+    vhost_filters = _per_filter_level(f, switched)
     outer = _Outer(name, (req_level, config_req), (resp_level, config_resp), most_specific,
-                   max_body)
+                   max_body, (vhost_filters, config_filters), switched)
     routes = tuple(_parse_route(item, p, outer) for item, p in f.list("routes"))
     require_tls = f.enum("require_tls", ("NONE", "EXTERNAL_ONLY", "ALL"), "NONE")
     tls_route = None
     if require_tls != "NONE":
         # Envoy's SslRedirectRoute: a 301 to the same URL over https.
         tls_route = Route(name="", virtual_host_name=name, match=None,
-                          redirect=RedirectAction(https_redirect=True, response_code=301))
+                          redirect=RedirectAction(https_redirect=True, response_code=301),
+                          per_filter_config=merge_levels(*outer.per_filter_levels))
     return VirtualHost(name, tuple(domains), routes, require_tls, tls_route)
 
 
 _CONFIG_UNSUPPORTED = ("vhds", "cluster_specifier_plugins", "request_mirror_policies",
-                       "ignore_path_parameters_in_path_matching", "typed_per_filter_config")
-_CONFIG_FIELDS = ("name", "virtual_hosts", "internal_only_headers",
+                       "ignore_path_parameters_in_path_matching")
+_CONFIG_FIELDS = ("name", "virtual_hosts", "internal_only_headers", "typed_per_filter_config",
                   "most_specific_header_mutations_wins", "validate_clusters",
                   "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
                   "metadata") + _HEADER_FIELDS + _CONFIG_UNSUPPORTED
@@ -371,7 +394,10 @@ def parse_route_configuration(raw: Mapping[str, Any], path: str) -> RouteConfigu
             raise ConfigError(hpath, "expected a non-empty header name")
         internal.append(header_bytes(h.lower(), hpath))
     seen: dict[str, str] = {}
-    vhosts = tuple(_parse_vhost(item, p, req_level, resp_level, most_specific, max_body, seen)
+    switched: set[str] = set()
+    config_filters = _per_filter_level(f, switched)
+    vhosts = tuple(_parse_vhost(item, p, req_level, resp_level, most_specific, max_body, seen,
+                                config_filters, switched)
                    for item, p in f.list("virtual_hosts"))
     names: dict[str, str] = {}
     for vh, (_, p) in zip(vhosts, f.list("virtual_hosts")):
@@ -389,4 +415,5 @@ def parse_route_configuration(raw: Mapping[str, Any], path: str) -> RouteConfigu
         ignore_port_in_host_matching=f.bool("ignore_port_in_host_matching", False),
         request_mutations=req_level,
         response_mutations=resp_level,
+        filters_switched_per_route=frozenset(switched),
     )

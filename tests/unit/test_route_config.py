@@ -160,7 +160,7 @@ def test_route_needs_exactly_one_action():
 @pytest.mark.parametrize("where,field,value,expected_path", [
     ("vhost", "cors", {}, "route_config.virtual_hosts[0].cors"),
     ("vhost", "rate_limits", [], "route_config.virtual_hosts[0].rate_limits"),
-    ("vhost", "typed_per_filter_config", {}, "route_config.virtual_hosts[0].typed_per_filter_config"),
+    ("vhost", "virtual_clusters", [], "route_config.virtual_hosts[0].virtual_clusters"),
     ("vhost", "retry_policy", {}, "route_config.virtual_hosts[0].retry_policy"),
     ("action", "retry_policy", {"retry_on": "5xx"},
      "route_config.virtual_hosts[0].routes[0].route.retry_policy"),

@@ -55,6 +55,7 @@ def _last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
 # (Content-Length, close-delimited, tunnel), chunked, or none at all (HEAD, 204, 304: any
 # body bytes a caller still writes are dropped, so they can never be read as a next response).
 _BODY_AS_IS, _BODY_CHUNKED, _BODY_NONE = range(3)
+_CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ResponseEncoding:
@@ -143,6 +144,10 @@ class ResponseEncoding:
             if self._state == AWAIT_SWITCH and self._unanswered <= 0:
                 self._state = OPEN if self._keep_alive else CLOSED
         return b"\r\n".join(parts)
+
+    def encode_continue(self) -> bytes:
+        """The interim `100 Continue` answering `expect: 100-continue` (no fields, as Envoy)."""
+        return _CONTINUE_100
 
     def encode_body(self, data: bytes) -> bytes:
         mode = self._resp_body

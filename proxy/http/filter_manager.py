@@ -1,0 +1,448 @@
+"""FilterManager: runs one stream's HTTP filter chain (Envoy's FilterManager semantics).
+
+Decoder filters see the request in `http_filters` order; the last one (the router) is the
+terminal filter, whose statuses are ignored. Encoder filters see the response in the reverse
+order, then the wire (`_write_headers/_write_data/_write_trailers`, which the stream that
+inherits this class implements). Each direction stops at most at one filter at a time; what
+arrives meanwhile waits there (`_Held`) until that filter says CONTINUE or calls
+`continue_decoding()` / `continue_encoding()`. The statuses' meanings are in filter.py.
+
+Local replies (`send_local_reply`) stop the decoder chain and go through every encoder
+filter, so a filter that adds response headers (CORS) sees them too; once the response has
+reached the wire a local reply becomes a stream reset instead.
+
+Buffer limits (the connection's buffer limit, as Envoy's stream buffer limit): request data a
+filter buffers beyond it gets 413 (or, for a ..._AND_WATERMARK status, pauses the downstream
+instead); response data gets 500 while nothing went out yet, else a reset (or pauses the
+upstream through the router's downstream-watermark callback).
+
+The stream (stream.py) inherits this class: one object per request carries the stream, its
+StreamInfo and its filter chain. This module keeps to the chain and knows nothing of codecs or
+sockets. Thread affinity: the worker that owns the stream; filters call back on that thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
+from .local_reply import local_reply_head
+
+__all__ = ["FilterManager"]
+
+_STOP_ALL = FilterHeadersStatus.STOP_ALL_ITERATION_AND_BUFFER
+_HEADERS_WATERMARK = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
+_DATA_WATERMARK = FilterDataStatus.STOP_ITERATION_AND_WATERMARK
+_NO_BUFFER = FilterDataStatus.STOP_ITERATION_NO_BUFFER
+assert FilterTrailersStatus.CONTINUE == FilterDataStatus.CONTINUE == FilterHeadersStatus.CONTINUE == 0
+
+_DECODE, _ENCODE = 0, 1
+_NAMES = (("decode_headers", "decode_data", "decode_trailers"),
+          ("encode_headers", "encode_data", "encode_trailers"))
+
+
+class _Held:
+    """Where one direction's iteration stopped, and what waits at that filter."""
+
+    __slots__ = ("at", "headers_pending", "headers_end", "stop_all", "watermark", "buffer",
+                 "end_stream", "trailers", "paused")
+
+    def __init__(self, at: int, headers_pending: bool, headers_end: bool, status: int) -> None:
+        self.at = at
+        self.headers_pending = headers_pending   # the headers have not passed this filter
+        self.headers_end = headers_end           # ... and they ended the stream
+        self.stop_all = headers_pending and status >= _STOP_ALL  # data/trailers wait, unseen
+        self.watermark = status == (_HEADERS_WATERMARK if headers_pending else _DATA_WATERMARK)
+        self.buffer: bytearray | None = None
+        self.end_stream = False                  # the end of the stream waits here too
+        self.trailers = None
+        self.paused = False                      # we paused the peer (watermark)
+
+
+class _WireSink:
+    """The end of the encoder chain: the stream's wire writes, shaped as a filter."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def encode_headers(self, head, end_stream: bool) -> int:
+        self.stream._write_headers(head, end_stream, None)
+        return 0
+
+    def encode_data(self, data: bytes, end_stream: bool) -> int:
+        self.stream._write_data(data, end_stream)
+        return 0
+
+    def encode_trailers(self, trailers) -> int:
+        self.stream._write_trailers(trailers)
+        return 0
+
+
+class FilterManager:
+    """Mixin for the stream: the filter chain and the callbacks filters get (FilterCallbacks).
+
+    The subclass provides `head`, `ctx` (route table, worker), `closed`, `response_started`
+    (the head reached the wire), `request_complete`, `keep_alive`, `set_response_flag`,
+    `response_code_details`, `buffer_limit()`, `read_disable_downstream(bool)`, `reset()` and
+    the three `_write_*` methods."""
+
+    __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
+                 "route_resolved", "watermark_callbacks", "filters", "response_head_pending")
+
+    def init_filters(self) -> None:
+        self.chains = None            # (decoders, encoders + wire sink) once created
+        self.held = [None, None]      # _Held per direction, or None while flowing
+        self.decoder_aborted = False  # a local reply ended the decode side
+        self.encoding_started = False
+        self.cached_route = None
+        self.route_resolved = False
+        self.watermark_callbacks = ()
+        self.filters = ()             # every filter instance, for on_destroy
+
+    def create_filter_chain(self, factories) -> None:
+        """One filter per factory (HcmContext.filter_factories: (factory, disabled by default,
+        switchable per route)) but those the route disables; a filter may decode, encode or
+        both. As in Envoy the route is resolved first when a route may switch a filter."""
+        decoders = []
+        encoders = []
+        filters = []
+        for factory, disabled, switchable in factories:
+            if switchable and self._disabled_for_route(factory.name, disabled):
+                continue
+            flt = factory.create(self)
+            filters.append(flt)
+            if factory.decoder:
+                decoders.append(flt)
+            if factory.encoder:
+                encoders.append(flt)
+        encoders.reverse()
+        if encoders:
+            encoders.append(_WireSink(self))
+        self.filters = filters
+        self.chains = (decoders, encoders)
+
+    def _disabled_for_route(self, name: str, default: bool) -> bool:
+        route = self.route()
+        entry = route.per_filter_config.get(name) if route is not None else None
+        if entry is None or entry.disabled is None:
+            return default
+        return entry.disabled
+
+    # -- FilterCallbacks: the stream as filters see it -----------------------------------------
+    @property
+    def stream_info(self):
+        return self
+
+    @property
+    def request_head(self):
+        return self.head
+
+    @property
+    def dispatcher(self):
+        return self.ctx.worker.dispatcher
+
+    def route(self):
+        """The route for the request as it is now (cached until `clear_route_cache`)."""
+        if not self.route_resolved:
+            self.cached_route = self.ctx.route_table.route(self.head)
+            self.route_resolved = True
+        return self.cached_route
+
+    def clear_route_cache(self) -> None:
+        self.route_resolved = False
+        self.cached_route = None
+
+    def per_filter_config(self, name: str) -> Any:
+        """The most specific `typed_per_filter_config` for filter `name` (route, then virtual
+        host, then route configuration: merged at config load), or None."""
+        route = self.route()
+        if route is None:
+            return None
+        entry = route.per_filter_config.get(name)
+        return None if entry is None else entry.config
+
+    def add_downstream_watermark_callbacks(self, callback) -> None:
+        """`callback(above: bool)` runs when the downstream's write buffer crosses its high
+        (True) or low (False) watermark, or an encoder buffer above the limit pauses."""
+        self.watermark_callbacks += (callback,)
+
+    def on_downstream_watermark(self, above: bool) -> None:
+        for callback in self.watermark_callbacks:
+            callback(above)
+
+    def decoding_buffer(self) -> bytearray | None:
+        held = self.held[_DECODE]
+        return None if held is None else held.buffer
+
+    def add_decoded_data(self, data: bytes) -> None:
+        """From a stopped decoder filter: add to what waits at it (Envoy's addDecodedData)."""
+        self._buffer(_DECODE, self._held_or_new(_DECODE), data)
+
+    def encoding_buffer(self) -> bytearray | None:
+        held = self.held[_ENCODE]
+        return None if held is None else held.buffer
+
+    def add_encoded_data(self, data: bytes) -> None:
+        self._buffer(_ENCODE, self._held_or_new(_ENCODE), data)
+
+    def _held_or_new(self, d: int) -> _Held:
+        held = self.held[d]
+        if held is None:
+            held = self.held[d] = _Held(0, False, False, FilterDataStatus.STOP_ITERATION_AND_BUFFER)
+        return held
+
+    # -- decode path (the connection manager calls these) --------------------------------------
+    def decode_headers(self, end_stream: bool) -> None:
+        self._headers(_DECODE, 0, self.head, end_stream)
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        held = self.held[_DECODE]
+        self._data(_DECODE, 0 if held is None else held.at, data, end_stream)
+
+    def decode_trailers(self, trailers) -> None:
+        held = self.held[_DECODE]
+        self._trailers(_DECODE, 0 if held is None else held.at, trailers)
+
+    def continue_decoding(self) -> None:
+        self._resume(_DECODE)
+
+    # -- encode path (the router, or any decoder filter that answers, calls these) -------------
+    def encode_headers(self, head, end_stream: bool, body: bytes | None = None) -> None:
+        """A response head; with `body` (then `end_stream` is True) the whole response."""
+        if self.closed:
+            return
+        self.encoding_started = True
+        encoders = self.chains[_ENCODE] if self.chains is not None else None
+        if not encoders:
+            self._write_headers(head, end_stream, body)
+            return
+        self.response_head_pending = head
+        if body:
+            self._headers(_ENCODE, 0, head, False)
+            if not self.closed:
+                self.encode_data(body, True)
+        else:
+            self._headers(_ENCODE, 0, head, True)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.closed:
+            return
+        if self.chains is None or not self.chains[_ENCODE]:
+            self._write_data(data, end_stream)
+            return
+        held = self.held[_ENCODE]
+        self._data(_ENCODE, 0 if held is None else held.at, data, end_stream)
+
+    def encode_trailers(self, trailers) -> None:
+        if self.closed:
+            return
+        if self.chains is None or not self.chains[_ENCODE]:
+            self._write_trailers(trailers)
+            return
+        held = self.held[_ENCODE]
+        self._trailers(_ENCODE, 0 if held is None else held.at, trailers)
+
+    def continue_encoding(self) -> None:
+        self._resume(_ENCODE)
+
+    def encode_local(self, head, body: bytes) -> None:
+        """A response the proxy made itself (local reply, direct response, redirect): its head,
+        then its body unless the request was HEAD (Envoy sends the headers only, with the
+        content-length of the body it would have sent)."""
+        self.encode_headers(head, True, b"" if self.head.method == b"HEAD" else body)
+
+    def send_local_reply(self, status: int, body: bytes, flag: str | None, details: str,
+                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Envoy's local reply (text/plain body) through the encoder filters; a reset once the
+        response reached the wire. The decoder chain stops here."""
+        if flag:
+            self.set_response_flag(flag)
+        self.response_code_details = details
+        self.decoder_aborted = True
+        if self.response_started:
+            self.reset(details)
+            return
+        if not self.request_complete:
+            # The rest of the request body will not be read: the connection cannot be reused.
+            self.keep_alive = False
+        head = local_reply_head(status, body, extra)
+        if self.encoding_started:
+            # A response is inside the encoder chain (held by a filter) but not on the wire:
+            # the local reply replaces it and goes straight out, as Envoy's direct reply.
+            self.held[_ENCODE] = None
+            self.chains = (self.chains[_DECODE], [])
+        self.encode_local(head, body)
+
+    # -- iteration ------------------------------------------------------------------------------
+    def _stopped(self, d: int) -> bool:
+        return self.closed or (d == _DECODE and self.decoder_aborted)
+
+    def _headers(self, d: int, i: int, head, end_stream: bool) -> None:
+        filters = self.chains[d]
+        last = len(filters) - 1
+        name = _NAMES[d][0]
+        while i < last:
+            status = getattr(filters[i], name)(head, end_stream)
+            if self._stopped(d):
+                return
+            if status:
+                self.held[d] = _Held(i, True, end_stream, status)
+                return
+            i += 1
+        getattr(filters[last], name)(head, end_stream)
+
+    def _data(self, d: int, i: int, data: bytes, end_stream: bool) -> None:
+        filters = self.chains[d]
+        last = len(filters) - 1
+        name = _NAMES[d][1]
+        while i < last:
+            held = self.held[d]
+            if held is not None and held.at == i:
+                if held.stop_all:
+                    held.end_stream = held.end_stream or end_stream
+                    self._buffer(d, held, data)
+                    return
+                status = getattr(filters[i], name)(data, end_stream)
+                if self._stopped(d):
+                    return
+                if status == 0:  # this filter lets what waits at it go on, this data last
+                    self.held[d] = None
+                    if held.buffer:
+                        data = bytes(held.buffer) + data
+                    self._unpause(d, held)
+                    if held.headers_pending:
+                        self._headers(d, i + 1, self._head(d), False)
+                        if self._stopped(d):
+                            return
+                    again = self.held[d]
+                    i = again.at if again is not None else i + 1
+                    continue
+                held.end_stream = held.end_stream or end_stream
+                if status != _NO_BUFFER:
+                    self._buffer(d, held, data)
+                return
+            status = getattr(filters[i], name)(data, end_stream)
+            if self._stopped(d):
+                return
+            if status:
+                held = self.held[d] = _Held(i, False, False, status)
+                held.end_stream = end_stream
+                if status != _NO_BUFFER:
+                    self._buffer(d, held, data)
+                return
+            i += 1
+        getattr(filters[last], name)(data, end_stream)
+
+    def _trailers(self, d: int, i: int, trailers) -> None:
+        filters = self.chains[d]
+        last = len(filters) - 1
+        name = _NAMES[d][2]
+        while i < last:
+            held = self.held[d]
+            if held is not None and held.at == i:
+                if held.stop_all:
+                    held.trailers = trailers
+                    return
+                status = getattr(filters[i], name)(trailers)
+                if self._stopped(d):
+                    return
+                if status:
+                    held.trailers = trailers
+                    return
+                # CONTINUE from the filter holding things: release them, trailers last.
+                held.trailers = trailers
+                self.held[d] = None
+                self._release(d, held, i + 1)
+                return
+            status = getattr(filters[i], name)(trailers)
+            if self._stopped(d):
+                return
+            if status:
+                held = self.held[d] = _Held(i, False, False, status)
+                held.trailers = trailers
+                return
+            i += 1
+        getattr(filters[last], name)(trailers)
+
+    def _resume(self, d: int) -> None:
+        """`continue_decoding` / `continue_encoding`: what waits at the stopped filter goes on
+        from the next one."""
+        held = self.held[d]
+        if held is None or self._stopped(d):
+            return
+        self.held[d] = None
+        self._release(d, held, held.at + 1)
+
+    def _release(self, d: int, held: _Held, i: int) -> None:
+        self._unpause(d, held)
+        data = bytes(held.buffer) if held.buffer else b""
+        trailers = held.trailers
+        data_end = held.end_stream and trailers is None
+        if held.headers_pending:
+            end = held.headers_end
+            self._headers(d, i, self._head(d), end)
+            if end or self._stopped(d):
+                return
+            again = self.held[d]
+            if again is not None:
+                i = again.at
+        if data or data_end:
+            self._data(d, i, data, data_end)
+            if self._stopped(d):
+                return
+            again = self.held[d]
+            if again is not None:
+                i = again.at
+        if trailers is not None:
+            self._trailers(d, i, trailers)
+
+    def _head(self, d: int):
+        return self.head if d == _DECODE else self.response_head_pending
+
+    # -- buffering and limits --------------------------------------------------------------------
+    def _buffer(self, d: int, held: _Held, data: bytes) -> None:
+        if not data:
+            return
+        if held.buffer is None:
+            held.buffer = bytearray()
+        held.buffer += data
+        if len(held.buffer) <= self.buffer_limit():
+            return
+        if held.watermark:
+            if not held.paused:
+                held.paused = True
+                self._pause_peer(d, True)
+            return
+        if d == _DECODE:
+            # Envoy: a request a filter buffers beyond the limit gets 413.
+            self.ctx.stats.downstream_rq_too_large.value += 1
+            self.send_local_reply(413, b"Payload Too Large", None, "request_payload_too_large")
+        else:
+            self.ctx.stats.rs_too_large.value += 1
+            held.buffer = None
+            self.send_local_reply(500, b"Internal Server Error", None, "response_payload_too_large")
+
+    def _unpause(self, d: int, held: _Held) -> None:
+        if held.paused:
+            held.paused = False
+            self._pause_peer(d, False)
+
+    def _pause_peer(self, d: int, pause: bool) -> None:
+        if d == _DECODE:
+            self.read_disable_downstream(pause)
+        else:
+            self.on_downstream_watermark(pause)  # the router pauses the upstream
+
+    # -- teardown -------------------------------------------------------------------------------
+    def destroy_filters(self) -> None:
+        """The stream is over: every filter's on_destroy, once; the chain is dropped (which
+        breaks the stream <-> filter cycles, so a stream is freed by refcount)."""
+        filters = self.filters
+        self.filters = ()
+        self.chains = None
+        self.held = [None, None]
+        self.watermark_callbacks = ()
+        for flt in filters:
+            flt.on_destroy()

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 __all__ = ["FilterHeadersStatus", "FilterDataStatus", "FilterTrailersStatus",
            "DecoderFilter", "EncoderFilter", "FilterCallbacks", "FilterFactory",
-           "WorkerFilterFactory"]
+           "WorkerFilterFactory", "PassThroughFilter"]
 
 
 class FilterHeadersStatus:
@@ -116,3 +116,31 @@ class FilterFactory(Protocol):
     (immutable, shared by workers); `for_worker` resolves per-worker state (stats)."""
 
     def for_worker(self, hcm_context: Any) -> WorkerFilterFactory: ...
+
+
+class PassThroughFilter:
+    """A base for filters that act on some calls only: every call CONTINUEs, and
+    `on_destroy` does nothing. (Statuses are all 0 for CONTINUE.)"""
+
+    __slots__ = ()
+
+    def decode_headers(self, head: Any, end_stream: bool) -> int:
+        return 0
+
+    def decode_data(self, data: bytes, end_stream: bool) -> int:
+        return 0
+
+    def decode_trailers(self, trailers: list[tuple[bytes, bytes]]) -> int:
+        return 0
+
+    def encode_headers(self, head: Any, end_stream: bool) -> int:
+        return 0
+
+    def encode_data(self, data: bytes, end_stream: bool) -> int:
+        return 0
+
+    def encode_trailers(self, trailers: list[tuple[bytes, bytes]]) -> int:
+        return 0
+
+    def on_destroy(self) -> None:
+        pass

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
-from .local_reply import local_reply_head
+from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head
 
 __all__ = ["FilterManager"]
 
@@ -254,9 +254,11 @@ class FilterManager:
         self.encode_headers(head, True, b"" if self.head.method == b"HEAD" else body)
 
     def send_local_reply(self, status: int, body: bytes, flag: str | None, details: str,
-                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        """Envoy's local reply (text/plain body) through the encoder filters; a reset once the
-        response reached the wire. The decoder chain stops here."""
+                         extra: list[tuple[bytes, bytes]] | None = None,
+                         grpc_status: int | None = None) -> None:
+        """Envoy's local reply (text/plain body; to a gRPC request a 200 carrying grpc-status,
+        `grpc_status` or one mapped from `status`) through the encoder filters; a reset once
+        the response reached the wire. The decoder chain stops here."""
         if flag:
             self.set_response_flag(flag)
         self.response_code_details = details
@@ -267,7 +269,11 @@ class FilterManager:
         if not self.request_complete:
             # The rest of the request body will not be read: the connection cannot be reused.
             self.keep_alive = False
-        head = local_reply_head(status, body, extra)
+        if is_grpc_request(self.head.headers):
+            head = grpc_local_reply_head(status, body, grpc_status)
+            body = b""
+        else:
+            head = local_reply_head(status, body, extra)
         if self.encoding_started:
             # A response is inside the encoder chain (held by a filter) but not on the wire:
             # the local reply replaces it and goes straight out, as Envoy's direct reply.

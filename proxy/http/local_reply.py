@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from .headers import Headers, ResponseHead
 
-__all__ = ["local_reply_head", "UPSTREAM_RESET_PREFIX", "reset_body"]
+__all__ = ["local_reply_head", "UPSTREAM_RESET_PREFIX", "reset_body", "is_grpc_request",
+           "grpc_local_reply_head"]
 
 UPSTREAM_RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
@@ -24,3 +25,26 @@ def local_reply_head(status: int, body: bytes, extra: list[tuple[bytes, bytes]] 
     if extra:
         items.extend(extra)
     return ResponseHead(status, Headers(items))
+
+
+# Envoy's Grpc::Utility::httpToGrpcStatus, for a local reply to a gRPC request.
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+_GRPC_UNKNOWN = 2
+
+
+def is_grpc_request(headers: Headers) -> bool:
+    """Envoy's test: content-type application/grpc (optionally +proto, +json, ...)."""
+    ctype = headers.get(b"content-type")
+    return ctype is not None and (ctype == b"application/grpc"
+                                  or ctype.startswith(b"application/grpc+"))
+
+
+def grpc_local_reply_head(status: int, body: bytes, grpc_status: int | None) -> ResponseHead:
+    """A local reply to a gRPC request, as Envoy makes it: HTTP 200, trailers-only style, the
+    gRPC status (given, or mapped from the HTTP status) and the body as grpc-message."""
+    code = grpc_status if grpc_status is not None else _HTTP_TO_GRPC.get(status, _GRPC_UNKNOWN)
+    items = [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code)]
+    if body:
+        items.append((b"grpc-message", body))
+    items.append((b"content-length", b"0"))
+    return ResponseHead(200, Headers(items))

@@ -268,6 +268,7 @@ class RouterFilter:
             return
         stream = self.stream
         stream.first_upstream_rx_monotonic = now = time.monotonic()
+        stream.response_code_details = "via_upstream"  # Envoy's details for a proxied response
         self.response_started = True
         if self.timeout_timer is not None and ev.status == 101:
             self.timeout_timer.disable()

@@ -1,0 +1,2 @@
+"""HTTP filters, one module each; each registers its config parser and runtime factory
+(proxy/extensions.py imports them). Filters never import each other."""

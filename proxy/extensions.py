@@ -15,3 +15,4 @@ import proxy.http.hcm_config  # noqa: F401  envoy.filters.network.http_connectio
 import proxy.http.router_filter_config  # noqa: F401  envoy.filters.http.router
 import proxy.network.tcp_proxy_config  # noqa: F401  envoy.filters.network.tcp_proxy
 import proxy.http.filters.fault  # noqa: F401  envoy.filters.http.fault
+import proxy.http.filters.cors  # noqa: F401  envoy.filters.http.cors

@@ -163,6 +163,14 @@ class FilterManager:
         entry = route.per_filter_config.get(name)
         return None if entry is None else entry.config
 
+    def all_per_filter_configs(self, name: str) -> tuple:
+        """Every level's `typed_per_filter_config` for filter `name`, most specific first."""
+        route = self.route()
+        if route is None:
+            return ()
+        entry = route.per_filter_config.get(name)
+        return () if entry is None else entry.all_configs
+
     def add_downstream_watermark_callbacks(self, callback) -> None:
         """`callback(above: bool)` runs when the downstream's write buffer crosses its high
         (True) or low (False) watermark, or an encoder buffer above the limit pauses."""
@@ -219,12 +227,12 @@ class FilterManager:
             self._write_headers(head, end_stream, body)
             return
         self.response_head_pending = head
-        if body:
+        if body:  # the whole response: its head, then its body with the end
             self._headers(_ENCODE, 0, head, False)
             if not self.closed:
                 self.encode_data(body, True)
         else:
-            self._headers(_ENCODE, 0, head, True)
+            self._headers(_ENCODE, 0, head, end_stream)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if self.closed:

@@ -124,6 +124,11 @@ class ActiveStream(FilterManager, StreamInfo):
             hcm.stats.downstream_cx_upgrades_total.value += 1
             hcm.stats.downstream_cx_upgrades_active.value += 1
         req = self.head
+        if end_stream and body is None and status >= 200 and status != 204 and status != 304 \
+                and req.method != b"HEAD" and not headers.has(b"content-length"):
+            # A headers-only response (a filter's, e.g. a CORS preflight): as Envoy's HTTP/1
+            # codec, say there is no body instead of sending an empty chunked one.
+            headers.fields.append((b"content-length", b"0"))
         codec = hcm.codec
         data = codec.encode_response_head(status, None, headers.fields, req.method,
                                           req.http_version, self.keep_alive)

@@ -32,6 +32,9 @@ NO_PER_FILTER_CONFIG: Mapping[str, PerFilterConfig] = MappingProxyType({})
 class PerFilterConfig:
     config: Any = None            # the filter's parsed per-route config, or None
     disabled: bool | None = None  # FilterConfig.disabled where one says it
+    # Merged only: every level's config, most specific first (a filter such as CORS takes
+    # each field from the most specific level that sets it).
+    all_configs: tuple[Any, ...] = ()
 
 
 def parse_typed_per_filter_config(raw: Any, path: str) -> dict[str, PerFilterConfig]:
@@ -90,7 +93,7 @@ def merge_levels(*levels: Mapping[str, PerFilterConfig]) -> Mapping[str, PerFilt
     merged: dict[str, PerFilterConfig] = {}
     for name in {n for level in levels for n in level}:
         entries = [level[name] for level in levels if name in level]
-        config = next((e.config for e in entries if e.config is not None), None)
+        configs = tuple(e.config for e in entries if e.config is not None)
         disabled = next((e.disabled for e in entries if e.disabled is not None), None)
-        merged[name] = PerFilterConfig(config, disabled)
+        merged[name] = PerFilterConfig(configs[0] if configs else None, disabled, configs)
     return MappingProxyType(merged)

@@ -1,0 +1,298 @@
+"""The HTTP filter chain's iteration rules (filter_manager.py), driven without sockets: a
+`FakeStream` is a FilterManager whose wire is a list, and `Recording*` filters return scripted
+statuses. Envoy's semantics: decoders in order, encoders in reverse, StopIteration holds the
+headers but not the data, StopAll* holds everything, buffered data is released by CONTINUE or
+continue_*, the buffer limit gives 413 / 500, a local reply runs the encoders and stops the
+decoders.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from proxy.http.filter import (FilterDataStatus as D, FilterHeadersStatus as H,
+                               FilterTrailersStatus as T, PassThroughFilter)
+from proxy.http.filter_manager import FilterManager
+from proxy.http.headers import Headers, RequestHead, ResponseHead
+
+
+class FakeStream(FilterManager):
+    """A stream whose wire is `wire` (a list of events) and whose peer pause is recorded."""
+
+    __slots__ = ("head", "ctx", "closed", "response_started", "request_complete", "keep_alive",
+                 "wire", "flags", "response_code_details", "limit", "read_disabled", "log")
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.head = RequestHead(b"GET", b"/", b"x", b"http", Headers([(b"host", b"x")]))
+        stats = SimpleNamespace(downstream_rq_too_large=SimpleNamespace(value=0),
+                                rs_too_large=SimpleNamespace(value=0))
+        self.ctx = SimpleNamespace(stats=stats, route_table=SimpleNamespace(route=lambda h: None))
+        self.closed = self.response_started = False
+        self.request_complete = True
+        self.keep_alive = True
+        self.wire: list = []
+        self.flags: list = []
+        self.response_code_details = None
+        self.limit = limit
+        self.read_disabled: list = []
+        self.log: list = []  # every filter call, in order
+        self.init_filters()
+
+    def set_response_flag(self, flag):
+        self.flags.append(flag)
+
+    def buffer_limit(self):
+        return self.limit
+
+    def read_disable_downstream(self, disable):
+        self.read_disabled.append(disable)
+
+    def reset(self, details=""):
+        self.wire.append(("reset", details))
+        self.closed = True
+
+    def _write_headers(self, head, end_stream, body=None):
+        self.response_started = True
+        self.wire.append(("headers", head.status, end_stream, body))
+        if end_stream:
+            self.closed = True
+
+    def _write_data(self, data, end_stream):
+        self.wire.append(("data", bytes(data), end_stream))
+        if end_stream:
+            self.closed = True
+
+    def _write_trailers(self, trailers):
+        self.wire.append(("trailers", trailers))
+        self.closed = True
+
+
+class Recording(PassThroughFilter):
+    """Logs each call as (name, call, arg) and returns the next scripted status for it."""
+
+    __slots__ = ("name", "stream", "script")
+
+    def __init__(self, name, stream, **script):
+        self.name = name
+        self.stream = stream
+        self.script = {k: list(v) for k, v in script.items()}
+
+    def _call(self, call, arg):
+        self.stream.log.append((self.name, call, arg))
+        statuses = self.script.get(call)
+        return statuses.pop(0) if statuses else 0
+
+    def decode_headers(self, head, end_stream):
+        return self._call("decode_headers", end_stream)
+
+    def decode_data(self, data, end_stream):
+        return self._call("decode_data", (bytes(data), end_stream))
+
+    def decode_trailers(self, trailers):
+        return self._call("decode_trailers", trailers)
+
+    def encode_headers(self, head, end_stream):
+        return self._call("encode_headers", (head.status, end_stream))
+
+    def encode_data(self, data, end_stream):
+        return self._call("encode_data", (bytes(data), end_stream))
+
+    def encode_trailers(self, trailers):
+        return self._call("encode_trailers", trailers)
+
+
+class Factory:
+    def __init__(self, name, decoder=True, encoder=True, **script):
+        self.name, self.decoder, self.encoder, self.script = name, decoder, encoder, script
+        self.made = None
+
+    def create(self, callbacks):
+        self.made = Recording(self.name, callbacks, **self.script)
+        return self.made
+
+
+def chain(stream, *factories):
+    stream.create_filter_chain([(f, False, False) for f in factories])
+    return [f.made for f in factories]
+
+
+def decode_log(stream):
+    return [(n, c, a) for n, c, a in stream.log if c.startswith("decode")]
+
+
+def test_decoders_run_in_order_and_encoders_in_reverse():
+    s = FakeStream()
+    chain(s, Factory("a"), Factory("b"), Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"x", True)
+    assert [(n, c) for n, c, _ in s.log] == [("a", "decode_headers"), ("b", "decode_headers"),
+                                             ("router", "decode_headers"), ("a", "decode_data"),
+                                             ("b", "decode_data"), ("router", "decode_data")]
+    s.log.clear()
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"body", True)
+    assert [(n, c) for n, c, _ in s.log] == [("b", "encode_headers"), ("a", "encode_headers"),
+                                             ("b", "encode_data"), ("a", "encode_data")]
+    assert s.wire == [("headers", 200, False, None), ("data", b"body", True)]
+
+
+def test_stop_iteration_holds_headers_but_data_still_reaches_the_stopped_filter():
+    s = FakeStream()
+    chain(s, Factory("a", decode_headers=[H.STOP_ITERATION],
+                     decode_data=[D.STOP_ITERATION_AND_BUFFER, D.CONTINUE]),
+          Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"one", False)
+    assert decode_log(s) == [("a", "decode_headers", False), ("a", "decode_data", (b"one", False))]
+    # CONTINUE from decode_data: the headers go on, then what was buffered with this data.
+    s.decode_data(b"two", True)
+    assert decode_log(s)[2:] == [("a", "decode_data", (b"two", True)),
+                                 ("router", "decode_headers", False),
+                                 ("router", "decode_data", (b"onetwo", True))]
+
+
+def test_stop_all_buffers_everything_until_continue_decoding():
+    s = FakeStream()
+    a, _ = chain(s, Factory("a", decode_headers=[H.STOP_ALL_ITERATION_AND_BUFFER]),
+                 Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"x" * 3, False)
+    s.decode_data(b"y", False)
+    s.decode_trailers([(b"t", b"1")])
+    assert decode_log(s) == [("a", "decode_headers", False)]  # nothing else reached "a"
+    assert bytes(s.decoding_buffer()) == b"xxxy"
+    s.continue_decoding()
+    assert decode_log(s)[1:] == [("router", "decode_headers", False),
+                                 ("router", "decode_data", (b"xxxy", False)),
+                                 ("router", "decode_trailers", [(b"t", b"1")])]
+
+
+def test_a_second_filter_can_stop_what_the_first_released():
+    s = FakeStream()
+    chain(s, Factory("a", decode_headers=[H.STOP_ALL_ITERATION_AND_BUFFER]),
+          Factory("b", decode_headers=[H.STOP_ALL_ITERATION_AND_BUFFER]),
+          Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"body", True)
+    s.continue_decoding()              # "a" lets go; "b" stops all: the data waits at "b"
+    assert [n for n, *_ in decode_log(s)] == ["a", "b"]
+    s.continue_decoding()
+    assert decode_log(s)[2:] == [("router", "decode_headers", False),
+                                 ("router", "decode_data", (b"body", True))]
+
+
+def test_headers_only_request_continued_later_keeps_end_stream():
+    s = FakeStream()
+    chain(s, Factory("a", decode_headers=[H.STOP_ITERATION]), Factory("router", encoder=False))
+    s.decode_headers(True)
+    s.continue_decoding()
+    assert decode_log(s) == [("a", "decode_headers", True), ("router", "decode_headers", True)]
+
+
+def test_buffering_past_the_limit_answers_413_through_the_encoders():
+    s = FakeStream(limit=4)
+    chain(s, Factory("enc", decoder=False),
+          Factory("a", encoder=False, decode_headers=[H.STOP_ALL_ITERATION_AND_BUFFER]),
+          Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"abc", False)
+    assert s.wire == []
+    s.decode_data(b"de", False)
+    assert s.wire == [("headers", 413, False, None), ("data", b"Payload Too Large", True)]
+    assert ("enc", "encode_headers", (413, False)) in s.log   # the encoders saw the local reply
+    assert s.response_code_details == "request_payload_too_large"
+    assert s.ctx.stats.downstream_rq_too_large.value == 1
+
+
+def test_watermark_status_pauses_the_downstream_instead_of_413():
+    s = FakeStream(limit=4)
+    chain(s, Factory("a", decode_headers=[H.STOP_ALL_ITERATION_AND_WATERMARK]),
+          Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"abcdef", False)
+    assert s.read_disabled == [True] and s.wire == []
+    s.continue_decoding()
+    assert s.read_disabled == [True, False]
+    assert decode_log(s)[-1] == ("router", "decode_data", (b"abcdef", False))
+
+
+def test_response_buffered_past_the_limit_is_a_500_before_the_head_went_out():
+    s = FakeStream(limit=4)
+    chain(s, Factory("a", decoder=False, encode_headers=[H.STOP_ALL_ITERATION_AND_BUFFER]),
+          Factory("router", encoder=False))
+    s.decode_headers(True)
+    s.encode_headers(ResponseHead(200, Headers([(b"content-length", b"10")])), False)
+    s.encode_data(b"0123456789", True)
+    # Straight to the wire (the encoder holding the response is bypassed), in one write.
+    assert s.wire == [("headers", 500, True, b"Internal Server Error")]
+    assert s.response_code_details == "response_payload_too_large"
+    assert s.ctx.stats.rs_too_large.value == 1
+
+
+def test_local_reply_from_a_decoder_stops_the_decoders_and_runs_every_encoder():
+    s = FakeStream()
+
+    class Answering(Recording):
+        def decode_headers(self, head, end_stream):
+            self.stream.send_local_reply(403, b"no", "UAEX", "denied")
+            return H.STOP_ITERATION
+
+    s.create_filter_chain([(Factory("enc", decoder=False), False, False),
+                           (SimpleNamespace(name="auth", decoder=True, encoder=False,
+                                            create=lambda cb: Answering("auth", cb)), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.decode_headers(True)
+    assert [n for n, c, _ in s.log if c == "decode_headers"] == []  # Answering logs nothing
+    assert ("enc", "encode_headers", (403, False)) in s.log
+    assert s.wire[0][:2] == ("headers", 403) and s.flags == ["UAEX"]
+    assert not any(n == "router" for n, *_ in s.log)
+
+
+def test_encoder_stop_and_continue_encoding():
+    s = FakeStream()
+    b, a, _ = chain(s, Factory("b", decoder=False), Factory("a", decoder=False,
+                                                           encode_headers=[H.STOP_ITERATION],
+                                                           encode_data=[D.STOP_ITERATION_AND_BUFFER]),
+                    Factory("router", encoder=False))
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"x", True)
+    assert s.wire == []
+    s.continue_encoding()
+    assert s.wire == [("headers", 200, False, None), ("data", b"x", True)]
+    assert [n for n, c, _ in s.log if c == "encode_headers"] == ["a", "b"]
+
+
+def test_a_local_reply_while_an_encoder_holds_the_response_replaces_it():
+    s = FakeStream()
+    chain(s, Factory("a", decoder=False, encode_headers=[H.STOP_ITERATION]),
+          Factory("router", encoder=False))
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.send_local_reply(504, b"upstream request timeout", "UT", "response_timeout")
+    assert s.wire == [("headers", 504, True, b"upstream request timeout")]
+
+
+def test_trailers_stop_and_release():
+    s = FakeStream()
+    chain(s, Factory("a", decode_trailers=[T.STOP_ITERATION]), Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"d", False)
+    s.decode_trailers([(b"k", b"v")])
+    assert decode_log(s)[-1] == ("a", "decode_trailers", [(b"k", b"v")])
+    s.continue_decoding()
+    assert decode_log(s)[-1] == ("router", "decode_trailers", [(b"k", b"v")])
+
+
+def test_destroy_calls_every_filter_once_and_drops_the_chain():
+    s = FakeStream()
+    destroyed = []
+
+    class Counting(Recording):
+        def on_destroy(self):
+            destroyed.append(self.name)
+
+    facts = [SimpleNamespace(name=n, decoder=True, encoder=True,
+                             create=lambda cb, n=n: Counting(n, cb)) for n in ("a", "b")]
+    s.create_filter_chain([(f, False, False) for f in facts])
+    s.destroy_filters()
+    s.destroy_filters()
+    assert destroyed == ["a", "b"] and s.chains is None

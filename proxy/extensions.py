@@ -16,3 +16,5 @@ import proxy.http.router_filter_config  # noqa: F401  envoy.filters.http.router
 import proxy.network.tcp_proxy_config  # noqa: F401  envoy.filters.network.tcp_proxy
 import proxy.http.filters.fault  # noqa: F401  envoy.filters.http.fault
 import proxy.http.filters.cors  # noqa: F401  envoy.filters.http.cors
+import proxy.network.filters.connection_limit  # noqa: F401  envoy.filters.network.connection_limit
+import proxy.network.filters.local_ratelimit  # noqa: F401  envoy.filters.network.local_ratelimit

@@ -27,6 +27,7 @@ from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
 from ..network.listener import bind_listen_sockets
+from ..network.filter_chain import NetworkFilterChainFactory
 from ..network.tcp_proxy import TcpProxyFactory
 from ..network.tcp_proxy_config import TcpProxyConfig
 from ..stats.store import StatsRegistry
@@ -319,11 +320,16 @@ class Server:
             chain = lc.filter_chains[0]
             terminal = chain.filters[-1].config
             if isinstance(terminal, HcmConfig):
-                out[lc.name] = HcmFactory(terminal, self.options.codec)
+                factory = HcmFactory(terminal, self.options.codec)
             elif isinstance(terminal, TcpProxyConfig):
-                out[lc.name] = TcpProxyFactory(terminal)
+                factory = TcpProxyFactory(terminal)
             else:  # config parsing only admits the two terminal filters above
                 raise RuntimeError(f"listener {lc.name}: unsupported terminal filter {chain.filters[-1].name}")
+            before = chain.filters[:-1]
+            if before:  # filters before the terminal run when a connection is accepted
+                factory = NetworkFilterChainFactory(
+                    tuple(nf.extension.factory(nf.config, nf.name) for nf in before), factory)
+            out[lc.name] = factory
         return out
 
     def _publish_clusters(self, snapshots) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...config.fractional_percent import (FractionalPercent, HUNDRED_PERCENT,
+from ...config.runtime_values import (FractionalPercent, HUNDRED_PERCENT,
                                           parse_runtime_fractional_percent)
 from ...config.reader import Fields
 from ...config.registry import Extension, register

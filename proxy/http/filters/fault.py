@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...config.fractional_percent import (FractionalPercent, ZERO_PERCENT,
+from ...config.runtime_values import (FractionalPercent, ZERO_PERCENT,
                                           parse_fractional_percent)
 from ...config.reader import ConfigError, Fields
 from ...config.registry import Extension, register

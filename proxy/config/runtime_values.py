@@ -1,8 +1,9 @@
-"""`type.v3.FractionalPercent` and `config.core.v3.RuntimeFractionalPercent`, and the draw.
+"""Values Envoy lets the runtime override: `type.v3.FractionalPercent` (and its draw),
+`config.core.v3.RuntimeFractionalPercent` and `config.core.v3.RuntimeFeatureFlag`.
 
 A FractionalPercent is `numerator` over HUNDRED, TEN_THOUSAND or MILLION. There is no runtime
-layer here, so a RuntimeFractionalPercent is its `default_value` (what Envoy uses when the
-runtime has no value for `runtime_key`, which is always the case without a runtime).
+layer here, so a runtime value is its `default_value` (what Envoy uses when the runtime has no
+value for `runtime_key`, which is always the case without a runtime).
 
 Must not: do I/O or keep state (the caller passes its worker's random bits).
 """
@@ -15,7 +16,7 @@ from typing import Any
 from .reader import ConfigError, Fields
 
 __all__ = ["FractionalPercent", "parse_fractional_percent", "parse_runtime_fractional_percent",
-           "HUNDRED_PERCENT", "ZERO_PERCENT"]
+           "HUNDRED_PERCENT", "ZERO_PERCENT", "parse_runtime_feature_flag"]
 
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 
@@ -64,3 +65,14 @@ def parse_runtime_fractional_percent(raw: Any, path: str,
         raise ConfigError(f.at("default_value"), "is required")
     f.str("runtime_key", "")
     return parse_fractional_percent(value, f.at("default_value"))
+
+
+def parse_runtime_feature_flag(raw: Any, path: str, default: bool = True) -> bool:
+    """`RuntimeFeatureFlag` (`default_value` and `runtime_key` both required, as Envoy's
+    validation says): its default_value."""
+    if raw is None:
+        return default
+    f = Fields(raw, path, ("default_value", "runtime_key"))
+    value = f.bool("default_value", required=True)
+    f.str("runtime_key", required=True)
+    return value

@@ -286,8 +286,7 @@ class RouterFilter:
         if self.route.response_mutations:
             apply_mutations(self.route.response_mutations, headers, stream)
         if rc.dynamic_stats:
-            self.cluster.stats.record_response(ev.status, (now - self.upstream_start) * 1000.0,
-                                               self.pool)
+            self.cluster.stats.record_response(ev.status, self.pool)
         elif ev.status < 500:
             self.pool.rq_success += 1  # Envoy counts a host's successes either way
         # The reason phrase is not passed on: like Envoy, the downstream codec writes the
@@ -297,6 +296,7 @@ class RouterFilter:
             return
         self._finish_upstream(self.request_ended)  # as on_upstream_complete
         self.done = True
+        self._record_time(now)
         stream.encode_headers(ResponseHead(ev.status, headers), True, body)
 
     def on_upstream_data(self, data: bytes) -> None:
@@ -319,6 +319,7 @@ class RouterFilter:
         # leave the rest of the request body unread on that connection).
         self._finish_upstream(self.request_ended)  # (positional: CALL_KW is not specialised)
         self.done = True  # nothing is left for on_destroy to release
+        self._record_time(time.monotonic())
         if trailers:
             self.stream.encode_trailers(trailers)
         else:
@@ -383,12 +384,16 @@ class RouterFilter:
 
     def _charge_local(self, status: int) -> None:
         """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
-        cluster's upstream_rq_<code> stats too (dynamic stats, like a response's)."""
-        if not self.config.dynamic_stats:
-            return
-        start = self.upstream_start or self.stream.start_monotonic
-        self.cluster.stats.record_response(status, (time.monotonic() - start) * 1000.0,
-                                           self.pool)
+        cluster's upstream_rq_<code> stats too (dynamic stats, like a response's; no time)."""
+        if self.config.dynamic_stats:
+            self.cluster.stats.record_response(status, self.pool)
+
+    def _record_time(self, now: float) -> None:
+        """Envoy's upstream_rq_time: from the end of the downstream request to the end of
+        the upstream response, recorded when the response is complete."""
+        if self.config.dynamic_stats:
+            start = self.stream.request_complete_monotonic or self.upstream_start
+            self.cluster.stats.upstream_rq_time.record((now - start) * 1000.0)
 
     # -- teardown -----------------------------------------------------------------------------------
     def _finish_upstream(self, reusable: bool) -> None:

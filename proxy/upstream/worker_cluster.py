@@ -49,9 +49,10 @@ class ClusterStats:
         scope.alias("external.upstream_rq_time", self.upstream_rq_time)
         self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms", "ms")
 
-    def record_response(self, status: int, elapsed_ms: float, pool) -> None:
+    def record_response(self, status: int, pool) -> None:
         """A response (or a reply the router made for the chosen host): the cluster's
-        upstream_rq_* stats, and the host's success/error count in `pool`."""
+        upstream_rq_<code>/<class>xx/completed stats, and the host's success/error count in
+        `pool` (upstream_rq_time is the router's, at the response's end)."""
         if status >= 500:
             pool.rq_error += 1
         else:
@@ -65,7 +66,6 @@ class ClusterStats:
         if 1 <= cls <= 5:
             self.rq_class[cls].value += 1
         self.upstream_rq_completed.value += 1
-        self.upstream_rq_time.record(elapsed_ms)
 
 
 class WorkerCluster:

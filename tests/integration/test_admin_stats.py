@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .clients import echo
+from .clients import RawUpstream, closed_port, echo, read_request_head, request
 from .harness import front_proxy_config, static_cluster
 
 N = 5
@@ -255,3 +256,36 @@ def test_responses_are_also_charged_to_envoys_external_category(busy_proxy):
     code = (("envoy_cluster_name", "c1"), ("envoy_response_code", "200"))
     assert samples[("envoy_cluster_external_upstream_rq_total", code)] == N
     assert samples[("envoy_cluster_external_upstream_rq_time_count", (("envoy_cluster_name", "c1"),))] == N
+
+
+def test_upstream_rq_time_runs_to_the_end_of_the_response_and_not_for_local_replies(proxy_factory):
+    """Envoy records upstream_rq_time when the upstream response is complete (from the end of
+    the downstream request), not at its headers; a reply the router makes (503 UF) counts
+    upstream_rq_503 but no time."""
+
+    def slow_body(sock):
+        read_request_head(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+        time.sleep(0.4)
+        sock.sendall(b"body")
+        sock.close()
+
+    raw = RawUpstream(slow_body)
+    try:
+        p = proxy_factory(front_proxy_config(
+            [{"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
+             {"match": {"prefix": "/"}, "route": {"cluster": "slow"}}],
+            [static_cluster("slow", raw.port), static_cluster("dead", closed_port())]))
+        r = request(p.port, "/")
+        assert r.status == 200 and r.body == b"body"
+        assert request(p.port, "/dead").status == 503
+        assert p.counters()["cluster.dead.upstream_rq_503"] == 1
+        _, body = p.admin("/stats/prometheus")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(body) for s in fam.samples}
+        slow = (("envoy_cluster_name", "slow"),)
+        assert samples[("envoy_cluster_upstream_rq_time_count", slow)] == 1
+        assert samples[("envoy_cluster_upstream_rq_time_sum", slow)] >= 400
+        assert samples.get(("envoy_cluster_upstream_rq_time_count", (("envoy_cluster_name", "dead"),)), 0) == 0
+    finally:
+        raw.close()

@@ -194,3 +194,22 @@ def test_max_active_faults_lets_the_overflow_through(env):
         s.close()
     # The delayed request's client went away: its fault ends with its stream.
     assert proxy.wait_for(lambda: proxy.gauges().get("http.ingress_http.fault.active_faults") == 0)
+
+
+def test_a_filter_disabled_by_default_runs_only_where_a_route_enables_it(proxy_factory):
+    """http_filters `disabled: true`: off unless a route's FilterConfig says disabled: false."""
+    up = EchoUpstream("svc")
+    try:
+        enable = {"envoy.filters.http.fault": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": False}}
+        routes = [{"match": {"prefix": "/on"}, "route": {"cluster": "svc"},
+                   "typed_per_filter_config": enable},
+                  {"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]
+        flt = fault_filter(abort={"http_status": 418, "percentage": {"numerator": 100}})
+        flt["disabled"] = True
+        p = proxy_factory(front_proxy_config(routes, [static_cluster("svc", up.port)],
+                                             http_filters=[flt, ROUTER]))
+        assert request(p.port, "/off").status == 200
+        assert request(p.port, "/on").status == 418
+    finally:
+        up.close()

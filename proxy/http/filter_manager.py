@@ -37,6 +37,8 @@ _NO_BUFFER = FilterDataStatus.STOP_ITERATION_NO_BUFFER
 assert FilterTrailersStatus.CONTINUE == FilterDataStatus.CONTINUE == FilterHeadersStatus.CONTINUE == 0
 
 _DECODE, _ENCODE = 0, 1
+_FLOWING = (None, None)  # nothing held in either direction
+_UNRESOLVED = object()   # the route cache is empty
 _NAMES = (("decode_headers", "decode_data", "decode_trailers"),
           ("encode_headers", "encode_data", "encode_trailers"))
 
@@ -89,15 +91,14 @@ class FilterManager:
     the three `_write_*` methods."""
 
     __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
-                 "route_resolved", "watermark_callbacks", "filters", "response_head_pending")
+                 "watermark_callbacks", "filters", "response_head_pending")
 
     def init_filters(self) -> None:
         self.chains = None            # (decoders, encoders + wire sink) once created
-        self.held = [None, None]      # _Held per direction, or None while flowing
+        self.held = _FLOWING          # _Held per direction, or None while flowing
         self.decoder_aborted = False  # a local reply ended the decode side
         self.encoding_started = False
-        self.cached_route = None
-        self.route_resolved = False
+        self.cached_route = _UNRESOLVED
         self.watermark_callbacks = ()
         self.filters = ()             # every filter instance, for on_destroy
 
@@ -105,6 +106,12 @@ class FilterManager:
         """One filter per factory (HcmContext.filter_factories: (factory, disabled by default,
         switchable per route)) but those the route disables; a filter may decode, encode or
         both. As in Envoy the route is resolved first when a route may switch a filter."""
+        if len(factories) == 1 and not factories[0][1] and not factories[0][2]:
+            # The usual chain, the router alone (decoder-only, never disabled): no lists.
+            flt = factories[0][0].create(self)
+            self.filters = (flt,)
+            self.chains = (self.filters, ())
+            return
         decoders = []
         encoders = []
         filters = []
@@ -145,14 +152,13 @@ class FilterManager:
 
     def route(self):
         """The route for the request as it is now (cached until `clear_route_cache`)."""
-        if not self.route_resolved:
-            self.cached_route = self.ctx.route_table.route(self.head)
-            self.route_resolved = True
-        return self.cached_route
+        route = self.cached_route
+        if route is _UNRESOLVED:
+            route = self.cached_route = self.ctx.route_table.route(self.head)
+        return route
 
     def clear_route_cache(self) -> None:
-        self.route_resolved = False
-        self.cached_route = None
+        self.cached_route = _UNRESOLVED
 
     def per_filter_config(self, name: str) -> Any:
         """The most specific `typed_per_filter_config` for filter `name` (route, then virtual
@@ -177,6 +183,14 @@ class FilterManager:
         self.watermark_callbacks += (callback,)
 
     def on_downstream_watermark(self, above: bool) -> None:
+        """Tell the decoder filters that watch the downstream's write buffer (those with an
+        `on_downstream_watermark` method, the router among them, and registered callbacks)."""
+        chains = self.chains
+        if chains is not None:
+            for flt in chains[_DECODE]:
+                watch = getattr(flt, "on_downstream_watermark", None)
+                if watch is not None:
+                    watch(above)
         for callback in self.watermark_callbacks:
             callback(above)
 
@@ -195,17 +209,33 @@ class FilterManager:
     def add_encoded_data(self, data: bytes) -> None:
         self._buffer(_ENCODE, self._held_or_new(_ENCODE), data)
 
+    def _set_held(self, d: int, held: _Held | None) -> _Held | None:
+        """(The pair is a shared tuple until something is held: no list per request.)"""
+        pair = self.held
+        if pair is _FLOWING:
+            pair = self.held = [None, None]
+        pair[d] = held
+        return held
+
     def _held_or_new(self, d: int) -> _Held:
         held = self.held[d]
         if held is None:
-            held = self.held[d] = _Held(0, False, False, FilterDataStatus.STOP_ITERATION_AND_BUFFER)
+            held = self._set_held(d, _Held(0, False, False, FilterDataStatus.STOP_ITERATION_AND_BUFFER))
         return held
 
     # -- decode path (the connection manager calls these) --------------------------------------
     def decode_headers(self, end_stream: bool) -> None:
+        decoders = self.chains[_DECODE]
+        if len(decoders) == 1:  # the terminal filter alone: nothing can stop before it
+            decoders[0].decode_headers(self.head, end_stream)
+            return
         self._headers(_DECODE, 0, self.head, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
+        decoders = self.chains[_DECODE]
+        if len(decoders) == 1:
+            decoders[0].decode_data(data, end_stream)
+            return
         held = self.held[_DECODE]
         self._data(_DECODE, 0 if held is None else held.at, data, end_stream)
 
@@ -219,13 +249,14 @@ class FilterManager:
     # -- encode path (the router, or any decoder filter that answers, calls these) -------------
     def encode_headers(self, head, end_stream: bool, body: bytes | None = None) -> None:
         """A response head; with `body` (then `end_stream` is True) the whole response."""
+        chains = self.chains
+        if chains is None or not chains[_ENCODE]:
+            if not self.closed:
+                self._write_headers(head, end_stream, body)
+            return
         if self.closed:
             return
-        self.encoding_started = True
-        encoders = self.chains[_ENCODE] if self.chains is not None else None
-        if not encoders:
-            self._write_headers(head, end_stream, body)
-            return
+        self.encoding_started = True  # (only encoder filters can hold a response back)
         self.response_head_pending = head
         if body:  # the whole response: its head, then its body with the end
             self._headers(_ENCODE, 0, head, False)
@@ -285,7 +316,7 @@ class FilterManager:
         if self.encoding_started:
             # A response is inside the encoder chain (held by a filter) but not on the wire:
             # the local reply replaces it and goes straight out, as Envoy's direct reply.
-            self.held[_ENCODE] = None
+            self._set_held(_ENCODE, None)
             self.chains = (self.chains[_DECODE], [])
         self.encode_local(head, body)
 
@@ -302,7 +333,7 @@ class FilterManager:
             if self._stopped(d):
                 return
             if status:
-                self.held[d] = _Held(i, True, end_stream, status)
+                self._set_held(d, _Held(i, True, end_stream, status))
                 return
             i += 1
         getattr(filters[last], name)(head, end_stream)
@@ -322,7 +353,7 @@ class FilterManager:
                 if self._stopped(d):
                     return
                 if status == 0:  # this filter lets what waits at it go on, this data last
-                    self.held[d] = None
+                    self._set_held(d, None)
                     if held.buffer:
                         data = bytes(held.buffer) + data
                     self._unpause(d, held)
@@ -341,7 +372,7 @@ class FilterManager:
             if self._stopped(d):
                 return
             if status:
-                held = self.held[d] = _Held(i, False, False, status)
+                held = self._set_held(d, _Held(i, False, False, status))
                 held.end_stream = end_stream
                 if status != _NO_BUFFER:
                     self._buffer(d, held, data)
@@ -367,14 +398,14 @@ class FilterManager:
                     return
                 # CONTINUE from the filter holding things: release them, trailers last.
                 held.trailers = trailers
-                self.held[d] = None
+                self._set_held(d, None)
                 self._release(d, held, i + 1)
                 return
             status = getattr(filters[i], name)(trailers)
             if self._stopped(d):
                 return
             if status:
-                held = self.held[d] = _Held(i, False, False, status)
+                held = self._set_held(d, _Held(i, False, False, status))
                 held.trailers = trailers
                 return
             i += 1
@@ -386,7 +417,7 @@ class FilterManager:
         held = self.held[d]
         if held is None or self._stopped(d):
             return
-        self.held[d] = None
+        self._set_held(d, None)
         self._release(d, held, held.at + 1)
 
     def _release(self, d: int, held: _Held, i: int) -> None:
@@ -456,7 +487,5 @@ class FilterManager:
         filters = self.filters
         self.filters = ()
         self.chains = None
-        self.held = [None, None]
-        self.watermark_callbacks = ()
         for flt in filters:
             flt.on_destroy()

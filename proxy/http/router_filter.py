@@ -64,7 +64,6 @@ class RouterFilter:
         self.chunked = False
         self.retried = False
         self.holds_retry_slot = False
-        stream.add_downstream_watermark_callbacks(self.on_downstream_watermark)
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:

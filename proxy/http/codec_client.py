@@ -30,13 +30,14 @@ class UpstreamHttpConnection(ConnectionCallbacks):
                  "idle_since")
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
-                 buffer_limit: int, codec_impl: str, conn_id: int) -> None:
+                 buffer_limit: int, codec_impl: str, conn_id: int, transport_factory) -> None:
+        """`transport_factory`: the cluster's TransportSocketFactory (its key is in the pool's)."""
         self.pool = pool
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection = Connection(dispatcher, sock, self, buffer_limit=buffer_limit,
+        self.connection = Connection(dispatcher, transport_factory.create(sock), self, buffer_limit=buffer_limit,
                                      remote_address=format_address(address), conn_id=conn_id)
         self.codec = make_client_codec(codec_impl)
         self.router = None

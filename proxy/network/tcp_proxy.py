@@ -9,7 +9,8 @@ one pipe per direction sized to the buffer limit, which bounds each direction); 
 (a TLS side, no splice here, or the kernel refuses splice on the sockets) bytes go through
 Python via the two `Connection`s with watermark flow control (a side whose write buffer is
 over the limit pauses reading on the other side). Stats are Envoy's `tcp.<stat_prefix>.*`;
-connect failures count in the cluster's stats, and access logs run when both sides are gone.
+connect failures and connect times count in the cluster's stats, and access logs run when
+both sides are gone.
 Thread affinity: one worker.
 """
 
@@ -129,6 +130,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         self.idle_timer = None
         self.relay: SpliceRelay | None = None
         self.pipe_size = buffer_limit
+        self.connect_started = 0.0
         ctx.downstream_cx_total.value += 1
         ctx.downstream_cx_active.value += 1
         self._connect(buffer_limit)
@@ -169,6 +171,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         self.upstream = Connection(ctx.worker.dispatcher, cluster.transport_factory.create(usock),
                                    _UpstreamSide(self), buffer_limit=cluster.buffer_limit or buffer_limit,
                                    read_size=BULK_READ_SIZE, remote_address=str(host))
+        self.connect_started = time.monotonic()
         self.upstream.connect((host.address, host.port), cluster.config.connect_timeout)
         # Read nothing from downstream until the upstream is there (bounded by the limit anyway).
         self.downstream.read_disable(True)
@@ -176,6 +179,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
 
     def _on_upstream_connected(self) -> None:
         self.connected = True
+        self.cluster.stats.upstream_cx_connect_ms.record((time.monotonic() - self.connect_started) * 1000.0)
         self.info.upstream_local_address = self.upstream.local_address
         if self.ctx.factory.use_splice and self._start_splice():
             self._touch()

@@ -65,7 +65,7 @@ class Connection:
                  "buffered_bytes", "_read_disable", "_interest", "closed", "_connecting", "_connect_timer",
                  "above_high_watermark", "_close_after_flush", "_shutdown_after_flush", "_read_eof",
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
-                 "_delayed_close_timer", "_flush_scheduled", "_do_read", "_do_write",
+                 "_delayed_close_timer", "_flush_scheduled", "_do_read",
                  "_transport_interest", "_transport_readable")
 
     def __init__(self, dispatcher: Dispatcher, transport_socket: TransportSocket, callbacks: ConnectionCallbacks,
@@ -74,10 +74,11 @@ class Connection:
         self.dispatcher = dispatcher
         self.transport_socket = transport_socket
         self.fd = transport_socket.fd
-        # Bound once: each read and each flush is one call into the transport (raw_buffer's
-        # do_read is the socket's recv itself).
+        # Each read and each flush is one call into the transport. do_read is kept bound
+        # (raw_buffer's is the socket's recv itself); do_write is called as a method of
+        # `transport_socket` (as cheap, and no bound-method object per connection: 72 bytes
+        # on each of 10,000 idle connections).
         self._do_read = transport_socket.do_read
-        self._do_write = transport_socket.do_write
         self._transport_interest = 0    # what the transport asked for (set_transport_interest)
         self._transport_readable = False  # the transport holds bytes the fd will not signal
         self.callbacks = callbacks
@@ -281,7 +282,7 @@ class Connection:
             self._flush()
             return
         try:
-            n = self._do_write(out, self.buffered_bytes)
+            n = self.transport_socket.do_write(out, self.buffered_bytes)
         except OSError:
             self.close(flush=False, reason=CloseReason.REMOTE)
             return
@@ -313,7 +314,7 @@ class Connection:
         if out or self._transport_interest & WRITE:
             # One transport write; what it does not take waits for the next WRITE event.
             try:
-                n = self._do_write(out, self.buffered_bytes)
+                n = self.transport_socket.do_write(out, self.buffered_bytes)
             except OSError:
                 self.close(flush=False, reason=CloseReason.REMOTE)
                 return

@@ -43,9 +43,9 @@ Contract of the seam (`TransportSocket`, `TransportSocketCallbacks`):
   (reason "remote"). Waiting is not an error: `do_read` raises `BlockingIOError`, `do_write`
   returns fewer bytes than offered.
 
-Hot path: `do_read` is called once per readable event and `do_write` once per flush; the
-Connection keeps both as bound methods. raw_buffer's `do_read` *is* the socket's `recv` (no
-Python frame in between), and its `do_write` is one frame choosing send/sendmsg.
+Hot path: `do_read` is called once per readable event and `do_write` once per flush, one
+call each. raw_buffer's `do_read` *is* the socket's `recv` (no Python frame in between), and
+its `do_write` is one frame choosing send/sendmsg.
 Must not: know about stats, clusters, codecs or the Connection's owner.
 """
 
@@ -154,7 +154,8 @@ class RawBufferSocket:
     """Plaintext: application bytes go to and come from the socket unchanged. It never asks
     for interest of its own, so the Connection's rules alone decide what it waits for."""
 
-    __slots__ = ("raw_socket", "fd", "do_read", "failure_reason", "callbacks")
+    __slots__ = ("raw_socket", "fd", "do_read", "callbacks")
+    failure_reason = ""  # raw_buffer has no failure of its own: socket errors are OSErrors
 
     def __init__(self, sock: socket.socket) -> None:
         self.raw_socket = sock
@@ -162,7 +163,6 @@ class RawBufferSocket:
         # do_read is recv itself: same contract (bytes, b"" at EOF, BlockingIOError when
         # nothing is there, OSError on failure), and no Python frame per read.
         self.do_read: Callable[[int], bytes] = sock.recv
-        self.failure_reason = ""
         self.callbacks: TransportSocketCallbacks | None = None
 
     def set_callbacks(self, callbacks: TransportSocketCallbacks) -> None:

@@ -1,8 +1,9 @@
 """The transport socket seam, driven through real `Connection`s on real loopback sockets.
 
-The same contract tests run over raw_buffer and over FakeHandshakeXorSocket (tests/
-transport_fakes.py: a handshake plus a byte transform, standing in for TLS), which plugs in
-without any change to `Connection`; then the fake's TLS-like needs one by one: READ interest
+The same contract tests run over raw_buffer, FakeHandshakeXorSocket (tests/transport_fakes.py:
+a handshake plus a byte transform) and a real TLS transport (tests/tls_transport.py:
+pyOpenSSL in memory-BIO mode), which plug in without any change to `Connection`; then the
+fake's TLS-like needs one by one (deterministic, where TLS's timing is not): READ interest
 while a write waits, WRITE interest while reading, handshake progress while the owner's
 reading is disabled, bytes held by the transport, and a transport failure.
 """
@@ -17,6 +18,7 @@ import pytest
 from proxy.network.connection import CloseReason, Connection, ConnectionCallbacks
 from proxy.network.transport_socket import RAW_BUFFER, READ, WRITE, RawBufferSocket
 from proxy.threads.dispatcher import Dispatcher
+from tests.tls_transport import TlsTestFactory
 from tests.transport_fakes import HELLO, OK, FakeHandshakeXorFactory, FakeHandshakeXorSocket, xor
 
 
@@ -100,9 +102,13 @@ def _fake(server: bool):
     return FakeHandshakeXorFactory(server)
 
 
+def _tls(server: bool):
+    return TlsTestFactory(server)
+
+
 # -- the contract, for every implementation ------------------------------------------------------
 
-@pytest.mark.parametrize("make_factory", [_raw, _fake], ids=["raw_buffer", "fake_xor"])
+@pytest.mark.parametrize("make_factory", [_raw, _fake, _tls], ids=["raw_buffer", "fake_xor", "tls"])
 def test_connection_pair_relays_bulk_both_ways_and_half_closes_over_any_transport(
         dispatcher, listening, make_factory):
     d = dispatcher
@@ -127,6 +133,43 @@ def test_connection_pair_relays_bulk_both_ways_and_half_closes_over_any_transpor
     client.close()
     server.close()
     assert client_owner.events[-1] == ("close", CloseReason.LOCAL)
+
+
+@pytest.mark.parametrize("make_factory", [_fake, _tls], ids=["fake_xor", "tls"])
+def test_a_request_written_before_the_handshake_is_sent_after_it(dispatcher, listening, make_factory):
+    """What a pool does: write the request as soon as it has the connection object."""
+    d = dispatcher
+    client_owner, server_owner = Owner(), Owner(echo=True)
+    client = Connection(d, make_factory(False).create(_client_sock()), client_owner)
+    client_owner.conn = client
+    client.connect(listening.getsockname(), 5.0)
+    client.write(b"GET / HTTP/1.1\r\n\r\n")
+    server = Connection(d, make_factory(True).create(_accept(listening)), server_owner)
+    server_owner.conn = server
+    server.start()
+    run_until(d, lambda: bytes(client_owner.data) == b"GET / HTTP/1.1\r\n\r\n")
+    assert client_owner.events == ["connected"]
+    client.close()
+    server.close()
+
+
+def test_tls_negotiates_alpn_and_exposes_the_session_once_connected(dispatcher, listening):
+    d = dispatcher
+    owner = Owner()
+    client_factory = TlsTestFactory(False, alpn=(b"h2", b"http/1.1"))
+    client = Connection(d, client_factory.create(_client_sock(), server_name="localhost"), owner)
+    client.connect(listening.getsockname(), 5.0)
+    ts = client_factory.created[0]
+    assert ts.protocol() is None and ts.ssl() is None
+    server = Connection(d, TlsTestFactory(True, alpn=(b"http/1.1",)).create(_accept(listening)), Owner())
+    server.start()
+    run_until(d, lambda: "connected" in owner.events)
+    assert ts.protocol() == "http/1.1"
+    peer_cert = ts.ssl().get_peer_certificate(as_cryptography=True)
+    assert peer_cert.subject.rfc4514_string() == "CN=localhost"
+    assert server.transport_socket.ssl().get_servername() == b"localhost"
+    client.close()
+    server.close()
 
 
 def test_raw_buffer_exposes_its_socket_for_splice_and_no_protocol():

@@ -20,8 +20,9 @@ Contract of the seam (`TransportSocket`, `TransportSocketCallbacks`):
 - Connected: after `on_connected` the transport calls `raise_connected()` once it carries
   application bytes (raw_buffer: at once, from inside `on_connected`; TLS: when the handshake
   is done, from inside a `do_read`/`do_write`). Only then is the Connection's owner told
-  (`on_connected`: a pool may hand the connection out, `protocol()` and `ssl()` are final)
-  and the connect timeout stopped. Bytes written before that wait in the Connection.
+  (`on_connected`, on accepted connections too: a pool may hand the connection out,
+  `protocol()` and `ssl()` are final) and the connect timeout stopped. Bytes written before
+  that wait in the Connection.
 - Re-entrancy: callbacks may be called from inside `on_connected`/`do_read`/`do_write`.
   `set_transport_interest` and `set_transport_readable` only record the request and update
   the dispatcher registration (a read is re-driven from a deferred call); `raise_connected`
@@ -38,10 +39,11 @@ Contract of the seam (`TransportSocket`, `TransportSocketCallbacks`):
   with nothing queued) on WRITE. While the owner has reading disabled, a READ the transport
   asked for is served with `do_read(0)`: advance the protocol, keep application bytes, and
   call `set_transport_readable()` when bytes are held that the socket will not signal again.
-- Errors: `do_read`/`do_write`/`connect` raise `OSError` for a fatal error (a socket error,
-  or a protocol failure the transport describes in `failure_reason`); the Connection closes
-  (reason "remote"). Waiting is not an error: `do_read` raises `BlockingIOError`, `do_write`
-  returns fewer bytes than offered.
+- Errors: `on_connected`/`do_read`/`do_write` raise `OSError` for a fatal error (a socket
+  error, or a protocol failure the transport describes in `failure_reason`); the Connection
+  closes (reason "remote"; "connect_failure" from a client's `on_connected`). `connect`
+  returns an errno instead. Waiting is not an error: `do_read` raises `BlockingIOError`,
+  `do_write` returns fewer bytes than offered.
 
 Hot path: `do_read` is called once per readable event and `do_write` once per flush, one
 call each. raw_buffer's `do_read` *is* the socket's `recv` (no Python frame in between), and

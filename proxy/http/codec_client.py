@@ -9,6 +9,7 @@ Thread affinity: the worker that owns its pool.
 from __future__ import annotations
 
 import socket
+import time
 
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
@@ -27,16 +28,17 @@ _RESET_REASON = {
 class UpstreamHttpConnection(ConnectionCallbacks):
     __slots__ = ("pool", "connection", "codec", "router", "state", "requests", "response_done",
                  "tunnel", "upgrade_requested", "holds_slot", "stats",
-                 "idle_since")
+                 "idle_since", "connect_started")
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
-                 buffer_limit: int, codec_impl: str, conn_id: int) -> None:
+                 buffer_limit: int, codec_impl: str, conn_id: int, transport_factory) -> None:
+        """`transport_factory`: the cluster's TransportSocketFactory (its key is in the pool's)."""
         self.pool = pool
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection = Connection(dispatcher, sock, self, buffer_limit=buffer_limit,
+        self.connection = Connection(dispatcher, transport_factory.create(sock), self, buffer_limit=buffer_limit,
                                      remote_address=format_address(address), conn_id=conn_id)
         self.codec = make_client_codec(codec_impl)
         self.router = None
@@ -49,6 +51,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         # upstream_cx_{rx,tx}_bytes_total count as bytes are read and written (tx: queued).
         self.stats = pool.cluster.stats
         self.idle_since = 0.0  # when it last went back to the pool (cluster idle_timeout)
+        self.connect_started = time.monotonic()  # for cluster.<name>.upstream_cx_connect_ms
         self.connection.connect(address, connect_timeout)
 
     # -- used by the router ---------------------------------------------------------------------
@@ -81,6 +84,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
 
     # -- connection callbacks ----------------------------------------------------------------------
     def on_connected(self) -> None:
+        # Envoy's upstream_cx_connect_ms: connect start to the transport being connected.
+        self.stats.upstream_cx_connect_ms.record((time.monotonic() - self.connect_started) * 1000.0)
         self.pool.on_connected(self)
 
     def on_data(self, data: bytes) -> None:

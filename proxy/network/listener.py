@@ -4,7 +4,8 @@
 (Envoy's Linux default) one SO_REUSEPORT socket per worker, so the kernel balances accepts;
 port 0 is resolved by the first bind and the rest bind the same port. `ActiveListener` is a
 worker's view of one listener: it accepts on that worker's socket and hands each connection
-to the filter chain's network filter (HCM or tcp_proxy) — a connection lives and dies there.
+to the filter chain's network filter (HCM or tcp_proxy) — a connection lives and dies there —
+wrapped in a transport socket from the filter chain's `transport_socket` factory.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import socket
 
 from ..threads.dispatcher import READ
+from .transport_socket import downstream_transport_factory
 
 __all__ = ["bind_listen_sockets", "ActiveListener"]
 
@@ -56,6 +58,8 @@ class ActiveListener:
         self.ctx = network_filter_ctx
         self.shared = shared  # one socket registered in every worker (reuse_port off)
         self.buffer_limit = config.per_connection_buffer_limit_bytes
+        # One filter chain per listener today (config/listener.py): its transport for all.
+        self.transport_factory = downstream_transport_factory(config.filter_chains[0])
         scope = worker.stats.scope(f"listener.{config.stat_prefix}")
         self.cx_total = scope.counter("downstream_cx_total")
         self.cx_destroy = scope.counter("downstream_cx_destroy")
@@ -98,8 +102,8 @@ class ActiveListener:
             self.w_cx_total.value += 1
             self.w_cx_active.value += 1
             try:
-                conn = self.ctx.new_connection(sock, remote[:2], local[:2], worker.next_connection_id(),
-                                               self.buffer_limit, self._on_closed)
+                conn = self.ctx.new_connection(self.transport_factory.create(sock), remote[:2], local[:2],
+                                               worker.next_connection_id(), self.buffer_limit, self._on_closed)
             except Exception:
                 log.exception("listener %s: creating a connection failed", self.config.name)
                 worker.unhandled_exceptions.value += 1

@@ -2,12 +2,15 @@
 
 Per downstream connection: pick the cluster (or a weighted one), pick a host, connect
 (`connect_timeout`), then relay in both directions with half-close propagation and an idle
-timeout (default 1h). On Linux the relay is zero-copy (`SpliceRelay`: socket -> pipe ->
-socket, one pipe per direction sized to the buffer limit, which bounds each direction);
-elsewhere, or if the kernel refuses splice on the sockets, bytes go through Python via two
-`Connection`s with watermark flow control (a side whose write buffer is over the limit
-pauses reading on the other side). Stats are Envoy's `tcp.<stat_prefix>.*`; connect failures
-count in the cluster's stats, and access logs run when both sides are gone.
+timeout (default 1h). Both sides are `Connection`s over transport sockets (the listener's
+filter chain's and the cluster's `transport_socket`). When both are raw_buffer
+(`raw_socket` set) the relay on Linux is zero-copy (`SpliceRelay`: socket -> pipe -> socket,
+one pipe per direction sized to the buffer limit, which bounds each direction); otherwise
+(a TLS side, no splice here, or the kernel refuses splice on the sockets) bytes go through
+Python via the two `Connection`s with watermark flow control (a side whose write buffer is
+over the limit pauses reading on the other side). Stats are Envoy's `tcp.<stat_prefix>.*`;
+connect failures and connect times count in the cluster's stats, and access logs run when
+both sides are gone.
 Thread affinity: one worker.
 """
 
@@ -65,8 +68,8 @@ class TcpProxyContext:
             r -= weight
         return None
 
-    def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed) -> TcpProxySession:
-        return TcpProxySession(self, sock, remote, local, conn_id, buffer_limit, on_closed)
+    def new_connection(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed) -> TcpProxySession:
+        return TcpProxySession(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed)
 
 
 class _UpstreamSide(ConnectionCallbacks):
@@ -104,7 +107,8 @@ class _UpstreamSide(ConnectionCallbacks):
 
 
 class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
-    def __init__(self, ctx: TcpProxyContext, sock, remote, local, conn_id, buffer_limit, on_closed) -> None:
+    def __init__(self, ctx: TcpProxyContext, transport_socket, remote, local, conn_id, buffer_limit,
+                 on_closed) -> None:
         self.ctx = ctx
         self.on_closed = on_closed
         self.info = info = StreamInfo(time.time(), time.monotonic())
@@ -112,7 +116,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         info.downstream_local_address = format_address(local)
         info.connection_id = conn_id
         info.response_flags = []
-        self.downstream = Connection(ctx.worker.dispatcher, sock, self, buffer_limit=buffer_limit,
+        self.downstream = Connection(ctx.worker.dispatcher, transport_socket, self, buffer_limit=buffer_limit,
                                      read_size=BULK_READ_SIZE, remote_address=info.downstream_remote_address,
                                      conn_id=conn_id)
         self.upstream: Connection | None = None
@@ -126,6 +130,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         self.idle_timer = None
         self.relay: SpliceRelay | None = None
         self.pipe_size = buffer_limit
+        self.connect_started = 0.0
         ctx.downstream_cx_total.value += 1
         ctx.downstream_cx_active.value += 1
         self._connect(buffer_limit)
@@ -163,9 +168,10 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         # Each splice pipe plays the per-connection buffer limit (the smaller one if both set).
         limits = [x for x in (cluster.buffer_limit, buffer_limit) if x]
         self.pipe_size = min(limits) if limits else DEFAULT_PIPE_SIZE
-        self.upstream = Connection(ctx.worker.dispatcher, usock, _UpstreamSide(self),
-                                   buffer_limit=cluster.buffer_limit or buffer_limit,
+        self.upstream = Connection(ctx.worker.dispatcher, cluster.transport_factory.create(usock),
+                                   _UpstreamSide(self), buffer_limit=cluster.buffer_limit or buffer_limit,
                                    read_size=BULK_READ_SIZE, remote_address=str(host))
+        self.connect_started = time.monotonic()
         self.upstream.connect((host.address, host.port), cluster.config.connect_timeout)
         # Read nothing from downstream until the upstream is there (bounded by the limit anyway).
         self.downstream.read_disable(True)
@@ -173,6 +179,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
 
     def _on_upstream_connected(self) -> None:
         self.connected = True
+        self.cluster.stats.upstream_cx_connect_ms.record((time.monotonic() - self.connect_started) * 1000.0)
         self.info.upstream_local_address = self.upstream.local_address
         if self.ctx.factory.use_splice and self._start_splice():
             self._touch()
@@ -183,10 +190,15 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
     # -- zero-copy relay -----------------------------------------------------------------------
     def _start_splice(self) -> bool:
         """Hand both sockets to a SpliceRelay; both Connections stay unregistered (read
-        disabled, nothing buffered) until the relay is done and they close the sockets."""
+        disabled, nothing buffered) until the relay is done and they close the sockets.
+        Only raw_buffer sockets can be spliced: their wire bytes are the payload."""
         up = self.upstream
+        down_sock = self.downstream.transport_socket.raw_socket
+        up_sock = up.transport_socket.raw_socket
+        if down_sock is None or up_sock is None:
+            return False
         up.read_disable(True)
-        relay = SpliceRelay(self.ctx.worker.dispatcher, self.downstream.sock, up.sock, self,
+        relay = SpliceRelay(self.ctx.worker.dispatcher, down_sock, up_sock, self,
                             pipe_size=self.pipe_size)
         try:
             relay.start()

@@ -1,5 +1,9 @@
 """Per-worker, per-host HTTP/1.1 connection pool.
 
+A pool's key (`PoolKey`) is what makes two upstream connections interchangeable: the host, the
+protocol (HTTP/1.1 today) and the transport socket factory's key (its options: raw_buffer
+today, TLS settings later); its connections get their transport sockets from that factory.
+
 Bookkeeping only (httpcore's lesson): the pool keeps each upstream connection in one state
 list (connecting / ready / busy), a FIFO of pending requests, and decides which request
 gets which connection. Connections and routers do the I/O.
@@ -13,11 +17,20 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Hashable, NamedTuple
 
 from ..http.codec_client import UpstreamHttpConnection
 from ..network.connection import CloseReason
 
-__all__ = ["HttpConnPool", "PendingRequest"]
+__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11"]
+
+HTTP11 = "http/1.1"  # the ALPN name of the one upstream protocol spoken today
+
+
+class PoolKey(NamedTuple):
+    host: tuple[str, int]      # Host.key: address, port
+    protocol: str              # HTTP11
+    transport: Hashable        # TransportSocketFactory.key
 
 
 class PendingRequest:
@@ -37,12 +50,14 @@ class PendingRequest:
 class HttpConnPool:
     __slots__ = ("cluster", "host", "limits", "host_str", "address", "ready", "busy", "connecting", "pending",
                  "draining", "active_requests", "idle_timer", "rq_total", "rq_success", "rq_error",
-                 "cx_total", "cx_connect_fail")
+                 "cx_total", "cx_connect_fail", "key", "transport_factory")
 
-    def __init__(self, cluster, host, limits) -> None:
+    def __init__(self, cluster, host, limits, transport_factory, protocol: str = HTTP11) -> None:
         self.cluster = cluster            # WorkerCluster
         self.host = host
         self.limits = limits              # the cluster's ResourceLimits for this pool's priority
+        self.transport_factory = transport_factory
+        self.key = PoolKey(host.key, protocol, transport_factory.key)
         self.host_str = str(host)
         self.address = (host.address, host.port)
         self.ready: list[UpstreamHttpConnection] = []
@@ -114,7 +129,8 @@ class HttpConnPool:
         c.stats.upstream_cx_total.value += 1
         c.stats.upstream_cx_active.value += 1
         conn = UpstreamHttpConnection(self, c.worker.dispatcher, self.address, c.config.connect_timeout,
-                                      c.buffer_limit, c.codec_impl, c.worker.next_connection_id())
+                                      c.buffer_limit, c.codec_impl, c.worker.next_connection_id(),
+                                      self.transport_factory)
         conn.holds_slot = holds_slot
         self.connecting.add(conn)
 

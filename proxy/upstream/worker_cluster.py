@@ -4,13 +4,16 @@ and the worker's `cluster.<name>.*` stat handles.
 Main publishes a new ClusterSnapshot (immutable); the worker calls `update()` on its own
 thread, which rebuilds the balancer and drains pools of hosts that left. As in Envoy, each
 routing priority has its own pools per host (`pools`, `high_pools`), held to that priority's
-circuit breakers (`limits`, `high_limits`).
+circuit breakers (`limits`, `high_limits`). Pools are keyed by `PoolKey` (host, protocol, the
+transport socket factory's key): a snapshot whose `transport_socket` changed drains the old
+pools and the next requests get new ones.
 Thread affinity: one worker.
 """
 
 from __future__ import annotations
 
-from .conn_pool import HttpConnPool
+from ..network.transport_socket import upstream_transport_factory
+from .conn_pool import HTTP11, HttpConnPool, PoolKey
 from .load_balancer import create_load_balancer
 
 __all__ = ["WorkerCluster", "ClusterStats"]
@@ -73,8 +76,8 @@ class WorkerCluster:
         self.worker = worker
         self.name = snapshot.name
         self.stats = ClusterStats(worker.stats, snapshot.name)
-        self.pools: dict[tuple[str, int], HttpConnPool] = {}       # DEFAULT priority
-        self.high_pools: dict[tuple[str, int], HttpConnPool] = {}  # routes with priority HIGH
+        self.pools: dict[PoolKey, HttpConnPool] = {}       # DEFAULT priority
+        self.high_pools: dict[PoolKey, HttpConnPool] = {}  # routes with priority HIGH
         self.codec_impl = worker.codec_impl
         self.update(snapshot)
 
@@ -85,22 +88,29 @@ class WorkerCluster:
         self.high_limits = snapshot.high_limits
         self.panic = snapshot.panic
         self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
+        # Immutable and shared (raw_buffer's is a singleton); TLS will build its context here
+        # or, better, once on main in the snapshot.
+        self.transport_factory = tf = upstream_transport_factory(snapshot.config)
+        self.transport_key = tf.key
         self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)
         # choose_host(): a host from the load balancer; in panic (see host.lb_hosts) each pick
         # is counted, as Envoy does. Bound per snapshot: no wrapper frame per request.
         self.choose_host = self._choose_in_panic if self.panic else self.lb.choose
         keep = {h.key for h in snapshot.hosts}
         for pools in (self.pools, self.high_pools):
-            for key in [k for k in pools if k not in keep]:
+            for key in [k for k in pools if k.host not in keep or k.transport != tf.key]:
                 pools.pop(key).drain()
 
     def host_pools(self, key: tuple[str, int]) -> list[HttpConnPool]:
-        """The host's pools, one per routing priority in use."""
-        return [p for p in (self.pools.get(key), self.high_pools.get(key)) if p is not None]
+        """The host's pools (`key`: Host.key), one per routing priority and transport in use.
+        Also read by the admin thread: `list()` copies each table in one step (safe against
+        the worker's concurrent inserts), never iterated live."""
+        return [p for pools in (self.pools, self.high_pools) for k, p in list(pools.items()) if k.host == key]
 
     def _active_requests(self, host) -> int:
         """For LEAST_REQUEST, per pick: the host's requests over both priorities' pools."""
-        pool, high = self.pools.get(host.key), self.high_pools.get(host.key)
+        key = (host.key, HTTP11, self.transport_key)
+        pool, high = self.pools.get(key), self.high_pools.get(key)
         return ((pool.active_requests if pool is not None else 0)
                 + (high.active_requests if high is not None else 0))
 
@@ -110,10 +120,11 @@ class WorkerCluster:
 
     def pool_for(self, host, high_priority: bool = False) -> HttpConnPool:
         pools = self.high_pools if high_priority else self.pools
-        pool = pools.get(host.key)
+        pool = pools.get((host.key, HTTP11, self.transport_key))  # equal to the PoolKey
         if pool is None:
             limits = self.high_limits if high_priority else self.limits
-            pool = pools[host.key] = HttpConnPool(self, host, limits)
+            pool = HttpConnPool(self, host, limits, self.transport_factory, HTTP11)
+            pools[pool.key] = pool
         return pool
 
     def drain(self) -> None:

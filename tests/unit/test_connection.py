@@ -3,6 +3,7 @@
 import socket
 
 from proxy.network.connection import Connection, ConnectionCallbacks
+from proxy.network.transport_socket import RAW_BUFFER
 from proxy.threads.dispatcher import Dispatcher
 
 
@@ -34,7 +35,7 @@ def pair(limit=64 * 1024):
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     rec = Recorder()
-    conn = Connection(d, a, rec, buffer_limit=limit)
+    conn = Connection(d, RAW_BUFFER.create(a), rec, buffer_limit=limit)
     conn.start()
     return d, conn, rec, b
 
@@ -139,7 +140,7 @@ def _one_iteration(d):
 
 def test_small_writes_of_one_iteration_leave_in_one_send_large_ones_in_one_sendmsg():
     d, conn, rec, peer = pair(limit=1 << 20)
-    spy = conn.sock = _SendSpy(conn.sock)
+    spy = conn.transport_socket.raw_socket = _SendSpy(conn.transport_socket.raw_socket)
     conn.write(b"HTTP/1.1 200 OK\r\n\r\n")
     conn.write(b"body")
     _one_iteration(d)

@@ -152,7 +152,7 @@ def rich_http() -> dict:
                 "name": "http", "address": _sa("127.0.0.1", 10000), "stat_prefix": "http",
                 "per_connection_buffer_limit_bytes": 32768, "traffic_direction": "INBOUND",
                 "listener_filters_timeout": "15s",
-                "connection_balance_config": {"exact_balance": {}},
+                "drain_type": "DEFAULT",
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": hcm}]}]}],
             "clusters": [_static_cluster("api", 18081), web],

@@ -106,11 +106,18 @@ def test_http2_and_http3_codecs_refused(codec):
 
 def test_durations_parsed():
     c = parse_hcm(_hcm(stream_idle_timeout="0.25s", request_timeout={"seconds": "5"},
-                       drain_timeout=2, common_http_protocol_options={
+                       drain_timeout="2s", common_http_protocol_options={
                            "idle_timeout": "0s",
                            "max_requests_per_connection": 10, "max_headers_count": 50}), P)
     assert (c.stream_idle_timeout, c.request_timeout, c.drain_timeout, c.idle_timeout,
             c.max_requests_per_connection, c.max_headers_count) == (0.25, 5.0, 2.0, 0.0, 10, 50)
+
+
+def test_bare_number_duration_is_refused_as_envoy_does():
+    # Envoy 1.40: "invalid JSON ... @ drain_timeout: message google.protobuf.Duration ...
+    # unexpected character: '2'; expected '\"'".
+    assert _err(parse_hcm, _hcm(drain_timeout=2)) == (
+        'hcm.drain_timeout: a duration is a string with its unit, such as "2s" (got the bare number 2)')
 
 
 def test_bad_duration_names_path():

@@ -203,7 +203,7 @@ def test_router_strict_check_headers_validated():
 def test_tcp_proxy_defaults():
     c = parse_tcp_proxy({"stat_prefix": "tcp", "cluster": "backend"}, "t")
     assert c == TcpProxyConfig(stat_prefix="tcp", cluster="backend")
-    assert (c.idle_timeout, c.max_connect_attempts, c.downstream_idle_timeout) == (3600.0, 1, None)
+    assert (c.idle_timeout, c.access_logs) == (3600.0, ())
 
 
 def test_tcp_proxy_weighted_clusters_and_timeouts():
@@ -211,12 +211,12 @@ def test_tcp_proxy_weighted_clusters_and_timeouts():
                          "weighted_clusters": {"clusters": [{"name": "a", "weight": 1},
                                                             {"name": "b", "weight": 3}]}}, "t")
     assert c.weighted_clusters == (WeightedCluster("a", 1), WeightedCluster("b", 3))
-    assert (c.cluster, c.idle_timeout, c.max_connect_attempts) == (None, 0.0, 1)
+    assert (c.cluster, c.idle_timeout) == (None, 0.0)
 
 
 def test_tcp_proxy_options_without_runtime_support_are_refused():
     assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a", "max_connect_attempts": 3}, "t") == \
-        "t.max_connect_attempts: not supported yet (only 1)"
+        "t.max_connect_attempts: not supported yet (only 1: one connect attempt, no retry)"
     assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a",
                                   "max_downstream_connection_duration": "10s"}, "t").startswith(
         "t.max_downstream_connection_duration: not supported yet")

@@ -49,7 +49,8 @@ class ConfigErrors(ConfigError):
             flat.extend(e.errors if isinstance(e, ConfigErrors) else (e,))
         self.errors: tuple[ConfigError, ...] = tuple(flat)
         first = self.errors[0]
-        ValueError.__init__(self, "\n".join(str(e) for e in self.errors))
+        ValueError.__init__(self, f"{len(self.errors)} errors:\n" + "\n".join(
+            f"  {e}" for e in self.errors))
         self.path = first.path
         self.message = first.message
 

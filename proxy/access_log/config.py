@@ -61,11 +61,12 @@ class LogFormat:
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
 
 SUBSTITUTION_FORMAT = Message("envoy.config.core.v3.SubstitutionFormatString", title="Access log formats",
-                              model=LogFormat, bookkeeping=("kind", "source"), fields=(
+                              model=LogFormat, bookkeeping=("kind", "source", "omit_empty_values"),
+                              fields=(
     used("text_format", attr="formatter"),
     used("json_format", attr="formatter"),
     used("text_format_source", attr="formatter"),
-    used("omit_empty_values", False),
+    used("omit_empty_values", False, attr="formatter"),
     used("json_format_options", attr="formatter", why="sort_properties"),
     inert("content_type", "Envoy uses it for local reply bodies, not access logs",
           attr="content_type"),

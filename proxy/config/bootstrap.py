@@ -40,14 +40,6 @@ class NodeConfig:
 class AdminConfig:
     address: str
     port: int
-    access_logs: tuple[Any, ...] = ()
-    access_log_path: str | None = None     # legacy field, still accepted by Envoy
-    profile_path: str | None = None
-
-    @property
-    def access_log(self) -> tuple[Any, ...]:
-        """Alias of `access_logs` under Envoy's field name."""
-        return self.access_logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +101,9 @@ NODE = Message("envoy.config.core.v3.Node", model=NodeConfig, fields=(
 
 ADMIN = Message("envoy.config.bootstrap.v3.Admin", model=AdminConfig, fields=(
     used("address", attr="address"),
-    inert("access_log", "only to /dev/null: the admin writes no access log", attr="access_logs"),
-    inert("access_log_path", "only /dev/null: the admin writes no access log",
-          attr="access_log_path"),
-    inert("profile_path", "there is no CPU profiler endpoint", attr="profile_path"),
+    inert("access_log", "only to /dev/null: the admin writes no access log"),
+    inert("access_log_path", "only /dev/null: the admin writes no access log"),
+    inert("profile_path", "there is no CPU profiler endpoint"),
     inert("ignore_global_conn_limit", "there is no global connection limit", default=False),
     refused("socket_options"),
 ))
@@ -245,13 +236,9 @@ def _parse_admin(f: Fields) -> AdminConfig | None:
         # Envoy runs without an admin listener when admin has no address.
         return None
     ip, port = parse_address(a.value("address"), a.at("address"))
-    return AdminConfig(
-        address=ip,
-        port=port,
-        access_logs=_admin_access_logs(a),
-        access_log_path=_admin_access_log_path(a),
-        profile_path=a.str("profile_path"),
-    )
+    _check_admin_access_logs(a)
+    a.str("profile_path")
+    return AdminConfig(address=ip, port=port)
 
 
 def _parse_static_resources(f: Fields, errors: ErrorCollector
@@ -376,16 +363,10 @@ def _as_list(v: Any) -> list[Any]:
 
 # The admin server does not write access logs yet. Envoy's examples commonly send them to
 # /dev/null, which is what we do anyway; any other destination is refused, not ignored.
-def _admin_access_logs(a: Fields) -> tuple[Any, ...]:
-    logs = tuple(parse_access_logs(a.list("access_log")))
-    for log, (_, path) in zip(logs, a.list("access_log")):
+def _check_admin_access_logs(a: Fields) -> None:
+    items = a.list("access_log")
+    for log, (_, path) in zip(parse_access_logs(items), items):
         if log.target != "/dev/null":
             raise not_supported(path, "admin access logs: only to /dev/null")
-    return logs
-
-
-def _admin_access_log_path(a: Fields) -> str | None:
-    path = a.str("access_log_path")
-    if path not in (None, "", "/dev/null"):
+    if a.str("access_log_path") not in (None, "", "/dev/null"):
         raise not_supported(a.at("access_log_path"), "admin access logs: only to /dev/null")
-    return path

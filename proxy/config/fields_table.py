@@ -22,11 +22,11 @@ filled at import time (main thread) and never mutated afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .reader import MISSING, ConfigError, ConfigErrors, Fields
+from .reader import MISSING, ConfigError, ConfigErrors, Fields, all_errors
 
 __all__ = ["USED", "INERT", "REFUSED", "FieldSpec", "Message", "used", "inert", "refused",
            "tables", "not_supported", "markdown_block"]
@@ -106,12 +106,14 @@ class Message:
         are reported together (ConfigErrors when more than one). `extra`: names the caller
         accepts beyond the table (e.g. "@type" of a typed_config body)."""
         errors: list[ConfigError] = []
+        known = (*self.names, *extra)
         try:
-            f = Fields(raw, path, (*self.names, *extra))
-        except ConfigErrors as e:
-            # Several unknown fields: report them with the refusals below.
-            errors.extend(e.errors)
-            known = (*self.names, *extra)
+            f = Fields(raw, path, known)
+        except ConfigError as e:
+            if not (isinstance(raw, Mapping) and all(isinstance(k, str) for k in raw)):
+                raise  # not an object at all: nothing more to say about it
+            # Unknown fields: reported with the refusals below.
+            errors.extend(all_errors(e))
             f = Fields({k: v for k, v in raw.items() if k in known}, path, known)
         for spec in self.fields:
             if spec.status == REFUSED and not spec.only_default and _present(f.raw.get(spec.name)):
@@ -171,9 +173,9 @@ def _names(specs: Iterable[FieldSpec], with_why: bool) -> str:
 def markdown_block(proto: str) -> str:
     """The README's generated sentence list for one message."""
     m = _TABLES[proto]
-    lines = [f"`{proto}`"]
+    lines = [f"`{proto}` —"]
     if u := m.with_status(USED):
-        lines.append(f"used: {_names(u, False)}.")
+        lines.append(f"Used: {_names(u, False)}.")
     if i := m.with_status(INERT):
         lines.append(f"Accepted, inert: {_names(i, True)}.")
     if r := m.with_status(REFUSED):
@@ -203,6 +205,8 @@ def render_readme(text: str) -> str:
 
 def _main(argv: list[str]) -> int:  # pragma: no cover - a maintenance command
     import proxy.config.load  # noqa: F401  imports every config module (fills the tables)
+    # Run as __main__, this file is a second module object: use the one the tables filled.
+    from proxy.config.fields_table import render_readme
 
     for path in argv:
         with open(path, encoding="utf-8") as fh:

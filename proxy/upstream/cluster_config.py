@@ -147,6 +147,7 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     refused("filters", "upstream network filters"),
     refused("load_balancing_policy", "use lb_policy"),
     refused("lrs_server"),
+    refused("lrs_report_endpoint_metrics"),
     refused("track_timeout_budgets"),
     refused("upstream_config"),
     refused("track_cluster_stats"),
@@ -155,8 +156,8 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
 ), model=ClusterConfig, bookkeeping=("raw",))
 
 LOAD_ASSIGNMENT = Message("envoy.config.endpoint.v3.ClusterLoadAssignment", fields=(
-    inert("cluster_name", "a static cluster's endpoints are its own (EDS, where it names the "
-                          "cluster, is refused)"),
+    inert("cluster_name", "a static cluster's endpoints are its own; only EDS (refused) "
+                          "matches it"),
     used("endpoints", attr="endpoints"),
     used("policy", attr="", why="its own table: every policy field is refused"),
     refused("named_endpoints"),
@@ -172,8 +173,8 @@ LB_POLICY = Message("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", fie
 ))
 
 LOCALITY_ENDPOINTS = Message("envoy.config.endpoint.v3.LocalityLbEndpoints", fields=(
-    inert("locality", "only zone-aware and locality-weighted balancing read it; both are refused "
-                      "(zone-aware needs cluster_manager.local_cluster_name)"),
+    inert("locality", "only zone-aware and locality-weighted balancing read it, and both are "
+                      "refused (zone-aware needs cluster_manager.local_cluster_name)"),
     used("lb_endpoints", attr="endpoints"),
     inert("load_balancing_weight", "as in Envoy, locality weights act only with "
           "common_lb_config.locality_weighted_lb_config, which is refused; endpoints of every "
@@ -195,7 +196,7 @@ LB_ENDPOINT = Message("envoy.config.endpoint.v3.LbEndpoint", model=None, fields=
 ENDPOINT = Message("envoy.config.endpoint.v3.Endpoint", fields=(
     used("address"),
     used("hostname"),
-    inert("health_check_config", _NO_HC),
+    inert("health_check_config", "only active health checking reads it, and health_checks is refused"),
     refused("additional_addresses"),
 ))
 
@@ -238,7 +239,8 @@ COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
     refused("locality_weighted_lb_config"),
     inert("update_merge_window", "host updates are applied at once; the window only batches them",
           default="1s"),
-    inert("ignore_new_hosts_until_first_hc", _NO_HC, default=False),
+    inert("ignore_new_hosts_until_first_hc", "without health_checks (refused) there is no first "
+                                             "check to wait for", default=False),
     refused("close_connections_on_host_set_change", default=False, only_default=True),
     inert("consistent_hashing_lb_config", "only RING_HASH and MAGLEV read it; both are refused"),
     refused("override_host_status"),

@@ -134,8 +134,8 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     """Validate a whole bootstrap. The registry must be filled (import proxy.extensions).
     Independent parts (each top-level field, each listener, each cluster) are all checked:
     their errors are raised together (ConfigErrors), each naming its path."""
-    f = BOOTSTRAP.read(raw, "")
     errors = ErrorCollector()
+    f = BOOTSTRAP.read(raw, "", errors_to=errors)
     errors.run(_check_overload_manager, f)
     errors.run(_check_layered_runtime, f)
     errors.run(lambda: BOOTSTRAP.require_default(f, "enable_dispatcher_stats",

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .reader import MISSING, ConfigError, ConfigErrors, Fields, all_errors
+from .reader import MISSING, ConfigError, ConfigErrors, ErrorCollector, Fields, all_errors
 
 __all__ = ["USED", "INERT", "REFUSED", "FieldSpec", "Message", "used", "inert", "refused",
            "tables", "not_supported", "markdown_block"]
@@ -89,6 +89,10 @@ class Message:
         _TABLES[self.proto] = self
 
     @property
+    def _refused(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields if f.status == REFUSED and not f.only_default)
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
@@ -101,10 +105,12 @@ class Message:
     def with_status(self, status: str) -> tuple[FieldSpec, ...]:
         return tuple(f for f in self.fields if f.status == status)
 
-    def read(self, raw: Any, path: str, extra: Iterable[str] = ()) -> Fields:
+    def read(self, raw: Any, path: str, extra: Iterable[str] = (),
+             errors_to: ErrorCollector | None = None) -> Fields:
         """`raw` at `path` opened as this message: unknown fields and refused fields present
         are reported together (ConfigErrors when more than one). `extra`: names the caller
-        accepts beyond the table (e.g. "@type" of a typed_config body)."""
+        accepts beyond the table (e.g. "@type" of a typed_config body). With `errors_to`, those
+        errors are recorded there instead and the caller goes on checking the known fields."""
         errors: list[ConfigError] = []
         known = (*self.names, *extra)
         try:
@@ -118,6 +124,10 @@ class Message:
         for spec in self.fields:
             if spec.status == REFUSED and not spec.only_default and _present(f.raw.get(spec.name)):
                 errors.append(not_supported(f.at(spec.name), spec.why))
+        if errors_to is not None:
+            for e in errors:
+                errors_to.add(e)
+            return Fields({k: v for k, v in f.raw.items() if k not in self._refused}, path, known)
         if len(errors) == 1:
             raise errors[0]
         if errors:

@@ -171,8 +171,8 @@ def address_string(ip: str, port: int) -> str:
 def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
     """Validate one listener. `index` names it `listener_<index>` when `name` is absent.
     Independent mistakes (several fields, the filter chain) are reported together."""
-    f = LISTENER.read(raw, path)
     errors = ErrorCollector()
+    f = LISTENER.read(raw, path, errors_to=errors)
     errors.run(_refuse_listener_defaults, f)
     name = errors.run(f.str, "name")
     address = errors.run(parse_address, f.value("address", required=True), f.at("address"))

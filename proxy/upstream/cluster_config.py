@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
-from proxy.config.reader import ConfigError, ErrorCollector, Fields
+from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
@@ -321,17 +321,14 @@ def parse_clusters(items: Any, path: str) -> tuple[ClusterConfig, ...]:
 def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     """Validate one Cluster object at `path`; raises ConfigError naming the offending field
     (ConfigErrors when several independent parts of the cluster are wrong)."""
-    f = CLUSTER.read(raw, path)
     errors = ErrorCollector()
+    f = CLUSTER.read(raw, path, errors_to=errors)
     if f.has("transport_socket") and not _is_raw_buffer(f.raw["transport_socket"]):
         errors.add(not_supported(f.at("transport_socket"), f"{_NO_TLS}; raw_buffer only"))
-    name = f.str("name", required=True)
-    if not name:
-        raise ConfigError(f.at("name"), "must not be empty")
-    ctype = f.enum("type", _TYPES, "STATIC")
-    if ctype not in _SUPPORTED_TYPES:
-        raise not_supported(f.at("type"), f"cluster type {ctype}; expected one of "
-                                          f"{', '.join(_SUPPORTED_TYPES)}")
+    name = errors.run(_name, f)
+    ctype = errors.run(_type, f)
+    if ctype is MISSING:
+        errors.raise_if_any()  # the endpoints cannot be checked without the type
     lb_policy = errors.run(_lb_policy, f)
     connect_timeout = errors.run(_connect_timeout, f)
     dns_refresh_rate = errors.run(_dns_refresh_rate, f)
@@ -365,6 +362,21 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         healthy_panic_threshold=panic,
         raw=raw,
     )
+
+
+def _name(f: Fields) -> str:
+    name = f.str("name", required=True)
+    if not name:
+        raise ConfigError(f.at("name"), "must not be empty")
+    return name
+
+
+def _type(f: Fields) -> str:
+    ctype = f.enum("type", _TYPES, "STATIC")
+    if ctype not in _SUPPORTED_TYPES:
+        raise not_supported(f.at("type"), f"cluster type {ctype}; expected one of "
+                                          f"{', '.join(_SUPPORTED_TYPES)}")
+    return ctype
 
 
 def _lb_policy(f: Fields) -> str:

@@ -13,11 +13,13 @@ fields once, in a `Message`: the Envoy field name, Envoy's default, and one stat
   (the parser reads the value and calls `require_default`).
 
 `Message.read(raw, path)` opens an object: unknown fields (did-you-mean) and every refused field
-present are reported together. The README's "Supported configuration" blocks are generated from
-these tables (`python -m proxy.config.fields_table README.md` rewrites them; a test checks them).
+present are reported together (or recorded in the caller's ErrorCollector, which goes on). The
+README's "Supported configuration" field lists are generated from these tables
+(`python -m proxy.config.fields_table README.md` rewrites them; a test checks them).
 
-Must not: do I/O, or import other proxy layers than `proxy.config.reader`. The tables are
-filled at import time (main thread) and never mutated afterwards.
+Must not: do I/O (but `_main`, that maintenance command), or import other proxy layers than
+`proxy.config.reader`. The tables are filled at import time (main thread) and never mutated
+afterwards.
 """
 
 from __future__ import annotations

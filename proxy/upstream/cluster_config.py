@@ -1,13 +1,15 @@
 """Cluster config: Envoy v3 `config.cluster.v3.Cluster` -> frozen `ClusterConfig`.
 
 Job: validate one cluster (static file, or a CDS resource later) and return an immutable model.
-Every error names the full JSON path (`static_resources.clusters[0].lb_policy: ...`). Fields
-Envoy has but we do not implement are refused with "... is not supported"; fields Envoy does
-not have get the reader's "unknown field" error with a did-you-mean hint.
+Every error names the full JSON path (`static_resources.clusters[0].lb_policy: ...`). Every
+field of the Cluster and its sub-messages is declared once in the tables below (used, inert
+with the reason, or refused with "<path>: not supported yet (<why>)"); fields Envoy does not
+have get the reader's "unknown field" error with a did-you-mean hint. Independent mistakes of
+one cluster are reported together.
 
 Must not: do I/O (no DNS here: STATIC addresses must already be IP literals, DNS names are
 resolved by `cluster_manager` on the main thread), keep state, or import other proxy layers
-than `proxy.config.reader`. Pure; callable from any thread.
+than `proxy.config` (reader, fields_table). Pure; callable from any thread.
 """
 
 from __future__ import annotations

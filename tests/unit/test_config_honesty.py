@@ -471,3 +471,10 @@ def test_what_envoy_accepts_here_ftproxy_accepts(tmp_path, case):
     assert envoy.returncode == 0, envoy.stderr[-500:]
     code, message = validate(str(p))
     assert code == 0, message
+
+
+def test_refused_secrets_do_not_hide_the_listeners_and_clusters_errors():
+    raw = boot(cluster={"connect_timeout": 5})
+    raw["static_resources"]["secrets"] = [{"name": "s"}]
+    assert [m.split(":")[0] for m in errors(raw)] == [
+        "static_resources.secrets", f"{C0}.connect_timeout"]

@@ -158,8 +158,6 @@ def _present(value: Any) -> bool:
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return f"{value:g}s"
     return repr(value) if isinstance(value, str) else str(value)
 
 

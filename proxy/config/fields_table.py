@@ -173,7 +173,7 @@ def _names(specs: Iterable[FieldSpec], with_why: bool) -> str:
     for s in specs:
         text = f"`{s.name}`"
         if s.only_default:
-            text += f" (only {_show(s.default)})"
+            text += " (only unset or empty)" if s.default is None else f" (only {_show(s.default)})"
         if with_why and s.why:
             text += f" ({s.why})"
         out.append(text)

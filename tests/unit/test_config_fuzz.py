@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from proxy.config.load import load_bootstrap, parse_bootstrap
-from proxy.config.reader import ConfigError
+from proxy.config.reader import ConfigError, all_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE_SEEDS = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "perf" / "configs").glob("*.yaml"))
@@ -455,11 +455,12 @@ def classify(load: Callable[[Any], Any], tree: Any) -> tuple[str, tuple[str, str
     try:
         load(tree)
     except ConfigError as e:
-        if not isinstance(e.path, str) or not e.message:
-            return "failed", ("config-error-malformed", f"path={e.path!r} message={e.message!r}")
-        if not path_ok(tree, e.path):
-            template = re.sub(r"\[\d+\]", "[*]", e.path)
-            return "failed", (f"bad-path {template}", short(str(e)))
+        for err in all_errors(e):  # each error of a list must name a real path, not only the first
+            if not isinstance(err.path, str) or not err.message:
+                return "failed", ("config-error-malformed", f"path={err.path!r} message={err.message!r}")
+            if not path_ok(tree, err.path):
+                template = re.sub(r"\[\d+\]", "[*]", err.path)
+                return "failed", (f"bad-path {template}", short(str(err)))
         return "config_error", None
     except Exception as e:  # noqa: BLE001 - the point is to catch everything else
         return "failed", (f"{type(e).__name__} at {_where(e)}", f"{short(str(e))} ({_line(e)})")

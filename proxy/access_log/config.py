@@ -67,10 +67,14 @@ SUBSTITUTION_FORMAT = Message("envoy.config.core.v3.SubstitutionFormatString", t
     used("json_format", attr="formatter"),
     used("text_format_source", attr="formatter"),
     used("omit_empty_values", False, attr="formatter"),
-    used("json_format_options", attr="formatter", why="sort_properties"),
+    used("json_format_options", attr="formatter"),
     inert("content_type", "Envoy uses it for local reply bodies, not access logs",
           attr="content_type"),
     refused("formatters", "formatter extensions"),
+))
+
+JSON_FORMAT_OPTIONS = Message("envoy.config.core.v3.JsonFormatOptions", fields=(
+    used("sort_properties", False, attr="formatter"),
 ))
 
 FORMAT_DATA_SOURCE = Message("envoy.config.core.v3.DataSource (access log format)", fields=(
@@ -116,7 +120,8 @@ def parse_log_format(raw: Any, path: str) -> LogFormat:
     omit = f.bool("omit_empty_values", False)
     content_type = f.str("content_type")
     sort = False
-    opts = f.obj("json_format_options", ("sort_properties",))
+    opts = (JSON_FORMAT_OPTIONS.read(f.value("json_format_options"), f.at("json_format_options"))
+            if f.has("json_format_options") else None)
     if opts is not None:
         sort = opts.bool("sort_properties", False)
     which = f.oneof("text_format", "json_format", "text_format_source", required=True)

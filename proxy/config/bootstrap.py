@@ -93,10 +93,16 @@ NODE = Message("envoy.config.core.v3.Node", model=NodeConfig, fields=(
     used("id"),
     used("cluster"),
     inert("metadata", f"sent to xDS management servers; {_NO_XDS}", attr="metadata"),
-    inert("locality", "read by zone-aware routing (refused) and xDS", attr="zone"),
+    used("locality", attr="", why="its own table"),
     *(inert(name, f"sent to xDS management servers; {_NO_XDS}") for name in (
         "user_agent_name", "user_agent_version", "user_agent_build_version", "extensions",
         "client_features", "listening_addresses", "dynamic_parameters")),
+))
+
+LOCALITY = Message("envoy.config.core.v3.Locality", fields=(
+    inert("region", f"sent to xDS management servers; {_NO_XDS}"),
+    inert("zone", "read by zone-aware routing (refused) and xDS", attr="zone"),
+    inert("sub_zone", f"sent to xDS management servers; {_NO_XDS}"),
 ))
 
 ADMIN = Message("envoy.config.bootstrap.v3.Admin", model=AdminConfig, fields=(
@@ -217,7 +223,10 @@ def _parse_node(f: Fields) -> NodeConfig:
     if not f.has("node"):
         return NodeConfig()
     n = NODE.read(f.value("node"), f.at("node"))
-    loc = n.obj("locality", ("region", "zone", "sub_zone"))
+    loc = LOCALITY.read(n.value("locality"), n.at("locality")) if n.has("locality") else None
+    if loc is not None:
+        loc.str("region", "")
+        loc.str("sub_zone", "")
     metadata = n.raw_obj("metadata")
     return NodeConfig(
         id=n.str("id", ""),

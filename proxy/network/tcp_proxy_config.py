@@ -65,6 +65,10 @@ TCP_PROXY = Message(TCP_PROXY_PROTO, title="TCP proxy", model=TcpProxyConfig, fi
     refused("max_early_data_bytes"),
 ))
 
+WEIGHTED_CLUSTERS = Message(TCP_PROXY_PROTO + ".WeightedCluster", fields=(
+    used("clusters", attr="weighted_clusters"),
+))
+
 WEIGHTED_CLUSTER = Message(TCP_PROXY_PROTO + ".WeightedCluster.ClusterWeight",
                            model=WeightedCluster, fields=(
     used("name"),
@@ -98,8 +102,7 @@ def parse_tcp_proxy(raw: Mapping[str, Any], path: str) -> TcpProxyConfig:
 
 
 def _parse_weighted(f: Fields) -> tuple[WeightedCluster, ...]:
-    w = f.obj("weighted_clusters", ("clusters",))
-    assert w is not None
+    w = WEIGHTED_CLUSTERS.read(f.value("weighted_clusters"), f.at("weighted_clusters"))
     out = []
     for item, cpath in w.list("clusters", min_items=1):
         c = WEIGHTED_CLUSTER.read(item, cpath)

@@ -235,7 +235,7 @@ THRESHOLDS = Message("envoy.config.cluster.v3.CircuitBreakers.Thresholds", model
 ))
 
 COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
-    used("healthy_panic_threshold", 50.0),
+    used("healthy_panic_threshold", 50.0, why="its own table"),
     inert("zone_aware_lb_config", "zone-aware routing needs cluster_manager.local_cluster_name, "
                                   "which is refused: Envoy does not apply it either"),
     refused("locality_weighted_lb_config"),
@@ -246,6 +246,10 @@ COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
     refused("close_connections_on_host_set_change", default=False, only_default=True),
     inert("consistent_hashing_lb_config", "only RING_HASH and MAGLEV read it; both are refused"),
     refused("override_host_status"),
+))
+
+PERCENT = Message("envoy.type.v3.Percent (healthy_panic_threshold)", fields=(
+    used("value", 50.0, attr="healthy_panic_threshold"),
 ))
 
 LEAST_REQUEST = Message("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", fields=(
@@ -567,7 +571,7 @@ def _panic_threshold(f: Fields) -> float:
                               c.bool("close_connections_on_host_set_change", False))
     if not c.has("healthy_panic_threshold"):
         return 50.0
-    p = Fields(c.value("healthy_panic_threshold"), c.at("healthy_panic_threshold"), ("value",))
+    p = PERCENT.read(c.value("healthy_panic_threshold"), c.at("healthy_panic_threshold"))
     value = p.float("value", 0.0)  # an empty Percent is 0 (proto3 default)
     if not 0.0 <= value <= 100.0:
         raise ConfigError(p.at("value"), f"must be between 0 and 100, got {value}")

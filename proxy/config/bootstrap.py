@@ -204,7 +204,8 @@ def _check_layered_runtime(f: Fields) -> None:
         layer.raw_obj("admin_layer")
         static = layer.raw_obj("static_layer")
         for key_path in _runtime_keys(static or {}, layer.at("static_layer")):
-            errors.add(not_supported(key_path, "runtime key: " + _NO_RUNTIME))
+            errors.add(not_supported(key_path, "a runtime key: ftproxy honours none yet, so it "
+                                               "would not be enforced"))
     errors.raise_if_any()
 
 

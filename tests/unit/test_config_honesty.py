@@ -211,7 +211,7 @@ def test_stats_flush_interval_is_accepted_as_inert_and_range_checked_as_envoy_do
 def test_runtime_keys_are_refused_by_path_since_none_is_enforced(layer, path):
     raw = boot(layered_runtime={"layers": [{"name": "static", "static_layer": layer}]})
     assert error(raw) == (f"layered_runtime.layers[0].static_layer.{path}: not supported yet "
-                          "(runtime key: no runtime key is honoured yet)")
+                          "(a runtime key: ftproxy honours none yet, so it would not be enforced)")
 
 
 def test_every_runtime_key_is_listed():

@@ -138,7 +138,8 @@ def _request(pid_file: str | None, msg: dict) -> dict:
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--config-yaml", default=None)
 def validate(config_path: str, config_yaml: str | None) -> None:
-    """Check a bootstrap: exit 0 if it loads, else 1 with the error (naming the field)."""
+    """Check a bootstrap: exit 0 if it loads (printing any warning, e.g. no listeners), else 1
+    with every error of the file, one per line, each naming its field path."""
     from proxy.config.load import validate as run_validate
 
     code, message = run_validate(config_path, config_yaml=config_yaml)

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.config.reader import ConfigError, Fields, join
+from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.reader import ConfigError, join
 from proxy.config.registry import Extension, register, resolve
 
 from .formatter import (DEFAULT_FORMAT, JsonFormatter, TextFormatter, compile_format,
@@ -40,10 +41,6 @@ FILE_LOGGER = "envoy.access_loggers.file"
 STDOUT_LOGGER = "envoy.access_loggers.stdout"
 STDERR_LOGGER = "envoy.access_loggers.stderr"
 
-_SUBSTITUTION_FIELDS = ("text_format", "json_format", "text_format_source", "omit_empty_values",
-                        "content_type", "formatters", "json_format_options")
-_DATA_SOURCE_FIELDS = ("inline_string", "inline_bytes", "filename", "environment_variable",
-                       "watched_directory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +56,34 @@ class LogFormat:
 
     def format(self, info: StreamInfo) -> str:
         return self.formatter.format(info)
+
+
+# -- declared fields (proxy.config.fields_table) -----------------------------------------
+
+SUBSTITUTION_FORMAT = Message("envoy.config.core.v3.SubstitutionFormatString", title="Access log formats",
+                              model=LogFormat, bookkeeping=("kind", "source", "omit_empty_values"),
+                              fields=(
+    used("text_format", attr="formatter"),
+    used("json_format", attr="formatter"),
+    used("text_format_source", attr="formatter"),
+    used("omit_empty_values", False, attr="formatter"),
+    used("json_format_options", attr="formatter"),
+    inert("content_type", "Envoy uses it for local reply bodies, not access logs",
+          attr="content_type"),
+    refused("formatters", "formatter extensions"),
+))
+
+JSON_FORMAT_OPTIONS = Message("envoy.config.core.v3.JsonFormatOptions", fields=(
+    used("sort_properties", False, attr="formatter"),
+))
+
+FORMAT_DATA_SOURCE = Message("envoy.config.core.v3.DataSource (access log format)", fields=(
+    used("inline_string", attr="formatter"),
+    used("inline_bytes", attr="formatter"),
+    refused("filename", "use inline_string"),
+    refused("environment_variable", "use inline_string"),
+    refused("watched_directory", "use inline_string"),
+))
 
 
 def default_log_format() -> LogFormat:
@@ -79,28 +104,24 @@ def _json_format(mapping: Any, path: str, omit: bool = False, content_type: str 
 
 
 def _data_source_text(raw: Any, path: str) -> str:
-    f = Fields(raw, path, _DATA_SOURCE_FIELDS)
-    which = f.oneof("inline_string", "inline_bytes", "filename", "environment_variable",
-                    required=True)
+    f = FORMAT_DATA_SOURCE.read(raw, path)
+    which = f.oneof("inline_string", "inline_bytes", required=True)
     if which == "inline_string":
         return f.str("inline_string")
-    if which == "inline_bytes":
-        try:
-            return base64.b64decode(f.str("inline_bytes"), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input; UnicodeDecodeError
-            raise ConfigError(f.at("inline_bytes"), f"invalid base64 UTF-8 text: {e}") from None
-    raise ConfigError(f.at(which), "not supported yet for access log formats (use inline_string)")
+    try:  # inline_bytes
+        return base64.b64decode(f.str("inline_bytes"), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as e:  # ValueError: non-ASCII input; UnicodeDecodeError
+        raise ConfigError(f.at("inline_bytes"), f"invalid base64 UTF-8 text: {e}") from None
 
 
 def parse_log_format(raw: Any, path: str) -> LogFormat:
     """An `envoy.config.core.v3.SubstitutionFormatString` at `path`."""
-    f = Fields(raw, path, _SUBSTITUTION_FIELDS)
-    if f.has("formatters") and f.list("formatters"):
-        raise ConfigError(f.at("formatters"), "formatter extensions are not supported yet")
+    f = SUBSTITUTION_FORMAT.read(raw, path)
     omit = f.bool("omit_empty_values", False)
     content_type = f.str("content_type")
     sort = False
-    opts = f.obj("json_format_options", ("sort_properties",))
+    opts = (JSON_FORMAT_OPTIONS.read(f.value("json_format_options"), f.at("json_format_options"))
+            if f.has("json_format_options") else None)
     if opts is not None:
         sort = opts.bool("sort_properties", False)
     which = f.oneof("text_format", "json_format", "text_format_source", required=True)
@@ -175,9 +196,30 @@ class AccessLogConfig:
 # -- typed_config parsers -----------------------------------------------------------------------
 _LEGACY_FORMATS = ("format", "json_format", "typed_json_format", "log_format")
 
+FILE_ACCESS_LOG = Message("envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                          title="File access log", model=AccessLogConfig,
+                          bookkeeping=("logger",), fields=(
+    used("path", attr="target"),
+    used("log_format"),
+    used("format", attr="log_format", why="deprecated spelling"),
+    used("json_format", attr="log_format", why="deprecated spelling"),
+    used("typed_json_format", attr="log_format", why="deprecated spelling"),
+))
+
+STREAM_ACCESS_LOG = Message("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                            title="stdout / stderr access log", fields=(
+    used("log_format"),
+))
+
+ACCESS_LOG = Message("envoy.config.accesslog.v3.AccessLog", fields=(
+    used("name", attr="logger"),
+    used("typed_config", attr="", why="the logger's own table"),
+    refused("filter", "access log filters"),
+))
+
 
 def _parse_file(raw: Mapping[str, Any], path: str) -> AccessLogConfig:
-    f = Fields(raw, path, ("path", *_LEGACY_FORMATS))
+    f = FILE_ACCESS_LOG.read(raw, path)
     file_path = f.str("path", required=True)
     if not file_path:
         raise ConfigError(f.at("path"), "must not be empty")
@@ -196,7 +238,7 @@ def _parse_file(raw: Mapping[str, Any], path: str) -> AccessLogConfig:
 
 def _stream_parser(logger: str, target: str):
     def parse(raw: Mapping[str, Any], path: str) -> AccessLogConfig:
-        f = Fields(raw, path, ("log_format",))
+        f = STREAM_ACCESS_LOG.read(raw, path)
         if f.has("log_format"):
             fmt = parse_log_format(f.value("log_format"), f.at("log_format"))
         else:
@@ -221,8 +263,7 @@ def parse_access_logs(items: list[tuple[Any, str]]) -> tuple[AccessLogConfig, ..
     (what `Fields.list("access_log")` returns)."""
     out = []
     for item, path in items:
-        _ext, config = resolve("access_logger", item, path, extra_fields=("filter",))
-        if item.get("filter") is not None:
-            raise ConfigError(join(path, "filter"), "access log filters are not supported yet")
+        ACCESS_LOG.read(item, path)
+        _ext, config = resolve("access_logger", item, path)
         out.append(config)
     return tuple(out)

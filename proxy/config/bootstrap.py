@@ -3,8 +3,10 @@
 Job: validate a bootstrap tree (plain dicts from YAML/JSON) into an immutable `Bootstrap`:
 node, admin, static listeners and clusters, stats flush interval; then check what only the
 whole tree can tell (unique listener names and addresses, unique cluster names, inline routes
-naming defined clusters). Real Envoy fields we do not implement are refused with "not
-supported yet"; misspellings are refused as unknown fields with a suggestion.
+naming defined clusters, the admin and the listeners on distinct ports). Every field is declared
+once in the tables below (used, inert with the reason, or refused with "<path>: not supported
+yet"); misspellings are refused as unknown fields with a suggestion. Independent parts are all
+checked and their errors raised together.
 
 Must not: do I/O (see `proxy.config.load`), or import extension modules — the registry must
 already be filled (`proxy.extensions`). Thread affinity: main thread; the result is immutable.
@@ -13,57 +15,31 @@ already be filled (`proxy.extensions`). Thread affinity: main thread; the result
 from __future__ import annotations
 
 import copy
+import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access_log.config import parse_access_logs
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
-from proxy.config.reader import ConfigError, Fields, index, join
+from proxy.config.fields_table import Message, inert, not_supported, refused, used
+from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
 from proxy.upstream.cluster_config import parse_cluster
 
 __all__ = ["Bootstrap", "NodeConfig", "AdminConfig", "parse_bootstrap"]
-
-_TOP_SUPPORTED = ("node", "admin", "static_resources", "stats_flush_interval", "layered_runtime",
-                  "overload_manager", "dynamic_resources", "enable_dispatcher_stats")
-_TOP_UNSUPPORTED = (
-    "node_context_params", "cluster_manager", "hds_config", "flags_path", "stats_sinks",
-    "deferred_stat_options", "stats_config", "stats_flush_on_admin", "watchdog", "watchdogs",
-    "tracing", "header_prefix", "stats_server_version_override", "use_tcp_for_dns_lookups",
-    "dns_resolution_config", "typed_dns_resolver_config", "bootstrap_extensions",
-    "fatal_actions", "config_sources", "default_config_source", "default_socket_interface",
-    "certificate_provider_instances", "inline_headers", "perf_tracing_file_path",
-    "default_regex_engine", "xds_delegate_extension", "xds_config_tracker_extension",
-    "listener_manager", "application_log_config", "grpc_async_client_manager_config",
-    "memory_allocator_manager",
-)
-_NODE_FIELDS = ("id", "cluster", "metadata", "locality", "user_agent_name", "user_agent_version",
-                "user_agent_build_version", "extensions", "client_features",
-                "listening_addresses", "dynamic_parameters")
-
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     id: str = ""
     cluster: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    region: str = ""
     zone: str = ""
-    sub_zone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     address: str
     port: int
-    access_logs: tuple[Any, ...] = ()
-    access_log_path: str | None = None     # legacy field, still accepted by Envoy
-    profile_path: str | None = None
-
-    @property
-    def access_log(self) -> tuple[Any, ...]:
-        """Alias of `access_logs` under Envoy's field name."""
-        return self.access_logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,120 +50,286 @@ class Bootstrap:
     clusters: tuple[Any, ...]              # proxy.upstream.cluster_config.ClusterConfig
     stats_flush_interval: float = 5.0
     raw: Mapping[str, Any] | None = None   # deep copy of the input, for /config_dump
+    # What the operator should hear about a config that loads (e.g. one that serves nothing).
+    warnings: tuple[str, ...] = ()
+
+
+# -- declared fields (proxy.config.fields_table) -----------------------------------------
+
+_NO_XDS = "no xDS management server is contacted"
+_NO_RUNTIME = "no runtime key is honoured yet"
+
+BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", model=Bootstrap,
+                    bookkeeping=("raw", "warnings"), fields=(
+    used("node"),
+    used("admin"),
+    used("static_resources", attr="listeners"),
+    inert("stats_flush_interval", "it times the flush to stats sinks, and stats_sinks are refused; "
+                                  "the admin merges the workers' stats when read",
+          default="5s", attr="stats_flush_interval"),
+    used("layered_runtime", attr="", why="only layers without runtime keys: its own table"),
+    used("overload_manager", attr="", why="only without monitors or actions: its own table"),
+    refused("enable_dispatcher_stats", default=False, only_default=True),
+    refused("dynamic_resources", "xDS"),
+    *(refused(name) for name in (
+        "node_context_params", "cluster_manager", "hds_config", "flags_path", "stats_sinks",
+        "deferred_stat_options", "stats_config", "stats_flush_on_admin", "watchdog", "watchdogs",
+        "tracing", "header_prefix", "stats_server_version_override", "use_tcp_for_dns_lookups",
+        "dns_resolution_config", "typed_dns_resolver_config", "bootstrap_extensions",
+        "fatal_actions", "config_sources", "default_config_source", "default_socket_interface",
+        "certificate_provider_instances", "inline_headers", "perf_tracing_file_path",
+        "default_regex_engine", "xds_delegate_extension", "xds_config_tracker_extension",
+        "listener_manager", "application_log_config", "grpc_async_client_manager_config",
+        "memory_allocator_manager")),
+))
+
+STATIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.StaticResources", fields=(
+    used("listeners"),
+    used("clusters"),
+    refused("secrets", "TLS"),
+))
+
+NODE = Message("envoy.config.core.v3.Node", model=NodeConfig, fields=(
+    used("id"),
+    used("cluster"),
+    inert("metadata", f"sent to xDS management servers; {_NO_XDS}", attr="metadata"),
+    used("locality", attr="", why="its own table"),
+    *(inert(name, f"sent to xDS management servers; {_NO_XDS}") for name in (
+        "user_agent_name", "user_agent_version", "user_agent_build_version", "extensions",
+        "client_features", "listening_addresses", "dynamic_parameters")),
+))
+
+LOCALITY = Message("envoy.config.core.v3.Locality", fields=(
+    inert("region", f"sent to xDS management servers; {_NO_XDS}"),
+    inert("zone", "read by zone-aware routing (refused) and xDS", attr="zone"),
+    inert("sub_zone", f"sent to xDS management servers; {_NO_XDS}"),
+))
+
+ADMIN = Message("envoy.config.bootstrap.v3.Admin", model=AdminConfig, fields=(
+    used("address", attr="address"),
+    inert("access_log", "only to /dev/null: the admin writes no access log"),
+    inert("access_log_path", "only /dev/null: the admin writes no access log"),
+    inert("profile_path", "there is no CPU profiler endpoint"),
+    inert("ignore_global_conn_limit", "there is no global connection limit", default=False),
+    refused("socket_options"),
+))
+
+LAYERED_RUNTIME = Message("envoy.config.bootstrap.v3.LayeredRuntime", fields=(
+    used("layers", attr="", why="each layer checked: its own table"),
+))
+
+RUNTIME_LAYER = Message("envoy.config.bootstrap.v3.RuntimeLayer", fields=(
+    inert("name", "names the layer in /runtime, which ftproxy does not serve"),
+    refused("static_layer", f"{_NO_RUNTIME}: each key is refused by name (an empty layer passes)",
+            only_default=True),
+    refused("disk_layer", _NO_RUNTIME),
+    inert("admin_layer", "the admin has no /runtime_modify, so this layer stays empty"),
+    refused("rtds_layer", "xDS"),
+))
+
+OVERLOAD_MANAGER = Message("envoy.config.overload.v3.OverloadManager", fields=(
+    inert("refresh_interval", "there are no resource monitors to refresh", default="1s"),
+    refused("resource_monitors"),
+    refused("actions"),
+    refused("loadshed_points"),
+    refused("buffer_factory_config"),
+))
 
 
 def parse_bootstrap(raw: Any) -> Bootstrap:
-    """Validate a whole bootstrap. The registry must be filled (import proxy.extensions)."""
-    f = Fields(raw, "", _TOP_SUPPORTED + _TOP_UNSUPPORTED)
-    if f.has("dynamic_resources"):
-        raise ConfigError(f.at("dynamic_resources"), "dynamic_resources (xDS) is not supported yet")
-    for key in _TOP_UNSUPPORTED:
-        if f.has(key):
-            raise ConfigError(f.at(key), "not supported yet")
-    _check_overload_manager(f)
-    f.raw_obj("layered_runtime")         # accepted, not used yet
-    f.bool("enable_dispatcher_stats", False)
-    interval = f.duration("stats_flush_interval", 5.0)
-    if not 0.001 <= interval <= 300.0:
-        raise ConfigError(f.at("stats_flush_interval"), "must be between 1ms and 300s")
-    listeners, clusters = _parse_static_resources(f)
-    _check_route_clusters(listeners, {c.name for c in clusters})
+    """Validate a whole bootstrap. The registry must be filled (import proxy.extensions).
+    Independent parts (each top-level field, each listener, each cluster) are all checked:
+    their errors are raised together (ConfigErrors), each naming its path."""
+    errors = ErrorCollector()
+    f = BOOTSTRAP.read(raw, "", errors_to=errors)
+    errors.run(_check_overload_manager, f)
+    errors.run(_check_layered_runtime, f)
+    errors.run(lambda: BOOTSTRAP.require_default(f, "enable_dispatcher_stats",
+                                                 f.bool("enable_dispatcher_stats", False)))
+    interval = errors.run(_stats_flush_interval, f)
+    node = errors.run(_parse_node, f)
+    admin = errors.run(_parse_admin, f)
+    resources = errors.run(_parse_static_resources, f, errors)
+    if resources is not MISSING:
+        listeners, clusters, cluster_names, paths = resources
+        errors.run(_check_route_clusters, listeners, paths, cluster_names)
+        if admin is not MISSING:
+            errors.run(_check_admin_port, admin, listeners, paths)
+    errors.raise_if_any()
     return Bootstrap(
-        node=_parse_node(f),
-        admin=_parse_admin(f),
+        node=node,
+        admin=admin,
         listeners=listeners,
         clusters=clusters,
         stats_flush_interval=interval,
         raw=copy.deepcopy(dict(raw)),
+        warnings=_warnings(listeners),
     )
 
 
+def _warnings(listeners: tuple[ListenerConfig, ...]) -> tuple[str, ...]:
+    if listeners:
+        return ()
+    return ("the configuration has no listeners: the proxy will accept no traffic "
+            "(only the admin, if configured, answers)",)
+
+
+def _stats_flush_interval(f: Fields) -> float:
+    interval = f.duration("stats_flush_interval", 5.0)
+    if not 0.001 <= interval < 300.0:
+        raise ConfigError(f.at("stats_flush_interval"), "must be inside range [1ms, 5m) (as Envoy's)")
+    return interval
+
+
 def _check_overload_manager(f: Fields) -> None:
-    o = f.obj("overload_manager", ("refresh_interval", "resource_monitors", "actions",
-                                   "loadshed_points", "buffer_factory_config"))
-    if o is None:
+    if f.has("overload_manager"):
+        o = OVERLOAD_MANAGER.read(f.value("overload_manager"), f.at("overload_manager"))
+        o.duration("refresh_interval")
+
+
+def _check_layered_runtime(f: Fields) -> None:
+    """Runtime layers may be declared, but no key in them is honoured yet: a key (e.g.
+    `overload.global_downstream_max_connections`, a listener `connection_limit`) is refused by
+    its path rather than silently not enforced."""
+    if not f.has("layered_runtime"):
         return
-    for key in ("resource_monitors", "actions", "loadshed_points", "buffer_factory_config"):
-        if o.has(key) and o.raw[key] not in ([], {}):
-            raise ConfigError(o.at(key), "overload manager is not supported yet")
+    lr = LAYERED_RUNTIME.read(f.value("layered_runtime"), f.at("layered_runtime"))
+    errors = ErrorCollector()
+    for item, path in lr.list("layers"):
+        layer = errors.run(RUNTIME_LAYER.read, item, path)
+        if layer is MISSING:
+            continue
+        layer.str("name")
+        layer.oneof("static_layer", "disk_layer", "admin_layer", "rtds_layer")
+        layer.raw_obj("admin_layer")
+        static = layer.raw_obj("static_layer")
+        for key_path in _runtime_keys(static or {}, layer.at("static_layer")):
+            errors.add(not_supported(key_path, "a runtime key: ftproxy honours none yet, so it "
+                                               "would not be enforced"))
+    errors.raise_if_any()
+
+
+def _runtime_keys(tree: Mapping[str, Any], path: str) -> Iterator[str]:
+    """The path of every leaf of a static runtime layer (nested objects flatten into dotted
+    keys, as Envoy's runtime does)."""
+    for key, value in tree.items():
+        kpath = join(path, str(key))
+        if isinstance(value, Mapping) and value:
+            yield from _runtime_keys(value, kpath)
+        else:
+            yield kpath
 
 
 def _parse_node(f: Fields) -> NodeConfig:
-    n = f.obj("node", _NODE_FIELDS)
-    if n is None:
+    if not f.has("node"):
         return NodeConfig()
-    loc = n.obj("locality", ("region", "zone", "sub_zone"))
+    n = NODE.read(f.value("node"), f.at("node"))
+    loc = LOCALITY.read(n.value("locality"), n.at("locality")) if n.has("locality") else None
+    if loc is not None:
+        loc.str("region", "")
+        loc.str("sub_zone", "")
     metadata = n.raw_obj("metadata")
     return NodeConfig(
         id=n.str("id", ""),
         cluster=n.str("cluster", ""),
         metadata=copy.deepcopy(dict(metadata)) if metadata is not None else {},
-        region=loc.str("region", "") if loc else "",
         zone=loc.str("zone", "") if loc else "",
-        sub_zone=loc.str("sub_zone", "") if loc else "",
     )
 
 
 def _parse_admin(f: Fields) -> AdminConfig | None:
-    a = f.obj("admin", ("address", "access_log", "access_log_path", "profile_path",
-                        "socket_options", "ignore_global_conn_limit"))
-    if a is None:
+    if not f.has("admin"):
         return None
-    if a.list("socket_options"):
-        raise ConfigError(a.at("socket_options"), "not supported yet")
+    a = ADMIN.read(f.value("admin"), f.at("admin"))
     a.bool("ignore_global_conn_limit", False)
     if not a.has("address"):
         # Envoy runs without an admin listener when admin has no address.
         return None
     ip, port = parse_address(a.value("address"), a.at("address"))
-    return AdminConfig(
-        address=ip,
-        port=port,
-        access_logs=_admin_access_logs(a),
-        access_log_path=_admin_access_log_path(a),
-        profile_path=a.str("profile_path"),
-    )
+    _check_admin_access_logs(a)
+    a.str("profile_path")
+    return AdminConfig(address=ip, port=port)
 
 
-def _parse_static_resources(f: Fields) -> tuple[tuple[ListenerConfig, ...], tuple[Any, ...]]:
-    s = f.obj("static_resources", ("listeners", "clusters", "secrets"))
-    if s is None:
-        return (), ()
-    if s.list("secrets"):
-        raise ConfigError(s.at("secrets"), "secrets are not supported yet")
+def _parse_static_resources(f: Fields, errors: ErrorCollector
+                            ) -> tuple[tuple[ListenerConfig, ...], tuple[Any, ...], set[str], tuple[str, ...]]:
+    """(listeners, clusters, every cluster name written, each listener's path): a listener or
+    cluster that fails is recorded in `errors` and left out, and the others are still checked."""
+    if not f.has("static_resources"):
+        return (), (), set(), ()
+    s = STATIC_RESOURCES.read(f.value("static_resources"), f.at("static_resources"), errors_to=errors)
     clusters = []
     cluster_seen: dict[str, str] = {}
     for item, path in s.list("clusters"):
-        cluster = parse_cluster(item, path)
-        if cluster.name in cluster_seen:
-            raise ConfigError(join(path, "name"), f'duplicate cluster name "{cluster.name}" '
-                                                  f"(also at {cluster_seen[cluster.name]})")
-        cluster_seen[cluster.name] = path
-        clusters.append(cluster)
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if isinstance(name, str) and name:
+            if name in cluster_seen:
+                errors.add(ConfigError(join(path, "name"), f'duplicate cluster name "{name}" '
+                                                           f"(also at {cluster_seen[name]})"))
+                continue
+            cluster_seen[name] = path
+        cluster = errors.run(parse_cluster, item, path)
+        if cluster is not MISSING:
+            clusters.append(cluster)
     listeners = []
+    paths = []
     names: dict[str, str] = {}
     addresses: dict[tuple[str, int], str] = {}
     for i, (item, path) in enumerate(s.list("listeners")):
-        lis = parse_listener(item, path, i)
+        lis = errors.run(parse_listener, item, path, i)
+        if lis is MISSING:
+            continue
         if lis.name in names:
-            raise ConfigError(join(path, "name"), f'duplicate listener name "{lis.name}" '
-                                                  f"(also at {names[lis.name]})")
+            errors.add(ConfigError(join(path, "name"), f'duplicate listener name "{lis.name}" '
+                                                       f"(also at {names[lis.name]})"))
+            continue
         names[lis.name] = path
         key = (lis.address, lis.port)
         if lis.port != 0 and key in addresses:
-            raise ConfigError(join(path, "address"), f"duplicate listener address "
-                                                     f"{address_string(*key)} (also at {addresses[key]})")
+            errors.add(ConfigError(join(path, "address"), f"duplicate listener address "
+                                                          f"{address_string(*key)} (also at {addresses[key]})"))
+            continue
         addresses[key] = path
         listeners.append(lis)
-    return tuple(listeners), tuple(clusters)
+        paths.append(path)
+    return tuple(listeners), tuple(clusters), set(cluster_seen), tuple(paths)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two listen addresses on one port conflict: the same address, or a wildcard (0.0.0.0 or
+    ::, which on Linux also takes IPv4) with any address it covers."""
+    if a == b:
+        return True
+    ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    for wild, other in ((ia, ib), (ib, ia)):
+        if wild.is_unspecified and (wild.version == 6 or other.version == 4):
+            return True
+    return False
+
+
+def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig, ...],
+                      paths: tuple[str, ...]) -> None:
+    """The admin and a listener on one address and port cannot both bind: refuse it here, naming
+    both (Envoy's --mode validate binds nothing and says OK; Envoy then fails at start)."""
+    if admin is None or admin.port == 0:
+        return
+    errors = ErrorCollector()
+    for lis, path in zip(listeners, paths):
+        if lis.port == admin.port and _overlap(lis.address, admin.address):
+            errors.add(ConfigError(
+                join(path, "address"),
+                f"{address_string(lis.address, lis.port)} is also the admin's address "
+                f"(admin.address, {address_string(admin.address, admin.port)}): both cannot bind"))
+    errors.raise_if_any()
 
 
 # -- inline routes must name defined clusters (Envoy: validate_clusters defaults to true for
 #    a route_config given inline) ---------------------------------------------------------
 
-def _check_route_clusters(listeners: tuple[ListenerConfig, ...], clusters: set[str]) -> None:
-    for li, lis in enumerate(listeners):
-        lpath = index("static_resources.listeners", li)
+def _check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
+                          clusters: set[str]) -> None:
+    errors = ErrorCollector()
+    for lis, lpath in zip(listeners, paths):
         for ci, chain in enumerate(lis.filter_chains):
             cpath = index(join(lpath, "filter_chains"), ci)
             for fi, flt in enumerate(chain.filters):
@@ -202,8 +344,9 @@ def _check_route_clusters(listeners: tuple[ListenerConfig, ...], clusters: set[s
                     continue
                 for name, path in _route_cluster_refs(route_config, rpath):
                     if name not in clusters:
-                        raise ConfigError(path, f'unknown cluster "{name}" (no cluster of that '
-                                                "name in static_resources.clusters)")
+                        errors.add(ConfigError(path, f'unknown cluster "{name}" (no cluster of '
+                                                     "that name in static_resources.clusters)"))
+    errors.raise_if_any()
 
 
 def _route_cluster_refs(rc: Mapping[str, Any], path: str) -> Iterator[tuple[str, str]]:
@@ -230,16 +373,10 @@ def _as_list(v: Any) -> list[Any]:
 
 # The admin server does not write access logs yet. Envoy's examples commonly send them to
 # /dev/null, which is what we do anyway; any other destination is refused, not ignored.
-def _admin_access_logs(a: Fields) -> tuple[Any, ...]:
-    logs = tuple(parse_access_logs(a.list("access_log")))
-    for log, (_, path) in zip(logs, a.list("access_log")):
+def _check_admin_access_logs(a: Fields) -> None:
+    items = a.list("access_log")
+    for log, (_, path) in zip(parse_access_logs(items), items):
         if log.target != "/dev/null":
-            raise ConfigError(path, "admin access logs are not supported yet (only /dev/null)")
-    return logs
-
-
-def _admin_access_log_path(a: Fields) -> str | None:
-    path = a.str("access_log_path")
-    if path not in (None, "", "/dev/null"):
-        raise ConfigError(a.at("access_log_path"), "admin access logs are not supported yet (only /dev/null)")
-    return path
+            raise not_supported(path, "admin access logs: only to /dev/null")
+    if a.str("access_log_path") not in (None, "", "/dev/null"):
+        raise not_supported(a.at("access_log_path"), "admin access logs: only to /dev/null")

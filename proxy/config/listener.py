@@ -2,8 +2,9 @@
 
 Job: validate one listener — address, stat prefix, socket options we honour, and its filter
 chains, whose network filters are resolved through the registry — into immutable
-`ListenerConfig`. Real Envoy fields we do not implement yet are refused with "not supported
-yet" naming the path; misspelt fields are refused as unknown with a suggestion.
+`ListenerConfig`. Every field is declared once in the tables below (used, inert with the
+reason, or refused with "<path>: not supported yet"); misspelt fields are refused as unknown
+with a suggestion.
 
 Must not: do I/O (no sockets, no DNS: listener addresses must be IP literals), or import
 filter modules (terminal filters are recognised by their registered names).
@@ -17,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from proxy.access_log.config import parse_access_logs
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, join
 from proxy.config.registry import resolve
 
 __all__ = ["ListenerConfig", "FilterChainConfig", "NetworkFilterConfig", "parse_listener",
@@ -31,28 +32,6 @@ TERMINAL_NETWORK_FILTERS = frozenset({
 })
 
 DEFAULT_BUFFER_LIMIT = 1024 * 1024   # Envoy's per-connection soft watermark: 1 MiB
-
-_LISTENER_SUPPORTED = (
-    "name", "address", "stat_prefix", "filter_chains", "per_connection_buffer_limit_bytes",
-    "enable_reuse_port", "reuse_port", "access_log", "traffic_direction",
-    "connection_balance_config", "drain_type", "listener_filters", "listener_filters_timeout",
-    "continue_on_listener_filters_timeout", "metadata", "tcp_backlog_size", "bind_to_port",
-    "ignore_global_conn_limit", "max_connections_to_accept_per_socket_event",
-)
-_LISTENER_UNSUPPORTED = (
-    "default_filter_chain", "filter_chain_matcher", "additional_addresses", "use_original_dst",
-    "socket_options", "transparent", "freebind", "tcp_fast_open_queue_length",
-    "udp_listener_config", "api_listener", "internal_listener", "enable_mptcp",
-    "bypass_overload_manager", "fcds_config", "deprecated_v1",
-)
-_CHAIN_SUPPORTED = ("filter_chain_match", "filters", "name", "metadata")
-_CHAIN_UNSUPPORTED = ("transport_socket", "transport_socket_connect_timeout",
-                      "on_demand_configuration", "use_proxy_proto")
-_CHAIN_V2 = ("tls_context",)
-_MATCH_FIELDS = ("destination_port", "prefix_ranges", "address_suffix", "suffix_len",
-                 "direct_source_prefix_ranges", "source_type", "source_prefix_ranges",
-                 "source_ports", "server_names", "transport_protocol", "application_protocols")
-
 
 class NetworkFilterConfig(NamedTuple):
     """One network filter: its name as written (or the extension's), its parsed config and
@@ -77,36 +56,105 @@ class ListenerConfig:
     filter_chains: tuple[FilterChainConfig, ...]
     enable_reuse_port: bool = True
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
-    access_logs: tuple[Any, ...] = ()
     traffic_direction: str = "UNSPECIFIED"
-    drain_type: str = "DEFAULT"
-    exact_balance: bool = False
     listener_filters_timeout: float = 15.0
     continue_on_listener_filters_timeout: bool = False
     tcp_backlog_size: int | None = None
     raw: Mapping[str, Any] | None = None
 
-    @property
-    def access_log(self) -> tuple[Any, ...]:
-        """Alias of `access_logs` under Envoy's field name."""
-        return self.access_logs
+
+# -- declared fields (proxy.config.fields_table) -----------------------------------------
+
+_NO_LISTENER_FILTERS = "listener filters are refused, so nothing waits on them"
+_ONE_CHAIN = "one filter chain per listener: only an empty filter_chain_match"
+
+LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model=ListenerConfig,
+                   bookkeeping=("raw", "port"), fields=(
+    used("name"),
+    used("address"),
+    used("stat_prefix"),
+    used("filter_chains"),
+    used("per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT),
+    used("enable_reuse_port", True),
+    used("reuse_port", attr="enable_reuse_port", why="deprecated spelling"),
+    used("tcp_backlog_size"),
+    inert("traffic_direction", "Envoy reads it for tracing and filters ftproxy does not have",
+          default="UNSPECIFIED", attr="traffic_direction"),
+    inert("listener_filters_timeout", _NO_LISTENER_FILTERS, default="15s",
+          attr="listener_filters_timeout"),
+    inert("continue_on_listener_filters_timeout", _NO_LISTENER_FILTERS, default=False,
+          attr="continue_on_listener_filters_timeout"),
+    inert("metadata", "no filter here reads listener metadata"),
+    inert("ignore_global_conn_limit", "there is no global connection limit (its runtime key and "
+                                      "overload_manager resource monitors are refused)",
+          default=False),
+    inert("bypass_overload_manager", "the overload manager has no actions (they are refused)",
+          default=False),
+    refused("access_log", "log from the http_connection_manager or tcp_proxy"),
+    refused("drain_type", "MODIFY_ONLY: a hot restart or shutdown drains every listener",
+            default="DEFAULT", only_default=True),
+    refused("connection_balance_config", "the kernel balances connections across workers "
+                                         "(SO_REUSEPORT), or workers share one socket"),
+    refused("max_connections_to_accept_per_socket_event",
+            "a listener accepts up to 64 connections per socket event", only_default=True),
+    refused("bind_to_port", default=True, only_default=True),
+    refused("listener_filters"),
+    refused("default_filter_chain", _ONE_CHAIN),
+    refused("filter_chain_matcher", _ONE_CHAIN),
+    refused("additional_addresses"),
+    refused("use_original_dst"),
+    refused("socket_options"),
+    refused("transparent"),
+    refused("freebind"),
+    refused("tcp_fast_open_queue_length"),
+    refused("udp_listener_config", "UDP"),
+    refused("api_listener"),
+    refused("internal_listener"),
+    refused("enable_mptcp"),
+    refused("fcds_config"),
+    refused("deprecated_v1"),
+))
+
+FILTER_CHAIN = Message("envoy.config.listener.v3.FilterChain", model=FilterChainConfig, fields=(
+    used("filters"),
+    used("filter_chain_match", attr="", why="only an empty match: its own table"),
+    inert("name", "names the chain for filter_chain_matcher, which is refused", attr="name"),
+    inert("metadata", "no filter here reads filter chain metadata"),
+    refused("transport_socket", "TLS"),
+    refused("transport_socket_connect_timeout", "TLS"),
+    refused("on_demand_configuration"),
+    refused("use_proxy_proto"),
+))
+
+FILTER_CHAIN_MATCH = Message("envoy.config.listener.v3.FilterChainMatch", fields=tuple(
+    refused(name, _ONE_CHAIN) for name in (
+        "destination_port", "prefix_ranges", "address_suffix", "suffix_len",
+        "direct_source_prefix_ranges", "source_type", "source_prefix_ranges", "source_ports",
+        "server_names", "transport_protocol", "application_protocols")))
+
+ADDRESS = Message("envoy.config.core.v3.Address", fields=(
+    used("socket_address", attr="address"),
+    refused("pipe", "only socket_address"),
+    refused("envoy_internal_address", "only socket_address"),
+))
+
+SOCKET_ADDRESS = Message("envoy.config.core.v3.SocketAddress", fields=(
+    used("address", why="an IP literal"),
+    used("port_value", attr="port"),
+    refused("protocol", "UDP", default="TCP", only_default=True),
+    refused("named_port"),
+    refused("resolver_name"),
+    refused("network_namespace_filepath"),
+    inert("ipv4_compat", "a [::] socket accepts IPv4 too here, the kernel's default "
+                         "(net.ipv6.bindv6only=0), whatever this says", default=False),
+))
 
 
 def parse_address(value: Any, path: str) -> tuple[str, int]:
     """`core.v3.Address` holding a TCP `socket_address` with an IP literal -> (ip, port)."""
-    a = Fields(value, path, ("socket_address", "pipe", "envoy_internal_address"))
-    for key in ("pipe", "envoy_internal_address"):
-        if a.has(key):
-            raise ConfigError(a.at(key), "not supported yet (only socket_address)")
-    s = a.obj("socket_address", ("protocol", "address", "port_value", "named_port",
-                                 "resolver_name", "ipv4_compat", "network_namespace_filepath"),
-              required=True)
-    assert s is not None
-    if s.enum("protocol", ("TCP", "UDP"), "TCP") != "TCP":
-        raise ConfigError(s.at("protocol"), "UDP is not supported yet")
-    for key in ("named_port", "resolver_name", "network_namespace_filepath"):
-        if s.has(key):
-            raise ConfigError(s.at(key), "not supported yet")
+    a = ADDRESS.read(value, path)
+    s = SOCKET_ADDRESS.read(a.value("socket_address", required=True), a.at("socket_address"))
+    SOCKET_ADDRESS.require_default(s, "protocol", s.enum("protocol", ("TCP", "UDP"), "TCP"))
     s.bool("ipv4_compat", False)
     host = s.str("address", required=True)
     try:
@@ -123,97 +171,104 @@ def address_string(ip: str, port: int) -> str:
 
 
 def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
-    """Validate one listener. `index` names it `listener_<index>` when `name` is absent."""
-    f = Fields(raw, path, _LISTENER_SUPPORTED + _LISTENER_UNSUPPORTED)
-    for key in _LISTENER_UNSUPPORTED:
-        if f.has(key):
-            raise ConfigError(f.at(key), "not supported yet")
-    if f.list("listener_filters"):
-        raise ConfigError(f.at("listener_filters"), "listener filters are not supported yet")
-    if f.bool("bind_to_port", True) is False:
-        raise ConfigError(f.at("bind_to_port"), "bind_to_port: false is not supported yet")
-    name = f.str("name") or f"listener_{index}"
-    ip, port = parse_address(f.value("address", required=True), f.at("address"))
-    stat_prefix = f.str("stat_prefix") or address_string(ip, port).replace(":", "_")
-    reuse = f.bool("enable_reuse_port")
-    if reuse is None:
-        reuse = f.bool("reuse_port", True)  # deprecated spelling
+    """Validate one listener. `index` names it `listener_<index>` when `name` is absent.
+    Independent mistakes (several fields, the filter chain) are reported together."""
+    errors = ErrorCollector()
+    f = LISTENER.read(raw, path, errors_to=errors)
+    errors.run(_refuse_listener_defaults, f)
+    name = errors.run(f.str, "name")
+    address = errors.run(parse_address, f.value("address", required=True), f.at("address"))
+    reuse = errors.run(_reuse_port, f)
+    chains = errors.run(_parse_filter_chains, f)
+    buffer_limit = errors.run(f.int, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT, min=0)
+    direction = errors.run(f.enum, "traffic_direction", ("UNSPECIFIED", "INBOUND", "OUTBOUND"),
+                           "UNSPECIFIED")
+    lf_timeout = errors.run(f.duration, "listener_filters_timeout", 15.0)
+    lf_continue = errors.run(f.bool, "continue_on_listener_filters_timeout", False)
+    backlog = errors.run(f.int, "tcp_backlog_size", min=1)
+    stat_prefix = errors.run(f.str, "stat_prefix")
+    for key in ("ignore_global_conn_limit", "bypass_overload_manager"):
+        errors.run(f.bool, key, False)
+    errors.run(f.raw_obj, "metadata")
+    errors.raise_if_any()
+    ip, port = address
     return ListenerConfig(
-        name=name,
+        name=name or f"listener_{index}",
         address=ip,
         port=port,
-        stat_prefix=stat_prefix,
-        filter_chains=_parse_filter_chains(f),
+        stat_prefix=stat_prefix or address_string(ip, port).replace(":", "_"),
+        filter_chains=chains,
         enable_reuse_port=reuse,
-        per_connection_buffer_limit_bytes=f.int("per_connection_buffer_limit_bytes",
-                                                DEFAULT_BUFFER_LIMIT, min=0),
-        access_logs=_listener_access_logs(f),
-        traffic_direction=f.enum("traffic_direction", ("UNSPECIFIED", "INBOUND", "OUTBOUND"),
-                                 "UNSPECIFIED"),
-        drain_type=f.enum("drain_type", ("DEFAULT", "MODIFY_ONLY"), "DEFAULT"),
-        exact_balance=_parse_balance(f),
-        listener_filters_timeout=f.duration("listener_filters_timeout", 15.0),
-        continue_on_listener_filters_timeout=f.bool("continue_on_listener_filters_timeout", False),
-        tcp_backlog_size=f.int("tcp_backlog_size", min=1),
+        per_connection_buffer_limit_bytes=buffer_limit,
+        traffic_direction=direction,
+        listener_filters_timeout=lf_timeout,
+        continue_on_listener_filters_timeout=lf_continue,
+        tcp_backlog_size=backlog,
         raw=raw,
     )
 
 
-def _parse_balance(f: Fields) -> bool:
-    b = f.obj("connection_balance_config", ("exact_balance", "extend_balance"))
-    if b is None:
-        return False
-    if b.has("extend_balance"):
-        raise ConfigError(b.at("extend_balance"), "not supported yet")
-    b.obj("exact_balance", ())
-    return b.has("exact_balance")
+def _refuse_listener_defaults(f: Fields) -> None:
+    """Fields whose default is what the runtime does: any other value is refused."""
+    errors = ErrorCollector()
+    errors.run(lambda: LISTENER.require_default(f, "drain_type", f.enum(
+        "drain_type", ("DEFAULT", "MODIFY_ONLY"), "DEFAULT")))
+    errors.run(lambda: LISTENER.require_default(f, "bind_to_port", f.bool("bind_to_port", True)))
+    # A UInt32Value greater than 0 (Envoy's type and range), then refused: the accept batch is fixed.
+    errors.run(lambda: LISTENER.require_default(f, "max_connections_to_accept_per_socket_event", f.int(
+        "max_connections_to_accept_per_socket_event", min=1, max=2**32 - 1)))
+    errors.raise_if_any()
+
+
+def _reuse_port(f: Fields) -> bool:
+    reuse = f.bool("enable_reuse_port")
+    if reuse is None:
+        reuse = f.bool("reuse_port", True)  # deprecated spelling
+    return reuse
 
 
 def _parse_filter_chains(f: Fields) -> tuple[FilterChainConfig, ...]:
     chains = []
+    errors = ErrorCollector()
     for i, (item, path) in enumerate(f.list("filter_chains", required=True, min_items=1)):
         if i > 0:
             # Every chain has the (only supported) empty match, so they would all tie.
-            raise ConfigError(path, "multiple filter chains with the same matching rules are "
-                                    "defined (filter_chain_match is not supported yet)")
-        chains.append(_parse_filter_chain(item, path))
+            errors.add(ConfigError(path, "multiple filter chains with the same matching rules are "
+                                         "defined (filter_chain_match is not supported yet)"))
+            continue
+        chains.append(errors.run(_parse_filter_chain, item, path))
+    errors.raise_if_any()
     return tuple(chains)
 
 
 def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
-    c = Fields(item, path, _CHAIN_SUPPORTED + _CHAIN_UNSUPPORTED + _CHAIN_V2)
-    if c.has("tls_context"):
-        raise ConfigError(c.at("tls_context"), "tls_context is a v2 field; v3 uses transport_socket "
-                                              "(and TLS is not supported yet)")
-    for key in _CHAIN_UNSUPPORTED:
-        if c.has(key):
-            raise ConfigError(c.at(key), "not supported yet")
-    m = c.obj("filter_chain_match", _MATCH_FIELDS)
-    if m is not None:
-        for key in _MATCH_FIELDS:
-            if m.has(key) and m.raw[key] not in ([], ""):
-                raise ConfigError(m.at(key), "filter_chain_match is not supported yet "
-                                             "(only an empty match)")
+    if isinstance(item, Mapping) and item.get("tls_context") is not None:
+        raise ConfigError(join(path, "tls_context"), "tls_context is a v2 field; v3 uses "
+                                                     "transport_socket (and TLS is not supported yet)")
+    c = FILTER_CHAIN.read(item, path)
+    if c.has("filter_chain_match"):
+        FILTER_CHAIN_MATCH.read(c.value("filter_chain_match"), c.at("filter_chain_match"))
+    c.raw_obj("metadata")
     filters: list[NetworkFilterConfig] = []
     terminal_at: str | None = None
+    errors = ErrorCollector()
     for fitem, fpath in c.list("filters"):
         if terminal_at is not None:
-            raise ConfigError(fpath, f"the terminal filter at {terminal_at} must be the last filter")
-        ext, cfg = resolve("network_filter", fitem, fpath)
+            errors.add(ConfigError(fpath, f"the terminal filter at {terminal_at} must be the last filter"))
+            continue
+        if isinstance(fitem, Mapping) and isinstance(fitem.get("name"), str) and (
+                fitem["name"] in TERMINAL_NETWORK_FILTERS):
+            terminal_at = fpath  # even if its config is wrong: what follows it is misplaced
+        resolved = errors.run(resolve, "network_filter", fitem, fpath)
+        if resolved is MISSING:
+            continue
+        ext, cfg = resolved
         fname = fitem.get("name") or ext.name
         if ext.name in TERMINAL_NETWORK_FILTERS:
             terminal_at = fpath
         filters.append(NetworkFilterConfig(fname, cfg, ext))
-    if terminal_at is None:
-        raise ConfigError(c.at("filters"), "the last network filter must be a terminal filter "
-                                           f"({', '.join(sorted(TERMINAL_NETWORK_FILTERS))})")
+    if terminal_at is None and not errors.errors:
+        errors.add(ConfigError(c.at("filters"), "the last network filter must be a terminal filter "
+                                                f"({', '.join(sorted(TERMINAL_NETWORK_FILTERS))})"))
+    errors.raise_if_any()
     return FilterChainConfig(filters=tuple(filters), name=c.str("name", ""))
-
-
-def _listener_access_logs(f: Fields) -> tuple[Any, ...]:
-    logs = tuple(parse_access_logs(f.list("access_log")))
-    if logs:
-        # Connection-level (listener) logging has no runtime yet; refusing beats silence.
-        raise ConfigError(f.at("access_log"), "listener access logs are not supported yet; use the "
-                                              "access_log of the http_connection_manager or tcp_proxy")
-    return logs

@@ -9,7 +9,8 @@ Rules followed (Envoy's, from its JSON->proto loading):
 - unknown fields are errors, with a "did you mean" suggestion;
 - enum names are case-insensitive (`round_robin` == `ROUND_ROBIN`);
 - durations are strings (`"0.25s"`, `"5s"`, `"1.5ms"` is NOT valid proto JSON but `"0.0015s"` is),
-  or `{seconds, nanos}`; plain numbers are accepted as seconds;
+  or `{seconds, nanos}` (Envoy 1.40 accepts both); a plain number (`connect_timeout: 5`) is an
+  error, as in Envoy ("expected '\"'");
 - wrapper types (UInt32Value, BoolValue) may be given as plain scalars or `{value: x}`;
 - a field present with value null is treated as absent.
 
@@ -24,7 +25,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "Fields", "MISSING", "join", "index", "parse_duration"]
+__all__ = ["ConfigError", "ConfigErrors", "ErrorCollector", "Fields", "MISSING", "join", "index",
+           "parse_duration"]
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,55 @@ class ConfigError(ValueError):
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class ConfigErrors(ConfigError):
+    """Several independent config errors found in one pass (a compiler's list). `path` and
+    `message` are the first error's, so code that handles one ConfigError still works; `errors`
+    holds them all, in the order found; str() gives one line per error."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        flat: list[ConfigError] = []
+        for e in errors:
+            flat.extend(e.errors if isinstance(e, ConfigErrors) else (e,))
+        self.errors: tuple[ConfigError, ...] = tuple(flat)
+        first = self.errors[0]
+        ValueError.__init__(self, f"{len(self.errors)} errors:\n" + "\n".join(
+            f"  {e}" for e in self.errors))
+        self.path = first.path
+        self.message = first.message
+
+
+def all_errors(e: ConfigError) -> tuple[ConfigError, ...]:
+    """The single errors of `e` (itself, or each of a ConfigErrors)."""
+    return e.errors if isinstance(e, ConfigErrors) else (e,)
+
+
+class ErrorCollector:
+    """Runs independent parsing steps and keeps going after a failure: each step's errors are
+    kept, and `raise_if_any()` raises them together (one ConfigError, or ConfigErrors)."""
+
+    __slots__ = ("errors",)
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs), or MISSING after recording the ConfigError it raised."""
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            self.errors.extend(all_errors(e))
+            return MISSING
+
+    def add(self, e: ConfigError) -> None:
+        self.errors.extend(all_errors(e))
+
+    def raise_if_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
 
 
 class _Missing:
@@ -57,13 +108,14 @@ _MAX_DURATION_S = 315_576_000_000  # google.protobuf.Duration's range: 10,000 ye
 
 
 def parse_duration(value: Any, path: str) -> float:
-    """Duration in seconds from `"1.5s"`, `{seconds, nanos}` or a number of seconds."""
+    """Duration in seconds from `"1.5s"` or `{seconds, nanos}`. A plain number is refused, as
+    Envoy refuses it: proto JSON writes a Duration as a string with its unit."""
     if isinstance(value, bool):
         raise ConfigError(path, f"expected a duration such as \"5s\", got {value!r}")
     try:
         if isinstance(value, (int, float)):
-            seconds = float(value)
-        elif isinstance(value, str):
+            raise ConfigError(path, _bare_number(value))
+        if isinstance(value, str):
             m = _DURATION_RE.match(value.strip())
             if not m:
                 raise ConfigError(path, f"invalid duration {value[:80]!r} (expected e.g. \"0.25s\")")
@@ -80,6 +132,15 @@ def parse_duration(value: Any, path: str) -> float:
     if seconds < 0:
         raise ConfigError(path, "duration must not be negative")
     return seconds
+
+
+def _bare_number(value: int | float) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'a duration is a string with its unit, such as "5s" (got the bare number {value})'
+    if isinstance(value, int) and value.bit_length() > 64:  # repr() of a huge int may raise
+        return 'a duration is a string with its unit, such as "5s" (got a bare number)'
+    return (f'a duration is a string with its unit, such as "{value}s" '
+            f"(got the bare number {value})")
 
 
 def header_bytes(value: str, path: str) -> bytes:
@@ -114,13 +175,18 @@ class Fields:
         if not isinstance(value, Mapping):
             raise ConfigError(path, f"expected an object, got {_type_name(value)}")
         allowed = tuple(allowed)
+        errors = []
         for key in value:
             if not isinstance(key, str):
                 raise ConfigError(path, f"field names must be strings, got {key!r}")
             if key not in allowed:
                 hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
                 more = f' (did you mean "{hint[0]}"?)' if hint else ""
-                raise ConfigError(path, f'unknown field "{key}"{more}')
+                errors.append(ConfigError(path, f'unknown field "{key}"{more}'))
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:  # every misspelling of the object at once
+            raise ConfigErrors(errors)
         self.raw: Mapping[str, Any] = value
         self.path = path
 

@@ -2,6 +2,7 @@
 
 Job: validate `envoy.extensions.filters.http.router.v3.Router` into an immutable
 `RouterFilterConfig` and register the filter (name-only use allowed: the config may be empty).
+Every field is declared once in `ROUTER`: used, inert with the reason, or refused.
 
 Must not: do I/O or route requests (that is proxy/router and the router filter runtime).
 Thread affinity: parsed on the main thread; the result is immutable and shared by workers.
@@ -13,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.reader import ConfigError
 from proxy.config.registry import Extension, register
 
 __all__ = ["RouterFilterConfig", "parse_router_filter", "ROUTER_PROTO"]
@@ -25,42 +27,51 @@ _STRICT_CHECKABLE = (
     "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
     "x-envoy-max-retries", "x-envoy-retry-grpc-on", "x-envoy-retry-on",
 )
-_UNSUPPORTED = ("upstream_log", "upstream_log_options", "upstream_http_filters")
-
-
 @dataclass(frozen=True, slots=True)
 class RouterFilterConfig:
     # False: no upstream_rq_<code>/<class>xx/completed and no upstream_rq_time, as in Envoy.
     dynamic_stats: bool = True
-    start_child_span: bool = False
     suppress_envoy_headers: bool = False
     strict_check_headers: tuple[str, ...] = ()
-    respect_expected_rq_timeout: bool = False
-    suppress_grpc_request_failure_code_stats: bool = False
-    reject_connect_request_early_data: bool = False
+
+
+# Every x-envoy-* header these fields act on is removed from each request before the router
+# sees it (every request is external: internal_address_config is refused; see
+# proxy/http/request_headers.py), so there is nothing for them to check or respect.
+_STEERING_REMOVED = ("the x-envoy-* request headers it acts on are removed from every request "
+                     "first (every request is external)")
+
+ROUTER = Message(ROUTER_PROTO, title="Router filter", model=RouterFilterConfig, fields=(
+    used("dynamic_stats", True),
+    used("suppress_envoy_headers", False),
+    inert("strict_check_headers", _STEERING_REMOVED, attr="strict_check_headers"),
+    inert("respect_expected_rq_timeout", _STEERING_REMOVED, default=False),
+    inert("start_child_span", "tracing is refused", default=False),
+    refused("suppress_grpc_request_failure_code_stats", "gRPC status stats", default=False,
+            only_default=True),
+    refused("reject_connect_request_early_data", "CONNECT tunnels", default=False,
+            only_default=True),
+    refused("upstream_log"),
+    refused("upstream_log_options"),
+    refused("upstream_http_filters"),
+))
 
 
 def parse_router_filter(raw: Mapping[str, Any], path: str) -> RouterFilterConfig:
-    f = Fields(raw, path, (
-        "dynamic_stats", "start_child_span", "suppress_envoy_headers", "strict_check_headers",
-        "respect_expected_rq_timeout", "suppress_grpc_request_failure_code_stats",
-        "reject_connect_request_early_data", *_UNSUPPORTED))
-    for key in _UNSUPPORTED:
-        if f.has(key) and f.raw[key] not in ([], {}):
-            raise ConfigError(f.at(key), "not supported yet")
+    f = ROUTER.read(raw, path)
     strict = []
     for (name, ipath) in f.list("strict_check_headers"):
         if not isinstance(name, str) or name.lower() not in _STRICT_CHECKABLE:
             raise ConfigError(ipath, f"unknown header {name!r}; expected one of {', '.join(_STRICT_CHECKABLE)}")
         strict.append(name.lower())
+    f.bool("respect_expected_rq_timeout", False)
+    f.bool("start_child_span", False)
+    for key in ("suppress_grpc_request_failure_code_stats", "reject_connect_request_early_data"):
+        ROUTER.require_default(f, key, f.bool(key, False))
     return RouterFilterConfig(
         dynamic_stats=f.bool("dynamic_stats", True),
-        start_child_span=f.bool("start_child_span", False),
         suppress_envoy_headers=f.bool("suppress_envoy_headers", False),
         strict_check_headers=tuple(strict),
-        respect_expected_rq_timeout=f.bool("respect_expected_rq_timeout", False),
-        suppress_grpc_request_failure_code_stats=f.bool("suppress_grpc_request_failure_code_stats", False),
-        reject_connect_request_early_data=f.bool("reject_connect_request_early_data", False),
     )
 
 

@@ -1,13 +1,15 @@
 """Cluster config: Envoy v3 `config.cluster.v3.Cluster` -> frozen `ClusterConfig`.
 
 Job: validate one cluster (static file, or a CDS resource later) and return an immutable model.
-Every error names the full JSON path (`static_resources.clusters[0].lb_policy: ...`). Fields
-Envoy has but we do not implement are refused with "... is not supported"; fields Envoy does
-not have get the reader's "unknown field" error with a did-you-mean hint.
+Every error names the full JSON path (`static_resources.clusters[0].lb_policy: ...`). Every
+field of the Cluster and its sub-messages is declared once in the tables below (used, inert
+with the reason, or refused with "<path>: not supported yet (<why>)"); fields Envoy does not
+have get the reader's "unknown field" error with a did-you-mean hint. Independent mistakes of
+one cluster are reported together.
 
 Must not: do I/O (no DNS here: STATIC addresses must already be IP literals, DNS names are
 resolved by `cluster_manager` on the main thread), keep state, or import other proxy layers
-than `proxy.config.reader`. Pure; callable from any thread.
+than `proxy.config` (reader, fields_table). Pure; callable from any thread.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.fields_table import Message, inert, not_supported, refused, used
+from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
@@ -26,7 +29,6 @@ __all__ = [
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HTTP_PROTOCOL_OPTIONS_URL = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS
-_H2_UNSUPPORTED = "HTTP/2 upstreams are not supported yet"
 
 # Envoy enum orders matter: proto enums may be written by number (reader maps index -> name).
 _TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
@@ -37,52 +39,6 @@ _SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 _DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 _PRIORITIES = ("DEFAULT", "HIGH")
 _HEALTH = ("UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED")
-
-_SUPPORTED_FIELDS = (
-    "name", "type", "connect_timeout", "lb_policy", "load_assignment", "hosts",
-    "dns_refresh_rate", "dns_lookup_family", "respect_dns_ttl", "circuit_breakers",
-    "per_connection_buffer_limit_bytes", "common_lb_config", "least_request_lb_config",
-    "typed_extension_protocol_options", "common_http_protocol_options", "http_protocol_options",
-    "max_requests_per_connection", "metadata",
-)
-# Real Envoy Cluster fields we refuse by name (so the user is told "not supported", not "unknown").
-_UNSUPPORTED_FIELDS = {
-    "transport_socket": "transport_socket is not supported yet (TLS upstreams come later)",
-    "transport_socket_matches": "transport_socket_matches is not supported",
-    "health_checks": "health_checks is not supported yet",
-    "outlier_detection": "outlier_detection is not supported yet",
-    "http2_protocol_options": _H2_UNSUPPORTED,
-    "eds_cluster_config": "EDS clusters are not supported yet",
-    "cluster_type": "custom cluster types (cluster_type) are not supported",
-    "alt_stat_name": "alt_stat_name is not supported",
-    "upstream_http_protocol_options": "upstream_http_protocol_options is not supported",
-    "dns_failure_refresh_rate": "dns_failure_refresh_rate is not supported",
-    "dns_resolvers": "dns_resolvers is not supported (the system resolver is used)",
-    "use_tcp_for_dns_lookups": "use_tcp_for_dns_lookups is not supported",
-    "dns_resolution_config": "dns_resolution_config is not supported",
-    "typed_dns_resolver_config": "typed_dns_resolver_config is not supported",
-    "dns_jitter": "dns_jitter is not supported",
-    "wait_for_warm_on_init": "wait_for_warm_on_init is not supported",
-    "cleanup_interval": "cleanup_interval is not supported (ORIGINAL_DST clusters are not supported)",
-    "upstream_bind_config": "upstream_bind_config is not supported",
-    "lb_subset_config": "lb_subset_config is not supported",
-    "ring_hash_lb_config": "ring_hash_lb_config is not supported (RING_HASH is not supported)",
-    "maglev_lb_config": "maglev_lb_config is not supported (MAGLEV is not supported)",
-    "original_dst_lb_config": "original_dst_lb_config is not supported",
-    "round_robin_lb_config": "round_robin_lb_config is not supported",
-    "protocol_selection": "protocol_selection is not supported",
-    "upstream_connection_options": "upstream_connection_options is not supported",
-    "close_connections_on_host_health_failure": "close_connections_on_host_health_failure is not supported",
-    "ignore_health_on_host_removal": "ignore_health_on_host_removal is not supported",
-    "filters": "upstream network filters are not supported",
-    "load_balancing_policy": "load_balancing_policy is not supported (use lb_policy)",
-    "lrs_server": "lrs_server is not supported",
-    "track_timeout_budgets": "track_timeout_budgets is not supported",
-    "upstream_config": "upstream_config is not supported",
-    "track_cluster_stats": "track_cluster_stats is not supported",
-    "preconnect_policy": "preconnect_policy is not supported",
-    "connection_pool_per_downstream_connection": "connection_pool_per_downstream_connection is not supported",
-}
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_DNS_REFRESH_RATE = 5.0
@@ -123,7 +79,6 @@ class ClusterConfig:
     endpoints: tuple[EndpointConfig, ...] = ()
     dns_refresh_rate: float = DEFAULT_DNS_REFRESH_RATE
     dns_lookup_family: str = "AUTO"
-    respect_dns_ttl: bool = False      # accepted; getaddrinfo gives no TTL, so not honoured
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
     circuit_breakers: Thresholds = Thresholds()
     high_priority_circuit_breakers: Thresholds = Thresholds()
@@ -135,6 +90,221 @@ class ClusterConfig:
     healthy_panic_threshold: float = 50.0
     # The original config object, for /config_dump. Never mutate it.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+
+# -- declared fields (proxy.config.fields_table) -----------------------------------------
+
+_NO_TLS = "TLS upstreams come later"
+_NO_DNS_CONFIG = "the system resolver (getaddrinfo) is used"
+_NO_HC = "active health checks"
+
+CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
+    used("name"),
+    used("type", "STATIC", why="STATIC, STRICT_DNS, LOGICAL_DNS"),
+    used("connect_timeout", "5s"),
+    used("lb_policy", "ROUND_ROBIN", why="ROUND_ROBIN, LEAST_REQUEST, RANDOM"),
+    used("load_assignment", attr="endpoints"),
+    used("hosts", attr="endpoints", why="legacy form of load_assignment"),
+    used("dns_refresh_rate", "5s"),
+    used("dns_lookup_family", "AUTO"),
+    refused("respect_dns_ttl", "getaddrinfo reports no TTL; refresh follows dns_refresh_rate",
+            default=False, only_default=True),
+    used("circuit_breakers", attr="circuit_breakers"),
+    used("per_connection_buffer_limit_bytes", 1024 * 1024),
+    used("common_lb_config", attr="healthy_panic_threshold"),
+    used("least_request_lb_config", attr="least_request_choice_count"),
+    used("typed_extension_protocol_options", attr="idle_timeout",
+         why=f"{'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'} only"),
+    used("common_http_protocol_options", attr="idle_timeout", why="deprecated spelling"),
+    used("http_protocol_options", attr="", why="deprecated spelling; its own table"),
+    used("max_requests_per_connection", attr="max_requests_per_connection", why="deprecated spelling"),
+    inert("metadata", "no filter or subset load balancer here reads cluster metadata"),
+    used("transport_socket", attr="", why="raw_buffer only"),
+    refused("transport_socket_matches", _NO_TLS),
+    refused("health_checks", _NO_HC),
+    refused("outlier_detection"),
+    refused("http2_protocol_options", "HTTP/2 upstreams"),
+    refused("eds_cluster_config", "EDS clusters"),
+    refused("cluster_type", "custom cluster types"),
+    refused("alt_stat_name"),
+    refused("upstream_http_protocol_options"),
+    refused("dns_failure_refresh_rate"),
+    refused("dns_resolvers", _NO_DNS_CONFIG),
+    refused("use_tcp_for_dns_lookups", _NO_DNS_CONFIG),
+    refused("dns_resolution_config", _NO_DNS_CONFIG),
+    refused("typed_dns_resolver_config", _NO_DNS_CONFIG),
+    refused("dns_jitter"),
+    refused("wait_for_warm_on_init"),
+    refused("cleanup_interval", "ORIGINAL_DST clusters"),
+    refused("upstream_bind_config"),
+    refused("lb_subset_config"),
+    refused("ring_hash_lb_config", "RING_HASH"),
+    refused("maglev_lb_config", "MAGLEV"),
+    refused("original_dst_lb_config"),
+    refused("round_robin_lb_config"),
+    refused("protocol_selection"),
+    refused("upstream_connection_options"),
+    refused("close_connections_on_host_health_failure"),
+    refused("ignore_health_on_host_removal"),
+    refused("filters", "upstream network filters"),
+    refused("load_balancing_policy", "use lb_policy"),
+    refused("lrs_server"),
+    refused("lrs_report_endpoint_metrics"),
+    refused("track_timeout_budgets"),
+    refused("upstream_config"),
+    refused("track_cluster_stats"),
+    refused("preconnect_policy"),
+    refused("connection_pool_per_downstream_connection"),
+), model=ClusterConfig, bookkeeping=("raw",))
+
+LOAD_ASSIGNMENT = Message("envoy.config.endpoint.v3.ClusterLoadAssignment", fields=(
+    inert("cluster_name", "a static cluster's endpoints are its own; only EDS (refused) "
+                          "matches it"),
+    used("endpoints", attr="endpoints"),
+    used("policy", attr="", why="its own table: every policy field is refused"),
+    refused("named_endpoints"),
+))
+
+LB_POLICY = Message("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", fields=(
+    refused("drop_overloads", "a drop_overloads category drops that share of every request"),
+    refused("overprovisioning_factor", "the load balancer does not model overprovisioning",
+            default=140, only_default=True),
+    refused("endpoint_stale_after", "EDS"),
+    refused("weighted_priority_health", "one priority level only", default=False,
+            only_default=True),
+))
+
+LOCALITY_ENDPOINTS = Message("envoy.config.endpoint.v3.LocalityLbEndpoints", fields=(
+    inert("locality", "only zone-aware and locality-weighted balancing read it, and both are "
+                      "refused (zone-aware needs cluster_manager.local_cluster_name)"),
+    used("lb_endpoints", attr="endpoints"),
+    inert("load_balancing_weight", "as in Envoy, locality weights act only with "
+          "common_lb_config.locality_weighted_lb_config, which is refused; endpoints of every "
+          "locality are balanced as one set"),
+    refused("priority", "only priority 0", default=0, only_default=True),
+    inert("metadata", "no filter or subset load balancer here reads it"),
+    refused("proximity"),
+    refused("leds_cluster_locality_config"),
+))
+
+LB_ENDPOINT = Message("envoy.config.endpoint.v3.LbEndpoint", model=None, fields=(
+    used("endpoint", attr="address"),
+    used("health_status", "UNKNOWN"),
+    used("load_balancing_weight", 1, attr="weight"),
+    inert("metadata", "no filter or subset load balancer here reads it"),
+    refused("endpoint_name"),
+))
+
+ENDPOINT = Message("envoy.config.endpoint.v3.Endpoint", fields=(
+    used("address"),
+    used("hostname"),
+    inert("health_check_config", "only active health checking reads it, and health_checks is refused"),
+    refused("additional_addresses"),
+))
+
+UPSTREAM_ADDRESS = Message("envoy.config.core.v3.Address (upstream)", fields=(
+    used("socket_address", attr="address"),
+    refused("pipe", "upstream hosts are TCP"),
+    refused("envoy_internal_address", "upstream hosts are TCP"),
+))
+
+UPSTREAM_SOCKET_ADDRESS = Message("envoy.config.core.v3.SocketAddress (upstream)", fields=(
+    used("address"),
+    used("port_value", attr="port"),
+    refused("protocol", "upstream hosts are TCP", default="TCP", only_default=True),
+    refused("named_port"),
+    refused("resolver_name", _NO_DNS_CONFIG),
+    inert("ipv4_compat", "only binding a listen socket reads it", default=False),
+    refused("network_namespace_filepath"),
+))
+
+CIRCUIT_BREAKERS = Message("envoy.config.cluster.v3.CircuitBreakers", fields=(
+    used("thresholds", attr="circuit_breakers"),
+    refused("per_host_thresholds"),
+))
+
+THRESHOLDS = Message("envoy.config.cluster.v3.CircuitBreakers.Thresholds", model=None, fields=(
+    used("priority", "DEFAULT", attr="high_priority_circuit_breakers"),
+    used("max_connections", 1024),
+    used("max_pending_requests", 1024),
+    used("max_requests", 1024),
+    used("max_retries", 3),
+    used("track_remaining", False),
+    refused("retry_budget"),
+    refused("max_connection_pools"),
+))
+
+COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
+    used("healthy_panic_threshold", 50.0, why="its own table"),
+    inert("zone_aware_lb_config", "zone-aware routing needs cluster_manager.local_cluster_name, "
+                                  "which is refused: Envoy does not apply it either"),
+    refused("locality_weighted_lb_config"),
+    inert("update_merge_window", "host updates are applied at once; the window only batches them",
+          default="1s"),
+    inert("ignore_new_hosts_until_first_hc", "without health_checks (refused) there is no first "
+                                             "check to wait for", default=False),
+    refused("close_connections_on_host_set_change", default=False, only_default=True),
+    inert("consistent_hashing_lb_config", "only RING_HASH and MAGLEV read it; both are refused"),
+    refused("override_host_status"),
+))
+
+PERCENT = Message("envoy.type.v3.Percent (healthy_panic_threshold)", fields=(
+    used("value", 50.0, attr="healthy_panic_threshold"),
+))
+
+LEAST_REQUEST = Message("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", fields=(
+    used("choice_count", 2, attr="least_request_choice_count"),
+    refused("active_request_bias"),
+    refused("slow_start_config"),
+    refused("locality_lb_config"),
+    refused("enable_full_scan"),
+    refused("selection_method"),
+))
+
+UPSTREAM_HTTP_OPTIONS = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", fields=(
+    used("common_http_protocol_options", attr="idle_timeout"),
+    used("explicit_http_config", attr="", why="http_protocol_options (HTTP/1.1) only"),
+    refused("use_downstream_protocol_config", "HTTP/2 upstreams; use explicit_http_config "
+                                              "with http_protocol_options"),
+    refused("auto_config", "HTTP/2 upstreams; use explicit_http_config with "
+                           "http_protocol_options"),
+    refused("upstream_http_protocol_options"),
+    refused("http_filters", "upstream HTTP filters"),
+    refused("header_validation_config"),
+    refused("outlier_detection"),
+))
+
+EXPLICIT_HTTP = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+                        fields=(
+    used("http_protocol_options", attr="", why="HTTP/1.1, its own table"),
+    refused("http2_protocol_options", "HTTP/2 upstreams"),
+    refused("http3_protocol_options", "HTTP/3 upstreams"),
+))
+
+_SERVER_SIDE = "read only by a server (downstream) codec"
+UPSTREAM_HTTP1 = Message("envoy.config.core.v3.Http1ProtocolOptions (upstream)", fields=(
+    inert("allow_absolute_url", _SERVER_SIDE, default=True),
+    inert("accept_http_10", _SERVER_SIDE, default=False),
+    inert("default_host_for_http_10", _SERVER_SIDE),
+    inert("override_stream_error_on_invalid_http_message", _SERVER_SIDE),
+    inert("use_balsa_parser", "chooses between Envoy's own parsers; ftproxy has its own"),
+    refused("header_key_format"),
+    refused("enable_trailers", default=False, only_default=True),
+    refused("allow_chunked_length", default=False, only_default=True),
+    refused("send_fully_qualified_url", default=False, only_default=True),
+    refused("allow_custom_methods", default=False, only_default=True),
+    refused("ignore_http_11_upgrade"),
+))
+
+UPSTREAM_COMMON_HTTP = Message("envoy.config.core.v3.HttpProtocolOptions (upstream)", fields=(
+    used("idle_timeout", "3600s"),
+    used("max_requests_per_connection"),
+    refused("max_connection_duration"),
+    refused("max_headers_count"),
+    refused("max_response_headers_kb"),
+    refused("max_stream_duration"),
+    refused("headers_with_underscores_action"),
+))
 
 
 def parse_clusters(items: Any, path: str) -> tuple[ClusterConfig, ...]:
@@ -155,35 +325,32 @@ def parse_clusters(items: Any, path: str) -> tuple[ClusterConfig, ...]:
 
 
 def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
-    """Validate one Cluster object at `path`; raises ConfigError naming the offending field."""
-    f = Fields(raw, path, (*_SUPPORTED_FIELDS, *_UNSUPPORTED_FIELDS))
-    for key, why in _UNSUPPORTED_FIELDS.items():
-        if f.has(key):
-            if key == "transport_socket" and _is_raw_buffer(f.raw[key]):
-                continue  # plaintext is what we do anyway
-            raise ConfigError(f.at(key), why)
-    name = f.str("name", required=True)
-    if not name:
-        raise ConfigError(f.at("name"), "must not be empty")
-    ctype = f.enum("type", _TYPES, "STATIC")
-    if ctype not in _SUPPORTED_TYPES:
-        raise ConfigError(f.at("type"), f"cluster type {ctype} is not supported; "
-                                        f"expected one of {', '.join(_SUPPORTED_TYPES)}")
-    lb_policy = f.enum("lb_policy", _LB_POLICIES, "ROUND_ROBIN")
-    if lb_policy not in _SUPPORTED_LB:
-        raise ConfigError(f.at("lb_policy"), f"lb_policy {lb_policy} is not supported; "
-                                             f"expected one of {', '.join(_SUPPORTED_LB)}")
-    connect_timeout = f.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
-    if connect_timeout <= 0:
-        raise ConfigError(f.at("connect_timeout"), "must be greater than 0s")
-    dns_refresh_rate = f.duration("dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE)
-    if dns_refresh_rate < 0.001:
-        raise ConfigError(f.at("dns_refresh_rate"), "must be at least 1ms")
-    f.raw_obj("metadata")             # accepted, ignored
-    f.raw_obj("http_protocol_options")  # legacy Http1ProtocolOptions: accepted
-    endpoints = _endpoints(f, ctype)
-    default_cb, high_cb = _circuit_breakers(f)
-    idle_timeout, max_rpc = _protocol_options(f)
+    """Validate one Cluster object at `path`; raises ConfigError naming the offending field
+    (ConfigErrors when several independent parts of the cluster are wrong)."""
+    errors = ErrorCollector()
+    f = CLUSTER.read(raw, path, errors_to=errors)
+    if f.has("transport_socket") and not _is_raw_buffer(f.raw["transport_socket"]):
+        errors.add(not_supported(f.at("transport_socket"), f"{_NO_TLS}; raw_buffer only"))
+    name = errors.run(_name, f)
+    ctype = errors.run(_type, f)
+    if ctype is MISSING:
+        errors.raise_if_any()  # the endpoints cannot be checked without the type
+    lb_policy = errors.run(_lb_policy, f)
+    connect_timeout = errors.run(_connect_timeout, f)
+    dns_refresh_rate = errors.run(_dns_refresh_rate, f)
+    endpoints = errors.run(_endpoints, f, ctype)
+    cbs = errors.run(_circuit_breakers, f)
+    options = errors.run(_protocol_options, f)
+    dns_family = errors.run(f.enum, "dns_lookup_family", _DNS_FAMILIES, "AUTO")
+    buffer_limit = errors.run(f.int, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT,
+                              min=0, max=2**32 - 1)
+    choice_count = errors.run(_choice_count, f)
+    panic = errors.run(_panic_threshold, f)
+    errors.run(lambda: CLUSTER.require_default(f, "respect_dns_ttl", f.bool("respect_dns_ttl", False)))
+    errors.run(f.raw_obj, "metadata")
+    errors.raise_if_any()
+    default_cb, high_cb = cbs
+    idle_timeout, max_rpc = options
     return ClusterConfig(
         name=name,
         type=ctype,
@@ -191,18 +358,53 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         lb_policy=lb_policy,
         endpoints=endpoints,
         dns_refresh_rate=dns_refresh_rate,
-        dns_lookup_family=f.enum("dns_lookup_family", _DNS_FAMILIES, "AUTO"),
-        respect_dns_ttl=_no_dns_ttl(f),
-        per_connection_buffer_limit_bytes=f.int("per_connection_buffer_limit_bytes",
-                                                DEFAULT_BUFFER_LIMIT, min=0, max=2**32 - 1),
+        dns_lookup_family=dns_family,
+        per_connection_buffer_limit_bytes=buffer_limit,
         circuit_breakers=default_cb,
         high_priority_circuit_breakers=high_cb,
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_rpc,
-        least_request_choice_count=_choice_count(f),
-        healthy_panic_threshold=_panic_threshold(f),
+        least_request_choice_count=choice_count,
+        healthy_panic_threshold=panic,
         raw=raw,
     )
+
+
+def _name(f: Fields) -> str:
+    name = f.str("name", required=True)
+    if not name:
+        raise ConfigError(f.at("name"), "must not be empty")
+    return name
+
+
+def _type(f: Fields) -> str:
+    ctype = f.enum("type", _TYPES, "STATIC")
+    if ctype not in _SUPPORTED_TYPES:
+        raise not_supported(f.at("type"), f"cluster type {ctype}; expected one of "
+                                          f"{', '.join(_SUPPORTED_TYPES)}")
+    return ctype
+
+
+def _lb_policy(f: Fields) -> str:
+    lb_policy = f.enum("lb_policy", _LB_POLICIES, "ROUND_ROBIN")
+    if lb_policy not in _SUPPORTED_LB:
+        raise not_supported(f.at("lb_policy"), f"lb_policy {lb_policy}; expected one of "
+                                               f"{', '.join(_SUPPORTED_LB)}")
+    return lb_policy
+
+
+def _connect_timeout(f: Fields) -> float:
+    connect_timeout = f.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    if connect_timeout <= 0:
+        raise ConfigError(f.at("connect_timeout"), "must be greater than 0s")
+    return connect_timeout
+
+
+def _dns_refresh_rate(f: Fields) -> float:
+    rate = f.duration("dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE)
+    if rate < 0.001:
+        raise ConfigError(f.at("dns_refresh_rate"), "must be at least 1ms")
+    return rate
 
 
 def _is_raw_buffer(ts: Any) -> bool:
@@ -223,26 +425,19 @@ def _endpoints(f: Fields, ctype: str) -> tuple[EndpointConfig, ...]:
         for item, p in f.list("hosts"):
             address, port = _address(item, p, ctype)
             out.append(EndpointConfig(address, port))
-    la = f.obj("load_assignment", ("cluster_name", "endpoints", "policy", "named_endpoints"))
-    if la is not None:
-        if la.has("named_endpoints"):
-            raise ConfigError(la.at("named_endpoints"), "named_endpoints is not supported")
+    if f.has("load_assignment"):
+        la = LOAD_ASSIGNMENT.read(f.value("load_assignment"), f.at("load_assignment"))
         la.str("cluster_name")
-        la.raw_obj("policy")  # accepted (overprovisioning_factor, drop_overloads): not acted on
-        for loc in la.objs("endpoints", ("locality", "priority", "load_balancing_weight",
-                                         "lb_endpoints", "proximity", "metadata",
-                                         "leds_cluster_locality_config")):
-            for key in ("proximity", "leds_cluster_locality_config"):
-                if loc.has(key):
-                    raise ConfigError(loc.at(key), f"{key} is not supported")
+        if la.has("policy"):
+            _policy(la.value("policy"), la.at("policy"))
+        for item, lpath in la.list("endpoints"):
+            loc = LOCALITY_ENDPOINTS.read(item, lpath)
             loc.raw_obj("locality")
             loc.raw_obj("metadata")
-            if loc.int("priority", 0, min=0) != 0:
-                raise ConfigError(loc.at("priority"), "only priority 0 is supported")
-            loc.int("load_balancing_weight", 1, min=1)  # locality weight: needs locality LB
-            for lb in loc.objs("lb_endpoints", ("endpoint", "health_status", "metadata",
-                                                "load_balancing_weight", "endpoint_name")):
-                out.append(_lb_endpoint(lb, ctype))
+            LOCALITY_ENDPOINTS.require_default(loc, "priority", loc.int("priority", 0, min=0))
+            loc.int("load_balancing_weight", 1, min=1)  # inert: see LOCALITY_ENDPOINTS
+            for lb, epath in loc.list("lb_endpoints"):
+                out.append(_lb_endpoint(LB_ENDPOINT.read(lb, epath), ctype))
     if ctype != "STATIC" and not out:
         raise ConfigError(f.at("load_assignment"), f"{ctype} clusters need at least one endpoint")
     if ctype == "LOGICAL_DNS" and len(out) != 1:
@@ -251,36 +446,30 @@ def _endpoints(f: Fields, ctype: str) -> tuple[EndpointConfig, ...]:
     return tuple(out)
 
 
+def _policy(raw: Any, path: str) -> None:
+    """ClusterLoadAssignment.Policy: nothing of it is implemented, so only defaults pass."""
+    p = LB_POLICY.read(raw, path)
+    LB_POLICY.require_default(p, "overprovisioning_factor",
+                              p.int("overprovisioning_factor", 140, min=1))
+    LB_POLICY.require_default(p, "weighted_priority_health",
+                              p.bool("weighted_priority_health", False))
+
+
 def _lb_endpoint(lb: Fields, ctype: str) -> EndpointConfig:
-    if lb.has("endpoint_name"):
-        raise ConfigError(lb.at("endpoint_name"), "endpoint_name is not supported")
     lb.raw_obj("metadata")
     health = lb.enum("health_status", _HEALTH, "UNKNOWN")
     weight = lb.int("load_balancing_weight", 1, min=1, max=2**32 - 1)
-    ep = lb.obj("endpoint", ("address", "hostname", "health_check_config",
-                             "additional_addresses"), required=True)
-    assert ep is not None
-    if ep.has("additional_addresses"):
-        raise ConfigError(ep.at("additional_addresses"), "additional_addresses is not supported")
-    ep.raw_obj("health_check_config")  # ignored until health checking exists
+    ep = ENDPOINT.read(lb.value("endpoint", required=True), lb.at("endpoint"))
+    ep.raw_obj("health_check_config")
     address, port = _address(ep.value("address", required=True), ep.at("address"), ctype)
     return EndpointConfig(address, port, weight, ep.str("hostname", ""), health)
 
 
 def _address(raw: Any, path: str, ctype: str) -> tuple[str, int]:
-    a = Fields(raw, path, ("socket_address", "pipe", "envoy_internal_address"))
-    for key in ("pipe", "envoy_internal_address"):
-        if a.has(key):
-            raise ConfigError(a.at(key), f"{key} addresses are not supported for upstream hosts")
-    sa = a.obj("socket_address", ("address", "port_value", "protocol", "named_port",
-                                  "resolver_name", "ipv4_compat"), required=True)
-    assert sa is not None
-    for key in ("named_port", "resolver_name"):
-        if sa.has(key):
-            raise ConfigError(sa.at(key), f"{key} is not supported")
+    a = UPSTREAM_ADDRESS.read(raw, path)
+    sa = UPSTREAM_SOCKET_ADDRESS.read(a.value("socket_address", required=True), a.at("socket_address"))
     sa.bool("ipv4_compat", False)
-    if sa.enum("protocol", ("TCP", "UDP"), "TCP") != "TCP":
-        raise ConfigError(sa.at("protocol"), "only TCP upstreams are supported")
+    UPSTREAM_SOCKET_ADDRESS.require_default(sa, "protocol", sa.enum("protocol", ("TCP", "UDP"), "TCP"))
     address = sa.str("address", required=True)
     if not address:
         raise ConfigError(sa.at("address"), "must not be empty")
@@ -298,17 +487,11 @@ def _address(raw: Any, path: str, ctype: str) -> tuple[str, int]:
 # -- circuit breakers ----------------------------------------------------------------------
 
 def _circuit_breakers(f: Fields) -> tuple[Thresholds, Thresholds]:
-    cb = f.obj("circuit_breakers", ("thresholds", "per_host_thresholds"))
     found: dict[str, Thresholds] = {}
-    if cb is not None:
-        if cb.has("per_host_thresholds"):
-            raise ConfigError(cb.at("per_host_thresholds"), "per_host_thresholds is not supported")
-        for t in cb.objs("thresholds", ("priority", "max_connections", "max_pending_requests",
-                                        "max_requests", "max_retries", "track_remaining",
-                                        "retry_budget", "max_connection_pools")):
-            for key in ("retry_budget", "max_connection_pools"):
-                if t.has(key):
-                    raise ConfigError(t.at(key), f"{key} is not supported")
+    if f.has("circuit_breakers"):
+        cb = CIRCUIT_BREAKERS.read(f.value("circuit_breakers"), f.at("circuit_breakers"))
+        for item, tpath in cb.list("thresholds"):
+            t = THRESHOLDS.read(item, tpath)
             prio = t.enum("priority", _PRIORITIES, "DEFAULT")
             if prio in found:
                 raise ConfigError(t.at("priority"), f"duplicate thresholds for priority {prio}")
@@ -325,52 +508,47 @@ def _circuit_breakers(f: Fields) -> tuple[Thresholds, Thresholds]:
 
 # -- protocol options ----------------------------------------------------------------------
 
-_COMMON_HTTP = ("idle_timeout", "max_requests_per_connection", "max_connection_duration",
-                "max_headers_count", "max_response_headers_kb", "max_stream_duration",
-                "headers_with_underscores_action")
-
-
-def _common_http(c: Fields | None) -> tuple[float | None, int | None]:
-    if c is None:
+def _common_http(f: Fields, key: str) -> tuple[float | None, int | None]:
+    if not f.has(key):
         return None, None
-    for key in _COMMON_HTTP[2:]:
-        if c.has(key):
-            raise ConfigError(c.at(key), f"{key} is not supported for upstreams yet")
+    c = UPSTREAM_COMMON_HTTP.read(f.value(key), f.at(key))
     return c.duration("idle_timeout"), c.int("max_requests_per_connection", min=0)
 
 
+def _http1_options(raw: Any, path: str) -> None:
+    """An upstream Http1ProtocolOptions: every field checked, the unimplemented refused."""
+    h = UPSTREAM_HTTP1.read(raw, path)
+    h.bool("allow_absolute_url", True)
+    h.bool("accept_http_10", False)
+    h.str("default_host_for_http_10", "")
+    h.bool("override_stream_error_on_invalid_http_message")
+    h.bool("use_balsa_parser")
+    for key in ("enable_trailers", "allow_chunked_length", "send_fully_qualified_url",
+                "allow_custom_methods"):
+        UPSTREAM_HTTP1.require_default(h, key, h.bool(key, False))
+
+
 def _protocol_options(f: Fields) -> tuple[float, int | None]:
-    idle, max_rpc = _common_http(f.obj("common_http_protocol_options", _COMMON_HTTP))
+    idle, max_rpc = _common_http(f, "common_http_protocol_options")
     legacy_max = f.int("max_requests_per_connection", min=0)
+    if f.has("http_protocol_options"):
+        _http1_options(f.value("http_protocol_options"), f.at("http_protocol_options"))
     typed = f.raw_obj("typed_extension_protocol_options") or {}
     for key, value in typed.items():
         p = f"{f.at('typed_extension_protocol_options')}.{key}"
         if key != HTTP_PROTOCOL_OPTIONS:
-            raise ConfigError(p, f'protocol options "{key}" are not supported; only '
-                                 f'"{HTTP_PROTOCOL_OPTIONS}"')
-        o = Fields(value, p, ("@type", "common_http_protocol_options", "explicit_http_config",
-                              "upstream_http_protocol_options", "use_downstream_protocol_config",
-                              "auto_config", "http_filters", "header_validation_config"))
+            raise not_supported(p, f'protocol options "{key}"; only "{HTTP_PROTOCOL_OPTIONS}"')
+        o = UPSTREAM_HTTP_OPTIONS.read(value, p, extra=("@type",))
         url = o.str("@type")
         if url is not None and url != _HTTP_PROTOCOL_OPTIONS_URL:
             raise ConfigError(o.at("@type"), f'expected "{_HTTP_PROTOCOL_OPTIONS_URL}", got "{url}"')
-        for k in ("use_downstream_protocol_config", "auto_config"):
-            if o.has(k):
-                raise ConfigError(o.at(k), f"{k}: {_H2_UNSUPPORTED}; use explicit_http_config "
-                                           "with http_protocol_options")
-        for k in ("upstream_http_protocol_options", "http_filters", "header_validation_config"):
-            if o.has(k):
-                raise ConfigError(o.at(k), f"{k} is not supported")
-        explicit = o.obj("explicit_http_config", ("http_protocol_options", "http2_protocol_options",
-                                                  "http3_protocol_options"))
-        if explicit is not None:
-            if explicit.has("http2_protocol_options"):
-                raise ConfigError(explicit.at("http2_protocol_options"), _H2_UNSUPPORTED)
-            if explicit.has("http3_protocol_options"):
-                raise ConfigError(explicit.at("http3_protocol_options"),
-                                  "HTTP/3 upstreams are not supported")
-            explicit.raw_obj("http_protocol_options")
-        t_idle, t_max = _common_http(o.obj("common_http_protocol_options", _COMMON_HTTP))
+        # Envoy: upstream_protocol_options is a required oneof (validate refuses its absence).
+        o.oneof("explicit_http_config", "use_downstream_protocol_config", "auto_config", required=True)
+        explicit = EXPLICIT_HTTP.read(o.value("explicit_http_config"), o.at("explicit_http_config"))
+        explicit.oneof("http_protocol_options", "http2_protocol_options", "http3_protocol_options",
+                       required=True)
+        _http1_options(explicit.value("http_protocol_options"), explicit.at("http_protocol_options"))
+        t_idle, t_max = _common_http(o, "common_http_protocol_options")
         idle = t_idle if t_idle is not None else idle
         max_rpc = t_max if t_max is not None else max_rpc
     if max_rpc is None:
@@ -381,13 +559,19 @@ def _protocol_options(f: Fields) -> tuple[float, int | None]:
 
 
 def _panic_threshold(f: Fields) -> float:
-    """common_lb_config.healthy_panic_threshold.value (a percent, default 50); the rest of
-    common_lb_config is accepted and ignored."""
-    c = f.raw_obj("common_lb_config")
-    if c is None or c.get("healthy_panic_threshold") is None:
+    """common_lb_config.healthy_panic_threshold.value (a percent, default 50)."""
+    if not f.has("common_lb_config"):
         return 50.0
-    path = f"{f.at('common_lb_config')}.healthy_panic_threshold"
-    p = Fields(c["healthy_panic_threshold"], path, ("value",))
+    c = COMMON_LB.read(f.value("common_lb_config"), f.at("common_lb_config"))
+    for key in ("zone_aware_lb_config", "consistent_hashing_lb_config"):
+        c.raw_obj(key)
+    c.duration("update_merge_window")
+    c.bool("ignore_new_hosts_until_first_hc", False)
+    COMMON_LB.require_default(c, "close_connections_on_host_set_change",
+                              c.bool("close_connections_on_host_set_change", False))
+    if not c.has("healthy_panic_threshold"):
+        return 50.0
+    p = PERCENT.read(c.value("healthy_panic_threshold"), c.at("healthy_panic_threshold"))
     value = p.float("value", 0.0)  # an empty Percent is 0 (proto3 default)
     if not 0.0 <= value <= 100.0:
         raise ConfigError(p.at("value"), f"must be between 0 and 100, got {value}")
@@ -395,20 +579,7 @@ def _panic_threshold(f: Fields) -> float:
 
 
 def _choice_count(f: Fields) -> int:
-    lr = f.obj("least_request_lb_config", ("choice_count", "active_request_bias", "slow_start_config",
-                                           "locality_lb_config", "enable_full_scan",
-                                           "selection_method"))
-    if lr is None:
+    if not f.has("least_request_lb_config"):
         return 2
-    for key in ("active_request_bias", "slow_start_config", "locality_lb_config",
-                "enable_full_scan", "selection_method"):
-        if lr.has(key):
-            raise ConfigError(lr.at(key), f"{key} is not supported")
+    lr = LEAST_REQUEST.read(f.value("least_request_lb_config"), f.at("least_request_lb_config"))
     return lr.int("choice_count", 2, min=2)
-
-
-def _no_dns_ttl(f: Fields) -> bool:
-    if f.bool("respect_dns_ttl", False):
-        # getaddrinfo reports no TTL; honouring it needs a DNS client of our own.
-        raise ConfigError(f.at("respect_dns_ttl"), "not supported yet (refresh follows dns_refresh_rate)")
-    return False

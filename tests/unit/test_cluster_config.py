@@ -155,7 +155,7 @@ def test_missing_name_is_an_error():
 
 @pytest.mark.parametrize("ctype", ["EDS", "ORIGINAL_DST"])
 def test_unsupported_discovery_types_are_refused(ctype):
-    assert error(cluster(type=ctype)).startswith(f"{P}.type: cluster type {ctype} is not supported")
+    assert error(cluster(type=ctype)).startswith(f"{P}.type: not supported yet (cluster type {ctype};")
 
 
 def test_unknown_lb_policy_value_is_refused_and_ring_hash_is_unsupported():
@@ -173,10 +173,10 @@ def test_static_endpoint_must_be_an_ip_literal():
 
 
 @pytest.mark.parametrize("field,expected", [
-    ("transport_socket", "transport_socket is not supported yet"),
-    ("health_checks", "health_checks is not supported"),
-    ("outlier_detection", "outlier_detection is not supported"),
-    ("http2_protocol_options", "HTTP/2 upstreams are not supported yet"),
+    ("transport_socket", "not supported yet (TLS upstreams come later; raw_buffer only)"),
+    ("health_checks", "not supported yet (active health checks)"),
+    ("outlier_detection", "not supported yet"),
+    ("http2_protocol_options", "not supported yet (HTTP/2 upstreams)"),
 ])
 def test_unsupported_envoy_fields_are_refused_by_name(field, expected):
     value = [{}] if field == "health_checks" else {"name": "envoy.transport_sockets.tls"}
@@ -188,7 +188,7 @@ def test_http2_in_typed_protocol_options_is_refused_with_path():
     msg = error(cluster(typed_extension_protocol_options={
         key: {"explicit_http_config": {"http2_protocol_options": {}}}}))
     assert msg == (f"{P}.typed_extension_protocol_options.{key}.explicit_http_config"
-                   ".http2_protocol_options: HTTP/2 upstreams are not supported yet")
+                   ".http2_protocol_options: not supported yet (HTTP/2 upstreams)")
 
 
 def test_unknown_protocol_options_extension_is_refused():
@@ -199,14 +199,14 @@ def test_unknown_protocol_options_extension_is_refused():
 def test_only_priority_zero_is_supported():
     raw = cluster(load_assignment={"endpoints": [
         {"priority": 1, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
-    assert error(raw) == f"{P}.load_assignment.endpoints[0].priority: only priority 0 is supported"
+    assert error(raw) == f"{P}.load_assignment.endpoints[0].priority: not supported yet (only priority 0)"
 
 
 def test_udp_socket_address_is_refused():
     raw = cluster(load_assignment={"endpoints": [{"lb_endpoints": [
         {"endpoint": {"address": {"socket_address": {
             "address": "127.0.0.1", "port_value": 53, "protocol": "UDP"}}}}]}]})
-    assert error(raw).endswith(".socket_address.protocol: only TCP upstreams are supported")
+    assert error(raw).endswith(".socket_address.protocol: not supported yet (upstream hosts are TCP)")
 
 
 def test_port_out_of_range_and_zero_weight_are_refused():

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from proxy.config.load import load_bootstrap, parse_bootstrap
-from proxy.config.reader import ConfigError
+from proxy.config.reader import ConfigError, all_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE_SEEDS = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "perf" / "configs").glob("*.yaml"))
@@ -152,7 +152,7 @@ def rich_http() -> dict:
                 "name": "http", "address": _sa("127.0.0.1", 10000), "stat_prefix": "http",
                 "per_connection_buffer_limit_bytes": 32768, "traffic_direction": "INBOUND",
                 "listener_filters_timeout": "15s",
-                "connection_balance_config": {"exact_balance": {}},
+                "drain_type": "DEFAULT",
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                 "typed_config": hcm}]}]}],
             "clusters": [_static_cluster("api", 18081), web],
@@ -455,11 +455,12 @@ def classify(load: Callable[[Any], Any], tree: Any) -> tuple[str, tuple[str, str
     try:
         load(tree)
     except ConfigError as e:
-        if not isinstance(e.path, str) or not e.message:
-            return "failed", ("config-error-malformed", f"path={e.path!r} message={e.message!r}")
-        if not path_ok(tree, e.path):
-            template = re.sub(r"\[\d+\]", "[*]", e.path)
-            return "failed", (f"bad-path {template}", short(str(e)))
+        for err in all_errors(e):  # each error of a list must name a real path, not only the first
+            if not isinstance(err.path, str) or not err.message:
+                return "failed", ("config-error-malformed", f"path={err.path!r} message={err.message!r}")
+            if not path_ok(tree, err.path):
+                template = re.sub(r"\[\d+\]", "[*]", err.path)
+                return "failed", (f"bad-path {template}", short(str(err)))
         return "config_error", None
     except Exception as e:  # noqa: BLE001 - the point is to catch everything else
         return "failed", (f"{type(e).__name__} at {_where(e)}", f"{short(str(e))} ({_line(e)})")

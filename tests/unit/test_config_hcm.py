@@ -106,11 +106,18 @@ def test_http2_and_http3_codecs_refused(codec):
 
 def test_durations_parsed():
     c = parse_hcm(_hcm(stream_idle_timeout="0.25s", request_timeout={"seconds": "5"},
-                       drain_timeout=2, common_http_protocol_options={
+                       drain_timeout="2s", common_http_protocol_options={
                            "idle_timeout": "0s",
                            "max_requests_per_connection": 10, "max_headers_count": 50}), P)
     assert (c.stream_idle_timeout, c.request_timeout, c.drain_timeout, c.idle_timeout,
             c.max_requests_per_connection, c.max_headers_count) == (0.25, 5.0, 2.0, 0.0, 10, 50)
+
+
+def test_bare_number_duration_is_refused_as_envoy_does():
+    # Envoy 1.40: "invalid JSON ... @ drain_timeout: message google.protobuf.Duration ...
+    # unexpected character: '2'; expected '\"'".
+    assert _err(parse_hcm, _hcm(drain_timeout=2)) == (
+        'hcm.drain_timeout: a duration is a string with its unit, such as "2s" (got the bare number 2)')
 
 
 def test_bad_duration_names_path():
@@ -196,7 +203,7 @@ def test_router_strict_check_headers_validated():
 def test_tcp_proxy_defaults():
     c = parse_tcp_proxy({"stat_prefix": "tcp", "cluster": "backend"}, "t")
     assert c == TcpProxyConfig(stat_prefix="tcp", cluster="backend")
-    assert (c.idle_timeout, c.max_connect_attempts, c.downstream_idle_timeout) == (3600.0, 1, None)
+    assert (c.idle_timeout, c.access_logs) == (3600.0, ())
 
 
 def test_tcp_proxy_weighted_clusters_and_timeouts():
@@ -204,12 +211,12 @@ def test_tcp_proxy_weighted_clusters_and_timeouts():
                          "weighted_clusters": {"clusters": [{"name": "a", "weight": 1},
                                                             {"name": "b", "weight": 3}]}}, "t")
     assert c.weighted_clusters == (WeightedCluster("a", 1), WeightedCluster("b", 3))
-    assert (c.cluster, c.idle_timeout, c.max_connect_attempts) == (None, 0.0, 1)
+    assert (c.cluster, c.idle_timeout) == (None, 0.0)
 
 
 def test_tcp_proxy_options_without_runtime_support_are_refused():
     assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a", "max_connect_attempts": 3}, "t") == \
-        "t.max_connect_attempts: not supported yet (only 1)"
+        "t.max_connect_attempts: not supported yet (only 1: one connect attempt, no retry)"
     assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a",
                                   "max_downstream_connection_duration": "10s"}, "t").startswith(
         "t.max_downstream_connection_duration: not supported yet")

@@ -49,6 +49,8 @@ class Bootstrap:
     listeners: tuple[ListenerConfig, ...]
     clusters: tuple[Any, ...]              # proxy.upstream.cluster_config.ClusterConfig
     stats_flush_interval: float = 5.0
+    # The runtime key overload.global_downstream_max_connections (None: no limit).
+    global_downstream_max_connections: int | None = None
     raw: Mapping[str, Any] | None = None   # deep copy of the input, for /config_dump
     # What the operator should hear about a config that loads (e.g. one that serves nothing).
     warnings: tuple[str, ...] = ()
@@ -67,7 +69,8 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
     inert("stats_flush_interval", "it times the flush to stats sinks, and stats_sinks are refused; "
                                   "the admin merges the workers' stats when read",
           default="5s", attr="stats_flush_interval"),
-    used("layered_runtime", attr="", why="only layers without runtime keys: its own table"),
+    used("layered_runtime", attr="global_downstream_max_connections",
+         why="its one honoured key, overload.global_downstream_max_connections; others refused"),
     used("overload_manager", attr="", why="only without monitors or actions: its own table"),
     refused("enable_dispatcher_stats", default=False, only_default=True),
     refused("dynamic_resources", "xDS"),
@@ -143,7 +146,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     errors = ErrorCollector()
     f = BOOTSTRAP.read(raw, "", errors_to=errors)
     errors.run(_check_overload_manager, f)
-    errors.run(_check_layered_runtime, f)
+    global_limit = errors.run(_check_layered_runtime, f)
     errors.run(lambda: BOOTSTRAP.require_default(f, "enable_dispatcher_stats",
                                                  f.bool("enable_dispatcher_stats", False)))
     interval = errors.run(_stats_flush_interval, f)
@@ -162,6 +165,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         listeners=listeners,
         clusters=clusters,
         stats_flush_interval=interval,
+        global_downstream_max_connections=None if global_limit is MISSING else global_limit,
         raw=copy.deepcopy(dict(raw)),
         warnings=_warnings(listeners),
     )
@@ -187,14 +191,20 @@ def _check_overload_manager(f: Fields) -> None:
         o.duration("refresh_interval")
 
 
-def _check_layered_runtime(f: Fields) -> None:
-    """Runtime layers may be declared, but no key in them is honoured yet: a key (e.g.
-    `overload.global_downstream_max_connections`, a listener `connection_limit`) is refused by
-    its path rather than silently not enforced."""
+# Runtime keys ftproxy honours (static layers; a later layer overrides an earlier one, as
+# Envoy's layering does).
+GLOBAL_MAX_CONNECTIONS_KEY = "overload.global_downstream_max_connections"
+
+
+def _check_layered_runtime(f: Fields) -> int | None:
+    """Runtime layers: `overload.global_downstream_max_connections` (the process-wide limit on
+    downstream connections, returned) is honoured; any other key (a listener connection limit,
+    a feature flag) is refused by its path rather than silently not enforced."""
     if not f.has("layered_runtime"):
-        return
+        return None
     lr = LAYERED_RUNTIME.read(f.value("layered_runtime"), f.at("layered_runtime"))
     errors = ErrorCollector()
+    limit = None
     for item, path in lr.list("layers"):
         layer = errors.run(RUNTIME_LAYER.read, item, path)
         if layer is MISSING:
@@ -203,10 +213,32 @@ def _check_layered_runtime(f: Fields) -> None:
         layer.oneof("static_layer", "disk_layer", "admin_layer", "rtds_layer")
         layer.raw_obj("admin_layer")
         static = layer.raw_obj("static_layer")
-        for key_path in _runtime_keys(static or {}, layer.at("static_layer")):
-            errors.add(not_supported(key_path, "a runtime key: ftproxy honours none yet, so it "
-                                               "would not be enforced"))
+        base = layer.at("static_layer")
+        for key_path in _runtime_keys(static or {}, base):
+            if key_path == join(base, GLOBAL_MAX_CONNECTIONS_KEY):  # written flat or nested
+                value = _runtime_value(static, GLOBAL_MAX_CONNECTIONS_KEY)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    errors.add(ConfigError(key_path, f"expected a non-negative integer, got {value!r}"))
+                else:
+                    limit = value
+                continue
+            errors.add(not_supported(key_path, f"a runtime key: ftproxy honours only "
+                                               f"{GLOBAL_MAX_CONNECTIONS_KEY}, so it would not be "
+                                               f"enforced"))
     errors.raise_if_any()
+    return limit
+
+
+def _runtime_value(tree: Mapping[str, Any], key: str) -> Any:
+    """A dotted runtime key's value in a static layer written flat or nested."""
+    if key in tree:
+        return tree[key]
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _runtime_keys(tree: Mapping[str, Any], path: str) -> Iterator[str]:

@@ -60,6 +60,7 @@ class ListenerConfig:
     listener_filters_timeout: float = 15.0
     continue_on_listener_filters_timeout: bool = False
     tcp_backlog_size: int | None = None
+    ignore_global_conn_limit: bool = False  # not held to overload.global_downstream_max_connections
     raw: Mapping[str, Any] | None = None
 
 
@@ -85,9 +86,7 @@ LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model
     inert("continue_on_listener_filters_timeout", _NO_LISTENER_FILTERS, default=False,
           attr="continue_on_listener_filters_timeout"),
     inert("metadata", "no filter here reads listener metadata"),
-    inert("ignore_global_conn_limit", "there is no global connection limit (its runtime key and "
-                                      "overload_manager resource monitors are refused)",
-          default=False),
+    used("ignore_global_conn_limit", default=False),
     inert("bypass_overload_manager", "the overload manager has no actions (they are refused)",
           default=False),
     refused("access_log", "log from the http_connection_manager or tcp_proxy"),
@@ -187,8 +186,8 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
     lf_continue = errors.run(f.bool, "continue_on_listener_filters_timeout", False)
     backlog = errors.run(f.int, "tcp_backlog_size", min=1)
     stat_prefix = errors.run(f.str, "stat_prefix")
-    for key in ("ignore_global_conn_limit", "bypass_overload_manager"):
-        errors.run(f.bool, key, False)
+    ignore_global = errors.run(f.bool, "ignore_global_conn_limit", False)
+    errors.run(f.bool, "bypass_overload_manager", False)
     errors.run(f.raw_obj, "metadata")
     errors.raise_if_any()
     ip, port = address
@@ -204,6 +203,7 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
         listener_filters_timeout=lf_timeout,
         continue_on_listener_filters_timeout=lf_continue,
         tcp_backlog_size=backlog,
+        ignore_global_conn_limit=ignore_global,
         raw=raw,
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 
 from ..threads.dispatcher import READ
 from .transport_socket import downstream_transport_factory
@@ -50,8 +51,33 @@ def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
     return socks
 
 
+class GlobalConnectionLimit:
+    """Envoy's overload.global_downstream_max_connections: downstream connections of every
+    listener (but those with ignore_global_conn_limit) in every worker. `lock` guards `count`,
+    held for one add."""
+
+    __slots__ = ("limit", "lock", "count")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def try_acquire(self) -> bool:
+        with self.lock:
+            if self.count >= self.limit:
+                return False
+            self.count += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.count -= 1
+
+
 class ActiveListener:
-    def __init__(self, worker, config, sock: socket.socket, network_filter_ctx, shared: bool) -> None:
+    def __init__(self, worker, config, sock: socket.socket, network_filter_ctx, shared: bool,
+                 global_limit: GlobalConnectionLimit | None = None) -> None:
         self.worker = worker
         self.config = config
         self.sock = sock
@@ -67,6 +93,8 @@ class ActiveListener:
         wscope = scope.scope(f"worker_{worker.index}")
         self.w_cx_total = wscope.counter("downstream_cx_total")
         self.w_cx_active = wscope.gauge("downstream_cx_active")
+        self.global_limit = None if config.ignore_global_conn_limit else global_limit
+        self.global_cx_overflow = scope.counter("downstream_global_cx_overflow")
         self.accepting = False
 
     def start(self) -> None:
@@ -90,12 +118,18 @@ class ActiveListener:
             except OSError as e:
                 log.warning("listener %s: accept failed: %s", self.config.name, e)
                 return
+            if self.global_limit is not None and not self.global_limit.try_acquire():
+                self.global_cx_overflow.value += 1  # Envoy closes it at once, unread
+                sock.close()
+                continue
             sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 local = sock.getsockname()
             except OSError:
                 sock.close()
+                if self.global_limit is not None:
+                    self.global_limit.release()
                 continue
             self.cx_total.value += 1
             self.cx_active.value += 1
@@ -114,6 +148,8 @@ class ActiveListener:
                 worker.add_connection(conn)
 
     def _on_closed(self, conn) -> None:
+        if self.global_limit is not None:
+            self.global_limit.release()
         self.cx_active.value -= 1
         self.w_cx_active.value -= 1
         self.cx_destroy.value += 1

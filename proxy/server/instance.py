@@ -26,7 +26,7 @@ from ..access_log.sinks import DEFAULT_SINKS
 from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
-from ..network.listener import bind_listen_sockets
+from ..network.listener import GlobalConnectionLimit, bind_listen_sockets
 from ..network.filter_chain import NetworkFilterChainFactory
 from ..network.tcp_proxy import TcpProxyFactory
 from ..network.tcp_proxy_config import TcpProxyConfig
@@ -164,6 +164,8 @@ class Server:
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
         st.gauge("server.live").set(0)
         factories = self._build_filter_factories()
+        limit = self.bootstrap.global_downstream_max_connections
+        global_limit = GlobalConnectionLimit(limit) if limit is not None else None
         # Our own hot-restart socket first (as Envoy): a base-id clash fails before anything serves.
         if not opts.disable_hot_restart:
             from ..hotrestart.messages import socket_address
@@ -194,13 +196,15 @@ class Server:
             if not lc.enable_reuse_port:
                 # One shared socket registered in every worker.
                 for w in self.workers:
-                    w.post(lambda w=w, lc=lc, sock=socks[0]: w.add_listener(lc, sock, factories[lc.name], True))
+                    w.post(lambda w=w, lc=lc, sock=socks[0]: w.add_listener(
+                        lc, sock, factories[lc.name], True, global_limit))
                 continue
             # One socket per worker; sockets inherited beyond that are spread over the workers
             # too, so no accept queue is left unserved.
             for i, sock in enumerate(socks):
                 w = self.workers[i % len(self.workers)]
-                w.post(lambda w=w, lc=lc, sock=sock: w.add_listener(lc, sock, factories[lc.name], False))
+                w.post(lambda w=w, lc=lc, sock=sock: w.add_listener(
+                    lc, sock, factories[lc.name], False, global_limit))
         if self.hr_child is not None:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.

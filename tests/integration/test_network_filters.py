@@ -145,3 +145,33 @@ def test_local_ratelimit_refills(proxy_factory, echo):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     first.close()
+
+
+def test_runtime_global_downstream_max_connections(proxy_factory, echo):
+    """layered_runtime overload.global_downstream_max_connections: every listener's
+    connections count (but a listener with ignore_global_conn_limit); over it, a new
+    connection is closed at once and listener.<prefix>.downstream_global_cx_overflow counts."""
+    cfg = tcp_proxy_config(echo.port)
+    free = dict(cfg["static_resources"]["listeners"][0], name="free", stat_prefix="free",
+                ignore_global_conn_limit=True)
+    cfg["static_resources"]["listeners"].append(free)
+    cfg["layered_runtime"] = {"layers": [{"name": "static", "static_layer": {
+        "overload": {"global_downstream_max_connections": 1}}}]}
+    p = proxy_factory(cfg)
+    port = p.port
+    free_port = p.server.listener_addresses["free"][1]
+    a = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert echoes(a)
+    b = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert closed_by_peer(b)
+    overflow = {k: v for k, v in p.counters().items() if k.endswith(".downstream_global_cx_overflow")}
+    assert overflow == {f"listener.127.0.0.1_0.downstream_global_cx_overflow": 1,
+                        "listener.free.downstream_global_cx_overflow": 0}
+    c = socket.create_connection(("127.0.0.1", free_port), timeout=5)
+    assert echoes(c)  # not held to the limit
+    a.close()
+    assert p.wait_for(lambda: p.gauges()[f"listener.127.0.0.1_0.downstream_cx_active"] == 0)
+    d = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert echoes(d)
+    for s in (b, c, d):
+        s.close()

@@ -200,18 +200,32 @@ def test_stats_flush_interval_is_accepted_as_inert_and_range_checked_as_envoy_do
         "stats_flush_interval: must be inside range [1ms, 5m) (as Envoy's)")
 
 
-@pytest.mark.parametrize("layer,path", [
-    ({"overload": {"global_downstream_max_connections": 50000}},
-     "overload.global_downstream_max_connections"),
-    ({"overload.global_downstream_max_connections": 50000},
-     "overload.global_downstream_max_connections"),
-    ({"envoy": {"resource_limits": {"listener": {"l": {"connection_limit": 10}}}}},
-     "envoy.resource_limits.listener.l.connection_limit"),
-])
-def test_runtime_keys_are_refused_by_path_since_none_is_enforced(layer, path):
+def test_runtime_keys_other_than_the_global_connection_limit_are_refused_by_path():
+    layer = {"envoy": {"resource_limits": {"listener": {"l": {"connection_limit": 10}}}}}
     raw = boot(layered_runtime={"layers": [{"name": "static", "static_layer": layer}]})
-    assert error(raw) == (f"layered_runtime.layers[0].static_layer.{path}: not supported yet "
-                          "(a runtime key: ftproxy honours none yet, so it would not be enforced)")
+    assert error(raw) == (
+        "layered_runtime.layers[0].static_layer.envoy.resource_limits.listener.l.connection_limit: "
+        "not supported yet (a runtime key: ftproxy honours only "
+        "overload.global_downstream_max_connections, so it would not be enforced)")
+
+
+@pytest.mark.parametrize("layer", [
+    {"overload": {"global_downstream_max_connections": 50000}},
+    {"overload.global_downstream_max_connections": 50000},
+])
+def test_the_global_downstream_connection_limit_is_honoured(layer):
+    raw = boot(layered_runtime={"layers": [{"name": "static", "static_layer": layer}]})
+    assert parse_bootstrap(raw).global_downstream_max_connections == 50000
+    # A later layer overrides an earlier one; a bad value is an error by path.
+    raw = boot(layered_runtime={"layers": [{"name": "a", "static_layer": layer},
+                                           {"name": "b", "static_layer": {
+                                               "overload.global_downstream_max_connections": 7}}]})
+    assert parse_bootstrap(raw).global_downstream_max_connections == 7
+    raw = boot(layered_runtime={"layers": [{"name": "a", "static_layer": {
+        "overload.global_downstream_max_connections": "many"}}]})
+    assert error(raw) == ("layered_runtime.layers[0].static_layer.overload."
+                          "global_downstream_max_connections: expected a non-negative integer, "
+                          "got 'many'")
 
 
 def test_every_runtime_key_is_listed():

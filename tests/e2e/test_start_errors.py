@@ -2,7 +2,9 @@
 
 The test holds a listening socket on a free port, points the bootstrap's listener (or admin)
 at it, and reads the error `proxyctl start` prints before it exits 1. Before, both said
-"epoch 0 could not start: [Errno 98] Address already in use" and nothing else.
+"epoch 0 could not start: [Errno 98] Address already in use" and nothing else. The same for
+`proxyctl reload` onto such a config: exit 1 with the reason (what makes systemd's
+`ExecReload=proxyctl reload` report a failed reload), and the old epoch keeps serving.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.test_supervisor import PROXYCTL, direct_config, proxyctl, unique_base_id
+from tests.e2e.test_supervisor import PROXYCTL, curl, direct_config, proxyctl, supervised, unique_base_id
 from tests.integration.servers import free_port
+
+__all__ = ["supervised"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PROXYCTL), reason="proxyctl is not installed in this venv")
 
@@ -59,3 +63,20 @@ def test_admin_port_in_use_names_the_admin_address(tmp_path, taken_port):
     assert error.startswith("error: ") and f"admin address 127.0.0.1:{taken_port}" in error, r.stderr
     assert "Address already in use" in error
     assert "Traceback" not in r.stderr
+
+
+def test_reload_onto_a_taken_port_exits_1_naming_it_and_the_old_epoch_serves(tmp_path, taken_port, supervised):
+    port = free_port()
+    sup = supervised(tmp_path, direct_config(tmp_path / "a.yaml", port, "old"), port)
+    new = direct_config(tmp_path / "b.yaml", port, "new")
+    doc = yaml.safe_load(new.read_text())
+    second = {**doc["static_resources"]["listeners"][0], "name": "second"}
+    second["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": taken_port}}
+    doc["static_resources"]["listeners"].append(second)
+    new.write_text(yaml.safe_dump(doc))
+    r = sup.reload(new)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("reload failed: ") and f"127.0.0.1:{taken_port}" in r.stderr, r.stderr
+    assert "Address already in use" in r.stderr
+    assert curl(port) == (200, "old")
+    assert [(e["epoch"], e["state"]) for e in sup.status()["epochs"]] == [(0, "serving")]

@@ -82,16 +82,16 @@ def proxy(tmp_path):
 
 
 class Tmux:
-    """A private tmux server (own socket) so the test never touches the user's sessions."""
+    """A private tmux server (its socket in tmp_path) so the test never touches the user's sessions."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.socket = f"ftproxy-top-{os.getpid()}"
+        self.socket = str(tmp_path / "tmux.sock")
         self.session = "top"
         self.env = {**os.environ, "TERM": "xterm-256color"}
         self.env.pop("TMUX", None)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["tmux", "-L", self.socket, *args], env=self.env, capture_output=True, text=True,
+        return subprocess.run(["tmux", "-S", self.socket, *args], env=self.env, capture_output=True, text=True,
                               check=check, timeout=10)
 
     def alive(self) -> bool:
@@ -101,7 +101,9 @@ class Tmux:
         return self.run("capture-pane", "-p", "-t", self.session).stdout
 
     def kill_server(self) -> None:
+        """Stop the server and remove its socket (tmux leaves the file behind)."""
         self.run("kill-server", check=False)
+        Path(self.socket).unlink(missing_ok=True)
 
 
 @pytest.fixture

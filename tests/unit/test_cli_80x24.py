@@ -5,6 +5,7 @@ user needs (clusters above all) are there, also when there are more rows than li
 
 from __future__ import annotations
 
+import io
 import time
 
 from rich.console import Console
@@ -23,8 +24,8 @@ TOP_HEADERS = {
 
 
 def screen(renderable=None, *, width: int = W, height: int = H, print_with=None) -> list[str]:
-    console = Console(record=True, width=width, height=height, file=open("/dev/null", "w"),  # noqa: SIM115
-                      force_terminal=True, color_system=None)
+    console = Console(record=True, width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system=None)
     if print_with is not None:
         print_with(console)
     else:

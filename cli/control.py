@@ -144,23 +144,19 @@ def format_duration(seconds: float) -> str:
 
 
 def render_status(info: dict[str, Any], console) -> None:
-    """Print a supervisor's status answer as rich tables on `console`."""
-    from rich.table import Table
+    """Print a supervisor's status answer as rich tables on `console`, fitted to its width (at
+    80 columns the start time is left out and a long config path folds, never cut)."""
+    from .top import WIDE, Col, table
 
     now = time.time()
+    wide = console.width >= WIDE
     console.print(f"supervisor pid {info['supervisor_pid']}, up {format_duration(now - info['started'])}, "
                   f"serving epoch {info.get('serving_epoch')}, admin {info.get('admin') or '-'}")
-    epochs = Table(title="epochs")
-    for col in ("epoch", "pid", "state", "started", "uptime", "config"):
-        epochs.add_column(col)
-    for e in info["epochs"]:
-        epochs.add_row(str(e["epoch"]), str(e["pid"]), e["state"],
-                       time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["started"])),
-                       format_duration(now - e["started"]), e["config"])
-    console.print(epochs)
-    listeners = Table(title="listeners")
-    listeners.add_column("name")
-    listeners.add_column("address")
-    for name, addr in (info.get("listeners") or {}).items():
-        listeners.add_row(name, addr)
-    console.print(listeners)
+    rows = [[str(e["epoch"]), str(e["pid"]), e["state"],
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["started"])),
+             format_duration(now - e["started"]), e["config"]] for e in info["epochs"]]
+    console.print(table("epochs", [Col("epoch"), Col("pid"), Col("state", left=True),
+                                   Col("started", wide=True, left=True), Col("uptime"),
+                                   Col("config", wrap=True)], rows, wide, console.width))
+    rows = [[name, addr] for name, addr in (info.get("listeners") or {}).items()]
+    console.print(table("listeners", [Col("listener"), Col("address", left=True)], rows, wide, console.width))

@@ -51,7 +51,8 @@ pid_file_option = click.option(
 @pid_file_option
 @click.option("--daemon", is_flag=True, help="Run in the background; return once epoch 0 serves.")
 @click.option("--log-file", default=None, type=click.Path(dir_okay=False),
-              help="With --daemon: where the supervisor and the epochs log [default: <pid-file>.log].")
+              help="With --daemon: where the supervisor and the epochs log; SIGUSR1 reopens it "
+                   "(log rotation) [default: <pid-file>.log].")
 @click.option("--codec", type=click.Choice(["fast", "h11"]), default="fast", show_default=True,
               help="HTTP/1.1 codec: fast (httptools/llhttp) or h11 (reference).")
 @click.option("--config-yaml", default=None, help="YAML merged over the config file (Envoy's flag).")
@@ -63,6 +64,8 @@ def start(config_path: str, concurrency: int | None, log_level: str, drain_time_
     Exit status: 0 after a stop (the epochs drained), 1 if epoch 0 could not start (the reason
     is printed) or a supervisor already runs at this pid file; otherwise the last epoch's status.
     """
+    if log_file and not daemon:
+        raise click.UsageError("--log-file needs --daemon (in the foreground the epochs log to stdout/stderr)")
     from .supervisor import EpochOptions, run_daemon, run_foreground
 
     opts = EpochOptions(concurrency, base_id, drain_time_s, parent_shutdown_time_s, log_level.lower(),

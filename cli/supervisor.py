@@ -7,13 +7,15 @@ describes them): `reload` spawns epoch N+1 with the same options (and the new co
 given), which takes the listen sockets and counters from epoch N and makes it drain; `status`
 describes the epochs; `stop` forwards SIGTERM to every epoch (they drain) and exits once all
 have. SIGTERM/SIGINT = stop, SIGHUP = reload with the current config, SIGUSR1 = forwarded to
-every epoch (they reopen their access logs). The supervisor exits
+every epoch (they reopen their access logs), and with --daemon the --log-file is reopened
+(cli/logfile.py: the epochs' output reaches it through the supervisor). The supervisor exits
 when its last epoch exits (with that epoch's exit status, or 0 after a stop), removing the pid
 file and the socket.
 
 Must not: import the proxy (epochs are separate processes), or let a failed reload touch the
 serving epoch (the child validates its config before it connects to its parent).
-Thread affinity: one thread. Requests are served one at a time; a reload blocks the loop
+Thread affinity: one thread (plus, with --daemon, the log-relay thread of cli/logfile.py, which
+only copies the epochs' output). Requests are served one at a time; a reload blocks the loop
 while the child starts (at most STATUS_TIMEOUT_S). Signal handlers only record the signal;
 the loop acts on it (the wakeup fd interrupts its select()).
 """
@@ -31,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 from .control import bind_unix, connect_unix, control_socket_path, pid_alive, read_line, read_pid
+from .logfile import LogRelay, open_log
 
 __all__ = ["EpochOptions", "Epoch", "Supervisor", "StartError", "STATUS_TIMEOUT_S", "run_foreground",
            "run_daemon"]
@@ -106,8 +109,9 @@ def _log(msg: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: str, options: EpochOptions, pid_file: str) -> None:
+    def __init__(self, config: str, options: EpochOptions, pid_file: str, log_relay: LogRelay | None = None) -> None:
         self.config = os.path.abspath(config)
+        self.log_relay = log_relay  # daemon: the epochs' output goes through it to the log file
         self.options = options
         self.pid_file = os.path.abspath(pid_file)
         self.socket_path = control_socket_path(self.pid_file)
@@ -178,8 +182,9 @@ class Supervisor:
         """Start epoch `n` and wait for its status line; (Epoch, "") or (None, reason)."""
         r, w = os.pipe()
         try:
+            out = self.log_relay.write_fd if self.log_relay is not None else None
             proc = subprocess.Popen(self.options.argv(config, n, w), pass_fds=(w,), stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent)
+                                    stdout=out, stderr=out, preexec_fn=_die_with_parent)
         except OSError as e:
             os.close(r)
             os.close(w)
@@ -314,7 +319,18 @@ class Supervisor:
                 _log("SIGHUP: reloading")
                 self.reload()
             elif sig == signal.SIGUSR1:
+                if self.log_relay is not None:
+                    self.reopen_log()
                 self.forward(signal.SIGUSR1)
+
+    def reopen_log(self) -> None:
+        """SIGUSR1 with --log-file: the supervisor and every epoch write to a new file at its path."""
+        try:
+            self.log_relay.reopen()
+        except OSError as e:
+            _log(f"cannot reopen the log file {self.log_relay.path}: {e}; still writing to the old one")
+            return
+        _log(f"reopened the log file {self.log_relay.path}")
 
     def forward(self, sig: int) -> None:
         """Pass `sig` to every live epoch (SIGUSR1: reopen access logs, as Envoy's
@@ -428,18 +444,20 @@ def run_daemon(config: str, options: EpochOptions, pid_file: str, log_file: str)
     try:
         os.chdir("/")
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        out = open_log(log_file)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.close(null)
         os.close(out)
-        sup = Supervisor(config, options, pid_file)
+        relay = LogRelay(log_file)
+        sup = Supervisor(config, options, pid_file, relay)
         try:
             epoch = sup.start()
         except StartError as e:
             sup.close()
+            relay.close()
             _log(f"start failed: {e}")
             os.write(w, json.dumps({"ok": False, "reason": str(e)}).encode())
             os.close(w)
@@ -448,6 +466,7 @@ def run_daemon(config: str, options: EpochOptions, pid_file: str, log_file: str)
         os.close(w)
         w = -1
         code = sup.serve_forever()
+        relay.close()
     except BaseException as e:  # the daemon has no caller to raise to: log and exit
         _log(f"supervisor crashed: {e!r}")
     finally:

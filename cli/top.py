@@ -9,7 +9,8 @@ Job, in three layers:
   imbalance shows). A counter that goes down (the process was replaced by a hot restart)
   counts as a reset to zero, as Prometheus' rate() does. An unreachable admin keeps the last
   data and only flags the header.
-- `render_top(view)` (pure): the view as rich renderables.
+- `render_top(view, interval, width, height)` (pure): the view as rich renderables, fitted to
+  the screen: on an 80x24 terminal every header is whole and every section keeps rows.
 - `run_top(...)` (I/O shell): poll, update, redraw one `Live` (screen=True, no auto refresh:
   one redraw per poll, no flicker); q (read in cbreak mode on a thread) or Ctrl-C exits and
   the terminal is restored.
@@ -36,8 +37,9 @@ from rich.text import Text
 
 from .admin_client import DEFAULT_ADMIN, AdminClient, AdminError, AdminUnreachable
 
-__all__ = ["TopModel", "TopView", "Header", "HcmRow", "ListenerRow", "WorkerRow", "ClusterRow",
-           "parse_stats_json", "render_top", "poll_once", "run_top", "top_command", "main"]
+__all__ = ["TopModel", "TopView", "Header", "HcmRow", "ListenerRow", "WorkerRow", "ClusterRow", "Col", "WIDE",
+           "parse_stats_json", "render_top", "header_lines", "table", "compact_number", "poll_once", "run_top",
+           "top_command", "main"]
 
 _HCM = re.compile(r"^http\.([^.]+)\.(downstream_rq_total|downstream_rq_[245]xx|downstream_rq_active"
                   r"|downstream_cx_active)$")
@@ -265,62 +267,167 @@ def _header(admin: str, info: Any, values: Mapping[str, float]) -> Header:
 
 # ---------------------------------------------------------------- rendering
 
+# The screen must work on an 80x24 terminal (issue 13 §9): narrower than WIDE columns, the
+# tables drop their secondary columns (`Col.wide`) so every header stays whole, and with a
+# height the rows are shared out so that every section (HTTP, clusters, listeners) keeps at
+# least one row; what does not fit is counted in a "… N more" row.
+WIDE = 120
+_MORE_STYLE = "dim"
+
+
+@dataclass(frozen=True, slots=True)
+class Col:
+    """A table column: its header, and whether only wide screens show it."""
+
+    header: str
+    wide: bool = False
+    wrap: bool = False  # may fold onto a second line rather than push other columns out
+    left: bool = False  # text, not a number
+
+
+def compact_number(v: float | None, decimals: int = 1) -> str:
+    """At most 6 characters: 9.75 / 97.5 / 9,999 / 12.3k / 1.2M (a rate, count or latency)."""
+    if v is None:
+        return "-"
+    a = abs(v)
+    if a < 1000:
+        return f"{v:,.{decimals}f}"
+    if a < 10_000:
+        return f"{v:,.0f}"
+    for div, unit in ((1e3, "k"), (1e6, "M"), (1e9, "G")):
+        if a < div * 1000:
+            return f"{v / div:.1f}{unit}"
+    return f"{v / 1e12:.1f}T"
+
 
 def _rate(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.1f}"
+    return compact_number(v, 1)
+
+
+def _count(v: int) -> str:
+    return compact_number(v, 0)
 
 
 def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.2f}"
+    if v is None:
+        return "-"
+    return compact_number(v, 2 if abs(v) < 10 else 1 if abs(v) < 100 else 0)
 
 
-def _header_text(h: Header) -> Text:
+def header_lines(h: Header) -> list[Text]:
+    """The header, each line cut (never wrapped) at the screen's width."""
     gil = {True: "enabled", False: "disabled", None: "?"}[h.gil_enabled]
-    t = Text()
-    t.append(f"{h.version}", style="bold")
-    t.append(f"  state {h.state}", style="green" if h.state == "LIVE" else "yellow")
-    t.append(f"  epoch {'?' if h.epoch is None else h.epoch}  uptime {h.uptime} (all epochs {h.uptime_all})"
-             f"  concurrency {'?' if h.concurrency is None else h.concurrency}  GIL {gil}"
-             "\n")
-    t.append(f"admin {h.admin}  python {h.python}", style="dim")
+    first = Text(no_wrap=True, overflow="ellipsis")
+    first.append(f"{h.version}", style="bold")
+    first.append(f"  state {h.state}", style="green" if h.state == "LIVE" else "yellow")
+    first.append(f"  epoch {'?' if h.epoch is None else h.epoch}  uptime {h.uptime}"
+                 f" (all epochs {h.uptime_all})")
+    second = Text(f"concurrency {'?' if h.concurrency is None else h.concurrency}  GIL {gil}  "
+                  f"python {h.python}  admin {h.admin}", style="dim", no_wrap=True, overflow="ellipsis")
+    lines = [first, second]
     if h.error:
-        t.append("\n")
-        t.append(h.error, style="bold red")
+        err = Text(h.error, style="bold red", no_wrap=True, overflow="ellipsis")
         if h.stale_for_s is not None:
-            t.append(f"  (data shown is {h.stale_for_s:.0f}s old)", style="red")
+            err.append(f"  (data shown is {h.stale_for_s:.0f}s old)", style="red")
+        lines.append(err)
+    return lines
+
+
+def _cell_len(cell: RenderableType) -> int:
+    return cell.cell_len if isinstance(cell, Text) else len(str(cell))
+
+
+def table(title: str | None, columns: list[Col], rows: list[list[RenderableType]], wide: bool,
+          width: int | None = None) -> Table:
+    """A borderless table (one header line, no rules: lines are scarce on a small screen) of the
+    columns this width shows. The first column is the row's name, cut with an ellipsis so that
+    the table fits `width`; if that is not enough a `wrap` column folds; the others are never
+    narrower than their header or their widest value."""
+    keep = [i for i, c in enumerate(columns) if wide or not c.wide]
+    first_max = None
+    if width is not None:
+        # rich shrinks every no_wrap column alike when a table is too wide, cutting the headers
+        # on the right: give the name column what the others leave instead.
+        others = sum(max([len(columns[i].header)] + [_cell_len(r[i]) for r in rows]) for i in keep[1:])
+        first_max = max(len(columns[keep[0]].header), width - others - 2 * (len(keep) - 1))
+    t = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False,
+              header_style="bold cyan")
+    for n, i in enumerate(keep):
+        header = columns[i].header
+        if n == 0:
+            t.add_column(header, justify="left", no_wrap=True, overflow="ellipsis", min_width=len(header),
+                         max_width=first_max)
+        elif columns[i].wrap:
+            t.add_column(header, justify="left", overflow="fold", min_width=len(header))
+        else:
+            t.add_column(header, justify="left" if columns[i].left else "right", no_wrap=True,
+                         min_width=len(header))
+    for row in rows:
+        t.add_row(*[row[i] for i in keep])
     return t
 
 
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left", expand=True, header_style="bold cyan")
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
-    return table
+def _share_out(sizes: list[int], budget: int) -> list[int]:
+    """Rows per section: one at a time to each section in turn until the budget is spent."""
+    given = [0] * len(sizes)
+    while budget > 0 and any(g < n for g, n in zip(given, sizes)):
+        for i, n in enumerate(sizes):
+            if budget > 0 and given[i] < n:
+                given[i] += 1
+                budget -= 1
+    return given
 
 
-def render_top(view: TopView, interval: float | None = None) -> RenderableType:
-    hcm = _table("HTTP connection managers", "stat_prefix", "rq total", "rq/s", "2xx/s", "4xx/s", "5xx/s",
-                 "active rq", "active cx")
-    for r in view.hcms:
-        hcm.add_row(r.prefix, f"{r.rq_total:,}", _rate(r.rq_per_s), _rate(r.rq_2xx_per_s), _rate(r.rq_4xx_per_s),
-                    _rate(r.rq_5xx_per_s), str(r.rq_active), str(r.cx_active))
-    lst = _table("Listeners", "listener", "active cx", "cx total", "accepted/s")
-    for ls in view.listeners:
-        lst.add_row(ls.address, str(ls.cx_active), f"{ls.cx_total:,}", _rate(ls.cx_per_s))
-    wrk = _table("Workers", "listener / worker", "active cx", "cx total", "accepted/s", "share")
-    for w in view.workers:
-        bar = "█" * round(w.share * 20)
-        wrk.add_row(f"{w.listener} worker_{w.worker}", str(w.cx_active), f"{w.cx_total:,}", _rate(w.cx_per_s),
-                    f"{bar:<20} {w.share:4.0%}")
-    cl = _table("Clusters", "cluster", "healthy", "rq total", "rq/s", "2xx/s", "4xx/s", "5xx/s", "active cx",
-                "active rq", "p50 ms", "p90 ms", "p99 ms")
+def _fit(rows: list[list[RenderableType]], allowed: int, ncols: int) -> list[list[RenderableType]]:
+    if len(rows) <= allowed:
+        return rows
+    if allowed <= 0:
+        return []
+    more = len(rows) - allowed + 1
+    return rows[:allowed - 1] + [[Text(f"… {more} more", style=_MORE_STYLE)] + [""] * (ncols - 1)]
+
+
+_HCM_COLS = [Col("stat_prefix"), Col("rq total"), Col("rq/s"), Col("2xx/s"), Col("4xx/s"), Col("5xx/s"),
+             Col("active rq"), Col("active cx")]
+_CLUSTER_COLS = [Col("cluster"), Col("healthy"), Col("rq total", wide=True), Col("rq/s"), Col("2xx/s"),
+                 Col("4xx/s"), Col("5xx/s"), Col("active cx", wide=True), Col("active rq"), Col("p50 ms"),
+                 Col("p90 ms", wide=True), Col("p99 ms")]
+_LISTENER_COLS = [Col("listener / worker"), Col("active cx"), Col("cx total"), Col("accepted/s"), Col("share")]
+
+
+def render_top(view: TopView, interval: float | None = None, width: int | None = None,
+               height: int | None = None) -> RenderableType:
+    """The screen for `view`; `width` below WIDE drops the secondary columns, `height` bounds
+    the number of lines (None: as many as the view has)."""
+    wide = width is None or width >= WIDE
+    bar_len = 20 if wide else 10
+    hcm_rows = [[r.prefix, _count(r.rq_total), _rate(r.rq_per_s), _rate(r.rq_2xx_per_s), _rate(r.rq_4xx_per_s),
+                 _rate(r.rq_5xx_per_s), str(r.rq_active), str(r.cx_active)] for r in view.hcms]
+    cluster_rows = []
     for c in view.clusters:
         health_style = "green" if c.hosts_healthy == c.hosts_total else "red"
-        cl.add_row(c.name, Text(f"{c.hosts_healthy}/{c.hosts_total}", style=health_style), f"{c.rq_total:,}",
-                   _rate(c.rq_per_s), _rate(c.rq_2xx_per_s), _rate(c.rq_4xx_per_s), _rate(c.rq_5xx_per_s),
-                   str(c.cx_active), str(c.rq_active), _ms(c.p50_ms), _ms(c.p90_ms), _ms(c.p99_ms))
-    footer = Text("q: quit" + (f"   refresh every {interval:g}s" if interval else ""), style="dim")
-    return Group(_header_text(view.header), hcm, lst, wrk, cl, footer)
+        cluster_rows.append([c.name, Text(f"{c.hosts_healthy}/{c.hosts_total}", style=health_style),
+                             _count(c.rq_total), _rate(c.rq_per_s), _rate(c.rq_2xx_per_s), _rate(c.rq_4xx_per_s),
+                             _rate(c.rq_5xx_per_s), str(c.cx_active), str(c.rq_active), _ms(c.p50_ms),
+                             _ms(c.p90_ms), _ms(c.p99_ms)])
+    listener_rows: list[list[RenderableType]] = []
+    for ls in view.listeners:
+        listener_rows.append([ls.address, str(ls.cx_active), _count(ls.cx_total), _rate(ls.cx_per_s), ""])
+        for w in view.workers:
+            if w.listener == ls.address:
+                bar = "█" * round(w.share * bar_len)
+                listener_rows.append([f"  worker_{w.worker}", str(w.cx_active), _count(w.cx_total),
+                                      _rate(w.cx_per_s), f"{bar:<{bar_len}} {w.share:4.0%}"])
+    head = header_lines(view.header)
+    sections = [("HTTP connection managers", _HCM_COLS, hcm_rows), ("Clusters", _CLUSTER_COLS, cluster_rows),
+                ("Listeners and workers", _LISTENER_COLS, listener_rows)]
+    if height is not None:
+        # Lines: the header, a title and a column header per section, the footer.
+        budget = height - len(head) - 2 * len(sections) - 1
+        allowed = _share_out([len(rows) for _, _, rows in sections], max(0, budget))
+        sections = [(title, cols, _fit(rows, n, len(cols))) for (title, cols, rows), n in zip(sections, allowed)]
+    footer = Text("q: quit" + (f"   refresh every {interval:g}s" if interval else ""), style="dim", no_wrap=True)
+    return Group(*head, *(table(title, cols, rows, wide, width) for title, cols, rows in sections), footer)
 
 
 # ---------------------------------------------------------------- I/O shell
@@ -396,7 +503,8 @@ def run_top(admin: str = DEFAULT_ADMIN, interval: float = 1.0, console: Console 
                                               screen=True, auto_refresh=False) as live:
             while not quit_event.is_set():
                 view = poll_once(client, model, time.monotonic())
-                live.update(render_top(view, interval), refresh=True)
+                size = live.console.size
+                live.update(render_top(view, interval, size.width, size.height), refresh=True)
                 quit_event.wait(interval)
     except KeyboardInterrupt:
         pass

@@ -2,8 +2,9 @@
 
 Job: fetch one admin document through `AdminClient` and print it: `stats` as the admin's
 text (or its JSON with --json, pretty-printed), `config-dump` as pretty JSON, `clusters` as a
-rich table of hosts (or Envoy's JSON with --json). `register_commands(group)` adds the
-commands to proxyctl's click group (cli/main.py calls it). An unreachable admin or an admin
+rich table of hosts that fits the terminal (at 80 columns the secondary ones are left out), or
+Envoy's JSON with --json. `register_commands(group)` adds the commands to proxyctl's click
+group (cli/main.py calls it). An unreachable admin or an admin
 error is one line on stderr and exit status 1, never a traceback.
 
 Must not: import the proxy (these commands talk to a running proxy over HTTP only).
@@ -22,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .admin_client import DEFAULT_ADMIN, AdminClient, AdminError, AdminUnreachable
-from .top import top_command
+from .top import WIDE, Col, table, top_command
 
 __all__ = ["register_commands", "clusters_table", "stats_command", "config_dump_command",
            "clusters_command"]
@@ -75,37 +76,46 @@ def _host_address(host: Mapping[str, Any]) -> str:
     return f"[{addr}]:{sa.get('port_value', '?')}" if ":" in addr else f"{addr}:{sa.get('port_value', '?')}"
 
 
+# Envoy's short names for the host health flags, as its text /clusters prints them.
+_FLAG_NAMES = {"failed_active_health_check": "failed_active_hc", "failed_outlier_check": "failed_outlier_check",
+               "failed_active_degraded_check": "degraded_active_hc",
+               "pending_dynamic_removal": "pending_dynamic_removal", "pending_active_hc": "pending_active_hc",
+               "excluded_via_immediate_hc_fail": "excluded_via_immediate_hc_fail",
+               "active_hc_timeout": "active_hc_timeout"}
+
+
 def _health_label(host: Mapping[str, Any]) -> tuple[str, str]:
     hs = host.get("health_status") or {}
-    flags = [k for k, v in hs.items() if k != "eds_health_status" and v is True]
+    flags = [_FLAG_NAMES.get(k, k) for k, v in hs.items() if k != "eds_health_status" and v is True]
     eds = str(hs.get("eds_health_status", "HEALTHY"))
     if eds == "HEALTHY" and not flags:
         return "healthy", "green"
-    return " ".join([eds.lower()] + flags), "red"
+    return ",".join(([] if eds == "HEALTHY" else [eds.lower()]) + flags), "red"
 
 
+# Below WIDE columns (an 80-column terminal) only the host, its health, its active connections,
+# requests and errors are shown: an address is never cut.
+_HOST_COLS = [Col("cluster / host"), Col("health", wrap=True, left=True), Col("weight", wide=True), Col("cx_active"),
+              Col("cx_total", wide=True), Col("rq_active", wide=True), Col("rq_total"), Col("rq_success", wide=True),
+              Col("rq_error")]
 _HOST_STATS = ("cx_active", "cx_total", "rq_active", "rq_total", "rq_success", "rq_error")
 
 
-def clusters_table(clusters_json: Mapping[str, Any]) -> Table:
-    """Envoy's `/clusters?format=json` as one table row per host."""
-    table = Table(title="Clusters", title_justify="left", header_style="bold cyan")
-    table.add_column("cluster", no_wrap=True)
-    table.add_column("host", no_wrap=True)
-    table.add_column("health", no_wrap=True)
-    table.add_column("weight", justify="right")
-    for name in _HOST_STATS:
-        table.add_column(name, justify="right")
+def clusters_table(clusters_json: Mapping[str, Any], width: int | None = None) -> Table:
+    """Envoy's `/clusters?format=json`: a row per cluster, then a row per host under it. Fits
+    `width` (None: as wide as it needs); headers stay whole."""
+    rows: list[list[Any]] = []
     for c in clusters_json.get("cluster_statuses", []):
         hosts = c.get("host_statuses", [])
+        rows.append([Text(c["name"], style="bold")] + [""] * (len(_HOST_COLS) - 1))
         if not hosts:
-            table.add_row(c["name"], Text("(no hosts)", style="dim"), "", "", *[""] * len(_HOST_STATS))
+            rows.append([Text("  (no hosts)", style="dim")] + [""] * (len(_HOST_COLS) - 1))
         for h in hosts:
             stats = {s["name"]: str(s.get("value", "")) for s in h.get("stats", [])}
             label, style = _health_label(h)
-            table.add_row(c["name"], _host_address(h), Text(label, style=style), str(h.get("weight", 1)),
-                          *[stats.get(n, "-") for n in _HOST_STATS])
-    return table
+            rows.append(["  " + _host_address(h), Text(label, style=style), str(h.get("weight", 1)),
+                         *[stats.get(n, "-") for n in _HOST_STATS]])
+    return table("Clusters", _HOST_COLS, rows, width is None or width >= WIDE, width)
 
 
 @click.command("clusters")
@@ -117,7 +127,8 @@ def clusters_command(admin: str, as_json: bool) -> None:
     if as_json:
         _echo_json(data)
         return
-    Console(soft_wrap=False).print(clusters_table(data))
+    console = Console(soft_wrap=False)
+    console.print(clusters_table(data, console.width))
 
 
 def register_commands(group: click.Group) -> None:

@@ -169,7 +169,12 @@ class AdminServer:
         with self._lock:
             if self._httpd is not None:
                 raise RuntimeError("admin server already started")
-            httpd = _HTTPServer((self._host, self._port), self._context)
+            try:
+                httpd = _HTTPServer((self._host, self._port), self._context)
+            except OSError as e:  # name the address: the errno text alone does not say which
+                host = f"[{self._host}]" if ":" in self._host else self._host
+                raise OSError(e.errno, f"unable to bind the admin address {host}:{self._port}: "
+                                       f"{e.strerror}") from None
             thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                       name="admin", daemon=True)
             self._httpd, self._thread = httpd, thread

@@ -28,22 +28,32 @@ BACKLOG = 1024
 
 
 def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
-                        backlog: int | None = None) -> list[socket.socket]:
-    """`count` sockets (reuse_port) or one shared socket; non-blocking, inheritable for hot restart."""
+                        backlog: int | None = None, *, name: str | None = None) -> list[socket.socket]:
+    """`count` sockets (reuse_port) or one shared socket; non-blocking, inheritable for hot restart.
+
+    A failed bind raises OSError (same errno) naming the listener and its address ("unable to
+    bind listener "ingress" on 127.0.0.1:10000: Address already in use"): the bare errno text
+    does not say which of a bootstrap's addresses is taken.
+    """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     socks: list[socket.socket] = []
     n = count if reuse_port else 1
     try:
         for _ in range(n):
             s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((address, port))
+            try:
+                s.bind((address, port))
+            except OSError as e:
+                host = f"[{address}]" if family == socket.AF_INET6 else address
+                what = f'listener "{name}"' if name else "listener"
+                raise OSError(e.errno, f"unable to bind {what} on {host}:{port}: {e.strerror}") from None
             port = s.getsockname()[1]
             s.listen(backlog or BACKLOG)
             s.setblocking(False)
-            socks.append(s)
     except OSError:
         for s in socks:
             s.close()

@@ -268,11 +268,11 @@ class Server:
                 log.info("hot restart: took %d listen socket(s) for %s:%d", len(socks), lc.address, lc.port)
         if not socks:
             return bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
-                                       lc.tcp_backlog_size)
+                                       lc.tcp_backlog_size, name=lc.name)
         if lc.enable_reuse_port and len(socks) < opts.concurrency:
             port = socks[0].getsockname()[1]
             socks += bind_listen_sockets(lc.address, port, opts.concurrency - len(socks), True,
-                                         lc.tcp_backlog_size)
+                                         lc.tcp_backlog_size, name=lc.name)
         return socks
 
     def _on_parent_stats(self, counters: dict, gauges: dict) -> None:

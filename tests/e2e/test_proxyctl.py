@@ -1,6 +1,7 @@
 """End to end: the installed `proxyctl` as a subprocess (validate, start, SIGTERM drain,
 --concurrency 2), with a bootstrap written to tmp_path on a free port, a real upstream in this
-process and `curl` as the client."""
+process and `curl` as the client. Every proxy here has its own pid file and base id, and runs
+beside a proxy the user started with the defaults without touching it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.test_supervisor import children, direct_config, unique_base_id, wait_for
 from tests.integration.harness import EchoUpstream, front_proxy_config, static_cluster
 from tests.integration.servers import free_port
 
@@ -42,30 +44,27 @@ def write_config(tmp_path: Path, upstream_port: int) -> tuple[Path, int]:
     return path, port
 
 
-def _start_help() -> str:
-    return subprocess.run([PROXYCTL, "start", "--help"], capture_output=True, text=True, timeout=30).stdout
-
-
-def _isolation_args() -> list[str]:
-    """A base id of our own when proxyctl has one (Envoy's --base-id): two proxies on one host
-    with the same base id collide on the hot-restart socket."""
-    if "--base-id" in _start_help():
-        return ["--base-id", str(10000 + os.getpid() % 50000)]
-    return []
-
-
 class Proxyctl:
-    """`proxyctl start` with stderr captured to a file (read while it runs)."""
+    """`proxyctl start` in the foreground with its output in a file (read while it runs).
+
+    It never uses the user's defaults: its pid file (and so its control socket) is in
+    tmp_path and its base id (the hot-restart socket's name) is its own, so a proxy the user
+    started the README's way keeps running untouched, and the test does not fail because of
+    it. `stop()` ends it the way a user would (SIGTERM: drain, exit 0), which removes the pid
+    file and the socket; tests/e2e/conftest.py checks nothing is left behind.
+    """
 
     def __init__(self, tmp_path: Path, config: Path, port: int, *extra: str) -> None:
         self.port = port
+        self.pid_file = tmp_path / f"proxyctl-{port}.pid"
         self.log_path = tmp_path / f"proxyctl-{port}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([PROXYCTL, "start", "-c", str(config), "--drain-time-s", "10",
-                                      *_isolation_args(), *extra],
+                                      "--pid-file", str(self.pid_file), "--base-id", str(unique_base_id()),
+                                      *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         if not self.wait_listening(15):
-            self.kill()
+            self.stop()
             raise AssertionError("proxyctl did not start listening:\n" + self.output())
 
     def wait_listening(self, timeout: float) -> bool:
@@ -83,10 +82,20 @@ class Proxyctl:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """SIGTERM (drain, exit 0); SIGKILL to the supervisor and its epochs only if that hangs."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                for pid in children(self.proc.pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.proc.kill()
+                self.proc.wait(5)
         self.log.close()
 
 
@@ -101,7 +110,7 @@ def started():
 
     yield start
     for p in procs:
-        p.kill()
+        p.stop()
 
 
 def curl(port: int, path: str, timeout: float = 10) -> tuple[int, str]:
@@ -173,3 +182,42 @@ def test_start_with_concurrency_2_serves_requests(tmp_path, upstream, started):
         code, body = curl(port, f"/c2/{i}")
         assert code == 200 and json.loads(body)["path"] == f"/c2/{i}"
     assert "concurrency 2" in p.output()
+
+
+def test_runs_beside_the_users_own_proxy_and_leaves_it_alone(tmp_path, upstream, started):
+    """The user's proxy, started the README's way (`proxyctl start -c FILE`: the default pid
+    file), keeps serving while a test proxy starts, serves and stops next to it; the user's
+    pid file still names the user's supervisor, and `proxyctl status` and `stop` without
+    --pid-file still reach it. (The user's hot-restart socket is moved into tmp_path only so
+    that this test cannot collide with a real proxy of base id 0 on this machine.)"""
+    user_runtime = tmp_path / "user-runtime"  # the user's $XDG_RUNTIME_DIR
+    user_runtime.mkdir()
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(user_runtime)}
+    user_pid_file = user_runtime / "ftproxy" / "proxyctl.pid"
+    user_port = free_port()
+    user_cfg = direct_config(tmp_path / "user.yaml", user_port, "user's")
+    with open(tmp_path / "user.log", "wb") as log:
+        user = subprocess.Popen([PROXYCTL, "start", "-c", str(user_cfg), "--drain-time-s", "1", "--concurrency", "1",
+                                 "--hot-restart-socket-path", str(tmp_path / "user-hr")],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(user_pid_file.exists, 20), (tmp_path / "user.log").read_text()
+        assert curl(user_port, "/") == (200, "user's")
+        path, port = write_config(tmp_path, upstream.port)
+        p = started(tmp_path, path, port, "--concurrency", "1")
+        assert curl(port, "/mine")[0] == 200
+        p.stop()
+        assert p.proc.returncode == 0, p.output()
+        assert not p.pid_file.exists() and not Path(f"{p.pid_file}.sock").exists()
+        assert user.poll() is None and curl(user_port, "/") == (200, "user's")
+        assert int(user_pid_file.read_text()) == user.pid
+        status = subprocess.run([PROXYCTL, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and json.loads(status.stdout)["supervisor_pid"] == user.pid
+        stop = subprocess.run([PROXYCTL, "stop"], env=env, capture_output=True, text=True, timeout=30)
+        assert stop.returncode == 0, stop.stderr
+        assert user.wait(10) == 0
+        assert not user_pid_file.exists()
+    finally:
+        if user.poll() is None:
+            user.kill()
+            user.wait(5)

@@ -131,6 +131,14 @@ class Supervised:
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
+        """Stop as a user would (SIGTERM: drain, exit, remove the pid file and socket); SIGKILL
+        to the supervisor and its epochs only if that hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             for pid in children(self.proc.pid):
                 try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ...config.runtime_values import (FractionalPercent, HUNDRED_PERCENT,
                                           parse_runtime_fractional_percent)
-from ...config.reader import Fields
+from ...config.fields_table import Message, used
 from ...config.registry import Extension, register
 from ...router.matchers import StringMatcher, parse_string_matcher
 from ..filter import FilterHeadersStatus, PassThroughFilter
@@ -54,11 +54,23 @@ class CorsPolicy:
     shadow_enabled: FractionalPercent | None = None
 
 
+CORS = Message(CORS_PROTO, title="HTTP filter cors", fields=())
+CORS_POLICY = Message(CORS_POLICY_PROTO, model=CorsPolicy, fields=(
+    used("allow_origin_string_match", attr="allow_origins"),
+    used("allow_methods", ""),
+    used("allow_headers", ""),
+    used("expose_headers", ""),
+    used("max_age", ""),
+    used("allow_credentials"),
+    used("allow_private_network_access"),
+    used("forward_not_matching_preflights", True),
+    used("filter_enabled", "100%", why="its default_value: there is no runtime layer"),
+    used("shadow_enabled", why="its default_value: there is no runtime layer"),
+))
+
+
 def parse_cors_policy(raw: Mapping[str, Any], path: str) -> CorsPolicy:
-    f = Fields(raw, path, ("allow_origin_string_match", "allow_methods", "allow_headers",
-                           "expose_headers", "max_age", "allow_credentials", "filter_enabled",
-                           "shadow_enabled", "allow_private_network_access",
-                           "forward_not_matching_preflights"))
+    f = CORS_POLICY.read(raw, path)
     shadow = f.raw_obj("shadow_enabled")
     return CorsPolicy(
         allow_origins=tuple(parse_string_matcher(m, p)
@@ -78,7 +90,7 @@ def parse_cors_policy(raw: Mapping[str, Any], path: str) -> CorsPolicy:
 
 
 def parse_cors(raw: Mapping[str, Any], path: str) -> None:
-    Fields(raw, path, ())  # envoy.extensions.filters.http.cors.v3.Cors has no fields
+    CORS.read(raw, path)  # envoy.extensions.filters.http.cors.v3.Cors has no fields
     return None
 
 
@@ -105,9 +117,9 @@ class WorkerCorsFactory:
         return CorsFilter(callbacks, self)
 
 
-def _first(policies, field: str, unset) -> Any:
-    for policy in policies:
-        value = getattr(policy, field)
+def _first(values, unset) -> Any:
+    """The first of `values` (one per policy, most specific first) that is set."""
+    for value in values:
         if value != unset:
             return value
     return unset
@@ -153,13 +165,14 @@ class CorsFilter(PassThroughFilter):
         request_method = headers.get(b"access-control-request-method")
         if head.method != b"OPTIONS" or not request_method:
             return FilterHeadersStatus.CONTINUE
-        if not allowed and _first(policies, "forward_not_matching_preflights", None) is not False:
+        if not allowed and _first((p.forward_not_matching_preflights for p in policies),
+                                  None) is not False:
             return FilterHeadersStatus.CONTINUE
         self._answer_preflight(headers, origin if allowed else None, request_method)
         return FilterHeadersStatus.STOP_ITERATION
 
     def _origin_allowed(self, origin: str) -> bool:
-        for matcher in _first(self.policies, "allow_origins", ()):
+        for matcher in _first((p.allow_origins for p in self.policies), ()):
             if matcher.match("*") or matcher.match(origin):
                 return True
         return False
@@ -170,21 +183,21 @@ class CorsFilter(PassThroughFilter):
         out = Headers()
         if origin is not None:
             out.add(b"access-control-allow-origin", origin)
-        if _first(policies, "allow_credentials", None):
+        if _first((p.allow_credentials for p in policies), None):
             out.add(b"access-control-allow-credentials", b"true")
-        methods = _first(policies, "allow_methods", "")
+        methods = _first((p.allow_methods for p in policies), "")
         if methods:
             out.add(b"access-control-allow-methods",
                     request_method if methods == "*" else methods.encode("latin-1"))
-        allow_headers = _first(policies, "allow_headers", "")
+        allow_headers = _first((p.allow_headers for p in policies), "")
         if allow_headers:
             out.add(b"access-control-allow-headers",
                     (headers.get(b"access-control-request-headers") or b"")
                     if allow_headers == "*" else allow_headers.encode("latin-1"))
-        max_age = _first(policies, "max_age", "")
+        max_age = _first((p.max_age for p in policies), "")
         if max_age:
             out.add(b"access-control-max-age", max_age.encode("latin-1"))
-        if (_first(policies, "allow_private_network_access", None)
+        if (_first((p.allow_private_network_access for p in policies), None)
                 and headers.get(b"access-control-request-private-network") == b"true"):
             out.add(b"access-control-allow-private-network", b"true")
         cb = self.cb
@@ -196,9 +209,9 @@ class CorsFilter(PassThroughFilter):
             return FilterHeadersStatus.CONTINUE
         headers = head.headers
         headers.set(b"access-control-allow-origin", self.origin)
-        if _first(self.policies, "allow_credentials", None):
+        if _first((p.allow_credentials for p in self.policies), None):
             headers.set(b"access-control-allow-credentials", b"true")
-        expose = _first(self.policies, "expose_headers", "")
+        expose = _first((p.expose_headers for p in self.policies), "")
         if expose:
             headers.set(b"access-control-expose-headers", expose.encode("latin-1"))
         return FilterHeadersStatus.CONTINUE

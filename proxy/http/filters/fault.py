@@ -32,7 +32,8 @@ from typing import Any
 
 from ...config.runtime_values import (FractionalPercent, ZERO_PERCENT,
                                           parse_fractional_percent)
-from ...config.reader import ConfigError, Fields
+from ...config.fields_table import Message, inert, refused, used
+from ...config.reader import ConfigError
 from ...config.registry import Extension, register
 from ...router.matchers import HeaderMatcher, parse_header_matcher
 from ..filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus, PassThroughFilter
@@ -85,10 +86,37 @@ class FaultConfig:
     disable_downstream_cluster_stats: bool = False
 
 
+_NO_RUNTIME = "there is no runtime layer: the configured value applies, as in Envoy without the key"
+
+FAULT = Message(FAULT_PROTO, title="HTTP filter fault", model=FaultConfig, fields=(
+    used("delay"),
+    used("abort"),
+    used("upstream_cluster", ""),
+    used("headers"),
+    used("downstream_nodes"),
+    used("max_active_faults"),
+    used("disable_downstream_cluster_stats", False),
+    *(inert(key, _NO_RUNTIME) for key in _RUNTIME_KEYS),
+    refused("response_rate_limit"),
+    refused("filter_metadata"),
+))
+FAULT_DELAY = Message("envoy.extensions.filters.common.fault.v3.FaultDelay", model=FaultDelay, fields=(
+    used("fixed_delay", attr="fixed_ms"),
+    used("header_delay", attr="", why="the delay comes from x-envoy-fault-delay-request"),
+    used("percentage", "0%"),
+    refused("type", "deprecated: only FIXED existed"),
+))
+FAULT_ABORT = Message("envoy.extensions.filters.http.fault.v3.FaultAbort", model=FaultAbort, fields=(
+    used("http_status"),
+    used("grpc_status"),
+    used("header_abort", attr="", why="the status comes from x-envoy-fault-abort-request"),
+    used("percentage", "0%"),
+))
+EMPTY = Message("envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay", fields=())
+
+
 def _parse_delay(raw: Any, path: str) -> FaultDelay:
-    f = Fields(raw, path, ("fixed_delay", "header_delay", "percentage", "type"))
-    if f.has("type"):
-        raise ConfigError(f.at("type"), "deprecated field; remove it")
+    f = FAULT_DELAY.read(raw, path)
     kind = f.oneof("fixed_delay", "header_delay", required=True)
     fixed = None
     if kind == "fixed_delay":
@@ -97,12 +125,12 @@ def _parse_delay(raw: Any, path: str) -> FaultDelay:
             raise ConfigError(f.at("fixed_delay"), "must be greater than 0s")
         fixed = max(1, round(seconds * 1000))
     else:
-        Fields(f.raw["header_delay"], f.at("header_delay"), ())
+        EMPTY.read(f.raw["header_delay"], f.at("header_delay"))
     return FaultDelay(fixed, parse_fractional_percent(f.raw_obj("percentage"), f.at("percentage")))
 
 
 def _parse_abort(raw: Any, path: str) -> FaultAbort:
-    f = Fields(raw, path, ("http_status", "grpc_status", "header_abort", "percentage"))
+    f = FAULT_ABORT.read(raw, path)
     kind = f.oneof("http_status", "grpc_status", "header_abort", required=True)
     http = grpc = None
     if kind == "http_status":
@@ -110,18 +138,13 @@ def _parse_abort(raw: Any, path: str) -> FaultAbort:
     elif kind == "grpc_status":
         grpc = f.int("grpc_status", min=0, max=2**32 - 1)
     else:
-        Fields(f.raw["header_abort"], f.at("header_abort"), ())
+        EMPTY.read(f.raw["header_abort"], f.at("header_abort"))
     return FaultAbort(http, grpc, parse_fractional_percent(f.raw_obj("percentage"),
                                                            f.at("percentage")))
 
 
 def parse_fault(raw: Mapping[str, Any], path: str) -> FaultConfig:
-    f = Fields(raw, path, ("delay", "abort", "upstream_cluster", "headers", "downstream_nodes",
-                           "max_active_faults", "response_rate_limit", "filter_metadata",
-                           "disable_downstream_cluster_stats", *_RUNTIME_KEYS))
-    for key in ("response_rate_limit", "filter_metadata"):
-        if f.has(key):
-            raise ConfigError(f.at(key), "not supported yet")
+    f = FAULT.read(raw, path)
     for key in _RUNTIME_KEYS:
         f.str(key, "")  # no runtime layer: the configured value is what applies
     delay = f.value("delay")

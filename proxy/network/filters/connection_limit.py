@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...config.reader import ConfigError, Fields
+from ...config.fields_table import Message, used
+from ...config.reader import ConfigError
 from ...config.registry import Extension, register
 from ...config.runtime_values import parse_runtime_feature_flag
 from ..filter_chain import NetworkFilterStatus
@@ -32,8 +33,18 @@ class ConnectionLimitConfig:
     enabled: bool = True
 
 
+CONNECTION_LIMIT = Message("envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+                           title="Network filter connection_limit", model=ConnectionLimitConfig,
+                           fields=(
+    used("stat_prefix"),
+    used("max_connections"),
+    used("delay", "0s"),
+    used("runtime_enabled", attr="enabled", why="its default_value: there is no runtime layer"),
+))
+
+
 def parse_connection_limit(raw: Mapping[str, Any], path: str) -> ConnectionLimitConfig:
-    f = Fields(raw, path, ("stat_prefix", "max_connections", "delay", "runtime_enabled"))
+    f = CONNECTION_LIMIT.read(raw, path)
     prefix = f.str("stat_prefix", required=True)
     if not prefix:
         raise ConfigError(f.at("stat_prefix"), "must not be empty")

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...config.reader import ConfigError, Fields
+from ...config.fields_table import Message, refused, used
+from ...config.reader import ConfigError
 from ...config.registry import Extension, register
 from ...config.runtime_values import parse_runtime_feature_flag
 from ..filter_chain import NetworkFilterStatus
@@ -36,14 +37,29 @@ class LocalRateLimitConfig:
     enabled: bool = True
 
 
+_PROTO = "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
+LOCAL_RATELIMIT = Message(_PROTO, title="Network filter local_ratelimit",
+                          model=LocalRateLimitConfig, fields=(
+    used("stat_prefix"),
+    used("token_bucket", attr="", why="its own table"),
+    used("runtime_enabled", attr="enabled", why="its default_value: there is no runtime layer"),
+    refused("share_key", "one bucket per filter config"),
+))
+TOKEN_BUCKET = Message("envoy.type.v3.TokenBucket", fields=(
+    used("max_tokens"),
+    used("tokens_per_fill", 1),
+    used("fill_interval"),
+))
+
+
 def parse_local_ratelimit(raw: Mapping[str, Any], path: str) -> LocalRateLimitConfig:
-    f = Fields(raw, path, ("stat_prefix", "token_bucket", "runtime_enabled", "share_key"))
-    if f.str("share_key", ""):
-        raise ConfigError(f.at("share_key"), "not supported yet")
+    f = LOCAL_RATELIMIT.read(raw, path)
     prefix = f.str("stat_prefix", required=True)
     if not prefix:
         raise ConfigError(f.at("stat_prefix"), "must not be empty")
-    tb = f.obj("token_bucket", ("max_tokens", "tokens_per_fill", "fill_interval"), required=True)
+    if f.value("token_bucket") is None:
+        raise ConfigError(f.at("token_bucket"), "required field is missing")
+    tb = TOKEN_BUCKET.read(f.value("token_bucket"), f.at("token_bucket"))
     interval = tb.duration("fill_interval", required=True)
     if interval < 0.05:
         raise ConfigError(tb.at("fill_interval"), "must be at least 50ms")

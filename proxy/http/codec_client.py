@@ -8,6 +8,7 @@ Thread affinity: the worker that owns its pool.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -19,8 +20,10 @@ from .codec.events import END_OF_MESSAGE, Data, Informational, MessageComplete, 
 
 __all__ = ["UpstreamHttpConnection"]
 
+# Envoy 1.40's reset reasons: a refused (or otherwise failed) connect is a "remote connection
+# failure", whose transport failure reason is "delayed_connect_error: <strerror>".
 _RESET_REASON = {
-    CloseReason.CONNECT_FAILED: ("connection failure", "UF"),
+    CloseReason.CONNECT_FAILED: ("remote connection failure", "UF"),
     CloseReason.CONNECT_TIMEOUT: ("connection timeout", "UF"),
 }
 
@@ -160,7 +163,10 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.pool.on_closed(self, prev, reason)
         if router is not None:
             reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
-            router.on_upstream_reset(reset_reason, flag, reused=self.requests > 1)
+            errno = self.connection.connect_errno
+            transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
+            router.on_upstream_reset(reset_reason, flag, reused=self.requests > 1,
+                                     transport_failure=transport)
 
     def on_above_write_watermark(self) -> None:
         if self.router is not None:

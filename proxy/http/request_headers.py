@@ -76,7 +76,7 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
             xff = headers.get(b"x-forwarded-for")
             # Envoy appends its own address, not the peer's, when the peer is on loopback.
             ip = ctx.local_address if is_loopback(remote_ip) else remote_ip.encode()
-            headers.set(b"x-forwarded-for", xff + b", " + ip if xff else ip)
+            headers.set(b"x-forwarded-for", xff + b"," + ip if xff else ip)  # Envoy: "," alone
         headers.set(b"x-forwarded-proto", b"http")
         # The edge: the first ingress into the trusted network (x-envoy-external-address).
         headers.fields.append((b"x-envoy-external-address", remote_ip.encode()))

@@ -117,8 +117,7 @@ class RouterFilter:
         pool = self.pool = cluster.pool_for(host, action.high_priority)
         if not pool.limits.try_acquire_request():
             cstats.upstream_rq_pending_overflow.value += 1
-            stream.send_local_reply(503, reset_body("overflow"), "UO",
-                                    "upstream_reset_before_response_started{overflow}")
+            self._reset_reply(503, "overflow", "UO")
             return
         self.holds_request_slot = True
         if (action.rewrites_path or action.host_rewrite_literal is not None
@@ -134,7 +133,6 @@ class RouterFilter:
             headers = head.headers
             self.chunked = headers.has(b"transfer-encoding") or (
                 not headers.has(b"content-length") and stream.upgrade is None)
-        cstats.upstream_rq_total.value += 1
         cstats.upstream_rq_active.value += 1
         self.pool_handle = pool.new_stream(self)
 
@@ -159,12 +157,17 @@ class RouterFilter:
         if new_path is not None:
             headers.set(b"x-envoy-original-path", head.path)
             head.set_path(new_path)
+        new_host = None
         if action.host_rewrite_literal is not None:
-            head.set_authority(action.host_rewrite_literal)
+            new_host = action.host_rewrite_literal
         elif action.auto_host_rewrite and self.host.hostname:
             # Envoy: the chosen host's hostname (a STRICT/LOGICAL_DNS name, or the endpoint's
             # `hostname`); a host without one leaves the Host as it was.
-            head.set_authority(self.host.hostname.encode("idna"))
+            new_host = self.host.hostname.encode("idna")
+        if new_host is not None:
+            if not self.config.suppress_envoy_headers:  # Envoy tells the upstream the original
+                headers.set(b"x-envoy-original-host", head.authority)
+            head.set_authority(new_host)
         if self.route.request_mutations:
             apply_mutations(self.route.request_mutations, headers, stream)
 
@@ -231,6 +234,7 @@ class RouterFilter:
             upstream.release(reusable=True)
             return
         self.upstream = upstream
+        self.cluster.stats.upstream_rq_total.value += 1  # Envoy: a request sent upstream
         stream = self.stream
         stream.upstream_host = self.pool.host_str
         stream.upstream_local_address = upstream.connection.local_address
@@ -249,15 +253,28 @@ class RouterFilter:
         if stream.downstream_above_high_watermark():
             self.on_downstream_watermark(True)
 
-    def on_pool_failure(self, reason: str, flag: str) -> None:
+    def on_pool_failure(self, reason: str, flag: str, transport_failure: str = "") -> None:
         self.pool_handle = None
         if self.done:
             return
         self._release_request_slot()
         status = 503
         self._charge_local(status)
-        self.stream.send_local_reply(status, reset_body(reason), flag,
-                                     "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
+        self._reset_reply(status, reason, flag, transport_failure)
+
+    def _reset_reply(self, status: int, reason: str, flag: str, transport_failure: str = "") -> None:
+        """Envoy's local reply for an upstream reset before the response started; its details
+        carry the transport failure reason when there is one."""
+        stream = self.stream
+        detail = reason
+        if transport_failure:
+            stream.upstream_transport_failure_reason = transport_failure
+            detail = f"{reason}|{transport_failure}"
+        extra = [(b"x-envoy-overloaded", b"true")] if (
+            flag == "UO" and not self.config.suppress_envoy_headers) else None
+        stream.send_local_reply(status, reset_body(reason), flag,
+                                "upstream_reset_before_response_started{%s}" % detail.replace(" ", "_"),
+                                extra)
 
     # -- upstream response ---------------------------------------------------------------------------
     def on_upstream_headers(self, ev: ResponseHeaders, body: bytes | None = None) -> None:
@@ -325,8 +342,9 @@ class RouterFilter:
             self.stream.encode_data(b"", True)
 
     def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503,
-                          reused: bool = False) -> None:
-        """The upstream connection failed mid-request (closed, or sent a bad response)."""
+                          reused: bool = False, transport_failure: str = "") -> None:
+        """The upstream connection failed mid-request (closed, or sent a bad response), or
+        could not connect (`transport_failure`: Envoy's upstream transport failure reason)."""
         if self.done:
             return
         self.upstream = None
@@ -345,8 +363,7 @@ class RouterFilter:
             stream.set_response_flag(flag)
             stream.reset("upstream_reset_after_response_started{%s}" % reason.replace(" ", "_"))
             return
-        stream.send_local_reply(status, reset_body(reason), flag,
-                                "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
+        self._reset_reply(status, reason, flag, transport_failure)
 
     def _retry_on_fresh_connection(self) -> bool:
         """A pooled keep-alive connection can be closed by the upstream just as we reuse it

@@ -66,7 +66,7 @@ class Connection:
                  "above_high_watermark", "_close_after_flush", "_shutdown_after_flush", "_read_eof",
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
                  "_delayed_close_timer", "_flush_scheduled", "_do_read",
-                 "_transport_interest", "_transport_readable")
+                 "_transport_interest", "_transport_readable", "connect_errno")
 
     def __init__(self, dispatcher: Dispatcher, transport_socket: TransportSocket, callbacks: ConnectionCallbacks,
                  *, buffer_limit: int = 1024 * 1024, read_size: int = READ_SIZE,
@@ -101,6 +101,7 @@ class Connection:
         self.local_address = local_address
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.connect_errno = 0  # why a connect failed (the socket's errno), for the owner's logs
         self.id = conn_id
         transport_socket.set_callbacks(self)
 
@@ -336,7 +337,9 @@ class Connection:
             self._update_interest()
 
     def _finish_connect(self) -> None:
-        if self.transport_socket.connect_error():
+        err = self.transport_socket.connect_error()
+        if err:
+            self.connect_errno = err
             self._fail_connect(CloseReason.CONNECT_FAILED)
             return
         self._connecting = False

@@ -15,6 +15,8 @@ Thread affinity: one worker. Must not: block.
 
 from __future__ import annotations
 
+import os
+
 import time
 from collections import deque
 from typing import Hashable, NamedTuple
@@ -198,7 +200,12 @@ class HttpConnPool:
                 c.stats.upstream_cx_connect_timeout.value += 1
             c.stats.upstream_cx_connect_fail.value += 1
             self.cx_connect_fail += 1
-            text = "connection timeout" if reason == CloseReason.CONNECT_TIMEOUT else "connection failure"
+            # Envoy 1.40's wording: a refused or failed connect is a "remote connection
+            # failure" (transport failure reason "delayed_connect_error: <strerror>").
+            text = ("connection timeout" if reason == CloseReason.CONNECT_TIMEOUT
+                    else "remote connection failure")
+            errno = conn.connection.connect_errno
+            transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
             # Fail pending requests that no remaining connection attempt will serve.
             while self.pending and len(self.pending) > len(self.connecting):
                 p = self.pending.popleft()
@@ -207,7 +214,7 @@ class HttpConnPool:
                 p.cancelled = True
                 self._pending_done()
                 self.active_requests -= 1
-                p.router.on_pool_failure(text, "UF")
+                p.router.on_pool_failure(text, "UF", transport)
         elif self.pending and not self.connecting:
             self._open(holds_slot=self.limits.try_acquire_connection())
 

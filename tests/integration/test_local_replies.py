@@ -15,7 +15,7 @@ from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, static_cl
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 CONNECT_ERROR = ("upstream connect error or disconnect/reset before headers. "
-                 "reset reason: connection failure")
+                 "reset reason: remote connection failure")
 
 
 def _midway_closer(sock: socket.socket) -> None:

@@ -7,9 +7,9 @@ request. Envoy's virtual-host search order (`RouteMatcher::findVirtualHost`):
   3. prefix wildcard (`foo.*`, `foo-*`), longest first,
   4. the `*` virtual host.
 A wildcard never matches the empty string; hosts compare case-insensitively.
-Ports: with `ignore_port_in_host_matching`, or when no domain in the config names a port, the
-Host's port is dropped before the search. Otherwise the search (1-3) runs on the Host as sent
-and, if nothing matched, again without its port, before falling back to `*`.
+Ports: with `ignore_port_in_host_matching` the Host's port is dropped before the search;
+otherwise, as in Envoy, the Host is matched as sent, port included ("api.example.com:80" does
+not match the domain "api.example.com", only "api.example.com:80" or a wildcard does).
 A virtual host with `require_tls` answers a request that is not https (x-forwarded-proto, else
 :scheme; EXTERNAL_ONLY exempts `x-envoy-internal: true`) with its 301 redirect route.
 
@@ -62,7 +62,6 @@ class RouteTable:
         suffixes: list[tuple[str, VirtualHost]] = []
         prefixes: list[tuple[str, VirtualHost]] = []
         default: VirtualHost | None = None
-        any_port = False
         for vh in config.virtual_hosts:
             for d in vh.domains:
                 if d == "*":
@@ -74,13 +73,11 @@ class RouteTable:
                     prefixes.append((d[:-1], vh))
                 else:
                     exact[d] = vh
-                if strip_port(d) != d:
-                    any_port = True
         self._exact = exact
         self._suffix = _group(suffixes)
         self._prefix = _group(prefixes)
         self._default = default
-        self._strip_port_first = config.ignore_port_in_host_matching or not any_port
+        self._strip_port_first = config.ignore_port_in_host_matching
         # Only a "*" virtual host (the common front-proxy table): the Host header cannot change
         # the outcome, so it is not even decoded.
         self._only_default = not (exact or suffixes or prefixes)
@@ -105,14 +102,7 @@ class RouteTable:
 
     def virtual_host(self, host: str) -> VirtualHost | None:
         """The virtual host for a (lower-case) Host / :authority value."""
-        if self._strip_port_first:
-            vh = self._find_named(strip_port(host))
-        else:
-            vh = self._find_named(host)
-            if vh is None:
-                bare = strip_port(host)
-                if bare != host:
-                    vh = self._find_named(bare)
+        vh = self._find_named(strip_port(host) if self._strip_port_first else host)
         return vh if vh is not None else self._default
 
     # -- route ---------------------------------------------------------------------------

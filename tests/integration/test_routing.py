@@ -131,7 +131,7 @@ def test_query_parameter_matchers_exact_and_present(env):
 # -- domain matching order ------------------------------------------------------------------------
 @pytest.mark.parametrize("host,expected", [
     ("www.example.com", "vh-exact"),              # exact beats *.example.com and www.*
-    ("www.example.com:8080", "vh-exact"),         # the port is ignored for matching
+    ("www.example.com:8080", "vh-prefix"),        # the port is matched too, as Envoy: www.*
     ("api.example.com", "vh-suffix"),             # suffix wildcard beats www.* / *
     ("x.b.example.com", "vh-long-suffix"),        # longest suffix wildcard wins
     ("www.other.org", "vh-prefix"),               # prefix wildcard beats *

@@ -82,17 +82,19 @@ def test_host_matching_is_case_insensitive():
     assert vh_of(t, "www.FOO.com") == "a"
 
 
-def test_port_is_ignored_when_no_domain_has_one():
+def test_the_port_is_part_of_the_host_matched():
+    # Envoy 1.40 (checked): without ignore_port_in_host_matching, "foo.com:8080" matches
+    # neither "foo.com" nor... only a domain naming the port (or "*").
     t = table([vhost("a", ["foo.com"]), vhost("w", ["*.bar.com"])])
-    assert vh_of(t, "foo.com:8080") == "a"
-    assert vh_of(t, "x.bar.com:443") == "w"
+    assert vh_of(t, "foo.com:8080") is None
+    assert vh_of(t, "x.bar.com:443") is None
     assert vh_of(t, "[::1]:80") is None
 
 
-def test_domain_with_port_matches_before_portless_domain():
+def test_domain_with_port_matches_only_that_port():
     t = table([vhost("with_port", ["foo.com:8080"]), vhost("bare", ["foo.com"])])
     assert vh_of(t, "foo.com:8080") == "with_port"
-    assert vh_of(t, "foo.com:9090") == "bare"   # retried without the port
+    assert vh_of(t, "foo.com:9090") is None
     assert vh_of(t, "foo.com") == "bare"
 
 
@@ -103,8 +105,9 @@ def test_ignore_port_in_host_matching_strips_port_first():
 
 
 def test_ipv6_host_port_stripping():
-    t = table([vhost("v6", ["[::1]"])])
+    t = table([vhost("v6", ["[::1]"])], ignore_port_in_host_matching=True)
     assert vh_of(t, "[::1]:10000") == "v6"
+    assert vh_of(table([vhost("v6", ["[::1]"])]), "[::1]:10000") is None  # as Envoy
 
 
 def test_no_virtual_host_means_no_route():

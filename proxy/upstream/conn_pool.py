@@ -129,6 +129,7 @@ class HttpConnPool:
         c = self.cluster
         self.cx_total += 1
         c.stats.upstream_cx_total.value += 1
+        c.stats.upstream_cx_http1_total.value += 1  # the pool's protocol (PoolKey): HTTP/1.1
         c.stats.upstream_cx_active.value += 1
         conn = UpstreamHttpConnection(self, c.worker.dispatcher, self.address, c.config.connect_timeout,
                                       c.buffer_limit, c.codec_impl, c.worker.next_connection_id(),

@@ -21,6 +21,7 @@ def test_idle_upstream_connection_is_closed_after_cluster_idle_timeout(upstream,
     # The next request opens a fresh connection and succeeds.
     assert echo(p.port, "/two")["path"] == "/two"
     assert p.counters()["cluster.backend.upstream_cx_total"] == 2
+    assert p.counters()["cluster.backend.upstream_cx_http1_total"] == 2  # both HTTP/1.1
 
 
 class ClosesSecondRequest(AcceptLoop):

@@ -404,8 +404,13 @@ class ConnectionManager(ConnectionCallbacks):
         if code:
             st.downstream_rq_completed.value += 1
             cls = code // 100
+            per_listener = st.listener_rq
             if 1 <= cls <= 5:
                 st.rq_class[cls].value += 1
+                if per_listener is not None:
+                    per_listener[cls].value += 1
+            if per_listener is not None:
+                per_listener[0].value += 1
         st.downstream_rq_time.record((now - stream.start_monotonic) * 1000.0)
         loggers = self.ctx.access_loggers
         if loggers and stream.response_headers is not None:

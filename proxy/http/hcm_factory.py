@@ -19,9 +19,10 @@ __all__ = ["HcmFactory", "HcmContext"]
 
 
 class HcmFactory:
-    def __init__(self, config, codec_impl: str = "fast") -> None:
+    def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None) -> None:
         self.config = config
         self.codec_impl = codec_impl
+        self.listener_stat_prefix = listener_stat_prefix  # for listener.<prefix>.http.<hcm>.*
         self.route_table = RouteTable(config.route_config)
         self.access_loggers = tuple(a.create() for a in config.access_logs)
         # The HTTP filter chain: each filter's extension makes its runtime factory.
@@ -76,7 +77,7 @@ class HcmContext:
         self.first_stream_timeout = factory.first_stream_timeout
         self.response_fields = factory.response_fields
         self.worker = worker
-        self.stats = HcmStats(worker.stats, factory.config.stat_prefix)
+        self.stats = HcmStats(worker.stats, factory.config.stat_prefix, factory.listener_stat_prefix)
         # (per-worker factory, disabled by default, may a route switch it on or off)
         self.filter_factories = tuple((f.for_worker(self), disabled, switchable)
                                       for f, disabled, switchable in factory.filter_factories)

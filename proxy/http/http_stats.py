@@ -25,9 +25,10 @@ _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_
 
 
 class HcmStats:
-    __slots__ = _COUNTERS + _GAUGES + ("rq_class", "downstream_rq_time", "downstream_cx_length_ms")
+    __slots__ = _COUNTERS + _GAUGES + ("rq_class", "downstream_rq_time", "downstream_cx_length_ms",
+                                       "listener_rq")
 
-    def __init__(self, store, stat_prefix: str) -> None:
+    def __init__(self, store, stat_prefix: str, listener_stat_prefix: str | None = None) -> None:
         scope = store.scope(f"http.{stat_prefix}")
         for name in _COUNTERS:
             setattr(self, name, scope.counter(name))
@@ -37,4 +38,12 @@ class HcmStats:
         self.rq_class = (None, self.downstream_rq_1xx, self.downstream_rq_2xx, self.downstream_rq_3xx,
                          self.downstream_rq_4xx, self.downstream_rq_5xx)
         self.downstream_rq_time = scope.histogram("downstream_rq_time", "ms")
+        # Envoy's per-listener HTTP stats, listener.<listener prefix>.http.<prefix>.*:
+        # [0] downstream_rq_completed, then by status // 100 (None without a listener prefix).
+        self.listener_rq = None
+        if listener_stat_prefix is not None:
+            lscope = store.scope(f"listener.{listener_stat_prefix}.http.{stat_prefix}")
+            self.listener_rq = tuple(lscope.counter(n) for n in (
+                "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx",
+                "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx"))
         self.downstream_cx_length_ms = scope.histogram("downstream_cx_length_ms", "ms")

@@ -324,7 +324,7 @@ class Server:
             chain = lc.filter_chains[0]
             terminal = chain.filters[-1].config
             if isinstance(terminal, HcmConfig):
-                factory = HcmFactory(terminal, self.options.codec)
+                factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix)
             elif isinstance(terminal, TcpProxyConfig):
                 factory = TcpProxyFactory(terminal)
             else:  # config parsing only admits the two terminal filters above

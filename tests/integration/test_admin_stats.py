@@ -289,3 +289,19 @@ def test_upstream_rq_time_runs_to_the_end_of_the_response_and_not_for_local_repl
         assert samples.get(("envoy_cluster_upstream_rq_time_count", (("envoy_cluster_name", "dead"),)), 0) == 0
     finally:
         raw.close()
+
+
+def test_per_listener_http_stats(upstream, proxy_factory):
+    """Envoy's listener.<listener prefix>.http.<hcm prefix>.downstream_rq_<class> and
+    downstream_rq_completed, beside the HCM's own."""
+    p = proxy_factory(front_proxy_config([{"match": {"prefix": "/ok"}, "route": {"cluster": "c1"}}],
+                                         [static_cluster("c1", upstream.port)]))
+    for _ in range(3):
+        echo(p.port, "/ok")
+    assert request(p.port, "/missing").status == 404
+    counters = p.counters()
+    prefix = "listener.127.0.0.1_0.http.ingress_http."
+    assert counters[prefix + "downstream_rq_2xx"] == 3
+    assert counters[prefix + "downstream_rq_4xx"] == 1
+    assert counters[prefix + "downstream_rq_completed"] == 4
+    assert counters["http.ingress_http.downstream_rq_completed"] == 4

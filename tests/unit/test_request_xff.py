@@ -30,7 +30,7 @@ def _xff(ctx, peer: str, sent: bytes | None = None) -> bytes | None:
 def test_a_remote_peer_is_appended_as_is():
     ctx = _factory()
     assert _xff(ctx, "10.1.2.3") == b"10.1.2.3"
-    assert _xff(ctx, "10.1.2.3", b"192.168.0.9") == b"192.168.0.9, 10.1.2.3"
+    assert _xff(ctx, "10.1.2.3", b"192.168.0.9") == b"192.168.0.9,10.1.2.3"  # Envoy: "," alone
     assert _xff(ctx, "2001:db8::7") == b"2001:db8::7"
 
 

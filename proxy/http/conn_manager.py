@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from http import HTTPStatus
 
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
@@ -442,7 +443,9 @@ class ConnectionManager(ConnectionCallbacks):
                 return
         stream.keep_alive = False
         self.pending.clear()
-        body = e.message.encode("latin-1", "replace") if e.status != 431 else b""
+        # Envoy's body for a codec error is the status' reason phrase ("Bad Request"); the
+        # parser's own message stays in the details (%RESPONSE_CODE_DETAILS%).
+        body = _reason_phrase(e.status)
         stream.send_local_reply(e.status, body, "DPE", e.details)
         self.connection.close(flush=True)
 
@@ -463,6 +466,13 @@ class ConnectionManager(ConnectionCallbacks):
         if self.active is None and not self.connection.closed:
             self.stats.downstream_cx_drain_close.value += 1
             self.connection.close(flush=True)
+
+
+def _reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _whole_requests(events: list) -> list:

@@ -450,8 +450,14 @@ class ConnectionManager(ConnectionCallbacks):
         """Worker drain: finish the current request with `connection: close`; close now if idle
         and `close_idle` (else an idle connection closes at its next response or at close_idle())."""
         self.draining = True
-        if self.active is not None:
-            self.active.keep_alive = False
+        stream = self.active
+        if stream is not None:
+            if not stream.response_started:
+                stream.keep_alive = False  # its head will say `connection: close`
+            # Else its head went out promising keep-alive: closing after it would race the
+            # request the client sends next (EOF before its response). The connection stays
+            # open; that next request is answered with `connection: close` (`_new_stream`),
+            # or the connection closes after DRAIN_IDLE_GRACE if none comes.
         elif close_idle:
             self.close_idle()
         else:

@@ -73,6 +73,9 @@ class ConnectionManager(ConnectionCallbacks):
         st.downstream_cx_http1_total.value += 1
         st.downstream_cx_active.value += 1
         st.downstream_cx_http1_active.value += 1
+        # A client's FIN aborts its requests, also when it waits behind pipelined requests
+        # we are not reading (on_early_close).
+        self.connection.set_detect_early_close(True)
         self.connection.start()
         self._arm_idle_timer()
 
@@ -255,6 +258,24 @@ class ConnectionManager(ConnectionCallbacks):
         if stream is not None and stream.upgraded and stream.router is not None:
             stream.router.decode_eof()
             return
+        self._abort_on_client_close()
+
+    def on_early_close(self) -> None:
+        """The client closed while we were not reading from it: pipelined requests wait behind
+        the one in flight, or flow control paused its upload."""
+        stream = self.active
+        if stream is not None and stream.upgraded:
+            # A tunnel passes the FIN on in order, after the bytes before it (on_eof).
+            self.connection.set_detect_early_close(False)
+            return
+        self._abort_on_client_close()
+
+    def _abort_on_client_close(self) -> None:
+        """As Envoy's HCM (no HTTP half-close: a client's FIN, or reset, ends the connection):
+        the request in flight is reset (DC) and the requests queued behind it are dropped,
+        never forwarded: none is sent upstream that would not be answered."""
+        self.pending.clear()
+        stream = self.active
         if stream is not None and not stream.closed:
             self.stats.downstream_rq_rx_reset.value += 1
             stream.set_response_flag("DC")

@@ -23,7 +23,7 @@ import socket
 from .address import format_address
 from collections import deque
 
-from ..threads.dispatcher import READ, WRITE, Dispatcher
+from ..threads.dispatcher import PEER_CLOSED, READ, WRITE, Dispatcher
 
 __all__ = ["Connection", "ConnectionCallbacks", "CloseReason"]
 
@@ -56,6 +56,10 @@ class ConnectionCallbacks:
     def on_connected(self) -> None: ...
     def on_above_write_watermark(self) -> None: ...
     def on_below_write_watermark(self) -> None: ...
+    # Only after set_detect_early_close(True): the peer closed (FIN or reset) while reading was
+    # disabled; bytes it sent before may still be unread. The owner closes the connection or
+    # turns detection off (`set_detect_early_close(False)`), or it is called again.
+    def on_early_close(self) -> None: ...
 
 
 class Connection:
@@ -63,7 +67,7 @@ class Connection:
                  "_read_disable", "_interest", "closed", "_connecting", "_connect_timer",
                  "above_high_watermark", "_close_after_flush", "_shutdown_after_flush", "_read_eof",
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
-                 "_delayed_close_timer", "_flush_scheduled")
+                 "_delayed_close_timer", "_flush_scheduled", "_detect_early_close")
 
     def __init__(self, dispatcher: Dispatcher, sock: socket.socket, callbacks: ConnectionCallbacks,
                  *, buffer_limit: int = 1024 * 1024, read_size: int = READ_SIZE,
@@ -83,6 +87,7 @@ class Connection:
         self._connect_timer = None
         self._delayed_close_timer = None
         self._flush_scheduled = False
+        self._detect_early_close = False
         self.above_high_watermark = False
         self._close_after_flush = False
         self._shutdown_after_flush = False
@@ -128,6 +133,13 @@ class Connection:
             self._read_disable -= 1
         self._update_interest()
 
+    def set_detect_early_close(self, enabled: bool) -> None:
+        """While reading is disabled, watch for the peer closing anyway (EPOLLRDHUP) and report
+        it as `on_early_close` (Envoy's detect_early_close), for owners to whom a peer's FIN
+        means "abort" even when it waits behind bytes not read yet."""
+        self._detect_early_close = enabled
+        self._update_interest()
+
     @property
     def reading_enabled(self) -> bool:
         return self._read_disable == 0
@@ -141,6 +153,8 @@ class Connection:
         else:
             if self._read_disable == 0 and not self._read_eof:
                 want |= READ
+            elif self._detect_early_close and not self._read_eof and not self._close_after_flush:
+                want |= PEER_CLOSED
             if self._out:
                 want |= WRITE
         if want == self._interest:
@@ -176,6 +190,8 @@ class Connection:
                     self._read_eof = True
                     self._update_interest()
                     self.callbacks.on_eof()
+            elif mask & PEER_CLOSED and self._read_disable and not self.closed:
+                self.callbacks.on_early_close()
         except Exception:
             # A bug in an owner's callback must cost only this connection, never the worker.
             if not self.closed:

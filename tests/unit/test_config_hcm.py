@@ -113,6 +113,13 @@ def test_durations_parsed():
             c.max_requests_per_connection, c.max_headers_count) == (0.25, 5.0, 2.0, 0.0, 10, 50)
 
 
+def test_request_headers_timeout_is_accepted_default_off():
+    assert parse_hcm(_hcm(), P).request_headers_timeout == 0.0
+    assert parse_hcm(_hcm(request_headers_timeout="1.5s"), P).request_headers_timeout == 1.5
+    assert _err(parse_hcm, _hcm(request_headers_timeout="1m")).startswith(
+        "hcm.request_headers_timeout: invalid duration")
+
+
 def test_bad_duration_names_path():
     assert _err(parse_hcm, _hcm(stream_idle_timeout="5m")).startswith("hcm.stream_idle_timeout: invalid duration")
 

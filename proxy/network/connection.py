@@ -67,7 +67,7 @@ class Connection:
                  "_read_disable", "_interest", "closed", "_connecting", "_connect_timer",
                  "above_high_watermark", "_close_after_flush", "_shutdown_after_flush", "_read_eof",
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
-                 "_delayed_close_timer", "_flush_scheduled", "_detect_early_close")
+                 "_delayed_close_timer", "_flush_scheduled", "_detect_early_close", "_close_delay")
 
     def __init__(self, dispatcher: Dispatcher, sock: socket.socket, callbacks: ConnectionCallbacks,
                  *, buffer_limit: int = 1024 * 1024, read_size: int = READ_SIZE,
@@ -86,6 +86,7 @@ class Connection:
         self._connecting = False
         self._connect_timer = None
         self._delayed_close_timer = None
+        self._close_delay = 0.0
         self._flush_scheduled = False
         self._detect_early_close = False
         self.above_high_watermark = False
@@ -274,6 +275,11 @@ class Connection:
                 self.close(flush=False, reason=CloseReason.REMOTE)
                 return
             self._sent(n)
+            if n and self._delayed_close_timer is not None:
+                # Closing after the flush: the delay bounds a stall, not the whole flush
+                # (Envoy's delayed_close_timeout restarts on write progress), or a slow
+                # reader loses the tail of a `connection: close` response.
+                self._delayed_close_timer.enable(self._close_delay)
             if out:
                 # Partial write: the socket buffer is full; wait for writability.
                 break
@@ -331,8 +337,8 @@ class Connection:
             pass
 
     def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0) -> None:
-        """Close; with `flush`, after the write buffer drains (bounded by `delay` seconds,
-        Envoy's delayed_close_timeout)."""
+        """Close; with `flush`, after the write buffer drains (given up after `delay` seconds
+        without write progress, Envoy's delayed_close_timeout)."""
         if self.closed:
             return
         if flush and self._out and not self._connecting:
@@ -340,6 +346,7 @@ class Connection:
                 self._close_after_flush = True
                 self._read_disable += 1
                 self._update_interest()
+                self._close_delay = delay
                 self._delayed_close_timer = self.dispatcher.call_later(
                     delay, lambda: self.close(flush=False, reason=reason))
             return

@@ -107,6 +107,31 @@ def test_close_with_flush_delivers_buffered_bytes_then_closes():
     assert ("close", "local") in rec.events
 
 
+def test_close_with_flush_gives_up_only_after_a_stall_not_while_the_peer_reads():
+    # Envoy's delayed_close_timeout: write progress restarts it. A peer reading slower than
+    # `delay` per buffer-full still gets every byte (a `connection: close` response's tail).
+    d, conn, rec, peer = pair(limit=1 << 20)
+    payload = bytes(range(256)) * 800  # 200 KiB through 4 KiB socket buffers
+    conn.write(payload)
+    conn.close(flush=True, delay=0.2)
+    got = bytearray()
+    peer.settimeout(0.01)
+    import time
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not conn.closed:
+        run_once(d, 0.005)
+        try:
+            got += peer.recv(16 * 1024)
+        except socket.timeout:
+            pass
+        time.sleep(0.01)  # the whole transfer takes far longer than `delay`
+    peer.settimeout(1)
+    while chunk := peer.recv(1 << 20):
+        got += chunk
+    assert conn.closed and ("close", "local") in rec.events
+    assert bytes(got) == payload
+
+
 def test_peer_eof_reported():
     d, conn, rec, peer = pair()
     peer.shutdown(socket.SHUT_WR)

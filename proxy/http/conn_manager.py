@@ -481,7 +481,8 @@ class ConnectionManager(ConnectionCallbacks):
             return
         timer = self.idle_timer
         if timer is None or timer.deadline is None or self.draining:
-            self._arm_idle_timer()
+            # Draining: re-armed for the short grace, not left at the stream's deadline.
+            self._arm_idle_timer(rearm=self.draining)
         else:  # the timer is armed already and re-arms itself when it fires early
             self.idle_since = time.monotonic()
         if self.pending:

@@ -131,3 +131,21 @@ def test_an_idle_keep_alive_connection_at_a_parent_drain_gets_connection_close_o
     r = read_response(s, reader=reader)
     assert (r.status, r.header("connection")) == (200, "close")
     s.close()
+
+
+@pytest.mark.parametrize("kind", ["parent", "shutdown"])
+def test_a_keep_alive_response_finished_during_the_drain_leaves_its_idle_connection_to_close(held, kind):
+    # The stream's own timer (stream_idle_timeout, 5 minutes) must not hold the connection:
+    # once idle, a draining connection closes after the short grace, and the server exits.
+    p, up = held
+    s = connect(p)
+    s.sendall(b"GET /held HTTP/1.1\r\nhost: x\r\n\r\n")
+    read_head(s)
+    start_drain(p, kind)
+    up.release.set()
+    assert s.recv(4) == b"held"
+    s.settimeout(10)
+    assert s.recv(1) == b""  # closed by the proxy, no request sent
+    s.close()
+    p.thread.join(10)
+    assert not p.thread.is_alive()

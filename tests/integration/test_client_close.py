@@ -34,7 +34,10 @@ class RecordingUpstream(AcceptLoop):
     def handle(self, conn: socket.socket, n: int) -> None:
         with conn:
             while True:
-                head = read_request_head(conn)
+                try:
+                    head = read_request_head(conn)
+                except OSError:
+                    return  # the proxy reset the request it aborted
                 if b"\r\n\r\n" not in head:
                     return
                 target = head.split(b" ", 2)[1]

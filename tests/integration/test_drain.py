@@ -31,20 +31,26 @@ class HeldBodyUpstream(AcceptLoop):
 
     def handle(self, conn: socket.socket, n: int) -> None:
         with conn:
-            while True:
-                head = read_request_head(conn)
-                if b"\r\n\r\n" not in head:
-                    return
-                target = head.split(b" ", 2)[1]
-                if target == b"/hold-all":
-                    self.release.wait(10)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld")
-                elif target == b"/held":
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
-                    self.release.wait(10)
-                    conn.sendall(b"held")
-                else:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            try:
+                self._serve(conn)
+            except OSError:
+                return  # the proxy closed its pooled connection (its server exited)
+
+    def _serve(self, conn: socket.socket) -> None:
+        while True:
+            head = read_request_head(conn)
+            if b"\r\n\r\n" not in head:
+                return
+            target = head.split(b" ", 2)[1]
+            if target == b"/hold-all":
+                self.release.wait(10)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld")
+            elif target == b"/held":
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+                self.release.wait(10)
+                conn.sendall(b"held")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -71,7 +72,9 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
     a = versioned_config(tmp_path / "a.yaml", port, "A", up.port)
     b = versioned_config(tmp_path / "b.yaml", port, "B", up.port)
     sup: Supervised = supervised(tmp_path, a, port)
-    wrk = subprocess.Popen(["wrk", "-t1", "-c20", "-d17s", f"http://127.0.0.1:{port}/delay/0.002"],
+    # wrk runs until every reload is behind it (SIGINT: it stops and prints its summary),
+    # however long the reloads take on a loaded machine.
+    wrk = subprocess.Popen(["wrk", "-t1", "-c20", "-d120s", f"http://127.0.0.1:{port}/delay/0.002"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(2.0)
@@ -83,6 +86,8 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
             code, body = curl(port, "/version")
             assert code == 200 and body.strip() == name, f"reload {i + 1}: route not in force"
             time.sleep(2.5)
+        assert wrk.poll() is None, "wrk ended before the last reload"
+        wrk.send_signal(signal.SIGINT)
         out, _ = wrk.communicate(timeout=40)
     finally:
         if wrk.poll() is None:

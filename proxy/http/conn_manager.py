@@ -552,8 +552,10 @@ class ConnectionManager(ConnectionCallbacks):
 
     # -- draining ------------------------------------------------------------------------------
     def start_drain(self, close_idle: bool = True) -> None:
-        """Worker drain: finish the current request with `connection: close`; close now if idle
-        and `close_idle` (else an idle connection closes at its next response or at close_idle())."""
+        """Worker drain: finish the current request with `connection: close`. An idle
+        connection closes after DRAIN_IDLE_GRACE from now unless a request comes first (its
+        answer says `connection: close`); with `close_idle` (shutdown, no next epoch), one
+        idle that long already closes now, one idle for less keeps the rest of the grace."""
         self.draining = True
         stream = self.active
         if stream is not None:
@@ -566,7 +568,16 @@ class ConnectionManager(ConnectionCallbacks):
         elif self.head_started is not None:
             pass  # a request is arriving: its stream will be drained (its head's timer runs)
         elif close_idle:
-            self.close_idle()
+            # A keep-alive client that has just had its answer is about to send its next
+            # request: closing under it now loses that request (EOF or reset).
+            left = self.idle_since + DRAIN_IDLE_GRACE - time.monotonic()
+            if left <= 0:
+                self.close_idle()
+            else:
+                timer = self.idle_timer
+                if timer is None:
+                    timer = self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+                timer.enable(left)
         else:
             # Closes after DRAIN_IDLE_GRACE unless a request comes first.
             self._arm_idle_timer(rearm=True)

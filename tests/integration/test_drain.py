@@ -126,13 +126,17 @@ def test_a_request_in_flight_at_the_drain_is_answered_with_connection_close(held
     assert not p.thread.is_alive()
 
 
-def test_an_idle_keep_alive_connection_at_a_parent_drain_gets_connection_close_on_its_next_request(held):
+@pytest.mark.parametrize("kind", ["parent", "shutdown"])
+def test_a_connection_idle_since_its_last_answer_gets_connection_close_on_its_next_request(held, kind):
+    # A keep-alive client between two requests at the drain (the common case under load):
+    # its next request, sent at once, is answered. On shutdown too: only a connection idle
+    # for longer than the grace is closed at once.
     p, _ = held
     s = connect(p)
     reader = new_reader(s)
     s.sendall(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
     assert read_response(s, reader=reader).header("connection") is None
-    start_drain(p, "parent")
+    start_drain(p, kind)
     s.sendall(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")
     r = read_response(s, reader=reader)
     assert (r.status, r.header("connection")) == (200, "close")

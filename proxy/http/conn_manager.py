@@ -41,7 +41,7 @@ class ConnectionManager(ConnectionCallbacks):
 
     __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "connection", "on_closed",
                  "active", "pending", "paused_for_pipeline", "requests", "draining", "created",
-                 "tx_reported", "idle_timer", "idle_since")
+                 "tx_reported", "idle_timer", "idle_since", "head_started")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed) -> None:
@@ -66,11 +66,17 @@ class ConnectionManager(ConnectionCallbacks):
         self.created = time.monotonic()
         self.tx_reported = 0
         self.idle_timer = None
+        # Monotonic time of the first byte of a request head still in progress, with no
+        # stream yet (None otherwise): the request's timers run from there (`_head_began`).
+        self.head_started: float | None = None
         st = self.stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_http1_total.value += 1
         st.downstream_cx_active.value += 1
         st.downstream_cx_http1_active.value += 1
+        # A client's FIN aborts its requests, also when it waits behind pipelined requests
+        # we are not reading (on_early_close).
+        self.connection.set_detect_early_close(True)
         self.connection.start()
         self._arm_idle_timer()
 
@@ -138,6 +144,16 @@ class ConnectionManager(ConnectionCallbacks):
             else:
                 self._stream_timed_out(stream, now)
             return
+        if self.head_started is not None:
+            head = self._head_deadline()
+            if head is not None:
+                now = time.monotonic()
+                if now < head[0]:
+                    self.idle_timer.enable(head[0] - now)
+                else:
+                    self._head_timed_out(head[1])
+                return
+            # No stream timeout configured: the connection's idle_timeout still ends it.
         timeout = self._idle_timeout()
         if not timeout:
             return  # idle_timeout disabled; the timer was only watching a stream
@@ -151,6 +167,64 @@ class ConnectionManager(ConnectionCallbacks):
             else:
                 self.stats.downstream_cx_idle_timeout.value += 1
             self.connection.close(flush=True)
+
+    # -- a request head in progress ---------------------------------------------------------
+    # Envoy's stream begins at a request's first byte (llhttp's message begin), so a head
+    # trickled byte by byte (slowloris) is bounded by request_timeout and
+    # request_headers_timeout, and by stream_idle_timeout, which head bytes do not reset (seen
+    # on Envoy 1.40: 408 "stream timeout" at 1 s with a byte every 0.1 s). Here the stream is
+    # made when the head is complete; until then the connection's one timer watches the head.
+
+    def _head_began(self) -> None:
+        """The codec says a request head began (`head_in_progress`) and no stream times it."""
+        now = self.head_started = time.monotonic()
+        head = self._head_deadline()
+        if head is None:
+            return
+        timer = self.idle_timer
+        if timer is None:
+            timer = self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+        if timer.deadline is None or timer.deadline > head[0]:
+            timer.enable(max(0.0, head[0] - now))
+
+    def _head_deadline(self) -> tuple[float, str] | None:
+        """(when, which) for the head in progress: the earliest of its timeouts, or None."""
+        cfg = self.ctx.config
+        start = self.head_started
+        best = None
+        for timeout, which in ((cfg.request_headers_timeout, "header"), (cfg.request_timeout, "request"),
+                               (cfg.stream_idle_timeout, "idle")):
+            if timeout and (best is None or start + timeout < best[0]):
+                best = (start + timeout, which)
+        return best
+
+    def _head_timed_out(self, which: str) -> None:
+        """Envoy's 408s for a request whose head did not arrive in time: its access log line
+        has `-` for method and path (the head never parsed), duration from the first byte."""
+        st = self.stats
+        if which == "header":
+            st.downstream_rq_header_timeout.value += 1
+            body, flag, details = b"request header timeout", None, "request_header_timeout"
+        elif which == "request":
+            st.downstream_rq_timeout.value += 1
+            body, flag, details = b"request timeout", None, "request_overall_timeout"
+        else:
+            st.downstream_rq_idle_timeout.value += 1
+            body, flag, details = b"stream timeout", "SI", "stream_idle_timeout"
+        self._unparsed_stream().send_local_reply(408, body, flag, details)
+
+    def _unparsed_stream(self) -> ActiveStream:
+        """A stream for a request whose head never parsed (timed out or refused by the codec),
+        made only to answer and log it; it began at the head's first byte, if we saw it."""
+        now = time.monotonic()
+        start = self.head_started if self.head_started is not None else now
+        self.head_started = None
+        head = RequestHead(b"-", b"-", b"", b"http", Headers())
+        stream = ActiveStream(self, head, False, None, time.time() - (now - start), start)
+        self.stats.downstream_rq_total.value += 1
+        self.stats.downstream_rq_active.value += 1
+        self.active = stream
+        return stream
 
     def _stream_timed_out(self, stream: ActiveStream, now: float) -> None:
         cfg = self.ctx.config
@@ -178,6 +252,9 @@ class ConnectionManager(ConnectionCallbacks):
                 return
             events.append(e)
         self._dispatch(events)
+        if self.codec.head_in_progress and self.active is None and self.head_started is None \
+                and not self.connection.closed:
+            self._head_began()
 
     def resume_held(self) -> None:
         """After the answer to an upgrade request: the bytes the codec held back behind it are
@@ -256,6 +333,24 @@ class ConnectionManager(ConnectionCallbacks):
         if stream is not None and stream.upgraded and stream.chains is not None:
             stream.decode_data(b"", True)  # a tunnel's half-close goes on upstream
             return
+        self._abort_on_client_close()
+
+    def on_early_close(self) -> None:
+        """The client closed while we were not reading from it: pipelined requests wait behind
+        the one in flight, or flow control paused its upload."""
+        stream = self.active
+        if stream is not None and stream.upgraded:
+            # A tunnel passes the FIN on in order, after the bytes before it (on_eof).
+            self.connection.set_detect_early_close(False)
+            return
+        self._abort_on_client_close()
+
+    def _abort_on_client_close(self) -> None:
+        """As Envoy's HCM (no HTTP half-close: a client's FIN, or reset, ends the connection):
+        the request in flight is reset (DC) and the requests queued behind it are dropped,
+        never forwarded: none is sent upstream that would not be answered."""
+        self.pending.clear()
+        stream = self.active
         if stream is not None and not stream.closed:
             self.stats.downstream_rq_rx_reset.value += 1
             stream.set_response_flag("DC")
@@ -311,6 +406,8 @@ class ConnectionManager(ConnectionCallbacks):
         now = time.monotonic()
         stream = ActiveStream(self, head, keep_alive, ev.upgrade, time.time(), now)
         self.active = stream
+        if self.head_started is not None:  # the head came in pieces: it began at its first byte
+            self._began_earlier(stream, now)
         first_timeout = ctx.first_stream_timeout
         if first_timeout:
             timer = self.idle_timer  # usually set to fire early enough already (watch_stream)
@@ -348,6 +445,15 @@ class ConnectionManager(ConnectionCallbacks):
         stream.create_filter_chain(ctx.filter_factories)
         stream.decode_headers(end_stream)
 
+    def _began_earlier(self, stream: ActiveStream, now: float) -> None:
+        """`stream`'s head took from `head_started` until now: its request_timeout and its
+        duration count from there (Envoy's stream began there); its idle timer from now."""
+        start = self.head_started
+        self.head_started = None
+        stream.start_monotonic = start
+        stream.start_time -= now - start
+        self.watch_stream(stream)
+
     def _underscores(self, stream: ActiveStream, headers: Headers) -> bool:
         """headers_with_underscores_action: True when the request was rejected."""
         names = [n for n, _ in headers.fields if b"_" in n]
@@ -376,7 +482,8 @@ class ConnectionManager(ConnectionCallbacks):
             return
         timer = self.idle_timer
         if timer is None or timer.deadline is None or self.draining:
-            self._arm_idle_timer()
+            # Draining: re-armed for the short grace, not left at the stream's deadline.
+            self._arm_idle_timer(rearm=self.draining)
         else:  # the timer is armed already and re-arms itself when it fires early
             self.idle_since = time.monotonic()
         if self.pending:
@@ -386,6 +493,8 @@ class ConnectionManager(ConnectionCallbacks):
                 self.paused_for_pipeline = False
                 self.connection.read_disable(False)
             self._dispatch(events)
+        if self.codec.head_in_progress and self.active is None and not self.connection.closed:
+            self._head_began()  # the next request's head began behind this one: time it from now
 
     def _finish_stream(self, stream: ActiveStream) -> None:
         stream.closed = True
@@ -432,11 +541,7 @@ class ConnectionManager(ConnectionCallbacks):
         if stream is None or stream.response_started:
             if stream is None:
                 # Error before a stream existed: make a stream only to answer and log it.
-                head = RequestHead(b"-", b"-", b"", b"http", Headers())
-                stream = ActiveStream(self, head, False, None, time.time(), time.monotonic())
-                self.stats.downstream_rq_total.value += 1
-                self.stats.downstream_rq_active.value += 1
-                self.active = stream
+                stream = self._unparsed_stream()
             else:
                 stream.reset(e.details)
                 self.connection.close(flush=False)
@@ -451,19 +556,38 @@ class ConnectionManager(ConnectionCallbacks):
 
     # -- draining ------------------------------------------------------------------------------
     def start_drain(self, close_idle: bool = True) -> None:
-        """Worker drain: finish the current request with `connection: close`; close now if idle
-        and `close_idle` (else an idle connection closes at its next response or at close_idle())."""
+        """Worker drain: finish the current request with `connection: close`. An idle
+        connection closes after DRAIN_IDLE_GRACE from now unless a request comes first (its
+        answer says `connection: close`); with `close_idle` (shutdown, no next epoch), one
+        idle that long already closes now, one idle for less keeps the rest of the grace."""
         self.draining = True
-        if self.active is not None:
-            self.active.keep_alive = False
+        stream = self.active
+        if stream is not None:
+            if not stream.response_started:
+                stream.keep_alive = False  # its head will say `connection: close`
+            # Else its head went out promising keep-alive: closing after it would race the
+            # request the client sends next (EOF before its response). The connection stays
+            # open; that next request is answered with `connection: close` (`_new_stream`),
+            # or the connection closes after DRAIN_IDLE_GRACE if none comes.
+        elif self.head_started is not None:
+            pass  # a request is arriving: its stream will be drained (its head's timer runs)
         elif close_idle:
-            self.close_idle()
+            # A keep-alive client that has just had its answer is about to send its next
+            # request: closing under it now loses that request (EOF or reset).
+            left = self.idle_since + DRAIN_IDLE_GRACE - time.monotonic()
+            if left <= 0:
+                self.close_idle()
+            else:
+                timer = self.idle_timer
+                if timer is None:
+                    timer = self.idle_timer = self.ctx.worker.dispatcher.create_timer(self._on_idle_timeout)
+                timer.enable(left)
         else:
             # Closes after DRAIN_IDLE_GRACE unless a request comes first.
             self._arm_idle_timer(rearm=True)
 
     def close_idle(self) -> None:
-        if self.active is None and not self.connection.closed:
+        if self.active is None and self.head_started is None and not self.connection.closed:
             self.stats.downstream_cx_drain_close.value += 1
             self.connection.close(flush=True)
 

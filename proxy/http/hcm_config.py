@@ -209,7 +209,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
 # Options parsed (so a config naming them is understood) whose runtime behaviour is not built
 # yet: a value other than the default is refused rather than silently ignored.
 _NOT_IMPLEMENTED = (
-    ("xff_num_trusted_hops", 0), ("request_headers_timeout", 0.0),
+    ("xff_num_trusted_hops", 0),
     ("max_connection_duration", None), ("max_stream_duration", None),
     ("normalize_path", False), ("merge_slashes", False),
     ("path_with_escaped_slashes_action", "KEEP_UNCHANGED"), ("add_user_agent", False),

@@ -29,7 +29,7 @@ from collections import deque
 
 from .address import format_address
 from .transport_socket import TransportSocket
-from ..threads.dispatcher import READ, WRITE, Dispatcher
+from ..threads.dispatcher import PEER_CLOSED, READ, WRITE, Dispatcher
 
 __all__ = ["Connection", "ConnectionCallbacks", "CloseReason"]
 
@@ -58,6 +58,10 @@ class ConnectionCallbacks:
     def on_connected(self) -> None: ...
     def on_above_write_watermark(self) -> None: ...
     def on_below_write_watermark(self) -> None: ...
+    # Only after set_detect_early_close(True): the peer closed (FIN or reset) while reading was
+    # disabled; bytes it sent before may still be unread. The owner closes the connection or
+    # turns detection off (`set_detect_early_close(False)`), or it is called again.
+    def on_early_close(self) -> None: ...
 
 
 class Connection:
@@ -66,7 +70,8 @@ class Connection:
                  "above_high_watermark", "_close_after_flush", "_shutdown_after_flush", "_read_eof",
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
                  "_delayed_close_timer", "_flush_scheduled", "_do_read",
-                 "_transport_interest", "_transport_readable", "connect_errno")
+                 "_transport_interest", "_transport_readable", "connect_errno",
+                 "_detect_early_close", "_close_delay")
 
     def __init__(self, dispatcher: Dispatcher, transport_socket: TransportSocket, callbacks: ConnectionCallbacks,
                  *, buffer_limit: int = 1024 * 1024, read_size: int = READ_SIZE,
@@ -92,7 +97,9 @@ class Connection:
         self._connecting = False
         self._connect_timer = None
         self._delayed_close_timer = None
+        self._close_delay = 0.0
         self._flush_scheduled = False
+        self._detect_early_close = False
         self.above_high_watermark = False
         self._close_after_flush = False
         self._shutdown_after_flush = False
@@ -149,6 +156,13 @@ class Connection:
                 self.dispatcher.defer(self._read_transport)
         self._update_interest()
 
+    def set_detect_early_close(self, enabled: bool) -> None:
+        """While reading is disabled, watch for the peer closing anyway (EPOLLRDHUP) and report
+        it as `on_early_close` (Envoy's detect_early_close), for owners to whom a peer's FIN
+        means "abort" even when it waits behind bytes not read yet."""
+        self._detect_early_close = enabled
+        self._update_interest()
+
     @property
     def reading_enabled(self) -> bool:
         return self._read_disable == 0
@@ -162,6 +176,8 @@ class Connection:
         else:
             if self._read_disable == 0 and not self._read_eof:
                 want = READ
+            elif self._detect_early_close and not self._read_eof and not self._close_after_flush:
+                want = PEER_CLOSED
             if self._transport_interest:
                 # The transport's needs replace waiting for writability on our own: a write it
                 # cannot take yet (TLS handshake) must not spin on an always-writable socket.
@@ -240,6 +256,8 @@ class Connection:
                         self.callbacks.on_eof()
                 elif self._transport_interest & READ:
                     self._transport_progress()
+            elif mask & PEER_CLOSED and self._read_disable and not self.closed:
+                self.callbacks.on_early_close()
         except Exception:
             # A bug in an owner's callback must cost only this connection, never the worker.
             if not self.closed:
@@ -321,6 +339,11 @@ class Connection:
                 return
             if n:
                 self._sent(n)
+                if self._delayed_close_timer is not None:
+                    # Closing after the flush: the delay bounds a stall, not the whole flush
+                    # (Envoy's delayed_close_timeout restarts on write progress), or a slow
+                    # reader loses the tail of a `connection: close` response.
+                    self._delayed_close_timer.enable(self._close_delay)
         if self.above_high_watermark and self.buffered_bytes <= self.limit // 2:
             self.above_high_watermark = False
             self.callbacks.on_below_write_watermark()
@@ -370,8 +393,8 @@ class Connection:
         self.transport_socket.shutdown_write()
 
     def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0) -> None:
-        """Close; with `flush`, after the write buffer drains (bounded by `delay` seconds,
-        Envoy's delayed_close_timeout)."""
+        """Close; with `flush`, after the write buffer drains (given up after `delay` seconds
+        without write progress, Envoy's delayed_close_timeout)."""
         if self.closed:
             return
         if flush and (self._out or self._transport_interest & WRITE) and not self._connecting:
@@ -379,6 +402,7 @@ class Connection:
                 self._close_after_flush = True
                 self._read_disable += 1
                 self._update_interest()
+                self._close_delay = delay
                 self._delayed_close_timer = self.dispatcher.call_later(
                     delay, lambda: self.close(flush=False, reason=reason))
             return

@@ -29,12 +29,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["Dispatcher", "Timer", "READ", "WRITE"]
+__all__ = ["Dispatcher", "Timer", "READ", "WRITE", "PEER_CLOSED"]
 
 log = logging.getLogger("ftproxy.dispatcher")
 
 READ = select.EPOLLIN
 WRITE = select.EPOLLOUT
+# The peer shut down its sending side (FIN) or reset: asked for while a connection does not
+# read, so that a close is seen behind bytes nobody reads yet (Envoy's early close detection).
+PEER_CLOSED = select.EPOLLRDHUP
 # An error or hang-up is reported to the callback as both readable and writable: its next
 # recv/send meets the error and handles it like any other failure.
 _ERR = select.EPOLLERR | select.EPOLLHUP

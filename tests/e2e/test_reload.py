@@ -1,7 +1,7 @@
 """End to end: hot restart through `proxyctl reload` under real load (wrk), with real processes.
 
-What it proves (DESIGN.md §5): a keep-alive load running through five reloads sees zero socket
-errors and zero non-2xx answers, and each reload's new route is in force right after it; a
+What it proves (DESIGN.md §5): a keep-alive load on busy connections (20, to an upstream that
+takes ~2 ms) running through five reloads sees zero socket errors and zero non-2xx answers, and each reload's new route is in force right after it; a
 long streaming response started before a reload completes intact; counters carry over; a bad
 config leaves the old epoch serving; ten reloads leave exactly one epoch and no fd growth.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -52,27 +53,46 @@ def echo_ab():
         u.close()
 
 
+def versioned_config(path, port: int, version: str, upstream_port: int):
+    """`/version` answers `version` (direct_response); everything else goes to the upstream."""
+    routes = [{"match": {"path": "/version"},
+               "direct_response": {"status": 200, "body": {"inline_string": version}}},
+              {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "10s"}}]
+    return direct_config(path, port, routes=routes, clusters=[cluster("app", upstream_port)])
+
+
 def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, supervised):
-    # Keep-alive load on a route whose answer differs between the configs (A / B).
+    # Busy keep-alive connections against an upstream that takes ~2 ms (stdlib
+    # ThreadingHTTPServer, which writes a response's head and body separately): at any moment
+    # most of the 20 connections have a request in flight, many with the response head already
+    # sent, so each reload drains streams in every phase. A load on an instant upstream (or a
+    # direct_response) is idle between requests at almost every instant and proves nothing.
+    up = EchoUpstream("app")
     port = free_port()
-    a, b = two_configs(tmp_path, port)
+    a = versioned_config(tmp_path / "a.yaml", port, "A", up.port)
+    b = versioned_config(tmp_path / "b.yaml", port, "B", up.port)
     sup: Supervised = supervised(tmp_path, a, port)
-    wrk = subprocess.Popen(["wrk", "-t2", "-c20", "-d20s", "--latency", f"http://127.0.0.1:{port}/"],
+    # wrk runs until every reload is behind it (SIGINT: it stops and prints its summary),
+    # however long the reloads take on a loaded machine.
+    wrk = subprocess.Popen(["wrk", "-t1", "-c20", "-d120s", f"http://127.0.0.1:{port}/delay/0.002"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(2.0)
         for i in range(5):
-            cfg, name = (b, "b") if i % 2 == 0 else (a, "a")
+            cfg, name = (b, "B") if i % 2 == 0 else (a, "A")
             r = sup.reload(cfg)
             assert r.returncode == 0, r.stderr
             assert re.fullmatch(rf"reloaded: epoch {i + 1} \(pid \d+\)\n", r.stdout)
-            code, body = curl(port)
-            assert code == 200 and body.strip() == name.upper(), f"reload {i + 1}: route not in force"
+            code, body = curl(port, "/version")
+            assert code == 200 and body.strip() == name, f"reload {i + 1}: route not in force"
             time.sleep(2.5)
+        assert wrk.poll() is None, "wrk ended before the last reload"
+        wrk.send_signal(signal.SIGINT)
         out, _ = wrk.communicate(timeout=40)
     finally:
         if wrk.poll() is None:
             wrk.kill()
+        up.close()
     m = re.search(r"(\d+) requests in", out)
     assert m and int(m.group(1)) > 1000, out
     assert "Socket errors" not in out, out

@@ -120,6 +120,13 @@ def test_bare_number_duration_is_refused_as_envoy_does():
         'hcm.drain_timeout: a duration is a string with its unit, such as "2s" (got the bare number 2)')
 
 
+def test_request_headers_timeout_is_accepted_default_off():
+    assert parse_hcm(_hcm(), P).request_headers_timeout == 0.0
+    assert parse_hcm(_hcm(request_headers_timeout="1.5s"), P).request_headers_timeout == 1.5
+    assert _err(parse_hcm, _hcm(request_headers_timeout="1m")).startswith(
+        "hcm.request_headers_timeout: invalid duration")
+
+
 def test_bad_duration_names_path():
     assert _err(parse_hcm, _hcm(stream_idle_timeout="5m")).startswith("hcm.stream_idle_timeout: invalid duration")
 

@@ -18,6 +18,9 @@ class Recorder(ConnectionCallbacks):
     def on_eof(self):
         self.events.append("eof")
 
+    def on_early_close(self):
+        self.events.append("early_close")
+
     def on_close(self, reason):
         self.events.append(("close", reason))
 
@@ -105,12 +108,79 @@ def test_close_with_flush_delivers_buffered_bytes_then_closes():
     assert ("close", "local") in rec.events
 
 
+def test_close_with_flush_gives_up_only_after_a_stall_not_while_the_peer_reads():
+    # Envoy's delayed_close_timeout: write progress restarts it. A peer reading slower than
+    # `delay` per buffer-full still gets every byte (a `connection: close` response's tail).
+    d, conn, rec, peer = pair(limit=1 << 20)
+    payload = bytes(range(256)) * 800  # 200 KiB through 4 KiB socket buffers
+    conn.write(payload)
+    conn.close(flush=True, delay=0.2)
+    got = bytearray()
+    peer.settimeout(0.01)
+    import time
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not conn.closed:
+        run_once(d, 0.005)
+        try:
+            got += peer.recv(16 * 1024)
+        except socket.timeout:
+            pass
+        time.sleep(0.01)  # the whole transfer takes far longer than `delay`
+    peer.settimeout(1)
+    while chunk := peer.recv(1 << 20):
+        got += chunk
+    assert conn.closed and ("close", "local") in rec.events
+    assert bytes(got) == payload
+
+
 def test_peer_eof_reported():
     d, conn, rec, peer = pair()
     peer.shutdown(socket.SHUT_WR)
     d.call_later(0.05, d.exit)
     d.run()
     assert "eof" in rec.events
+
+
+def run_once(d, seconds=0.05):
+    d.call_later(seconds, d.exit)
+    d._exit_requested = False
+    d.run()
+
+
+def test_peer_close_behind_unread_bytes_is_reported_while_reading_is_disabled():
+    d, conn, rec, peer = pair()
+    conn.set_detect_early_close(True)
+    conn.read_disable(True)
+    peer.sendall(b"GET /second HTTP/1.1\r\n\r\n")
+    peer.shutdown(socket.SHUT_WR)
+    run_once(d)
+    assert "early_close" in rec.events
+    assert rec.data == b""  # the bytes before the FIN are not read (Envoy's early close)
+
+
+def test_no_early_close_without_detection_or_while_reading():
+    d, conn, rec, peer = pair()
+    conn.read_disable(True)
+    peer.sendall(b"abc")
+    peer.shutdown(socket.SHUT_WR)
+    run_once(d)
+    assert rec.events == [] and rec.data == b""
+    # Reading again: the bytes, then the FIN in order, as on_eof.
+    conn.set_detect_early_close(True)
+    conn.read_disable(False)
+    run_once(d)
+    assert rec.data == b"abc" and rec.events == ["eof"]
+
+
+def test_detection_turned_off_by_the_owner_stops_the_reports():
+    d, conn, rec, peer = pair()
+    conn.set_detect_early_close(True)
+    conn.read_disable(True)
+    rec.on_early_close = lambda: (rec.events.append("early_close"), conn.set_detect_early_close(False))
+    peer.shutdown(socket.SHUT_WR)
+    run_once(d)
+    run_once(d)
+    assert rec.events == ["early_close"]  # once: level-triggered, but the owner acted
 
 
 class _SendSpy:

@@ -88,6 +88,21 @@ def test_request_versions_wherever_the_head_starts_in_a_feed(impl, split):
     assert heads == [(b"/1", b"1.0"), (b"/2", b"1.1"), (b"/3", b"1.0"), (b"/4", b"1.1")]
 
 
+def test_head_in_progress_from_a_requests_first_byte_until_its_head_is_complete(impl):
+    c = server(impl)
+    assert not c.head_in_progress
+    assert c.feed(b"\r\n") == [] and not c.head_in_progress  # blank lines before a request
+    assert c.feed(b"G") == [] and c.head_in_progress
+    assert c.feed(GET[1:-2]) == [] and c.head_in_progress
+    assert [type(e) for e in c.feed(b"\r\n")] == [RequestHeaders, MessageComplete]
+    assert not c.head_in_progress
+    # A whole request then the start of the next one in the same feed (kept alive).
+    assert len(c.feed(GET + b"POST /x HT")) == 2 and c.head_in_progress
+    assert [type(e) for e in c.feed(b"TP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nh")] == \
+        [RequestHeaders, Data]
+    assert not c.head_in_progress  # a body in progress is not a head
+
+
 def test_error_after_whole_requests_carries_them(impl):
     """The connection manager answers the whole requests before bad bytes first (as Envoy,
     which parses one request at a time), so the error carries what the feed parsed."""

@@ -1,6 +1,8 @@
 """Differential test: the httptools codec and the h11 reference codec, fed the same bytes
 (whole, byte by byte and in seeded random splits), must produce the same events (adjacent
-Data merged) or both raise CodecError with the same status."""
+Data merged) and say the same after each feed about a request head in progress
+(`head_in_progress`, which the connection manager's timers watch), or both raise CodecError
+with the same status."""
 
 from __future__ import annotations
 
@@ -175,15 +177,18 @@ def merged(events: list) -> list:
 
 
 def run_server(impl: str, chunks: list[bytes]):
+    """("ok", events, head_in_progress after each feed) or ("error", status)."""
     codec = make_server_codec(impl, max_request_headers_kb=2)
     events: list = []
+    in_head = []
     try:
         for chunk in chunks:
             events += codec.feed(chunk)
+            in_head.append(codec.head_in_progress)
         events += codec.feed(b"")
     except CodecError as exc:
         return ("error", exc.status)
-    return ("ok", merged(events))
+    return ("ok", merged(events), in_head)
 
 
 def run_client(impl: str, steps, split) -> tuple:

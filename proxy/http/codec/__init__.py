@@ -2,7 +2,10 @@
 and `h11` (the strict pure-Python reference, used as a test oracle and fallback).
 
 ServerCodec (downstream): `feed(bytes) -> list[event]` (b"" = EOF), `resume()`,
-`encode_response_head(...)`, `encode_body`, `encode_end`, `response_must_close`.
+`encode_response_head(...)`, `encode_body`, `encode_end`, `response_must_close`, and
+`head_in_progress`: after a feed, True while a request head has begun (its first byte came)
+and is not complete (no RequestHeaders for it yet): the connection manager times a request
+from its first byte, as Envoy does (request_timeout, request_headers_timeout).
 ClientCodec (upstream): `encode_request_head(...)`, `encode_body`, `encode_end`,
 `feed(bytes) -> list[event]`. Both raise `CodecError` for input they refuse.
 

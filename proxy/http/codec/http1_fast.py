@@ -61,7 +61,7 @@ class FastServerCodec(ResponseEncoding):
     """Downstream side: parses requests (pipelined), encodes responses."""
 
     __slots__ = ("_parser", "_events", "_headers", "_specials", "_url", "on_url", "_max_bytes",
-                 "_max_count", "_in_head", "_in_msg", "_head_bytes", "_feed_len", "_data",
+                 "_max_count", "head_in_progress", "_in_msg", "_head_bytes", "_feed_len", "_data",
                  "_start", "_state", "_held", "_keep_alive", "_switch", "_unanswered",
                  "_resp_body", "response_must_close", "_own_lines", "_skip_fields")
 
@@ -77,7 +77,9 @@ class FastServerCodec(ResponseEncoding):
         self._parser = HttpRequestParser(self)
         self._max_bytes = max_request_headers_kb * 1024
         self._max_count = max_headers_count
-        self._in_head = self._in_msg = self._switch = False
+        # A request head has begun (llhttp's message begin, its first byte) and is not
+        # complete yet: the connection manager's timers for a head in progress watch this.
+        self.head_in_progress = self._in_msg = self._switch = False
         self._head_bytes = self._feed_len = 0
         # `_data`: this feed's bytes while a message may still begin at their offset 0;
         # `_start`: those bytes for the message that began there (see `_request_version`).
@@ -109,7 +111,7 @@ class FastServerCodec(ResponseEncoding):
             self._parser.feed_data(data)
         except (HttpParserUpgrade, HttpParserError) as exc:
             self._parse_stopped(exc, data)
-        if self._in_head:  # a head is still incomplete: bound what we hold of it
+        if self.head_in_progress:  # a head is still incomplete: bound what we hold of it
             if self._head_bytes < 0:  # it began in this feed, after the last blank line
                 i = data.rfind(b"\r\n\r\n")
                 self._head_bytes = len(data) - (i + 4 if i >= 0 else 0)
@@ -162,7 +164,7 @@ class FastServerCodec(ResponseEncoding):
     # --- llhttp callbacks ---
     # (on_url is the slot set in __init__: `self._url.append`.)
     def on_message_begin(self) -> None:
-        self._in_head = self._in_msg = True
+        self.head_in_progress = self._in_msg = True
         self._head_bytes = -1
         self._start = self._data
         self._data = None
@@ -170,7 +172,7 @@ class FastServerCodec(ResponseEncoding):
     on_header = collect_header
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self.head_in_progress = False
         parser = self._parser
         url_parts = self._url
         url = url_parts[0] if len(url_parts) == 1 else b"".join(url_parts)

@@ -62,12 +62,15 @@ def _raw_te(headers: list, specials: list) -> list:
 class H11ServerCodec(ResponseEncoding):
     __slots__ = ("_buf", "_conn", "_scanner", "_state", "_held", "_keep_alive", "_unanswered",
                  "_max_bytes", "_max_count", "_resp_body", "response_must_close", "_own_lines",
-                 "_skip_fields")
+                 "_skip_fields", "head_in_progress")
 
     def __init__(self, max_request_headers_kb: int = 60, max_headers_count: int = 100,
                  response_fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self._set_response_fields(response_fields)
         self._buf = b""
+        # A request head has begun (its first byte, blank lines before it aside) and is not
+        # complete yet; kept as the httptools codec keeps it (the differential test checks).
+        self.head_in_progress = False
         self._conn: h11.Connection | None = None
         self._scanner: ChunkScanner | None = None
         self._state = OPEN
@@ -102,6 +105,11 @@ class H11ServerCodec(ResponseEncoding):
         except CodecError as err:
             err.parsed = events
             raise
+        # `_start` left `_buf` without leading blank lines: what remains is a head begun (a
+        # lone CR may still be one of those lines: llhttp begins a message at its first
+        # other byte).
+        self.head_in_progress = (self._state == OPEN and self._conn is None
+                                 and self._buf not in (b"", b"\r"))
         return events
 
     def resume(self) -> list:

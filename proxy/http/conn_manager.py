@@ -354,7 +354,8 @@ class ConnectionManager(ConnectionCallbacks):
         if stream is not None and not stream.closed:
             self.stats.downstream_rq_rx_reset.value += 1
             stream.set_response_flag("DC")
-        self.connection.close(flush=True)
+        # The client ended the connection: Envoy counts downstream_cx_destroy_remote.
+        self.connection.close(flush=True, reason=CloseReason.REMOTE)
 
     def on_close(self, reason: str) -> None:
         st = self.stats

@@ -305,3 +305,17 @@ def test_per_listener_http_stats(upstream, proxy_factory):
     assert counters[prefix + "downstream_rq_4xx"] == 1
     assert counters[prefix + "downstream_rq_completed"] == 4
     assert counters["http.ingress_http.downstream_rq_completed"] == 4
+
+
+def test_a_client_closing_counts_as_destroy_remote(upstream, proxy_factory):
+    """Envoy: a connection the client closes is downstream_cx_destroy_remote; one the proxy
+    closes (connection: close) is downstream_cx_destroy_local."""
+    p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}],
+                                         [static_cluster("c1", upstream.port)]))
+    for _ in range(3):
+        echo(p.port, "/")  # http.client closes its connection after each response
+    echo(p.port, "/", headers={"connection": "close"})
+    assert p.wait_for(lambda: p.counters()["http.ingress_http.downstream_cx_destroy"] == 4)
+    counters = p.counters()
+    assert counters["http.ingress_http.downstream_cx_destroy_remote"] == 3
+    assert counters["http.ingress_http.downstream_cx_destroy_local"] == 1

@@ -488,14 +488,22 @@ class ConnectionManager(ConnectionCallbacks):
         else:  # the timer is armed already and re-arms itself when it fires early
             self.idle_since = time.monotonic()
         if self.pending:
-            events = list(self.pending)
-            self.pending.clear()
-            if self.paused_for_pipeline:
-                self.paused_for_pipeline = False
-                self.connection.read_disable(False)
-            self._dispatch(events)
+            # The next pipelined request starts from the event loop, not from inside this
+            # call (which may be an upstream read): no re-entrant upstream -> downstream ->
+            # next request chain. Bytes read meanwhile queue behind it, in order.
+            self.ctx.worker.dispatcher.defer(self._next_pipelined)
         if self.codec.head_in_progress and self.active is None and not self.connection.closed:
             self._head_began()  # the next request's head began behind this one: time it from now
+
+    def _next_pipelined(self) -> None:
+        if self.connection.closed or self.active is not None or not self.pending:
+            return
+        events = list(self.pending)
+        self.pending.clear()
+        if self.paused_for_pipeline:
+            self.paused_for_pipeline = False
+            self.connection.read_disable(False)
+        self._dispatch(events)
 
     def _finish_stream(self, stream: ActiveStream) -> None:
         stream.closed = True

@@ -144,8 +144,8 @@ SOCKET_ADDRESS = Message("envoy.config.core.v3.SocketAddress", fields=(
     refused("named_port"),
     refused("resolver_name"),
     refused("network_namespace_filepath"),
-    inert("ipv4_compat", "a [::] socket accepts IPv4 too here, the kernel's default "
-                         "(net.ipv6.bindv6only=0), whatever this says", default=False),
+    refused("ipv4_compat", "only false: an IPv6 listen socket takes IPv6 only (IPV6_V6ONLY), as "
+                           "Envoy's default", default=False, only_default=True),
 ))
 
 
@@ -154,7 +154,7 @@ def parse_address(value: Any, path: str) -> tuple[str, int]:
     a = ADDRESS.read(value, path)
     s = SOCKET_ADDRESS.read(a.value("socket_address", required=True), a.at("socket_address"))
     SOCKET_ADDRESS.require_default(s, "protocol", s.enum("protocol", ("TCP", "UDP"), "TCP"))
-    s.bool("ipv4_compat", False)
+    SOCKET_ADDRESS.require_default(s, "ipv4_compat", s.bool("ipv4_compat", False))
     host = s.str("address", required=True)
     try:
         ip = ipaddress.ip_address(host)

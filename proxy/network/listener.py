@@ -45,6 +45,10 @@ def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                # Envoy's default (ipv4_compat false): "[::]" takes IPv6 only, whatever the
+                # kernel's net.ipv6.bindv6only says.
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 s.bind((address, port))
             except OSError as e:

@@ -2,8 +2,9 @@
 
 Job: validate an `http_connection_manager.v3.HttpConnectionManager` typed_config into an
 immutable `HcmConfig` (Envoy field names and defaults), resolve its HTTP filters through the
-registry, and register the network filter. Fields we do not implement yet are refused with
-"not supported yet" naming the path, never silently ignored.
+registry, and register the network filter. Each message's fields are declared once (used,
+inert with the reason, or refused: proxy.config.fields_table), so a field we do not implement
+is refused by its path, never silently ignored.
 
 Must not: do I/O, build runtime objects (codecs, streams), or import HTTP filter modules (the
 router is recognised by its registered name). Thread affinity: parsed on the main thread;
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from proxy.access_log.config import parse_access_logs
+from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
@@ -34,39 +36,6 @@ _UNDERSCORES = ("ALLOW", "REJECT_REQUEST", "DROP_HEADER")
 _ESCAPED_SLASHES = ("IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED", "REJECT_REQUEST",
                     "UNESCAPE_AND_REDIRECT", "UNESCAPE_AND_FORWARD")
 _XFCC = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY")
-
-_SUPPORTED = (
-    "codec_type", "stat_prefix", "route_config", "http_filters", "access_log",
-    "use_remote_address", "xff_num_trusted_hops", "skip_xff_append", "generate_request_id",
-    "preserve_external_request_id", "always_set_request_id_in_response", "server_name",
-    "server_header_transformation", "via", "stream_idle_timeout", "request_timeout",
-    "request_headers_timeout", "drain_timeout", "delayed_close_timeout",
-    "common_http_protocol_options", "max_request_headers_kb", "upgrade_configs",
-    "http_protocol_options", "normalize_path", "merge_slashes", "internal_address_config",
-    "add_user_agent", "proxy_100_continue", "strip_matching_host_port", "strip_any_host_port",
-    "strip_trailing_host_dot", "path_with_escaped_slashes_action", "forward_client_cert_details",
-    "stream_error_on_invalid_http_message", "append_x_forwarded_port",
-)
-# Real HttpConnectionManager fields we refuse for now (distinct from typos).
-_UNSUPPORTED = (
-    "rds", "scoped_routes", "tracing", "http2_protocol_options", "http3_protocol_options",
-    "http1_safe_max_connection_duration", "scheme_header_transformation",
-    "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
-    "original_ip_detection_extensions", "early_header_mutation_extensions",
-    "set_current_client_cert_details", "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
-    "request_id_extension", "local_reply_config", "path_normalization_options",
-    "proxy_status_config", "typed_header_validation_config", "append_local_overload",
-    "add_proxy_protocol_connection_state",
-)
-_COMMON_OPTS = ("idle_timeout", "max_connection_duration", "max_headers_count",
-                "max_stream_duration", "headers_with_underscores_action",
-                "max_requests_per_connection", "max_response_headers_kb")
-_H1_SUPPORTED = ("accept_http_10", "default_host_for_http_10", "allow_absolute_url",
-                 "enable_trailers", "allow_chunked_length",
-                 "override_stream_error_on_invalid_http_message")
-_H1_UNSUPPORTED = ("header_key_format", "send_fully_qualified_url", "use_balsa_parser",
-                   "allow_custom_methods", "ignore_http_11_upgrade")
-
 
 class HttpFilterConfig(NamedTuple):
     """One entry of `http_filters`: the name as written (or the extension's), its parsed
@@ -89,10 +58,6 @@ class Http1Options:
     """`http_protocol_options` (core.v3.Http1ProtocolOptions)."""
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
-    allow_absolute_url: bool = True
-    enable_trailers: bool = False
-    allow_chunked_length: bool = False
-    override_stream_error_on_invalid_http_message: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +68,6 @@ class HcmConfig:
     codec_type: str = "AUTO"
     access_logs: tuple[Any, ...] = ()
     use_remote_address: bool = False
-    xff_num_trusted_hops: int = 0
     skip_xff_append: bool = False
     generate_request_id: bool = True
     preserve_external_request_id: bool = False
@@ -118,42 +82,108 @@ class HcmConfig:
     drain_timeout: float = 5.0
     delayed_close_timeout: float = 1.0
     idle_timeout: float = 3600.0           # connection with no active streams
-    max_connection_duration: float | None = None
-    max_stream_duration: float | None = None
     max_headers_count: int = 100           # header-flood defence; over -> 431
     max_requests_per_connection: int | None = None
     headers_with_underscores_action: str = "ALLOW"
     max_request_headers_kb: int = 60       # header-size bound; over -> 431
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
     http_protocol_options: Http1Options = Http1Options()
-    normalize_path: bool = False
-    merge_slashes: bool = False
-    path_with_escaped_slashes_action: str = "KEEP_UNCHANGED"
-    internal_cidr_ranges: tuple[tuple[str, int], ...] = ()
-    internal_unix_sockets: bool = False
-    add_user_agent: bool = False
-    proxy_100_continue: bool = False
-    strip_matching_host_port: bool = False
-    strip_any_host_port: bool = False
-    strip_trailing_host_dot: bool = False
-    forward_client_cert_details: str = "SANITIZE"
-    stream_error_on_invalid_http_message: bool = False
-    append_x_forwarded_port: bool = False
     raw: Mapping[str, Any] | None = None   # the typed_config body as written (config_dump)
 
 
-def _refuse_unsupported(f: Fields, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if f.has(key):
-            raise ConfigError(f.at(key), "not supported yet")
+_ONLY_DEFAULT = "only the default: no runtime behaviour yet"
+
+HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookkeeping=("raw",),
+              fields=(
+    used("stat_prefix"),
+    used("route_config"),
+    used("http_filters"),
+    inert("codec_type", "AUTO and HTTP1 both mean HTTP/1.1 here (HTTP2 and HTTP3 are refused)",
+          default="AUTO", attr="codec_type"),
+    used("access_log", attr="access_logs"),
+    used("use_remote_address", False),
+    used("skip_xff_append", False),
+    used("generate_request_id", True),
+    used("preserve_external_request_id", False),
+    used("always_set_request_id_in_response", False),
+    used("server_name", "envoy"),
+    used("server_header_transformation", "OVERWRITE"),
+    used("via"),
+    used("stream_idle_timeout", "300s"),
+    used("request_timeout", "0s"),
+    used("request_headers_timeout", "0s"),
+    inert("drain_timeout", "the grace between HTTP/2 GOAWAY frames; HTTP/1.1 has none (a draining "
+                           "connection closes after its response)", default="5s", attr="drain_timeout"),
+    used("delayed_close_timeout", "1s"),
+    used("common_http_protocol_options", attr="", why="its own table"),
+    used("max_request_headers_kb", 60),
+    used("upgrade_configs"),
+    used("http_protocol_options"),
+    refused("internal_address_config", "every request is external (only an empty config)",
+            only_default=True),
+    refused("xff_num_trusted_hops", _ONLY_DEFAULT, default=0, only_default=True),
+    refused("normalize_path", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("merge_slashes", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("path_with_escaped_slashes_action", _ONLY_DEFAULT, default="KEEP_UNCHANGED",
+            only_default=True),
+    refused("add_user_agent", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("proxy_100_continue", "the proxy answers expect: 100-continue itself",
+            default=False, only_default=True),
+    refused("strip_matching_host_port", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("strip_any_host_port", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("strip_trailing_host_dot", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("forward_client_cert_details", "SANITIZE only: an incoming x-forwarded-client-cert "
+            "is removed", default="SANITIZE", only_default=True),
+    refused("stream_error_on_invalid_http_message", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("append_x_forwarded_port", _ONLY_DEFAULT, default=False, only_default=True),
+    refused("rds", "xDS: use an inline route_config"),
+    *(refused(name) for name in (
+        "scoped_routes", "tracing", "http2_protocol_options", "http3_protocol_options",
+        "http1_safe_max_connection_duration", "scheme_header_transformation",
+        "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
+        "original_ip_detection_extensions", "early_header_mutation_extensions",
+        "set_current_client_cert_details", "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+        "request_id_extension", "local_reply_config", "path_normalization_options",
+        "proxy_status_config", "typed_header_validation_config", "append_local_overload",
+        "add_proxy_protocol_connection_state")),
+))
+
+COMMON_HTTP = Message("envoy.config.core.v3.HttpProtocolOptions (downstream)", fields=(
+    used("idle_timeout", "3600s"),
+    used("max_headers_count", 100),
+    used("max_requests_per_connection"),
+    used("headers_with_underscores_action", "ALLOW"),
+    refused("max_connection_duration", _ONLY_DEFAULT, only_default=True),
+    refused("max_stream_duration", _ONLY_DEFAULT, only_default=True),
+    refused("max_response_headers_kb"),
+))
+
+HTTP1 = Message("envoy.config.core.v3.Http1ProtocolOptions (downstream)", model=Http1Options, fields=(
+    used("accept_http_10", False),
+    used("default_host_for_http_10", ""),
+    refused("allow_absolute_url", "only true: absolute-form targets are accepted", default=True,
+            only_default=True),
+    refused("enable_trailers", "only false", default=False, only_default=True),
+    refused("allow_chunked_length", "only false", default=False, only_default=True),
+    refused("override_stream_error_on_invalid_http_message", "only false: an invalid request "
+            "closes the connection", default=False, only_default=True),
+    refused("header_key_format"),
+    refused("send_fully_qualified_url"),
+    refused("use_balsa_parser"),
+    refused("allow_custom_methods"),
+    refused("ignore_http_11_upgrade"),
+))
+
+UPGRADE = Message("envoy.extensions.filters.network.http_connection_manager.v3"
+                  ".HttpConnectionManager.UpgradeConfig", model=UpgradeConfig, fields=(
+    used("upgrade_type"),
+    used("enabled", True),
+    refused("filters", "per-upgrade filter chains"),
+))
 
 
 def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
-    f = Fields(raw, path, _SUPPORTED + _UNSUPPORTED)
-    if f.has("rds"):
-        raise ConfigError(f.at("rds"), "rds (dynamic route configuration) is not supported yet; "
-                                       "use an inline route_config")
-    _refuse_unsupported(f, _UNSUPPORTED)
+    f = HCM.read(raw, path)
     stat_prefix = f.str("stat_prefix", required=True)
     codec = f.enum("codec_type", _CODECS, "AUTO")
     if codec in ("HTTP2", "HTTP3"):
@@ -163,16 +193,15 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
     route_config = parse_route_configuration(f.raw_obj("route_config"), f.at("route_config"))
     kwargs: dict[str, Any] = {}
     _parse_common_options(f, kwargs)
-    _parse_internal_address_config(f, kwargs)
+    _refuse_non_defaults(f)
     max_kb = f.int("max_request_headers_kb", 60, min=1, max=8192)
-    config = HcmConfig(
+    return HcmConfig(
         stat_prefix=stat_prefix,
         route_config=route_config,
         http_filters=_parse_http_filters(f),
         codec_type=codec,
         access_logs=tuple(parse_access_logs(f.list("access_log"))),
         use_remote_address=f.bool("use_remote_address", False),
-        xff_num_trusted_hops=f.int("xff_num_trusted_hops", 0, min=0),
         skip_xff_append=f.bool("skip_xff_append", False),
         generate_request_id=f.bool("generate_request_id", True),
         preserve_external_request_id=f.bool("preserve_external_request_id", False),
@@ -188,110 +217,61 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         max_request_headers_kb=max_kb,
         upgrade_configs=_parse_upgrades(f),
         http_protocol_options=_parse_http1(f),
-        normalize_path=f.bool("normalize_path", False),
-        merge_slashes=f.bool("merge_slashes", False),
-        path_with_escaped_slashes_action=_escaped_slashes(f),
-        add_user_agent=f.bool("add_user_agent", False),
-        proxy_100_continue=f.bool("proxy_100_continue", False),
-        strip_matching_host_port=f.bool("strip_matching_host_port", False),
-        strip_any_host_port=f.bool("strip_any_host_port", False),
-        strip_trailing_host_dot=f.bool("strip_trailing_host_dot", False),
-        forward_client_cert_details=f.enum("forward_client_cert_details", _XFCC, "SANITIZE"),
-        stream_error_on_invalid_http_message=f.bool("stream_error_on_invalid_http_message", False),
-        append_x_forwarded_port=f.bool("append_x_forwarded_port", False),
         raw=raw,
         **kwargs,
     )
-    _refuse_unimplemented(config, path)
-    return config
 
 
-# Options parsed (so a config naming them is understood) whose runtime behaviour is not built
-# yet: a value other than the default is refused rather than silently ignored.
-_NOT_IMPLEMENTED = (
-    ("xff_num_trusted_hops", 0),
-    ("max_connection_duration", None), ("max_stream_duration", None),
-    ("normalize_path", False), ("merge_slashes", False),
-    ("path_with_escaped_slashes_action", "KEEP_UNCHANGED"), ("add_user_agent", False),
-    ("proxy_100_continue", False), ("strip_matching_host_port", False), ("strip_any_host_port", False),
-    ("strip_trailing_host_dot", False), ("forward_client_cert_details", "SANITIZE"),
-    ("stream_error_on_invalid_http_message", False), ("append_x_forwarded_port", False),
-    ("internal_cidr_ranges", ()), ("internal_unix_sockets", False),
-)
-_FIELD_PATHS = {
-    "max_connection_duration": "common_http_protocol_options.max_connection_duration",
-    "max_stream_duration": "common_http_protocol_options.max_stream_duration",
-    "headers_with_underscores_action": "common_http_protocol_options.headers_with_underscores_action",
-    "internal_cidr_ranges": "internal_address_config.cidr_ranges",
-    "internal_unix_sockets": "internal_address_config.unix_sockets",
-}
-
-
-def _refuse_unimplemented(config: HcmConfig, path: str) -> None:
-    for name, default in _NOT_IMPLEMENTED:
-        if getattr(config, name) != default:
-            field = _FIELD_PATHS.get(name, name)
-            raise ConfigError(f"{path}.{field}" if path else field,
-                              f"not supported yet (only the default, {default!r}, is)")
-    h1 = config.http_protocol_options
-    for name, default in (("allow_absolute_url", True), ("enable_trailers", False),
-                          ("allow_chunked_length", False)):
-        if getattr(h1, name) != default:
-            raise ConfigError(f"{path}.http_protocol_options.{name}",
-                              f"not supported yet (only the default, {default!r}, is)")
+def _refuse_non_defaults(f: Fields) -> None:
+    """Fields understood but without runtime behaviour yet: only their default is accepted."""
+    for name in ("xff_num_trusted_hops",):
+        HCM.require_default(f, name, f.int(name, 0, min=0))
+    for name in ("normalize_path", "merge_slashes", "add_user_agent", "proxy_100_continue",
+                 "strip_matching_host_port", "strip_any_host_port", "strip_trailing_host_dot",
+                 "stream_error_on_invalid_http_message", "append_x_forwarded_port"):
+        HCM.require_default(f, name, f.bool(name, False))
+    slashes = f.enum("path_with_escaped_slashes_action", _ESCAPED_SLASHES, "KEEP_UNCHANGED")
+    HCM.require_default(f, "path_with_escaped_slashes_action",
+                        "KEEP_UNCHANGED" if slashes == "IMPLEMENTATION_SPECIFIC_DEFAULT" else slashes)
+    HCM.require_default(f, "forward_client_cert_details",
+                        f.enum("forward_client_cert_details", _XFCC, "SANITIZE"))
+    internal = f.raw_obj("internal_address_config")
+    if internal:  # an empty object asks for nothing
+        raise ConfigError(f.at("internal_address_config"),
+                          "not supported yet (every request is external (only an empty config))")
 
 
 def _parse_common_options(f: Fields, out: dict[str, Any]) -> None:
-    c = f.obj("common_http_protocol_options", _COMMON_OPTS)
-    if c is None:
+    if f.value("common_http_protocol_options") is None:
         return
-    if c.has("max_response_headers_kb"):
-        raise ConfigError(c.at("max_response_headers_kb"), "not supported yet")
+    c = COMMON_HTTP.read(f.value("common_http_protocol_options"), f.at("common_http_protocol_options"))
     out["idle_timeout"] = c.duration("idle_timeout", 3600.0)
-    out["max_connection_duration"] = c.duration("max_connection_duration") or None
-    out["max_stream_duration"] = c.duration("max_stream_duration") or None
+    COMMON_HTTP.require_default(c, "max_connection_duration", c.duration("max_connection_duration") or None)
+    COMMON_HTTP.require_default(c, "max_stream_duration", c.duration("max_stream_duration") or None)
     out["max_headers_count"] = c.int("max_headers_count", 100, min=1)
     out["max_requests_per_connection"] = c.int("max_requests_per_connection", min=0) or None
     out["headers_with_underscores_action"] = c.enum("headers_with_underscores_action",
                                                     _UNDERSCORES, "ALLOW")
 
 
-def _parse_internal_address_config(f: Fields, out: dict[str, Any]) -> None:
-    c = f.obj("internal_address_config", ("unix_sockets", "cidr_ranges"))
-    if c is None:
-        return
-    ranges = []
-    for r in c.objs("cidr_ranges", ("address_prefix", "prefix_len")):
-        ranges.append((r.str("address_prefix", required=True), r.int("prefix_len", 0, min=0, max=128)))
-    out["internal_cidr_ranges"] = tuple(ranges)
-    out["internal_unix_sockets"] = c.bool("unix_sockets", False)
-
-
-def _escaped_slashes(f: Fields) -> str:
-    v = f.enum("path_with_escaped_slashes_action", _ESCAPED_SLASHES, "KEEP_UNCHANGED")
-    return "KEEP_UNCHANGED" if v == "IMPLEMENTATION_SPECIFIC_DEFAULT" else v
-
-
 def _parse_http1(f: Fields) -> Http1Options:
-    h = f.obj("http_protocol_options", _H1_SUPPORTED + _H1_UNSUPPORTED)
-    if h is None:
+    if f.value("http_protocol_options") is None:
         return Http1Options()
-    _refuse_unsupported(h, _H1_UNSUPPORTED)
+    h = HTTP1.read(f.value("http_protocol_options"), f.at("http_protocol_options"))
+    HTTP1.require_default(h, "allow_absolute_url", h.bool("allow_absolute_url", True))
+    for name in ("enable_trailers", "allow_chunked_length",
+                 "override_stream_error_on_invalid_http_message"):
+        HTTP1.require_default(h, name, h.bool(name, False))
     return Http1Options(
         accept_http_10=h.bool("accept_http_10", False),
         default_host_for_http_10=h.str("default_host_for_http_10", ""),
-        allow_absolute_url=h.bool("allow_absolute_url", True),
-        enable_trailers=h.bool("enable_trailers", False),
-        allow_chunked_length=h.bool("allow_chunked_length", False),
-        override_stream_error_on_invalid_http_message=h.bool("override_stream_error_on_invalid_http_message"),
     )
 
 
 def _parse_upgrades(f: Fields) -> tuple[UpgradeConfig, ...]:
     out = []
-    for u in f.objs("upgrade_configs", ("upgrade_type", "filters", "enabled")):
-        if u.list("filters"):
-            raise ConfigError(u.at("filters"), "per-upgrade filter chains are not supported yet")
+    for item, upath in f.list("upgrade_configs"):
+        u = UPGRADE.read(item, upath)
         kind = u.str("upgrade_type", required=True)
         if not kind:
             raise ConfigError(u.at("upgrade_type"), "must not be empty")

@@ -34,11 +34,11 @@ def _err(fn, raw, path=P) -> str:
 
 def test_defaults_match_envoy():
     c = parse_hcm(_hcm(), P)
-    assert (c.codec_type, c.use_remote_address, c.xff_num_trusted_hops, c.generate_request_id,
+    assert (c.codec_type, c.use_remote_address, c.generate_request_id,
             c.server_name, c.server_header_transformation, c.stream_idle_timeout,
             c.request_timeout, c.drain_timeout, c.delayed_close_timeout, c.idle_timeout,
             c.max_headers_count, c.max_request_headers_kb, c.headers_with_underscores_action) == \
-        ("AUTO", False, 0, True, "envoy", "OVERWRITE", 300.0, 0.0, 5.0, 1.0, 3600.0, 100, 60, "ALLOW")
+        ("AUTO", False, True, "envoy", "OVERWRITE", 300.0, 0.0, 5.0, 1.0, 3600.0, 100, 60, "ALLOW")
     assert c.http_protocol_options.accept_http_10 is False
     assert c.raw["stat_prefix"] == "ingress"
 
@@ -142,7 +142,7 @@ def test_route_config_required_and_rds_refused():
     del raw["route_config"]
     assert "one of route_config or rds is required" in _err(parse_hcm, raw)
     raw["rds"] = {"route_config_name": "r"}
-    assert _err(parse_hcm, raw).startswith("hcm.rds: rds (dynamic route configuration) is not supported yet")
+    assert _err(parse_hcm, raw) == "hcm.rds: not supported yet (xDS: use an inline route_config)"
 
 
 def test_route_config_errors_name_nested_path():
@@ -173,8 +173,13 @@ def test_known_options_without_runtime_support_are_refused_unless_default():
     assert _err(parse_hcm, _hcm(xff_num_trusted_hops=1)).startswith("hcm.xff_num_trusted_hops: not supported yet")
     assert _err(parse_hcm, _hcm(internal_address_config={
         "cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]})).startswith(
-        "hcm.internal_address_config.cidr_ranges: not supported yet")
-    assert parse_hcm(_hcm(xff_num_trusted_hops=0), P).xff_num_trusted_hops == 0
+        "hcm.internal_address_config: not supported yet")
+    # The defaults themselves are accepted.
+    parse_hcm(_hcm(xff_num_trusted_hops=0, internal_address_config={}, normalize_path=False,
+                   common_http_protocol_options={"max_stream_duration": "0s"}), P)
+    assert _err(parse_hcm, _hcm(common_http_protocol_options={"max_stream_duration": "5s"})) == (
+        "hcm.common_http_protocol_options.max_stream_duration: not supported yet (only the default: "
+        "no runtime behaviour yet)")
 
 
 def test_unsupported_known_field_vs_typo():

@@ -21,7 +21,9 @@ A case file (`cases/*.yaml`) holds:
 - `stats`: stat names to compare at the end (from each admin's `/stats`).
 - `volatile_headers`: extra response/upstream header names whose values are not compared.
 - `expected_differences`: `{request: NAME, key: KEY, reason: WHY}`; KEY is one of the keys a
-  comparison reports (`status`, `headers.<name>`, `body`, `upstream.<upstream name>`,
+  comparison reports (`status`, `headers.<name>`, `body`, `upstream.<upstream>.requests` (how
+  many it got), `upstream.<upstream>.method|path|body_len|headers.<name>` (`#1`, `#2` after the
+  upstream's name for its second, third request),
   `log.flags`, `log.details`, `stats.<name>`; stats entries have no `request`). `request: "*"`
   matches any request of the file, `key: "*"` any key of the request (one root cause); optional `envoy:` / `ftproxy:` values make an entry match
   only that exact pair (so a systematic difference cannot hide a different one). An entry
@@ -154,8 +156,10 @@ class ProxyProcess:
         bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1",
                                                              "port_value": self.admin_port}}}
         _add_access_logs(bootstrap, str(self.log_path))
-        self.config_path = workdir / f"{kind}.yaml"
-        self.config_path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+        # JSON, not YAML: Envoy's YAML reader takes `n`, `y`, `on`... as booleans where PyYAML
+        # writes them as bare strings.
+        self.config_path = workdir / f"{kind}.json"
+        self.config_path.write_text(json.dumps(bootstrap, indent=1))
         if kind == "envoy":
             cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency", "1",
                    "--disable-hot-restart", "-l", "error", "--file-flush-interval-msec", "20",
@@ -368,12 +372,15 @@ def normalise(obs: Observation, proxy: ProxyProcess, volatile: frozenset[str]) -
     if echo is None:
         out["body"] = _unport(obs.body.decode("latin-1"), ports)
     for up, reqs in obs.upstream.items():
-        seen = []
-        for method, path, headers, body in reqs:
-            hs = {k: (MASK if k in volatile else _unport(v, ports)) for k, v in sorted(headers.items())}
-            seen.append({"method": method, "path": _unport(path, ports), "headers": hs,
-                         "body_len": len(body)})
-        out[f"upstream.{up}"] = seen
+        # One key per field, so an expected difference names exactly what differs.
+        out[f"upstream.{up}.requests"] = len(reqs)
+        for i, (method, path, headers, body) in enumerate(reqs):
+            at = f"upstream.{up}" + (f"#{i}" if i else "")
+            out[f"{at}.method"] = method
+            out[f"{at}.path"] = _unport(path, ports)
+            out[f"{at}.body_len"] = len(body)
+            for k, v in headers.items():
+                out[f"{at}.headers.{k}"] = MASK if k in volatile else _unport(v, ports)
     return out
 
 

@@ -8,8 +8,8 @@ A case file (`cases/*.yaml`) holds:
   `{{port:NAME}}` a free port for this proxy (each proxy gets its own), `{{upstream:NAME}}` the
   port of upstream NAME (shared), `{{closed_port}}` a port nothing listens on. The runner sets
   `admin.address` itself and appends to every HTTP connection manager an access log of
-  `%DOWNSTREAM_REMOTE_ADDRESS% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%`, keyed by
-  the client's port, so each line is matched to its request.
+  `%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%`,
+  keyed by the client's port (the direct peer: x-forwarded-for can change the other one), so each line is matched to its request.
 - `requests`: each with a `name` and one of
   `raw:` bytes to send as they are (YAML double-quoted, `\r\n` escapes), or
   `method`/`path`/`headers`/`body` (an HTTP/1.1 request built from them; `host: example.com`
@@ -34,7 +34,8 @@ response headers by name (values of VOLATILE_HEADERS replaced by a marker, so pr
 counts), the body (unless it is the echo upstream's JSON, which is compared as what the
 upstream received instead), what each upstream received during the request (method, path,
 headers minus volatile values, body length), and the access log's flags and details.
-Numbers equal to a proxy's own ports are replaced by the placeholder before comparing.
+Numbers equal to a proxy's own ports are replaced by the placeholder before comparing, and
+this machine's IPv4 addresses by `{{host_ip}}`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ VOLATILE_HEADERS = frozenset({
     "x-request-id",                     # a fresh UUID per request
 })
 
-ACCESS_LOG_FORMAT = "%DOWNSTREAM_REMOTE_ADDRESS% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+ACCESS_LOG_FORMAT = "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 MASK = "<volatile>"
@@ -345,7 +346,8 @@ def send_curl(args: list[str], timeout: float) -> Observation:
 # Normalising and comparing
 
 def _echo_json(obs: Observation) -> dict | None:
-    if "application/json" not in ";".join(obs.headers.get("content-type", [])):
+    """The echo upstream's JSON body (whatever content-type a route set), else None."""
+    if not obs.body.startswith(b"{"):
         return None
     try:
         doc = json.loads(obs.body)
@@ -354,9 +356,36 @@ def _echo_json(obs: Observation) -> dict | None:
     return doc if isinstance(doc, dict) and {"server", "method", "headers"} <= doc.keys() else None
 
 
+def _host_ipv4_addresses() -> tuple[str, ...]:
+    """This machine's non-loopback IPv4 addresses: with use_remote_address and a loopback
+    client, both proxies write one of them into x-forwarded-for; they change from machine to
+    machine, so they are compared as `{{host_ip}}`."""
+    import fcntl
+    import struct
+    out = []
+    for _, name in socket.if_nameindex():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            packed = fcntl.ioctl(s.fileno(), 0x8915,  # SIOCGIFADDR
+                                 struct.pack("256s", name.encode()[:15]))
+            addr = socket.inet_ntoa(packed[20:24])
+            if not addr.startswith("127."):
+                out.append(addr)
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return tuple(out)
+
+
+HOST_IPS = _host_ipv4_addresses()
+
+
 def _unport(value: str, ports: dict[str, str]) -> str:
     for port, name in ports.items():
         value = re.sub(rf"(?<!\d){port}(?!\d)", name, value)
+    for ip in HOST_IPS:
+        value = re.sub(rf"(?<![\d.]){re.escape(ip)}(?![\d.])", "{{host_ip}}", value)
     return value
 
 

@@ -495,6 +495,8 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         obs_f = _send(ftp, req_f, upstreams)
         observations.append((req_e["name"], obs_e, obs_f))
         d = diff(normalise(obs_e, envoy, volatile), normalise(obs_f, ftp, volatile))
+        if os.environ.get("DIFF_VERBOSE"):
+            print(f"  {req_e['name']}: envoy {obs_e.status} ftproxy {obs_f.status}")
         for k, v in d.items():
             found[f"{req_e['name']}: {k}"] = v
         if not d:
@@ -515,6 +517,11 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         if de != dfv:
             found[f"{name}: log.details"] = (de, dfv)
     stats_e, stats_f = envoy.stats(), ftp.stats()
+    dump = os.environ.get("DIFF_DUMP_STATS")  # a substring: print those stats of both sides
+    if dump:
+        for name in sorted(stats_e.keys() | stats_f.keys()):
+            if dump in name and stats_e.get(name, "0") + stats_f.get(name, "0") != "00":
+                print(f"  stat {name}: envoy={stats_e.get(name)} ftproxy={stats_f.get(name)}")
     for stat in case.data.get("stats") or []:
         a, b = stats_e.get(stat), stats_f.get(stat)
         if a != b:

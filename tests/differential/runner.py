@@ -17,7 +17,8 @@ A case file (`cases/*.yaml`) holds:
   `curl:` a list of curl arguments (`{{port:listener}}` etc. are replaced);
   optional `listener` (the `{{port:NAME}}` to connect to, default `listener`), `timeout`
   (seconds to wait for the answer, default 5), `volatile_headers` (extra names whose values
-  are not compared, for this request only).
+  are not compared, for this request only), `settle` (seconds to wait after the answer before
+  reading what the upstreams received: for a request whose body never completes).
 - `stats`: stat names to compare at the end (from each admin's `/stats`).
 - `volatile_headers`: extra response/upstream header names whose values are not compared.
 - `expected_differences`: `{request: NAME, key: KEY, reason: WHY}`; KEY is one of the keys a
@@ -477,6 +478,10 @@ def _send(proxy: ProxyProcess, req: dict, upstreams: dict[str, EchoUpstream]) ->
         obs = send_curl([str(a) for a in req["curl"]], timeout)
     else:
         obs = send_raw(proxy.ports[req.get("listener", "listener")], build_raw(req), timeout)
+    if req.get("settle"):
+        # The echo upstream records a request once its body ends; a body cut short ends only
+        # when the proxy closes the upstream connection, which may come after the reply.
+        time.sleep(float(req["settle"]))
     for n, u in upstreams.items():
         obs.upstream[n] = list(u.requests[before[n]:])
     return obs

@@ -19,7 +19,8 @@ A case file (`cases/*.yaml`) holds:
   (seconds to wait for the answer, default 5), `volatile_headers` (extra names whose values
   are not compared, for this request only), `settle` (seconds to wait after the answer before
   reading what the upstreams received: for a request whose body never completes).
-- `stats`: stat names to compare at the end (from each admin's `/stats`).
+- `stats`: stat names to compare at the end (from each admin's `/stats`); `{{port:NAME}}` may
+  appear in them (`listener.127.0.0.1_{{port:listener}}.downstream_cx_total`).
 - `volatile_headers`: extra response/upstream header names whose values are not compared.
 - `expected_differences`: `{request: NAME, key: KEY, reason: WHY}`; KEY is one of the keys a
   comparison reports (`status`, `headers.<name>`, `body`, `upstream.<upstream>.requests` (how
@@ -116,7 +117,14 @@ class Case:
 
 def load_case(path: Path) -> Case:
     text = path.read_text()
-    data = yaml.safe_load(_substitute(text, lambda kind, name: "0"))
+    # Parse with YAML-safe tokens in place of the placeholders, then put the placeholders back
+    # into the expected differences (their keys may name a port: stats of a listener).
+    data = yaml.safe_load(_substitute(text, lambda kind, name: f"DIFFTOKEN.{kind}.{name}."))
+    for e in data.get("expected_differences") or []:
+        if isinstance(e.get("key"), str):
+            e["key"] = re.sub(r"DIFFTOKEN\.(port|upstream|closed_port)\.([A-Za-z0-9_]+)\.",
+                              lambda m: "{{closed_port}}" if m.group(1) == "closed_port"
+                              else f"{{{{{m.group(1)}:{m.group(2)}}}}}", e["key"])
     names = sorted(set(m.group(2) for m in _PLACEHOLDER.finditer(text) if m.group(1) == "port"))
     if "listener" not in names:
         names.append("listener")
@@ -527,10 +535,13 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         for name in sorted(stats_e.keys() | stats_f.keys()):
             if dump in name and stats_e.get(name, "0") + stats_f.get(name, "0") != "00":
                 print(f"  stat {name}: envoy={stats_e.get(name)} ftproxy={stats_f.get(name)}")
-    for stat in case.data.get("stats") or []:
-        a, b = stats_e.get(stat), stats_f.get(stat)
+    # Stat names may hold a proxy's own port (listener.127.0.0.1_<port>.*): each side asks for
+    # its own name, the key shows the placeholder.
+    e_ports = {str(p): f"{{{{port:{n}}}}}" for n, p in envoy.ports.items()}
+    for stat_e, stat_f in zip(envoy.case_data.get("stats") or [], ftp.case_data.get("stats") or []):
+        a, b = stats_e.get(stat_e), stats_f.get(stat_f)
         if a != b:
-            found[f"stats: stats.{stat}"] = (a, b)
+            found[f"stats: stats.{_unport(stat_e, e_ports)}"] = (a, b)
     return _judge(case, found, len(reqs_e), agreed, t0)
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from .runner import CONFIGS_DIR, envoy_binary, proxyctl_binary
+from .cases import CONFIGS_DIR
+from .proxies import envoy_binary, proxyctl_binary
 
 
 def _meta(path: Path) -> dict[str, str]:

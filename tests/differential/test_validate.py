@@ -66,21 +66,26 @@ def _squash(text: str) -> str:
 
 
 def _differences(path: Path, meta: dict[str, str]) -> list[str]:
-    envoy_ok, envoy_msg = _run([envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "critical"])
+    envoy_ok, envoy_msg = _run([envoy_binary(), "--mode", "validate", "-c", str(path),
+                                "-l", "critical"])
     ftp_ok, ftp_msg = _proxyctl_validate(path)
     want = meta.get("envoy")
-    assert want in ("accepts", "refuses"), f"{path.name}: say '# envoy: accepts' or '# envoy: refuses'"
+    assert want in ("accepts", "refuses"), (
+        f"{path.name}: say '# envoy: accepts' or '# envoy: refuses'")
     assert envoy_ok == (want == "accepts"), (
-        f"{path.name}: real Envoy {'accepts' if envoy_ok else 'refuses'} it, the file says {want}:\n{envoy_msg[-2000:]}")
+        f"{path.name}: real Envoy {'accepts' if envoy_ok else 'refuses'} it, "
+        f"the file says {want}:\n{envoy_msg[-2000:]}")
     field = meta.get("field")
     if field and not envoy_ok:
         assert _squash(field) in _squash(envoy_msg), (
-            f"{path.name}: Envoy's message does not name {field!r}; fix the file:\n{envoy_msg[-2000:]}")
+            f"{path.name}: Envoy's message does not name {field!r}; fix the file:\n"
+            f"{envoy_msg[-2000:]}")
     problems = []
     if not envoy_ok and ftp_ok:
         problems.append(f"Envoy refuses it, ftproxy accepts it (Envoy: {_tail(envoy_msg)})")
     elif not envoy_ok and field and _squash(field) not in _squash(ftp_msg):
-        problems.append(f"both refuse it, but ftproxy's message does not name {field!r}: {_tail(ftp_msg)}")
+        problems.append(f"both refuse it, but ftproxy's message does not name {field!r}: "
+                        f"{_tail(ftp_msg)}")
     elif envoy_ok and not ftp_ok and "not supported" not in ftp_msg:
         problems.append(f"Envoy accepts it, ftproxy refuses it: {_tail(ftp_msg)}")
     return problems

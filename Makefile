@@ -32,7 +32,8 @@ ARGS         ?= tests
 
 .PHONY: test test-313 test-314t demo install install-314t clean-venv
 
-test: $(STAMP) $(STAMP314T)
+# No prerequisites: each half installs its own venv, so 3.13 still runs if 3.14t cannot.
+test:
 	@rc=0; \
 	$(MAKE) --no-print-directory test-313 || rc=1; \
 	$(MAKE) --no-print-directory test-314t || rc=1; \

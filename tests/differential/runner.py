@@ -255,6 +255,8 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         dfv = [x[2] for x in lf] or None
         if de != dfv:
             found[f"{name}: log.details"] = (de, dfv)
+    if case.data.get("histograms"):
+        time.sleep(0.5)  # Envoy shows histograms after a stats flush (the case sets the interval)
     stats_e, stats_f = envoy.stats(), ftp.stats()
     dump = os.environ.get("DIFF_DUMP_STATS")  # a substring: print those stats of both sides
     if dump:
@@ -268,7 +270,20 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         a, b = stats_e.get(stat_e), stats_f.get(stat_f)
         if a != b:
             found[f"stats: stats.{_unport(stat_e, e_ports)}"] = (a, b)
+    histograms = zip(envoy.case_data.get("histograms") or [], ftp.case_data.get("histograms") or [])
+    for h_e, h_f in histograms:
+        a, b = _recorded(stats_e.get(h_e)), _recorded(stats_f.get(h_f))
+        if a != b:
+            found[f"stats: histograms.{_unport(h_e, e_ports)}"] = (a, b)
     return _judge(case, found, len(reqs_e), agreed, t0)
+
+
+def _recorded(value: str | None) -> str | None:
+    """A histogram's /stats line as 'recorded' or 'none' (its values depend on timing)."""
+    if value is None:
+        return None
+    cumulative = re.findall(r"P[\d.]+\([^,]*,([^)]*)\)", value)
+    return "recorded" if any(v.strip() != "nan" for v in cumulative) else "none"
 
 
 def _judge(case: Case, found: dict[str, tuple[Any, Any]], n_requests: int, agreed: list[str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -22,6 +23,18 @@ class Observation:
     body: bytes = b""
     upstream: dict[str, list] = field(default_factory=dict)
     error: str | None = None
+    echo: bool = False  # a body was the echo upstream's JSON (compared as what it received)
+
+
+def is_echo_json(body: bytes) -> bool:
+    """Whether `body` is the echo upstream's JSON (whatever content-type a route set)."""
+    if not body.startswith(b"{"):
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and {"server", "method", "headers"} <= doc.keys()
 
 
 def build_raw(req: dict) -> bytes:
@@ -47,27 +60,39 @@ def _method_of(raw: bytes) -> str:
     return raw.split(b" ", 1)[0].decode("latin-1", "replace")
 
 
-def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None) -> Observation:
-    """Send `raw` on a new connection and read one response. With `keep` (a list), the
-    connection is left open and appended to it (closed at the end of the case)."""
+def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
+             responses: int = 1, half_close: bool = False) -> Observation:
+    """Send `raw` on a new connection and read one response, or `responses` of them (pipelined
+    requests: `status` is then the list of statuses, CLOSED where the connection ended first;
+    headers and non-echo bodies are gathered over all of them). `half_close` shuts the write
+    side after sending. With `keep` (a list), the connection is left open and appended to it
+    (closed at the end of the case)."""
     obs = Observation()
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    statuses: list = []
     try:
         obs.client_ports.append(s.getsockname()[1])
+        reader = new_reader(s)
         try:
             s.sendall(raw)
-            resp = read_response(s, _method_of(raw), new_reader(s))
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            for _ in range(responses):
+                resp = read_response(s, _method_of(raw), reader)
+                statuses.append(resp.status)
+                for k, v in resp.headers:
+                    obs.headers.setdefault(k, []).append(v)
+                if is_echo_json(resp.body):
+                    obs.echo = True
+                else:
+                    obs.body += resp.body
         except (ConnectionError, socket.timeout, OSError) as e:
-            obs.status = CLOSED
+            statuses.append(CLOSED)
             obs.error = type(e).__name__
-            return obs
-        obs.status = resp.status
-        for k, v in resp.headers:
-            obs.headers.setdefault(k, []).append(v)
-        obs.body = resp.body
+        obs.status = statuses if responses > 1 else statuses[0]
         return obs
     finally:
-        if keep is not None and obs.status != CLOSED:
+        if keep is not None and CLOSED not in statuses:
             keep.append(s)
         else:
             s.close()
@@ -100,5 +125,8 @@ def send_curl(args: list[str], timeout: float) -> Observation:
     for line in head.split(b"\r\n")[1:]:
         k, _, v = line.decode("latin-1").partition(":")
         obs.headers.setdefault(k.strip().lower(), []).append(v.strip())
-    obs.body = rest
+    if is_echo_json(rest):
+        obs.echo = True
+    else:
+        obs.body = rest
     return obs

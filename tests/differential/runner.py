@@ -223,6 +223,8 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         obs_f = _send(ftp, req_f, upstreams)
         observations.append((req_e["name"], obs_e, obs_f))
         d = diff(normalise(obs_e, envoy, volatile), normalise(obs_f, ftp, volatile))
+        ignored = tuple(req_e.get("ignore") or ())
+        d = {k: v for k, v in d.items() if not k.startswith(ignored)} if ignored else d
         if os.environ.get("DIFF_VERBOSE"):
             print(f"  {req_e['name']}: envoy {obs_e.status} ftproxy {obs_f.status}")
         for k, v in d.items():

@@ -40,12 +40,14 @@ test:
 	if [ $$rc -ne 0 ]; then echo "make test: FAILED on at least one interpreter (see above)" >&2; fi; \
 	exit $$rc
 
+SAY_BUILD := 'import sys; print(sys.version.split()[0], "GIL" if sys._is_gil_enabled() else "free-threaded")'
+
 test-313: $(STAMP)
-	@echo "== tests on $$($(PY) -c 'import sys; print(sys.version.split()[0], "GIL" if sys._is_gil_enabled() else "free-threaded")')"
+	@echo "== tests on $$($(PY) -c $(SAY_BUILD))"
 	$(PY) -m pytest $(ARGS)
 
 test-314t: $(STAMP314T)
-	@echo "== tests on $$($(PY_T) -c 'import sys; print(sys.version.split()[0], "GIL" if sys._is_gil_enabled() else "free-threaded")')"
+	@echo "== tests on $$($(PY_T) -c $(SAY_BUILD))"
 	env -u PYTHON_GIL FTPROXY_REQUIRE_FREE_THREADED=1 $(PY_T) -m pytest $(ARGS)
 
 demo: $(STAMP)
@@ -77,12 +79,14 @@ $(STAMP): $(PY) pyproject.toml
 
 $(PY314T):
 	@if [ -z "$(PY314T_TAR)" ] || [ ! -f "$(PY314T_TAR)" ]; then \
-		echo "error: free-threaded CPython tarball not found (looked for ../shared/python/cpython-3.14.7t-*.tar.xz and /work/shared/python/; set PY314T_TAR=...)" >&2; \
+		echo "error: free-threaded CPython tarball not found (looked for" \
+		     "../shared/python/cpython-3.14.7t-*.tar.xz and /work/shared/python/;" \
+		     "set PY314T_TAR=...)" >&2; \
 		exit 1; \
 	fi
 	rm -rf $(PY314T_DIR) && mkdir -p $(PY314T_DIR)
 	tar -xJf $(PY314T_TAR) -C $(PY314T_DIR)
-	@$(PY314T) -c 'import sys, sysconfig; assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not a free-threaded build"'
+	@$(PY314T) -c 'import sysconfig; assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not free-threaded"'
 
 $(PY_T): $(PY314T)
 	$(PY314T) -m venv $(VENV314T)

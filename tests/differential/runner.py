@@ -321,7 +321,8 @@ def main(argv: list[str]) -> int:
     bad = 0
     for p in paths:
         r = run_case(p)
-        print(f"== {r.name}: {r.requests} requests, {len(r.agreed)} agree on status, headers, body and upstream, {r.seconds:.1f}s")
+        print(f"== {r.name}: {r.requests} requests, {len(r.agreed)} agree on status, headers, "
+              f"body and upstream, {r.seconds:.1f}s")
         for line in r.expected_seen:
             print("  expected:", line)
         if r.unexpected or r.missing_expected:

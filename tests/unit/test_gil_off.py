@@ -62,16 +62,19 @@ def _free_threaded_build() -> bool:
 
 
 def _import_everything() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}  # PYTHON_GIL=0 would force it off
+    # Without PYTHON_GIL: PYTHON_GIL=0 would force the GIL off whatever is imported.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                         timeout=120, cwd=repo)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_the_interpreter_is_free_threaded_when_required():
     if os.environ.get("FTPROXY_REQUIRE_FREE_THREADED") == "1":
-        assert _free_threaded_build(), f"{sys.executable} is not a free-threaded build: {sys.version}"
+        assert _free_threaded_build(), (
+            f"{sys.executable} is not a free-threaded build: {sys.version}")
 
 
 @pytest.mark.skipif(not _free_threaded_build(), reason="GIL build: nothing to check")
@@ -81,7 +84,8 @@ def test_importing_every_shipped_module_leaves_the_gil_off():
     # Sanity: the walk found the packages' modules, not just the top-level names.
     assert any(n.startswith("proxy.http.") for n in report["imported"]), report["imported"]
     assert any(n.startswith("cli.") for n in report["imported"]), report["imported"]
-    assert not report["gil_at_start"], "the GIL was enabled before any import (PYTHON_GIL=1 or -X gil=1?)"
+    assert not report["gil_at_start"], (
+        "the GIL was enabled before any import (PYTHON_GIL=1 or -X gil=1?)")
     assert report["gil_enabled_after"] is None, (
         f"the GIL was re-enabled after importing {report['gil_enabled_after']!r}")
     assert not report["gil_at_end"]

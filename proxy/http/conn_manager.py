@@ -426,7 +426,7 @@ class ConnectionManager(ConnectionCallbacks):
             if not h10.accept_http_10:
                 # Envoy refuses HTTP/1.0 unless http_protocol_options.accept_http_10.
                 stream.keep_alive = False
-                stream.send_local_reply(426, b"", None, "low_version")
+                stream.send_local_reply(426, b"Upgrade Required", "DPE", "low_version")
                 return
             if not authority and h10.default_host_for_http_10:
                 head.set_authority(h10.default_host_for_http_10.encode())
@@ -438,7 +438,7 @@ class ConnectionManager(ConnectionCallbacks):
         if ev.target[:1] != b"/" and ev.method != b"CONNECT":
             if ev.target.startswith((b"http://", b"https://")):
                 absolute_form(head)
-            elif ev.target != b"*" or ev.method != b"OPTIONS":
+            else:  # "OPTIONS *" too, as Envoy (404, absolute_path_rejected)
                 st.downstream_rq_non_relative_path.value += 1
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
@@ -462,7 +462,8 @@ class ConnectionManager(ConnectionCallbacks):
             return False
         if self.ctx.config.headers_with_underscores_action == "REJECT_REQUEST":
             self.stats.requests_rejected_with_underscores_in_headers.value += 1
-            stream.send_local_reply(400, b"", None, "unexpected_underscore")
+            stream.keep_alive = False  # Envoy: a codec-level rejection, the connection closes
+            stream.send_local_reply(400, b"Bad Request", "DPE", "http1.unexpected_underscore")
             return True
         self.stats.dropped_headers_with_underscores.value += len(names)
         headers.remove_many(frozenset(names))

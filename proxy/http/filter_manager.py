@@ -91,7 +91,7 @@ class FilterManager:
     the three `_write_*` methods."""
 
     __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
-                 "watermark_callbacks", "filters", "response_head_pending")
+                 "filters", "response_head_pending")
 
     def init_filters(self) -> None:
         self.chains = None            # (decoders, encoders + wire sink) once created
@@ -99,7 +99,6 @@ class FilterManager:
         self.decoder_aborted = False  # a local reply ended the decode side
         self.encoding_started = False
         self.cached_route = _UNRESOLVED
-        self.watermark_callbacks = ()
         self.filters = ()             # every filter instance, for on_destroy
 
     def create_filter_chain(self, factories) -> None:
@@ -177,22 +176,17 @@ class FilterManager:
         entry = route.per_filter_config.get(name)
         return () if entry is None else entry.all_configs
 
-    def add_downstream_watermark_callbacks(self, callback) -> None:
-        """`callback(above: bool)` runs when the downstream's write buffer crosses its high
-        (True) or low (False) watermark, or an encoder buffer above the limit pauses."""
-        self.watermark_callbacks += (callback,)
-
     def on_downstream_watermark(self, above: bool) -> None:
-        """Tell the decoder filters that watch the downstream's write buffer (those with an
-        `on_downstream_watermark` method, the router among them, and registered callbacks)."""
+        """The downstream's write buffer crossed its high (True) or low (False) watermark, or
+        an encoder buffer over the limit pauses: every decoder filter with an
+        `on_downstream_watermark(above)` method (the router, which pauses its upstream) hears
+        it (Envoy's DownstreamWatermarkCallbacks, found by the method instead of registered)."""
         chains = self.chains
         if chains is not None:
             for flt in chains[_DECODE]:
                 watch = getattr(flt, "on_downstream_watermark", None)
                 if watch is not None:
                     watch(above)
-        for callback in self.watermark_callbacks:
-            callback(above)
 
     def decoding_buffer(self) -> bytearray | None:
         held = self.held[_DECODE]

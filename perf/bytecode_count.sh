@@ -18,7 +18,7 @@ trap cleanup EXIT
 source "$HERE/upstream.sh"
 start_upstream ""
 setsid env FTPROXY_BYTECODE_OUT="$OUT_DIR/counts.json" PYTHONPATH="$ROOT" "$PY" "$HERE/bytecode_count.py" \
-  -c "$ROOT/perf/configs/http.yaml" --concurrency 1 --drain-time-s 1 -l warning --base-id 4714 \
+  -c "${CONFIG:-$ROOT/perf/configs/http.yaml}" --concurrency 1 --drain-time-s 1 -l warning --base-id 4714 \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 PROXY_PG=${PGS[-1]}
 for i in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18090/ && break; sleep 0.1; done

@@ -11,6 +11,7 @@
 #   perf/instr_count.sh        # SECS=5 TOP=25 OUT_DIR=/tmp/ftproxy-instr
 #   PROBE=floor perf/instr_count.sh   # the same count for perf/probe_floor.py (CPython's floor)
 #   PROBE=lane perf/instr_count.sh    # ... for perf/probe_lane.py (a fused path's lower bound)
+#   CONFIG=perf/configs/http-fault.yaml perf/instr_count.sh   # the same path with a filter added
 # Under callgrind the proxy runs ~50x slower (a few hundred requests a second).
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
@@ -29,7 +30,7 @@ if [ -n "${PROBE:-}" ]; then
   [ "$PROBE" = lane ] || PROBE=floor
   SERVER=("$HERE/probe_$PROBE.py"); MATCH=probe_$PROBE
 else
-  SERVER=(-m proxy.server.main -c "$ROOT/perf/configs/http.yaml" --concurrency 1 --drain-time-s 1
+  SERVER=(-m proxy.server.main -c "${CONFIG:-$ROOT/perf/configs/http.yaml}" --concurrency 1 --drain-time-s 1
           -l warning --base-id 4715); MATCH=proxy.server.main
 fi
 setsid valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \

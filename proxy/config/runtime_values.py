@@ -26,12 +26,14 @@ class FractionalPercent:
     numerator: int = 0
     denominator: int = 100
 
-    def enabled(self, random32: int) -> bool:
-        """One draw: true for numerator/denominator of the values of `random32` (uniform
-        in [0, 2**32)). A numerator at or above the denominator is always true."""
+    def enabled(self, random_bits) -> bool:
+        """One draw: true for numerator/denominator of the values `random_bits()` returns
+        (uniform in [0, 2**32)); 0 % and 100 % need no draw."""
         if self.numerator >= self.denominator:
             return True
-        return random32 % self.denominator < self.numerator
+        if self.numerator == 0:
+            return False
+        return random_bits() % self.denominator < self.numerator
 
     def capped(self, numerator: int) -> FractionalPercent:
         """The same denominator with `numerator`, at most this one's (Envoy's header-supplied

@@ -62,18 +62,32 @@ class _Held:
 
 
 class _WireSink:
-    """The end of the encoder chain: the stream's wire writes, shaped as a filter."""
+    """The end of the encoder chain: the stream's wire writes, shaped as a filter. For a whole
+    response handed over in one call (`encode_headers(head, True, body)`), the head waits here
+    for its body so that both go out in one write, as they do without encoder filters."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("stream", "whole", "head")
 
     def __init__(self, stream) -> None:
         self.stream = stream
+        self.whole = False   # the response's body follows its head within the same call
+        self.head = None
 
     def encode_headers(self, head, end_stream: bool) -> int:
+        if self.whole and not end_stream:
+            self.head = head
+            return 0
         self.stream._write_headers(head, end_stream, None)
         return 0
 
     def encode_data(self, data: bytes, end_stream: bool) -> int:
+        head = self.head
+        if head is not None:
+            self.head = None
+            if end_stream:
+                self.stream._write_headers(head, True, data)
+                return 0
+            self.stream._write_headers(head, False, None)
         self.stream._write_data(data, end_stream)
         return 0
 
@@ -252,10 +266,16 @@ class FilterManager:
             return
         self.encoding_started = True  # (only encoder filters can hold a response back)
         self.response_head_pending = head
-        if body:  # the whole response: its head, then its body with the end
+        if body:  # the whole response: its head, then its body with the end, in one write
+            sink = self.chains[_ENCODE][-1]
+            sink.whole = True
             self._headers(_ENCODE, 0, head, False)
+            sink.whole = False
             if not self.closed:
                 self.encode_data(body, True)
+            if sink.head is not None and self.held[_ENCODE] is None and not self.closed:
+                self._write_headers(sink.head, False, None)  # (the body went another way)
+                sink.head = None
         else:
             self._headers(_ENCODE, 0, head, end_stream)
 
@@ -315,16 +335,13 @@ class FilterManager:
         self.encode_local(head, body)
 
     # -- iteration ------------------------------------------------------------------------------
-    def _stopped(self, d: int) -> bool:
-        return self.closed or (d == _DECODE and self.decoder_aborted)
-
     def _headers(self, d: int, i: int, head, end_stream: bool) -> None:
         filters = self.chains[d]
         last = len(filters) - 1
         name = _NAMES[d][0]
         while i < last:
             status = getattr(filters[i], name)(head, end_stream)
-            if self._stopped(d):
+            if self.closed or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
                 self._set_held(d, _Held(i, True, end_stream, status))
@@ -344,7 +361,7 @@ class FilterManager:
                     self._buffer(d, held, data)
                     return
                 status = getattr(filters[i], name)(data, end_stream)
-                if self._stopped(d):
+                if self.closed or (d == _DECODE and self.decoder_aborted):
                     return
                 if status == 0:  # this filter lets what waits at it go on, this data last
                     self._set_held(d, None)
@@ -353,7 +370,7 @@ class FilterManager:
                     self._unpause(d, held)
                     if held.headers_pending:
                         self._headers(d, i + 1, self._head(d), False)
-                        if self._stopped(d):
+                        if self.closed or (d == _DECODE and self.decoder_aborted):
                             return
                     again = self.held[d]
                     i = again.at if again is not None else i + 1
@@ -363,7 +380,7 @@ class FilterManager:
                     self._buffer(d, held, data)
                 return
             status = getattr(filters[i], name)(data, end_stream)
-            if self._stopped(d):
+            if self.closed or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
                 held = self._set_held(d, _Held(i, False, False, status))
@@ -385,7 +402,7 @@ class FilterManager:
                     held.trailers = trailers
                     return
                 status = getattr(filters[i], name)(trailers)
-                if self._stopped(d):
+                if self.closed or (d == _DECODE and self.decoder_aborted):
                     return
                 if status:
                     held.trailers = trailers
@@ -396,7 +413,7 @@ class FilterManager:
                 self._release(d, held, i + 1)
                 return
             status = getattr(filters[i], name)(trailers)
-            if self._stopped(d):
+            if self.closed or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
                 held = self._set_held(d, _Held(i, False, False, status))
@@ -409,7 +426,7 @@ class FilterManager:
         """`continue_decoding` / `continue_encoding`: what waits at the stopped filter goes on
         from the next one."""
         held = self.held[d]
-        if held is None or self._stopped(d):
+        if held is None or self.closed or (d == _DECODE and self.decoder_aborted):
             return
         self._set_held(d, None)
         self._release(d, held, held.at + 1)
@@ -422,14 +439,14 @@ class FilterManager:
         if held.headers_pending:
             end = held.headers_end
             self._headers(d, i, self._head(d), end)
-            if end or self._stopped(d):
+            if end or self.closed or (d == _DECODE and self.decoder_aborted):
                 return
             again = self.held[d]
             if again is not None:
                 i = again.at
         if data or data_end:
             self._data(d, i, data, data_end)
-            if self._stopped(d):
+            if self.closed or (d == _DECODE and self.decoder_aborted):
                 return
             again = self.held[d]
             if again is not None:

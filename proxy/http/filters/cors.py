@@ -136,7 +136,7 @@ class CorsFilter(PassThroughFilter):
         self.is_cors = False
 
     def _draw(self, percentage: FractionalPercent | None) -> bool:
-        return percentage is not None and percentage.enabled(self.wf.worker.rand_bits())
+        return percentage is not None and percentage.enabled(self.wf.worker.rand_bits)
 
     def decode_headers(self, head, end_stream: bool) -> int:
         cb = self.cb

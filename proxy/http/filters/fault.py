@@ -216,8 +216,16 @@ class WorkerFaultFactory:
         return FaultFilter(callbacks, self)
 
 
-def _header_int(head, name: bytes) -> int | None:
-    value = head.headers.get(name)
+_FAULT_HEADER_PREFIX = b"x-envoy-fault-"
+
+
+def _fault_headers(head) -> dict[bytes, bytes]:
+    """The request's x-envoy-fault-* fields, in one pass over its headers."""
+    return {n: v for n, v in head.headers.fields if n.startswith(_FAULT_HEADER_PREFIX)}
+
+
+def _header_int(fields: dict[bytes, bytes], name: bytes) -> int | None:
+    value = fields.get(name)
     if value is None:
         return None
     try:
@@ -227,8 +235,14 @@ def _header_int(head, name: bytes) -> int | None:
     return n if n >= 0 else None
 
 
+def _header_only(cfg: FaultConfig) -> bool:
+    """Every fault this config can inject needs an x-envoy-fault-* request header."""
+    return ((cfg.delay is None or cfg.delay.fixed_ms is None)
+            and (cfg.abort is None or cfg.abort.from_header))
+
+
 class FaultFilter(PassThroughFilter):
-    __slots__ = ("cb", "wf", "cfg", "timer", "active", "downstream_cluster")
+    __slots__ = ("cb", "wf", "cfg", "timer", "active", "downstream_cluster", "fault_fields")
 
     def __init__(self, callbacks, wf: WorkerFaultFactory) -> None:
         self.cb = callbacks
@@ -237,6 +251,7 @@ class FaultFilter(PassThroughFilter):
         self.timer = None
         self.active = False
         self.downstream_cluster = None
+        self.fault_fields: dict[bytes, bytes] = {}
 
     # -- decode ----------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
@@ -251,6 +266,9 @@ class FaultFilter(PassThroughFilter):
         for matcher in cfg.headers:
             if not matcher.matches(head):
                 return FilterHeadersStatus.CONTINUE
+        fields = self.fault_fields = _fault_headers(head)
+        if not fields and _header_only(cfg):
+            return FilterHeadersStatus.CONTINUE  # header-controlled faults, none asked for
         cluster = head.headers.get(_CLUSTER_HEADER)
         if cluster and not cfg.disable_downstream_cluster_stats:
             self.downstream_cluster = cluster.decode("latin-1")
@@ -291,7 +309,7 @@ class FaultFilter(PassThroughFilter):
         return action is not None and action.cluster == name
 
     def _draw(self, percentage: FractionalPercent) -> bool:
-        return percentage.enabled(self.wf.worker.rand_bits())
+        return percentage.enabled(self.wf.worker.rand_bits)
 
     def _delay_ms(self, head) -> int | None:
         delay = self.cfg.delay
@@ -299,14 +317,14 @@ class FaultFilter(PassThroughFilter):
             return None
         percentage = delay.percentage
         if delay.fixed_ms is None:
-            header_percent = _header_int(head, _DELAY_PERCENT_HEADER)
+            header_percent = _header_int(self.fault_fields, _DELAY_PERCENT_HEADER)
             if header_percent is not None:
                 percentage = percentage.capped(header_percent)
         if not self._draw(percentage):
             return None
         if delay.fixed_ms is not None:
             return delay.fixed_ms
-        ms = _header_int(head, _DELAY_HEADER)
+        ms = _header_int(self.fault_fields, _DELAY_HEADER)
         return ms if ms else None  # absent, malformed or 0: no delay
 
     def _abort_enabled(self, head) -> bool:
@@ -317,7 +335,7 @@ class FaultFilter(PassThroughFilter):
         if abort.from_header:
             if self._abort_status(head) is None:
                 return False
-            header_percent = _header_int(head, _ABORT_PERCENT_HEADER)
+            header_percent = _header_int(self.fault_fields, _ABORT_PERCENT_HEADER)
             if header_percent is not None:
                 percentage = percentage.capped(header_percent)
         return self._draw(percentage)
@@ -329,10 +347,10 @@ class FaultFilter(PassThroughFilter):
             return abort.http_status, None
         if abort.grpc_status is not None:
             return 200, abort.grpc_status
-        status = _header_int(head, _ABORT_HEADER)
+        status = _header_int(self.fault_fields, _ABORT_HEADER)
         if status is not None and 200 <= status < 600:
             return status, None
-        grpc = _header_int(head, _ABORT_GRPC_HEADER)
+        grpc = _header_int(self.fault_fields, _ABORT_GRPC_HEADER)
         if grpc is not None:
             return 200, grpc
         return None

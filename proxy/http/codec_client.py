@@ -158,6 +158,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
     def on_close(self, reason: str) -> None:
         prev = self.state
         self.state = "CLOSED"
+        # Envoy's upstream_cx_length_ms: the connection's life, from its connect to its close.
+        self.stats.upstream_cx_length_ms.record((time.monotonic() - self.connect_started) * 1000.0)
         router = self.router
         self.router = None
         self.pool.on_closed(self, prev, reason)

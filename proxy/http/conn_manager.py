@@ -354,6 +354,8 @@ class ConnectionManager(ConnectionCallbacks):
         if stream is not None and not stream.closed:
             self.stats.downstream_rq_rx_reset.value += 1
             stream.set_response_flag("DC")
+            if not stream.response_code_details:
+                stream.response_code_details = "downstream_remote_disconnect"  # Envoy's details
         # The client ended the connection: Envoy counts downstream_cx_destroy_remote.
         self.connection.close(flush=True, reason=CloseReason.REMOTE)
 

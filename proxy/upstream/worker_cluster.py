@@ -31,7 +31,7 @@ _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_acti
 
 class ClusterStats:
     __slots__ = _COUNTERS + _GAUGES + ("scope", "rq_class", "by_code", "upstream_rq_time",
-                                       "upstream_cx_connect_ms")
+                                       "upstream_cx_connect_ms", "upstream_cx_length_ms")
 
     def __init__(self, store, name: str) -> None:
         self.scope = scope = store.scope(f"cluster.{name}")
@@ -51,6 +51,7 @@ class ClusterStats:
         scope.alias("external.upstream_rq_completed", self.upstream_rq_completed)
         scope.alias("external.upstream_rq_time", self.upstream_rq_time)
         self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms", "ms")
+        self.upstream_cx_length_ms = scope.histogram("upstream_cx_length_ms", "ms")
 
     def record_response(self, status: int, pool) -> None:
         """A response (or a reply the router made for the chosen host): the cluster's

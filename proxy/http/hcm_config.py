@@ -185,6 +185,8 @@ UPGRADE = Message("envoy.extensions.filters.network.http_connection_manager.v3"
 def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
     f = HCM.read(raw, path)
     stat_prefix = f.str("stat_prefix", required=True)
+    if not stat_prefix:
+        raise ConfigError(f.at("stat_prefix"), "must not be empty (as Envoy's min_len 1)")
     codec = f.enum("codec_type", _CODECS, "AUTO")
     if codec in ("HTTP2", "HTTP3"):
         raise ConfigError(f.at("codec_type"), f"{codec} is not supported yet (use AUTO or HTTP1)")

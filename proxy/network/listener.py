@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 
 from ..threads.dispatcher import READ
+from ..threads.shared_count import SharedCount
 from .transport_socket import downstream_transport_factory
 
 __all__ = ["bind_listen_sockets", "ActiveListener"]
@@ -65,33 +65,9 @@ def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
     return socks
 
 
-class GlobalConnectionLimit:
-    """Envoy's overload.global_downstream_max_connections: downstream connections of every
-    listener (but those with ignore_global_conn_limit) in every worker. `lock` guards `count`,
-    held for one add."""
-
-    __slots__ = ("limit", "lock", "count")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def try_acquire(self) -> bool:
-        with self.lock:
-            if self.count >= self.limit:
-                return False
-            self.count += 1
-            return True
-
-    def release(self) -> None:
-        with self.lock:
-            self.count -= 1
-
-
 class ActiveListener:
     def __init__(self, worker, config, sock: socket.socket, network_filter_ctx, shared: bool,
-                 global_limit: GlobalConnectionLimit | None = None) -> None:
+                 global_limit: tuple[SharedCount, int] | None = None) -> None:
         self.worker = worker
         self.config = config
         self.sock = sock
@@ -107,6 +83,7 @@ class ActiveListener:
         wscope = scope.scope(f"worker_{worker.index}")
         self.w_cx_total = wscope.counter("downstream_cx_total")
         self.w_cx_active = wscope.gauge("downstream_cx_active")
+        # overload.global_downstream_max_connections: (the count of every listener, limit)
         self.global_limit = None if config.ignore_global_conn_limit else global_limit
         self.global_cx_overflow = scope.counter("downstream_global_cx_overflow")
         self.accepting = False
@@ -132,7 +109,8 @@ class ActiveListener:
             except OSError as e:
                 log.warning("listener %s: accept failed: %s", self.config.name, e)
                 return
-            if self.global_limit is not None and not self.global_limit.try_acquire():
+            if self.global_limit is not None and not self.global_limit[0].try_acquire(
+                    self.global_limit[1]):
                 self.global_cx_overflow.value += 1  # Envoy closes it at once, unread
                 sock.close()
                 continue
@@ -143,7 +121,7 @@ class ActiveListener:
             except OSError:
                 sock.close()
                 if self.global_limit is not None:
-                    self.global_limit.release()
+                    self.global_limit[0].release()
                 continue
             self.cx_total.value += 1
             self.cx_active.value += 1
@@ -163,7 +141,7 @@ class ActiveListener:
 
     def _on_closed(self, conn) -> None:
         if self.global_limit is not None:
-            self.global_limit.release()
+            self.global_limit[0].release()
         self.cx_active.value -= 1
         self.w_cx_active.value -= 1
         self.cx_destroy.value += 1

@@ -26,7 +26,8 @@ from ..access_log.sinks import DEFAULT_SINKS
 from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
-from ..network.listener import GlobalConnectionLimit, bind_listen_sockets
+from ..network.listener import bind_listen_sockets
+from ..threads.shared_count import SharedCount
 from ..network.filter_chain import NetworkFilterChainFactory
 from ..network.tcp_proxy import TcpProxyFactory
 from ..network.tcp_proxy_config import TcpProxyConfig
@@ -165,7 +166,7 @@ class Server:
         st.gauge("server.live").set(0)
         factories = self._build_filter_factories()
         limit = self.bootstrap.global_downstream_max_connections
-        global_limit = GlobalConnectionLimit(limit) if limit is not None else None
+        global_limit = (SharedCount(), limit) if limit is not None else None
         # Our own hot-restart socket first (as Envoy): a base-id clash fails before anything serves.
         if not opts.disable_hot_restart:
             from ..hotrestart.messages import socket_address

@@ -45,9 +45,9 @@ CONFIG_LAYER = {
 # Runtime code that lives in a config-layer module (classes and functions by name).
 RUNTIME_PARTS = {
     "proxy/access_log/config.py": {"AccessLogger", "create"},
-    "proxy/http/filters/fault.py": {"ActiveFaults", "FaultFactory", "WorkerFaultFactory", "FaultFilter"},
+    "proxy/http/filters/fault.py": {"FaultFactory", "WorkerFaultFactory", "FaultFilter"},
     "proxy/http/filters/cors.py": {"CorsFactory", "WorkerCorsFactory", "CorsFilter"},
-    "proxy/network/filters/connection_limit.py": {"ConnectionCount", "ConnectionLimitFactory",
+    "proxy/network/filters/connection_limit.py": {"ConnectionLimitFactory",
                                                   "WorkerConnectionLimit", "ConnectionLimitFilter"},
     "proxy/network/filters/local_ratelimit.py": {"TokenBucket", "LocalRateLimitFactory",
                                                  "WorkerLocalRateLimit", "LocalRateLimitFilter"},

@@ -25,7 +25,6 @@ filters live on the worker of their stream.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from ...config.fields_table import Message, inert, refused, used
 from ...config.reader import ConfigError
 from ...config.registry import Extension, register
 from ...router.matchers import HeaderMatcher, parse_header_matcher
+from ...threads.shared_count import SharedCount
 from ..filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus, PassThroughFilter
 
 __all__ = ["FaultConfig", "parse_fault", "FaultFilter", "FAULT_PROTO"]
@@ -162,35 +162,13 @@ def parse_fault(raw: Mapping[str, Any], path: str) -> FaultConfig:
 
 # -- runtime ---------------------------------------------------------------------------------
 
-class ActiveFaults:
-    """Faults in progress across every worker, for `max_active_faults` (Envoy reads its
-    process-wide active_faults gauge). `lock` guards `count` only; held for an add."""
-
-    __slots__ = ("lock", "count")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def try_acquire(self, limit: int | None) -> bool:
-        with self.lock:
-            if limit is not None and self.count >= limit:
-                return False
-            self.count += 1
-            return True
-
-    def release(self) -> None:
-        with self.lock:
-            self.count -= 1
-
-
 class FaultFactory:
     """Main thread: the parsed config and the shared active-fault count."""
 
     def __init__(self, config: FaultConfig, name: str) -> None:
         self.config = config
         self.name = name
-        self.active = ActiveFaults()
+        self.active = SharedCount()  # faults in progress, all workers (max_active_faults)
 
     def for_worker(self, ctx) -> WorkerFaultFactory:
         return WorkerFaultFactory(self, ctx)

@@ -11,7 +11,6 @@ worker of its connection.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from ...config.fields_table import Message, used
 from ...config.reader import ConfigError
 from ...config.registry import Extension, register
 from ...config.runtime_values import parse_runtime_feature_flag
+from ...threads.shared_count import SharedCount
 from ..filter_chain import NetworkFilterStatus
 
 __all__ = ["ConnectionLimitConfig", "parse_connection_limit"]
@@ -56,31 +56,10 @@ def parse_connection_limit(raw: Mapping[str, Any], path: str) -> ConnectionLimit
     )
 
 
-class ConnectionCount:
-    """Connections through one filter config, all workers. `lock` guards `count`."""
-
-    __slots__ = ("lock", "count")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.count = 0
-
-    def try_acquire(self, limit: int) -> bool:
-        with self.lock:
-            if self.count >= limit:
-                return False
-            self.count += 1
-            return True
-
-    def release(self) -> None:
-        with self.lock:
-            self.count -= 1
-
-
 class ConnectionLimitFactory:
     def __init__(self, config: ConnectionLimitConfig, name: str) -> None:
         self.config = config
-        self.count = ConnectionCount()
+        self.count = SharedCount()  # connections through this filter config, all workers
 
     def for_worker(self, worker) -> WorkerConnectionLimit:
         return WorkerConnectionLimit(self, worker)

@@ -7,9 +7,11 @@ Life of a request (phases, always ending in logging):
      the request body; the response comes back through `encode_headers/encode_data/encode_end`.
   3. log: access loggers run once the stream ends, whatever the outcome.
 
-The stream model is codec-agnostic: streams are kept by id, and the codec only turns bytes
-into events and responses into bytes. HTTP/1.1 has one active stream at a time; pipelined
-requests wait (events queued, reading paused) until the stream before them is answered.
+The stream model is codec-agnostic: the codec (made from the connection's first bytes by the
+context's codec factory; the seam is codec/protocol.py) calls this connection manager per
+stream id (it is the codec's ServerCodecCallbacks), and streams are kept by id, any number at
+once, each with its own lifecycle, deadlines and reset. HTTP/1.1 pipelining is the codec's
+concern: it presents one stream at a time (codec/http1_server.py).
 
 Thread affinity: everything here lives on the worker that accepted the connection.
 Must not: block, or let an exception from one stream escape to the worker loop.
@@ -19,17 +21,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from http import HTTPStatus
 
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
-from .codec import make_server_codec
 from .codec.errors import CodecError
-from .codec.events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
+from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
 from .request_headers import absolute_form, mutate_request_headers
-from .stream import ActiveStream
+from .stream import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, UPGRADED, ActiveStream
 
 __all__ = ["ConnectionManager"]
 
@@ -37,20 +37,18 @@ log = logging.getLogger("ftproxy.http")
 
 
 class ConnectionManager(ConnectionCallbacks):
-    """Downstream HTTP/1.1 connection. `ctx` is the per-worker HcmContext of its filter chain."""
+    """A downstream HTTP connection: its codec's callbacks (ServerCodecCallbacks) and its
+    streams. `ctx` is the per-worker HcmContext of its filter chain."""
 
     __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "connection", "on_closed",
-                 "active", "pending", "paused_for_pipeline", "requests", "draining", "created",
-                 "tx_reported", "idle_timer", "idle_since", "head_started")
+                 "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
+                 "idle_since", "head_started")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed) -> None:
         self.ctx = ctx
         self.stats = ctx.stats
-        cfg = ctx.config
-        self.codec = make_server_codec(ctx.codec_impl, max_request_headers_kb=cfg.max_request_headers_kb,
-                                       max_headers_count=cfg.max_headers_count,
-                                       response_fields=ctx.response_fields)
+        self.codec = None  # made when the first bytes say which protocol (on_data)
         self.remote_ip = remote[0]
         self.remote = format_address(remote)
         self.local = format_address(local)
@@ -58,9 +56,7 @@ class ConnectionManager(ConnectionCallbacks):
                                      remote_address=self.remote, local_address=self.local,
                                      conn_id=conn_id)
         self.on_closed = on_closed
-        self.active: ActiveStream | None = None
-        self.pending: deque = deque()  # codec events of pipelined requests not started yet
-        self.paused_for_pipeline = False
+        self.streams: dict[int, ActiveStream] = {}
         self.requests = 0
         self.draining = False
         self.created = time.monotonic()
@@ -131,18 +127,27 @@ class ConnectionManager(ConnectionCallbacks):
             timer.enable(max(0.0, deadline - time.monotonic()))
 
     def _on_idle_timeout(self) -> None:
-        """The connection's one timer: connection idle_timeout when no stream is active, else
-        the active stream's stream_idle_timeout / request_timeout."""
-        stream = self.active
-        if stream is not None:
-            deadline = self._stream_deadline(stream)
+        """The connection's one timer: each stream's stream_idle_timeout / request_timeout
+        (a stream that times out ends alone; the others go on), the head in progress, else
+        the connection's idle_timeout."""
+        streams = self.streams
+        if streams:
             now = time.monotonic()
-            if deadline is None:
+            soonest = None
+            for stream in list(streams.values()):
+                deadline = self._stream_deadline(stream)
+                if deadline is None:
+                    continue
+                if now >= deadline:
+                    self._stream_timed_out(stream, now)
+                    if self.connection.closed:
+                        return
+                elif soonest is None or deadline < soonest:
+                    soonest = deadline
+            if soonest is not None and self.streams:
+                self.idle_timer.enable(soonest - now)
+            elif self.streams:
                 self.idle_timer.enable(self._idle_timeout() or 3600.0)
-            elif now < deadline:
-                self.idle_timer.enable(deadline - now)
-            else:
-                self._stream_timed_out(stream, now)
             return
         if self.head_started is not None:
             head = self._head_deadline()
@@ -161,7 +166,7 @@ class ConnectionManager(ConnectionCallbacks):
         if left > 0.001:
             self.idle_timer.enable(left)
             return
-        if self.active is None:
+        if not self.streams:
             if self.draining:
                 self.stats.downstream_cx_drain_close.value += 1
             else:
@@ -220,10 +225,12 @@ class ConnectionManager(ConnectionCallbacks):
         start = self.head_started if self.head_started is not None else now
         self.head_started = None
         head = RequestHead(b"-", b"-", b"", b"http", Headers())
-        stream = ActiveStream(self, head, False, None, time.time() - (now - start), start)
+        stream = ActiveStream(self, 0, head, None, time.time() - (now - start), start)
         self.stats.downstream_rq_total.value += 1
         self.stats.downstream_rq_active.value += 1
-        self.active = stream
+        self.streams[0] = stream
+        if self.codec is not None:
+            self.codec.go_away()  # the connection closes after this answer
         return stream
 
     def _stream_timed_out(self, stream: ActiveStream, now: float) -> None:
@@ -240,122 +247,58 @@ class ConnectionManager(ConnectionCallbacks):
     # -- connection callbacks ----------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
         self.stats.downstream_cx_rx_bytes_total.value += len(data)
-        try:
-            events = self.codec.feed(data)
-        except CodecError as e:
-            # Whole requests before the bad bytes are answered first, then the error in its
-            # turn (Envoy parses one request at a time, so a pipelining client gets each
-            # answer in order).
-            events = _whole_requests(e.parsed)
-            if not events:
-                self._on_codec_error(e)
-                return
-            events.append(e)
-        self._dispatch(events)
-        if self.codec.head_in_progress and self.active is None and self.head_started is None \
+        codec = self.codec
+        if codec is None:
+            codec = self.codec = self.ctx.codec_factory(data, self.connection, self)
+        codec.dispatch(data)
+        if codec.head_in_progress and not self.streams and self.head_started is None \
                 and not self.connection.closed:
             self._head_began()
 
-    def resume_held(self) -> None:
-        """After the answer to an upgrade request: the bytes the codec held back behind it are
-        tunnel data (after a 101), or the next requests on this connection, or bad bytes that
-        get their 400 after this answer (after a refusal)."""
-        try:
-            events = self.codec.resume()
-        except CodecError as e:
-            events = _whole_requests(e.parsed) + [e]
-        if events:
-            self.dispatch_later(events)
+    def resume_codec(self) -> None:
+        """The codec may hold input behind a stream (the next pipelined request, bytes after an
+        upgrade request): it gets it from the event loop, never from inside this call chain
+        (which may be an upstream read): no upstream -> downstream -> next request re-entry."""
+        self.ctx.worker.dispatcher.defer(self._resume)
 
-    def dispatch_later(self, events) -> None:
-        self.ctx.worker.dispatcher.defer(lambda: self._dispatch(events))
-
-    def _dispatch(self, events) -> None:
-        pending = self.pending
-        for ev in events:
-            if pending or self.paused_for_pipeline:
-                pending.append(ev)
-                continue
-            if ev is END_OF_MESSAGE:
-                if self.active is None or self.active.request_complete:
-                    continue  # the end of a request whose head said it had no body (_new_stream)
-            elif type(ev) is RequestHeaders and self.active is None:
-                self._new_stream(ev)
-                if self.connection.closed:
-                    return
-                continue
-            self._on_event(ev)
-            if self.connection.closed:
-                return
-        if pending and not self.paused_for_pipeline:
-            self.paused_for_pipeline = True
-            self.connection.read_disable(True)
-
-    def _on_event(self, ev) -> None:
-        stream = self.active
-        cls = type(ev)
-        if cls is RequestHeaders:
-            if stream is not None:
-                # A pipelined request: wait until the current response is done.
-                self.pending.append(ev)
-                return
-            self._new_stream(ev)
-        elif cls is Data:
-            if stream is not None and not stream.closed:
-                stream.bytes_received += len(ev.data)
-                stream.last_activity = time.monotonic()
-                if stream.chains is not None:
-                    stream.decode_data(ev.data, False)
-        elif cls is MessageComplete:
-            # A bodyless request was complete at its head already (`_new_stream`).
-            if stream is not None and not stream.closed and not stream.request_complete:
-                stream.request_complete = True
-                stream.request_complete_monotonic = time.monotonic()
-                if stream.chains is not None:
-                    if ev.trailers:
-                        stream.decode_trailers(ev.trailers)
-                    else:
-                        stream.decode_data(b"", True)
-        elif cls is CodecError:  # bad bytes after whole requests (on_data)
-            if stream is not None:
-                self.pending.append(ev)  # answered after the response in progress
-            else:
-                self._on_codec_error(ev)
+    def _resume(self) -> None:
+        if self.connection.closed:
+            return
+        codec = self.codec
+        codec.resume()
+        if codec.head_in_progress and not self.streams and self.head_started is None \
+                and not self.connection.closed:
+            self._head_began()
 
     def on_eof(self) -> None:
-        try:
-            events = self.codec.feed(b"")
-        except CodecError:
-            events = []
-        if events:
-            self._dispatch(events)
-        stream = self.active
-        if stream is not None and stream.upgraded and stream.chains is not None:
-            stream.decode_data(b"", True)  # a tunnel's half-close goes on upstream
-            return
+        if self.codec is not None:
+            self.codec.dispatch(b"")
+        for stream in list(self.streams.values()):
+            if stream.state & UPGRADED and stream.chains is not None:
+                stream.decode_data(b"", True)  # a tunnel's half-close goes on upstream
+                return
         self._abort_on_client_close()
 
     def on_early_close(self) -> None:
         """The client closed while we were not reading from it: pipelined requests wait behind
         the one in flight, or flow control paused its upload."""
-        stream = self.active
-        if stream is not None and stream.upgraded:
-            # A tunnel passes the FIN on in order, after the bytes before it (on_eof).
-            self.connection.set_detect_early_close(False)
-            return
+        for stream in self.streams.values():
+            if stream.state & UPGRADED:
+                # A tunnel passes the FIN on in order, after the bytes before it (on_eof).
+                self.connection.set_detect_early_close(False)
+                return
         self._abort_on_client_close()
 
     def _abort_on_client_close(self) -> None:
         """As Envoy's HCM (no HTTP half-close: a client's FIN, or reset, ends the connection):
-        the request in flight is reset (DC) and the requests queued behind it are dropped,
-        never forwarded: none is sent upstream that would not be answered."""
-        self.pending.clear()
-        stream = self.active
-        if stream is not None and not stream.closed:
-            self.stats.downstream_rq_rx_reset.value += 1
-            stream.set_response_flag("DC")
-            if not stream.response_code_details:
-                stream.response_code_details = "downstream_remote_disconnect"  # Envoy's details
+        the requests in flight are reset (DC) and the ones the codec holds behind them are
+        dropped, never forwarded: none is sent upstream that would not be answered."""
+        for stream in self.streams.values():
+            if stream.state < CLOSED:
+                self.stats.downstream_rq_rx_reset.value += 1
+                stream.set_response_flag("DC")
+                if not stream.response_code_details:
+                    stream.response_code_details = "downstream_remote_disconnect"  # Envoy's
         # The client ended the connection: Envoy counts downstream_cx_destroy_remote.
         self.connection.close(flush=True, reason=CloseReason.REMOTE)
 
@@ -372,27 +315,81 @@ class ConnectionManager(ConnectionCallbacks):
         st.downstream_cx_length_ms.record((time.monotonic() - self.created) * 1000.0)
         if self.idle_timer is not None:
             self.idle_timer.disable()
-        stream = self.active
-        if stream is not None and not stream.closed:
-            if not stream.response_complete and not stream.has_response_flag("DC"):
-                stream.set_response_flag("DC")
-                self.stats.downstream_rq_rx_reset.value += 1
-            self._finish_stream(stream)
-        self.pending.clear()
+        for stream in list(self.streams.values()):
+            if stream.state < CLOSED:
+                if not stream.state & RESPONSE_COMPLETE and not stream.has_response_flag("DC"):
+                    stream.set_response_flag("DC")
+                    self.stats.downstream_rq_rx_reset.value += 1
+                self._finish_stream(stream)
         self.on_closed(self)
 
     def on_above_write_watermark(self) -> None:
-        s = self.active
-        if s is not None:
+        for s in list(self.streams.values()):
             s.on_downstream_watermark(True)
 
     def on_below_write_watermark(self) -> None:
-        s = self.active
-        if s is not None:
+        for s in list(self.streams.values()):
             s.on_downstream_watermark(False)
 
+    # -- codec callbacks (ServerCodecCallbacks) ------------------------------------------------
+    def on_stream_headers(self, stream_id: int, ev: RequestHeaders, end_stream: bool) -> None:
+        self._new_stream(stream_id, ev, end_stream)
+
+    def on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.state >= CLOSED:
+            return
+        if data:
+            stream.bytes_received += len(data)
+            stream.last_activity = time.monotonic()
+        if end_stream and not stream.state & REQUEST_COMPLETE:
+            stream.state |= REQUEST_COMPLETE
+            stream.request_complete_monotonic = time.monotonic()
+        if stream.chains is not None:
+            stream.decode_data(data, end_stream)
+
+    def on_stream_trailers(self, stream_id: int, trailers) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.state >= CLOSED:
+            return
+        stream.state |= REQUEST_COMPLETE
+        stream.request_complete_monotonic = time.monotonic()
+        if stream.chains is not None:
+            stream.decode_trailers(trailers)
+
+    def on_stream_reset(self, stream_id: int, reason: str) -> None:
+        """The client abandoned this stream alone (a multiplexing codec's stream reset)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.state >= CLOSED:
+            return
+        self.stats.downstream_rq_rx_reset.value += 1
+        stream.set_response_flag("DR")  # Envoy: downstream remote reset
+        if not stream.response_code_details:
+            stream.response_code_details = "downstream_remote_reset"
+        self._finish_stream(stream)
+        self.codec.stream_ended(stream_id)
+        self._after_stream()
+
+    def on_codec_error(self, stream_id: int | None, e: CodecError) -> None:
+        self.stats.downstream_cx_protocol_error.value += 1
+        if e.status == 431:
+            self.stats.downstream_rq_too_large.value += 1
+        stream = self.streams.get(stream_id) if stream_id is not None else None
+        if stream is None:
+            # Error before a stream existed: make a stream only to answer and log it.
+            stream = self._unparsed_stream()
+        elif stream.response_started:
+            stream.reset(e.details)
+            self.connection.close(flush=False)
+            return
+        self.codec.go_away()
+        # Envoy's body for a codec error is the status' reason phrase ("Bad Request"); the
+        # parser's own message stays in the details (%RESPONSE_CODE_DETAILS%).
+        stream.send_local_reply(e.status, _reason_phrase(e.status), "DPE", e.details)
+        self.connection.close(flush=True)
+
     # -- streams ------------------------------------------------------------------------------
-    def _new_stream(self, ev: RequestHeaders) -> None:
+    def _new_stream(self, stream_id: int, ev: RequestHeaders, end_stream: bool) -> None:
         ctx = self.ctx
         st = self.stats
         st.downstream_rq_total.value += 1
@@ -402,13 +399,12 @@ class ConnectionManager(ConnectionCallbacks):
         headers = Headers.adopt(ev.headers)
         authority = headers.get(b"host") or b""
         head = RequestHead(ev.method, ev.target, authority, b"http", headers, ev.http_version)
-        keep_alive = ev.keep_alive and not self.draining
         cfg = ctx.config
         if cfg.max_requests_per_connection and self.requests >= cfg.max_requests_per_connection:
-            keep_alive = False
+            self.codec.go_away()
         now = time.monotonic()
-        stream = ActiveStream(self, head, keep_alive, ev.upgrade, time.time(), now)
-        self.active = stream
+        stream = ActiveStream(self, stream_id, head, ev.upgrade, time.time(), now)
+        self.streams[stream_id] = stream
         if self.head_started is not None:  # the head came in pieces: it began at its first byte
             self._began_earlier(stream, now)
         first_timeout = ctx.first_stream_timeout
@@ -416,18 +412,14 @@ class ConnectionManager(ConnectionCallbacks):
             timer = self.idle_timer  # usually set to fire early enough already (watch_stream)
             if timer is None or timer.deadline is None or timer.deadline > now + first_timeout:
                 self.watch_stream(stream)
-        # RFC 9112 §6.3: a request with neither content-length nor chunked has no body.
-        end_stream = not ev.content_length and not ev.chunked and ev.upgrade is None
         if end_stream:
-            # The request is whole already (its MessageComplete event follows): a reply sent
-            # before we handle that event is not a "response before the request ended".
-            stream.request_complete = True
+            stream.state = REQUEST_COMPLETE
             stream.request_complete_monotonic = now
         if ev.http_version == b"1.0":
             h10 = cfg.http_protocol_options
             if not h10.accept_http_10:
                 # Envoy refuses HTTP/1.0 unless http_protocol_options.accept_http_10.
-                stream.keep_alive = False
+                self.codec.go_away()
                 stream.send_local_reply(426, b"Upgrade Required", "DPE", "low_version")
                 return
             if not authority and h10.default_host_for_http_10:
@@ -436,7 +428,7 @@ class ConnectionManager(ConnectionCallbacks):
             return
         if ev.expect_continue:
             headers.remove(b"expect")
-            self.connection.write(self.codec.encode_continue())
+            self.codec.encode_continue(stream_id)
         if ev.target[:1] != b"/" and ev.method != b"CONNECT":
             if ev.target.startswith((b"http://", b"https://")):
                 absolute_form(head)
@@ -464,25 +456,41 @@ class ConnectionManager(ConnectionCallbacks):
             return False
         if self.ctx.config.headers_with_underscores_action == "REJECT_REQUEST":
             self.stats.requests_rejected_with_underscores_in_headers.value += 1
-            stream.keep_alive = False  # Envoy: a codec-level rejection, the connection closes
+            self.codec.go_away()  # Envoy: a codec-level rejection, the connection closes
             stream.send_local_reply(400, b"Bad Request", "DPE", "http1.unexpected_underscore")
             return True
         self.stats.dropped_headers_with_underscores.value += len(names)
         headers.remove_many(frozenset(names))
         return False
 
-    def stream_done(self, stream: ActiveStream, reset: bool = False) -> None:
-        """The response is complete (or the stream was reset): log, then next request or close."""
-        if stream.closed:
+    def stream_done(self, stream: ActiveStream) -> None:
+        """The response is complete: log, then the connection goes on (or closes, when the
+        codec says it must)."""
+        if stream.state >= CLOSED:
             return
         self._finish_stream(stream)
-        if reset or not stream.keep_alive or stream.upgraded:
+        if self.codec.stream_ended(stream.stream_id) or stream.state & UPGRADED:
+            if stream.state & REQUEST_COMPLETE:
+                self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
+            else:
+                # The response finished before the request did: its rest is never read.
+                self.connection.close(flush=True)
+            return
+        self._after_stream()
+
+    def reset_stream(self, stream: ActiveStream) -> None:
+        """Abort one stream: the codec resets it on the wire, or (HTTP/1.1) the connection
+        closes."""
+        self._finish_stream(stream)
+        if not self.codec.reset_stream(stream.stream_id):
             self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
             return
-        if not stream.request_complete:
-            # The response finished before the request body did: we cannot find the next
-            # request boundary safely, so close (Envoy does the same for HTTP/1).
-            self.connection.close(flush=True)
+        self.codec.stream_ended(stream.stream_id)
+        self._after_stream()
+
+    def _after_stream(self) -> None:
+        """A stream ended and the connection goes on."""
+        if self.streams:
             return
         timer = self.idle_timer
         if timer is None or timer.deadline is None or self.draining:
@@ -490,35 +498,22 @@ class ConnectionManager(ConnectionCallbacks):
             self._arm_idle_timer(rearm=self.draining)
         else:  # the timer is armed already and re-arms itself when it fires early
             self.idle_since = time.monotonic()
-        if self.pending:
-            # The next pipelined request starts from the event loop, not from inside this
-            # call (which may be an upstream read): no re-entrant upstream -> downstream ->
-            # next request chain. Bytes read meanwhile queue behind it, in order.
-            self.ctx.worker.dispatcher.defer(self._next_pipelined)
-        if self.codec.head_in_progress and self.active is None and not self.connection.closed:
+        codec = self.codec
+        if codec.holding:
+            self.resume_codec()  # the next pipelined request, from the event loop
+        elif codec.head_in_progress and not self.connection.closed:
             self._head_began()  # the next request's head began behind this one: time it from now
 
-    def _next_pipelined(self) -> None:
-        if self.connection.closed or self.active is not None or not self.pending:
-            return
-        events = list(self.pending)
-        self.pending.clear()
-        if self.paused_for_pipeline:
-            self.paused_for_pipeline = False
-            self.connection.read_disable(False)
-        self._dispatch(events)
-
     def _finish_stream(self, stream: ActiveStream) -> None:
-        stream.closed = True
+        stream.state |= CLOSED
         c = self.connection  # tx bytes counted per stream (written, incl. still queued)
         sent = c.bytes_sent + c.buffered_bytes
         self.stats.downstream_cx_tx_bytes_total.value += sent - self.tx_reported
         self.tx_reported = sent
-        if self.active is stream:
-            self.active = None
+        self.streams.pop(stream.stream_id, None)
         st = self.stats
         st.downstream_rq_active.value -= 1
-        if stream.upgraded:
+        if stream.state & UPGRADED:
             st.downstream_cx_upgrades_active.value -= 1
         stream.destroy_filters()  # also breaks the stream <-> filter cycles (freed by refcount)
         stream.end_monotonic = now = time.monotonic()
@@ -545,27 +540,6 @@ class ConnectionManager(ConnectionCallbacks):
             except Exception:
                 log.exception("access logger failed")
 
-    def _on_codec_error(self, e: CodecError) -> None:
-        self.stats.downstream_cx_protocol_error.value += 1
-        if e.status == 431:
-            self.stats.downstream_rq_too_large.value += 1
-        stream = self.active
-        if stream is None or stream.response_started:
-            if stream is None:
-                # Error before a stream existed: make a stream only to answer and log it.
-                stream = self._unparsed_stream()
-            else:
-                stream.reset(e.details)
-                self.connection.close(flush=False)
-                return
-        stream.keep_alive = False
-        self.pending.clear()
-        # Envoy's body for a codec error is the status' reason phrase ("Bad Request"); the
-        # parser's own message stays in the details (%RESPONSE_CODE_DETAILS%).
-        body = _reason_phrase(e.status)
-        stream.send_local_reply(e.status, body, "DPE", e.details)
-        self.connection.close(flush=True)
-
     # -- draining ------------------------------------------------------------------------------
     def start_drain(self, close_idle: bool = True) -> None:
         """Worker drain: finish the current request with `connection: close`. An idle
@@ -573,14 +547,14 @@ class ConnectionManager(ConnectionCallbacks):
         answer says `connection: close`); with `close_idle` (shutdown, no next epoch), one
         idle that long already closes now, one idle for less keeps the rest of the grace."""
         self.draining = True
-        stream = self.active
-        if stream is not None:
-            if not stream.response_started:
-                stream.keep_alive = False  # its head will say `connection: close`
-            # Else its head went out promising keep-alive: closing after it would race the
-            # request the client sends next (EOF before its response). The connection stays
-            # open; that next request is answered with `connection: close` (`_new_stream`),
-            # or the connection closes after DRAIN_IDLE_GRACE if none comes.
+        if self.codec is not None:
+            # HTTP/1.1: the next response head says `connection: close`. One that went out
+            # promising keep-alive already is not closed under: the client's next request is
+            # answered with `connection: close`, or the connection closes after
+            # DRAIN_IDLE_GRACE if none comes (closing at once would race that request).
+            self.codec.go_away()
+        if self.streams:
+            pass
         elif self.head_started is not None:
             pass  # a request is arriving: its stream will be drained (its head's timer runs)
         elif close_idle:
@@ -599,7 +573,7 @@ class ConnectionManager(ConnectionCallbacks):
             self._arm_idle_timer(rearm=True)
 
     def close_idle(self) -> None:
-        if self.active is None and self.head_started is None and not self.connection.closed:
+        if not self.streams and self.head_started is None and not self.connection.closed:
             self.stats.downstream_cx_drain_close.value += 1
             self.connection.close(flush=True)
 
@@ -609,14 +583,6 @@ def _reason_phrase(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
-
-
-def _whole_requests(events: list) -> list:
-    """`events` up to the end of the last whole request among them."""
-    for i in range(len(events) - 1, -1, -1):
-        if type(events[i]) is MessageComplete:
-            return events[:i + 1]
-    return []
 
 
 # A draining connection that stays idle this long is closed. Closing an idle HTTP/1.1

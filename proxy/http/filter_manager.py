@@ -100,7 +100,7 @@ class FilterManager:
     """Mixin for the stream: the filter chain and the callbacks filters get (FilterCallbacks).
 
     The subclass provides `head`, `ctx` (route table, worker), `closed`, `response_started`
-    (the head reached the wire), `request_complete`, `keep_alive`, `set_response_flag`,
+    (the head reached the wire), `request_complete`, `abandon_request()`, `set_response_flag`,
     `response_code_details`, `buffer_limit()`, `read_disable_downstream(bool)`, `reset()` and
     the three `_write_*` methods."""
 
@@ -320,8 +320,8 @@ class FilterManager:
             self.reset(details)
             return
         if not self.request_complete:
-            # The rest of the request body will not be read: the connection cannot be reused.
-            self.keep_alive = False
+            # The rest of the request body will not be read (HTTP/1.1: the connection closes).
+            self.abandon_request()
         if is_grpc_request(self.head.headers):
             head = grpc_local_reply_head(status, body, grpc_status)
             body = b""

@@ -10,12 +10,28 @@ from __future__ import annotations
 
 from ..network.address import node_address
 from ..router.table import RouteTable
+from .codec import make_server_codec
+from .codec.http1_server import Http1ServerCodec
 from .conn_manager import ConnectionManager
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
 from .http_stats import HcmStats
 
-__all__ = ["HcmFactory", "HcmContext"]
+__all__ = ["HcmFactory", "HcmContext", "server_codec_factory"]
+
+
+def server_codec_factory(config, codec_impl: str, response_fields):
+    """The ServerCodecFactory (codec/protocol.py) for an HCM: the codec a connection speaks,
+    chosen from its first bytes. HTTP/1.1 today (codec_type AUTO and HTTP1); HTTP/2 will be
+    chosen here by its connection preface."""
+    max_kb = config.max_request_headers_kb
+    max_count = config.max_headers_count
+
+    def make(first_bytes: bytes, transport, callbacks) -> Http1ServerCodec:
+        parser = make_server_codec(codec_impl, max_request_headers_kb=max_kb,
+                                   max_headers_count=max_count, response_fields=response_fields)
+        return Http1ServerCodec(parser, transport, callbacks)
+    return make
 
 
 class HcmFactory:
@@ -52,6 +68,7 @@ class HcmFactory:
         # and request_timeout (those set), or 0 when neither is.
         self.first_stream_timeout = min([t for t in (config.stream_idle_timeout,
                                                      config.request_timeout) if t], default=0)
+        self.codec_factory = server_codec_factory(config, codec_impl, self.response_fields)
 
     def for_worker(self, worker) -> HcmContext:
         return HcmContext(self, worker)
@@ -61,7 +78,7 @@ class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
                  "upgrade_request_headers_removed", "first_stream_timeout",
-                 "response_fields", "worker", "stats")
+                 "response_fields", "codec_factory", "worker", "stats")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config
@@ -76,6 +93,7 @@ class HcmContext:
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
         self.response_fields = factory.response_fields
+        self.codec_factory = factory.codec_factory
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix, factory.listener_stat_prefix)
         # (per-worker factory, disabled by default, may a route switch it on or off)

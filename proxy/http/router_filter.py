@@ -145,7 +145,7 @@ class RouterFilter:
             apply_mutations(self.route.response_mutations, head.headers, stream)
         stream.response_code_details = details
         if not stream.request_complete:
-            stream.keep_alive = False  # the unread rest of the request body ends the connection
+            stream.abandon_request()  # the rest of the request body will not be read
         stream.encode_local(head, body)
 
     def _rewrite_request(self, action) -> None:

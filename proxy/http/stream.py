@@ -10,6 +10,10 @@ creation, timeouts, logging, and what happens next on the connection.
 A stream is its own StreamInfo: the facts access loggers read are fields of this object (one
 object per request instead of two), and the connection-level ones (addresses, connection id)
 are read from the connection manager when a logger asks.
+A stream's lifecycle is one field, `state`, of the flags below (the request and the response
+progress independently, as in HTTP/2's half-closed states); `request_complete`, `closed`...
+are read-only views of it. Its id is the one its codec gave it (`stream_id`).
+
 Thread affinity: the worker that owns the connection. Must not: read from sockets.
 """
 
@@ -25,17 +29,24 @@ from .headers import RequestHead, ResponseHead, append_via
 if TYPE_CHECKING:
     from .conn_manager import ConnectionManager
 
-__all__ = ["ActiveStream"]
+__all__ = ["ActiveStream", "REQUEST_COMPLETE", "RESPONSE_STARTED", "RESPONSE_COMPLETE",
+           "UPGRADED", "CLOSED"]
+
+# ActiveStream.state: the flags a stream has gained so far (never lost).
+REQUEST_COMPLETE = 1   # the request's end was decoded
+RESPONSE_STARTED = 2   # the response head went to the codec
+RESPONSE_COMPLETE = 4  # the response's end went to the codec
+UPGRADED = 8           # answered 101 (or 2xx to CONNECT): a tunnel until either side closes
+CLOSED = 16            # ended (completed or reset): logged, filters destroyed, off its HCM
 
 
 class ActiveStream(FilterManager, StreamInfo):
     """One request/response exchange, its StreamInfo and its filter chain. Owned by its
-    ConnectionManager."""
+    ConnectionManager, which knows it by `stream_id`."""
 
     # Slots for StreamInfo's per-request fields too (they shadow its class defaults): a slot
     # store is cheaper than an instance dict's, and a stream takes a dozen of them.
-    __slots__ = ("hcm", "ctx", "head", "request_complete", "response_started",
-                 "response_complete", "keep_alive", "upgrade", "upgraded", "closed",
+    __slots__ = ("hcm", "ctx", "stream_id", "head", "state", "upgrade", "deadline",
                  "last_activity", "idle_timeout",
                  "start_time", "start_monotonic", "request_complete_monotonic",
                  "first_upstream_tx_monotonic", "first_upstream_rx_monotonic",
@@ -46,16 +57,16 @@ class ActiveStream(FilterManager, StreamInfo):
                  "requested_server_name", "upstream_transport_failure_reason",
                  "upstream_request_attempt_count")
 
-    def __init__(self, hcm: ConnectionManager, head: RequestHead, keep_alive: bool,
+    def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead,
                  upgrade: bytes | None, start_time: float, start_monotonic: float) -> None:
         self.hcm = hcm
         self.ctx = hcm.ctx
+        self.stream_id = stream_id
         self.head = self.request_headers = head
         self.init_filters()
-        self.request_complete = self.response_started = self.response_complete = False
-        self.upgraded = self.closed = False
-        self.keep_alive = keep_alive
+        self.state = 0
         self.upgrade = upgrade
+        self.deadline = None  # when its HCM next checks its timeouts (conn_manager.py)
         self.start_time = start_time
         self.start_monotonic = self.last_activity = start_monotonic  # for stream_idle_timeout
         self.idle_timeout = None  # the route's idle_timeout, when it overrides the HCM's
@@ -68,6 +79,27 @@ class ActiveStream(FilterManager, StreamInfo):
         self.upstream_host = self.upstream_cluster = self.upstream_local_address = None
         self.route_name = self.requested_server_name = None
         self.upstream_transport_failure_reason = None
+
+    # -- lifecycle views (of `state`) ---------------------------------------------------------
+    @property
+    def request_complete(self) -> bool:
+        return bool(self.state & REQUEST_COMPLETE)
+
+    @property
+    def response_started(self) -> bool:
+        return bool(self.state & RESPONSE_STARTED)
+
+    @property
+    def response_complete(self) -> bool:
+        return bool(self.state & RESPONSE_COMPLETE)
+
+    @property
+    def upgraded(self) -> bool:
+        return bool(self.state & UPGRADED)
+
+    @property
+    def closed(self) -> bool:
+        return self.state >= CLOSED
 
     # StreamInfo's connection-level facts, for access loggers.
     @property
@@ -93,10 +125,10 @@ class ActiveStream(FilterManager, StreamInfo):
         """A response head: Envoy's response header rules for this HCM, then the codec.
         With `body` (then `end_stream` is True), the whole response: head, body and end go
         out as one write (the usual upstream response arrives in one read)."""
-        if self.closed:
+        if self.state >= CLOSED:
             return
         hcm = self.hcm
-        self.response_started = True
+        self.state |= RESPONSE_STARTED
         self.response_headers = head
         status = self.response_code = head.status
         self.response_start_monotonic = self.last_activity = time.monotonic()
@@ -117,72 +149,67 @@ class ActiveStream(FilterManager, StreamInfo):
         # (OVERWRITE: the codec writes `server`, see HcmContext.response_fields.)
         if cfg.server_header_transformation == "APPEND_IF_ABSENT":
             headers.set_default(b"server", ctx.server_name)
-        if hcm.draining or ctx.worker.draining:
-            self.keep_alive = False
+        codec = hcm.codec
+        if ctx.worker.draining:
+            codec.go_away()
         if status == 101 and self.upgrade:
-            self.upgraded = True
+            self.state |= UPGRADED
             hcm.stats.downstream_cx_upgrades_total.value += 1
             hcm.stats.downstream_cx_upgrades_active.value += 1
-        req = self.head
-        if end_stream and body is None and status >= 200 and status != 204 and status != 304 \
-                and req.method != b"HEAD" and not headers.has(b"content-length"):
-            # A headers-only response (a filter's, e.g. a CORS preflight): as Envoy's HTTP/1
-            # codec, say there is no body instead of sending an empty chunked one.
-            headers.fields.append((b"content-length", b"0"))
-        codec = hcm.codec
-        data = codec.encode_response_head(status, None, headers.fields, req.method,
-                                          req.http_version, self.keep_alive)
         if body is not None:  # the whole response (what encode_data and encode_end do)
-            if body:
-                self.bytes_sent += len(body)
-                data += codec.encode_body(body)
-            hcm.connection.write(data + codec.encode_end(None))
+            self.bytes_sent += len(body)
+            codec.encode_response(self.stream_id, status, headers.fields, body)
+            self.state |= RESPONSE_COMPLETE
             if self.upgrade is not None:
-                hcm.resume_held()
-            self.response_complete = True
-            if codec.response_must_close:
-                self.keep_alive = False
+                hcm.resume_codec()
             hcm.stream_done(self)
             return
-        hcm.connection.write(data)
+        codec.encode_headers(self.stream_id, status, headers.fields, end_stream)
         if self.upgrade is not None:
-            hcm.resume_held()
+            hcm.resume_codec()
         if end_stream:
-            self._write_trailers(None)
+            self.state |= RESPONSE_COMPLETE
+            hcm.stream_done(self)
 
     def _write_data(self, data: bytes, end_stream: bool) -> None:
-        if self.closed:
+        if self.state >= CLOSED:
             return
         if data:
             self.bytes_sent += len(data)
             self.last_activity = time.monotonic()
-            self.hcm.connection.write(self.hcm.codec.encode_body(data))
         if end_stream:
-            self._write_trailers(None)
+            if self.state & UPGRADED:
+                if data:
+                    self.hcm.codec.encode_data(self.stream_id, data, False)
+            else:
+                self.hcm.codec.encode_data(self.stream_id, data, True)
+            self.state |= RESPONSE_COMPLETE
+            self.hcm.stream_done(self)
+        elif data:
+            self.hcm.codec.encode_data(self.stream_id, data, False)
 
     def _write_trailers(self, trailers) -> None:
-        """The end of the response (with trailers, or None)."""
-        if self.closed or self.response_complete:
+        """The end of the response, with trailers."""
+        if self.state & (CLOSED | RESPONSE_COMPLETE):
             return
-        self.response_complete = True
-        hcm = self.hcm
-        if not self.upgraded:
-            last = hcm.codec.encode_end(trailers)
-            if last:
-                hcm.connection.write(last)
-        if hcm.codec.response_must_close:
-            self.keep_alive = False
-        hcm.stream_done(self)
+        self.state |= RESPONSE_COMPLETE
+        if not self.state & UPGRADED:
+            self.hcm.codec.encode_trailers(self.stream_id, trailers)
+        self.hcm.stream_done(self)
 
     def reset(self, details: str = "") -> None:
-        """Abort the stream: the downstream connection is closed (HTTP/1.1 has no stream reset)."""
-        if self.closed:
+        """Abort the stream: its codec resets it on the wire (HTTP/1.1: by closing the
+        connection); the connection's other streams go on."""
+        if self.state >= CLOSED:
             return
         if details and not self.response_code_details:
             self.response_code_details = details
         self.hcm.stats.downstream_rq_tx_reset.value += 1
-        self.keep_alive = False
-        self.hcm.stream_done(self, reset=True)
+        self.hcm.reset_stream(self)
+
+    def abandon_request(self) -> None:
+        """The response will end this stream before its request is read to the end."""
+        self.hcm.codec.abandon_request(self.stream_id)
 
     def set_idle_timeout(self, timeout: float) -> None:
         """The route's `idle_timeout` replaces the HCM's stream_idle_timeout for this stream
@@ -191,7 +218,7 @@ class ActiveStream(FilterManager, StreamInfo):
         self.hcm.watch_stream(self)
 
     def read_disable_downstream(self, disable: bool) -> None:
-        self.hcm.connection.read_disable(disable)
+        self.hcm.codec.read_disable_stream(self.stream_id, disable)
 
     def downstream_above_high_watermark(self) -> bool:
         return self.hcm.connection.above_high_watermark

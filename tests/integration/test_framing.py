@@ -53,7 +53,7 @@ def _json(resp) -> dict:
 def test_the_parametrized_codec_is_the_one_serving_both_sides(proxy_factory, raw_upstream, codec, monkeypatch):
     """Every test here runs per codec: make sure the h11 run really parses with h11 (downstream
     and upstream), not with the default fast codec twice."""
-    from proxy.http import codec_client, conn_manager
+    from proxy.http import codec_client, hcm_factory
     built = []
 
     def spy(real):
@@ -63,7 +63,7 @@ def test_the_parametrized_codec_is_the_one_serving_both_sides(proxy_factory, raw
             return c
         return make
 
-    monkeypatch.setattr(conn_manager, "make_server_codec", spy(conn_manager.make_server_codec))
+    monkeypatch.setattr(hcm_factory, "make_server_codec", spy(hcm_factory.make_server_codec))
     monkeypatch.setattr(codec_client, "make_client_codec", spy(codec_client.make_client_codec))
     p = proxy_factory(_config(raw_upstream.port), codec=codec)
     assert raw_request(p.port, b"GET /which HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").startswith(

@@ -19,7 +19,7 @@ from proxy.http.headers import Headers, RequestHead, ResponseHead
 class FakeStream(FilterManager):
     """A stream whose wire is `wire` (a list of events) and whose peer pause is recorded."""
 
-    __slots__ = ("head", "ctx", "closed", "response_started", "request_complete", "keep_alive",
+    __slots__ = ("head", "ctx", "closed", "response_started", "request_complete", "abandoned",
                  "wire", "flags", "response_code_details", "limit", "read_disabled", "log")
 
     def __init__(self, limit: int = 1 << 20) -> None:
@@ -29,7 +29,7 @@ class FakeStream(FilterManager):
         self.ctx = SimpleNamespace(stats=stats, route_table=SimpleNamespace(route=lambda h: None))
         self.closed = self.response_started = False
         self.request_complete = True
-        self.keep_alive = True
+        self.abandoned = False
         self.wire: list = []
         self.flags: list = []
         self.response_code_details = None
@@ -37,6 +37,9 @@ class FakeStream(FilterManager):
         self.read_disabled: list = []
         self.log: list = []  # every filter call, in order
         self.init_filters()
+
+    def abandon_request(self):
+        self.abandoned = True
 
     def set_response_flag(self, flag):
         self.flags.append(flag)

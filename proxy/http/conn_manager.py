@@ -29,7 +29,8 @@ from .codec.errors import CodecError
 from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
 from .request_headers import absolute_form, mutate_request_headers
-from .stream import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, UPGRADED, ActiveStream
+from .stream import ActiveStream
+from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, UPGRADED
 
 __all__ = ["ConnectionManager"]
 
@@ -332,9 +333,6 @@ class ConnectionManager(ConnectionCallbacks):
             s.on_downstream_watermark(False)
 
     # -- codec callbacks (ServerCodecCallbacks) ------------------------------------------------
-    def on_stream_headers(self, stream_id: int, ev: RequestHeaders, end_stream: bool) -> None:
-        self._new_stream(stream_id, ev, end_stream)
-
     def on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or stream.state >= CLOSED:
@@ -389,7 +387,9 @@ class ConnectionManager(ConnectionCallbacks):
         self.connection.close(flush=True)
 
     # -- streams ------------------------------------------------------------------------------
-    def _new_stream(self, stream_id: int, ev: RequestHeaders, end_stream: bool) -> None:
+    def on_stream_headers(self, stream_id: int, ev: RequestHeaders, end_stream: bool) -> None:
+        """A new stream (the codec's callback): Envoy's request checks and header handling,
+        then its filter chain."""
         ctx = self.ctx
         st = self.stats
         st.downstream_rq_total.value += 1

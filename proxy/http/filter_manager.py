@@ -27,6 +27,7 @@ from typing import Any
 
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head
+from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_STARTED
 
 __all__ = ["FilterManager"]
 
@@ -99,8 +100,8 @@ class _WireSink:
 class FilterManager:
     """Mixin for the stream: the filter chain and the callbacks filters get (FilterCallbacks).
 
-    The subclass provides `head`, `ctx` (route table, worker), `closed`, `response_started`
-    (the head reached the wire), `request_complete`, `abandon_request()`, `set_response_flag`,
+    The subclass provides `head`, `ctx` (route table, worker), `state` (stream_state.py's
+    flags), `abandon_request()`, `set_response_flag`,
     `response_code_details`, `buffer_limit()`, `read_disable_downstream(bool)`, `reset()` and
     the three `_write_*` methods."""
 
@@ -259,10 +260,10 @@ class FilterManager:
         """A response head; with `body` (then `end_stream` is True) the whole response."""
         chains = self.chains
         if chains is None or not chains[_ENCODE]:
-            if not self.closed:
+            if self.state < CLOSED:
                 self._write_headers(head, end_stream, body)
             return
-        if self.closed:
+        if self.state >= CLOSED:
             return
         self.encoding_started = True  # (only encoder filters can hold a response back)
         self.response_head_pending = head
@@ -271,16 +272,16 @@ class FilterManager:
             sink.whole = True
             self._headers(_ENCODE, 0, head, False)
             sink.whole = False
-            if not self.closed:
+            if self.state < CLOSED:
                 self.encode_data(body, True)
-            if sink.head is not None and self.held[_ENCODE] is None and not self.closed:
+            if sink.head is not None and self.held[_ENCODE] is None and self.state < CLOSED:
                 self._write_headers(sink.head, False, None)  # (the body went another way)
                 sink.head = None
         else:
             self._headers(_ENCODE, 0, head, end_stream)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
-        if self.closed:
+        if self.state >= CLOSED:
             return
         if self.chains is None or not self.chains[_ENCODE]:
             self._write_data(data, end_stream)
@@ -289,7 +290,7 @@ class FilterManager:
         self._data(_ENCODE, 0 if held is None else held.at, data, end_stream)
 
     def encode_trailers(self, trailers) -> None:
-        if self.closed:
+        if self.state >= CLOSED:
             return
         if self.chains is None or not self.chains[_ENCODE]:
             self._write_trailers(trailers)
@@ -316,10 +317,10 @@ class FilterManager:
             self.set_response_flag(flag)
         self.response_code_details = details
         self.decoder_aborted = True
-        if self.response_started:
+        if self.state & RESPONSE_STARTED:
             self.reset(details)
             return
-        if not self.request_complete:
+        if not self.state & REQUEST_COMPLETE:
             # The rest of the request body will not be read (HTTP/1.1: the connection closes).
             self.abandon_request()
         if is_grpc_request(self.head.headers):
@@ -341,7 +342,7 @@ class FilterManager:
         name = _NAMES[d][0]
         while i < last:
             status = getattr(filters[i], name)(head, end_stream)
-            if self.closed or (d == _DECODE and self.decoder_aborted):
+            if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
                 self._set_held(d, _Held(i, True, end_stream, status))
@@ -361,7 +362,7 @@ class FilterManager:
                     self._buffer(d, held, data)
                     return
                 status = getattr(filters[i], name)(data, end_stream)
-                if self.closed or (d == _DECODE and self.decoder_aborted):
+                if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                     return
                 if status == 0:  # this filter lets what waits at it go on, this data last
                     self._set_held(d, None)
@@ -370,7 +371,7 @@ class FilterManager:
                     self._unpause(d, held)
                     if held.headers_pending:
                         self._headers(d, i + 1, self._head(d), False)
-                        if self.closed or (d == _DECODE and self.decoder_aborted):
+                        if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                             return
                     again = self.held[d]
                     i = again.at if again is not None else i + 1
@@ -380,7 +381,7 @@ class FilterManager:
                     self._buffer(d, held, data)
                 return
             status = getattr(filters[i], name)(data, end_stream)
-            if self.closed or (d == _DECODE and self.decoder_aborted):
+            if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
                 held = self._set_held(d, _Held(i, False, False, status))
@@ -402,7 +403,7 @@ class FilterManager:
                     held.trailers = trailers
                     return
                 status = getattr(filters[i], name)(trailers)
-                if self.closed or (d == _DECODE and self.decoder_aborted):
+                if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                     return
                 if status:
                     held.trailers = trailers
@@ -413,7 +414,7 @@ class FilterManager:
                 self._release(d, held, i + 1)
                 return
             status = getattr(filters[i], name)(trailers)
-            if self.closed or (d == _DECODE and self.decoder_aborted):
+            if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
                 held = self._set_held(d, _Held(i, False, False, status))
@@ -426,7 +427,7 @@ class FilterManager:
         """`continue_decoding` / `continue_encoding`: what waits at the stopped filter goes on
         from the next one."""
         held = self.held[d]
-        if held is None or self.closed or (d == _DECODE and self.decoder_aborted):
+        if held is None or self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
             return
         self._set_held(d, None)
         self._release(d, held, held.at + 1)
@@ -439,14 +440,14 @@ class FilterManager:
         if held.headers_pending:
             end = held.headers_end
             self._headers(d, i, self._head(d), end)
-            if end or self.closed or (d == _DECODE and self.decoder_aborted):
+            if end or self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
             again = self.held[d]
             if again is not None:
                 i = again.at
         if data or data_end:
             self._data(d, i, data, data_end)
-            if self.closed or (d == _DECODE and self.decoder_aborted):
+            if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
             again = self.held[d]
             if again is not None:

@@ -10,9 +10,8 @@ creation, timeouts, logging, and what happens next on the connection.
 A stream is its own StreamInfo: the facts access loggers read are fields of this object (one
 object per request instead of two), and the connection-level ones (addresses, connection id)
 are read from the connection manager when a logger asks.
-A stream's lifecycle is one field, `state`, of the flags below (the request and the response
-progress independently, as in HTTP/2's half-closed states); `request_complete`, `closed`...
-are read-only views of it. Its id is the one its codec gave it (`stream_id`).
+A stream's lifecycle is one field, `state`, of the flags in stream_state.py;
+`request_complete`, `closed`... are read-only views of it for filters. Its id is the one its codec gave it (`stream_id`).
 
 Thread affinity: the worker that owns the connection. Must not: read from sockets.
 """
@@ -25,19 +24,12 @@ from typing import TYPE_CHECKING
 from ..access_log.stream_info import StreamInfo
 from .filter_manager import FilterManager
 from .headers import RequestHead, ResponseHead, append_via
+from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED, UPGRADED
 
 if TYPE_CHECKING:
     from .conn_manager import ConnectionManager
 
-__all__ = ["ActiveStream", "REQUEST_COMPLETE", "RESPONSE_STARTED", "RESPONSE_COMPLETE",
-           "UPGRADED", "CLOSED"]
-
-# ActiveStream.state: the flags a stream has gained so far (never lost).
-REQUEST_COMPLETE = 1   # the request's end was decoded
-RESPONSE_STARTED = 2   # the response head went to the codec
-RESPONSE_COMPLETE = 4  # the response's end went to the codec
-UPGRADED = 8           # answered 101 (or 2xx to CONNECT): a tunnel until either side closes
-CLOSED = 16            # ended (completed or reset): logged, filters destroyed, off its HCM
+__all__ = ["ActiveStream"]
 
 
 class ActiveStream(FilterManager, StreamInfo):
@@ -46,7 +38,7 @@ class ActiveStream(FilterManager, StreamInfo):
 
     # Slots for StreamInfo's per-request fields too (they shadow its class defaults): a slot
     # store is cheaper than an instance dict's, and a stream takes a dozen of them.
-    __slots__ = ("hcm", "ctx", "stream_id", "head", "state", "upgrade", "deadline",
+    __slots__ = ("hcm", "ctx", "stream_id", "head", "state", "upgrade",
                  "last_activity", "idle_timeout",
                  "start_time", "start_monotonic", "request_complete_monotonic",
                  "first_upstream_tx_monotonic", "first_upstream_rx_monotonic",
@@ -66,7 +58,6 @@ class ActiveStream(FilterManager, StreamInfo):
         self.init_filters()
         self.state = 0
         self.upgrade = upgrade
-        self.deadline = None  # when its HCM next checks its timeouts (conn_manager.py)
         self.start_time = start_time
         self.start_monotonic = self.last_activity = start_monotonic  # for stream_idle_timeout
         self.idle_timeout = None  # the route's idle_timeout, when it overrides the HCM's

@@ -14,12 +14,13 @@ from proxy.http.filter import (FilterDataStatus as D, FilterHeadersStatus as H,
                                FilterTrailersStatus as T, PassThroughFilter)
 from proxy.http.filter_manager import FilterManager
 from proxy.http.headers import Headers, RequestHead, ResponseHead
+from proxy.http.stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_STARTED
 
 
 class FakeStream(FilterManager):
     """A stream whose wire is `wire` (a list of events) and whose peer pause is recorded."""
 
-    __slots__ = ("head", "ctx", "closed", "response_started", "request_complete", "abandoned",
+    __slots__ = ("head", "ctx", "state", "abandoned",
                  "wire", "flags", "response_code_details", "limit", "read_disabled", "log")
 
     def __init__(self, limit: int = 1 << 20) -> None:
@@ -27,8 +28,7 @@ class FakeStream(FilterManager):
         stats = SimpleNamespace(downstream_rq_too_large=SimpleNamespace(value=0),
                                 rs_too_large=SimpleNamespace(value=0))
         self.ctx = SimpleNamespace(stats=stats, route_table=SimpleNamespace(route=lambda h: None))
-        self.closed = self.response_started = False
-        self.request_complete = True
+        self.state = REQUEST_COMPLETE
         self.abandoned = False
         self.wire: list = []
         self.flags: list = []
@@ -52,22 +52,22 @@ class FakeStream(FilterManager):
 
     def reset(self, details=""):
         self.wire.append(("reset", details))
-        self.closed = True
+        self.state |= CLOSED
 
     def _write_headers(self, head, end_stream, body=None):
-        self.response_started = True
+        self.state |= RESPONSE_STARTED
         self.wire.append(("headers", head.status, end_stream, body))
         if end_stream:
-            self.closed = True
+            self.state |= CLOSED
 
     def _write_data(self, data, end_stream):
         self.wire.append(("data", bytes(data), end_stream))
         if end_stream:
-            self.closed = True
+            self.state |= CLOSED
 
     def _write_trailers(self, trailers):
         self.wire.append(("trailers", trailers))
-        self.closed = True
+        self.state |= CLOSED
 
 
 class Recording(PassThroughFilter):

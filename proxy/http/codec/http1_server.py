@@ -30,7 +30,7 @@ class Http1ServerCodec:
         self.parser = parser          # FastServerCodec or H11ServerCodec
         self.transport = transport
         self.callbacks = callbacks
-        self.protocol = "HTTP/1.1"
+        self.protocol = "HTTP/1.1"  # (the ServerCodec's name; a request's version is its own)
         self.head_in_progress = False
         self.holding = False
         self._next_id = 1
@@ -83,7 +83,8 @@ class Http1ServerCodec:
 
     def _deliver(self, events: list) -> None:
         cb = self.callbacks
-        for i, ev in enumerate(events):
+        i = 0
+        for ev in events:
             if self._dead:
                 return
             cls = type(ev)
@@ -92,10 +93,9 @@ class Http1ServerCodec:
                     self._hold(events[i:])
                     return
                 sid = self._current = self._next_id
-                self._next_id += 1
+                self._next_id = sid + 1
                 self._method = ev.method
                 self._version = ev.http_version
-                self.protocol = "HTTP/1.1" if ev.http_version == b"1.1" else "HTTP/1.0"
                 self._keep_alive = ev.keep_alive
                 # RFC 9112 §6.3: neither content-length nor chunked: no body.
                 end = not ev.content_length and not ev.chunked and ev.upgrade is None
@@ -117,6 +117,7 @@ class Http1ServerCodec:
                     return
                 self._dead = True
                 cb.on_codec_error(self._current or None, ev)
+            i += 1
 
     def _hold(self, events: list) -> None:
         """Keep `events` until the current stream ends; read no more meanwhile."""
@@ -194,8 +195,12 @@ class Http1ServerCodec:
         if stream_id != self._current:
             return True
         self._current = 0
-        # `connection: close` went out, or the rest of the request will not be read.
-        return self.parser.response_must_close or self._request_open
+        # `connection: close` went out, or the rest of the request will not be read: the
+        # connection closes, and nothing more is read from it.
+        if self.parser.response_must_close or self._request_open:
+            self._dead = True
+            return True
+        return False
 
 
 def _whole_requests(events: list) -> list:

@@ -61,7 +61,7 @@ class ServerCodec(Protocol):
     """One downstream connection's codec. Every `encode_*` writes to the Transport it was made
     with; `stream_id` is one the codec announced with on_stream_headers."""
 
-    protocol: str  # "HTTP/1.1", "HTTP/1.0" (of the last request), later "HTTP/2"
+    protocol: str  # the codec's protocol: "HTTP/1.1" (also serving HTTP/1.0 requests), later "HTTP/2"
     # A request head has begun and is not complete, with no stream for it yet (HTTP/1.1
     # reads heads byte by byte; the HCM times such a head from its first byte).
     head_in_progress: bool

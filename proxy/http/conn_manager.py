@@ -424,6 +424,12 @@ class ConnectionManager(ConnectionCallbacks):
                 return
             if not authority and h10.default_host_for_http_10:
                 head.set_authority(h10.default_host_for_http_10.encode())
+        if not authority and ev.http_version == b"1.1" and not headers.has(b"host"):
+            # Envoy's HCM (not its codec) refuses an HTTP/1.1 request without host: 400 with
+            # no body and no flag, and the connection closes.
+            self.codec.go_away()
+            stream.send_local_reply(400, b"", None, "missing_host_header")
+            return
         if cfg.headers_with_underscores_action != "ALLOW" and self._underscores(stream, headers):
             return
         if ev.expect_continue:

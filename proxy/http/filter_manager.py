@@ -304,8 +304,11 @@ class FilterManager:
     def encode_local(self, head, body: bytes) -> None:
         """A response the proxy made itself (local reply, direct response, redirect): its head,
         then its body unless the request was HEAD (Envoy sends the headers only, with the
-        content-length of the body it would have sent)."""
-        self.encode_headers(head, True, b"" if self.head.method == b"HEAD" else body)
+        content-length of the body it would have sent). Without a body, headers only."""
+        if not body:
+            self.encode_headers(head, True)
+        else:
+            self.encode_headers(head, True, b"" if self.head.method == b"HEAD" else body)
 
     def send_local_reply(self, status: int, body: bytes, flag: str | None, details: str,
                          extra: list[tuple[bytes, bytes]] | None = None,

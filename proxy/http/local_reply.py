@@ -19,8 +19,12 @@ def reset_body(reason: str) -> bytes:
 
 
 def local_reply_head(status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> ResponseHead:
-    items = [(b"content-length", b"%d" % len(body))]
+    """With a body: its content-length and text/plain. Without: no framing field at all (the
+    codec frames a headers-only response: HTTP/1.1 says content-length: 0, or for HEAD
+    transfer-encoding: chunked, as Envoy's)."""
+    items = []
     if body:
+        items.append((b"content-length", b"%d" % len(body)))
         items.append((b"content-type", b"text/plain"))
     if extra:
         items.extend(extra)

@@ -128,6 +128,10 @@ class ResponseEncoding:
                 parts.append(b"transfer-encoding: chunked")
             else:
                 keep_alive = False  # close-delimited body for an HTTP/1.0 client
+        elif request_method == b"HEAD" and not has_length and request_version == b"1.1" \
+                and status != 204 and status != 304:
+            # The framing the GET would have had, as Envoy's codec writes it (no body follows).
+            parts.append(b"transfer-encoding: chunked")
         if not tunnel:
             if not keep_alive or self.response_must_close:
                 self.response_must_close = True

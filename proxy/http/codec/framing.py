@@ -30,7 +30,7 @@ from .errors import CodecError
 
 __all__ = ["OPEN", "AWAIT_SWITCH", "TUNNEL", "CLOSED", "HEAD", "BODY", "SPECIAL", "KNOWN_METHODS",
            "VERSIONS", "analyze", "check_head_limits", "check_raw_head", "strip_empty_lines",
-           "ChunkScanner", "reject"]
+           "ChunkScanner", "reject", "unsupported_version"]
 
 # Headers whose values decide framing; everything else is only lower-cased and kept.
 SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
@@ -58,6 +58,12 @@ MAX_CHUNK_LINE = 4096
 def reject(is_request: bool, status: int, details: str, message: str) -> CodecError:
     """Build the error for a bad request (status as given) or bad response (always 502)."""
     return CodecError(status if is_request else 502, details, message)
+
+
+def unsupported_version(is_request: bool) -> CodecError:
+    """A message whose version is neither HTTP/1.0 nor HTTP/1.1 (HTTP/0.9, 1.2, 2.0 ...):
+    Envoy answers such a request 426 Upgrade Required, details `low_version`."""
+    return reject(is_request, 426, "low_version", "unsupported HTTP version")
 
 
 def _parse_content_length(value: bytes, is_request: bool) -> int:
@@ -135,8 +141,8 @@ def analyze(specials: list[tuple[bytes, bytes]], version: bytes, is_request: boo
     if is_request:
         if hosts > 1:
             raise CodecError(400, "http1.codec_error", "multiple host headers")
-        if hosts == 0 and version == b"1.1":
-            raise CodecError(400, "missing_host_header", "HTTP/1.1 request without host")
+        # (An HTTP/1.1 request without host is the connection manager's to refuse, as in
+        # Envoy: a local reply, not a protocol error.)
     chunked = False
     if te_lines:
         if version != b"1.1":

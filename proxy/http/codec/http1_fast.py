@@ -29,7 +29,7 @@ from .encoding import ResponseEncoding
 from .errors import CodecError
 from .events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
 from .framing import (AWAIT_SWITCH, CLOSED, OPEN, SPECIAL, TUNNEL, VERSIONS, analyze,
-                      check_head_limits, reject)
+                      check_head_limits, reject, unsupported_version)
 
 __all__ = ["FastServerCodec", "collect_header", "llhttp_error"]
 
@@ -45,6 +45,10 @@ def llhttp_error(exc: Exception, is_request: bool) -> CodecError:
         if "Content-Length" in msg:
             return reject(is_request, 400, "http1.content_length_and_chunked_not_allowed", msg)
         return reject(is_request, 501, "http1.invalid_transfer_encoding", msg)
+    if msg == "Invalid HTTP version":
+        return unsupported_version(is_request)
+    if msg == "Invalid header value char":  # NUL or another control byte (Envoy's wording)
+        return reject(is_request, 400, "http1.invalid_characters", msg)
     return reject(is_request, 400, "http1.codec_error", msg)
 
 
@@ -179,7 +183,9 @@ class FastServerCodec(ResponseEncoding):
         url_parts.clear()
         version = self._request_version()
         if version is None:
-            raise CodecError(400, "http1.codec_error", "unsupported HTTP version")
+            if parser.get_http_version() == "0.9":  # (also a request line with no version)
+                raise CodecError(400, "http1.codec_error", "no HTTP/1.x version")
+            raise unsupported_version(True)
         method = parser.get_method()
         headers = self._headers
         self._headers = []  # trailers, if any, land here

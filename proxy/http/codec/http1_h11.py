@@ -21,7 +21,8 @@ from .errors import CodecError
 from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
 from .framing import (AWAIT_SWITCH, BODY, CLOSED, HEAD, KNOWN_METHODS, OPEN, TUNNEL,
                       ChunkScanner, analyze,
-                      check_head_limits, check_raw_head, reject, strip_empty_lines)
+                      check_head_limits, check_raw_head, reject, strip_empty_lines,
+                      unsupported_version)
 
 __all__ = ["H11ServerCodec", "H11ClientCodec"]
 
@@ -47,7 +48,7 @@ def _next(conn: h11.Connection, is_request: bool):
 
 def _version_ok(version: bytes, is_request: bool) -> bytes:
     if version not in (b"1.0", b"1.1"):
-        raise reject(is_request, 400, "http1.codec_error", "unsupported HTTP version")
+        raise unsupported_version(is_request)
     return version
 
 
@@ -132,6 +133,11 @@ class H11ServerCodec(ResponseEncoding):
         if version in (b"1.0", b"1.1"):
             analyze(specials, version, True)  # our policy speaks before h11's own checks
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_UNBOUNDED)
+        no_host = version == b"1.1" and not any(n == b"host" for n, _ in specials)
+        if no_host:
+            # h11 refuses an HTTP/1.1 request without host; the connection manager refuses it
+            # (as Envoy's HCM does, not its codec): h11 parses it with an empty one.
+            head = head[:-2] + b"host: \r\n\r\n"
         conn.receive_data(head)
         ev = _next(conn, True)
         if type(ev) is not h11.Request:
@@ -142,6 +148,8 @@ class H11ServerCodec(ResponseEncoding):
             raise CodecError(400, "http1.codec_error", f"unknown method {method!r}")
         target = bytes(ev.target)
         headers = _raw_te([(bytes(n), bytes(v)) for n, v in ev.headers], specials)
+        if no_host:
+            headers.pop()
         check_head_limits(method, target, headers, self._max_bytes, self._max_count, True)
         cl, chunked, keep_alive, conn_upgrade, upgrade, expect = analyze(specials, version, True)
         switch = method == b"CONNECT" or (conn_upgrade and upgrade is not None)

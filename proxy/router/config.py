@@ -27,7 +27,7 @@ from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
 
 from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
-from .matchers import RouteMatch, parse_route_match
+from .matchers import RouteMatch, parse_route_match, refuse_wrapped
 from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_levels,
                                parse_typed_per_filter_config)
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
@@ -368,6 +368,7 @@ class _Outer:
 
 def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
     f = ROUTE.read(raw, path)
+    refuse_wrapped(ROUTE, f, "per_request_buffer_limit_bytes", "request_body_buffer_limit")
     match = parse_route_match(f.value("match", required=True), f.at("match"))
     kind = f.oneof("route", "redirect", "direct_response", required=True)
     action = redirect = direct = None
@@ -435,6 +436,7 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                  max_body: int, seen: dict[str, str],
                  config_filters: Mapping[str, PerFilterConfig], switched: set[str]) -> VirtualHost:
     f = VIRTUAL_HOST.read(raw, path)
+    refuse_wrapped(VIRTUAL_HOST, f, "per_request_buffer_limit_bytes", "request_body_buffer_limit")
     name = f.str("name", required=True)
     if not name:
         raise ConfigError(f.at("name"), "must not be empty")

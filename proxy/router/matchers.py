@@ -26,16 +26,25 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from proxy.config.fields_table import Message, inert, refused, used
-from proxy.config.reader import ConfigError
+from proxy.config.fields_table import Message, inert, not_supported, refused, used
+from proxy.config.reader import ConfigError, Fields
 
 __all__ = [
     "StringMatcher", "HeaderMatcher", "QueryParameterMatcher", "RouteMatch", "RequestView",
     "parse_string_matcher", "parse_header_matcher", "parse_route_match", "compile_regex",
-    "parse_regex_matcher", "split_path",
+    "parse_regex_matcher", "split_path", "refuse_wrapped",
 ]
 
 # Parse-time helpers shared by the router's config modules ---------------------------------
+
+
+def refuse_wrapped(table: Message, f: Fields, *names: str) -> None:
+    """Refused fields of a wrapper type (`google.protobuf.UInt32Value`, ...): there 0 is a value
+    (`per_request_buffer_limit_bytes: 0` is a 0-byte limit), not proto3's "unset" that
+    `Message.read` lets through, so any value given is refused."""
+    for name in names:
+        if f.raw.get(name) is not None:
+            raise not_supported(f.at(name), table.spec(name).why)
 
 
 def compile_regex(regex: str, path: str) -> re.Pattern[str]:
@@ -58,7 +67,8 @@ def parse_regex_matcher(raw: Any, path: str) -> re.Pattern[str]:
     """`type.matcher.v3.RegexMatcher`."""
     f = REGEX_MATCHER.read(raw, path)
     if f.has("google_re2"):
-        GOOGLE_RE2.read(f.value("google_re2"), f.at("google_re2"))
+        refuse_wrapped(GOOGLE_RE2, GOOGLE_RE2.read(f.value("google_re2"), f.at("google_re2")),
+                       "max_program_size")
     return compile_regex(f.str("regex", required=True), f.at("regex"))
 
 

@@ -105,7 +105,11 @@ def _specs(status: str):
 def test_the_tables_cover_every_message_ftproxy_parses_in_these_modules():
     expected = {"Bootstrap", "Admin", "Node", "Listener", "FilterChain", "Cluster", "TcpProxy",
                 "Router", "FileAccessLog", "SubstitutionFormatString", "ClusterLoadAssignment",
-                "ClusterLoadAssignment.Policy", "LocalityLbEndpoints", "RuntimeLayer"}
+                "ClusterLoadAssignment.Policy", "LocalityLbEndpoints", "RuntimeLayer",
+                "RouteConfiguration", "VirtualHost", "Route", "RouteMatch", "HeaderMatcher",
+                "QueryParameterMatcher", "StringMatcher", "RegexMatcher", "RouteAction",
+                "WeightedCluster", "WeightedCluster.ClusterWeight", "RedirectAction",
+                "DirectResponseAction", "FilterConfig"}
     got = {p.split("v3.", 1)[-1] for p in ALL}
     assert expected <= got, expected - got
 

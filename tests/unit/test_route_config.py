@@ -226,6 +226,23 @@ def test_names_envoy_does_not_have_are_unknown_fields(raw, unknown):
     assert f'unknown field "{unknown}"' in error(raw)
 
 
+@pytest.mark.parametrize("where,field", [
+    ("route", "per_request_buffer_limit_bytes"), ("route", "request_body_buffer_limit"),
+    ("vhost", "per_request_buffer_limit_bytes"), ("vhost", "request_body_buffer_limit")])
+def test_a_refused_wrapper_field_is_refused_even_at_zero(where, field):
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "c"}}
+    if where == "route":
+        route[field] = 0
+        at = "route_config.virtual_hosts[0].routes[0]"
+    else:
+        at = "route_config.virtual_hosts[0]"
+    raw = rc([route], vhost_extra={field: 0} if where == "vhost" else None)
+    assert error(raw) == f"{at}.{field}: not supported yet"
+    raw = rc([{"match": {"safe_regex": {"regex": "/.*", "google_re2": {"max_program_size": 0}}},
+               "route": {"cluster": "c"}}])
+    assert error(raw).endswith("google_re2.max_program_size: not supported yet (RE2 program-size limits)")
+
+
 def test_google_re2_without_limits_and_empty_refused_lists_are_accepted():
     parse(rc([{"match": {"safe_regex": {"regex": "/.*", "google_re2": {}}},
                "route": {"cluster": "c"}}], vhost_extra={"rate_limits": [], "virtual_clusters": []}))

@@ -398,7 +398,6 @@ ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch", model=RouteMatch,
     refused("tls_context"),
     refused("dynamic_metadata"),
     refused("filter_state"),
-    refused("cel_expression"),
 ))
 GRPC_ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", fields=())
 

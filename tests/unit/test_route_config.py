@@ -221,6 +221,8 @@ def test_real_envoy_fields_not_implemented_are_refused_by_name(raw, expected):
     (rc([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {
         "clusters": [{"name": "a", "weight": 1}], "random_value_specifier": "x"}}}]),
      "random_value_specifier"),
+    (rc([{"match": {"prefix": "/", "cel_expression": {}}, "route": {"cluster": "c"}}]),
+     "cel_expression"),
 ])
 def test_names_envoy_does_not_have_are_unknown_fields(raw, unknown):
     assert f'unknown field "{unknown}"' in error(raw)

@@ -134,8 +134,6 @@ class RouteConfiguration:
     filters_switched_per_route: frozenset[str] = frozenset()
 
 
-
-
 def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation, ...]]:
     return (parse_header_mutations(f, "request_headers_to_add", "request_headers_to_remove"),
             parse_header_mutations(f, "response_headers_to_add", "response_headers_to_remove"))

@@ -14,8 +14,8 @@ Envoy's semantics:
 - query parameters are percent-decoded and the first value of a name is used.
 
 Must not: do I/O, keep per-request state, or import anything from `proxy` beyond
-`proxy.config.reader`, `proxy.config.fields_table` and `proxy.http.headers`. Thread affinity: none; every object here is
-immutable after parse and shared by all workers.
+`proxy.config.reader`, `proxy.config.fields_table` and `proxy.http.headers`. Thread affinity:
+none; every object here is immutable after parse and shared by all workers.
 """
 
 from __future__ import annotations

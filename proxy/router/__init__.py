@@ -3,7 +3,7 @@ actions (cluster choice, rewrites, redirects, direct responses) and header mutat
 
 Everything here is pure: parse once on the main thread, share the immutable result with
 every worker. Must not: do I/O on the request path, or import from network/http/upstream
-layers above it (only `proxy.config.reader` and `proxy.http.headers`).
+layers above it (only `proxy.config` and `proxy.http.headers`).
 """
 
 from .config import (DirectResponseAction, Route, RouteAction, RouteConfiguration,

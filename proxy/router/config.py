@@ -1,12 +1,14 @@
 """`envoy.config.route.v3.RouteConfiguration` parsed into an immutable model.
 
-Job: validate a route configuration (from a bootstrap's inline `route_config` or an RDS push)
-through `Fields`, so every error names its full JSON path, and build frozen dataclasses with
-everything precompiled: regexes, header-value formats, per-route combined header mutations,
-the synthetic `require_tls` redirect route, direct-response bodies (read from `filename`
-here: config loading may read files, request handling never does). Fields Envoy has but we
-do not implement are refused as "unsupported", never silently ignored (`decorator` and
-`metadata` are accepted and ignored: they do not change routing).
+Job: validate a route configuration (from a bootstrap's inline `route_config` or an RDS push),
+each message opened through its declared table (proxy.config.fields_table: every Envoy field
+used, inert with why, or refused with "<path>: not supported yet"), so every error names its
+full JSON path, and build frozen dataclasses with everything precompiled: regexes,
+header-value formats, per-route combined header mutations, the synthetic `require_tls`
+redirect route, direct-response bodies (read from `filename` here: config loading may read
+files, request handling never does). The matchers' tables are in matchers.py, the redirect's
+in redirect.py, the header values' in header_mutation.py, FilterConfig's in
+per_filter_config.py.
 
 Must not: match requests (see `table.py`) or do any I/O beyond reading direct-response body
 files at parse time. Thread affinity: parse on the main thread; the result is immutable and
@@ -21,10 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
 
 from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
-from .matchers import RouteMatch, parse_route_match, reject_unsupported
+from .matchers import RouteMatch, parse_route_match, refuse_wrapped
 from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_levels,
                                parse_typed_per_filter_config)
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
@@ -125,19 +128,10 @@ class RouteConfiguration:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
     internal_only_headers: tuple[bytes, ...] = ()
-    most_specific_header_mutations_wins: bool = False
-    validate_clusters: bool | None = None
-    max_direct_response_body_size_bytes: int = DEFAULT_MAX_DIRECT_RESPONSE_BODY
     ignore_port_in_host_matching: bool = False
-    request_mutations: tuple[HeaderMutation, ...] = ()    # route-config level only
-    response_mutations: tuple[HeaderMutation, ...] = ()
     # HTTP filters some level's FilterConfig enables or disables: the chain looks them up
     # per request (only them).
     filters_switched_per_route: frozenset[str] = frozenset()
-
-
-_HEADER_FIELDS = ("request_headers_to_add", "request_headers_to_remove",
-                  "response_headers_to_add", "response_headers_to_remove")
 
 
 def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation, ...]]:
@@ -147,32 +141,79 @@ def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation
 
 # -- RouteAction ----------------------------------------------------------------------------
 
-_ACTION_SUPPORTED = ("cluster", "cluster_header", "weighted_clusters", "prefix_rewrite",
-                     "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "timeout",
-                     "idle_timeout", "cluster_not_found_response_code", "upgrade_configs", "priority")
-_ACTION_UNSUPPORTED = (
-    "cluster_specifier_plugin", "inline_cluster_specifier_plugin", "metadata_match",
-    "host_rewrite_header", "host_rewrite_path_regex", "append_x_forwarded_host",
-    "path_rewrite_policy", "retry_policy", "retry_policy_typed_config", "request_mirror_policies",
-    "rate_limits", "include_vh_rate_limits", "hash_policy", "cors",
-    "max_grpc_timeout", "grpc_timeout_offset", "internal_redirect_policy",
-    "internal_redirect_action", "max_internal_redirects", "hedge_policy", "max_stream_duration",
-    "early_data_policy", "request_body_buffer_limit")
-_WEIGHTED_UNSUPPORTED = ("random_value_specifier",)
-_WEIGHTED_CLUSTER_UNSUPPORTED = (
-    "cluster_header", "metadata_match", "typed_per_filter_config", "host_rewrite_literal",
-    "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
-    "response_headers_to_remove")
+_NO_RETRIES = "retries: a request gets one upstream attempt"
+
+ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
+                       bookkeeping=("path_rewrite", "rewrites_path", "timeout_ms"), fields=(
+    used("cluster"),
+    used("cluster_header"),
+    used("weighted_clusters", why="its own table"),
+    refused("cluster_specifier_plugin"),
+    refused("inline_cluster_specifier_plugin"),
+    used("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"),
+    refused("metadata_match"),
+    used("prefix_rewrite"),
+    used("regex_rewrite"),
+    refused("path_rewrite_policy"),
+    refused("path_rewrite", "substitution-format path rewrites"),
+    used("host_rewrite_literal"),
+    used("auto_host_rewrite", False),
+    refused("host_rewrite_header"),
+    refused("host_rewrite_path_regex"),
+    refused("host_rewrite", "substitution-format host rewrites"),
+    refused("append_x_forwarded_host"),
+    used("timeout", "15s"),
+    used("idle_timeout"),
+    refused("flush_timeout"),
+    refused("early_data_policy"),
+    refused("retry_policy", _NO_RETRIES),
+    refused("retry_policy_typed_config", _NO_RETRIES),
+    refused("request_mirror_policies"),
+    used("priority", "DEFAULT", attr="high_priority"),
+    refused("rate_limits"),
+    refused("include_vh_rate_limits"),
+    refused("hash_policy"),
+    refused("cors", "use the CORS filter's typed_per_filter_config"),
+    refused("max_grpc_timeout"),
+    refused("grpc_timeout_offset"),
+    used("upgrade_configs"),
+    refused("internal_redirect_policy"),
+    refused("internal_redirect_action"),
+    refused("max_internal_redirects"),
+    refused("hedge_policy"),
+    refused("max_stream_duration"),
+))
+UPGRADE_CONFIG = Message("envoy.config.route.v3.RouteAction.UpgradeConfig", fields=(
+    used("upgrade_type", attr="upgrade_configs"),
+    used("enabled", True, attr="upgrade_configs"),
+    refused("connect_config"),
+))
+WEIGHTED_CLUSTER = Message("envoy.config.route.v3.WeightedCluster", fields=(
+    used("clusters", attr="weighted_clusters"),
+    used("total_weight", attr="", why="checked at load: the weights must add up to it"),
+    inert("runtime_key_prefix", "without runtime overrides the configured weights stand"),
+    used("header_name", attr="weighted_header_name"),
+    refused("use_hash_policy", "hash_policy is refused"),
+))
+CLUSTER_WEIGHT = Message("envoy.config.route.v3.WeightedCluster.ClusterWeight", fields=(
+    used("name", attr="weighted_clusters"),
+    refused("cluster_header"),
+    used("weight", attr="weighted_clusters"),
+    refused("metadata_match"),
+    refused("request_headers_to_add", "per-weighted-cluster header mutations"),
+    refused("request_headers_to_remove", "per-weighted-cluster header mutations"),
+    refused("response_headers_to_add", "per-weighted-cluster header mutations"),
+    refused("response_headers_to_remove", "per-weighted-cluster header mutations"),
+    refused("typed_per_filter_config"),
+    refused("host_rewrite_literal"),
+))
 
 
 def _parse_weighted(f: Fields) -> tuple[tuple[tuple[str, int], ...], bytes | None]:
-    w = f.obj("weighted_clusters", ("clusters", "total_weight", "runtime_key_prefix",
-                                    "header_name") + _WEIGHTED_UNSUPPORTED)
-    reject_unsupported(w, _WEIGHTED_UNSUPPORTED)
+    w = WEIGHTED_CLUSTER.read(f.value("weighted_clusters"), f.at("weighted_clusters"))
     clusters = []
-    for c in w.objs("clusters", ("name", "weight") + _WEIGHTED_CLUSTER_UNSUPPORTED,
-                    required=True, min_items=1):
-        reject_unsupported(c, _WEIGHTED_CLUSTER_UNSUPPORTED)
+    for item, cpath in w.list("clusters", required=True, min_items=1):
+        c = CLUSTER_WEIGHT.read(item, cpath)
         name = c.str("name", required=True)
         if not name:
             raise ConfigError(c.at("name"), "must not be empty")
@@ -190,8 +231,7 @@ def _parse_weighted(f: Fields) -> tuple[tuple[tuple[str, int], ...], bytes | Non
 
 
 def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
-    f = Fields(raw, path, _ACTION_SUPPORTED + _ACTION_UNSUPPORTED)
-    reject_unsupported(f, _ACTION_UNSUPPORTED)
+    f = ROUTE_ACTION.read(raw, path)
     which = f.oneof("cluster", "cluster_header", "weighted_clusters", required=True)
     cluster = cluster_header = weighted = header_name = None
     if which == "cluster":
@@ -215,8 +255,8 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
     host_literal = f.str("host_rewrite_literal")
     f.oneof("host_rewrite_literal", "auto_host_rewrite")
     upgrades = []
-    for u in f.objs("upgrade_configs", ("upgrade_type", "enabled", "connect_config")):
-        reject_unsupported(u, ("connect_config",))
+    for item, upath in f.list("upgrade_configs"):
+        u = UPGRADE_CONFIG.read(item, upath)
         upgrades.append((u.str("upgrade_type", required=True).lower(), u.bool("enabled", True)))
     code = f.enum("cluster_not_found_response_code", tuple(_NOT_FOUND_CODES),
                   "SERVICE_UNAVAILABLE")
@@ -236,14 +276,27 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
 
 # -- DirectResponseAction -------------------------------------------------------------------
 
+DIRECT_RESPONSE = Message("envoy.config.route.v3.DirectResponseAction", model=DirectResponseAction,
+                          fields=(
+    used("status"),
+    used("body"),
+    refused("body_format", "substitution-format bodies"),
+))
+DIRECT_RESPONSE_BODY = Message("envoy.config.core.v3.DataSource (direct response body)", fields=(
+    used("filename", attr="body", why="read at load"),
+    used("inline_bytes", attr="body"),
+    used("inline_string", attr="body"),
+    refused("environment_variable"),
+    refused("watched_directory"),
+))
+
+
 def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponseAction:
-    f = Fields(raw, path, ("status", "body"))
+    f = DIRECT_RESPONSE.read(raw, path)
     status = f.int("status", required=True, min=200, max=599)
     body = b""
-    d = f.obj("body", ("filename", "inline_bytes", "inline_string", "environment_variable",
-                       "watched_directory"))
-    if d is not None:
-        reject_unsupported(d, ("environment_variable", "watched_directory"))
+    if f.has("body"):
+        d = DIRECT_RESPONSE_BODY.read(f.value("body"), f.at("body"))
         kind = d.oneof("filename", "inline_bytes", "inline_string", required=True)
         if kind == "inline_string":
             try:
@@ -272,10 +325,31 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
 
 # -- Route / VirtualHost / RouteConfiguration -----------------------------------------------
 
-_ROUTE_UNSUPPORTED = ("filter_action", "non_forwarding_action", "tracing", "per_request_buffer_limit_bytes", "stat_prefix",
-                      "request_body_buffer_limit")
-_ROUTE_FIELDS = ("name", "match", "route", "redirect", "direct_response", "metadata",
-                 "decorator", "typed_per_filter_config") + _HEADER_FIELDS + _ROUTE_UNSUPPORTED
+_NO_METADATA = "no filter or format operator here reads route metadata"
+_PER_FILTER = "the filters' per-route configs (per_filter_config.py)"
+
+ROUTE = Message("envoy.config.route.v3.Route", model=Route, bookkeeping=("virtual_host_name",),
+                fields=(
+    used("name"),
+    used("match"),
+    used("route", attr="action"),
+    used("redirect"),
+    used("direct_response"),
+    refused("filter_action"),
+    refused("non_forwarding_action"),
+    inert("metadata", _NO_METADATA),
+    inert("decorator", "it names the tracing span and x-envoy-decorator-operation only when "
+          "the HCM traces, and HCM tracing is refused"),
+    used("typed_per_filter_config", attr="per_filter_config", why=_PER_FILTER),
+    used("request_headers_to_add", attr="request_mutations"),
+    used("request_headers_to_remove", attr="request_mutations"),
+    used("response_headers_to_add", attr="response_mutations"),
+    used("response_headers_to_remove", attr="response_mutations"),
+    refused("tracing"),
+    refused("per_request_buffer_limit_bytes"),
+    refused("stat_prefix"),
+    refused("request_body_buffer_limit"),
+))
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +365,8 @@ class _Outer:
 
 
 def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
-    f = Fields(raw, path, _ROUTE_FIELDS)
-    reject_unsupported(f, _ROUTE_UNSUPPORTED)
+    f = ROUTE.read(raw, path)
+    refuse_wrapped(ROUTE, f, "per_request_buffer_limit_bytes", "request_body_buffer_limit")
     match = parse_route_match(f.value("match", required=True), f.at("match"))
     kind = f.oneof("route", "redirect", "direct_response", required=True)
     action = redirect = direct = None
@@ -324,22 +398,43 @@ def _per_filter_level(f: Fields, switched: set[str] | None) -> dict[str, PerFilt
     return level
 
 
-_VHOST_UNSUPPORTED = (
-    "matcher", "virtual_clusters", "rate_limits", "cors",
-    "include_request_attempt_count", "include_attempt_count_in_response", "retry_policy",
-    "retry_policy_typed_config", "hedge_policy", "include_is_timeout_retry_header",
-    "per_request_buffer_limit_bytes", "request_mirror_policies", "request_body_buffer_limit")
-_VHOST_FIELDS = ("name", "domains", "routes", "require_tls", "metadata",
-                 "typed_per_filter_config") + _HEADER_FIELDS \
-    + _VHOST_UNSUPPORTED
+_IN_EACH_ROUTE = "combined into each route's header mutations at load"
+_MERGED = "merged into each route's per_filter_config at load"
+
+VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
+                       bookkeeping=("tls_redirect_route",), fields=(   # from require_tls
+    used("name"),
+    used("domains"),
+    used("routes"),
+    refused("matcher"),
+    used("require_tls", "NONE"),
+    refused("virtual_clusters"),
+    refused("rate_limits"),
+    used("request_headers_to_add", attr="", why=_IN_EACH_ROUTE),
+    used("request_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
+    used("response_headers_to_add", attr="", why=_IN_EACH_ROUTE),
+    used("response_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
+    refused("cors", "use the CORS filter's typed_per_filter_config"),
+    used("typed_per_filter_config", attr="", why=_MERGED),
+    refused("include_request_attempt_count"),
+    refused("include_attempt_count_in_response"),
+    refused("retry_policy", _NO_RETRIES),
+    refused("retry_policy_typed_config", _NO_RETRIES),
+    refused("hedge_policy"),
+    refused("include_is_timeout_retry_header"),
+    refused("per_request_buffer_limit_bytes"),
+    refused("request_body_buffer_limit"),
+    refused("request_mirror_policies"),
+    inert("metadata", _NO_METADATA),
+))
 
 
 def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                  config_resp: tuple[HeaderMutation, ...], most_specific: bool,
                  max_body: int, seen: dict[str, str],
                  config_filters: Mapping[str, PerFilterConfig], switched: set[str]) -> VirtualHost:
-    f = Fields(raw, path, _VHOST_FIELDS)
-    reject_unsupported(f, _VHOST_UNSUPPORTED)
+    f = VIRTUAL_HOST.read(raw, path)
+    refuse_wrapped(VIRTUAL_HOST, f, "per_request_buffer_limit_bytes", "request_body_buffer_limit")
     name = f.str("name", required=True)
     if not name:
         raise ConfigError(f.at("name"), "must not be empty")
@@ -372,21 +467,40 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
     return VirtualHost(name, tuple(domains), routes, require_tls, tls_route)
 
 
-_CONFIG_UNSUPPORTED = ("vhds", "cluster_specifier_plugins", "request_mirror_policies",
-                       "ignore_path_parameters_in_path_matching")
-_CONFIG_FIELDS = ("name", "virtual_hosts", "internal_only_headers", "typed_per_filter_config",
-                  "most_specific_header_mutations_wins", "validate_clusters",
-                  "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
-                  "metadata") + _HEADER_FIELDS + _CONFIG_UNSUPPORTED
+ROUTE_CONFIGURATION = Message("envoy.config.route.v3.RouteConfiguration", title="Routes",
+                              model=RouteConfiguration,
+                              bookkeeping=("filters_switched_per_route",), fields=(
+    used("name"),
+    used("virtual_hosts"),
+    refused("vhds", "xDS"),
+    used("internal_only_headers"),
+    used("response_headers_to_add", attr="", why=_IN_EACH_ROUTE),
+    used("response_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
+    used("request_headers_to_add", attr="", why=_IN_EACH_ROUTE),
+    used("request_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
+    used("most_specific_header_mutations_wins", False, attr="",
+         why="orders each route's combined header mutations at load"),
+    used("validate_clusters", attr="", why="checked at load: an inline route_config's routes "
+         "must name defined clusters unless it is false"),
+    used("max_direct_response_body_size_bytes", 4096, attr="",
+         why="checked at load against each direct response body"),
+    refused("cluster_specifier_plugins"),
+    refused("request_mirror_policies"),
+    used("ignore_port_in_host_matching", False),
+    refused("vhost_header"),
+    refused("ignore_path_parameters_in_path_matching"),
+    used("typed_per_filter_config", attr="", why=_MERGED),
+    inert("metadata", _NO_METADATA),
+))
 
 
 def parse_route_configuration(raw: Mapping[str, Any], path: str) -> RouteConfiguration:
     """Validate `raw` (a RouteConfiguration as plain dicts) found at JSON path `path`."""
-    f = Fields(raw, path, _CONFIG_FIELDS)
-    reject_unsupported(f, _CONFIG_UNSUPPORTED)
+    f = ROUTE_CONFIGURATION.read(raw, path)
     most_specific = f.bool("most_specific_header_mutations_wins", False)
     max_body = f.int("max_direct_response_body_size_bytes", DEFAULT_MAX_DIRECT_RESPONSE_BODY,
                      min=0, max=2**32 - 1)  # Envoy's field is a uint32
+    f.bool("validate_clusters", None)  # type check; bootstrap.py checks the clusters
     req_level, resp_level = _levels(f)
     internal = []
     for h, hpath in f.list("internal_only_headers"):
@@ -409,11 +523,6 @@ def parse_route_configuration(raw: Mapping[str, Any], path: str) -> RouteConfigu
         name=f.str("name", ""),
         virtual_hosts=vhosts,
         internal_only_headers=tuple(internal),
-        most_specific_header_mutations_wins=most_specific,
-        validate_clusters=f.bool("validate_clusters", None),
-        max_direct_response_body_size_bytes=max_body,
         ignore_port_in_host_matching=f.bool("ignore_port_in_host_matching", False),
-        request_mutations=req_level,
-        response_mutations=resp_level,
         filters_switched_per_route=frozenset(switched),
     )

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config.fields_table import Message, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
 from proxy.http.headers import Headers
 
@@ -172,12 +173,23 @@ def _check_name(name: Any, path: str) -> bytes:
     return header_bytes(lower, path)
 
 
-_OPTION_FIELDS = ("header", "append", "append_action", "keep_empty_value")
+HEADER_VALUE_OPTION = Message("envoy.config.core.v3.HeaderValueOption (route)", model=HeaderMutation,
+                              bookkeeping=("remove",), fields=(   # a *_headers_to_remove entry
+    used("header", attr="", why="its own table"),
+    used("append", attr="append_action", why="deprecated: false means OVERWRITE_IF_EXISTS_OR_ADD"),
+    used("append_action", "APPEND_IF_EXISTS_OR_ADD"),
+    used("keep_empty_value", False),
+))
+HEADER_VALUE = Message("envoy.config.core.v3.HeaderValue (route)", fields=(
+    used("key", attr="name"),
+    used("value"),
+    used("raw_value", attr="value"),
+))
 
 
 def _parse_option(raw: Any, path: str) -> HeaderMutation:
-    f = Fields(raw, path, _OPTION_FIELDS)
-    h = f.obj("header", ("key", "value", "raw_value"), required=True)
+    f = HEADER_VALUE_OPTION.read(raw, path)
+    h = HEADER_VALUE.read(f.value("header", required=True), f.at("header"))
     name = _check_name(h.str("key", required=True), h.at("key"))
     if h.has("value") and h.has("raw_value"):
         raise ConfigError(h.path, "only one of value, raw_value may be set")

@@ -1,6 +1,7 @@
 """Request matchers of `config.route.v3.RouteMatch`: string, header, query-parameter and path.
 
-Job: parse the matcher config (through `Fields`, so errors name the JSON path), compile it once
+Job: parse the matcher config (each message opened through its declared table, below, so
+errors name the JSON path and every Envoy field is used, inert or refused), compile it once
 (regexes included) into immutable objects, and answer `matches(...)` for a request with
 Envoy's semantics:
 - the path matchers see the path without query string and fragment; `case_sensitive` (default
@@ -13,34 +14,37 @@ Envoy's semantics:
 - query parameters are percent-decoded and the first value of a name is used.
 
 Must not: do I/O, keep per-request state, or import anything from `proxy` beyond
-`proxy.config.reader` and `proxy.http.headers`. Thread affinity: none; every object here is
-immutable after parse and shared by all workers.
+`proxy.config.reader`, `proxy.config.fields_table` and `proxy.http.headers`. Thread affinity:
+none; every object here is immutable after parse and shared by all workers.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import ConfigError, Fields
 
 __all__ = [
     "StringMatcher", "HeaderMatcher", "QueryParameterMatcher", "RouteMatch", "RequestView",
     "parse_string_matcher", "parse_header_matcher", "parse_route_match", "compile_regex",
-    "parse_regex_matcher", "reject_unsupported", "split_path",
+    "parse_regex_matcher", "split_path", "refuse_wrapped",
 ]
 
 # Parse-time helpers shared by the router's config modules ---------------------------------
 
 
-def reject_unsupported(f: Fields, names: Iterable[str]) -> None:
-    """Envoy fields we know but do not implement: refuse them by name (not "unknown field")."""
+def refuse_wrapped(table: Message, f: Fields, *names: str) -> None:
+    """Refused fields of a wrapper type (`google.protobuf.UInt32Value`, ...): there 0 is a value
+    (`per_request_buffer_limit_bytes: 0` is a 0-byte limit), not proto3's "unset" that
+    `Message.read` lets through, so any value given is refused."""
     for name in names:
-        if f.has(name):
-            raise ConfigError(f.at(name), "unsupported: ftproxy does not implement this field")
+        if f.raw.get(name) is not None:
+            raise not_supported(f.at(name), table.spec(name).why)
 
 
 def compile_regex(regex: str, path: str) -> re.Pattern[str]:
@@ -50,12 +54,21 @@ def compile_regex(regex: str, path: str) -> re.Pattern[str]:
         raise ConfigError(path, f"invalid regex {regex[:200]!r}: {type(e).__name__}: {str(e)[:200]}") from None
 
 
-_REGEX_FIELDS = ("regex", "google_re2")
+REGEX_MATCHER = Message("envoy.type.matcher.v3.RegexMatcher", fields=(
+    used("regex"),
+    inert("google_re2", "selects RE2, the only engine there is; Python's re stands in"),
+))
+GOOGLE_RE2 = Message("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", fields=(
+    refused("max_program_size", "RE2 program-size limits"),
+))
 
 
 def parse_regex_matcher(raw: Any, path: str) -> re.Pattern[str]:
-    """`type.matcher.v3.RegexMatcher` {regex, google_re2 (accepted, ignored)}."""
-    f = Fields(raw, path, _REGEX_FIELDS)
+    """`type.matcher.v3.RegexMatcher`."""
+    f = REGEX_MATCHER.read(raw, path)
+    if f.has("google_re2"):
+        refuse_wrapped(GOOGLE_RE2, GOOGLE_RE2.read(f.value("google_re2"), f.at("google_re2")),
+                       "max_program_size")
     return compile_regex(f.str("regex", required=True), f.at("regex"))
 
 
@@ -73,7 +86,6 @@ def split_path(target: str) -> tuple[str, str]:
 # String matcher ---------------------------------------------------------------------------
 
 _STRING_KINDS = ("exact", "prefix", "suffix", "safe_regex", "contains")
-_STRING_FIELDS = _STRING_KINDS + ("ignore_case", "custom")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,18 @@ class StringMatcher:
         return self.value in s  # contains
 
 
+STRING_MATCHER = Message("envoy.type.matcher.v3.StringMatcher", model=StringMatcher,
+                         bookkeeping=("kind",), fields=(
+    used("exact", attr="value"),
+    used("prefix", attr="value"),
+    used("suffix", attr="value"),
+    used("safe_regex", attr="regex"),
+    used("contains", attr="value"),
+    refused("custom", "extension string matchers"),
+    used("ignore_case", False),
+))
+
+
 def _string_matcher(kind: str, value: Any, path: str, ignore_case: bool) -> StringMatcher:
     if kind == "safe_regex":
         return StringMatcher("safe_regex", regex=parse_regex_matcher(value, path))
@@ -111,8 +135,7 @@ def _string_matcher(kind: str, value: Any, path: str, ignore_case: bool) -> Stri
 
 
 def parse_string_matcher(raw: Any, path: str) -> StringMatcher:
-    f = Fields(raw, path, _STRING_FIELDS)
-    reject_unsupported(f, ("custom",))
+    f = STRING_MATCHER.read(raw, path)
     kind = f.oneof(*_STRING_KINDS, required=True)
     return _string_matcher(kind, f.raw[kind], f.at(kind), f.bool("ignore_case", False))
 
@@ -123,7 +146,6 @@ _LEGACY_HEADER_KINDS = {"exact_match": "exact", "prefix_match": "prefix",
                         "suffix_match": "suffix", "contains_match": "contains",
                         "safe_regex_match": "safe_regex"}
 _HEADER_SPECIFIERS = ("string_match", "present_match", "range_match") + tuple(_LEGACY_HEADER_KINDS)
-_HEADER_FIELDS = ("name", "invert_match", "treat_missing_header_as_empty") + _HEADER_SPECIFIERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +174,25 @@ class HeaderMatcher:
         return ok != self.invert
 
 
+HEADER_MATCHER = Message("envoy.config.route.v3.HeaderMatcher", model=HeaderMatcher, fields=(
+    used("name"),
+    used("exact_match", attr="string", why="deprecated spelling of string_match.exact"),
+    used("safe_regex_match", attr="string", why="deprecated spelling of string_match.safe_regex"),
+    used("range_match", attr="range"),
+    used("present_match", attr="present"),
+    used("prefix_match", attr="string", why="deprecated spelling of string_match.prefix"),
+    used("suffix_match", attr="string", why="deprecated spelling of string_match.suffix"),
+    used("contains_match", attr="string", why="deprecated spelling of string_match.contains"),
+    used("string_match", attr="string"),
+    used("invert_match", False, attr="invert"),
+    used("treat_missing_header_as_empty", False, attr="treat_missing_as_empty"),
+))
+INT64_RANGE = Message("envoy.type.v3.Int64Range (range_match)", fields=(
+    used("start", attr="range"),
+    used("end", attr="range"),
+))
+
+
 def _in_range(value: str, bounds: tuple[int, int]) -> bool:
     try:
         n = int(value.strip(), 10)
@@ -172,7 +213,7 @@ def _header_value(req: Any, name: str) -> str | None:
 
 
 def parse_header_matcher(raw: Any, path: str) -> HeaderMatcher:
-    f = Fields(raw, path, _HEADER_FIELDS)
+    f = HEADER_MATCHER.read(raw, path)
     name = f.str("name", required=True)
     if not name:
         raise ConfigError(f.at("name"), "must not be empty")
@@ -184,7 +225,7 @@ def parse_header_matcher(raw: Any, path: str) -> HeaderMatcher:
     if kind == "present_match":
         return HeaderMatcher(present=f.bool("present_match"), **common)
     if kind == "range_match":
-        r = f.obj("range_match", ("start", "end"), required=True)
+        r = INT64_RANGE.read(f.value("range_match", required=True), f.at("range_match"))
         start, end = r.int("start", required=True), r.int("end", required=True)
         if start >= end:
             raise ConfigError(r.path, f"start ({start}) must be less than end ({end})")
@@ -213,8 +254,16 @@ class QueryParameterMatcher:
         return self.string is None or self.string.match(value)
 
 
+QUERY_PARAMETER_MATCHER = Message("envoy.config.route.v3.QueryParameterMatcher",
+                                  model=QueryParameterMatcher, fields=(
+    used("name"),
+    used("string_match", attr="string"),
+    used("present_match", attr="", why="presence is what a matcher without string_match checks"),
+))
+
+
 def parse_query_parameter_matcher(raw: Any, path: str) -> QueryParameterMatcher:
-    f = Fields(raw, path, ("name", "string_match", "present_match"))
+    f = QUERY_PARAMETER_MATCHER.read(raw, path)
     name = f.str("name", required=True)
     if not name:
         raise ConfigError(f.at("name"), "must not be empty")
@@ -266,10 +315,6 @@ class RequestView:
 # Route match ------------------------------------------------------------------------------
 
 _PATH_KINDS = ("prefix", "path", "safe_regex", "path_separated_prefix")
-_MATCH_UNSUPPORTED = ("connect_matcher", "path_match_policy", "runtime_fraction", "tls_context",
-                      "dynamic_metadata", "filter_state", "cel_expression")
-_MATCH_FIELDS = _PATH_KINDS + ("case_sensitive", "headers", "query_parameters",
-                               "grpc") + _MATCH_UNSUPPORTED
 
 
 def _is_grpc(req: Any) -> bool:
@@ -336,9 +381,29 @@ class RouteMatch:
         return len(self.value)
 
 
+ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch", model=RouteMatch,
+                      bookkeeping=("kind", "raw_prefix"), fields=(
+    used("prefix", attr="value"),
+    used("path", attr="value"),
+    used("safe_regex", attr="regex"),
+    refused("connect_matcher"),
+    used("path_separated_prefix", attr="value"),
+    refused("path_match_policy"),
+    used("case_sensitive", True),
+    refused("runtime_fraction"),
+    used("headers"),
+    used("query_parameters"),
+    refused("cookies"),
+    used("grpc"),
+    refused("tls_context"),
+    refused("dynamic_metadata"),
+    refused("filter_state"),
+))
+GRPC_ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", fields=())
+
+
 def parse_route_match(raw: Any, path: str) -> RouteMatch:
-    f = Fields(raw, path, _MATCH_FIELDS)
-    reject_unsupported(f, _MATCH_UNSUPPORTED)
+    f = ROUTE_MATCH.read(raw, path)
     kind = f.oneof(*_PATH_KINDS, required=True)
     case_sensitive = f.bool("case_sensitive", True)
     value, regex = "", None
@@ -357,6 +422,6 @@ def parse_route_match(raw: Any, path: str) -> RouteMatch:
                     for item, p in f.list("query_parameters"))
     grpc = False
     if f.has("grpc"):
-        Fields(f.raw["grpc"], f.at("grpc"), ())
+        GRPC_ROUTE_MATCH.read(f.raw["grpc"], f.at("grpc"))
         grpc = True
     return RouteMatch(kind, value, regex, case_sensitive, headers, queries, grpc)

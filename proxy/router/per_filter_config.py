@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..config.reader import ConfigError, Fields
+from ..config.fields_table import Message, used
+from ..config.reader import ConfigError
 from ..config.registry import per_route_extension, per_route_protos
 
 __all__ = ["PerFilterConfig", "parse_typed_per_filter_config", "merge_levels", "NO_PER_FILTER_CONFIG"]
@@ -35,6 +36,14 @@ class PerFilterConfig:
     # Merged only: every level's config, most specific first (a filter such as CORS takes
     # each field from the most specific level that sets it).
     all_configs: tuple[Any, ...] = ()
+
+
+FILTER_CONFIG = Message(_FILTER_CONFIG, model=PerFilterConfig, bookkeeping=("all_configs",), fields=(
+    used("config"),
+    used("is_optional", False, attr="", why="an optional config of a type ftproxy does not know "
+         "is skipped at load"),
+    used("disabled", False),
+))
 
 
 def parse_typed_per_filter_config(raw: Any, path: str) -> dict[str, PerFilterConfig]:
@@ -66,7 +75,7 @@ def _parse_entry(value: Any, path: str) -> PerFilterConfig | None:
     proto, body = _type_of(value, path)
     if proto != _FILTER_CONFIG:
         return PerFilterConfig(_parse_config(proto, body, path))
-    f = Fields(body, path, ("config", "is_optional", "disabled"))
+    f = FILTER_CONFIG.read(body, path)
     disabled = f.bool("disabled", False)
     inner = f.raw_obj("config")
     if inner is None:

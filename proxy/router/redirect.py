@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.fields_table import Message, used
+from proxy.config.reader import ConfigError
 
 from .matchers import parse_regex_matcher, split_path
 
@@ -84,8 +85,15 @@ def _compile_substitution(sub: str, groups: int, path: str) -> tuple[str | int, 
     return tuple(parts)
 
 
+REGEX_REWRITE = Message("envoy.type.matcher.v3.RegexMatchAndSubstitute", model=RegexRewrite,
+                        bookkeeping=("substitution",), fields=(   # its source text
+    used("pattern"),
+    used("substitution", attr="parts"),
+))
+
+
 def parse_regex_rewrite(raw: Any, path: str) -> RegexRewrite:
-    f = Fields(raw, path, ("pattern", "substitution"))
+    f = REGEX_REWRITE.read(raw, path)
     pattern = parse_regex_matcher(f.value("pattern", required=True), f.at("pattern"))
     sub = f.str("substitution", "")
     return RegexRewrite(pattern, sub, _compile_substitution(sub, pattern.groups,
@@ -185,15 +193,24 @@ class RedirectAction:
         return host[:colon] if remove else host
 
 
-_REDIRECT_FIELDS = ("https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
-                    "path_redirect", "prefix_rewrite", "regex_rewrite", "response_code",
-                    "strip_query")
+REDIRECT = Message("envoy.config.route.v3.RedirectAction", model=RedirectAction,
+                   bookkeeping=("path_rewrite",), fields=(   # prefix_rewrite / regex_rewrite
+    used("https_redirect", False),
+    used("scheme_redirect"),
+    used("host_redirect"),
+    used("port_redirect"),
+    used("path_redirect"),
+    used("prefix_rewrite"),
+    used("regex_rewrite"),
+    used("response_code", "MOVED_PERMANENTLY"),
+    used("strip_query", False),
+))
 
 
 def parse_redirect(raw: Any, path: str, matched_length: int | None) -> RedirectAction:
     """`matched_length` is the route's prefix/path length, None for regex routes (where a
     prefix_rewrite has no prefix to replace)."""
-    f = Fields(raw, path, _REDIRECT_FIELDS)
+    f = REDIRECT.read(raw, path)
     f.oneof("https_redirect", "scheme_redirect")
     path_kind = f.oneof("path_redirect", "prefix_rewrite", "regex_rewrite")
     scheme = f.str("scheme_redirect")

@@ -37,7 +37,9 @@ CONFIG_LAYER = {
     "proxy/config/reader.py", "proxy/config/registry.py", "proxy/config/fields_table.py",
     "proxy/upstream/cluster_config.py", "proxy/network/tcp_proxy_config.py",
     "proxy/access_log/config.py", "proxy/http/router_filter_config.py",
-    "proxy/http/hcm_config.py", "proxy/router/config.py",
+    "proxy/http/hcm_config.py", "proxy/router/config.py", "proxy/router/matchers.py",
+    "proxy/router/redirect.py", "proxy/router/header_mutation.py",
+    "proxy/router/per_filter_config.py",
     # Filters: one module holds the config and the runtime (RUNTIME_PARTS).
     "proxy/http/filters/fault.py", "proxy/http/filters/cors.py",
     "proxy/network/filters/connection_limit.py", "proxy/network/filters/local_ratelimit.py",
@@ -45,6 +47,16 @@ CONFIG_LAYER = {
 # Runtime code that lives in a config-layer module (classes and functions by name).
 RUNTIME_PARTS = {
     "proxy/access_log/config.py": {"AccessLogger", "create"},
+    # The route model's request-time methods, and the matchers / rewrites / mutations.
+    "proxy/router/config.py": {"choose_cluster", "rewrite_path"},
+    "proxy/router/matchers.py": {"StringMatcher", "HeaderMatcher", "_in_range", "_header_value",
+                                 "QueryParameterMatcher", "parse_query", "RequestView",
+                                 "_is_grpc", "RouteMatch", "split_path"},
+    "proxy/router/redirect.py": {"RegexRewrite", "PathRewrite", "request_scheme",
+                                 "_host_port_split", "RedirectAction"},
+    "proxy/router/header_mutation.py": {"_without_port", "_attr", "_start_time", "_req",
+                                        "ValueFormat", "apply_mutations"},
+    "proxy/router/per_filter_config.py": {"merge_levels"},
     "proxy/http/filters/fault.py": {"FaultFactory", "WorkerFaultFactory", "FaultFilter"},
     "proxy/http/filters/cors.py": {"CorsFactory", "WorkerCorsFactory", "CorsFilter"},
     "proxy/network/filters/connection_limit.py": {"ConnectionLimitFactory",
@@ -93,7 +105,11 @@ def _specs(status: str):
 def test_the_tables_cover_every_message_ftproxy_parses_in_these_modules():
     expected = {"Bootstrap", "Admin", "Node", "Listener", "FilterChain", "Cluster", "TcpProxy",
                 "Router", "FileAccessLog", "SubstitutionFormatString", "ClusterLoadAssignment",
-                "ClusterLoadAssignment.Policy", "LocalityLbEndpoints", "RuntimeLayer"}
+                "ClusterLoadAssignment.Policy", "LocalityLbEndpoints", "RuntimeLayer",
+                "RouteConfiguration", "VirtualHost", "Route", "RouteMatch", "HeaderMatcher",
+                "QueryParameterMatcher", "StringMatcher", "RegexMatcher", "RouteAction",
+                "WeightedCluster", "WeightedCluster.ClusterWeight", "RedirectAction",
+                "DirectResponseAction", "FilterConfig"}
     got = {p.split("v3.", 1)[-1] for p in ALL}
     assert expected <= got, expected - got
 
@@ -190,7 +206,11 @@ _PARAGRAPHS = {
                  "LeastRequestLbConfig", "HttpProtocolOptions", "ExplicitHttpConfig",
                  "Http1ProtocolOptions (upstream)", "HttpProtocolOptions (upstream)",
                  "Address (upstream)", "SocketAddress (upstream)"),
-    "TCP proxy": ("TcpProxy", "WeightedCluster", "ClusterWeight"),
+    "TCP proxy": ("TcpProxy", "TcpProxy.WeightedCluster", "TcpProxy.WeightedCluster.ClusterWeight"),
+    "Routes": ("RouteConfiguration", "VirtualHost", "Route", "RouteMatch", "HeaderMatcher",
+               "QueryParameterMatcher", "StringMatcher", "RouteAction", "RouteAction.UpgradeConfig",
+               "WeightedCluster", "WeightedCluster.ClusterWeight", "RedirectAction",
+               "DirectResponseAction", "DataSource (direct response body)", "FilterConfig"),
     "Access logs": ("AccessLog", "FileAccessLog", "StdoutAccessLog", "SubstitutionFormatString",
                     "JsonFormatOptions",
                     "DataSource (access log format)"),
@@ -243,7 +263,9 @@ TABLED_MODULES = ["proxy/config/bootstrap.py", "proxy/config/listener.py",
                   "proxy/access_log/config.py", "proxy/http/router_filter_config.py",
                   "proxy/http/filters/fault.py", "proxy/http/filters/cors.py",
                   "proxy/network/filters/connection_limit.py",
-                  "proxy/network/filters/local_ratelimit.py"]
+                  "proxy/network/filters/local_ratelimit.py", "proxy/router/config.py",
+                  "proxy/router/matchers.py", "proxy/router/redirect.py",
+                  "proxy/router/header_mutation.py", "proxy/router/per_filter_config.py"]
 
 
 @pytest.mark.parametrize("module", TABLED_MODULES)

@@ -44,9 +44,11 @@ def test_route_action_defaults_follow_envoy():
 
 def test_route_config_defaults():
     c = parse(rc())
-    assert c.max_direct_response_body_size_bytes == 4096
     assert c.ignore_port_in_host_matching is False
-    assert c.most_specific_header_mutations_wins is False
+    # max_direct_response_body_size_bytes: 4096 unless set.
+    assert parse(_direct({"inline_string": "x" * 4096}))
+    msg = error(_direct({"inline_string": "x" * 4097}))
+    assert "max_direct_response_body_size_bytes (4096)" in msg
 
 
 def test_route_action_fields_parsed():
@@ -159,8 +161,8 @@ def test_route_needs_exactly_one_action():
 
 @pytest.mark.parametrize("where,field,value,expected_path", [
     ("vhost", "cors", {}, "route_config.virtual_hosts[0].cors"),
-    ("vhost", "rate_limits", [], "route_config.virtual_hosts[0].rate_limits"),
-    ("vhost", "virtual_clusters", [], "route_config.virtual_hosts[0].virtual_clusters"),
+    ("vhost", "rate_limits", [{"actions": []}], "route_config.virtual_hosts[0].rate_limits"),
+    ("vhost", "virtual_clusters", [{"name": "v"}], "route_config.virtual_hosts[0].virtual_clusters"),
     ("vhost", "retry_policy", {}, "route_config.virtual_hosts[0].retry_policy"),
     ("action", "retry_policy", {"retry_on": "5xx"},
      "route_config.virtual_hosts[0].routes[0].route.retry_policy"),
@@ -178,7 +180,74 @@ def test_unsupported_fields_are_refused_by_name(where, field, value, expected_pa
     else:
         route["match"][field] = value
     msg = error(rc([route], vhost_extra=extra))
-    assert msg.startswith(expected_path + ": unsupported")
+    assert msg.startswith(expected_path + ": not supported yet")
+
+
+def test_refused_fields_say_why_in_the_common_wording():
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {}}}
+    assert error(rc([route])) == ("route_config.virtual_hosts[0].routes[0].route.retry_policy: "
+                                  "not supported yet (retries: a request gets one upstream attempt)")
+
+
+@pytest.mark.parametrize("raw,expected", [
+    # Real Envoy fields that were unknown ("did you mean") or silently ignored before.
+    (rc(vhost_header="x-host"), "route_config.vhost_header"),
+    (rc([{"match": {"prefix": "/", "cookies": [{"name": "c"}]}, "route": {"cluster": "c"}}]),
+     "route_config.virtual_hosts[0].routes[0].match.cookies"),
+    (rc([{"match": {"prefix": "/"}, "route": {"cluster": "c", "flush_timeout": "1s"}}]),
+     "route_config.virtual_hosts[0].routes[0].route.flush_timeout"),
+    (rc([{"match": {"prefix": "/"}, "route": {"cluster": "c", "host_rewrite": "%REQ(x)%"}}]),
+     "route_config.virtual_hosts[0].routes[0].route.host_rewrite"),
+    (rc([{"match": {"prefix": "/"}, "route": {"cluster": "c", "path_rewrite": "/x"}}]),
+     "route_config.virtual_hosts[0].routes[0].route.path_rewrite"),
+    (rc([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {
+        "clusters": [{"name": "a", "weight": 1}], "use_hash_policy": True}}}]),
+     "route_config.virtual_hosts[0].routes[0].route.weighted_clusters.use_hash_policy"),
+    (rc([{"match": {"prefix": "/"}, "direct_response": {
+        "status": 200, "body_format": {"text_format": "x"}}}]),
+     "route_config.virtual_hosts[0].routes[0].direct_response.body_format"),
+    (rc([{"match": {"safe_regex": {"regex": "/.*", "google_re2": {"max_program_size": 10}}},
+          "route": {"cluster": "c"}}]),
+     "route_config.virtual_hosts[0].routes[0].match.safe_regex.google_re2.max_program_size"),
+])
+def test_real_envoy_fields_not_implemented_are_refused_by_name(raw, expected):
+    assert error(raw).startswith(expected + ": not supported yet")
+
+
+@pytest.mark.parametrize("raw,unknown", [
+    # Names that are no field of these messages in Envoy 1.40 (refused before as "unsupported").
+    (rc([{"match": {"prefix": "/"}, "route": {"cluster": "c", "request_body_buffer_limit": 1}}]),
+     "request_body_buffer_limit"),
+    (rc([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {
+        "clusters": [{"name": "a", "weight": 1}], "random_value_specifier": "x"}}}]),
+     "random_value_specifier"),
+    (rc([{"match": {"prefix": "/", "cel_expression": {}}, "route": {"cluster": "c"}}]),
+     "cel_expression"),
+])
+def test_names_envoy_does_not_have_are_unknown_fields(raw, unknown):
+    assert f'unknown field "{unknown}"' in error(raw)
+
+
+@pytest.mark.parametrize("where,field", [
+    ("route", "per_request_buffer_limit_bytes"), ("route", "request_body_buffer_limit"),
+    ("vhost", "per_request_buffer_limit_bytes"), ("vhost", "request_body_buffer_limit")])
+def test_a_refused_wrapper_field_is_refused_even_at_zero(where, field):
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "c"}}
+    if where == "route":
+        route[field] = 0
+        at = "route_config.virtual_hosts[0].routes[0]"
+    else:
+        at = "route_config.virtual_hosts[0]"
+    raw = rc([route], vhost_extra={field: 0} if where == "vhost" else None)
+    assert error(raw) == f"{at}.{field}: not supported yet"
+    raw = rc([{"match": {"safe_regex": {"regex": "/.*", "google_re2": {"max_program_size": 0}}},
+               "route": {"cluster": "c"}}])
+    assert error(raw).endswith("google_re2.max_program_size: not supported yet (RE2 program-size limits)")
+
+
+def test_google_re2_without_limits_and_empty_refused_lists_are_accepted():
+    parse(rc([{"match": {"safe_regex": {"regex": "/.*", "google_re2": {}}},
+               "route": {"cluster": "c"}}], vhost_extra={"rate_limits": [], "virtual_clusters": []}))
 
 
 def test_decorator_and_metadata_are_accepted():

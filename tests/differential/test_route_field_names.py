@@ -1,0 +1,127 @@
+"""The route configuration's declared field tables name only fields real Envoy has.
+
+For each table of the router layer (proxy/router/*: RouteConfiguration down to HeaderValue),
+every declared field is set, to null (proto3 JSON for "unset"), at a place of that message in a
+bootstrap real Envoy validates (`envoy --mode validate`); Envoy must not answer "no such field"
+for any of them. This catches a table declaring, as used, inert or refused, a name that is no
+field of that message (which ftproxy should report as an unknown field, with its did-you-mean).
+The other direction (every Envoy field declared) is the tables' own review against Envoy's
+protos; fields_table.py's docstring says how a field is declared.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import proxy.config.load  # noqa: F401  fills the tables
+from proxy.config.fields_table import tables
+
+from .proxies import envoy_binary
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+
+
+def _route_config() -> dict[str, Any]:
+    return {"virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/", "grpc": {},
+                   "headers": [{"name": "x", "string_match": {
+                       "safe_regex": {"regex": "a", "google_re2": {}}}}],
+                   "query_parameters": [{"name": "q"}]},
+         "route": {"cluster": "c", "regex_rewrite": {"pattern": {"regex": "a"}, "substitution": "b"},
+                   "upgrade_configs": [{"upgrade_type": "websocket"}]},
+         "request_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
+         "typed_per_filter_config": {"envoy.filters.http.router": {"@type": _FILTER_CONFIG,
+                                                                    "disabled": False}}},
+        {"match": {"prefix": "/", "headers": [{"name": "y", "range_match": {"start": 1, "end": 2}}]},
+         "route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 1}]}}},
+        {"match": {"prefix": "/"}, "redirect": {"host_redirect": "x"}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "x"}}},
+    ]}]}
+
+
+def _route(i: int) -> Callable[[dict], dict]:
+    return lambda rc: rc["virtual_hosts"][0]["routes"][i]
+
+
+# Where each table's message sits in _route_config().
+_AT: dict[str, Callable[[dict], dict]] = {
+    "envoy.config.route.v3.RouteConfiguration": lambda rc: rc,
+    "envoy.config.route.v3.VirtualHost": lambda rc: rc["virtual_hosts"][0],
+    "envoy.config.route.v3.Route": _route(0),
+    "envoy.config.route.v3.RouteMatch": lambda rc: _route(0)(rc)["match"],
+    "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions": lambda rc: _route(0)(rc)["match"]["grpc"],
+    "envoy.config.route.v3.HeaderMatcher": lambda rc: _route(0)(rc)["match"]["headers"][0],
+    "envoy.type.matcher.v3.StringMatcher":
+        lambda rc: _route(0)(rc)["match"]["headers"][0]["string_match"],
+    "envoy.type.matcher.v3.RegexMatcher":
+        lambda rc: _route(0)(rc)["match"]["headers"][0]["string_match"]["safe_regex"],
+    "envoy.type.matcher.v3.RegexMatcher.GoogleRE2":
+        lambda rc: _route(0)(rc)["match"]["headers"][0]["string_match"]["safe_regex"]["google_re2"],
+    "envoy.config.route.v3.QueryParameterMatcher":
+        lambda rc: _route(0)(rc)["match"]["query_parameters"][0],
+    "envoy.config.route.v3.RouteAction": lambda rc: _route(0)(rc)["route"],
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute": lambda rc: _route(0)(rc)["route"]["regex_rewrite"],
+    "envoy.config.route.v3.RouteAction.UpgradeConfig":
+        lambda rc: _route(0)(rc)["route"]["upgrade_configs"][0],
+    "envoy.config.core.v3.HeaderValueOption (route)": lambda rc: _route(0)(rc)["request_headers_to_add"][0],
+    "envoy.config.core.v3.HeaderValue (route)":
+        lambda rc: _route(0)(rc)["request_headers_to_add"][0]["header"],
+    "envoy.config.route.v3.FilterConfig":
+        lambda rc: _route(0)(rc)["typed_per_filter_config"]["envoy.filters.http.router"],
+    "envoy.type.v3.Int64Range (range_match)": lambda rc: _route(1)(rc)["match"]["headers"][0]["range_match"],
+    "envoy.config.route.v3.WeightedCluster": lambda rc: _route(1)(rc)["route"]["weighted_clusters"],
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight":
+        lambda rc: _route(1)(rc)["route"]["weighted_clusters"]["clusters"][0],
+    "envoy.config.route.v3.RedirectAction": lambda rc: _route(2)(rc)["redirect"],
+    "envoy.config.route.v3.DirectResponseAction": lambda rc: _route(3)(rc)["direct_response"],
+    "envoy.config.core.v3.DataSource (direct response body)":
+        lambda rc: _route(3)(rc)["direct_response"]["body"],
+}
+
+def _bootstrap(route_config: dict[str, Any]) -> dict[str, Any]:
+    return {"static_resources": {
+        "listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1",
+                                                                   "port_value": 10000}},
+                       "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                           "@type": _HCM, "stat_prefix": "x", "route_config": route_config,
+                           "http_filters": [{"name": "envoy.filters.http.router",
+                                             "typed_config": {"@type": _ROUTER}}]}}]}]}],
+        "clusters": [{"name": "c", "connect_timeout": "1s", "type": "STATIC"}]}}
+
+
+def _envoy_says(route_config: dict[str, Any], tmp_path) -> str:
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(_bootstrap(route_config)))
+    out = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "critical"],
+                         capture_output=True, text=True, timeout=60)
+    # Whitespace squashed: protobuf's JSON errors vary their spacing on purpose.
+    return " ".join((out.stdout + out.stderr).split())
+
+
+def test_every_router_table_has_a_place_here():
+    router = {p for p in tables() if ".route.v3." in p or ".matcher.v3." in p
+              or p.endswith(("(route)", "(range_match)", "(direct response body)"))}
+    assert router == set(_AT), router ^ set(_AT)
+
+
+def test_the_probe_sees_an_unknown_field(tmp_path):
+    rc = _route_config()
+    _AT["envoy.config.route.v3.RouteAction"](rc)["no_such_field_here"] = None
+    assert "no such field: 'no_such_field_here'" in _envoy_says(rc, tmp_path)
+
+
+@pytest.mark.parametrize("proto", sorted(_AT))
+def test_every_declared_field_is_a_field_of_the_message_in_envoy(proto, tmp_path):
+    rc = _route_config()
+    at = _AT[proto](rc)
+    for spec in tables()[proto].fields:
+        at[spec.name] = None
+    said = _envoy_says(rc, tmp_path)
+    assert "no such field" not in said, said[-800:]

@@ -9,10 +9,13 @@ STOP_ITERATION (the connection waits, reading nothing, until the filter calls
 a delay, or that waits for an answer). `on_close()` tells each filter that ran that its
 connection is gone (from the terminal's close, or from a filter's `close()`).
 
-Filters here decide at connection time (connection_limit, local_ratelimit). The terminal
-filters read the connection themselves, so `on_data` for filters before them is not part of
-this chain yet: a filter that needs the bytes (RBAC, ext_authz) waits for the transport-socket
-Connection to be owned by the chain (issue 13 §3), and none is registered until then.
+A filter that also has `on_data(data, end_stream)` reads the connection's bytes before the
+terminal does (Envoy's onData): once the terminal took the connection, a `ReadFilterRelay`
+stands between the Connection and the terminal and runs each chunk through those filters in
+order; CONTINUE passes it on, STOP_ITERATION holds it (and pauses reading) until the filter
+calls `continue_reading()`, and a filter may `close()` the connection instead. Filters see the
+bytes; they do not rewrite them. A chain whose filters have no `on_data` has no relay (the
+terminal reads the Connection directly, as on the hot path).
 
 Thread affinity: a `NetworkFilterChain` is per worker; its filters and `ConnectionCallbacks`
 belong to the worker that accepted the connection. Factories are built on the main thread.
@@ -25,7 +28,7 @@ import logging
 from typing import Any, Protocol
 
 __all__ = ["NetworkFilterStatus", "NetworkReadFilter", "NetworkFilterCallbacks",
-           "NetworkFilterChainFactory", "NetworkFilterChain"]
+           "NetworkFilterChainFactory", "NetworkFilterChain", "ReadFilterRelay"]
 
 log = logging.getLogger("ftproxy.network")
 
@@ -38,6 +41,7 @@ class NetworkFilterStatus:
 class NetworkReadFilter(Protocol):
     def on_new_connection(self) -> int: ...
     def on_close(self) -> None: ...
+    # Optional: def on_data(self, data: bytes, end_stream: bool) -> int (CONTINUE/STOP_ITERATION)
 
 
 class NetworkFilterCallbacks(Protocol):
@@ -84,7 +88,7 @@ class PendingConnection:
     the terminal took it, `terminal` is the terminal's connection object."""
 
     __slots__ = ("chain", "sock", "remote", "local", "conn_id", "buffer_limit", "on_closed",
-                 "filters", "next", "terminal", "finished")
+                 "filters", "next", "terminal", "finished", "relay")
 
     def __init__(self, chain: NetworkFilterChain, sock, remote, local, conn_id, buffer_limit,
                  on_closed) -> None:
@@ -99,6 +103,7 @@ class PendingConnection:
         self.next = 0
         self.terminal = None
         self.finished = False         # closed before the terminal took it
+        self.relay = None             # ReadFilterRelay, when a filter reads the bytes
 
     @property
     def dispatcher(self):
@@ -124,11 +129,18 @@ class PendingConnection:
             self.terminal = self.chain.terminal.new_connection(
                 self.sock, self.remote, self.local, self.conn_id, self.buffer_limit,
                 self._terminal_closed)
+            readers = tuple(f for f in self.filters if hasattr(f, "on_data"))
+            conn = self.connection
+            if readers and conn is not None and not conn.closed:
+                self.relay = ReadFilterRelay(readers, conn)
 
     # -- NetworkFilterCallbacks ----------------------------------------------------------------
     def continue_reading(self) -> None:
-        if self.terminal is None and not self.finished:
-            self.run()
+        if self.terminal is None:
+            if not self.finished:
+                self.run()
+        elif self.relay is not None:
+            self.relay.continue_reading()
 
     def close(self) -> None:
         """Close the connection (before the terminal took it: the socket, unread)."""
@@ -173,3 +185,78 @@ class PendingConnection:
             self.close()
         elif hasattr(terminal, "close_idle"):
             terminal.close_idle()
+
+
+class ReadFilterRelay:
+    """Between a Connection and its terminal (which made it): each chunk read goes through the
+    read filters' `on_data` first. The Connection's callbacks become this relay; every other
+    callback goes straight to the terminal."""
+
+    __slots__ = ("filters", "connection", "terminal", "held", "at", "eof_held")
+
+    def __init__(self, filters: tuple, connection) -> None:
+        self.filters = filters
+        self.connection = connection
+        self.terminal = connection.callbacks
+        self.held: bytearray | None = None  # bytes a filter stopped, with what came after
+        self.at = 0                          # the filter the held bytes go to next
+        self.eof_held = False
+        connection.callbacks = self
+
+    def on_data(self, data: bytes) -> None:
+        if self.held is not None:
+            self.held += data  # (reading is paused; bytes already read queue behind)
+            return
+        self._run(data, 0, False)
+
+    def on_eof(self) -> None:
+        if self.held is not None:
+            self.eof_held = True
+            return
+        self._run(b"", 0, True)
+
+    def _run(self, data: bytes, start: int, end_stream: bool) -> None:
+        filters = self.filters
+        for i in range(start, len(filters)):
+            if filters[i].on_data(data, end_stream) != NetworkFilterStatus.CONTINUE \
+                    and not end_stream:
+                if self.connection.closed:
+                    return
+                self.held = bytearray(data)
+                self.at = i + 1
+                self.connection.read_disable(True)
+                return
+            if self.connection.closed:
+                return
+        if end_stream:
+            self.terminal.on_eof()
+        elif data:
+            self.terminal.on_data(data)
+
+    def continue_reading(self) -> None:
+        """A filter that stopped lets its held bytes on (to the next filters, the terminal)."""
+        held = self.held
+        if held is None or self.connection.closed:
+            return
+        self.held = None
+        self.connection.read_disable(False)
+        self._run(bytes(held), self.at, False)
+        if self.eof_held and self.held is None and not self.connection.closed:
+            self.eof_held = False
+            self._run(b"", 0, True)
+
+    # -- the rest of ConnectionCallbacks: the terminal's --------------------------------------
+    def on_connected(self) -> None:
+        self.terminal.on_connected()
+
+    def on_early_close(self) -> None:
+        self.terminal.on_early_close()
+
+    def on_close(self, reason: str) -> None:
+        self.terminal.on_close(reason)
+
+    def on_above_write_watermark(self) -> None:
+        self.terminal.on_above_write_watermark()
+
+    def on_below_write_watermark(self) -> None:
+        self.terminal.on_below_write_watermark()

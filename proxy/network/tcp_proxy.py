@@ -193,6 +193,8 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         disabled, nothing buffered) until the relay is done and they close the sockets.
         Only raw_buffer sockets can be spliced: their wire bytes are the payload."""
         up = self.upstream
+        if self.downstream.callbacks is not self:
+            return False  # a network read filter reads the downstream bytes (ReadFilterRelay)
         down_sock = self.downstream.transport_socket.raw_socket
         up_sock = up.transport_socket.raw_socket
         if down_sock is None or up_sock is None:

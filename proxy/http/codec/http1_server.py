@@ -14,7 +14,7 @@ Thread affinity: one connection on one worker. Must not: call the HCM from an `e
 from __future__ import annotations
 
 from .errors import CodecError
-from .events import Data, MessageComplete, RequestHeaders
+from .events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
 
 __all__ = ["Http1ServerCodec"]
 
@@ -82,6 +82,12 @@ class Http1ServerCodec:
             self._deliver(events)
 
     def _deliver(self, events: list) -> None:
+        if len(events) == 2 and events[1] is END_OF_MESSAGE and not self._current:
+            ev = events[0]  # the usual feed: one whole request, no body
+            if type(ev) is RequestHeaders and not ev.content_length and not ev.chunked \
+                    and ev.upgrade is None:
+                self._open(ev, True)
+                return
         cb = self.callbacks
         i = 0
         for ev in events:
@@ -92,15 +98,8 @@ class Http1ServerCodec:
                 if self._current:  # pipelined behind a stream still being answered
                     self._hold(events[i:])
                     return
-                sid = self._current = self._next_id
-                self._next_id = sid + 1
-                self._method = ev.method
-                self._version = ev.http_version
-                self._keep_alive = ev.keep_alive
                 # RFC 9112 §6.3: neither content-length nor chunked: no body.
-                end = not ev.content_length and not ev.chunked and ev.upgrade is None
-                self._request_open = not end
-                cb.on_stream_headers(sid, ev, end)
+                self._open(ev, not ev.content_length and not ev.chunked and ev.upgrade is None)
             elif cls is Data:
                 if self._current:
                     cb.on_stream_data(self._current, ev.data, False)
@@ -118,6 +117,16 @@ class Http1ServerCodec:
                 self._dead = True
                 cb.on_codec_error(self._current or None, ev)
             i += 1
+
+    def _open(self, ev: RequestHeaders, end_stream: bool) -> None:
+        """A new stream for the request head `ev` (it is the current one from now)."""
+        sid = self._current = self._next_id
+        self._next_id = sid + 1
+        self._method = ev.method
+        self._version = ev.http_version
+        self._keep_alive = ev.keep_alive
+        self._request_open = not end_stream
+        self.callbacks.on_stream_headers(sid, ev, end_stream)
 
     def _hold(self, events: list) -> None:
         """Keep `events` until the current stream ends; read no more meanwhile."""

@@ -127,13 +127,7 @@ class HttpConnPool:
             return None
         limits = self.limits
         stats = self.cluster.stats
-        if self.connecting_capacity < len(self.pending) + 1:
-            if limits.try_acquire_connection():
-                self._open(holds_slot=True)
-            elif not (self.busy or self.connecting):
-                self._open(holds_slot=False)
-            else:
-                stats.upstream_cx_overflow.value += 1
+        self._open_for(len(self.pending) + 1)
         if not limits.try_acquire_pending():
             stats.upstream_rq_pending_overflow.value += 1
             self.active_requests -= 1
@@ -144,6 +138,16 @@ class HttpConnPool:
         p = PendingRequest(self, router)
         self.pending.append(p)
         return p
+
+    def _open_for(self, demand: int) -> None:
+        """Open a connection if `demand` streams exceed what the connecting ones will offer."""
+        if self.connecting_capacity < demand:
+            if self.limits.try_acquire_connection():
+                self._open(holds_slot=True)
+            elif not (self.busy or self.connecting):
+                self._open(holds_slot=False)
+            else:
+                self.cluster.stats.upstream_cx_overflow.value += 1
 
     def _cancel(self, p: PendingRequest) -> None:
         try:
@@ -209,46 +213,50 @@ class HttpConnPool:
                    self.transport_factory)
         conn.holds_slot = holds_slot
         self.connecting.add(conn)  # (even a connect refused at once reports it later)
-        self.connecting_capacity += conn.capacity
+        self.connecting_capacity += self._offer(conn)
+
+    def _offer(self, conn: PoolConnection) -> int:
+        """The streams a connecting connection will take: its capacity, or fewer when
+        max_requests_per_connection is lower (constant while it connects)."""
+        max_rq = self.cluster.config.max_requests_per_connection
+        return min(conn.capacity, max_rq) if max_rq else conn.capacity
 
     # -- connection events (PoolCallbacks) ------------------------------------------------------
     def on_connected(self, conn: PoolConnection) -> None:
         self.connecting.discard(conn)
-        self.connecting_capacity -= conn.capacity
+        self.connecting_capacity -= self._offer(conn)
         conn.state = BUSY
         self.busy.add(conn)
         self._assign_or_idle(conn)
 
     def on_stream_done(self, conn: PoolConnection) -> None:
         self.active_requests -= 1
-        if conn.state == CLOSED:
-            return
-        if self._retired(conn):
-            if conn.is_idle():
-                conn.close()
-            return
-        self._assign_or_idle(conn)
+        if conn.state != CLOSED:
+            self._assign_or_idle(conn)
 
     def on_capacity_changed(self, conn: PoolConnection) -> None:
         if conn.state == READY and not conn.is_available():
             self._set_busy(conn)
         elif conn.state == BUSY and not self._retired(conn):
             self._assign_or_idle(conn)
+        if self.pending and not conn.is_available():
+            self._open_for(len(self.pending))  # it took fewer than it was counted for
 
     def _assign_or_idle(self, conn: PoolConnection) -> None:
         """A connected connection that may have capacity: give it pending requests, then put
         it where it belongs."""
         pending = self.pending
-        # (Pending requests are served even while the pool drains: nothing else will.)
-        while pending and conn.is_available() and not self._exhausted(conn):
-            p = pending.popleft()
-            if p.cancelled:
-                continue
-            p.cancelled = True
-            self._pending_done()
-            self._attach(conn, p.router)
-        if conn.state == CLOSED:
-            return
+        if pending:
+            # (Pending requests are served even while the pool drains: nothing else will.)
+            while pending and conn.is_available() and not self._exhausted(conn):
+                p = pending.popleft()
+                if p.cancelled:
+                    continue
+                p.cancelled = True
+                self._pending_done()
+                self._attach(conn, p.router)
+            if conn.state == CLOSED:
+                return
         if self._retired(conn):
             if conn.is_idle():
                 conn.close()
@@ -288,7 +296,7 @@ class HttpConnPool:
             self.limits.release_connection()
         if conn in self.connecting:
             self.connecting.discard(conn)
-            self.connecting_capacity -= conn.capacity  # unchanged while CONNECTING
+            self.connecting_capacity -= self._offer(conn)  # capacity: unchanged while CONNECTING
         self.busy.discard(conn)
         if prev_state == READY and conn in self.ready:
             self.ready.remove(conn)

@@ -226,8 +226,8 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.router = None
         lost = self.active_streams
         self.active_streams = 0
+        self.capacity = 0
         self.pool.on_closed(self, prev, reason, lost)
-        self.capacity = 0  # (after: the pool uncounts a connecting one's capacity)
         if router is not None:
             reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
             errno = self.connection.connect_errno

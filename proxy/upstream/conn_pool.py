@@ -93,8 +93,9 @@ class HttpConnPool:
         # takes the last (warmest); the idle check closes expired ones.
         self.ready: list[PoolConnection] = []
         self.busy: set[PoolConnection] = set()         # connected, taking no stream now
-        self.connecting: set[PoolConnection] = set()
-        self.connecting_capacity = 0  # the streams the connecting connections will offer
+        # Connecting connections -> the streams each will offer (as counted when opened).
+        self.connecting: dict[PoolConnection, int] = {}
+        self.connecting_capacity = 0  # their sum
         self.pending: deque[PendingRequest] = deque()
         self.draining = False
         self.active_requests = 0
@@ -118,12 +119,21 @@ class HttpConnPool:
         ready = self.ready
         while ready and not fresh:
             conn = ready[-1]
-            if not conn.is_available():  # closed under us (its on_closed follows)
+            if not conn.capacity or conn.state != READY:  # (is_available(), without a call)
+                # Not expected (on_capacity_changed and on_closed take such a one out): mend.
                 ready.pop()
+                if conn.state == READY:
+                    conn.state = BUSY
+                    self.busy.add(conn)
+                continue
+            # _attach, inlined: this is every request's path.
+            stream = conn.new_stream(router)
+            max_rq = self.cluster.config.max_requests_per_connection
+            if not conn.capacity or (max_rq and conn.total_streams >= max_rq):
+                ready.pop()  # (it was the last)
                 conn.state = BUSY
                 self.busy.add(conn)
-                continue
-            self._attach(conn, router)
+            router.on_pool_ready(stream)
             return None
         limits = self.limits
         stats = self.cluster.stats
@@ -212,27 +222,42 @@ class HttpConnPool:
                    c.buffer_limit, c.codec_impl, c.worker.next_connection_id(),
                    self.transport_factory)
         conn.holds_slot = holds_slot
-        self.connecting.add(conn)  # (even a connect refused at once reports it later)
-        self.connecting_capacity += self._offer(conn)
+        # (Even a connect refused at once reports it later, on the loop.)
+        offer = self.connecting[conn] = self._offer(conn)
+        self.connecting_capacity += offer
 
     def _offer(self, conn: PoolConnection) -> int:
         """The streams a connecting connection will take: its capacity, or fewer when
-        max_requests_per_connection is lower (constant while it connects)."""
+        max_requests_per_connection is lower."""
         max_rq = self.cluster.config.max_requests_per_connection
         return min(conn.capacity, max_rq) if max_rq else conn.capacity
 
     # -- connection events (PoolCallbacks) ------------------------------------------------------
     def on_connected(self, conn: PoolConnection) -> None:
-        self.connecting.discard(conn)
-        self.connecting_capacity -= self._offer(conn)
+        self.connecting_capacity -= self.connecting.pop(conn)
         conn.state = BUSY
         self.busy.add(conn)
         self._assign_or_idle(conn)
 
     def on_stream_done(self, conn: PoolConnection) -> None:
         self.active_requests -= 1
-        if conn.state != CLOSED:
+        state = conn.state
+        if state == CLOSED:
+            return
+        config = self.cluster.config
+        if (state != BUSY or not conn.capacity or self.pending or self.draining
+                or config.max_requests_per_connection):
             self._assign_or_idle(conn)
+            return
+        # The usual: a connection back with nothing waiting for it (every HTTP/1.1 request's
+        # path): the most recently used ready connection.
+        self.busy.discard(conn)
+        conn.state = READY
+        self.ready.append(conn)
+        if not conn.active_streams and config.idle_timeout:
+            timer = self.idle_timer
+            if timer is None or timer.deadline is None:
+                self._arm_idle_timer()
 
     def on_capacity_changed(self, conn: PoolConnection) -> None:
         if conn.state == READY and not conn.is_available():
@@ -269,11 +294,14 @@ class HttpConnPool:
             return
         self._set_ready(conn)
         if conn.is_idle():
-            timeout = self.cluster.config.idle_timeout
-            if timeout and (self.idle_timer is None or self.idle_timer.deadline is None):
-                if self.idle_timer is None:
-                    self.idle_timer = self.cluster.worker.dispatcher.create_timer(self._close_idle)
-                self.idle_timer.enable(timeout)
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        timeout = self.cluster.config.idle_timeout
+        if timeout and (self.idle_timer is None or self.idle_timer.deadline is None):
+            if self.idle_timer is None:
+                self.idle_timer = self.cluster.worker.dispatcher.create_timer(self._close_idle)
+            self.idle_timer.enable(timeout)
 
     def _close_idle(self) -> None:
         """Cluster idle_timeout (common_http_protocol_options.idle_timeout, default 1 h):
@@ -294,9 +322,7 @@ class HttpConnPool:
         if conn.holds_slot:
             conn.holds_slot = False
             self.limits.release_connection()
-        if conn in self.connecting:
-            self.connecting.discard(conn)
-            self.connecting_capacity -= self._offer(conn)  # capacity: unchanged while CONNECTING
+        self.connecting_capacity -= self.connecting.pop(conn, 0)
         self.busy.discard(conn)
         if prev_state == READY and conn in self.ready:
             self.ready.remove(conn)

@@ -242,8 +242,8 @@ class MuxClientConnection(ConnectionCallbacks):
         self.streams.clear()
         lost = self.active_streams
         self.active_streams = 0
-        self.pool.on_closed(self, prev, reason, lost)
         self.capacity = 0
+        self.pool.on_closed(self, prev, reason, lost)
         reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
         for s in streams:
             s.done = True

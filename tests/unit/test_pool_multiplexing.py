@@ -454,3 +454,23 @@ def test_the_protocol_registry_is_the_seam():
     with pytest.raises(ValueError, match="no upstream client connection for protocol 'h9'"):
         HttpConnPool(FakeCluster(), FakeHost(), None, FakeTransport(), "h9")
 
+
+
+def test_both_client_connections_implement_the_whole_seam():
+    """HTTP/1.1's connection (its own stream) and the mux connection (and its streams) have
+    every member client_protocol's Protocols name: the pool and the router need no other."""
+    import inspect
+    import typing
+
+    from proxy.http.codec.client_protocol import PoolConnection, UpstreamStream
+    from proxy.http.codec_client import UpstreamHttpConnection
+    from tests.mux.client_codec import MuxStream
+
+    pool_side = typing.get_protocol_members(PoolConnection)
+    stream_side = typing.get_protocol_members(UpstreamStream)
+    for cls, wanted in ((UpstreamHttpConnection, pool_side | stream_side),
+                        (MuxClientConnection, pool_side), (MuxStream, stream_side)):
+        have = set(dir(cls)) | set(getattr(cls, "__slots__", ()))
+        init = inspect.getsource(cls.__init__)  # attributes its __init__ sets
+        missing = {m for m in wanted if m not in have and f"self.{m} =" not in init}
+        assert missing == set(), (cls.__name__, missing)

@@ -41,7 +41,8 @@ HeaderList = list[tuple[bytes, bytes]]
 # A pooled connection's states (its one `state` field). The connection sets CONNECTING (when
 # made) and CLOSED (when its socket is gone); the pool moves a connected one between READY (it
 # may take a stream: in the pool's ready list) and BUSY (it takes none now: full, retiring or
-# going away). CONNECTING -> READY <-> BUSY -> CLOSED; any state -> CLOSED.
+# going away). CONNECTING -> READY <-> BUSY -> CLOSED; any state -> CLOSED, set as soon as its
+# socket is closed (before on_closed): a READY connection with capacity is available.
 CONNECTING, READY, BUSY, CLOSED = "CONNECTING", "READY", "BUSY", "CLOSED"
 
 
@@ -143,9 +144,8 @@ class PoolConnection(Protocol):
     # See CONNECTING/READY/BUSY/CLOSED above.
     state: str
     # Streams it may still take. Set from the protocol's expectation when made (the pool counts
-    # a connecting connection with it, so it must not change while CONNECTING, up to and
-    # including the on_connected or on_closed call that ends that state); later
-    # changes other than a stream starting or ending are reported with on_capacity_changed.
+    # a connecting connection with it when deciding to open another); once connected, a change
+    # other than a stream starting or ending is reported with on_capacity_changed.
     capacity: int
     active_streams: int      # streams handed out and not yet ended
     total_streams: int       # streams handed out over its life (max_requests_per_connection)

@@ -405,6 +405,18 @@ def test_max_requests_per_connection_counts_streams(backend, make_env):
     assert wait_for(lambda: backend.connections[0].closed)  # retired once its two ended
 
 
+def test_drain_lets_active_streams_finish_then_closes_the_connection(backend, make_env):
+    env = make_env(backend.port)
+    a, b = env.start_all([Exchange("a", "/slow?ms=150&n=a"), Exchange("b", "/slow?ms=250&n=b")])
+    assert wait_for(lambda: "ready" in b.events)
+    env.call(env.pool.drain)
+    assert a.wait().body == b"slow"
+    assert env.call(lambda: env.pool.cx_active) == 1  # b still runs on it
+    assert b.wait().body == b"slow"
+    assert wait_for(lambda: backend.connections[0].closed)
+    assert env.call(lambda: (env.pool.cx_active, env.pool.active_requests)) == (0, 0)
+
+
 def test_goaway_sends_new_streams_to_a_new_connection(backend, make_env):
     env = make_env(backend.port)
     assert env.start(Exchange("g", "/goaway")).wait().status == 200

@@ -1,8 +1,11 @@
 """Upstream HTTP/1.1 connection: a client Connection plus a client codec, one request at a time.
 
-States (one at a time, Envoy's pool client states): CONNECTING -> READY (idle in the pool)
-<-> BUSY (serving one router) -> CLOSED. The pool decides; this object answers predicates and
-forwards codec events to the router that holds it.
+A `PoolConnection` (codec/client_protocol.py) with capacity 1: 1 while idle in the pool, 0
+while it serves a request. A connection that takes one stream at a time is its own stream: it
+is also the `UpstreamStream` the router holds (no object per request). The pool decides; this
+object answers predicates and forwards codec events to the router that holds it.
+States (`state`, client_protocol's): CONNECTING -> READY (idle in the pool) <-> BUSY (serving
+one router) -> CLOSED.
 Thread affinity: the worker that owns its pool.
 """
 
@@ -15,6 +18,7 @@ import time
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_client_codec
+from .codec.client_protocol import CLOSED, CONNECTING
 from .codec.errors import CodecError
 from .codec.events import END_OF_MESSAGE, Data, Informational, MessageComplete, ResponseHeaders
 
@@ -29,9 +33,13 @@ _RESET_REASON = {
 
 
 class UpstreamHttpConnection(ConnectionCallbacks):
-    __slots__ = ("pool", "connection", "codec", "router", "state", "requests", "response_done",
-                 "tunnel", "upgrade_requested", "holds_slot", "stats",
-                 "idle_since", "connect_started")
+    """PoolConnection (capacity 1) and, while it serves a router, that router's UpstreamStream."""
+
+    __slots__ = ("pool", "connection", "codec", "router", "state", "capacity", "active_streams",
+                 "total_streams", "response_done", "tunnel", "upgrade_requested", "holds_slot",
+                 "stats", "idle_since", "connect_started")
+
+    cx_total_stat = "upstream_cx_http1_total"
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
                  buffer_limit: int, codec_impl: str, conn_id: int, transport_factory) -> None:
@@ -45,9 +53,11 @@ class UpstreamHttpConnection(ConnectionCallbacks):
                                      remote_address=format_address(address), conn_id=conn_id)
         self.codec = make_client_codec(codec_impl)
         self.router = None
-        self.state = "CONNECTING"
-        self.requests = 0
-        self.response_done = False
+        self.state = CONNECTING
+        self.capacity = 1
+        self.active_streams = 0
+        self.total_streams = 0
+        self.response_done = True  # no response outstanding
         self.tunnel = False
         self.upgrade_requested = False  # the request in flight asked to switch protocols
         self.holds_slot = False
@@ -57,38 +67,90 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.connect_started = time.monotonic()  # for cluster.<name>.upstream_cx_connect_ms
         self.connection.connect(address, connect_timeout)
 
-    # -- used by the router ---------------------------------------------------------------------
-    def send_request(self, router, head, chunked: bool, upgrade: bool = False) -> None:
-        """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
+    # -- PoolConnection (used by the pool) --------------------------------------------------------
+    def is_available(self) -> bool:
+        return self.capacity > 0 and self.state != CONNECTING and not self.connection.closed
+
+    def is_idle(self) -> bool:
+        return self.active_streams == 0
+
+    def has_expired(self, now: float) -> bool:
+        if self.connection.closed:
+            return True
+        timeout = self.pool.idle_timeout
+        return bool(timeout) and self.active_streams == 0 and now - self.idle_since >= timeout
+
+    def new_stream(self, router) -> UpstreamHttpConnection:
+        """Its one stream is itself."""
         self.router = router
-        self.requests += 1
+        self.capacity = 0
+        self.active_streams = 1
+        self.total_streams += 1
+        return self
+
+    def close(self) -> None:
+        self.connection.close(flush=False)
+
+    # -- UpstreamStream (used by the router) ------------------------------------------------------
+    @property
+    def local_address(self) -> str:
+        return self.connection.local_address
+
+    def send_headers(self, head, end_stream: bool, upgrade: bool) -> None:
+        """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
         self.response_done = False
         self.upgrade_requested = upgrade
+        if end_stream:
+            chunked = False
+        else:  # a body of unknown length is sent chunked (a tunnel's bytes go as they are)
+            headers = head.headers
+            chunked = headers.has(b"transfer-encoding") or (
+                not upgrade and not headers.has(b"content-length"))
         data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
                                               chunked, head.authority)
         self.stats.upstream_cx_tx_bytes_total.value += len(data)
         self.connection.write(data)
 
-    def send_body(self, data: bytes) -> None:
+    def send_data(self, data: bytes) -> None:
         data = self.codec.encode_body(data)
         self.stats.upstream_cx_tx_bytes_total.value += len(data)
         self.connection.write(data)
 
-    def end_request(self, trailers) -> None:
+    def end(self, trailers) -> None:
         data = self.codec.encode_end(trailers)
-        self.stats.upstream_cx_tx_bytes_total.value += len(data)
-        self.connection.write(data)
+        if data:
+            self.stats.upstream_cx_tx_bytes_total.value += len(data)
+            self.connection.write(data)
+
+    def shutdown_write(self) -> None:
+        self.connection.shutdown_write()
+
+    def read_disable(self, disable: bool) -> None:
+        self.connection.read_disable(disable)
 
     def release(self, reusable: bool) -> None:
-        """The router is done with this connection."""
+        """The router is done: back to the pool if the exchange ended cleanly, else close."""
         self.router = None
-        self.pool.on_release(self, reusable and self.response_done and not self.tunnel
-                             and self.codec.error is None)
+        if not self.active_streams:
+            return
+        self.active_streams = 0
+        if reusable and self.response_done and not self.tunnel and self.codec.error is None:
+            self.capacity = 1
+            self.idle_since = time.monotonic()
+            self.pool.on_stream_done(self)
+            return
+        self.pool.on_stream_done(self)  # capacity stays 0: it takes no other stream
+        self.connection.close(flush=False)
+
+    def reset(self) -> None:
+        """HTTP/1.1 cannot end one exchange alone: the connection closes."""
+        self.release(False)
 
     # -- connection callbacks ----------------------------------------------------------------------
     def on_connected(self) -> None:
         # Envoy's upstream_cx_connect_ms: connect start to the transport being connected.
         self.stats.upstream_cx_connect_ms.record((time.monotonic() - self.connect_started) * 1000.0)
+        self.idle_since = time.monotonic()
         self.pool.on_connected(self)
 
     def on_data(self, data: bytes) -> None:
@@ -157,17 +219,20 @@ class UpstreamHttpConnection(ConnectionCallbacks):
 
     def on_close(self, reason: str) -> None:
         prev = self.state
-        self.state = "CLOSED"
+        self.state = CLOSED
         # Envoy's upstream_cx_length_ms: the connection's life, from its connect to its close.
         self.stats.upstream_cx_length_ms.record((time.monotonic() - self.connect_started) * 1000.0)
         router = self.router
         self.router = None
-        self.pool.on_closed(self, prev, reason)
+        lost = self.active_streams
+        self.active_streams = 0
+        self.capacity = 0
+        self.pool.on_closed(self, prev, reason, lost)
         if router is not None:
             reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
             errno = self.connection.connect_errno
             transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
-            router.on_upstream_reset(reset_reason, flag, reused=self.requests > 1,
+            router.on_upstream_reset(reset_reason, flag, reused=self.total_streams > 1,
                                      transport_failure=transport)
 
     def on_above_write_watermark(self) -> None:

@@ -49,7 +49,7 @@ class RouterFilter:
         self.pool = None              # the host's pool for the route's priority (its `limits`)
         self.host = None
         self.pool_handle = None
-        self.upstream = None          # UpstreamHttpConnection while attached
+        self.upstream = None          # its UpstreamStream (codec/client_protocol.py) while attached
         self.buffered: list[bytes] | None = None  # request body waiting for a connection
         self.buffered_bytes = 0
         self.request_ended = False
@@ -179,7 +179,7 @@ class RouterFilter:
             return _TAKEN
         up = self.upstream
         if up is not None:
-            up.send_body(data)
+            up.send_data(data)
         elif self.host is not None:
             if self.buffered is None:
                 self.buffered = []
@@ -202,13 +202,13 @@ class RouterFilter:
         self.request_ended = True
         self.trailers = trailers
         if self.upstream is not None:
-            self.upstream.end_request(trailers)
+            self.upstream.end(trailers)
         self._start_timeout()
 
     def decode_eof(self) -> None:
         """Downstream half-closed an upgraded (tunnelled) stream: pass the FIN on."""
         if self.upstream is not None:
-            self.upstream.connection.shutdown_write()
+            self.upstream.shutdown_write()
 
     def _start_timeout(self) -> None:
         route = self.route
@@ -237,19 +237,20 @@ class RouterFilter:
         self.cluster.stats.upstream_rq_total.value += 1  # Envoy: a request sent upstream
         stream = self.stream
         stream.upstream_host = self.pool.host_str
-        stream.upstream_local_address = upstream.connection.local_address
+        stream.upstream_local_address = upstream.local_address
         self.upstream_start = stream.first_upstream_tx_monotonic = time.monotonic()
-        upstream.send_request(self, stream.head, self.chunked, stream.upgrade is not None)
+        end_now = self.request_ended and not self.buffered and self.trailers is None
+        upstream.send_headers(stream.head, end_now, stream.upgrade is not None)
         if self.buffered:
             for chunk in self.buffered:
-                upstream.send_body(chunk)
+                upstream.send_data(chunk)
             self.buffered = None
             self.buffered_bytes = 0
             if self.downstream_paused:
                 self.downstream_paused = False
                 stream.read_disable_downstream(False)
-        if self.request_ended and self.chunked:
-            upstream.end_request(self.trailers)  # the last chunk (and trailers)
+        if self.request_ended and not end_now:
+            upstream.end(self.trailers)  # the request's end (and trailers)
         if stream.downstream_above_high_watermark():
             self.on_downstream_watermark(True)
 
@@ -396,7 +397,7 @@ class RouterFilter:
         up = self.upstream
         if up is not None and self.upstream_paused != above:
             self.upstream_paused = above
-            up.connection.read_disable(above)
+            up.read_disable(above)
 
     def _charge_local(self, status: int) -> None:
         """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
@@ -418,7 +419,7 @@ class RouterFilter:
         if up is not None:
             if self.upstream_paused:
                 self.upstream_paused = False
-                up.connection.read_disable(False)
+                up.read_disable(False)
             up.release(reusable and not self.stream.upgraded)
         self._release_request_slot()
         if self.timeout_timer is not None:
@@ -432,7 +433,7 @@ class RouterFilter:
         up = self.upstream
         self.upstream = None
         if up is not None:
-            up.release(reusable=False)
+            up.reset()
         self._release_request_slot()
 
     def _release_request_slot(self) -> None:

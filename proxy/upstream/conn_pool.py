@@ -1,37 +1,59 @@
-"""Per-worker, per-host HTTP/1.1 connection pool.
+"""Per-worker, per-host upstream connection pool: it hands out streams, not connections.
 
 A pool's key (`PoolKey`) is what makes two upstream connections interchangeable: the host, the
-protocol (HTTP/1.1 today) and the transport socket factory's key (its options: raw_buffer
-today, TLS settings later); its connections get their transport sockets from that factory.
+protocol (its ALPN name) and the transport socket factory's key (its options: raw_buffer
+today, TLS settings later); its connections get their transport sockets from that factory. The
+protocol chooses the connection class (`CLIENT_CONNECTIONS`: HTTP/1.1 today; HTTP/2 and the
+tests' multiplexing codec register one more), each a `PoolConnection`
+(http/codec/client_protocol.py) that says how many more streams it may take (`capacity`).
 
-Bookkeeping only (httpcore's lesson): the pool keeps each upstream connection in one state
-list (connecting / ready / busy), a FIFO of pending requests, and decides which request
-gets which connection. Connections and routers do the I/O.
+Bookkeeping only (httpcore's lesson): the pool keeps each connection in one state (connecting
+/ ready: it may take a stream / busy: it takes none now), a FIFO of pending requests, and
+decides which request gets which connection: a ready one, most recently used first (the
+warmest); else a new connection, opened when the pending requests outnumber the streams the
+connections being connected will offer (each counts with its expected capacity); a connection
+that comes up takes up to its capacity of pending requests. Connections and routers do the I/O.
 Limits: `max_connections` and `max_pending_requests` are cluster-wide (the ResourceLimits of the
-pool's routing priority, shared by all workers); like Envoy, a pool with no connection at all may always open one, so one worker
-cannot be starved by the others.
+pool's routing priority, shared by all workers); like Envoy, a pool with no connection at all
+may always open one, so one worker cannot be starved by the others. A connection retires (takes
+no new stream, closes once idle) after `max_requests_per_connection` streams or when the pool
+drains; an idle one closes after the cluster's idle_timeout.
 Thread affinity: one worker. Must not: block.
 """
 
 from __future__ import annotations
 
 import os
-
 import time
 from collections import deque
 from typing import Hashable, NamedTuple
 
+from ..http.codec.client_protocol import BUSY, CLOSED, CONNECTING, READY, PoolConnection
 from ..http.codec_client import UpstreamHttpConnection
 from ..network.connection import CloseReason
 
-__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11"]
+__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "CLIENT_CONNECTIONS",
+           "register_client_connection"]
 
-HTTP11 = "http/1.1"  # the ALPN name of the one upstream protocol spoken today
+HTTP11 = "http/1.1"  # the ALPN name of the one upstream protocol the proxy speaks today
+
+# Protocol name -> PoolConnectionFactory (a PoolConnection class). Filled at import time (and
+# by tests before they start a worker); read-only once workers run.
+CLIENT_CONNECTIONS: dict[str, type] = {HTTP11: UpstreamHttpConnection}
+
+
+def register_client_connection(protocol: str, factory) -> None:
+    """Make pools whose key has `protocol` open `factory` connections. Call before workers
+    start; registering another factory under a taken name is an error."""
+    known = CLIENT_CONNECTIONS.get(protocol)
+    if known is not None and known is not factory:
+        raise ValueError(f"client connection for protocol {protocol!r} already registered")
+    CLIENT_CONNECTIONS[protocol] = factory
 
 
 class PoolKey(NamedTuple):
     host: tuple[str, int]      # Host.key: address, port
-    protocol: str              # HTTP11
+    protocol: str              # HTTP11, a key of CLIENT_CONNECTIONS
     transport: Hashable        # TransportSocketFactory.key
 
 
@@ -50,9 +72,10 @@ class PendingRequest:
 
 
 class HttpConnPool:
-    __slots__ = ("cluster", "host", "limits", "host_str", "address", "ready", "busy", "connecting", "pending",
-                 "draining", "active_requests", "idle_timer", "rq_total", "rq_success", "rq_error",
-                 "cx_total", "cx_connect_fail", "key", "transport_factory")
+    __slots__ = ("cluster", "host", "limits", "host_str", "address", "ready", "busy", "connecting",
+                 "connecting_capacity", "pending", "draining", "active_requests", "idle_timer",
+                 "rq_total", "rq_success", "rq_error", "cx_total", "cx_connect_fail", "key",
+                 "transport_factory", "connection_class")
 
     def __init__(self, cluster, host, limits, transport_factory, protocol: str = HTTP11) -> None:
         self.cluster = cluster            # WorkerCluster
@@ -60,11 +83,19 @@ class HttpConnPool:
         self.limits = limits              # the cluster's ResourceLimits for this pool's priority
         self.transport_factory = transport_factory
         self.key = PoolKey(host.key, protocol, transport_factory.key)
+        cls = CLIENT_CONNECTIONS.get(protocol)
+        if cls is None:
+            raise ValueError(f"no upstream client connection for protocol {protocol!r}")
+        self.connection_class = cls
         self.host_str = str(host)
         self.address = (host.address, host.port)
-        self.ready: list[UpstreamHttpConnection] = []
-        self.busy: set[UpstreamHttpConnection] = set()
-        self.connecting: set[UpstreamHttpConnection] = set()
+        # READY connections (they may take a stream), least recently used first: new_stream
+        # takes the last (warmest); the idle check closes expired ones.
+        self.ready: list[PoolConnection] = []
+        self.busy: set[PoolConnection] = set()         # connected, taking no stream now
+        # Connecting connections -> the streams each will offer (as counted when opened).
+        self.connecting: dict[PoolConnection, int] = {}
+        self.connecting_capacity = 0  # their sum
         self.pending: deque[PendingRequest] = deque()
         self.draining = False
         self.active_requests = 0
@@ -73,30 +104,40 @@ class HttpConnPool:
         # read (summed over workers) by the admin thread as plain int attributes.
         self.rq_total = self.rq_success = self.rq_error = self.cx_total = self.cx_connect_fail = 0
 
+    @property
+    def idle_timeout(self) -> float:
+        """Cluster idle_timeout (common_http_protocol_options.idle_timeout, default 1 h)."""
+        return self.cluster.config.idle_timeout
+
     # -- requests ------------------------------------------------------------------------------
     def new_stream(self, router, fresh: bool = False) -> PendingRequest | None:
-        """Attach `router` to a connection now (returns None) or queue it (returns a handle).
-        `fresh`: do not reuse an idle connection (a retry after a reused one failed)."""
+        """Give `router` a stream now (router.on_pool_ready(stream); returns None) or queue it
+        (returns a handle to cancel). `fresh`: do not reuse a connection that is already up
+        (a retry after a reused one failed)."""
         self.active_requests += 1
         self.rq_total += 1
         ready = self.ready
         while ready and not fresh:
-            conn = ready.pop()
-            if conn.connection.closed:
+            conn = ready[-1]
+            if not conn.capacity or conn.state != READY:  # (is_available(), without a call)
+                # Not expected (on_capacity_changed and on_closed take such a one out): mend.
+                ready.pop()
+                if conn.state == READY:
+                    conn.state = BUSY
+                    self.busy.add(conn)
                 continue
-            conn.state = "BUSY"
-            self.busy.add(conn)
-            router.on_pool_ready(conn)
+            # _attach, inlined: this is every request's path.
+            stream = conn.new_stream(router)
+            max_rq = self.cluster.config.max_requests_per_connection
+            if not conn.capacity or (max_rq and conn.total_streams >= max_rq):
+                ready.pop()  # (it was the last)
+                conn.state = BUSY
+                self.busy.add(conn)
+            router.on_pool_ready(stream)
             return None
         limits = self.limits
         stats = self.cluster.stats
-        if len(self.connecting) < len(self.pending) + 1:
-            if limits.try_acquire_connection():
-                self._open(holds_slot=True)
-            elif not (self.busy or self.connecting):
-                self._open(holds_slot=False)
-            else:
-                stats.upstream_cx_overflow.value += 1
+        self._open_for(len(self.pending) + 1)
         if not limits.try_acquire_pending():
             stats.upstream_rq_pending_overflow.value += 1
             self.active_requests -= 1
@@ -107,6 +148,16 @@ class HttpConnPool:
         p = PendingRequest(self, router)
         self.pending.append(p)
         return p
+
+    def _open_for(self, demand: int) -> None:
+        """Open a connection if `demand` streams exceed what the connecting ones will offer."""
+        if self.connecting_capacity < demand:
+            if self.limits.try_acquire_connection():
+                self._open(holds_slot=True)
+            elif not (self.busy or self.connecting):
+                self._open(holds_slot=False)
+            else:
+                self.cluster.stats.upstream_cx_overflow.value += 1
 
     def _cancel(self, p: PendingRequest) -> None:
         try:
@@ -120,52 +171,132 @@ class HttpConnPool:
         self.limits.release_pending()
         self.cluster.stats.upstream_rq_pending_active.value -= 1
 
-    def _attach(self, conn: UpstreamHttpConnection, router) -> None:
-        conn.state = "BUSY"
+    def _attach(self, conn: PoolConnection, router) -> None:
+        """Take a stream of `conn` (available, READY or BUSY) for `router`. The connection is
+        put where it belongs before the router hears of it (the router may re-enter)."""
+        stream = conn.new_stream(router)
+        if not conn.capacity or self._exhausted(conn):
+            self._set_busy(conn)
+        router.on_pool_ready(stream)
+
+    def _set_busy(self, conn: PoolConnection) -> None:
+        if conn.state == READY:
+            ready = self.ready
+            if ready and ready[-1] is conn:
+                ready.pop()
+            else:
+                ready.remove(conn)
+        conn.state = BUSY
         self.busy.add(conn)
-        router.on_pool_ready(conn)
+
+    def _set_ready(self, conn: PoolConnection) -> None:
+        """Most recently used: last in `ready`."""
+        ready = self.ready
+        if conn.state == READY:
+            if ready[-1] is conn:
+                return
+            ready.remove(conn)
+        else:
+            self.busy.discard(conn)
+            conn.state = READY
+        ready.append(conn)
+
+    def _exhausted(self, conn: PoolConnection) -> bool:
+        """It was handed the cluster's max_requests_per_connection streams."""
+        max_rq = self.cluster.config.max_requests_per_connection
+        return bool(max_rq and conn.total_streams >= max_rq)
+
+    def _retired(self, conn: PoolConnection) -> bool:
+        """Takes no new stream (closes once idle): the pool drains, or it is exhausted."""
+        return self.draining or self._exhausted(conn)
 
     def _open(self, holds_slot: bool) -> None:
         c = self.cluster
+        cls = self.connection_class
         self.cx_total += 1
         c.stats.upstream_cx_total.value += 1
-        c.stats.upstream_cx_http1_total.value += 1  # the pool's protocol (PoolKey): HTTP/1.1
+        if cls.cx_total_stat is not None:  # upstream_cx_http1_total: the pool's protocol
+            getattr(c.stats, cls.cx_total_stat).value += 1
         c.stats.upstream_cx_active.value += 1
-        conn = UpstreamHttpConnection(self, c.worker.dispatcher, self.address, c.config.connect_timeout,
-                                      c.buffer_limit, c.codec_impl, c.worker.next_connection_id(),
-                                      self.transport_factory)
+        conn = cls(self, c.worker.dispatcher, self.address, c.config.connect_timeout,
+                   c.buffer_limit, c.codec_impl, c.worker.next_connection_id(),
+                   self.transport_factory)
         conn.holds_slot = holds_slot
-        self.connecting.add(conn)
+        # (Even a connect refused at once reports it later, on the loop.)
+        offer = self.connecting[conn] = self._offer(conn)
+        self.connecting_capacity += offer
 
-    # -- connection events ---------------------------------------------------------------------
-    def on_connected(self, conn: UpstreamHttpConnection) -> None:
-        self.connecting.discard(conn)
-        conn.state = "READY"
-        self._assign_or_idle(conn)
-
-    def on_release(self, conn: UpstreamHttpConnection, reusable: bool) -> None:
-        self.active_requests -= 1
-        self.busy.discard(conn)
+    def _offer(self, conn: PoolConnection) -> int:
+        """The streams a connecting connection will take: its capacity, or fewer when
+        max_requests_per_connection is lower."""
         max_rq = self.cluster.config.max_requests_per_connection
-        if not reusable or self.draining or conn.connection.closed or (max_rq and conn.requests >= max_rq):
-            conn.connection.close(flush=False)
-            return
-        conn.state = "READY"
+        return min(conn.capacity, max_rq) if max_rq else conn.capacity
+
+    # -- connection events (PoolCallbacks) ------------------------------------------------------
+    def on_connected(self, conn: PoolConnection) -> None:
+        self.connecting_capacity -= self.connecting.pop(conn)
+        conn.state = BUSY
+        self.busy.add(conn)
         self._assign_or_idle(conn)
 
-    def _assign_or_idle(self, conn: UpstreamHttpConnection) -> None:
-        while self.pending:
-            p = self.pending.popleft()
-            if p.cancelled:
-                continue
-            p.cancelled = True
-            self._pending_done()
-            self._attach(conn, p.router)
+    def on_stream_done(self, conn: PoolConnection) -> None:
+        self.active_requests -= 1
+        state = conn.state
+        if state == CLOSED:
             return
-        # `ready` is oldest-idle first: new_stream reuses the most recent (warmest) one from
-        # the end, and the idle check closes expired ones from the front.
-        conn.idle_since = time.monotonic()
+        config = self.cluster.config
+        if (state != BUSY or not conn.capacity or self.pending or self.draining
+                or config.max_requests_per_connection):
+            self._assign_or_idle(conn)
+            return
+        # The usual: a connection back with nothing waiting for it (every HTTP/1.1 request's
+        # path): the most recently used ready connection.
+        self.busy.discard(conn)
+        conn.state = READY
         self.ready.append(conn)
+        if not conn.active_streams and config.idle_timeout:
+            timer = self.idle_timer
+            if timer is None or timer.deadline is None:
+                self._arm_idle_timer()
+
+    def on_capacity_changed(self, conn: PoolConnection) -> None:
+        if conn.state == READY and not conn.is_available():
+            self._set_busy(conn)
+        elif conn.state == BUSY and not self._retired(conn):
+            self._assign_or_idle(conn)
+        if self.pending and not conn.is_available():
+            self._open_for(len(self.pending))  # it took fewer than it was counted for
+
+    def _assign_or_idle(self, conn: PoolConnection) -> None:
+        """A connected connection that may have capacity: give it pending requests, then put
+        it where it belongs."""
+        pending = self.pending
+        if pending:
+            # (Pending requests are served even while the pool drains: nothing else will.)
+            while pending and conn.is_available() and not self._exhausted(conn):
+                p = pending.popleft()
+                if p.cancelled:
+                    continue
+                p.cancelled = True
+                self._pending_done()
+                self._attach(conn, p.router)
+            if conn.state == CLOSED:
+                return
+        if self._retired(conn):
+            if conn.is_idle():
+                conn.close()
+            elif conn.state == READY:
+                self._set_busy(conn)
+            return
+        if not conn.is_available():
+            if conn.state == READY:
+                self._set_busy(conn)
+            return
+        self._set_ready(conn)
+        if conn.is_idle():
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
         timeout = self.cluster.config.idle_timeout
         if timeout and (self.idle_timer is None or self.idle_timer.deadline is None):
             if self.idle_timer is None:
@@ -173,30 +304,30 @@ class HttpConnPool:
             self.idle_timer.enable(timeout)
 
     def _close_idle(self) -> None:
-        """Cluster idle_timeout (common_http_protocol_options.idle_timeout, default 1 h)."""
+        """Cluster idle_timeout (common_http_protocol_options.idle_timeout, default 1 h):
+        close the ready connections that have had no stream for that long."""
         timeout = self.cluster.config.idle_timeout
         now = time.monotonic()
-        while self.ready and now - self.ready[0].idle_since >= timeout:
-            conn = self.ready.pop(0)
+        for conn in [c for c in self.ready if c.has_expired(now)]:
             self.cluster.stats.upstream_cx_idle_timeout.value += 1
-            conn.connection.close(flush=False)
-        if self.ready:
-            self.idle_timer.enable(self.ready[0].idle_since + timeout - now)
+            conn.close()
+        idle = [c.idle_since for c in self.ready if c.is_idle()]
+        if idle and timeout:
+            self.idle_timer.enable(max(0.0, min(idle) + timeout - now))
 
-    def on_closed(self, conn: UpstreamHttpConnection, prev_state: str, reason: str) -> None:
+    def on_closed(self, conn: PoolConnection, prev_state: str, reason: str, lost: int) -> None:
         c = self.cluster
         c.stats.upstream_cx_active.value -= 1
         c.stats.upstream_cx_destroy.value += 1
         if conn.holds_slot:
             conn.holds_slot = False
             self.limits.release_connection()
-        self.connecting.discard(conn)
-        if conn in self.busy:
-            self.busy.discard(conn)
-            self.active_requests -= 1  # its request ended with the connection (no release)
-        if conn in self.ready:
+        self.connecting_capacity -= self.connecting.pop(conn, 0)
+        self.busy.discard(conn)
+        if prev_state == READY and conn in self.ready:
             self.ready.remove(conn)
-        if prev_state == "CONNECTING":
+        self.active_requests -= lost  # streams that ended with the connection (no release)
+        if prev_state == CONNECTING:
             if reason == CloseReason.CONNECT_TIMEOUT:
                 c.stats.upstream_cx_connect_timeout.value += 1
             c.stats.upstream_cx_connect_fail.value += 1
@@ -208,7 +339,7 @@ class HttpConnPool:
             errno = conn.connection.connect_errno
             transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
             # Fail pending requests that no remaining connection attempt will serve.
-            while self.pending and len(self.pending) > len(self.connecting):
+            while self.pending and len(self.pending) > self.connecting_capacity:
                 p = self.pending.popleft()
                 if p.cancelled:
                     continue
@@ -220,12 +351,15 @@ class HttpConnPool:
             self._open(holds_slot=self.limits.try_acquire_connection())
 
     def drain(self) -> None:
-        """Close idle connections; busy ones close when released."""
+        """Close idle connections; the others close when their last stream ends."""
         self.draining = True
         if self.idle_timer is not None:
             self.idle_timer.disable()
         for conn in list(self.ready):
-            conn.connection.close(flush=False)
+            if conn.is_idle():
+                conn.close()
+            else:
+                self._set_busy(conn)
 
     @property
     def cx_active(self) -> int:

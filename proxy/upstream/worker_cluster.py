@@ -16,7 +16,14 @@ from ..network.transport_socket import upstream_transport_factory
 from .conn_pool import HTTP11, HttpConnPool, PoolKey
 from .load_balancer import create_load_balancer
 
-__all__ = ["WorkerCluster", "ClusterStats"]
+__all__ = ["WorkerCluster", "ClusterStats", "upstream_protocol"]
+
+
+def upstream_protocol(config) -> str:
+    """The protocol a cluster's pools speak (their PoolKey's, naming the client connection
+    class in conn_pool.CLIENT_CONNECTIONS): HTTP/1.1 today. HTTP/2 is chosen here from the
+    cluster's protocol options (or ALPN) when it comes; tests patch in their own."""
+    return HTTP11
 
 _COUNTERS = (
     "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_overflow",
@@ -93,13 +100,15 @@ class WorkerCluster:
         # or, better, once on main in the snapshot.
         self.transport_factory = tf = upstream_transport_factory(snapshot.config)
         self.transport_key = tf.key
+        self.protocol = protocol = upstream_protocol(snapshot.config)
         self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)
         # choose_host(): a host from the load balancer; in panic (see host.lb_hosts) each pick
         # is counted, as Envoy does. Bound per snapshot: no wrapper frame per request.
         self.choose_host = self._choose_in_panic if self.panic else self.lb.choose
         keep = {h.key for h in snapshot.hosts}
         for pools in (self.pools, self.high_pools):
-            for key in [k for k in pools if k.host not in keep or k.transport != tf.key]:
+            for key in [k for k in pools if k.host not in keep or k.transport != tf.key
+                        or k.protocol != protocol]:
                 pools.pop(key).drain()
 
     def host_pools(self, key: tuple[str, int]) -> list[HttpConnPool]:
@@ -110,7 +119,7 @@ class WorkerCluster:
 
     def _active_requests(self, host) -> int:
         """For LEAST_REQUEST, per pick: the host's requests over both priorities' pools."""
-        key = (host.key, HTTP11, self.transport_key)
+        key = (host.key, self.protocol, self.transport_key)
         pool, high = self.pools.get(key), self.high_pools.get(key)
         return ((pool.active_requests if pool is not None else 0)
                 + (high.active_requests if high is not None else 0))
@@ -121,10 +130,10 @@ class WorkerCluster:
 
     def pool_for(self, host, high_priority: bool = False) -> HttpConnPool:
         pools = self.high_pools if high_priority else self.pools
-        pool = pools.get((host.key, HTTP11, self.transport_key))  # equal to the PoolKey
+        pool = pools.get((host.key, self.protocol, self.transport_key))  # equal to the PoolKey
         if pool is None:
             limits = self.high_limits if high_priority else self.limits
-            pool = HttpConnPool(self, host, limits, self.transport_factory, HTTP11)
+            pool = HttpConnPool(self, host, limits, self.transport_factory, self.protocol)
             pools[pool.key] = pool
         return pool
 

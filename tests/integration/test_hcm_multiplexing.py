@@ -189,3 +189,63 @@ def test_a_local_reply_on_one_stream_leaves_the_others_streaming(codecs, proxy_f
         assert json.loads(peer.result(1).body)["body_len"] == 9
     finally:
         peer.close()
+
+
+# -- multiplexed on both sides: the HCM, the router and the pool, none HTTP/1-shaped ----------
+
+@pytest.fixture
+def mux_upstream(monkeypatch):
+    from proxy.upstream import worker_cluster
+    from tests.mux.backend import MuxBackend
+    from tests.mux.client_codec import register
+    protocol = register()
+    monkeypatch.setattr(worker_cluster, "upstream_protocol", lambda config: protocol)
+    backend = MuxBackend()
+    yield backend
+    backend.close()
+
+
+def test_streams_multiplexed_downstream_and_upstream_through_the_proxy(
+        codecs, proxy_factory, mux_upstream):
+    p = _proxy(proxy_factory, mux_upstream.port)
+    peer = MuxPeer(p.port)
+    try:
+        peer.request(1, b"GET", b"/stream?chunks=3&ms=40")
+        peer.request(3, b"GET", b"/stream?chunks=3&ms=40")
+        peer.request(5, b"POST", b"/echo", end=False)
+        peer.data(5, b"echoed ")
+        peer.data(5, b"body", end=True)
+        peer.wait_ended(1, 3, 5)
+        assert peer.result(1).body == b"/stream?chunks=3&ms=40#0;/stream?chunks=3&ms=40#1;" \
+                                      b"/stream?chunks=3&ms=40#2;"
+        assert peer.result(3).body == peer.result(1).body
+        assert peer.result(5).status == 200 and peer.result(5).body == b"echoed body"
+        # One downstream connection, one upstream connection, streams open side by side.
+        assert len(codecs) == 1
+        assert mux_upstream.connection_count() == 1
+        with mux_upstream.lock:
+            assert mux_upstream.connections[0].max_open >= 2
+            assert len(mux_upstream.streams) == 3
+    finally:
+        peer.close()
+
+
+def test_an_upstream_stream_reset_fails_one_downstream_stream_only(
+        codecs, proxy_factory, mux_upstream):
+    p = _proxy(proxy_factory, mux_upstream.port)
+    peer = MuxPeer(p.port)
+    try:
+        peer.request(1, b"GET", b"/slow?ms=300")
+        peer.request(3, b"GET", b"/reset")
+        peer.wait_ended(3)
+        reset = peer.result(3)
+        assert reset.status == 503 and b"reset before headers" in reset.body
+        assert not peer.result(1).ended  # the slow one is still in flight
+        peer.wait_ended(1)
+        assert peer.result(1).status == 200 and peer.result(1).body == b"slow"
+        assert mux_upstream.connection_count() == 1  # the reset did not cost the connection
+        c = p.counters()
+        assert c["cluster.c1.upstream_rq_rx_reset"] == 1
+        assert c["cluster.c1.upstream_cx_total"] == 1
+    finally:
+        peer.close()

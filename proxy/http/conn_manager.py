@@ -365,8 +365,7 @@ class ConnectionManager(ConnectionCallbacks):
         if not stream.response_code_details:
             stream.response_code_details = "downstream_remote_reset"
         self._finish_stream(stream)
-        self.codec.stream_ended(stream_id)
-        self._after_stream()
+        self.stream_done(stream)
 
     def on_codec_error(self, stream_id: int | None, e: CodecError) -> None:
         self.stats.downstream_cx_protocol_error.value += 1
@@ -470,11 +469,10 @@ class ConnectionManager(ConnectionCallbacks):
         return False
 
     def stream_done(self, stream: ActiveStream) -> None:
-        """The response is complete: log, then the connection goes on (or closes, when the
-        codec says it must)."""
-        if stream.state >= CLOSED:
-            return
-        self._finish_stream(stream)
+        """The stream ended: its response is complete (then it is logged here), or it was
+        reset (finished already). The codec says whether the connection goes on."""
+        if stream.state < CLOSED:
+            self._finish_stream(stream)
         if self.codec.stream_ended(stream.stream_id) or stream.state & UPGRADED:
             if stream.state & REQUEST_COMPLETE:
                 self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
@@ -482,20 +480,6 @@ class ConnectionManager(ConnectionCallbacks):
                 # The response finished before the request did: its rest is never read.
                 self.connection.close(flush=True)
             return
-        self._after_stream()
-
-    def reset_stream(self, stream: ActiveStream) -> None:
-        """Abort one stream: the codec resets it on the wire, or (HTTP/1.1) the connection
-        closes."""
-        self._finish_stream(stream)
-        if not self.codec.reset_stream(stream.stream_id):
-            self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
-            return
-        self.codec.stream_ended(stream.stream_id)
-        self._after_stream()
-
-    def _after_stream(self) -> None:
-        """A stream ended and the connection goes on."""
         if self.streams:
             return
         timer = self.idle_timer
@@ -509,6 +493,15 @@ class ConnectionManager(ConnectionCallbacks):
             self.resume_codec()  # the next pipelined request, from the event loop
         elif codec.head_in_progress and not self.connection.closed:
             self._head_began()  # the next request's head began behind this one: time it from now
+
+    def reset_stream(self, stream: ActiveStream) -> None:
+        """Abort one stream: the codec resets it on the wire, or (HTTP/1.1) the connection
+        closes."""
+        self._finish_stream(stream)
+        if not self.codec.reset_stream(stream.stream_id):
+            self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
+            return
+        self.stream_done(stream)
 
     def _finish_stream(self, stream: ActiveStream) -> None:
         stream.state |= CLOSED

@@ -25,6 +25,7 @@ from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
 from .local_reply import local_reply_head, reset_body
+from .stream_state import UPGRADED
 
 __all__ = ["RouterFilter", "RouterFactory"]
 
@@ -420,7 +421,7 @@ class RouterFilter:
             if self.upstream_paused:
                 self.upstream_paused = False
                 up.read_disable(False)
-            up.release(reusable and not self.stream.upgraded)
+            up.release(reusable and not self.stream.state & UPGRADED)
         self._release_request_slot()
         if self.timeout_timer is not None:
             self.timeout_timer.disable()

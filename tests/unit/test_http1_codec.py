@@ -521,3 +521,20 @@ def test_response_head_over_limit_is_502(impl):
 def test_unknown_impl_is_refused():
     with pytest.raises(ValueError):
         make_server_codec("nope")
+
+
+@pytest.mark.parametrize("status, method, version, fields, body", [
+    (200, b"GET", b"1.1", [(b"content-length", b"5")], b"hello"),
+    (200, b"GET", b"1.1", [], b"chunk me"),          # no length: chunked
+    (200, b"GET", b"1.1", [], b""),                  # chunked, empty
+    (200, b"HEAD", b"1.1", [(b"content-length", b"5")], b""),
+    (204, b"GET", b"1.1", [], b""),
+    (200, b"GET", b"1.0", [], b"close-delimited"),
+])
+def test_a_whole_response_is_its_head_body_and_end(impl, status, method, version, fields, body):
+    one, parts = server(impl), server(impl)
+    whole = one.encode_whole_response(status, list(fields), method, version, True, body)
+    piecewise = parts.encode_response_head(status, None, list(fields), method, version, True)
+    piecewise += parts.encode_body(body) + parts.encode_end()
+    assert whole == piecewise
+    assert one.response_must_close == parts.response_must_close

@@ -149,6 +149,21 @@ class ResponseEncoding:
                 self._state = OPEN if self._keep_alive else CLOSED
         return b"\r\n".join(parts)
 
+    def encode_whole_response(self, status: int, headers: list[tuple[bytes, bytes]],
+                              request_method: bytes, request_version: bytes, keep_alive: bool,
+                              body: bytes) -> bytes:
+        """Head, body and end of a whole response in one piece: what encode_response_head,
+        encode_body and encode_end give one after the other (the usual proxied response)."""
+        data = self.encode_response_head(status, None, headers, request_method, request_version,
+                                         keep_alive)
+        mode = self._resp_body
+        if mode == _BODY_AS_IS:
+            return data + body if body else data
+        if mode == _BODY_CHUNKED:
+            self._resp_body = _BODY_AS_IS
+            return data + (_chunk(body) if body else b"") + _last_chunk(None)
+        return data  # no body allowed (HEAD, 204, 304)
+
     def encode_continue(self) -> bytes:
         """The interim `100 Continue` answering `expect: 100-continue` (no fields, as Envoy)."""
         return _CONTINUE_100

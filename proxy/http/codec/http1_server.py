@@ -60,6 +60,13 @@ class Http1ServerCodec:
         if self.holding:
             if not (self._held and isinstance(self._held[-1], CodecError)):
                 self._held += events
+        elif len(events) == 2 and events[1] is END_OF_MESSAGE and not self._current \
+                and type(events[0]) is RequestHeaders:
+            ev = events[0]  # the usual feed: one whole request
+            if not ev.content_length and not ev.chunked and ev.upgrade is None:
+                self._open(ev, True)  # (no body: its end is its head's)
+            else:
+                self._deliver(events)
         elif events:
             self._deliver(events)
 
@@ -82,12 +89,6 @@ class Http1ServerCodec:
             self._deliver(events)
 
     def _deliver(self, events: list) -> None:
-        if len(events) == 2 and events[1] is END_OF_MESSAGE and not self._current:
-            ev = events[0]  # the usual feed: one whole request, no body
-            if type(ev) is RequestHeaders and not ev.content_length and not ev.chunked \
-                    and ev.upgrade is None:
-                self._open(ev, True)
-                return
         cb = self.callbacks
         i = 0
         for ev in events:
@@ -161,16 +162,13 @@ class Http1ServerCodec:
         self.transport.write(data)
 
     def encode_response(self, stream_id: int, status: int, headers, body: bytes) -> None:
-        parser = self.parser
-        if stream_id != self._current:
-            data = parser.encode_response_head(status, None, headers, b"", b"1.1", False)
+        if stream_id != self._current:  # a reply to a request whose head never parsed
+            data = self.parser.encode_whole_response(status, headers, b"", b"1.1", False, body)
         else:
-            data = parser.encode_response_head(status, None, headers, self._method,
-                                               self._version,
-                                               self._keep_alive and not self._going_away)
-        if body:
-            data += parser.encode_body(body)
-        self.transport.write(data + parser.encode_end(None))
+            data = self.parser.encode_whole_response(status, headers, self._method, self._version,
+                                                     self._keep_alive and not self._going_away,
+                                                     body)
+        self.transport.write(data)
 
     def encode_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         parser = self.parser

@@ -107,7 +107,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
             chunked = headers.has(b"transfer-encoding") or (
                 not upgrade and not headers.has(b"content-length"))
         data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
-                                              chunked, head.authority)
+                                              chunked, head.authority, end_stream)
         self.stats.upstream_cx_tx_bytes_total.value += len(data)
         self.connection.write(data)
 

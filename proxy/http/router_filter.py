@@ -117,7 +117,9 @@ class RouterFilter:
         self.host = host
         pool = self.pool = cluster.pool_for(host, action.high_priority)
         if not pool.limits.try_acquire_request():
-            cstats.upstream_rq_pending_overflow.value += 1
+            # max_requests (Envoy counts it when the request would be attached to a
+            # connection; ftproxy refuses before opening one, see README).
+            cstats.upstream_rq_active_overflow.value += 1
             self._reset_reply(503, "overflow", "UO")
             return
         self.holds_request_slot = True

@@ -135,14 +135,13 @@ class HttpConnPool:
                 self.busy.add(conn)
             router.on_pool_ready(stream)
             return None
-        limits = self.limits
         stats = self.cluster.stats
-        self._open_for(len(self.pending) + 1)
-        if not limits.try_acquire_pending():
+        if not self.limits.try_acquire_pending():  # before connecting, as Envoy's pool
             stats.upstream_rq_pending_overflow.value += 1
             self.active_requests -= 1
             router.on_pool_failure("overflow", "UO")
             return None
+        self._open_for(len(self.pending) + 1)
         stats.upstream_rq_pending_total.value += 1
         stats.upstream_rq_pending_active.value += 1
         p = PendingRequest(self, router)

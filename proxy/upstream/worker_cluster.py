@@ -29,7 +29,7 @@ _COUNTERS = (
     "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_overflow",
     "upstream_cx_destroy", "upstream_cx_none_healthy", "upstream_cx_idle_timeout", "upstream_cx_rx_bytes_total",
     "upstream_cx_tx_bytes_total", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
-    "upstream_rq_pending_overflow", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
+    "upstream_rq_pending_overflow", "upstream_rq_active_overflow", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
     "upstream_rq_cancelled", "upstream_rq_retry", "upstream_rq_retry_overflow", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
     "upstream_rq_5xx", "lb_healthy_panic",
 )

@@ -129,7 +129,7 @@ def test_circuit_breaker_max_requests_overflow_gives_503_uo(env):
         assert p.wait_for(lambda: p.gauges().get("cluster.limited.upstream_rq_active") == 1)
         r = request(p.port, "/limited/second")
         assert r.status == 503
-        assert p.counters()["cluster.limited.upstream_rq_pending_overflow"] == 1
+        assert p.counters()["cluster.limited.upstream_rq_active_overflow"] == 1  # Envoy's name for max_requests
         _wait_logged(p, log_path, "/limited/second 503 UO")
     finally:
         t.join(5)

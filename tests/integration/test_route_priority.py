@@ -59,11 +59,11 @@ def test_high_priority_route_passes_while_default_limit_is_full(env):
 
 def test_default_route_passes_while_high_limit_is_full(env):
     p = env
-    overflow = p.counters().get("cluster.prio.upstream_rq_pending_overflow", 0)
+    overflow = p.counters().get("cluster.prio.upstream_rq_active_overflow", 0)
     threads, held = _hold(p, "/high/delay/1.5", 2)
     try:
         assert request(p.port, "/high/third").status == 503    # HIGH max_requests 2: UO
-        assert p.counters()["cluster.prio.upstream_rq_pending_overflow"] == overflow + 1
+        assert p.counters()["cluster.prio.upstream_rq_active_overflow"] == overflow + 1
         assert request(p.port, "/low/other").status == 200
         assert p.wait_for(lambda: p.gauges().get("cluster.prio.circuit_breakers.high.rq_open") == 1)
         assert p.gauges()["cluster.prio.circuit_breakers.high.remaining_rq"] == 0

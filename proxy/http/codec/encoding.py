@@ -181,6 +181,11 @@ class ResponseEncoding:
         return b""
 
 
+# Methods whose bodyless requests Envoy's HTTP/1 codec sends without `content-length: 0`
+# (observed on Envoy 1.40: OPTIONS, POST, PUT, PATCH get one).
+_NO_LENGTH_WHEN_BODYLESS = frozenset({b"GET", b"HEAD", b"DELETE", b"TRACE", b"CONNECT"})
+
+
 class RequestEncoding:
     """Mixin for client codecs: request heads and bodies. Needs slots `_req_chunked`,
     `error` (the CodecError of bytes from the peer that poisoned this connection, or None:
@@ -194,9 +199,10 @@ class RequestEncoding:
 
     def encode_request_head(self, method: bytes, target: bytes,
                             headers: list[tuple[bytes, bytes]], chunked: bool,
-                            authority: bytes | None = None) -> bytes:
+                            authority: bytes | None = None, end_stream: bool = False) -> bytes:
         """`authority`, when given, is sent as the first field (`host`) and any `host` in
-        `headers` is left out."""
+        `headers` is left out. `end_stream`: the request has no body; as Envoy's codec, a
+        method that may carry one then says `content-length: 0` unless a length is given."""
         parts = [method + b" " + target + b" HTTP/1.1"]
         skip = _REQUEST_FRAMING_FIELDS
         if authority is not None:
@@ -209,6 +215,12 @@ class RequestEncoding:
             parts.append(_field_line(field))
         if chunked:
             parts.append(b"transfer-encoding: chunked")
+        elif end_stream and method not in _NO_LENGTH_WHEN_BODYLESS:
+            for field in headers:
+                if field[0] == b"content-length":
+                    break
+            else:
+                parts.append(b"content-length: 0")
         parts += _END
         if self.error is not None:
             raise self.error

@@ -400,7 +400,8 @@ def _route_cluster_refs(rc: Mapping[str, Any], path: str) -> Iterator[tuple[str,
 
 
 def _as_list(v: Any) -> list[Any]:
-    return v if isinstance(v, list) else []
+    """A list field's items (one value where the list is counts as a list of it)."""
+    return v if isinstance(v, list) else [] if v is None else [v]
 
 
 # The admin server does not write access logs yet. Envoy's examples commonly send them to

@@ -294,15 +294,20 @@ class Fields:
         return v
 
     def list(self, key: str, required: bool = False, min_items: int = 0) -> list[tuple[Any, str]]:
-        """Items of a list field as (value, path) pairs."""
+        """Items of a list field as (value, path) pairs. A single value where the list is
+        stands for a list of that one item, as Envoy's protobuf JSON parser takes it
+        (`domains: "*"`, a `routes` object, ...)."""
         v = self.value(key, required=required)
+        base = self.at(key)
         if v is None:
             v = []
-        if not isinstance(v, list):
-            raise ConfigError(self.at(key), f"expected a list, got {_type_name(v)}")
+        elif not isinstance(v, list):
+            v = [v]
+            if min_items > 1:
+                raise ConfigError(base, f"must have at least {min_items} item(s)")
+            return [(v[0], base)]
         if len(v) < min_items:
-            raise ConfigError(self.at(key), f"must have at least {min_items} item(s)")
-        base = self.at(key)
+            raise ConfigError(base, f"must have at least {min_items} item(s)")
         return [(item, index(base, i)) for i, item in enumerate(v)]
 
     def objs(self, key: str, allowed: Iterable[str], required: bool = False,

@@ -43,7 +43,7 @@ class ConnectionManager(ConnectionCallbacks):
 
     __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "connection", "on_closed",
                  "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
-                 "idle_since", "head_started")
+                 "idle_since", "head_started", "protocol_stats")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed) -> None:
@@ -66,11 +66,11 @@ class ConnectionManager(ConnectionCallbacks):
         # Monotonic time of the first byte of a request head still in progress, with no
         # stream yet (None otherwise): the request's timers run from there (`_head_began`).
         self.head_started: float | None = None
+        # The codec protocol's (cx total, cx active, rq total) stats, once the codec is made.
+        self.protocol_stats = None
         st = self.stats
         st.downstream_cx_total.value += 1
-        st.downstream_cx_http1_total.value += 1
         st.downstream_cx_active.value += 1
-        st.downstream_cx_http1_active.value += 1
         # A client's FIN aborts its requests, also when it waits behind pipelined requests
         # we are not reading (on_early_close).
         self.connection.set_detect_early_close(True)
@@ -250,11 +250,19 @@ class ConnectionManager(ConnectionCallbacks):
         self.stats.downstream_cx_rx_bytes_total.value += len(data)
         codec = self.codec
         if codec is None:
-            codec = self.codec = self.ctx.codec_factory(data, self.connection, self)
+            codec = self._make_codec(data)
         codec.dispatch(data)
         if codec.head_in_progress and not self.streams and self.head_started is None \
                 and not self.connection.closed:
             self._head_began()
+
+    def _make_codec(self, first_bytes: bytes):
+        codec = self.codec = self.ctx.codec_factory(first_bytes, self.connection, self)
+        ps = self.protocol_stats = self.stats.by_protocol.get(codec.protocol)
+        if ps is not None:
+            ps[0].value += 1
+            ps[1].value += 1
+        return codec
 
     def resume_codec(self) -> None:
         """The codec may hold input behind a stream (the next pipelined request, bytes after an
@@ -306,7 +314,8 @@ class ConnectionManager(ConnectionCallbacks):
     def on_close(self, reason: str) -> None:
         st = self.stats
         st.downstream_cx_active.value -= 1
-        st.downstream_cx_http1_active.value -= 1
+        if self.protocol_stats is not None:
+            self.protocol_stats[1].value -= 1
         st.downstream_cx_destroy.value += 1
         if reason == CloseReason.REMOTE:
             st.downstream_cx_destroy_remote.value += 1
@@ -392,7 +401,9 @@ class ConnectionManager(ConnectionCallbacks):
         ctx = self.ctx
         st = self.stats
         st.downstream_rq_total.value += 1
-        st.downstream_rq_http1_total.value += 1
+        ps = self.protocol_stats
+        if ps is not None:
+            ps[2].value += 1
         st.downstream_rq_active.value += 1
         self.requests += 1
         headers = Headers.adopt(ev.headers)

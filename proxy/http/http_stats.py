@@ -26,7 +26,7 @@ _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_
 
 class HcmStats:
     __slots__ = _COUNTERS + _GAUGES + ("rq_class", "downstream_rq_time", "downstream_cx_length_ms",
-                                       "listener_rq")
+                                       "listener_rq", "by_protocol")
 
     def __init__(self, store, stat_prefix: str, listener_stat_prefix: str | None = None) -> None:
         scope = store.scope(f"http.{stat_prefix}")
@@ -47,3 +47,9 @@ class HcmStats:
                 "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx",
                 "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx"))
         self.downstream_cx_length_ms = scope.histogram("downstream_cx_length_ms", "ms")
+        # A codec's protocol (ServerCodec.protocol) -> its (connections total, connections
+        # active, requests total), counted once the first bytes made the codec (as Envoy:
+        # a connection that sends nothing is no HTTP/1 connection). HTTP/2 adds its entry.
+        self.by_protocol = {"HTTP/1.1": (self.downstream_cx_http1_total,
+                                         self.downstream_cx_http1_active,
+                                         self.downstream_rq_http1_total)}

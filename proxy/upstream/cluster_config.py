@@ -312,7 +312,7 @@ def parse_clusters(items: Any, path: str) -> tuple[ClusterConfig, ...]:
     if items is None:
         return ()
     if not isinstance(items, list):
-        raise ConfigError(path, "expected a list")
+        items = [items]  # one cluster where the list is: a list of it, as Envoy reads it
     out: list[ClusterConfig] = []
     seen: set[str] = set()
     for i, item in enumerate(items):

@@ -249,3 +249,38 @@ def test_an_upstream_stream_reset_fails_one_downstream_stream_only(
         assert c["cluster.c1.upstream_cx_total"] == 1
     finally:
         peer.close()
+
+
+def test_the_codec_and_its_protocol_stats_come_with_the_first_bytes(proxy_factory, upstream):
+    """As Envoy: a connection that sends nothing has no codec and is no HTTP/1 connection
+    (downstream_cx_total counts it, downstream_cx_http1_total does not)."""
+    p = _proxy(proxy_factory, upstream.port)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5):
+        assert p.wait_for(lambda: p.gauges().get("http.ingress_http.downstream_cx_active") == 1)
+        assert p.gauges()["http.ingress_http.downstream_cx_http1_active"] == 0
+    assert p.wait_for(lambda: p.gauges().get("http.ingress_http.downstream_cx_active") == 0)
+    c = p.counters()
+    assert c["http.ingress_http.downstream_cx_total"] == 1
+    assert c["http.ingress_http.downstream_cx_http1_total"] == 0
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        assert p.gauges()["http.ingress_http.downstream_cx_http1_active"] == 1
+    c = p.counters()
+    assert c["http.ingress_http.downstream_cx_http1_total"] == 1
+    assert c["http.ingress_http.downstream_rq_http1_total"] == 1
+    assert p.wait_for(lambda: p.gauges().get("http.ingress_http.downstream_cx_http1_active") == 0)
+
+
+def test_a_codec_of_another_protocol_is_not_counted_as_http1(codecs, proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port)
+    peer = MuxPeer(p.port)
+    try:
+        peer.request(1, b"GET", b"/one")
+        peer.wait_ended(1)
+        c = p.counters()
+        assert c["http.ingress_http.downstream_rq_total"] == 1
+        assert c["http.ingress_http.downstream_cx_http1_total"] == 0
+        assert c["http.ingress_http.downstream_rq_http1_total"] == 0
+    finally:
+        peer.close()

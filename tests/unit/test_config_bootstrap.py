@@ -449,3 +449,32 @@ def test_admin_access_log_only_to_dev_null():
     with pytest.raises(ConfigError) as e:
         parse_bootstrap({"admin": {**admin, "access_log_path": "/tmp/admin.log"}})
     assert str(e.value) == "admin.access_log_path: not supported yet (admin access logs: only to /dev/null)"
+
+
+def test_one_value_where_a_list_is_stands_for_a_list_of_it():
+    """Envoy's protobuf JSON parser takes a single value for a repeated field (seen with
+    `envoy --mode validate` 1.40: `domains: "*"`, a `routes` object, a `filter_chains`
+    object); so does ftproxy, and the cross-references still see the items."""
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "s",
+           "route_config": {"virtual_hosts": {"name": "v", "domains": "*",
+                                              "routes": {"match": {"prefix": "/"}, "route": {"cluster": "c"}}}},
+           "http_filters": {"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}}
+    raw = {"static_resources": {
+        "listeners": {"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                      "filter_chains": {"filters": {"name": "envoy.filters.network.http_connection_manager",
+                                                    "typed_config": hcm}}},
+        "clusters": {"name": "c", "type": "STATIC", "connect_timeout": "1s",
+                     "load_assignment": {"cluster_name": "c", "endpoints": {"lb_endpoints": {
+                         "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}}}}}}}}}
+    b = parse_bootstrap(raw)
+    assert [c.name for c in b.clusters] == ["c"]
+    (listener,) = b.listeners
+    vh = listener.filter_chains[0].filters[0].config.route_config.virtual_hosts[0]
+    assert vh.domains == ("*",) and len(vh.routes) == 1
+    bad = copy.deepcopy(raw)
+    bad["static_resources"]["listeners"]["filter_chains"]["filters"]["typed_config"]["route_config"][
+        "virtual_hosts"]["routes"]["route"]["cluster"] = "missing"
+    with pytest.raises(Exception, match="missing"):
+        parse_bootstrap(bad)  # the route -> cluster check still sees the one route

@@ -1,10 +1,11 @@
-"""HTTP connection manager (HCM): one per downstream connection; turns codec events into streams.
+"""HTTP connection manager (HCM): one per downstream connection; turns codec calls into streams.
 
 Life of a request (phases, always ending in logging):
-  1. decode: codec -> RequestHeaders -> ActiveStream; Envoy's request header handling
-     (x-forwarded-*, x-request-id, hop-by-hop removal: request_headers.py) -> router filter.
-  2. the router picks a route, cluster and host, gets a pooled upstream connection and streams
-     the request body; the response comes back through `encode_headers/encode_data/encode_end`.
+  1. decode: codec -> on_stream_headers -> ActiveStream; Envoy's request header handling
+     (x-forwarded-*, x-request-id, hop-by-hop removal: request_headers.py) -> filter chain.
+  2. the router (the chain's terminal filter) picks a route, cluster and host, gets a stream
+     from the host's pool and sends the request on it; the response comes back through the
+     stream's `encode_headers/encode_data/encode_trailers` and the encoder filters.
   3. log: access loggers run once the stream ends, whatever the outcome.
 
 The stream model is codec-agnostic: the codec (made from the connection's first bytes by the
@@ -258,6 +259,8 @@ class ConnectionManager(ConnectionCallbacks):
 
     def _make_codec(self, first_bytes: bytes):
         codec = self.codec = self.ctx.codec_factory(first_bytes, self.connection, self)
+        if self.draining:
+            codec.go_away()  # (the drain began before the first bytes)
         ps = self.protocol_stats = self.stats.by_protocol.get(codec.protocol)
         if ps is not None:
             ps[0].value += 1

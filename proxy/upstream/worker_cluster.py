@@ -49,16 +49,22 @@ class ClusterStats:
         self.rq_class = (None, self.upstream_rq_1xx, self.upstream_rq_2xx, self.upstream_rq_3xx,
                          self.upstream_rq_4xx, self.upstream_rq_5xx)
         self.by_code: dict[int, object] = {}
-        self.upstream_rq_time = scope.histogram("upstream_rq_time", "ms")
+        # Envoy makes upstream_rq_time at its first sample (it is absent from /stats until a
+        # response was timed); so does the stand-in, which puts the real one in its place.
+        self.upstream_rq_time = _FirstRecord(self)
         # Envoy charges each response twice: the plain stats and the internal.* or external.*
         # ones. Every request is external here (request_headers.py), so the external.* names
         # are the same stats under a second name: no extra work per request.
         for i in range(1, 6):
             scope.alias(f"external.upstream_rq_{i}xx", self.rq_class[i])
         scope.alias("external.upstream_rq_completed", self.upstream_rq_completed)
-        scope.alias("external.upstream_rq_time", self.upstream_rq_time)
         self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms", "ms")
         self.upstream_cx_length_ms = scope.histogram("upstream_cx_length_ms", "ms")
+
+    def make_upstream_rq_time(self):
+        h = self.upstream_rq_time = self.scope.histogram("upstream_rq_time", "ms")
+        self.scope.alias("external.upstream_rq_time", h)
+        return h
 
     def record_response(self, status: int, pool) -> None:
         """A response (or a reply the router made for the chosen host): the cluster's
@@ -77,6 +83,19 @@ class ClusterStats:
         if 1 <= cls <= 5:
             self.rq_class[cls].value += 1
         self.upstream_rq_completed.value += 1
+
+
+class _FirstRecord:
+    """ClusterStats.upstream_rq_time until its first sample: records it into the histogram it
+    then creates (and which replaces this object)."""
+
+    __slots__ = ("stats",)
+
+    def __init__(self, stats: ClusterStats) -> None:
+        self.stats = stats
+
+    def record(self, v: float) -> None:
+        self.stats.make_upstream_rq_time().record(v)
 
 
 class WorkerCluster:

@@ -319,3 +319,16 @@ def test_a_client_closing_counts_as_destroy_remote(upstream, proxy_factory):
     counters = p.counters()
     assert counters["http.ingress_http.downstream_cx_destroy_remote"] == 3
     assert counters["http.ingress_http.downstream_cx_destroy_local"] == 1
+
+
+def test_upstream_rq_time_appears_with_its_first_sample(proxy):
+    """As Envoy: cluster.<name>.upstream_rq_time (and its external.* twin) is made when the
+    first response is timed; before that /stats has no such histogram."""
+    before = _stats_text(proxy)
+    assert not any(k.endswith("upstream_rq_time") and k.startswith("cluster.") for k in before)
+    echo(proxy.port, "/timed")
+    after = _stats_text(proxy)
+    timed = [k for k in after if k.startswith("cluster.") and k.endswith("upstream_rq_time")]
+    assert sorted(timed) == ["cluster.c1.external.upstream_rq_time",
+                             "cluster.c1.upstream_rq_time"], timed
+    assert after["cluster.c1.upstream_rq_time"].startswith("P0(")

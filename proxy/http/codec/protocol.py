@@ -100,7 +100,14 @@ class ServerCodec(Protocol):
 
     def read_disable_stream(self, stream_id: int, disable: bool) -> None:
         """Flow control: stop (or resume) taking this stream's request bytes. HTTP/1.1 pauses
-        the connection's reading; a multiplexing codec withholds the stream's window."""
+        the connection's reading; a multiplexing codec withholds the stream's window.
+
+        Bytes consumed: a stream's request bytes count as consumed once `on_stream_data` has
+        handed them on (to the filter chain, then the upstream's write buffer), unless the
+        stream is read-disabled: the HCM's filters and router disable it while what they hold
+        is above its watermark. So an HTTP/2 codec acknowledges a DATA frame (opens the
+        window) when on_stream_data returns and the stream is not disabled, and otherwise when
+        it is re-enabled: a slow upstream stalls its own stream only."""
 
     def stream_ended(self, stream_id: int) -> bool:
         """The HCM is done with this stream (its response complete, or reset). True when the

@@ -109,7 +109,8 @@ class ActiveStream(FilterManager, StreamInfo):
 
     @property
     def protocol(self) -> str:
-        return "HTTP/1.1" if self.head.http_version == b"1.1" else "HTTP/1.0"
+        version = self.head.http_version  # b"1.1", b"1.0" (b"2" from an HTTP/2 codec)
+        return "HTTP/1.1" if version == b"1.1" else "HTTP/" + version.decode("ascii")
 
     # -- the wire: what the end of the encoder chain calls --------------------------------
     def _write_headers(self, head: ResponseHead, end_stream: bool, body: bytes | None = None) -> None:

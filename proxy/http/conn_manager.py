@@ -381,6 +381,11 @@ class ConnectionManager(ConnectionCallbacks):
 
     def on_codec_error(self, stream_id: int | None, e: CodecError) -> None:
         self.stats.downstream_cx_protocol_error.value += 1
+        if not e.status:
+            # A connection error the codec answered on the wire itself (HTTP/2's GOAWAY): its
+            # streams end, and so does the connection.
+            self.connection.close(flush=True)
+            return
         if e.status == 431:
             self.stats.downstream_rq_too_large.value += 1
         stream = self.streams.get(stream_id) if stream_id is not None else None

@@ -23,7 +23,7 @@ from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
 
-__all__ = ["HcmConfig", "HttpFilterConfig", "Http1Options", "UpgradeConfig", "parse_hcm",
+__all__ = ["HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]
 
 HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
@@ -61,6 +61,15 @@ class Http1Options:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Config:
+    """`http2_protocol_options` (core.v3.Http2ProtocolOptions), what the HTTP/2 codec honours;
+    Envoy's defaults."""
+    max_concurrent_streams: int = 2147483647
+    initial_stream_window_size: int = 268435456
+    initial_connection_window_size: int = 268435456
+
+
+@dataclass(frozen=True, slots=True)
 class HcmConfig:
     stat_prefix: str
     route_config: Any                      # proxy.router.config.RouteConfiguration
@@ -88,6 +97,7 @@ class HcmConfig:
     max_request_headers_kb: int = 60       # header-size bound; over -> 431
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
     http_protocol_options: Http1Options = Http1Options()
+    http2_protocol_options: Http2Config = Http2Config()
     raw: Mapping[str, Any] | None = None   # the typed_config body as written (config_dump)
 
 
@@ -98,8 +108,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     used("stat_prefix"),
     used("route_config"),
     used("http_filters"),
-    inert("codec_type", "AUTO and HTTP1 both mean HTTP/1.1 here (HTTP2 and HTTP3 are refused)",
-          default="AUTO", attr="codec_type"),
+    used("codec_type", "AUTO"),
     used("access_log", attr="access_logs"),
     used("use_remote_address", False),
     used("skip_xff_append", False),
@@ -119,6 +128,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     used("max_request_headers_kb", 60),
     used("upgrade_configs"),
     used("http_protocol_options"),
+    used("http2_protocol_options"),
     refused("internal_address_config", "every request is external (only an empty config)",
             only_default=True),
     refused("xff_num_trusted_hops", _ONLY_DEFAULT, default=0, only_default=True),
@@ -138,7 +148,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     refused("append_x_forwarded_port", _ONLY_DEFAULT, default=False, only_default=True),
     refused("rds", "xDS: use an inline route_config"),
     *(refused(name) for name in (
-        "scoped_routes", "tracing", "http2_protocol_options", "http3_protocol_options",
+        "scoped_routes", "tracing", "http3_protocol_options",
         "http1_safe_max_connection_duration", "scheme_header_transformation",
         "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
         "original_ip_detection_extensions", "early_header_mutation_extensions",
@@ -174,6 +184,31 @@ HTTP1 = Message("envoy.config.core.v3.Http1ProtocolOptions (downstream)", model=
     refused("ignore_http_11_upgrade"),
 ))
 
+_H2_WINDOW = dict(min=65535, max=2147483647)
+
+HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=Http2Config, fields=(
+    used("max_concurrent_streams", 2147483647),
+    used("initial_stream_window_size", 268435456),
+    used("initial_connection_window_size", 268435456),
+    refused("allow_connect", "CONNECT over HTTP/2", default=False, only_default=True),
+    refused("allow_metadata", "METADATA frames", default=False, only_default=True),
+    refused("stream_error_on_invalid_http_messaging", "only false: an invalid request is a "
+            "connection error (GOAWAY)", default=False, only_default=True),
+    refused("override_stream_error_on_invalid_http_message", "only false: an invalid request "
+            "is a connection error (GOAWAY)", default=False, only_default=True),
+    *(refused(name, "HTTP/2 flood limits (issue 15)") for name in (
+        "max_outbound_frames", "max_outbound_control_frames",
+        "max_consecutive_inbound_frames_with_empty_payload",
+        "max_inbound_priority_frames_per_stream",
+        "max_inbound_window_update_frames_per_data_frame_sent")),
+    refused("hpack_table_size"),
+    refused("custom_settings_parameters"),
+    refused("connection_keepalive"),
+    refused("use_oghttp2_codec"),
+    refused("max_metadata_size"),
+    refused("enable_huffman_encoding"),
+))
+
 UPGRADE = Message("envoy.extensions.filters.network.http_connection_manager.v3"
                   ".HttpConnectionManager.UpgradeConfig", model=UpgradeConfig, fields=(
     used("upgrade_type"),
@@ -188,8 +223,8 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
     if not stat_prefix:
         raise ConfigError(f.at("stat_prefix"), "must not be empty (as Envoy's min_len 1)")
     codec = f.enum("codec_type", _CODECS, "AUTO")
-    if codec in ("HTTP2", "HTTP3"):
-        raise ConfigError(f.at("codec_type"), f"{codec} is not supported yet (use AUTO or HTTP1)")
+    if codec == "HTTP3":
+        raise ConfigError(f.at("codec_type"), "HTTP3 is not supported yet (use AUTO, HTTP1 or HTTP2)")
     if not f.has("route_config"):
         raise ConfigError(path, "one of route_config or rds is required")
     route_config = parse_route_configuration(f.raw_obj("route_config"), f.at("route_config"))
@@ -219,6 +254,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         max_request_headers_kb=max_kb,
         upgrade_configs=_parse_upgrades(f),
         http_protocol_options=_parse_http1(f),
+        http2_protocol_options=_parse_http2(f),
         raw=raw,
         **kwargs,
     )
@@ -267,6 +303,23 @@ def _parse_http1(f: Fields) -> Http1Options:
     return Http1Options(
         accept_http_10=h.bool("accept_http_10", False),
         default_host_for_http_10=h.str("default_host_for_http_10", ""),
+    )
+
+
+def _parse_http2(f: Fields) -> Http2Config:
+    if f.value("http2_protocol_options") is None:
+        return Http2Config()
+    h = HTTP2.read(f.value("http2_protocol_options"), f.at("http2_protocol_options"))
+    for name in ("allow_connect", "allow_metadata", "stream_error_on_invalid_http_messaging"):
+        HTTP2.require_default(h, name, h.bool(name, False))
+    if h.has("override_stream_error_on_invalid_http_message"):
+        HTTP2.require_default(h, "override_stream_error_on_invalid_http_message",
+                              h.bool("override_stream_error_on_invalid_http_message", False))
+    return Http2Config(
+        max_concurrent_streams=h.int("max_concurrent_streams", 2147483647, min=1, max=2147483647),
+        initial_stream_window_size=h.int("initial_stream_window_size", 268435456, **_H2_WINDOW),
+        initial_connection_window_size=h.int("initial_connection_window_size", 268435456,
+                                             **_H2_WINDOW),
     )
 
 

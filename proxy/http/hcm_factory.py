@@ -12,6 +12,7 @@ from ..network.address import node_address
 from ..router.table import RouteTable
 from .codec import make_server_codec
 from .codec.http1_server import Http1ServerCodec
+from .codec.http2_server import PREFACE, Http2Options, Http2ServerCodec
 from .conn_manager import ConnectionManager
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
@@ -22,12 +23,20 @@ __all__ = ["HcmFactory", "HcmContext", "server_codec_factory"]
 
 def server_codec_factory(config, codec_impl: str, response_fields):
     """The ServerCodecFactory (codec/protocol.py) for an HCM: the codec a connection speaks,
-    chosen from its first bytes. HTTP/1.1 today (codec_type AUTO and HTTP1); HTTP/2 will be
-    chosen here by its connection preface."""
+    chosen from its first bytes as Envoy's codec_type says: HTTP2 always HTTP/2 (h2c, prior
+    knowledge); AUTO HTTP/2 when the bytes begin the client connection preface, else HTTP/1.1;
+    HTTP1 always HTTP/1.1 (a preface there is an unsupported version: 426)."""
     max_kb = config.max_request_headers_kb
     max_count = config.max_headers_count
+    codec_type = config.codec_type
+    h2 = config.http2_protocol_options
+    h2_options = Http2Options(h2.max_concurrent_streams, h2.initial_stream_window_size,
+                              h2.initial_connection_window_size)
 
-    def make(first_bytes: bytes, transport, callbacks) -> Http1ServerCodec:
+    def make(first_bytes: bytes, transport, callbacks):
+        if codec_type == "HTTP2" or (codec_type == "AUTO" and len(first_bytes) >= 3
+                                     and PREFACE.startswith(first_bytes[:len(PREFACE)])):
+            return Http2ServerCodec(transport, callbacks, h2_options, response_fields)
         parser = make_server_codec(codec_impl, max_request_headers_kb=max_kb,
                                    max_headers_count=max_count, response_fields=response_fields)
         return Http1ServerCodec(parser, transport, callbacks)

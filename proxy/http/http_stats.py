@@ -9,18 +9,20 @@ from __future__ import annotations
 __all__ = ["HcmStats"]
 
 _COUNTERS = (
-    "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_destroy",
+    "downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_http2_total",
+    "downstream_cx_destroy",
     "downstream_cx_destroy_remote", "downstream_cx_destroy_local", "downstream_cx_protocol_error",
     "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total", "downstream_cx_idle_timeout",
     "downstream_cx_drain_close", "downstream_cx_upgrades_total", "downstream_rq_total",
-    "downstream_rq_http1_total", "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx",
+    "downstream_rq_http1_total", "downstream_rq_http2_total", "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx",
     "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_timeout",
     "downstream_rq_idle_timeout", "downstream_rq_header_timeout", "downstream_rq_too_large", "downstream_rq_rx_reset",
     "downstream_rq_tx_reset", "downstream_rq_ws_on_non_ws_route", "downstream_rq_non_relative_path",
     "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total", "rs_too_large",
     "requests_rejected_with_underscores_in_headers", "dropped_headers_with_underscores",
 )
-_GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active",
+_GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
+           "downstream_rq_active",
            "downstream_cx_upgrades_active")
 
 
@@ -49,7 +51,10 @@ class HcmStats:
         self.downstream_cx_length_ms = scope.histogram("downstream_cx_length_ms", "ms")
         # A codec's protocol (ServerCodec.protocol) -> its (connections total, connections
         # active, requests total), counted once the first bytes made the codec (as Envoy:
-        # a connection that sends nothing is no HTTP/1 connection). HTTP/2 adds its entry.
+        # a connection that sends nothing is no HTTP/1 connection).
         self.by_protocol = {"HTTP/1.1": (self.downstream_cx_http1_total,
                                          self.downstream_cx_http1_active,
-                                         self.downstream_rq_http1_total)}
+                                         self.downstream_rq_http1_total),
+                            "HTTP/2": (self.downstream_cx_http2_total,
+                                       self.downstream_cx_http2_active,
+                                       self.downstream_rq_http2_total)}

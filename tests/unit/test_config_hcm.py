@@ -99,9 +99,16 @@ def test_bad_enum_suggests():
         'hcm.codec_type: unknown value "htp1" (did you mean "HTTP1"?)')
 
 
-@pytest.mark.parametrize("codec", ["HTTP2", "http3"])
-def test_http2_and_http3_codecs_refused(codec):
-    assert "not supported yet" in _err(parse_hcm, _hcm(codec_type=codec))
+def test_http3_codec_refused_http2_accepted_with_its_options():
+    assert "not supported yet" in _err(parse_hcm, _hcm(codec_type="http3"))
+    c = parse_hcm(_hcm(codec_type="HTTP2", http2_protocol_options={
+        "max_concurrent_streams": 7, "initial_stream_window_size": 65535}), P)
+    assert c.codec_type == "HTTP2"
+    assert c.http2_protocol_options.max_concurrent_streams == 7
+    assert c.http2_protocol_options.initial_stream_window_size == 65535
+    for refused in ({"allow_connect": True}, {"hpack_table_size": 100},
+                    {"max_outbound_frames": 10}):
+        assert "not supported yet" in _err(parse_hcm, _hcm(http2_protocol_options=refused))
 
 
 def test_durations_parsed():

@@ -8,7 +8,8 @@ bytes until the response before it is complete). The HCM never looks at the prot
 stream reset, a go-away or flow control means on the wire is the codec's business.
 
 The codec is made when the first bytes decide which protocol the connection speaks
-(`ServerCodecFactory`): today HTTP/1.1 (http1_server.py); HTTP/2 is one more factory.
+(`ServerCodecFactory`, hcm_factory.server_codec_factory): HTTP/1.1 (http1_server.py) or
+HTTP/2 (http2_server.py, h2c with prior knowledge; ALPN over TLS later).
 The upstream (client) side of the seam is in client_protocol.py.
 
 Thread affinity: a codec and its callbacks belong to one connection on one worker.
@@ -54,7 +55,9 @@ class ServerCodecCallbacks(Protocol):
     def on_codec_error(self, stream_id: int | None, error: CodecError) -> None:
         """Input the codec refuses. `stream_id`: the stream it concerns (which is answered with
         error.status when its response has not started), or None: a request whose head never
-        parsed. The codec accepts no more input after an error."""
+        parsed. `error.status` 0: a connection error the codec answered on the wire itself
+        (HTTP/2's GOAWAY); the connection closes. The codec accepts no more input after an
+        error."""
 
 
 class ServerCodec(Protocol):

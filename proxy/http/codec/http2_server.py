@@ -1,0 +1,373 @@
+"""HTTP/2 as a ServerCodec (protocol.py), on the `h2` library: cleartext with prior knowledge
+(h2c, the client's connection preface chooses it: codec_type AUTO or HTTP2).
+
+Streams are HTTP/2's own: each request's HEADERS opens one (`on_stream_headers`), its DATA and
+trailers follow, RST_STREAM from the client ends that stream alone (`on_stream_reset`), and a
+stream the HCM resets gets RST_STREAM; the connection goes on. Requests are translated to what
+the HCM reads for HTTP/1.1: `:method`, `:path`, and `host` from `:authority`; cookie crumbs
+joined with "; " (RFC 9113 §8.2.3). h2 validates inbound headers (pseudo-headers, connection-
+specific fields, upper-case names): a request it refuses is a connection error (GOAWAY), as
+Envoy's default (`stream_error_on_invalid_http_messaging` false). Responses drop the fields
+HTTP/2 forbids (connection, keep-alive, transfer-encoding, upgrade, proxy-connection).
+
+Flow control tied to consumption: a stream's DATA is acknowledged (its window opened) when
+`on_stream_data` has handed it on, unless the HCM read-disabled the stream (its upstream is
+slow): then when it is re-enabled. Outbound DATA respects the peer's windows; what does not
+fit waits per stream for WINDOW_UPDATE. `max_concurrent_streams` past the limit: REFUSED_STREAM.
+
+Thread affinity: one connection on one worker. Must not: call the HCM from an `encode_*`.
+"""
+
+from __future__ import annotations
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, StreamEnded,
+                       StreamReset, TrailersReceived, WindowUpdated)
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
+
+from .errors import CodecError
+from .events import RequestHeaders
+
+__all__ = ["Http2ServerCodec", "Http2Options", "PREFACE", "PREMATURE_RESET_MIN"]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Rapid reset (CVE-2023-44487): once a connection has opened this many streams, if the client
+# reset at least half of them before their response started, the connection is closed with
+# GOAWAY(ENHANCE_YOUR_CALM). Envoy's rule (its runtime default is 500 streams; 100 here acts
+# sooner on a single worker).
+PREMATURE_RESET_MIN = 100
+
+# Fields a response must not carry over HTTP/2 (RFC 9113 §8.2.2).
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection",
+                                  b"transfer-encoding", b"upgrade"})
+
+
+class Http2Options:
+    """The HCM's http2_protocol_options that the codec honours (Envoy's defaults)."""
+
+    __slots__ = ("max_concurrent_streams", "initial_stream_window_size",
+                 "initial_connection_window_size")
+
+    def __init__(self, max_concurrent_streams: int = 2147483647,
+                 initial_stream_window_size: int = 268435456,
+                 initial_connection_window_size: int = 268435456) -> None:
+        self.max_concurrent_streams = max_concurrent_streams
+        self.initial_stream_window_size = initial_stream_window_size
+        self.initial_connection_window_size = initial_connection_window_size
+
+
+class _Stream:
+    __slots__ = ("request_open", "disabled", "unacked", "pending", "pending_end", "trailers",
+                 "responded")
+
+    def __init__(self, request_open: bool) -> None:
+        self.request_open = request_open  # DATA or trailers of its request still to come
+        self.responded = False            # its response head went out
+        self.disabled = 0                 # read_disable count
+        self.unacked = 0                  # DATA bytes handed on while disabled
+        self.pending = b""                # response bytes waiting for window
+        self.pending_end = False          # ... and the end of the response after them
+        self.trailers = None              # ... or trailers after them
+
+
+class Http2ServerCodec:
+    protocol = "HTTP/2"
+    head_in_progress = False  # a HEADERS frame carries a whole head
+    holding = False           # streams run side by side: nothing waits behind another
+
+    def __init__(self, transport, callbacks, options: Http2Options | None = None,
+                 response_fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.transport = transport
+        self.callbacks = callbacks
+        self.options = options = options or Http2Options()
+        self.response_fields = response_fields
+        self._own = frozenset(n for n, _ in response_fields) | _CONNECTION_SPECIFIC
+        conn = self.conn = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True,
+            validate_outbound_headers=False, normalize_outbound_headers=False))
+        conn.local_settings = conn.local_settings.__class__(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1,  # enforced here (REFUSED_STREAM)
+            SettingCodes.INITIAL_WINDOW_SIZE: min(options.initial_stream_window_size, 2 ** 31 - 1),
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        conn.initiate_connection()
+        extra = options.initial_connection_window_size - 65535
+        if extra > 0:
+            conn.increment_flow_control_window(min(extra, 2 ** 31 - 1 - 65535))
+        self.streams: dict[int, _Stream] = {}
+        # Streams the HCM is done with whose last response bytes wait for the peer's window.
+        self.flushing: dict[int, _Stream] = {}
+        self.going_away = False
+        self.dead = False
+        self.opened = 0                   # streams this connection opened
+        self.premature_resets = 0         # ... that the client reset before their response
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    # -- input --------------------------------------------------------------------------------
+    def dispatch(self, data: bytes) -> None:
+        if self.dead or not data:
+            return  # (the peer's FIN: the HCM ends what is in progress)
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as e:
+            self.dead = True
+            self._flush()  # h2 queued the GOAWAY
+            self.callbacks.on_codec_error(None, CodecError(0, "http2.protocol_error", str(e)))
+            return
+        cb = self.callbacks
+        streams = self.streams
+        for ev in events:
+            cls = type(ev)
+            if cls is DataReceived:
+                sid = ev.stream_id
+                st = streams.get(sid)
+                end = ev.stream_ended is not None
+                if st is None:
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                    continue
+                if end:
+                    st.request_open = False
+                cb.on_stream_data(sid, ev.data, end)
+                if st.disabled and sid in streams:
+                    st.unacked += ev.flow_controlled_length  # acknowledged when re-enabled
+                else:
+                    self._ack(sid, ev.flow_controlled_length)
+            elif cls is RequestReceived:
+                self._request(ev)
+            elif cls is StreamEnded:
+                st = streams.get(ev.stream_id)
+                if st is not None and st.request_open:
+                    st.request_open = False
+                    cb.on_stream_data(ev.stream_id, b"", True)
+            elif cls is TrailersReceived:
+                st = streams.get(ev.stream_id)
+                if st is not None and st.request_open:
+                    st.request_open = False
+                    cb.on_stream_trailers(ev.stream_id, list(ev.headers))
+            elif cls is StreamReset:
+                self.flushing.pop(ev.stream_id, None)
+                st = streams.get(ev.stream_id)
+                if st is not None and not st.responded:
+                    self.premature_resets += 1
+                    if (self.opened >= PREMATURE_RESET_MIN
+                            and self.premature_resets * 2 >= self.opened):
+                        self._rapid_reset()
+                        return
+                if streams.pop(ev.stream_id, None) is not None:
+                    cb.on_stream_reset(ev.stream_id, ErrorCodes(ev.error_code).name
+                                       if ev.error_code in ErrorCodes._value2member_map_
+                                       else str(ev.error_code))
+            elif cls is WindowUpdated:
+                self._send_pending(ev.stream_id)
+            elif cls is ConnectionTerminated:
+                self.going_away = True  # the client opens no new streams
+        self._flush()
+
+    def _ack(self, sid: int, n: int) -> None:
+        """Open the windows by `n` consumed bytes (h2 updates only the connection's for a
+        stream that closed meanwhile)."""
+        if n:
+            self.conn.acknowledge_received_data(n, sid)
+
+    def _request(self, ev: RequestReceived) -> None:
+        sid = ev.stream_id
+        end = ev.stream_ended is not None
+        if len(self.streams) >= self.options.max_concurrent_streams or self.going_away:
+            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        method = path = authority = None
+        headers: list[tuple[bytes, bytes]] = []
+        cookies: list[bytes] = []
+        content_length = None
+        for name, value in ev.headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if name == b"cookie":
+                cookies.append(value)
+                continue
+            if name == b"content-length":
+                content_length = int(value) if value.isdigit() else None
+            headers.append((name, value))
+        if cookies:
+            headers.append((b"cookie", b"; ".join(cookies)))
+        if authority is not None and not any(n == b"host" for n, _ in headers):
+            headers.insert(0, (b"host", authority))
+        if method is None or path is None:  # (h2 refuses such a request already)
+            self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        self.streams[sid] = _Stream(not end)
+        self.opened += 1
+        head = RequestHeaders(method, path, b"2", headers, True, None, False, content_length,
+                              False)
+        self.callbacks.on_stream_headers(sid, head, end)
+
+    def _rapid_reset(self) -> None:
+        self.dead = True
+        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._flush()
+        self.callbacks.on_codec_error(None, CodecError(
+            0, "http2.too_many_premature_resets",
+            f"{self.premature_resets} of {self.opened} streams reset before their response"))
+
+    def resume(self) -> None:
+        pass  # nothing is ever held behind another stream
+
+    # -- output -------------------------------------------------------------------------------
+    def _response_headers(self, status: int, headers) -> list[tuple[bytes, bytes]]:
+        own = self._own
+        out = [(b":status", b"%d" % status)]
+        out += [f for f in headers if f[0] not in own]
+        out += self.response_fields
+        return out
+
+    def encode_continue(self, stream_id: int) -> None:
+        if stream_id in self.streams:
+            self.conn.send_headers(stream_id, [(b":status", b"100")])
+            self._flush()
+
+    def encode_headers(self, stream_id: int, status: int, headers, end_stream: bool) -> None:
+        st = self.streams.get(stream_id)
+        if st is None:
+            return
+        st.responded = True
+        self.conn.send_headers(stream_id, self._response_headers(status, headers), end_stream)
+        self._flush()
+
+    def encode_response(self, stream_id: int, status: int, headers, body: bytes) -> None:
+        st = self.streams.get(stream_id)
+        if st is None:
+            return
+        st.responded = True
+        self.conn.send_headers(stream_id, self._response_headers(status, headers), not body)
+        if body:
+            self._send(stream_id, body, True)
+        self._flush()
+
+    def encode_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if stream_id not in self.streams:
+            return
+        self._send(stream_id, data, end_stream)
+        self._flush()
+
+    def encode_trailers(self, stream_id: int, trailers) -> None:
+        st = self.streams.get(stream_id)
+        if st is None:
+            return
+        fields = [f for f in (trailers or []) if f[0] not in _CONNECTION_SPECIFIC]
+        if st.pending:
+            st.trailers = fields
+            return
+        self._send_trailers(stream_id, fields)
+        self._flush()
+
+    def _send_trailers(self, stream_id: int, fields) -> None:
+        if fields:
+            self.conn.send_headers(stream_id, fields, end_stream=True)
+        else:
+            self.conn.end_stream(stream_id)
+
+    def _send(self, sid: int, data: bytes, end: bool) -> None:
+        """DATA within the peer's windows; the rest waits on the stream for WINDOW_UPDATE."""
+        st = self.streams.get(sid) or self.flushing[sid]
+        if st.pending:
+            st.pending += data
+            st.pending_end = st.pending_end or end
+            return
+        conn = self.conn
+        size = conn.max_outbound_frame_size
+        view = memoryview(data)
+        while view:
+            room = min(conn.local_flow_control_window(sid), size)
+            if room <= 0:
+                st.pending = bytes(view)
+                st.pending_end = end
+                return
+            chunk = view[:room]
+            view = view[room:]
+            conn.send_data(sid, bytes(chunk), end_stream=end and not view)
+        if end and not data:
+            conn.end_stream(sid)
+
+    def _send_pending(self, sid: int) -> None:
+        if sid:
+            targets = [sid]
+        else:
+            targets = [s for s, st in self.streams.items() if st.pending]
+            targets += [s for s, st in self.flushing.items() if st.pending]
+        for s in targets:
+            st = self.streams.get(s) or self.flushing.get(s)
+            if st is None or not st.pending:
+                continue
+            data, end, trailers = st.pending, st.pending_end, st.trailers
+            st.pending, st.pending_end, st.trailers = b"", False, None
+            self._send(s, data, end and trailers is None)
+            if trailers is not None:
+                if st.pending:
+                    st.pending_end, st.trailers = False, trailers
+                else:
+                    self._send_trailers(s, trailers)
+            if not st.pending and s in self.flushing:
+                del self.flushing[s]
+
+    # -- stream and connection control ------------------------------------------------------
+    def reset_stream(self, stream_id: int) -> bool:
+        if self.streams.pop(stream_id, None) is not None:
+            try:
+                self.conn.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+            except ProtocolError:
+                pass  # already closed on the wire
+            self._flush()
+        return True
+
+    def go_away(self) -> None:
+        if not self.going_away:
+            self.going_away = True
+            self.conn.close_connection(ErrorCodes.NO_ERROR)
+            self._flush()
+
+    def abandon_request(self, stream_id: int) -> None:
+        pass  # stream_ended resets a request not read to its end (NO_ERROR)
+
+    def read_disable_stream(self, stream_id: int, disable: bool) -> None:
+        st = self.streams.get(stream_id)
+        if st is None:
+            return
+        if disable:
+            st.disabled += 1
+        elif st.disabled:
+            st.disabled -= 1
+            if not st.disabled and st.unacked:
+                n, st.unacked = st.unacked, 0
+                self._ack(stream_id, n)
+                self._flush()
+
+    def stream_ended(self, stream_id: int) -> bool:
+        st = self.streams.pop(stream_id, None)
+        if st is not None:
+            if st.pending:
+                self.flushing[stream_id] = st  # its last bytes go as the window opens
+            if st.request_open:
+                # The response ended the stream before its request did (RFC 9113 §8.1).
+                try:
+                    self.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                except ProtocolError:
+                    pass
+            if st.unacked:  # the connection's window gets them back
+                self._ack(stream_id, st.unacked)
+            self._flush()
+        return self.going_away and not self.streams and not self.flushing

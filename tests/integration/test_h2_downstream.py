@@ -1,0 +1,255 @@
+"""HTTP/2 from clients (h2c, prior knowledge; codec_type AUTO chooses it from the connection
+preface): real clients (curl, h2load) and an `h2`-library client for what they cannot do
+(interleaved bodies, RST_STREAM, a small window), through the running proxy to HTTP/1.1
+upstreams. Each stream is its own request: one's reset, refusal or slow body leaves the
+others alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded,
+                       StreamReset)
+
+from .harness import front_proxy_config, static_cluster
+
+ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}]
+
+
+def _proxy(proxy_factory, port: int, **hcm):
+    return proxy_factory(front_proxy_config(ROUTES, [static_cluster("c1", port)], **hcm))
+
+
+class H2Client:
+    """A blocking h2c client: send requests, read events per stream."""
+
+    def __init__(self, port: int, window: int | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        if window is not None:
+            self.conn.update_settings({4: window})  # SETTINGS_INITIAL_WINDOW_SIZE
+        self.sock.sendall(self.conn.data_to_send())
+        self.status: dict[int, int] = {}
+        self.headers: dict[int, dict] = {}
+        self.body: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+        self.reset: dict[int, int] = {}
+        self.goaway: ConnectionTerminated | None = None
+        self.ack = True
+
+    def request(self, method: bytes, path: bytes, body: bytes | None = None, end: bool = True,
+                extra=()) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        headers = [(b":method", method), (b":path", path), (b":scheme", b"http"),
+                   (b":authority", b"h2.test")] + list(extra)
+        self.conn.send_headers(sid, headers, end_stream=end and body is None)
+        if body is not None:
+            self.conn.send_data(sid, body, end_stream=end)
+        self.flush()
+        return sid
+
+    def data(self, sid: int, data: bytes, end: bool = False) -> None:
+        self.conn.send_data(sid, data, end_stream=end)
+        self.flush()
+
+    def flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def wait(self, predicate, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out: status={self.status} reset={self.reset} goaway={self.goaway}"
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            if not data:
+                assert predicate(), "connection closed"
+                return
+            for ev in self.conn.receive_data(data):
+                if isinstance(ev, ResponseReceived):
+                    self.status[ev.stream_id] = int(dict(ev.headers)[b":status"])
+                    self.headers[ev.stream_id] = dict(ev.headers)
+                elif isinstance(ev, DataReceived):
+                    self.body[ev.stream_id] = self.body.get(ev.stream_id, b"") + ev.data
+                    if self.ack:
+                        self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, StreamEnded):
+                    self.ended.add(ev.stream_id)
+                elif isinstance(ev, StreamReset):
+                    self.reset[ev.stream_id] = ev.error_code
+                elif isinstance(ev, ConnectionTerminated):
+                    self.goaway = ev
+            self.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_h2c_and_http11_on_one_auto_listener(proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port)
+    out = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge",
+                          f"http://127.0.0.1:{p.port}/via-h2?q=1"], capture_output=True, timeout=10)
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 200"), out.stdout[:200]
+    seen = json.loads(body)
+    assert seen["path"] == "/via-h2?q=1" and seen["headers"]["host"] == f"127.0.0.1:{p.port}"
+    assert not any(k.startswith(":") for k in seen["headers"])
+    h1 = subprocess.run(["curl", "-s", "-i", f"http://127.0.0.1:{p.port}/via-h1"],
+                        capture_output=True, timeout=10)
+    assert h1.stdout.startswith(b"HTTP/1.1 200")
+    c = p.counters()
+    assert c["http.ingress_http.downstream_cx_http2_total"] == 1
+    assert c["http.ingress_http.downstream_rq_http2_total"] == 1
+    assert c["http.ingress_http.downstream_cx_http1_total"] == 1
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed")
+def test_h2load_multiplexed_streams_all_succeed(proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port)
+    out = subprocess.run(["h2load", "-n", "300", "-c", "2", "-m", "10",
+                          f"http://127.0.0.1:{p.port}/load"], capture_output=True, timeout=60,
+                         text=True)
+    assert "300 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout
+    c = p.counters()
+    assert c["http.ingress_http.downstream_rq_http2_total"] == 300
+    assert c["http.ingress_http.downstream_cx_http2_total"] == 2
+    assert c["http.ingress_http.downstream_rq_2xx"] == 300
+
+
+def test_interleaved_request_bodies_on_one_connection(proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port)
+    c = H2Client(p.port)
+    try:
+        a = c.request(b"POST", b"/a", end=False)
+        b = c.request(b"POST", b"/b", end=False)
+        for _ in range(3):
+            c.data(b, b"b" * 1000)
+            c.data(a, b"a" * 10)
+        c.data(a, b"", end=True)
+        c.data(b, b"", end=True)
+        c.wait(lambda: {a, b} <= c.ended)
+        assert json.loads(c.body[a])["body_len"] == 30
+        assert json.loads(c.body[b])["body_len"] == 3000
+        assert c.status[a] == c.status[b] == 200
+    finally:
+        c.close()
+
+
+def test_a_client_rst_stream_ends_that_stream_only(proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port)
+    c = H2Client(p.port)
+    try:
+        slow = c.request(b"GET", b"/delay/0.5")
+        fast = c.request(b"GET", b"/fast")
+        c.conn.reset_stream(slow, ErrorCodes.CANCEL)
+        c.flush()
+        c.wait(lambda: fast in c.ended)
+        assert c.status[fast] == 200 and slow not in c.status
+        assert p.wait_for(lambda: p.counters().get("http.ingress_http.downstream_rq_rx_reset") == 1)
+        after = c.request(b"GET", b"/after")  # the connection goes on
+        c.wait(lambda: after in c.ended)
+        assert c.status[after] == 200
+    finally:
+        c.close()
+
+
+def test_streams_past_max_concurrent_streams_are_refused(proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port, http2_protocol_options={"max_concurrent_streams": 1})
+    c = H2Client(p.port)
+    try:
+        first = c.request(b"GET", b"/delay/0.3")
+        second = c.request(b"GET", b"/refused")
+        c.wait(lambda: first in c.ended and second in c.reset)
+        assert c.reset[second] == ErrorCodes.REFUSED_STREAM
+        assert c.status[first] == 200
+    finally:
+        c.close()
+
+
+def test_a_large_response_flows_through_small_client_windows(proxy_factory, upstream):
+    """The codec sends within the client's windows and the rest as WINDOW_UPDATEs open them."""
+    p = _proxy(proxy_factory, upstream.port)
+    c = H2Client(p.port, window=65535)
+    try:
+        sid = c.request(b"GET", b"/bytes/3000000")
+        c.wait(lambda: sid in c.ended, timeout=20)
+        assert c.status[sid] == 200 and len(c.body[sid]) == 3000000
+    finally:
+        c.close()
+
+
+def test_a_protocol_error_is_a_goaway_and_others_are_served(proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port)
+    bad = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    try:
+        conn = H2Connection(H2Configuration(client_side=True, header_encoding=None,
+                                            validate_outbound_headers=False,
+                                            normalize_outbound_headers=False))
+        conn.initiate_connection()
+        conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                              (b":authority", b"x"), (b"Upper-Case", b"refused")], end_stream=True)
+        bad.sendall(conn.data_to_send())
+        got = b""
+        while chunk := bad.recv(65536):
+            got += chunk
+        events = conn.receive_data(got)
+        assert any(isinstance(e, ConnectionTerminated) and e.error_code == ErrorCodes.PROTOCOL_ERROR
+                   for e in events), events
+    finally:
+        bad.close()
+    assert p.counters()["http.ingress_http.downstream_cx_protocol_error"] == 1
+    c = H2Client(p.port)
+    try:
+        sid = c.request(b"GET", b"/still-served")
+        c.wait(lambda: sid in c.ended)
+        assert c.status[sid] == 200
+    finally:
+        c.close()
+
+
+def test_codec_type_http2_and_cookie_crumbs(proxy_factory, upstream):
+    p = _proxy(proxy_factory, upstream.port, codec_type="HTTP2")
+    c = H2Client(p.port)
+    try:
+        sid = c.request(b"GET", b"/cookies", extra=[(b"cookie", b"a=1"), (b"cookie", b"b=2")])
+        c.wait(lambda: sid in c.ended)
+        assert json.loads(c.body[sid])["headers"]["cookie"] == "a=1; b=2"
+    finally:
+        c.close()
+
+
+def test_rapid_reset_closes_the_connection_and_spares_others(proxy_factory, upstream):
+    """CVE-2023-44487: a client that opens streams and resets them before any response gets
+    GOAWAY(ENHANCE_YOUR_CALM) once it passed the threshold; a well-behaved client is served."""
+    from proxy.http.codec.http2_server import PREMATURE_RESET_MIN
+    p = _proxy(proxy_factory, upstream.port)
+    abuser = H2Client(p.port)
+    try:
+        for _ in range(PREMATURE_RESET_MIN + 10):
+            sid = abuser.request(b"GET", b"/delay/1")
+            abuser.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        abuser.flush()
+        abuser.wait(lambda: abuser.goaway is not None, timeout=10)
+        assert abuser.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    finally:
+        abuser.close()
+    good = H2Client(p.port)
+    try:
+        sid = good.request(b"GET", b"/well-behaved")
+        good.wait(lambda: sid in good.ended)
+        assert good.status[sid] == 200
+    finally:
+        good.close()
+    assert p.counters()["http.ingress_http.downstream_cx_protocol_error"] == 1

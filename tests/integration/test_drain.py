@@ -159,3 +159,24 @@ def test_a_keep_alive_response_finished_during_the_drain_leaves_its_idle_connect
     s.close()
     p.thread.join(10)
     assert not p.thread.is_alive()
+
+
+@pytest.mark.parametrize("kind", ["parent", "shutdown"])
+def test_an_http2_stream_in_flight_at_the_drain_finishes_after_a_goaway(held, kind):
+    """HTTP/2: the drain sends GOAWAY(NO_ERROR) naming the streams taken; they finish, a new
+    stream is refused."""
+    from h2.errors import ErrorCodes
+    from tests.integration.test_h2_downstream import H2Client
+    p, up = held
+    c = H2Client(p.port)
+    try:
+        sid = c.request(b"GET", b"/held")
+        c.wait(lambda: sid in c.status)  # its head came; its body waits for `release`
+        start_drain(p, kind)
+        c.wait(lambda: c.goaway is not None)
+        assert c.goaway.error_code == ErrorCodes.NO_ERROR and c.goaway.last_stream_id == sid
+        up.release.set()
+        c.wait(lambda: sid in c.ended)
+        assert c.body[sid] == b"held"
+    finally:
+        c.close()

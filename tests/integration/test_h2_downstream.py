@@ -14,7 +14,7 @@ import time
 
 import pytest
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (ConnectionTerminated, DataReceived, ResponseReceived, StreamEnded,
                        StreamReset)
@@ -90,6 +90,10 @@ class H2Client:
                     self.reset[ev.stream_id] = ev.error_code
                 elif isinstance(ev, ConnectionTerminated):
                     self.goaway = ev
+                    if ev.error_code == ErrorCodes.NO_ERROR:
+                        # h2 takes a received GOAWAY as the connection's end; RFC 9113 §6.8
+                        # lets the streams up to its last_stream_id finish: keep reading them.
+                        self.conn.state_machine.state = ConnectionState.CLIENT_OPEN
             self.flush()
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, Stre
                        StreamReset, TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 from .errors import CodecError
 from .events import RequestHeaders
@@ -335,10 +336,16 @@ class Http2ServerCodec:
         return True
 
     def go_away(self) -> None:
+        """GOAWAY(NO_ERROR) naming the last stream taken: those go on to their end, new ones
+        are refused. Written as a frame of our own: h2's close_connection() would also end
+        the streams in flight (it takes no more frames to send)."""
         if not self.going_away:
             self.going_away = True
-            self.conn.close_connection(ErrorCodes.NO_ERROR)
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = self.conn.highest_inbound_stream_id
+            frame.error_code = ErrorCodes.NO_ERROR
             self._flush()
+            self.transport.write(frame.serialize())
 
     def abandon_request(self, stream_id: int) -> None:
         pass  # stream_ended resets a request not read to its end (NO_ERROR)

@@ -218,3 +218,23 @@ def test_protocol_error_from_the_host_fails_its_streams_with_upe(proxy_factory, 
     assert body.endswith(b"reset reason: protocol error")
     assert p.wait_for(lambda: p.counters()["cluster.h2c.upstream_cx_destroy"] == 1)
     assert _get(p.port, "/after")[0] == 200  # a new connection serves the next request
+
+
+def test_request_body_larger_than_the_hosts_window_waits_for_window_updates(proxy_factory, backend):
+    p = proxy_factory(front_proxy_config(ROUTES, [h2_cluster(backend.port)]))
+    body = bytes(range(256)) * 4096  # 1 MiB against the host's 64 KiB initial windows
+    status, _, got = _get(p.port, "/echo", "POST", body)
+    assert status == 200 and got == body
+    assert backend.requests[0]["body"] == body
+
+
+def test_downstream_gone_resets_only_its_upstream_stream_with_cancel(proxy_factory, backend):
+    p = proxy_factory(front_proxy_config(ROUTES, [h2_cluster(backend.port)]))
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    s.sendall(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert backend.wait_for(lambda: len(backend.requests) == 1)
+    s.close()  # the client gives up: the router resets its upstream stream
+    assert backend.wait_for(lambda: backend.requests[0].get("reset_by_peer") is not None)
+    assert backend.requests[0]["reset_by_peer"] == 8  # CANCEL
+    assert _get(p.port, "/next")[0] == 200
+    assert backend.connections == 1  # the connection outlived the one stream's reset

@@ -12,7 +12,8 @@ Per path (query parameters in brackets):
 - /rst [code]: RST_STREAM (INTERNAL_ERROR, or REFUSED_STREAM with code=refused);
 - /goaway: the summary, then GOAWAY naming this stream as the last;
 - /garbage: a DATA frame on stream 0 (a connection error the client must detect).
-It records each connection and each request (headers as received, body, trailers) and the most
+`name` appears in the summary as "server" (the differential runner's echo JSON). It records
+each connection and each request (headers as received, body, trailers) and the most
 streams it saw open at once on one connection.
 """
 
@@ -47,7 +48,8 @@ class _Conn:
 
 class H2Backend:
     def __init__(self, max_concurrent_streams: int | None = None,
-                 initial_window_size: int | None = None) -> None:
+                 initial_window_size: int | None = None, name: str = "h2-upstream") -> None:
+        self.name = name
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_window_size = initial_window_size
         self.lock = threading.Lock()   # guards the records below (read by the test thread)
@@ -240,7 +242,7 @@ class H2Backend:
     def _summary(self, conn: _Conn, sid: int) -> None:
         rec = conn.streams[sid]
         hd = dict(rec["headers"])
-        body = json.dumps({"method": hd.get(":method"), "path": hd.get(":path"),
+        body = json.dumps({"server": self.name, "method": hd.get(":method"), "path": hd.get(":path"),
                            "authority": hd.get(":authority"), "stream_id": sid,
                            "conn": conn.number, "body_len": len(rec["body"]),
                            "headers": rec["headers"]}).encode()
@@ -292,6 +294,19 @@ class H2Backend:
         self._send(conn)
 
     # -- for the tests ----------------------------------------------------------------------
+    @property
+    def echo_requests(self) -> list:
+        """The requests as the HTTP/1.1 EchoUpstream records them: (method, path, headers,
+        body), the headers by name with :authority and :scheme among them."""
+        with self.lock:
+            out = []
+            for r in self.requests:
+                h = dict(r["headers"])
+                out.append((h.get(":method"), h.get(":path"),
+                            {k: v for k, v in h.items() if k not in (":method", ":path")},
+                            r["body"]))
+            return out
+
     def wait_for(self, predicate, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,9 +17,10 @@ Behaviour, as Envoy's HTTP/2 client codec:
   returned) and it is not read-disabled: a slow downstream stalls only its stream. What does
   not fit the peer's windows waits for its WINDOW_UPDATE;
 - RST_STREAM from the peer ends that stream alone ("remote reset", UR; REFUSED_STREAM:
-  "remote refused stream reset", retriable); reset() sends RST_STREAM(CANCEL) for that stream;
-  GOAWAY: capacity 0, streams above last_stream_id are refused (retriable), the connection
-  closes once idle; a protocol error from the peer closes the connection (UPE, as HTTP/1's).
+  "remote refused stream reset", UR); reset() sends RST_STREAM(CANCEL) for that stream;
+  GOAWAY: capacity 0, streams above last_stream_id are refused ("remote refused stream
+  reset"; retriable, as a stale HTTP/1.1 keep-alive connection's request, when the connection
+  had served streams before), the connection closes once idle; a protocol error from the peer closes the connection (UPE, as HTTP/1's).
 States (`state`, client_protocol's): CONNECTING -> READY <-> BUSY -> CLOSED (the pool moves it).
 Thread affinity: the worker that owns its pool. Must not: block, or touch a stream after it
 told its holder the stream ended.
@@ -428,10 +429,10 @@ class Http2ClientConnection(ConnectionCallbacks):
                     continue  # a stream we ended: its late frames are dropped
                 if cls is StreamReset:
                     self._stream_done(s, False)
+                    # Envoy's reasons; like Envoy (without a retry_policy) neither is retried.
                     refused = ev.error_code == ErrorCodes.REFUSED_STREAM
                     s.callbacks.on_upstream_reset(
-                        "remote refused stream reset" if refused else "remote reset", "UR",
-                        reused=refused and not s.response_started)
+                        "remote refused stream reset" if refused else "remote reset", "UR")
                     continue
                 if cls is WindowUpdated:
                     self._send_pending(s)
@@ -497,8 +498,10 @@ class Http2ClientConnection(ConnectionCallbacks):
             if s.state == DONE:
                 continue
             self._stream_done(s, False)
+            # Never processed, on a connection going away as we reused it: the router retries
+            # it as it does a request that met a stale HTTP/1.1 keep-alive connection.
             s.callbacks.on_upstream_reset("remote refused stream reset", "UR",
-                                          reused=not s.response_started)
+                                          reused=s.reused and not s.response_started)
         if self.state == CLOSED:
             return
         self.pool.on_capacity_changed(self)

@@ -148,15 +148,15 @@ def test_goaway_sends_new_requests_on_a_new_connection(proxy_factory, backend):
     assert p.wait_for(lambda: p.counters()["cluster.h2c.upstream_cx_destroy"] == 1)
 
 
-def test_refused_stream_is_retried_on_a_fresh_connection(proxy_factory, backend):
+def test_refused_stream_fails_with_envoys_reason(proxy_factory, backend):
     p = proxy_factory(front_proxy_config(ROUTES, [h2_cluster(backend.port)]))
     assert _get(p.port, "/first")[0] == 200
     status, _, body = _get(p.port, "/rst?code=refused")
-    # An idempotent request the host refused (never processed) is retried once, then fails
-    # with Envoy's reason.
+    # As Envoy without a retry_policy: 503, UR, not retried.
     assert status == 503
     assert body.endswith(b"reset reason: remote refused stream reset")
-    assert p.counters()["cluster.h2c.upstream_rq_retry"] == 1
+    assert p.counters()["cluster.h2c.upstream_rq_retry"] == 0
+    assert _get(p.port, "/after")[0] == 200 and backend.connections == 1
 
 
 def test_configured_max_concurrent_streams_is_respected(proxy_factory, backend):

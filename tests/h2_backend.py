@@ -10,7 +10,9 @@ Per path (query parameters in brackets):
 - /big [size]: `size` bytes, as fast as the proxy's window allows (counts its waits);
 - /trailers: a body, then trailers (x-trailer: yes);
 - /rst [code]: RST_STREAM (INTERNAL_ERROR, or REFUSED_STREAM with code=refused);
-- /goaway: the summary, then GOAWAY naming this stream as the last;
+- /goaway: GOAWAY naming this stream as the last, then the summary;
+- /goaway-refuse: on the first connection, GOAWAY naming the stream before this one as the
+  last (this one is refused, unanswered); elsewhere the summary;
 - /garbage: a DATA frame on stream 0 (a connection error the client must detect).
 `name` appears in the summary as "server" (the differential runner's echo JSON). It records
 each connection and each request (headers as received, body, trailers) and the most
@@ -27,7 +29,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, StreamEnded,
                        StreamReset, TrailersReceived, WindowUpdated)
@@ -226,8 +228,14 @@ class H2Backend:
             self._send(conn)
             conn.sock.sendall(b"\x00\x00\x03\x00\x00\x00\x00\x00\x00abc")  # DATA on stream 0
         elif path == "/goaway":
-            self._summary(conn, sid)
+            # GOAWAY first, then this (last) stream's answer: the client must take frames of
+            # the streams a GOAWAY lets finish (h2 itself would refuse to send them).
             h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=sid)
+            h2.state_machine.state = ConnectionState.SERVER_OPEN
+            self._summary(conn, sid)
+        elif path == "/goaway-refuse" and conn.number == 1:
+            h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=sid - 2)  # not this one
+            conn.streams.pop(sid, None)
         else:
             self._summary(conn, sid)
 

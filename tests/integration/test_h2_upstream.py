@@ -148,6 +148,17 @@ def test_goaway_sends_new_requests_on_a_new_connection(proxy_factory, backend):
     assert p.wait_for(lambda: p.counters()["cluster.h2c.upstream_cx_destroy"] == 1)
 
 
+def test_stream_above_goaway_last_stream_id_is_retried_on_a_new_connection(proxy_factory, backend):
+    p = proxy_factory(front_proxy_config(ROUTES, [h2_cluster(backend.port)]))
+    assert _get(p.port, "/warm")[0] == 200
+    status, _, body = _get(p.port, "/goaway-refuse")
+    # Never processed, on a reused connection going away: retried as a stale keep-alive's.
+    assert status == 200 and json.loads(body)["conn"] == 2
+    c = p.counters()
+    assert c["cluster.h2c.upstream_rq_retry"] == 1
+    assert p.wait_for(lambda: p.counters()["cluster.h2c.upstream_cx_destroy"] == 1)
+
+
 def test_refused_stream_fails_with_envoys_reason(proxy_factory, backend):
     p = proxy_factory(front_proxy_config(ROUTES, [h2_cluster(backend.port)]))
     assert _get(p.port, "/first")[0] == 200

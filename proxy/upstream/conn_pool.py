@@ -30,13 +30,13 @@ from typing import Hashable, NamedTuple
 
 from ..http.codec.client_protocol import BUSY, CLOSED, CONNECTING, READY, PoolConnection
 from ..http.codec_client import UpstreamHttpConnection
-from ..http.http2_client import HTTP2, Http2ClientConnection
+from ..http.http2_client_connection import HTTP2, Http2ClientConnection
 from ..network.connection import CloseReason
 
 __all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "HTTP2", "CLIENT_CONNECTIONS",
            "register_client_connection"]
 
-HTTP11 = "http/1.1"  # ALPN names of the upstream protocols; HTTP2 = "h2" (http2_client)
+HTTP11 = "http/1.1"  # ALPN names of the upstream protocols; HTTP2 = "h2" (http2_client_connection)
 
 # Protocol name -> PoolConnectionFactory (a PoolConnection class). Filled at import time (and
 # by tests before they start a worker); read-only once workers run.

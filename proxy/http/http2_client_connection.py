@@ -5,7 +5,7 @@ A `PoolConnection` (codec/client_protocol.py) whose capacity is min(the peer's
 SETTINGS_MAX_CONCURRENT_STREAMS, the cluster's max_concurrent_streams) minus its open streams
 (the configured value until the peer's SETTINGS arrive); each request is an `Http2Stream`
 (UpstreamStream). It lives beside codec_client.py (HTTP/1.1's shell), not in codec/, because it
-owns a socket and a clock; the frame layer (h2) is the sans-I/O part.
+owns a socket and a clock; the sans-I/O part is h2 and codec/http2_client.py.
 
 Behaviour, as Envoy's HTTP/2 client codec:
 - a request becomes :method, :scheme (http), :authority, :path and its headers less the
@@ -32,8 +32,6 @@ import os
 import socket
 import time
 
-from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (ConnectionTerminated, DataReceived, InformationalResponseReceived,
                        RemoteSettingsChanged, ResponseReceived, StreamEnded, StreamReset,
@@ -44,7 +42,7 @@ from h2.settings import SettingCodes
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec.client_protocol import CLOSED, CONNECTING
-from .codec.events import ResponseHeaders
+from .codec.http2_client import new_client_connection, request_fields, response_headers
 
 __all__ = ["Http2ClientConnection", "Http2Stream", "HTTP2"]
 
@@ -54,12 +52,7 @@ _RESET_REASON = {
     CloseReason.CONNECT_FAILED: ("remote connection failure", "UF"),
     CloseReason.CONNECT_TIMEOUT: ("connection timeout", "UF"),
 }
-# RFC 9113 §8.2.2: connection-specific header fields are not sent in HTTP/2 (`te` is, only as
-# "trailers"); `host` becomes :authority.
-_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection",
-                                  b"transfer-encoding", b"upgrade", b"host", b"te"})
 _PEER_UNLIMITED = 2**31 - 1
-_H2_CONFIG = H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
 
 # A stream's states (its one `state` field): IDLE (handed out, no HEADERS sent) -> OPEN (HEADERS
 # sent) -> DONE (released, reset by either side, or ended with its connection: no callbacks).
@@ -101,7 +94,7 @@ class Http2Stream:
         one and the host answers it as such (extended CONNECT is not spoken)."""
         if self.state != IDLE:
             return
-        self.conn._open_stream(self, _request_fields(head), end_stream)
+        self.conn._open_stream(self, request_fields(head), end_stream)
 
     def send_data(self, data: bytes) -> None:
         if data and self.state == OPEN and not self.local_ended:
@@ -142,27 +135,6 @@ class Http2Stream:
         self.conn._stream_done(self, self.state == OPEN)
 
 
-def _request_fields(head) -> list[tuple[bytes, bytes]]:
-    """The request head as HTTP/2 header fields (pseudo-headers first)."""
-    fields = [(b":method", head.method), (b":scheme", b"http"),
-              (b":authority", head.authority or head.headers.get(b"host") or b""),
-              (b":path", head.path)]
-    connection_named: set[bytes] = set()
-    for name, value in head.headers.fields:
-        if name.lower() == b"connection":
-            connection_named.update(t.strip().lower() for t in value.split(b","))
-    for name, value in head.headers.fields:
-        n = name.lower()
-        if n in _CONNECTION_SPECIFIC or n in connection_named:
-            if n == b"te" and b"trailers" in [t.strip().lower() for t in value.split(b",")]:
-                fields.append((b"te", b"trailers"))
-            continue
-        fields.append((n, value))
-    if head.method == b"CONNECT":  # RFC 9113 §8.5: no :scheme, no :path
-        fields = [f for f in fields if f[0] not in (b":scheme", b":path")]
-    return fields
-
-
 class Http2ClientConnection(ConnectionCallbacks):
     """PoolConnection carrying up to min(peer's, configured) concurrent streams."""
 
@@ -184,7 +156,7 @@ class Http2ClientConnection(ConnectionCallbacks):
                                      buffer_limit=buffer_limit,
                                      remote_address=format_address(address), conn_id=conn_id)
         self.stats = pool.cluster.stats
-        self.h2 = _ClientH2Connection(config=_H2_CONFIG)
+        self.h2 = new_client_connection()
         self.state = CONNECTING
         self.peer_max_streams = _PEER_UNLIMITED
         self.capacity = self.max_streams
@@ -370,9 +342,9 @@ class Http2ClientConnection(ConnectionCallbacks):
             ended = ev.stream_ended is not None
             if ended:
                 s.remote_ended = True
-                cb.on_upstream_headers(_response_headers(ev.headers), b"")
+                cb.on_upstream_headers(response_headers(ev.headers), b"")
             else:
-                cb.on_upstream_headers(_response_headers(ev.headers))
+                cb.on_upstream_headers(response_headers(ev.headers))
         elif cls is TrailersReceived:
             s.remote_ended = True
             cb.on_upstream_complete([(n, v) for n, v in ev.headers if not n.startswith(b":")])
@@ -457,7 +429,7 @@ class Http2ClientConnection(ConnectionCallbacks):
                         s.response_started = s.remote_ended = True
                         s.unacked += flow
                         i = j
-                        s.callbacks.on_upstream_headers(_response_headers(ev.headers),
+                        s.callbacks.on_upstream_headers(response_headers(ev.headers),
                                                         b"".join(body))
                         if s.state != DONE:
                             self._ack_stream(s)
@@ -551,30 +523,3 @@ class Http2ClientConnection(ConnectionCallbacks):
         for s in list(self.streams.values()):
             if s.state == OPEN:
                 s.callbacks.on_upstream_watermark(False)
-
-
-def _response_headers(fields) -> ResponseHeaders:
-    """h2's validated response header block -> the router's ResponseHeaders."""
-    status = 0
-    headers = []
-    content_length = None
-    for name, value in fields:
-        if name[:1] == b":":
-            if name == b":status":
-                status = int(value)
-            continue
-        if name == b"content-length":
-            content_length = int(value)
-        headers.append((name, value))
-    return ResponseHeaders(status, b"", b"2", headers, True, content_length, False)
-
-
-class _ClientH2Connection(H2Connection):
-    """h2's connection, which after a GOAWAY refuses every later frame (its state machine goes
-    CLOSED): RFC 9113 §6.8 lets the streams up to last_stream_id finish, so ours stays open
-    to receive them (we open no new stream after a GOAWAY: capacity is 0)."""
-
-    def _receive_goaway_frame(self, frame):
-        frames, events = super()._receive_goaway_frame(frame)
-        self.state_machine.state = ConnectionState.CLIENT_OPEN
-        return frames, events

@@ -24,7 +24,7 @@ from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
-    "HTTP_PROTOCOL_OPTIONS",
+    "HTTP_PROTOCOL_OPTIONS", "Http2Options",
 ]
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -71,6 +71,19 @@ class Thresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Options:
+    """An upstream Http2ProtocolOptions (Envoy's defaults): the cluster speaks HTTP/2 (h2c,
+    prior knowledge) to its hosts. Read by http/codec/http2_client.py."""
+
+    # The most streams one connection carries at once (also capped by the peer's SETTINGS).
+    max_concurrent_streams: int = 2147483647
+    # Our receive windows (Envoy's 256 MiB defaults): what a host may send ahead of the
+    # consumer, per stream and per connection.
+    initial_stream_window_size: int = 268435456
+    initial_connection_window_size: int = 268435456
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     type: str = "STATIC"
@@ -88,6 +101,9 @@ class ClusterConfig:
     # common_lb_config.healthy_panic_threshold (percent): below this share of healthy (or
     # degraded) hosts the load balancer uses every host (host.lb_hosts). 0 disables panic.
     healthy_panic_threshold: float = 50.0
+    # Set: the cluster speaks HTTP/2 upstream (explicit_http_config.http2_protocol_options or
+    # the legacy http2_protocol_options); None: HTTP/1.1.
+    http2: Http2Options | None = None
     # The original config object, for /config_dump. Never mutate it.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -123,7 +139,7 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     refused("transport_socket_matches", _NO_TLS),
     refused("health_checks", _NO_HC),
     refused("outlier_detection"),
-    refused("http2_protocol_options", "HTTP/2 upstreams"),
+    used("http2_protocol_options", attr="http2", why="deprecated spelling; its own table"),
     refused("eds_cluster_config", "EDS clusters"),
     refused("cluster_type", "custom cluster types"),
     refused("alt_stat_name"),
@@ -263,11 +279,10 @@ LEAST_REQUEST = Message("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", 
 
 UPSTREAM_HTTP_OPTIONS = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", fields=(
     used("common_http_protocol_options", attr="idle_timeout"),
-    used("explicit_http_config", attr="", why="http_protocol_options (HTTP/1.1) only"),
-    refused("use_downstream_protocol_config", "HTTP/2 upstreams; use explicit_http_config "
-                                              "with http_protocol_options"),
-    refused("auto_config", "HTTP/2 upstreams; use explicit_http_config with "
-                           "http_protocol_options"),
+    used("explicit_http_config", attr="", why="http_protocol_options (HTTP/1.1) or "
+                                              "http2_protocol_options (h2c, prior knowledge)"),
+    refused("use_downstream_protocol_config", "needs downstream HTTP/2; use explicit_http_config"),
+    refused("auto_config", "needs ALPN over TLS upstreams; use explicit_http_config"),
     refused("upstream_http_protocol_options"),
     refused("http_filters", "upstream HTTP filters"),
     refused("header_validation_config"),
@@ -277,7 +292,7 @@ UPSTREAM_HTTP_OPTIONS = Message("envoy.extensions.upstreams.http.v3.HttpProtocol
 EXPLICIT_HTTP = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
                         fields=(
     used("http_protocol_options", attr="", why="HTTP/1.1, its own table"),
-    refused("http2_protocol_options", "HTTP/2 upstreams"),
+    used("http2_protocol_options", attr="http2", why="HTTP/2 (h2c, prior knowledge), its own table"),
     refused("http3_protocol_options", "HTTP/3 upstreams"),
 ))
 
@@ -294,6 +309,28 @@ UPSTREAM_HTTP1 = Message("envoy.config.core.v3.Http1ProtocolOptions (upstream)",
     refused("send_fully_qualified_url", default=False, only_default=True),
     refused("allow_custom_methods", default=False, only_default=True),
     refused("ignore_http_11_upgrade"),
+))
+
+_FLOOD = "flood limits of Envoy's HTTP/2 codec; h2 has its own"
+UPSTREAM_HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (upstream)", model=Http2Options,
+                         fields=(
+    used("max_concurrent_streams", 2147483647),
+    used("initial_stream_window_size", 268435456),
+    used("initial_connection_window_size", 268435456),
+    inert("use_oghttp2_codec", "chooses between Envoy's HTTP/2 codec libraries; ftproxy uses h2"),
+    refused("hpack_table_size", default=4096, only_default=True),
+    refused("allow_connect", "extended CONNECT upstream", default=False, only_default=True),
+    refused("allow_metadata", default=False, only_default=True),
+    refused("max_metadata_size"),
+    refused("max_outbound_frames", _FLOOD),
+    refused("max_outbound_control_frames", _FLOOD),
+    refused("max_consecutive_inbound_frames_with_empty_payload", _FLOOD),
+    refused("max_inbound_priority_frames_per_stream", _FLOOD),
+    refused("max_inbound_window_update_frames_per_data_frame_sent", _FLOOD),
+    refused("stream_error_on_invalid_http_messaging", default=False, only_default=True),
+    refused("override_stream_error_on_invalid_http_message"),
+    refused("custom_settings_parameters"),
+    refused("connection_keepalive", "HTTP/2 PING keepalive"),
 ))
 
 UPSTREAM_COMMON_HTTP = Message("envoy.config.core.v3.HttpProtocolOptions (upstream)", fields=(
@@ -341,6 +378,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     endpoints = errors.run(_endpoints, f, ctype)
     cbs = errors.run(_circuit_breakers, f)
     options = errors.run(_protocol_options, f)
+    http2 = errors.run(_http2_choice, f)
     dns_family = errors.run(f.enum, "dns_lookup_family", _DNS_FAMILIES, "AUTO")
     buffer_limit = errors.run(f.int, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT,
                               min=0, max=2**32 - 1)
@@ -366,6 +404,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         max_requests_per_connection=max_rpc,
         least_request_choice_count=choice_count,
         healthy_panic_threshold=panic,
+        http2=http2,
         raw=raw,
     )
 
@@ -528,6 +567,46 @@ def _http1_options(raw: Any, path: str) -> None:
         UPSTREAM_HTTP1.require_default(h, key, h.bool(key, False))
 
 
+def _http2_options(raw: Any, path: str) -> Http2Options:
+    """An upstream Http2ProtocolOptions: the three sizes honoured, the rest refused."""
+    h = UPSTREAM_HTTP2.read(raw, path)
+    h.bool("use_oghttp2_codec")
+    for key, default in (("allow_connect", False), ("allow_metadata", False),
+                         ("stream_error_on_invalid_http_messaging", False)):
+        UPSTREAM_HTTP2.require_default(h, key, h.bool(key, default))
+    UPSTREAM_HTTP2.require_default(h, "hpack_table_size", h.int("hpack_table_size", 4096, min=0))
+    d = Http2Options()
+    # Envoy's validation bounds (protoc-gen-validate rules of Http2ProtocolOptions).
+    return Http2Options(
+        max_concurrent_streams=h.int("max_concurrent_streams", d.max_concurrent_streams,
+                                     min=1, max=2147483647),
+        initial_stream_window_size=h.int("initial_stream_window_size",
+                                         d.initial_stream_window_size, min=65535, max=2147483647),
+        initial_connection_window_size=h.int("initial_connection_window_size",
+                                             d.initial_connection_window_size,
+                                             min=65535, max=2147483647),
+    )
+
+
+def _http2_choice(f: Fields) -> Http2Options | None:
+    """The cluster's HTTP/2 options if it speaks HTTP/2 upstream (the typed
+    explicit_http_config.http2_protocol_options wins over the legacy cluster field, as in
+    Envoy), else None."""
+    typed = f.raw_obj("typed_extension_protocol_options") or {}
+    opts = typed.get(HTTP_PROTOCOL_OPTIONS)
+    if isinstance(opts, Mapping):
+        explicit = opts.get("explicit_http_config")
+        if isinstance(explicit, Mapping):
+            if explicit.get("http2_protocol_options") is not None:
+                p = (f"{f.at('typed_extension_protocol_options')}.{HTTP_PROTOCOL_OPTIONS}"
+                     ".explicit_http_config.http2_protocol_options")
+                return _http2_options(explicit["http2_protocol_options"], p)
+            return None  # explicit HTTP/1.1
+    if f.has("http2_protocol_options"):
+        return _http2_options(f.value("http2_protocol_options"), f.at("http2_protocol_options"))
+    return None
+
+
 def _protocol_options(f: Fields) -> tuple[float, int | None]:
     idle, max_rpc = _common_http(f, "common_http_protocol_options")
     legacy_max = f.int("max_requests_per_connection", min=0)
@@ -547,7 +626,8 @@ def _protocol_options(f: Fields) -> tuple[float, int | None]:
         explicit = EXPLICIT_HTTP.read(o.value("explicit_http_config"), o.at("explicit_http_config"))
         explicit.oneof("http_protocol_options", "http2_protocol_options", "http3_protocol_options",
                        required=True)
-        _http1_options(explicit.value("http_protocol_options"), explicit.at("http_protocol_options"))
+        if explicit.has("http_protocol_options"):
+            _http1_options(explicit.value("http_protocol_options"), explicit.at("http_protocol_options"))
         t_idle, t_max = _common_http(o, "common_http_protocol_options")
         idle = t_idle if t_idle is not None else idle
         max_rpc = t_max if t_max is not None else max_rpc

@@ -3,8 +3,8 @@
 A pool's key (`PoolKey`) is what makes two upstream connections interchangeable: the host, the
 protocol (its ALPN name) and the transport socket factory's key (its options: raw_buffer
 today, TLS settings later); its connections get their transport sockets from that factory. The
-protocol chooses the connection class (`CLIENT_CONNECTIONS`: HTTP/1.1 today; HTTP/2 and the
-tests' multiplexing codec register one more), each a `PoolConnection`
+protocol chooses the connection class (`CLIENT_CONNECTIONS`: HTTP/1.1 and HTTP/2; the tests'
+multiplexing codec registers one more), each a `PoolConnection`
 (http/codec/client_protocol.py) that says how many more streams it may take (`capacity`).
 
 Bookkeeping only (httpcore's lesson): the pool keeps each connection in one state (connecting
@@ -30,16 +30,18 @@ from typing import Hashable, NamedTuple
 
 from ..http.codec.client_protocol import BUSY, CLOSED, CONNECTING, READY, PoolConnection
 from ..http.codec_client import UpstreamHttpConnection
+from ..http.http2_client_connection import HTTP2, Http2ClientConnection
 from ..network.connection import CloseReason
 
-__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "CLIENT_CONNECTIONS",
+__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "HTTP2", "CLIENT_CONNECTIONS",
            "register_client_connection"]
 
-HTTP11 = "http/1.1"  # the ALPN name of the one upstream protocol the proxy speaks today
+HTTP11 = "http/1.1"  # ALPN names of the upstream protocols; HTTP2 = "h2" (http2_client_connection)
 
 # Protocol name -> PoolConnectionFactory (a PoolConnection class). Filled at import time (and
 # by tests before they start a worker); read-only once workers run.
-CLIENT_CONNECTIONS: dict[str, type] = {HTTP11: UpstreamHttpConnection}
+CLIENT_CONNECTIONS: dict[str, type] = {HTTP11: UpstreamHttpConnection,
+                                       HTTP2: Http2ClientConnection}
 
 
 def register_client_connection(protocol: str, factory) -> None:

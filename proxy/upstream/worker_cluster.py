@@ -13,7 +13,7 @@ Thread affinity: one worker.
 from __future__ import annotations
 
 from ..network.transport_socket import upstream_transport_factory
-from .conn_pool import HTTP11, HttpConnPool, PoolKey
+from .conn_pool import HTTP2, HTTP11, HttpConnPool, PoolKey
 from .load_balancer import create_load_balancer
 
 __all__ = ["WorkerCluster", "ClusterStats", "upstream_protocol"]
@@ -21,12 +21,13 @@ __all__ = ["WorkerCluster", "ClusterStats", "upstream_protocol"]
 
 def upstream_protocol(config) -> str:
     """The protocol a cluster's pools speak (their PoolKey's, naming the client connection
-    class in conn_pool.CLIENT_CONNECTIONS): HTTP/1.1 today. HTTP/2 is chosen here from the
-    cluster's protocol options (or ALPN) when it comes; tests patch in their own."""
-    return HTTP11
+    class in conn_pool.CLIENT_CONNECTIONS): HTTP/2 (h2c, prior knowledge) when the cluster's
+    protocol options ask for it (explicit http2_protocol_options), else HTTP/1.1. ALPN
+    (auto_config) comes with TLS upstreams; tests patch in their own."""
+    return HTTP2 if config.http2 is not None else HTTP11
 
 _COUNTERS = (
-    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_overflow",
+    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_http2_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_overflow",
     "upstream_cx_destroy", "upstream_cx_none_healthy", "upstream_cx_idle_timeout", "upstream_cx_rx_bytes_total",
     "upstream_cx_tx_bytes_total", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
     "upstream_rq_pending_overflow", "upstream_rq_active_overflow", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",

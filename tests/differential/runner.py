@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.h2_backend import H2Backend
 from tests.integration.harness import EchoUpstream
 
 from .cases import CASES_DIR, CONFIGS_DIR, Case, all_cases, load_case
@@ -118,14 +119,32 @@ class CaseResult:
         return "\n".join(lines)
 
 
-def _start_upstreams(names: list[str]) -> dict[str, EchoUpstream]:
-    return {n: EchoUpstream(n) for n in names}
+class _H2Upstream:
+    """A real h2c upstream (tests/h2_backend.py) seen as an EchoUpstream: `port`, `requests`
+    (method, path, headers, body), `close()`."""
+
+    def __init__(self, name: str) -> None:
+        self.backend = H2Backend(name=name)
+        self.port = self.backend.port
+
+    @property
+    def requests(self) -> list:
+        return self.backend.echo_requests
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _start_upstreams(names: list[str], h2_names: list[str] = ()) -> dict:
+    ups: dict = {n: EchoUpstream(n) for n in names}
+    ups.update((n, _H2Upstream(n)) for n in h2_names)
+    return ups
 
 
 def run_case(path: Path) -> CaseResult:
     t0 = time.monotonic()
     case = load_case(path)
-    upstreams = _start_upstreams(case.data.get("upstreams") or [])
+    upstreams = _start_upstreams(case.data.get("upstreams") or [], case.data.get("h2_upstreams") or [])
     workdir = Path(tempfile.mkdtemp(prefix=f"diff-{case.name}-"))
     proxies: list[ProxyProcess] = []
     reservation = PortReservation()

@@ -176,19 +176,52 @@ def test_static_endpoint_must_be_an_ip_literal():
     ("transport_socket", "not supported yet (TLS upstreams come later; raw_buffer only)"),
     ("health_checks", "not supported yet (active health checks)"),
     ("outlier_detection", "not supported yet"),
-    ("http2_protocol_options", "not supported yet (HTTP/2 upstreams)"),
 ])
 def test_unsupported_envoy_fields_are_refused_by_name(field, expected):
     value = [{}] if field == "health_checks" else {"name": "envoy.transport_sockets.tls"}
     assert error(cluster(**{field: value})).startswith(f"{P}.{field}: {expected}")
 
 
-def test_http2_in_typed_protocol_options_is_refused_with_path():
+def test_http2_protocol_options_make_the_cluster_speak_h2():
+    from proxy.upstream.worker_cluster import upstream_protocol
     key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    msg = error(cluster(typed_extension_protocol_options={
-        key: {"explicit_http_config": {"http2_protocol_options": {}}}}))
-    assert msg == (f"{P}.typed_extension_protocol_options.{key}.explicit_http_config"
-                   ".http2_protocol_options: not supported yet (HTTP/2 upstreams)")
+    typed = parse_cluster(cluster(typed_extension_protocol_options={key: {"explicit_http_config": {
+        "http2_protocol_options": {"max_concurrent_streams": 7, "initial_stream_window_size": 65535,
+                                   "initial_connection_window_size": 1048576}}}}), P)
+    assert (typed.http2.max_concurrent_streams, typed.http2.initial_stream_window_size,
+            typed.http2.initial_connection_window_size) == (7, 65535, 1048576)
+    assert upstream_protocol(typed) == "h2"
+    legacy = parse_cluster(cluster(http2_protocol_options={}), P)
+    assert legacy.http2.max_concurrent_streams == 2147483647  # Envoy's defaults
+    assert legacy.http2.initial_stream_window_size == 268435456
+    assert upstream_protocol(legacy) == "h2"
+    plain = parse_cluster(cluster(), P)
+    assert plain.http2 is None and upstream_protocol(plain) == "http/1.1"
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("max_concurrent_streams", 0, "must be >= 1, got 0"),
+    ("initial_stream_window_size", 1000, "must be >= 65535, got 1000"),
+    ("allow_connect", True, "not supported yet (extended CONNECT upstream)"),
+    ("hpack_table_size", 100, "not supported yet (only the default, 4096, is)"),
+    ("connection_keepalive", {}, "not supported yet (HTTP/2 PING keepalive)"),
+    ("max_outbound_frames", 10, "not supported yet (flood limits"),
+])
+def test_http2_protocol_options_refuse_what_is_not_honoured(field, value, expected):
+    key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    msg = error(cluster(typed_extension_protocol_options={key: {"explicit_http_config": {
+        "http2_protocol_options": {field: value}}}}))
+    assert msg.startswith(f"{P}.typed_extension_protocol_options.{key}.explicit_http_config"
+                          f".http2_protocol_options.{field}: {expected}")
+    assert error(cluster(http2_protocol_options={field: value})).startswith(
+        f"{P}.http2_protocol_options.{field}: {expected}")
+
+
+def test_auto_and_downstream_protocol_config_stay_refused():
+    key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    for field in ("auto_config", "use_downstream_protocol_config"):
+        msg = error(cluster(typed_extension_protocol_options={key: {field: {}}}))
+        assert msg.startswith(f"{P}.typed_extension_protocol_options.{key}.{field}: not supported yet")
 
 
 def test_unknown_protocol_options_extension_is_refused():

@@ -16,8 +16,8 @@ Pools hand out streams, not connections (httpcore's `interfaces.py` is the model
   connection reports its own life to its `PoolCallbacks` (the pool).
 
 The pool picks the connection class from its key's protocol (conn_pool.CLIENT_CONNECTIONS):
-HTTP/1.1 (codec_client.UpstreamHttpConnection) today, HTTP/2 later, an in-test multiplexing
-codec in the tests. Neither the pool nor the router knows which one it has.
+HTTP/1.1 (codec_client.UpstreamHttpConnection), HTTP/2 (http2_client_connection.Http2ClientConnection), an
+in-test multiplexing codec in the tests. Neither the pool nor the router knows which one it has.
 
 Thread affinity: a pool, its connections, their streams and the streams' callbacks belong to one
 worker; every call below happens on that worker's dispatcher.

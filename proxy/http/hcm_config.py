@@ -121,8 +121,10 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     used("stream_idle_timeout", "300s"),
     used("request_timeout", "0s"),
     used("request_headers_timeout", "0s"),
-    inert("drain_timeout", "the grace between HTTP/2 GOAWAY frames; HTTP/1.1 has none (a draining "
-                           "connection closes after its response)", default="5s", attr="drain_timeout"),
+    inert("drain_timeout", "the grace between Envoy's two HTTP/2 GOAWAY frames; ftproxy sends one, "
+                           "naming the last stream taken (a stream opened after it gets "
+                           "REFUSED_STREAM, which clients retry); HTTP/1.1 has none",
+          default="5s", attr="drain_timeout"),
     used("delayed_close_timeout", "1s"),
     used("common_http_protocol_options", attr="", why="its own table"),
     used("max_request_headers_kb", 60),

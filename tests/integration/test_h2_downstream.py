@@ -257,3 +257,30 @@ def test_rapid_reset_closes_the_connection_and_spares_others(proxy_factory, upst
     finally:
         good.close()
     assert p.counters()["http.ingress_http.downstream_cx_protocol_error"] == 1
+
+
+def test_h2_downstream_to_an_h2_upstream_streams_end_to_end(proxy_factory):
+    """HTTP/2 on both sides: three client streams, one of them reset by the upstream, on one
+    downstream and one upstream connection; the others are answered."""
+    from tests.h2_backend import H2Backend
+    from .test_h2_upstream import h2_cluster
+    backend = H2Backend()
+    try:
+        p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "h2c"}}],
+                                             [h2_cluster(backend.port)]))
+        c = H2Client(p.port)
+        try:
+            a = c.request(b"POST", b"/echo", body=b"both sides h2")
+            b = c.request(b"GET", b"/rst")
+            d = c.request(b"GET", b"/slow?ms=100")
+            c.wait(lambda: {a, d} <= c.ended and b in c.status)
+            assert c.status[a] == 200 and c.body[a] == b"both sides h2"
+            assert c.status[b] == 503 and c.status[d] == 200
+            assert backend.connections == 1
+            counters = p.counters()
+            assert counters["http.ingress_http.downstream_cx_http2_total"] == 1
+            assert counters["cluster.h2c.upstream_cx_http2_total"] == 1
+        finally:
+            c.close()
+    finally:
+        backend.close()

@@ -31,7 +31,7 @@ def server_codec_factory(config, codec_impl: str, response_fields):
     codec_type = config.codec_type
     h2 = config.http2_protocol_options
     h2_options = Http2Options(h2.max_concurrent_streams, h2.initial_stream_window_size,
-                              h2.initial_connection_window_size)
+                              h2.initial_connection_window_size, max_kb * 1024)
 
     def make(first_bytes: bytes, transport, callbacks):
         if codec_type == "HTTP2" or (codec_type == "AUTO" and len(first_bytes) >= 3

@@ -284,3 +284,28 @@ def test_h2_downstream_to_an_h2_upstream_streams_end_to_end(proxy_factory):
             c.close()
     finally:
         backend.close()
+
+
+def test_a_header_block_over_max_request_headers_kb_is_refused(proxy_factory, upstream):
+    """The decoded header list is capped by max_request_headers_kb (an HPACK bomb too): a
+    connection error; the limit is advertised (SETTINGS_MAX_HEADER_LIST_SIZE); others go on."""
+    p = _proxy(proxy_factory, upstream.port, max_request_headers_kb=4)
+    c = H2Client(p.port)
+    try:
+        c.wait(lambda: c.conn.remote_settings.max_header_list_size == 4096)
+        small = c.request(b"GET", b"/small", extra=[(b"x-fits", b"a" * 1000)])
+        c.wait(lambda: small in c.ended)
+        assert c.status[small] == 200
+        c.request(b"GET", b"/big", extra=[(b"x-big", b"a" * 8000)])
+        c.wait(lambda: c.goaway is not None)
+        assert c.goaway.error_code != ErrorCodes.NO_ERROR
+    finally:
+        c.close()
+    assert p.counters()["http.ingress_http.downstream_cx_protocol_error"] == 1
+    good = H2Client(p.port)
+    try:
+        sid = good.request(b"GET", b"/after")
+        good.wait(lambda: sid in good.ended)
+        assert good.status[sid] == 200
+    finally:
+        good.close()

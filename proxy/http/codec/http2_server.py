@@ -51,14 +51,18 @@ class Http2Options:
     """The HCM's http2_protocol_options that the codec honours (Envoy's defaults)."""
 
     __slots__ = ("max_concurrent_streams", "initial_stream_window_size",
-                 "initial_connection_window_size")
+                 "initial_connection_window_size", "max_header_list_bytes")
 
     def __init__(self, max_concurrent_streams: int = 2147483647,
                  initial_stream_window_size: int = 268435456,
-                 initial_connection_window_size: int = 268435456) -> None:
+                 initial_connection_window_size: int = 268435456,
+                 max_header_list_bytes: int = 60 * 1024) -> None:
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_stream_window_size = initial_stream_window_size
         self.initial_connection_window_size = initial_connection_window_size
+        # The HCM's max_request_headers_kb: a header block decoding to more (an HPACK bomb
+        # too) is a connection error; h2 bounds the CONTINUATION frames of one block itself.
+        self.max_header_list_bytes = max_header_list_bytes
 
 
 class _Stream:
@@ -94,7 +98,9 @@ class Http2ServerCodec:
             SettingCodes.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1,  # enforced here (REFUSED_STREAM)
             SettingCodes.INITIAL_WINDOW_SIZE: min(options.initial_stream_window_size, 2 ** 31 - 1),
             SettingCodes.ENABLE_PUSH: 0,
+            SettingCodes.MAX_HEADER_LIST_SIZE: options.max_header_list_bytes,
         })
+        conn.decoder.max_header_list_size = options.max_header_list_bytes
         conn.initiate_connection()
         extra = options.initial_connection_window_size - 65535
         if extra > 0:

@@ -18,11 +18,11 @@ import time
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec import make_client_codec
-from .codec.client_protocol import CLOSED, CONNECTING
+from .codec.client_protocol import CLOSED, CONNECTING, PoolConnectionPredicates
 from .codec.errors import CodecError
 from .codec.events import END_OF_MESSAGE, Data, Informational, MessageComplete, ResponseHeaders
 
-__all__ = ["UpstreamHttpConnection"]
+__all__ = ["UpstreamHttpConnection", "lost_stream_reset"]
 
 # Envoy 1.40's reset reasons: a refused (or otherwise failed) connect is a "remote connection
 # failure", whose transport failure reason is "delayed_connect_error: <strerror>".
@@ -32,7 +32,13 @@ _RESET_REASON = {
 }
 
 
-class UpstreamHttpConnection(ConnectionCallbacks):
+def lost_stream_reset(close_reason: str) -> tuple[str, str]:
+    """Envoy's reset reason and response flag for a stream that ended with its upstream
+    connection (closed for `close_reason`): every client connection class says it so."""
+    return _RESET_REASON.get(close_reason, ("connection termination", "UC"))
+
+
+class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
     """PoolConnection (capacity 1) and, while it serves a router, that router's UpstreamStream."""
 
     __slots__ = ("pool", "connection", "codec", "router", "state", "capacity", "active_streams",
@@ -68,18 +74,6 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.connection.connect(address, connect_timeout)
 
     # -- PoolConnection (used by the pool) --------------------------------------------------------
-    def is_available(self) -> bool:
-        return self.capacity > 0 and self.state != CONNECTING and not self.connection.closed
-
-    def is_idle(self) -> bool:
-        return self.active_streams == 0
-
-    def has_expired(self, now: float) -> bool:
-        if self.connection.closed:
-            return True
-        timeout = self.pool.idle_timeout
-        return bool(timeout) and self.active_streams == 0 and now - self.idle_since >= timeout
-
     def new_stream(self, router) -> UpstreamHttpConnection:
         """Its one stream is itself."""
         self.router = router
@@ -229,7 +223,7 @@ class UpstreamHttpConnection(ConnectionCallbacks):
         self.capacity = 0
         self.pool.on_closed(self, prev, reason, lost)
         if router is not None:
-            reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
+            reset_reason, flag = lost_stream_reset(reason)
             errno = self.connection.connect_errno
             transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
             router.on_upstream_reset(reset_reason, flag, reused=self.total_streams > 1,

@@ -349,12 +349,13 @@ class ConnectionManager(ConnectionCallbacks):
         stream = self.streams.get(stream_id)
         if stream is None or stream.state >= CLOSED:
             return
+        now = time.monotonic()
         if data:
             stream.bytes_received += len(data)
-            stream.last_activity = time.monotonic()
+            stream.last_activity = now
         if end_stream and not stream.state & REQUEST_COMPLETE:
             stream.state |= REQUEST_COMPLETE
-            stream.request_complete_monotonic = time.monotonic()
+            stream.request_complete_monotonic = now
         if stream.chains is not None:
             stream.decode_data(data, end_stream)
 

@@ -41,17 +41,14 @@ from h2.settings import SettingCodes
 
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
-from .codec.client_protocol import CLOSED, CONNECTING
+from .codec.client_protocol import CLOSED, CONNECTING, PoolConnectionPredicates
+from .codec_client import lost_stream_reset
 from .codec.http2_client import new_client_connection, request_fields, response_headers
 
 __all__ = ["Http2ClientConnection", "Http2Stream", "HTTP2"]
 
 HTTP2 = "h2"  # the ALPN name; the pool's protocol key
 
-_RESET_REASON = {
-    CloseReason.CONNECT_FAILED: ("remote connection failure", "UF"),
-    CloseReason.CONNECT_TIMEOUT: ("connection timeout", "UF"),
-}
 _PEER_UNLIMITED = 2**31 - 1
 
 # A stream's states (its one `state` field): IDLE (handed out, no HEADERS sent) -> OPEN (HEADERS
@@ -135,7 +132,7 @@ class Http2Stream:
         self.conn._stream_done(self, self.state == OPEN)
 
 
-class Http2ClientConnection(ConnectionCallbacks):
+class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
     """PoolConnection carrying up to min(peer's, configured) concurrent streams."""
 
     cx_total_stat = "upstream_cx_http2_total"
@@ -172,19 +169,6 @@ class Http2ClientConnection(ConnectionCallbacks):
         self.connection.connect(address, connect_timeout)
 
     # -- PoolConnection ---------------------------------------------------------------------
-    def is_available(self) -> bool:
-        return (self.capacity > 0 and self.state not in (CONNECTING, CLOSED)
-                and not self.connection.closed)
-
-    def is_idle(self) -> bool:
-        return self.active_streams == 0
-
-    def has_expired(self, now: float) -> bool:
-        if self.connection.closed:
-            return True
-        timeout = self.pool.idle_timeout
-        return bool(timeout) and self.active_streams == 0 and now - self.idle_since >= timeout
-
     def new_stream(self, callbacks) -> Http2Stream:
         s = Http2Stream(self, callbacks, reused=self.total_streams > 0)
         self.active_streams += 1
@@ -510,7 +494,7 @@ class Http2ClientConnection(ConnectionCallbacks):
             if bad is not None and not s.response_started:
                 s.callbacks.on_upstream_reset(*bad)
                 continue
-            reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
+            reset_reason, flag = lost_stream_reset(reason)
             s.callbacks.on_upstream_reset(reset_reason, flag, reused=s.reused,
                                           transport_failure=transport)
 

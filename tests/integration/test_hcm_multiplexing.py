@@ -18,6 +18,7 @@ from tests.mux.peer import MuxPeer
 from tests.mux.server_codec import mux_codec_factory
 
 from .harness import front_proxy_config, static_cluster
+from .clients import read_request_head
 from .servers import AcceptLoop
 
 ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}]
@@ -116,12 +117,9 @@ class _HalfResponseUpstream(AcceptLoop):
 
     def handle(self, s: socket.socket, n: int) -> None:
         try:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
+            buf = read_request_head(s)
+            if b"\r\n\r\n" not in buf:
+                return
             if buf.startswith(b"GET /half "):
                 s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
                 time.sleep(0.1)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import socket
 import time
 
-from proxy.http.codec.client_protocol import CLOSED, CONNECTING
+from proxy.http.codec.client_protocol import CLOSED, CONNECTING, PoolConnectionPredicates
+from proxy.http.codec_client import lost_stream_reset
 from proxy.http.codec.events import ResponseHeaders
 from proxy.network.address import format_address
 from proxy.network.connection import CloseReason, Connection, ConnectionCallbacks
@@ -30,11 +31,6 @@ from .frames import (DATA, DATA_END, GOAWAY, HEADERS, HEADERS_END, RESET, TRAILE
 __all__ = ["MUX", "MuxClientConnection", "MuxStream", "register"]
 
 MUX = "mux-test"
-
-_RESET_REASON = {
-    CloseReason.CONNECT_FAILED: ("remote connection failure", "UF"),
-    CloseReason.CONNECT_TIMEOUT: ("connection timeout", "UF"),
-}
 
 
 class MuxStream:
@@ -104,7 +100,7 @@ class MuxStream:
         self.conn._stream_done(self)
 
 
-class MuxClientConnection(ConnectionCallbacks):
+class MuxClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
     """PoolConnection with capacity `max_concurrent_streams` (subclass to change it)."""
 
     max_concurrent_streams = 4
@@ -131,19 +127,6 @@ class MuxClientConnection(ConnectionCallbacks):
         self.connection.connect(address, connect_timeout)
 
     # -- PoolConnection ---------------------------------------------------------------------
-    def is_available(self) -> bool:
-        return (self.capacity > 0 and self.state not in (CONNECTING, CLOSED)
-                and not self.connection.closed)
-
-    def is_idle(self) -> bool:
-        return self.active_streams == 0
-
-    def has_expired(self, now: float) -> bool:
-        if self.connection.closed:
-            return True
-        timeout = self.pool.idle_timeout
-        return bool(timeout) and self.active_streams == 0 and now - self.idle_since >= timeout
-
     def new_stream(self, callbacks) -> MuxStream:
         s = MuxStream(self, self.next_id, callbacks, reused=self.total_streams > 0)
         self.next_id += 2
@@ -244,7 +227,7 @@ class MuxClientConnection(ConnectionCallbacks):
         self.active_streams = 0
         self.capacity = 0
         self.pool.on_closed(self, prev, reason, lost)
-        reset_reason, flag = _RESET_REASON.get(reason, ("connection termination", "UC"))
+        reset_reason, flag = lost_stream_reset(reason)
         for s in streams:
             s.done = True
             s.callbacks.on_upstream_reset(reset_reason, flag, reused=s.reused)

@@ -1,12 +1,16 @@
-"""Sans-I/O HTTP/1.1 codecs behind one interface: `fast` (httptools/llhttp, the hot path)
-and `h11` (the strict pure-Python reference, used as a test oracle and fallback).
+"""Sans-I/O HTTP/1.1 message parsers behind one interface: `fast` (httptools/llhttp, the hot
+path) and `h11` (the strict pure-Python reference, used as a test oracle and fallback). The
+connection manager does not call them directly: http1_server.Http1ServerCodec (the
+ServerCodec of protocol.py) wraps a server parser, and codec_client.UpstreamHttpConnection a
+client one.
 
-ServerCodec (downstream): `feed(bytes) -> list[event]` (b"" = EOF), `resume()`,
-`encode_response_head(...)`, `encode_body`, `encode_end`, `response_must_close`, and
-`head_in_progress`: after a feed, True while a request head has begun (its first byte came)
-and is not complete (no RequestHeaders for it yet): the connection manager times a request
-from its first byte, as Envoy does (request_timeout, request_headers_timeout).
-ClientCodec (upstream): `encode_request_head(...)`, `encode_body`, `encode_end`,
+Server parser (downstream): `feed(bytes) -> list[event]` (b"" = EOF), `resume()`,
+`encode_response_head(...)`, `encode_body`, `encode_end`, `encode_whole_response`,
+`response_must_close`, and `head_in_progress`: after a feed, True while a request head has
+begun (its first byte came) and is not complete (no RequestHeaders for it yet): the
+connection manager times a request from its first byte, as Envoy does (request_timeout,
+request_headers_timeout).
+Client parser (upstream): `encode_request_head(...)`, `encode_body`, `encode_end`,
 `feed(bytes) -> list[event]`. Both raise `CodecError` for input they refuse.
 
 Thread affinity: a codec belongs to one connection on one worker. Must not: do I/O.

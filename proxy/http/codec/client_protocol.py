@@ -34,6 +34,7 @@ from typing import Protocol
 from .events import ResponseHeaders
 
 __all__ = ["UpstreamStream", "UpstreamStreamCallbacks", "PoolConnection", "PoolCallbacks",
+           "PoolConnectionPredicates",
            "PoolConnectionFactory", "HeaderList", "CONNECTING", "READY", "BUSY", "CLOSED"]
 
 HeaderList = list[tuple[bytes, bytes]]
@@ -170,6 +171,27 @@ class PoolConnection(Protocol):
 
     def close(self) -> None:
         """Close now (its active streams are reset, their holders told)."""
+
+
+class PoolConnectionPredicates:
+    """PoolConnection's three predicates, the same for every connection class (a mixin: the
+    class has PoolConnection's attributes, its `connection` (network Connection) and `pool`
+    (its PoolCallbacks))."""
+
+    __slots__ = ()
+
+    def is_available(self) -> bool:
+        return (self.capacity > 0 and self.state not in (CONNECTING, CLOSED)
+                and not self.connection.closed)
+
+    def is_idle(self) -> bool:
+        return self.active_streams == 0
+
+    def has_expired(self, now: float) -> bool:
+        if self.connection.closed:
+            return True
+        timeout = self.pool.idle_timeout
+        return bool(timeout) and self.active_streams == 0 and now - self.idle_since >= timeout
 
 
 class PoolConnectionFactory(Protocol):

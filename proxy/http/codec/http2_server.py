@@ -170,9 +170,9 @@ class Http2ServerCodec:
                         self._rapid_reset()
                         return
                 if streams.pop(ev.stream_id, None) is not None:
-                    cb.on_stream_reset(ev.stream_id, ErrorCodes(ev.error_code).name
-                                       if ev.error_code in ErrorCodes._value2member_map_
-                                       else str(ev.error_code))
+                    # h2 gives a known code as ErrorCodes, an unknown one as its int.
+                    cb.on_stream_reset(ev.stream_id, getattr(ev.error_code, "name",
+                                                             str(ev.error_code)))
             elif cls is WindowUpdated:
                 self._send_pending(ev.stream_id)
             elif cls is ConnectionTerminated:

@@ -18,3 +18,4 @@ import proxy.http.filters.fault  # noqa: F401  envoy.filters.http.fault
 import proxy.http.filters.cors  # noqa: F401  envoy.filters.http.cors
 import proxy.network.filters.connection_limit  # noqa: F401  envoy.filters.network.connection_limit
 import proxy.network.filters.local_ratelimit  # noqa: F401  envoy.filters.network.local_ratelimit
+import proxy.tls.transport_socket  # noqa: F401  envoy.transport_sockets.tls (both sides)

@@ -38,6 +38,7 @@ def self_signed(cn: str = "localhost"):
 
 
 class TlsTestSocket:
+    connect_timeout = 0.0
     def __init__(self, sock: socket.socket, ctx: SSL.Context, server: bool, server_name: str | None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
@@ -208,6 +209,9 @@ class TlsTestFactory:
         self.ctx = ctx
         self.key = ("test.transport_sockets.tls", server, alpn)
         self.created: list[TlsTestSocket] = []
+
+    def for_worker(self, scope):
+        return self
 
     def create(self, sock, server_name=None) -> TlsTestSocket:
         ts = TlsTestSocket(sock, self.ctx, self.server, server_name)

@@ -29,6 +29,7 @@ def xor(data: bytes) -> bytes:
 
 
 class FakeHandshakeXorSocket:
+    connect_timeout = 0.0
     def __init__(self, sock: socket.socket, server: bool) -> None:
         self.sock = sock
         self.fd = sock.fileno()
@@ -156,6 +157,9 @@ class FakeHandshakeXorFactory:
     def __init__(self, server: bool) -> None:
         self.server = server
         self.created: list[FakeHandshakeXorSocket] = []
+
+    def for_worker(self, scope):
+        return self
 
     def create(self, sock, server_name=None) -> FakeHandshakeXorSocket:
         ts = FakeHandshakeXorSocket(sock, self.server)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, join
 from proxy.config.registry import resolve
+from proxy.network.transport_socket import DOWNSTREAM, RAW_BUFFER, parse_transport_socket
 
 __all__ = ["ListenerConfig", "FilterChainConfig", "NetworkFilterConfig", "parse_listener",
            "parse_address", "TERMINAL_NETWORK_FILTERS"]
@@ -45,6 +46,9 @@ class NetworkFilterConfig(NamedTuple):
 class FilterChainConfig:
     filters: tuple[NetworkFilterConfig, ...]
     name: str = ""
+    # The factory of accepted connections' transport sockets (raw_buffer or TLS), built at
+    # load on the main thread; its sockets carry transport_socket_connect_timeout.
+    transport_socket: Any = RAW_BUFFER
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +123,9 @@ FILTER_CHAIN = Message("envoy.config.listener.v3.FilterChain", model=FilterChain
     used("filter_chain_match", attr="", why="only an empty match: its own table"),
     inert("name", "names the chain for filter_chain_matcher, which is refused", attr="name"),
     inert("metadata", "no filter here reads filter chain metadata"),
-    refused("transport_socket", "TLS"),
-    refused("transport_socket_connect_timeout", "TLS"),
+    used("transport_socket", why="raw_buffer or envoy.transport_sockets.tls (DownstreamTlsContext)"),
+    used("transport_socket_connect_timeout", attr="transport_socket",
+         why="the transport socket's connect_timeout: an unfinished handshake is closed"),
     refused("on_demand_configuration"),
     refused("use_proxy_proto"),
 ))
@@ -244,7 +249,7 @@ def _parse_filter_chains(f: Fields) -> tuple[FilterChainConfig, ...]:
 def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
     if isinstance(item, Mapping) and item.get("tls_context") is not None:
         raise ConfigError(join(path, "tls_context"), "tls_context is a v2 field; v3 uses "
-                                                     "transport_socket (and TLS is not supported yet)")
+                                                     "transport_socket")
     c = FILTER_CHAIN.read(item, path)
     if c.has("filter_chain_match"):
         FILTER_CHAIN_MATCH.read(c.value("filter_chain_match"), c.at("filter_chain_match"))
@@ -270,5 +275,10 @@ def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
     if terminal_at is None and not errors.errors:
         errors.add(ConfigError(c.at("filters"), "the last network filter must be a terminal filter "
                                                 f"({', '.join(sorted(TERMINAL_NETWORK_FILTERS))})"))
+    timeout = errors.run(c.duration, "transport_socket_connect_timeout", 0.0)
+    transport = RAW_BUFFER
+    if timeout is not MISSING:
+        transport = errors.run(parse_transport_socket, c.value("transport_socket"), c.at("transport_socket"),
+                               DOWNSTREAM, connect_timeout=timeout)
     errors.raise_if_any()
-    return FilterChainConfig(filters=tuple(filters), name=c.str("name", ""))
+    return FilterChainConfig(filters=tuple(filters), name=c.str("name", ""), transport_socket=transport)

@@ -114,8 +114,13 @@ class Connection:
 
     # -- setup -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Begin reading (server side, after accept)."""
+        """Begin reading (server side, after accept). A transport that is not connected at
+        once (a TLS handshake) gets its `connect_timeout`, if it has one, to become so."""
         self._update_interest()
+        timeout = self.transport_socket.connect_timeout
+        if timeout > 0:
+            self._connect_timer = self.dispatcher.call_later(
+                timeout, lambda: self._fail_connect(CloseReason.CONNECT_TIMEOUT))
         self._transport_connected(CloseReason.REMOTE)
 
     def connect(self, address: tuple[str, int], timeout: float) -> None:

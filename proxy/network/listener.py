@@ -74,9 +74,11 @@ class ActiveListener:
         self.ctx = network_filter_ctx
         self.shared = shared  # one socket registered in every worker (reuse_port off)
         self.buffer_limit = config.per_connection_buffer_limit_bytes
-        # One filter chain per listener today (config/listener.py): its transport for all.
-        self.transport_factory = downstream_transport_factory(config.filter_chains[0])
         scope = worker.stats.scope(f"listener.{config.stat_prefix}")
+        # One filter chain per listener today (config/listener.py): its transport for all,
+        # counting TLS stats as listener.<stat_prefix>.ssl.*.
+        self.transport_factory = downstream_transport_factory(config.filter_chains[0]).for_worker(
+            scope.scope("ssl"))
         self.cx_total = scope.counter("downstream_cx_total")
         self.cx_destroy = scope.counter("downstream_cx_destroy")
         self.cx_active = scope.gauge("downstream_cx_active")

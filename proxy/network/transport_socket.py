@@ -59,12 +59,14 @@ from collections.abc import Callable, Hashable, Mapping
 from itertools import islice
 from typing import Any, Protocol
 
+from ..config.reader import ConfigError, Fields
+from ..config.registry import Extension, register, resolve
 from ..threads.dispatcher import READ, WRITE
 
 __all__ = ["TransportSocket", "TransportSocketCallbacks", "TransportSocketFactory", "RawBufferSocket",
            "RawBufferSocketFactory", "RAW_BUFFER", "RAW_BUFFER_NAME", "READ", "WRITE",
-           "transport_socket_factory", "register_transport_socket", "downstream_transport_factory",
-           "upstream_transport_factory"]
+           "parse_transport_socket", "downstream_transport_factory", "upstream_transport_factory",
+           "DOWNSTREAM", "UPSTREAM"]
 
 _IOV_MAX = 1024  # Linux limit on buffers per sendmsg
 # Up to this many queued bytes are joined and sent with one `send`: `sendmsg` costs ~2,700 more
@@ -94,6 +96,9 @@ class TransportSocket(Protocol):
     """One connected (or connecting) socket's I/O. See the module docstring for the contract."""
 
     fd: int                                # what the Connection registers with its dispatcher
+    connect_timeout: float                 # accepted sockets: seconds to become connected
+    #                                        (a filter chain's transport_socket_connect_timeout;
+    #                                        0: none), else the Connection closes it
     raw_socket: socket.socket | None       # set only when the wire bytes ARE the application's
     #                                        bytes (raw_buffer): a relay may splice(2) them
     failure_reason: str                    # why the transport failed ("" if it did not)
@@ -149,6 +154,11 @@ class TransportSocketFactory(Protocol):
         """A transport socket owning `sock` (connected, or about to be connected).
         `server_name`: upstream SNI override (ignored by raw_buffer)."""
 
+    def for_worker(self, scope: Any) -> TransportSocketFactory:
+        """This factory as one worker uses it: its sockets count the transport's stats under
+        `scope` (TLS: `<listener or cluster scope>.ssl.*`; the worker's own store) and keep
+        per-worker state (TLS: upstream sessions to resume). raw_buffer: itself."""
+
 
 # -- raw_buffer ------------------------------------------------------------------------------
 
@@ -158,6 +168,7 @@ class RawBufferSocket:
 
     __slots__ = ("raw_socket", "fd", "do_read", "callbacks")
     failure_reason = ""  # raw_buffer has no failure of its own: socket errors are OSErrors
+    connect_timeout = 0.0  # connected as soon as accepted
 
     def __init__(self, sock: socket.socket) -> None:
         self.raw_socket = sock
@@ -223,6 +234,9 @@ class RawBufferSocketFactory:
     def create(self, sock: socket.socket, server_name: str | None = None) -> RawBufferSocket:
         return RawBufferSocket(sock)
 
+    def for_worker(self, scope: Any) -> RawBufferSocketFactory:
+        return self
+
     def __repr__(self) -> str:
         return "RawBufferSocketFactory()"
 
@@ -232,53 +246,46 @@ RAW_BUFFER = RawBufferSocketFactory()
 
 # -- choosing a factory from config ----------------------------------------------------------
 
-# Envoy extension name -> builder(typed_config mapping or None) -> factory. Config validation
-# (proxy/config, proxy/upstream/cluster_config.py) admits only names listed here; the TLS
-# issue registers "envoy.transport_sockets.tls" (and its type URL) with one more line.
-# Written at import time only; read-only afterwards (no mutation once workers run).
-_REGISTRY: dict[str, Callable[[Mapping[str, Any] | None], TransportSocketFactory]] = {
-    RAW_BUFFER_NAME: lambda _typed_config: RAW_BUFFER,
-}
-_TYPE_URLS = {"envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer": RAW_BUFFER_NAME}
+# A `transport_socket` (Envoy's `config.core.v3.TransportSocket`: `name` + `typed_config`) is
+# resolved through proxy.config.registry like any extension, in one of two categories: the
+# same name (`envoy.transport_sockets.tls`) has a downstream config (DownstreamTlsContext, a
+# listener's filter chain) and an upstream one (UpstreamTlsContext, a cluster). An extension's
+# `factory(config, name)` builds the TransportSocketFactory once, at load, on the main thread:
+# TLS contexts are made there (a bad certificate is a config error), and workers share them.
+DOWNSTREAM = "downstream_transport_socket"
+UPSTREAM = "upstream_transport_socket"
+RAW_BUFFER_PROTO = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 
 
-def register_transport_socket(name: str, type_url: str,
-                              build: Callable[[Mapping[str, Any] | None], TransportSocketFactory]) -> None:
-    """Register a transport socket extension (at import time, before any worker starts)."""
-    _REGISTRY[name] = build
-    _TYPE_URLS[type_url] = name
+def _parse_raw_buffer(raw: Mapping[str, Any], path: str) -> None:
+    Fields(raw, path, ())  # RawBuffer has no fields
+    return None
 
 
-def transport_socket_factory(config: Mapping[str, Any] | None) -> TransportSocketFactory:
-    """The factory for a `transport_socket` config message (Envoy's
-    `config.core.v3.TransportSocket`: `name` + `typed_config`) of a cluster or a listener's
-    filter chain; raw_buffer when absent, as in Envoy. The message was validated at load time:
-    an unknown name here is our bug, and raises."""
-    if not config:
+for _category in (DOWNSTREAM, UPSTREAM):
+    register(Extension(category=_category, name=RAW_BUFFER_NAME, proto=RAW_BUFFER_PROTO,
+                       parse=_parse_raw_buffer, empty_config_ok=True,
+                       factory=lambda _config, _name, **_options: RAW_BUFFER))
+
+
+def parse_transport_socket(raw: Any, path: str, category: str, **options: Any) -> TransportSocketFactory:
+    """The factory for the `transport_socket` message at `path` (raw_buffer when absent, as in
+    Envoy). `category`: DOWNSTREAM or UPSTREAM. `options` go to the extension's factory
+    (a filter chain's `connect_timeout`). Raises ConfigError naming the field."""
+    if raw is None:
         return RAW_BUFFER
-    typed = config.get("typed_config")
-    name = config.get("name") or ""
-    if name not in _REGISTRY and isinstance(typed, Mapping):
-        name = _TYPE_URLS.get(str(typed.get("@type", "")).rsplit("/", 1)[-1], name)
-    build = _REGISTRY.get(name)
-    if build is None:
-        raise ValueError(f"transport socket {name!r} is not registered")
-    return build(typed if isinstance(typed, Mapping) else None)
+    ext, config = resolve(category, raw, path)
+    try:
+        return ext.factory(config, ext.name, **options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(path, str(e)) from None
 
 
 def downstream_transport_factory(filter_chain: Any) -> TransportSocketFactory:
-    """The transport of connections accepted on a listener's filter chain. Today the config
-    refuses a filter chain's `transport_socket` (proxy/config/listener.py), so this is
-    raw_buffer; the TLS issue adds the field to FilterChainConfig and is read here unchanged."""
-    return transport_socket_factory(getattr(filter_chain, "transport_socket", None))
+    """The transport of connections accepted on a listener's filter chain (built at load)."""
+    return filter_chain.transport_socket
 
 
 def upstream_transport_factory(cluster_config: Any) -> TransportSocketFactory:
-    """The transport of a cluster's upstream connections: its `transport_socket` (only
-    raw_buffer is accepted by proxy/upstream/cluster_config.py today, which keeps no parsed
-    field for it: read from the cluster's raw message)."""
-    ts = getattr(cluster_config, "transport_socket", None)
-    if ts is None:
-        raw = getattr(cluster_config, "raw", None)
-        ts = raw.get("transport_socket") if isinstance(raw, Mapping) else None
-    return transport_socket_factory(ts)
+    """The transport of a cluster's upstream connections (built at load)."""
+    return cluster_config.transport_socket

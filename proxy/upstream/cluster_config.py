@@ -21,6 +21,7 @@ from typing import Any
 
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
+from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport_socket
 
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
@@ -104,13 +105,16 @@ class ClusterConfig:
     # Set: the cluster speaks HTTP/2 upstream (explicit_http_config.http2_protocol_options or
     # the legacy http2_protocol_options); None: HTTP/1.1.
     http2: Http2Options | None = None
+    # The factory of its upstream connections' transport sockets (raw_buffer or TLS), built
+    # at load on the main thread and shared by every worker. Compared by identity: a reload
+    # builds a new one, and its pools start afresh.
+    transport_socket: Any = field(default=RAW_BUFFER, compare=False)
     # The original config object, for /config_dump. Never mutate it.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
 
-_NO_TLS = "TLS upstreams come later"
 _NO_DNS_CONFIG = "the system resolver (getaddrinfo) is used"
 _NO_HC = "active health checks"
 
@@ -135,8 +139,8 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     used("http_protocol_options", attr="", why="deprecated spelling; its own table"),
     used("max_requests_per_connection", attr="max_requests_per_connection", why="deprecated spelling"),
     inert("metadata", "no filter or subset load balancer here reads cluster metadata"),
-    used("transport_socket", attr="", why="raw_buffer only"),
-    refused("transport_socket_matches", _NO_TLS),
+    used("transport_socket", why="raw_buffer or envoy.transport_sockets.tls (UpstreamTlsContext)"),
+    refused("transport_socket_matches", "one transport_socket per cluster"),
     refused("health_checks", _NO_HC),
     refused("outlier_detection"),
     used("http2_protocol_options", attr="http2", why="deprecated spelling; its own table"),
@@ -366,8 +370,8 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     (ConfigErrors when several independent parts of the cluster are wrong)."""
     errors = ErrorCollector()
     f = CLUSTER.read(raw, path, errors_to=errors)
-    if f.has("transport_socket") and not _is_raw_buffer(f.raw["transport_socket"]):
-        errors.add(not_supported(f.at("transport_socket"), f"{_NO_TLS}; raw_buffer only"))
+    transport = errors.run(parse_transport_socket, f.value("transport_socket"), f.at("transport_socket"),
+                           UPSTREAM)
     name = errors.run(_name, f)
     ctype = errors.run(_type, f)
     if ctype is MISSING:
@@ -404,6 +408,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         max_requests_per_connection=max_rpc,
         least_request_choice_count=choice_count,
         healthy_panic_threshold=panic,
+        transport_socket=transport,
         http2=http2,
         raw=raw,
     )
@@ -444,14 +449,6 @@ def _dns_refresh_rate(f: Fields) -> float:
     if rate < 0.001:
         raise ConfigError(f.at("dns_refresh_rate"), "must be at least 1ms")
     return rate
-
-
-def _is_raw_buffer(ts: Any) -> bool:
-    if not isinstance(ts, Mapping) or ts.get("name") != "envoy.transport_sockets.raw_buffer":
-        return False
-    typed = ts.get("typed_config")
-    return not typed or (isinstance(typed, Mapping) and str(typed.get("@type", "")).endswith(
-        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"))
 
 
 # -- endpoints ---------------------------------------------------------------------------

@@ -116,9 +116,10 @@ class WorkerCluster:
         self.high_limits = snapshot.high_limits
         self.panic = snapshot.panic
         self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
-        # Immutable and shared (raw_buffer's is a singleton); TLS will build its context here
-        # or, better, once on main in the snapshot.
-        self.transport_factory = tf = upstream_transport_factory(snapshot.config)
+        # Built once on main (raw_buffer's is a singleton, TLS's holds its contexts), bound here
+        # to this worker's cluster.<name>.ssl.* stats and upstream TLS sessions.
+        self.transport_factory = tf = upstream_transport_factory(snapshot.config).for_worker(
+            self.stats.scope.scope("ssl"))
         self.transport_key = tf.key
         self.protocol = protocol = upstream_protocol(snapshot.config)
         self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)

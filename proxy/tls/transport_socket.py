@@ -1,0 +1,463 @@
+"""The TLS transport socket (`envoy.transport_sockets.tls`): pyOpenSSL in memory-BIO mode.
+
+OpenSSL never touches the socket: ciphertext read from the socket goes into the connection's
+incoming BIO, and what OpenSSL writes into its outgoing BIO is sent by us, so the worker's
+own epoll loop stays in charge (proxy/network/transport_socket.py has the seam's contract).
+
+- Handshake: started by `on_connected` (the client's ClientHello goes out then). While it
+  runs the socket asks for READ interest (and WRITE while ciphertext waits); when it is done
+  it calls `raise_connected()`, so the Connection's owner hears `on_connected` only once
+  application bytes can flow, and a client's connect timeout covers the handshake. A failed
+  handshake (alert, bad certificate, garbage) raises OSError with `failure_reason` set
+  (Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` / `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`).
+- Reading: one `recv` per readable event into the BIO, then up to `max_bytes` plaintext;
+  plaintext left over is announced with `set_transport_readable()`.
+- Writing: plaintext is taken only while no ciphertext waits for the socket, at most
+  `_WRITE_CHUNK` per call, so the memory held here is bounded by one chunk's ciphertext
+  whatever the owner queues (a reader that never reads costs one chunk, not the response).
+- Half-close: close_notify, then FIN once it is out.
+
+Stats (Envoy's `ssl.*` of the listener or the cluster, per worker): `SslStats`.
+Thread affinity: a socket belongs to its Connection's worker; factories are immutable and
+shared (their contexts are read-only after construction); `WorkerTlsFactory` is per worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections import deque
+from collections.abc import Hashable
+from typing import Any
+
+from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+
+from ..config.registry import Extension, register
+from ..network.transport_socket import DOWNSTREAM, READ, UPSTREAM, WRITE
+from .config import (DOWNSTREAM_PROTO, TLS_NAME, UPSTREAM_PROTO, DownstreamTls, UpstreamTls,
+                     parse_downstream_tls, parse_upstream_tls)
+from .context import ServerContexts, client_context, server_contexts
+from .info import TlsInfo
+
+__all__ = ["TlsSocket", "DownstreamTlsFactory", "UpstreamTlsFactory", "SslStats", "WorkerTlsFactory"]
+
+_RECV_SIZE = 256 * 1024     # ciphertext per socket read
+_WRITE_CHUNK = 64 * 1024    # plaintext encrypted per do_write, at most
+_RECORD = 16 * 1024         # TLS plaintext per record: what one SSL_read returns at most
+_JOIN_MAX = 16 * 1024       # small queued buffers are joined into one SSL_write (one record)
+
+
+class SslStats:
+    """Envoy's `<scope>.ssl.*` counters of one listener or cluster, on one worker."""
+
+    __slots__ = ("scope", "handshake", "connection_error", "session_reused", "no_certificate",
+                 "fail_verify_no_cert", "fail_verify_error", "fail_verify_san", "fail_verify_cert_hash",
+                 "_dynamic")
+
+    def __init__(self, scope) -> None:  # scope: proxy.stats.store.Scope at "<...>.ssl"
+        self.scope = scope
+        for name in ("handshake", "connection_error", "session_reused", "no_certificate",
+                     "fail_verify_no_cert", "fail_verify_error", "fail_verify_san", "fail_verify_cert_hash"):
+            setattr(self, name, scope.counter(name))
+        self._dynamic: dict[str, Any] = {}
+
+    def count(self, group: str, value: str) -> None:
+        """`ssl.ciphers.<name>`, `ssl.versions.<name>`, `ssl.curves.<name>`."""
+        key = f"{group}.{value}"
+        c = self._dynamic.get(key)
+        if c is None:
+            c = self._dynamic[key] = self.scope.counter(key)
+        c.value += 1
+
+
+class TlsSocket:
+    """One TLS connection's I/O over its socket. See the module docstring."""
+
+    __slots__ = ("sock", "fd", "tls", "callbacks", "server", "stats", "established", "failure_reason",
+                 "connect_timeout", "_out", "_eof", "_shut_pending", "_verify_failure", "_info",
+                 "_factory", "_closed")
+    raw_socket = None  # ciphertext on the wire: nothing may splice it
+
+    def __init__(self, sock: socket.socket, tls: SSL.Connection, server: bool,
+                 stats: SslStats | None, factory: WorkerTlsFactory | None = None,
+                 connect_timeout: float = 0.0) -> None:
+        self.sock = sock
+        self.connect_timeout = connect_timeout
+        self.fd = sock.fileno()
+        self.tls = tls
+        tls.set_app_data(self)  # the verify callback records its failure here
+        self.server = server
+        self.stats = stats
+        self.callbacks = None
+        self.established = False
+        self.failure_reason = ""
+        self._out = bytearray()          # ciphertext the socket has not taken yet
+        self._eof = False                # the peer's end of stream (FIN or close_notify)
+        self._shut_pending = False       # FIN once the held ciphertext (close_notify) is out
+        self._verify_failure: tuple[str, str] | None = None
+        self._info: TlsInfo | None = None
+        self._factory = factory
+        self._closed = False
+
+    # -- TransportSocket -------------------------------------------------------------------
+    def set_callbacks(self, callbacks) -> None:
+        self.callbacks = callbacks
+
+    def connect(self, address: tuple[str, int]) -> int:
+        return self.sock.connect_ex(address)
+
+    def connect_error(self) -> int:
+        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+    def on_connected(self) -> None:
+        self._handshake()  # a client's ClientHello goes out now; a server waits for one
+
+    def do_read(self, max_bytes: int) -> bytes:
+        if not self.established:
+            self._fill()
+            self._handshake()
+            if not self.established:
+                if self._eof:
+                    self._fail("connection closed during the TLS handshake")
+                raise BlockingIOError
+            if max_bytes == 0:
+                self.callbacks.set_transport_readable()  # records may have come with it
+                raise BlockingIOError
+        elif max_bytes == 0:
+            raise BlockingIOError  # reading is disabled: leave the bytes in the socket
+        else:
+            self._fill()
+        tls = self.tls
+        chunks = []
+        got = 0
+        try:
+            while got < max_bytes:
+                data = tls.recv(min(max_bytes - got, _RECORD))
+                chunks.append(data)
+                got += len(data)
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:   # close_notify: the peer's end of stream
+            self._eof = True
+        except SSL.Error as e:
+            self._fail(_describe(e, self._verify_failure))
+        if self._out or _pending_out(tls):
+            self._flush()  # TLS 1.3 tickets, key updates or alerts produced while reading
+        if got >= max_bytes or (got and self._eof):
+            self.callbacks.set_transport_readable()  # more (or the EOF) without a new event
+        if got:
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._eof:
+            return b""
+        raise BlockingIOError
+
+    def do_write(self, buffers: deque, size: int) -> int:
+        if (self._out and not self._flush()) or not self.established or not size:
+            return 0
+        tls = self.tls
+        taken = 0
+        try:
+            if size <= _JOIN_MAX:
+                taken = tls.send(buffers[0] if len(buffers) == 1 else b"".join(buffers))
+            else:
+                for buf in buffers:
+                    if taken >= _WRITE_CHUNK:
+                        break
+                    taken += tls.send(buf)
+        except SSL.Error as e:
+            self._fail(_describe(e, None))
+        self._flush()
+        return taken
+
+    def shutdown_write(self) -> None:
+        if not self.established:
+            self._shut_pending = True
+            self._flush()
+            return
+        try:
+            self.tls.shutdown()  # close_notify
+        except SSL.Error:
+            pass
+        self._shut_pending = True
+        self._flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.established and not self._shut_pending and not self._eof:
+            # A close_notify if the socket takes it at once (Envoy sends one on close too).
+            try:
+                self.tls.shutdown()
+                pending = _pending_out(self.tls)
+                if pending:
+                    self._out += self.tls.bio_read(pending)
+                if self._out:
+                    self.sock.send(self._out)
+            except (SSL.Error, OSError):
+                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def local_address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]
+
+    def protocol(self) -> str | None:
+        if not self.established:
+            return None
+        p = self.tls.get_alpn_proto_negotiated()
+        return p.decode() if p else None
+
+    def ssl(self) -> TlsInfo | None:
+        """What the handshake established (version, cipher, SNI, the peer's certificate)."""
+        if not self.established:
+            return None
+        info = self._info
+        if info is None:
+            info = self._info = TlsInfo.from_connection(self.tls, self.server)
+        return info
+
+    # -- called by the verify callback (context.py) ----------------------------------------
+    def verify_failed(self, stat: str, reason: str) -> None:
+        self._verify_failure = (stat, reason)
+
+    # -- internals -------------------------------------------------------------------------
+    def _fill(self) -> None:
+        """One socket read into the incoming BIO (epoll is level-triggered: the rest, if
+        any, signals again)."""
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self.tls.bio_write(data)
+        else:
+            self._eof = True
+
+    def _flush(self) -> bool:
+        """Send held and new ciphertext; True when none is left. Asks for WRITE while some
+        is held, and for READ until the handshake is done."""
+        out = self._out
+        pending = _pending_out(self.tls)
+        if pending:
+            out += self.tls.bio_read(pending)
+        if out:
+            try:
+                n = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                self._fail(f"write: {e.strerror or e}")
+            if n:
+                del out[:n]
+        if self._shut_pending and not out:
+            self._shut_pending = False
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.callbacks.set_transport_interest((WRITE if out else 0) | (0 if self.established else READ))
+        return not out
+
+    def _handshake(self) -> None:
+        try:
+            self.tls.do_handshake()
+        except SSL.WantReadError:
+            self._flush()
+            return
+        except SSL.Error as e:
+            self._flush()  # the alert, if any
+            self._handshake_failed(e)
+        self.established = True
+        self._flush()
+        self._handshake_done()
+        self.callbacks.raise_connected()
+        # Application records may have come with the handshake's last flight.
+        self.callbacks.set_transport_readable()
+
+    def _handshake_done(self) -> None:
+        stats = self.stats
+        tls = self.tls
+        if stats is not None:
+            stats.handshake.value += 1
+            if _lib.SSL_session_reused(tls._ssl):
+                stats.session_reused.value += 1
+            stats.count("ciphers", tls.get_cipher_name() or "unknown")
+            stats.count("versions", tls.get_protocol_version_name())
+            group = tls.get_group_name()
+            if group:
+                stats.count("curves", _CURVE_NAMES.get(group, group))
+            if tls.get_peer_certificate(as_cryptography=True) is None:
+                stats.no_certificate.value += 1
+        if self._factory is not None and not self.server:
+            self._factory.session_established(tls)
+
+    def _handshake_failed(self, e: SSL.Error) -> None:
+        stats = self.stats
+        failure = self._verify_failure
+        text = _describe(e, failure)
+        if stats is not None:
+            stats.connection_error.value += 1
+            if failure is not None:
+                getattr(stats, failure[0]).value += 1
+            elif "peer did not return a certificate" in text:
+                stats.fail_verify_no_cert.value += 1
+        self._fail(text)
+
+    def _fail(self, reason: str):
+        self.failure_reason = reason
+        raise ConnectionResetError(reason)
+
+
+def _pending_out(tls: SSL.Connection) -> int:
+    """Ciphertext bytes OpenSSL wrote into the outgoing memory BIO and nobody read yet (no
+    exception when there are none, unlike `bio_read`; pyOpenSSL has no public call for it)."""
+    return _lib.BIO_get_mem_data(tls._from_ssl, _ffi.NULL)
+
+
+# OpenSSL's group names -> Envoy's (BoringSSL's) curve names, for `ssl.curves.<name>`.
+_CURVE_NAMES = {"x25519": "X25519", "prime256v1": "P-256", "secp256r1": "P-256",
+                "secp384r1": "P-384", "secp521r1": "P-521", "X25519MLKEM768": "X25519MLKEM768"}
+
+
+def _describe(e: SSL.Error, verify_failure: tuple[str, str] | None) -> str:
+    """A TLS error as Envoy writes transport failure reasons: `TLS_error:|<lib>:<reason>:
+    <detail>:TLS_error_end` (the library's codes differ: OpenSSL, not BoringSSL)."""
+    parts = []
+    for item in (e.args[0] if e.args and isinstance(e.args[0], list) else []):
+        if isinstance(item, tuple) and len(item) == 3:
+            parts.append(f"{item[0]}:{item[2]}")
+    if not parts:
+        parts.append(str(e) or type(e).__name__)
+    detail = f":{verify_failure[1]}" if verify_failure else ""
+    return "TLS_error:|" + "|".join(parts) + detail + ":TLS_error_end"
+
+
+# -- factories -------------------------------------------------------------------------------
+
+_FACTORY_IDS = itertools.count(1)  # factory keys: a new factory (new contexts) never equals an old one
+
+class WorkerTlsFactory:
+    """A TLS factory bound to one worker's stats (and, upstream, its session cache)."""
+
+    __slots__ = ("shared", "stats", "_sessions")
+    name = "envoy.transport_sockets.tls"
+    implements_secure_transport = True
+
+    def __init__(self, shared, stats: SslStats | None) -> None:
+        self.shared = shared
+        self.stats = stats
+        self._sessions: deque = deque(maxlen=max(1, getattr(shared, "max_session_keys", 1)))
+
+    @property
+    def key(self) -> Hashable:
+        return self.shared.key
+
+    def for_worker(self, scope) -> WorkerTlsFactory:
+        return self.shared.for_worker(scope)
+
+    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
+        return self.shared.new_socket(sock, server_name, self)
+
+    def session_established(self, tls: SSL.Connection) -> None:
+        if self.shared.max_session_keys:
+            session = tls.get_session()
+            if session is not None:
+                self._sessions.append(session)
+
+    def session(self):
+        return self._sessions[-1] if self._sessions else None
+
+
+class DownstreamTlsFactory:
+    """`envoy.transport_sockets.tls` with a DownstreamTlsContext: server connections."""
+
+    name = "envoy.transport_sockets.tls"
+    implements_secure_transport = True
+
+    def __init__(self, config: DownstreamTls, connect_timeout: float = 0.0) -> None:
+        self.config = config
+        self.connect_timeout = connect_timeout  # the filter chain's transport_socket_connect_timeout
+        alpn = tuple(p.encode() for p in config.common_tls_context.alpn_protocols)
+        self.alpn = alpn
+        self.contexts: ServerContexts = server_contexts(config, self._select_alpn)
+        contexts = self.contexts
+        others = [c for c in (*contexts.exact.values(), *contexts.wildcard.values()) if c is not contexts.default]
+        if others or contexts.mismatch is not None:
+            contexts.default.set_tlsext_servername_callback(self._select_certificate)
+        self.key = ("tls-server", next(_FACTORY_IDS))
+
+    def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        # Server preference (Envoy: SSL_select_next_proto over our list); no overlap: the
+        # handshake goes on without ALPN, as in Envoy.
+        for p in self.alpn:
+            if p in offered:
+                return p
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def _select_certificate(self, conn: SSL.Connection) -> None:
+        contexts = self.contexts
+        name = conn.get_servername()
+        ctx = contexts.for_server_name(name.decode("ascii", "replace")) if name else None
+        if ctx is None:
+            ctx = contexts.mismatch  # None: the first certificate's (the default) context
+        if ctx is not None and ctx is not contexts.default:
+            conn.set_context(ctx)
+
+    def for_worker(self, scope) -> WorkerTlsFactory:
+        return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
+
+    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
+        return self.new_socket(sock, server_name, None)
+
+    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None) -> TlsSocket:
+        tls = SSL.Connection(self.contexts.default, None)
+        tls.set_accept_state()
+        return TlsSocket(sock, tls, True, worker.stats if worker else None, worker, self.connect_timeout)
+
+    def __repr__(self) -> str:
+        return f"DownstreamTlsFactory({len(self.config.common_tls_context.tls_certificates)} certificate(s))"
+
+
+class UpstreamTlsFactory:
+    """`envoy.transport_sockets.tls` with an UpstreamTlsContext: client connections."""
+
+    name = "envoy.transport_sockets.tls"
+    implements_secure_transport = True
+
+    def __init__(self, config: UpstreamTls) -> None:
+        self.config = config
+        self.context = client_context(config)
+        self.max_session_keys = config.max_session_keys
+        self.key = ("tls-client", next(_FACTORY_IDS))
+
+    def for_worker(self, scope) -> WorkerTlsFactory:
+        return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
+
+    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
+        return self.new_socket(sock, server_name, None)
+
+    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None) -> TlsSocket:
+        tls = SSL.Connection(self.context, None)
+        tls.set_connect_state()
+        sni = server_name or self.config.sni
+        if sni:
+            tls.set_tlsext_host_name(sni.encode("idna") if not sni.isascii() else sni.encode())
+        if worker is not None and self.max_session_keys:
+            session = worker.session()
+            if session is not None:
+                tls.set_session(session)
+        return TlsSocket(sock, tls, False, worker.stats if worker else None, worker)
+
+    def __repr__(self) -> str:
+        return f"UpstreamTlsFactory(sni={self.config.sni!r})"
+
+
+register(Extension(category=DOWNSTREAM, name=TLS_NAME, proto=DOWNSTREAM_PROTO, parse=parse_downstream_tls,
+                   factory=lambda config, _name, connect_timeout=0.0: DownstreamTlsFactory(config, connect_timeout)))
+register(Extension(category=UPSTREAM, name=TLS_NAME, proto=UPSTREAM_PROTO, parse=parse_upstream_tls,
+                   factory=lambda config, _name, **_options: UpstreamTlsFactory(config)))

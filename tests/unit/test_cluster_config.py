@@ -173,7 +173,7 @@ def test_static_endpoint_must_be_an_ip_literal():
 
 
 @pytest.mark.parametrize("field,expected", [
-    ("transport_socket", "not supported yet (TLS upstreams come later; raw_buffer only)"),
+    ("transport_socket_matches", "not supported yet (one transport_socket per cluster)"),
     ("health_checks", "not supported yet (active health checks)"),
     ("outlier_detection", "not supported yet"),
 ])

@@ -46,6 +46,8 @@ class CertAuthority:
                      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                      .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                                     critical=True)
+                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
+                                    critical=False)
                      .sign(self.key, hashes.SHA256()))
 
     @property
@@ -81,6 +83,9 @@ class CertAuthority:
                                                    else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if not self_signed:  # Python 3.13's default context requires the key identifiers
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                                critical=False)
         return b.sign(signer, hashes.SHA256()), key
 
     def issue_files(self, directory: Path, stem: str, names: list[str] = (), **kw) -> tuple[Path, Path]:
@@ -89,3 +94,21 @@ class CertAuthority:
         cpath.write_bytes(pem(cert))
         kpath.write_bytes(key_pem(key))
         return cpath, kpath
+
+
+def tls_factories(names: list[str] = ("localhost",), server_alpn: tuple[str, ...] = (),
+                  client_alpn: tuple[str, ...] = (), sni: str = ""):
+    """(server, client) production TLS transport socket factories (proxy/tls) from config
+    with inline PEM: the server holds a certificate for `names` from a fresh CA; the client
+    does not verify it (no validation_context, Envoy's upstream default)."""
+    from proxy.tls.config import parse_downstream_tls, parse_upstream_tls
+    from proxy.tls.transport_socket import DownstreamTlsFactory, UpstreamTlsFactory
+
+    cert, key = CertAuthority().issue(list(names))
+    server = parse_downstream_tls({"common_tls_context": {
+        "alpn_protocols": list(server_alpn),
+        "tls_certificates": [{"certificate_chain": {"inline_string": pem(cert).decode()},
+                              "private_key": {"inline_string": key_pem(key).decode()}}]}}, "server")
+    client = parse_upstream_tls({"sni": sni, "common_tls_context": {"alpn_protocols": list(client_alpn)}},
+                                "client")
+    return DownstreamTlsFactory(server), UpstreamTlsFactory(client)

@@ -32,6 +32,16 @@ _RESET_REASON = {
 }
 
 
+def transport_failure(connection) -> str:
+    """Envoy's upstream transport failure reason for a connection that failed: its connect's
+    errno ("delayed_connect_error: <strerror>"), else what its transport socket said (a TLS
+    handshake or verification failure), else ""."""
+    errno = connection.connect_errno
+    if errno:
+        return f"delayed_connect_error: {os.strerror(errno)}"
+    return connection.transport_failure_reason
+
+
 def lost_stream_reset(close_reason: str) -> tuple[str, str]:
     """Envoy's reset reason and response flag for a stream that ended with its upstream
     connection (closed for `close_reason`): every client connection class says it so."""
@@ -224,10 +234,8 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.pool.on_closed(self, prev, reason, lost)
         if router is not None:
             reset_reason, flag = lost_stream_reset(reason)
-            errno = self.connection.connect_errno
-            transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
             router.on_upstream_reset(reset_reason, flag, reused=self.total_streams > 1,
-                                     transport_failure=transport)
+                                     transport_failure=transport_failure(self.connection))
 
     def on_above_write_watermark(self) -> None:
         if self.router is not None:

@@ -28,7 +28,6 @@ told its holder the stream ended.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -42,7 +41,7 @@ from h2.settings import SettingCodes
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec.client_protocol import CLOSED, CONNECTING, PoolConnectionPredicates
-from .codec_client import lost_stream_reset
+from .codec_client import lost_stream_reset, transport_failure
 from .codec.http2_client import new_client_connection, request_fields, response_headers
 
 __all__ = ["Http2ClientConnection", "Http2Stream", "HTTP2"]
@@ -487,8 +486,7 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.capacity = 0
         self.pool.on_closed(self, prev, reason, lost)
         bad = self.close_reason
-        errno = self.connection.connect_errno
-        transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
+        transport = transport_failure(self.connection)
         for s in streams:
             s.state = DONE
             if bad is not None and not s.response_started:

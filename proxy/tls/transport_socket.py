@@ -160,12 +160,20 @@ class TlsSocket:
         taken = 0
         try:
             if size <= _JOIN_MAX:
-                taken = tls.send(buffers[0] if len(buffers) == 1 else b"".join(buffers))
+                data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+                # pyOpenSSL enables partial writes: SSL_write may stop after a record.
+                while taken < size:
+                    taken += tls.send(memoryview(data)[taken:] if taken else data)
             else:
                 for buf in buffers:
+                    view = memoryview(buf)
+                    done = 0
+                    while done < len(view) and taken < _WRITE_CHUNK:
+                        n = tls.send(view[done:done + _WRITE_CHUNK - taken])
+                        done += n
+                        taken += n
                     if taken >= _WRITE_CHUNK:
                         break
-                    taken += tls.send(buf)
         except SSL.Error as e:
             self._fail(_describe(e, None))
         self._flush()

@@ -23,13 +23,12 @@ Thread affinity: one worker. Must not: block.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from typing import Hashable, NamedTuple
 
 from ..http.codec.client_protocol import BUSY, CLOSED, CONNECTING, READY, PoolConnection
-from ..http.codec_client import UpstreamHttpConnection
+from ..http.codec_client import UpstreamHttpConnection, transport_failure
 from ..http.http2_client_connection import HTTP2, Http2ClientConnection
 from ..network.connection import CloseReason
 
@@ -337,8 +336,7 @@ class HttpConnPool:
             # failure" (transport failure reason "delayed_connect_error: <strerror>").
             text = ("connection timeout" if reason == CloseReason.CONNECT_TIMEOUT
                     else "remote connection failure")
-            errno = conn.connection.connect_errno
-            transport = f"delayed_connect_error: {os.strerror(errno)}" if errno else ""
+            transport = transport_failure(conn.connection)
             # Fail pending requests that no remaining connection attempt will serve.
             while self.pending and len(self.pending) > self.connecting_capacity:
                 p = self.pending.popleft()

@@ -1,8 +1,8 @@
 """The transport socket seam, driven through real `Connection`s on real loopback sockets.
 
 The same contract tests run over raw_buffer, FakeHandshakeXorSocket (tests/transport_fakes.py:
-a handshake plus a byte transform) and a real TLS transport (tests/tls_transport.py:
-pyOpenSSL in memory-BIO mode), which plug in without any change to `Connection`; then the
+a handshake plus a byte transform) and the TLS transport (proxy/tls: pyOpenSSL in
+memory-BIO mode), which plug in without any change to `Connection`; then the
 fake's TLS-like needs one by one (deterministic, where TLS's timing is not): READ interest
 while a write waits, WRITE interest while reading, handshake progress while the owner's
 reading is disabled, bytes held by the transport, and a transport failure.
@@ -18,7 +18,7 @@ import pytest
 from proxy.network.connection import CloseReason, Connection, ConnectionCallbacks
 from proxy.network.transport_socket import RAW_BUFFER, READ, WRITE, RawBufferSocket
 from proxy.threads.dispatcher import Dispatcher
-from tests.tls_transport import TlsTestFactory
+from tests.tls_certs import tls_factories
 from tests.transport_fakes import HELLO, OK, FakeHandshakeXorFactory, FakeHandshakeXorSocket, xor
 
 
@@ -102,8 +102,11 @@ def _fake(server: bool):
     return FakeHandshakeXorFactory(server)
 
 
+_TLS = tls_factories(server_alpn=("http/1.1",))
+
+
 def _tls(server: bool):
-    return TlsTestFactory(server)
+    return _TLS[0] if server else _TLS[1]
 
 
 # -- the contract, for every implementation ------------------------------------------------------
@@ -156,18 +159,18 @@ def test_a_request_written_before_the_handshake_is_sent_after_it(dispatcher, lis
 def test_tls_negotiates_alpn_and_exposes_the_session_once_connected(dispatcher, listening):
     d = dispatcher
     owner = Owner()
-    client_factory = TlsTestFactory(False, alpn=(b"h2", b"http/1.1"))
+    server_factory, client_factory = tls_factories(server_alpn=("http/1.1",), client_alpn=("h2", "http/1.1"))
     client = Connection(d, client_factory.create(_client_sock(), server_name="localhost"), owner)
     client.connect(listening.getsockname(), 5.0)
-    ts = client_factory.created[0]
+    ts = client.transport_socket
     assert ts.protocol() is None and ts.ssl() is None
-    server = Connection(d, TlsTestFactory(True, alpn=(b"http/1.1",)).create(_accept(listening)), Owner())
+    server = Connection(d, server_factory.create(_accept(listening)), Owner())
     server.start()
     run_until(d, lambda: "connected" in owner.events)
     assert ts.protocol() == "http/1.1"
-    peer_cert = ts.ssl().get_peer_certificate(as_cryptography=True)
-    assert peer_cert.subject.rfc4514_string() == "CN=localhost"
-    assert server.transport_socket.ssl().get_servername() == b"localhost"
+    assert ts.ssl().peer_subject == "O=ftproxy tests,CN=localhost"
+    assert server.transport_socket.ssl().sni == "localhost"
+    assert server.transport_socket.ssl().alpn == "http/1.1"
     client.close()
     server.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,8 @@ class Bootstrap:
     stats_flush_interval: float = 5.0
     # The runtime key overload.global_downstream_max_connections (None: no limit).
     global_downstream_max_connections: int | None = None
+    # envoy.resource_limits.listener.<listener name>.connection_limit, by listener name.
+    listener_connection_limits: Mapping[str, int] = field(default_factory=dict)
     raw: Mapping[str, Any] | None = None   # deep copy of the input, for /config_dump
     # What the operator should hear about a config that loads (e.g. one that serves nothing).
     warnings: tuple[str, ...] = ()
@@ -70,7 +73,8 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
                                   "the admin merges the workers' stats when read",
           default="5s", attr="stats_flush_interval"),
     used("layered_runtime", attr="global_downstream_max_connections",
-         why="its one honoured key, overload.global_downstream_max_connections; others refused"),
+         why="its honoured keys, overload.global_downstream_max_connections and "
+             "envoy.resource_limits.listener.<name>.connection_limit; others refused"),
     used("overload_manager", attr="", why="only without monitors or actions: its own table"),
     refused("enable_dispatcher_stats", default=False, only_default=True),
     refused("dynamic_resources", "xDS"),
@@ -146,7 +150,8 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     errors = ErrorCollector()
     f = BOOTSTRAP.read(raw, "", errors_to=errors)
     errors.run(_check_overload_manager, f)
-    global_limit = errors.run(_check_layered_runtime, f)
+    limits = errors.run(_check_layered_runtime, f)
+    extra_warnings: list[str] = []
     errors.run(lambda: BOOTSTRAP.require_default(f, "enable_dispatcher_stats",
                                                  f.bool("enable_dispatcher_stats", False)))
     interval = errors.run(_stats_flush_interval, f)
@@ -156,18 +161,24 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
         errors.run(_check_route_clusters, listeners, paths, cluster_names)
+        if limits is not MISSING:
+            extra_warnings = [f"runtime key envoy.resource_limits.listener.{name}.connection_limit "
+                              f"names no listener: it limits nothing (as in Envoy)"
+                              for name in limits[1] if name not in {lc.name for lc in listeners}]
         if admin is not MISSING:
             errors.run(_check_admin_port, admin, listeners, paths)
     errors.raise_if_any()
+    global_limit, listener_limits = limits
     return Bootstrap(
         node=node,
         admin=admin,
         listeners=listeners,
         clusters=clusters,
         stats_flush_interval=interval,
-        global_downstream_max_connections=None if global_limit is MISSING else global_limit,
+        global_downstream_max_connections=global_limit,
+        listener_connection_limits=listener_limits,
         raw=copy.deepcopy(dict(raw)),
-        warnings=_warnings(listeners),
+        warnings=_warnings(listeners) + tuple(extra_warnings),
     )
 
 
@@ -196,12 +207,17 @@ def _check_overload_manager(f: Fields) -> None:
 GLOBAL_MAX_CONNECTIONS_KEY = "overload.global_downstream_max_connections"
 
 
-def _check_layered_runtime(f: Fields) -> int | None:
+_LISTENER_LIMIT = re.compile(r"envoy\.resource_limits\.listener\.(.+)\.connection_limit")
+
+
+def _check_layered_runtime(f: Fields) -> tuple[int | None, dict[str, int]]:
     """Runtime layers: `overload.global_downstream_max_connections` (the process-wide limit on
-    downstream connections, returned) is honoured; any other key (a listener connection limit,
-    a feature flag) is refused by its path rather than silently not enforced."""
+    downstream connections) and `envoy.resource_limits.listener.<name>.connection_limit` (one
+    listener's, across its workers) are honoured and returned; any other key (a feature flag)
+    is refused by its path rather than silently not enforced."""
+    listener_limits: dict[str, int] = {}
     if not f.has("layered_runtime"):
-        return None
+        return None, listener_limits
     lr = LAYERED_RUNTIME.read(f.value("layered_runtime"), f.at("layered_runtime"))
     errors = ErrorCollector()
     limit = None
@@ -215,18 +231,23 @@ def _check_layered_runtime(f: Fields) -> int | None:
         static = layer.raw_obj("static_layer")
         base = layer.at("static_layer")
         for key_path in _runtime_keys(static or {}, base):
-            if key_path == join(base, GLOBAL_MAX_CONNECTIONS_KEY):  # written flat or nested
-                value = _runtime_value(static, GLOBAL_MAX_CONNECTIONS_KEY)
+            key = key_path[len(base) + 1:]
+            per_listener = _LISTENER_LIMIT.fullmatch(key)
+            if key == GLOBAL_MAX_CONNECTIONS_KEY or per_listener:  # written flat or nested
+                value = _runtime_value(static, key)
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     errors.add(ConfigError(key_path, f"expected a non-negative integer, got {value!r}"))
+                elif per_listener:
+                    listener_limits[per_listener.group(1)] = value
                 else:
                     limit = value
                 continue
             errors.add(not_supported(key_path, f"a runtime key: ftproxy honours only "
-                                               f"{GLOBAL_MAX_CONNECTIONS_KEY}, so it would not be "
-                                               f"enforced"))
+                                               f"{GLOBAL_MAX_CONNECTIONS_KEY} and "
+                                               f"envoy.resource_limits.listener.<name>.connection_limit, "
+                                               f"so it would not be enforced"))
     errors.raise_if_any()
-    return limit
+    return limit, listener_limits
 
 
 def _runtime_value(tree: Mapping[str, Any], key: str) -> Any:

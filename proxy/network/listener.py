@@ -67,7 +67,8 @@ def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
 
 class ActiveListener:
     def __init__(self, worker, config, sock: socket.socket, network_filter_ctx, shared: bool,
-                 global_limit: tuple[SharedCount, int] | None = None) -> None:
+                 global_limit: tuple[SharedCount, int] | None = None,
+                 listener_limit: tuple[SharedCount, int] | None = None) -> None:
         self.worker = worker
         self.config = config
         self.sock = sock
@@ -88,6 +89,10 @@ class ActiveListener:
         # overload.global_downstream_max_connections: (the count of every listener, limit)
         self.global_limit = None if config.ignore_global_conn_limit else global_limit
         self.global_cx_overflow = scope.counter("downstream_global_cx_overflow")
+        # envoy.resource_limits.listener.<name>.connection_limit: (this listener's count over
+        # every worker, limit); over it, a connection is closed unread (downstream_cx_overflow).
+        self.listener_limit = listener_limit
+        self.cx_overflow = scope.counter("downstream_cx_overflow")
         self.accepting = False
 
     def start(self) -> None:
@@ -111,9 +116,18 @@ class ActiveListener:
             except OSError as e:
                 log.warning("listener %s: accept failed: %s", self.config.name, e)
                 return
+            # As Envoy: the global limit first (the socket listener), then the listener's own
+            # (ActiveTcpListener); either way the connection is closed at once, unread.
             if self.global_limit is not None and not self.global_limit[0].try_acquire(
                     self.global_limit[1]):
-                self.global_cx_overflow.value += 1  # Envoy closes it at once, unread
+                self.global_cx_overflow.value += 1
+                sock.close()
+                continue
+            if self.listener_limit is not None and not self.listener_limit[0].try_acquire(
+                    self.listener_limit[1]):
+                self.cx_overflow.value += 1
+                if self.global_limit is not None:
+                    self.global_limit[0].release()
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -122,8 +136,7 @@ class ActiveListener:
                 local = sock.getsockname()
             except OSError:
                 sock.close()
-                if self.global_limit is not None:
-                    self.global_limit[0].release()
+                self._release_limits()
                 continue
             self.cx_total.value += 1
             self.cx_active.value += 1
@@ -141,9 +154,14 @@ class ActiveListener:
             if not getattr(conn, "finished", False) and not _closed(conn):
                 worker.add_connection(conn)
 
-    def _on_closed(self, conn) -> None:
+    def _release_limits(self) -> None:
         if self.global_limit is not None:
             self.global_limit[0].release()
+        if self.listener_limit is not None:
+            self.listener_limit[0].release()
+
+    def _on_closed(self, conn) -> None:
+        self._release_limits()
         self.cx_active.value -= 1
         self.w_cx_active.value -= 1
         self.cx_destroy.value += 1

@@ -194,18 +194,20 @@ class Server:
         self.cluster_manager.initialize()
         for lc in self.bootstrap.listeners:
             socks = self.listen_sockets[lc.name]
+            own = self.bootstrap.listener_connection_limits.get(lc.name)
+            own_limit = (SharedCount(), own) if own is not None else None
             if not lc.enable_reuse_port:
                 # One shared socket registered in every worker.
                 for w in self.workers:
-                    w.post(lambda w=w, lc=lc, sock=socks[0]: w.add_listener(
-                        lc, sock, factories[lc.name], True, global_limit))
+                    w.post(lambda w=w, lc=lc, sock=socks[0], own_limit=own_limit: w.add_listener(
+                        lc, sock, factories[lc.name], True, global_limit, own_limit))
                 continue
             # One socket per worker; sockets inherited beyond that are spread over the workers
             # too, so no accept queue is left unserved.
             for i, sock in enumerate(socks):
                 w = self.workers[i % len(self.workers)]
-                w.post(lambda w=w, lc=lc, sock=sock: w.add_listener(
-                    lc, sock, factories[lc.name], False, global_limit))
+                w.post(lambda w=w, lc=lc, sock=sock, own_limit=own_limit: w.add_listener(
+                    lc, sock, factories[lc.name], False, global_limit, own_limit))
         if self.hr_child is not None:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.

@@ -135,8 +135,10 @@ class Worker:
             elif wc.snapshot is not snap:
                 wc.update(snap)
 
-    def add_listener(self, config, sock, filter_factory, shared: bool, global_limit=None) -> None:
-        al = ActiveListener(self, config, sock, filter_factory.for_worker(self), shared, global_limit)
+    def add_listener(self, config, sock, filter_factory, shared: bool, global_limit=None,
+                     listener_limit=None) -> None:
+        al = ActiveListener(self, config, sock, filter_factory.for_worker(self), shared, global_limit,
+                            listener_limit)
         self.listeners.append(al)
         al.start()
 

@@ -175,3 +175,31 @@ def test_runtime_global_downstream_max_connections(proxy_factory, echo):
     assert echoes(d)
     for s in (b, c, d):
         s.close()
+
+
+def test_runtime_listener_connection_limit(proxy_factory, echo):
+    """envoy.resource_limits.listener.<name>.connection_limit: that listener's connections over
+    every worker are held to it; over it, a new connection is closed at once and
+    listener.<prefix>.downstream_cx_overflow counts; other listeners are not limited."""
+    cfg = tcp_proxy_config(echo.port)
+    other = dict(cfg["static_resources"]["listeners"][0], name="other", stat_prefix="other")
+    cfg["static_resources"]["listeners"].append(other)
+    cfg["layered_runtime"] = {"layers": [{"name": "static", "static_layer": {
+        "envoy.resource_limits.listener.tcp_listener.connection_limit": 1}}]}
+    p = proxy_factory(cfg, concurrency=2)
+    port = p.port
+    a = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert echoes(a)
+    b = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert closed_by_peer(b)
+    assert p.counters()["listener.127.0.0.1_0.downstream_cx_overflow"] == 1
+    other_port = p.server.listener_addresses["other"][1]
+    c1 = socket.create_connection(("127.0.0.1", other_port), timeout=5)
+    c2 = socket.create_connection(("127.0.0.1", other_port), timeout=5)
+    assert echoes(c1) and echoes(c2)
+    a.close()
+    assert p.wait_for(lambda: p.gauges()["listener.127.0.0.1_0.downstream_cx_active"] == 0)
+    d = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert echoes(d)
+    for s in (b, c1, c2, d):
+        s.close()

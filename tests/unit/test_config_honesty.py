@@ -200,13 +200,24 @@ def test_stats_flush_interval_is_accepted_as_inert_and_range_checked_as_envoy_do
         "stats_flush_interval: must be inside range [1ms, 5m) (as Envoy's)")
 
 
-def test_runtime_keys_other_than_the_global_connection_limit_are_refused_by_path():
-    layer = {"envoy": {"resource_limits": {"listener": {"l": {"connection_limit": 10}}}}}
+def test_runtime_keys_other_than_the_connection_limits_are_refused_by_path():
+    layer = {"envoy": {"reloadable_features": {"http2_use_oghttp2": False}}}
     raw = boot(layered_runtime={"layers": [{"name": "static", "static_layer": layer}]})
     assert error(raw) == (
-        "layered_runtime.layers[0].static_layer.envoy.resource_limits.listener.l.connection_limit: "
+        "layered_runtime.layers[0].static_layer.envoy.reloadable_features.http2_use_oghttp2: "
         "not supported yet (a runtime key: ftproxy honours only "
-        "overload.global_downstream_max_connections, so it would not be enforced)")
+        "overload.global_downstream_max_connections and "
+        "envoy.resource_limits.listener.<name>.connection_limit, so it would not be enforced)")
+
+
+def test_a_listener_connection_limit_runtime_key_is_honoured_by_listener_name():
+    layer = {"envoy": {"resource_limits": {"listener": {"l": {"connection_limit": 10}}}}}
+    b = parse_bootstrap(boot(layered_runtime={"layers": [{"name": "static", "static_layer": layer}]}))
+    assert b.listener_connection_limits == {"l": 10}
+    layer = {"envoy.resource_limits.listener.l.connection_limit": -1}
+    assert error(boot(layered_runtime={"layers": [{"name": "static", "static_layer": layer}]})) == (
+        "layered_runtime.layers[0].static_layer.envoy.resource_limits.listener.l.connection_limit: "
+        "expected a non-negative integer, got -1")
 
 
 @pytest.mark.parametrize("layer", [

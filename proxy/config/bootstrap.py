@@ -25,6 +25,8 @@ from proxy.access_log.config import parse_access_logs
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
+from proxy.tls.config import parse_secret
+from proxy.tls.secrets import SecretScope, SecretSource, parse_static_secrets, secret_scope
 from proxy.upstream.cluster_config import parse_cluster
 
 __all__ = ["Bootstrap", "NodeConfig", "AdminConfig", "parse_bootstrap"]
@@ -93,7 +95,8 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
 STATIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.StaticResources", fields=(
     used("listeners"),
     used("clusters"),
-    refused("secrets", "TLS"),
+    used("secrets", attr="", why="TLS certificates and validation contexts by name (SDS without a "
+                                 "control plane): resolved into the TLS contexts that name them"),
 ))
 
 NODE = Message("envoy.config.core.v3.Node", model=NodeConfig, fields=(
@@ -157,7 +160,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     interval = errors.run(_stats_flush_interval, f)
     node = errors.run(_parse_node, f)
     admin = errors.run(_parse_admin, f)
-    resources = errors.run(_parse_static_resources, f, errors)
+    resources = errors.run(_parse_static_resources, f, errors, node)
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
         errors.run(_check_route_clusters, listeners, paths, cluster_names)
@@ -304,13 +307,28 @@ def _parse_admin(f: Fields) -> AdminConfig | None:
     return AdminConfig(address=ip, port=port)
 
 
-def _parse_static_resources(f: Fields, errors: ErrorCollector
+def _parse_static_resources(f: Fields, errors: ErrorCollector, node: Any
                             ) -> tuple[tuple[ListenerConfig, ...], tuple[Any, ...], set[str], tuple[str, ...]]:
     """(listeners, clusters, every cluster name written, each listener's path): a listener or
-    cluster that fails is recorded in `errors` and left out, and the others are still checked."""
+    cluster that fails is recorded in `errors` and left out, and the others are still checked.
+    TLS contexts among them resolve secrets by name from `secrets` (proxy/tls/secrets.py)."""
     if not f.has("static_resources"):
         return (), (), set(), ()
     s = STATIC_RESOURCES.read(f.value("static_resources"), f.at("static_resources"), errors_to=errors)
+    static = errors.run(parse_static_secrets, s.list("secrets"))
+    scope = SecretScope(static if static is not MISSING else {},
+                        getattr(node, "id", "") or "", getattr(node, "cluster", "") or "")
+    if static is not MISSING:
+        for name, (message, spath) in static.items():  # used or not, each must be valid
+            for kind in ("tls_certificate", "validation_context"):
+                if message.get(kind) is not None:
+                    errors.run(parse_secret, SecretSource(name, kind), message[kind], join(spath, kind))
+    with secret_scope(scope):
+        return _parse_listeners_and_clusters(s, errors)
+
+
+def _parse_listeners_and_clusters(s: Fields, errors: ErrorCollector
+                                  ) -> tuple[tuple[ListenerConfig, ...], tuple[Any, ...], set[str], tuple[str, ...]]:
     clusters = []
     cluster_seen: dict[str, str] = {}
     for item, path in s.list("clusters"):

@@ -34,6 +34,7 @@ from ..network.tcp_proxy_config import TcpProxyConfig
 from ..stats.store import StatsRegistry
 from ..threads.dispatcher import Dispatcher
 from ..threads.worker import Worker
+from ..tls.watcher import SecretWatcher
 from ..upstream.cluster_manager import ClusterManager
 from .admin_context import ServerAdminContext
 
@@ -85,6 +86,7 @@ class Server:
         self.admin: AdminServer | None = None
         self.healthcheck_failed = False
         self.cluster_manager: ClusterManager | None = None
+        self.secret_watcher: SecretWatcher | None = None
         self._tick_timer = None
         self._exit_code = 0
         self._ready = threading.Event()
@@ -227,6 +229,10 @@ class Server:
             self.hr_child.drain_parent(self.main, self._on_parent_stats)
         for name, (host, port) in self.listener_addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
+        b = self.bootstrap
+        self.secret_watcher = SecretWatcher(
+            [fc.transport_socket for lc in b.listeners for fc in lc.filter_chains]
+            + [c.transport_socket for c in b.clusters], self.main_store)
         self._tick_timer = self.main.create_timer(self._tick)
         self._tick_timer.enable(1.0)
         self.state = "LIVE"
@@ -350,6 +356,8 @@ class Server:
                 self.cluster_manager.tick()
             if self.hr_child is not None and self.hr_child.connected:
                 self.hr_child.poll_stats()
+            if self.secret_watcher is not None:
+                self.secret_watcher.poll()
             self._update_uptime()
         finally:
             self._tick_timer.enable(1.0)

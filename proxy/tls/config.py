@@ -17,7 +17,7 @@ import base64
 import binascii
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
@@ -26,12 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from proxy.config.fields_table import Message, inert, refused, used
-from proxy.config.reader import ConfigError, ErrorCollector, Fields
+from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 from proxy.router.matchers import StringMatcher, parse_string_matcher
+
+from .secrets import SecretSource, merge_validation, resolve
 
 __all__ = ["TLS_NAME", "DOWNSTREAM_PROTO", "UPSTREAM_PROTO", "TlsCertificate", "ValidationContext",
            "SanMatcher", "TlsParams", "CommonTls", "DownstreamTls", "UpstreamTls",
-           "parse_downstream_tls", "parse_upstream_tls", "read_data_source", "TLS_VERSIONS"]
+           "parse_downstream_tls", "parse_upstream_tls", "read_data_source", "TLS_VERSIONS",
+           "parse_secret"]
 
 TLS_NAME = "envoy.transport_sockets.tls"
 _PKG = "envoy.extensions.transport_sockets.tls.v3"
@@ -106,6 +109,21 @@ class CommonTls:
     tls_certificates: tuple[TlsCertificate, ...]
     validation_context: ValidationContext | None
     alpn_protocols: tuple[str, ...]
+    # Where each certificate / the validation context came from when it was a secret by name
+    # (static or file SDS: secrets.py), else None; a watched file's new version replaces it.
+    certificate_sources: tuple[SecretSource | None, ...] = ()
+    validation_source: SecretSource | None = None
+
+    @property
+    def sources(self) -> tuple[SecretSource, ...]:
+        return tuple(s for s in (*self.certificate_sources, self.validation_source) if s is not None)
+
+    def with_secret(self, source: SecretSource, value: Any) -> CommonTls:
+        """This context with the secret from `source` replaced by `value` (its new version)."""
+        certs = tuple(value if src == source else cert
+                      for cert, src in zip(self.tls_certificates, self.certificate_sources))
+        validation = value if source == self.validation_source else self.validation_context
+        return replace(self, tls_certificates=certs, validation_context=validation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +146,7 @@ class UpstreamTls:
 
 # -- declared fields -------------------------------------------------------------------------
 
-_SDS = "secrets by name (SDS) come with static_resources.secrets"
+_SDS = "a watched secret file is named by sds_config, not by a directory"
 
 DOWNSTREAM = Message(DOWNSTREAM_PROTO, title="TLS (downstream)", model=DownstreamTls, fields=(
     used("common_tls_context"),
@@ -136,7 +154,7 @@ DOWNSTREAM = Message(DOWNSTREAM_PROTO, title="TLS (downstream)", model=Downstrea
     inert("require_sni", "Envoy does not implement it either (not-implemented-hide)"),
     refused("session_ticket_keys", "pyOpenSSL cannot set ticket keys: tickets use a key "
                                    "generated at start, as Envoy without this field"),
-    refused("session_ticket_keys_sds_secret_config", _SDS),
+    refused("session_ticket_keys_sds_secret_config", "session_ticket_keys are refused"),
     used("disable_stateless_session_resumption", False),
     used("disable_stateful_session_resumption", False),
     used("session_timeout"),
@@ -159,14 +177,17 @@ UPSTREAM = Message(UPSTREAM_PROTO, title="TLS (upstream)", model=UpstreamTls, fi
 COMMON = Message(f"{_PKG}.CommonTlsContext", model=CommonTls, fields=(
     used("tls_params"),
     used("tls_certificates"),
-    refused("tls_certificate_sds_secret_configs", _SDS),
+    used("tls_certificate_sds_secret_configs", attr="tls_certificates",
+         why="static_resources.secrets by name, or a watched file (sds_config)"),
     refused("tls_certificate_provider_instance"),
     refused("custom_tls_certificate_selector"),
     refused("tls_certificate_certificate_provider"),
     refused("tls_certificate_certificate_provider_instance"),
     used("validation_context"),
-    refused("validation_context_sds_secret_config", _SDS),
-    refused("combined_validation_context", _SDS),
+    used("validation_context_sds_secret_config", attr="validation_context",
+         why="static_resources.secrets by name, or a watched file (sds_config)"),
+    used("combined_validation_context", attr="validation_context",
+         why="the secret merged into default_validation_context"),
     refused("validation_context_certificate_provider"),
     refused("validation_context_certificate_provider_instance"),
     used("alpn_protocols"),
@@ -210,6 +231,13 @@ VALIDATION = Message(f"{_PKG}.CertificateValidationContext", model=ValidationCon
     refused("custom_validator_config"),
     used("only_verify_leaf_cert_crl", False),
     used("max_verify_depth"),
+))
+
+COMBINED = Message(f"{_PKG}.CommonTlsContext.CombinedCertificateValidationContext", fields=(
+    used("default_validation_context", attr="", why="what the secret is merged into"),
+    used("validation_context_sds_secret_config", attr="", why="the secret by name"),
+    refused("validation_context_certificate_provider"),
+    refused("validation_context_certificate_provider_instance"),
 ))
 
 SAN_MATCHER = Message(f"{_PKG}.SubjectAltNameMatcher", model=SanMatcher, fields=(
@@ -306,18 +334,57 @@ def _parse_common(parent: Fields, defaults: tuple[str, str], server: bool) -> Co
     errors = ErrorCollector()
     c = COMMON.read(raw, parent.at("common_tls_context"), errors_to=errors)
     params = errors.run(_parse_params, c, defaults)
+    if c.has("tls_certificates") and c.has("tls_certificate_sds_secret_configs"):
+        # Envoy ignores the second when the first is set; a config that names both is refused
+        # here rather than half ignored.
+        errors.add(ConfigError(c.at("tls_certificate_sds_secret_configs"),
+                               "set tls_certificates or tls_certificate_sds_secret_configs, not both"))
     certs = [errors.run(_parse_certificate, item, cpath) for item, cpath in c.list("tls_certificates")]
-    validation = None
-    if c.has("validation_context"):
-        validation = errors.run(_parse_validation, c.value("validation_context"),
-                                c.at("validation_context"))
+    sources: list[SecretSource | None] = [None] * len(certs)
+    for item, spath in c.list("tls_certificate_sds_secret_configs"):
+        found = errors.run(resolve, item, spath, "tls_certificate")
+        if found is not MISSING:
+            message, mpath, source = found
+            certs.append(errors.run(_parse_certificate, message, mpath))
+            sources.append(source)
+    validation, vsource = None, None
+    which = errors.run(c.oneof, "validation_context", "validation_context_sds_secret_config",
+                       "combined_validation_context")
+    if which == "validation_context":
+        validation = errors.run(_parse_validation, c.value(which), c.at(which))
+    elif which in ("validation_context_sds_secret_config", "combined_validation_context"):
+        found = errors.run(_validation_secret, c, which)
+        if found is not MISSING:
+            validation, vsource = found
     alpn = errors.run(c.strs, "alpn_protocols")
     errors.raise_if_any()
     for a in alpn:
         if not a or len(a) > 255:
             raise ConfigError(c.at("alpn_protocols"), f"invalid ALPN protocol {a!r}")
     return CommonTls(tls_params=params, tls_certificates=tuple(certs), validation_context=validation,
-                     alpn_protocols=alpn)
+                     alpn_protocols=alpn, certificate_sources=tuple(sources), validation_source=vsource)
+
+
+def _validation_secret(c: Fields, which: str) -> tuple[ValidationContext, SecretSource]:
+    if which == "validation_context_sds_secret_config":
+        message, mpath, source = resolve(c.value(which), c.at(which), "validation_context")
+        return _parse_validation(message, mpath), source
+    m = COMBINED.read(c.value(which), c.at(which))
+    default = m.raw_obj("default_validation_context", required=True)
+    _parse_validation(default, m.at("default_validation_context"))  # valid on its own too
+    message, mpath, source = resolve(m.value("validation_context_sds_secret_config", required=True),
+                                     m.at("validation_context_sds_secret_config"), "validation_context")
+    source = replace(source, default=default)
+    return _parse_validation(merge_validation(default, message), mpath), source
+
+
+def parse_secret(source: SecretSource, message: Mapping[str, Any], path: str) -> Any:
+    """A new version of a secret (a watched file changed): validated exactly as at load."""
+    if source.kind == "tls_certificate":
+        return _parse_certificate(message, path)
+    if source.default is not None:
+        message = merge_validation(source.default, message)
+    return _parse_validation(message, path)
 
 
 def _parse_params(c: Fields, defaults: tuple[str, str]) -> TlsParams:

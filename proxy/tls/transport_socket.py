@@ -24,6 +24,7 @@ shared (their contexts are read-only after construction); `WorkerTlsFactory` is 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 from collections import deque
@@ -388,16 +389,30 @@ class DownstreamTlsFactory:
     implements_secure_transport = True
 
     def __init__(self, config: DownstreamTls, connect_timeout: float = 0.0) -> None:
-        self.config = config
         self.connect_timeout = connect_timeout  # the filter chain's transport_socket_connect_timeout
-        alpn = tuple(p.encode() for p in config.common_tls_context.alpn_protocols)
-        self.alpn = alpn
-        self.contexts: ServerContexts = server_contexts(config, self._select_alpn)
-        contexts = self.contexts
+        self.alpn = tuple(p.encode() for p in config.common_tls_context.alpn_protocols)
+        self._install(config)
+        self.key = ("tls-server", next(_FACTORY_IDS))
+
+    def _install(self, config: DownstreamTls) -> None:
+        """Build the contexts of `config` and publish them: one reference store, so a worker
+        making a socket sees the old set or the new one, never a mix (a secret rotation)."""
+        contexts = server_contexts(config, self._select_alpn)
         others = [c for c in (*contexts.exact.values(), *contexts.wildcard.values()) if c is not contexts.default]
         if others or contexts.mismatch is not None:
             contexts.default.set_tlsext_servername_callback(self._select_certificate)
-        self.key = ("tls-server", next(_FACTORY_IDS))
+        self.contexts: ServerContexts = contexts
+        self.config = config
+
+    @property
+    def secret_sources(self):
+        return self.config.common_tls_context.sources
+
+    def update_secret(self, source, value) -> None:
+        """Main thread: a watched secret changed; new connections use it. Raises ValueError
+        (OpenSSL refused it) and keeps the current contexts."""
+        common = self.config.common_tls_context.with_secret(source, value)
+        self._install(dataclasses.replace(self.config, common_tls_context=common))
 
     def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes:
         # Server preference (Envoy: SSL_select_next_proto over our list); no overlap: the
@@ -442,6 +457,18 @@ class UpstreamTlsFactory:
         self.context = client_context(config)
         self.max_session_keys = config.max_session_keys
         self.key = ("tls-client", next(_FACTORY_IDS))
+
+    @property
+    def secret_sources(self):
+        return self.config.common_tls_context.sources
+
+    def update_secret(self, source, value) -> None:
+        """Main thread: a watched secret changed; new connections use it (the context is
+        replaced by one reference store; sessions of the old one are not resumed)."""
+        common = self.config.common_tls_context.with_secret(source, value)
+        config = dataclasses.replace(self.config, common_tls_context=common)
+        context = client_context(config)
+        self.context, self.config = context, config
 
     def for_worker(self, scope) -> WorkerTlsFactory:
         return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)

@@ -272,10 +272,13 @@ def test_duplicate_cluster_names_refused():
     assert "duplicate cluster name \"backend\"" in _error(raw)
 
 
-def test_secrets_refused():
+def test_a_secret_must_hold_a_certificate_or_a_validation_context():
     raw = _boot()
     raw["static_resources"]["secrets"] = [{"name": "s"}]
-    assert _error(raw).startswith("static_resources.secrets:")
+    assert _error(raw) == ("static_resources.secrets[0]: one of tls_certificate, validation_context "
+                           "is required")
+    raw["static_resources"]["secrets"] = [{"name": "s", "generic_secret": {}}]
+    assert _error(raw).startswith("static_resources.secrets[0].generic_secret: not supported yet")
 
 
 def test_overload_manager_empty_accepted_but_monitors_refused():

@@ -498,11 +498,11 @@ def test_what_envoy_accepts_here_ftproxy_accepts(tmp_path, case):
     assert code == 0, message
 
 
-def test_refused_secrets_do_not_hide_the_listeners_and_clusters_errors():
+def test_invalid_secrets_do_not_hide_the_listeners_and_clusters_errors():
     raw = boot(cluster={"connect_timeout": 5})
     raw["static_resources"]["secrets"] = [{"name": "s"}]
     assert [m.split(":")[0] for m in errors(raw)] == [
-        "static_resources.secrets", f"{C0}.connect_timeout"]
+        "static_resources.secrets[0]", f"{C0}.connect_timeout"]
 
 
 SHIPPED = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")) + sorted(

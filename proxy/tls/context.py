@@ -73,10 +73,8 @@ def _base_context(common: CommonTls, server: bool) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(_VERSIONS[params.min_version])
     ctx.set_max_proto_version(_VERSIONS[params.max_version])
-    try:
-        ctx.set_cipher_list(":".join(params.cipher_suites).encode())
-    except SSL.Error:
-        raise ValueError(f"Failed to initialize cipher suites {':'.join(params.cipher_suites)}") from None
+    _check_ciphers(params.cipher_suites)
+    ctx.set_cipher_list(":".join(params.cipher_suites).encode())
     if params.ecdh_curves:
         ctx.set_tmp_ecdh(crypto.get_elliptic_curve(params.ecdh_curves[0]))
     # No renegotiation, either side (Envoy's default; allow_renegotiation is refused).
@@ -97,6 +95,20 @@ def _base_context(common: CommonTls, server: bool) -> SSL.Context:
         if validation.max_verify_depth is not None:
             ctx.set_verify_depth(validation.max_verify_depth)
     return ctx
+
+
+def _check_ciphers(names: tuple[str, ...]) -> None:
+    """Each cipher must be known on its own (OpenSSL drops unknown names from a list
+    silently; Envoy refuses them, naming them)."""
+    rejected = []
+    for name in names:
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(name.encode())
+        except SSL.Error:
+            rejected.append(name)
+    if rejected:
+        raise ValueError(f"Failed to initialize cipher suites {':'.join(names)}. The following "
+                         f"ciphers were rejected when tried individually: {', '.join(rejected)}")
 
 
 def _use_certificate(ctx: SSL.Context, cert: TlsCertificate) -> None:

@@ -67,7 +67,7 @@ _NO_XDS = "no xDS management server is contacted"
 _NO_RUNTIME = "no runtime key is honoured yet"
 
 BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", model=Bootstrap,
-                    bookkeeping=("raw", "warnings"), fields=(
+                    bookkeeping=("raw", "warnings", "listener_connection_limits"), fields=(
     used("node"),
     used("admin"),
     used("static_resources", attr="listeners"),

@@ -174,7 +174,8 @@ UPSTREAM = Message(UPSTREAM_PROTO, title="TLS (upstream)", model=UpstreamTls, fi
     inert("enforce_rsa_key_usage", "deprecated; Envoy ignores it and always enforces keyUsage"),
 ))
 
-COMMON = Message(f"{_PKG}.CommonTlsContext", model=CommonTls, fields=(
+COMMON = Message(f"{_PKG}.CommonTlsContext", model=CommonTls,
+                 bookkeeping=("certificate_sources", "validation_source"), fields=(
     used("tls_params"),
     used("tls_certificates"),
     used("tls_certificate_sds_secret_configs", attr="tls_certificates",

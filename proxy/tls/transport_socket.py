@@ -138,6 +138,8 @@ class TlsSocket:
                 data = tls.recv(min(max_bytes - got, _RECORD))
                 chunks.append(data)
                 got += len(data)
+                if not tls.pending() and not _pending_in(tls):
+                    break  # all read: no SSL_read that would only raise WantReadError
         except SSL.WantReadError:
             pass
         except SSL.ZeroReturnError:   # close_notify: the peer's end of stream
@@ -320,6 +322,11 @@ class TlsSocket:
     def _fail(self, reason: str):
         self.failure_reason = reason
         raise ConnectionResetError(reason)
+
+
+def _pending_in(tls: SSL.Connection) -> int:
+    """Ciphertext bytes in the incoming memory BIO that OpenSSL has not read yet."""
+    return _lib.BIO_get_mem_data(tls._into_ssl, _ffi.NULL)
 
 
 def _pending_out(tls: SSL.Connection) -> int:

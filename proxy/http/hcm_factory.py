@@ -24,7 +24,8 @@ __all__ = ["HcmFactory", "HcmContext", "server_codec_factory"]
 def server_codec_factory(config, codec_impl: str, response_fields):
     """The ServerCodecFactory (codec/protocol.py) for an HCM: the codec a connection speaks,
     chosen from its first bytes as Envoy's codec_type says: HTTP2 always HTTP/2 (h2c, prior
-    knowledge); AUTO HTTP/2 when the bytes begin the client connection preface, else HTTP/1.1;
+    knowledge); AUTO HTTP/2 when TLS negotiated ALPN "h2" or the bytes begin the client
+    connection preface, else HTTP/1.1;
     HTTP1 always HTTP/1.1 (a preface there is an unsupported version: 426)."""
     max_kb = config.max_request_headers_kb
     max_count = config.max_headers_count
@@ -34,8 +35,9 @@ def server_codec_factory(config, codec_impl: str, response_fields):
                               h2.initial_connection_window_size, max_kb * 1024)
 
     def make(first_bytes: bytes, transport, callbacks):
-        if codec_type == "HTTP2" or (codec_type == "AUTO" and len(first_bytes) >= 3
-                                     and PREFACE.startswith(first_bytes[:len(PREFACE)])):
+        if codec_type == "HTTP2" or (codec_type == "AUTO" and (
+                (len(first_bytes) >= 3 and PREFACE.startswith(first_bytes[:len(PREFACE)]))
+                or transport.transport_socket.protocol() == "h2")):
             return Http2ServerCodec(transport, callbacks, h2_options, response_fields)
         parser = make_server_codec(codec_impl, max_request_headers_kb=max_kb,
                                    max_headers_count=max_count, response_fields=response_fields)

@@ -172,6 +172,19 @@ def test_alpn_is_chosen_by_server_preference_and_no_overlap_completes_without_on
                             "-o", "/dev/null", f"https://localhost:{p.port}/h2"],
                            capture_output=True, text=True, timeout=15)
         assert (r.returncode, r.stdout) == (0, "2"), r.stderr
+        # ALPN h2 chooses the HTTP/2 codec (codec_type AUTO), as Envoy: HTTP/1.1 bytes after
+        # it are a bad connection preface, a connection error (closed), not a request.
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            with _client_ctx(cafile, alpn=["h2"]).wrap_socket(s, server_hostname="localhost") as t:
+                t.sendall(b"GET /h1-over-h2 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                data = b""
+                while chunk := t.recv(65536):
+                    data += chunk
+        frame_types, i = [], 0
+        while i + 9 <= len(data):  # HTTP/2 frames: 3-byte length, type, flags, stream id
+            frame_types.append(data[i + 3])
+            i += 9 + int.from_bytes(data[i:i + 3], "big")
+        assert b"HTTP/1.1" not in data and frame_types[:1] == [0x4], frame_types  # our SETTINGS
     finally:
         p.stop()
 

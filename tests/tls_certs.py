@@ -100,7 +100,8 @@ def tls_factories(names: list[str] = ("localhost",), server_alpn: tuple[str, ...
                   client_alpn: tuple[str, ...] = (), sni: str = ""):
     """(server, client) production TLS transport socket factories (proxy/tls) from config
     with inline PEM: the server holds a certificate for `names` from a fresh CA; the client
-    does not verify it (no validation_context, Envoy's upstream default)."""
+    does not verify it (no validation_context, Envoy's upstream default) and sends the host
+    name it is given as SNI (auto_host_sni)."""
     from proxy.tls.config import parse_downstream_tls, parse_upstream_tls
     from proxy.tls.transport_socket import DownstreamTlsFactory, UpstreamTlsFactory
 
@@ -109,6 +110,6 @@ def tls_factories(names: list[str] = ("localhost",), server_alpn: tuple[str, ...
         "alpn_protocols": list(server_alpn),
         "tls_certificates": [{"certificate_chain": {"inline_string": pem(cert).decode()},
                               "private_key": {"inline_string": key_pem(key).decode()}}]}}, "server")
-    client = parse_upstream_tls({"sni": sni, "common_tls_context": {"alpn_protocols": list(client_alpn)}},
-                                "client")
+    client = parse_upstream_tls({"sni": sni, "auto_host_sni": True,
+                                 "common_tls_context": {"alpn_protocols": list(client_alpn)}}, "client")
     return DownstreamTlsFactory(server), UpstreamTlsFactory(client)

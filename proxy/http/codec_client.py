@@ -65,7 +65,8 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection = Connection(dispatcher, transport_factory.create(sock), self, buffer_limit=buffer_limit,
+        self.connection = Connection(dispatcher, transport_factory.create(sock, pool.host.hostname), self,
+                                     buffer_limit=buffer_limit,
                                      remote_address=format_address(address), conn_id=conn_id)
         self.codec = make_client_codec(codec_impl)
         self.router = None

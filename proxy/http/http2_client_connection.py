@@ -148,7 +148,7 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection = Connection(dispatcher, transport_factory.create(sock), self,
+        self.connection = Connection(dispatcher, transport_factory.create(sock, pool.host.hostname), self,
                                      buffer_limit=buffer_limit,
                                      remote_address=format_address(address), conn_id=conn_id)
         self.stats = pool.cluster.stats

@@ -168,7 +168,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         # Each splice pipe plays the per-connection buffer limit (the smaller one if both set).
         limits = [x for x in (cluster.buffer_limit, buffer_limit) if x]
         self.pipe_size = min(limits) if limits else DEFAULT_PIPE_SIZE
-        self.upstream = Connection(ctx.worker.dispatcher, cluster.transport_factory.create(usock),
+        self.upstream = Connection(ctx.worker.dispatcher, cluster.transport_factory.create(usock, host.hostname),
                                    _UpstreamSide(self), buffer_limit=cluster.buffer_limit or buffer_limit,
                                    read_size=BULK_READ_SIZE, remote_address=str(host))
         self.connect_started = time.monotonic()

@@ -152,7 +152,8 @@ class TransportSocketFactory(Protocol):
 
     def create(self, sock: socket.socket, server_name: str | None = None) -> TransportSocket:
         """A transport socket owning `sock` (connected, or about to be connected).
-        `server_name`: upstream SNI override (ignored by raw_buffer)."""
+        `server_name`: an upstream host's name (its DNS name or endpoint hostname), which TLS
+        sends as SNI under `auto_host_sni`; ignored by raw_buffer and downstream."""
 
     def for_worker(self, scope: Any) -> TransportSocketFactory:
         """This factory as one worker uses it: its sockets count the transport's stats under

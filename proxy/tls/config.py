@@ -142,6 +142,8 @@ class UpstreamTls:
     common_tls_context: CommonTls
     sni: str = ""
     max_session_keys: int = 1
+    auto_host_sni: bool = False            # the host's name (DNS name or endpoint hostname) as SNI
+    auto_sni_san_validation: bool = False  # verify a DNS SAN against the SNI sent, not the matchers
 
 
 # -- declared fields -------------------------------------------------------------------------
@@ -166,8 +168,8 @@ DOWNSTREAM = Message(DOWNSTREAM_PROTO, title="TLS (downstream)", model=Downstrea
 UPSTREAM = Message(UPSTREAM_PROTO, title="TLS (upstream)", model=UpstreamTls, fields=(
     used("common_tls_context"),
     used("sni", ""),
-    refused("auto_host_sni"),
-    refused("auto_sni_san_validation"),
+    used("auto_host_sni", False),
+    used("auto_sni_san_validation", False),
     refused("allow_renegotiation", "renegotiation is refused, as Envoy's default", default=False,
             only_default=True),
     used("max_session_keys", 1),
@@ -316,6 +318,8 @@ def parse_upstream_tls(raw: Mapping[str, Any], path: str) -> UpstreamTls:
     common = errors.run(_parse_common, f, CLIENT_DEFAULT_VERSIONS, server=False)
     sni = errors.run(f.str, "sni", "")
     keys = errors.run(f.int, "max_session_keys", 1, min=0, max=2**32 - 1)
+    auto_sni = errors.run(f.bool, "auto_host_sni", False)
+    auto_san = errors.run(f.bool, "auto_sni_san_validation", False)
     errors.run(lambda: UPSTREAM.require_default(f, "allow_renegotiation",
                                                 f.bool("allow_renegotiation", False)))
     errors.run(f.bool, "enforce_rsa_key_usage")
@@ -327,7 +331,8 @@ def parse_upstream_tls(raw: Mapping[str, Any], path: str) -> UpstreamTls:
     if len(common.tls_certificates) > 1:
         raise ConfigError(f.at("common_tls_context"),
                           "Multiple TLS certificates are not supported for client contexts")
-    return UpstreamTls(common_tls_context=common, sni=sni, max_session_keys=keys)
+    return UpstreamTls(common_tls_context=common, sni=sni, max_session_keys=keys, auto_host_sni=auto_sni,
+                       auto_sni_san_validation=auto_san)
 
 
 def _parse_common(parent: Fields, defaults: tuple[str, str], server: bool) -> CommonTls:

@@ -29,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
+from proxy.router.matchers import StringMatcher
+
 from .config import CommonTls, DownstreamTls, SanMatcher, TlsCertificate, UpstreamTls, ValidationContext
 
 __all__ = ["server_contexts", "client_context", "check_leaf", "VERIFY_ERRORS"]
@@ -137,7 +139,7 @@ def _verify_callback(validation: ValidationContext):
             return False
         if depth == 0:
             leaf = cert.to_cryptography() if hasattr(cert, "to_cryptography") else cert
-            failed = check_leaf(validation, leaf)
+            failed = check_leaf(validation, leaf, getattr(owner, "san_from_sni", None))
             if failed is not None:
                 if owner is not None:
                     owner.verify_failed(*failed)
@@ -155,10 +157,15 @@ def _x509_error_string(errnum: int) -> str:
         return f"X509 error {errnum}"
 
 
-def check_leaf(validation: ValidationContext, leaf: x509.Certificate) -> tuple[str, str] | None:
+def check_leaf(validation: ValidationContext, leaf: x509.Certificate,
+               sni: str | None = None) -> tuple[str, str] | None:
     """Envoy's checks of the peer's leaf certificate after the chain: SAN matchers (any),
-    then pins (any of SPKI or hash). None when it passes, else (stat name, reason)."""
+    then pins (any of SPKI or hash). None when it passes, else (stat name, reason).
+    `sni`: auto_sni_san_validation's name, which replaces the SAN matchers with one DNS SAN
+    matching it (wildcard SANs included)."""
     matchers = validation.san_matchers
+    if sni:
+        matchers = (SanMatcher("DNS", StringMatcher("exact", sni.lower(), None, True)),)
     if matchers and not _san_matches(leaf, matchers):
         return "fail_verify_san", "verify cert failed: SAN matcher"
     if validation.spki_pins or validation.hash_pins:

@@ -77,8 +77,8 @@ class TlsSocket:
     """One TLS connection's I/O over its socket. See the module docstring."""
 
     __slots__ = ("sock", "fd", "tls", "callbacks", "server", "stats", "established", "failure_reason",
-                 "connect_timeout", "_out", "_eof", "_shut_pending", "_verify_failure", "_info",
-                 "_factory", "_closed")
+                 "connect_timeout", "san_from_sni", "_out", "_eof", "_shut_pending", "_verify_failure",
+                 "_info", "_factory", "_closed")
     raw_socket = None  # ciphertext on the wire: nothing may splice it
 
     def __init__(self, sock: socket.socket, tls: SSL.Connection, server: bool,
@@ -86,6 +86,7 @@ class TlsSocket:
                  connect_timeout: float = 0.0) -> None:
         self.sock = sock
         self.connect_timeout = connect_timeout
+        self.san_from_sni: str | None = None  # upstream auto_sni_san_validation: the SNI sent
         self.fd = sock.fileno()
         self.tls = tls
         tls.set_app_data(self)  # the verify callback records its failure here
@@ -484,16 +485,20 @@ class UpstreamTlsFactory:
         return self.new_socket(sock, server_name, None)
 
     def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None) -> TlsSocket:
+        config = self.config
         tls = SSL.Connection(self.context, None)
         tls.set_connect_state()
-        sni = server_name or self.config.sni
+        sni = server_name if config.auto_host_sni and server_name else config.sni
         if sni:
             tls.set_tlsext_host_name(sni.encode("idna") if not sni.isascii() else sni.encode())
         if worker is not None and self.max_session_keys:
             session = worker.session()
             if session is not None:
                 tls.set_session(session)
-        return TlsSocket(sock, tls, False, worker.stats if worker else None, worker)
+        ts = TlsSocket(sock, tls, False, worker.stats if worker else None, worker)
+        if config.auto_sni_san_validation and sni:
+            ts.san_from_sni = sni
+        return ts
 
     def __repr__(self) -> str:
         return f"UpstreamTlsFactory(sni={self.config.sni!r})"

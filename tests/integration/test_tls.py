@@ -603,3 +603,31 @@ def test_a_key_that_does_not_match_its_certificate_is_a_config_error_naming_the_
         parse_bootstrap(with_listener_tls(front_proxy_config(ROUTE_ALL, [static_cluster("c1", 1)]), ts))
     ts["typed_config"]["common_tls_context"]["tls_certificates"][0]["password"] = {"inline_string": "secret"}
     parse_bootstrap(with_listener_tls(front_proxy_config(ROUTE_ALL, [static_cluster("c1", 1)]), ts))
+
+
+@pytest.mark.parametrize("served_name,status", [("localhost", 200), ("other.internal", 503)])
+def test_auto_host_sni_sends_the_hosts_dns_name_and_auto_sni_san_validation_checks_it(
+        ca, tmp_path, served_name, status):
+    """A STRICT_DNS host named `localhost`: auto_host_sni sends that name as SNI, and
+    auto_sni_san_validation requires a DNS SAN matching it instead of the SAN matchers
+    (which here would accept anything from backend.internal)."""
+    up = TlsHttpUpstream(_server_ctx(ca.issue_files(tmp_path, "up", [served_name])))
+    cafile = ca.pem_file(tmp_path)
+    transport = upstream_tls(sni="configured.example", auto_host_sni=True, auto_sni_san_validation=True, common={
+        "validation_context": {"trusted_ca": {"filename": str(cafile)}, "match_typed_subject_alt_names": [
+            {"san_type": "DNS", "matcher": {"suffix": ".internal"}}]}})
+    log = tmp_path / "access.log"
+    cluster = {"name": "c1", "type": "STRICT_DNS", "connect_timeout": "1s", "dns_lookup_family": "V4_ONLY",
+               "load_assignment": {"cluster_name": "c1", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                   "address": {"socket_address": {"address": "localhost", "port_value": up.port}}}}]}]},
+               "transport_socket": transport}
+    p = ProxyUnderTest(front_proxy_config(ROUTE_ALL, [cluster]))
+    try:
+        got = _get(p.port, "/dns")
+        assert got[0] == status
+        assert up.snis[:1] == ["localhost"]
+        if status == 503:
+            assert _cluster_ssl(p, "fail_verify_san") == 1 and up.heads == []
+    finally:
+        p.stop()
+        up.close()

@@ -78,7 +78,7 @@ class TlsSocket:
 
     __slots__ = ("sock", "fd", "tls", "callbacks", "server", "stats", "established", "failure_reason",
                  "connect_timeout", "san_from_sni", "_out", "_eof", "_shut_pending", "_verify_failure",
-                 "_info", "_factory", "_closed")
+                 "_info", "_factory", "_closed", "_ticket_pending")
     raw_socket = None  # ciphertext on the wire: nothing may splice it
 
     def __init__(self, sock: socket.socket, tls: SSL.Connection, server: bool,
@@ -102,6 +102,7 @@ class TlsSocket:
         self._info: TlsInfo | None = None
         self._factory = factory
         self._closed = False
+        self._ticket_pending = False  # a TLS 1.3 client: its resumable session comes after the handshake
 
     # -- TransportSocket -------------------------------------------------------------------
     def set_callbacks(self, callbacks) -> None:
@@ -149,6 +150,9 @@ class TlsSocket:
             self._fail(_describe(e, self._verify_failure))
         if self._out or _pending_out(tls):
             self._flush()  # TLS 1.3 tickets, key updates or alerts produced while reading
+        if self._ticket_pending and got:
+            self._ticket_pending = False  # the server's NewSessionTicket came before its data
+            self._factory.session_established(tls)
         if got >= max_bytes or (got and self._eof):
             self.callbacks.set_transport_readable()  # more (or the EOF) without a new event
         if got:
@@ -305,8 +309,11 @@ class TlsSocket:
                 stats.count("curves", _CURVE_NAMES.get(group, group))
             if tls.get_peer_certificate(as_cryptography=True) is None:
                 stats.no_certificate.value += 1
-        if self._factory is not None and not self.server:
-            self._factory.session_established(tls)
+        if self._factory is not None and not self.server and self._factory.shared.max_session_keys:
+            if tls.get_protocol_version_name() == "TLSv1.3":
+                self._ticket_pending = True
+            else:
+                self._factory.session_established(tls)
 
     def _handshake_failed(self, e: SSL.Error) -> None:
         stats = self.stats
@@ -368,7 +375,7 @@ class WorkerTlsFactory:
     def __init__(self, shared, stats: SslStats | None) -> None:
         self.shared = shared
         self.stats = stats
-        self._sessions: deque = deque(maxlen=max(1, getattr(shared, "max_session_keys", 1)))
+        self._sessions: deque = deque(maxlen=max(1, shared.max_session_keys))
 
     @property
     def key(self) -> Hashable:
@@ -395,6 +402,7 @@ class DownstreamTlsFactory:
 
     name = "envoy.transport_sockets.tls"
     implements_secure_transport = True
+    max_session_keys = 0  # servers resume through tickets and their session cache instead
 
     def __init__(self, config: DownstreamTls, connect_timeout: float = 0.0) -> None:
         self.connect_timeout = connect_timeout  # the filter chain's transport_socket_connect_timeout

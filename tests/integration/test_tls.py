@@ -631,3 +631,19 @@ def test_auto_host_sni_sends_the_hosts_dns_name_and_auto_sni_san_validation_chec
     finally:
         p.stop()
         up.close()
+
+
+def test_upstream_tls_1_3_sessions_are_resumed_from_the_servers_ticket(ca, tmp_path):
+    up = TlsHttpUpstream(_server_ctx(ca.issue_files(tmp_path, "up", ["localhost"])))
+    p, _ = _tls_upstream_proxy(up, upstream_tls(common={"tls_params": {
+        "tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"}}),
+        tmp_path, max_requests_per_connection=1)
+    try:
+        for path in ("/a", "/b", "/c"):
+            assert _get(p.port, path) == (200, path.encode())
+        assert up.versions == ["TLSv1.3"] * 3
+        assert p.wait_for(lambda: _cluster_ssl(p, "handshake") == 3)
+        assert _cluster_ssl(p, "session_reused") == 2 and up.reused == [False, True, True]
+    finally:
+        p.stop()
+        up.close()

@@ -77,6 +77,8 @@ def _base_context(common: CommonTls, server: bool) -> SSL.Context:
     ctx.set_max_proto_version(_VERSIONS[params.max_version])
     _check_ciphers(params.cipher_suites)
     ctx.set_cipher_list(":".join(params.cipher_suites).encode())
+    # TLS 1.3 suites are not configurable (as in Envoy); BoringSSL's preference order.
+    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256")
     if params.ecdh_curves:
         ctx.set_tmp_ecdh(crypto.get_elliptic_curve(params.ecdh_curves[0]))
     # No renegotiation, either side (Envoy's default; allow_renegotiation is refused).

@@ -80,6 +80,7 @@ def test_https_is_served_with_keep_alive_and_counted_in_listener_ssl_stats(upstr
         prefix = [k for k in c if k.endswith(".ssl.handshake")][0].rsplit(".ssl.", 1)[0]
         assert c[f"{prefix}.ssl.handshake"] == 2
         assert c[f"{prefix}.ssl.versions.TLSv1.3"] == 2
+        assert c[f"{prefix}.ssl.ciphers.TLS_AES_128_GCM_SHA256"] == 2  # BoringSSL's first choice, as Envoy
         assert c[f"{prefix}.ssl.no_certificate"] == 2
         assert c[f"{prefix}.ssl.connection_error"] == 0
         assert len(upstream.requests) == 3

@@ -1,7 +1,7 @@
 """A real TLS upstream for tests: Python's `ssl` server with a certificate made for the test
 (`cryptography`, tests/tls_transport.py's `self_signed`), speaking HTTP/1.1 (keep-alive) and
 answering every request with JSON naming itself and the path (`snis`: the SNI of each
-handshake). Used by
+handshake; `requests`: what each request asked, as EchoUpstream records it). Used by
 the SNI-passthrough tests (tcp_proxy relays the client's TLS to it untouched) and by the
 differential runner's `tls_upstreams`."""
 
@@ -46,6 +46,8 @@ class TlsHttpUpstream(AcceptLoop):
         self.name = name
         self.ctx = server_context(cn or name)
         self.snis: list[str | None] = []
+        # (method, path, headers, body) of each request, as EchoUpstream records them
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.ctx.sni_callback = self._sni
         super().__init__(f"tls-{name}")
 
@@ -61,7 +63,11 @@ class TlsHttpUpstream(AcceptLoop):
                     buf += data
                     while b"\r\n\r\n" in buf:
                         head, buf = buf.split(b"\r\n\r\n", 1)
-                        path = head.split(b" ")[1].decode()
+                        lines = head.decode("latin-1").split("\r\n")
+                        method, path = lines[0].split(" ")[:2]
+                        fields = dict((k.strip().lower(), v.strip()) for k, _, v in
+                                      (line.partition(":") for line in lines[1:]))
+                        self.requests.append((method, path, fields, b""))
                         body = json.dumps({"server": self.name, "path": path}).encode()
                         t.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                                   b"x-upstream: %s\r\ncontent-length: %d\r\n\r\n%s"

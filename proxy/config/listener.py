@@ -1,8 +1,11 @@
 """Config model of static listeners (`config.listener.v3.Listener`).
 
-Job: validate one listener — address, stat prefix, socket options we honour, and its filter
-chains, whose network filters are resolved through the registry — into immutable
-`ListenerConfig`. Every field is declared once in the tables below (used, inert with the
+Job: validate one listener — address, stat prefix, socket options we honour, its listener
+filters and its filter chains (each with its `filter_chain_match`, and the default chain),
+whose filters are resolved through the registry — into immutable `ListenerConfig`. Filter
+chains whose matches are the same message or overlap are refused here with Envoy 1.40's
+messages (the match tree itself is built from the result by
+proxy/network/filter_chain_match.py). Every field is declared once in the tables below (used, inert with the
 reason, or refused with "<path>: not supported yet"); misspelt fields are refused as unknown
 with a suggestion.
 

@@ -393,3 +393,24 @@ def test_proxy_protocol_refuses_what_is_not_a_header_unless_allowed(pp_proxy):
         assert q.counters()["proxy_proto.edge.not_found_allowed"] == 1
     finally:
         q.upstream.close()
+
+
+# -- original_dst --------------------------------------------------------------------------------
+
+def test_original_dst_keeps_the_local_address_of_a_socket_that_was_not_redirected(proxy_factory):
+    up = EchoUpstream("plain")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        cfg = bootstrap([tcp_chain("plain", destination_port=port), tcp_chain("plain", "other")],
+                        [static_cluster("plain", up.port)],
+                        [{"name": "envoy.filters.listener.original_dst"}])
+        cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
+        p = proxy_factory(cfg)
+        out = _ask(p.port, b"")[0]
+        assert out.startswith(b"HTTP/1.0 200") or out.startswith(b"HTTP/1.1 200"), out
+        # The chain naming the listener's own port took it: no NAT, so nothing was restored.
+        assert p.counters()["tcp.plain.downstream_cx_total"] == 1
+    finally:
+        up.close()

@@ -201,7 +201,7 @@ _PARAGRAPHS = {
                   "RuntimeLayer", "OverloadManager"),
     "Listeners": ("Listener", "FilterChain", "FilterChainMatch", "CidrRange", "ListenerFilter",
                   "Address", "SocketAddress"),
-    "Listener filters": ("TlsInspector", "HttpInspector", "ProxyProtocol"),
+    "Listener filters": ("TlsInspector", "HttpInspector", "ProxyProtocol", "OriginalDst"),
     "Clusters": ("Cluster", "ClusterLoadAssignment", "Policy", "LocalityLbEndpoints",
                  "LbEndpoint", "Endpoint", "CircuitBreakers", "Thresholds", "CommonLbConfig",
                  "Percent (healthy_panic_threshold)",

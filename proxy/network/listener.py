@@ -132,6 +132,11 @@ class ActiveListener:
         self.accepting = False
 
     @property
+    def ctx(self):
+        """The first filter chain's per-worker context (its HcmContext, ...)."""
+        return self.chains[0][0]
+
+    @property
     def transport_factory(self):
         """The first filter chain's transport socket factory."""
         return self.chains[0][1]

@@ -19,3 +19,7 @@ import proxy.http.filters.cors  # noqa: F401  envoy.filters.http.cors
 import proxy.network.filters.connection_limit  # noqa: F401  envoy.filters.network.connection_limit
 import proxy.network.filters.local_ratelimit  # noqa: F401  envoy.filters.network.local_ratelimit
 import proxy.tls.transport_socket  # noqa: F401  envoy.transport_sockets.tls (both sides)
+import proxy.network.listener_filters.tls_inspector  # noqa: F401  envoy.filters.listener.tls_inspector
+import proxy.network.listener_filters.http_inspector  # noqa: F401  envoy.filters.listener.http_inspector
+import proxy.network.listener_filters.proxy_protocol  # noqa: F401  envoy.filters.listener.proxy_protocol
+import proxy.network.listener_filters.original_dst  # noqa: F401  envoy.filters.listener.original_dst

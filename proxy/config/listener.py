@@ -1,8 +1,11 @@
 """Config model of static listeners (`config.listener.v3.Listener`).
 
-Job: validate one listener — address, stat prefix, socket options we honour, and its filter
-chains, whose network filters are resolved through the registry — into immutable
-`ListenerConfig`. Every field is declared once in the tables below (used, inert with the
+Job: validate one listener — address, stat prefix, socket options we honour, its listener
+filters and its filter chains (each with its `filter_chain_match`, and the default chain),
+whose filters are resolved through the registry — into immutable `ListenerConfig`. Filter
+chains whose matches are the same message or overlap are refused here with Envoy 1.40's
+messages (the match tree itself is built from the result by
+proxy/network/filter_chain_match.py). Every field is declared once in the tables below (used, inert with the
 reason, or refused with "<path>: not supported yet"); misspelt fields are refused as unknown
 with a suggestion.
 
@@ -14,17 +17,18 @@ Thread affinity: parsed on the main thread; the result is immutable.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from proxy.config.fields_table import Message, inert, refused, used
-from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, join
+from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
 from proxy.config.registry import resolve
 from proxy.network.transport_socket import DOWNSTREAM, RAW_BUFFER, parse_transport_socket
 
-__all__ = ["ListenerConfig", "FilterChainConfig", "NetworkFilterConfig", "parse_listener",
-           "parse_address", "TERMINAL_NETWORK_FILTERS"]
+__all__ = ["ListenerConfig", "FilterChainConfig", "FilterChainMatchConfig", "NetworkFilterConfig",
+           "ListenerFilterConfig", "parse_listener", "parse_address", "TERMINAL_NETWORK_FILTERS"]
 
 # Network filters that end a chain (Envoy's isTerminalFilter).
 TERMINAL_NETWORK_FILTERS = frozenset({
@@ -42,10 +46,38 @@ class NetworkFilterConfig(NamedTuple):
     extension: Any = None
 
 
+class ListenerFilterConfig(NamedTuple):
+    """One listener filter (tls_inspector, proxy_protocol, ...): its name as written (or the
+    extension's), its parsed config and its extension (whose `factory` makes it run)."""
+    name: str
+    config: Any
+    extension: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChainMatchConfig:
+    """`config.listener.v3.FilterChainMatch`, normalised: CIDR ranges as "10.0.0.0/8" (host
+    bits cleared, prefix lengths clamped as Envoy's CidrRange does), server names lower-cased.
+    Read by proxy/network/filter_chain_match.py."""
+    destination_port: int = 0
+    prefix_ranges: tuple[str, ...] = ()
+    server_names: tuple[str, ...] = ()
+    transport_protocol: str = ""
+    application_protocols: tuple[str, ...] = ()
+    direct_source_prefix_ranges: tuple[str, ...] = ()
+    source_type: str = "ANY"
+    source_prefix_ranges: tuple[str, ...] = ()
+    source_ports: tuple[int, ...] = ()
+
+
+EMPTY_MATCH = FilterChainMatchConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class FilterChainConfig:
     filters: tuple[NetworkFilterConfig, ...]
     name: str = ""
+    filter_chain_match: FilterChainMatchConfig = EMPTY_MATCH
     # The factory of accepted connections' transport sockets (raw_buffer or TLS), built at
     # load on the main thread; its sockets carry transport_socket_connect_timeout.
     transport_socket: Any = RAW_BUFFER
@@ -58,6 +90,10 @@ class ListenerConfig:
     port: int                              # 0 = ephemeral; the real port is known after bind
     stat_prefix: str                       # stats root: listener.<stat_prefix>.
     filter_chains: tuple[FilterChainConfig, ...]
+    # Run on each accepted socket before its filter chain is chosen (proxy/network/active_socket.py).
+    listener_filters: tuple[ListenerFilterConfig, ...] = ()
+    # Takes the connections no filter chain matches (else they are closed).
+    default_filter_chain: FilterChainConfig | None = None
     enable_reuse_port: bool = True
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
     traffic_direction: str = "UNSPECIFIED"
@@ -70,8 +106,6 @@ class ListenerConfig:
 
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
 
-_NO_LISTENER_FILTERS = "listener filters are refused, so nothing waits on them"
-_ONE_CHAIN = "one filter chain per listener: only an empty filter_chain_match"
 
 LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model=ListenerConfig,
                    bookkeeping=("raw", "port"), fields=(
@@ -85,10 +119,8 @@ LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model
     used("tcp_backlog_size"),
     inert("traffic_direction", "Envoy reads it for tracing and filters ftproxy does not have",
           default="UNSPECIFIED", attr="traffic_direction"),
-    inert("listener_filters_timeout", _NO_LISTENER_FILTERS, default="15s",
-          attr="listener_filters_timeout"),
-    inert("continue_on_listener_filters_timeout", _NO_LISTENER_FILTERS, default=False,
-          attr="continue_on_listener_filters_timeout"),
+    used("listener_filters_timeout", default="15s"),
+    used("continue_on_listener_filters_timeout", default=False),
     inert("metadata", "no filter here reads listener metadata"),
     used("ignore_global_conn_limit", default=False),
     inert("bypass_overload_manager", "the overload manager has no actions (they are refused)",
@@ -101,9 +133,10 @@ LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model
     refused("max_connections_to_accept_per_socket_event",
             "a listener accepts up to 64 connections per socket event", only_default=True),
     refused("bind_to_port", default=True, only_default=True),
-    refused("listener_filters"),
-    refused("default_filter_chain", _ONE_CHAIN),
-    refused("filter_chain_matcher", _ONE_CHAIN),
+    used("listener_filters"),
+    used("default_filter_chain"),
+    refused("filter_chain_matcher", "the xDS matcher tree: filter chains are chosen by their "
+                                    "filter_chain_match"),
     refused("additional_addresses"),
     refused("use_original_dst"),
     refused("socket_options"),
@@ -120,8 +153,8 @@ LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model
 
 FILTER_CHAIN = Message("envoy.config.listener.v3.FilterChain", model=FilterChainConfig, fields=(
     used("filters"),
-    used("filter_chain_match", attr="", why="only an empty match: its own table"),
-    inert("name", "names the chain for filter_chain_matcher, which is refused", attr="name"),
+    used("filter_chain_match"),
+    used("name", why="in duplicate-match errors and the connection's DownstreamInfo.filter_chain_name"),
     inert("metadata", "no filter here reads filter chain metadata"),
     used("transport_socket", why="raw_buffer or envoy.transport_sockets.tls (DownstreamTlsContext)"),
     used("transport_socket_connect_timeout", attr="transport_socket",
@@ -130,11 +163,34 @@ FILTER_CHAIN = Message("envoy.config.listener.v3.FilterChain", model=FilterChain
     refused("use_proxy_proto"),
 ))
 
-FILTER_CHAIN_MATCH = Message("envoy.config.listener.v3.FilterChainMatch", fields=tuple(
-    refused(name, _ONE_CHAIN) for name in (
-        "destination_port", "prefix_ranges", "address_suffix", "suffix_len",
-        "direct_source_prefix_ranges", "source_type", "source_prefix_ranges", "source_ports",
-        "server_names", "transport_protocol", "application_protocols")))
+FILTER_CHAIN_MATCH = Message("envoy.config.listener.v3.FilterChainMatch",
+                             model=FilterChainMatchConfig, fields=(
+    used("destination_port"),
+    used("prefix_ranges"),
+    used("server_names", why="exact names and *.suffix wildcards"),
+    used("transport_protocol"),
+    used("application_protocols"),
+    used("direct_source_prefix_ranges"),
+    used("source_type", default="ANY"),
+    used("source_prefix_ranges"),
+    used("source_ports"),
+    refused("address_suffix", "Envoy refuses it too: an unimplemented field"),
+    refused("suffix_len", "Envoy refuses it too: an unimplemented field"),
+))
+
+CIDR_RANGE = Message("envoy.config.core.v3.CidrRange", fields=(
+    used("address_prefix", attr="", why="an IP literal; with prefix_len, one item of the "
+                                        "range list that carries it"),
+    used("prefix_len", attr="", why="clamped to the address's length, as Envoy does"),
+))
+
+LISTENER_FILTER = Message("envoy.config.listener.v3.ListenerFilter", title="Listener filters",
+                          fields=(
+    used("name", attr="", why="with typed_config, resolves the extension (its own table)"),
+    used("typed_config", attr="", why="the extension's own table"),
+    refused("config_discovery", "extension config discovery (ECDS) is xDS"),
+    refused("filter_disabled", "listener filter match predicates"),
+))
 
 ADDRESS = Message("envoy.config.core.v3.Address", fields=(
     used("socket_address", attr="address"),
@@ -184,10 +240,17 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
     address = errors.run(parse_address, f.value("address", required=True), f.at("address"))
     reuse = errors.run(_reuse_port, f)
     chains = errors.run(_parse_filter_chains, f)
+    default_chain = None
+    if f.has("default_filter_chain"):
+        default_chain = errors.run(_parse_filter_chain, f.value("default_filter_chain"),
+                                   f.at("default_filter_chain"))
+    listener_filters = errors.run(_parse_listener_filters, f)
     buffer_limit = errors.run(f.int, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT, min=0)
     direction = errors.run(f.enum, "traffic_direction", ("UNSPECIFIED", "INBOUND", "OUTBOUND"),
                            "UNSPECIFIED")
     lf_timeout = errors.run(f.duration, "listener_filters_timeout", 15.0)
+    if isinstance(lf_timeout, float) and lf_timeout < 0:
+        errors.add(ConfigError(f.at("listener_filters_timeout"), "must not be negative"))
     lf_continue = errors.run(f.bool, "continue_on_listener_filters_timeout", False)
     backlog = errors.run(f.int, "tcp_backlog_size", min=1)
     stat_prefix = errors.run(f.str, "stat_prefix")
@@ -202,6 +265,8 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
         port=port,
         stat_prefix=stat_prefix or address_string(ip, port).replace(":", "_"),
         filter_chains=chains,
+        listener_filters=listener_filters,
+        default_filter_chain=default_chain if default_chain is not MISSING else None,
         enable_reuse_port=reuse,
         per_connection_buffer_limit_bytes=buffer_limit,
         traffic_direction=direction,
@@ -233,17 +298,126 @@ def _reuse_port(f: Fields) -> bool:
 
 
 def _parse_filter_chains(f: Fields) -> tuple[FilterChainConfig, ...]:
-    chains = []
+    """Every chain, then Envoy's two refusals of ambiguous matches: two chains with the same
+    filter_chain_match message, and two whose rules overlap (reach the same leaf of the match
+    tree: proxy/network/filter_chain_match.py). Messages as Envoy 1.40 writes them."""
+    chains: list[tuple[FilterChainConfig, str, tuple]] = []
     errors = ErrorCollector()
-    for i, (item, path) in enumerate(f.list("filter_chains", required=True, min_items=1)):
-        if i > 0:
-            # Every chain has the (only supported) empty match, so they would all tie.
-            errors.add(ConfigError(path, "multiple filter chains with the same matching rules are "
-                                         "defined (filter_chain_match is not supported yet)"))
-            continue
-        chains.append(errors.run(_parse_filter_chain, item, path))
+    for item, path in f.list("filter_chains", required=True, min_items=1):
+        chain = errors.run(_parse_filter_chain, item, path)
+        if chain is not MISSING:
+            written = item.get("filter_chain_match") if isinstance(item, Mapping) else None
+            chains.append((chain, path, _match_identity(chain.filter_chain_match, written)))
     errors.raise_if_any()
-    return tuple(chains)
+    seen: dict[tuple, str] = {}
+    leaves: set[tuple] = set()
+    for chain, path, identity in chains:
+        if identity in seen:
+            errors.add(ConfigError(path, f"filter chain '{chain.name}' has the same matching rules "
+                                         f"defined as '{seen[identity]}'"))
+            continue
+        seen[identity] = chain.name
+        keys = _match_leaves(chain.filter_chain_match)
+        if keys & leaves:
+            errors.add(ConfigError(path, "multiple filter chains with overlapping matching rules "
+                                         "are defined"))
+        leaves |= keys
+    errors.raise_if_any()
+    return tuple(c for c, _p, _i in chains)
+
+
+def _match_identity(m: FilterChainMatchConfig, written: Any) -> tuple:
+    """Equal for two FilterChainMatch messages Envoy holds equal (server names as written)."""
+    names = ()
+    if isinstance(written, Mapping) and isinstance(written.get("server_names"), list):
+        names = tuple(written["server_names"])
+    elif isinstance(written, Mapping) and isinstance(written.get("server_names"), str):
+        names = (written["server_names"],)
+    return (m.destination_port, m.prefix_ranges, names, m.transport_protocol,
+            m.application_protocols, m.direct_source_prefix_ranges, m.source_type,
+            m.source_prefix_ranges, m.source_ports)
+
+
+def _match_leaves(m: FilterChainMatchConfig) -> set[tuple]:
+    """The leaves of Envoy's match tree this match fills: the product of its criteria."""
+    return set(itertools.product(
+        (m.destination_port,), m.prefix_ranges or ("",),
+        tuple(n[1:] if n.startswith("*.") else n for n in m.server_names) or ("",),
+        (m.transport_protocol,), m.application_protocols or ("",),
+        m.direct_source_prefix_ranges or ("",), (m.source_type,),
+        m.source_prefix_ranges or ("",), m.source_ports or (0,)))
+
+
+def _parse_listener_filters(f: Fields) -> tuple[ListenerFilterConfig, ...]:
+    out = []
+    errors = ErrorCollector()
+    for item, path in f.list("listener_filters"):
+        lf = errors.run(LISTENER_FILTER.read, item, path)
+        if lf is MISSING:
+            continue
+        resolved = errors.run(resolve, "listener_filter",
+                              {k: v for k, v in lf.raw.items() if k in ("name", "typed_config")}, path)
+        if resolved is MISSING:
+            continue
+        ext, cfg = resolved
+        out.append(ListenerFilterConfig(lf.str("name") or ext.name, cfg, ext))
+    errors.raise_if_any()
+    return tuple(out)
+
+
+def _parse_cidrs(f: Fields, key: str) -> tuple[str, ...]:
+    out = []
+    for item, path in f.list(key):
+        c = CIDR_RANGE.read(item, path)
+        prefix = c.str("address_prefix", required=True)
+        try:
+            ip = ipaddress.ip_address(prefix)
+        except ValueError:
+            raise ConfigError(c.at("address_prefix"), f"malformed IP address: {prefix}") from None
+        length = min(c.int("prefix_len", 0, min=0, max=128), ip.max_prefixlen)
+        out.append(str(ipaddress.ip_network(f"{ip}/{length}", strict=False)))
+    return tuple(out)
+
+
+def _parse_filter_chain_match(raw: Any, path: str) -> FilterChainMatchConfig:
+    errors = ErrorCollector()
+    m = FILTER_CHAIN_MATCH.read(raw, path, errors_to=errors)
+    port = errors.run(m.int, "destination_port", 0, min=1, max=65535)
+    ranges = {k: errors.run(_parse_cidrs, m, k) for k in (
+        "prefix_ranges", "direct_source_prefix_ranges", "source_prefix_ranges")}
+    names = errors.run(m.strs, "server_names")
+    if names is not MISSING:
+        for i, name in enumerate(names):
+            if "*" in name and not name.startswith("*."):
+                errors.add(ConfigError(index(m.at("server_names"), i),
+                                       'partial wildcards are not supported in "server_names"'))
+        names = tuple(n.lower() for n in names)
+    transport = errors.run(m.str, "transport_protocol", "")
+    alpns = errors.run(m.strs, "application_protocols")
+    source_type = errors.run(m.enum, "source_type", ("ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL"), "ANY")
+    ports = []
+    for item, ppath in m.list("source_ports"):
+        p = errors.run(lambda item=item, ppath=ppath: _source_port(item, ppath))
+        if p is not MISSING:
+            ports.append(p)
+    errors.raise_if_any()
+    return FilterChainMatchConfig(
+        destination_port=port or 0, prefix_ranges=ranges["prefix_ranges"], server_names=names,
+        transport_protocol=transport, application_protocols=alpns,
+        direct_source_prefix_ranges=ranges["direct_source_prefix_ranges"],
+        source_type=source_type, source_prefix_ranges=ranges["source_prefix_ranges"],
+        source_ports=tuple(ports))
+
+
+def _source_port(item: Any, path: str) -> int:
+    """One source port: an integer 0..65535 (proto3 JSON may quote it)."""
+    if isinstance(item, str) and item.strip().isdigit():
+        item = int(item)
+    if isinstance(item, bool) or not isinstance(item, int):
+        raise ConfigError(path, f"expected an integer, got {item!r}")
+    if not 0 <= item <= 65535:
+        raise ConfigError(path, f"must be <= 65535, got {item}")
+    return item
 
 
 def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
@@ -251,8 +425,9 @@ def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
         raise ConfigError(join(path, "tls_context"), "tls_context is a v2 field; v3 uses "
                                                      "transport_socket")
     c = FILTER_CHAIN.read(item, path)
+    match = EMPTY_MATCH
     if c.has("filter_chain_match"):
-        FILTER_CHAIN_MATCH.read(c.value("filter_chain_match"), c.at("filter_chain_match"))
+        match = _parse_filter_chain_match(c.value("filter_chain_match"), c.at("filter_chain_match"))
     c.raw_obj("metadata")
     filters: list[NetworkFilterConfig] = []
     terminal_at: str | None = None
@@ -281,4 +456,5 @@ def _parse_filter_chain(item: Any, path: str) -> FilterChainConfig:
         transport = errors.run(parse_transport_socket, c.value("transport_socket"), c.at("transport_socket"),
                                DOWNSTREAM, connect_timeout=timeout)
     errors.raise_if_any()
-    return FilterChainConfig(filters=tuple(filters), name=c.str("name", ""), transport_socket=transport)
+    return FilterChainConfig(filters=tuple(filters), name=c.str("name", ""), filter_chain_match=match,
+                             transport_socket=transport)

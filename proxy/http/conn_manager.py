@@ -42,18 +42,28 @@ class ConnectionManager(ConnectionCallbacks):
     """A downstream HTTP connection: its codec's callbacks (ServerCodecCallbacks) and its
     streams. `ctx` is the per-worker HcmContext of its filter chain."""
 
-    __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "connection", "on_closed",
+    __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "direct_remote",
+                 "requested_server_name", "connection", "on_closed",
                  "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
                  "idle_since", "head_started", "protocol_stats")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
-                 buffer_limit: int, on_closed) -> None:
+                 buffer_limit: int, on_closed, info=None) -> None:
         self.ctx = ctx
         self.stats = ctx.stats
         self.codec = None  # made when the first bytes say which protocol (on_data)
         self.remote_ip = remote[0]
         self.remote = format_address(remote)
         self.local = format_address(local)
+        # From the listener (connection_info.DownstreamInfo): the socket's own peer, which a
+        # PROXY protocol header does not change, and the TLS SNI (None without one).
+        if info is None:
+            self.direct_remote = self.remote
+            self.requested_server_name = None
+        else:
+            self.direct_remote = (self.remote if info.direct_remote == remote
+                                  else format_address(info.direct_remote))
+            self.requested_server_name = info.requested_server_name or None
         self.connection = Connection(ctx.worker.dispatcher, sock, self, buffer_limit=buffer_limit,
                                      remote_address=self.remote, local_address=self.local,
                                      conn_id=conn_id)

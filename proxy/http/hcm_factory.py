@@ -120,5 +120,6 @@ class HcmContext:
                 return enabled
         return kind in self.upgrades
 
-    def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed) -> ConnectionManager:
-        return ConnectionManager(self, sock, remote, local, conn_id, buffer_limit, on_closed)
+    def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed,
+                       info=None) -> ConnectionManager:
+        return ConnectionManager(self, sock, remote, local, conn_id, buffer_limit, on_closed, info)

@@ -68,8 +68,8 @@ class ActiveStream(FilterManager, StreamInfo):
         self.response_flags = ()
         self.bytes_received = self.bytes_sent = self.upstream_request_attempt_count = 0
         self.upstream_host = self.upstream_cluster = self.upstream_local_address = None
-        self.route_name = self.requested_server_name = None
-        self.upstream_transport_failure_reason = None
+        self.route_name = self.upstream_transport_failure_reason = None
+        self.requested_server_name = hcm.requested_server_name  # the TLS SNI, from the listener
 
     # -- lifecycle views (of `state`) ---------------------------------------------------------
     @property
@@ -97,7 +97,9 @@ class ActiveStream(FilterManager, StreamInfo):
     def downstream_remote_address(self) -> str:
         return self.hcm.remote
 
-    downstream_direct_remote_address = downstream_remote_address
+    @property
+    def downstream_direct_remote_address(self) -> str:
+        return self.hcm.direct_remote
 
     @property
     def downstream_local_address(self) -> str:

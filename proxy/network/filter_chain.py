@@ -49,6 +49,7 @@ class NetworkFilterCallbacks(Protocol):
 
     remote: tuple[str, int]
     local: tuple[str, int]
+    info: Any            # DownstreamInfo (connection_info.py): SNI, ALPN, direct addresses
     dispatcher: Any
 
     def continue_reading(self) -> None: ...
@@ -77,8 +78,8 @@ class NetworkFilterChain:
         self.terminal = terminal
         self.worker = worker
 
-    def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed):
-        pending = PendingConnection(self, sock, remote, local, conn_id, buffer_limit, on_closed)
+    def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed, info=None):
+        pending = PendingConnection(self, sock, remote, local, conn_id, buffer_limit, on_closed, info)
         pending.run()
         return pending
 
@@ -88,10 +89,10 @@ class PendingConnection:
     the terminal took it, `terminal` is the terminal's connection object."""
 
     __slots__ = ("chain", "sock", "remote", "local", "conn_id", "buffer_limit", "on_closed",
-                 "filters", "next", "terminal", "finished", "relay")
+                 "filters", "next", "terminal", "finished", "relay", "info")
 
     def __init__(self, chain: NetworkFilterChain, sock, remote, local, conn_id, buffer_limit,
-                 on_closed) -> None:
+                 on_closed, info=None) -> None:
         self.chain = chain
         self.sock = sock
         self.remote = remote
@@ -104,6 +105,7 @@ class PendingConnection:
         self.terminal = None
         self.finished = False         # closed before the terminal took it
         self.relay = None             # ReadFilterRelay, when a filter reads the bytes
+        self.info = info              # DownstreamInfo (connection_info.py), from the listener
 
     @property
     def dispatcher(self):
@@ -128,7 +130,7 @@ class PendingConnection:
         if not self.finished:
             self.terminal = self.chain.terminal.new_connection(
                 self.sock, self.remote, self.local, self.conn_id, self.buffer_limit,
-                self._terminal_closed)
+                self._terminal_closed, info=self.info)
             readers = tuple(f for f in self.filters if hasattr(f, "on_data"))
             conn = self.connection
             if readers and conn is not None and not conn.closed:

@@ -3,9 +3,12 @@
 `bind_listen_sockets` runs on the main thread before workers start: with `enable_reuse_port`
 (Envoy's Linux default) one SO_REUSEPORT socket per worker, so the kernel balances accepts;
 port 0 is resolved by the first bind and the rest bind the same port. `ActiveListener` is a
-worker's view of one listener: it accepts on that worker's socket and hands each connection
-to the filter chain's network filter (HCM or tcp_proxy) — a connection lives and dies there —
-wrapped in a transport socket from the filter chain's `transport_socket` factory.
+worker's view of one listener: it accepts on that worker's socket, runs the listener filters
+on each accepted socket (active_socket.py; none configured: straight on), chooses its filter
+chain (filter_chain_match.py: no match closes it, `no_filter_chain_match`), and hands it to
+that chain's network filters and terminal (HCM or tcp_proxy) — a connection lives and dies
+there — wrapped in a transport socket from that chain's `transport_socket` factory, with a
+`DownstreamInfo` (connection_info.py) of what the listener found.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import socket
 
 from ..threads.dispatcher import READ
 from ..threads.shared_count import SharedCount
+from .active_socket import ActiveSocket
+from .connection_info import DownstreamInfo
+from .filter_chain_match import FilterChainMatcher
 from .transport_socket import downstream_transport_factory
 
-__all__ = ["bind_listen_sockets", "ActiveListener"]
+__all__ = ["bind_listen_sockets", "ActiveListener", "ListenerFactory", "WorkerListener"]
 
 log = logging.getLogger("ftproxy.listener")
 
@@ -65,24 +71,62 @@ def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
     return socks
 
 
+class ListenerFactory:
+    """Main thread: what a listener runs on each accepted connection, shared by every worker:
+    its listener filters' factories, the match tree choosing a filter chain
+    (filter_chain_match.py), and each chain's factory (its network filters and terminal) with
+    its config; the default chain, if any, is the last of `chains`. Immutable."""
+
+    __slots__ = ("listener_filters", "matcher", "chains")
+
+    def __init__(self, listener_filters: tuple, matcher: FilterChainMatcher,
+                 chains: tuple[tuple[object, object], ...]) -> None:
+        self.listener_filters = listener_filters
+        self.matcher = matcher
+        self.chains = chains          # ((terminal or NetworkFilterChainFactory, FilterChainConfig), ...)
+
+    def for_worker(self, worker) -> WorkerListener:
+        return WorkerListener(self, worker)
+
+
+class WorkerListener:
+    """Per worker: the listener filters' and filter chains' per-worker parts, and each chain's
+    transport socket factory."""
+
+    __slots__ = ("listener_filters", "matcher", "chains")
+
+    def __init__(self, factory: ListenerFactory, worker) -> None:
+        self.listener_filters = tuple(f.for_worker(worker) for f in factory.listener_filters)
+        self.matcher = factory.matcher
+        self.chains = tuple((f.for_worker(worker), downstream_transport_factory(cfg), cfg.name)
+                            for f, cfg in factory.chains)
+
+
 class ActiveListener:
-    def __init__(self, worker, config, sock: socket.socket, network_filter_ctx, shared: bool,
+    def __init__(self, worker, config, sock: socket.socket, listener_ctx: WorkerListener, shared: bool,
                  global_limit: tuple[SharedCount, int] | None = None,
                  listener_limit: tuple[SharedCount, int] | None = None) -> None:
         self.worker = worker
         self.config = config
         self.sock = sock
-        self.ctx = network_filter_ctx
         self.shared = shared  # one socket registered in every worker (reuse_port off)
         self.buffer_limit = config.per_connection_buffer_limit_bytes
+        self.listener_filters = listener_ctx.listener_filters
+        self.matcher = listener_ctx.matcher
         scope = worker.stats.scope(f"listener.{config.stat_prefix}")
-        # One filter chain per listener today (config/listener.py): its transport for all,
-        # counting TLS stats as listener.<stat_prefix>.ssl.*.
-        self.transport_factory = downstream_transport_factory(config.filter_chains[0]).for_worker(
-            scope.scope("ssl"))
+        # (per-worker chain context, transport socket factory, chain name) by match index; the
+        # transports count their TLS stats as listener.<stat_prefix>.ssl.* on this worker.
+        ssl_scope = scope.scope("ssl")
+        self.chains = tuple((ctx, transport.for_worker(ssl_scope), name)
+                            for ctx, transport, name in listener_ctx.chains)
         self.cx_total = scope.counter("downstream_cx_total")
         self.cx_destroy = scope.counter("downstream_cx_destroy")
         self.cx_active = scope.gauge("downstream_cx_active")
+        self.no_filter_chain_match = scope.counter("no_filter_chain_match")
+        self.pre_cx_active = scope.gauge("downstream_pre_cx_active")
+        self.pre_cx_timeout = scope.counter("downstream_pre_cx_timeout")
+        self.listener_filter_remote_close = scope.counter("downstream_listener_filter_remote_close")
+        self.listener_filter_error = scope.counter("downstream_listener_filter_error")
         wscope = scope.scope(f"worker_{worker.index}")
         self.w_cx_total = wscope.counter("downstream_cx_total")
         self.w_cx_active = wscope.gauge("downstream_cx_active")
@@ -94,6 +138,16 @@ class ActiveListener:
         self.listener_limit = listener_limit
         self.cx_overflow = scope.counter("downstream_cx_overflow")
         self.accepting = False
+
+    @property
+    def ctx(self):
+        """The first filter chain's per-worker context (its HcmContext, ...)."""
+        return self.chains[0][0]
+
+    @property
+    def transport_factory(self):
+        """The first filter chain's transport socket factory."""
+        return self.chains[0][1]
 
     def start(self) -> None:
         self.worker.dispatcher.register(self.sock, READ, self._on_readable)
@@ -136,32 +190,86 @@ class ActiveListener:
                 local = sock.getsockname()
             except OSError:
                 sock.close()
-                self._release_limits()
+                self._release()
                 continue
-            self.cx_total.value += 1
-            self.cx_active.value += 1
-            self.w_cx_total.value += 1
-            self.w_cx_active.value += 1
-            try:
-                conn = self.ctx.new_connection(self.transport_factory.create(sock), remote[:2], local[:2],
-                                               worker.next_connection_id(), self.buffer_limit, self._on_closed)
-            except Exception:
-                log.exception("listener %s: creating a connection failed", self.config.name)
-                worker.unhandled_exceptions.value += 1
-                sock.close()
-                self._on_closed(None)
+            if self.listener_filters:
+                pending = ActiveSocket(self, sock, remote[:2], local[:2])
+                self.pre_cx_active.value += 1
+                worker.add_connection(pending)
+                try:
+                    pending.start()
+                except Exception:
+                    log.exception("listener %s: a listener filter failed", self.config.name)
+                    worker.unhandled_exceptions.value += 1
+                    pending.close()
                 continue
-            if not getattr(conn, "finished", False) and not _closed(conn):
-                worker.add_connection(conn)
+            self.new_connection(sock, None, remote[:2], local[:2])
 
-    def _release_limits(self) -> None:
+    def pending_done(self, pending: ActiveSocket, close: bool) -> None:
+        """`pending` left the listener filters: closed, or about to be handed to a chain."""
+        self.pre_cx_active.value -= 1
+        worker = self.worker
+        worker.connections.discard(pending)
+        if close:
+            try:
+                pending.socket.close()
+            finally:
+                self._release()
+                worker.on_connection_closed()
+
+    def new_connection(self, sock: socket.socket, pending: ActiveSocket | None,
+                       remote: tuple[str, int] | None = None, local: tuple[str, int] | None = None) -> None:
+        """The filter chain for `sock` (what `pending`'s listener filters found, or the socket's
+        own addresses), then its transport socket and network filter chain."""
+        if pending is not None:
+            remote, local, direct_remote = pending.remote, pending.local, pending.direct_remote
+            direct_local = pending.direct_local
+            index = self.matcher.find(local, remote, direct_remote, pending.requested_server_name,
+                                      pending.transport_protocol, pending.application_protocols)
+        else:
+            direct_remote, direct_local = remote, local
+            index = self.matcher.find(local, remote, remote)
+        if index is None:
+            # Envoy: no_filter_chain_match, flag NR, details filter_chain_not_found; closed unread.
+            self.no_filter_chain_match.value += 1
+            log.debug("listener %s: closing connection from %s: no matching filter chain",
+                      self.config.name, remote)
+            sock.close()
+            self._release()
+            return
+        ctx, transport_factory, chain_name = self.chains[index]
+        if pending is not None:
+            info = DownstreamInfo(remote, local, direct_remote, direct_local,
+                                  pending.requested_server_name, pending.application_protocols,
+                                  pending.transport_protocol, chain_name)
+        else:
+            info = DownstreamInfo(remote, local, remote, local, filter_chain_name=chain_name)
+        worker = self.worker
+        self.cx_total.value += 1
+        self.cx_active.value += 1
+        self.w_cx_total.value += 1
+        self.w_cx_active.value += 1
+        try:
+            conn = ctx.new_connection(transport_factory.create(sock), remote, local,
+                                      worker.next_connection_id(), self.buffer_limit, self._on_closed,
+                                      info=info)
+        except Exception:
+            log.exception("listener %s: creating a connection failed", self.config.name)
+            worker.unhandled_exceptions.value += 1
+            sock.close()
+            self._on_closed(None)
+            return
+        if not getattr(conn, "finished", False) and not _closed(conn):
+            worker.add_connection(conn)
+
+    def _release(self) -> None:
         if self.global_limit is not None:
             self.global_limit[0].release()
         if self.listener_limit is not None:
             self.listener_limit[0].release()
 
     def _on_closed(self, conn) -> None:
-        self._release_limits()
+        self._release()
         self.cx_active.value -= 1
         self.w_cx_active.value -= 1
         self.cx_destroy.value += 1

@@ -68,8 +68,10 @@ class TcpProxyContext:
             r -= weight
         return None
 
-    def new_connection(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed) -> TcpProxySession:
-        return TcpProxySession(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed)
+    def new_connection(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed,
+                       info=None) -> TcpProxySession:
+        return TcpProxySession(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed,
+                               info)
 
 
 class _UpstreamSide(ConnectionCallbacks):
@@ -108,12 +110,19 @@ class _UpstreamSide(ConnectionCallbacks):
 
 class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
     def __init__(self, ctx: TcpProxyContext, transport_socket, remote, local, conn_id, buffer_limit,
-                 on_closed) -> None:
+                 on_closed, downstream=None) -> None:
         self.ctx = ctx
         self.on_closed = on_closed
         self.info = info = StreamInfo(time.time(), time.monotonic())
         info.downstream_remote_address = format_address(remote)
         info.downstream_local_address = format_address(local)
+        # What the listener found (connection_info.DownstreamInfo): the socket's own peer
+        # (a PROXY protocol header may have replaced `remote`) and the TLS SNI.
+        if downstream is not None:
+            info.downstream_direct_remote_address = format_address(downstream.direct_remote)
+            info.requested_server_name = downstream.requested_server_name or None
+        else:
+            info.downstream_direct_remote_address = info.downstream_remote_address
         info.connection_id = conn_id
         info.response_flags = []
         self.downstream = Connection(ctx.worker.dispatcher, transport_socket, self, buffer_limit=buffer_limit,

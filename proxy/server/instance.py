@@ -26,7 +26,8 @@ from ..access_log.sinks import DEFAULT_SINKS
 from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
-from ..network.listener import bind_listen_sockets
+from ..network.filter_chain_match import FilterChainMatcher
+from ..network.listener import ListenerFactory, bind_listen_sockets
 from ..threads.shared_count import SharedCount
 from ..network.filter_chain import NetworkFilterChainFactory
 from ..network.tcp_proxy import TcpProxyFactory
@@ -327,23 +328,34 @@ class Server:
         for ev in stopped:
             ev.wait(5.0)
 
-    def _build_filter_factories(self) -> dict[str, object]:
-        out: dict[str, object] = {}
+    def _build_filter_factories(self) -> dict[str, ListenerFactory]:
+        """Per listener (main thread, once): its listener filters' factories, each filter
+        chain's factory (the default chain last) and the immutable match tree over them."""
+        out: dict[str, ListenerFactory] = {}
         for lc in self.bootstrap.listeners:
-            chain = lc.filter_chains[0]
-            terminal = chain.filters[-1].config
-            if isinstance(terminal, HcmConfig):
-                factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix)
-            elif isinstance(terminal, TcpProxyConfig):
-                factory = TcpProxyFactory(terminal)
-            else:  # config parsing only admits the two terminal filters above
-                raise RuntimeError(f"listener {lc.name}: unsupported terminal filter {chain.filters[-1].name}")
-            before = chain.filters[:-1]
-            if before:  # filters before the terminal run when a connection is accepted
-                factory = NetworkFilterChainFactory(
-                    tuple(nf.extension.factory(nf.config, nf.name) for nf in before), factory)
-            out[lc.name] = factory
+            chains = list(lc.filter_chains)
+            matcher = FilterChainMatcher([c.filter_chain_match for c in chains],
+                                         lc.default_filter_chain is not None)
+            if lc.default_filter_chain is not None:
+                chains.append(lc.default_filter_chain)
+            out[lc.name] = ListenerFactory(
+                tuple(lf.extension.factory(lf.config, lf.name) for lf in lc.listener_filters),
+                matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains))
         return out
+
+    def _chain_factory(self, lc, chain):
+        terminal = chain.filters[-1].config
+        if isinstance(terminal, HcmConfig):
+            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix)
+        elif isinstance(terminal, TcpProxyConfig):
+            factory = TcpProxyFactory(terminal)
+        else:  # config parsing only admits the two terminal filters above
+            raise RuntimeError(f"listener {lc.name}: unsupported terminal filter {chain.filters[-1].name}")
+        before = chain.filters[:-1]
+        if before:  # filters before the terminal run when a connection is accepted
+            factory = NetworkFilterChainFactory(
+                tuple(nf.extension.factory(nf.config, nf.name) for nf in before), factory)
+        return factory
 
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["Dispatcher", "Timer", "READ", "WRITE", "PEER_CLOSED"]
+__all__ = ["Dispatcher", "Timer", "READ", "WRITE", "PEER_CLOSED", "EDGE"]
 
 log = logging.getLogger("ftproxy.dispatcher")
 
@@ -38,6 +38,9 @@ WRITE = select.EPOLLOUT
 # The peer shut down its sending side (FIN) or reset: asked for while a connection does not
 # read, so that a close is seen behind bytes nobody reads yet (Envoy's early close detection).
 PEER_CLOSED = select.EPOLLRDHUP
+# Edge-triggered: an event when more bytes arrive, not while unread bytes wait. For a socket
+# whose bytes are peeked and left in place (listener filters: network/active_socket.py).
+EDGE = select.EPOLLET
 # An error or hang-up is reported to the callback as both readable and writable: its next
 # recv/send meets the error and handles it like any other failure.
 _ERR = select.EPOLLERR | select.EPOLLHUP

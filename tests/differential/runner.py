@@ -20,6 +20,7 @@ from typing import Any
 
 from tests.h2_backend import H2Backend
 from tests.integration.harness import EchoUpstream
+from tests.tls_upstream import TlsHttpUpstream
 
 from .cases import CASES_DIR, CONFIGS_DIR, Case, all_cases, load_case
 from .clients import CLOSED, Observation, build_raw, send_curl, send_raw
@@ -135,16 +136,20 @@ class _H2Upstream:
         self.backend.close()
 
 
-def _start_upstreams(names: list[str], h2_names: list[str] = ()) -> dict:
+def _start_upstreams(names: list[str], h2_names: list[str] = (), tls_names: list[str] = ()) -> dict:
     ups: dict = {n: EchoUpstream(n) for n in names}
     ups.update((n, _H2Upstream(n)) for n in h2_names)
+    # HTTP/1.1 over TLS with a certificate for CN=<name> (tests/tls_upstream.py): for TLS a
+    # listener passes through (tls_inspector + server_names + tcp_proxy).
+    ups.update((n, TlsHttpUpstream(n)) for n in tls_names)
     return ups
 
 
 def run_case(path: Path) -> CaseResult:
     t0 = time.monotonic()
     case = load_case(path)
-    upstreams = _start_upstreams(case.data.get("upstreams") or [], case.data.get("h2_upstreams") or [])
+    upstreams = _start_upstreams(case.data.get("upstreams") or [], case.data.get("h2_upstreams") or [],
+                                 case.data.get("tls_upstreams") or [])
     workdir = Path(tempfile.mkdtemp(prefix=f"diff-{case.name}-"))
     proxies: list[ProxyProcess] = []
     reservation = PortReservation()

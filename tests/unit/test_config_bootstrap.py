@@ -342,7 +342,7 @@ def test_listener_hostname_address_refused():
 
 
 @pytest.mark.parametrize("field,value,where", [
-    ("filter_chain_match", {"server_names": ["a.com"]}, "filter_chains[0].filter_chain_match.server_names"),
+    ("filter_chain_match", {"address_suffix": "a"}, "filter_chains[0].filter_chain_match.address_suffix"),
     ("transport_socket", {"name": "envoy.transport_sockets.tls"}, "filter_chains[0].transport_socket"),
 ])
 def test_unsupported_filter_chain_fields_name_path(field, value, where):
@@ -358,14 +358,14 @@ def test_empty_filter_chain_match_accepted():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("listener_filters", [{"name": "envoy.filters.listener.tls_inspector"}]),
-    ("default_filter_chain", {"filters": []}),
+    ("listener_filters", [{"name": "envoy.filters.listener.tls_inspector", "filter_disabled": {}}]),
+    ("filter_chain_matcher", {"matcher_tree": {}}),
     ("socket_options", [{"level": 1, "name": 2, "int_value": 1}]),
 ])
 def test_unsupported_listener_fields_name_path(field, value):
     raw = _boot()
     raw["static_resources"]["listeners"][0][field] = value
-    assert _error(raw).startswith(f"static_resources.listeners[0].{field}:")
+    assert _error(raw).startswith(f"static_resources.listeners[0].{field}")
 
 
 def test_pipe_address_refused():
@@ -378,7 +378,9 @@ def test_two_filter_chains_with_same_match_refused():
     raw = _boot()
     chains = raw["static_resources"]["listeners"][0]["filter_chains"]
     chains.append(copy.deepcopy(chains[0]))
-    assert _error(raw).startswith("static_resources.listeners[0].filter_chains[1]: multiple filter chains")
+    # Envoy 1.40's words: "filter chain '' has the same matching rules defined as ''".
+    assert _error(raw) == ("static_resources.listeners[0].filter_chains[1]: filter chain '' has "
+                           "the same matching rules defined as ''")
 
 
 def test_bad_network_filter_type_names_path():

@@ -199,7 +199,9 @@ def test_readme_names_every_table_once():
 _PARAGRAPHS = {
     "Bootstrap": ("Bootstrap", "Admin", "StaticResources", "Node", "Locality", "LayeredRuntime",
                   "RuntimeLayer", "OverloadManager"),
-    "Listeners": ("Listener", "FilterChain", "FilterChainMatch", "Address", "SocketAddress"),
+    "Listeners": ("Listener", "FilterChain", "FilterChainMatch", "CidrRange", "ListenerFilter",
+                  "Address", "SocketAddress"),
+    "Listener filters": ("TlsInspector", "HttpInspector", "ProxyProtocol", "OriginalDst"),
     "Clusters": ("Cluster", "ClusterLoadAssignment", "Policy", "LocalityLbEndpoints",
                  "LbEndpoint", "Endpoint", "CircuitBreakers", "Thresholds", "CommonLbConfig",
                  "Percent (healthy_panic_threshold)",

@@ -11,6 +11,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
 OUT_DIR=${OUT_DIR:-/tmp/ftproxy-bytecodes}; SECS=${SECS:-3}; TOP=${TOP:-40}
 PY=${PY:-$ROOT/.venv/bin/python}
+URL=${URL:-http://127.0.0.1:18090/}  # https://... with a TLS CONFIG (perf/tls_configs.py writes ftproxy-18090.yaml)
 mkdir -p "$OUT_DIR/tmp"; chmod 755 "$OUT_DIR"
 PGS=()
 cleanup() { for p in "${PGS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; }
@@ -21,11 +22,11 @@ setsid env FTPROXY_BYTECODE_OUT="$OUT_DIR/counts.json" PYTHONPATH="$ROOT" "$PY" 
   -c "${CONFIG:-$ROOT/perf/configs/http.yaml}" --concurrency 1 --drain-time-s 1 -l warning --base-id 4714 \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 PROXY_PG=${PGS[-1]}
-for i in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18090/ && break; sleep 0.1; done
-wrk -t1 -c50 -d1s http://127.0.0.1:18090/ >/dev/null    # warm-up, not counted
+for i in $(seq 100); do curl -fsk -o /dev/null "$URL" && break; sleep 0.1; done
+wrk -t1 -c50 -d1s "$URL" >/dev/null    # warm-up, not counted
 PID=$(pgrep -g "$PROXY_PG" -f bytecode_count | head -1)
 kill -USR2 "$PID"; sleep 0.2
-wrk -t1 -c50 -d"${SECS}s" http://127.0.0.1:18090/ > "$OUT_DIR/wrk.txt"
+wrk -t1 -c50 -d"${SECS}s" "$URL" > "$OUT_DIR/wrk.txt"
 kill -TERM "$PID"; for i in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
 "$PY" - "$OUT_DIR" "$TOP" <<'PY'
 import json, re, sys

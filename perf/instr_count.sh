@@ -18,6 +18,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
 OUT_DIR=${OUT_DIR:-/tmp/ftproxy-instr}; SECS=${SECS:-5}; TOP=${TOP:-25}
 PY=${PY:-$ROOT/.venv/bin/python}
+URL=${URL:-http://127.0.0.1:18090/}  # https://... with a TLS CONFIG (perf/tls_configs.py writes ftproxy-18090.yaml)
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 mkdir -p "$OUT_DIR/tmp"; chmod 755 "$OUT_DIR"; rm -f "$OUT_DIR"/callgrind.out*
 PGS=()
@@ -36,11 +37,11 @@ fi
 setsid valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
   --callgrind-out-file="$OUT_DIR/callgrind.out" "$PY" "${SERVER[@]}" \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
-for i in $(seq 240); do curl -fs -o /dev/null http://127.0.0.1:18090/ && break; sleep 0.5; done
-wrk -t1 -c20 -d2s http://127.0.0.1:18090/ >/dev/null    # warm-up, not counted
+for i in $(seq 240); do curl -fsk -o /dev/null "$URL" && break; sleep 0.5; done
+wrk -t1 -c20 -d2s "$URL" >/dev/null    # warm-up, not counted
 PID=$(pgrep -g "${PGS[-1]}" -f "$MATCH" | head -1)
 callgrind_control -i on "$PID" >/dev/null 2>&1
-wrk -t1 -c20 -d"${SECS}s" http://127.0.0.1:18090/ > "$OUT_DIR/wrk.txt"
+wrk -t1 -c20 -d"${SECS}s" "$URL" > "$OUT_DIR/wrk.txt"
 callgrind_control -i off "$PID" >/dev/null 2>&1
 callgrind_control -d "$PID" >/dev/null 2>&1
 REQ=$(awk '/requests in/ {print $1}' "$OUT_DIR/wrk.txt")

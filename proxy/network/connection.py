@@ -212,6 +212,8 @@ class Connection:
 
     def set_transport_interest(self, mask: int) -> None:
         """The transport needs READ/WRITE for its own progress (0: nothing more)."""
+        if mask == self._transport_interest:
+            return  # e.g. TLS saying "nothing" after each write: no epoll_ctl pair per response
         self._transport_interest = mask
         self._update_interest()
 

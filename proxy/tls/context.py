@@ -38,6 +38,7 @@ __all__ = ["server_contexts", "client_context", "check_leaf", "VERIFY_ERRORS"]
 _VERSIONS = {"TLSV1_0": SSL.TLS1_VERSION, "TLSV1_1": SSL.TLS1_1_VERSION,
              "TLSV1_2": SSL.TLS1_2_VERSION, "TLSV1_3": SSL.TLS1_3_VERSION}
 _X509_V_ERR_CERT_HAS_EXPIRED = 10
+_SSL_MODE_NO_AUTO_CHAIN = 0x8
 
 # What a failed verification records on the socket (`failed_check`), named as Envoy's stats.
 VERIFY_ERRORS = ("fail_verify_error", "fail_verify_san", "fail_verify_cert_hash", "fail_verify_no_cert")
@@ -83,6 +84,9 @@ def _base_context(common: CommonTls, server: bool) -> SSL.Context:
         ctx.set_tmp_ecdh(crypto.get_elliptic_curve(params.ecdh_curves[0]))
     # No renegotiation, either side (Envoy's default; allow_renegotiation is refused).
     ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
+    # Send exactly the configured chain, as Envoy (BoringSSL) does: no chain built from the
+    # trust store at each handshake (SSL_MODE_NO_AUTO_CHAIN, which pyOpenSSL does not name).
+    ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
     validation = common.validation_context
     if validation is not None:
         store = ctx.get_cert_store()

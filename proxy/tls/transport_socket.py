@@ -78,7 +78,7 @@ class TlsSocket:
 
     __slots__ = ("sock", "fd", "tls", "callbacks", "server", "stats", "established", "failure_reason",
                  "connect_timeout", "san_from_sni", "_out", "_eof", "_shut_pending", "_verify_failure",
-                 "_info", "_factory", "_closed", "_ticket_pending")
+                 "_info", "_factory", "_closed", "_ticket_pending", "_buffers")
     raw_socket = None  # ciphertext on the wire: nothing may splice it
 
     def __init__(self, sock: socket.socket, tls: SSL.Connection, server: bool,
@@ -101,6 +101,7 @@ class TlsSocket:
         self._verify_failure: tuple[str, str] | None = None
         self._info: TlsInfo | None = None
         self._factory = factory
+        self._buffers = factory.buffers if factory is not None else IoBuffers()
         self._closed = False
         self._ticket_pending = False  # a TLS 1.3 client: its resumable session comes after the handshake
 
@@ -115,7 +116,10 @@ class TlsSocket:
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
     def on_connected(self) -> None:
-        self._handshake()  # a client's ClientHello goes out now; a server waits for one
+        if self.server:
+            self.callbacks.set_transport_interest(READ)  # wait for the ClientHello
+        else:
+            self._handshake()  # the ClientHello goes out now
 
     def do_read(self, max_bytes: int) -> bytes:
         if not self.established:
@@ -132,23 +136,28 @@ class TlsSocket:
             raise BlockingIOError  # reading is disabled: leave the bytes in the socket
         else:
             self._fill()
+        # SSL_read straight into this worker's buffer (pyOpenSSL's recv allocates one per call
+        # and raises an exception for "nothing more"): one record per call, until the record
+        # layer and the incoming BIO are both empty.
         tls = self.tls
+        ssl = tls._ssl
+        buf = self._buffers.read
         chunks = []
         got = 0
-        try:
-            while got < max_bytes:
-                data = tls.recv(min(max_bytes - got, _RECORD))
-                chunks.append(data)
-                got += len(data)
-                if not tls.pending() and not _pending_in(tls):
-                    break  # all read: no SSL_read that would only raise WantReadError
-        except SSL.WantReadError:
-            pass
-        except SSL.ZeroReturnError:   # close_notify: the peer's end of stream
-            self._eof = True
-        except SSL.Error as e:
-            self._fail(_describe(e, self._verify_failure))
-        if self._out or _pending_out(tls):
+        while got < max_bytes:
+            n = _SSL_read(ssl, buf, min(max_bytes - got, _RECORD))
+            if n <= 0:
+                err = _SSL_get_error(ssl, n)
+                if err == _ZERO_RETURN:   # close_notify: the peer's end of stream
+                    self._eof = True
+                elif err != _WANT_READ:
+                    self._ssl_failed(n, self._verify_failure)
+                break
+            chunks.append(_ffi.buffer(buf, n)[:])
+            got += n
+            if not _SSL_pending(ssl) and not _BIO_pending(tls._into_ssl, _NULL):
+                break  # all read: no SSL_read that would only say WANT_READ
+        if self._out or _BIO_pending(tls._from_ssl, _NULL):
             self._flush()  # TLS 1.3 tickets, key updates or alerts produced while reading
         if self._ticket_pending and got:
             self._ticket_pending = False  # the server's NewSessionTicket came before its data
@@ -162,30 +171,68 @@ class TlsSocket:
         raise BlockingIOError
 
     def do_write(self, buffers: deque, size: int) -> int:
-        if (self._out and not self._flush()) or not self.established or not size:
+        if self._out:
+            if not self._flush():
+                return 0
+        if not self.established or not size:
             return 0
-        tls = self.tls
+        ssl = self.tls._ssl
+        if size <= _JOIN_MAX:
+            # The common case, a response that fits one record: one SSL_write, and its
+            # ciphertext sent from this worker's buffer without a copy held here.
+            data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+            n = _SSL_write(ssl, data if type(data) is bytes else _ffi.from_buffer(data), size)
+            if n <= 0:
+                self._ssl_failed(n, None)
+            if n != size:
+                self._send_ciphertext()
+                return n  # a partial write: the rest is offered again
+            self._send_ciphertext()
+            return size
         taken = 0
-        try:
-            if size <= _JOIN_MAX:
-                data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
-                # pyOpenSSL enables partial writes: SSL_write may stop after a record.
-                while taken < size:
-                    taken += tls.send(memoryview(data)[taken:] if taken else data)
-            else:
-                for buf in buffers:
-                    view = memoryview(buf)
-                    done = 0
-                    while done < len(view) and taken < _WRITE_CHUNK:
-                        n = tls.send(view[done:done + _WRITE_CHUNK - taken])
-                        done += n
-                        taken += n
-                    if taken >= _WRITE_CHUNK:
-                        break
-        except SSL.Error as e:
-            self._fail(_describe(e, None))
-        self._flush()
+        for chunk in buffers:
+            # Partial writes are on (pyOpenSSL's default): SSL_write may stop after a record.
+            view = memoryview(chunk)
+            done = 0
+            while done < len(view) and taken < _WRITE_CHUNK:
+                n = _SSL_write(ssl, _ffi.from_buffer(view[done:done + _WRITE_CHUNK - taken]),
+                               min(len(view) - done, _WRITE_CHUNK - taken))
+                if n <= 0:
+                    self._ssl_failed(n, None)
+                done += n
+                taken += n
+            if taken >= _WRITE_CHUNK:
+                break
+        self._send_ciphertext()
         return taken
+
+    def _send_ciphertext(self) -> None:
+        """After a write: send what OpenSSL produced; keep what the socket did not take."""
+        tls = self.tls
+        pending = _BIO_pending(tls._from_ssl, _NULL)
+        wbuf = self._buffers.write
+        if self._out or pending > len(wbuf):
+            self._flush()
+            return
+        m = _BIO_read(tls._from_ssl, wbuf, pending)
+        view = _ffi.buffer(wbuf, m)
+        try:
+            sent = self.sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self._fail(f"write: {e.strerror or e}")
+        if sent < m:
+            self._out += view[sent:]
+            self.callbacks.set_transport_interest(WRITE)
+
+    def _ssl_failed(self, result: int, verify_failure) -> None:
+        """An SSL_read/SSL_write error: raise it as OSError with the failure reason."""
+        try:
+            self.tls._raise_ssl_error(self.tls._ssl, result)
+        except SSL.Error as e:
+            self._fail(_describe(e, verify_failure))
+        self._fail("TLS error")
 
     def shutdown_write(self) -> None:
         if not self.established:
@@ -250,7 +297,7 @@ class TlsSocket:
         except (BlockingIOError, InterruptedError):
             return
         if data:
-            self.tls.bio_write(data)
+            _BIO_write(self.tls._into_ssl, data, len(data))
         else:
             self._eof = True
 
@@ -332,15 +379,21 @@ class TlsSocket:
         raise ConnectionResetError(reason)
 
 
-def _pending_in(tls: SSL.Connection) -> int:
-    """Ciphertext bytes in the incoming memory BIO that OpenSSL has not read yet."""
-    return _lib.BIO_get_mem_data(tls._into_ssl, _ffi.NULL)
+# OpenSSL through pyOpenSSL's own cffi binding, on the per-request path: its Python wrappers
+# allocate a buffer per read and raise an exception for every "nothing more" (measured: about
+# 50k of the ~95k instructions TLS added per keep-alive request, perf/RESULTS.md). The
+# objects pyOpenSSL keeps (`Connection._ssl`, `_into_ssl`, `_from_ssl`) are internal, hence
+# the pin to pyOpenSSL 26.
+_SSL_read, _SSL_write, _SSL_get_error, _SSL_pending = _lib.SSL_read, _lib.SSL_write, _lib.SSL_get_error, _lib.SSL_pending
+_BIO_read, _BIO_write = _lib.BIO_read, _lib.BIO_write
+_BIO_pending = _lib.BIO_get_mem_data   # (bio, NULL): bytes a memory BIO holds, no exception
+_NULL = _ffi.NULL
+_WANT_READ, _ZERO_RETURN = _lib.SSL_ERROR_WANT_READ, _lib.SSL_ERROR_ZERO_RETURN
 
 
 def _pending_out(tls: SSL.Connection) -> int:
-    """Ciphertext bytes OpenSSL wrote into the outgoing memory BIO and nobody read yet (no
-    exception when there are none, unlike `bio_read`; pyOpenSSL has no public call for it)."""
-    return _lib.BIO_get_mem_data(tls._from_ssl, _ffi.NULL)
+    """Ciphertext bytes OpenSSL wrote into the outgoing memory BIO and nobody read yet."""
+    return _BIO_pending(tls._from_ssl, _NULL)
 
 
 # OpenSSL's group names -> Envoy's (BoringSSL's) curve names, for `ssl.curves.<name>`.
@@ -365,10 +418,21 @@ def _describe(e: SSL.Error, verify_failure: tuple[str, str] | None) -> str:
 
 _FACTORY_IDS = itertools.count(1)  # factory keys: a new factory (new contexts) never equals an old one
 
-class WorkerTlsFactory:
-    """A TLS factory bound to one worker's stats (and, upstream, its session cache)."""
+class IoBuffers:
+    """The C buffers a worker's TLS sockets read plaintext into and ciphertext out of: one
+    pair per worker (its sockets run one at a time on its thread), none per connection."""
 
-    __slots__ = ("shared", "stats", "_sessions")
+    __slots__ = ("read", "write")
+
+    def __init__(self) -> None:
+        self.read = _ffi.new("char[]", _RECORD)
+        self.write = _ffi.new("char[]", 4 * _RECORD)
+
+
+class WorkerTlsFactory:
+    """A TLS factory bound to one worker's stats, I/O buffers and (upstream) session cache."""
+
+    __slots__ = ("shared", "stats", "_sessions", "buffers")
     name = "envoy.transport_sockets.tls"
     implements_secure_transport = True
 
@@ -376,6 +440,7 @@ class WorkerTlsFactory:
         self.shared = shared
         self.stats = stats
         self._sessions: deque = deque(maxlen=max(1, shared.max_session_keys))
+        self.buffers = IoBuffers()
 
     @property
     def key(self) -> Hashable:

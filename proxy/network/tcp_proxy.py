@@ -340,8 +340,6 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         if ctx.factory.access_loggers:  # what the TLS handshakes established, for the operators
             info.downstream_ssl = d.transport_socket.ssl()
             info.downstream_transport_failure_reason = d.transport_socket.failure_reason or None
-            if info.downstream_ssl is not None:
-                info.requested_server_name = info.downstream_ssl.sni or None
             up = self.upstream
             if up is not None:
                 info.upstream_ssl = up.transport_socket.ssl()

@@ -14,7 +14,8 @@ Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `Heade
 - values are format strings: `%%` is a literal percent; supported operators are
   `%DOWNSTREAM_REMOTE_ADDRESS%`, `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`,
   `%DOWNSTREAM_LOCAL_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%`,
-  `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation), `%START_TIME%` and the TLS operators
+  `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation), `%START_TIME%`,
+  `%REQUESTED_SERVER_NAME%` and the TLS operators
   (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_PEER_SUBJECT%`, ...: access_log/tls_operators.py,
   read from `info.downstream_ssl` / `upstream_ssl`); others are refused at load. Values come from `info`: an object with `downstream_remote_address: str`,
   optional `downstream_local_address: str`, `start_time: float` (epoch seconds) and
@@ -99,6 +100,7 @@ _SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
     "DOWNSTREAM_LOCAL_ADDRESS": _attr("downstream_local_address", False),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _attr("downstream_local_address", True),
     "START_TIME": _start_time,
+    "REQUESTED_SERVER_NAME": _attr("requested_server_name", False),
 }
 _SIMPLE_OPS.update({name: (lambda get: lambda info: get(info) or "")(get)
                     for name, get in TLS_OPERATORS.items()})

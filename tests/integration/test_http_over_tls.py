@@ -423,3 +423,40 @@ def test_config_dump_redacts_private_keys_passwords_and_pkcs12(pki, tmp_path, pr
     assert up["tls_certificates"] == [{"pkcs12": {"inline_bytes": "W3JlZGFjdGVkXQ=="},  # "[redacted]"
                                        "password": {"environment_variable": "[redacted]"}}]
     assert down["validation_context"] == {"trusted_ca": {"filename": str(pki.ca_file)}}  # not secret
+
+
+# -- tcp_proxy over TLS ---------------------------------------------------------------------
+
+def test_tcp_proxy_access_log_has_the_tls_facts_and_a_failed_handshakes_reason(pki, proxy_factory, tmp_path):
+    from .test_tcp_proxy import TcpEchoUpstream, tcp_proxy_config
+    echo = TcpEchoUpstream()
+    try:
+        log = tmp_path / "tcp.log"
+        cfg = tcp_proxy_config(echo.port)
+        chain = cfg["static_resources"]["listeners"][0]["filter_chains"][0]
+        chain["transport_socket"] = downstream_tls(pki)
+        chain["filters"][0]["typed_config"]["access_log"] = [{
+            "name": "envoy.access_loggers.file", "typed_config": {
+                "@type": FILE_LOG, "path": str(log), "log_format": {"text_format_source": {"inline_string":
+                    "%DOWNSTREAM_REMOTE_ADDRESS%|v=%DOWNSTREAM_TLS_VERSION%|s=%DOWNSTREAM_PEER_SUBJECT%"
+                    "|r=%DOWNSTREAM_TRANSPORT_FAILURE_REASON%\n"}}}}]
+        p = proxy_factory(cfg)
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+            with client_ctx(pki, cert=True).wrap_socket(raw, server_hostname="localhost") as t:
+                good_port = t.getsockname()[1]
+                t.sendall(b"ping")
+                assert t.recv(4) == b"ping"
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as bad:
+            bad_port = bad.getsockname()[1]
+            bad.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # plaintext to a TLS listener
+            try:
+                while bad.recv(4096):
+                    pass
+            except OSError:
+                pass
+        good = _line(p, log, f"127.0.0.1:{good_port}")
+        assert good["v"] == "TLSv1.3" and good["s"] == "O=ftproxy tests,CN=client" and good["r"] == "-"
+        failed = _line(p, log, f"127.0.0.1:{bad_port}")
+        assert failed["v"] == "-" and failed["r"].startswith("TLS_error:")
+    finally:
+        echo.close()

@@ -138,11 +138,11 @@ class _H2Upstream:
         self.backend.close()
 
 
-def _start_upstreams(names: list[str], h2_names: list[str] = (), tls_names: list[str] = (),
+def _start_upstreams(names: list[str], h2_names: list[str] = (), tls_echo_names: list[str] = (),
                      certs: dict | None = None) -> dict:
     ups: dict = {n: EchoUpstream(n) for n in names}
     ups.update((n, _H2Upstream(n)) for n in h2_names)
-    for n in tls_names:  # the echo upstream behind TLS, with the certificate `upstream`
+    for n in tls_echo_names:  # the echo upstream behind TLS, with the case's certificate `upstream`
         up = ups[n] = EchoUpstream(n)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(*certs["upstream"])
@@ -183,9 +183,9 @@ def run_case(path: Path) -> CaseResult:
     case = load_case(path)
     workdir = Path(tempfile.mkdtemp(prefix=f"diff-{case.name}-"))
     certs = _make_certs(case.data.get("certs"), workdir) if (
-        case.data.get("certs") or case.data.get("tls_upstreams")) else {}
+        case.data.get("certs") or case.data.get("tls_echo_upstreams")) else {}
     upstreams = _start_upstreams(case.data.get("upstreams") or [], case.data.get("h2_upstreams") or [],
-                                 case.data.get("tls_upstreams") or [], certs)
+                                 case.data.get("tls_echo_upstreams") or [], certs)
     proxies: list[ProxyProcess] = []
     reservation = PortReservation()
     try:

@@ -6,7 +6,8 @@ Job, in three layers:
   `TopView`: per-HCM and per-cluster request rates (total, 2xx/4xx/5xx per second), active
   connections and requests, upstream latency p50/p90/p99 from `upstream_rq_time`'s computed
   quantiles, host health, per-listener and per-worker connections and accepted/s (so worker
-  imbalance shows). A counter that goes down (the process was replaced by a hot restart)
+  imbalance shows), and TLS handshakes and errors per second (ssl.handshake and
+  ssl.connection_error summed over the listeners, downstream, and over the clusters, upstream). A counter that goes down (the process was replaced by a hot restart)
   counts as a reset to zero, as Prometheus' rate() does. An unreachable admin keeps the last
   data and only flags the header.
 - `render_top(view, interval, width, height)` (pure): the view as rich renderables, fitted to
@@ -37,7 +38,7 @@ from rich.text import Text
 
 from .admin_client import DEFAULT_ADMIN, AdminClient, AdminError, AdminUnreachable
 
-__all__ = ["TopModel", "TopView", "Header", "HcmRow", "ListenerRow", "WorkerRow", "ClusterRow", "Col", "WIDE",
+__all__ = ["TopModel", "TopView", "Header", "TlsSummary", "HcmRow", "ListenerRow", "WorkerRow", "ClusterRow", "Col", "WIDE",
            "parse_stats_json", "render_top", "header_lines", "table", "compact_number", "poll_once", "run_top",
            "top_command", "main"]
 
@@ -49,6 +50,8 @@ _LISTENER = re.compile(r"^listener\.(.+)\.(downstream_cx_total|downstream_cx_act
 _CLUSTER = re.compile(r"^cluster\.(.+)(?<!\.external)(?<!\.internal)\.(upstream_rq_total"
                       r"|upstream_rq_[245]xx|upstream_rq_active|upstream_cx_active"
                       r"|membership_healthy|membership_total)$")
+# TLS: Envoy's ssl.* counters of each listener and cluster (summed: downstream, upstream).
+_SSL = re.compile(r"^(listener|cluster)\.(.+)\.ssl\.(handshake|connection_error)$")
 UNREACHABLE = "admin unreachable, retrying…"
 
 
@@ -71,6 +74,20 @@ def parse_stats_json(obj: Any) -> tuple[dict[str, float], dict[str, dict[float, 
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSummary:
+    """TLS handshakes and errors (ssl.handshake / ssl.connection_error), summed over the
+    listeners (downstream) and over the clusters (upstream): per second and in total."""
+    down_handshakes: int
+    down_errors: int
+    down_handshakes_per_s: float | None
+    down_errors_per_s: float | None
+    up_handshakes: int
+    up_errors: int
+    up_handshakes_per_s: float | None
+    up_errors_per_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Header:
     admin: str
     version: str = "?"
@@ -83,6 +100,7 @@ class Header:
     python: str = "?"
     error: str | None = None          # set while the admin is unreachable
     stale_for_s: float | None = None  # age of the data shown while unreachable
+    tls: TlsSummary | None = None     # None: no listener or cluster speaks TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,10 +263,40 @@ class TopModel:
                 rate(f"cluster.{c}.upstream_rq_2xx"), rate(f"cluster.{c}.upstream_rq_4xx"),
                 rate(f"cluster.{c}.upstream_rq_5xx"), val(f"cluster.{c}.upstream_cx_active"),
                 val(f"cluster.{c}.upstream_rq_active"), q.get(50.0), q.get(90.0), q.get(99.0), healthy, total))
+        tls = _tls_summary(values, prev, dt)
         self._prev, self._prev_at, self._last_ok_at = values, now, now
-        self._view = TopView(_header(self.admin, server_info, values), hcms, listeners, tuple(workers),
-                             tuple(clusters))
+        self._view = TopView(replace(_header(self.admin, server_info, values), tls=tls), hcms, listeners,
+                             tuple(workers), tuple(clusters))
         return self._view
+
+
+def _tls_summary(values: Mapping[str, float], prev: Mapping[str, float],
+                 dt: float | None) -> TlsSummary | None:
+    """Sum ssl.handshake and ssl.connection_error over listeners and over clusters; rates
+    from the previous sample (a counter that went down counts from zero)."""
+    now_sum = {k: 0 for k in ("listener.handshake", "listener.connection_error",
+                              "cluster.handshake", "cluster.connection_error")}
+    rate_sum: dict[str, float | None] = dict.fromkeys(now_sum, 0.0 if dt else None)
+    seen = False
+    for name, v in values.items():
+        m = _SSL.match(name)
+        if m is None or m.group(1) == "listener" and ".worker_" in m.group(2):
+            continue
+        seen = True
+        key = f"{m.group(1)}.{m.group(3)}"
+        now_sum[key] += int(v)
+        if dt and rate_sum[key] is not None:
+            if name in prev:
+                delta = v - prev[name]
+                rate_sum[key] += (v if delta < 0 else delta) / dt
+            else:
+                rate_sum[key] = None  # a stat new since the last sample: no rate yet
+    if not seen:
+        return None
+    return TlsSummary(now_sum["listener.handshake"], now_sum["listener.connection_error"],
+                      rate_sum["listener.handshake"], rate_sum["listener.connection_error"],
+                      now_sum["cluster.handshake"], now_sum["cluster.connection_error"],
+                      rate_sum["cluster.handshake"], rate_sum["cluster.connection_error"])
 
 
 def _header(admin: str, info: Any, values: Mapping[str, float]) -> Header:
@@ -325,6 +373,17 @@ def header_lines(h: Header) -> list[Text]:
     second = Text(f"concurrency {'?' if h.concurrency is None else h.concurrency}  GIL {gil}  "
                   f"python {h.python}  admin {h.admin}", style="dim", no_wrap=True, overflow="ellipsis")
     lines = [first, second]
+    if h.tls is not None:
+        t = h.tls
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append("TLS", style="bold")
+        line.append(f"  down {_rate(t.down_handshakes_per_s)} hs/s ")
+        line.append(f"{_rate(t.down_errors_per_s)} err/s", style="red" if t.down_errors_per_s else "")
+        line.append(f" ({_count(t.down_handshakes)}/{_count(t.down_errors)})  "
+                    f"up {_rate(t.up_handshakes_per_s)} hs/s ")
+        line.append(f"{_rate(t.up_errors_per_s)} err/s", style="red" if t.up_errors_per_s else "")
+        line.append(f" ({_count(t.up_handshakes)}/{_count(t.up_errors)})")
+        lines.append(line)
     if h.error:
         err = Text(h.error, style="bold red", no_wrap=True, overflow="ellipsis")
         if h.stale_for_s is not None:

@@ -30,6 +30,7 @@ from proxy.config.reader import ConfigError, index, join
 
 from .start_time import compile_start_time, format_start_time
 from .stream_info import RESPONSE_FLAG_ORDER, StreamInfo
+from .tls_operators import TLS_OPERATORS
 
 try:  # orjson is much faster; the stdlib is the fallback.
     import orjson as _orjson
@@ -139,6 +140,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
         "UPSTREAM_CLUSTER": _attr("upstream_cluster"),
         "UPSTREAM_LOCAL_ADDRESS": _attr("upstream_local_address"),
         "UPSTREAM_TRANSPORT_FAILURE_REASON": _attr("upstream_transport_failure_reason"),
+        "DOWNSTREAM_TRANSPORT_FAILURE_REASON": _attr("downstream_transport_failure_reason"),
         "DOWNSTREAM_REMOTE_ADDRESS": _attr("downstream_remote_address"),
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
             lambda i: _without_port(i.downstream_remote_address),
@@ -153,6 +155,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
         "CONNECTION_ID": _attr("connection_id"),
         "HOSTNAME": lambda i: hostname,
         "UPSTREAM_REQUEST_ATTEMPT_COUNT": _attr("upstream_request_attempt_count"),
+        **TLS_OPERATORS,
     }
 
 
@@ -162,9 +165,12 @@ _NOT_SUPPORTED = frozenset({
     "DYNAMIC_METADATA", "CLUSTER_METADATA", "UPSTREAM_METADATA", "FILTER_STATE",
     "UPSTREAM_FILTER_STATE", "LOCAL_REPLY_BODY", "REQ_WITHOUT_QUERY", "GRPC_STATUS",
     "GRPC_STATUS_NUMBER", "CONNECTION_TERMINATION_DETAILS", "REQUEST_TX_DURATION",
-    "UPSTREAM_WIRE_BYTES_SENT", "UPSTREAM_WIRE_BYTES_RECEIVED", "DOWNSTREAM_PEER_SUBJECT",
-    "DOWNSTREAM_PEER_URI_SAN", "DOWNSTREAM_LOCAL_URI_SAN", "DOWNSTREAM_TLS_VERSION",
-    "DOWNSTREAM_TLS_CIPHER", "DOWNSTREAM_PEER_FINGERPRINT_256", "ENVIRONMENT",
+    "UPSTREAM_WIRE_BYTES_SENT", "UPSTREAM_WIRE_BYTES_RECEIVED", "DOWNSTREAM_TLS_SESSION_ID",
+    "UPSTREAM_TLS_SESSION_ID", "DOWNSTREAM_PEER_CERT_V_START", "DOWNSTREAM_PEER_CERT_V_END",
+    "UPSTREAM_PEER_CERT_V_START", "UPSTREAM_PEER_CERT_V_END", "DOWNSTREAM_PEER_IP_SAN",
+    "DOWNSTREAM_PEER_EMAIL_SAN", "DOWNSTREAM_LOCAL_IP_SAN", "DOWNSTREAM_LOCAL_EMAIL_SAN",
+    "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256", "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
+    "DOWNSTREAM_PEER_CHAIN_SERIALS", "ENVIRONMENT",
     "COMMON_DURATION", "RESPONSE_FLAGS_LONG", "UNIQUE_ID", "STREAM_ID", "TRACE_ID",
     "REQUEST_HEADERS_BYTES", "RESPONSE_HEADERS_BYTES", "VIRTUAL_CLUSTER_NAME",
 })

@@ -67,6 +67,11 @@ class StreamInfo:
     route_name: str | None = None
     requested_server_name: str | None = None
     upstream_transport_failure_reason: str | None = None
+    downstream_transport_failure_reason: str | None = None
+    # What the TLS handshakes established (proxy.tls.info.TlsInfo), None for plaintext:
+    # the %DOWNSTREAM_TLS_*% / %UPSTREAM_TLS_*% operators (tls_operators.py).
+    downstream_ssl: Any = None
+    upstream_ssl: Any = None
     connection_id = 0
     upstream_request_attempt_count = 0
 

@@ -2,7 +2,7 @@
 
 Job: turn (method, request target) into an `AdminResponse` by calling the `AdminContext`
 the server was given. Bodies follow Envoy's admin output (`/stats`, `/stats/prometheus`,
-`/clusters`, `/listeners`, `/config_dump`, `/server_info`, `/ready`, `/healthcheck/*`,
+`/clusters`, `/listeners`, `/config_dump`, `/certs`, `/server_info`, `/ready`, `/healthcheck/*`,
 `/quitquitquit`). Mutating endpoints require POST (GET answers 400). A handler exception
 becomes a 500 carrying the message; it never escapes `handle()`.
 
@@ -53,6 +53,7 @@ class AdminContext(Protocol):
     def stats_snapshot(self) -> StatsSnapshot: ...
     def clusters(self) -> list[dict[str, Any]]: ...
     def config_dump(self) -> dict[str, Any]: ...
+    def certificates(self) -> list[dict[str, Any]]: ...
     def listeners(self) -> list[dict[str, Any]]: ...
     def server_info(self) -> dict[str, Any]: ...
     def state(self) -> str: ...
@@ -270,6 +271,11 @@ def _config_dump(ctx: AdminContext, params: Params) -> AdminResponse:
     return _json(ctx.config_dump())
 
 
+def _certs(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's envoy.admin.v3.Certificates (proxy/admin/certs.py has the fields)."""
+    return _json({"certificates": ctx.certificates()})
+
+
 def _server_info(ctx: AdminContext, params: Params) -> AdminResponse:
     return _json(ctx.server_info())
 
@@ -308,6 +314,7 @@ def _help(ctx: AdminContext, params: Params) -> AdminResponse:
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/", "Admin home page", _help),
+    Endpoint("/certs", "print certs on machine", _certs),
     Endpoint("/clusters", "upstream cluster status", _clusters),
     Endpoint("/config_dump", "dump current Envoy configs", _config_dump),
     Endpoint("/healthcheck/fail", "cause the server to fail health checks", _healthcheck_fail, mutates=True),

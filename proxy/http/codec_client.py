@@ -101,6 +101,11 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
     def local_address(self) -> str:
         return self.connection.local_address
 
+    @property
+    def ssl(self):
+        """What the TLS handshake established (TlsInfo), None for plaintext."""
+        return self.connection.transport_socket.ssl()
+
     def send_headers(self, head, end_stream: bool, upgrade: bool) -> None:
         """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
         self.response_done = False

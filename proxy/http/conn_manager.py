@@ -43,7 +43,7 @@ class ConnectionManager(ConnectionCallbacks):
     streams. `ctx` is the per-worker HcmContext of its filter chain."""
 
     __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "direct_remote",
-                 "requested_server_name", "connection", "on_closed",
+                 "requested_server_name", "connection", "tls", "on_closed",
                  "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
                  "idle_since", "head_started", "protocol_stats")
 
@@ -68,6 +68,9 @@ class ConnectionManager(ConnectionCallbacks):
                                      remote_address=self.remote, local_address=self.local,
                                      conn_id=conn_id)
         self.on_closed = on_closed
+        # What the TLS handshake established (proxy.tls.info.TlsInfo), None for plaintext: read
+        # when the first bytes arrive (the handshake is done by then; _make_codec).
+        self.tls = None
         self.streams: dict[int, ActiveStream] = {}
         self.requests = 0
         self.draining = False
@@ -268,6 +271,7 @@ class ConnectionManager(ConnectionCallbacks):
             self._head_began()
 
     def _make_codec(self, first_bytes: bytes):
+        self.tls = self.connection.transport_socket.ssl()
         codec = self.codec = self.ctx.codec_factory(first_bytes, self.connection, self)
         if self.draining:
             codec.go_away()  # (the drain began before the first bytes)
@@ -464,14 +468,19 @@ class ConnectionManager(ConnectionCallbacks):
         if ev.expect_continue:
             headers.remove(b"expect")
             self.codec.encode_continue(stream_id)
+        url_scheme = None
         if ev.target[:1] != b"/" and ev.method != b"CONNECT":
             if ev.target.startswith((b"http://", b"https://")):
-                absolute_form(head)
+                url_scheme = absolute_form(head)
             else:  # "OPTIONS *" too, as Envoy (404, absolute_path_rejected)
                 st.downstream_rq_non_relative_path.value += 1
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
-        mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade)
+        scheme = mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade, self.tls)
+        # :scheme: an absolute-form target's, else x-forwarded-proto's or the connection's.
+        head.scheme = url_scheme or scheme
+        if self.tls is not None:
+            head.tls = self.tls
         stream.create_filter_chain(ctx.filter_factories)
         stream.decode_headers(end_stream)
 

@@ -98,6 +98,11 @@ class HcmConfig:
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
     http_protocol_options: Http1Options = Http1Options()
     http2_protocol_options: Http2Config = Http2Config()
+    # x-forwarded-client-cert (request_headers.py): SANITIZE, FORWARD_ONLY, APPEND_FORWARD,
+    # SANITIZE_SET or ALWAYS_FORWARD_ONLY; and what APPEND_FORWARD / SANITIZE_SET write of the
+    # client certificate, in Envoy's order ("cert", "chain", "subject", "uri", "dns").
+    forward_client_cert_details: str = "SANITIZE"
+    set_current_client_cert_details: tuple[str, ...] = ()
     raw: Mapping[str, Any] | None = None   # the typed_config body as written (config_dump)
 
 
@@ -144,8 +149,8 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     refused("strip_matching_host_port", _ONLY_DEFAULT, default=False, only_default=True),
     refused("strip_any_host_port", _ONLY_DEFAULT, default=False, only_default=True),
     refused("strip_trailing_host_dot", _ONLY_DEFAULT, default=False, only_default=True),
-    refused("forward_client_cert_details", "SANITIZE only: an incoming x-forwarded-client-cert "
-            "is removed", default="SANITIZE", only_default=True),
+    used("forward_client_cert_details", "SANITIZE"),
+    used("set_current_client_cert_details"),
     refused("stream_error_on_invalid_http_message", _ONLY_DEFAULT, default=False, only_default=True),
     refused("append_x_forwarded_port", _ONLY_DEFAULT, default=False, only_default=True),
     refused("rds", "xDS: use an inline route_config"),
@@ -154,7 +159,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
         "http1_safe_max_connection_duration", "scheme_header_transformation",
         "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
         "original_ip_detection_extensions", "early_header_mutation_extensions",
-        "set_current_client_cert_details", "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+        "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         "request_id_extension", "local_reply_config", "path_normalization_options",
         "proxy_status_config", "typed_header_validation_config", "append_local_overload",
         "add_proxy_protocol_connection_state")),
@@ -211,6 +216,11 @@ HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=
     refused("enable_huffman_encoding"),
 ))
 
+CLIENT_CERT_DETAILS = Message("envoy.extensions.filters.network.http_connection_manager.v3"
+                              ".HttpConnectionManager.SetCurrentClientCertDetails",
+                              fields=tuple(used(name, False, attr="set_current_client_cert_details")
+                                           for name in ("subject", "cert", "chain", "dns", "uri")))
+
 UPGRADE = Message("envoy.extensions.filters.network.http_connection_manager.v3"
                   ".HttpConnectionManager.UpgradeConfig", model=UpgradeConfig, fields=(
     used("upgrade_type"),
@@ -257,6 +267,8 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         upgrade_configs=_parse_upgrades(f),
         http_protocol_options=_parse_http1(f),
         http2_protocol_options=_parse_http2(f),
+        forward_client_cert_details=f.enum("forward_client_cert_details", _XFCC, "SANITIZE"),
+        set_current_client_cert_details=_parse_client_cert_details(f),
         raw=raw,
         **kwargs,
     )
@@ -273,12 +285,20 @@ def _refuse_non_defaults(f: Fields) -> None:
     slashes = f.enum("path_with_escaped_slashes_action", _ESCAPED_SLASHES, "KEEP_UNCHANGED")
     HCM.require_default(f, "path_with_escaped_slashes_action",
                         "KEEP_UNCHANGED" if slashes == "IMPLEMENTATION_SPECIFIC_DEFAULT" else slashes)
-    HCM.require_default(f, "forward_client_cert_details",
-                        f.enum("forward_client_cert_details", _XFCC, "SANITIZE"))
     internal = f.raw_obj("internal_address_config")
     if internal:  # an empty object asks for nothing
         raise ConfigError(f.at("internal_address_config"),
                           "not supported yet (every request is external (only an empty config))")
+
+
+def _parse_client_cert_details(f: Fields) -> tuple[str, ...]:
+    """What APPEND_FORWARD / SANITIZE_SET add to x-forwarded-client-cert, in the order Envoy
+    writes them (Cert, Chain, Subject, URI, DNS after By and Hash), whatever the YAML's order."""
+    if f.value("set_current_client_cert_details") is None:
+        return ()
+    d = CLIENT_CERT_DETAILS.read(f.value("set_current_client_cert_details"),
+                                 f.at("set_current_client_cert_details"))
+    return tuple(name for name in ("cert", "chain", "subject", "uri", "dns") if d.bool(name, False))
 
 
 def _parse_common_options(f: Fields, out: dict[str, Any]) -> None:

@@ -67,10 +67,11 @@ class HcmFactory:
         # What a request loses before routing (request_headers.py): for an upgrade request
         # the hop-by-hop fields but Connection and Upgrade.
         internal_only = config.route_config.internal_only_headers
+        xfcc = config.forward_client_cert_details
         self.request_headers_removed = request_fields_removed(
-            HOP_BY_HOP, config.use_remote_address, internal_only)
+            HOP_BY_HOP, config.use_remote_address, internal_only, xfcc)
         self.upgrade_request_headers_removed = request_fields_removed(
-            HOP_BY_HOP_UPGRADE, config.use_remote_address, internal_only)
+            HOP_BY_HOP_UPGRADE, config.use_remote_address, internal_only, xfcc)
         # Fields the codec writes on every response in place of the head's own: Envoy's
         # server_header_transformation OVERWRITE (the default) sets `server` so.
         self.response_fields = (((b"server", self.server_name),)

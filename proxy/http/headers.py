@@ -108,7 +108,10 @@ class Headers:
 
 
 class RequestHead:
-    """A request's start line and headers. `path` is the full request target (with query)."""
+    """A request's start line and headers. `path` is the full request target (with query).
+    `tls`: the downstream connection's TlsInfo when it is TLS (route match `tls_context`)."""
+
+    tls = None
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
                  headers: Headers, http_version: bytes = b"1.1") -> None:

@@ -85,6 +85,11 @@ class Http2Stream:
     def local_address(self) -> str:
         return self.conn.connection.local_address
 
+    @property
+    def ssl(self):
+        """What the connection's TLS handshake established (TlsInfo), None for plaintext."""
+        return self.conn.connection.transport_socket.ssl()
+
     def send_headers(self, head, end_stream: bool, upgrade: bool) -> None:
         """`upgrade`: HTTP/2 has no Upgrade (RFC 9113 §8.6); the request goes as an ordinary
         one and the host answers it as such (extended CONNECT is not spoken)."""

@@ -22,39 +22,48 @@ connection manager decides what to refuse).
 from __future__ import annotations
 
 from ..network.address import is_loopback
+from .client_cert import XFCC, xfcc_details
 from .headers import Headers, RequestHead, append_via
 
 __all__ = ["mutate_request_headers", "absolute_form", "request_fields_removed"]
 
 
 def request_fields_removed(hop_by_hop: frozenset[bytes], use_remote_address: bool,
-                           internal_only: tuple[bytes, ...] = ()) -> frozenset[bytes]:
+                           internal_only: tuple[bytes, ...] = (),
+                           forward_client_cert: str = "SANITIZE") -> frozenset[bytes]:
     """Every field the HCM drops from a request before routing, for one HCM config:
-    `hop_by_hop` (connection-level fields), x-forwarded-client-cert (sanitised: without TLS
-    there is no certificate to forward), Envoy's x-envoy-* sanitising, and the route
+    `hop_by_hop` (connection-level fields), x-forwarded-client-cert under SANITIZE (the other
+    modes decide per connection: client_cert.py), Envoy's x-envoy-* sanitising, and the route
     configuration's `internal_only` headers (internal_only_headers: Envoy removes them from
     external requests, and every request is external here)."""
-    removed = hop_by_hop | {b"x-forwarded-client-cert"} | _ENVOY_EXTERNAL | frozenset(internal_only)
+    removed = hop_by_hop | _ENVOY_EXTERNAL | frozenset(internal_only)
+    if forward_client_cert == "SANITIZE":
+        removed |= {XFCC}
     return removed | _ENVOY_EDGE if use_remote_address else removed
 
 
-def absolute_form(head: RequestHead) -> None:
+def absolute_form(head: RequestHead) -> bytes:
     """The authority and path of an absolute-form target (RFC 9112 §3.2.2: the authority
-    comes from the target, and replaces any Host)."""
+    comes from the target, and replaces any Host); returns the target's scheme."""
     target = head.path
-    rest = target.split(b"://", 1)[1]
+    scheme, rest = target.split(b"://", 1)
     slash = rest.find(b"/")
     authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
     head.set_authority(authority)
     head.set_path(path)
     head.headers.set(b"host", authority)
+    return scheme.lower()
 
 
-def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes | None) -> None:
+def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes | None,
+                           tls=None) -> bytes:
     """Envoy's request header sanitising and adding for the HCM context `ctx`
     (ConnectionManagerUtility::mutateRequestHeaders); `upgrade`: the request's Upgrade value
-    when it asks to switch protocols."""
+    when it asks to switch protocols; `tls`: the connection's TlsInfo (None: plaintext).
+    Returns the request's scheme as Envoy sets a missing :scheme: x-forwarded-proto when it is
+    http or https, else https over TLS and http without."""
     cfg = ctx.config
+    proto = b"https" if tls is not None else b"http"
     # One pass collects the names present; each rule below is then a set lookup, and
     # the header list is only rebuilt when something must go.
     present = {kv[0] for kv in headers.fields}
@@ -77,16 +86,40 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
             # Envoy appends its own address, not the peer's, when the peer is on loopback.
             ip = ctx.local_address if is_loopback(remote_ip) else remote_ip.encode()
             headers.set(b"x-forwarded-for", xff + b"," + ip if xff else ip)  # Envoy: "," alone
-        headers.set(b"x-forwarded-proto", b"http")
+        headers.set(b"x-forwarded-proto", proto)
         # The edge: the first ingress into the trusted network (x-envoy-external-address).
         headers.fields.append((b"x-envoy-external-address", remote_ip.encode()))
+        scheme = proto
     elif b"x-forwarded-proto" not in present:
-        headers.fields.append((b"x-forwarded-proto", b"http"))
+        headers.fields.append((b"x-forwarded-proto", proto))
+        scheme = proto
+    else:  # a trusted proxy's value (every request is external, but Envoy keeps it here too)
+        xfp = headers.get(b"x-forwarded-proto")
+        scheme = xfp if xfp.lower() in (b"http", b"https") else proto
     if cfg.generate_request_id:
         if b"x-request-id" not in present:
             headers.fields.append((b"x-request-id", ctx.worker.new_request_id()))
         elif cfg.use_remote_address and not cfg.preserve_external_request_id:
             headers.set(b"x-request-id", ctx.worker.new_request_id())
+    mode = cfg.forward_client_cert_details
+    if mode != "SANITIZE" and mode != "ALWAYS_FORWARD_ONLY":
+        _mutate_xfcc(headers, mode, cfg.set_current_client_cert_details, tls)
+    return scheme
+
+
+def _mutate_xfcc(headers: Headers, mode: str, details: tuple[str, ...], tls) -> None:
+    """FORWARD_ONLY, APPEND_FORWARD, SANITIZE_SET (client_cert.py has the rules)."""
+    if tls is None or tls.peer_certificate is None:
+        headers.remove(XFCC)  # not mutual TLS: nothing a client says about itself is kept
+        return
+    if mode == "FORWARD_ONLY":
+        return
+    value = xfcc_details(tls, details)
+    if mode == "APPEND_FORWARD":
+        current = headers.get(XFCC)
+        headers.set(XFCC, current + b"," + value if current else value)
+    else:  # SANITIZE_SET
+        headers.set(XFCC, value)
 
 
 # What an upgrade request keeps of the hop-by-hop fields: Connection and Upgrade go upstream.

@@ -241,6 +241,8 @@ class RouterFilter:
         stream = self.stream
         stream.upstream_host = self.pool.host_str
         stream.upstream_local_address = upstream.local_address
+        if self.cluster.transport_factory.implements_secure_transport:
+            stream.upstream_ssl = upstream.ssl  # %UPSTREAM_TLS_VERSION% ...
         self.upstream_start = stream.first_upstream_tx_monotonic = time.monotonic()
         end_now = self.request_ended and not self.buffered and self.trailers is None
         upstream.send_headers(stream.head, end_now, stream.upgrade is not None)

@@ -46,7 +46,7 @@ class ActiveStream(FilterManager, StreamInfo):
                  "response_headers", "response_trailers", "response_code",
                  "response_code_details", "response_flags", "bytes_received", "bytes_sent",
                  "upstream_host", "upstream_cluster", "upstream_local_address", "route_name",
-                 "requested_server_name", "upstream_transport_failure_reason",
+                 "requested_server_name", "upstream_transport_failure_reason", "upstream_ssl",
                  "upstream_request_attempt_count")
 
     def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead,
@@ -68,8 +68,10 @@ class ActiveStream(FilterManager, StreamInfo):
         self.response_flags = ()
         self.bytes_received = self.bytes_sent = self.upstream_request_attempt_count = 0
         self.upstream_host = self.upstream_cluster = self.upstream_local_address = None
-        self.route_name = self.upstream_transport_failure_reason = None
-        self.requested_server_name = hcm.requested_server_name  # the TLS SNI, from the listener
+        self.route_name = self.upstream_transport_failure_reason = self.upstream_ssl = None
+        # %REQUESTED_SERVER_NAME%: what tls_inspector read (Envoy 1.40 leaves it empty when the
+        # TLS transport socket alone terminates TLS, SNI or not).
+        self.requested_server_name = hcm.requested_server_name
 
     # -- lifecycle views (of `state`) ---------------------------------------------------------
     @property
@@ -104,6 +106,11 @@ class ActiveStream(FilterManager, StreamInfo):
     @property
     def downstream_local_address(self) -> str:
         return self.hcm.local
+
+    @property
+    def downstream_ssl(self):
+        """The downstream connection's TlsInfo (None: plaintext)."""
+        return self.hcm.tls
 
     @property
     def connection_id(self) -> int:

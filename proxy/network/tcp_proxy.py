@@ -346,6 +346,14 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         info.bytes_received = d.bytes_received
         info.bytes_sent = d.bytes_sent
         info.end_monotonic = time.monotonic()
+        if ctx.factory.access_loggers:  # what the TLS handshakes established, for the operators
+            info.downstream_ssl = d.transport_socket.ssl()
+            info.downstream_transport_failure_reason = d.transport_socket.failure_reason or None
+            up = self.upstream
+            if up is not None:
+                info.upstream_ssl = up.transport_socket.ssl()
+                if not info.upstream_transport_failure_reason:
+                    info.upstream_transport_failure_reason = up.transport_socket.failure_reason or None
         for logger in ctx.factory.access_loggers:
             logger.log(info)
         self.on_closed(self)

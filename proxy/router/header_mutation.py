@@ -14,8 +14,10 @@ Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `Heade
 - values are format strings: `%%` is a literal percent; supported operators are
   `%DOWNSTREAM_REMOTE_ADDRESS%`, `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`,
   `%DOWNSTREAM_LOCAL_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%`,
-  `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation) and `%START_TIME%`; others are refused
-  at load. Values come from `info`: an object with `downstream_remote_address: str`,
+  `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation), `%START_TIME%`,
+  `%REQUESTED_SERVER_NAME%` and the TLS operators
+  (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_PEER_SUBJECT%`, ...: access_log/tls_operators.py,
+  read from `info.downstream_ssl` / `upstream_ssl`); others are refused at load. Values come from `info`: an object with `downstream_remote_address: str`,
   optional `downstream_local_address: str`, `start_time: float` (epoch seconds) and
   `request_headers` (anything with `get_str(name)`); a missing value formats as "".
 
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.access_log.tls_operators import TLS_OPERATORS
 from proxy.config.fields_table import Message, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
 from proxy.http.headers import Headers
@@ -97,8 +100,11 @@ _SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
     "DOWNSTREAM_LOCAL_ADDRESS": _attr("downstream_local_address", False),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _attr("downstream_local_address", True),
     "START_TIME": _start_time,
+    "REQUESTED_SERVER_NAME": _attr("requested_server_name", False),
 }
-_OP_RE = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?(?::(\d{1,9}))?%")
+_SIMPLE_OPS.update({name: (lambda get: lambda info: get(info) or "")(get)
+                    for name, get in TLS_OPERATORS.items()})
+_OP_RE = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::(\d{1,9}))?%")
 
 
 @dataclass(frozen=True, slots=True)

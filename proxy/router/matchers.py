@@ -337,13 +337,19 @@ class RouteMatch:
     headers: tuple[HeaderMatcher, ...] = ()
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
     grpc: bool = False
+    # tls_context (TlsContextMatchOptions): the downstream connection's client certificate
+    # was presented / validated (None: not asked). Read from `req.tls` (TlsInfo, None for
+    # plaintext: then neither was).
+    tls_presented: bool | None = None
+    tls_validated: bool | None = None
     # A case-sensitive prefix with nothing else to check matches on the raw target bytes
     # (a prefix without "?" or "#" matches the target iff it matches its path part).
     raw_prefix: bytes | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.kind == "prefix" and self.case_sensitive and not self.headers
-                and not self.query_parameters and not self.grpc and "?" not in self.value
+                and not self.query_parameters and not self.grpc and self.tls_presented is None
+                and self.tls_validated is None and "?" not in self.value
                 and "#" not in self.value and self.value.isascii()):
             object.__setattr__(self, "raw_prefix", self.value.encode("ascii"))
 
@@ -359,7 +365,17 @@ class RouteMatch:
             for q in self.query_parameters:
                 if not q.matches(query):
                     return False
-        return not self.grpc or _is_grpc(req)
+        if self.grpc and not _is_grpc(req):
+            return False
+        if self.tls_presented is not None or self.tls_validated is not None:
+            tls = getattr(req, "tls", None)
+            if self.tls_presented is not None and self.tls_presented != (
+                    tls is not None and tls.peer_certificate is not None):
+                return False
+            if self.tls_validated is not None and self.tls_validated != (
+                    tls is not None and tls.peer_validated):
+                return False
+        return True
 
     def _path_matches(self, path: str) -> bool:
         kind = self.kind
@@ -395,11 +411,15 @@ ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch", model=RouteMatch,
     used("query_parameters"),
     refused("cookies"),
     used("grpc"),
-    refused("tls_context"),
+    used("tls_context", attr="tls_presented"),
     refused("dynamic_metadata"),
     refused("filter_state"),
 ))
 GRPC_ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", fields=())
+TLS_CONTEXT_MATCH = Message("envoy.config.route.v3.RouteMatch.TlsContextMatchOptions", fields=(
+    used("presented", attr="tls_presented"),
+    used("validated", attr="tls_validated"),
+))
 
 
 def parse_route_match(raw: Any, path: str) -> RouteMatch:
@@ -424,4 +444,10 @@ def parse_route_match(raw: Any, path: str) -> RouteMatch:
     if f.has("grpc"):
         GRPC_ROUTE_MATCH.read(f.raw["grpc"], f.at("grpc"))
         grpc = True
-    return RouteMatch(kind, value, regex, case_sensitive, headers, queries, grpc)
+    presented = validated = None
+    if f.value("tls_context") is not None:
+        t = TLS_CONTEXT_MATCH.read(f.value("tls_context"), f.at("tls_context"))
+        presented = t.bool("presented", None)
+        validated = t.bool("validated", None)
+    return RouteMatch(kind, value, regex, case_sensitive, headers, queries, grpc,
+                      presented, validated)

@@ -7,11 +7,13 @@ that changes server state is posted to the main thread.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 import platform
 import sys
 import time
 
 from .. import __version__
+from ..admin.certs import context_certificates, redact_config
 from ..hotrestart.messages import HOT_RESTART_VERSION
 from ..upstream.host import health_flags
 
@@ -68,8 +70,25 @@ class ServerAdminContext:
         b = self.server.bootstrap
         return {"configs": [{
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-            "bootstrap": copy.deepcopy(b.raw) if b.raw is not None else {},
+            # Envoy redacts its sensitive fields (private keys, passwords...) in every dump.
+            "bootstrap": redact_config(copy.deepcopy(b.raw)) if b.raw is not None else {},
         }]}
+
+    def certificates(self) -> list[dict]:
+        """/certs: each TLS context's certificates, listener filter chains first, then clusters."""
+        out = []
+        for lc in self.server.bootstrap.listeners:
+            raw_chains = (lc.raw or {}).get("filter_chains") or []
+            for i, chain in enumerate(lc.filter_chains):
+                raw = raw_chains[i] if i < len(raw_chains) else {}
+                entry = _tls_entry(chain.transport_socket, raw)
+                if entry is not None:
+                    out.append(entry)
+        for cc in self.server.bootstrap.clusters:
+            entry = _tls_entry(cc.transport_socket, cc.raw or {})
+            if entry is not None:
+                out.append(entry)
+        return out
 
     def listeners(self) -> list[dict]:
         return [{"name": name, "address": f"{host}:{port}"}
@@ -117,6 +136,18 @@ class ServerAdminContext:
 
     def reopen_logs(self) -> None:
         self.server.reopen_logs()
+
+
+def _tls_entry(factory, raw_owner) -> dict | None:
+    """The /certs entry of a transport socket factory (None unless it is TLS); `raw_owner`:
+    the filter chain or cluster as written (for the certificates' file names)."""
+    config = getattr(factory, "config", None)
+    common = getattr(config, "common_tls_context", None)
+    if common is None:
+        return None
+    raw = ((raw_owner.get("transport_socket") or {}).get("typed_config") or {}) \
+        if isinstance(raw_owner, Mapping) else {}
+    return context_certificates(common, raw.get("common_tls_context"))
 
 
 def _gil() -> bool:

@@ -29,18 +29,32 @@ class TlsInfo:
     alpn: str = ""
     peer_certificate: x509.Certificate | None = None
     local_certificate: x509.Certificate | None = None
+    # The peer's chain as it sent it, leaf first (XFCC `Chain=`; OpenSSL leaves the leaf out
+    # of a server's view of the client chain, so it is put back).
+    peer_chain: tuple[x509.Certificate, ...] = ()
+    # The peer's certificate was checked and passed (Envoy's peerCertificateValidated: the
+    # route match's tls_context.validated): asked for, and OpenSSL's verdict is X509_V_OK
+    # (ACCEPT_UNTRUSTED lets a failed chain through unvalidated).
+    peer_validated: bool = False
 
     @classmethod
     def from_connection(cls, tls, server: bool) -> TlsInfo:
         name = tls.get_servername()
         alpn = tls.get_alpn_proto_negotiated()
         local = tls.get_certificate(as_cryptography=True) if hasattr(tls, "get_certificate") else None
+        peer = tls.get_peer_certificate(as_cryptography=True)
+        chain = tuple(tls.get_peer_cert_chain(as_cryptography=True) or ())
+        if peer is not None and (not chain or chain[0] != peer):
+            chain = (peer, *chain)
+        validated = peer is not None and tls.get_verify_mode() != 0 and _verify_ok(tls)
         return cls(tls_version=tls.get_protocol_version_name() or "",
                    cipher=tls.get_cipher_name() or "",
                    sni=name.decode("ascii", "replace") if name else "",
                    alpn=alpn.decode("ascii", "replace") if alpn else "",
-                   peer_certificate=tls.get_peer_certificate(as_cryptography=True),
-                   local_certificate=local)
+                   peer_certificate=peer,
+                   local_certificate=local,
+                   peer_chain=chain,
+                   peer_validated=validated)
 
     @property
     def peer_certificate_presented(self) -> bool:
@@ -81,6 +95,11 @@ class TlsInfo:
         if c is None:
             return ""
         return quote(c.public_bytes(serialization.Encoding.PEM).decode(), safe="-_.~")
+
+
+def _verify_ok(tls) -> bool:
+    from OpenSSL._util import lib  # SSL_get_verify_result: pyOpenSSL has no public call
+    return lib.SSL_get_verify_result(tls._ssl) == 0
 
 
 def _sans(cert: x509.Certificate | None, kind) -> tuple[str, ...]:

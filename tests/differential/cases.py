@@ -32,7 +32,7 @@ def load_case(path: Path) -> Case:
     data = yaml.safe_load(substitute(text, lambda kind, name: f"DIFFTOKEN.{kind}.{name}."))
     for e in data.get("expected_differences") or []:
         if isinstance(e.get("key"), str):
-            e["key"] = re.sub(r"DIFFTOKEN\.(port|upstream|closed_port)\.([A-Za-z0-9_]+)\.",
+            e["key"] = re.sub(r"DIFFTOKEN\.(port|upstream|closed_port|cert|key)\.([A-Za-z0-9_]+)\.",
                               lambda m: "{{closed_port}}" if m.group(1) == "closed_port"
                               else f"{{{{{m.group(1)}:{m.group(2)}}}}}", e["key"])
     names = sorted(set(m.group(2) for m in _PLACEHOLDER.finditer(text) if m.group(1) == "port"))
@@ -41,7 +41,7 @@ def load_case(path: Path) -> Case:
     return Case(path, text, data, names)
 
 
-_PLACEHOLDER = re.compile(r"\{\{(port|upstream|closed_port)(?::([A-Za-z0-9_]+))?\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(port|upstream|closed_port|cert|key)(?::([A-Za-z0-9_]+))?\}\}")
 
 
 def substitute(text: str, value) -> str:

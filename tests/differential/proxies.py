@@ -70,8 +70,10 @@ class PortReservation:
 
 class ProxyProcess:
     def __init__(self, kind: str, case: Case, upstream_ports: dict[str, int], closed_port: int,
-                 workdir: Path, ports: PortReservation) -> None:
-        """Writes the config; `start()` runs the process (after the ports are released)."""
+                 workdir: Path, ports: PortReservation,
+                 certs: dict[str, tuple[Path, Path | None]] | None = None) -> None:
+        """Writes the config; `start()` runs the process (after the ports are released).
+        `certs`: NAME -> (certificate file, key file) for `{{cert:NAME}}` / `{{key:NAME}}`."""
         self.kind = kind
         self.ports = {name: ports.take() for name in case.port_names}
         self.admin_port = ports.take()
@@ -83,6 +85,8 @@ class ProxyProcess:
                 return str(self.ports[name])
             if k == "upstream":
                 return str(upstream_ports[name])
+            if k in ("cert", "key"):
+                return str((certs or {})[name][0 if k == "cert" else 1])
             return str(closed_port)
 
         self.case_data = yaml.safe_load(substitute(case.text, value))

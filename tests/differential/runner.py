@@ -7,10 +7,12 @@ judged against the case's expected differences (the format and what is compared:
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import shutil
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -20,6 +22,7 @@ from typing import Any
 
 from tests.h2_backend import H2Backend
 from tests.integration.harness import EchoUpstream
+from tests.tls_certs import CertAuthority
 from tests.tls_upstream import TlsHttpUpstream
 
 from .cases import CASES_DIR, CONFIGS_DIR, Case, all_cases, load_case
@@ -136,28 +139,65 @@ class _H2Upstream:
         self.backend.close()
 
 
-def _start_upstreams(names: list[str], h2_names: list[str] = (), tls_names: list[str] = ()) -> dict:
+def _start_upstreams(names: list[str], h2_names: list[str] = (), tls_names: list[str] = (),
+                     tls_echo_names: list[str] = (), certs: dict | None = None) -> dict:
     ups: dict = {n: EchoUpstream(n) for n in names}
     ups.update((n, _H2Upstream(n)) for n in h2_names)
     # HTTP/1.1 over TLS with a certificate for CN=<name> (tests/tls_upstream.py): for TLS a
     # listener passes through (tls_inspector + server_names + tcp_proxy).
     ups.update((n, TlsHttpUpstream(n)) for n in tls_names)
+    for n in tls_echo_names:  # the echo upstream behind TLS, with the case's certificate `upstream`
+        up = ups[n] = EchoUpstream(n)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*certs["upstream"])
+        up.httpd.socket = ctx.wrap_socket(up.httpd.socket, server_side=True)
     return ups
+
+
+def _make_certs(spec: dict, workdir: Path) -> dict[str, tuple[Path, Path | None]]:
+    """The case's `certs`: NAME -> tests/tls_certs.CertAuthority.issue_files arguments (`names`,
+    `uris`, `cn`, `client`, `kind`, `expired`, `self_signed`), issued once by one test CA and
+    shared by both proxies and the clients; `ca` is the CA itself (no key)."""
+    ca = CertAuthority()
+    out: dict[str, tuple[Path, Path | None]] = {"ca": (ca.pem_file(workdir), None)}
+    for name, kw in (spec or {}).items():
+        kw = dict(kw or {})
+        out[name] = ca.issue_files(workdir, name, kw.pop("names", []), **kw)
+    return out
+
+
+def _admin_json(proxy: ProxyProcess, path: str) -> Any:
+    """An admin JSON answer with every list sorted (Envoy's order of TLS contexts in /certs
+    is a hash set's)."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return sorted((norm(x) for x in v), key=lambda x: json.dumps(x, sort_keys=True))
+        return v
+    status, body = proxy.admin(path)
+    try:
+        return status, norm(json.loads(body))
+    except ValueError:
+        return status, body
 
 
 def run_case(path: Path) -> CaseResult:
     t0 = time.monotonic()
     case = load_case(path)
-    upstreams = _start_upstreams(case.data.get("upstreams") or [], case.data.get("h2_upstreams") or [],
-                                 case.data.get("tls_upstreams") or [])
     workdir = Path(tempfile.mkdtemp(prefix=f"diff-{case.name}-"))
+    certs = _make_certs(case.data.get("certs"), workdir) if (
+        case.data.get("certs") or case.data.get("tls_echo_upstreams")) else {}
+    upstreams = _start_upstreams(case.data.get("upstreams") or [], case.data.get("h2_upstreams") or [],
+                                 case.data.get("tls_upstreams") or [], case.data.get("tls_echo_upstreams") or [],
+                                 certs)
     proxies: list[ProxyProcess] = []
     reservation = PortReservation()
     try:
         closed_port = reservation.take()
         ports = {n: u.port for n, u in upstreams.items()}
-        envoy = ProxyProcess("envoy", case, ports, closed_port, workdir, reservation)
-        ftp = ProxyProcess("ftproxy", case, ports, closed_port, workdir, reservation)
+        envoy = ProxyProcess("envoy", case, ports, closed_port, workdir, reservation, certs)
+        ftp = ProxyProcess("ftproxy", case, ports, closed_port, workdir, reservation, certs)
         reservation.release()
         for p in (envoy, ftp):
             p.start()
@@ -270,6 +310,10 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         dfv = [x[2] for x in lf] or None
         if de != dfv:
             found[f"{name}: log.details"] = (de, dfv)
+    for admin_path in case.data.get("admin_json") or []:
+        a, b = _admin_json(envoy, admin_path), _admin_json(ftp, admin_path)
+        if a != b:
+            found[f"admin: admin.{admin_path}"] = (a, b)
     if case.data.get("histograms"):
         time.sleep(0.5)  # Envoy shows histograms after a stats flush (the case sets the interval)
     stats_e, stats_f = envoy.stats(), ftp.stats()

@@ -39,7 +39,8 @@ def _route_config() -> dict[str, Any]:
          "request_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
          "typed_per_filter_config": {"envoy.filters.http.router": {"@type": _FILTER_CONFIG,
                                                                     "disabled": False}}},
-        {"match": {"prefix": "/", "headers": [{"name": "y", "range_match": {"start": 1, "end": 2}}]},
+        {"match": {"prefix": "/", "headers": [{"name": "y", "range_match": {"start": 1, "end": 2}}],
+                   "tls_context": {"presented": True}},
          "route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 1}]}}},
         {"match": {"prefix": "/"}, "redirect": {"host_redirect": "x"}},
         {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "x"}}},
@@ -76,6 +77,7 @@ _AT: dict[str, Callable[[dict], dict]] = {
     "envoy.config.route.v3.FilterConfig":
         lambda rc: _route(0)(rc)["typed_per_filter_config"]["envoy.filters.http.router"],
     "envoy.type.v3.Int64Range (range_match)": lambda rc: _route(1)(rc)["match"]["headers"][0]["range_match"],
+    "envoy.config.route.v3.RouteMatch.TlsContextMatchOptions": lambda rc: _route(1)(rc)["match"]["tls_context"],
     "envoy.config.route.v3.WeightedCluster": lambda rc: _route(1)(rc)["route"]["weighted_clusters"],
     "envoy.config.route.v3.WeightedCluster.ClusterWeight":
         lambda rc: _route(1)(rc)["route"]["weighted_clusters"]["clusters"][0],

@@ -27,8 +27,9 @@ def new_client_connection() -> H2Connection:
 
 
 def request_fields(head) -> list[tuple[bytes, bytes]]:
-    """The request head as HTTP/2 header fields (pseudo-headers first)."""
-    fields = [(b":method", head.method), (b":scheme", b"http"),
+    """The request head as HTTP/2 header fields (pseudo-headers first); :scheme is the
+    downstream request's (Envoy keeps it whatever the upstream's transport)."""
+    fields = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
               (b":authority", head.authority or head.headers.get(b"host") or b""),
               (b":path", head.path)]
     connection_named: set[bytes] = set()

@@ -1,0 +1,261 @@
+"""Envoy's own example configs (tests/envoy_examples, from envoyproxy/examples) run through
+ftproxy, serving the traffic their docs and verify.sh describe.
+
+The configs are loaded as published; only what points outside this machine is moved onto
+loopback, as docker-compose would have wired it: listeners bind 127.0.0.1 on a free port
+instead of 0.0.0.0, and each cluster endpoint's host name (`service-https`, ...) becomes
+127.0.0.1 with the port of the local test service playing it. The services answer as the
+examples' do: JSON with their host name and the request headers they got.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.config.load import parse_bootstrap
+from proxy.server.instance import Server, ServerOptions
+from tests.tls_certs import CertAuthority
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "envoy_examples"
+
+
+class ExampleService:
+    """An HTTP(S) service like the examples' (shared/echo): JSON with `hostname` and the
+    request's headers; over TLS when given a server context."""
+
+    def __init__(self, hostname: str, tls: ssl.SSLContext | None = None) -> None:
+        self.hostname = hostname
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                outer.requests.append(headers)
+                body = json.dumps({"hostname": outer.hostname, "path": self.path,
+                                   "headers": headers}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class WebSocketService:
+    """websocat's `literalreply:'[wss] HELO'` (the websocket example's service-wss): every
+    message is answered with that literal; over TLS when given a context."""
+
+    def __init__(self, reply: str, tls: ssl.SSLContext | None = None) -> None:
+        from websockets.sync.server import serve
+
+        def handler(ws) -> None:
+            for _msg in ws:
+                ws.send(reply)
+
+        self.server = serve(handler, "127.0.0.1", 0, ssl=tls)
+        self.port = self.server.socket.getsockname()[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _tls_server_ctx(tmp_path: Path, name: str) -> ssl.SSLContext:
+    cert, key = CertAuthority().issue_files(tmp_path, name, [name], kind="rsa")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def _on_loopback(config: dict, hosts: dict[str, int]) -> dict:
+    """The example's bootstrap with listeners on 127.0.0.1:0 and each endpoint host name
+    replaced by 127.0.0.1 and its local service's port."""
+    res = config["static_resources"]
+    for lis in res.get("listeners", []):
+        sa = lis["address"]["socket_address"]
+        sa["address"], sa["port_value"] = "127.0.0.1", 0
+    for cluster in res.get("clusters", []):
+        for group in cluster["load_assignment"]["endpoints"]:
+            for ep in group["lb_endpoints"]:
+                sa = ep["endpoint"]["address"]["socket_address"]
+                sa["port_value"] = hosts[sa["address"]]
+                sa["address"] = "127.0.0.1"
+    if "admin" in config:
+        config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    return config
+
+
+class RunningExample:
+    def __init__(self, example: str, hosts: dict[str, int]) -> None:
+        raw = yaml.safe_load((EXAMPLES / example).read_text())
+        self.server = Server(parse_bootstrap(_on_loopback(raw, hosts)),
+                             ServerOptions("<example>", 1, 5.0, "fast", disable_hot_restart=True))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"install_signals": False}, daemon=True)
+        self.thread.start()
+        assert self.server.wait_ready(10)
+
+    def port(self, index: int = 0) -> int:
+        return list(self.server.listener_addresses.values())[index][1]
+
+    def stop(self) -> None:
+        self.server.request_shutdown()
+        self.thread.join(15)
+
+
+def _curl_json(url: str, *args: str) -> dict:
+    r = subprocess.run(["curl", "-sS", "--max-time", "5", *args, url], capture_output=True, text=True, timeout=15)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture
+def services(tmp_path):
+    made = []
+
+    def make(kind, *args):
+        s = kind(*args)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.close()
+
+
+# -- tls: https -> http, https -> https, http -> https, https passthrough ----------------------
+
+@pytest.mark.parametrize("config,service,scheme,xfp", [
+    ("tls/envoy-https-http.yaml", "service-http", "https", "https"),
+    ("tls/envoy-https-https.yaml", "service-https", "https", "https"),
+    ("tls/envoy-http-https.yaml", "service-https", "http", "http"),
+    ("tls/envoy-https-passthrough.yaml", "service-https", "https", None),
+])
+def test_tls_example(config, service, scheme, xfp, services, tmp_path):
+    tls = _tls_server_ctx(tmp_path, service) if service == "service-https" else None
+    if tls is not None:
+        tls.minimum_version = ssl.TLSVersion.TLSv1_3  # as the example's service-https
+    svc = services(ExampleService, service, tls)
+    ex = RunningExample(config, {service: svc.port})
+    try:
+        answer = _curl_json(f"{scheme}://localhost:{ex.port()}/", "-k")
+        assert answer["hostname"] == service
+        if xfp is None:  # passthrough: the proxy never saw HTTP
+            assert "x-forwarded-proto" not in answer["headers"]
+        else:
+            assert answer["headers"]["x-forwarded-proto"] == xfp
+    finally:
+        ex.stop()
+
+
+# -- front-proxy: both listeners ----------------------------------------------------------------
+
+def test_front_proxy_example_serves_http_and_https(services):
+    s1 = services(ExampleService, "service1")
+    s2 = services(ExampleService, "service2")
+    ex = RunningExample("front-proxy/envoy.yaml", {"service-envoy-1": s1.port, "service-envoy-2": s2.port})
+    try:
+        assert _curl_json(f"http://localhost:{ex.port(0)}/service/1")["hostname"] == "service1"
+        answer = _curl_json(f"https://localhost:{ex.port(1)}/service/2", "-k")
+        assert answer["hostname"] == "service2" and answer["headers"]["x-forwarded-proto"] == "https"
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{ex.port(1)}"], input="",
+                             capture_output=True, text=True, timeout=10).stdout
+        assert "subject=CN = front-envoy" in out or "subject=CN=front-envoy" in out
+    finally:
+        ex.stop()
+
+
+# -- websocket: wss -> wss, and wss passthrough -------------------------------------------------
+
+@pytest.mark.parametrize("config", ["websocket/envoy-wss.yaml", "websocket/envoy-wss-passthrough.yaml"])
+def test_websocket_wss_examples(config, services, tmp_path):
+    from websockets.sync.client import connect
+    svc = services(WebSocketService, "[wss] HELO", _tls_server_ctx(tmp_path, "service-wss"))
+    ex = RunningExample(config, {"service-wss": svc.port})
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with connect(f"wss://localhost:{ex.port()}/", ssl=ctx, open_timeout=5) as ws:
+            for msg in ("HELO", "again"):
+                ws.send(msg)
+                assert ws.recv(timeout=5) == "[wss] HELO"
+    finally:
+        ex.stop()
+
+
+# -- tls-sni: chains chosen by SNI (two terminated, one passed through), and its client ---------
+
+def test_tls_sni_example_and_its_sni_client(services, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the example names its certificates as certs/<domain>.*.pem
+    (tmp_path / "certs").mkdir()
+    for domain in ("domain1", "domain2"):  # as its verify.sh makes them: self-signed, per domain
+        cert, key = CertAuthority().issue([f"{domain}.example.com"], kind="rsa", self_signed=True)
+        from tests.tls_certs import key_pem, pem
+        (tmp_path / "certs" / f"{domain}.crt.pem").write_bytes(pem(cert))
+        (tmp_path / "certs" / f"{domain}.key.pem").write_bytes(key_pem(key))
+    http0 = services(ExampleService, "service-http0")
+    http1 = services(ExampleService, "service-http1")
+    https = services(ExampleService, "service-https", _tls_server_ctx(tmp_path, "service-https"))
+    proxy = RunningExample("tls-sni/envoy.yaml", {"service-http0": http0.port, "service-http1": http1.port,
+                                                 "service-https": https.port})
+    client = None
+    try:
+        port = proxy.port()
+        for domain, service in (("domain1", "service-http0"), ("domain2", "service-http1"),
+                                ("domain3", "service-https")):
+            answer = _curl_json(f"https://{domain}.example.com:{port}/", "-k", "--resolve",
+                                f"{domain}.example.com:{port}:127.0.0.1")
+            assert answer["hostname"] == service, domain
+        # The example's client proxy: plain HTTP in, TLS out with each route's SNI.
+        client = RunningExample("tls-sni/envoy-client.yaml", {"proxy": port})
+        for domain, service in (("domain1", "service-http0"), ("domain2", "service-http1"),
+                                ("domain3", "service-https")):
+            assert _curl_json(f"http://localhost:{client.port()}/{domain}")["hostname"] == service
+    finally:
+        if client is not None:
+            client.stop()
+        proxy.stop()
+
+
+# -- tls-inspector: chains chosen by transport protocol and ALPN --------------------------------
+
+def test_tls_inspector_example(services, tmp_path):
+    https0 = services(ExampleService, "service-https0", _tls_server_ctx(tmp_path, "service-https0"))
+    https1 = services(ExampleService, "service-https1", _tls_server_ctx(tmp_path, "service-https1"))
+    http = services(ExampleService, "service-http")
+    ex = RunningExample("tls-inspector/envoy.yaml", {"service-https0": https0.port,
+                                                     "service-https1": https1.port, "service-http": http.port})
+    try:
+        port = ex.port()
+        assert _curl_json(f"https://localhost:{port}/", "-k", "--http1.1")["hostname"] == "service-https0"
+        assert _curl_json(f"https://localhost:{port}/", "-k", "--http2")["hostname"] == "service-https1"
+        assert _curl_json(f"http://localhost:{port}/")["hostname"] == "service-http"
+        c = dict(ex.server.stats.snapshot().counters)
+        assert (c["tls_inspector.alpn_found"], c["tls_inspector.sni_found"], c["tls_inspector.tls_found"],
+                c["tls_inspector.tls_not_found"]) == (2, 2, 2, 1)
+    finally:
+        ex.stop()

@@ -367,11 +367,14 @@ class TlsSocket:
         failure = self._verify_failure
         text = _describe(e, failure)
         if stats is not None:
-            stats.connection_error.value += 1
+            # As Envoy: a failed certificate check counts its fail_verify_* stat only;
+            # connection_error is every other handshake failure (garbage, a protocol alert).
             if failure is not None:
                 getattr(stats, failure[0]).value += 1
             elif "peer did not return a certificate" in text:
                 stats.fail_verify_no_cert.value += 1
+            else:
+                stats.connection_error.value += 1
         self._fail(text)
 
     def _fail(self, reason: str):

@@ -121,7 +121,9 @@ class SlowUpstream(AcceptLoop):
 
 def test_streaming_response_started_before_reload_completes_intact(tmp_path, supervised):
     size = 20 * 1024 * 1024
-    up = SlowUpstream(size, 3.0)
+    # Long enough that the reload (a new process importing everything, ~1 s on 3.14t under a
+    # loaded CI) finishes while the response is still streaming.
+    up = SlowUpstream(size, 8.0)
     port = free_port()
     cfg = upstream_config(tmp_path / "s.yaml", port, "slow", up.port, timeout="30s")
     sup = supervised(tmp_path, cfg, port)

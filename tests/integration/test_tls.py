@@ -293,7 +293,8 @@ def test_a_client_hello_written_one_byte_at_a_time_is_served(upstream, server_fi
             while b"/bytewise" not in body:
                 incoming.write(s.recv(65536))
                 try:
-                    body += tls.read(65536)
+                    while chunk := tls.read(65536):  # every record held, before waiting for more
+                        body += chunk
                 except ssl.SSLWantReadError:
                     pass
         assert b"200 OK" in body

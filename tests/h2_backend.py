@@ -246,7 +246,7 @@ class H2Backend:
             with self.lock:
                 self.requests.append(rec)
             body = json.dumps({"server": self.name, "protocol": "http/1.1", "method": method,
-                               "path": path, "conn": conn.number}).encode()
+                               "path": path, "conn": conn.number, "headers": headers}).encode()
             try:
                 conn.sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                                   b"content-length: %d\r\n\r\n%s" % (len(body), body))

@@ -45,7 +45,7 @@ from .info import TlsInfo
 __all__ = ["TlsSocket", "DownstreamTlsFactory", "UpstreamTlsFactory", "SslStats", "WorkerTlsFactory"]
 
 _RECV_SIZE = 256 * 1024     # ciphertext per socket read
-_WRITE_CHUNK = 64 * 1024    # plaintext encrypted per do_write, at most
+_WRITE_CHUNK = 256 * 1024   # plaintext encrypted per do_write, at most (a bulk read's worth)
 _RECORD = 16 * 1024         # TLS plaintext per record: what one SSL_read returns at most
 _JOIN_MAX = 16 * 1024       # small queued buffers are joined into one SSL_write (one record)
 
@@ -429,7 +429,8 @@ class IoBuffers:
 
     def __init__(self) -> None:
         self.read = _ffi.new("char[]", _RECORD)
-        self.write = _ffi.new("char[]", 4 * _RECORD)
+        # The ciphertext of one do_write: _WRITE_CHUNK plaintext plus each record's overhead.
+        self.write = _ffi.new("char[]", _WRITE_CHUNK + _WRITE_CHUNK // _RECORD * 64 + 4096)
 
 
 class WorkerTlsFactory:

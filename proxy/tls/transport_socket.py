@@ -4,17 +4,25 @@ OpenSSL never touches the socket: ciphertext read from the socket goes into the 
 incoming BIO, and what OpenSSL writes into its outgoing BIO is sent by us, so the worker's
 own epoll loop stays in charge (proxy/network/transport_socket.py has the seam's contract).
 
-- Handshake: started by `on_connected` (the client's ClientHello goes out then). While it
-  runs the socket asks for READ interest (and WRITE while ciphertext waits); when it is done
+- Handshake: a client's starts in `on_connected` (its ClientHello goes out then); a server
+  waits for the ClientHello. While it runs the socket asks for READ interest (and WRITE
+  while ciphertext waits); when it is done
   it calls `raise_connected()`, so the Connection's owner hears `on_connected` only once
   application bytes can flow, and a client's connect timeout covers the handshake. A failed
   handshake (alert, bad certificate, garbage) raises OSError with `failure_reason` set
   (Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` / `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`).
-- Reading: one `recv` per readable event into the BIO, then up to `max_bytes` plaintext;
-  plaintext left over is announced with `set_transport_readable()`.
+- Reading: one `recv` per readable event into the BIO, then up to `max_bytes` plaintext,
+  record by record, into the worker's read buffer; plaintext left over is announced with
+  `set_transport_readable()`.
 - Writing: plaintext is taken only while no ciphertext waits for the socket, at most
   `_WRITE_CHUNK` per call, so the memory held here is bounded by one chunk's ciphertext
   whatever the owner queues (a reader that never reads costs one chunk, not the response).
+  The ciphertext goes out from the worker's write buffer; only what the socket does not
+  take is copied and held.
+- The per-request calls go to OpenSSL through pyOpenSSL's cffi binding (`SSL_read`,
+  `SSL_write`, `BIO_*`), not its Python wrappers: those allocate per call and raise an
+  exception for every "nothing more" (perf/RESULTS.md, TLS). Handshakes, verification and
+  everything else use pyOpenSSL's API.
 - Half-close: close_notify, then FIN once it is out.
 
 Stats (Envoy's `ssl.*` of the listener or the cluster, per worker): `SslStats`.

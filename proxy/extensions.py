@@ -24,3 +24,4 @@ import proxy.network.listener_filters.http_inspector  # noqa: F401  envoy.filter
 import proxy.network.listener_filters.proxy_protocol  # noqa: F401  envoy.filters.listener.proxy_protocol
 import proxy.network.listener_filters.original_dst  # noqa: F401  envoy.filters.listener.original_dst
 import proxy.http.filters.rbac  # noqa: F401  envoy.filters.http.rbac
+import proxy.network.filters.rbac  # noqa: F401  envoy.filters.network.rbac

@@ -25,3 +25,4 @@ import proxy.network.listener_filters.proxy_protocol  # noqa: F401  envoy.filter
 import proxy.network.listener_filters.original_dst  # noqa: F401  envoy.filters.listener.original_dst
 import proxy.http.filters.rbac  # noqa: F401  envoy.filters.http.rbac
 import proxy.network.filters.rbac  # noqa: F401  envoy.filters.network.rbac
+import proxy.http.filters.compressor  # noqa: F401  envoy.filters.http.compressor (gzip)

@@ -26,3 +26,4 @@ import proxy.network.listener_filters.original_dst  # noqa: F401  envoy.filters.
 import proxy.http.filters.rbac  # noqa: F401  envoy.filters.http.rbac
 import proxy.network.filters.rbac  # noqa: F401  envoy.filters.network.rbac
 import proxy.http.filters.compressor  # noqa: F401  envoy.filters.http.compressor (gzip)
+import proxy.http.filters.local_ratelimit  # noqa: F401  envoy.filters.http.local_ratelimit

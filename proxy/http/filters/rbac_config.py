@@ -155,7 +155,7 @@ PRINCIPAL = Message(f"{_P}.Principal", model=Rule, bookkeeping=("kind",), fields
 SET = Message(f"{_P}.Permission.Set (and_rules, or_rules)", fields=(used("rules", attr="value"),))
 ID_SET = Message(f"{_P}.Principal.Set (and_ids, or_ids)", fields=(used("ids", attr="value"),))
 AUTHENTICATED = Message(f"{_P}.Principal.Authenticated", fields=(used("principal_name", attr="value"),))
-PATH_MATCHER = Message("envoy.type.matcher.v3.PathMatcher", fields=(used("path", attr="value"),))
+PATH_MATCHER = Message("envoy.type.matcher.v3.PathMatcher (RBAC)", fields=(used("path", attr="value"),))
 CIDR = Message("envoy.config.core.v3.CidrRange (RBAC)", fields=(
     used("address_prefix", attr="value"), used("prefix_len", attr="value")))
 PORT_RANGE = Message("envoy.type.v3.Int32Range (RBAC)", fields=(used("start", attr="value"),

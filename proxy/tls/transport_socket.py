@@ -461,8 +461,9 @@ class WorkerTlsFactory:
     def for_worker(self, scope) -> WorkerTlsFactory:
         return self.shared.for_worker(scope)
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
-        return self.shared.new_socket(sock, server_name, self)
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
+        return self.shared.new_socket(sock, server_name, self, alpn_fallback)
 
     def session_established(self, tls: SSL.Connection) -> None:
         if self.shared.max_session_keys:
@@ -527,10 +528,12 @@ class DownstreamTlsFactory:
     def for_worker(self, scope) -> WorkerTlsFactory:
         return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
         return self.new_socket(sock, server_name, None)
 
-    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None) -> TlsSocket:
+    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None,
+                   alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
         tls = SSL.Connection(self.contexts.default, None)
         tls.set_accept_state()
         return TlsSocket(sock, tls, True, worker.stats if worker else None, worker, self.connect_timeout)
@@ -566,13 +569,19 @@ class UpstreamTlsFactory:
     def for_worker(self, scope) -> WorkerTlsFactory:
         return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
-        return self.new_socket(sock, server_name, None)
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
+        return self.new_socket(sock, server_name, None, alpn_fallback)
 
-    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None) -> TlsSocket:
+    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None,
+                   alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
+        """`alpn_fallback`: offered when the context configures no alpn_protocols (Envoy's
+        ALPN fallback: the pool's protocols; a configured list wins, auto_config included)."""
         config = self.config
         tls = SSL.Connection(self.context, None)
         tls.set_connect_state()
+        if alpn_fallback and not config.common_tls_context.alpn_protocols:
+            tls.set_alpn_protos([p.encode() for p in alpn_fallback])
         sni = server_name if config.auto_host_sni and server_name else config.sni
         if sni:
             tls.set_tlsext_host_name(sni.encode("idna") if not sni.isascii() else sni.encode())

@@ -43,7 +43,7 @@ class ExampleService:
             def log_message(self, *a):
                 pass
 
-            def do_GET(self):
+            def do_GET(self, head: bool = False):
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 outer.requests.append(headers)
                 body = json.dumps({"hostname": outer.hostname, "path": self.path,
@@ -52,7 +52,11 @@ class ExampleService:
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not head:
+                    self.wfile.write(body)
+
+            def do_HEAD(self):
+                self.do_GET(head=True)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -99,14 +103,16 @@ def _on_loopback(config: dict, hosts: dict[str, int]) -> dict:
     for lis in res.get("listeners", []):
         sa = lis["address"]["socket_address"]
         sa["address"], sa["port_value"] = "127.0.0.1", 0
+    admin_port = hosts.get("admin", 0)
     for cluster in res.get("clusters", []):
         for group in cluster["load_assignment"]["endpoints"]:
             for ep in group["lb_endpoints"]:
                 sa = ep["endpoint"]["address"]["socket_address"]
-                sa["port_value"] = hosts[sa["address"]]
+                # A host name plays a local service; 127.0.0.1:<admin port> is the proxy's admin.
+                sa["port_value"] = admin_port if sa["address"] == "127.0.0.1" else hosts[sa["address"]]
                 sa["address"] = "127.0.0.1"
     if "admin" in config:
-        config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+        config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
     return config
 
 
@@ -257,5 +263,30 @@ def test_tls_inspector_example(services, tmp_path):
         c = dict(ex.server.stats.snapshot().counters)
         assert (c["tls_inspector.alpn_found"], c["tls_inspector.sni_found"], c["tls_inspector.tls_found"],
                 c["tls_inspector.tls_not_found"]) == (2, 2, 2, 1)
+    finally:
+        ex.stop()
+
+
+# -- local_ratelimit: the service's listener limits to 2 per 5 s, the admin's stays usable ------
+
+def test_local_ratelimit_example(services):
+    from tests.integration.servers import free_port
+    svc = services(ExampleService, "service")
+    ex = RunningExample("local_ratelimit/envoy.yaml", {"service": svc.port, "admin": free_port()})
+    try:
+        stats_port, service_port = ex.port(0), ex.port(1)
+
+        def head(port: int, path: str = "/") -> tuple[int, str]:
+            r = subprocess.run(["curl", "-s", "-I", f"http://localhost:{port}{path}"],
+                               capture_output=True, text=True, timeout=10)
+            return int(r.stdout.split()[1]), r.stdout.lower()
+        for _ in range(2):
+            code, text = head(service_port)
+            assert code == 200 and "x-local-rate-limit" not in text
+        for _ in range(3):
+            code, text = head(service_port)
+            assert code == 429 and "x-local-rate-limit: true" in text
+        code, _ = head(stats_port, "/stats/prometheus")  # through the proxy to its own admin
+        assert code == 200
     finally:
         ex.stop()

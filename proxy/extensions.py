@@ -28,3 +28,4 @@ import proxy.network.filters.rbac  # noqa: F401  envoy.filters.network.rbac
 import proxy.http.filters.compressor  # noqa: F401  envoy.filters.http.compressor (gzip)
 import proxy.http.filters.local_ratelimit  # noqa: F401  envoy.filters.http.local_ratelimit
 import proxy.stats.statsd  # noqa: F401  envoy.stat_sinks.statsd
+import proxy.http.filters.decompressor  # noqa: F401  envoy.filters.http.decompressor (gzip)

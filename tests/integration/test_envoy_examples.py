@@ -308,3 +308,85 @@ def test_every_vendored_example_loads_unchanged(config, tmp_path, monkeypatch):
         (tmp_path / "certs" / f"{domain}.key.pem").write_bytes(key_pem(key))
     result = CliRunner().invoke(main, ["validate", "-c", str(EXAMPLES / config)])
     assert result.exit_code == 0, result.output
+
+
+# -- gzip: responses compressed by content type, uploads decompressed ----------------------------
+
+class GzipService:
+    """The gzip example's service: /file.json (10 MiB of JSON), /file.txt, and /upload, which
+    answers with the size of the (decompressed) body it received."""
+
+    def __init__(self) -> None:
+        outer = self
+        self.json = b'{"k": "' + b"v" * (10 * 1024 * 1024 - 9) + b'"}'  # exactly 10 MiB
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status: int, ctype: str, body: bytes, extra=()) -> None:
+                self.send_response(status)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(body)))
+                for k, v in extra:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/file.json":
+                    self._send(200, "application/json", outer.json)
+                else:
+                    self._send(200, "text/plain", b"plain text " * 100)
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                    body = b""
+                    while (size := int(self.rfile.readline().split(b";")[0], 16)):
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                else:
+                    body = self.rfile.read(n)
+                self._send(200, "text/plain", b"ok", [("decompressed-size", str(len(body)))])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_gzip_example(services, tmp_path):
+    from tests.integration.servers import free_port
+    svc = services(GzipService)
+    ex = RunningExample("gzip/envoy.yaml", {"service": svc.port, "admin": free_port()})
+    try:
+        port = ex.port(0)
+
+        def headers_of(*args: str) -> str:
+            r = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", *args], capture_output=True,
+                               text=True, timeout=30)
+            return r.stdout.lower()
+        assert "content-encoding: gzip" in headers_of("-H", "Accept-Encoding: gzip",
+                                                     f"http://localhost:{port}/file.json")
+        assert "content-encoding: gzip" not in headers_of("-H", "Accept-Encoding: gzip",
+                                                         f"http://localhost:{port}/file.txt")
+        gz = tmp_path / "file.gz"
+        subprocess.run(["curl", "-s", "-H", "Accept-Encoding: gzip", "-o", str(gz),
+                        f"http://localhost:{port}/file.json"], check=True, timeout=30)
+        assert 0 < gz.stat().st_size < 1024 * 1024
+        out = headers_of("-X", "POST", "-H", "Content-Encoding: gzip", "--data-binary", f"@{gz}",
+                         f"http://localhost:{port}/upload")
+        assert "decompressed-size: 10485760" in out
+        stats_port = ex.port(1)  # the admin through the proxy: compressed there
+        assert "content-encoding: gzip" in headers_of("-H", "Accept-Encoding: gzip",
+                                                     f"http://localhost:{stats_port}/stats/prometheus")
+    finally:
+        ex.stop()

@@ -390,3 +390,26 @@ def test_gzip_example(services, tmp_path):
                                                      f"http://localhost:{stats_port}/stats/prometheus")
     finally:
         ex.stop()
+
+
+# -- rbac: the matcher tree denying requests without a docs Referer ------------------------------
+
+def test_rbac_example(services):
+    from tests.integration.servers import free_port
+    svc = services(ExampleService, "service")
+    hosts = {"backend": svc.port}
+    hosts["admin"] = free_port()
+    ex = RunningExample("rbac/envoy.yaml", hosts)
+    try:
+        port = ex.port()
+
+        def get(*args: str) -> str:
+            return subprocess.run(["curl", "-s", *args, f"http://localhost:{port}/"], capture_output=True,
+                                  text=True, timeout=10).stdout
+        assert get() == "RBAC: access denied"
+        assert json.loads(get("-H", "Referer: https://www.envoyproxy.io/docs/envoy"))["hostname"] == "service"
+        stats = subprocess.run(["curl", "-s", f"http://127.0.0.1:{hosts['admin']}/stats?filter=rbac"],
+                               capture_output=True, text=True, timeout=10).stdout
+        assert "http.ingress_http.rbac.denied: 1" in stats and "http.ingress_http.rbac.allowed: 1" in stats
+    finally:
+        ex.stop()

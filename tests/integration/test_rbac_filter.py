@@ -84,7 +84,13 @@ def test_plaintext_is_never_authenticated(upstream, proxy_factory):
     ({"rules": {"policies": {"p": {"permissions": [{"any": True}], "principals": [{"any": True}],
                                    "condition": {"const_expr": {"bool_value": True}}}}}},
      "rules.policies['p'].condition: not supported yet (CEL expressions)"),
-    ({"matcher": {}}, "matcher: not supported yet"),
+    ({"matcher": {"matcher_tree": {}}}, "matcher.matcher_tree: not supported yet"),
+    ({"matcher": {"matcher_list": {"matchers": [{"predicate": {"single_predicate": {
+        "input": {"name": "i", "typed_config": {
+            "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestTrailerMatchInput"}},
+        "value_match": {"exact": "x"}}}, "on_match": {"action": {"name": "a", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "name": "n"}}}}]}}},
+     "not supported yet (\"envoy.type.matcher.v3.HttpRequestTrailerMatchInput\""),
     ({"rules": {"policies": {"p": {"permissions": [{"any": False}], "principals": [{"any": True}]}}}},
      "rules.policies['p'].permissions[0].any: must be true"),
     ({"rules": {"policies": {"p": {"principals": [{"any": True}]}}}},

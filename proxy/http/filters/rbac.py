@@ -25,7 +25,7 @@ from ...config.fields_table import Message, refused, used
 from ...config.registry import Extension, register
 from ...router.matchers import RequestView
 from ..filter import FilterHeadersStatus, PassThroughFilter
-from .rbac_config import Rbac, RequestFacts, parse_rbac
+from .rbac_config import Rbac, RequestFacts, parse_rbac, parse_rbac_matcher
 
 __all__ = ["RbacConfig", "parse_rbac_filter", "RbacFilter"]
 
@@ -41,6 +41,8 @@ class RbacConfig:
     rules_stat_prefix: str = ""
     shadow_rules_stat_prefix: str = ""
     track_per_rule_stats: bool = False
+    matcher: Any = None               # rbac_config.RbacMatcher, instead of rules
+    shadow_matcher: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +58,8 @@ RBAC_FILTER = Message(RBAC_PROTO, title="HTTP filter rbac", model=RbacConfig, fi
     used("rules_stat_prefix", ""),
     used("shadow_rules_stat_prefix", ""),
     used("track_per_rule_stats", False),
-    refused("matcher", _MATCHER),
-    refused("shadow_matcher", _MATCHER),
+    used("matcher", why="matcher_list of request-header predicates naming RBAC actions"),
+    used("shadow_matcher", why="as matcher, counted only"),
 ))
 
 RBAC_PER_ROUTE = Message(RBAC_PER_ROUTE_PROTO, model=RbacPerRoute, fields=(used("rbac"),))
@@ -72,6 +74,9 @@ def parse_rbac_filter(raw: Mapping[str, Any], path: str) -> RbacConfig:
         rules_stat_prefix=f.str("rules_stat_prefix", ""),
         shadow_rules_stat_prefix=f.str("shadow_rules_stat_prefix", ""),
         track_per_rule_stats=f.bool("track_per_rule_stats", False),
+        matcher=parse_rbac_matcher(f.value("matcher"), f.at("matcher")) if f.has("matcher") else None,
+        shadow_matcher=(parse_rbac_matcher(f.value("shadow_matcher"), f.at("shadow_matcher"))
+                        if f.has("shadow_matcher") else None),
     )
 
 
@@ -134,9 +139,12 @@ class RbacFilter(PassThroughFilter):
             if per_route.rbac is None:
                 return FilterHeadersStatus.CONTINUE  # disabled for this route
             config = per_route.rbac
-        if config.rules is None and config.shadow_rules is None:
+        if (config.rules is None and config.shadow_rules is None and config.matcher is None
+                and config.shadow_matcher is None):
             return FilterHeadersStatus.CONTINUE
         facts = self._facts(head)
+        if config.matcher is not None or config.shadow_matcher is not None:
+            return self._decide_by_matcher(config, facts)
         if config.shadow_rules is not None:
             self._decide(config.shadow_rules, facts, config, config.shadow_rules_stat_prefix, "shadow_")
         if config.rules is None:
@@ -146,6 +154,22 @@ class RbacFilter(PassThroughFilter):
             return FilterHeadersStatus.CONTINUE
         cb.send_local_reply(403, b"RBAC: access denied", None,
                             f"rbac_access_denied_matched_policy[{policy or 'none'}]")
+        return FilterHeadersStatus.STOP_ITERATION
+
+    def _decide_by_matcher(self, config: RbacConfig, facts: RequestFacts) -> int:
+        wf = self.wf
+        if config.shadow_matcher is not None:
+            _name, action = config.shadow_matcher.decide(facts)
+            wf.count(f"{config.shadow_rules_stat_prefix}shadow_{'denied' if action == 'DENY' else 'allowed'}")
+        if config.matcher is None:
+            return FilterHeadersStatus.CONTINUE
+        name, action = config.matcher.decide(facts)
+        if action != "DENY":
+            wf.count(f"{config.rules_stat_prefix}allowed")
+            return FilterHeadersStatus.CONTINUE
+        wf.count(f"{config.rules_stat_prefix}denied")
+        self.cb.send_local_reply(403, b"RBAC: access denied", None,
+                                 f"rbac_access_denied_matched_policy[{name or 'none'}]")
         return FilterHeadersStatus.STOP_ITERATION
 
     def _decide(self, rbac: Rbac, facts: RequestFacts, config: RbacConfig, prefix: str,

@@ -228,3 +228,124 @@ def _cidr(raw: Any, path: str):
         raise ConfigError(c.at("address_prefix"), f"{prefix!r} is not an IP address") from None
     length = c.int("prefix_len", ip.max_prefixlen, min=0)
     return ipaddress.ip_network((ip, min(length, ip.max_prefixlen)), strict=False)
+
+
+# -- the xDS matcher tree (`matcher`), the subset the RBAC examples use ---------------------
+
+@dataclass(frozen=True, slots=True)
+class Predicate:
+    """`xds.type.matcher.v3.Matcher.MatcherList.Predicate`: a request header against a string
+    matcher, or and/or/not of predicates."""
+    kind: str                      # "header", "and", "or", "not"
+    value: Any = None
+
+    def matches(self, r: RequestFacts) -> bool:
+        kind, value = self.kind, self.value
+        if kind == "header":
+            name, matcher = value
+            header = r.view.req.headers.get(name) if r.view is not None else None
+            return header is not None and matcher.match(header.decode("latin-1"))
+        if kind == "and":
+            return all(p.matches(r) for p in value)
+        if kind == "or":
+            return any(p.matches(r) for p in value)
+        return not value.matches(r)
+
+
+@dataclass(frozen=True, slots=True)
+class RbacMatcher:
+    """`matcher`: the first predicate that matches names the RBAC action (name, ALLOW/DENY/LOG);
+    none: `on_no_match`'s; neither: (None, "DENY")."""
+    rules: tuple[tuple[Predicate, tuple[str, str]], ...]
+    on_no_match: tuple[str, str] | None
+
+    def decide(self, r: RequestFacts) -> tuple[str | None, str]:
+        for predicate, action in self.rules:
+            if predicate.matches(r):
+                return action
+        return self.on_no_match or (None, "DENY")
+
+
+_XDS = "xds.type.matcher.v3"
+MATCHER = Message(f"{_XDS}.Matcher (RBAC)", fields=(
+    used("matcher_list", attr="", why="its own table"),
+    used("on_no_match", attr="", why="the action when nothing matched"),
+    refused("matcher_tree", "matcher trees: use matcher_list"),
+))
+MATCHER_LIST = Message(f"{_XDS}.Matcher.MatcherList (RBAC)", fields=(used("matchers", attr="", why="in order"),))
+FIELD_MATCHER = Message(f"{_XDS}.Matcher.MatcherList.FieldMatcher (RBAC)", fields=(
+    used("predicate", attr="", why="its own table"), used("on_match", attr="", why="its own table")))
+PREDICATE = Message(f"{_XDS}.Matcher.MatcherList.Predicate (RBAC)", fields=(
+    used("single_predicate", attr="", why="a request header against a value_match"),
+    used("or_matcher", attr="", why="any of its predicates"),
+    used("and_matcher", attr="", why="all of its predicates"),
+    used("not_matcher", attr="", why="the opposite"),
+))
+SINGLE = Message(f"{_XDS}.Matcher.MatcherList.Predicate.SinglePredicate (RBAC)", fields=(
+    used("input", attr="", why="envoy.type.matcher.v3.HttpRequestHeaderMatchInput only"),
+    used("value_match", attr="", why="a string matcher"),
+    refused("custom_match", "extension matchers"),
+))
+PREDICATE_LIST = Message(f"{_XDS}.Matcher.MatcherList.Predicate.PredicateList (RBAC)",
+                         fields=(used("predicate", attr="", why="two or more"),))
+ON_MATCH = Message(f"{_XDS}.Matcher.OnMatch (RBAC)", fields=(
+    used("action", attr="", why="an envoy.config.rbac.v3.Action"),
+    refused("matcher", "nested matchers"),
+    refused("keep_matching"),
+))
+EXTENSION = Message("envoy.config.core.v3.TypedExtensionConfig (RBAC matcher)", fields=(
+    used("name", attr="", why="not read"), used("typed_config", attr="", why="by its type")))
+HEADER_INPUT = Message("envoy.type.matcher.v3.HttpRequestHeaderMatchInput (RBAC)",
+                       fields=(used("header_name", attr="", why="the request header matched"),))
+ACTION = Message(f"{_P}.Action (RBAC)", fields=(
+    used("name", attr="", why="in the denial's details"), used("action", attr="", why="ALLOW, DENY or LOG")))
+_HEADER_INPUT = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+_ACTION = "envoy.config.rbac.v3.Action"
+
+
+def _typed(raw: Any, path: str, expected: str) -> Fields:
+    e = EXTENSION.read(raw, path)
+    typed = e.raw_obj("typed_config", required=True)
+    url = str(typed.get("@type", "")).rsplit("/", 1)[-1]
+    if url != expected:
+        raise ConfigError(e.at("typed_config"), f'not supported yet ("{url}"; only {expected})')
+    return Fields({k: v for k, v in typed.items() if k != "@type"}, e.at("typed_config"),
+                  ("header_name", "name", "action"))
+
+
+def _action(raw: Any, path: str) -> tuple[str, str]:
+    o = ON_MATCH.read(raw, path)
+    a = _typed(o.value("action", required=True), o.at("action"), _ACTION)
+    ACTION.read(a.raw, a.path)
+    return a.str("name", ""), a.enum("action", ACTIONS, "ALLOW")
+
+
+def _predicate(raw: Any, path: str) -> Predicate:
+    p = PREDICATE.read(raw, path)
+    kind = p.oneof("single_predicate", "or_matcher", "and_matcher", "not_matcher", required=True)
+    at = p.at(kind)
+    if kind == "single_predicate":
+        s = SINGLE.read(p.value(kind), at)
+        inp = _typed(s.value("input", required=True), s.at("input"), _HEADER_INPUT)
+        HEADER_INPUT.read(inp.raw, inp.path)
+        name = inp.str("header_name", required=True).lower().encode("latin-1")
+        return Predicate("header", (name, parse_string_matcher(s.value("value_match", required=True),
+                                                              s.at("value_match"))))
+    if kind == "not_matcher":
+        return Predicate("not", _predicate(p.value(kind), at))
+    lst = PREDICATE_LIST.read(p.value(kind), at)
+    return Predicate("or" if kind == "or_matcher" else "and",
+                     tuple(_predicate(item, ip) for item, ip in lst.list("predicate", required=True, min_items=2)))
+
+
+def parse_rbac_matcher(raw: Any, path: str) -> RbacMatcher:
+    m = MATCHER.read(raw, path)
+    rules = []
+    if m.has("matcher_list"):
+        ml = MATCHER_LIST.read(m.value("matcher_list"), m.at("matcher_list"))
+        for item, ipath in ml.list("matchers", required=True, min_items=1):
+            fm = FIELD_MATCHER.read(item, ipath)
+            rules.append((_predicate(fm.value("predicate", required=True), fm.at("predicate")),
+                          _action(fm.value("on_match", required=True), fm.at("on_match"))))
+    no_match = _action(m.value("on_no_match"), m.at("on_no_match")) if m.has("on_no_match") else None
+    return RbacMatcher(tuple(rules), no_match)

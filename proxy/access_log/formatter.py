@@ -84,6 +84,16 @@ def _response_flags(info: StreamInfo) -> str:
     return ",".join(sorted(flags, key=lambda f: _FLAG_RANK.get(f, len(_FLAG_RANK))))
 
 
+def _attempt_count(info: StreamInfo) -> int:
+    """Envoy's attempt count: set (to 1) once the router found the request's cluster and a host
+    for it, raised by each retry. Only a retry stores it (router_retry.py); a request the router
+    sent on is 1 without a store on its path: it has a cluster and no UH flag."""
+    n = info.upstream_request_attempt_count
+    if n:
+        return n
+    return 1 if info.upstream_cluster is not None and "UH" not in info.response_flags else 0
+
+
 def _attr(name: str) -> Getter:
     return operator.attrgetter(name)
 
@@ -154,7 +164,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
         "ROUTE_NAME": _attr("route_name"),
         "CONNECTION_ID": _attr("connection_id"),
         "HOSTNAME": lambda i: hostname,
-        "UPSTREAM_REQUEST_ATTEMPT_COUNT": _attr("upstream_request_attempt_count"),
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT": _attempt_count,
         **TLS_OPERATORS,
     }
 

@@ -29,7 +29,7 @@ from typing import Any
 from proxy.config.reader import ConfigError, index, join
 
 from .start_time import compile_start_time, format_start_time
-from .stream_info import RESPONSE_FLAG_ORDER, StreamInfo
+from .stream_info import StreamInfo
 from .tls_operators import TLS_OPERATORS
 
 try:  # orjson is much faster; the stdlib is the fallback.
@@ -72,16 +72,16 @@ def _without_port(addr: str | None) -> str | None:
     return addr                        # bare IPv6 or a pipe path
 
 
-_FLAG_RANK = {flag: i for i, flag in enumerate(RESPONSE_FLAG_ORDER)}
-
-
 def _response_flags(info: StreamInfo) -> str:
+    """Envoy 1.40's ResponseFlagUtils::toShortString: the flags in the order they were set
+    (StreamInfo::responseFlags() is a vector; a retry's URX comes before the UF or UC of the
+    failure that ended the retries, "URX,UF")."""
     flags = info.response_flags
     if not flags:
         return "-"  # Envoy's ResponseFlagUtils::NONE, in text and JSON alike
     if len(flags) == 1:
         return flags[0]
-    return ",".join(sorted(flags, key=lambda f: _FLAG_RANK.get(f, len(_FLAG_RANK))))
+    return ",".join(flags)
 
 
 def _attempt_count(info: StreamInfo) -> int:

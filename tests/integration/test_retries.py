@@ -267,7 +267,7 @@ def test_reset_before_request_retries_a_connect_failure(proxy_factory, tmp_path)
                              b"retried and the latest reset reason: remote connection failure")
     assert _c(p, "upstream_rq_retry") == 2 and _c(p, "upstream_cx_connect_fail") == 3
     assert _c(p, "upstream_rq_retry_limit_exceeded") == 1
-    assert _log(p, log)[0].startswith("503 UF,URX 3 upstream_reset_before_response_started")
+    assert _log(p, log)[0].startswith("503 URX,UF 3 upstream_reset_before_response_started")
 
 
 class ClosesSecondRequest(AcceptLoop):
@@ -367,7 +367,7 @@ def test_per_try_timeout_exhausted_is_504_ut(scripted, proxy_factory, tmp_path):
     r = request(p.port, "/x")
     assert r.status == 504 and r.body == b"upstream request timeout"
     assert _c(p, "upstream_rq_per_try_timeout") == 2
-    assert _log(p, log) == ["504 UT,URX 2 upstream_per_try_timeout"]
+    assert _log(p, log) == ["504 URX,UT 2 upstream_per_try_timeout"]
 
 
 def test_per_try_idle_timeout(scripted, proxy_factory):
@@ -490,7 +490,7 @@ def test_max_retries_circuit_breaker_overflow(scripted, proxy_factory, tmp_path)
 
 
 def test_retry_budget_replaces_max_retries(scripted, proxy_factory):
-    up = scripted(("status", 503), ("status", 503))
+    up = scripted(("status", 503))
     p = proxy_factory(_config(up.port, {"retry_on": "5xx"}, cluster_extra={
         "circuit_breakers": {"thresholds": [{"max_retries": 0, "retry_budget": {
             "budget_percent": {"value": 0.0}, "min_retry_concurrency": 1}}]}}))

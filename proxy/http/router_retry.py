@@ -225,7 +225,7 @@ class RetryingRouter(RouterFilter):
             headers = Headers.adopt(ev.headers)
             decision = self._would_retry_headers(ev.status, headers)
             if decision and self.policy.reset_headers:
-                ms = reset_interval_ms(self.policy, headers)
+                ms = reset_interval_ms(self.policy, headers, time.time())
                 if ms is not None and ms > 1:
                     self.ratelimited_ms = ms
             status = self._should_retry(decision)

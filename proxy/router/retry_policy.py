@@ -13,7 +13,6 @@ Thread affinity: parse on the main thread; the result is immutable and shared by
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,9 +260,10 @@ def lower_bound_backoff_ms(min_interval: int, rand: int) -> int:
     return min_interval + (rand % half if half else 0)
 
 
-def reset_interval_ms(policy: RetryPolicy, headers) -> int | None:
+def reset_interval_ms(policy: RetryPolicy, headers, now: float) -> int | None:
     """The first rate-limit reset header of the response that gives an interval within the
-    policy's max_interval (Envoy's parseResetInterval), in ms."""
+    policy's max_interval (Envoy's parseResetInterval), in ms; `now`: time.time() (a
+    UNIX_TIMESTAMP header is a time, the interval what is left until it)."""
     for name, fmt in policy.reset_headers:
         value = headers.get(name)
         if value is None:
@@ -277,10 +277,9 @@ def reset_interval_ms(policy: RetryPolicy, headers) -> int | None:
         if fmt == "SECONDS":
             ms = n * 1000
         else:
-            now = int(time.time())
-            if n <= now:
+            if n <= int(now):
                 continue
-            ms = (n - now) * 1000
+            ms = (n - int(now)) * 1000
         if ms <= policy.reset_max_interval_ms:
             return ms
     return None

@@ -137,7 +137,11 @@ def test_lower_bound_back_off():
 
 def test_reset_interval_from_headers():
     p = RetryPolicy(reset_headers=((b"retry-after", "SECONDS"),), reset_max_interval_ms=5000)
-    assert reset_interval_ms(p, Headers([(b"retry-after", b"2")])) == 2000
-    assert reset_interval_ms(p, Headers([(b"retry-after", b"10")])) is None  # over max_interval
-    assert reset_interval_ms(p, Headers([(b"retry-after", b"soon")])) is None
-    assert reset_interval_ms(p, Headers()) is None
+    now = 1_800_000_000.5
+    assert reset_interval_ms(p, Headers([(b"retry-after", b"2")]), now) == 2000
+    assert reset_interval_ms(p, Headers([(b"retry-after", b"10")]), now) is None  # over max_interval
+    assert reset_interval_ms(p, Headers([(b"retry-after", b"soon")]), now) is None
+    assert reset_interval_ms(p, Headers(), now) is None
+    ts = RetryPolicy(reset_headers=((b"x-ratelimit-reset", "UNIX_TIMESTAMP"),))
+    assert reset_interval_ms(ts, Headers([(b"x-ratelimit-reset", b"1800000003")]), now) == 3000
+    assert reset_interval_ms(ts, Headers([(b"x-ratelimit-reset", b"1799999999")]), now) is None

@@ -23,3 +23,8 @@ import proxy.network.listener_filters.tls_inspector  # noqa: F401  envoy.filters
 import proxy.network.listener_filters.http_inspector  # noqa: F401  envoy.filters.listener.http_inspector
 import proxy.network.listener_filters.proxy_protocol  # noqa: F401  envoy.filters.listener.proxy_protocol
 import proxy.network.listener_filters.original_dst  # noqa: F401  envoy.filters.listener.original_dst
+import proxy.http.filters.rbac  # noqa: F401  envoy.filters.http.rbac
+import proxy.network.filters.rbac  # noqa: F401  envoy.filters.network.rbac
+import proxy.http.filters.compressor  # noqa: F401  envoy.filters.http.compressor (gzip)
+import proxy.http.filters.local_ratelimit  # noqa: F401  envoy.filters.http.local_ratelimit
+import proxy.stats.statsd  # noqa: F401  envoy.stat_sinks.statsd

@@ -1,5 +1,10 @@
 """A real h2c (HTTP/2, prior knowledge) upstream server for the tests: its own thread, its own
-sockets on 127.0.0.1:0, the `h2` library as the server side.
+sockets on 127.0.0.1:0, the `h2` library as the server side. With `ssl_context` (a server
+`ssl.SSLContext`, whose ALPN list the test sets, e.g. ["h2"]) it is HTTP/2 over TLS: each
+connection's handshake runs first and `alpns` records what each one negotiated. With
+`http1_too`, a connection that does not start with the HTTP/2 preface (or, over TLS, whose
+ALPN is "http/1.1") is served as HTTP/1.1 instead: each request gets the summary (its record
+has "protocol": "http/1.1"; HTTP/2 ones have "h2").
 
 Per path (query parameters in brackets):
 - anything else: 200 with a JSON summary of what it saw (method, path, authority, stream id,
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import selectors
 import socket
+import ssl
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -50,12 +56,18 @@ class _Conn:
         self.h2 = h2
         self.streams: dict[int, dict] = {}      # open requests by stream id
         self.out: dict[int, list] = {}          # stream id -> [bytes left, then-trailers]
+        self.http1 = False                      # an HTTP/1.1 connection (http1_too)
+        self.buf = b""                          # ... its unparsed bytes
 
 
 class H2Backend:
     def __init__(self, max_concurrent_streams: int | None = None,
-                 initial_window_size: int | None = None, name: str = "h2-upstream") -> None:
+                 initial_window_size: int | None = None, name: str = "h2-upstream",
+                 ssl_context: ssl.SSLContext | None = None, http1_too: bool = False) -> None:
         self.name = name
+        self.ssl_context = ssl_context
+        self.http1_too = http1_too
+        self.alpns: list[str | None] = []  # with ssl_context: each handshake's ALPN result
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_window_size = initial_window_size
         self.lock = threading.Lock()   # guards the records below (read by the test thread)
@@ -104,6 +116,31 @@ class H2Backend:
             return
         sock.setblocking(True)
         sock.settimeout(10)
+        if self.ssl_context is not None:
+            try:  # (blocking, on this thread: the proxy's handshake is quick)
+                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            except (OSError, ValueError):
+                sock.close()
+                return
+            with self.lock:
+                self.alpns.append(sock.selected_alpn_protocol())
+        http1 = False
+        if self.http1_too:
+            if self.ssl_context is not None:
+                http1 = sock.selected_alpn_protocol() == "http/1.1"
+            else:
+                try:
+                    http1 = not sock.recv(4, socket.MSG_PEEK).startswith(b"PRI ")
+                except OSError:
+                    sock.close()
+                    return
+        if http1:
+            with self.lock:
+                self.connections += 1
+                conn = _Conn(self.connections, sock, None)
+            conn.http1 = True
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+            return
         h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         settings = {}
         if self.max_concurrent_streams is not None:
@@ -137,10 +174,16 @@ class H2Backend:
     def _readable(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(65536)
+            # TLS: records already decrypted are not signalled by the socket again.
+            while data and isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+                data += conn.sock.recv(conn.sock.pending())
         except OSError:
             data = b""
         if not data:
             self._drop(conn)
+            return
+        if conn.http1:
+            self._http1(conn, data)
             return
         try:
             events = conn.h2.receive_data(data)
@@ -157,7 +200,7 @@ class H2Backend:
         if isinstance(ev, RequestReceived):
             headers = [(n.decode(), v.decode()) for n, v in ev.headers]
             rec = {"conn": conn.number, "stream_id": ev.stream_id, "headers": headers,
-                   "body": b"", "trailers": None}
+                   "body": b"", "trailers": None, "protocol": "h2"}
             with self.lock:
                 self.requests.append(rec)
                 conn.streams[ev.stream_id] = rec
@@ -192,6 +235,29 @@ class H2Backend:
         elif isinstance(ev, ConnectionTerminated):
             self._send(conn)
             self._drop(conn)
+
+    def _http1(self, conn: _Conn, data: bytes) -> None:
+        """http1_too: bodiless HTTP/1.1 requests, each answered with the summary."""
+        conn.buf += data
+        while b"\r\n\r\n" in conn.buf:
+            head, conn.buf = conn.buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, version = lines[0].split(" ")
+            headers = [(k.strip().lower(), v.strip()) for k, _, v in
+                       (line.partition(":") for line in lines[1:])]
+            rec = {"conn": conn.number, "stream_id": 0, "headers": headers, "body": b"",
+                   "trailers": None, "protocol": "http/1.1", "method": method, "path": path,
+                   "version": version}
+            with self.lock:
+                self.requests.append(rec)
+            body = json.dumps({"server": self.name, "protocol": "http/1.1", "method": method,
+                               "path": path, "conn": conn.number, "headers": headers}).encode()
+            try:
+                conn.sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                self._drop(conn)
+                return
 
     # -- responses --------------------------------------------------------------------------
     def _respond(self, conn: _Conn, sid: int) -> None:
@@ -271,7 +337,8 @@ class H2Backend:
     def _summary(self, conn: _Conn, sid: int) -> None:
         rec = conn.streams[sid]
         hd = dict(rec["headers"])
-        body = json.dumps({"server": self.name, "method": hd.get(":method"), "path": hd.get(":path"),
+        body = json.dumps({"server": self.name, "protocol": "h2", "method": hd.get(":method"),
+                           "path": hd.get(":path"),
                            "authority": hd.get(":authority"), "stream_id": sid,
                            "conn": conn.number, "body_len": len(rec["body"]),
                            "headers": rec["headers"]}).encode()
@@ -331,7 +398,7 @@ class H2Backend:
             out = []
             for r in self.requests:
                 h = dict(r["headers"])
-                out.append((h.get(":method"), h.get(":path"),
+                out.append((h.get(":method", r.get("method")), h.get(":path", r.get("path")),
                             {k: v for k, v in h.items() if k not in (":method", ":path")},
                             r["body"]))
             return out

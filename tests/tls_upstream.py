@@ -20,7 +20,9 @@ from tests.tls_certs import CertAuthority, key_pem, pem
 __all__ = ["server_context", "TlsHttpUpstream", "client_context"]
 
 
-def server_context(cn: str) -> ssl.SSLContext:
+def server_context(cn: str, alpn: tuple[str, ...] | None = ("http/1.1",)) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for `cn`, choosing among `alpn` (None:
+    no ALPN at all: a client's offer is ignored)."""
     cert, key = CertAuthority().issue([cn], self_signed=True)
     with tempfile.TemporaryDirectory() as d:
         c, k = Path(d) / "c.pem", Path(d) / "k.pem"
@@ -28,7 +30,8 @@ def server_context(cn: str) -> ssl.SSLContext:
         k.write_bytes(key_pem(key))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(c, k)
-    ctx.set_alpn_protocols(["http/1.1"])
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -40,10 +43,13 @@ def client_context() -> ssl.SSLContext:
 
 
 class TlsHttpUpstream(AcceptLoop):
-    def __init__(self, name: str, cn: str | None = None) -> None:
+    def __init__(self, name: str, cn: str | None = None,
+                 alpn: tuple[str, ...] | None = ("http/1.1",)) -> None:
+        """`alpn`: the protocols it chooses among (None: it negotiates none)."""
         self.name = name
-        self.ctx = server_context(cn or name)
+        self.ctx = server_context(cn or name, alpn)
         self.snis: list[str | None] = []
+        self.alpns: list[str | None] = []  # what each handshake negotiated
         # (method, path, headers, body) of each request, as EchoUpstream records them
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.ctx.sni_callback = self._sni
@@ -56,6 +62,7 @@ class TlsHttpUpstream(AcceptLoop):
         s.settimeout(10)
         try:
             with self.ctx.wrap_socket(s, server_side=True) as t:
+                self.alpns.append(t.selected_alpn_protocol())
                 buf = b""
                 while data := t.recv(65536):
                     buf += data

@@ -161,7 +161,7 @@ class FakeHandshakeXorFactory:
     def for_worker(self, scope):
         return self
 
-    def create(self, sock, server_name=None) -> FakeHandshakeXorSocket:
+    def create(self, sock, server_name=None, alpn_fallback=()) -> FakeHandshakeXorSocket:
         ts = FakeHandshakeXorSocket(sock, self.server)
         self.created.append(ts)
         return ts

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, join
 from proxy.config.registry import Extension, register, resolve
 
+from .filters import parse_log_filter
 from .formatter import (DEFAULT_FORMAT, JsonFormatter, TextFormatter, compile_format,
                         compile_json_format)
 from .sinks import DEFAULT_SINKS, BufferedSink, SinkRegistry
@@ -148,6 +150,9 @@ class AccessLogger:
         self._registry = registry
 
     def log(self, info: StreamInfo) -> None:
+        log_filter = self.config.log_filter
+        if log_filter is not None and not log_filter.passes(info):
+            return
         self._sink.write(self._format(info))
 
     def flush(self) -> None:
@@ -181,6 +186,7 @@ class AccessLogConfig:
     logger: str                     # Envoy extension name
     target: str
     log_format: LogFormat
+    log_filter: Any = None          # filters.LogFilter: only requests it passes are logged
 
     def create(self, sinks: SinkRegistry | None = None) -> AccessLogger:
         """Acquire the shared sink (opening the file the first time) and return a logger.
@@ -214,7 +220,7 @@ STREAM_ACCESS_LOG = Message("envoy.extensions.access_loggers.stream.v3.StdoutAcc
 ACCESS_LOG = Message("envoy.config.accesslog.v3.AccessLog", fields=(
     used("name", attr="logger"),
     used("typed_config", attr="", why="the logger's own table"),
-    refused("filter", "access log filters"),
+    used("filter", attr="log_filter"),
 ))
 
 
@@ -263,7 +269,8 @@ def parse_access_logs(items: list[tuple[Any, str]]) -> tuple[AccessLogConfig, ..
     (what `Fields.list("access_log")` returns)."""
     out = []
     for item, path in items:
-        ACCESS_LOG.read(item, path)
-        _ext, config = resolve("access_logger", item, path)
-        out.append(config)
+        a = ACCESS_LOG.read(item, path)
+        log_filter = parse_log_filter(a.value("filter"), a.at("filter")) if a.has("filter") else None
+        _ext, config = resolve("access_logger", {k: v for k, v in item.items() if k != "filter"}, path)
+        out.append(dataclasses.replace(config, log_filter=log_filter) if log_filter else config)
     return tuple(out)

@@ -25,6 +25,7 @@ from proxy.access_log.config import parse_access_logs
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
+from proxy.config.registry import resolve
 from proxy.tls.config import parse_secret
 from proxy.tls.secrets import SecretScope, SecretSource, parse_static_secrets, secret_scope
 from proxy.upstream.cluster_config import parse_cluster
@@ -52,6 +53,7 @@ class Bootstrap:
     listeners: tuple[ListenerConfig, ...]
     clusters: tuple[Any, ...]              # proxy.upstream.cluster_config.ClusterConfig
     stats_flush_interval: float = 5.0
+    stats_sinks: tuple[Any, ...] = ()      # (extension, parsed config) of each stats sink
     # The runtime key overload.global_downstream_max_connections (None: no limit).
     global_downstream_max_connections: int | None = None
     # envoy.resource_limits.listener.<listener name>.connection_limit, by listener name.
@@ -71,9 +73,9 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
     used("node"),
     used("admin"),
     used("static_resources", attr="listeners"),
-    inert("stats_flush_interval", "it times the flush to stats sinks, and stats_sinks are refused; "
-                                  "the admin merges the workers' stats when read",
-          default="5s", attr="stats_flush_interval"),
+    used("stats_flush_interval", "5s", why="how often stats_sinks are flushed (the admin merges "
+                                            "the workers' stats when read)"),
+    used("stats_sinks"),
     used("layered_runtime", attr="global_downstream_max_connections",
          why="its honoured keys, overload.global_downstream_max_connections and "
              "envoy.resource_limits.listener.<name>.connection_limit; others refused"),
@@ -81,7 +83,7 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
     refused("enable_dispatcher_stats", default=False, only_default=True),
     refused("dynamic_resources", "xDS"),
     *(refused(name) for name in (
-        "node_context_params", "cluster_manager", "hds_config", "flags_path", "stats_sinks",
+        "node_context_params", "cluster_manager", "hds_config", "flags_path",
         "deferred_stat_options", "stats_config", "stats_flush_on_admin", "watchdog", "watchdogs",
         "tracing", "header_prefix", "stats_server_version_override", "use_tcp_for_dns_lookups",
         "dns_resolution_config", "typed_dns_resolver_config", "bootstrap_extensions",
@@ -158,6 +160,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     errors.run(lambda: BOOTSTRAP.require_default(f, "enable_dispatcher_stats",
                                                  f.bool("enable_dispatcher_stats", False)))
     interval = errors.run(_stats_flush_interval, f)
+    sinks = tuple(errors.run(resolve, "stats_sink", item, spath) for item, spath in f.list("stats_sinks"))
     node = errors.run(_parse_node, f)
     admin = errors.run(_parse_admin, f)
     resources = errors.run(_parse_static_resources, f, errors, node)
@@ -178,6 +181,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         listeners=listeners,
         clusters=clusters,
         stats_flush_interval=interval,
+        stats_sinks=sinks,
         global_downstream_max_connections=global_limit,
         listener_connection_limits=listener_limits,
         raw=copy.deepcopy(dict(raw)),

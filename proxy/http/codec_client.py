@@ -56,18 +56,35 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
                  "stats", "idle_since", "connect_started")
 
     cx_total_stat = "upstream_cx_http1_total"
+    alpn = ("http/1.1",)  # offered over TLS when the context configures none (Envoy's fallback)
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
                  buffer_limit: int, codec_impl: str, conn_id: int, transport_factory) -> None:
         """`transport_factory`: the cluster's TransportSocketFactory (its key is in the pool's)."""
-        self.pool = pool
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection = Connection(dispatcher, transport_factory.create(sock, pool.host.hostname), self,
-                                     buffer_limit=buffer_limit,
-                                     remote_address=format_address(address), conn_id=conn_id)
+        connection = Connection(dispatcher, transport_factory.create(sock, pool.host.hostname, self.alpn),
+                                self, buffer_limit=buffer_limit,
+                                remote_address=format_address(address), conn_id=conn_id)
+        self._setup(pool, connection, codec_impl, time.monotonic())
+        connection.connect(address, connect_timeout)
+
+    @classmethod
+    def adopt(cls, pool, connection: Connection, buffer_limit: int, codec_impl: str,
+              connect_started: float) -> UpstreamHttpConnection:
+        """The seam of a mixed (ALPN) pool (alpn_client_connection.py): a connection of this
+        class on `connection`, whose transport is connected (ALPN chose HTTP/1.1). It becomes
+        the connection's callbacks; its `on_connected()` is called next, by its maker."""
+        self = cls.__new__(cls)
+        self._setup(pool, connection, codec_impl, connect_started)
+        connection.callbacks = self
+        return self
+
+    def _setup(self, pool, connection: Connection, codec_impl: str, connect_started: float) -> None:
+        self.pool = pool
+        self.connection = connection
         self.codec = make_client_codec(codec_impl)
         self.router = None
         self.state = CONNECTING
@@ -81,8 +98,7 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
         # upstream_cx_{rx,tx}_bytes_total count as bytes are read and written (tx: queued).
         self.stats = pool.cluster.stats
         self.idle_since = 0.0  # when it last went back to the pool (cluster idle_timeout)
-        self.connect_started = time.monotonic()  # for cluster.<name>.upstream_cx_connect_ms
-        self.connection.connect(address, connect_timeout)
+        self.connect_started = connect_started  # for cluster.<name>.upstream_cx_connect_ms
 
     # -- PoolConnection (used by the pool) --------------------------------------------------------
     def new_stream(self, router) -> UpstreamHttpConnection:

@@ -45,6 +45,10 @@ class FilterHeadersStatus:
 
 
 class FilterDataStatus:
+    """What decode_data/encode_data return. A transforming filter (a compressor) may return
+    bytes instead: CONTINUE, with those bytes in place of the data it was given. And
+    decode_trailers/encode_trailers may return bytes: data the filter emits ahead of the
+    trailers (a compressor's last block), then the trailers CONTINUE."""
     CONTINUE = 0
     STOP_ITERATION_AND_BUFFER = 1
     STOP_ITERATION_AND_WATERMARK = 2

@@ -367,6 +367,8 @@ class FilterManager:
                 status = getattr(filters[i], name)(data, end_stream)
                 if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                     return
+                if type(status) is not int:  # bytes: CONTINUE with these in place of `data`
+                    data, status = status, 0
                 if status == 0:  # this filter lets what waits at it go on, this data last
                     self._set_held(d, None)
                     if held.buffer:
@@ -386,6 +388,8 @@ class FilterManager:
             status = getattr(filters[i], name)(data, end_stream)
             if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
+            if type(status) is not int:  # bytes: CONTINUE with these in place of `data`
+                data, status = status, 0
             if status:
                 held = self._set_held(d, _Held(i, False, False, status))
                 held.end_stream = end_stream
@@ -419,6 +423,11 @@ class FilterManager:
             status = getattr(filters[i], name)(trailers)
             if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
+            if type(status) is not int:  # bytes: data this filter emits ahead of the trailers
+                self._data(d, i + 1, status, False)
+                if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
+                    return
+                status = 0
             if status:
                 held = self._set_held(d, _Held(i, False, False, status))
                 held.trailers = trailers

@@ -67,6 +67,12 @@ class Http2Config:
     max_concurrent_streams: int = 2147483647
     initial_stream_window_size: int = 268435456
     initial_connection_window_size: int = 268435456
+    hpack_table_size: int = 4096
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    max_inbound_priority_frames_per_stream: int = 100
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +209,12 @@ HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=
             "connection error (GOAWAY)", default=False, only_default=True),
     refused("override_stream_error_on_invalid_http_message", "only false: an invalid request "
             "is a connection error (GOAWAY)", default=False, only_default=True),
-    *(refused(name, "HTTP/2 flood limits (issue 15)") for name in (
-        "max_outbound_frames", "max_outbound_control_frames",
-        "max_consecutive_inbound_frames_with_empty_payload",
-        "max_inbound_priority_frames_per_stream",
-        "max_inbound_window_update_frames_per_data_frame_sent")),
-    refused("hpack_table_size"),
+    used("max_outbound_frames", 10000),
+    used("max_outbound_control_frames", 1000),
+    used("max_consecutive_inbound_frames_with_empty_payload", 1),
+    used("max_inbound_priority_frames_per_stream", 100),
+    used("max_inbound_window_update_frames_per_data_frame_sent", 10),
+    used("hpack_table_size", 4096),
     refused("custom_settings_parameters"),
     refused("connection_keepalive"),
     refused("use_oghttp2_codec"),
@@ -342,6 +348,15 @@ def _parse_http2(f: Fields) -> Http2Config:
         initial_stream_window_size=h.int("initial_stream_window_size", 268435456, **_H2_WINDOW),
         initial_connection_window_size=h.int("initial_connection_window_size", 268435456,
                                              **_H2_WINDOW),
+        hpack_table_size=h.int("hpack_table_size", 4096, min=0, max=2**32 - 1),
+        max_outbound_frames=h.int("max_outbound_frames", 10000, min=1, max=2**32 - 1),
+        max_outbound_control_frames=h.int("max_outbound_control_frames", 1000, min=1, max=2**32 - 1),
+        max_consecutive_inbound_frames_with_empty_payload=h.int(
+            "max_consecutive_inbound_frames_with_empty_payload", 1, min=0, max=2**32 - 1),
+        max_inbound_priority_frames_per_stream=h.int("max_inbound_priority_frames_per_stream", 100,
+                                                     min=0, max=2**32 - 1),
+        max_inbound_window_update_frames_per_data_frame_sent=h.int(
+            "max_inbound_window_update_frames_per_data_frame_sent", 10, min=1, max=2**32 - 1),
     )
 
 

@@ -12,7 +12,7 @@ from ..network.address import node_address
 from ..router.table import RouteTable
 from .codec import make_server_codec
 from .codec.http1_server import Http1ServerCodec
-from .codec.http2_server import PREFACE, Http2Options, Http2ServerCodec
+from .codec.http2_server import PREFACE, Http2CodecStats, Http2Options, Http2ServerCodec
 from .conn_manager import ConnectionManager
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
@@ -21,7 +21,7 @@ from .http_stats import HcmStats
 __all__ = ["HcmFactory", "HcmContext", "server_codec_factory"]
 
 
-def server_codec_factory(config, codec_impl: str, response_fields):
+def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=None):
     """The ServerCodecFactory (codec/protocol.py) for an HCM: the codec a connection speaks,
     chosen from its first bytes as Envoy's codec_type says: HTTP2 always HTTP/2 (h2c, prior
     knowledge); AUTO HTTP/2 when TLS negotiated ALPN "h2" or the bytes begin the client
@@ -32,13 +32,17 @@ def server_codec_factory(config, codec_impl: str, response_fields):
     codec_type = config.codec_type
     h2 = config.http2_protocol_options
     h2_options = Http2Options(h2.max_concurrent_streams, h2.initial_stream_window_size,
-                              h2.initial_connection_window_size, max_kb * 1024)
+                              h2.initial_connection_window_size, max_kb * 1024, h2.hpack_table_size,
+                              h2.max_outbound_frames, h2.max_outbound_control_frames,
+                              h2.max_consecutive_inbound_frames_with_empty_payload,
+                              h2.max_inbound_priority_frames_per_stream,
+                              h2.max_inbound_window_update_frames_per_data_frame_sent)
 
     def make(first_bytes: bytes, transport, callbacks):
         if codec_type == "HTTP2" or (codec_type == "AUTO" and (
                 (len(first_bytes) >= 3 and PREFACE.startswith(first_bytes[:len(PREFACE)]))
                 or transport.transport_socket.protocol() == "h2")):
-            return Http2ServerCodec(transport, callbacks, h2_options, response_fields)
+            return Http2ServerCodec(transport, callbacks, h2_options, response_fields, http2_stats)
         parser = make_server_codec(codec_impl, max_request_headers_kb=max_kb,
                                    max_headers_count=max_count, response_fields=response_fields)
         return Http1ServerCodec(parser, transport, callbacks)
@@ -80,7 +84,9 @@ class HcmFactory:
         # and request_timeout (those set), or 0 when neither is.
         self.first_stream_timeout = min([t for t in (config.stream_idle_timeout,
                                                      config.request_timeout) if t], default=0)
-        self.codec_factory = server_codec_factory(config, codec_impl, self.response_fields)
+    def codec_factory_for(self, worker):
+        return server_codec_factory(self.config, self.codec_impl, self.response_fields,
+                                    http2_stats=Http2CodecStats(worker.stats.scope("http2")))
 
     def for_worker(self, worker) -> HcmContext:
         return HcmContext(self, worker)
@@ -105,7 +111,8 @@ class HcmContext:
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
         self.response_fields = factory.response_fields
-        self.codec_factory = factory.codec_factory
+        # Per worker: the HTTP/2 codec counts Envoy's http2.* stats in this worker's store.
+        self.codec_factory = factory.codec_factory_for(worker)
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix, factory.listener_stat_prefix)
         # (per-worker factory, disabled by default, may a route switch it on or off)

@@ -1,5 +1,7 @@
-"""Upstream HTTP/2 connection (h2c, prior knowledge): one client Connection carrying many
-streams, with the `h2` library as its frame layer.
+"""Upstream HTTP/2 connection (h2c with prior knowledge, or h2 over TLS: offered as ALPN "h2"
+when the TLS context sets no alpn_protocols): one client Connection carrying many streams,
+with the `h2` library as its frame layer. A mixed pool (auto_config) makes one with `adopt()`
+on a connection whose TLS handshake negotiated "h2" (alpn_client_connection.py).
 
 A `PoolConnection` (codec/client_protocol.py) whose capacity is min(the peer's
 SETTINGS_MAX_CONCURRENT_STREAMS, the cluster's max_concurrent_streams) minus its open streams
@@ -140,22 +142,40 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
     """PoolConnection carrying up to min(peer's, configured) concurrent streams."""
 
     cx_total_stat = "upstream_cx_http2_total"
+    alpn = (HTTP2,)  # offered over TLS when the context configures none (Envoy's fallback)
 
     def __init__(self, pool, dispatcher, address: tuple[str, int], connect_timeout: float,
                  buffer_limit: int, codec_impl: str, conn_id: int, transport_factory) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = Connection(dispatcher, transport_factory.create(sock, pool.host.hostname, self.alpn),
+                                self, buffer_limit=buffer_limit,
+                                remote_address=format_address(address), conn_id=conn_id)
+        self._setup(pool, connection, buffer_limit, time.monotonic())
+        connection.connect(address, connect_timeout)
+
+    @classmethod
+    def adopt(cls, pool, connection: Connection, buffer_limit: int, codec_impl: str,
+              connect_started: float) -> Http2ClientConnection:
+        """The seam of a mixed (ALPN) pool (alpn_client_connection.py): a connection of this
+        class on `connection`, whose transport is connected (ALPN chose h2). It becomes the
+        connection's callbacks; its `on_connected()` (the connection preface) is called next,
+        by its maker."""
+        self = cls.__new__(cls)
+        self._setup(pool, connection, buffer_limit, connect_started)
+        connection.callbacks = self
+        return self
+
+    def _setup(self, pool, connection: Connection, buffer_limit: int, connect_started: float) -> None:
         self.pool = pool
+        self.connection = connection
         opts = pool.cluster.config.http2
         self.max_streams = opts.max_concurrent_streams
         self.stream_window = opts.initial_stream_window_size
         self.connection_window = opts.initial_connection_window_size
         self.buffer_limit = buffer_limit
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connection = Connection(dispatcher, transport_factory.create(sock, pool.host.hostname), self,
-                                     buffer_limit=buffer_limit,
-                                     remote_address=format_address(address), conn_id=conn_id)
         self.stats = pool.cluster.stats
         self.h2 = new_client_connection()
         self.state = CONNECTING
@@ -169,8 +189,7 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.going_away = False
         self.conn_unacked = 0                        # connection window not yet returned
         self.close_reason = None  # (reason, flag, status) for its streams when we close it
-        self.connect_started = time.monotonic()
-        self.connection.connect(address, connect_timeout)
+        self.connect_started = connect_started
 
     # -- PoolConnection ---------------------------------------------------------------------
     def new_stream(self, callbacks) -> Http2Stream:

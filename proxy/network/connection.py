@@ -71,7 +71,7 @@ class Connection:
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
                  "_delayed_close_timer", "_flush_scheduled", "_do_read",
                  "_transport_interest", "_transport_readable", "connect_errno",
-                 "_detect_early_close", "_close_delay")
+                 "_detect_early_close", "_close_delay", "close_reason")
 
     def __init__(self, dispatcher: Dispatcher, transport_socket: TransportSocket, callbacks: ConnectionCallbacks,
                  *, buffer_limit: int = 1024 * 1024, read_size: int = READ_SIZE,
@@ -109,6 +109,7 @@ class Connection:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.connect_errno = 0  # why a connect failed (the socket's errno), for the owner's logs
+        self.close_reason = ""  # once closed: the CloseReason it was closed for
         self.id = conn_id
         transport_socket.set_callbacks(self)
 
@@ -414,6 +415,7 @@ class Connection:
                     delay, lambda: self.close(flush=False, reason=reason))
             return
         self.closed = True
+        self.close_reason = reason
         for t in (self._connect_timer, self._delayed_close_timer):
             if t is not None:
                 t.disable()

@@ -19,6 +19,7 @@ import socket
 from ..threads.dispatcher import READ
 from ..threads.shared_count import SharedCount
 from .active_socket import ActiveSocket
+from .connection import CloseReason
 from .connection_info import DownstreamInfo
 from .filter_chain_match import FilterChainMatcher
 from .transport_socket import downstream_transport_factory
@@ -123,6 +124,9 @@ class ActiveListener:
         self.cx_destroy = scope.counter("downstream_cx_destroy")
         self.cx_active = scope.gauge("downstream_cx_active")
         self.no_filter_chain_match = scope.counter("no_filter_chain_match")
+        # Closed because the transport (a TLS handshake) was not connected within the chain's
+        # transport_socket_connect_timeout.
+        self.cx_transport_connect_timeout = scope.counter("downstream_cx_transport_socket_connect_timeout")
         self.pre_cx_active = scope.gauge("downstream_pre_cx_active")
         self.pre_cx_timeout = scope.counter("downstream_pre_cx_timeout")
         self.listener_filter_remote_close = scope.counter("downstream_listener_filter_remote_close")
@@ -274,6 +278,9 @@ class ActiveListener:
         self.w_cx_active.value -= 1
         self.cx_destroy.value += 1
         if conn is not None:
+            c = getattr(conn, "connection", None) or getattr(conn, "downstream", None)
+            if c is not None and c.close_reason == CloseReason.CONNECT_TIMEOUT:
+                self.cx_transport_connect_timeout.value += 1
             self.worker.connections.discard(conn)
             self.worker.on_connection_closed()
 

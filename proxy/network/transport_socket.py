@@ -150,10 +150,14 @@ class TransportSocketFactory(Protocol):
     key: Hashable                          # equal keys create interchangeable sockets: part of
     #                                        the upstream connection pool's key
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> TransportSocket:
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> TransportSocket:
         """A transport socket owning `sock` (connected, or about to be connected).
         `server_name`: an upstream host's name (its DNS name or endpoint hostname), which TLS
-        sends as SNI under `auto_host_sni`; ignored by raw_buffer and downstream."""
+        sends as SNI under `auto_host_sni`; ignored by raw_buffer and downstream.
+        `alpn_fallback`: the application protocols an upstream HTTP pool speaks (Envoy's ALPN
+        fallback: "http/1.1", "h2", or both for auto_config), which TLS offers when its
+        context configures no `alpn_protocols`; ignored by raw_buffer and downstream."""
 
     def for_worker(self, scope: Any) -> TransportSocketFactory:
         """This factory as one worker uses it: its sockets count the transport's stats under
@@ -232,7 +236,8 @@ class RawBufferSocketFactory:
     implements_secure_transport = False
     key = ("envoy.transport_sockets.raw_buffer",)
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> RawBufferSocket:
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> RawBufferSocket:
         return RawBufferSocket(sock)
 
     def for_worker(self, scope: Any) -> RawBufferSocketFactory:

@@ -219,9 +219,11 @@ def _parse_option(raw: Any, path: str) -> HeaderMutation:
     return HeaderMutation(name, False, value, action, f.bool("keep_empty_value", False))
 
 
-def parse_header_mutations(f: Fields, add_key: str, remove_key: str) -> tuple[HeaderMutation, ...]:
-    """One level's mutations from fields `add_key` / `remove_key` of `f`: removals first."""
-    out = [HeaderMutation(_check_name(name, p), remove=True) for name, p in f.list(remove_key)]
+def parse_header_mutations(f: Fields, add_key: str, remove_key: str | None) -> tuple[HeaderMutation, ...]:
+    """One level's mutations from fields `add_key` / `remove_key` (None: a message with only
+    additions) of `f`: removals first."""
+    removals = f.list(remove_key) if remove_key else ()
+    out = [HeaderMutation(_check_name(name, p), remove=True) for name, p in removals]
     out.extend(_parse_option(item, p) for item, p in f.list(add_key))
     return tuple(out)
 

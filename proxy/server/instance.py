@@ -88,6 +88,8 @@ class Server:
         self.healthcheck_failed = False
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
+        self.stats_sinks: list = []
+        self._flush_timer = None
         self._tick_timer = None
         self._exit_code = 0
         self._ready = threading.Event()
@@ -236,6 +238,11 @@ class Server:
             + [c.transport_socket for c in b.clusters], self.main_store)
         self._tick_timer = self.main.create_timer(self._tick)
         self._tick_timer.enable(1.0)
+        # Stats sinks, flushed on the main thread every stats_flush_interval (as Envoy).
+        self.stats_sinks = [ext.factory(config, ext.name) for ext, config in b.stats_sinks]
+        if self.stats_sinks:
+            self._flush_timer = self.main.create_timer(self._flush_sinks)
+            self._flush_timer.enable(b.stats_flush_interval)
         self.state = "LIVE"
         st.gauge("server.live").set(1)
         st.gauge("server.state").set(0)
@@ -373,6 +380,17 @@ class Server:
             self._update_uptime()
         finally:
             self._tick_timer.enable(1.0)
+
+    def _flush_sinks(self) -> None:
+        try:
+            snapshot = self.stats.snapshot()
+            for sink in self.stats_sinks:
+                try:
+                    sink.flush(snapshot)
+                except Exception:
+                    log.exception("stats sink %r failed to flush", sink)
+        finally:
+            self._flush_timer.enable(self.bootstrap.stats_flush_interval)
 
     def _update_uptime(self) -> None:
         self.main_store.gauge("server.uptime").set(int(time.time() - self.original_start_time))

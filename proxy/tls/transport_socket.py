@@ -4,17 +4,25 @@ OpenSSL never touches the socket: ciphertext read from the socket goes into the 
 incoming BIO, and what OpenSSL writes into its outgoing BIO is sent by us, so the worker's
 own epoll loop stays in charge (proxy/network/transport_socket.py has the seam's contract).
 
-- Handshake: started by `on_connected` (the client's ClientHello goes out then). While it
-  runs the socket asks for READ interest (and WRITE while ciphertext waits); when it is done
+- Handshake: a client's starts in `on_connected` (its ClientHello goes out then); a server
+  waits for the ClientHello. While it runs the socket asks for READ interest (and WRITE
+  while ciphertext waits); when it is done
   it calls `raise_connected()`, so the Connection's owner hears `on_connected` only once
   application bytes can flow, and a client's connect timeout covers the handshake. A failed
   handshake (alert, bad certificate, garbage) raises OSError with `failure_reason` set
   (Envoy's `%UPSTREAM_TRANSPORT_FAILURE_REASON%` / `%DOWNSTREAM_TRANSPORT_FAILURE_REASON%`).
-- Reading: one `recv` per readable event into the BIO, then up to `max_bytes` plaintext;
-  plaintext left over is announced with `set_transport_readable()`.
+- Reading: one `recv` per readable event into the BIO, then up to `max_bytes` plaintext,
+  record by record, into the worker's read buffer; plaintext left over is announced with
+  `set_transport_readable()`.
 - Writing: plaintext is taken only while no ciphertext waits for the socket, at most
   `_WRITE_CHUNK` per call, so the memory held here is bounded by one chunk's ciphertext
   whatever the owner queues (a reader that never reads costs one chunk, not the response).
+  The ciphertext goes out from the worker's write buffer; only what the socket does not
+  take is copied and held.
+- The per-request calls go to OpenSSL through pyOpenSSL's cffi binding (`SSL_read`,
+  `SSL_write`, `BIO_*`), not its Python wrappers: those allocate per call and raise an
+  exception for every "nothing more" (perf/RESULTS.md, TLS). Handshakes, verification and
+  everything else use pyOpenSSL's API.
 - Half-close: close_notify, then FIN once it is out.
 
 Stats (Envoy's `ssl.*` of the listener or the cluster, per worker): `SslStats`.
@@ -45,7 +53,7 @@ from .info import TlsInfo
 __all__ = ["TlsSocket", "DownstreamTlsFactory", "UpstreamTlsFactory", "SslStats", "WorkerTlsFactory"]
 
 _RECV_SIZE = 256 * 1024     # ciphertext per socket read
-_WRITE_CHUNK = 64 * 1024    # plaintext encrypted per do_write, at most
+_WRITE_CHUNK = 256 * 1024   # plaintext encrypted per do_write, at most (a bulk read's worth)
 _RECORD = 16 * 1024         # TLS plaintext per record: what one SSL_read returns at most
 _JOIN_MAX = 16 * 1024       # small queued buffers are joined into one SSL_write (one record)
 
@@ -429,7 +437,8 @@ class IoBuffers:
 
     def __init__(self) -> None:
         self.read = _ffi.new("char[]", _RECORD)
-        self.write = _ffi.new("char[]", 4 * _RECORD)
+        # The ciphertext of one do_write: _WRITE_CHUNK plaintext plus each record's overhead.
+        self.write = _ffi.new("char[]", _WRITE_CHUNK + _WRITE_CHUNK // _RECORD * 64 + 4096)
 
 
 class WorkerTlsFactory:
@@ -452,8 +461,9 @@ class WorkerTlsFactory:
     def for_worker(self, scope) -> WorkerTlsFactory:
         return self.shared.for_worker(scope)
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
-        return self.shared.new_socket(sock, server_name, self)
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
+        return self.shared.new_socket(sock, server_name, self, alpn_fallback)
 
     def session_established(self, tls: SSL.Connection) -> None:
         if self.shared.max_session_keys:
@@ -518,10 +528,12 @@ class DownstreamTlsFactory:
     def for_worker(self, scope) -> WorkerTlsFactory:
         return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
         return self.new_socket(sock, server_name, None)
 
-    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None) -> TlsSocket:
+    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None,
+                   alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
         tls = SSL.Connection(self.contexts.default, None)
         tls.set_accept_state()
         return TlsSocket(sock, tls, True, worker.stats if worker else None, worker, self.connect_timeout)
@@ -557,13 +569,19 @@ class UpstreamTlsFactory:
     def for_worker(self, scope) -> WorkerTlsFactory:
         return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
 
-    def create(self, sock: socket.socket, server_name: str | None = None) -> TlsSocket:
-        return self.new_socket(sock, server_name, None)
+    def create(self, sock: socket.socket, server_name: str | None = None,
+               alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
+        return self.new_socket(sock, server_name, None, alpn_fallback)
 
-    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None) -> TlsSocket:
+    def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None,
+                   alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
+        """`alpn_fallback`: offered when the context configures no alpn_protocols (Envoy's
+        ALPN fallback: the pool's protocols; a configured list wins, auto_config included)."""
         config = self.config
         tls = SSL.Connection(self.context, None)
         tls.set_connect_state()
+        if alpn_fallback and not config.common_tls_context.alpn_protocols:
+            tls.set_alpn_protos([p.encode() for p in alpn_fallback])
         sni = server_name if config.auto_host_sni and server_name else config.sni
         if sni:
             tls.set_tlsext_host_name(sni.encode("idna") if not sni.isascii() else sni.encode())

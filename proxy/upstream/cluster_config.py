@@ -105,8 +105,16 @@ class ClusterConfig:
     # common_lb_config.healthy_panic_threshold (percent): below this share of healthy (or
     # degraded) hosts the load balancer uses every host (host.lb_hosts). 0 disables panic.
     healthy_panic_threshold: float = 50.0
-    # Set: the cluster speaks HTTP/2 upstream (explicit_http_config.http2_protocol_options or
-    # the legacy http2_protocol_options); None: HTTP/1.1.
+    # How the upstream protocol is chosen (worker_cluster.upstream_protocol). Neither flag:
+    # fixed by config, HTTP/2 when `http2` is set (explicit_http_config.http2_protocol_options
+    # or the legacy http2_protocol_options), else HTTP/1.1.
+    # auto_config: by ALPN over TLS on each connection (h2, else HTTP/1.1).
+    auto_config: bool = False
+    # use_downstream_protocol_config: each request's downstream protocol (HTTP/2 or HTTP/1.1).
+    use_downstream_protocol: bool = False
+    # The options of its HTTP/2 connections: set when the cluster may speak HTTP/2 upstream
+    # (fixed HTTP/2, or auto_config / use_downstream_protocol_config, with their
+    # http2_protocol_options or Envoy's defaults); None: HTTP/1.1 only.
     http2: Http2Options | None = None
     # The factory of its upstream connections' transport sockets (raw_buffer or TLS), built
     # at load on the main thread and shared by every worker. Compared by identity: a reload
@@ -296,8 +304,9 @@ UPSTREAM_HTTP_OPTIONS = Message("envoy.extensions.upstreams.http.v3.HttpProtocol
     used("common_http_protocol_options", attr="idle_timeout"),
     used("explicit_http_config", attr="", why="http_protocol_options (HTTP/1.1) or "
                                               "http2_protocol_options (h2c, prior knowledge)"),
-    refused("use_downstream_protocol_config", "needs downstream HTTP/2; use explicit_http_config"),
-    refused("auto_config", "needs ALPN over TLS upstreams; use explicit_http_config"),
+    used("use_downstream_protocol_config", attr="use_downstream_protocol",
+         why="each request goes up in its downstream protocol; its own table"),
+    used("auto_config", attr="auto_config", why="HTTP/2 or HTTP/1.1 by ALPN over TLS; its own table"),
     refused("upstream_http_protocol_options"),
     refused("http_filters", "upstream HTTP filters"),
     refused("header_validation_config"),
@@ -310,6 +319,21 @@ EXPLICIT_HTTP = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions.
     used("http2_protocol_options", attr="http2", why="HTTP/2 (h2c, prior knowledge), its own table"),
     refused("http3_protocol_options", "HTTP/3 upstreams"),
 ))
+
+AUTO_HTTP = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
+                    fields=(
+    used("http_protocol_options", attr="", why="HTTP/1.1, its own table"),
+    used("http2_protocol_options", attr="http2", why="its own table"),
+    refused("http3_protocol_options", "HTTP/3 upstreams"),
+    refused("alternate_protocols_cache_options", "HTTP/3 upstreams (Alt-Svc)"),
+))
+
+USE_DOWNSTREAM_HTTP = Message(
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig", fields=(
+        used("http_protocol_options", attr="", why="HTTP/1.1, its own table"),
+        used("http2_protocol_options", attr="http2", why="its own table"),
+        refused("http3_protocol_options", "HTTP/3 upstreams"),
+    ))
 
 _SERVER_SIDE = "read only by a server (downstream) codec"
 UPSTREAM_HTTP1 = Message("envoy.config.core.v3.Http1ProtocolOptions (upstream)", fields=(
@@ -393,7 +417,9 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     endpoints = errors.run(_endpoints, f, ctype)
     cbs = errors.run(_circuit_breakers, f)
     options = errors.run(_protocol_options, f)
-    http2 = errors.run(_http2_choice, f)
+    choice = errors.run(_http2_choice, f)
+    auto, downstream, http2 = (False, False, None) if choice is MISSING else choice
+    errors.run(_alpn_needs_tls, f, auto, transport, name)
     dns_family = errors.run(f.enum, "dns_lookup_family", _DNS_FAMILIES, "AUTO")
     buffer_limit = errors.run(f.int, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT,
                               min=0, max=2**32 - 1)
@@ -420,6 +446,8 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         least_request_choice_count=choice_count,
         healthy_panic_threshold=panic,
         transport_socket=transport,
+        auto_config=auto,
+        use_downstream_protocol=downstream,
         http2=http2,
         raw=raw,
     )
@@ -615,23 +643,42 @@ def _http2_options(raw: Any, path: str) -> Http2Options:
     )
 
 
-def _http2_choice(f: Fields) -> Http2Options | None:
-    """The cluster's HTTP/2 options if it speaks HTTP/2 upstream (the typed
+def _http2_choice(f: Fields) -> tuple[bool, bool, Http2Options | None]:
+    """How the cluster chooses its upstream protocol: (auto_config, use_downstream_protocol,
+    the options of its HTTP/2 connections or None for HTTP/1.1 only). The typed
     explicit_http_config.http2_protocol_options wins over the legacy cluster field, as in
-    Envoy), else None."""
+    Envoy; auto_config and use_downstream_protocol_config speak HTTP/2 with their own
+    http2_protocol_options, Envoy's defaults when absent (as Envoy's getHttp2Options)."""
     typed = f.raw_obj("typed_extension_protocol_options") or {}
     opts = typed.get(HTTP_PROTOCOL_OPTIONS)
     if isinstance(opts, Mapping):
+        base = f"{f.at('typed_extension_protocol_options')}.{HTTP_PROTOCOL_OPTIONS}"
+        for key, auto in (("auto_config", True), ("use_downstream_protocol_config", False)):
+            sub = opts.get(key)
+            if isinstance(sub, Mapping):
+                raw_h2 = sub.get("http2_protocol_options")
+                h2 = (Http2Options() if raw_h2 is None
+                      else _http2_options(raw_h2, f"{base}.{key}.http2_protocol_options"))
+                return auto, not auto, h2
         explicit = opts.get("explicit_http_config")
         if isinstance(explicit, Mapping):
             if explicit.get("http2_protocol_options") is not None:
-                p = (f"{f.at('typed_extension_protocol_options')}.{HTTP_PROTOCOL_OPTIONS}"
-                     ".explicit_http_config.http2_protocol_options")
-                return _http2_options(explicit["http2_protocol_options"], p)
-            return None  # explicit HTTP/1.1
+                p = f"{base}.explicit_http_config.http2_protocol_options"
+                return False, False, _http2_options(explicit["http2_protocol_options"], p)
+            return False, False, None  # explicit HTTP/1.1
     if f.has("http2_protocol_options"):
-        return _http2_options(f.value("http2_protocol_options"), f.at("http2_protocol_options"))
-    return None
+        return False, False, _http2_options(f.value("http2_protocol_options"),
+                                            f.at("http2_protocol_options"))
+    return False, False, None
+
+
+def _alpn_needs_tls(f: Fields, auto: bool, transport: Any, name: Any) -> None:
+    """auto_config chooses by ALPN, which only a TLS transport socket negotiates: Envoy refuses
+    the cluster otherwise (`envoy --mode validate` says this, then the cluster's dump)."""
+    if auto and transport is not MISSING and not getattr(transport, "implements_secure_transport", False):
+        raise ConfigError(f"{f.at('typed_extension_protocol_options')}.{HTTP_PROTOCOL_OPTIONS}.auto_config",
+                          f"ALPN configured for cluster {name if name is not MISSING else ''} "
+                          f"which has a non-ALPN transport socket")
 
 
 def _protocol_options(f: Fields) -> tuple[float, int | None]:
@@ -649,10 +696,15 @@ def _protocol_options(f: Fields) -> tuple[float, int | None]:
         if url is not None and url != _HTTP_PROTOCOL_OPTIONS_URL:
             raise ConfigError(o.at("@type"), f'expected "{_HTTP_PROTOCOL_OPTIONS_URL}", got "{url}"')
         # Envoy: upstream_protocol_options is a required oneof (validate refuses its absence).
-        o.oneof("explicit_http_config", "use_downstream_protocol_config", "auto_config", required=True)
-        explicit = EXPLICIT_HTTP.read(o.value("explicit_http_config"), o.at("explicit_http_config"))
-        explicit.oneof("http_protocol_options", "http2_protocol_options", "http3_protocol_options",
-                       required=True)
+        which = o.oneof("explicit_http_config", "use_downstream_protocol_config", "auto_config",
+                        required=True)
+        if which == "explicit_http_config":
+            explicit = EXPLICIT_HTTP.read(o.value(which), o.at(which))
+            explicit.oneof("http_protocol_options", "http2_protocol_options", "http3_protocol_options",
+                           required=True)
+        else:  # (their http2_protocol_options: _http2_choice)
+            explicit = (AUTO_HTTP if which == "auto_config" else USE_DOWNSTREAM_HTTP).read(
+                o.value(which), o.at(which))
         if explicit.has("http_protocol_options"):
             _http1_options(explicit.value("http_protocol_options"), explicit.at("http_protocol_options"))
         t_idle, t_max = _common_http(o, "common_http_protocol_options")

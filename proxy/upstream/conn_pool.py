@@ -27,20 +27,23 @@ import time
 from collections import deque
 from typing import Hashable, NamedTuple
 
+from ..http.alpn_client_connection import MIXED, AlpnClientConnection
 from ..http.codec.client_protocol import BUSY, CLOSED, CONNECTING, READY, PoolConnection
 from ..http.codec_client import UpstreamHttpConnection, transport_failure
 from ..http.http2_client_connection import HTTP2, Http2ClientConnection
 from ..network.connection import CloseReason
 
-__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "HTTP2", "CLIENT_CONNECTIONS",
-           "register_client_connection"]
+__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "HTTP2", "MIXED",
+           "CLIENT_CONNECTIONS", "register_client_connection", "DownstreamProtocolPool"]
 
 HTTP11 = "http/1.1"  # ALPN names of the upstream protocols; HTTP2 = "h2" (http2_client_connection)
 
 # Protocol name -> PoolConnectionFactory (a PoolConnection class). Filled at import time (and
-# by tests before they start a worker); read-only once workers run.
+# by tests before they start a worker); read-only once workers run. MIXED (auto_config): each
+# connection becomes HTTP/2 or HTTP/1.1 by ALPN once connected (on_protocol_selected).
 CLIENT_CONNECTIONS: dict[str, type] = {HTTP11: UpstreamHttpConnection,
-                                       HTTP2: Http2ClientConnection}
+                                       HTTP2: Http2ClientConnection,
+                                       MIXED: AlpnClientConnection}
 
 
 def register_client_connection(protocol: str, factory) -> None:
@@ -76,7 +79,7 @@ class HttpConnPool:
     __slots__ = ("cluster", "host", "limits", "host_str", "address", "ready", "busy", "connecting",
                  "connecting_capacity", "pending", "draining", "active_requests", "idle_timer",
                  "rq_total", "rq_success", "rq_error", "cx_total", "cx_connect_fail", "key",
-                 "transport_factory", "connection_class")
+                 "transport_factory", "connection_class", "alpn_streams")
 
     def __init__(self, cluster, host, limits, transport_factory, protocol: str = HTTP11) -> None:
         self.cluster = cluster            # WorkerCluster
@@ -104,6 +107,10 @@ class HttpConnPool:
         # Per-host stats for /clusters (Envoy's host stats): written by this worker only,
         # read (summed over workers) by the admin thread as plain int attributes.
         self.rq_total = self.rq_success = self.rq_error = self.cx_total = self.cx_connect_fail = 0
+        # A mixed pool's lesson (Envoy's HTTP server properties cache): the streams a new
+        # connection to this host is expected to offer (1 once one negotiated HTTP/1.1); 0:
+        # nothing learned (the cluster's HTTP/2 max_concurrent_streams).
+        self.alpn_streams = 0
 
     @property
     def idle_timeout(self) -> float:
@@ -149,15 +156,18 @@ class HttpConnPool:
         self.pending.append(p)
         return p
 
-    def _open_for(self, demand: int) -> None:
-        """Open a connection if `demand` streams exceed what the connecting ones will offer."""
+    def _open_for(self, demand: int) -> bool:
+        """Open a connection if `demand` streams exceed what the connecting ones will offer
+        (returns whether it opened one)."""
         if self.connecting_capacity < demand:
             if self.limits.try_acquire_connection():
                 self._open(holds_slot=True)
-            elif not (self.busy or self.connecting):
+                return True
+            if not (self.busy or self.connecting):
                 self._open(holds_slot=False)
-            else:
-                self.cluster.stats.upstream_cx_overflow.value += 1
+                return True
+            self.cluster.stats.upstream_cx_overflow.value += 1
+        return False
 
     def _cancel(self, p: PendingRequest) -> None:
         try:
@@ -233,6 +243,23 @@ class HttpConnPool:
         return min(conn.capacity, max_rq) if max_rq else conn.capacity
 
     # -- connection events (PoolCallbacks) ------------------------------------------------------
+    def on_protocol_selected(self, conn: PoolConnection, chosen: PoolConnection, protocol: str) -> None:
+        """A mixed pool's connection (http/alpn_client_connection.py) negotiated `protocol`:
+        `chosen`, a connection of that protocol's class on the same socket, takes its place,
+        still CONNECTING (its on_connected follows at once). Counted in upstream_cx_http2_total
+        or upstream_cx_http1_total, as Envoy counts the client it makes then. HTTP/1.1 offers
+        fewer streams than `conn` was counted for: the pool remembers it for this host's next
+        connections and opens more now for the pending requests it will not take."""
+        self.connecting_capacity -= self.connecting.pop(conn)
+        chosen.holds_slot, conn.holds_slot = conn.holds_slot, False
+        getattr(self.cluster.stats, chosen.cx_total_stat).value += 1
+        self.alpn_streams = 1 if protocol == HTTP11 else 0
+        offer = self.connecting[chosen] = self._offer(chosen)
+        self.connecting_capacity += offer
+        demand = len(self.pending)
+        while demand > self.connecting_capacity and self._open_for(demand):
+            pass
+
     def on_connected(self, conn: PoolConnection) -> None:
         self.connecting_capacity -= self.connecting.pop(conn)
         conn.state = BUSY
@@ -367,3 +394,60 @@ class HttpConnPool:
     @property
     def idle(self) -> bool:
         return not (self.busy or self.connecting or self.pending)
+
+
+class DownstreamProtocolPool:
+    """use_downstream_protocol_config: one host's pools for a cluster whose upstream protocol
+    follows each request's downstream protocol (Envoy's USE_DOWNSTREAM_PROTOCOL: an HTTP/2
+    request goes up over HTTP/2, an HTTP/1.1 or HTTP/1.0 one over HTTP/1.1). It holds a pool
+    per protocol (keyed as fixed pools are, with the same circuit breakers) and is what the
+    router gets from `WorkerCluster.pool_for`: the part of a pool the router uses is here —
+    `limits`, `host_str`, the host's `rq_success`/`rq_error` counts it writes, and
+    `new_stream(router, fresh)`, which picks the pool by the request the router holds
+    (`router.stream.head.http_version`: b"2" from an HTTP/2 codec). The admin reads the
+    host's other stats as the sums of both pools.
+    Thread affinity: one worker."""
+
+    __slots__ = ("http1", "http2", "key", "limits", "host", "host_str", "rq_success", "rq_error")
+
+    def __init__(self, cluster, host, limits, transport_factory, key) -> None:
+        self.http1 = HttpConnPool(cluster, host, limits, transport_factory, HTTP11)
+        self.http2 = HttpConnPool(cluster, host, limits, transport_factory, HTTP2)
+        self.key = key
+        self.limits = limits
+        self.host = host
+        self.host_str = self.http1.host_str
+        self.rq_success = self.rq_error = 0
+
+    def new_stream(self, router, fresh: bool = False) -> PendingRequest | None:
+        pool = self.http2 if router.stream.head.http_version == b"2" else self.http1
+        return pool.new_stream(router, fresh)
+
+    def drain(self) -> None:
+        self.http1.drain()
+        self.http2.drain()
+
+    # The host's stats for the admin (/clusters), and LEAST_REQUEST's active requests.
+    @property
+    def active_requests(self) -> int:
+        return self.http1.active_requests + self.http2.active_requests
+
+    @property
+    def rq_total(self) -> int:
+        return self.http1.rq_total + self.http2.rq_total
+
+    @property
+    def cx_total(self) -> int:
+        return self.http1.cx_total + self.http2.cx_total
+
+    @property
+    def cx_connect_fail(self) -> int:
+        return self.http1.cx_connect_fail + self.http2.cx_connect_fail
+
+    @property
+    def cx_active(self) -> int:
+        return self.http1.cx_active + self.http2.cx_active
+
+    @property
+    def idle(self) -> bool:
+        return self.http1.idle and self.http2.idle

@@ -5,25 +5,37 @@ Main publishes a new ClusterSnapshot (immutable); the worker calls `update()` on
 thread, which rebuilds the balancer and drains pools of hosts that left. As in Envoy, each
 routing priority has its own pools per host (`pools`, `high_pools`), held to that priority's
 circuit breakers (`limits`, `high_limits`). Pools are keyed by `PoolKey` (host, protocol, the
-transport socket factory's key): a snapshot whose `transport_socket` changed drains the old
-pools and the next requests get new ones.
+transport socket factory's key): a snapshot whose `transport_socket` or protocol options
+changed drains the old pools and the next requests get new ones. The protocol: HTTP/1.1 or
+HTTP/2 fixed by config, MIXED (auto_config: each connection by ALPN), or DOWNSTREAM
+(use_downstream_protocol_config: a `DownstreamProtocolPool` per host, holding one pool per
+protocol and choosing by each request's downstream protocol).
 Thread affinity: one worker.
 """
 
 from __future__ import annotations
 
 from ..network.transport_socket import upstream_transport_factory
-from .conn_pool import HTTP2, HTTP11, HttpConnPool, PoolKey
+from .conn_pool import HTTP2, HTTP11, MIXED, DownstreamProtocolPool, HttpConnPool, PoolKey
 from .load_balancer import create_load_balancer
 
-__all__ = ["WorkerCluster", "ClusterStats", "upstream_protocol"]
+__all__ = ["WorkerCluster", "ClusterStats", "upstream_protocol", "DOWNSTREAM"]
+
+# The PoolKey protocol of use_downstream_protocol_config clusters (a DownstreamProtocolPool).
+DOWNSTREAM = "downstream"
 
 
 def upstream_protocol(config) -> str:
     """The protocol a cluster's pools speak (their PoolKey's, naming the client connection
-    class in conn_pool.CLIENT_CONNECTIONS): HTTP/2 (h2c, prior knowledge) when the cluster's
-    protocol options ask for it (explicit http2_protocol_options), else HTTP/1.1. ALPN
-    (auto_config) comes with TLS upstreams; tests patch in their own."""
+    class in conn_pool.CLIENT_CONNECTIONS), as Envoy's ClusterInfo::upstreamHttpProtocol:
+    the downstream request's (use_downstream_protocol_config: DOWNSTREAM), HTTP/2 or
+    HTTP/1.1 by ALPN (auto_config: MIXED), HTTP/2 when the cluster's protocol options ask
+    for it (explicit http2_protocol_options; h2c, prior knowledge, or h2 over TLS), else
+    HTTP/1.1. Tests patch in their own."""
+    if config.use_downstream_protocol:
+        return DOWNSTREAM
+    if config.auto_config:
+        return MIXED
     return HTTP2 if config.http2 is not None else HTTP11
 
 _COUNTERS = (
@@ -158,7 +170,11 @@ class WorkerCluster:
         pool = pools.get((host.key, self.protocol, self.transport_key))  # equal to the PoolKey
         if pool is None:
             limits = self.high_limits if high_priority else self.limits
-            pool = HttpConnPool(self, host, limits, self.transport_factory, self.protocol)
+            if self.protocol == DOWNSTREAM:
+                pool = DownstreamProtocolPool(self, host, limits, self.transport_factory,
+                                              PoolKey(host.key, DOWNSTREAM, self.transport_key))
+            else:
+                pool = HttpConnPool(self, host, limits, self.transport_factory, self.protocol)
             pools[pool.key] = pool
         return pool
 

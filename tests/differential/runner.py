@@ -23,7 +23,7 @@ from typing import Any
 from tests.h2_backend import H2Backend
 from tests.integration.harness import EchoUpstream
 from tests.tls_certs import CertAuthority
-from tests.tls_upstream import TlsHttpUpstream
+from tests.tls_upstream import TlsHttpUpstream, server_context
 
 from .cases import CASES_DIR, CONFIGS_DIR, Case, all_cases, load_case
 from .clients import CLOSED, Observation, build_raw, send_curl, send_raw
@@ -127,8 +127,8 @@ class _H2Upstream:
     """A real h2c upstream (tests/h2_backend.py) seen as an EchoUpstream: `port`, `requests`
     (method, path, headers, body), `close()`."""
 
-    def __init__(self, name: str) -> None:
-        self.backend = H2Backend(name=name)
+    def __init__(self, name: str, **options) -> None:
+        self.backend = H2Backend(name=name, **options)
         self.port = self.backend.port
 
     @property
@@ -140,9 +140,14 @@ class _H2Upstream:
 
 
 def _start_upstreams(names: list[str], h2_names: list[str] = (), tls_names: list[str] = (),
-                     tls_echo_names: list[str] = (), certs: dict | None = None) -> dict:
+                     tls_echo_names: list[str] = (), certs: dict | None = None,
+                     h2_tls_names: list[str] = (), mixed_names: list[str] = ()) -> dict:
     ups: dict = {n: EchoUpstream(n) for n in names}
     ups.update((n, _H2Upstream(n)) for n in h2_names)
+    # HTTP/2 over TLS, ALPN h2 only, a self-signed certificate for CN=<name>.
+    ups.update((n, _H2Upstream(n, ssl_context=server_context(n, alpn=("h2",)))) for n in h2_tls_names)
+    # Plaintext, h2c (prior knowledge) or HTTP/1.1 by the connection's first bytes.
+    ups.update((n, _H2Upstream(n, http1_too=True)) for n in mixed_names)
     # HTTP/1.1 over TLS with a certificate for CN=<name> (tests/tls_upstream.py): for TLS a
     # listener passes through (tls_inspector + server_names + tcp_proxy).
     ups.update((n, TlsHttpUpstream(n)) for n in tls_names)
@@ -190,7 +195,8 @@ def run_case(path: Path) -> CaseResult:
         case.data.get("certs") or case.data.get("tls_echo_upstreams")) else {}
     upstreams = _start_upstreams(case.data.get("upstreams") or [], case.data.get("h2_upstreams") or [],
                                  case.data.get("tls_upstreams") or [], case.data.get("tls_echo_upstreams") or [],
-                                 certs)
+                                 certs, case.data.get("h2_tls_upstreams") or [],
+                                 case.data.get("mixed_upstreams") or [])
     proxies: list[ProxyProcess] = []
     reservation = PortReservation()
     try:

@@ -28,7 +28,7 @@ ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}]
 def codecs(monkeypatch) -> list:
     made: list = []
     monkeypatch.setattr(hcm_factory, "server_codec_factory",
-                        lambda config, impl, fields: mux_codec_factory(made))
+                        lambda config, impl, fields, **_kw: mux_codec_factory(made))
     return made
 
 

@@ -319,6 +319,8 @@ def test_stalled_handshakes_close_at_the_connect_timeout_and_a_good_client_is_se
             s.settimeout(10)
             assert s.recv(4096) == b""
         assert time.monotonic() - t0 < 8
+        assert p.wait_for(lambda: sum(v for k, v in p.counters().items() if k.endswith(
+            ".downstream_cx_transport_socket_connect_timeout") and "worker_" not in k) == 200)
         assert p.wait_for(lambda: sum(v for k, v in p.gauges().items()
                                       if k.startswith("listener.") and k.endswith("downstream_cx_active")
                                       and "worker_" not in k) == 0)

@@ -336,11 +336,16 @@ def test_config_errors_name_the_path(typed, path, msg):
     assert msg in e.value.message
 
 
-def test_access_log_filter_is_refused_with_its_path():
+def test_an_access_log_filter_error_names_its_path():
     item = {"name": "envoy.access_loggers.stdout", "filter": {"status_code_filter": {}}}
     with pytest.raises(ConfigError) as e:
         parse_access_logs([(item, "listeners[0].access_log[2]")])
-    assert e.value.path == "listeners[0].access_log[2].filter"
+    assert e.value.path == "listeners[0].access_log[2].filter.status_code_filter.comparison"
+    assert e.value.message == "required field is missing"
+    item = {"name": "envoy.access_loggers.stdout", "filter": {"metadata_filter": {}}}
+    with pytest.raises(ConfigError) as e:
+        parse_access_logs([(item, "listeners[0].access_log[2]")])
+    assert e.value.path == "listeners[0].access_log[2].filter.metadata_filter"
     assert "not supported" in e.value.message
 
 

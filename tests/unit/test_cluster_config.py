@@ -217,11 +217,67 @@ def test_http2_protocol_options_refuse_what_is_not_honoured(field, value, expect
         f"{P}.http2_protocol_options.{field}: {expected}")
 
 
-def test_auto_and_downstream_protocol_config_stay_refused():
-    key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    for field in ("auto_config", "use_downstream_protocol_config"):
-        msg = error(cluster(typed_extension_protocol_options={key: {field: {}}}))
-        assert msg.startswith(f"{P}.typed_extension_protocol_options.{key}.{field}: not supported yet")
+_HPO = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TLS = {"name": "envoy.transport_sockets.tls", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}
+
+
+def _hpo(**body) -> dict:
+    return {"typed_extension_protocol_options": {_HPO: body}}
+
+
+def test_auto_config_chooses_by_alpn_with_its_http2_options_or_envoys_defaults():
+    from proxy.upstream.worker_cluster import upstream_protocol
+    c = parse_cluster(cluster(transport_socket=_TLS, **_hpo(auto_config={
+        "http_protocol_options": {}, "http2_protocol_options": {"max_concurrent_streams": 7}})), P)
+    assert c.auto_config and not c.use_downstream_protocol
+    assert c.http2.max_concurrent_streams == 7
+    assert upstream_protocol(c) == "h2,http/1.1"
+    bare = parse_cluster(cluster(transport_socket=_TLS, **_hpo(auto_config={})), P)
+    assert bare.auto_config and bare.http2.max_concurrent_streams == 2147483647
+
+
+def test_auto_config_needs_a_tls_transport_socket_as_envoy():
+    msg = error(cluster(**_hpo(auto_config={})))
+    assert msg == (f"{P}.typed_extension_protocol_options.{_HPO}.auto_config: ALPN configured for "
+                   "cluster backend which has a non-ALPN transport socket")
+
+
+def test_use_downstream_protocol_config_follows_the_request():
+    from proxy.upstream.worker_cluster import upstream_protocol
+    c = parse_cluster(cluster(**_hpo(use_downstream_protocol_config={})), P)
+    assert c.use_downstream_protocol and not c.auto_config
+    assert c.http2.max_concurrent_streams == 2147483647  # Envoy's defaults for its h2 side
+    assert upstream_protocol(c) == "downstream"
+    tuned = parse_cluster(cluster(**_hpo(use_downstream_protocol_config={
+        "http2_protocol_options": {"initial_stream_window_size": 65535}})), P)
+    assert tuned.http2.initial_stream_window_size == 65535
+
+
+@pytest.mark.parametrize("field,body,expected", [
+    ("auto_config", {"http3_protocol_options": {}}, "http3_protocol_options: not supported yet (HTTP/3"),
+    ("auto_config", {"alternate_protocols_cache_options": {"name": "x"}},
+     "alternate_protocols_cache_options: not supported yet (HTTP/3"),
+    ("auto_config", {"http2_protocol_options": {"allow_connect": True}},
+     "http2_protocol_options.allow_connect: not supported yet"),
+    ("auto_config", {"http_protocol_options": {"enable_trailers": True}},
+     "http_protocol_options.enable_trailers: not supported yet"),
+    ("auto_config", {"bogus": 1}, 'unknown field "bogus"'),
+    ("use_downstream_protocol_config", {"http3_protocol_options": {}},
+     "http3_protocol_options: not supported yet (HTTP/3"),
+    ("use_downstream_protocol_config", {"http2_protocol_options": {"max_concurrent_streams": 0}},
+     "http2_protocol_options.max_concurrent_streams: must be >= 1, got 0"),
+])
+def test_auto_and_downstream_protocol_config_refuse_what_is_not_honoured(field, body, expected):
+    msg = error(cluster(transport_socket=_TLS, **_hpo(**{field: body})))
+    assert f"{P}.typed_extension_protocol_options.{_HPO}.{field}" in msg
+    assert expected in msg
+
+
+def test_only_one_upstream_protocol_choice():
+    msg = error(cluster(transport_socket=_TLS, **_hpo(
+        auto_config={}, explicit_http_config={"http_protocol_options": {}})))
+    assert "only one of explicit_http_config, use_downstream_protocol_config, auto_config" in msg
 
 
 def test_unknown_protocol_options_extension_is_refused():

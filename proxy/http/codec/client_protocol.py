@@ -18,6 +18,10 @@ Pools hand out streams, not connections (httpcore's `interfaces.py` is the model
 The pool picks the connection class from its key's protocol (conn_pool.CLIENT_CONNECTIONS):
 HTTP/1.1 (codec_client.UpstreamHttpConnection), HTTP/2 (http2_client_connection.Http2ClientConnection), an
 in-test multiplexing codec in the tests. Neither the pool nor the router knows which one it has.
+A mixed pool (auto_config) opens an alpn_client_connection.AlpnClientConnection, which once
+its TLS handshake is done hands its connected Connection to the class ALPN chose
+(`PoolConnectionFactory.adopt`) and the pool puts that one in its place
+(`on_protocol_selected`): from then on the pool holds an ordinary connection of that class.
 
 Thread affinity: a pool, its connections, their streams and the streams' callbacks belong to one
 worker; every call below happens on that worker's dispatcher.
@@ -133,6 +137,11 @@ class PoolCallbacks(Protocol):
         """`capacity` changed other than by a stream starting or ending (the peer's settings
         or a GOAWAY)."""
 
+    def on_protocol_selected(self, conn: PoolConnection, chosen: PoolConnection, protocol: str) -> None:
+        """A mixed pool's connecting connection negotiated `protocol` ("h2" or "http/1.1"):
+        `chosen` (its adopting connection, still CONNECTING) replaces it; `chosen`'s
+        on_connected follows."""
+
     def on_closed(self, conn: PoolConnection, prev_state: str, reason: str, lost: int) -> None:
         """The connection is gone (`reason`: network.connection.CloseReason). `prev_state`:
         CONNECTING for a failed connect. `lost`: how many active streams ended with it (their
@@ -199,7 +208,17 @@ class PoolConnectionFactory(Protocol):
     """A PoolConnection class, registered under its protocol name in conn_pool."""
 
     cx_total_stat: str | None
+    # The ALPN names its transport offers over TLS when the cluster's UpstreamTlsContext
+    # configures no alpn_protocols (Envoy's ALPN fallback): ("http/1.1",), ("h2",), or both
+    # for a mixed pool's connection. Passed to TransportSocketFactory.create.
+    alpn: tuple[str, ...]
 
     def __call__(self, pool: PoolCallbacks, dispatcher, address: tuple[str, int],
                  connect_timeout: float, buffer_limit: int, codec_impl: str, conn_id: int,
                  transport_factory) -> PoolConnection: ...
+
+    # Optional (HTTP/1.1 and HTTP/2 have it: a mixed pool may choose them):
+    # adopt(pool, connection, buffer_limit, codec_impl, connect_started) -> PoolConnection:
+    # a connection of this class on an already connected network Connection (its transport
+    # connected, `protocol()` final), CONNECTING until its `on_connected()` is called, which
+    # its maker does next. It becomes the Connection's callbacks.

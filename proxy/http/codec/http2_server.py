@@ -23,8 +23,9 @@ from __future__ import annotations
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, StreamEnded,
-                       StreamReset, TrailersReceived, WindowUpdated)
+from h2.events import (ConnectionTerminated, DataReceived, PingReceived, PriorityUpdated,
+                       RemoteSettingsChanged, RequestReceived, StreamEnded, StreamReset,
+                       TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
@@ -32,7 +33,7 @@ from hyperframe.frame import GoAwayFrame
 from .errors import CodecError
 from .events import RequestHeaders
 
-__all__ = ["Http2ServerCodec", "Http2Options", "PREFACE", "PREMATURE_RESET_MIN"]
+__all__ = ["Http2ServerCodec", "Http2Options", "Http2CodecStats", "PREFACE", "PREMATURE_RESET_MIN"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -51,18 +52,51 @@ class Http2Options:
     """The HCM's http2_protocol_options that the codec honours (Envoy's defaults)."""
 
     __slots__ = ("max_concurrent_streams", "initial_stream_window_size",
-                 "initial_connection_window_size", "max_header_list_bytes")
+                 "initial_connection_window_size", "max_header_list_bytes", "hpack_table_size",
+                 "max_outbound_frames", "max_outbound_control_frames",
+                 "max_consecutive_inbound_frames_with_empty_payload",
+                 "max_inbound_priority_frames_per_stream",
+                 "max_inbound_window_update_frames_per_data_frame_sent")
 
     def __init__(self, max_concurrent_streams: int = 2147483647,
                  initial_stream_window_size: int = 268435456,
                  initial_connection_window_size: int = 268435456,
-                 max_header_list_bytes: int = 60 * 1024) -> None:
+                 max_header_list_bytes: int = 60 * 1024, hpack_table_size: int = 4096,
+                 max_outbound_frames: int = 10000, max_outbound_control_frames: int = 1000,
+                 max_consecutive_inbound_frames_with_empty_payload: int = 1,
+                 max_inbound_priority_frames_per_stream: int = 100,
+                 max_inbound_window_update_frames_per_data_frame_sent: int = 10) -> None:
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_stream_window_size = initial_stream_window_size
         self.initial_connection_window_size = initial_connection_window_size
         # The HCM's max_request_headers_kb: a header block decoding to more (an HPACK bomb
         # too) is a connection error; h2 bounds the CONTINUATION frames of one block itself.
         self.max_header_list_bytes = max_header_list_bytes
+        self.hpack_table_size = hpack_table_size  # our decoder's dynamic table (SETTINGS)
+        # Envoy's flood limits (each breach closes the connection, counted in http2.*).
+        self.max_outbound_frames = max_outbound_frames
+        self.max_outbound_control_frames = max_outbound_control_frames
+        self.max_consecutive_inbound_frames_with_empty_payload = \
+            max_consecutive_inbound_frames_with_empty_payload
+        self.max_inbound_priority_frames_per_stream = max_inbound_priority_frames_per_stream
+        self.max_inbound_window_update_frames_per_data_frame_sent = \
+            max_inbound_window_update_frames_per_data_frame_sent
+
+
+class Http2CodecStats:
+    """Envoy's `http2.*` codec stats of the downstream connections (one per worker; the HCM
+    makes it from its worker's store, scope `http2`)."""
+
+    __slots__ = ("rx_reset", "tx_reset", "trailers", "header_overflow", "rx_messaging_error",
+                 "inbound_empty_frames_flood", "inbound_priority_frames_flood",
+                 "inbound_window_update_frames_flood", "outbound_flood", "outbound_control_flood")
+
+    def __init__(self, scope) -> None:
+        for name in self.__slots__:
+            setattr(self, name, scope.counter(name))
+
+
+_CONTROL_FRAMES = frozenset({3, 4, 6, 7})  # RST_STREAM, SETTINGS, PING, GOAWAY
 
 
 class _Stream:
@@ -85,9 +119,11 @@ class Http2ServerCodec:
     holding = False           # streams run side by side: nothing waits behind another
 
     def __init__(self, transport, callbacks, options: Http2Options | None = None,
-                 response_fields: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+                 response_fields: tuple[tuple[bytes, bytes], ...] = (),
+                 stats: Http2CodecStats | None = None) -> None:
         self.transport = transport
         self.callbacks = callbacks
+        self.stats = stats
         self.options = options = options or Http2Options()
         self.response_fields = response_fields
         self._own = frozenset(n for n, _ in response_fields) | _CONNECTION_SPECIFIC
@@ -99,6 +135,7 @@ class Http2ServerCodec:
             SettingCodes.INITIAL_WINDOW_SIZE: min(options.initial_stream_window_size, 2 ** 31 - 1),
             SettingCodes.ENABLE_PUSH: 0,
             SettingCodes.MAX_HEADER_LIST_SIZE: options.max_header_list_bytes,
+            SettingCodes.HEADER_TABLE_SIZE: options.hpack_table_size,
         })
         conn.decoder.max_header_list_size = options.max_header_list_bytes
         conn.initiate_connection()
@@ -112,12 +149,59 @@ class Http2ServerCodec:
         self.dead = False
         self.opened = 0                   # streams this connection opened
         self.premature_resets = 0         # ... that the client reset before their response
+        # Flood accounting (Envoy's limits): inbound frames of each suspicious kind, our DATA
+        # frames sent, and frames queued while earlier output still waits for the socket.
+        self.empty_frames = 0
+        self.priority_frames = 0
+        self.window_updates = 0
+        self.data_frames_sent = 0
+        self.queued_frames = 0
+        self.queued_control = 0
         self._flush()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
         if data:
-            self.transport.write(data)
+            transport = self.transport
+            if transport.buffered_bytes:
+                # The peer is not reading what we sent: count the frames piling up.
+                self._count_queued(data)
+            else:
+                self.queued_frames = self.queued_control = 0
+            transport.write(data)
+
+    def _count_queued(self, data: bytes) -> None:
+        frames = control = i = 0
+        n = len(data)
+        while i + 9 <= n:
+            frames += 1
+            if data[i + 3] in _CONTROL_FRAMES:
+                control += 1
+            i += 9 + int.from_bytes(data[i:i + 3], "big")
+        self.queued_frames += frames
+        self.queued_control += control
+        options = self.options
+        if self.queued_control > options.max_outbound_control_frames:
+            self._flood("outbound_control_flood", "too many control frames queued for a peer "
+                                                  "that does not read them", goaway=False)
+        elif self.queued_frames > options.max_outbound_frames:
+            self._flood("outbound_flood", "too many frames queued for a peer that does not "
+                                          "read them", goaway=False)
+
+    def _flood(self, stat: str, text: str, goaway: bool = True) -> None:
+        """A flood limit was passed: the connection ends (GOAWAY ENHANCE_YOUR_CALM when it can
+        still be written), counted in http2.<stat>."""
+        if self.dead:
+            return
+        self.dead = True
+        if self.stats is not None:
+            getattr(self.stats, stat).value += 1
+        if goaway:
+            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            data = self.conn.data_to_send()
+            if data:
+                self.transport.write(data)
+        self.callbacks.on_codec_error(None, CodecError(0, f"http2.{stat}", text))
 
     # -- input --------------------------------------------------------------------------------
     def dispatch(self, data: bytes) -> None:
@@ -127,6 +211,10 @@ class Http2ServerCodec:
             events = self.conn.receive_data(data)
         except ProtocolError as e:
             self.dead = True
+            if self.stats is not None:
+                stat = self.stats.header_overflow if "header list" in str(e).lower() else \
+                    self.stats.rx_messaging_error
+                stat.value += 1
             self._flush()  # h2 queued the GOAWAY
             self.callbacks.on_codec_error(None, CodecError(0, "http2.protocol_error", str(e)))
             return
@@ -138,6 +226,14 @@ class Http2ServerCodec:
                 sid = ev.stream_id
                 st = streams.get(sid)
                 end = ev.stream_ended is not None
+                if ev.data:
+                    self.empty_frames = 0
+                elif not end:
+                    self.empty_frames += 1
+                    if self.empty_frames > self.options.max_consecutive_inbound_frames_with_empty_payload:
+                        self._flood("inbound_empty_frames_flood", "too many consecutive frames "
+                                                                  "with an empty payload")
+                        return
                 if st is None:
                     self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
                     continue
@@ -156,11 +252,15 @@ class Http2ServerCodec:
                     st.request_open = False
                     cb.on_stream_data(ev.stream_id, b"", True)
             elif cls is TrailersReceived:
+                if self.stats is not None:
+                    self.stats.trailers.value += 1
                 st = streams.get(ev.stream_id)
                 if st is not None and st.request_open:
                     st.request_open = False
                     cb.on_stream_trailers(ev.stream_id, list(ev.headers))
             elif cls is StreamReset:
+                if self.stats is not None and ev.remote_reset:
+                    self.stats.rx_reset.value += 1
                 self.flushing.pop(ev.stream_id, None)
                 st = streams.get(ev.stream_id)
                 if st is not None and not st.responded:
@@ -174,7 +274,21 @@ class Http2ServerCodec:
                     cb.on_stream_reset(ev.stream_id, getattr(ev.error_code, "name",
                                                              str(ev.error_code)))
             elif cls is WindowUpdated:
+                self.window_updates += 1
+                # Envoy's bound: 5 + 2 x (streams opened + the limit x DATA frames sent).
+                if self.window_updates > 5 + 2 * (self.opened + self.options.
+                                                  max_inbound_window_update_frames_per_data_frame_sent
+                                                  * self.data_frames_sent):
+                    self._flood("inbound_window_update_frames_flood",
+                                "too many WINDOW_UPDATE frames for the DATA frames sent")
+                    return
                 self._send_pending(ev.stream_id)
+            elif cls is PriorityUpdated:
+                self.priority_frames += 1
+                if self.priority_frames > self.options.max_inbound_priority_frames_per_stream * (
+                        1 + self.opened):
+                    self._flood("inbound_priority_frames_flood", "too many PRIORITY frames")
+                    return
             elif cls is ConnectionTerminated:
                 self.going_away = True  # the client opens no new streams
         self._flush()
@@ -307,6 +421,7 @@ class Http2ServerCodec:
             chunk = view[:room]
             view = view[room:]
             conn.send_data(sid, bytes(chunk), end_stream=end and not view)
+            self.data_frames_sent += 1
         if end and not data:
             conn.end_stream(sid)
 
@@ -334,6 +449,8 @@ class Http2ServerCodec:
     # -- stream and connection control ------------------------------------------------------
     def reset_stream(self, stream_id: int) -> bool:
         if self.streams.pop(stream_id, None) is not None:
+            if self.stats is not None:
+                self.stats.tx_reset.value += 1
             try:
                 self.conn.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
             except ProtocolError:

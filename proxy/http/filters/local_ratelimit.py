@@ -1,0 +1,257 @@
+"""`envoy.filters.http.local_ratelimit`: requests take a token from a bucket; with none left a
+request is answered 429 (when enforced).
+
+Config `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit` (the filter's, and
+per route in `typed_per_filter_config`, which replaces it there with a bucket of its own):
+`stat_prefix`, `token_bucket` (without one the filter limits nothing), `filter_enabled` and
+`filter_enforced` (their default_value; unset means 0 %, as in Envoy: a filter configured
+without them only counts), `status` (default 429), `response_headers_to_add` (on a limited
+request's reply), `request_headers_to_add_when_not_enforced`, `enable_x_ratelimit_headers`
+(DRAFT_VERSION_03: `x-ratelimit-limit/-remaining/-reset` on every response),
+`local_rate_limit_per_downstream_connection` (a bucket per connection instead of one for
+every worker), `rate_limited_as_resource_exhausted`. Descriptors (and route `rate_limits`)
+are refused.
+
+A limited request gets `status` with body `local_rate_limited`, flag RL, details
+`local_rate_limited`. Stats `<stat_prefix>.http_local_rate_limit.{enabled,enforced,
+rate_limited,ok}`. The shared bucket is proxy/network/filters/local_ratelimit.py's
+TokenBucket: one lock held for one refill-and-take per request (the only lock on this path).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ...config.fields_table import Message, inert, refused, used
+from ...config.reader import ConfigError, Fields
+from ...config.registry import Extension, register
+from ...config.runtime_values import FractionalPercent, ZERO_PERCENT, parse_runtime_fractional_percent
+from ...network.filters.local_ratelimit import TOKEN_BUCKET, TokenBucket
+from ...router.header_mutation import HeaderMutation, apply_mutations, parse_header_mutations
+from ..filter import FilterHeadersStatus, PassThroughFilter
+from ..headers import Headers
+
+__all__ = ["HttpLocalRateLimit", "parse_http_local_ratelimit"]
+
+NAME = "envoy.filters.http.local_ratelimit"
+PROTO = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+_DESCRIPTORS = "descriptors and route rate_limits actions"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLocalRateLimit:
+    stat_prefix: str
+    max_tokens: int = 0                 # 0: no token_bucket, nothing is limited
+    tokens_per_fill: int = 1
+    fill_interval: float = 1.0
+    filter_enabled: FractionalPercent = ZERO_PERCENT
+    filter_enforced: FractionalPercent = ZERO_PERCENT
+    status: int = 429
+    response_headers_to_add: tuple[HeaderMutation, ...] = ()
+    request_headers_to_add_when_not_enforced: tuple[HeaderMutation, ...] = ()
+    x_ratelimit_headers: bool = False
+    per_connection: bool = False
+    grpc_resource_exhausted: bool = False
+
+
+LOCAL_RATELIMIT = Message(PROTO, title="HTTP filter local_ratelimit", model=HttpLocalRateLimit, fields=(
+    used("stat_prefix"),
+    used("status", attr="status", why="HttpStatus code"),
+    used("token_bucket", attr="max_tokens", why="envoy.type.v3.TokenBucket"),
+    used("filter_enabled", why="its default_value: there is no runtime layer"),
+    used("filter_enforced", why="its default_value: there is no runtime layer"),
+    used("request_headers_to_add_when_not_enforced"),
+    used("response_headers_to_add"),
+    used("enable_x_ratelimit_headers", "OFF", attr="x_ratelimit_headers"),
+    used("local_rate_limit_per_downstream_connection", False, attr="per_connection"),
+    used("rate_limited_as_resource_exhausted", False, attr="grpc_resource_exhausted"),
+    refused("stage", "only 0", default=0, only_default=True),
+    refused("descriptors", _DESCRIPTORS),
+    refused("vh_rate_limits", _DESCRIPTORS),
+    refused("rate_limits", _DESCRIPTORS),
+    inert("always_consume_default_token_bucket", "it matters only with descriptors, which are refused"),
+    refused("local_cluster_rate_limit"),
+    refused("max_dynamic_descriptors", _DESCRIPTORS),
+    refused("enable_x_ratelimit_headers_with_descriptors", _DESCRIPTORS),
+))
+HTTP_STATUS = Message("envoy.type.v3.HttpStatus (local_ratelimit)", fields=(used("code", attr="status"),))
+
+
+def parse_http_local_ratelimit(raw: Mapping[str, Any], path: str) -> HttpLocalRateLimit:
+    f = LOCAL_RATELIMIT.read(raw, path)
+    prefix = f.str("stat_prefix", required=True)
+    if not prefix:
+        raise ConfigError(f.at("stat_prefix"), "must not be empty")
+    LOCAL_RATELIMIT.require_default(f, "stage", f.int("stage", 0, min=0, max=10))
+    f.bool("always_consume_default_token_bucket", True)
+    out: dict[str, Any] = {"stat_prefix": prefix}
+    if f.has("token_bucket"):
+        tb = TOKEN_BUCKET.read(f.value("token_bucket"), f.at("token_bucket"))
+        interval = tb.duration("fill_interval", required=True)
+        if interval < 0.05:
+            raise ConfigError(tb.at("fill_interval"), "must be at least 50ms")
+        out.update(max_tokens=tb.int("max_tokens", required=True, min=1, max=2**32 - 1),
+                   tokens_per_fill=tb.int("tokens_per_fill", 1, min=1, max=2**32 - 1),
+                   fill_interval=interval)
+    if f.has("status"):
+        s = HTTP_STATUS.read(f.value("status"), f.at("status"))
+        code = s.int("code", required=True)
+        if not 400 <= code < 600:  # Envoy: a status below 400 falls back to 429
+            code = 429
+        out["status"] = code
+    for key in ("filter_enabled", "filter_enforced"):
+        if f.has(key):
+            out[key] = parse_runtime_fractional_percent(f.raw_obj(key), f.at(key), default=ZERO_PERCENT)
+    out["response_headers_to_add"] = parse_header_mutations(f, "response_headers_to_add", None)
+    out["request_headers_to_add_when_not_enforced"] = parse_header_mutations(
+        f, "request_headers_to_add_when_not_enforced", None)
+    out["x_ratelimit_headers"] = f.enum("enable_x_ratelimit_headers", ("OFF", "DRAFT_VERSION_03"),
+                                        "OFF") == "DRAFT_VERSION_03"
+    out["per_connection"] = f.bool("local_rate_limit_per_downstream_connection", False)
+    out["grpc_resource_exhausted"] = f.bool("rate_limited_as_resource_exhausted", False)
+    return HttpLocalRateLimit(**out)
+
+
+class _Buckets:
+    """The buckets of one filter: the filter config's and each route config's, shared by every
+    worker and made on first use (under `lock`, once per config; then read without it)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_config: dict[int, tuple[HttpLocalRateLimit, TokenBucket]] = {}
+
+    def get(self, config: HttpLocalRateLimit) -> TokenBucket:
+        found = self.by_config.get(id(config))
+        if found is None:
+            with self.lock:
+                found = self.by_config.get(id(config))
+                if found is None:
+                    found = self.by_config[id(config)] = (config, TokenBucket(config, time.monotonic()))
+        return found[1]
+
+
+class HttpLocalRateLimitFactory:
+    def __init__(self, config: HttpLocalRateLimit, name: str) -> None:
+        self.config = config
+        self.name = name
+        self.buckets = _Buckets()
+
+    def for_worker(self, ctx) -> WorkerHttpLocalRateLimit:
+        return WorkerHttpLocalRateLimit(self, ctx)
+
+
+class WorkerHttpLocalRateLimit:
+    decoder = True
+    encoder = True
+
+    def __init__(self, factory: HttpLocalRateLimitFactory, ctx) -> None:
+        self.name = factory.name
+        self.config = factory.config
+        self.buckets = factory.buckets
+        self.worker = ctx.worker
+        self._stats: dict[str, Any] = {}
+        for name in ("enabled", "enforced", "rate_limited", "ok"):  # shown from the start, as Envoy
+            self.stat(self.config, name)
+        # local_rate_limit_per_downstream_connection: this worker's connections' buckets.
+        self._conn_buckets: dict[tuple[int, int], TokenBucket] = {}
+        self._sweep_at = 256
+
+    def stat(self, config: HttpLocalRateLimit, name: str):
+        key = f"{config.stat_prefix}.http_local_rate_limit.{name}"
+        c = self._stats.get(key)
+        if c is None:
+            c = self._stats[key] = self.worker.stats.counter(key)
+        return c
+
+    def bucket(self, config: HttpLocalRateLimit, connection_id: int) -> TokenBucket:
+        if not config.per_connection:
+            return self.buckets.get(config)
+        key = (id(config), connection_id)
+        b = self._conn_buckets.get(key)
+        if b is None:
+            now = time.monotonic()
+            if len(self._conn_buckets) >= self._sweep_at:
+                self._sweep(now)
+            b = self._conn_buckets[key] = TokenBucket(config, now)
+        return b
+
+    def _sweep(self, now: float) -> None:
+        """Drop the buckets that are full again: a full bucket is the same as a new one, so
+        forgetting it changes nothing (and the table holds only recently busy connections)."""
+        def full(b: TokenBucket) -> bool:
+            cfg = b.config
+            missing = cfg.max_tokens - b.tokens
+            return now - b.last_fill >= -(-missing // cfg.tokens_per_fill) * cfg.fill_interval
+        self._conn_buckets = {k: b for k, b in self._conn_buckets.items() if not full(b)}
+        self._sweep_at = max(256, 2 * len(self._conn_buckets))
+
+    def create(self, callbacks) -> HttpLocalRateLimitFilter:
+        return HttpLocalRateLimitFilter(callbacks, self)
+
+
+class HttpLocalRateLimitFilter(PassThroughFilter):
+    __slots__ = ("cb", "wf", "config", "bucket")
+
+    def __init__(self, callbacks, wf: WorkerHttpLocalRateLimit) -> None:
+        self.cb = callbacks
+        self.wf = wf
+        self.config = None   # the config that applied to this request (for the response headers)
+        self.bucket = None
+
+    def decode_headers(self, head, end_stream: bool) -> int:
+        cb = self.cb
+        wf = self.wf
+        config = cb.per_filter_config(wf.name) or wf.config
+        if not config.max_tokens:
+            return FilterHeadersStatus.CONTINUE
+        rand = wf.worker.rand_bits
+        if not config.filter_enabled.enabled(rand):
+            return FilterHeadersStatus.CONTINUE
+        wf.stat(config, "enabled").value += 1
+        self.config = config
+        bucket = self.bucket = wf.bucket(config, cb.stream_info.connection_id)
+        if bucket.try_take(time.monotonic()):
+            wf.stat(config, "ok").value += 1
+            return FilterHeadersStatus.CONTINUE
+        wf.stat(config, "rate_limited").value += 1
+        if not config.filter_enforced.enabled(rand):
+            apply_mutations(config.request_headers_to_add_when_not_enforced, head.headers, cb.stream_info)
+            return FilterHeadersStatus.CONTINUE
+        wf.stat(config, "enforced").value += 1
+        extra = []
+        if config.response_headers_to_add:
+            h = Headers()
+            apply_mutations(config.response_headers_to_add, h, cb.stream_info)
+            extra = list(h)
+        cb.send_local_reply(config.status, b"local_rate_limited", "RL", "local_rate_limited", extra,
+                            grpc_status=8 if config.grpc_resource_exhausted else None)
+        return FilterHeadersStatus.STOP_ITERATION
+
+    def encode_headers(self, head, end_stream: bool) -> int:
+        config = self.config
+        if config is None or not config.x_ratelimit_headers:
+            return FilterHeadersStatus.CONTINUE
+        bucket = self.bucket
+        with bucket.lock:
+            remaining = bucket.tokens
+            reset = max(0.0, bucket.last_fill + config.fill_interval - time.monotonic())
+        headers = head.headers
+        headers.set(b"x-ratelimit-limit", b"%d" % config.max_tokens)
+        headers.set(b"x-ratelimit-remaining", b"%d" % max(0, remaining))
+        headers.set(b"x-ratelimit-reset", b"%d" % int(reset + 0.999))
+        return FilterHeadersStatus.CONTINUE
+
+
+register(Extension(
+    category="http_filter",
+    name=NAME,
+    proto=PROTO,
+    parse=parse_http_local_ratelimit,
+    factory=HttpLocalRateLimitFactory,
+    per_route_proto=PROTO,
+    parse_per_route=parse_http_local_ratelimit,
+))

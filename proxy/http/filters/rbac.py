@@ -1,0 +1,193 @@
+"""`envoy.filters.http.rbac`: role-based access control of requests.
+
+Config `envoy.extensions.filters.http.rbac.v3.RBAC`: `rules` (an `envoy.config.rbac.v3.RBAC`:
+ALLOW, DENY or LOG, with named policies; rbac_config.py), `shadow_rules` (evaluated and counted,
+never enforced), `rules_stat_prefix`, `shadow_rules_stat_prefix`, `track_per_rule_stats`.
+Per route (`typed_per_filter_config`): `RBACPerRoute` whose `rbac` replaces the filter's
+config for that route; an `RBACPerRoute` without `rbac` turns the filter off there.
+
+Decode: with `rules` ALLOW a request matching no policy, and with DENY a request matching one,
+gets 403 `RBAC: access denied` with details `rbac_access_denied_matched_policy[<policy>]`
+(`[none]` when nothing matched); LOG lets everything through. Without `rules`, everything
+passes (Envoy: "no rules: allowed"). Stats as Envoy: `http.<stat_prefix>.rbac.<rules prefix>allowed`
+/ `denied`, `shadow_allowed` / `shadow_denied`, and with `track_per_rule_stats`
+`rbac.<prefix>policy.<name>.allowed|denied` (shadow likewise).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ...config.fields_table import Message, refused, used
+from ...config.registry import Extension, register
+from ...router.matchers import RequestView
+from ..filter import FilterHeadersStatus, PassThroughFilter
+from .rbac_config import Rbac, RequestFacts, parse_rbac
+
+__all__ = ["RbacConfig", "parse_rbac_filter", "RbacFilter"]
+
+RBAC_NAME = "envoy.filters.http.rbac"
+RBAC_PROTO = "envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_PROTO = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+
+
+@dataclass(frozen=True, slots=True)
+class RbacConfig:
+    rules: Rbac | None = None
+    shadow_rules: Rbac | None = None
+    rules_stat_prefix: str = ""
+    shadow_rules_stat_prefix: str = ""
+    track_per_rule_stats: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RbacPerRoute:
+    rbac: RbacConfig | None = None     # None: the filter is off for this route
+
+
+_MATCHER = "the xDS matcher tree: use rules"
+
+RBAC_FILTER = Message(RBAC_PROTO, title="HTTP filter rbac", model=RbacConfig, fields=(
+    used("rules"),
+    used("shadow_rules"),
+    used("rules_stat_prefix", ""),
+    used("shadow_rules_stat_prefix", ""),
+    used("track_per_rule_stats", False),
+    refused("matcher", _MATCHER),
+    refused("shadow_matcher", _MATCHER),
+))
+
+RBAC_PER_ROUTE = Message(RBAC_PER_ROUTE_PROTO, model=RbacPerRoute, fields=(used("rbac"),))
+
+
+def parse_rbac_filter(raw: Mapping[str, Any], path: str) -> RbacConfig:
+    f = RBAC_FILTER.read(raw, path)
+    return RbacConfig(
+        rules=parse_rbac(f.value("rules"), f.at("rules")) if f.has("rules") else None,
+        shadow_rules=(parse_rbac(f.value("shadow_rules"), f.at("shadow_rules"))
+                      if f.has("shadow_rules") else None),
+        rules_stat_prefix=f.str("rules_stat_prefix", ""),
+        shadow_rules_stat_prefix=f.str("shadow_rules_stat_prefix", ""),
+        track_per_rule_stats=f.bool("track_per_rule_stats", False),
+    )
+
+
+def parse_rbac_per_route(raw: Mapping[str, Any], path: str) -> RbacPerRoute:
+    f = RBAC_PER_ROUTE.read(raw, path)
+    if not f.has("rbac"):
+        return RbacPerRoute(None)
+    return RbacPerRoute(parse_rbac_filter(f.value("rbac"), f.at("rbac")))
+
+
+class RbacFactory:
+    def __init__(self, config: RbacConfig, name: str) -> None:
+        self.config = config
+        self.name = name
+
+    def for_worker(self, ctx) -> WorkerRbacFactory:
+        return WorkerRbacFactory(self, ctx)
+
+
+class WorkerRbacFactory:
+    decoder = True
+    encoder = False
+
+    def __init__(self, factory: RbacFactory, ctx) -> None:
+        self.name = factory.name
+        self.config = factory.config
+        self.scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.rbac")
+        self._counters: dict[str, Any] = {}
+
+    def count(self, name: str) -> None:
+        c = self._counters.get(name)
+        if c is None:
+            c = self._counters[name] = self.scope.counter(name)
+        c.value += 1
+
+    def create(self, callbacks) -> RbacFilter:
+        return RbacFilter(callbacks, self)
+
+
+def _ip(address: str):
+    host = address.rsplit(":", 1)[0].strip("[]") if address else ""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+class RbacFilter(PassThroughFilter):
+    __slots__ = ("cb", "wf")
+
+    def __init__(self, callbacks, wf: WorkerRbacFactory) -> None:
+        self.cb = callbacks
+        self.wf = wf
+
+    def decode_headers(self, head, end_stream: bool) -> int:
+        cb = self.cb
+        config = self.wf.config
+        per_route = cb.per_filter_config(self.wf.name)
+        if per_route is not None:
+            if per_route.rbac is None:
+                return FilterHeadersStatus.CONTINUE  # disabled for this route
+            config = per_route.rbac
+        if config.rules is None and config.shadow_rules is None:
+            return FilterHeadersStatus.CONTINUE
+        facts = self._facts(head)
+        if config.shadow_rules is not None:
+            self._decide(config.shadow_rules, facts, config, config.shadow_rules_stat_prefix, "shadow_")
+        if config.rules is None:
+            return FilterHeadersStatus.CONTINUE
+        allowed, policy = self._decide(config.rules, facts, config, config.rules_stat_prefix, "")
+        if allowed:
+            return FilterHeadersStatus.CONTINUE
+        cb.send_local_reply(403, b"RBAC: access denied", None,
+                            f"rbac_access_denied_matched_policy[{policy or 'none'}]")
+        return FilterHeadersStatus.STOP_ITERATION
+
+    def _decide(self, rbac: Rbac, facts: RequestFacts, config: RbacConfig, prefix: str,
+                shadow: str) -> tuple[bool, str | None]:
+        policy = rbac.matched_policy(facts)
+        if rbac.action == "LOG":
+            allowed = True
+            outcome = "logged" if policy else "not_logged"
+        else:
+            allowed = (policy is not None) == (rbac.action == "ALLOW")
+            outcome = "allowed" if allowed else "denied"
+        wf = self.wf
+        wf.count(f"{prefix}{shadow}{outcome}")
+        if config.track_per_rule_stats and policy is not None:
+            wf.count(f"{prefix}policy.{policy}.{shadow}{outcome}")
+        return allowed, policy
+
+    def _facts(self, head) -> RequestFacts:
+        info = self.cb.stream_info
+        tls = info.downstream_ssl
+        principals = None
+        if tls is not None:
+            principals = (*tls.peer_uri_sans, *tls.peer_dns_sans, tls.peer_subject)
+        local = info.downstream_local_address
+        try:
+            local_port = int(local.rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            local_port = 0
+        view = RequestView(head)
+        return RequestFacts(view, view.path, _ip(info.downstream_remote_address),
+                            _ip(info.downstream_direct_remote_address), _ip(local), local_port,
+                            (tls.sni if tls is not None else "") or (info.requested_server_name or ""),
+                            principals)
+
+
+register(Extension(
+    category="http_filter",
+    name=RBAC_NAME,
+    proto=RBAC_PROTO,
+    parse=parse_rbac_filter,
+    empty_config_ok=True,
+    factory=RbacFactory,
+    per_route_proto=RBAC_PER_ROUTE_PROTO,
+    parse_per_route=parse_rbac_per_route,
+))

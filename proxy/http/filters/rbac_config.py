@@ -1,0 +1,230 @@
+"""Config model of Envoy's role-based access control (`envoy.config.rbac.v3.RBAC`), as the
+HTTP filter `envoy.filters.http.rbac` uses it: policies of permissions (what is asked) and
+principals (who asks), each a small tree of and/or/not over leaf matchers.
+
+Job: validate into immutable matchers whose `matches(req)` the filter calls (rbac.py). Every
+field is declared once in the tables; what needs data ftproxy does not keep (dynamic
+metadata, filter state, CEL conditions) is refused by name.
+Must not: do I/O. Thread affinity: parsed on the main thread; immutable afterwards.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ...config.fields_table import Message, refused, used
+from ...config.reader import ConfigError, Fields
+from ...router.matchers import HeaderMatcher, StringMatcher, parse_header_matcher, parse_string_matcher
+
+__all__ = ["Rbac", "Policy", "Rule", "parse_rbac", "ACTIONS"]
+
+_P = "envoy.config.rbac.v3"
+ACTIONS = ("ALLOW", "DENY", "LOG")
+_NO_METADATA = "no filter here writes dynamic metadata or filter state"
+
+
+class RequestFacts:
+    """What the leaf matchers read from one request (built once per request by the filter)."""
+
+    __slots__ = ("view", "path", "remote_ip", "direct_remote_ip", "local_ip", "local_port",
+                 "server_name", "peer_principals")
+
+    def __init__(self, view, path: str, remote_ip, direct_remote_ip, local_ip, local_port: int,
+                 server_name: str, peer_principals: tuple[str, ...] | None) -> None:
+        self.view = view                      # for HeaderMatcher (router.matchers.RequestView)
+        self.path = path                      # the path without its query
+        self.remote_ip = remote_ip            # ipaddress objects (None if unknown)
+        self.direct_remote_ip = direct_remote_ip
+        self.local_ip = local_ip
+        self.local_port = local_port
+        self.server_name = server_name        # the TLS SNI ("" without)
+        self.peer_principals = peer_principals  # URI SANs, else DNS SANs, else subject; None: no TLS cert
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One permission or principal: `kind` and its argument; and/or/not hold sub-rules."""
+    kind: str
+    value: Any = None
+
+    def matches(self, r: RequestFacts) -> bool:
+        kind, value = self.kind, self.value
+        if kind == "any":
+            return True
+        if kind == "and":
+            return all(rule.matches(r) for rule in value)
+        if kind == "or":
+            return any(rule.matches(r) for rule in value)
+        if kind == "not":
+            return not value.matches(r)
+        if kind == "header":
+            return value.matches(r.view.req)
+        if kind == "url_path":
+            return value.match(r.path)
+        if kind in ("remote_ip", "direct_remote_ip", "destination_ip"):
+            ip = r.remote_ip if kind == "remote_ip" else (
+                r.direct_remote_ip if kind == "direct_remote_ip" else r.local_ip)
+            return ip is not None and ip.version == value.version and ip in value
+        if kind == "destination_port":
+            return r.local_port == value
+        if kind == "destination_port_range":
+            return value[0] <= r.local_port < value[1]
+        if kind == "requested_server_name":
+            return value.match(r.server_name)
+        if kind == "authenticated":
+            if r.peer_principals is None:
+                return False
+            return value is None or any(value.match(p) for p in r.peer_principals)
+        raise AssertionError(kind)  # parsing admits only the kinds above
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    permissions: tuple[Rule, ...]   # any of them
+    principals: tuple[Rule, ...]    # any of them
+
+    def matches(self, r: RequestFacts) -> bool:
+        return (any(p.matches(r) for p in self.permissions)
+                and any(p.matches(r) for p in self.principals))
+
+
+@dataclass(frozen=True, slots=True)
+class Rbac:
+    action: str                      # ALLOW, DENY, LOG
+    policies: tuple[Policy, ...]     # in name order (Envoy keeps them in a sorted map)
+
+    def matched_policy(self, r: RequestFacts) -> str | None:
+        for policy in self.policies:
+            if policy.matches(r):
+                return policy.name
+        return None
+
+
+RBAC = Message(f"{_P}.RBAC", model=Rbac, fields=(
+    used("action", "ALLOW"),
+    used("policies"),
+    refused("audit_logging_options"),
+))
+
+POLICY = Message(f"{_P}.Policy", model=Policy, fields=(
+    used("permissions"),
+    used("principals"),
+    refused("condition", "CEL expressions"),
+    refused("checked_condition", "CEL expressions"),
+    refused("cel_config", "CEL expressions"),
+))
+
+PERMISSION = Message(f"{_P}.Permission", model=Rule, bookkeeping=("kind",), fields=(
+    used("and_rules", attr="value"),
+    used("or_rules", attr="value"),
+    used("any", attr="value"),
+    used("header", attr="value"),
+    used("url_path", attr="value"),
+    used("destination_ip", attr="value"),
+    used("destination_port", attr="value"),
+    used("destination_port_range", attr="value"),
+    used("not_rule", attr="value"),
+    used("requested_server_name", attr="value"),
+    refused("metadata", _NO_METADATA),
+    refused("matcher", "extension matchers"),
+    refused("uri_template", "extension matchers"),
+    refused("sourced_metadata", _NO_METADATA),
+))
+
+PRINCIPAL = Message(f"{_P}.Principal", model=Rule, bookkeeping=("kind",), fields=(
+    used("and_ids", attr="value"),
+    used("or_ids", attr="value"),
+    used("any", attr="value"),
+    used("authenticated", attr="value"),
+    used("source_ip", attr="value", why="deprecated spelling of direct_remote_ip"),
+    used("direct_remote_ip", attr="value"),
+    used("remote_ip", attr="value"),
+    used("header", attr="value"),
+    used("url_path", attr="value"),
+    used("not_id", attr="value"),
+    refused("metadata", _NO_METADATA),
+    refused("filter_state", _NO_METADATA),
+    refused("custom", "extension principals"),
+    refused("sourced_metadata", _NO_METADATA),
+))
+
+SET = Message(f"{_P}.Permission.Set (and_rules, or_rules)", fields=(used("rules", attr="value"),))
+ID_SET = Message(f"{_P}.Principal.Set (and_ids, or_ids)", fields=(used("ids", attr="value"),))
+AUTHENTICATED = Message(f"{_P}.Principal.Authenticated", fields=(used("principal_name", attr="value"),))
+PATH_MATCHER = Message("envoy.type.matcher.v3.PathMatcher (RBAC)", fields=(used("path", attr="value"),))
+CIDR = Message("envoy.config.core.v3.CidrRange (RBAC)", fields=(
+    used("address_prefix", attr="value"), used("prefix_len", attr="value")))
+PORT_RANGE = Message("envoy.type.v3.Int32Range (RBAC)", fields=(used("start", attr="value"),
+                                                                used("end", attr="value")))
+
+_PERMISSION_KINDS = ("and_rules", "or_rules", "any", "header", "url_path", "destination_ip",
+                     "destination_port", "destination_port_range", "not_rule", "requested_server_name")
+_PRINCIPAL_KINDS = ("and_ids", "or_ids", "any", "authenticated", "source_ip", "direct_remote_ip",
+                    "remote_ip", "header", "url_path", "not_id")
+
+
+def parse_rbac(raw: Any, path: str) -> Rbac:
+    f = RBAC.read(raw, path)
+    action = f.enum("action", ACTIONS, "ALLOW")
+    policies_raw = f.raw_obj("policies") or {}
+    policies = []
+    for name in sorted(policies_raw):
+        ppath = f"{f.at('policies')}[{name!r}]"
+        p = POLICY.read(policies_raw[name], ppath)
+        permissions = tuple(_rule(item, ip, PERMISSION, _PERMISSION_KINDS)
+                            for item, ip in p.list("permissions", required=True, min_items=1))
+        principals = tuple(_rule(item, ip, PRINCIPAL, _PRINCIPAL_KINDS)
+                           for item, ip in p.list("principals", required=True, min_items=1))
+        policies.append(Policy(name, permissions, principals))
+    return Rbac(action, tuple(policies))
+
+
+def _rule(raw: Any, path: str, table: Message, kinds: tuple[str, ...]) -> Rule:
+    f = table.read(raw, path)
+    kind = f.oneof(*kinds, required=True)
+    at = f.at(kind)
+    if kind == "any":
+        if f.bool("any") is not True:
+            raise ConfigError(at, "must be true")
+        return Rule("any")
+    if kind in ("and_rules", "or_rules", "and_ids", "or_ids"):
+        s = (SET if kind.endswith("rules") else ID_SET).read(f.value(kind), at)
+        key = "rules" if kind.endswith("rules") else "ids"
+        subs = tuple(_rule(item, ip, table, kinds) for item, ip in s.list(key, required=True, min_items=1))
+        return Rule("and" if kind.startswith("and") else "or", subs)
+    if kind in ("not_rule", "not_id"):
+        return Rule("not", _rule(f.value(kind), at, table, kinds))
+    if kind == "header":
+        return Rule("header", parse_header_matcher(f.value(kind), at))
+    if kind == "url_path":
+        pm = PATH_MATCHER.read(f.value(kind), at)
+        return Rule("url_path", parse_string_matcher(pm.value("path", required=True), pm.at("path")))
+    if kind in ("destination_ip", "source_ip", "direct_remote_ip", "remote_ip"):
+        return Rule("direct_remote_ip" if kind == "source_ip" else kind, _cidr(f.value(kind), at))
+    if kind == "destination_port":
+        return Rule(kind, f.int(kind, min=0, max=65535))
+    if kind == "destination_port_range":
+        r = PORT_RANGE.read(f.value(kind), at)
+        return Rule(kind, (r.int("start", 0), r.int("end", 0)))
+    if kind == "requested_server_name":
+        return Rule(kind, parse_string_matcher(f.value(kind), at))
+    # authenticated: principal_name matches the peer certificate's URI SAN, else DNS SAN, else
+    # subject (Envoy's order); no principal_name: any verified peer certificate.
+    a = AUTHENTICATED.read(f.value(kind) or {}, at)
+    name = a.value("principal_name")
+    return Rule("authenticated", parse_string_matcher(name, a.at("principal_name")) if name is not None else None)
+
+
+def _cidr(raw: Any, path: str):
+    c = CIDR.read(raw, path)
+    prefix = c.str("address_prefix", required=True)
+    try:
+        ip = ipaddress.ip_address(prefix)
+    except ValueError:
+        raise ConfigError(c.at("address_prefix"), f"{prefix!r} is not an IP address") from None
+    length = c.int("prefix_len", ip.max_prefixlen, min=0)
+    return ipaddress.ip_network((ip, min(length, ip.max_prefixlen)), strict=False)

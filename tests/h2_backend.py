@@ -18,7 +18,11 @@ Per path (query parameters in brackets):
 - /goaway: GOAWAY naming this stream as the last, then the summary;
 - /goaway-refuse: on the first connection, GOAWAY naming the stream before this one as the
   last (this one is refused, unanswered); elsewhere the summary;
-- /garbage: a DATA frame on stream 0 (a connection error the client must detect).
+- /garbage: a DATA frame on stream 0 (a connection error the client must detect);
+- /grpc [status, where, fail]: a gRPC-style answer (200, application/grpc) whose grpc-status
+  (default 14) is in the response headers (where=headers: trailers-only) or in trailers after
+  an empty message (where=trailers); with fail=n, of each n+1 requests with the same query
+  the first n get that status and the next grpc-status 0 (a cycle).
 `name` appears in the summary as "server" (the differential runner's echo JSON). It records
 each connection and each request (headers as received, body, trailers) and the most
 streams it saw open at once on one connection.
@@ -73,6 +77,7 @@ class H2Backend:
         self.max_active_by_conn: dict[int, int] = {}  # ... on each connection (by number)
         self.window_waits = 0          # times /big waited for the proxy's window
         self.big_sent = 0              # /big bytes handed to h2 so far
+        self.grpc_counts: dict[str, int] = {}  # /grpc with fail=: requests seen per query
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
@@ -290,6 +295,22 @@ class H2Backend:
             code = ErrorCodes.REFUSED_STREAM if q.get("code") == "refused" else ErrorCodes.INTERNAL_ERROR
             h2.reset_stream(sid, code)
             conn.streams.pop(sid, None)
+        elif path == "/grpc":
+            code = q.get("status", "14")
+            fail = int(q.get("fail", "-1"))
+            if fail >= 0:
+                with self.lock:
+                    seen = self.grpc_counts[url.query] = self.grpc_counts.get(url.query, 0) + 1
+                if (seen - 1) % (fail + 1) >= fail:
+                    code = "0"
+            head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+            if q.get("where", "headers") == "headers":
+                h2.send_headers(sid, head + [(b"grpc-status", code.encode())], end_stream=True)
+                with self.lock:
+                    conn.streams.pop(sid, None)
+            else:
+                h2.send_headers(sid, head)
+                self._queue(conn, sid, b"\x00\x00\x00\x00\x00", [(b"grpc-status", code.encode())])
         elif path == "/garbage":
             self._send(conn)
             conn.sock.sendall(b"\x00\x00\x03\x00\x00\x00\x00\x00\x00abc")  # DATA on stream 0

@@ -29,7 +29,7 @@ from typing import Any
 from proxy.config.reader import ConfigError, index, join
 
 from .start_time import compile_start_time, format_start_time
-from .stream_info import RESPONSE_FLAG_ORDER, StreamInfo
+from .stream_info import StreamInfo
 from .tls_operators import TLS_OPERATORS
 
 try:  # orjson is much faster; the stdlib is the fallback.
@@ -72,16 +72,26 @@ def _without_port(addr: str | None) -> str | None:
     return addr                        # bare IPv6 or a pipe path
 
 
-_FLAG_RANK = {flag: i for i, flag in enumerate(RESPONSE_FLAG_ORDER)}
-
-
 def _response_flags(info: StreamInfo) -> str:
+    """Envoy 1.40's ResponseFlagUtils::toShortString: the flags in the order they were set
+    (StreamInfo::responseFlags() is a vector; a retry's URX comes before the UF or UC of the
+    failure that ended the retries, "URX,UF")."""
     flags = info.response_flags
     if not flags:
         return "-"  # Envoy's ResponseFlagUtils::NONE, in text and JSON alike
     if len(flags) == 1:
         return flags[0]
-    return ",".join(sorted(flags, key=lambda f: _FLAG_RANK.get(f, len(_FLAG_RANK))))
+    return ",".join(flags)
+
+
+def _attempt_count(info: StreamInfo) -> int:
+    """Envoy's attempt count: set (to 1) once the router found the request's cluster and a host
+    for it, raised by each retry. Only a retry stores it (router_retry.py); a request the router
+    sent on is 1 without a store on its path: it has a cluster and no UH flag."""
+    n = info.upstream_request_attempt_count
+    if n:
+        return n
+    return 1 if info.upstream_cluster is not None and "UH" not in info.response_flags else 0
 
 
 def _attr(name: str) -> Getter:
@@ -154,7 +164,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
         "ROUTE_NAME": _attr("route_name"),
         "CONNECTION_ID": _attr("connection_id"),
         "HOSTNAME": lambda i: hostname,
-        "UPSTREAM_REQUEST_ATTEMPT_COUNT": _attr("upstream_request_attempt_count"),
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT": _attempt_count,
         **TLS_OPERATORS,
     }
 

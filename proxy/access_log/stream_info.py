@@ -20,20 +20,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["StreamInfo", "HeaderSource", "RESPONSE_FLAG_ORDER"]
+__all__ = ["StreamInfo", "HeaderSource"]
 
 
 class HeaderSource(Protocol):
     def get_str(self, name: str) -> str | None: ...
-
-
-# Envoy's rendering order of response flags (ResponseFlagUtils' table order), so that
-# "%RESPONSE_FLAGS%" is the same whatever order the code set them in.
-RESPONSE_FLAG_ORDER: tuple[str, ...] = (
-    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
-    "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF",
-    "DO", "DR",
-)
 
 
 class StreamInfo:

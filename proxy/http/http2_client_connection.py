@@ -477,8 +477,8 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
             if s.state == DONE:
                 continue
             self._stream_done(s, False)
-            # Never processed, on a connection going away as we reused it: the router retries
-            # it as it does a request that met a stale HTTP/1.1 keep-alive connection.
+            # Never processed: a refused stream (Envoy's nghttp2 closes such streams with
+            # REFUSED_STREAM), retried when the route's retry_on has refused-stream, reset...
             s.callbacks.on_upstream_reset("remote refused stream reset", "UR",
                                           reused=s.reused and not s.response_started)
         if self.state == CLOSED:

@@ -132,6 +132,8 @@ _ENVOY_EXTERNAL = frozenset({
     b"x-envoy-upstream-alt-stat-name", b"x-envoy-upstream-rq-timeout-ms",
     b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-upstream-rq-timeout-alt-response",
     b"x-envoy-expected-rq-timeout-ms", b"x-envoy-force-trace", b"x-envoy-ip-tags",
+    b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names",
+    b"x-envoy-hedge-on-per-try-timeout", b"x-envoy-original-url",
 })
 # Also dropped at the edge: the fields naming the caller, the client's own
 # x-envoy-external-address (ours replaces it), and fields only ftproxy itself sets.

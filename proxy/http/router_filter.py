@@ -34,7 +34,6 @@ _TAKEN = FilterDataStatus.STOP_ITERATION_NO_BUFFER
 _STOP_TRAILERS = FilterTrailersStatus.STOP_ITERATION
 
 _RESPONSE_HOP_BY_HOP = HOP_BY_HOP
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _MS = tuple(b"%d" % i for i in range(1000))  # x-envoy-upstream-service-time values under 1 s
 
 
@@ -63,7 +62,6 @@ class RouterFilter:
         self.downstream_paused = False
         self.upstream_paused = False
         self.chunked = False
-        self.retried = False
         self.holds_retry_slot = False
 
     # -- decode path ---------------------------------------------------------------------------
@@ -123,10 +121,9 @@ class RouterFilter:
             self._reset_reply(503, "overflow", "UO")
             return
         self.holds_request_slot = True
-        if (action.rewrites_path or action.host_rewrite_literal is not None
-                or action.auto_host_rewrite or route.request_mutations):
-            self._rewrite_request(action)
-        if action.timeout and not self.config.suppress_envoy_headers:
+        if route.prepare:  # rewrites, header mutations, retries (one test for them all)
+            self._prepare(route, action, head)
+        if action.timeout_ms and not self.config.suppress_envoy_headers:
             head.headers.set(b"x-envoy-expected-rq-timeout-ms", action.timeout_ms)
         if end_stream:
             self.request_ended = True
@@ -150,6 +147,22 @@ class RouterFilter:
         if not stream.request_complete:
             stream.abandon_request()  # the rest of the request body will not be read
         stream.encode_local(head, body)
+
+    def _prepare(self, route, action, head) -> None:
+        """What a route asks beyond forwarding: its rewrites and request header mutations,
+        then (they may add x-envoy-retry-on...) its retry state and attempt-count headers. A
+        request that may be retried, or answers with x-envoy-attempt-count, is carried on by a
+        RetryingRouter (router_retry.py): this object becomes one, and a request on a route
+        without a retry policy never pays for it."""
+        if (action.rewrites_path or action.host_rewrite_literal is not None
+                or action.auto_host_rewrite or route.request_mutations):
+            self._rewrite_request(action)
+        if action.attempt_count_in_request:
+            head.headers.set(b"x-envoy-attempt-count", b"1")
+        if (action.retry_policy is not None or route.retry_headers_added
+                or action.attempt_count_in_response):
+            from .router_retry import become_retrying
+            become_retrying(self, route, action, head)
 
     def _rewrite_request(self, action) -> None:
         """The route's path and host rewrites and request header mutations."""
@@ -350,13 +363,15 @@ class RouterFilter:
     def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503,
                           reused: bool = False, transport_failure: str = "") -> None:
         """The upstream connection failed mid-request (closed, or sent a bad response), or
-        could not connect (`transport_failure`: Envoy's upstream transport failure reason)."""
+        could not connect (`transport_failure`: Envoy's upstream transport failure reason).
+        Without a retry policy it is not retried, as in Envoy, even when it met a keep-alive
+        connection the upstream had just closed (`reused`): Envoy answers that 503 UC too,
+        and retries it only under retry_on `reset` (or 5xx, gateway-error; not
+        reset-before-request: the request was written). See router_retry.py."""
         if self.done:
             return
         self.upstream = None
         self.cluster.stats.upstream_rq_rx_reset.value += 1
-        if reused and self._retry_on_fresh_connection():
-            return
         self._release_request_slot()
         stream = self.stream
         if stream.upgraded:
@@ -370,27 +385,6 @@ class RouterFilter:
             stream.reset("upstream_reset_after_response_started{%s}" % reason.replace(" ", "_"))
             return
         self._reset_reply(status, reason, flag, transport_failure)
-
-    def _retry_on_fresh_connection(self) -> bool:
-        """A pooled keep-alive connection can be closed by the upstream just as we reuse it
-        (its FIN crossing our request). For an idempotent request without a body, before any
-        response byte, retry once on a new connection rather than answer 503 UC. Envoy answers
-        503 unless a retry_policy says otherwise; nginx's proxy_next_upstream retries."""
-        stream = self.stream
-        head = stream.head
-        if (self.retried or self.response_started or not self.request_ended or self.chunked
-                or stream.upgrade is not None or head.method not in _IDEMPOTENT
-                or head.headers.get(b"content-length") not in (None, b"0")):
-            return False
-        if not self.pool.limits.try_acquire_retry():
-            # Envoy's circuit_breakers max_retries bounds concurrent retries cluster-wide.
-            self.cluster.stats.upstream_rq_retry_overflow.value += 1
-            return False
-        self.retried = True
-        self.holds_retry_slot = True
-        self.cluster.stats.upstream_rq_retry.value += 1
-        self.pool_handle = self.pool.new_stream(self, fresh=True)
-        return True
 
     def on_upstream_watermark(self, above: bool) -> None:
         """Upstream write buffer crossed a watermark: pause/resume reading the downstream."""

@@ -32,6 +32,7 @@ from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_lev
                                parse_typed_per_filter_config)
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
                        parse_regex_rewrite)
+from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
 
 __all__ = ["RouteConfiguration", "VirtualHost", "Route", "RouteAction", "DirectResponseAction",
            "parse_route_configuration", "DEFAULT_ROUTE_TIMEOUT"]
@@ -57,14 +58,30 @@ class RouteAction:
     cluster_not_found_response_code: int = 503
     upgrade_configs: tuple[tuple[str, bool], ...] = ()
     path_rewrite: PathRewrite = PathRewrite()
+    # The route's retry_policy, else its virtual host's (Envoy: the route's replaces the
+    # virtual host's whole); None: neither has one.
+    retry_policy: RetryPolicy | None = None
+    # The virtual host's include_request_attempt_count / include_attempt_count_in_response /
+    # include_is_timeout_retry_header (x-envoy-attempt-count, x-envoy-is-timeout-retry).
+    attempt_count_in_request: bool = False
+    attempt_count_in_response: bool = False
+    is_timeout_retry_header: bool = False
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
-    # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request.
+    # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
+    # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
+    # (b"": no timeout at all, no header).
     timeout_ms: bytes = field(default=b"", init=False, compare=False)  # derived
+    per_try_timeout: float = field(default=0.0, init=False, compare=False)  # derived
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rewrites_path",
                            self.prefix_rewrite is not None or self.regex_rewrite is not None)
-        object.__setattr__(self, "timeout_ms", b"%d" % int(self.timeout * 1000))
+        per_try = self.retry_policy.per_try_timeout if self.retry_policy is not None else 0.0
+        if self.timeout and per_try >= self.timeout:
+            per_try = 0.0  # Envoy ignores a per-try timeout not shorter than the route's
+        object.__setattr__(self, "per_try_timeout", per_try)
+        expected = per_try or self.timeout
+        object.__setattr__(self, "timeout_ms", b"%d" % int(expected * 1000) if expected else b"")
 
     def choose_cluster(self, req: Any, rand: int) -> str | None:
         """Cluster name for this request; `rand` is a caller-supplied random integer."""
@@ -112,6 +129,22 @@ class Route:
     # typed_per_filter_config of the route, its virtual host and route configuration, merged
     # (per_filter_config.py): filter name -> PerFilterConfig.
     per_filter_config: Mapping[str, PerFilterConfig] = NO_PER_FILTER_CONFIG
+    # Derived. `prepare`: the router has more to do than forward the request (a path or host
+    # rewrite, request header mutations, a retry policy, attempt-count headers): one test per
+    # request instead of one per feature. `retry_headers_added`: its request header mutations
+    # set a header Envoy's retry state reads (x-envoy-retry-on...), which Envoy honours.
+    prepare: bool = field(default=False, init=False, compare=False)
+    retry_headers_added: bool = field(default=False, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        a = self.action
+        added = any(not m.remove and m.name in RETRY_REQUEST_HEADERS
+                    for m in self.request_mutations)
+        object.__setattr__(self, "retry_headers_added", added)
+        object.__setattr__(self, "prepare", a is not None and bool(
+            a.rewrites_path or a.host_rewrite_literal is not None or a.auto_host_rewrite
+            or self.request_mutations or a.retry_policy is not None
+            or a.attempt_count_in_request or a.attempt_count_in_response))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +174,11 @@ def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation
 
 # -- RouteAction ----------------------------------------------------------------------------
 
-_NO_RETRIES = "retries: a request gets one upstream attempt"
-
 ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
-                       bookkeeping=("path_rewrite", "rewrites_path", "timeout_ms"), fields=(
+                       bookkeeping=("path_rewrite", "rewrites_path", "timeout_ms",
+                                    "per_try_timeout",  # the virtual host's, copied:
+                                    "attempt_count_in_request", "attempt_count_in_response",
+                                    "is_timeout_retry_header"), fields=(
     used("cluster"),
     used("cluster_header"),
     used("weighted_clusters", why="its own table"),
@@ -166,8 +200,8 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     used("idle_timeout"),
     refused("flush_timeout"),
     refused("early_data_policy"),
-    refused("retry_policy", _NO_RETRIES),
-    refused("retry_policy_typed_config", _NO_RETRIES),
+    used("retry_policy", why="its own table; it replaces the virtual host's"),
+    refused("retry_policy_typed_config", "retry policy extensions"),
     refused("request_mirror_policies"),
     used("priority", "DEFAULT", attr="high_priority"),
     refused("rate_limits"),
@@ -230,7 +264,7 @@ def _parse_weighted(f: Fields) -> tuple[tuple[tuple[str, int], ...], bytes | Non
     return tuple(clusters), header_bytes(header.lower(), w.at("header_name")) if header else None
 
 
-def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
+def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -> RouteAction:
     f = ROUTE_ACTION.read(raw, path)
     which = f.oneof("cluster", "cluster_header", "weighted_clusters", required=True)
     cluster = cluster_header = weighted = header_name = None
@@ -271,6 +305,12 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch) -> RouteAction:
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),
+        # Envoy: the route's retry_policy, if it has one, replaces the virtual host's whole.
+        retry_policy=(parse_retry_policy(f.value("retry_policy"), f.at("retry_policy"))
+                      if f.has("retry_policy") else outer.retry_policy),
+        attempt_count_in_request=outer.attempt_count_in_request,
+        attempt_count_in_response=outer.attempt_count_in_response,
+        is_timeout_retry_header=outer.is_timeout_retry_header,
     )
 
 
@@ -328,7 +368,8 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
 _NO_METADATA = "no filter or format operator here reads route metadata"
 _PER_FILTER = "the filters' per-route configs (per_filter_config.py)"
 
-ROUTE = Message("envoy.config.route.v3.Route", model=Route, bookkeeping=("virtual_host_name",),
+ROUTE = Message("envoy.config.route.v3.Route", model=Route,
+                bookkeeping=("virtual_host_name", "prepare", "retry_headers_added"),
                 fields=(
     used("name"),
     used("match"),
@@ -362,6 +403,10 @@ class _Outer:
     max_body: int
     per_filter_levels: tuple[Mapping[str, PerFilterConfig], ...] = ()  # vhost, config
     switched: set[str] | None = None   # collects names a FilterConfig switches
+    retry_policy: RetryPolicy | None = None      # the virtual host's
+    attempt_count_in_request: bool = False
+    attempt_count_in_response: bool = False
+    is_timeout_retry_header: bool = False
 
 
 def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
@@ -371,7 +416,7 @@ def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
     kind = f.oneof("route", "redirect", "direct_response", required=True)
     action = redirect = direct = None
     if kind == "route":
-        action = _parse_route_action(f.raw[kind], f.at(kind), match)
+        action = _parse_route_action(f.raw[kind], f.at(kind), match, outer)
     elif kind == "redirect":
         length = None if match.kind == "safe_regex" else match.matched_length
         redirect = parse_redirect(f.raw[kind], f.at(kind), length)
@@ -400,6 +445,8 @@ def _per_filter_level(f: Fields, switched: set[str] | None) -> dict[str, PerFilt
 
 _IN_EACH_ROUTE = "combined into each route's header mutations at load"
 _MERGED = "merged into each route's per_filter_config at load"
+_IN_EACH_ACTION = ("copied into each route action at load (attempt_count_in_request, "
+                   "attempt_count_in_response, is_timeout_retry_header)")
 
 VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
                        bookkeeping=("tls_redirect_route",), fields=(   # from require_tls
@@ -416,12 +463,12 @@ VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
     used("response_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
     refused("cors", "use the CORS filter's typed_per_filter_config"),
     used("typed_per_filter_config", attr="", why=_MERGED),
-    refused("include_request_attempt_count"),
-    refused("include_attempt_count_in_response"),
-    refused("retry_policy", _NO_RETRIES),
-    refused("retry_policy_typed_config", _NO_RETRIES),
+    used("include_request_attempt_count", False, attr="", why=_IN_EACH_ACTION),
+    used("include_attempt_count_in_response", False, attr="", why=_IN_EACH_ACTION),
+    used("retry_policy", attr="", why="each route without its own retry_policy takes it at load"),
+    refused("retry_policy_typed_config", "retry policy extensions"),
     refused("hedge_policy"),
-    refused("include_is_timeout_retry_header"),
+    used("include_is_timeout_retry_header", False, attr="", why=_IN_EACH_ACTION),
     refused("per_request_buffer_limit_bytes"),
     refused("request_body_buffer_limit"),
     refused("request_mirror_policies"),
@@ -454,8 +501,13 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
         domains.append(d)
     req_level, resp_level = _levels(f)
     vhost_filters = _per_filter_level(f, switched)
+    vhost_policy = (parse_retry_policy(f.value("retry_policy"), f.at("retry_policy"))
+                    if f.has("retry_policy") else None)
     outer = _Outer(name, (req_level, config_req), (resp_level, config_resp), most_specific,
-                   max_body, (vhost_filters, config_filters), switched)
+                   max_body, (vhost_filters, config_filters), switched, vhost_policy,
+                   f.bool("include_request_attempt_count", False),
+                   f.bool("include_attempt_count_in_response", False),
+                   f.bool("include_is_timeout_retry_header", False))
     routes = tuple(_parse_route(item, p, outer) for item, p in f.list("routes"))
     require_tls = f.enum("require_tls", ("NONE", "EXTERNAL_ONLY", "ALL"), "NONE")
     tls_route = None

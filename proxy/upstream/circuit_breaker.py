@@ -31,6 +31,7 @@ class LimitsState:
     pending_requests: int
     requests: int
     retries: int
+    max_retries: int = 3   # the retry limit now (max_retries, or the retry budget's)
 
 
 class ResourceLimits:
@@ -94,9 +95,17 @@ class ResourceLimits:
             self._rq -= 1
 
     # -- retries ------------------------------------------------------------------------
+    def _max_retries(self) -> int:
+        """max_retries, or with a retry_budget Envoy's RetryBudgetImpl::max(): that percent of
+        the active and pending requests, at least min_retry_concurrency. Under the lock."""
+        budget = self.thresholds.retry_budget
+        if budget is None:
+            return self.thresholds.max_retries
+        return max(int(budget[0] / 100 * (self._rq + self._pending)), budget[1])
+
     def try_acquire_retry(self) -> bool:
         with self._counts_lock:
-            if self._retries >= self.thresholds.max_retries:
+            if self._retries >= self._max_retries():
                 return False
             self._retries += 1
             return True
@@ -110,7 +119,8 @@ class ResourceLimits:
     # -- stats --------------------------------------------------------------------------
     def state(self) -> LimitsState:
         with self._counts_lock:
-            return LimitsState(self._cx, self._pending, self._rq, self._retries)
+            return LimitsState(self._cx, self._pending, self._rq, self._retries,
+                               self._max_retries())
 
     def gauges(self, priority: str = "default") -> dict[str, int]:
         """Envoy's `circuit_breakers.<priority>.*` gauges (names relative to `cluster.<name>.`;
@@ -126,13 +136,13 @@ class ResourceLimits:
             p + "cx_open": int(s.connections >= t.max_connections),
             p + "rq_pending_open": int(s.pending_requests >= t.max_pending_requests),
             p + "rq_open": int(s.requests >= t.max_requests),
-            p + "rq_retry_open": int(s.retries >= t.max_retries),
+            p + "rq_retry_open": int(s.retries >= s.max_retries),
         }
         if t.track_remaining:
             out[p + "remaining_cx"] = max(0, t.max_connections - s.connections)
             out[p + "remaining_pending"] = max(0, t.max_pending_requests - s.pending_requests)
             out[p + "remaining_rq"] = max(0, t.max_requests - s.requests)
-            out[p + "remaining_retries"] = max(0, t.max_retries - s.retries)
+            out[p + "remaining_retries"] = max(0, s.max_retries - s.retries)
         return out
 
     def __repr__(self) -> str:

@@ -69,6 +69,9 @@ class Thresholds:
     max_requests: int = 1024
     max_retries: int = 3
     track_remaining: bool = False
+    # retry_budget: (budget_percent, min_retry_concurrency) when it sets either; it then
+    # replaces max_retries (Envoy's RetryBudgetImpl).
+    retry_budget: tuple[float, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +261,16 @@ THRESHOLDS = Message("envoy.config.cluster.v3.CircuitBreakers.Thresholds", model
     used("max_requests", 1024),
     used("max_retries", 3),
     used("track_remaining", False),
-    refused("retry_budget"),
+    used("retry_budget", why="its own table"),
     refused("max_connection_pools"),
+))
+PERCENT_VALUE = Message("envoy.type.v3.Percent (retry_budget)", fields=(
+    used("value", 20.0, attr="retry_budget"),
+))
+RETRY_BUDGET = Message("envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+                       model=None, fields=(
+    used("budget_percent", 20.0, attr="retry_budget"),
+    used("min_retry_concurrency", 3, attr="retry_budget"),
 ))
 
 COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
@@ -566,8 +577,27 @@ def _circuit_breakers(f: Fields) -> tuple[Thresholds, Thresholds]:
                 max_requests=t.int("max_requests", d.max_requests, min=0),
                 max_retries=t.int("max_retries", d.max_retries, min=0),
                 track_remaining=t.bool("track_remaining", False),
+                retry_budget=_retry_budget(t),
             )
     return found.get("DEFAULT", Thresholds()), found.get("HIGH", Thresholds())
+
+
+def _retry_budget(t: Fields) -> tuple[float, int] | None:
+    """Envoy uses the budget when it sets budget_percent or min_retry_concurrency (an empty
+    retry_budget leaves max_retries in force)."""
+    if not t.has("retry_budget"):
+        return None
+    b = RETRY_BUDGET.read(t.value("retry_budget"), t.at("retry_budget"))
+    percent = None
+    if b.has("budget_percent"):
+        p = PERCENT_VALUE.read(b.value("budget_percent"), b.at("budget_percent"))
+        percent = p.float("value", 0.0)
+        if not 0.0 <= percent <= 100.0:
+            raise ConfigError(p.at("value"), f"must be between 0 and 100, got {percent}")
+    concurrency = b.int("min_retry_concurrency", None, min=0, max=2**32 - 1)
+    if percent is None and concurrency is None:
+        return None
+    return (20.0 if percent is None else percent, 3 if concurrency is None else concurrency)
 
 
 # -- protocol options ----------------------------------------------------------------------

@@ -43,7 +43,11 @@ _COUNTERS = (
     "upstream_cx_destroy", "upstream_cx_none_healthy", "upstream_cx_idle_timeout", "upstream_cx_rx_bytes_total",
     "upstream_cx_tx_bytes_total", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
     "upstream_rq_pending_overflow", "upstream_rq_active_overflow", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
-    "upstream_rq_cancelled", "upstream_rq_retry", "upstream_rq_retry_overflow", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
+    "upstream_rq_cancelled", "upstream_rq_retry", "upstream_rq_retry_overflow",
+    "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_retry_backoff_exponential", "upstream_rq_retry_backoff_ratelimited",
+    "upstream_rq_per_try_timeout", "upstream_rq_per_try_idle_timeout", "retry_or_shadow_abandoned",
+    "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
     "upstream_rq_5xx", "lb_healthy_panic",
 )
 _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active")

@@ -35,7 +35,10 @@ def _route_config() -> dict[str, Any]:
                        "safe_regex": {"regex": "a", "google_re2": {}}}}],
                    "query_parameters": [{"name": "q"}]},
          "route": {"cluster": "c", "regex_rewrite": {"pattern": {"regex": "a"}, "substitution": "b"},
-                   "upgrade_configs": [{"upgrade_type": "websocket"}]},
+                   "upgrade_configs": [{"upgrade_type": "websocket"}],
+                   "retry_policy": {"retry_back_off": {"base_interval": "0.1s"},
+                                    "rate_limited_retry_back_off": {
+                                        "reset_headers": [{"name": "retry-after"}]}}},
          "request_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
          "typed_per_filter_config": {"envoy.filters.http.router": {"@type": _FILTER_CONFIG,
                                                                     "disabled": False}}},
@@ -69,6 +72,14 @@ _AT: dict[str, Callable[[dict], dict]] = {
         lambda rc: _route(0)(rc)["match"]["query_parameters"][0],
     "envoy.config.route.v3.RouteAction": lambda rc: _route(0)(rc)["route"],
     "envoy.type.matcher.v3.RegexMatchAndSubstitute": lambda rc: _route(0)(rc)["route"]["regex_rewrite"],
+    "envoy.config.route.v3.RetryPolicy": lambda rc: _route(0)(rc)["route"]["retry_policy"],
+    "envoy.config.route.v3.RetryPolicy.RetryBackOff":
+        lambda rc: _route(0)(rc)["route"]["retry_policy"]["retry_back_off"],
+    "envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff":
+        lambda rc: _route(0)(rc)["route"]["retry_policy"]["rate_limited_retry_back_off"],
+    "envoy.config.route.v3.RetryPolicy.ResetHeader":
+        lambda rc: _route(0)(rc)["route"]["retry_policy"]["rate_limited_retry_back_off"][
+            "reset_headers"][0],
     "envoy.config.route.v3.RouteAction.UpgradeConfig":
         lambda rc: _route(0)(rc)["route"]["upgrade_configs"][0],
     "envoy.config.core.v3.HeaderValueOption (route)": lambda rc: _route(0)(rc)["request_headers_to_add"][0],

@@ -46,6 +46,21 @@ class _EchoHandler(BaseHTTPRequestHandler):
         body = self._body()
         srv.requests.append((self.command, self.path, dict((k.lower(), v) for k, v in self.headers.items()), body))
         path = self.path.split("?")[0]
+        if path == "/reset":
+            # Close without answering: the proxy sees its upstream connection terminated.
+            self.close_connection = True
+            return
+        if path.startswith("/flaky/"):
+            # /flaky/<n>/<code>: of each n+1 requests to this path, the first n get <code>,
+            # the next the echo answer (a cycle, so two proxies taking turns see the same).
+            _, _, n, code = path.split("/")[:4]
+            with srv.lock:
+                seen = srv.counts[path] = srv.counts.get(path, 0) + 1
+            if (seen - 1) % (int(n) + 1) < int(n):
+                self.send_response(int(code))
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
             self.send_response(code)
@@ -101,6 +116,8 @@ class EchoUpstream:
         self.httpd.daemon_threads = True
         self.httpd.name = name
         self.httpd.requests = []
+        self.httpd.counts = {}                 # /flaky/: requests seen per path
+        self.httpd.lock = threading.Lock()     # guards counts (handler threads)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True, name=f"upstream-{name}")
         self.thread.start()

@@ -148,15 +148,25 @@ def test_goaway_sends_new_requests_on_a_new_connection(proxy_factory, backend):
     assert p.wait_for(lambda: p.counters()["cluster.h2c.upstream_cx_destroy"] == 1)
 
 
-def test_stream_above_goaway_last_stream_id_is_retried_on_a_new_connection(proxy_factory, backend):
+def test_stream_above_goaway_last_stream_id_is_refused_and_retried_only_by_policy(proxy_factory, backend):
+    # As Envoy: a stream above the GOAWAY's last_stream_id ends as a refused stream (503 UR)
+    # unless the retry policy retries it (refused-stream, reset, 5xx).
     p = proxy_factory(front_proxy_config(ROUTES, [h2_cluster(backend.port)]))
     assert _get(p.port, "/warm")[0] == 200
     status, _, body = _get(p.port, "/goaway-refuse")
-    # Never processed, on a reused connection going away: retried as a stale keep-alive's.
-    assert status == 200 and json.loads(body)["conn"] == 2
-    c = p.counters()
-    assert c["cluster.h2c.upstream_rq_retry"] == 1
-    assert p.wait_for(lambda: p.counters()["cluster.h2c.upstream_cx_destroy"] == 1)
+    assert status == 503 and body.endswith(b"reset reason: remote refused stream reset")
+    assert p.counters()["cluster.h2c.upstream_rq_retry"] == 0
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "h2c",
+                                                   "retry_policy": {"retry_on": "refused-stream"}}}]
+    backend2 = type(backend)()
+    try:
+        p2 = proxy_factory(front_proxy_config(routes, [h2_cluster(backend2.port)]))
+        assert _get(p2.port, "/warm")[0] == 200
+        status, _, body = _get(p2.port, "/goaway-refuse")
+        assert status == 200 and json.loads(body)["conn"] == 2
+        assert p2.counters()["cluster.h2c.upstream_rq_retry"] == 1
+    finally:
+        backend2.close()
 
 
 def test_refused_stream_fails_with_envoys_reason(proxy_factory, backend):

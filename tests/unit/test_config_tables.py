@@ -39,7 +39,7 @@ CONFIG_LAYER = {
     "proxy/access_log/config.py", "proxy/http/router_filter_config.py",
     "proxy/http/hcm_config.py", "proxy/router/config.py", "proxy/router/matchers.py",
     "proxy/router/redirect.py", "proxy/router/header_mutation.py",
-    "proxy/router/per_filter_config.py",
+    "proxy/router/per_filter_config.py", "proxy/router/retry_policy.py",
     # Filters: one module holds the config and the runtime (RUNTIME_PARTS).
     "proxy/http/filters/fault.py", "proxy/http/filters/cors.py",
     "proxy/network/filters/connection_limit.py", "proxy/network/filters/local_ratelimit.py",
@@ -57,6 +57,9 @@ RUNTIME_PARTS = {
     "proxy/router/header_mutation.py": {"_without_port", "_attr", "_start_time", "_req",
                                         "ValueFormat", "apply_mutations"},
     "proxy/router/per_filter_config.py": {"merge_levels"},
+    "proxy/router/retry_policy.py": {"_tokens", "parse_retry_on", "parse_retry_grpc_on",
+                                     "exponential_backoff_ms", "lower_bound_backoff_ms",
+                                     "reset_interval_ms"},
     "proxy/http/filters/fault.py": {"FaultFactory", "WorkerFaultFactory", "FaultFilter"},
     "proxy/http/filters/cors.py": {"CorsFactory", "WorkerCorsFactory", "CorsFilter"},
     "proxy/network/filters/connection_limit.py": {"ConnectionLimitFactory",
@@ -204,7 +207,7 @@ _PARAGRAPHS = {
     "Listener filters": ("TlsInspector", "HttpInspector", "ProxyProtocol", "OriginalDst"),
     "Clusters": ("Cluster", "ClusterLoadAssignment", "Policy", "LocalityLbEndpoints",
                  "LbEndpoint", "Endpoint", "CircuitBreakers", "Thresholds", "CommonLbConfig",
-                 "Percent (healthy_panic_threshold)",
+                 "Percent (healthy_panic_threshold)", "RetryBudget", "Percent (retry_budget)",
                  "LeastRequestLbConfig", "HttpProtocolOptions", "ExplicitHttpConfig",
                  "Http1ProtocolOptions (upstream)", "Http2ProtocolOptions (upstream)",
                  "HttpProtocolOptions (upstream)",
@@ -213,7 +216,9 @@ _PARAGRAPHS = {
     "Routes": ("RouteConfiguration", "VirtualHost", "Route", "RouteMatch", "HeaderMatcher",
                "QueryParameterMatcher", "StringMatcher", "RouteAction", "RouteAction.UpgradeConfig",
                "WeightedCluster", "WeightedCluster.ClusterWeight", "RedirectAction",
-               "DirectResponseAction", "DataSource (direct response body)", "FilterConfig"),
+               "DirectResponseAction", "DataSource (direct response body)", "FilterConfig",
+               "RetryPolicy", "RetryPolicy.RetryBackOff", "RetryPolicy.RateLimitedRetryBackOff",
+               "RetryPolicy.ResetHeader", "TypedExtensionConfig (retry_host_predicate)"),
     "Access logs": ("AccessLog", "FileAccessLog", "StdoutAccessLog", "SubstitutionFormatString",
                     "JsonFormatOptions",
                     "DataSource (access log format)"),
@@ -268,7 +273,8 @@ TABLED_MODULES = ["proxy/config/bootstrap.py", "proxy/config/listener.py",
                   "proxy/network/filters/connection_limit.py",
                   "proxy/network/filters/local_ratelimit.py", "proxy/router/config.py",
                   "proxy/router/matchers.py", "proxy/router/redirect.py",
-                  "proxy/router/header_mutation.py", "proxy/router/per_filter_config.py"]
+                  "proxy/router/header_mutation.py", "proxy/router/per_filter_config.py",
+                  "proxy/router/retry_policy.py"]
 
 
 @pytest.mark.parametrize("module", TABLED_MODULES)

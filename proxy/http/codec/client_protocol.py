@@ -71,7 +71,8 @@ class UpstreamStreamCallbacks(Protocol):
         """The stream ended without a complete response: its connection closed or failed to
         connect, the peer reset this stream alone, or it answered bytes the codec refuses.
         `flag`/`status`: Envoy's response flag and the local reply's status; `reused`: the
-        connection had served streams before this one (a stale keep-alive may be retried);
+        connection had served streams before this one (informational: as in Envoy, only the
+        route's retry policy decides whether a failed request is retried);
         `transport_failure`: Envoy's upstream transport failure reason. The stream is over:
         its holder must not call it again."""
 

@@ -29,3 +29,4 @@ import proxy.http.filters.compressor  # noqa: F401  envoy.filters.http.compresso
 import proxy.http.filters.local_ratelimit  # noqa: F401  envoy.filters.http.local_ratelimit
 import proxy.stats.statsd  # noqa: F401  envoy.stat_sinks.statsd
 import proxy.http.filters.decompressor  # noqa: F401  envoy.filters.http.decompressor (gzip)
+import proxy.http.filters.csrf  # noqa: F401  envoy.filters.http.csrf

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access_log.config import parse_access_logs
+from proxy.config.config_source import ConfigSourceConfig, parse_config_source
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
@@ -30,7 +31,7 @@ from proxy.tls.config import parse_secret
 from proxy.tls.secrets import SecretScope, SecretSource, parse_static_secrets, secret_scope
 from proxy.upstream.cluster_config import parse_cluster
 
-__all__ = ["Bootstrap", "NodeConfig", "AdminConfig", "parse_bootstrap"]
+__all__ = ["Bootstrap", "NodeConfig", "AdminConfig", "DynamicResources", "parse_bootstrap"]
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
@@ -47,6 +48,12 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DynamicResources:
+    """`dynamic_resources`: where listeners (LDS) and clusters (CDS) come from (files only)."""
+    cds_config: ConfigSourceConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Bootstrap:
     node: NodeConfig
     admin: AdminConfig | None
@@ -58,6 +65,7 @@ class Bootstrap:
     global_downstream_max_connections: int | None = None
     # envoy.resource_limits.listener.<listener name>.connection_limit, by listener name.
     listener_connection_limits: Mapping[str, int] = field(default_factory=dict)
+    dynamic_resources: DynamicResources = DynamicResources()
     raw: Mapping[str, Any] | None = None   # deep copy of the input, for /config_dump
     # What the operator should hear about a config that loads (e.g. one that serves nothing).
     warnings: tuple[str, ...] = ()
@@ -81,7 +89,7 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
              "envoy.resource_limits.listener.<name>.connection_limit; others refused"),
     used("overload_manager", attr="", why="only without monitors or actions: its own table"),
     refused("enable_dispatcher_stats", default=False, only_default=True),
-    refused("dynamic_resources", "xDS"),
+    used("dynamic_resources", why="lds_config and cds_config from files: its own table"),
     *(refused(name) for name in (
         "node_context_params", "cluster_manager", "hds_config", "flags_path",
         "deferred_stat_options", "stats_config", "stats_flush_on_admin", "watchdog", "watchdogs",
@@ -92,6 +100,15 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
         "default_regex_engine", "xds_delegate_extension", "xds_config_tracker_extension",
         "listener_manager", "application_log_config", "grpc_async_client_manager_config",
         "memory_allocator_manager")),
+))
+
+DYNAMIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
+                            model=DynamicResources, fields=(
+    refused("lds_config", "LDS"),
+    used("cds_config", why="a file source (ConfigSource); a control plane is refused"),
+    refused("ads_config", "ADS needs a control plane: only file sources so far"),
+    refused("lds_resources_locator", "xdstp:// resource locators"),
+    refused("cds_resources_locator", "xdstp:// resource locators"),
 ))
 
 STATIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.StaticResources", fields=(
@@ -164,6 +181,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     node = errors.run(_parse_node, f)
     admin = errors.run(_parse_admin, f)
     resources = errors.run(_parse_static_resources, f, errors, node)
+    dynamic = errors.run(_parse_dynamic_resources, f, node)
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
         errors.run(_check_route_clusters, listeners, paths, cluster_names)
@@ -182,11 +200,29 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         clusters=clusters,
         stats_flush_interval=interval,
         stats_sinks=sinks,
+        dynamic_resources=dynamic,
         global_downstream_max_connections=global_limit,
         listener_connection_limits=listener_limits,
         raw=copy.deepcopy(dict(raw)),
         warnings=_warnings(listeners) + tuple(extra_warnings),
     )
+
+
+def _parse_dynamic_resources(f: Fields, node: Any) -> DynamicResources:
+    if not f.has("dynamic_resources"):
+        return DynamicResources()
+    d = DYNAMIC_RESOURCES.read(f.value("dynamic_resources"), f.at("dynamic_resources"))
+    errors = ErrorCollector()
+    out = {}
+    for key, type_url in (("cds_config", "envoy.config.cluster.v3.Cluster"),):
+        if d.has(key):
+            out[key] = errors.run(parse_config_source, d.value(key), d.at(key))
+            if node is not MISSING and not (node.id and node.cluster):
+                # Envoy refuses a file subscription without them, at start.
+                errors.add(ConfigError(d.at(key), f"type.googleapis.com/{type_url}: node 'id' and "
+                                                  "'cluster' are required (set node.id and node.cluster)"))
+    errors.raise_if_any()
+    return DynamicResources(**out)
 
 
 def _warnings(listeners: tuple[ListenerConfig, ...]) -> tuple[str, ...]:

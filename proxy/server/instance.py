@@ -37,6 +37,9 @@ from ..threads.dispatcher import Dispatcher
 from ..threads.worker import Worker
 from ..tls.watcher import SecretWatcher
 from ..upstream.cluster_manager import ClusterManager
+from ..xds.cds import CdsApplier
+from ..xds.subscription import CLUSTER_TYPE
+from ..xds.xds_manager import XdsManager
 from .admin_context import ServerAdminContext
 
 __all__ = ["Server", "ServerOptions", "gil_enabled"]
@@ -88,6 +91,11 @@ class Server:
         self.healthcheck_failed = False
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
+        self.xds: XdsManager | None = None       # xDS subscriptions (main thread)
+        self.cds = None                          # the CDS subscription's handle, if any
+        self.lds = None                          # the LDS subscription's handle, if any
+        self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
+        self.rds_providers: dict = {}            # RDS route tables, by (source, name)
         self.stats_sinks: list = []
         self._flush_timer = None
         self._tick_timer = None
@@ -194,9 +202,14 @@ class Server:
             self.original_start_time = self.hr_child.original_start_time or self.start_time
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
+        self.xds = XdsManager(self.main_store)
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
-                                              stats=self.main_store)
+                                              stats=self.main_store, eds_subscribe=self.xds.subscribe_eds)
         self.cluster_manager.initialize()
+        dynamic = self.bootstrap.dynamic_resources
+        if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
+            self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
+                                          CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
         for lc in self.bootstrap.listeners:
             socks = self.listen_sockets[lc.name]
             own = self.bootstrap.listener_connection_limits.get(lc.name)
@@ -377,6 +390,8 @@ class Server:
                 self.hr_child.poll_stats()
             if self.secret_watcher is not None:
                 self.secret_watcher.poll()
+            if self.xds is not None:
+                self.xds.poll()
             self._update_uptime()
         finally:
             self._tick_timer.enable(1.0)
@@ -397,6 +412,8 @@ class Server:
 
     def _teardown(self) -> None:
         self.stop_admin()
+        if self.xds is not None:
+            self.xds.stop()
         if self.hr_parent is not None:
             self.hr_parent.send_final_stats()
             self.hr_parent.close()

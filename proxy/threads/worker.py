@@ -132,6 +132,11 @@ class Worker:
             wc = self.clusters.get(name)
             if wc is None:
                 self.clusters[name] = WorkerCluster(self, snap)
+            elif wc.snapshot.config is not snap.config:
+                # CDS replaced the cluster: its old pools drain (requests on them finish),
+                # new requests get pools built from the new config.
+                wc.drain()
+                self.clusters[name] = WorkerCluster(self, snap)
             elif wc.snapshot is not snap:
                 wc.update(snap)
 

@@ -1,0 +1,265 @@
+"""Filesystem xDS through the running proxy: CDS, EDS, LDS and RDS from watched files.
+
+Each update is a file moved onto the watched path (as `mv` does), as Envoy expects; the proxy
+polls once a second, so each test waits on the condition the update brings. Real sockets on
+127.0.0.1, real upstream servers (EchoUpstream answers with its name).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, static_cluster
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+CLA = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+NODE = {"id": "id_1", "cluster": "test"}
+
+
+def move_onto(path: Path, doc: dict) -> None:
+    """Write `doc` beside `path` and rename it onto `path` (what `mv` does)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    os.replace(tmp, path)
+
+
+def cds_doc(*clusters: dict, version: str = "") -> dict:
+    doc = {"resources": [{"@type": CLUSTER, **c} for c in clusters]}
+    if version:
+        doc["version_info"] = version
+    return doc
+
+
+def cla_doc(name: str, *ports: int, version: str = "") -> dict:
+    return {"version_info": version, "resources": [{"@type": CLA, "cluster_name": name, "endpoints": [
+        {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                                       "port_value": p}}}}
+                          for p in ports]}]}]}
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def served_by(p: ProxyUnderTest, path: str = "/", port: int | None = None) -> str | None:
+    status, body = get(f"http://127.0.0.1:{port or p.port}{path}")
+    return json.loads(body)["server"] if status == 200 else None
+
+
+def routed_to(cluster: str) -> list[dict]:
+    return [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]
+
+
+def cds_bootstrap(cds_path: Path) -> dict:
+    cfg = front_proxy_config(routed_to("dyn"), [])
+    # The route names a cluster CDS brings: not checked at load (Envoy's validate_clusters).
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"]["validate_clusters"] = False
+    cfg["node"] = NODE
+    cfg["dynamic_resources"] = {"cds_config": {"path_config_source": {"path": str(cds_path)}}}
+    return cfg
+
+
+@pytest.fixture
+def upstreams():
+    us = [EchoUpstream("service1"), EchoUpstream("service2")]
+    yield us
+    for u in us:
+        u.close()
+
+
+# -- CDS -----------------------------------------------------------------------------------------
+
+def test_cds_file_adds_modifies_and_removes_a_cluster(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    cds = tmp_path / "cds.yaml"
+    move_onto(cds, cds_doc(static_cluster("dyn", s1.port)))
+    p = proxy_factory(cds_bootstrap(cds))
+    assert served_by(p) == "service1"
+    c = p.counters()
+    assert c["cluster_manager.cds.update_success"] == 1 and c["cluster_manager.cluster_added"] == 1
+    assert p.gauges()["cluster_manager.active_clusters"] == 1
+    status, text = p.admin("/clusters")
+    assert "dyn::added_via_api::true" in text
+
+    move_onto(cds, cds_doc(static_cluster("dyn", s2.port), version="v2"))
+    assert p.wait_for(lambda: served_by(p) == "service2", 5)
+    c, g = p.counters(), p.gauges()
+    assert c["cluster_manager.cds.update_attempt"] == 2 and c["cluster_manager.cds.update_success"] == 2
+    assert c["cluster_manager.cluster_modified"] == 1
+    assert g["cluster_manager.cds.version"] == 17234765554138278603  # xxHash64("v2"), as Envoy's gauge
+    dump = json.loads(p.admin("/config_dump")[1])["configs"][1]
+    assert dump["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
+    assert dump["version_info"] == "v2"
+    (active,) = dump["dynamic_active_clusters"]
+    assert active["version_info"] == "v2" and active["cluster"]["name"] == "dyn"
+    assert active["cluster"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+        "address"]["socket_address"]["port_value"] == s2.port
+    assert active["last_updated"].endswith("Z")
+
+    move_onto(cds, cds_doc(version="v3"))
+    assert p.wait_for(lambda: get(p.url("/"))[0] == 503, 5)
+    assert p.counters()["cluster_manager.cluster_removed"] == 1
+    assert p.gauges()["cluster_manager.active_clusters"] == 0
+
+
+def test_cds_bad_update_is_rejected_with_its_field_path_and_the_old_cluster_serves(
+        tmp_path, upstreams, proxy_factory, caplog):
+    s1, s2 = upstreams
+    cds = tmp_path / "cds.yaml"
+    move_onto(cds, cds_doc(static_cluster("dyn", s1.port), version="v1"))
+    p = proxy_factory(cds_bootstrap(cds))
+    assert served_by(p) == "service1"
+    bad = static_cluster("dyn", s2.port, connect_timeout="-1s")
+    with caplog.at_level(logging.ERROR, logger="ftproxy.xds"):
+        move_onto(cds, cds_doc(static_cluster("other", s2.port), bad, version="v2"))
+        assert p.wait_for(lambda: p.counters().get("cluster_manager.cds.update_rejected") == 1, 5)
+    assert "resources[1].connect_timeout" in caplog.text
+    # The whole response is refused (as Envoy's CDS): "other" was not added either.
+    assert served_by(p) == "service1"
+    assert "other::" not in p.admin("/clusters")[1]
+    dump = json.loads(p.admin("/config_dump")[1])["configs"][1]
+    assert dump["version_info"] == "v1"
+
+
+def test_in_place_write_is_ignored_as_envoy_ignores_it(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    cds = tmp_path / "cds.yaml"
+    move_onto(cds, cds_doc(static_cluster("dyn", s1.port)))
+    p = proxy_factory(cds_bootstrap(cds))
+    cds.write_text(yaml.safe_dump(cds_doc(static_cluster("dyn", s2.port))))  # same inode
+    time.sleep(2.5)  # two polls: proving an absence
+    assert served_by(p) == "service1"
+    assert p.counters()["cluster_manager.cds.update_attempt"] == 1
+
+
+def test_watched_directory_symlink_swap_rereads_the_path(tmp_path, upstreams, proxy_factory):
+    """Kubernetes' ConfigMap layout: path -> ..data/cds.yaml, ..data a symlink swapped by rename."""
+    s1, s2 = upstreams
+    for name, port in (("v1", s1.port), ("v2", s2.port)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cds.yaml").write_text(yaml.safe_dump(cds_doc(static_cluster("dyn", port))))
+    os.symlink("v1", tmp_path / "..data")
+    os.symlink("..data/cds.yaml", tmp_path / "cds.yaml")
+    cfg = cds_bootstrap(tmp_path / "cds.yaml")
+    cfg["dynamic_resources"]["cds_config"]["path_config_source"]["watched_directory"] = {"path": str(tmp_path)}
+    p = proxy_factory(cfg)
+    assert served_by(p) == "service1"
+    os.symlink("v2", tmp_path / "..data_tmp")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    assert p.wait_for(lambda: served_by(p) == "service2", 5)
+
+
+# -- EDS -----------------------------------------------------------------------------------------
+
+def eds_cluster(name: str, eds_path: Path, service_name: str = "") -> dict:
+    eds = {"eds_config": {"path_config_source": {"path": str(eds_path)}}}
+    if service_name:
+        eds["service_name"] = service_name
+    return {"name": name, "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": eds}
+
+
+def test_eds_cluster_takes_its_hosts_from_the_file_and_follows_moves(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    eds = tmp_path / "eds.yaml"
+    move_onto(eds, cla_doc("svc", s1.port))
+    cfg = front_proxy_config(routed_to("backend"), [eds_cluster("backend", eds, "svc")])
+    cfg["node"] = NODE
+    p = proxy_factory(cfg)
+    assert served_by(p) == "service1"
+    assert p.gauges()["cluster.backend.membership_total"] == 1
+    move_onto(eds, cla_doc("svc", s2.port, version="e2"))
+    assert p.wait_for(lambda: served_by(p) == "service2", 5)
+    assert p.counters()["cluster.backend.update_success"] == 2
+    # A ClusterLoadAssignment for another cluster is rejected; the hosts stay.
+    move_onto(eds, cla_doc("nope", s1.port, version="e3"))
+    assert p.wait_for(lambda: p.counters().get("cluster.backend.update_rejected") == 1, 5)
+    assert served_by(p) == "service2"
+
+
+def test_cds_brings_an_eds_cluster(tmp_path, upstreams, proxy_factory):
+    s1, _ = upstreams
+    eds, cds = tmp_path / "eds.yaml", tmp_path / "cds.yaml"
+    move_onto(eds, cla_doc("dyn", s1.port))
+    move_onto(cds, cds_doc(eds_cluster("dyn", eds)))
+    p = proxy_factory(cds_bootstrap(cds))
+    assert served_by(p) == "service1"
+    g = p.gauges()
+    assert g["cluster_manager.active_clusters"] == 1 and g["cluster_manager.warming_clusters"] == 0
+
+
+# -- no request lost while clusters change under load ----------------------------------------------
+
+class SteadyClient:
+    """A thread sending keep-alive requests in a loop; counts answers and failures."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self.servers: set[str] = set()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        while not self._stop.is_set():
+            try:
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                body = r.read()
+                if r.status != 200:
+                    self.failures.append(f"status {r.status} {body[:80]!r}")
+                else:
+                    self.ok += 1
+                    self.servers.add(json.loads(body)["server"])
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            except (OSError, http.client.HTTPException) as e:
+                self.failures.append(repr(e))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+
+def test_no_request_lost_while_cds_swaps_the_upstream(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    cds = tmp_path / "cds.yaml"
+    move_onto(cds, cds_doc(static_cluster("dyn", s1.port)))
+    p = proxy_factory(cds_bootstrap(cds), concurrency=2)
+    client = SteadyClient(p.port)
+    try:
+        for i, s in enumerate((s2, s1, s2)):
+            move_onto(cds, cds_doc(static_cluster("dyn", s.port), version=f"v{i}"))
+            assert p.wait_for(lambda: p.counters()["cluster_manager.cds.update_success"] == i + 2, 5)
+            time.sleep(0.3)
+    finally:
+        client.stop()
+    assert client.failures == []
+    assert client.ok > 20 and client.servers == {"service1", "service2"}

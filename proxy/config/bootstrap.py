@@ -50,6 +50,7 @@ class AdminConfig:
 @dataclass(frozen=True, slots=True)
 class DynamicResources:
     """`dynamic_resources`: where listeners (LDS) and clusters (CDS) come from (files only)."""
+    lds_config: ConfigSourceConfig | None = None
     cds_config: ConfigSourceConfig | None = None
 
 
@@ -104,7 +105,7 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
 
 DYNAMIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
                             model=DynamicResources, fields=(
-    refused("lds_config", "LDS"),
+    used("lds_config", why="a file source (ConfigSource); a control plane is refused"),
     used("cds_config", why="a file source (ConfigSource); a control plane is refused"),
     refused("ads_config", "ADS needs a control plane: only file sources so far"),
     refused("lds_resources_locator", "xdstp:// resource locators"),
@@ -184,7 +185,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     dynamic = errors.run(_parse_dynamic_resources, f, node)
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
-        errors.run(_check_route_clusters, listeners, paths, cluster_names)
+        errors.run(check_route_clusters, listeners, paths, cluster_names)
         if limits is not MISSING:
             extra_warnings = [f"runtime key envoy.resource_limits.listener.{name}.connection_limit "
                               f"names no listener: it limits nothing (as in Envoy)"
@@ -204,7 +205,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         global_downstream_max_connections=global_limit,
         listener_connection_limits=listener_limits,
         raw=copy.deepcopy(dict(raw)),
-        warnings=_warnings(listeners) + tuple(extra_warnings),
+        warnings=(_warnings(listeners) if dynamic.lds_config is None else ()) + tuple(extra_warnings),
     )
 
 
@@ -214,7 +215,8 @@ def _parse_dynamic_resources(f: Fields, node: Any) -> DynamicResources:
     d = DYNAMIC_RESOURCES.read(f.value("dynamic_resources"), f.at("dynamic_resources"))
     errors = ErrorCollector()
     out = {}
-    for key, type_url in (("cds_config", "envoy.config.cluster.v3.Cluster"),):
+    for key, type_url in (("lds_config", "envoy.config.listener.v3.Listener"),
+                          ("cds_config", "envoy.config.cluster.v3.Cluster")):
         if d.has(key):
             out[key] = errors.run(parse_config_source, d.value(key), d.at(key))
             if node is not MISSING and not (node.id and node.cluster):
@@ -406,7 +408,7 @@ def _parse_listeners_and_clusters(s: Fields, errors: ErrorCollector
     return tuple(listeners), tuple(clusters), set(cluster_seen), tuple(paths)
 
 
-def _overlap(a: str, b: str) -> bool:
+def overlaps(a: str, b: str) -> bool:
     """Two listen addresses on one port conflict: the same address, or a wildcard (0.0.0.0 or
     ::, which on Linux also takes IPv4) with any address it covers."""
     if a == b:
@@ -426,7 +428,7 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
         return
     errors = ErrorCollector()
     for lis, path in zip(listeners, paths):
-        if lis.port == admin.port and _overlap(lis.address, admin.address):
+        if lis.port == admin.port and overlaps(lis.address, admin.address):
             errors.add(ConfigError(
                 join(path, "address"),
                 f"{address_string(lis.address, lis.port)} is also the admin's address "
@@ -437,8 +439,8 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
 # -- inline routes must name defined clusters (Envoy: validate_clusters defaults to true for
 #    a route_config given inline) ---------------------------------------------------------
 
-def _check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
-                          clusters: set[str]) -> None:
+def check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
+                         clusters: set[str], where: str = "static_resources.clusters") -> None:
     errors = ErrorCollector()
     for lis, lpath in zip(listeners, paths):
         for ci, chain in enumerate(lis.filter_chains):
@@ -456,7 +458,7 @@ def _check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[st
                 for name, path in _route_cluster_refs(route_config, rpath):
                     if name not in clusters:
                         errors.add(ConfigError(path, f'unknown cluster "{name}" (no cluster of '
-                                                     "that name in static_resources.clusters)"))
+                                                     f"that name in {where})"))
     errors.raise_if_any()
 
 

@@ -38,7 +38,9 @@ from ..threads.worker import Worker
 from ..tls.watcher import SecretWatcher
 from ..upstream.cluster_manager import ClusterManager
 from ..xds.cds import CdsApplier
-from ..xds.subscription import CLUSTER_TYPE
+from ..xds.lds import LdsApplier
+from ..xds.subscription import CLUSTER_TYPE, LISTENER_TYPE
+from .dynamic_listeners import DynamicListeners
 from ..xds.xds_manager import XdsManager
 from .admin_context import ServerAdminContext
 
@@ -102,6 +104,8 @@ class Server:
         self._exit_code = 0
         self._ready = threading.Event()
         self._drain_started = False
+        self._global_limit = None
+        self._listener_limits: dict = {}  # name -> (SharedCount, limit) or None (main thread)
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
@@ -210,22 +214,12 @@ class Server:
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
                                           CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
+        self._global_limit = global_limit
         for lc in self.bootstrap.listeners:
-            socks = self.listen_sockets[lc.name]
-            own = self.bootstrap.listener_connection_limits.get(lc.name)
-            own_limit = (SharedCount(), own) if own is not None else None
-            if not lc.enable_reuse_port:
-                # One shared socket registered in every worker.
-                for w in self.workers:
-                    w.post(lambda w=w, lc=lc, sock=socks[0], own_limit=own_limit: w.add_listener(
-                        lc, sock, factories[lc.name], True, global_limit, own_limit))
-                continue
-            # One socket per worker; sockets inherited beyond that are spread over the workers
-            # too, so no accept queue is left unserved.
-            for i, sock in enumerate(socks):
-                w = self.workers[i % len(self.workers)]
-                w.post(lambda w=w, lc=lc, sock=sock, own_limit=own_limit: w.add_listener(
-                    lc, sock, factories[lc.name], False, global_limit, own_limit))
+            self._post_listener(lc, self.listen_sockets[lc.name], factories[lc.name])
+        if dynamic.lds_config is not None:  # after CDS (and static listeners), as Envoy
+            self.lds = self.xds.subscribe(dynamic.lds_config, LISTENER_TYPE,
+                                          LdsApplier(DynamicListeners(self)), "listener_manager.lds", "lds")
         if self.hr_child is not None:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
@@ -351,17 +345,40 @@ class Server:
     def _build_filter_factories(self) -> dict[str, ListenerFactory]:
         """Per listener (main thread, once): its listener filters' factories, each filter
         chain's factory (the default chain last) and the immutable match tree over them."""
-        out: dict[str, ListenerFactory] = {}
-        for lc in self.bootstrap.listeners:
-            chains = list(lc.filter_chains)
-            matcher = FilterChainMatcher([c.filter_chain_match for c in chains],
-                                         lc.default_filter_chain is not None)
-            if lc.default_filter_chain is not None:
-                chains.append(lc.default_filter_chain)
-            out[lc.name] = ListenerFactory(
-                tuple(lf.extension.factory(lf.config, lf.name) for lf in lc.listener_filters),
-                matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains))
-        return out
+        return {lc.name: self.listener_factory(lc) for lc in self.bootstrap.listeners}
+
+    def listener_factory(self, lc) -> ListenerFactory:
+        """One listener's ListenerFactory (main thread; also for LDS listeners)."""
+        chains = list(lc.filter_chains)
+        matcher = FilterChainMatcher([c.filter_chain_match for c in chains],
+                                     lc.default_filter_chain is not None)
+        if lc.default_filter_chain is not None:
+            chains.append(lc.default_filter_chain)
+        return ListenerFactory(
+            tuple(lf.extension.factory(lf.config, lf.name) for lf in lc.listener_filters),
+            matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains))
+
+    def _post_listener(self, lc, socks: list, factory: ListenerFactory) -> None:
+        """Hand a listener's sockets to the workers (main thread; static and LDS listeners)."""
+        for w, sock, shared in self.listener_placement(lc, socks):
+            w.post(lambda w=w, sock=sock, shared=shared: w.add_listener(
+                lc, sock, factory, shared, self._global_limit, self._listener_limit(lc.name)))
+
+    def listener_placement(self, lc, socks: list) -> list:
+        """(worker, socket, shared) for each ActiveListener a listener gets: without
+        reuse_port one shared socket registered in every worker; with it one socket per
+        worker (sockets inherited beyond that are spread over the workers too, so no accept
+        queue is left unserved)."""
+        if not lc.enable_reuse_port:
+            return [(w, socks[0], True) for w in self.workers]
+        return [(self.workers[i % len(self.workers)], sock, False) for i, sock in enumerate(socks)]
+
+    def _listener_limit(self, name: str):
+        limits = self._listener_limits
+        if name not in limits:
+            own = self.bootstrap.listener_connection_limits.get(name)
+            limits[name] = (SharedCount(), own) if own is not None else None
+        return limits[name]
 
     def _chain_factory(self, lc, chain):
         terminal = chain.filters[-1].config

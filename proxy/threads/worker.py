@@ -147,6 +147,14 @@ class Worker:
         self.listeners.append(al)
         al.start()
 
+    def remove_listener(self, name: str, close_sockets: bool) -> None:
+        """LDS removed or replaced listener `name`: stop accepting on its sockets (closed
+        unless `close_sockets` is false: a replacement takes them over). Connections it
+        accepted stay and finish on the config they started with."""
+        for al in [al for al in self.listeners if al.config.name == name]:
+            al.stop(close_sockets)
+            self.listeners.remove(al)
+
     def stop_listeners(self, close_sockets: bool = True) -> None:
         for al in self.listeners:
             al.stop(close_sockets)

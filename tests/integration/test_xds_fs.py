@@ -263,3 +263,121 @@ def test_no_request_lost_while_cds_swaps_the_upstream(tmp_path, upstreams, proxy
         client.stop()
     assert client.failures == []
     assert client.ok > 20 and client.servers == {"service1", "service2"}
+
+
+# -- LDS -----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hcm_listener(name: str, port: int, cluster: str | None = None, rds: dict | None = None,
+                 stat_prefix: str = "ingress_http") -> dict:
+    hcm = {"@type": HCM, "stat_prefix": stat_prefix, "http_filters": [ROUTER]}
+    if rds is not None:
+        hcm["rds"] = rds
+    else:
+        hcm["route_config"] = {"name": "local_route", "virtual_hosts": [
+            {"name": "all", "domains": ["*"], "routes": routed_to(cluster)}]}
+    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": hcm}]}]}
+
+
+def lds_doc(*listeners: dict, version: str = "") -> dict:
+    return {"version_info": version, "resources": [{"@type": LISTENER, **lis} for lis in listeners]}
+
+
+def lds_bootstrap(lds_path: Path, s1: EchoUpstream, s2: EchoUpstream) -> dict:
+    return {"node": NODE,
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "dynamic_resources": {"lds_config": {"path_config_source": {"path": str(lds_path)}}},
+            "static_resources": {"clusters": [static_cluster("c1", s1.port), static_cluster("c2", s2.port)]}}
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_lds_file_adds_modifies_and_removes_listeners(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    a, b = free_port(), free_port()
+    lds = tmp_path / "lds.yaml"
+    move_onto(lds, lds_doc(hcm_listener("l1", a, "c1"), version="1"))
+    p = proxy_factory(lds_bootstrap(lds, s1, s2))
+    assert served_by(p, port=a) == "service1"
+    assert p.counters()["listener_manager.listener_added"] == 1
+    assert f"l1::127.0.0.1:{a}" in p.admin("/listeners")[1]
+
+    # A keep-alive connection made before the update keeps its listener's old config.
+    import http.client
+    old = http.client.HTTPConnection("127.0.0.1", a, timeout=5)
+    old.request("GET", "/")
+    assert json.loads(old.getresponse().read())["server"] == "service1"
+
+    move_onto(lds, lds_doc(hcm_listener("l1", a, "c2"), hcm_listener("l2", b, "c1"), version="2"))
+    assert p.wait_for(lambda: p.counters()["listener_manager.lds.update_success"] == 2, 5)
+    assert served_by(p, port=a) == "service2" and served_by(p, port=b) == "service1"
+    old.request("GET", "/")
+    assert json.loads(old.getresponse().read())["server"] == "service1"
+    old.close()
+    c, g = p.counters(), p.gauges()
+    assert c["listener_manager.listener_modified"] == 1 and c["listener_manager.listener_added"] == 2
+    assert g["listener_manager.total_listeners_active"] == 2
+    dump = json.loads(p.admin("/config_dump")[1])["configs"][2]
+    assert dump["@type"] == "type.googleapis.com/envoy.admin.v3.ListenersConfigDump"
+    assert dump["version_info"] == "2"
+    assert [(d["name"], d["active_state"]["version_info"]) for d in dump["dynamic_listeners"]] == \
+        [("l1", "2"), ("l2", "2")]
+
+    move_onto(lds, lds_doc(hcm_listener("l2", b, "c1"), version="3"))
+    assert p.wait_for(lambda: refused(a), 5)
+    assert served_by(p, port=b) == "service1"
+    assert p.counters()["listener_manager.listener_removed"] == 1
+    assert p.gauges()["listener_manager.total_listeners_active"] == 1
+
+
+def test_lds_bad_listener_is_rejected_with_its_path_and_the_good_ones_apply(
+        tmp_path, upstreams, proxy_factory, caplog):
+    s1, s2 = upstreams
+    a, b, c = free_port(), free_port(), free_port()
+    lds = tmp_path / "lds.yaml"
+    move_onto(lds, lds_doc(hcm_listener("l1", a, "c1"), version="1"))
+    p = proxy_factory(lds_bootstrap(lds, s1, s2))
+    bad = hcm_listener("l3", c, "nope")
+    with caplog.at_level(logging.ERROR, logger="ftproxy.xds"):
+        move_onto(lds, lds_doc(hcm_listener("l1", a, "c2"), bad, hcm_listener("l2", b, "c1"), version="2"))
+        assert p.wait_for(lambda: p.counters().get("listener_manager.lds.update_rejected") == 1, 5)
+    assert 'resources[1].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0]' \
+           '.routes[0].route.cluster: unknown cluster "nope"' in caplog.text
+    # Per listener, as Envoy's LDS: l1's update and l2 applied, l3 refused; the version stays.
+    assert served_by(p, port=a) == "service2" and served_by(p, port=b) == "service1"
+    assert refused(c)
+    dump = json.loads(p.admin("/config_dump")[1])["configs"][2]
+    assert dump["version_info"] == "1"
+
+
+def test_no_request_lost_while_lds_replaces_the_listener(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    a = free_port()
+    lds = tmp_path / "lds.yaml"
+    move_onto(lds, lds_doc(hcm_listener("l1", a, "c1")))
+    p = proxy_factory(lds_bootstrap(lds, s1, s2), concurrency=2)
+    client = SteadyClient(a)
+    fresh = []  # new connections each time: they meet the listener being swapped
+    try:
+        for i, cluster in enumerate(("c2", "c1", "c2")):
+            move_onto(lds, lds_doc(hcm_listener("l1", a, cluster), version=f"v{i}"))
+            assert p.wait_for(lambda: p.counters()["listener_manager.lds.update_success"] == i + 2, 5)
+            for _ in range(20):
+                fresh.append(served_by(p, port=a))
+    finally:
+        client.stop()
+    assert client.failures == [] and client.ok > 20
+    assert None not in fresh and set(fresh) == {"service1", "service2"}

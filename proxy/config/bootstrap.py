@@ -192,6 +192,8 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
                               for name in limits[1] if name not in {lc.name for lc in listeners}]
         if admin is not MISSING:
             errors.run(_check_admin_port, admin, listeners, paths)
+        if node is not MISSING and not (node.id and node.cluster):
+            errors.run(_check_file_sources_need_node, listeners, paths, clusters)
     errors.raise_if_any()
     global_limit, listener_limits = limits
     return Bootstrap(
@@ -225,6 +227,25 @@ def _parse_dynamic_resources(f: Fields, node: Any) -> DynamicResources:
                                                   "'cluster' are required (set node.id and node.cluster)"))
     errors.raise_if_any()
     return DynamicResources(**out)
+
+
+def _check_file_sources_need_node(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
+                                  clusters: tuple[Any, ...]) -> None:
+    """Envoy refuses a file subscription (RDS, EDS) when the node has no id or cluster."""
+    errors = ErrorCollector()
+    need = "node 'id' and 'cluster' are required (set node.id and node.cluster)"
+    for i, c in enumerate(clusters):
+        if getattr(c, "eds", None) is not None:
+            errors.add(ConfigError(f"static_resources.clusters[{i}].eds_cluster_config.eds_config",
+                                   f"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment: {need}"))
+    for lis, lpath in zip(listeners, paths):
+        for ci, chain in enumerate(lis.filter_chains):
+            for fi, flt in enumerate(chain.filters):
+                if getattr(flt.config, "rds", None) is not None:
+                    errors.add(ConfigError(
+                        f"{lpath}.filter_chains[{ci}].filters[{fi}].typed_config.rds.config_source",
+                        f"type.googleapis.com/envoy.config.route.v3.RouteConfiguration: {need}"))
+    errors.raise_if_any()
 
 
 def _warnings(listeners: tuple[ListenerConfig, ...]) -> tuple[str, ...]:

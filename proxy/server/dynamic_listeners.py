@@ -73,26 +73,27 @@ class DynamicListeners:
             except OSError as e:
                 raise ConfigError(join(path, "address"), str(e)) from None
         factory = self.server.listener_factory(lc)
-        if old is not None:
-            self._stop_on_workers(old, close_sockets=not same_socket)
-        self.server._post_listener(lc, socks, factory)
+        # Bookkeeping first: what the workers then do is already counted when it shows.
         self.entries[lc.name] = LdsListener(lc, tuple(socks), version_info, time.time())
         self.server.listen_sockets[lc.name] = socks
         self.server.listener_addresses[lc.name] = socks[0].getsockname()[:2]
         self._stats.counter("listener_manager.listener_modified" if old is not None
                             else "listener_manager.listener_added").inc()
+        self._refresh_gauge()
         log.info("lds: listener %s %s on %s", lc.name, "modified" if old is not None else "added",
                  address_string(*socks[0].getsockname()[:2]))
-        self._refresh_gauge()
+        if old is not None:
+            self._stop_on_workers(old, close_sockets=not same_socket)
+        self.server._post_listener(lc, socks, factory)
 
     def remove(self, name: str) -> None:
         old = self.entries.pop(name)
-        self._stop_on_workers(old, close_sockets=True)
         self.server.listen_sockets.pop(name, None)
         self.server.listener_addresses.pop(name, None)
         self._stats.counter("listener_manager.listener_removed").inc()
-        log.info("lds: listener %s removed", name)
         self._refresh_gauge()
+        log.info("lds: listener %s removed", name)
+        self._stop_on_workers(old, close_sockets=True)
 
     # -- internals -------------------------------------------------------------------------------
     def _stop_on_workers(self, old: LdsListener, close_sockets: bool) -> None:

@@ -39,7 +39,9 @@ from ..tls.watcher import SecretWatcher
 from ..upstream.cluster_manager import ClusterManager
 from ..xds.cds import CdsApplier
 from ..xds.lds import LdsApplier
-from ..xds.subscription import CLUSTER_TYPE, LISTENER_TYPE
+from ..xds.rds import RouteConfigProvider
+from ..router.table import RouteTable
+from ..xds.subscription import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from .dynamic_listeners import DynamicListeners
 from ..xds.xds_manager import XdsManager
 from .admin_context import ServerAdminContext
@@ -93,7 +95,7 @@ class Server:
         self.healthcheck_failed = False
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
-        self.xds: XdsManager | None = None       # xDS subscriptions (main thread)
+        self.xds = XdsManager(self.main_store)   # xDS subscriptions (main thread)
         self.cds = None                          # the CDS subscription's handle, if any
         self.lds = None                          # the LDS subscription's handle, if any
         self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
@@ -206,7 +208,6 @@ class Server:
             self.original_start_time = self.hr_child.original_start_time or self.start_time
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
-        self.xds = XdsManager(self.main_store)
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
                                               stats=self.main_store, eds_subscribe=self.xds.subscribe_eds)
         self.cluster_manager.initialize()
@@ -383,7 +384,8 @@ class Server:
     def _chain_factory(self, lc, chain):
         terminal = chain.filters[-1].config
         if isinstance(terminal, HcmConfig):
-            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix)
+            rds = self._rds_provider(terminal) if terminal.rds is not None else None
+            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, rds)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
         else:  # config parsing only admits the two terminal filters above
@@ -393,6 +395,25 @@ class Server:
             factory = NetworkFilterChainFactory(
                 tuple(nf.extension.factory(nf.config, nf.name) for nf in before), factory)
         return factory
+
+    def _rds_provider(self, hcm: HcmConfig) -> RouteConfigProvider:
+        """The route table provider of an HCM with `rds`, shared by the HCMs naming the same
+        source, route configuration and stat prefix; subscribed (the file read) when made."""
+        rds = hcm.rds
+        key = (rds.config_source, rds.route_config_name, hcm.stat_prefix)
+        provider = self.rds_providers.get(key)
+        if provider is None:
+            prefix = f"http.{hcm.stat_prefix}.rds.{rds.route_config_name}"
+            provider = RouteConfigProvider(key, rds.route_config_name, RouteTable(hcm.route_config),
+                                           self.main_store, prefix, self._publish_route_table)
+            self.rds_providers[key] = provider
+            provider.subscription = self.xds.subscribe(rds.config_source, ROUTE_TYPE, provider, prefix,
+                                                       f"rds {rds.route_config_name}")
+        return provider
+
+    def _publish_route_table(self, key: tuple, table) -> None:
+        for w in self.workers:
+            w.post(lambda w=w: w.set_route_table(key, table))
 
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.

@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 
 from ..network.listener import ActiveListener
@@ -36,6 +37,9 @@ class Worker:
         self.dispatcher = Dispatcher(self.name, self.unhandled_exceptions.inc)
         self.codec_impl = codec_impl
         self.clusters: dict[str, WorkerCluster] = {}
+        # RDS: the HCM contexts (weakly: a removed listener's go with it) whose route table
+        # each RDS provider's key updates.
+        self.rds_contexts: dict[tuple, weakref.WeakSet] = {}
         self.listeners: list[ActiveListener] = []
         self.connections: set = set()
         self.draining = False
@@ -139,6 +143,15 @@ class Worker:
                 self.clusters[name] = WorkerCluster(self, snap)
             elif wc.snapshot is not snap:
                 wc.update(snap)
+
+    def register_rds_context(self, key: tuple, ctx) -> None:
+        self.rds_contexts.setdefault(key, weakref.WeakSet()).add(ctx)
+
+    def set_route_table(self, key: tuple, table) -> None:
+        """RDS posted a new route table: streams that start from now on route by it; a
+        stream already routed keeps its route (filter_manager caches it per stream)."""
+        for ctx in list(self.rds_contexts.get(key, ())):
+            ctx.route_table = table
 
     def add_listener(self, config, sock, filter_factory, shared: bool, global_limit=None,
                      listener_limit=None) -> None:

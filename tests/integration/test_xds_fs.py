@@ -322,8 +322,10 @@ def test_lds_file_adds_modifies_and_removes_listeners(tmp_path, upstreams, proxy
     assert json.loads(old.getresponse().read())["server"] == "service1"
 
     move_onto(lds, lds_doc(hcm_listener("l1", a, "c2"), hcm_listener("l2", b, "c1"), version="2"))
-    assert p.wait_for(lambda: p.counters()["listener_manager.lds.update_success"] == 2, 5)
-    assert served_by(p, port=a) == "service2" and served_by(p, port=b) == "service1"
+    # Applied on the workers after the main thread accepted it: wait for what it brings.
+    assert p.wait_for(lambda: served_by(p, port=a) == "service2", 5)
+    assert served_by(p, port=b) == "service1"
+    assert p.counters()["listener_manager.lds.update_success"] == 2
     old.request("GET", "/")
     assert json.loads(old.getresponse().read())["server"] == "service1"
     old.close()
@@ -357,7 +359,8 @@ def test_lds_bad_listener_is_rejected_with_its_path_and_the_good_ones_apply(
     assert 'resources[1].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0]' \
            '.routes[0].route.cluster: unknown cluster "nope"' in caplog.text
     # Per listener, as Envoy's LDS: l1's update and l2 applied, l3 refused; the version stays.
-    assert served_by(p, port=a) == "service2" and served_by(p, port=b) == "service1"
+    assert p.wait_for(lambda: served_by(p, port=a) == "service2", 5)
+    assert served_by(p, port=b) == "service1"
     assert refused(c)
     dump = json.loads(p.admin("/config_dump")[1])["configs"][2]
     assert dump["version_info"] == "1"
@@ -381,3 +384,91 @@ def test_no_request_lost_while_lds_replaces_the_listener(tmp_path, upstreams, pr
         client.stop()
     assert client.failures == [] and client.ok > 20
     assert None not in fresh and set(fresh) == {"service1", "service2"}
+
+
+# -- RDS -----------------------------------------------------------------------------------------
+
+def rds_doc(cluster: str, name: str = "local_route", version: str = "") -> dict:
+    return {"version_info": version, "resources": [{"@type": ROUTE, "name": name, "virtual_hosts": [
+        {"name": "all", "domains": ["*"], "routes": routed_to(cluster)}]}]}
+
+
+def rds_bootstrap(rds_path: Path, s1: EchoUpstream, s2: EchoUpstream) -> dict:
+    cfg = front_proxy_config([], [static_cluster("c1", s1.port), static_cluster("c2", s2.port)])
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    del hcm["route_config"]
+    hcm["rds"] = {"route_config_name": "local_route",
+                  "config_source": {"path_config_source": {"path": str(rds_path)}}}
+    cfg["node"] = NODE
+    return cfg
+
+
+def test_rds_file_routes_and_follows_moves_and_rejects_a_wrong_name(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    rds = tmp_path / "rds.yaml"
+    move_onto(rds, rds_doc("c1", version="r1"))
+    p = proxy_factory(rds_bootstrap(rds, s1, s2))
+    assert served_by(p) == "service1"
+    move_onto(rds, rds_doc("c2", version="r2"))
+    assert p.wait_for(lambda: served_by(p) == "service2", 5)
+    prefix = "http.ingress_http.rds.local_route."
+    c = p.counters()
+    assert c[prefix + "update_attempt"] == 2 and c[prefix + "update_success"] == 2
+    assert p.gauges()[prefix + "version"] == 8003343158660992332  # xxHash64("r2"), as Envoy's gauge
+    (routes,) = [d for d in json.loads(p.admin("/config_dump")[1])["configs"]
+                 if d["@type"] == "type.googleapis.com/envoy.admin.v3.RoutesConfigDump"]
+    (dyn,) = routes["dynamic_route_configs"]
+    assert dyn["version_info"] == "r2" and dyn["route_config"]["name"] == "local_route"
+    # Another route configuration's name: rejected as Envoy does; the table stays.
+    move_onto(rds, rds_doc("c1", name="other", version="r3"))
+    assert p.wait_for(lambda: p.counters()[prefix + "update_rejected"] == 1, 5)
+    assert served_by(p) == "service2"
+    # An empty update: update_empty, the table stays.
+    move_onto(rds, {"version_info": "r4", "resources": []})
+    assert p.wait_for(lambda: p.counters().get(prefix + "update_empty") == 1, 5)
+    assert served_by(p) == "service2"
+
+
+def test_rds_missing_file_serves_404_until_the_routes_arrive(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    rds = tmp_path / "rds.yaml"
+    p = proxy_factory(rds_bootstrap(rds, s1, s2))
+    assert get(p.url("/"))[0] == 404
+    assert p.counters()["http.ingress_http.rds.local_route.update_failure"] == 1
+    move_onto(rds, rds_doc("c1"))
+    assert p.wait_for(lambda: served_by(p) == "service1", 5)
+
+
+def test_rds_update_leaves_a_stream_in_flight_on_its_route(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    rds = tmp_path / "rds.yaml"
+    move_onto(rds, rds_doc("c1"))
+    p = proxy_factory(rds_bootstrap(rds, s1, s2))
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=served_by(p, "/delay/1.5")))
+    t.start()
+    assert p.wait_for(lambda: len(s1.requests) == 1, 5)  # routed, now waiting on service1
+    move_onto(rds, rds_doc("c2", version="2"))
+    assert p.wait_for(lambda: served_by(p) == "service2", 5)
+    t.join(10)
+    assert result["r"] == "service1"
+
+
+def test_lds_listener_with_rds_and_no_request_lost_while_routes_change(tmp_path, upstreams, proxy_factory):
+    s1, s2 = upstreams
+    a = free_port()
+    lds, rds = tmp_path / "lds.yaml", tmp_path / "rds.yaml"
+    move_onto(rds, rds_doc("c1"))
+    source = {"route_config_name": "local_route", "config_source": {"path": str(rds)}}
+    move_onto(lds, lds_doc(hcm_listener("l1", a, rds=source)))
+    p = proxy_factory(lds_bootstrap(lds, s1, s2), concurrency=2)
+    assert served_by(p, port=a) == "service1"
+    client = SteadyClient(a)
+    try:
+        for i, cluster in enumerate(("c2", "c1", "c2")):
+            move_onto(rds, rds_doc(cluster, version=f"v{i}"))
+            assert p.wait_for(lambda: p.counters()["http.ingress_http.rds.local_route.update_success"] == i + 2, 5)
+            time.sleep(0.3)
+    finally:
+        client.stop()
+    assert client.failures == [] and client.ok > 20 and client.servers == {"service1", "service2"}

@@ -230,15 +230,18 @@ class ClusterManager:
         return state is not None and not state.added_via_api
 
     def apply_cds(self, configs: Sequence[ClusterConfig], version_info: str,
-                  now: float | None = None) -> None:
-        """The whole CDS set (already validated, names unique, none a static cluster's):
-        clusters not in it are removed (their pools drain on the workers), new ones added,
-        changed ones replaced; an unchanged cluster (same config) is left alone. One publish."""
+                  now: float | None = None, keep: frozenset[str] = frozenset()) -> None:
+        """A CDS set (the valid clusters: names unique, none a static cluster's): CDS clusters
+        neither in it nor in `keep` (the names of the update's refused clusters, which keep
+        their old config, as Envoy) are removed (their pools drain on the workers), new ones
+        added, changed ones replaced; an unchanged cluster (same config) is left alone. One
+        publish."""
         wall = time.time() if now is None else now
         wanted = {cfg.name: cfg for cfg in configs}
         self._holding = True
         try:
-            for name in [n for n, s in self._clusters.items() if s.added_via_api and n not in wanted]:
+            for name in [n for n, s in self._clusters.items()
+                         if s.added_via_api and n not in wanted and n not in keep]:
                 self._remove(name)
             for cfg in configs:
                 old = self._clusters.get(cfg.name)

@@ -1,8 +1,12 @@
 """CDS: a whole set of Cluster resources validated as static clusters are, then applied.
 
-As Envoy: a CDS update is accepted or rejected as a whole (one bad cluster rejects the
-response and the clusters in force stay); a name given twice, or the name of a static cluster,
-is refused. The accepted set goes to `ClusterManager.apply_cds` (add, modify, remove).
+As Envoy's CdsApiHelper: clusters missing from the update are removed, and each cluster of
+the update is added or replaced on its own, so the good clusters of an update apply even when
+another one is refused (it keeps its old config, if it had one); the update is then rejected
+(update_rejected, the version stays) with every refused cluster's field-path error. A name
+given twice, or the name of a static cluster, is refused. Envoy rejects a whole response
+whose resource fails its proto validation (PGV: a negative duration, a missing required
+field) before applying any: ftproxy's validators do not tell those apart (see README).
 
 Stats (main store): `cluster_manager.cds.*` (proxy/xds/subscription.py SubscriptionStats).
 Thread affinity: main thread only.
@@ -29,6 +33,7 @@ class CdsApplier:
     def on_update(self, resources: Sequence[tuple[Mapping[str, Any], str]], version_info: str) -> None:
         errors = ErrorCollector()
         configs = []
+        refused: set[str] = set()
         seen: dict[str, str] = {}
         for raw, path in resources:
             name = raw.get("name")
@@ -45,6 +50,8 @@ class CdsApplier:
             cfg = errors.run(parse_cluster, raw, path)
             if cfg is not MISSING:
                 configs.append(cfg)
+            elif isinstance(name, str):
+                refused.add(name)
+        self.cluster_manager.apply_cds(configs, version_info, keep=frozenset(refused))
         errors.raise_if_any()
-        self.cluster_manager.apply_cds(configs, version_info)
         self.version_info = version_info

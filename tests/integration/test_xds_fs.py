@@ -122,21 +122,24 @@ def test_cds_file_adds_modifies_and_removes_a_cluster(tmp_path, upstreams, proxy
     assert p.gauges()["cluster_manager.active_clusters"] == 0
 
 
-def test_cds_bad_update_is_rejected_with_its_field_path_and_the_old_cluster_serves(
+def test_cds_bad_cluster_is_rejected_with_its_field_path_and_keeps_its_old_config(
         tmp_path, upstreams, proxy_factory, caplog):
     s1, s2 = upstreams
     cds = tmp_path / "cds.yaml"
     move_onto(cds, cds_doc(static_cluster("dyn", s1.port), version="v1"))
     p = proxy_factory(cds_bootstrap(cds))
     assert served_by(p) == "service1"
-    bad = static_cluster("dyn", s2.port, connect_timeout="-1s")
+    bad = static_cluster("dyn", s2.port)
+    bad["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"]["address"] = "not-an-ip"
     with caplog.at_level(logging.ERROR, logger="ftproxy.xds"):
         move_onto(cds, cds_doc(static_cluster("other", s2.port), bad, version="v2"))
         assert p.wait_for(lambda: p.counters().get("cluster_manager.cds.update_rejected") == 1, 5)
-    assert "resources[1].connect_timeout" in caplog.text
-    # The whole response is refused (as Envoy's CDS): "other" was not added either.
+    assert ("resources[1].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address"
+            ".socket_address.address: STATIC cluster addresses must be IP addresses") in caplog.text
+    # Per cluster, as Envoy's CDS: "other" is added, "dyn" keeps its old config, the version stays.
     assert served_by(p) == "service1"
-    assert "other::" not in p.admin("/clusters")[1]
+    assert "other::added_via_api::true" in p.admin("/clusters")[1]
     dump = json.loads(p.admin("/config_dump")[1])["configs"][1]
     assert dump["version_info"] == "v1"
 

@@ -162,11 +162,18 @@ class Worker:
 
     def remove_listener(self, name: str, close_sockets: bool) -> None:
         """LDS removed or replaced listener `name`: stop accepting on its sockets (closed
-        unless `close_sockets` is false: a replacement takes them over). Connections it
-        accepted stay and finish on the config they started with."""
-        for al in [al for al in self.listeners if al.config.name == name]:
+        unless `close_sockets` is false: a replacement takes them over), and drain the
+        connections it accepted, as Envoy drains a listener's: they keep the config they
+        started with; HTTP ones answer their next request with `connection: close` (an idle
+        one closes after a short grace), tcp_proxy ones end on their own. None is reset."""
+        gone = [al for al in self.listeners if al.config.name == name]
+        for al in gone:
             al.stop(close_sockets)
             self.listeners.remove(al)
+        for conn in list(self.connections):
+            # Each connection's on_closed is its ActiveListener's bound method.
+            if getattr(getattr(conn, "on_closed", None), "__self__", None) in gone:
+                conn.start_drain(False)
 
     def stop_listeners(self, close_sockets: bool = True) -> None:
         for al in self.listeners:

@@ -318,19 +318,23 @@ def test_lds_file_adds_modifies_and_removes_listeners(tmp_path, upstreams, proxy
     assert p.counters()["listener_manager.listener_added"] == 1
     assert f"l1::127.0.0.1:{a}" in p.admin("/listeners")[1]
 
-    # A keep-alive connection made before the update keeps its listener's old config.
+    # A keep-alive connection made before the update.
     import http.client
     old = http.client.HTTPConnection("127.0.0.1", a, timeout=5)
     old.request("GET", "/")
     assert json.loads(old.getresponse().read())["server"] == "service1"
+    old.request("GET", "/delay/2.5")  # in flight across the update (applied within ~1 s)
 
     move_onto(lds, lds_doc(hcm_listener("l1", a, "c2"), hcm_listener("l2", b, "c1"), version="2"))
     # Applied on the workers after the main thread accepted it: wait for what it brings.
     assert p.wait_for(lambda: served_by(p, port=a) == "service2", 5)
     assert served_by(p, port=b) == "service1"
     assert p.counters()["listener_manager.lds.update_success"] == 2
-    old.request("GET", "/")
-    assert json.loads(old.getresponse().read())["server"] == "service1"
+    # Drained as Envoy drains a replaced listener's connections: the request in flight is
+    # answered from the old config, and the answer says `connection: close`.
+    answer = old.getresponse()
+    assert json.loads(answer.read())["server"] == "service1"
+    assert answer.getheader("connection") == "close"
     old.close()
     c, g = p.counters(), p.gauges()
     assert c["listener_manager.listener_modified"] == 1 and c["listener_manager.listener_added"] == 2

@@ -94,6 +94,7 @@ class HcmConfig:
     stream_idle_timeout: float = 300.0     # slow-loris defence per stream
     request_timeout: float = 0.0
     max_stream_duration: float = 0.0      # common_http_protocol_options'; routes may override
+    add_user_agent: bool = False
     request_headers_timeout: float = 0.0
     drain_timeout: float = 5.0
     delayed_close_timeout: float = 1.0
@@ -150,7 +151,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     refused("merge_slashes", _ONLY_DEFAULT, default=False, only_default=True),
     refused("path_with_escaped_slashes_action", _ONLY_DEFAULT, default="KEEP_UNCHANGED",
             only_default=True),
-    refused("add_user_agent", _ONLY_DEFAULT, default=False, only_default=True),
+    used("add_user_agent", False, why="user-agent and x-envoy-downstream-service-* from the node"),
     refused("proxy_100_continue", "the proxy answers expect: 100-continue itself",
             default=False, only_default=True),
     refused("strip_matching_host_port", _ONLY_DEFAULT, default=False, only_default=True),
@@ -267,6 +268,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         via=f.str("via") or None,
         stream_idle_timeout=f.duration("stream_idle_timeout", 300.0),
         request_timeout=f.duration("request_timeout", 0.0),
+        add_user_agent=f.bool("add_user_agent", False),
         request_headers_timeout=f.duration("request_headers_timeout", 0.0),
         drain_timeout=f.duration("drain_timeout", 5.0),
         delayed_close_timeout=f.duration("delayed_close_timeout", 1.0),
@@ -285,7 +287,7 @@ def _refuse_non_defaults(f: Fields) -> None:
     """Fields understood but without runtime behaviour yet: only their default is accepted."""
     for name in ("xff_num_trusted_hops",):
         HCM.require_default(f, name, f.int(name, 0, min=0))
-    for name in ("normalize_path", "merge_slashes", "add_user_agent", "proxy_100_continue",
+    for name in ("normalize_path", "merge_slashes", "proxy_100_continue",
                  "strip_matching_host_port", "strip_any_host_port", "strip_trailing_host_dot",
                  "stream_error_on_invalid_http_message", "append_x_forwarded_port"):
         HCM.require_default(f, name, f.bool(name, False))

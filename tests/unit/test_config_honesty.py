@@ -507,7 +507,7 @@ def test_invalid_secrets_do_not_hide_the_listeners_and_clusters_errors():
 
 # Every shipped config but the ones built on ftproxy's own extensions (filters in Python),
 # which Envoy cannot know; they say so at their top.
-OWN_EXTENSIONS = {"python-filters.yaml"}
+OWN_EXTENSIONS = {"python-filters.yaml", "http-python-apikey.yaml"}
 SHIPPED = [p for p in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")) + sorted(
     (Path(__file__).resolve().parents[2] / "perf" / "configs").glob("*.yaml")) if p.name not in OWN_EXTENSIONS]
 

@@ -51,10 +51,16 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
 
 class HcmFactory:
     def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None,
-                 rds=None) -> None:
+                 node=None, rds=None) -> None:
         """`rds`: the RDS provider (proxy/xds/rds.py) of an HCM with `rds`: its current table
         now, newer ones posted to each worker's contexts (Worker.set_route_table)."""
         self.config = config
+        # add_user_agent: the node's cluster (user-agent when the request has none, and
+        # x-envoy-downstream-service-cluster) and its id (x-envoy-downstream-service-node).
+        self.user_agent = None
+        if config.add_user_agent:
+            self.user_agent = ((getattr(node, "cluster", "") or "").encode(),
+                               (getattr(node, "id", "") or "").encode())
         self.codec_impl = codec_impl
         self.listener_stat_prefix = listener_stat_prefix  # for listener.<prefix>.http.<hcm>.*
         self.route_table = rds.table if rds is not None else RouteTable(config.route_config)
@@ -101,7 +107,7 @@ class HcmFactory:
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
-                 "upgrade_request_headers_removed", "first_stream_timeout",
+                 "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
                  "response_fields", "codec_factory", "worker", "stats", "__weakref__")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
@@ -116,6 +122,7 @@ class HcmContext:
         self.request_headers_removed = factory.request_headers_removed
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
+        self.user_agent = factory.user_agent
         self.response_fields = factory.response_fields
         # Per worker: the HTTP/2 codec counts Envoy's http2.* stats in this worker's store.
         self.codec_factory = factory.codec_factory_for(worker)

@@ -385,7 +385,7 @@ class Server:
         terminal = chain.filters[-1].config
         if isinstance(terminal, HcmConfig):
             rds = self._rds_provider(terminal) if terminal.rds is not None else None
-            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, rds)
+            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node, rds)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
         else:  # config parsing only admits the two terminal filters above

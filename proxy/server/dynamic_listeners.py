@@ -23,7 +23,6 @@ from typing import Any
 from ..config.bootstrap import overlaps
 from ..config.listener import address_string
 from ..config.reader import ConfigError, join
-from ..network.listener import bind_listen_sockets
 
 __all__ = ["DynamicListeners", "LdsListener"]
 
@@ -68,8 +67,8 @@ class DynamicListeners:
             socks = list(old.sockets)
         else:
             try:
-                socks = bind_listen_sockets(lc.address, lc.port, self.server.options.concurrency,
-                                            lc.enable_reuse_port, lc.tcp_backlog_size, name=lc.name)
+                # After a hot restart, the previous epoch's sockets for this address if it has them.
+                socks = self.server._take_or_bind(lc)
             except OSError as e:
                 raise ConfigError(join(path, "address"), str(e)) from None
         factory = self.server.listener_factory(lc)

@@ -95,8 +95,9 @@ class ServerAdminContext:
         return out
 
     def listeners(self) -> list[dict]:
+        # A copy first: LDS changes the dict on the main thread.
         return [{"name": name, "address": f"{host}:{port}"}
-                for name, (host, port) in self.server.listener_addresses.items()]
+                for name, (host, port) in list(self.server.listener_addresses.items())]
 
     def server_info(self) -> dict:
         s = self.server

@@ -517,3 +517,33 @@ def test_grpc_bridge_example():
         client.stop()
         server.stop()
         backend.close()
+
+
+# -- route-mirror: requests copied to a mirror cluster with a -shadow host -----------------------
+
+def test_route_mirror_example(services):
+    """verify.sh: /service/1 answers from service1 and is mirrored to service1-mirror with
+    Host localhost-shadow:<port>; /service/2 is mirrored where x-mirror-cluster says, and
+    nowhere when the header is missing or names no cluster."""
+    import time
+    svc = {name: services(ExampleService, name) for name in
+           ("service1", "service1-mirror", "service2", "service2-mirror")}
+    ex = RunningExample("route-mirror/envoy.yaml", {name: s.port for name, s in svc.items()})
+    try:
+        port = ex.port()
+        assert _curl_json(f"http://localhost:{port}/service/1")["hostname"] == "service1"
+        got = _curl_json(f"http://localhost:{port}/service/2", "-H", "x-mirror-cluster: service2-mirror")
+        assert got["hostname"] == "service2"
+        assert _curl_json(f"http://localhost:{port}/service/2")["hostname"] == "service2"
+        assert _curl_json(f"http://localhost:{port}/service/2", "-H",
+                          "x-mirror-cluster: service2-mirror-non-existent")["hostname"] == "service2"
+        deadline = time.monotonic() + 5  # the copies go beside the answers
+        while time.monotonic() < deadline and not (svc["service1-mirror"].requests and svc["service2-mirror"].requests):
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert [r["host"] for r in svc["service1"].requests] == [f"localhost:{port}"]
+        assert [r["host"] for r in svc["service1-mirror"].requests] == [f"localhost-shadow:{port}"]
+        assert len(svc["service2"].requests) == 3
+        assert [r["host"] for r in svc["service2-mirror"].requests] == [f"localhost-shadow:{port}"]
+    finally:
+        ex.stop()

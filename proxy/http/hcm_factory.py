@@ -36,7 +36,8 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
                               h2.max_outbound_frames, h2.max_outbound_control_frames,
                               h2.max_consecutive_inbound_frames_with_empty_payload,
                               h2.max_inbound_priority_frames_per_stream,
-                              h2.max_inbound_window_update_frames_per_data_frame_sent)
+                              h2.max_inbound_window_update_frames_per_data_frame_sent,
+                              h2.connection_keepalive)
 
     def make(first_bytes: bytes, transport, callbacks):
         if codec_type == "HTTP2" or (codec_type == "AUTO" and (

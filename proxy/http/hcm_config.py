@@ -23,7 +23,7 @@ from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
 
-from .codec.h2_keepalive import KeepaliveSettings, parse_keepalive
+from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
 
 __all__ = ["HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]

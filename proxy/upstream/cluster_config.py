@@ -21,7 +21,7 @@ from typing import Any
 
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
-from proxy.http.codec.h2_keepalive import KeepaliveSettings, parse_keepalive
+from proxy.http.codec.keepalive_config import KeepaliveSettings, parse_keepalive
 from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport_socket
 
 __all__ = [

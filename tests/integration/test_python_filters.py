@@ -123,7 +123,10 @@ def test_a_filter_that_raises_ends_its_stream_not_the_worker(upstream, tmp_path)
     ({"module": "no_such_module_here", "class": "X"}, "typed_config.module: cannot import 'no_such_module_here'"),
     ({"module": "api_key_check", "class": "Nope"}, "typed_config.class: module 'api_key_check' has no class 'Nope'"),
     ({"module": "api_key_check", "class": "ApiKeyCheck", "config": {"keys": "x"}},
-     "typed_config.config: ApiKeyCheck.parse_config: keys must be a list"),
+     "typed_config.config: ApiKeyCheck.parse_config: ValueError: keys must be a list"),
+    ({"module": "api_key_check", "class": "ApiKeyCheck", "config": [1]},
+     "typed_config.config: ApiKeyCheck.parse_config: AttributeError"),
+    ({"module": "api_key_check", "class": "ApiKeyCheck", "path": "a\0b"}, "typed_config.path: not a usable directory"),
     ({"module": "api_key_check", "class": "ApiKeyCheck", "bogus": 1}, 'typed_config: unknown field "bogus"'),
 ])
 def test_config_errors_name_the_field(typed, where):

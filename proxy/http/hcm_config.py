@@ -24,6 +24,8 @@ from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
 
+from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
+
 __all__ = ["RdsConfig", "HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]
 
@@ -74,6 +76,7 @@ class Http2Config:
     max_consecutive_inbound_frames_with_empty_payload: int = 1
     max_inbound_priority_frames_per_stream: int = 100
     max_inbound_window_update_frames_per_data_frame_sent: int = 10
+    connection_keepalive: KeepaliveSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +231,7 @@ HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=
     used("max_inbound_window_update_frames_per_data_frame_sent", 10),
     used("hpack_table_size", 4096),
     refused("custom_settings_parameters"),
-    refused("connection_keepalive"),
+    used("connection_keepalive", why="its own table"),
     refused("use_oghttp2_codec"),
     refused("max_metadata_size"),
     refused("enable_huffman_encoding"),
@@ -389,6 +392,8 @@ def _parse_http2(f: Fields) -> Http2Config:
                                                      min=0, max=2**32 - 1),
         max_inbound_window_update_frames_per_data_frame_sent=h.int(
             "max_inbound_window_update_frames_per_data_frame_sent", 10, min=1, max=2**32 - 1),
+        connection_keepalive=(parse_keepalive(h.value("connection_keepalive"), h.at("connection_keepalive"),
+                                              client=False) if h.has("connection_keepalive") else None),
     )
 
 

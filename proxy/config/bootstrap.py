@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access_log.config import parse_access_logs
-from proxy.config.config_source import ConfigSourceConfig, parse_config_source
+from proxy.config.dynamic_resources import (DynamicResources, check_file_sources_need_node,
+                                             parse_dynamic_resources)
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
@@ -45,13 +46,6 @@ class NodeConfig:
 class AdminConfig:
     address: str
     port: int
-
-
-@dataclass(frozen=True, slots=True)
-class DynamicResources:
-    """`dynamic_resources`: where listeners (LDS) and clusters (CDS) come from (files only)."""
-    lds_config: ConfigSourceConfig | None = None
-    cds_config: ConfigSourceConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +95,6 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
         "default_regex_engine", "xds_delegate_extension", "xds_config_tracker_extension",
         "listener_manager", "application_log_config", "grpc_async_client_manager_config",
         "memory_allocator_manager")),
-))
-
-DYNAMIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
-                            model=DynamicResources, fields=(
-    used("lds_config", why="a file source (ConfigSource); a control plane is refused"),
-    used("cds_config", why="a file source (ConfigSource); a control plane is refused"),
-    refused("ads_config", "ADS needs a control plane: only file sources so far"),
-    refused("lds_resources_locator", "xdstp:// resource locators"),
-    refused("cds_resources_locator", "xdstp:// resource locators"),
 ))
 
 STATIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.StaticResources", fields=(
@@ -182,7 +167,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     node = errors.run(_parse_node, f)
     admin = errors.run(_parse_admin, f)
     resources = errors.run(_parse_static_resources, f, errors, node)
-    dynamic = errors.run(_parse_dynamic_resources, f, node)
+    dynamic = errors.run(parse_dynamic_resources, f, node)
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
         errors.run(check_route_clusters, listeners, paths, cluster_names)
@@ -193,7 +178,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         if admin is not MISSING:
             errors.run(_check_admin_port, admin, listeners, paths)
         if node is not MISSING and not (node.id and node.cluster):
-            errors.run(_check_file_sources_need_node, listeners, paths, clusters)
+            errors.run(check_file_sources_need_node, listeners, paths, clusters)
     errors.raise_if_any()
     global_limit, listener_limits = limits
     return Bootstrap(
@@ -209,43 +194,6 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         raw=copy.deepcopy(dict(raw)),
         warnings=(_warnings(listeners) if dynamic.lds_config is None else ()) + tuple(extra_warnings),
     )
-
-
-def _parse_dynamic_resources(f: Fields, node: Any) -> DynamicResources:
-    if not f.has("dynamic_resources"):
-        return DynamicResources()
-    d = DYNAMIC_RESOURCES.read(f.value("dynamic_resources"), f.at("dynamic_resources"))
-    errors = ErrorCollector()
-    out = {}
-    for key, type_url in (("lds_config", "envoy.config.listener.v3.Listener"),
-                          ("cds_config", "envoy.config.cluster.v3.Cluster")):
-        if d.has(key):
-            out[key] = errors.run(parse_config_source, d.value(key), d.at(key))
-            if node is not MISSING and not (node.id and node.cluster):
-                # Envoy refuses a file subscription without them, at start.
-                errors.add(ConfigError(d.at(key), f"type.googleapis.com/{type_url}: node 'id' and "
-                                                  "'cluster' are required (set node.id and node.cluster)"))
-    errors.raise_if_any()
-    return DynamicResources(**out)
-
-
-def _check_file_sources_need_node(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
-                                  clusters: tuple[Any, ...]) -> None:
-    """Envoy refuses a file subscription (RDS, EDS) when the node has no id or cluster."""
-    errors = ErrorCollector()
-    need = "node 'id' and 'cluster' are required (set node.id and node.cluster)"
-    for i, c in enumerate(clusters):
-        if getattr(c, "eds", None) is not None:
-            errors.add(ConfigError(f"static_resources.clusters[{i}].eds_cluster_config.eds_config",
-                                   f"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment: {need}"))
-    for lis, lpath in zip(listeners, paths):
-        for ci, chain in enumerate(lis.filter_chains):
-            for fi, flt in enumerate(chain.filters):
-                if getattr(flt.config, "rds", None) is not None:
-                    errors.add(ConfigError(
-                        f"{lpath}.filter_chains[{ci}].filters[{fi}].typed_config.rds.config_source",
-                        f"type.googleapis.com/envoy.config.route.v3.RouteConfiguration: {need}"))
-    errors.raise_if_any()
 
 
 def _warnings(listeners: tuple[ListenerConfig, ...]) -> tuple[str, ...]:

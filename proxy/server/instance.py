@@ -3,6 +3,9 @@
 Main thread owns: the bootstrap, the cluster manager (DNS), stats merging, signals and the
 lifecycle; the admin server answers on its own thread ("admin") and only reads immutable
 snapshots or merged stats. Workers get listen sockets and cluster snapshots via `post()`.
+xDS (files so far, proxy/xds/): CDS and EDS feed the cluster manager, LDS goes through
+dynamic_listeners.py, RDS tables are posted to the workers' HCM contexts; the subscriptions
+are polled on the main thread's one-second tick.
 
 Lifecycle: INITIALIZING -> LIVE -> DRAINING (SIGTERM/SIGINT or /quitquitquit: stop accepting,
 finish in-flight requests, bounded by drain_time) -> exit 0.

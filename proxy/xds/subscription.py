@@ -6,8 +6,9 @@ with the resources as plain dicts (the `@type` key removed) and the response's `
 The callbacks validate them with the SAME validators as the static bootstrap (proxy/config/)
 and apply them; a bad update raises `ConfigError` naming the field path, which the source
 reports upstream (a NACK's error_detail for gRPC; a log line for files) and counts as
-`update_rejected`. The callbacks keep the last good config: a rejected update applies nothing
-(or, for LDS, only its good listeners, as Envoy does).
+`update_rejected`. The callbacks keep the last good config of whatever they refuse: as Envoy,
+LDS and CDS still apply the good listeners or clusters of a rejected update, RDS and EDS apply
+nothing of it.
 
 Thread affinity: main thread only — sources are polled from the main Dispatcher's tick and
 call back on it; the callbacks post immutable snapshots to workers.

@@ -113,7 +113,7 @@ NODE = Message("envoy.config.core.v3.Node", model=NodeConfig, fields=(
 
 LOCALITY = Message("envoy.config.core.v3.Locality", fields=(
     inert("region", f"sent to xDS management servers; {_NO_XDS}"),
-    inert("zone", "read by zone-aware routing (refused) and xDS", attr="zone"),
+    used("zone", why="the `zone` tag of tracing spans"),
     inert("sub_zone", f"sent to xDS management servers; {_NO_XDS}"),
 ))
 

@@ -15,7 +15,10 @@ ActiveStream::traceRequest) and zipkin driver do:
    request id, as Envoy's UUID extension packs it. A route's `tracing` replaces the three
    samplings. x-envoy-force-trace is honoured only from internal requests, and every request
    is external here (request_headers.py drops it).
-2. The span (zipkin.py): the incoming B3 context's sampled flag overrides the decision.
+2. The span (zipkin.py): the incoming B3 context's sampled flag overrides the decision. On an
+   egress listener (traffic_direction OUTBOUND) without spawn_upstream_span the request's span
+   is a CLIENT span, child of the caller's; else a SERVER span sharing the caller's context
+   (shared_span_context) or its child.
 3. Its name: the request's authority, or the route `decorator`'s operation; on an ingress
    listener a request's x-envoy-decorator-operation overrides it (and is removed); on an egress
    one (traffic_direction OUTBOUND) the decorator's operation is sent upstream in that header.
@@ -32,7 +35,7 @@ import time
 from dataclasses import dataclass
 
 from .config import TracingConfig
-from .zipkin import SERVER, InvalidContext, Span, extract, inject
+from .zipkin import CLIENT, SERVER, InvalidContext, Span, extract, inject
 
 __all__ = ["HcmTracing", "WorkerTracer", "LocalInfo", "REASONS"]
 
@@ -93,6 +96,10 @@ class WorkerTracer:
             common["zone"] = local.zone
         self.common_tags = common
         self.spawn_upstream = hcm.spawn_upstream
+        # Envoy 1.40's zipkin tracer: on an egress listener without an upstream span, the
+        # request's span is the CLIENT span (a child of the caller's, never shared); else
+        # a SERVER span.
+        self.kind = CLIENT if hcm.egress and not hcm.spawn_upstream else SERVER
 
     # -- request start ---------------------------------------------------------------------
     def start(self, stream) -> None:
@@ -108,15 +115,16 @@ class WorkerTracer:
             return  # Envoy: a null span; nothing injected, the headers pass as they came
         start_us = int(stream.start_time * 1_000_000)
         name = head.authority.decode("latin-1")
+        kind = self.kind
         if context is None:
             n = self.rng.getrandbits(64)
             span_id = "%016x" % n
             trace = ("%016x" % self.rng.getrandbits(64)) + span_id if self.trace_128 else span_id
-            span = Span(trace, span_id, None, sampled, name, SERVER, start_us, single)
-        elif self.shared_context:
-            span = Span(context[0], context[1], context[2], sampled, name, SERVER, start_us, single)
+            span = Span(trace, span_id, None, sampled, name, kind, start_us, single)
+        elif kind == SERVER and self.shared_context:
+            span = Span(context[0], context[1], context[2], sampled, name, kind, start_us, single)
         else:
-            span = Span(context[0], self._new_id(), context[1], sampled, name, SERVER, start_us,
+            span = Span(context[0], self._new_id(), context[1], sampled, name, kind, start_us,
                         single)
         span.reason = reason
         decorator = route.decorator if route is not None else None

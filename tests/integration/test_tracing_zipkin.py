@@ -375,7 +375,8 @@ class _Service:
 
 def _run_example(path: Path, endpoints: dict[tuple[str, int], int]) -> Server:
     """The example's bootstrap as published, moved onto loopback as docker-compose would wire
-    it: listeners on 127.0.0.1:0, each (host, port) endpoint the local port playing it."""
+    it: listeners (and the admin) on 127.0.0.1:0, each (host, port) endpoint the local port
+    playing it."""
     raw = yaml.safe_load(path.read_text())
     for lis in raw["static_resources"]["listeners"]:
         lis["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
@@ -385,6 +386,8 @@ def _run_example(path: Path, endpoints: dict[tuple[str, int], int]) -> Server:
                 sa = ep["endpoint"]["address"]["socket_address"]
                 sa["port_value"] = endpoints[(sa["address"], sa["port_value"])]
                 sa["address"] = "127.0.0.1"
+    if "admin" in raw:
+        raw["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     server = Server(parse_bootstrap(raw), ServerOptions("<example>", 1, 5.0, "fast",
                                                         disable_hot_restart=True))
     threading.Thread(target=server.run, kwargs={"install_signals": False}, daemon=True).start()
@@ -458,3 +461,73 @@ def _wait(predicate, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+# -- Envoy's jaeger-tracing example (Zipkin-compatible collector, shared_span_context false) ----
+
+class _TracingService(_Service):
+    """The example's aiohttp-tracing-service3: service 1 answers /trace/1 after calling
+    /trace/2 through its sidecar's egress listener (`egress_port`, set once the sidecar runs),
+    passing the trace headers on."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.egress_port: int | None = None
+        outer = self
+        handler = self.server.RequestHandlerClass
+        plain_get = handler.do_GET
+
+        def do_GET(req):
+            if outer.egress_port is not None:
+                passed = {k: v for k, v in req.headers.items()
+                          if k.lower().startswith(("x-b3-", "x-request-id"))}
+                conn = http.client.HTTPConnection("127.0.0.1", outer.egress_port, timeout=10)
+                conn.request("GET", "/trace/2", headers=passed)
+                conn.getresponse().read()
+                conn.close()
+            plain_get(req)
+        handler.do_GET = do_GET
+
+
+def test_envoy_jaeger_tracing_example_one_trace_of_four_spans(collector):
+    jaeger = ("jaeger", 9411)
+    s1, s2 = _TracingService(1), _TracingService(2)
+    servers = []
+    try:
+        side2 = _run_example(EXAMPLES / "jaeger-tracing/service2-envoy-jaeger.yaml",
+                             {("127.0.0.1", 8080): s2.port, jaeger: collector.port})
+        servers.append(side2)
+        side1 = _run_example(EXAMPLES / "jaeger-tracing/service1-envoy-jaeger.yaml",
+                             {("127.0.0.1", 8080): s1.port, ("service2", 8000): _ports(side2)[0],
+                              jaeger: collector.port})
+        servers.append(side1)
+        s1.egress_port = _ports(side1)[1]
+        front = _run_example(EXAMPLES / "jaeger-tracing/envoy.yaml",
+                             {("service1", 8000): _ports(side1)[0], jaeger: collector.port})
+        servers.append(front)
+        conn = http.client.HTTPConnection("127.0.0.1", _ports(front)[0], timeout=10)
+        conn.request("GET", "/trace/1")
+        assert "Hello from behind Envoy (service 1)!" in conn.getresponse().read().decode()
+        conn.close()
+        trace = s2.headers[0]["x-b3-traceid"]
+        assert _wait(lambda: len([s for s in collector.spans if s["traceId"] == trace]) == 4)
+        spans = [s for s in collector.spans if s["traceId"] == trace]
+        front_span = next(s for s in spans if s["localEndpoint"]["serviceName"] == "front-proxy")
+        client = next(s for s in spans if s["kind"] == "CLIENT" and s is not front_span)
+        s1_in = next(s for s in spans if s.get("parentId") == front_span["id"])
+        s2_in = next(s for s in spans if s.get("parentId") == client["id"])
+        # shared_span_context: false: every hop is a child of the one before; the spans of
+        # the egress listeners (the front proxy's, service 1's sidecar's 9000) are CLIENT spans.
+        assert front_span["kind"] == "CLIENT" and "parentId" not in front_span
+        assert front_span["name"] == "checkAvailability"
+        assert (s1_in["kind"], s1_in["name"]) == ("SERVER", "checkAvailability")
+        assert client["parentId"] == s1_in["id"] and client["name"] == "checkStock"
+        assert (s2_in["kind"], s2_in["name"]) == ("SERVER", "checkStock")
+        assert all("shared" not in s for s in spans)
+        assert s2.headers[0]["x-b3-spanid"] == s2_in["id"]
+        assert s2.headers[0]["x-b3-parentspanid"] == client["id"]
+    finally:
+        for server in reversed(servers):
+            server.request_shutdown()
+        s1.close()
+        s2.close()

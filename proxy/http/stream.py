@@ -148,6 +148,9 @@ class ActiveStream(FilterManager, StreamInfo):
             rid = self.head.headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
+        span = self.active_span
+        if span is not None:  # the HCM traces: x-envoy-decorator-operation (tracing/tracer.py)
+            ctx.tracer.response_headers(span, headers)
         # (OVERWRITE: the codec writes `server`, see HcmContext.response_fields.)
         if cfg.server_header_transformation == "APPEND_IF_ABSENT":
             headers.set_default(b"server", ctx.server_name)

@@ -137,8 +137,9 @@ ZIPKIN = Message(ZIPKIN_PROTO, title="Zipkin tracer", model=ZipkinConfig, fields
     used("collector_hostname", ""),
     used("trace_id_128bit", False),
     used("shared_span_context", True),
-    used("collector_endpoint_version", "HTTP_JSON", attr="",
-         why="HTTP_JSON (Zipkin's JSON v2) only: HTTP_PROTO and GRPC are refused by path"),
+    used("collector_endpoint_version", attr="",
+         why="required, as Envoy 1.40 requires it: HTTP_JSON (Zipkin's JSON v2) only, "
+             "HTTP_PROTO and GRPC are refused by path"),
     refused("collector_service", "use collector_cluster and collector_endpoint"),
     refused("split_spans_for_request", "only false", default=False, only_default=True),
     refused("trace_context_option", "only USE_B3: B3 headers, no W3C traceparent",
@@ -250,9 +251,13 @@ def parse_zipkin(raw: Mapping[str, Any], path: str) -> ZipkinConfig:
         raise ConfigError(f.at("collector_endpoint"), "must be a path beginning with /")
     version = f.enum("collector_endpoint_version",
                      ("DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE", "HTTP_JSON", "HTTP_PROTO", "GRPC"),
-                     "HTTP_JSON")
+                     "DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE")
     if version == "DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE":
-        version = "HTTP_JSON"  # proto3's unset value; Envoy sends JSON v2 then
+        # proto3's unset value: Envoy 1.40 refuses it ("a non-default value must now be
+        # explicitly set").
+        raise ConfigError(f.at("collector_endpoint_version"),
+                          "must be set (HTTP_JSON): Envoy refuses the deprecated default "
+                          "DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE")
     if version != "HTTP_JSON":
         raise ConfigError(f.at("collector_endpoint_version"),
                           f"not supported yet ({version}: only HTTP_JSON, Zipkin's JSON v2)")

@@ -22,6 +22,9 @@ ActiveStream::traceRequest) and zipkin driver do:
 3. Its name: the request's authority, or the route `decorator`'s operation; on an ingress
    listener a request's x-envoy-decorator-operation overrides it (and is removed); on an egress
    one (traffic_direction OUTBOUND) the decorator's operation is sent upstream in that header.
+   On the response, as Envoy: ingress, the decorator's operation goes back to the caller in
+   that header (unless the request named one); egress, an upstream's renames the span and is
+   removed.
 4. The context injected into the request (the upstream span's with spawn_upstream_span).
 
 Thread affinity: a WorkerTracer and its batcher belong to one worker. Must not: block, or
@@ -139,6 +142,9 @@ class WorkerTracer:
                 if override:
                     span.name = override.decode("latin-1")
                 headers.remove(b"x-envoy-decorator-operation")
+            if decorator is not None and decorator.propagate and not override:
+                # Envoy tells the caller the operation, for its client span.
+                span.response_operation = decorator.operation.encode()
         stream.active_span = span
         if self.spawn_upstream:
             # The router's upstream span: its id is what the upstream sees as its parent.
@@ -176,6 +182,19 @@ class WorkerTracer:
         if uuid and reason != decided:
             headers.set(b"x-request-id", rid[:14] + _NIBBLE[reason] + rid[15:])
         return reason
+
+    # -- response ---------------------------------------------------------------------------
+    def response_headers(self, span: Span, headers) -> None:
+        """Envoy's x-envoy-decorator-operation on the response: ingress, the route decorator's
+        operation goes to the caller; egress, the upstream's renames the span and is removed."""
+        if span.response_operation is not None:
+            headers.set(b"x-envoy-decorator-operation", span.response_operation)
+        elif self.egress:
+            override = headers.get(b"x-envoy-decorator-operation")
+            if override is not None:
+                if override:
+                    span.name = override.decode("latin-1")
+                headers.remove(b"x-envoy-decorator-operation")
 
     # -- request end -----------------------------------------------------------------------
     def finish(self, stream, span: Span) -> None:

@@ -39,7 +39,8 @@ class Span:
     """One Zipkin span. Ids are lower-case hex strings (trace 16 or 32, span and parent 16)."""
 
     __slots__ = ("trace_id", "id", "parent_id", "sampled", "name", "kind", "start_us",
-                 "duration_us", "tags", "single_header", "child", "reason")
+                 "duration_us", "tags", "single_header", "child", "reason",
+                 "response_operation")
 
     def __init__(self, trace_id: str, span_id: str, parent_id: str | None, sampled: bool,
                  name: str, kind: str, start_us: int, single_header: bool = False) -> None:
@@ -55,6 +56,7 @@ class Span:
         self.single_header = single_header
         self.child: Span | None = None   # the router's upstream span (spawn_upstream_span)
         self.reason = 0   # the HCM's trace reason (tracer.py: NOT_TRACEABLE, SAMPLING, ...)
+        self.response_operation: bytes | None = None  # ingress: the decorator's, for the response
 
     def child_span(self, span_id: str, name: str, start_us: int) -> Span:
         return Span(self.trace_id, span_id, self.id, self.sampled, name, CLIENT, start_us,

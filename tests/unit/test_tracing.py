@@ -14,7 +14,8 @@ from proxy.tracing.zipkin import CLIENT, SERVER, InvalidContext, Span, encode_sp
 
 ZIPKIN = {"name": "envoy.tracers.zipkin", "typed_config": {
     "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-    "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans"}}
+    "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+    "collector_endpoint_version": "HTTP_JSON"}}
 
 
 def _get(headers: dict):
@@ -135,6 +136,10 @@ def test_tracing_config_defaults_and_refusals():
                                       "USE_B3_WITH_W3C_PROPAGATION"}}
     with pytest.raises(ConfigError, match=r"trace_context_option: not supported yet"):
         parse_tracing({"provider": bad}, "t")
+    unset = {**ZIPKIN, "typed_config": {k: v for k, v in ZIPKIN["typed_config"].items()
+                                         if k != "collector_endpoint_version"}}
+    with pytest.raises(ConfigError, match=r"collector_endpoint_version: must be set \(HTTP_JSON\)"):
+        parse_tracing({"provider": unset}, "t")
     wrapped = {**ZIPKIN, "typed_config": {**ZIPKIN["typed_config"], "shared_span_context": {"value": False}}}
     assert parse_tracing({"provider": wrapped}, "t").provider.shared_span_context is False
 

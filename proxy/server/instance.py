@@ -37,8 +37,8 @@ from ..stats.store import StatsRegistry
 from ..threads.dispatcher import Dispatcher
 from ..threads.worker import Worker
 from ..tls.watcher import SecretWatcher
-from ..tracing.exporter import Exporters
-from ..tracing.tracer import HcmTracing, LocalInfo
+from ..tracing.exporter import Exporters, LocalInfo
+from ..tracing.tracer import HcmTracing
 from ..upstream.cluster_manager import ClusterManager
 from .admin_context import ServerAdminContext
 
@@ -173,7 +173,7 @@ class Server:
         st.gauge("server.concurrency").set(opts.concurrency)
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
         st.gauge("server.live").set(0)
-        self.span_exporters = Exporters(self.main, self.main_store, self._span_endpoint())
+        self.span_exporters = Exporters(self.main, self.main_store, self._local_info())
         factories = self._build_filter_factories()
         limit = self.bootstrap.global_downstream_max_connections
         global_limit = (SharedCount(), limit) if limit is not None else None
@@ -364,8 +364,7 @@ class Server:
                 router = terminal.http_filters[-1].config  # the router is always last
                 tracing = HcmTracing(terminal.tracing,
                                      self.span_exporters.exporter_for(terminal.tracing.provider),
-                                     lc.traffic_direction == "OUTBOUND", self._local_info(),
-                                     router.start_child_span)
+                                     lc.traffic_direction == "OUTBOUND", router.start_child_span)
             factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, tracing)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
@@ -378,15 +377,10 @@ class Server:
         return factory
 
     def _local_info(self) -> LocalInfo:
+        """What tracing reports of this process, as Envoy's local_info: the node and this
+        host's address."""
         node = self.bootstrap.node
         return LocalInfo(node.id, node.cluster, node.zone, node_address())
-
-    def _span_endpoint(self) -> dict:
-        """Zipkin's localEndpoint of our spans: the node's cluster and this host's address, as
-        Envoy's local_info gives them (port 0)."""
-        address = node_address()
-        return {"serviceName": self.bootstrap.node.cluster,
-                "ipv6" if ":" in address else "ipv4": address, "port": 0}
 
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.

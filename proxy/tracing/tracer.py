@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 
 from .config import TracingConfig
+from .tags import Facts
 from .zipkin import CLIENT, SERVER, InvalidContext, Span, extract, inject
 
-__all__ = ["HcmTracing", "WorkerTracer", "LocalInfo", "REASONS"]
+__all__ = ["HcmTracing", "WorkerTracer", "REASONS"]
 
 NOT_TRACEABLE, SAMPLING, SERVICE_FORCED, CLIENT_FORCED = range(4)
 REASONS = ("not_traceable", "random_sampling", "service_forced", "client_enabled")
@@ -48,28 +48,26 @@ REASONS = ("not_traceable", "random_sampling", "service_forced", "client_enabled
 # not built here, so the counter exists (for dashboards) and stays 0.
 _FROM_NIBBLE = {0x39: SAMPLING, 0x61: SERVICE_FORCED, 0x62: CLIENT_FORCED}  # '9', 'a', 'b'
 _NIBBLE = (b"4", b"9", b"a", b"b")
+_B3_MULTI = frozenset({b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled"})
+_B3_FIELDS = _B3_MULTI | {b"b3"}
 
 
-@dataclass(frozen=True, slots=True)
-class LocalInfo:
-    """What Envoy's local_info gives a tracer: node id, cluster (the service name), zone and
-    this host's address."""
-    node_id: str = ""
-    cluster: str = ""
-    zone: str = ""
-    address: str = ""
+def _str_getter(h: dict):
+    def get(name: str) -> str | None:
+        v = h.get(name.encode())
+        return None if v is None else v.decode("latin-1")
+    return get
 
 
 class HcmTracing:
     """One HCM's tracing (main thread, immutable): its config, the exporter its spans go to
-    and whether its listener is egress."""
+    and whether its listener is egress."""  # noqa: D401
 
-    def __init__(self, config: TracingConfig, exporter, egress: bool, local: LocalInfo,
+    def __init__(self, config: TracingConfig, exporter, egress: bool,
                  start_child_span: bool = False) -> None:
         self.config = config
         self.exporter = exporter
         self.egress = egress
-        self.local = local
         # The router's upstream span: the HCM's spawn_upstream_span or the router's own
         # (deprecated) start_child_span, as Envoy's router reads either.
         self.spawn_upstream = config.spawn_upstream_span or start_child_span
@@ -91,13 +89,6 @@ class WorkerTracer:
         scope = worker.stats.scope(f"http.{stat_prefix}.tracing")
         self.reason_counters = tuple(scope.counter(n) for n in REASONS)
         scope.counter("health_check")
-        local = hcm.local
-        common = {"component": "proxy"}
-        if local.node_id:
-            common["node_id"] = local.node_id
-        if local.zone:
-            common["zone"] = local.zone
-        self.common_tags = common
         self.spawn_upstream = hcm.spawn_upstream
         # Envoy 1.40's zipkin tracer: on an egress listener without an upstream span, the
         # request's span is the CLIENT span (a child of the caller's, never shared); else
@@ -108,27 +99,33 @@ class WorkerTracer:
     def start(self, stream) -> None:
         head = stream.head
         headers = head.headers
+        # One pass: the request's fields by name, the first of each name winning (as Envoy
+        # reads these untrusted fields); every test below is then a dict lookup.
+        h = dict(reversed(headers.fields))
         route = stream.route()
-        reason = self._decide(headers, route)
+        reason = self._decide(headers, h, route)
         self.reason_counters[reason].value += 1
-        get = headers.get_str
-        try:
-            context, sampled, single = extract(get, reason != NOT_TRACEABLE)
-        except InvalidContext:
-            return  # Envoy: a null span; nothing injected, the headers pass as they came
+        traced = reason != NOT_TRACEABLE
+        kind = self.kind
+        if _B3_FIELDS.isdisjoint(h):  # the usual request: no context, a new trace
+            context, sampled, single = None, traced, False
+        else:
+            try:
+                context, sampled, single = extract(_str_getter(h), traced)
+            except InvalidContext:
+                return  # Envoy: a null span; nothing injected, the headers pass as they came
         start_us = int(stream.start_time * 1_000_000)
         name = head.authority.decode("latin-1")
-        kind = self.kind
+        getrandbits = self.rng.getrandbits
         if context is None:
-            n = self.rng.getrandbits(64)
-            span_id = "%016x" % n
-            trace = ("%016x" % self.rng.getrandbits(64)) + span_id if self.trace_128 else span_id
+            span_id = "%016x" % getrandbits(64)
+            trace = ("%016x" % getrandbits(64)) + span_id if self.trace_128 else span_id
             span = Span(trace, span_id, None, sampled, name, kind, start_us, single)
         elif kind == SERVER and self.shared_context:
             span = Span(context[0], context[1], context[2], sampled, name, kind, start_us, single)
         else:
-            span = Span(context[0], self._new_id(), context[1], sampled, name, kind, start_us,
-                        single)
+            span = Span(context[0], "%016x" % getrandbits(64), context[1], sampled, name, kind,
+                        start_us, single)
         span.reason = reason
         decorator = route.decorator if route is not None else None
         if decorator is not None:
@@ -137,7 +134,7 @@ class WorkerTracer:
             if decorator is not None and decorator.propagate:
                 headers.set(b"x-envoy-decorator-operation", decorator.operation.encode())
         else:
-            override = headers.get(b"x-envoy-decorator-operation")
+            override = h.get(b"x-envoy-decorator-operation")
             if override is not None:
                 if override:
                     span.name = override.decode("latin-1")
@@ -148,21 +145,27 @@ class WorkerTracer:
         stream.active_span = span
         if self.spawn_upstream:
             # The router's upstream span: its id is what the upstream sees as its parent.
-            span.child = span.child_span(self._new_id(), "", start_us)
-            inject(span.child, headers)
+            span.child = span.child_span("%016x" % getrandbits(64), "", start_us)
+            span = span.child
+        if context is None and not span.single_header and _B3_MULTI.isdisjoint(h):
+            # Nothing to replace: the three fields go at the end (no scans).
+            trace_b = span.trace_id.encode()
+            fields = headers.fields
+            fields.append((b"x-b3-traceid", trace_b))
+            fields.append((b"x-b3-spanid", trace_b if span.id == span.trace_id else span.id.encode()))
+            if span.parent_id is not None:
+                fields.append((b"x-b3-parentspanid", span.parent_id.encode()))
+            fields.append((b"x-b3-sampled", b"1" if span.sampled else b"0"))
         else:
             inject(span, headers)
 
-    def _new_id(self) -> str:
-        return "%016x" % self.rng.getrandbits(64)
-
-    def _decide(self, headers, route) -> int:
+    def _decide(self, headers, h: dict, route) -> int:
         """Envoy's mutateTracingRequestHeader; writes a new decision into x-request-id."""
-        rid = headers.get(b"x-request-id")
+        rid = h.get(b"x-request-id")
         if rid is None or len(rid) < 8:
             return NOT_TRACEABLE
         try:
-            draw = int(rid[:8], 16) % 10_000
+            draw = int(rid[:8], 16) % 10_000  # Envoy's draw, then percent % denominator
         except ValueError:
             return NOT_TRACEABLE
         rt = route.tracing if route is not None else None
@@ -171,14 +174,16 @@ class WorkerTracer:
         reason = _FROM_NIBBLE.get(rid[14], NOT_TRACEABLE) if uuid else NOT_TRACEABLE
         decided = reason
         if reason == NOT_TRACEABLE:
-            client = cfg.client_sampling
-            if headers.get(b"x-client-trace-id") is not None and client.enabled(
-                    self.rng.getrandbits(32)):
+            if b"x-client-trace-id" in h and cfg.client_sampling.enabled(self.rng.getrandbits(32)):
                 reason = CLIENT_FORCED
-            elif cfg.random_sampling.enabled(draw):
-                reason = SAMPLING
-        if reason != NOT_TRACEABLE and not cfg.overall_sampling.enabled(draw):
-            reason = NOT_TRACEABLE
+            else:
+                rs = cfg.random_sampling
+                if draw % rs.denominator < rs.numerator:  # Sampling.enabled, inlined
+                    reason = SAMPLING
+        if reason != NOT_TRACEABLE:
+            ov = cfg.overall_sampling
+            if draw % ov.denominator >= ov.numerator:
+                reason = NOT_TRACEABLE
         if uuid and reason != decided:
             headers.set(b"x-request-id", rid[:14] + _NIBBLE[reason] + rid[15:])
         return reason
@@ -198,70 +203,26 @@ class WorkerTracer:
 
     # -- request end -----------------------------------------------------------------------
     def finish(self, stream, span: Span) -> None:
+        """The span's end, and a snapshot of the request for its tags (tags.py: the main
+        thread turns it into Envoy's tags when it encodes), then off to the batcher."""
         end = stream.end_monotonic or time.monotonic()
         span.duration_us = max(0, int((end - stream.start_monotonic) * 1_000_000))
         if not span.sampled:
             return
         head = stream.head
-        headers = head.headers
-        cfg = self.config
-        tags = dict(self.common_tags)
-        rid = headers.get_str("x-request-id")
-        if rid is not None:
-            tags["guid:x-request-id"] = rid
-        path = headers.get_str("x-envoy-original-path") or head.path.decode("latin-1")
-        proto = headers.get_str("x-forwarded-proto") or ""
-        tags["http.url"] = f"{proto}://{head.authority.decode('latin-1')}{path[:cfg.max_path_tag_length]}"
-        tags["http.method"] = head.method.decode("latin-1")
-        tags["downstream_cluster"] = headers.get_str("x-envoy-downstream-service-cluster") or "-"
-        tags["user_agent"] = headers.get_str("user-agent") or "-"
-        tags["http.protocol"] = stream.protocol
-        tags["peer.address"] = stream.hcm.remote_ip
-        client_id = headers.get_str("x-client-trace-id")
-        if client_id is not None:
-            tags["guid:x-client-trace-id"] = client_id
-        _custom_tags(tags, cfg.custom_tags, headers)
-        route = stream.cached_route
-        rt = getattr(route, "tracing", None)
-        if rt is not None:
-            _custom_tags(tags, rt.custom_tags, headers)
-        code = stream.response_code
-        tags["http.status_code"] = str(code or 0)
-        tags["response_size"] = str(stream.bytes_sent)
-        tags["request_size"] = str(stream.bytes_received)
-        flags = ",".join(stream.response_flags) or "-"
-        tags["response_flags"] = flags
+        host = stream.upstream_host
         cluster = stream.upstream_cluster
-        if cluster is not None and stream.upstream_host is not None:
-            tags["upstream_cluster"] = cluster
-            tags["upstream_cluster.name"] = cluster
-        if not code or code >= 500:
-            tags["error"] = "true"
-        span.tags = tags
+        span.facts = Facts(head.headers.fields, head.authority, head.path, head.method,
+                           stream.protocol, stream.hcm.remote_ip, stream.response_code,
+                           stream.bytes_sent, stream.bytes_received, stream.response_flags,
+                           cluster, host, getattr(stream.cached_route, "tracing", None),
+                           self.config)
         child = span.child
         if child is not None:
-            if stream.upstream_host is None:
+            if host is None:
                 span.child = None  # no upstream request was made: no upstream span
             else:
                 child.name = f"router {cluster} egress"
                 child.duration_us = max(1, span.duration_us)
-                host = stream.upstream_host
-                ctags = {"component": "proxy", "http.protocol": stream.protocol,
-                         "http.status_code": tags["http.status_code"], "peer.address": host,
-                         "upstream_address": host, "response_flags": flags,
-                         "upstream_cluster": cluster, "upstream_cluster.name": cluster}
-                if "error" in tags:
-                    ctags["error"] = "true"
-                child.tags = ctags
+                child.facts = span.facts
         self.batcher.add(span)
-
-
-def _custom_tags(tags: dict[str, str], custom, headers) -> None:
-    for t in custom:
-        if t.header is None:
-            value = t.value
-        else:
-            value = headers.get_str(t.header.decode()) or t.value
-        if value:
-            tags[t.tag] = value
-

@@ -21,7 +21,10 @@ worker of its request until finished, then is read-only (the main thread encodes
 
 from __future__ import annotations
 
-from typing import Any
+from json import dumps as _dumps
+from json.encoder import encode_basestring_ascii as _q
+
+from .tags import request_tags, upstream_tags
 
 __all__ = ["Span", "InvalidContext", "extract", "inject", "encode_spans", "SERVER", "CLIENT"]
 
@@ -40,7 +43,7 @@ class Span:
 
     __slots__ = ("trace_id", "id", "parent_id", "sampled", "name", "kind", "start_us",
                  "duration_us", "tags", "single_header", "child", "reason",
-                 "response_operation")
+                 "response_operation", "facts")
 
     def __init__(self, trace_id: str, span_id: str, parent_id: str | None, sampled: bool,
                  name: str, kind: str, start_us: int, single_header: bool = False) -> None:
@@ -52,7 +55,8 @@ class Span:
         self.kind = kind
         self.start_us = start_us
         self.duration_us = 0
-        self.tags: dict[str, str] = {}
+        self.tags: dict[str, str] = {}    # tags set directly (else made from `facts`)
+        self.facts = None   # tags.Facts: the request's snapshot its tags are made from (main)
         self.single_header = single_header
         self.child: Span | None = None   # the router's upstream span (spawn_upstream_span)
         self.reason = 0   # the HCM's trace reason (tracer.py: NOT_TRACEABLE, SAMPLING, ...)
@@ -158,30 +162,44 @@ def inject(span: Span, headers) -> None:
     headers.set(b"x-b3-sampled", b"1" if span.sampled else b"0")
 
 
-def encode_spans(spans, endpoint: dict[str, Any], shared_span_context: bool) -> list[dict[str, Any]]:
-    """The JSON v2 list (Envoy's JsonV2Serializer) for `spans` (a server span's upstream
-    child, when it has one, follows it)."""
+def encode_spans(spans, endpoint: str, common_tags: str, shared_span_context: bool) -> str:
+    """The JSON v2 list (Envoy's JsonV2Serializer) for `spans`, as text: a server span's
+    upstream child, when it has one, follows it. `endpoint`: the localEndpoint object's JSON;
+    `common_tags`: the tags every request span carries ("component", "node_id", "zone"),
+    as JSON members without braces. A span's tags come from its `facts` (tags.py) or, when
+    it has none, its `tags`."""
     out = []
     for span in spans:
-        out.append(_encode(span, endpoint, shared_span_context))
-        if span.child is not None and span.child.duration_us:
-            out.append(_encode(span.child, endpoint, shared_span_context))
-    return out
+        if span.facts is not None:
+            members = request_tags(span.facts)
+        else:
+            members = _members(span.tags)
+        members = common_tags + "," + members if common_tags and members else common_tags or members
+        out.append(_encode(span, endpoint, members, shared_span_context))
+        child = span.child
+        if child is not None and child.duration_us:
+            members = upstream_tags(child.facts) if child.facts is not None else _members(child.tags)
+            out.append(_encode(child, endpoint, members, False))
+    return "[" + ",".join(out) + "]"
 
 
-def _encode(span: Span, endpoint: dict[str, Any], shared: bool) -> dict[str, Any]:
+def _members(tags: dict[str, str]) -> str:
+    return _dumps(tags, separators=(",", ":"))[1:-1] if tags else ""
+
+
+def _encode(span: Span, endpoint: str, members: str, shared: bool) -> str:
     server = span.kind == SERVER
-    d: dict[str, Any] = {"traceId": span.trace_id, "id": span.id, "kind": span.kind,
-                         "timestamp": span.start_us, "duration": span.duration_us,
-                         "localEndpoint": endpoint,
-                         "annotations": [{"timestamp": span.start_us + span.duration_us,
-                                          "value": "ss" if server else "cr"}]}
+    end = span.start_us + span.duration_us
+    text = ('{"traceId":"%s","id":"%s","kind":"%s","timestamp":%d,"duration":%d,'
+            '"localEndpoint":%s,"annotations":[{"timestamp":%d,"value":"%s"}]'
+            % (span.trace_id, span.id, span.kind, span.start_us, span.duration_us, endpoint,
+               end, "ss" if server else "cr"))
     if span.name:
-        d["name"] = span.name
+        text += ',"name":' + _q(span.name)
     if span.parent_id is not None:
-        d["parentId"] = span.parent_id
+        text += ',"parentId":"%s"' % span.parent_id
     if server and shared:
-        d["shared"] = True
-    if span.tags:
-        d["tags"] = span.tags
-    return d
+        text += ',"shared":true'
+    if members:
+        text += ',"tags":{' + members + "}"
+    return text + "}"

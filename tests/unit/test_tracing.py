@@ -4,11 +4,14 @@ against the values real Envoy 1.40 gives (see tests/integration/test_tracing_zip
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from proxy.config.reader import ConfigError
 from proxy.http.headers import Headers
 from proxy.tracing.config import Sampling, parse_route_tracing, parse_tracing
+from proxy.tracing.exporter import LocalInfo
 from proxy.tracing.tracer import CLIENT_FORCED, NOT_TRACEABLE, SAMPLING, SERVICE_FORCED, WorkerTracer
 from proxy.tracing.zipkin import CLIENT, SERVER, InvalidContext, Span, encode_spans, extract, inject
 
@@ -68,21 +71,25 @@ def test_injection_keeps_the_format_the_request_came_with():
 
 
 def test_json_v2_encoding_as_envoy_sends_it():
-    span = Span("0000000000000abc", "0000000000000def", None, True, "op", SERVER, 1000)
+    span = Span("0000000000000abc", "0000000000000def", None, True, "op \"q\"", SERVER, 1000)
     span.duration_us = 20
-    span.tags = {"component": "proxy"}
+    span.tags = {"http.method": "GET"}
     child = span.child_span("0000000000000001", "router c egress", 1000)
     child.duration_us = 10
+    child.tags = {"component": "proxy"}
     span.child = child
+    local = LocalInfo("node-1", "svc", "", "10.0.0.1")
+    text = encode_spans([span], local.endpoint_json(), local.common_tags_json(), True)
+    server, client = json.loads(text)
     endpoint = {"serviceName": "svc", "ipv4": "10.0.0.1", "port": 0}
-    server, client = encode_spans([span], endpoint, shared_span_context=True)
     assert server == {"traceId": "0000000000000abc", "id": "0000000000000def", "kind": "SERVER",
-                      "name": "op", "timestamp": 1000, "duration": 20, "localEndpoint": endpoint,
+                      "name": 'op "q"', "timestamp": 1000, "duration": 20, "localEndpoint": endpoint,
                       "annotations": [{"timestamp": 1020, "value": "ss"}], "shared": True,
-                      "tags": {"component": "proxy"}}
+                      "tags": {"component": "proxy", "node_id": "node-1", "http.method": "GET"}}
     assert client["kind"] == CLIENT and client["parentId"] == "0000000000000def"
+    assert client["tags"] == {"component": "proxy"}
     assert client["annotations"] == [{"timestamp": 1010, "value": "cr"}] and "shared" not in client
-    assert "shared" not in encode_spans([span], endpoint, shared_span_context=False)[0]
+    assert "shared" not in json.loads(encode_spans([span], "{}", "", False))[0]
 
 
 class _Tracer(WorkerTracer):
@@ -97,7 +104,7 @@ class _Tracer(WorkerTracer):
 def _decide(cfg, headers: dict, route_tracing=None):
     h = Headers([(k.encode(), v.encode()) for k, v in headers.items()])
     route = type("R", (), {"tracing": route_tracing})()
-    reason = _Tracer(cfg)._decide(h, route)
+    reason = _Tracer(cfg)._decide(h, dict(reversed(h.fields)), route)
     return reason, h.get_str("x-request-id")
 
 

@@ -24,6 +24,8 @@ from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
 from proxy.tracing.config import parse_tracing
 
+from .codec.h2_keepalive import KeepaliveSettings, parse_keepalive
+
 __all__ = ["HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]
 
@@ -74,6 +76,7 @@ class Http2Config:
     max_consecutive_inbound_frames_with_empty_payload: int = 1
     max_inbound_priority_frames_per_stream: int = 100
     max_inbound_window_update_frames_per_data_frame_sent: int = 10
+    connection_keepalive: KeepaliveSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,8 @@ class HcmConfig:
     # Timeouts in seconds; 0 disables (Envoy's meaning of a zero duration).
     stream_idle_timeout: float = 300.0     # slow-loris defence per stream
     request_timeout: float = 0.0
+    max_stream_duration: float = 0.0      # common_http_protocol_options'; routes may override
+    add_user_agent: bool = False
     request_headers_timeout: float = 0.0
     drain_timeout: float = 5.0
     delayed_close_timeout: float = 1.0
@@ -151,7 +156,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     refused("merge_slashes", _ONLY_DEFAULT, default=False, only_default=True),
     refused("path_with_escaped_slashes_action", _ONLY_DEFAULT, default="KEEP_UNCHANGED",
             only_default=True),
-    refused("add_user_agent", _ONLY_DEFAULT, default=False, only_default=True),
+    used("add_user_agent", False, why="user-agent and x-envoy-downstream-service-* from the node"),
     refused("proxy_100_continue", "the proxy answers expect: 100-continue itself",
             default=False, only_default=True),
     refused("strip_matching_host_port", _ONLY_DEFAULT, default=False, only_default=True),
@@ -180,7 +185,7 @@ COMMON_HTTP = Message("envoy.config.core.v3.HttpProtocolOptions (downstream)", f
     used("max_requests_per_connection"),
     used("headers_with_underscores_action", "ALLOW"),
     refused("max_connection_duration", _ONLY_DEFAULT, only_default=True),
-    refused("max_stream_duration", _ONLY_DEFAULT, only_default=True),
+    used("max_stream_duration", why="routes' max_stream_duration replaces it"),
     refused("max_response_headers_kb"),
 ))
 
@@ -219,7 +224,7 @@ HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=
     used("max_inbound_window_update_frames_per_data_frame_sent", 10),
     used("hpack_table_size", 4096),
     refused("custom_settings_parameters"),
-    refused("connection_keepalive"),
+    used("connection_keepalive", why="its own table"),
     refused("use_oghttp2_codec"),
     refused("max_metadata_size"),
     refused("enable_huffman_encoding"),
@@ -269,6 +274,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         via=f.str("via") or None,
         stream_idle_timeout=f.duration("stream_idle_timeout", 300.0),
         request_timeout=f.duration("request_timeout", 0.0),
+        add_user_agent=f.bool("add_user_agent", False),
         request_headers_timeout=f.duration("request_headers_timeout", 0.0),
         drain_timeout=f.duration("drain_timeout", 5.0),
         delayed_close_timeout=f.duration("delayed_close_timeout", 1.0),
@@ -288,7 +294,7 @@ def _refuse_non_defaults(f: Fields) -> None:
     """Fields understood but without runtime behaviour yet: only their default is accepted."""
     for name in ("xff_num_trusted_hops",):
         HCM.require_default(f, name, f.int(name, 0, min=0))
-    for name in ("normalize_path", "merge_slashes", "add_user_agent", "proxy_100_continue",
+    for name in ("normalize_path", "merge_slashes", "proxy_100_continue",
                  "strip_matching_host_port", "strip_any_host_port", "strip_trailing_host_dot",
                  "stream_error_on_invalid_http_message", "append_x_forwarded_port"):
         HCM.require_default(f, name, f.bool(name, False))
@@ -317,7 +323,7 @@ def _parse_common_options(f: Fields, out: dict[str, Any]) -> None:
     c = COMMON_HTTP.read(f.value("common_http_protocol_options"), f.at("common_http_protocol_options"))
     out["idle_timeout"] = c.duration("idle_timeout", 3600.0)
     COMMON_HTTP.require_default(c, "max_connection_duration", c.duration("max_connection_duration") or None)
-    COMMON_HTTP.require_default(c, "max_stream_duration", c.duration("max_stream_duration") or None)
+    out["max_stream_duration"] = c.duration("max_stream_duration", 0.0)
     out["max_headers_count"] = c.int("max_headers_count", 100, min=1)
     out["max_requests_per_connection"] = c.int("max_requests_per_connection", min=0) or None
     out["headers_with_underscores_action"] = c.enum("headers_with_underscores_action",
@@ -361,6 +367,8 @@ def _parse_http2(f: Fields) -> Http2Config:
                                                      min=0, max=2**32 - 1),
         max_inbound_window_update_frames_per_data_frame_sent=h.int(
             "max_inbound_window_update_frames_per_data_frame_sent", 10, min=1, max=2**32 - 1),
+        connection_keepalive=(parse_keepalive(h.value("connection_keepalive"), h.at("connection_keepalive"),
+                                              client=False) if h.has("connection_keepalive") else None),
     )
 
 

@@ -36,7 +36,8 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
                               h2.max_outbound_frames, h2.max_outbound_control_frames,
                               h2.max_consecutive_inbound_frames_with_empty_payload,
                               h2.max_inbound_priority_frames_per_stream,
-                              h2.max_inbound_window_update_frames_per_data_frame_sent)
+                              h2.max_inbound_window_update_frames_per_data_frame_sent,
+                              h2.connection_keepalive)
 
     def make(first_bytes: bytes, transport, callbacks):
         if codec_type == "HTTP2" or (codec_type == "AUTO" and (
@@ -51,9 +52,15 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
 
 class HcmFactory:
     def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None,
-                 tracing=None) -> None:
+                 node=None, tracing=None) -> None:
         self.config = config
         self.tracing = tracing  # proxy.tracing.tracer.HcmTracing when the HCM traces
+        # add_user_agent: the node's cluster (user-agent when the request has none, and
+        # x-envoy-downstream-service-cluster) and its id (x-envoy-downstream-service-node).
+        self.user_agent = None
+        if config.add_user_agent:
+            self.user_agent = ((getattr(node, "cluster", "") or "").encode(),
+                               (getattr(node, "id", "") or "").encode())
         self.codec_impl = codec_impl
         self.listener_stat_prefix = listener_stat_prefix  # for listener.<prefix>.http.<hcm>.*
         self.route_table = RouteTable(config.route_config)
@@ -97,7 +104,7 @@ class HcmFactory:
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
-                 "upgrade_request_headers_removed", "first_stream_timeout",
+                 "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
                  "response_fields", "codec_factory", "worker", "stats", "tracer")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
@@ -112,6 +119,7 @@ class HcmContext:
         self.request_headers_removed = factory.request_headers_removed
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
+        self.user_agent = factory.user_agent
         self.response_fields = factory.response_fields
         # Per worker: the HTTP/2 codec counts Envoy's http2.* stats in this worker's store.
         self.codec_factory = factory.codec_factory_for(worker)

@@ -19,12 +19,17 @@ Thread affinity: one worker. Must not: block or touch another worker's pools.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
+from ..router.grpc_timeout import (format_grpc_timeout, legacy_grpc_timeout_ms, parse_grpc_timeout,
+                                   stream_duration_ms)
 from ..router.header_mutation import apply_mutations
+from ..router.mirror_policy import shadow_authority
 from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
-from .local_reply import local_reply_head, reset_body
+from .async_client import AsyncRequest
+from .local_reply import is_grpc_request, local_reply_head, reset_body
 from .stream_state import UPGRADED
 
 __all__ = ["RouterFilter", "RouterFactory"]
@@ -63,6 +68,7 @@ class RouterFilter:
         self.upstream_paused = False
         self.chunked = False
         self.holds_retry_slot = False
+        self.shadows: list[Shadow] | None = None  # request_mirror_policies' copies being read
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
@@ -121,8 +127,10 @@ class RouterFilter:
             self._reset_reply(503, "overflow", "UO")
             return
         self.holds_request_slot = True
-        if route.prepare:  # rewrites, header mutations, retries (one test for them all)
-            self._prepare(route, action, head)
+        if route.prepare:  # rewrites, header mutations, retries, deadlines (one test for all)
+            action = self._prepare(route, action, head, end_stream)
+        elif ctx.config.max_stream_duration:
+            self._set_deadlines(route, action, head)
         if action.timeout_ms and not self.config.suppress_envoy_headers:
             head.headers.set(b"x-envoy-expected-rq-timeout-ms", action.timeout_ms)
         if end_stream:
@@ -148,21 +156,95 @@ class RouterFilter:
             stream.abandon_request()  # the rest of the request body will not be read
         stream.encode_local(head, body)
 
-    def _prepare(self, route, action, head) -> None:
+    def _prepare(self, route, action, head, end_stream: bool):
         """What a route asks beyond forwarding: its rewrites and request header mutations,
-        then (they may add x-envoy-retry-on...) its retry state and attempt-count headers. A
-        request that may be retried, or answers with x-envoy-attempt-count, is carried on by a
-        RetryingRouter (router_retry.py): this object becomes one, and a request on a route
-        without a retry policy never pays for it."""
+        its deadlines (max_stream_duration, grpc-timeout), then (they may add
+        x-envoy-retry-on...) its retry state and attempt-count headers. A request that may be
+        retried, or answers with x-envoy-attempt-count, is carried on by a RetryingRouter
+        (router_retry.py): this object becomes one, and a request on a route without a retry
+        policy never pays for it. Returns the route action in force for this request."""
+        if (action.max_stream_duration is not None or action.max_grpc_timeout is not None
+                or self.ctx.config.max_stream_duration):
+            action = self._set_deadlines(route, action, head)
+            route = self.route
         if (action.rewrites_path or action.host_rewrite_literal is not None
                 or action.auto_host_rewrite or route.request_mutations):
             self._rewrite_request(action)
+        if action.request_mirror_policies:
+            self._start_shadows(action, head, end_stream)
         if action.attempt_count_in_request:
             head.headers.set(b"x-envoy-attempt-count", b"1")
         if (action.retry_policy is not None or route.retry_headers_added
                 or action.attempt_count_in_response):
             from .router_retry import become_retrying
             become_retrying(self, route, action, head)
+        return action
+
+    def _start_shadows(self, action, head, end_stream: bool) -> None:
+        """request_mirror_policies: a copy of the request (as the upstream gets it, but its
+        authority `-shadow`ed) for each mirror cluster the request names; sent once the
+        request is read to its end, its answer discarded (mirror_policy.py)."""
+        worker = self.ctx.worker
+        shadows = []
+        for policy in action.request_mirror_policies:
+            fraction = policy.runtime_fraction
+            if fraction is not None and not fraction.enabled(worker.rand_bits):
+                continue
+            cluster = policy.target(head.headers)
+            if cluster is None or cluster not in worker.clusters:
+                continue  # (Envoy mirrors nothing for a missing or unknown cluster)
+            authority = head.authority if policy.disable_shadow_host_suffix_append \
+                else shadow_authority(head.authority)
+            shadows.append(Shadow(worker, cluster, head, authority, action.timeout))
+        if not shadows:
+            return
+        if end_stream:
+            for shadow in shadows:
+                shadow.send()
+        else:
+            self.shadows = shadows
+
+    def _feed_shadows(self, data: bytes, end: bool) -> None:
+        shadows = self.shadows
+        if data:
+            limit = self.cluster.buffer_limit
+            for shadow in shadows:
+                shadow.body.append(data)
+                shadow.size += len(data)
+            if shadows[0].size > limit:  # too much to hold: the copies are given up
+                self.cluster.stats.retry_or_shadow_abandoned.value += len(shadows)
+                self.shadows = None
+                return
+        if end:
+            self.shadows = None
+            for shadow in shadows:
+                shadow.send()
+
+    def _set_deadlines(self, route, action, head):
+        """Envoy's refreshDurationTimeout (the stream's max_stream_duration, or the
+        grpc-timeout header capped by grpc_timeout_header_max less its offset, which a gRPC
+        request's upstream is then told) and, for a gRPC request on a route with the legacy
+        max_grpc_timeout, the router timeout from grpc-timeout (finalTimeout). That timeout
+        is this request's own: it gets a copy of its route with it (dataclasses.replace
+        recomputes the per-try and x-envoy-expected-rq-timeout-ms values). Returns the action."""
+        headers = head.headers
+        msd = action.max_stream_duration
+        grpc = is_grpc_request(headers)
+        header_ms = parse_grpc_timeout(headers.get(b"grpc-timeout"))
+        cfg_ms = round(self.ctx.config.max_stream_duration * 1000)
+        if msd is not None or cfg_ms:
+            ms = stream_duration_ms(msd, cfg_ms, header_ms)
+            if ms is not None:
+                if msd is not None and grpc:
+                    headers.set(b"grpc-timeout", format_grpc_timeout(ms))
+                self.stream.set_max_duration(ms / 1000)
+        if msd is None and action.max_grpc_timeout is not None and grpc:
+            ms = legacy_grpc_timeout_ms(action.max_grpc_timeout, action.grpc_timeout_offset, header_ms)
+            action = replace(action, timeout=ms / 1000)
+            self.route = replace(route, action=action)
+            if action.timeout_ms:  # the per-try or the new timeout, as Envoy tells the upstream
+                headers.set(b"grpc-timeout", format_grpc_timeout(int(action.timeout_ms)))
+        return action
 
     def _rewrite_request(self, action) -> None:
         """The route's path and host rewrites and request header mutations."""
@@ -188,6 +270,8 @@ class RouterFilter:
             apply_mutations(self.route.request_mutations, headers, stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> int:
+        if self.shadows is not None:
+            self._feed_shadows(data, end_stream)
         if self.done:
             return _TAKEN
         if end_stream and not data and self.stream.upgraded:
@@ -209,6 +293,8 @@ class RouterFilter:
         return _TAKEN
 
     def decode_trailers(self, trailers) -> int:
+        if self.shadows is not None:
+            self._feed_shadows(b"", True)
         self.decode_end(trailers)
         return _STOP_TRAILERS
 
@@ -457,6 +543,31 @@ class RouterFilter:
             self.timeout_timer = None
         if self.holds_request_slot or self.holds_retry_slot:
             self._release_request_slot()
+
+
+class Shadow:
+    """One mirrored copy of a request: its head now, its body as it is read."""
+
+    __slots__ = ("worker", "cluster", "method", "path", "authority", "fields", "timeout", "body", "size")
+
+    def __init__(self, worker, cluster: str, head, authority: bytes, timeout: float) -> None:
+        self.worker = worker
+        self.cluster = cluster
+        self.method = head.method
+        self.path = head.path
+        self.authority = authority
+        self.fields = list(head.headers.fields)
+        self.timeout = timeout
+        self.body: list[bytes] = []
+        self.size = 0
+
+    def send(self) -> None:
+        AsyncRequest(self.worker, self.cluster, self.method, self.path, self.authority, self.fields,
+                     b"".join(self.body), self.timeout, _discard, send_xff=True).send()
+
+
+def _discard(answer) -> None:
+    """A shadow's answer: thrown away (its cluster's stats counted it)."""
 
 
 class RouterFactory:

@@ -365,7 +365,8 @@ class Server:
                 tracing = HcmTracing(terminal.tracing,
                                      self.span_exporters.exporter_for(terminal.tracing.provider),
                                      lc.traffic_direction == "OUTBOUND", router.start_child_span)
-            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, tracing)
+            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node,
+                                 tracing)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
         else:  # config parsing only admits the two terminal filters above

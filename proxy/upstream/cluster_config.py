@@ -21,6 +21,7 @@ from typing import Any
 
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
+from proxy.http.codec.h2_keepalive import KeepaliveSettings, parse_keepalive
 from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport_socket
 
 __all__ = [
@@ -85,6 +86,8 @@ class Http2Options:
     # consumer, per stream and per connection.
     initial_stream_window_size: int = 268435456
     initial_connection_window_size: int = 268435456
+    # connection_keepalive (http/codec/h2_keepalive.py), or None.
+    connection_keepalive: KeepaliveSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +372,7 @@ UPSTREAM_HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (upstream)",
     refused("stream_error_on_invalid_http_messaging", default=False, only_default=True),
     refused("override_stream_error_on_invalid_http_message"),
     refused("custom_settings_parameters"),
-    refused("connection_keepalive", "HTTP/2 PING keepalive"),
+    used("connection_keepalive", why="its own table"),
 ))
 
 UPSTREAM_COMMON_HTTP = Message("envoy.config.core.v3.HttpProtocolOptions (upstream)", fields=(
@@ -640,6 +643,8 @@ def _http2_options(raw: Any, path: str) -> Http2Options:
         initial_connection_window_size=h.int("initial_connection_window_size",
                                              d.initial_connection_window_size,
                                              min=65535, max=2147483647),
+        connection_keepalive=(parse_keepalive(h.value("connection_keepalive"), h.at("connection_keepalive"),
+                                              client=True) if h.has("connection_keepalive") else None),
     )
 
 

@@ -204,10 +204,10 @@ def test_http2_protocol_options_make_the_cluster_speak_h2():
     ("initial_stream_window_size", 1000, "must be >= 65535, got 1000"),
     ("allow_connect", True, "not supported yet (extended CONNECT upstream)"),
     ("hpack_table_size", 100, "not supported yet (only the default, 4096, is)"),
-    ("connection_keepalive", {}, "not supported yet (HTTP/2 PING keepalive)"),
     ("max_outbound_frames", 10, "not supported yet (flood limits"),
 ])
 def test_http2_protocol_options_refuse_what_is_not_honoured(field, value, expected):
+    """(connection_keepalive is honoured: tests/integration/test_h2_keepalive.py.)"""
     key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     msg = error(cluster(typed_extension_protocol_options={key: {"explicit_http_config": {
         "http2_protocol_options": {field: value}}}}))

@@ -388,3 +388,10 @@ def test_route_priority_high_is_parsed_and_default_otherwise():
 def test_route_priority_unknown_value_names_the_field():
     msg = error(rc([{"match": {"prefix": "/"}, "route": {"cluster": "c", "priority": "URGENT"}}]))
     assert msg.startswith("route_config.virtual_hosts[0].routes[0].route.priority:"), msg
+
+
+def test_shadow_authority_inserts_the_suffix_before_a_port():
+    from proxy.router.mirror_policy import shadow_authority
+    assert shadow_authority(b"example.com") == b"example.com-shadow"
+    assert shadow_authority(b"example.com:8080") == b"example.com-shadow:8080"
+    assert shadow_authority(b"[::1]:80") == b"[::1]-shadow:80"

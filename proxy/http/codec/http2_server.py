@@ -23,7 +23,7 @@ from __future__ import annotations
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, PingReceived, PriorityUpdated,
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PingReceived, PriorityUpdated,
                        RemoteSettingsChanged, RequestReceived, StreamEnded, StreamReset,
                        TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
@@ -31,6 +31,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from .errors import CodecError
+from .h2_keepalive import Keepalive, KeepaliveSettings
 from .events import RequestHeaders
 
 __all__ = ["Http2ServerCodec", "Http2Options", "Http2CodecStats", "PREFACE", "PREMATURE_RESET_MIN"]
@@ -56,7 +57,7 @@ class Http2Options:
                  "max_outbound_frames", "max_outbound_control_frames",
                  "max_consecutive_inbound_frames_with_empty_payload",
                  "max_inbound_priority_frames_per_stream",
-                 "max_inbound_window_update_frames_per_data_frame_sent")
+                 "max_inbound_window_update_frames_per_data_frame_sent", "keepalive")
 
     def __init__(self, max_concurrent_streams: int = 2147483647,
                  initial_stream_window_size: int = 268435456,
@@ -65,7 +66,8 @@ class Http2Options:
                  max_outbound_frames: int = 10000, max_outbound_control_frames: int = 1000,
                  max_consecutive_inbound_frames_with_empty_payload: int = 1,
                  max_inbound_priority_frames_per_stream: int = 100,
-                 max_inbound_window_update_frames_per_data_frame_sent: int = 10) -> None:
+                 max_inbound_window_update_frames_per_data_frame_sent: int = 10,
+                 keepalive: KeepaliveSettings | None = None) -> None:
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_stream_window_size = initial_stream_window_size
         self.initial_connection_window_size = initial_connection_window_size
@@ -81,6 +83,7 @@ class Http2Options:
         self.max_inbound_priority_frames_per_stream = max_inbound_priority_frames_per_stream
         self.max_inbound_window_update_frames_per_data_frame_sent = \
             max_inbound_window_update_frames_per_data_frame_sent
+        self.keepalive = keepalive  # connection_keepalive (h2_keepalive.py), or None
 
 
 class Http2CodecStats:
@@ -89,7 +92,8 @@ class Http2CodecStats:
 
     __slots__ = ("rx_reset", "tx_reset", "trailers", "header_overflow", "rx_messaging_error",
                  "inbound_empty_frames_flood", "inbound_priority_frames_flood",
-                 "inbound_window_update_frames_flood", "outbound_flood", "outbound_control_flood")
+                 "inbound_window_update_frames_flood", "outbound_flood", "outbound_control_flood",
+                 "keepalive_timeout")
 
     def __init__(self, scope) -> None:
         for name in self.__slots__:
@@ -157,7 +161,23 @@ class Http2ServerCodec:
         self.data_frames_sent = 0
         self.queued_frames = 0
         self.queued_control = 0
+        self.keepalive = None
+        ka = options.keepalive
+        if ka is not None and ka.interval:
+            self.keepalive = Keepalive(ka, transport.dispatcher, self._send_ping,
+                                       self._keepalive_timeout, lambda: not transport.closed)
         self._flush()
+
+    def _send_ping(self, payload: bytes) -> None:
+        self.conn.ping(payload)
+        self._flush()
+
+    def _keepalive_timeout(self) -> None:
+        """A keepalive PING went unanswered: the connection closes (Envoy: no flush)."""
+        if self.stats is not None:
+            self.stats.keepalive_timeout.value += 1
+        self.dead = True
+        self.transport.close(flush=False)
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -291,6 +311,9 @@ class Http2ServerCodec:
                     return
             elif cls is ConnectionTerminated:
                 self.going_away = True  # the client opens no new streams
+            elif cls is PingAckReceived:
+                if self.keepalive is not None:
+                    self.keepalive.on_ack()
         self._flush()
 
     def _ack(self, sid: int, n: int) -> None:

@@ -114,18 +114,18 @@ class WorkerTracer:
                 context, sampled, single = extract(_str_getter(h), traced)
             except InvalidContext:
                 return  # Envoy: a null span; nothing injected, the headers pass as they came
-        start_us = int(stream.start_time * 1_000_000)
-        name = head.authority.decode("latin-1")
+        # The name (the authority, unless a decorator names it) and the start time are set
+        # when a sampled span ends: an unsampled one never needs them.
         getrandbits = self.rng.getrandbits
         if context is None:
             span_id = "%016x" % getrandbits(64)
             trace = ("%016x" % getrandbits(64)) + span_id if self.trace_128 else span_id
-            span = Span(trace, span_id, None, sampled, name, kind, start_us, single)
+            span = Span(trace, span_id, None, sampled, None, kind, 0, single)
         elif kind == SERVER and self.shared_context:
-            span = Span(context[0], context[1], context[2], sampled, name, kind, start_us, single)
+            span = Span(context[0], context[1], context[2], sampled, None, kind, 0, single)
         else:
-            span = Span(context[0], "%016x" % getrandbits(64), context[1], sampled, name, kind,
-                        start_us, single)
+            span = Span(context[0], "%016x" % getrandbits(64), context[1], sampled, None, kind,
+                        0, single)
         span.reason = reason
         decorator = route.decorator if route is not None else None
         if decorator is not None:
@@ -145,7 +145,7 @@ class WorkerTracer:
         stream.active_span = span
         if self.spawn_upstream:
             # The router's upstream span: its id is what the upstream sees as its parent.
-            span.child = span.child_span("%016x" % getrandbits(64), "", start_us)
+            span.child = span.child_span("%016x" % getrandbits(64), "", 0)
             span = span.child
         if context is None and not span.single_header and _B3_MULTI.isdisjoint(h):
             # Nothing to replace: the three fields go at the end (no scans).
@@ -210,6 +210,9 @@ class WorkerTracer:
         if not span.sampled:
             return
         head = stream.head
+        span.start_us = start_us = int(stream.start_time * 1_000_000)
+        if span.name is None:
+            span.name = head.authority.decode("latin-1")
         host = stream.upstream_host
         cluster = stream.upstream_cluster
         span.facts = Facts(head.headers.fields, head.authority, head.path, head.method,
@@ -223,6 +226,7 @@ class WorkerTracer:
                 span.child = None  # no upstream request was made: no upstream span
             else:
                 child.name = f"router {cluster} egress"
+                child.start_us = start_us
                 child.duration_us = max(1, span.duration_us)
                 child.facts = span.facts
         self.batcher.add(span)

@@ -51,7 +51,7 @@ class Span:
     response_operation: bytes | None = None  # ingress: the decorator's, for the response
 
     def __init__(self, trace_id: str, span_id: str, parent_id: str | None, sampled: bool,
-                 name: str, kind: str, start_us: int, single_header: bool = False) -> None:
+                 name: str | None, kind: str, start_us: int, single_header: bool = False) -> None:
         self.trace_id = trace_id
         self.id = span_id
         self.parent_id = parent_id

@@ -200,7 +200,11 @@ class ZipkinExporter:
         else:
             self.reports_dropped.inc()
         if len(self.pending) >= MIN_FLUSH_SPANS and self.in_flight is None:
-            self.main.defer(self.flush)  # not from inside the finished post's callback
+            self.main.defer(self._flush_if_idle)  # not from inside the finished post's callback
+
+    def _flush_if_idle(self) -> None:
+        if self.in_flight is None and len(self.pending) >= MIN_FLUSH_SPANS:
+            self.flush()
 
     def close(self) -> None:
         if self._timer is not None:

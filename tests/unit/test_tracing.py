@@ -157,3 +157,42 @@ def test_environment_custom_tag_is_read_at_load(monkeypatch):
         {"tag": "e", "environment": {"name": "FTPROXY_TEST_TAG"}},
         {"tag": "d", "environment": {"name": "FTPROXY_NO_SUCH_VAR", "default_value": "dv"}}]}, "t")
     assert [(t.tag, t.value) for t in cfg.custom_tags] == [("e", "from-env"), ("d", "dv")]
+
+
+class _FakeMain:
+    """The main Dispatcher's surface the exporter uses, without a loop: nothing connects."""
+
+    def __init__(self) -> None:
+        self.deferred = []
+
+    def create_timer(self, cb):
+        raise AssertionError("not started in these tests")
+
+    def defer(self, fn) -> None:
+        self.deferred.append(fn)
+
+
+class _OutstandingPost:
+    """Stands for a report still out (the exporter sends one at a time)."""
+
+
+def test_exporter_sends_one_report_at_a_time_and_bounds_what_waits():
+    from proxy.stats.store import StatsRegistry
+    from proxy.tracing import exporter
+    from proxy.tracing.config import parse_zipkin
+    registry = StatsRegistry()
+    zipkin = parse_zipkin(ZIPKIN["typed_config"], "z")
+    e = exporter.ZipkinExporter(zipkin, LocalInfo(cluster="svc"), _FakeMain(),
+                                registry.new_store("main"), lambda: {})
+    span = Span("0000000000000abc", "0000000000000def", None, True, "n", SERVER, 0)
+    e.in_flight = _OutstandingPost()
+    e.receive([span] * 10)
+    assert len(e.pending) == 10  # waits for the report that is out
+    e.receive([span] * exporter.MAX_PENDING_SPANS)
+    counters = dict(registry.snapshot().counters)
+    assert e.pending == [] and counters["tracing.zipkin.reports_failed"] == 1
+    assert counters["tracing.zipkin.spans_sent"] == 10 + exporter.MAX_PENDING_SPANS
+    e.in_flight = None
+    e.receive([span] * 5)  # no such cluster (a removed one): skipped, counted
+    counters = dict(registry.snapshot().counters)
+    assert counters["tracing.zipkin.reports_skipped_no_cluster"] == 1

@@ -151,8 +151,8 @@ class ActiveStream(FilterManager, StreamInfo):
             if rid is not None:
                 headers.set(b"x-request-id", rid)
         span = self.active_span
-        if span is not None:  # the HCM traces: x-envoy-decorator-operation (tracing/tracer.py)
-            ctx.tracer.response_headers(span, headers)
+        if span is not None and (span.response_operation is not None or ctx.tracer.egress):
+            ctx.tracer.response_headers(span, headers)  # x-envoy-decorator-operation (tracing)
         # (OVERWRITE: the codec writes `server`, see HcmContext.response_fields.)
         if cfg.server_header_transformation == "APPEND_IF_ABSENT":
             headers.set_default(b"server", ctx.server_name)

@@ -27,7 +27,7 @@ __all__ = ["Facts", "request_tags", "upstream_tags"]
 
 
 class Facts(NamedTuple):
-    fields: list              # the request's header list (name, value) as it ended
+    fields: tuple             # the request's header fields (name, value) as it ended
     authority: bytes
     path: bytes
     method: bytes
@@ -36,7 +36,7 @@ class Facts(NamedTuple):
     code: int | None          # the response status, None without a response
     bytes_sent: int
     bytes_received: int
-    flags: tuple | list       # response flags (short names)
+    flags: tuple              # response flags (short names)
     cluster: str | None
     host: str | None          # the upstream host "ip:port" when one was chosen
     route_tracing: object     # the route's RouteTracing or None

@@ -108,7 +108,8 @@ class WorkerTracer:
         self.reason_counters[reason].value += 1
         traced = reason != NOT_TRACEABLE
         kind = self.kind
-        if _B3_FIELDS.isdisjoint(h):  # the usual request: no context, a new trace
+        no_b3 = _B3_FIELDS.isdisjoint(h)
+        if no_b3:  # the usual request: no context, a new trace
             context, sampled, single = None, traced, False
         else:
             try:
@@ -148,7 +149,7 @@ class WorkerTracer:
             # The router's upstream span: its id is what the upstream sees as its parent.
             span.child = span.child_span("%016x" % getrandbits(64), "", 0)
             span = span.child
-        if context is None and not span.single_header and _B3_MULTI.isdisjoint(h):
+        if no_b3:
             # Nothing to replace: the three fields go at the end (no scans).
             trace_b = span.trace_id.encode()
             fields = headers.fields
@@ -186,7 +187,9 @@ class WorkerTracer:
             if draw % ov.denominator >= ov.numerator:
                 reason = NOT_TRACEABLE
         if uuid and reason != decided:
-            headers.set(b"x-request-id", rid[:14] + _NIBBLE[reason] + rid[15:])
+            fields = headers.fields  # the first x-request-id (the one `h` holds) rewritten
+            fields[fields.index((b"x-request-id", rid))] = (
+                b"x-request-id", rid[:14] + _NIBBLE[reason] + rid[15:])
         return reason
 
     # -- response ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
 from proxy.tracing.config import parse_tracing
 
-from .codec.h2_keepalive import KeepaliveSettings, parse_keepalive
+from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
 
 __all__ = ["HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]

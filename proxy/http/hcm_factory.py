@@ -14,6 +14,7 @@ from .codec import make_server_codec
 from .codec.http1_server import Http1ServerCodec
 from .codec.http2_server import PREFACE, Http2CodecStats, Http2Options, Http2ServerCodec
 from .conn_manager import ConnectionManager
+from .h2_keepalive import Keepalive
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
 from .http_stats import HcmStats
@@ -36,14 +37,20 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
                               h2.max_outbound_frames, h2.max_outbound_control_frames,
                               h2.max_consecutive_inbound_frames_with_empty_payload,
                               h2.max_inbound_priority_frames_per_stream,
-                              h2.max_inbound_window_update_frames_per_data_frame_sent,
-                              h2.connection_keepalive)
+                              h2.max_inbound_window_update_frames_per_data_frame_sent)
+
+    keepalive = h2.connection_keepalive if h2.connection_keepalive is not None and \
+        h2.connection_keepalive.interval else None
 
     def make(first_bytes: bytes, transport, callbacks):
         if codec_type == "HTTP2" or (codec_type == "AUTO" and (
                 (len(first_bytes) >= 3 and PREFACE.startswith(first_bytes[:len(PREFACE)]))
                 or transport.transport_socket.protocol() == "h2")):
-            return Http2ServerCodec(transport, callbacks, h2_options, response_fields, http2_stats)
+            codec = Http2ServerCodec(transport, callbacks, h2_options, response_fields, http2_stats)
+            if keepalive is not None:
+                codec.keepalive = Keepalive(keepalive, transport.dispatcher, codec.send_ping,
+                                            codec.on_keepalive_timeout, lambda: not transport.closed)
+            return codec
         parser = make_server_codec(codec_impl, max_request_headers_kb=max_kb,
                                    max_headers_count=max_count, response_fields=response_fields)
         return Http1ServerCodec(parser, transport, callbacks)

@@ -43,7 +43,7 @@ from h2.settings import SettingCodes
 from ..network.address import format_address
 from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec.client_protocol import CLOSED, CONNECTING, PoolConnectionPredicates
-from .codec.h2_keepalive import Keepalive
+from .h2_keepalive import Keepalive
 from .codec_client import lost_stream_reset, transport_failure
 from .codec.http2_client import new_client_connection, request_fields, response_headers
 

@@ -417,48 +417,25 @@ def test_rbac_example(services):
 
 # -- ext_authz: an HTTP authorization service decides; x-current-user reaches the service ------
 
-class TokenAuthService:
+def token_auth_service():
     """The ext_authz example's HTTP authorization service (auth/http-service/server.js):
     `Authorization: Bearer <token>` for a token of users.json gets 200 with x-current-user,
     anything else 403."""
+    from tests.integration.servers import DecidingService
+    users = {"token1": "user1", "token2": "user2", "token3": "user3"}
 
-    USERS = {"token1": "user1", "token2": "user2", "token3": "user3"}
-
-    def __init__(self) -> None:
-        users = self.USERS
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                kind, _, token = self.headers.get("authorization", "").partition(" ")
-                user = users.get(token) if kind == "Bearer" else None
-                self.send_response(200 if user else 403)
-                if user:
-                    self.send_header("x-current-user", user)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            do_POST = do_GET
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def decide(path, headers):
+        kind, _, token = headers.get("authorization", "").partition(" ")
+        user = users.get(token) if kind == "Bearer" else None
+        return (200, [("x-current-user", user)], b"") if user else (403, [], b"")
+    return DecidingService(decide)
 
 
 def test_ext_authz_http_service_example(services):
     """verify.sh's http-service steps: 403 without a token, 200 with `Bearer token1`; the
     service then sees the x-current-user the authorization service named."""
     svc = services(ExampleService, "upstream-service")
-    auth = services(TokenAuthService)
+    auth = services(token_auth_service)
     ex = RunningExample("ext_authz/http-service.yaml",
                         {"upstream-service": svc.port, "ext_authz-http-service": auth.port})
     try:

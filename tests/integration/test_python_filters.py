@@ -6,10 +6,8 @@ ends, the worker serves on), and the config errors that name the field."""
 from __future__ import annotations
 
 import http.client
-import http.server
 import json
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
-from .servers import free_port
+from .servers import DecidingService, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FILTERS = str(ROOT / "examples" / "python_filters")
@@ -46,37 +44,13 @@ def _get(port: int, path: str, headers: dict | None = None) -> tuple[int, dict, 
     return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
-class KeyService:
+def _key_service() -> DecidingService:
     """GET /keys/<key>: 200 for `good-key`, 404 for any other."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                outer.paths.append(self.path)
-                self.send_response(200 if self.path == "/keys/good-key" else 404)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return DecidingService(lambda path, headers: (200 if path == "/keys/good-key" else 404, [], b""))
 
 
 def test_the_api_key_check_and_the_rewriter_examples(upstream):
-    keys = KeyService()
+    keys = _key_service()
     p = _proxy([_filter("api_key_check", "ApiKeyCheck", {"keys": ["demo-key"], "verify_cluster": "keys"}),
                 _filter("response_rewriter", "ResponseRewriter",
                         {"replace": {"service1": "the first service"}, "content_types": ["application/json"]})],
@@ -95,7 +69,7 @@ def test_the_api_key_check_and_the_rewriter_examples(upstream):
         # A key not in `keys`: the key service is asked (the worker goes on meanwhile).
         assert _get(p.port, "/echo", {"x-api-key": "good-key"})[0] == 200
         assert _get(p.port, "/echo", {"x-api-key": "bad key/.."})[0] == 403
-        assert keys.paths == ["/keys/good-key", "/keys/bad%20key%2F.."]
+        assert [path for path, _ in keys.requests] == ["/keys/good-key", "/keys/bad%20key%2F.."]
         assert len(upstream.requests) == 2
     finally:
         p.stop()
@@ -149,7 +123,10 @@ def test_a_filter_that_raises_ends_its_stream_not_the_worker(upstream, tmp_path)
     ({"module": "no_such_module_here", "class": "X"}, "typed_config.module: cannot import 'no_such_module_here'"),
     ({"module": "api_key_check", "class": "Nope"}, "typed_config.class: module 'api_key_check' has no class 'Nope'"),
     ({"module": "api_key_check", "class": "ApiKeyCheck", "config": {"keys": "x"}},
-     "typed_config.config: ApiKeyCheck.parse_config: keys must be a list"),
+     "typed_config.config: ApiKeyCheck.parse_config: ValueError: keys must be a list"),
+    ({"module": "api_key_check", "class": "ApiKeyCheck", "config": [1]},
+     "typed_config.config: ApiKeyCheck.parse_config: AttributeError"),
+    ({"module": "api_key_check", "class": "ApiKeyCheck", "path": "a\0b"}, "typed_config.path: not a usable directory"),
     ({"module": "api_key_check", "class": "ApiKeyCheck", "bogus": 1}, 'typed_config: unknown field "bogus"'),
 ])
 def test_config_errors_name_the_field(typed, where):

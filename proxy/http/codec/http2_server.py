@@ -31,7 +31,6 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from .errors import CodecError
-from .h2_keepalive import Keepalive, KeepaliveSettings
 from .events import RequestHeaders
 
 __all__ = ["Http2ServerCodec", "Http2Options", "Http2CodecStats", "PREFACE", "PREMATURE_RESET_MIN"]
@@ -57,7 +56,7 @@ class Http2Options:
                  "max_outbound_frames", "max_outbound_control_frames",
                  "max_consecutive_inbound_frames_with_empty_payload",
                  "max_inbound_priority_frames_per_stream",
-                 "max_inbound_window_update_frames_per_data_frame_sent", "keepalive")
+                 "max_inbound_window_update_frames_per_data_frame_sent")
 
     def __init__(self, max_concurrent_streams: int = 2147483647,
                  initial_stream_window_size: int = 268435456,
@@ -66,8 +65,7 @@ class Http2Options:
                  max_outbound_frames: int = 10000, max_outbound_control_frames: int = 1000,
                  max_consecutive_inbound_frames_with_empty_payload: int = 1,
                  max_inbound_priority_frames_per_stream: int = 100,
-                 max_inbound_window_update_frames_per_data_frame_sent: int = 10,
-                 keepalive: KeepaliveSettings | None = None) -> None:
+                 max_inbound_window_update_frames_per_data_frame_sent: int = 10) -> None:
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_stream_window_size = initial_stream_window_size
         self.initial_connection_window_size = initial_connection_window_size
@@ -83,7 +81,6 @@ class Http2Options:
         self.max_inbound_priority_frames_per_stream = max_inbound_priority_frames_per_stream
         self.max_inbound_window_update_frames_per_data_frame_sent = \
             max_inbound_window_update_frames_per_data_frame_sent
-        self.keepalive = keepalive  # connection_keepalive (h2_keepalive.py), or None
 
 
 class Http2CodecStats:
@@ -161,18 +158,16 @@ class Http2ServerCodec:
         self.data_frames_sent = 0
         self.queued_frames = 0
         self.queued_control = 0
+        # connection_keepalive's timers (h2_keepalive.Keepalive), attached by whoever made this
+        # codec when the options ask for it; this codec only sends and hears the PINGs.
         self.keepalive = None
-        ka = options.keepalive
-        if ka is not None and ka.interval:
-            self.keepalive = Keepalive(ka, transport.dispatcher, self._send_ping,
-                                       self._keepalive_timeout, lambda: not transport.closed)
         self._flush()
 
-    def _send_ping(self, payload: bytes) -> None:
+    def send_ping(self, payload: bytes) -> None:
         self.conn.ping(payload)
         self._flush()
 
-    def _keepalive_timeout(self) -> None:
+    def on_keepalive_timeout(self) -> None:
         """A keepalive PING went unanswered: the connection closes (Envoy: no flush)."""
         if self.stats is not None:
             self.stats.keepalive_timeout.value += 1

@@ -9,8 +9,8 @@ Config (`@type: type.googleapis.com/ftproxy.extensions.filters.http.python.v1.Py
 
 The class (see examples/python_filters/):
 - `parse_config(config)` (optional static/class method): called once at load on the main
-  thread; returns what every stream's filter gets (make it immutable: workers share it). A
-  `ValueError`/`TypeError`/`KeyError` it raises is a config error at `<path>.config`;
+  thread; returns what every stream's filter gets (make it immutable: workers share it). An
+  exception it raises is a config error at `<path>.config`;
 - `__init__(self, callbacks, config)`: one filter per stream, on its worker;
 - `decode_headers/decode_data/decode_trailers`, `encode_headers/encode_data/encode_trailers`,
   `on_destroy`, returning the statuses of proxy/http/filter.py. Subclass
@@ -79,8 +79,12 @@ def parse_python_filter(raw: Mapping[str, Any], path: str) -> PythonFilterConfig
     class_name = f.str("class", required=True)
     where = f.str("path", "") or ""
     if where:
-        directory = str(Path(where).resolve())
-        if not Path(directory).is_dir():
+        try:
+            directory = str(Path(where).resolve())
+            is_dir = Path(directory).is_dir()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f.at("path"), f"not a usable directory: {e}") from None
+        if not is_dir:
             raise ConfigError(f.at("path"), f"not a directory: {where!r}")
         if directory not in sys.path:
             sys.path.insert(0, directory)  # main thread, at load: before any worker runs
@@ -101,8 +105,8 @@ def parse_python_filter(raw: Mapping[str, Any], path: str) -> PythonFilterConfig
     if parse is not None:
         try:
             config = parse(config)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f.at("config"), f"{class_name}.parse_config: {e}") from None
+        except Exception as e:  # whatever the user's code raises about its config
+            raise ConfigError(f.at("config"), f"{class_name}.parse_config: {type(e).__name__}: {e}") from None
     return PythonFilterConfig(module_name, cls, config, where)
 
 

@@ -1,8 +1,8 @@
-"""HTTP/2 connection keepalive (core.v3.KeepaliveSettings, Envoy's `connection_keepalive` of
-Http2ProtocolOptions), for both sides of a connection: a PING every `interval` (plus up to
-`interval_jitter` percent, default 15), and the connection closed when one is not answered
-within `timeout`; a client also pings, before a new stream, a connection idle for
-`connection_idle_interval`. Counted in `http2.keepalive_timeout` (downstream) or
+"""HTTP/2 connection keepalive (Envoy's `connection_keepalive`), for both sides of a
+connection: a PING every `interval` (plus up to `interval_jitter` percent, default 15), and
+the connection closed when one is not answered within `timeout`; a client also pings, before
+a new stream, a connection idle for `connection_idle_interval` (settings:
+codec/keepalive_config.py). Counted in `http2.keepalive_timeout` (downstream) or
 `cluster.<name>.http2.keepalive_timeout` (upstream) by the connection that owns it.
 
 The timers are the owning connection's dispatcher's; they do nothing once `stop()` ran or the
@@ -15,51 +15,10 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from ...config.fields_table import Message, used
-from ...config.reader import ConfigError
+from .codec.keepalive_config import KeepaliveSettings
 
-__all__ = ["KeepaliveSettings", "KEEPALIVE", "parse_keepalive", "Keepalive"]
-
-
-@dataclass(frozen=True, slots=True)
-class KeepaliveSettings:
-    interval: float = 0.0          # 0: no periodic PING
-    timeout: float = 0.0
-    jitter_percent: float = 15.0
-    idle_interval: float = 0.0     # client side: PING a connection idle this long (0: never)
-
-
-KEEPALIVE = Message("envoy.config.core.v3.KeepaliveSettings", model=KeepaliveSettings, fields=(
-    used("interval"),
-    used("timeout", why="required"),
-    used("interval_jitter", attr="jitter_percent", why="Percent; default 15"),
-    used("connection_idle_interval", attr="idle_interval", why="client side (upstream) only"),
-))
-PERCENT = Message("envoy.type.v3.Percent (keepalive)", fields=(used("value", attr="jitter_percent"),))
-
-
-def parse_keepalive(raw: Any, path: str, client: bool) -> KeepaliveSettings:
-    f = KEEPALIVE.read(raw, path)
-    timeout = f.duration("timeout", required=True)
-    if timeout < 0.001:
-        raise ConfigError(f.at("timeout"), "must be at least 1ms")
-    interval = f.duration("interval", 0.0)
-    if f.has("interval") and interval < 0.001:
-        raise ConfigError(f.at("interval"), "must be at least 1ms")
-    jitter = 15.0
-    if f.has("interval_jitter"):
-        p = PERCENT.read(f.value("interval_jitter"), f.at("interval_jitter"))
-        jitter = p.float("value", 0.0)
-        if not 0.0 <= jitter <= 100.0:
-            raise ConfigError(p.at("value"), "must be between 0 and 100")
-    idle = f.duration("connection_idle_interval", 0.0)
-    if idle and not client:
-        raise ConfigError(f.at("connection_idle_interval"), "applies to upstream (client) "
-                          "connections only; not supported yet for downstream ones")
-    return KeepaliveSettings(interval, timeout, jitter, idle)
+__all__ = ["Keepalive"]
 
 
 class Keepalive:

@@ -25,6 +25,7 @@ from typing import Any
 
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
+from proxy.tracing.config import Decorator, RouteTracing, parse_decorator, parse_route_tracing
 
 from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
 from .matchers import RouteMatch, parse_route_match, refuse_wrapped
@@ -140,6 +141,8 @@ class Route:
     # typed_per_filter_config of the route, its virtual host and route configuration, merged
     # (per_filter_config.py): filter name -> PerFilterConfig.
     per_filter_config: Mapping[str, PerFilterConfig] = NO_PER_FILTER_CONFIG
+    decorator: Decorator | None = None       # tracing: the span's operation name
+    tracing: RouteTracing | None = None      # tracing: samplings replacing the HCM's, tags
     # Derived. `prepare`: the router has more to do than forward the request (a path or host
     # rewrite, request header mutations, a retry policy, attempt-count headers): one test per
     # request instead of one per feature. `retry_headers_added`: its request header mutations
@@ -406,14 +409,13 @@ ROUTE = Message("envoy.config.route.v3.Route", model=Route,
     refused("filter_action"),
     refused("non_forwarding_action"),
     inert("metadata", _NO_METADATA),
-    inert("decorator", "it names the tracing span and x-envoy-decorator-operation only when "
-          "the HCM traces, and HCM tracing is refused"),
+    used("decorator", why="read only when the HCM traces (proxy/tracing/tracer.py)"),
     used("typed_per_filter_config", attr="per_filter_config", why=_PER_FILTER),
     used("request_headers_to_add", attr="request_mutations"),
     used("request_headers_to_remove", attr="request_mutations"),
     used("response_headers_to_add", attr="response_mutations"),
     used("response_headers_to_remove", attr="response_mutations"),
-    refused("tracing"),
+    used("tracing", why="read only when the HCM traces (proxy/tracing/tracer.py)"),
     refused("per_request_buffer_limit_bytes"),
     refused("stat_prefix"),
     refused("request_body_buffer_limit"),
@@ -459,6 +461,8 @@ def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
         response_mutations=combine_levels((resp_level,) + outer.response_levels,
                                           outer.most_specific_wins),
         per_filter_config=merge_levels(per_filter, *outer.per_filter_levels),
+        decorator=parse_decorator(f.raw_obj("decorator"), f.at("decorator")),
+        tracing=parse_route_tracing(f.raw_obj("tracing"), f.at("tracing")),
     )
 
 

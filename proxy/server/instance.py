@@ -26,6 +26,7 @@ from ..access_log.sinks import DEFAULT_SINKS
 from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
+from ..network.address import node_address
 from ..network.filter_chain_match import FilterChainMatcher
 from ..network.listener import ListenerFactory, bind_listen_sockets
 from ..threads.shared_count import SharedCount
@@ -36,6 +37,8 @@ from ..stats.store import StatsRegistry
 from ..threads.dispatcher import Dispatcher
 from ..threads.worker import Worker
 from ..tls.watcher import SecretWatcher
+from ..tracing.exporter import Exporters, LocalInfo
+from ..tracing.tracer import HcmTracing
 from ..upstream.cluster_manager import ClusterManager
 from .admin_context import ServerAdminContext
 
@@ -89,6 +92,7 @@ class Server:
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
         self.stats_sinks: list = []
+        self.span_exporters: Exporters | None = None  # HTTP tracing's span export (main)
         self._flush_timer = None
         self._tick_timer = None
         self._exit_code = 0
@@ -169,6 +173,7 @@ class Server:
         st.gauge("server.concurrency").set(opts.concurrency)
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
         st.gauge("server.live").set(0)
+        self.span_exporters = Exporters(self.main, self.main_store, self._local_info())
         factories = self._build_filter_factories()
         limit = self.bootstrap.global_downstream_max_connections
         global_limit = (SharedCount(), limit) if limit is not None else None
@@ -197,6 +202,7 @@ class Server:
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
                                               stats=self.main_store)
         self.cluster_manager.initialize()
+        self.span_exporters.start(self.cluster_manager.snapshots)
         for lc in self.bootstrap.listeners:
             socks = self.listen_sockets[lc.name]
             own = self.bootstrap.listener_connection_limits.get(lc.name)
@@ -353,7 +359,14 @@ class Server:
     def _chain_factory(self, lc, chain):
         terminal = chain.filters[-1].config
         if isinstance(terminal, HcmConfig):
-            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node)
+            tracing = None
+            if terminal.tracing is not None:
+                router = terminal.http_filters[-1].config  # the router is always last
+                tracing = HcmTracing(terminal.tracing,
+                                     self.span_exporters.exporter_for(terminal.tracing.provider),
+                                     lc.traffic_direction == "OUTBOUND", router.start_child_span)
+            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node,
+                                 tracing)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
         else:  # config parsing only admits the two terminal filters above
@@ -363,6 +376,12 @@ class Server:
             factory = NetworkFilterChainFactory(
                 tuple(nf.extension.factory(nf.config, nf.name) for nf in before), factory)
         return factory
+
+    def _local_info(self) -> LocalInfo:
+        """What tracing reports of this process, as Envoy's local_info: the node and this
+        host's address."""
+        node = self.bootstrap.node
+        return LocalInfo(node.id, node.cluster, node.zone, node_address())
 
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.
@@ -397,6 +416,8 @@ class Server:
 
     def _teardown(self) -> None:
         self.stop_admin()
+        if self.span_exporters is not None:
+            self.span_exporters.close()
         if self.hr_parent is not None:
             self.hr_parent.send_final_stats()
             self.hr_parent.close()

@@ -195,7 +195,7 @@ class Server:
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
-                                              stats=self.main_store)
+                                              stats=self.main_store, dispatcher=self.main)
         self.cluster_manager.initialize()
         for lc in self.bootstrap.listeners:
             socks = self.listen_sockets[lc.name]
@@ -217,6 +217,7 @@ class Server:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
         self.restart_admin()
+        self._warm_clusters()
         for w in self.workers:
             w.start()
         # Ready means every worker has run what was posted to it so far (listeners registered,
@@ -364,6 +365,16 @@ class Server:
                 tuple(nf.extension.factory(nf.config, nf.name) for nf in before), factory)
         return factory
 
+    def _warm_clusters(self) -> None:
+        """As Envoy, workers take traffic only once every health-checked host has a first
+        result (its first check passed, failed or timed out): run the main loop until then."""
+        cm = self.cluster_manager
+        if cm is None or cm.warm:
+            return
+        log.info("waiting for the first health checks of the clusters")
+        if not self.main.run_until(lambda: cm.warm, cm.warm_timeout() + 1.0):
+            log.warning("clusters still warming after their health checks' timeout; starting")
+
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.
         for w in self.workers:
@@ -397,6 +408,8 @@ class Server:
 
     def _teardown(self) -> None:
         self.stop_admin()
+        if self.cluster_manager is not None:
+            self.cluster_manager.stop_health_checks()
         if self.hr_parent is not None:
             self.hr_parent.send_final_stats()
             self.hr_parent.close()

@@ -30,3 +30,4 @@ import proxy.http.filters.local_ratelimit  # noqa: F401  envoy.filters.http.loca
 import proxy.stats.statsd  # noqa: F401  envoy.stat_sinks.statsd
 import proxy.http.filters.decompressor  # noqa: F401  envoy.filters.http.decompressor (gzip)
 import proxy.http.filters.csrf  # noqa: F401  envoy.filters.http.csrf
+import proxy.http.filters.health_check  # noqa: F401  envoy.filters.http.health_check

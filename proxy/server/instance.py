@@ -36,6 +36,7 @@ from ..stats.store import StatsRegistry
 from ..threads.dispatcher import Dispatcher
 from ..threads.worker import Worker
 from ..tls.watcher import SecretWatcher
+from ..threads.server_health import ServerHealth
 from ..upstream.cluster_manager import ClusterManager
 from .admin_context import ServerAdminContext
 
@@ -85,7 +86,8 @@ class Server:
         self.listen_sockets: dict[str, list] = {}
         self.listener_addresses: dict[str, tuple[str, int]] = {}
         self.admin: AdminServer | None = None
-        self.healthcheck_failed = False
+        # /healthcheck/fail state, shared with the workers (threads/server_health.py).
+        self.health = ServerHealth(getattr(getattr(bootstrap, "node", None), "cluster", "") or "")
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
         self.stats_sinks: list = []
@@ -94,6 +96,14 @@ class Server:
         self._exit_code = 0
         self._ready = threading.Event()
         self._drain_started = False
+
+    @property
+    def healthcheck_failed(self) -> bool:
+        return self.health.failed
+
+    @healthcheck_failed.setter
+    def healthcheck_failed(self, failed: bool) -> None:
+        self.health.failed = failed
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
@@ -194,6 +204,8 @@ class Server:
             self.original_start_time = self.hr_child.original_start_time or self.start_time
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
+        for w in self.workers:
+            w.server_health = self.health   # read by the health_check HTTP filter
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
                                               stats=self.main_store, dispatcher=self.main)
         self.cluster_manager.initialize()

@@ -139,8 +139,15 @@ class ClusterSnapshot:
     high_limits: ResourceLimits   # the circuit breakers of routes with `priority: HIGH`
     lb_hosts: tuple[Host, ...] = field(init=False, compare=False, repr=False)
     panic: bool = field(init=False, compare=False, repr=False)
+    # How many hosts are healthy and degraded (the membership_healthy/_degraded gauges; read by
+    # the health_check HTTP filter's cluster_min_healthy_percentages).
+    membership_healthy: int = field(init=False, compare=False, repr=False)
+    membership_degraded: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         chosen, panic = lb_hosts(self.hosts, self.config.healthy_panic_threshold)
         object.__setattr__(self, "lb_hosts", chosen)
         object.__setattr__(self, "panic", panic)
+        healthy, degraded = by_health(self.hosts)
+        object.__setattr__(self, "membership_healthy", len(healthy))
+        object.__setattr__(self, "membership_degraded", len(degraded))

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-import h11
+import httptools
 
 from proxy.http.headers import Headers
 from proxy.router.header_mutation import apply_mutations
@@ -169,6 +169,7 @@ class _Socket:
         self.dispatcher = dispatcher
         self.on_connected, self.on_data, self.on_closed = on_connected, on_data, on_closed
         self.out = bytearray()
+        self.mask = 0
         self.connected = False
         self.closed = False
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -182,7 +183,13 @@ class _Socket:
             self.sock.close()
             dispatcher.defer(self._report_close)
             return
+        self.mask = WRITE
         dispatcher.register(self.sock, WRITE, self._on_event)
+
+    def _want(self, mask: int) -> None:
+        if mask != self.mask:
+            self.mask = mask
+            self.dispatcher.modify(self.sock, mask, self._on_event)
 
     def _report_close(self) -> None:
         self.on_closed()
@@ -203,7 +210,7 @@ class _Socket:
         except OSError:
             self._close(report=True)
             return
-        self.dispatcher.modify(self.sock, READ | (WRITE if self.out else 0), self._on_event)
+        self._want(READ | (WRITE if self.out else 0))
 
     def _on_event(self, mask: int) -> None:
         if self.closed:
@@ -215,7 +222,7 @@ class _Socket:
                 self._close(report=True)
                 return
             self.connected = True
-            self.dispatcher.modify(self.sock, READ | (WRITE if self.out else 0), self._on_event)
+            self._want(READ | (WRITE if self.out else 0))
             self.on_connected()
             if self.closed:
                 return
@@ -257,62 +264,70 @@ class _Socket:
 
 class HttpProbe:
     """HttpActiveHealthCheckSession's I/O: an HTTP/1.1 client connection kept between checks
-    (reuse_connection), one request per interval."""
+    (reuse_connection), one request per interval. The request's bytes are built once (its
+    headers do not change between checks); answers are parsed with httptools (llhttp)."""
 
     def __init__(self, session: "Session") -> None:
         self.s = session
         self.conn: _Socket | None = None
-        self.h11: h11.Connection | None = None
+        self.parser: httptools.HttpResponseParser | None = None
         self.in_flight = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.http10 = False
         self.body = bytearray()
+        self.complete = False
+        check = session.config.http
+        self.head_only = check.method == "HEAD"
+        headers = Headers([(b"host", session.hostname.encode("latin-1")), (b"user-agent", _USER_AGENT)])
+        if check.headers:
+            apply_mutations(check.headers, headers, _HC_INFO)
+        self.request = b"".join(
+            [b"%s %s HTTP/1.1\r\n" % (check.method.encode(), check.path.encode("latin-1"))]
+            + [b"%s: %s\r\n" % (k, v) for k, v in headers.items()] + [b"\r\n"])
 
     def start(self) -> None:
         s = self.s
         if self.conn is None:
             self.conn = _Socket(s.dispatcher, s.target, lambda: None, self._on_data, self._on_closed)
-            self.h11 = h11.Connection(h11.CLIENT)
-        check = s.config.http
-        headers = Headers([(b"host", s.hostname.encode("latin-1")), (b"user-agent", _USER_AGENT)])
-        if check.headers:
-            apply_mutations(check.headers, headers, _HC_INFO)
+            self.parser = None
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
         self.in_flight = True
-        self.status, self.headers, self.body = 0, [], bytearray()
-        try:
-            data = self.h11.send(h11.Request(method=check.method, target=check.path,
-                                             headers=list(headers.items())))
-            data += self.h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as e:
-            log.warning("health check of %s: cannot send the request: %s", s.host, e)
-            self._fail_network()
-            return
-        self.conn.write(data)
+        self.status, self.headers, self.body, self.complete = 0, [], bytearray(), False
+        self.conn.write(self.request)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.status = self.parser.get_status_code()
+        self.http10 = self.parser.get_http_version() == "1.0"
+        if self.head_only:  # a HEAD answer has no body, whatever its content-length says
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.s.config.http.receive:
+            self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
 
     def _on_data(self, data: bytes) -> None:
-        assert self.h11 is not None
-        self.h11.receive_data(data)
-        while True:
-            try:
-                ev = self.h11.next_event()
-            except h11.RemoteProtocolError:
-                self._fail_network()
-                return
-            if ev is h11.NEED_DATA or ev is h11.PAUSED:
-                return
-            if isinstance(ev, h11.Response):
-                self.status = ev.status_code
-                self.headers = list(ev.headers)
-                self.http10 = ev.http_version == b"1.0"
-            elif isinstance(ev, h11.Data):
-                if self.s.config.http.receive:
-                    self.body += ev.data
-            elif isinstance(ev, h11.EndOfMessage):
-                self._complete()
-                return
-            elif isinstance(ev, h11.ConnectionClosed):
-                return
+        if not self.in_flight or self.parser is None:
+            self.close()   # bytes nobody asked for: the connection is not reusable
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail_network()
+            return
+        if self.complete:
+            if self.head_only:
+                self.parser = None   # the next answer starts a fresh parse
+            self._complete()
 
     def _header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -333,17 +348,10 @@ class HttpProbe:
             result = "retriable" if any(a <= status < b for a, b in check.retriable_statuses) else "failed"
         if result is not None and immediate:
             s.health.excluded = True
-        close = (not s.config.reuse_connection or self.http10
-                 or (self._header(b"connection") or b"").lower() == b"close"
-                 or (self._header(b"proxy-connection") or b"").lower() == b"close")
-        if close:
+        if (not s.config.reuse_connection or self.http10
+                or (self._header(b"connection") or b"").lower() == b"close"
+                or (self._header(b"proxy-connection") or b"").lower() == b"close"):
             self.close()
-        else:
-            assert self.h11 is not None
-            try:
-                self.h11.start_next_cycle()
-            except h11.LocalProtocolError:
-                self.close()
         if result is None:
             s.handle_success(self._header(b"x-envoy-degraded") is not None, status)
         else:
@@ -351,7 +359,7 @@ class HttpProbe:
 
     def _on_closed(self) -> None:
         self.conn = None
-        self.h11 = None
+        self.parser = None
         if self.in_flight:  # onResetStream: a close before the answer
             self.in_flight = False
             self.s.handle_failure(NETWORK, False, 0)
@@ -368,7 +376,7 @@ class HttpProbe:
         if self.conn is not None:
             self.conn.close()
         self.conn = None
-        self.h11 = None
+        self.parser = None
 
 
 class _HcInfo:

@@ -433,6 +433,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     panic = errors.run(_panic_threshold, f)
     health_checks = errors.run(parse_health_checks, f)
     errors.run(_health_checks_need_plaintext, f, health_checks, transport)
+    errors.run(_grpc_checks_need_http2, f, health_checks, choice, name)
     errors.run(lambda: CLUSTER.require_default(f, "respect_dns_ttl", f.bool("respect_dns_ttl", False)))
     errors.run(f.raw_obj, "metadata")
     errors.raise_if_any()
@@ -754,6 +755,15 @@ def _health_checks_need_plaintext(f: Fields, checks: Any, transport: Any) -> Non
     if (checks and checks is not MISSING and transport is not MISSING
             and getattr(transport, "implements_secure_transport", False)):
         raise not_supported(f.at("health_checks"), "health checks of clusters with a TLS transport_socket")
+
+
+def _grpc_checks_need_http2(f: Fields, checks: Any, choice: Any, name: Any) -> None:
+    """Envoy refuses gRPC health checks of a cluster that does not speak HTTP/2."""
+    if not checks or checks is MISSING or choice is MISSING:
+        return
+    if any(c.grpc is not None for c in checks) and choice[2] is None:
+        raise ConfigError(f.at("health_checks"), f"{name if name is not MISSING else ''} cluster "
+                                                 f"must support HTTP/2 for gRPC healthchecking")
 
 
 def _choice_count(f: Fields) -> int:

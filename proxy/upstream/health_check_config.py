@@ -20,11 +20,11 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import ConfigError, Fields
 from proxy.router.header_mutation import HeaderMutation, parse_header_mutations
 
-__all__ = ["HealthCheckConfig", "HttpCheck", "TcpCheck", "EndpointHealthCheck",
+__all__ = ["HealthCheckConfig", "HttpCheck", "TcpCheck", "GrpcCheck", "EndpointHealthCheck",
            "parse_health_checks", "parse_endpoint_health_check"]
 
 _METHODS = ("METHOD_UNSPECIFIED", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
@@ -41,6 +41,16 @@ class HttpCheck:
     retriable_statuses: tuple[tuple[int, int], ...] = ()
     headers: tuple[HeaderMutation, ...] = ()         # request_headers_to_remove, then _to_add
     receive: tuple[bytes, ...] = ()                  # segments the body must contain, in order
+    http2: bool = False                              # codec_client_type HTTP2 (h2c, prior knowledge)
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcCheck:
+    """grpc.health.v1.Health/Check over HTTP/2."""
+
+    service_name: str = ""
+    authority: str = ""                              # "": as HTTP checks' host
+    headers: tuple[HeaderMutation, ...] = ()         # initial_metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +67,7 @@ class HealthCheckConfig:
     healthy_threshold: int
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
+    grpc: GrpcCheck | None = None
     initial_jitter: float = 0.0
     interval_jitter: float = 0.0
     interval_jitter_percent: int = 0
@@ -73,7 +84,7 @@ class HealthCheckConfig:
     @property
     def kind(self) -> str:
         """Envoy's health_checker_type in event logs."""
-        return "HTTP" if self.http is not None else "TCP"
+        return "HTTP" if self.http is not None else "GRPC" if self.grpc is not None else "TCP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +99,6 @@ class EndpointHealthCheck:
 
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
 
-_NO_GRPC = "gRPC health checks (grpc.health.v1 over HTTP/2)"
-
 HEALTH_CHECK = Message("envoy.config.core.v3.HealthCheck", model=HealthCheckConfig, fields=(
     used("timeout"),
     used("interval"),
@@ -102,7 +111,7 @@ HEALTH_CHECK = Message("envoy.config.core.v3.HealthCheck", model=HealthCheckConf
     used("reuse_connection", True),
     used("http_health_check", attr="http", why="its own table"),
     used("tcp_health_check", attr="tcp", why="its own table"),
-    refused("grpc_health_check", _NO_GRPC),
+    used("grpc_health_check", attr="grpc", why="its own table"),
     refused("custom_health_check", "custom health checkers"),
     used("no_traffic_interval", "60s"),
     used("no_traffic_healthy_interval", why="default: no_traffic_interval"),
@@ -129,9 +138,16 @@ HTTP_HEALTH_CHECK = Message("envoy.config.core.v3.HealthCheck.HttpHealthCheck", 
     used("request_headers_to_remove", attr="headers"),
     used("expected_statuses", "[200, 201)"),
     used("retriable_statuses"),
-    refused("codec_client_type", "HTTP/1.1 health checks only", default="HTTP1", only_default=True),
+    used("codec_client_type", "HTTP1", attr="http2", why="HTTP1 or HTTP2 (h2c); HTTP3 refused"),
     refused("service_name_matcher", "x-envoy-upstream-healthchecked-cluster verification"),
     used("method", "GET"),
+))
+
+GRPC_HEALTH_CHECK = Message("envoy.config.core.v3.HealthCheck.GrpcHealthCheck", model=GrpcCheck,
+                            fields=(
+    used("service_name", ""),
+    used("authority", ""),
+    used("initial_metadata", attr="headers"),
 ))
 
 TCP_HEALTH_CHECK = Message("envoy.config.core.v3.HealthCheck.TcpHealthCheck", model=TcpCheck, fields=(
@@ -198,9 +214,11 @@ def parse_health_check(raw: Any, path: str) -> HealthCheckConfig:
     healthy = f.int("healthy_threshold", required=True, min=0, max=2**32 - 1)
     which = f.oneof("http_health_check", "tcp_health_check", "grpc_health_check",
                     "custom_health_check", required=True)
-    http = tcp = None
+    http = tcp = grpc = None
     if which == "http_health_check":
         http = _http_check(f.value(which), f.at(which))
+    elif which == "grpc_health_check":
+        grpc = _grpc_check(f.value(which), f.at(which))
     else:
         tcp = _tcp_check(f.value(which), f.at(which))
     no_traffic = _positive(f, "no_traffic_interval", 60.0)
@@ -214,7 +232,7 @@ def parse_health_check(raw: Any, path: str) -> HealthCheckConfig:
         timeout=timeout, interval=interval,
         # Envoy: a threshold of 0 behaves as 1 (the first result already reaches it).
         unhealthy_threshold=max(unhealthy, 1), healthy_threshold=max(healthy, 1),
-        http=http, tcp=tcp,
+        http=http, tcp=tcp, grpc=grpc,
         initial_jitter=initial, interval_jitter=jitter,
         interval_jitter_percent=f.int("interval_jitter_percent", 0, min=0, max=2**32 - 1),
         no_traffic_interval=no_traffic,
@@ -250,7 +268,9 @@ def _ranges(f: Fields, key: str, kind: str) -> tuple[tuple[int, int], ...]:
 
 def _http_check(raw: Any, path: str) -> HttpCheck:
     h = HTTP_HEALTH_CHECK.read(raw, path)
-    HTTP_HEALTH_CHECK.require_default(h, "codec_client_type", h.enum("codec_client_type", _CODECS, "HTTP1"))
+    codec = h.enum("codec_client_type", _CODECS, "HTTP1")
+    if codec == "HTTP3":
+        raise not_supported(h.at("codec_client_type"), "HTTP/3 health checks")
     p = h.str("path", required=True)
     if not p:
         raise ConfigError(h.at("path"), "must not be empty")
@@ -267,7 +287,14 @@ def _http_check(raw: Any, path: str) -> HttpCheck:
         retriable_statuses=_ranges(h, "retriable_statuses", "retriable"),
         headers=parse_header_mutations(h, "request_headers_to_add", "request_headers_to_remove"),
         receive=tuple(_payload(item, p) for item, p in h.list("receive")),
+        http2=codec == "HTTP2",
     )
+
+
+def _grpc_check(raw: Any, path: str) -> GrpcCheck:
+    g = GRPC_HEALTH_CHECK.read(raw, path)
+    return GrpcCheck(service_name=g.str("service_name", ""), authority=g.str("authority", ""),
+                     headers=parse_header_mutations(g, "initial_metadata", None))
 
 
 def _tcp_check(raw: Any, path: str) -> TcpCheck:

@@ -41,6 +41,11 @@ from dataclasses import replace
 from typing import Any
 
 import httptools
+from h2 import events as h2events
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
 
 from proxy.http.headers import Headers
 from proxy.router.header_mutation import apply_mutations
@@ -379,6 +384,255 @@ class HttpProbe:
         self.parser = None
 
 
+class H2Probe:
+    """The HTTP/2 (h2c, prior knowledge) checks: `codec_client_type: HTTP2` HTTP checks and
+    gRPC checks (grpc.health.v1.Health/Check, GrpcActiveHealthCheckSession's rules: a pass is
+    grpc-status 0 with a SERVING answer; any other answer fails the host at once). One
+    connection per session, kept between checks (reuse_connection), a new stream per check;
+    a GOAWAY(NO_ERROR) lets the check in flight finish, then the connection is replaced."""
+
+    def __init__(self, session: "Session") -> None:
+        self.s = session
+        cfg = session.config
+        self.grpc = cfg.grpc
+        self.conn: _Socket | None = None
+        self.h2: H2Connection | None = None
+        self.stream_id = 0
+        self.in_flight = False
+        self.reuse = cfg.reuse_connection
+        self._reset_response()
+        if self.grpc is not None:
+            pseudo = [(b":method", b"POST"), (b":scheme", b"http"),
+                      (b":authority", session.hostname.encode("latin-1")),
+                      (b":path", b"/grpc.health.v1.Health/Check")]
+            regular = Headers([(b"content-type", b"application/grpc"), (b"te", b"trailers"),
+                               (b"user-agent", _USER_AGENT),
+                               (b"grpc-timeout", b"%dm" % int(cfg.timeout * 1000))])
+            mutations = self.grpc.headers
+            msg = b""
+            if self.grpc.service_name:
+                name = self.grpc.service_name.encode()
+                msg = b"\x0a" + _varint(len(name)) + name
+            self.body: bytes | None = b"\x00" + len(msg).to_bytes(4, "big") + msg
+        else:
+            check = cfg.http
+            pseudo = [(b":method", check.method.encode()), (b":scheme", b"http"),
+                      (b":authority", session.hostname.encode("latin-1")),
+                      (b":path", check.path.encode("latin-1"))]
+            regular = Headers([(b"user-agent", _USER_AGENT)])
+            mutations = check.headers
+            self.body = None
+        if mutations:
+            apply_mutations(mutations, regular, _HC_INFO)
+        self.headers_out = pseudo + list(regular.items())
+
+    def _reset_response(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.data = bytearray()
+
+    def start(self) -> None:
+        s = self.s
+        if self.conn is None:
+            self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+            self.h2.initiate_connection()
+            self.conn = _Socket(s.dispatcher, s.target, lambda: None, self._on_data, self._on_closed)
+            self.reuse = s.config.reuse_connection
+        h2c = self.h2
+        assert h2c is not None
+        self._reset_response()
+        self.stream_id = sid = h2c.get_next_available_stream_id()
+        self.in_flight = True
+        h2c.send_headers(sid, self.headers_out, end_stream=self.body is None)
+        if self.body is not None:
+            h2c.send_data(sid, self.body, end_stream=True)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.conn is not None and self.h2 is not None:
+            out = self.h2.data_to_send()
+            if out:
+                self.conn.write(out)
+
+    def _on_data(self, data: bytes) -> None:
+        h2c = self.h2
+        if h2c is None:
+            return
+        try:
+            events = h2c.receive_data(data)
+        except H2Error:
+            self._fail(NETWORK)
+            return
+        for ev in events:
+            if self.h2 is None:
+                return   # closed while handling an earlier event
+            sid = getattr(ev, "stream_id", None)
+            if isinstance(ev, h2events.ResponseReceived) and sid == self.stream_id:
+                self.headers = [(k.lower(), v) for k, v in ev.headers]
+                for k, v in self.headers:
+                    if k == b":status":
+                        self.status = int(v)
+            elif isinstance(ev, h2events.TrailersReceived) and sid == self.stream_id:
+                self.trailers = [(k.lower(), v) for k, v in ev.headers]
+            elif isinstance(ev, h2events.DataReceived):
+                h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if sid == self.stream_id:
+                    self.data += ev.data
+            elif isinstance(ev, h2events.StreamEnded) and sid == self.stream_id and self.in_flight:
+                self._complete()
+            elif isinstance(ev, h2events.StreamReset) and sid == self.stream_id and self.in_flight:
+                self.in_flight = False
+                if not self.reuse:
+                    self.close()
+                self.s.handle_failure(NETWORK, False, 0)
+            elif isinstance(ev, h2events.ConnectionTerminated):
+                if self.in_flight and ev.error_code == 0 and (ev.last_stream_id or 0) >= self.stream_id:
+                    self.reuse = False   # graceful: let this check finish, then reconnect
+                    continue
+                in_flight = self.in_flight
+                self.close()
+                if in_flight:
+                    self.s.handle_failure(NETWORK, False, 0)
+                return
+        self._flush()
+
+    def _header(self, name: bytes, headers=None) -> bytes | None:
+        for k, v in (self.headers if headers is None else headers):
+            if k == name:
+                return v
+        return None
+
+    def _complete(self) -> None:
+        self.in_flight = False
+        s = self.s
+        if self.grpc is not None:
+            ok = self._grpc_ok()
+            if not self.reuse:
+                self.close()
+            if ok:
+                s.handle_success(False, self.status)
+            else:
+                s.handle_failure(ACTIVE, False, self.status)
+            return
+        check = s.config.http
+        status = self.status
+        result = None
+        if check.receive and not payload_match(check.receive, self.data):
+            result = "failed"
+        elif not any(a <= status < b for a, b in check.expected_statuses):
+            result = "retriable" if any(a <= status < b for a, b in check.retriable_statuses) else "failed"
+        if result is not None and self._header(b"x-envoy-immediate-health-check-fail") is not None:
+            s.health.excluded = True
+        if not self.reuse:
+            self.close()
+        if result is None:
+            s.handle_success(self._header(b"x-envoy-degraded") is not None, status)
+        else:
+            s.handle_failure(ACTIVE, result == "retriable", status)
+
+    def _grpc_ok(self) -> bool:
+        """grpc-status 0 and one HealthCheckResponse whose status is SERVING (1)."""
+        if self.status != 200:
+            return False
+        if self.trailers:
+            grpc_status = self._header(b"grpc-status", self.trailers)
+        else:  # trailers-only: the status is in the headers, and there is no message
+            return False
+        ctype = self._header(b"content-type") or b""
+        if grpc_status != b"0" or not ctype.startswith(b"application/grpc"):
+            return False
+        data = bytes(self.data)
+        if len(data) < 5 or data[0] != 0:
+            return False
+        n = int.from_bytes(data[1:5], "big")
+        if len(data) != 5 + n:
+            return False   # none, or more than the one message of a unary answer
+        return _serving_status(data[5:]) == 1
+
+    def _fail(self, failure_type: str) -> None:
+        in_flight = self.in_flight
+        self.close()
+        if in_flight:
+            self.s.handle_failure(failure_type, False, 0)
+
+    def _on_closed(self) -> None:
+        self.conn = None
+        self.h2 = None
+        if self.in_flight:
+            self.in_flight = False
+            self.s.handle_failure(NETWORK, False, 0)
+
+    def timeout(self) -> None:
+        if self.grpc is not None and self.reuse and self.h2 is not None and self.in_flight:
+            # gRPC: the stream is reset, the connection kept (Envoy's onTimeout).
+            self.in_flight = False
+            try:
+                self.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+            except H2Error:
+                self.close()
+                return
+            self._flush()
+            return
+        self.close()
+
+    def close(self) -> None:
+        self.in_flight = False
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        self.h2 = None
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _serving_status(msg: bytes) -> int:
+    """grpc.health.v1.HealthCheckResponse.status (field 1, an enum): 0 when absent or the
+    message is malformed (UNKNOWN)."""
+    i, status = 0, 0
+    try:
+        while i < len(msg):
+            tag, i = _read_varint(msg, i)
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                value, i = _read_varint(msg, i)
+                if field == 1:
+                    status = value
+            elif wire == 2:
+                n, i = _read_varint(msg, i)
+                i += n
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            else:
+                return 0
+        return status if i == len(msg) else 0
+    except IndexError:
+        return 0
+
+
+def _read_varint(b: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        c = b[i]
+        i += 1
+        value |= (c & 0x7F) << shift
+        if not c & 0x80:
+            return value, i
+        shift += 7
+
+
 class _HcInfo:
     """What header formats see in a health check request (Envoy: a stream info with loopback
     addresses and no downstream request)."""
@@ -459,12 +713,19 @@ class Session:
                        (hc.port if hc is not None and hc.port else host.port))
         self.hostname = ((hc.hostname if hc is not None and hc.hostname else "")
                          or (self.config.http.host if self.config.http is not None else "")
+                         or (self.config.grpc.authority if self.config.grpc is not None else "")
                          or checker.owner.cluster)
         self.num_healthy = 0
         self.num_unhealthy = 0
         self.first_check = True
         self.checked = False    # at least one result (cluster warming)
-        self.probe = HttpProbe(self) if self.config.http is not None else TcpProbe(self)
+        cfg = self.config
+        if cfg.grpc is not None or (cfg.http is not None and cfg.http.http2):
+            self.probe: HttpProbe | H2Probe | TcpProbe = H2Probe(self)
+        elif cfg.http is not None:
+            self.probe = HttpProbe(self)
+        else:
+            self.probe = TcpProbe(self)
         self.interval_timer = self.dispatcher.create_timer(self._on_interval)
         self.timeout_timer = self.dispatcher.create_timer(self._on_timeout)
         self.stopped = False

@@ -397,8 +397,7 @@ def test_event_log(ups, proxy_factory, tmp_path):
 
 
 @pytest.mark.parametrize("hc, error", [
-    ({"grpc_health_check": {}}, "c.health_checks[0].grpc_health_check: not supported yet"),
-    ({"http_health_check": {"path": "/", "codec_client_type": "HTTP2"}},
+    ({"http_health_check": {"path": "/", "codec_client_type": "HTTP3"}},
      "c.health_checks[0].http_health_check.codec_client_type: not supported yet"),
     ({"tcp_health_check": {"send": {"text": "zz"}}},
      "c.health_checks[0].tcp_health_check.send.text: invalid hex string 'zz'"),
@@ -425,3 +424,90 @@ def test_required_fields_and_tls_clusters_are_refused():
     with pytest.raises(ConfigError, match=r"c\.health_checks: not supported yet \(health checks of "
                                           r"clusters with a TLS transport_socket\)"):
         parse_cluster(tls, "c")
+
+
+# -- HTTP/2 and gRPC checks ---------------------------------------------------------------------
+
+def _h2_cluster(name: str, port: int, check: dict, **extra) -> dict:
+    hc = _hc(**{"interval": "5s", "no_traffic_interval": "5s", **check})
+    if "grpc_health_check" in hc:
+        del hc["http_health_check"]
+    c = _cluster(name, [port], [hc], **extra)
+    c["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return c
+
+
+class _GrpcHealth:
+    """A grpcio server (h2c) whose grpc.health.v1.Health/Check answers `status` (1 SERVING,
+    2 NOT_SERVING) for any service, recording the requests' service names and metadata."""
+
+    def __init__(self) -> None:
+        import concurrent.futures
+
+        import grpc
+        self.status = 1
+        self.calls: list[tuple[bytes, dict]] = []
+
+        def check(request: bytes, context) -> bytes:
+            self.calls.append((request, dict(context.invocation_metadata())))
+            return b"\x08" + bytes([self.status])
+
+        handler = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=lambda b: b, response_serializer=lambda b: b)})
+        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(None)
+
+
+def test_http2_health_check(proxy_factory):
+    from tests.h2_backend import H2Backend
+    up = H2Backend(name="h2up")
+    try:
+        p = _proxy(proxy_factory,
+                   _h2_cluster("ok", up.port, {"http_health_check": {"path": "/hc", "codec_client_type": "HTTP2"}}),
+                   _h2_cluster("bad", up.port, {"http_health_check": {
+                       "path": "/rst", "codec_client_type": "HTTP2"}}))
+        assert _flags(p, "ok") == {up.port: "healthy"}
+        assert _flags(p, "bad") == {up.port: "/failed_active_hc"}
+        hc = [dict(r["headers"]) for r in up.requests if dict(r["headers"])[":path"] == "/hc"]
+        assert hc == [{":method": "GET", ":scheme": "http", ":authority": "ok", ":path": "/hc",
+                       "user-agent": "Envoy/HC"}]
+        c = p.counters()
+        assert c["cluster.bad.health_check.network_failure"] == 1   # the reset stream
+        assert c["cluster.ok.health_check.success"] == 1
+    finally:
+        up.close()
+
+
+def test_grpc_health_check(proxy_factory):
+    g = _GrpcHealth()
+    try:
+        p = _proxy(proxy_factory, _h2_cluster("g", g.port, {
+            "interval": "0.1s", "no_traffic_interval": "0.1s", "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": "svc", "initial_metadata": [
+                {"header": {"key": "x-md", "value": "v"}}]}}))
+        assert _flags(p, "g") == {g.port: "healthy"}
+        request_bytes, md = g.calls[0]
+        assert request_bytes == b"\x0a\x03svc"
+        assert md["user-agent"].startswith("Envoy/HC") and md["x-md"] == "v"
+        g.status = 2   # NOT_SERVING: unhealthy at once
+        assert p.wait_for(lambda: _flags(p, "g")[g.port] == "/failed_active_hc")
+        g.status = 1
+        assert p.wait_for(lambda: _flags(p, "g")[g.port] == "healthy")
+    finally:
+        g.close()
+
+
+def test_grpc_health_check_needs_an_http2_cluster():
+    raw = _cluster("c", [1], [_hc(grpc_health_check={})])
+    del raw["health_checks"][0]["http_health_check"]
+    with pytest.raises(ConfigError, match="c cluster must support HTTP/2 for gRPC healthchecking"):
+        parse_cluster(raw, "c")

@@ -5,7 +5,6 @@ health_check.healthy gauge; the published snapshots carry the flags and the warm
 
 from __future__ import annotations
 
-
 from proxy.stats.store import Store
 from proxy.threads.dispatcher import Dispatcher
 from proxy.upstream.cluster_config import parse_cluster

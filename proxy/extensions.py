@@ -31,3 +31,4 @@ import proxy.stats.statsd  # noqa: F401  envoy.stat_sinks.statsd
 import proxy.http.filters.decompressor  # noqa: F401  envoy.filters.http.decompressor (gzip)
 import proxy.http.filters.csrf  # noqa: F401  envoy.filters.http.csrf
 import proxy.http.filters.health_check  # noqa: F401  envoy.filters.http.health_check
+import proxy.http.filters.ext_authz  # noqa: F401  envoy.filters.http.ext_authz (HTTP service)

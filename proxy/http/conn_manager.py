@@ -126,6 +126,9 @@ class ConnectionManager(ConnectionCallbacks):
         if cfg.request_timeout and not stream.request_complete:
             t = stream.start_monotonic + cfg.request_timeout
             deadline = t if deadline is None else min(deadline, t)
+        t = stream.duration_deadline
+        if t is not None:
+            deadline = t if deadline is None else min(deadline, t)
         return deadline
 
     def watch_stream(self, stream: ActiveStream) -> None:
@@ -251,7 +254,13 @@ class ConnectionManager(ConnectionCallbacks):
     def _stream_timed_out(self, stream: ActiveStream, now: float) -> None:
         cfg = self.ctx.config
         st = self.stats
-        if cfg.request_timeout and not stream.request_complete and \
+        if stream.duration_deadline is not None and now >= stream.duration_deadline:
+            # Envoy's onStreamMaxDurationReached: 504 once the request is complete, else 408;
+            # to a gRPC request DEADLINE_EXCEEDED.
+            st.downstream_rq_max_duration_reached.value += 1
+            stream.send_local_reply(504 if stream.request_complete else 408, b"downstream duration timeout",
+                                    None, "max_duration_timeout", grpc_status=4)
+        elif cfg.request_timeout and not stream.request_complete and \
                 now >= stream.start_monotonic + cfg.request_timeout:
             st.downstream_rq_timeout.value += 1
             stream.send_local_reply(408, b"request timeout", None, "request_overall_timeout")

@@ -93,6 +93,7 @@ class HcmConfig:
     # Timeouts in seconds; 0 disables (Envoy's meaning of a zero duration).
     stream_idle_timeout: float = 300.0     # slow-loris defence per stream
     request_timeout: float = 0.0
+    max_stream_duration: float = 0.0      # common_http_protocol_options'; routes may override
     request_headers_timeout: float = 0.0
     drain_timeout: float = 5.0
     delayed_close_timeout: float = 1.0
@@ -177,7 +178,7 @@ COMMON_HTTP = Message("envoy.config.core.v3.HttpProtocolOptions (downstream)", f
     used("max_requests_per_connection"),
     used("headers_with_underscores_action", "ALLOW"),
     refused("max_connection_duration", _ONLY_DEFAULT, only_default=True),
-    refused("max_stream_duration", _ONLY_DEFAULT, only_default=True),
+    used("max_stream_duration", why="routes' max_stream_duration replaces it"),
     refused("max_response_headers_kb"),
 ))
 
@@ -313,7 +314,7 @@ def _parse_common_options(f: Fields, out: dict[str, Any]) -> None:
     c = COMMON_HTTP.read(f.value("common_http_protocol_options"), f.at("common_http_protocol_options"))
     out["idle_timeout"] = c.duration("idle_timeout", 3600.0)
     COMMON_HTTP.require_default(c, "max_connection_duration", c.duration("max_connection_duration") or None)
-    COMMON_HTTP.require_default(c, "max_stream_duration", c.duration("max_stream_duration") or None)
+    out["max_stream_duration"] = c.duration("max_stream_duration", 0.0)
     out["max_headers_count"] = c.int("max_headers_count", 100, min=1)
     out["max_requests_per_connection"] = c.int("max_requests_per_connection", min=0) or None
     out["headers_with_underscores_action"] = c.enum("headers_with_underscores_action",

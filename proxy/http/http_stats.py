@@ -16,7 +16,7 @@ _COUNTERS = (
     "downstream_cx_drain_close", "downstream_cx_upgrades_total", "downstream_rq_total",
     "downstream_rq_http1_total", "downstream_rq_http2_total", "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx",
     "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_timeout",
-    "downstream_rq_idle_timeout", "downstream_rq_header_timeout", "downstream_rq_too_large", "downstream_rq_rx_reset",
+    "downstream_rq_idle_timeout", "downstream_rq_header_timeout", "downstream_rq_max_duration_reached", "downstream_rq_too_large", "downstream_rq_rx_reset",
     "downstream_rq_tx_reset", "downstream_rq_ws_on_non_ws_route", "downstream_rq_non_relative_path",
     "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total", "rs_too_large",
     "requests_rejected_with_underscores_in_headers", "dropped_headers_with_underscores",

@@ -1,7 +1,7 @@
 """Envoy's request header handling in the HTTP connection manager, before routing.
 
 Job: the rules Envoy's ConnectionManagerUtility::mutateRequestHeaders applies to every request
-(hop-by-hop fields and the ones Connection names dropped, x-forwarded-for / -proto, via,
+(hop-by-hop fields and the ones Connection names dropped, but `te: trailers`, x-forwarded-for / -proto, via,
 x-request-id generated or kept, Envoy's x-envoy-* sanitising and x-envoy-external-address), and
 the rewrite of an absolute-form target. Works on the request's `Headers` in place; the fields
 to drop are one set per HCM (`request_fields_removed`), so a request pays one set test for
@@ -76,7 +76,10 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
             names = {t.strip().lower() for t in headers.get(b"connection").split(b",")}
             drop = drop | (names - _PROTECTED)
     if not present.isdisjoint(drop):
+        te = headers.get(b"te") if b"te" in present else None
         headers.remove_many(drop)
+        if te is not None and _asks_trailers(te):
+            headers.fields.append((b"te", b"trailers"))  # Envoy's sanitizeTEHeader
         present = {kv[0] for kv in headers.fields}
     if cfg.via:
         append_via(headers, ctx.via)
@@ -105,6 +108,11 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
     if mode != "SANITIZE" and mode != "ALWAYS_FORWARD_ONLY":
         _mutate_xfcc(headers, mode, cfg.set_current_client_cert_details, tls)
     return scheme
+
+
+def _asks_trailers(te: bytes) -> bool:
+    """Envoy keeps a TE field naming `trailers` (gRPC needs it), as `te: trailers` alone."""
+    return any(t.strip() == b"trailers" for t in te.split(b","))
 
 
 def _mutate_xfcc(headers: Headers, mode: str, details: tuple[str, ...], tls) -> None:

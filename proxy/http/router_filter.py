@@ -19,12 +19,15 @@ Thread affinity: one worker. Must not: block or touch another worker's pools.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
+from ..router.grpc_timeout import (format_grpc_timeout, legacy_grpc_timeout_ms, parse_grpc_timeout,
+                                   stream_duration_ms)
 from ..router.header_mutation import apply_mutations
 from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
-from .local_reply import local_reply_head, reset_body
+from .local_reply import is_grpc_request, local_reply_head, reset_body
 from .stream_state import UPGRADED
 
 __all__ = ["RouterFilter", "RouterFactory"]
@@ -121,8 +124,10 @@ class RouterFilter:
             self._reset_reply(503, "overflow", "UO")
             return
         self.holds_request_slot = True
-        if route.prepare:  # rewrites, header mutations, retries (one test for them all)
-            self._prepare(route, action, head)
+        if route.prepare:  # rewrites, header mutations, retries, deadlines (one test for all)
+            action = self._prepare(route, action, head)
+        elif ctx.config.max_stream_duration:
+            self._set_deadlines(route, action, head)
         if action.timeout_ms and not self.config.suppress_envoy_headers:
             head.headers.set(b"x-envoy-expected-rq-timeout-ms", action.timeout_ms)
         if end_stream:
@@ -148,12 +153,17 @@ class RouterFilter:
             stream.abandon_request()  # the rest of the request body will not be read
         stream.encode_local(head, body)
 
-    def _prepare(self, route, action, head) -> None:
+    def _prepare(self, route, action, head):
         """What a route asks beyond forwarding: its rewrites and request header mutations,
-        then (they may add x-envoy-retry-on...) its retry state and attempt-count headers. A
-        request that may be retried, or answers with x-envoy-attempt-count, is carried on by a
-        RetryingRouter (router_retry.py): this object becomes one, and a request on a route
-        without a retry policy never pays for it."""
+        its deadlines (max_stream_duration, grpc-timeout), then (they may add
+        x-envoy-retry-on...) its retry state and attempt-count headers. A request that may be
+        retried, or answers with x-envoy-attempt-count, is carried on by a RetryingRouter
+        (router_retry.py): this object becomes one, and a request on a route without a retry
+        policy never pays for it. Returns the route action in force for this request."""
+        if (action.max_stream_duration is not None or action.max_grpc_timeout is not None
+                or self.ctx.config.max_stream_duration):
+            action = self._set_deadlines(route, action, head)
+            route = self.route
         if (action.rewrites_path or action.host_rewrite_literal is not None
                 or action.auto_host_rewrite or route.request_mutations):
             self._rewrite_request(action)
@@ -163,6 +173,33 @@ class RouterFilter:
                 or action.attempt_count_in_response):
             from .router_retry import become_retrying
             become_retrying(self, route, action, head)
+        return action
+
+    def _set_deadlines(self, route, action, head):
+        """Envoy's refreshDurationTimeout (the stream's max_stream_duration, or the
+        grpc-timeout header capped by grpc_timeout_header_max less its offset, which a gRPC
+        request's upstream is then told) and, for a gRPC request on a route with the legacy
+        max_grpc_timeout, the router timeout from grpc-timeout (finalTimeout). That timeout
+        is this request's own: it gets a copy of its route with it (dataclasses.replace
+        recomputes the per-try and x-envoy-expected-rq-timeout-ms values). Returns the action."""
+        headers = head.headers
+        msd = action.max_stream_duration
+        grpc = is_grpc_request(headers)
+        header_ms = parse_grpc_timeout(headers.get(b"grpc-timeout"))
+        cfg_ms = round(self.ctx.config.max_stream_duration * 1000)
+        if msd is not None or cfg_ms:
+            ms = stream_duration_ms(msd, cfg_ms, header_ms)
+            if ms is not None:
+                if msd is not None and grpc:
+                    headers.set(b"grpc-timeout", format_grpc_timeout(ms))
+                self.stream.set_max_duration(ms / 1000)
+        if msd is None and action.max_grpc_timeout is not None and grpc:
+            ms = legacy_grpc_timeout_ms(action.max_grpc_timeout, action.grpc_timeout_offset, header_ms)
+            action = replace(action, timeout=ms / 1000)
+            self.route = replace(route, action=action)
+            if action.timeout_ms:  # the per-try or the new timeout, as Envoy tells the upstream
+                headers.set(b"grpc-timeout", format_grpc_timeout(int(action.timeout_ms)))
+        return action
 
     def _rewrite_request(self, action) -> None:
         """The route's path and host rewrites and request header mutations."""

@@ -39,7 +39,7 @@ class ActiveStream(FilterManager, StreamInfo):
     # Slots for StreamInfo's per-request fields too (they shadow its class defaults): a slot
     # store is cheaper than an instance dict's, and a stream takes a dozen of them.
     __slots__ = ("hcm", "ctx", "stream_id", "head", "state", "upgrade",
-                 "last_activity", "idle_timeout",
+                 "last_activity", "idle_timeout", "duration_deadline",
                  "start_time", "start_monotonic", "request_complete_monotonic",
                  "first_upstream_tx_monotonic", "first_upstream_rx_monotonic",
                  "response_start_monotonic", "end_monotonic", "request_headers",
@@ -60,7 +60,9 @@ class ActiveStream(FilterManager, StreamInfo):
         self.upgrade = upgrade
         self.start_time = start_time
         self.start_monotonic = self.last_activity = start_monotonic  # for stream_idle_timeout
-        self.idle_timeout = None  # the route's idle_timeout, when it overrides the HCM's
+        # The route's idle_timeout, when it overrides the HCM's; when max_stream_duration (or
+        # a grpc-timeout the route honours) ends the stream, on the monotonic clock.
+        self.idle_timeout = self.duration_deadline = None
         self.request_complete_monotonic = self.first_upstream_tx_monotonic = None
         self.first_upstream_rx_monotonic = self.response_start_monotonic = None
         self.end_monotonic = self.response_headers = self.response_trailers = None
@@ -216,6 +218,12 @@ class ActiveStream(FilterManager, StreamInfo):
         """The route's `idle_timeout` replaces the HCM's stream_idle_timeout for this stream
         (0 disables it)."""
         self.idle_timeout = timeout
+        self.hcm.watch_stream(self)
+
+    def set_max_duration(self, timeout: float) -> None:
+        """Envoy's max_stream_duration timer: the stream ends `timeout` seconds after it began
+        (408, or 504 once the request is complete: "downstream duration timeout")."""
+        self.duration_deadline = self.start_monotonic + timeout
         self.hcm.watch_stream(self)
 
     def read_disable_downstream(self, disable: bool) -> None:

@@ -32,6 +32,7 @@ from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_lev
                                parse_typed_per_filter_config)
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
                        parse_regex_rewrite)
+from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
 from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
 
 __all__ = ["RouteConfiguration", "VirtualHost", "Route", "RouteAction", "DirectResponseAction",
@@ -66,6 +67,11 @@ class RouteAction:
     attempt_count_in_request: bool = False
     attempt_count_in_response: bool = False
     is_timeout_retry_header: bool = False
+    # max_stream_duration (its presence makes Envoy ignore `timeout`: set to 0 at load) and
+    # the legacy max_grpc_timeout / grpc_timeout_offset, in ms (grpc_timeout.py).
+    max_stream_duration: MaxStreamDuration | None = None
+    max_grpc_timeout: int | None = None
+    grpc_timeout_offset: int | None = None
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -144,7 +150,8 @@ class Route:
         object.__setattr__(self, "prepare", a is not None and bool(
             a.rewrites_path or a.host_rewrite_literal is not None or a.auto_host_rewrite
             or self.request_mutations or a.retry_policy is not None
-            or a.attempt_count_in_request or a.attempt_count_in_response))
+            or a.attempt_count_in_request or a.attempt_count_in_response
+            or a.max_stream_duration is not None or a.max_grpc_timeout is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,14 +215,14 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     refused("include_vh_rate_limits"),
     refused("hash_policy"),
     refused("cors", "use the CORS filter's typed_per_filter_config"),
-    refused("max_grpc_timeout"),
-    refused("grpc_timeout_offset"),
+    used("max_grpc_timeout", why="gRPC requests' router timeout from grpc-timeout, capped"),
+    used("grpc_timeout_offset"),
     used("upgrade_configs"),
     refused("internal_redirect_policy"),
     refused("internal_redirect_action"),
     refused("max_internal_redirects"),
     refused("hedge_policy"),
-    refused("max_stream_duration"),
+    used("max_stream_duration", why="its own table; with it Envoy ignores `timeout`"),
 ))
 UPGRADE_CONFIG = Message("envoy.config.route.v3.RouteAction.UpgradeConfig", fields=(
     used("upgrade_type", attr="upgrade_configs"),
@@ -294,14 +301,25 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         upgrades.append((u.str("upgrade_type", required=True).lower(), u.bool("enabled", True)))
     code = f.enum("cluster_not_found_response_code", tuple(_NOT_FOUND_CODES),
                   "SERVICE_UNAVAILABLE")
+    msd = (parse_max_stream_duration(MAX_STREAM_DURATION.read(f.value("max_stream_duration"),
+                                                              f.at("max_stream_duration")))
+           if f.has("max_stream_duration") else None)
+    max_grpc = f.duration("max_grpc_timeout", None)
+    grpc_offset = f.duration("grpc_timeout_offset", None)
+    timeout = f.duration("timeout", DEFAULT_ROUTE_TIMEOUT)
     return RouteAction(
         cluster=cluster, cluster_header=cluster_header, weighted_clusters=weighted,
         weighted_header_name=header_name, prefix_rewrite=prefix, regex_rewrite=regex,
         host_rewrite_literal=header_bytes(host_literal, f.at("host_rewrite_literal")) if host_literal else None,
         auto_host_rewrite=f.bool("auto_host_rewrite", False),
         high_priority=f.enum("priority", ("DEFAULT", "HIGH"), "DEFAULT") == "HIGH",
-        timeout=f.duration("timeout", DEFAULT_ROUTE_TIMEOUT),
+        # Envoy (FilterUtility::finalTimeout): a route with max_stream_duration has no
+        # router timeout; max_stream_duration bounds the stream instead.
+        timeout=timeout if msd is None else 0.0,
         idle_timeout=f.duration("idle_timeout", None),
+        max_stream_duration=msd,
+        max_grpc_timeout=round(max_grpc * 1000) if max_grpc is not None else None,
+        grpc_timeout_offset=round(grpc_offset * 1000) if grpc_offset is not None else None,
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),

@@ -61,6 +61,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
                 self.send_header("content-length", "0")
                 self.end_headers()
                 return
+        if path.startswith("/authz"):
+            self._authz()
+            return
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
             self.send_response(code)
@@ -98,6 +101,34 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _authz(self) -> None:
+        """An ext_authz HTTP service: `authorization: Bearer <token>` decides. allow-<user>:
+        200 with x-current-user and x-authz-extra; slow: 200 after 1 s; error: 500; none:
+        401; anything else: 403 with www-authenticate, x-reason and a body."""
+        token = self.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        extra: list[tuple[str, str]] = []
+        body = b""
+        if token.startswith("allow"):
+            code = 200
+            extra = [("x-current-user", token.removeprefix("allow-")), ("x-authz-extra", "1"),
+                     ("x-append-me", "from-authz")]
+        elif token == "slow":
+            time.sleep(1.0)
+            code = 200
+        elif token == "error":
+            code = 500
+        elif not token:
+            code, body = 401, b"who are you?"
+        else:
+            code, body = 403, b"denied by authz"
+            extra = [("www-authenticate", 'Bearer realm="test"'), ("x-reason", "bad-token")]
+        self.send_response(code)
+        for k, v in extra:
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
 

@@ -413,3 +413,65 @@ def test_rbac_example(services):
         assert "http.ingress_http.rbac.denied: 1" in stats and "http.ingress_http.rbac.allowed: 1" in stats
     finally:
         ex.stop()
+
+
+# -- ext_authz: an HTTP authorization service decides; x-current-user reaches the service ------
+
+class TokenAuthService:
+    """The ext_authz example's HTTP authorization service (auth/http-service/server.js):
+    `Authorization: Bearer <token>` for a token of users.json gets 200 with x-current-user,
+    anything else 403."""
+
+    USERS = {"token1": "user1", "token2": "user2", "token3": "user3"}
+
+    def __init__(self) -> None:
+        users = self.USERS
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                kind, _, token = self.headers.get("authorization", "").partition(" ")
+                user = users.get(token) if kind == "Bearer" else None
+                self.send_response(200 if user else 403)
+                if user:
+                    self.send_header("x-current-user", user)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            do_POST = do_GET
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_ext_authz_http_service_example(services):
+    """verify.sh's http-service steps: 403 without a token, 200 with `Bearer token1`; the
+    service then sees the x-current-user the authorization service named."""
+    svc = services(ExampleService, "upstream-service")
+    auth = services(TokenAuthService)
+    ex = RunningExample("ext_authz/http-service.yaml",
+                        {"upstream-service": svc.port, "ext_authz-http-service": auth.port})
+    try:
+        url = f"http://localhost:{ex.port()}/service"
+        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url],
+                           capture_output=True, text=True, timeout=10)
+        assert r.stdout == "403"
+        assert not svc.requests
+        got = _curl_json(url, "-H", "Authorization: Bearer token1")
+        assert got["hostname"] == "upstream-service"
+        assert got["headers"]["x-current-user"] == "user1"
+        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                            "Authorization: Bearer nope", url], capture_output=True, text=True, timeout=10)
+        assert r.stdout == "403"
+    finally:
+        ex.stop()

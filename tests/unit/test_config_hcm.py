@@ -185,10 +185,10 @@ def test_known_options_without_runtime_support_are_refused_unless_default():
         "hcm.internal_address_config: not supported yet")
     # The defaults themselves are accepted.
     parse_hcm(_hcm(xff_num_trusted_hops=0, internal_address_config={}, normalize_path=False,
-                   common_http_protocol_options={"max_stream_duration": "0s"}), P)
-    assert _err(parse_hcm, _hcm(common_http_protocol_options={"max_stream_duration": "5s"})) == (
-        "hcm.common_http_protocol_options.max_stream_duration: not supported yet (only the default: "
-        "no runtime behaviour yet)")
+                   common_http_protocol_options={"max_connection_duration": "0s"}), P)
+    assert _err(parse_hcm, _hcm(common_http_protocol_options={"max_connection_duration": "5s"})) == (
+        "hcm.common_http_protocol_options.max_connection_duration: not supported yet (only the "
+        "default: no runtime behaviour yet)")
 
 
 def test_unsupported_known_field_vs_typo():

@@ -1,0 +1,188 @@
+"""A worker's asynchronous HTTP client: one whole request to a cluster, one whole response back
+(Envoy's Http::AsyncClient::send), marked internal (`x-envoy-internal: true`) with the
+router's `x-envoy-expected-rq-timeout-ms`, as Envoy's. For filters that ask another service before they let a
+request on (ext_authz's HTTP service, a Python filter's `http_call`).
+
+The request takes the cluster's load balancer, pools and circuit breakers like the router's
+(counted in the cluster's `upstream_rq_*` stats), and the answer is what Envoy's async client
+gives its caller: the upstream's response, or the local reply Envoy's router would make
+(503 for no cluster, no healthy host, an overflow or a failed connection, 504 at the
+timeout), marked `local`. Bodies are held whole: this is for small control-plane exchanges.
+
+Thread affinity: the worker that made it; every callback runs on that worker's dispatcher,
+never re-entrantly from `send()` (a failure known at once is posted). Must not: outlive its
+worker (`cancel()` when the caller goes away first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .headers import Headers, RequestHead
+
+__all__ = ["AsyncResponse", "AsyncRequest"]
+
+HeaderList = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class AsyncResponse:
+    status: int
+    headers: HeaderList
+    body: bytes
+    trailers: HeaderList | None = None
+    local: bool = False      # made here (no upstream answer): Envoy's router's local reply
+    details: str = ""        # for a local one: why (Envoy's response code details)
+
+
+class AsyncRequest:
+    """Send `method path` with `headers` and `body` to `cluster`; `on_response` gets the
+    AsyncResponse once, unless `cancel()` came first. `timeout` (s, 0: none) bounds the whole
+    exchange."""
+
+    def __init__(self, worker, cluster: str, method: bytes, path: bytes, authority: bytes,
+                 headers: HeaderList, body: bytes, timeout: float,
+                 on_response: Callable[[AsyncResponse], None]) -> None:
+        self.worker = worker
+        self.cluster_name = cluster
+        # As Envoy's async client sends it: internal, with the router's expected timeout.
+        fields = list(headers)
+        fields.append((b"x-envoy-internal", b"true"))
+        if timeout:
+            fields.append((b"x-envoy-expected-rq-timeout-ms", b"%d" % round(timeout * 1000)))
+        self.head = RequestHead(method, path, authority, b"http", Headers(fields))
+        self.body = body
+        self.timeout = timeout
+        self.on_response = on_response
+        self.stream = self        # what a DownstreamProtocolPool reads: stream.head.http_version
+        self.cluster = self.pool = self.upstream = self.pool_handle = self.timer = None
+        self.holds_slot = False
+        self.done = False
+        self.started = 0.0
+        self.status = 0
+        self.headers: HeaderList = []
+        self.chunks: list[bytes] = []
+
+    # -- the caller's side ---------------------------------------------------------------------
+    def send(self) -> None:
+        cluster = self.worker.clusters.get(self.cluster_name)
+        if cluster is None:
+            return self._local_later(503, "cluster_not_found")
+        host = cluster.choose_host()
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            return self._local_later(503, "no_healthy_upstream")
+        self.cluster = cluster
+        pool = self.pool = cluster.pool_for(host)
+        if not pool.limits.try_acquire_request():
+            cluster.stats.upstream_rq_active_overflow.value += 1
+            return self._local_later(503, "overflow")
+        self.holds_slot = True
+        cluster.stats.upstream_rq_active.value += 1
+        if self.timeout:
+            self.timer = self.worker.dispatcher.call_later(self.timeout, self._on_timeout)
+        self.pool_handle = pool.new_stream(self)
+
+    def cancel(self) -> None:
+        """The caller no longer wants the answer: nothing more is said."""
+        if self.done:
+            return
+        self.done = True
+        self._abandon()
+
+    # -- pool callbacks ------------------------------------------------------------------------
+    def on_pool_ready(self, upstream) -> None:
+        self.pool_handle = None
+        if self.done:
+            upstream.release(reusable=True)
+            return
+        self.upstream = upstream
+        self.started = time.monotonic()
+        self.cluster.stats.upstream_rq_total.value += 1
+        upstream.send_headers(self.head, not self.body, False)
+        if self.body:
+            upstream.send_data(self.body)
+            upstream.end(None)
+
+    def on_pool_failure(self, reason: str, flag: str, transport_failure: str = "") -> None:
+        self.pool_handle = None
+        if not self.done:
+            self._local(503, "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
+
+    # -- the response (UpstreamStreamCallbacks) ------------------------------------------------
+    def on_upstream_headers(self, ev, body: bytes | None = None) -> None:
+        if self.done:
+            return
+        self.status = ev.status
+        # Envoy's router in the async client adds its x-envoy-upstream-service-time.
+        self.headers = ev.headers + [(b"x-envoy-upstream-service-time",
+                                      b"%d" % int((time.monotonic() - self.started) * 1000))]
+        if body is not None:
+            self.chunks.append(body)
+            self._complete(None)
+
+    def on_upstream_data(self, data: bytes) -> None:
+        if not self.done:
+            self.chunks.append(data)
+
+    def on_upstream_complete(self, trailers) -> None:
+        if not self.done:
+            self._complete(trailers)
+
+    def on_upstream_reset(self, reason: str, flag: str = "UC", status: int = 503,
+                          reused: bool = False, transport_failure: str = "") -> None:
+        if self.done:
+            return
+        self.upstream = None
+        self.cluster.stats.upstream_rq_rx_reset.value += 1
+        self._local(status, "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"))
+
+    def on_upstream_watermark(self, above: bool) -> None:
+        pass  # the request is written whole at once
+
+    # -- endings -------------------------------------------------------------------------------
+    def _complete(self, trailers) -> None:
+        self.done = True
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.release(True)
+        self._release()
+        self.cluster.stats.record_response(self.status, self.pool)
+        self.on_response(AsyncResponse(self.status, self.headers, b"".join(self.chunks), trailers))
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if not self.done:
+            self.cluster.stats.upstream_rq_timeout.value += 1
+            self._local(504, "response_timeout")
+
+    def _local(self, status: int, details: str) -> None:
+        self.done = True
+        self._abandon()
+        body = b"upstream request timeout" if status == 504 else b""
+        self.on_response(AsyncResponse(status, [], body, None, True, details))
+
+    def _local_later(self, status: int, details: str) -> None:
+        self.done = True
+        response = AsyncResponse(status, [], b"", None, True, details)
+        self.worker.dispatcher.post(lambda: self.on_response(response))
+
+    def _abandon(self) -> None:
+        if self.pool_handle is not None:
+            self.pool_handle.cancel()
+            self.pool_handle = None
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.reset()
+        self._release()
+
+    def _release(self) -> None:
+        if self.timer is not None:
+            self.timer.disable()
+            self.timer = None
+        if self.holds_slot:
+            self.holds_slot = False
+            self.pool.limits.release_request()
+            self.cluster.stats.upstream_rq_active.value -= 1

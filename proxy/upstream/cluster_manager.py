@@ -217,7 +217,9 @@ class ClusterManager:
         if state.health is not None:  # sessions for new hosts, flags on all
             state.health.set_hosts(hosts)
             hosts = state.health.apply(hosts)
-        state.snapshot = ClusterSnapshot(cfg.name, cfg, hosts, state.limits, state.high_limits)
+        state.snapshot = ClusterSnapshot(
+            cfg.name, cfg, hosts, state.limits, state.high_limits,
+            state.health.report_immediate_fail if state.health is not None else None)
         self._set_gauge(f"cluster.{cfg.name}.membership_total", len(hosts))
         # Health: the endpoints' health_status and the active health checks' flags.
         healthy, degraded = by_health(hosts)

@@ -800,6 +800,11 @@ class Session:
     def handle_failure(self, failure_type: str, retriable: bool, status: int) -> None:
         if self.stopped:
             return
+        self._done(self.set_unhealthy(failure_type, retriable, status), healthy=False)
+
+    def set_unhealthy(self, failure_type: str, retriable: bool, status: int) -> int:
+        """Envoy's setUnhealthy: count the failure, maybe eject; returns the transition (the
+        caller re-arms the timers, or not: a passive failure leaves them)."""
         c, h, owner = self.checker, self.health, self.checker.owner
         self.num_healthy = 0
         changed = UNCHANGED
@@ -828,7 +833,7 @@ class Session:
         elif failure_type == PASSIVE:
             c.stats.passive_failure.inc()
         self.first_check = False
-        self._done(changed, healthy=False)
+        return changed
 
     def _done(self, changed: int, healthy: bool) -> None:
         self.awaiting = False
@@ -929,6 +934,23 @@ class ClusterHealthChecker:
             hh = self.health.get(h.key)
             out.append(h if hh is None else hh.apply(h))
         return tuple(out)
+
+    def report_immediate_fail(self, host: Host) -> None:
+        """Any thread (a worker's router): a routed response from `host` carried
+        x-envoy-immediate-health-check-fail. Main then sets /excluded_via_immediate_hc_fail and
+        counts a passive failure (Envoy's HealthCheckHostMonitor::setUnhealthy)."""
+        self.dispatcher.post(lambda: self._immediate_fail(host.key))
+
+    def _immediate_fail(self, key: tuple[str, int]) -> None:
+        hh = self.health.get(key)
+        # Envoy: the host's monitor is the last checker's session (each one replaces it).
+        session = self.checkers[-1].sessions.get(key) if self.checkers else None
+        if hh is None or session is None or session.stopped:
+            return
+        hh.excluded = True
+        changed = session.set_unhealthy(PASSIVE, False, 0)
+        # As Envoy, the host set is rebuilt only on a transition (the flag shows then).
+        self.host_checked(changed == CHANGED, False)
 
     def host_checked(self, changed: bool, first: bool) -> None:
         if first:

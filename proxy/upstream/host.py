@@ -12,6 +12,7 @@ Thread affinity: any thread (immutable).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .circuit_breaker import ResourceLimits
 from .cluster_config import ClusterConfig
@@ -137,6 +138,9 @@ class ClusterSnapshot:
     hosts: tuple[Host, ...]
     limits: ResourceLimits
     high_limits: ResourceLimits   # the circuit breakers of routes with `priority: HIGH`
+    # Health-checked clusters: report_immediate_fail(host), callable from any thread (the
+    # router calls it for a response carrying x-envoy-immediate-health-check-fail); else None.
+    hc_report: Any = field(default=None, compare=False, repr=False)
     lb_hosts: tuple[Host, ...] = field(init=False, compare=False, repr=False)
     panic: bool = field(init=False, compare=False, repr=False)
     # How many hosts are healthy and degraded (the membership_healthy/_degraded gauges; read by

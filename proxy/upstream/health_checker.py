@@ -140,18 +140,15 @@ class EventLogger:
             log.warning("health check event log %s: %s", self.path, e)
 
     def eject(self, kind, host, cluster, failure_type, status) -> None:
-        body: dict[str, Any] = {"failure_type": failure_type}
-        if kind == "HTTP":
-            body["http_status_code"] = status
+        # Every checker type writes http_status_code (0 when there was none, as Envoy's TCP).
+        body = {"failure_type": failure_type, "http_status_code": status}
         self._write(kind, host, cluster, "eject_unhealthy_event", body)
 
     def add_healthy(self, kind, host, cluster, first_check) -> None:
         self._write(kind, host, cluster, "add_healthy_event", {"first_check": first_check})
 
     def unhealthy(self, kind, host, cluster, failure_type, first_check, status) -> None:
-        body: dict[str, Any] = {"failure_type": failure_type, "first_check": first_check}
-        if kind == "HTTP":
-            body["http_status_code"] = status
+        body = {"failure_type": failure_type, "first_check": first_check, "http_status_code": status}
         self._write(kind, host, cluster, "health_check_failure_event", body)
 
     def success(self, kind, host, cluster) -> None:

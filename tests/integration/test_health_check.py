@@ -551,3 +551,26 @@ def test_grpc_health_check_needs_an_http2_cluster():
     del raw["health_checks"][0]["http_health_check"]
     with pytest.raises(ConfigError, match="c cluster must support HTTP/2 for gRPC healthchecking"):
         parse_cluster(raw, "c")
+
+
+def test_tcp_event_log_as_envoy_writes_it(proxy_factory, tmp_path):
+    """(Envoy 1.40's line for this case, recorded: a TCP check also has http_status_code 0.)"""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    path = tmp_path / "ev.log"
+    tcp = {"timeout": "1s", "interval": "60s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+           "event_log_path": str(path), "tcp_health_check": {}}
+    _proxy(proxy_factory, _cluster("t", [port], [tcp]))
+    event = json.loads(path.read_text().splitlines()[0])
+    del event["timestamp"]
+    assert event == {
+        "health_checker_type": "TCP",
+        "host": {"socket_address": {"protocol": "TCP", "address": "127.0.0.1", "port_value": port,
+                                    "resolver_name": "", "ipv4_compat": False,
+                                    "network_namespace_filepath": ""}},
+        "cluster_name": "t",
+        "health_check_failure_event": {"failure_type": "NETWORK", "first_check": True,
+                                       "http_status_code": 0},
+        "locality": {"region": "", "zone": "", "sub_zone": ""}}

@@ -12,6 +12,7 @@
 #   PROBE=floor perf/instr_count.sh   # the same count for perf/probe_floor.py (CPython's floor)
 #   PROBE=lane perf/instr_count.sh    # ... for perf/probe_lane.py (a fused path's lower bound)
 #   CONFIG=perf/configs/http-fault.yaml perf/instr_count.sh   # the same path with a filter added
+#   WRK_HEADER="x-api-key: demo-key" CONFIG=perf/configs/http-python-apikey.yaml perf/instr_count.sh
 # Under callgrind the proxy runs ~50x slower (a few hundred requests a second).
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
@@ -38,10 +39,11 @@ setsid valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
   --callgrind-out-file="$OUT_DIR/callgrind.out" "$PY" "${SERVER[@]}" \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 for i in $(seq 240); do curl -fsk -o /dev/null "$URL" && break; sleep 0.5; done
-wrk -t1 -c20 -d2s "$URL" >/dev/null    # warm-up, not counted
+WRK_ARGS=(); [ -n "${WRK_HEADER:-}" ] && WRK_ARGS=(-H "$WRK_HEADER")  # WRK_HEADER="x-api-key: demo-key"
+wrk -t1 -c20 -d2s "${WRK_ARGS[@]}" "$URL" >/dev/null    # warm-up, not counted
 PID=$(pgrep -g "${PGS[-1]}" -f "$MATCH" | head -1)
 callgrind_control -i on "$PID" >/dev/null 2>&1
-wrk -t1 -c20 -d"${SECS}s" "$URL" > "$OUT_DIR/wrk.txt"
+wrk -t1 -c20 -d"${SECS}s" "${WRK_ARGS[@]}" "$URL" > "$OUT_DIR/wrk.txt"
 callgrind_control -i off "$PID" >/dev/null 2>&1
 callgrind_control -d "$PID" >/dev/null 2>&1
 REQ=$(awk '/requests in/ {print $1}' "$OUT_DIR/wrk.txt")

@@ -170,6 +170,8 @@ class StreamSink(BufferedSink):
         super().__init__(getattr(stream, "name", "<stream>"), flush_interval, max_pending_bytes)
 
     def _write_out(self, data: str) -> None:
+        if self.stream.closed:  # (at exit, under a test runner that closed its capture)
+            return
         self.stream.write(data)
         self.stream.flush()
 

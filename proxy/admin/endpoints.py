@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from proxy.admin.log_levels import handle_logging
 from proxy.admin.safe_regex import SafeRegex, SafeRegexError
 from proxy.stats.render import render_json, render_prometheus, render_text
 from proxy.stats.store import StatsSnapshot
@@ -30,9 +31,9 @@ __all__ = ["AdminContext", "AdminResponse", "Endpoint", "ENDPOINTS", "handle", "
 
 TEXT = "text/plain; charset=UTF-8"
 JSON = "application/json"
-REQUIRES_POST = "This endpoint requires POST\n"
+REQUIRES_POST = "Method GET not allowed, POST required."  # (405, as Envoy 1.40)
 
-_log = logging.getLogger("proxy.admin")
+_log = logging.getLogger("ftproxy.admin")
 
 
 class AdminContext(Protocol):
@@ -309,6 +310,10 @@ def _reopen_logs(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n")
 
 
+def _logging(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _text(*handle_logging(params))
+
+
 def _help(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, help_text())
 
@@ -323,6 +328,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/help", "print out list of admin commands", _help),
     Endpoint("/hot_restart_version", "print the hot restart compatibility version", _hot_restart_version),
     Endpoint("/listeners", "print listener info", _listeners),
+    Endpoint("/logging", "query/change logging levels", _logging, mutates=True),
     Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),
     Endpoint("/reopen_logs", "reopen access logs", _reopen_logs, mutates=True),
@@ -351,7 +357,7 @@ def handle(ctx: AdminContext, method: str, target: str) -> AdminResponse:
         if endpoint is None:
             return _text(404, "invalid path. " + help_text())
         if endpoint.mutates and method != "POST":
-            return _text(400, REQUIRES_POST)
+            return _text(405, REQUIRES_POST)
         params = parse_qs(parts.query, keep_blank_values=True)
         return endpoint.handler(ctx, params)
     except Exception as e:  # noqa: BLE001 - the admin must survive any handler bug

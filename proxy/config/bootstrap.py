@@ -440,6 +440,10 @@ def _route_cluster_refs(rc: Mapping[str, Any], path: str) -> Iterator[tuple[str,
                 for wi, c in enumerate(_as_list(wc.get("clusters"))):
                     if isinstance(c, Mapping) and isinstance(c.get("name"), str):
                         yield c["name"], join(index(join(apath, "weighted_clusters.clusters"), wi), "name")
+            # Envoy checks a mirror's static cluster too ("unknown shadow cluster").
+            for mi, m in enumerate(_as_list(action.get("request_mirror_policies"))):
+                if isinstance(m, Mapping) and isinstance(m.get("cluster"), str):
+                    yield m["cluster"], join(index(join(apath, "request_mirror_policies"), mi), "cluster")
 
 
 def _as_list(v: Any) -> list[Any]:

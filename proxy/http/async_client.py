@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..network.address import node_address
 from .headers import Headers, RequestHead
 
 __all__ = ["AsyncResponse", "AsyncRequest"]
@@ -40,15 +41,20 @@ class AsyncResponse:
 class AsyncRequest:
     """Send `method path` with `headers` and `body` to `cluster`; `on_response` gets the
     AsyncResponse once, unless `cancel()` came first. `timeout` (s, 0: none) bounds the whole
-    exchange."""
+    exchange; `send_xff`: append this host's address to x-forwarded-for (Envoy's shadows do)."""
 
     def __init__(self, worker, cluster: str, method: bytes, path: bytes, authority: bytes,
                  headers: HeaderList, body: bytes, timeout: float,
-                 on_response: Callable[[AsyncResponse], None]) -> None:
+                 on_response: Callable[[AsyncResponse], None], send_xff: bool = False) -> None:
         self.worker = worker
         self.cluster_name = cluster
         # As Envoy's async client sends it: internal, with the router's expected timeout.
         fields = list(headers)
+        if send_xff:  # this host's address appended, as Envoy's async client's send_xff
+            xff = next((v for n, v in fields if n == b"x-forwarded-for"), None)
+            fields = [kv for kv in fields if kv[0] != b"x-forwarded-for"]
+            local = node_address().encode()
+            fields.append((b"x-forwarded-for", xff + b"," + local if xff else local))
         fields.append((b"x-envoy-internal", b"true"))
         if timeout:
             fields.append((b"x-envoy-expected-rq-timeout-ms", b"%d" % round(timeout * 1000)))

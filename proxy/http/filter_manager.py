@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
+from .async_client import AsyncRequest
 from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head
 from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_STARTED
 
@@ -202,6 +203,17 @@ class FilterManager:
                 watch = getattr(flt, "on_downstream_watermark", None)
                 if watch is not None:
                     watch(above)
+
+    def http_call(self, cluster: str, method: bytes, path: bytes, headers, body: bytes,
+                  timeout: float, on_response, authority: bytes | None = None):
+        """Send a whole request to `cluster` from this stream's worker (async_client.py);
+        `on_response(AsyncResponse)` runs later on this worker. Returns the request: the
+        filter cancels it (`cancel()`) if it goes away first."""
+        req = AsyncRequest(self.ctx.worker, cluster, method, path,
+                           authority if authority is not None else cluster.encode(),
+                           headers, body, timeout, on_response)
+        req.send()
+        return req
 
     def decoding_buffer(self) -> bytearray | None:
         held = self.held[_DECODE]

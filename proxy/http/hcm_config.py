@@ -23,6 +23,8 @@ from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
 
+from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
+
 __all__ = ["HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]
 
@@ -73,6 +75,7 @@ class Http2Config:
     max_consecutive_inbound_frames_with_empty_payload: int = 1
     max_inbound_priority_frames_per_stream: int = 100
     max_inbound_window_update_frames_per_data_frame_sent: int = 10
+    connection_keepalive: KeepaliveSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class HcmConfig:
     stream_idle_timeout: float = 300.0     # slow-loris defence per stream
     request_timeout: float = 0.0
     max_stream_duration: float = 0.0      # common_http_protocol_options'; routes may override
+    add_user_agent: bool = False
     request_headers_timeout: float = 0.0
     drain_timeout: float = 5.0
     delayed_close_timeout: float = 1.0
@@ -150,7 +154,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     refused("merge_slashes", _ONLY_DEFAULT, default=False, only_default=True),
     refused("path_with_escaped_slashes_action", _ONLY_DEFAULT, default="KEEP_UNCHANGED",
             only_default=True),
-    refused("add_user_agent", _ONLY_DEFAULT, default=False, only_default=True),
+    used("add_user_agent", False, why="user-agent and x-envoy-downstream-service-* from the node"),
     refused("proxy_100_continue", "the proxy answers expect: 100-continue itself",
             default=False, only_default=True),
     refused("strip_matching_host_port", _ONLY_DEFAULT, default=False, only_default=True),
@@ -217,7 +221,7 @@ HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=
     used("max_inbound_window_update_frames_per_data_frame_sent", 10),
     used("hpack_table_size", 4096),
     refused("custom_settings_parameters"),
-    refused("connection_keepalive"),
+    used("connection_keepalive", why="its own table"),
     refused("use_oghttp2_codec"),
     refused("max_metadata_size"),
     refused("enable_huffman_encoding"),
@@ -267,6 +271,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         via=f.str("via") or None,
         stream_idle_timeout=f.duration("stream_idle_timeout", 300.0),
         request_timeout=f.duration("request_timeout", 0.0),
+        add_user_agent=f.bool("add_user_agent", False),
         request_headers_timeout=f.duration("request_headers_timeout", 0.0),
         drain_timeout=f.duration("drain_timeout", 5.0),
         delayed_close_timeout=f.duration("delayed_close_timeout", 1.0),
@@ -285,7 +290,7 @@ def _refuse_non_defaults(f: Fields) -> None:
     """Fields understood but without runtime behaviour yet: only their default is accepted."""
     for name in ("xff_num_trusted_hops",):
         HCM.require_default(f, name, f.int(name, 0, min=0))
-    for name in ("normalize_path", "merge_slashes", "add_user_agent", "proxy_100_continue",
+    for name in ("normalize_path", "merge_slashes", "proxy_100_continue",
                  "strip_matching_host_port", "strip_any_host_port", "strip_trailing_host_dot",
                  "stream_error_on_invalid_http_message", "append_x_forwarded_port"):
         HCM.require_default(f, name, f.bool(name, False))
@@ -358,6 +363,8 @@ def _parse_http2(f: Fields) -> Http2Config:
                                                      min=0, max=2**32 - 1),
         max_inbound_window_update_frames_per_data_frame_sent=h.int(
             "max_inbound_window_update_frames_per_data_frame_sent", 10, min=1, max=2**32 - 1),
+        connection_keepalive=(parse_keepalive(h.value("connection_keepalive"), h.at("connection_keepalive"),
+                                              client=False) if h.has("connection_keepalive") else None),
     )
 
 

@@ -14,6 +14,7 @@ from .codec import make_server_codec
 from .codec.http1_server import Http1ServerCodec
 from .codec.http2_server import PREFACE, Http2CodecStats, Http2Options, Http2ServerCodec
 from .conn_manager import ConnectionManager
+from .h2_keepalive import Keepalive
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
 from .http_stats import HcmStats
@@ -38,11 +39,18 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
                               h2.max_inbound_priority_frames_per_stream,
                               h2.max_inbound_window_update_frames_per_data_frame_sent)
 
+    keepalive = h2.connection_keepalive if h2.connection_keepalive is not None and \
+        h2.connection_keepalive.interval else None
+
     def make(first_bytes: bytes, transport, callbacks):
         if codec_type == "HTTP2" or (codec_type == "AUTO" and (
                 (len(first_bytes) >= 3 and PREFACE.startswith(first_bytes[:len(PREFACE)]))
                 or transport.transport_socket.protocol() == "h2")):
-            return Http2ServerCodec(transport, callbacks, h2_options, response_fields, http2_stats)
+            codec = Http2ServerCodec(transport, callbacks, h2_options, response_fields, http2_stats)
+            if keepalive is not None:
+                codec.keepalive = Keepalive(keepalive, transport.dispatcher, codec.send_ping,
+                                            codec.on_keepalive_timeout, lambda: not transport.closed)
+            return codec
         parser = make_server_codec(codec_impl, max_request_headers_kb=max_kb,
                                    max_headers_count=max_count, response_fields=response_fields)
         return Http1ServerCodec(parser, transport, callbacks)
@@ -50,8 +58,15 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
 
 
 class HcmFactory:
-    def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None) -> None:
+    def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None,
+                 node=None) -> None:
         self.config = config
+        # add_user_agent: the node's cluster (user-agent when the request has none, and
+        # x-envoy-downstream-service-cluster) and its id (x-envoy-downstream-service-node).
+        self.user_agent = None
+        if config.add_user_agent:
+            self.user_agent = ((getattr(node, "cluster", "") or "").encode(),
+                               (getattr(node, "id", "") or "").encode())
         self.codec_impl = codec_impl
         self.listener_stat_prefix = listener_stat_prefix  # for listener.<prefix>.http.<hcm>.*
         self.route_table = RouteTable(config.route_config)
@@ -95,7 +110,7 @@ class HcmFactory:
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
-                 "upgrade_request_headers_removed", "first_stream_timeout",
+                 "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
                  "response_fields", "codec_factory", "worker", "stats")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
@@ -110,6 +125,7 @@ class HcmContext:
         self.request_headers_removed = factory.request_headers_removed
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
+        self.user_agent = factory.user_agent
         self.response_fields = factory.response_fields
         # Per worker: the HTTP/2 codec counts Envoy's http2.* stats in this worker's store.
         self.codec_factory = factory.codec_factory_for(worker)

@@ -83,6 +83,8 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
         present = {kv[0] for kv in headers.fields}
     if cfg.via:
         append_via(headers, ctx.via)
+    if ctx.user_agent is not None:
+        _add_user_agent(headers, ctx.user_agent)
     if cfg.use_remote_address:
         if not cfg.skip_xff_append:
             xff = headers.get(b"x-forwarded-for")
@@ -108,6 +110,16 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
     if mode != "SANITIZE" and mode != "ALWAYS_FORWARD_ONLY":
         _mutate_xfcc(headers, mode, cfg.set_current_client_cert_details, tls)
     return scheme
+
+
+def _add_user_agent(headers: Headers, node: tuple[bytes, bytes]) -> None:
+    """add_user_agent (Envoy's mutateRequestHeaders): the node's cluster names the caller."""
+    cluster, node_id = node
+    headers.set(b"x-envoy-downstream-service-cluster", cluster)
+    if not headers.get(b"user-agent"):
+        headers.set(b"user-agent", cluster)
+    if node_id:
+        headers.set(b"x-envoy-downstream-service-node", node_id)
 
 
 def _asks_trailers(te: bytes) -> bool:

@@ -23,10 +23,14 @@ from dataclasses import replace
 
 from ..router.grpc_timeout import (format_grpc_timeout, legacy_grpc_timeout_ms, parse_grpc_timeout,
                                    stream_duration_ms)
+from ..router.hash_policy import request_hash
 from ..router.header_mutation import apply_mutations
+from ..upstream.hashing_lb import xxhash64
+from ..router.mirror_policy import shadow_authority
 from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
+from .async_client import AsyncRequest
 from .local_reply import is_grpc_request, local_reply_head, reset_body
 from .stream_state import UPGRADED
 
@@ -66,6 +70,7 @@ class RouterFilter:
         self.upstream_paused = False
         self.chunked = False
         self.holds_retry_slot = False
+        self.shadows: list[Shadow] | None = None  # request_mirror_policies' copies being read
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
@@ -110,7 +115,12 @@ class RouterFilter:
         self.cluster = cluster
         stream.upstream_cluster = cluster.name
         cstats = cluster.stats
-        host = cluster.choose_host()
+        if action.hash_policy:  # a RING_HASH/MAGLEV cluster picks by the request's hash
+            remote = stream.downstream_remote_address or ""
+            h = request_hash(action.hash_policy, head, remote.rsplit(":", 1)[0].strip("[]"), xxhash64)
+            host = cluster.choose_host() if h is None else cluster.choose_host_by_hash(h)
+        else:
+            host = cluster.choose_host()
         if host is None:
             cstats.upstream_cx_none_healthy.value += 1
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
@@ -125,7 +135,7 @@ class RouterFilter:
             return
         self.holds_request_slot = True
         if route.prepare:  # rewrites, header mutations, retries, deadlines (one test for all)
-            action = self._prepare(route, action, head)
+            action = self._prepare(route, action, head, end_stream)
         elif ctx.config.max_stream_duration:
             self._set_deadlines(route, action, head)
         if action.timeout_ms and not self.config.suppress_envoy_headers:
@@ -153,7 +163,7 @@ class RouterFilter:
             stream.abandon_request()  # the rest of the request body will not be read
         stream.encode_local(head, body)
 
-    def _prepare(self, route, action, head):
+    def _prepare(self, route, action, head, end_stream: bool):
         """What a route asks beyond forwarding: its rewrites and request header mutations,
         its deadlines (max_stream_duration, grpc-timeout), then (they may add
         x-envoy-retry-on...) its retry state and attempt-count headers. A request that may be
@@ -167,6 +177,8 @@ class RouterFilter:
         if (action.rewrites_path or action.host_rewrite_literal is not None
                 or action.auto_host_rewrite or route.request_mutations):
             self._rewrite_request(action)
+        if action.request_mirror_policies:
+            self._start_shadows(action, head, end_stream)
         if action.attempt_count_in_request:
             head.headers.set(b"x-envoy-attempt-count", b"1")
         if (action.retry_policy is not None or route.retry_headers_added
@@ -174,6 +186,46 @@ class RouterFilter:
             from .router_retry import become_retrying
             become_retrying(self, route, action, head)
         return action
+
+    def _start_shadows(self, action, head, end_stream: bool) -> None:
+        """request_mirror_policies: a copy of the request (as the upstream gets it, but its
+        authority `-shadow`ed) for each mirror cluster the request names; sent once the
+        request is read to its end, its answer discarded (mirror_policy.py)."""
+        worker = self.ctx.worker
+        shadows = []
+        for policy in action.request_mirror_policies:
+            fraction = policy.runtime_fraction
+            if fraction is not None and not fraction.enabled(worker.rand_bits):
+                continue
+            cluster = policy.target(head.headers)
+            if cluster is None or cluster not in worker.clusters:
+                continue  # (Envoy mirrors nothing for a missing or unknown cluster)
+            authority = head.authority if policy.disable_shadow_host_suffix_append \
+                else shadow_authority(head.authority)
+            shadows.append(Shadow(worker, cluster, head, authority, action.timeout))
+        if not shadows:
+            return
+        if end_stream:
+            for shadow in shadows:
+                shadow.send()
+        else:
+            self.shadows = shadows
+
+    def _feed_shadows(self, data: bytes, end: bool) -> None:
+        shadows = self.shadows
+        if data:
+            limit = self.cluster.buffer_limit
+            for shadow in shadows:
+                shadow.body.append(data)
+                shadow.size += len(data)
+            if shadows[0].size > limit:  # too much to hold: the copies are given up
+                self.cluster.stats.retry_or_shadow_abandoned.value += len(shadows)
+                self.shadows = None
+                return
+        if end:
+            self.shadows = None
+            for shadow in shadows:
+                shadow.send()
 
     def _set_deadlines(self, route, action, head):
         """Envoy's refreshDurationTimeout (the stream's max_stream_duration, or the
@@ -225,6 +277,8 @@ class RouterFilter:
             apply_mutations(self.route.request_mutations, headers, stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> int:
+        if self.shadows is not None:
+            self._feed_shadows(data, end_stream)
         if self.done:
             return _TAKEN
         if end_stream and not data and self.stream.upgraded:
@@ -246,6 +300,8 @@ class RouterFilter:
         return _TAKEN
 
     def decode_trailers(self, trailers) -> int:
+        if self.shadows is not None:
+            self._feed_shadows(b"", True)
         self.decode_end(trailers)
         return _STOP_TRAILERS
 
@@ -496,6 +552,31 @@ class RouterFilter:
             self.timeout_timer = None
         if self.holds_request_slot or self.holds_retry_slot:
             self._release_request_slot()
+
+
+class Shadow:
+    """One mirrored copy of a request: its head now, its body as it is read."""
+
+    __slots__ = ("worker", "cluster", "method", "path", "authority", "fields", "timeout", "body", "size")
+
+    def __init__(self, worker, cluster: str, head, authority: bytes, timeout: float) -> None:
+        self.worker = worker
+        self.cluster = cluster
+        self.method = head.method
+        self.path = head.path
+        self.authority = authority
+        self.fields = list(head.headers.fields)
+        self.timeout = timeout
+        self.body: list[bytes] = []
+        self.size = 0
+
+    def send(self) -> None:
+        AsyncRequest(self.worker, self.cluster, self.method, self.path, self.authority, self.fields,
+                     b"".join(self.body), self.timeout, _discard, send_xff=True).send()
+
+
+def _discard(answer) -> None:
+    """A shadow's answer: thrown away (its cluster's stats counted it)."""
 
 
 class RouterFactory:

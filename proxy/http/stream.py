@@ -159,7 +159,7 @@ class ActiveStream(FilterManager, StreamInfo):
             self.state |= UPGRADED
             hcm.stats.downstream_cx_upgrades_total.value += 1
             hcm.stats.downstream_cx_upgrades_active.value += 1
-        if body is not None:  # the whole response (what encode_data and encode_end do)
+        if body:  # the whole response (what encode_data and encode_end do); b"": headers only
             self.bytes_sent += len(body)
             codec.encode_response(self.stream_id, status, headers.fields, body)
             self.state |= RESPONSE_COMPLETE

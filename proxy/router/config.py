@@ -32,6 +32,8 @@ from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_lev
                                parse_typed_per_filter_config)
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
                        parse_regex_rewrite)
+from .hash_policy import HashPolicy, parse_hash_policy
+from .mirror_policy import MirrorPolicy, parse_mirror_policy
 from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
 from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
 
@@ -72,6 +74,9 @@ class RouteAction:
     max_stream_duration: MaxStreamDuration | None = None
     max_grpc_timeout: int | None = None
     grpc_timeout_offset: int | None = None
+    request_mirror_policies: tuple[MirrorPolicy, ...] = ()
+    # hash_policy (hash_policy.py): the hash a RING_HASH/MAGLEV cluster picks a host by.
+    hash_policy: tuple[HashPolicy, ...] = ()
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -151,7 +156,8 @@ class Route:
             a.rewrites_path or a.host_rewrite_literal is not None or a.auto_host_rewrite
             or self.request_mutations or a.retry_policy is not None
             or a.attempt_count_in_request or a.attempt_count_in_response
-            or a.max_stream_duration is not None or a.max_grpc_timeout is not None))
+            or a.max_stream_duration is not None or a.max_grpc_timeout is not None
+            or a.request_mirror_policies))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +215,11 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     refused("early_data_policy"),
     used("retry_policy", why="its own table; it replaces the virtual host's"),
     refused("retry_policy_typed_config", "retry policy extensions"),
-    refused("request_mirror_policies"),
+    used("request_mirror_policies", why="its own table"),
     used("priority", "DEFAULT", attr="high_priority"),
     refused("rate_limits"),
     refused("include_vh_rate_limits"),
-    refused("hash_policy"),
+    used("hash_policy", why="its own table; read by RING_HASH and MAGLEV clusters"),
     refused("cors", "use the CORS filter's typed_per_filter_config"),
     used("max_grpc_timeout", why="gRPC requests' router timeout from grpc-timeout, capped"),
     used("grpc_timeout_offset"),
@@ -234,7 +240,7 @@ WEIGHTED_CLUSTER = Message("envoy.config.route.v3.WeightedCluster", fields=(
     used("total_weight", attr="", why="checked at load: the weights must add up to it"),
     inert("runtime_key_prefix", "without runtime overrides the configured weights stand"),
     used("header_name", attr="weighted_header_name"),
-    refused("use_hash_policy", "hash_policy is refused"),
+    refused("use_hash_policy", "choosing the weighted cluster by the hash_policy"),
 ))
 CLUSTER_WEIGHT = Message("envoy.config.route.v3.WeightedCluster.ClusterWeight", fields=(
     used("name", attr="weighted_clusters"),
@@ -320,6 +326,9 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         max_stream_duration=msd,
         max_grpc_timeout=round(max_grpc * 1000) if max_grpc is not None else None,
         grpc_timeout_offset=round(grpc_offset * 1000) if grpc_offset is not None else None,
+        request_mirror_policies=tuple(parse_mirror_policy(item, p)
+                                      for item, p in f.list("request_mirror_policies")),
+        hash_policy=tuple(parse_hash_policy(item, p) for item, p in f.list("hash_policy")),
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),

@@ -366,7 +366,7 @@ class Server:
     def _chain_factory(self, lc, chain):
         terminal = chain.filters[-1].config
         if isinstance(terminal, HcmConfig):
-            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix)
+            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
         else:  # config parsing only admits the two terminal filters above

@@ -21,6 +21,7 @@ from typing import Any
 
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
+from proxy.http.codec.keepalive_config import KeepaliveSettings, parse_keepalive
 from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport_socket
 
 from .health_check_config import (EndpointHealthCheck, HealthCheckConfig, parse_endpoint_health_check,
@@ -39,7 +40,7 @@ _TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
 _SUPPORTED_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
 _LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RING_HASH", "RANDOM", "ORIGINAL_DST_LB",
                 "MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG")
-_SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+_SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
 _DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 _PRIORITIES = ("DEFAULT", "HIGH")
 _HEALTH = ("UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED")
@@ -90,6 +91,17 @@ class Http2Options:
     # consumer, per stream and per connection.
     initial_stream_window_size: int = 268435456
     initial_connection_window_size: int = 268435456
+    # connection_keepalive (http/codec/h2_keepalive.py), or None.
+    connection_keepalive: KeepaliveSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HashingConfig:
+    """upstream/hashing_lb.py's parameters (Envoy's defaults)."""
+    minimum_ring_size: int = 1024
+    maximum_ring_size: int = 8 * 1024 * 1024
+    table_size: int = 65537
+    use_hostname_for_hashing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +119,9 @@ class ClusterConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT   # 0.0 = disabled (Envoy semantics)
     max_requests_per_connection: int | None = None
     least_request_choice_count: int = 2
+    # RING_HASH / MAGLEV settings (ring_hash_lb_config, maglev_lb_config and
+    # common_lb_config.consistent_hashing_lb_config), or None for the other policies.
+    hashing: HashingConfig | None = None
     # common_lb_config.healthy_panic_threshold (percent): below this share of healthy (or
     # degraded) hosts the load balancer uses every host (host.lb_hosts). 0 disables panic.
     healthy_panic_threshold: float = 50.0
@@ -139,7 +154,7 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     used("name"),
     used("type", "STATIC", why="STATIC, STRICT_DNS, LOGICAL_DNS"),
     used("connect_timeout", "5s"),
-    used("lb_policy", "ROUND_ROBIN", why="ROUND_ROBIN, LEAST_REQUEST, RANDOM"),
+    used("lb_policy", "ROUND_ROBIN", why="ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV"),
     used("load_assignment", attr="endpoints"),
     used("hosts", attr="endpoints", why="legacy form of load_assignment"),
     used("dns_refresh_rate", "5s"),
@@ -175,8 +190,8 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     refused("cleanup_interval", "ORIGINAL_DST clusters"),
     refused("upstream_bind_config"),
     refused("lb_subset_config"),
-    refused("ring_hash_lb_config", "RING_HASH"),
-    refused("maglev_lb_config", "MAGLEV"),
+    used("ring_hash_lb_config", attr="hashing", why="its own table"),
+    used("maglev_lb_config", attr="hashing", why="its own table"),
     refused("original_dst_lb_config"),
     refused("round_robin_lb_config"),
     refused("protocol_selection"),
@@ -289,12 +304,28 @@ COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
     refused("ignore_new_hosts_until_first_hc", "hosts added later are not held back until their first check",
             default=False, only_default=True),
     refused("close_connections_on_host_set_change", default=False, only_default=True),
-    inert("consistent_hashing_lb_config", "only RING_HASH and MAGLEV read it; both are refused"),
+    used("consistent_hashing_lb_config", attr="hashing", why="its own table"),
     refused("override_host_status"),
 ))
 
 PERCENT = Message("envoy.type.v3.Percent (healthy_panic_threshold)", fields=(
     used("value", 50.0, attr="healthy_panic_threshold"),
+))
+
+RING_HASH = Message("envoy.config.cluster.v3.Cluster.RingHashLbConfig", fields=(
+    used("minimum_ring_size", 1024, attr="hashing"),
+    used("maximum_ring_size", 8388608, attr="hashing"),
+    refused("hash_function", "MURMUR_HASH_2 (XX_HASH, the default, is the hash here)",
+            default="XX_HASH", only_default=True),
+))
+MAGLEV = Message("envoy.config.cluster.v3.Cluster.MaglevLbConfig", fields=(
+    used("table_size", 65537, attr="hashing", why="a prime"),
+))
+CONSISTENT_HASHING = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig",
+                             fields=(
+    used("use_hostname_for_hashing", False, attr="hashing"),
+    refused("hash_balance_factor", "bounded-load hashing"),
+    refused("hash_policy", "use the route's hash_policy"),
 ))
 
 LEAST_REQUEST = Message("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", fields=(
@@ -375,7 +406,7 @@ UPSTREAM_HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (upstream)",
     refused("stream_error_on_invalid_http_messaging", default=False, only_default=True),
     refused("override_stream_error_on_invalid_http_message"),
     refused("custom_settings_parameters"),
-    refused("connection_keepalive", "HTTP/2 PING keepalive"),
+    used("connection_keepalive", why="its own table"),
 ))
 
 UPSTREAM_COMMON_HTTP = Message("envoy.config.core.v3.HttpProtocolOptions (upstream)", fields=(
@@ -434,6 +465,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     health_checks = errors.run(parse_health_checks, f)
     errors.run(_health_checks_need_plaintext, f, health_checks, transport)
     errors.run(_grpc_checks_need_http2, f, health_checks, choice, name)
+    hashing = errors.run(_hashing, f, lb_policy)
     errors.run(lambda: CLUSTER.require_default(f, "respect_dns_ttl", f.bool("respect_dns_ttl", False)))
     errors.run(f.raw_obj, "metadata")
     errors.raise_if_any()
@@ -453,6 +485,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_rpc,
         least_request_choice_count=choice_count,
+        hashing=hashing,
         healthy_panic_threshold=panic,
         health_checks=health_checks,
         transport_socket=transport,
@@ -652,6 +685,8 @@ def _http2_options(raw: Any, path: str) -> Http2Options:
         initial_connection_window_size=h.int("initial_connection_window_size",
                                              d.initial_connection_window_size,
                                              min=65535, max=2147483647),
+        connection_keepalive=(parse_keepalive(h.value("connection_keepalive"), h.at("connection_keepalive"),
+                                              client=True) if h.has("connection_keepalive") else None),
     )
 
 
@@ -734,8 +769,7 @@ def _panic_threshold(f: Fields) -> float:
     if not f.has("common_lb_config"):
         return 50.0
     c = COMMON_LB.read(f.value("common_lb_config"), f.at("common_lb_config"))
-    for key in ("zone_aware_lb_config", "consistent_hashing_lb_config"):
-        c.raw_obj(key)
+    c.raw_obj("zone_aware_lb_config")
     c.duration("update_merge_window")
     COMMON_LB.require_default(c, "ignore_new_hosts_until_first_hc",
                               c.bool("ignore_new_hosts_until_first_hc", False))
@@ -764,6 +798,43 @@ def _grpc_checks_need_http2(f: Fields, checks: Any, choice: Any, name: Any) -> N
     if any(c.grpc is not None for c in checks) and choice[2] is None:
         raise ConfigError(f.at("health_checks"), f"{name if name is not MISSING else ''} cluster "
                                                  f"must support HTTP/2 for gRPC healthchecking")
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def _hashing(f: Fields, lb_policy: Any) -> HashingConfig | None:
+    """RING_HASH and MAGLEV's settings, with Envoy's checks (a ring's minimum above its
+    maximum, a table size that is not prime)."""
+    use_hostname = False
+    common = f.value("common_lb_config")  # (its own table is read by _panic_threshold)
+    if isinstance(common, Mapping) and common.get("consistent_hashing_lb_config") is not None:
+        ch = CONSISTENT_HASHING.read(common["consistent_hashing_lb_config"],
+                                     f"{f.at('common_lb_config')}.consistent_hashing_lb_config")
+        use_hostname = ch.bool("use_hostname_for_hashing", False)
+    d = HashingConfig()
+    ring_min, ring_max, table = d.minimum_ring_size, d.maximum_ring_size, d.table_size
+    if f.has("ring_hash_lb_config"):
+        r = RING_HASH.read(f.value("ring_hash_lb_config"), f.at("ring_hash_lb_config"))
+        RING_HASH.require_default(r, "hash_function", r.enum("hash_function", ("XX_HASH", "MURMUR_HASH_2"), "XX_HASH"))
+        ring_min = r.int("minimum_ring_size", ring_min, min=0, max=8388608)
+        ring_max = r.int("maximum_ring_size", ring_max, min=0, max=8388608)
+        if ring_min > ring_max:
+            raise ConfigError(r.path, f"ring hash: minimum_ring_size ({ring_min}) > maximum_ring_size ({ring_max})")
+    if f.has("maglev_lb_config"):
+        m = MAGLEV.read(f.value("maglev_lb_config"), f.at("maglev_lb_config"))
+        table = m.int("table_size", table, min=1, max=5000011)
+        if not _is_prime(table):
+            raise ConfigError(m.at("table_size"), "The table size of maglev must be prime number")
+    if lb_policy not in ("RING_HASH", "MAGLEV"):
+        return None
+    return HashingConfig(ring_min, ring_max, table, use_hostname)
 
 
 def _choice_count(f: Fields) -> int:

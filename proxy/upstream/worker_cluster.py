@@ -143,6 +143,9 @@ class WorkerCluster:
         # choose_host(): a host from the load balancer; in panic (see host.lb_hosts) each pick
         # is counted, as Envoy does. Bound per snapshot: no wrapper frame per request.
         self.choose_host = self._choose_in_panic if self.panic else self.lb.choose
+        # choose_host_by_hash(h): a RING_HASH/MAGLEV balancer's pick for a route's hash; any
+        # other balancer ignores the hash (as Envoy's do).
+        self.choose_host_by_hash = getattr(self.lb, "choose_hash", None) or (lambda h: self.choose_host())
         keep = {h.key for h in snapshot.hosts}
         for pools in (self.pools, self.high_pools):
             for key in [k for k in pools if k.host not in keep or k.transport != tf.key

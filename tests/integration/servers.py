@@ -8,6 +8,8 @@
 - `WebSocketEchoUpstream`: `websockets.sync.server` echo server.
 - `TcpEchoUpstream`: echoes bytes; on EOF from the client it half-closes its side.
 - `AcceptLoop`: the listener + accept thread the raw servers here and in other tests share.
+- `DecidingService`: a small HTTP/1.1 service whose answers a function decides (an
+  authorization or key service for filters that ask one).
 - `read_response(sock)`: reads one HTTP/1.1 response (CL, chunked, bodiless or close-delimited).
 Everything binds 127.0.0.1 port 0. No mocks.
 """
@@ -15,6 +17,7 @@ Everything binds 127.0.0.1 port 0. No mocks.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import socket
 import threading
@@ -321,3 +324,40 @@ def read_response(sock: socket.socket, method: str = "GET", reader: _Reader | No
 
 def new_reader(sock: socket.socket) -> _Reader:
     return _Reader(sock)
+
+
+class DecidingService:
+    """A small HTTP/1.1 service on 127.0.0.1 whose every answer `decide(path, headers)` gives
+    as (status, [(name, value)...], body); it records the paths and headers it was asked."""
+
+    def __init__(self, decide) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                outer.requests.append((self.path, headers))
+                status, extra, body = decide(self.path, headers)
+                self.send_response(status)
+                for name, value in extra:
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="deciding-service").start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

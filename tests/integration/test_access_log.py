@@ -134,7 +134,7 @@ def test_reopen_logs_after_rotation_writes_to_a_new_file(tmp_path):
         assert request(p.port, "/", headers={"x-request-id": "before-rotation"}).status == 200
         _wait_line(p, path, "before-rotation")
         os.rename(path, path + ".1")
-        assert p.admin("/reopen_logs")[0] == 400
+        assert p.admin("/reopen_logs")[0] == 405
         assert p.admin("/reopen_logs", "POST") == (200, "OK\n")
         assert os.path.exists(path)  # reopened (created) at once, before any new line
         assert request(p.port, "/", headers={"x-request-id": "after-rotation"}).status == 200

@@ -417,48 +417,25 @@ def test_rbac_example(services):
 
 # -- ext_authz: an HTTP authorization service decides; x-current-user reaches the service ------
 
-class TokenAuthService:
+def token_auth_service():
     """The ext_authz example's HTTP authorization service (auth/http-service/server.js):
     `Authorization: Bearer <token>` for a token of users.json gets 200 with x-current-user,
     anything else 403."""
+    from tests.integration.servers import DecidingService
+    users = {"token1": "user1", "token2": "user2", "token3": "user3"}
 
-    USERS = {"token1": "user1", "token2": "user2", "token3": "user3"}
-
-    def __init__(self) -> None:
-        users = self.USERS
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                kind, _, token = self.headers.get("authorization", "").partition(" ")
-                user = users.get(token) if kind == "Bearer" else None
-                self.send_response(200 if user else 403)
-                if user:
-                    self.send_header("x-current-user", user)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            do_POST = do_GET
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def decide(path, headers):
+        kind, _, token = headers.get("authorization", "").partition(" ")
+        user = users.get(token) if kind == "Bearer" else None
+        return (200, [("x-current-user", user)], b"") if user else (403, [], b"")
+    return DecidingService(decide)
 
 
 def test_ext_authz_http_service_example(services):
     """verify.sh's http-service steps: 403 without a token, 200 with `Bearer token1`; the
     service then sees the x-current-user the authorization service named."""
     svc = services(ExampleService, "upstream-service")
-    auth = services(TokenAuthService)
+    auth = services(token_auth_service)
     ex = RunningExample("ext_authz/http-service.yaml",
                         {"upstream-service": svc.port, "ext_authz-http-service": auth.port})
     try:
@@ -473,5 +450,77 @@ def test_ext_authz_http_service_example(services):
         r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
                             "Authorization: Bearer nope", url], capture_output=True, text=True, timeout=10)
         assert r.stdout == "403"
+    finally:
+        ex.stop()
+
+
+# -- grpc-bridge: an HTTP/1.1 gRPC client, the client proxy's bridge, the server proxy, gRPC ----
+
+def test_grpc_bridge_example():
+    """The grpc-bridge example's two proxies as published: an HTTP/1.1 client posts a gRPC
+    message to the client proxy (grpc_http1_bridge, add_user_agent, an HTTP/1.1 upstream),
+    which reaches the server proxy (route match `grpc: {}`, HTTP/2 upstream), which reaches a
+    real gRPC server. The client reads the gRPC status in the response headers: 200 with
+    grpc-status 0 and a content-length; a failed call's trailers-only answer reaches it as
+    it is (200, grpc-status and grpc-message in the headers), as Envoy 1.40 passes it."""
+    import struct
+    import urllib.request
+    from tests.integration.grpc_peers import EchoBackend
+
+    backend = EchoBackend()
+    server = RunningExample("grpc-bridge/server-envoy-proxy.yaml", {"grpc-server": backend.port})
+    client = RunningExample("grpc-bridge/client-envoy-proxy.yaml", {"grpc-server-proxy": server.port()})
+    try:
+        def call(message: bytes) -> tuple[int, dict, bytes]:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{client.port()}/test.Echo/Unary", method="POST",
+                data=b"\0" + struct.pack(">I", len(message)) + message,
+                # The example's client sends no `te: trailers`: its Go server does not ask for
+                # it, grpclib (standing in here) does; both proxies pass it on.
+                headers={"host": "grpc", "content-type": "application/grpc", "te": "trailers"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+        status, headers, body = call(b"hello")
+        assert status == 200 and headers["grpc-status"] == "0"
+        assert body == b"\0" + struct.pack(">I", 5) + b"olleh"
+        assert int(headers["content-length"]) == len(body)
+        status, headers, body = call(b"missing")
+        assert (status, body) == (200, b"")
+        assert (headers["grpc-status"], headers["grpc-message"]) == ("5", "no such thing")
+    finally:
+        client.stop()
+        server.stop()
+        backend.close()
+
+
+# -- route-mirror: requests copied to a mirror cluster with a -shadow host -----------------------
+
+def test_route_mirror_example(services):
+    """verify.sh: /service/1 answers from service1 and is mirrored to service1-mirror with
+    Host localhost-shadow:<port>; /service/2 is mirrored where x-mirror-cluster says, and
+    nowhere when the header is missing or names no cluster."""
+    import time
+    svc = {name: services(ExampleService, name) for name in
+           ("service1", "service1-mirror", "service2", "service2-mirror")}
+    ex = RunningExample("route-mirror/envoy.yaml", {name: s.port for name, s in svc.items()})
+    try:
+        port = ex.port()
+        assert _curl_json(f"http://localhost:{port}/service/1")["hostname"] == "service1"
+        got = _curl_json(f"http://localhost:{port}/service/2", "-H", "x-mirror-cluster: service2-mirror")
+        assert got["hostname"] == "service2"
+        assert _curl_json(f"http://localhost:{port}/service/2")["hostname"] == "service2"
+        assert _curl_json(f"http://localhost:{port}/service/2", "-H",
+                          "x-mirror-cluster: service2-mirror-non-existent")["hostname"] == "service2"
+        deadline = time.monotonic() + 5  # the copies go beside the answers
+        while time.monotonic() < deadline and not (svc["service1-mirror"].requests and svc["service2-mirror"].requests):
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert [r["host"] for r in svc["service1"].requests] == [f"localhost:{port}"]
+        assert [r["host"] for r in svc["service1-mirror"].requests] == [f"localhost-shadow:{port}"]
+        assert len(svc["service2"].requests) == 3
+        assert [r["host"] for r in svc["service2-mirror"].requests] == [f"localhost-shadow:{port}"]
     finally:
         ex.stop()

@@ -140,3 +140,33 @@ def test_grpcio_deadline_from_the_route(proxy):
         with pytest.raises(grpc.RpcError) as e:
             _raw(channel, "unary_unary", "/test.Echo/Slow")(b"x", timeout=10)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_grpc_stats_count_a_streaming_call(backend):
+    """envoy.filters.http.grpc_stats through the proxy on a real bidi call: three messages
+    each way, one OK status (the differential case filter_grpc_stats compares the counters
+    with Envoy's)."""
+    stats = {"name": "envoy.filters.http.grpc_stats", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+        "stats_for_all_methods": True, "enable_upstream_stats": True}}
+    router = {"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    p = ProxyUnderTest(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "grpc"}}],
+                                          [static_cluster("grpc", backend.port, typed_extension_protocol_options=H2)],
+                                          http_filters=[stats, router]))
+    try:
+        async def call(channel):
+            async with channel.request("/test.Echo/Chat", Cardinality.STREAM_STREAM, bytes, bytes) as stream:
+                for word in (b"a", b"b", b"c"):
+                    await stream.send_message(word)
+                    await stream.recv_message()
+                await stream.end()
+                await stream.recv_trailing_metadata()
+        grpclib_call(p.port, call)
+        c = p.counters()
+        base = "cluster.grpc.grpc.test.Echo.Chat."
+        assert (c[base + "request_message_count"], c[base + "response_message_count"]) == (3, 3)
+        assert (c[base + "0"], c[base + "success"], c[base + "total"]) == (1, 1, 1)
+        assert p.server.stats.snapshot().histograms[base + "upstream_rq_time"].count == 1
+    finally:
+        p.stop()

@@ -80,10 +80,10 @@ def test_plaintext_is_never_authenticated(upstream, proxy_factory):
 
 @pytest.mark.parametrize("rbac,where", [
     ({"rules": {"policies": {"p": {"permissions": [{"metadata": {}}], "principals": [{"any": True}]}}}},
-     "rules.policies['p'].permissions[0].metadata: not supported yet"),
+     'rules.policies["p"].permissions[0].metadata: not supported yet'),
     ({"rules": {"policies": {"p": {"permissions": [{"any": True}], "principals": [{"any": True}],
                                    "condition": {"const_expr": {"bool_value": True}}}}}},
-     "rules.policies['p'].condition: not supported yet (CEL expressions)"),
+     'rules.policies["p"].condition: not supported yet (CEL expressions)'),
     ({"matcher": {"matcher_tree": {}}}, "matcher.matcher_tree: not supported yet"),
     ({"matcher": {"matcher_list": {"matchers": [{"predicate": {"single_predicate": {
         "input": {"name": "i", "typed_config": {
@@ -92,9 +92,9 @@ def test_plaintext_is_never_authenticated(upstream, proxy_factory):
             "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "name": "n"}}}}]}}},
      "not supported yet (\"envoy.type.matcher.v3.HttpRequestTrailerMatchInput\""),
     ({"rules": {"policies": {"p": {"permissions": [{"any": False}], "principals": [{"any": True}]}}}},
-     "rules.policies['p'].permissions[0].any: must be true"),
+     'rules.policies["p"].permissions[0].any: must be true'),
     ({"rules": {"policies": {"p": {"principals": [{"any": True}]}}}},
-     "rules.policies['p'].permissions: required field is missing"),
+     'rules.policies["p"].permissions: required field is missing'),
 ])
 def test_what_rbac_refuses_is_named(upstream, rbac, where):
     with pytest.raises(ConfigError, match=__import__("re").escape(where)):

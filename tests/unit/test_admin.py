@@ -200,7 +200,7 @@ def test_ready_is_200_when_live_and_503_otherwise(admin):
 
 def test_healthcheck_fail_and_ok_require_post(admin):
     ctx, server = admin
-    assert request(server, "/healthcheck/fail") == (400, "text/plain; charset=UTF-8", "This endpoint requires POST\n")
+    assert request(server, "/healthcheck/fail") == (405, "text/plain; charset=UTF-8", "Method GET not allowed, POST required.")
     assert ctx.healthcheck_failed is None
     assert request(server, "/healthcheck/fail", "POST")[::2] == (200, "OK\n")
     assert ctx.healthcheck_failed is True
@@ -210,7 +210,7 @@ def test_healthcheck_fail_and_ok_require_post(admin):
 
 def test_reopen_logs_needs_post_and_reopens(admin):
     ctx, server = admin
-    assert request(server, "/reopen_logs")[0] == 400
+    assert request(server, "/reopen_logs")[0] == 405
     assert ctx.reopened == 0
     assert request(server, "/reopen_logs", "POST")[::2] == (200, "OK\n")
     assert ctx.reopened == 1
@@ -218,7 +218,7 @@ def test_reopen_logs_needs_post_and_reopens(admin):
 
 def test_quitquitquit_answers_ok_then_quits(admin):
     ctx, server = admin
-    assert request(server, "/quitquitquit")[0] == 400
+    assert request(server, "/quitquitquit")[0] == 405
     assert not ctx.quit_called.is_set()
     assert request(server, "/quitquitquit", "POST")[::2] == (200, "OK\n")
     assert ctx.quit_called.wait(5)
@@ -292,3 +292,36 @@ def test_stats_filter_over_the_work_budget_is_400(admin, monkeypatch):
     assert status == 400 and "too expensive" in body
     status, _, body = request(server, "/stats?filter=live")  # substring fast path: no NFA work
     assert (status, body) == (200, "server.live: 1\n")
+
+
+def test_logging_lists_and_changes_levels_as_envoys_does(admin):
+    """/logging over a real admin socket: POST alone lists ftproxy's loggers, level= sets all,
+    <name>= one, paths= several; a bad level or name is 400 with the usage; GET is 405."""
+    import logging
+    _, server = admin
+    saved = {name: logging.getLogger(name).level for name in ("ftproxy", "ftproxy.server", "ftproxy.http")}
+    try:
+        assert request(server, "/logging")[0] == 405
+        status, _, body = request(server, "/logging", "POST")
+        assert status == 200 and body.startswith("active loggers:\n")
+        assert "  server: " in body and "  main: " in body
+        status, _, body = request(server, "/logging?level=debug", "POST")
+        assert status == 200 and "  server: debug\n" in body and "  http: debug\n" in body
+        assert logging.getLogger("ftproxy.server").getEffectiveLevel() == logging.DEBUG
+        status, _, body = request(server, "/logging?server=trace", "POST")
+        assert "  server: trace\n" in body and "  http: debug\n" in body
+        status, _, body = request(server, "/logging?paths=server:error,http:off", "POST")
+        assert "  server: error\n" in body and "  http: off\n" in body
+        assert not logging.getLogger("ftproxy.http").isEnabledFor(logging.CRITICAL)
+        status, _, body = request(server, "/logging?level=bogus", "POST")
+        assert status == 400 and body.startswith("error: unknown logger level\n")
+        status, _, body = request(server, "/logging?nosuch=debug", "POST")
+        assert status == 400 and body.startswith("error: unknown logger name\n")
+        status, _, body = request(server, "/logging?level=info&server=debug", "POST")
+        assert status == 400 and body.startswith("error: invalid number of parameters\n")
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        for name in logging.Logger.manager.loggerDict:
+            if name.startswith("ftproxy."):
+                logging.getLogger(name).setLevel(logging.NOTSET)

@@ -159,10 +159,10 @@ def test_unsupported_discovery_types_are_refused(ctype):
     assert error(cluster(type=ctype)).startswith(f"{P}.type: not supported yet (cluster type {ctype};")
 
 
-def test_unknown_lb_policy_value_is_refused_and_ring_hash_is_unsupported():
+def test_unknown_lb_policy_value_is_refused_and_original_dst_is_unsupported():
     assert error(cluster(lb_policy="ROUND_ROBN")).startswith(
         f'{P}.lb_policy: unknown value "ROUND_ROBN" (did you mean "ROUND_ROBIN"?)')
-    assert "not supported" in error(cluster(lb_policy="RING_HASH"))
+    assert "not supported" in error(cluster(lb_policy="ORIGINAL_DST_LB"))
 
 
 def test_static_endpoint_must_be_an_ip_literal():
@@ -205,10 +205,10 @@ def test_http2_protocol_options_make_the_cluster_speak_h2():
     ("initial_stream_window_size", 1000, "must be >= 65535, got 1000"),
     ("allow_connect", True, "not supported yet (extended CONNECT upstream)"),
     ("hpack_table_size", 100, "not supported yet (only the default, 4096, is)"),
-    ("connection_keepalive", {}, "not supported yet (HTTP/2 PING keepalive)"),
     ("max_outbound_frames", 10, "not supported yet (flood limits"),
 ])
 def test_http2_protocol_options_refuse_what_is_not_honoured(field, value, expected):
+    """(connection_keepalive is honoured: tests/integration/test_h2_keepalive.py.)"""
     key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     msg = error(cluster(typed_extension_protocol_options={key: {"explicit_http_config": {
         "http2_protocol_options": {field: value}}}}))
@@ -348,3 +348,25 @@ def test_healthy_panic_threshold_parsed_and_bounded():
                                           r'field "valu" \(did you mean "value"\?\)'):
         parse_cluster(cluster(load_assignment=eps, common_lb_config={
             "healthy_panic_threshold": {"valu": 5}}), P)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ({"lb_policy": "RING_HASH", "ring_hash_lb_config": {"hash_function": "MURMUR_HASH_2"}},
+     "ring_hash_lb_config.hash_function: not supported yet"),
+    ({"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 10, "maximum_ring_size": 5}},
+     "ring hash: minimum_ring_size (10) > maximum_ring_size (5)"),
+    ({"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 65536}},
+     "maglev_lb_config.table_size: The table size of maglev must be prime number"),
+    ({"lb_policy": "MAGLEV", "common_lb_config": {"consistent_hashing_lb_config": {"hash_balance_factor": 150}}},
+     "consistent_hashing_lb_config.hash_balance_factor: not supported yet"),
+])
+def test_hashing_lb_config_refusals_name_the_field(extra, expected):
+    assert expected in error(cluster(**extra))
+
+
+def test_hashing_lb_config_is_read():
+    from proxy.upstream.cluster_config import parse_cluster
+    c = parse_cluster(cluster(lb_policy="RING_HASH", ring_hash_lb_config={"minimum_ring_size": 64},
+                              common_lb_config={"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}), P)
+    assert (c.hashing.minimum_ring_size, c.hashing.use_hostname_for_hashing) == (64, True)
+    assert parse_cluster(cluster(lb_policy="ROUND_ROBIN"), P).hashing is None

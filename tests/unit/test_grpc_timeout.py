@@ -45,3 +45,13 @@ def test_legacy_router_timeout():
     assert legacy_grpc_timeout_ms(0, None, 1000) == 1000    # 0: no cap
     assert legacy_grpc_timeout_ms(0, None, None) == 0       # and no header: none
     assert legacy_grpc_timeout_ms(500, 400, 300) == 300     # an offset past it is not taken
+
+
+def test_grpc_frames_are_counted_across_any_cut():
+    from proxy.http.filters.grpc_stats import FrameCounter
+    stream = b"".join(b"\0" + len(m).to_bytes(4, "big") + m for m in (b"", b"hello", b"x" * 300))
+    for cut in range(1, len(stream)):
+        fc = FrameCounter()
+        assert fc.inspect(stream[:cut]) + fc.inspect(stream[cut:]) == 3
+    fc = FrameCounter()
+    assert sum(fc.inspect(stream[i:i + 1]) for i in range(len(stream))) == 3

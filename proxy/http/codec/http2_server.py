@@ -23,7 +23,7 @@ from __future__ import annotations
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, PingReceived, PriorityUpdated,
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PingReceived, PriorityUpdated,
                        RemoteSettingsChanged, RequestReceived, StreamEnded, StreamReset,
                        TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
@@ -89,7 +89,8 @@ class Http2CodecStats:
 
     __slots__ = ("rx_reset", "tx_reset", "trailers", "header_overflow", "rx_messaging_error",
                  "inbound_empty_frames_flood", "inbound_priority_frames_flood",
-                 "inbound_window_update_frames_flood", "outbound_flood", "outbound_control_flood")
+                 "inbound_window_update_frames_flood", "outbound_flood", "outbound_control_flood",
+                 "keepalive_timeout")
 
     def __init__(self, scope) -> None:
         for name in self.__slots__:
@@ -157,7 +158,21 @@ class Http2ServerCodec:
         self.data_frames_sent = 0
         self.queued_frames = 0
         self.queued_control = 0
+        # connection_keepalive's timers (h2_keepalive.Keepalive), attached by whoever made this
+        # codec when the options ask for it; this codec only sends and hears the PINGs.
+        self.keepalive = None
         self._flush()
+
+    def send_ping(self, payload: bytes) -> None:
+        self.conn.ping(payload)
+        self._flush()
+
+    def on_keepalive_timeout(self) -> None:
+        """A keepalive PING went unanswered: the connection closes (Envoy: no flush)."""
+        if self.stats is not None:
+            self.stats.keepalive_timeout.value += 1
+        self.dead = True
+        self.transport.close(flush=False)
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -291,6 +306,9 @@ class Http2ServerCodec:
                     return
             elif cls is ConnectionTerminated:
                 self.going_away = True  # the client opens no new streams
+            elif cls is PingAckReceived:
+                if self.keepalive is not None:
+                    self.keepalive.on_ack()
         self._flush()
 
     def _ack(self, sid: int, n: int) -> None:

@@ -25,7 +25,7 @@ from ...config.fields_table import Message, refused, used
 from ...config.registry import Extension, register
 from ...router.matchers import RequestView
 from ..filter import FilterHeadersStatus, PassThroughFilter
-from .rbac_config import Rbac, RequestFacts, parse_rbac, parse_rbac_matcher
+from .rbac_config import Rbac, parse_rbac, parse_rbac_matcher
 
 __all__ = ["RbacConfig", "parse_rbac_filter", "RbacFilter"]
 
@@ -156,7 +156,7 @@ class RbacFilter(PassThroughFilter):
                             f"rbac_access_denied_matched_policy[{policy or 'none'}]")
         return FilterHeadersStatus.STOP_ITERATION
 
-    def _decide_by_matcher(self, config: RbacConfig, facts: RequestFacts) -> int:
+    def _decide_by_matcher(self, config: RbacConfig, facts) -> int:
         wf = self.wf
         if config.shadow_matcher is not None:
             _name, action = config.shadow_matcher.decide(facts)
@@ -172,7 +172,7 @@ class RbacFilter(PassThroughFilter):
                                  f"rbac_access_denied_matched_policy[{name or 'none'}]")
         return FilterHeadersStatus.STOP_ITERATION
 
-    def _decide(self, rbac: Rbac, facts: RequestFacts, config: RbacConfig, prefix: str,
+    def _decide(self, rbac: Rbac, facts, config: RbacConfig, prefix: str,
                 shadow: str) -> tuple[bool, str | None]:
         policy = rbac.matched_policy(facts)
         if rbac.action == "LOG":
@@ -187,22 +187,86 @@ class RbacFilter(PassThroughFilter):
             wf.count(f"{prefix}policy.{policy}.{shadow}{outcome}")
         return allowed, policy
 
-    def _facts(self, head) -> RequestFacts:
-        info = self.cb.stream_info
-        tls = info.downstream_ssl
-        principals = None
-        if tls is not None:
-            principals = (*tls.peer_uri_sans, *tls.peer_dns_sans, tls.peer_subject)
-        local = info.downstream_local_address
-        try:
-            local_port = int(local.rsplit(":", 1)[1])
-        except (IndexError, ValueError):
-            local_port = 0
-        view = RequestView(head)
-        return RequestFacts(view, view.path, _ip(info.downstream_remote_address),
-                            _ip(info.downstream_direct_remote_address), _ip(local), local_port,
-                            (tls.sni if tls is not None else "") or (info.requested_server_name or ""),
-                            principals)
+    def _facts(self, head) -> LazyRequestFacts:
+        return LazyRequestFacts(self.cb.stream_info, head)
+
+
+_UNSET = object()
+
+
+class LazyRequestFacts:
+    """RequestFacts (rbac_config.py) for one HTTP request, each fact read from the stream
+    when a rule first asks for it: a policy on a header parses no address."""
+
+    __slots__ = ("info", "head", "_view", "_remote_ip", "_direct_remote_ip", "_local",
+                 "_server_name", "_principals")
+
+    def __init__(self, info, head) -> None:
+        self.info = info
+        self.head = head
+        self._view = self._remote_ip = self._direct_remote_ip = self._local = _UNSET
+        self._server_name = self._principals = _UNSET
+
+    @property
+    def view(self) -> RequestView:
+        v = self._view
+        if v is _UNSET:
+            v = self._view = RequestView(self.head)
+        return v
+
+    @property
+    def path(self) -> str:
+        return self.view.path
+
+    @property
+    def remote_ip(self):
+        v = self._remote_ip
+        if v is _UNSET:
+            v = self._remote_ip = _ip(self.info.downstream_remote_address)
+        return v
+
+    @property
+    def direct_remote_ip(self):
+        v = self._direct_remote_ip
+        if v is _UNSET:
+            v = self._direct_remote_ip = _ip(self.info.downstream_direct_remote_address)
+        return v
+
+    def _local_address(self) -> tuple:
+        v = self._local
+        if v is _UNSET:
+            local = self.info.downstream_local_address
+            try:
+                port = int(local.rsplit(":", 1)[1])
+            except (IndexError, ValueError, AttributeError):
+                port = 0
+            v = self._local = (_ip(local), port)
+        return v
+
+    @property
+    def local_ip(self):
+        return self._local_address()[0]
+
+    @property
+    def local_port(self) -> int:
+        return self._local_address()[1]
+
+    @property
+    def server_name(self) -> str:
+        v = self._server_name
+        if v is _UNSET:
+            tls = self.info.downstream_ssl
+            v = self._server_name = (tls.sni if tls is not None else "") or (self.info.requested_server_name or "")
+        return v
+
+    @property
+    def peer_principals(self):
+        v = self._principals
+        if v is _UNSET:
+            tls = self.info.downstream_ssl
+            v = self._principals = (None if tls is None else
+                                    (*tls.peer_uri_sans, *tls.peer_dns_sans, tls.peer_subject))
+        return v
 
 
 register(Extension(

@@ -173,7 +173,7 @@ def parse_rbac(raw: Any, path: str) -> Rbac:
     policies_raw = f.raw_obj("policies") or {}
     policies = []
     for name in sorted(policies_raw):
-        ppath = f"{f.at('policies')}[{name!r}]"
+        ppath = f'{f.at("policies")}["{name}"]'
         p = POLICY.read(policies_raw[name], ppath)
         permissions = tuple(_rule(item, ip, PERMISSION, _PERMISSION_KINDS)
                             for item, ip in p.list("permissions", required=True, min_items=1))

@@ -406,6 +406,8 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP)
         else:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
+        if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
+            self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
         rc = self.config
         if not rc.suppress_envoy_headers:
             ms = int((now - self.upstream_start) * 1000)

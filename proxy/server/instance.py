@@ -37,6 +37,7 @@ from ..stats.store import StatsRegistry
 from ..threads.dispatcher import Dispatcher
 from ..threads.worker import Worker
 from ..tls.watcher import SecretWatcher
+from ..threads.server_health import ServerHealth
 from ..tracing.exporter import Exporters, LocalInfo
 from ..tracing.tracer import HcmTracing
 from ..upstream.cluster_manager import ClusterManager
@@ -88,7 +89,8 @@ class Server:
         self.listen_sockets: dict[str, list] = {}
         self.listener_addresses: dict[str, tuple[str, int]] = {}
         self.admin: AdminServer | None = None
-        self.healthcheck_failed = False
+        # /healthcheck/fail state, shared with the workers (threads/server_health.py).
+        self.health = ServerHealth(getattr(getattr(bootstrap, "node", None), "cluster", "") or "")
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
         self.stats_sinks: list = []
@@ -98,6 +100,14 @@ class Server:
         self._exit_code = 0
         self._ready = threading.Event()
         self._drain_started = False
+
+    @property
+    def healthcheck_failed(self) -> bool:
+        return self.health.failed
+
+    @healthcheck_failed.setter
+    def healthcheck_failed(self, failed: bool) -> None:
+        self.health.failed = failed
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
@@ -199,8 +209,10 @@ class Server:
             self.original_start_time = self.hr_child.original_start_time or self.start_time
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
+        for w in self.workers:
+            w.server_health = self.health   # read by the health_check HTTP filter
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
-                                              stats=self.main_store)
+                                              stats=self.main_store, dispatcher=self.main)
         self.cluster_manager.initialize()
         self.span_exporters.start(self.cluster_manager.snapshots)
         for lc in self.bootstrap.listeners:
@@ -223,6 +235,7 @@ class Server:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
         self.restart_admin()
+        self._warm_clusters()
         for w in self.workers:
             w.start()
         # Ready means every worker has run what was posted to it so far (listeners registered,
@@ -383,6 +396,16 @@ class Server:
         node = self.bootstrap.node
         return LocalInfo(node.id, node.cluster, node.zone, node_address())
 
+    def _warm_clusters(self) -> None:
+        """As Envoy, workers take traffic only once every health-checked host has a first
+        result (its first check passed, failed or timed out): run the main loop until then."""
+        cm = self.cluster_manager
+        if cm is None or cm.warm:
+            return
+        log.info("waiting for the first health checks of the clusters")
+        if not self.main.run_until(lambda: cm.warm, cm.warm_timeout() + 1.0):
+            log.warning("clusters still warming after their health checks' timeout; starting")
+
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.
         for w in self.workers:
@@ -418,6 +441,8 @@ class Server:
         self.stop_admin()
         if self.span_exporters is not None:
             self.span_exporters.close()
+        if self.cluster_manager is not None:
+            self.cluster_manager.stop_health_checks()
         if self.hr_parent is not None:
             self.hr_parent.send_final_stats()
             self.hr_parent.close()

@@ -39,6 +39,8 @@ class Worker:
         self.listeners: list[ActiveListener] = []
         self.connections: set = set()
         self.draining = False
+        # The server's /healthcheck/fail state (threads/server_health.py), set by the server.
+        self.server_health = None
         self._rng = random.Random()
         self._conn_seq = 0
         self._thread: threading.Thread | None = None

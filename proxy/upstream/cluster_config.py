@@ -24,6 +24,9 @@ from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 from proxy.http.codec.keepalive_config import KeepaliveSettings, parse_keepalive
 from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport_socket
 
+from .health_check_config import (EndpointHealthCheck, HealthCheckConfig, parse_endpoint_health_check,
+                                  parse_health_checks)
+
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
     "HTTP_PROTOCOL_OPTIONS", "Http2Options",
@@ -59,6 +62,8 @@ class EndpointConfig:
     weight: int = 1
     hostname: str = ""
     health_status: str = "UNKNOWN"   # the load balancer skips UNHEALTHY, DRAINING, TIMEOUT (host.lb_hosts)
+    # health_check_config: where active health checks go (None: the endpoint itself).
+    health_check: EndpointHealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,8 @@ class ClusterConfig:
     # common_lb_config.healthy_panic_threshold (percent): below this share of healthy (or
     # degraded) hosts the load balancer uses every host (host.lb_hosts). 0 disables panic.
     healthy_panic_threshold: float = 50.0
+    # Active health checks (health_check_config.py; run by health_checker.py on main).
+    health_checks: tuple[HealthCheckConfig, ...] = ()
     # How the upstream protocol is chosen (worker_cluster.upstream_protocol). Neither flag:
     # fixed by config, HTTP/2 when `http2` is set (explicit_http_config.http2_protocol_options
     # or the legacy http2_protocol_options), else HTTP/1.1.
@@ -142,7 +149,6 @@ class ClusterConfig:
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
 
 _NO_DNS_CONFIG = "the system resolver (getaddrinfo) is used"
-_NO_HC = "active health checks"
 
 CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     used("name"),
@@ -167,7 +173,7 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     inert("metadata", "no filter or subset load balancer here reads cluster metadata"),
     used("transport_socket", why="raw_buffer or envoy.transport_sockets.tls (UpstreamTlsContext)"),
     refused("transport_socket_matches", "one transport_socket per cluster"),
-    refused("health_checks", _NO_HC),
+    used("health_checks", why="HTTP and TCP checkers: health_check_config.py"),
     refused("outlier_detection"),
     used("http2_protocol_options", attr="http2", why="deprecated spelling; its own table"),
     refused("eds_cluster_config", "EDS clusters"),
@@ -244,7 +250,7 @@ LB_ENDPOINT = Message("envoy.config.endpoint.v3.LbEndpoint", model=None, fields=
 ENDPOINT = Message("envoy.config.endpoint.v3.Endpoint", fields=(
     used("address"),
     used("hostname"),
-    inert("health_check_config", "only active health checking reads it, and health_checks is refused"),
+    used("health_check_config", attr="health_check", why="its own table"),
     refused("additional_addresses"),
 ))
 
@@ -295,8 +301,8 @@ COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
     refused("locality_weighted_lb_config"),
     inert("update_merge_window", "host updates are applied at once; the window only batches them",
           default="1s"),
-    inert("ignore_new_hosts_until_first_hc", "without health_checks (refused) there is no first "
-                                             "check to wait for", default=False),
+    refused("ignore_new_hosts_until_first_hc", "hosts added later are not held back until their first check",
+            default=False, only_default=True),
     refused("close_connections_on_host_set_change", default=False, only_default=True),
     used("consistent_hashing_lb_config", attr="hashing", why="its own table"),
     refused("override_host_status"),
@@ -456,6 +462,9 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
                               min=0, max=2**32 - 1)
     choice_count = errors.run(_choice_count, f)
     panic = errors.run(_panic_threshold, f)
+    health_checks = errors.run(parse_health_checks, f)
+    errors.run(_health_checks_need_plaintext, f, health_checks, transport)
+    errors.run(_grpc_checks_need_http2, f, health_checks, choice, name)
     hashing = errors.run(_hashing, f, lb_policy)
     errors.run(lambda: CLUSTER.require_default(f, "respect_dns_ttl", f.bool("respect_dns_ttl", False)))
     errors.run(f.raw_obj, "metadata")
@@ -478,6 +487,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         least_request_choice_count=choice_count,
         hashing=hashing,
         healthy_panic_threshold=panic,
+        health_checks=health_checks,
         transport_socket=transport,
         auto_config=auto,
         use_downstream_protocol=downstream,
@@ -568,9 +578,11 @@ def _lb_endpoint(lb: Fields, ctype: str) -> EndpointConfig:
     health = lb.enum("health_status", _HEALTH, "UNKNOWN")
     weight = lb.int("load_balancing_weight", 1, min=1, max=2**32 - 1)
     ep = ENDPOINT.read(lb.value("endpoint", required=True), lb.at("endpoint"))
-    ep.raw_obj("health_check_config")
+    hc = None
+    if ep.has("health_check_config"):
+        hc = parse_endpoint_health_check(ep.value("health_check_config"), ep.at("health_check_config"))
     address, port = _address(ep.value("address", required=True), ep.at("address"), ctype)
-    return EndpointConfig(address, port, weight, ep.str("hostname", ""), health)
+    return EndpointConfig(address, port, weight, ep.str("hostname", ""), health, hc)
 
 
 def _address(raw: Any, path: str, ctype: str) -> tuple[str, int]:
@@ -759,7 +771,8 @@ def _panic_threshold(f: Fields) -> float:
     c = COMMON_LB.read(f.value("common_lb_config"), f.at("common_lb_config"))
     c.raw_obj("zone_aware_lb_config")
     c.duration("update_merge_window")
-    c.bool("ignore_new_hosts_until_first_hc", False)
+    COMMON_LB.require_default(c, "ignore_new_hosts_until_first_hc",
+                              c.bool("ignore_new_hosts_until_first_hc", False))
     COMMON_LB.require_default(c, "close_connections_on_host_set_change",
                               c.bool("close_connections_on_host_set_change", False))
     if not c.has("healthy_panic_threshold"):
@@ -771,6 +784,20 @@ def _panic_threshold(f: Fields) -> float:
     return value
 
 
+def _health_checks_need_plaintext(f: Fields, checks: Any, transport: Any) -> None:
+    """Health check connections are plaintext TCP here: a TLS cluster's checks are refused."""
+    if (checks and checks is not MISSING and transport is not MISSING
+            and getattr(transport, "implements_secure_transport", False)):
+        raise not_supported(f.at("health_checks"), "health checks of clusters with a TLS transport_socket")
+
+
+def _grpc_checks_need_http2(f: Fields, checks: Any, choice: Any, name: Any) -> None:
+    """Envoy refuses gRPC health checks of a cluster that does not speak HTTP/2."""
+    if not checks or checks is MISSING or choice is MISSING:
+        return
+    if any(c.grpc is not None for c in checks) and choice[2] is None:
+        raise ConfigError(f.at("health_checks"), f"{name if name is not MISSING else ''} cluster "
+                                                 f"must support HTTP/2 for gRPC healthchecking")
 def _is_prime(n: int) -> bool:
     if n < 2:
         return False

@@ -131,6 +131,7 @@ class WorkerCluster:
         self.limits = snapshot.limits
         self.high_limits = snapshot.high_limits
         self.panic = snapshot.panic
+        self.hc_report = snapshot.hc_report   # None unless the cluster is health checked
         self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
         # Built once on main (raw_buffer's is a singleton, TLS's holds its contexts), bound here
         # to this worker's cluster.<name>.ssl.* stats and upstream TLS sessions.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.config.reader import ConfigError
+from proxy.upstream.health_check_config import EndpointHealthCheck
 from proxy.upstream.cluster_config import (
     ClusterConfig, EndpointConfig, Thresholds, parse_cluster, parse_clusters,
 )
@@ -68,7 +69,7 @@ def test_front_proxy_style_cluster_parses_endpoints_weights_and_hostnames():
     assert cfg.connect_timeout == 0.25
     assert cfg.endpoints == (
         EndpointConfig("10.0.0.1", 80, 3, "", "HEALTHY"),
-        EndpointConfig("::1", 81, 1, "web", "UNKNOWN"),
+        EndpointConfig("::1", 81, 1, "web", "UNKNOWN", EndpointHealthCheck(port=9)),
     )
 
 
@@ -174,7 +175,7 @@ def test_static_endpoint_must_be_an_ip_literal():
 
 @pytest.mark.parametrize("field,expected", [
     ("transport_socket_matches", "not supported yet (one transport_socket per cluster)"),
-    ("health_checks", "not supported yet (active health checks)"),
+    ("upstream_bind_config", "not supported yet"),
     ("outlier_detection", "not supported yet"),
 ])
 def test_unsupported_envoy_fields_are_refused_by_name(field, expected):

@@ -4,8 +4,9 @@ log writes a line for, evaluated at the stream's end as Envoy does.
 Filters: `status_code_filter` and `duration_filter` (a comparison: EQ, GE, LE, NE against a
 `RuntimeUInt32`'s default value; duration in milliseconds from the request's start to its end),
 `not_health_check_filter` (nothing here marks a request as a health check: it passes), 
-`traceable_filter` (ftproxy does not trace, so no request is traceable: it never passes, as in
-Envoy without tracing), `runtime_filter` (`percent_sampled`, drawn from the request's
+`traceable_filter` (as Envoy: the request is traced and its trace reason is "service forced",
+which here only an incoming x-request-id can carry: every request is external, so
+x-envoy-force-trace is dropped), `runtime_filter` (`percent_sampled`, drawn from the request's
 x-request-id as Envoy does unless `use_independent_randomness`), `and_filter`, `or_filter`,
 `header_filter`, `response_flag_filter` (any of the listed flags, or any flag when none is
 listed), `grpc_status_filter` (`statuses`, `exclude`; the status from grpc-status in the
@@ -66,7 +67,8 @@ class LogFilter:
         if kind == "not_health_check_filter":
             return True
         if kind == "traceable_filter":
-            return False
+            span = info.active_span  # proxy/tracing: reason 2 is SERVICE_FORCED
+            return span is not None and span.reason == 2
         if kind == "runtime_filter":
             percent, independent = value
             return percent.enabled(lambda: _draw(info, independent))

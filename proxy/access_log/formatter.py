@@ -99,6 +99,12 @@ def _attr(name: str) -> Getter:
 
 
 # -- operators ---------------------------------------------------------------------------------
+def _trace_id(info: StreamInfo) -> str | None:
+    """%TRACE_ID%: the trace id of the request's span (proxy/tracing), '-' without one."""
+    span = info.active_span
+    return span.trace_id if span is not None else None
+
+
 def _header_getter(container: str, arg: str | None, op: str, path: str) -> Getter:
     if not arg:
         raise ConfigError(path, f"%{op}(...)% needs a header name")
@@ -162,6 +168,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
             lambda i: _without_port(i.downstream_direct_remote_address),
         "REQUESTED_SERVER_NAME": _attr("requested_server_name"),
         "ROUTE_NAME": _attr("route_name"),
+        "TRACE_ID": _trace_id,
         "CONNECTION_ID": _attr("connection_id"),
         "HOSTNAME": lambda i: hostname,
         "UPSTREAM_REQUEST_ATTEMPT_COUNT": _attempt_count,
@@ -181,7 +188,7 @@ _NOT_SUPPORTED = frozenset({
     "DOWNSTREAM_PEER_EMAIL_SAN", "DOWNSTREAM_LOCAL_IP_SAN", "DOWNSTREAM_LOCAL_EMAIL_SAN",
     "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_256", "DOWNSTREAM_PEER_CHAIN_FINGERPRINTS_1",
     "DOWNSTREAM_PEER_CHAIN_SERIALS", "ENVIRONMENT",
-    "COMMON_DURATION", "RESPONSE_FLAGS_LONG", "UNIQUE_ID", "STREAM_ID", "TRACE_ID",
+    "COMMON_DURATION", "RESPONSE_FLAGS_LONG", "UNIQUE_ID", "STREAM_ID",
     "REQUEST_HEADERS_BYTES", "RESPONSE_HEADERS_BYTES", "VIRTUAL_CLUSTER_NAME",
 })
 _ALL_NAMES = tuple(sorted(_PLAIN_NAMES | set(_HEADER_OPS) | {"START_TIME"}))

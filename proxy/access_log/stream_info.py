@@ -65,6 +65,7 @@ class StreamInfo:
     upstream_ssl: Any = None
     connection_id = 0
     upstream_request_attempt_count = 0
+    active_span: Any = None    # the request's tracing span (proxy/tracing/zipkin.Span)
 
     def __init__(self, start_time: float | None = None, start_monotonic: float | None = None) -> None:
         self.start_time = start_time

@@ -183,6 +183,7 @@ _FLAG_TO_JSON = {
     "/pending_dynamic_removal": ("pending_dynamic_removal", True),
     "/pending_active_hc": ("pending_active_hc", True),
     "/excluded_via_immediate_hc_fail": ("excluded_via_immediate_hc_fail", True),
+    "/active_hc_timeout": ("active_hc_timeout", True),
 }
 
 

@@ -116,7 +116,7 @@ NODE = Message("envoy.config.core.v3.Node", model=NodeConfig, fields=(
 
 LOCALITY = Message("envoy.config.core.v3.Locality", fields=(
     inert("region", f"sent to xDS management servers; {_NO_XDS}"),
-    inert("zone", "read by zone-aware routing (refused) and xDS", attr="zone"),
+    used("zone", why="the `zone` tag of tracing spans"),
     inert("sub_zone", f"sent to xDS management servers; {_NO_XDS}"),
 ))
 
@@ -406,7 +406,7 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
 
 
 # -- inline routes must name defined clusters (Envoy: validate_clusters defaults to true for
-#    a route_config given inline) ---------------------------------------------------------
+#    a route_config given inline); so must a tracer's collector_cluster ------------------------
 
 def check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
                          clusters: set[str], where: str = "static_resources.clusters") -> None:
@@ -416,6 +416,14 @@ def check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str
             cpath = index(join(lpath, "filter_chains"), ci)
             for fi, flt in enumerate(chain.filters):
                 raw_hcm = getattr(flt.config, "raw", None)
+                tracing = getattr(flt.config, "tracing", None)
+                if tracing is not None and tracing.provider.collector_cluster not in clusters:
+                    # Envoy's zipkin driver checks its collector cluster at load.
+                    errors.add(ConfigError(
+                        join(index(join(cpath, "filters"), fi),
+                             "typed_config.tracing.provider.typed_config.collector_cluster"),
+                        f'unknown cluster "{tracing.provider.collector_cluster}" (no cluster of '
+                        "that name in static_resources.clusters)"))
                 route_config = raw_hcm.get("route_config") if isinstance(raw_hcm, Mapping) else None
                 if not isinstance(route_config, Mapping):
                     continue

@@ -117,8 +117,8 @@ LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model
     used("enable_reuse_port", True),
     used("reuse_port", attr="enable_reuse_port", why="deprecated spelling"),
     used("tcp_backlog_size"),
-    inert("traffic_direction", "Envoy reads it for tracing and filters ftproxy does not have",
-          default="UNSPECIFIED", attr="traffic_direction"),
+    used("traffic_direction", "UNSPECIFIED", why="OUTBOUND: the HCM's tracing is egress "
+         "(the route decorator's operation goes upstream in x-envoy-decorator-operation)"),
     used("listener_filters_timeout", default="15s"),
     used("continue_on_listener_filters_timeout", default=False),
     inert("metadata", "no filter here reads listener metadata"),

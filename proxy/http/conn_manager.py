@@ -490,6 +490,12 @@ class ConnectionManager(ConnectionCallbacks):
         head.scheme = url_scheme or scheme
         if self.tls is not None:
             head.tls = self.tls
+        tracer = ctx.tracer
+        if tracer is not None:  # the HCM traces: decision, span, context to the upstream
+            try:
+                tracer.start(stream)
+            except Exception:
+                log.exception("tracer failed to start a span")
         stream.create_filter_chain(ctx.filter_factories)
         stream.decode_headers(end_stream)
 
@@ -576,6 +582,12 @@ class ConnectionManager(ConnectionCallbacks):
             if per_listener is not None:
                 per_listener[0].value += 1
         st.downstream_rq_time.record((now - stream.start_monotonic) * 1000.0)
+        span = stream.active_span
+        if span is not None:
+            try:
+                self.ctx.tracer.finish(stream, span)
+            except Exception:
+                log.exception("tracer failed to finish a span")
         loggers = self.ctx.access_loggers
         if loggers and stream.response_headers is not None:
             # What the codec wrote in place of the head's own fields, for %RESP(...)%.

@@ -23,6 +23,7 @@ from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
+from proxy.tracing.config import parse_tracing
 
 from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
 
@@ -124,6 +125,7 @@ class HcmConfig:
     set_current_client_cert_details: tuple[str, ...] = ()
     # rds: the route table is RDS's (route_config is then an empty table until it arrives).
     rds: RdsConfig | None = None
+    tracing: Any = None                    # proxy.tracing.config.TracingConfig, or None
     raw: Mapping[str, Any] | None = None   # the typed_config body as written (config_dump)
 
 
@@ -172,11 +174,12 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     refused("strip_trailing_host_dot", _ONLY_DEFAULT, default=False, only_default=True),
     used("forward_client_cert_details", "SANITIZE"),
     used("set_current_client_cert_details"),
+    used("tracing"),
     refused("stream_error_on_invalid_http_message", _ONLY_DEFAULT, default=False, only_default=True),
     refused("append_x_forwarded_port", _ONLY_DEFAULT, default=False, only_default=True),
     used("rds", why="from a file (path_config_source): its own table; a control plane is refused"),
     *(refused(name) for name in (
-        "scoped_routes", "tracing", "http3_protocol_options",
+        "scoped_routes", "http3_protocol_options",
         "http1_safe_max_connection_duration", "scheme_header_transformation",
         "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
         "original_ip_detection_extensions", "early_header_mutation_extensions",
@@ -294,6 +297,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         forward_client_cert_details=f.enum("forward_client_cert_details", _XFCC, "SANITIZE"),
         set_current_client_cert_details=_parse_client_cert_details(f),
         rds=rds,
+        tracing=parse_tracing(f.raw_obj("tracing"), f.at("tracing")) if f.has("tracing") else None,
         raw=raw,
         **kwargs,
     )

@@ -59,10 +59,11 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
 
 class HcmFactory:
     def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None,
-                 node=None, rds=None) -> None:
+                 node=None, tracing=None, rds=None) -> None:
         """`rds`: the RDS provider (proxy/xds/rds.py) of an HCM with `rds`: its current table
         now, newer ones posted to each worker's contexts (Worker.set_route_table)."""
         self.config = config
+        self.tracing = tracing  # proxy.tracing.tracer.HcmTracing when the HCM traces
         # add_user_agent: the node's cluster (user-agent when the request has none, and
         # x-envoy-downstream-service-cluster) and its id (x-envoy-downstream-service-node).
         self.user_agent = None
@@ -116,7 +117,7 @@ class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
                  "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
-                 "response_fields", "codec_factory", "worker", "stats", "__weakref__")
+                 "response_fields", "codec_factory", "worker", "stats", "tracer", "__weakref__")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config
@@ -136,6 +137,9 @@ class HcmContext:
         self.codec_factory = factory.codec_factory_for(worker)
         self.worker = worker
         self.stats = HcmStats(worker.stats, factory.config.stat_prefix, factory.listener_stat_prefix)
+        # The worker's tracer (proxy/tracing/tracer.py), None when the HCM does not trace.
+        self.tracer = (factory.tracing.for_worker(worker, factory.config.stat_prefix)
+                       if factory.tracing is not None else None)
         # (per-worker factory, disabled by default, may a route switch it on or off)
         self.filter_factories = tuple((f.for_worker(self), disabled, switchable)
                                       for f, disabled, switchable in factory.filter_factories)

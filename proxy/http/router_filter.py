@@ -23,7 +23,9 @@ from dataclasses import replace
 
 from ..router.grpc_timeout import (format_grpc_timeout, legacy_grpc_timeout_ms, parse_grpc_timeout,
                                    stream_duration_ms)
+from ..router.hash_policy import request_hash
 from ..router.header_mutation import apply_mutations
+from ..upstream.hashing_lb import xxhash64
 from ..router.mirror_policy import shadow_authority
 from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
@@ -113,7 +115,12 @@ class RouterFilter:
         self.cluster = cluster
         stream.upstream_cluster = cluster.name
         cstats = cluster.stats
-        host = cluster.choose_host()
+        if action.hash_policy:  # a RING_HASH/MAGLEV cluster picks by the request's hash
+            remote = stream.downstream_remote_address or ""
+            h = request_hash(action.hash_policy, head, remote.rsplit(":", 1)[0].strip("[]"), xxhash64)
+            host = cluster.choose_host() if h is None else cluster.choose_host_by_hash(h)
+        else:
+            host = cluster.choose_host()
         if host is None:
             cstats.upstream_cx_none_healthy.value += 1
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
@@ -399,6 +406,8 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP)
         else:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
+        if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
+            self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
         rc = self.config
         if not rc.suppress_envoy_headers:
             ms = int((now - self.upstream_start) * 1000)

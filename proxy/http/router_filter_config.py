@@ -33,6 +33,7 @@ class RouterFilterConfig:
     dynamic_stats: bool = True
     suppress_envoy_headers: bool = False
     strict_check_headers: tuple[str, ...] = ()
+    start_child_span: bool = False     # with HCM tracing: the upstream span (tracing/tracer.py)
 
 
 # Every x-envoy-* header these fields act on is removed from each request before the router
@@ -46,7 +47,8 @@ ROUTER = Message(ROUTER_PROTO, title="Router filter", model=RouterFilterConfig, 
     used("suppress_envoy_headers", False),
     inert("strict_check_headers", _STEERING_REMOVED, attr="strict_check_headers"),
     inert("respect_expected_rq_timeout", _STEERING_REMOVED, default=False),
-    inert("start_child_span", "tracing is refused", default=False),
+    used("start_child_span", False, why="when the HCM traces: the router's upstream span, as "
+         "the HCM tracing's spawn_upstream_span"),
     refused("suppress_grpc_request_failure_code_stats", "gRPC status stats", default=False,
             only_default=True),
     refused("reject_connect_request_early_data", "CONNECT tunnels", default=False,
@@ -65,13 +67,13 @@ def parse_router_filter(raw: Mapping[str, Any], path: str) -> RouterFilterConfig
             raise ConfigError(ipath, f"unknown header {name!r}; expected one of {', '.join(_STRICT_CHECKABLE)}")
         strict.append(name.lower())
     f.bool("respect_expected_rq_timeout", False)
-    f.bool("start_child_span", False)
     for key in ("suppress_grpc_request_failure_code_stats", "reject_connect_request_early_data"):
         ROUTER.require_default(f, key, f.bool(key, False))
     return RouterFilterConfig(
         dynamic_stats=f.bool("dynamic_stats", True),
         suppress_envoy_headers=f.bool("suppress_envoy_headers", False),
         strict_check_headers=tuple(strict),
+        start_child_span=f.bool("start_child_span", False),
     )
 
 

@@ -230,6 +230,8 @@ class RetryingRouter(RouterFilter):
                     self.ratelimited_ms = ms
             status = self._should_retry(decision)
             if status is YES:
+                if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
+                    self.cluster.hc_report(self.host)   # (as the response it replaces would)
                 self.pool.rq_error += 1
                 self._charge_retried(ev.status)
                 # The attempt is over: its connection is reused only if both the request and

@@ -47,7 +47,7 @@ class ActiveStream(FilterManager, StreamInfo):
                  "response_code_details", "response_flags", "bytes_received", "bytes_sent",
                  "upstream_host", "upstream_cluster", "upstream_local_address", "route_name",
                  "requested_server_name", "upstream_transport_failure_reason", "upstream_ssl",
-                 "upstream_request_attempt_count")
+                 "upstream_request_attempt_count", "active_span")
 
     def __init__(self, hcm: ConnectionManager, stream_id: int, head: RequestHead,
                  upgrade: bytes | None, start_time: float, start_monotonic: float) -> None:
@@ -71,6 +71,7 @@ class ActiveStream(FilterManager, StreamInfo):
         self.bytes_received = self.bytes_sent = self.upstream_request_attempt_count = 0
         self.upstream_host = self.upstream_cluster = self.upstream_local_address = None
         self.route_name = self.upstream_transport_failure_reason = self.upstream_ssl = None
+        self.active_span = None  # the tracer's span (proxy/tracing), when the HCM traces
         # %REQUESTED_SERVER_NAME%: what tls_inspector read (Envoy 1.40 leaves it empty when the
         # TLS transport socket alone terminates TLS, SNI or not).
         self.requested_server_name = hcm.requested_server_name
@@ -149,6 +150,9 @@ class ActiveStream(FilterManager, StreamInfo):
             rid = self.head.headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
+        span = self.active_span
+        if span is not None and (span.response_operation is not None or ctx.tracer.egress):
+            ctx.tracer.response_headers(span, headers)  # x-envoy-decorator-operation (tracing)
         # (OVERWRITE: the codec writes `server`, see HcmContext.response_fields.)
         if cfg.server_header_transformation == "APPEND_IF_ABSENT":
             headers.set_default(b"server", ctx.server_name)

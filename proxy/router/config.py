@@ -25,6 +25,7 @@ from typing import Any
 
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
+from proxy.tracing.config import Decorator, RouteTracing, parse_decorator, parse_route_tracing
 
 from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
 from .matchers import RouteMatch, parse_route_match, refuse_wrapped
@@ -32,6 +33,7 @@ from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_lev
                                parse_typed_per_filter_config)
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
                        parse_regex_rewrite)
+from .hash_policy import HashPolicy, parse_hash_policy
 from .mirror_policy import MirrorPolicy, parse_mirror_policy
 from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
 from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
@@ -74,6 +76,8 @@ class RouteAction:
     max_grpc_timeout: int | None = None
     grpc_timeout_offset: int | None = None
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()
+    # hash_policy (hash_policy.py): the hash a RING_HASH/MAGLEV cluster picks a host by.
+    hash_policy: tuple[HashPolicy, ...] = ()
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -137,6 +141,8 @@ class Route:
     # typed_per_filter_config of the route, its virtual host and route configuration, merged
     # (per_filter_config.py): filter name -> PerFilterConfig.
     per_filter_config: Mapping[str, PerFilterConfig] = NO_PER_FILTER_CONFIG
+    decorator: Decorator | None = None       # tracing: the span's operation name
+    tracing: RouteTracing | None = None      # tracing: samplings replacing the HCM's, tags
     # Derived. `prepare`: the router has more to do than forward the request (a path or host
     # rewrite, request header mutations, a retry policy, attempt-count headers): one test per
     # request instead of one per feature. `retry_headers_added`: its request header mutations
@@ -216,7 +222,7 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     used("priority", "DEFAULT", attr="high_priority"),
     refused("rate_limits"),
     refused("include_vh_rate_limits"),
-    refused("hash_policy"),
+    used("hash_policy", why="its own table; read by RING_HASH and MAGLEV clusters"),
     refused("cors", "use the CORS filter's typed_per_filter_config"),
     used("max_grpc_timeout", why="gRPC requests' router timeout from grpc-timeout, capped"),
     used("grpc_timeout_offset"),
@@ -237,7 +243,7 @@ WEIGHTED_CLUSTER = Message("envoy.config.route.v3.WeightedCluster", fields=(
     used("total_weight", attr="", why="checked at load: the weights must add up to it"),
     inert("runtime_key_prefix", "without runtime overrides the configured weights stand"),
     used("header_name", attr="weighted_header_name"),
-    refused("use_hash_policy", "hash_policy is refused"),
+    refused("use_hash_policy", "choosing the weighted cluster by the hash_policy"),
 ))
 CLUSTER_WEIGHT = Message("envoy.config.route.v3.WeightedCluster.ClusterWeight", fields=(
     used("name", attr="weighted_clusters"),
@@ -325,6 +331,7 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         grpc_timeout_offset=round(grpc_offset * 1000) if grpc_offset is not None else None,
         request_mirror_policies=tuple(parse_mirror_policy(item, p)
                                       for item, p in f.list("request_mirror_policies")),
+        hash_policy=tuple(parse_hash_policy(item, p) for item, p in f.list("hash_policy")),
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),
@@ -402,14 +409,13 @@ ROUTE = Message("envoy.config.route.v3.Route", model=Route,
     refused("filter_action"),
     refused("non_forwarding_action"),
     inert("metadata", _NO_METADATA),
-    inert("decorator", "it names the tracing span and x-envoy-decorator-operation only when "
-          "the HCM traces, and HCM tracing is refused"),
+    used("decorator", why="read only when the HCM traces (proxy/tracing/tracer.py)"),
     used("typed_per_filter_config", attr="per_filter_config", why=_PER_FILTER),
     used("request_headers_to_add", attr="request_mutations"),
     used("request_headers_to_remove", attr="request_mutations"),
     used("response_headers_to_add", attr="response_mutations"),
     used("response_headers_to_remove", attr="response_mutations"),
-    refused("tracing"),
+    used("tracing", why="read only when the HCM traces (proxy/tracing/tracer.py)"),
     refused("per_request_buffer_limit_bytes"),
     refused("stat_prefix"),
     refused("request_body_buffer_limit"),
@@ -455,6 +461,8 @@ def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
         response_mutations=combine_levels((resp_level,) + outer.response_levels,
                                           outer.most_specific_wins),
         per_filter_config=merge_levels(per_filter, *outer.per_filter_levels),
+        decorator=parse_decorator(f.raw_obj("decorator"), f.at("decorator")),
+        tracing=parse_route_tracing(f.raw_obj("tracing"), f.at("tracing")),
     )
 
 

@@ -38,7 +38,7 @@ class ServerAdminContext:
             hosts = []
             for h in snap.hosts:
                 hosts.append({"address": h.address, "port": h.port, "weight": h.weight,
-                              "hostname": h.hostname, "health_flags": health_flags(h.health_status),
+                              "hostname": h.hostname, "health_flags": health_flags(h),
                               "stats": self._host_stats(name, h)})
             state = cm.states().get(name)
             out.append({"name": name, "hosts": hosts,

@@ -29,6 +29,7 @@ from ..access_log.sinks import DEFAULT_SINKS
 from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
+from ..network.address import node_address
 from ..network.filter_chain_match import FilterChainMatcher
 from ..network.listener import ListenerFactory, bind_listen_sockets
 from ..threads.shared_count import SharedCount
@@ -39,6 +40,9 @@ from ..stats.store import StatsRegistry
 from ..threads.dispatcher import Dispatcher
 from ..threads.worker import Worker
 from ..tls.watcher import SecretWatcher
+from ..threads.server_health import ServerHealth
+from ..tracing.exporter import Exporters, LocalInfo
+from ..tracing.tracer import HcmTracing
 from ..upstream.cluster_manager import ClusterManager
 from ..xds.cds import CdsApplier
 from ..xds.lds import LdsApplier
@@ -95,7 +99,8 @@ class Server:
         self.listen_sockets: dict[str, list] = {}
         self.listener_addresses: dict[str, tuple[str, int]] = {}
         self.admin: AdminServer | None = None
-        self.healthcheck_failed = False
+        # /healthcheck/fail state, shared with the workers (threads/server_health.py).
+        self.health = ServerHealth(getattr(getattr(bootstrap, "node", None), "cluster", "") or "")
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
         self.xds = XdsManager(self.main_store)   # xDS subscriptions (main thread)
@@ -104,6 +109,7 @@ class Server:
         self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
         self.rds_providers: dict = {}            # RDS route tables, by (source, name)
         self.stats_sinks: list = []
+        self.span_exporters: Exporters | None = None  # HTTP tracing's span export (main)
         self._flush_timer = None
         self._tick_timer = None
         self._exit_code = 0
@@ -111,6 +117,14 @@ class Server:
         self._drain_started = False
         self._global_limit = None
         self._listener_limits: dict = {}  # name -> (SharedCount, limit) or None (main thread)
+
+    @property
+    def healthcheck_failed(self) -> bool:
+        return self.health.failed
+
+    @healthcheck_failed.setter
+    def healthcheck_failed(self, failed: bool) -> None:
+        self.health.failed = failed
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
@@ -186,6 +200,7 @@ class Server:
         st.gauge("server.concurrency").set(opts.concurrency)
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
         st.gauge("server.live").set(0)
+        self.span_exporters = Exporters(self.main, self.main_store, self._local_info())
         factories = self._build_filter_factories()
         limit = self.bootstrap.global_downstream_max_connections
         global_limit = (SharedCount(), limit) if limit is not None else None
@@ -211,9 +226,13 @@ class Server:
             self.original_start_time = self.hr_child.original_start_time or self.start_time
         self.workers = [Worker(i, self.stats.new_store(f"worker_{i}"), opts.codec)
                         for i in range(opts.concurrency)]
+        for w in self.workers:
+            w.server_health = self.health   # read by the health_check HTTP filter
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
-                                              stats=self.main_store, eds_subscribe=self.xds.subscribe_eds)
+                                              stats=self.main_store, dispatcher=self.main,
+                                              eds_subscribe=self.xds.subscribe_eds)
         self.cluster_manager.initialize()
+        self.span_exporters.start(self.cluster_manager.snapshots)
         dynamic = self.bootstrap.dynamic_resources
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
@@ -228,6 +247,7 @@ class Server:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
         self.restart_admin()
+        self._warm_clusters()
         for w in self.workers:
             w.start()
         # Ready means every worker has run what was posted to it so far (listeners registered,
@@ -387,8 +407,15 @@ class Server:
     def _chain_factory(self, lc, chain):
         terminal = chain.filters[-1].config
         if isinstance(terminal, HcmConfig):
+            tracing = None
+            if terminal.tracing is not None:
+                router = terminal.http_filters[-1].config  # the router is always last
+                tracing = HcmTracing(terminal.tracing,
+                                     self.span_exporters.exporter_for(terminal.tracing.provider),
+                                     lc.traffic_direction == "OUTBOUND", router.start_child_span)
             rds = self._rds_provider(terminal) if terminal.rds is not None else None
-            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node, rds)
+            factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node,
+                                 tracing, rds)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
         else:  # config parsing only admits the two terminal filters above
@@ -417,6 +444,22 @@ class Server:
     def _publish_route_table(self, key: tuple, table) -> None:
         for w in self.workers:
             w.post(lambda w=w: w.set_route_table(key, table))
+
+    def _local_info(self) -> LocalInfo:
+        """What tracing reports of this process, as Envoy's local_info: the node and this
+        host's address."""
+        node = self.bootstrap.node
+        return LocalInfo(node.id, node.cluster, node.zone, node_address())
+
+    def _warm_clusters(self) -> None:
+        """As Envoy, workers take traffic only once every health-checked host has a first
+        result (its first check passed, failed or timed out): run the main loop until then."""
+        cm = self.cluster_manager
+        if cm is None or cm.warm:
+            return
+        log.info("waiting for the first health checks of the clusters")
+        if not self.main.run_until(lambda: cm.warm, cm.warm_timeout() + 1.0):
+            log.warning("clusters still warming after their health checks' timeout; starting")
 
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.
@@ -455,6 +498,10 @@ class Server:
         self.stop_admin()
         if self.xds is not None:
             self.xds.stop()
+        if self.span_exporters is not None:
+            self.span_exporters.close()
+        if self.cluster_manager is not None:
+            self.cluster_manager.stop_health_checks()
         if self.hr_parent is not None:
             self.hr_parent.send_final_stats()
             self.hr_parent.close()

@@ -243,6 +243,24 @@ class Dispatcher:
         finally:
             self._running = False
 
+    def run_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Run the loop on the calling thread until `done()` (polled every 5 ms) or `timeout`
+        seconds; then return `done()`. For start-up waits (cluster warming), before run()."""
+        deadline = time.monotonic() + timeout
+
+        def check() -> None:
+            if done() or time.monotonic() >= deadline:
+                self._exit_requested = True
+            else:
+                timer.enable(0.005)
+
+        timer = self.create_timer(check)
+        timer.enable(0)
+        self.run()
+        timer.disable()
+        self._exit_requested = False
+        return done()
+
     def close(self) -> None:
         self._epoll.close()
         os.close(self._wake_fd)

@@ -43,6 +43,8 @@ class Worker:
         self.listeners: list[ActiveListener] = []
         self.connections: set = set()
         self.draining = False
+        # The server's /healthcheck/fail state (threads/server_health.py), set by the server.
+        self.server_health = None
         self._rng = random.Random()
         self._conn_seq = 0
         self._thread: threading.Thread | None = None
@@ -50,7 +52,7 @@ class Worker:
         self._cx_gauge = store.gauge("server.total_connections")
         self._on_idle: Callable[[], None] | None = None
         self._date_second = -1
-        self._new_rid_prefix()
+        self._new_rid_rest()
         self._date_value = b""
 
     # -- thread-safe -----------------------------------------------------------------------------
@@ -86,22 +88,26 @@ class Worker:
         return self._rng.randrange(n) if n > 0 else 0
 
     def new_request_id(self) -> bytes:
-        """A UUID4-form id, unique per worker: 74 random bits drawn once per 2^32 requests and a
-        48-bit field that is a random offset plus a counter. One hexlify per request instead
-        of a 128-bit draw and slicing (x-request-id needs uniqueness, not secrecy); hexlify of
-        six bytes takes 2/3 of the time of `b"%012x" %`."""
+        """A UUID4-form id, unique per worker: its first group (32 bits) varies per request,
+        the rest (90 random bits) is drawn once per 2^32 requests. The first group is what
+        Envoy samples by (its first 32 bits modulo 10,000: tracing's random_sampling, the
+        access log's runtime_filter), so it is spread over the whole range: a random offset
+        plus the count times an odd constant (a bijection modulo 2^32, so no id repeats
+        before the rest is drawn again). One hexlify per request instead of a 128-bit draw
+        and slicing (x-request-id needs uniqueness, not secrecy)."""
         n = self._rid_count
         if n >= 0xFFFFFFFF:
-            self._new_rid_prefix()
+            self._new_rid_rest()
             n = 0
         self._rid_count = n + 1
-        return self._rid_prefix + hexlify(((self._rid_offset + n) & 0xFFFFFFFFFFFF).to_bytes(6))
+        return hexlify(((self._rid_offset + n * 0x9E3779B1) & 0xFFFFFFFF).to_bytes(4)) + self._rid_rest
 
-    def _new_rid_prefix(self) -> None:
+    def _new_rid_rest(self) -> None:
         r = self._rng.getrandbits
-        # version 4 in the third group, variant 10xx in the fourth (RFC 9562).
-        self._rid_prefix = b"%08x-%04x-4%03x-%04x-" % (r(32), r(16), r(12), 0x8000 | r(14))
-        self._rid_offset = r(48)
+        # version 4 in the third group, variant 10xx in the fourth (RFC 9562); the part after
+        # the first group, which new_request_id puts in front.
+        self._rid_rest = b"-%04x-4%03x-%04x-%012x" % (r(16), r(12), 0x8000 | r(14), r(48))
+        self._rid_offset = r(32)
         self._rid_count = 0
 
     def http_date(self) -> bytes:

@@ -40,7 +40,7 @@ class ResourceLimits:
     Every `try_acquire_*` that returns True must be paired with exactly one `release_*`.
     """
 
-    __slots__ = ("thresholds", "_counts_lock", "_cx", "_pending", "_rq", "_retries")
+    __slots__ = ("thresholds", "_counts_lock", "_cx", "_pending", "_rq", "_retries", "had_traffic")
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
@@ -51,6 +51,9 @@ class ResourceLimits:
         self._pending = 0
         self._rq = 0
         self._retries = 0
+        # Set (never cleared) at the cluster's first upstream connection: active health checks
+        # use no_traffic_interval until then (Envoy: upstream_cx_total used). Read by main.
+        self.had_traffic = False
 
     # -- connections --------------------------------------------------------------------
     def try_acquire_connection(self) -> bool:
@@ -58,6 +61,7 @@ class ResourceLimits:
             if self._cx >= self.thresholds.max_connections:
                 return False
             self._cx += 1
+            self.had_traffic = True
             return True
 
     def release_connection(self) -> None:

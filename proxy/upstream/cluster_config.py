@@ -25,6 +25,9 @@ from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 from proxy.http.codec.keepalive_config import KeepaliveSettings, parse_keepalive
 from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport_socket
 
+from .health_check_config import (EndpointHealthCheck, HealthCheckConfig, parse_endpoint_health_check,
+                                  parse_health_checks)
+
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
     "HTTP_PROTOCOL_OPTIONS", "Http2Options", "EdsClusterConfig", "parse_load_assignment",
@@ -38,7 +41,7 @@ _TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
 _SUPPORTED_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
 _LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RING_HASH", "RANDOM", "ORIGINAL_DST_LB",
                 "MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG")
-_SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+_SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
 _DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 _PRIORITIES = ("DEFAULT", "HIGH")
 _HEALTH = ("UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED")
@@ -60,6 +63,8 @@ class EndpointConfig:
     weight: int = 1
     hostname: str = ""
     health_status: str = "UNKNOWN"   # the load balancer skips UNHEALTHY, DRAINING, TIMEOUT (host.lb_hosts)
+    # health_check_config: where active health checks go (None: the endpoint itself).
+    health_check: EndpointHealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,15 @@ class EdsClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HashingConfig:
+    """upstream/hashing_lb.py's parameters (Envoy's defaults)."""
+    minimum_ring_size: int = 1024
+    maximum_ring_size: int = 8 * 1024 * 1024
+    table_size: int = 65537
+    use_hostname_for_hashing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     type: str = "STATIC"
@@ -114,9 +128,14 @@ class ClusterConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT   # 0.0 = disabled (Envoy semantics)
     max_requests_per_connection: int | None = None
     least_request_choice_count: int = 2
+    # RING_HASH / MAGLEV settings (ring_hash_lb_config, maglev_lb_config and
+    # common_lb_config.consistent_hashing_lb_config), or None for the other policies.
+    hashing: HashingConfig | None = None
     # common_lb_config.healthy_panic_threshold (percent): below this share of healthy (or
     # degraded) hosts the load balancer uses every host (host.lb_hosts). 0 disables panic.
     healthy_panic_threshold: float = 50.0
+    # Active health checks (health_check_config.py; run by health_checker.py on main).
+    health_checks: tuple[HealthCheckConfig, ...] = ()
     # How the upstream protocol is chosen (worker_cluster.upstream_protocol). Neither flag:
     # fixed by config, HTTP/2 when `http2` is set (explicit_http_config.http2_protocol_options
     # or the legacy http2_protocol_options), else HTTP/1.1.
@@ -141,13 +160,12 @@ class ClusterConfig:
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
 
 _NO_DNS_CONFIG = "the system resolver (getaddrinfo) is used"
-_NO_HC = "active health checks"
 
 CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     used("name"),
     used("type", "STATIC", why="STATIC, STRICT_DNS, LOGICAL_DNS"),
     used("connect_timeout", "5s"),
-    used("lb_policy", "ROUND_ROBIN", why="ROUND_ROBIN, LEAST_REQUEST, RANDOM"),
+    used("lb_policy", "ROUND_ROBIN", why="ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV"),
     used("load_assignment", attr="endpoints"),
     used("hosts", attr="endpoints", why="legacy form of load_assignment"),
     used("dns_refresh_rate", "5s"),
@@ -166,7 +184,7 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     inert("metadata", "no filter or subset load balancer here reads cluster metadata"),
     used("transport_socket", why="raw_buffer or envoy.transport_sockets.tls (UpstreamTlsContext)"),
     refused("transport_socket_matches", "one transport_socket per cluster"),
-    refused("health_checks", _NO_HC),
+    used("health_checks", why="HTTP and TCP checkers: health_check_config.py"),
     refused("outlier_detection"),
     used("http2_protocol_options", attr="http2", why="deprecated spelling; its own table"),
     used("eds_cluster_config", attr="eds", why="type EDS: its own table"),
@@ -183,8 +201,8 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     refused("cleanup_interval", "ORIGINAL_DST clusters"),
     refused("upstream_bind_config"),
     refused("lb_subset_config"),
-    refused("ring_hash_lb_config", "RING_HASH"),
-    refused("maglev_lb_config", "MAGLEV"),
+    used("ring_hash_lb_config", attr="hashing", why="its own table"),
+    used("maglev_lb_config", attr="hashing", why="its own table"),
     refused("original_dst_lb_config"),
     refused("round_robin_lb_config"),
     refused("protocol_selection"),
@@ -249,7 +267,7 @@ LB_ENDPOINT = Message("envoy.config.endpoint.v3.LbEndpoint", model=None, fields=
 ENDPOINT = Message("envoy.config.endpoint.v3.Endpoint", fields=(
     used("address"),
     used("hostname"),
-    inert("health_check_config", "only active health checking reads it, and health_checks is refused"),
+    used("health_check_config", attr="health_check", why="its own table"),
     refused("additional_addresses"),
 ))
 
@@ -300,15 +318,31 @@ COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
     refused("locality_weighted_lb_config"),
     inert("update_merge_window", "host updates are applied at once; the window only batches them",
           default="1s"),
-    inert("ignore_new_hosts_until_first_hc", "without health_checks (refused) there is no first "
-                                             "check to wait for", default=False),
+    refused("ignore_new_hosts_until_first_hc", "hosts added later are not held back until their first check",
+            default=False, only_default=True),
     refused("close_connections_on_host_set_change", default=False, only_default=True),
-    inert("consistent_hashing_lb_config", "only RING_HASH and MAGLEV read it; both are refused"),
+    used("consistent_hashing_lb_config", attr="hashing", why="its own table"),
     refused("override_host_status"),
 ))
 
 PERCENT = Message("envoy.type.v3.Percent (healthy_panic_threshold)", fields=(
     used("value", 50.0, attr="healthy_panic_threshold"),
+))
+
+RING_HASH = Message("envoy.config.cluster.v3.Cluster.RingHashLbConfig", fields=(
+    used("minimum_ring_size", 1024, attr="hashing"),
+    used("maximum_ring_size", 8388608, attr="hashing"),
+    refused("hash_function", "MURMUR_HASH_2 (XX_HASH, the default, is the hash here)",
+            default="XX_HASH", only_default=True),
+))
+MAGLEV = Message("envoy.config.cluster.v3.Cluster.MaglevLbConfig", fields=(
+    used("table_size", 65537, attr="hashing", why="a prime"),
+))
+CONSISTENT_HASHING = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig",
+                             fields=(
+    used("use_hostname_for_hashing", False, attr="hashing"),
+    refused("hash_balance_factor", "bounded-load hashing"),
+    refused("hash_policy", "use the route's hash_policy"),
 ))
 
 LEAST_REQUEST = Message("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", fields=(
@@ -446,6 +480,10 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
                               min=0, max=2**32 - 1)
     choice_count = errors.run(_choice_count, f)
     panic = errors.run(_panic_threshold, f)
+    health_checks = errors.run(parse_health_checks, f)
+    errors.run(_health_checks_need_plaintext, f, health_checks, transport)
+    errors.run(_grpc_checks_need_http2, f, health_checks, choice, name)
+    hashing = errors.run(_hashing, f, lb_policy)
     errors.run(lambda: CLUSTER.require_default(f, "respect_dns_ttl", f.bool("respect_dns_ttl", False)))
     errors.run(f.raw_obj, "metadata")
     errors.raise_if_any()
@@ -465,7 +503,9 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_rpc,
         least_request_choice_count=choice_count,
+        hashing=hashing,
         healthy_panic_threshold=panic,
+        health_checks=health_checks,
         transport_socket=transport,
         auto_config=auto,
         use_downstream_protocol=downstream,
@@ -589,9 +629,11 @@ def _lb_endpoint(lb: Fields, ctype: str) -> EndpointConfig:
     health = lb.enum("health_status", _HEALTH, "UNKNOWN")
     weight = lb.int("load_balancing_weight", 1, min=1, max=2**32 - 1)
     ep = ENDPOINT.read(lb.value("endpoint", required=True), lb.at("endpoint"))
-    ep.raw_obj("health_check_config")
+    hc = None
+    if ep.has("health_check_config"):
+        hc = parse_endpoint_health_check(ep.value("health_check_config"), ep.at("health_check_config"))
     address, port = _address(ep.value("address", required=True), ep.at("address"), ctype)
-    return EndpointConfig(address, port, weight, ep.str("hostname", ""), health)
+    return EndpointConfig(address, port, weight, ep.str("hostname", ""), health, hc)
 
 
 def _address(raw: Any, path: str, ctype: str) -> tuple[str, int]:
@@ -778,10 +820,10 @@ def _panic_threshold(f: Fields) -> float:
     if not f.has("common_lb_config"):
         return 50.0
     c = COMMON_LB.read(f.value("common_lb_config"), f.at("common_lb_config"))
-    for key in ("zone_aware_lb_config", "consistent_hashing_lb_config"):
-        c.raw_obj(key)
+    c.raw_obj("zone_aware_lb_config")
     c.duration("update_merge_window")
-    c.bool("ignore_new_hosts_until_first_hc", False)
+    COMMON_LB.require_default(c, "ignore_new_hosts_until_first_hc",
+                              c.bool("ignore_new_hosts_until_first_hc", False))
     COMMON_LB.require_default(c, "close_connections_on_host_set_change",
                               c.bool("close_connections_on_host_set_change", False))
     if not c.has("healthy_panic_threshold"):
@@ -791,6 +833,59 @@ def _panic_threshold(f: Fields) -> float:
     if not 0.0 <= value <= 100.0:
         raise ConfigError(p.at("value"), f"must be between 0 and 100, got {value}")
     return value
+
+
+def _health_checks_need_plaintext(f: Fields, checks: Any, transport: Any) -> None:
+    """Health check connections are plaintext TCP here: a TLS cluster's checks are refused."""
+    if (checks and checks is not MISSING and transport is not MISSING
+            and getattr(transport, "implements_secure_transport", False)):
+        raise not_supported(f.at("health_checks"), "health checks of clusters with a TLS transport_socket")
+
+
+def _grpc_checks_need_http2(f: Fields, checks: Any, choice: Any, name: Any) -> None:
+    """Envoy refuses gRPC health checks of a cluster that does not speak HTTP/2."""
+    if not checks or checks is MISSING or choice is MISSING:
+        return
+    if any(c.grpc is not None for c in checks) and choice[2] is None:
+        raise ConfigError(f.at("health_checks"), f"{name if name is not MISSING else ''} cluster "
+                                                 f"must support HTTP/2 for gRPC healthchecking")
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def _hashing(f: Fields, lb_policy: Any) -> HashingConfig | None:
+    """RING_HASH and MAGLEV's settings, with Envoy's checks (a ring's minimum above its
+    maximum, a table size that is not prime)."""
+    use_hostname = False
+    common = f.value("common_lb_config")  # (its own table is read by _panic_threshold)
+    if isinstance(common, Mapping) and common.get("consistent_hashing_lb_config") is not None:
+        ch = CONSISTENT_HASHING.read(common["consistent_hashing_lb_config"],
+                                     f"{f.at('common_lb_config')}.consistent_hashing_lb_config")
+        use_hostname = ch.bool("use_hostname_for_hashing", False)
+    d = HashingConfig()
+    ring_min, ring_max, table = d.minimum_ring_size, d.maximum_ring_size, d.table_size
+    if f.has("ring_hash_lb_config"):
+        r = RING_HASH.read(f.value("ring_hash_lb_config"), f.at("ring_hash_lb_config"))
+        RING_HASH.require_default(r, "hash_function", r.enum("hash_function", ("XX_HASH", "MURMUR_HASH_2"), "XX_HASH"))
+        ring_min = r.int("minimum_ring_size", ring_min, min=0, max=8388608)
+        ring_max = r.int("maximum_ring_size", ring_max, min=0, max=8388608)
+        if ring_min > ring_max:
+            raise ConfigError(r.path, f"ring hash: minimum_ring_size ({ring_min}) > maximum_ring_size ({ring_max})")
+    if f.has("maglev_lb_config"):
+        m = MAGLEV.read(f.value("maglev_lb_config"), f.at("maglev_lb_config"))
+        table = m.int("table_size", table, min=1, max=5000011)
+        if not _is_prime(table):
+            raise ConfigError(m.at("table_size"), "The table size of maglev must be prime number")
+    if lb_policy not in ("RING_HASH", "MAGLEV"):
+        return None
+    return HashingConfig(ring_min, ring_max, table, use_hostname)
 
 
 def _choice_count(f: Fields) -> int:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from .circuit_breaker import ResourceLimits
 from .cluster_config import ClusterConfig, EndpointConfig
 from .dns import system_resolver
+from .health_checker import ClusterHealthChecker
 from .host import ClusterSnapshot, Host, HostSet, by_health
 
 __all__ = ["ClusterManager", "StatsSink"]
@@ -59,7 +60,7 @@ class _ClusterState:
     """Main-thread bookkeeping for one cluster."""
 
     __slots__ = ("config", "limits", "high_limits", "target_hosts", "next_refresh", "snapshot",
-                 "added_via_api", "version_info", "last_updated", "eds", "warm")
+                 "added_via_api", "version_info", "last_updated", "eds", "warm", "health")
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
@@ -74,6 +75,7 @@ class _ClusterState:
         self.last_updated = 0.0        # wall-clock time of that
         self.eds = None                # an EDS cluster's subscription handle
         self.warm = config.type != "EDS"  # an EDS cluster warms until its first assignment
+        self.health: ClusterHealthChecker | None = None   # active health checks, if configured
 
     @property
     def is_dns(self) -> bool:
@@ -83,8 +85,10 @@ class _ClusterState:
 class ClusterManager:
     def __init__(self, configs: Sequence[ClusterConfig], publish: Publish,
                  resolver: Resolver = system_resolver, clock: Callable[[], float] = time.monotonic,
-                 stats: StatsSink | None = None, eds_subscribe: EdsSubscribe | None = None) -> None:
+                 stats: StatsSink | None = None, dispatcher: Any = None,
+                 eds_subscribe: EdsSubscribe | None = None) -> None:
         self._publish = publish
+        self._dispatcher = dispatcher  # the main thread's: active health checks run on it
         self._eds_subscribe = eds_subscribe
         self._holding = False  # inside a batch (initialize, apply_cds): publish once at its end
         self._resolver = resolver
@@ -94,7 +98,8 @@ class ClusterManager:
         for cfg in configs:
             if cfg.name in self._clusters:
                 raise ValueError(f'duplicate cluster name "{cfg.name}"')
-            self._clusters[cfg.name] = _ClusterState(cfg)
+            self._clusters[cfg.name] = state = _ClusterState(cfg)
+            state.health = self._health_checker(state)
         self._published: Mapping[str, ClusterSnapshot] = MappingProxyType({})
         self._initialized = False
 
@@ -137,10 +142,47 @@ class ClusterManager:
             return self._clock()
         return min((s.next_refresh for s in self._clusters.values() if s.is_dns), default=math.inf)
 
+    # -- active health checking (health_checker.py): the only hooks ---------------------------
+    @property
+    def warm(self) -> bool:
+        """Every health-checked cluster has a first result for each host (Envoy waits for this
+        before its workers take traffic: cluster warming)."""
+        return all(s.health is None or s.health.warm for s in self._clusters.values())
+
+    def warm_timeout(self) -> float:
+        """How long warming may take at most: the slowest first check."""
+        return max((hc.initial_jitter + hc.timeout for s in self._clusters.values()
+                    for hc in s.config.health_checks), default=0.0)
+
+    def stop_health_checks(self) -> None:
+        for s in self._clusters.values():
+            if s.health is not None:
+                s.health.stop()
+
+    def _health_checker(self, state: _ClusterState) -> ClusterHealthChecker | None:
+        cfg = state.config
+        if not cfg.health_checks:
+            return None
+        if self._dispatcher is None:
+            raise ValueError(f"cluster {cfg.name}: health_checks need the main dispatcher")
+        stats = self._stats
+        if stats is None:
+            from ..stats.store import Store
+            stats = Store("health_checks")
+        limits, high = state.limits, state.high_limits
+        return ClusterHealthChecker(cfg.name, cfg.health_checks, self._dispatcher, stats,
+                                    had_traffic=lambda: limits.had_traffic or high.had_traffic,
+                                    on_change=lambda: self._on_health_change(state))
+
+    def _on_health_change(self, state: _ClusterState) -> None:
+        if state.snapshot is not None and self._clusters.get(state.config.name) is state:
+            self._rebuild(state, state.snapshot.hosts)
+            self._publish_all()
+
     # -- internals ------------------------------------------------------------------------
     @staticmethod
     def _static_host(ep: EndpointConfig) -> Host:
-        return Host(ep.address, ep.port, ep.weight, ep.hostname, ep.health_status)
+        return Host(ep.address, ep.port, ep.weight, ep.hostname, ep.health_status, ep.health_check)
 
     @staticmethod
     def _all_hosts(state: _ClusterState) -> list[Host]:
@@ -171,8 +213,8 @@ class ClusterManager:
                 self._count(prefix + "update_empty")  # STRICT_DNS: an empty answer empties the set
             self._count(prefix + "update_success")
             hostname = ep.hostname or ep.address
-            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname, ep.health_status)
-                                          for a in unique)
+            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname, ep.health_status,
+                                               ep.health_check) for a in unique)
         state.next_refresh = self._clock() + cfg.dns_refresh_rate
 
     def _update_hosts(self, state: _ClusterState) -> bool:
@@ -188,9 +230,14 @@ class ClusterManager:
 
     def _rebuild(self, state: _ClusterState, hosts: tuple[Host, ...]) -> None:
         cfg = state.config
-        state.snapshot = ClusterSnapshot(cfg.name, cfg, hosts, state.limits, state.high_limits)
+        if state.health is not None:  # sessions for new hosts, flags on all
+            state.health.set_hosts(hosts)
+            hosts = state.health.apply(hosts)
+        state.snapshot = ClusterSnapshot(
+            cfg.name, cfg, hosts, state.limits, state.high_limits,
+            state.health.report_immediate_fail if state.health is not None else None)
         self._set_gauge(f"cluster.{cfg.name}.membership_total", len(hosts))
-        # Health comes from the endpoints' health_status (no active health checking yet).
+        # Health: the endpoints' health_status and the active health checks' flags.
         healthy, degraded = by_health(hosts)
         self._set_gauge(f"cluster.{cfg.name}.membership_healthy", len(healthy))
         self._set_gauge(f"cluster.{cfg.name}.membership_degraded", len(degraded))
@@ -251,6 +298,7 @@ class ClusterManager:
                 state.added_via_api = True
                 state.version_info = version_info
                 state.last_updated = wall
+                state.health = self._health_checker(state)
                 if old is not None:
                     self._stop_eds(old)
                 self._clusters[cfg.name] = state
@@ -290,9 +338,12 @@ class ClusterManager:
 
     @staticmethod
     def _stop_eds(state: _ClusterState) -> None:
+        """A replaced or removed cluster's sources stop: its EDS subscription, its health checks."""
         if state.eds is not None:
             state.eds.stop()
             state.eds = None
+        if state.health is not None:
+            state.health.stop()
 
     def _on_eds(self, state: _ClusterState, endpoints: tuple[EndpointConfig, ...] | None) -> None:
         """An EDS update (None: the first fetch failed: warm up with no hosts, as Envoy)."""

@@ -12,9 +12,11 @@ Thread affinity: any thread (immutable).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .circuit_breaker import ResourceLimits
 from .cluster_config import ClusterConfig
+from .health_check_config import EndpointHealthCheck
 
 __all__ = ["Host", "HostSet", "ClusterSnapshot"]
 
@@ -28,6 +30,13 @@ class Host:
     weight: int = 1
     hostname: str = ""    # endpoint `hostname`, or the DNS name it was resolved from
     health_status: str = "UNKNOWN"  # the endpoint's health_status (Envoy's EDS values)
+    # Active health checking (health_checker.py sets these on the copies it publishes; they are
+    # no part of equality: a host whose health changed is the same peer).
+    hc: EndpointHealthCheck | None = field(default=None, compare=False, repr=False)
+    failed_active_hc: bool = field(default=False, compare=False)
+    degraded_active_hc: bool = field(default=False, compare=False)
+    active_hc_timeout: bool = field(default=False, compare=False)
+    excluded_via_immediate_hc_fail: bool = field(default=False, compare=False)
     # Identity of the peer (for per-host pools and active-request counts): (address, port).
     key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
@@ -66,17 +75,40 @@ class HostSet:
 HEALTHY_STATUSES = frozenset({"UNKNOWN", "HEALTHY"})
 
 
-def health_flags(status: str) -> str:
-    """Envoy's /clusters `health_flags` for a host's health_status."""
-    if status in HEALTHY_STATUSES:
-        return "healthy"
-    return "/degraded_eds_health" if status == "DEGRADED" else "/failed_eds_health"
+def health_flags(status: str | Host) -> str:
+    """Envoy's /clusters `health_flags` for a host (or a bare health_status), in Envoy's order
+    (HostUtility::healthFlagsToString)."""
+    if isinstance(status, str):
+        status = Host("0.0.0.0", 0, health_status=status)
+    h = status
+    out = "/failed_active_hc" if h.failed_active_hc else ""
+    if h.health_status not in HEALTHY_STATUSES and h.health_status != "DEGRADED":
+        out += "/failed_eds_health"
+    if h.degraded_active_hc:
+        out += "/degraded_active_hc"
+    if h.health_status == "DEGRADED":
+        out += "/degraded_eds_health"
+    if h.excluded_via_immediate_hc_fail:
+        out += "/excluded_via_immediate_hc_fail"
+    if h.active_hc_timeout:
+        out += "/active_hc_timeout"
+    return out or "healthy"
+
+
+def _healthy(h: Host) -> bool:
+    return (h.health_status in HEALTHY_STATUSES and not h.failed_active_hc
+            and not h.degraded_active_hc)
+
+
+def _degraded(h: Host) -> bool:
+    # Envoy's coarseHealth: any failure flag is unhealthy; else a degraded flag is degraded.
+    return (not h.failed_active_hc and (h.health_status == "DEGRADED"
+                                        or (h.degraded_active_hc and h.health_status in HEALTHY_STATUSES)))
 
 
 def by_health(hosts: tuple[Host, ...]) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
     """The healthy hosts and the degraded ones (the membership_healthy/_degraded gauges)."""
-    return (tuple(h for h in hosts if h.health_status in HEALTHY_STATUSES),
-            tuple(h for h in hosts if h.health_status == "DEGRADED"))
+    return tuple(h for h in hosts if _healthy(h)), tuple(h for h in hosts if _degraded(h))
 
 
 def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tuple[Host, ...], bool]:
@@ -87,7 +119,10 @@ def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tu
     them when less than `panic_threshold` percent are healthy or degraded
     (common_lb_config.healthy_panic_threshold, default 50; 0 never panics)."""
     healthy, degraded = by_health(hosts)
-    if hosts and 100 * (len(healthy) + len(degraded)) < panic_threshold * len(hosts):
+    # Hosts taken out by x-envoy-immediate-health-check-fail are excluded: they count neither
+    # way toward panic (Envoy's excluded hosts).
+    counted = len(hosts) - sum(1 for h in hosts if h.excluded_via_immediate_hc_fail)
+    if counted and 100 * (len(healthy) + len(degraded)) < panic_threshold * counted:
         return hosts, True
     return healthy or degraded, False
 
@@ -103,10 +138,20 @@ class ClusterSnapshot:
     hosts: tuple[Host, ...]
     limits: ResourceLimits
     high_limits: ResourceLimits   # the circuit breakers of routes with `priority: HIGH`
+    # Health-checked clusters: report_immediate_fail(host), callable from any thread (the
+    # router calls it for a response carrying x-envoy-immediate-health-check-fail); else None.
+    hc_report: Any = field(default=None, compare=False, repr=False)
     lb_hosts: tuple[Host, ...] = field(init=False, compare=False, repr=False)
     panic: bool = field(init=False, compare=False, repr=False)
+    # How many hosts are healthy and degraded (the membership_healthy/_degraded gauges; read by
+    # the health_check HTTP filter's cluster_min_healthy_percentages).
+    membership_healthy: int = field(init=False, compare=False, repr=False)
+    membership_degraded: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         chosen, panic = lb_hosts(self.hosts, self.config.healthy_panic_threshold)
         object.__setattr__(self, "lb_hosts", chosen)
         object.__setattr__(self, "panic", panic)
+        healthy, degraded = by_health(self.hosts)
+        object.__setattr__(self, "membership_healthy", len(healthy))
+        object.__setattr__(self, "membership_degraded", len(degraded))

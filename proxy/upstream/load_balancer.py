@@ -1,7 +1,8 @@
 """Load balancers: pick an upstream host from a cluster snapshot.
 
 Job: Envoy's ROUND_ROBIN (weighted), LEAST_REQUEST (power of N choices) and RANDOM policies
-as pure math over `snapshot.hosts`. Randomness and per-host load come in as callables so the
+as pure math over `snapshot.hosts` (RING_HASH and MAGLEV: hashing_lb.py, whose balancers also
+take a request's hash: `choose_hash(h)`). Randomness and per-host load come in as callables so the
 math is deterministic under test:
 
 - `rand(n)` returns a uniform int in [0, n) (a worker passes its own `random.Random().randrange`;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 
+from .hashing_lb import MaglevLoadBalancer, RingHashLoadBalancer
 from .host import ClusterSnapshot, Host
 
 __all__ = ["LoadBalancer", "RoundRobinLoadBalancer", "LeastRequestLoadBalancer",
@@ -164,4 +166,10 @@ def create_load_balancer(snapshot: ClusterSnapshot, active_requests: ActiveReque
                                         snapshot.config.least_request_choice_count)
     if policy == "RANDOM":
         return RandomLoadBalancer(hosts, rand)
+    hashing = snapshot.config.hashing
+    if policy == "RING_HASH":
+        return RingHashLoadBalancer(hosts, rand, hashing.minimum_ring_size, hashing.maximum_ring_size,
+                                    hashing.use_hostname_for_hashing)
+    if policy == "MAGLEV":
+        return MaglevLoadBalancer(hosts, rand, hashing.table_size, hashing.use_hostname_for_hashing)
     raise ValueError(f"unsupported lb_policy {policy!r}")  # config parsing refuses it first

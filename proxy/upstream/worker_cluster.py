@@ -131,6 +131,7 @@ class WorkerCluster:
         self.limits = snapshot.limits
         self.high_limits = snapshot.high_limits
         self.panic = snapshot.panic
+        self.hc_report = snapshot.hc_report   # None unless the cluster is health checked
         self.buffer_limit = snapshot.config.per_connection_buffer_limit_bytes
         # Built once on main (raw_buffer's is a singleton, TLS's holds its contexts), bound here
         # to this worker's cluster.<name>.ssl.* stats and upstream TLS sessions.
@@ -142,6 +143,9 @@ class WorkerCluster:
         # choose_host(): a host from the load balancer; in panic (see host.lb_hosts) each pick
         # is counted, as Envoy does. Bound per snapshot: no wrapper frame per request.
         self.choose_host = self._choose_in_panic if self.panic else self.lb.choose
+        # choose_host_by_hash(h): a RING_HASH/MAGLEV balancer's pick for a route's hash; any
+        # other balancer ignores the hash (as Envoy's do).
+        self.choose_host_by_hash = getattr(self.lb, "choose_hash", None) or (lambda h: self.choose_host())
         keep = {h.key for h in snapshot.hosts}
         for pools in (self.pools, self.high_pools):
             for key in [k for k in pools if k.host not in keep or k.transport != tf.key

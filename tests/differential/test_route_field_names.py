@@ -38,10 +38,14 @@ def _route_config() -> dict[str, Any]:
                    "upgrade_configs": [{"upgrade_type": "websocket"}],
                    "max_stream_duration": {"max_stream_duration": "1s"},
                    "request_mirror_policies": [{"cluster": "c"}],
+                   "hash_policy": [{"header": {"header_name": "x"}}, {"cookie": {"name": "c"}},
+                                   {"connection_properties": {"source_ip": True}},
+                                   {"query_parameter": {"name": "q"}}],
                    "retry_policy": {"retry_back_off": {"base_interval": "0.1s"},
                                     "rate_limited_retry_back_off": {
                                         "reset_headers": [{"name": "retry-after"}]}}},
          "request_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
+         "decorator": {"operation": "op"}, "tracing": {},
          "typed_per_filter_config": {"envoy.filters.http.router": {"@type": _FILTER_CONFIG,
                                                                     "disabled": False}}},
         {"match": {"prefix": "/", "headers": [{"name": "y", "range_match": {"start": 1, "end": 2}}],
@@ -88,9 +92,20 @@ _AT: dict[str, Callable[[dict], dict]] = {
         lambda rc: _route(0)(rc)["route"]["max_stream_duration"],
     "envoy.config.route.v3.RouteAction.RequestMirrorPolicy":
         lambda rc: _route(0)(rc)["route"]["request_mirror_policies"][0],
+    "envoy.config.route.v3.RouteAction.HashPolicy": lambda rc: _route(0)(rc)["route"]["hash_policy"][0],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header":
+        lambda rc: _route(0)(rc)["route"]["hash_policy"][0]["header"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie":
+        lambda rc: _route(0)(rc)["route"]["hash_policy"][1]["cookie"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties":
+        lambda rc: _route(0)(rc)["route"]["hash_policy"][2]["connection_properties"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter":
+        lambda rc: _route(0)(rc)["route"]["hash_policy"][3]["query_parameter"],
     "envoy.config.core.v3.HeaderValueOption (route)": lambda rc: _route(0)(rc)["request_headers_to_add"][0],
     "envoy.config.core.v3.HeaderValue (route)":
         lambda rc: _route(0)(rc)["request_headers_to_add"][0]["header"],
+    "envoy.config.route.v3.Decorator": lambda rc: _route(0)(rc)["decorator"],
+    "envoy.config.route.v3.Tracing": lambda rc: _route(0)(rc)["tracing"],
     "envoy.config.route.v3.FilterConfig":
         lambda rc: _route(0)(rc)["typed_per_filter_config"]["envoy.filters.http.router"],
     "envoy.type.v3.Int64Range (range_match)": lambda rc: _route(1)(rc)["match"]["headers"][0]["range_match"],

@@ -84,6 +84,12 @@ class _EchoHandler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk[:k])
                 left -= k
             return
+        if path == "/immediate-hc-fail":   # what a host says to take itself out of rotation
+            self.send_response(200)
+            self.send_header("x-envoy-immediate-health-check-fail", "true")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         if path == "/close":
             self.send_response(200)
             self.send_header("connection", "close")

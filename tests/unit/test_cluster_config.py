@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.config.reader import ConfigError
+from proxy.upstream.health_check_config import EndpointHealthCheck
 from proxy.upstream.cluster_config import (
     ClusterConfig, EndpointConfig, Thresholds, parse_cluster, parse_clusters,
 )
@@ -68,7 +69,7 @@ def test_front_proxy_style_cluster_parses_endpoints_weights_and_hostnames():
     assert cfg.connect_timeout == 0.25
     assert cfg.endpoints == (
         EndpointConfig("10.0.0.1", 80, 3, "", "HEALTHY"),
-        EndpointConfig("::1", 81, 1, "web", "UNKNOWN"),
+        EndpointConfig("::1", 81, 1, "web", "UNKNOWN", EndpointHealthCheck(port=9)),
     )
 
 
@@ -169,10 +170,10 @@ def test_eds_cluster_needs_a_file_eds_config_and_no_load_assignment():
     assert "eds_cluster_config" in error(cluster(type="EDS", eds_cluster_config=good["eds_cluster_config"]))
 
 
-def test_unknown_lb_policy_value_is_refused_and_ring_hash_is_unsupported():
+def test_unknown_lb_policy_value_is_refused_and_original_dst_is_unsupported():
     assert error(cluster(lb_policy="ROUND_ROBN")).startswith(
         f'{P}.lb_policy: unknown value "ROUND_ROBN" (did you mean "ROUND_ROBIN"?)')
-    assert "not supported" in error(cluster(lb_policy="RING_HASH"))
+    assert "not supported" in error(cluster(lb_policy="ORIGINAL_DST_LB"))
 
 
 def test_static_endpoint_must_be_an_ip_literal():
@@ -185,7 +186,7 @@ def test_static_endpoint_must_be_an_ip_literal():
 
 @pytest.mark.parametrize("field,expected", [
     ("transport_socket_matches", "not supported yet (one transport_socket per cluster)"),
-    ("health_checks", "not supported yet (active health checks)"),
+    ("upstream_bind_config", "not supported yet"),
     ("outlier_detection", "not supported yet"),
 ])
 def test_unsupported_envoy_fields_are_refused_by_name(field, expected):
@@ -358,3 +359,25 @@ def test_healthy_panic_threshold_parsed_and_bounded():
                                           r'field "valu" \(did you mean "value"\?\)'):
         parse_cluster(cluster(load_assignment=eps, common_lb_config={
             "healthy_panic_threshold": {"valu": 5}}), P)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ({"lb_policy": "RING_HASH", "ring_hash_lb_config": {"hash_function": "MURMUR_HASH_2"}},
+     "ring_hash_lb_config.hash_function: not supported yet"),
+    ({"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 10, "maximum_ring_size": 5}},
+     "ring hash: minimum_ring_size (10) > maximum_ring_size (5)"),
+    ({"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 65536}},
+     "maglev_lb_config.table_size: The table size of maglev must be prime number"),
+    ({"lb_policy": "MAGLEV", "common_lb_config": {"consistent_hashing_lb_config": {"hash_balance_factor": 150}}},
+     "consistent_hashing_lb_config.hash_balance_factor: not supported yet"),
+])
+def test_hashing_lb_config_refusals_name_the_field(extra, expected):
+    assert expected in error(cluster(**extra))
+
+
+def test_hashing_lb_config_is_read():
+    from proxy.upstream.cluster_config import parse_cluster
+    c = parse_cluster(cluster(lb_policy="RING_HASH", ring_hash_lb_config={"minimum_ring_size": 64},
+                              common_lb_config={"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}), P)
+    assert (c.hashing.minimum_ring_size, c.hashing.use_hostname_for_hashing) == (64, True)
+    assert parse_cluster(cluster(lb_policy="ROUND_ROBIN"), P).hashing is None

@@ -198,7 +198,7 @@ def test_known_options_without_runtime_support_are_refused_unless_default():
 
 
 def test_unsupported_known_field_vs_typo():
-    assert _err(parse_hcm, _hcm(tracing={"random_sampling": {"value": 1}})) == "hcm.tracing: not supported yet"
+    assert _err(parse_hcm, _hcm(scoped_routes={"name": "x"})) == "hcm.scoped_routes: not supported yet"
     assert _err(parse_hcm, _hcm(stat_prefx="x")).startswith(
         'hcm: unknown field "stat_prefx" (did you mean "stat_prefix"?)')
 

@@ -342,7 +342,7 @@ def test_parse_reports_every_independent_error():
     # a connection comes, as in Envoy: listeners[1] is fine).
     paths = [e.split(": ")[0] for e in errors(_many_errors())]
     assert sorted(paths) == sorted([
-        "stats_flush_interval", f"{C0}.health_checks", f"{C0}.connect_timeout",
+        "stats_flush_interval", f"{C0}.health_checks[0].timeout", f"{C0}.connect_timeout",
         "static_resources.clusters[1]", f"{L0}.drain_type"])
 
 

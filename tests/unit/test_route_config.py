@@ -167,8 +167,8 @@ def test_route_needs_exactly_one_action():
      "route_config.virtual_hosts[0].hedge_policy"),
     ("action", "retry_policy", {"retry_on": "5xx", "retry_priority": {"name": "x"}},
      "route_config.virtual_hosts[0].routes[0].route.retry_policy.retry_priority"),
-    ("action", "hash_policy", [{"header": {"header_name": "x"}}],
-     "route_config.virtual_hosts[0].routes[0].route.hash_policy"),
+    ("action", "hash_policy", [{"filter_state": {"key": "x"}}],
+     "route_config.virtual_hosts[0].routes[0].route.hash_policy[0].filter_state"),
     ("match", "runtime_fraction", {}, "route_config.virtual_hosts[0].routes[0].match.runtime_fraction"),
 ])
 def test_unsupported_fields_are_refused_by_name(where, field, value, expected_path):
@@ -395,3 +395,25 @@ def test_shadow_authority_inserts_the_suffix_before_a_port():
     assert shadow_authority(b"example.com") == b"example.com-shadow"
     assert shadow_authority(b"example.com:8080") == b"example.com-shadow:8080"
     assert shadow_authority(b"[::1]:80") == b"[::1]-shadow:80"
+
+
+def test_hash_policy_rules_as_envoys():
+    """Rotate-and-XOR of each found input, a terminal policy that hashed ends the list, a
+    header's values sorted and chained; a cookie, a query parameter, the source IP."""
+    from proxy.http.headers import Headers, RequestHead
+    from proxy.router.hash_policy import HashPolicy, request_hash
+    from proxy.upstream.hashing_lb import xxhash64
+    head = RequestHead(b"GET", b"/p?id=7&x=1", b"h.test", b"http", Headers([
+        (b"x-user", b"bob"), (b"x-team", b"b"), (b"x-team", b"a"), (b"cookie", b"k=v; session=\"s1\"")]))
+    user, team = HashPolicy("header", "x-user"), HashPolicy("header", "x-team")
+    hu = xxhash64(b"bob")
+    assert request_hash((user,), head, "", xxhash64) == hu
+    assert request_hash((team,), head, "", xxhash64) == xxhash64(b"b", xxhash64(b"a"))
+    rot = ((hu << 1) | (hu >> 63)) & ((1 << 64) - 1)
+    assert request_hash((user, team), head, "", xxhash64) == rot ^ xxhash64(b"b", xxhash64(b"a"))
+    assert request_hash((HashPolicy("header", "x-user", terminal=True), team), head, "", xxhash64) == hu
+    assert request_hash((HashPolicy("header", "x-none", terminal=True), user), head, "", xxhash64) == hu
+    assert request_hash((HashPolicy("cookie", "session"),), head, "", xxhash64) == xxhash64(b"s1")
+    assert request_hash((HashPolicy("query_parameter", "id"),), head, "", xxhash64) == xxhash64(b"7")
+    assert request_hash((HashPolicy("source_ip"),), head, "10.0.0.1", xxhash64) == xxhash64(b"10.0.0.1")
+    assert request_hash((HashPolicy("header", "x-none"),), head, "", xxhash64) is None

@@ -479,3 +479,19 @@ def test_lds_listener_with_rds_and_no_request_lost_while_routes_change(tmp_path,
     finally:
         client.stop()
     assert client.failures == [] and client.ok > 20 and client.servers == {"service1", "service2"}
+
+
+def test_cds_cluster_is_health_checked_and_its_checks_stop_when_removed(tmp_path, upstreams, proxy_factory):
+    s1, _ = upstreams
+    cds = tmp_path / "cds.yaml"
+    hc = {"timeout": "0.3s", "interval": "0.1s", "no_traffic_interval": "0.1s", "unhealthy_threshold": 2,
+          "healthy_threshold": 2, "http_health_check": {"path": "/hc"}}
+    move_onto(cds, cds_doc(static_cluster("dyn", s1.port, health_checks=[hc])))
+    p = proxy_factory(cds_bootstrap(cds))
+    assert p.wait_for(lambda: p.counters().get("cluster.dyn.health_check.success", 0) >= 2, 5)
+    assert served_by(p) == "service1"
+    move_onto(cds, cds_doc(version="v2"))
+    assert p.wait_for(lambda: p.counters().get("cluster_manager.cluster_removed") == 1, 5)
+    checks = len([r for r in s1.requests if r[1] == "/hc"])
+    time.sleep(0.5)  # five intervals: proving no more checks come
+    assert len([r for r in s1.requests if r[1] == "/hc"]) == checks

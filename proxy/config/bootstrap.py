@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access_log.config import parse_access_logs
+from proxy.config.dynamic_resources import (DynamicResources, check_file_sources_need_node,
+                                             parse_dynamic_resources)
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
@@ -30,7 +32,7 @@ from proxy.tls.config import parse_secret
 from proxy.tls.secrets import SecretScope, SecretSource, parse_static_secrets, secret_scope
 from proxy.upstream.cluster_config import parse_cluster
 
-__all__ = ["Bootstrap", "NodeConfig", "AdminConfig", "parse_bootstrap"]
+__all__ = ["Bootstrap", "NodeConfig", "AdminConfig", "DynamicResources", "parse_bootstrap"]
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
@@ -58,6 +60,7 @@ class Bootstrap:
     global_downstream_max_connections: int | None = None
     # envoy.resource_limits.listener.<listener name>.connection_limit, by listener name.
     listener_connection_limits: Mapping[str, int] = field(default_factory=dict)
+    dynamic_resources: DynamicResources = DynamicResources()
     raw: Mapping[str, Any] | None = None   # deep copy of the input, for /config_dump
     # What the operator should hear about a config that loads (e.g. one that serves nothing).
     warnings: tuple[str, ...] = ()
@@ -81,7 +84,7 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
              "envoy.resource_limits.listener.<name>.connection_limit; others refused"),
     used("overload_manager", attr="", why="only without monitors or actions: its own table"),
     refused("enable_dispatcher_stats", default=False, only_default=True),
-    refused("dynamic_resources", "xDS"),
+    used("dynamic_resources", why="lds_config and cds_config from files: its own table"),
     *(refused(name) for name in (
         "node_context_params", "cluster_manager", "hds_config", "flags_path",
         "deferred_stat_options", "stats_config", "stats_flush_on_admin", "watchdog", "watchdogs",
@@ -164,15 +167,18 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     node = errors.run(_parse_node, f)
     admin = errors.run(_parse_admin, f)
     resources = errors.run(_parse_static_resources, f, errors, node)
+    dynamic = errors.run(parse_dynamic_resources, f, node)
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
-        errors.run(_check_route_clusters, listeners, paths, cluster_names)
+        errors.run(check_route_clusters, listeners, paths, cluster_names)
         if limits is not MISSING:
             extra_warnings = [f"runtime key envoy.resource_limits.listener.{name}.connection_limit "
                               f"names no listener: it limits nothing (as in Envoy)"
                               for name in limits[1] if name not in {lc.name for lc in listeners}]
         if admin is not MISSING:
             errors.run(_check_admin_port, admin, listeners, paths)
+        if node is not MISSING and not (node.id and node.cluster):
+            errors.run(check_file_sources_need_node, listeners, paths, clusters)
     errors.raise_if_any()
     global_limit, listener_limits = limits
     return Bootstrap(
@@ -182,10 +188,11 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         clusters=clusters,
         stats_flush_interval=interval,
         stats_sinks=sinks,
+        dynamic_resources=dynamic,
         global_downstream_max_connections=global_limit,
         listener_connection_limits=listener_limits,
         raw=copy.deepcopy(dict(raw)),
-        warnings=_warnings(listeners) + tuple(extra_warnings),
+        warnings=(_warnings(listeners) if dynamic.lds_config is None else ()) + tuple(extra_warnings),
     )
 
 
@@ -370,7 +377,7 @@ def _parse_listeners_and_clusters(s: Fields, errors: ErrorCollector
     return tuple(listeners), tuple(clusters), set(cluster_seen), tuple(paths)
 
 
-def _overlap(a: str, b: str) -> bool:
+def overlaps(a: str, b: str) -> bool:
     """Two listen addresses on one port conflict: the same address, or a wildcard (0.0.0.0 or
     ::, which on Linux also takes IPv4) with any address it covers."""
     if a == b:
@@ -390,7 +397,7 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
         return
     errors = ErrorCollector()
     for lis, path in zip(listeners, paths):
-        if lis.port == admin.port and _overlap(lis.address, admin.address):
+        if lis.port == admin.port and overlaps(lis.address, admin.address):
             errors.add(ConfigError(
                 join(path, "address"),
                 f"{address_string(lis.address, lis.port)} is also the admin's address "
@@ -401,8 +408,8 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
 # -- inline routes must name defined clusters (Envoy: validate_clusters defaults to true for
 #    a route_config given inline); so must a tracer's collector_cluster ------------------------
 
-def _check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
-                          clusters: set[str]) -> None:
+def check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
+                         clusters: set[str], where: str = "static_resources.clusters") -> None:
     errors = ErrorCollector()
     for lis, lpath in zip(listeners, paths):
         for ci, chain in enumerate(lis.filter_chains):
@@ -428,7 +435,7 @@ def _check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[st
                 for name, path in _route_cluster_refs(route_config, rpath):
                     if name not in clusters:
                         errors.add(ConfigError(path, f'unknown cluster "{name}" (no cluster of '
-                                                     "that name in static_resources.clusters)"))
+                                                     f"that name in {where})"))
     errors.raise_if_any()
 
 

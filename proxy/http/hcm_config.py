@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from proxy.access_log.config import parse_access_logs
+from proxy.config.config_source import ConfigSourceConfig, parse_config_source
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
@@ -26,7 +27,7 @@ from proxy.tracing.config import parse_tracing
 
 from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
 
-__all__ = ["HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
+__all__ = ["RdsConfig", "HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]
 
 HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
@@ -80,6 +81,13 @@ class Http2Config:
 
 
 @dataclass(frozen=True, slots=True)
+class RdsConfig:
+    """HCM `rds`: the route table comes from `config_source` (a file), named `route_config_name`."""
+    config_source: ConfigSourceConfig
+    route_config_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class HcmConfig:
     stat_prefix: str
     route_config: Any                      # proxy.router.config.RouteConfiguration
@@ -115,6 +123,8 @@ class HcmConfig:
     # client certificate, in Envoy's order ("cert", "chain", "subject", "uri", "dns").
     forward_client_cert_details: str = "SANITIZE"
     set_current_client_cert_details: tuple[str, ...] = ()
+    # rds: the route table is RDS's (route_config is then an empty table until it arrives).
+    rds: RdsConfig | None = None
     tracing: Any = None                    # proxy.tracing.config.TracingConfig, or None
     raw: Mapping[str, Any] | None = None   # the typed_config body as written (config_dump)
 
@@ -167,7 +177,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     used("tracing"),
     refused("stream_error_on_invalid_http_message", _ONLY_DEFAULT, default=False, only_default=True),
     refused("append_x_forwarded_port", _ONLY_DEFAULT, default=False, only_default=True),
-    refused("rds", "xDS: use an inline route_config"),
+    used("rds", why="from a file (path_config_source): its own table; a control plane is refused"),
     *(refused(name) for name in (
         "scoped_routes", "http3_protocol_options",
         "http1_safe_max_connection_duration", "scheme_header_transformation",
@@ -251,9 +261,11 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
     codec = f.enum("codec_type", _CODECS, "AUTO")
     if codec == "HTTP3":
         raise ConfigError(f.at("codec_type"), "HTTP3 is not supported yet (use AUTO, HTTP1 or HTTP2)")
-    if not f.has("route_config"):
+    which = f.oneof("route_config", "rds", "scoped_routes")
+    if which is None:
         raise ConfigError(path, "one of route_config or rds is required")
-    route_config = parse_route_configuration(f.raw_obj("route_config"), f.at("route_config"))
+    rds = _parse_rds(f) if which == "rds" else None
+    route_config = parse_route_configuration(f.raw_obj("route_config") or {}, f.at("route_config"))
     kwargs: dict[str, Any] = {}
     _parse_common_options(f, kwargs)
     _refuse_non_defaults(f)
@@ -284,10 +296,27 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         http2_protocol_options=_parse_http2(f),
         forward_client_cert_details=f.enum("forward_client_cert_details", _XFCC, "SANITIZE"),
         set_current_client_cert_details=_parse_client_cert_details(f),
+        rds=rds,
         tracing=parse_tracing(f.raw_obj("tracing"), f.at("tracing")) if f.has("tracing") else None,
         raw=raw,
         **kwargs,
     )
+
+
+RDS = Message("envoy.extensions.filters.network.http_connection_manager.v3.Rds", model=RdsConfig,
+              fields=(
+    used("config_source", why="a file source (ConfigSource); a control plane is refused"),
+    used("route_config_name", why="the RouteConfiguration's name the file must hold"),
+))
+
+
+def _parse_rds(f: Fields) -> RdsConfig:
+    r = RDS.read(f.value("rds"), f.at("rds"))
+    source = parse_config_source(r.value("config_source", required=True), r.at("config_source"))
+    name = r.str("route_config_name", required=True)
+    if not name:
+        raise ConfigError(r.at("route_config_name"), "must not be empty")
+    return RdsConfig(source, name)
 
 
 def _refuse_non_defaults(f: Fields) -> None:

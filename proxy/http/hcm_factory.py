@@ -59,7 +59,9 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
 
 class HcmFactory:
     def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None,
-                 node=None, tracing=None) -> None:
+                 node=None, tracing=None, rds=None) -> None:
+        """`rds`: the RDS provider (proxy/xds/rds.py) of an HCM with `rds`: its current table
+        now, newer ones posted to each worker's contexts (Worker.set_route_table)."""
         self.config = config
         self.tracing = tracing  # proxy.tracing.tracer.HcmTracing when the HCM traces
         # add_user_agent: the node's cluster (user-agent when the request has none, and
@@ -70,12 +72,15 @@ class HcmFactory:
                                (getattr(node, "id", "") or "").encode())
         self.codec_impl = codec_impl
         self.listener_stat_prefix = listener_stat_prefix  # for listener.<prefix>.http.<hcm>.*
-        self.route_table = RouteTable(config.route_config)
+        self.route_table = rds.table if rds is not None else RouteTable(config.route_config)
+        self.rds_key = rds.key if rds is not None else None
         self.access_loggers = tuple(a.create() for a in config.access_logs)
-        # The HTTP filter chain: each filter's extension makes its runtime factory.
+        # The HTTP filter chain: each filter's extension makes its runtime factory. With RDS
+        # any filter may be switched by a later route table: each is looked up per route.
         switchable = config.route_config.filters_switched_per_route
         self.filter_factories = tuple(
-            (f.extension.factory(f.config, f.name), f.disabled, f.disabled or f.name in switchable)
+            (f.extension.factory(f.config, f.name), f.disabled,
+             f.disabled or f.name in switchable or rds is not None)
             for f in config.http_filters)
         self.upgrades = frozenset(u.upgrade_type for u in config.upgrade_configs if u.enabled)
         self.server_name = config.server_name.encode()
@@ -112,7 +117,7 @@ class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
                  "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
-                 "response_fields", "codec_factory", "worker", "stats", "tracer")
+                 "response_fields", "codec_factory", "worker", "stats", "tracer", "__weakref__")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config
@@ -138,6 +143,8 @@ class HcmContext:
         # (per-worker factory, disabled by default, may a route switch it on or off)
         self.filter_factories = tuple((f.for_worker(self), disabled, switchable)
                                       for f, disabled, switchable in factory.filter_factories)
+        if factory.rds_key is not None:  # RDS: this worker swaps route_table on updates
+            worker.register_rds_context(factory.rds_key, self)
 
     def route_upgrade_allowed(self, action, upgrade: bytes) -> bool:
         """Envoy: a route's upgrade_configs override the HCM's; an upgrade neither enables

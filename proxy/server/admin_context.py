@@ -16,6 +16,7 @@ from .. import __version__
 from ..admin.certs import context_certificates, redact_config
 from ..hotrestart.messages import HOT_RESTART_VERSION
 from ..upstream.host import health_flags
+from .xds_dump import xds_config_dump
 
 __all__ = ["ServerAdminContext"]
 
@@ -39,7 +40,9 @@ class ServerAdminContext:
                 hosts.append({"address": h.address, "port": h.port, "weight": h.weight,
                               "hostname": h.hostname, "health_flags": health_flags(h),
                               "stats": self._host_stats(name, h)})
+            state = cm.states().get(name)
             out.append({"name": name, "hosts": hosts,
+                        "added_via_api": bool(state is not None and state.added_via_api),
                         "circuit_breakers": {"thresholds": [{
                             "priority": prio, "max_connections": t.max_connections,
                             "max_pending_requests": t.max_pending_requests,
@@ -67,12 +70,13 @@ class ServerAdminContext:
         return out
 
     def config_dump(self) -> dict:
+        """Envoy's order: bootstrap, clusters, listeners, (scoped routes), routes."""
         b = self.server.bootstrap
         return {"configs": [{
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
             # Envoy redacts its sensitive fields (private keys, passwords...) in every dump.
             "bootstrap": redact_config(copy.deepcopy(b.raw)) if b.raw is not None else {},
-        }]}
+        }, *xds_config_dump(self.server)]}
 
     def certificates(self) -> list[dict]:
         """/certs: each TLS context's certificates, listener filter chains first, then clusters."""
@@ -91,8 +95,9 @@ class ServerAdminContext:
         return out
 
     def listeners(self) -> list[dict]:
+        # A copy first: LDS changes the dict on the main thread.
         return [{"name": name, "address": f"{host}:{port}"}
-                for name, (host, port) in self.server.listener_addresses.items()]
+                for name, (host, port) in list(self.server.listener_addresses.items())]
 
     def server_info(self) -> dict:
         s = self.server

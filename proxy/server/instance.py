@@ -3,6 +3,9 @@
 Main thread owns: the bootstrap, the cluster manager (DNS), stats merging, signals and the
 lifecycle; the admin server answers on its own thread ("admin") and only reads immutable
 snapshots or merged stats. Workers get listen sockets and cluster snapshots via `post()`.
+xDS (files so far, proxy/xds/): CDS and EDS feed the cluster manager, LDS goes through
+dynamic_listeners.py, RDS tables are posted to the workers' HCM contexts; the subscriptions
+are polled on the main thread's one-second tick.
 
 Lifecycle: INITIALIZING -> LIVE -> DRAINING (SIGTERM/SIGINT or /quitquitquit: stop accepting,
 finish in-flight requests, bounded by drain_time) -> exit 0.
@@ -41,6 +44,13 @@ from ..threads.server_health import ServerHealth
 from ..tracing.exporter import Exporters, LocalInfo
 from ..tracing.tracer import HcmTracing
 from ..upstream.cluster_manager import ClusterManager
+from ..xds.cds import CdsApplier
+from ..xds.lds import LdsApplier
+from ..xds.rds import RouteConfigProvider
+from ..router.table import RouteTable
+from ..xds.subscription import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from .dynamic_listeners import DynamicListeners
+from ..xds.xds_manager import XdsManager
 from .admin_context import ServerAdminContext
 
 __all__ = ["Server", "ServerOptions", "gil_enabled"]
@@ -93,6 +103,11 @@ class Server:
         self.health = ServerHealth(getattr(getattr(bootstrap, "node", None), "cluster", "") or "")
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
+        self.xds = XdsManager(self.main_store)   # xDS subscriptions (main thread)
+        self.cds = None                          # the CDS subscription's handle, if any
+        self.lds = None                          # the LDS subscription's handle, if any
+        self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
+        self.rds_providers: dict = {}            # RDS route tables, by (source, name)
         self.stats_sinks: list = []
         self.span_exporters: Exporters | None = None  # HTTP tracing's span export (main)
         self._flush_timer = None
@@ -100,6 +115,8 @@ class Server:
         self._exit_code = 0
         self._ready = threading.Event()
         self._drain_started = False
+        self._global_limit = None
+        self._listener_limits: dict = {}  # name -> (SharedCount, limit) or None (main thread)
 
     @property
     def healthcheck_failed(self) -> bool:
@@ -212,25 +229,20 @@ class Server:
         for w in self.workers:
             w.server_health = self.health   # read by the health_check HTTP filter
         self.cluster_manager = ClusterManager(self.bootstrap.clusters, self._publish_clusters,
-                                              stats=self.main_store, dispatcher=self.main)
+                                              stats=self.main_store, dispatcher=self.main,
+                                              eds_subscribe=self.xds.subscribe_eds)
         self.cluster_manager.initialize()
         self.span_exporters.start(self.cluster_manager.snapshots)
+        dynamic = self.bootstrap.dynamic_resources
+        if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
+            self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
+                                          CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
+        self._global_limit = global_limit
         for lc in self.bootstrap.listeners:
-            socks = self.listen_sockets[lc.name]
-            own = self.bootstrap.listener_connection_limits.get(lc.name)
-            own_limit = (SharedCount(), own) if own is not None else None
-            if not lc.enable_reuse_port:
-                # One shared socket registered in every worker.
-                for w in self.workers:
-                    w.post(lambda w=w, lc=lc, sock=socks[0], own_limit=own_limit: w.add_listener(
-                        lc, sock, factories[lc.name], True, global_limit, own_limit))
-                continue
-            # One socket per worker; sockets inherited beyond that are spread over the workers
-            # too, so no accept queue is left unserved.
-            for i, sock in enumerate(socks):
-                w = self.workers[i % len(self.workers)]
-                w.post(lambda w=w, lc=lc, sock=sock, own_limit=own_limit: w.add_listener(
-                    lc, sock, factories[lc.name], False, global_limit, own_limit))
+            self._post_listener(lc, self.listen_sockets[lc.name], factories[lc.name])
+        if dynamic.lds_config is not None:  # after CDS (and static listeners), as Envoy
+            self.lds = self.xds.subscribe(dynamic.lds_config, LISTENER_TYPE,
+                                          LdsApplier(DynamicListeners(self)), "listener_manager.lds", "lds")
         if self.hr_child is not None:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
@@ -319,7 +331,7 @@ class Server:
 
     # ParentSide (messages.ParentLogic), main thread:
     def listen_fds(self, address: str) -> list[int]:
-        for lc in self.bootstrap.listeners:
+        for lc in [*self.bootstrap.listeners, *(e.config for e in self.lds_listeners.values())]:
             if f"{lc.address}:{lc.port}" == address and lc.name in self.listen_sockets:
                 return [s.fileno() for s in self.listen_sockets[lc.name] if s.fileno() >= 0]
         return []
@@ -357,17 +369,40 @@ class Server:
     def _build_filter_factories(self) -> dict[str, ListenerFactory]:
         """Per listener (main thread, once): its listener filters' factories, each filter
         chain's factory (the default chain last) and the immutable match tree over them."""
-        out: dict[str, ListenerFactory] = {}
-        for lc in self.bootstrap.listeners:
-            chains = list(lc.filter_chains)
-            matcher = FilterChainMatcher([c.filter_chain_match for c in chains],
-                                         lc.default_filter_chain is not None)
-            if lc.default_filter_chain is not None:
-                chains.append(lc.default_filter_chain)
-            out[lc.name] = ListenerFactory(
-                tuple(lf.extension.factory(lf.config, lf.name) for lf in lc.listener_filters),
-                matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains))
-        return out
+        return {lc.name: self.listener_factory(lc) for lc in self.bootstrap.listeners}
+
+    def listener_factory(self, lc) -> ListenerFactory:
+        """One listener's ListenerFactory (main thread; also for LDS listeners)."""
+        chains = list(lc.filter_chains)
+        matcher = FilterChainMatcher([c.filter_chain_match for c in chains],
+                                     lc.default_filter_chain is not None)
+        if lc.default_filter_chain is not None:
+            chains.append(lc.default_filter_chain)
+        return ListenerFactory(
+            tuple(lf.extension.factory(lf.config, lf.name) for lf in lc.listener_filters),
+            matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains))
+
+    def _post_listener(self, lc, socks: list, factory: ListenerFactory) -> None:
+        """Hand a listener's sockets to the workers (main thread; static and LDS listeners)."""
+        for w, sock, shared in self.listener_placement(lc, socks):
+            w.post(lambda w=w, sock=sock, shared=shared: w.add_listener(
+                lc, sock, factory, shared, self._global_limit, self._listener_limit(lc.name)))
+
+    def listener_placement(self, lc, socks: list) -> list:
+        """(worker, socket, shared) for each ActiveListener a listener gets: without
+        reuse_port one shared socket registered in every worker; with it one socket per
+        worker (sockets inherited beyond that are spread over the workers too, so no accept
+        queue is left unserved)."""
+        if not lc.enable_reuse_port:
+            return [(w, socks[0], True) for w in self.workers]
+        return [(self.workers[i % len(self.workers)], sock, False) for i, sock in enumerate(socks)]
+
+    def _listener_limit(self, name: str):
+        limits = self._listener_limits
+        if name not in limits:
+            own = self.bootstrap.listener_connection_limits.get(name)
+            limits[name] = (SharedCount(), own) if own is not None else None
+        return limits[name]
 
     def _chain_factory(self, lc, chain):
         terminal = chain.filters[-1].config
@@ -378,8 +413,9 @@ class Server:
                 tracing = HcmTracing(terminal.tracing,
                                      self.span_exporters.exporter_for(terminal.tracing.provider),
                                      lc.traffic_direction == "OUTBOUND", router.start_child_span)
+            rds = self._rds_provider(terminal) if terminal.rds is not None else None
             factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node,
-                                 tracing)
+                                 tracing, rds)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal)
         else:  # config parsing only admits the two terminal filters above
@@ -389,6 +425,25 @@ class Server:
             factory = NetworkFilterChainFactory(
                 tuple(nf.extension.factory(nf.config, nf.name) for nf in before), factory)
         return factory
+
+    def _rds_provider(self, hcm: HcmConfig) -> RouteConfigProvider:
+        """The route table provider of an HCM with `rds`, shared by the HCMs naming the same
+        source, route configuration and stat prefix; subscribed (the file read) when made."""
+        rds = hcm.rds
+        key = (rds.config_source, rds.route_config_name, hcm.stat_prefix)
+        provider = self.rds_providers.get(key)
+        if provider is None:
+            prefix = f"http.{hcm.stat_prefix}.rds.{rds.route_config_name}"
+            provider = RouteConfigProvider(key, rds.route_config_name, RouteTable(hcm.route_config),
+                                           self.main_store, prefix, self._publish_route_table)
+            self.rds_providers[key] = provider
+            provider.subscription = self.xds.subscribe(rds.config_source, ROUTE_TYPE, provider, prefix,
+                                                       f"rds {rds.route_config_name}")
+        return provider
+
+    def _publish_route_table(self, key: tuple, table) -> None:
+        for w in self.workers:
+            w.post(lambda w=w: w.set_route_table(key, table))
 
     def _local_info(self) -> LocalInfo:
         """What tracing reports of this process, as Envoy's local_info: the node and this
@@ -419,6 +474,8 @@ class Server:
                 self.hr_child.poll_stats()
             if self.secret_watcher is not None:
                 self.secret_watcher.poll()
+            if self.xds is not None:
+                self.xds.poll()
             self._update_uptime()
         finally:
             self._tick_timer.enable(1.0)
@@ -439,6 +496,8 @@ class Server:
 
     def _teardown(self) -> None:
         self.stop_admin()
+        if self.xds is not None:
+            self.xds.stop()
         if self.span_exporters is not None:
             self.span_exporters.close()
         if self.cluster_manager is not None:

@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 
 from ..network.listener import ActiveListener
@@ -36,6 +37,9 @@ class Worker:
         self.dispatcher = Dispatcher(self.name, self.unhandled_exceptions.inc)
         self.codec_impl = codec_impl
         self.clusters: dict[str, WorkerCluster] = {}
+        # RDS: the HCM contexts (weakly: a removed listener's go with it) whose route table
+        # each RDS provider's key updates.
+        self.rds_contexts: dict[tuple, weakref.WeakSet] = {}
         self.listeners: list[ActiveListener] = []
         self.connections: set = set()
         self.draining = False
@@ -138,8 +142,22 @@ class Worker:
             wc = self.clusters.get(name)
             if wc is None:
                 self.clusters[name] = WorkerCluster(self, snap)
+            elif wc.snapshot.config is not snap.config:
+                # CDS replaced the cluster: its old pools drain (requests on them finish),
+                # new requests get pools built from the new config.
+                wc.drain()
+                self.clusters[name] = WorkerCluster(self, snap)
             elif wc.snapshot is not snap:
                 wc.update(snap)
+
+    def register_rds_context(self, key: tuple, ctx) -> None:
+        self.rds_contexts.setdefault(key, weakref.WeakSet()).add(ctx)
+
+    def set_route_table(self, key: tuple, table) -> None:
+        """RDS posted a new route table: streams that start from now on route by it; a
+        stream already routed keeps its route (filter_manager caches it per stream)."""
+        for ctx in list(self.rds_contexts.get(key, ())):
+            ctx.route_table = table
 
     def add_listener(self, config, sock, filter_factory, shared: bool, global_limit=None,
                      listener_limit=None) -> None:
@@ -147,6 +165,21 @@ class Worker:
                             listener_limit)
         self.listeners.append(al)
         al.start()
+
+    def remove_listener(self, name: str, close_sockets: bool) -> None:
+        """LDS removed or replaced listener `name`: stop accepting on its sockets (closed
+        unless `close_sockets` is false: a replacement takes them over), and drain the
+        connections it accepted, as Envoy drains a listener's: they keep the config they
+        started with; HTTP ones answer their next request with `connection: close` (an idle
+        one closes after a short grace), tcp_proxy ones end on their own. None is reset."""
+        gone = [al for al in self.listeners if al.config.name == name]
+        for al in gone:
+            al.stop(close_sockets)
+            self.listeners.remove(al)
+        for conn in list(self.connections):
+            # Each connection's on_closed is its ActiveListener's bound method.
+            if getattr(getattr(conn, "on_closed", None), "__self__", None) in gone:
+                conn.start_drain(False)
 
     def stop_listeners(self, close_sockets: bool = True) -> None:
         for al in self.listeners:

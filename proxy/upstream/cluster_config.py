@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.config.config_source import ConfigSourceConfig, parse_config_source
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 from proxy.http.codec.keepalive_config import KeepaliveSettings, parse_keepalive
@@ -29,7 +30,7 @@ from .health_check_config import (EndpointHealthCheck, HealthCheckConfig, parse_
 
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
-    "HTTP_PROTOCOL_OPTIONS", "Http2Options",
+    "HTTP_PROTOCOL_OPTIONS", "Http2Options", "EdsClusterConfig", "parse_load_assignment",
 ]
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -37,7 +38,7 @@ _HTTP_PROTOCOL_OPTIONS_URL = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS
 
 # Envoy enum orders matter: proto enums may be written by number (reader maps index -> name).
 _TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
-_SUPPORTED_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
+_SUPPORTED_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
 _LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RING_HASH", "RANDOM", "ORIGINAL_DST_LB",
                 "MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG")
 _SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
@@ -96,6 +97,14 @@ class Http2Options:
 
 
 @dataclass(frozen=True, slots=True)
+class EdsClusterConfig:
+    """`Cluster.EdsClusterConfig`: the source of the cluster's endpoints and the name of its
+    ClusterLoadAssignment (`service_name`, else the cluster's name)."""
+    eds_config: ConfigSourceConfig
+    service_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class HashingConfig:
     """upstream/hashing_lb.py's parameters (Envoy's defaults)."""
     minimum_ring_size: int = 1024
@@ -142,6 +151,8 @@ class ClusterConfig:
     # at load on the main thread and shared by every worker. Compared by identity: a reload
     # builds a new one, and its pools start afresh.
     transport_socket: Any = field(default=RAW_BUFFER, compare=False)
+    # type EDS: where its ClusterLoadAssignment comes from (eds_cluster_config).
+    eds: EdsClusterConfig | None = None
     # The original config object, for /config_dump. Never mutate it.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -176,7 +187,7 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     used("health_checks", why="HTTP and TCP checkers: health_check_config.py"),
     refused("outlier_detection"),
     used("http2_protocol_options", attr="http2", why="deprecated spelling; its own table"),
-    refused("eds_cluster_config", "EDS clusters"),
+    used("eds_cluster_config", attr="eds", why="type EDS: its own table"),
     refused("cluster_type", "custom cluster types"),
     refused("alt_stat_name"),
     refused("upstream_http_protocol_options"),
@@ -209,9 +220,15 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     refused("connection_pool_per_downstream_connection"),
 ), model=ClusterConfig, bookkeeping=("raw",))
 
+EDS_CLUSTER_CONFIG = Message("envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+                             model=EdsClusterConfig, fields=(
+    used("eds_config", why="a file source (proxy/xds/file_source.py); a control plane is refused"),
+    used("service_name", why="the ClusterLoadAssignment's cluster_name (default: the cluster's name)"),
+))
+
 LOAD_ASSIGNMENT = Message("envoy.config.endpoint.v3.ClusterLoadAssignment", fields=(
-    inert("cluster_name", "a static cluster's endpoints are its own; only EDS (refused) "
-                          "matches it"),
+    used("cluster_name", attr="", why="EDS: must be the cluster's service_name (or name); a "
+                                       "static cluster's endpoints are its own"),
     used("endpoints", attr="endpoints"),
     used("policy", attr="", why="its own table: every policy field is refused"),
     refused("named_endpoints"),
@@ -452,6 +469,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     connect_timeout = errors.run(_connect_timeout, f)
     dns_refresh_rate = errors.run(_dns_refresh_rate, f)
     endpoints = errors.run(_endpoints, f, ctype)
+    eds = errors.run(_eds_cluster_config, f, ctype, name)
     cbs = errors.run(_circuit_breakers, f)
     options = errors.run(_protocol_options, f)
     choice = errors.run(_http2_choice, f)
@@ -492,6 +510,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         auto_config=auto,
         use_downstream_protocol=downstream,
         http2=http2,
+        eds=eds,
         raw=raw,
     )
 
@@ -535,6 +554,27 @@ def _dns_refresh_rate(f: Fields) -> float:
 
 # -- endpoints ---------------------------------------------------------------------------
 
+def _eds_cluster_config(f: Fields, ctype: str, name: Any) -> EdsClusterConfig | None:
+    if ctype != "EDS":
+        if f.has("eds_cluster_config"):
+            raise ConfigError(f.at("eds_cluster_config"), f"only for type EDS (the cluster is {ctype})")
+        return None
+    if not f.has("eds_cluster_config"):
+        raise ConfigError(f.at("eds_cluster_config"), "an EDS cluster needs eds_cluster_config.eds_config")
+    e = EDS_CLUSTER_CONFIG.read(f.value("eds_cluster_config"), f.at("eds_cluster_config"))
+    source = parse_config_source(e.value("eds_config", required=True), e.at("eds_config"))
+    service = e.str("service_name", "") or (name if isinstance(name, str) else "")
+    return EdsClusterConfig(source, service)
+
+
+def parse_load_assignment(raw: Any, path: str) -> tuple[str, tuple[EndpointConfig, ...]]:
+    """An EDS `ClusterLoadAssignment` at `path` -> (its cluster_name, its endpoints), validated
+    as a static cluster's load_assignment (addresses must be IPs)."""
+    la = LOAD_ASSIGNMENT.read(raw, path)
+    name = la.str("cluster_name", required=True)
+    return name, tuple(_assignment_endpoints(la, "STATIC"))
+
+
 def _endpoints(f: Fields, ctype: str) -> tuple[EndpointConfig, ...]:
     if f.has("load_assignment") and f.has("hosts"):
         raise ConfigError(f.path, "only one of load_assignment, hosts may be set")
@@ -544,24 +584,35 @@ def _endpoints(f: Fields, ctype: str) -> tuple[EndpointConfig, ...]:
             address, port = _address(item, p, ctype)
             out.append(EndpointConfig(address, port))
     if f.has("load_assignment"):
+        if ctype == "EDS":
+            raise ConfigError(f.at("load_assignment"), "an EDS cluster's endpoints come from its "
+                                                       "eds_cluster_config, not load_assignment")
         la = LOAD_ASSIGNMENT.read(f.value("load_assignment"), f.at("load_assignment"))
         la.str("cluster_name")
-        if la.has("policy"):
-            _policy(la.value("policy"), la.at("policy"))
-        for item, lpath in la.list("endpoints"):
-            loc = LOCALITY_ENDPOINTS.read(item, lpath)
-            loc.raw_obj("locality")
-            loc.raw_obj("metadata")
-            LOCALITY_ENDPOINTS.require_default(loc, "priority", loc.int("priority", 0, min=0))
-            loc.int("load_balancing_weight", 1, min=1)  # inert: see LOCALITY_ENDPOINTS
-            for lb, epath in loc.list("lb_endpoints"):
-                out.append(_lb_endpoint(LB_ENDPOINT.read(lb, epath), ctype))
-    if ctype != "STATIC" and not out:
+        out.extend(_assignment_endpoints(la, ctype))
+    if ctype == "EDS" and out:
+        raise ConfigError(f.at("hosts"), "an EDS cluster's endpoints come from its eds_cluster_config")
+    if ctype not in ("STATIC", "EDS") and not out:
         raise ConfigError(f.at("load_assignment"), f"{ctype} clusters need at least one endpoint")
     if ctype == "LOGICAL_DNS" and len(out) != 1:
         raise ConfigError(f.at("load_assignment"), "LOGICAL_DNS clusters must have exactly one "
                                                    f"endpoint, got {len(out)}")
     return tuple(out)
+
+
+def _assignment_endpoints(la: Fields, ctype: str) -> list[EndpointConfig]:
+    out = []
+    if la.has("policy"):
+        _policy(la.value("policy"), la.at("policy"))
+    for item, lpath in la.list("endpoints"):
+        loc = LOCALITY_ENDPOINTS.read(item, lpath)
+        loc.raw_obj("locality")
+        loc.raw_obj("metadata")
+        LOCALITY_ENDPOINTS.require_default(loc, "priority", loc.int("priority", 0, min=0))
+        loc.int("load_balancing_weight", 1, min=1)  # inert: see LOCALITY_ENDPOINTS
+        for lb, epath in loc.list("lb_endpoints"):
+            out.append(_lb_endpoint(LB_ENDPOINT.read(lb, epath), ctype))
+    return out
 
 
 def _policy(raw: Any, path: str) -> None:

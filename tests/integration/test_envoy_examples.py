@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -292,7 +293,8 @@ def test_local_ratelimit_example(services):
         ex.stop()
 
 
-@pytest.mark.parametrize("config", sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")))
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml")
+                                           if "configs" not in p.parts))  # xDS resource files
 def test_every_vendored_example_loads_unchanged(config, tmp_path, monkeypatch):
     """`proxyctl validate` on the file exactly as published (tls-sni names its certificates
     relative to the working directory, as its verify.sh makes them)."""
@@ -413,6 +415,65 @@ def test_rbac_example(services):
         assert "http.ingress_http.rbac.denied: 1" in stats and "http.ingress_http.rbac.allowed: 1" in stats
     finally:
         ex.stop()
+
+
+# -- dynamic-config-fs: LDS and CDS from files, the upstream swapped by sed -i -------------------
+
+def _dynamic_fs_on_loopback(text: str, hosts: dict[str, int]) -> str:
+    """configs/*.yaml as docker-compose would serve them here: the listener on 127.0.0.1 (its
+    port from `hosts["listener"]`), each service host name as 127.0.0.1 with its port."""
+    doc = yaml.safe_load(text)
+    for res in doc["resources"]:
+        if "address" in res:  # the listener
+            sa = res["address"]["socket_address"]
+            sa["address"], sa["port_value"] = "127.0.0.1", hosts["listener"]
+        for group in res.get("load_assignment", {}).get("endpoints", []):
+            for ep in group["lb_endpoints"]:
+                sa = ep["endpoint"]["address"]["socket_address"]
+                sa["address"], sa["port_value"] = "127.0.0.1", hosts[sa["address"]]
+    return yaml.safe_dump(doc)
+
+
+def test_dynamic_config_fs_example(services, tmp_path):
+    """verify.sh: the response comes from service1 and the config dump's
+    dynamic_active_clusters (configs[1]) points at it; then cds.yaml gets
+    `sed -i s/service1/service2/` (a rename onto the path) and, within 10 s, responses come
+    from service2 and the dump points there."""
+    s1 = services(ExampleService, "service1")
+    s2 = services(ExampleService, "service2")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listener_port = probe.getsockname()[1]
+    hosts = {"service1": s1.port, "service2": s2.port, "listener": listener_port}
+    src = EXAMPLES / "dynamic-config-fs"
+    lib = tmp_path / "var-lib-envoy"
+    lib.mkdir()
+    for name in ("lds.yaml", "cds.yaml"):
+        (lib / name).write_text(_dynamic_fs_on_loopback((src / "configs" / name).read_text(), hosts))
+    raw = yaml.safe_load((src / "envoy.yaml").read_text().replace("/var/lib/envoy", str(lib)))
+    raw["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    server = Server(parse_bootstrap(raw), ServerOptions("<example>", 1, 5.0, "fast", disable_hot_restart=True))
+    thread = threading.Thread(target=server.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    assert server.wait_ready(10)
+    admin = f"http://127.0.0.1:{server.admin.port}"
+    try:
+        assert _curl_json(f"http://localhost:{listener_port}")["hostname"] == "service1"
+        active = _curl_json(f"{admin}/config_dump")["configs"][1]["dynamic_active_clusters"]
+        assert f'"port_value": {s1.port}' in json.dumps(active)
+        # verify.sh: sed -i s/service1/service2/ /var/lib/envoy/cds.yaml (sed -i renames).
+        swapped = (src / "configs" / "cds.yaml").read_text().replace("service1", "service2")
+        (lib / "cds.yaml.sed").write_text(_dynamic_fs_on_loopback(swapped, hosts))
+        (lib / "cds.yaml.sed").rename(lib / "cds.yaml")
+        deadline = time.monotonic() + 10
+        while _curl_json(f"http://localhost:{listener_port}")["hostname"] != "service2":
+            assert time.monotonic() < deadline, "cds.yaml swap not applied within 10 s"
+            time.sleep(0.2)
+        active = _curl_json(f"{admin}/config_dump")["configs"][1]["dynamic_active_clusters"]
+        assert f'"port_value": {s2.port}' in json.dumps(active)
+    finally:
+        server.request_shutdown()
+        thread.join(15)
 
 
 # -- ext_authz: an HTTP authorization service decides; x-current-user reaches the service ------

@@ -242,3 +242,37 @@ def test_parent_connections_count_in_the_childs_gauges_until_the_parent_exits():
         parent.request_shutdown()
         pt.join(10)
         up.close()
+
+
+def test_lds_listener_socket_passes_to_the_next_epoch(tmp_path):
+    """An LDS listener's sockets go to the next epoch as a static one's do (by address); the
+    child's LDS file names the same address and serves on the inherited sockets."""
+    port, admin = free_port(), free_port()
+    base_id = 1000 + (os.getpid() + 7) % 50000
+    lis = config(port, admin, "A")["static_resources"]["listeners"][0]
+    lis["enable_reuse_port"] = False  # one shared socket: a fresh bind beside it would fail
+
+    def lds_config(body: str, name: str) -> dict:
+        lis["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+            "routes"][0]["direct_response"]["body"]["inline_string"] = body
+        lds = tmp_path / f"{name}.yaml"
+        lds.write_text(yaml.safe_dump({"resources": [
+            {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **lis}]}))
+        return {"node": {"id": "n", "cluster": "c"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+                "dynamic_resources": {"lds_config": {"path": str(lds)}}}
+
+    parent, pt = start(lds_config("A", "lds-a"), 0, base_id)
+    try:
+        assert get(port) == "A"
+        child, ct = start(lds_config("B", "lds-b"), 1, base_id)
+        try:
+            assert child.main_store.counter("listener_manager.lds.update_success").value == 1
+            assert len(child.listen_sockets["l0"]) == 1
+            assert get(port) == "B"
+        finally:
+            child.request_shutdown()
+            ct.join(10)
+    finally:
+        parent.request_shutdown()
+        pt.join(10)

@@ -154,9 +154,20 @@ def test_missing_name_is_an_error():
     assert error({"type": "STATIC"}) == f"{P}.name: required field is missing"
 
 
-@pytest.mark.parametrize("ctype", ["EDS", "ORIGINAL_DST"])
+@pytest.mark.parametrize("ctype", ["ORIGINAL_DST"])
 def test_unsupported_discovery_types_are_refused(ctype):
     assert error(cluster(type=ctype)).startswith(f"{P}.type: not supported yet (cluster type {ctype};")
+
+
+def test_eds_cluster_needs_a_file_eds_config_and_no_load_assignment():
+    eds = {"name": "c", "type": "EDS"}
+    assert error(eds) == f"{P}.eds_cluster_config: an EDS cluster needs eds_cluster_config.eds_config"
+    grpc = dict(eds, eds_cluster_config={"eds_config": {"ads": {}}})
+    assert error(grpc).startswith(f"{P}.eds_cluster_config.eds_config.ads: not supported yet")
+    good = dict(eds, eds_cluster_config={"eds_config": {"path_config_source": {"path": "/x/eds.yaml"}}})
+    assert parse_cluster(good, P).eds.eds_config.path == "/x/eds.yaml"
+    assert parse_cluster(good, P).eds.service_name == "c"
+    assert "eds_cluster_config" in error(cluster(type="EDS", eds_cluster_config=good["eds_cluster_config"]))
 
 
 def test_unknown_lb_policy_value_is_refused_and_original_dst_is_unsupported():

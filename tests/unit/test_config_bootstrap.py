@@ -213,7 +213,7 @@ def test_validate_reports_ok_and_error(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_boot()))
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(_boot(dynamic_resources={})))
+    bad.write_text(json.dumps(_boot(dynamic_resources={"ads_config": {"api_type": "GRPC"}})))
     assert validate(str(good)) == (0, f"configuration '{good}' OK")
     status, message = validate(str(bad))
     assert status == 1 and "dynamic_resources" in message
@@ -247,9 +247,14 @@ def test_admin_legacy_access_log_path_accepted():
     assert b.admin.port == 9901
 
 
-def test_dynamic_resources_refused():
-    assert "dynamic_resources: not supported yet (xDS)" in _error(
-        _boot(dynamic_resources={"lds_config": {}}))
+def test_dynamic_resources_from_a_control_plane_refused_files_need_the_node():
+    assert "dynamic_resources.ads_config: not supported yet" in _error(
+        _boot(dynamic_resources={"ads_config": {"api_type": "GRPC"}}))
+    assert "dynamic_resources.cds_config.api_config_source: not supported yet" in _error(
+        _boot(dynamic_resources={"cds_config": {"api_config_source": {"api_type": "GRPC"}}}))
+    assert "dynamic_resources.cds_config: type.googleapis.com/envoy.config.cluster.v3.Cluster: node " \
+           "'id' and 'cluster' are required" in _error(
+        _boot(dynamic_resources={"cds_config": {"path_config_source": {"path": "/x/cds.yaml"}}}))
 
 
 def test_unknown_top_level_field_suggests():

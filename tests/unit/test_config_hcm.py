@@ -145,12 +145,19 @@ def test_missing_stat_prefix():
     assert _err(parse_hcm, raw) == "hcm.stat_prefix: required field is missing"
 
 
-def test_route_config_required_and_rds_refused():
+def test_route_config_required_and_rds_from_a_file_only():
     raw = _hcm()
     del raw["route_config"]
     assert "one of route_config or rds is required" in _err(parse_hcm, raw)
     raw["rds"] = {"route_config_name": "r"}
-    assert _err(parse_hcm, raw) == "hcm.rds: not supported yet (xDS: use an inline route_config)"
+    assert _err(parse_hcm, raw) == "hcm.rds.config_source: required field is missing"
+    raw["rds"]["config_source"] = {"ads": {}}
+    assert _err(parse_hcm, raw).startswith("hcm.rds.config_source.ads: not supported yet")
+    raw["rds"]["config_source"] = {"path_config_source": {"path": "/x/rds.yaml"}}
+    rds = parse_hcm(raw, "hcm").rds
+    assert (rds.config_source.path, rds.route_config_name) == ("/x/rds.yaml", "r")
+    both = dict(raw, route_config=_hcm()["route_config"])
+    assert "only one of" in _err(parse_hcm, both)
 
 
 def test_route_config_errors_name_nested_path():

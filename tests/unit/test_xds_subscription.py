@@ -1,0 +1,86 @@
+"""The xDS subscription seam without sockets: decoding a DiscoveryResponse, Envoy's version
+hash, and the filesystem source's move detection (a rename re-reads, an in-place write not)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from proxy.config.config_source import ConfigSourceConfig, parse_config_source
+from proxy.config.reader import ConfigError
+from proxy.stats.store import StatsRegistry
+from proxy.xds.file_source import FilesystemSubscription
+from proxy.xds.subscription import CLUSTER_TYPE, SubscriptionStats, decode_response
+from proxy.xds.version_hash import xxh64
+
+
+def test_version_gauge_is_envoys_xxhash64():
+    # Read from real Envoy 1.40's cluster_manager.cds.version for these version_info values.
+    assert xxh64(b"") == 17241709254077376921
+    assert xxh64(b"v2") == 17234765554138278603
+    assert xxh64(b"r2") == 8003343158660992332
+
+
+def test_decode_strips_type_and_refuses_another_type_by_path():
+    doc = {"version_info": "7", "resources": [{"@type": CLUSTER_TYPE, "name": "a"}]}
+    assert decode_response(doc, CLUSTER_TYPE, "") == ([({"name": "a"}, "resources[0]")], "7")
+    doc["resources"].append({"@type": "type.googleapis.com/envoy.config.listener.v3.Listener"})
+    with pytest.raises(ConfigError) as e:
+        decode_response(doc, CLUSTER_TYPE, "")
+    assert str(e.value).startswith("resources[1].@type: resource type")
+    with pytest.raises(ConfigError, match="unknown field"):
+        decode_response({"resourcez": []}, CLUSTER_TYPE, "")
+
+
+def test_config_source_refuses_a_control_plane_by_path():
+    assert parse_config_source({"path": "/a"}, "x") == ConfigSourceConfig("/a")
+    assert parse_config_source({"path_config_source": {"path": "/a", "watched_directory": {"path": "/d"}}},
+                               "x") == ConfigSourceConfig("/a", "/d")
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source: not supported yet"):
+        parse_config_source({"api_config_source": {"api_type": "GRPC"}}, "x")
+    with pytest.raises(ConfigError, match="V2 is not supported"):
+        parse_config_source({"path": "/a", "resource_api_version": "V2"}, "x")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.updates = []
+        self.refuse = False
+
+    def on_update(self, resources, version_info):
+        if self.refuse:
+            raise ConfigError("resources[0].name", "refused")
+        self.updates.append((resources, version_info))
+
+
+def test_file_source_rereads_on_a_rename_only(tmp_path):
+    path = tmp_path / "cds.yaml"
+    path.write_text(yaml.safe_dump({"version_info": "1", "resources": []}))
+    store = StatsRegistry().new_store("main")
+    rec = Recorder()
+    sub = FilesystemSubscription(ConfigSourceConfig(str(path)), CLUSTER_TYPE, rec,
+                                 SubscriptionStats(store, "cds"), "cds")
+    sub.start()
+    assert [v for _, v in rec.updates] == ["1"]
+    path.write_text(yaml.safe_dump({"version_info": "2", "resources": []}))  # in place
+    sub.poll()
+    assert [v for _, v in rec.updates] == ["1"]
+    tmp = tmp_path / "new.yaml"
+    tmp.write_text(yaml.safe_dump({"version_info": "3", "resources": []}))
+    os.replace(tmp, path)
+    sub.poll()
+    sub.poll()  # nothing moved since: no second read
+    assert [v for _, v in rec.updates] == ["1", "3"]
+    rec.refuse = True
+    tmp.write_text(yaml.safe_dump({"version_info": "4", "resources": []}))
+    os.replace(tmp, path)
+    sub.poll()
+    tmp.write_text("resources: [")  # not YAML
+    os.replace(tmp, path)
+    sub.poll()
+    c = {k: v.value for k, v in (("attempt", sub.stats.update_attempt), ("success", sub.stats.update_success),
+                                 ("rejected", sub.stats.update_rejected), ("failure", sub.stats.update_failure))}
+    assert c == {"attempt": 4, "success": 2, "rejected": 1, "failure": 1}
+    assert sub.stats.version_info == "3"

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from proxy.config.reader import ConfigError, Fields, index
 
-from .version_hash import xxh64
+from ..upstream.hashing_lb import xxhash64 as xxh64  # Envoy: HashUtil::xxHash64(version_info)
 
 __all__ = ["Subscription", "SubscriptionCallbacks", "SubscriptionStats", "decode_response",
            "LISTENER_TYPE", "CLUSTER_TYPE", "ROUTE_TYPE", "ENDPOINT_TYPE"]

@@ -13,7 +13,7 @@ from proxy.config.reader import ConfigError
 from proxy.stats.store import StatsRegistry
 from proxy.xds.file_source import FilesystemSubscription
 from proxy.xds.subscription import CLUSTER_TYPE, SubscriptionStats, decode_response
-from proxy.xds.version_hash import xxh64
+from proxy.upstream.hashing_lb import xxhash64 as xxh64
 
 
 def test_version_gauge_is_envoys_xxhash64():

@@ -153,6 +153,8 @@ def render_clusters_text(clusters: Sequence[Mapping[str, Any]]) -> str:
     for c in clusters:
         name = c["name"]
         out.append(f"{name}::observability_name::{c.get('observability_name', name)}")
+        for k, v in (c.get("outlier") or {}).items():
+            out.append(f"{name}::outlier::{k}::{v}")
         for t in (c.get("circuit_breakers") or {}).get("thresholds", []):
             prio = str(t.get("priority", "DEFAULT")).lower()
             for f in _CB_FIELDS:

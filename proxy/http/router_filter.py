@@ -332,6 +332,7 @@ class RouterFilter:
         if self.done:
             return
         self.cluster.stats.upstream_rq_timeout.value += 1
+        self._outlier_timeout()
         self._charge_local(504)
         self._abandon_upstream()
         self.stream.send_local_reply(504, b"upstream request timeout", "UT", "response_timeout")
@@ -344,6 +345,9 @@ class RouterFilter:
             return
         self.upstream = upstream
         self.cluster.stats.upstream_rq_total.value += 1  # Envoy: a request sent upstream
+        od = self.host.outlier
+        if od is not None and od.split:
+            od.put_connect_success(self.ctx.worker.index)   # a local-origin success
         stream = self.stream
         stream.upstream_host = self.pool.host_str
         stream.upstream_local_address = upstream.local_address
@@ -369,10 +373,24 @@ class RouterFilter:
         self.pool_handle = None
         if self.done:
             return
+        self._outlier_connect_failed(flag)
         self._release_request_slot()
         status = 503
         self._charge_local(status)
         self._reset_reply(status, reason, flag, transport_failure)
+
+    def _outlier_connect_failed(self, flag: str) -> None:
+        """Envoy's LocalOriginConnectFailed for the host (a failed connect or a reset), except
+        for an overflow: a circuit breaker is the cluster's, not the host's fault."""
+        od = self.host.outlier if self.host is not None else None
+        if od is not None and flag != "UO":
+            od.put_connect_failed(self.ctx.worker.index)
+
+    def _outlier_timeout(self) -> None:
+        """Envoy's LocalOriginTimeout (as a 504 unless local-origin errors are split)."""
+        od = self.host.outlier if self.host is not None else None
+        if od is not None:
+            od.put_timeout(self.ctx.worker.index)
 
     def _reset_reply(self, status: int, reason: str, flag: str, transport_failure: str = "") -> None:
         """Envoy's local reply for an upstream reset before the response started; its details
@@ -406,6 +424,9 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP)
         else:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
+        od = self.host.outlier
+        if od is not None:
+            od.put_http_code(ev.status, self.ctx.worker.index)
         if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
             self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
         rc = self.config
@@ -469,6 +490,8 @@ class RouterFilter:
         self.cluster.stats.upstream_rq_rx_reset.value += 1
         self._release_request_slot()
         stream = self.stream
+        if not stream.upgraded:
+            self._outlier_connect_failed(flag)
         if stream.upgraded:
             # A tunnel ends when either side closes.
             stream.encode_data(b"", True)

@@ -18,13 +18,15 @@ from .harness import front_proxy_config, static_cluster
 
 class StatusUpstream:
     """An HTTP/1.1 keep-alive upstream answering every request with `status` (200: its name
-    as the body). Counts the requests it answered."""
+    as the body), but `/hc` (active health checks) with 200. Counts the requests it answered
+    (not the health checks)."""
 
     def __init__(self, name: str, status: int = 200) -> None:
         self.name = name
         self.status = status
-        self.lock = threading.Lock()   # guards served
+        self.lock = threading.Lock()   # guards served, checks
         self.served = 0
+        self.checks = 0
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", 0))
@@ -52,7 +54,12 @@ class StatusUpstream:
                     if not d:
                         return
                     buf += d
-                _, buf = buf.split(b"\r\n\r\n", 1)
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if head.split(b" ", 2)[1] == b"/hc":   # active health checks always pass
+                    with self.lock:
+                        self.checks += 1
+                    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    continue
                 with self.lock:
                     self.served += 1
                 status = self.status
@@ -275,3 +282,42 @@ def test_outlier_detection_shows_in_clusters_and_stats_from_the_start(proxy_fact
         assert "cluster.c.outlier_detection.ejections_active: 0" in stats
     finally:
         good.close()
+
+
+def _hc_config(ports, uneject: bool) -> dict:
+    cfg = _config(ports, consecutive_5xx=1, max_ejection_percent=50, interval="30s",
+                  base_ejection_time="30s", successful_active_health_check_uneject_host=uneject)
+    cfg["static_resources"]["clusters"][0]["health_checks"] = [{
+        "timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+        "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": {"path": "/hc"}}]
+    return cfg
+
+
+def test_a_passing_active_health_check_takes_an_ejected_host_back(proxy_factory):
+    good, bad = StatusUpstream("good"), StatusUpstream("bad", 500)
+    try:
+        proxy = proxy_factory(_hc_config([good.port, bad.port], uneject=True))
+        _send_until(proxy, lambda: bad.served == 1)
+        assert _stat(proxy, "ejections_enforced_total") == 1
+        # The next check of `bad` passes (0.2 s): back in long before base_ejection_time.
+        assert _until(lambda: _active(proxy) == 0, 2.0)
+        assert _flags(proxy, bad.port) == "healthy"
+    finally:
+        good.close()
+        bad.close()
+
+
+def test_without_successful_active_health_check_uneject_host_it_stays_out(proxy_factory):
+    good, bad = StatusUpstream("good"), StatusUpstream("bad", 500)
+    try:
+        proxy = proxy_factory(_hc_config([good.port, bad.port], uneject=False))
+        _send_until(proxy, lambda: bad.served == 1)
+        assert _until(lambda: _active(proxy) == 1)
+        checks = bad.checks
+        assert _until(lambda: bad.checks >= checks + 2)   # passing checks of `bad` meanwhile
+        assert _active(proxy) == 1 and _flags(proxy, bad.port) == "/failed_outlier_check"
+        assert [request(proxy.port, "/x").status for _ in range(4)] == [200] * 4
+    finally:
+        good.close()
+        bad.close()

@@ -302,3 +302,28 @@ def test_samples_harvest_the_requests_since_the_previous_harvest():
     m.put_http_code(200, 1)
     assert m.harvest() == Sample(1, 1, 0, 0)
     assert m.harvest() == Sample()
+
+
+def test_concurrent_workers_count_every_failure_and_fire_the_threshold_once():
+    """Four threads (workers) report failures of one host at once: the lock-guarded counter
+    loses none and reaches the threshold exactly once (real threads: on 3.14t, in parallel)."""
+    import threading
+
+    fired = []
+    cfg = OutlierDetectionConfig(consecutive_5xx=2000, consecutive_gateway_failure=0)
+    m = HostOutlierMonitor(A, cfg, lambda key, kind: fired.append(kind))
+    m.track_rates = True
+    start = threading.Barrier(4)
+
+    def worker(i: int) -> None:
+        start.wait()
+        for _ in range(1000):
+            m.put_http_code(500, i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert m.consecutive_5xx == 4000 and fired == [CONSECUTIVE_5XX]
+    assert m.harvest() == Sample(4000, 0, 0, 0)

@@ -51,7 +51,8 @@ class ClusterOutlierDetection:
     # -- hosts (cluster_manager, on each rebuild) -------------------------------------------------
     def set_hosts(self, hosts: tuple[Host, ...]) -> None:
         keys = [h.key for h in hosts]
-        for key in [k for k in self.monitors if k not in set(keys)]:
+        keep = set(keys)
+        for key in [k for k in self.monitors if k not in keep]:
             del self.monitors[key]
         for key in keys:
             if key not in self.monitors:

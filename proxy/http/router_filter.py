@@ -490,12 +490,11 @@ class RouterFilter:
         self.cluster.stats.upstream_rq_rx_reset.value += 1
         self._release_request_slot()
         stream = self.stream
-        if not stream.upgraded:
-            self._outlier_connect_failed(flag)
         if stream.upgraded:
             # A tunnel ends when either side closes.
             stream.encode_data(b"", True)
             return
+        self._outlier_connect_failed(flag)
         if not self.response_started:
             self._charge_local(status)
         if self.response_started:

@@ -321,3 +321,22 @@ def test_without_successful_active_health_check_uneject_host_it_stays_out(proxy_
     finally:
         good.close()
         bad.close()
+
+
+def test_success_rate_ejects_the_host_far_below_the_others(proxy_factory):
+    ups = [StatusUpstream(f"good{i}") for i in range(4)] + [StatusUpstream("bad", 500)]
+    try:
+        proxy = proxy_factory(_config([u.port for u in ups], consecutive_5xx=0, success_rate_request_volume=5,
+                                      max_ejection_percent=50, interval="1s"))
+        # 80 requests in well under a second: whichever way the interval ticks split them, one
+        # interval sees at least 5 requests to every host (4 at 100 %, `bad` at 0 %: mean 80,
+        # stdev 40, threshold 80 - 1.9 x 40 = 4).
+        for _ in range(80):
+            request(proxy.port, "/x")
+        assert _until(lambda: _active(proxy) == 1, 3.0)
+        assert _flags(proxy, ups[-1].port) == "/failed_outlier_check"
+        assert (_stat(proxy, "ejections_detected_success_rate"),
+                _stat(proxy, "ejections_enforced_success_rate")) == (1, 1)
+    finally:
+        for u in ups:
+            u.close()

@@ -14,7 +14,9 @@ What counts (Envoy's router and putResult):
   failures. Without split_external_local_origin_errors they count as a 503 and a 504
   response; with it, toward consecutive_local_origin_failure and the local-origin success rate;
 - a connection that got a stream (`put_connect_success`): with the split on, a local-origin
-  success (resets consecutive_local_origin_failure); else nothing.
+  success (resets consecutive_local_origin_failure); else nothing;
+- a TCP proxy connection made (`put_connect_success_final`): a local-origin success with the
+  split, else a success like a 200. The TCP proxy reports connect failures and timeouts too.
 
 Thread affinity: any worker; main calls `reset` and `harvest`. `lock` (one per host) guards
 the three consecutive counters and is held for a compare-and-add, never across a call out;
@@ -102,6 +104,14 @@ class HostOutlierMonitor:
         if self.consecutive_local_origin_failure:
             with self.lock:
                 self.consecutive_local_origin_failure = 0
+
+    def put_connect_success_final(self, worker: int) -> None:
+        """A connection that is the whole transaction (TCP proxy): a 200 without the split,
+        a local-origin success with it."""
+        if self.split:
+            self.put_connect_success(worker)
+        else:
+            self.put_http_code(200, worker)
 
     def _failure_5xx(self, status: int) -> None:
         fired = []

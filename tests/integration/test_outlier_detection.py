@@ -340,3 +340,41 @@ def test_success_rate_ejects_the_host_far_below_the_others(proxy_factory):
     finally:
         for u in ups:
             u.close()
+
+
+def test_the_tcp_proxy_reports_connect_failures_and_an_unreachable_host_is_ejected(proxy_factory):
+    from .servers import TcpEchoUpstream
+
+    echo, dead = TcpEchoUpstream(), _closed_port()
+    try:
+        cluster = static_cluster("c", echo.port, dead, outlier_detection={
+            "consecutive_5xx": 2, "max_ejection_percent": 50, "interval": "30s"})
+        proxy = proxy_factory({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {
+                "listeners": [{"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                               "filter_chains": [{"filters": [{
+                                   "name": "envoy.filters.network.tcp_proxy",
+                                   "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                                    "stat_prefix": "t", "cluster": "c"}}]}]}],
+                "clusters": [cluster]}})
+
+        def echoed() -> bool:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+                s.sendall(b"ping")
+                try:
+                    return s.recv(16) == b"ping"
+                except OSError:
+                    return False
+
+        results = []
+        for _ in range(8):
+            if _active(proxy) == 1:
+                break
+            results.append(echoed())
+        assert _until(lambda: _active(proxy) == 1)
+        assert results.count(False) == 2
+        assert _flags(proxy, dead) == "/failed_outlier_check"
+        assert all(echoed() for _ in range(4))
+    finally:
+        echo.close()

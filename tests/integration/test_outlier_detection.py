@@ -242,7 +242,7 @@ def test_connect_failures_count_as_5xx_without_the_split(proxy_factory):
         proxy = proxy_factory(_config([good.port, dead], consecutive_5xx=2, max_ejection_percent=50,
                                       interval="30s"))
         statuses = _send_until(proxy, lambda: _active(proxy) == 1, limit=10)
-        assert statuses.count(503) == 2
+        assert statuses.count(503) >= 2   # (one more may beat the new host set to the worker)
         assert _flags(proxy, dead) == "/failed_outlier_check"
         assert _stat(proxy, "ejections_enforced_consecutive_5xx") == 1
         assert [request(proxy.port, "/x").status for _ in range(4)] == [200] * 4
@@ -373,7 +373,10 @@ def test_the_tcp_proxy_reports_connect_failures_and_an_unreachable_host_is_eject
                 break
             results.append(echoed())
         assert _until(lambda: _active(proxy) == 1)
-        assert results.count(False) == 2
+        # Two failures eject it; a connect to a closed port fails so fast that one or two more
+        # may start before the new host set reaches the worker (they find it already out).
+        assert results.count(False) >= 2
+        assert _stat(proxy, "ejections_detected_consecutive_5xx") == 1
         assert _flags(proxy, dead) == "/failed_outlier_check"
         assert all(echoed() for _ in range(4))
     finally:

@@ -31,6 +31,7 @@ from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
 from .async_client import AsyncRequest
+from ..upstream.outlier_monitor import grpc_http_status
 from .local_reply import is_grpc_request, local_reply_head, reset_body
 from .stream_state import UPGRADED
 
@@ -386,6 +387,14 @@ class RouterFilter:
         if od is not None and flag != "UO":
             od.put_connect_failed(self.ctx.worker.index)
 
+    def _outlier_response(self, od, status: int, headers: Headers) -> None:
+        """A response from the host (Envoy: a gRPC request's grpc-status in the response
+        headers counts as its HTTP equivalent)."""
+        grpc = headers.get(b"grpc-status")
+        if grpc is not None and is_grpc_request(self.stream.head.headers):
+            status = grpc_http_status(grpc)
+        od.put_http_code(status, self.ctx.worker.index)
+
     def _outlier_timeout(self) -> None:
         """Envoy's LocalOriginTimeout (as a 504 unless local-origin errors are split)."""
         od = self.host.outlier if self.host is not None else None
@@ -426,7 +435,7 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
         od = self.host.outlier
         if od is not None:
-            od.put_http_code(ev.status, self.ctx.worker.index)
+            self._outlier_response(od, ev.status, headers)
         if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
             self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
         rc = self.config

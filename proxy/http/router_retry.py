@@ -233,7 +233,7 @@ class RetryingRouter(RouterFilter):
             if status is YES:
                 od = self.host.outlier
                 if od is not None:   # (RouterFilter's reports the responses passed on)
-                    od.put_http_code(ev.status, self.ctx.worker.index)
+                    self._outlier_response(od, ev.status, headers)
                 if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
                     self.cluster.hc_report(self.host)   # (as the response it replaces would)
                 self.pool.rq_error += 1

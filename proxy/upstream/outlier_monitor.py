@@ -8,7 +8,8 @@ successes for the success-rate and failure-percentage detectors, which main harv
 interval timer.
 
 What counts (Envoy's router and putResult):
-- a response status (`put_http_code`): 5xx counts toward consecutive_5xx, 502/503/504 also
+- a response status (`put_http_code`; for a gRPC request whose answer carries grpc-status in
+  its headers, that status mapped by `grpc_http_status`): 5xx counts toward consecutive_5xx, 502/503/504 also
   toward consecutive_gateway_failure; anything else resets both;
 - a connect failure or reset (`put_connect_failed`) and a timeout (`put_timeout`): local-origin
   failures. Without split_external_local_origin_errors they count as a 503 and a 504
@@ -35,7 +36,20 @@ from .outlier_config import OutlierDetectionConfig
 from .outlier_detector import (CONSECUTIVE_5XX, CONSECUTIVE_GATEWAY_FAILURE,
                                CONSECUTIVE_LOCAL_ORIGIN_FAILURE, Sample)
 
-__all__ = ["HostOutlierMonitor"]
+__all__ = ["HostOutlierMonitor", "grpc_http_status"]
+
+# Envoy's Grpc::Utility::grpcToHttpStatus: a grpc-status in a response's headers (a
+# trailers-only answer to a gRPC request) is judged as this HTTP status.
+_GRPC_TO_HTTP = (200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401)
+
+
+def grpc_http_status(value: bytes) -> int:
+    """The HTTP status outlier detection counts for a grpc-status header value (500 if not
+    a known code)."""
+    v = value.strip()
+    if v.isdigit() and int(v) < len(_GRPC_TO_HTTP):
+        return _GRPC_TO_HTTP[int(v)]
+    return 500
 
 Notify = Callable[[tuple, str], None]
 

@@ -27,6 +27,7 @@ class StatusUpstream:
         self.lock = threading.Lock()   # guards served, checks
         self.served = 0
         self.checks = 0
+        self.headers = b""   # extra header lines of every answer but the health checks
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", 0))
@@ -65,7 +66,8 @@ class StatusUpstream:
                 status = self.status
                 body = self.name.encode() if status == 200 else b""
                 try:
-                    c.sendall(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body))
+                    c.sendall(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n%s\r\n%s"
+                              % (status, len(body), self.headers, body))
                 except OSError:
                     return
 
@@ -381,3 +383,24 @@ def test_the_tcp_proxy_reports_connect_failures_and_an_unreachable_host_is_eject
         assert all(echoed() for _ in range(4))
     finally:
         echo.close()
+
+
+def test_a_grpc_status_in_the_response_headers_counts_as_its_http_status(proxy_factory):
+    good, bad = StatusUpstream("good"), StatusUpstream("bad")
+    bad.headers = b"grpc-status: 14\r\n"   # UNAVAILABLE: a 503 to outlier detection
+    try:
+        proxy = proxy_factory(_config([good.port, bad.port], consecutive_5xx=2, max_ejection_percent=50,
+                                      interval="30s"))
+        # Not a gRPC request: a 200.
+        _send_until(proxy, lambda: bad.served == 3)
+        assert _active(proxy) == 0
+        grpc = {"content-type": "application/grpc"}
+        for _ in range(6):
+            if bad.served == 5:
+                break
+            request(proxy.port, "/svc/M", method="POST", headers=grpc, body=b"")
+        assert _until(lambda: _active(proxy) == 1)
+        assert _stat(proxy, "ejections_enforced_consecutive_5xx") == 1
+    finally:
+        good.close()
+        bad.close()

@@ -327,3 +327,9 @@ def test_concurrent_workers_count_every_failure_and_fire_the_threshold_once():
         t.join()
     assert m.consecutive_5xx == 4000 and fired == [CONSECUTIVE_5XX]
     assert m.harvest() == Sample(4000, 0, 0, 0)
+
+
+def test_grpc_statuses_map_to_http_as_envoys_grpc_to_http_status():
+    from proxy.upstream.outlier_monitor import grpc_http_status
+    assert [grpc_http_status(b"%d" % i) for i in (0, 1, 4, 8, 12, 14, 16)] == [200, 499, 504, 429, 501, 503, 401]
+    assert grpc_http_status(b"17") == 500 and grpc_http_status(b"x") == 500

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import logging
 import os
 import time
@@ -86,7 +87,7 @@ DATA_SOURCE = Message("envoy.config.core.v3.DataSource (lua)", fields=(
 
 def _runtime(path: str):
     try:
-        from . import lua_runtime
+        lua_runtime = importlib.import_module(f"{__package__}.lua_runtime")
     except ImportError as e:
         raise ConfigError(path, f"envoy.filters.http.lua needs the lupa package ({e}): "
                           f"{INSTALL}") from None

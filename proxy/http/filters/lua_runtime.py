@@ -26,15 +26,19 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import warnings
 import sysconfig
 from collections.abc import Mapping
 from typing import Any
 
 _GIL_BEFORE = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
-try:
-    from lupa import luajit21 as _lupa  # Envoy runs LuaJIT: Lua 5.1 semantics, number formatting
-except ImportError:  # a lupa build without LuaJIT
-    from lupa import lua51 as _lupa
+with warnings.catch_warnings():
+    # (CPython's own RuntimeWarning about the GIL: the warning below says it in our words.)
+    warnings.simplefilter("ignore", RuntimeWarning)
+    try:
+        from lupa import luajit21 as _lupa  # Envoy runs LuaJIT: Lua 5.1 semantics, number formatting
+    except ImportError:  # a lupa build without LuaJIT
+        from lupa import lua51 as _lupa
 
 from ...server import gil_notes
 

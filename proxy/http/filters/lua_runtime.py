@@ -1,6 +1,6 @@
 """The Lua side of `envoy.filters.http.lua`: a Lua state per worker and script (lupa, LuaJIT as
-Envoy's), and the objects a script's stream handle hands out (headers, buffers, metadata,
-stream info, connection), with Envoy's names and errors.
+Envoy's), the prelude that gives a script Envoy's stream handle API, and the header view the
+handle's operations work on.
 
 Importing this module imports lupa's LuaJIT runtime, and on a free-threaded CPython that turns
 the GIL back on for the whole process (lupa's extension modules do not declare free-threading
@@ -8,14 +8,19 @@ support): it is imported only when a config uses the Lua filter (lua.py imports 
 logs a warning saying so, and notes it for /server_info (proxy/server/gil_notes.py).
 tests/unit/test_gil_off.py leaves this module out of its walk for that reason.
 
-How a hook runs: `envoy_on_request(handle)` runs as a Lua coroutine. The stream handle is a
-Lua table (the prelude below) whose methods call the Python `StreamHandle` (lua.py); a method
-that must wait (body(), bodyChunks(), trailers(), httpCall(), respond()) asks Python whether
-to wait and, if so, yields the coroutine from Lua (a Python call cannot yield it). The filter
-then stops iteration and resumes the coroutine with the value when it arrives.
-
-Strings cross as bytes both ways (the runtime has no encoding). `python` is removed from the
-script's globals: a script sees Envoy's API, not the interpreter.
+How a hook runs: `envoy_on_request(handle)` runs as a Lua coroutine, created and resumed by
+Lua's own coroutine library (the prelude's `start`). Every object a script sees (the handle,
+headers, buffers, metadata, stream info, connection) is a Lua table of the prelude; its
+methods call one Python function, `api(op, handle_id, ...)`, with strings and numbers only,
+and get strings, numbers, booleans (or Lua tables made by the runtime) back. No Python object
+crosses into Lua: lupa 2.8 proxies of Python objects called from inside a coroutine resumed
+across Python calls return wrong values after a few hundred calls (measured), and strings are
+all the API needs. A method that must wait (body(), bodyChunks(), trailers(), httpCall(),
+respond()) asks Python whether to, and yields the coroutine from Lua; the filter stops
+iteration and resumes it when the awaited thing arrives. Each yield ends the *scope* of the
+objects handed out before it ("object used outside of proper scope", as Envoy's markDead).
+API errors come back as a marker and message, and the prelude raises them with the script's
+line (Envoy's luaL_error messages); `python` is removed from the script's globals.
 
 Thread affinity: a LuaState belongs to the worker that made it (lupa also locks it per call).
 Must not: do I/O (but `require` at load, as Envoy's scripts may).
@@ -25,10 +30,9 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
-import warnings
 import sysconfig
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _GIL_BEFORE = bool(getattr(sys, "_is_gil_enabled", lambda: True)())
@@ -41,10 +45,9 @@ with warnings.catch_warnings():
         from lupa import lua51 as _lupa
 
 from ...server import gil_notes
+from .lua_values import LuaApiError
 
-__all__ = ["LuaState", "LuaScriptError", "LuaApiError", "HeaderMapWrapper", "BufferWrapper",
-           "MetadataWrapper", "DynamicMetadataWrapper", "StreamInfoWrapper", "ConnectionWrapper",
-           "to_bytes", "lua_version"]
+__all__ = ["LuaState", "LuaScriptError", "ERR", "error_text"]
 
 log = logging.getLogger("ftproxy.lua")
 
@@ -55,148 +58,240 @@ if (sysconfig.get_config_var("Py_GIL_DISABLED") and not _GIL_BEFORE
                 _lupa.__name__)
     gil_notes.note("lupa (envoy.filters.http.lua)")
 
-
-_LAST = threading.local()
-
-
-class LuaApiError(Exception):
-    """An error the API raises into the script (Envoy's luaL_error): the message is all.
-    (lupa does not carry a Python exception out of a coroutine, only an empty LuaError: the
-    worker's last one is kept here for the log.)"""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        _LAST.message = message
-
-
-def last_api_error() -> str:
-    message = getattr(_LAST, "message", "")
-    _LAST.message = ""
-    return message
-
-
-class Scope:
-    """Where the objects a handle gave out are valid: until the script next yields (Envoy
-    marks them dead then: "object used outside of proper scope")."""
-
-    __slots__ = ("alive",)
-
-    def __init__(self) -> None:
-        self.alive = True
-
-
-def _dead() -> None:
-    raise LuaApiError("object used outside of proper scope")
+ERR = b"\x00ftproxy-lua-error"   # first value of an API answer that is an error
 
 
 class LuaScriptError(Exception):
     """The script failed at load (syntax, or an error in its top-level code)."""
 
 
-def lua_version() -> str:
-    return f"{_lupa.__name__.rsplit('.', 1)[-1]}"
-
-
-def to_bytes(v: Any, fn: str, arg: int) -> bytes:
-    """A Lua string (or number, as luaL_checkstring takes it) as bytes."""
-    if type(v) is bytes:
-        return v
-    if type(v) is int:
-        return b"%d" % v
-    if type(v) is float:
-        return (b"%d" % v) if v.is_integer() and abs(v) < 1e15 else (b"%.14g" % v)
-    got = "nil" if v is None else ("boolean" if type(v) is bool else "table" if _is_table(v) else "userdata")
-    raise LuaApiError(f"bad argument #{arg} to '{fn}' (string expected, got {got})")
-
-
-def _is_table(v: Any) -> bool:
-    return _lupa.lua_type(v) == "table"
-
-
-# -- the prelude: the stream handle and pairs() over the API's objects -----------------------------
+# -- the prelude -------------------------------------------------------------------------------------
 
 _PRELUDE = r"""
-local py_pairs = ...
-local yield = coroutine.yield
-local rawpairs = pairs
-local type = type
-local setmetatable = setmetatable
+local api, E = ...
+local yield, create, resume, status = coroutine.yield, coroutine.create, coroutine.resume, coroutine.status
+local setmetatable, getmetatable, type, select, error, unpack, rawpairs =
+      setmetatable, getmetatable, type, select, error, unpack, pairs
+python = nil
+
+-- An API answer: its values, or the error it carries raised at the script's line.
+local function pass(...)
+  if ... == E then error((select(2, ...)), 2) end
+  return ...
+end
+local function chk(...)
+  if ... == E then error((select(2, ...)), 3) end
+  return ...
+end
+local function live(o)
+  if o.s ~= o.h.scope then error("object used outside of proper scope", 3) end
+end
+local function flatpairs(...)
+  local flat = {...}
+  local i, n = -1, select("#", ...)
+  return function()
+    i = i + 2
+    if i > n then return nil end
+    return flat[i], flat[i + 1]
+  end
+end
+-- pairs() over the API's objects (LuaJIT has no __pairs).
 pairs = function(t)
-  if type(t) == "userdata" then return py_pairs(t) end
+  local mt = getmetatable(t)
+  if type(mt) == "table" and mt.__pairs ~= nil then return mt.__pairs(t) end
   return rawpairs(t)
 end
-python = nil
+-- A header table as Envoy takes it (a value may be a table of values): a flat list.
+local function flatten(t)
+  local out = {}
+  for k, v in rawpairs(t) do
+    if type(v) == "table" then
+      for _, x in rawpairs(v) do out[#out + 1] = k; out[#out + 1] = x end
+    else
+      out[#out + 1] = k; out[#out + 1] = v
+    end
+  end
+  return out
+end
+local function map(...)
+  local t = {}
+  for i = 1, select("#", ...), 2 do
+    local k, v = select(i, ...)
+    t[k] = v
+  end
+  return t
+end
+
+local HM = {}
+HM.__index = HM
+local function modify(o)
+  if o.s ~= o.h.scope then error("object used outside of proper scope", 3) end
+  if o.it then error("header map cannot be modified while iterating", 3) end
+end
+function HM:get(k) live(self); return pass(api("hget", self.h.id, self.k, k)) end
+function HM:getAtIndex(k, i) live(self); return pass(api("hgetat", self.h.id, self.k, k, i)) end
+function HM:getNumValues(k) live(self); return pass(api("hnum", self.h.id, self.k, k)) end
+function HM:add(k, v) modify(self); return pass(api("hadd", self.h.id, self.k, k, v)) end
+function HM:replace(k, v) modify(self); return pass(api("hreplace", self.h.id, self.k, k, v)) end
+function HM:remove(k) modify(self); return pass(api("hremove", self.h.id, self.k, k)) end
+function HM:setHttp1ReasonPhrase(r) modify(self); return pass(api("hreason", self.h.id, self.k, r)) end
+HM.__pairs = function(self)
+  live(self)
+  local it = flatpairs(chk(api("hpairs", self.h.id, self.k)))
+  self.it = true
+  return function()
+    local k, v = it()
+    if k == nil then self.it = nil end
+    return k, v
+  end, self, nil
+end
+
+local B = {}
+B.__index = B
+function B:length() live(self); return pass(api("blen", self.h.id, self.k)) end
+function B:getBytes(i, n) live(self); return pass(api("bget", self.h.id, self.k, i, n)) end
+function B:setBytes(s) live(self); return pass(api("bset", self.h.id, self.k, s)) end
+
+local MD = {}
+MD.__index = MD
+function MD:get(k) live(self); return pass(api("mdget", self.h.id, k)) end
+MD.__pairs = function(self) live(self); return flatpairs(chk(api("mdpairs", self.h.id))), self, nil end
+
+local DM = {}
+DM.__index = DM
+function DM:get(ns) live(self); return pass(api("dmget", self.h.id, ns)) end
+function DM:set(ns, k, v)
+  live(self)
+  if type(v) == "table" then
+    return pass(api("dmset", self.h.id, ns, k, true, unpack(flatten(v))))
+  end
+  return pass(api("dmset", self.h.id, ns, k, false, v))
+end
+DM.__pairs = function(self) live(self); return flatpairs(chk(api("dmpairs", self.h.id))), self, nil end
+
+local S = {}
+S.__index = S
+function S:peerCertificatePresented() live(self); return pass(api("ssl", self.h.id, "peer")) end
+function S:tlsVersion() live(self); return pass(api("ssl", self.h.id, "version")) end
+function S:ciphersuiteString() live(self); return pass(api("ssl", self.h.id, "cipher")) end
+function S:sni() live(self); return pass(api("ssl", self.h.id, "sni")) end
+local function ssl(o)
+  if chk(api("ssl", o.h.id, "present")) then return setmetatable({h = o.h, s = o.s}, S) end
+  return nil
+end
+
+local SI = {}
+SI.__index = SI
+function SI:protocol() live(self); return pass(api("si", self.h.id, "protocol")) end
+function SI:downstreamLocalAddress() live(self); return pass(api("si", self.h.id, "local")) end
+function SI:downstreamDirectRemoteAddress() live(self); return pass(api("si", self.h.id, "direct_remote")) end
+function SI:downstreamRemoteAddress() live(self); return pass(api("si", self.h.id, "remote")) end
+function SI:requestedServerName() live(self); return pass(api("si", self.h.id, "sni")) end
+function SI:routeName() live(self); return pass(api("si", self.h.id, "route")) end
+function SI:dynamicMetadata() live(self); return setmetatable({h = self.h, s = self.s}, DM) end
+function SI:downstreamSslConnection() live(self); return ssl(self) end
+
+local C = {}
+C.__index = C
+function C:ssl() live(self); return ssl(self) end
 
 local H = {}
 H.__index = H
-function H:headers() return self._p:headers() end
+-- Wait for what the filter brings; the objects given out so far die (Envoy's markDead).
+local function wait(h)
+  h.scope = h.scope + 1
+  h._hm = nil
+  return yield()
+end
+local function new(h, mt, k) return setmetatable({h = h, s = h.scope, k = k}, mt) end
+function H:headers()
+  local o = self._hm
+  if o == nil then o = new(self, HM, 0); self._hm = o end
+  return o
+end
 function H:body(always_wrap)
-  local p = self._p
-  if p:body_wait(always_wrap) then return yield() end
-  return p:body(always_wrap)
+  if chk(api("body_wait", self.id, always_wrap)) then wait(self) end
+  if chk(api("body_has", self.id, always_wrap)) then return new(self, B, 0) end
 end
 function H:bodyChunks()
-  local p = self._p
-  p:chunks_start()
+  chk(api("chunks_start", self.id))
+  local h = self
   return function()
-    if p:chunk_wait() then return yield() end
+    if chk(api("chunk_wait", h.id)) then
+      wait(h)
+      if chk(api("chunk_has", h.id)) then return new(h, B, 1) end
+    end
     return nil
   end
 end
 function H:trailers()
-  local p = self._p
-  if p:trailers_wait() then return yield() end
-  return p:trailers()
+  if chk(api("trailers_wait", self.id)) then wait(self) end
+  if chk(api("trailers_has", self.id)) then return new(self, HM, 1) end
 end
+local function answer(body, ...) return map(...), body end
 function H:httpCall(cluster, headers, body, options, asynchronous)
-  local p = self._p
-  if p:http_call(cluster, headers, body, options, asynchronous) then
-    local r = yield()
-    return r[1], r[2]
+  if type(headers) ~= "table" then error("bad argument #3 to 'httpCall' (table expected, got " .. type(headers) .. ")", 2) end
+  local timeout, send_xff = options, true
+  if type(options) == "table" then
+    timeout = options.timeout_ms or 0
+    asynchronous = options.asynchronous
+    if options.send_xff == false then send_xff = false end
+  end
+  if chk(api("http_call", self.id, cluster, body, timeout, asynchronous, send_xff, unpack(flatten(headers)))) then
+    wait(self)
+    return answer(chk(api("http_answer", self.id)))
   end
 end
 function H:respond(headers, body)
-  self._p:respond(headers, body)
-  return yield()
+  if type(headers) ~= "table" then error("bad argument #2 to 'respond' (table expected, got " .. type(headers) .. ")", 2) end
+  chk(api("respond", self.id, body, unpack(flatten(headers))))
+  return wait(self)
 end
-function H:metadata() return self._p:metadata() end
-function H:streamInfo() return self._p:stream_info() end
-function H:connection() return self._p:connection() end
-function H:logTrace(m) self._p:log(0, m) end
-function H:logDebug(m) self._p:log(1, m) end
-function H:logInfo(m) self._p:log(2, m) end
-function H:logWarn(m) self._p:log(3, m) end
-function H:logErr(m) self._p:log(4, m) end
-function H:logCritical(m) self._p:log(5, m) end
-function H:clearRouteCache() self._p:clear_route_cache() end
-function H:base64Escape(s) return self._p:base64_escape(s) end
-function H:timestamp() return self._p:timestamp() end
+function H:metadata() return new(self, MD) end
+function H:streamInfo() return new(self, SI) end
+function H:connection() return new(self, C) end
+function H:logTrace(m) chk(api("log", self.id, 0, m)) end
+function H:logDebug(m) chk(api("log", self.id, 1, m)) end
+function H:logInfo(m) chk(api("log", self.id, 2, m)) end
+function H:logWarn(m) chk(api("log", self.id, 3, m)) end
+function H:logErr(m) chk(api("log", self.id, 4, m)) end
+function H:logCritical(m) chk(api("log", self.id, 5, m)) end
+function H:clearRouteCache() chk(api("clear_route_cache", self.id)) end
+function H:base64Escape(s) return pass(api("base64", self.id, s)) end
+function H:timestamp() return pass(api("timestamp", self.id)) end
 
-return function(fn, p)
-  return fn(setmetatable({_p = p}, H))
+-- start(fn, id): the hook as a coroutine; the step function resumes it once:
+-- true, dead | false, message.
+return function(fn, id)
+  local h = setmetatable({id = id, scope = 0}, H)
+  local co = create(function() return fn(h) end)
+  return function()
+    local ok, err = resume(co)
+    if not ok then return false, err end
+    return true, status(co) == "dead"
+  end
 end
 """
 
 
-def _py_pairs(obj: Any):
-    it = getattr(obj, "lua_pairs", None)
-    if it is None:
-        raise LuaApiError("bad argument #1 to 'pairs' (table expected, got userdata)")
-    return it(), None, None
-
-
 class LuaState:
     """One script compiled and loaded in its own Lua state (per worker, per script): its
-    `envoy_on_request` / `envoy_on_response`, and `run`, which calls one in the stream
-    handle. Made on the worker that uses it; at config load one is made to check the script."""
+    `envoy_on_request` / `envoy_on_response`, and `start(fn, handle)`, which makes a hook's
+    coroutine for a stream handle. `ops` maps the prelude's operation names to the handle's
+    methods (lua.py). Made on the worker that uses it; at config load one is made to check
+    the script."""
 
-    __slots__ = ("runtime", "run", "on_request", "on_response", "table_from")
+    __slots__ = ("runtime", "_start", "on_request", "on_response", "table_from", "handles",
+                 "next_id", "ops")
 
-    def __init__(self, code: bytes) -> None:
+    def __init__(self, code: bytes, ops: Mapping[bytes, Callable[..., Any]] | None = None) -> None:
+        self.handles: dict[int, Any] = {}
+        self.next_id = 0
+        self.ops = ops or {}
         rt = self.runtime = _lupa.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                              register_eval=False, register_builtins=False)
         g = rt.globals()
-        self.run = rt.execute(_PRELUDE.encode(), _py_pairs)
+        self._start = rt.execute(_PRELUDE.encode(), self._api, ERR)
         # Compiled by Lua's own loadstring: chunk names (and error messages) as Envoy's.
         chunk = g[b"loadstring"](code)
         if type(chunk) is tuple:  # nil, message
@@ -205,18 +300,45 @@ class LuaState:
             chunk()
         except _lupa.LuaError as e:
             raise LuaScriptError(error_text(e)) from None
-        except Exception as e:  # an API error raised while loading
-            raise LuaScriptError(str(e)) from None
-        self.on_request = g[b"envoy_on_request"]
-        self.on_response = g[b"envoy_on_response"]
-        if _lupa.lua_type(self.on_request) != "function":
-            self.on_request = None
-        if _lupa.lua_type(self.on_response) != "function":
-            self.on_response = None
+        on_request = g[b"envoy_on_request"]
+        on_response = g[b"envoy_on_response"]
+        self.on_request = on_request if _lupa.lua_type(on_request) == "function" else None
+        self.on_response = on_response if _lupa.lua_type(on_response) == "function" else None
         self.table_from = rt.table_from
 
-    def coroutine(self, fn: Any, handle: Any) -> Any:
-        return self.run.coroutine(fn, handle)
+    def start(self, fn: Any, handle: Any) -> tuple[int, Any]:
+        """Register `handle` and make its coroutine: (its id, the step function)."""
+        self.next_id += 1
+        hid = self.next_id
+        self.handles[hid] = handle
+        return hid, self._start(fn, hid)
+
+    def release(self, hid: int) -> None:
+        self.handles.pop(hid, None)
+
+    def _api(self, op: bytes, hid: Any, *args: Any) -> Any:
+        handle = self.handles.get(hid)
+        if handle is None:  # a stream's object kept past its stream (a global)
+            return ERR, b"object used outside of proper scope"
+        fn = self.ops.get(op)
+        if fn is None:
+            return ERR, b"unknown operation " + op
+        try:
+            return fn(handle, *args)
+        except LuaApiError as e:
+            return ERR, str(e).encode()
+
+    def to_lua(self, value: Any) -> Any:
+        """A metadata value (JSON-like) as Lua sees it: strings as bytes, maps and lists as
+        Lua tables."""
+        if isinstance(value, str):
+            return value.encode()
+        if isinstance(value, Mapping):
+            return self.table_from({k.encode() if isinstance(k, str) else k: self.to_lua(v)
+                                    for k, v in value.items()})
+        if isinstance(value, (list, tuple)):
+            return self.table_from([self.to_lua(v) for v in value])
+        return value
 
 
 def _text(v: Any) -> str:
@@ -225,371 +347,8 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def error_text(e: BaseException) -> str:
-    """A script error's message as Envoy logs it (lupa appends a traceback)."""
+def error_text(e: Any) -> str:
+    """A script error's message as Envoy logs it (lupa appends a traceback to its own)."""
     if isinstance(e, _lupa.LuaError):
-        text = _text(e.args[0]) if e.args else str(e)
-        text = text.split("\nstack traceback:", 1)[0]
-        return text or last_api_error()
-    return str(e)
-
-
-LuaError = _lupa.LuaError
-
-
-def lua_type(v: Any) -> str | None:
-    return _lupa.lua_type(v)
-
-
-# -- the objects a handle hands out ------------------------------------------------------------------
-
-class HeaderMapWrapper:
-    """Envoy's HeaderMapWrapper over a RequestHead / ResponseHead (pseudo-headers from their
-    fields) or a trailers list. `modifiable()` says whether the map may still change."""
-
-    __slots__ = ("scope", "head", "trailers", "modifiable", "on_modify", "iterating")
-
-    def __init__(self, scope: Scope, head: Any, trailers: list | None, modifiable: Any,
-                 on_modify: Any = None) -> None:
-        self.scope = scope
-        self.head = head
-        self.trailers = trailers
-        self.modifiable = modifiable
-        self.on_modify = on_modify
-        self.iterating = False
-
-    # -- a flat view: (name, value) with the pseudo-headers first, as Envoy's map keeps them
-    def _fields(self) -> list[tuple[bytes, bytes]]:
-        if self.trailers is not None:
-            return list(self.trailers)
-        head = self.head
-        if hasattr(head, "method"):
-            out = [(b":authority", head.authority), (b":path", head.path), (b":method", head.method)]
-            if head.scheme:
-                out.append((b":scheme", head.scheme))
-            out.extend(kv for kv in head.headers.fields if kv[0] != b"host")
-            return out
-        return [(b":status", b"%d" % head.status), *head.headers.fields]
-
-    def _values(self, name: bytes) -> list[bytes]:
-        if not self.scope.alive:
-            _dead()
-        head = self.head
-        if name == b"host" and self.trailers is None:
-            name = b":authority"  # Envoy's header map knows host as :authority
-        if self.trailers is None and name[:1] == b":":
-            if hasattr(head, "method"):
-                v = {b":authority": head.authority, b":path": head.path, b":method": head.method,
-                     b":scheme": head.scheme}.get(name)
-                return [v] if v else []
-            return [b"%d" % head.status] if name == b":status" else []
-        if self.trailers is not None:
-            return [v for k, v in self.trailers if k == name]
-        return head.headers.get_all(name)
-
-    def _check(self) -> None:
-        if not self.scope.alive:
-            _dead()
-        if self.iterating:
-            raise LuaApiError("header map cannot be modified while iterating")
-        if not self.modifiable():
-            raise LuaApiError("header map can no longer be modified")
-        if self.on_modify is not None:
-            self.on_modify()
-
-    def get(self, key: Any) -> bytes | tuple[()]:
-        values = self._values(to_bytes(key, "get", 2).lower())
-        return b",".join(values) if values else ()  # (no value at all, as Envoy's)
-
-    def getAtIndex(self, key: Any, index: Any) -> bytes | tuple[()]:  # noqa: N802 - Envoy's name
-        values = self._values(to_bytes(key, "getAtIndex", 2).lower())
-        if not isinstance(index, (int, float)) or index < 0:
-            raise LuaApiError("bad argument #3 to 'getAtIndex' (index must be >= 0)")
-        i = int(index)
-        return values[i] if i < len(values) else ()
-
-    def getNumValues(self, key: Any) -> int:  # noqa: N802
-        return len(self._values(to_bytes(key, "getNumValues", 2).lower()))
-
-    def add(self, key: Any, value: Any) -> None:
-        name = to_bytes(key, "add", 2).lower()
-        val = to_bytes(value, "add", 3)
-        self._check()
-        if name == b"host" and hasattr(self.head, "method"):
-            name = b":authority"
-        if self.trailers is not None:
-            self.trailers.append((name, val))
-        elif name[:1] == b":":
-            self._set_pseudo(name, val)
-        else:
-            self.head.headers.add(name, val)
-
-    def replace(self, key: Any, value: Any) -> None:
-        name = to_bytes(key, "replace", 2).lower()
-        val = to_bytes(value, "replace", 3)
-        self._check()
-        if name == b"host" and hasattr(self.head, "method"):
-            name = b":authority"
-        if self.trailers is not None:
-            idx = [i for i, (k, _) in enumerate(self.trailers) if k == name]
-            if idx:
-                self.trailers[idx[0]] = (name, val)
-                for i in reversed(idx[1:]):
-                    del self.trailers[i]
-            else:
-                self.trailers.append((name, val))
-        elif name[:1] == b":":
-            self._set_pseudo(name, val)
-        else:
-            self.head.headers.set(name, val)
-
-    def remove(self, key: Any) -> None:
-        name = to_bytes(key, "remove", 2).lower()
-        self._check()
-        if self.trailers is not None:
-            self.trailers[:] = [kv for kv in self.trailers if kv[0] != name]
-        elif name[:1] != b":":
-            self.head.headers.remove(name)
-
-    def setHttp1ReasonPhrase(self, reason: Any) -> None:  # noqa: N802
-        val = to_bytes(reason, "setHttp1ReasonPhrase", 2)
-        self._check()
-        if hasattr(self.head, "reason"):
-            self.head.reason = val
-
-    def _set_pseudo(self, name: bytes, val: bytes) -> None:
-        head = self.head
-        if name == b":status" and hasattr(head, "status"):
-            try:
-                head.status = int(val)
-            except ValueError:
-                raise LuaApiError(f"invalid :status {val!r}") from None
-        elif name == b":path" and hasattr(head, "method"):
-            head.set_path(val)
-        elif name == b":authority" and hasattr(head, "method"):
-            head.set_authority(val)
-        elif name == b":method" and hasattr(head, "method"):
-            head.method = val
-        elif name == b":scheme" and hasattr(head, "method"):
-            head.scheme = val
-
-    def lua_pairs(self):
-        if not self.scope.alive:
-            _dead()
-        items = self._fields()
-        self.iterating = True
-        pos = [0]
-
-        def step(_state=None, _key=None):
-            i = pos[0]
-            if i >= len(items):
-                self.iterating = False
-                return None
-            pos[0] = i + 1
-            return items[i]
-        return step
-
-
-class BufferWrapper:
-    """Envoy's BufferWrapper: a body (or one chunk) as a script sees it. `data` is a bytearray
-    changed in place; `headers` (a head) gets the new content-length on setBytes."""
-
-    __slots__ = ("scope", "data", "headers")
-
-    def __init__(self, scope: Scope, data: bytearray, headers: Any = None) -> None:
-        self.scope = scope
-        self.data = data
-        self.headers = headers
-
-    def length(self) -> int:
-        if not self.scope.alive:
-            _dead()
-        return len(self.data)
-
-    def getBytes(self, index: Any, length: Any) -> bytes:  # noqa: N802
-        if not self.scope.alive:
-            _dead()
-        if not isinstance(index, (int, float)) or not isinstance(length, (int, float)):
-            raise LuaApiError("bad argument to 'getBytes' (number expected)")
-        i, n = int(index), int(length)
-        if i < 0 or n < 0 or i + n > len(self.data):
-            raise LuaApiError("index/length must be >= 0 and (index + length) must be <= buffer size")
-        return bytes(self.data[i:i + n])
-
-    def setBytes(self, value: Any) -> int:  # noqa: N802
-        if not self.scope.alive:
-            _dead()
-        val = to_bytes(value, "setBytes", 2)
-        self.data[:] = val
-        head = self.headers
-        if head is not None:  # Envoy: the new length, and no chunked framing
-            head.headers.set(b"content-length", b"%d" % len(val))
-            head.headers.remove(b"transfer-encoding")
-        return len(val)
-
-
-def to_lua(state: LuaState, value: Any) -> Any:
-    """A metadata value (JSON-like) as Lua sees it: strings as bytes, maps and lists as tables."""
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, Mapping):
-        return state.table_from({k.encode() if isinstance(k, str) else k: to_lua(state, v)
-                                 for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
-        return state.table_from([to_lua(state, v) for v in value])
-    return value
-
-
-def from_lua(value: Any, depth: int = 0) -> Any:
-    """A Lua value as metadata (Envoy's Struct): tables become maps (or lists when keyed 1..n)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if _lupa.lua_type(value) == "table" and depth < 32:
-        items = list(value.items())
-        keys = [k for k, _ in items]
-        if keys and all(type(k) is int for k in keys) and sorted(keys) == list(range(1, len(keys) + 1)):
-            return [from_lua(v, depth + 1) for _, v in sorted(items, key=lambda kv: kv[0])]
-        return {(_text(k) if isinstance(k, bytes) else str(k)): from_lua(v, depth + 1) for k, v in items}
-    raise LuaApiError("unexpected type in metadata value")
-
-
-class MetadataWrapper:
-    """Envoy's MetadataMapWrapper over one filter's route metadata (read-only)."""
-
-    __slots__ = ("scope", "state", "values")
-
-    def __init__(self, scope: Scope, state: LuaState, values: Any) -> None:
-        self.scope = scope
-        self.state = state
-        self.values = values or {}
-
-    def get(self, key: Any) -> Any:
-        if not self.scope.alive:
-            _dead()
-        name = to_bytes(key, "get", 2).decode("utf-8", "replace")
-        if name not in self.values:
-            return ()
-        return to_lua(self.state, self.values[name])
-
-    def lua_pairs(self):
-        items = [(k.encode(), to_lua(self.state, v)) for k, v in self.values.items()]
-        pos = [0]
-
-        def step(_s=None, _k=None):
-            i = pos[0]
-            if i >= len(items):
-                return None
-            pos[0] = i + 1
-            return items[i]
-        return step
-
-
-class DynamicMetadataWrapper:
-    """Envoy's DynamicMetadataMapWrapper: the stream's dynamic metadata, namespace -> map."""
-
-    __slots__ = ("state", "stream")
-
-    def __init__(self, state: LuaState, stream: Any) -> None:
-        self.state = state
-        self.stream = stream
-
-    def _all(self) -> dict:
-        md = getattr(self.stream, "dynamic_metadata", None)
-        if md is None:
-            md = {}
-            try:
-                self.stream.dynamic_metadata = md
-            except AttributeError:
-                pass
-        return md
-
-    def get(self, ns: Any) -> Any:
-        name = to_bytes(ns, "get", 2).decode("utf-8", "replace")
-        md = self._all()
-        return to_lua(self.state, md[name]) if name in md else ()
-
-    def set(self, ns: Any, key: Any, value: Any) -> None:
-        name = to_bytes(ns, "set", 2).decode("utf-8", "replace")
-        k = to_bytes(key, "set", 3).decode("utf-8", "replace")
-        self._all().setdefault(name, {})[k] = from_lua(value)
-
-    def lua_pairs(self):
-        items = [(k.encode(), to_lua(self.state, v)) for k, v in self._all().items()]
-        pos = [0]
-
-        def step(_s=None, _k=None):
-            i = pos[0]
-            if i >= len(items):
-                return None
-            pos[0] = i + 1
-            return items[i]
-        return step
-
-
-class SslConnectionWrapper:
-    """The downstream TLS connection as connection():ssl() gives it (non-nil means TLS)."""
-
-    __slots__ = ("tls",)
-
-    def __init__(self, tls: Any) -> None:
-        self.tls = tls
-
-    def tlsVersion(self) -> bytes:  # noqa: N802
-        return (getattr(self.tls, "tls_version", "") or "").encode()
-
-    def ciphersuiteString(self) -> bytes:  # noqa: N802
-        return (getattr(self.tls, "cipher", "") or "").encode()
-
-    def peerCertificatePresented(self) -> bool:  # noqa: N802
-        return bool(getattr(self.tls, "peer_certificate", None))
-
-
-class ConnectionWrapper:
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def ssl(self) -> SslConnectionWrapper | None:
-        tls = self.stream.downstream_ssl
-        return None if tls is None else SslConnectionWrapper(tls)
-
-
-class StreamInfoWrapper:
-    """Envoy's StreamInfoWrapper: the stream's protocol, addresses, SNI, dynamic metadata."""
-
-    __slots__ = ("state", "stream", "dynamic")
-
-    def __init__(self, state: LuaState, stream: Any) -> None:
-        self.state = state
-        self.stream = stream
-        self.dynamic = None
-
-    def protocol(self) -> bytes:
-        return (self.stream.protocol or "").encode()
-
-    def downstreamLocalAddress(self) -> bytes:  # noqa: N802
-        return (self.stream.downstream_local_address or "").encode()
-
-    def downstreamDirectRemoteAddress(self) -> bytes:  # noqa: N802
-        return (self.stream.downstream_direct_remote_address or "").encode()
-
-    def downstreamRemoteAddress(self) -> bytes:  # noqa: N802
-        return (self.stream.downstream_remote_address or "").encode()
-
-    def requestedServerName(self) -> bytes:  # noqa: N802
-        return (self.stream.requested_server_name or "").encode()
-
-    def routeName(self) -> bytes:  # noqa: N802
-        return (self.stream.route_name or "").encode()
-
-    def downstreamSslConnection(self) -> SslConnectionWrapper | None:  # noqa: N802
-        tls = self.stream.downstream_ssl
-        return None if tls is None else SslConnectionWrapper(tls)
-
-    def dynamicMetadata(self) -> DynamicMetadataWrapper:  # noqa: N802
-        if self.dynamic is None:
-            self.dynamic = DynamicMetadataWrapper(self.state, self.stream)
-        return self.dynamic
+        e = e.args[0] if e.args else str(e)
+    return _text(e).split("\nstack traceback:", 1)[0]

@@ -223,6 +223,29 @@ def test_each_worker_has_its_own_lua_state(upstream):
         proxy.stop()
 
 
+def _lua_states(proxy: ProxyUnderTest) -> list:
+    """The Lua states of the proxy's workers, found by walking what the workers reference
+    (tests only)."""
+    import gc
+
+    from proxy.http.filters.lua import WorkerLua
+    found, seen = [], set()
+    frontier = list(proxy.server.workers)
+    for _ in range(8):
+        nxt = []
+        for o in frontier:
+            if id(o) in seen or isinstance(o, (str, bytes, int, float)):
+                continue
+            seen.add(id(o))
+            if isinstance(o, WorkerLua):
+                if o.default is not None:
+                    found.append(o.default)
+                continue
+            nxt.extend(gc.get_referents(o))
+        frontier = nxt
+    return found
+
+
 def _bootstrap(filter_config: dict, routes: list | None = None) -> dict:
     return front_proxy_config(routes or [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
                               [static_cluster("app", 1)],
@@ -283,5 +306,8 @@ def test_thousands_of_hooks_with_yields_stay_correct(upstream):
             assert (r.status, r.getheader("x-n"), r.read()) == (200, str(i), b"b%d:%d" % (i, i))
         conn.close()
         assert proxy.counters().get("http.ingress_http.lua.errors", 0) == 0
+        # Every stream's handle was released (respond() ends the stream during the hook).
+        states = _lua_states(proxy)
+        assert states and all(not s.handles for s in states), [len(s.handles) for s in states]
     finally:
         proxy.stop()

@@ -320,8 +320,15 @@ class StreamHandle:
     # -- driving the coroutine -------------------------------------------------------------------
     def start(self, fn) -> int:
         self.f.wf.executions.value += 1
-        self.hid, self.step = self.lua.start(fn, self)
-        self._resume()
+        lua = self.lua
+        self.hid = lua.register(self)
+        try:
+            step, ok, result = lua.start(fn, self.hid)
+        except Exception as e:  # (lupa's own failure: treated as the script's)
+            step, ok, result = None, False, e
+        if self.hid in lua.handles:  # (not when the stream ended during the run: respond())
+            self.step = step
+        self._after(ok, result)
         if self.status in (WAIT_BODY, HTTP_CALL, RESPONDED):
             return 1  # StopIteration
         self.headers_continued = True
@@ -333,6 +340,11 @@ class StreamHandle:
             ok, result = self.step()
         except Exception as e:  # (lupa's own failure: treated as the script's)
             ok, result = False, e
+        self._after(ok, result)
+
+    def _after(self, ok: bool, result) -> None:
+        """What a run of the coroutine answered: it ended, failed, or waits (status says for
+        what; RUNNING means the script yielded by itself)."""
         if not ok:
             self._error(result)
         elif result:  # the hook returned
@@ -348,17 +360,15 @@ class StreamHandle:
 
     def _end(self, status: int) -> None:
         self.status = status
-        self.step = None
-        self.lua.release(self.hid)
         self.abandon()
 
     def abandon(self) -> None:
+        """The hook is over, or its stream is: no answer wanted, the handle's objects dead."""
         req, self.request = self.request, None
         if req is not None:
             req.cancel()
-        if self.step is not None:
-            self.step = None
-            self.lua.release(self.hid)
+        self.step = None
+        self.lua.release(self.hid)
 
     def _buffer(self) -> bytearray | None:
         cb = self.f.cb

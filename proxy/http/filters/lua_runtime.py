@@ -260,16 +260,19 @@ function H:clearRouteCache() chk(api("clear_route_cache", self.id)) end
 function H:base64Escape(s) return pass(api("base64", self.id, s)) end
 function H:timestamp() return pass(api("timestamp", self.id)) end
 
--- start(fn, id): the hook as a coroutine; the step function resumes it once:
+-- start(fn, id): the hook as a coroutine, run until it first ends or waits (one call from
+-- Python instead of two); then the step function resumes it. Each run answers
 -- true, dead | false, message.
 return function(fn, id)
   local h = setmetatable({id = id, scope = 0}, H)
   local co = create(function() return fn(h) end)
-  return function()
+  local function step()
     local ok, err = resume(co)
     if not ok then return false, err end
     return true, status(co) == "dead"
   end
+  local ok, res = step()
+  return step, ok, res
 end
 """
 
@@ -306,12 +309,16 @@ class LuaState:
         self.on_response = on_response if _lupa.lua_type(on_response) == "function" else None
         self.table_from = rt.table_from
 
-    def start(self, fn: Any, handle: Any) -> tuple[int, Any]:
-        """Register `handle` and make its coroutine: (its id, the step function)."""
+    def register(self, handle: Any) -> int:
+        """A stream handle's id, by which the prelude's objects reach it."""
         self.next_id += 1
-        hid = self.next_id
-        self.handles[hid] = handle
-        return hid, self._start(fn, hid)
+        self.handles[self.next_id] = handle
+        return self.next_id
+
+    def start(self, fn: Any, hid: int) -> tuple[Any, bool, Any]:
+        """Make the hook's coroutine for handle `hid` and run it until it ends or waits: the
+        step function that resumes it, and the first run's answer (ok, dead or message)."""
+        return self._start(fn, hid)
 
     def release(self, hid: int) -> None:
         self.handles.pop(hid, None)

@@ -154,7 +154,9 @@ def parse_lua(raw: Mapping[str, Any], path: str) -> LuaConfig:
 
 def parse_lua_per_route(raw: Mapping[str, Any], path: str) -> LuaPerRoute:
     f = PER_ROUTE.read(raw, path)
-    kind = f.oneof("disabled", "name", "source_code", required=True)
+    kind = f.oneof("disabled", "name", "source_code")
+    if kind is None:  # Envoy accepts it: no override, the filter's default script runs
+        return LuaPerRoute()
     if kind == "disabled":
         if not f.bool("disabled"):
             raise ConfigError(f.at("disabled"), "must be true when set")
@@ -217,6 +219,8 @@ class WorkerLua:
                 state = self.named[per_route.name] = self.rt.LuaState(code, OPS)
             return state
         code = per_route.source_code
+        if code is None:
+            return self.default
         state = self.per_route.get(code)
         if state is None:
             state = self.per_route[code] = self.rt.LuaState(code, OPS)

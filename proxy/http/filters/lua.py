@@ -327,11 +327,12 @@ class StreamHandle:
         lua = self.lua
         self.hid = lua.register(self)
         try:
-            step, ok, result = lua.start(fn, self.hid)
+            answer = lua.start(fn, self.hid)
         except Exception as e:  # (lupa's own failure: treated as the script's)
-            step, ok, result = None, False, e
-        if self.hid in lua.handles:  # (not when the stream ended during the run: respond())
-            self.step = step
+            answer = (False, e)
+        ok, result = answer[0], answer[1]
+        if len(answer) == 3 and self.hid in lua.handles:
+            self.step = answer[2]  # it waits (unless its stream ended meanwhile: respond())
         self._after(ok, result)
         if self.status in (WAIT_BODY, HTTP_CALL, RESPONDED):
             return 1  # StopIteration

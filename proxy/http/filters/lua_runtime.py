@@ -272,7 +272,8 @@ return function(fn, id)
     return true, status(co) == "dead"
   end
   local ok, res = step()
-  return step, ok, res
+  if ok and not res then return ok, res, step end
+  return ok, res  -- (ended: no step function to hand to Python, which costs a wrapper)
 end
 """
 
@@ -315,9 +316,10 @@ class LuaState:
         self.handles[self.next_id] = handle
         return self.next_id
 
-    def start(self, fn: Any, hid: int) -> tuple[Any, bool, Any]:
+    def start(self, fn: Any, hid: int) -> tuple:
         """Make the hook's coroutine for handle `hid` and run it until it ends or waits: the
-        step function that resumes it, and the first run's answer (ok, dead or message)."""
+        first run's answer (ok, dead or message), and when it waits the step function that
+        resumes it."""
         return self._start(fn, hid)
 
     def release(self, hid: int) -> None:

@@ -15,12 +15,13 @@ import time
 
 import pytest
 
-pytest.importorskip("lupa", reason="the Lua filter needs lupa: pip install 'ftproxy[lua]'")
+from proxy.config.load import parse_bootstrap
+from proxy.config.reader import ConfigError
+from tests.lua_support import LUA_IN_PROCESS_SKIP
 
-from proxy.config.load import parse_bootstrap  # noqa: E402
-from proxy.config.reader import ConfigError  # noqa: E402
+from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, raw_request, static_cluster
 
-from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, raw_request, static_cluster  # noqa: E402
+pytestmark = pytest.mark.skipif(LUA_IN_PROCESS_SKIP is not None, reason=LUA_IN_PROCESS_SKIP or "")
 
 LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
@@ -233,7 +234,7 @@ def _lua_states(proxy: ProxyUnderTest) -> list:
     from proxy.http.filters.lua import WorkerLua
     found, seen = [], set()
     frontier = list(proxy.server.workers)
-    for _ in range(8):
+    for _ in range(16):
         nxt = []
         for o in frontier:
             if id(o) in seen or isinstance(o, (str, bytes, int, float)):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lupa", reason="the Lua filter needs lupa: pip install 'ftproxy[lua]'")
+pytest.importorskip("lupa", reason="the Lua filter needs lupa: pip install 'ftproxy[lua]'")  # (the package only)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +66,23 @@ def test_without_a_lua_filter_lupa_is_not_imported():
     assert "re-enabled the GIL" not in stderr
     if sysconfig.get_config_var("Py_GIL_DISABLED"):
         assert report["after"] is False
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"),
+                    reason="GIL build: the Lua tests ran in the test process itself")
+def test_the_lua_filter_tests_pass_in_their_own_interpreter():
+    """On a free-threaded build the tests that load lupa skip in the shared test process
+    (tests/lua_support.py); here they run, in an interpreter of their own, where the GIL
+    coming back harms no other test."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    env["FTPROXY_LUA_IN_PROCESS"] = "1"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/integration/test_lua_filter.py",
+                          "tests/integration/test_envoy_examples.py::test_lua_example",
+                          "tests/integration/test_envoy_examples.py::test_every_vendored_example_loads_unchanged",
+                          "tests/differential/test_validate.py::test_validate_agrees_with_real_envoy",
+                          "-k", "lua"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    progress = out.stdout.split("[", 1)[0]  # one character per test: "." passed, "s" skipped
+    assert progress.count(".") >= 15 and "s" not in progress, out.stdout[-500:]

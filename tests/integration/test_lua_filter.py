@@ -139,7 +139,8 @@ def test_http_call_waits_without_blocking_the_worker(upstream):
             slow["took"] = time.monotonic() - started
         t = threading.Thread(target=call_slow)
         t.start()
-        time.sleep(0.2)
+        # The slow request is waiting for its call once the upstream has the call.
+        assert proxy.wait_for(lambda: any(r[1] == "/delay/0.8" for r in upstream.requests))
         started = time.monotonic()
         status, _, _ = _get(proxy.port, "/fast")
         fast_took = time.monotonic() - started

@@ -317,3 +317,35 @@ def test_thousands_of_hooks_with_yields_stay_correct(upstream):
         assert proxy.wait_for(lambda: all(not s.handles for s in states)), [len(s.handles) for s in states]
     finally:
         proxy.stop()
+
+
+def test_http_call_on_the_response_path(upstream):
+    """envoy_on_response may call a cluster too: the response waits (its headers held), then
+    goes on with what the script added from the answer."""
+    proxy = _proxy("""
+        function envoy_on_response(h)
+          local rh, rb = h:httpCall("app", {[":method"] = "GET", [":path"] = "/status/204",
+                                             [":authority"] = "app"}, nil, 2000)
+          h:headers():add("x-side-call", rh[":status"])
+        end""", upstream)
+    try:
+        status, headers, body = _get(proxy.port, "/main")
+        assert status == 200 and headers["x-side-call"] == "204"
+        assert b'"path": "/main"' in body
+        assert [r[1] for r in upstream.requests[-2:]] == ["/main", "/status/204"]
+    finally:
+        proxy.stop()
+
+
+def test_request_chunks_changed_in_place_reach_the_upstream(upstream):
+    proxy = _proxy("""
+        function envoy_on_request(h)
+          for chunk in h:bodyChunks() do
+            chunk:setBytes(string.upper(chunk:getBytes(0, chunk:length())))
+          end
+        end""", upstream)
+    try:
+        status, _, _ = _get(proxy.port, "/up", "POST", b"abc" * 1000)
+        assert status == 200 and upstream.requests[-1][3] == b"ABC" * 1000
+    finally:
+        proxy.stop()

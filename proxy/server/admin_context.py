@@ -15,6 +15,7 @@ import time
 from .. import __version__
 from ..admin.certs import context_certificates, redact_config
 from ..hotrestart.messages import HOT_RESTART_VERSION
+from . import gil_notes
 from ..upstream.host import health_flags
 from .xds_dump import xds_config_dump
 
@@ -144,6 +145,8 @@ class ServerAdminContext:
                 "implementation": sys.implementation.name,
                 "gil_enabled": _gil(),
                 "free_threaded_build": bool(getattr(sys, "_is_gil_enabled", None)) and _ft_build(),
+                # What turned the GIL back on, if something did (the Lua filter's lupa).
+                "gil_reenabled_by": list(gil_notes.reasons()),
             },
         }
 

@@ -8,6 +8,8 @@ It decides by the checked request's `authorization: Bearer <token>` (scripted):
   is replaced), `x-append-me: from-authz` (append true: joined to an existing one),
   `x-added` (append_action ADD_IF_ABSENT), headers_to_remove `x-remove-me`, a query parameter
   `authz=yes` set and `drop` removed, response_headers_to_add `x-authz-extra: 1`;
+- `allow-actions`: OK with each HeaderValueOption append_action on request headers (`x-a<n>`,
+  `x-p<n>`) and response headers (`x-r<n>`, `x-r-append`, `content-type`);
 - `deny`: PERMISSION_DENIED with denied_response 401, `x-reason: bad token`, body `denied by authz`;
 - `error`: a gRPC error (UNAVAILABLE); `slow`: OK after 1 s; `garbage`: an answer that is not a
   CheckResponse; `errresp`: an error_response (status 418, body `teapot`);
@@ -83,6 +85,17 @@ class _Authorization:
             q.key, q.value = "authz", "yes"
             ok.query_parameters_to_remove.append("drop")
             _hvo(ok.response_headers_to_add, "x-authz-extra", "1", append=False)
+        elif token == "allow-actions":
+            # Each append_action on request headers (x-a*: absent, x-p*: present) and on
+            # response headers (x-r*: absent; content-type: present).
+            ok = resp.ok_response
+            for n in range(4):
+                _hvo(ok.headers, f"x-a{n}", "authz", action=n)
+                _hvo(ok.headers, f"x-p{n}", "authz", action=n)
+                _hvo(ok.response_headers_to_add, f"x-r{n}", "authz", action=n)
+            _hvo(ok.response_headers_to_add, "x-r-append", "authz", append=True)
+            _hvo(ok.response_headers_to_add, "content-type", "authz/1", action=1)
+            _hvo(ok.response_headers_to_add, "x-r3", "authz", action=3)
         elif token == "deny":
             resp.status.code = 7
             d = resp.denied_response

@@ -439,7 +439,8 @@ class ExtAuthzFilter(PassThroughFilter):
         self.pending = True
         self.request = AsyncRequest(wf.worker, service.cluster, b"POST", authz_grpc.SERVICE_PATH,
                                     service.authority, request_headers(service.timeout, metadata),
-                                    frame(message), service.timeout, self._on_grpc_answer)
+                                    frame(message), service.timeout, self._on_grpc_answer,
+                                    send_xff=True)   # Envoy's gRPC async client appends its address
         self.request.send()
 
     # -- the answer --------------------------------------------------------------------------

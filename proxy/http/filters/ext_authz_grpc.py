@@ -10,7 +10,7 @@ Config `grpc_service` (envoy.config.core.v3.GrpcService): `envoy_grpc.cluster_na
 The CheckRequest (Envoy's CheckRequestUtils::createHttpCheck): `attributes.source.address` (the
 connection's peer; `service` from x-envoy-downstream-service-cluster), `destination.address`
 (the local address), `request.time`, `request.http`: `id` (a random stream id), `method`,
-`path`, `host`, `scheme`, `protocol`, `size` (body bytes received so far), `headers` (lower-case
+`path`, `host`, `scheme`, `protocol`, `size` (body bytes received so far, more than the body sent when cut), `headers` (lower-case
 names, the pseudo-headers among them, duplicates joined with ","; only those `allowed_headers`
 matches when it is set), the body when `with_request_body` (as `body`, or `raw_body` with
 `pack_as_bytes`; `x-envoy-auth-partial-body` says whether it was cut), and
@@ -21,9 +21,11 @@ as Envoy's C++ does, without a UTF-8 check or a copy into the message.
 The CheckResponse (Envoy's GrpcClientImpl::onSuccess): status OK -> allowed with
 `ok_response` (`headers`, `headers_to_remove`, `response_headers_to_add`,
 `query_parameters_to_set/remove`); `error_response` -> an error (its status, body, headers);
-else denied (`denied_response`: status, default 403, headers, body). Each HeaderValueOption's
-action: deprecated `append` true -> append to the existing value with "," (or add), false ->
-overwrite; else `append_action`.
+else denied (`denied_response`: status, default 403, headers, body). The request's headers
+(ok_response.headers): `append` true -> joined to an existing header with "," (nothing when
+absent), else overwritten; append_action is not read there (as Envoy 1.40, found by the
+differential case). Response and denial headers: `append` true -> added, false -> overwritten,
+unset -> `append_action`.
 
 Thread affinity: config on the main thread (which imports protobuf: proxy/grpc/protobuf_env.py
 first); `check_request` and `read_answer` on the worker that owns the stream (each message is
@@ -34,8 +36,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-from urllib.parse import quote, unquote_plus
 
 from ...config.fields_table import Message, refused, used
 from ...grpc.unary import GrpcFailure
@@ -191,7 +191,7 @@ def check_request(head, info, stream_id: int, allowed: tuple, body: bytes | None
     http.path = head.path.decode("latin-1")
     http.host = head.authority.decode("latin-1")
     http.scheme = head.scheme.decode("latin-1")
-    http.size = len(body) if body is not None else 0
+    http.size = info.bytes_received   # the body bytes received so far (Envoy's bytesReceived)
     protocol = _PROTOCOLS.get(head.http_version)
     if protocol:
         http.protocol = protocol
@@ -239,11 +239,21 @@ class Answer:
     query_remove: tuple = ()
 
 
+def _request_mutations(options) -> tuple:
+    """ok_response.headers, as Envoy 1.40 reads them: `append` true -> APPEND (to an existing
+    header only), anything else -> SET (append_action is not read here)."""
+    return tuple((o.header.key.lower().encode("latin-1"),
+                  o.header.raw_value or o.header.value.encode("utf-8"),
+                  APPEND if o.append.value else SET) for o in options)
+
+
 def _mutations(options) -> tuple:
+    """response_headers_to_add and a denial's headers: `append` true -> ADD, false -> SET;
+    unset -> append_action."""
     out = []
     for o in options:
         if o.HasField("append"):
-            action = APPEND if o.append.value else SET
+            action = ADD if o.append.value else SET
         else:
             action = o.append_action if 0 <= o.append_action <= 3 else SET
         out.append((o.header.key.lower().encode("latin-1"),
@@ -261,7 +271,7 @@ def read_answer(data: bytes) -> Answer:
         if not r.HasField("ok_response"):
             return Answer(ALLOW)
         ok = r.ok_response
-        return Answer(ALLOW, headers=_mutations(ok.headers),
+        return Answer(ALLOW, headers=_request_mutations(ok.headers),
                       remove=tuple(n.lower().encode("latin-1") for n in ok.headers_to_remove),
                       response_headers=_mutations(ok.response_headers_to_add),
                       query_set=tuple((q.key, q.value) for q in ok.query_parameters_to_set),
@@ -283,12 +293,11 @@ def apply_mutations(headers, mutations) -> bool:
             headers.set(name, value)
         elif action == ADD:
             headers.add(name, value)
-        elif action == APPEND:
+        elif action == APPEND:   # only to an existing header (Envoy's headers_to_append)
             old = headers.get(name)
             if old is None:
-                headers.add(name, value)
-            else:
-                headers.set(name, old + b"," + value)
+                continue
+            headers.set(name, old + b"," + value)
         elif action == ADD_IF_ABSENT:
             if headers.has(name):
                 continue
@@ -302,21 +311,19 @@ def apply_mutations(headers, mutations) -> bool:
 
 
 def rewrite_query(path: bytes, to_set: tuple, to_remove: tuple) -> bytes:
-    """`path` with its query parameters set (replacing every value of the key) and removed."""
+    """`path` with query parameters set and removed, as Envoy's QueryParamsMulti: parameters are
+    taken as they are (not decoded), a set one replaces every value of its key, and the query is
+    written back with its keys sorted (each key's values in their order)."""
     base, _, query = path.partition(b"?")
-    params: list[tuple[str, str]] = []
+    params: dict[str, list[str]] = {}
     for part in query.decode("latin-1").split("&") if query else ():
-        k, _, v = part.partition("=")
-        params.append((unquote_plus(k), unquote_plus(v)))
+        if part:
+            k, _, v = part.partition("=")
+            params.setdefault(k, []).append(v)
     for key, value in to_set:
-        if any(k == key for k, _ in params):
-            i = next(i for i, (k, _) in enumerate(params) if k == key)
-            params = [kv for kv in params if kv[0] != key]
-            params.insert(i, (key, value))
-        else:
-            params.append((key, value))
-    removing = set(to_remove)
-    params = [kv for kv in params if kv[0] not in removing]
+        params[key] = [value]
+    for key in to_remove:
+        params.pop(key, None)
     if not params:
         return base
-    return base + b"?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params).encode("latin-1")
+    return base + b"?" + "&".join(f"{k}={v}" for k in sorted(params) for v in params[k]).encode("latin-1")

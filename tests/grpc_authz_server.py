@@ -134,28 +134,31 @@ class GrpcAuthzServer:
     """The server (h2c) on 127.0.0.1 in its own thread and event loop: `port`, `checks`,
     `requests`, `close()`."""
 
-    def __init__(self, name: str = "authz", mode: str = "script") -> None:
+    def __init__(self, name: str = "authz", mode: str = "script", port: int = 0, record: bool = True) -> None:
         self.name = name
         self.mode = mode
+        self.record = record   # False for benchmarks (perf/grpc_authz_server.py): nothing kept
         self.checks: list = []
         self.requests: list = []
         self.loop = asyncio.new_event_loop()
         self.server: Server | None = None
         ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True, name="grpc-authz")
+        self.thread = threading.Thread(target=self._run, args=(ready, port), daemon=True, name="grpc-authz")
         self.thread.start()
         if not ready.wait(10):
             raise RuntimeError("gRPC authorization server did not start")
         self.port = self.server._server.sockets[0].getsockname()[1]
 
-    def _run(self, ready: threading.Event) -> None:
+    def _run(self, ready: threading.Event, port: int) -> None:
         asyncio.set_event_loop(self.loop)
         self.server = Server([_Authorization(self)], codec=_Codec())
-        self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
+        self.loop.run_until_complete(self.server.start("127.0.0.1", port))
         ready.set()
         self.loop.run_forever()
 
     def _record(self, request, metadata) -> None:
+        if not self.record:
+            return
         a = request.attributes
         http = a.request.http
         headers = dict(http.headers)

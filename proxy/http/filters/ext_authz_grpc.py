@@ -14,9 +14,11 @@ connection's peer; `service` from x-envoy-downstream-service-cluster), `destinat
 names, the pseudo-headers among them, duplicates joined with ","; only those `allowed_headers`
 matches when it is set), the body when `with_request_body` (as `body`, or `raw_body` with
 `pack_as_bytes`; `x-envoy-auth-partial-body` says whether it was cut), and
-`context_extensions` (the route levels' merged). The body is appended to the serialized message
-as one more occurrence of the nested fields (protobuf merges them): bytes are sent as they are,
-as Envoy's C++ does, without a UTF-8 check or a copy into the message.
+`context_extensions` (the route levels' merged). It is written straight in protobuf's wire
+format (`check_request`; `check_request_message` builds the same as protobuf objects, the
+reference it is tested against): bytes go as they are, as Envoy's C++ sends them, and on a
+free-threaded build, where protobuf runs its pure-Python backend, the objects would cost ~20x
+the bytecodes of the whole proxied request's (perf/RESULTS.md).
 
 The CheckResponse (Envoy's GrpcClientImpl::onSuccess): status OK -> allowed with
 `ok_response` (`headers`, `headers_to_remove`, `response_headers_to_add`,
@@ -106,21 +108,14 @@ _pb: Any = None
 
 
 class _Protos:
-    """The message classes and the field tags the body is appended with."""
+    """Envoy's auth message classes (CheckResponse is read with them; CheckRequest is the
+    reference for the wire writer)."""
 
     def __init__(self) -> None:
         from ...grpc import protobuf_env  # noqa: F401  before protobuf: the backend on 3.14t
-        from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+        from envoy.service.auth.v3 import external_auth_pb2
         self.CheckRequest = external_auth_pb2.CheckRequest
         self.CheckResponse = external_auth_pb2.CheckResponse
-        ac = attribute_context_pb2.AttributeContext.DESCRIPTOR
-        req = external_auth_pb2.CheckRequest.DESCRIPTOR
-        http = ac.nested_types_by_name["HttpRequest"]
-        # CheckRequest.attributes -> AttributeContext.request -> Request.http -> HttpRequest.body
-        self.body_path = (req.fields_by_name["attributes"].number, ac.fields_by_name["request"].number,
-                          ac.nested_types_by_name["Request"].fields_by_name["http"].number)
-        self.body_field = http.fields_by_name["body"].number
-        self.raw_body_field = http.fields_by_name["raw_body"].number
 
 
 def load_protos() -> _Protos:
@@ -153,8 +148,95 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+_PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0", b"2": b"HTTP/2", b"2.0": b"HTTP/2", b"3": b"HTTP/3"}
+
+# Field numbers (envoy/service/auth/v3/*.proto, envoy/config/core/v3/address.proto; wire-stable,
+# and test_ext_authz_grpc_wire.py checks them against the descriptors), as length-delimited tags.
+_ATTRIBUTES = b"\x0a"                                   # CheckRequest.attributes = 1
+_SOURCE, _DESTINATION, _REQUEST, _CONTEXT = b"\x0a", b"\x12", b"\x22", b"\x52"   # 1, 2, 4, 10
+_PEER_ADDRESS, _PEER_SERVICE = b"\x0a", b"\x12"          # Peer.address = 1, service = 2
+_SOCKET_ADDRESS, _SA_ADDRESS, _SA_PORT = b"\x0a", b"\x12", b"\x18"  # 1; address = 2; port_value = 3 (varint)
+_TIME, _HTTP = b"\x0a", b"\x12"                          # Request.time = 1, http = 2
+_SECONDS, _NANOS = b"\x08", b"\x10"                      # Timestamp (varints)
+_ID, _METHOD, _HEADERS, _PATH, _HOST, _SCHEME = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x2a", b"\x32"
+_SIZE, _PROTOCOL, _BODY, _RAW_BODY = b"\x48", b"\x52", b"\x5a", b"\x62"  # 9 (varint), 10, 11, 12
+_KEY, _VALUE = b"\x0a", b"\x12"                          # a map entry's key = 1, value = 2
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    n = len(payload)
+    return tag + (bytes((n,)) if n < 0x80 else _varint(n)) + payload
+
+
+def _entry(key: bytes, value: bytes) -> bytes:
+    """A map<string, string> entry's payload."""
+    return _ld(_KEY, key) + _ld(_VALUE, value) if value else _ld(_KEY, key)
+
+
+def _peer(text: str | None, service: bytes = b"") -> bytes:
+    out = b""
+    if text:
+        host, _, port = text.rpartition(":")
+        if host.startswith("["):
+            host = host[1:-1]
+        sa = _ld(_SA_ADDRESS, host.encode("latin-1")) if host else b""
+        if port.isdigit() and int(port):
+            sa += _SA_PORT + _varint(int(port))
+        out = _ld(_PEER_ADDRESS, _ld(_SOCKET_ADDRESS, sa))
+    if service:
+        out += _ld(_PEER_SERVICE, service)
+    return out
+
+
+def check_request(head, info, stream_id: int, allowed: tuple, body: bytes | None, partial: bool,
+                  pack_as_bytes: bool, context_extensions: dict[str, str]) -> bytes:
+    """The serialized CheckRequest for `head` (RequestHead) on the stream `info` (StreamInfo),
+    written directly in protobuf's wire format: on a free-threaded build protobuf runs its
+    pure-Python backend, where building the same message as objects costs ~20x the bytecodes
+    (perf/RESULTS.md). Bytes go as they are, as Envoy's C++ sends them (no UTF-8 check).
+    `check_request_message` builds the same request as protobuf objects (the reference)."""
+    merged: dict[bytes, bytes] = {}
+    pseudo = ((b":authority", head.authority), (b":path", head.path), (b":method", head.method),
+              (b":scheme", head.scheme))
+    service = b""
+    for name, value in (*pseudo, *head.headers.fields):
+        if name == b"host" or name == b"x-envoy-auth-partial-body":
+            continue
+        if allowed and not any(m.match(name.decode("latin-1")) for m in allowed):
+            continue
+        if name == b"x-envoy-downstream-service-cluster":
+            service = value
+        old = merged.get(name)
+        merged[name] = value if old is None else old + b"," + value
+    if body is not None:
+        merged[b"x-envoy-auth-partial-body"] = b"true" if partial else b"false"
+    http = [_ld(_ID, b"%d" % stream_id), _ld(_METHOD, head.method)]
+    http.extend(_ld(_HEADERS, _entry(k, v)) for k, v in merged.items())
+    if head.path:
+        http.append(_ld(_PATH, head.path))
+    if head.authority:
+        http.append(_ld(_HOST, head.authority))
+    if head.scheme:
+        http.append(_ld(_SCHEME, head.scheme))
+    if info.bytes_received:   # the body bytes received so far (Envoy's bytesReceived)
+        http.append(_SIZE + _varint(info.bytes_received))
+    protocol = _PROTOCOLS.get(head.http_version)
+    if protocol:
+        http.append(_ld(_PROTOCOL, protocol))
+    if body:
+        http.append(_ld(_RAW_BODY if pack_as_bytes else _BODY, body))
+    request = b""
+    if info.start_time:
+        ns = int(info.start_time * 1e9)
+        seconds, nanos = divmod(ns, 1_000_000_000)
+        request = _ld(_TIME, _SECONDS + _varint(seconds) + (_NANOS + _varint(nanos) if nanos else b""))
+    request += _ld(_HTTP, b"".join(http))
+    attrs = [_ld(_SOURCE, _peer(info.downstream_direct_remote_address, service)),
+             _ld(_DESTINATION, _peer(info.downstream_local_address)), _ld(_REQUEST, request)]
+    attrs.extend(_ld(_CONTEXT, _entry(k.encode("utf-8"), v.encode("utf-8")))
+                 for k, v in context_extensions.items())
+    return _ld(_ATTRIBUTES, b"".join(attrs))
 
 
 def _set_address(peer, text: str | None) -> None:
@@ -165,18 +247,14 @@ def _set_address(peer, text: str | None) -> None:
         host = host[1:-1]
     sa = peer.address.socket_address
     sa.address = host
-    try:
+    if port.isdigit():
         sa.port_value = int(port)
-    except ValueError:
-        pass
 
 
-_PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2", b"2.0": "HTTP/2", b"3": "HTTP/3"}
-
-
-def check_request(head, info, stream_id: int, allowed: tuple, body: bytes | None, partial: bool,
-                  pack_as_bytes: bool, context_extensions: dict[str, str]) -> bytes:
-    """The serialized CheckRequest for `head` (RequestHead) on the stream `info` (StreamInfo)."""
+def check_request_message(head, info, stream_id: int, allowed: tuple, body: bytes | None, partial: bool,
+                          pack_as_bytes: bool, context_extensions: dict[str, str]):
+    """The same CheckRequest as `check_request`, built as protobuf objects: the reference the
+    wire writer is tested against (values decoded as latin-1, so ASCII only compares)."""
     pb = _pb
     msg = pb.CheckRequest()
     attrs = msg.attributes
@@ -191,39 +269,28 @@ def check_request(head, info, stream_id: int, allowed: tuple, body: bytes | None
     http.path = head.path.decode("latin-1")
     http.host = head.authority.decode("latin-1")
     http.scheme = head.scheme.decode("latin-1")
-    http.size = info.bytes_received   # the body bytes received so far (Envoy's bytesReceived)
+    http.size = info.bytes_received
     protocol = _PROTOCOLS.get(head.http_version)
     if protocol:
-        http.protocol = protocol
-    merged: dict[str, str] = {}
-    pseudo = ((":authority", head.authority), (":path", head.path), (":method", head.method),
-              (":scheme", head.scheme))
-    service = None
+        http.protocol = protocol.decode()
+    pseudo = ((b":authority", head.authority), (b":path", head.path), (b":method", head.method),
+              (b":scheme", head.scheme))
     for name, value in (*pseudo, *head.headers.fields):
-        if name == b"host" or name == b"x-envoy-auth-partial-body":
+        key = name.decode("latin-1")
+        if name in (b"host", b"x-envoy-auth-partial-body") or (allowed and not any(m.match(key) for m in allowed)):
             continue
-        key = name if isinstance(name, str) else name.decode("latin-1")
-        if allowed and not any(m.match(key) for m in allowed):
-            continue
-        text = value.decode("latin-1")
         if key == "x-envoy-downstream-service-cluster":
-            service = text
-        if key in merged:
-            merged[key] += "," + text
-        else:
-            merged[key] = text
+            attrs.source.service = value.decode("latin-1")
+        text = value.decode("latin-1")
+        http.headers[key] = http.headers[key] + "," + text if key in http.headers else text
     if body is not None:
-        merged["x-envoy-auth-partial-body"] = "true" if partial else "false"
-    http.headers.update(merged)
-    if service:
-        attrs.source.service = service
-    if context_extensions:
-        attrs.context_extensions.update(context_extensions)
-    data = msg.SerializeToString()
-    if body:
-        a, r, h = pb.body_path
-        data += _field(a, _field(r, _field(h, _field(pb.raw_body_field if pack_as_bytes else pb.body_field, body))))
-    return data
+        http.headers["x-envoy-auth-partial-body"] = "true" if partial else "false"
+        if pack_as_bytes:
+            http.raw_body = body
+        elif body:
+            http.body = body.decode("latin-1")
+    attrs.context_extensions.update(context_extensions)
+    return msg
 
 
 # -- the answer --------------------------------------------------------------------------------

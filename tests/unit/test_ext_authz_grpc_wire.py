@@ -98,3 +98,64 @@ def test_read_answer_kinds():
 ])
 def test_rewrite_query_as_envoy(path, to_set, to_remove, want):
     assert g.rewrite_query(path, to_set, to_remove) == want
+
+
+def _responses():
+    pb = g._pb.CheckResponse
+    out = [("empty", pb())]
+    r = pb()
+    ok = r.ok_response
+    for key, append, action in (("X-A", True, None), ("x-b", False, None), ("x-c", None, 1), ("x-d", None, 3)):
+        for target in (ok.headers, ok.response_headers_to_add):
+            o = target.add()
+            o.header.key, o.header.value = key, "v-" + key
+            if append is not None:
+                o.append.value = append
+            if action is not None:
+                o.append_action = action
+    raw = ok.headers.add()
+    raw.header.key, raw.header.raw_value = "x-raw", b"\x01bytes"
+    ok.headers_to_remove.extend(["X-Gone", "x-also"])
+    q = ok.query_parameters_to_set.add()
+    q.key, q.value = "authz", "yes"
+    ok.query_parameters_to_remove.append("drop")
+    out.append(("ok with everything", r))
+    out.append(("ok without ok_response", pb(status={"code": 0})))
+    d = pb(status={"code": 7})
+    d.denied_response.status.code = 401
+    d.denied_response.body = "no"
+    h = d.denied_response.headers.add()
+    h.header.key, h.header.value = "x-reason", "bad"
+    out.append(("denied", d))
+    out.append(("denied without denied_response", pb(status={"code": 16})))
+    e = pb(status={"code": 13})
+    e.error_response.status.code = 418
+    e.error_response.body = "teapot"
+    out.append(("error_response", e))
+    e2 = pb(status={"code": -1})
+    e2.error_response.body = "no status"
+    out.append(("negative code, error_response without status", e2))
+    return out
+
+
+@pytest.mark.parametrize("resp", [r for _, r in _responses()], ids=[n for n, _ in _responses()])
+def test_wire_reader_matches_protobuf_objects(resp):
+    data = resp.SerializeToString()
+    assert g.read_answer(data) == g.read_answer_message(data)
+
+
+def test_wire_reader_merges_repeated_singular_messages_as_protobuf():
+    # Two occurrences of ok_response (a peer may send a message in pieces): merged.
+    a = g._pb.CheckResponse()
+    a.ok_response.headers_to_remove.append("x-1")
+    b = g._pb.CheckResponse()
+    b.ok_response.headers_to_remove.append("x-2")
+    data = a.SerializeToString() + b.SerializeToString()
+    assert g.read_answer(data) == g.read_answer_message(data)
+    assert g.read_answer(data).remove == (b"x-1", b"x-2")
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff\xff", b"\x1a\x05ab", b"\x0f", b"\x1a"])
+def test_wire_reader_refuses_what_is_not_a_check_response(data):
+    with pytest.raises(g.GrpcFailure):
+        g.read_answer(data)

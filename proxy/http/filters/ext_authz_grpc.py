@@ -306,17 +306,121 @@ class Answer:
     query_remove: tuple = ()
 
 
-def _request_mutations(options) -> tuple:
-    """ok_response.headers, as Envoy 1.40 reads them: `append` true -> APPEND (to an existing
-    header only), anything else -> SET (append_action is not read here)."""
+def _varint_at(data: bytes, i: int) -> tuple[int, int]:
+    b = data[i]
+    if b < 0x80:
+        return b, i + 1
+    value, shift = 0, 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(data: bytes) -> dict[int, list]:
+    """One message's fields by number: varints as ints, length-delimited ones as bytes
+    (protobuf's wire format; fixed-width fields are skipped: none is read here)."""
+    out: dict[int, list] = {}
+    i, n = 0, len(data)
+    while i < n:
+        key, i = _varint_at(data, i)
+        kind = key & 7
+        if kind == 2:
+            length, i = _varint_at(data, i)
+            end = i + length
+            if end > n:
+                raise ValueError("truncated field")
+            value = data[i:end]
+            i = end
+        elif kind == 0:
+            value, i = _varint_at(data, i)
+        elif kind == 1 or kind == 5:
+            i += 8 if kind == 1 else 4
+            continue
+        else:
+            raise ValueError(f"wire type {kind}")
+        out.setdefault(key >> 3, []).append(value)
+    if i != n:
+        raise ValueError("truncated message")
+    return out
+
+
+def _one(fields: dict, number: int, default=b""):
+    """A singular field: the last occurrence of a scalar (protobuf's rule)."""
+    v = fields.get(number)
+    return v[-1] if v else default
+
+
+def _message(fields: dict, number: int) -> dict:
+    """A singular message field: its occurrences merged (concatenated, protobuf's rule)."""
+    v = fields.get(number)
+    return _fields(b"".join(v)) if v else {}
+
+
+def _options(raw: list, request: bool) -> tuple:
+    """HeaderValueOptions (header = 1 {key = 1, value = 2, raw_value = 3}, append = 2
+    BoolValue {value = 1}, append_action = 3). Request headers (ok_response.headers), as Envoy
+    1.40 reads them: `append` true -> APPEND (to an existing header only), anything else ->
+    SET. Response and denial headers: `append` true -> ADD, false -> SET; unset ->
+    append_action."""
+    out = []
+    for item in raw:
+        o = _fields(item)
+        h = _message(o, 1)
+        value = _one(h, 3) or _one(h, 2)
+        append = _fields(b"".join(o[2])) if 2 in o else None
+        if request:
+            action = APPEND if append is not None and _one(append, 1, 0) else SET
+        elif append is not None:
+            action = ADD if _one(append, 1, 0) else SET
+        else:
+            action = _one(o, 3, 0)
+            if action > 3:
+                action = SET
+        out.append((_one(h, 1).lower(), value, action))
+    return tuple(out)
+
+
+def read_answer(data: bytes) -> Answer:
+    """A CheckResponse's bytes (status = 1 google.rpc.Status {code = 1}, denied_response = 2,
+    ok_response = 3, error_response = 5) as an Answer, read straight from the wire format
+    (`read_answer_message` reads it with protobuf's objects: the reference). Raises
+    GrpcFailure (INTERNAL) when the bytes are not a CheckResponse."""
+    try:
+        r = _fields(data)
+        code = _one(_message(r, 1), 1, 0)
+        if code == 0:
+            if 3 not in r:
+                return Answer(ALLOW)
+            ok = _message(r, 3)
+            query = tuple((p.get(1, [b""])[-1].decode("latin-1"), p.get(2, [b""])[-1].decode("latin-1"))
+                          for p in map(_fields, ok.get(7, ())))
+            return Answer(ALLOW, headers=_options(ok.get(2, ()), True),
+                          remove=tuple(n.lower() for n in ok.get(5, ())),
+                          response_headers=_options(ok.get(6, ()), False), query_set=query,
+                          query_remove=tuple(q.decode("latin-1") for q in ok.get(8, ())))
+        for number, kind in ((5, ERROR), (2, DENY)):
+            if number in r:
+                d = _message(r, number)
+                status = _one(_message(d, 1), 1, 0) or (403 if kind == DENY else 0)
+                return Answer(kind, status, _one(d, 3), _options(d.get(2, ()), False))
+        return Answer(DENY, 403)
+    except (ValueError, IndexError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise GrpcFailure(13, f"not a CheckResponse: {e}") from None
+
+
+def _request_mutations_pb(options) -> tuple:
     return tuple((o.header.key.lower().encode("latin-1"),
                   o.header.raw_value or o.header.value.encode("utf-8"),
                   APPEND if o.append.value else SET) for o in options)
 
 
-def _mutations(options) -> tuple:
-    """response_headers_to_add and a denial's headers: `append` true -> ADD, false -> SET;
-    unset -> append_action."""
+def _mutations_pb(options) -> tuple:
     out = []
     for o in options:
         if o.HasField("append"):
@@ -328,8 +432,9 @@ def _mutations(options) -> tuple:
     return tuple(out)
 
 
-def read_answer(data: bytes) -> Answer:
-    """A CheckResponse's bytes as an Answer (raises DecodeError when they are not one)."""
+def read_answer_message(data: bytes) -> Answer:
+    """The same as `read_answer`, read with protobuf's objects: the reference it is tested
+    against."""
     try:
         r = _pb.CheckResponse.FromString(data)
     except Exception as e:  # google.protobuf.message.DecodeError and friends
@@ -338,17 +443,18 @@ def read_answer(data: bytes) -> Answer:
         if not r.HasField("ok_response"):
             return Answer(ALLOW)
         ok = r.ok_response
-        return Answer(ALLOW, headers=_request_mutations(ok.headers),
+        return Answer(ALLOW, headers=_request_mutations_pb(ok.headers),
                       remove=tuple(n.lower().encode("latin-1") for n in ok.headers_to_remove),
-                      response_headers=_mutations(ok.response_headers_to_add),
-                      query_set=tuple((q.key, q.value) for q in ok.query_parameters_to_set),
-                      query_remove=tuple(ok.query_parameters_to_remove))
+                      response_headers=_mutations_pb(ok.response_headers_to_add),
+                      query_set=tuple((q.key.encode().decode("latin-1"), q.value.encode().decode("latin-1"))
+                                      for q in ok.query_parameters_to_set),
+                      query_remove=tuple(q.encode().decode("latin-1") for q in ok.query_parameters_to_remove))
     if r.HasField("error_response"):
         e = r.error_response
-        return Answer(ERROR, e.status.code, e.body.encode("utf-8"), _mutations(e.headers))
+        return Answer(ERROR, e.status.code, e.body.encode("utf-8"), _mutations_pb(e.headers))
     if r.HasField("denied_response"):
         d = r.denied_response
-        return Answer(DENY, d.status.code or 403, d.body.encode("utf-8"), _mutations(d.headers))
+        return Answer(DENY, d.status.code or 403, d.body.encode("utf-8"), _mutations_pb(d.headers))
     return Answer(DENY, 403)
 
 

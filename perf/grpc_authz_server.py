@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.grpc_authz_server import GrpcAuthzServer  # noqa: E402
 
 if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # for sigwait
     server = GrpcAuthzServer("perf", port=int(sys.argv[1]) if len(sys.argv) > 1 else 18095, record=False)
     print(f"gRPC authorization server on 127.0.0.1:{server.port}", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})

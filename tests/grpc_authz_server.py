@@ -10,6 +10,8 @@ It decides by the checked request's `authorization: Bearer <token>` (scripted):
   `authz=yes` set and `drop` removed, response_headers_to_add `x-authz-extra: 1`;
 - `allow-actions`: OK with each HeaderValueOption append_action on request headers (`x-a<n>`,
   `x-p<n>`) and response headers (`x-r<n>`, `x-r-append`, `content-type`);
+- `allow-bad`: OK with header mutations no header can carry (CR LF in a value, a space in a
+  name) beside a good one; `allow-bad-resp`: the same in response_headers_to_add only;
 - `deny`: PERMISSION_DENIED with denied_response 401, `x-reason: bad token`, body `denied by authz`;
 - `error`: a gRPC error (UNAVAILABLE); `slow`: OK after 1 s; `garbage`: an answer that is not a
   CheckResponse; `errresp`: an error_response (status 418, body `teapot`);
@@ -75,7 +77,7 @@ class _Authorization:
         resp = pb.CheckResponse()
         if token in USERS:
             _hvo(resp.ok_response.headers, "x-current-user", USERS[token], append=False)
-        elif token.startswith("allow-"):
+        elif token.startswith("allow-") and token not in ("allow-actions", "allow-bad", "allow-bad-resp"):
             ok = resp.ok_response
             _hvo(ok.headers, "x-current-user", token.removeprefix("allow-"), append=False)
             _hvo(ok.headers, "x-append-me", "from-authz", append=True)
@@ -96,6 +98,16 @@ class _Authorization:
             _hvo(ok.response_headers_to_add, "x-r-append", "authz", append=True)
             _hvo(ok.response_headers_to_add, "content-type", "authz/1", action=1)
             _hvo(ok.response_headers_to_add, "x-r3", "authz", action=3)
+        elif token == "allow-bad":
+            # Header mutations a header cannot carry (CR LF in a value, a space in a name).
+            ok = resp.ok_response
+            _hvo(ok.headers, "x-bad", "a\r\nx-injected: yes", append=False)
+            _hvo(ok.headers, "x bad name", "v", append=False)
+            _hvo(ok.headers, "x-good", "fine", append=False)
+            _hvo(ok.response_headers_to_add, "x-bad-resp", "b\r\nx-injected-resp: yes", append=False)
+        elif token == "allow-bad-resp":
+            _hvo(resp.ok_response.response_headers_to_add, "x-bad-resp", "b\r\nx-injected-resp: yes", append=False)
+            _hvo(resp.ok_response.response_headers_to_add, "x-good-resp", "fine", append=False)
         elif token == "deny":
             resp.status.code = 7
             d = resp.denied_response

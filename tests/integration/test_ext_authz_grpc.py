@@ -102,6 +102,18 @@ def test_ok_response_mutates_request_and_response(upstream, authz):
         p.stop()
 
 
+def test_a_mutation_no_header_can_carry_is_refused_not_injected(upstream, authz):
+    """A CR LF in a header value from the service would inject a header: Envoy's check of the
+    request's headers after the filter answers 503 (flag DPE) instead, as here."""
+    p = ProxyUnderTest(_config(upstream.port, authz.port))
+    try:
+        status, headers, body = _request(p.port, "/app/bad", "allow-bad")
+        assert (status, body) == (503, b"invalid header value for: x-bad")
+        assert not upstream.requests
+    finally:
+        p.stop()
+
+
 def test_denials_and_errors(upstream, authz):
     p = ProxyUnderTest(_config(upstream.port, authz.port, status_on_error={"code": 503}))
     try:

@@ -4,7 +4,8 @@ first shown to the service; its answer lets the request on, or ends it.
 The gRPC service (`grpc_service`, envoy.service.auth.v3.Authorization/Check): the CheckRequest
 and CheckResponse are ext_authz_grpc.py's; the call is a unary gRPC POST (HTTP/2 to a cluster
 with http2_protocol_options) over the same async client. OK -> allowed (the answer's header
-mutations, removals, query parameters, response headers); a gRPC error, a timeout, no cluster,
+mutations, removals, query parameters, response headers; a request header the mutations would
+make invalid -> 503 with flag DPE, as Envoy's header check after the filter); a gRPC error, a timeout, no cluster,
 a failed connection -> an error as below; else denied (the answer's status, default 403, body
 and headers). Per route `check_settings.context_extensions` go in the request (merged from the
 least specific level to the most). Stats as the HTTP service's.
@@ -470,14 +471,20 @@ class ExtAuthzFilter(PassThroughFilter):
     def _allow_grpc(self, answer) -> None:
         head = self.head
         headers = head.headers
-        changed = authz_grpc.apply_mutations(headers, [m for m in answer.headers if m[0][:1] != b":"])
+        mutations = [m for m in answer.headers if m[0][:1] != b":"]
+        self.response_mutations = answer.response_headers   # on any reply, the local one too
+        bad = authz_grpc.invalid_header(mutations)
+        if bad is not None:  # Envoy: the request's headers are checked once the filter goes on
+            self.cb.send_local_reply(503, bad.encode("latin-1"), "DPE",
+                                     "filter_removed_required_request_headers{%s}" % bad.replace(" ", "_"))
+            return
+        changed = authz_grpc.apply_mutations(headers, mutations)
         for name in answer.remove:
             if name[:1] != b":" and name != b"host":   # Envoy's isRemovableHeader
                 changed = headers.remove(name) or changed
         if answer.query_set or answer.query_remove:
             head.set_path(authz_grpc.rewrite_query(head.path, answer.query_set, answer.query_remove))
             changed = True
-        self.response_mutations = answer.response_headers
         if changed and self.wf.config.clear_route_cache:
             self.cb.clear_route_cache()
         self.cb.continue_decoding()

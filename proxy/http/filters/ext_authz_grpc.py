@@ -458,6 +458,21 @@ def read_answer_message(data: bytes) -> Answer:
     return Answer(DENY, 403)
 
 
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def invalid_header(mutations) -> str | None:
+    """Envoy's check of the request headers after a filter changed them
+    (HeaderUtility::checkValidRequestHeaders): the message for the first mutation whose name is
+    not a token or whose value holds CR, LF or NUL, else None."""
+    for name, value, _ in mutations:
+        if not name or not _TOKEN.issuperset(name):
+            return "invalid header name: " + name.decode("latin-1")
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            return "invalid header value for: " + name.decode("latin-1")
+    return None
+
+
 def apply_mutations(headers, mutations) -> bool:
     """Apply (name, value, action) to a Headers: True if anything changed."""
     changed = False

@@ -13,6 +13,7 @@ It decides by the checked request's `authorization: Bearer <token>` (scripted):
 - `allow-bad`: OK with header mutations no header can carry (CR LF in a value, a space in a
   name) beside a good one; `allow-bad-resp`: the same in response_headers_to_add only;
 - `deny`: PERMISSION_DENIED with denied_response 401, `x-reason: bad token`, body `denied by authz`;
+- `deny-bad`: the same with a header value holding CR LF;
 - `error`: a gRPC error (UNAVAILABLE); `slow`: OK after 1 s; `garbage`: an answer that is not a
   CheckResponse; `errresp`: an error_response (status 418, body `teapot`);
 - no token (or another): PERMISSION_DENIED with no denied_response (Envoy's default 403).
@@ -114,6 +115,9 @@ class _Authorization:
             d.status.code = 401
             d.body = "denied by authz"
             _hvo(d.headers, "x-reason", "bad token", append=False)
+        elif token == "deny-bad":
+            resp.status.code = 7
+            _hvo(resp.denied_response.headers, "x-reason", "bad\r\nx-injected: yes", append=False)
         elif token == "error":
             raise GRPCError(Status.UNAVAILABLE, "authz is down")
         elif token == "slow":

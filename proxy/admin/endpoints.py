@@ -310,6 +310,13 @@ def _healthcheck_ok(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n")
 
 
+def _drain_listeners(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's flags are present-or-absent query parameters (`?graceful&inboundonly`); as in
+    Envoy 1.40, others are ignored and `skip_exit` matters only with `graceful`."""
+    ctx.drain_listeners("inboundonly" in params, "graceful" in params, "skip_exit" in params)
+    return _text(200, "OK\n")
+
+
 def _quit(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n", after=ctx.quit)
 
@@ -332,6 +339,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/certs", "print certs on machine", _certs),
     Endpoint("/clusters", "upstream cluster status", _clusters),
     Endpoint("/config_dump", "dump current Envoy configs", _config_dump),
+    Endpoint("/drain_listeners", "drain listeners", _drain_listeners, mutates=True),
     Endpoint("/healthcheck/fail", "cause the server to fail health checks", _healthcheck_fail, mutates=True),
     Endpoint("/healthcheck/ok", "cause the server to pass health checks", _healthcheck_ok, mutates=True),
     Endpoint("/help", "print out list of admin commands", _help),

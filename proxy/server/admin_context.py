@@ -159,6 +159,10 @@ class ServerAdminContext:
     def set_healthcheck_failed(self, failed: bool) -> None:
         self.server.healthcheck_failed = failed
 
+    def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None:
+        server = self.server
+        server.main.post(lambda: server.drain_listeners(inbound_only, graceful, skip_exit))
+
     def quit(self) -> None:
         self.server.request_shutdown()
 

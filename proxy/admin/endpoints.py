@@ -60,6 +60,8 @@ class AdminContext(Protocol):
     def state(self) -> str: ...
     def set_healthcheck_failed(self, failed: bool) -> None: ...
     def quit(self) -> None: ...
+    def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None: ...
+    def reset_counters(self) -> None: ...
     def reopen_logs(self) -> None: ...
 
 
@@ -317,6 +319,11 @@ def _drain_listeners(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n")
 
 
+def _reset_counters(ctx: AdminContext, params: Params) -> AdminResponse:
+    ctx.reset_counters()
+    return _text(200, "OK\n")
+
+
 def _quit(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n", after=ctx.quit)
 
@@ -349,6 +356,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),
     Endpoint("/reopen_logs", "reopen access logs", _reopen_logs, mutates=True),
+    Endpoint("/reset_counters", "reset all counters to zero", _reset_counters, mutates=True),
     Endpoint("/server_info", "print server version/status information", _server_info),
     Endpoint("/stats", "print server stats", _stats),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", _stats_prometheus),

@@ -7,6 +7,7 @@ that changes server state is posted to the main thread.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 import platform
 import sys
@@ -32,7 +33,18 @@ class ServerAdminContext:
         self.server = server
 
     def stats_snapshot(self):
-        return self.server.stats.snapshot()
+        """The merged stats as /stats shows them: counters less what they were at the last
+        /reset_counters (Envoy's reset changes only the admin's view: sinks still get every
+        increment, as Envoy's statsd does)."""
+        snap = self.server.stats.snapshot()
+        base = self.server.counter_baseline  # replaced whole on reset, never mutated
+        if not base:
+            return snap
+        return dataclasses.replace(snap, counters={name: max(0, value - base.get(name, 0))
+                                                   for name, value in snap.counters.items()})
+
+    def reset_counters(self) -> None:
+        self.server.counter_baseline = dict(self.server.stats.snapshot().counters)
 
     def clusters(self) -> list[dict]:
         cm = self.server.cluster_manager

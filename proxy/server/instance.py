@@ -116,6 +116,8 @@ class Server:
         self._ready = threading.Event()
         self._drain_started = False
         self._stopped_listeners: frozenset[str] = frozenset()  # by /drain_listeners
+        # Counter values at the last admin /reset_counters (admin_context.py), or empty.
+        self.counter_baseline: dict[str, int] = {}
         self._global_limit = None
         self._listener_limits: dict = {}  # name -> (SharedCount, limit) or None (main thread)
 
@@ -297,6 +299,11 @@ class Server:
             if not ev.wait(10.0):
                 raise RuntimeError("a worker did not start within 10 s")
         st.counter("listener_manager.workers_started").inc(len(self.workers))
+        # Envoy's listener gauges from the start (LDS keeps total_listeners_active current).
+        st.gauge("listener_manager.total_listeners_active").set(
+            len(self.bootstrap.listeners) + len(self.lds_listeners))
+        for idle in ("total_listeners_warming", "total_listeners_draining", "total_filter_chains_draining"):
+            st.gauge(f"listener_manager.{idle}").set(0)
         if self.hr_child is not None:
             self.hr_child.drain_parent(self.main, self._on_parent_stats)
         for name, (host, port) in self.listener_addresses.items():

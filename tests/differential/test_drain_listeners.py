@@ -155,3 +155,29 @@ def test_drain_listeners_steps_agree_with_real_envoy(tmp_path):
     assert steps["new in"] == ("refused",) and steps["new out"] == ("HTTP/1.1 200 OK out",)
     assert steps["graceful: new out"] == ("HTTP/1.1 200 OK out",)
     assert steps["after: new out"] == ("refused",) and steps["after: stopped"] == (2,)
+
+
+@pytest.mark.timeout(60)
+def test_reset_counters_agrees_with_real_envoy(tmp_path):
+    """POST /reset_counters zeroes what /stats shows for counters (gauges stay); GET is 405;
+    counting goes on from zero."""
+    observed = {}
+    names = ("http.in.downstream_rq_2xx", "http.in.downstream_cx_total",
+             "listener_manager.total_listeners_active")
+    for kind in ("envoy", "ftproxy"):
+        p = Proc(kind, tmp_path)
+        try:
+            for _ in range(3):
+                _new(p.inbound)
+            seen = [("before", [p.counter(n) for n in names])]
+            seen += [("GET", p.admin("/reset_counters")[0]),
+                     ("POST", p.admin("/reset_counters", "POST"))]
+            seen += [("after", [p.counter(n) for n in names])]
+            _new(p.inbound)
+            seen += [("one more", [p.counter(n) for n in names])]
+            observed[kind] = seen
+        finally:
+            p.stop()
+    assert observed["ftproxy"] == observed["envoy"]
+    assert observed["envoy"][0] == ("before", [3, 3, 2])
+    assert observed["envoy"][3] == ("after", [0, 0, 2])

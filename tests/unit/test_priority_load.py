@@ -259,3 +259,41 @@ def test_the_snapshot_orders_levels_and_keeps_single_priority_clusters_cheap():
     s = build_priority_state(tuple(level(0, 2)))
     assert s.single_source == (0, False)
     assert build_priority_state(tuple(level(0, 1, 1) + level(1, 1))).single_source is None
+
+
+# -- EDS: priorities and the policy come with each assignment ------------------------------------
+
+def test_an_eds_assignment_brings_its_priorities_localities_and_overprovisioning_factor():
+    from proxy.upstream.cluster_config import parse_load_assignment
+    from proxy.upstream.cluster_manager import ClusterManager
+    from proxy.xds.eds import EdsApplier
+
+    published = []
+    appliers = []
+
+    def subscribe(cfg, on_endpoints):
+        appliers.append(EdsApplier(cfg.name, cfg.name, on_endpoints))
+        return type("H", (), {"stop": lambda self: None})()
+
+    cm = ClusterManager([ClusterConfig("e", type="EDS")], published.append, eds_subscribe=subscribe)
+    cm.initialize()
+
+    def cla(factor):
+        return {"cluster_name": "e", "policy": {"overprovisioning_factor": factor}, "endpoints": [
+            {"priority": 0, "locality": {"zone": "z0"}, "load_balancing_weight": 2, "lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}}}},
+                {"endpoint": {"address": {"socket_address": {"address": "10.0.0.2", "port_value": 80}}},
+                 "health_status": "UNHEALTHY"}]},
+            {"priority": 1, "lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "10.0.0.3", "port_value": 80}}}}]}]}
+
+    assert parse_load_assignment(cla(140), "cla")[2] == AssignmentPolicy(140)
+    appliers[0].on_update([(cla(140), "cla")], "v1")
+    snap = cm.snapshots()["e"]
+    assert snap.priority_state.healthy_load == (70, 30)
+    assert [(h.address, h.priority, h.locality, h.locality_weight) for h in snap.hosts] == [
+        ("10.0.0.1", 0, ("", "z0", ""), 2), ("10.0.0.2", 0, ("", "z0", ""), 2), ("10.0.0.3", 1, ("", "", ""), 0)]
+    n = len(published)
+    appliers[0].on_update([(cla(200), "cla")], "v2")   # same hosts, another factor: republished
+    assert len(published) == n + 1
+    assert cm.snapshots()["e"].priority_state.healthy_load == (100, 0)

@@ -15,6 +15,7 @@ than `proxy.config` (reader, fields_table). Pure; callable from any thread.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +29,8 @@ from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport
 from .outlier_config import OutlierDetectionConfig, parse_outlier_detection
 from .health_check_config import (EndpointHealthCheck, HealthCheckConfig, parse_endpoint_health_check,
                                   parse_health_checks)
+
+log = logging.getLogger("proxy.upstream.cluster_config")
 
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
@@ -54,8 +57,8 @@ DEFAULT_DNS_REFRESH_RATE = 5.0
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 # Envoy's default upstream idle_timeout (1 h): an idle pooled connection is closed after it.
 DEFAULT_IDLE_TIMEOUT = 3600.0
-# Priority levels 0..MAX-1 (each level is a list entry per snapshot; Envoy has no bound).
-MAX_PRIORITY_LEVELS = 128
+# The highest LocalityLbEndpoints.priority (Envoy's proto constraint: lte 128).
+MAX_PRIORITY = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,7 +671,6 @@ def _assignment_endpoints(la: Fields, ctype: str) -> list[EndpointConfig]:
     out = []
     if la.has("policy"):
         _policy(la.value("policy"), la.at("policy"))
-    priorities: set[int] = set()
     for item, lpath in la.list("endpoints"):
         loc = LOCALITY_ENDPOINTS.read(item, lpath)
         loc.raw_obj("metadata")
@@ -676,18 +678,12 @@ def _assignment_endpoints(la: Fields, ctype: str) -> list[EndpointConfig]:
         if loc.has("locality"):
             lf = ENDPOINT_LOCALITY.read(loc.value("locality"), loc.at("locality"))
             locality = (lf.str("region", ""), lf.str("zone", ""), lf.str("sub_zone", ""))
-        priority = loc.int("priority", 0, min=0, max=2**32 - 1)
-        priorities.add(priority)
+        priority = loc.int("priority", 0, min=0, max=MAX_PRIORITY)   # Envoy's bound
         # Envoy: a locality weight is 1..2^32-1 when set; unset reads as 0.
         weight = loc.int("load_balancing_weight", None, min=1, max=2**32 - 1) or 0
         for lb, epath in loc.list("lb_endpoints"):
             ep = _lb_endpoint(LB_ENDPOINT.read(lb, epath), ctype)
             out.append(replace(ep, priority=priority, locality=locality, locality_weight=weight))
-    # Priority levels are kept densely from 0 (as Envoy's host sets: a gap is an empty level);
-    # a bound keeps a stray number from costing a list of millions of levels.
-    if priorities and max(priorities) >= MAX_PRIORITY_LEVELS:
-        raise not_supported(la.at("endpoints"), f"priority {max(priorities)}: at most "
-                                                f"{MAX_PRIORITY_LEVELS} priority levels")
     return out
 
 
@@ -986,7 +982,8 @@ def _least_request(f: Fields) -> tuple[int, float]:
         rd = RUNTIME_DOUBLE.read(lr.value("active_request_bias"), lr.at("active_request_bias"))
         rd.str("runtime_key", required=True)
         bias = rd.float("default_value", 0.0)
-        if not bias >= 0.0:   # (NaN too)
-            raise ConfigError(rd.at("default_value"),
-                              f"Invalid active_request_bias value: {bias}; must be >= 0")
+        if not bias >= 0.0:   # (NaN too) Envoy warns and uses 1.0
+            log.warning("upstream: invalid active request bias supplied (runtime key %s), using 1.0",
+                        rd.str("runtime_key", ""))
+            bias = 1.0
     return count, bias

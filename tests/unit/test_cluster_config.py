@@ -307,11 +307,12 @@ def test_priorities_localities_and_their_weights_reach_each_endpoint():
     assert (b.priority, b.locality, b.locality_weight) == (0, ("", "", ""), 0)
 
 
-def test_a_priority_beyond_the_level_bound_is_refused_by_path():
+def test_a_priority_above_128_is_an_error_as_in_envoy():
     raw = cluster(load_assignment={"endpoints": [
-        {"priority": 4000, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
-    assert error(raw) == (f"{P}.load_assignment.endpoints: not supported yet "
-                          "(priority 4000: at most 128 priority levels)")
+        {"priority": 129, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
+    assert error(raw) == f"{P}.load_assignment.endpoints[0].priority: must be <= 128, got 129"
+    ok = cluster(load_assignment={"endpoints": [{"priority": 128, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
+    assert parse_cluster(ok, P).endpoints[0].priority == 128
 
 
 def test_a_locality_weight_of_zero_is_refused_as_envoy_does():
@@ -343,11 +344,11 @@ def test_locality_weighted_lb_config_and_active_request_bias_are_read():
     assert not parse_cluster(cluster(), P).locality_weighted_lb
 
 
-def test_a_negative_active_request_bias_is_an_error():
-    msg = error(cluster(least_request_lb_config={"active_request_bias": {
-        "default_value": -1, "runtime_key": "k"}}))
-    assert msg == (f"{P}.least_request_lb_config.active_request_bias.default_value: "
-                   "Invalid active_request_bias value: -1.0; must be >= 0")
+def test_a_negative_active_request_bias_is_replaced_by_1_as_envoy_does(caplog):
+    cfg = parse_cluster(cluster(least_request_lb_config={"active_request_bias": {
+        "default_value": -1, "runtime_key": "k"}}), P)
+    assert cfg.least_request_active_request_bias == 1.0
+    assert "invalid active request bias supplied (runtime key k), using 1.0" in caplog.text
 
 
 def test_udp_socket_address_is_refused():

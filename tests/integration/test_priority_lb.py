@@ -282,6 +282,7 @@ def test_clusters_admin_shows_priority_and_locality(proxy_factory):
         (c,) = [c for c in json.loads(js)["cluster_statuses"] if c["name"] == "c"]
         hosts = {h["address"]["socket_address"]["port_value"]: h for h in c["host_statuses"]}
         assert hosts[b["a"].port]["locality"] == {"region": "us", "zone": "z1", "sub_zone": "rack1"}
+        assert "priority" not in hosts[b["a"].port]   # 0: left out, as Envoy's protobuf JSON
         assert hosts[b["b"].port]["locality"] == {"region": "eu"} and hosts[b["b"].port]["priority"] == 1
     finally:
         for x in b.values():

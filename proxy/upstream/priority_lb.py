@@ -74,9 +74,17 @@ class PriorityLoadBalancer:
         locality_weighted = config.locality_weighted_lb
         factor = state.overprovisioning_factor if locality_weighted else None
         if config.lb_policy in _HASHING:
+            # A ring (or table) per level that the loads can pick; they are large (MAGLEV:
+            # 65537 entries), so none for a level without load.
             self._rings = [self._ring(level, panic, config, active_requests, rand, locality_weighted)
-                           for level, panic in zip(state.levels, state.panic)]
-            self.choose_hash = self._choose_hash
+                           if hl or dl else None
+                           for level, panic, hl, dl in zip(state.levels, state.panic,
+                                                           state.healthy_load, state.degraded_load)]
+            single = state.single_source
+            if single is not None and not state.panic[single[0]]:
+                self.choose_hash = self._rings[single[0]].choose_hash   # one level: no draw
+            else:
+                self.choose_hash = self._choose_hash
             self.choose = self._choose_random_hash
             return
         pickers: list[tuple[Callable[[], Host | None], Callable[[], Host | None]]] = []
@@ -107,12 +115,15 @@ class PriorityLoadBalancer:
 
     def _choose_hash(self, h: int) -> Host | None:
         p, _ = choose_priority(h, self._healthy_load, self._degraded_load)
-        if self._panic[p] and self._rings[p].hosts:
+        ring = self._rings[p]
+        if ring is None:   # (a level without load is never chosen)
+            return None
+        if self._panic[p] and ring.hosts:
             self._panic_counter.value += 1
-        return self._rings[p].choose_hash(h)
+        return ring.choose_hash(h)
 
     def _choose_random_hash(self) -> Host | None:
-        return self._choose_hash(self._rand(1 << 64))
+        return self.choose_hash(self._rand(1 << 64))
 
     # -- building (once per snapshot) ---------------------------------------------------------
     def _counted(self, choose: Callable[[], Host | None]) -> Callable[[], Host | None]:

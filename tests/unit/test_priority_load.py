@@ -297,3 +297,10 @@ def test_an_eds_assignment_brings_its_priorities_localities_and_overprovisioning
     appliers[0].on_update([(cla(200), "cla")], "v2")   # same hosts, another factor: republished
     assert len(published) == n + 1
     assert cm.snapshots()["e"].priority_state.healthy_load == (100, 0)
+
+
+def test_a_single_level_ring_is_used_directly_and_a_level_without_load_gets_no_ring():
+    lb, _ = balancer(level(0, 3), policy="MAGLEV")
+    assert lb.choose_hash.__self__.hosts == lb._rings[0].hosts   # the table's own bound method
+    lb, _ = balancer(level(0, 2) + level(1, 2), policy="MAGLEV")  # P1 gets no load
+    assert lb._rings[1] is None and lb.choose_hash(5).priority == 0

@@ -11,7 +11,9 @@ host Envoy would pick for the same host set:
   filled round by round (a lighter host every few rounds); a hash picks table[hash % M].
 
 A request without a hash (no route hash_policy, or one that matched nothing) gets a random
-one, as Envoy. The hosts are the snapshot's `lb_hosts` (healthy ones, or all in panic), the
+one, as Envoy. The hosts are one priority level's healthy ones (all of them in panic;
+priority_lb.py builds a ring per level), weighted per host or, with
+locality_weighted_lb_config, per locality then host (`locality_normalized_weights`); the
 key a host's `address:port`, or its hostname with use_hostname_for_hashing.
 Pure math: no I/O; a balancer is built per worker per snapshot (load_balancer.py).
 """

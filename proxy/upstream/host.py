@@ -130,12 +130,13 @@ def is_excluded(h: Host) -> bool:
 
 
 def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tuple[Host, ...], bool]:
-    """The hosts a load balancer picks from, and whether the cluster is in panic: the healthy
-    ones; the degraded ones only when none is healthy (Envoy gives degraded hosts traffic only
-    when the healthy ones cannot take it all; with one priority level and the default
-    overprovisioning this simplification differs only while 0 < healthy < 72 % of hosts); all of
-    them when less than `panic_threshold` percent are healthy or degraded
-    (common_lb_config.healthy_panic_threshold, default 50; 0 never panics)."""
+    """A flat view of the usable hosts, and whether the cluster as one set is in panic: the
+    healthy ones; the degraded ones when none is healthy; all of them when less than
+    `panic_threshold` percent are healthy or degraded (common_lb_config.healthy_panic_threshold,
+    default 50; 0 never panics). Workers do not pick from it: they follow the snapshot's
+    `priority_state` (priority_load.py: Envoy's per-priority loads, degraded spill-over and
+    per-priority panic); this view serves code that wants some usable host (the tracing
+    exporter) and `load_balancer.create_load_balancer`."""
     healthy, degraded = by_health(hosts)
     # Hosts taken out by x-envoy-immediate-health-check-fail are excluded: they count neither
     # way toward panic (Envoy's excluded hosts).
@@ -148,8 +149,9 @@ def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tu
 @dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     """What a worker needs to route to a cluster: its config, current hosts, shared limits (one
-    ResourceLimits per routing priority), and the hosts its load balancers pick from
-    (`lb_hosts`, `panic`: see `lb_hosts()`)."""
+    ResourceLimits per routing priority), the priority levels its load balancers pick from
+    (`priority_state`), and a flat view of the usable hosts (`lb_hosts`, `panic`: see
+    `lb_hosts()`)."""
 
     name: str
     config: ClusterConfig

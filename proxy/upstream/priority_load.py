@@ -199,10 +199,6 @@ def effective_locality_weight(weight: int, eligible: int, hosts: int, excluded: 
     return weight * min(1.0, overprovisioning_factor / 100.0 * eligible / count)
 
 
-def _locality_key(loc: Locality) -> Locality:
-    return loc
-
-
 def build_priority_state(hosts: tuple[Host, ...], overprovisioning_factor: int = 140,
                          panic_threshold: float = 50.0, weighted_priority_health: bool = False
                          ) -> PriorityState:
@@ -225,7 +221,7 @@ def build_priority_state(hosts: tuple[Host, ...], overprovisioning_factor: int =
             LocalityHosts(loc, weights[loc], tuple(group), tuple(h for h in group if is_healthy(h)),
                           tuple(h for h in group if is_degraded(h)),
                           sum(1 for h in group if is_excluded(h)))
-            for loc, group in sorted(by_locality.items(), key=lambda kv: _locality_key(kv[0])))
+            for loc, group in sorted(by_locality.items(), key=lambda kv: kv[0]))
         levels.append(PriorityLevel(
             p, level_hosts, tuple(h for h in level_hosts if is_healthy(h)),
             tuple(h for h in level_hosts if is_degraded(h)),

@@ -187,6 +187,28 @@ def test_a_half_healthy_priority_0_keeps_70_percent_and_spills_30_to_priority_1(
             x.close()
 
 
+def test_spill_over_grows_as_priority_0_hosts_fail_their_health_checks(proxy_factory):
+    """P0 of four hosts, P1 of one: 3/4 healthy x 1.4 > 100 % (P0 keeps all), 2/4 -> 70 %,
+    1/4 -> 35 % (the rest to P1)."""
+    b = backends("a", "b", "c", "d", "p1")
+    try:
+        p0 = [b[n] for n in "abcd"]
+        c = cluster("c", [{"priority": 0, "hosts": [(x,) for x in p0]}, {"priority": 1, "hosts": [(b["p1"],)]}],
+                    health_checks=[_HC])
+        p = proxy(proxy_factory, c)
+        assert p.wait_for(lambda: set(flags(p, "c").values()) == {"healthy"})
+        for down, p0_share in ((1, (1.0, 1.0)), (2, (0.6, 0.8)), (3, (0.25, 0.45))):
+            p0[down - 1].healthy = False
+            assert p.wait_for(lambda: flags(p, "c")[p0[down - 1].port] == "/failed_active_hc")
+            got = served(p, "c", 200)
+            share = sum(got[x.name] for x in p0) / 200
+            assert p0_share[0] <= share <= p0_share[1], (down, got)
+            assert all(got[x.name] == 0 for x in p0[:down])
+    finally:
+        for x in b.values():
+            x.close()
+
+
 def test_three_of_four_healthy_is_still_a_whole_level(proxy_factory):
     b = backends("a", "b", "c", "bad", "p1")
     try:

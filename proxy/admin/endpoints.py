@@ -227,8 +227,9 @@ def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any
                 "health_status": _health_status(str(h.get("health_flags", "healthy"))),
                 "weight": h.get("weight", 1),
                 "locality": {k: h[k] for k in ("region", "zone", "sub_zone") if h.get(k)},
-                "priority": h.get("priority", 0),
             }
+            if h.get("priority"):   # protobuf JSON: a priority of 0 is left out, as Envoy prints it
+                host["priority"] = h["priority"]
             if h.get("hostname"):
                 host["hostname"] = h["hostname"]
             for k in ("success_rate", "local_origin_success_rate"):   # Envoy: when >= 0

@@ -57,7 +57,8 @@ class ServerAdminContext:
             for h in snap.hosts:
                 entry = {"address": h.address, "port": h.port, "weight": h.weight,
                          "hostname": h.hostname, "health_flags": health_flags(h),
-                         "stats": self._host_stats(name, h)}
+                         "stats": self._host_stats(name, h), "priority": h.priority,
+                         "region": h.locality[0], "zone": h.locality[1], "sub_zone": h.locality[2]}
                 if h.outlier is not None:
                     # Main's last interval's numbers: two float reads (atomic), no lock.
                     sr, local = cm.outlier_host_info(name, h.key)

@@ -23,7 +23,7 @@ from typing import Any
 
 from proxy.access_log.config import parse_access_logs
 from proxy.config.dynamic_resources import (DynamicResources, check_file_sources_need_node,
-                                             parse_dynamic_resources)
+                                             check_grpc_sources, parse_dynamic_resources)
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
@@ -179,6 +179,8 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
             errors.run(_check_admin_port, admin, listeners, paths)
         if node is not MISSING and not (node.id and node.cluster):
             errors.run(check_file_sources_need_node, listeners, paths, clusters)
+        if dynamic is not MISSING:
+            errors.run(check_grpc_sources, dynamic, clusters)
     errors.raise_if_any()
     global_limit, listener_limits = limits
     return Bootstrap(

@@ -1,9 +1,13 @@
 """The main thread's owner of every xDS subscription.
 
-Job: make a subscription for a `ConfigSourceConfig` (files only so far: `FilesystemSubscription`;
-a later transport adds gRPC/REST here, behind the same `Subscription` seam), start it, poll
-all of them on the main thread's tick, stop them. CDS, LDS, RDS and EDS appliers are wired by
-the server (proxy/server/instance.py) through `subscribe`.
+Job: make a subscription for a `ConfigSourceConfig` — a file (`FilesystemSubscription`, read
+before `subscribe` returns) or a gRPC stream (a `Watch` on the `GrpcMux` of the ADS stream or
+of the source's own per-type stream; answers arrive later, on the main loop) — behind the same
+`Subscription` seam; poll them on the main thread's tick; stop them. `wait_initial` runs the
+main loop at start-up until every gRPC subscription has its first answer (or its
+initial_fetch_timeout passed, or its stream failed), as Envoy's init manager holds start-up.
+CDS, LDS, RDS and EDS appliers are wired by the server (proxy/server/instance.py) through
+`subscribe`; `configure` gives it the node, the ADS config and the cluster hosts.
 
 Thread affinity: main thread only; no lock (nothing else touches it).
 """
@@ -12,11 +16,18 @@ from __future__ import annotations
 
 import logging
 
-from proxy.config.config_source import ConfigSourceConfig
+import time
+from collections.abc import Callable
+from typing import Any
+
+from proxy.config.config_source import ApiConfigSourceConfig, ConfigSourceConfig
 
 from .eds import EdsApplier
 from .file_source import FilesystemSubscription
 from .subscription import ENDPOINT_TYPE, Subscription, SubscriptionCallbacks, SubscriptionStats
+
+USER_AGENT_NAME = "ftproxy"
+USER_AGENT_VERSION = (0, 1, 0)
 
 __all__ = ["XdsManager"]
 
@@ -39,21 +50,83 @@ class _Handle:
         self.manager._subscriptions.discard(self.subscription)
 
 
+class _Inert:
+    """A subscription that never delivers (its source cannot exist)."""
+
+    def start(self) -> None: ...
+    def poll(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 class XdsManager:
     def __init__(self, store) -> None:
         self.store = store
         self._subscriptions: set[Subscription] = set()
+        self._muxes: dict[tuple[str, str], Any] = {}   # (cluster, service path) -> GrpcMux
+        self._dispatcher = None
+        self._node = None
+        self._ads: ApiConfigSourceConfig | None = None
+        self._hosts: Callable[[str], list] | None = None
+
+    def configure(self, dispatcher, node, ads: ApiConfigSourceConfig | None,
+                  hosts: Callable[[str], list]) -> None:
+        """What gRPC sources need: the main Dispatcher, the bootstrap's node, its ads_config,
+        and `hosts(cluster_name)` -> [(address, port)] of a static cluster."""
+        self._dispatcher = dispatcher
+        self._node = node
+        self._ads = ads
+        self._hosts = hosts
+
+    def _mux(self, source: ConfigSourceConfig, type_url: str):
+        from . import grpc_mux   # protobuf is imported only when a gRPC source is used
+        from .proto import node_message
+        if source.kind == "ads":
+            api, path = self._ads, grpc_mux.ADS_PATH
+        else:
+            api, path = source.api, grpc_mux.TYPE_PATHS[type_url]
+        key = (api.cluster_name, path)
+        mux = self._muxes.get(key)
+        if mux is None:
+            if self._dispatcher is None or self._hosts is None:
+                raise RuntimeError("XdsManager.configure() was not called before a gRPC source")
+            cluster = api.cluster_name
+            node = node_message(self._node, USER_AGENT_NAME, USER_AGENT_VERSION)
+            mux = grpc_mux.GrpcMux(self._dispatcher, cluster, path, lambda: self._hosts(cluster),
+                                   node, self.store, api.set_node_on_first_message_only)
+            self._muxes[key] = mux
+        return mux
 
     def subscribe(self, source: ConfigSourceConfig, type_url: str, callbacks: SubscriptionCallbacks,
-                  stats_prefix: str, what: str) -> _Handle:
-        """Subscribe and fetch once now (a file is read before this returns)."""
+                  stats_prefix: str, what: str, names: tuple[str, ...] = (),
+                  on_first_failed: Callable[[], None] | None = None) -> _Handle:
+        """Subscribe. A file is read before this returns; a gRPC source answers later (`names`:
+        the resources asked for, empty for a wildcard; `on_first_failed` when its first answer
+        is refused, times out or its stream fails)."""
         stats = SubscriptionStats(self.store, stats_prefix)
-        sub = FilesystemSubscription(source, type_url, callbacks, stats, what)
-        self._subscriptions.add(sub)
-        handle = _Handle(self, sub, stats)
-        before = stats.update_success.value
-        sub.start()
-        handle.first_accepted = stats.update_success.value > before
+        if source.kind == "path":
+            sub = FilesystemSubscription(source, type_url, callbacks, stats, what)
+            self._subscriptions.add(sub)
+            handle = _Handle(self, sub, stats)
+            before = stats.update_success.value
+            sub.start()
+            handle.first_accepted = stats.update_success.value > before
+            if not handle.first_accepted and on_first_failed is not None:
+                on_first_failed()
+            return handle
+        from .grpc_mux import Watch
+        if source.kind == "ads" and self._ads is None:
+            # A pushed resource naming `ads: {}` without an ADS stream (Envoy refuses that at
+            # start for the bootstrap's own sources; dynamic_resources.py does too).
+            log.error("%s: an ads source needs dynamic_resources.ads_config: nothing will come", what)
+            sub = _Inert()
+            if on_first_failed is not None:
+                on_first_failed()
+            return _Handle(self, sub, stats)
+        watch = Watch(self._mux(source, type_url), type_url, names, callbacks, stats, what,
+                      on_first_failed)
+        self._subscriptions.add(watch)
+        handle = _Handle(self, watch, stats)
+        watch.start(source.initial_fetch_timeout)
         return handle
 
     def subscribe_eds(self, cluster, on_endpoints) -> _Handle:
@@ -61,11 +134,25 @@ class XdsManager:
         eds_config; a first fetch that fails or is rejected still ends the warming (no hosts)."""
         eds = cluster.eds
         applier = EdsApplier(cluster.name, eds.service_name, on_endpoints)
-        handle = self.subscribe(eds.eds_config, ENDPOINT_TYPE, applier, f"cluster.{cluster.name}",
-                                f"eds {cluster.name}")
-        if not handle.first_accepted:
-            applier.on_failed_first_fetch()
-        return handle
+        return self.subscribe(eds.eds_config, ENDPOINT_TYPE, applier, f"cluster.{cluster.name}",
+                              f"eds {cluster.name}", names=(eds.service_name,),
+                              on_first_failed=applier.on_failed_first_fetch)
+
+    def pending_first(self) -> bool:
+        """Some gRPC subscription still waits for its first answer."""
+        return any(m.pending_first() for m in self._muxes.values())
+
+    def wait_initial(self, timeout: float | None = None) -> bool:
+        """Start-up only (not from a callback): run the main loop until every gRPC
+        subscription has its first answer; each watch's initial_fetch_timeout bounds it."""
+        if not self._muxes or self._dispatcher is None:
+            return True
+        limit = 3600.0 if timeout is None else timeout
+        t0 = time.monotonic()
+        done = self._dispatcher.run_until(lambda: not self.pending_first(), limit)
+        log.info("xds: initial fetch %s after %.3f s", "done" if done else "not complete",
+                 time.monotonic() - t0)
+        return done
 
     def poll(self) -> None:
         for sub in list(self._subscriptions):
@@ -78,3 +165,6 @@ class XdsManager:
         for sub in list(self._subscriptions):
             sub.stop()
         self._subscriptions.clear()
+        for mux in self._muxes.values():
+            mux.stop()
+        self._muxes.clear()

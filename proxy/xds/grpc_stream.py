@@ -1,0 +1,195 @@
+"""One bidirectional gRPC streaming call on the main thread: HTTP/2 (h2, prior knowledge) over
+a `ClientSocket` on the main Dispatcher, as the active gRPC health checks do.
+
+gRPC is HTTP/2 plus messages framed as 1 byte (compressed flag, always 0 here) + 4 bytes of
+big-endian length + the protobuf bytes; the call is a POST with `content-type:
+application/grpc` and `te: trailers`, and ends with a `grpc-status` (and `grpc-message`) in
+the trailers (or in the headers of a trailers-only answer). `GrpcFramer` is the framing, with
+no I/O; `GrpcStream` is the call. Every DATA frame is acknowledged to h2 as it is consumed
+(else the peer stalls at the 64 KiB window); messages larger than the peer's window wait for
+its WINDOW_UPDATE.
+
+Callbacks (main thread): `on_open()` once the connection is up and the request headers are
+sent; `on_message(bytes)` for each message; `on_close(status, message)` once, when the call
+ends for any reason (status None: the connection failed or closed without a gRPC status).
+Thread affinity: main thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from h2 import events as h2events
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from proxy.threads.client_socket import ClientSocket
+
+__all__ = ["GrpcFramer", "GrpcStream", "frame"]
+
+log = logging.getLogger("ftproxy.xds")
+
+
+def frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class GrpcFramer:
+    """Length-prefixed gRPC messages out of a byte stream (`feed` returns the whole messages)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out = []
+        while len(buf) >= 5:
+            if buf[0] != 0:
+                raise ValueError("a compressed gRPC message (no grpc-encoding was offered)")
+            n = int.from_bytes(buf[1:5], "big")
+            if len(buf) < 5 + n:
+                break
+            out.append(bytes(buf[5:5 + n]))
+            del buf[:5 + n]
+        return out
+
+
+class GrpcStream:
+    def __init__(self, dispatcher, address: tuple[str, int], authority: str, path: str,
+                 on_open: Callable[[], None], on_message: Callable[[bytes], None],
+                 on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy") -> None:
+        self.dispatcher = dispatcher
+        self.on_open, self.on_message, self.on_close = on_open, on_message, on_close
+        self.framer = GrpcFramer()
+        self.pending = bytearray()   # framed bytes waiting for flow-control window
+        self.closed = False
+        self.status: int | None = None
+        self.status_message = ""
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(self.stream_id, [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", authority.encode()),
+            (b":path", path.encode()), (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"), (b"user-agent", user_agent)])
+        self.sock = ClientSocket(dispatcher, address, self._on_connected, self._on_data, self._on_closed)
+        self._flush()
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, message: bytes) -> None:
+        if self.closed:
+            return
+        self.pending += frame(message)
+        self._send_pending()
+        self._flush()
+
+    def _send_pending(self) -> None:
+        h2c = self.h2
+        while self.pending:
+            try:
+                window = min(h2c.local_flow_control_window(self.stream_id), h2c.max_outbound_frame_size)
+            except H2Error:
+                return
+            if window <= 0:
+                return
+            chunk = bytes(self.pending[:window])
+            try:
+                h2c.send_data(self.stream_id, chunk)
+            except H2Error as e:
+                self._finish(None, f"HTTP/2 error sending: {e}")
+                return
+            del self.pending[:len(chunk)]
+
+    def _flush(self) -> None:
+        if not self.closed:
+            out = self.h2.data_to_send()
+            if out:
+                self.sock.write(out)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _on_connected(self) -> None:
+        if not self.closed:
+            self.on_open()
+
+    def _on_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except H2Error as e:
+            self._finish(None, f"HTTP/2 protocol error: {e}")
+            return
+        for ev in events:
+            if self.closed:
+                return
+            sid = getattr(ev, "stream_id", None)
+            if isinstance(ev, h2events.DataReceived):
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if sid != self.stream_id:
+                    continue
+                try:
+                    messages = self.framer.feed(ev.data)
+                except ValueError as e:
+                    self._reset(str(e))
+                    return
+                for m in messages:
+                    if self.closed:
+                        return
+                    self.on_message(m)
+            elif isinstance(ev, h2events.ResponseReceived) and sid == self.stream_id:
+                self._headers(ev.headers, trailers=False)
+            elif isinstance(ev, h2events.TrailersReceived) and sid == self.stream_id:
+                self._headers(ev.headers, trailers=True)
+            elif isinstance(ev, h2events.StreamEnded) and sid == self.stream_id:
+                self._finish(self.status, self.status_message or "stream ended")
+            elif isinstance(ev, h2events.StreamReset) and sid == self.stream_id:
+                self._finish(None, f"stream reset ({ev.error_code!r})")
+            elif isinstance(ev, h2events.ConnectionTerminated):
+                self._finish(None, f"GOAWAY ({ev.error_code!r})")
+            elif isinstance(ev, h2events.WindowUpdated):
+                self._send_pending()
+        self._flush()
+
+    def _headers(self, headers, trailers: bool) -> None:
+        for k, v in headers:
+            k = k.lower()
+            if k == b":status" and v != b"200":
+                self.status_message = f"HTTP status {v.decode('latin-1')}"
+                self.status = 2 if self.status is None else self.status   # UNKNOWN, as gRPC maps it
+            elif k == b"grpc-status":
+                try:
+                    self.status = int(v)
+                except ValueError:
+                    self.status = 2
+            elif k == b"grpc-message":
+                self.status_message = v.decode("utf-8", "replace")
+
+    def _on_closed(self) -> None:
+        self._finish(None, "connection closed" if self.sock.connected else "connection failed")
+
+    def _reset(self, why: str) -> None:
+        try:
+            self.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+            self._flush()
+        except H2Error:
+            pass
+        self._finish(None, why)
+
+    def _finish(self, status: int | None, message: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.sock.close()
+        self.on_close(status, message)
+
+    def close(self) -> None:
+        """Our own close: no callback."""
+        if not self.closed:
+            self.closed = True
+            self.sock.close()

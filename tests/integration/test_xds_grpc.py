@@ -1,0 +1,217 @@
+"""xDS over gRPC (ADS, state of the world) through the running proxy, fed by a real gRPC control
+plane (tests/integration/xds_control_plane.py, grpclib) over real loopback sockets.
+
+Each test sets resources on the control plane and waits on what the proxy does with them:
+traffic through the proxy to real upstreams (EchoUpstream answers with its name), the
+control plane's record of ACKs and NACKs, and the proxy's stats.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from .harness import EchoUpstream, ProxyUnderTest, static_cluster
+from .xds_control_plane import CLA, CLUSTER, LISTENER, ROUTE, ControlPlane
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+H2_OPTIONS = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
+def bootstrap(cp_port: int) -> dict:
+    return {
+        "node": {"id": "id_1", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"}},
+        "static_resources": {"clusters": [
+            static_cluster("xds_cluster", cp_port, typed_extension_protocol_options=H2_OPTIONS)]},
+    }
+
+
+def listener(port: int, route_name: str = "local_route", name: str = "listener_0") -> dict:
+    return {"@type": LISTENER, "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": {
+                "@type": HCM, "stat_prefix": "ingress_http", "http_filters": [ROUTER],
+                "rds": {"route_config_name": route_name, "config_source": {"ads": {}}}}}]}]}
+
+
+def route(cluster: str, name: str = "local_route", prefix: str = "/") -> dict:
+    return {"@type": ROUTE, "name": name, "virtual_hosts": [{
+        "name": "all", "domains": ["*"], "routes": [{"match": {"prefix": prefix},
+                                                      "route": {"cluster": cluster}}]}]}
+
+
+def eds_cluster(name: str) -> dict:
+    return {"@type": CLUSTER, "name": name, "type": "EDS", "connect_timeout": "1.5s",
+            "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}}}
+
+
+def cla(name: str, *ports: int) -> dict:
+    return {"@type": CLA, "cluster_name": name, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+        for p in ports]}]}
+
+
+def free_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def served_by(port: int, path: str = "/") -> str:
+    status, body = get(port, path)
+    if status != 200:
+        return f"status {status}"
+    return json.loads(body).get("server", "?")
+
+
+@pytest.fixture
+def world():
+    cp = ControlPlane()
+    ups = {name: EchoUpstream(name) for name in ("one", "two")}
+    proxies = []
+    yield cp, ups, proxies
+    for p in proxies:
+        p.stop()
+    cp.close()
+    for u in ups.values():
+        u.close()
+
+
+def start(cp, proxies) -> ProxyUnderTest:
+    p = ProxyUnderTest(bootstrap(cp.port))
+    proxies.append(p)
+    return p
+
+
+def initial(cp, ups, lport: int) -> None:
+    cp.set(CLUSTER, "c1", [eds_cluster("svc")])
+    cp.set(CLA, "e1", [cla("svc", ups["one"].port)])
+    cp.set(LISTENER, "l1", [listener(lport)])
+    cp.set(ROUTE, "r1", [route("svc")])
+
+
+def test_ads_listener_route_cluster_endpoints_serve_traffic(world):
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies)   # start-up waits for the first CDS/EDS/LDS/RDS answers
+    assert served_by(lport) == "one"
+    assert p.gauges()["control_plane.connected_state"] == 1
+    for t, v in ((CLUSTER, "c1"), (CLA, "e1"), (LISTENER, "l1"), (ROUTE, "r1")):
+        assert cp.wait(lambda: cp.acked(t, v)), (t, cp.requests_for(t))
+    c = p.counters()
+    assert c["cluster_manager.cds.update_success"] == 1
+    assert c["listener_manager.lds.update_success"] == 1
+    assert c["http.ingress_http.rds.local_route.update_success"] == 1
+    assert c["cluster.svc.update_success"] == 1
+    # The node goes in the first request, with ftproxy's user agent; LDS/CDS are wildcards,
+    # RDS/EDS named.
+    first = cp.requests[0]
+    assert first["node"] == "id_1" and first["user_agent_name"] == "ftproxy"
+    assert cp.requests_for(CLUSTER)[0]["resource_names"] == []
+    assert cp.requests_for(LISTENER)[0]["resource_names"] == []
+    assert cp.requests_for(ROUTE)[0]["resource_names"] == ["local_route"]
+    assert cp.requests_for(CLA)[0]["resource_names"] == ["svc"]
+
+
+def test_ads_update_changes_routing(world):
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies)
+    assert served_by(lport) == "one"
+    # A new cluster, then a route to it: new streams take the new route.
+    cp.set(CLUSTER, "c2", [eds_cluster("svc"), eds_cluster("svc2")])
+    cp.set(CLA, "e2", [cla("svc", ups["one"].port), cla("svc2", ups["two"].port)])
+    assert cp.wait(lambda: cp.acked(CLA, "e2") and cp.acked(CLUSTER, "c2"))
+    assert p.wait_for(lambda: p.counters().get("cluster.svc2.update_success", 0) >= 1)
+    cp.set(ROUTE, "r2", [route("svc2")])
+    assert p.wait_for(lambda: served_by(lport) == "two", 10)
+    # Endpoints move: the same cluster now goes to the other upstream.
+    cp.set(CLA, "e3", [cla("svc", ups["two"].port), cla("svc2", ups["one"].port)])
+    assert p.wait_for(lambda: served_by(lport) == "one", 10)
+    assert p.counters()["http.ingress_http.rds.local_route.update_success"] == 2
+
+
+def test_ads_bad_push_is_nacked_with_the_field_path_and_old_config_serves(world):
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies)
+    assert served_by(lport) == "one"
+    bad = eds_cluster("svc")
+    bad["lb_policy"] = "MAGLEV"
+    bad["maglev_lb_config"] = {"table_size": 4}   # not a prime: refused
+    cp.set(CLUSTER, "c-bad", [bad])
+    assert cp.wait(lambda: cp.nacks(CLUSTER))
+    nack = cp.nacks(CLUSTER)[0]
+    assert nack["version_info"] == "c1"           # the last accepted version stays
+    assert nack["error_detail"]["code"] == 13      # INTERNAL, as Envoy
+    assert "resources[0].maglev_lb_config.table_size" in nack["error_detail"]["message"], nack
+    assert p.counters()["cluster_manager.cds.update_rejected"] == 1
+    assert served_by(lport) == "one"
+    # A bad route: NACKed by RDS, the old table keeps routing.
+    cp.set(ROUTE, "r-bad", [{**route("svc"), "virtual_hosts": [{"name": "v", "domains": ["*"],
+                                                                   "routes": [{"match": {"prefix": "/"}}]}]}])
+    assert cp.wait(lambda: cp.nacks(ROUTE))
+    assert "resources[0].virtual_hosts[0].routes[0]" in cp.nacks(ROUTE)[0]["error_detail"]["message"]
+    assert p.counters()["http.ingress_http.rds.local_route.update_rejected"] == 1
+    assert served_by(lport) == "one"
+    # The next good push is ACKed and applied.
+    cp.set(CLUSTER, "c3", [eds_cluster("svc")])
+    assert cp.wait(lambda: cp.acked(CLUSTER, "c3"))
+
+
+def test_ads_control_plane_dies_and_returns(world):
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies)
+    assert served_by(lport) == "one"
+    cp.stop()
+    assert p.wait_for(lambda: p.gauges()["control_plane.connected_state"] == 0, 10)
+    assert served_by(lport) == "one"               # the config in force stays
+    assert p.counters()["cluster_manager.cds.update_failure"] >= 1
+    before = len(cp.requests)
+    cp.start()                                     # same port
+    assert p.wait_for(lambda: p.gauges()["control_plane.connected_state"] == 1, 40)
+    assert cp.wait(lambda: {r["type_url"] for r in cp.requests[before:]} >= {CLUSTER, LISTENER, CLA, ROUTE})
+    again = {r["type_url"]: r for r in reversed(cp.requests[before:])}
+    # The first request of each type on the new stream: the last accepted version, no nonce.
+    first = {}
+    for r in cp.requests[before:]:
+        first.setdefault(r["type_url"], r)
+    assert (first[CLUSTER]["version_info"], first[CLUSTER]["response_nonce"]) == ("c1", "")
+    assert (first[LISTENER]["version_info"], first[LISTENER]["response_nonce"]) == ("l1", "")
+    assert (first[ROUTE]["version_info"], first[ROUTE]["resource_names"]) == ("r1", ["local_route"])
+    assert again
+    # Updates flow again on the new stream.
+    cp.set(ROUTE, "r2", [route("svc", prefix="/nowhere")])
+    assert p.wait_for(lambda: get(lport)[0] == 404, 10)

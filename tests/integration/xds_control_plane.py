@@ -1,0 +1,229 @@
+"""A state-of-the-world xDS control plane for the tests, on a real gRPC server (grpclib: asyncio,
+pure Python, both interpreters), serving ADS (StreamAggregatedResources) and the per-type
+services from a snapshot the test sets step by step (go-control-plane's snapshot cache, in
+small).
+
+- `set(type_url, version, resources)`: the resources (dicts as in a YAML file, each with
+  `@type`) become the current version of that type; every open stream subscribed to it gets
+  a response unless it was already sent that version. LDS/CDS responses hold every resource;
+  RDS/EDS responses only the names the stream asked for (and are sent when it asks for new
+  names).
+- Requests are recorded (`requests`: type_url, version_info, response_nonce, resource_names,
+  error_detail, node) so tests can check ACKs, NACKs and what a reconnecting client sends.
+  A request whose nonce is not the last one sent on its stream for its type is stale and
+  ignored (as go-control-plane does).
+- `stop()` kills the server (open streams end); `start()` serves again on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from typing import Any
+
+import proxy.xds.proto as xproto  # first: selects protobuf's pure-Python backend on 3.14t
+from google.protobuf import any_pb2, json_format, symbol_database
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+__all__ = ["ControlPlane", "pack"]
+
+T = "type.googleapis.com/"
+LISTENER = T + "envoy.config.listener.v3.Listener"
+CLUSTER = T + "envoy.config.cluster.v3.Cluster"
+ROUTE = T + "envoy.config.route.v3.RouteConfiguration"
+CLA = T + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+_WILDCARD = (LISTENER, CLUSTER)
+_PATHS = {
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources": None,
+    "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners": LISTENER,
+    "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters": CLUSTER,
+    "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes": ROUTE,
+    "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints": CLA,
+}
+
+
+def _load_types(d: Any) -> None:
+    if isinstance(d, dict):
+        t = d.get("@type")
+        if isinstance(t, str):
+            xproto._load_package_of(t)
+        for v in d.values():
+            _load_types(v)
+    elif isinstance(d, list):
+        for v in d:
+            _load_types(v)
+
+
+def pack(resource: dict) -> any_pb2.Any:
+    """A resource dict (with `@type`) as a protobuf Any."""
+    _load_types(resource)
+    type_url = resource["@type"]
+    cls = symbol_database.Default().GetSymbol(type_url.rsplit("/", 1)[-1])
+    msg = json_format.ParseDict({k: v for k, v in resource.items() if k != "@type"}, cls())
+    out = any_pb2.Any()
+    out.Pack(msg)
+    return out
+
+
+def _name(resource: dict, type_url: str) -> str:
+    return resource.get("cluster_name" if type_url == CLA else "name", "")
+
+
+class _TypeState:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.sent_version: str | None = None
+        self.last_nonce = ""
+
+
+class _Stream:
+    def __init__(self, only_type: str | None) -> None:
+        self.only_type = only_type
+        self.types: dict[str, _TypeState] = {}
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.transport = None
+
+
+class ControlPlane:
+    def __init__(self) -> None:
+        self.snapshot: dict[str, tuple[str, list[dict]]] = {}
+        self.requests: list[dict] = []
+        self.streams_opened = 0
+        self._lock = threading.Lock()     # guards requests (loop thread appends, tests read)
+        self._nonces = itertools.count(1)
+        self._streams: set[_Stream] = set()
+        self.loop = asyncio.new_event_loop()
+        self.server: Server | None = None
+        self.port = 0
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="xds-cp")
+        self.thread.start()
+        self.start()
+
+    # -- test API (any thread) ------------------------------------------------------------
+    def start(self) -> None:
+        async def go() -> None:
+            self.server = Server([self])
+            await self.server.start("127.0.0.1", self.port)
+            self.port = self.server._server.sockets[0].getsockname()[1]
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def stop(self) -> None:
+        async def go() -> None:
+            server, self.server = self.server, None
+            if server is not None:
+                for st in list(self._streams):
+                    st.transport.abort()        # as a killed process: the connections drop
+                server.close()                  # no new connections
+                try:
+                    await asyncio.wait_for(server.wait_closed(), 5)
+                except asyncio.TimeoutError:
+                    pass
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def set(self, type_url: str, version: str, resources: list[dict]) -> None:
+        packed = [pack(r) for r in resources]   # on the caller's thread: a bad dict raises here
+
+        def apply() -> None:
+            self.snapshot[type_url] = (version, list(zip(resources, packed)))
+            for s in list(self._streams):
+                st = s.types.get(type_url)
+                if st is not None and st.sent_version != version:
+                    self._respond(s, type_url, st)
+        self.loop.call_soon_threadsafe(apply)
+
+    def requests_for(self, type_url: str) -> list[dict]:
+        with self._lock:
+            return [r for r in self.requests if r["type_url"] == type_url]
+
+    def wait(self, predicate, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def acked(self, type_url: str, version: str) -> bool:
+        """The client ACKed `version` of `type_url`."""
+        return any(r["version_info"] == version and r["error_detail"] is None and r["response_nonce"]
+                   for r in self.requests_for(type_url))
+
+    def nacks(self, type_url: str) -> list[dict]:
+        return [r for r in self.requests_for(type_url) if r["error_detail"] is not None]
+
+    # -- grpclib service ------------------------------------------------------------------
+    def __mapping__(self):
+        return {path: Handler(lambda stream, t=t: self._serve(stream, t), Cardinality.STREAM_STREAM,
+                              discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse)
+                for path, t in _PATHS.items()}
+
+    async def _serve(self, stream, only_type: str | None) -> None:
+        s = _Stream(only_type)
+        s.transport = stream._stream._transport   # grpclib internals: to drop it in stop()
+        self._streams.add(s)
+        self.streams_opened += 1
+
+        async def reader() -> None:
+            async for req in stream:
+                self._on_request(s, req)
+            await s.queue.put(None)
+
+        task = asyncio.ensure_future(reader())
+        try:
+            while True:
+                msg = await s.queue.get()
+                if msg is None:
+                    break
+                await stream.send_message(msg)
+        finally:
+            self._streams.discard(s)
+            task.cancel()
+
+    def _on_request(self, s: _Stream, req) -> None:
+        err = None
+        if req.HasField("error_detail"):
+            err = {"code": req.error_detail.code, "message": req.error_detail.message}
+        record = {"type_url": req.type_url, "version_info": req.version_info,
+                  "response_nonce": req.response_nonce, "resource_names": list(req.resource_names),
+                  "error_detail": err, "node": req.node.id if req.HasField("node") else None,
+                  "user_agent_name": req.node.user_agent_name if req.HasField("node") else None}
+        with self._lock:
+            self.requests.append(record)
+        t = req.type_url
+        st = s.types.get(t)
+        first = st is None
+        if first:
+            st = s.types[t] = _TypeState()
+        if req.response_nonce and req.response_nonce != st.last_nonce:
+            return   # stale: an answer to an older response
+        names_changed = list(req.resource_names) != st.names
+        st.names = list(req.resource_names)
+        snap = self.snapshot.get(t)
+        if snap is None:
+            return
+        if st.sent_version is None and first and req.version_info == snap[0] and t in _WILDCARD:
+            st.sent_version = snap[0]    # it has this version already (a reconnect)
+            return
+        if st.sent_version != snap[0] or (names_changed and t not in _WILDCARD):
+            self._respond(s, t, st)
+
+    def _respond(self, s: _Stream, type_url: str, st: _TypeState) -> None:
+        version, items = self.snapshot[type_url]
+        if type_url not in _WILDCARD:
+            items = [(r, p) for r, p in items if _name(r, type_url) in st.names]
+        nonce = str(next(self._nonces))
+        resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
+        resp.resources.extend(p for _, p in items)
+        st.sent_version = version
+        st.last_nonce = nonce
+        s.queue.put_nowait(resp)

@@ -321,7 +321,7 @@ class GrpcMux:
         by_name = {}
         for item in decoded:
             name = _resource_name(item[0], resp.type_url)
-            if name is not None:
+            if name is not None and name not in by_name:   # a repeated name: the first counts
                 by_name[name] = item
         errors: list[str] = []
         for w in list(st.watches):

@@ -13,6 +13,8 @@ small).
   A request whose nonce is not the last one sent on its stream for its type is stale and
   ignored (as go-control-plane does).
 - `stop()` kills the server (open streams end); `start()` serves again on the same port.
+- `set(..., node="id")` sets a snapshot for that node id only (a stream's node is the one of
+  its first request); other nodes get the snapshot set without a node.
 """
 
 from __future__ import annotations
@@ -87,11 +89,12 @@ class _Stream:
         self.types: dict[str, _TypeState] = {}
         self.queue: asyncio.Queue = asyncio.Queue()
         self.transport = None
+        self.node: str | None = None
 
 
 class ControlPlane:
     def __init__(self) -> None:
-        self.snapshot: dict[str, tuple[str, list[dict]]] = {}
+        self.snapshots: dict[str | None, dict[str, tuple[str, list]]] = {None: {}}
         self.requests: list[dict] = []
         self.streams_opened = 0
         self._lock = threading.Lock()     # guards requests (loop thread appends, tests read)
@@ -130,20 +133,26 @@ class ControlPlane:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-    def set(self, type_url: str, version: str, resources: list[dict]) -> None:
+    def set(self, type_url: str, version: str, resources: list[dict], node: str | None = None) -> None:
         packed = [pack(r) for r in resources]   # on the caller's thread: a bad dict raises here
 
         def apply() -> None:
-            self.snapshot[type_url] = (version, list(zip(resources, packed)))
+            self.snapshots.setdefault(node, {})[type_url] = (version, list(zip(resources, packed)))
             for s in list(self._streams):
                 st = s.types.get(type_url)
-                if st is not None and st.sent_version != version:
+                snap = self._snapshot(s, type_url)
+                if st is not None and snap is not None and st.sent_version != snap[0]:
                     self._respond(s, type_url, st)
         self.loop.call_soon_threadsafe(apply)
 
-    def requests_for(self, type_url: str) -> list[dict]:
+    def _snapshot(self, s: "_Stream", type_url: str):
+        own = self.snapshots.get(s.node, {})
+        return own.get(type_url) or self.snapshots[None].get(type_url)
+
+    def requests_for(self, type_url: str, node: str | None = None) -> list[dict]:
         with self._lock:
-            return [r for r in self.requests if r["type_url"] == type_url]
+            return [r for r in self.requests if r["type_url"] == type_url
+                    and (node is None or r["stream_node"] == node)]
 
     def wait(self, predicate, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -153,13 +162,13 @@ class ControlPlane:
             time.sleep(0.02)
         return predicate()
 
-    def acked(self, type_url: str, version: str) -> bool:
+    def acked(self, type_url: str, version: str, node: str | None = None) -> bool:
         """The client ACKed `version` of `type_url`."""
         return any(r["version_info"] == version and r["error_detail"] is None and r["response_nonce"]
-                   for r in self.requests_for(type_url))
+                   for r in self.requests_for(type_url, node))
 
-    def nacks(self, type_url: str) -> list[dict]:
-        return [r for r in self.requests_for(type_url) if r["error_detail"] is not None]
+    def nacks(self, type_url: str, node: str | None = None) -> list[dict]:
+        return [r for r in self.requests_for(type_url, node) if r["error_detail"] is not None]
 
     # -- grpclib service ------------------------------------------------------------------
     def __mapping__(self):
@@ -191,12 +200,15 @@ class ControlPlane:
 
     def _on_request(self, s: _Stream, req) -> None:
         err = None
+        if s.node is None and req.HasField("node"):
+            s.node = req.node.id
         if req.HasField("error_detail"):
             err = {"code": req.error_detail.code, "message": req.error_detail.message}
         record = {"type_url": req.type_url, "version_info": req.version_info,
                   "response_nonce": req.response_nonce, "resource_names": list(req.resource_names),
                   "error_detail": err, "node": req.node.id if req.HasField("node") else None,
-                  "user_agent_name": req.node.user_agent_name if req.HasField("node") else None}
+                  "user_agent_name": req.node.user_agent_name if req.HasField("node") else None,
+                  "stream_node": s.node}
         with self._lock:
             self.requests.append(record)
         t = req.type_url
@@ -208,7 +220,7 @@ class ControlPlane:
             return   # stale: an answer to an older response
         names_changed = list(req.resource_names) != st.names
         st.names = list(req.resource_names)
-        snap = self.snapshot.get(t)
+        snap = self._snapshot(s, t)
         if snap is None:
             return
         if st.sent_version is None and first and req.version_info == snap[0] and t in _WILDCARD:
@@ -218,7 +230,7 @@ class ControlPlane:
             self._respond(s, t, st)
 
     def _respond(self, s: _Stream, type_url: str, st: _TypeState) -> None:
-        version, items = self.snapshot[type_url]
+        version, items = self._snapshot(s, type_url)
         if type_url not in _WILDCARD:
             items = [(r, p) for r, p in items if _name(r, type_url) in st.names]
         nonce = str(next(self._nonces))

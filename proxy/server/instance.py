@@ -235,7 +235,8 @@ class Server:
         self.cluster_manager.initialize()
         self.span_exporters.start(self.cluster_manager.snapshots)
         dynamic = self.bootstrap.dynamic_resources
-        self.xds.configure(self.main, self.bootstrap.node, dynamic.ads_config, self._cluster_hosts)
+        self.xds.configure(self.main, self.bootstrap.node, dynamic.ads_config, self._cluster_hosts,
+                           self.cluster_manager.batch)
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
                                           CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")

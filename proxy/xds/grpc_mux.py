@@ -29,6 +29,7 @@ Thread affinity: main thread only; no lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -157,7 +158,8 @@ class GrpcMux:
 
     def __init__(self, dispatcher, cluster_name: str, path: str, hosts: Callable[[], list],
                  node: Any, store, set_node_on_first_message_only: bool = False,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 batch: Callable[[], Any] = contextlib.nullcontext) -> None:
         self.dispatcher = dispatcher
         self.cluster_name = cluster_name
         self.path = path
@@ -166,6 +168,7 @@ class GrpcMux:
         self.node_first_only = set_node_on_first_message_only
         self.connected_state = store.gauge("control_plane.connected_state")
         self._rand = rand
+        self._batch = batch        # around one response's deliveries (the cluster manager's)
         self.types: dict[str, _TypeState] = {}    # in subscription order
         self.stream: GrpcStream | None = None
         self.open = False
@@ -324,16 +327,17 @@ class GrpcMux:
             if name is not None and name not in by_name:   # a repeated name: the first counts
                 by_name[name] = item
         errors: list[str] = []
-        for w in list(st.watches):
-            if not w.names:
-                got = decoded
-            else:
-                got = [by_name[n] for n in w.names if n in by_name]
-                if not got:
-                    continue
-            e = w.deliver(got, resp.version_info)
-            if e is not None:
-                errors.extend(str(x) for x in all_errors(e))
+        with self._batch():
+            for w in list(st.watches):
+                if not w.names:
+                    got = decoded
+                else:
+                    got = [by_name[n] for n in w.names if n in by_name]
+                    if not got:
+                        continue
+                e = w.deliver(got, resp.version_info)
+                if e is not None:
+                    errors.extend(str(x) for x in all_errors(e))
         return "\n".join(errors) if errors else None
 
 

@@ -67,11 +67,15 @@ class XdsManager:
         self._node = None
         self._ads: ApiConfigSourceConfig | None = None
         self._hosts: Callable[[str], list] | None = None
+        self._batch = None
 
     def configure(self, dispatcher, node, ads: ApiConfigSourceConfig | None,
-                  hosts: Callable[[str], list]) -> None:
+                  hosts: Callable[[str], list], batch: Callable[[], Any] | None = None) -> None:
         """What gRPC sources need: the main Dispatcher, the bootstrap's node, its ads_config,
-        and `hosts(cluster_name)` -> [(address, port)] of a static cluster."""
+        `hosts(cluster_name)` -> [(address, port)] of a static cluster, and `batch()`, a
+        context manager held around one response's deliveries (the cluster manager's: one
+        publish to the workers per response)."""
+        self._batch = batch
         self._dispatcher = dispatcher
         self._node = node
         self._ads = ads
@@ -92,7 +96,8 @@ class XdsManager:
             cluster = api.cluster_name
             node = node_message(self._node, USER_AGENT_NAME, USER_AGENT_VERSION)
             mux = grpc_mux.GrpcMux(self._dispatcher, cluster, path, lambda: self._hosts(cluster),
-                                   node, self.store, api.set_node_on_first_message_only)
+                                   node, self.store, api.set_node_on_first_message_only,
+                                   **({"batch": self._batch} if self._batch is not None else {}))
             self._muxes[key] = mux
         return mux
 

@@ -215,3 +215,21 @@ def test_ads_control_plane_dies_and_returns(world):
     # Updates flow again on the new stream.
     cp.set(ROUTE, "r2", [route("svc", prefix="/nowhere")])
     assert p.wait_for(lambda: get(lport)[0] == 404, 10)
+
+
+def test_ads_a_thousand_clusters_in_one_push(world):
+    """1,000 EDS clusters in one CDS response and their 1,000 assignments in one EDS response:
+    all warm, traffic reaches one of them, one ACK each."""
+    cp, ups, proxies = world
+    lport = free_port()
+    n = 1000
+    cp.set(CLUSTER, "big", [eds_cluster(f"c{i}") for i in range(n)])
+    cp.set(CLA, "big", [cla(f"c{i}", ups["one"].port if i != 777 else ups["two"].port) for i in range(n)])
+    cp.set(LISTENER, "l1", [listener(lport)])
+    cp.set(ROUTE, "r1", [route("c777")])
+    p = start(cp, proxies)
+    assert cp.wait(lambda: cp.acked(CLUSTER, "big") and cp.acked(CLA, "big"), 30)
+    assert p.wait_for(lambda: p.gauges().get("cluster_manager.active_clusters") == n + 1, 30)
+    assert p.gauges()["cluster_manager.warming_clusters"] == 0
+    assert served_by(lport) == "two"
+    assert len(cp.requests_for(CLA)[0]["resource_names"]) == n   # one EDS request for all

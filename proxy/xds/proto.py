@@ -146,6 +146,10 @@ def node_message(node: Any, user_agent_name: str, version: tuple[int, int, int])
     n.cluster = node.cluster
     if node.zone:
         n.locality.zone = node.zone
+    if getattr(node, "region", ""):
+        n.locality.region = node.region
+    if getattr(node, "sub_zone", ""):
+        n.locality.sub_zone = node.sub_zone
     if node.metadata:
         json_format.ParseDict(dict(node.metadata), n.metadata)
     n.user_agent_name = user_agent_name

@@ -5,7 +5,8 @@ a file (`path_config_source`: `path`, `watched_directory`; or the older `path` s
 aggregated stream (`ads: {}`, which needs the bootstrap's `dynamic_resources.ads_config`), or
 a per-type gRPC stream (`api_config_source` with `api_type: GRPC`). Both gRPC forms name one
 static cluster through `grpc_services[0].envoy_grpc.cluster_name` (`ApiConfigSourceConfig`).
-REST, DELTA_GRPC, `self` and `authorities` are refused by their path ("not supported yet").
+`api_type` GRPC is state of the world, DELTA_GRPC incremental. REST, `self` and `authorities`
+are refused by their path ("not supported yet").
 SDS keeps its own table (proxy/tls/secrets.py), which names the same message for secrets.
 
 Must not: do I/O (files are read by proxy/xds/file_source.py, streams run by
@@ -28,11 +29,12 @@ _NOT_YET = "not supported yet (files, ads and api_config_source GRPC are)"
 
 @dataclass(frozen=True, slots=True)
 class ApiConfigSourceConfig:
-    """A gRPC control plane (`api_config_source` GRPC, or the bootstrap's `ads_config`): a
-    state-of-the-world stream to the static cluster `cluster_name` (HTTP/2, h2c)."""
+    """A gRPC control plane (`api_config_source` GRPC or DELTA_GRPC, or the bootstrap's
+    `ads_config`): a state-of-the-world (or, `delta`, incremental) stream to the static cluster
+    `cluster_name` (HTTP/2, h2c)."""
     cluster_name: str
     set_node_on_first_message_only: bool = False
-    initial_fetch_timeout: float = 15.0   # of the ConfigSource that uses it (Envoy's default)
+    delta: bool = False                   # DELTA_GRPC: incremental xDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,8 @@ CONFIG_SOURCE = Message("envoy.config.core.v3.ConfigSource", title="Dynamic conf
 ))
 
 API_CONFIG_SOURCE = Message("envoy.config.core.v3.ApiConfigSource", fields=(
-    used("api_type", attr="", why="GRPC (state of the world); REST and DELTA_GRPC are refused"),
+    used("api_type", attr="delta", why="GRPC (state of the world) or DELTA_GRPC (incremental); "
+                                        "REST is refused"),
     used("transport_api_version", attr="", why="V3 (AUTO means V3)"),
     used("grpc_services", attr="cluster_name", why="one envoy_grpc service: its cluster_name"),
     used("set_node_on_first_message_only", why="the node goes only in a stream's first request"),
@@ -104,8 +107,8 @@ WATCHED_DIRECTORY = Message("envoy.config.core.v3.WatchedDirectory", fields=(
 
 def parse_api_config_source(raw: Any, path: str, aggregated: bool) -> ApiConfigSourceConfig:
     """An ApiConfigSource at `path` (`aggregated`: the bootstrap's ads_config): `api_type`
-    GRPC (state of the world; Envoy refuses the AGGREGATED_* types in both places), V3 or
-    AUTO (which means V3 now), one envoy_grpc service."""
+    GRPC or DELTA_GRPC (Envoy refuses the AGGREGATED_* types in both places), V3 or AUTO
+    (which means V3 now), one envoy_grpc service."""
     a = API_CONFIG_SOURCE.read(raw, path)
     types = ("DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE", "REST", "GRPC", "DELTA_GRPC",
              "AGGREGATED_GRPC", "AGGREGATED_DELTA_GRPC")
@@ -114,10 +117,10 @@ def parse_api_config_source(raw: Any, path: str, aggregated: bool) -> ApiConfigS
         # Envoy 1.40 refuses them in both places (ads_config says GRPC or DELTA_GRPC).
         raise ConfigError(a.at("api_type"), "envoy.config.core.v3.ApiConfigSource type must be of "
                                             "non-aggregated gRPC")
-    if api_type in ("REST", "DELTA_GRPC"):
+    if api_type == "REST":
         raise ConfigError(a.at("api_type"), f"{api_type}: {_NOT_YET}")
-    if api_type != "GRPC":
-        raise ConfigError(a.at("api_type"), f"must be GRPC, got {api_type}")
+    if api_type not in ("GRPC", "DELTA_GRPC"):
+        raise ConfigError(a.at("api_type"), f"must be GRPC or DELTA_GRPC, got {api_type}")
     version = a.enum("transport_api_version", ("AUTO", "V2", "V3"), "AUTO")
     if version == "V2":
         raise ConfigError(a.at("transport_api_version"), "V2 is not supported (Envoy removed it)")
@@ -130,7 +133,8 @@ def parse_api_config_source(raw: Any, path: str, aggregated: bool) -> ApiConfigS
     cluster = e.str("cluster_name", required=True)
     if not cluster:
         raise ConfigError(e.at("cluster_name"), "must not be empty")
-    return ApiConfigSourceConfig(cluster, bool(a.bool("set_node_on_first_message_only", False)))
+    return ApiConfigSourceConfig(cluster, bool(a.bool("set_node_on_first_message_only", False)),
+                                 delta=api_type == "DELTA_GRPC")
 
 
 def parse_config_source(raw: Any, path: str) -> ConfigSourceConfig:

@@ -43,7 +43,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: E402,F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: E402,F401
 
-__all__ = ["DecodeError", "ProtoResponse", "decode_response", "encode_request", "implementation",
+__all__ = ["DecodeError", "ProtoResponse", "DeltaProtoResponse", "decode_response", "decode_delta_response",
+           "encode_request", "encode_delta_request", "implementation",
            "node_message", "resource_to_dict"]
 
 _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
@@ -166,6 +167,48 @@ def encode_request(type_url: str, version_info: str, nonce: str, resource_names:
     req.version_info = version_info
     req.response_nonce = nonce
     req.resource_names.extend(resource_names)
+    if node is not None:
+        req.node.CopyFrom(node)
+    if error is not None:
+        req.error_detail.code = _INTERNAL
+        req.error_detail.message = error
+    return req.SerializeToString()
+
+
+class DeltaProtoResponse:
+    """A decoded DeltaDiscoveryResponse: [(name, version, Any or None)] and the removed names."""
+
+    __slots__ = ("system_version_info", "type_url", "nonce", "resources", "removed")
+
+    def __init__(self, system_version_info: str, type_url: str, nonce: str, resources: list,
+                 removed: list[str]) -> None:
+        self.system_version_info = system_version_info
+        self.type_url = type_url
+        self.nonce = nonce
+        self.resources = resources
+        self.removed = removed
+
+
+def decode_delta_response(data: bytes) -> DeltaProtoResponse:
+    msg = discovery_pb2.DeltaDiscoveryResponse()
+    msg.ParseFromString(data)
+    resources = [(r.name, r.version, r.resource if r.HasField("resource") else None)
+                 for r in msg.resources]
+    return DeltaProtoResponse(msg.system_version_info, msg.type_url, msg.nonce, resources,
+                              list(msg.removed_resources))
+
+
+def encode_delta_request(type_url: str, nonce: str, subscribe: list[str], unsubscribe: list[str],
+                         initial_versions: dict[str, str], node: Any | None,
+                         error: str | None) -> bytes:
+    """A DeltaDiscoveryRequest's bytes (no version_info: delta ACKs carry only the nonce)."""
+    req = discovery_pb2.DeltaDiscoveryRequest()
+    req.type_url = type_url
+    req.response_nonce = nonce
+    req.resource_names_subscribe.extend(subscribe)
+    req.resource_names_unsubscribe.extend(unsubscribe)
+    for k, v in initial_versions.items():
+        req.initial_resource_versions[k] = v
     if node is not None:
         req.node.CopyFrom(node)
     if error is not None:

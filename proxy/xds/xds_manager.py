@@ -82,12 +82,16 @@ class XdsManager:
         self._hosts = hosts
 
     def _mux(self, source: ConfigSourceConfig, type_url: str):
-        from . import grpc_mux   # protobuf is imported only when a gRPC source is used
+        from . import grpc_delta_mux, grpc_mux   # protobuf is imported only for gRPC sources
         from .proto import node_message
-        if source.kind == "ads":
-            api, path = self._ads, grpc_mux.ADS_PATH
+        api = self._ads if source.kind == "ads" else source.api
+        if api.delta:
+            cls = grpc_delta_mux.DeltaGrpcMux
+            path = (grpc_delta_mux.DELTA_ADS_PATH if source.kind == "ads"
+                    else grpc_delta_mux.DELTA_TYPE_PATHS[type_url])
         else:
-            api, path = source.api, grpc_mux.TYPE_PATHS[type_url]
+            cls = grpc_mux.GrpcMux
+            path = grpc_mux.ADS_PATH if source.kind == "ads" else grpc_mux.TYPE_PATHS[type_url]
         key = (api.cluster_name, path)
         mux = self._muxes.get(key)
         if mux is None:
@@ -95,7 +99,7 @@ class XdsManager:
                 raise RuntimeError("XdsManager.configure() was not called before a gRPC source")
             cluster = api.cluster_name
             node = node_message(self._node, USER_AGENT_NAME, USER_AGENT_VERSION)
-            mux = grpc_mux.GrpcMux(self._dispatcher, cluster, path, lambda: self._hosts(cluster),
+            mux = cls(self._dispatcher, cluster, path, lambda: self._hosts(cluster),
                                    node, self.store, api.set_node_on_first_message_only,
                                    **({"batch": self._batch} if self._batch is not None else {}))
             self._muxes[key] = mux

@@ -25,12 +25,12 @@ H2_OPTIONS = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "explicit_http_config": {"http2_protocol_options": {}}}}
 
 
-def bootstrap(cp_port: int) -> dict:
+def bootstrap(cp_port: int, api_type: str = "GRPC") -> dict:
     return {
         "node": {"id": "id_1", "cluster": "test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+            "ads_config": {"api_type": api_type, "transport_api_version": "V3",
                            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]},
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"}},
@@ -104,8 +104,8 @@ def world():
         u.close()
 
 
-def start(cp, proxies) -> ProxyUnderTest:
-    p = ProxyUnderTest(bootstrap(cp.port))
+def start(cp, proxies, api_type: str = "GRPC") -> ProxyUnderTest:
+    p = ProxyUnderTest(bootstrap(cp.port, api_type))
     proxies.append(p)
     return p
 
@@ -233,3 +233,69 @@ def test_ads_a_thousand_clusters_in_one_push(world):
     assert p.gauges()["cluster_manager.warming_clusters"] == 0
     assert served_by(lport) == "two"
     assert len(cp.requests_for(CLA)[0]["resource_names"]) == n   # one EDS request for all
+
+
+# -- delta (incremental) xDS: DELTA_GRPC ads_config ------------------------------------------
+
+def test_delta_ads_sends_changes_and_removals_only(world):
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies, "DELTA_GRPC")
+    assert served_by(lport) == "one"
+    for t, v in ((CLUSTER, "c1"), (CLA, "e1"), (LISTENER, "l1"), (ROUTE, "r1")):
+        assert cp.wait(lambda: cp.acked(t, v)), (t, cp.requests_for(t))
+    first = cp.requests_for(CLUSTER)[0]
+    assert first["resource_names"] == [] and first["initial_resource_versions"] == {}   # wildcard
+    assert cp.requests_for(CLA)[0]["resource_names"] == ["svc"]
+    assert p.counters()["cluster_manager.cds.update_success"] == 1
+    # A second cluster: only it is sent; the first is not modified.
+    cp.set(CLUSTER, "c2", [eds_cluster("svc"), eds_cluster("svc2")])
+    cp.set(CLA, "e2", [cla("svc", ups["one"].port), cla("svc2", ups["two"].port)])
+    assert cp.wait(lambda: cp.acked(CLUSTER, "c2") and cp.acked(CLA, "e2"))
+    c = p.counters()
+    assert (c["cluster_manager.cluster_added"], c.get("cluster_manager.cluster_modified", 0)) == (3, 0)  # + xds_cluster
+    assert cp.requests_for(CLA)[-1]["resource_names"] == []   # the ACK; the subscribe came before
+    assert any(r["resource_names"] == ["svc2"] for r in cp.requests_for(CLA))
+    cp.set(ROUTE, "r2", [route("svc2")])
+    assert p.wait_for(lambda: served_by(lport) == "two", 10)
+    # svc leaves the snapshot: removed_resources removes it; svc2 is untouched.
+    cp.set(CLUSTER, "c3", [eds_cluster("svc2")])
+    assert cp.wait(lambda: cp.acked(CLUSTER, "c3"))
+    assert p.wait_for(lambda: p.counters().get("cluster_manager.cluster_removed", 0) == 1)
+    assert p.counters().get("cluster_manager.cluster_modified", 0) == 0
+    assert served_by(lport) == "two"
+
+
+def test_delta_bad_push_nacked_and_a_new_stream_names_what_it_holds(world):
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies, "DELTA_GRPC")
+    assert served_by(lport) == "one"
+    bad = eds_cluster("svc")
+    bad["connect_timeout"] = "-1s"
+    cp.set(CLUSTER, "c-bad", [bad])
+    assert cp.wait(lambda: cp.nacks(CLUSTER))
+    nack = cp.nacks(CLUSTER)[0]
+    assert nack["error_detail"]["code"] == 13
+    assert nack["error_detail"]["message"].startswith("resources[0].connect_timeout"), nack
+    assert p.counters()["cluster_manager.cds.update_rejected"] == 1
+    assert served_by(lport) == "one"
+    cp.stop()
+    assert p.wait_for(lambda: p.gauges()["control_plane.connected_state"] == 0, 10)
+    before = len(cp.requests)
+    cp.set(CLUSTER, "c1", [eds_cluster("svc")])   # back to what the proxy holds
+    cp.start()
+    assert p.wait_for(lambda: p.gauges()["control_plane.connected_state"] == 1, 40)
+    assert cp.wait(lambda: {r["type_url"] for r in cp.requests[before:]} >= {CLUSTER, LISTENER, CLA, ROUTE})
+    first = {}
+    for r in cp.requests[before:]:
+        first.setdefault(r["type_url"], r)
+    # The accepted versions of what it holds (the refused svc is not among them: the old one is).
+    assert set(first[CLUSTER]["initial_resource_versions"]) == {"svc"}
+    assert set(first[LISTENER]["initial_resource_versions"]) == {"listener_0"}
+    assert first[ROUTE]["resource_names"] == ["local_route"]
+    assert set(first[ROUTE]["initial_resource_versions"]) == {"local_route"}
+    cp.set(ROUTE, "r2", [route("svc", prefix="/nowhere")])
+    assert p.wait_for(lambda: get(lport)[0] == 404, 10)

@@ -15,11 +15,17 @@ small).
 - `stop()` kills the server (open streams end); `start()` serves again on the same port.
 - `set(..., node="id")` sets a snapshot for that node id only (a stream's node is the one of
   its first request); other nodes get the snapshot set without a node.
+- Delta (incremental) xDS on the Delta* services from the same snapshots: each resource's
+  version is a hash of its bytes; a stream is sent the resources whose version it does not
+  have (from its `initial_resource_versions` and what was sent) and, in `removed_resources`,
+  those it has that left the snapshot. A delta ACK is recorded with `version_info` set to
+  the system version of the response it answers (a delta request has none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import threading
 import time
@@ -40,6 +46,13 @@ CLUSTER = T + "envoy.config.cluster.v3.Cluster"
 ROUTE = T + "envoy.config.route.v3.RouteConfiguration"
 CLA = T + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 _WILDCARD = (LISTENER, CLUSTER)
+_DELTA_PATHS = {
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources": None,
+    "/envoy.service.listener.v3.ListenerDiscoveryService/DeltaListeners": LISTENER,
+    "/envoy.service.cluster.v3.ClusterDiscoveryService/DeltaClusters": CLUSTER,
+    "/envoy.service.route.v3.RouteDiscoveryService/DeltaRoutes": ROUTE,
+    "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints": CLA,
+}
 _PATHS = {
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources": None,
     "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners": LISTENER,
@@ -81,6 +94,10 @@ class _TypeState:
         self.names: list[str] = []
         self.sent_version: str | None = None
         self.last_nonce = ""
+        # delta
+        self.client_versions: dict[str, str] = {}
+        self.subscribed: set[str] | None = None     # None: wildcard
+        self.nonce_versions: dict[str, str] = {}    # nonce -> system version sent with it
 
 
 class _Stream:
@@ -90,6 +107,7 @@ class _Stream:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.transport = None
         self.node: str | None = None
+        self.delta = False
 
 
 class ControlPlane:
@@ -141,7 +159,11 @@ class ControlPlane:
             for s in list(self._streams):
                 st = s.types.get(type_url)
                 snap = self._snapshot(s, type_url)
-                if st is not None and snap is not None and st.sent_version != snap[0]:
+                if st is None or snap is None:
+                    continue
+                if s.delta:
+                    self._respond_delta(s, type_url, st, force=False)
+                elif st.sent_version != snap[0]:
                     self._respond(s, type_url, st)
         self.loop.call_soon_threadsafe(apply)
 
@@ -172,19 +194,28 @@ class ControlPlane:
 
     # -- grpclib service ------------------------------------------------------------------
     def __mapping__(self):
-        return {path: Handler(lambda stream, t=t: self._serve(stream, t), Cardinality.STREAM_STREAM,
-                              discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse)
-                for path, t in _PATHS.items()}
+        out = {path: Handler(lambda stream, t=t: self._serve(stream, t), Cardinality.STREAM_STREAM,
+                             discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse)
+               for path, t in _PATHS.items()}
+        out.update({path: Handler(lambda stream, t=t: self._serve(stream, t, delta=True),
+                                  Cardinality.STREAM_STREAM, discovery_pb2.DeltaDiscoveryRequest,
+                                  discovery_pb2.DeltaDiscoveryResponse)
+                    for path, t in _DELTA_PATHS.items()})
+        return out
 
-    async def _serve(self, stream, only_type: str | None) -> None:
+    async def _serve(self, stream, only_type: str | None, delta: bool = False) -> None:
         s = _Stream(only_type)
+        s.delta = delta
         s.transport = stream._stream._transport   # grpclib internals: to drop it in stop()
         self._streams.add(s)
         self.streams_opened += 1
 
         async def reader() -> None:
             async for req in stream:
-                self._on_request(s, req)
+                if delta:
+                    self._on_delta_request(s, req)
+                else:
+                    self._on_request(s, req)
             await s.queue.put(None)
 
         task = asyncio.ensure_future(reader())
@@ -237,5 +268,69 @@ class ControlPlane:
         resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         resp.resources.extend(p for _, p in items)
         st.sent_version = version
+        st.last_nonce = nonce
+        s.queue.put_nowait(resp)
+
+    # -- delta ------------------------------------------------------------------------------
+    def _on_delta_request(self, s: _Stream, req) -> None:
+        if s.node is None and req.HasField("node"):
+            s.node = req.node.id
+        t = req.type_url
+        st = s.types.get(t)
+        first = st is None
+        if first:
+            st = s.types[t] = _TypeState()
+        err = None
+        if req.HasField("error_detail"):
+            err = {"code": req.error_detail.code, "message": req.error_detail.message}
+        record = {"type_url": t, "version_info": st.nonce_versions.get(req.response_nonce, "")
+                  if err is None else "", "response_nonce": req.response_nonce,
+                  "resource_names": list(req.resource_names_subscribe),
+                  "unsubscribe": list(req.resource_names_unsubscribe),
+                  "initial_resource_versions": dict(req.initial_resource_versions),
+                  "error_detail": err, "node": req.node.id if req.HasField("node") else None,
+                  "user_agent_name": req.node.user_agent_name if req.HasField("node") else None,
+                  "stream_node": s.node}
+        with self._lock:
+            self.requests.append(record)
+        changed = first
+        if first:
+            st.client_versions = dict(req.initial_resource_versions)
+            wild = t in _WILDCARD and not req.resource_names_subscribe
+            st.subscribed = None if wild else set(req.resource_names_subscribe)
+        elif req.resource_names_subscribe or req.resource_names_unsubscribe:
+            changed = True
+            if st.subscribed is not None:
+                st.subscribed |= set(req.resource_names_subscribe)
+                st.subscribed -= set(req.resource_names_unsubscribe)
+            for n in req.resource_names_unsubscribe:
+                st.client_versions.pop(n, None)
+        if changed and self._snapshot(s, t) is not None:
+            self._respond_delta(s, t, st, force=first)
+
+    def _respond_delta(self, s: _Stream, type_url: str, st: _TypeState, force: bool) -> None:
+        version, items = self._snapshot(s, type_url)
+        wanted = {}
+        for r, p in items:
+            name = _name(r, type_url)
+            if st.subscribed is None or name in st.subscribed:
+                wanted[name] = (p, hashlib.sha256(p.value).hexdigest()[:16])
+        changed = [n for n, (_, v) in wanted.items() if st.client_versions.get(n) != v]
+        removed = [n for n in st.client_versions if n not in wanted
+                   and (st.subscribed is None or n in st.subscribed)]
+        if not changed and not removed and not force:
+            return
+        nonce = str(next(self._nonces))
+        resp = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version, type_url=type_url,
+                                                    nonce=nonce, removed_resources=removed)
+        for n in changed:
+            p, v = wanted[n]
+            res = resp.resources.add()
+            res.name, res.version = n, v
+            res.resource.CopyFrom(p)
+            st.client_versions[n] = v
+        for n in removed:
+            st.client_versions.pop(n, None)
+        st.nonce_versions[nonce] = version
         st.last_nonce = nonce
         s.queue.put_nowait(resp)

@@ -266,8 +266,8 @@ def test_dynamic_resources_grpc_sources_checked_files_need_the_node():
         "ads_config": {**grpc, "grpc_services": [{"envoy_grpc": {"cluster_name": "nope"}}]}}))
     assert "dynamic_resources.cds_config.ads: needs dynamic_resources.ads_config" in _error(
         _boot(node=node, dynamic_resources={"cds_config": {"ads": {}}}))
-    assert "dynamic_resources.ads_config.api_type: DELTA_GRPC: not supported yet" in _error(
-        _boot(node=node, dynamic_resources={"ads_config": {**grpc, "api_type": "DELTA_GRPC"}}))
+    delta = dict(raw, dynamic_resources={**ads, "ads_config": {**grpc, "api_type": "DELTA_GRPC"}})
+    assert parse_bootstrap(delta).dynamic_resources.ads_config.delta is True
     assert "dynamic_resources.cds_config.api_config_source.api_type: REST: not supported yet" in _error(
         _boot(node=node, dynamic_resources={"cds_config": {"api_config_source": {"api_type": "REST"}}}))
     assert "dynamic_resources.cds_config: type.googleapis.com/envoy.config.cluster.v3.Cluster: node " \

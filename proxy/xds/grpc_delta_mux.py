@@ -111,7 +111,11 @@ class DeltaGrpcMux(GrpcMux):
                         "subscribers", resp.type_url)
             return
         self.attempt = 0
-        error = self._apply_delta(resp, st)
+        try:
+            error = self._apply_delta(resp, st)
+        except Exception as e:  # a bug past validation: NACK it, keep the stream and the loop
+            log.exception("xds: applying %s %r failed", resp.type_url, resp.system_version_info)
+            error = f"internal error applying the update: {type(e).__name__}: {e}"
         if self.stream is not None and self.open:
             data = proto.encode_delta_request(resp.type_url, resp.nonce, [], [], {},
                                               self._node_once(), error)

@@ -296,7 +296,11 @@ class GrpcMux:
             return
         self.attempt = 0
         st.nonce = resp.nonce
-        error = self._apply(resp, st)
+        try:
+            error = self._apply(resp, st)
+        except Exception as e:  # a bug past validation: NACK it, keep the stream and the loop
+            log.exception("xds: applying %s %r failed", resp.type_url, resp.version_info)
+            error = f"internal error applying the update: {type(e).__name__}: {e}"
         if self.stream is not None and self.open:
             if error is None:
                 st.version_info = resp.version_info

@@ -9,6 +9,7 @@ control plane's record of ACKs and NACKs, and the proxy's stats.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -299,3 +300,51 @@ def test_delta_bad_push_nacked_and_a_new_stream_names_what_it_holds(world):
     assert set(first[ROUTE]["initial_resource_versions"]) == {"local_route"}
     cp.set(ROUTE, "r2", [route("svc", prefix="/nowhere")])
     assert p.wait_for(lambda: get(lport)[0] == 404, 10)
+
+
+def test_initial_fetch_timeout_lets_start_up_go_on(world):
+    """The control plane answers CDS but never LDS: start-up waits initial_fetch_timeout (1 s
+    here), counts init_fetch_timeout, and goes on; the listener comes when LDS answers."""
+    cp, ups, proxies = world
+    lport = free_port()
+    cp.set(CLUSTER, "c1", [eds_cluster("svc")])
+    cp.set(CLA, "e1", [cla("svc", ups["one"].port)])
+    cfg = bootstrap(cp.port)
+    cfg["dynamic_resources"]["lds_config"]["initial_fetch_timeout"] = "1s"
+    t0 = time.monotonic()
+    p = ProxyUnderTest(cfg)
+    proxies.append(p)
+    assert 0.9 < time.monotonic() - t0 < 8
+    assert p.counters()["listener_manager.lds.init_fetch_timeout"] == 1
+    assert get(lport)[0] == 0                      # no listener yet
+    cp.set(ROUTE, "r1", [route("svc")])
+    cp.set(LISTENER, "l1", [listener(lport)])
+    assert p.wait_for(lambda: served_by(lport) == "one", 10)
+
+
+def test_per_type_grpc_sources_without_ads(world):
+    """cds_config and lds_config each an api_config_source GRPC (their own streams, Envoy's
+    StreamClusters and StreamListeners), EDS named by an api_config_source too."""
+    cp, ups, proxies = world
+    lport = free_port()
+    grpc = {"api_type": "GRPC", "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}
+    cfg = bootstrap(cp.port)
+    dyn = cfg["dynamic_resources"]
+    del dyn["ads_config"]
+    dyn["cds_config"] = {"api_config_source": grpc, "resource_api_version": "V3"}
+    dyn["lds_config"] = {"api_config_source": grpc, "resource_api_version": "V3"}
+    c = eds_cluster("svc")
+    c["eds_cluster_config"]["eds_config"] = {"api_config_source": grpc, "resource_api_version": "V3"}
+    lis = listener(lport)
+    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    del hcm["rds"]
+    hcm["route_config"] = {k: v for k, v in route("svc").items() if k != "@type"}
+    cp.set(CLUSTER, "c1", [c])
+    cp.set(CLA, "e1", [cla("svc", ups["two"].port)])
+    cp.set(LISTENER, "l1", [lis])
+    p = ProxyUnderTest(cfg)
+    proxies.append(p)
+    assert served_by(lport) == "two"
+    assert cp.streams_opened == 3                  # one stream per type
+    assert p.counters()["cluster_manager.cds.update_success"] == 1

@@ -108,6 +108,7 @@ class Server:
         self.cds = None                          # the CDS subscription's handle, if any
         self.lds = None                          # the LDS subscription's handle, if any
         self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
+        self.lds_warming: dict = {}              # LDS listeners waiting for their routes, by name
         self.rds_providers: dict = {}            # RDS route tables, by (source, name)
         self.stats_sinks: list = []
         self.span_exporters: Exporters | None = None  # HTTP tracing's span export (main)

@@ -348,3 +348,38 @@ def test_per_type_grpc_sources_without_ads(world):
     assert served_by(lport) == "two"
     assert cp.streams_opened == 3                  # one stream per type
     assert p.counters()["cluster_manager.cds.update_success"] == 1
+
+
+def test_a_listener_warms_until_its_routes_arrive(world):
+    """After start-up, a new listener whose RDS routes have not come is bound but takes no
+    traffic (warming); a replaced listener keeps serving with its old routes until the new
+    ones come; then each serves by its new routes."""
+    cp, ups, proxies = world
+    lport, lport2 = free_port(), free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies)
+    assert served_by(lport) == "one"
+    cp.set(LISTENER, "l2", [listener(lport), listener(lport2, "late", name="listener_1")])
+    assert cp.wait(lambda: cp.acked(LISTENER, "l2"))
+    assert p.gauges()["listener_manager.total_listeners_warming"] == 1
+    dump = json.loads(p.admin("/config_dump")[1])
+    lis = [c for c in dump["configs"] if c["@type"].endswith("ListenersConfigDump")][0]
+    states = {d["name"]: set(d) - {"name"} for d in lis["dynamic_listeners"]}
+    assert states == {"listener_0": {"active_state"}, "listener_1": {"warming_state"}}
+    assert get(lport2, timeout=0.5)[0] == 0        # nobody accepts on it yet
+    # listener_0 now wants routes "late2": it keeps serving by local_route meanwhile.
+    cp.set(LISTENER, "l3", [listener(lport, "late2"), listener(lport2, "late", name="listener_1")])
+    assert cp.wait(lambda: cp.acked(LISTENER, "l3"))
+    assert p.gauges()["listener_manager.total_listeners_warming"] == 2
+    assert served_by(lport) == "one"
+    cp.set(ROUTE, "r2", [route("svc"), {**route("svc", name="late"), "virtual_hosts": [
+        {"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"},
+                                                     "direct_response": {"status": 203}}]}]},
+        {**route("svc", name="late2"), "virtual_hosts": [
+            {"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"},
+                                                         "direct_response": {"status": 204}}]}]}])
+    assert p.wait_for(lambda: get(lport2, timeout=1)[0] == 203, 10)
+    assert p.wait_for(lambda: get(lport, timeout=1)[0] == 204, 10)
+    assert p.gauges()["listener_manager.total_listeners_warming"] == 0
+    assert p.counters()["listener_manager.listener_added"] == 2
+    assert p.counters()["listener_manager.listener_modified"] == 1

@@ -9,8 +9,8 @@ finish (they are not reset). Removed: the workers stop accepting on it, its sock
 connections finish.
 
 Warming (Envoy's listener warming): a listener whose HTTP connection managers take their routes
-from a control plane (RDS over gRPC) that has not answered yet is bound but not handed to the
-workers: it waits in `warming` — a listener it replaces keeps serving meanwhile — until every
+from a control plane (RDS over gRPC) that has not answered yet is bound (not listening:
+connections are refused, as Envoy's) but not handed to the workers: it waits in `warming` — a listener it replaces keeps serving meanwhile — until every
 such route subscription has had its first answer (or it failed, or its initial_fetch_timeout
 passed), checked every 10 ms on the main loop. A newer update of a warming listener replaces it;
 removing it drops it. File-sourced routes are read when subscribed: nothing to wait for.
@@ -30,6 +30,7 @@ from typing import Any
 from ..config.bootstrap import overlaps
 from ..config.listener import address_string
 from ..config.reader import ConfigError, join
+from ..network.listener import BACKLOG
 
 __all__ = ["DynamicListeners", "LdsListener"]
 
@@ -89,7 +90,7 @@ class DynamicListeners:
         else:
             try:
                 # After a hot restart, the previous epoch's sockets for this address if it has them.
-                socks = self.server._take_or_bind(lc)
+                socks = self.server._take_or_bind(lc, listen=False)   # listen() when active
             except OSError as e:
                 raise ConfigError(join(path, "address"), str(e)) from None
         factory = self.server.listener_factory(lc)
@@ -123,6 +124,8 @@ class DynamicListeners:
     # -- internals -------------------------------------------------------------------------------
     def _activate(self, entry: LdsListener, factory, same_socket: bool) -> None:
         lc, socks = entry.config, list(entry.sockets)
+        for sock in socks:   # bound when added; accepting from now (again: harmless)
+            sock.listen(lc.tcp_backlog_size or BACKLOG)
         old = self.entries.get(lc.name)
         # Bookkeeping first: what the workers then do is already counted when it shows.
         self.entries[lc.name] = entry

@@ -249,6 +249,8 @@ class Server:
             self.lds = self.xds.subscribe(dynamic.lds_config, LISTENER_TYPE,
                                           LdsApplier(DynamicListeners(self)), "listener_manager.lds", "lds")
             self.xds.wait_initial()   # a gRPC LDS (and its RDS) before the workers start
+            if self.lds_warming:      # their routes came: activated on the next 10 ms check
+                self.main.run_until(lambda: not self.lds_warming, 1.0)
         if self.hr_child is not None:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
@@ -312,8 +314,9 @@ class Server:
             return
         log.info("hot restart: connected to parent epoch %s", self.hr_child.parent_epoch)
 
-    def _take_or_bind(self, lc) -> list:
-        """The parent's listen sockets for this address if it has them, else fresh ones."""
+    def _take_or_bind(self, lc, listen: bool = True) -> list:
+        """The parent's listen sockets for this address if it has them, else fresh ones
+        (`listen=False`: fresh ones are bound only, see bind_listen_sockets)."""
         opts = self.options
         socks = []
         if self.hr_child is not None and lc.port != 0:
@@ -322,11 +325,11 @@ class Server:
                 log.info("hot restart: took %d listen socket(s) for %s:%d", len(socks), lc.address, lc.port)
         if not socks:
             return bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
-                                       lc.tcp_backlog_size, name=lc.name)
+                                       lc.tcp_backlog_size, name=lc.name, listen=listen)
         if lc.enable_reuse_port and len(socks) < opts.concurrency:
             port = socks[0].getsockname()[1]
             socks += bind_listen_sockets(lc.address, port, opts.concurrency - len(socks), True,
-                                         lc.tcp_backlog_size, name=lc.name)
+                                         lc.tcp_backlog_size, name=lc.name, listen=listen)
         return socks
 
     def _on_parent_stats(self, counters: dict, gauges: dict) -> None:

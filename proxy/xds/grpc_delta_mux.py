@@ -26,7 +26,7 @@ import logging
 from proxy.config.reader import ConfigError, all_errors
 
 from . import proto
-from .grpc_mux import GrpcMux, _TypeState, _WILDCARD_TYPES, _resource_name
+from .grpc_mux import GrpcMux, _TypeState, _WILDCARD_TYPES, _resource_name, fail_all
 from .subscription import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 
 __all__ = ["DeltaGrpcMux", "DELTA_ADS_PATH", "DELTA_TYPE_PATHS"]
@@ -144,6 +144,7 @@ class DeltaGrpcMux(GrpcMux):
                       resp.system_version_info, e)
             return str(e)
         errors: list[str] = []
+        refused: list = []
         version = resp.system_version_info
         with self._batch():
             if resp.type_url in _WILDCARD_TYPES:
@@ -159,6 +160,7 @@ class DeltaGrpcMux(GrpcMux):
                     e = w.deliver(whole, version)
                     if e is not None:
                         errors.extend(str(x) for x in all_errors(e))
+                        refused.append(w)
                 if not errors:
                     st.held = held
             else:
@@ -172,11 +174,13 @@ class DeltaGrpcMux(GrpcMux):
                     e = w.deliver(got, version)
                     if e is not None:
                         errors.extend(str(x) for x in all_errors(e))
+                        refused.append(w)
                 for name in resp.removed:
                     if any(name in w.names for w in st.watches):
                         log.warning("xds: %s %s removed by the control plane; the config in force "
                                     "stays", resp.type_url, name)
         if errors:
+            fail_all(st.watches, refused)
             return "\n".join(errors)
         for name, v, _, _ in decoded:
             st.versions[name] = v

@@ -16,7 +16,8 @@ Protocol, as Envoy speaks it:
   the ACK carries the response's version_info and nonce; if any refuses, the NACK carries the
   last accepted version, the nonce and `error_detail` {code 13 INTERNAL, message: the
   field-path errors} — what was refused keeps its last good config (LDS and CDS still apply
-  the good resources of the push, as Envoy).
+  the good resources of the push, as Envoy) — and every watch of the type counts the
+  rejection (Envoy's onConfigUpdateFailed on all of them; a warming one stops waiting).
 - When the stream closes, `control_plane.connected_state` goes to 0 and a new stream is tried
   after a jittered exponential backoff (Envoy's: 500 ms base, 30 s cap, full jitter); its
   first request for each type carries the last accepted version and an empty nonce. Every
@@ -42,7 +43,7 @@ from .grpc_stream import GrpcStream
 from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
                            SubscriptionCallbacks, SubscriptionStats)
 
-__all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS"]
+__all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS", "fail_all"]
 
 log = logging.getLogger("ftproxy.xds")
 
@@ -331,6 +332,7 @@ class GrpcMux:
             if name is not None and name not in by_name:   # a repeated name: the first counts
                 by_name[name] = item
         errors: list[str] = []
+        refused: list[Watch] = []
         with self._batch():
             for w in list(st.watches):
                 if not w.names:
@@ -342,7 +344,18 @@ class GrpcMux:
                 e = w.deliver(got, resp.version_info)
                 if e is not None:
                     errors.extend(str(x) for x in all_errors(e))
+                    refused.append(w)
+        if errors:
+            fail_all(st.watches, refused)
         return "\n".join(errors) if errors else None
+
+
+def fail_all(watches: list, refused: list) -> None:
+    """A refused response fails every watch of its type, as Envoy's mux calls
+    onConfigUpdateFailed(UpdateRejected) on all of them (which also ends their warming)."""
+    for w in list(watches):
+        if w not in refused:
+            w.failed("update_rejected")
 
 
 def _resource_name(d: dict, type_url: str) -> str | None:

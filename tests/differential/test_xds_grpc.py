@@ -40,7 +40,11 @@ STATS = [f"{p}.{s}" for p in SOURCES for s in ("update_attempt", "update_success
     "cluster_manager.cluster_added", "cluster_manager.cluster_modified", "cluster_manager.cluster_removed",
     "cluster_manager.active_clusters", "listener_manager.listener_added",
     "listener_manager.listener_modified", "listener_manager.listener_removed",
-    "control_plane.connected_state"]
+    "control_plane.connected_state", "listener_manager.total_listeners_warming",
+    "listener_manager.total_listeners_active", "http.ingress_http.rds.late.update_success",
+    "http.ingress_http.rds.late.update_empty", "http.ingress_http.rds.late.update_attempt",
+    "http.ingress_http.rds.local_route.update_empty", "http.ingress_http.rds.late.update_failure",
+    "http.ingress_http.rds.late.init_fetch_timeout", "http.ingress_http.rds.late.update_rejected"]
 
 
 class Proxy:
@@ -169,12 +173,15 @@ def test_ads_steps_agree_with_real_envoy(api_type, tmp_path):
     ports.release()
     reqs = [("l1", "/"), ("l1", "/other"), ("l2", "/")]
 
-    def lds(version: str, with_l2: bool = False, l2_cluster: str = "other") -> list:
+    def lds(version: str, with_l2: bool = False, l2_cluster: str = "other", l2_rds: str = "") -> list:
         """(type, version, resources per node) of an LDS push."""
         out = {}
         for p in proxies:
             items = [listener("l1", p.listener_ports["l1"], RDS)]
-            if with_l2:
+            if with_l2 and l2_rds:
+                items.append(listener("l2", p.listener_ports["l2"], {"rds": {
+                    "route_config_name": l2_rds, "config_source": {"ads": {}, "resource_api_version": "V3"}}}))
+            elif with_l2:
                 items.append(listener("l2", p.listener_ports["l2"], {"route_config": {
                     **routes(("/", l2_cluster), name="inline")}}))
             out[p.kind] = items
@@ -202,6 +209,9 @@ def test_ads_steps_agree_with_real_envoy(api_type, tmp_path):
         ("cds removes other", same(CLUSTER, "c4", EDS_CLUSTER), "ack"),
         ("lds removes l2", lds("l3"), "ack"),
         ("eds: a port above 65535 is NACKed", same(CLA, "e4", cla("dyn", 70000)), "nack"),
+        ("lds: l2's routes have not come: it warms", lds("l4", with_l2=True, l2_rds="late"), "ack"),
+        ("rds: the late routes come: l2 serves",
+         same(ROUTE, "r5", {**rt, **routes(("/", "dyn"))}, {**rt, **routes(("/", "dyn"), name="late")}), "ack"),
     ]
     if api_type == "GRPC":   # delta names each resource once: a repeat cannot be sent
         steps.insert(-1, ("eds: an assignment named twice, the first counts",

@@ -313,6 +313,8 @@ class GrpcMux:
         decoded: list[tuple[dict, str]] = []
         try:
             for i, res in enumerate(resp.resources):
+                if proto.is_heartbeat(res):
+                    continue   # a TTL heartbeat: nothing to apply (TTLs are not kept)
                 path = f"{where}[{i}]"
                 d = proto.resource_to_dict(res)
                 got = d.pop("@type", None)

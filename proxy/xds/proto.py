@@ -45,7 +45,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 
 __all__ = ["DecodeError", "ProtoResponse", "DeltaProtoResponse", "decode_response", "decode_delta_response",
            "encode_request", "encode_delta_request", "implementation",
-           "node_message", "resource_to_dict"]
+           "is_heartbeat", "node_message", "resource_to_dict"]
 
 _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 _INTERNAL = 13   # google.rpc.Code INTERNAL: what Envoy puts in a NACK's error_detail
@@ -101,6 +101,15 @@ def _load_package_of(type_url: str) -> bool:
                         loaded = True
         return loaded
     return False
+
+
+def is_heartbeat(any_msg: Any) -> bool:
+    """A `Resource` wrapper without a resource: a TTL heartbeat (Envoy skips it)."""
+    if any_msg.type_url != _RESOURCE_WRAPPER:
+        return False
+    wrapper = discovery_pb2.Resource()
+    wrapper.ParseFromString(any_msg.value)
+    return not wrapper.HasField("resource")
 
 
 def resource_to_dict(any_msg: Any) -> dict[str, Any]:

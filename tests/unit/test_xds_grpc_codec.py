@@ -108,3 +108,16 @@ def test_backoff_is_jittered_exponential_capped_at_30s():
     mux._rand = lambda: 0.0
     mux._schedule_retry()
     assert delays[-1] <= 0.001
+
+
+def test_a_resource_wrapper_is_opened_and_a_heartbeat_recognised():
+    c = json_format.ParseDict({"name": "c", "type": "STATIC"}, cluster_pb2.Cluster())
+    wrapper = discovery_pb2.Resource(name="c", version="1")
+    wrapper.resource.Pack(c)
+    a = any_pb2.Any()
+    a.Pack(wrapper)
+    assert not proto.is_heartbeat(a)
+    assert proto.resource_to_dict(a) == {"@type": CLUSTER_TYPE, "name": "c", "type": "STATIC"}
+    beat = any_pb2.Any()
+    beat.Pack(discovery_pb2.Resource(name="c", version="1"))
+    assert proto.is_heartbeat(beat)

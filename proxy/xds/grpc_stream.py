@@ -17,8 +17,10 @@ Thread affinity: main thread only.
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from h2 import events as h2events
 from h2.config import H2Configuration
@@ -31,6 +33,21 @@ from proxy.threads.client_socket import ClientSocket
 __all__ = ["GrpcFramer", "GrpcStream", "frame"]
 
 log = logging.getLogger("ftproxy.xds")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic collection while one message is decoded and applied: decoding a big push
+    allocates hundreds of thousands of short-lived (acyclic) objects, which would trigger
+    collections — stop-the-world on a free-threaded build, so every worker would pause too.
+    They are freed by reference counting; the collector runs again afterwards."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def frame(message: bytes) -> bytes:
@@ -141,7 +158,8 @@ class GrpcStream:
                 for m in messages:
                     if self.closed:
                         return
-                    self.on_message(m)
+                    with gc_paused():
+                        self.on_message(m)
             elif isinstance(ev, h2events.ResponseReceived) and sid == self.stream_id:
                 self._headers(ev.headers, trailers=False)
             elif isinstance(ev, h2events.TrailersReceived) and sid == self.stream_id:

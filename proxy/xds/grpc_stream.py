@@ -9,6 +9,10 @@ no I/O; `GrpcStream` is the call. Every DATA frame is acknowledged to h2 as it i
 (else the peer stalls at the 64 KiB window); messages larger than the peer's window wait for
 its WINDOW_UPDATE.
 
+The xDS cluster's HTTP/2 options apply to this connection as to its pools: the receive windows
+(`initial_stream_window_size`, `initial_connection_window_size`) and `connection_keepalive`
+(PINGs; an unanswered one closes the connection, and the stream is retried).
+
 Callbacks (main thread): `on_open()` once the connection is up and the request headers are
 sent; `on_message(bytes)` for each message; `on_close(status, message)` once, when the call
 ends for any reason (status None: the connection failed or closed without a gRPC status).
@@ -27,7 +31,9 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
+from h2.settings import SettingCodes
 
+from proxy.http.h2_keepalive import Keepalive
 from proxy.threads.client_socket import ClientSocket
 
 __all__ = ["GrpcFramer", "GrpcStream", "frame"]
@@ -80,7 +86,8 @@ class GrpcFramer:
 class GrpcStream:
     def __init__(self, dispatcher, address: tuple[str, int], authority: str, path: str,
                  on_open: Callable[[], None], on_message: Callable[[bytes], None],
-                 on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy") -> None:
+                 on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy",
+                 http2=None) -> None:
         self.dispatcher = dispatcher
         self.on_open, self.on_message, self.on_close = on_open, on_message, on_close
         self.framer = GrpcFramer()
@@ -88,8 +95,16 @@ class GrpcStream:
         self.closed = False
         self.status: int | None = None
         self.status_message = ""
+        self.keepalive: Keepalive | None = None
+        self.http2 = http2
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        if http2 is not None:   # as the cluster's pools' connections (http2_client_connection.py)
+            self.h2.local_settings.update({SettingCodes.ENABLE_PUSH: 0,
+                                           SettingCodes.INITIAL_WINDOW_SIZE: http2.initial_stream_window_size})
+            self.h2.local_settings.acknowledge()
         self.h2.initiate_connection()
+        if http2 is not None and http2.initial_connection_window_size > 65535:
+            self.h2.increment_flow_control_window(http2.initial_connection_window_size - 65535)
         self.stream_id = self.h2.get_next_available_stream_id()
         self.h2.send_headers(self.stream_id, [
             (b":method", b"POST"), (b":scheme", b"http"), (b":authority", authority.encode()),
@@ -131,8 +146,20 @@ class GrpcStream:
 
     # -- receiving ---------------------------------------------------------------------------
     def _on_connected(self) -> None:
-        if not self.closed:
-            self.on_open()
+        if self.closed:
+            return
+        ka = getattr(self.http2, "connection_keepalive", None)
+        if ka is not None:
+            self.keepalive = Keepalive(ka, self.dispatcher, self._send_ping, self._keepalive_timeout,
+                                       lambda: not self.closed)
+        self.on_open()
+
+    def _send_ping(self, payload: bytes) -> None:
+        self.h2.ping(payload)
+        self._flush()
+
+    def _keepalive_timeout(self) -> None:
+        self._finish(None, "keepalive timeout (a PING went unanswered)")
 
     def _on_data(self, data: bytes) -> None:
         if self.closed:
@@ -172,6 +199,8 @@ class GrpcStream:
                 self._finish(None, f"GOAWAY ({ev.error_code!r})")
             elif isinstance(ev, h2events.WindowUpdated):
                 self._send_pending()
+            elif isinstance(ev, h2events.PingAckReceived) and self.keepalive is not None:
+                self.keepalive.on_ack()
         self._flush()
 
     def _headers(self, headers, trailers: bool) -> None:
@@ -203,6 +232,8 @@ class GrpcStream:
         if self.closed:
             return
         self.closed = True
+        if self.keepalive is not None:
+            self.keepalive.stop()
         self.sock.close()
         self.on_close(status, message)
 
@@ -210,4 +241,6 @@ class GrpcStream:
         """Our own close: no callback."""
         if not self.closed:
             self.closed = True
+            if self.keepalive is not None:
+                self.keepalive.stop()
             self.sock.close()

@@ -383,3 +383,51 @@ def test_a_listener_warms_until_its_routes_arrive(world):
     assert p.gauges()["listener_manager.total_listeners_warming"] == 0
     assert p.counters()["listener_manager.listener_added"] == 2
     assert p.counters()["listener_manager.listener_modified"] == 1
+
+
+def test_keepalive_of_the_xds_cluster_closes_a_silent_connection(world):
+    """The xds cluster's http2_protocol_options.connection_keepalive applies to the stream's
+    connection: PINGs the control plane answers keep it; a peer that accepts and then says
+    nothing is dropped after the PING timeout (start-up goes on) and the stream is retried."""
+    import socket
+    import threading as th
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    ka = {"interval": "0.2s", "timeout": "0.3s"}
+    cfg = bootstrap(cp.port)
+    opts = cfg["static_resources"]["clusters"][0]["typed_extension_protocol_options"]
+    opts["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"] = {
+        "http2_protocol_options": {"connection_keepalive": ka}}
+    p = ProxyUnderTest(cfg)
+    proxies.append(p)
+    assert served_by(lport) == "one"
+    time.sleep(1.5)                                # ~7 PINGs, all answered
+    assert cp.streams_opened == 1 and p.gauges()["control_plane.connected_state"] == 1
+    p.stop()
+    # A silent peer: accepts, reads, never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = silent.accept()
+            except OSError:
+                return
+            accepted.append(c)
+    th.Thread(target=serve, daemon=True).start()
+    cfg2 = bootstrap(silent.getsockname()[1])
+    cfg2["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = opts
+    cfg2["dynamic_resources"]["lds_config"]["initial_fetch_timeout"] = "5s"
+    t0 = time.monotonic()
+    p2 = ProxyUnderTest(cfg2)
+    proxies.append(p2)
+    assert time.monotonic() - t0 < 4               # the stream failed at its keepalive timeout
+    assert p2.wait_for(lambda: len(accepted) >= 2, 10)   # and was tried again
+    assert p2.counters()["cluster_manager.cds.update_failure"] >= 1
+    silent.close()
+    for c in accepted:
+        c.close()

@@ -237,7 +237,7 @@ class Server:
         self.span_exporters.start(self.cluster_manager.snapshots)
         dynamic = self.bootstrap.dynamic_resources
         self.xds.configure(self.main, self.bootstrap.node, dynamic.ads_config, self._cluster_hosts,
-                           self.cluster_manager.batch, self._cluster_http2)
+                           self.cluster_manager.batch, self._cluster_config)
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
                                           CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
@@ -460,10 +460,10 @@ class Server:
         snap = self.cluster_manager.snapshots().get(name) if self.cluster_manager else None
         return [(h.address, h.port) for h in snap.hosts] if snap is not None else []
 
-    def _cluster_http2(self, name: str):
-        """A cluster's HTTP/2 options (a gRPC xDS source's connection), or None."""
+    def _cluster_config(self, name: str):
+        """A cluster's config (a gRPC xDS source's connection: timeouts, HTTP/2), or None."""
         state = self.cluster_manager.states().get(name) if self.cluster_manager else None
-        return state.config.http2 if state is not None else None
+        return state.config if state is not None else None
 
     def _local_info(self) -> LocalInfo:
         """What tracing reports of this process, as Envoy's local_info: the node and this

@@ -160,7 +160,7 @@ class GrpcMux:
     def __init__(self, dispatcher, cluster_name: str, path: str, hosts: Callable[[], list],
                  node: Any, store, set_node_on_first_message_only: bool = False,
                  rand: Callable[[], float] = random.random,
-                 batch: Callable[[], Any] = contextlib.nullcontext, http2: Any = None) -> None:
+                 batch: Callable[[], Any] = contextlib.nullcontext, cluster: Any = None) -> None:
         self.dispatcher = dispatcher
         self.cluster_name = cluster_name
         self.path = path
@@ -170,7 +170,7 @@ class GrpcMux:
         self.connected_state = store.gauge("control_plane.connected_state")
         self._rand = rand
         self._batch = batch        # around one response's deliveries (the cluster manager's)
-        self.http2 = http2         # the xDS cluster's Http2Options (windows, keepalive)
+        self.cluster = cluster     # the xDS cluster's config: connect_timeout, http2 (windows, keepalive)
         self.types: dict[str, _TypeState] = {}    # in subscription order
         self.stream: GrpcStream | None = None
         self.open = False
@@ -219,7 +219,9 @@ class GrpcMux:
             st.sent_names = None
             st.dirty = bool(st.watches)
         self.stream = GrpcStream(self.dispatcher, address, self.cluster_name, self.path,
-                                 self._on_open, self._on_message, self._on_close, http2=self.http2)
+                                 self._on_open, self._on_message, self._on_close,
+                                 http2=getattr(self.cluster, "http2", None),
+                                 connect_timeout=getattr(self.cluster, "connect_timeout", None))
 
     def _on_open(self) -> None:
         self.open = True

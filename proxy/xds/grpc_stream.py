@@ -9,7 +9,8 @@ no I/O; `GrpcStream` is the call. Every DATA frame is acknowledged to h2 as it i
 (else the peer stalls at the 64 KiB window); messages larger than the peer's window wait for
 its WINDOW_UPDATE.
 
-The xDS cluster's HTTP/2 options apply to this connection as to its pools: the receive windows
+The xDS cluster's `connect_timeout` bounds the TCP connect, and its HTTP/2 options apply to
+this connection as to its pools: the receive windows
 (`initial_stream_window_size`, `initial_connection_window_size`) and `connection_keepalive`
 (PINGs; an unanswered one closes the connection, and the stream is retried).
 
@@ -87,7 +88,7 @@ class GrpcStream:
     def __init__(self, dispatcher, address: tuple[str, int], authority: str, path: str,
                  on_open: Callable[[], None], on_message: Callable[[bytes], None],
                  on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy",
-                 http2=None) -> None:
+                 http2=None, connect_timeout: float | None = None) -> None:
         self.dispatcher = dispatcher
         self.on_open, self.on_message, self.on_close = on_open, on_message, on_close
         self.framer = GrpcFramer()
@@ -96,6 +97,7 @@ class GrpcStream:
         self.status: int | None = None
         self.status_message = ""
         self.keepalive: Keepalive | None = None
+        self._connect_timer = None
         self.http2 = http2
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         if http2 is not None:   # as the cluster's pools' connections (http2_client_connection.py)
@@ -111,6 +113,8 @@ class GrpcStream:
             (b":path", path.encode()), (b"content-type", b"application/grpc"),
             (b"te", b"trailers"), (b"user-agent", user_agent)])
         self.sock = ClientSocket(dispatcher, address, self._on_connected, self._on_data, self._on_closed)
+        if connect_timeout and not self.sock.closed:
+            self._connect_timer = dispatcher.call_later(connect_timeout, self._connect_timed_out)
         self._flush()
 
     # -- sending -----------------------------------------------------------------------------
@@ -145,7 +149,15 @@ class GrpcStream:
                 self.sock.write(out)
 
     # -- receiving ---------------------------------------------------------------------------
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        if not self.sock.connected:
+            self._finish(None, "connect timeout (the xDS cluster's connect_timeout)")
+
     def _on_connected(self) -> None:
+        if self._connect_timer is not None:
+            self._connect_timer.disable()
+            self._connect_timer = None
         if self.closed:
             return
         ka = getattr(self.http2, "connection_keepalive", None)
@@ -232,8 +244,7 @@ class GrpcStream:
         if self.closed:
             return
         self.closed = True
-        if self.keepalive is not None:
-            self.keepalive.stop()
+        self._stop_timers()
         self.sock.close()
         self.on_close(status, message)
 
@@ -241,6 +252,12 @@ class GrpcStream:
         """Our own close: no callback."""
         if not self.closed:
             self.closed = True
-            if self.keepalive is not None:
-                self.keepalive.stop()
+            self._stop_timers()
             self.sock.close()
+
+    def _stop_timers(self) -> None:
+        if self.keepalive is not None:
+            self.keepalive.stop()
+        if self._connect_timer is not None:
+            self._connect_timer.disable()
+            self._connect_timer = None

@@ -68,18 +68,18 @@ class XdsManager:
         self._ads: ApiConfigSourceConfig | None = None
         self._hosts: Callable[[str], list] | None = None
         self._batch = None
-        self._http2 = None
+        self._cluster = None
 
     def configure(self, dispatcher, node, ads: ApiConfigSourceConfig | None,
                   hosts: Callable[[str], list], batch: Callable[[], Any] | None = None,
-                  http2: Callable[[str], Any] | None = None) -> None:
+                  cluster: Callable[[str], Any] | None = None) -> None:
         """What gRPC sources need: the main Dispatcher, the bootstrap's node, its ads_config,
         `hosts(cluster_name)` -> [(address, port)] of a static cluster, and `batch()`, a
         context manager held around one response's deliveries (the cluster manager's: one
-        publish to the workers per response), and `http2(cluster_name)`, the cluster's
-        Http2Options."""
+        publish to the workers per response), and `cluster(cluster_name)`, the cluster's
+        config (connect_timeout, HTTP/2 options)."""
         self._batch = batch
-        self._http2 = http2
+        self._cluster = cluster
         self._dispatcher = dispatcher
         self._node = node
         self._ads = ads
@@ -106,7 +106,7 @@ class XdsManager:
             mux = cls(self._dispatcher, cluster, path, lambda: self._hosts(cluster),
                                    node, self.store, api.set_node_on_first_message_only,
                                    **({"batch": self._batch} if self._batch is not None else {}),
-                                   http2=self._http2(cluster) if self._http2 is not None else None)
+                                   cluster=self._cluster(cluster) if self._cluster is not None else None)
             self._muxes[key] = mux
         return mux
 

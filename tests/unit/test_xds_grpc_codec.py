@@ -121,3 +121,39 @@ def test_a_resource_wrapper_is_opened_and_a_heartbeat_recognised():
     beat = any_pb2.Any()
     beat.Pack(discovery_pb2.Resource(name="c", version="1"))
     assert proto.is_heartbeat(beat)
+
+
+def test_connect_timeout_ends_a_stream_whose_connect_hangs():
+    """A peer whose accept queue is full drops our SYN: the xDS cluster's connect_timeout
+    ends the attempt (on_close, no gRPC status) instead of the kernel's minutes."""
+    import socket
+    import time
+    from proxy.threads.dispatcher import Dispatcher
+    from proxy.xds.grpc_stream import GrpcStream
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fill = []
+    for _ in range(4):   # fill the accept queue: later SYNs are dropped
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fill.append(c)
+    time.sleep(0.1)
+    d = Dispatcher("t")
+    closed = []
+    t0 = time.monotonic()
+    s = GrpcStream(d, ("127.0.0.1", port), "xds", "/x/y", lambda: closed.append("open"),
+                   lambda m: None, lambda st, msg: closed.append((st, msg)), connect_timeout=0.3)
+    assert d.run_until(lambda: bool(closed), 5)
+    assert closed == [(None, "connect timeout (the xDS cluster's connect_timeout)")]
+    assert 0.25 < time.monotonic() - t0 < 2
+    s.close()
+    d.close()
+    for c in fill:
+        c.close()
+    srv.close()

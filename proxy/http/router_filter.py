@@ -31,6 +31,7 @@ from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
 from .async_client import AsyncRequest
+from ..upstream.outlier_monitor import grpc_http_status
 from .local_reply import is_grpc_request, local_reply_head, reset_body
 from .stream_state import UPGRADED
 
@@ -332,6 +333,7 @@ class RouterFilter:
         if self.done:
             return
         self.cluster.stats.upstream_rq_timeout.value += 1
+        self._outlier_timeout()
         self._charge_local(504)
         self._abandon_upstream()
         self.stream.send_local_reply(504, b"upstream request timeout", "UT", "response_timeout")
@@ -344,6 +346,9 @@ class RouterFilter:
             return
         self.upstream = upstream
         self.cluster.stats.upstream_rq_total.value += 1  # Envoy: a request sent upstream
+        od = self.host.outlier
+        if od is not None and od.split:
+            od.put_connect_success(self.ctx.worker.index)   # a local-origin success
         stream = self.stream
         stream.upstream_host = self.pool.host_str
         stream.upstream_local_address = upstream.local_address
@@ -369,10 +374,32 @@ class RouterFilter:
         self.pool_handle = None
         if self.done:
             return
+        self._outlier_connect_failed(flag)
         self._release_request_slot()
         status = 503
         self._charge_local(status)
         self._reset_reply(status, reason, flag, transport_failure)
+
+    def _outlier_connect_failed(self, flag: str) -> None:
+        """Envoy's LocalOriginConnectFailed for the host (a failed connect or a reset), except
+        for an overflow: a circuit breaker is the cluster's, not the host's fault."""
+        od = self.host.outlier if self.host is not None else None
+        if od is not None and flag != "UO":
+            od.put_connect_failed(self.ctx.worker.index)
+
+    def _outlier_response(self, od, status: int, headers: Headers) -> None:
+        """A response from the host (Envoy: a gRPC request's grpc-status in the response
+        headers counts as its HTTP equivalent)."""
+        grpc = headers.get(b"grpc-status")
+        if grpc is not None and is_grpc_request(self.stream.head.headers):
+            status = grpc_http_status(grpc)
+        od.put_http_code(status, self.ctx.worker.index)
+
+    def _outlier_timeout(self) -> None:
+        """Envoy's LocalOriginTimeout (as a 504 unless local-origin errors are split)."""
+        od = self.host.outlier if self.host is not None else None
+        if od is not None:
+            od.put_timeout(self.ctx.worker.index)
 
     def _reset_reply(self, status: int, reason: str, flag: str, transport_failure: str = "") -> None:
         """Envoy's local reply for an upstream reset before the response started; its details
@@ -406,6 +433,9 @@ class RouterFilter:
             headers.remove_many(_RESPONSE_HOP_BY_HOP)
         else:
             headers.remove_many(_RESPONSE_HOP_BY_HOP - {b"connection", b"upgrade"})
+        od = self.host.outlier
+        if od is not None:
+            self._outlier_response(od, ev.status, headers)
         if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
             self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
         rc = self.config
@@ -473,6 +503,7 @@ class RouterFilter:
             # A tunnel ends when either side closes.
             stream.encode_data(b"", True)
             return
+        self._outlier_connect_failed(flag)
         if not self.response_started:
             self._charge_local(status)
         if self.response_started:

@@ -191,6 +191,7 @@ class RetryingRouter(RouterFilter):
         self.pool_handle = None
         if self.done:
             return
+        self._outlier_connect_failed(flag)
         self._end_attempt()
         kind = OVERFLOWED if flag == "UO" else CONNECT_FAILURE
         if self._maybe_retry_reset(kind):
@@ -230,6 +231,9 @@ class RetryingRouter(RouterFilter):
                     self.ratelimited_ms = ms
             status = self._should_retry(decision)
             if status is YES:
+                od = self.host.outlier
+                if od is not None:   # (RouterFilter's reports the responses passed on)
+                    self._outlier_response(od, ev.status, headers)
                 if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
                     self.cluster.hc_report(self.host)   # (as the response it replaces would)
                 self.pool.rq_error += 1
@@ -262,6 +266,7 @@ class RetryingRouter(RouterFilter):
         if not self.response_started and not self.stream.upgraded:
             self.upstream = None
             self.cluster.stats.upstream_rq_rx_reset.value += 1
+            self._outlier_connect_failed(flag)
             self._end_attempt()
             kind = (REFUSED if reason == "remote refused stream reset"
                     else CONNECT_FAILURE if flag == "UF" else OTHER)
@@ -544,6 +549,7 @@ class RetryingRouter(RouterFilter):
 
     def _per_try_expired(self, counter, details: str) -> None:
         counter.value += 1
+        self._outlier_timeout()
         started = self.response_started
         self._abandon_attempt()
         if not started:
@@ -562,6 +568,7 @@ class RetryingRouter(RouterFilter):
             return
         if self.upstream is not None or self.pool_handle is not None:
             self.cluster.stats.upstream_rq_timeout.value += 1
+            self._outlier_timeout()
             if not self.response_started:
                 self._charge_local(504)
             self._abandon_attempt()

@@ -130,6 +130,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
                                      conn_id=conn_id)
         self.upstream: Connection | None = None
         self.cluster = None
+        self.outlier = None   # the chosen host's outlier monitor (outlier_detection), if any
         self.holds_slot = False
         self.connected = False
         self.early: list[bytes] = []
@@ -167,6 +168,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
             self.downstream.close(flush=False)
             return
         self.holds_slot = True
+        self.outlier = host.outlier
         self.info.upstream_host = str(host)
         cluster.stats.upstream_cx_total.value += 1
         cluster.stats.upstream_cx_active.value += 1
@@ -188,6 +190,8 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
 
     def _on_upstream_connected(self) -> None:
         self.connected = True
+        if self.outlier is not None:   # Envoy's LocalOriginConnectSuccessFinal
+            self.outlier.put_connect_success_final(self.ctx.worker.index)
         self.cluster.stats.upstream_cx_connect_ms.record((time.monotonic() - self.connect_started) * 1000.0)
         self.info.upstream_local_address = self.upstream.local_address
         if self.ctx.factory.use_splice and self._start_splice():
@@ -319,8 +323,13 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
             return
         if not self.connected:
             stats.upstream_cx_connect_fail.value += 1
+            od = self.outlier
             if reason == CloseReason.CONNECT_TIMEOUT:
                 stats.upstream_cx_connect_timeout.value += 1
+                if od is not None:
+                    od.put_timeout(self.ctx.worker.index)
+            elif od is not None:
+                od.put_connect_failed(self.ctx.worker.index)
             self.info.set_response_flag("UF")
             self.downstream.close(flush=False)
             return

@@ -21,6 +21,11 @@ from .xds_dump import xds_config_dump
 __all__ = ["ServerAdminContext"]
 
 
+def _double(v: float) -> str:
+    """A double as Envoy prints it (fmt's shortest form: -1, 50, 66.66666666666667)."""
+    return str(int(v)) if v == int(v) else repr(v)
+
+
 class ServerAdminContext:
     def __init__(self, server) -> None:
         self.server = server
@@ -37,11 +42,26 @@ class ServerAdminContext:
             cfg = snap.config
             hosts = []
             for h in snap.hosts:
-                hosts.append({"address": h.address, "port": h.port, "weight": h.weight,
-                              "hostname": h.hostname, "health_flags": health_flags(h),
-                              "stats": self._host_stats(name, h)})
+                entry = {"address": h.address, "port": h.port, "weight": h.weight,
+                         "hostname": h.hostname, "health_flags": health_flags(h),
+                         "stats": self._host_stats(name, h)}
+                if h.outlier is not None:
+                    # Main's last interval's numbers: two float reads (atomic), no lock.
+                    sr, local = cm.outlier_host_info(name, h.key)
+                    entry["success_rate"] = _double(sr)
+                    entry["local_origin_success_rate"] = _double(local)
+                hosts.append(entry)
             state = cm.states().get(name)
-            out.append({"name": name, "hosts": hosts,
+            extra = {}
+            if state is not None and state.outlier is not None:
+                nums = state.outlier.detector.sr_numbers   # replaced whole on main: one read
+                extra["outlier"] = {k: _double(v) for k, v in (
+                    ("success_rate_average", nums["success_rate"][0]),
+                    ("success_rate_ejection_threshold", nums["success_rate"][1]),
+                    ("local_origin_success_rate_average", nums["local_origin_success_rate"][0]),
+                    ("local_origin_success_rate_ejection_threshold",
+                     nums["local_origin_success_rate"][1]))}
+            out.append({"name": name, "hosts": hosts, **extra,
                         "added_via_api": bool(state is not None and state.added_via_api),
                         "circuit_breakers": {"thresholds": [{
                             "priority": prio, "max_connections": t.max_connections,

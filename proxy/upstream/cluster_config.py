@@ -25,6 +25,7 @@ from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 from proxy.http.codec.keepalive_config import KeepaliveSettings, parse_keepalive
 from proxy.network.transport_socket import RAW_BUFFER, UPSTREAM, parse_transport_socket
 
+from .outlier_config import OutlierDetectionConfig, parse_outlier_detection
 from .health_check_config import (EndpointHealthCheck, HealthCheckConfig, parse_endpoint_health_check,
                                   parse_health_checks)
 
@@ -136,6 +137,8 @@ class ClusterConfig:
     healthy_panic_threshold: float = 50.0
     # Active health checks (health_check_config.py; run by health_checker.py on main).
     health_checks: tuple[HealthCheckConfig, ...] = ()
+    # Passive health checking (outlier_config.py; decided on main by outlier_detector.py).
+    outlier_detection: OutlierDetectionConfig | None = None
     # How the upstream protocol is chosen (worker_cluster.upstream_protocol). Neither flag:
     # fixed by config, HTTP/2 when `http2` is set (explicit_http_config.http2_protocol_options
     # or the legacy http2_protocol_options), else HTTP/1.1.
@@ -185,7 +188,7 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     used("transport_socket", why="raw_buffer or envoy.transport_sockets.tls (UpstreamTlsContext)"),
     refused("transport_socket_matches", "one transport_socket per cluster"),
     used("health_checks", why="HTTP and TCP checkers: health_check_config.py"),
-    refused("outlier_detection"),
+    used("outlier_detection", why="passive health checking: outlier_config.py, outlier_detector.py"),
     used("http2_protocol_options", attr="http2", why="deprecated spelling; its own table"),
     used("eds_cluster_config", attr="eds", why="type EDS: its own table"),
     refused("cluster_type", "custom cluster types"),
@@ -484,6 +487,8 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     errors.run(_health_checks_need_plaintext, f, health_checks, transport)
     errors.run(_grpc_checks_need_http2, f, health_checks, choice, name)
     hashing = errors.run(_hashing, f, lb_policy)
+    outlier = (errors.run(parse_outlier_detection, f.value("outlier_detection"), f.at("outlier_detection"))
+               if f.has("outlier_detection") else None)
     errors.run(lambda: CLUSTER.require_default(f, "respect_dns_ttl", f.bool("respect_dns_ttl", False)))
     errors.run(f.raw_obj, "metadata")
     errors.raise_if_any()
@@ -506,6 +511,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         hashing=hashing,
         healthy_panic_threshold=panic,
         health_checks=health_checks,
+        outlier_detection=outlier,
         transport_socket=transport,
         auto_config=auto,
         use_downstream_protocol=downstream,

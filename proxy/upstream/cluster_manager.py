@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from .circuit_breaker import ResourceLimits
 from .cluster_config import ClusterConfig, EndpointConfig
 from .dns import system_resolver
+from .cluster_outlier import ClusterOutlierDetection
 from .health_checker import ClusterHealthChecker
 from .host import ClusterSnapshot, Host, HostSet, by_health
 
@@ -61,7 +62,8 @@ class _ClusterState:
     """Main-thread bookkeeping for one cluster."""
 
     __slots__ = ("config", "limits", "high_limits", "target_hosts", "next_refresh", "snapshot",
-                 "added_via_api", "version_info", "last_updated", "eds", "warm", "health")
+                 "added_via_api", "version_info", "last_updated", "eds", "warm", "health",
+                 "outlier")
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
@@ -77,6 +79,7 @@ class _ClusterState:
         self.eds = None                # an EDS cluster's subscription handle
         self.warm = config.type != "EDS"  # an EDS cluster warms until its first assignment
         self.health: ClusterHealthChecker | None = None   # active health checks, if configured
+        self.outlier: ClusterOutlierDetection | None = None   # outlier detection, if configured
 
     @property
     def is_dns(self) -> bool:
@@ -101,6 +104,7 @@ class ClusterManager:
                 raise ValueError(f'duplicate cluster name "{cfg.name}"')
             self._clusters[cfg.name] = state = _ClusterState(cfg)
             state.health = self._health_checker(state)
+            state.outlier = self._outlier_detection(state)
         self._published: Mapping[str, ClusterSnapshot] = MappingProxyType({})
         self._initialized = False
 
@@ -159,6 +163,8 @@ class ClusterManager:
         for s in self._clusters.values():
             if s.health is not None:
                 s.health.stop()
+            if s.outlier is not None:
+                s.outlier.stop()
 
     def _health_checker(self, state: _ClusterState) -> ClusterHealthChecker | None:
         cfg = state.config
@@ -174,6 +180,31 @@ class ClusterManager:
         return ClusterHealthChecker(cfg.name, cfg.health_checks, self._dispatcher, stats,
                                     had_traffic=lambda: limits.had_traffic or high.had_traffic,
                                     on_change=lambda: self._on_health_change(state))
+
+    # -- outlier detection (cluster_outlier.py): the only hooks ---------------------------------
+    def _outlier_detection(self, state: _ClusterState) -> ClusterOutlierDetection | None:
+        cfg = state.config
+        if cfg.outlier_detection is None:
+            return None
+        if self._dispatcher is None:
+            raise ValueError(f"cluster {cfg.name}: outlier_detection needs the main dispatcher")
+        stats = self._stats
+        if stats is None:
+            from ..stats.store import Store
+            stats = Store("outlier_detection")
+        od = ClusterOutlierDetection(cfg.name, cfg.outlier_detection, self._dispatcher, stats,
+                                     on_change=lambda: self._on_health_change(state),
+                                     clock=self._clock)
+        if state.health is not None:
+            state.health.on_check_passed = od.on_health_check_passed
+        return od
+
+    def outlier_host_info(self, cluster: str, key: tuple[str, int]) -> tuple[float, float]:
+        """A host's (success_rate, local_origin_success_rate) for /clusters (-1: none)."""
+        state = self._clusters.get(cluster)
+        if state is None or state.outlier is None:
+            return (-1.0, -1.0)
+        return state.outlier.host_info(key)
 
     def _on_health_change(self, state: _ClusterState) -> None:
         if state.snapshot is not None and self._clusters.get(state.config.name) is state:
@@ -234,6 +265,9 @@ class ClusterManager:
         if state.health is not None:  # sessions for new hosts, flags on all
             state.health.set_hosts(hosts)
             hosts = state.health.apply(hosts)
+        if state.outlier is not None:  # monitors for new hosts, ejection flags on all
+            state.outlier.set_hosts(hosts)
+            hosts = state.outlier.apply(hosts)
         state.snapshot = ClusterSnapshot(
             cfg.name, cfg, hosts, state.limits, state.high_limits,
             state.health.report_immediate_fail if state.health is not None else None)
@@ -301,6 +335,7 @@ class ClusterManager:
                 state.version_info = version_info
                 state.last_updated = wall
                 state.health = self._health_checker(state)
+                state.outlier = self._outlier_detection(state)
                 if old is not None:
                     self._stop_eds(old)
                 self._clusters[cfg.name] = state
@@ -363,6 +398,8 @@ class ClusterManager:
             state.eds = None
         if state.health is not None:
             state.health.stop()
+        if state.outlier is not None:
+            state.outlier.stop()
 
     def _on_eds(self, state: _ClusterState, endpoints: tuple[EndpointConfig, ...] | None) -> None:
         """An EDS update (None: the first fetch failed: warm up with no hosts, as Envoy)."""

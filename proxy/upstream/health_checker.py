@@ -691,6 +691,8 @@ class Session:
         if c.events is not None and self.config.always_log_health_check_success:
             c.events.success(self.config.kind, self.host, owner.cluster)
         self.first_check = False
+        if not h.failed and owner.on_check_passed is not None:
+            owner.on_check_passed(self.host.key)   # outlier detection may take it back in
         self._done(changed, healthy=True)
 
     def handle_failure(self, failure_type: str, retriable: bool, status: int) -> None:
@@ -792,6 +794,9 @@ class ClusterHealthChecker:
         self.checkers = [_Checker(self, c) for c in configs]
         self._pending_first: set[tuple[str, int]] = set()
         self._change_posted = False
+        # Outlier detection's hook (cluster_outlier.py): a check of a host passed and the host
+        # is not failed_active_hc (Envoy's addHostCheckCompleteCb). Main thread.
+        self.on_check_passed: Callable[[tuple[str, int]], None] | None = None
 
     def rand(self, n: int) -> int:
         return self._rng.randrange(n) if n > 0 else 0

@@ -37,6 +37,11 @@ class Host:
     degraded_active_hc: bool = field(default=False, compare=False)
     active_hc_timeout: bool = field(default=False, compare=False)
     excluded_via_immediate_hc_fail: bool = field(default=False, compare=False)
+    # Outlier detection (cluster_outlier.py sets these): ejected, and the host's monitor that
+    # workers report results to (an outlier_monitor.HostOutlierMonitor; None without
+    # outlier_detection).
+    failed_outlier_check: bool = field(default=False, compare=False)
+    outlier: Any = field(default=None, compare=False, repr=False)
     # Identity of the peer (for per-host pools and active-request counts): (address, port).
     key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
@@ -82,6 +87,8 @@ def health_flags(status: str | Host) -> str:
         status = Host("0.0.0.0", 0, health_status=status)
     h = status
     out = "/failed_active_hc" if h.failed_active_hc else ""
+    if h.failed_outlier_check:
+        out += "/failed_outlier_check"
     if h.health_status not in HEALTHY_STATUSES and h.health_status != "DEGRADED":
         out += "/failed_eds_health"
     if h.degraded_active_hc:
@@ -97,12 +104,12 @@ def health_flags(status: str | Host) -> str:
 
 def _healthy(h: Host) -> bool:
     return (h.health_status in HEALTHY_STATUSES and not h.failed_active_hc
-            and not h.degraded_active_hc)
+            and not h.degraded_active_hc and not h.failed_outlier_check)
 
 
 def _degraded(h: Host) -> bool:
     # Envoy's coarseHealth: any failure flag is unhealthy; else a degraded flag is degraded.
-    return (not h.failed_active_hc and (h.health_status == "DEGRADED"
+    return (not h.failed_active_hc and not h.failed_outlier_check and (h.health_status == "DEGRADED"
                                         or (h.degraded_active_hc and h.health_status in HEALTHY_STATUSES)))
 
 

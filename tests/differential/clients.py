@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import re
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +59,33 @@ def build_raw(req: dict) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body_b
 
 
+# The runner finds each request's access-log line by its client port, so a case must never use
+# one client port twice. Ports are handed out in turn from a range below the kernel's ephemeral
+# range (where the OS picks ports for everything else), skipping one that is taken.
+_PORT_BASE, _PORT_SPAN = 20000, 12000
+_next_port = itertools.count(random.randrange(_PORT_SPAN))
+_port_lock = threading.Lock()  # guards _next_port (cases may send from several threads)
+
+
+def _fresh_port() -> int:
+    with _port_lock:
+        return _PORT_BASE + next(_next_port) % _PORT_SPAN
+
+
+def _connect(port: int, timeout: float) -> socket.socket:
+    """A connection to 127.0.0.1:`port` from a client port not used before in this run."""
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.bind(("127.0.0.1", _fresh_port()))
+            s.connect(("127.0.0.1", port))
+            return s
+        except OSError:
+            s.close()
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
 def _method_of(raw: bytes) -> str:
     return raw.split(b" ", 1)[0].decode("latin-1", "replace")
 
@@ -68,7 +98,7 @@ def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
     side after sending. With `keep` (a list), the connection is left open and appended to it
     (closed at the end of the case)."""
     obs = Observation()
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s = _connect(port, timeout)
     statuses: list = []
     try:
         obs.client_ports.append(s.getsockname()[1])
@@ -101,7 +131,11 @@ def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
 def send_curl(args: list[str], timeout: float) -> Observation:
     obs = Observation()
     marker = "\n@@diff-local-port=%{local_port}@@"
-    cmd = ["curl", "-sS", "-i", "--max-time", str(timeout), "-w", marker, *args]
+    first = _fresh_port()
+    for _ in range(9):  # a range of ten fresh ports: curl takes the first one free
+        _fresh_port()
+    cmd = ["curl", "-sS", "-i", "--max-time", str(timeout), "--local-port", f"{first}-{first + 9}",
+           "-w", marker, *args]
     out = subprocess.run(cmd, capture_output=True, timeout=timeout + 5)
     data = out.stdout
     m = re.search(rb"\n@@diff-local-port=(\d+)@@$", data)

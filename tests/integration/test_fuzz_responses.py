@@ -421,15 +421,28 @@ def test_mutated_responses_never_split_or_cross_and_the_proxy_survives(proxy_fac
 
     replies, elapsed, bystander = run_campaign(p.port, cases, run_case, PARALLEL)
 
-    with up.lock:
-        sent = dict(up.sent)
     tokens = [c.token for c in cases]
-    failures = []
-    for case, (reply, closed) in zip(cases, replies):
-        foreign = [t for t in tokens if t != case.token and t in reply]
-        why = check(case, reply, closed, sent, foreign)
-        if why:
-            failures.append(f"{why}\n    input: {case.describe()}")
+
+    def failures_of(cases: list, replies: list) -> list[tuple]:
+        with up.lock:
+            sent = dict(up.sent)
+        out = []
+        for case, (reply, closed) in zip(cases, replies):
+            foreign = [t for t in tokens if t != case.token and t in reply]
+            why = check(case, reply, closed, sent, foreign)
+            if why:
+                out.append((case, why))
+        return out
+
+    found = failures_of(cases, replies)
+    # A 408 "stream timeout" is the proxy's right answer when the upstream (a thread of this
+    # test process) was starved past stream_idle_timeout (0.5 s) on a loaded machine, not a
+    # wrong parse. Such a case is run once more on its own (each case's bytes are fixed by its
+    # seed) and fails only if it fails again; every other failure stands as found.
+    stalled = [c for c, why in found if why.startswith("response 0: local reply 408 ")]
+    again = {id(c) for c, _ in failures_of(stalled, [run_case(p.port, c) for c in stalled])}
+    failures = [f"{why}\n    input: {case.describe()}" for case, why in found
+                if id(case) in again or not why.startswith("response 0: local reply 408 ")]
     assert not failures, f"{len(failures)} failures, {run}:\n" + "\n".join(failures[:8])
     assert not bystander.failures and bystander.ok > 0, (run, bystander.failures, bystander.ok)
     assert_healthy(p, run, fd_before, CONN_GAUGES)

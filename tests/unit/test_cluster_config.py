@@ -189,7 +189,7 @@ def test_static_endpoint_must_be_an_ip_literal():
 @pytest.mark.parametrize("field,expected", [
     ("transport_socket_matches", "not supported yet (one transport_socket per cluster)"),
     ("upstream_bind_config", "not supported yet"),
-    ("outlier_detection", "not supported yet"),
+    ("alt_stat_name", "not supported yet"),
 ])
 def test_unsupported_envoy_fields_are_refused_by_name(field, expected):
     value = [{}] if field in ("health_checks", "transport_socket_matches") else {"name": "x"}
@@ -383,3 +383,39 @@ def test_hashing_lb_config_is_read():
                               common_lb_config={"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}), P)
     assert (c.hashing.minimum_ring_size, c.hashing.use_hostname_for_hashing) == (64, True)
     assert parse_cluster(cluster(lb_policy="ROUND_ROBIN"), P).hashing is None
+
+
+# -- outlier_detection (outlier_config.py) -------------------------------------------------------
+
+def test_outlier_detection_takes_envoys_defaults():
+    from proxy.upstream.outlier_config import OutlierDetectionConfig
+    od = parse_cluster(cluster(outlier_detection={}), P).outlier_detection
+    assert od == OutlierDetectionConfig()
+    assert (od.consecutive_5xx, od.interval, od.base_ejection_time, od.max_ejection_percent,
+            od.max_ejection_time, od.enforcing_consecutive_gateway_failure,
+            od.success_rate_stdev_factor, od.failure_percentage_threshold) == (5, 10.0, 30.0, 10, 300.0, 0, 1900, 85)
+    assert parse_cluster(cluster(), P).outlier_detection is None
+
+
+def test_outlier_detection_fields_are_read():
+    od = parse_cluster(cluster(outlier_detection={
+        "consecutive_5xx": {"value": 3}, "interval": "0.5s", "base_ejection_time": "400s",
+        "max_ejection_percent": 50, "split_external_local_origin_errors": True,
+        "enforcing_consecutive_gateway_failure": 100, "max_ejection_time_jitter": "1s"}), P).outlier_detection
+    assert (od.consecutive_5xx, od.interval, od.base_ejection_time, od.max_ejection_percent,
+            od.split_external_local_origin_errors, od.enforcing_consecutive_gateway_failure,
+            od.max_ejection_time_jitter) == (3, 0.5, 400.0, 50, True, 100, 1.0)
+    # max_ejection_time defaults to the larger of 300 s and base_ejection_time (Envoy).
+    assert od.max_ejection_time == 400.0
+
+
+@pytest.mark.parametrize("od,expected", [
+    ({"monitors": [{"name": "x"}]}, "outlier_detection.monitors: not supported yet"),
+    ({"max_ejection_percent": 101}, "outlier_detection.max_ejection_percent: must be <= 100"),
+    ({"base_ejection_time": "10s", "max_ejection_time": "5s"},
+     "outlier_detection.max_ejection_time: outlier detector's max_ejection_time cannot be smaller"),
+    ({"interval": "0s"}, "outlier_detection.interval: must be greater than 0s"),
+    ({"consecutive5xx": 1}, 'outlier_detection: unknown field "consecutive5xx"'),
+])
+def test_bad_outlier_detection_is_refused_by_path(od, expected):
+    assert error(cluster(outlier_detection=od)).startswith(f"{P}.{expected}")

@@ -5,8 +5,9 @@ a file (`path_config_source`: `path`, `watched_directory`; or the older `path` s
 aggregated stream (`ads: {}`, which needs the bootstrap's `dynamic_resources.ads_config`), or
 a per-type gRPC stream (`api_config_source` with `api_type: GRPC`). Both gRPC forms name one
 static cluster through `grpc_services[0].envoy_grpc.cluster_name` (`ApiConfigSourceConfig`).
-`api_type` GRPC is state of the world, DELTA_GRPC incremental. REST, `self` and `authorities`
-are refused by their path ("not supported yet").
+`api_type` GRPC is state of the world, DELTA_GRPC incremental, REST JSON polling
+(`cluster_names`, `refresh_delay`, `request_timeout`). `self` and `authorities` are refused by
+their path ("not supported yet").
 SDS keeps its own table (proxy/tls/secrets.py), which names the same message for secrets.
 
 Must not: do I/O (files are read by proxy/xds/file_source.py, streams run by
@@ -35,6 +36,9 @@ class ApiConfigSourceConfig:
     cluster_name: str
     set_node_on_first_message_only: bool = False
     delta: bool = False                   # DELTA_GRPC: incremental xDS
+    rest: bool = False                    # REST: JSON DiscoveryRequests polled over HTTP/1.1
+    refresh_delay: float = 1.0            # REST: between two polls
+    request_timeout: float = 1.0          # REST: for one poll's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +68,14 @@ CONFIG_SOURCE = Message("envoy.config.core.v3.ConfigSource", title="Dynamic conf
 ))
 
 API_CONFIG_SOURCE = Message("envoy.config.core.v3.ApiConfigSource", fields=(
-    used("api_type", attr="delta", why="GRPC (state of the world) or DELTA_GRPC (incremental); "
-                                        "REST is refused"),
+    used("api_type", attr="delta", why="GRPC (state of the world), DELTA_GRPC (incremental) or "
+                                        "REST (JSON polling)"),
     used("transport_api_version", attr="", why="V3 (AUTO means V3)"),
     used("grpc_services", attr="cluster_name", why="one envoy_grpc service: its cluster_name"),
     used("set_node_on_first_message_only", why="the node goes only in a stream's first request"),
-    refused("cluster_names", "REST: " + _NOT_YET),
-    refused("refresh_delay", "REST: " + _NOT_YET),
-    refused("request_timeout", "REST: " + _NOT_YET),
+    used("cluster_names", attr="cluster_name", why="REST: the one cluster polled"),
+    used("refresh_delay", why="REST: between two polls"),
+    used("request_timeout", why="REST: for one poll's answer"),
     refused("rate_limit_settings", _NOT_YET),
     refused("config_validators", _NOT_YET),
 ))
@@ -117,13 +121,18 @@ def parse_api_config_source(raw: Any, path: str, aggregated: bool) -> ApiConfigS
         # Envoy 1.40 refuses them in both places (ads_config says GRPC or DELTA_GRPC).
         raise ConfigError(a.at("api_type"), "envoy.config.core.v3.ApiConfigSource type must be of "
                                             "non-aggregated gRPC")
-    if api_type == "REST":
-        raise ConfigError(a.at("api_type"), f"{api_type}: {_NOT_YET}")
-    if api_type not in ("GRPC", "DELTA_GRPC"):
-        raise ConfigError(a.at("api_type"), f"must be GRPC or DELTA_GRPC, got {api_type}")
+    if api_type == "REST" and aggregated:
+        raise ConfigError(a.at("api_type"), "ads_config must be GRPC or DELTA_GRPC (ADS is a gRPC stream)")
+    if api_type not in ("GRPC", "DELTA_GRPC", "REST"):
+        raise ConfigError(a.at("api_type"), f"must be GRPC, DELTA_GRPC or REST, got {api_type}")
     version = a.enum("transport_api_version", ("AUTO", "V2", "V3"), "AUTO")
     if version == "V2":
         raise ConfigError(a.at("transport_api_version"), "V2 is not supported (Envoy removed it)")
+    if api_type == "REST":
+        return _rest(a)
+    for rest_only in ("cluster_names", "refresh_delay", "request_timeout"):
+        if a.has(rest_only):
+            raise ConfigError(a.at(rest_only), f"only for api_type REST, not {api_type}")
     services = a.list("grpc_services", required=True, min_items=1)
     if len(services) != 1:
         raise ConfigError(a.at("grpc_services"), f"exactly one gRPC service is supported, got {len(services)}")
@@ -135,6 +144,23 @@ def parse_api_config_source(raw: Any, path: str, aggregated: bool) -> ApiConfigS
         raise ConfigError(e.at("cluster_name"), "must not be empty")
     return ApiConfigSourceConfig(cluster, bool(a.bool("set_node_on_first_message_only", False)),
                                  delta=api_type == "DELTA_GRPC")
+
+
+def _rest(a) -> ApiConfigSourceConfig:
+    """REST-JSON polling: one of `cluster_names`, `refresh_delay` (1 s), `request_timeout` (1 s)."""
+    if a.has("grpc_services"):
+        raise ConfigError(a.at("grpc_services"), "api_type REST takes cluster_names, not grpc_services")
+    names = a.strs("cluster_names", required=True, min_items=1)
+    if len(names) != 1:
+        raise ConfigError(a.at("cluster_names"), f"exactly one cluster is supported, got {len(names)}")
+    if not names[0]:
+        raise ConfigError(a.at("cluster_names") + "[0]", "must not be empty")
+    refresh = a.duration("refresh_delay", 1.0)
+    timeout = a.duration("request_timeout", 1.0)
+    if refresh <= 0:
+        raise ConfigError(a.at("refresh_delay"), "must be greater than 0")
+    return ApiConfigSourceConfig(names[0], rest=True, refresh_delay=refresh,
+                                 request_timeout=timeout if timeout > 0 else 1.0)
 
 
 def parse_config_source(raw: Any, path: str) -> ConfigSourceConfig:
@@ -155,7 +181,8 @@ def parse_config_source(raw: Any, path: str) -> ConfigSourceConfig:
         return ConfigSourceConfig(kind="ads", initial_fetch_timeout=fetch_timeout)
     if which == "api_config_source":
         api = parse_api_config_source(s.value("api_config_source"), s.at("api_config_source"), False)
-        return ConfigSourceConfig(kind="grpc", api=api, initial_fetch_timeout=fetch_timeout)
+        return ConfigSourceConfig(kind="rest" if api.rest else "grpc", api=api,
+                                  initial_fetch_timeout=fetch_timeout)
     if which == "path":
         file_path = s.str("path")
         watched = None

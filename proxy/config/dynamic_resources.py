@@ -79,14 +79,15 @@ def check_grpc_sources(dynamic: DynamicResources, clusters: tuple[Any, ...]) -> 
     for key, api in where.items():
         if api is None:
             continue
-        at = f"dynamic_resources.{key}.grpc_services[0].envoy_grpc.cluster_name"
+        at = (f"dynamic_resources.{key}.cluster_names[0]" if api.rest
+              else f"dynamic_resources.{key}.grpc_services[0].envoy_grpc.cluster_name")
         found = by_name.get(api.cluster_name)
         if found is None:
             errors.add(ConfigError(at, f'unknown static cluster "{api.cluster_name}" (a gRPC xDS '
                                        "service must name a static cluster)"))
             continue
         i, c = found
-        if c.http2 is None or c.auto_config or c.use_downstream_protocol:
+        if not api.rest and (c.http2 is None or c.auto_config or c.use_downstream_protocol):
             errors.add(ConfigError(at, f'cluster "{c.name}" must speak HTTP/2 for gRPC (set '
                                        "typed_extension_protocol_options ... explicit_http_config."
                                        "http2_protocol_options)"))

@@ -48,6 +48,7 @@ class _Handle:
     def stop(self) -> None:
         self.subscription.stop()
         self.manager._subscriptions.discard(self.subscription)
+        self.manager._rest.discard(self.subscription)
 
 
 class _Inert:
@@ -63,6 +64,7 @@ class XdsManager:
         self.store = store
         self._subscriptions: set[Subscription] = set()
         self._muxes: dict[tuple[str, str], Any] = {}   # (cluster, service path) -> GrpcMux
+        self._rest: set = set()                         # REST subscriptions (their first poll)
         self._dispatcher = None
         self._node = None
         self._ads: ApiConfigSourceConfig | None = None
@@ -127,6 +129,18 @@ class XdsManager:
             if not handle.first_accepted and on_first_failed is not None:
                 on_first_failed()
             return handle
+        if source.kind == "rest":
+            from .rest_source import RestSubscription, node_json
+            cluster = source.api.cluster_name
+            rest = RestSubscription(source, type_url, callbacks, stats, what, self._dispatcher,
+                                    lambda: self._hosts(cluster),
+                                    node_json(self._node, USER_AGENT_NAME, USER_AGENT_VERSION),
+                                    names, on_first_failed)
+            self._subscriptions.add(rest)
+            self._rest.add(rest)
+            handle = _Handle(self, rest, stats)
+            rest.start()
+            return handle
         from .grpc_mux import Watch
         if source.kind == "ads" and self._ads is None:
             # A pushed resource naming `ads: {}` without an ADS stream (Envoy refuses that at
@@ -153,13 +167,14 @@ class XdsManager:
                               on_first_failed=applier.on_failed_first_fetch)
 
     def pending_first(self) -> bool:
-        """Some gRPC subscription still waits for its first answer."""
-        return any(m.pending_first() for m in self._muxes.values())
+        """Some gRPC or REST subscription still waits for its first answer."""
+        return (any(m.pending_first() for m in self._muxes.values())
+                or any(not r.first_done and not r.stopped for r in self._rest))
 
     def wait_initial(self, timeout: float | None = None) -> bool:
         """Start-up only (not from a callback): run the main loop until every gRPC
         subscription has its first answer; each watch's initial_fetch_timeout bounds it."""
-        if not self._muxes or self._dispatcher is None:
+        if (not self._muxes and not self._rest) or self._dispatcher is None:
             return True
         limit = 3600.0 if timeout is None else timeout
         t0 = time.monotonic()
@@ -182,3 +197,4 @@ class XdsManager:
         for mux in self._muxes.values():
             mux.stop()
         self._muxes.clear()
+        self._rest.clear()

@@ -431,3 +431,51 @@ def test_keepalive_of_the_xds_cluster_closes_a_silent_connection(world):
     silent.close()
     for c in accepted:
         c.close()
+
+
+# -- REST-JSON xDS -------------------------------------------------------------------------
+
+def test_rest_polling_serves_updates_refusals_and_outages():
+    from .xds_control_plane import RestControlPlane
+    cp = RestControlPlane()
+    ups = {n: EchoUpstream(n) for n in ("one", "two")}
+    lport = free_port()
+    rest = {"api_config_source": {"api_type": "REST", "transport_api_version": "V3",
+                                  "cluster_names": ["rest_cluster"], "refresh_delay": "0.2s",
+                                  "request_timeout": "1s"}, "resource_api_version": "V3"}
+    cfg = {"node": {"id": "id_1", "cluster": "test"},
+           "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+           "dynamic_resources": {"cds_config": rest, "lds_config": rest},
+           "static_resources": {"clusters": [static_cluster("rest_cluster", cp.port)]}}
+    c = eds_cluster("svc")
+    c["eds_cluster_config"]["eds_config"] = rest
+    lis = listener(lport)
+    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["rds"]["config_source"] = rest
+    cp.set(CLUSTER, "c1", [c])
+    cp.set(CLA, "e1", [cla("svc", ups["one"].port)])
+    cp.set(LISTENER, "l1", [lis])
+    cp.set(ROUTE, "r1", [route("svc")])
+    p = ProxyUnderTest(cfg)
+    try:
+        assert served_by(lport) == "one"            # start-up waited for the first polls
+        assert cp.requests_for(CLA)[0]["resource_names"] == ["svc"]
+        assert cp.requests_for(CLUSTER)[0]["node"]["user_agent_name"] == "ftproxy"
+        cp.set(CLA, "e2", [cla("svc", ups["two"].port)])
+        assert p.wait_for(lambda: served_by(lport) == "two", 5)
+        bad = eds_cluster("svc")
+        bad["connect_timeout"] = "-1s"
+        cp.set(CLUSTER, "c-bad", [bad])
+        assert p.wait_for(lambda: any(r.get("error_detail") for r in cp.requests_for(CLUSTER)), 5)
+        nack = [r for r in cp.requests_for(CLUSTER) if r.get("error_detail")][0]
+        assert nack["version_info"] == "c1"
+        assert nack["error_detail"]["message"].startswith("resources[0].connect_timeout")
+        assert served_by(lport) == "two"
+        assert p.counters()["cluster_manager.cds.update_rejected"] >= 1
+        cp.close()                                  # the server goes away: the config stays
+        assert p.wait_for(lambda: p.counters().get("cluster_manager.cds.update_failure", 0) >= 1, 5)
+        assert served_by(lport) == "two"
+    finally:
+        p.stop()
+        for u in ups.values():
+            u.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import itertools
 import threading
 import time
@@ -334,3 +335,68 @@ class ControlPlane:
         st.nonce_versions[nonce] = version
         st.last_nonce = nonce
         s.queue.put_nowait(resp)
+
+
+class RestControlPlane:
+    """REST-JSON xDS (Envoy's `api_type: REST`): POST /v3/discovery:<type> with a JSON
+    DiscoveryRequest; answers 304 when the request's version_info is the current one, else 200
+    with the current DiscoveryResponse (named types: only the names asked for). Requests are
+    recorded (parsed JSON). A stdlib HTTP/1.1 server in its own thread."""
+
+    _TYPES = {"listeners": LISTENER, "clusters": CLUSTER, "routes": ROUTE, "endpoints": CLA}
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.snapshot: dict[str, tuple[str, list[dict]]] = {}
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()   # guards snapshot and requests (handler threads, tests)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                kind = self.path.rsplit(":", 1)[-1]
+                type_url = outer._TYPES.get(kind)
+                with outer._lock:
+                    outer.requests.append({"path": self.path, **body})
+                    snap = outer.snapshot.get(type_url)
+                if type_url is None or body.get("type_url") != type_url:
+                    self._send(400, b"bad type")
+                    return
+                if snap is None or body.get("version_info") == snap[0]:
+                    self._send(304, b"")
+                    return
+                items = snap[1]
+                if type_url not in _WILDCARD:
+                    items = [r for r in items if _name(r, type_url) in body.get("resource_names", [])]
+                self._send(200, json.dumps({"version_info": snap[0], "type_url": type_url,
+                                            "resources": items}).encode())
+
+            def _send(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def set(self, type_url: str, version: str, resources: list[dict]) -> None:
+        with self._lock:
+            self.snapshot[type_url] = (version, resources)
+
+    def requests_for(self, type_url: str) -> list[dict]:
+        with self._lock:
+            return [r for r in self.requests if r.get("type_url") == type_url]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -268,8 +268,12 @@ def test_dynamic_resources_grpc_sources_checked_files_need_the_node():
         _boot(node=node, dynamic_resources={"cds_config": {"ads": {}}}))
     delta = dict(raw, dynamic_resources={**ads, "ads_config": {**grpc, "api_type": "DELTA_GRPC"}})
     assert parse_bootstrap(delta).dynamic_resources.ads_config.delta is True
-    assert "dynamic_resources.cds_config.api_config_source.api_type: REST: not supported yet" in _error(
+    assert "dynamic_resources.cds_config.api_config_source.cluster_names: required field is missing" in _error(
         _boot(node=node, dynamic_resources={"cds_config": {"api_config_source": {"api_type": "REST"}}}))
+    assert "dynamic_resources.ads_config.api_type: ads_config must be GRPC or DELTA_GRPC" in _error(
+        _boot(node=node, dynamic_resources={"ads_config": {"api_type": "REST", "cluster_names": ["backend"]}}))
+    rest = {"cds_config": {"api_config_source": {"api_type": "REST", "cluster_names": ["backend"]}}}
+    assert parse_bootstrap(_boot(node=node, dynamic_resources=rest)).dynamic_resources.cds_config.kind == "rest"
     assert "dynamic_resources.cds_config: type.googleapis.com/envoy.config.cluster.v3.Cluster: node " \
            "'id' and 'cluster' are required" in _error(
         _boot(dynamic_resources={"cds_config": {"path_config_source": {"path": "/x/cds.yaml"}}}))

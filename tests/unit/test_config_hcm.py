@@ -153,9 +153,8 @@ def test_route_config_required_and_rds_from_a_file_or_a_control_plane():
     assert _err(parse_hcm, raw) == "hcm.rds.config_source: required field is missing"
     raw["rds"]["config_source"] = {"ads": {}}
     assert parse_hcm(raw, "hcm").rds.config_source.kind == "ads"
-    raw["rds"]["config_source"] = {"api_config_source": {"api_type": "REST"}}
-    assert _err(parse_hcm, raw).startswith("hcm.rds.config_source.api_config_source.api_type: REST: "
-                                           "not supported yet")
+    raw["rds"]["config_source"] = {"self": {}}
+    assert _err(parse_hcm, raw).startswith("hcm.rds.config_source.self: not supported yet")
     raw["rds"]["config_source"] = {"path_config_source": {"path": "/x/rds.yaml"}}
     rds = parse_hcm(raw, "hcm").rds
     assert (rds.config_source.path, rds.route_config_name) == ("/x/rds.yaml", "r")

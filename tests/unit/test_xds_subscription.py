@@ -43,8 +43,14 @@ def test_config_source_files_grpc_and_ads_and_refusals_by_path():
     got = parse_config_source({"api_config_source": grpc, "initial_fetch_timeout": "2.500s"}, "x")
     assert (got.kind, got.api.cluster_name, got.initial_fetch_timeout) == ("grpc", "xds", 2.5)
     assert parse_config_source({"ads": {}}, "x").kind == "ads"
-    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.api_type: REST: not supported yet"):
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.grpc_services: api_type REST takes cluster_names"):
         parse_config_source({"api_config_source": {**grpc, "api_type": "REST"}}, "x")
+    rest = parse_config_source({"api_config_source": {"api_type": "REST", "cluster_names": ["r"],
+                                                      "refresh_delay": "0.5s"}}, "x")
+    assert (rest.kind, rest.api.cluster_name, rest.api.refresh_delay, rest.api.request_timeout) == \
+        ("rest", "r", 0.5, 1.0)
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.refresh_delay: only for api_type REST"):
+        parse_config_source({"api_config_source": {**grpc, "refresh_delay": "1s"}}, "x")
     with pytest.raises(ConfigError, match=r"^x\.api_config_source\.transport_api_version: V2 is not"):
         parse_config_source({"api_config_source": {**grpc, "transport_api_version": "V2"}}, "x")
     with pytest.raises(ConfigError, match=r"^x\.api_config_source\.api_type: .* must be of non-aggregated"):

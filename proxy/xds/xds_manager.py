@@ -1,11 +1,12 @@
 """The main thread's owner of every xDS subscription.
 
 Job: make a subscription for a `ConfigSourceConfig` — a file (`FilesystemSubscription`, read
-before `subscribe` returns) or a gRPC stream (a `Watch` on the `GrpcMux` of the ADS stream or
-of the source's own per-type stream; answers arrive later, on the main loop) — behind the same
-`Subscription` seam; poll them on the main thread's tick; stop them. `wait_initial` runs the
-main loop at start-up until every gRPC subscription has its first answer (or its
-initial_fetch_timeout passed, or its stream failed), as Envoy's init manager holds start-up.
+before `subscribe` returns), a gRPC stream (a `Watch` on the `GrpcMux` — or `DeltaGrpcMux` —
+of the ADS stream or of the source's own per-type stream; answers arrive later, on the main
+loop) or REST polling (`RestSubscription`) — behind the same `Subscription` seam; poll files on
+the main thread's tick; stop them. `wait_initial` runs the main loop at start-up until every
+gRPC and REST subscription has its first answer (or its initial_fetch_timeout passed, or its
+stream failed), as Envoy's init manager holds start-up.
 CDS, LDS, RDS and EDS appliers are wired by the server (proxy/server/instance.py) through
 `subscribe`; `configure` gives it the node, the ADS config and the cluster hosts.
 
@@ -15,7 +16,6 @@ Thread affinity: main thread only; no lock (nothing else touches it).
 from __future__ import annotations
 
 import logging
-
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,10 +105,10 @@ class XdsManager:
                 raise RuntimeError("XdsManager.configure() was not called before a gRPC source")
             cluster = api.cluster_name
             node = node_message(self._node, USER_AGENT_NAME, USER_AGENT_VERSION)
-            mux = cls(self._dispatcher, cluster, path, lambda: self._hosts(cluster),
-                                   node, self.store, api.set_node_on_first_message_only,
-                                   **({"batch": self._batch} if self._batch is not None else {}),
-                                   cluster=self._cluster(cluster) if self._cluster is not None else None)
+            mux = cls(self._dispatcher, cluster, path, lambda: self._hosts(cluster), node, self.store,
+                      api.set_node_on_first_message_only,
+                      **({"batch": self._batch} if self._batch is not None else {}),
+                      cluster=self._cluster(cluster) if self._cluster is not None else None)
             self._muxes[key] = mux
         return mux
 

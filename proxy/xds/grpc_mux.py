@@ -305,9 +305,9 @@ class GrpcMux:
         except Exception as e:  # a bug past validation: NACK it, keep the stream and the loop
             log.exception("xds: applying %s %r failed", resp.type_url, resp.version_info)
             error = f"internal error applying the update: {type(e).__name__}: {e}"
+        if error is None:
+            st.version_info = resp.version_info   # what a new stream's first request names
         if self.stream is not None and self.open:
-            if error is None:
-                st.version_info = resp.version_info
             self._send(resp.type_url, st, error)
 
     def _apply(self, resp: proto.ProtoResponse, st: _TypeState) -> str | None:

@@ -104,6 +104,8 @@ class DeltaGrpcMux(GrpcMux):
             resp = proto.decode_delta_response(data)
         except proto.DecodeError as e:
             log.error("xds: undecodable DeltaDiscoveryResponse from %s: %s", self.cluster_name, e)
+            if self.stream is not None:   # as Envoy's gRPC client: the stream ends, and is retried
+                self.stream.reset(f"undecodable DeltaDiscoveryResponse")
             return
         st = self.types.get(resp.type_url)
         if st is None or not st.watches:

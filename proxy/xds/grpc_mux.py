@@ -292,6 +292,8 @@ class GrpcMux:
             resp = proto.decode_response(data)
         except proto.DecodeError as e:
             log.error("xds: undecodable DiscoveryResponse from %s: %s", self.cluster_name, e)
+            if self.stream is not None:   # as Envoy's gRPC client: the stream ends, and is retried
+                self.stream.reset(f"undecodable DiscoveryResponse")
             return
         st = self.types.get(resp.type_url)
         if st is None or not st.watches:

@@ -232,6 +232,10 @@ class GrpcStream:
     def _on_closed(self) -> None:
         self._finish(None, "connection closed" if self.sock.connected else "connection failed")
 
+    def reset(self, why: str) -> None:
+        """End the call from our side (RST_STREAM CANCEL), reported through on_close."""
+        self._reset(why)
+
     def _reset(self, why: str) -> None:
         try:
             self.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)

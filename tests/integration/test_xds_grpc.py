@@ -479,3 +479,18 @@ def test_rest_polling_serves_updates_refusals_and_outages():
         p.stop()
         for u in ups.values():
             u.close()
+
+
+def test_an_undecodable_message_ends_the_stream_which_is_retried(world):
+    """A message that is no DiscoveryResponse: the stream is reset (as Envoy's gRPC client
+    ends it), the config in force stays, and a new stream resubscribes."""
+    cp, ups, proxies = world
+    lport = free_port()
+    initial(cp, ups, lport)
+    p = start(cp, proxies)
+    assert served_by(lport) == "one"
+    before = cp.streams_opened
+    cp.send_raw(b"\xff\xff\xff\xff not a protobuf")
+    assert p.wait_for(lambda: cp.streams_opened > before, 15)
+    assert served_by(lport) == "one"
+    assert p.counters()["cluster_manager.cds.update_failure"] >= 1

@@ -101,6 +101,16 @@ class _TypeState:
         self.nonce_versions: dict[str, str] = {}    # nonce -> system version sent with it
 
 
+class _Raw:
+    """Bytes sent as they are (a malformed message): serialized by grpclib's codec as is."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 (protobuf's name, what the codec calls)
+        return self.data
+
+
 class _Stream:
     def __init__(self, only_type: str | None) -> None:
         self.only_type = only_type
@@ -171,6 +181,13 @@ class ControlPlane:
     def _snapshot(self, s: "_Stream", type_url: str):
         own = self.snapshots.get(s.node, {})
         return own.get(type_url) or self.snapshots[None].get(type_url)
+
+    def send_raw(self, data: bytes) -> None:
+        """Send `data` as one gRPC message on every open stream (a malformed response)."""
+        def go() -> None:
+            for s in list(self._streams):
+                s.queue.put_nowait(_Raw(data))
+        self.loop.call_soon_threadsafe(go)
 
     def requests_for(self, type_url: str, node: str | None = None) -> list[dict]:
         with self._lock:

@@ -120,6 +120,22 @@ class Proxy:
                 out[name.strip()] = value.strip()
         return {k: out.get(k, "0") for k in STATS}
 
+    def stats_of(self, names: list[str]) -> dict[str, str]:
+        _, text = self._get(f"http://127.0.0.1:{self.admin_port}/stats")
+        out = {}
+        for line in text.decode().splitlines():
+            name, sep, value = line.partition(": ")
+            if sep:
+                out[name.strip()] = value.strip()
+        return {k: out.get(k, "0") for k in names}
+
+    def get(self, port: int, path: str = "/") -> tuple[int, str]:
+        try:
+            status, body = self._get(f"http://127.0.0.1:{port}{path}")
+            return status, body.decode()
+        except OSError as e:
+            return 0, str(e)
+
     def observe(self, requests: list[tuple[str, str]]) -> dict:
         out = {}
         for listener, path in requests:

@@ -494,3 +494,38 @@ def test_an_undecodable_message_ends_the_stream_which_is_retried(world):
     assert p.wait_for(lambda: cp.streams_opened > before, 15)
     assert served_by(lport) == "one"
     assert p.counters()["cluster_manager.cds.update_failure"] >= 1
+
+
+# -- the same client against gRPC's C core (grpcio, CPython 3.13 only) ----------------------
+
+def test_ads_against_a_grpcio_control_plane():
+    """grpcio's server (gRPC core's HTTP/2, not h2): ADS serves traffic, an update routes
+    elsewhere, a bad push is NACKed with its field path and the old config keeps serving."""
+    pytest.importorskip("grpc", reason="grpcio has no free-threaded wheel")
+    from .xds_control_plane import GrpcioControlPlane
+    cp = GrpcioControlPlane()
+    ups = {n: EchoUpstream(n) for n in ("one", "two")}
+    lport = free_port()
+    try:
+        initial(cp, ups, lport)
+        p = ProxyUnderTest(bootstrap(cp.port))
+        try:
+            assert served_by(lport) == "one"
+            assert cp.wait(lambda: cp.acked(ROUTE, "r1") and cp.acked(CLA, "e1"))
+            cp.set(CLA, "e2", [cla("svc", ups["two"].port)])
+            assert p.wait_for(lambda: served_by(lport) == "two", 10)
+            bad = eds_cluster("svc")
+            bad["connect_timeout"] = "-1s"
+            cp.set(CLUSTER, "c-bad", [bad])
+            assert cp.wait(lambda: cp.nacks(CLUSTER))
+            nack = cp.nacks(CLUSTER)[0]
+            assert (nack["version_info"], nack["error_detail"]["code"]) == ("c1", 13)
+            assert nack["error_detail"]["message"].startswith("resources[0].connect_timeout")
+            assert served_by(lport) == "two"
+            assert p.gauges()["control_plane.connected_state"] == 1 and cp.streams_opened == 1
+        finally:
+            p.stop()
+    finally:
+        cp.close()
+        for u in ups.values():
+            u.close()

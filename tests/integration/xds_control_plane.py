@@ -417,3 +417,129 @@ class RestControlPlane:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class GrpcioControlPlane:
+    """The same SotW ADS control plane on grpcio (gRPC's C core: another HTTP/2 stack than
+    grpclib's h2; CPython 3.13 only, it has no free-threaded wheel). ADS only. Same test API:
+    set, requests_for, acked, nacks, wait, streams_opened, close."""
+
+    def __init__(self) -> None:
+        import queue
+        from concurrent import futures
+
+        import grpc
+        self._queue_mod = queue
+        self.snapshot: dict[str, tuple[str, list]] = {}
+        self.requests: list[dict] = []
+        self.streams_opened = 0
+        self._lock = threading.Lock()   # guards snapshot, requests, streams (gRPC threads, tests)
+        self._streams: list = []
+        self._nonces = itertools.count(1)
+        handler = grpc.method_handlers_generic_handler(
+            "envoy.service.discovery.v3.AggregatedDiscoveryService",
+            {"StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._serve, request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString)})
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def set(self, type_url: str, version: str, resources: list[dict]) -> None:
+        packed = [(r, pack(r)) for r in resources]
+        with self._lock:
+            self.snapshot[type_url] = (version, packed)
+            streams = list(self._streams)
+        for s in streams:
+            s["queue"].put(("push", type_url))
+
+    def _serve(self, request_iterator, context):
+        s = {"queue": self._queue_mod.Queue(), "types": {}}
+        with self._lock:
+            self._streams.append(s)
+            self.streams_opened += 1
+
+        def reader() -> None:
+            try:
+                for req in request_iterator:
+                    s["queue"].put(("req", req))
+            except Exception:
+                pass
+            s["queue"].put(("end", None))
+        threading.Thread(target=reader, daemon=True).start()
+        try:
+            while context.is_active():
+                try:
+                    kind, item = s["queue"].get(timeout=0.2)
+                except self._queue_mod.Empty:
+                    continue
+                if kind == "end":
+                    return
+                resp = self._on_request(s, item) if kind == "req" else self._on_push(s, item)
+                if resp is not None:
+                    yield resp
+        finally:
+            with self._lock:
+                self._streams.remove(s)
+
+    def _on_request(self, s: dict, req):
+        err = None
+        if req.HasField("error_detail"):
+            err = {"code": req.error_detail.code, "message": req.error_detail.message}
+        with self._lock:
+            self.requests.append({"type_url": req.type_url, "version_info": req.version_info,
+                                  "response_nonce": req.response_nonce,
+                                  "resource_names": list(req.resource_names), "error_detail": err,
+                                  "node": req.node.id if req.HasField("node") else None})
+            snap = self.snapshot.get(req.type_url)
+        st = s["types"].setdefault(req.type_url, {"names": [], "sent": None, "nonce": ""})
+        if req.response_nonce and req.response_nonce != st["nonce"]:
+            return None
+        changed = list(req.resource_names) != st["names"]
+        st["names"] = list(req.resource_names)
+        if snap is None:
+            return None
+        if st["sent"] != snap[0] or (changed and req.type_url not in _WILDCARD):
+            return self._response(req.type_url, st, snap)
+        return None
+
+    def _on_push(self, s: dict, type_url: str):
+        st = s["types"].get(type_url)
+        with self._lock:
+            snap = self.snapshot.get(type_url)
+        if st is None or snap is None or st["sent"] == snap[0]:
+            return None
+        return self._response(type_url, st, snap)
+
+    def _response(self, type_url: str, st: dict, snap):
+        version, items = snap
+        if type_url not in _WILDCARD:
+            items = [(r, p) for r, p in items if _name(r, type_url) in st["names"]]
+        nonce = str(next(self._nonces))
+        resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
+        resp.resources.extend(p for _, p in items)
+        st["sent"], st["nonce"] = version, nonce
+        return resp
+
+    def requests_for(self, type_url: str, node: str | None = None) -> list[dict]:
+        with self._lock:
+            return [r for r in self.requests if r["type_url"] == type_url]
+
+    def acked(self, type_url: str, version: str, node: str | None = None) -> bool:
+        return any(r["version_info"] == version and r["error_detail"] is None and r["response_nonce"]
+                   for r in self.requests_for(type_url))
+
+    def nacks(self, type_url: str, node: str | None = None) -> list[dict]:
+        return [r for r in self.requests_for(type_url) if r["error_detail"] is not None]
+
+    def wait(self, predicate, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def close(self) -> None:
+        self.server.stop(0)

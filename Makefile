@@ -28,6 +28,10 @@ VENV314T     := .venv-314t
 PY_T         := $(VENV314T)/bin/python
 STAMP314T    := $(VENV314T)/.ftproxy-installed
 PIP_INSTALL  := -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Envoy's v3 protobuf classes for xDS over gRPC (proxy/xds/proto.py). --no-deps: the package's
+# metadata requires grpcio (no free-threaded wheel; ftproxy never imports it); its real
+# dependency, protobuf, is in pyproject.toml.
+XDS_PROTOS   := -m pip install --quiet --disable-pip-version-check --no-deps 'xds-protos==1.85.0'
 ARGS         ?= tests
 
 .PHONY: test test-313 test-314t demo install install-314t clean-venv
@@ -88,8 +92,9 @@ $(PY):
 		exit 1; \
 	fi
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) $(PIP_INSTALL)
+	$(PY) $(XDS_PROTOS)
 	@touch $@
 
 $(PY314T):
@@ -106,8 +111,9 @@ $(PY314T):
 $(PY_T): $(PY314T)
 	$(PY314T) -m venv $(VENV314T)
 
-$(STAMP314T): $(PY_T) pyproject.toml
+$(STAMP314T): $(PY_T) pyproject.toml Makefile
 	$(PY_T) $(PIP_INSTALL)
+	$(PY_T) $(XDS_PROTOS)
 	@touch $@
 
 clean-venv:

@@ -3,9 +3,10 @@
 Main thread owns: the bootstrap, the cluster manager (DNS), stats merging, signals and the
 lifecycle; the admin server answers on its own thread ("admin") and only reads immutable
 snapshots or merged stats. Workers get listen sockets and cluster snapshots via `post()`.
-xDS (files so far, proxy/xds/): CDS and EDS feed the cluster manager, LDS goes through
-dynamic_listeners.py, RDS tables are posted to the workers' HCM contexts; the subscriptions
-are polled on the main thread's one-second tick.
+xDS (files and gRPC streams, proxy/xds/): CDS and EDS feed the cluster manager, LDS goes
+through dynamic_listeners.py, RDS tables are posted to the workers' HCM contexts; file
+subscriptions are polled on the main thread's one-second tick, gRPC streams run on the main
+loop, and start-up waits for their first answers (XdsManager.wait_initial).
 
 Lifecycle: INITIALIZING -> LIVE -> DRAINING (SIGTERM/SIGINT or /quitquitquit: stop accepting,
 finish in-flight requests, bounded by drain_time) -> exit 0.
@@ -107,6 +108,7 @@ class Server:
         self.cds = None                          # the CDS subscription's handle, if any
         self.lds = None                          # the LDS subscription's handle, if any
         self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
+        self.lds_warming: dict = {}              # LDS listeners waiting for their routes, by name
         self.rds_providers: dict = {}            # RDS route tables, by (source, name)
         self.stats_sinks: list = []
         self.span_exporters: Exporters | None = None  # HTTP tracing's span export (main)
@@ -274,15 +276,21 @@ class Server:
         self.cluster_manager.initialize()
         self.span_exporters.start(self.cluster_manager.snapshots)
         dynamic = self.bootstrap.dynamic_resources
+        self.xds.configure(self.main, self.bootstrap.node, dynamic.ads_config, self._cluster_hosts,
+                           self.cluster_manager.batch, self._cluster_config)
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
                                           CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
+            self.xds.wait_initial()   # a gRPC CDS (and its EDS) warms before LDS, as Envoy
         self._global_limit = global_limit
         for lc in self.bootstrap.listeners:
             self._post_listener(lc, self.listen_sockets[lc.name], factories[lc.name])
         if dynamic.lds_config is not None:  # after CDS (and static listeners), as Envoy
             self.lds = self.xds.subscribe(dynamic.lds_config, LISTENER_TYPE,
                                           LdsApplier(DynamicListeners(self)), "listener_manager.lds", "lds")
+            self.xds.wait_initial()   # a gRPC LDS (and its RDS) before the workers start
+            if self.lds_warming:      # their routes came: activated on the next 10 ms check
+                self.main.run_until(lambda: not self.lds_warming, 1.0)
         if self.hr_child is not None:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
@@ -351,8 +359,9 @@ class Server:
             return
         log.info("hot restart: connected to parent epoch %s", self.hr_child.parent_epoch)
 
-    def _take_or_bind(self, lc) -> list:
-        """The parent's listen sockets for this address if it has them, else fresh ones."""
+    def _take_or_bind(self, lc, listen: bool = True) -> list:
+        """The parent's listen sockets for this address if it has them, else fresh ones
+        (`listen=False`: fresh ones are bound only, see bind_listen_sockets)."""
         opts = self.options
         socks = []
         if self.hr_child is not None and lc.port != 0:
@@ -361,11 +370,11 @@ class Server:
                 log.info("hot restart: took %d listen socket(s) for %s:%d", len(socks), lc.address, lc.port)
         if not socks:
             return bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
-                                       lc.tcp_backlog_size, name=lc.name)
+                                       lc.tcp_backlog_size, name=lc.name, listen=listen)
         if lc.enable_reuse_port and len(socks) < opts.concurrency:
             port = socks[0].getsockname()[1]
             socks += bind_listen_sockets(lc.address, port, opts.concurrency - len(socks), True,
-                                         lc.tcp_backlog_size, name=lc.name)
+                                         lc.tcp_backlog_size, name=lc.name, listen=listen)
         return socks
 
     def _on_parent_stats(self, counters: dict, gauges: dict) -> None:
@@ -483,12 +492,23 @@ class Server:
                                            self.main_store, prefix, self._publish_route_table)
             self.rds_providers[key] = provider
             provider.subscription = self.xds.subscribe(rds.config_source, ROUTE_TYPE, provider, prefix,
-                                                       f"rds {rds.route_config_name}")
+                                                       f"rds {rds.route_config_name}",
+                                                       names=(rds.route_config_name,))
         return provider
 
     def _publish_route_table(self, key: tuple, table) -> None:
         for w in self.workers:
             w.post(lambda w=w: w.set_route_table(key, table))
+
+    def _cluster_hosts(self, name: str) -> list[tuple[str, int]]:
+        """The (address, port) of a cluster's hosts (a gRPC xDS source's control plane)."""
+        snap = self.cluster_manager.snapshots().get(name) if self.cluster_manager else None
+        return [(h.address, h.port) for h in snap.hosts] if snap is not None else []
+
+    def _cluster_config(self, name: str):
+        """A cluster's config (a gRPC xDS source's connection: timeouts, HTTP/2), or None."""
+        state = self.cluster_manager.states().get(name) if self.cluster_manager else None
+        return state.config if state is not None else None
 
     def _local_info(self) -> LocalInfo:
         """What tracing reports of this process, as Envoy's local_info: the node and this

@@ -28,7 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -324,6 +325,7 @@ class ClusterManager:
         publish."""
         wall = time.time() if now is None else now
         wanted = {cfg.name: cfg for cfg in configs}
+        outer = self._holding          # inside batch(): its end publishes
         self._holding = True
         try:
             for name in [n for n, s in self._clusters.items()
@@ -347,10 +349,27 @@ class ClusterManager:
                 log.info("cds: cluster %s %s", cfg.name, "modified" if old is not None else "added")
                 self._build(state)
         finally:
+            self._holding = outer
+        if not outer:
+            self._refresh_cluster_gauges()
+            self._refresh_limit_gauges()
+            self._publish_all()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many updates, one publish at the end (an xDS response that carries a thousand EDS
+        assignments would otherwise publish a thousand cluster maps)."""
+        if self._holding:
+            yield
+            return
+        self._holding = True
+        try:
+            yield
+        finally:
             self._holding = False
-        self._refresh_cluster_gauges()
-        self._refresh_limit_gauges()
-        self._publish_all()
+            self._refresh_cluster_gauges()
+            self._refresh_limit_gauges()
+            self._publish_all()
 
     def _remove(self, name: str) -> None:
         state = self._clusters.pop(name)

@@ -159,11 +159,13 @@ def test_unsupported_discovery_types_are_refused(ctype):
     assert error(cluster(type=ctype)).startswith(f"{P}.type: not supported yet (cluster type {ctype};")
 
 
-def test_eds_cluster_needs_a_file_eds_config_and_no_load_assignment():
+def test_eds_cluster_needs_an_eds_config_and_no_load_assignment():
     eds = {"name": "c", "type": "EDS"}
     assert error(eds) == f"{P}.eds_cluster_config: an EDS cluster needs eds_cluster_config.eds_config"
-    grpc = dict(eds, eds_cluster_config={"eds_config": {"ads": {}}})
-    assert error(grpc).startswith(f"{P}.eds_cluster_config.eds_config.ads: not supported yet")
+    ads = dict(eds, eds_cluster_config={"eds_config": {"ads": {}}})
+    assert parse_cluster(ads, P).eds.eds_config.kind == "ads"
+    assert error(dict(eds, eds_cluster_config={"eds_config": {"self": {}}})).startswith(
+        f"{P}.eds_cluster_config.eds_config.self: not supported yet")
     good = dict(eds, eds_cluster_config={"eds_config": {"path_config_source": {"path": "/x/eds.yaml"}}})
     assert parse_cluster(good, P).eds.eds_config.path == "/x/eds.yaml"
     assert parse_cluster(good, P).eds.service_name == "c"

@@ -50,6 +50,9 @@ _LISTENER = re.compile(r"^listener\.(.+)\.(downstream_cx_total|downstream_cx_act
 _CLUSTER = re.compile(r"^cluster\.(.+)(?<!\.external)(?<!\.internal)\.(upstream_rq_total"
                       r"|upstream_rq_[245]xx|upstream_rq_active|upstream_cx_active"
                       r"|membership_healthy|membership_total)$")
+# xDS: each subscription's update counters (Envoy's SubscriptionStats).
+_XDS = re.compile(r"^(listener_manager\.lds|cluster_manager\.cds|http\..+\.rds\..+|cluster\.[^.]+)"
+                  r"\.update_(success|rejected)$")
 # TLS: Envoy's ssl.* counters of each listener and cluster (summed: downstream, upstream).
 _SSL = re.compile(r"^(listener|cluster)\.(.+)\.ssl\.(handshake|connection_error)$")
 UNREACHABLE = "admin unreachable, retrying…"
@@ -88,6 +91,17 @@ class TlsSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class XdsSummary:
+    """xDS: the control-plane stream's state (None: no gRPC source), the updates accepted and
+    refused over every subscription (LDS, CDS, RDS, EDS), and what is warming."""
+    connected: bool | None
+    accepted: int
+    rejected: int
+    warming_listeners: int
+    warming_clusters: int
+
+
+@dataclass(frozen=True, slots=True)
 class Header:
     admin: str
     version: str = "?"
@@ -101,6 +115,7 @@ class Header:
     error: str | None = None          # set while the admin is unreachable
     stale_for_s: float | None = None  # age of the data shown while unreachable
     tls: TlsSummary | None = None     # None: no listener or cluster speaks TLS
+    xds: XdsSummary | None = None     # None: no xDS subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +280,8 @@ class TopModel:
                 val(f"cluster.{c}.upstream_rq_active"), q.get(50.0), q.get(90.0), q.get(99.0), healthy, total))
         tls = _tls_summary(values, prev, dt)
         self._prev, self._prev_at, self._last_ok_at = values, now, now
-        self._view = TopView(replace(_header(self.admin, server_info, values), tls=tls), hcms, listeners,
+        self._view = TopView(replace(_header(self.admin, server_info, values), tls=tls,
+                                     xds=_xds_summary(values)), hcms, listeners,
                              tuple(workers), tuple(clusters))
         return self._view
 
@@ -297,6 +313,25 @@ def _tls_summary(values: Mapping[str, float], prev: Mapping[str, float],
                       rate_sum["listener.handshake"], rate_sum["listener.connection_error"],
                       now_sum["cluster.handshake"], now_sum["cluster.connection_error"],
                       rate_sum["cluster.handshake"], rate_sum["cluster.connection_error"])
+
+
+def _xds_summary(values: Mapping[str, float]) -> XdsSummary | None:
+    ok = bad = 0
+    seen = False
+    for name, v in values.items():
+        m = _XDS.match(name)
+        if m:
+            seen = True
+            if m.group(2) == "success":
+                ok += int(v)
+            else:
+                bad += int(v)
+    state = values.get("control_plane.connected_state")
+    if not seen and state is None:
+        return None
+    return XdsSummary(None if state is None else bool(state), ok, bad,
+                      int(values.get("listener_manager.total_listeners_warming", 0)),
+                      int(values.get("cluster_manager.warming_clusters", 0)))
 
 
 def _header(admin: str, info: Any, values: Mapping[str, float]) -> Header:
@@ -383,6 +418,20 @@ def header_lines(h: Header) -> list[Text]:
                     f"up {_rate(t.up_handshakes_per_s)} hs/s ")
         line.append(f"{_rate(t.up_errors_per_s)} err/s", style="red" if t.up_errors_per_s else "")
         line.append(f" ({_count(t.up_handshakes)}/{_count(t.up_errors)})")
+        lines.append(line)
+    if h.xds is not None:
+        x = h.xds
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append("xDS", style="bold")
+        if x.connected is not None:
+            line.append("  control plane ")
+            line.append("connected" if x.connected else "disconnected",
+                        style="green" if x.connected else "bold red")
+        line.append(f"  updates {_count(x.accepted)} applied ")
+        line.append(f"{_count(x.rejected)} rejected", style="red" if x.rejected else "")
+        if x.warming_listeners or x.warming_clusters:
+            line.append(f"  warming {x.warming_listeners} listener(s) {x.warming_clusters} cluster(s)",
+                        style="yellow")
         lines.append(line)
     if h.error:
         err = Text(h.error, style="bold red", no_wrap=True, overflow="ellipsis")

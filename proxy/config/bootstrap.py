@@ -23,7 +23,7 @@ from typing import Any
 
 from proxy.access_log.config import parse_access_logs
 from proxy.config.dynamic_resources import (DynamicResources, check_file_sources_need_node,
-                                             parse_dynamic_resources)
+                                             check_grpc_sources, parse_dynamic_resources)
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
@@ -40,6 +40,8 @@ class NodeConfig:
     cluster: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     zone: str = ""
+    region: str = ""      # locality, sent to xDS control planes with zone and sub_zone
+    sub_zone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class Bootstrap:
 
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
 
-_NO_XDS = "no xDS management server is contacted"
+_NOT_SENT = "not sent to xDS control planes yet (Envoy sends it in the node)"
 _NO_RUNTIME = "no runtime key is honoured yet"
 
 BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", model=Bootstrap,
@@ -107,17 +109,19 @@ STATIC_RESOURCES = Message("envoy.config.bootstrap.v3.Bootstrap.StaticResources"
 NODE = Message("envoy.config.core.v3.Node", model=NodeConfig, fields=(
     used("id"),
     used("cluster"),
-    inert("metadata", f"sent to xDS management servers; {_NO_XDS}", attr="metadata"),
+    used("metadata", attr="metadata", why="sent to xDS control planes in the node"),
     used("locality", attr="", why="its own table"),
-    *(inert(name, f"sent to xDS management servers; {_NO_XDS}") for name in (
-        "user_agent_name", "user_agent_version", "user_agent_build_version", "extensions",
-        "client_features", "listening_addresses", "dynamic_parameters")),
+    *(inert(name, "Envoy and ftproxy fill the user agent of the node they send themselves")
+      for name in ("user_agent_name", "user_agent_version", "user_agent_build_version")),
+    *(inert(name, "Envoy sends its own list; ftproxy sends none yet")
+      for name in ("extensions", "client_features")),
+    *(inert(name, _NOT_SENT) for name in ("listening_addresses", "dynamic_parameters")),
 ))
 
 LOCALITY = Message("envoy.config.core.v3.Locality", fields=(
-    inert("region", f"sent to xDS management servers; {_NO_XDS}"),
-    used("zone", why="the `zone` tag of tracing spans"),
-    inert("sub_zone", f"sent to xDS management servers; {_NO_XDS}"),
+    used("region", why="sent to xDS control planes in the node"),
+    used("zone", why="the `zone` tag of tracing spans; sent to xDS control planes"),
+    used("sub_zone", why="sent to xDS control planes in the node"),
 ))
 
 ADMIN = Message("envoy.config.bootstrap.v3.Admin", model=AdminConfig, fields=(
@@ -179,6 +183,8 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
             errors.run(_check_admin_port, admin, listeners, paths)
         if node is not MISSING and not (node.id and node.cluster):
             errors.run(check_file_sources_need_node, listeners, paths, clusters)
+        if dynamic is not MISSING:
+            errors.run(check_grpc_sources, dynamic, clusters)
     errors.raise_if_any()
     global_limit, listener_limits = limits
     return Bootstrap(
@@ -292,15 +298,14 @@ def _parse_node(f: Fields) -> NodeConfig:
         return NodeConfig()
     n = NODE.read(f.value("node"), f.at("node"))
     loc = LOCALITY.read(n.value("locality"), n.at("locality")) if n.has("locality") else None
-    if loc is not None:
-        loc.str("region", "")
-        loc.str("sub_zone", "")
     metadata = n.raw_obj("metadata")
     return NodeConfig(
         id=n.str("id", ""),
         cluster=n.str("cluster", ""),
         metadata=copy.deepcopy(dict(metadata)) if metadata is not None else {},
         zone=loc.str("zone", "") if loc else "",
+        region=loc.str("region", "") if loc else "",
+        sub_zone=loc.str("sub_zone", "") if loc else "",
     )
 
 

@@ -35,8 +35,11 @@ BACKLOG = 1024
 
 
 def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
-                        backlog: int | None = None, *, name: str | None = None) -> list[socket.socket]:
+                        backlog: int | None = None, *, name: str | None = None,
+                        listen: bool = True) -> list[socket.socket]:
     """`count` sockets (reuse_port) or one shared socket; non-blocking, inheritable for hot restart.
+    `listen=False`: bound only (a warming LDS listener: connections are refused until it is
+    active, as Envoy's; the caller calls listen() then).
 
     A failed bind raises OSError (same errno) naming the listener and its address ("unable to
     bind listener "ingress" on 127.0.0.1:10000: Address already in use"): the bare errno text
@@ -63,7 +66,8 @@ def bind_listen_sockets(address: str, port: int, count: int, reuse_port: bool,
                 what = f'listener "{name}"' if name else "listener"
                 raise OSError(e.errno, f"unable to bind {what} on {host}:{port}: {e.strerror}") from None
             port = s.getsockname()[1]
-            s.listen(backlog or BACKLOG)
+            if listen:
+                s.listen(backlog or BACKLOG)
             s.setblocking(False)
     except OSError:
         for s in socks:
@@ -142,6 +146,8 @@ class ActiveListener:
         self.listener_limit = listener_limit
         self.cx_overflow = scope.counter("downstream_cx_overflow")
         self.accepting = False
+        # Admin /drain_listeners: what this listener accepts from now on starts draining.
+        self.draining = False
 
     @property
     def ctx(self):
@@ -265,6 +271,8 @@ class ActiveListener:
             return
         if not getattr(conn, "finished", False) and not _closed(conn):
             worker.add_connection(conn)
+            if self.draining:
+                conn.start_drain(False)
 
     def _release(self) -> None:
         if self.global_limit is not None:

@@ -8,8 +8,15 @@ the old ones closed. Connections the old listener accepted keep their old filter
 finish (they are not reset). Removed: the workers stop accepting on it, its sockets close, its
 connections finish.
 
+Warming (Envoy's listener warming): a listener whose HTTP connection managers take their routes
+from a control plane (RDS over gRPC) that has not answered yet is bound (not listening:
+connections are refused, as Envoy's) but not handed to the workers: it waits in `warming` — a listener it replaces keeps serving meanwhile — until every
+such route subscription has had its first answer (or it failed, or its initial_fetch_timeout
+passed), checked every 10 ms on the main loop. A newer update of a warming listener replaces it;
+removing it drops it. File-sourced routes are read when subscribed: nothing to wait for.
+
 Stats (main store, Envoy's): listener_manager.listener_added, listener_modified,
-listener_removed, total_listeners_active.
+listener_removed, total_listeners_active, total_listeners_warming.
 Thread affinity: main thread only (implements proxy/xds/lds.py `ListenerTarget`).
 """
 
@@ -23,6 +30,7 @@ from typing import Any
 from ..config.bootstrap import overlaps
 from ..config.listener import address_string
 from ..config.reader import ConfigError, join
+from ..network.listener import BACKLOG
 
 __all__ = ["DynamicListeners", "LdsListener"]
 
@@ -37,12 +45,21 @@ class LdsListener:
     last_updated: float
 
 
+@dataclass(slots=True)
+class _Warming:
+    entry: LdsListener
+    same_socket: bool         # shares the listen sockets of the listener it replaces
+    cold: list                # route subscriptions (Watch) still waiting for a first answer
+
+
 class DynamicListeners:
     def __init__(self, server) -> None:
         self.server = server
         self.entries: dict[str, LdsListener] = server.lds_listeners
+        self.warming: dict[str, _Warming] = server.lds_warming
         self._static = {lc.name for lc in server.bootstrap.listeners}
         self._stats = server.main_store
+        self._timer = None
         self._refresh_gauge()
 
     # -- ListenerTarget ------------------------------------------------------------------------
@@ -50,7 +67,7 @@ class DynamicListeners:
         return name in self._static
 
     def dynamic_names(self) -> set[str]:
-        return set(self.entries)
+        return set(self.entries) | set(self.warming)
 
     def cluster_names(self) -> set[str]:
         cm = self.server.cluster_manager
@@ -58,7 +75,12 @@ class DynamicListeners:
 
     def add_or_update(self, lc, version_info: str, path: str) -> None:
         old = self.entries.get(lc.name)
-        if old is not None and old.config.raw == lc.raw:
+        pending = self.warming.get(lc.name)
+        if pending is not None:
+            if pending.entry.config.raw == lc.raw:
+                return   # the same listener is already warming
+            self._drop_warming(lc.name)
+        elif old is not None and old.config.raw == lc.raw:
             return  # the same listener: nothing to do (Envoy compares the config's hash)
         self._check_address(lc, path)
         same_socket = old is not None and (old.config.address, old.config.port, old.config.enable_reuse_port) \
@@ -68,24 +90,29 @@ class DynamicListeners:
         else:
             try:
                 # After a hot restart, the previous epoch's sockets for this address if it has them.
-                socks = self.server._take_or_bind(lc)
+                socks = self.server._take_or_bind(lc, listen=False)   # listen() when active
             except OSError as e:
                 raise ConfigError(join(path, "address"), str(e)) from None
         factory = self.server.listener_factory(lc)
-        # Bookkeeping first: what the workers then do is already counted when it shows.
-        self.entries[lc.name] = LdsListener(lc, tuple(socks), version_info, time.time())
-        self.server.listen_sockets[lc.name] = socks
-        self.server.listener_addresses[lc.name] = socks[0].getsockname()[:2]
-        self._stats.counter("listener_manager.listener_modified" if old is not None
+        entry = LdsListener(lc, tuple(socks), version_info, time.time())
+        self._stats.counter("listener_manager.listener_modified" if old is not None or pending is not None
                             else "listener_manager.listener_added").inc()
-        self._refresh_gauge()
-        log.info("lds: listener %s %s on %s", lc.name, "modified" if old is not None else "added",
-                 address_string(*socks[0].getsockname()[:2]))
-        if old is not None:
-            self._stop_on_workers(old, close_sockets=not same_socket)
-        self.server._post_listener(lc, socks, factory)
+        cold = self._cold_routes(lc)
+        if cold:
+            self.warming[lc.name] = _Warming(entry, same_socket, cold)
+            self._refresh_gauge()
+            log.info("lds: listener %s warming until its routes arrive", lc.name)
+            self._arm()
+            return
+        self._activate(entry, factory, same_socket)
 
     def remove(self, name: str) -> None:
+        if name in self.warming:
+            self._drop_warming(name)
+            self._refresh_gauge()
+            if name not in self.entries:
+                self._stats.counter("listener_manager.listener_removed").inc()
+                return
         old = self.entries.pop(name)
         self.server.listen_sockets.pop(name, None)
         self.server.listener_addresses.pop(name, None)
@@ -95,6 +122,62 @@ class DynamicListeners:
         self._stop_on_workers(old, close_sockets=True)
 
     # -- internals -------------------------------------------------------------------------------
+    def _activate(self, entry: LdsListener, factory, same_socket: bool) -> None:
+        lc, socks = entry.config, list(entry.sockets)
+        for sock in socks:   # bound when added; accepting from now (again: harmless)
+            sock.listen(lc.tcp_backlog_size or BACKLOG)
+        old = self.entries.get(lc.name)
+        # Bookkeeping first: what the workers then do is already counted when it shows.
+        self.entries[lc.name] = entry
+        self.server.listen_sockets[lc.name] = socks
+        self.server.listener_addresses[lc.name] = socks[0].getsockname()[:2]
+        self._refresh_gauge()
+        log.info("lds: listener %s %s on %s", lc.name, "modified" if old is not None else "added",
+                 address_string(*socks[0].getsockname()[:2]))
+        if old is not None:
+            self._stop_on_workers(old, close_sockets=not same_socket)
+        self.server._post_listener(lc, socks, factory)
+
+    def _cold_routes(self, lc) -> list:
+        """The route subscriptions of `lc`'s HTTP connection managers still waiting for their
+        first answer (gRPC sources only: a file is read when subscribed)."""
+        cold = []
+        for chain in lc.filter_chains:
+            hcm = chain.filters[-1].config
+            rds = getattr(hcm, "rds", None)
+            if rds is None:
+                continue
+            provider = self.server.rds_providers.get((rds.config_source, rds.route_config_name,
+                                                      hcm.stat_prefix))
+            sub = getattr(getattr(provider, "subscription", None), "subscription", None)
+            if sub is not None and getattr(sub, "first_done", True) is False:
+                cold.append(sub)
+        return cold
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = self.server.main.create_timer(self._check_warming)
+        if not self._timer.enabled:
+            self._timer.enable(0.01)
+
+    def _check_warming(self) -> None:
+        for name, w in list(self.warming.items()):
+            w.cold = [sub for sub in w.cold if not sub.first_done]
+            if not w.cold:
+                del self.warming[name]
+                log.info("lds: listener %s warmed", name)
+                # Built again: its HCMs take the route tables that arrived meanwhile (the
+                # subscriptions exist already and are shared, nothing is subscribed twice).
+                self._activate(w.entry, self.server.listener_factory(w.entry.config), w.same_socket)
+        if self.warming:
+            self._timer.enable(0.01)
+
+    def _drop_warming(self, name: str) -> None:
+        w = self.warming.pop(name)
+        if not w.same_socket:
+            for sock in w.entry.sockets:
+                sock.close()
+
     def _stop_on_workers(self, old: LdsListener, close_sockets: bool) -> None:
         name = old.config.name
         for w in self.server.workers:
@@ -116,6 +199,8 @@ class DynamicListeners:
             return
         taken = [(o.name, o.address, o.port) for o in self.server.bootstrap.listeners]
         taken += [(e.config.name, e.config.address, e.config.port) for e in self.entries.values()]
+        taken += [(w.entry.config.name, w.entry.config.address, w.entry.config.port)
+                  for w in self.warming.values()]
         admin = self.server.bootstrap.admin
         if admin is not None:
             taken.append(("admin", admin.address, self.server.admin.port if self.server.admin else admin.port))
@@ -127,3 +212,4 @@ class DynamicListeners:
     def _refresh_gauge(self) -> None:
         self._stats.gauge("listener_manager.total_listeners_active").set(
             len(self._static) + len(self.entries))
+        self._stats.gauge("listener_manager.total_listeners_warming").set(len(self.warming))

@@ -3,9 +3,10 @@
 Main thread owns: the bootstrap, the cluster manager (DNS), stats merging, signals and the
 lifecycle; the admin server answers on its own thread ("admin") and only reads immutable
 snapshots or merged stats. Workers get listen sockets and cluster snapshots via `post()`.
-xDS (files so far, proxy/xds/): CDS and EDS feed the cluster manager, LDS goes through
-dynamic_listeners.py, RDS tables are posted to the workers' HCM contexts; the subscriptions
-are polled on the main thread's one-second tick.
+xDS (files and gRPC streams, proxy/xds/): CDS and EDS feed the cluster manager, LDS goes
+through dynamic_listeners.py, RDS tables are posted to the workers' HCM contexts; file
+subscriptions are polled on the main thread's one-second tick, gRPC streams run on the main
+loop, and start-up waits for their first answers (XdsManager.wait_initial).
 
 Lifecycle: INITIALIZING -> LIVE -> DRAINING (SIGTERM/SIGINT or /quitquitquit: stop accepting,
 finish in-flight requests, bounded by drain_time) -> exit 0.
@@ -107,6 +108,7 @@ class Server:
         self.cds = None                          # the CDS subscription's handle, if any
         self.lds = None                          # the LDS subscription's handle, if any
         self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
+        self.lds_warming: dict = {}              # LDS listeners waiting for their routes, by name
         self.rds_providers: dict = {}            # RDS route tables, by (source, name)
         self.stats_sinks: list = []
         self.span_exporters: Exporters | None = None  # HTTP tracing's span export (main)
@@ -115,6 +117,9 @@ class Server:
         self._exit_code = 0
         self._ready = threading.Event()
         self._drain_started = False
+        self._stopped_listeners: frozenset[str] = frozenset()  # by /drain_listeners
+        # Counter values at the last admin /reset_counters (admin_context.py), or empty.
+        self.counter_baseline: dict[str, int] = {}
         self._global_limit = None
         self._listener_limits: dict = {}  # name -> (SharedCount, limit) or None (main thread)
 
@@ -175,6 +180,43 @@ class Server:
             self.main.exit()
         self.main.call_later(limit, self.main.exit)
 
+    def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None:
+        """Admin /drain_listeners (main thread), as Envoy 1.40 does it: the listeners (only
+        those not OUTBOUND with `inbound_only`) drain their connections; without `graceful`
+        they stop accepting now, with it they keep accepting (draining what they accept) for
+        the drain time and stop then, unless `skip_exit`. The process stays up and LIVE."""
+        static = {lc.name: lc for lc in self.bootstrap.listeners}
+        names = frozenset(
+            name for name in self.listener_addresses
+            if not (inbound_only and getattr(static.get(name) or getattr(
+                self.lds_listeners.get(name), "config", None), "traffic_direction", "") == "OUTBOUND"))
+        self._drain_listeners_on_workers(names, stop=not graceful)
+        if graceful and not skip_exit:
+            self.main.call_later(self.options.drain_time_s,
+                                 lambda: self._drain_listeners_on_workers(names, stop=True))
+
+    def _drain_listeners_on_workers(self, names: frozenset, stop: bool) -> None:
+        if stop:
+            names = frozenset(n for n in names if n not in self._stopped_listeners)
+            self._stopped_listeners |= names
+            self.main_store.counter("listener_manager.listener_stopped").inc(len(names))
+        remaining = [len(self.workers)]
+
+        def all_done() -> None:  # main thread: the workers let go; close what main holds
+            for name in names:
+                for sock in self.listen_sockets.pop(name, ()):
+                    sock.close()
+
+        def one_done() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and stop:
+                all_done()
+
+        for w in self.workers:
+            w.post(lambda w=w: w.drain_listeners(names, stop, lambda: self.main.post(one_done)))
+        if not self.workers and stop:
+            all_done()
+
     def request_shutdown(self) -> None:
         self.main.post(self.shutdown)
 
@@ -234,15 +276,21 @@ class Server:
         self.cluster_manager.initialize()
         self.span_exporters.start(self.cluster_manager.snapshots)
         dynamic = self.bootstrap.dynamic_resources
+        self.xds.configure(self.main, self.bootstrap.node, dynamic.ads_config, self._cluster_hosts,
+                           self.cluster_manager.batch, self._cluster_config)
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
                                           CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
+            self.xds.wait_initial()   # a gRPC CDS (and its EDS) warms before LDS, as Envoy
         self._global_limit = global_limit
         for lc in self.bootstrap.listeners:
             self._post_listener(lc, self.listen_sockets[lc.name], factories[lc.name])
         if dynamic.lds_config is not None:  # after CDS (and static listeners), as Envoy
             self.lds = self.xds.subscribe(dynamic.lds_config, LISTENER_TYPE,
                                           LdsApplier(DynamicListeners(self)), "listener_manager.lds", "lds")
+            self.xds.wait_initial()   # a gRPC LDS (and its RDS) before the workers start
+            if self.lds_warming:      # their routes came: activated on the next 10 ms check
+                self.main.run_until(lambda: not self.lds_warming, 1.0)
         if self.hr_child is not None:
             self.hr_child.shutdown_parent_admin()
         # The admin binds before any worker accepts: if it fails, no connection is lost with us.
@@ -259,6 +307,11 @@ class Server:
             if not ev.wait(10.0):
                 raise RuntimeError("a worker did not start within 10 s")
         st.counter("listener_manager.workers_started").inc(len(self.workers))
+        # Envoy's listener gauges from the start (LDS keeps total_listeners_active current).
+        st.gauge("listener_manager.total_listeners_active").set(
+            len(self.bootstrap.listeners) + len(self.lds_listeners))
+        for idle in ("total_listeners_warming", "total_listeners_draining", "total_filter_chains_draining"):
+            st.gauge(f"listener_manager.{idle}").set(0)
         if self.hr_child is not None:
             self.hr_child.drain_parent(self.main, self._on_parent_stats)
         for name, (host, port) in self.listener_addresses.items():
@@ -306,8 +359,9 @@ class Server:
             return
         log.info("hot restart: connected to parent epoch %s", self.hr_child.parent_epoch)
 
-    def _take_or_bind(self, lc) -> list:
-        """The parent's listen sockets for this address if it has them, else fresh ones."""
+    def _take_or_bind(self, lc, listen: bool = True) -> list:
+        """The parent's listen sockets for this address if it has them, else fresh ones
+        (`listen=False`: fresh ones are bound only, see bind_listen_sockets)."""
         opts = self.options
         socks = []
         if self.hr_child is not None and lc.port != 0:
@@ -316,11 +370,11 @@ class Server:
                 log.info("hot restart: took %d listen socket(s) for %s:%d", len(socks), lc.address, lc.port)
         if not socks:
             return bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
-                                       lc.tcp_backlog_size, name=lc.name)
+                                       lc.tcp_backlog_size, name=lc.name, listen=listen)
         if lc.enable_reuse_port and len(socks) < opts.concurrency:
             port = socks[0].getsockname()[1]
             socks += bind_listen_sockets(lc.address, port, opts.concurrency - len(socks), True,
-                                         lc.tcp_backlog_size, name=lc.name)
+                                         lc.tcp_backlog_size, name=lc.name, listen=listen)
         return socks
 
     def _on_parent_stats(self, counters: dict, gauges: dict) -> None:
@@ -438,12 +492,23 @@ class Server:
                                            self.main_store, prefix, self._publish_route_table)
             self.rds_providers[key] = provider
             provider.subscription = self.xds.subscribe(rds.config_source, ROUTE_TYPE, provider, prefix,
-                                                       f"rds {rds.route_config_name}")
+                                                       f"rds {rds.route_config_name}",
+                                                       names=(rds.route_config_name,))
         return provider
 
     def _publish_route_table(self, key: tuple, table) -> None:
         for w in self.workers:
             w.post(lambda w=w: w.set_route_table(key, table))
+
+    def _cluster_hosts(self, name: str) -> list[tuple[str, int]]:
+        """The (address, port) of a cluster's hosts (a gRPC xDS source's control plane)."""
+        snap = self.cluster_manager.snapshots().get(name) if self.cluster_manager else None
+        return [(h.address, h.port) for h in snap.hosts] if snap is not None else []
+
+    def _cluster_config(self, name: str):
+        """A cluster's config (a gRPC xDS source's connection: timeouts, HTTP/2), or None."""
+        state = self.cluster_manager.states().get(name) if self.cluster_manager else None
+        return state.config if state is not None else None
 
     def _local_info(self) -> LocalInfo:
         """What tracing reports of this process, as Envoy's local_info: the node and this

@@ -82,10 +82,16 @@ def _listeners(server) -> dict:
         if lds is not None and lds.stats.version_info:
             dump["version_info"] = lds.stats.version_info
         dynamic = []
-        for name, entry in sorted(list(lm.items())):
-            dynamic.append({"name": name, "active_state": _versioned(
-                {"listener": _typed(_LISTENER, entry.config.raw), "last_updated": timestamp(entry.last_updated)},
-                entry.version_info)})
+        warming = dict(list(getattr(server, "lds_warming", {}).items()))
+        for name in sorted({*list(lm), *warming}):
+            item: dict[str, Any] = {"name": name}
+            for key, entry in (("active_state", lm.get(name)),
+                               ("warming_state", getattr(warming.get(name), "entry", None))):
+                if entry is not None:
+                    item[key] = _versioned({"listener": _typed(_LISTENER, entry.config.raw),
+                                            "last_updated": timestamp(entry.last_updated)},
+                                           entry.version_info)
+            dynamic.append(item)
         if dynamic:
             dump["dynamic_listeners"] = dynamic
     return dump

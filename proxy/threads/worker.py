@@ -21,6 +21,10 @@ from ..network.listener import ActiveListener
 from ..upstream.worker_cluster import WorkerCluster
 from .dispatcher import Dispatcher
 
+# How long one slice of a cluster map's building may hold the worker (set_clusters): then
+# its connections' events run, and the rest follows.
+CLUSTER_SLICE_S = 0.001
+
 __all__ = ["Worker"]
 
 log = logging.getLogger("ftproxy.worker")
@@ -37,6 +41,8 @@ class Worker:
         self.dispatcher = Dispatcher(self.name, self.unhandled_exceptions.inc)
         self.codec_impl = codec_impl
         self.clusters: dict[str, WorkerCluster] = {}
+        # (name, snapshot) of the last cluster map still to build (set_clusters), last first.
+        self._cluster_work: list = []
         # RDS: the HCM contexts (weakly: a removed listener's go with it) whose route table
         # each RDS provider's key updates.
         self.rds_contexts: dict[tuple, weakref.WeakSet] = {}
@@ -135,10 +141,27 @@ class Worker:
             cb()
 
     def set_clusters(self, snapshots: Mapping) -> None:
-        """Swap in a new cluster snapshot mapping (posted by main)."""
+        """Swap in a new cluster snapshot mapping (posted by main). Removed clusters drain at
+        once; new, replaced and updated ones are built CLUSTER_SLICE_S (1 ms) at a time, the rest
+        re-posted behind the I/O of this loop iteration, so that a push of a thousand clusters
+        (0.1-0.5 ms each to build: their stats) does not stall this worker's connections for
+        half a second. Anything posted after this map (a route table, a listener) first
+        finishes the slices, so it sees every cluster of the map."""
+        self._cluster_work = []
+        first = not self.clusters     # the first map (start-up): nothing to keep serving yet
         for name in [n for n in self.clusters if n not in snapshots]:
             self.clusters.pop(name).drain()
-        for name, snap in snapshots.items():
+        work = [(name, snap) for name, snap in snapshots.items()
+                if (wc := self.clusters.get(name)) is None or wc.snapshot is not snap]
+        work.reverse()   # popped from the end: the map's order
+        self._cluster_work = work
+        self._build_clusters(everything=first)
+
+    def _build_clusters(self, everything: bool = False) -> None:
+        work = self._cluster_work
+        end = time.monotonic() + CLUSTER_SLICE_S
+        while work and (everything or time.monotonic() < end):
+            name, snap = work.pop()
             wc = self.clusters.get(name)
             if wc is None:
                 self.clusters[name] = WorkerCluster(self, snap)
@@ -149,6 +172,17 @@ class Worker:
                 self.clusters[name] = WorkerCluster(self, snap)
             elif wc.snapshot is not snap:
                 wc.update(snap)
+        if work:
+            self.dispatcher.post(self._continue_clusters)
+
+    def _continue_clusters(self) -> None:
+        if self._cluster_work:
+            self._build_clusters()
+
+    def finish_clusters(self) -> None:
+        """Build what is left of the last cluster map now (before something that may use it)."""
+        if self._cluster_work:
+            self._build_clusters(everything=True)
 
     def register_rds_context(self, key: tuple, ctx) -> None:
         self.rds_contexts.setdefault(key, weakref.WeakSet()).add(ctx)
@@ -156,11 +190,13 @@ class Worker:
     def set_route_table(self, key: tuple, table) -> None:
         """RDS posted a new route table: streams that start from now on route by it; a
         stream already routed keeps its route (filter_manager caches it per stream)."""
+        self.finish_clusters()
         for ctx in list(self.rds_contexts.get(key, ())):
             ctx.route_table = table
 
     def add_listener(self, config, sock, filter_factory, shared: bool, global_limit=None,
                      listener_limit=None) -> None:
+        self.finish_clusters()
         al = ActiveListener(self, config, sock, filter_factory.for_worker(self), shared, global_limit,
                             listener_limit)
         self.listeners.append(al)
@@ -180,6 +216,22 @@ class Worker:
             # Each connection's on_closed is its ActiveListener's bound method.
             if getattr(getattr(conn, "on_closed", None), "__self__", None) in gone:
                 conn.start_drain(False)
+
+    def drain_listeners(self, names: frozenset, stop: bool, done: Callable[[], None]) -> None:
+        """Admin /drain_listeners on this worker: the listeners named start draining (the
+        connections they accepted, and any they still accept, answer their next request with
+        `connection: close`); with `stop`, they stop accepting and their own sockets close.
+        The server stays up. Calls `done` (on this thread) when finished."""
+        chosen = [al for al in self.listeners if al.config.name in names]
+        for al in chosen:
+            al.draining = True
+            if stop:
+                al.stop(True)
+        for conn in list(self.connections):
+            # Each connection's on_closed is its ActiveListener's bound method.
+            if getattr(getattr(conn, "on_closed", None), "__self__", None) in chosen:
+                conn.start_drain(False)
+        done()
 
     def stop_listeners(self, close_sockets: bool = True) -> None:
         for al in self.listeners:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -62,7 +63,7 @@ class _ClusterState:
 
     __slots__ = ("config", "limits", "high_limits", "target_hosts", "next_refresh", "snapshot",
                  "added_via_api", "version_info", "last_updated", "eds", "warm", "health",
-                 "outlier")
+                 "outlier", "policy")
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
@@ -79,6 +80,7 @@ class _ClusterState:
         self.warm = config.type != "EDS"  # an EDS cluster warms until its first assignment
         self.health: ClusterHealthChecker | None = None   # active health checks, if configured
         self.outlier: ClusterOutlierDetection | None = None   # outlier detection, if configured
+        self.policy = None   # an EDS cluster's latest ClusterLoadAssignment.policy
 
     @property
     def is_dns(self) -> bool:
@@ -212,8 +214,10 @@ class ClusterManager:
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod
-    def _static_host(ep: EndpointConfig) -> Host:
-        return Host(ep.address, ep.port, ep.weight, ep.hostname, ep.health_status, ep.health_check)
+    def _static_host(ep: EndpointConfig, address: str | None = None, hostname: str | None = None) -> Host:
+        return Host(ep.address if address is None else address, ep.port, ep.weight,
+                    ep.hostname if hostname is None else hostname, ep.health_status, ep.health_check,
+                    priority=ep.priority, locality=ep.locality, locality_weight=ep.locality_weight)
 
     @staticmethod
     def _all_hosts(state: _ClusterState) -> list[Host]:
@@ -244,8 +248,7 @@ class ClusterManager:
                 self._count(prefix + "update_empty")  # STRICT_DNS: an empty answer empties the set
             self._count(prefix + "update_success")
             hostname = ep.hostname or ep.address
-            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname, ep.health_status,
-                                               ep.health_check) for a in unique)
+            state.target_hosts[i] = tuple(self._static_host(ep, a, hostname) for a in unique)
         state.next_refresh = self._clock() + cfg.dns_refresh_rate
 
     def _update_hosts(self, state: _ClusterState) -> bool:
@@ -267,9 +270,12 @@ class ClusterManager:
         if state.outlier is not None:  # monitors for new hosts, ejection flags on all
             state.outlier.set_hosts(hosts)
             hosts = state.outlier.apply(hosts)
+        # Envoy lists (and /clusters prints) hosts level by level.
+        hosts = tuple(sorted(hosts, key=lambda h: h.priority))
         state.snapshot = ClusterSnapshot(
             cfg.name, cfg, hosts, state.limits, state.high_limits,
-            state.health.report_immediate_fail if state.health is not None else None)
+            state.health.report_immediate_fail if state.health is not None else None,
+            state.policy)
         self._set_gauge(f"cluster.{cfg.name}.membership_total", len(hosts))
         # Health: the endpoints' health_status and the active health checks' flags.
         healthy, degraded = by_health(hosts)
@@ -319,6 +325,7 @@ class ClusterManager:
         publish."""
         wall = time.time() if now is None else now
         wanted = {cfg.name: cfg for cfg in configs}
+        outer = self._holding          # inside batch(): its end publishes
         self._holding = True
         try:
             for name in [n for n, s in self._clusters.items()
@@ -342,10 +349,27 @@ class ClusterManager:
                 log.info("cds: cluster %s %s", cfg.name, "modified" if old is not None else "added")
                 self._build(state)
         finally:
+            self._holding = outer
+        if not outer:
+            self._refresh_cluster_gauges()
+            self._refresh_limit_gauges()
+            self._publish_all()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many updates, one publish at the end (an xDS response that carries a thousand EDS
+        assignments would otherwise publish a thousand cluster maps)."""
+        if self._holding:
+            yield
+            return
+        self._holding = True
+        try:
+            yield
+        finally:
             self._holding = False
-        self._refresh_cluster_gauges()
-        self._refresh_limit_gauges()
-        self._publish_all()
+            self._refresh_cluster_gauges()
+            self._refresh_limit_gauges()
+            self._publish_all()
 
     def _remove(self, name: str) -> None:
         state = self._clusters.pop(name)
@@ -369,7 +393,8 @@ class ClusterManager:
         if self._eds_subscribe is None:
             raise RuntimeError(f"cluster {state.config.name}: type EDS but no EDS source is wired")
         state.target_hosts = []
-        state.eds = self._eds_subscribe(state.config, lambda eps, state=state: self._on_eds(state, eps))
+        state.eds = self._eds_subscribe(
+            state.config, lambda eps, policy=None, state=state: self._on_eds(state, eps, policy))
 
     @staticmethod
     def _stop_eds(state: _ClusterState) -> None:
@@ -382,12 +407,17 @@ class ClusterManager:
         if state.outlier is not None:
             state.outlier.stop()
 
-    def _on_eds(self, state: _ClusterState, endpoints: tuple[EndpointConfig, ...] | None) -> None:
-        """An EDS update (None: the first fetch failed: warm up with no hosts, as Envoy)."""
+    def _on_eds(self, state: _ClusterState, endpoints: tuple[EndpointConfig, ...] | None,
+                policy=None) -> None:
+        """An EDS update (None: the first fetch failed: warm up with no hosts, as Envoy), with
+        its ClusterLoadAssignment's policy (None: the defaults)."""
         if self._clusters.get(state.config.name) is not state:
             return  # removed or replaced meanwhile
+        policy_changed = False
         if endpoints is not None:
             state.target_hosts = [tuple(self._static_host(ep) for ep in endpoints)]
+            policy_changed = policy != state.policy
+            state.policy = policy
         hosts = HostSet.of(self._all_hosts(state)).hosts
         if not state.warm or state.snapshot is None:
             state.warm = True
@@ -395,6 +425,9 @@ class ClusterManager:
             changed = True
         else:
             changed = self._update_hosts(state)
+            if policy_changed and not changed:   # same hosts, another overprovisioning factor
+                self._rebuild(state, state.snapshot.hosts)
+                changed = True
         if changed and not self._holding:
             self._refresh_cluster_gauges()
             self._publish_all()

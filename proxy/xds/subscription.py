@@ -1,6 +1,6 @@
 """The subscription seam: how a source of dynamic resources hands them to the code applying them.
 
-A source (a watched file today; a REST poller or a gRPC/ADS stream later) fetches
+A source (a watched file, or a gRPC stream: proxy/xds/grpc_mux.py; REST later) fetches
 DiscoveryResponse-shaped updates for one type URL and calls `SubscriptionCallbacks.on_update`
 with the resources as plain dicts (the `@type` key removed) and the response's `version_info`.
 The callbacks validate them with the SAME validators as the static bootstrap (proxy/config/)

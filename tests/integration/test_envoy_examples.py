@@ -671,3 +671,98 @@ def test_lua_example(services, monkeypatch):
         assert "header_key_1" not in r.stdout.split("\n\n")[0]
     finally:
         ex.stop()
+
+
+# -- dynamic-config-cp: CDS/LDS over ADS and RDS over its own stream from a control plane --------
+
+def _example_snapshot(upstream: str, version: str, hosts: dict[str, int]) -> dict:
+    """The example's resource.go snapshot, on loopback as docker-compose would wire it: the
+    listener on 127.0.0.1 (its port from `hosts["listener"]`), the service host name as
+    127.0.0.1 with its port."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("dynamic_config_cp_resource",
+                                                  EXAMPLES / "dynamic-config-cp" / "resource.py")
+    resource = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(resource)
+    snap = resource.generate_snapshot(upstream, version)
+    for _, items in snap.values():
+        for res in items:
+            if "filter_chains" in res:
+                sa = res["address"]["socket_address"]
+                sa["address"], sa["port_value"] = "127.0.0.1", hosts["listener"]
+            for group in res.get("load_assignment", {}).get("endpoints", []):
+                for ep in group["lb_endpoints"]:
+                    sa = ep["endpoint"]["address"]["socket_address"]
+                    sa["address"], sa["port_value"] = "127.0.0.1", hosts[sa["address"]]
+    return snap
+
+
+def test_dynamic_config_cp_example(services):
+    """verify.sh with our control plane (tests/integration/xds_control_plane.py) standing in
+    for go-control-plane: with the control plane down the listener port is closed and only the
+    static xds_cluster is in the config dump; once it is up, responses come from service1 and
+    dynamic_active_clusters has version "1"; the control plane goes down and everything stays;
+    it comes back serving service2 as version "2" and responses follow."""
+    from tests.integration.xds_control_plane import ControlPlane
+    s1 = services(ExampleService, "service1")
+    s2 = services(ExampleService, "service2")
+    cp = ControlPlane()
+    cp.stop()                       # down, its port known: the proxy starts without it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listener_port = probe.getsockname()[1]
+    hosts = {"service1": s1.port, "service2": s2.port, "listener": listener_port,
+             "go-control-plane": cp.port}
+    raw = yaml.safe_load((EXAMPLES / "dynamic-config-cp" / "envoy.yaml").read_text())
+    raw = _on_loopback(raw, hosts)
+    server = Server(parse_bootstrap(raw), ServerOptions("<example>", 1, 5.0, "fast", disable_hot_restart=True))
+    thread = threading.Thread(target=server.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    assert server.wait_ready(20)
+    admin = f"http://127.0.0.1:{server.admin.port}"
+
+    def hostname() -> str | None:
+        try:
+            return _curl_json(f"http://localhost:{listener_port}")["hostname"]
+        except (AssertionError, json.JSONDecodeError):
+            return None
+
+    def wait_for(expected: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while hostname() != expected:
+            assert time.monotonic() < deadline, f"no response from {expected} within {seconds} s"
+            time.sleep(0.2)
+
+    def active_clusters() -> str:
+        dump = _curl_json(f"{admin}/config_dump")["configs"][1]
+        return json.dumps(dump.get("dynamic_active_clusters", "NO_CLUSTERS"))
+
+    try:
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", listener_port)) != 0   # nothing listens yet
+        static = json.dumps(_curl_json(f"{admin}/config_dump")["configs"][1]["static_clusters"])
+        assert '"xds_cluster"' in static and f'"port_value": {cp.port}' in static
+        assert active_clusters() == '"NO_CLUSTERS"'
+        # Bring up the control plane.
+        for type_url, (version, items) in _example_snapshot("service1", "1", hosts).items():
+            cp.set(type_url, version, items)
+        cp.start()
+        wait_for("service1", 30)
+        assert '"version_info": "1"' in active_clusters()
+        assert f'"port_value": {s1.port}' in active_clusters()
+        # Bring down the control plane: the config stays.
+        cp.stop()
+        time.sleep(1.0)
+        assert hostname() == "service1"
+        assert '"version_info": "1"' in active_clusters()
+        # resource.go edited (service1 -> service2, "1" -> "2"), the control plane back up.
+        for type_url, (version, items) in _example_snapshot("service2", "2", hosts).items():
+            cp.set(type_url, version, items)
+        cp.start()
+        wait_for("service2", 40)
+        assert '"version_info": "2"' in active_clusters()
+        assert f'"port_value": {s2.port}' in active_clusters()
+    finally:
+        server.request_shutdown()
+        thread.join(15)
+        cp.close()

@@ -276,3 +276,50 @@ def test_lds_listener_socket_passes_to_the_next_epoch(tmp_path):
     finally:
         parent.request_shutdown()
         pt.join(10)
+
+
+def test_each_epoch_opens_its_own_ads_stream_and_the_child_takes_the_listener():
+    """Hot restart with LDS over ADS: the new epoch starts its own stream, gets its listeners
+    (node "epoch1" is served body B, the parent's node "epoch0" body A), takes the parent's
+    listen socket by address, and serves; the parent's stream keeps working until it exits."""
+    from tests.integration.xds_control_plane import LISTENER, ControlPlane
+    cp = ControlPlane()
+    port, admin = free_port(), free_port()
+    base_id = 1000 + (os.getpid() + 11) % 50000
+    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+
+    def boot(node: str) -> dict:
+        return {"node": {"id": node, "cluster": "c"},
+                "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+                "dynamic_resources": {
+                    "ads_config": {"api_type": "GRPC", "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+                    "lds_config": {"ads": {}}},
+                "static_resources": {"clusters": [{
+                    "name": "xds", "type": "STATIC", "connect_timeout": "1s",
+                    "typed_extension_protocol_options": h2,
+                    "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": cp.port}}}}]}]}}]}}
+
+    for node, body in (("epoch0", "A"), ("epoch1", "B")):
+        lis = config(port, admin, body)["static_resources"]["listeners"][0]
+        lis["enable_reuse_port"] = False
+        cp.set(LISTENER, "1", [{"@type": LISTENER, **lis}], node=node)
+    parent, pt = start(boot("epoch0"), 0, base_id)
+    try:
+        assert get(port) == "A"
+        child, ct = start(boot("epoch1"), 1, base_id)
+        try:
+            assert child.main_store.counter("listener_manager.lds.update_success").value == 1
+            assert child.main_store.gauge("control_plane.connected_state").value == 1
+            assert len(child.listen_sockets["l0"]) == 1
+            assert get(port) == "B"
+            assert cp.streams_opened == 2      # one stream per epoch
+        finally:
+            child.request_shutdown()
+            ct.join(10)
+    finally:
+        parent.request_shutdown()
+        pt.join(10)
+        cp.close()

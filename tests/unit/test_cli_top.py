@@ -316,3 +316,19 @@ def test_poll_once_keeps_data_when_the_admin_goes_away(fake_admin):
     fake_admin.server_close()
     view = poll_once(client, model, 2.0)
     assert view.header.error.startswith(UNREACHABLE) and view.hcms[0].rq_total == 5
+
+
+def test_header_shows_the_control_plane_state_and_xds_updates():
+    model = TopModel()
+    values = {"control_plane.connected_state": 0, "listener_manager.lds.update_success": 2,
+              "cluster_manager.cds.update_success": 3, "cluster_manager.cds.update_rejected": 1,
+              "http.ingress.rds.local_route.update_success": 4, "cluster.svc.update_rejected": 2,
+              "listener_manager.total_listeners_warming": 1}
+    view = model.update(stats_json(values), None, None, now=1.0)
+    x = view.header.xds
+    assert (x.connected, x.accepted, x.rejected, x.warming_listeners) == (False, 9, 3, 1)
+    text = render(view)
+    for part in ("xDS", "control plane disconnected", "updates 9 applied 3 rejected",
+                 "warming 1 listener(s) 0 cluster(s)"):
+        assert part in text
+    assert TopModel().update(stats_json({"server.uptime": 1}), None, None, now=1.0).header.xds is None

@@ -247,11 +247,33 @@ def test_admin_legacy_access_log_path_accepted():
     assert b.admin.port == 9901
 
 
-def test_dynamic_resources_from_a_control_plane_refused_files_need_the_node():
-    assert "dynamic_resources.ads_config: not supported yet" in _error(
-        _boot(dynamic_resources={"ads_config": {"api_type": "GRPC"}}))
-    assert "dynamic_resources.cds_config.api_config_source: not supported yet" in _error(
-        _boot(dynamic_resources={"cds_config": {"api_config_source": {"api_type": "GRPC"}}}))
+def test_dynamic_resources_grpc_sources_checked_files_need_the_node():
+    node = {"id": "n", "cluster": "c"}
+    grpc = {"api_type": "GRPC", "grpc_services": [{"envoy_grpc": {"cluster_name": "backend"}}]}
+    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+    ads = {"ads_config": grpc, "cds_config": {"ads": {}}, "lds_config": {"ads": {}}}
+    raw = _boot(node=node, dynamic_resources=ads)
+    raw["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = h2
+    b = parse_bootstrap(raw)
+    assert b.dynamic_resources.ads_config.cluster_name == "backend"
+    assert b.dynamic_resources.cds_config.kind == "ads"
+    # The xDS cluster must be a static HTTP/2 cluster of the bootstrap.
+    assert "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: cluster " \
+           '"backend" must speak HTTP/2' in _error(_boot(node=node, dynamic_resources=ads))
+    assert 'unknown static cluster "nope"' in _error(_boot(node=node, dynamic_resources={
+        "ads_config": {**grpc, "grpc_services": [{"envoy_grpc": {"cluster_name": "nope"}}]}}))
+    assert "dynamic_resources.cds_config.ads: needs dynamic_resources.ads_config" in _error(
+        _boot(node=node, dynamic_resources={"cds_config": {"ads": {}}}))
+    delta = dict(raw, dynamic_resources={**ads, "ads_config": {**grpc, "api_type": "DELTA_GRPC"}})
+    assert parse_bootstrap(delta).dynamic_resources.ads_config.delta is True
+    assert "dynamic_resources.cds_config.api_config_source.cluster_names: required field is missing" in _error(
+        _boot(node=node, dynamic_resources={"cds_config": {"api_config_source": {"api_type": "REST"}}}))
+    assert "dynamic_resources.ads_config.api_type: ads_config must be GRPC or DELTA_GRPC" in _error(
+        _boot(node=node, dynamic_resources={"ads_config": {"api_type": "REST", "cluster_names": ["backend"]}}))
+    rest = {"cds_config": {"api_config_source": {"api_type": "REST", "cluster_names": ["backend"]}}}
+    assert parse_bootstrap(_boot(node=node, dynamic_resources=rest)).dynamic_resources.cds_config.kind == "rest"
     assert "dynamic_resources.cds_config: type.googleapis.com/envoy.config.cluster.v3.Cluster: node " \
            "'id' and 'cluster' are required" in _error(
         _boot(dynamic_resources={"cds_config": {"path_config_source": {"path": "/x/cds.yaml"}}}))

@@ -145,14 +145,16 @@ def test_missing_stat_prefix():
     assert _err(parse_hcm, raw) == "hcm.stat_prefix: required field is missing"
 
 
-def test_route_config_required_and_rds_from_a_file_only():
+def test_route_config_required_and_rds_from_a_file_or_a_control_plane():
     raw = _hcm()
     del raw["route_config"]
     assert "one of route_config or rds is required" in _err(parse_hcm, raw)
     raw["rds"] = {"route_config_name": "r"}
     assert _err(parse_hcm, raw) == "hcm.rds.config_source: required field is missing"
     raw["rds"]["config_source"] = {"ads": {}}
-    assert _err(parse_hcm, raw).startswith("hcm.rds.config_source.ads: not supported yet")
+    assert parse_hcm(raw, "hcm").rds.config_source.kind == "ads"
+    raw["rds"]["config_source"] = {"self": {}}
+    assert _err(parse_hcm, raw).startswith("hcm.rds.config_source.self: not supported yet")
     raw["rds"]["config_source"] = {"path_config_source": {"path": "/x/rds.yaml"}}
     rds = parse_hcm(raw, "hcm").rds
     assert (rds.config_source.path, rds.route_config_name) == ("/x/rds.yaml", "r")

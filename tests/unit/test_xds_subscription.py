@@ -34,12 +34,32 @@ def test_decode_strips_type_and_refuses_another_type_by_path():
         decode_response({"resourcez": []}, CLUSTER_TYPE, "")
 
 
-def test_config_source_refuses_a_control_plane_by_path():
+def test_config_source_files_grpc_and_ads_and_refusals_by_path():
     assert parse_config_source({"path": "/a"}, "x") == ConfigSourceConfig("/a")
     assert parse_config_source({"path_config_source": {"path": "/a", "watched_directory": {"path": "/d"}}},
                                "x") == ConfigSourceConfig("/a", "/d")
-    with pytest.raises(ConfigError, match=r"^x\.api_config_source: not supported yet"):
-        parse_config_source({"api_config_source": {"api_type": "GRPC"}}, "x")
+    grpc = {"api_type": "GRPC", "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]}
+    got = parse_config_source({"api_config_source": grpc, "initial_fetch_timeout": "2.500s"}, "x")
+    assert (got.kind, got.api.cluster_name, got.initial_fetch_timeout) == ("grpc", "xds", 2.5)
+    assert parse_config_source({"ads": {}}, "x").kind == "ads"
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.grpc_services: api_type REST takes cluster_names"):
+        parse_config_source({"api_config_source": {**grpc, "api_type": "REST"}}, "x")
+    rest = parse_config_source({"api_config_source": {"api_type": "REST", "cluster_names": ["r"],
+                                                      "refresh_delay": "0.5s"}}, "x")
+    assert (rest.kind, rest.api.cluster_name, rest.api.refresh_delay, rest.api.request_timeout) == \
+        ("rest", "r", 0.5, 1.0)
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.refresh_delay: only for api_type REST"):
+        parse_config_source({"api_config_source": {**grpc, "refresh_delay": "1s"}}, "x")
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.transport_api_version: V2 is not"):
+        parse_config_source({"api_config_source": {**grpc, "transport_api_version": "V2"}}, "x")
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.api_type: .* must be of non-aggregated"):
+        parse_config_source({"api_config_source": {**grpc, "api_type": "AGGREGATED_GRPC"}}, "x")
+    with pytest.raises(ConfigError, match=r"^x\.api_config_source\.grpc_services\[0\]\.google_grpc: not supported"):
+        parse_config_source({"api_config_source": {**grpc, "grpc_services": [
+            {"google_grpc": {"target_uri": "a", "stat_prefix": "b"}}]}}, "x")
+    with pytest.raises(ConfigError, match=r"^x\.self: not supported yet"):
+        parse_config_source({"self": {}}, "x")
     with pytest.raises(ConfigError, match="V2 is not supported"):
         parse_config_source({"path": "/a", "resource_api_version": "V2"}, "x")
 

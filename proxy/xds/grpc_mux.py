@@ -1,0 +1,371 @@
+"""State-of-the-world xDS over one gRPC stream (Envoy's GrpcMuxImpl): the ADS stream shared by
+every `ads: {}` source, or one per-type stream for an `api_config_source` GRPC.
+
+Protocol, as Envoy speaks it:
+- Per type URL one DiscoveryRequest state: the resource names (LDS and CDS: wildcard, no
+  names; RDS and EDS: the union of the watches' names), the last accepted `version_info`, the
+  last received nonce. A request goes out when a type is first watched or its names change
+  (batched to the end of the loop iteration, so a CDS push that adds many EDS clusters makes
+  one EDS request) and after each response.
+- The node goes in every request, or only in a stream's first one with
+  `set_node_on_first_message_only`.
+- A response is decoded (proxy/xds/proto.py) and each resource's `@type` checked against the
+  response's type URL; each watch then gets the resources it asked for (a wildcard watch all
+  of them, even none; a named watch only when the response holds one of its names) and
+  validates and applies them through the same callbacks as a file's. If every watch accepts,
+  the ACK carries the response's version_info and nonce; if any refuses, the NACK carries the
+  last accepted version, the nonce and `error_detail` {code 13 INTERNAL, message: the
+  field-path errors} — what was refused keeps its last good config (LDS and CDS still apply
+  the good resources of the push, as Envoy) — and every watch of the type counts the
+  rejection (Envoy's onConfigUpdateFailed on all of them; a warming one stops waiting).
+- When the stream closes, `control_plane.connected_state` goes to 0 and a new stream is tried
+  after a jittered exponential backoff (Envoy's: 500 ms base, 30 s cap, full jitter); its
+  first request for each type carries the last accepted version and an empty nonce. Every
+  config in force stays in force meanwhile.
+
+Stats (main store): `control_plane.connected_state` (gauge), and through each watch its
+subscription's stats (`listener_manager.lds.*`, `cluster_manager.cds.*`, ...).
+Thread affinity: main thread only; no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from proxy.config.reader import ConfigError, all_errors
+
+from . import proto
+from .grpc_stream import GrpcStream
+from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+                           SubscriptionCallbacks, SubscriptionStats)
+
+__all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS", "fail_all"]
+
+log = logging.getLogger("ftproxy.xds")
+
+ADS_PATH = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+TYPE_PATHS = {
+    LISTENER_TYPE: "/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners",
+    CLUSTER_TYPE: "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
+    ROUTE_TYPE: "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
+    ENDPOINT_TYPE: "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
+}
+_WILDCARD_TYPES = (LISTENER_TYPE, CLUSTER_TYPE)
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+
+
+class Watch:
+    """One subscriber of one type: `names` (empty for a wildcard), its callbacks and stats.
+    `first_done` once a first answer was applied or refused (or its initial fetch timed out)."""
+
+    __slots__ = ("mux", "type_url", "names", "callbacks", "stats", "what", "first_done",
+                 "on_first_failed", "_timer")
+
+    def __init__(self, mux: GrpcMux, type_url: str, names: tuple[str, ...],
+                 callbacks: SubscriptionCallbacks, stats: SubscriptionStats, what: str,
+                 on_first_failed: Callable[[], None] | None) -> None:
+        self.mux = mux
+        self.type_url = type_url
+        self.names = names
+        self.callbacks = callbacks
+        self.stats = stats
+        self.what = what
+        self.first_done = False
+        self.on_first_failed = on_first_failed
+        self._timer = None
+
+    # `Subscription` (proxy/xds/subscription.py)
+    def start(self, initial_fetch_timeout: float = 0.0) -> None:
+        self.stats.update_attempt.inc()
+        self.mux.add_watch(self)
+        if initial_fetch_timeout > 0:
+            self._timer = self.mux.dispatcher.call_later(initial_fetch_timeout, self._fetch_timeout)
+
+    def poll(self) -> None:
+        pass   # a stream pushes
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.disable()
+            self._timer = None
+        self.mux.remove_watch(self)
+
+    def _fetch_timeout(self) -> None:
+        self._timer = None
+        if not self.first_done:
+            self.stats.init_fetch_timeout.inc()
+            log.warning("%s: no answer from the control plane within initial_fetch_timeout", self.what)
+            self._first(False)
+
+    def _first(self, ok: bool) -> None:
+        if self.first_done:
+            return
+        self.first_done = True
+        if self._timer is not None:
+            self._timer.disable()
+            self._timer = None
+        if not ok and self.on_first_failed is not None:
+            self.on_first_failed()
+
+    def failed(self, counter: str) -> None:
+        """onConfigUpdateFailed: `update_rejected` or `update_failure` (a stream that failed);
+        a first fetch ends there (Envoy lets start-up go on)."""
+        getattr(self.stats, counter).inc()
+        self.stats.update_attempt.inc()
+        self._first(False)
+
+    def deliver(self, resources: list[tuple[dict, str]], version_info: str) -> ConfigError | None:
+        """Apply; the error when refused (stats counted as Envoy's GrpcSubscriptionImpl)."""
+        self.stats.update_attempt.inc()
+        try:
+            self.callbacks.on_update(resources, version_info)
+        except ConfigError as e:
+            self.stats.update_rejected.inc()
+            for err in all_errors(e):
+                log.error("%s: update %r rejected, the previous config stays: %s",
+                          self.what, version_info, err)
+            self._first(False)
+            return e
+        self.stats.accepted(version_info)
+        log.info("%s: version %r applied (%d resource(s))", self.what, version_info, len(resources))
+        self._first(True)
+        return None
+
+
+class _TypeState:
+    __slots__ = ("watches", "version_info", "nonce", "sent_names", "dirty")
+
+    def __init__(self) -> None:
+        self.watches: list[Watch] = []
+        self.version_info = ""
+        self.nonce = ""
+        self.sent_names: tuple[str, ...] | None = None
+        self.dirty = False
+
+    def names(self, type_url: str) -> tuple[str, ...]:
+        if type_url in _WILDCARD_TYPES:
+            return ()
+        return tuple(sorted({n for w in self.watches for n in w.names}))
+
+
+class GrpcMux:
+    """One SotW stream to the cluster `cluster_name` (`path`: ADS or a per-type service).
+    `hosts()` gives the cluster's current (address, port) list; `node` is the Node message."""
+
+    def __init__(self, dispatcher, cluster_name: str, path: str, hosts: Callable[[], list],
+                 node: Any, store, set_node_on_first_message_only: bool = False,
+                 rand: Callable[[], float] = random.random,
+                 batch: Callable[[], Any] = contextlib.nullcontext, cluster: Any = None) -> None:
+        self.dispatcher = dispatcher
+        self.cluster_name = cluster_name
+        self.path = path
+        self._hosts = hosts
+        self.node = node
+        self.node_first_only = set_node_on_first_message_only
+        self.connected_state = store.gauge("control_plane.connected_state")
+        self._rand = rand
+        self._batch = batch        # around one response's deliveries (the cluster manager's)
+        self.cluster = cluster     # the xDS cluster's config: connect_timeout, http2 (windows, keepalive)
+        self.types: dict[str, _TypeState] = {}    # in subscription order
+        self.stream: GrpcStream | None = None
+        self.open = False
+        self.sent_node = False
+        self.attempt = 0                          # failed attempts since the last good answer
+        self.host_index = 0
+        self.stopped = False
+        self._flush_queued = False
+        self._retry = dispatcher.create_timer(self._connect)
+
+    # -- watches --------------------------------------------------------------------------------
+    def add_watch(self, watch: Watch) -> None:
+        st = self.types.setdefault(watch.type_url, _TypeState())
+        st.watches.append(watch)
+        st.dirty = True
+        if self.stream is None and not self._retry.enabled:
+            self._connect()
+        self._queue_flush()
+
+    def remove_watch(self, watch: Watch) -> None:
+        st = self.types.get(watch.type_url)
+        if st is None or watch not in st.watches:
+            return
+        st.watches.remove(watch)
+        if st.watches and st.names(watch.type_url) != st.sent_names:
+            st.dirty = True
+            self._queue_flush()
+
+    def pending_first(self) -> bool:
+        return any(not w.first_done for st in self.types.values() for w in st.watches)
+
+    # -- the stream -----------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self.stopped or self.stream is not None:
+            return
+        hosts = self._hosts()
+        if not hosts:
+            log.warning("xds: cluster %s has no host to reach the control plane", self.cluster_name)
+            self._schedule_retry()
+            return
+        address = hosts[self.host_index % len(hosts)]
+        self.host_index += 1
+        self.sent_node = False
+        for st in self.types.values():
+            st.nonce = ""            # a new stream: nonces of the old one mean nothing
+            st.sent_names = None
+            st.dirty = bool(st.watches)
+        self.stream = GrpcStream(self.dispatcher, address, self.cluster_name, self.path,
+                                 self._on_open, self._on_message, self._on_close,
+                                 http2=getattr(self.cluster, "http2", None),
+                                 connect_timeout=getattr(self.cluster, "connect_timeout", None))
+
+    def _on_open(self) -> None:
+        self.open = True
+        self.connected_state.set(1)
+        log.info("xds: stream to %s open", self.cluster_name)
+        self._flush()
+
+    def _on_close(self, status: int | None, message: str) -> None:
+        self.stream = None
+        self.open = False
+        self.connected_state.set(0)
+        for st in self.types.values():
+            for w in list(st.watches):
+                w.failed("update_failure")
+        log.warning("xds: stream to %s closed (%s%s); config in force stays", self.cluster_name,
+                    f"grpc-status {status}, " if status is not None else "", message)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self.stopped:
+            return
+        cap = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** min(self.attempt, 16)))
+        self.attempt += 1
+        delay = max(0.001, self._rand() * cap)
+        self._retry.enable(delay)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._retry.disable()
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        self.open = False
+        self.connected_state.set(0)
+
+    # -- requests -------------------------------------------------------------------------------
+    def _queue_flush(self) -> None:
+        if not self._flush_queued:
+            self._flush_queued = True
+            self.dispatcher.defer(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_queued = False
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.open or self.stream is None:
+            return
+        for type_url, st in self.types.items():
+            if st.dirty and st.watches:
+                self._send(type_url, st, None)
+
+    def _send(self, type_url: str, st: _TypeState, error: str | None) -> None:
+        names = st.names(type_url)
+        node = None
+        if not (self.node_first_only and self.sent_node):
+            node = self.node
+            self.sent_node = True
+        data = proto.encode_request(type_url, st.version_info, st.nonce, list(names), node, error)
+        st.sent_names = names
+        st.dirty = False
+        assert self.stream is not None
+        self.stream.send(data)
+
+    # -- responses ------------------------------------------------------------------------------
+    def _on_message(self, data: bytes) -> None:
+        try:
+            resp = proto.decode_response(data)
+        except proto.DecodeError as e:
+            log.error("xds: undecodable DiscoveryResponse from %s: %s", self.cluster_name, e)
+            if self.stream is not None:   # as Envoy's gRPC client: the stream ends, and is retried
+                self.stream.reset(f"undecodable DiscoveryResponse")
+            return
+        st = self.types.get(resp.type_url)
+        if st is None or not st.watches:
+            log.warning("xds: ignoring the message for type URL %s as it has no current "
+                        "subscribers", resp.type_url)
+            return
+        self.attempt = 0
+        st.nonce = resp.nonce
+        try:
+            error = self._apply(resp, st)
+        except Exception as e:  # a bug past validation: NACK it, keep the stream and the loop
+            log.exception("xds: applying %s %r failed", resp.type_url, resp.version_info)
+            error = f"internal error applying the update: {type(e).__name__}: {e}"
+        if error is None:
+            st.version_info = resp.version_info   # what a new stream's first request names
+        if self.stream is not None and self.open:
+            self._send(resp.type_url, st, error)
+
+    def _apply(self, resp: proto.ProtoResponse, st: _TypeState) -> str | None:
+        """Deliver to the watches; the NACK's message, or None to ACK."""
+        where = "resources"
+        decoded: list[tuple[dict, str]] = []
+        try:
+            for i, res in enumerate(resp.resources):
+                if proto.is_heartbeat(res):
+                    continue   # a TTL heartbeat: nothing to apply (TTLs are not kept)
+                path = f"{where}[{i}]"
+                d = proto.resource_to_dict(res)
+                got = d.pop("@type", None)
+                if got != resp.type_url:
+                    raise ConfigError(path, f"{got} does not match the message-wide type URL "
+                                            f"{resp.type_url} in DiscoveryResponse")
+                decoded.append((d, path))
+        except (ConfigError, ValueError) as e:
+            message = str(e)
+            for w in list(st.watches):
+                w.failed("update_rejected")
+            log.error("xds: %s response %r refused: %s", resp.type_url, resp.version_info, message)
+            return message
+        by_name = {}
+        for item in decoded:
+            name = _resource_name(item[0], resp.type_url)
+            if name is not None and name not in by_name:   # a repeated name: the first counts
+                by_name[name] = item
+        errors: list[str] = []
+        refused: list[Watch] = []
+        with self._batch():
+            for w in list(st.watches):
+                if not w.names:
+                    got = decoded
+                else:
+                    got = [by_name[n] for n in w.names if n in by_name]
+                    if not got:
+                        continue
+                e = w.deliver(got, resp.version_info)
+                if e is not None:
+                    errors.extend(str(x) for x in all_errors(e))
+                    refused.append(w)
+        if errors:
+            fail_all(st.watches, refused)
+        return "\n".join(errors) if errors else None
+
+
+def fail_all(watches: list, refused: list) -> None:
+    """A refused response fails every watch of its type, as Envoy's mux calls
+    onConfigUpdateFailed(UpdateRejected) on all of them (which also ends their warming)."""
+    for w in list(watches):
+        if w not in refused:
+            w.failed("update_rejected")
+
+
+def _resource_name(d: dict, type_url: str) -> str | None:
+    key = "cluster_name" if type_url == ENDPOINT_TYPE else "name"
+    v = d.get(key)
+    return v if isinstance(v, str) else None

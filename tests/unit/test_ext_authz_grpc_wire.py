@@ -1,5 +1,5 @@
-"""ext_authz's CheckRequest wire writer (proxy/http/filters/ext_authz_grpc.check_request) writes
-what protobuf's own objects serialize (check_request_message, the reference): parsed back, the
+"""ext_authz's CheckRequest wire writer (proxy/http/filters/ext_authz_wire.check_request) writes
+what protobuf's own objects serialize (ext_authz_proto.check_request_message, the reference): parsed back, the
 two are the same message, for requests with and without bodies, raw bodies, allowed_headers,
 duplicate headers, a downstream service cluster, IPv6 peers and context extensions; its field
 numbers are the descriptors'. And the CheckResponse reader and the query rewrite."""
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.http.filters import ext_authz_grpc as g
+from proxy.http.filters import ext_authz_proto as ref
+from proxy.http.filters import ext_authz_wire as g
 from proxy.http.headers import Headers, RequestHead
 from proxy.router.matchers import parse_string_matcher
 
-g.load_protos()
+ref.load_protos()
 
 
 class Info:
@@ -46,12 +47,12 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_wire_writer_matches_protobuf_objects(case):
     _, head, info, allowed, body, partial, raw, ext = case
-    wire = g._pb.CheckRequest.FromString(g.check_request(head, info, 2**63 + 5, allowed, body, partial, raw, ext))
-    ref = g.check_request_message(head, info, 2**63 + 5, allowed, body, partial, raw, ext)
+    wire = ref._pb.CheckRequest.FromString(g.check_request(head, info, 2**63 + 5, allowed, body, partial, raw, ext))
+    expected = ref.check_request_message(head, info, 2**63 + 5, allowed, body, partial, raw, ext)
     if body and not raw:  # the reference decodes as latin-1: compare the bytes the writer sent
         assert wire.attributes.request.http.body.encode() == body
-        ref.attributes.request.http.body = wire.attributes.request.http.body
-    assert wire == ref
+        expected.attributes.request.http.body = wire.attributes.request.http.body
+    assert wire == expected
 
 
 def test_field_numbers_are_the_descriptors():
@@ -76,14 +77,14 @@ def test_field_numbers_are_the_descriptors():
 
 
 def test_read_answer_kinds():
-    r = g._pb.CheckResponse()
+    r = ref._pb.CheckResponse()
     o = r.ok_response.headers.add()
     o.header.key, o.header.value = "X-User", "u"
     o.append.value = True
     r.ok_response.headers_to_remove.append("x-gone")
     a = g.read_answer(r.SerializeToString())
     assert (a.kind, a.headers, a.remove) == (g.ALLOW, ((b"x-user", b"u", g.APPEND),), (b"x-gone",))
-    d = g._pb.CheckResponse()
+    d = ref._pb.CheckResponse()
     d.status.code = 7
     assert (g.read_answer(d.SerializeToString()).kind, g.read_answer(d.SerializeToString()).status) == (g.DENY, 403)
     with pytest.raises(g.GrpcFailure):
@@ -101,7 +102,7 @@ def test_rewrite_query_as_envoy(path, to_set, to_remove, want):
 
 
 def _responses():
-    pb = g._pb.CheckResponse
+    pb = ref._pb.CheckResponse
     out = [("empty", pb())]
     r = pb()
     ok = r.ok_response
@@ -141,17 +142,17 @@ def _responses():
 @pytest.mark.parametrize("resp", [r for _, r in _responses()], ids=[n for n, _ in _responses()])
 def test_wire_reader_matches_protobuf_objects(resp):
     data = resp.SerializeToString()
-    assert g.read_answer(data) == g.read_answer_message(data)
+    assert g.read_answer(data) == ref.read_answer_message(data)
 
 
 def test_wire_reader_merges_repeated_singular_messages_as_protobuf():
     # Two occurrences of ok_response (a peer may send a message in pieces): merged.
-    a = g._pb.CheckResponse()
+    a = ref._pb.CheckResponse()
     a.ok_response.headers_to_remove.append("x-1")
-    b = g._pb.CheckResponse()
+    b = ref._pb.CheckResponse()
     b.ok_response.headers_to_remove.append("x-2")
     data = a.SerializeToString() + b.SerializeToString()
-    assert g.read_answer(data) == g.read_answer_message(data)
+    assert g.read_answer(data) == ref.read_answer_message(data)
     assert g.read_answer(data).remove == (b"x-1", b"x-2")
 
 

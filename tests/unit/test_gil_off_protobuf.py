@@ -1,7 +1,8 @@
-"""On a free-threaded build, ext_authz's gRPC service keeps the GIL off: loading its protobuf
-classes (proxy/grpc/protobuf_env.py selects the pure-Python backend first) and building and
-reading its messages. In a fresh interpreter, as test_gil_off.py (which imports every module,
-but protobuf is loaded only when a config names a gRPC service)."""
+"""On a free-threaded build, Envoy's protobuf classes keep the GIL off: loading them
+(proxy/grpc/protobuf_env.py selects the pure-Python backend first; ext_authz_proto.py, the
+reference of ext_authz's wire writer, as xDS's proto.py) and reading a message the wire writer
+wrote. In a fresh interpreter, as test_gil_off.py (which imports every module, but not
+protobuf: nothing on ext_authz's request path uses it)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 _CHILD = r"""
 import sys
 assert not sys._is_gil_enabled()
-from proxy.http.filters import ext_authz_grpc as g
+from proxy.http.filters import ext_authz_proto as ref
+from proxy.http.filters import ext_authz_wire as g
 from proxy.http.headers import Headers, RequestHead
-g.load_protos()
+ref.load_protos()
 class Info:
     downstream_direct_remote_address = "127.0.0.1:5000"
     downstream_local_address = "127.0.0.1:10000"
@@ -25,7 +27,7 @@ class Info:
     bytes_received = 0
 head = RequestHead(b"GET", b"/x", b"a", b"http", Headers([(b"authorization", b"Bearer t")]))
 data = g.check_request(head, Info(), 7, (), b"body", False, False, {"k": "v"})
-msg = g._pb.CheckRequest.FromString(data)
+msg = ref._pb.CheckRequest.FromString(data)
 assert msg.attributes.request.http.body == "body", msg
 from proxy.grpc.protobuf_env import implementation
 print(implementation(), sys._is_gil_enabled())

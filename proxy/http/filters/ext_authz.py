@@ -1,12 +1,12 @@
 """`envoy.filters.http.ext_authz` with an HTTP or a gRPC authorization service: each request is
 first shown to the service; its answer lets the request on, or ends it.
 
-The gRPC service (`grpc_service`, envoy.service.auth.v3.Authorization/Check): the CheckRequest
-and CheckResponse are ext_authz_grpc.py's; the call is a unary gRPC POST (HTTP/2 to a cluster
-with http2_protocol_options) over the same async client. OK -> allowed (the answer's header
-mutations, removals, query parameters, response headers; a request header the mutations would
-make invalid -> 503 with flag DPE, as Envoy's header check after the filter); a gRPC error, a timeout, no cluster,
-a failed connection -> an error as below; else denied (the answer's status, default 403, body
+The gRPC service (`grpc_service`, envoy.service.auth.v3.Authorization/Check; its config is
+ext_authz_grpc.py's): the CheckRequest and CheckResponse are ext_authz_wire.py's; the call is a
+unary gRPC POST (HTTP/2 to a cluster with http2_protocol_options) over the same async client.
+OK -> allowed (the answer's header mutations, removals, query parameters, response headers; a
+request header the mutations would make invalid -> 503 with flag DPE, as Envoy's header check
+after the filter); a gRPC error, a timeout, no cluster, a failed connection -> an error as below; else denied (the answer's status, default 403, body
 and headers). Per route `check_settings.context_extensions` go in the request (merged from the
 least specific level to the most). Stats as the HTTP service's.
 
@@ -51,8 +51,8 @@ from ...router.header_mutation import ValueFormat, compile_value_format
 from ...router.matchers import StringMatcher, parse_string_matcher
 from ...grpc.unary import GrpcFailure, frame, reply_message, request_headers
 from ..async_client import AsyncRequest, AsyncResponse
-from . import ext_authz_grpc as authz_grpc
-from .ext_authz_grpc import GrpcAuthzService, parse_grpc_service
+from . import ext_authz_wire as wire
+from .ext_authz_grpc import SERVICE_PATH, GrpcAuthzService, parse_grpc_service
 from ..filter import FilterDataStatus, FilterHeadersStatus, PassThroughFilter
 
 __all__ = ["ExtAuthz", "ExtAuthzPerRoute", "parse_ext_authz", "parse_ext_authz_per_route"]
@@ -104,7 +104,7 @@ class ExtAuthzPerRoute:
 
 
 EXT_AUTHZ = Message(PROTO, title="HTTP filter ext_authz", model=ExtAuthz, fields=(
-    used("grpc_service", why="its own table (ext_authz_grpc.py)"),
+    used("grpc_service", why="its own table (ext_wire.py)"),
     used("http_service", attr="cluster", why="its own table"),
     inert("transport_api_version", "V3 is the only version (AUTO means V3); the HTTP service has none"),
     used("failure_mode_allow", False),
@@ -431,14 +431,14 @@ class ExtAuthzFilter(PassThroughFilter):
             extensions.update(level.context_extensions)
         settings = self.body
         rand = wf.worker.rand_bits
-        message = authz_grpc.check_request(
+        message = wire.check_request(
             self.head, self.cb.stream_info, rand() << 32 | rand(), cfg.allowed_headers,
             body if settings is not None else None, partial,
             settings is not None and settings.pack_as_bytes, extensions)
         metadata = tuple((name, value.format(self.cb).encode("latin-1", "replace"))
                          for name, value in service.initial_metadata)
         self.pending = True
-        self.request = AsyncRequest(wf.worker, service.cluster, b"POST", authz_grpc.SERVICE_PATH,
+        self.request = AsyncRequest(wf.worker, service.cluster, b"POST", SERVICE_PATH,
                                     service.authority, request_headers(service.timeout, metadata),
                                     frame(message), service.timeout, self._on_grpc_answer,
                                     send_xff=True)   # Envoy's gRPC async client appends its address
@@ -452,16 +452,16 @@ class ExtAuthzFilter(PassThroughFilter):
         try:
             if response.local:
                 raise GrpcFailure(14, response.details)
-            answer = authz_grpc.read_answer(reply_message(response.status, response.headers,
+            answer = wire.read_answer(reply_message(response.status, response.headers,
                                                           response.body, response.trailers))
         except GrpcFailure:
             wf.error.value += 1
             self._on_error()
             return
-        if answer.kind == authz_grpc.ALLOW:
+        if answer.kind == wire.ALLOW:
             wf.ok.value += 1
             self._allow_grpc(answer)
-        elif answer.kind == authz_grpc.DENY:
+        elif answer.kind == wire.DENY:
             wf.denied.value += 1
             self._reply(answer.status, answer.body, "ext_authz_denied", _reply_headers(answer.headers))
         else:
@@ -473,17 +473,17 @@ class ExtAuthzFilter(PassThroughFilter):
         headers = head.headers
         mutations = [m for m in answer.headers if m[0][:1] != b":"]
         self.response_mutations = answer.response_headers   # on any reply, the local one too
-        bad = authz_grpc.invalid_header(mutations)
+        bad = wire.invalid_header(mutations)
         if bad is not None:  # Envoy: the request's headers are checked once the filter goes on
             self.cb.send_local_reply(503, bad.encode("latin-1"), "DPE",
                                      "filter_removed_required_request_headers{%s}" % bad.replace(" ", "_"))
             return
-        changed = authz_grpc.apply_mutations(headers, mutations)
+        changed = wire.apply_mutations(headers, mutations)
         for name in answer.remove:
             if name[:1] != b":" and name != b"host":   # Envoy's isRemovableHeader
                 changed = headers.remove(name) or changed
         if answer.query_set or answer.query_remove:
-            head.set_path(authz_grpc.rewrite_query(head.path, answer.query_set, answer.query_remove))
+            head.set_path(wire.rewrite_query(head.path, answer.query_set, answer.query_remove))
             changed = True
         if changed and self.wf.config.clear_route_cache:
             self.cb.clear_route_cache()
@@ -558,7 +558,7 @@ class ExtAuthzFilter(PassThroughFilter):
         for name, value in self.on_success_headers:
             head.headers.set(name, value)
         if self.response_mutations:
-            authz_grpc.apply_mutations(head.headers, self.response_mutations)
+            wire.apply_mutations(head.headers, self.response_mutations)
         return _CONTINUE
 
     def on_destroy(self) -> None:

@@ -417,8 +417,10 @@ def check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str
             for fi, flt in enumerate(chain.filters):
                 raw_hcm = getattr(flt.config, "raw", None)
                 tracing = getattr(flt.config, "tracing", None)
-                if tracing is not None and tracing.provider.collector_cluster not in clusters:
-                    # Envoy's zipkin driver checks its collector cluster at load.
+                if (tracing is not None and tracing.provider.collector_cluster not in clusters
+                        and getattr(tracing.provider, "cluster_checked_at_load", True)):
+                    # Envoy's zipkin driver checks its collector cluster at load (the
+                    # OpenTelemetry one does not: its gRPC client fails each export).
                     errors.add(ConfigError(
                         join(index(join(cpath, "filters"), fi),
                              "typed_config.tracing.provider.typed_config.collector_cluster"),

@@ -301,8 +301,9 @@ class CollectorPost:
 
 
 class Exporters:
-    """The process's span exporters (main thread): one per distinct Zipkin provider config,
-    as Envoy keeps one driver per tracer config; their stats share the `tracing.zipkin.`
+    """The process's span exporters (main thread): one per distinct provider config (Zipkin's
+    ZipkinExporter, OpenTelemetry's otlp_exporter.OtlpExporter), as Envoy keeps one driver
+    per tracer config; their stats share the `tracing.zipkin.` / `tracing.opentelemetry.`
     names."""
 
     def __init__(self, main, store, local: LocalInfo) -> None:
@@ -312,10 +313,13 @@ class Exporters:
         self.clusters = lambda: {}
         self._by_config: dict = {}
 
-    def exporter_for(self, zipkin_config) -> ZipkinExporter:
+    def exporter_for(self, zipkin_config):
         e = self._by_config.get(zipkin_config)
         if e is None:
-            e = self._by_config[zipkin_config] = ZipkinExporter(
+            from .otel_config import OpenTelemetryConfig
+            from .otlp_exporter import OtlpExporter
+            kind = OtlpExporter if isinstance(zipkin_config, OpenTelemetryConfig) else ZipkinExporter
+            e = self._by_config[zipkin_config] = kind(
                 zipkin_config, self.local, self.main, self.store, lambda: self.clusters())
         return e
 

@@ -1,0 +1,277 @@
+"""OpenTelemetry span export: OTLP over gRPC (`/opentelemetry.proto.collector.trace.v1.
+TraceService/Export`, unary) from the main thread to a host of the `envoy_grpc` cluster, as
+Envoy's OpenTelemetryGrpcTraceExporter does, batched as the Zipkin exporter batches.
+
+- Workers hand finished spans over in batches (exporter.SpanBatcher, shared with Zipkin).
+- Main (`OtlpExporter`): as Envoy's tracer, an export goes out once MIN_FLUSH_SPANS
+  (`tracing.opentelemetry.min_flush_spans`, 5) are pending and every FLUSH_INTERVAL
+  (`tracing.opentelemetry.flush_interval_ms`, 5 s; `timer_flushed` counts the ticks). One
+  export is out at a time and the next carries every span gathered meanwhile (Envoy: one per
+  5 spans per worker). At most `max_cache_size` spans wait (Envoy's span buffer bound,
+  1024): more are dropped and counted in `spans_dropped`. `spans_sent` counts the spans of
+  every export attempted (Envoy's names, `tracing.opentelemetry.*`).
+- The gRPC call: HTTP/2 with prior knowledge (h2, as the gRPC health checks), one connection
+  kept and a stream per export; `:authority` the envoy_grpc authority or the cluster's name,
+  `grpc-timeout` and a deadline from `grpc_service.timeout` (without one, REQUEST_TIMEOUT
+  bounds the export: the deadline is ftproxy's, the header is not sent, as Envoy sends none),
+  `initial_metadata` added. A failed export is not retried (Envoy neither); the cluster's
+  `upstream_cx_total`, `upstream_cx_connect_fail`, `upstream_rq_total` and
+  `upstream_rq_timeout` count what happened, as Envoy's gRPC client charges them.
+
+Thread affinity: `batcher_for` on any worker (under `_batchers_lock`); everything else on main.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from h2 import events as h2events
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from .. import __version__
+from ..upstream.health_checker import MainSocket
+from . import exporter as common
+from .otlp import Resource, encode_export_request
+
+__all__ = ["OtlpExporter", "EXPORT_PATH"]
+
+log = logging.getLogger("ftproxy.tracing")
+
+EXPORT_PATH = b"/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+MIN_FLUSH_SPANS = 5
+REQUEST_TIMEOUT = 5.0
+SDK_NAME = "ftproxy"
+SCOPE_NAME = "envoy"          # Envoy's instrumentation scope: the spans it defines
+
+
+def _count(spans: list) -> int:
+    return len(spans) + sum(1 for s in spans if s.child is not None and s.child.duration_us)
+
+
+class OtlpExporter:
+    def __init__(self, config, local, main, store, clusters) -> None:
+        """`local`: this process's node (common attributes); `main`: the main Dispatcher;
+        `store`: the main stats store; `clusters()`: the cluster snapshots (main thread)."""
+        self.config = config
+        self.main = main
+        self.store = store
+        self.clusters = clusters
+        version = f"ftproxy/{__version__}"
+        self.resource = Resource(
+            [("service.name", config.service_name), ("telemetry.sdk.name", SDK_NAME),
+             ("telemetry.sdk.version", version), ("telemetry.sdk.language", "python")],
+            SCOPE_NAME, version, local.node_id, local.zone)
+        scope = store.scope("tracing.opentelemetry")
+        self.spans_sent = scope.counter("spans_sent")
+        self.spans_dropped = scope.counter("spans_dropped")
+        self.timer_flushed = scope.counter("timer_flushed")
+        cluster = store.scope(f"cluster.{config.cluster_name}")
+        self.cx_total = cluster.counter("upstream_cx_total")
+        self.cx_connect_fail = cluster.counter("upstream_cx_connect_fail")
+        self.rq_total = cluster.counter("upstream_rq_total")
+        self.rq_timeout = cluster.counter("upstream_rq_timeout")
+        authority = (config.authority or config.cluster_name).encode()
+        headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", authority),
+                   (b":path", EXPORT_PATH), (b"content-type", b"application/grpc"),
+                   (b"te", b"trailers")]
+        if config.timeout is not None:
+            headers.append((b"grpc-timeout", b"%dm" % max(1, round(config.timeout * 1000))))
+        headers.extend(config.initial_metadata)
+        self.request_headers = headers
+        self.timeout = config.timeout if config.timeout is not None else REQUEST_TIMEOUT
+        self.pending: list = []
+        self.pending_count = 0
+        self.channel: GrpcChannel | None = None
+        self.in_flight = False
+        self._next_host = 0
+        self._timer = None
+        self.exports_ok = 0          # answered grpc-status 0 (tests, /stats has no such name)
+        self.exports_failed = 0
+        self._batchers_lock = threading.Lock()  # guards _batchers (registered from workers)
+        self._batchers: dict[int, common.SpanBatcher] = {}
+
+    def batcher_for(self, worker) -> common.SpanBatcher:
+        with self._batchers_lock:
+            b = self._batchers.get(id(worker))
+            if b is None:
+                b = self._batchers[id(worker)] = common.SpanBatcher(self, worker.dispatcher)
+            return b
+
+    # -- main thread -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._timer = self.main.create_timer(self._on_timer)
+        self._timer.enable(common.FLUSH_INTERVAL)
+
+    def receive(self, spans: list) -> None:
+        room = self.config.max_cache_size - self.pending_count
+        for span in spans:
+            n = 2 if span.child is not None and span.child.duration_us else 1
+            if n > room:
+                self.spans_dropped.inc(n)
+                continue
+            room -= n
+            self.pending.append(span)
+            self.pending_count += n
+        if self.pending_count >= MIN_FLUSH_SPANS and not self.in_flight:
+            self.flush()
+
+    def _on_timer(self) -> None:
+        try:
+            self.timer_flushed.inc()
+            if not self.in_flight:
+                self.flush()
+        finally:
+            self._timer.enable(common.FLUSH_INTERVAL)
+
+    def flush(self) -> None:
+        spans, self.pending, self.pending_count = self.pending, [], 0
+        if not spans:
+            return
+        self.spans_sent.inc(_count(spans))
+        cluster = self.clusters().get(self.config.cluster_name)
+        hosts = (cluster.lb_hosts or cluster.hosts) if cluster is not None else ()
+        if not hosts:
+            self.exports_failed += 1   # Envoy: the async client fails the call (no host)
+            return
+        body = encode_export_request(spans, self.resource)
+        message = b"\x00" + len(body).to_bytes(4, "big") + body
+        channel = self.channel
+        if channel is None or channel.closed:
+            host = hosts[self._next_host % len(hosts)]
+            self._next_host += 1
+            self.cx_total.inc()
+            channel = self.channel = GrpcChannel(self, (host.address, host.port))
+        self.in_flight = True
+        self.rq_total.inc()
+        channel.call(self.request_headers, message, self.timeout)
+
+    def call_done(self, ok: bool) -> None:
+        self.in_flight = False
+        if ok:
+            self.exports_ok += 1
+        else:
+            self.exports_failed += 1
+        if self.pending_count >= MIN_FLUSH_SPANS:
+            self.main.defer(self._flush_if_idle)  # not from inside the channel's callback
+
+    def _flush_if_idle(self) -> None:
+        if not self.in_flight and self.pending_count >= MIN_FLUSH_SPANS:
+            self.flush()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.disable()
+        if self.channel is not None:
+            self.channel.close()
+
+
+class GrpcChannel:
+    """One HTTP/2 (h2c) connection to a collector on the main Dispatcher, one unary call at a
+    time: `call(headers, message, timeout)`, then `exporter.call_done(ok)` exactly once."""
+
+    def __init__(self, exporter: OtlpExporter, address: tuple[str, int]) -> None:
+        self.exporter = exporter
+        self.closed = False
+        self.connected = False
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.stream_id = 0
+        self.calling = False
+        self._reset()
+        self.timer = None
+        self.sock = MainSocket(exporter.main, address, self._on_connected, self._on_data,
+                               self._on_closed)
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.grpc_status: bytes | None = None
+
+    def call(self, headers: list, message: bytes, timeout: float) -> None:
+        self._reset()
+        self.calling = True
+        self.stream_id = sid = self.h2.get_next_available_stream_id()
+        try:
+            self.h2.send_headers(sid, headers)
+            self.h2.send_data(sid, message, end_stream=True)
+        except H2Error as e:   # e.g. a message over the peer's window: the call fails
+            log.debug("otlp export: %s", e)
+            self.close()
+            self._finish(False)
+            return
+        self.timer = self.exporter.main.call_later(timeout, self._on_timeout)
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.h2.data_to_send()
+        if out:
+            self.sock.write(out)
+
+    def _on_connected(self) -> None:
+        self.connected = True
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except H2Error:
+            self.close()
+            self._finish(False)
+            return
+        for ev in events:
+            sid = getattr(ev, "stream_id", None)
+            if isinstance(ev, (h2events.ResponseReceived, h2events.TrailersReceived)) \
+                    and sid == self.stream_id:
+                for k, v in ev.headers:
+                    if k == b":status":
+                        self.status = int(v)
+                    elif k == b"grpc-status":
+                        self.grpc_status = v
+            elif isinstance(ev, h2events.DataReceived):
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2events.StreamEnded) and sid == self.stream_id:
+                self._finish(self.status == 200 and self.grpc_status == b"0")
+            elif isinstance(ev, h2events.StreamReset) and sid == self.stream_id:
+                self._finish(False)
+            elif isinstance(ev, h2events.ConnectionTerminated):
+                self.close()
+                self._finish(False)
+                return
+        if not self.closed:
+            self._flush()
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if not self.calling:
+            return
+        self.exporter.rq_timeout.inc()
+        try:
+            self.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+            self._flush()
+        except H2Error:
+            self.close()
+        self._finish(False)
+
+    def _on_closed(self) -> None:
+        self.closed = True
+        if not self.connected:
+            self.exporter.cx_connect_fail.inc()
+        self._finish(False)
+
+    def _finish(self, ok: bool) -> None:
+        if not self.calling:
+            return
+        self.calling = False
+        if self.timer is not None:
+            self.timer.disable()
+            self.timer = None
+        if not ok:
+            log.debug("otlp export failed (status %s, grpc-status %s)", self.status, self.grpc_status)
+        self.exporter.call_done(ok)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()

@@ -306,3 +306,59 @@ def test_an_unknown_grpc_cluster_loads_as_envoy_does(upstream):
     provider = {**OTEL, "typed_config": {**OTEL["typed_config"], "grpc_service": {
         "envoy_grpc": {"cluster_name": "nosuch"}}}}
     parse_bootstrap(_config(upstream.port, 2, provider=provider))
+
+
+# -- Envoy's opentelemetry example: front-proxy -> envoy-1 -> envoy-2 -> service-2 ------------
+
+def test_envoy_opentelemetry_example_three_proxies_one_trace(collector):
+    """The example as published (tests/envoy_examples/opentelemetry), the test collector
+    playing its otel collector (`opentelemetry:4317`)."""
+    from .test_tracing_zipkin import EXAMPLES, _ports, _run_example, _Service, _wait
+    s1, s2 = _Service(1), _Service(2)
+    otel = ("opentelemetry", 4317)
+    servers = []
+    try:
+        envoy2 = _run_example(EXAMPLES / "opentelemetry/envoy-2.yaml",
+                              {("service-2", 8080): s2.port, otel: collector.port})
+        servers.append(envoy2)
+        envoy1 = _run_example(EXAMPLES / "opentelemetry/envoy-1.yaml",
+                              {("service-1", 8080): s1.port, ("envoy-2", 10000): _ports(envoy2)[0],
+                               otel: collector.port})
+        servers.append(envoy1)
+        e1_in, e1_out = _ports(envoy1)
+        front = _run_example(EXAMPLES / "opentelemetry/envoy-front-proxy.yaml",
+                             {("envoy-1", 10000): e1_in, ("envoy-1", 10001): e1_out,
+                              otel: collector.port})
+        servers.append(front)
+        port = _ports(front)[0]
+        for path, text in (("/trace/1", "service 1"), ("/trace/2", "service 2")):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", path)
+            r = conn.getresponse()
+            assert f"Hello from behind Envoy ({text})!" in r.read().decode()
+            conn.close()
+        # /trace/2 crosses three proxies: front (egress: a CLIENT span), envoy-1's egress
+        # listener (CLIENT, the child of front's), envoy-2 (SERVER, the child of envoy-1's,
+        # named by the operation envoy-1's decorator sent).
+        trace, span_id, sampled = TRACEPARENT.match(s2.headers[0]["traceparent"]).groups()
+        assert sampled == "1"
+        assert _wait(lambda: len([s for s in collector.spans if s["trace_id"] == trace]) == 3)
+        spans = {s["resource"]["service.name"]: s for s in collector.spans if s["trace_id"] == trace}
+        f, e1, e2 = spans["front-envoy"], spans["envoy-1"], spans["envoy-2"]
+        assert (f["kind"], f["name"], f["parent_span_id"]) == ("CLIENT", "routeToEnvoy2ViaEnvoy1", "")
+        assert (e1["kind"], e1["name"], e1["parent_span_id"]) == ("CLIENT", "routeToEnvoy2", f["span_id"])
+        assert (e2["kind"], e2["name"], e2["parent_span_id"]) == ("SERVER", "routeToEnvoy2", e1["span_id"])
+        assert span_id == e2["span_id"]
+        assert "x-envoy-decorator-operation" not in s2.headers[0]
+        # /trace/1: front (CLIENT) -> envoy-1 ingress (SERVER, its child) -> service-1.
+        trace1 = TRACEPARENT.match(s1.headers[0]["traceparent"]).group(1)
+        assert _wait(lambda: len([s for s in collector.spans if s["trace_id"] == trace1]) == 2)
+        one = {s["resource"]["service.name"]: s for s in collector.spans if s["trace_id"] == trace1}
+        assert (one["front-envoy"]["kind"], one["front-envoy"]["name"]) == ("CLIENT", "routeToEnvoy1")
+        assert (one["envoy-1"]["kind"], one["envoy-1"]["name"]) == ("SERVER", "routeToEnvoy1")
+        assert one["envoy-1"]["parent_span_id"] == one["front-envoy"]["span_id"]
+    finally:
+        for server in reversed(servers):
+            server.request_shutdown()
+        s1.close()
+        s2.close()

@@ -4,7 +4,8 @@ writes it (source/extensions/tracers/opentelemetry: SpanContextExtractor, Span::
 - Extraction: the first `traceparent` field, exactly 55 characters `vv-<32 hex>-<16 hex>-ff`
   (any two-hex-digit version, upper or lower case), neither id all zeros; else the context is
   invalid (`InvalidContext`: Envoy starts a null span, injects nothing and passes the headers
-  on as they came). Sampled is the flags' low bit: it replaces the HCM's decision. Every
+  on as they came). Sampled is the flags' low bit; the span is sampled when it and the HCM's
+  decision both are (tracer.py), as Envoy 1.40 decides (checked against it). Every
   `tracestate` field, joined with ",", is kept on the span.
 - The server span is a child of the caller's span (a new span id, the caller's as parent), in
   the caller's trace; a request without `traceparent` starts a 128-bit trace.

@@ -164,8 +164,9 @@ class WorkerTracer:
     def _start_otel(self, stream, headers, h: dict, route, reason: int, traced: bool,
                     kind: str) -> None:
         """Envoy's OpenTelemetry Driver::startSpan: a request's `traceparent` makes the span
-        a child of the caller's (its sampled flag obeyed, its tracestate kept); without one, a
-        new 128-bit trace with the HCM's decision; one that does not parse, no span at all."""
+        a child of the caller's (sampled when its flag and the HCM's decision both are, its
+        tracestate kept); without one, a new 128-bit trace with the HCM's decision; one that
+        does not parse, no span at all."""
         getrandbits = self.rng.getrandbits
         value = h.get(traceparent.TRACEPARENT)
         if value is None:
@@ -176,8 +177,10 @@ class WorkerTracer:
                 trace, parent, sampled, state = traceparent.extract(value, headers.fields)
             except InvalidContext:
                 return  # Envoy: a null span; nothing injected, the headers pass as they came
-            span = Span(trace, "%016x" % getrandbits(64), parent, sampled, self.default_name,
-                        kind, 0)
+            # Envoy 1.40 samples a joined span only when both the caller's flag and the
+            # HCM's decision say so (either one off: unsampled).
+            span = Span(trace, "%016x" % getrandbits(64), parent, sampled and traced,
+                        self.default_name, kind, 0)
             span.remote_parent = True
             if state:
                 span.trace_state = state

@@ -123,28 +123,35 @@ def test_each_request_gets_a_server_span_with_envoys_attributes_and_traceparent_
         p.stop()
 
 
-def test_an_incoming_traceparent_makes_the_span_its_child_and_its_flag_and_tracestate_are_kept(
+def test_an_incoming_traceparent_makes_the_span_its_child_sampled_with_the_decision_and_tracestate_kept(
         upstream, collector):
     p = ProxyUnderTest(_config(upstream.port, collector.port, random_sampling={"value": 0}))
     try:
-        # Random sampling is off: the caller's sampled flag decides, as Envoy's.
+        # As Envoy 1.40: a joined span is sampled when the caller's flag and the HCM's
+        # decision (here x-request-id's mark, random sampling being off) both are.
+        marked = "11111111-2222-9333-8444-555555555555"
         _, sampled = _get(p.port, "/s", {
             "traceparent": "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
-            "tracestate": "congo=t61rcWkgMzE"})
+            "tracestate": "congo=t61rcWkgMzE", "x-request-id": marked})
         _, unsampled = _get(p.port, "/u", {
-            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"})
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            "x-request-id": marked})
+        _, undecided = _get(p.port, "/n", {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
         trace, span_id, flag = _context(sampled)
         assert (trace, flag) == ("0af7651916cd43dd8448eb211c80319c", "1")
         assert span_id != "b7ad6b7169203331"
         assert sampled["headers"]["tracestate"] == "congo=t61rcWkgMzE"
         assert _context(unsampled)[2] == "0"
+        assert _context(undecided)[2] == "0"
         assert p.wait_for(lambda: len(collector.spans) == 1, timeout=3)
         span = collector.spans[0]
         assert span["span_id"] == span_id and span["parent_span_id"] == "b7ad6b7169203331"
         assert span["trace_id"] == trace and span["trace_state"] == "congo=t61rcWkgMzE"
         assert span["flags"] == 0x301   # its parent is remote
         c = p.counters()
-        assert c["http.ingress_http.tracing.not_traceable"] == 2
+        assert c["http.ingress_http.tracing.random_sampling"] == 2
+        assert c["http.ingress_http.tracing.not_traceable"] == 1
         assert c["tracing.opentelemetry.spans_sent"] == 1
     finally:
         p.stop()

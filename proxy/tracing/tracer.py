@@ -190,7 +190,14 @@ class WorkerTracer:
         if self.spawn_upstream:
             span.child = span.child_span("%016x" % getrandbits(64), "", 0)
             span = span.child
-        traceparent.inject(span, headers)
+        if value is None and traceparent.TRACESTATE not in h:
+            # The usual request: nothing to replace, the two fields go at the end (no scans).
+            fields = headers.fields
+            fields.append((traceparent.TRACEPARENT, b"00-%s-%s-0%s" % (
+                span.trace_id.encode(), span.id.encode(), b"1" if span.sampled else b"0")))
+            fields.append((traceparent.TRACESTATE, b""))
+        else:
+            traceparent.inject(span, headers)
 
     def _name(self, span: Span, headers, h: dict, route) -> None:
         """The decorator's operation names the span; x-envoy-decorator-operation goes

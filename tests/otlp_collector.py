@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.base import CodecBase
@@ -19,7 +20,7 @@ from grpclib.server import Server
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest, ExportTraceServiceResponse)
 
-__all__ = ["OtlpCollector", "EXPORT_PATH", "KINDS"]
+__all__ = ["OtlpCollector", "OtlpHttpCollector", "EXPORT_PATH", "KINDS"]
 
 EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -90,15 +91,7 @@ class OtlpCollector:
 
     @property
     def spans(self) -> list[dict]:
-        out = []
-        with self.lock:
-            reports = list(self.reports)
-        for _, request in reports:
-            for rs in request.resource_spans:
-                resource = {a.key: _value(a.value) for a in rs.resource.attributes}
-                for ss in rs.scope_spans:
-                    out.extend(span_dict(s, resource, ss) for s in ss.spans)
-        return out
+        return _spans(self)
 
     def close(self) -> None:
         async def stop() -> None:
@@ -107,3 +100,56 @@ class OtlpCollector:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def _spans(collector) -> list[dict]:
+    out = []
+    with collector.lock:
+        reports = list(collector.reports)
+    for _, request in reports:
+        for rs in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                out.extend(span_dict(s, resource, ss) for s in ss.spans)
+    return out
+
+
+class OtlpHttpCollector:
+    """An OTLP/HTTP collector (protobuf POSTs, any path): records (path, headers, request) and
+    answers `status`."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.reports: list[tuple[dict, ExportTraceServiceRequest]] = []
+        self.lock = threading.Lock()  # guards reports (handler threads)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                headers[":path"] = self.path
+                with outer.lock:
+                    outer.reports.append((headers, request))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def spans(self) -> list[dict]:
+        return _spans(self)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -217,8 +217,12 @@ class CollectorPost:
     """One report: connect, write the request, read the status line, close (main thread,
     non-blocking on the main Dispatcher)."""
 
-    def __init__(self, exporter: ZipkinExporter, address: tuple[str, int], request: bytes) -> None:
+    def __init__(self, exporter: ZipkinExporter, address: tuple[str, int], request: bytes,
+                 timeout: float | None = None) -> None:
+        """`exporter`: whose `main` Dispatcher runs the post and whose `report_done(post,
+        status)` hears the outcome (the OTLP/HTTP exporter's too)."""
         self.exporter = exporter
+        self.timeout = REQUEST_TIMEOUT if timeout is None else timeout
         self.address = address
         self.out = memoryview(request)
         self.received = b""
@@ -241,7 +245,7 @@ class CollectorPost:
             return
         main = self.exporter.main
         main.register(self.sock, WRITE, self._on_event)
-        self.timer = main.call_later(REQUEST_TIMEOUT, lambda: self._done(None))
+        self.timer = main.call_later(self.timeout, lambda: self._done(None))
 
     def _on_event(self, mask: int) -> None:
         sock = self.sock

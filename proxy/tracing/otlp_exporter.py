@@ -1,4 +1,4 @@
-"""OpenTelemetry span export: OTLP over gRPC (`/opentelemetry.proto.collector.trace.v1.
+"""OpenTelemetry span export: OTLP over gRPC or HTTP (`/opentelemetry.proto.collector.trace.v1.
 TraceService/Export`, unary) from the main thread to a host of the `envoy_grpc` cluster, as
 Envoy's OpenTelemetryGrpcTraceExporter does, batched as the Zipkin exporter batches.
 
@@ -17,6 +17,10 @@ Envoy's OpenTelemetryGrpcTraceExporter does, batched as the Zipkin exporter batc
   `initial_metadata` added. A failed export is not retried (Envoy neither); the cluster's
   `upstream_cx_total`, `upstream_cx_connect_fail`, `upstream_rq_total` and
   `upstream_rq_timeout` count what happened, as Envoy's gRPC client charges them.
+- Or OTLP/HTTP (`http_service`): a POST of the same protobuf (`application/x-protobuf`) to the
+  `http_uri`'s path with its authority as Host and `request_headers_to_add`, by
+  exporter.CollectorPost (HTTP/1.1, one connection per export), within `http_uri.timeout`;
+  success is a 200.
 
 Thread affinity: `batcher_for` on any worker (under `_batchers_lock`); everything else on main.
 """
@@ -46,6 +50,7 @@ MIN_FLUSH_SPANS = 5
 REQUEST_TIMEOUT = 5.0
 SDK_NAME = "ftproxy"
 SCOPE_NAME = "envoy"          # Envoy's instrumentation scope: the spans it defines
+USER_AGENT = b"OTel-OTLP-Exporter-ftproxy/" + __version__.encode()  # Envoy: ...-Envoy/<version>
 
 
 def _count(spans: list) -> int:
@@ -83,6 +88,16 @@ class OtlpExporter:
         headers.extend(config.initial_metadata)
         self.request_headers = headers
         self.timeout = config.timeout if config.timeout is not None else REQUEST_TIMEOUT
+        self.http = http = config.http
+        self.post = None
+        if http is not None:
+            fields = {b"host": http.host.encode("latin-1"),
+                      b"content-type": b"application/x-protobuf", b"user-agent": USER_AGENT}
+            fields.update(http.headers)   # set, as Envoy's setCopy: a later one replaces
+            fields.pop(b"content-length", None)
+            fields[b"connection"] = b"close"
+            self.http_head = b"POST %s HTTP/1.1\r\n" % http.path.encode("latin-1") + b"".join(
+                k + b": " + v + b"\r\n" for k, v in fields.items())
         self.pending: list = []
         self.pending_count = 0
         self.channel: GrpcChannel | None = None
@@ -138,6 +153,9 @@ class OtlpExporter:
             self.exports_failed += 1   # Envoy: the async client fails the call (no host)
             return
         body = encode_export_request(spans, self.resource)
+        if self.http is not None:
+            self._post(hosts, body)
+            return
         message = b"\x00" + len(body).to_bytes(4, "big") + body
         channel = self.channel
         if channel is None or channel.closed:
@@ -148,6 +166,27 @@ class OtlpExporter:
         self.in_flight = True
         self.rq_total.inc()
         channel.call(self.request_headers, message, self.timeout)
+
+    def _post(self, hosts, body: bytes) -> None:
+        """OTLP/HTTP: POST the protobuf body to the uri's path, with its authority as Host, as
+        Envoy's OpenTelemetryHttpTraceExporter (content-type application/x-protobuf, its
+        user-agent, request_headers_to_add)."""
+        host = hosts[self._next_host % len(hosts)]
+        self._next_host += 1
+        self.cx_total.inc()
+        self.rq_total.inc()
+        self.in_flight = True
+        post = self.post = common.CollectorPost(
+            self, (host.address, host.port), self.http_head + b"content-length: %d\r\n\r\n" % len(body)
+            + body, self.http.timeout)
+        post.start()
+
+    def report_done(self, post, status: int | None) -> None:
+        """An OTLP/HTTP post's outcome (None: no answer); success is 200, as the OTLP/HTTP
+        specification answers."""
+        if post is self.post:
+            self.post = None
+        self.call_done(status == 200)
 
     def call_done(self, ok: bool) -> None:
         self.in_flight = False
@@ -167,6 +206,8 @@ class OtlpExporter:
             self._timer.disable()
         if self.channel is not None:
             self.channel.close()
+        if self.post is not None:
+            self.post.abort()
 
 
 class GrpcChannel:

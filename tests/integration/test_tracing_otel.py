@@ -19,7 +19,7 @@ from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 from proxy.tracing import exporter
 
-from ..otlp_collector import OtlpCollector
+from ..otlp_collector import OtlpCollector, OtlpHttpCollector
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
 
 OTEL = {"name": "envoy.tracers.opentelemetry", "typed_config": {
@@ -286,14 +286,46 @@ def test_a_collector_answering_an_error_status_is_not_retried(upstream):
         refusing.close()
 
 
+def test_otlp_over_http_posts_protobuf_to_the_uri_with_its_headers(upstream):
+    collector = OtlpHttpCollector()
+    provider = {**OTEL, "typed_config": {
+        "@type": OTEL["typed_config"]["@type"], "service_name": "http-svc",
+        "http_service": {"http_uri": {"uri": "http://otel.example:4318/v1/traces",
+                                      "cluster": "otel", "timeout": "1s"},
+                         "request_headers_to_add": [{"header": {"key": "X-Api-Key", "value": "k1"}}]}}}
+    p = ProxyUnderTest(_config(upstream.port, collector.port, provider=provider))
+    try:
+        answers = [_get(p.port, f"/{i}")[1] for i in range(5)]
+        assert p.wait_for(lambda: len(collector.spans) == 5)
+        headers, _ = collector.reports[0]
+        assert headers[":path"] == "/v1/traces" and headers["host"] == "otel.example:4318"
+        assert headers["content-type"] == "application/x-protobuf"
+        assert headers["x-api-key"] == "k1"
+        assert headers["user-agent"] == f"OTel-OTLP-Exporter-ftproxy/{__version__}"
+        spans = {s["span_id"]: s for s in collector.spans}
+        for answer in answers:
+            trace, span_id, _ = _context(answer)
+            assert spans[span_id]["trace_id"] == trace
+            assert spans[span_id]["resource"]["service.name"] == "http-svc"
+        assert p.counters()["tracing.opentelemetry.spans_sent"] == 5
+    finally:
+        p.stop()
+        collector.close()
+
+
+def test_grpc_service_wins_when_both_are_set():
+    from proxy.tracing.otel_config import parse_opentelemetry
+    cfg = parse_opentelemetry({**OTEL["typed_config"], "http_service": {
+        "http_uri": {"uri": "http://x/v1/traces", "cluster": "other", "timeout": "1s"}}}, "t")
+    assert cfg.http is None and cfg.cluster_name == "otel"
+
+
 @pytest.mark.parametrize("field,fragment", [
-    ("http_service", "http_service: not supported yet"),
     ("sampler", "sampler: not supported yet"),
     ("resource_detectors", "resource_detectors: not supported yet"),
 ])
 def test_unbuilt_fields_are_refused_by_name(field, fragment):
-    value = [{"name": "x"}] if field == "resource_detectors" else {"http_uri": {}} \
-        if field == "http_service" else {"name": "x"}
+    value = [{"name": "x"}] if field == "resource_detectors" else {"name": "x"}
     provider = {**OTEL, "typed_config": {**OTEL["typed_config"], field: value}}
     with pytest.raises(ConfigError) as e:
         parse_bootstrap(_config(1, 2, provider=provider))

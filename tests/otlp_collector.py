@@ -54,8 +54,9 @@ def span_dict(span, resource: dict, scope) -> dict:
 
 
 class OtlpCollector:
-    def __init__(self, status: Status | None = None) -> None:
+    def __init__(self, status: Status | None = None, delay: float = 0.0) -> None:
         self.status = status
+        self.delay = delay      # seconds before answering (a slow collector)
         self.reports: list[tuple[dict, ExportTraceServiceRequest]] = []
         self.lock = threading.Lock()  # guards reports (the server's thread writes)
         self.loop = asyncio.new_event_loop()
@@ -76,8 +77,13 @@ class OtlpCollector:
         request = ExportTraceServiceRequest()
         request.ParseFromString(data)
         metadata = {k: v for k, v in stream.metadata.items()}
+        if stream.deadline is not None:  # the caller's grpc-timeout, as seconds left
+            metadata["deadline"] = stream.deadline.time_remaining()
+        metadata["peer"] = stream.peer.addr()
         with self.lock:
             self.reports.append((metadata, request))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.status is not None:
             raise GRPCError(self.status, "refused by the test collector")
         await stream.send_message(ExportTraceServiceResponse().SerializeToString())

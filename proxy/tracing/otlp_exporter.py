@@ -74,11 +74,8 @@ class OtlpExporter:
         self.spans_sent = scope.counter("spans_sent")
         self.spans_dropped = scope.counter("spans_dropped")
         self.timer_flushed = scope.counter("timer_flushed")
-        cluster = store.scope(f"cluster.{config.cluster_name}")
-        self.cx_total = cluster.counter("upstream_cx_total")
-        self.cx_connect_fail = cluster.counter("upstream_cx_connect_fail")
-        self.rq_total = cluster.counter("upstream_rq_total")
-        self.rq_timeout = cluster.counter("upstream_rq_timeout")
+        self._cluster_stats: dict[str, object] = {}  # made on first use: only for a cluster
+        #                                               that exists (an unknown one loads)
         authority = (config.authority or config.cluster_name).encode()
         headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", authority),
                    (b":path", EXPORT_PATH), (b"content-type", b"application/grpc"),
@@ -108,6 +105,14 @@ class OtlpExporter:
         self.exports_failed = 0
         self._batchers_lock = threading.Lock()  # guards _batchers (registered from workers)
         self._batchers: dict[int, common.SpanBatcher] = {}
+
+    def count(self, name: str) -> None:
+        """One more of the collector cluster's `upstream_*` counter `name` (main thread)."""
+        c = self._cluster_stats.get(name)
+        if c is None:
+            c = self._cluster_stats[name] = self.store.scope(
+                f"cluster.{self.config.cluster_name}").counter(name)
+        c.inc()
 
     def batcher_for(self, worker) -> common.SpanBatcher:
         with self._batchers_lock:
@@ -161,10 +166,10 @@ class OtlpExporter:
         if channel is None or channel.closed:
             host = hosts[self._next_host % len(hosts)]
             self._next_host += 1
-            self.cx_total.inc()
+            self.count("upstream_cx_total")
             channel = self.channel = GrpcChannel(self, (host.address, host.port))
         self.in_flight = True
-        self.rq_total.inc()
+        self.count("upstream_rq_total")
         channel.call(self.request_headers, message, self.timeout)
 
     def _post(self, hosts, body: bytes) -> None:
@@ -173,8 +178,8 @@ class OtlpExporter:
         user-agent, request_headers_to_add)."""
         host = hosts[self._next_host % len(hosts)]
         self._next_host += 1
-        self.cx_total.inc()
-        self.rq_total.inc()
+        self.count("upstream_cx_total")
+        self.count("upstream_rq_total")
         self.in_flight = True
         post = self.post = common.CollectorPost(
             self, (host.address, host.port), self.http_head + b"content-length: %d\r\n\r\n" % len(body)
@@ -287,7 +292,7 @@ class GrpcChannel:
         self.timer = None
         if not self.calling:
             return
-        self.exporter.rq_timeout.inc()
+        self.exporter.count("upstream_rq_timeout")
         try:
             self.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
             self._flush()
@@ -298,7 +303,7 @@ class GrpcChannel:
     def _on_closed(self) -> None:
         self.closed = True
         if not self.connected:
-            self.exporter.cx_connect_fail.inc()
+            self.exporter.count("upstream_cx_connect_fail")
         self._finish(False)
 
     def _finish(self, ok: bool) -> None:

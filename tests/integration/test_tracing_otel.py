@@ -286,6 +286,23 @@ def test_a_collector_answering_an_error_status_is_not_retried(upstream):
         refusing.close()
 
 
+def test_trace_id_access_log_operator_gives_the_w3c_trace_id(upstream, collector, tmp_path):
+    log = tmp_path / "access.log"
+    cfg = _config(upstream.port, collector.port)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": str(log), "log_format": {"text_format_source": {"inline_string": "%TRACE_ID%\n"}}}}]
+    p = ProxyUnderTest(cfg)
+    try:
+        _get(p.port, "/", {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+        _, fresh = _get(p.port, "/new")
+        assert p.wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 2)
+        assert log.read_text().splitlines() == ["0af7651916cd43dd8448eb211c80319c", _context(fresh)[0]]
+    finally:
+        p.stop()
+
+
 def test_otlp_over_http_posts_protobuf_to_the_uri_with_its_headers(upstream):
     collector = OtlpHttpCollector()
     provider = {**OTEL, "typed_config": {
@@ -318,6 +335,26 @@ def test_grpc_service_wins_when_both_are_set():
     cfg = parse_opentelemetry({**OTEL["typed_config"], "http_service": {
         "http_uri": {"uri": "http://x/v1/traces", "cluster": "other", "timeout": "1s"}}}, "t")
     assert cfg.http is None and cfg.cluster_name == "otel"
+
+
+def test_an_export_past_the_grpc_timeout_is_reset_and_counted_and_the_connection_kept(upstream):
+    slow = OtlpCollector(delay=1.0)
+    provider = {**OTEL, "typed_config": {**OTEL["typed_config"], "grpc_service": {
+        "envoy_grpc": {"cluster_name": "otel"}, "timeout": "0.25s"}}}
+    p = ProxyUnderTest(_config(upstream.port, slow.port, provider=provider))
+    try:
+        for i in range(5):
+            _get(p.port, f"/{i}")
+        assert p.wait_for(lambda: p.counters().get("cluster.otel.upstream_rq_timeout", 0) == 1)
+        metadata, _ = slow.reports[0]
+        assert 0 < metadata["deadline"] <= 0.25     # grpc-timeout: 250m
+        _get(p.port, "/after")
+        assert p.wait_for(lambda: len(slow.reports) == 2)
+        assert slow.reports[1][0]["peer"] == metadata["peer"]   # the same connection
+        assert p.counters()["cluster.otel.upstream_cx_total"] == 1
+    finally:
+        p.stop()
+        slow.close()
 
 
 @pytest.mark.parametrize("field,fragment", [

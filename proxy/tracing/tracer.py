@@ -36,10 +36,13 @@ from __future__ import annotations
 import random
 import time
 
-from . import traceparent
 from .config import TracingConfig
 from .otel_config import OpenTelemetryConfig
 from .tags import Facts
+from .traceparent import TRACEPARENT as _TRACEPARENT
+from .traceparent import TRACESTATE as _TRACESTATE
+from .traceparent import extract as _tp_extract
+from .traceparent import inject as _tp_inject
 from .zipkin import CLIENT, SERVER, InvalidContext, Span, extract, inject
 
 __all__ = ["HcmTracing", "WorkerTracer", "REASONS"]
@@ -53,6 +56,7 @@ _NIBBLE = (b"4", b"9", b"a", b"b")
 _B3_MULTI = frozenset({b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled"})
 _B3_FIELDS = _B3_MULTI | {b"b3"}
 _new_tuple = tuple.__new__
+_NEW_SAMPLED, _NEW_UNSAMPLED = "00-%s-%s-01", "00-%s-%s-00"   # a new trace's traceparent
 
 
 def _str_getter(h: dict):
@@ -168,13 +172,13 @@ class WorkerTracer:
         tracestate kept); without one, a new 128-bit trace with the HCM's decision; one that
         does not parse, no span at all."""
         getrandbits = self.rng.getrandbits
-        value = h.get(traceparent.TRACEPARENT)
+        value = h.get(_TRACEPARENT)
         if value is None:
             span = Span("%032x" % getrandbits(128), "%016x" % getrandbits(64), None, traced,
                         self.default_name, kind, 0)
         else:
             try:
-                trace, parent, sampled, state = traceparent.extract(value, headers.fields)
+                trace, parent, sampled, state = _tp_extract(value, headers.fields)
             except InvalidContext:
                 return  # Envoy: a null span; nothing injected, the headers pass as they came
             # Envoy 1.40 samples a joined span only when both the caller's flag and the
@@ -190,14 +194,14 @@ class WorkerTracer:
         if self.spawn_upstream:
             span.child = span.child_span("%016x" % getrandbits(64), "", 0)
             span = span.child
-        if value is None and traceparent.TRACESTATE not in h:
+        if value is None and _TRACESTATE not in h:
             # The usual request: nothing to replace, the two fields go at the end (no scans).
             fields = headers.fields
-            fields.append((traceparent.TRACEPARENT, b"00-%s-%s-0%s" % (
-                span.trace_id.encode(), span.id.encode(), b"1" if span.sampled else b"0")))
-            fields.append((traceparent.TRACESTATE, b""))
+            fields.append((_TRACEPARENT, ((_NEW_SAMPLED if span.sampled else _NEW_UNSAMPLED)
+                                          % (span.trace_id, span.id)).encode()))
+            fields.append((_TRACESTATE, b""))
         else:
-            traceparent.inject(span, headers)
+            _tp_inject(span, headers)
 
     def _name(self, span: Span, headers, h: dict, route) -> None:
         """The decorator's operation names the span; x-envoy-decorator-operation goes

@@ -227,6 +227,7 @@ class GrpcChannel:
         self.h2.initiate_connection()
         self.stream_id = 0
         self.calling = False
+        self.outbox = memoryview(b"")     # the message's bytes not yet sent (flow control)
         self._reset()
         self.timer = None
         self.sock = MainSocket(exporter.main, address, self._on_connected, self._on_data,
@@ -240,16 +241,30 @@ class GrpcChannel:
         self._reset()
         self.calling = True
         self.stream_id = sid = self.h2.get_next_available_stream_id()
+        self.outbox = memoryview(message)
         try:
             self.h2.send_headers(sid, headers)
-            self.h2.send_data(sid, message, end_stream=True)
-        except H2Error as e:   # e.g. a message over the peer's window: the call fails
+            self._send_body()
+        except H2Error as e:
             log.debug("otlp export: %s", e)
             self.close()
             self._finish(False)
             return
         self.timer = self.exporter.main.call_later(timeout, self._on_timeout)
         self._flush()
+
+    def _send_body(self) -> None:
+        """As much of the message as the peer's flow-control windows take, in frames of its
+        maximum size; the rest when it opens them (WindowUpdated)."""
+        h2c, sid = self.h2, self.stream_id
+        out = self.outbox
+        while out:
+            n = min(len(out), h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            if n <= 0:
+                break
+            h2c.send_data(sid, out[:n].tobytes(), end_stream=n == len(out))
+            out = out[n:]
+        self.outbox = out
 
     def _flush(self) -> None:
         out = self.h2.data_to_send()
@@ -275,6 +290,14 @@ class GrpcChannel:
                         self.status = int(v)
                     elif k == b"grpc-status":
                         self.grpc_status = v
+            elif isinstance(ev, (h2events.WindowUpdated, h2events.RemoteSettingsChanged)):
+                if self.calling and self.outbox:
+                    try:
+                        self._send_body()
+                    except H2Error:
+                        self.close()
+                        self._finish(False)
+                        return
             elif isinstance(ev, h2events.DataReceived):
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2events.StreamEnded) and sid == self.stream_id:

@@ -226,6 +226,25 @@ def test_an_egress_span_without_upstream_span_is_a_client_span(upstream, collect
         p.stop()
 
 
+def test_an_export_larger_than_the_http2_windows_goes_out_whole(upstream, collector, monkeypatch):
+    """400 spans with long URLs make a message of several 64 KiB flow-control windows."""
+    monkeypatch.setattr(exporter, "WORKER_HOLD", 5.0)
+    monkeypatch.setattr(exporter, "WORKER_BATCH", 400)
+    monkeypatch.setattr(exporter, "FLUSH_INTERVAL", 60.0)
+    p = ProxyUnderTest(_config(upstream.port, collector.port, max_path_tag_length=2000))
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+        for i in range(400):
+            conn.request("GET", f"/{i}/" + "x" * 1000, headers={"host": "app.local"})
+            conn.getresponse().read()
+        conn.close()
+        assert p.wait_for(lambda: len(collector.spans) == 400, timeout=15)
+        assert max(r.ByteSize() for _, r in collector.reports) > 2 * 65535
+        assert all(len(s["attributes"]["http.url"]) > 1000 for s in collector.spans)
+    finally:
+        p.stop()
+
+
 def test_a_5xx_span_has_error_status(upstream, collector):
     p = ProxyUnderTest(_config(upstream.port, collector.port))
     try:

@@ -82,3 +82,23 @@ def test_an_unsampled_or_parentless_span_encodes_its_flags_and_no_parent():
     span = m.resource_spans[0].scope_spans[0].spans[0]
     assert span.parent_span_id == b"" and span.flags == 0x100 and span.kind == 3
     assert span.trace_id.hex() == "0" * 16 + "00000000000000ab"
+
+
+@pytest.mark.parametrize("code,flags,host,headers", [
+    (200, (), "10.0.0.1:80", ((b"x-request-id", b"abc"), (b"user-agent", b"curl"))),
+    (503, ("UF", "URX"), "10.0.0.1:80", ((b"x-client-trace-id", b"c1"), (b"x-forwarded-proto", b"https"),
+                                         (b"x-envoy-original-path", b"/orig\xe9"))),
+    (None, (), None, ((b"x-envoy-downstream-service-cluster", b"front"), (b"user-agent", b"\xff\xfe"))),
+])
+def test_the_fast_request_attribute_path_writes_what_the_general_path_writes(code, flags, host, headers):
+    from proxy.tracing import otlp
+    from proxy.tracing.config import TracingConfig
+    from proxy.tracing.otel_config import OpenTelemetryConfig
+    from proxy.tracing.tags import Facts, request_attributes
+    cfg = TracingConfig(OpenTelemetryConfig("x"), max_path_tag_length=5)
+    f = Facts(headers, b"app:1", b"/path/long", b"POST", "HTTP/1.1", "127.0.0.1", code, 12, 34,
+              flags, "svc" if host else None, host, None, cfg)
+    r = Resource([], "envoy", "", "node-1", "z")
+    general = otlp._attributes(request_attributes(f, "node-1", "z"), {})
+    assert otlp._request_attributes_fast(f, r) == general
+    assert otlp._request_attributes_fast(f, r) == general   # from the cache too

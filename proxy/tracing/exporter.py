@@ -31,11 +31,12 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..threads.dispatcher import READ, WRITE
 from .zipkin import encode_spans
 
-__all__ = ["ZipkinExporter", "SpanBatcher", "Exporters", "LocalInfo"]
+__all__ = ["ZipkinExporter", "SpanBatcher", "SpanExporter", "Exporters", "LocalInfo"]
 
 log = logging.getLogger("ftproxy.tracing")
 
@@ -79,12 +80,31 @@ def _count(spans: list) -> int:
     return len(spans) + sum(1 for s in spans if s.child is not None and s.child.duration_us)
 
 
+class SpanExporter(Protocol):
+    """The seam between the workers' tracers and a provider's export (this module's
+    ZipkinExporter, otlp_exporter.OtlpExporter): made on main at config load, one per
+    distinct provider config. `batcher_for(worker)` is called on that worker (or on main
+    before it starts) and must be safe from several threads at once; every other method runs
+    on the main Dispatcher `main`: `receive(spans)` takes a worker's batch (posted by its
+    SpanBatcher), `start()` arms the flush timer, `close()` stops it and drops what is out."""
+
+    main: Any
+
+    def batcher_for(self, worker) -> SpanBatcher: ...
+
+    def receive(self, spans: list) -> None: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SpanBatcher:
     """A worker's spans on their way to the main thread's exporter."""
 
     __slots__ = ("exporter", "dispatcher", "spans", "timer")
 
-    def __init__(self, exporter: ZipkinExporter, dispatcher) -> None:
+    def __init__(self, exporter: SpanExporter, dispatcher) -> None:
         self.exporter = exporter
         self.dispatcher = dispatcher
         self.spans: list = []
@@ -317,7 +337,7 @@ class Exporters:
         self.clusters = lambda: {}
         self._by_config: dict = {}
 
-    def exporter_for(self, zipkin_config):
+    def exporter_for(self, zipkin_config) -> SpanExporter:
         e = self._by_config.get(zipkin_config)
         if e is None:
             from .otel_config import OpenTelemetryConfig

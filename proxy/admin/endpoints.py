@@ -60,6 +60,8 @@ class AdminContext(Protocol):
     def state(self) -> str: ...
     def set_healthcheck_failed(self, failed: bool) -> None: ...
     def quit(self) -> None: ...
+    def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None: ...
+    def reset_counters(self) -> None: ...
     def reopen_logs(self) -> None: ...
 
 
@@ -225,8 +227,9 @@ def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any
                 "health_status": _health_status(str(h.get("health_flags", "healthy"))),
                 "weight": h.get("weight", 1),
                 "locality": {k: h[k] for k in ("region", "zone", "sub_zone") if h.get(k)},
-                "priority": h.get("priority", 0),
             }
+            if h.get("priority"):   # protobuf JSON: a priority of 0 is left out, as Envoy prints it
+                host["priority"] = h["priority"]
             if h.get("hostname"):
                 host["hostname"] = h["hostname"]
             for k in ("success_rate", "local_origin_success_rate"):   # Envoy: when >= 0
@@ -310,6 +313,18 @@ def _healthcheck_ok(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n")
 
 
+def _drain_listeners(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's flags are present-or-absent query parameters (`?graceful&inboundonly`); as in
+    Envoy 1.40, others are ignored and `skip_exit` matters only with `graceful`."""
+    ctx.drain_listeners("inboundonly" in params, "graceful" in params, "skip_exit" in params)
+    return _text(200, "OK\n")
+
+
+def _reset_counters(ctx: AdminContext, params: Params) -> AdminResponse:
+    ctx.reset_counters()
+    return _text(200, "OK\n")
+
+
 def _quit(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "OK\n", after=ctx.quit)
 
@@ -332,6 +347,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/certs", "print certs on machine", _certs),
     Endpoint("/clusters", "upstream cluster status", _clusters),
     Endpoint("/config_dump", "dump current Envoy configs", _config_dump),
+    Endpoint("/drain_listeners", "drain listeners", _drain_listeners, mutates=True),
     Endpoint("/healthcheck/fail", "cause the server to fail health checks", _healthcheck_fail, mutates=True),
     Endpoint("/healthcheck/ok", "cause the server to pass health checks", _healthcheck_ok, mutates=True),
     Endpoint("/help", "print out list of admin commands", _help),
@@ -341,6 +357,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),
     Endpoint("/reopen_logs", "reopen access logs", _reopen_logs, mutates=True),
+    Endpoint("/reset_counters", "reset all counters to zero", _reset_counters, mutates=True),
     Endpoint("/server_info", "print server version/status information", _server_info),
     Endpoint("/stats", "print server stats", _stats),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", _stats_prometheus),

@@ -19,13 +19,14 @@ def reset_body(reason: str) -> bytes:
 
 
 def local_reply_head(status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> ResponseHead:
-    """With a body: its content-length and text/plain. Without: no framing field at all (the
+    """With a body: its content-length and text/plain (unless `extra` has a content-type). Without: no framing field at all (the
     codec frames a headers-only response: HTTP/1.1 says content-length: 0, or for HEAD
     transfer-encoding: chunked, as Envoy's)."""
     items = []
     if body:
         items.append((b"content-length", b"%d" % len(body)))
-        items.append((b"content-type", b"text/plain"))
+        if not extra or not any(k == b"content-type" for k, _ in extra):
+            items.append((b"content-type", b"text/plain"))  # (a content-type given replaces it)
     if extra:
         items.extend(extra)
     return ResponseHead(status, Headers(items))

@@ -142,6 +142,8 @@ class ActiveListener:
         self.listener_limit = listener_limit
         self.cx_overflow = scope.counter("downstream_cx_overflow")
         self.accepting = False
+        # Admin /drain_listeners: what this listener accepts from now on starts draining.
+        self.draining = False
 
     @property
     def ctx(self):
@@ -265,6 +267,8 @@ class ActiveListener:
             return
         if not getattr(conn, "finished", False) and not _closed(conn):
             worker.add_connection(conn)
+            if self.draining:
+                conn.start_drain(False)
 
     def _release(self) -> None:
         if self.global_limit is not None:

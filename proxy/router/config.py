@@ -21,6 +21,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from proxy.config.fields_table import Message, inert, refused, used
@@ -143,6 +144,8 @@ class Route:
     per_filter_config: Mapping[str, PerFilterConfig] = NO_PER_FILTER_CONFIG
     decorator: Decorator | None = None       # tracing: the span's operation name
     tracing: RouteTracing | None = None      # tracing: samplings replacing the HCM's, tags
+    # metadata.filter_metadata (namespace -> frozen JSON value): the Lua filter's metadata().
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _NO_ROUTE_METADATA)
     # Derived. `prepare`: the router has more to do than forward the request (a path or host
     # rewrite, request header mutations, a retry policy, attempt-count headers): one test per
     # request instead of one per feature. `retry_headers_added`: its request header mutations
@@ -396,6 +399,7 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
 # -- Route / VirtualHost / RouteConfiguration -----------------------------------------------
 
 _NO_METADATA = "no filter or format operator here reads route metadata"
+_NO_ROUTE_METADATA: Mapping[str, Any] = MappingProxyType({})
 _PER_FILTER = "the filters' per-route configs (per_filter_config.py)"
 
 ROUTE = Message("envoy.config.route.v3.Route", model=Route,
@@ -408,7 +412,7 @@ ROUTE = Message("envoy.config.route.v3.Route", model=Route,
     used("direct_response"),
     refused("filter_action"),
     refused("non_forwarding_action"),
-    inert("metadata", _NO_METADATA),
+    used("metadata", why="filter_metadata, read by the Lua filter's metadata()"),
     used("decorator", why="read only when the HCM traces (proxy/tracing/tracer.py)"),
     used("typed_per_filter_config", attr="per_filter_config", why=_PER_FILTER),
     used("request_headers_to_add", attr="request_mutations"),
@@ -463,7 +467,32 @@ def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
         per_filter_config=merge_levels(per_filter, *outer.per_filter_levels),
         decorator=parse_decorator(f.raw_obj("decorator"), f.at("decorator")),
         tracing=parse_route_tracing(f.raw_obj("tracing"), f.at("tracing")),
+        metadata=_parse_metadata(f),
     )
+
+
+ROUTE_METADATA = Message("envoy.config.core.v3.Metadata (route)", fields=(
+    used("filter_metadata", attr="", why="the route's metadata, per filter namespace"),
+    inert("typed_filter_metadata", "no filter here reads typed route metadata"),
+))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _parse_metadata(f: Fields) -> Mapping[str, Any]:
+    if not f.has("metadata"):
+        return _NO_ROUTE_METADATA
+    m = ROUTE_METADATA.read(f.value("metadata"), f.at("metadata"))
+    raw = m.value("filter_metadata", {}) or {}
+    if not isinstance(raw, Mapping) or not all(isinstance(v, Mapping) for v in raw.values()):
+        raise ConfigError(m.at("filter_metadata"), "expected a map of namespace to object")
+    return _freeze(raw)
 
 
 def _per_filter_level(f: Fields, switched: set[str] | None) -> dict[str, PerFilterConfig]:

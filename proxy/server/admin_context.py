@@ -7,6 +7,7 @@ that changes server state is posted to the main thread.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 import platform
 import sys
@@ -15,6 +16,7 @@ import time
 from .. import __version__
 from ..admin.certs import context_certificates, redact_config
 from ..hotrestart.messages import HOT_RESTART_VERSION
+from . import gil_notes
 from ..upstream.host import health_flags
 from .xds_dump import xds_config_dump
 
@@ -31,7 +33,18 @@ class ServerAdminContext:
         self.server = server
 
     def stats_snapshot(self):
-        return self.server.stats.snapshot()
+        """The merged stats as /stats shows them: counters less what they were at the last
+        /reset_counters (Envoy's reset changes only the admin's view: sinks still get every
+        increment, as Envoy's statsd does)."""
+        snap = self.server.stats.snapshot()
+        base = self.server.counter_baseline  # replaced whole on reset, never mutated
+        if not base:
+            return snap
+        return dataclasses.replace(snap, counters={name: max(0, value - base.get(name, 0))
+                                                   for name, value in snap.counters.items()})
+
+    def reset_counters(self) -> None:
+        self.server.counter_baseline = dict(self.server.stats.snapshot().counters)
 
     def clusters(self) -> list[dict]:
         cm = self.server.cluster_manager
@@ -44,7 +57,8 @@ class ServerAdminContext:
             for h in snap.hosts:
                 entry = {"address": h.address, "port": h.port, "weight": h.weight,
                          "hostname": h.hostname, "health_flags": health_flags(h),
-                         "stats": self._host_stats(name, h)}
+                         "stats": self._host_stats(name, h), "priority": h.priority,
+                         "region": h.locality[0], "zone": h.locality[1], "sub_zone": h.locality[2]}
                 if h.outlier is not None:
                     # Main's last interval's numbers: two float reads (atomic), no lock.
                     sr, local = cm.outlier_host_info(name, h.key)
@@ -144,6 +158,8 @@ class ServerAdminContext:
                 "implementation": sys.implementation.name,
                 "gil_enabled": _gil(),
                 "free_threaded_build": bool(getattr(sys, "_is_gil_enabled", None)) and _ft_build(),
+                # What turned the GIL back on, if something did (the Lua filter's lupa).
+                "gil_reenabled_by": list(gil_notes.reasons()),
             },
         }
 
@@ -155,6 +171,10 @@ class ServerAdminContext:
 
     def set_healthcheck_failed(self, failed: bool) -> None:
         self.server.healthcheck_failed = failed
+
+    def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None:
+        server = self.server
+        server.main.post(lambda: server.drain_listeners(inbound_only, graceful, skip_exit))
 
     def quit(self) -> None:
         self.server.request_shutdown()

@@ -115,6 +115,9 @@ class Server:
         self._exit_code = 0
         self._ready = threading.Event()
         self._drain_started = False
+        self._stopped_listeners: frozenset[str] = frozenset()  # by /drain_listeners
+        # Counter values at the last admin /reset_counters (admin_context.py), or empty.
+        self.counter_baseline: dict[str, int] = {}
         self._global_limit = None
         self._listener_limits: dict = {}  # name -> (SharedCount, limit) or None (main thread)
 
@@ -174,6 +177,43 @@ class Server:
         if not self.workers:
             self.main.exit()
         self.main.call_later(limit, self.main.exit)
+
+    def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None:
+        """Admin /drain_listeners (main thread), as Envoy 1.40 does it: the listeners (only
+        those not OUTBOUND with `inbound_only`) drain their connections; without `graceful`
+        they stop accepting now, with it they keep accepting (draining what they accept) for
+        the drain time and stop then, unless `skip_exit`. The process stays up and LIVE."""
+        static = {lc.name: lc for lc in self.bootstrap.listeners}
+        names = frozenset(
+            name for name in self.listener_addresses
+            if not (inbound_only and getattr(static.get(name) or getattr(
+                self.lds_listeners.get(name), "config", None), "traffic_direction", "") == "OUTBOUND"))
+        self._drain_listeners_on_workers(names, stop=not graceful)
+        if graceful and not skip_exit:
+            self.main.call_later(self.options.drain_time_s,
+                                 lambda: self._drain_listeners_on_workers(names, stop=True))
+
+    def _drain_listeners_on_workers(self, names: frozenset, stop: bool) -> None:
+        if stop:
+            names = frozenset(n for n in names if n not in self._stopped_listeners)
+            self._stopped_listeners |= names
+            self.main_store.counter("listener_manager.listener_stopped").inc(len(names))
+        remaining = [len(self.workers)]
+
+        def all_done() -> None:  # main thread: the workers let go; close what main holds
+            for name in names:
+                for sock in self.listen_sockets.pop(name, ()):
+                    sock.close()
+
+        def one_done() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and stop:
+                all_done()
+
+        for w in self.workers:
+            w.post(lambda w=w: w.drain_listeners(names, stop, lambda: self.main.post(one_done)))
+        if not self.workers and stop:
+            all_done()
 
     def request_shutdown(self) -> None:
         self.main.post(self.shutdown)
@@ -259,6 +299,11 @@ class Server:
             if not ev.wait(10.0):
                 raise RuntimeError("a worker did not start within 10 s")
         st.counter("listener_manager.workers_started").inc(len(self.workers))
+        # Envoy's listener gauges from the start (LDS keeps total_listeners_active current).
+        st.gauge("listener_manager.total_listeners_active").set(
+            len(self.bootstrap.listeners) + len(self.lds_listeners))
+        for idle in ("total_listeners_warming", "total_listeners_draining", "total_filter_chains_draining"):
+            st.gauge(f"listener_manager.{idle}").set(0)
         if self.hr_child is not None:
             self.hr_child.drain_parent(self.main, self._on_parent_stats)
         for name, (host, port) in self.listener_addresses.items():

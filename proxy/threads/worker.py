@@ -181,6 +181,22 @@ class Worker:
             if getattr(getattr(conn, "on_closed", None), "__self__", None) in gone:
                 conn.start_drain(False)
 
+    def drain_listeners(self, names: frozenset, stop: bool, done: Callable[[], None]) -> None:
+        """Admin /drain_listeners on this worker: the listeners named start draining (the
+        connections they accepted, and any they still accept, answer their next request with
+        `connection: close`); with `stop`, they stop accepting and their own sockets close.
+        The server stays up. Calls `done` (on this thread) when finished."""
+        chosen = [al for al in self.listeners if al.config.name in names]
+        for al in chosen:
+            al.draining = True
+            if stop:
+                al.stop(True)
+        for conn in list(self.connections):
+            # Each connection's on_closed is its ActiveListener's bound method.
+            if getattr(getattr(conn, "on_closed", None), "__self__", None) in chosen:
+                conn.start_drain(False)
+        done()
+
     def stop_listeners(self, close_sockets: bool = True) -> None:
         for al in self.listeners:
             al.stop(close_sockets)

@@ -15,8 +15,9 @@ than `proxy.config` (reader, fields_table). Pure; callable from any thread.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.config.config_source import ConfigSourceConfig, parse_config_source
@@ -29,9 +30,12 @@ from .outlier_config import OutlierDetectionConfig, parse_outlier_detection
 from .health_check_config import (EndpointHealthCheck, HealthCheckConfig, parse_endpoint_health_check,
                                   parse_health_checks)
 
+log = logging.getLogger("proxy.upstream.cluster_config")
+
 __all__ = [
     "ClusterConfig", "EndpointConfig", "Thresholds", "parse_cluster", "parse_clusters",
     "HTTP_PROTOCOL_OPTIONS", "Http2Options", "EdsClusterConfig", "parse_load_assignment",
+    "AssignmentPolicy",
 ]
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -53,6 +57,8 @@ DEFAULT_DNS_REFRESH_RATE = 5.0
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
 # Envoy's default upstream idle_timeout (1 h): an idle pooled connection is closed after it.
 DEFAULT_IDLE_TIMEOUT = 3600.0
+# The highest LocalityLbEndpoints.priority (Envoy's proto constraint: lte 128).
+MAX_PRIORITY = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,21 @@ class EndpointConfig:
     health_status: str = "UNKNOWN"   # the load balancer skips UNHEALTHY, DRAINING, TIMEOUT (host.lb_hosts)
     # health_check_config: where active health checks go (None: the endpoint itself).
     health_check: EndpointHealthCheck | None = None
+    # Its LocalityLbEndpoints' priority, locality (region, zone, sub_zone) and
+    # load_balancing_weight (0 when unset, as Envoy reads it: such a locality gets no share
+    # under locality_weighted_lb_config).
+    priority: int = 0
+    locality: tuple[str, str, str] = ("", "", "")
+    locality_weight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentPolicy:
+    """ClusterLoadAssignment.Policy: the overprovisioning factor (percent; Envoy's default 140,
+    i.e. 1.4) and whether a priority's health counts host weights (weighted_priority_health)."""
+
+    overprovisioning_factor: int = 140
+    weighted_priority_health: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +150,14 @@ class ClusterConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT   # 0.0 = disabled (Envoy semantics)
     max_requests_per_connection: int | None = None
     least_request_choice_count: int = 2
+    # least_request_lb_config.active_request_bias: a weighted LEAST_REQUEST host's weight is
+    # divided by (active requests + 1) ** bias (Envoy's default 1.0).
+    least_request_active_request_bias: float = 1.0
+    # common_lb_config.locality_weighted_lb_config: pick a locality by its weight and
+    # availability, then a host in it (priority_lb.py).
+    locality_weighted_lb: bool = False
+    # load_assignment.policy (an EDS cluster's comes with each assignment instead).
+    assignment_policy: AssignmentPolicy = AssignmentPolicy()
     # RING_HASH / MAGLEV settings (ring_hash_lb_config, maglev_lb_config and
     # common_lb_config.consistent_hashing_lb_config), or None for the other policies.
     hashing: HashingConfig | None = None
@@ -177,7 +206,8 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
             default=False, only_default=True),
     used("circuit_breakers", attr="circuit_breakers"),
     used("per_connection_buffer_limit_bytes", 1024 * 1024),
-    used("common_lb_config", attr="healthy_panic_threshold"),
+    used("common_lb_config", attr="healthy_panic_threshold",
+         why="also locality_weighted_lb_config and consistent_hashing_lb_config"),
     used("least_request_lb_config", attr="least_request_choice_count"),
     used("typed_extension_protocol_options", attr="idle_timeout",
          why=f"{'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'} only"),
@@ -233,30 +263,33 @@ LOAD_ASSIGNMENT = Message("envoy.config.endpoint.v3.ClusterLoadAssignment", fiel
     used("cluster_name", attr="", why="EDS: must be the cluster's service_name (or name); a "
                                        "static cluster's endpoints are its own"),
     used("endpoints", attr="endpoints"),
-    used("policy", attr="", why="its own table: every policy field is refused"),
+    used("policy", attr="assignment_policy", why="its own table"),
     refused("named_endpoints"),
 ))
 
 LB_POLICY = Message("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", fields=(
     refused("drop_overloads", "a drop_overloads category drops that share of every request"),
-    refused("overprovisioning_factor", "the load balancer does not model overprovisioning",
-            default=140, only_default=True),
+    used("overprovisioning_factor", 140, attr="assignment_policy",
+         why="a priority's and a locality's health are scaled by it (priority_load.py)"),
     refused("endpoint_stale_after", "EDS"),
-    refused("weighted_priority_health", "one priority level only", default=False,
-            only_default=True),
+    used("weighted_priority_health", False, attr="assignment_policy"),
 ))
 
 LOCALITY_ENDPOINTS = Message("envoy.config.endpoint.v3.LocalityLbEndpoints", fields=(
-    inert("locality", "only zone-aware and locality-weighted balancing read it, and both are "
-                      "refused (zone-aware needs cluster_manager.local_cluster_name)"),
+    used("locality", attr="endpoints", why="locality-weighted balancing and /clusters; its own table"),
     used("lb_endpoints", attr="endpoints"),
-    inert("load_balancing_weight", "as in Envoy, locality weights act only with "
-          "common_lb_config.locality_weighted_lb_config, which is refused; endpoints of every "
-          "locality are balanced as one set"),
-    refused("priority", "only priority 0", default=0, only_default=True),
+    used("load_balancing_weight", attr="endpoints",
+         why="as in Envoy, it acts only with common_lb_config.locality_weighted_lb_config"),
+    used("priority", 0, attr="endpoints", why="priority levels (priority_load.py)"),
     inert("metadata", "no filter or subset load balancer here reads it"),
     refused("proximity"),
     refused("leds_cluster_locality_config"),
+))
+
+ENDPOINT_LOCALITY = Message("envoy.config.core.v3.Locality (endpoint)", fields=(
+    used("region", attr="endpoints"),
+    used("zone", attr="endpoints"),
+    used("sub_zone", attr="endpoints"),
 ))
 
 LB_ENDPOINT = Message("envoy.config.endpoint.v3.LbEndpoint", model=None, fields=(
@@ -318,7 +351,7 @@ COMMON_LB = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig", fields=(
     used("healthy_panic_threshold", 50.0, why="its own table"),
     inert("zone_aware_lb_config", "zone-aware routing needs cluster_manager.local_cluster_name, "
                                   "which is refused: Envoy does not apply it either"),
-    refused("locality_weighted_lb_config"),
+    used("locality_weighted_lb_config", attr="locality_weighted_lb", why="an empty message"),
     inert("update_merge_window", "host updates are applied at once; the window only batches them",
           default="1s"),
     refused("ignore_new_hosts_until_first_hc", "hosts added later are not held back until their first check",
@@ -350,11 +383,20 @@ CONSISTENT_HASHING = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig.Con
 
 LEAST_REQUEST = Message("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", fields=(
     used("choice_count", 2, attr="least_request_choice_count"),
-    refused("active_request_bias"),
+    used("active_request_bias", 1.0, attr="least_request_active_request_bias",
+         why="a RuntimeDouble: its default_value"),
     refused("slow_start_config"),
     refused("locality_lb_config"),
     refused("enable_full_scan"),
     refused("selection_method"),
+))
+
+LOCALITY_WEIGHTED = Message("envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+                            fields=())
+
+RUNTIME_DOUBLE = Message("envoy.config.core.v3.RuntimeDouble (active_request_bias)", fields=(
+    used("default_value", 1.0, attr="least_request_active_request_bias"),
+    inert("runtime_key", "no runtime layer overrides it here"),
 ))
 
 UPSTREAM_HTTP_OPTIONS = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", fields=(
@@ -481,8 +523,10 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     dns_family = errors.run(f.enum, "dns_lookup_family", _DNS_FAMILIES, "AUTO")
     buffer_limit = errors.run(f.int, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT,
                               min=0, max=2**32 - 1)
-    choice_count = errors.run(_choice_count, f)
+    least_request = errors.run(_least_request, f)
     panic = errors.run(_panic_threshold, f)
+    locality_weighted = errors.run(_locality_weighted, f)
+    policy = errors.run(_static_policy, f)
     health_checks = errors.run(parse_health_checks, f)
     errors.run(_health_checks_need_plaintext, f, health_checks, transport)
     errors.run(_grpc_checks_need_http2, f, health_checks, choice, name)
@@ -507,7 +551,10 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         high_priority_circuit_breakers=high_cb,
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_rpc,
-        least_request_choice_count=choice_count,
+        least_request_choice_count=least_request[0],
+        least_request_active_request_bias=least_request[1],
+        locality_weighted_lb=locality_weighted,
+        assignment_policy=policy,
         hashing=hashing,
         healthy_panic_threshold=panic,
         health_checks=health_checks,
@@ -573,12 +620,26 @@ def _eds_cluster_config(f: Fields, ctype: str, name: Any) -> EdsClusterConfig | 
     return EdsClusterConfig(source, service)
 
 
-def parse_load_assignment(raw: Any, path: str) -> tuple[str, tuple[EndpointConfig, ...]]:
-    """An EDS `ClusterLoadAssignment` at `path` -> (its cluster_name, its endpoints), validated
-    as a static cluster's load_assignment (addresses must be IPs)."""
+def parse_load_assignment(raw: Any, path: str
+                          ) -> tuple[str, tuple[EndpointConfig, ...], AssignmentPolicy]:
+    """An EDS `ClusterLoadAssignment` at `path` -> (its cluster_name, its endpoints, its
+    policy), validated as a static cluster's load_assignment (addresses must be IPs)."""
     la = LOAD_ASSIGNMENT.read(raw, path)
     name = la.str("cluster_name", required=True)
-    return name, tuple(_assignment_endpoints(la, "STATIC"))
+    endpoints = tuple(_assignment_endpoints(la, "STATIC"))
+    return name, endpoints, _policy(la.value("policy"), la.at("policy"))
+
+
+def _static_policy(f: Fields) -> AssignmentPolicy:
+    """A static cluster's load_assignment.policy (checked again, with the endpoints, by
+    _assignment_endpoints)."""
+    la = f.value("load_assignment")
+    if not isinstance(la, Mapping) or la.get("policy") is None:
+        return AssignmentPolicy()
+    try:
+        return _policy(la["policy"], f"{f.at('load_assignment')}.policy")
+    except ConfigError:
+        return AssignmentPolicy()   # (reported once, by _assignment_endpoints)
 
 
 def _endpoints(f: Fields, ctype: str) -> tuple[EndpointConfig, ...]:
@@ -612,22 +673,37 @@ def _assignment_endpoints(la: Fields, ctype: str) -> list[EndpointConfig]:
         _policy(la.value("policy"), la.at("policy"))
     for item, lpath in la.list("endpoints"):
         loc = LOCALITY_ENDPOINTS.read(item, lpath)
-        loc.raw_obj("locality")
         loc.raw_obj("metadata")
-        LOCALITY_ENDPOINTS.require_default(loc, "priority", loc.int("priority", 0, min=0))
-        loc.int("load_balancing_weight", 1, min=1)  # inert: see LOCALITY_ENDPOINTS
+        locality = ("", "", "")
+        if loc.has("locality"):
+            lf = ENDPOINT_LOCALITY.read(loc.value("locality"), loc.at("locality"))
+            locality = (lf.str("region", ""), lf.str("zone", ""), lf.str("sub_zone", ""))
+        priority = loc.int("priority", 0, min=0, max=MAX_PRIORITY)   # Envoy's bound
+        # Envoy: a locality weight is 1..2^32-1 when set; unset reads as 0.
+        weight = loc.int("load_balancing_weight", None, min=1, max=2**32 - 1) or 0
         for lb, epath in loc.list("lb_endpoints"):
-            out.append(_lb_endpoint(LB_ENDPOINT.read(lb, epath), ctype))
+            ep = _lb_endpoint(LB_ENDPOINT.read(lb, epath), ctype)
+            out.append(replace(ep, priority=priority, locality=locality, locality_weight=weight))
     return out
 
 
-def _policy(raw: Any, path: str) -> None:
-    """ClusterLoadAssignment.Policy: nothing of it is implemented, so only defaults pass."""
+def _policy(raw: Any, path: str) -> AssignmentPolicy:
+    """ClusterLoadAssignment.Policy: the overprovisioning factor (Envoy: at least 1) and
+    weighted_priority_health; drop_overloads must be empty."""
+    if raw is None:
+        return AssignmentPolicy()
     p = LB_POLICY.read(raw, path)
-    LB_POLICY.require_default(p, "overprovisioning_factor",
-                              p.int("overprovisioning_factor", 140, min=1))
-    LB_POLICY.require_default(p, "weighted_priority_health",
-                              p.bool("weighted_priority_health", False))
+    return AssignmentPolicy(p.int("overprovisioning_factor", 140, min=1, max=2**32 - 1),
+                            p.bool("weighted_priority_health", False))
+
+
+def _locality_weighted(f: Fields) -> bool:
+    common = f.value("common_lb_config")
+    if not isinstance(common, Mapping) or common.get("locality_weighted_lb_config") is None:
+        return False
+    LOCALITY_WEIGHTED.read(common["locality_weighted_lb_config"],
+                           f"{f.at('common_lb_config')}.locality_weighted_lb_config")
+    return True
 
 
 def _lb_endpoint(lb: Fields, ctype: str) -> EndpointConfig:
@@ -894,8 +970,20 @@ def _hashing(f: Fields, lb_policy: Any) -> HashingConfig | None:
     return HashingConfig(ring_min, ring_max, table, use_hostname)
 
 
-def _choice_count(f: Fields) -> int:
+def _least_request(f: Fields) -> tuple[int, float]:
+    """(choice_count, active_request_bias) of least_request_lb_config."""
     if not f.has("least_request_lb_config"):
-        return 2
+        return 2, 1.0
     lr = LEAST_REQUEST.read(f.value("least_request_lb_config"), f.at("least_request_lb_config"))
-    return lr.int("choice_count", 2, min=2)
+    count = lr.int("choice_count", 2, min=2)
+    bias = 1.0
+    if lr.has("active_request_bias"):
+        # A RuntimeDouble: no runtime layer here, so its default_value.
+        rd = RUNTIME_DOUBLE.read(lr.value("active_request_bias"), lr.at("active_request_bias"))
+        rd.str("runtime_key", required=True)
+        bias = rd.float("default_value", 0.0)
+        if not bias >= 0.0:   # (NaN too) Envoy warns and uses 1.0
+            log.warning("upstream: invalid active request bias supplied (runtime key %s), using 1.0",
+                        rd.str("runtime_key", ""))
+            bias = 1.0
+    return count, bias

@@ -62,7 +62,7 @@ class _ClusterState:
 
     __slots__ = ("config", "limits", "high_limits", "target_hosts", "next_refresh", "snapshot",
                  "added_via_api", "version_info", "last_updated", "eds", "warm", "health",
-                 "outlier")
+                 "outlier", "policy")
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
@@ -79,6 +79,7 @@ class _ClusterState:
         self.warm = config.type != "EDS"  # an EDS cluster warms until its first assignment
         self.health: ClusterHealthChecker | None = None   # active health checks, if configured
         self.outlier: ClusterOutlierDetection | None = None   # outlier detection, if configured
+        self.policy = None   # an EDS cluster's latest ClusterLoadAssignment.policy
 
     @property
     def is_dns(self) -> bool:
@@ -212,8 +213,10 @@ class ClusterManager:
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod
-    def _static_host(ep: EndpointConfig) -> Host:
-        return Host(ep.address, ep.port, ep.weight, ep.hostname, ep.health_status, ep.health_check)
+    def _static_host(ep: EndpointConfig, address: str | None = None, hostname: str | None = None) -> Host:
+        return Host(ep.address if address is None else address, ep.port, ep.weight,
+                    ep.hostname if hostname is None else hostname, ep.health_status, ep.health_check,
+                    priority=ep.priority, locality=ep.locality, locality_weight=ep.locality_weight)
 
     @staticmethod
     def _all_hosts(state: _ClusterState) -> list[Host]:
@@ -244,8 +247,7 @@ class ClusterManager:
                 self._count(prefix + "update_empty")  # STRICT_DNS: an empty answer empties the set
             self._count(prefix + "update_success")
             hostname = ep.hostname or ep.address
-            state.target_hosts[i] = tuple(Host(a, ep.port, ep.weight, hostname, ep.health_status,
-                                               ep.health_check) for a in unique)
+            state.target_hosts[i] = tuple(self._static_host(ep, a, hostname) for a in unique)
         state.next_refresh = self._clock() + cfg.dns_refresh_rate
 
     def _update_hosts(self, state: _ClusterState) -> bool:
@@ -267,9 +269,12 @@ class ClusterManager:
         if state.outlier is not None:  # monitors for new hosts, ejection flags on all
             state.outlier.set_hosts(hosts)
             hosts = state.outlier.apply(hosts)
+        # Envoy lists (and /clusters prints) hosts level by level.
+        hosts = tuple(sorted(hosts, key=lambda h: h.priority))
         state.snapshot = ClusterSnapshot(
             cfg.name, cfg, hosts, state.limits, state.high_limits,
-            state.health.report_immediate_fail if state.health is not None else None)
+            state.health.report_immediate_fail if state.health is not None else None,
+            state.policy)
         self._set_gauge(f"cluster.{cfg.name}.membership_total", len(hosts))
         # Health: the endpoints' health_status and the active health checks' flags.
         healthy, degraded = by_health(hosts)
@@ -369,7 +374,8 @@ class ClusterManager:
         if self._eds_subscribe is None:
             raise RuntimeError(f"cluster {state.config.name}: type EDS but no EDS source is wired")
         state.target_hosts = []
-        state.eds = self._eds_subscribe(state.config, lambda eps, state=state: self._on_eds(state, eps))
+        state.eds = self._eds_subscribe(
+            state.config, lambda eps, policy=None, state=state: self._on_eds(state, eps, policy))
 
     @staticmethod
     def _stop_eds(state: _ClusterState) -> None:
@@ -382,12 +388,17 @@ class ClusterManager:
         if state.outlier is not None:
             state.outlier.stop()
 
-    def _on_eds(self, state: _ClusterState, endpoints: tuple[EndpointConfig, ...] | None) -> None:
-        """An EDS update (None: the first fetch failed: warm up with no hosts, as Envoy)."""
+    def _on_eds(self, state: _ClusterState, endpoints: tuple[EndpointConfig, ...] | None,
+                policy=None) -> None:
+        """An EDS update (None: the first fetch failed: warm up with no hosts, as Envoy), with
+        its ClusterLoadAssignment's policy (None: the defaults)."""
         if self._clusters.get(state.config.name) is not state:
             return  # removed or replaced meanwhile
+        policy_changed = False
         if endpoints is not None:
             state.target_hosts = [tuple(self._static_host(ep) for ep in endpoints)]
+            policy_changed = policy != state.policy
+            state.policy = policy
         hosts = HostSet.of(self._all_hosts(state)).hosts
         if not state.warm or state.snapshot is None:
             state.warm = True
@@ -395,6 +406,9 @@ class ClusterManager:
             changed = True
         else:
             changed = self._update_hosts(state)
+            if policy_changed and not changed:   # same hosts, another overprovisioning factor
+                self._rebuild(state, state.snapshot.hosts)
+                changed = True
         if changed and not self._holding:
             self._refresh_cluster_gauges()
             self._publish_all()

@@ -11,7 +11,9 @@ host Envoy would pick for the same host set:
   filled round by round (a lighter host every few rounds); a hash picks table[hash % M].
 
 A request without a hash (no route hash_policy, or one that matched nothing) gets a random
-one, as Envoy. The hosts are the snapshot's `lb_hosts` (healthy ones, or all in panic), the
+one, as Envoy. The hosts are one priority level's healthy ones (all of them in panic;
+priority_lb.py builds a ring per level), weighted per host or, with
+locality_weighted_lb_config, per locality then host (`locality_normalized_weights`); the
 key a host's `address:port`, or its hostname with use_hostname_for_hashing.
 Pure math: no I/O; a balancer is built per worker per snapshot (load_balancer.py).
 """
@@ -44,15 +46,38 @@ def _normalized(hosts: tuple[Host, ...]) -> list[tuple[Host, float]]:
     return [(h, h.weight / total) for h in hosts]
 
 
+def normalized_weights(hosts: tuple[Host, ...]) -> list[tuple[Host, float]]:
+    """Each host's share of the ring (its weight over the sum: Envoy's normalizeHostWeights)."""
+    return _normalized(hosts) if hosts else []
+
+
+def locality_normalized_weights(localities) -> list[tuple[Host, float]]:
+    """Envoy's normalizeLocalityWeights (locality_weighted_lb_config): each locality's
+    (region, zone, sub_zone) share is its weight over the sum of all locality weights, split
+    over its hosts by host weight; a locality of weight 0 (or without hosts) gets nothing, and
+    all weights 0 gives an empty ring. `localities`: (weight, hosts) pairs."""
+    total = sum(w for w, _ in localities)
+    out: list[tuple[Host, float]] = []
+    if total == 0:
+        return out
+    for weight, hosts in localities:
+        if weight and hosts:
+            host_total = sum(h.weight for h in hosts)
+            out.extend((h, h.weight * (weight / total) / host_total) for h in hosts)
+    return out
+
+
 class RingHashLoadBalancer:
     __slots__ = ("hosts", "rand", "hashes", "ring_hosts")
 
     def __init__(self, hosts: tuple[Host, ...], rand: Callable[[int], int], min_ring_size: int = 1024,
-                 max_ring_size: int = 8 * 1024 * 1024, use_hostname: bool = False) -> None:
+                 max_ring_size: int = 8 * 1024 * 1024, use_hostname: bool = False,
+                 weights: list[tuple[Host, float]] | None = None) -> None:
         self.hosts = hosts
         self.rand = rand
         ring: list[tuple[int, Host]] = []
-        weights = _normalized(hosts) if hosts else []
+        if weights is None:
+            weights = _normalized(hosts) if hosts else []
         if weights:
             min_weight = min(w for _, w in weights)
             scale = min(math.ceil(min_weight * min_ring_size) / min_weight, float(max_ring_size))
@@ -102,12 +127,13 @@ class MaglevLoadBalancer:
     __slots__ = ("hosts", "rand", "table", "size")
 
     def __init__(self, hosts: tuple[Host, ...], rand: Callable[[int], int], table_size: int = 65537,
-                 use_hostname: bool = False) -> None:
+                 use_hostname: bool = False, weights: list[tuple[Host, float]] | None = None) -> None:
         self.hosts = hosts
         self.rand = rand
         self.size = table_size
         self.table: list[Host | None] = []
-        weights = _normalized(hosts) if hosts else []
+        if weights is None:
+            weights = _normalized(hosts) if hosts else []
         if not weights:
             return
         max_weight = max(w for _, w in weights)

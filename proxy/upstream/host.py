@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .circuit_breaker import ResourceLimits
-from .cluster_config import ClusterConfig
+from .cluster_config import AssignmentPolicy, ClusterConfig
 from .health_check_config import EndpointHealthCheck
 
-__all__ = ["Host", "HostSet", "ClusterSnapshot"]
+__all__ = ["Host", "HostSet", "ClusterSnapshot", "is_healthy", "is_degraded", "is_excluded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,12 @@ class Host:
     # outlier_detection).
     failed_outlier_check: bool = field(default=False, compare=False)
     outlier: Any = field(default=None, compare=False, repr=False)
+    # Its LocalityLbEndpoints: priority level, locality (region, zone, sub_zone) and that
+    # locality's load_balancing_weight (0: unset). Part of equality: a host that moved to
+    # another level or locality is a membership change.
+    priority: int = 0
+    locality: tuple[str, str, str] = ("", "", "")
+    locality_weight: int = 0
     # Identity of the peer (for per-host pools and active-request counts): (address, port).
     key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
@@ -102,12 +108,12 @@ def health_flags(status: str | Host) -> str:
     return out or "healthy"
 
 
-def _healthy(h: Host) -> bool:
+def is_healthy(h: Host) -> bool:
     return (h.health_status in HEALTHY_STATUSES and not h.failed_active_hc
             and not h.degraded_active_hc and not h.failed_outlier_check)
 
 
-def _degraded(h: Host) -> bool:
+def is_degraded(h: Host) -> bool:
     # Envoy's coarseHealth: any failure flag is unhealthy; else a degraded flag is degraded.
     return (not h.failed_active_hc and not h.failed_outlier_check and (h.health_status == "DEGRADED"
                                         or (h.degraded_active_hc and h.health_status in HEALTHY_STATUSES)))
@@ -115,16 +121,22 @@ def _degraded(h: Host) -> bool:
 
 def by_health(hosts: tuple[Host, ...]) -> tuple[tuple[Host, ...], tuple[Host, ...]]:
     """The healthy hosts and the degraded ones (the membership_healthy/_degraded gauges)."""
-    return tuple(h for h in hosts if _healthy(h)), tuple(h for h in hosts if _degraded(h))
+    return tuple(h for h in hosts if is_healthy(h)), tuple(h for h in hosts if is_degraded(h))
+
+
+def is_excluded(h: Host) -> bool:
+    """Envoy's excluded hosts: they count neither way toward a level's health or panic."""
+    return h.excluded_via_immediate_hc_fail
 
 
 def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tuple[Host, ...], bool]:
-    """The hosts a load balancer picks from, and whether the cluster is in panic: the healthy
-    ones; the degraded ones only when none is healthy (Envoy gives degraded hosts traffic only
-    when the healthy ones cannot take it all; with one priority level and the default
-    overprovisioning this simplification differs only while 0 < healthy < 72 % of hosts); all of
-    them when less than `panic_threshold` percent are healthy or degraded
-    (common_lb_config.healthy_panic_threshold, default 50; 0 never panics)."""
+    """A flat view of the usable hosts, and whether the cluster as one set is in panic: the
+    healthy ones; the degraded ones when none is healthy; all of them when less than
+    `panic_threshold` percent are healthy or degraded (common_lb_config.healthy_panic_threshold,
+    default 50; 0 never panics). Workers do not pick from it: they follow the snapshot's
+    `priority_state` (priority_load.py: Envoy's per-priority loads, degraded spill-over and
+    per-priority panic); this view serves code that wants some usable host (the tracing
+    exporter) and `load_balancer.create_load_balancer`."""
     healthy, degraded = by_health(hosts)
     # Hosts taken out by x-envoy-immediate-health-check-fail are excluded: they count neither
     # way toward panic (Envoy's excluded hosts).
@@ -137,8 +149,9 @@ def lb_hosts(hosts: tuple[Host, ...], panic_threshold: float = 50.0) -> tuple[tu
 @dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     """What a worker needs to route to a cluster: its config, current hosts, shared limits (one
-    ResourceLimits per routing priority), and the hosts its load balancers pick from
-    (`lb_hosts`, `panic`: see `lb_hosts()`)."""
+    ResourceLimits per routing priority), the priority levels its load balancers pick from
+    (`priority_state`), and a flat view of the usable hosts (`lb_hosts`, `panic`: see
+    `lb_hosts()`)."""
 
     name: str
     config: ClusterConfig
@@ -148,6 +161,11 @@ class ClusterSnapshot:
     # Health-checked clusters: report_immediate_fail(host), callable from any thread (the
     # router calls it for a response carrying x-envoy-immediate-health-check-fail); else None.
     hc_report: Any = field(default=None, compare=False, repr=False)
+    # The ClusterLoadAssignment's policy (an EDS cluster's latest; None: the config's).
+    policy: AssignmentPolicy | None = field(default=None, compare=False, repr=False)
+    # Priority levels, localities, and Envoy's per-priority loads and panic flags
+    # (priority_load.py): what the workers' balancers pick from.
+    priority_state: Any = field(init=False, compare=False, repr=False)
     lb_hosts: tuple[Host, ...] = field(init=False, compare=False, repr=False)
     panic: bool = field(init=False, compare=False, repr=False)
     # How many hosts are healthy and degraded (the membership_healthy/_degraded gauges; read by
@@ -156,6 +174,11 @@ class ClusterSnapshot:
     membership_degraded: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        from .priority_load import build_priority_state   # (it imports this module)
+        policy = self.policy or self.config.assignment_policy
+        object.__setattr__(self, "priority_state", build_priority_state(
+            self.hosts, policy.overprovisioning_factor, self.config.healthy_panic_threshold,
+            policy.weighted_priority_health))
         chosen, panic = lb_hosts(self.hosts, self.config.healthy_panic_threshold)
         object.__setattr__(self, "lb_hosts", chosen)
         object.__setattr__(self, "panic", panic)

@@ -24,7 +24,7 @@ from .hashing_lb import MaglevLoadBalancer, RingHashLoadBalancer
 from .host import ClusterSnapshot, Host
 
 __all__ = ["LoadBalancer", "RoundRobinLoadBalancer", "LeastRequestLoadBalancer",
-           "RandomLoadBalancer", "create_load_balancer"]
+           "RandomLoadBalancer", "create_load_balancer", "host_balancer"]
 
 Rand = Callable[[int], int]
 ActiveRequests = Callable[[Host], int]
@@ -91,19 +91,21 @@ class LeastRequestLoadBalancer(LoadBalancer):
 
     Equal weights: pick `choice_count` hosts at random (with replacement) and keep the one
     with the fewest active requests (the first drawn wins ties) -- "power of two choices".
-    Unequal weights: weighted random pick with effective weight `weight / (active + 1)`
-    (Envoy's `active_request_bias` = 1.0), so a loaded host is picked less. O(hosts).
+    Unequal weights: weighted random pick with effective weight
+    `weight / (active + 1) ** active_request_bias` (Envoy's hostWeight; bias 1.0 by default,
+    0 ignores the load), so a loaded host is picked less. O(hosts).
     """
 
-    __slots__ = ("_active", "_rand", "_choice_count", "_weighted")
+    __slots__ = ("_active", "_rand", "_choice_count", "_weighted", "_bias")
 
     def __init__(self, hosts: tuple[Host, ...], active_requests: ActiveRequests, rand: Rand,
-                 choice_count: int = 2) -> None:
+                 choice_count: int = 2, active_request_bias: float = 1.0) -> None:
         super().__init__(hosts)
         self._active = active_requests
         self._rand = rand
         self._choice_count = choice_count
         self._weighted = bool(hosts) and not _equal_weights(hosts)
+        self._bias = active_request_bias
 
     def choose(self) -> Host | None:
         hosts = self.hosts
@@ -126,8 +128,14 @@ class LeastRequestLoadBalancer(LoadBalancer):
     def _choose_weighted(self) -> Host:
         cumulative = []
         total = 0
+        bias = self._bias
         for h in self.hosts:
-            total += max(1, h.weight * _EFFECTIVE_WEIGHT_SCALE // (self._active(h) + 1))
+            if bias == 1.0:
+                total += max(1, h.weight * _EFFECTIVE_WEIGHT_SCALE // (self._active(h) + 1))
+            elif bias == 0.0:
+                total += h.weight * _EFFECTIVE_WEIGHT_SCALE
+            else:
+                total += max(1, int(h.weight * _EFFECTIVE_WEIGHT_SCALE / (self._active(h) + 1) ** bias))
             cumulative.append(total)
         return self.hosts[bisect.bisect_right(cumulative, self._rand(total))]
 
@@ -156,20 +164,28 @@ class RandomLoadBalancer(LoadBalancer):
 
 def create_load_balancer(snapshot: ClusterSnapshot, active_requests: ActiveRequests,
                          rand: Rand) -> LoadBalancer:
-    """The balancer for `snapshot.config.lb_policy` over `snapshot.lb_hosts` (one per worker)."""
-    policy = snapshot.config.lb_policy
-    hosts = snapshot.lb_hosts
+    """A flat balancer for `snapshot.config.lb_policy` over `snapshot.lb_hosts` (workers use
+    priority_lb.PriorityLoadBalancer, which builds these per priority level and locality)."""
+    return host_balancer(snapshot.config, snapshot.lb_hosts, active_requests, rand)
+
+
+def host_balancer(config, hosts: tuple[Host, ...], active_requests: ActiveRequests, rand: Rand,
+                  weights: list[tuple[Host, float]] | None = None) -> LoadBalancer:
+    """The balancer for `config.lb_policy` over `hosts` (`weights`: RING_HASH/MAGLEV's
+    normalized host weights, when locality weights shape them)."""
+    policy = config.lb_policy
     if policy == "ROUND_ROBIN":
         return RoundRobinLoadBalancer(hosts, rand)
     if policy == "LEAST_REQUEST":
-        return LeastRequestLoadBalancer(hosts, active_requests, rand,
-                                        snapshot.config.least_request_choice_count)
+        return LeastRequestLoadBalancer(hosts, active_requests, rand, config.least_request_choice_count,
+                                        config.least_request_active_request_bias)
     if policy == "RANDOM":
         return RandomLoadBalancer(hosts, rand)
-    hashing = snapshot.config.hashing
+    hashing = config.hashing
     if policy == "RING_HASH":
         return RingHashLoadBalancer(hosts, rand, hashing.minimum_ring_size, hashing.maximum_ring_size,
-                                    hashing.use_hostname_for_hashing)
+                                    hashing.use_hostname_for_hashing, weights)
     if policy == "MAGLEV":
-        return MaglevLoadBalancer(hosts, rand, hashing.table_size, hashing.use_hostname_for_hashing)
+        return MaglevLoadBalancer(hosts, rand, hashing.table_size, hashing.use_hostname_for_hashing,
+                                  weights)
     raise ValueError(f"unsupported lb_policy {policy!r}")  # config parsing refuses it first

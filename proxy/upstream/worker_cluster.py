@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..network.transport_socket import upstream_transport_factory
 from .conn_pool import HTTP2, HTTP11, MIXED, DownstreamProtocolPool, HttpConnPool, PoolKey
-from .load_balancer import create_load_balancer
+from .priority_lb import PriorityLoadBalancer
 
 __all__ = ["WorkerCluster", "ClusterStats", "upstream_protocol", "DOWNSTREAM"]
 
@@ -139,13 +139,17 @@ class WorkerCluster:
             self.stats.scope.scope("ssl"))
         self.transport_key = tf.key
         self.protocol = protocol = upstream_protocol(snapshot.config)
-        self.lb = create_load_balancer(snapshot, self._active_requests, self.worker.rand_below)
-        # choose_host(): a host from the load balancer; in panic (see host.lb_hosts) each pick
-        # is counted, as Envoy does. Bound per snapshot: no wrapper frame per request.
-        self.choose_host = self._choose_in_panic if self.panic else self.lb.choose
+        self.lb = lb = PriorityLoadBalancer(snapshot.priority_state, snapshot.config,
+                                            self._active_requests, self.worker.rand_below,
+                                            self.stats.lb_healthy_panic)
+        # choose_host(): a host by priority level, locality and the cluster's policy; a pick in
+        # a level in panic is counted (lb_healthy_panic), as Envoy does. A plain
+        # single-priority cluster gets its host balancer's own bound `choose`: no wrapper
+        # frame per request.
+        self.choose_host = lb.choose
         # choose_host_by_hash(h): a RING_HASH/MAGLEV balancer's pick for a route's hash; any
         # other balancer ignores the hash (as Envoy's do).
-        self.choose_host_by_hash = getattr(self.lb, "choose_hash", None) or (lambda h: self.choose_host())
+        self.choose_host_by_hash = lb.choose_hash or (lambda h: self.choose_host())
         keep = {h.key for h in snapshot.hosts}
         for pools in (self.pools, self.high_pools):
             for key in [k for k in pools if k.host not in keep or k.transport != tf.key
@@ -164,10 +168,6 @@ class WorkerCluster:
         pool, high = self.pools.get(key), self.high_pools.get(key)
         return ((pool.active_requests if pool is not None else 0)
                 + (high.active_requests if high is not None else 0))
-
-    def _choose_in_panic(self):
-        self.stats.lb_healthy_panic.value += 1
-        return self.lb.choose()
 
     def pool_for(self, host, high_priority: bool = False) -> HttpConnPool:
         pools = self.high_pools if high_priority else self.pools

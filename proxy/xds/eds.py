@@ -27,7 +27,7 @@ class EdsApplier:
     """`SubscriptionCallbacks` for one EDS cluster."""
 
     def __init__(self, cluster_name: str, service_name: str,
-                 on_endpoints: Callable[[Any], None]) -> None:
+                 on_endpoints: Callable[..., None]) -> None:
         self.cluster_name = cluster_name
         self.service_name = service_name
         self.on_endpoints = on_endpoints
@@ -40,11 +40,11 @@ class EdsApplier:
         if len(resources) != 1:
             raise ConfigError(resources[1][1], f"Unexpected EDS resource length: {len(resources)}")
         raw, path = resources[0]
-        name, endpoints = parse_load_assignment(raw, path)
+        name, endpoints, policy = parse_load_assignment(raw, path)
         if name != self.service_name:
             raise ConfigError(path + ".cluster_name",
                               f"Unexpected EDS cluster (expecting {self.service_name}): {name}")
-        self.on_endpoints(endpoints)
+        self.on_endpoints(endpoints, policy)
 
     def on_failed_first_fetch(self) -> None:
         self.on_endpoints(None)

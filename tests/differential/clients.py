@@ -62,7 +62,7 @@ def build_raw(req: dict) -> bytes:
 # The runner finds each request's access-log line by its client port, so a case must never use
 # one client port twice. Ports are handed out in turn from a range below the kernel's ephemeral
 # range (where the OS picks ports for everything else), skipping one that is taken.
-_PORT_BASE, _PORT_SPAN = 20000, 12000
+_PORT_BASE, _PORT_SPAN = 20000, 5990  # proxies.PortReservation takes 26000-31999
 _next_port = itertools.count(random.randrange(_PORT_SPAN))
 _port_lock = threading.Lock()  # guards _next_port (cases may send from several threads)
 

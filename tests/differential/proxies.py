@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -57,10 +58,20 @@ class PortReservation:
         self._held: list[socket.socket] = []
 
     def take(self) -> int:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self._held.append(s)
-        return s.getsockname()[1]
+        """A port from 26000-31999: below the kernel's ephemeral range, so between release()
+        and the proxy's bind no other process's socket (bound to port 0, or the source port
+        of a connection) can take it and answer for a listener the proxy has not opened (or
+        has closed) yet; clients.py draws client ports from 20000-25999."""
+        for _ in range(200):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", random.randrange(26000, 32000)))
+            except OSError:
+                s.close()
+                continue
+            self._held.append(s)
+            return s.getsockname()[1]
+        raise RuntimeError("no free loopback port in 26000-31999")
 
     def release(self) -> None:
         for s in self._held:

@@ -45,7 +45,7 @@ def _route_config() -> dict[str, Any]:
                                     "rate_limited_retry_back_off": {
                                         "reset_headers": [{"name": "retry-after"}]}}},
          "request_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
-         "decorator": {"operation": "op"}, "tracing": {},
+         "decorator": {"operation": "op"}, "tracing": {}, "metadata": {"filter_metadata": {"x": {}}},
          "typed_per_filter_config": {"envoy.filters.http.router": {"@type": _FILTER_CONFIG,
                                                                     "disabled": False}}},
         {"match": {"prefix": "/", "headers": [{"name": "y", "range_match": {"start": 1, "end": 2}}],
@@ -106,6 +106,7 @@ _AT: dict[str, Callable[[dict], dict]] = {
         lambda rc: _route(0)(rc)["request_headers_to_add"][0]["header"],
     "envoy.config.route.v3.Decorator": lambda rc: _route(0)(rc)["decorator"],
     "envoy.config.route.v3.Tracing": lambda rc: _route(0)(rc)["tracing"],
+    "envoy.config.core.v3.Metadata (route)": lambda rc: _route(0)(rc)["metadata"],
     "envoy.config.route.v3.FilterConfig":
         lambda rc: _route(0)(rc)["typed_per_filter_config"]["envoy.filters.http.router"],
     "envoy.type.v3.Int64Range (range_match)": lambda rc: _route(1)(rc)["match"]["headers"][0]["range_match"],

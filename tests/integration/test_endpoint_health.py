@@ -1,5 +1,6 @@
 """Endpoint health_status through the proxy: Envoy's load balancer skips UNHEALTHY, DRAINING
-and TIMEOUT endpoints, uses DEGRADED ones only when no endpoint is healthy, and balances over
+and TIMEOUT endpoints, gives DEGRADED ones the load the healthy ones cannot take (with the
+overprovisioning factor 1.4: 30 % when half the hosts are healthy), and balances over
 every endpoint (panic, counted in lb_healthy_panic) when fewer than half are healthy or
 degraded (common_lb_config.healthy_panic_threshold's default, 50 %)."""
 
@@ -36,13 +37,14 @@ def test_health_status_steers_the_load_balancer(ups, proxy_factory):
     clusters = [
         _cluster("half", [(s0, "HEALTHY"), (s1, "UNHEALTHY")]),          # 50 %: no panic
         _cluster("draining", [(s0, "UNKNOWN"), (s1, "DRAINING"), (s2, "TIMEOUT")]),  # 33 %: panic
-        _cluster("degraded", [(s0, "DEGRADED"), (s1, "HEALTHY")]),       # degraded unused
+        _cluster("degraded", [(s0, "DEGRADED"), (s1, "HEALTHY")]),       # 70 % / 30 %
         _cluster("only_degraded", [(s0, "DEGRADED"), (s1, "UNHEALTHY")]),  # degraded used
     ]
     routes = [{"match": {"prefix": f"/{c['name']}"}, "route": {"cluster": c["name"]}} for c in clusters]
     p = proxy_factory(front_proxy_config(routes, clusters))
     assert _served_by(p.port, "/half") == {"s0"}
-    assert _served_by(p.port, "/degraded") == {"s1"}
+    served = [echo(p.port, "/degraded")["server"] for _ in range(60)]
+    assert set(served) == {"s0", "s1"} and served.count("s1") > served.count("s0")
     assert _served_by(p.port, "/only_degraded") == {"s0"}
     assert _served_by(p.port, "/draining") == {"s0", "s1", "s2"}  # round robin over all three
     c, g = p.counters(), p.gauges()

@@ -316,7 +316,10 @@ def test_degraded_header(ups, proxy_factory):
     p = _proxy(proxy_factory, _cluster("c", [a.port, b.port], [_hc()]))
     a.mode = "degraded"
     assert p.wait_for(lambda: _flags(p, "c")[a.port] == "/degraded_active_hc")
-    assert _served(p, "c") == {"b"}    # degraded hosts only when no host is healthy
+    # Envoy's priority load: 1 healthy of 2 is 70 % (overprovisioning 1.4); the degraded host
+    # takes the other 30 %.
+    served = [request(p.port, "/c/x").body.decode() for _ in range(60)]
+    assert set(served) == {"a", "b"} and served.count("b") > served.count("a")
     g = p.gauges()
     assert g["cluster.c.health_check.degraded"] == 1
     assert g["cluster.c.membership_degraded"] == 1

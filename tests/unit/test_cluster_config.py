@@ -68,8 +68,8 @@ def test_front_proxy_style_cluster_parses_endpoints_weights_and_hostnames():
     cfg = parse_cluster(raw, P)
     assert cfg.connect_timeout == 0.25
     assert cfg.endpoints == (
-        EndpointConfig("10.0.0.1", 80, 3, "", "HEALTHY"),
-        EndpointConfig("::1", 81, 1, "web", "UNKNOWN", EndpointHealthCheck(port=9)),
+        EndpointConfig("10.0.0.1", 80, 3, "", "HEALTHY", locality=("", "a", "")),
+        EndpointConfig("::1", 81, 1, "web", "UNKNOWN", EndpointHealthCheck(port=9), locality=("", "a", "")),
     )
 
 
@@ -297,10 +297,58 @@ def test_unknown_protocol_options_extension_is_refused():
     assert msg.startswith(f"{P}.typed_extension_protocol_options.envoy.filters.network.foo:")
 
 
-def test_only_priority_zero_is_supported():
+def test_priorities_localities_and_their_weights_reach_each_endpoint():
     raw = cluster(load_assignment={"endpoints": [
-        {"priority": 1, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
-    assert error(raw) == f"{P}.load_assignment.endpoints[0].priority: not supported yet (only priority 0)"
+        {"priority": 1, "locality": {"region": "r", "zone": "z", "sub_zone": "s"},
+         "load_balancing_weight": 7, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]},
+        {"lb_endpoints": [lb_endpoint("127.0.0.1", 2)]}]})
+    a, b = parse_cluster(raw, P).endpoints
+    assert (a.priority, a.locality, a.locality_weight) == (1, ("r", "z", "s"), 7)
+    assert (b.priority, b.locality, b.locality_weight) == (0, ("", "", ""), 0)
+
+
+def test_a_priority_above_128_is_an_error_as_in_envoy():
+    raw = cluster(load_assignment={"endpoints": [
+        {"priority": 129, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
+    assert error(raw) == f"{P}.load_assignment.endpoints[0].priority: must be <= 128, got 129"
+    ok = cluster(load_assignment={"endpoints": [{"priority": 128, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
+    assert parse_cluster(ok, P).endpoints[0].priority == 128
+
+
+def test_a_locality_weight_of_zero_is_refused_as_envoy_does():
+    raw = cluster(load_assignment={"endpoints": [
+        {"load_balancing_weight": 0, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
+    assert error(raw) == f"{P}.load_assignment.endpoints[0].load_balancing_weight: must be >= 1, got 0"
+
+
+def test_an_unknown_locality_field_is_named():
+    raw = cluster(load_assignment={"endpoints": [
+        {"locality": {"zones": "a"}, "lb_endpoints": [lb_endpoint("127.0.0.1", 1)]}]})
+    assert error(raw).startswith(f'{P}.load_assignment.endpoints[0].locality: unknown field "zones"')
+
+
+def test_policy_overprovisioning_and_weighted_priority_health_are_read():
+    cfg = parse_cluster(cluster(load_assignment={"endpoints": [], "policy": {
+        "overprovisioning_factor": 200, "weighted_priority_health": True}}), P)
+    assert (cfg.assignment_policy.overprovisioning_factor,
+            cfg.assignment_policy.weighted_priority_health) == (200, True)
+    assert parse_cluster(cluster(), P).assignment_policy.overprovisioning_factor == 140
+
+
+def test_locality_weighted_lb_config_and_active_request_bias_are_read():
+    cfg = parse_cluster(cluster(lb_policy="LEAST_REQUEST", common_lb_config={"locality_weighted_lb_config": {}},
+                                least_request_lb_config={"choice_count": 3, "active_request_bias": {
+                                    "default_value": 0.5, "runtime_key": "lr.bias"}}), P)
+    assert cfg.locality_weighted_lb and cfg.least_request_choice_count == 3
+    assert cfg.least_request_active_request_bias == 0.5
+    assert not parse_cluster(cluster(), P).locality_weighted_lb
+
+
+def test_a_negative_active_request_bias_is_replaced_by_1_as_envoy_does(caplog):
+    cfg = parse_cluster(cluster(least_request_lb_config={"active_request_bias": {
+        "default_value": -1, "runtime_key": "k"}}), P)
+    assert cfg.least_request_active_request_bias == 1.0
+    assert "invalid active request bias supplied (runtime key k), using 1.0" in caplog.text
 
 
 def test_udp_socket_address_is_refused():

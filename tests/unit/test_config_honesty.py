@@ -89,14 +89,16 @@ def test_a_policy_at_its_defaults_loads(policy):
     assert parse_bootstrap(boot(cluster=with_la(policy=policy))).clusters[0].endpoints
 
 
-@pytest.mark.parametrize("field,value,why", [
-    ("overprovisioning_factor", 200, "the load balancer does not model overprovisioning"),
-    ("weighted_priority_health", True, "one priority level only"),
-    ("endpoint_stale_after", "5s", "EDS"),
-])
-def test_other_policy_fields_are_refused_by_path(field, value, why):
-    assert error(boot(cluster=with_la(policy={field: value}))) == (
-        f"{C0}.load_assignment.policy.{field}: not supported yet ({why})")
+def test_endpoint_stale_after_is_refused_by_path():
+    assert error(boot(cluster=with_la(policy={"endpoint_stale_after": "5s"}))) == (
+        f"{C0}.load_assignment.policy.endpoint_stale_after: not supported yet (EDS)")
+
+
+@pytest.mark.parametrize("policy", [{"overprovisioning_factor": 200}, {"weighted_priority_health": True}])
+def test_overprovisioning_and_weighted_priority_health_are_honoured(policy):
+    c = parse_bootstrap(boot(cluster=with_la(policy=policy))).clusters[0]
+    assert c.assignment_policy.overprovisioning_factor == policy.get("overprovisioning_factor", 140)
+    assert c.assignment_policy.weighted_priority_health == policy.get("weighted_priority_health", False)
 
 
 def test_policy_typo_is_an_unknown_field():
@@ -104,18 +106,19 @@ def test_policy_typo_is_an_unknown_field():
         f'{C0}.load_assignment.policy: unknown field "drop_overload" (did you mean "drop_overloads"?)')
 
 
-def test_locality_weights_load_and_endpoints_of_every_locality_are_one_set():
-    # As in Envoy without locality_weighted_lb_config: locality weights do not act.
+def test_locality_weights_reach_the_endpoints_and_duplicates_stay_endpoints():
+    # Whether locality weights act is the cluster's locality_weighted_lb_config (priority_lb.py).
     ep = {"lb_endpoints": [{"endpoint": {"address": _sa(9001)}}]}
     raw = boot(cluster=with_la(endpoints=[{**ep, "load_balancing_weight": 1, "locality": {"zone": "a"}},
                                           {**ep, "load_balancing_weight": 9, "locality": {"zone": "b"}}]))
     c = parse_bootstrap(raw).clusters[0]
-    assert [(e.port, e.weight) for e in c.endpoints] == [(9001, 1), (9001, 1)]
+    assert [(e.port, e.weight, e.locality_weight) for e in c.endpoints] == [(9001, 1, 1), (9001, 1, 9)]
+    assert not c.locality_weighted_lb
 
 
-def test_locality_weighted_lb_config_is_refused():
+def test_locality_weighted_lb_config_is_honoured_and_zone_aware_is_inert():
     raw = boot(cluster={"common_lb_config": {"locality_weighted_lb_config": {}}})
-    assert error(raw) == f"{C0}.common_lb_config.locality_weighted_lb_config: not supported yet"
+    assert parse_bootstrap(raw).clusters[0].locality_weighted_lb
 
 
 # -- HTTP protocol options bodies -------------------------------------------------------------

@@ -24,11 +24,17 @@ import sysconfig
 import pytest
 
 THIRD_PARTY = ("httptools", "h11", "h2", "OpenSSL", "yaml", "rich", "click")
+# Left out of the walk, deliberately: the Lua filter's runtime imports lupa, whose C modules do
+# not declare free-threading support, so importing it turns the GIL back on (measured on
+# 3.14t). It is the optional extra `ftproxy[lua]`, imported only when a config uses the Lua
+# filter, which then logs that the GIL came back (and /server_info says so). Every other
+# module, proxy.http.filters.lua (its config) included, must keep the GIL off.
+EXCLUDED = ("proxy.http.filters.lua_runtime",)
 
 # Runs in the child interpreter: prints one JSON object.
 _CHILD = r"""
 import importlib, json, pkgutil, sys
-third_party = %r
+third_party, excluded = %r, %r
 report = {"imported": [], "gil_enabled_after": None, "errors": []}
 
 def check(name):
@@ -46,6 +52,8 @@ for pkg_name in ("proxy", "cli"):
     def onerror(name):
         report["errors"].append(name)
     for info in pkgutil.walk_packages(pkg.__path__, pkg_name + ".", onerror=onerror):
+        if info.name in excluded:
+            continue
         try:
             importlib.import_module(info.name)
         except Exception as e:
@@ -54,7 +62,7 @@ for pkg_name in ("proxy", "cli"):
         check(info.name)
 report["gil_at_end"] = sys._is_gil_enabled()
 print(json.dumps(report))
-""" % (THIRD_PARTY,)
+""" % (THIRD_PARTY, EXCLUDED)
 
 
 def _free_threaded_build() -> bool:
@@ -89,3 +97,4 @@ def test_importing_every_shipped_module_leaves_the_gil_off():
     assert report["gil_enabled_after"] is None, (
         f"the GIL was re-enabled after importing {report['gil_enabled_after']!r}")
     assert not report["gil_at_end"]
+    assert not set(EXCLUDED) & set(report["imported"]), "an excluded module was imported"

@@ -129,6 +129,19 @@ def test_least_request_with_unequal_weights_discounts_busy_hosts():
     assert share_busy == pytest.approx(0.5 / 1.5, abs=0.04)   # 2/(3+1) : 1/(0+1)
 
 
+@pytest.mark.parametrize("bias,expected", [
+    (0.0, 2 / 3),                                   # load ignored: weights only
+    (0.5, (2 / 2) / (2 / 2 + 1)),                   # 2/(3+1)^0.5 : 1/(0+1)^0.5 = 1 : 1
+    (2.0, (2 / 16) / (2 / 16 + 1)),                 # 2/16 : 1
+])
+def test_active_request_bias_scales_how_much_load_counts(bias, expected):
+    a, b = hosts(2, 1)
+    lb = LeastRequestLoadBalancer((a, b), {a: 3, b: 0}.__getitem__, random.Random(5).randrange,
+                                  active_request_bias=bias)
+    share = Counter(lb.choose() for _ in range(4000))[a] / 4000
+    assert share == pytest.approx(expected, abs=0.04)
+
+
 def test_random_is_roughly_weighted_with_a_seeded_rand():
     hs = hosts(1, 3, 6)
     lb = RandomLoadBalancer(hs, random.Random(42).randrange)

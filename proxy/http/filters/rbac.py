@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...config.fields_table import Message, refused, used
@@ -43,6 +43,15 @@ class RbacConfig:
     track_per_rule_stats: bool = False
     matcher: Any = None               # rbac_config.RbacMatcher, instead of rules
     shadow_matcher: Any = None
+    # Derived at load: nothing to evaluate (every request passes); matchers instead of rules.
+    inactive: bool = field(default=True, init=False, repr=False, compare=False)
+    by_matcher: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_matcher = self.matcher is not None or self.shadow_matcher is not None
+        object.__setattr__(self, "by_matcher", by_matcher)
+        object.__setattr__(self, "inactive", not by_matcher and self.rules is None
+                           and self.shadow_rules is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +61,8 @@ class RbacPerRoute:
 
 _MATCHER = "the xDS matcher tree: use rules"
 
-RBAC_FILTER = Message(RBAC_PROTO, title="HTTP filter rbac", model=RbacConfig, fields=(
+RBAC_FILTER = Message(RBAC_PROTO, title="HTTP filter rbac", model=RbacConfig,
+                      bookkeeping=("inactive", "by_matcher"), fields=(
     used("rules"),
     used("shadow_rules"),
     used("rules_stat_prefix", ""),
@@ -133,17 +143,17 @@ class RbacFilter(PassThroughFilter):
 
     def decode_headers(self, head, end_stream: bool) -> int:
         cb = self.cb
-        config = self.wf.config
-        per_route = cb.per_filter_config(self.wf.name)
+        wf = self.wf
+        config = wf.config
+        per_route = cb.per_filter_config(wf.name)
         if per_route is not None:
             if per_route.rbac is None:
                 return FilterHeadersStatus.CONTINUE  # disabled for this route
             config = per_route.rbac
-        if (config.rules is None and config.shadow_rules is None and config.matcher is None
-                and config.shadow_matcher is None):
+        if config.inactive:
             return FilterHeadersStatus.CONTINUE
-        facts = self._facts(head)
-        if config.matcher is not None or config.shadow_matcher is not None:
+        facts = LazyRequestFacts(cb.stream_info, head)
+        if config.by_matcher:
             return self._decide_by_matcher(config, facts)
         if config.shadow_rules is not None:
             self._decide(config.shadow_rules, facts, config, config.shadow_rules_stat_prefix, "shadow_")
@@ -187,32 +197,27 @@ class RbacFilter(PassThroughFilter):
             wf.count(f"{prefix}policy.{policy}.{shadow}{outcome}")
         return allowed, policy
 
-    def _facts(self, head) -> LazyRequestFacts:
-        return LazyRequestFacts(self.cb.stream_info, head)
-
-
-_UNSET = object()
 
 
 class LazyRequestFacts:
     """RequestFacts (rbac_config.py) for one HTTP request, each fact read from the stream
-    when a rule first asks for it: a policy on a header parses no address."""
+    when a rule first asks for it (a slot stays unset until then): a policy on a header
+    parses no address and splits no path."""
 
-    __slots__ = ("info", "head", "_view", "_remote_ip", "_direct_remote_ip", "_local",
+    __slots__ = ("info", "req", "_view", "_remote_ip", "_direct_remote_ip", "_local",
                  "_server_name", "_principals")
 
     def __init__(self, info, head) -> None:
         self.info = info
-        self.head = head
-        self._view = self._remote_ip = self._direct_remote_ip = self._local = _UNSET
-        self._server_name = self._principals = _UNSET
+        self.req = head
 
     @property
     def view(self) -> RequestView:
-        v = self._view
-        if v is _UNSET:
-            v = self._view = RequestView(self.head)
-        return v
+        try:
+            return self._view
+        except AttributeError:
+            v = self._view = RequestView(self.req)
+            return v
 
     @property
     def path(self) -> str:
@@ -220,28 +225,31 @@ class LazyRequestFacts:
 
     @property
     def remote_ip(self):
-        v = self._remote_ip
-        if v is _UNSET:
+        try:
+            return self._remote_ip
+        except AttributeError:
             v = self._remote_ip = _ip(self.info.downstream_remote_address)
-        return v
+            return v
 
     @property
     def direct_remote_ip(self):
-        v = self._direct_remote_ip
-        if v is _UNSET:
+        try:
+            return self._direct_remote_ip
+        except AttributeError:
             v = self._direct_remote_ip = _ip(self.info.downstream_direct_remote_address)
-        return v
+            return v
 
     def _local_address(self) -> tuple:
-        v = self._local
-        if v is _UNSET:
+        try:
+            return self._local
+        except AttributeError:
             local = self.info.downstream_local_address
             try:
                 port = int(local.rsplit(":", 1)[1])
             except (IndexError, ValueError, AttributeError):
                 port = 0
             v = self._local = (_ip(local), port)
-        return v
+            return v
 
     @property
     def local_ip(self):
@@ -253,20 +261,23 @@ class LazyRequestFacts:
 
     @property
     def server_name(self) -> str:
-        v = self._server_name
-        if v is _UNSET:
+        try:
+            return self._server_name
+        except AttributeError:
             tls = self.info.downstream_ssl
-            v = self._server_name = (tls.sni if tls is not None else "") or (self.info.requested_server_name or "")
-        return v
+            v = self._server_name = ((tls.sni if tls is not None else "")
+                                     or (self.info.requested_server_name or ""))
+            return v
 
     @property
     def peer_principals(self):
-        v = self._principals
-        if v is _UNSET:
+        try:
+            return self._principals
+        except AttributeError:
             tls = self.info.downstream_ssl
             v = self._principals = (None if tls is None else
                                     (*tls.peer_uri_sans, *tls.peer_dns_sans, tls.peer_subject))
-        return v
+            return v
 
 
 register(Extension(

@@ -11,8 +11,8 @@ Must not: do I/O. Thread affinity: parsed on the main thread; immutable afterwar
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...config.fields_table import Message, refused, used
@@ -29,12 +29,13 @@ _NO_METADATA = "no filter here writes dynamic metadata or filter state"
 class RequestFacts:
     """What the leaf matchers read from one request (built once per request by the filter)."""
 
-    __slots__ = ("view", "path", "remote_ip", "direct_remote_ip", "local_ip", "local_port",
+    __slots__ = ("view", "req", "path", "remote_ip", "direct_remote_ip", "local_ip", "local_port",
                  "server_name", "peer_principals")
 
     def __init__(self, view, path: str, remote_ip, direct_remote_ip, local_ip, local_port: int,
                  server_name: str, peer_principals: tuple[str, ...] | None) -> None:
         self.view = view                      # for HeaderMatcher (router.matchers.RequestView)
+        self.req = view.req if view is not None else None  # the request head
         self.path = path                      # the path without its query
         self.remote_ip = remote_ip            # ipaddress objects (None if unknown)
         self.direct_remote_ip = direct_remote_ip
@@ -46,39 +47,99 @@ class RequestFacts:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One permission or principal: `kind` and its argument; and/or/not hold sub-rules."""
+    """One permission or principal: `kind` and its argument; and/or/not hold sub-rules.
+    The filter does not walk rules per request: `predicate(rule)` turns one into a function."""
     kind: str
     value: Any = None
 
-    def matches(self, r: RequestFacts) -> bool:
-        kind, value = self.kind, self.value
-        if kind == "any":
-            return True
-        if kind == "and":
-            return all(rule.matches(r) for rule in value)
-        if kind == "or":
-            return any(rule.matches(r) for rule in value)
-        if kind == "not":
-            return not value.matches(r)
-        if kind == "header":
-            return value.matches(r.view.req)
-        if kind == "url_path":
-            return value.match(r.path)
-        if kind in ("remote_ip", "direct_remote_ip", "destination_ip"):
-            ip = r.remote_ip if kind == "remote_ip" else (
-                r.direct_remote_ip if kind == "direct_remote_ip" else r.local_ip)
-            return ip is not None and ip.version == value.version and ip in value
-        if kind == "destination_port":
-            return r.local_port == value
-        if kind == "destination_port_range":
-            return value[0] <= r.local_port < value[1]
-        if kind == "requested_server_name":
-            return value.match(r.server_name)
-        if kind == "authenticated":
-            if r.peer_principals is None:
+
+def _true(r: RequestFacts) -> bool:
+    return True
+
+
+def _any_of(fns: tuple) -> Callable[[RequestFacts], bool]:
+    if len(fns) == 1:
+        return fns[0]
+
+    def any_of(r: RequestFacts) -> bool:
+        for fn in fns:
+            if fn(r):
+                return True
+        return False
+    return any_of
+
+
+def _all_of(fns: tuple) -> Callable[[RequestFacts], bool]:
+    if len(fns) == 1:
+        return fns[0]
+
+    def all_of(r: RequestFacts) -> bool:
+        for fn in fns:
+            if not fn(r):
                 return False
-            return value is None or any(value.match(p) for p in r.peer_principals)
-        raise AssertionError(kind)  # parsing admits only the kinds above
+        return True
+    return all_of
+
+
+def _header_predicate(m: HeaderMatcher) -> Callable[[RequestFacts], bool]:
+    s = m.string
+    if (s is not None and s.kind == "exact" and not s.ignore_case and not m.invert
+            and m.name[:1] != ":" and m.name != "host"):
+        # The common policy (an exact header value), without decoding: Envoy joins repeated
+        # headers with "," before matching, as HeaderMatcher.matches does.
+        name, want = m.name.encode("latin-1"), s.value.encode("latin-1")
+        if not want and m.treat_missing_as_empty:
+            return lambda r: m.matches(r.req)
+
+        def header_exact(r: RequestFacts) -> bool:
+            values = r.req.headers.get_all(name)
+            if len(values) == 1:
+                return values[0] == want
+            return bool(values) and b",".join(values) == want
+        return header_exact
+    return lambda r: m.matches(r.req)
+
+
+def predicate(rule: Rule) -> Callable[[RequestFacts], bool]:
+    """The function deciding whether one request matches `rule` (built once, at load)."""
+    kind, value = rule.kind, rule.value
+    if kind == "any":
+        return _true
+    if kind == "and":
+        return _all_of(tuple(predicate(sub) for sub in value))
+    if kind == "or":
+        return _any_of(tuple(predicate(sub) for sub in value))
+    if kind == "not":
+        inner = predicate(value)
+        return lambda r: not inner(r)
+    if kind == "header":
+        return _header_predicate(value)
+    if kind == "url_path":
+        return lambda r: value.match(r.path)
+    if kind in ("remote_ip", "direct_remote_ip", "destination_ip"):
+        attr = {"remote_ip": "remote_ip", "direct_remote_ip": "direct_remote_ip",
+                "destination_ip": "local_ip"}[kind]
+        version = value.version
+
+        def ip_in(r: RequestFacts) -> bool:
+            ip = getattr(r, attr)
+            return ip is not None and ip.version == version and ip in value
+        return ip_in
+    if kind == "destination_port":
+        return lambda r: r.local_port == value
+    if kind == "destination_port_range":
+        lo, hi = value
+        return lambda r: lo <= r.local_port < hi
+    if kind == "requested_server_name":
+        return lambda r: value.match(r.server_name)
+    if kind == "authenticated":
+        def authenticated(r: RequestFacts) -> bool:
+            principals = r.peer_principals
+            if principals is None:
+                return False
+            return value is None or any(value.match(p) for p in principals)
+        return authenticated
+    raise AssertionError(kind)  # parsing admits only the kinds above
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,24 +148,28 @@ class Policy:
     permissions: tuple[Rule, ...]   # any of them
     principals: tuple[Rule, ...]    # any of them
 
-    def matches(self, r: RequestFacts) -> bool:
-        return (any(p.matches(r) for p in self.permissions)
-                and any(p.matches(r) for p in self.principals))
-
 
 @dataclass(frozen=True, slots=True)
 class Rbac:
     action: str                      # ALLOW, DENY, LOG
     policies: tuple[Policy, ...]     # in name order (Envoy keeps them in a sorted map)
+    # (name, permissions' predicate, principals' predicate) per policy, built from `policies`
+    compiled: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compiled", tuple(
+            (p.name, _any_of(tuple(predicate(r) for r in p.permissions)),
+             _any_of(tuple(predicate(r) for r in p.principals)))
+            for p in self.policies))
 
     def matched_policy(self, r: RequestFacts) -> str | None:
-        for policy in self.policies:
-            if policy.matches(r):
-                return policy.name
+        for name, permitted, principal in self.compiled:
+            if permitted(r) and principal(r):
+                return name
         return None
 
 
-RBAC = Message(f"{_P}.RBAC", model=Rbac, fields=(
+RBAC = Message(f"{_P}.RBAC", model=Rbac, bookkeeping=("compiled",), fields=(
     used("action", "ALLOW"),
     used("policies"),
     refused("audit_logging_options"),
@@ -243,7 +308,7 @@ class Predicate:
         kind, value = self.kind, self.value
         if kind == "header":
             name, matcher = value
-            header = r.view.req.headers.get(name) if r.view is not None else None
+            header = r.req.headers.get(name) if r.req is not None else None
             return header is not None and matcher.match(header.decode("latin-1"))
         if kind == "and":
             return all(p.matches(r) for p in value)

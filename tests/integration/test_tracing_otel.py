@@ -398,6 +398,30 @@ def test_google_grpc_is_refused_by_name():
     assert "google_grpc: not supported yet" in str(e.value)
 
 
+@pytest.mark.parametrize("provider", ["otel", "zipkin"])
+def test_a_tls_collector_cluster_is_refused_by_name(provider):
+    """Span exports do not speak TLS: a collector cluster with a TLS transport_socket is
+    refused at load rather than sent spans in the clear."""
+    from .test_tracing_zipkin import ZIPKIN
+    cfg = _config(1, 2, provider=OTEL if provider == "otel" else {
+        **ZIPKIN, "typed_config": {**ZIPKIN["typed_config"], "collector_cluster": "otel"}})
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "collector"}}
+    for c in cfg["static_resources"]["clusters"]:
+        if c["name"] == "otel":
+            c["transport_socket"] = tls
+    with pytest.raises(ConfigError) as e:
+        parse_bootstrap(cfg)
+    assert 'tracing.provider: not supported yet (the collector cluster "otel" has a TLS' in str(e.value)
+    raw = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
+    for c in cfg["static_resources"]["clusters"]:
+        if c["name"] == "otel":
+            c["transport_socket"] = raw
+    parse_bootstrap(cfg)
+
+
 def test_an_unknown_grpc_cluster_loads_as_envoy_does(upstream):
     """Envoy 1.40 does not check the OpenTelemetry tracer's cluster at load."""
     provider = {**OTEL, "typed_config": {**OTEL["typed_config"], "grpc_service": {

@@ -37,7 +37,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
 from .. import __version__
-from ..upstream.health_checker import MainSocket
+from ..threads.client_socket import ClientSocket
 from . import exporter as common
 from .otlp import Resource, encode_export_request
 
@@ -230,7 +230,7 @@ class GrpcChannel:
         self.outbox = memoryview(b"")     # the message's bytes not yet sent (flow control)
         self._reset()
         self.timer = None
-        self.sock = MainSocket(exporter.main, address, self._on_connected, self._on_data,
+        self.sock = ClientSocket(exporter.main, address, self._on_connected, self._on_data,
                                self._on_closed)
 
     def _reset(self) -> None:

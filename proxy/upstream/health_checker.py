@@ -280,9 +280,6 @@ class HttpProbe:
         self.parser = None
 
 
-# The main thread's client connection, also the OTLP span exporter's (proxy/tracing).
-MainSocket = _Socket
-
 
 class H2Probe:
     """The HTTP/2 (h2c, prior knowledge) checks: `codec_client_type: HTTP2` HTTP checks and

@@ -30,7 +30,9 @@ STAMP314T    := $(VENV314T)/.ftproxy-installed
 PIP_INSTALL  := -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # Envoy's v3 protobuf classes for xDS over gRPC (proxy/xds/proto.py). --no-deps: the package's
 # metadata requires grpcio (no free-threaded wheel; ftproxy never imports it); its real
-# dependency, protobuf, is in pyproject.toml.
+# dependency, protobuf, is in pyproject.toml. Installed BEFORE the project: it carries an old
+# copy of opentelemetry/proto/*, which the test extra's opentelemetry-proto then replaces with
+# the current one (the OTLP test collectors need its scope_spans; Envoy's protos import either).
 XDS_PROTOS   := -m pip install --quiet --disable-pip-version-check --no-deps 'xds-protos==1.85.0'
 ARGS         ?= tests
 
@@ -93,8 +95,8 @@ $(PY):
 	fi
 
 $(STAMP): $(PY) pyproject.toml Makefile
-	$(PY) $(PIP_INSTALL)
 	$(PY) $(XDS_PROTOS)
+	$(PY) $(PIP_INSTALL)
 	@touch $@
 
 $(PY314T):
@@ -112,8 +114,8 @@ $(PY_T): $(PY314T)
 	$(PY314T) -m venv $(VENV314T)
 
 $(STAMP314T): $(PY_T) pyproject.toml Makefile
-	$(PY_T) $(PIP_INSTALL)
 	$(PY_T) $(XDS_PROTOS)
+	$(PY_T) $(PIP_INSTALL)
 	@touch $@
 
 clean-venv:

@@ -28,6 +28,7 @@ from proxy.config.listener import ListenerConfig, address_string, parse_address,
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
 from proxy.config.registry import resolve
+from proxy.network.transport_socket import RawBufferSocketFactory
 from proxy.tls.config import parse_secret
 from proxy.tls.secrets import SecretScope, SecretSource, parse_static_secrets, secret_scope
 from proxy.upstream.cluster_config import parse_cluster
@@ -175,6 +176,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
         errors.run(check_route_clusters, listeners, paths, cluster_names)
+        errors.run(check_tracing_collectors, listeners, paths, clusters)
         if limits is not MISSING:
             extra_warnings = [f"runtime key envoy.resource_limits.listener.{name}.connection_limit "
                               f"names no listener: it limits nothing (as in Envoy)"
@@ -413,6 +415,27 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
 # -- inline routes must name defined clusters (Envoy: validate_clusters defaults to true for
 #    a route_config given inline); so must a tracer's collector_cluster ------------------------
 
+def check_tracing_collectors(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
+                             clusters) -> None:
+    """A tracer's collector cluster must be plaintext: span exports (proxy/tracing) open their
+    own connections and do not speak TLS, so a cluster with a TLS transport_socket is refused
+    rather than sent spans in the clear."""
+    by_name = {c.name: c for c in clusters}
+    errors = ErrorCollector()
+    for lis, lpath in zip(listeners, paths):
+        for ci, chain in enumerate(lis.filter_chains):
+            cpath = index(join(lpath, "filter_chains"), ci)
+            for fi, flt in enumerate(chain.filters):
+                tracing = getattr(flt.config, "tracing", None)
+                cluster = by_name.get(tracing.provider.collector_cluster) if tracing is not None else None
+                if cluster is not None and not isinstance(cluster.transport_socket, RawBufferSocketFactory):
+                    errors.add(ConfigError(
+                        join(index(join(cpath, "filters"), fi), "typed_config.tracing.provider"),
+                        f'not supported yet (the collector cluster "{cluster.name}" has a TLS '
+                        "transport_socket: span export over TLS)"))
+    errors.raise_if_any()
+
+
 def check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
                          clusters: set[str], where: str = "static_resources.clusters") -> None:
     errors = ErrorCollector()
@@ -422,8 +445,10 @@ def check_route_clusters(listeners: tuple[ListenerConfig, ...], paths: tuple[str
             for fi, flt in enumerate(chain.filters):
                 raw_hcm = getattr(flt.config, "raw", None)
                 tracing = getattr(flt.config, "tracing", None)
-                if tracing is not None and tracing.provider.collector_cluster not in clusters:
-                    # Envoy's zipkin driver checks its collector cluster at load.
+                if (tracing is not None and tracing.provider.collector_cluster not in clusters
+                        and getattr(tracing.provider, "cluster_checked_at_load", True)):
+                    # Envoy's zipkin driver checks its collector cluster at load (the
+                    # OpenTelemetry one does not: its gRPC client fails each export).
                     errors.add(ConfigError(
                         join(index(join(cpath, "filters"), fi),
                              "typed_config.tracing.provider.typed_config.collector_cluster"),

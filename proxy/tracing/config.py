@@ -1,6 +1,7 @@
 """Config model of HTTP tracing: the HCM's `tracing` (HttpConnectionManager.Tracing), a
 route's `tracing` (config.route.v3.Tracing), its `decorator`, custom tags and the Zipkin
-provider (`envoy.tracers.zipkin`, config.trace.v3.ZipkinConfig).
+provider (`envoy.tracers.zipkin`, config.trace.v3.ZipkinConfig); the OpenTelemetry provider's
+is otel_config.py.
 
 Sampling percentages are kept as Envoy keeps them: the HCM's `type.v3.Percent` values become
 numerators over 10,000 (Envoy rounds `value / 100 * 10000`), a route's FractionalPercents stay
@@ -66,7 +67,7 @@ class ZipkinConfig:
 
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
-    provider: ZipkinConfig
+    provider: Any                        # ZipkinConfig or otel_config.OpenTelemetryConfig
     random_sampling: Sampling = ALL
     client_sampling: Sampling = ALL
     overall_sampling: Sampling = ALL
@@ -279,3 +280,6 @@ def _bool_value(f: Fields, name: str, default: bool) -> bool:
 
 
 register(Extension(category="tracer", name=ZIPKIN_NAME, proto=ZIPKIN_PROTO, parse=parse_zipkin))
+
+# The second provider: registering it is importing it.
+from . import otel_config  # noqa: E402,F401  (envoy.tracers.opentelemetry)

@@ -31,11 +31,12 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..threads.dispatcher import READ, WRITE
 from .zipkin import encode_spans
 
-__all__ = ["ZipkinExporter", "SpanBatcher", "Exporters", "LocalInfo"]
+__all__ = ["ZipkinExporter", "SpanBatcher", "SpanExporter", "Exporters", "LocalInfo"]
 
 log = logging.getLogger("ftproxy.tracing")
 
@@ -79,12 +80,31 @@ def _count(spans: list) -> int:
     return len(spans) + sum(1 for s in spans if s.child is not None and s.child.duration_us)
 
 
+class SpanExporter(Protocol):
+    """The seam between the workers' tracers and a provider's export (this module's
+    ZipkinExporter, otlp_exporter.OtlpExporter): made on main at config load, one per
+    distinct provider config. `batcher_for(worker)` is called on that worker (or on main
+    before it starts) and must be safe from several threads at once; every other method runs
+    on the main Dispatcher `main`: `receive(spans)` takes a worker's batch (posted by its
+    SpanBatcher), `start()` arms the flush timer, `close()` stops it and drops what is out."""
+
+    main: Any
+
+    def batcher_for(self, worker) -> SpanBatcher: ...
+
+    def receive(self, spans: list) -> None: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SpanBatcher:
     """A worker's spans on their way to the main thread's exporter."""
 
     __slots__ = ("exporter", "dispatcher", "spans", "timer")
 
-    def __init__(self, exporter: ZipkinExporter, dispatcher) -> None:
+    def __init__(self, exporter: SpanExporter, dispatcher) -> None:
         self.exporter = exporter
         self.dispatcher = dispatcher
         self.spans: list = []
@@ -217,8 +237,12 @@ class CollectorPost:
     """One report: connect, write the request, read the status line, close (main thread,
     non-blocking on the main Dispatcher)."""
 
-    def __init__(self, exporter: ZipkinExporter, address: tuple[str, int], request: bytes) -> None:
+    def __init__(self, exporter: ZipkinExporter, address: tuple[str, int], request: bytes,
+                 timeout: float | None = None) -> None:
+        """`exporter`: whose `main` Dispatcher runs the post and whose `report_done(post,
+        status)` hears the outcome (the OTLP/HTTP exporter's too)."""
         self.exporter = exporter
+        self.timeout = REQUEST_TIMEOUT if timeout is None else timeout
         self.address = address
         self.out = memoryview(request)
         self.received = b""
@@ -241,7 +265,7 @@ class CollectorPost:
             return
         main = self.exporter.main
         main.register(self.sock, WRITE, self._on_event)
-        self.timer = main.call_later(REQUEST_TIMEOUT, lambda: self._done(None))
+        self.timer = main.call_later(self.timeout, lambda: self._done(None))
 
     def _on_event(self, mask: int) -> None:
         sock = self.sock
@@ -301,8 +325,9 @@ class CollectorPost:
 
 
 class Exporters:
-    """The process's span exporters (main thread): one per distinct Zipkin provider config,
-    as Envoy keeps one driver per tracer config; their stats share the `tracing.zipkin.`
+    """The process's span exporters (main thread): one per distinct provider config (Zipkin's
+    ZipkinExporter, OpenTelemetry's otlp_exporter.OtlpExporter), as Envoy keeps one driver
+    per tracer config; their stats share the `tracing.zipkin.` / `tracing.opentelemetry.`
     names."""
 
     def __init__(self, main, store, local: LocalInfo) -> None:
@@ -312,10 +337,13 @@ class Exporters:
         self.clusters = lambda: {}
         self._by_config: dict = {}
 
-    def exporter_for(self, zipkin_config) -> ZipkinExporter:
+    def exporter_for(self, zipkin_config) -> SpanExporter:
         e = self._by_config.get(zipkin_config)
         if e is None:
-            e = self._by_config[zipkin_config] = ZipkinExporter(
+            from .otel_config import OpenTelemetryConfig
+            from .otlp_exporter import OtlpExporter
+            kind = OtlpExporter if isinstance(zipkin_config, OpenTelemetryConfig) else ZipkinExporter
+            e = self._by_config[zipkin_config] = kind(
                 zipkin_config, self.local, self.main, self.store, lambda: self.clusters())
         return e
 

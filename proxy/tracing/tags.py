@@ -15,6 +15,11 @@ max_path_tag_length), `http.method`, `downstream_cluster`, `user_agent`, `http.p
 Upstream span tags: `component`, `http.protocol`, `http.status_code`, `peer.address`,
 `upstream_address`, `response_flags`, `upstream_cluster`, `upstream_cluster.name`, `error`.
 
+The OpenTelemetry tracer sets the same tags as span attributes (`request_attributes`,
+`upstream_attributes`: (key, value) pairs in the order Envoy 1.40's sends them, a later tag of
+the same key replacing the earlier's value, as its Span::setTag), with `node_id` and `zone`
+(even empty) first.
+
 Must not: do I/O, or write to the facts it reads.
 """
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 from json.encoder import encode_basestring_ascii as _q
 from typing import NamedTuple
 
-__all__ = ["Facts", "request_tags", "upstream_tags"]
+__all__ = ["Facts", "request_tags", "upstream_tags", "request_attributes", "upstream_attributes"]
 
 
 class Facts(NamedTuple):
@@ -103,3 +108,57 @@ def _custom(custom, get) -> str:
         if value:
             out += "," + _q(t.tag) + ":" + _q(value)
     return out
+
+
+def request_attributes(f: Facts, node_id: str, zone: str) -> list[tuple[str, str]]:
+    """The server span's attributes, as Envoy's OpenTelemetry span carries them."""
+    get = dict(reversed(f.fields)).get
+    attrs = {"node_id": node_id, "zone": zone}
+    rid = get(b"x-request-id")
+    if rid is not None:
+        attrs["guid:x-request-id"] = rid.decode("latin-1")
+    client = get(b"x-client-trace-id")
+    if client is not None:
+        attrs["guid:x-client-trace-id"] = client.decode("latin-1")
+    path = get(b"x-envoy-original-path") or f.path
+    url = get(b"x-forwarded-proto", b"") + b"://" + f.authority + path[:f.config.max_path_tag_length]
+    code = f.code or 0
+    attrs["http.url"] = url.decode("latin-1")
+    attrs["http.method"] = f.method.decode("latin-1")
+    attrs["downstream_cluster"] = (get(b"x-envoy-downstream-service-cluster") or b"-").decode("latin-1")
+    attrs["user_agent"] = (get(b"user-agent") or b"-").decode("latin-1")
+    attrs["http.protocol"] = f.protocol
+    attrs["peer.address"] = f.peer
+    attrs["request_size"] = str(f.bytes_received)
+    attrs["response_size"] = str(f.bytes_sent)
+    attrs["component"] = "proxy"
+    if f.cluster is not None and f.host is not None:
+        attrs["upstream_cluster"] = attrs["upstream_cluster.name"] = f.cluster
+    attrs["http.status_code"] = str(code)
+    attrs["response_flags"] = ",".join(f.flags) or "-"
+    if not code or code >= 500:
+        attrs["error"] = "true"
+    for custom in (f.config.custom_tags,
+                   f.route_tracing.custom_tags if f.route_tracing is not None else ()):
+        for t in custom:
+            if t.header is None:
+                value = t.value
+            else:
+                raw = get(t.header)
+                value = raw.decode("latin-1") if raw else t.value
+            if value:
+                attrs[t.tag] = value
+    return list(attrs.items())
+
+
+def upstream_attributes(f: Facts) -> list[tuple[str, str]]:
+    """The router's upstream (CLIENT) span's attributes."""
+    code = f.code or 0
+    host, cluster = f.host or "", f.cluster or ""
+    attrs = [("http.protocol", f.protocol), ("upstream_address", host), ("peer.address", host),
+             ("component", "proxy"), ("upstream_cluster", cluster),
+             ("upstream_cluster.name", cluster), ("http.status_code", str(code)),
+             ("response_flags", ",".join(f.flags) or "-")]
+    if not code or code >= 500:
+        attrs.append(("error", "true"))
+    return attrs

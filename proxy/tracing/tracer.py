@@ -37,7 +37,12 @@ import random
 import time
 
 from .config import TracingConfig
+from .otel_config import OpenTelemetryConfig
 from .tags import Facts
+from .traceparent import TRACEPARENT as _TRACEPARENT
+from .traceparent import TRACESTATE as _TRACESTATE
+from .traceparent import extract as _tp_extract
+from .traceparent import inject as _tp_inject
 from .zipkin import CLIENT, SERVER, InvalidContext, Span, extract, inject
 
 __all__ = ["HcmTracing", "WorkerTracer", "REASONS"]
@@ -51,6 +56,7 @@ _NIBBLE = (b"4", b"9", b"a", b"b")
 _B3_MULTI = frozenset({b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled"})
 _B3_FIELDS = _B3_MULTI | {b"b3"}
 _new_tuple = tuple.__new__
+_NEW_SAMPLED, _NEW_UNSAMPLED = "00-%s-%s-01", "00-%s-%s-00"   # a new trace's traceparent
 
 
 def _str_getter(h: dict):
@@ -84,9 +90,18 @@ class WorkerTracer:
         self.egress = hcm.egress
         self.batcher = hcm.exporter.batcher_for(worker)
         self.rng = random.Random()          # span ids: per worker, no shared state
-        zipkin = cfg.provider
-        self.shared_context = zipkin.shared_span_context
-        self.trace_128 = zipkin.trace_id_128bit
+        provider = cfg.provider
+        # The provider decides only propagation (and export): OpenTelemetry's W3C
+        # traceparent, or Zipkin's B3.
+        self.otel = isinstance(provider, OpenTelemetryConfig)
+        if self.otel:
+            self.shared_context, self.trace_128 = False, True
+        else:
+            self.shared_context = provider.shared_span_context
+            self.trace_128 = provider.trace_id_128bit
+        # OpenTelemetry names a span without a decorator after the traffic direction (Envoy's
+        # operation name); Zipkin after the request's authority (set when the span ends).
+        self.default_name = ("egress" if hcm.egress else "ingress") if self.otel else None
         scope = worker.stats.scope(f"http.{stat_prefix}.tracing")
         self.reason_counters = tuple(scope.counter(n) for n in REASONS)
         scope.counter("health_check")
@@ -108,6 +123,9 @@ class WorkerTracer:
         self.reason_counters[reason].value += 1
         traced = reason != NOT_TRACEABLE
         kind = self.kind
+        if self.otel:
+            self._start_otel(stream, headers, h, route, reason, traced, kind)
+            return
         no_b3 = _B3_FIELDS.isdisjoint(h)
         if no_b3:  # the usual request: no context, a new trace
             context, sampled, single = None, traced, False
@@ -129,21 +147,7 @@ class WorkerTracer:
             span = Span(context[0], "%016x" % getrandbits(64), context[1], sampled, None, kind,
                         0, single)
         span.reason = reason
-        decorator = route.decorator if route is not None else None
-        if decorator is not None:
-            span.name = decorator.operation
-        if self.egress:
-            if decorator is not None and decorator.propagate:
-                headers.set(b"x-envoy-decorator-operation", decorator.operation.encode())
-        else:
-            override = h.get(b"x-envoy-decorator-operation")
-            if override is not None:
-                if override:
-                    span.name = override.decode("latin-1")
-                headers.remove(b"x-envoy-decorator-operation")
-            if decorator is not None and decorator.propagate and not override:
-                # Envoy tells the caller the operation, for its client span.
-                span.response_operation = decorator.operation.encode()
+        self._name(span, headers, h, route)
         stream.active_span = span
         if self.spawn_upstream:
             # The router's upstream span: its id is what the upstream sees as its parent.
@@ -160,6 +164,63 @@ class WorkerTracer:
             fields.append((b"x-b3-sampled", b"1" if span.sampled else b"0"))
         else:
             inject(span, headers)
+
+    def _start_otel(self, stream, headers, h: dict, route, reason: int, traced: bool,
+                    kind: str) -> None:
+        """Envoy's OpenTelemetry Driver::startSpan: a request's `traceparent` makes the span
+        a child of the caller's (sampled when its flag and the HCM's decision both are, its
+        tracestate kept); without one, a new 128-bit trace with the HCM's decision; one that
+        does not parse, no span at all."""
+        getrandbits = self.rng.getrandbits
+        value = h.get(_TRACEPARENT)
+        if value is None:
+            span = Span("%032x" % getrandbits(128), "%016x" % getrandbits(64), None, traced,
+                        self.default_name, kind, 0)
+        else:
+            try:
+                trace, parent, sampled, state = _tp_extract(value, headers.fields)
+            except InvalidContext:
+                return  # Envoy: a null span; nothing injected, the headers pass as they came
+            # Envoy 1.40 samples a joined span only when both the caller's flag and the
+            # HCM's decision say so (either one off: unsampled).
+            span = Span(trace, "%016x" % getrandbits(64), parent, sampled and traced,
+                        self.default_name, kind, 0)
+            span.remote_parent = True
+            if state:
+                span.trace_state = state
+        span.reason = reason
+        self._name(span, headers, h, route)
+        stream.active_span = span
+        if self.spawn_upstream:
+            span.child = span.child_span("%016x" % getrandbits(64), "", 0)
+            span = span.child
+        if value is None and _TRACESTATE not in h:
+            # The usual request: nothing to replace, the two fields go at the end (no scans).
+            fields = headers.fields
+            fields.append((_TRACEPARENT, ((_NEW_SAMPLED if span.sampled else _NEW_UNSAMPLED)
+                                          % (span.trace_id, span.id)).encode()))
+            fields.append((_TRACESTATE, b""))
+        else:
+            _tp_inject(span, headers)
+
+    def _name(self, span: Span, headers, h: dict, route) -> None:
+        """The decorator's operation names the span; x-envoy-decorator-operation goes
+        upstream (egress) or renames the span (ingress), as Envoy's HCM does."""
+        decorator = route.decorator if route is not None else None
+        if decorator is not None:
+            span.name = decorator.operation
+        if self.egress:
+            if decorator is not None and decorator.propagate:
+                headers.set(b"x-envoy-decorator-operation", decorator.operation.encode())
+        else:
+            override = h.get(b"x-envoy-decorator-operation")
+            if override is not None:
+                if override:
+                    span.name = override.decode("latin-1")
+                headers.remove(b"x-envoy-decorator-operation")
+            if decorator is not None and decorator.propagate and not override:
+                # Envoy tells the caller the operation, for its client span.
+                span.response_operation = decorator.operation.encode()
 
     def _decide(self, headers, h: dict, route) -> int:
         """Envoy's mutateTracingRequestHeader; writes a new decision into x-request-id."""

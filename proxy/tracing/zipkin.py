@@ -24,46 +24,13 @@ from __future__ import annotations
 from json import dumps as _dumps
 from json.encoder import encode_basestring_ascii as _q
 
+from .span import CLIENT, SERVER, InvalidContext, Span
 from .tags import request_tags, upstream_tags
 
 __all__ = ["Span", "InvalidContext", "extract", "inject", "encode_spans", "SERVER", "CLIENT"]
 
-SERVER = "SERVER"
-CLIENT = "CLIENT"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _SAMPLED_POS = {1: 0, 35: 34, 51: 50, 52: 34, 68: 50}
-
-
-class InvalidContext(ValueError):
-    """The incoming B3 context does not parse (Envoy: ExtractorException, a null span)."""
-
-
-class Span:
-    """One Zipkin span. Ids are lower-case hex strings (trace 16 or 32, span and parent 16).
-    A plain class (CPython 3.13 builds its instances inline, cheaper than slots); the fields
-    most spans leave alone are class-level defaults."""
-
-    duration_us = 0
-    tags: dict[str, str] = {}   # tags set directly (else made from `facts`); never mutated
-    facts = None                # tags.Facts: the request's snapshot its tags are made from
-    child: Span | None = None   # the router's upstream span (spawn_upstream_span)
-    reason = 0                  # the HCM's trace reason (tracer.py: NOT_TRACEABLE, ...)
-    response_operation: bytes | None = None  # ingress: the decorator's, for the response
-
-    def __init__(self, trace_id: str, span_id: str, parent_id: str | None, sampled: bool,
-                 name: str | None, kind: str, start_us: int, single_header: bool = False) -> None:
-        self.trace_id = trace_id
-        self.id = span_id
-        self.parent_id = parent_id
-        self.sampled = sampled
-        self.name = name
-        self.kind = kind
-        self.start_us = start_us
-        self.single_header = single_header
-
-    def child_span(self, span_id: str, name: str, start_us: int) -> Span:
-        return Span(self.trace_id, span_id, self.id, self.sampled, name, CLIENT, start_us,
-                    self.single_header)
 
 
 def _hex64(s: str, what: str) -> str:

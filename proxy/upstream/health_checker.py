@@ -280,6 +280,7 @@ class HttpProbe:
         self.parser = None
 
 
+
 class H2Probe:
     """The HTTP/2 (h2c, prior knowledge) checks: `codec_client_type: HTTP2` HTTP checks and
     gRPC checks (grpc.health.v1.Health/Check, GrpcActiveHealthCheckSession's rules: a pass is

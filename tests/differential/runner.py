@@ -75,13 +75,25 @@ def _unport(value: str, ports: dict[str, str]) -> str:
     return value
 
 
-def normalise(obs: Observation, proxy: ProxyProcess, volatile: frozenset[str]) -> dict[str, Any]:
+_ID = re.compile(r"(?<![0-9a-f])(?:[0-9a-f]{32}|[0-9a-f]{16})(?![0-9a-f])")
+
+
+def _mask_ids(value: str, sent: str) -> str:
+    """A trace context's fresh ids (16 or 32 lower-case hex digits the client did not send)
+    replaced by `<id16>` / `<id32>`: its shape, flags and joined ids are still compared."""
+    return _ID.sub(lambda m: m.group(0) if m.group(0) in sent else f"<id{len(m.group(0))}>", value)
+
+
+def normalise(obs: Observation, proxy: ProxyProcess, volatile: frozenset[str],
+              id_headers: frozenset[str] = frozenset(), sent: str = "") -> dict[str, Any]:
     ports = {str(p): f"{{{{port:{n}}}}}" for n, p in proxy.ports.items()}
     ports[str(proxy.admin_port)] = "{{admin_port}}"
     out: dict[str, Any] = {"status": obs.status}
     for name, values in obs.headers.items():
         if name in volatile or (obs.echo and name == "content-length"):
             values = [MASK for _ in values]
+        elif name in id_headers:
+            values = [_mask_ids(v, sent) for v in values]
         out[f"headers.{name}"] = [_unport(v, ports) for v in values]
     # The echo upstream's JSON is left out of the body: it is compared as `upstream.*`.
     out["body"] = _unport(obs.body.decode("latin-1"), ports)
@@ -94,6 +106,8 @@ def normalise(obs: Observation, proxy: ProxyProcess, volatile: frozenset[str]) -
             out[f"{at}.path"] = _unport(path, ports)
             out[f"{at}.body_len"] = len(body)
             for k, v in headers.items():
+                if k in id_headers:
+                    v = _mask_ids(v, sent)
                 out[f"{at}.headers.{k}"] = MASK if k in volatile else _unport(v, ports)
     return out
 
@@ -294,6 +308,7 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
                   t0: float) -> CaseResult:
     case_volatile = case.data.get("volatile_headers") or []
     base_volatile = VOLATILE_HEADERS | frozenset(h.lower() for h in case_volatile)
+    id_headers = frozenset(h.lower() for h in case.data.get("volatile_ids") or [])
     found: dict[str, tuple[Any, Any]] = {}
     observations = []
     agreed = []
@@ -304,7 +319,9 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         obs_e = _send(envoy, req_e, upstreams)
         obs_f = _send(ftp, req_f, upstreams)
         observations.append((req_e["name"], obs_e, obs_f))
-        d = diff(normalise(obs_e, envoy, volatile), normalise(obs_f, ftp, volatile))
+        sent = " ".join(str(v).lower() for v in (req_e.get("headers") or {}).values())
+        d = diff(normalise(obs_e, envoy, volatile, id_headers, sent),
+                 normalise(obs_f, ftp, volatile, id_headers, sent))
         ignored = tuple(req_e.get("ignore") or ())
         d = {k: v for k, v in d.items() if not k.startswith(ignored)} if ignored else d
         if os.environ.get("DIFF_VERBOSE"):

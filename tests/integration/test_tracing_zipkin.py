@@ -145,6 +145,8 @@ def test_each_request_gets_a_server_span_with_envoys_tags_and_its_context_goes_u
                 "request_size": "0", "response_size": span["tags"]["response_size"],
                 "response_flags": "-", "upstream_cluster": "app", "upstream_cluster.name": "app",
                 "lit": "v1", "hdr": "bar"}
+        # The collector has a report before the proxy has read its answer: wait for the count.
+        assert p.wait_for(lambda: p.counters()["tracing.zipkin.reports_sent"] == len(collector.reports))
         c = p.counters()
         assert c["tracing.zipkin.spans_sent"] == 5
         assert c["tracing.zipkin.reports_sent"] == len(collector.reports) >= 1

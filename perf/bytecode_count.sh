@@ -7,6 +7,8 @@
 # request and the TOP functions by bytecodes per request.
 #   perf/bytecode_count.sh            # SECS=3 TOP=40 OUT_DIR=/tmp/ftproxy-bytecodes
 #   WRK_HEADER="x-api-key: demo-key" CONFIG=perf/configs/http-rbac-apikey.yaml perf/bytecode_count.sh
+#   WRK_C=1 ...    # one connection: the requests still in flight when counting stops (up to
+#                  # WRK_C of them, counted but not in wrk's total) stop biasing a slow config
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
@@ -25,10 +27,11 @@ setsid env FTPROXY_BYTECODE_OUT="$OUT_DIR/counts.json" PYTHONPATH="$ROOT" "$PY" 
 PROXY_PG=${PGS[-1]}
 for i in $(seq 100); do curl -fsk -o /dev/null "$URL" && break; sleep 0.1; done
 WRK_ARGS=(); [ -n "${WRK_HEADER:-}" ] && WRK_ARGS=(-H "$WRK_HEADER")  # WRK_HEADER="x-api-key: demo-key"
-wrk -t1 -c50 -d1s "${WRK_ARGS[@]}" "$URL" >/dev/null    # warm-up, not counted
+WRK_C=${WRK_C:-50}
+wrk -t1 -c"$WRK_C" -d1s "${WRK_ARGS[@]}" "$URL" >/dev/null    # warm-up, not counted
 PID=$(pgrep -g "$PROXY_PG" -f bytecode_count | head -1)
 kill -USR2 "$PID"; sleep 0.2
-wrk -t1 -c50 -d"${SECS}s" "${WRK_ARGS[@]}" "$URL" > "$OUT_DIR/wrk.txt"
+wrk -t1 -c"$WRK_C" -d"${SECS}s" "${WRK_ARGS[@]}" "$URL" > "$OUT_DIR/wrk.txt"
 kill -TERM "$PID"; for i in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
 "$PY" - "$OUT_DIR" "$TOP" <<'PY'
 import json, re, sys

@@ -16,6 +16,7 @@ worker (`cancel()` when the caller goes away first).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ from .headers import Headers, RequestHead
 __all__ = ["AsyncResponse", "AsyncRequest"]
 
 HeaderList = list[tuple[bytes, bytes]]
+
+
+@functools.cache  # thread-safe (the C cache); the value never changes after the first call
+def _this_host() -> bytes:
+    """This host's address for x-forwarded-for, looked up once (Envoy's local_info address is
+    fixed at start): node_address() asks the kernel about every interface."""
+    return node_address().encode()
 
 
 @dataclass(slots=True)
@@ -53,7 +61,7 @@ class AsyncRequest:
         if send_xff:  # this host's address appended, as Envoy's async client's send_xff
             xff = next((v for n, v in fields if n == b"x-forwarded-for"), None)
             fields = [kv for kv in fields if kv[0] != b"x-forwarded-for"]
-            local = node_address().encode()
+            local = _this_host()
             fields.append((b"x-forwarded-for", xff + b"," + local if xff else local))
         fields.append((b"x-envoy-internal", b"true"))
         if timeout:

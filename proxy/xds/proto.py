@@ -2,9 +2,9 @@
 
 Envoy's v3 message classes come from the `xds-protos` package (installed with `--no-deps`: its
 metadata asks for grpcio, which ftproxy never imports) on top of `protobuf`. On a free-threaded
-build the upb C backend would turn the GIL back on, so this module selects protobuf's
-pure-Python backend (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python) before the first protobuf
-import there; a GIL build keeps the fast upb backend. Decoding happens on the main thread only.
+build the upb C backend would turn the GIL back on, so proxy/grpc/protobuf_env.py (the one place
+that decides) selects protobuf's pure-Python backend before the first protobuf import there; a
+GIL build keeps the fast upb backend. Decoding happens on the main thread only.
 
 Resources become dicts with `json_format.MessageToDict(preserving_proto_field_name=True)`
 (proto3 JSON: 64-bit integers as strings, enums by name, durations as "1.500s", `@type` in
@@ -23,9 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-if not getattr(sys, "_is_gil_enabled", lambda: True)():
-    # Free-threaded: upb's extension module is not marked free-threading safe.
-    os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+from ..grpc.protobuf_env import implementation  # before protobuf: the backend on 3.14t
 
 from google.protobuf import json_format  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
@@ -49,11 +47,6 @@ __all__ = ["DecodeError", "ProtoResponse", "DeltaProtoResponse", "decode_respons
 
 _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 _INTERNAL = 13   # google.rpc.Code INTERNAL: what Envoy puts in a NACK's error_detail
-
-
-def implementation() -> str:
-    from google.protobuf.internal import api_implementation
-    return api_implementation.Type()
 
 
 class ProtoResponse:

@@ -173,6 +173,17 @@ def _start_upstreams(names: list[str], h2_names: list[str] = (), tls_names: list
     return ups
 
 
+def _start_grpc_authz(names: list[str]) -> dict:
+    """The case's `grpc_authz_upstreams`: gRPC authorization servers (tests/grpc_authz_server.py,
+    grpclib over h2c) for ext_authz's grpc_service; each CheckRequest is recorded as an upstream
+    request (the checked request's method, path, headers; the call's metadata as `grpc:*`, the
+    other attributes as `attr.*`)."""
+    if not names:
+        return {}
+    from tests.grpc_authz_server import GrpcAuthzServer
+    return {n: GrpcAuthzServer(n) for n in names}
+
+
 def _make_certs(spec: dict, workdir: Path) -> dict[str, tuple[Path, Path | None]]:
     """The case's `certs`: NAME -> tests/tls_certs.CertAuthority.issue_files arguments (`names`,
     `uris`, `cn`, `client`, `kind`, `expired`, `self_signed`), issued once by one test CA and
@@ -211,6 +222,7 @@ def run_case(path: Path) -> CaseResult:
                                  case.data.get("tls_upstreams") or [], case.data.get("tls_echo_upstreams") or [],
                                  certs, case.data.get("h2_tls_upstreams") or [],
                                  case.data.get("mixed_upstreams") or [])
+    upstreams.update(_start_grpc_authz(case.data.get("grpc_authz_upstreams") or []))
     proxies: list[ProxyProcess] = []
     reservation = PortReservation()
     try:

@@ -522,6 +522,58 @@ def test_ext_authz_http_service_example(services):
         ex.stop()
 
 
+def _status(url: str, *args: str) -> str:
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args, url],
+                       capture_output=True, text=True, timeout=10)
+    return r.stdout
+
+
+def test_ext_authz_grpc_service_example(services):
+    """The README's gRPC-service steps (config/grpc-service/v3.yaml, the default front-envoy):
+    403 without a token, 200 with `Bearer token1` and the service sees x-current-user: user1,
+    which the example's Go authorization server (auth/grpc-service, here
+    tests/grpc_authz_server.py with the same users.json) sets; a check goes over gRPC (HTTP/2)
+    to the ext_authz-grpc-service cluster."""
+    from tests.grpc_authz_server import GrpcAuthzServer
+    svc = services(ExampleService, "upstream-service")
+    auth = services(GrpcAuthzServer)
+    ex = RunningExample("ext_authz/grpc-service/v3.yaml",
+                        {"upstream-service": svc.port, "ext_authz-grpc-service": auth.port})
+    try:
+        url = f"http://localhost:{ex.port()}/service"
+        assert _status(url) == "403"
+        assert not svc.requests
+        got = _curl_json(url, "-H", "Authorization: Bearer token1")
+        assert got["hostname"] == "upstream-service"
+        assert got["headers"]["x-current-user"] == "user1"
+        assert _status(url, "-H", "Authorization: Bearer nope") == "403"
+        assert len(auth.checks) == 3
+        assert auth.checks[1].attributes.request.http.headers["authorization"] == "Bearer token1"
+        assert auth.requests[1][2]["grpc:x-envoy-expected-rq-timeout-ms"] == "250"   # timeout: 0.250s
+    finally:
+        ex.stop()
+
+
+def test_ext_authz_opa_service_example(services):
+    """The README's OPA steps (config/opa-service/v3.yaml): the check goes over gRPC to the
+    ext_authz-opa-service cluster; with the example's policy (policy.rego: GET allowed with
+    x-current-user: OPA), played by the test gRPC server, GET /service gets 200 and the service
+    sees x-current-user: OPA, POST gets 403."""
+    from tests.grpc_authz_server import GrpcAuthzServer
+    svc = services(ExampleService, "upstream-service")
+    opa = services(GrpcAuthzServer, "opa", "opa")
+    ex = RunningExample("ext_authz/opa-service/v3.yaml",
+                        {"upstream-service": svc.port, "ext_authz-opa-service": opa.port})
+    try:
+        url = f"http://localhost:{ex.port()}/service"
+        got = _curl_json(url)
+        assert got["headers"]["x-current-user"] == "OPA"
+        assert _status(url, "-X", "POST") == "403"
+        assert [c.attributes.request.http.method for c in opa.checks] == ["GET", "POST"]
+    finally:
+        ex.stop()
+
+
 # -- grpc-bridge: an HTTP/1.1 gRPC client, the client proxy's bridge, the server proxy, gRPC ----
 
 def test_grpc_bridge_example():

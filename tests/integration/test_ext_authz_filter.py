@@ -90,7 +90,7 @@ def test_a_client_leaving_during_its_check_cancels_it(upstream):
 
 
 @pytest.mark.parametrize("extra,where", [
-    ({"grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}}, "grpc_service: not supported yet"),
+    ({"grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}}, "only one of grpc_service, http_service"),
     ({"metadata_context_namespaces": ["x"]}, "metadata_context_namespaces: not supported yet"),
     ({"with_request_body": {"max_request_bytes": 0}}, "with_request_body.max_request_bytes"),
 ])

@@ -1,8 +1,17 @@
-"""`envoy.filters.http.ext_authz` with an HTTP authorization service: each request is first
-shown to the service; its answer lets the request on, or ends it.
+"""`envoy.filters.http.ext_authz` with an HTTP or a gRPC authorization service: each request is
+first shown to the service; its answer lets the request on, or ends it.
 
-Config `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz` with `http_service` (the gRPC
-service is refused: not built yet): `server_uri` (`cluster`, `timeout`), `path_prefix`,
+The gRPC service (`grpc_service`, envoy.service.auth.v3.Authorization/Check; its config is
+ext_authz_grpc.py's): the CheckRequest and CheckResponse are ext_authz_wire.py's; the call is a
+unary gRPC POST (HTTP/2 to a cluster with http2_protocol_options) over the same async client.
+OK -> allowed (the answer's header mutations, removals, query parameters, response headers; a
+request header the mutations would make invalid -> 503 with flag DPE, as Envoy's header check
+after the filter); a gRPC error, a timeout, no cluster, a failed connection -> an error as below; else denied (the answer's status, default 403, body
+and headers). Per route `check_settings.context_extensions` go in the request (merged from the
+least specific level to the most). Stats as the HTTP service's.
+
+Config `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz` with `http_service` or
+`grpc_service`: `server_uri` (`cluster`, `timeout`), `path_prefix`,
 `authorization_request.headers_to_add`, `authorization_response` (`allowed_upstream_headers`,
 `allowed_upstream_headers_to_append`, `allowed_client_headers`,
 `allowed_client_headers_on_success`), `allowed_headers`, `failure_mode_allow`,
@@ -40,7 +49,10 @@ from ...config.registry import Extension, register
 from ...config.runtime_values import FractionalPercent, parse_runtime_fractional_percent
 from ...router.header_mutation import ValueFormat, compile_value_format
 from ...router.matchers import StringMatcher, parse_string_matcher
+from ...grpc.unary import GrpcFailure, frame, reply_message, request_headers
 from ..async_client import AsyncRequest, AsyncResponse
+from . import ext_authz_wire as wire
+from .ext_authz_grpc import SERVICE_PATH, GrpcAuthzService, parse_grpc_service
 from ..filter import FilterDataStatus, FilterHeadersStatus, PassThroughFilter
 
 __all__ = ["ExtAuthz", "ExtAuthzPerRoute", "parse_ext_authz", "parse_ext_authz_per_route"]
@@ -49,6 +61,7 @@ NAME = "envoy.filters.http.ext_authz"
 PROTO = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 PER_ROUTE_PROTO = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 _GRPC = "the gRPC authorization service (envoy.service.auth.v3)"
+_RAW = "header_map with raw header values in the CheckRequest"
 _METADATA = "dynamic metadata (no filter here produces or reads it)"
 _CONTINUE = FilterHeadersStatus.CONTINUE
 _HOLD = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
@@ -58,6 +71,7 @@ _HOLD = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
 class BodySettings:
     max_request_bytes: int
     allow_partial_message: bool = False
+    pack_as_bytes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,25 +92,27 @@ class ExtAuthz:
     clear_route_cache: bool = False
     filter_enabled: FractionalPercent | None = None
     stat_prefix: str = ""
+    grpc_service: GrpcAuthzService | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ExtAuthzPerRoute:
     disabled: bool = False
+    context_extensions: tuple[tuple[str, str], ...] = ()
     disable_request_body_buffering: bool = False
     with_request_body: BodySettings | None = None
 
 
 EXT_AUTHZ = Message(PROTO, title="HTTP filter ext_authz", model=ExtAuthz, fields=(
-    refused("grpc_service", _GRPC),
+    used("grpc_service", why="its own table (ext_wire.py)"),
     used("http_service", attr="cluster", why="its own table"),
-    inert("transport_api_version", "V3 is the only version; the HTTP service has no API version"),
+    inert("transport_api_version", "V3 is the only version (AUTO means V3); the HTTP service has none"),
     used("failure_mode_allow", False),
     used("failure_mode_allow_header_add", False),
     used("with_request_body", why="its own table"),
     used("clear_route_cache", False),
     used("status_on_error", why="HttpStatus code; default 403"),
-    refused("validate_mutations", "header mutation checks (the HTTP service sends none)"),
+    refused("validate_mutations", "header mutation checks"),
     refused("metadata_context_namespaces", _METADATA),
     refused("typed_metadata_context_namespaces", _METADATA),
     refused("route_metadata_context_namespaces", _METADATA),
@@ -104,15 +120,15 @@ EXT_AUTHZ = Message(PROTO, title="HTTP filter ext_authz", model=ExtAuthz, fields
     used("filter_enabled", why="its default_value: there is no runtime layer"),
     refused("filter_enabled_metadata", _METADATA),
     refused("deny_at_disable", "no runtime layer"),
-    inert("include_peer_certificate", "the HTTP service is sent no certificate"),
+    inert("include_peer_certificate", "the HTTP service is sent no certificate; with grpc_service, true is refused"),
     used("stat_prefix", ""),
-    refused("bootstrap_metadata_labels_key", _GRPC),
+    refused("bootstrap_metadata_labels_key", "destination labels from the node's metadata"),
     used("allowed_headers", why="ListStringMatcher"),
     refused("disallowed_headers"),
-    inert("include_tls_session", "the HTTP service is sent no TLS session"),
+    inert("include_tls_session", "the HTTP service is sent no TLS session; with grpc_service, true is refused"),
     refused("charge_cluster_response_stats", "only the default (the service's cluster is charged)"),
-    refused("encode_raw_headers", _GRPC),
-    refused("decoder_header_mutation_rules", _GRPC),
+    refused("encode_raw_headers", _RAW),
+    refused("decoder_header_mutation_rules", "rules on the service's header mutations"),
     refused("enable_dynamic_metadata_ingestion", _METADATA),
     refused("filter_metadata", _METADATA),
     refused("emit_filter_state_stats", "filter state"),
@@ -144,7 +160,7 @@ BUFFER_SETTINGS = Message("envoy.extensions.filters.http.ext_authz.v3.BufferSett
                           fields=(
     used("max_request_bytes", why="required, > 0"),
     used("allow_partial_message", False),
-    inert("pack_as_bytes", "how a gRPC check carries the body; the HTTP service sends it raw"),
+    used("pack_as_bytes", False, why="gRPC: the body as raw_body; the HTTP service sends it raw"),
 ))
 LIST_MATCHER = Message("envoy.type.matcher.v3.ListStringMatcher (ext_authz)",
                        fields=(used("patterns", attr="allowed_headers"),))
@@ -159,9 +175,11 @@ PER_ROUTE = Message(PER_ROUTE_PROTO, title="HTTP filter ext_authz per route", mo
     used("check_settings", attr="with_request_body", why="its own table"),
 ))
 CHECK_SETTINGS = Message("envoy.extensions.filters.http.ext_authz.v3.CheckSettings", fields=(
-    refused("context_extensions", _GRPC),
+    used("context_extensions", why="gRPC service only (Envoy's HTTP service ignores them)"),
     used("disable_request_body_buffering", False),
     used("with_request_body"),
+    refused("grpc_service", "a per-route authorization service"),
+    refused("http_service", "a per-route authorization service"),
 ))
 
 
@@ -178,15 +196,14 @@ def _body_settings(f: Fields, key: str) -> BodySettings | None:
     if not f.has(key):
         return None
     b = BUFFER_SETTINGS.read(f.value(key), f.at(key))
-    b.bool("pack_as_bytes", False)
     return BodySettings(b.int("max_request_bytes", required=True, min=1, max=2**32 - 1),
-                        b.bool("allow_partial_message", False))
+                        b.bool("allow_partial_message", False), b.bool("pack_as_bytes", False))
 
 
 def parse_ext_authz(raw: Mapping[str, Any], path: str) -> ExtAuthz:
     f = EXT_AUTHZ.read(raw, path)
-    if not f.has("http_service"):
-        raise ConfigError(path, "http_service is required (the gRPC service is not supported yet)")
+    if f.oneof("grpc_service", "http_service", required=True) == "grpc_service":
+        return _parse_grpc(f)
     f.enum("transport_api_version", ("AUTO", "V2", "V3"), "AUTO")
     f.bool("include_peer_certificate", False)
     f.bool("include_tls_session", False)
@@ -210,11 +227,6 @@ def parse_ext_authz(raw: Mapping[str, Any], path: str) -> ExtAuthz:
                                    compile_value_format(h.str("value", ""), h.at("value"))))
     rs = (AUTHZ_RESPONSE.read(hs.value("authorization_response"), hs.at("authorization_response"))
           if hs.has("authorization_response") else None)
-    status = 403
-    if f.has("status_on_error"):
-        s = HTTP_STATUS.read(f.value("status_on_error"), f.at("status_on_error"))
-        status = s.int("code", required=True, min=100, max=599)
-    enabled = f.raw_obj("filter_enabled")
     return ExtAuthz(
         cluster=cluster,
         timeout=uri.duration("timeout", required=True),
@@ -225,6 +237,18 @@ def parse_ext_authz(raw: Mapping[str, Any], path: str) -> ExtAuthz:
         allowed_upstream_headers_to_append=_list(rs, "allowed_upstream_headers_to_append") if rs else (),
         allowed_client_headers=_list(rs, "allowed_client_headers") if rs else (),
         allowed_client_headers_on_success=_list(rs, "allowed_client_headers_on_success") if rs else (),
+        **_common(f),
+    )
+
+
+def _common(f: Fields) -> dict[str, Any]:
+    """The fields both services share."""
+    status = 403
+    if f.has("status_on_error"):
+        s = HTTP_STATUS.read(f.value("status_on_error"), f.at("status_on_error"))
+        status = s.int("code", required=True, min=100, max=599)
+    enabled = f.raw_obj("filter_enabled")
+    return dict(
         failure_mode_allow=f.bool("failure_mode_allow", False),
         failure_mode_allow_header_add=f.bool("failure_mode_allow_header_add", False),
         status_on_error=status,
@@ -236,6 +260,17 @@ def parse_ext_authz(raw: Mapping[str, Any], path: str) -> ExtAuthz:
     )
 
 
+def _parse_grpc(f: Fields) -> ExtAuthz:
+    if f.enum("transport_api_version", ("AUTO", "V2", "V3"), "AUTO") == "V2":
+        raise ConfigError(f.at("transport_api_version"), "V2 is not supported (Envoy 1.40 has only V3)")
+    for key in ("include_peer_certificate", "include_tls_session"):
+        if f.bool(key, False):
+            raise ConfigError(f.at(key), "not supported yet (true: the gRPC service is sent no TLS facts)")
+    service = parse_grpc_service(f, "grpc_service")
+    return ExtAuthz(cluster=service.cluster, timeout=service.timeout, grpc_service=service,
+                    allowed_headers=_list(f, "allowed_headers"), **_common(f))
+
+
 def parse_ext_authz_per_route(raw: Mapping[str, Any], path: str) -> ExtAuthzPerRoute:
     f = PER_ROUTE.read(raw, path)
     f.oneof("disabled", "check_settings", required=True)
@@ -244,8 +279,13 @@ def parse_ext_authz_per_route(raw: Mapping[str, Any], path: str) -> ExtAuthzPerR
     if not f.has("check_settings"):
         raise ConfigError(f.at("disabled"), "must be true when set (or set check_settings)")
     c = CHECK_SETTINGS.read(f.value("check_settings"), f.at("check_settings"))
+    extensions = c.raw_obj("context_extensions") or {}
+    for k, v in extensions.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"{c.at('context_extensions')}.{k}", "must be a string")
     return ExtAuthzPerRoute(disable_request_body_buffering=c.bool("disable_request_body_buffering", False),
-                            with_request_body=_body_settings(c, "with_request_body"))
+                            with_request_body=_body_settings(c, "with_request_body"),
+                            context_extensions=tuple(extensions.items()))
 
 
 # Envoy's defaults: the check request always carries these; a denial, when
@@ -257,6 +297,11 @@ _CLIENT_ALWAYS = frozenset({b"content-length", b"www-authenticate", b"location"}
 def _matches(matchers: tuple[StringMatcher, ...], name: bytes) -> bool:
     text = name.decode("latin-1")
     return any(m.match(text) for m in matchers)
+
+
+def _reply_headers(mutations) -> list[tuple[bytes, bytes]]:
+    """A denial's headers for the local reply (each replaces the reply's own)."""
+    return [(name, value) for name, value, _ in mutations if name != b"content-length"]
 
 
 class ExtAuthzFactory:
@@ -292,7 +337,7 @@ class WorkerExtAuthz:
 
 class ExtAuthzFilter(PassThroughFilter):
     __slots__ = ("cb", "wf", "head", "request", "body", "buffering", "buffered", "pending",
-                 "on_success_headers")
+                 "on_success_headers", "response_mutations")
 
     def __init__(self, callbacks, wf: WorkerExtAuthz) -> None:
         self.cb = callbacks
@@ -304,6 +349,7 @@ class ExtAuthzFilter(PassThroughFilter):
         self.buffered = 0
         self.pending = False
         self.on_success_headers: list[tuple[bytes, bytes]] = []
+        self.response_mutations: tuple = ()   # the gRPC service's response_headers_to_add
 
     # -- the request -------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
@@ -355,6 +401,8 @@ class ExtAuthzFilter(PassThroughFilter):
         """Ask the service (Envoy's RawHttpClientImpl::check)."""
         wf = self.wf
         cfg = wf.config
+        if cfg.grpc_service is not None:
+            return self._check_grpc(body, partial)
         head = self.head
         fields: list[tuple[bytes, bytes]] = [(b"content-length", b"%d" % len(body))]
         allowed = cfg.allowed_headers
@@ -373,7 +421,74 @@ class ExtAuthzFilter(PassThroughFilter):
                                     head.authority, fields, body, cfg.timeout, self._on_answer)
         self.request.send()
 
+    def _check_grpc(self, body: bytes, partial: bool) -> None:
+        """Ask the gRPC service (Envoy's GrpcClientImpl::check): one CheckRequest, unary."""
+        wf = self.wf
+        cfg = wf.config
+        service = cfg.grpc_service
+        extensions: dict[str, str] = {}
+        for level in reversed(self.cb.all_per_filter_configs(wf.name)):
+            extensions.update(level.context_extensions)
+        settings = self.body
+        rand = wf.worker.rand_bits
+        message = wire.check_request(
+            self.head, self.cb.stream_info, rand() << 32 | rand(), cfg.allowed_headers,
+            body if settings is not None else None, partial,
+            settings is not None and settings.pack_as_bytes, extensions)
+        metadata = tuple((name, value.format(self.cb).encode("latin-1", "replace"))
+                         for name, value in service.initial_metadata)
+        self.pending = True
+        self.request = AsyncRequest(wf.worker, service.cluster, b"POST", SERVICE_PATH,
+                                    service.authority, request_headers(service.timeout, metadata),
+                                    frame(message), service.timeout, self._on_grpc_answer,
+                                    send_xff=True)   # Envoy's gRPC async client appends its address
+        self.request.send()
+
     # -- the answer --------------------------------------------------------------------------
+    def _on_grpc_answer(self, response: AsyncResponse) -> None:
+        self.request = None
+        self.pending = False
+        wf = self.wf
+        try:
+            if response.local:
+                raise GrpcFailure(14, response.details)
+            answer = wire.read_answer(reply_message(response.status, response.headers,
+                                                          response.body, response.trailers))
+        except GrpcFailure:
+            wf.error.value += 1
+            self._on_error()
+            return
+        if answer.kind == wire.ALLOW:
+            wf.ok.value += 1
+            self._allow_grpc(answer)
+        elif answer.kind == wire.DENY:
+            wf.denied.value += 1
+            self._reply(answer.status, answer.body, "ext_authz_denied", _reply_headers(answer.headers))
+        else:
+            wf.error.value += 1
+            self._on_error(answer)
+
+    def _allow_grpc(self, answer) -> None:
+        head = self.head
+        headers = head.headers
+        mutations = [m for m in answer.headers if m[0][:1] != b":"]
+        self.response_mutations = answer.response_headers   # on any reply, the local one too
+        bad = wire.invalid_header(mutations)
+        if bad is not None:  # Envoy: the request's headers are checked once the filter goes on
+            self.cb.send_local_reply(503, bad.encode("latin-1"), "DPE",
+                                     "filter_removed_required_request_headers{%s}" % bad.replace(" ", "_"))
+            return
+        changed = wire.apply_mutations(headers, mutations)
+        for name in answer.remove:
+            if name[:1] != b":" and name != b"host":   # Envoy's isRemovableHeader
+                changed = headers.remove(name) or changed
+        if answer.query_set or answer.query_remove:
+            head.set_path(wire.rewrite_query(head.path, answer.query_set, answer.query_remove))
+            changed = True
+        if changed and self.wf.config.clear_route_cache:
+            self.cb.clear_route_cache()
+        self.cb.continue_decoding()
+
     def _on_answer(self, answer: AsyncResponse) -> None:
         self.request = None
         self.pending = False
@@ -421,13 +536,17 @@ class ExtAuthzFilter(PassThroughFilter):
                 extra.append((name, value))
         self._reply(answer.status, answer.body, "ext_authz_denied", extra)
 
-    def _on_error(self) -> None:
+    def _on_error(self, answer=None) -> None:
         cfg = self.wf.config
         if cfg.failure_mode_allow:
             self.wf.failure_mode_allowed.value += 1
             if cfg.failure_mode_allow_header_add:
                 self.head.headers.set(b"x-envoy-auth-failure-mode-allowed", b"true")
             self.cb.continue_decoding()
+            return
+        if answer is not None:  # the gRPC service's error_response
+            self._reply(answer.status or cfg.status_on_error, answer.body, "ext_authz_error",
+                        _reply_headers(answer.headers))
             return
         self._reply(cfg.status_on_error, b"", "ext_authz_error", None)
 
@@ -438,6 +557,8 @@ class ExtAuthzFilter(PassThroughFilter):
     def encode_headers(self, head, end_stream: bool) -> int:
         for name, value in self.on_success_headers:
             head.headers.set(name, value)
+        if self.response_mutations:
+            wire.apply_mutations(head.headers, self.response_mutations)
         return _CONTINUE
 
     def on_destroy(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 
-from .protobuf_wire import length_delimited, string, uint, varint
+from ..grpc.protobuf_wire import length_delimited, string, uint, varint
 from .span import SERVER
 from .tags import request_attributes, upstream_attributes
 

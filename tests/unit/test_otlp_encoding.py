@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from proxy.tracing import protobuf_wire, traceparent
+from proxy.grpc import protobuf_wire
+from proxy.tracing import traceparent
 from proxy.tracing.otlp import Resource, encode_export_request
 from proxy.tracing.span import CLIENT, SERVER, InvalidContext, Span
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...grpc.protobuf_wire import read_fields, varint
 from ...grpc.unary import GrpcFailure
 
 __all__ = ["Answer", "apply_mutations", "check_request", "invalid_header", "read_answer",
@@ -47,16 +48,6 @@ ADD, ADD_IF_ABSENT, SET, SET_IF_EXISTS, APPEND = 0, 1, 2, 3, 4
 
 
 # -- the request -------------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-
 _PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0", b"2": b"HTTP/2", b"2.0": b"HTTP/2", b"3": b"HTTP/3"}
 
 # Field numbers (envoy/service/auth/v3/*.proto, envoy/config/core/v3/address.proto; wire-stable,
@@ -75,7 +66,7 @@ _KEY, _VALUE = b"\x0a", b"\x12"                          # a map entry's key = 1
 def _ld(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field."""
     n = len(payload)
-    return tag + (bytes((n,)) if n < 0x80 else _varint(n)) + payload
+    return tag + (bytes((n,)) if n < 0x80 else varint(n)) + payload
 
 
 def _entry(key: bytes, value: bytes) -> bytes:
@@ -91,7 +82,7 @@ def _peer(text: str | None, service: bytes = b"") -> bytes:
             host = host[1:-1]
         sa = _ld(_SA_ADDRESS, host.encode("latin-1")) if host else b""
         if port.isdigit() and int(port):
-            sa += _SA_PORT + _varint(int(port))
+            sa += _SA_PORT + varint(int(port))
         out = _ld(_PEER_ADDRESS, _ld(_SOCKET_ADDRESS, sa))
     if service:
         out += _ld(_PEER_SERVICE, service)
@@ -129,7 +120,7 @@ def check_request(head, info, stream_id: int, allowed: tuple, body: bytes | None
     if head.scheme:
         http.append(_ld(_SCHEME, head.scheme))
     if info.bytes_received:   # the body bytes received so far (Envoy's bytesReceived)
-        http.append(_SIZE + _varint(info.bytes_received))
+        http.append(_SIZE + varint(info.bytes_received))
     protocol = _PROTOCOLS.get(head.http_version)
     if protocol:
         http.append(_ld(_PROTOCOL, protocol))
@@ -139,7 +130,7 @@ def check_request(head, info, stream_id: int, allowed: tuple, body: bytes | None
     if info.start_time:
         ns = int(info.start_time * 1e9)
         seconds, nanos = divmod(ns, 1_000_000_000)
-        request = _ld(_TIME, _SECONDS + _varint(seconds) + (_NANOS + _varint(nanos) if nanos else b""))
+        request = _ld(_TIME, _SECONDS + varint(seconds) + (_NANOS + varint(nanos) if nanos else b""))
     request += _ld(_HTTP, b"".join(http))
     attrs = [_ld(_SOURCE, _peer(info.downstream_direct_remote_address, service)),
              _ld(_DESTINATION, _peer(info.downstream_local_address)), _ld(_REQUEST, request)]
@@ -161,50 +152,6 @@ class Answer:
     query_remove: tuple = ()
 
 
-def _varint_at(data: bytes, i: int) -> tuple[int, int]:
-    b = data[i]
-    if b < 0x80:
-        return b, i + 1
-    value, shift = 0, 0
-    while True:
-        b = data[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(data: bytes) -> dict[int, list]:
-    """One message's fields by number: varints as ints, length-delimited ones as bytes
-    (protobuf's wire format; fixed-width fields are skipped: none is read here)."""
-    out: dict[int, list] = {}
-    i, n = 0, len(data)
-    while i < n:
-        key, i = _varint_at(data, i)
-        kind = key & 7
-        if kind == 2:
-            length, i = _varint_at(data, i)
-            end = i + length
-            if end > n:
-                raise ValueError("truncated field")
-            value = data[i:end]
-            i = end
-        elif kind == 0:
-            value, i = _varint_at(data, i)
-        elif kind == 1 or kind == 5:
-            i += 8 if kind == 1 else 4
-            continue
-        else:
-            raise ValueError(f"wire type {kind}")
-        out.setdefault(key >> 3, []).append(value)
-    if i != n:
-        raise ValueError("truncated message")
-    return out
-
-
 def _one(fields: dict, number: int, default=b""):
     """A singular field: the last occurrence of a scalar (protobuf's rule)."""
     v = fields.get(number)
@@ -214,7 +161,7 @@ def _one(fields: dict, number: int, default=b""):
 def _message(fields: dict, number: int) -> dict:
     """A singular message field: its occurrences merged (concatenated, protobuf's rule)."""
     v = fields.get(number)
-    return _fields(b"".join(v)) if v else {}
+    return read_fields(b"".join(v)) if v else {}
 
 
 def _options(raw: list, request: bool) -> tuple:
@@ -225,10 +172,10 @@ def _options(raw: list, request: bool) -> tuple:
     append_action."""
     out = []
     for item in raw:
-        o = _fields(item)
+        o = read_fields(item)
         h = _message(o, 1)
         value = _one(h, 3) or _one(h, 2)
-        append = _fields(b"".join(o[2])) if 2 in o else None
+        append = read_fields(b"".join(o[2])) if 2 in o else None
         if request:
             action = APPEND if append is not None and _one(append, 1, 0) else SET
         elif append is not None:
@@ -247,14 +194,14 @@ def read_answer(data: bytes) -> Answer:
     (`read_answer_message` reads it with protobuf's objects: the reference). Raises
     GrpcFailure (INTERNAL) when the bytes are not a CheckResponse."""
     try:
-        r = _fields(data)
+        r = read_fields(data)
         code = _one(_message(r, 1), 1, 0)
         if code == 0:
             if 3 not in r:
                 return Answer(ALLOW)
             ok = _message(r, 3)
             query = tuple((p.get(1, [b""])[-1].decode("latin-1"), p.get(2, [b""])[-1].decode("latin-1"))
-                          for p in map(_fields, ok.get(7, ())))
+                          for p in map(read_fields, ok.get(7, ())))
             return Answer(ALLOW, headers=_options(ok.get(2, ()), True),
                           remove=tuple(n.lower() for n in ok.get(5, ())),
                           response_headers=_options(ok.get(6, ()), False), query_set=query,

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config.fields_table import Message, refused, used
+from ...config.fields_table import Message, used
 from ...config.registry import Extension, register
 from ...router.matchers import RequestView
 from ..filter import FilterHeadersStatus, PassThroughFilter

@@ -11,13 +11,13 @@ Must not: do I/O. Thread affinity: parsed on the main thread; immutable afterwar
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...config.fields_table import Message, refused, used
 from ...config.reader import ConfigError, Fields
-from ...router.matchers import HeaderMatcher, StringMatcher, parse_header_matcher, parse_string_matcher
+from ...router.matchers import HeaderMatcher, parse_header_matcher, parse_string_matcher
 
 __all__ = ["Rbac", "Policy", "Rule", "parse_rbac", "ACTIONS"]
 

@@ -113,15 +113,21 @@ class _BrotliEncoder:
 
 
 class _ZstdEncoder:
-    __slots__ = ("z", "flush", "end")
+    __slots__ = ("z", "cont", "flush", "end")
 
     def __init__(self, z, api) -> None:
         self.z = z
+        self.cont = api.ZstdCompressor.CONTINUE       # ZSTD_e_continue
         self.flush = api.ZstdCompressor.FLUSH_BLOCK   # ZSTD_e_flush
         self.end = api.ZstdCompressor.FLUSH_FRAME     # ZSTD_e_end
 
     def compress(self, data: bytes, end: bool) -> bytes:
-        return self.z.compress(data, self.end if end else self.flush)
+        z = self.z
+        if end:
+            # As Envoy: the data first, then the frame's end with no input, so the frame never
+            # declares a content size (zstd would, given the data and the end in one call).
+            return z.compress(data, self.cont) + z.compress(b"", self.end)
+        return z.compress(data, self.flush)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,11 @@ library's own buffer, has no effect on the bytes: compression_libraries.py),
 `request_direction_config` and `response_direction_config` (`common_config.enabled`'s default
 value, default on; `advertise_accept_encoding` on the request side, default on: with response
 decompression on, the library's encoding (`gzip`, `br`, `zstd`) is appended to the request's
-Accept-Encoding so the upstream may compress). A message is decoded when its outermost
-content-encoding is the library's (and no `cache-control: no-transform` on a response): that
-coding leaves content-encoding, content-length goes (the body's length changes).
+Accept-Encoding so the upstream may compress: the header's tokens trimmed, any already naming
+it dropped, joined with "," as Envoy rewrites it). A message with a body is decoded when the
+first coding listed in its content-encoding is the library's, as Envoy decides (and no
+`cache-control: no-transform` on a response): that coding leaves content-encoding,
+content-length goes (the body's length changes). A headers-only message counts no stat.
 A body inflating to more than `max_inflate_ratio` times its compressed size (100 for brotli and
 zstd, Envoy's fixed ratio there) or not decoding ends the stream: a request gets 400, a
 response is reset (declared: Envoy truncates it instead).
@@ -133,17 +135,30 @@ class _Inflate:
 
 
 def _outer_is(headers, encoding: bytes) -> bool:
+    """Whether the first coding listed in content-encoding is the library's (case-insensitive),
+    as Envoy's decompressor decides."""
     value = headers.get(b"content-encoding")
-    return value is not None and value.rsplit(b",", 1)[-1].strip().lower() == encoding
+    return value is not None and value.split(b",", 1)[0].strip().lower() == encoding
 
 
 def _drop_outer_coding(headers) -> None:
-    codings = [c.strip() for c in headers.get(b"content-encoding").split(b",")][:-1]
-    if codings:
-        headers.set(b"content-encoding", b", ".join(codings))
+    rest = headers.get(b"content-encoding").partition(b",")[2].strip()
+    if rest:
+        headers.set(b"content-encoding", rest)
     else:
         headers.remove(b"content-encoding")
     headers.remove(b"content-length")
+
+
+def _advertised(accept: bytes | None, encoding: bytes) -> bytes:
+    """Accept-Encoding with the library's coding advertised as Envoy rewrites it: the tokens
+    trimmed, any naming this coding (as written, q-value or not) dropped, the coding appended,
+    joined with ","."""
+    if accept is None:
+        return encoding
+    tokens = [t.strip() for t in accept.split(b",")]
+    kept = [t for t in tokens if t and t.split(b";", 1)[0].strip() != encoding]
+    return b",".join([*kept, encoding])
 
 
 class DecompressorFilter(PassThroughFilter):
@@ -159,19 +174,16 @@ class DecompressorFilter(PassThroughFilter):
         config = self.wf.config
         headers = head.headers
         stats = self.wf.stats["request"]
-        if config.request_enabled and not end_stream and _outer_is(headers, self.wf.encoding):
+        if config.response_enabled and config.advertise_accept_encoding:
+            headers.set(b"accept-encoding", _advertised(headers.get(b"accept-encoding"), self.wf.encoding))
+        if end_stream:
+            return FilterHeadersStatus.CONTINUE  # a headers-only request counts nothing, as Envoy
+        if config.request_enabled and _outer_is(headers, self.wf.encoding):
             _drop_outer_coding(headers)
             self.request = _Inflate(config, stats)
             stats["decompressed"].value += 1
         else:
             stats["not_decompressed"].value += 1
-        if config.response_enabled and config.advertise_accept_encoding:
-            accept = headers.get(b"accept-encoding")
-            encoding = self.wf.encoding
-            if accept is None:
-                headers.set(b"accept-encoding", encoding)
-            elif encoding not in accept.lower():
-                headers.set(b"accept-encoding", accept + b"," + encoding)  # Envoy appends with ","
         return FilterHeadersStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool):
@@ -189,8 +201,10 @@ class DecompressorFilter(PassThroughFilter):
         config = self.wf.config
         headers = head.headers
         stats = self.wf.stats["response"]
+        if end_stream:
+            return FilterHeadersStatus.CONTINUE  # a headers-only response counts nothing, as Envoy
         no_transform = b"no-transform" in (headers.get(b"cache-control") or b"").lower()
-        if config.response_enabled and not end_stream and not no_transform and _outer_is(headers, self.wf.encoding):
+        if config.response_enabled and not no_transform and _outer_is(headers, self.wf.encoding):
             _drop_outer_coding(headers)
             self.response = _Inflate(config, stats)
             stats["decompressed"].value += 1

@@ -66,6 +66,9 @@ class StreamInfo:
     connection_id = 0
     upstream_request_attempt_count = 0
     active_span: Any = None    # the request's tracing span (proxy/tracing/zipkin.Span)
+    # The stream's compressor filters and their encoding decision (Envoy keeps it in filter
+    # state): proxy/http/filters/compressor.py's _Registry, made by the first one created.
+    compressors: Any = None
 
     def __init__(self, start_time: float | None = None, start_monotonic: float | None = None) -> None:
         self.start_time = start_time

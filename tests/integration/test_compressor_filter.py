@@ -1,6 +1,7 @@
 """The gzip compressor filter through the running proxy: a long streamed response arrives
 gzipped and intact (curl --compressed and Python's gzip), over HTTP/1.1 and HTTP/2, the
-upstream can be spared the Accept-Encoding, and what is refused at load. Its agreement with
+upstream can be spared the Accept-Encoding, and what is refused at load. (brotli and zstd, and
+several compressor filters in one chain: test_brotli_zstd.py.) Its agreement with
 real Envoy (headers, stats, the gzip bytes themselves) is
 tests/differential/cases/filter_compressor.yaml."""
 
@@ -91,10 +92,10 @@ def test_what_the_compressor_refuses_is_named(extra, where):
         parse_bootstrap(_config(1, **extra))
 
 
-def test_only_the_gzip_library_is_accepted():
+def test_an_unknown_library_is_refused_naming_the_supported_ones():
     cfg = _config(1)
     flt = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
     flt["typed_config"]["compressor_library"]["typed_config"] = {
-        "@type": "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli"}
-    with pytest.raises(ConfigError, match="unsupported compressor library"):
+        "@type": "type.googleapis.com/envoy.extensions.compression.qatzip.compressor.v3.Qatzip"}
+    with pytest.raises(ConfigError, match="unsupported compressor library .*supported: .*gzip.*brotli.*zstd"):
         parse_bootstrap(cfg)

@@ -23,7 +23,7 @@ import sysconfig
 
 import pytest
 
-THIRD_PARTY = ("httptools", "h11", "h2", "OpenSSL", "yaml", "rich", "click")
+THIRD_PARTY = ("httptools", "h11", "h2", "OpenSSL", "yaml", "rich", "click", "brotlicffi")
 # Left out of the walk, deliberately: the Lua filter's runtime imports lupa, whose C modules do
 # not declare free-threading support, so importing it turns the GIL back on (measured on
 # 3.14t). It is the optional extra `ftproxy[lua]`, imported only when a config uses the Lua

@@ -1,44 +1,47 @@
-"""`envoy.filters.http.compressor` with `envoy.compression.gzip.compressor`: responses gzipped
-for clients that accept it, as Envoy does.
+"""`envoy.filters.http.compressor` with the `envoy.compression.{gzip,brotli,zstd}.compressor`
+libraries: responses compressed for clients that accept it, as Envoy does.
 
-Config `envoy.extensions.filters.http.compressor.v3.Compressor`: `compressor_library` (the
-gzip library: `compression_level`, `compression_strategy`, `memory_level`, `window_bits`,
-`chunk_size`; zlib from the standard library, so the bytes are Envoy's own for the same
-settings), `response_direction_config` (`common_config`: `min_content_length` (30),
-`content_type` (Envoy's default list when empty), `enabled`'s default; `disable_on_etag_header`,
-`remove_accept_encoding_header`, `uncompressible_response_codes`), and the deprecated
-top-level spellings of those. Request compression (`request_direction_config` enabled) is
-refused; as Envoy, every request counts `request.not_compressed` then.
+Config `envoy.extensions.filters.http.compressor.v3.Compressor`: `compressor_library` (gzip,
+brotli or zstd, with their own fields: compression_libraries.py), `response_direction_config`
+(`common_config`: `min_content_length` (30), `content_type` (Envoy's default list when empty),
+`enabled`'s default; `disable_on_etag_header`, `remove_accept_encoding_header`,
+`uncompressible_response_codes`), and the deprecated top-level spellings of those. Request
+compression (`request_direction_config` enabled) is refused; as Envoy, every request counts
+`request.not_compressed` then.
 
-A response is compressed when the request accepts gzip (or `*`) with a non-zero q, and the
-response has no content-encoding, a compressible content-type, no `cache-control:
-no-transform`, a status not listed as uncompressible, and a content-length (if any) of at
-least `min_content_length`; then content-length goes, `content-encoding: gzip` comes, a strong
-ETag becomes weak (or, with `disable_on_etag_header`, an ETag prevents compression).
+Several compressor filters in one chain (say gzip, br and zstd) negotiate as Envoy's do: the
+first of them to see the response chooses, from the request's Accept-Encoding and the filters
+whose content types admit the response, the encoding of the highest q (`*`: the first filter's
+in chain order; q=0 rules one out); each filter compresses only when the choice is its own
+encoding, and counts `header_compressor_used` or `header_compressor_overshadowed`.
+A response is compressed when its encoding was chosen and the response has no
+content-encoding, a compressible content-type, no `cache-control: no-transform`, a status not
+listed as uncompressible, and a content-length (if any) of at least `min_content_length`;
+then content-length goes, `content-encoding: gzip|br|zstd` comes, a strong ETag is dropped
+(or, with `disable_on_etag_header`, an ETag prevents compression).
 `vary: Accept-Encoding` is added to every response that could have been compressed, as Envoy.
-Each body chunk is deflated and sync-flushed (the client gets what came so far); the last
-one finishes the gzip stream (before trailers, when they end the response).
-Stats `http.<prefix>.compressor.<library name>.gzip.*` with Envoy's names.
+Each body chunk is compressed and flushed (the client can decode what came so far); the last
+one ends the stream (before trailers, when they end the response).
+Stats `http.<prefix>.compressor.<library name>.{gzip,brotli,zstd}.*` with Envoy's names.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...config.fields_table import Message, inert, refused, used
+from ...config.fields_table import Message, refused, used
 from ...config.reader import ConfigError, Fields
 from ...config.registry import Extension, register
 from ...config.runtime_values import parse_runtime_feature_flag
 from ..filter import FilterHeadersStatus, PassThroughFilter
+from .compression_libraries import CompressorLibraryConfig, parse_compressor_library
 
-__all__ = ["CompressorConfig", "parse_compressor", "CompressorFilter"]
+__all__ = ["CompressorConfig", "parse_compressor", "CompressorFilter", "choose_encoding"]
 
 NAME = "envoy.filters.http.compressor"
 PROTO = "envoy.extensions.filters.http.compressor.v3.Compressor"
-GZIP_PROTO = "envoy.extensions.compression.gzip.compressor.v3.Gzip"
 
 # Envoy's default compressible content types (compressor_filter.cc).
 DEFAULT_TYPES = frozenset({
@@ -46,12 +49,6 @@ DEFAULT_TYPES = frozenset({
     "text/javascript", "text/x-javascript", "text/ecmascript", "text/js", "text/jscript",
     "text/x-js", "application/ecmascript", "application/x-json", "application/xml",
     "application/json", "image/svg+xml", "text/xml", "application/xhtml+xml"})
-_LEVELS = {"DEFAULT_COMPRESSION": -1, "BEST_SPEED": 1, "COMPRESSION_LEVEL_1": 1, "COMPRESSION_LEVEL_2": 2,
-           "COMPRESSION_LEVEL_3": 3, "COMPRESSION_LEVEL_4": 4, "COMPRESSION_LEVEL_5": 5,
-           "COMPRESSION_LEVEL_6": 6, "COMPRESSION_LEVEL_7": 7, "COMPRESSION_LEVEL_8": 8,
-           "COMPRESSION_LEVEL_9": 9, "BEST_COMPRESSION": 9}
-_STRATEGIES = {"DEFAULT_STRATEGY": zlib.Z_DEFAULT_STRATEGY, "FILTERED": zlib.Z_FILTERED,
-               "HUFFMAN_ONLY": zlib.Z_HUFFMAN_ONLY, "RLE": zlib.Z_RLE, "FIXED": zlib.Z_FIXED}
 _STATS = ("compressed", "not_compressed", "no_accept_header", "header_identity",
           "header_compressor_used", "header_compressor_overshadowed", "header_wildcard",
           "header_not_valid", "total_uncompressed_bytes", "total_compressed_bytes",
@@ -61,21 +58,9 @@ _REQUEST_STATS = ("compressed", "not_compressed", "total_uncompressed_bytes",
 
 
 @dataclass(frozen=True, slots=True)
-class GzipConfig:
-    level: int = -1
-    strategy: int = zlib.Z_DEFAULT_STRATEGY
-    memory_level: int = 5
-    window_bits: int = 12
-
-    def compressor(self):
-        return zlib.compressobj(self.level, zlib.DEFLATED, 16 + self.window_bits, self.memory_level,
-                                self.strategy)
-
-
-@dataclass(frozen=True, slots=True)
 class CompressorConfig:
     library_name: str
-    gzip: GzipConfig
+    library: CompressorLibraryConfig
     min_content_length: int = 30
     content_types: frozenset[str] = DEFAULT_TYPES
     enabled: bool = True
@@ -90,7 +75,7 @@ class CompressorConfig:
 _DEPRECATED = "deprecated spelling of response_direction_config's"
 COMPRESSOR = Message(PROTO, title="HTTP filter compressor", model=CompressorConfig,
                      bookkeeping=("response_stats_prefix",), fields=(
-    used("compressor_library", attr="gzip"),
+    used("compressor_library", attr="library"),
     used("response_direction_config", attr="", why="its own table"),
     used("request_direction_config", attr="", why="only disabled: request compression is refused"),
     used("content_length", attr="min_content_length", why=_DEPRECATED + " min_content_length"),
@@ -98,7 +83,8 @@ COMPRESSOR = Message(PROTO, title="HTTP filter compressor", model=CompressorConf
     used("disable_on_etag_header", why=_DEPRECATED),
     used("remove_accept_encoding_header", why=_DEPRECATED),
     used("runtime_enabled", attr="enabled", why=_DEPRECATED + " enabled"),
-    refused("choose_first", "one compressor filter per chain"),
+    refused("choose_first", "the tie-break among several compressor filters; without it the first "
+                            "acceptable encoding of the highest q wins, as Envoy"),
     refused("per_route_config"),
 ))
 RESPONSE_DIRECTION = Message(f"{PROTO}.ResponseDirectionConfig", fields=(
@@ -117,32 +103,8 @@ COMMON = Message(f"{PROTO}.CommonDirectionConfig", fields=(
 ))
 LIBRARY = Message("envoy.config.core.v3.TypedExtensionConfig (compressor_library)", fields=(
     used("name", attr="library_name"),
-    used("typed_config", attr="gzip", why="envoy.extensions.compression.gzip.compressor.v3.Gzip"),
+    used("typed_config", attr="library", why="the gzip, brotli or zstd library (compression_libraries.py)"),
 ))
-GZIP = Message(GZIP_PROTO, title="Compressor library gzip", model=GzipConfig, fields=(
-    used("compression_level", "DEFAULT_COMPRESSION", attr="level"),
-    used("compression_strategy", "DEFAULT_STRATEGY", attr="strategy"),
-    used("memory_level", 5),
-    used("window_bits", 12),
-    inert("chunk_size", "zlib's output buffer size: the bytes sent are the same whatever it is"),
-))
-
-
-def _gzip(raw: Any, path: str) -> GzipConfig:
-    lib = LIBRARY.read(raw, path)
-    typed = lib.raw_obj("typed_config", required=True)
-    url = str(typed.get("@type", ""))
-    if url.rsplit("/", 1)[-1] != GZIP_PROTO:
-        raise ConfigError(lib.at("typed_config"), f'unsupported compressor library "{url}"; '
-                                                  f"supported: {GZIP_PROTO}")
-    g = GZIP.read({k: v for k, v in typed.items() if k != "@type"}, lib.at("typed_config"))
-    g.int("chunk_size", 4096, min=4096, max=65536)
-    return GzipConfig(
-        level=_LEVELS[g.enum("compression_level", tuple(_LEVELS), "DEFAULT_COMPRESSION")],
-        strategy=_STRATEGIES[g.enum("compression_strategy", tuple(_STRATEGIES), "DEFAULT_STRATEGY")],
-        memory_level=g.int("memory_level", 5, min=1, max=9),
-        window_bits=g.int("window_bits", 12, min=9, max=15),
-    )
 
 
 def _types(f: Fields, key: str) -> frozenset[str] | None:
@@ -152,9 +114,9 @@ def _types(f: Fields, key: str) -> frozenset[str] | None:
 
 def parse_compressor(raw: Mapping[str, Any], path: str) -> CompressorConfig:
     f = COMPRESSOR.read(raw, path)
-    name = LIBRARY.read(f.value("compressor_library", required=True), f.at("compressor_library")).str("name", "")
-    out: dict[str, Any] = {"library_name": name, "gzip": _gzip(f.value("compressor_library"),
-                                                               f.at("compressor_library"))}
+    lib = LIBRARY.read(f.value("compressor_library", required=True), f.at("compressor_library"))
+    out: dict[str, Any] = {"library_name": lib.str("name", ""), "library": parse_compressor_library(
+        lib.raw_obj("typed_config", required=True), lib.at("typed_config"))}
     # Deprecated top-level spellings first; response_direction_config overrides them.
     if f.has("content_length"):
         out["min_content_length"] = f.int("content_length", min=0)
@@ -213,7 +175,9 @@ class WorkerCompressorFactory:
 
     def __init__(self, config: CompressorConfig, ctx) -> None:
         self.config = config
-        scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.compressor.{config.library_name}.gzip")
+        self.encoding = config.library.encoding
+        scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.compressor.{config.library_name}."
+                                       f"{config.library.stats_name}")
         prefixed = {"compressed", "not_compressed", "total_uncompressed_bytes", "total_compressed_bytes",
                     "content_length_too_small"}
         self.stats = {n: scope.counter(config.response_stats_prefix + n if n in prefixed else n)
@@ -221,16 +185,31 @@ class WorkerCompressorFactory:
         self.request_stats = {n: scope.counter(f"request.{n}") for n in _REQUEST_STATS}
 
     def create(self, callbacks) -> CompressorFilter:
-        return CompressorFilter(self)
+        # Envoy's CompressorRegistry: the stream's compressor filters, in chain order, so the
+        # first of them to see the response chooses the encoding for all (chooseEncoding).
+        info = callbacks.stream_info
+        registry = info.compressors
+        if registry is None:
+            registry = info.compressors = _Registry()
+        registry.configs.append(self.config)
+        return CompressorFilter(self, registry)
 
 
-def _encoding_stat(accept: bytes, content_type_ok: bool) -> str:
-    """Envoy's choice (chooseEncoding) for one gzip compressor, as the header stat it counts:
-    header_compressor_used (gzip has the highest q of what is acceptable), header_wildcard
-    (`*` has it), header_identity (identity has it), else header_not_valid (nothing with a
-    non-zero q, or a content-type this filter does not compress). Ties keep the first."""
-    pairs = []
-    gzip_allowed = content_type_ok
+class _Registry:
+    """One stream's compressor filters (their configs, in chain order) and, once the first of
+    them decided, the encoding chosen and the header stat that decision counts. Thread-confined
+    to the stream's worker."""
+
+    __slots__ = ("configs", "decision")
+
+    def __init__(self) -> None:
+        self.configs: list[CompressorConfig] = []
+        self.decision: tuple[str, str] | None = None
+
+
+def _q_pairs(accept: bytes):
+    """(coding, q) per Accept-Encoding token, as Envoy reads them: a token whose q-value does
+    not parse is skipped; names are compared as written (Envoy's map is case-sensitive)."""
     for token in accept.decode("latin-1").split(","):
         token = token.strip()
         if not token:
@@ -243,29 +222,49 @@ def _encoding_stat(accept: bytes, content_type_ok: bool) -> str:
                 try:
                     q = float(value.strip())
                 except ValueError:
-                    continue  # an unparsable q-value: the token is skipped
-        name = name.strip().lower()
+                    continue
+        yield name.strip(), q
+
+
+def choose_encoding(accept: bytes, content_type: str | None,
+                    configs: list[CompressorConfig]) -> tuple[str, str]:
+    """Envoy's chooseEncoding for a stream's compressor filters: (the encoding, the header stat).
+    Filters whose content types exclude the response's step aside; of several filters for one
+    encoding the first counts. The acceptable encoding of the highest q wins (ties: the first
+    listed); `*` picks the first registered filter's encoding; q=0 rules an encoding out."""
+    allowed: dict[str, int] = {}
+    for config in configs:
+        if content_type and content_type not in config.content_types:
+            continue
+        allowed.setdefault(config.library.encoding, len(allowed))
+    pairs = []
+    for name, q in _q_pairs(accept):
         pairs.append((name, q))
-        if q == 0 and name == "gzip":
-            gzip_allowed = False
-    if not pairs or not gzip_allowed:
-        return "header_not_valid"
+        if q == 0:
+            allowed.pop(name, None)
+    if not pairs or not allowed:
+        return "identity", "header_not_valid"
     choice, best = "identity", 0.0
     for name, q in pairs:
-        if name in ("gzip", "identity", "*") and q > best:
+        if q > best and (name in allowed or name == "identity" or name == "*"):
             choice, best = name, q
     if best == 0:
-        return "header_not_valid"
-    return {"identity": "header_identity", "*": "header_wildcard"}.get(choice, "header_compressor_used")
+        return "identity", "header_not_valid"
+    if choice == "identity":
+        return "identity", "header_identity"
+    if choice == "*":
+        return min(allowed, key=allowed.__getitem__), "header_wildcard"
+    return choice, "header_compressor_used"
 
 
 class CompressorFilter(PassThroughFilter):
-    __slots__ = ("wf", "accept", "deflate")
+    __slots__ = ("wf", "registry", "accept", "encoder")
 
-    def __init__(self, wf: WorkerCompressorFactory) -> None:
+    def __init__(self, wf: WorkerCompressorFactory, registry: _Registry) -> None:
         self.wf = wf
+        self.registry = registry
         self.accept: bytes | None = None   # the request's Accept-Encoding
-        self.deflate = None
+        self.encoder = None
 
     def decode_headers(self, head, end_stream: bool) -> int:
         headers = head.headers
@@ -288,34 +287,42 @@ class CompressorFilter(PassThroughFilter):
             if length is not None and not (length.isdigit() and int(length) >= config.min_content_length):
                 stats["content_length_too_small"].value += 1
                 big_enough = False
-        content_type_ok = self._content_type_ok(headers.get(b"content-type"))
+        content_type = _content_type(headers.get(b"content-type"))
         compressible = (big_enough and head.status not in config.uncompressible_response_codes
-                        and content_type_ok and not _no_transform(headers.get(b"cache-control"))
+                        and (content_type is None or content_type in config.content_types)
+                        and not _no_transform(headers.get(b"cache-control"))
                         and self._etag_allowed(headers) and headers.get(b"content-encoding") is None)
-        if not end_stream and self._accepts(big_enough, content_type_ok) and compressible:
+        if not end_stream and big_enough and self._chosen(content_type) and compressible:
             etag = headers.get(b"etag")
             if etag is not None and not etag.startswith(b"W/"):
                 headers.remove(b"etag")  # a strong ETag no longer names these bytes
             headers.remove(b"content-length")
-            headers.set(b"content-encoding", b"gzip")
+            headers.set(b"content-encoding", wf.encoding.encode())
             stats["compressed"].value += 1
-            self.deflate = config.gzip.compressor()
+            self.encoder = config.library.new()
         else:
             stats["not_compressed"].value += 1
         if compressible:
             _add_vary(headers)  # even when this client did not accept it (caches in front)
         return FilterHeadersStatus.CONTINUE
 
-    def _accepts(self, maybe: bool, content_type_ok: bool) -> bool:
-        if not maybe:
-            return False  # (no header stat either, as Envoy)
+    def _chosen(self, content_type: str | None) -> bool:
+        """Whether the stream's encoding decision (made by the first compressor filter to ask)
+        is this filter's encoding; counts this filter's header stat."""
         stats = self.wf.stats
         if self.accept is None:
             stats["no_accept_header"].value += 1
             return False
-        stat = _encoding_stat(self.accept, content_type_ok)
+        registry = self.registry
+        decision = registry.decision
+        if decision is None:
+            decision = registry.decision = choose_encoding(self.accept, content_type, registry.configs)
+        encoding, stat = decision
+        mine = encoding.lower() == self.wf.encoding
+        if stat == "header_compressor_used" and not mine:
+            stat = "header_compressor_overshadowed"  # another filter of the chain compresses
         stats[stat].value += 1
-        return stat in ("header_compressor_used", "header_wildcard")
+        return mine
 
     def _etag_allowed(self, headers) -> bool:
         if self.wf.config.disable_on_etag_header and headers.get(b"etag") is not None:
@@ -323,31 +330,34 @@ class CompressorFilter(PassThroughFilter):
             return False
         return True
 
-    def _content_type_ok(self, value: bytes | None) -> bool:
-        if value is None:
-            return True  # (Envoy compresses a response without a content-type)
-        return value.split(b";")[0].strip().lower().decode("latin-1") in self.wf.config.content_types
-
     def encode_data(self, data: bytes, end_stream: bool):
-        deflate = self.deflate
-        if deflate is None:
+        encoder = self.encoder
+        if encoder is None:
             return 0
         stats = self.wf.stats
         stats["total_uncompressed_bytes"].value += len(data)
-        out = deflate.compress(data) + deflate.flush(zlib.Z_FINISH if end_stream else zlib.Z_SYNC_FLUSH)
+        out = encoder.compress(data, end_stream)
         if end_stream:
-            self.deflate = None
+            self.encoder = None
         stats["total_compressed_bytes"].value += len(out)
         return out
 
     def encode_trailers(self, trailers):
-        deflate = self.deflate
-        if deflate is None:
+        encoder = self.encoder
+        if encoder is None:
             return 0
-        self.deflate = None
-        out = deflate.flush(zlib.Z_FINISH)
+        self.encoder = None
+        out = encoder.compress(b"", True)
         self.wf.stats["total_compressed_bytes"].value += len(out)
         return out
+
+
+def _content_type(value: bytes | None) -> str | None:
+    """The response's media type as Envoy compares it (lower-cased here: Envoy's set of
+    content types is case-insensitive), None without a content-type."""
+    if value is None:
+        return None
+    return value.split(b";")[0].strip().lower().decode("latin-1") or None
 
 
 def _no_transform(cache_control: bytes | None) -> bool:

@@ -1,53 +1,55 @@
-"""`envoy.filters.http.decompressor` with `envoy.compression.gzip.decompressor`: gzip request
-bodies (uploads) and response bodies inflated on their way through, as Envoy does.
+"""`envoy.filters.http.decompressor` with the `envoy.compression.{gzip,brotli,zstd}.decompressor`
+libraries: request bodies (uploads) and response bodies decoded on their way through, as Envoy
+does.
 
 Config `envoy.extensions.filters.http.decompressor.v3.Decompressor`: `decompressor_library`
-(gzip: `window_bits`, `chunk_size` (zlib's own buffer: no effect on the bytes),
-`max_inflate_ratio` (default 100)), `request_direction_config` and `response_direction_config`
-(`common_config.enabled`'s default value, default on; `advertise_accept_encoding` on the
-request side, default on: with response decompression on, `gzip` is appended to the request's
-Accept-Encoding so the upstream may compress). A message is inflated when its outermost
-content-encoding is gzip (and no `cache-control: no-transform` on a response): that coding
-leaves content-encoding, content-length goes (the body's length changes).
-A body inflating to more than `max_inflate_ratio` times its compressed size (a gzip bomb) ends
-the stream: a request gets 400, a response is reset (declared: Envoy truncates it instead).
-Stats `http.<prefix>.decompressor.<library name>.gzip.{request,response}.{decompressed,
+(gzip: `window_bits`, `max_inflate_ratio` (default 100); brotli; zstd; `chunk_size`, the
+library's own buffer, has no effect on the bytes: compression_libraries.py),
+`request_direction_config` and `response_direction_config` (`common_config.enabled`'s default
+value, default on; `advertise_accept_encoding` on the request side, default on: with response
+decompression on, the library's encoding (`gzip`, `br`, `zstd`) is appended to the request's
+Accept-Encoding so the upstream may compress: the header's tokens trimmed, any already naming
+it dropped, joined with "," as Envoy rewrites it). A message with a body is decoded when the
+first coding listed in its content-encoding is the library's, as Envoy decides (and no
+`cache-control: no-transform` on a response): that coding leaves content-encoding,
+content-length goes (the body's length changes). A headers-only message counts no stat.
+A body inflating to more than `max_inflate_ratio` times its compressed size (100 for brotli and
+zstd, Envoy's fixed ratio there) or not decoding ends the stream: a request gets 400, a
+response is reset (declared: Envoy truncates it instead).
+Stats `http.<prefix>.decompressor.<library name>.<gzip|brotli|zstd>.{request,response}.{decompressed,
 not_decompressed,total_compressed_bytes,total_uncompressed_bytes}`.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ...config.fields_table import Message, inert, used
-from ...config.reader import ConfigError
 from ...config.registry import Extension, register
 from ...config.runtime_values import parse_runtime_feature_flag
 from ..filter import FilterHeadersStatus, PassThroughFilter
+from .compression_libraries import DecompressorLibraryConfig, parse_decompressor_library
 
 __all__ = ["DecompressorConfig", "parse_decompressor"]
 
 NAME = "envoy.filters.http.decompressor"
 PROTO = "envoy.extensions.filters.http.decompressor.v3.Decompressor"
-GZIP_PROTO = "envoy.extensions.compression.gzip.decompressor.v3.Gzip"
 _STATS = ("decompressed", "not_decompressed", "total_compressed_bytes", "total_uncompressed_bytes")
 
 
 @dataclass(frozen=True, slots=True)
 class DecompressorConfig:
     library_name: str
-    window_bits: int = 15
-    max_inflate_ratio: int = 100
+    library: DecompressorLibraryConfig
     request_enabled: bool = True
     response_enabled: bool = True
     advertise_accept_encoding: bool = True
 
 
 DECOMPRESSOR = Message(PROTO, title="HTTP filter decompressor", model=DecompressorConfig, fields=(
-    used("decompressor_library", attr="library_name"),
+    used("decompressor_library", attr="", why="its own table"),
     used("request_direction_config", attr="request_enabled"),
     used("response_direction_config", attr="response_enabled"),
 ))
@@ -64,28 +66,15 @@ COMMON = Message(f"{PROTO}.CommonDirectionConfig", fields=(
 ))
 LIBRARY = Message("envoy.config.core.v3.TypedExtensionConfig (decompressor_library)", fields=(
     used("name", attr="library_name"),
-    used("typed_config", attr="window_bits", why="envoy.extensions.compression.gzip.decompressor.v3.Gzip"),
-))
-GZIP = Message(GZIP_PROTO, title="Decompressor library gzip", fields=(
-    used("window_bits", 15),
-    inert("chunk_size", "zlib's output buffer size: the bytes are the same whatever it is"),
-    used("max_inflate_ratio", 100),
+    used("typed_config", attr="library", why="the gzip, brotli or zstd library (compression_libraries.py)"),
 ))
 
 
 def parse_decompressor(raw: Mapping[str, Any], path: str) -> DecompressorConfig:
     f = DECOMPRESSOR.read(raw, path)
     lib = LIBRARY.read(f.value("decompressor_library", required=True), f.at("decompressor_library"))
-    typed = lib.raw_obj("typed_config", required=True)
-    url = str(typed.get("@type", ""))
-    if url.rsplit("/", 1)[-1] != GZIP_PROTO:
-        raise ConfigError(lib.at("typed_config"), f'unsupported decompressor library "{url}"; '
-                                                  f"supported: {GZIP_PROTO}")
-    g = GZIP.read({k: v for k, v in typed.items() if k != "@type"}, lib.at("typed_config"))
-    g.int("chunk_size", 4096, min=4096, max=65536)
-    out: dict[str, Any] = dict(library_name=lib.str("name", ""),
-                               window_bits=g.int("window_bits", 15, min=9, max=15),
-                               max_inflate_ratio=g.int("max_inflate_ratio", 100, min=1, max=10000))
+    out: dict[str, Any] = dict(library_name=lib.str("name", ""), library=parse_decompressor_library(
+        lib.raw_obj("typed_config", required=True), lib.at("typed_config")))
     for key, table, attr in (("request_direction_config", REQUEST_DIRECTION, "request_enabled"),
                              ("response_direction_config", RESPONSE_DIRECTION, "response_enabled")):
         if f.has(key):
@@ -114,7 +103,9 @@ class WorkerDecompressorFactory:
 
     def __init__(self, config: DecompressorConfig, ctx) -> None:
         self.config = config
-        scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.decompressor.{config.library_name}.gzip")
+        scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.decompressor.{config.library_name}."
+                                       f"{config.library.stats_name}")
+        self.encoding = config.library.encoding.encode()
         self.stats = {d: {n: scope.counter(f"{d}.{n}") for n in _STATS} for d in ("request", "response")}
 
     def create(self, callbacks) -> DecompressorFilter:
@@ -122,44 +113,52 @@ class WorkerDecompressorFactory:
 
 
 class _Inflate:
-    __slots__ = ("z", "stats", "limit_ratio", "compressed", "inflated")
+    __slots__ = ("decoder", "stats", "limit_ratio", "compressed", "inflated")
 
     def __init__(self, config: DecompressorConfig, stats) -> None:
-        self.z = zlib.decompressobj(16 + config.window_bits)
+        self.decoder = config.library.new()
         self.stats = stats
-        self.limit_ratio = config.max_inflate_ratio
+        self.limit_ratio = config.library.max_inflate_ratio
         self.compressed = self.inflated = 0
 
     def feed(self, data: bytes, end: bool) -> bytes | None:
-        """The inflated bytes of `data`; None past max_inflate_ratio or on a corrupt stream."""
+        """The decoded bytes of `data`; None past max_inflate_ratio or on a corrupt stream."""
         self.compressed += len(data)
         room = self.limit_ratio * max(self.compressed, 1) - self.inflated
-        try:
-            out = self.z.decompress(data, room + 1)
-            if end:
-                out += self.z.flush()
-        except zlib.error:
+        out = self.decoder.feed(data, end, room)
+        if out is None:
             return None
         self.inflated += len(out)
-        if len(out) > room or self.z.unconsumed_tail:
-            return None
         self.stats["total_compressed_bytes"].value += len(data)
         self.stats["total_uncompressed_bytes"].value += len(out)
         return out
 
 
-def _outer_gzip(headers) -> bool:
+def _outer_is(headers, encoding: bytes) -> bool:
+    """Whether the first coding listed in content-encoding is the library's (case-insensitive),
+    as Envoy's decompressor decides."""
     value = headers.get(b"content-encoding")
-    return value is not None and value.rsplit(b",", 1)[-1].strip().lower() == b"gzip"
+    return value is not None and value.split(b",", 1)[0].strip().lower() == encoding
 
 
 def _drop_outer_coding(headers) -> None:
-    codings = [c.strip() for c in headers.get(b"content-encoding").split(b",")][:-1]
-    if codings:
-        headers.set(b"content-encoding", b", ".join(codings))
+    rest = headers.get(b"content-encoding").partition(b",")[2].strip()
+    if rest:
+        headers.set(b"content-encoding", rest)
     else:
         headers.remove(b"content-encoding")
     headers.remove(b"content-length")
+
+
+def _advertised(accept: bytes | None, encoding: bytes) -> bytes:
+    """Accept-Encoding with the library's coding advertised as Envoy rewrites it: the tokens
+    trimmed, any naming this coding (as written, q-value or not) dropped, the coding appended,
+    joined with ","."""
+    if accept is None:
+        return encoding
+    tokens = [t.strip() for t in accept.split(b",")]
+    kept = [t for t in tokens if t and t.split(b";", 1)[0].strip() != encoding]
+    return b",".join([*kept, encoding])
 
 
 class DecompressorFilter(PassThroughFilter):
@@ -175,18 +174,16 @@ class DecompressorFilter(PassThroughFilter):
         config = self.wf.config
         headers = head.headers
         stats = self.wf.stats["request"]
-        if config.request_enabled and not end_stream and _outer_gzip(headers):
+        if config.response_enabled and config.advertise_accept_encoding:
+            headers.set(b"accept-encoding", _advertised(headers.get(b"accept-encoding"), self.wf.encoding))
+        if end_stream:
+            return FilterHeadersStatus.CONTINUE  # a headers-only request counts nothing, as Envoy
+        if config.request_enabled and _outer_is(headers, self.wf.encoding):
             _drop_outer_coding(headers)
             self.request = _Inflate(config, stats)
             stats["decompressed"].value += 1
         else:
             stats["not_decompressed"].value += 1
-        if config.response_enabled and config.advertise_accept_encoding:
-            accept = headers.get(b"accept-encoding")
-            if accept is None:
-                headers.set(b"accept-encoding", b"gzip")
-            elif b"gzip" not in accept.lower():
-                headers.set(b"accept-encoding", accept + b",gzip")  # Envoy appends with ","
         return FilterHeadersStatus.CONTINUE
 
     def decode_data(self, data: bytes, end_stream: bool):
@@ -204,8 +201,10 @@ class DecompressorFilter(PassThroughFilter):
         config = self.wf.config
         headers = head.headers
         stats = self.wf.stats["response"]
+        if end_stream:
+            return FilterHeadersStatus.CONTINUE  # a headers-only response counts nothing, as Envoy
         no_transform = b"no-transform" in (headers.get(b"cache-control") or b"").lower()
-        if config.response_enabled and not end_stream and not no_transform and _outer_gzip(headers):
+        if config.response_enabled and not no_transform and _outer_is(headers, self.wf.encoding):
             _drop_outer_coding(headers)
             self.response = _Inflate(config, stats)
             stats["decompressed"].value += 1

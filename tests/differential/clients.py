@@ -14,6 +14,8 @@ from typing import Any
 
 from tests.integration.servers import new_reader, read_response
 
+from .proxies import port_slice
+
 CLOSED = "<closed without a response>"
 
 
@@ -62,7 +64,8 @@ def build_raw(req: dict) -> bytes:
 # The runner finds each request's access-log line by its client port, so a case must never use
 # one client port twice. Ports are handed out in turn from a range below the kernel's ephemeral
 # range (where the OS picks ports for everything else), skipping one that is taken.
-_PORT_BASE, _PORT_SPAN = 20000, 5990  # proxies.PortReservation takes 26000-31999
+_PORT_LO, _PORT_HI = port_slice(20000, 5990, per_worker=False)  # proxies.PortReservation takes 26000-31999
+_PORT_BASE, _PORT_SPAN = _PORT_LO, _PORT_HI - _PORT_LO
 _next_port = itertools.count(random.randrange(_PORT_SPAN))
 _port_lock = threading.Lock()  # guards _next_port (cases may send from several threads)
 

@@ -49,6 +49,26 @@ def proxyctl_binary() -> str:
     return str(here) if here.exists() else "proxyctl"
 
 
+def port_slice(base: int, span: int, per_worker: bool = True) -> tuple[int, int]:
+    """[lo, hi) of `base`..`base + span` for this test process. `make test` runs the 3.13 and
+    3.14t suites side by side (FTPROXY_TEST_PORT_SLICE=0 or 1), each in pytest-xdist workers
+    (PYTEST_XDIST_WORKER gw0, gw1...): with `per_worker`, each process gets its own part, so a
+    port one process releases for its proxy is never drawn by another (whose proxy's
+    SO_REUSEPORT bind would then share the port and its connections). Without, the part is
+    the run's (client ports: processes sharing them only skip each other's busy ones)."""
+    runs = 2 if os.environ.get("FTPROXY_TEST_PORT_SLICE") in ("0", "1") else 1
+    run = int(os.environ.get("FTPROXY_TEST_PORT_SLICE", "0")) if runs == 2 else 0
+    workers, worker = 1, 0
+    if per_worker:
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        worker = int(name[2:]) if name[2:].isdigit() else 0
+        worker = min(worker, workers - 1)
+    size = span // (runs * workers)
+    lo = base + (run * workers + worker) * size
+    return lo, lo + size
+
+
 class PortReservation:
     """Distinct free loopback ports for one case: each stays bound until `release()`, so two
     asks never get the same port (bind-then-close twice can: the kernel hands a just-released
@@ -58,20 +78,22 @@ class PortReservation:
         self._held: list[socket.socket] = []
 
     def take(self) -> int:
-        """A port from 26000-31999: below the kernel's ephemeral range, so between release()
-        and the proxy's bind no other process's socket (bound to port 0, or the source port
-        of a connection) can take it and answer for a listener the proxy has not opened (or
-        has closed) yet; clients.py draws client ports from 20000-25999."""
+        """A port of this run's slice of 26000-31999 (see port_slice): below the kernel's
+        ephemeral range, so between release() and the proxy's bind no other process's socket
+        (bound to port 0, or the source port of a connection) can take it and answer for a
+        listener the proxy has not opened (or has closed) yet; clients.py draws client ports
+        from 20000-25999 the same way."""
+        lo, hi = port_slice(26000, 6000)
         for _ in range(200):
             s = socket.socket()
             try:
-                s.bind(("127.0.0.1", random.randrange(26000, 32000)))
+                s.bind(("127.0.0.1", random.randrange(lo, hi)))
             except OSError:
                 s.close()
                 continue
             self._held.append(s)
             return s.getsockname()[1]
-        raise RuntimeError("no free loopback port in 26000-31999")
+        raise RuntimeError(f"no free loopback port in {lo}-{hi - 1}")
 
     def release(self) -> None:
         for s in self._held:

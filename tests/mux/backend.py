@@ -93,8 +93,12 @@ class MuxBackend:
     # -- test thread --------------------------------------------------------------------------
     def close(self) -> None:
         self._stopping = True
-        self._wake_w.send(b"x")
+        try:
+            self._wake_w.send(b"x")
+        except OSError:  # the loop saw _stopping on its own and ended (its end closed _wake_r)
+            pass
         self._thread.join(5)
+        self._wake_w.close()  # here, not by the loop: this thread writes to it
 
     def stream(self, path: str) -> StreamRecord | None:
         with self.lock:
@@ -126,7 +130,6 @@ class MuxBackend:
                 c.sock.close()
             self.listener.close()
             self._wake_r.close()
-            self._wake_w.close()
             self._sel.close()
 
     def _later(self, ms: float, fn) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import random
@@ -84,8 +85,10 @@ def _connect(port: int, timeout: float) -> socket.socket:
             s.bind(("127.0.0.1", _fresh_port()))
             s.connect(("127.0.0.1", port))
             return s
-        except OSError:
+        except OSError as e:
             s.close()
+            if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                raise  # refused, timed out...: the proxy's answer, not a busy client port
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 

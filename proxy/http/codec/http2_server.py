@@ -23,8 +23,8 @@ from __future__ import annotations
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PingReceived, PriorityUpdated,
-                       RemoteSettingsChanged, RequestReceived, StreamEnded, StreamReset,
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PriorityUpdated,
+                       RequestReceived, StreamEnded, StreamReset,
                        TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes

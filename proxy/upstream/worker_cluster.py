@@ -148,7 +148,9 @@ class WorkerCluster:
         # frame per request.
         self.choose_host = lb.choose
         # choose_host_by_hash(h): a RING_HASH/MAGLEV balancer's pick for a route's hash; any
-        # other balancer ignores the hash (as Envoy's do).
+        # other balancer ignores the hash (as Envoy's do: they never compute it, so a hash
+        # policy's cookie is generated for hashing clusters only).
+        self.hashing = lb.choose_hash is not None
         self.choose_host_by_hash = lb.choose_hash or (lambda h: self.choose_host())
         keep = {h.key for h in snapshot.hosts}
         for pools in (self.pools, self.high_pools):

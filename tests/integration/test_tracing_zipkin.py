@@ -40,6 +40,7 @@ class Collector:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True   # no delayed-ACK wait between head and body
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *a):
@@ -356,6 +357,7 @@ class _Service:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True   # no delayed-ACK wait between head and body
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *a):

@@ -115,8 +115,9 @@ class _RawCodec(CodecBase):
 
 
 class SkyWalkingCollector:
-    def __init__(self, status: Status | None = None) -> None:
+    def __init__(self, status: Status | None = None, port: int = 0) -> None:
         self.status = status
+        self.want_port = port
         self.raw: list[bytes] = []          # each SegmentObject's bytes, as received
         self.streams: list[dict] = []       # each collect call's metadata
         self.ended = 0                      # collect calls the client ended
@@ -153,7 +154,7 @@ class SkyWalkingCollector:
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.server = Server([self], codec=_RawCodec())
-        self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
+        self.loop.run_until_complete(self.server.start("127.0.0.1", self.want_port))
         ready.set()
         self.loop.run_forever()
 

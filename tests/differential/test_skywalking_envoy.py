@@ -252,3 +252,100 @@ def test_skywalking_example_segments_and_sw8_match_real_envoys(tmp_path):
     assert len(got["segments"]) == len(want["segments"])
     # Envoy counts each segment written to a stream; nothing cached, dropped or flushed.
     assert ftproxy[2] == envoy[2]
+
+
+# -- sampling off, no upstream span, errors: one proxy, an echo upstream ------------------------
+
+def _run_single(kind: str, tmp: Path) -> dict:
+    """Two listeners: `sampled-off` (random_sampling 0, the router's upstream span) and
+    `no-child` (no upstream span); each request's sw8 at the upstream, the segments' shapes,
+    the stream's metadata and the tracing counters."""
+    import copy
+
+    from ..integration.harness import EchoUpstream
+    from ..integration.test_tracing_skywalking import _config, _provider
+    collector = SkyWalkingCollector()
+    upstream = EchoUpstream("service1")
+    reservation = PortReservation()
+    ports = [reservation.take(), reservation.take()]
+    admin = reservation.take()
+    cfg = _config(upstream.port, collector.port, random_sampling={"value": 0},
+                  provider=_provider(service_name="s", instance_name="i", backend_token="tok"))
+    listeners = cfg["static_resources"]["listeners"]
+    plain = copy.deepcopy(listeners[0])
+    hcm = plain["filter_chains"][0]["filters"][0]["typed_config"]
+    del hcm["http_filters"][0]["typed_config"]["start_child_span"]
+    hcm["tracing"].pop("random_sampling")
+    hcm["stat_prefix"] = "plain"
+    plain["name"] = "no-child"
+    listeners.append(plain)
+    for lis, port in zip(listeners, ports):
+        lis["address"]["socket_address"]["port_value"] = port
+    cfg["admin"]["address"]["socket_address"]["port_value"] = admin
+    path = tmp / f"{kind}-single.json"
+    path.write_text(json.dumps(cfg))
+    if kind == "envoy":
+        cmd = [envoy_binary(), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
+               "-l", "error", "--drain-time-s", "0"]
+    else:
+        cmd = [sys.executable, "-m", "proxy.server.main", "-c", str(path), "--concurrency", "1",
+               "--disable-hot-restart", "-l", "error", "--drain-time-s", "0"]
+    reservation.release()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _ready(admin):
+            assert time.monotonic() < deadline, f"{kind} not ready"
+            time.sleep(0.05)
+        while not collector.streams and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = []
+        for port, target, headers in (
+                (ports[0], "/untraced", {}), (ports[0], "/joined", {"sw8": FOREIGN}),
+                (ports[0], "/status/503", {"sw8": FOREIGN}), (ports[1], "/no-child", {}),
+                (ports[1], "/no-child-passed", {"sw8": FOREIGN}), (ports[1], "/status/503", {})):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", target, headers=headers)
+            r = conn.getresponse()
+            body = r.read()
+            conn.close()
+            got = json.loads(body)["headers"].get("sw8") if body.startswith(b"{") else None
+            seen.append((target, r.status, got if got == FOREIGN or got is None else
+                         [got.split("-")[i] for i in (0, 1, 3, 4, 5, 6)]))
+        deadline = time.monotonic() + 15
+        while len(collector.segments) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        shapes = sorted(
+            [(p["spanType"], p["operationName"], p["peer"].rpartition(":")[0] or p["peer"],
+              p["isError"], p["skipAnalysis"], [k for k, _ in p["tags"]],
+              [(r["traceId"], r["parentTraceSegmentId"], r["parentEndpoint"]) for r in p["refs"]])
+             for p in s["spans"]] for s in collector.segments)
+        metadata = {k: v for k, v in collector.streams[0].items() if k == "authentication"}
+        stats = {k: v for k, v in _admin_stats(admin).items()}
+        return {"requests": seen, "segments": shapes, "metadata": metadata, "stats": stats}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+        upstream.close()
+        collector.close()
+
+
+@pytest.mark.timeout(120)
+def test_skywalking_sampling_off_no_upstream_span_and_errors_match_real_envoy(tmp_path):
+    """Envoy 1.40: an untraced request without sw8 gets no span (nothing injected or
+    reported), one with sw8 joins it; without the router's upstream span nothing is injected
+    and a caller's sw8 passes on unchanged; an error marks both spans; the stream carries
+    `authentication: <backend_token>`."""
+    try:
+        envoy_binary()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    want = _run_single("envoy", tmp_path)
+    got = _run_single("ftproxy", tmp_path)
+    assert len(want["segments"]) == 5
+    assert got == want

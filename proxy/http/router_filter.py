@@ -364,8 +364,11 @@ class RouterFilter:
         if od is not None and od.split:
             od.put_connect_success(self.ctx.worker.index)   # a local-origin success
         stream = self.stream
-        stream.upstream_host = self.pool.host_str
+        stream.upstream_host = host_str = self.pool.host_str
         stream.upstream_local_address = upstream.local_address
+        span = stream.active_span
+        if span is not None and span.late_inject:
+            span.inject_upstream(stream.head, host_str)  # SkyWalking's sw8 names the host
         if self.cluster.transport_factory.implements_secure_transport:
             stream.upstream_ssl = upstream.ssl  # %UPSTREAM_TLS_VERSION% ...
         self.upstream_start = stream.first_upstream_tx_monotonic = time.monotonic()

@@ -272,6 +272,21 @@ def _check_layered_runtime(f: Fields) -> tuple[int | None, dict[str, int]]:
     return limit, listener_limits
 
 
+def runtime_layers(raw: Mapping[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """A loaded bootstrap's runtime layers (its raw `layered_runtime`, validated at load), in
+    order: (name, {dotted key: value as Envoy prints it}); an admin layer holds nothing."""
+    layers = []
+    for layer in (raw.get("layered_runtime") or {}).get("layers") or ():
+        static = layer.get("static_layer") or {}
+        values = {}
+        for key_path in _runtime_keys(static, ""):
+            key = key_path.lstrip(".")
+            value = _runtime_value(static, key)
+            values[key] = (str(value).lower() if isinstance(value, bool) else str(value))
+        layers.append((str(layer.get("name", "")), values))
+    return layers
+
+
 def _runtime_value(tree: Mapping[str, Any], key: str) -> Any:
     """A dotted runtime key's value in a static layer written flat or nested."""
     if key in tree:

@@ -17,13 +17,12 @@ shared by all workers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from proxy.config.data_source import read_data_source
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
 from proxy.tracing.config import Decorator, RouteTracing, parse_decorator, parse_route_tracing
@@ -369,29 +368,9 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
     status = f.int("status", required=True, min=200, max=599)
     body = b""
     if f.has("body"):
-        d = DIRECT_RESPONSE_BODY.read(f.value("body"), f.at("body"))
-        kind = d.oneof("filename", "inline_bytes", "inline_string", required=True)
-        if kind == "inline_string":
-            try:
-                body = d.str(kind).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in a JSON file
-                raise ConfigError(d.at(kind), "not valid Unicode text") from None
-        elif kind == "inline_bytes":
-            try:
-                body = base64.b64decode(d.str(kind), validate=True)
-            except (binascii.Error, ValueError):
-                raise ConfigError(d.at(kind), "invalid base64") from None
-        else:
-            try:
-                with open(d.str(kind), "rb") as fh:
-                    body = fh.read(max_body + 1)
-            except ValueError as e:  # an embedded NUL in the file name
-                raise ConfigError(d.at(kind), f"invalid file name: {e}") from None
-            except OSError as e:
-                raise ConfigError(d.at(kind), f"cannot read {d.str(kind)!r}: {e.strerror}") \
-                    from None
+        body = read_data_source(DIRECT_RESPONSE_BODY, f.value("body"), f.at("body"), max_body)
         if len(body) > max_body:
-            raise ConfigError(d.path, f"response body is larger than "
+            raise ConfigError(f.at("body"), f"response body is larger than "
                               f"max_direct_response_body_size_bytes ({max_body})")
     return DirectResponseAction(status, body)
 

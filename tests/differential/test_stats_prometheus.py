@@ -12,6 +12,9 @@ the admin pages of both compared.
   prints are allowed only where listed with the reason (stats one proxy does not have at all,
   which is not about tags).
 - `/stats` and `/stats?format=json` keep Envoy's flat names (tags change neither).
+- The statsd sinks of both, each to its own real UDP receiver: `envoy.stat_sinks.dog_statsd`
+  (tag-extracted names, `|#tag:value,...`, batched to `max_bytes_per_datagram`) and
+  `envoy.stat_sinks.statsd` (flat names) send the same counters with the same tags.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,11 +58,24 @@ STATS_CONFIG = {
 }
 
 
-def _bootstrap(admin: int, listener: int, upstream: int) -> dict:
+DOG_STATSD = "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink"
+STATSD = "type.googleapis.com/envoy.config.metrics.v3.StatsdSink"
+MAX_DATAGRAM = 512
+
+
+def _bootstrap(admin: int, listener: int, upstream: int, udp: int) -> dict:
+    udp_address = {"socket_address": {"address": "127.0.0.1", "port_value": udp}}
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "stats_flush_interval": "0.2s",   # Envoy merges histograms at a flush
         "stats_config": STATS_CONFIG,
+        "stats_sinks": [
+            {"name": "envoy.stat_sinks.dog_statsd", "typed_config": {
+                "@type": DOG_STATSD, "address": udp_address, "prefix": "dog",
+                "max_bytes_per_datagram": MAX_DATAGRAM}},
+            {"name": "envoy.stat_sinks.statsd", "typed_config": {
+                "@type": STATSD, "address": udp_address, "prefix": "flat"}},
+        ],
         "static_resources": {
             "listeners": [{
                 "name": "ingress",
@@ -96,8 +114,18 @@ class Proc:
         ports = PortReservation()
         self.kind = kind
         self.admin_port, self.port = ports.take(), ports.take()
+        # The sinks' receiver, drained by its own thread: Envoy sends every counter each
+        # flush (hundreds of datagrams), more than a socket buffer holds for long.
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.settimeout(0.1)
+        self.datagrams: list[bytes] = []   # appended by the receiver thread only
+        self._receiving = True
+        self._receiver = threading.Thread(target=self._receive_loop, daemon=True, name=f"udp-{kind}")
+        self._receiver.start()
         path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps(_bootstrap(self.admin_port, self.port, upstream)))
+        path.write_text(json.dumps(_bootstrap(self.admin_port, self.port, upstream,
+                                              self.udp.getsockname()[1])))
         common = ["-c", str(path), "--concurrency", "1", "-l", "error", "--disable-hot-restart"]
         cmd = ([envoy_binary(), *common] if kind == "envoy"
                else [sys.executable, "-m", "proxy.server.main", *common])
@@ -135,7 +163,23 @@ class Proc:
         assert status == 200, (self.kind, status, body)
         return re.sub(rf"(?<![0-9])({self.port}|{self.admin_port})(?![0-9])", "PORT", body)
 
+    def _receive_loop(self) -> None:
+        while self._receiving:
+            try:
+                self.datagrams.append(self.udp.recv(65535))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def receive(self) -> list[bytes]:
+        """Every datagram the sinks sent so far."""
+        return list(self.datagrams)
+
     def stop(self) -> None:
+        self._receiving = False
+        self._receiver.join(2)
+        self.udp.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -311,3 +355,54 @@ def test_stats_and_json_keep_flat_names(pair):
     docs = [json.loads(p.admin(f"/stats?format=json&filter={flt}")[1]) for p in pair]
     assert docs[0] == docs[1]
     assert {"name": "http.ingress_http.downstream_rq_4xx", "value": 3} in docs[0]["stats"]
+
+
+def _statsd_counters(datagrams: list[bytes], prefix: str) -> dict[str, int]:
+    """Counter lines of one sink, `name:delta|c[|#tags]`, summed over the flushes (the deltas
+    fall into different flushes on each side); keyed by name and tags, ports replaced."""
+    out: dict[str, int] = {}
+    for d in datagrams:
+        for line in d.decode().split("\n"):
+            if not line.startswith(prefix + "."):
+                continue
+            head, _, rest = line.partition(":")
+            value, kind, *tags = rest.split("|")
+            if kind != "c":
+                continue
+            key = head + ("|" + tags[0] if tags else "")
+            out[key] = out.get(key, 0) + int(value)
+    return out
+
+
+def test_dog_statsd_and_statsd_sinks_send_what_envoy_sends(pair):
+    envoy, ftproxy = pair
+    deadline = time.monotonic() + 5
+    while not all(any(b"dog." in d for d in p.receive()) for p in pair):
+        assert time.monotonic() < deadline, "no flush reached a receiver"
+        time.sleep(0.1)
+    time.sleep(0.5)   # a flush after the totals settled
+    received = {p.kind: p.receive() for p in pair}
+    for kind, datagrams in received.items():
+        assert all(len(d) <= MAX_DATAGRAM for d in datagrams if d.startswith(b"dog.")), kind
+        assert any(b"\n" in d for d in datagrams if d.startswith(b"dog.")), kind  # batched
+        assert not any(b"\n" in d for d in datagrams if d.startswith(b"flat.")), kind  # one each
+
+    def norm(p, counters):
+        return {re.sub(rf"(?<![0-9])({p.port}|{p.admin_port})(?![0-9])", "PORT", k): v
+                for k, v in counters.items()}
+
+    wanted = re.compile(COUNTERS)
+    flat = [norm(p, {k: v for k, v in _statsd_counters(received[p.kind], "flat").items()
+                     if wanted.search(k[len("flat."):])}) for p in pair]
+    assert flat[0] == flat[1]
+    assert flat[0]["flat.cluster.backend.upstream_rq_200"] == 3
+    dog = [norm(p, _statsd_counters(received[p.kind], "dog")) for p in pair]
+    tagged = re.compile(r"^dog\.(cluster\.(external\.)?upstream_rq(_xx|_completed|_total)?"
+                        r"|http\.downstream_rq(_xx|_total|_completed)|listener\.worker_downstream_cx_total"
+                        r"|listener\.http\.downstream_rq_xx)\|")
+    # Envoy's admin is an HTTP connection manager with stats (ftproxy's admin has none).
+    dog = [{k: v for k, v in d.items() if tagged.search(k) and "_prefix:admin" not in k} for d in dog]
+    assert dog[0] == dog[1]
+    assert dog[0]["dog.cluster.upstream_rq|#envoy.response_code:200,service:front,envoy.cluster_name:backend"] == 3
+    assert dog[0]["dog.listener.worker_downstream_cx_total|#envoy.worker_id:0,service:front,"
+                  "envoy.listener_address:127.0.0.1_PORT"] == 7

@@ -358,11 +358,10 @@ class TagProducer:
         return "".join(ch for ch, k in zip(name, keep) if k), tuple(tags)
 
 
-_DEFAULT: list[TagProducer] = []
+# Built at import (start-up, main thread): the producer of a registry made without a stats_config.
+_DEFAULT = TagProducer()
 
 
 def default_tag_producer() -> TagProducer:
-    """The producer of a bootstrap without `stats_config` (built on first use; immutable)."""
-    if not _DEFAULT:
-        _DEFAULT.append(TagProducer())
-    return _DEFAULT[0]
+    """The producer of a bootstrap without `stats_config` (Envoy's default extractors only)."""
+    return _DEFAULT

@@ -102,9 +102,10 @@ _DEFAULT_REGEXES: tuple[tuple[str, str, str, str], ...] = (
     ("envoy.rbac_http_prefix", r"^http\.<TAG_VALUE>\.rbac\.((<TAG_VALUE>)\.).*?", ".rbac.", ""),
     ("envoy.health_check_name", r"^cluster\.<TAG_VALUE>\.health_check(\.name\.(<TAG_VALUE>))\..+",
      ".health_check.name.", ""),
+    # The prefix before the version: the label order Envoy 1.40 prints.
+    ("envoy.proxy_protocol_prefix", r"^proxy_proto\.((<TAG_VALUE>)\.).+$", "", ""),
     ("envoy.proxy_protocol_version",
      r"^proxy_proto\.((?:<TAG_VALUE>\.)?versions\.v(<PROXY_PROTOCOL_VERSION>)\.)\w+$", "", ""),
-    ("envoy.proxy_protocol_prefix", r"^proxy_proto\.((<TAG_VALUE>)\.).+$", "", ""),
     ("envoy.xds_resource_name", r"^sds\.((<TAG_VALUE>)\.).+", "", ""),
 )
 
@@ -282,7 +283,10 @@ class TagSpecifier:
     fixed_value: str | None = None
 
 
-_CACHE_LIMIT = 200_000   # names cached; past it, results are computed each time (bounded memory)
+_CACHE_LIMIT = 200_000
+# Stats Envoy creates before it reads the bootstrap's stats_config (its access-log file
+# manager's): they never carry a tag, not even a fixed one.
+_UNTAGGED_PREFIXES = ("filesystem.",)   # names cached; past it, results are computed each time (bounded memory)
 
 
 class TagProducer:
@@ -331,7 +335,7 @@ class TagProducer:
         hit = self._cache.get(name)
         if hit is not None:
             return hit
-        result = self._produce(name)
+        result = (name, ()) if name.startswith(_UNTAGGED_PREFIXES) else self._produce(name)
         if len(self._cache) < _CACHE_LIMIT:
             self._cache[name] = result
         return result

@@ -84,8 +84,8 @@ _DEFAULT_REGEXES: tuple[tuple[str, str, str, str], ...] = (
     ("envoy.ssl_sigalg", r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.sigalgs(\.(<CIPHER>))$", ".ssl.sigalgs.", ""),
     ("envoy.ssl_version", r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.versions(\.(<TLS_VERSION>))$",
      ".ssl.versions.", ""),
-    # Envoy 1.40 has no envoy.ssl_cipher_suite: a cluster's ciphers are envoy.ssl_cipher too.
-    ("envoy.ssl_cipher", r"^cluster\.<TAG_VALUE>\.ssl\.ciphers(\.(<CIPHER>))$", ".ssl.ciphers.", ""),
+    # Envoy 1.40 names this one `cipher_suite` (no `envoy.` prefix: its SSL_CIPHER_SUITE).
+    ("cipher_suite", r"^cluster\.<TAG_VALUE>\.ssl\.ciphers(\.(<CIPHER>))$", ".ssl.ciphers.", ""),
     ("envoy.tls_certificate", r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.certificate\.((<TAG_VALUE>)\.).*$",
      ".ssl.certificate.", ""),
     ("envoy.http_conn_manager_prefix", r"^listener\..*?\.http\.((<TAG_VALUE>)\.)", ".http.", ""),

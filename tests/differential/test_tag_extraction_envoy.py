@@ -3,7 +3,8 @@
 Real Envoy runs a bootstrap with many stat families (an HTTP connection manager with rbac (rules
 and shadow rules with stat prefixes), local rate limit, virtual clusters and a route stat_prefix;
 a TCP chain with network rbac, connection_limit, local rate limit and tcp_proxy; a listener with
-proxy_protocol; a health-checked cluster) and a `stats_config` adding a fixed tag and a regex.
+proxy_protocol; a TLS listener (ssl.ciphers / versions / curves / sigalgs / certificate stats)
+whose tcp_proxy goes to a cluster over TLS back to that listener; a health-checked cluster) and a `stats_config` adding a fixed tag and a regex.
 Its flat stats (`/stats?format=json`, names and values) are fed to ftproxy's renderer with
 ftproxy's TagProducer for the same stats_config; the Prometheus text that comes out must be
 Envoy's own `/stats/prometheus` for counters and gauges, byte for byte, and for histograms the
@@ -28,6 +29,7 @@ from proxy.config.stats_config import parse_stats_config
 from proxy.stats.render import render_prometheus
 from proxy.stats.store import StatsSnapshot
 from tests.integration.harness import EchoUpstream
+from tests.tls_certs import CertAuthority
 
 from .proxies import PortReservation, envoy_binary
 
@@ -36,7 +38,8 @@ STATS_CONFIG = {"stats_tags": [{"tag_name": "dc", "fixed_value": "eu-1"},
                                {"tag_name": "kind", "regex": r"^cluster\.\w+\.upstream_((cx|rq))_"}]}
 
 
-def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream: int) -> dict:
+def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream: int,
+               tls_port: int, cert: str, key: str) -> dict:
     def addr(port):
         return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
@@ -58,7 +61,8 @@ def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream
     route_config = {"virtual_hosts": [{
         "name": "vh_main", "domains": ["*"],
         "virtual_clusters": [{"name": "vc_api", "headers": [{"name": ":path", "string_match": {"prefix": "/api"}}]}],
-        "routes": [{"match": {"prefix": "/"}, "stat_prefix": "all_routes", "route": {"cluster": "backend"}}],
+        "routes": [{"match": {"prefix": "/tls"}, "route": {"cluster": "tls_loop"}},
+                   {"match": {"prefix": "/"}, "stat_prefix": "all_routes", "route": {"cluster": "backend"}}],
     }]}
     tcp_filters = [
         {"name": "envoy.filters.network.rbac", "typed_config": {
@@ -93,6 +97,14 @@ def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream
                  "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
                      "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                      "stat_prefix": "pp_tcp", "cluster": "backend"}}]}]},
+                {"name": "tls", "address": addr(tls_port), "filter_chains": [{
+                    "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "common_tls_context": {"tls_certificates": [{"certificate_chain": {"filename": cert},
+                                                                     "private_key": {"filename": key}}]}}},
+                    "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "tls_tcp", "cluster": "backend"}}]}]},
             ],
             "clusters": [{
                 "name": "backend", "connect_timeout": "1s", "type": "STATIC",
@@ -100,6 +112,13 @@ def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream
                     "endpoint": {"address": addr(upstream)}}]}]},
                 "health_checks": [{"timeout": "1s", "interval": "0.2s", "unhealthy_threshold": 1,
                                    "healthy_threshold": 1, "http_health_check": {"path": "/health"}}],
+            }, {
+                "name": "tls_loop", "connect_timeout": "1s", "type": "STATIC",
+                "load_assignment": {"cluster_name": "tls_loop", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": addr(tls_port)}}]}]},
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "localhost"}},
             }],
         },
     }
@@ -109,9 +128,12 @@ def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream
 def envoy(tmp_path_factory):
     upstream = EchoUpstream("backend")
     ports = PortReservation()
-    admin, http_port, tcp_port, pp_port = (ports.take() for _ in range(4))
-    path = tmp_path_factory.mktemp("tags") / "envoy.json"
-    path.write_text(json.dumps(_bootstrap(admin, http_port, tcp_port, pp_port, upstream.port)))
+    admin, http_port, tcp_port, pp_port, tls_port = (ports.take() for _ in range(5))
+    tmp = tmp_path_factory.mktemp("tags")
+    cert, key = CertAuthority().issue_files(tmp, "server", ["localhost"])
+    path = tmp / "envoy.json"
+    path.write_text(json.dumps(_bootstrap(admin, http_port, tcp_port, pp_port, upstream.port,
+                                          tls_port, str(cert), str(key))))
     ports.release()
     proc = subprocess.Popen([envoy_binary(), "-c", str(path), "--concurrency", "1", "-l", "error",
                              "--disable-hot-restart"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -131,7 +153,7 @@ def envoy(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.05)
-        for target in ("/api/x", "/status/404", "/web"):
+        for target in ("/api/x", "/status/404", "/web", "/tls/x"):
             c = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
             c.request("GET", target)
             c.getresponse().read()
@@ -188,7 +210,9 @@ def test_every_envoy_stat_gets_envoys_tags(envoy):
     for needle in ('envoy_rbac_prefix="net"', 'envoy_rbac_http_prefix="rules_"', 'envoy_connection_limit_prefix="cl"',
                    'envoy_local_network_ratelimit_prefix="net_rl"', 'envoy_local_http_ratelimit_prefix="http_rl"',
                    'envoy_tcp_prefix="tcp_stats"', 'envoy_virtual_cluster="vc_api"', 'envoy_route="all_routes"',
-                   'envoy_listener_address="tcp_listener"', 'dc="eu-1"', 'kind="rq"'):
+                   'envoy_listener_address="tcp_listener"', 'dc="eu-1"', 'kind="rq"',
+                   'envoy_ssl_cipher="', 'cipher_suite="', 'envoy_ssl_version="TLSv1.2"',
+                   'envoy_ssl_curve="X25519"', 'envoy_ssl_sigalg="'):
         assert needle in ours, needle
     # Histograms: the same families in the same order, each with the same label sets.
     from proxy.stats.histogram import HistogramSummary

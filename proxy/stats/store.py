@@ -169,7 +169,9 @@ class Store:
         return Scope(self, prefix)
 
     def alias(self, name: str, stat: Counter | Gauge | Histogram) -> None:
-        """Report `stat` (a stat of this store) under `name` too."""
+        """Report `stat` (a stat of this store) under `name` too. A histogram alias shares the
+        stat's buckets even where histogram_bucket_settings would give `name` others (Envoy keeps
+        two histograms; here every request records once)."""
         table = (self._counters if isinstance(stat, Counter) else
                  self._gauges if isinstance(stat, Gauge) else self._histograms)
         if self._rejects(name):

@@ -406,3 +406,21 @@ def test_dog_statsd_and_statsd_sinks_send_what_envoy_sends(pair):
     assert dog[0]["dog.cluster.upstream_rq|#envoy.response_code:200,service:front,envoy.cluster_name:backend"] == 3
     assert dog[0]["dog.listener.worker_downstream_cx_total|#envoy.worker_id:0,service:front,"
                   "envoy.listener_address:127.0.0.1_PORT"] == 7
+
+
+@pytest.mark.parametrize("mode", ["cumulative", "detailed", "disjoint", "prometheusnative", "bogus"])
+def test_histogram_buckets_modes_answer_as_envoy(pair, mode):
+    envoy, ftproxy = pair
+    query = f"/stats/prometheus?histogram_buckets={mode}&filter=" + urllib.request.quote(r"^cluster\.backend\.upstream_rq_total$")
+    e, f = envoy.admin(query), ftproxy.admin(query)
+    assert e == f
+    assert e[0] == (200 if mode == "cumulative" else 400)
+
+
+def test_histogram_buckets_summary_is_refused_not_ignored(pair):
+    # Declared difference: Envoy prints summaries of the quantiles since its last flush;
+    # ftproxy keeps cumulative histograms only, so it answers 400 rather than another page.
+    envoy, ftproxy = pair
+    assert envoy.admin("/stats/prometheus?histogram_buckets=summary")[0] == 200
+    status, body = ftproxy.admin("/stats/prometheus?histogram_buckets=summary")
+    assert status == 400 and "not supported yet" in body

@@ -132,7 +132,7 @@ def _tag_specifier(raw: Any, path: str) -> TagSpecifier:
         if len(regex.encode()) > _REGEX_MAX_BYTES:
             raise ConfigError(f.at("regex"), f"longer than {_REGEX_MAX_BYTES} bytes")
         try:
-            re.compile(regex)
+            re.compile(regex, re.ASCII)
         except re.error as e:
             raise ConfigError(f.at("regex"), f"Invalid regex '{regex}': {e}") from None
         return TagSpecifier(name, regex=regex)

@@ -189,7 +189,7 @@ class _RegexExtractor(_Extractor):
 
     def __init__(self, name: str, regex: str, substr: str = "", negative: str = "") -> None:
         super().__init__(name, _regex_prefix(regex))
-        self.regex = re.compile(regex)
+        self.regex = re.compile(regex, re.ASCII)  # \d, \w as RE2 and ECMAScript read them
         self.substr = substr
         self.negative = negative
 

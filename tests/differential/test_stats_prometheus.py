@@ -198,6 +198,11 @@ def pair(tmp_path_factory):
         procs = [Proc("envoy", upstream.port, tmp), Proc("ftproxy", upstream.port, tmp)]
         for p in procs:
             assert [p.get(path) for path in REQUESTS] == [200, 200, 200, 404, 404, 503, 404]
+            # One HTTP/2 (h2c) request: Envoy then has its HTTP/2 codec's stats too.
+            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                                  "--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/h2"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            assert out == "200 2", (p.kind, out)
         # Every connection closed on both sides, and Envoy's histograms merged (a flush).
         deadline = time.monotonic() + 10
         for p in procs:
@@ -228,16 +233,16 @@ def test_prometheus_counters_with_tags_match_envoy_byte_for_byte(pair):
     assert ftproxy.prometheus(query) == expected
     # Not vacuous: the tags of the stats_config above, in Envoy's order.
     assert ('envoy_cluster_upstream_rq{envoy_response_code="200",service="front",'
-            'envoy_cluster_name="backend"} 3\n') in expected
+            'envoy_cluster_name="backend"} 4\n') in expected
     # The default tokenized HCM prefix runs before the configured regex of the same prefix token.
     assert ('envoy_http_downstream_rq_xx{envoy_response_code_class="4",service="front",'
             'envoy_http_conn_manager_prefix="ingress_http",edge="ingress"} 3\n') in expected
     # The configured regex cuts its group 1 (`upstream_rq_pending_`), its group 2 is the value.
     assert ('envoy_cluster_total{service="front",envoy_cluster_name="backend",'
             'route_target="pending"} 1\n') in expected
-    assert 'envoy_cluster_upstream_rq_total{service="front",envoy_cluster_name="backend"} 6\n' in expected
+    assert 'envoy_cluster_upstream_rq_total{service="front",envoy_cluster_name="backend"} 7\n' in expected
     assert ('envoy_listener_worker_downstream_cx_total{envoy_worker_id="0",service="front",'
-            'envoy_listener_address="127.0.0.1_PORT"} 7\n') in expected
+            'envoy_listener_address="127.0.0.1_PORT"} 8\n') in expected
 
 
 def _families(text: str) -> dict[tuple[str, str], list[str]]:
@@ -275,7 +280,6 @@ MASKED = {
 # Families only one side prints (a stat the other does not have: not about tags).
 ENVOY_ONLY_OK = "stats ftproxy does not implement (Envoy's admin listener, watchdogs, runtime, ...)"
 FTPROXY_ONLY = {
-    "envoy_http2_": "ftproxy creates the HTTP/2 codec's stats at start, Envoy with the first HTTP/2 connection",
     "envoy_server_worker_unhandled_exceptions": "ftproxy's own: exceptions a worker's loop caught",
 }
 # Samples only one side prints inside a family both print.
@@ -327,7 +331,7 @@ def test_histogram_bucket_settings_and_counts_as_envoy(pair):
         text = p.prometheus("filter=" + urllib.request.quote(r"^cluster\.backend\.upstream_rq_time$"))
         les = re.findall(r'le="([^"]+)"', text)
         assert les == ["1", "2.5", "10", "100", "1000", "+Inf"], (p.kind, text)
-        assert 'envoy_cluster_upstream_rq_time_count{service="front",envoy_cluster_name="backend"} 6' in text
+        assert 'envoy_cluster_upstream_rq_time_count{service="front",envoy_cluster_name="backend"} 7' in text
     # Another histogram keeps Envoy's default buckets.
     for p in pair:
         text = p.prometheus("filter=" + urllib.request.quote(r"^http\.ingress_http\.downstream_rq_time$"))
@@ -351,7 +355,7 @@ def test_stats_and_json_keep_flat_names(pair):
     flt = urllib.request.quote(r"^(cluster\.backend\.upstream_rq_(200|404|503|2xx)|http\.ingress_http\.downstream_rq_4xx)$")
     texts = [p.admin(f"/stats?filter={flt}")[1] for p in pair]
     assert texts[0] == texts[1]
-    assert "cluster.backend.upstream_rq_200: 3\n" in texts[0]
+    assert "cluster.backend.upstream_rq_200: 4\n" in texts[0]
     docs = [json.loads(p.admin(f"/stats?format=json&filter={flt}")[1]) for p in pair]
     assert docs[0] == docs[1]
     assert {"name": "http.ingress_http.downstream_rq_4xx", "value": 3} in docs[0]["stats"]
@@ -395,7 +399,7 @@ def test_dog_statsd_and_statsd_sinks_send_what_envoy_sends(pair):
     flat = [norm(p, {k: v for k, v in _statsd_counters(received[p.kind], "flat").items()
                      if wanted.search(k[len("flat."):])}) for p in pair]
     assert flat[0] == flat[1]
-    assert flat[0]["flat.cluster.backend.upstream_rq_200"] == 3
+    assert flat[0]["flat.cluster.backend.upstream_rq_200"] == 4
     dog = [norm(p, _statsd_counters(received[p.kind], "dog")) for p in pair]
     tagged = re.compile(r"^dog\.(cluster\.(external\.)?upstream_rq(_xx|_completed|_total)?"
                         r"|http\.downstream_rq(_xx|_total|_completed)|listener\.worker_downstream_cx_total"
@@ -403,9 +407,9 @@ def test_dog_statsd_and_statsd_sinks_send_what_envoy_sends(pair):
     # Envoy's admin is an HTTP connection manager with stats (ftproxy's admin has none).
     dog = [{k: v for k, v in d.items() if tagged.search(k) and "_prefix:admin" not in k} for d in dog]
     assert dog[0] == dog[1]
-    assert dog[0]["dog.cluster.upstream_rq|#envoy.response_code:200,service:front,envoy.cluster_name:backend"] == 3
+    assert dog[0]["dog.cluster.upstream_rq|#envoy.response_code:200,service:front,envoy.cluster_name:backend"] == 4
     assert dog[0]["dog.listener.worker_downstream_cx_total|#envoy.worker_id:0,service:front,"
-                  "envoy.listener_address:127.0.0.1_PORT"] == 7
+                  "envoy.listener_address:127.0.0.1_PORT"] == 8
 
 
 @pytest.mark.parametrize("mode", ["cumulative", "detailed", "disjoint", "prometheusnative", "bogus"])

@@ -26,6 +26,7 @@ import urllib.request
 import pytest
 
 from proxy.config.stats_config import parse_stats_config
+from proxy.stats.histogram import HistogramSummary
 from proxy.stats.render import render_prometheus
 from proxy.stats.store import StatsSnapshot
 from tests.integration.harness import EchoUpstream
@@ -34,12 +35,30 @@ from tests.tls_certs import CertAuthority
 from .proxies import PortReservation, envoy_binary
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-STATS_CONFIG = {"stats_tags": [{"tag_name": "dc", "fixed_value": "eu-1"},
-                               {"tag_name": "kind", "regex": r"^cluster\.\w+\.upstream_((cx|rq))_"}]}
+STATS_CONFIGS = {
+    # Envoy's defaults, a fixed tag and a regex.
+    "defaults": {"stats_tags": [{"tag_name": "dc", "fixed_value": "eu-1"},
+                                {"tag_name": "kind", "regex": r"^cluster\.\w+\.upstream_((cx|rq))_"}]},
+    # No defaults: two default tags asked for by name (both HCM-prefix extractors), a regex.
+    "chosen": {"use_all_default_tags": False,
+               "stats_tags": [{"tag_name": "envoy.http_conn_manager_prefix"},
+                              {"tag_name": "envoy.response_code"},
+                              {"tag_name": "lst", "regex": r"^listener\.((\w+)\.)"}]},
+}
+NEEDLES = {
+    "defaults": ('envoy_rbac_prefix="net"', 'envoy_rbac_http_prefix="rules_"', 'envoy_connection_limit_prefix="cl"',
+                 'envoy_local_network_ratelimit_prefix="net_rl"', 'envoy_local_http_ratelimit_prefix="http_rl"',
+                 'envoy_tcp_prefix="tcp_stats"', 'envoy_virtual_cluster="vc_api"', 'envoy_route="all_routes"',
+                 'envoy_listener_address="tcp_listener"', 'dc="eu-1"', 'kind="rq"',
+                 'envoy_ssl_cipher="', 'cipher_suite="', 'envoy_ssl_version="TLSv1.2"',
+                 'envoy_ssl_curve="X25519"', 'envoy_ssl_sigalg="'),
+    "chosen": ('envoy_http_conn_manager_prefix="ingress_http"', 'envoy_response_code="200"',
+               'lst="tcp_listener"', 'envoy_cluster_backend_upstream_rq{envoy_response_code="200"}'),
+}
 
 
 def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream: int,
-               tls_port: int, cert: str, key: str) -> dict:
+               tls_port: int, cert: str, key: str, stats_config: dict) -> dict:
     def addr(port):
         return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
@@ -81,7 +100,7 @@ def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream
     ]
     return {
         "admin": {"address": addr(admin)},
-        "stats_config": STATS_CONFIG,
+        "stats_config": stats_config,
         "static_resources": {
             "listeners": [
                 {"name": "http", "address": addr(http_port), "filter_chains": [{"filters": [{
@@ -124,8 +143,8 @@ def _bootstrap(admin: int, http_port: int, tcp_port: int, pp_port: int, upstream
     }
 
 
-@pytest.fixture(scope="module")
-def envoy(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(STATS_CONFIGS))
+def envoy(request, tmp_path_factory):
     upstream = EchoUpstream("backend")
     ports = PortReservation()
     admin, http_port, tcp_port, pp_port, tls_port = (ports.take() for _ in range(5))
@@ -133,7 +152,7 @@ def envoy(tmp_path_factory):
     cert, key = CertAuthority().issue_files(tmp, "server", ["localhost"])
     path = tmp / "envoy.json"
     path.write_text(json.dumps(_bootstrap(admin, http_port, tcp_port, pp_port, upstream.port,
-                                          tls_port, str(cert), str(key))))
+                                          tls_port, str(cert), str(key), STATS_CONFIGS[request.param])))
     ports.release()
     proc = subprocess.Popen([envoy_binary(), "-c", str(path), "--concurrency", "1", "-l", "error",
                              "--disable-hot-restart"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -170,7 +189,7 @@ def envoy(tmp_path_factory):
             flat, prom = get("/stats?format=json"), get("/stats/prometheus")
             if flat == get("/stats?format=json"):
                 break
-        yield json.loads(flat), prom
+        yield request.param, json.loads(flat), prom
     finally:
         proc.terminate()
         proc.wait(10)
@@ -186,14 +205,14 @@ def _split(prom: str) -> tuple[str, list[str]]:
 
 
 def test_every_envoy_stat_gets_envoys_tags(envoy):
-    flat, prom = envoy
+    config, flat, prom = envoy
     values = {s["name"]: s["value"] for s in flat["stats"] if "name" in s and isinstance(s.get("value"), int)}
     hist_names = [h["name"] for s in flat["stats"] if "histograms" in s
                   for h in s["histograms"]["computed_quantiles"]]
     expected_values, expected_hists = _split(prom)
     # Which flat names are counters and which gauges: Envoy's page says, by family.
     kinds = dict(re.findall(r"^# TYPE (\S+) (counter|gauge)$", expected_values, re.M))
-    producer = parse_stats_config(STATS_CONFIG, "stats_config").tag_producer()
+    producer = parse_stats_config(STATS_CONFIGS[config], "stats_config").tag_producer()
     counters, gauges = {}, {}
     for name, v in values.items():
         pname = "envoy_" + re.sub(r"[^a-zA-Z0-9_]", "_", producer.produce(name)[0])
@@ -207,18 +226,12 @@ def test_every_envoy_stat_gets_envoys_tags(envoy):
 
     assert admin_masked(ours) == admin_masked(expected_values)
     # Not vacuous: families of the extractors this bootstrap exercises.
-    for needle in ('envoy_rbac_prefix="net"', 'envoy_rbac_http_prefix="rules_"', 'envoy_connection_limit_prefix="cl"',
-                   'envoy_local_network_ratelimit_prefix="net_rl"', 'envoy_local_http_ratelimit_prefix="http_rl"',
-                   'envoy_tcp_prefix="tcp_stats"', 'envoy_virtual_cluster="vc_api"', 'envoy_route="all_routes"',
-                   'envoy_listener_address="tcp_listener"', 'dc="eu-1"', 'kind="rq"',
-                   'envoy_ssl_cipher="', 'cipher_suite="', 'envoy_ssl_version="TLSv1.2"',
-                   'envoy_ssl_curve="X25519"', 'envoy_ssl_sigalg="'):
+    for needle in NEEDLES[config]:
         assert needle in ours, needle
     # Histograms: the same families in the same order, each with the same label sets.
-    from proxy.stats.histogram import HistogramSummary
     hsnap = StatsSnapshot(counters={}, gauges={}, tag_producer=producer,
                           histograms={n: HistogramSummary.empty() for n in hist_names})
-    ours_h = [line for line in render_prometheus(hsnap).splitlines(keepends=True)]
+    ours_h = render_prometheus(hsnap).splitlines(keepends=True)
 
     def shape(lines):
         return [re.sub(r"\} \S+$", "}", line.rstrip("\n")) for line in lines]

@@ -185,26 +185,37 @@ class _Extractor:
 
 
 class _RegexExtractor(_Extractor):
-    __slots__ = ("regex", "substr", "negative")
+    """A default (Envoy's RE2 extractor: an empty group 1 is no match, an empty group 2 means
+    group 1, and a `negative` value is not tagged) or a configured regex (`std`: Envoy's
+    std::regex extractor, which takes group 2 whenever the regex has one, even empty)."""
 
-    def __init__(self, name: str, regex: str, substr: str = "", negative: str = "") -> None:
+    __slots__ = ("regex", "substr", "negative", "std")
+
+    def __init__(self, name: str, regex: str, substr: str = "", negative: str = "",
+                 std: bool = False) -> None:
         super().__init__(name, _regex_prefix(regex))
         self.regex = re.compile(regex, re.ASCII)  # \d, \w as RE2 and ECMAScript read them
         self.substr = substr
         self.negative = negative
+        self.std = std
 
     def extract(self, name, tokens, tags, cuts):  # type: ignore[no-untyped-def]
         if self.substr and self.substr not in name:
             return False
         m = self.regex.search(name)
-        if m is None or self.regex.groups < 1 or m.group(1) is None:
+        groups = self.regex.groups
+        if m is None or groups < 1:
             return False
-        value = m.group(2) if self.regex.groups >= 2 and m.group(2) else m.group(1)
-        if self.negative and value == self.negative:
-            return False
-        start, end = m.span(1)
-        if start == end:
-            return False
+        remove = m.group(1) or ""
+        if self.std:
+            value = (m.group(2) or "") if groups >= 2 else remove
+        else:
+            if groups < 2 or not remove:   # RE2::PartialMatch with two outputs needs two groups
+                return False
+            value = m.group(2) or remove
+            if self.negative and value == self.negative:
+                return False
+        start, end = m.span(1) if m.group(1) is not None else (0, 0)
         tags.append((self.name, value))
         cuts.append((start, end))
         return True
@@ -305,7 +316,7 @@ class TagProducer:
             if spec.fixed_value is not None:
                 extractors.append(_FixedExtractor(spec.tag_name, spec.fixed_value))
             elif spec.regex:
-                extractors.append(_RegexExtractor(spec.tag_name, spec.regex))
+                extractors.append(_RegexExtractor(spec.tag_name, spec.regex, std=True))
             else:
                 found = self.defaults_named(spec.tag_name)
                 if not found:

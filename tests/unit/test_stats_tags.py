@@ -183,3 +183,11 @@ def test_prometheus_layout_as_envoy():
         "envoy_cluster_manager_cluster_added{} 1\n"
         "# TYPE envoy_server_live gauge\n"
         "envoy_server_live{} 1\n")
+
+
+def test_configured_regex_takes_group_two_even_empty_as_envoys_std_regex_extractor():
+    p = TagProducer([TagSpecifier("t", regex=r"^a\.((x)?y\.)")], use_all_default_tags=False)
+    assert p.produce("a.xy.z") == ("a.z", (("t", "x"),))
+    assert p.produce("a.y.z") == ("a.z", (("t", ""),))   # group 2 did not take part: empty
+    one = TagProducer([TagSpecifier("t", regex=r"^a\.(\w+)\.")], use_all_default_tags=False)
+    assert one.produce("a.bc.d") == ("a..d", (("t", "bc"),))   # one group: cut and value

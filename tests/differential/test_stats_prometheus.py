@@ -269,8 +269,7 @@ MASKED = {
     # Timing: latencies and connection lengths land in other buckets; Envoy's sums are its
     # log-linear histogram's approximations. Counts are compared.
     "histogram": "bucket and _sum values (timing); _count and every label set compared",
-    "envoy_server_uptime": "seconds since each process started",
-    "envoy_server_total_connections": "the admin's own connection (Envoy counts the admin listener)",
+    "envoy_server_uptime": "seconds since each process started (they start one after the other)",
     # Behaviour, not names: of the requests sent with `connection: close`, Envoy counts one
     # connection closed by the client (it read the client's close first), ftproxy none.
     "envoy_http_downstream_cx_destroy_local": "which side closed one `connection: close` request first",

@@ -27,6 +27,7 @@ import proxy.http.filters.rbac  # noqa: F401  envoy.filters.http.rbac
 import proxy.network.filters.rbac  # noqa: F401  envoy.filters.network.rbac
 import proxy.http.filters.compressor  # noqa: F401  envoy.filters.http.compressor (gzip)
 import proxy.http.filters.local_ratelimit  # noqa: F401  envoy.filters.http.local_ratelimit
+import proxy.stats.dog_statsd  # noqa: F401  envoy.stat_sinks.dog_statsd
 import proxy.stats.statsd  # noqa: F401  envoy.stat_sinks.statsd
 import proxy.http.filters.decompressor  # noqa: F401  envoy.filters.http.decompressor (gzip)
 import proxy.http.filters.csrf  # noqa: F401  envoy.filters.http.csrf

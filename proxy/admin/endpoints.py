@@ -131,7 +131,25 @@ def _stats(ctx: AdminContext, params: Params, fmt: str | None = None) -> AdminRe
     return AdminResponse(200, ctype, body.encode())
 
 
+_HISTOGRAM_BUCKETS_USAGE = "usage: /stats?histogram_buckets=(cumulative|disjoint|detailed|summary|prometheusnative)\n"
+
+
 def _stats_prometheus(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's `/stats/prometheus`. `histogram_buckets`: `cumulative` is the default page;
+    `detailed`, `disjoint`, `prometheusnative` (text) and unknown modes get Envoy's 400s;
+    `summary` is refused: Envoy's summaries are quantiles since the last flush, and ftproxy
+    keeps cumulative histograms only."""
+    mode = _param(params, "histogram_buckets")
+    if mode not in (None, "cumulative"):
+        if mode in ("detailed", "disjoint"):
+            return _text(400, "unsupported prometheus histogram bucket mode")  # no newline, as Envoy
+        if mode == "prometheusnative":
+            return _text(400, "unsupported prometheusnative histogram type when not using protobuf "
+                              "exposition format")
+        if mode == "summary":
+            return _text(400, "histogram_buckets=summary is not supported yet (quantiles since the "
+                              "last flush: ftproxy keeps cumulative histograms)\n")
+        return _text(400, _HISTOGRAM_BUCKETS_USAGE)
     return _stats(ctx, params, "prometheus")
 
 

@@ -107,7 +107,7 @@ class FilterManager:
     the three `_write_*` methods."""
 
     __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
-                 "filters", "response_head_pending", "grpc_request")
+                 "filters", "response_head_pending", "grpc_request", "headers_end_call", "body_added")
 
     def init_filters(self) -> None:
         self.chains = None            # (decoders, encoders + wire sink) once created
@@ -120,6 +120,11 @@ class FilterManager:
         # shapes local replies): None until filters that may change it see it (grpc_web
         # makes a gRPC-Web request application/grpc; its local replies stay plain HTTP).
         self.grpc_request = None
+        # A filter adding a body while it sees a headers-only message (the gRPC-JSON
+        # transcoder's GET turned into a gRPC call): the direction whose end-of-stream headers
+        # are being passed, and the bytes added meanwhile.
+        self.headers_end_call = None
+        self.body_added = None
 
     def create_filter_chain(self, factories) -> None:
         """One filter per factory (HcmContext.filter_factories: (factory, disabled by default,
@@ -224,7 +229,12 @@ class FilterManager:
         return None if held is None else held.buffer
 
     def add_decoded_data(self, data: bytes) -> None:
-        """From a stopped decoder filter: add to what waits at it (Envoy's addDecodedData)."""
+        """From a stopped decoder filter: add to what waits at it (Envoy's addDecodedData).
+        From decode_headers of a headers-only request: the request gets this body (the
+        headers go on without the end of the stream, the body follows with it)."""
+        if self.headers_end_call == _DECODE:
+            self.body_added = (self.body_added or b"") + bytes(data)
+            return
         self._buffer(_DECODE, self._held_or_new(_DECODE), data)
 
     def encoding_buffer(self) -> bytearray | None:
@@ -232,6 +242,10 @@ class FilterManager:
         return None if held is None else held.buffer
 
     def add_encoded_data(self, data: bytes) -> None:
+        """As add_decoded_data, for the response."""
+        if self.headers_end_call == _ENCODE:
+            self.body_added = (self.body_added or b"") + bytes(data)
+            return
         self._buffer(_ENCODE, self._held_or_new(_ENCODE), data)
 
     def _set_held(self, d: int, held: _Held | None) -> _Held | None:
@@ -362,7 +376,15 @@ class FilterManager:
         last = len(filters) - 1
         name = _NAMES[d][0]
         while i < last:
-            status = getattr(filters[i], name)(head, end_stream)
+            if end_stream:
+                self.headers_end_call = d
+                status = getattr(filters[i], name)(head, end_stream)
+                self.headers_end_call = None
+                if self.body_added is not None:
+                    self._headers_with_body(d, i, head, status)
+                    return
+            else:
+                status = getattr(filters[i], name)(head, end_stream)
             if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
@@ -370,6 +392,23 @@ class FilterManager:
                 return
             i += 1
         getattr(filters[last], name)(head, end_stream)
+
+    def _headers_with_body(self, d: int, i: int, head, status: int) -> None:
+        """Filter `i` gave a headers-only message a body: the headers go on from the next
+        filter without the end of the stream, then the body with it (or both wait at `i`)."""
+        body = self.body_added
+        self.body_added = None
+        if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
+            return
+        if status:
+            held = self._set_held(d, _Held(i, True, False, status))
+            held.end_stream = True
+            self._buffer(d, held, body)
+            return
+        self._headers(d, i + 1, head, False)
+        if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
+            return
+        self._data(d, i + 1, body, True)
 
     def _data(self, d: int, i: int, data: bytes, end_stream: bool) -> None:
         filters = self.chains[d]

@@ -391,3 +391,27 @@ def test_a_local_reply_is_grpc_when_the_request_arrived_as_grpc():
     s.decode_headers(False)
     s.send_local_reply(503, b"down", "UF", "down")
     assert s.wire == [("headers", 503, True, b"down")]  # plain HTTP, not a grpc-status 200
+
+
+def test_a_filter_may_give_a_headers_only_message_a_body():
+    """Envoy's addDecodedData/addEncodedData from decodeHeaders/encodeHeaders with end_stream
+    (the gRPC-JSON transcoder turning a GET into a gRPC call with one message): the later
+    filters see the headers without the end of the stream, then the body with it."""
+    s = FakeStream()
+
+    class Adding(Recording):
+        def decode_headers(self, head, end_stream):
+            self.stream.add_decoded_data(b"message")
+            return 0
+
+        def encode_headers(self, head, end_stream):
+            self.stream.add_encoded_data(b"[]")
+            return 0
+
+    s.create_filter_chain([(SimpleNamespace(name="t", decoder=True, encoder=True,
+                                            create=lambda cb: Adding("t", cb)), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.decode_headers(True)
+    assert decode_log(s) == [("router", "decode_headers", False), ("router", "decode_data", (b"message", True))]
+    s.encode_headers(ResponseHead(403, Headers()), True)
+    assert s.wire == [("headers", 403, False, None), ("data", b"[]", True)]

@@ -330,7 +330,7 @@ class H2Backend:
                 h2.send_data(sid, body[k:k + split])  # (small bodies: within the window)
             self._queue(conn, sid, b"", trailers)
         elif path == "/plain":
-            body = "no gRPC here: 100% été\n".encode()
+            body = "no gRPC here: 100% été ~\n".encode()
             h2.send_headers(sid, [(b":status", q.get("status", "200").encode()),
                                   (b"content-type", b"text/plain"),
                                   (b"content-length", b"%d" % len(body))])

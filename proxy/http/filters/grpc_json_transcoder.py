@@ -19,6 +19,9 @@ streaming call's answer streams as a JSON array. A trailers-only answer keeps it
 (the status mapped; a streaming one gets `[]`). A non-gRPC answer (a local reply, an
 upstream's error page) passes untouched.
 
+A route's typed_per_filter_config (a whole GrpcJsonTranscoder) replaces the filter's config
+for its requests, as in Envoy.
+
 Refused (not built): per-method google.api.HttpBody, client streaming methods, `response_body`,
 `convert_grpc_status`, `request_validation_options`, the body size limits,
 `capture_unknown_query_parameters`, `case_insensitive_enum_parsing`,
@@ -180,18 +183,19 @@ class WorkerTranscoder:
         self.config = factory.config
 
     def create(self, callbacks) -> TranscoderFilter:
-        return TranscoderFilter(callbacks, self.config)
+        return TranscoderFilter(callbacks, self.config, self.name)
 
 
 class TranscoderFilter(PassThroughFilter):
     """One stream. `mapped` is set once the request is transcoded; `passing` once the answer
     turned out not to be gRPC (it then goes on untouched)."""
 
-    __slots__ = ("cb", "config", "mapped", "body", "frames", "head", "out", "passing", "started")
+    __slots__ = ("cb", "config", "name", "mapped", "body", "frames", "head", "out", "passing", "started")
 
-    def __init__(self, callbacks, config: GrpcJsonTranscoderConfig) -> None:
+    def __init__(self, callbacks, config: GrpcJsonTranscoderConfig, name: str) -> None:
         self.cb = callbacks
         self.config = config
+        self.name = name
         self.mapped = None
         self.body: bytearray | None = None
         self.frames: _Frames | None = None
@@ -205,6 +209,9 @@ class TranscoderFilter(PassThroughFilter):
         headers = head.headers
         if is_grpc_request(headers):
             return FilterHeadersStatus.CONTINUE
+        route_config = self.cb.per_filter_config(self.name)
+        if route_config is not None:  # (the route's own config replaces the filter's)
+            self.config = route_config
         try:
             mapped = self.config.transcoding.lookup(head.method, head.path)
         except NotMapped:
@@ -364,4 +371,6 @@ register(Extension(
     proto=PROTO,
     parse=parse_grpc_json_transcoder,
     factory=TranscoderFactory,
+    per_route_proto=PROTO,
+    parse_per_route=parse_grpc_json_transcoder,
 ))

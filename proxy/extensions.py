@@ -36,4 +36,6 @@ import proxy.http.filters.ext_authz  # noqa: F401  envoy.filters.http.ext_authz 
 import proxy.http.filters.python_filter  # noqa: F401  ftproxy.filters.http.python (filters in Python)
 import proxy.http.filters.grpc_http1_bridge  # noqa: F401  envoy.filters.http.grpc_http1_bridge
 import proxy.http.filters.grpc_stats  # noqa: F401  envoy.filters.http.grpc_stats
+import proxy.http.filters.grpc_web  # noqa: F401  envoy.filters.http.grpc_web
+import proxy.http.filters.grpc_json_transcoder  # noqa: F401  envoy.filters.http.grpc_json_transcoder
 import proxy.http.filters.lua  # noqa: F401  envoy.filters.http.lua (lupa, imported only when configured)

@@ -246,3 +246,26 @@ def test_unhonoured_route_fields_are_refused_by_name():
         "envoy.filters.http.ratelimit": {"@type": PER_ROUTE, "rate_limits": [USER]}}}]
     with pytest.raises(ConfigError, match="rate_limits: not supported yet"):
         parse_bootstrap(_config(1, 2, routes))
+
+
+def test_a_weighted_cluster_is_picked_once_for_the_filter_and_the_router(upstream, upstream2, rls):
+    routes = [{"match": {"prefix": "/"}, "route": {
+        "weighted_clusters": {"clusters": [{"name": "app", "weight": 50}, {"name": "app2", "weight": 50}]},
+        "rate_limits": [{"actions": [{"destination_cluster": {}}]}]}}]
+    cfg = _config(upstream.port, rls.port, routes)
+    cfg["static_resources"]["clusters"].append(static_cluster("app2", upstream2.port))
+    p = ProxyUnderTest(cfg)
+    try:
+        served = []
+        for _ in range(24):
+            status, headers, _ = _request(p.port, "/w")
+            assert status == 200
+            served.append(headers["x-upstream"])
+        # service1 is app's upstream, service2 app2's: the descriptor named the cluster that served.
+        named = [r[1].rsplit("=", 1)[1] for r in rls.requests]
+        assert named == [{"service1": "app", "service2": "app2"}[s] for s in served]
+        assert set(named) == {"app", "app2"}
+        c = p.counters()
+        assert c["cluster.app.ratelimit.ok"] + c["cluster.app2.ratelimit.ok"] == 24
+    finally:
+        p.stop()

@@ -268,7 +268,7 @@ class RateLimitFilter(PassThroughFilter):
         action = route.action if route is not None else None
         if action is None:
             return FilterHeadersStatus.CONTINUE
-        name = action.cluster or action.choose_cluster(head, wf.worker.rand_bits())
+        name = action.cluster or cb.route_cluster(action)
         cluster = wf.worker.clusters.get(name) if name is not None else None
         if cluster is None:
             return FilterHeadersStatus.CONTINUE

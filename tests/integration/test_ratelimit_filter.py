@@ -222,7 +222,8 @@ def test_concurrent_calls_on_two_workers_and_a_client_leaving(upstream, rls):
     ({"stat_prefix": "x"}, "stat_prefix"),
     ({"failure_mode_deny_percent": {"default_value": {"numerator": 1}}}, "failure_mode_deny_percent"),
     ({"rate_limits": [USER]}, "rate_limits"),
-    ({"rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": "rls"}}}}, "transport_api_version"),
+    ({"rate_limit_service": {"transport_api_version": "V2", "grpc_service": {"envoy_grpc": {"cluster_name": "rls"}}}},
+     "transport_api_version"),
     ({"rate_limit_service": {"transport_api_version": "V3", "grpc_service": {
         "google_grpc": {"target_uri": "x", "stat_prefix": "s"}}}}, "google_grpc"),
     ({"rate_limit_service": {"transport_api_version": "V3", "grpc_service": {
@@ -234,6 +235,11 @@ def test_concurrent_calls_on_two_workers_and_a_client_leaving(upstream, rls):
 def test_unhonoured_fields_are_refused_by_name(extra, field):
     with pytest.raises(ConfigError, match=field):
         parse_bootstrap(_config(1, 2, **extra))
+
+
+def test_transport_api_version_may_be_left_out():
+    cfg = _config(1, 2, rate_limit_service={"grpc_service": {"envoy_grpc": {"cluster_name": "rls"}}})
+    parse_bootstrap(cfg)   # AUTO: V3, as Envoy 1.40 takes it
 
 
 def test_unhonoured_route_fields_are_refused_by_name():

@@ -111,7 +111,7 @@ RATELIMIT = Message(PROTO, title="HTTP filter ratelimit", model=RateLimit, field
 ))
 SERVICE = Message("envoy.config.ratelimit.v3.RateLimitServiceConfig", fields=(
     used("grpc_service", attr="cluster", why="its own table"),
-    used("transport_api_version", attr="", why="must be V3, as Envoy 1.40 requires"),
+    used("transport_api_version", "AUTO", attr="", why="V3 or AUTO (V3); V2 is refused, as by Envoy 1.40"),
 ))
 GRPC_SERVICE = Message("envoy.config.core.v3.GrpcService (ratelimit)", fields=(
     used("envoy_grpc", attr="cluster", why="its own table"),
@@ -145,9 +145,8 @@ def _status(f: Fields, key: str, default: int) -> int:
 
 def _service(f: Fields) -> tuple[str, bytes]:
     s = SERVICE.read(f.value("rate_limit_service", required=True), f.at("rate_limit_service"))
-    version = s.enum("transport_api_version", ("AUTO", "V2", "V3"), "AUTO")
-    if version != "V3":
-        raise ConfigError(s.at("transport_api_version"), "must be V3 (Envoy 1.40 refuses V2 and AUTO)")
+    if s.enum("transport_api_version", ("AUTO", "V2", "V3"), "AUTO") == "V2":
+        raise ConfigError(s.at("transport_api_version"), "V2 is not supported (Envoy 1.40 has only V3; AUTO means V3)")
     g = GRPC_SERVICE.read(s.value("grpc_service", required=True), s.at("grpc_service"))
     if not g.has("envoy_grpc"):
         raise ConfigError(g.at("envoy_grpc"), "is required (google_grpc is not supported yet)")

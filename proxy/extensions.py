@@ -33,6 +33,7 @@ import proxy.http.filters.decompressor  # noqa: F401  envoy.filters.http.decompr
 import proxy.http.filters.csrf  # noqa: F401  envoy.filters.http.csrf
 import proxy.http.filters.health_check  # noqa: F401  envoy.filters.http.health_check
 import proxy.http.filters.ext_authz  # noqa: F401  envoy.filters.http.ext_authz (HTTP service)
+import proxy.http.filters.ratelimit  # noqa: F401  envoy.filters.http.ratelimit (global, gRPC service)
 import proxy.http.filters.python_filter  # noqa: F401  ftproxy.filters.http.python (filters in Python)
 import proxy.http.filters.grpc_http1_bridge  # noqa: F401  envoy.filters.http.grpc_http1_bridge
 import proxy.http.filters.grpc_stats  # noqa: F401  envoy.filters.http.grpc_stats

@@ -107,7 +107,8 @@ class FilterManager:
     the three `_write_*` methods."""
 
     __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
-                 "filters", "response_head_pending", "grpc_request", "headers_end_call", "body_added")
+                 "picked_cluster", "filters", "response_head_pending", "grpc_request",
+                 "headers_end_call", "body_added")
 
     def init_filters(self) -> None:
         self.chains = None            # (decoders, encoders + wire sink) once created
@@ -115,6 +116,7 @@ class FilterManager:
         self.decoder_aborted = False  # a local reply ended the decode side
         self.encoding_started = False
         self.cached_route = _UNRESOLVED
+        self.picked_cluster = None    # route_cluster()'s choice for the cached route
         self.filters = ()             # every filter instance, for on_destroy
         # Whether the request was gRPC as it arrived (Envoy's state_.is_grpc_request_, which
         # shapes local replies): None until filters that may change it see it (grpc_web
@@ -183,6 +185,19 @@ class FilterManager:
 
     def clear_route_cache(self) -> None:
         self.cached_route = _UNRESOLVED
+        self.picked_cluster = None
+
+    def route_cluster(self, action) -> str | None:
+        """The cluster of the cached route's `action` for this request. A weighted or
+        header-named cluster is chosen once per route resolution, as Envoy picks it when it
+        resolves the route, so every filter (the ratelimit filter's stats and
+        destination_cluster) and the router see the same one."""
+        name = action.cluster
+        if name is None:
+            name = self.picked_cluster
+            if name is None:
+                name = self.picked_cluster = action.choose_cluster(self.head, self.ctx.worker.rand_bits())
+        return name
 
     def per_filter_config(self, name: str) -> Any:
         """The most specific `typed_per_filter_config` for filter `name` (route, then virtual

@@ -108,7 +108,7 @@ class RouterFilter:
             ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
             stream.send_local_reply(403, b"", None, "upgrade_failed")
             return
-        name = action.cluster or action.choose_cluster(head, ctx.worker.rand_bits())
+        name = action.cluster or stream.route_cluster(action)
         cluster = ctx.worker.clusters.get(name) if name is not None else None
         if cluster is None:
             ctx.stats.no_cluster.value += 1

@@ -35,6 +35,7 @@ from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect
                        parse_regex_rewrite)
 from .hash_policy import HashPolicy, parse_hash_policy
 from .mirror_policy import MirrorPolicy, parse_mirror_policy
+from .rate_limits import RateLimitEntry, parse_rate_limits
 from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
 from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
 
@@ -78,6 +79,11 @@ class RouteAction:
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()
     # hash_policy (hash_policy.py): the hash a RING_HASH/MAGLEV cluster picks a host by.
     hash_policy: tuple[HashPolicy, ...] = ()
+    # rate_limits (rate_limits.py): the route's, and its virtual host's (read when the route
+    # has none, or with include_vh_rate_limits).
+    rate_limits: tuple[RateLimitEntry, ...] = ()
+    vh_rate_limits: tuple[RateLimitEntry, ...] = ()
+    include_vh_rate_limits: bool = False
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -222,8 +228,8 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     refused("retry_policy_typed_config", "retry policy extensions"),
     used("request_mirror_policies", why="its own table"),
     used("priority", "DEFAULT", attr="high_priority"),
-    refused("rate_limits"),
-    refused("include_vh_rate_limits"),
+    used("rate_limits", why="its own table (rate_limits.py)"),
+    used("include_vh_rate_limits", False),
     used("hash_policy", why="its own table; read by RING_HASH and MAGLEV clusters"),
     refused("cors", "use the CORS filter's typed_per_filter_config"),
     used("max_grpc_timeout", why="gRPC requests' router timeout from grpc-timeout, capped"),
@@ -334,6 +340,9 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         request_mirror_policies=tuple(parse_mirror_policy(item, p)
                                       for item, p in f.list("request_mirror_policies")),
         hash_policy=tuple(parse_hash_policy(item, p) for item, p in f.list("hash_policy")),
+        rate_limits=parse_rate_limits(f, "rate_limits"),
+        vh_rate_limits=outer.rate_limits,
+        include_vh_rate_limits=f.bool("include_vh_rate_limits", False),
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),
@@ -419,6 +428,7 @@ class _Outer:
     attempt_count_in_request: bool = False
     attempt_count_in_response: bool = False
     is_timeout_retry_header: bool = False
+    rate_limits: tuple[RateLimitEntry, ...] = ()
 
 
 def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
@@ -495,7 +505,7 @@ VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
     refused("matcher"),
     used("require_tls", "NONE"),
     refused("virtual_clusters"),
-    refused("rate_limits"),
+    used("rate_limits", attr="", why="copied into each route action at load (vh_rate_limits)"),
     used("request_headers_to_add", attr="", why=_IN_EACH_ROUTE),
     used("request_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
     used("response_headers_to_add", attr="", why=_IN_EACH_ROUTE),
@@ -546,7 +556,8 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                    max_body, (vhost_filters, config_filters), switched, vhost_policy,
                    f.bool("include_request_attempt_count", False),
                    f.bool("include_attempt_count_in_response", False),
-                   f.bool("include_is_timeout_retry_header", False))
+                   f.bool("include_is_timeout_retry_header", False),
+                   parse_rate_limits(f, "rate_limits"))
     routes = tuple(_parse_route(item, p, outer) for item, p in f.list("routes"))
     require_tls = f.enum("require_tls", ("NONE", "EXTERNAL_ONLY", "ALL"), "NONE")
     tls_route = None

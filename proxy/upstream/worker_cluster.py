@@ -101,6 +101,24 @@ class ClusterStats:
             self.rq_class[cls].value += 1
         self.upstream_rq_completed.value += 1
 
+    def record_filter_response(self, status: int) -> None:
+        """A reply a filter charges to the cluster as an internal request (the ratelimit
+        filter's over-limit status, Envoy's CodeStats::chargeResponseStat with
+        internal_request): upstream_rq_<code>/<class>xx/completed and their internal.* twins."""
+        scope = self.scope
+        c = self.by_code.get(status)
+        if c is None:
+            c = self.by_code[status] = scope.counter("upstream_rq_%d" % status)
+            scope.alias("external.upstream_rq_%d" % status, c)
+        c.value += 1
+        cls = status // 100
+        if 1 <= cls <= 5:
+            self.rq_class[cls].value += 1
+            scope.counter("internal.upstream_rq_%dxx" % cls).value += 1
+        self.upstream_rq_completed.value += 1
+        scope.counter("internal.upstream_rq_%d" % status).value += 1
+        scope.counter("internal.upstream_rq_completed").value += 1
+
 
 class _FirstRecord:
     """ClusterStats.upstream_rq_time until its first sample: records it into the histogram it

@@ -57,6 +57,20 @@ def test_request_directives_and_pragma():
 ])
 def test_which_requests_bypass_the_cache(head, why):
     assert p.request_bypasses_cache(head) == why
+    assert p.lookup_fields(head)[0] is (why is not None)   # the filter's one-pass version
+
+
+def test_the_one_pass_readers_agree_with_the_plain_ones():
+    head = _req(cache_control="max-age=5, no-store", pragma="no-cache")
+    bypass, cc, pragma = p.lookup_fields(head)
+    assert not bypass and p.directives_from(cc, pragma) == p.request_cache_control(head.headers)
+    assert p.directives_from(cc, pragma, ignore_header=True) == p.RequestCacheControl()
+    assert p.directives_from(None, b"no-cache").must_validate
+    allowed = (parse_string_matcher({"exact": "accept"}, "m"),)
+    for status, fields in ((200, {"cache_control": "max-age=1"}), (200, {"date": DATE}),
+                           (200, {"date": DATE, "expires": DATE}), (500, {"cache_control": "max-age=1"}),
+                           (200, {"cache_control": "max-age=1", "vary": "x"})):
+        assert p.storable(status, _h(**fields), allowed) is p.is_cacheable_response(status, _h(**fields), allowed)
 
 
 @pytest.mark.parametrize("status,fields,ok", [

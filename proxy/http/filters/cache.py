@@ -153,12 +153,15 @@ class CacheFilter(PassThroughFilter):
 
     # -- decode: look up -------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
-        if not end_stream or policy.request_bypasses_cache(head) is not None:
+        if not end_stream:
+            self.state = NOT_SERVING
+            return FilterHeadersStatus.CONTINUE
+        bypass, cc, pragma = policy.lookup_fields(head)
+        if bypass:
             self.state = NOT_SERVING
             return FilterHeadersStatus.CONTINUE
         wf = self.wf
-        request_cc = policy.request_cache_control(head.headers,
-                                                  wf.config.ignore_request_cache_control_header)
+        request_cc = policy.directives_from(cc, pragma, wf.config.ignore_request_cache_control_header)
         self.allows_insert = not request_cc.no_store
         self.is_head = head.method == b"HEAD"
         self.key = key = _cache_key(head)
@@ -170,8 +173,8 @@ class CacheFilter(PassThroughFilter):
             self.state = MISS
             return FilterHeadersStatus.CONTINUE
         headers = Headers(entry.headers)
-        age = policy.age_of(headers, entry.response_time, wf.clock())
-        if policy.requires_validation(headers, age, request_cc):
+        age = policy.current_age(entry.freshness, entry.response_time, wf.clock())
+        if policy.must_validate(entry.freshness, age, request_cc):
             self.state = VALIDATING
             self.entry = entry
             _add_validators(head.headers, headers)
@@ -224,7 +227,7 @@ class CacheFilter(PassThroughFilter):
         self.state = NOT_SERVING
         wf = self.wf
         if (self.allows_insert and not self.is_head
-                and policy.is_cacheable_response(head.status, head.headers, wf.allowed_vary)):
+                and policy.storable(head.status, head.headers, wf.allowed_vary)):
             self.insert = _Insert(head.status, tuple(head.headers.fields), wf.clock())
             if end_stream:
                 self._commit()
@@ -279,8 +282,8 @@ class CacheFilter(PassThroughFilter):
                 else:
                     refreshed.set(name, value)
                     seen.add(name)
-            self.wf.store.replace_if_same(self._entry_key(), entry, CachedResponse(
-                entry.status, tuple(refreshed.fields), entry.body, entry.trailers, self.wf.clock()))
+            self.wf.store.replace_if_same(self._entry_key(), entry, _stored(
+                entry.status, refreshed, entry.body, entry.trailers, self.wf.clock()))
         cb = self.cb
         cb.stream_info.set_response_flag(FLAG)
         cb.stream_info.response_code_details = DETAILS
@@ -310,8 +313,8 @@ class CacheFilter(PassThroughFilter):
         if ins is None:
             return
         wf = self.wf
-        entry = CachedResponse(ins.status, ins.headers, bytes(ins.body), ins.trailers,
-                               ins.response_time)
+        entry = _stored(ins.status, Headers(ins.headers), bytes(ins.body), ins.trailers,
+                        ins.response_time)
         names = policy.vary_names(Headers(ins.headers))
         if not names:
             wf.store.put(self.key, entry)
@@ -326,6 +329,11 @@ class CacheFilter(PassThroughFilter):
         self.state = DESTROYED
         self.insert = None   # a response cut short is not stored
         self.entry = None
+
+
+def _stored(status: int, headers: Headers, body: bytes, trailers, response_time: float) -> CachedResponse:
+    return CachedResponse(status, tuple(headers.fields), body, trailers, response_time,
+                          policy.freshness_of(headers))
 
 
 class _Insert:

@@ -13,7 +13,9 @@ import calendar
 import time
 from dataclasses import dataclass
 
-__all__ = ["RequestCacheControl", "ResponseCacheControl", "request_cache_control",
+__all__ = ["RequestCacheControl", "ResponseCacheControl", "request_cache_control", "lookup_fields",
+           "directives_from", "storable", "Freshness", "freshness_of", "current_age",
+           "must_validate",
            "response_cache_control", "request_bypasses_cache", "is_cacheable_response",
            "http_time", "age_of", "requires_validation", "vary_names", "vary_allowed",
            "vary_identifier", "byte_ranges", "CACHEABLE_STATUSES"]
@@ -108,6 +110,74 @@ def response_cache_control(value: bytes | None) -> ResponseCacheControl:
     return ResponseCacheControl(must_validate, no_store, no_stale, max_age)
 
 
+# The request fields a lookup reads, by what they mean (one pass over the request's fields).
+_BYPASS, _CC, _PRAGMA = 1, 2, 3
+_REQUEST_FIELDS = {b"if-none-match": _BYPASS, b"if-modified-since": _BYPASS, b"if-range": _BYPASS,
+                   b"authorization": _BYPASS, b"cache-control": _CC, b"pragma": _PRAGMA}
+
+
+def lookup_fields(head) -> tuple[bool, bytes | None, bytes | None]:
+    """One pass over a request's fields: (whether it bypasses the cache, its first
+    Cache-Control, its first Pragma). The same answer as request_bypasses_cache and the fields
+    request_cache_control reads, for the filter's hot path."""
+    cc = pragma = None
+    get = _REQUEST_FIELDS.get
+    for name, value in head.headers.fields:
+        kind = get(name)
+        if kind is None:
+            continue
+        if kind == _BYPASS:
+            return True, None, None
+        if kind == _CC:
+            if cc is None:
+                cc = value
+        elif pragma is None:
+            pragma = value
+    if (head.method not in (b"GET", b"HEAD") or not head.path
+            or not (head.authority or head.headers.get(b"host"))
+            or head.scheme not in (b"http", b"https", b"")):
+        return True, None, None
+    return False, cc, pragma
+
+
+def directives_from(cc: bytes | None, pragma: bytes | None,
+                    ignore_header: bool = False) -> RequestCacheControl:
+    """request_cache_control over the two fields lookup_fields found."""
+    if ignore_header or (not cc and not pragma):
+        return _NO_REQUEST_DIRECTIVES
+    return request_cache_control(_Fields(cc, pragma))
+
+
+class _Fields:
+    __slots__ = ("cc", "pragma")
+
+    def __init__(self, cc: bytes | None, pragma: bytes | None) -> None:
+        self.cc, self.pragma = cc, pragma
+
+    def get(self, name: bytes) -> bytes | None:
+        return self.cc if name == b"cache-control" else self.pragma
+
+
+# The response fields is_cacheable_response reads (one pass).
+_RESPONSE_FIELDS = frozenset({b"cache-control", b"date", b"expires", b"vary"})
+
+
+def storable(status: int, headers, allowed_vary) -> bool:
+    """is_cacheable_response in one pass over the response's fields (the filter's hot path:
+    most responses are not storable, and say so early)."""
+    if status not in CACHEABLE_STATUSES:
+        return False
+    found: dict[bytes, bytes] = {}
+    wanted = _RESPONSE_FIELDS
+    for name, value in headers.fields:
+        if name in wanted and name not in found:
+            found[name] = value
+    cc = found.get(b"cache-control")
+    if cc is None and (b"expires" not in found or b"date" not in found):
+        return False
+    return is_cacheable_response(status, headers, allowed_vary)
+
+
 def request_bypasses_cache(head) -> str | None:
     """Why this request is neither answered from nor stored in the cache (Envoy's
     canServeRequestFromCache), or None. The request's body is checked by the caller."""
@@ -153,27 +223,51 @@ def is_cacheable_response(status: int, headers, allowed_vary) -> bool:
             and vary_allowed(headers, allowed_vary))
 
 
-def age_of(headers, response_time: float, now: float) -> int:
-    """RFC 7234 4.2.3 as Envoy's calculateAge (response delay taken as zero): whole seconds.
-    A missing Date counts from the epoch, as Envoy's default time point does."""
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What a stored response's age and freshness are computed from, parsed once when it is
+    stored (a hit then parses no date)."""
+    cc: ResponseCacheControl
+    date: float          # Date, or the epoch when absent or unparsable (as Envoy's)
+    age_value: int       # its own Age field, 0 when absent
+    lifetime: float      # s-maxage / max-age, else Expires - Date
+
+
+def freshness_of(headers) -> Freshness:
+    cc = response_cache_control(headers.get(b"cache-control"))
     date = http_time(headers.get(b"date")) or 0.0
     age_header = headers.get(b"age")
     age_value = int(age_header) if age_header and age_header.isdigit() else 0
-    apparent = max(0.0, response_time - date)
-    return int(max(apparent, float(age_value)) + (now - response_time))
+    if cc.max_age is not None:
+        lifetime = float(cc.max_age)
+    else:
+        lifetime = (http_time(headers.get(b"expires")) or 0.0) - date
+    return Freshness(cc, date, age_value, lifetime)
+
+
+def age_of(headers, response_time: float, now: float) -> int:
+    """RFC 7234 4.2.3 as Envoy's calculateAge (response delay taken as zero): whole seconds.
+    A missing Date counts from the epoch, as Envoy's default time point does."""
+    return current_age(freshness_of(headers), response_time, now)
+
+
+def current_age(f: Freshness, response_time: float, now: float) -> int:
+    apparent = max(0.0, response_time - f.date)
+    return int(max(apparent, float(f.age_value)) + (now - response_time))
 
 
 def requires_validation(headers, age: int, request: RequestCacheControl) -> bool:
     """Whether a stored response must be validated before it is served (Envoy's
     LookupRequest::requiresValidation)."""
-    cc = response_cache_control(headers.get(b"cache-control"))
+    return must_validate(freshness_of(headers), age, request)
+
+
+def must_validate(f: Freshness, age: int, request: RequestCacheControl) -> bool:
+    cc = f.cc
     if cc.must_validate or request.must_validate or (
             request.max_age is not None and request.max_age < age):
         return True
-    if cc.max_age is not None:
-        lifetime = float(cc.max_age)
-    else:
-        lifetime = (http_time(headers.get(b"expires")) or 0.0) - (http_time(headers.get(b"date")) or 0.0)
+    lifetime = f.lifetime
     if age > lifetime:
         allowed_by_max_stale = request.max_stale is not None and request.max_stale > age - lifetime
         return cc.no_stale or not allowed_by_max_stale

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["CachedResponse", "VaryIndex", "CacheStore", "DEFAULT_MAX_BYTES",
            "DEFAULT_MAX_ENTRY_BYTES"]
@@ -43,6 +44,7 @@ class CachedResponse:
     body: bytes
     trailers: tuple[tuple[bytes, bytes], ...] | None
     response_time: float   # when its headers arrived (or were last refreshed by a 304)
+    freshness: Any = None  # the cache rules' parsed view of its headers (cache_policy.Freshness)
 
     def size(self) -> int:
         return (len(self.body) + sum(len(k) + len(v) for k, v in self.headers)

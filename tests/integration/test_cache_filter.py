@@ -258,3 +258,26 @@ def test_config_errors_name_the_field(config, where):
     with pytest.raises((ConfigError, ConfigErrors)) as e:
         parse_bootstrap(_bootstrap(config))
     assert where in str(e.value)
+
+
+def test_hits_and_validations_over_http2(origin):
+    """The same over h2c on one connection, two streams at a time: a stored response, hits,
+    and 304s turned into the stored body (the body added after the held 304 headers)."""
+    from tests.integration.test_h2_downstream import H2Client
+    origin.resources["/h2"] = ('"h"', b"over h2", {"cache-control": "max-age=60"})
+    origin.resources["/h2v"] = ('"hv"', b"validated over h2", {"cache-control": "no-cache"})
+    proxy = _proxy(origin)
+    client = H2Client(proxy.port)
+    try:
+        first = [client.request(b"GET", b"/h2"), client.request(b"GET", b"/h2v")]
+        client.wait(lambda: set(first) <= client.ended)
+        again = [client.request(b"GET", b"/h2"), client.request(b"GET", b"/h2v")]
+        client.wait(lambda: set(again) <= client.ended)
+        assert [client.body[s] for s in first + again] == [b"over h2", b"validated over h2"] * 2
+        assert all(client.status[s] == 200 for s in first + again)
+        assert b"age" in client.headers[again[0]] and b"age" not in client.headers[again[1]]
+        assert origin.count("/h2") == 1 and origin.count("/h2v") == 2
+        assert origin.last("/h2v")["if-none-match"] == '"hv"'
+    finally:
+        client.close()
+        proxy.stop()

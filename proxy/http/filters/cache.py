@@ -82,8 +82,6 @@ CACHE = Message(PROTO, title="HTTP filter cache", model=CacheConfig, fields=(
     refused("disabled", "turning the filter off per config"),
     refused("key_creator_params", "keys other than scheme, host and path"),
     refused("max_body_bytes", "a body limit other than the store's own"),
-    refused("thundering_herd_handler", "holding concurrent misses for one upstream request"),
-    refused("override_upstream_cluster", "sending cache misses to another cluster"),
 ))
 SIMPLE = Message(SIMPLE_PROTO, title="HTTP cache simple_http_cache", fields=())
 

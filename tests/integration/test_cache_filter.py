@@ -281,3 +281,20 @@ def test_hits_and_validations_over_http2(origin):
     finally:
         client.close()
         proxy.stop()
+
+
+def test_hostile_numbers_in_fields_are_ignored_and_the_proxy_keeps_serving(origin):
+    huge = "9" * 3000
+    origin.resources["/n"] = ('"n"', b"numbers", {"cache-control": f"max-age={huge}", "age": huge})
+    origin.resources["/ok"] = ('"o"', b"fine", {"cache-control": "max-age=60"})
+    proxy = _proxy(origin)
+    try:
+        for _ in range(2):   # no max-age it can read: nothing to compute freshness from
+            assert _get(proxy.port, "/n")[:3:2] == (200, b"numbers")
+        assert origin.count("/n") == 2
+        _get(proxy.port, "/ok")
+        status, headers, body = _get(proxy.port, "/ok", {"range": f"bytes={huge}-"})
+        assert (status, body) == (200, b"fine") and "age" in headers   # a hit, the whole body
+        assert _get(proxy.port, "/ok", {"cache-control": f"max-age={huge}"})[0] == 200
+    finally:
+        proxy.stop()

@@ -198,3 +198,17 @@ def test_the_store_stays_consistent_under_threads():
         th.join()
     entries, size = store.stats()
     assert size == entries * entry_size <= 50 * entry_size
+
+
+def test_hostile_numbers_are_ignored_as_envoy_ignores_overflows():
+    """Thousands of digits (a header may hold them) must not reach int(): an overflowing
+    max-age or Age is no value, an overflowing range no range."""
+    huge = "9" * 5000
+    assert p.response_cache_control(f"max-age={huge}".encode()).max_age is None
+    assert p.response_cache_control(b"max-age=9223372036854775808").max_age is None
+    assert p.response_cache_control(b"max-age=9223372036854775807").max_age == 2**63 - 1
+    assert p.request_cache_control(_h(cache_control=f"max-stale={huge}")).max_stale is None
+    assert p.age_of(_h(date=DATE, age=huge), T, T) == 0
+    assert p.byte_ranges(f"bytes={huge}-".encode(), 10) is None
+    assert p.byte_ranges(b"bytes=0-18446744073709551616", 10) is None
+    assert p.byte_ranges(b"bytes=-18446744073709551615", 10) is None   # all of it: a 200

@@ -48,13 +48,25 @@ class ResponseCacheControl:
 _NO_REQUEST_DIRECTIVES = RequestCacheControl()
 
 
+_INT64_MAX = 2**63 - 1
+_UINT64_MAX = 2**64 - 1
+
+
+def _number(digits: str | bytes, limit: int) -> int | None:
+    """ASCII digits as a number no greater than `limit` (Envoy's SimpleAtoi into an int64 or a
+    uint64: an overflow is no number), else None. The length is checked first: a field of
+    thousands of digits must not reach int() (which refuses them with an error)."""
+    if not digits or len(digits) > 20 or not digits.isascii() or not digits.isdigit():
+        return None
+    n = int(digits)
+    return n if n <= limit else None
+
+
 def _duration(arg: str) -> int | None:
     """delta-seconds, optionally quoted; anything else is ignored (RFC 7234 1.2.1)."""
     if len(arg) > 1 and arg[0] == '"' and arg[-1] == '"':
         arg = arg[1:-1]
-    if arg.isascii() and arg.isdigit():
-        return int(arg)
-    return None
+    return _number(arg, _INT64_MAX)
 
 
 def _directives(value: bytes):
@@ -236,8 +248,7 @@ class Freshness:
 def freshness_of(headers) -> Freshness:
     cc = response_cache_control(headers.get(b"cache-control"))
     date = http_time(headers.get(b"date")) or 0.0
-    age_header = headers.get(b"age")
-    age_value = int(age_header) if age_header and age_header.isdigit() else 0
+    age_value = _number(headers.get(b"age") or b"", _INT64_MAX) or 0
     if cc.max_age is not None:
         lifetime = float(cc.max_age)
     else:
@@ -329,8 +340,10 @@ def byte_ranges(range_header: bytes, length: int) -> tuple[bool, tuple[tuple[int
         return None
     if not first_s and not last_s:
         return None
-    first = int(first_s) if first_s else None
-    last = int(last_s) if last_s else None
+    first = _number(first_s, _UINT64_MAX) if first_s else None
+    last = _number(last_s, _UINT64_MAX) if last_s else None
+    if (first_s and first is None) or (last_s and last is None):
+        return None  # a number past uint64 (Envoy: not a range header it can read)
     if first is not None and last is not None and first > last:
         return None
     if length == 0:

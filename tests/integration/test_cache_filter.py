@@ -31,7 +31,8 @@ ROUTER = {"name": "envoy.filters.http.router",
 class Origin:
     """An origin whose resources the test changes: path -> (etag, body, extra headers). It
     answers If-None-Match with the current etag by 304 (carrying `x-version`), records every
-    request's headers, and `/cut` promises 100 bytes and closes after 10."""
+    request's headers; `/cut` promises 100 bytes and closes after 10, `/chunked` answers in
+    chunks (no content-length)."""
 
     def __init__(self) -> None:
         self.resources: dict[str, tuple[str, bytes, dict[str, str]]] = {}
@@ -59,6 +60,13 @@ class Origin:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
+                    return
+                if self.path == "/chunked":
+                    self.send_response(200)
+                    self.send_header("cache-control", "max-age=60")
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
                     return
                 if headers.get("if-none-match") == etag:
                     self.send_response(304)
@@ -296,5 +304,24 @@ def test_hostile_numbers_in_fields_are_ignored_and_the_proxy_keeps_serving(origi
         status, headers, body = _get(proxy.port, "/ok", {"range": f"bytes={huge}-"})
         assert (status, body) == (200, b"fine") and "age" in headers   # a hit, the whole body
         assert _get(proxy.port, "/ok", {"cache-control": f"max-age={huge}"})[0] == 200
+    finally:
+        proxy.stop()
+
+
+def test_a_chunked_response_is_stored_and_served_whole(origin):
+    proxy = _proxy(origin)
+    try:
+        status, headers, body = _get(proxy.port, "/chunked")
+        assert (status, body) == (200, b"hello world")
+        status, headers, body = _get(proxy.port, "/chunked")
+        assert (status, body) == (200, b"hello world") and "age" in headers
+        assert origin.count("/chunked") == 1
+        # HEAD from the stored response: its headers, no body.
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        conn.request("HEAD", "/chunked")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b"" and r.getheader("age") is not None
+        conn.close()
+        assert origin.count("/chunked") == 1
     finally:
         proxy.stop()

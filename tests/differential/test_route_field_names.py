@@ -28,8 +28,13 @@ _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 
 
+_LUA_CS = "type.googleapis.com/envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig"
+
+
 def _route_config() -> dict[str, Any]:
-    return {"virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": [
+    return {"cluster_specifier_plugins": [{"extension": {"name": "p", "typed_config": {
+                "@type": _LUA_CS, "source_code": {"inline_string": "function envoy_on_route(h) return 'c' end"}}}}],
+            "virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": [
         {"match": {"prefix": "/", "grpc": {},
                    "headers": [{"name": "x", "string_match": {
                        "safe_regex": {"regex": "a", "google_re2": {}}}}],
@@ -73,6 +78,7 @@ def _action(rc: dict, i: int) -> dict:
 # Where each table's message sits in _route_config().
 _AT: dict[str, Callable[[dict], dict]] = {
     "envoy.config.route.v3.RouteConfiguration": lambda rc: rc,
+    "envoy.config.route.v3.ClusterSpecifierPlugin": lambda rc: rc["cluster_specifier_plugins"][0],
     "envoy.config.route.v3.VirtualHost": lambda rc: rc["virtual_hosts"][0],
     "envoy.config.route.v3.Route": _route(0),
     "envoy.config.route.v3.RouteMatch": lambda rc: _route(0)(rc)["match"],

@@ -257,7 +257,7 @@ def _bootstrap(filter_config: dict) -> dict:
 @pytest.mark.parametrize("config,where", [
     ({}, "typed_config"),
     ({"typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig"}},
-     'typed_config["@type"]'),
+     'typed_config.@type'),
     ({"typed_config": {"@type": SIMPLE}, "max_body_bytes": 10}, "max_body_bytes"),
     ({"typed_config": {"@type": SIMPLE}, "key_creator_params": {"exclude_scheme": True}}, "key_creator_params"),
     ({"typed_config": {"@type": SIMPLE}, "disabled": True}, "disabled"),

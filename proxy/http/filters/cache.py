@@ -91,8 +91,10 @@ def parse_cache_config(raw: Mapping[str, Any], path: str) -> CacheConfig:
     typed = f.raw_obj("typed_config", required=True)
     tpath = f.at("typed_config")
     url = typed.get("@type")
+    if url is None:
+        raise ConfigError(f"{tpath}.@type", "required field is missing")
     if not isinstance(url, str) or url.rsplit("/", 1)[-1] != SIMPLE_PROTO:
-        raise ConfigError(f'{tpath}["@type"]', f"unsupported cache {url!r}; supported: "
+        raise ConfigError(f"{tpath}.@type", f"unsupported cache {url!r}; supported: "
                           f"type.googleapis.com/{SIMPLE_PROTO}")
     SIMPLE.read({k: v for k, v in typed.items() if k != "@type"}, tpath)
     return CacheConfig(

@@ -93,7 +93,8 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.total_streams = 0
         self.response_done = True  # no response outstanding
         self.tunnel = False
-        self.upgrade_requested = False  # the request in flight asked to switch protocols
+        # The request in flight asked to switch protocols: True, b"CONNECT" for a CONNECT.
+        self.upgrade_requested = False
         self.holds_slot = False
         # upstream_cx_{rx,tx}_bytes_total count as bytes are read and written (tx: queued).
         self.stats = pool.cluster.stats
@@ -125,6 +126,11 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
     def send_headers(self, head, end_stream: bool, upgrade: bool) -> None:
         """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
         self.response_done = False
+        target = head.path
+        if upgrade:
+            if head.method == b"CONNECT":  # authority-form (RFC 9110 §9.3.6): a 2xx makes a tunnel
+                target = head.authority
+                upgrade = b"CONNECT"
         self.upgrade_requested = upgrade
         if end_stream:
             chunked = False
@@ -132,7 +138,7 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
             headers = head.headers
             chunked = headers.has(b"transfer-encoding") or (
                 not upgrade and not headers.has(b"content-length"))
-        data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
+        data = self.codec.encode_request_head(head.method, target, head.headers.fields,
                                               chunked, head.authority, end_stream)
         self.stats.upstream_cx_tx_bytes_total.value += len(data)
         self.connection.write(data)
@@ -212,6 +218,8 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
                         self._fail("protocol error", "UPE", 502, None)
                         return
                     self.tunnel = True
+                elif self.upgrade_requested == b"CONNECT" and 200 <= ev.status < 300:
+                    self.tunnel = True  # (the codec reads the rest as tunnel bytes)
                 router.on_upstream_headers(ev)
             elif cls is MessageComplete:
                 self.response_done = True

@@ -31,7 +31,7 @@ from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
 from .request_headers import absolute_form, mutate_request_headers
 from .stream import ActiveStream
-from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, UPGRADED
+from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, UPGRADE_ACCEPTED, UPGRADED
 
 __all__ = ["ConnectionManager"]
 
@@ -45,7 +45,7 @@ class ConnectionManager(ConnectionCallbacks):
     __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "direct_remote",
                  "requested_server_name", "connection", "tls", "on_closed",
                  "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
-                 "idle_since", "head_started", "protocol_stats")
+                 "idle_since", "head_started", "protocol_stats", "restored_local")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed, info=None) -> None:
@@ -57,10 +57,15 @@ class ConnectionManager(ConnectionCallbacks):
         self.local = format_address(local)
         # From the listener (connection_info.DownstreamInfo): the socket's own peer, which a
         # PROXY protocol header does not change, and the TLS SNI (None without one).
+        # The destination a listener filter restored (original_dst), else None: where an
+        # ORIGINAL_DST cluster sends a request that names no host of its own.
+        self.restored_local = None
         if info is None:
             self.direct_remote = self.remote
             self.requested_server_name = None
         else:
+            if info.local != info.direct_local:
+                self.restored_local = info.local
             self.direct_remote = (self.remote if info.direct_remote == remote
                                   else format_address(info.direct_remote))
             self.requested_server_name = info.requested_server_name or None
@@ -310,6 +315,13 @@ class ConnectionManager(ConnectionCallbacks):
             self.codec.dispatch(b"")
         for stream in list(self.streams.values()):
             if stream.state & UPGRADED and stream.chains is not None:
+                # Envoy's HTTP/1.1 has no half-close: the client's FIN closes the connection,
+                # logged as its disconnect (DC). Here the FIN goes on upstream as a half-close,
+                # so what the upstream still sends reaches the client (README).
+                if not stream.has_response_flag("DC"):
+                    self.stats.downstream_rq_rx_reset.value += 1
+                    stream.set_response_flag("DC")
+                    stream.response_code_details = "downstream_remote_disconnect"
                 stream.decode_data(b"", True)  # a tunnel's half-close goes on upstream
                 return
         self._abort_on_client_close()
@@ -398,7 +410,9 @@ class ConnectionManager(ConnectionCallbacks):
             return
         self.stats.downstream_rq_rx_reset.value += 1
         stream.set_response_flag("DR")  # Envoy: downstream remote reset
-        if not stream.response_code_details:
+        if stream.state & UPGRADED:
+            stream.response_code_details = "http2.remote_reset"  # (as Envoy 1.40 logs a tunnel's)
+        elif not stream.response_code_details:
             stream.response_code_details = "downstream_remote_reset"
         self._finish_stream(stream)
         self.stream_done(stream)
@@ -441,6 +455,11 @@ class ConnectionManager(ConnectionCallbacks):
         headers = Headers.adopt(ev.headers)
         authority = headers.get(b"host") or b""
         head = RequestHead(ev.method, ev.target, authority, b"http", headers, ev.http_version)
+        if ev.upgrade == b"CONNECT" and ev.http_version != b"2":
+            # As Envoy's HTTP/1 codec: a CONNECT's authority is its request target (RFC 9110
+            # §9.3.6 authority-form), whatever Host says; it has no path.
+            authority = ev.target
+            head = RequestHead(ev.method, b"", authority, b"http", headers, ev.http_version)
         cfg = ctx.config
         if cfg.max_requests_per_connection and self.requests >= cfg.max_requests_per_connection:
             self.codec.go_away()
@@ -527,7 +546,9 @@ class ConnectionManager(ConnectionCallbacks):
         reset (finished already). The codec says whether the connection goes on."""
         if stream.state < CLOSED:
             self._finish_stream(stream)
-        if self.codec.stream_ended(stream.stream_id) or stream.state & UPGRADED:
+        if self.codec.stream_ended(stream.stream_id) or (
+                stream.state & UPGRADED and self.codec.protocol != "HTTP/2"):
+            # (An HTTP/1.1 tunnel ends with its connection; an HTTP/2 one is one stream.)
             if stream.state & REQUEST_COMPLETE:
                 self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
             else:
@@ -566,7 +587,7 @@ class ConnectionManager(ConnectionCallbacks):
         self.streams.pop(stream.stream_id, None)
         st = self.stats
         st.downstream_rq_active.value -= 1
-        if stream.state & UPGRADED:
+        if stream.state & UPGRADE_ACCEPTED:
             st.downstream_cx_upgrades_active.value -= 1
         stream.destroy_filters()  # also breaks the stream <-> filter cycles (freed by refcount)
         stream.end_monotonic = now = time.monotonic()

@@ -81,8 +81,10 @@ class RouterFilter:
     def _decode_headers(self, head, end_stream: bool) -> None:
         stream = self.stream
         ctx = self.ctx
-        ctx.stats.rq_total.value += 1  # Envoy: every request that reaches the router
         route = stream.route()
+        if stream.upgrade is not None and not self._accept_upgrade(route):
+            return
+        ctx.stats.rq_total.value += 1  # Envoy: every request that reaches the router
         if route is None:
             ctx.stats.no_route.value += 1
             stream.send_local_reply(404, b"", "NR", "route_not_found")
@@ -103,10 +105,6 @@ class RouterFilter:
         action = route.action
         if action.idle_timeout is not None:
             stream.set_idle_timeout(action.idle_timeout)
-        if stream.upgrade is not None and not ctx.route_upgrade_allowed(action, stream.upgrade):
-            ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
-            stream.send_local_reply(403, b"", None, "upgrade_failed")
-            return
         name = action.cluster or action.choose_cluster(head, ctx.worker.rand_bits())
         cluster = ctx.worker.clusters.get(name) if name is not None else None
         if cluster is None:
@@ -120,6 +118,8 @@ class RouterFilter:
             remote = stream.downstream_remote_address or ""
             h = request_hash(action.hash_policy, head, remote.rsplit(":", 1)[0].strip("[]"), xxhash64)
             host = cluster.choose_host() if h is None else cluster.choose_host_by_hash(h)
+        elif cluster.request_lb is not None:  # ORIGINAL_DST: the request names its host
+            host = cluster.request_lb.choose(head, stream.hcm.restored_local)
         else:
             host = cluster.choose_host()
         if host is None:
@@ -127,7 +127,12 @@ class RouterFilter:
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
             return
         self.host = host
-        pool = self.pool = cluster.pool_for(host, action.high_priority)
+        if action.connect_terminate and stream.upgrade == b"CONNECT":
+            # Envoy's TCP upstream: a TCP connection to the host; once it is up the CONNECT
+            # is answered 200 and the stream's bytes are its bytes (tcp_upstream.py).
+            pool = self.pool = cluster.tcp_pool_for(host, action.high_priority)
+        else:
+            pool = self.pool = cluster.pool_for(host, action.high_priority)
         if not pool.limits.try_acquire_request():
             # max_requests (Envoy counts it when the request would be attached to a
             # connection; ftproxy refuses before opening one, see README).
@@ -151,6 +156,20 @@ class RouterFilter:
                 not headers.has(b"content-length") and stream.upgrade is None)
         cstats.upstream_rq_active.value += 1
         self.pool_handle = pool.new_stream(self)
+
+    def _accept_upgrade(self, route) -> bool:
+        """Envoy's HCM, before the router: an upgrade (or CONNECT) request is taken when its
+        route's upgrade_configs, else the HCM's, enable its kind (counted in
+        downstream_cx_upgrades_total); else answered 403 (counted in
+        downstream_rq_ws_on_non_ws_route, not in rq_total: the router never saw it)."""
+        ctx = self.ctx
+        stream = self.stream
+        if not ctx.route_upgrade_allowed(route.action if route is not None else None, stream.upgrade):
+            ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
+            stream.send_local_reply(403, b"", None, "upgrade_failed")
+            return False
+        stream.accept_upgrade()
+        return True
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header
@@ -439,7 +458,8 @@ class RouterFilter:
         if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
             self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
         rc = self.config
-        if not rc.suppress_envoy_headers:
+        if not rc.suppress_envoy_headers and (stream.upgrade is None or self.request_ended):
+            # (Envoy adds it once the downstream request is complete: not to a tunnel's answer.)
             ms = int((now - self.upstream_start) * 1000)
             headers.fields.append((b"x-envoy-upstream-service-time",
                                    _MS[ms] if ms < 1000 else b"%d" % ms))

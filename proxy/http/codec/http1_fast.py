@@ -204,7 +204,7 @@ class FastServerCodec(ResponseEncoding):
             if cl or chunked:
                 raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
             if method == b"CONNECT":
-                upgrade = None
+                upgrade = b"CONNECT"  # its body is the tunnel (events.RequestHeaders)
             self._switch = True
         else:
             upgrade = None

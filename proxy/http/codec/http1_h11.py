@@ -157,7 +157,7 @@ class H11ServerCodec(ResponseEncoding):
             if cl or chunked:
                 raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
             if method == b"CONNECT":
-                upgrade = None
+                upgrade = b"CONNECT"  # its body is the tunnel (events.RequestHeaders)
         else:
             upgrade = None
         self._keep_alive = keep_alive

@@ -127,6 +127,11 @@ class Http1ServerCodec:
         self._version = ev.http_version
         self._keep_alive = ev.keep_alive
         self._request_open = not end_stream
+        if not end_stream and ev.upgrade == b"CONNECT":
+            # As Envoy's codec: a CONNECT request has no end of its own (the parser's message
+            # end right after its head is swallowed); its body is the tunnel, which ends with
+            # the connection (or, here, the client's half-close).
+            self._request_open = False
         self.callbacks.on_stream_headers(sid, ev, end_stream)
 
     def _hold(self, events: list) -> None:

@@ -56,7 +56,7 @@ class Http2Options:
                  "max_outbound_frames", "max_outbound_control_frames",
                  "max_consecutive_inbound_frames_with_empty_payload",
                  "max_inbound_priority_frames_per_stream",
-                 "max_inbound_window_update_frames_per_data_frame_sent")
+                 "max_inbound_window_update_frames_per_data_frame_sent", "allow_connect")
 
     def __init__(self, max_concurrent_streams: int = 2147483647,
                  initial_stream_window_size: int = 268435456,
@@ -65,7 +65,11 @@ class Http2Options:
                  max_outbound_frames: int = 10000, max_outbound_control_frames: int = 1000,
                  max_consecutive_inbound_frames_with_empty_payload: int = 1,
                  max_inbound_priority_frames_per_stream: int = 100,
-                 max_inbound_window_update_frames_per_data_frame_sent: int = 10) -> None:
+                 max_inbound_window_update_frames_per_data_frame_sent: int = 10,
+                 allow_connect: bool = False) -> None:
+        # CONNECT requests (RFC 9113 §8.5: :method and :authority only) are taken; without,
+        # one is a stream error (RST_STREAM PROTOCOL_ERROR), the connection goes on.
+        self.allow_connect = allow_connect
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_stream_window_size = initial_stream_window_size
         self.initial_connection_window_size = initial_connection_window_size
@@ -346,12 +350,24 @@ class Http2ServerCodec:
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority is not None and not any(n == b"host" for n, _ in headers):
             headers.insert(0, (b"host", authority))
-        if method is None or path is None:  # (h2 refuses such a request already)
+        if method == b"CONNECT":
+            # RFC 9113 §8.5 (h2 checked :scheme and :path are absent): the request target is
+            # :authority; DATA frames then carry the tunnel's bytes, END_STREAM its half-close.
+            # An extended CONNECT (RFC 8441, :protocol with :path) is refused: this codec does
+            # not send SETTINGS_ENABLE_CONNECT_PROTOCOL.
+            if not self.options.allow_connect or authority is None or path is not None:
+                if self.stats is not None:
+                    self.stats.rx_messaging_error.value += 1
+                self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                return
+            path = b""
+        elif method is None or path is None:  # (h2 refuses such a request already)
             self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
             return
         self.streams[sid] = _Stream(not end)
         self.opened += 1
-        head = RequestHeaders(method, path, b"2", headers, True, None, False, content_length,
+        head = RequestHeaders(method, path, b"2", headers, True,
+                              b"CONNECT" if method == b"CONNECT" else None, False, content_length,
                               False)
         self.callbacks.on_stream_headers(sid, head, end)
 

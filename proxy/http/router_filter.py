@@ -516,13 +516,13 @@ class RouterFilter:
         if self.done:
             return
         self.upstream = None
-        self.cluster.stats.upstream_rq_rx_reset.value += 1
         self._release_request_slot()
         stream = self.stream
         if stream.upgraded:
-            # A tunnel ends when either side closes.
+            # A tunnel ends when either side closes (its upstream closing is no reset).
             stream.encode_data(b"", True)
             return
+        self.cluster.stats.upstream_rq_rx_reset.value += 1
         self._outlier_connect_failed(flag)
         if not self.response_started:
             self._charge_local(status)

@@ -553,6 +553,10 @@ class ConnectionManager(ConnectionCallbacks):
                 self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
             else:
                 # The response finished before the request did: its rest is never read.
+                if stream.upgrade is not None and not stream.state & UPGRADED:
+                    # A refused CONNECT (its request has no end of its own): Envoy counts the
+                    # connection's close under it as the client's reset.
+                    self.stats.downstream_rq_rx_reset.value += 1
                 self.connection.close(flush=True)
             return
         if self.streams:

@@ -124,6 +124,8 @@ class RouterFilter:
             host = cluster.choose_host()
         if host is None:
             cstats.upstream_cx_none_healthy.value += 1
+            if self.config.dynamic_stats:  # Envoy charges the cluster a 503 (no host's tally)
+                cstats.record_response(503, _HostlessTally())
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
             return
         self.host = host
@@ -603,6 +605,15 @@ class RouterFilter:
             self.timeout_timer = None
         if self.holds_request_slot or self.holds_retry_slot:
             self._release_request_slot()
+
+
+class _HostlessTally:
+    """Where ClusterStats.record_response counts a reply made before any host was chosen."""
+
+    __slots__ = ("rq_error", "rq_success")
+
+    def __init__(self) -> None:
+        self.rq_error = self.rq_success = 0
 
 
 class Shadow:

@@ -78,7 +78,7 @@ class Http2Config:
     max_inbound_priority_frames_per_stream: int = 100
     max_inbound_window_update_frames_per_data_frame_sent: int = 10
     connection_keepalive: KeepaliveSettings | None = None
-    allow_connect: bool = False   # CONNECT requests (RFC 9113 §8.5) are taken, else refused
+    allow_connect: bool = False   # extended CONNECT (RFC 8441) offered and taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +222,8 @@ HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=
     used("max_concurrent_streams", 2147483647),
     used("initial_stream_window_size", 268435456),
     used("initial_connection_window_size", 268435456),
-    used("allow_connect", False, why="CONNECT requests (no extended CONNECT: SETTINGS_ENABLE_CONNECT_PROTOCOL is not sent)"),
+    used("allow_connect", False, why="extended CONNECT (RFC 8441, WebSocket over HTTP/2: an HTTP/1.1 "
+         "upgrade for the router); plain CONNECT is taken either way, as in Envoy"),
     refused("allow_metadata", "METADATA frames", default=False, only_default=True),
     refused("stream_error_on_invalid_http_messaging", "only false: an invalid request is a "
             "connection error (GOAWAY)", default=False, only_default=True),

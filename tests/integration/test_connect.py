@@ -381,20 +381,89 @@ def test_http2_headers_only_connect_is_a_half_close(proxy_factory):
         closer.close()
 
 
-def test_http2_connect_refused_without_allow_connect_the_connection_goes_on(proxy_factory, echo):
+def test_http2_plain_connect_needs_no_allow_connect_extended_connect_does(proxy_factory, echo):
+    # As Envoy 1.40: allow_connect is about extended CONNECT (RFC 8441); a plain CONNECT is
+    # taken without it. An extended one is then a stream error; the connection goes on.
     routes = [connect_route("tcp"), {"match": {"prefix": "/"}, "direct_response": {"status": 204}}]
     p = proxy_factory(front_proxy_config(routes, [static_cluster("tcp", echo.port)]))
     c = ConnectClient(p.port)
     try:
+        assert c.conn.remote_settings.enable_connect_protocol == 0
         sid = c.connect(b"127.0.0.1:%d" % echo.port)
-        c.wait(lambda: sid in c.reset)
-        assert c.reset[sid] == ErrorCodes.PROTOCOL_ERROR
-        sid2 = c.request(b"GET", b"/")
-        c.wait(lambda: sid2 in c.ended)
-        assert c.status[sid2] == 204
+        c.data(sid, b"plain")
+        c.wait(lambda: c.body.get(sid) == b"plain")
+        c.conn.remote_settings[8] = 1  # pretend it was offered, to send one anyway
+        sid2 = c.connect(b"h", extra=[(b":protocol", b"websocket"), (b":scheme", b"http"),
+                                      (b":path", b"/chat")])
+        c.wait(lambda: sid2 in c.reset)
+        assert c.reset[sid2] == ErrorCodes.PROTOCOL_ERROR
+        sid3 = c.request(b"GET", b"/")
+        c.wait(lambda: sid3 in c.ended)
+        assert c.status[sid3] == 204
     finally:
         c.close()
-    assert echo.connections == 0
+
+
+class UpgradeEcho(AcceptLoop):
+    """An HTTP/1.1 server that switches any Upgrade request (101) and then echoes; records
+    each request head."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        super().__init__("upgrade-echo")
+
+    def handle(self, s: socket.socket, n: int) -> None:
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                d = s.recv(4096)
+                if not d:
+                    return
+                head += d
+            head, _, rest = head.partition(b"\r\n\r\n")
+            self.heads.append(head)
+            s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n"
+                      b"upgrade: websocket\r\n\r\n" + rest)
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    s.shutdown(socket.SHUT_WR)
+                    return
+                s.sendall(d)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
+def test_http2_extended_connect_becomes_an_http1_upgrade_upstream(proxy_factory):
+    up = UpgradeEcho()
+    try:
+        routes = [{"match": {"prefix": "/"}, "route": {"cluster": "ws"}}]
+        p = proxy_factory(front_proxy_config(routes, [static_cluster("ws", up.port)],
+                                             upgrade_configs=[{"upgrade_type": "websocket"}],
+                                             http2_protocol_options={"allow_connect": True}))
+        c = ConnectClient(p.port)
+        try:
+            c.wait(lambda: c.conn.remote_settings.enable_connect_protocol == 1)
+            sid = c.connect(b"ws.test", extra=[(b":protocol", b"websocket"), (b":scheme", b"http"),
+                                               (b":path", b"/chat?room=1")])
+            c.wait(lambda: sid in c.status)
+            assert c.status[sid] == 200   # the upstream's 101, as RFC 8441 answers it
+            assert b"upgrade" not in c.headers[sid] and b"connection" not in c.headers[sid]
+            c.data(sid, b"frame-bytes")
+            c.wait(lambda: c.body.get(sid) == b"frame-bytes")
+            c.data(sid, b"", end=True)
+            c.wait(lambda: sid in c.ended)
+        finally:
+            c.close()
+        lines = up.heads[0].lower().split(b"\r\n")
+        assert lines[0] == b"get /chat?room=1 http/1.1"
+        assert b"upgrade: websocket" in lines and b"connection: upgrade" in lines
+        assert b"host: ws.test" in lines
+        assert p.counters()["http.ingress_http.downstream_cx_upgrades_total"] == 1
+    finally:
+        up.close()
 
 
 # -- CONNECT forwarded (no connect_config): proxy_connect.yaml ----------------------------------

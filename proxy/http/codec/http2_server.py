@@ -67,8 +67,9 @@ class Http2Options:
                  max_inbound_priority_frames_per_stream: int = 100,
                  max_inbound_window_update_frames_per_data_frame_sent: int = 10,
                  allow_connect: bool = False) -> None:
-        # CONNECT requests (RFC 9113 §8.5: :method and :authority only) are taken; without,
-        # one is a stream error (RST_STREAM PROTOCOL_ERROR), the connection goes on.
+        # Extended CONNECT (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL is sent, and a CONNECT
+        # with :protocol is taken as that upgrade (WebSocket over HTTP/2: an HTTP/1.1 Upgrade
+        # for the router, its 101 answered 200). Plain CONNECT is taken either way (as Envoy).
         self.allow_connect = allow_connect
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_stream_window_size = initial_stream_window_size
@@ -106,10 +107,11 @@ _CONTROL_FRAMES = frozenset({3, 4, 6, 7})  # RST_STREAM, SETTINGS, PING, GOAWAY
 
 class _Stream:
     __slots__ = ("request_open", "disabled", "unacked", "pending", "pending_end", "trailers",
-                 "responded")
+                 "responded", "extended_connect")
 
     def __init__(self, request_open: bool) -> None:
         self.request_open = request_open  # DATA or trailers of its request still to come
+        self.extended_connect = False     # an RFC 8441 CONNECT: its 101 is answered 200
         self.responded = False            # its response head went out
         self.disabled = 0                 # read_disable count
         self.unacked = 0                  # DATA bytes handed on while disabled
@@ -141,6 +143,7 @@ class Http2ServerCodec:
             SettingCodes.ENABLE_PUSH: 0,
             SettingCodes.MAX_HEADER_LIST_SIZE: options.max_header_list_bytes,
             SettingCodes.HEADER_TABLE_SIZE: options.hpack_table_size,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1 if options.allow_connect else 0,
         })
         conn.decoder.max_header_list_size = options.max_header_list_bytes
         conn.initiate_connection()
@@ -327,7 +330,7 @@ class Http2ServerCodec:
         if len(self.streams) >= self.options.max_concurrent_streams or self.going_away:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        method = path = authority = None
+        method = path = authority = protocol = None
         headers: list[tuple[bytes, bytes]] = []
         cookies: list[bytes] = []
         content_length = None
@@ -339,6 +342,8 @@ class Http2ServerCodec:
                     path = value
                 elif name == b":authority":
                     authority = value
+                elif name == b":protocol":
+                    protocol = value
                 continue
             if name == b"cookie":
                 cookies.append(value)
@@ -350,24 +355,37 @@ class Http2ServerCodec:
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority is not None and not any(n == b"host" for n, _ in headers):
             headers.insert(0, (b"host", authority))
+        upgrade = None
         if method == b"CONNECT":
-            # RFC 9113 §8.5 (h2 checked :scheme and :path are absent): the request target is
-            # :authority; DATA frames then carry the tunnel's bytes, END_STREAM its half-close.
-            # An extended CONNECT (RFC 8441, :protocol with :path) is refused: this codec does
-            # not send SETTINGS_ENABLE_CONNECT_PROTOCOL.
-            if not self.options.allow_connect or authority is None or path is not None:
+            if protocol is not None:
+                # RFC 8441 (h2 checked :scheme and :path): Envoy's H2-to-H1 upgrade translation,
+                # a GET asking to upgrade to :protocol.
+                if not self.options.allow_connect:
+                    if self.stats is not None:
+                        self.stats.rx_messaging_error.value += 1
+                    self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                    return
+                method = b"GET"
+                upgrade = protocol
+                headers += [(b"connection", b"upgrade"), (b"upgrade", protocol)]
+            elif authority is None:
                 if self.stats is not None:
                     self.stats.rx_messaging_error.value += 1
                 self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
                 return
-            path = b""
+            else:
+                # RFC 9113 §8.5 (h2 checked :scheme and :path are absent): the target is
+                # :authority; DATA frames carry the tunnel's bytes, END_STREAM its half-close.
+                path = b""
+                upgrade = b"CONNECT"
         elif method is None or path is None:  # (h2 refuses such a request already)
             self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
             return
-        self.streams[sid] = _Stream(not end)
+        st = self.streams[sid] = _Stream(not end)
+        if protocol is not None:
+            st.extended_connect = True
         self.opened += 1
-        head = RequestHeaders(method, path, b"2", headers, True,
-                              b"CONNECT" if method == b"CONNECT" else None, False, content_length,
+        head = RequestHeaders(method, path, b"2", headers, True, upgrade, False, content_length,
                               False)
         self.callbacks.on_stream_headers(sid, head, end)
 
@@ -400,6 +418,8 @@ class Http2ServerCodec:
         if st is None:
             return
         st.responded = True
+        if status == 101 and st.extended_connect:
+            status = 200  # Envoy's H1-to-H2 upgrade answer (RFC 8441 §5)
         self.conn.send_headers(stream_id, self._response_headers(status, headers), end_stream)
         self._flush()
 

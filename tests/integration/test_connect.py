@@ -615,3 +615,22 @@ def test_many_tunnels_leave_no_connection_or_fd_behind(proxy_factory, echo):
     while len(os.listdir("/proc/self/fd")) > fds and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_an_idle_tunnel_ends_at_stream_idle_timeout(proxy_factory, echo):
+    # Envoy's TestTimeout: the stream is reset downstream and the upstream connection closed.
+    p = terminating_proxy(proxy_factory, echo.port, stream_idle_timeout="0.3s")
+    c = ConnectClient(p.port)
+    sid = c.connect(b"127.0.0.1:%d" % echo.port)
+    c.data(sid, b"once")
+    c.wait(lambda: c.body.get(sid) == b"once")
+    started = time.monotonic()
+    c.wait(lambda: sid in c.reset, timeout=5)
+    assert 0.2 < time.monotonic() - started < 3
+    c.close()
+    s, head = open_tunnel(p.port, b"127.0.0.1:%d" % echo.port)   # HTTP/1.1: the connection closes
+    assert head.startswith(b"HTTP/1.1 200")
+    assert recv_until_eof(s) == b""
+    s.close()
+    assert p.wait_for(lambda: echo.fins == 2)
+    assert p.counters()["http.ingress_http.downstream_rq_idle_timeout"] == 2

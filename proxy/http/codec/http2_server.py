@@ -137,14 +137,16 @@ class Http2ServerCodec:
         conn = self.conn = H2Connection(H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=True,
             validate_outbound_headers=False, normalize_outbound_headers=False))
-        conn.local_settings = conn.local_settings.__class__(client=False, initial_values={
+        settings = {
             SettingCodes.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1,  # enforced here (REFUSED_STREAM)
             SettingCodes.INITIAL_WINDOW_SIZE: min(options.initial_stream_window_size, 2 ** 31 - 1),
             SettingCodes.ENABLE_PUSH: 0,
             SettingCodes.MAX_HEADER_LIST_SIZE: options.max_header_list_bytes,
             SettingCodes.HEADER_TABLE_SIZE: options.hpack_table_size,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1 if options.allow_connect else 0,
-        })
+        }
+        if options.allow_connect:
+            settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1  # RFC 8441 §3
+        conn.local_settings = conn.local_settings.__class__(client=False, initial_values=settings)
         conn.decoder.max_header_list_size = options.max_header_list_bytes
         conn.initiate_connection()
         extra = options.initial_connection_window_size - 65535

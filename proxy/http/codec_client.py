@@ -126,18 +126,31 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
     def send_headers(self, head, end_stream: bool, upgrade: bool) -> None:
         """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
         self.response_done = False
-        target = head.path
         if upgrade:
-            if head.method == b"CONNECT":  # authority-form (RFC 9110 §9.3.6): a 2xx makes a tunnel
-                target = head.authority
-                upgrade = b"CONNECT"
-        self.upgrade_requested = upgrade
+            self._send_upgrade_head(head, end_stream)
+            return
+        self.upgrade_requested = False
         if end_stream:
             chunked = False
-        else:  # a body of unknown length is sent chunked (a tunnel's bytes go as they are)
+        else:  # a body of unknown length is sent chunked
             headers = head.headers
-            chunked = headers.has(b"transfer-encoding") or (
-                not upgrade and not headers.has(b"content-length"))
+            chunked = headers.has(b"transfer-encoding") or not headers.has(b"content-length")
+        data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
+                                              chunked, head.authority, end_stream)
+        self.stats.upstream_cx_tx_bytes_total.value += len(data)
+        self.connection.write(data)
+
+    def _send_upgrade_head(self, head, end_stream: bool) -> None:
+        """A request asking to switch protocols, or a CONNECT (authority-form target, RFC 9110
+        §9.3.6): a 101, or a 2xx to the CONNECT, makes the connection a tunnel, whose bytes go
+        as they are (never chunked)."""
+        target = head.path
+        if head.method == b"CONNECT":
+            target = head.authority
+            self.upgrade_requested = b"CONNECT"
+        else:
+            self.upgrade_requested = True
+        chunked = not end_stream and head.headers.has(b"transfer-encoding")
         data = self.codec.encode_request_head(head.method, target, head.headers.fields,
                                               chunked, head.authority, end_stream)
         self.stats.upstream_cx_tx_bytes_total.value += len(data)

@@ -455,11 +455,6 @@ class ConnectionManager(ConnectionCallbacks):
         headers = Headers.adopt(ev.headers)
         authority = headers.get(b"host") or b""
         head = RequestHead(ev.method, ev.target, authority, b"http", headers, ev.http_version)
-        if ev.upgrade is not None and ev.upgrade == b"CONNECT" and ev.http_version != b"2":
-            # As Envoy's HTTP/1 codec: a CONNECT's authority is its request target (RFC 9110
-            # §9.3.6 authority-form), whatever Host says; it has no path.
-            authority = ev.target
-            head = RequestHead(ev.method, b"", authority, b"http", headers, ev.http_version)
         cfg = ctx.config
         if cfg.max_requests_per_connection and self.requests >= cfg.max_requests_per_connection:
             self.codec.go_away()

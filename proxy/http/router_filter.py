@@ -118,16 +118,18 @@ class RouterFilter:
             remote = stream.downstream_remote_address or ""
             h = request_hash(action.hash_policy, head, remote.rsplit(":", 1)[0].strip("[]"), xxhash64)
             host = cluster.choose_host() if h is None else cluster.choose_host_by_hash(h)
-        elif cluster.request_lb is not None:  # ORIGINAL_DST: the request names its host
-            host = cluster.request_lb.choose(head, stream.hcm.restored_local)
         else:
             host = cluster.choose_host()
         if host is None:
-            cstats.upstream_cx_none_healthy.value += 1
-            if self.config.dynamic_stats:  # Envoy charges the cluster a 503 (no host's tally)
-                cstats.record_response(503, _HostlessTally())
-            stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
-            return
+            if cluster.request_lb is not None:
+                # ORIGINAL_DST (no hosts of its own to choose from): the request names its host.
+                host = cluster.request_lb.choose(head, stream.hcm.restored_local)
+            if host is None:
+                cstats.upstream_cx_none_healthy.value += 1
+                if self.config.dynamic_stats:  # Envoy charges the cluster a 503 (no host's tally)
+                    cstats.record_response(503, _HostlessTally())
+                stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
+                return
         self.host = host
         if action.connect_terminate and stream.upgrade == b"CONNECT":
             # Envoy's TCP upstream: a TCP connection to the host; once it is up the CONNECT

@@ -29,7 +29,7 @@ from .encoding import ResponseEncoding
 from .errors import CodecError
 from .events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
 from .framing import (AWAIT_SWITCH, CLOSED, OPEN, SPECIAL, TUNNEL, VERSIONS, analyze,
-                      check_head_limits, reject, unsupported_version)
+                      check_head_limits, connect_authority, reject, unsupported_version)
 
 __all__ = ["FastServerCodec", "collect_header", "llhttp_error"]
 
@@ -205,6 +205,8 @@ class FastServerCodec(ResponseEncoding):
                 raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
             if method == b"CONNECT":
                 upgrade = b"CONNECT"  # its body is the tunnel (events.RequestHeaders)
+                headers = connect_authority(url, headers)
+                url = b""
             self._switch = True
         else:
             upgrade = None

@@ -101,6 +101,11 @@ class Http1ServerCodec:
                     return
                 # RFC 9112 §6.3: neither content-length nor chunked: no body.
                 self._open(ev, not ev.content_length and not ev.chunked and ev.upgrade is None)
+                if ev.upgrade == b"CONNECT":
+                    # As Envoy's codec: a CONNECT has no end of its own (the parser's message
+                    # end after its head is not passed on); its body is the tunnel, which ends
+                    # with the connection (here: with the client's half-close).
+                    self._request_open = False
             elif cls is Data:
                 if self._current:
                     cb.on_stream_data(self._current, ev.data, False)
@@ -127,11 +132,6 @@ class Http1ServerCodec:
         self._version = ev.http_version
         self._keep_alive = ev.keep_alive
         self._request_open = not end_stream
-        if not end_stream and ev.upgrade == b"CONNECT":
-            # As Envoy's codec: a CONNECT request has no end of its own (the parser's message
-            # end right after its head is swallowed); its body is the tunnel, which ends with
-            # the connection (or, here, the client's half-close).
-            self._request_open = False
         self.callbacks.on_stream_headers(sid, ev, end_stream)
 
     def _hold(self, events: list) -> None:

@@ -634,3 +634,143 @@ def test_an_idle_tunnel_ends_at_stream_idle_timeout(proxy_factory, echo):
     s.close()
     assert p.wait_for(lambda: echo.fins == 2)
     assert p.counters()["http.ingress_http.downstream_rq_idle_timeout"] == 2
+
+
+# -- tcp_proxy tunneling_config: TCP encapsulated in CONNECT -------------------------------------
+
+class ConnectHeadCapture(AcceptLoop):
+    """An HTTP/1.1 upstream answering a CONNECT with `status` (then echoing if 2xx); records
+    each request head."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.heads: list[bytes] = []
+        self.status = status
+        super().__init__("connect-capture")
+
+    def handle(self, s: socket.socket, n: int) -> None:
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                d = s.recv(4096)
+                if not d:
+                    return
+                head += d
+            self.heads.append(head.partition(b"\r\n\r\n")[0])
+            if self.status >= 300:
+                s.sendall(b"HTTP/1.1 %d No\r\ncontent-length: 0\r\n\r\n" % self.status)
+                s.recv(1)
+                return
+            s.sendall(b"HTTP/1.1 %d OK\r\n\r\n" % self.status)
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    s.shutdown(socket.SHUT_WR)
+                    return
+                s.sendall(d)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
+def _tcp_roundtrip(port: int, data: bytes) -> bytes:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    out = recv_until_eof(s)
+    s.close()
+    return out
+
+
+def _listener_port(proxy, name: str) -> int:
+    return proxy.server.listener_port(name)
+
+
+def test_envoy_encapsulate_in_http1_connect_config_chains_into_terminate_http1_connect(proxy_factory, echo):
+    other = TcpEchoUpstream()
+    try:
+        term = _envoy_config("envoy_terminate_http1_connect.yaml")
+        _endpoint(term["static_resources"]["clusters"][0]).update(address="localhost", port_value=echo.port)
+        t = proxy_factory(term)
+        encap = _envoy_config("envoy_encapsulate_in_http1_connect.yaml")
+        _endpoint(encap["static_resources"]["clusters"][0])["port_value"] = t.port
+        # listener_1's CONNECT names 127.0.0.1:10003 (with foo: bar: local_original_dst there).
+        tcp = encap["static_resources"]["listeners"][1]["filter_chains"][0]["filters"][0]["typed_config"]
+        tcp["tunneling_config"]["hostname"] = f"127.0.0.1:{other.port}"
+        e = proxy_factory(encap)
+        payload = os.urandom(512 * 1024)
+        assert _tcp_roundtrip(_listener_port(e, "listener_0"), payload) == payload  # -> service_google
+        assert _tcp_roundtrip(_listener_port(e, "listener_1"), b"via foo: bar") == b"via foo: bar"
+        assert t.wait_for(lambda: echo.fins == 1 and other.connections == 1)
+        tc, ec = t.counters(), e.counters()
+        assert tc["cluster.service_google.upstream_rq_200"] == 1
+        assert tc["cluster.local_original_dst.upstream_rq_200"] == 1
+        assert ec["cluster.cluster_0.upstream_cx_http1_total"] == 2
+        assert ec["cluster.cluster_0.upstream_rq_total"] == 2
+    finally:
+        other.close()
+
+
+def test_envoy_encapsulate_in_http2_connect_config_sends_its_headers_over_one_connection(proxy_factory):
+    capture = ConnectHeadCapture()
+    try:
+        # Where its CONNECTs go: a proxy forwarding them (no connect_config) to the capture.
+        fwd = proxy_factory(front_proxy_config([connect_route("cap", terminate=False)],
+                                               [static_cluster("cap", capture.port)],
+                                               upgrade_configs=[{"upgrade_type": "CONNECT"}]))
+        encap = _envoy_config("envoy_encapsulate_in_http2_connect.yaml")
+        _endpoint(encap["static_resources"]["clusters"][0])["port_value"] = fwd.port
+        e = proxy_factory(encap)
+        port = _listener_port(e, "listener_0")
+        assert _tcp_roundtrip(port, b"one") == b"one"
+        assert _tcp_roundtrip(port, b"two") == b"two"
+        lines = capture.heads[0].lower().split(b"\r\n")
+        assert lines[0] == b"connect host.com:443 http/1.1"
+        assert b"original_dst_port: %d" % port in lines      # %DOWNSTREAM_LOCAL_PORT%
+        ec = e.counters()
+        assert ec["cluster.cluster_0.upstream_cx_http2_total"] == 1    # two streams, one connection
+        assert fwd.counters()["http.ingress_http.downstream_rq_http2_total"] == 2
+    finally:
+        capture.close()
+
+
+def _tunneling_proxy(proxy_factory, port: int, h2: bool = False):
+    cluster = static_cluster("up", port)
+    if h2:
+        cluster["typed_extension_protocol_options"] = H2_OPTIONS
+    cfg = front_proxy_config([], [cluster])
+    cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"] = [{
+        "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "tcp", "cluster": "up", "tunneling_config": {"hostname": "target:443"}}}]
+    return proxy_factory(cfg)
+
+
+def test_tunneling_refused_by_the_upstream_closes_the_client(proxy_factory):
+    capture = ConnectHeadCapture(status=503)
+    try:
+        p = _tunneling_proxy(proxy_factory, capture.port)
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        assert recv_until_eof(s) == b""   # (Envoy's InvalidResponseHeaders: the client is closed)
+        s.close()
+        assert capture.heads and capture.heads[0].startswith(b"CONNECT target:443 HTTP/1.1")
+        assert p.wait_for(lambda: p.gauges().get("tcp.tcp.downstream_cx_active") == 0)
+    finally:
+        capture.close()
+
+
+@pytest.mark.parametrize("h2", [False, True], ids=["http1", "http2"])
+def test_tunneling_upstream_fin_reaches_the_client_after_its_bytes(proxy_factory, h2):
+    closer = CloserUpstream()
+    try:
+        term = terminating_proxy(proxy_factory, closer.port)
+        p = _tunneling_proxy(proxy_factory, term.port, h2=h2)
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        assert recv_until_eof(s) == b"bye"
+        s.close()
+        assert closer.done.wait(5)
+        gauges = ("tcp.tcp.downstream_cx_active", "cluster.up.upstream_rq_active")
+        assert p.wait_for(lambda: all(p.gauges().get(g) == 0 for g in gauges)), \
+            {g: p.gauges().get(g) for g in gauges}
+    finally:
+        closer.close()

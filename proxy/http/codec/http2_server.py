@@ -369,7 +369,7 @@ class Http2ServerCodec:
                     return
                 method = b"GET"
                 upgrade = protocol
-                headers += [(b"connection", b"upgrade"), (b"upgrade", protocol)]
+                headers += [(b"upgrade", protocol), (b"connection", b"upgrade")]  # (Envoy's order)
             elif authority is None:
                 if self.stats is not None:
                     self.stats.rx_messaging_error.value += 1

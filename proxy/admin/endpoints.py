@@ -63,6 +63,9 @@ class AdminContext(Protocol):
     def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None: ...
     def reset_counters(self) -> None: ...
     def reopen_logs(self) -> None: ...
+    def runtime(self) -> dict[str, Any]: ...
+    def memory(self) -> dict[str, Any]: ...
+    def init_dump(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,25 @@ def _stats(ctx: AdminContext, params: Params, fmt: str | None = None) -> AdminRe
     return AdminResponse(200, ctype, body.encode())
 
 
+_HISTOGRAM_BUCKETS_USAGE = "usage: /stats?histogram_buckets=(cumulative|disjoint|detailed|summary|prometheusnative)\n"
+
+
 def _stats_prometheus(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's `/stats/prometheus`. `histogram_buckets`: `cumulative` is the default page;
+    `detailed`, `disjoint`, `prometheusnative` (text) and unknown modes get Envoy's 400s;
+    `summary` is refused: Envoy's summaries are quantiles since the last flush, and ftproxy
+    keeps cumulative histograms only."""
+    mode = _param(params, "histogram_buckets")
+    if mode not in (None, "cumulative"):
+        if mode in ("detailed", "disjoint"):
+            return _text(400, "unsupported prometheus histogram bucket mode")  # no newline, as Envoy
+        if mode == "prometheusnative":
+            return _text(400, "unsupported prometheusnative histogram type when not using protobuf "
+                              "exposition format")
+        if mode == "summary":
+            return _text(400, "histogram_buckets=summary is not supported yet (quantiles since the "
+                              "last flush: ftproxy keeps cumulative histograms)\n")
+        return _text(400, _HISTOGRAM_BUCKETS_USAGE)
     return _stats(ctx, params, "prometheus")
 
 
@@ -342,22 +363,58 @@ def _help(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, help_text())
 
 
+def _runtime(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.runtime())
+
+
+RUNTIME_MODIFY_USAGE = ("usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+                        "       or send the parameters as form values\n"
+                        "use an empty value to remove a previously added override")
+
+
+def _runtime_modify(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's usage answer without parameters; with them, refused: ftproxy reads its runtime
+    keys at start-up, so an admin-layer override would not be enforced (README)."""
+    if not params:
+        return _text(400, RUNTIME_MODIFY_USAGE)
+    return _text(503, "runtime_modify is not supported: ftproxy reads runtime keys at start-up "
+                      "(change layered_runtime and reload)\n")
+
+
+def _memory(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.memory())
+
+
+def _init_dump(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.init_dump())
+
+
+def _contention(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _text(200, "Mutex contention tracing is not supported by ftproxy.\n")
+
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/", "Admin home page", _help),
     Endpoint("/certs", "print certs on machine", _certs),
     Endpoint("/clusters", "upstream cluster status", _clusters),
     Endpoint("/config_dump", "dump current Envoy configs", _config_dump),
+    Endpoint("/contention", "dump current Envoy mutex contention stats (if enabled)", _contention),
     Endpoint("/drain_listeners", "drain listeners", _drain_listeners, mutates=True),
     Endpoint("/healthcheck/fail", "cause the server to fail health checks", _healthcheck_fail, mutates=True),
     Endpoint("/healthcheck/ok", "cause the server to pass health checks", _healthcheck_ok, mutates=True),
     Endpoint("/help", "print out list of admin commands", _help),
     Endpoint("/hot_restart_version", "print the hot restart compatibility version", _hot_restart_version),
+    Endpoint("/init_dump", "Print current information of unready targets", _init_dump),
     Endpoint("/listeners", "print listener info", _listeners),
     Endpoint("/logging", "query/change logging levels", _logging, mutates=True),
+    Endpoint("/memory", "print current allocation/heap usage", _memory),
     Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),
     Endpoint("/reopen_logs", "reopen access logs", _reopen_logs, mutates=True),
     Endpoint("/reset_counters", "reset all counters to zero", _reset_counters, mutates=True),
+    Endpoint("/runtime", "print runtime values", _runtime),
+    Endpoint("/runtime_modify", "Adds or modifies existing key/value pairs in the runtime", _runtime_modify,
+             mutates=True),
     Endpoint("/server_info", "print server version/status information", _server_info),
     Endpoint("/stats", "print server stats", _stats),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", _stats_prometheus),

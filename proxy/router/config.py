@@ -17,13 +17,12 @@ shared by all workers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from proxy.config.data_source import read_data_source
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
 from proxy.tracing.config import Decorator, RouteTracing, parse_decorator, parse_route_tracing
@@ -36,6 +35,7 @@ from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect
                        parse_regex_rewrite)
 from .hash_policy import HashPolicy, parse_hash_policy
 from .mirror_policy import MirrorPolicy, parse_mirror_policy
+from .rate_limits import RateLimitEntry, parse_rate_limits
 from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
 from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
 
@@ -83,6 +83,11 @@ class RouteAction:
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()
     # hash_policy (hash_policy.py): the hash a RING_HASH/MAGLEV cluster picks a host by.
     hash_policy: tuple[HashPolicy, ...] = ()
+    # rate_limits (rate_limits.py): the route's, and its virtual host's (read when the route
+    # has none, or with include_vh_rate_limits).
+    rate_limits: tuple[RateLimitEntry, ...] = ()
+    vh_rate_limits: tuple[RateLimitEntry, ...] = ()
+    include_vh_rate_limits: bool = False
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -227,8 +232,8 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     refused("retry_policy_typed_config", "retry policy extensions"),
     used("request_mirror_policies", why="its own table"),
     used("priority", "DEFAULT", attr="high_priority"),
-    refused("rate_limits"),
-    refused("include_vh_rate_limits"),
+    used("rate_limits", why="its own table (rate_limits.py)"),
+    used("include_vh_rate_limits", False),
     used("hash_policy", why="its own table; read by RING_HASH and MAGLEV clusters"),
     refused("cors", "use the CORS filter's typed_per_filter_config"),
     used("max_grpc_timeout", why="gRPC requests' router timeout from grpc-timeout, capped"),
@@ -354,6 +359,9 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         request_mirror_policies=tuple(parse_mirror_policy(item, p)
                                       for item, p in f.list("request_mirror_policies")),
         hash_policy=tuple(parse_hash_policy(item, p) for item, p in f.list("hash_policy")),
+        rate_limits=parse_rate_limits(f, "rate_limits"),
+        vh_rate_limits=outer.rate_limits,
+        include_vh_rate_limits=f.bool("include_vh_rate_limits", False),
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         connect_terminate=connect_terminate,
@@ -389,29 +397,9 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
     status = f.int("status", required=True, min=200, max=599)
     body = b""
     if f.has("body"):
-        d = DIRECT_RESPONSE_BODY.read(f.value("body"), f.at("body"))
-        kind = d.oneof("filename", "inline_bytes", "inline_string", required=True)
-        if kind == "inline_string":
-            try:
-                body = d.str(kind).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in a JSON file
-                raise ConfigError(d.at(kind), "not valid Unicode text") from None
-        elif kind == "inline_bytes":
-            try:
-                body = base64.b64decode(d.str(kind), validate=True)
-            except (binascii.Error, ValueError):
-                raise ConfigError(d.at(kind), "invalid base64") from None
-        else:
-            try:
-                with open(d.str(kind), "rb") as fh:
-                    body = fh.read(max_body + 1)
-            except ValueError as e:  # an embedded NUL in the file name
-                raise ConfigError(d.at(kind), f"invalid file name: {e}") from None
-            except OSError as e:
-                raise ConfigError(d.at(kind), f"cannot read {d.str(kind)!r}: {e.strerror}") \
-                    from None
+        body = read_data_source(DIRECT_RESPONSE_BODY, f.value("body"), f.at("body"), max_body)
         if len(body) > max_body:
-            raise ConfigError(d.path, f"response body is larger than "
+            raise ConfigError(f.at("body"), f"response body is larger than "
                               f"max_direct_response_body_size_bytes ({max_body})")
     return DirectResponseAction(status, body)
 
@@ -460,6 +448,7 @@ class _Outer:
     attempt_count_in_request: bool = False
     attempt_count_in_response: bool = False
     is_timeout_retry_header: bool = False
+    rate_limits: tuple[RateLimitEntry, ...] = ()
 
 
 def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
@@ -536,7 +525,7 @@ VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
     refused("matcher"),
     used("require_tls", "NONE"),
     refused("virtual_clusters"),
-    refused("rate_limits"),
+    used("rate_limits", attr="", why="copied into each route action at load (vh_rate_limits)"),
     used("request_headers_to_add", attr="", why=_IN_EACH_ROUTE),
     used("request_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
     used("response_headers_to_add", attr="", why=_IN_EACH_ROUTE),
@@ -587,7 +576,8 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                    max_body, (vhost_filters, config_filters), switched, vhost_policy,
                    f.bool("include_request_attempt_count", False),
                    f.bool("include_attempt_count_in_response", False),
-                   f.bool("include_is_timeout_retry_header", False))
+                   f.bool("include_is_timeout_retry_header", False),
+                   parse_rate_limits(f, "rate_limits"))
     routes = tuple(_parse_route(item, p, outer) for item, p in f.list("routes"))
     require_tls = f.enum("require_tls", ("NONE", "EXTERNAL_ONLY", "ALL"), "NONE")
     tls_route = None

@@ -38,7 +38,7 @@ def _route_config() -> dict[str, Any]:
                    "upgrade_configs": [{"upgrade_type": "websocket"}],
                    "max_stream_duration": {"max_stream_duration": "1s"},
                    "request_mirror_policies": [{"cluster": "c"}],
-                   "hash_policy": [{"header": {"header_name": "x"}}, {"cookie": {"name": "c"}},
+                   "hash_policy": [{"header": {"header_name": "x"}}, {"cookie": {"name": "c", "attributes": [{"name": "a"}]}},
                                    {"connection_properties": {"source_ip": True}},
                                    {"query_parameter": {"name": "q"}}],
                    "retry_policy": {"retry_back_off": {"base_interval": "0.1s"},
@@ -97,6 +97,8 @@ _AT: dict[str, Callable[[dict], dict]] = {
         lambda rc: _route(0)(rc)["route"]["hash_policy"][0]["header"],
     "envoy.config.route.v3.RouteAction.HashPolicy.Cookie":
         lambda rc: _route(0)(rc)["route"]["hash_policy"][1]["cookie"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute":
+        lambda rc: _route(0)(rc)["route"]["hash_policy"][1]["cookie"]["attributes"][0],
     "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties":
         lambda rc: _route(0)(rc)["route"]["hash_policy"][2]["connection_properties"],
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter":

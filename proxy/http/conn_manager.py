@@ -313,6 +313,10 @@ class ConnectionManager(ConnectionCallbacks):
     def on_eof(self) -> None:
         if self.codec is not None:
             self.codec.dispatch(b"")
+            if self.codec.protocol == "HTTP/2":
+                # The client's FIN ends an HTTP/2 connection, its tunnels (streams) with it.
+                self._abort_on_client_close()
+                return
         for stream in list(self.streams.values()):
             if stream.state & UPGRADED and stream.chains is not None:
                 # Envoy's HTTP/1.1 has no half-close: the client's FIN closes the connection,
@@ -330,7 +334,7 @@ class ConnectionManager(ConnectionCallbacks):
         """The client closed while we were not reading from it: pipelined requests wait behind
         the one in flight, or flow control paused its upload."""
         for stream in self.streams.values():
-            if stream.state & UPGRADED:
+            if stream.state & UPGRADED and self.codec.protocol != "HTTP/2":
                 # A tunnel passes the FIN on in order, after the bytes before it (on_eof).
                 self.connection.set_detect_early_close(False)
                 return

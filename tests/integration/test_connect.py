@@ -774,3 +774,18 @@ def test_tunneling_upstream_fin_reaches_the_client_after_its_bytes(proxy_factory
             {g: p.gauges().get(g) for g in gauges}
     finally:
         closer.close()
+
+
+def test_an_http2_client_closing_its_connection_ends_all_its_tunnels(proxy_factory, echo):
+    p = terminating_proxy(proxy_factory, echo.port)
+    c = ConnectClient(p.port)
+    sids = [c.connect(b"127.0.0.1:%d" % echo.port) for _ in range(3)]
+    for sid in sids:
+        c.data(sid, b"x%d" % sid)
+    c.wait(lambda: all(c.body.get(sid) == b"x%d" % sid for sid in sids))
+    c.close()                       # no END_STREAM, no RST_STREAM: the connection goes
+    assert p.wait_for(lambda: echo.fins == 3)
+    gauges = ("http.ingress_http.downstream_cx_active", "cluster.tcp.upstream_cx_active",
+              "http.ingress_http.downstream_cx_upgrades_active")
+    assert p.wait_for(lambda: all(p.gauges().get(g) == 0 for g in gauges))
+    assert p.counters()["http.ingress_http.downstream_rq_rx_reset"] == 3

@@ -263,17 +263,27 @@ def test_connect_without_a_route_or_upgrade_config_is_refused_and_the_connection
     assert echo.connections == 0
 
 
-def test_connect_to_a_closed_port_is_503_uf(proxy_factory):
+def test_connect_to_a_closed_port_is_503_uf(proxy_factory, tmp_path):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     closed_port = s.getsockname()[1]
     s.close()
-    p = terminating_proxy(proxy_factory, closed_port)
+    log = tmp_path / "access.log"
+    p = terminating_proxy(proxy_factory, closed_port, access_log=[{
+        "name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(log), "log_format": {"text_format_source": {"inline_string":
+                "%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
+                "%UPSTREAM_HOST%\n"}}}}])
     status, body, closed = _status(p.port, b"127.0.0.1:%d" % closed_port)
     assert (status, closed) == (503, True)
     assert body == (b"upstream connect error or disconnect/reset before headers. reset reason: "
                     b"remote connection failure")
     assert p.counters()["cluster.tcp.upstream_cx_connect_fail"] == 1
+    # As Envoy 1.40 logs it: no path, and the host the connect failed to.
+    assert p.wait_for(lambda: log.exists() and log.read_text().strip())
+    assert log.read_text().split() == ["CONNECT", "127.0.0.1:%d" % closed_port, "-", "503", "UF",
+                                       "127.0.0.1:%d" % closed_port]
 
 
 # -- ORIGINAL_DST: the CONNECT names its host --------------------------------------------------

@@ -31,7 +31,8 @@ from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
 from .request_headers import absolute_form, mutate_request_headers
 from .stream import ActiveStream
-from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, UPGRADE_ACCEPTED, UPGRADED
+from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED,
+                           UPGRADE_ACCEPTED, UPGRADED)
 
 __all__ = ["ConnectionManager"]
 
@@ -45,7 +46,8 @@ class ConnectionManager(ConnectionCallbacks):
     __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "direct_remote",
                  "requested_server_name", "connection", "tls", "on_closed",
                  "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
-                 "idle_since", "head_started", "protocol_stats", "restored_local")
+                 "idle_since", "head_started", "protocol_stats", "restored_local",
+                 "eof_pending")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed, info=None) -> None:
@@ -60,6 +62,9 @@ class ConnectionManager(ConnectionCallbacks):
         # The destination a listener filter restored (original_dst), else None: where an
         # ORIGINAL_DST cluster sends a request that names no host of its own.
         self.restored_local = None
+        # The client's FIN came while an upgrade or CONNECT awaited its answer: passed on once
+        # the tunnel is up, after the bytes the codec held (_resume), as Envoy relays it.
+        self.eof_pending = False
         if info is None:
             self.direct_remote = self.remote
             self.requested_server_name = None
@@ -306,6 +311,10 @@ class ConnectionManager(ConnectionCallbacks):
             return
         codec = self.codec
         codec.resume()
+        if self.eof_pending and not self.connection.closed:
+            self.eof_pending = False
+            self.on_eof()  # (the tunnel is up, or the answer refused it: on_eof decides)
+            return
         if codec.head_in_progress and not self.streams and self.head_started is None \
                 and not self.connection.closed:
             self._head_began()
@@ -328,13 +337,17 @@ class ConnectionManager(ConnectionCallbacks):
                     stream.response_code_details = "downstream_remote_disconnect"
                 stream.decode_data(b"", True)  # a tunnel's half-close goes on upstream
                 return
+            if stream.upgrade is not None and not stream.state & (RESPONSE_STARTED | CLOSED):
+                self.eof_pending = True  # its answer decides (a tunnel, or the connection ends)
+                return
         self._abort_on_client_close()
 
     def on_early_close(self) -> None:
         """The client closed while we were not reading from it: pipelined requests wait behind
         the one in flight, or flow control paused its upload."""
         for stream in self.streams.values():
-            if stream.state & UPGRADED and self.codec.protocol != "HTTP/2":
+            if self.codec.protocol != "HTTP/2" and (stream.state & UPGRADED or (
+                    stream.upgrade is not None and not stream.state & RESPONSE_STARTED)):
                 # A tunnel passes the FIN on in order, after the bytes before it (on_eof).
                 self.connection.set_detect_early_close(False)
                 return
@@ -546,6 +559,12 @@ class ConnectionManager(ConnectionCallbacks):
         reset (finished already). The codec says whether the connection goes on."""
         if stream.state < CLOSED:
             self._finish_stream(stream)
+        if self.eof_pending and not stream.state & UPGRADED:
+            # The client closed while this upgrade awaited its answer, which refused it.
+            self.eof_pending = False
+            self.codec.stream_ended(stream.stream_id)
+            self.connection.close(flush=True, reason=CloseReason.REMOTE)
+            return
         if self.codec.stream_ended(stream.stream_id) or (
                 stream.state & UPGRADED and self.codec.protocol != "HTTP/2"):
             # (An HTTP/1.1 tunnel ends with its connection; an HTTP/2 one is one stream.)

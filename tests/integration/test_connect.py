@@ -652,9 +652,10 @@ class ConnectHeadCapture(AcceptLoop):
     """An HTTP/1.1 upstream answering a CONNECT with `status` (then echoing if 2xx); records
     each request head."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
         self.heads: list[bytes] = []
         self.status = status
+        self.delay = delay   # before answering
         super().__init__("connect-capture")
 
     def handle(self, s: socket.socket, n: int) -> None:
@@ -665,12 +666,14 @@ class ConnectHeadCapture(AcceptLoop):
                 if not d:
                     return
                 head += d
-            self.heads.append(head.partition(b"\r\n\r\n")[0])
+            head, _, early = head.partition(b"\r\n\r\n")
+            self.heads.append(head)
+            time.sleep(self.delay)
             if self.status >= 300:
                 s.sendall(b"HTTP/1.1 %d No\r\ncontent-length: 0\r\n\r\n" % self.status)
                 s.recv(1)
                 return
-            s.sendall(b"HTTP/1.1 %d OK\r\n\r\n" % self.status)
+            s.sendall(b"HTTP/1.1 %d OK\r\n\r\n" % self.status + early)
             while True:
                 d = s.recv(65536)
                 if not d:
@@ -799,3 +802,21 @@ def test_an_http2_client_closing_its_connection_ends_all_its_tunnels(proxy_facto
               "http.ingress_http.downstream_cx_upgrades_active")
     assert p.wait_for(lambda: all(p.gauges().get(g) == 0 for g in gauges))
     assert p.counters()["http.ingress_http.downstream_rq_rx_reset"] == 3
+
+
+def test_a_fin_sent_before_the_tunnel_is_up_is_passed_on_after_its_bytes(proxy_factory):
+    # Envoy relays it so: the client writes its CONNECT, its bytes and its FIN at once; the
+    # upstream answers late. The bytes, then the half-close, go through once the tunnel is up.
+    capture = ConnectHeadCapture(delay=0.3)
+    try:
+        p = proxy_factory(front_proxy_config([connect_route("cap", terminate=False)],
+                                             [static_cluster("cap", capture.port)],
+                                             upgrade_configs=[{"upgrade_type": "CONNECT"}]))
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        s.sendall(b"CONNECT t:1 HTTP/1.1\r\nHost: t:1\r\n\r\nearly bytes")
+        s.shutdown(socket.SHUT_WR)
+        got = recv_until_eof(s)
+        s.close()
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\nearly bytes")
+    finally:
+        capture.close()

@@ -40,3 +40,5 @@ import proxy.http.filters.grpc_stats  # noqa: F401  envoy.filters.http.grpc_stat
 import proxy.http.filters.grpc_web  # noqa: F401  envoy.filters.http.grpc_web
 import proxy.http.filters.grpc_json_transcoder  # noqa: F401  envoy.filters.http.grpc_json_transcoder
 import proxy.http.filters.lua  # noqa: F401  envoy.filters.http.lua (lupa, imported only when configured)
+import proxy.http.filters.cache  # noqa: F401  envoy.filters.http.cache (SimpleHttpCacheConfig)
+import proxy.http.filters.lua_cluster_specifier  # noqa: F401  envoy.router.cluster_specifier_plugin.lua (lupa, imported only when configured)

@@ -156,7 +156,7 @@ def _stats_prometheus(ctx: AdminContext, params: Params) -> AdminResponse:
 # ---------------------------------------------------------------- clusters
 
 _CB_FIELDS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
-_GAUGE_HOST_STATS = frozenset({"cx_active", "rq_active"})
+_GAUGE_HOST_STATS = frozenset({"cx_active", "rq_active", "rq_pending_active"})
 
 
 def _host_addr(host: Mapping[str, Any]) -> str:
@@ -229,6 +229,15 @@ def _socket_address(address: str, port: Any) -> dict[str, Any]:
     return {"socket_address": {"address": address.strip("[]"), "port_value": int(port)}}
 
 
+def _rate(source: Mapping[str, Any], key: str, floor: float, above: bool = False) -> dict[str, Any]:
+    """{key: {"value": v}} when Envoy prints it: a host's success rates when >= 0, a cluster's
+    ejection thresholds when > 0 (`above`); else nothing."""
+    if key not in source:
+        return {}
+    v = float(source[key])
+    return {key: {"value": v}} if (v > floor if above else v >= floor) else {}
+
+
 def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Envoy `/clusters?format=json` shape (`cluster_statuses[].host_statuses[]`); stat
     values are strings as protobuf JSON renders uint64."""
@@ -236,39 +245,43 @@ def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any
     for c in clusters:
         hosts = []
         for h in c.get("hosts", []):
+            # Counters then gauges, each by name; proto3 JSON leaves out a zero value and
+            # the default type (COUNTER), as Envoy prints them.
             stats = []
-            for k, v in sorted((h.get("stats") or {}).items()):
-                entry: dict[str, Any] = {"name": k, "value": str(v)}
-                if k in _GAUGE_HOST_STATS:
-                    entry["type"] = "GAUGE"
+            for k, v in sorted((h.get("stats") or {}).items(), key=lambda kv: (kv[0] in _GAUGE_HOST_STATS, kv[0])):
+                entry: dict[str, Any] = {"type": "GAUGE"} if k in _GAUGE_HOST_STATS else {}
+                entry["name"] = k
+                if v:
+                    entry["value"] = str(v)
                 stats.append(entry)
+            # Envoy's HostStatus in field order; proto3 JSON leaves out defaults.
             host: dict[str, Any] = {
                 "address": _socket_address(str(h.get("address", "")), h.get("port", 0)),
                 "stats": stats,
                 "health_status": _health_status(str(h.get("health_flags", "healthy"))),
-                "weight": h.get("weight", 1),
-                "locality": {k: h[k] for k in ("region", "zone", "sub_zone") if h.get(k)},
             }
-            if h.get("priority"):   # protobuf JSON: a priority of 0 is left out, as Envoy prints it
-                host["priority"] = h["priority"]
+            host.update(_rate(h, "success_rate", 0.0))
+            host["weight"] = h.get("weight", 1)
             if h.get("hostname"):
                 host["hostname"] = h["hostname"]
-            for k in ("success_rate", "local_origin_success_rate"):   # Envoy: when >= 0
-                if k in h and float(h[k]) >= 0:
-                    host[k] = {"value": float(h[k])}
+            if h.get("priority"):
+                host["priority"] = h["priority"]
+            host.update(_rate(h, "local_origin_success_rate", 0.0))
+            host["locality"] = {k: h[k] for k in ("region", "zone", "sub_zone") if h.get(k)}
             hosts.append(host)
-        entry_c: dict[str, Any] = {
-            "name": c["name"],
-            "observability_name": c.get("observability_name", c["name"]),
-            "added_via_api": bool(c.get("added_via_api", False)),
-            "host_statuses": hosts,
-        }
-        if c.get("circuit_breakers"):
-            entry_c["circuit_breakers"] = c["circuit_breakers"]
+        # Envoy's ClusterStatus in field order; proto3 JSON leaves out false and defaults.
         outlier = c.get("outlier") or {}
-        for k in ("success_rate_ejection_threshold", "local_origin_success_rate_ejection_threshold"):
-            if float(outlier.get(k, -1)) > 0:   # Envoy: when > 0
-                entry_c[k] = {"value": float(outlier[k])}
+        entry_c: dict[str, Any] = {"name": c["name"]}
+        if c.get("added_via_api"):
+            entry_c["added_via_api"] = True
+        entry_c.update(_rate(outlier, "success_rate_ejection_threshold", 0.0, above=True))
+        entry_c["host_statuses"] = hosts
+        entry_c.update(_rate(outlier, "local_origin_success_rate_ejection_threshold", 0.0, above=True))
+        if c.get("circuit_breakers"):
+            entry_c["circuit_breakers"] = {"thresholds": [
+                {k: v for k, v in t.items() if not (k == "priority" and v == "DEFAULT")}
+                for t in c["circuit_breakers"].get("thresholds", [])]}
+        entry_c["observability_name"] = c.get("observability_name", c["name"])
         statuses.append(entry_c)
     return {"cluster_statuses": statuses}
 

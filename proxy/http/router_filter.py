@@ -370,6 +370,7 @@ class RouterFilter:
         if self.done:
             return
         self.cluster.stats.upstream_rq_timeout.value += 1
+        self.pool.rq_timeout += 1   # the host's (admin /clusters)
         self._outlier_timeout()
         self._charge_local(504)
         self._abandon_upstream()

@@ -91,7 +91,7 @@ class ServerAdminContext:
         admin thread: each value is a single int attribute read; `dict.get` and `list()` on the
         workers' tables are safe against concurrent inserts (per-object locks on 3.14t)."""
         out = dict.fromkeys(("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_active",
-                             "rq_success", "rq_error"), 0)
+                             "rq_pending_active", "rq_success", "rq_error", "rq_timeout"), 0)
         for w in list(self.server.workers):
             wc = w.clusters.get(cluster)
             for pool in wc.host_pools(host.key) if wc is not None else ():
@@ -102,6 +102,8 @@ class ServerAdminContext:
                 out["rq_active"] += pool.active_requests
                 out["rq_success"] += pool.rq_success
                 out["rq_error"] += pool.rq_error
+                out["rq_timeout"] += pool.rq_timeout
+                out["rq_pending_active"] += len(pool.pending)
         return out
 
     def config_dump(self) -> dict:

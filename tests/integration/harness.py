@@ -73,6 +73,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
         if path.startswith("/authz"):
             self._authz()
             return
+        if path.startswith("/cache/"):
+            self._cacheable()
+            return
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
             self.send_response(code)
@@ -124,6 +127,46 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _cacheable(self) -> None:
+        """/cache/<name>?cc=..&etag=..&lm=..&vary=..&expires=..&status=..: a response carrying
+        those caching headers (cache-control, etag "<etag>", last-modified, vary, expires) and
+        the body `cacheable <path>` (the same for every request, so two proxies compare);
+        If-None-Match with the etag, or If-Modified-Since not before `lm`: 304 with the
+        caching headers and no body (RFC 7232 4.1)."""
+        from email.utils import parsedate_to_datetime
+        from urllib.parse import parse_qs, urlsplit
+        q = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        etag = f'"{q["etag"]}"' if "etag" in q else None
+        headers = [(name, q[key]) for key, name in (("cc", "cache-control"), ("lm", "last-modified"),
+                                                     ("vary", "vary"), ("expires", "expires"))
+                   if key in q]
+        if etag:
+            headers.append(("etag", etag))
+        inm = self.headers.get("if-none-match")
+        ims = self.headers.get("if-modified-since")
+        not_modified = False
+        if inm is not None and etag is not None:
+            not_modified = etag in [t.strip().removeprefix("W/") for t in inm.split(",")]
+        elif ims is not None and "lm" in q:
+            try:
+                not_modified = parsedate_to_datetime(q["lm"]) <= parsedate_to_datetime(ims)
+            except (TypeError, ValueError):
+                not_modified = False
+        if not_modified:
+            self.send_response(304)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            return
+        body = b"" if self.command == "HEAD" else f"cacheable {self.path}\n".encode()
+        self.send_response(int(q.get("status", "200")))
+        self.send_header("content-type", "text/plain")
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(f"cacheable {self.path}\n")))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _authz(self) -> None:
         """An ext_authz HTTP service: `authorization: Bearer <token>` decides. allow-<user>:

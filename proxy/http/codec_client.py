@@ -93,7 +93,8 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.total_streams = 0
         self.response_done = True  # no response outstanding
         self.tunnel = False
-        self.upgrade_requested = False  # the request in flight asked to switch protocols
+        # The request in flight asked to switch protocols: True, b"CONNECT" for a CONNECT.
+        self.upgrade_requested = False
         self.holds_slot = False
         # upstream_cx_{rx,tx}_bytes_total count as bytes are read and written (tx: queued).
         self.stats = pool.cluster.stats
@@ -128,14 +129,32 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
     def send_headers(self, head, end_stream: bool, upgrade: bool) -> None:
         """`upgrade`: the request asks to switch protocols (only then may a 101 answer it)."""
         self.response_done = False
-        self.upgrade_requested = upgrade
+        if upgrade:
+            self._send_upgrade_head(head, end_stream)
+            return
+        self.upgrade_requested = False
         if end_stream:
             chunked = False
-        else:  # a body of unknown length is sent chunked (a tunnel's bytes go as they are)
+        else:  # a body of unknown length is sent chunked
             headers = head.headers
-            chunked = headers.has(b"transfer-encoding") or (
-                not upgrade and not headers.has(b"content-length"))
+            chunked = headers.has(b"transfer-encoding") or not headers.has(b"content-length")
         data = self.codec.encode_request_head(head.method, head.path, head.headers.fields,
+                                              chunked, head.authority, end_stream)
+        self.stats.upstream_cx_tx_bytes_total.value += len(data)
+        self.connection.write(data)
+
+    def _send_upgrade_head(self, head, end_stream: bool) -> None:
+        """A request asking to switch protocols, or a CONNECT (authority-form target, RFC 9110
+        §9.3.6): a 101, or a 2xx to the CONNECT, makes the connection a tunnel, whose bytes go
+        as they are (never chunked)."""
+        target = head.path
+        if head.method == b"CONNECT":
+            target = head.authority
+            self.upgrade_requested = b"CONNECT"
+        else:
+            self.upgrade_requested = True
+        chunked = not end_stream and head.headers.has(b"transfer-encoding")
+        data = self.codec.encode_request_head(head.method, target, head.headers.fields,
                                               chunked, head.authority, end_stream)
         self.stats.upstream_cx_tx_bytes_total.value += len(data)
         self.connection.write(data)
@@ -215,6 +234,8 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
                         self._fail("protocol error", "UPE", 502, None)
                         return
                     self.tunnel = True
+                elif self.upgrade_requested == b"CONNECT" and 200 <= ev.status < 300:
+                    self.tunnel = True  # (the codec reads the rest as tunnel bytes)
                 router.on_upstream_headers(ev)
             elif cls is MessageComplete:
                 self.response_done = True

@@ -31,7 +31,8 @@ from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
 from .request_headers import absolute_form, mutate_request_headers
 from .stream import ActiveStream
-from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, UPGRADED
+from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED,
+                           UPGRADE_ACCEPTED, UPGRADED)
 
 __all__ = ["ConnectionManager"]
 
@@ -45,7 +46,8 @@ class ConnectionManager(ConnectionCallbacks):
     __slots__ = ("ctx", "stats", "codec", "remote_ip", "remote", "local", "direct_remote",
                  "requested_server_name", "connection", "tls", "on_closed",
                  "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
-                 "idle_since", "head_started", "protocol_stats")
+                 "idle_since", "head_started", "protocol_stats", "restored_local",
+                 "eof_pending")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed, info=None) -> None:
@@ -57,10 +59,18 @@ class ConnectionManager(ConnectionCallbacks):
         self.local = format_address(local)
         # From the listener (connection_info.DownstreamInfo): the socket's own peer, which a
         # PROXY protocol header does not change, and the TLS SNI (None without one).
+        # The destination a listener filter restored (original_dst), else None: where an
+        # ORIGINAL_DST cluster sends a request that names no host of its own.
+        self.restored_local = None
+        # The client's FIN came while an upgrade or CONNECT awaited its answer: passed on once
+        # the tunnel is up, after the bytes the codec held (_resume), as Envoy relays it.
+        self.eof_pending = False
         if info is None:
             self.direct_remote = self.remote
             self.requested_server_name = None
         else:
+            if info.local != info.direct_local:
+                self.restored_local = info.local
             self.direct_remote = (self.remote if info.direct_remote == remote
                                   else format_address(info.direct_remote))
             self.requested_server_name = info.requested_server_name or None
@@ -301,6 +311,10 @@ class ConnectionManager(ConnectionCallbacks):
             return
         codec = self.codec
         codec.resume()
+        if self.eof_pending and not self.connection.closed:
+            self.eof_pending = False
+            self.on_eof()  # (the tunnel is up, or the answer refused it: on_eof decides)
+            return
         if codec.head_in_progress and not self.streams and self.head_started is None \
                 and not self.connection.closed:
             self._head_began()
@@ -308,9 +322,23 @@ class ConnectionManager(ConnectionCallbacks):
     def on_eof(self) -> None:
         if self.codec is not None:
             self.codec.dispatch(b"")
+            if self.codec.protocol == "HTTP/2":
+                # The client's FIN ends an HTTP/2 connection, its tunnels (streams) with it.
+                self._abort_on_client_close()
+                return
         for stream in list(self.streams.values()):
             if stream.state & UPGRADED and stream.chains is not None:
+                # Envoy's HTTP/1.1 has no half-close: the client's FIN closes the connection,
+                # logged as its disconnect (DC). Here the FIN goes on upstream as a half-close,
+                # so what the upstream still sends reaches the client (README).
+                if not stream.has_response_flag("DC"):
+                    self.stats.downstream_rq_rx_reset.value += 1
+                    stream.set_response_flag("DC")
+                    stream.response_code_details = "downstream_remote_disconnect"
                 stream.decode_data(b"", True)  # a tunnel's half-close goes on upstream
+                return
+            if stream.upgrade is not None and not stream.state & (RESPONSE_STARTED | CLOSED):
+                self.eof_pending = True  # its answer decides (a tunnel, or the connection ends)
                 return
         self._abort_on_client_close()
 
@@ -318,7 +346,8 @@ class ConnectionManager(ConnectionCallbacks):
         """The client closed while we were not reading from it: pipelined requests wait behind
         the one in flight, or flow control paused its upload."""
         for stream in self.streams.values():
-            if stream.state & UPGRADED:
+            if self.codec.protocol != "HTTP/2" and (stream.state & UPGRADED or (
+                    stream.upgrade is not None and not stream.state & RESPONSE_STARTED)):
                 # A tunnel passes the FIN on in order, after the bytes before it (on_eof).
                 self.connection.set_detect_early_close(False)
                 return
@@ -398,7 +427,9 @@ class ConnectionManager(ConnectionCallbacks):
             return
         self.stats.downstream_rq_rx_reset.value += 1
         stream.set_response_flag("DR")  # Envoy: downstream remote reset
-        if not stream.response_code_details:
+        if stream.state & UPGRADED:
+            stream.response_code_details = "http2.remote_reset"  # (as Envoy 1.40 logs a tunnel's)
+        elif not stream.response_code_details:
             stream.response_code_details = "downstream_remote_reset"
         self._finish_stream(stream)
         self.stream_done(stream)
@@ -528,11 +559,23 @@ class ConnectionManager(ConnectionCallbacks):
         reset (finished already). The codec says whether the connection goes on."""
         if stream.state < CLOSED:
             self._finish_stream(stream)
-        if self.codec.stream_ended(stream.stream_id) or stream.state & UPGRADED:
+        if self.eof_pending and not stream.state & UPGRADED:
+            # The client closed while this upgrade awaited its answer, which refused it.
+            self.eof_pending = False
+            self.codec.stream_ended(stream.stream_id)
+            self.connection.close(flush=True, reason=CloseReason.REMOTE)
+            return
+        if self.codec.stream_ended(stream.stream_id) or (
+                stream.state & UPGRADED and self.codec.protocol != "HTTP/2"):
+            # (An HTTP/1.1 tunnel ends with its connection; an HTTP/2 one is one stream.)
             if stream.state & REQUEST_COMPLETE:
                 self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
             else:
                 # The response finished before the request did: its rest is never read.
+                if stream.upgrade is not None and not stream.state & UPGRADED:
+                    # A refused CONNECT (its request has no end of its own): Envoy counts the
+                    # connection's close under it as the client's reset.
+                    self.stats.downstream_rq_rx_reset.value += 1
                 self.connection.close(flush=True)
             return
         if self.streams:
@@ -567,7 +610,7 @@ class ConnectionManager(ConnectionCallbacks):
         self.streams.pop(stream.stream_id, None)
         st = self.stats
         st.downstream_rq_active.value -= 1
-        if stream.state & UPGRADED:
+        if stream.state & UPGRADE_ACCEPTED:
             st.downstream_cx_upgrades_active.value -= 1
         stream.destroy_filters()  # also breaks the stream <-> filter cycles (freed by refcount)
         stream.end_monotonic = now = time.monotonic()

@@ -81,6 +81,7 @@ class Http2Config:
     max_inbound_priority_frames_per_stream: int = 100
     max_inbound_window_update_frames_per_data_frame_sent: int = 10
     connection_keepalive: KeepaliveSettings | None = None
+    allow_connect: bool = False   # extended CONNECT (RFC 8441) offered and taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +225,8 @@ HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (downstream)", model=
     used("max_concurrent_streams", 2147483647),
     used("initial_stream_window_size", 268435456),
     used("initial_connection_window_size", 268435456),
-    refused("allow_connect", "CONNECT over HTTP/2", default=False, only_default=True),
+    used("allow_connect", False, why="extended CONNECT (RFC 8441, WebSocket over HTTP/2: an HTTP/1.1 "
+         "upgrade for the router); plain CONNECT is taken either way, as in Envoy"),
     refused("allow_metadata", "METADATA frames", default=False, only_default=True),
     refused("stream_error_on_invalid_http_messaging", "only false: an invalid request is a "
             "connection error (GOAWAY)", default=False, only_default=True),
@@ -380,12 +382,13 @@ def _parse_http2(f: Fields) -> Http2Config:
     if f.value("http2_protocol_options") is None:
         return Http2Config()
     h = HTTP2.read(f.value("http2_protocol_options"), f.at("http2_protocol_options"))
-    for name in ("allow_connect", "allow_metadata", "stream_error_on_invalid_http_messaging"):
+    for name in ("allow_metadata", "stream_error_on_invalid_http_messaging"):
         HTTP2.require_default(h, name, h.bool(name, False))
     if h.has("override_stream_error_on_invalid_http_message"):
         HTTP2.require_default(h, "override_stream_error_on_invalid_http_message",
                               h.bool("override_stream_error_on_invalid_http_message", False))
     return Http2Config(
+        allow_connect=h.bool("allow_connect", False),
         max_concurrent_streams=h.int("max_concurrent_streams", 2147483647, min=1, max=2147483647),
         initial_stream_window_size=h.int("initial_stream_window_size", 268435456, **_H2_WINDOW),
         initial_connection_window_size=h.int("initial_connection_window_size", 268435456,

@@ -37,7 +37,8 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
                               h2.max_outbound_frames, h2.max_outbound_control_frames,
                               h2.max_consecutive_inbound_frames_with_empty_payload,
                               h2.max_inbound_priority_frames_per_stream,
-                              h2.max_inbound_window_update_frames_per_data_frame_sent)
+                              h2.max_inbound_window_update_frames_per_data_frame_sent,
+                              h2.allow_connect)
 
     trailers = config.http_protocol_options.enable_trailers
     keepalive = h2.connection_keepalive if h2.connection_keepalive is not None and \
@@ -151,9 +152,10 @@ class HcmContext:
         """Envoy: a route's upgrade_configs override the HCM's; an upgrade neither enables
         is answered 403."""
         kind = upgrade.decode("latin-1").lower()
-        for name, enabled in action.upgrade_configs:
-            if name == kind:
-                return enabled
+        if action is not None:  # (None: no route, or one without a route action)
+            for name, enabled in action.upgrade_configs:
+                if name == kind:
+                    return enabled
         return kind in self.upgrades
 
     def new_connection(self, sock, remote, local, conn_id, buffer_limit, on_closed,

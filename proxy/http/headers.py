@@ -152,7 +152,7 @@ class RequestHead:
         """Header or pseudo-header (`:method`, `:path`, `:authority`, `:scheme`) as text."""
         if name[:1] == ":":
             if name == ":path":
-                return self.path_str
+                return self.path_str or None  # (a CONNECT has none)
             if name == ":method":
                 v = self.method
             elif name == ":authority":

@@ -82,8 +82,10 @@ class RouterFilter:
     def _decode_headers(self, head, end_stream: bool) -> None:
         stream = self.stream
         ctx = self.ctx
-        ctx.stats.rq_total.value += 1  # Envoy: every request that reaches the router
         route = stream.route()
+        if stream.upgrade is not None and not self._accept_upgrade(route):
+            return
+        ctx.stats.rq_total.value += 1  # Envoy: every request that reaches the router
         if route is None:
             ctx.stats.no_route.value += 1
             stream.send_local_reply(404, b"", "NR", "route_not_found")
@@ -104,10 +106,6 @@ class RouterFilter:
         action = route.action
         if action.idle_timeout is not None:
             stream.set_idle_timeout(action.idle_timeout)
-        if stream.upgrade is not None and not ctx.route_upgrade_allowed(action, stream.upgrade):
-            ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
-            stream.send_local_reply(403, b"", None, "upgrade_failed")
-            return
         name = action.cluster or stream.route_cluster(action)
         cluster = ctx.worker.clusters.get(name) if name is not None else None
         if cluster is None:
@@ -125,11 +123,22 @@ class RouterFilter:
         else:
             host = cluster.choose_host()
         if host is None:
-            cstats.upstream_cx_none_healthy.value += 1
-            stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
-            return
+            if cluster.request_lb is not None:
+                # ORIGINAL_DST (no hosts of its own to choose from): the request names its host.
+                host = cluster.request_lb.choose(head, stream.hcm.restored_local)
+            if host is None:
+                cstats.upstream_cx_none_healthy.value += 1
+                if self.config.dynamic_stats:  # Envoy charges the cluster a 503 (no host's tally)
+                    cstats.record_response(503, _HostlessTally())
+                stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
+                return
         self.host = host
-        pool = self.pool = cluster.pool_for(host, action.high_priority)
+        if action.connect_terminate and stream.upgrade == b"CONNECT":
+            # Envoy's TCP upstream: a TCP connection to the host; once it is up the CONNECT
+            # is answered 200 and the stream's bytes are its bytes (tcp_upstream.py).
+            pool = self.pool = cluster.tcp_pool_for(host, action.high_priority)
+        else:
+            pool = self.pool = cluster.pool_for(host, action.high_priority)
         if not pool.limits.try_acquire_request():
             # max_requests (Envoy counts it when the request would be attached to a
             # connection; ftproxy refuses before opening one, see README).
@@ -153,6 +162,20 @@ class RouterFilter:
                 not headers.has(b"content-length") and stream.upgrade is None)
         cstats.upstream_rq_active.value += 1
         self.pool_handle = pool.new_stream(self)
+
+    def _accept_upgrade(self, route) -> bool:
+        """Envoy's HCM, before the router: an upgrade (or CONNECT) request is taken when its
+        route's upgrade_configs, else the HCM's, enable its kind (counted in
+        downstream_cx_upgrades_total); else answered 403 (counted in
+        downstream_rq_ws_on_non_ws_route, not in rq_total: the router never saw it)."""
+        ctx = self.ctx
+        stream = self.stream
+        if not ctx.route_upgrade_allowed(route.action if route is not None else None, stream.upgrade):
+            ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
+            stream.send_local_reply(403, b"", None, "upgrade_failed")
+            return False
+        stream.accept_upgrade()
+        return True
 
     def _add_cookie(self, policy) -> str:
         """A cookie hash policy's missing cookie (Envoy's addDownstreamSetCookie): its value is
@@ -392,6 +415,8 @@ class RouterFilter:
         self.pool_handle = None
         if self.done:
             return
+        if flag != "UO":  # Envoy logs the host a connect failed to (%UPSTREAM_HOST%)
+            self.stream.upstream_host = self.pool.host_str
         self._outlier_connect_failed(flag)
         self._release_request_slot()
         status = 503
@@ -457,7 +482,8 @@ class RouterFilter:
         if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
             self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
         rc = self.config
-        if not rc.suppress_envoy_headers:
+        if not rc.suppress_envoy_headers and (stream.upgrade is None or self.request_ended):
+            # (Envoy adds it once the downstream request is complete: not to a tunnel's answer.)
             ms = int((now - self.upstream_start) * 1000)
             headers.fields.append((b"x-envoy-upstream-service-time",
                                    _MS[ms] if ms < 1000 else b"%d" % ms))
@@ -516,13 +542,13 @@ class RouterFilter:
         if self.done:
             return
         self.upstream = None
-        self.cluster.stats.upstream_rq_rx_reset.value += 1
         self._release_request_slot()
         stream = self.stream
         if stream.upgraded:
-            # A tunnel ends when either side closes.
+            # A tunnel ends when either side closes (its upstream closing is no reset).
             stream.encode_data(b"", True)
             return
+        self.cluster.stats.upstream_rq_rx_reset.value += 1
         self._outlier_connect_failed(flag)
         if not self.response_started:
             self._charge_local(status)
@@ -603,6 +629,15 @@ class RouterFilter:
             self.timeout_timer = None
         if self.holds_request_slot or self.holds_retry_slot:
             self._release_request_slot()
+
+
+class _HostlessTally:
+    """Where ClusterStats.record_response counts a reply made before any host was chosen."""
+
+    __slots__ = ("rq_error", "rq_success")
+
+    def __init__(self) -> None:
+        self.rq_error = self.rq_success = 0
 
 
 class Shadow:

@@ -191,6 +191,8 @@ class RetryingRouter(RouterFilter):
         self.pool_handle = None
         if self.done:
             return
+        if flag != "UO":  # Envoy logs the host a connect failed to (%UPSTREAM_HOST%)
+            self.stream.upstream_host = self.pool.host_str
         self._outlier_connect_failed(flag)
         self._end_attempt()
         kind = OVERFLOWED if flag == "UO" else CONNECT_FAILURE

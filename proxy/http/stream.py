@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from ..access_log.stream_info import StreamInfo
 from .filter_manager import FilterManager
 from .headers import RequestHead, ResponseHead, append_via
-from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED, UPGRADED
+from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED,
+                           UPGRADE_ACCEPTED, UPGRADED)
 
 if TYPE_CHECKING:
     from .conn_manager import ConnectionManager
@@ -159,10 +160,9 @@ class ActiveStream(FilterManager, StreamInfo):
         codec = hcm.codec
         if ctx.worker.draining:
             codec.go_away()
-        if status == 101 and self.upgrade:
-            self.state |= UPGRADED
-            hcm.stats.downstream_cx_upgrades_total.value += 1
-            hcm.stats.downstream_cx_upgrades_active.value += 1
+        if self.upgrade is not None and (status == 101 or (
+                self.upgrade == b"CONNECT" and 200 <= status < 300)):
+            self.state |= UPGRADED  # a tunnel from here (RFC 9110 §9.3.6 for CONNECT)
         if body:  # the whole response (what encode_data and encode_end do); b"": headers only
             self.bytes_sent += len(body)
             codec.encode_response(self.stream_id, status, headers.fields, body)
@@ -185,11 +185,9 @@ class ActiveStream(FilterManager, StreamInfo):
             self.bytes_sent += len(data)
             self.last_activity = time.monotonic()
         if end_stream:
-            if self.state & UPGRADED:
-                if data:
-                    self.hcm.codec.encode_data(self.stream_id, data, False)
-            else:
-                self.hcm.codec.encode_data(self.stream_id, data, True)
+            # (A tunnel's end: HTTP/2 sends END_STREAM; HTTP/1.1 writes nothing, its tunnel
+            # ends with the connection.)
+            self.hcm.codec.encode_data(self.stream_id, data, True)
             self.state |= RESPONSE_COMPLETE
             self.hcm.stream_done(self)
         elif data:
@@ -200,9 +198,18 @@ class ActiveStream(FilterManager, StreamInfo):
         if self.state & (CLOSED | RESPONSE_COMPLETE):
             return
         self.state |= RESPONSE_COMPLETE
-        if not self.state & UPGRADED:
-            self.hcm.codec.encode_trailers(self.stream_id, trailers)
+        # (A tunnel has no trailers: its end alone.)
+        self.hcm.codec.encode_trailers(self.stream_id, None if self.state & UPGRADED else trailers)
         self.hcm.stream_done(self)
+
+    def accept_upgrade(self) -> None:
+        """The route allows this stream's upgrade (or CONNECT): Envoy counts it then, whatever
+        the answer (downstream_cx_upgrades_total and _active, until the stream ends)."""
+        if not self.state & UPGRADE_ACCEPTED:
+            self.state |= UPGRADE_ACCEPTED
+            st = self.hcm.stats
+            st.downstream_cx_upgrades_total.value += 1
+            st.downstream_cx_upgrades_active.value += 1
 
     def reset(self, details: str = "") -> None:
         """Abort the stream: its codec resets it on the wire (HTTP/1.1: by closing the

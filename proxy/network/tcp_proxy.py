@@ -70,6 +70,10 @@ class TcpProxyContext:
 
     def new_connection(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed,
                        info=None) -> TcpProxySession:
+        if self.config.tunneling_hostname is not None:  # the bytes go in an HTTP CONNECT
+            from .tcp_proxy_tunnel import TunnelingSession
+            return TunnelingSession(self, transport_socket, remote, local, conn_id, buffer_limit,
+                                    on_closed, info)
         return TcpProxySession(self, transport_socket, remote, local, conn_id, buffer_limit, on_closed,
                                info)
 

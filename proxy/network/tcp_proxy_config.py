@@ -37,6 +37,11 @@ class TcpProxyConfig:
     weighted_clusters: tuple[WeightedCluster, ...] = ()
     idle_timeout: float = 3600.0                       # 0 disables; bounds idle connections
     access_logs: tuple[Any, ...] = ()
+    # tunneling_config.hostname: the downstream's bytes go in an HTTP CONNECT to this
+    # authority over the cluster's HTTP pool (tcp_proxy_tunnel.py); None: plain TCP upstream.
+    tunneling_hostname: str | None = None
+    # tunneling_config.headers_to_add (router/header_mutation.py), applied to each CONNECT.
+    tunneling_headers: tuple[Any, ...] = ()
 
 
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
@@ -55,7 +60,7 @@ TCP_PROXY = Message(TCP_PROXY_PROTO, title="TCP proxy", model=TcpProxyConfig, fi
     refused("on_demand"),
     refused("metadata_match"),
     refused("hash_policy"),
-    refused("tunneling_config"),
+    used("tunneling_config", attr="tunneling_hostname", why="its own table: the bytes go in a CONNECT"),
     refused("access_log_flush_interval"),
     refused("flush_access_log_on_connected"),
     refused("access_log_options"),
@@ -63,6 +68,20 @@ TCP_PROXY = Message(TCP_PROXY_PROTO, title="TCP proxy", model=TcpProxyConfig, fi
     refused("proxy_protocol_tlvs"),
     refused("upstream_connect_mode"),
     refused("max_early_data_bytes"),
+))
+
+TUNNELING_CONFIG = Message(TCP_PROXY_PROTO + ".TunnelingConfig", fields=(
+    used("hostname", attr="tunneling_hostname", why="a literal authority (no %...% format operators)"),
+    refused("use_post", "a POST instead of CONNECT", default=False, only_default=True),
+    used("headers_to_add", attr="tunneling_headers"),
+    refused("propagate_response_headers", "the CONNECT's response headers in filter state",
+            default=False, only_default=True),
+    refused("post_path", "a POST instead of CONNECT"),
+    refused("propagate_response_trailers", "the tunnel's response trailers in filter state",
+            default=False, only_default=True),
+    refused("request_id_extension"),
+    refused("request_id_header"),
+    refused("request_id_metadata_key"),
 ))
 
 WEIGHTED_CLUSTERS = Message(TCP_PROXY_PROTO + ".WeightedCluster", fields=(
@@ -92,13 +111,32 @@ def parse_tcp_proxy(raw: Mapping[str, Any], path: str) -> TcpProxyConfig:
     else:
         weighted = _parse_weighted(f)
     TCP_PROXY.require_default(f, "max_connect_attempts", f.int("max_connect_attempts", 1, min=1))
+    hostname, tunnel_headers = (_tunneling(f) if f.value("tunneling_config") is not None
+                                else (None, ()))
     return TcpProxyConfig(
         stat_prefix=stat_prefix,
         cluster=cluster,
         weighted_clusters=weighted,
         idle_timeout=f.duration("idle_timeout", 3600.0),
         access_logs=tuple(parse_access_logs(f.list("access_log"))),
+        tunneling_hostname=hostname,
+        tunneling_headers=tunnel_headers,
     )
+
+
+def _tunneling(f: Fields) -> tuple[str, tuple[Any, ...]]:
+    t = TUNNELING_CONFIG.read(f.value("tunneling_config"), f.at("tunneling_config"))
+    for name in ("use_post", "propagate_response_headers", "propagate_response_trailers"):
+        TUNNELING_CONFIG.require_default(t, name, t.bool(name, False))
+    hostname = t.str("hostname", required=True)
+    if not hostname:
+        raise ConfigError(t.at("hostname"), "must not be empty")
+    if "%" in hostname:
+        raise ConfigError(t.at("hostname"), "not supported yet (format operators in the hostname)")
+    if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7e for c in hostname):
+        raise ConfigError(t.at("hostname"), "must be a valid authority")
+    from proxy.router.header_mutation import parse_header_mutations
+    return hostname, parse_header_mutations(t, "headers_to_add", None)
 
 
 def _parse_weighted(f: Fields) -> tuple[WeightedCluster, ...]:

@@ -65,6 +65,10 @@ class RouteAction:
     idle_timeout: float | None = None
     cluster_not_found_response_code: int = 503
     upgrade_configs: tuple[tuple[str, bool], ...] = ()
+    # An enabled CONNECT upgrade config with `connect_config`: a CONNECT request on this route
+    # is terminated here (answered 200 once a TCP connection to the host is up, its bytes then
+    # streamed over it); without, a CONNECT request is forwarded to the upstream as it came.
+    connect_terminate: bool = False
     path_rewrite: PathRewrite = PathRewrite()
     # The route's retry_policy, else its virtual host's (Envoy: the route's replaces the
     # virtual host's whole); None: neither has one.
@@ -250,7 +254,12 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
 UPGRADE_CONFIG = Message("envoy.config.route.v3.RouteAction.UpgradeConfig", fields=(
     used("upgrade_type", attr="upgrade_configs"),
     used("enabled", True, attr="upgrade_configs"),
-    refused("connect_config"),
+    used("connect_config", attr="connect_terminate", why="CONNECT only: the proxy terminates "
+         "the CONNECT and streams its bytes to a TCP connection to the host"),
+))
+CONNECT_CONFIG = Message("envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", fields=(
+    refused("proxy_protocol_config", "a PROXY protocol header on the tunnel's upstream connection"),
+    refused("allow_post", "POST requests tunnelled as raw TCP", default=False, only_default=True),
 ))
 WEIGHTED_CLUSTER = Message("envoy.config.route.v3.WeightedCluster", fields=(
     used("clusters", attr="weighted_clusters"),
@@ -329,9 +338,19 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
     host_literal = f.str("host_rewrite_literal")
     f.oneof("host_rewrite_literal", "auto_host_rewrite")
     upgrades = []
+    connect_terminate = False
     for item, upath in f.list("upgrade_configs"):
         u = UPGRADE_CONFIG.read(item, upath)
-        upgrades.append((u.str("upgrade_type", required=True).lower(), u.bool("enabled", True)))
+        kind = u.str("upgrade_type", required=True).lower()
+        enabled = u.bool("enabled", True)
+        upgrades.append((kind, enabled))
+        if u.has("connect_config"):
+            if kind != "connect":  # Envoy: "Non-CONNECT upgrade type ... has ConnectConfig"
+                raise ConfigError(u.at("connect_config"), f"only a CONNECT upgrade config may have "
+                                  f"one, not {kind!r}")
+            c = CONNECT_CONFIG.read(u.value("connect_config"), u.at("connect_config"))
+            CONNECT_CONFIG.require_default(c, "allow_post", c.bool("allow_post", False))
+            connect_terminate = enabled
     code = f.enum("cluster_not_found_response_code", tuple(_NOT_FOUND_CODES),
                   "SERVICE_UNAVAILABLE")
     msd = (parse_max_stream_duration(MAX_STREAM_DURATION.read(f.value("max_stream_duration"),
@@ -362,6 +381,7 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         include_vh_rate_limits=f.bool("include_vh_rate_limits", False),
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
+        connect_terminate=connect_terminate,
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),
         # Envoy: the route's retry_policy, if it has one, replaces the virtual host's whole.
         retry_policy=(parse_retry_policy(f.value("retry_policy"), f.at("retry_policy"))

@@ -14,6 +14,7 @@ Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `Heade
 - values are format strings: `%%` is a literal percent; supported operators are
   `%DOWNSTREAM_REMOTE_ADDRESS%`, `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`,
   `%DOWNSTREAM_LOCAL_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%`,
+  `%DOWNSTREAM_REMOTE_PORT%`, `%DOWNSTREAM_LOCAL_PORT%`,
   `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation), `%START_TIME%`,
   `%REQUESTED_SERVER_NAME%` and the TLS operators
   (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_PEER_SUBJECT%`, ...: access_log/tls_operators.py,
@@ -73,6 +74,16 @@ def _attr(name: str, strip_port: bool) -> Callable[[Any], str]:
     return get
 
 
+def _port(name: str) -> Callable[[Any], str]:
+    def get(info: Any) -> str:
+        v = getattr(info, name, None) if info is not None else None
+        if not v:
+            return ""
+        port = str(v).rpartition(":")[2]
+        return port if port.isdigit() else ""
+    return get
+
+
 def _start_time(info: Any) -> str:
     t = getattr(info, "start_time", None) if info is not None else None
     if t is None:
@@ -99,6 +110,8 @@ _SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _attr("downstream_remote_address", True),
     "DOWNSTREAM_LOCAL_ADDRESS": _attr("downstream_local_address", False),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _attr("downstream_local_address", True),
+    "DOWNSTREAM_REMOTE_PORT": _port("downstream_remote_address"),
+    "DOWNSTREAM_LOCAL_PORT": _port("downstream_local_address"),
     "START_TIME": _start_time,
     "REQUESTED_SERVER_NAME": _attr("requested_server_name", False),
 }

@@ -314,7 +314,8 @@ class RequestView:
 
 # Route match ------------------------------------------------------------------------------
 
-_PATH_KINDS = ("prefix", "path", "safe_regex", "path_separated_prefix")
+_PATH_KINDS = ("prefix", "path", "safe_regex", "path_separated_prefix", "connect_matcher")
+CONNECT_MATCH_TABLE = Message("envoy.config.route.v3.RouteMatch.ConnectMatcher", fields=())
 
 
 def _is_grpc(req: Any) -> bool:
@@ -354,7 +355,7 @@ class RouteMatch:
             object.__setattr__(self, "raw_prefix", self.value.encode("ascii"))
 
     def matches(self, view: RequestView) -> bool:
-        if not self._path_matches(view.path):
+        if not self._path_matches(view):
             return False
         req = view.req
         for h in self.headers:
@@ -377,8 +378,11 @@ class RouteMatch:
                 return False
         return True
 
-    def _path_matches(self, path: str) -> bool:
+    def _path_matches(self, view: RequestView) -> bool:
         kind = self.kind
+        if kind == "connect_matcher":  # Envoy's ConnectRouteEntryImpl: CONNECT requests only
+            return view.req.method == b"CONNECT"
+        path = view.path
         if kind == "safe_regex":
             return self.regex.fullmatch(path) is not None  # type: ignore[union-attr]
         if not self.case_sensitive:
@@ -402,7 +406,7 @@ ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch", model=RouteMatch,
     used("prefix", attr="value"),
     used("path", attr="value"),
     used("safe_regex", attr="regex"),
-    refused("connect_matcher"),
+    used("connect_matcher", attr="kind", why="matches CONNECT requests (Envoy: no other)"),
     used("path_separated_prefix", attr="value"),
     refused("path_match_policy"),
     used("case_sensitive", True),
@@ -429,6 +433,8 @@ def parse_route_match(raw: Any, path: str) -> RouteMatch:
     value, regex = "", None
     if kind == "safe_regex":
         regex = parse_regex_matcher(f.raw[kind], f.at(kind))
+    elif kind == "connect_matcher":
+        CONNECT_MATCH_TABLE.read(f.raw[kind], f.at(kind))
     else:
         value = f.str(kind)
         if kind == "path_separated_prefix":

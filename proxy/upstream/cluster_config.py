@@ -43,7 +43,12 @@ _HTTP_PROTOCOL_OPTIONS_URL = "type.googleapis.com/" + HTTP_PROTOCOL_OPTIONS
 
 # Envoy enum orders matter: proto enums may be written by number (reader maps index -> name).
 _TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
-_SUPPORTED_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
+_SUPPORTED_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
+# The load balancer of an ORIGINAL_DST cluster is the cluster's own; neither name is valid on
+# another type (Envoy's rule).
+_ORIGINAL_DST_LB = ("CLUSTER_PROVIDED", "ORIGINAL_DST_LB")
+DEFAULT_ORIGINAL_DST_HEADER = "x-envoy-original-dst-host"
+DEFAULT_CLEANUP_INTERVAL = 5.0
 _LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RING_HASH", "RANDOM", "ORIGINAL_DST_LB",
                 "MAGLEV", "CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG")
 _SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
@@ -127,6 +132,16 @@ class EdsClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OriginalDstConfig:
+    """An ORIGINAL_DST cluster's `original_dst_lb_config` and `cleanup_interval`
+    (upstream/original_dst.py picks and forgets its hosts)."""
+    use_http_header: bool = False
+    http_header_name: str = DEFAULT_ORIGINAL_DST_HEADER   # lower-case; ":authority" allowed
+    upstream_port_override: int | None = None
+    cleanup_interval: float = DEFAULT_CLEANUP_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
 class HashingConfig:
     """upstream/hashing_lb.py's parameters (Envoy's defaults)."""
     minimum_ring_size: int = 1024
@@ -188,6 +203,8 @@ class ClusterConfig:
     transport_socket: Any = field(default=RAW_BUFFER, compare=False)
     # type EDS: where its ClusterLoadAssignment comes from (eds_cluster_config).
     eds: EdsClusterConfig | None = None
+    # type ORIGINAL_DST: how each request's host is found (original_dst_lb_config).
+    original_dst: OriginalDstConfig | None = None
     # The original config object, for /config_dump. Never mutate it.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -198,9 +215,10 @@ _NO_DNS_CONFIG = "the system resolver (getaddrinfo) is used"
 
 CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     used("name"),
-    used("type", "STATIC", why="STATIC, STRICT_DNS, LOGICAL_DNS"),
+    used("type", "STATIC", why="STATIC, STRICT_DNS, LOGICAL_DNS, EDS, ORIGINAL_DST"),
     used("connect_timeout", "5s"),
-    used("lb_policy", "ROUND_ROBIN", why="ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV"),
+    used("lb_policy", "ROUND_ROBIN", why="ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV; "
+         "CLUSTER_PROVIDED or ORIGINAL_DST_LB for ORIGINAL_DST"),
     used("load_assignment", attr="endpoints"),
     used("hosts", attr="endpoints", why="legacy form of load_assignment"),
     used("dns_refresh_rate", "5s"),
@@ -234,12 +252,12 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
     refused("typed_dns_resolver_config", _NO_DNS_CONFIG),
     refused("dns_jitter"),
     refused("wait_for_warm_on_init"),
-    refused("cleanup_interval", "ORIGINAL_DST clusters"),
+    used("cleanup_interval", "5s", attr="original_dst", why="ORIGINAL_DST: how long an unused host is kept"),
     refused("upstream_bind_config"),
     refused("lb_subset_config"),
     used("ring_hash_lb_config", attr="hashing", why="its own table"),
     used("maglev_lb_config", attr="hashing", why="its own table"),
-    refused("original_dst_lb_config"),
+    used("original_dst_lb_config", attr="original_dst", why="its own table"),
     refused("round_robin_lb_config"),
     refused("protocol_selection"),
     refused("upstream_connection_options"),
@@ -262,6 +280,13 @@ EDS_CLUSTER_CONFIG = Message("envoy.config.cluster.v3.Cluster.EdsClusterConfig",
     used("service_name", why="the ClusterLoadAssignment's cluster_name (default: the cluster's name)"),
 ))
 
+ORIGINAL_DST_LB_CONFIG = Message("envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+                                 model=OriginalDstConfig, fields=(
+    used("use_http_header", False),
+    used("http_header_name", DEFAULT_ORIGINAL_DST_HEADER),
+    used("upstream_port_override"),
+    refused("metadata_key", "the destination from dynamic metadata"),
+), bookkeeping=("cleanup_interval",))
 LOAD_ASSIGNMENT = Message("envoy.config.endpoint.v3.ClusterLoadAssignment", fields=(
     used("cluster_name", attr="", why="EDS: must be the cluster's service_name (or name); a "
                                        "static cluster's endpoints are its own"),
@@ -513,7 +538,8 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     ctype = errors.run(_type, f)
     if ctype is MISSING:
         errors.raise_if_any()  # the endpoints cannot be checked without the type
-    lb_policy = errors.run(_lb_policy, f)
+    lb_policy = errors.run(_lb_policy, f, ctype)
+    original_dst = errors.run(_original_dst, f, ctype)
     connect_timeout = errors.run(_connect_timeout, f)
     dns_refresh_rate = errors.run(_dns_refresh_rate, f)
     endpoints = errors.run(_endpoints, f, ctype)
@@ -568,6 +594,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         use_downstream_protocol=downstream,
         http2=http2,
         eds=eds,
+        original_dst=original_dst,
         raw=raw,
     )
 
@@ -587,12 +614,41 @@ def _type(f: Fields) -> str:
     return ctype
 
 
-def _lb_policy(f: Fields) -> str:
+def _lb_policy(f: Fields, ctype: str) -> str:
     lb_policy = f.enum("lb_policy", _LB_POLICIES, "ROUND_ROBIN")
+    if ctype == "ORIGINAL_DST":
+        if lb_policy not in _ORIGINAL_DST_LB:
+            raise ConfigError(f.at("lb_policy"), f"lb_policy {lb_policy} is not valid for cluster "
+                              "type ORIGINAL_DST: only CLUSTER_PROVIDED or ORIGINAL_DST_LB is")
+        return lb_policy
+    if lb_policy in _ORIGINAL_DST_LB:
+        raise ConfigError(f.at("lb_policy"), f"lb_policy {lb_policy} is only valid for cluster "
+                          "type ORIGINAL_DST")
     if lb_policy not in _SUPPORTED_LB:
         raise not_supported(f.at("lb_policy"), f"lb_policy {lb_policy}; expected one of "
                                                f"{', '.join(_SUPPORTED_LB)}")
     return lb_policy
+
+
+def _original_dst(f: Fields, ctype: str) -> OriginalDstConfig | None:
+    """ORIGINAL_DST's settings (original_dst_lb_config, cleanup_interval); either on another
+    type is an error, as in Envoy."""
+    if ctype != "ORIGINAL_DST":
+        for name in ("original_dst_lb_config", "cleanup_interval"):
+            if f.has(name):
+                raise ConfigError(f.at(name), "only for cluster type ORIGINAL_DST")
+        return None
+    cleanup = f.duration("cleanup_interval", DEFAULT_CLEANUP_INTERVAL)
+    if cleanup <= 0:
+        raise ConfigError(f.at("cleanup_interval"), "must be greater than 0s")
+    if not f.has("original_dst_lb_config"):
+        return OriginalDstConfig(cleanup_interval=cleanup)
+    o = ORIGINAL_DST_LB_CONFIG.read(f.value("original_dst_lb_config"), f.at("original_dst_lb_config"))
+    name = o.str("http_header_name", "") or DEFAULT_ORIGINAL_DST_HEADER
+    port = o.int("upstream_port_override", None, min=0, max=65535)
+    return OriginalDstConfig(use_http_header=o.bool("use_http_header", False),
+                             http_header_name=name.lower(), upstream_port_override=port,
+                             cleanup_interval=cleanup)
 
 
 def _connect_timeout(f: Fields) -> float:
@@ -663,7 +719,10 @@ def _endpoints(f: Fields, ctype: str) -> tuple[EndpointConfig, ...]:
         out.extend(_assignment_endpoints(la, ctype))
     if ctype == "EDS" and out:
         raise ConfigError(f.at("hosts"), "an EDS cluster's endpoints come from its eds_cluster_config")
-    if ctype not in ("STATIC", "EDS") and not out:
+    if ctype == "ORIGINAL_DST" and out:
+        raise ConfigError(f.at("load_assignment"), "ORIGINAL_DST clusters take their hosts from "
+                          "each request; they must have no load assignment")
+    if ctype not in ("STATIC", "EDS", "ORIGINAL_DST") and not out:
         raise ConfigError(f.at("load_assignment"), f"{ctype} clusters need at least one endpoint")
     if ctype == "LOGICAL_DNS" and len(out) != 1:
         raise ConfigError(f.at("load_assignment"), "LOGICAL_DNS clusters must have exactly one "

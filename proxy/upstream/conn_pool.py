@@ -3,8 +3,8 @@
 A pool's key (`PoolKey`) is what makes two upstream connections interchangeable: the host, the
 protocol (its ALPN name) and the transport socket factory's key (its options: raw_buffer
 today, TLS settings later); its connections get their transport sockets from that factory. The
-protocol chooses the connection class (`CLIENT_CONNECTIONS`: HTTP/1.1 and HTTP/2; the tests'
-multiplexing codec registers one more), each a `PoolConnection`
+protocol chooses the connection class (`CLIENT_CONNECTIONS`: HTTP/1.1, HTTP/2, and TCP for
+terminated CONNECT tunnels; the tests' multiplexing codec registers one more), each a `PoolConnection`
 (http/codec/client_protocol.py) that says how many more streams it may take (`capacity`).
 
 Bookkeeping only (httpcore's lesson): the pool keeps each connection in one state (connecting
@@ -31,9 +31,10 @@ from ..http.alpn_client_connection import MIXED, AlpnClientConnection
 from ..http.codec.client_protocol import BUSY, CLOSED, CONNECTING, READY, PoolConnection
 from ..http.codec_client import UpstreamHttpConnection, transport_failure
 from ..http.http2_client_connection import HTTP2, Http2ClientConnection
+from ..http.tcp_upstream import TCP, TcpUpstreamConnection
 from ..network.connection import CloseReason
 
-__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "HTTP2", "MIXED",
+__all__ = ["HttpConnPool", "PendingRequest", "PoolKey", "HTTP11", "HTTP2", "MIXED", "TCP",
            "CLIENT_CONNECTIONS", "register_client_connection", "DownstreamProtocolPool"]
 
 HTTP11 = "http/1.1"  # ALPN names of the upstream protocols; HTTP2 = "h2" (http2_client_connection)
@@ -43,7 +44,8 @@ HTTP11 = "http/1.1"  # ALPN names of the upstream protocols; HTTP2 = "h2" (http2
 # connection becomes HTTP/2 or HTTP/1.1 by ALPN once connected (on_protocol_selected).
 CLIENT_CONNECTIONS: dict[str, type] = {HTTP11: UpstreamHttpConnection,
                                        HTTP2: Http2ClientConnection,
-                                       MIXED: AlpnClientConnection}
+                                       MIXED: AlpnClientConnection,
+                                       TCP: TcpUpstreamConnection}
 
 
 def register_client_connection(protocol: str, factory) -> None:

@@ -16,7 +16,8 @@ Thread affinity: one worker.
 from __future__ import annotations
 
 from ..network.transport_socket import upstream_transport_factory
-from .conn_pool import HTTP2, HTTP11, MIXED, DownstreamProtocolPool, HttpConnPool, PoolKey
+from .conn_pool import HTTP2, HTTP11, MIXED, TCP, DownstreamProtocolPool, HttpConnPool, PoolKey
+from .original_dst import OriginalDstHosts
 from .priority_lb import PriorityLoadBalancer
 
 __all__ = ["WorkerCluster", "ClusterStats", "upstream_protocol", "DOWNSTREAM"]
@@ -48,7 +49,7 @@ _COUNTERS = (
     "upstream_rq_retry_backoff_exponential", "upstream_rq_retry_backoff_ratelimited",
     "upstream_rq_per_try_timeout", "upstream_rq_per_try_idle_timeout", "retry_or_shadow_abandoned",
     "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
-    "upstream_rq_5xx", "lb_healthy_panic",
+    "upstream_rq_5xx", "lb_healthy_panic", "original_dst_host_invalid",
 )
 _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active")
 
@@ -141,6 +142,8 @@ class WorkerCluster:
         self.pools: dict[PoolKey, HttpConnPool] = {}       # DEFAULT priority
         self.high_pools: dict[PoolKey, HttpConnPool] = {}  # routes with priority HIGH
         self.codec_impl = worker.codec_impl
+        # ORIGINAL_DST: the hosts its requests named (original_dst.py); else None.
+        self.request_lb = None
         self.update(snapshot)
 
     def update(self, snapshot) -> None:
@@ -170,10 +173,21 @@ class WorkerCluster:
         # policy's cookie is generated for hashing clusters only).
         self.hashing = lb.choose_hash is not None
         self.choose_host_by_hash = lb.choose_hash or (lambda h: self.choose_host())
+        od = snapshot.config.original_dst
+        if od is None:
+            if self.request_lb is not None:
+                self.request_lb.stop()
+            self.request_lb = None
+        elif self.request_lb is None or self.request_lb.config != od:
+            if self.request_lb is not None:
+                self.request_lb.stop()
+            self.request_lb = OriginalDstHosts(od, self)
         keep = {h.key for h in snapshot.hosts}
+        if self.request_lb is not None:
+            keep.update(self.request_lb.hosts)
         for pools in (self.pools, self.high_pools):
             for key in [k for k in pools if k.host not in keep or k.transport != tf.key
-                        or k.protocol != protocol]:
+                        or k.protocol not in (protocol, TCP)]:
                 pools.pop(key).drain()
 
     def host_pools(self, key: tuple[str, int]) -> list[HttpConnPool]:
@@ -201,6 +215,23 @@ class WorkerCluster:
                 pool = HttpConnPool(self, host, limits, self.transport_factory, self.protocol)
             pools[pool.key] = pool
         return pool
+
+    def tcp_pool_for(self, host, high_priority: bool = False) -> HttpConnPool:
+        """The host's pool of TCP connections (tcp_upstream.py): a terminated CONNECT's
+        upstream. Held to the same circuit breakers as the cluster's HTTP pools."""
+        pools = self.high_pools if high_priority else self.pools
+        key = PoolKey(host.key, TCP, self.transport_key)
+        pool = pools.get(key)
+        if pool is None:
+            limits = self.high_limits if high_priority else self.limits
+            pool = pools[key] = HttpConnPool(self, host, limits, self.transport_factory, TCP)
+        return pool
+
+    def drain_host(self, key: tuple[str, int]) -> None:
+        """Forget a host's pools (an ORIGINAL_DST host no request named for a while)."""
+        for pools in (self.pools, self.high_pools):
+            for k in [k for k in pools if k.host == key]:
+                pools.pop(k).drain()
 
     def drain(self) -> None:
         for pools in (self.pools, self.high_pools):

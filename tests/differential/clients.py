@@ -99,7 +99,8 @@ def _method_of(raw: bytes) -> str:
 def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
              responses: int = 1, half_close: bool = False) -> Observation:
     """Send `raw` on a new connection and read one response, or `responses` of them (pipelined
-    requests: `status` is then the list of statuses, CLOSED where the connection ended first;
+    requests, or a CONNECT and what answers the request sent through its tunnel: `status` is
+    then the list of statuses, CLOSED where the connection ended first;
     headers and non-echo bodies are gathered over all of them). `half_close` shuts the write
     side after sending. With `keep` (a list), the connection is left open and appended to it
     (closed at the end of the case)."""
@@ -113,8 +114,11 @@ def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
             s.sendall(raw)
             if half_close:
                 s.shutdown(socket.SHUT_WR)
+            method = _method_of(raw)
             for _ in range(responses):
-                resp = read_response(s, _method_of(raw), reader)
+                resp = read_response(s, method, reader)
+                if method == "CONNECT" and 200 <= resp.status < 300:
+                    method = "GET"  # what follows comes through the tunnel
                 statuses.append(resp.status)
                 for k, v in resp.headers:
                     obs.headers.setdefault(k, []).append(v)

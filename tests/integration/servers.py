@@ -315,7 +315,8 @@ def read_response(sock: socket.socket, method: str = "GET", reader: _Reader | No
             headers.append((k.strip().lower(), v.strip()))
     hmap = dict(headers)
     body = bytearray()
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200 or (
+            method == "CONNECT" and 200 <= status < 300):  # (a tunnel follows: RFC 9110 §9.3.6)
         return Response(status, headers, b"")
     if "content-length" in hmap or hmap.get("transfer-encoding", "").lower() == "chunked":
         trailers: list[tuple[str, str]] = []

@@ -154,9 +154,23 @@ def test_missing_name_is_an_error():
     assert error({"type": "STATIC"}) == f"{P}.name: required field is missing"
 
 
-@pytest.mark.parametrize("ctype", ["ORIGINAL_DST"])
-def test_unsupported_discovery_types_are_refused(ctype):
-    assert error(cluster(type=ctype)).startswith(f"{P}.type: not supported yet (cluster type {ctype};")
+def test_original_dst_cluster_takes_no_endpoints_and_only_its_own_lb_policy():
+    raw = {"name": "od", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+           "original_dst_lb_config": {"use_http_header": True, "http_header_name": ":authority"}}
+    c = parse_cluster(raw, P)
+    assert c.original_dst.use_http_header and c.original_dst.http_header_name == ":authority"
+    assert c.original_dst.cleanup_interval == 5.0 and c.endpoints == ()
+    assert error(dict(raw, lb_policy="ROUND_ROBIN")) == (
+        f"{P}.lb_policy: lb_policy ROUND_ROBIN is not valid for cluster type ORIGINAL_DST: only "
+        "CLUSTER_PROVIDED or ORIGINAL_DST_LB is")
+    assert error(dict(raw, load_assignment={"endpoints": [{"lb_endpoints": [
+        lb_endpoint("127.0.0.1", 1)]}]})).startswith(f"{P}.load_assignment: ORIGINAL_DST clusters")
+    assert error(dict(raw, original_dst_lb_config={"metadata_key": {"key": "k"}})) == (
+        f"{P}.original_dst_lb_config.metadata_key: not supported yet (the destination from "
+        "dynamic metadata)")
+    assert error(cluster(cleanup_interval="1s")) == f"{P}.cleanup_interval: only for cluster type ORIGINAL_DST"
+    assert parse_cluster(dict(raw, original_dst_lb_config={"upstream_port_override": 8443}),
+                         P).original_dst.upstream_port_override == 8443
 
 
 def test_eds_cluster_needs_an_eds_config_and_no_load_assignment():
@@ -172,10 +186,11 @@ def test_eds_cluster_needs_an_eds_config_and_no_load_assignment():
     assert "eds_cluster_config" in error(cluster(type="EDS", eds_cluster_config=good["eds_cluster_config"]))
 
 
-def test_unknown_lb_policy_value_is_refused_and_original_dst_is_unsupported():
+def test_unknown_lb_policy_value_is_refused_and_original_dst_lb_needs_its_type():
     assert error(cluster(lb_policy="ROUND_ROBN")).startswith(
         f'{P}.lb_policy: unknown value "ROUND_ROBN" (did you mean "ROUND_ROBIN"?)')
-    assert "not supported" in error(cluster(lb_policy="ORIGINAL_DST_LB"))
+    assert error(cluster(lb_policy="ORIGINAL_DST_LB")) == (
+        f"{P}.lb_policy: lb_policy ORIGINAL_DST_LB is only valid for cluster type ORIGINAL_DST")
 
 
 def test_static_endpoint_must_be_an_ip_literal():

@@ -106,8 +106,8 @@ def test_http3_codec_refused_http2_accepted_with_its_options():
     assert c.codec_type == "HTTP2"
     assert c.http2_protocol_options.max_concurrent_streams == 7
     assert c.http2_protocol_options.initial_stream_window_size == 65535
-    for refused in ({"allow_connect": True}, {"allow_metadata": True}):
-        assert "not supported yet" in _err(parse_hcm, _hcm(http2_protocol_options=refused))
+    assert "not supported yet" in _err(parse_hcm, _hcm(http2_protocol_options={"allow_metadata": True}))
+    assert parse_hcm(_hcm(http2_protocol_options={"allow_connect": True}), P).http2_protocol_options.allow_connect
     c = parse_hcm(_hcm(http2_protocol_options={"hpack_table_size": 100, "max_outbound_frames": 10}), P)
     assert (c.http2_protocol_options.hpack_table_size, c.http2_protocol_options.max_outbound_frames) == (100, 10)
 
@@ -259,5 +259,17 @@ def test_tcp_proxy_requires_stat_prefix_and_one_cluster_choice():
 
 
 def test_tcp_proxy_unsupported_field_named():
-    assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a", "tunneling_config": {"hostname": "h"}},
-                "t") == "t.tunneling_config: not supported yet"
+    assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a", "hash_policy": [{}]},
+                "t") == "t.hash_policy: not supported yet"
+
+
+def test_tcp_proxy_tunneling_config_takes_a_literal_hostname_and_headers_to_add():
+    c = parse_tcp_proxy({"stat_prefix": "s", "cluster": "a", "tunneling_config": {
+        "hostname": "h.example:443", "headers_to_add": [{"header": {"key": "x", "value": "%DOWNSTREAM_LOCAL_PORT%"}}]}}, "t")
+    assert c.tunneling_hostname == "h.example:443" and len(c.tunneling_headers) == 1
+    for bad, message in (({"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"}, "t.tunneling_config.hostname: not supported yet"),
+                         ({"hostname": "h", "use_post": True}, "t.tunneling_config.use_post: not supported yet"),
+                         ({"hostname": "h", "post_path": "/p"}, "t.tunneling_config.post_path: not supported yet"),
+                         ({}, "t.tunneling_config.hostname: required field is missing")):
+        assert _err(parse_tcp_proxy, {"stat_prefix": "s", "cluster": "a", "tunneling_config": bad},
+                    "t").startswith(message)

@@ -207,7 +207,7 @@ def test_refused_upgrade_resumes_http_parsing(impl):
 def test_connect_2xx_turns_the_connection_into_a_tunnel(impl):
     codec = server(impl)
     events = codec.feed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03")
-    assert events[0].method == b"CONNECT" and events[0].upgrade is None
+    assert events[0].method == b"CONNECT" and events[0].upgrade == b"CONNECT"
     assert codec.encode_response_head(200, None, [], b"CONNECT", b"1.1", True) == \
         b"HTTP/1.1 200 OK\r\n\r\n"
     assert codec.resume() == [Data(b"\x16\x03")]

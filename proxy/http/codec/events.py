@@ -35,7 +35,8 @@ class _Event:
 
 class RequestHeaders(_Event):
     """A request head. `upgrade` is the Upgrade value when the request asks to switch
-    protocols (Connection: upgrade + Upgrade); CONNECT is reported by its method."""
+    protocols (Connection: upgrade + Upgrade), b"CONNECT" for a CONNECT request: either way
+    what follows an accepting answer (101, a 2xx to CONNECT) is a tunnel."""
 
     _fields = ("method", "target", "http_version", "headers", "keep_alive", "upgrade",
                "expect_continue", "content_length", "chunked")

@@ -30,7 +30,7 @@ from .errors import CodecError
 
 __all__ = ["OPEN", "AWAIT_SWITCH", "TUNNEL", "CLOSED", "HEAD", "BODY", "SPECIAL", "KNOWN_METHODS",
            "VERSIONS", "analyze", "check_head_limits", "check_raw_head", "strip_empty_lines",
-           "ChunkScanner", "reject", "unsupported_version"]
+           "ChunkScanner", "reject", "unsupported_version", "connect_authority"]
 
 # Headers whose values decide framing; everything else is only lower-cased and kept.
 SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
@@ -71,6 +71,13 @@ def _parse_content_length(value: bytes, is_request: bool) -> int:
     if not v.isdigit() or len(v) > 18:
         raise reject(is_request, 400, "http1.codec_error", f"invalid content-length {value!r}")
     return int(v)
+
+
+def connect_authority(target: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A CONNECT request's fields as Envoy's HTTP/1 codec makes them: its authority is its
+    request target (RFC 9110 §9.3.6, authority-form), whatever `host` said; it has no path
+    (the caller reports an empty target)."""
+    return [(b"host", target)] + [f for f in headers if f[0] != b"host"]
 
 
 def analyze(specials: list[tuple[bytes, bytes]], version: bytes, is_request: bool

@@ -29,7 +29,7 @@ from .encoding import ResponseEncoding
 from .errors import CodecError
 from .events import END_OF_MESSAGE, Data, MessageComplete, RequestHeaders
 from .framing import (AWAIT_SWITCH, CLOSED, OPEN, SPECIAL, TUNNEL, VERSIONS, analyze,
-                      check_head_limits, reject, unsupported_version)
+                      check_head_limits, connect_authority, reject, unsupported_version)
 
 __all__ = ["FastServerCodec", "collect_header", "llhttp_error"]
 
@@ -204,7 +204,9 @@ class FastServerCodec(ResponseEncoding):
             if cl or chunked:
                 raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
             if method == b"CONNECT":
-                upgrade = None
+                upgrade = b"CONNECT"  # its body is the tunnel (events.RequestHeaders)
+                headers = connect_authority(url, headers)
+                url = b""
             self._switch = True
         else:
             upgrade = None

@@ -20,7 +20,7 @@ from .encoding import RequestEncoding, ResponseEncoding
 from .errors import CodecError
 from .events import Data, Informational, MessageComplete, RequestHeaders, ResponseHeaders
 from .framing import (AWAIT_SWITCH, BODY, CLOSED, HEAD, KNOWN_METHODS, OPEN, TUNNEL,
-                      ChunkScanner, analyze,
+                      ChunkScanner, analyze, connect_authority,
                       check_head_limits, check_raw_head, reject, strip_empty_lines,
                       unsupported_version)
 
@@ -157,7 +157,9 @@ class H11ServerCodec(ResponseEncoding):
             if cl or chunked:
                 raise CodecError(400, "http1.codec_error", "upgrade/CONNECT request with a body")
             if method == b"CONNECT":
-                upgrade = None
+                upgrade = b"CONNECT"  # its body is the tunnel (events.RequestHeaders)
+                headers = connect_authority(target, headers)
+                target = b""
         else:
             upgrade = None
         self._keep_alive = keep_alive

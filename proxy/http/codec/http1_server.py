@@ -102,6 +102,11 @@ class Http1ServerCodec:
                     return
                 # RFC 9112 §6.3: neither content-length nor chunked: no body.
                 self._open(ev, not ev.content_length and not ev.chunked and ev.upgrade is None)
+                if ev.upgrade == b"CONNECT":
+                    # As Envoy's codec: a CONNECT has no end of its own (the parser's message
+                    # end after its head is not passed on); its body is the tunnel, which ends
+                    # with the connection (here: with the client's half-close).
+                    self._request_open = False
             elif cls is Data:
                 if self._current:
                     cb.on_stream_data(self._current, ev.data, False)

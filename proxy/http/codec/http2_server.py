@@ -57,7 +57,7 @@ class Http2Options:
                  "max_outbound_frames", "max_outbound_control_frames",
                  "max_consecutive_inbound_frames_with_empty_payload",
                  "max_inbound_priority_frames_per_stream",
-                 "max_inbound_window_update_frames_per_data_frame_sent")
+                 "max_inbound_window_update_frames_per_data_frame_sent", "allow_connect")
 
     def __init__(self, max_concurrent_streams: int = 2147483647,
                  initial_stream_window_size: int = 268435456,
@@ -66,7 +66,12 @@ class Http2Options:
                  max_outbound_frames: int = 10000, max_outbound_control_frames: int = 1000,
                  max_consecutive_inbound_frames_with_empty_payload: int = 1,
                  max_inbound_priority_frames_per_stream: int = 100,
-                 max_inbound_window_update_frames_per_data_frame_sent: int = 10) -> None:
+                 max_inbound_window_update_frames_per_data_frame_sent: int = 10,
+                 allow_connect: bool = False) -> None:
+        # Extended CONNECT (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL is sent, and a CONNECT
+        # with :protocol is taken as that upgrade (WebSocket over HTTP/2: an HTTP/1.1 Upgrade
+        # for the router, its 101 answered 200). Plain CONNECT is taken either way (as Envoy).
+        self.allow_connect = allow_connect
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_stream_window_size = initial_stream_window_size
         self.initial_connection_window_size = initial_connection_window_size
@@ -103,10 +108,11 @@ _CONTROL_FRAMES = frozenset({3, 4, 6, 7})  # RST_STREAM, SETTINGS, PING, GOAWAY
 
 class _Stream:
     __slots__ = ("request_open", "disabled", "unacked", "pending", "pending_end", "trailers",
-                 "responded")
+                 "responded", "extended_connect")
 
     def __init__(self, request_open: bool) -> None:
         self.request_open = request_open  # DATA or trailers of its request still to come
+        self.extended_connect = False     # an RFC 8441 CONNECT: its 101 is answered 200
         self.responded = False            # its response head went out
         self.disabled = 0                 # read_disable count
         self.unacked = 0                  # DATA bytes handed on while disabled
@@ -132,13 +138,16 @@ class Http2ServerCodec:
         conn = self.conn = H2Connection(H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=True,
             validate_outbound_headers=False, normalize_outbound_headers=False))
-        conn.local_settings = conn.local_settings.__class__(client=False, initial_values={
+        settings = {
             SettingCodes.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1,  # enforced here (REFUSED_STREAM)
             SettingCodes.INITIAL_WINDOW_SIZE: min(options.initial_stream_window_size, 2 ** 31 - 1),
             SettingCodes.ENABLE_PUSH: 0,
             SettingCodes.MAX_HEADER_LIST_SIZE: options.max_header_list_bytes,
             SettingCodes.HEADER_TABLE_SIZE: options.hpack_table_size,
-        })
+        }
+        if options.allow_connect:
+            settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1  # RFC 8441 §3
+        conn.local_settings = conn.local_settings.__class__(client=False, initial_values=settings)
         conn.decoder.max_header_list_size = options.max_header_list_bytes
         install_hpack(conn)
         conn.initiate_connection()
@@ -325,7 +334,7 @@ class Http2ServerCodec:
         if len(self.streams) >= self.options.max_concurrent_streams or self.going_away:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        method = path = authority = None
+        method = path = authority = protocol = None
         headers: list[tuple[bytes, bytes]] = []
         cookies: list[bytes] = []
         content_length = None
@@ -337,6 +346,8 @@ class Http2ServerCodec:
                     path = value
                 elif name == b":authority":
                     authority = value
+                elif name == b":protocol":
+                    protocol = value
                 continue
             if name == b"cookie":
                 cookies.append(value)
@@ -348,12 +359,37 @@ class Http2ServerCodec:
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority is not None and not any(n == b"host" for n, _ in headers):
             headers.insert(0, (b"host", authority))
-        if method is None or path is None:  # (h2 refuses such a request already)
+        upgrade = None
+        if method == b"CONNECT":
+            if protocol is not None:
+                # RFC 8441 (h2 checked :scheme and :path): Envoy's H2-to-H1 upgrade translation,
+                # a GET asking to upgrade to :protocol.
+                if not self.options.allow_connect:
+                    if self.stats is not None:
+                        self.stats.rx_messaging_error.value += 1
+                    self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                    return
+                method = b"GET"
+                upgrade = protocol
+                headers += [(b"upgrade", protocol), (b"connection", b"upgrade")]  # (Envoy's order)
+            elif authority is None:
+                if self.stats is not None:
+                    self.stats.rx_messaging_error.value += 1
+                self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                return
+            else:
+                # RFC 9113 §8.5 (h2 checked :scheme and :path are absent): the target is
+                # :authority; DATA frames carry the tunnel's bytes, END_STREAM its half-close.
+                path = b""
+                upgrade = b"CONNECT"
+        elif method is None or path is None:  # (h2 refuses such a request already)
             self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
             return
-        self.streams[sid] = _Stream(not end)
+        st = self.streams[sid] = _Stream(not end)
+        if protocol is not None:
+            st.extended_connect = True
         self.opened += 1
-        head = RequestHeaders(method, path, b"2", headers, True, None, False, content_length,
+        head = RequestHeaders(method, path, b"2", headers, True, upgrade, False, content_length,
                               False)
         self.callbacks.on_stream_headers(sid, head, end)
 
@@ -386,6 +422,8 @@ class Http2ServerCodec:
         if st is None:
             return
         st.responded = True
+        if status == 101 and st.extended_connect:
+            status = 200  # Envoy's H1-to-H2 upgrade answer (RFC 8441 §5)
         self.conn.send_headers(stream_id, self._response_headers(status, headers), end_stream)
         self._flush()
 

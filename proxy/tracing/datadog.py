@@ -75,7 +75,11 @@ class AgentRates:
     default: float | None = None
 
     def rate_for(self, service: str) -> tuple[float, int]:
-        rate = self.by_key.get(f"service:{service},env:")
+        """The rate for `service` (no env) and its mechanism."""
+        return self.rate_for_key(f"service:{service},env:")
+
+    def rate_for_key(self, key: str) -> tuple[float, int]:
+        rate = self.by_key.get(key)
         if rate is not None:
             return rate, AGENT_RATE
         if self.default is not None:
@@ -389,8 +393,10 @@ def _set_dm(trace: Trace) -> None:
         tags.append(("_dd.p.dm", "-%d" % trace.mechanism))
 
 
-def decide(trace: Trace, traced: bool, rates: AgentRates, service: str) -> None:
-    """The trace's sampling priority, unless the request carried one."""
+def decide(trace: Trace, traced: bool, rates: AgentRates, service: str,
+           key: str | None = None) -> None:
+    """The trace's sampling priority, unless the request carried one. `key`: the agent's
+    rate key of `service` (`service:<service>,env:`), when the caller keeps it made."""
     if trace.priority is not None:
         return
     trace.local = True
@@ -398,7 +404,7 @@ def decide(trace: Trace, traced: bool, rates: AgentRates, service: str) -> None:
         trace.priority, trace.mechanism = USER_DROP, MANUAL
         _set_dm(trace)
         return
-    rate, mechanism = rates.rate_for(service)
+    rate, mechanism = rates.rate_for_key(key or f"service:{service},env:")
     keep = (trace.low * KNUTH) & MASK64 <= _max_id(rate)
     trace.priority = AUTO_KEEP if keep else AUTO_DROP
     trace.mechanism = mechanism
@@ -430,27 +436,34 @@ def _tracestate_dd(span: DatadogSpan) -> str:
     return out
 
 
-def inject(span: DatadogSpan, headers) -> None:
-    """The span's context into the upstream request's `headers` (proxy.http.headers.Headers)."""
+def inject(span: DatadogSpan, headers, fresh: bool = False) -> None:
+    """The span's context into the upstream request's `headers` (proxy.http.headers.Headers).
+    `fresh`: the request carries none of these fields, so they go at the end (no scans)."""
     trace = span.trace
     priority = trace.priority
-    headers.set(b"x-datadog-trace-id", b"%d" % trace.low)
-    headers.set(b"x-datadog-parent-id", b"%d" % span.dd_id)
-    headers.set(b"x-datadog-sampling-priority", b"%d" % priority)
+    out = []
+    out.append((b"x-datadog-trace-id", b"%d" % trace.low))
+    out.append((b"x-datadog-parent-id", b"%d" % span.dd_id))
+    out.append((b"x-datadog-sampling-priority", b"%d" % priority))
     if trace.origin is not None:
-        headers.set(b"x-datadog-origin", trace.origin.encode("latin-1"))
+        out.append((b"x-datadog-origin", trace.origin.encode("latin-1")))
     if trace.tags:
-        encoded = ",".join(f"{k}={v}" for k, v in trace.tags)
+        encoded = ",".join([f"{k}={v}" for k, v in trace.tags])
         if len(encoded) > MAX_TAGS_HEADER:
             trace.root_tags["_dd.propagation_error"] = "inject_max_size"
         else:
-            headers.set(b"x-datadog-tags", encoded.encode("latin-1"))
-    headers.set(b"traceparent", b"00-%016x%016x-%016x-%s" % (
-        trace.high, trace.low, span.dd_id, b"01" if priority > 0 else b"00"))
+            out.append((b"x-datadog-tags", encoded.encode("latin-1")))
+    out.append((b"traceparent", b"00-%016x%016x-%016x-%s" % (
+        trace.high, trace.low, span.dd_id, b"01" if priority > 0 else b"00")))
     state = _tracestate_dd(span)
     if trace.extra_w3c:
         state += "," + trace.extra_w3c
-    headers.set(b"tracestate", state.encode("latin-1"))
+    out.append((b"tracestate", state.encode("latin-1")))
+    if fresh:
+        headers.fields.extend(out)
+    else:
+        for name, value in out:
+            headers.set(name, value)
 
 
 # -- encoding (main thread) ------------------------------------------------------------------

@@ -117,6 +117,7 @@ class WorkerTracer:
             # The agent's sampling rates: the exporter replaces its immutable snapshot.
             self.dd_exporter = hcm.exporter
             self.dd_service = provider.service_name
+            self.dd_key = f"service:{provider.service_name},env:"
         if self.skywalking:
             # sw8 carries the tracer's service and instance (the exporter resolves the
             # node's defaults), base64-encoded once.
@@ -271,7 +272,8 @@ class WorkerTracer:
         not trace, else the agent's rates); the context injected into the request. Every span
         is reported whatever its priority."""
         getrandbits = self.rng.getrandbits
-        extracted = dd.extract(h) if _DD_FIELDS.intersection(h) else None
+        fresh = _DD_FIELDS.isdisjoint(h)
+        extracted = None if fresh else dd.extract(h)
         if extracted is None:
             low = getrandbits(64)
             trace = dd.new_trace(low)
@@ -285,11 +287,11 @@ class WorkerTracer:
         span.reason = reason
         self._name(span, headers, h, route)
         stream.active_span = span
-        dd.decide(trace, traced, self.dd_exporter.rates, self.dd_service)
+        dd.decide(trace, traced, self.dd_exporter.rates, self.dd_service, self.dd_key)
         if self.spawn_upstream:
             span.child = span.child_span("%016x" % getrandbits(63), "", 0)
             span = span.child
-        dd.inject(span, headers)
+        dd.inject(span, headers, fresh)
 
     def _name(self, span: Span, headers, h: dict, route) -> None:
         """The decorator's operation names the span; x-envoy-decorator-operation goes

@@ -481,20 +481,14 @@ class Process:
     zone: str = ""
 
 
-def _meta(pairs, trace: Trace, proc: Process) -> tuple[dict, int]:
-    meta = {}
-    error = 0
-    for key, value in pairs:
-        if key == "error":
-            if value == "true":
-                error = 1
-            continue
-        meta[key] = value
+def _meta(pairs, trace: Trace, common: dict) -> tuple[dict, int]:
+    """A span's meta from Envoy's tags (the `error` tag becomes the span's error) and the
+    tags every span carries (`common`: language, runtime id, version)."""
+    meta = dict(pairs)
+    error = 1 if meta.pop("error", None) == "true" else 0
     if trace.origin is not None:
         meta["_dd.origin"] = trace.origin
-    meta["language"] = proc.language
-    meta["runtime-id"] = proc.runtime_id
-    meta["version"] = proc.version
+    meta.update(common)
     return meta, error
 
 
@@ -506,13 +500,15 @@ def _span_map(span: DatadogSpan, resource: str, meta: dict, metrics: dict, error
             "error": error, "meta": meta, "metrics": metrics, "type": SPAN_TYPE}
 
 
-def trace_chunk(span: DatadogSpan, proc: Process) -> list[dict]:
+def trace_chunk(span: DatadogSpan, proc: Process, common: dict | None = None) -> list[dict]:
     """One request's spans as the agent takes them: the request's span (the local root,
     carrying the trace's tags and decision), then the router's upstream span."""
+    if common is None:
+        common = _common(proc)
     trace = span.trace
     f = span.facts
     pairs = request_attributes(f, proc.node_id, proc.zone) if f is not None else list(span.tags.items())
-    meta, error = _meta(pairs, trace, proc)
+    meta, error = _meta(pairs, trace, common)
     meta.update(trace.tags)
     meta.update(trace.root_tags)
     metrics = {"_sampling_priority_v1": float(trace.priority)}
@@ -523,13 +519,18 @@ def trace_chunk(span: DatadogSpan, proc: Process) -> list[dict]:
     child = span.child
     if child is not None and child.duration_us:
         cpairs = upstream_attributes(child.facts) if child.facts is not None else list(child.tags.items())
-        cmeta, cerror = _meta(cpairs, trace, proc)
+        cmeta, cerror = _meta(cpairs, trace, common)
         out.append(_span_map(child, child.name or "", cmeta,
                              {"process_id": float(proc.process_id)}, cerror, proc))
     return out
 
 
+def _common(proc: Process) -> dict:
+    return {"language": proc.language, "runtime-id": proc.runtime_id, "version": proc.version}
+
+
 def encode_traces(spans: list, proc: Process) -> tuple[bytes, int]:
     """(the `/v0.4/traces` body, its trace count) of finished request spans."""
-    chunks = [trace_chunk(s, proc) for s in spans]
+    common = _common(proc)
+    chunks = [trace_chunk(s, proc, common) for s in spans]
     return msgpack.packb(chunks, use_bin_type=True), len(chunks)

@@ -26,6 +26,9 @@ ActiveStream::traceRequest) and zipkin driver do:
    that header (unless the request named one); egress, an upstream's renames the span and is
    removed.
 4. The context injected into the request (the upstream span's with spawn_upstream_span).
+The other providers decide their own span and propagation: OpenTelemetry (traceparent.py),
+SkyWalking (skywalking.py, sw8 injected by the router) and Datadog (datadog.py: Datadog and
+W3C headers, the agent's sampling rates, every span reported whatever its priority).
 
 Thread affinity: a WorkerTracer and its batcher belong to one worker. Must not: block, or
 touch another worker's or the main thread's objects but through `Dispatcher.post`.

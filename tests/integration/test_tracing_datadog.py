@@ -286,6 +286,22 @@ def test_unknown_collector_cluster_is_refused_at_load():
     provider = raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"]["tracing"]["provider"]["typed_config"]
     provider["collector_cluster"] = "nosuch"
-    with pytest.raises(Exception) as e:
+    from proxy.config.reader import ConfigError
+    with pytest.raises(ConfigError) as e:
         parse_bootstrap(raw)
     assert "collector_cluster" in str(e.value) and "nosuch" in str(e.value)
+
+
+def test_a_tls_agent_cluster_is_refused_by_name():
+    """Reports do not speak TLS: the example's agent cluster given a TLS transport_socket is
+    refused at load (the collector-cluster check every tracer shares)."""
+    from proxy.config.reader import ConfigError
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    for c in raw["static_resources"]["clusters"]:
+        if c["name"] == "datadog_agent":
+            c["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "dd-agent"}}
+    with pytest.raises(ConfigError) as e:
+        parse_bootstrap(raw)
+    assert 'the collector cluster "datadog_agent" has a TLS transport_socket' in str(e.value)

@@ -1,7 +1,7 @@
 """Config model of HTTP tracing: the HCM's `tracing` (HttpConnectionManager.Tracing), a
 route's `tracing` (config.route.v3.Tracing), its `decorator`, custom tags and the Zipkin
 provider (`envoy.tracers.zipkin`, config.trace.v3.ZipkinConfig); the OpenTelemetry provider's
-is otel_config.py.
+is otel_config.py, SkyWalking's skywalking_config.py, Datadog's datadog_config.py.
 
 Sampling percentages are kept as Envoy keeps them: the HCM's `type.v3.Percent` values become
 numerators over 10,000 (Envoy rounds `value / 100 * 10000`), a route's FractionalPercents stay
@@ -284,3 +284,4 @@ register(Extension(category="tracer", name=ZIPKIN_NAME, proto=ZIPKIN_PROTO, pars
 # The other providers: registering them is importing them.
 from . import otel_config  # noqa: E402,F401  (envoy.tracers.opentelemetry)
 from . import skywalking_config  # noqa: E402,F401  (envoy.tracers.skywalking)
+from . import datadog_config  # noqa: E402,F401  (envoy.tracers.datadog)

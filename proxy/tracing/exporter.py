@@ -47,6 +47,7 @@ WORKER_BATCH = 64        # spans a worker hands over at once: one post per batch
 WORKER_HOLD = 1.0        # ... or this long after the first span it holds
 MAX_PENDING_SPANS = 10_000  # spans waiting on main while a report is out; more fail the report
 MAX_RESPONSE_HEAD = 16 * 1024  # enough for a status line and a collector's headers
+MAX_RESPONSE_BODY = 64 * 1024  # a collector's answer read whole (the Datadog agent's rates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,10 +239,13 @@ class CollectorPost:
     non-blocking on the main Dispatcher)."""
 
     def __init__(self, exporter: ZipkinExporter, address: tuple[str, int], request: bytes,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, read_body: bool = False) -> None:
         """`exporter`: whose `main` Dispatcher runs the post and whose `report_done(post,
-        status)` hears the outcome (the OTLP/HTTP exporter's too)."""
+        status)` hears the outcome (the OTLP/HTTP exporter's too). With `read_body`, the
+        response is read to its end (its content-length, or the connection's close, at most
+        MAX_RESPONSE_BODY bytes) and `body()` gives its body (the Datadog agent's rates)."""
         self.exporter = exporter
+        self.read_body = read_body
         self.timeout = REQUEST_TIMEOUT if timeout is None else timeout
         self.address = address
         self.out = memoryview(request)
@@ -292,8 +296,27 @@ class CollectorPost:
             return
         self.received += data
         status = self._status()
+        if self.read_body and status is not None:
+            if self._complete() or len(self.received) > MAX_RESPONSE_HEAD + MAX_RESPONSE_BODY:
+                self._done(status)
+            return
         if status is not None or len(self.received) > MAX_RESPONSE_HEAD:
             self._done(status)
+
+    def _complete(self) -> bool:
+        """The response's head and its content-length of body are in."""
+        head, sep, body = self.received.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                return value.strip().isdigit() and len(body) >= int(value)
+        return False
+
+    def body(self) -> bytes:
+        """The response's body as received (read_body)."""
+        return self.received.partition(b"\r\n\r\n")[2]
 
     def _status(self) -> int | None:
         line, sep, _ = self.received.partition(b"\r\n")
@@ -327,9 +350,9 @@ class CollectorPost:
 class Exporters:
     """The process's span exporters (main thread): one per distinct provider config (Zipkin's
     ZipkinExporter, OpenTelemetry's otlp_exporter.OtlpExporter, SkyWalking's
-    skywalking_exporter.SkyWalkingExporter), as Envoy keeps one driver per tracer config;
-    their stats share the `tracing.zipkin.` / `tracing.opentelemetry.` /
-    `tracing.skywalking.` names."""
+    skywalking_exporter.SkyWalkingExporter, Datadog's datadog_exporter.DatadogExporter), as
+    Envoy keeps one driver per tracer config; their stats share the `tracing.zipkin.` /
+    `tracing.opentelemetry.` / `tracing.skywalking.` / `tracing.datadog.` names."""
 
     def __init__(self, main, store, local: LocalInfo) -> None:
         self.main = main
@@ -341,11 +364,15 @@ class Exporters:
     def exporter_for(self, zipkin_config) -> SpanExporter:
         e = self._by_config.get(zipkin_config)
         if e is None:
+            from .datadog_config import DatadogConfig
+            from .datadog_exporter import DatadogExporter
             from .otel_config import OpenTelemetryConfig
             from .otlp_exporter import OtlpExporter
             from .skywalking_config import SkyWalkingConfig
             from .skywalking_exporter import SkyWalkingExporter
-            if isinstance(zipkin_config, OpenTelemetryConfig):
+            if isinstance(zipkin_config, DatadogConfig):
+                kind = DatadogExporter
+            elif isinstance(zipkin_config, OpenTelemetryConfig):
                 kind = OtlpExporter
             elif isinstance(zipkin_config, SkyWalkingConfig):
                 kind = SkyWalkingExporter

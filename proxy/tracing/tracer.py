@@ -26,6 +26,9 @@ ActiveStream::traceRequest) and zipkin driver do:
    that header (unless the request named one); egress, an upstream's renames the span and is
    removed.
 4. The context injected into the request (the upstream span's with spawn_upstream_span).
+The other providers decide their own span and propagation: OpenTelemetry (traceparent.py),
+SkyWalking (skywalking.py, sw8 injected by the router) and Datadog (datadog.py: Datadog and
+W3C headers, the agent's sampling rates, every span reported whatever its priority).
 
 Thread affinity: a WorkerTracer and its batcher belong to one worker. Must not: block, or
 touch another worker's or the main thread's objects but through `Dispatcher.post`.
@@ -36,7 +39,9 @@ from __future__ import annotations
 import random
 import time
 
+from . import datadog as dd
 from .config import TracingConfig
+from .datadog_config import DatadogConfig
 from .otel_config import OpenTelemetryConfig
 from .skywalking import SegmentSpan
 from .skywalking_config import SkyWalkingConfig
@@ -61,6 +66,9 @@ _B3_MULTI = frozenset({b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"
 _B3_FIELDS = _B3_MULTI | {b"b3"}
 _new_tuple = tuple.__new__
 _NEW_SAMPLED, _NEW_UNSAMPLED = "00-%s-%s-01", "00-%s-%s-00"   # a new trace's traceparent
+_DD_FIELDS = frozenset({b"x-datadog-trace-id", b"x-datadog-parent-id",
+                        b"x-datadog-sampling-priority", b"x-datadog-origin", b"x-datadog-tags",
+                        b"traceparent", b"tracestate"})
 
 
 def _uuid4(n: int) -> str:
@@ -107,11 +115,17 @@ class WorkerTracer:
         # traceparent, or Zipkin's B3.
         self.otel = isinstance(provider, OpenTelemetryConfig)
         self.skywalking = isinstance(provider, SkyWalkingConfig)
+        self.datadog = isinstance(provider, DatadogConfig)
+        if self.datadog:
+            # The agent's sampling rates: the exporter replaces its immutable snapshot.
+            self.dd_exporter = hcm.exporter
+            self.dd_service = provider.service_name
+            self.dd_key = f"service:{provider.service_name},env:"
         if self.skywalking:
             # sw8 carries the tracer's service and instance (the exporter resolves the
             # node's defaults), base64-encoded once.
             self.sw_names = hcm.exporter.sw8_names
-        if self.otel or self.skywalking:
+        if self.otel or self.skywalking or self.datadog:
             self.shared_context, self.trace_128 = False, True
         else:
             self.shared_context = provider.shared_span_context
@@ -145,6 +159,9 @@ class WorkerTracer:
             return
         if self.skywalking:
             self._start_skywalking(stream, headers, h, route, reason, traced)
+            return
+        if self.datadog:
+            self._start_datadog(stream, headers, h, route, reason, traced)
             return
         no_b3 = _B3_FIELDS.isdisjoint(h)
         if no_b3:  # the usual request: no context, a new trace
@@ -250,6 +267,34 @@ class WorkerTracer:
         stream.active_span = span
         if self.spawn_upstream:
             span.child = span.exit_span()
+
+    def _start_datadog(self, stream, headers, h: dict, route, reason: int, traced: bool) -> None:
+        """Envoy's Datadog Tracer::startSpan (datadog.py): the caller's context (Datadog
+        headers, else W3C) or a new trace; named `ingress` / `egress <host>` unless a decorator
+        names it; the sampling decision (a caller's priority kept, USER_DROP when the HCM did
+        not trace, else the agent's rates); the context injected into the request. Every span
+        is reported whatever its priority."""
+        getrandbits = self.rng.getrandbits
+        fresh = _DD_FIELDS.isdisjoint(h)
+        extracted = None if fresh else dd.extract(h)
+        if extracted is None:
+            low = getrandbits(64)
+            trace = dd.new_trace(low)
+            span_id, parent = low, 0
+        else:
+            trace, parent = extracted
+            span_id = getrandbits(63)
+        name = (f"egress {stream.head.authority.decode('latin-1')}" if self.egress
+                else "ingress")
+        span = dd.make_span(trace, span_id, parent, name, SERVER)
+        span.reason = reason
+        self._name(span, headers, h, route)
+        stream.active_span = span
+        dd.decide(trace, traced, self.dd_exporter.rates, self.dd_service, self.dd_key)
+        if self.spawn_upstream:
+            span.child = span.child_span("%016x" % getrandbits(63), "", 0)
+            span = span.child
+        dd.inject(span, headers, fresh)
 
     def _name(self, span: Span, headers, h: dict, route) -> None:
         """The decorator's operation names the span; x-envoy-decorator-operation goes

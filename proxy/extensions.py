@@ -36,3 +36,4 @@ import proxy.http.filters.python_filter  # noqa: F401  ftproxy.filters.http.pyth
 import proxy.http.filters.grpc_http1_bridge  # noqa: F401  envoy.filters.http.grpc_http1_bridge
 import proxy.http.filters.grpc_stats  # noqa: F401  envoy.filters.http.grpc_stats
 import proxy.http.filters.lua  # noqa: F401  envoy.filters.http.lua (lupa, imported only when configured)
+import proxy.http.filters.jwt_authn  # noqa: F401  envoy.filters.http.jwt_authn

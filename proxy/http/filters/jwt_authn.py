@@ -1,0 +1,652 @@
+"""`envoy.filters.http.jwt_authn`: requests must carry JSON Web Tokens that verify, as Envoy's
+JWT authentication filter decides it.
+
+Config (jwt_authn_config.py): `providers` (issuer, audiences, subjects, require_expiration /
+max_lifetime, `local_jwks` or `remote_jwks` fetched from a cluster and kept `cache_duration`,
+from_headers / from_params / from_cookies, forward, forward_payload_header (padded or not),
+claim_to_headers, clock_skew_seconds, clear_route_cache), `rules` (a RouteMatch picks a
+requirement: provider_name, provider_and_audiences, requires_any, requires_all, allow_missing,
+allow_missing_or_failed; the first match wins, none: nothing required), `requirement_map` with
+the per-route `PerRouteConfig` (`requirement_name`, `disabled`), `bypass_cors_preflight`,
+`strip_failure_response`, `stat_prefix`. Token checks are jwt_verify.py's.
+
+Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
+- Tokens are taken from every location the requirement's providers name (by default
+  `Authorization: Bearer <token>` and the `access_token` query parameter); every token found must
+  verify (the last found is checked first, and the first failure decides); none: "Jwt is missing".
+- A failure is a 401 with jwt_verify_lib's message as body and `www-authenticate: Bearer
+  realm="<scheme>://<host><path>"` (`, error="invalid_token"` unless the token is missing); a
+  token whose audiences are not allowed gets 403. `strip_failure_response`: no body, no header.
+  Details `jwt_authn_access_denied{<message with spaces as _>}`.
+- A good token: its payload (base64url as sent) in `forward_payload_header`, its claims in
+  `claim_to_headers` (strings, numbers, booleans; appended), and, unless `forward`, the header or
+  query parameter it came in removed. Every provider's payload and claim headers are first
+  removed from every request, whatever its route requires (a client cannot send its own).
+- Remote keys: fetched from the cluster when a request needs them (GET on the URI's path through
+  the worker's async client); each worker keeps what it fetched for `cache_duration` (Envoy's
+  per-worker JWKS cache); a fetch that fails (no answer, not 200, keys that do not parse) gives
+  "Jwks remote fetch is failed". Stats `jwks_fetch_success` / `jwks_fetch_failed`.
+Stats `http.<stat_prefix>.jwt_authn.[<filter stat_prefix>.]{allowed,denied,cors_preflight_bypassed,
+jwks_fetch_success,jwks_fetch_failed}`.
+
+Thread affinity: the factory's compiled verifiers are immutable and shared; each worker's JWKS
+cache belongs to it; a filter and its verification state belong to the stream's worker.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import unquote
+
+from ...config.registry import Extension, register
+from ...router.matchers import RequestView
+from ..async_client import AsyncRequest, AsyncResponse
+from ..filter import FilterHeadersStatus, PassThroughFilter
+from . import jwt_verify as jv
+from .jwt_authn_config import (NAME, PER_ROUTE_PROTO, PROTO, AllowAll, AllowMissing, AllRequirement,
+                               AnyRequirement, JwtAuthentication, JwtProvider, ProviderRequirement,
+                               parse_jwt_authentication, parse_per_route)
+
+__all__ = ["JwtAuthnFactory"]
+
+_CONTINUE = FilterHeadersStatus.CONTINUE
+_HOLD = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
+_MAX_URI_PATH = 256   # Envoy's MaximumUriLength for the realm
+_OK = jv.OK
+
+
+# -- where tokens are (Extractor) -----------------------------------------------------------
+
+class _IssuerChecker:
+    """The issuers whose providers named a location; an empty issuer allows every one."""
+
+    __slots__ = ("allow_all", "issuers")
+
+    def __init__(self) -> None:
+        self.allow_all = False
+        self.issuers: set[str] = set()
+
+    def add(self, issuer: str) -> None:
+        if issuer:
+            self.issuers.add(issuer)
+        else:
+            self.allow_all = True
+
+    def allows(self, issuer: str) -> bool:
+        return self.allow_all or issuer in self.issuers
+
+
+class _Token:
+    __slots__ = ("token", "checker", "kind", "name")
+
+    def __init__(self, token: bytes, checker: _IssuerChecker, kind: str, name) -> None:
+        self.token = token
+        self.checker = checker
+        self.kind = kind      # "header", "param" or "cookie"
+        self.name = name      # the header (bytes) or parameter (str)
+
+
+_JWT_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def _after_prefix(value: bytes, start: int) -> bytes:
+    """Envoy's extractJWT: from the first base64url-or-dot character after the prefix on."""
+    for i in range(start, len(value)):
+        if value[i] in _JWT_CHARS:
+            return value[i:]
+    return value
+
+
+def _query_params(path: bytes) -> list[tuple[str, str]]:
+    q = path.partition(b"?")[2].partition(b"#")[0]
+    out = []
+    for part in q.split(b"&"):
+        if not part:
+            continue
+        k, _, v = part.partition(b"=")
+        out.append((unquote(k.decode("latin-1")), unquote(v.decode("latin-1"))))
+    return out
+
+
+def _cookies(headers, wanted: dict) -> dict[str, bytes]:
+    """Http::Utility::parseCookies: `k=v` pairs of every cookie header, the first of each
+    name, surrounding double quotes dropped."""
+    found: dict[str, bytes] = {}
+    for name, value in headers.fields:
+        if name != b"cookie":
+            continue
+        for part in value.split(b";"):
+            k, sep, v = part.strip().partition(b"=")
+            if not sep:
+                continue
+            key = k.decode("latin-1")
+            if key in wanted and key not in found:
+                if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
+                    v = v[1:-1]
+                found[key] = v
+    return found
+
+
+class Extractor:
+    """The token locations of some providers (built once at load, read-only afterwards)."""
+
+    __slots__ = ("headers", "params", "cookies", "sanitize")
+
+    def __init__(self, providers) -> None:
+        headers: dict[bytes, tuple[bytes, bytes, _IssuerChecker]] = {}
+        params: dict[str, _IssuerChecker] = {}
+        cookies: dict[str, _IssuerChecker] = {}
+        sanitize: list[bytes] = []
+        for p in providers:
+            locations = p.from_headers
+            names = p.from_params
+            if not p.from_headers and not p.from_params and not p.from_cookies:
+                locations = ((b"authorization", b"Bearer "),)
+                names = ("access_token",)
+            for name, prefix in locations:
+                key = name + prefix
+                if key not in headers:
+                    headers[key] = (name, prefix, _IssuerChecker())
+                headers[key][2].add(p.issuer)
+            for param in names:
+                params.setdefault(param, _IssuerChecker()).add(p.issuer)
+            for cookie in p.from_cookies:
+                cookies.setdefault(cookie, _IssuerChecker()).add(p.issuer)
+            if p.forward_payload_header:
+                sanitize.append(p.forward_payload_header)
+            sanitize.extend(h for h, _ in p.claim_to_headers)
+        # Envoy keeps each kind in an ordered map: tokens come out in key order.
+        self.headers = tuple(headers[k] for k in sorted(headers))
+        self.params = tuple(sorted(params.items()))
+        self.cookies = dict(sorted(cookies.items()))
+        self.sanitize = frozenset(sanitize)
+
+    def extract(self, head) -> list[_Token]:
+        tokens: list[_Token] = []
+        fields = head.headers.fields
+        for name, prefix, checker in self.headers:
+            for k, value in fields:
+                if k != name:
+                    continue
+                if prefix:
+                    pos = value.find(prefix)
+                    if pos < 0:
+                        continue
+                    value = _after_prefix(value, pos + len(prefix))
+                tokens.append(_Token(value, checker, "header", name))
+        if self.params and b"?" in head.path:
+            query = _query_params(head.path)
+            for param, checker in self.params:
+                for k, v in query:
+                    if k == param:
+                        tokens.append(_Token(v.encode("latin-1"), checker, "param", param))
+                        break
+        if self.cookies:
+            found = _cookies(head.headers, self.cookies)
+            for cookie, checker in self.cookies.items():
+                if cookie in found:
+                    tokens.append(_Token(found[cookie], checker, "cookie", cookie))
+        return tokens
+
+
+def _remove_token(head, token: _Token) -> None:
+    if token.kind == "header":
+        head.headers.remove(token.name)
+    elif token.kind == "param":
+        path, sep, query = head.path.partition(b"?")
+        query, hsep, fragment = query.partition(b"#")
+        kept = [part for part in query.split(b"&") if part
+                and unquote(part.partition(b"=")[0].decode("latin-1")) != token.name]
+        new = path + (b"?" + b"&".join(kept) if kept else b"") + (hsep + fragment if hsep else b"")
+        head.set_path(new)
+    # cookie: Envoy leaves it (a TODO in its extractor)
+
+
+# -- the requirement tree, compiled (Verifier) ------------------------------------------------
+
+class _Node:
+    """One verifier of the tree; `parent` is set once while building. Immutable afterwards."""
+
+    __slots__ = ("parent", "kind", "provider", "audiences", "extractor", "children",
+                 "allow_missing_or_failed", "allow_missing", "failed")
+
+    def __init__(self, kind: str, parent) -> None:
+        self.kind = kind
+        self.parent = parent
+        self.provider = None
+        self.audiences = None
+        self.extractor = None
+        self.children: tuple = ()
+        self.allow_missing_or_failed = self.allow_missing = self.failed = False
+
+
+def _compile(req, providers: tuple[JwtProvider, ...], parent=None) -> _Node:
+    if isinstance(req, ProviderRequirement):
+        n = _Node("provider", parent)
+        n.provider = req.provider
+        n.audiences = req.audiences
+        n.extractor = Extractor((req.provider,))
+    elif isinstance(req, AllowMissing):
+        n = _Node("allow", parent)
+        n.failed = req.failed
+        n.extractor = Extractor(providers)
+    elif isinstance(req, AnyRequirement):
+        n = _Node("any", parent)
+        n.allow_missing_or_failed = req.allow_missing_or_failed
+        n.allow_missing = req.allow_missing
+        n.children = tuple(_compile(c, providers, n) for c in req.children)
+    elif isinstance(req, AllRequirement):
+        n = _Node("all", parent)
+        n.children = tuple(_compile(c, providers, n) for c in req.children)
+    else:
+        assert isinstance(req, AllowAll), req
+        n = _Node("none", parent)
+    return n
+
+
+class _State:
+    __slots__ = ("completed", "done_children", "status")
+
+    def __init__(self) -> None:
+        self.completed = False
+        self.done_children = 0
+        self.status = _OK
+
+
+# -- factory, per worker ------------------------------------------------------------------------
+
+class JwtAuthnFactory:
+    def __init__(self, config: JwtAuthentication, name: str) -> None:
+        self.config = config
+        self.name = name
+        compiled: dict[int, _Node] = {}
+
+        def node(req):
+            if req is None:
+                return None
+            if id(req) not in compiled:
+                compiled[id(req)] = _compile(req, config.providers)
+            return compiled[id(req)]
+
+        self.rules = tuple((match, node(req)) for match, req in config.rules)
+        self.named = {name: node(req) for name, req in (config.requirement_map or {}).items()}
+        self.by_issuer: dict[str, JwtProvider] = {}
+        for p in config.providers:
+            self.by_issuer.setdefault(p.issuer, p)
+        # Envoy 1.40 removes every provider's payload and claim headers from each request
+        # first, whatever the route requires (a client cannot send them).
+        self.sanitize = Extractor(config.providers).sanitize
+
+    def find_by_issuer(self, issuer: str) -> JwtProvider | None:
+        p = self.by_issuer.get(issuer)
+        if p is None and issuer:
+            return self.by_issuer.get("")
+        return p
+
+    def for_worker(self, ctx) -> WorkerJwtAuthn:
+        return WorkerJwtAuthn(self, ctx)
+
+
+class WorkerJwtAuthn:
+    decoder = True
+    encoder = False
+
+    def __init__(self, factory: JwtAuthnFactory, ctx) -> None:
+        self.name = factory.name
+        self.factory = factory
+        self.config = factory.config
+        self.worker = ctx.worker
+        prefix = f"http.{ctx.config.stat_prefix}.jwt_authn"
+        if factory.config.stat_prefix:
+            prefix += "." + factory.config.stat_prefix
+        scope = ctx.worker.stats.scope(prefix)
+        self.allowed = scope.counter("allowed")
+        self.denied = scope.counter("denied")
+        self.cors_preflight_bypassed = scope.counter("cors_preflight_bypassed")
+        self.jwks_fetch_success = scope.counter("jwks_fetch_success")
+        self.jwks_fetch_failed = scope.counter("jwks_fetch_failed")
+        # This worker's fetched keys: provider name -> (Jwks, monotonic expiry). Worker-owned.
+        self.remote_jwks: dict[str, tuple[jv.Jwks, float]] = {}
+
+    def create(self, callbacks) -> JwtAuthnFilter:
+        return JwtAuthnFilter(callbacks, self)
+
+    def jwks_for(self, provider: JwtProvider) -> jv.Jwks | None:
+        if provider.local_jwks is not None:
+            return provider.local_jwks
+        cached = self.remote_jwks.get(provider.name)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        return None
+
+
+# -- one token check (Authenticator) -----------------------------------------------------------
+
+class _Authenticator:
+    """Checks the tokens one verifier node found, one at a time (a remote key fetch may come
+    between), then tells the node."""
+
+    __slots__ = ("f", "node", "provider", "audiences", "allow_failed", "allow_missing", "tokens",
+                 "current", "jwt", "using", "fetch")
+
+    def __init__(self, f: JwtAuthnFilter, node: _Node) -> None:
+        self.f = f
+        self.node = node
+        self.provider = node.provider           # None: allow_missing*: by the token's issuer
+        self.audiences = node.audiences
+        self.allow_failed = node.kind == "allow" and node.failed
+        self.allow_missing = node.kind == "allow"
+        self.tokens: list[_Token] = []
+        self.current: _Token | None = None
+        self.jwt: jv.Jwt | None = None
+        self.using: JwtProvider | None = None
+        self.fetch: AsyncRequest | None = None
+
+    def verify(self, tokens: list[_Token]) -> None:
+        self.tokens = tokens
+        if not tokens:
+            self._done(jv.JWT_MISSED)
+            return
+        self._start()
+
+    def _start(self) -> None:
+        token = self.current = self.tokens.pop()
+        try:
+            jwt = self.jwt = jv.parse_jwt(token.token)
+        except jv.JwtError as e:
+            return self._done(e.status)
+        if not token.checker.allows(jwt.iss):
+            return self._done(jv.JWT_UNKNOWN_ISSUER)
+        wf = self.f.wf
+        provider = self.provider or wf.factory.find_by_issuer(jwt.iss)
+        if provider is None:
+            return self._done(jv.JWT_UNKNOWN_ISSUER)
+        self.using = provider
+        now = int(time.time())
+        try:
+            jv.check_time(jwt, now, provider.clock_skew_seconds)
+        except jv.JwtError as e:
+            return self._done(e.status)
+        allowed = self.audiences if self.audiences is not None else provider.audiences
+        if not jv.audiences_allowed(allowed, jwt.audiences):
+            return self._done(jv.JWT_AUDIENCE_NOT_ALLOWED)
+        if provider.subjects is not None and not provider.subjects.match(jwt.sub):
+            return self._done(jv.JWT_VERIFICATION_FAIL)
+        if provider.max_lifetime is not None and (not jwt.exp or jwt.exp - now >= provider.max_lifetime):
+            return self._done(jv.JWT_EXPIRED if jwt.exp else jv.JWT_VERIFICATION_FAIL)
+        jwks = wf.jwks_for(provider)
+        if jwks is not None:
+            return self._verify_key(jwks)
+        remote = provider.remote_jwks
+        if remote is None:
+            return self._done(jv.JWKS_NO_VALID_KEYS)
+        self.fetch = AsyncRequest(wf.worker, remote.cluster, b"GET", remote.path, remote.authority,
+                                  [], b"", remote.timeout, self._on_jwks)
+        self.fetch.send()
+
+    def _on_jwks(self, response: AsyncResponse) -> None:
+        self.fetch = None
+        wf = self.f.wf
+        provider = self.using
+        jwks = None
+        if not response.local and response.status == 200 and response.body:
+            try:
+                jwks = jv.parse_jwks(response.body)
+            except jv.JwtError:
+                jwks = None
+        if jwks is None:
+            wf.jwks_fetch_failed.value += 1
+            return self._done(jv.JWKS_FETCH_FAIL)
+        wf.jwks_fetch_success.value += 1
+        wf.remote_jwks[provider.name] = (jwks, time.monotonic() + provider.remote_jwks.cache_duration)
+        self._verify_key(jwks)
+
+    def _verify_key(self, jwks: jv.Jwks) -> None:
+        try:
+            jv.verify_signature(self.jwt, jwks)
+        except jv.JwtError as e:
+            return self._done(e.status)
+        self._good()
+
+    def _good(self) -> None:
+        provider = self.using
+        jwt = self.jwt
+        head = self.f.head
+        headers = head.headers
+        if provider.forward_payload_header:
+            payload = jwt.payload_b64
+            if provider.pad_forward_payload_header:
+                payload += b"=" * (-len(payload) % 4)
+            headers.add(provider.forward_payload_header, payload)
+        added = False
+        for header, path in provider.claim_to_headers:
+            value = _claim_text(jwt.payload, path)
+            if value:
+                headers.add(header, value.encode("utf-8"))
+                added = True
+        if not provider.forward:
+            _remove_token(head, self.current)
+        if added and provider.clear_route_cache:
+            self.f.cb.clear_route_cache()
+        self._done(_OK)
+
+    def _done(self, status: str) -> None:
+        if (status != _OK and not self.allow_failed and not self.allow_missing) or not self.tokens:
+            self.tokens = []
+            if self.allow_failed or (self.allow_missing and status == jv.JWT_MISSED):
+                status = _OK
+            self.f.node_complete(self.node, status)
+            return
+        self._start()
+
+    def cancel(self) -> None:
+        if self.fetch is not None:
+            self.fetch.cancel()
+            self.fetch = None
+
+
+def _claim_text(payload: dict, path: tuple[str, ...]) -> str:
+    """The claim as Envoy copies it to a header: strings as they are, numbers as integers when
+    whole (else C's %f), booleans as true/false; anything else is not copied."""
+    value = payload
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return ""
+        value = value[key]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if 0 <= value < 2 ** 64 and float(value).is_integer():
+            return str(int(value))
+        return "%f" % value
+    return ""
+
+
+# -- the filter -------------------------------------------------------------------------------
+
+def _is_cors_preflight(head) -> bool:
+    return (head.method == b"OPTIONS" and bool(head.headers.get(b"origin"))
+            and bool(head.headers.get(b"access-control-request-method")))
+
+
+def _details(message: str) -> str:
+    return "jwt_authn_access_denied{%s}" % "_".join(message.split(" "))
+
+
+class JwtAuthnFilter(PassThroughFilter):
+    __slots__ = ("cb", "wf", "head", "states", "auths", "stopped", "state", "uri")
+
+    def __init__(self, callbacks, wf: WorkerJwtAuthn) -> None:
+        self.cb = callbacks
+        self.wf = wf
+        self.head = None
+        self.states: dict[int, _State] = {}
+        self.auths: list[_Authenticator] = []
+        self.stopped = False
+        self.state = 0      # 0 calling, 1 complete, 2 responded
+        self.uri = b""
+
+    def decode_headers(self, head, end_stream: bool) -> int:
+        wf = self.wf
+        cfg = wf.config
+        self.head = head
+        if wf.factory.sanitize:
+            head.headers.remove_many(wf.factory.sanitize)
+        if cfg.bypass_cors_preflight and _is_cors_preflight(head):
+            wf.cors_preflight_bypassed.value += 1
+            self._complete(_OK)
+            return _CONTINUE
+        per_route = self.cb.per_filter_config(wf.name)
+        if per_route is not None:
+            if per_route.disabled:
+                node = None
+            else:
+                node = wf.factory.named.get(per_route.requirement_name)
+                if node is None:
+                    msg = (f"Wrong requirement_name: {per_route.requirement_name}. "
+                           f"It should be one of [{cfg.requirement_names}]")
+                    wf.denied.value += 1
+                    self.state = 2
+                    body = b"" if cfg.strip_failure_response else \
+                        ("Failed JWT authentication: " + msg).encode()
+                    self.cb.send_local_reply(403, body, None, _details(msg))
+                    return FilterHeadersStatus.STOP_ITERATION
+        else:
+            node = None
+            view = None
+            for match, rule_node in wf.factory.rules:
+                if view is None:
+                    view = RequestView(head)
+                if match.matches(view):
+                    node = rule_node
+                    break
+        if node is None:
+            self._complete(_OK)
+            return _CONTINUE
+        self.uri = self._original_uri(head)
+        self._verify(node)
+        if self.state == 1:
+            return _CONTINUE
+        if self.state == 2:
+            return FilterHeadersStatus.STOP_ITERATION
+        self.stopped = True
+        return _HOLD
+
+    @staticmethod
+    def _original_uri(head) -> bytes:
+        headers = head.headers
+        path = headers.get(b"x-envoy-original-path") or head.path
+        return b"%s://%s%s" % (headers.get(b"x-forwarded-proto") or b"", head.authority,
+                               path[:_MAX_URI_PATH])
+
+    # -- the verifier tree ---------------------------------------------------------------------
+    def _state(self, node: _Node) -> _State:
+        s = self.states.get(id(node))
+        if s is None:
+            s = self.states[id(node)] = _State()
+        return s
+
+    def _verify(self, node: _Node) -> None:
+        kind = node.kind
+        if kind in ("any", "all"):
+            for child in node.children:
+                if self._state(node).completed:
+                    return
+                self._verify(child)
+            return
+        if kind == "none":
+            self._complete_with(node, _OK)
+            return
+        auth = _Authenticator(self, node)
+        head = self.head
+        if node.extractor.sanitize:
+            head.headers.remove_many(node.extractor.sanitize)
+        auth.verify(node.extractor.extract(head))
+        if not self._state(node).completed:
+            self.auths.append(auth)
+
+    def node_complete(self, node: _Node, status: str) -> None:
+        """BaseVerifierImpl / Any / All onComplete."""
+        s = self._state(node)
+        if s.completed:
+            return
+        kind = node.kind
+        if kind == "any":
+            if status == _OK:
+                s.completed = True
+                return self._complete_with(node, status)
+            s.done_children += 1
+            if s.done_children < len(node.children):
+                return
+            final = jv.JWT_MISSED
+            for child in node.children:
+                cs = self._state(child).status
+                if (cs != jv.JWT_MISSED and cs != jv.JWT_UNKNOWN_ISSUER) or final == jv.JWT_MISSED:
+                    final = cs
+            if node.allow_missing_or_failed:
+                final = _OK
+            elif node.allow_missing and final == jv.JWT_MISSED:
+                final = _OK
+            s.completed = True
+            return self._complete_with(node, final)
+        if kind == "all":
+            s.done_children += 1
+            if s.done_children == len(node.children) or status != _OK:
+                s.completed = True
+                self._complete_with(node, status)
+            return
+        s.completed = True
+        self._complete_with(node, status)
+
+    def _complete_with(self, node: _Node, status: str) -> None:
+        if node.parent is not None:
+            self._state(node).status = status
+            self.node_complete(node.parent, status)
+            return
+        self._complete(status)
+        self._cancel()
+
+    # -- the outcome ---------------------------------------------------------------------------
+    def _complete(self, status: str) -> None:
+        if self.state == 2:
+            return
+        wf = self.wf
+        if status != _OK:
+            wf.denied.value += 1
+            self.state = 2
+            code = 403 if status == jv.JWT_AUDIENCE_NOT_ALLOWED else 401
+            if wf.config.strip_failure_response:
+                self.cb.send_local_reply(code, b"", None, _details(status))
+                return
+            realm = b'Bearer realm="' + self.uri + b'"'
+            if status != jv.JWT_MISSED:
+                realm += b', error="invalid_token"'
+            self.cb.send_local_reply(code, status.encode(), None, _details(status),
+                                     [(b"www-authenticate", realm)])
+            return
+        wf.allowed.value += 1
+        self.state = 1
+        if self.stopped:
+            self.cb.continue_decoding()
+
+    def _cancel(self) -> None:
+        auths, self.auths = self.auths, []
+        for auth in auths:
+            auth.cancel()
+
+    def on_destroy(self) -> None:
+        self.state = 2
+        self._cancel()
+
+
+register(Extension(
+    category="http_filter",
+    name=NAME,
+    proto=PROTO,
+    parse=parse_jwt_authentication,
+    factory=JwtAuthnFactory,
+    per_route_proto=PER_ROUTE_PROTO,
+    parse_per_route=parse_per_route,
+))

@@ -27,7 +27,8 @@ Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
   per-worker JWKS cache); a fetch that fails (no answer, not 200, keys that do not parse) gives
   "Jwks remote fetch is failed". Stats `jwks_fetch_success` / `jwks_fetch_failed`.
 Stats `http.<stat_prefix>.jwt_authn.[<filter stat_prefix>.]{allowed,denied,cors_preflight_bypassed,
-jwks_fetch_success,jwks_fetch_failed}`.
+jwks_fetch_success,jwks_fetch_failed,jwt_cache_hit,jwt_cache_miss}` (no token cache: every
+token of a named provider is a miss, as in Envoy without jwt_cache_config).
 
 Thread affinity: the factory's compiled verifiers are immutable and shared; each worker's JWKS
 cache belongs to it; a filter and its verification state belong to the stream's worker.
@@ -305,6 +306,10 @@ class WorkerJwtAuthn:
         self.cors_preflight_bypassed = scope.counter("cors_preflight_bypassed")
         self.jwks_fetch_success = scope.counter("jwks_fetch_success")
         self.jwks_fetch_failed = scope.counter("jwks_fetch_failed")
+        # Envoy looks each token of a named provider up in its verified-token cache, which is
+        # off unless jwt_cache_config (refused here) sets it: every lookup is a miss.
+        self.jwt_cache_hit = scope.counter("jwt_cache_hit")
+        self.jwt_cache_miss = scope.counter("jwt_cache_miss")
         # This worker's fetched keys: provider name -> (Jwks, monotonic expiry). Worker-owned.
         self.remote_jwks: dict[str, tuple[jv.Jwks, float]] = {}
 
@@ -351,6 +356,8 @@ class _Authenticator:
 
     def _start(self) -> None:
         token = self.current = self.tokens.pop()
+        if self.provider is not None:
+            self.f.wf.jwt_cache_miss.value += 1
         try:
             jwt = self.jwt = jv.parse_jwt(token.token)
         except jv.JwtError as e:
@@ -373,7 +380,7 @@ class _Authenticator:
         if provider.subjects is not None and not provider.subjects.match(jwt.sub):
             return self._done(jv.JWT_VERIFICATION_FAIL)
         if provider.max_lifetime is not None and (not jwt.exp or jwt.exp - now >= provider.max_lifetime):
-            return self._done(jv.JWT_EXPIRED if jwt.exp else jv.JWT_VERIFICATION_FAIL)
+            return self._done(jv.JWT_VERIFICATION_FAIL)
         jwks = wf.jwks_for(provider)
         if jwks is not None:
             return self._verify_key(jwks)

@@ -294,3 +294,67 @@ def test_remote_jwks_async_fetch_is_refused_by_name():
     provider["remote_jwks"]["async_fetch"] = {"fast_listener": True}
     with pytest.raises(ConfigError, match="async_fetch"):
         parse_bootstrap(_config(1, {"main": provider}, clusters=[cluster]))
+
+
+def test_a_request_body_waits_for_the_key_fetch_and_reaches_the_upstream_whole(upstream):
+    key = make_key("PS256")
+    release = threading.Event()
+
+    def slow(path, headers):
+        release.wait(5)
+        return 200, [], jwks(key).encode()
+
+    service = DecidingService(slow)
+    provider, cluster = _remote(service.port, timeout="10s")
+    p = ProxyUnderTest(_config(upstream.port, {"main": provider}, clusters=[cluster]))
+    try:
+        body = os.urandom(300_000)
+        result = {}
+
+        def post():
+            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+            conn.request("POST", "/upload", body=body, headers={"authorization": "Bearer " + key.sign(_claims())})
+            r = conn.getresponse()
+            result["status"] = r.status
+            r.read()
+            conn.close()
+
+        t = threading.Thread(target=post)
+        t.start()
+        assert p.wait_for(lambda: len(service.requests) == 1)
+        time.sleep(0.2)   # the body arrives while the keys are being fetched
+        assert len(upstream.requests) == 0
+        release.set()
+        t.join(10)
+        assert result["status"] == 200
+        assert upstream.requests[-1][3] == body
+    finally:
+        release.set()
+        p.stop()
+        service.close()
+
+
+def test_concurrent_requests_on_two_workers_each_get_their_own_answer(upstream, keys):
+    from concurrent.futures import ThreadPoolExecutor
+    rs, es = keys["RS256"], keys["ES256"]
+    p = ProxyUnderTest(_config(upstream.port, {"main": _local([rs, es], claim_to_headers=[
+        {"header_name": "x-user", "claim_name": "sub"}])}), concurrency=2)
+    try:
+        def one(i):
+            key = rs if i % 2 else es
+            if i % 3 == 0:
+                return i, _get(p.port, f"/u{i}", key.sign(_claims(exp=1)))
+            return i, _get(p.port, f"/u{i}", key.sign(_claims(sub=f"user{i}")))
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(60)))
+        seen = {r[1]: r[2]["x-user"] for r in upstream.requests}
+        for i, (status, _, body) in results:
+            if i % 3 == 0:
+                assert (status, body) == (401, b"Jwt is expired")
+            else:
+                assert status == 200 and seen[f"/u{i}"] == f"user{i}"
+        c = p.counters()
+        assert c["http.ingress_http.jwt_authn.allowed"] == 40 and c["http.ingress_http.jwt_authn.denied"] == 20
+    finally:
+        p.stop()

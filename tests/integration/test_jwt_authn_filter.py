@@ -272,7 +272,7 @@ def test_a_local_jwks_that_does_not_parse_leaves_the_provider_without_keys(upstr
 @pytest.mark.parametrize("provider_extra,filter_extra,where", [
     ({"payload_in_metadata": "p"}, {}, "payload_in_metadata"),
     ({"header_in_metadata": "h"}, {}, "header_in_metadata"),
-    ({"jwt_cache_config": {"jwt_cache_size": 10}}, {}, "jwt_cache_config"),
+    ({"jwt_cache_config": {"jwt_cache_size": -1}}, {}, "jwt_cache_size"),
     ({"claim_to_headers": [{"header_name": "x", "claim_path": [{"key": "a"}]}]}, {}, "claim_path"),
     ({}, {"filter_state_rules": {"name": "sel", "requires": {}}}, "filter_state_rules"),
     ({}, {"rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "nope"}}]},
@@ -356,5 +356,27 @@ def test_concurrent_requests_on_two_workers_each_get_their_own_answer(upstream, 
                 assert status == 200 and seen[f"/u{i}"] == f"user{i}"
         c = p.counters()
         assert c["http.ingress_http.jwt_authn.allowed"] == 40 and c["http.ingress_http.jwt_authn.denied"] == 20
+    finally:
+        p.stop()
+
+
+def test_jwt_cache_config_keeps_verified_tokens_per_worker_lru(upstream, keys):
+    key = keys["RS256"]
+    provider = _local([key], jwt_cache_config={"jwt_cache_size": 2})
+    p = ProxyUnderTest(_config(upstream.port, {"main": provider}, rules=[
+        {"match": {"prefix": "/narrow"}, "requires": {"provider_and_audiences": {
+            "provider_name": "main", "audiences": ["narrow"]}}},
+        {"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]))
+    try:
+        a, b, c = (key.sign(_claims(sub=s)) for s in "abc")
+        for token, path in ((a, "/"), (a, "/"), (b, "/"), (a, "/"), (c, "/"), (b, "/"), (a, "/")):
+            assert _get(p.port, path, token)[0] == 200
+        counters = p.counters()
+        # a miss, a hit, b miss, a hit, c miss (b goes), b miss (a goes), a miss
+        assert counters["http.ingress_http.jwt_authn.jwt_cache_hit"] == 2
+        assert counters["http.ingress_http.jwt_authn.jwt_cache_miss"] == 5
+        # A cached token is still held to the requirement's audiences.
+        assert _get(p.port, "/narrow", a)[:3:2] == (403, b"Audiences in Jwt are not allowed")
+        assert p.counters()["http.ingress_http.jwt_authn.jwt_cache_hit"] == 3
     finally:
         p.stop()

@@ -26,9 +26,13 @@ Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
   the worker's async client); each worker keeps what it fetched for `cache_duration` (Envoy's
   per-worker JWKS cache); a fetch that fails (no answer, not 200, keys that do not parse) gives
   "Jwks remote fetch is failed". Stats `jwks_fetch_success` / `jwks_fetch_failed`.
+- `jwt_cache_config` (off by default, as Envoy): each worker keeps, per provider, up to
+  `jwt_cache_size` verified tokens (LRU, tokens up to `jwt_max_token_size`); a token found there
+  skips parsing and the signature check, not the issuer, time, audience, subject and lifetime
+  checks; one expired (60 s skew) is dropped. Only a named provider's tokens are cached.
 Stats `http.<stat_prefix>.jwt_authn.[<filter stat_prefix>.]{allowed,denied,cors_preflight_bypassed,
-jwks_fetch_success,jwks_fetch_failed,jwt_cache_hit,jwt_cache_miss}` (no token cache: every
-token of a named provider is a miss, as in Envoy without jwt_cache_config).
+jwks_fetch_success,jwks_fetch_failed,jwt_cache_hit,jwt_cache_miss}` (a named provider's token
+looked up in its cache; without one every lookup is a miss, as Envoy counts it).
 
 Thread affinity: the factory's compiled verifiers are immutable and shared; each worker's JWKS
 cache belongs to it; a filter and its verification state belong to the stream's worker.
@@ -37,6 +41,7 @@ cache belongs to it; a filter and its verification state belong to the stream's 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from urllib.parse import unquote
 
 from ...config.registry import Extension, register
@@ -306,15 +311,38 @@ class WorkerJwtAuthn:
         self.cors_preflight_bypassed = scope.counter("cors_preflight_bypassed")
         self.jwks_fetch_success = scope.counter("jwks_fetch_success")
         self.jwks_fetch_failed = scope.counter("jwks_fetch_failed")
-        # Envoy looks each token of a named provider up in its verified-token cache, which is
-        # off unless jwt_cache_config (refused here) sets it: every lookup is a miss.
+        # Envoy looks each token of a named provider up in that provider's cache of verified
+        # tokens (per worker); without jwt_cache_config there is none and every lookup misses.
         self.jwt_cache_hit = scope.counter("jwt_cache_hit")
         self.jwt_cache_miss = scope.counter("jwt_cache_miss")
+        self.jwt_caches: dict[str, OrderedDict[bytes, jv.Jwt]] = {
+            p.name: OrderedDict() for p in factory.config.providers if p.jwt_cache_size}
         # This worker's fetched keys: provider name -> (Jwks, monotonic expiry). Worker-owned.
         self.remote_jwks: dict[str, tuple[jv.Jwks, float]] = {}
 
     def create(self, callbacks) -> JwtAuthnFilter:
         return JwtAuthnFilter(callbacks, self)
+
+    def cached_jwt(self, provider: JwtProvider, token: bytes) -> jv.Jwt | None:
+        """JwtCache::lookup: a verified token of this provider, unless expired (60 s skew)."""
+        cache = self.jwt_caches.get(provider.name)
+        jwt = cache.get(token) if cache is not None else None
+        if jwt is None:
+            return None
+        if jwt.exp and int(time.time()) > jwt.exp + 60:
+            del cache[token]
+            return None
+        cache.move_to_end(token)
+        return jwt
+
+    def cache_jwt(self, provider: JwtProvider, token: bytes, jwt: jv.Jwt) -> None:
+        cache = self.jwt_caches.get(provider.name)
+        if cache is None or len(token) > provider.jwt_max_token_size:
+            return
+        cache[token] = jwt
+        cache.move_to_end(token)
+        while len(cache) > provider.jwt_cache_size:
+            cache.popitem(last=False)
 
     def jwks_for(self, provider: JwtProvider) -> jv.Jwks | None:
         if provider.local_jwks is not None:
@@ -332,7 +360,7 @@ class _Authenticator:
     between), then tells the node."""
 
     __slots__ = ("f", "node", "provider", "audiences", "allow_failed", "allow_missing", "tokens",
-                 "current", "jwt", "using", "fetch")
+                 "current", "jwt", "using", "fetch", "cache_hit")
 
     def __init__(self, f: JwtAuthnFilter, node: _Node) -> None:
         self.f = f
@@ -346,6 +374,7 @@ class _Authenticator:
         self.jwt: jv.Jwt | None = None
         self.using: JwtProvider | None = None
         self.fetch: AsyncRequest | None = None
+        self.cache_hit = False
 
     def verify(self, tokens: list[_Token]) -> None:
         self.tokens = tokens
@@ -356,15 +385,23 @@ class _Authenticator:
 
     def _start(self) -> None:
         token = self.current = self.tokens.pop()
+        wf = self.f.wf
+        jwt = None
         if self.provider is not None:
-            self.f.wf.jwt_cache_miss.value += 1
-        try:
-            jwt = self.jwt = jv.parse_jwt(token.token)
-        except jv.JwtError as e:
-            return self._done(e.status)
+            jwt = wf.cached_jwt(self.provider, token.token)
+            if jwt is not None:
+                wf.jwt_cache_hit.value += 1
+            else:
+                wf.jwt_cache_miss.value += 1
+        self.cache_hit = jwt is not None
+        if jwt is None:
+            try:
+                jwt = jv.parse_jwt(token.token)
+            except jv.JwtError as e:
+                return self._done(e.status)
+        self.jwt = jwt
         if not token.checker.allows(jwt.iss):
             return self._done(jv.JWT_UNKNOWN_ISSUER)
-        wf = self.f.wf
         provider = self.provider or wf.factory.find_by_issuer(jwt.iss)
         if provider is None:
             return self._done(jv.JWT_UNKNOWN_ISSUER)
@@ -381,6 +418,8 @@ class _Authenticator:
             return self._done(jv.JWT_VERIFICATION_FAIL)
         if provider.max_lifetime is not None and (not jwt.exp or jwt.exp - now >= provider.max_lifetime):
             return self._done(jv.JWT_VERIFICATION_FAIL)
+        if self.cache_hit:
+            return self._good()
         jwks = wf.jwks_for(provider)
         if jwks is not None:
             return self._verify_key(jwks)
@@ -435,6 +474,8 @@ class _Authenticator:
             _remove_token(head, self.current)
         if added and provider.clear_route_cache:
             self.f.cb.clear_route_cache()
+        if self.provider is not None and not self.cache_hit:
+            self.f.wf.cache_jwt(provider, self.current.token, jwt)
         self._done(_OK)
 
     def _done(self, status: str) -> None:

@@ -36,6 +36,8 @@ PER_ROUTE_PROTO = "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 _METADATA = "dynamic metadata (no filter here reads jwt_authn's)"
 _DEFAULT_CACHE_DURATION = 600.0   # RemoteJwks.cache_duration's default: 10 minutes
 _DEFAULT_CLOCK_SKEW = 60          # jwt_verify_lib's kClockSkewInSecond
+_DEFAULT_JWT_CACHE_SIZE = 100     # JwtCacheConfig.jwt_cache_size 0 / unset
+_MAX_CACHED_TOKEN = 4096          # JwtCacheConfig.jwt_max_token_size 0 / unset: longer ones are not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,8 @@ class JwtProvider:
     clear_route_cache: bool = False
     subjects: StringMatcher | None = None
     max_lifetime: float | None = None              # seconds; inf: require_expiration
+    jwt_cache_size: int = 0                        # 0: no cache of verified tokens (the default)
+    jwt_max_token_size: int = _MAX_CACHED_TOKEN
 
 
 # Requirement trees (JwtRequirement), each node immutable.
@@ -151,9 +155,13 @@ JWT_PROVIDER = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtProvider",
     refused("header_in_metadata", _METADATA),
     refused("failed_status_in_metadata", _METADATA),
     used("clock_skew_seconds", 60, why="0 means the default, 60"),
-    refused("jwt_cache_config", "a cache of verified tokens (Envoy's is off unless configured)"),
+    used("jwt_cache_config", attr="jwt_cache_size", why="off unless set, as Envoy"),
     used("claim_to_headers"),
     used("clear_route_cache", False),
+))
+JWT_CACHE_CONFIG = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtCacheConfig", fields=(
+    used("jwt_cache_size", 100, why="0 means the default, 100"),
+    used("jwt_max_token_size", 4096, why="0 means the default, 4 KiB"),
 ))
 REMOTE_JWKS = Message("envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks", model=RemoteJwks, fields=(
     used("http_uri", attr="cluster", why="its own table"),
@@ -292,6 +300,11 @@ def _provider(name: str, raw: Any, path: str) -> JwtProvider:
         max_lifetime = f.duration("max_lifetime")
     subjects = parse_string_matcher(f.value("subjects"), f.at("subjects")) if f.has("subjects") else None
     payload_header = f.str("forward_payload_header", "")
+    cache_size, cache_token = 0, _MAX_CACHED_TOKEN
+    if f.value("jwt_cache_config") is not None:
+        cc = JWT_CACHE_CONFIG.read(f.value("jwt_cache_config"), f.at("jwt_cache_config"))
+        cache_size = cc.int("jwt_cache_size", 0, min=0, max=2 ** 32 - 1) or _DEFAULT_JWT_CACHE_SIZE
+        cache_token = cc.int("jwt_max_token_size", 0, min=0, max=2 ** 32 - 1) or _MAX_CACHED_TOKEN
     return JwtProvider(
         name=name,
         issuer=f.str("issuer", ""),
@@ -309,6 +322,8 @@ def _provider(name: str, raw: Any, path: str) -> JwtProvider:
         clear_route_cache=f.bool("clear_route_cache", False),
         subjects=subjects,
         max_lifetime=max_lifetime,
+        jwt_cache_size=cache_size,
+        jwt_max_token_size=cache_token,
     )
 
 

@@ -534,14 +534,18 @@ class JwtAuthnFilter(PassThroughFilter):
         self.auths: list[_Authenticator] = []
         self.stopped = False
         self.state = 0      # 0 calling, 1 complete, 2 responded
-        self.uri = b""
+        self.uri = None
 
     def decode_headers(self, head, end_stream: bool) -> int:
         wf = self.wf
         cfg = wf.config
         self.head = head
-        if wf.factory.sanitize:
-            head.headers.remove_many(wf.factory.sanitize)
+        sanitize = wf.factory.sanitize
+        if sanitize:
+            for name, _ in head.headers.fields:
+                if name in sanitize:
+                    head.headers.remove_many(sanitize)
+                    break
         if cfg.bypass_cors_preflight and _is_cors_preflight(head):
             wf.cors_preflight_bypassed.value += 1
             self._complete(_OK)
@@ -573,7 +577,10 @@ class JwtAuthnFilter(PassThroughFilter):
         if node is None:
             self._complete(_OK)
             return _CONTINUE
-        self.uri = self._original_uri(head)
+        # The realm is the request as it came (a good token may be removed from its query
+        # before another fails): what it is made of is kept now, the text only on a failure.
+        self.uri = (head.headers.get(b"x-forwarded-proto"), head.authority,
+                    head.headers.get(b"x-envoy-original-path") or head.path)
         self._verify(node)
         if self.state == 1:
             return _CONTINUE
@@ -582,12 +589,9 @@ class JwtAuthnFilter(PassThroughFilter):
         self.stopped = True
         return _HOLD
 
-    @staticmethod
-    def _original_uri(head) -> bytes:
-        headers = head.headers
-        path = headers.get(b"x-envoy-original-path") or head.path
-        return b"%s://%s%s" % (headers.get(b"x-forwarded-proto") or b"", head.authority,
-                               path[:_MAX_URI_PATH])
+    def _realm(self) -> bytes:
+        proto, authority, path = self.uri
+        return b'Bearer realm="%s://%s%s"' % (proto or b"", authority, path[:_MAX_URI_PATH])
 
     # -- the verifier tree ---------------------------------------------------------------------
     def _state(self, node: _Node) -> _State:
@@ -608,10 +612,8 @@ class JwtAuthnFilter(PassThroughFilter):
             self._complete_with(node, _OK)
             return
         auth = _Authenticator(self, node)
-        head = self.head
-        if node.extractor.sanitize:
-            head.headers.remove_many(node.extractor.sanitize)
-        auth.verify(node.extractor.extract(head))
+        # (Envoy 1.40 removed the providers' payload and claim headers in decode_headers.)
+        auth.verify(node.extractor.extract(self.head))
         if not self._state(node).completed:
             self.auths.append(auth)
 
@@ -668,7 +670,7 @@ class JwtAuthnFilter(PassThroughFilter):
             if wf.config.strip_failure_response:
                 self.cb.send_local_reply(code, b"", None, _details(status))
                 return
-            realm = b'Bearer realm="' + self.uri + b'"'
+            realm = self._realm()
             if status != jv.JWT_MISSED:
                 realm += b', error="invalid_token"'
             self.cb.send_local_reply(code, status.encode(), None, _details(status),

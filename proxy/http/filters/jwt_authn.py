@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from ...config.registry import Extension, register
 from ...router.matchers import RequestView
@@ -195,16 +195,35 @@ class Extractor:
         return tokens
 
 
+def _target_safe(value: bytes) -> bytes:
+    """A decoded query piece as it may stand in a request target: bytes that cannot (controls,
+    space, `#`, DEL, non-ASCII) are percent-encoded again. (Envoy writes them raw, making a
+    request line its upstream refuses: a deliberate difference.)"""
+    if all(0x20 < b < 0x7f and b != 0x23 for b in value):
+        return value
+    return b"".join(b"%%%02X" % b if not (0x20 < b < 0x7f and b != 0x23) else bytes((b,)) for b in value)
+
+
+def _query_without(path: bytes, name: str) -> bytes:
+    """Envoy's JwtParamLocation::removeJwt: the query parsed and percent-decoded, the token's
+    parameter dropped, and the rest written back by name in byte order (values of one name in
+    their order, `k` as `k=`), decoded; no parameter left: no `?`."""
+    base, _, query = path.partition(b"?")
+    params: dict[bytes, list[bytes]] = {}
+    for part in query.split(b"&"):
+        if part:
+            k, _, v = part.partition(b"=")
+            params.setdefault(unquote_to_bytes(k), []).append(unquote_to_bytes(v))
+    params.pop(name.encode("latin-1"), None)
+    pieces = [_target_safe(k) + b"=" + _target_safe(v) for k in sorted(params) for v in params[k]]
+    return base + b"?" + b"&".join(pieces) if pieces else base
+
+
 def _remove_token(head, token: _Token) -> None:
     if token.kind == "header":
         head.headers.remove(token.name)
     elif token.kind == "param":
-        path, sep, query = head.path.partition(b"?")
-        query, hsep, fragment = query.partition(b"#")
-        kept = [part for part in query.split(b"&") if part
-                and unquote(part.partition(b"=")[0].decode("latin-1")) != token.name]
-        new = path + (b"?" + b"&".join(kept) if kept else b"") + (hsep + fragment if hsep else b"")
-        head.set_path(new)
+        head.set_path(_query_without(head.path, token.name))
     # cookie: Envoy leaves it (a TODO in its extractor)
 
 

@@ -23,10 +23,12 @@ from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 
 from ..jwt_tokens import b64url, jwks, make_key
+from ..lua_support import lua_in_process_skip_reason
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
 from .servers import DecidingService
 
 URL = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+LUA_IN_PROCESS_SKIP = lua_in_process_skip_reason()
 ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 ISS = "https://issuer.test"
@@ -270,8 +272,7 @@ def test_a_local_jwks_that_does_not_parse_leaves_the_provider_without_keys(upstr
 
 
 @pytest.mark.parametrize("provider_extra,filter_extra,where", [
-    ({"payload_in_metadata": "p"}, {}, "payload_in_metadata"),
-    ({"header_in_metadata": "h"}, {}, "header_in_metadata"),
+    ({"failed_status_in_metadata": "f"}, {}, "failed_status_in_metadata"),
     ({"jwt_cache_config": {"jwt_cache_size": -1}}, {}, "jwt_cache_size"),
     ({"claim_to_headers": [{"header_name": "x", "claim_path": [{"key": "a"}]}]}, {}, "claim_path"),
     ({}, {"filter_state_rules": {"name": "sel", "requires": {}}}, "filter_state_rules"),
@@ -378,5 +379,28 @@ def test_jwt_cache_config_keeps_verified_tokens_per_worker_lru(upstream, keys):
         # A cached token is still held to the requirement's audiences.
         assert _get(p.port, "/narrow", a)[:3:2] == (403, b"Audiences in Jwt are not allowed")
         assert p.counters()["http.ingress_http.jwt_authn.jwt_cache_hit"] == 3
+    finally:
+        p.stop()
+
+
+@pytest.mark.skipif(LUA_IN_PROCESS_SKIP is not None, reason=str(LUA_IN_PROCESS_SKIP))
+def test_payload_and_header_in_metadata_reach_a_lua_filter(upstream, keys):
+    key = keys["ES384"]
+    provider = _local([key], payload_in_metadata="p", header_in_metadata="h",
+                      normalize_payload_in_metadata={"space_delimited_claims": ["scope"]})
+    lua = {"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": """
+function envoy_on_request(h)
+  local md = h:streamInfo():dynamicMetadata():get("envoy.filters.http.jwt_authn")
+  h:headers():add("x-md", md["p"]["sub"] .. "|" .. md["h"]["alg"] .. "|" .. table.concat(md["p"]["scope"], ","))
+end"""}}}
+    cfg = _config(upstream.port, {"main": provider})
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(1, lua)
+    p = ProxyUnderTest(cfg)
+    try:
+        assert _get(p.port, "/x", key.sign(_claims(scope="read write")))[0] == 200
+        assert upstream.requests[-1][2]["x-md"] == "alice|ES384|read,write"
     finally:
         p.stop()

@@ -26,6 +26,9 @@ Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
   the worker's async client); each worker keeps what it fetched for `cache_duration` (Envoy's
   per-worker JWKS cache); a fetch that fails (no answer, not 200, keys that do not parse) gives
   "Jwks remote fetch is failed". Stats `jwks_fetch_success` / `jwks_fetch_failed`.
+- `payload_in_metadata` / `header_in_metadata`: a good token's payload (its
+  `normalize_payload_in_metadata` claims split on spaces) and header in the stream's dynamic
+  metadata under `envoy.filters.http.jwt_authn`, where a Lua filter after this one reads them.
 - `jwt_cache_config` (off by default, as Envoy): each worker keeps, per provider, up to
   `jwt_cache_size` verified tokens (LRU, tokens up to `jwt_max_token_size`); a token found there
   skips parsing and the signature check, not the issuer, time, audience, subject and lifetime
@@ -325,7 +328,11 @@ class _Authenticator:
                 added = True
         if not provider.forward:
             remove_token(head, self.current)
-        if added and provider.clear_route_cache:
+        if provider.header_in_metadata:
+            self.f.extracted[provider.header_in_metadata] = jwt.header
+        if provider.payload_in_metadata:
+            self.f.extracted[provider.payload_in_metadata] = _normalized(jwt.payload, provider)
+        if (added or provider.payload_in_metadata) and provider.clear_route_cache:
             self.f.cb.clear_route_cache()
         if self.provider is not None and not self.cache_hit:
             self.f.wf.cache_jwt(provider, self.current.token, jwt)
@@ -344,6 +351,20 @@ class _Authenticator:
         if self.fetch is not None:
             self.fetch.cancel()
             self.fetch = None
+
+
+def _normalized(payload: dict, provider: JwtProvider) -> dict:
+    """The payload for dynamic metadata: each of `space_delimited_claims` that is a string
+    becomes the list of its space-separated words (Envoy's NormalizePayload)."""
+    claims = provider.space_delimited_claims
+    if not claims:
+        return payload
+    out = dict(payload)
+    for claim in claims:
+        value = out.get(claim)
+        if isinstance(value, str):
+            out[claim] = [w for w in value.split(" ") if w]
+    return out
 
 
 def _claim_text(payload: dict, path: tuple[str, ...]) -> str:
@@ -377,7 +398,7 @@ def _details(message: str) -> str:
 
 
 class JwtAuthnFilter(PassThroughFilter):
-    __slots__ = ("cb", "wf", "head", "states", "auths", "stopped", "state", "uri")
+    __slots__ = ("cb", "wf", "head", "states", "auths", "stopped", "state", "uri", "extracted")
 
     def __init__(self, callbacks, wf: WorkerJwtAuthn) -> None:
         self.cb = callbacks
@@ -388,6 +409,7 @@ class JwtAuthnFilter(PassThroughFilter):
         self.stopped = False
         self.state = 0      # 0 calling, 1 complete, 2 responded
         self.uri = None
+        self.extracted: dict[str, dict] = {}   # payload/header_in_metadata of good tokens
 
     def decode_headers(self, head, end_stream: bool) -> int:
         wf = self.wf
@@ -508,6 +530,12 @@ class JwtAuthnFilter(PassThroughFilter):
             self._state(node).status = status
             self.node_complete(node.parent, status)
             return
+        if self.extracted:   # Envoy's setExtractedData, whatever the outcome
+            info = self.cb.stream_info
+            md = getattr(info, "dynamic_metadata", None)
+            if md is None:
+                md = info.dynamic_metadata = {}
+            md.setdefault(NAME, {}).update(self.extracted)
         self._complete(status)
         self._cancel()
 

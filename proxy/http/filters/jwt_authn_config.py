@@ -33,7 +33,7 @@ __all__ = ["JwtAuthentication", "JwtProvider", "RemoteJwks", "PerRouteConfig", "
 NAME = "envoy.filters.http.jwt_authn"
 PROTO = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 PER_ROUTE_PROTO = "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
-_METADATA = "dynamic metadata (no filter here reads jwt_authn's)"
+_METADATA = "the failure status in dynamic metadata"
 _DEFAULT_CACHE_DURATION = 600.0   # RemoteJwks.cache_duration's default: 10 minutes
 _DEFAULT_CLOCK_SKEW = 60          # jwt_verify_lib's kClockSkewInSecond
 _DEFAULT_JWT_CACHE_SIZE = 100     # JwtCacheConfig.jwt_cache_size 0 / unset
@@ -67,6 +67,9 @@ class JwtProvider:
     clear_route_cache: bool = False
     subjects: StringMatcher | None = None
     max_lifetime: float | None = None              # seconds; inf: require_expiration
+    payload_in_metadata: str = ""                  # dynamic metadata keys (namespace jwt_authn)
+    header_in_metadata: str = ""
+    space_delimited_claims: tuple[str, ...] = ()   # normalize_payload_in_metadata
     jwt_cache_size: int = 0                        # 0: no cache of verified tokens (the default)
     jwt_max_token_size: int = _MAX_CACHED_TOKEN
 
@@ -150,14 +153,17 @@ JWT_PROVIDER = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtProvider",
     used("from_cookies"),
     used("forward_payload_header", ""),
     used("pad_forward_payload_header", False),
-    refused("payload_in_metadata", _METADATA),
-    refused("normalize_payload_in_metadata", _METADATA),
-    refused("header_in_metadata", _METADATA),
+    used("payload_in_metadata", "", why="read by a Lua filter's streamInfo():dynamicMetadata()"),
+    used("normalize_payload_in_metadata", attr="space_delimited_claims"),
+    used("header_in_metadata", ""),
     refused("failed_status_in_metadata", _METADATA),
     used("clock_skew_seconds", 60, why="0 means the default, 60"),
     used("jwt_cache_config", attr="jwt_cache_size", why="off unless set, as Envoy"),
     used("claim_to_headers"),
     used("clear_route_cache", False),
+))
+NORMALIZE_PAYLOAD = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtProvider.NormalizePayload", fields=(
+    used("space_delimited_claims"),
 ))
 JWT_CACHE_CONFIG = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtCacheConfig", fields=(
     used("jwt_cache_size", 100, why="0 means the default, 100"),
@@ -300,6 +306,10 @@ def _provider(name: str, raw: Any, path: str) -> JwtProvider:
         max_lifetime = f.duration("max_lifetime")
     subjects = parse_string_matcher(f.value("subjects"), f.at("subjects")) if f.has("subjects") else None
     payload_header = f.str("forward_payload_header", "")
+    normalize: tuple[str, ...] = ()
+    if f.value("normalize_payload_in_metadata") is not None:
+        n = NORMALIZE_PAYLOAD.read(f.value("normalize_payload_in_metadata"), f.at("normalize_payload_in_metadata"))
+        normalize = n.strs("space_delimited_claims")
     cache_size, cache_token = 0, _MAX_CACHED_TOKEN
     if f.value("jwt_cache_config") is not None:
         cc = JWT_CACHE_CONFIG.read(f.value("jwt_cache_config"), f.at("jwt_cache_config"))
@@ -322,6 +332,9 @@ def _provider(name: str, raw: Any, path: str) -> JwtProvider:
         clear_route_cache=f.bool("clear_route_cache", False),
         subjects=subjects,
         max_lifetime=max_lifetime,
+        payload_in_metadata=f.str("payload_in_metadata", ""),
+        header_in_metadata=f.str("header_in_metadata", ""),
+        space_delimited_claims=normalize,
         jwt_cache_size=cache_size,
         jwt_max_token_size=cache_token,
     )

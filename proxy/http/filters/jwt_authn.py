@@ -444,6 +444,12 @@ class JwtAuthnFilter(PassThroughFilter):
             node = None
             view = None
             for match, rule_node in wf.factory.rules:
+                prefix = match.raw_prefix   # a plain prefix: the target's bytes say it (table.py)
+                if prefix is not None:
+                    if head.path.startswith(prefix):
+                        node = rule_node
+                        break
+                    continue
                 if view is None:
                     view = RequestView(head)
                 if match.matches(view):

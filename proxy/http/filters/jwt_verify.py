@@ -399,7 +399,6 @@ def parse_jwks(text: bytes) -> Jwks:
 # -- signatures -----------------------------------------------------------------------------
 
 _SHA = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-_HMAC_SHA = {"256": "sha256", "384": "sha384", "512": "sha512"}
 
 
 def _bits(alg: str, family: tuple[str, ...]) -> str:
@@ -410,31 +409,43 @@ def _bits(alg: str, family: tuple[str, ...]) -> str:
     return "256"
 
 
+def _rsa_scheme(alg: str) -> tuple[Any, Any] | None:
+    h = _SHA[_bits(alg, ("RS", "PS"))]()
+    if alg.startswith("RS"):
+        return padding.PKCS1v15(), h
+    if alg.startswith("PS"):
+        return padding.PSS(padding.MGF1(h), padding.PSS.AUTO), h
+    return None
+
+
+# What each kind of key does with a token of each algorithm, made once (the cryptography
+# objects are immutable, so every worker shares them).
+_EC_SCHEME = {alg: ec.ECDSA(_SHA[_bits(alg, ("ES",))]()) for alg in IMPLEMENTED_ALGS}
+_RSA_SCHEME = {alg: _rsa_scheme(alg) for alg in IMPLEMENTED_ALGS}
+_HMAC_DIGEST = {alg: "sha" + _bits(alg, ("HS",)) for alg in IMPLEMENTED_ALGS}
+
+
 def _verify_one(jwk: Jwk, jwt: Jwt, signed: bytes) -> bool:
     alg = jwt.alg
     sig = jwt.signature
     try:
-        if jwk.kty == "EC":
+        kty = jwk.kty
+        if kty == "RSA":
+            scheme = _RSA_SCHEME[alg]
+            if scheme is None:
+                return False
+            jwk.key.verify(sig, signed, scheme[0], scheme[1])
+            return True
+        if kty == "EC":
             half = len(sig) // 2
             r = int.from_bytes(sig[:half], "big")
             s = int.from_bytes(sig[half:half * 2], "big")
             if r == 0 or s == 0:
                 return False
-            jwk.key.verify(encode_dss_signature(r, s), signed,
-                           ec.ECDSA(_SHA[_bits(alg, ("ES",))]()))
+            jwk.key.verify(encode_dss_signature(r, s), signed, _EC_SCHEME[alg])
             return True
-        if jwk.kty == "RSA":
-            h = _SHA[_bits(alg, ("RS", "PS"))]()
-            if alg.startswith("RS"):
-                jwk.key.verify(sig, signed, padding.PKCS1v15(), h)
-                return True
-            if alg.startswith("PS"):
-                jwk.key.verify(sig, signed, padding.PSS(padding.MGF1(h), padding.PSS.AUTO), h)
-                return True
-            return False
-        if jwk.kty == "oct":
-            mac = hmac.digest(jwk.key, signed, _HMAC_SHA[_bits(alg, ("HS",))])
-            return hmac.compare_digest(mac, sig)
+        if kty == "oct":
+            return hmac.compare_digest(hmac.digest(jwk.key, signed, _HMAC_DIGEST[alg]), sig)
     except (InvalidSignature, ValueError):
         return False
     return False

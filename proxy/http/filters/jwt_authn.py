@@ -244,7 +244,7 @@ class _Authenticator:
         wf = self.f.wf
         jwt = None
         if self.provider is not None:
-            jwt = wf.cached_jwt(self.provider, token.token)
+            jwt = wf.cached_jwt(self.provider, token.token) if wf.jwt_caches else None
             if jwt is not None:
                 wf.jwt_cache_hit.value += 1
             else:
@@ -416,11 +416,8 @@ class JwtAuthnFilter(PassThroughFilter):
         cfg = wf.config
         self.head = head
         sanitize = wf.factory.sanitize
-        if sanitize:
-            for name, _ in head.headers.fields:
-                if name in sanitize:
-                    head.headers.remove_many(sanitize)
-                    break
+        if sanitize and not sanitize.isdisjoint(dict(head.headers.fields)):   # (C loops)
+            head.headers.remove_many(sanitize)
         if cfg.bypass_cors_preflight and _is_cors_preflight(head):
             wf.cors_preflight_bypassed.value += 1
             self._complete(_OK)

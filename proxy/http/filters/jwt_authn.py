@@ -457,8 +457,9 @@ class JwtAuthnFilter(PassThroughFilter):
             return _CONTINUE
         # The realm is the request as it came (a good token may be removed from its query
         # before another fails): what it is made of is kept now, the text only on a failure.
-        self.uri = (head.headers.get(b"x-forwarded-proto"), head.authority,
-                    head.headers.get(b"x-envoy-original-path") or head.path)
+        first = dict(reversed(head.headers.fields))   # each name's first value, in C
+        self.uri = (first.get(b"x-forwarded-proto"), head.authority,
+                    first.get(b"x-envoy-original-path") or head.path)
         self._verify(node)
         if self.state == 1:
             return _CONTINUE

@@ -77,6 +77,7 @@ class JwtError(Exception):
 IMPLEMENTED_ALGS = frozenset({"ES256", "ES384", "ES512", "HS256", "HS384", "HS512", "RS256",
                               "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"})
 _UINT64_LIMIT = float(2 ** 64)
+_UINT64_INT = 2 ** 64
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _PADDING = (b"", b"", b"==", b"=")   # by len % 4 (1 is invalid)
@@ -193,16 +194,21 @@ def parse_jwt(token: bytes) -> Jwt:
     payload = _json_object(raw)
     if payload is None:
         raise JwtError(JWT_PAYLOAD_BAD_JSON)
-    iss = _opt_str(payload, "iss", _claim_not_string("iss"))
-    sub = _opt_str(payload, "sub", _claim_not_string("sub"))
-    iat = _uint64(payload, "iat")
-    nbf = _uint64(payload, "nbf")
-    exp = _uint64(payload, "exp")
-    _opt_str(payload, "jti", _claim_not_string("jti"))
-    aud = payload.get("aud")
-    if "aud" not in payload:
+    get = payload.get
+    # The common case (strings and whole numbers in range, or absent) without a call per claim.
+    iss, sub, jti = get("iss", ""), get("sub", ""), get("jti", "")
+    if type(iss) is not str or type(sub) is not str or type(jti) is not str:
+        for name, v in (("iss", iss), ("sub", sub), ("jti", jti)):
+            if not isinstance(v, str):
+                raise JwtError(_claim_not_string(name))
+    iat, nbf, exp = get("iat", 0), get("nbf", 0), get("exp", 0)
+    if not (type(iat) is int and type(nbf) is int and type(exp) is int
+            and 0 <= iat < _UINT64_INT and 0 <= nbf < _UINT64_INT and 0 <= exp < _UINT64_INT):
+        iat, nbf, exp = _uint64(payload, "iat"), _uint64(payload, "nbf"), _uint64(payload, "exp")
+    aud = get("aud")
+    if aud is None and "aud" not in payload:
         audiences: tuple[str, ...] = ()
-    elif isinstance(aud, str):
+    elif type(aud) is str:
         audiences = (aud,)
     elif isinstance(aud, list) and all(isinstance(a, str) for a in aud):
         audiences = tuple(aud)

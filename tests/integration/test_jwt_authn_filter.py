@@ -261,10 +261,11 @@ def test_a_local_jwks_file_is_read_at_load(upstream, tmp_path):
         p.stop()
 
 
-def test_a_local_jwks_that_does_not_parse_leaves_the_provider_without_keys(upstream):
-    # As Envoy: a warning at load, and each token of that provider fails at request time.
+def test_an_empty_local_jwks_leaves_the_provider_without_keys(upstream):
+    # As Envoy 1.40: an empty key set loads, and each token of that provider fails at request
+    # time (one that does not parse is refused at load: test_what_it_refuses_is_named).
     key = make_key("RS256")
-    p = ProxyUnderTest(_config(upstream.port, {"main": {"issuer": ISS, "local_jwks": {"inline_string": "{oops"}}}))
+    p = ProxyUnderTest(_config(upstream.port, {"main": {"issuer": ISS, "local_jwks": {"inline_string": ""}}}))
     try:
         assert _get(p.port, "/x", key.sign(_claims()))[2] == b"Jwks doesn't have any valid public key"
     finally:
@@ -282,9 +283,11 @@ def test_a_local_jwks_that_does_not_parse_leaves_the_provider_without_keys(upstr
     ({}, {"rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
         {"provider_name": "main"}]}}}]}, "at least 2"),
     ({"bogus": 1}, {}, "bogus"),
+    ({"local_jwks": {"inline_string": "{oops"}}, {}, "has invalid local jwks: Jwks is an invalid JSON"),
+    ({"local_jwks": {"inline_string": '{"keys": []}'}}, {}, "Jwks doesn't have any valid public key"),
 ])
 def test_what_it_refuses_is_named(provider_extra, filter_extra, where):
-    provider = {"issuer": ISS, "local_jwks": {"inline_string": "{}"}, **provider_extra}
+    provider = {"issuer": ISS, "local_jwks": {"inline_string": jwks(make_key("HS256"))}, **provider_extra}
     cfg = _config(1, {"main": provider}, **filter_extra)
     with pytest.raises(ConfigError, match=re.escape(where)):
         parse_bootstrap(cfg)

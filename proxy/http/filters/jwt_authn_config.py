@@ -5,9 +5,9 @@ requirement by route match, the requirement map and the per-route config.
 
 Envoy's load-time checks are kept: a requirement naming an unknown provider ("Required provider
 ['x'] is not configured."), a rule or route naming an unknown requirement, a remote JWKS URI
-that is not a URI, `requires_any` / `requires_all` with fewer than two requirements. As Envoy, a
-local JWKS that does not parse is no config error: the provider then has no keys and its tokens
-fail with "Jwks doesn't have any valid public key".
+that is not a URI, `requires_any` / `requires_all` with fewer than two requirements, a local
+JWKS without a usable key ("Provider 'p' in jwt_authn config has invalid local jwks: <why>"; an
+empty one loads, and its provider's tokens fail with "Jwks doesn't have any valid public key").
 
 Must not: do network I/O (a local JWKS file is read here, at load, as Envoy reads it).
 """
@@ -280,11 +280,12 @@ def _provider(name: str, raw: Any, path: str) -> JwtProvider:
     local = remote = None
     if kind == "local_jwks":
         text = _read_data_source(f.value("local_jwks"), f.at("local_jwks"))
-        if text:
+        if text:   # empty: no keys, and each token fails (Envoy loads it so)
             try:
                 local = parse_jwks(text)
-            except JwtError:
-                local = None   # Envoy logs "Invalid inline jwks" and goes on without keys
+            except JwtError as e:
+                raise ConfigError(f.at("local_jwks"), f"Provider '{name}' in jwt_authn config has "
+                                  f"invalid local jwks: {e.status}") from None
     else:
         remote = _remote(f.value("remote_jwks"), f.at("remote_jwks"), name)
     headers = []

@@ -407,3 +407,31 @@ end"""}}}
         assert upstream.requests[-1][2]["x-md"] == "alice|ES384|read,write"
     finally:
         p.stop()
+
+
+@pytest.mark.skipif(__import__("shutil").which("curl") is None, reason="curl not installed")
+def test_over_http2_tokens_from_a_header_and_split_cookies(upstream, keys):
+    import subprocess
+    key = keys["EdDSA"]
+    p = ProxyUnderTest(_config(upstream.port, {"main": _local([key]), "c": _local([key], from_cookies=["s"])},
+                               rules=[{"match": {"prefix": "/c"}, "requires": {"provider_name": "c"}},
+                                      {"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]))
+
+    def curl(path, *args):
+        out = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", *args,
+                              f"http://127.0.0.1:{p.port}{path}"], capture_output=True, timeout=10)
+        head, _, body = out.stdout.partition(b"\r\n\r\n")
+        return head, body
+
+    try:
+        token = key.sign(_claims())
+        head, _ = curl("/x", "-H", f"authorization: Bearer {token}")
+        assert head.startswith(b"HTTP/2 200")
+        head, body = curl("/x")
+        assert head.startswith(b"HTTP/2 401") and body == b"Jwt is missing"
+        assert b'www-authenticate: Bearer realm="http://127.0.0.1:%d/x"' % p.port in head
+        # HTTP/2 clients may send each cookie as its own header field: all of them are read.
+        head, _ = curl("/c", "-H", "cookie: a=1", "-H", f"cookie: s={token}")
+        assert head.startswith(b"HTTP/2 200"), head
+    finally:
+        p.stop()

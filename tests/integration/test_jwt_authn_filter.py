@@ -275,7 +275,8 @@ def test_an_empty_local_jwks_leaves_the_provider_without_keys(upstream):
 @pytest.mark.parametrize("provider_extra,filter_extra,where", [
     ({"failed_status_in_metadata": "f"}, {}, "failed_status_in_metadata"),
     ({"jwt_cache_config": {"jwt_cache_size": -1}}, {}, "jwt_cache_size"),
-    ({"claim_to_headers": [{"header_name": "x", "claim_path": [{"key": "a"}]}]}, {}, "claim_path"),
+    ({"claim_to_headers": [{"header_name": "x", "claim_name": "a", "claim_path": [{"key": "a"}]}]}, {},
+     "which does not set exactly one of claim_name and claim_path"),
     ({}, {"filter_state_rules": {"name": "sel", "requires": {}}}, "filter_state_rules"),
     ({}, {"rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "nope"}}]},
      "Required provider ['nope'] is not configured."),

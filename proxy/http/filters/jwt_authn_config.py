@@ -188,7 +188,10 @@ JWT_HEADER = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtHeader", fie
 CLAIM_TO_HEADER = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader", fields=(
     used("header_name", attr="claim_to_headers"),
     used("claim_name", attr="claim_to_headers"),
-    refused("claim_path", "claims named by path segments (use claim_name)"),
+    used("claim_path", attr="claim_to_headers", why="keys that may hold dots"),
+))
+PATH_SEGMENT = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader.PathSegment", fields=(
+    used("key", attr="claim_to_headers"),
 ))
 LOCAL_JWKS = Message("envoy.config.core.v3.DataSource (jwt_authn)", fields=(
     used("filename", attr="local_jwks", why="read at load"),
@@ -294,12 +297,14 @@ def _provider(name: str, raw: Any, path: str) -> JwtProvider:
                         h.str("value_prefix", "").encode("latin-1")))
     claims = []
     for c in f.objs("claim_to_headers", CLAIM_TO_HEADER.names):
-        if c.has("claim_path"):
-            CLAIM_TO_HEADER.read(c.raw, c.path)   # names the refusal
+        header = c.str("header_name", "")
         claim = c.str("claim_name", "")
-        if not claim:
-            raise ConfigError(c.at("claim_name"), "must not be empty")
-        claims.append((_header_name(c.str("header_name", ""), c.at("header_name")), tuple(claim.split("."))))
+        segments = [PATH_SEGMENT.read(item, p).str("key", "") for item, p in c.list("claim_path")]
+        if bool(claim) == bool(segments):
+            raise ConfigError(c.path, f"Provider '{name}' has a claim_to_headers entry for header "
+                              f"'{header}' which does not set exactly one of claim_name and claim_path")
+        path = tuple(claim.split(".")) if claim else tuple(segments)
+        claims.append((_header_name(header, c.at("header_name")), path))
     max_lifetime = None
     if f.bool("require_expiration", False):
         max_lifetime = float("inf")

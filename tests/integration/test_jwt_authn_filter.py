@@ -273,7 +273,8 @@ def test_an_empty_local_jwks_leaves_the_provider_without_keys(upstream):
 
 
 @pytest.mark.parametrize("provider_extra,filter_extra,where", [
-    ({"failed_status_in_metadata": "f"}, {}, "failed_status_in_metadata"),
+    ({}, {"rules": [{"match": {"prefix": "/"}, "requires": {"extract_only_without_validation": {}}}]},
+     "extract_only_without_validation"),
     ({"jwt_cache_config": {"jwt_cache_size": -1}}, {}, "jwt_cache_size"),
     ({"claim_to_headers": [{"header_name": "x", "claim_name": "a", "claim_path": [{"key": "a"}]}]}, {},
      "which does not set exactly one of claim_name and claim_path"),

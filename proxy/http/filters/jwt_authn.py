@@ -28,7 +28,9 @@ Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
   "Jwks remote fetch is failed". Stats `jwks_fetch_success` / `jwks_fetch_failed`.
 - `payload_in_metadata` / `header_in_metadata`: a good token's payload (its
   `normalize_payload_in_metadata` claims split on spaces) and header in the stream's dynamic
-  metadata under `envoy.filters.http.jwt_authn`, where a Lua filter after this one reads them.
+  metadata under `envoy.filters.http.jwt_authn`, where a Lua filter after this one reads them;
+  `failed_status_in_metadata`: a failure's `{code, message}` (jwt_verify_lib's Status number
+  and text) from the provider the token was checked for, else the only provider (as Envoy).
 - `jwt_cache_config` (off by default, as Envoy): each worker keeps, per provider, up to
   `jwt_cache_size` verified tokens (LRU, tokens up to `jwt_max_token_size`); a token found there
   skips parsing and the signature check, not the issuer, time, audience, subject and lifetime
@@ -132,6 +134,7 @@ class JwtAuthnFactory:
 
         self.rules = tuple((match, node(req)) for match, req in config.rules)
         self.named = {name: node(req) for name, req in (config.requirement_map or {}).items()}
+        self.single_provider = config.providers[0] if len(config.providers) == 1 else None
         self.by_issuer: dict[str, JwtProvider] = {}
         for p in config.providers:
             self.by_issuer.setdefault(p.issuer, p)
@@ -244,6 +247,7 @@ class _Authenticator:
         wf = self.f.wf
         jwt = None
         if self.provider is not None:
+            self.using = self.provider
             jwt = wf.cached_jwt(self.provider, token.token) if wf.jwt_caches else None
             if jwt is not None:
                 wf.jwt_cache_hit.value += 1
@@ -339,6 +343,14 @@ class _Authenticator:
         self._done(_OK)
 
     def _done(self, status: str) -> None:
+        if status != _OK:
+            # failed_status_in_metadata of the provider this token was being checked for (a
+            # named one, or the one its issuer found), else of the only provider (Envoy's
+            # jwks_data_, then getSingleProvider()).
+            provider = self.using or self.f.wf.factory.single_provider
+            if provider is not None and provider.failed_status_in_metadata:
+                self.f.extracted[provider.failed_status_in_metadata] = {
+                    "code": str(jv.STATUS_CODES.get(status, 26)), "message": status}
         if (status != _OK and not self.allow_failed and not self.allow_missing) or not self.tokens:
             self.tokens = []
             if self.allow_failed or (self.allow_missing and status == jv.JWT_MISSED):

@@ -33,7 +33,6 @@ __all__ = ["JwtAuthentication", "JwtProvider", "RemoteJwks", "PerRouteConfig", "
 NAME = "envoy.filters.http.jwt_authn"
 PROTO = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 PER_ROUTE_PROTO = "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
-_METADATA = "the failure status in dynamic metadata"
 _DEFAULT_CACHE_DURATION = 600.0   # RemoteJwks.cache_duration's default: 10 minutes
 _DEFAULT_CLOCK_SKEW = 60          # jwt_verify_lib's kClockSkewInSecond
 _DEFAULT_JWT_CACHE_SIZE = 100     # JwtCacheConfig.jwt_cache_size 0 / unset
@@ -69,6 +68,7 @@ class JwtProvider:
     max_lifetime: float | None = None              # seconds; inf: require_expiration
     payload_in_metadata: str = ""                  # dynamic metadata keys (namespace jwt_authn)
     header_in_metadata: str = ""
+    failed_status_in_metadata: str = ""
     space_delimited_claims: tuple[str, ...] = ()   # normalize_payload_in_metadata
     jwt_cache_size: int = 0                        # 0: no cache of verified tokens (the default)
     jwt_max_token_size: int = _MAX_CACHED_TOKEN
@@ -156,7 +156,7 @@ JWT_PROVIDER = Message("envoy.extensions.filters.http.jwt_authn.v3.JwtProvider",
     used("payload_in_metadata", "", why="read by a Lua filter's streamInfo():dynamicMetadata()"),
     used("normalize_payload_in_metadata", attr="space_delimited_claims"),
     used("header_in_metadata", ""),
-    refused("failed_status_in_metadata", _METADATA),
+    used("failed_status_in_metadata", ""),
     used("clock_skew_seconds", 60, why="0 means the default, 60"),
     used("jwt_cache_config", attr="jwt_cache_size", why="off unless set, as Envoy"),
     used("claim_to_headers"),
@@ -340,6 +340,7 @@ def _provider(name: str, raw: Any, path: str) -> JwtProvider:
         max_lifetime=max_lifetime,
         payload_in_metadata=f.str("payload_in_metadata", ""),
         header_in_metadata=f.str("header_in_metadata", ""),
+        failed_status_in_metadata=f.str("failed_status_in_metadata", ""),
         space_delimited_claims=normalize,
         jwt_cache_size=cache_size,
         jwt_max_token_size=cache_token,

@@ -62,6 +62,28 @@ JWKS_KID_ALG_MISMATCH = "Jwks doesn't have key to match kid or alg from Jwt"
 JWKS_FETCH_FAIL = "Jwks remote fetch is failed"
 
 
+# jwt_verify_lib's Status enum values (failed_status_in_metadata's `code`) of the statuses a
+# request can end with.
+STATUS_CODES = {
+    OK: 0, JWT_MISSED: 1, JWT_NOT_YET_VALID: 2, JWT_EXPIRED: 3, JWT_BAD_FORMAT: 4,
+    JWT_HEADER_BAD_BASE64: 5, JWT_HEADER_BAD_JSON: 6, JWT_HEADER_BAD_ALG: 7,
+    JWT_HEADER_NOT_IMPLEMENTED_ALG: 8, JWT_HEADER_BAD_KID: 9, JWT_PAYLOAD_BAD_BASE64: 10,
+    JWT_PAYLOAD_BAD_JSON: 11,
+    "Jwt payload [iss] field is not a string": 12, "Jwt payload [sub] field is not a string": 13,
+    "Jwt payload [iat] field is not an integer": 14,
+    "Jwt payload [iat] field is not a positive 64 bit integer": 15,
+    "Jwt payload [nbf] field is not an integer": 16,
+    "Jwt payload [nbf] field is not a positive 64 bit integer": 17,
+    "Jwt payload [exp] field is not an integer": 18,
+    "Jwt payload [exp] field is not a positive 64 bit integer": 19,
+    "Jwt payload [jti] field is not a string": 20,
+    "Jwt payload [aud] field is not a string or string list": 21,
+    JWT_SIGNATURE_BAD_BASE64: 22, JWT_ED25519_SIG_LENGTH: 23, JWT_UNKNOWN_ISSUER: 24,
+    JWT_AUDIENCE_NOT_ALLOWED: 25, JWT_VERIFICATION_FAIL: 26,
+    JWKS_NO_VALID_KEYS: 31, JWKS_KID_ALG_MISMATCH: 32, JWKS_FETCH_FAIL: 40,
+}
+
+
 def _claim_not_string(name: str) -> str:
     return f"Jwt payload [{name}] field is not a string"
 

@@ -27,13 +27,19 @@ import proxy.http.filters.rbac  # noqa: F401  envoy.filters.http.rbac
 import proxy.network.filters.rbac  # noqa: F401  envoy.filters.network.rbac
 import proxy.http.filters.compressor  # noqa: F401  envoy.filters.http.compressor (gzip)
 import proxy.http.filters.local_ratelimit  # noqa: F401  envoy.filters.http.local_ratelimit
+import proxy.stats.dog_statsd  # noqa: F401  envoy.stat_sinks.dog_statsd
 import proxy.stats.statsd  # noqa: F401  envoy.stat_sinks.statsd
 import proxy.http.filters.decompressor  # noqa: F401  envoy.filters.http.decompressor (gzip)
 import proxy.http.filters.csrf  # noqa: F401  envoy.filters.http.csrf
 import proxy.http.filters.health_check  # noqa: F401  envoy.filters.http.health_check
 import proxy.http.filters.ext_authz  # noqa: F401  envoy.filters.http.ext_authz (HTTP service)
+import proxy.http.filters.ratelimit  # noqa: F401  envoy.filters.http.ratelimit (global, gRPC service)
 import proxy.http.filters.python_filter  # noqa: F401  ftproxy.filters.http.python (filters in Python)
 import proxy.http.filters.grpc_http1_bridge  # noqa: F401  envoy.filters.http.grpc_http1_bridge
 import proxy.http.filters.grpc_stats  # noqa: F401  envoy.filters.http.grpc_stats
+import proxy.http.filters.grpc_web  # noqa: F401  envoy.filters.http.grpc_web
+import proxy.http.filters.grpc_json_transcoder  # noqa: F401  envoy.filters.http.grpc_json_transcoder
 import proxy.http.filters.lua  # noqa: F401  envoy.filters.http.lua (lupa, imported only when configured)
+import proxy.http.filters.cache  # noqa: F401  envoy.filters.http.cache (SimpleHttpCacheConfig)
+import proxy.http.filters.lua_cluster_specifier  # noqa: F401  envoy.router.cluster_specifier_plugin.lua (lupa, imported only when configured)
 import proxy.http.filters.jwt_authn  # noqa: F401  envoy.filters.http.jwt_authn

@@ -23,6 +23,12 @@ Per path (query parameters in brackets):
   (default 14) is in the response headers (where=headers: trailers-only) or in trailers after
   an empty message (where=trailers); with fail=n, of each n+1 requests with the same query
   the first n get that status and the next grpc-status 0 (a cycle).
+- /grpcecho [status, msg, n, split]: a gRPC answer (200, application/grpc) carrying the
+  request's body (its gRPC messages as received) `n` times (default 1), in DATA frames of at
+  most `split` bytes, then trailers: grpc-status (default 0), grpc-message `msg` if given,
+  x-md: trailing;
+- /plain [status]: not a gRPC answer: `status` (default 200), text/plain, a body with a space,
+  a `%`, a `~` and non-ASCII bytes (what a gRPC-Web proxy must percent-encode).
 `name` appears in the summary as "server" (the differential runner's echo JSON). It records
 each connection and each request (headers as received, body, trailers) and the most
 streams it saw open at once on one connection.
@@ -311,6 +317,24 @@ class H2Backend:
             else:
                 h2.send_headers(sid, head)
                 self._queue(conn, sid, b"\x00\x00\x00\x00\x00", [(b"grpc-status", code.encode())])
+        elif path == "/grpcecho":
+            body = rec["body"] * int(q.get("n", "1"))
+            split = int(q.get("split", "0")) or len(body) or 1
+            trailers = [(b"grpc-status", q.get("status", "0").encode())]
+            if "msg" in q:
+                trailers.append((b"grpc-message", q["msg"].encode()))
+            trailers.append((b"x-md", b"trailing"))
+            h2.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                  (b"x-md-head", b"leading")])
+            for k in range(0, len(body), split):
+                h2.send_data(sid, body[k:k + split])  # (small bodies: within the window)
+            self._queue(conn, sid, b"", trailers)
+        elif path == "/plain":
+            body = "no gRPC here: 100% été ~\n".encode()
+            h2.send_headers(sid, [(b":status", q.get("status", "200").encode()),
+                                  (b"content-type", b"text/plain"),
+                                  (b"content-length", b"%d" % len(body))])
+            self._queue(conn, sid, body, None)
         elif path == "/garbage":
             self._send(conn)
             conn.sock.sendall(b"\x00\x00\x03\x00\x00\x00\x00\x00\x00abc")  # DATA on stream 0

@@ -130,6 +130,7 @@ class OtlpHttpCollector:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True   # no delayed-ACK wait between head and body
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *a):

@@ -24,8 +24,8 @@ from typing import Any
 
 from proxy.config.fields_table import Message, refused, used
 from proxy.config.reader import ConfigError, Fields
-from proxy.config.runtime_values import FractionalPercent, ZERO_PERCENT, parse_fractional_percent
-from proxy.router.matchers import HeaderMatcher, parse_header_matcher
+from proxy.config.runtime_values import ZERO_PERCENT, parse_fractional_percent
+from proxy.router.matchers import parse_header_matcher
 
 __all__ = ["LogFilter", "parse_log_filter", "RESPONSE_FLAGS"]
 

@@ -63,6 +63,9 @@ class AdminContext(Protocol):
     def drain_listeners(self, inbound_only: bool, graceful: bool, skip_exit: bool) -> None: ...
     def reset_counters(self) -> None: ...
     def reopen_logs(self) -> None: ...
+    def runtime(self) -> dict[str, Any]: ...
+    def memory(self) -> dict[str, Any]: ...
+    def init_dump(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +131,32 @@ def _stats(ctx: AdminContext, params: Params, fmt: str | None = None) -> AdminRe
     return AdminResponse(200, ctype, body.encode())
 
 
+_HISTOGRAM_BUCKETS_USAGE = "usage: /stats?histogram_buckets=(cumulative|disjoint|detailed|summary|prometheusnative)\n"
+
+
 def _stats_prometheus(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's `/stats/prometheus`. `histogram_buckets`: `cumulative` is the default page;
+    `detailed`, `disjoint`, `prometheusnative` (text) and unknown modes get Envoy's 400s;
+    `summary` is refused: Envoy's summaries are quantiles since the last flush, and ftproxy
+    keeps cumulative histograms only."""
+    mode = _param(params, "histogram_buckets")
+    if mode not in (None, "cumulative"):
+        if mode in ("detailed", "disjoint"):
+            return _text(400, "unsupported prometheus histogram bucket mode")  # no newline, as Envoy
+        if mode == "prometheusnative":
+            return _text(400, "unsupported prometheusnative histogram type when not using protobuf "
+                              "exposition format")
+        if mode == "summary":
+            return _text(400, "histogram_buckets=summary is not supported yet (quantiles since the "
+                              "last flush: ftproxy keeps cumulative histograms)\n")
+        return _text(400, _HISTOGRAM_BUCKETS_USAGE)
     return _stats(ctx, params, "prometheus")
 
 
 # ---------------------------------------------------------------- clusters
 
 _CB_FIELDS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
-_GAUGE_HOST_STATS = frozenset({"cx_active", "rq_active"})
+_GAUGE_HOST_STATS = frozenset({"cx_active", "rq_active", "rq_pending_active"})
 
 
 def _host_addr(host: Mapping[str, Any]) -> str:
@@ -208,6 +229,15 @@ def _socket_address(address: str, port: Any) -> dict[str, Any]:
     return {"socket_address": {"address": address.strip("[]"), "port_value": int(port)}}
 
 
+def _rate(source: Mapping[str, Any], key: str, floor: float, above: bool = False) -> dict[str, Any]:
+    """{key: {"value": v}} when Envoy prints it: a host's success rates when >= 0, a cluster's
+    ejection thresholds when > 0 (`above`); else nothing."""
+    if key not in source:
+        return {}
+    v = float(source[key])
+    return {key: {"value": v}} if (v > floor if above else v >= floor) else {}
+
+
 def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Envoy `/clusters?format=json` shape (`cluster_statuses[].host_statuses[]`); stat
     values are strings as protobuf JSON renders uint64."""
@@ -215,39 +245,43 @@ def render_clusters_json(clusters: Sequence[Mapping[str, Any]]) -> dict[str, Any
     for c in clusters:
         hosts = []
         for h in c.get("hosts", []):
+            # Counters then gauges, each by name; proto3 JSON leaves out a zero value and
+            # the default type (COUNTER), as Envoy prints them.
             stats = []
-            for k, v in sorted((h.get("stats") or {}).items()):
-                entry: dict[str, Any] = {"name": k, "value": str(v)}
-                if k in _GAUGE_HOST_STATS:
-                    entry["type"] = "GAUGE"
+            for k, v in sorted((h.get("stats") or {}).items(), key=lambda kv: (kv[0] in _GAUGE_HOST_STATS, kv[0])):
+                entry: dict[str, Any] = {"type": "GAUGE"} if k in _GAUGE_HOST_STATS else {}
+                entry["name"] = k
+                if v:
+                    entry["value"] = str(v)
                 stats.append(entry)
+            # Envoy's HostStatus in field order; proto3 JSON leaves out defaults.
             host: dict[str, Any] = {
                 "address": _socket_address(str(h.get("address", "")), h.get("port", 0)),
                 "stats": stats,
                 "health_status": _health_status(str(h.get("health_flags", "healthy"))),
-                "weight": h.get("weight", 1),
-                "locality": {k: h[k] for k in ("region", "zone", "sub_zone") if h.get(k)},
             }
-            if h.get("priority"):   # protobuf JSON: a priority of 0 is left out, as Envoy prints it
-                host["priority"] = h["priority"]
+            host.update(_rate(h, "success_rate", 0.0))
+            host["weight"] = h.get("weight", 1)
             if h.get("hostname"):
                 host["hostname"] = h["hostname"]
-            for k in ("success_rate", "local_origin_success_rate"):   # Envoy: when >= 0
-                if k in h and float(h[k]) >= 0:
-                    host[k] = {"value": float(h[k])}
+            if h.get("priority"):
+                host["priority"] = h["priority"]
+            host.update(_rate(h, "local_origin_success_rate", 0.0))
+            host["locality"] = {k: h[k] for k in ("region", "zone", "sub_zone") if h.get(k)}
             hosts.append(host)
-        entry_c: dict[str, Any] = {
-            "name": c["name"],
-            "observability_name": c.get("observability_name", c["name"]),
-            "added_via_api": bool(c.get("added_via_api", False)),
-            "host_statuses": hosts,
-        }
-        if c.get("circuit_breakers"):
-            entry_c["circuit_breakers"] = c["circuit_breakers"]
+        # Envoy's ClusterStatus in field order; proto3 JSON leaves out false and defaults.
         outlier = c.get("outlier") or {}
-        for k in ("success_rate_ejection_threshold", "local_origin_success_rate_ejection_threshold"):
-            if float(outlier.get(k, -1)) > 0:   # Envoy: when > 0
-                entry_c[k] = {"value": float(outlier[k])}
+        entry_c: dict[str, Any] = {"name": c["name"]}
+        if c.get("added_via_api"):
+            entry_c["added_via_api"] = True
+        entry_c.update(_rate(outlier, "success_rate_ejection_threshold", 0.0, above=True))
+        entry_c["host_statuses"] = hosts
+        entry_c.update(_rate(outlier, "local_origin_success_rate_ejection_threshold", 0.0, above=True))
+        if c.get("circuit_breakers"):
+            entry_c["circuit_breakers"] = {"thresholds": [
+                {k: v for k, v in t.items() if not (k == "priority" and v == "DEFAULT")}
+                for t in c["circuit_breakers"].get("thresholds", [])]}
+        entry_c["observability_name"] = c.get("observability_name", c["name"])
         statuses.append(entry_c)
     return {"cluster_statuses": statuses}
 
@@ -342,22 +376,58 @@ def _help(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, help_text())
 
 
+def _runtime(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.runtime())
+
+
+RUNTIME_MODIFY_USAGE = ("usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+                        "       or send the parameters as form values\n"
+                        "use an empty value to remove a previously added override")
+
+
+def _runtime_modify(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's usage answer without parameters; with them, refused: ftproxy reads its runtime
+    keys at start-up, so an admin-layer override would not be enforced (README)."""
+    if not params:
+        return _text(400, RUNTIME_MODIFY_USAGE)
+    return _text(503, "runtime_modify is not supported: ftproxy reads runtime keys at start-up "
+                      "(change layered_runtime and reload)\n")
+
+
+def _memory(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.memory())
+
+
+def _init_dump(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _json(ctx.init_dump())
+
+
+def _contention(ctx: AdminContext, params: Params) -> AdminResponse:
+    return _text(200, "Mutex contention tracing is not supported by ftproxy.\n")
+
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/", "Admin home page", _help),
     Endpoint("/certs", "print certs on machine", _certs),
     Endpoint("/clusters", "upstream cluster status", _clusters),
     Endpoint("/config_dump", "dump current Envoy configs", _config_dump),
+    Endpoint("/contention", "dump current Envoy mutex contention stats (if enabled)", _contention),
     Endpoint("/drain_listeners", "drain listeners", _drain_listeners, mutates=True),
     Endpoint("/healthcheck/fail", "cause the server to fail health checks", _healthcheck_fail, mutates=True),
     Endpoint("/healthcheck/ok", "cause the server to pass health checks", _healthcheck_ok, mutates=True),
     Endpoint("/help", "print out list of admin commands", _help),
     Endpoint("/hot_restart_version", "print the hot restart compatibility version", _hot_restart_version),
+    Endpoint("/init_dump", "Print current information of unready targets", _init_dump),
     Endpoint("/listeners", "print listener info", _listeners),
     Endpoint("/logging", "query/change logging levels", _logging, mutates=True),
+    Endpoint("/memory", "print current allocation/heap usage", _memory),
     Endpoint("/quitquitquit", "exit the server", _quit, mutates=True),
     Endpoint("/ready", "print server state, return 200 if LIVE, otherwise return 503", _ready),
     Endpoint("/reopen_logs", "reopen access logs", _reopen_logs, mutates=True),
     Endpoint("/reset_counters", "reset all counters to zero", _reset_counters, mutates=True),
+    Endpoint("/runtime", "print runtime values", _runtime),
+    Endpoint("/runtime_modify", "Adds or modifies existing key/value pairs in the runtime", _runtime_modify,
+             mutates=True),
     Endpoint("/server_info", "print server version/status information", _server_info),
     Endpoint("/stats", "print server stats", _stats),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", _stats_prometheus),

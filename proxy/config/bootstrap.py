@@ -26,6 +26,7 @@ from proxy.config.dynamic_resources import (DynamicResources, check_file_sources
                                              check_grpc_sources, parse_dynamic_resources)
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
+from proxy.config.stats_config import StatsConfig, parse_stats_config
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
 from proxy.config.registry import resolve
 from proxy.network.transport_socket import RawBufferSocketFactory
@@ -59,6 +60,7 @@ class Bootstrap:
     clusters: tuple[Any, ...]              # proxy.upstream.cluster_config.ClusterConfig
     stats_flush_interval: float = 5.0
     stats_sinks: tuple[Any, ...] = ()      # (extension, parsed config) of each stats sink
+    stats_config: StatsConfig = StatsConfig()  # tags, stats_matcher, histogram buckets
     # The runtime key overload.global_downstream_max_connections (None: no limit).
     global_downstream_max_connections: int | None = None
     # envoy.resource_limits.listener.<listener name>.connection_limit, by listener name.
@@ -82,6 +84,7 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
     used("stats_flush_interval", "5s", why="how often stats_sinks are flushed (the admin merges "
                                             "the workers' stats when read)"),
     used("stats_sinks"),
+    used("stats_config", why="tag extraction, stats_matcher and histogram buckets: its own table"),
     used("layered_runtime", attr="global_downstream_max_connections",
          why="its honoured keys, overload.global_downstream_max_connections and "
              "envoy.resource_limits.listener.<name>.connection_limit; others refused"),
@@ -90,7 +93,7 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
     used("dynamic_resources", why="lds_config and cds_config from files: its own table"),
     *(refused(name) for name in (
         "node_context_params", "cluster_manager", "hds_config", "flags_path",
-        "deferred_stat_options", "stats_config", "stats_flush_on_admin", "watchdog", "watchdogs",
+        "deferred_stat_options", "stats_flush_on_admin", "watchdog", "watchdogs",
         "tracing", "header_prefix", "stats_server_version_override", "use_tcp_for_dns_lookups",
         "dns_resolution_config", "typed_dns_resolver_config", "bootstrap_extensions",
         "fatal_actions", "config_sources", "default_config_source", "default_socket_interface",
@@ -169,6 +172,8 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
                                                  f.bool("enable_dispatcher_stats", False)))
     interval = errors.run(_stats_flush_interval, f)
     sinks = tuple(errors.run(resolve, "stats_sink", item, spath) for item, spath in f.list("stats_sinks"))
+    stats_config = (errors.run(parse_stats_config, f.value("stats_config"), f.at("stats_config"))
+                    if f.has("stats_config") else StatsConfig())
     node = errors.run(_parse_node, f)
     admin = errors.run(_parse_admin, f)
     resources = errors.run(_parse_static_resources, f, errors, node)
@@ -196,6 +201,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         clusters=clusters,
         stats_flush_interval=interval,
         stats_sinks=sinks,
+        stats_config=stats_config,
         dynamic_resources=dynamic,
         global_downstream_max_connections=global_limit,
         listener_connection_limits=listener_limits,
@@ -270,6 +276,21 @@ def _check_layered_runtime(f: Fields) -> tuple[int | None, dict[str, int]]:
                                                f"so it would not be enforced"))
     errors.raise_if_any()
     return limit, listener_limits
+
+
+def runtime_layers(raw: Mapping[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """A loaded bootstrap's runtime layers (its raw `layered_runtime`, validated at load), in
+    order: (name, {dotted key: value as Envoy prints it}); an admin layer holds nothing."""
+    layers = []
+    for layer in (raw.get("layered_runtime") or {}).get("layers") or ():
+        static = layer.get("static_layer") or {}
+        values = {}
+        for key_path in _runtime_keys(static, ""):
+            key = key_path.lstrip(".")
+            value = _runtime_value(static, key)
+            values[key] = (str(value).lower() if isinstance(value, bool) else str(value))
+        layers.append((str(layer.get("name", "")), values))
+    return layers
 
 
 def _runtime_value(tree: Mapping[str, Any], key: str) -> Any:

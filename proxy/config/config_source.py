@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.fields_table import Message, refused, used
 from proxy.config.reader import ConfigError
 
 __all__ = ["ConfigSourceConfig", "ApiConfigSourceConfig", "parse_config_source",

@@ -15,7 +15,8 @@ Thread affinity: none (pure functions).
 
 from __future__ import annotations
 
-__all__ = ["GrpcFailure", "frame", "grpc_timeout", "reply_message", "request_headers"]
+__all__ = ["GrpcFailure", "frame", "grpc_timeout", "http_to_grpc_status", "reply_message",
+           "request_headers"]
 
 OK, UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 0, 2, 4, 12, 13, 14, 16
 PERMISSION_DENIED = 7
@@ -63,6 +64,11 @@ def frame(message: bytes) -> bytes:
 # Grpc::Utility::httpToGrpcStatus
 _HTTP_TO_GRPC = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 404: UNIMPLEMENTED,
                  429: UNAVAILABLE, 502: UNAVAILABLE, 503: UNAVAILABLE, 504: UNAVAILABLE}
+
+
+def http_to_grpc_status(status: int) -> int:
+    """Grpc::Utility::httpToGrpcStatus: the gRPC status for an HTTP status (UNKNOWN else)."""
+    return _HTTP_TO_GRPC.get(status, UNKNOWN)
 
 
 def _header(fields, name: bytes) -> bytes | None:

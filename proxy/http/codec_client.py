@@ -53,7 +53,7 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
 
     __slots__ = ("pool", "connection", "codec", "router", "state", "capacity", "active_streams",
                  "total_streams", "response_done", "tunnel", "upgrade_requested", "holds_slot",
-                 "stats", "idle_since", "connect_started")
+                 "stats", "idle_since", "connect_started", "trailers")
 
     cx_total_stat = "upstream_cx_http1_total"
     alpn = ("http/1.1",)  # offered over TLS when the context configures none (Envoy's fallback)
@@ -99,6 +99,9 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.stats = pool.cluster.stats
         self.idle_since = 0.0  # when it last went back to the pool (cluster idle_timeout)
         self.connect_started = connect_started  # for cluster.<name>.upstream_cx_connect_ms
+        # Trailers both ways only with the cluster's http_protocol_options.enable_trailers
+        # (Envoy's HTTP/1.1 codec drops them otherwise).
+        self.trailers = pool.cluster.config.http1_enable_trailers
 
     # -- PoolConnection (used by the pool) --------------------------------------------------------
     def new_stream(self, router) -> UpstreamHttpConnection:
@@ -143,7 +146,7 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.connection.write(data)
 
     def end(self, trailers) -> None:
-        data = self.codec.encode_end(trailers)
+        data = self.codec.encode_end(trailers if self.trailers else None)
         if data:
             self.stats.upstream_cx_tx_bytes_total.value += len(data)
             self.connection.write(data)
@@ -215,7 +218,7 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
                 router.on_upstream_headers(ev)
             elif cls is MessageComplete:
                 self.response_done = True
-                router.on_upstream_complete(ev.trailers)
+                router.on_upstream_complete(ev.trailers if self.trailers else None)
             elif cls is Informational:
                 pass  # 100-continue was answered by the connection manager already
         if not events and self.codec.error is not None and not self.connection.closed:
@@ -241,7 +244,7 @@ class UpstreamHttpConnection(PoolConnectionPredicates, ConnectionCallbacks):
                 router.on_upstream_data(ev.data)
             elif type(ev) is MessageComplete:
                 self.response_done = True
-                router.on_upstream_complete(ev.trailers)
+                router.on_upstream_complete(ev.trailers if self.trailers else None)
 
     def on_close(self, reason: str) -> None:
         prev = self.state

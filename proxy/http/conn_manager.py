@@ -513,12 +513,13 @@ class ConnectionManager(ConnectionCallbacks):
         names = [n for n, _ in headers.fields if b"_" in n]
         if not names:
             return False
+        rejected, dropped = self.stats.underscores.get(self.codec.protocol) or self.stats.underscores["HTTP/1.1"]
         if self.ctx.config.headers_with_underscores_action == "REJECT_REQUEST":
-            self.stats.requests_rejected_with_underscores_in_headers.value += 1
+            rejected.value += 1
             self.codec.go_away()  # Envoy: a codec-level rejection, the connection closes
             stream.send_local_reply(400, b"Bad Request", "DPE", "http1.unexpected_underscore")
             return True
-        self.stats.dropped_headers_with_underscores.value += len(names)
+        dropped.value += len(names)
         headers.remove_many(frozenset(names))
         return False
 

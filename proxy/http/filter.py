@@ -93,6 +93,7 @@ class FilterCallbacks(Protocol):
                          extra: list[tuple[bytes, bytes]] | None = None) -> None: ...
     def route(self) -> Any: ...                       # the cached Route, or None
     def clear_route_cache(self) -> None: ...
+    def route_cluster(self, action: Any) -> str | None: ...  # the route's cluster, picked once
     def per_filter_config(self, name: str) -> Any: ...  # most specific typed_per_filter_config
     def all_per_filter_configs(self, name: str) -> tuple: ...  # every level's, most specific first
     def http_call(self, cluster: str, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]],

@@ -102,12 +102,13 @@ class FilterManager:
     """Mixin for the stream: the filter chain and the callbacks filters get (FilterCallbacks).
 
     The subclass provides `head`, `ctx` (route table, worker), `state` (stream_state.py's
-    flags), `abandon_request()`, `set_response_flag`,
+    flags), `abandon_request()`, `close_after_bad_request()`, `set_response_flag`,
     `response_code_details`, `buffer_limit()`, `read_disable_downstream(bool)`, `reset()` and
     the three `_write_*` methods."""
 
     __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
-                 "filters", "response_head_pending")
+                 "picked_cluster", "filters", "response_head_pending", "grpc_request",
+                 "headers_end_call", "body_added")
 
     def init_filters(self) -> None:
         self.chains = None            # (decoders, encoders + wire sink) once created
@@ -115,7 +116,17 @@ class FilterManager:
         self.decoder_aborted = False  # a local reply ended the decode side
         self.encoding_started = False
         self.cached_route = _UNRESOLVED
+        self.picked_cluster = None    # route_cluster()'s choice for the cached route
         self.filters = ()             # every filter instance, for on_destroy
+        # Whether the request was gRPC as it arrived (Envoy's state_.is_grpc_request_, which
+        # shapes local replies): None until filters that may change it see it (grpc_web
+        # makes a gRPC-Web request application/grpc; its local replies stay plain HTTP).
+        self.grpc_request = None
+        # A filter adding a body while it sees a headers-only message (the gRPC-JSON
+        # transcoder's GET turned into a gRPC call): the direction whose end-of-stream headers
+        # are being passed, and the bytes added meanwhile.
+        self.headers_end_call = None
+        self.body_added = None
 
     def create_filter_chain(self, factories) -> None:
         """One filter per factory (HcmContext.filter_factories: (factory, disabled by default,
@@ -174,6 +185,19 @@ class FilterManager:
 
     def clear_route_cache(self) -> None:
         self.cached_route = _UNRESOLVED
+        self.picked_cluster = None
+
+    def route_cluster(self, action) -> str | None:
+        """The cluster of the cached route's `action` for this request. A weighted or
+        header-named cluster is chosen once per route resolution, as Envoy picks it when it
+        resolves the route, so every filter (the ratelimit filter's stats and
+        destination_cluster) and the router see the same one."""
+        name = action.cluster
+        if name is None:
+            name = self.picked_cluster
+            if name is None:
+                name = self.picked_cluster = action.choose_cluster(self.head, self.ctx.worker.rand_bits())
+        return name
 
     def per_filter_config(self, name: str) -> Any:
         """The most specific `typed_per_filter_config` for filter `name` (route, then virtual
@@ -220,7 +244,12 @@ class FilterManager:
         return None if held is None else held.buffer
 
     def add_decoded_data(self, data: bytes) -> None:
-        """From a stopped decoder filter: add to what waits at it (Envoy's addDecodedData)."""
+        """From a stopped decoder filter: add to what waits at it (Envoy's addDecodedData).
+        From decode_headers of a headers-only request: the request gets this body (the
+        headers go on without the end of the stream, the body follows with it)."""
+        if self.headers_end_call == _DECODE:
+            self.body_added = (self.body_added or b"") + bytes(data)
+            return
         self._buffer(_DECODE, self._held_or_new(_DECODE), data)
 
     def encoding_buffer(self) -> bytearray | None:
@@ -228,6 +257,10 @@ class FilterManager:
         return None if held is None else held.buffer
 
     def add_encoded_data(self, data: bytes) -> None:
+        """As add_decoded_data, for the response."""
+        if self.headers_end_call == _ENCODE:
+            self.body_added = (self.body_added or b"") + bytes(data)
+            return
         self._buffer(_ENCODE, self._held_or_new(_ENCODE), data)
 
     def _set_held(self, d: int, held: _Held | None) -> _Held | None:
@@ -250,6 +283,7 @@ class FilterManager:
         if len(decoders) == 1:  # the terminal filter alone: nothing can stop before it
             decoders[0].decode_headers(self.head, end_stream)
             return
+        self.grpc_request = is_grpc_request(self.head.headers)
         self._headers(_DECODE, 0, self.head, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
@@ -257,12 +291,10 @@ class FilterManager:
         if len(decoders) == 1:
             decoders[0].decode_data(data, end_stream)
             return
-        held = self.held[_DECODE]
-        self._data(_DECODE, 0 if held is None else held.at, data, end_stream)
+        self._data(_DECODE, 0, data, end_stream)
 
     def decode_trailers(self, trailers) -> None:
-        held = self.held[_DECODE]
-        self._trailers(_DECODE, 0 if held is None else held.at, trailers)
+        self._trailers(_DECODE, 0, trailers)
 
     def continue_decoding(self) -> None:
         self._resume(_DECODE)
@@ -298,8 +330,7 @@ class FilterManager:
         if self.chains is None or not self.chains[_ENCODE]:
             self._write_data(data, end_stream)
             return
-        held = self.held[_ENCODE]
-        self._data(_ENCODE, 0 if held is None else held.at, data, end_stream)
+        self._data(_ENCODE, 0, data, end_stream)
 
     def encode_trailers(self, trailers) -> None:
         if self.state >= CLOSED:
@@ -307,8 +338,7 @@ class FilterManager:
         if self.chains is None or not self.chains[_ENCODE]:
             self._write_trailers(trailers)
             return
-        held = self.held[_ENCODE]
-        self._trailers(_ENCODE, 0 if held is None else held.at, trailers)
+        self._trailers(_ENCODE, 0, trailers)
 
     def continue_encoding(self) -> None:
         self._resume(_ENCODE)
@@ -338,7 +368,12 @@ class FilterManager:
         if not self.state & REQUEST_COMPLETE:
             # The rest of the request body will not be read (HTTP/1.1: the connection closes).
             self.abandon_request()
-        if is_grpc_request(self.head.headers):
+        if status == 400:
+            self.close_after_bad_request()
+        grpc = self.grpc_request
+        if grpc is None:
+            grpc = is_grpc_request(self.head.headers)
+        if grpc:
             head = grpc_local_reply_head(status, body, grpc_status)
             body = b""
         else:
@@ -356,7 +391,15 @@ class FilterManager:
         last = len(filters) - 1
         name = _NAMES[d][0]
         while i < last:
-            status = getattr(filters[i], name)(head, end_stream)
+            if end_stream:
+                self.headers_end_call = d
+                status = getattr(filters[i], name)(head, end_stream)
+                self.headers_end_call = None
+                if self.body_added is not None:
+                    self._headers_with_body(d, i, head, status)
+                    return
+            else:
+                status = getattr(filters[i], name)(head, end_stream)
             if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                 return
             if status:
@@ -364,6 +407,23 @@ class FilterManager:
                 return
             i += 1
         getattr(filters[last], name)(head, end_stream)
+
+    def _headers_with_body(self, d: int, i: int, head, status: int) -> None:
+        """Filter `i` gave a headers-only message a body: the headers go on from the next
+        filter without the end of the stream, then the body with it (or both wait at `i`)."""
+        body = self.body_added
+        self.body_added = None
+        if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
+            return
+        if status:
+            held = self._set_held(d, _Held(i, True, False, status))
+            held.end_stream = True
+            self._buffer(d, held, body)
+            return
+        self._headers(d, i + 1, head, False)
+        if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
+            return
+        self._data(d, i + 1, body, True)
 
     def _data(self, d: int, i: int, data: bytes, end_stream: bool) -> None:
         filters = self.chains[d]
@@ -403,6 +463,14 @@ class FilterManager:
             if type(status) is not int:  # bytes: CONTINUE with these in place of `data`
                 data, status = status, 0
             if status:
+                later = self.held[d]
+                if later is not None:  # a later filter holds: one stop per direction
+                    if status != _NO_BUFFER:  # (so what this one would keep waits there)
+                        later.end_stream = later.end_stream or end_stream
+                        self._buffer(d, later, data)
+                    elif end_stream:
+                        later.end_stream = True
+                    return
                 held = self._set_held(d, _Held(i, False, False, status))
                 held.end_stream = end_stream
                 if status != _NO_BUFFER:
@@ -424,6 +492,12 @@ class FilterManager:
                 status = getattr(filters[i], name)(trailers)
                 if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
                     return
+                if type(status) is not int:  # bytes it emits go after what waits here
+                    if status:
+                        if held.buffer is None:
+                            held.buffer = bytearray()
+                        held.buffer += status
+                    status = 0
                 if status:
                     held.trailers = trailers
                     return
@@ -441,7 +515,9 @@ class FilterManager:
                     return
                 status = 0
             if status:
-                held = self._set_held(d, _Held(i, False, False, status))
+                held = self.held[d]  # (a later filter holding keeps its place: they wait there)
+                if held is None:
+                    held = self._set_held(d, _Held(i, False, False, status))
                 held.trailers = trailers
                 return
             i += 1

@@ -62,6 +62,9 @@ class Http1Options:
     """`http_protocol_options` (core.v3.Http1ProtocolOptions)."""
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
+    # Trailers of chunked requests reach the filters and the upstream, and response trailers
+    # are written, only with enable_trailers (Envoy's HTTP/1.1 codec drops them otherwise).
+    enable_trailers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,7 @@ HTTP1 = Message("envoy.config.core.v3.Http1ProtocolOptions (downstream)", model=
     used("default_host_for_http_10", ""),
     refused("allow_absolute_url", "only true: absolute-form targets are accepted", default=True,
             only_default=True),
-    refused("enable_trailers", "only false", default=False, only_default=True),
+    used("enable_trailers", False),
     refused("allow_chunked_length", "only false", default=False, only_default=True),
     refused("override_stream_error_on_invalid_http_message", "only false: an invalid request "
             "closes the connection", default=False, only_default=True),
@@ -364,12 +367,12 @@ def _parse_http1(f: Fields) -> Http1Options:
         return Http1Options()
     h = HTTP1.read(f.value("http_protocol_options"), f.at("http_protocol_options"))
     HTTP1.require_default(h, "allow_absolute_url", h.bool("allow_absolute_url", True))
-    for name in ("enable_trailers", "allow_chunked_length",
-                 "override_stream_error_on_invalid_http_message"):
+    for name in ("allow_chunked_length", "override_stream_error_on_invalid_http_message"):
         HTTP1.require_default(h, name, h.bool(name, False))
     return Http1Options(
         accept_http_10=h.bool("accept_http_10", False),
         default_host_for_http_10=h.str("default_host_for_http_10", ""),
+        enable_trailers=h.bool("enable_trailers", False),
     )
 
 

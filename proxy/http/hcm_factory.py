@@ -39,6 +39,7 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
                               h2.max_inbound_priority_frames_per_stream,
                               h2.max_inbound_window_update_frames_per_data_frame_sent)
 
+    trailers = config.http_protocol_options.enable_trailers
     keepalive = h2.connection_keepalive if h2.connection_keepalive is not None and \
         h2.connection_keepalive.interval else None
 
@@ -53,7 +54,7 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
             return codec
         parser = make_server_codec(codec_impl, max_request_headers_kb=max_kb,
                                    max_headers_count=max_count, response_fields=response_fields)
-        return Http1ServerCodec(parser, transport, callbacks)
+        return Http1ServerCodec(parser, transport, callbacks, trailers)
     return make
 
 

@@ -15,10 +15,11 @@ from collections.abc import Iterable, Iterator
 
 __all__ = ["Headers", "RequestHead", "ResponseHead", "HOP_BY_HOP", "append_via"]
 
-# RFC 9110 §7.6.1 connection-specific fields, plus the ones Envoy strips by default.
+# The connection-specific fields Envoy strips (RFC 9110 §7.6.1's, less `trailer` and
+# `proxy-authenticate`, which Envoy 1.40 passes on both ways: case http1_trailers; `te` keeps
+# "trailers" where the request filters say so).
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
-    b"proxy-authenticate", b"trailer",
 })
 
 

@@ -19,7 +19,6 @@ _COUNTERS = (
     "downstream_rq_idle_timeout", "downstream_rq_header_timeout", "downstream_rq_max_duration_reached", "downstream_rq_too_large", "downstream_rq_rx_reset",
     "downstream_rq_tx_reset", "downstream_rq_ws_on_non_ws_route", "downstream_rq_non_relative_path",
     "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total", "rs_too_large",
-    "requests_rejected_with_underscores_in_headers", "dropped_headers_with_underscores",
 )
 _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
            "downstream_rq_active",
@@ -28,7 +27,7 @@ _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_
 
 class HcmStats:
     __slots__ = _COUNTERS + _GAUGES + ("rq_class", "downstream_rq_time", "downstream_cx_length_ms",
-                                       "listener_rq", "by_protocol")
+                                       "listener_rq", "by_protocol", "underscores")
 
     def __init__(self, store, stat_prefix: str, listener_stat_prefix: str | None = None) -> None:
         scope = store.scope(f"http.{stat_prefix}")
@@ -52,6 +51,12 @@ class HcmStats:
         # A codec's protocol (ServerCodec.protocol) -> its (connections total, connections
         # active, requests total), counted once the first bytes made the codec (as Envoy:
         # a connection that sends nothing is no HTTP/1 connection).
+        # Headers with underscores are the codec's stats in Envoy, shared by every HCM:
+        # http1.* / http2.* (requests rejected, headers dropped), by the codec's protocol.
+        self.underscores = {
+            proto: (store.counter(f"{codec}.requests_rejected_with_underscores_in_headers"),
+                    store.counter(f"{codec}.dropped_headers_with_underscores"))
+            for proto, codec in (("HTTP/1.1", "http1"), ("HTTP/2", "http2"))}
         self.by_protocol = {"HTTP/1.1": (self.downstream_cx_http1_total,
                                          self.downstream_cx_http1_active,
                                          self.downstream_rq_http1_total),

@@ -143,8 +143,7 @@ def _mutate_xfcc(headers: Headers, mode: str, details: tuple[str, ...], tls) -> 
 
 
 # What an upgrade request keeps of the hop-by-hop fields: Connection and Upgrade go upstream.
-HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-                                b"trailer", b"proxy-authenticate"})
+HOP_BY_HOP_UPGRADE = frozenset({b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te"})
 _PROTECTED = frozenset({b"host", b"content-length", b"x-request-id"})
 # Dropped from every external request (see the module docstring), x-envoy-internal included.
 _ENVOY_EXTERNAL = frozenset({

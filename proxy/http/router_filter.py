@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from ..router.grpc_timeout import (format_grpc_timeout, legacy_grpc_timeout_ms, parse_grpc_timeout,
                                    stream_duration_ms)
-from ..router.hash_policy import request_hash
+from ..router.hash_policy import request_hash, set_cookie_value
 from ..router.header_mutation import apply_mutations
 from ..upstream.hashing_lb import xxhash64
 from ..router.mirror_policy import shadow_authority
@@ -72,6 +72,7 @@ class RouterFilter:
         self.chunked = False
         self.holds_retry_slot = False
         self.shadows: list[Shadow] | None = None  # request_mirror_policies' copies being read
+        self.set_cookies: list[bytes] | None = None  # a hash policy's generated cookies
 
     # -- decode path ---------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
@@ -107,7 +108,7 @@ class RouterFilter:
             ctx.stats.downstream_rq_ws_on_non_ws_route.value += 1
             stream.send_local_reply(403, b"", None, "upgrade_failed")
             return
-        name = action.cluster or action.choose_cluster(head, ctx.worker.rand_bits())
+        name = action.cluster or stream.route_cluster(action)
         cluster = ctx.worker.clusters.get(name) if name is not None else None
         if cluster is None:
             ctx.stats.no_cluster.value += 1
@@ -116,9 +117,10 @@ class RouterFilter:
         self.cluster = cluster
         stream.upstream_cluster = cluster.name
         cstats = cluster.stats
-        if action.hash_policy:  # a RING_HASH/MAGLEV cluster picks by the request's hash
+        if action.hash_policy and cluster.hashing:  # RING_HASH/MAGLEV: by the request's hash
             remote = stream.downstream_remote_address or ""
-            h = request_hash(action.hash_policy, head, remote.rsplit(":", 1)[0].strip("[]"), xxhash64)
+            h = request_hash(action.hash_policy, head, remote.rsplit(":", 1)[0].strip("[]"),
+                             xxhash64, self._add_cookie)
             host = cluster.choose_host() if h is None else cluster.choose_host_by_hash(h)
         else:
             host = cluster.choose_host()
@@ -151,6 +153,18 @@ class RouterFilter:
                 not headers.has(b"content-length") and stream.upgrade is None)
         cstats.upstream_rq_active.value += 1
         self.pool_handle = pool.new_stream(self)
+
+    def _add_cookie(self, policy) -> str:
+        """A cookie hash policy's missing cookie (Envoy's addDownstreamSetCookie): its value is
+        xxHash64 of the connection's remote and local addresses in hex, the same for every
+        request of the connection; the response (from upstream) sets it."""
+        stream = self.stream
+        value = "%016x" % xxhash64((stream.downstream_remote_address
+                                    + stream.downstream_local_address).encode())
+        if self.set_cookies is None:
+            self.set_cookies = []
+        self.set_cookies.append(set_cookie_value(policy, value))
+        return value
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header
@@ -333,6 +347,7 @@ class RouterFilter:
         if self.done:
             return
         self.cluster.stats.upstream_rq_timeout.value += 1
+        self.pool.rq_timeout += 1   # the host's (admin /clusters)
         self._outlier_timeout()
         self._charge_local(504)
         self._abandon_upstream()
@@ -350,8 +365,11 @@ class RouterFilter:
         if od is not None and od.split:
             od.put_connect_success(self.ctx.worker.index)   # a local-origin success
         stream = self.stream
-        stream.upstream_host = self.pool.host_str
+        stream.upstream_host = host_str = self.pool.host_str
         stream.upstream_local_address = upstream.local_address
+        span = stream.active_span
+        if span is not None and span.late_inject:
+            span.inject_upstream(stream.head, host_str)  # SkyWalking's sw8 names the host
         if self.cluster.transport_factory.implements_secure_transport:
             stream.upstream_ssl = upstream.ssl  # %UPSTREAM_TLS_VERSION% ...
         self.upstream_start = stream.first_upstream_tx_monotonic = time.monotonic()
@@ -443,6 +461,8 @@ class RouterFilter:
             ms = int((now - self.upstream_start) * 1000)
             headers.fields.append((b"x-envoy-upstream-service-time",
                                    _MS[ms] if ms < 1000 else b"%d" % ms))
+        if self.set_cookies is not None:
+            headers.fields.extend((b"set-cookie", c) for c in self.set_cookies)
         if self.route.response_mutations:
             apply_mutations(self.route.response_mutations, headers, stream)
         if rc.dynamic_stats:

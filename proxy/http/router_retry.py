@@ -568,6 +568,7 @@ class RetryingRouter(RouterFilter):
             return
         if self.upstream is not None or self.pool_handle is not None:
             self.cluster.stats.upstream_rq_timeout.value += 1
+            self.pool.rq_timeout += 1   # the host's (admin /clusters)
             self._outlier_timeout()
             if not self.response_started:
                 self._charge_local(504)

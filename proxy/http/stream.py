@@ -214,6 +214,12 @@ class ActiveStream(FilterManager, StreamInfo):
         self.hcm.stats.downstream_rq_tx_reset.value += 1
         self.hcm.reset_stream(self)
 
+    def close_after_bad_request(self) -> None:
+        """Envoy's ActiveStream::onLocalReply: a 400 local reply over HTTP/1.x (a messaging
+        error) closes the connection after it."""
+        if self.head.http_version != b"2":
+            self.hcm.codec.go_away()
+
     def abandon_request(self) -> None:
         """The response will end this stream before its request is read to the end."""
         self.hcm.codec.abandon_request(self.stream_id)

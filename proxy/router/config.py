@@ -17,15 +17,15 @@ shared by all workers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from proxy.config.data_source import read_data_source
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
+from proxy.config.registry import resolve
 from proxy.tracing.config import Decorator, RouteTracing, parse_decorator, parse_route_tracing
 
 from .header_mutation import HeaderMutation, combine_levels, parse_header_mutations
@@ -36,6 +36,7 @@ from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect
                        parse_regex_rewrite)
 from .hash_policy import HashPolicy, parse_hash_policy
 from .mirror_policy import MirrorPolicy, parse_mirror_policy
+from .rate_limits import RateLimitEntry, parse_rate_limits
 from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
 from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
 
@@ -51,6 +52,8 @@ _NOT_FOUND_CODES = {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERV
 class RouteAction:
     cluster: str | None = None
     cluster_header: bytes | None = None
+    # A cluster specifier plugin (cluster_specifier_plugin / inline_...): `.cluster(head)`.
+    cluster_specifier: Any = None
     weighted_clusters: tuple[tuple[str, int], ...] | None = None
     weighted_header_name: bytes | None = None   # header carrying the random value, if any
     prefix_rewrite: str | None = None
@@ -79,6 +82,11 @@ class RouteAction:
     request_mirror_policies: tuple[MirrorPolicy, ...] = ()
     # hash_policy (hash_policy.py): the hash a RING_HASH/MAGLEV cluster picks a host by.
     hash_policy: tuple[HashPolicy, ...] = ()
+    # rate_limits (rate_limits.py): the route's, and its virtual host's (read when the route
+    # has none, or with include_vh_rate_limits).
+    rate_limits: tuple[RateLimitEntry, ...] = ()
+    vh_rate_limits: tuple[RateLimitEntry, ...] = ()
+    include_vh_rate_limits: bool = False
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -103,6 +111,8 @@ class RouteAction:
         if self.cluster_header is not None:
             v = req.headers.get(self.cluster_header)
             return v.decode("latin-1") if v else None
+        if self.cluster_specifier is not None:
+            return self.cluster_specifier.cluster(req)
         clusters = self.weighted_clusters or ()
         if self.weighted_header_name is not None:
             v = req.headers.get(self.weighted_header_name)
@@ -201,8 +211,9 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     used("cluster"),
     used("cluster_header"),
     used("weighted_clusters", why="its own table"),
-    refused("cluster_specifier_plugin"),
-    refused("inline_cluster_specifier_plugin"),
+    used("cluster_specifier_plugin", attr="cluster_specifier",
+         why="a name from the route configuration's cluster_specifier_plugins"),
+    used("inline_cluster_specifier_plugin", attr="cluster_specifier"),
     used("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"),
     refused("metadata_match"),
     used("prefix_rewrite"),
@@ -223,8 +234,8 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     refused("retry_policy_typed_config", "retry policy extensions"),
     used("request_mirror_policies", why="its own table"),
     used("priority", "DEFAULT", attr="high_priority"),
-    refused("rate_limits"),
-    refused("include_vh_rate_limits"),
+    used("rate_limits", why="its own table (rate_limits.py)"),
+    used("include_vh_rate_limits", False),
     used("hash_policy", why="its own table; read by RING_HASH and MAGLEV clusters"),
     refused("cors", "use the CORS filter's typed_per_filter_config"),
     used("max_grpc_timeout", why="gRPC requests' router timeout from grpc-timeout, capped"),
@@ -285,8 +296,9 @@ def _parse_weighted(f: Fields) -> tuple[tuple[tuple[str, int], ...], bytes | Non
 
 def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -> RouteAction:
     f = ROUTE_ACTION.read(raw, path)
-    which = f.oneof("cluster", "cluster_header", "weighted_clusters", required=True)
-    cluster = cluster_header = weighted = header_name = None
+    which = f.oneof("cluster", "cluster_header", "weighted_clusters", "cluster_specifier_plugin",
+                    "inline_cluster_specifier_plugin", required=True)
+    cluster = cluster_header = weighted = header_name = specifier = None
     if which == "cluster":
         cluster = f.str("cluster")
         if not cluster:
@@ -296,6 +308,15 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         if not name or name.startswith(":"):
             raise ConfigError(f.at("cluster_header"), "must be a non-empty regular header name")
         cluster_header = header_bytes(name.lower(), f.at("cluster_header"))
+    elif which == "cluster_specifier_plugin":
+        name = f.str("cluster_specifier_plugin")
+        specifier = outer.plugins.get(name)
+        if specifier is None:
+            raise ConfigError(f.at("cluster_specifier_plugin"), f"unknown cluster specifier "
+                              f"plugin {name!r} (not in the route configuration's "
+                              "cluster_specifier_plugins)")
+    elif which == "inline_cluster_specifier_plugin":
+        specifier = _parse_cluster_specifier_plugin(f.raw[which], f.at(which))
     else:
         weighted, header_name = _parse_weighted(f)
     rewrite_kind = f.oneof("prefix_rewrite", "regex_rewrite")
@@ -320,7 +341,8 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
     grpc_offset = f.duration("grpc_timeout_offset", None)
     timeout = f.duration("timeout", DEFAULT_ROUTE_TIMEOUT)
     return RouteAction(
-        cluster=cluster, cluster_header=cluster_header, weighted_clusters=weighted,
+        cluster=cluster, cluster_header=cluster_header, cluster_specifier=specifier,
+        weighted_clusters=weighted,
         weighted_header_name=header_name, prefix_rewrite=prefix, regex_rewrite=regex,
         host_rewrite_literal=header_bytes(host_literal, f.at("host_rewrite_literal")) if host_literal else None,
         auto_host_rewrite=f.bool("auto_host_rewrite", False),
@@ -335,6 +357,9 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         request_mirror_policies=tuple(parse_mirror_policy(item, p)
                                       for item, p in f.list("request_mirror_policies")),
         hash_policy=tuple(parse_hash_policy(item, p) for item, p in f.list("hash_policy")),
+        rate_limits=parse_rate_limits(f, "rate_limits"),
+        vh_rate_limits=outer.rate_limits,
+        include_vh_rate_limits=f.bool("include_vh_rate_limits", False),
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),
@@ -369,29 +394,9 @@ def _parse_direct_response(raw: Any, path: str, max_body: int) -> DirectResponse
     status = f.int("status", required=True, min=200, max=599)
     body = b""
     if f.has("body"):
-        d = DIRECT_RESPONSE_BODY.read(f.value("body"), f.at("body"))
-        kind = d.oneof("filename", "inline_bytes", "inline_string", required=True)
-        if kind == "inline_string":
-            try:
-                body = d.str(kind).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in a JSON file
-                raise ConfigError(d.at(kind), "not valid Unicode text") from None
-        elif kind == "inline_bytes":
-            try:
-                body = base64.b64decode(d.str(kind), validate=True)
-            except (binascii.Error, ValueError):
-                raise ConfigError(d.at(kind), "invalid base64") from None
-        else:
-            try:
-                with open(d.str(kind), "rb") as fh:
-                    body = fh.read(max_body + 1)
-            except ValueError as e:  # an embedded NUL in the file name
-                raise ConfigError(d.at(kind), f"invalid file name: {e}") from None
-            except OSError as e:
-                raise ConfigError(d.at(kind), f"cannot read {d.str(kind)!r}: {e.strerror}") \
-                    from None
+        body = read_data_source(DIRECT_RESPONSE_BODY, f.value("body"), f.at("body"), max_body)
         if len(body) > max_body:
-            raise ConfigError(d.path, f"response body is larger than "
+            raise ConfigError(f.at("body"), f"response body is larger than "
                               f"max_direct_response_body_size_bytes ({max_body})")
     return DirectResponseAction(status, body)
 
@@ -440,6 +445,22 @@ class _Outer:
     attempt_count_in_request: bool = False
     attempt_count_in_response: bool = False
     is_timeout_retry_header: bool = False
+    rate_limits: tuple[RateLimitEntry, ...] = ()
+    plugins: Mapping[str, Any] = field(default_factory=dict)  # cluster_specifier_plugins by name
+
+
+CLUSTER_SPECIFIER_PLUGIN = Message("envoy.config.route.v3.ClusterSpecifierPlugin", fields=(
+    used("extension", attr="", why="resolved by its typed_config's type"),
+    refused("is_optional", "ignoring a route whose plugin is unknown"),
+))
+
+
+def _parse_cluster_specifier_plugin(raw: Any, path: str) -> Any:
+    """A ClusterSpecifierPlugin: its extension's parsed config, which picks the cluster."""
+    f = CLUSTER_SPECIFIER_PLUGIN.read(raw, path)
+    _, plugin = resolve("cluster_specifier_plugin", f.value("extension", required=True),
+                        f.at("extension"))
+    return plugin
 
 
 def _parse_route(raw: Any, path: str, outer: _Outer) -> Route:
@@ -516,7 +537,7 @@ VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
     refused("matcher"),
     used("require_tls", "NONE"),
     refused("virtual_clusters"),
-    refused("rate_limits"),
+    used("rate_limits", attr="", why="copied into each route action at load (vh_rate_limits)"),
     used("request_headers_to_add", attr="", why=_IN_EACH_ROUTE),
     used("request_headers_to_remove", attr="", why=_IN_EACH_ROUTE),
     used("response_headers_to_add", attr="", why=_IN_EACH_ROUTE),
@@ -539,7 +560,8 @@ VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
 def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                  config_resp: tuple[HeaderMutation, ...], most_specific: bool,
                  max_body: int, seen: dict[str, str],
-                 config_filters: Mapping[str, PerFilterConfig], switched: set[str]) -> VirtualHost:
+                 config_filters: Mapping[str, PerFilterConfig], switched: set[str],
+                 plugins: Mapping[str, Any]) -> VirtualHost:
     f = VIRTUAL_HOST.read(raw, path)
     refuse_wrapped(VIRTUAL_HOST, f, "per_request_buffer_limit_bytes", "request_body_buffer_limit")
     name = f.str("name", required=True)
@@ -567,7 +589,8 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                    max_body, (vhost_filters, config_filters), switched, vhost_policy,
                    f.bool("include_request_attempt_count", False),
                    f.bool("include_attempt_count_in_response", False),
-                   f.bool("include_is_timeout_retry_header", False))
+                   f.bool("include_is_timeout_retry_header", False),
+                   parse_rate_limits(f, "rate_limits"), plugins)
     routes = tuple(_parse_route(item, p, outer) for item, p in f.list("routes"))
     require_tls = f.enum("require_tls", ("NONE", "EXTERNAL_ONLY", "ALL"), "NONE")
     tls_route = None
@@ -596,7 +619,7 @@ ROUTE_CONFIGURATION = Message("envoy.config.route.v3.RouteConfiguration", title=
          "must name defined clusters unless it is false"),
     used("max_direct_response_body_size_bytes", 4096, attr="",
          why="checked at load against each direct response body"),
-    refused("cluster_specifier_plugins"),
+    used("cluster_specifier_plugins", attr="", why="parsed into the routes that name them"),
     refused("request_mirror_policies"),
     used("ignore_port_in_host_matching", False),
     refused("vhost_header"),
@@ -622,8 +645,17 @@ def parse_route_configuration(raw: Mapping[str, Any], path: str) -> RouteConfigu
     seen: dict[str, str] = {}
     switched: set[str] = set()
     config_filters = _per_filter_level(f, switched)
+    plugins: dict[str, Any] = {}
+    for item, ppath in f.list("cluster_specifier_plugins"):
+        ext = item.get("extension") if isinstance(item, Mapping) else None
+        name = ext.get("name") if isinstance(ext, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{ppath}.extension.name", "a plugin needs a name")
+        if name in plugins:
+            raise ConfigError(f"{ppath}.extension.name", f"plugin name {name!r} is used twice")
+        plugins[name] = _parse_cluster_specifier_plugin(item, ppath)
     vhosts = tuple(_parse_vhost(item, p, req_level, resp_level, most_specific, max_body, seen,
-                                config_filters, switched)
+                                config_filters, switched, plugins)
                    for item, p in f.list("virtual_hosts"))
     names: dict[str, str] = {}
     for vh, (_, p) in zip(vhosts, f.list("virtual_hosts")):

@@ -5,8 +5,8 @@ Each policy that finds its input contributes xxHash64 of it; the running hash is
 by one bit before each new one is XORed in (so two equal rules do not cancel), and a `terminal`
 policy that produced a hash ends the list. Inputs: `header` (every value of it, sorted, hashed
 in a chain: each one's hash seeds the next; `:authority`, `:path`, `:method` name the
-pseudo-headers), `cookie` (its value; `ttl`, which makes Envoy set a cookie, is refused),
-`connection_properties.source_ip` (the downstream remote address), `query_parameter` (its
+pseudo-headers), `cookie` (its value; when the request has none and the policy has a `ttl`,
+the router generates one, as Envoy: `add_cookie` below), `connection_properties.source_ip` (the downstream remote address), `query_parameter` (its
 first value). `filter_state` and a header's `regex_rewrite` are refused. Pure: no I/O.
 """
 
@@ -19,7 +19,7 @@ from ..config.fields_table import Message, refused, used
 from ..config.reader import ConfigError, header_bytes
 from .matchers import parse_query, split_path
 
-__all__ = ["HashPolicy", "HASH_POLICY", "parse_hash_policy", "request_hash"]
+__all__ = ["HashPolicy", "HASH_POLICY", "parse_hash_policy", "request_hash", "set_cookie_value"]
 
 _MASK = (1 << 64) - 1
 
@@ -29,6 +29,10 @@ class HashPolicy:
     kind: str                 # header | cookie | source_ip | query_parameter
     name: str = ""            # the header (lower-case), cookie or parameter name
     terminal: bool = False
+    # A cookie policy with a `ttl` (seconds; 0: a session cookie) sets the cookie it missed.
+    ttl: int | None = None
+    path: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
 HASH_POLICY = Message("envoy.config.route.v3.RouteAction.HashPolicy", model=HashPolicy,
@@ -46,9 +50,13 @@ HEADER = Message("envoy.config.route.v3.RouteAction.HashPolicy.Header", fields=(
 ))
 COOKIE = Message("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", fields=(
     used("name"),
-    refused("ttl", "a generated cookie (Set-Cookie)"),
-    used("path", attr="", why="only the generated cookie's (ttl is refused)"),
-    refused("attributes", "a generated cookie (Set-Cookie)"),
+    used("ttl"),
+    used("path"),
+    used("attributes"),
+))
+COOKIE_ATTRIBUTE = Message("envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute", fields=(
+    used("name"),
+    used("value"),
 ))
 CONNECTION_PROPERTIES = Message("envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
                                 fields=(used("source_ip", attr="kind"),))
@@ -69,11 +77,19 @@ def parse_hash_policy(raw: Any, path: str) -> HashPolicy:
         return HashPolicy("header", header_bytes(name.lower(), h.at("header_name")).decode("latin-1"), terminal)
     if kind == "cookie":
         c = COOKIE.read(f.value("cookie"), f.at("cookie"))
-        c.str("path")
         name = c.str("name", required=True)
         if not name:
             raise ConfigError(c.at("name"), "must not be empty")
-        return HashPolicy("cookie", name, terminal)
+        ttl = c.duration("ttl", None)
+        attributes = []
+        for item, p in c.list("attributes"):
+            a = COOKIE_ATTRIBUTE.read(item, p)
+            a_name = a.str("name", required=True)
+            if not a_name:
+                raise ConfigError(a.at("name"), "must not be empty")
+            attributes.append((a_name, a.str("value", "")))
+        return HashPolicy("cookie", name, terminal, None if ttl is None else int(ttl),
+                          c.str("path", ""), tuple(attributes))
     if kind == "connection_properties":
         cp = CONNECTION_PROPERTIES.read(f.value("connection_properties"), f.at("connection_properties"))
         if not cp.bool("source_ip", False):
@@ -110,9 +126,12 @@ def _cookie(head, name: str) -> bytes | None:
     return None
 
 
-def request_hash(policies: tuple[HashPolicy, ...], head, remote_ip: str, xxhash64) -> int | None:
+def request_hash(policies: tuple[HashPolicy, ...], head, remote_ip: str, xxhash64,
+                 add_cookie=None) -> int | None:
     """The request's hash (None: no policy found its input). `remote_ip`: the downstream
-    address's IP; `xxhash64(data, seed)` the hash function (hashing_lb.xxhash64)."""
+    address's IP; `xxhash64(data, seed)` the hash function (hashing_lb.xxhash64);
+    `add_cookie(policy)`: the value of a cookie the response will set, for a cookie policy
+    with a ttl whose cookie the request lacks (Envoy hashes that value)."""
     acc: int | None = None
     for p in policies:
         h = None
@@ -130,6 +149,8 @@ def request_hash(policies: tuple[HashPolicy, ...], head, remote_ip: str, xxhash6
             v = _cookie(head, p.name)
             if v:
                 h = xxhash64(v)
+            elif p.ttl is not None and add_cookie is not None:
+                h = xxhash64(add_cookie(p).encode())
         elif kind == "source_ip":
             if remote_ip:
                 h = xxhash64(remote_ip.encode())
@@ -143,3 +164,16 @@ def request_hash(policies: tuple[HashPolicy, ...], head, remote_ip: str, xxhash6
         if p.terminal and acc is not None:
             break
     return acc
+
+
+def set_cookie_value(policy: HashPolicy, value: str) -> bytes:
+    """The Set-Cookie header for a generated cookie, as Envoy writes it: the quoted value, a
+    Max-Age unless the ttl is 0, the path, the attributes, HttpOnly."""
+    parts = [f'{policy.name}="{value}"']
+    if policy.ttl:
+        parts.append(f"Max-Age={policy.ttl}")
+    if policy.path:
+        parts.append(f"Path={policy.path}")
+    parts.extend(f"{n}={v}" if v else n for n, v in policy.attributes)
+    parts.append("HttpOnly")
+    return "; ".join(parts).encode("latin-1")

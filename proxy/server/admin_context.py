@@ -15,6 +15,7 @@ import time
 
 from .. import __version__
 from ..admin.certs import context_certificates, redact_config
+from ..config.bootstrap import runtime_layers
 from ..hotrestart.messages import HOT_RESTART_VERSION
 from . import gil_notes
 from ..upstream.host import health_flags
@@ -90,7 +91,7 @@ class ServerAdminContext:
         admin thread: each value is a single int attribute read; `dict.get` and `list()` on the
         workers' tables are safe against concurrent inserts (per-object locks on 3.14t)."""
         out = dict.fromkeys(("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_active",
-                             "rq_success", "rq_error"), 0)
+                             "rq_pending_active", "rq_success", "rq_error", "rq_timeout"), 0)
         for w in list(self.server.workers):
             wc = w.clusters.get(cluster)
             for pool in wc.host_pools(host.key) if wc is not None else ():
@@ -101,6 +102,8 @@ class ServerAdminContext:
                 out["rq_active"] += pool.active_requests
                 out["rq_success"] += pool.rq_success
                 out["rq_error"] += pool.rq_error
+                out["rq_timeout"] += pool.rq_timeout
+                out["rq_pending_active"] += len(pool.pending)
         return out
 
     def config_dump(self) -> dict:
@@ -162,6 +165,46 @@ class ServerAdminContext:
                 "gil_reenabled_by": list(gil_notes.reasons()),
             },
         }
+
+    def runtime(self) -> dict:
+        """Envoy's /runtime: the layers' names and, per key, its value in each layer ("" where
+        a layer does not set it) and the last layer's that does."""
+        layers = runtime_layers(self.server.bootstrap.raw)
+        entries = {}
+        for key in sorted({k for _, values in layers for k in values}):
+            per_layer = [values.get(key, "") for _, values in layers]
+            final = next((v for v in reversed(per_layer) if v), "")
+            entries[key] = {"layer_values": per_layer, "final_value": final}
+        return {"entries": entries, "layers": [name for name, _ in layers]}
+
+    def memory(self) -> dict:
+        """Envoy's /memory fields from this process's /proc/self/status (Envoy's come from
+        tcmalloc): allocated = anonymous resident memory (the heaps), heap_size = the data
+        segment's virtual size, total_physical_bytes = resident memory; the tcmalloc-only
+        figures are 0. uint64 values as strings, as Envoy prints them."""
+        status = {}
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                for line in f:
+                    name, _, rest = line.partition(":")
+                    parts = rest.split()
+                    if len(parts) == 2 and parts[1] == "kB":
+                        status[name] = int(parts[0]) * 1024
+        except OSError:
+            pass
+        return {"allocated": str(status.get("RssAnon", 0)), "heap_size": str(status.get("VmData", 0)),
+                "pageheap_unmapped": "0", "pageheap_free": "0", "total_thread_cache": "0",
+                "total_physical_bytes": str(status.get("VmRSS", 0))}
+
+    def init_dump(self) -> dict:
+        """Envoy's /init_dump: {} once nothing waits; else the listeners still warming (LDS
+        listeners waiting for their routes), one unready target each."""
+        warming = sorted(getattr(self.server, "lds_warming", {}) or {})
+        if not warming:
+            return {}
+        return {"unready_targets_dumps": [
+            {"name": f"Listener-local-init-manager {name}", "target_names": [f"listener {name} routes"]}
+            for name in warming]}
 
     def state(self) -> str:
         s = self.server

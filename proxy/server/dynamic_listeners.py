@@ -73,6 +73,10 @@ class DynamicListeners:
         cm = self.server.cluster_manager
         return set(cm.states()) if cm is not None else set()
 
+    def cluster_configs(self) -> list:
+        cm = self.server.cluster_manager
+        return [state.config for state in cm.states().values()] if cm is not None else []
+
     def add_or_update(self, lc, version_info: str, path: str) -> None:
         old = self.entries.get(lc.name)
         pending = self.warming.get(lc.name)

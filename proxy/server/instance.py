@@ -83,6 +83,18 @@ class ServerOptions:
         self.on_ready = on_ready  # called on main with {"listeners": {...}, "admin": "ip:port"}
 
 
+def _stats_registry(bootstrap) -> StatsRegistry:
+    """The registry as the bootstrap's stats_config asks: its tag extraction (for Prometheus and
+    dog_statsd), its stats_matcher (rejected stats are never reported) and histogram buckets."""
+    sc = bootstrap.stats_config if hasattr(bootstrap, "stats_config") else None
+    if sc is None:
+        return StatsRegistry()
+    matcher = sc.stats_matcher
+    return StatsRegistry(tag_producer=sc.tag_producer(),
+                         rejects=matcher.rejects if matcher is not None else None,
+                         buckets_for=sc.buckets_for if sc.histogram_bucket_settings else None)
+
+
 class Server:
     def __init__(self, bootstrap, options: ServerOptions) -> None:
         self.bootstrap = bootstrap
@@ -94,7 +106,7 @@ class Server:
         self.hr_parent = None   # HotRestartParent: we listen for the next epoch
         self.hr_child = None    # HotRestartChild: link to the previous epoch
         self.main = Dispatcher("main")
-        self.stats = StatsRegistry()
+        self.stats = _stats_registry(bootstrap)
         self.main_store = self.stats.new_store("main")
         self.workers: list[Worker] = []
         self.listen_sockets: dict[str, list] = {}
@@ -306,7 +318,7 @@ class Server:
         for ev in started:
             if not ev.wait(10.0):
                 raise RuntimeError("a worker did not start within 10 s")
-        st.counter("listener_manager.workers_started").inc(len(self.workers))
+        st.gauge("listener_manager.workers_started").set(1)  # Envoy: a gauge, 1 once started
         # Envoy's listener gauges from the start (LDS keeps total_listeners_active current).
         st.gauge("listener_manager.total_listeners_active").set(
             len(self.bootstrap.listeners) + len(self.lds_listeners))

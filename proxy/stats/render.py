@@ -1,10 +1,9 @@
 """Render a `StatsSnapshot` the way Envoy's admin does: `/stats` text, `?format=json`,
 and Prometheus text exposition format 0.0.4 with Envoy's default tag extraction.
 
-Job: pure string building from an immutable snapshot. `extract_tags()` implements Envoy's
-well-known tag regexes (source/common/config/well_known_names.cc) that matter for the stats
-ftproxy emits: each regex is matched against the full stat name, its first group is cut out
-of the name and its last group becomes the label value.
+Job: pure string building from an immutable snapshot. `/stats` and its JSON keep Envoy's flat
+names; Prometheus prints each stat under its tag-extracted name with its tags as labels, using
+the snapshot's `TagProducer` (proxy.stats.tag_extraction: the bootstrap's stats_config).
 
 Thread affinity: none (pure functions over immutable input); call from any thread.
 Must not: do I/O, touch stores, or import threading/time.
@@ -19,6 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from .histogram import SUPPORTED_QUANTILES, HistogramSummary
+from .tag_extraction import TagProducer, default_tag_producer
 
 if TYPE_CHECKING:
     from .store import StatsSnapshot
@@ -31,64 +31,19 @@ __all__ = [
     "prometheus_name",
 ]
 
-_WORD = r"[^.]+"
-_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}_\d+|\[[_aAbBcCdDeEfF0-9]+\]_\d+)"
-
-# (tag name, regex). Group 1 is removed from the name; the last group is the tag value.
-# Order follows Envoy's table (it fixes the label order in the output).
-_TAG_REGEXES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (tag, re.compile(rx.replace("<WORD>", _WORD).replace("<ADDRESS>", _ADDRESS)))
-    for tag, rx in (
-        ("envoy.response_code", r"_rq(_(\d{3}))$"),
-        ("envoy.response_code_class", r"_rq_((\d))xx$"),
-        ("envoy.http_user_agent", r"^http\.<WORD>\.user_agent\.((<WORD>)\.)"),
-        ("envoy.virtual_cluster", r"^vhost\.<WORD>\.vcluster\.((<WORD>)\.)"),
-        ("envoy.fault_downstream_cluster", r"^http\.<WORD>\.fault\.((<WORD>)\.)"),
-        ("envoy.ssl_cipher", r"^listener\..*?\.ssl\.cipher(\.([0-9A-Za-z_-]+))$"),
-        ("envoy.ssl_cipher_suite", r"^cluster\.<WORD>\.ssl\.ciphers(\.([0-9A-Za-z_-]+))$"),
-        ("envoy.tcp_prefix", r"^tcp\.((<WORD>)\.)"),
-        ("envoy.udp_prefix", r"^udp\.((<WORD>)\.)"),
-        ("envoy.cluster_name", r"^cluster\.((<WORD>)\.)"),
-        ("envoy.http_conn_manager_prefix", r"^listener\..*?\.http\.((<WORD>)\.)"),
-        ("envoy.http_conn_manager_prefix", r"^http\.((<WORD>)\.)"),
-        ("envoy.listener_address", r"^listener\.((<ADDRESS>)\.)"),
-        ("envoy.virtual_host", r"^vhost\.((<WORD>)\.)"),
-        ("envoy.rds_route_config", r"^http\.<WORD>\.rds\.((<WORD>)\.)\w+?$"),
-        ("envoy.worker_id", r"^listener_manager\.((worker_\d+)\.)"),
-        # ftproxy extension (asked for by our dashboards): listener.<addr>.worker_<i>.*
-        ("envoy.worker_id", r"^listener\.(?:<ADDRESS>\.|<WORD>\.)?worker_((\d+)\.)"),
-    )
-)
-
-
-def extract_tags(name: str) -> tuple[str, list[tuple[str, str]]]:
-    """Envoy tag extraction: ("cluster.backend.upstream_rq_200") ->
+def extract_tags(name: str, producer: TagProducer | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """Envoy tag extraction (proxy.stats.tag_extraction; the default extractors unless a
+    producer is given): ("cluster.backend.upstream_rq_200") ->
     ("cluster.upstream_rq", [("envoy.response_code", "200"), ("envoy.cluster_name", "backend")])."""
-    tags: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    cuts: list[tuple[int, int]] = []
-    for tag, rx in _TAG_REGEXES:
-        if tag in seen:
-            continue
-        m = rx.search(name)
-        if m is None:
-            continue
-        seen.add(tag)
-        tags.append((tag, m.group(rx.groups)))
-        cuts.append(m.span(1))
-    if not cuts:
-        return name, tags
-    keep = [True] * len(name)
-    for start, end in cuts:
-        for i in range(start, end):
-            keep[i] = False
-    return "".join(ch for ch, k in zip(name, keep) if k), tags
+    extracted, tags = (producer or default_tag_producer()).produce(name)
+    return extracted, list(tags)
 
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def prometheus_name(extracted: str) -> str:
+    """Envoy's PrometheusStatsFormatter::metricName: `envoy_` and the sanitised name."""
     return "envoy_" + _UNSAFE.sub("_", extracted)
 
 
@@ -180,66 +135,57 @@ def _label_value(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(tags: list[tuple[str, str]], extra: tuple[tuple[str, str], ...] = ()) -> str:
-    items = [(_UNSAFE.sub("_", k), _label_value(v)) for k, v in tags] + list(extra)
-    if not items:
-        return ""
-    return "{" + ",".join(f'{k}="{v}"' for k, v in items) + "}"
+def _labels(tags: tuple[tuple[str, str], ...]) -> str:
+    """Envoy's formattedTags: `name="value"` joined by commas, names sanitised, values escaped."""
+    return ",".join(f'{_UNSAFE.sub("_", k)}="{_label_value(v)}"' for k, v in tags)
 
 
-def _prom_num(v: float) -> str:
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return _num(v) if float(v).is_integer() else repr(float(v))
+def _token_key(name: str) -> tuple[str, ...]:
+    """Envoy sorts stat names by their dot-separated tokens (SymbolTable::lessThan), not as
+    strings: `cluster.x` before `cluster_manager.y`."""
+    return tuple(name.split("."))
+
+
+def _g32(v: float) -> str:
+    """fmt's `{:.32g}`, which Envoy uses for bucket bounds and sums."""
+    return format(float(v), ".32g")
+
+
+def _families(names: Iterable[str], producer: TagProducer) -> list[tuple[str, list[tuple[str, tuple]]]]:
+    """[(prometheus name, [(stat name, tags)] sorted by stat name)] sorted by tag-extracted name."""
+    groups: dict[str, list[tuple[str, tuple]]] = {}
+    for n in names:
+        extracted, tags = producer.produce(n)
+        groups.setdefault(extracted, []).append((n, tags))
+    return [(prometheus_name(extracted), sorted(groups[extracted], key=lambda item: _token_key(item[0])))
+            for extracted in sorted(groups, key=_token_key)]
 
 
 def render_prometheus(snapshot: StatsSnapshot, filter_re: FilterArg = None,
                       usedonly: bool = False) -> str:
-    """Prometheus text format 0.0.4: counters, then gauges, then histograms; one `# TYPE`
-    line per metric family. A family name already taken by another type keeps the first
-    type; the conflicting samples are skipped (they would make the exposition invalid)."""
+    """Envoy's `/stats/prometheus` text (PrometheusStatsFormatter): counters, then gauges, then
+    histograms; within each, one family per tag-extracted name in token order, its `# TYPE`
+    line, then one sample per stat in stat-name order, labels in extraction order (`{}` when
+    there are none). Histograms: Envoy's cumulative buckets (`le` and sums as `%.32g`), `+Inf`,
+    `_sum`, `_count`. `filter` is matched against the flat stat name; `usedonly` keeps stats
+    that were ever written (histograms: with samples). A counter and a gauge family of one name
+    both appear, as in Envoy."""
     rx = _compile(filter_re)
-    families: dict[str, tuple[str, list[str]]] = {}
-    order: list[str] = []
-
-    def family(pname: str, kind: str) -> list[str] | None:
-        if pname not in families:
-            families[pname] = (kind, [])
-            order.append(pname)
-        k, lines = families[pname]
-        return lines if k == kind else None
-
-    for kind, table in (("counter", snapshot.counters), ("gauge", snapshot.gauges)):
-        grouped = sorted((_prom_key(n), n) for n in _select(table, snapshot, rx, usedonly))
-        for (pname, tags), n in grouped:
-            lines = family(pname, kind)
-            if lines is not None:
-                lines.append(f"{pname}{_labels(tags)} {_prom_num(table[n])}")
-    grouped = sorted((_prom_key(n), n) for n in _select(snapshot.histograms, snapshot, rx, usedonly))
-    for (pname, tags), n in grouped:
-        lines = family(pname, "histogram")
-        if lines is None:
-            continue
-        h = snapshot.histograms[n]
-        for bound, cum in h.cumulative_buckets():
-            le = "+Inf" if math.isinf(bound) else _num(bound)
-            lines.append(f"{pname}_bucket{_labels(tags, (('le', le),))} {cum}")
-        lines.append(f"{pname}_sum{_labels(tags)} {_prom_num(float(h.sum))}")
-        lines.append(f"{pname}_count{_labels(tags)} {h.count}")
+    producer = snapshot.tags()
     out: list[str] = []
-    for pname in order:
-        kind, lines = families[pname]
-        if not lines:
-            continue
-        out.append(f"# TYPE {pname} {kind}\n")
-        out.extend(line + "\n" for line in lines)
+    for kind, table in (("counter", snapshot.counters), ("gauge", snapshot.gauges)):
+        for pname, members in _families(_select(table, snapshot, rx, usedonly), producer):
+            out.append(f"# TYPE {pname} {kind}\n")
+            out.extend(f"{pname}{{{_labels(tags)}}} {table[n]}\n" for n, tags in members)
+    for pname, members in _families(_select(snapshot.histograms, snapshot, rx, usedonly), producer):
+        out.append(f"# TYPE {pname} histogram\n")
+        for n, tags in members:
+            h = snapshot.histograms[n]
+            labels = _labels(tags)
+            sep = labels + "," if labels else ""
+            for bound, cum in h.cumulative_buckets()[:-1]:
+                out.append(f'{pname}_bucket{{{sep}le="{_g32(bound)}"}} {cum}\n')
+            out.append(f'{pname}_bucket{{{sep}le="+Inf"}} {h.count}\n')
+            out.append(f"{pname}_sum{{{labels}}} {_g32(h.sum)}\n")
+            out.append(f"{pname}_count{{{labels}}} {h.count}\n")
     return "".join(out)
-
-
-def _prom_key(name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    extracted, tags = extract_tags(name)
-    return prometheus_name(extracted), tuple(tags)

@@ -23,11 +23,12 @@ Must not: do I/O, sleep, or hold a lock while reading stat values.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .histogram import DEFAULT_BUCKETS, Histogram, HistogramSummary, merge_summaries
+from .tag_extraction import TagProducer, default_tag_producer
 
 __all__ = ["Counter", "Gauge", "Store", "Scope", "StatsRegistry", "StatsSnapshot"]
 
@@ -79,9 +80,14 @@ class StatsSnapshot:
     histograms: Mapping[str, HistogramSummary]
     # Names of counters/gauges ever written and histograms with samples (see `snapshot`).
     used: frozenset[str] = field(default_factory=frozenset)
+    # The bootstrap's tag extraction (stats_config), for the outputs that print tags.
+    tag_producer: TagProducer | None = None
 
     def is_used(self, name: str) -> bool:
         return name in self.used
+
+    def tags(self) -> TagProducer:
+        return self.tag_producer if self.tag_producer is not None else default_tag_producer()
 
 
 def _join(prefix: str, name: str) -> str:
@@ -113,18 +119,32 @@ class Scope:
         self._store.alias(_join(self.prefix, name), stat)
 
 
-class Store:
-    """Stats of one thread. See the module docstring for who may write what."""
+def _no(name: str) -> bool:
+    return False
 
-    def __init__(self, name: str, bounds: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+
+class Store:
+    """Stats of one thread. See the module docstring for who may write what.
+
+    `rejects(name)` (the bootstrap's stats_matcher) is asked once, when a stat is created: a
+    rejected stat is a working object its user updates as any other, kept in a table no
+    snapshot reads (Envoy's null stats), so the request path is the same either way.
+    `buckets_for(name)` gives a histogram's bucket bounds (histogram_bucket_settings)."""
+
+    def __init__(self, name: str, bounds: tuple[float, ...] = DEFAULT_BUCKETS,
+                 rejects: Callable[[str], bool] = _no,
+                 buckets_for: Callable[[str], tuple[float, ...]] | None = None) -> None:
         self.name = name
         self._bounds = bounds
-        # Store._lock guards inserts into _counters, _gauges and _histograms (the tables, not
-        # the values inside the stats). Held only for dict insert/copy; never across I/O.
+        self._rejects = rejects
+        self._buckets_for = buckets_for
+        # Store._lock guards inserts into _counters, _gauges, _histograms and _rejected (the
+        # tables, not the values inside the stats). Held only for dict insert/copy; never across I/O.
         self._lock = threading.Lock()
         self._counters: dict[str, Counter] = {}
         self._gauges: dict[str, Gauge] = {}
         self._histograms: dict[str, Histogram] = {}
+        self._rejected: dict[str, Counter | Gauge | Histogram] = {}
 
     def counter(self, name: str) -> Counter:
         c = self._counters.get(name)
@@ -141,22 +161,33 @@ class Store:
     def histogram(self, name: str, unit: str = "ms") -> Histogram:
         h = self._histograms.get(name)
         if h is None:
-            h = self._create(self._histograms, name, lambda: Histogram(unit, self._bounds))
+            bounds = self._buckets_for(name) if self._buckets_for is not None else self._bounds
+            h = self._create(self._histograms, name, lambda: Histogram(unit, bounds))
         return h
 
     def scope(self, prefix: str) -> Scope:
         return Scope(self, prefix)
 
     def alias(self, name: str, stat: Counter | Gauge | Histogram) -> None:
-        """Report `stat` (a stat of this store) under `name` too."""
+        """Report `stat` (a stat of this store) under `name` too. A histogram alias shares the
+        stat's buckets even where histogram_bucket_settings would give `name` others (Envoy keeps
+        two histograms; here every request records once)."""
         table = (self._counters if isinstance(stat, Counter) else
                  self._gauges if isinstance(stat, Gauge) else self._histograms)
+        if self._rejects(name):
+            return  # the alias is not reported; the stat itself may be
         if self._create(table, name, lambda: stat) is not stat:
             raise ValueError(f"stat {name!r} already exists in store {self.name!r}")
 
     def _create(self, table: dict, name: str, factory):  # type: ignore[no-untyped-def]
         if not name or not isinstance(name, str):
             raise ValueError(f"stat name must be a non-empty string, got {name!r}")
+        if self._rejects(name):
+            with self._lock:
+                stat = self._rejected.get(name)
+                if stat is None:
+                    stat = self._rejected[name] = factory()
+                return stat
         with self._lock:
             existing = table.get(name)
             if existing is not None:
@@ -180,10 +211,18 @@ class Store:
 class StatsRegistry:
     """Process-wide list of per-thread stores; merges them on read."""
 
-    def __init__(self, histogram_bounds: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+    def __init__(self, histogram_bounds: tuple[float, ...] = DEFAULT_BUCKETS, *,
+                 tag_producer: TagProducer | None = None,
+                 rejects: Callable[[str], bool] | None = None,
+                 buckets_for: Callable[[str], tuple[float, ...]] | None = None) -> None:
+        """`tag_producer`, `rejects` and `buckets_for` come from the bootstrap's stats_config
+        (tags for the outputs, the stats_matcher, histogram_bucket_settings)."""
         if list(histogram_bounds) != sorted(set(histogram_bounds)) or not histogram_bounds:
             raise ValueError("histogram bucket bounds must be a non-empty strictly increasing sequence")
         self.histogram_bounds = tuple(histogram_bounds)
+        self.tag_producer = tag_producer
+        self.rejects = rejects or _no
+        self._buckets_for = buckets_for
         # StatsRegistry._lock guards _stores, the carryover references and _gauges_used.
         # Never held while reading stat values or calling into a store.
         self._lock = threading.Lock()
@@ -195,7 +234,7 @@ class StatsRegistry:
         self._gauges_used: set[str] = set()
 
     def new_store(self, name: str) -> Store:
-        store = Store(name, self.histogram_bounds)
+        store = Store(name, self.histogram_bounds, self.rejects, self._buckets_for)
         with self._lock:
             if any(s.name == name for s in self._stores):
                 raise ValueError(f"stats store {name!r} already exists")
@@ -209,8 +248,9 @@ class StatsRegistry:
     def set_carryover(self, counters: Mapping[str, int], gauges: Mapping[str, int] | None = None) -> None:
         """Hot restart: the parent's latest values. Counters continue from them (added to ours);
         gauges are added too. Each call replaces the previous carryover."""
-        c = MappingProxyType({str(k): int(v) for k, v in counters.items()})
-        g = MappingProxyType({str(k): int(v) for k, v in (gauges or {}).items()})
+        rejects = self.rejects
+        c = MappingProxyType({str(k): int(v) for k, v in counters.items() if not rejects(str(k))})
+        g = MappingProxyType({str(k): int(v) for k, v in (gauges or {}).items() if not rejects(str(k))})
         with self._lock:
             self._carry_counters = c
             self._carry_gauges = g
@@ -242,4 +282,5 @@ class StatsRegistry:
             gauges=MappingProxyType(gauges),
             histograms=MappingProxyType(histograms),
             used=frozenset(used),
+            tag_producer=self.tag_producer,
         )

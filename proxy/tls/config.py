@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from proxy.config.data_source import read_data_source as read_source
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 from proxy.router.matchers import StringMatcher, parse_string_matcher
@@ -261,27 +261,8 @@ DATA_SOURCE = Message("envoy.config.core.v3.DataSource (TLS)", fields=(
 # -- parsing ---------------------------------------------------------------------------------
 
 def read_data_source(raw: Any, path: str) -> bytes:
-    """A `config.core.v3.DataSource`'s bytes (files are read now: errors name the field)."""
-    d = DATA_SOURCE.read(raw, path)
-    kind = d.oneof("filename", "inline_bytes", "inline_string", "environment_variable", required=True)
-    value = d.str(kind)
-    if kind == "inline_string":
-        return value.encode()
-    if kind == "inline_bytes":
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError(d.at(kind), "not valid base64") from None
-    if kind == "environment_variable":
-        env = os.environ.get(value)
-        if env is None:
-            raise ConfigError(d.at(kind), f"environment variable {value!r} is not set")
-        return env.encode()
-    try:
-        with open(value, "rb") as fh:
-            return fh.read()
-    except OSError as e:
-        raise ConfigError(d.at(kind), f"cannot read {value!r}: {e.strerror or e}") from None
+    """A TLS DataSource's bytes (files are read now: errors name the field)."""
+    return read_source(DATA_SOURCE, raw, path)
 
 
 def parse_downstream_tls(raw: Mapping[str, Any], path: str) -> DownstreamTls:

@@ -281,5 +281,6 @@ def _bool_value(f: Fields, name: str, default: bool) -> bool:
 
 register(Extension(category="tracer", name=ZIPKIN_NAME, proto=ZIPKIN_PROTO, parse=parse_zipkin))
 
-# The second provider: registering it is importing it.
+# The other providers: registering them is importing them.
 from . import otel_config  # noqa: E402,F401  (envoy.tracers.opentelemetry)
+from . import skywalking_config  # noqa: E402,F401  (envoy.tracers.skywalking)

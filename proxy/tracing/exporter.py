@@ -326,9 +326,10 @@ class CollectorPost:
 
 class Exporters:
     """The process's span exporters (main thread): one per distinct provider config (Zipkin's
-    ZipkinExporter, OpenTelemetry's otlp_exporter.OtlpExporter), as Envoy keeps one driver
-    per tracer config; their stats share the `tracing.zipkin.` / `tracing.opentelemetry.`
-    names."""
+    ZipkinExporter, OpenTelemetry's otlp_exporter.OtlpExporter, SkyWalking's
+    skywalking_exporter.SkyWalkingExporter), as Envoy keeps one driver per tracer config;
+    their stats share the `tracing.zipkin.` / `tracing.opentelemetry.` /
+    `tracing.skywalking.` names."""
 
     def __init__(self, main, store, local: LocalInfo) -> None:
         self.main = main
@@ -342,7 +343,14 @@ class Exporters:
         if e is None:
             from .otel_config import OpenTelemetryConfig
             from .otlp_exporter import OtlpExporter
-            kind = OtlpExporter if isinstance(zipkin_config, OpenTelemetryConfig) else ZipkinExporter
+            from .skywalking_config import SkyWalkingConfig
+            from .skywalking_exporter import SkyWalkingExporter
+            if isinstance(zipkin_config, OpenTelemetryConfig):
+                kind = OtlpExporter
+            elif isinstance(zipkin_config, SkyWalkingConfig):
+                kind = SkyWalkingExporter
+            else:
+                kind = ZipkinExporter
             e = self._by_config[zipkin_config] = kind(
                 zipkin_config, self.local, self.main, self.store, lambda: self.clusters())
         return e

@@ -21,7 +21,7 @@ from ..config.fields_table import Message, inert, refused, used
 from ..config.reader import ConfigError, Fields
 from ..config.registry import Extension, register
 
-__all__ = ["OpenTelemetryConfig", "OTEL_NAME", "parse_opentelemetry"]
+__all__ = ["OpenTelemetryConfig", "OTEL_NAME", "parse_opentelemetry", "read_grpc_service"]
 
 OTEL_NAME = "envoy.tracers.opentelemetry"
 OTEL_PROTO = "envoy.config.trace.v3.OpenTelemetryConfig"
@@ -149,7 +149,18 @@ def parse_opentelemetry(raw: Mapping[str, Any], path: str) -> OpenTelemetryConfi
         cluster, http = _parse_http(f.raw_obj("http_service"), f.at("http_service"))
         return OpenTelemetryConfig(cluster_name=cluster, service_name=service,
                                    max_cache_size=cache, http=http)
-    g = GRPC_SERVICE.read(f.raw_obj("grpc_service"), f.at("grpc_service"))
+    cluster, authority, timeout, metadata = read_grpc_service(f.raw_obj("grpc_service"),
+                                                             f.at("grpc_service"))
+    return OpenTelemetryConfig(cluster_name=cluster, authority=authority,
+                               timeout=timeout, initial_metadata=metadata,
+                               service_name=service, max_cache_size=cache)
+
+
+def read_grpc_service(raw: Mapping[str, Any], path: str
+                      ) -> tuple[str, str, float | None, tuple[tuple[bytes, bytes], ...]]:
+    """A tracer's `grpc_service` (envoy_grpc only): (cluster, authority, timeout or None,
+    initial_metadata); the SkyWalking tracer's too (skywalking_config.py)."""
+    g = GRPC_SERVICE.read(raw, path)
     if not g.has("envoy_grpc"):
         raise ConfigError(g.at("envoy_grpc"), "is required")
     e = ENVOY_GRPC.read(g.raw_obj("envoy_grpc"), g.at("envoy_grpc"))
@@ -167,9 +178,7 @@ def parse_opentelemetry(raw: Mapping[str, Any], path: str) -> OpenTelemetryConfi
         if not key or key.lower() != key or key.startswith(":"):
             raise ConfigError(m.at("key"), "must be a non-empty lower-case header name")
         metadata.append((key.encode(), str(m.str("value", "")).encode("latin-1")))
-    return OpenTelemetryConfig(cluster_name=cluster, authority=e.str("authority", "") or "",
-                               timeout=timeout, initial_metadata=tuple(metadata),
-                               service_name=service, max_cache_size=cache)
+    return cluster, e.str("authority", "") or "", timeout, tuple(metadata)
 
 
 def _max_cache_size(f: Fields) -> int:

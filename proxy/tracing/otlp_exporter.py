@@ -37,6 +37,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
 from .. import __version__
+from ..http.codec.hpack_codec import install as install_hpack
 from ..threads.client_socket import ClientSocket
 from . import exporter as common
 from .otlp import Resource, encode_export_request
@@ -224,6 +225,7 @@ class GrpcChannel:
         self.closed = False
         self.connected = False
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        install_hpack(self.h2)
         self.h2.initiate_connection()
         self.stream_id = 0
         self.calling = False

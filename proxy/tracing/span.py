@@ -1,4 +1,4 @@
-"""The span model every tracing provider shares (Zipkin, OpenTelemetry): ids, kind, sampled
+"""The span model every tracing provider shares (Zipkin, OpenTelemetry, SkyWalking): ids, kind, sampled
 flag, name, times and the request snapshot its tags are made from. The providers differ only
 in how a context is propagated (zipkin.py: B3; traceparent.py: W3C) and exported.
 
@@ -31,6 +31,8 @@ class Span:
     response_operation: bytes | None = None  # ingress: the decorator's, for the response
     trace_state = ""            # W3C tracestate, passed through (OpenTelemetry)
     remote_parent = False       # the parent came from the request (OpenTelemetry's span flags)
+    late_inject = False         # the context goes upstream once the router has a host
+    #                             (SkyWalking's sw8 names it: skywalking.SegmentSpan)
 
     def __init__(self, trace_id: str, span_id: str, parent_id: str | None, sampled: bool,
                  name: str | None, kind: str, start_us: int, single_header: bool = False) -> None:

@@ -38,6 +38,10 @@ import time
 
 from .config import TracingConfig
 from .otel_config import OpenTelemetryConfig
+from .skywalking import SegmentSpan
+from .skywalking_config import SkyWalkingConfig
+from .sw8 import SW8 as _SW8
+from .sw8 import extract as _sw8_extract
 from .tags import Facts
 from .traceparent import TRACEPARENT as _TRACEPARENT
 from .traceparent import TRACESTATE as _TRACESTATE
@@ -57,6 +61,14 @@ _B3_MULTI = frozenset({b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"
 _B3_FIELDS = _B3_MULTI | {b"b3"}
 _new_tuple = tuple.__new__
 _NEW_SAMPLED, _NEW_UNSAMPLED = "00-%s-%s-01", "00-%s-%s-00"   # a new trace's traceparent
+
+
+def _uuid4(n: int) -> str:
+    """A random (version 4, RFC 4122 variant) UUID from 128 random bits, as cpp2sky makes
+    SkyWalking's trace and segment ids."""
+    n = (n & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = "%032x" % n
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _str_getter(h: dict):
@@ -94,7 +106,12 @@ class WorkerTracer:
         # The provider decides only propagation (and export): OpenTelemetry's W3C
         # traceparent, or Zipkin's B3.
         self.otel = isinstance(provider, OpenTelemetryConfig)
-        if self.otel:
+        self.skywalking = isinstance(provider, SkyWalkingConfig)
+        if self.skywalking:
+            # sw8 carries the tracer's service and instance (the exporter resolves the
+            # node's defaults), base64-encoded once.
+            self.sw_names = hcm.exporter.sw8_names
+        if self.otel or self.skywalking:
             self.shared_context, self.trace_128 = False, True
         else:
             self.shared_context = provider.shared_span_context
@@ -125,6 +142,9 @@ class WorkerTracer:
         kind = self.kind
         if self.otel:
             self._start_otel(stream, headers, h, route, reason, traced, kind)
+            return
+        if self.skywalking:
+            self._start_skywalking(stream, headers, h, route, reason, traced)
             return
         no_b3 = _B3_FIELDS.isdisjoint(h)
         if no_b3:  # the usual request: no context, a new trace
@@ -202,6 +222,34 @@ class WorkerTracer:
             fields.append((_TRACESTATE, b""))
         else:
             _tp_inject(span, headers)
+
+    def _start_skywalking(self, stream, headers, h: dict, route, reason: int,
+                          traced: bool) -> None:
+        """Envoy's SkyWalking Driver::startSpan: a request's `sw8` joins the caller's trace
+        whatever the HCM decided (SkyWalking samples everything it is handed); one that does
+        not parse is ignored. Without a context an untraced request gets no span at all (a
+        null span: nothing injected), a traced one a new trace. The context goes upstream
+        when the router has a host (skywalking.SegmentSpan.inject_upstream)."""
+        value = h.get(_SW8)
+        ref = None
+        if value is not None:
+            try:
+                ref = _sw8_extract(value)
+            except InvalidContext:
+                ref = None
+        if ref is None and not traced:
+            return
+        getrandbits = self.rng.getrandbits
+        trace = _uuid4(getrandbits(128)) if ref is None else ref.trace_id.decode("utf-8", "replace")
+        span = SegmentSpan(trace, _uuid4(getrandbits(128)), None, True, None, SERVER, 0)
+        span.ref = ref
+        span.reason = reason
+        span.operation = stream.head.path
+        span.names = self.sw_names
+        self._name(span, headers, h, route)   # the decorator header's propagation only
+        stream.active_span = span
+        if self.spawn_upstream:
+            span.child = span.exit_span()
 
     def _name(self, span: Span, headers, h: dict, route) -> None:
         """The decorator's operation names the span; x-envoy-decorator-operation goes

@@ -149,6 +149,9 @@ class ClusterConfig:
     high_priority_circuit_breakers: Thresholds = Thresholds()
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT   # 0.0 = disabled (Envoy semantics)
     max_requests_per_connection: int | None = None
+    # http_protocol_options.enable_trailers: HTTP/1.1 trailers sent and received upstream
+    # (without it Envoy's codec drops them both ways).
+    http1_enable_trailers: bool = False
     least_request_choice_count: int = 2
     # least_request_lb_config.active_request_bias: a weighted LEAST_REQUEST host's weight is
     # divided by (active requests + 1) ** bias (Envoy's default 1.0).
@@ -442,7 +445,7 @@ UPSTREAM_HTTP1 = Message("envoy.config.core.v3.Http1ProtocolOptions (upstream)",
     inert("override_stream_error_on_invalid_http_message", _SERVER_SIDE),
     inert("use_balsa_parser", "chooses between Envoy's own parsers; ftproxy has its own"),
     refused("header_key_format"),
-    refused("enable_trailers", default=False, only_default=True),
+    used("enable_trailers", False, attr="http1_enable_trailers"),
     refused("allow_chunked_length", default=False, only_default=True),
     refused("send_fully_qualified_url", default=False, only_default=True),
     refused("allow_custom_methods", default=False, only_default=True),
@@ -537,7 +540,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
     errors.run(f.raw_obj, "metadata")
     errors.raise_if_any()
     default_cb, high_cb = cbs
-    idle_timeout, max_rpc = options
+    idle_timeout, max_rpc, http1_trailers = options
     return ClusterConfig(
         name=name,
         type=ctype,
@@ -551,6 +554,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         high_priority_circuit_breakers=high_cb,
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_rpc,
+        http1_enable_trailers=http1_trailers,
         least_request_choice_count=least_request[0],
         least_request_active_request_bias=least_request[1],
         locality_weighted_lb=locality_weighted,
@@ -787,17 +791,18 @@ def _common_http(f: Fields, key: str) -> tuple[float | None, int | None]:
     return c.duration("idle_timeout"), c.int("max_requests_per_connection", min=0)
 
 
-def _http1_options(raw: Any, path: str) -> None:
-    """An upstream Http1ProtocolOptions: every field checked, the unimplemented refused."""
+def _http1_options(raw: Any, path: str) -> bool:
+    """An upstream Http1ProtocolOptions: every field checked, the unimplemented refused; its
+    enable_trailers."""
     h = UPSTREAM_HTTP1.read(raw, path)
     h.bool("allow_absolute_url", True)
     h.bool("accept_http_10", False)
     h.str("default_host_for_http_10", "")
     h.bool("override_stream_error_on_invalid_http_message")
     h.bool("use_balsa_parser")
-    for key in ("enable_trailers", "allow_chunked_length", "send_fully_qualified_url",
-                "allow_custom_methods"):
+    for key in ("allow_chunked_length", "send_fully_qualified_url", "allow_custom_methods"):
         UPSTREAM_HTTP1.require_default(h, key, h.bool(key, False))
+    return h.bool("enable_trailers", False)
 
 
 def _http2_options(raw: Any, path: str) -> Http2Options:
@@ -861,11 +866,13 @@ def _alpn_needs_tls(f: Fields, auto: bool, transport: Any, name: Any) -> None:
                           f"which has a non-ALPN transport socket")
 
 
-def _protocol_options(f: Fields) -> tuple[float, int | None]:
+def _protocol_options(f: Fields) -> tuple[float, int | None, bool]:
+    """(idle_timeout, max_requests_per_connection, HTTP/1.1 enable_trailers)."""
     idle, max_rpc = _common_http(f, "common_http_protocol_options")
     legacy_max = f.int("max_requests_per_connection", min=0)
+    trailers = False
     if f.has("http_protocol_options"):
-        _http1_options(f.value("http_protocol_options"), f.at("http_protocol_options"))
+        trailers = _http1_options(f.value("http_protocol_options"), f.at("http_protocol_options"))
     typed = f.raw_obj("typed_extension_protocol_options") or {}
     for key, value in typed.items():
         p = f"{f.at('typed_extension_protocol_options')}.{key}"
@@ -886,7 +893,8 @@ def _protocol_options(f: Fields) -> tuple[float, int | None]:
             explicit = (AUTO_HTTP if which == "auto_config" else USE_DOWNSTREAM_HTTP).read(
                 o.value(which), o.at(which))
         if explicit.has("http_protocol_options"):
-            _http1_options(explicit.value("http_protocol_options"), explicit.at("http_protocol_options"))
+            trailers = _http1_options(explicit.value("http_protocol_options"),
+                                      explicit.at("http_protocol_options"))
         t_idle, t_max = _common_http(o, "common_http_protocol_options")
         idle = t_idle if t_idle is not None else idle
         max_rpc = t_max if t_max is not None else max_rpc
@@ -894,7 +902,7 @@ def _protocol_options(f: Fields) -> tuple[float, int | None]:
         max_rpc = legacy_max
     if max_rpc == 0:
         max_rpc = None   # Envoy: 0 means unlimited
-    return (DEFAULT_IDLE_TIMEOUT if idle is None else idle), max_rpc
+    return (DEFAULT_IDLE_TIMEOUT if idle is None else idle), max_rpc, trailers
 
 
 def _panic_threshold(f: Fields) -> float:

@@ -78,7 +78,7 @@ class PendingRequest:
 class HttpConnPool:
     __slots__ = ("cluster", "host", "limits", "host_str", "address", "ready", "busy", "connecting",
                  "connecting_capacity", "pending", "draining", "active_requests", "idle_timer",
-                 "rq_total", "rq_success", "rq_error", "cx_total", "cx_connect_fail", "key",
+                 "rq_total", "rq_success", "rq_error", "rq_timeout", "cx_total", "cx_connect_fail", "key",
                  "transport_factory", "connection_class", "alpn_streams")
 
     def __init__(self, cluster, host, limits, transport_factory, protocol: str = HTTP11) -> None:
@@ -107,6 +107,7 @@ class HttpConnPool:
         # Per-host stats for /clusters (Envoy's host stats): written by this worker only,
         # read (summed over workers) by the admin thread as plain int attributes.
         self.rq_total = self.rq_success = self.rq_error = self.cx_total = self.cx_connect_fail = 0
+        self.rq_timeout = 0   # the host's rq_timeout (written by routers whose deadline passed)
         # A mixed pool's lesson (Envoy's HTTP server properties cache): the streams a new
         # connection to this host is expected to offer (1 once one negotiated HTTP/1.1); 0:
         # nothing learned (the cluster's HTTP/2 max_concurrent_streams).
@@ -408,7 +409,8 @@ class DownstreamProtocolPool:
     host's other stats as the sums of both pools.
     Thread affinity: one worker."""
 
-    __slots__ = ("http1", "http2", "key", "limits", "host", "host_str", "rq_success", "rq_error")
+    __slots__ = ("http1", "http2", "key", "limits", "host", "host_str", "rq_success", "rq_error",
+                 "rq_timeout")
 
     def __init__(self, cluster, host, limits, transport_factory, key) -> None:
         self.http1 = HttpConnPool(cluster, host, limits, transport_factory, HTTP11)
@@ -417,7 +419,7 @@ class DownstreamProtocolPool:
         self.limits = limits
         self.host = host
         self.host_str = self.http1.host_str
-        self.rq_success = self.rq_error = 0
+        self.rq_success = self.rq_error = self.rq_timeout = 0
 
     def new_stream(self, router, fresh: bool = False) -> PendingRequest | None:
         pool = self.http2 if router.stream.head.http_version == b"2" else self.http1
@@ -435,6 +437,10 @@ class DownstreamProtocolPool:
     @property
     def rq_total(self) -> int:
         return self.http1.rq_total + self.http2.rq_total
+
+    @property
+    def pending(self) -> list:
+        return [*self.http1.pending, *self.http2.pending]
 
     @property
     def cx_total(self) -> int:

@@ -20,7 +20,6 @@ Pure math: no I/O; a balancer is built per worker per snapshot (load_balancer.py
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable
 

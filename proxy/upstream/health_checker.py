@@ -45,6 +45,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
+from proxy.http.codec.hpack_codec import install as install_hpack
 from proxy.http.headers import Headers
 from proxy.router.header_mutation import apply_mutations
 from proxy.threads.client_socket import ClientSocket as _Socket
@@ -333,6 +334,7 @@ class H2Probe:
         s = self.s
         if self.conn is None:
             self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+            install_hpack(self.h2)
             self.h2.initiate_connection()
             self.conn = _Socket(s.dispatcher, s.target, lambda: None, self._on_data, self._on_closed)
             self.reuse = s.config.reuse_connection

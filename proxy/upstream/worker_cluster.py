@@ -101,6 +101,24 @@ class ClusterStats:
             self.rq_class[cls].value += 1
         self.upstream_rq_completed.value += 1
 
+    def record_filter_response(self, status: int) -> None:
+        """A reply a filter charges to the cluster as an internal request (the ratelimit
+        filter's over-limit status, Envoy's CodeStats::chargeResponseStat with
+        internal_request): upstream_rq_<code>/<class>xx/completed and their internal.* twins."""
+        scope = self.scope
+        c = self.by_code.get(status)
+        if c is None:
+            c = self.by_code[status] = scope.counter("upstream_rq_%d" % status)
+            scope.alias("external.upstream_rq_%d" % status, c)
+        c.value += 1
+        cls = status // 100
+        if 1 <= cls <= 5:
+            self.rq_class[cls].value += 1
+            scope.counter("internal.upstream_rq_%dxx" % cls).value += 1
+        self.upstream_rq_completed.value += 1
+        scope.counter("internal.upstream_rq_%d" % status).value += 1
+        scope.counter("internal.upstream_rq_completed").value += 1
+
 
 class _FirstRecord:
     """ClusterStats.upstream_rq_time until its first sample: records it into the histogram it
@@ -148,7 +166,9 @@ class WorkerCluster:
         # frame per request.
         self.choose_host = lb.choose
         # choose_host_by_hash(h): a RING_HASH/MAGLEV balancer's pick for a route's hash; any
-        # other balancer ignores the hash (as Envoy's do).
+        # other balancer ignores the hash (as Envoy's do: they never compute it, so a hash
+        # policy's cookie is generated for hashing clusters only).
+        self.hashing = lb.choose_hash is not None
         self.choose_host_by_hash = lb.choose_hash or (lambda h: self.choose_host())
         keep = {h.key for h in snapshot.hosts}
         for pools in (self.pools, self.high_pools):

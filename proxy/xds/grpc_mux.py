@@ -43,7 +43,8 @@ from .grpc_stream import GrpcStream
 from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
                            SubscriptionCallbacks, SubscriptionStats)
 
-__all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS", "fail_all"]
+__all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS", "checked_resources", "deliver",
+           "fail_all"]
 
 log = logging.getLogger("ftproxy.xds")
 
@@ -274,26 +275,35 @@ class GrpcMux:
             if st.dirty and st.watches:
                 self._send(type_url, st, None)
 
+    def _node_once(self) -> Any:
+        """The node for the next request: every request's, or only a stream's first one."""
+        if self.node_first_only and self.sent_node:
+            return None
+        self.sent_node = True
+        return self.node
+
     def _send(self, type_url: str, st: _TypeState, error: str | None) -> None:
         names = st.names(type_url)
-        node = None
-        if not (self.node_first_only and self.sent_node):
-            node = self.node
-            self.sent_node = True
-        data = proto.encode_request(type_url, st.version_info, st.nonce, list(names), node, error)
+        data = proto.encode_request(type_url, st.version_info, st.nonce, list(names),
+                                    self._node_once(), error)
         st.sent_names = names
         st.dirty = False
         assert self.stream is not None
         self.stream.send(data)
 
     # -- responses ------------------------------------------------------------------------------
+    # One path for both variants: decode, find the type's state, apply, then ACK or NACK. The
+    # delta mux (grpc_delta_mux.py) supplies its own decoder, applier and answer.
+    RESPONSE_MESSAGE = "DiscoveryResponse"
+    decode = staticmethod(proto.decode_response)
+
     def _on_message(self, data: bytes) -> None:
         try:
-            resp = proto.decode_response(data)
+            resp = self.decode(data)
         except proto.DecodeError as e:
-            log.error("xds: undecodable DiscoveryResponse from %s: %s", self.cluster_name, e)
+            log.error("xds: undecodable %s from %s: %s", self.RESPONSE_MESSAGE, self.cluster_name, e)
             if self.stream is not None:   # as Envoy's gRPC client: the stream ends, and is retried
-                self.stream.reset(f"undecodable DiscoveryResponse")
+                self.stream.reset(f"undecodable {self.RESPONSE_MESSAGE}")
             return
         st = self.types.get(resp.type_url)
         if st is None or not st.watches:
@@ -301,60 +311,88 @@ class GrpcMux:
                         "subscribers", resp.type_url)
             return
         self.attempt = 0
-        st.nonce = resp.nonce
         try:
             error = self._apply(resp, st)
         except Exception as e:  # a bug past validation: NACK it, keep the stream and the loop
-            log.exception("xds: applying %s %r failed", resp.type_url, resp.version_info)
+            log.exception("xds: applying %s %r failed", resp.type_url, _version(resp))
             error = f"internal error applying the update: {type(e).__name__}: {e}"
+        self._answer(resp, st, error)
+
+    def _answer(self, resp: proto.ProtoResponse, st: _TypeState, error: str | None) -> None:
+        """ACK (error None) or NACK: the response's nonce, and the version last accepted."""
+        st.nonce = resp.nonce
         if error is None:
-            st.version_info = resp.version_info   # what a new stream's first request names
+            st.version_info = resp.version_info   # also what a new stream's first request names
         if self.stream is not None and self.open:
             self._send(resp.type_url, st, error)
 
     def _apply(self, resp: proto.ProtoResponse, st: _TypeState) -> str | None:
         """Deliver to the watches; the NACK's message, or None to ACK."""
-        where = "resources"
-        decoded: list[tuple[dict, str]] = []
-        try:
-            for i, res in enumerate(resp.resources):
-                if proto.is_heartbeat(res):
-                    continue   # a TTL heartbeat: nothing to apply (TTLs are not kept)
-                path = f"{where}[{i}]"
-                d = proto.resource_to_dict(res)
-                got = d.pop("@type", None)
-                if got != resp.type_url:
-                    raise ConfigError(path, f"{got} does not match the message-wide type URL "
-                                            f"{resp.type_url} in DiscoveryResponse")
-                decoded.append((d, path))
-        except (ConfigError, ValueError) as e:
-            message = str(e)
-            for w in list(st.watches):
-                w.failed("update_rejected")
-            log.error("xds: %s response %r refused: %s", resp.type_url, resp.version_info, message)
-            return message
+        decoded = checked_resources(resp, ((None, r) for r in resp.resources),
+                                    proto.is_heartbeat, st, self.RESPONSE_MESSAGE)
+        if isinstance(decoded, str):
+            return decoded
         by_name = {}
-        for item in decoded:
-            name = _resource_name(item[0], resp.type_url)
+        for _, d, path in decoded:
+            name = _resource_name(d, resp.type_url)
             if name is not None and name not in by_name:   # a repeated name: the first counts
-                by_name[name] = item
-        errors: list[str] = []
-        refused: list[Watch] = []
+                by_name[name] = (d, path)
+        whole = [(d, path) for _, d, path in decoded]
         with self._batch():
-            for w in list(st.watches):
-                if not w.names:
-                    got = decoded
-                else:
-                    got = [by_name[n] for n in w.names if n in by_name]
-                    if not got:
-                        continue
-                e = w.deliver(got, resp.version_info)
-                if e is not None:
-                    errors.extend(str(x) for x in all_errors(e))
-                    refused.append(w)
-        if errors:
-            fail_all(st.watches, refused)
-        return "\n".join(errors) if errors else None
+            return deliver(st.watches, resp.version_info,
+                           lambda w: whole if not w.names else
+                           [by_name[n] for n in w.names if n in by_name])
+
+
+def _version(resp: Any) -> str:
+    return getattr(resp, "version_info", None) or getattr(resp, "system_version_info", "")
+
+
+def checked_resources(resp: Any, items, is_heartbeat: Callable[[Any], bool], st: _TypeState,
+                      message: str) -> list[tuple[str, dict, str]] | str:
+    """The response's resources as (name sent beside it, dict, path), each `@type` checked
+    against the response's type URL; heartbeats (TTL refreshes) skipped. On a bad resource:
+    every watch of the type counts the rejection, and the NACK message is returned."""
+    decoded = []
+    try:
+        for i, (name, res) in enumerate(items):
+            if is_heartbeat(res):
+                continue
+            path = f"resources[{i}]"
+            d = proto.resource_to_dict(res)
+            got = d.pop("@type", None)
+            if got != resp.type_url:
+                raise ConfigError(path, f"{got} does not match the message-wide type URL "
+                                        f"{resp.type_url} in {message}")
+            own = _resource_name(d, resp.type_url)
+            if own is not None and name and own != name:
+                raise ConfigError(path, f'resource "{own}" is sent under the name "{name}"')
+            decoded.append((name or own or "", d, path))
+    except (ConfigError, ValueError) as e:
+        for w in list(st.watches):
+            w.failed("update_rejected")
+        log.error("xds: %s response %r refused: %s", resp.type_url, _version(resp), e)
+        return str(e)
+    return decoded
+
+
+def deliver(watches: list, version: str, resources_for: Callable[[Watch], list]) -> str | None:
+    """Each watch gets `resources_for(watch)` (a named watch with none of its names in the
+    response gets nothing); the NACK message when any refuses, which fails them all."""
+    errors: list[str] = []
+    refused: list[Watch] = []
+    for w in list(watches):
+        got = resources_for(w)
+        if w.names and not got:
+            continue
+        e = w.deliver(got, version)
+        if e is not None:
+            errors.extend(str(x) for x in all_errors(e))
+            refused.append(w)
+    if errors:
+        fail_all(watches, refused)
+        return "\n".join(errors)
+    return None
 
 
 def fail_all(watches: list, refused: list) -> None:

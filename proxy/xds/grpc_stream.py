@@ -34,6 +34,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
+from proxy.http.codec.hpack_codec import install as install_hpack
 from proxy.http.h2_keepalive import Keepalive
 from proxy.threads.client_socket import ClientSocket
 
@@ -100,6 +101,7 @@ class GrpcStream:
         self._connect_timer = None
         self.http2 = http2
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        install_hpack(self.h2)
         if http2 is not None:   # as the cluster's pools' connections (http2_client_connection.py)
             self.h2.local_settings.update({SettingCodes.ENABLE_PUSH: 0,
                                            SettingCodes.INITIAL_WINDOW_SIZE: http2.initial_stream_window_size})

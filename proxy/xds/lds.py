@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from proxy.config.bootstrap import check_route_clusters
+from proxy.config.bootstrap import check_route_clusters, check_tracing_collectors
 from proxy.config.listener import parse_listener
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, join
 
@@ -26,6 +26,8 @@ class ListenerTarget(Protocol):
     def is_static(self, name: str) -> bool: ...
     def dynamic_names(self) -> set[str]: ...
     def cluster_names(self) -> set[str]: ...
+    def cluster_configs(self) -> list[Any]:
+        """The current clusters' configs (static and CDS)."""
     def add_or_update(self, config: Any, version_info: str, path: str) -> None:
         """Raises ConfigError (naming `path`) when the listener cannot be placed (its address
         is taken, the bind fails)."""
@@ -61,6 +63,9 @@ class LdsApplier:
                 continue
             if errors.run(check_route_clusters, (lc,), (path,), self.target.cluster_names(),
                           "the static or CDS clusters") is MISSING:
+                continue
+            if errors.run(check_tracing_collectors, (lc,), (path,),
+                          self.target.cluster_configs()) is MISSING:
                 continue
             good.append((lc, path))
         for name in sorted(self.target.dynamic_names() - wanted):

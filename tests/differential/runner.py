@@ -184,6 +184,16 @@ def _start_grpc_authz(names: list[str]) -> dict:
     return {n: GrpcAuthzServer(n) for n in names}
 
 
+def _start_ratelimit(names: list[str]) -> dict:
+    """The case's `ratelimit_upstreams`: rate limit services (tests/ratelimit_server.py, grpclib
+    over h2c) for the ratelimit filter's rate_limit_service; each RateLimitRequest is recorded
+    as an upstream request (path `/<domain>/<descriptors>`, the call's metadata as `grpc:*`)."""
+    if not names:
+        return {}
+    from tests.ratelimit_server import RateLimitServer
+    return {n: RateLimitServer(n) for n in names}
+
+
 def _make_certs(spec: dict, workdir: Path) -> dict[str, tuple[Path, Path | None]]:
     """The case's `certs`: NAME -> tests/tls_certs.CertAuthority.issue_files arguments (`names`,
     `uris`, `cn`, `client`, `kind`, `expired`, `self_signed`), issued once by one test CA and
@@ -223,6 +233,7 @@ def run_case(path: Path) -> CaseResult:
                                  certs, case.data.get("h2_tls_upstreams") or [],
                                  case.data.get("mixed_upstreams") or [])
     upstreams.update(_start_grpc_authz(case.data.get("grpc_authz_upstreams") or []))
+    upstreams.update(_start_ratelimit(case.data.get("ratelimit_upstreams") or []))
     proxies: list[ProxyProcess] = []
     reservation = PortReservation()
     try:

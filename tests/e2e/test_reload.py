@@ -77,7 +77,7 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
     wrk = subprocess.Popen(["wrk", "-t1", "-c20", "-d120s", "--timeout", "10s", f"http://127.0.0.1:{port}/delay/0.002"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(2.0)
+        time.sleep(1.0)
         for i in range(5):
             cfg, name = (b, "B") if i % 2 == 0 else (a, "A")
             r = sup.reload(cfg)
@@ -85,7 +85,7 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
             assert re.fullmatch(rf"reloaded: epoch {i + 1} \(pid \d+\)\n", r.stdout)
             code, body = curl(port, "/version")
             assert code == 200 and body.strip() == name, f"reload {i + 1}: route not in force"
-            time.sleep(2.5)
+            time.sleep(1.0)
         assert wrk.poll() is None, "wrk ended before the last reload"
         wrk.send_signal(signal.SIGINT)
         out, _ = wrk.communicate(timeout=40)

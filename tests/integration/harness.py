@@ -21,6 +21,9 @@ from proxy.server.instance import Server, ServerOptions
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
+    # TCP_NODELAY: the head and the body are two writes; with Nagle the body waits for the
+    # proxy's delayed ACK (~40 ms a response on a keep-alive connection).
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server_version = "upstream"
 
@@ -28,13 +31,16 @@ class _EchoHandler(BaseHTTPRequestHandler):
         pass
 
     def _body(self) -> bytes:
+        """The request body; a chunked body's trailers go to self.trailers (name -> value)."""
+        self.trailers = {}
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             out = bytearray()
             while True:
                 size = int(self.rfile.readline().split(b";")[0], 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+                    while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                        name, _, value = line.decode("latin-1").partition(":")
+                        self.trailers[name.strip().lower()] = value.strip()
                     return bytes(out)
                 out += self.rfile.read(size)
                 self.rfile.readline()
@@ -44,7 +50,10 @@ class _EchoHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         srv = self.server
         body = self._body()
-        srv.requests.append((self.command, self.path, dict((k.lower(), v) for k, v in self.headers.items()), body))
+        # Request trailers are recorded among the headers as "trailer:<name>".
+        headers = dict((k.lower(), v) for k, v in self.headers.items())
+        headers.update((f"trailer:{k}", v) for k, v in self.trailers.items())
+        srv.requests.append((self.command, self.path, headers, body))
         path = self.path.split("?")[0]
         if path == "/reset":
             # Close without answering: the proxy sees its upstream connection terminated.
@@ -63,6 +72,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
                 return
         if path.startswith("/authz"):
             self._authz()
+            return
+        if path.startswith("/cache/"):
+            self._cacheable()
             return
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
@@ -90,6 +102,14 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self.send_header("content-length", "0")
             self.end_headers()
             return
+        if path == "/trailers":   # a chunked answer with trailers
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("trailer", "x-resp-trailer")
+            self.send_header("proxy-authenticate", 'Basic realm="up"')
+            self.end_headers()
+            self.wfile.write(b"5\r\nhello\r\n0\r\nx-resp-trailer: yes\r\ngrpc-status: 0\r\n\r\n")
+            return
         if path == "/close":
             self.send_response(200)
             self.send_header("connection", "close")
@@ -98,7 +118,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         payload = json.dumps({"server": srv.name, "method": self.command, "path": self.path,
-                              "headers": dict((k.lower(), v) for k, v in self.headers.items()),
+                              "headers": headers,
                               "body_len": len(body)}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -107,6 +127,46 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _cacheable(self) -> None:
+        """/cache/<name>?cc=..&etag=..&lm=..&vary=..&expires=..&status=..: a response carrying
+        those caching headers (cache-control, etag "<etag>", last-modified, vary, expires) and
+        the body `cacheable <path>` (the same for every request, so two proxies compare);
+        If-None-Match with the etag, or If-Modified-Since not before `lm`: 304 with the
+        caching headers and no body (RFC 7232 4.1)."""
+        from email.utils import parsedate_to_datetime
+        from urllib.parse import parse_qs, urlsplit
+        q = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        etag = f'"{q["etag"]}"' if "etag" in q else None
+        headers = [(name, q[key]) for key, name in (("cc", "cache-control"), ("lm", "last-modified"),
+                                                     ("vary", "vary"), ("expires", "expires"))
+                   if key in q]
+        if etag:
+            headers.append(("etag", etag))
+        inm = self.headers.get("if-none-match")
+        ims = self.headers.get("if-modified-since")
+        not_modified = False
+        if inm is not None and etag is not None:
+            not_modified = etag in [t.strip().removeprefix("W/") for t in inm.split(",")]
+        elif ims is not None and "lm" in q:
+            try:
+                not_modified = parsedate_to_datetime(q["lm"]) <= parsedate_to_datetime(ims)
+            except (TypeError, ValueError):
+                not_modified = False
+        if not_modified:
+            self.send_response(304)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.end_headers()
+            return
+        body = b"" if self.command == "HEAD" else f"cacheable {self.path}\n".encode()
+        self.send_response(int(q.get("status", "200")))
+        self.send_header("content-type", "text/plain")
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(f"cacheable {self.path}\n")))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _authz(self) -> None:
         """An ext_authz HTTP service: `authorization: Bearer <token>` decides. allow-<user>:

@@ -97,7 +97,8 @@ def _parse_head(raw: bytes) -> tuple[str, dict[str, str]]:
     return lines[0], headers
 
 
-def _read_body(r: _Reader, headers: dict[str, str], sink) -> bool:
+def _read_body(r: _Reader, headers: dict[str, str], sink, trailers: list | None = None) -> bool:
+    """Read a body into `sink`; a chunked one's trailer fields are appended to `trailers`."""
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
             line = r.until(b"\r\n")
@@ -105,8 +106,10 @@ def _read_body(r: _Reader, headers: dict[str, str], sink) -> bool:
                 return False
             size = int(line.split(b";")[0].strip(), 16)
             if size == 0:
-                while r.until(b"\r\n") not in (b"\r\n", None):
-                    pass
+                while (t := r.until(b"\r\n")) not in (b"\r\n", None):
+                    if trailers is not None:
+                        k, _, v = t.decode("latin-1").partition(":")
+                        trailers.append((k.strip().lower(), v.strip()))
                 return True
             if not r.exactly_into(size, sink) or r.until(b"\r\n") is None:
                 return False
@@ -315,8 +318,11 @@ def read_response(sock: socket.socket, method: str = "GET", reader: _Reader | No
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         return Response(status, headers, b"")
     if "content-length" in hmap or hmap.get("transfer-encoding", "").lower() == "chunked":
-        if not _read_body(r, hmap, body.extend):
+        trailers: list[tuple[str, str]] = []
+        if not _read_body(r, hmap, body.extend, trailers):
             raise ConnectionError("connection closed inside a response body")
+        # Trailers are listed after the head's fields as "trailer:<name>".
+        headers.extend((f"trailer:{k}", v) for k, v in trailers)
     else:
         r.rest_into(body.extend)
     return Response(status, headers, bytes(body))

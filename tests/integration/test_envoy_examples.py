@@ -304,7 +304,8 @@ def test_every_vendored_example_loads_unchanged(config, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from cli.main import main
-    if "filters.http.lua.v3" in (EXAMPLES / config).read_text() and LUA_IN_PROCESS_SKIP:
+    text = (EXAMPLES / config).read_text()
+    if ("filters.http.lua.v3" in text or "cluster_specifiers.lua.v3" in text) and LUA_IN_PROCESS_SKIP:
         pytest.skip(LUA_IN_PROCESS_SKIP)
     zstd_refused = "compression.zstd." in (EXAMPLES / config).read_text() and zstd_api() is None
     monkeypatch.chdir(tmp_path)
@@ -624,9 +625,11 @@ def test_grpc_bridge_example():
     """The grpc-bridge example's two proxies as published: an HTTP/1.1 client posts a gRPC
     message to the client proxy (grpc_http1_bridge, add_user_agent, an HTTP/1.1 upstream),
     which reaches the server proxy (route match `grpc: {}`, HTTP/2 upstream), which reaches a
-    real gRPC server. The client reads the gRPC status in the response headers: 200 with
-    grpc-status 0 and a content-length; a failed call's trailers-only answer reaches it as
-    it is (200, grpc-status and grpc-message in the headers), as Envoy 1.40 passes it."""
+    real gRPC server. As with real Envoy 1.40 (checked with both example bootstraps run by
+    Envoy): a successful call's trailers are dropped by the server proxy's HTTP/1.1 codec (no
+    enable_trailers), so the client gets 200 and the message, chunked, without grpc-status; a
+    failed call's trailers-only answer reaches it as it is (200, grpc-status and grpc-message
+    in the headers, content-length 0)."""
     import struct
     import urllib.request
     from tests.integration.grpc_peers import EchoBackend
@@ -648,11 +651,11 @@ def test_grpc_bridge_example():
             except urllib.error.HTTPError as e:
                 return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
         status, headers, body = call(b"hello")
-        assert status == 200 and headers["grpc-status"] == "0"
+        assert status == 200 and "grpc-status" not in headers
         assert body == b"\0" + struct.pack(">I", 5) + b"olleh"
-        assert int(headers["content-length"]) == len(body)
+        assert headers.get("transfer-encoding") == "chunked" and "content-length" not in headers
         status, headers, body = call(b"missing")
-        assert (status, body) == (200, b"")
+        assert (status, body, headers["content-length"]) == (200, b"", "0")
         assert (headers["grpc-status"], headers["grpc-message"]) == ("5", "no such thing")
     finally:
         client.stop()
@@ -810,3 +813,160 @@ def test_dynamic_config_cp_example(services):
         server.request_shutdown()
         thread.join(15)
         cp.close()
+
+
+# -- cache: responses stored, served with age, validated when stale or no-cache ------------------
+
+# The example's ci-responses.yaml (what verify.sh runs against): response id -> body, headers.
+CACHE_RESPONSES = {
+    "valid-for-minute": ("This response will stay fresh for one minute",
+                         {"cache-control": "max-age=4", "custom-header": "any value"}),
+    "private": ("This is a private response, it will not be cached by Envoy",
+                {"cache-control": "private"}),
+    "no-cache": ("This response can be cached, but it has to be validated on each request",
+                 {"cache-control": "max-age=0, no-cache"}),
+}
+
+
+class CacheExampleService:
+    """The cache example's service.py: GET /service/<n>/<id> answers the stored response's body
+    with `Response generated at: <date>` appended (the date header is that same time), its
+    headers, and an etag of the stored body alone; If-None-Match with that etag gets 304."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            now = ""
+
+            def log_message(self, *a):
+                pass
+
+            def date_time_string(self, timestamp=None):
+                return self.now or super().date_time_string(timestamp)
+
+            def do_GET(self):
+                import hashlib
+                import re
+                self.now = super().date_time_string()
+                outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                parts = self.path.split("/")
+                stored = CACHE_RESPONSES.get(parts[-1]) if len(parts) == 4 else None
+                if stored is None:
+                    self.send_response(404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                text, headers = stored
+                etag = f'"{hashlib.sha1(text.encode()).hexdigest()}"'
+                asked = re.findall(r'\*|(?:W/)?"[^"]*"', self.headers.get("if-none-match", ""))
+                if any(t == "*" or t.removeprefix("W/") == etag for t in asked):
+                    self.send_response(304)
+                    self.send_header("etag", etag)
+                    self.end_headers()
+                    return
+                body = f"{text}\nResponse generated at: {self.now}\n".encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/plain; charset=utf-8")
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("etag", etag)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _cache_response(port: int, path: str) -> tuple[int, dict, list[str]]:
+    """(status, headers, the HH:MM:SS times in the date header then the body), as verify.sh's
+    `grep -oP '\\d\\d:\\d\\d:\\d\\d'` sees them."""
+    import re
+    r = subprocess.run(["curl", "-s", "-i", "--max-time", "5", f"http://localhost:{port}{path}"],
+                       capture_output=True, text=True, timeout=15)
+    head, _, body = r.stdout.partition("\n\n")
+    lines = head.splitlines()
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, re.findall(r"\d\d:\d\d:\d\d", r.stdout)
+
+
+def test_cache_example(services):
+    """verify.sh with ci-responses.yaml: valid-for-minute (max-age=4) comes from the origin, is
+    served from the cache 2 s later (age), and is validated 3 s after that (a date after its
+    generation time, no age); private always comes from the origin; no-cache comes from the
+    origin, then is validated on each request."""
+    svc = services(CacheExampleService)
+    ex = RunningExample("cache/envoy.yaml", {"service1": svc.port, "service2": svc.port})
+    port = ex.port()
+
+    def from_origin(path):
+        status, headers, times = _cache_response(port, path)
+        assert status == 200 and "age" not in headers and times[0] == times[1], (headers, times)
+
+    def cached(path):  # (the stored date too: "the same exact response", example.rst)
+        status, headers, times = _cache_response(port, path)
+        assert status == 200 and "age" in headers and times[0] == times[1], (headers, times)
+
+    def validated(path):
+        status, headers, times = _cache_response(port, path)
+        assert status == 200 and "age" not in headers and times[0] != times[1], (headers, times)
+
+    try:
+        from_origin("/service/1/valid-for-minute")
+        time.sleep(2)
+        cached("/service/1/valid-for-minute")
+        time.sleep(3)
+        validated("/service/1/valid-for-minute")
+        assert svc.requests[-1][1].get("if-none-match", "").startswith('"')
+        for _ in range(4):
+            from_origin("/service/1/private")
+        from_origin("/service/1/no-cache")
+        for _ in range(4):
+            time.sleep(1)
+            validated("/service/1/no-cache")
+        # The two services' entries are apart (their paths differ): service 2 starts empty.
+        from_origin("/service/2/valid-for-minute")
+    finally:
+        ex.stop()
+
+
+# -- lua-cluster-specifier: a route's cluster chosen by envoy_on_route ------------------------------
+
+def test_lua_cluster_specifier_example():
+    """verify.sh: a plain request reaches example_cluster (the proxy's own second listener, a
+    direct response `Helo!`); with `header_key: fake` the script names fake_cluster, which does
+    not exist: 503."""
+    if LUA_IN_PROCESS_SKIP:
+        pytest.skip(LUA_IN_PROCESS_SKIP)
+    from tests.integration.servers import free_port
+    raw = yaml.safe_load((EXAMPLES / "lua-cluster-specifier/envoy.yaml").read_text())
+    front, back = free_port(), free_port()
+    res = raw["static_resources"]
+    for lis, port in zip(res["listeners"], (front, back)):
+        lis["address"]["socket_address"].update(address="127.0.0.1", port_value=port)
+    res["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+        "address"]["socket_address"]["port_value"] = back
+    server = Server(parse_bootstrap(raw), ServerOptions("<example>", 1, 5.0, "fast",
+                                                        disable_hot_restart=True))
+    thread = threading.Thread(target=server.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    assert server.wait_ready(10)
+    try:
+        r = subprocess.run(["curl", "-s", "-i", f"http://localhost:{front}/"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.stdout.startswith("HTTP/1.1 200 OK") and r.stdout.endswith("Helo!\n"), r.stdout
+        r = subprocess.run(["curl", "-s", "-i", f"http://localhost:{front}/", "-H", "header_key: fake"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.stdout.startswith("HTTP/1.1 503 Service Unavailable"), r.stdout
+    finally:
+        server.request_shutdown()
+        thread.join(15)

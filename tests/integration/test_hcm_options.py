@@ -166,9 +166,12 @@ def test_headers_with_underscores_rejected_or_dropped(upstream, proxy_factory):
         routes(), [static_cluster("backend", upstream.port)],
         common_http_protocol_options={"headers_with_underscores_action": "REJECT_REQUEST"}))
     assert request(reject.port, "/", headers={"x_bad": "1"}).status == 400
-    assert reject.counters()["http.ingress_http.requests_rejected_with_underscores_in_headers"] == 1
+    # Envoy's name: the HTTP/1 codec's stat, not the connection manager's.
+    assert reject.counters()["http1.requests_rejected_with_underscores_in_headers"] == 1
+    assert "http.ingress_http.requests_rejected_with_underscores_in_headers" not in reject.counters()
     drop = proxy_factory(front_proxy_config(
         routes(), [static_cluster("backend", upstream.port)],
         common_http_protocol_options={"headers_with_underscores_action": "DROP_HEADER"}))
     seen = echo(drop.port, "/", headers={"x_bad": "1", "x-good": "2"})["headers"]
     assert "x_bad" not in seen and seen["x-good"] == "2"
+    assert drop.counters()["http1.dropped_headers_with_underscores"] == 1

@@ -84,12 +84,52 @@ def test_a_grpc_request_limited_gets_resource_exhausted(upstream):
         p.stop()
 
 
+_TB = {"max_tokens": 1, "fill_interval": "1s"}
+
+
 @pytest.mark.parametrize("extra,where", [
-    ({"descriptors": [{"entries": [{"key": "k", "value": "v"}],
-                       "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]}, "descriptors: not supported yet"),
+    ({"descriptors": [{"entries": [{"key": "k", "value": "v"}], "token_bucket": _TB}]},
+     "token_bucket: not supported yet (descriptors without the filter's token_bucket)"),
+    ({"token_bucket": _TB, "descriptors": [{"entries": [{"key": "k"}], "token_bucket": _TB}]},
+     "descriptors[0].entries[0].value: not supported yet"),
+    ({"token_bucket": _TB, "descriptors": [{"entries": [{"key": "k", "value": "v"}], "token_bucket": _TB}] * 2},
+     "descriptors[1]: duplicate descriptor in the local rate descriptor: k=v"),
+    ({"token_bucket": _TB, "descriptors": [{"entries": [{"key": "k", "value": "v"}]}]},
+     "descriptors[0].token_bucket"),
+    ({"token_bucket": _TB, "rate_limits": [{"actions": [{"remote_address": {}}]}]}, "rate_limits: not supported yet"),
+    ({"token_bucket": _TB, "max_dynamic_descriptors": 3}, "max_dynamic_descriptors: not supported yet"),
     ({"token_bucket": {"max_tokens": 1, "fill_interval": "0.01s"}}, "fill_interval: must be at least 50ms"),
-    ({"stage": 1}, "stage: not supported yet"),
+    ({"stage": 11}, "stage"),
 ])
 def test_what_it_refuses_is_named(extra, where):
     with pytest.raises(ConfigError, match=__import__("re").escape(where)):
         parse_bootstrap(_config(1, **extra))
+
+
+def test_descriptor_buckets_are_shared_by_the_workers(upstream):
+    """Route rate_limits make each request's descriptor (the builder the global ratelimit filter
+    uses); a client's descriptor bucket of 3 lets exactly 3 of its requests through, whichever of
+    the two workers takes them, while the filter's own bucket still counts everyone's."""
+    cfg = _config(upstream.port, token_bucket={"max_tokens": 100, "fill_interval": "60s"},
+                  descriptors=[{"entries": [{"key": "client", "value": "alice"}],
+                                "token_bucket": {"max_tokens": 3, "fill_interval": "60s"}}])
+    cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"][0]["routes"][0]["route"]["rate_limits"] = [
+        {"actions": [{"request_headers": {"header_name": "x-client", "descriptor_key": "client"}}]}]
+    p = ProxyUnderTest(cfg, concurrency=2)
+    try:
+        def one(client: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5)
+            conn.request("GET", "/d", headers={"x-client": client})
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            return r.status
+        alice = [one("alice") for _ in range(8)]
+        bob = [one("bob") for _ in range(8)]
+        assert sorted(alice) == [200] * 3 + [429] * 5 and alice[:3] == [200] * 3
+        assert bob == [200] * 8
+        c = p.counters()
+        assert c["rl.http_local_rate_limit.rate_limited"] == 5 and c["rl.http_local_rate_limit.ok"] == 11
+    finally:
+        p.stop()

@@ -44,6 +44,7 @@ class ExampleBackend:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True   # no delayed-ACK wait between head and body
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *a):

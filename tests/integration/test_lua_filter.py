@@ -42,10 +42,10 @@ def upstream():
 
 
 def _proxy(code: str, upstream: EchoUpstream, routes: list | None = None, concurrency: int = 1,
-           **listener) -> ProxyUnderTest:
+           hcm: dict | None = None, **listener) -> ProxyUnderTest:
     config = front_proxy_config(routes or [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
                                 [static_cluster("app", upstream.port)],
-                                http_filters=[_lua(code), ROUTER])
+                                http_filters=[_lua(code), ROUTER], **(hcm or {}))
     config["static_resources"]["listeners"][0].update(listener)
     return ProxyUnderTest(config, concurrency=concurrency)
 
@@ -63,15 +63,15 @@ def _get(port: int, path: str, method: str = "GET", body: bytes | None = None,
 def test_trailers_after_the_whole_body(upstream):
     """body() holds the headers; trailers() then has the request's trailers; a fresh headers()
     after the yields may still change the request (its headers have not gone on). (Over
-    HTTP/1.1, where ftproxy's codec hands request trailers to the filters; Envoy 1.40 drops them
-    unless http_protocol_options.enable_trailers, so this is not a differential case.)"""
+    HTTP/1.1 with http_protocol_options.enable_trailers: without it the codec drops request
+    trailers, as Envoy's does.)"""
     proxy = _proxy("""
         function envoy_on_request(h)
           local b = h:body()
           local t = h:trailers()
           h:headers():add("x-trailer", t and t:get("x-check") or "none")
           h:headers():add("x-body", b:getBytes(0, b:length()))
-        end""", upstream)
+        end""", upstream, hcm={"http_protocol_options": {"enable_trailers": True}})
     try:
         raw = (b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
                b"5\r\nhello\r\n3\r\nabc\r\n0\r\nx-check: sum-1\r\n\r\n")

@@ -284,10 +284,10 @@ def test_unknown_top_level_field_suggests():
 
 
 def test_known_but_unsupported_top_level_field():
-    assert _error(_boot(stats_config={})) == "stats_config: not supported yet"
-    assert _error(_boot(stats_sinks=[{"name": "envoy.stat_sinks.dog_statsd"}])) == (
-        'stats_sinks[0].name: unsupported stats sink "envoy.stat_sinks.dog_statsd"; '
-        "supported: envoy.stat_sinks.statsd")
+    assert _error(_boot(stats_flush_on_admin=True)) == "stats_flush_on_admin: not supported yet"
+    assert _error(_boot(stats_sinks=[{"name": "envoy.stat_sinks.hystrix"}])) == (
+        'stats_sinks[0].name: unsupported stats sink "envoy.stat_sinks.hystrix"; '
+        "supported: envoy.stat_sinks.dog_statsd, envoy.stat_sinks.statsd")
 
 
 def test_cluster_field_typo_names_cluster_path():

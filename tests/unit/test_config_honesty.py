@@ -129,8 +129,10 @@ def test_a_misspelt_key_in_http_protocol_options_is_an_error():
 
 
 def test_upstream_http1_options_that_would_change_requests_are_refused():
-    assert error(boot(cluster={"http_protocol_options": {"enable_trailers": True}})) == (
-        f"{C0}.http_protocol_options.enable_trailers: not supported yet (only the default, false, is)")
+    assert error(boot(cluster={"http_protocol_options": {"allow_chunked_length": True}})) == (
+        f"{C0}.http_protocol_options.allow_chunked_length: not supported yet (only the default, false, is)")
+    assert parse_bootstrap(boot(cluster={"http_protocol_options": {
+        "enable_trailers": True}})).clusters[0].http1_enable_trailers is True
     assert error(boot(cluster={"http_protocol_options": {"header_key_format": {
         "proper_case_words": {}}}})) == f"{C0}.http_protocol_options.header_key_format: not supported yet"
 

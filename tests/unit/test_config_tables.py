@@ -43,6 +43,7 @@ CONFIG_LAYER = {
     # Filters: one module holds the config and the runtime (RUNTIME_PARTS).
     "proxy/http/filters/fault.py", "proxy/http/filters/cors.py",
     "proxy/network/filters/connection_limit.py", "proxy/network/filters/local_ratelimit.py",
+    "proxy/config/stats_config.py",
 }
 # Runtime code that lives in a config-layer module (classes and functions by name).
 RUNTIME_PARTS = {
@@ -66,6 +67,8 @@ RUNTIME_PARTS = {
                                                   "WorkerConnectionLimit", "ConnectionLimitFilter"},
     "proxy/network/filters/local_ratelimit.py": {"TokenBucket", "LocalRateLimitFactory",
                                                  "WorkerLocalRateLimit", "LocalRateLimitFilter"},
+    # The stats_matcher's test and the per-name bucket choice, asked when a stat is created.
+    "proxy/config/stats_config.py": {"rejects", "tag_producer", "buckets_for"},
 }
 # Attribute names too generic for "no runtime code reads it" to mean anything.
 GENERIC = {"name", "metadata", "content_type", "address"}

@@ -20,7 +20,7 @@ from proxy.http.stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_STARTED
 class FakeStream(FilterManager):
     """A stream whose wire is `wire` (a list of events) and whose peer pause is recorded."""
 
-    __slots__ = ("head", "ctx", "state", "abandoned",
+    __slots__ = ("head", "ctx", "state", "abandoned", "closing",
                  "wire", "flags", "response_code_details", "limit", "read_disabled", "log")
 
     def __init__(self, limit: int = 1 << 20) -> None:
@@ -30,6 +30,7 @@ class FakeStream(FilterManager):
         self.ctx = SimpleNamespace(stats=stats, route_table=SimpleNamespace(route=lambda h: None))
         self.state = REQUEST_COMPLETE
         self.abandoned = False
+        self.closing = False  # a 400 local reply asked for the connection to close
         self.wire: list = []
         self.flags: list = []
         self.response_code_details = None
@@ -40,6 +41,9 @@ class FakeStream(FilterManager):
 
     def abandon_request(self):
         self.abandoned = True
+
+    def close_after_bad_request(self):
+        self.closing = True
 
     def set_response_flag(self, flag):
         self.flags.append(flag)
@@ -301,3 +305,113 @@ def test_destroy_calls_every_filter_once_and_drops_the_chain():
     s.destroy_filters()
     s.destroy_filters()
     assert destroyed == ["a", "b"] and s.chains is None
+
+
+def test_data_arriving_while_a_later_filter_holds_the_headers_passes_the_earlier_filters_first():
+    """Envoy's decodeData starts at the chain's first filter: a filter ahead of one that holds
+    the headers (grpc_web ahead of ext_authz or a fault delay) sees every chunk."""
+    s = FakeStream()
+    chain(s, Factory("a"), Factory("b", decode_headers=[H.STOP_ITERATION],
+                                   decode_data=[D.STOP_ITERATION_AND_BUFFER, D.CONTINUE]),
+          Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"one", False)
+    s.decode_data(b"two", True)
+    assert [(n, c, a) for n, c, a in decode_log(s) if c == "decode_data"] == [
+        ("a", "decode_data", (b"one", False)), ("b", "decode_data", (b"one", False)),
+        ("a", "decode_data", (b"two", True)), ("b", "decode_data", (b"two", True)),
+        ("router", "decode_data", (b"onetwo", True))]
+
+
+def test_an_earlier_filter_taking_data_keeps_the_later_filters_hold():
+    """A filter that takes a chunk (STOP_ITERATION_NO_BUFFER: grpc_web waiting for a whole
+    base64 group) while a later one holds the headers: the hold stays where it was."""
+    s = FakeStream()
+    chain(s, Factory("a", decode_data=[D.STOP_ITERATION_NO_BUFFER]),
+          Factory("b", decode_headers=[H.STOP_ITERATION], decode_data=[D.STOP_ITERATION_AND_BUFFER]),
+          Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.decode_data(b"AA", False)   # "a" takes it
+    s.decode_data(b"AAAA", True)  # "a" passes it on; "b" still holds the headers
+    assert not any(n == "router" for n, *_ in s.log)
+    s.continue_decoding()
+    assert decode_log(s)[-2:] == [("router", "decode_headers", False),
+                                  ("router", "decode_data", (b"AAAA", True))]
+
+
+def test_trailers_of_a_held_encoder_may_emit_data_ahead_of_them():
+    """grpc_web holds a partial message (NO_BUFFER) when the trailers come: the bytes its
+    encode_trailers returns go out before the trailers."""
+    s = FakeStream()
+
+    class Framing(Recording):
+        def encode_trailers(self, trailers):
+            super().encode_trailers(trailers)
+            del trailers[:]
+            return b"trailer-frame"
+
+    s.create_filter_chain([(SimpleNamespace(name="w", decoder=False, encoder=True,
+                                            create=lambda cb: Framing("w", cb, encode_data=[D.STOP_ITERATION_NO_BUFFER])),
+                            False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"partial", False)
+    s.encode_trailers([(b"grpc-status", b"0")])
+    assert s.wire == [("headers", 200, False, None), ("data", b"trailer-frame", False), ("trailers", [])]
+
+
+def test_a_400_local_reply_asks_the_connection_to_close():
+    """Envoy's onLocalReply: a 400 is a messaging error (HTTP/1.x closes after it)."""
+    s = FakeStream()
+    chain(s, Factory("a"), Factory("router", encoder=False))
+    s.decode_headers(False)
+    s.send_local_reply(400, b"bad", None, "bad")
+    assert s.closing
+    t = FakeStream()
+    chain(t, Factory("a"), Factory("router", encoder=False))
+    t.decode_headers(False)
+    t.send_local_reply(403, b"no", None, "no")
+    assert not t.closing
+
+
+def test_a_local_reply_is_grpc_when_the_request_arrived_as_grpc():
+    """Envoy decides once, as the request arrives (state_.is_grpc_request_): a filter that
+    makes a gRPC-Web request application/grpc does not make its local replies gRPC ones."""
+    s = FakeStream()
+
+    class Converting(Recording):
+        def decode_headers(self, head, end_stream):
+            head.headers.set(b"content-type", b"application/grpc")
+            return 0
+
+    s.head.headers.set(b"content-type", b"application/grpc-web")
+    s.create_filter_chain([(SimpleNamespace(name="c", decoder=True, encoder=False,
+                                            create=lambda cb: Converting("c", cb)), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.decode_headers(False)
+    s.send_local_reply(503, b"down", "UF", "down")
+    assert s.wire == [("headers", 503, True, b"down")]  # plain HTTP, not a grpc-status 200
+
+
+def test_a_filter_may_give_a_headers_only_message_a_body():
+    """Envoy's addDecodedData/addEncodedData from decodeHeaders/encodeHeaders with end_stream
+    (the gRPC-JSON transcoder turning a GET into a gRPC call with one message): the later
+    filters see the headers without the end of the stream, then the body with it."""
+    s = FakeStream()
+
+    class Adding(Recording):
+        def decode_headers(self, head, end_stream):
+            self.stream.add_decoded_data(b"message")
+            return 0
+
+        def encode_headers(self, head, end_stream):
+            self.stream.add_encoded_data(b"[]")
+            return 0
+
+    s.create_filter_chain([(SimpleNamespace(name="t", decoder=True, encoder=True,
+                                            create=lambda cb: Adding("t", cb)), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.decode_headers(True)
+    assert decode_log(s) == [("router", "decode_headers", False), ("router", "decode_data", (b"message", True))]
+    s.encode_headers(ResponseHead(403, Headers()), True)
+    assert s.wire == [("headers", 403, False, None), ("data", b"[]", True)]

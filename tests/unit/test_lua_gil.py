@@ -78,6 +78,8 @@ def test_the_lua_filter_tests_pass_in_their_own_interpreter():
     env["FTPROXY_LUA_IN_PROCESS"] = "1"
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "tests/integration/test_lua_filter.py",
+                          "tests/integration/test_lua_cluster_specifier.py",
+                          "tests/integration/test_envoy_examples.py::test_lua_cluster_specifier_example",
                           "tests/integration/test_envoy_examples.py::test_lua_example",
                           "tests/integration/test_envoy_examples.py::test_every_vendored_example_loads_unchanged",
                           "tests/differential/test_validate.py::test_validate_agrees_with_real_envoy",

@@ -73,3 +73,17 @@ def test_policies_combine_rules_with_and_or_not():
         assert rbac.matched_policy(LazyRequestFacts(None, _req(headers))) == want, headers
     assert rbac.matched_policy(LazyRequestFacts(None, _req(path="/open/x?q=1"))) == "either"
     assert rbac.matched_policy(LazyRequestFacts(None, _req(path="/closed"))) is None
+
+
+
+def test_an_exact_header_value_no_header_can_carry_is_a_config_that_never_matches():
+    """Found by the config fuzz campaign: an exact value outside latin-1 ('€') crashed the
+    fast path's encoding at load; it is a predicate that never matches, as HeaderMatcher's."""
+    from types import SimpleNamespace
+
+    from proxy.http.filters.rbac_config import _header_predicate
+    from proxy.http.headers import Headers, RequestHead
+    from proxy.router.matchers import parse_header_matcher
+    pred = _header_predicate(parse_header_matcher({"name": "x-k", "string_match": {"exact": "/€"}}, "h"))
+    head = RequestHead(b"GET", b"/", b"a", b"http", Headers([(b"x-k", "/€".encode())]), b"1.1")
+    assert pred(SimpleNamespace(req=head)) is False

@@ -292,7 +292,7 @@ def test_render_json_matches_envoy_shape():
         ("http.ingress_http.downstream_rq_2xx", "http.downstream_rq_xx",
          [("envoy.response_code_class", "2"), ("envoy.http_conn_manager_prefix", "ingress_http")]),
         ("listener.0.0.0.0_10000.worker_1.downstream_cx_total", "listener.worker_downstream_cx_total",
-         [("envoy.listener_address", "0.0.0.0_10000"), ("envoy.worker_id", "1")]),
+         [("envoy.worker_id", "1"), ("envoy.listener_address", "0.0.0.0_10000")]),  # Envoy 1.40: worker id first
         ("listener.0.0.0.0_10000.http.ingress_http.downstream_rq_5xx", "listener.http.downstream_rq_xx",
          [("envoy.response_code_class", "5"), ("envoy.http_conn_manager_prefix", "ingress_http"),
           ("envoy.listener_address", "0.0.0.0_10000")]),

@@ -24,9 +24,9 @@ _NO_BODY_STATUS = (204, 304)
 class Http1ServerCodec:
     __slots__ = ("parser", "transport", "callbacks", "protocol", "head_in_progress", "holding",
                  "_next_id", "_current", "_request_open", "_method", "_version", "_keep_alive",
-                 "_going_away", "_held", "_dead")
+                 "_going_away", "_held", "_dead", "_trailers")
 
-    def __init__(self, parser, transport, callbacks) -> None:
+    def __init__(self, parser, transport, callbacks, enable_trailers: bool = False) -> None:
         self.parser = parser          # FastServerCodec or H11ServerCodec
         self.transport = transport
         self.callbacks = callbacks
@@ -41,6 +41,7 @@ class Http1ServerCodec:
         self._going_away = False
         self._held: list = []         # events (and a CodecError) behind the current stream
         self._dead = False            # a codec error was reported: no more input
+        self._trailers = enable_trailers  # else dropped both ways, as Envoy's codec does
 
     # -- input --------------------------------------------------------------------------------
     def dispatch(self, data: bytes) -> None:
@@ -107,7 +108,7 @@ class Http1ServerCodec:
             elif cls is MessageComplete:
                 if self._request_open:  # (a request without a body ended at its head)
                     self._request_open = False
-                    if ev.trailers:
+                    if ev.trailers and self._trailers:
                         cb.on_stream_trailers(self._current, ev.trailers)
                     else:
                         cb.on_stream_data(self._current, b"", True)
@@ -179,7 +180,7 @@ class Http1ServerCodec:
             self.transport.write(out)
 
     def encode_trailers(self, stream_id: int, trailers) -> None:
-        last = self.parser.encode_end(trailers)
+        last = self.parser.encode_end(trailers if self._trailers else None)
         if last:
             self.transport.write(last)
 

@@ -11,6 +11,7 @@ from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 
 from .events import ResponseHeaders
+from .hpack_codec import install as install_hpack
 
 __all__ = ["request_fields", "response_headers", "new_client_connection"]
 
@@ -23,7 +24,9 @@ _CONFIG = H2Configuration(client_side=True, header_encoding=None, validate_inbou
 
 def new_client_connection() -> H2Connection:
     """A client-side h2 connection (bytes header names and values, inbound headers checked)."""
-    return _ClientH2Connection(config=_CONFIG)
+    conn = _ClientH2Connection(config=_CONFIG)
+    install_hpack(conn)
+    return conn
 
 
 def request_fields(head) -> list[tuple[bytes, bytes]]:

@@ -23,14 +23,15 @@ from __future__ import annotations
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PingReceived, PriorityUpdated,
-                       RemoteSettingsChanged, RequestReceived, StreamEnded, StreamReset,
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PriorityUpdated,
+                       RequestReceived, StreamEnded, StreamReset,
                        TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from .errors import CodecError
+from .hpack_codec import install as install_hpack
 from .events import RequestHeaders
 
 __all__ = ["Http2ServerCodec", "Http2Options", "Http2CodecStats", "PREFACE", "PREMATURE_RESET_MIN"]
@@ -139,6 +140,7 @@ class Http2ServerCodec:
             SettingCodes.HEADER_TABLE_SIZE: options.hpack_table_size,
         })
         conn.decoder.max_header_list_size = options.max_header_list_bytes
+        install_hpack(conn)
         conn.initiate_connection()
         extra = options.initial_connection_window_size - 65535
         if extra > 0:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...config.runtime_values import (FractionalPercent, ZERO_PERCENT,
+from ...config.runtime_values import (FractionalPercent,
                                           parse_fractional_percent)
 from ...config.fields_table import Message, inert, refused, used
 from ...config.reader import ConfigError

@@ -22,6 +22,7 @@ from typing import Any
 
 from ...config.fields_table import Message, refused, used
 from ...config.registry import Extension, register
+from ...grpc.names import request_names
 from ..filter import FilterHeadersStatus, PassThroughFilter
 from ..local_reply import is_grpc_request
 
@@ -104,14 +105,6 @@ class FrameCounter:
         return self.frames - before
 
 
-def _request_names(path: bytes) -> tuple[str, str] | None:
-    """`/<service>/<method>` (query ignored), as Envoy's resolveServiceAndMethod."""
-    parts = path.split(b"?", 1)[0].split(b"/")
-    if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
-        return None
-    return parts[1].decode("latin-1"), parts[2].decode("latin-1")
-
-
 class GrpcStatsFactory:
     def __init__(self, config: GrpcStatsConfig, name: str) -> None:
         self.config = config
@@ -170,7 +163,7 @@ class GrpcStatsFilter(PassThroughFilter):
         if not is_grpc_request(head.headers):
             return FilterHeadersStatus.CONTINUE
         self.requests = FrameCounter()
-        names = _request_names(head.path)
+        names = request_names(head.path)
         route = self.cb.route()
         action = route.action if route is not None else None
         cluster = action.cluster if action is not None else None

@@ -9,8 +9,19 @@ without them only counts), `status` (default 429), `response_headers_to_add` (on
 request's reply), `request_headers_to_add_when_not_enforced`, `enable_x_ratelimit_headers`
 (DRAFT_VERSION_03: `x-ratelimit-limit/-remaining/-reset` on every response),
 `local_rate_limit_per_downstream_connection` (a bucket per connection instead of one for
-every worker), `rate_limited_as_resource_exhausted`. Descriptors (and route `rate_limits`)
-are refused.
+every worker), `rate_limited_as_resource_exhausted`, `descriptors` with `stage`,
+`vh_rate_limits` and `always_consume_default_token_bucket`.
+
+Descriptors (Envoy's LocalRateLimiterImpl::requestAllowed): the route's and virtual host's
+`rate_limits` of the config's `stage` make the request's descriptors (proxy/router/rate_limits.py,
+the builder the global ratelimit filter uses; the virtual host's when the route has none, always
+with the route's `include_vh_rate_limits` or `vh_rate_limits: INCLUDE`, never with IGNORE). Each
+configured descriptor a request's descriptor equals (entries in order) is matched; the matched
+buckets are taken slowest-filling first, and the first empty one limits the request (those
+before it keep their token taken, as Envoy); then, when nothing matched or with
+`always_consume_default_token_bucket` (default true), the filter's own bucket. The x-ratelimit
+headers describe the bucket that limited the request, else the first matched, else the filter's.
+A descriptor's bucket is shared by every worker (or per connection, as the filter's).
 
 A limited request gets `status` with body `local_rate_limited`, flag RL, details
 `local_rate_limited`. Stats `<stat_prefix>.http_local_rate_limit.{enabled,enforced,
@@ -23,15 +34,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from ...config.fields_table import Message, inert, refused, used
+from ...config.fields_table import Message, not_supported, refused, used
 from ...config.reader import ConfigError, Fields
 from ...config.registry import Extension, register
 from ...config.runtime_values import FractionalPercent, ZERO_PERCENT, parse_runtime_fractional_percent
 from ...network.filters.local_ratelimit import TOKEN_BUCKET, TokenBucket
 from ...router.header_mutation import HeaderMutation, apply_mutations, parse_header_mutations
+from ...router.rate_limits import descriptors
 from ..filter import FilterHeadersStatus, PassThroughFilter
 from ..headers import Headers
 
@@ -39,7 +52,6 @@ __all__ = ["HttpLocalRateLimit", "parse_http_local_ratelimit"]
 
 NAME = "envoy.filters.http.local_ratelimit"
 PROTO = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
-_DESCRIPTORS = "descriptors and route rate_limits actions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +68,32 @@ class HttpLocalRateLimit:
     x_ratelimit_headers: bool = False
     per_connection: bool = False
     grpc_resource_exhausted: bool = False
+    descriptors: tuple[LocalDescriptor, ...] = ()
+    stage: int = 0
+    vh_rate_limits: int = 0                 # OVERRIDE, INCLUDE, IGNORE
+    always_consume_default_token_bucket: bool = True
+    # Derived: the descriptors by their entries.
+    by_entries: Mapping[tuple, LocalDescriptor] = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_entries", MappingProxyType({d.entries: d for d in self.descriptors}))
 
 
-LOCAL_RATELIMIT = Message(PROTO, title="HTTP filter local_ratelimit", model=HttpLocalRateLimit, fields=(
+@dataclass(frozen=True, slots=True)
+class LocalDescriptor:
+    """A configured descriptor: its entries ((key, value) bytes, in order) and its bucket's
+    settings (what TokenBucket reads)."""
+    entries: tuple[tuple[bytes, bytes], ...]
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+
+
+OVERRIDE, INCLUDE, IGNORE = 0, 1, 2
+
+
+LOCAL_RATELIMIT = Message(PROTO, title="HTTP filter local_ratelimit", model=HttpLocalRateLimit,
+                          bookkeeping=("by_entries",), fields=(
     used("stat_prefix"),
     used("status", attr="status", why="HttpStatus code"),
     used("token_bucket", attr="max_tokens", why="envoy.type.v3.TokenBucket"),
@@ -69,14 +104,23 @@ LOCAL_RATELIMIT = Message(PROTO, title="HTTP filter local_ratelimit", model=Http
     used("enable_x_ratelimit_headers", "OFF", attr="x_ratelimit_headers"),
     used("local_rate_limit_per_downstream_connection", False, attr="per_connection"),
     used("rate_limited_as_resource_exhausted", False, attr="grpc_resource_exhausted"),
-    refused("stage", "only 0", default=0, only_default=True),
-    refused("descriptors", _DESCRIPTORS),
-    refused("vh_rate_limits", _DESCRIPTORS),
-    refused("rate_limits", _DESCRIPTORS),
-    inert("always_consume_default_token_bucket", "it matters only with descriptors, which are refused"),
+    used("stage", 0, why="which route rate_limits make the descriptors"),
+    used("descriptors", why="LocalRateLimitDescriptor: entries and token_bucket"),
+    used("vh_rate_limits", "OVERRIDE"),
+    refused("rate_limits", "the filter's own rate_limits (the route's and virtual host's are read)"),
+    used("always_consume_default_token_bucket", True),
     refused("local_cluster_rate_limit"),
-    refused("max_dynamic_descriptors", _DESCRIPTORS),
-    refused("enable_x_ratelimit_headers_with_descriptors", _DESCRIPTORS),
+    refused("max_dynamic_descriptors", "dynamic descriptors (a descriptor entry without a value)"),
+    refused("enable_x_ratelimit_headers_with_descriptors"),
+))
+LOCAL_DESCRIPTOR = Message("envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor",
+                           model=LocalDescriptor, fields=(
+    used("entries"),
+    used("token_bucket", attr="max_tokens", why="envoy.type.v3.TokenBucket"),
+))
+DESCRIPTOR_ENTRY = Message("envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry", fields=(
+    used("key", attr="entries"),
+    used("value", attr="entries", why="required: an empty one (a dynamic descriptor) is refused"),
 ))
 HTTP_STATUS = Message("envoy.type.v3.HttpStatus (local_ratelimit)", fields=(used("code", attr="status"),))
 
@@ -86,9 +130,10 @@ def parse_http_local_ratelimit(raw: Mapping[str, Any], path: str) -> HttpLocalRa
     prefix = f.str("stat_prefix", required=True)
     if not prefix:
         raise ConfigError(f.at("stat_prefix"), "must not be empty")
-    LOCAL_RATELIMIT.require_default(f, "stage", f.int("stage", 0, min=0, max=10))
-    f.bool("always_consume_default_token_bucket", True)
-    out: dict[str, Any] = {"stat_prefix": prefix}
+    out: dict[str, Any] = {"stat_prefix": prefix, "stage": f.int("stage", 0, min=0, max=10),
+                           "always_consume_default_token_bucket": f.bool("always_consume_default_token_bucket", True),
+                           "vh_rate_limits": ("OVERRIDE", "INCLUDE", "IGNORE").index(
+                               f.enum("vh_rate_limits", ("OVERRIDE", "INCLUDE", "IGNORE"), "OVERRIDE"))}
     if f.has("token_bucket"):
         tb = TOKEN_BUCKET.read(f.value("token_bucket"), f.at("token_bucket"))
         interval = tb.duration("fill_interval", required=True)
@@ -113,7 +158,46 @@ def parse_http_local_ratelimit(raw: Mapping[str, Any], path: str) -> HttpLocalRa
                                         "OFF") == "DRAFT_VERSION_03"
     out["per_connection"] = f.bool("local_rate_limit_per_downstream_connection", False)
     out["grpc_resource_exhausted"] = f.bool("rate_limited_as_resource_exhausted", False)
+    out["descriptors"] = _descriptors(f)
+    if out["descriptors"] and not out.get("max_tokens"):
+        raise not_supported(f.at("token_bucket"), "descriptors without the filter's token_bucket")
     return HttpLocalRateLimit(**out)
+
+
+def _bucket(f: Fields, key: str) -> dict[str, Any]:
+    tb = TOKEN_BUCKET.read(f.value(key, required=True), f.at(key))
+    interval = tb.duration("fill_interval", required=True)
+    if interval < 0.05:
+        raise ConfigError(tb.at("fill_interval"), "must be at least 50ms")
+    return dict(max_tokens=tb.int("max_tokens", required=True, min=1, max=2**32 - 1),
+                tokens_per_fill=tb.int("tokens_per_fill", 1, min=1, max=2**32 - 1),
+                fill_interval=interval)
+
+
+def _descriptors(f: Fields) -> tuple[LocalDescriptor, ...]:
+    out: dict[tuple, LocalDescriptor] = {}
+    for item, p in f.list("descriptors"):
+        d = LOCAL_DESCRIPTOR.read(item, p)
+        entries = []
+        for e, ep in d.list("entries", required=True, min_items=1):
+            entry = DESCRIPTOR_ENTRY.read(e, ep)
+            key = entry.str("key", required=True)
+            value = entry.str("value", "")
+            if not key:
+                raise ConfigError(entry.at("key"), "must not be empty")
+            if not value:
+                raise not_supported(entry.at("value"), "an empty value: dynamic descriptors")
+            entries.append((key.encode("utf-8"), value.encode("utf-8")))
+        key = tuple(entries)
+        if key in out:   # Envoy's words
+            raise ConfigError(p, "duplicate descriptor in the local rate descriptor: "
+                              + ", ".join(f"{k.decode()}={v.decode()}" for k, v in key))
+        out[key] = LocalDescriptor(key, **_bucket(d, "token_bucket"))
+    return tuple(out.values())
+
+
+def _fill_rate(d: LocalDescriptor) -> float:
+    return d.tokens_per_fill / d.fill_interval
 
 
 class _Buckets:
@@ -153,6 +237,9 @@ class WorkerHttpLocalRateLimit:
         self.config = factory.config
         self.buckets = factory.buckets
         self.worker = ctx.worker
+        health = ctx.worker.server_health
+        # source_cluster descriptor entries: the node's cluster (Envoy's local_info clusterName).
+        self.local_cluster = (health.node_cluster if health is not None else "").encode("utf-8")
         self._stats: dict[str, Any] = {}
         for name in ("enabled", "enforced", "rate_limited", "ok"):  # shown from the start, as Envoy
             self.stat(self.config, name)
@@ -167,8 +254,9 @@ class WorkerHttpLocalRateLimit:
             c = self._stats[key] = self.worker.stats.counter(key)
         return c
 
-    def bucket(self, config: HttpLocalRateLimit, connection_id: int) -> TokenBucket:
-        if not config.per_connection:
+    def bucket(self, config, connection_id: int, per_connection: bool) -> TokenBucket:
+        """The bucket of `config` (the filter's or route's config, or one of its descriptors)."""
+        if not per_connection:
             return self.buckets.get(config)
         key = (id(config), connection_id)
         b = self._conn_buckets.get(key)
@@ -213,8 +301,13 @@ class HttpLocalRateLimitFilter(PassThroughFilter):
             return FilterHeadersStatus.CONTINUE
         wf.stat(config, "enabled").value += 1
         self.config = config
-        bucket = self.bucket = wf.bucket(config, cb.stream_info.connection_id)
-        if bucket.try_take(time.monotonic()):
+        if config.descriptors:
+            bucket, allowed = self._take(config, head)
+        else:
+            bucket = wf.bucket(config, cb.stream_info.connection_id, config.per_connection)
+            allowed = bucket.try_take(time.monotonic())
+        self.bucket = bucket
+        if allowed:
             wf.stat(config, "ok").value += 1
             return FilterHeadersStatus.CONTINUE
         wf.stat(config, "rate_limited").value += 1
@@ -231,11 +324,50 @@ class HttpLocalRateLimitFilter(PassThroughFilter):
                             grpc_status=8 if config.grpc_resource_exhausted else None)
         return FilterHeadersStatus.STOP_ITERATION
 
+    def _take(self, config: HttpLocalRateLimit, head) -> tuple[TokenBucket, bool]:
+        """The request's descriptors' buckets, then the config's (see the module docstring):
+        (the bucket that decided, allowed)."""
+        cb = self.cb
+        wf = self.wf
+        found: list = []
+        route = cb.route()
+        action = route.action if route is not None else None
+        if action is not None:
+            info = cb.stream_info
+            target = (action.cluster or cb.route_cluster(action) or "").encode("utf-8")
+            if action.rate_limits:
+                descriptors(action.rate_limits, config.stage, head, info, wf.local_cluster, target, found)
+            if action.vh_rate_limits:
+                vh = INCLUDE if action.include_vh_rate_limits else config.vh_rate_limits
+                if vh == INCLUDE or (vh == OVERRIDE and not action.rate_limits):
+                    descriptors(action.vh_rate_limits, config.stage, head, info, wf.local_cluster, target, found)
+        table = config.by_entries
+        matched = [table[d] for d in found if d in table]
+        if len(matched) > 1:
+            matched.sort(key=_fill_rate)   # the slowest-filling bucket first
+        conn = cb.stream_info.connection_id
+        per_connection = config.per_connection
+        now = time.monotonic()
+        first = None
+        for d in matched:
+            bucket = wf.bucket(d, conn, per_connection)
+            if not bucket.try_take(now):
+                return bucket, False
+            if first is None:
+                first = bucket
+        if first is None or config.always_consume_default_token_bucket:
+            bucket = wf.bucket(config, conn, per_connection)
+            if not bucket.try_take(now):
+                return bucket, False
+            return first or bucket, True
+        return first, True
+
     def encode_headers(self, head, end_stream: bool) -> int:
         config = self.config
         if config is None or not config.x_ratelimit_headers:
             return FilterHeadersStatus.CONTINUE
         bucket = self.bucket
+        config = bucket.config     # the filter's, or the descriptor's that decided
         with bucket.lock:
             remaining = bucket.tokens
             reset = max(0.0, bucket.last_fill + config.fill_interval - time.monotonic())

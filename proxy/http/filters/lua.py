@@ -28,15 +28,13 @@ Must not: import lupa at module level (this module is imported by proxy/extensio
 
 from __future__ import annotations
 
-import base64
-import binascii
 import importlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ...config.data_source import read_data_source
 from ...config.fields_table import Message, refused, used
 from ...config.reader import ConfigError
 from ...config.registry import Extension, register
@@ -97,26 +95,7 @@ def _runtime(path: str):
 
 
 def _read_source(raw: Any, path: str) -> bytes:
-    d = DATA_SOURCE.read(raw, path)
-    kind = d.oneof("filename", "inline_string", "inline_bytes", "environment_variable", required=True)
-    value = d.str(kind)
-    if kind == "inline_string":
-        return value.encode()
-    if kind == "inline_bytes":
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError(d.at(kind), "not valid base64") from None
-    if kind == "environment_variable":
-        env = os.environ.get(value)
-        if env is None:
-            raise ConfigError(d.at(kind), f"environment variable {value!r} is not set")
-        return env.encode()
-    try:
-        with open(value, "rb") as fh:
-            return fh.read()
-    except OSError as e:
-        raise ConfigError(d.at(kind), f"cannot read {value!r}: {e.strerror or e}") from None
+    return read_data_source(DATA_SOURCE, raw, path)
 
 
 def _check_script(code: bytes, path: str) -> None:

@@ -262,17 +262,24 @@ function H:timestamp() return pass(api("timestamp", self.id)) end
 
 -- start(fn, id): the hook as a coroutine, run until it first ends or waits (one call from
 -- Python instead of two); then the step function resumes it. Each run answers
--- true, dead | false, message.
+-- true, dead | false, message. A hook that ended at once returning a string (or a number,
+-- as its string: Lua's coercion) answers true, true, nil, that string: the cluster
+-- specifier's envoy_on_route. (Only strings cross: no Lua object goes to Python.)
+local tostring = tostring
 return function(fn, id)
   local h = setmetatable({id = id, scope = 0}, H)
+  local value
   local co = create(function() return fn(h) end)
   local function step()
     local ok, err = resume(co)
     if not ok then return false, err end
-    return true, status(co) == "dead"
+    if status(co) == "dead" then value = err; return true, true end
+    return true, false
   end
   local ok, res = step()
   if ok and not res then return ok, res, step end
+  local kind = type(value)
+  if ok and (kind == "string" or kind == "number") then return ok, res, nil, tostring(value) end
   return ok, res  -- (ended: no step function to hand to Python, which costs a wrapper)
 end
 """
@@ -285,8 +292,8 @@ class LuaState:
     methods (lua.py). Made on the worker that uses it; at config load one is made to check
     the script."""
 
-    __slots__ = ("runtime", "_start", "on_request", "on_response", "table_from", "handles",
-                 "next_id", "ops")
+    __slots__ = ("runtime", "_start", "on_request", "on_response", "on_route", "table_from",
+                 "handles", "next_id", "ops")
 
     def __init__(self, code: bytes, ops: Mapping[bytes, Callable[..., Any]] | None = None) -> None:
         self.handles: dict[int, Any] = {}
@@ -308,6 +315,8 @@ class LuaState:
         on_response = g[b"envoy_on_response"]
         self.on_request = on_request if _lupa.lua_type(on_request) == "function" else None
         self.on_response = on_response if _lupa.lua_type(on_response) == "function" else None
+        on_route = g[b"envoy_on_route"]  # (a cluster specifier's script)
+        self.on_route = on_route if _lupa.lua_type(on_route) == "function" else None
         self.table_from = rt.table_from
 
     def register(self, handle: Any) -> int:
@@ -319,7 +328,8 @@ class LuaState:
     def start(self, fn: Any, hid: int) -> tuple:
         """Make the hook's coroutine for handle `hid` and run it until it ends or waits: the
         first run's answer (ok, dead or message), and when it waits the step function that
-        resumes it."""
+        resumes it; when it ended returning a string or number, (True, True, None, that
+        string as bytes)."""
         return self._start(fn, hid)
 
     def release(self, hid: int) -> None:

@@ -87,7 +87,10 @@ def _header_predicate(m: HeaderMatcher) -> Callable[[RequestFacts], bool]:
             and m.name[:1] != ":" and m.name != "host"):
         # The common policy (an exact header value), without decoding: Envoy joins repeated
         # headers with "," before matching, as HeaderMatcher.matches does.
-        name, want = m.name.encode("latin-1"), s.value.encode("latin-1")
+        try:
+            name, want = m.name.encode("latin-1"), s.value.encode("latin-1")
+        except UnicodeEncodeError:   # no header value can equal it: HeaderMatcher says so
+            return lambda r: m.matches(r.req)
         if not want and m.treat_missing_as_empty:
             return lambda r: m.matches(r.req)
 

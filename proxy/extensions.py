@@ -42,3 +42,4 @@ import proxy.http.filters.grpc_json_transcoder  # noqa: F401  envoy.filters.http
 import proxy.http.filters.lua  # noqa: F401  envoy.filters.http.lua (lupa, imported only when configured)
 import proxy.http.filters.cache  # noqa: F401  envoy.filters.http.cache (SimpleHttpCacheConfig)
 import proxy.http.filters.lua_cluster_specifier  # noqa: F401  envoy.router.cluster_specifier_plugin.lua (lupa, imported only when configured)
+import proxy.http.filters.jwt_authn  # noqa: F401  envoy.filters.http.jwt_authn

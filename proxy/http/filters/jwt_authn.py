@@ -1,0 +1,599 @@
+"""`envoy.filters.http.jwt_authn`: requests must carry JSON Web Tokens that verify, as Envoy's
+JWT authentication filter decides it.
+
+Config (jwt_authn_config.py): `providers` (issuer, audiences, subjects, require_expiration /
+max_lifetime, `local_jwks` or `remote_jwks` fetched from a cluster and kept `cache_duration`,
+from_headers / from_params / from_cookies, forward, forward_payload_header (padded or not),
+claim_to_headers, clock_skew_seconds, clear_route_cache), `rules` (a RouteMatch picks a
+requirement: provider_name, provider_and_audiences, requires_any, requires_all, allow_missing,
+allow_missing_or_failed; the first match wins, none: nothing required), `requirement_map` with
+the per-route `PerRouteConfig` (`requirement_name`, `disabled`), `bypass_cors_preflight`,
+`strip_failure_response`, `stat_prefix`. Token checks are jwt_verify.py's.
+
+Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
+- Tokens are taken from every location the requirement's providers name (by default
+  `Authorization: Bearer <token>` and the `access_token` query parameter); every token found must
+  verify (the last found is checked first, and the first failure decides); none: "Jwt is missing".
+- A failure is a 401 with jwt_verify_lib's message as body and `www-authenticate: Bearer
+  realm="<scheme>://<host><path>"` (`, error="invalid_token"` unless the token is missing); a
+  token whose audiences are not allowed gets 403. `strip_failure_response`: no body, no header.
+  Details `jwt_authn_access_denied{<message with spaces as _>}`.
+- A good token: its payload (base64url as sent) in `forward_payload_header`, its claims in
+  `claim_to_headers` (strings, numbers, booleans; appended), and, unless `forward`, the header or
+  query parameter it came in removed. Every provider's payload and claim headers are first
+  removed from every request, whatever its route requires (a client cannot send its own).
+- Remote keys: fetched from the cluster when a request needs them (GET on the URI's path through
+  the worker's async client); each worker keeps what it fetched for `cache_duration` (Envoy's
+  per-worker JWKS cache); a fetch that fails (no answer, not 200, keys that do not parse) gives
+  "Jwks remote fetch is failed". Stats `jwks_fetch_success` / `jwks_fetch_failed`.
+- `payload_in_metadata` / `header_in_metadata`: a good token's payload (its
+  `normalize_payload_in_metadata` claims split on spaces) and header in the stream's dynamic
+  metadata under `envoy.filters.http.jwt_authn`, where a Lua filter after this one reads them;
+  `failed_status_in_metadata`: a failure's `{code, message}` (jwt_verify_lib's Status number
+  and text) from the provider the token was checked for, else the only provider (as Envoy).
+- `jwt_cache_config` (off by default, as Envoy): each worker keeps, per provider, up to
+  `jwt_cache_size` verified tokens (LRU, tokens up to `jwt_max_token_size`); a token found there
+  skips parsing and the signature check, not the issuer, time, audience, subject and lifetime
+  checks; one expired (60 s skew) is dropped. Only a named provider's tokens are cached.
+Stats `http.<stat_prefix>.jwt_authn.[<filter stat_prefix>.]{allowed,denied,cors_preflight_bypassed,
+jwks_fetch_success,jwks_fetch_failed,jwt_cache_hit,jwt_cache_miss}` (a named provider's token
+looked up in its cache; without one every lookup is a miss, as Envoy counts it).
+
+Thread affinity: the factory's compiled verifiers are immutable and shared; each worker's JWKS
+cache belongs to it; a filter and its verification state belong to the stream's worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from ...config.registry import Extension, register
+from ...router.matchers import RequestView
+from ..async_client import AsyncRequest, AsyncResponse
+from ..filter import FilterHeadersStatus, PassThroughFilter
+from . import jwt_verify as jv
+from .jwt_extract import Extractor, Token, remove_token
+from .jwt_authn_config import (NAME, PER_ROUTE_PROTO, PROTO, AllowAll, AllowMissing, AllRequirement,
+                               AnyRequirement, JwtAuthentication, JwtProvider, ProviderRequirement,
+                               parse_jwt_authentication, parse_per_route)
+
+__all__ = ["JwtAuthnFactory"]
+
+_CONTINUE = FilterHeadersStatus.CONTINUE
+_HOLD = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
+_MAX_URI_PATH = 256   # Envoy's MaximumUriLength for the realm
+_OK = jv.OK
+
+
+# -- the requirement tree, compiled (Verifier) ------------------------------------------------
+
+class _Node:
+    """One verifier of the tree; `parent` is set once while building. Immutable afterwards."""
+
+    __slots__ = ("parent", "kind", "provider", "audiences", "extractor", "children",
+                 "allow_missing_or_failed", "allow_missing", "failed")
+
+    def __init__(self, kind: str, parent) -> None:
+        self.kind = kind
+        self.parent = parent
+        self.provider = None
+        self.audiences = None
+        self.extractor = None
+        self.children: tuple = ()
+        self.allow_missing_or_failed = self.allow_missing = self.failed = False
+
+
+def _compile(req, providers: tuple[JwtProvider, ...], parent=None) -> _Node:
+    if isinstance(req, ProviderRequirement):
+        n = _Node("provider", parent)
+        n.provider = req.provider
+        n.audiences = req.audiences
+        n.extractor = Extractor((req.provider,))
+    elif isinstance(req, AllowMissing):
+        n = _Node("allow", parent)
+        n.failed = req.failed
+        n.extractor = Extractor(providers)
+    elif isinstance(req, AnyRequirement):
+        n = _Node("any", parent)
+        n.allow_missing_or_failed = req.allow_missing_or_failed
+        n.allow_missing = req.allow_missing
+        n.children = tuple(_compile(c, providers, n) for c in req.children)
+    elif isinstance(req, AllRequirement):
+        n = _Node("all", parent)
+        n.children = tuple(_compile(c, providers, n) for c in req.children)
+    else:
+        assert isinstance(req, AllowAll), req
+        n = _Node("none", parent)
+    return n
+
+
+class _State:
+    __slots__ = ("completed", "done_children", "status")
+
+    def __init__(self) -> None:
+        self.completed = False
+        self.done_children = 0
+        self.status = _OK
+
+
+# -- factory, per worker ------------------------------------------------------------------------
+
+class JwtAuthnFactory:
+    def __init__(self, config: JwtAuthentication, name: str) -> None:
+        self.config = config
+        self.name = name
+        compiled: dict[int, _Node] = {}
+
+        def node(req):
+            if req is None:
+                return None
+            if id(req) not in compiled:
+                compiled[id(req)] = _compile(req, config.providers)
+            return compiled[id(req)]
+
+        self.rules = tuple((match, node(req)) for match, req in config.rules)
+        self.named = {name: node(req) for name, req in (config.requirement_map or {}).items()}
+        self.single_provider = config.providers[0] if len(config.providers) == 1 else None
+        self.by_issuer: dict[str, JwtProvider] = {}
+        for p in config.providers:
+            self.by_issuer.setdefault(p.issuer, p)
+        # Envoy 1.40 removes every provider's payload and claim headers from each request
+        # first, whatever the route requires (a client cannot send them).
+        self.sanitize = Extractor(config.providers).sanitize
+
+    def find_by_issuer(self, issuer: str) -> JwtProvider | None:
+        p = self.by_issuer.get(issuer)
+        if p is None and issuer:
+            return self.by_issuer.get("")
+        return p
+
+    def for_worker(self, ctx) -> WorkerJwtAuthn:
+        return WorkerJwtAuthn(self, ctx)
+
+
+class WorkerJwtAuthn:
+    decoder = True
+    encoder = False
+
+    def __init__(self, factory: JwtAuthnFactory, ctx) -> None:
+        self.name = factory.name
+        self.factory = factory
+        self.config = factory.config
+        self.worker = ctx.worker
+        prefix = f"http.{ctx.config.stat_prefix}.jwt_authn"
+        if factory.config.stat_prefix:
+            prefix += "." + factory.config.stat_prefix
+        scope = ctx.worker.stats.scope(prefix)
+        self.allowed = scope.counter("allowed")
+        self.denied = scope.counter("denied")
+        self.cors_preflight_bypassed = scope.counter("cors_preflight_bypassed")
+        self.jwks_fetch_success = scope.counter("jwks_fetch_success")
+        self.jwks_fetch_failed = scope.counter("jwks_fetch_failed")
+        # Envoy looks each token of a named provider up in that provider's cache of verified
+        # tokens (per worker); without jwt_cache_config there is none and every lookup misses.
+        self.jwt_cache_hit = scope.counter("jwt_cache_hit")
+        self.jwt_cache_miss = scope.counter("jwt_cache_miss")
+        self.jwt_caches: dict[str, OrderedDict[bytes, jv.Jwt]] = {
+            p.name: OrderedDict() for p in factory.config.providers if p.jwt_cache_size}
+        # This worker's fetched keys: provider name -> (Jwks, monotonic expiry). Worker-owned.
+        self.remote_jwks: dict[str, tuple[jv.Jwks, float]] = {}
+
+    def create(self, callbacks) -> JwtAuthnFilter:
+        return JwtAuthnFilter(callbacks, self)
+
+    def cached_jwt(self, provider: JwtProvider, token: bytes) -> jv.Jwt | None:
+        """JwtCache::lookup: a verified token of this provider, unless expired (60 s skew)."""
+        cache = self.jwt_caches.get(provider.name)
+        jwt = cache.get(token) if cache is not None else None
+        if jwt is None:
+            return None
+        if jwt.exp and int(time.time()) > jwt.exp + 60:
+            del cache[token]
+            return None
+        cache.move_to_end(token)
+        return jwt
+
+    def cache_jwt(self, provider: JwtProvider, token: bytes, jwt: jv.Jwt) -> None:
+        cache = self.jwt_caches.get(provider.name)
+        if cache is None or len(token) > provider.jwt_max_token_size:
+            return
+        cache[token] = jwt
+        cache.move_to_end(token)
+        while len(cache) > provider.jwt_cache_size:
+            cache.popitem(last=False)
+
+    def jwks_for(self, provider: JwtProvider) -> jv.Jwks | None:
+        if provider.local_jwks is not None:
+            return provider.local_jwks
+        cached = self.remote_jwks.get(provider.name)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        return None
+
+
+# -- one token check (Authenticator) -----------------------------------------------------------
+
+class _Authenticator:
+    """Checks the tokens one verifier node found, one at a time (a remote key fetch may come
+    between), then tells the node."""
+
+    __slots__ = ("f", "node", "provider", "audiences", "allow_failed", "allow_missing", "tokens",
+                 "current", "jwt", "using", "fetch", "cache_hit")
+
+    def __init__(self, f: JwtAuthnFilter, node: _Node) -> None:
+        self.f = f
+        self.node = node
+        self.provider = node.provider           # None: allow_missing*: by the token's issuer
+        self.audiences = node.audiences
+        self.allow_failed = node.kind == "allow" and node.failed
+        self.allow_missing = node.kind == "allow"
+        self.tokens: list[Token] = []
+        self.current: Token | None = None
+        self.jwt: jv.Jwt | None = None
+        self.using: JwtProvider | None = None
+        self.fetch: AsyncRequest | None = None
+        self.cache_hit = False
+
+    def verify(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        if not tokens:
+            self._done(jv.JWT_MISSED)
+            return
+        self._start()
+
+    def _start(self) -> None:
+        token = self.current = self.tokens.pop()
+        wf = self.f.wf
+        jwt = None
+        if self.provider is not None:
+            self.using = self.provider
+            jwt = wf.cached_jwt(self.provider, token.token) if wf.jwt_caches else None
+            if jwt is not None:
+                wf.jwt_cache_hit.value += 1
+            else:
+                wf.jwt_cache_miss.value += 1
+        self.cache_hit = jwt is not None
+        if jwt is None:
+            try:
+                jwt = jv.parse_jwt(token.token)
+            except jv.JwtError as e:
+                return self._done(e.status)
+        self.jwt = jwt
+        if not token.checker.allows(jwt.iss):
+            return self._done(jv.JWT_UNKNOWN_ISSUER)
+        provider = self.provider or wf.factory.find_by_issuer(jwt.iss)
+        if provider is None:
+            return self._done(jv.JWT_UNKNOWN_ISSUER)
+        self.using = provider
+        now = int(time.time())
+        try:
+            jv.check_time(jwt, now, provider.clock_skew_seconds)
+        except jv.JwtError as e:
+            return self._done(e.status)
+        allowed = self.audiences if self.audiences is not None else provider.audiences
+        if not jv.audiences_allowed(allowed, jwt.audiences):
+            return self._done(jv.JWT_AUDIENCE_NOT_ALLOWED)
+        if provider.subjects is not None and not provider.subjects.match(jwt.sub):
+            return self._done(jv.JWT_VERIFICATION_FAIL)
+        if provider.max_lifetime is not None and (not jwt.exp or jwt.exp - now >= provider.max_lifetime):
+            return self._done(jv.JWT_VERIFICATION_FAIL)
+        if self.cache_hit:
+            return self._good()
+        jwks = wf.jwks_for(provider)
+        if jwks is not None:
+            return self._verify_key(jwks)
+        remote = provider.remote_jwks
+        if remote is None:
+            return self._done(jv.JWKS_NO_VALID_KEYS)
+        self.fetch = AsyncRequest(wf.worker, remote.cluster, b"GET", remote.path, remote.authority,
+                                  [], b"", remote.timeout, self._on_jwks)
+        self.fetch.send()
+
+    def _on_jwks(self, response: AsyncResponse) -> None:
+        self.fetch = None
+        wf = self.f.wf
+        provider = self.using
+        jwks = None
+        if not response.local and response.status == 200 and response.body:
+            try:
+                jwks = jv.parse_jwks(response.body)
+            except jv.JwtError:
+                jwks = None
+        if jwks is None:
+            wf.jwks_fetch_failed.value += 1
+            return self._done(jv.JWKS_FETCH_FAIL)
+        wf.jwks_fetch_success.value += 1
+        wf.remote_jwks[provider.name] = (jwks, time.monotonic() + provider.remote_jwks.cache_duration)
+        self._verify_key(jwks)
+
+    def _verify_key(self, jwks: jv.Jwks) -> None:
+        try:
+            jv.verify_signature(self.jwt, jwks)
+        except jv.JwtError as e:
+            return self._done(e.status)
+        self._good()
+
+    def _good(self) -> None:
+        provider = self.using
+        jwt = self.jwt
+        head = self.f.head
+        headers = head.headers
+        if provider.forward_payload_header:
+            payload = jwt.payload_b64
+            if provider.pad_forward_payload_header:
+                payload += b"=" * (-len(payload) % 4)
+            headers.add(provider.forward_payload_header, payload)
+        added = False
+        for header, path in provider.claim_to_headers:
+            value = _claim_text(jwt.payload, path)
+            if value:
+                headers.add(header, value.encode("utf-8"))
+                added = True
+        if not provider.forward:
+            remove_token(head, self.current)
+        if provider.header_in_metadata:
+            self.f.extracted[provider.header_in_metadata] = jwt.header
+        if provider.payload_in_metadata:
+            self.f.extracted[provider.payload_in_metadata] = _normalized(jwt.payload, provider)
+        if (added or provider.payload_in_metadata) and provider.clear_route_cache:
+            self.f.cb.clear_route_cache()
+        if self.provider is not None and not self.cache_hit:
+            self.f.wf.cache_jwt(provider, self.current.token, jwt)
+        self._done(_OK)
+
+    def _done(self, status: str) -> None:
+        if status != _OK:
+            # failed_status_in_metadata of the provider this token was being checked for (a
+            # named one, or the one its issuer found), else of the only provider (Envoy's
+            # jwks_data_, then getSingleProvider()).
+            provider = self.using or self.f.wf.factory.single_provider
+            if provider is not None and provider.failed_status_in_metadata:
+                self.f.extracted[provider.failed_status_in_metadata] = {
+                    "code": str(jv.STATUS_CODES.get(status, 26)), "message": status}
+        if (status != _OK and not self.allow_failed and not self.allow_missing) or not self.tokens:
+            self.tokens = []
+            if self.allow_failed or (self.allow_missing and status == jv.JWT_MISSED):
+                status = _OK
+            self.f.node_complete(self.node, status)
+            return
+        self._start()
+
+    def cancel(self) -> None:
+        if self.fetch is not None:
+            self.fetch.cancel()
+            self.fetch = None
+
+
+def _normalized(payload: dict, provider: JwtProvider) -> dict:
+    """The payload for dynamic metadata: each of `space_delimited_claims` that is a string
+    becomes the list of its space-separated words (Envoy's NormalizePayload)."""
+    claims = provider.space_delimited_claims
+    if not claims:
+        return payload
+    out = dict(payload)
+    for claim in claims:
+        value = out.get(claim)
+        if isinstance(value, str):
+            out[claim] = [w for w in value.split(" ") if w]
+    return out
+
+
+def _claim_text(payload: dict, path: tuple[str, ...]) -> str:
+    """The claim as Envoy copies it to a header: strings as they are, numbers as integers when
+    whole (else C's %f), booleans as true/false; anything else is not copied."""
+    value = payload
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return ""
+        value = value[key]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if 0 <= value < 2 ** 64 and float(value).is_integer():
+            return str(int(value))
+        return "%f" % value
+    return ""
+
+
+# -- the filter -------------------------------------------------------------------------------
+
+def _is_cors_preflight(head) -> bool:
+    return (head.method == b"OPTIONS" and bool(head.headers.get(b"origin"))
+            and bool(head.headers.get(b"access-control-request-method")))
+
+
+def _details(message: str) -> str:
+    return "jwt_authn_access_denied{%s}" % "_".join(message.split(" "))
+
+
+class JwtAuthnFilter(PassThroughFilter):
+    __slots__ = ("cb", "wf", "head", "states", "auths", "stopped", "state", "uri", "extracted")
+
+    def __init__(self, callbacks, wf: WorkerJwtAuthn) -> None:
+        self.cb = callbacks
+        self.wf = wf
+        self.head = None
+        self.states: dict[int, _State] = {}
+        self.auths: list[_Authenticator] = []
+        self.stopped = False
+        self.state = 0      # 0 calling, 1 complete, 2 responded
+        self.uri = None
+        self.extracted: dict[str, dict] = {}   # payload/header_in_metadata of good tokens
+
+    def decode_headers(self, head, end_stream: bool) -> int:
+        wf = self.wf
+        cfg = wf.config
+        self.head = head
+        sanitize = wf.factory.sanitize
+        if sanitize and not sanitize.isdisjoint(dict(head.headers.fields)):   # (C loops)
+            head.headers.remove_many(sanitize)
+        if cfg.bypass_cors_preflight and _is_cors_preflight(head):
+            wf.cors_preflight_bypassed.value += 1
+            self._complete(_OK)
+            return _CONTINUE
+        per_route = self.cb.per_filter_config(wf.name)
+        if per_route is not None:
+            if per_route.disabled:
+                node = None
+            else:
+                node = wf.factory.named.get(per_route.requirement_name)
+                if node is None:
+                    msg = (f"Wrong requirement_name: {per_route.requirement_name}. "
+                           f"It should be one of [{cfg.requirement_names}]")
+                    wf.denied.value += 1
+                    self.state = 2
+                    body = b"" if cfg.strip_failure_response else \
+                        ("Failed JWT authentication: " + msg).encode()
+                    self.cb.send_local_reply(403, body, None, _details(msg))
+                    return FilterHeadersStatus.STOP_ITERATION
+        else:
+            node = None
+            view = None
+            for match, rule_node in wf.factory.rules:
+                prefix = match.raw_prefix   # a plain prefix: the target's bytes say it (table.py)
+                if prefix is not None:
+                    if head.path.startswith(prefix):
+                        node = rule_node
+                        break
+                    continue
+                if view is None:
+                    view = RequestView(head)
+                if match.matches(view):
+                    node = rule_node
+                    break
+        if node is None:
+            self._complete(_OK)
+            return _CONTINUE
+        # The realm is the request as it came (a good token may be removed from its query
+        # before another fails): what it is made of is kept now, the text only on a failure.
+        first = dict(reversed(head.headers.fields))   # each name's first value, in C
+        self.uri = (first.get(b"x-forwarded-proto"), head.authority,
+                    first.get(b"x-envoy-original-path") or head.path)
+        self._verify(node)
+        if self.state == 1:
+            return _CONTINUE
+        if self.state == 2:
+            return FilterHeadersStatus.STOP_ITERATION
+        self.stopped = True
+        return _HOLD
+
+    def _realm(self) -> bytes:
+        proto, authority, path = self.uri
+        return b'Bearer realm="%s://%s%s"' % (proto or b"", authority, path[:_MAX_URI_PATH])
+
+    # -- the verifier tree ---------------------------------------------------------------------
+    def _state(self, node: _Node) -> _State:
+        s = self.states.get(id(node))
+        if s is None:
+            s = self.states[id(node)] = _State()
+        return s
+
+    def _verify(self, node: _Node) -> None:
+        kind = node.kind
+        if kind in ("any", "all"):
+            for child in node.children:
+                if self._state(node).completed:
+                    return
+                self._verify(child)
+            return
+        if kind == "none":
+            self._complete_with(node, _OK)
+            return
+        auth = _Authenticator(self, node)
+        # (Envoy 1.40 removed the providers' payload and claim headers in decode_headers.)
+        auth.verify(node.extractor.extract(self.head))
+        if not self._state(node).completed:
+            self.auths.append(auth)
+
+    def node_complete(self, node: _Node, status: str) -> None:
+        """BaseVerifierImpl / Any / All onComplete."""
+        s = self._state(node)
+        if s.completed:
+            return
+        kind = node.kind
+        if kind == "any":
+            if status == _OK:
+                s.completed = True
+                return self._complete_with(node, status)
+            s.done_children += 1
+            if s.done_children < len(node.children):
+                return
+            final = jv.JWT_MISSED
+            for child in node.children:
+                cs = self._state(child).status
+                if (cs != jv.JWT_MISSED and cs != jv.JWT_UNKNOWN_ISSUER) or final == jv.JWT_MISSED:
+                    final = cs
+            if node.allow_missing_or_failed:
+                final = _OK
+            elif node.allow_missing and final == jv.JWT_MISSED:
+                final = _OK
+            s.completed = True
+            return self._complete_with(node, final)
+        if kind == "all":
+            s.done_children += 1
+            if s.done_children == len(node.children) or status != _OK:
+                s.completed = True
+                self._complete_with(node, status)
+            return
+        s.completed = True
+        self._complete_with(node, status)
+
+    def _complete_with(self, node: _Node, status: str) -> None:
+        if node.parent is not None:
+            self._state(node).status = status
+            self.node_complete(node.parent, status)
+            return
+        if self.extracted:   # Envoy's setExtractedData, whatever the outcome
+            info = self.cb.stream_info
+            md = getattr(info, "dynamic_metadata", None)
+            if md is None:
+                md = info.dynamic_metadata = {}
+            md.setdefault(NAME, {}).update(self.extracted)
+        self._complete(status)
+        self._cancel()
+
+    # -- the outcome ---------------------------------------------------------------------------
+    def _complete(self, status: str) -> None:
+        if self.state == 2:
+            return
+        wf = self.wf
+        if status != _OK:
+            wf.denied.value += 1
+            self.state = 2
+            code = 403 if status == jv.JWT_AUDIENCE_NOT_ALLOWED else 401
+            if wf.config.strip_failure_response:
+                self.cb.send_local_reply(code, b"", None, _details(status))
+                return
+            realm = self._realm()
+            if status != jv.JWT_MISSED:
+                realm += b', error="invalid_token"'
+            self.cb.send_local_reply(code, status.encode(), None, _details(status),
+                                     [(b"www-authenticate", realm)])
+            return
+        wf.allowed.value += 1
+        self.state = 1
+        if self.stopped:
+            self.cb.continue_decoding()
+
+    def _cancel(self) -> None:
+        auths, self.auths = self.auths, []
+        for auth in auths:
+            auth.cancel()
+
+    def on_destroy(self) -> None:
+        self.state = 2
+        self._cancel()
+
+
+register(Extension(
+    category="http_filter",
+    name=NAME,
+    proto=PROTO,
+    parse=parse_jwt_authentication,
+    factory=JwtAuthnFactory,
+    per_route_proto=PER_ROUTE_PROTO,
+    parse_per_route=parse_per_route,
+))

@@ -45,7 +45,8 @@ from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec.client_protocol import CLOSED, CONNECTING, PoolConnectionPredicates
 from .h2_keepalive import Keepalive
 from .codec_client import lost_stream_reset, transport_failure
-from .codec.http2_client import new_client_connection, request_fields, response_headers
+from .codec.http2_client import (checked_fields, new_client_connection, request_fields,
+                                 response_headers, trailer_fields)
 
 __all__ = ["Http2ClientConnection", "Http2Stream", "HTTP2"]
 
@@ -98,7 +99,7 @@ class Http2Stream:
         one and the host answers it as such (extended CONNECT is not spoken)."""
         if self.state != IDLE:
             return
-        self.conn._open_stream(self, request_fields(head), end_stream)
+        self.conn._open_stream(self, head, end_stream)
 
     def send_data(self, data: bytes) -> None:
         if data and self.state == OPEN and not self.local_ended:
@@ -222,7 +223,7 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
             self.stats.upstream_cx_tx_bytes_total.value += len(data)
             self.connection.write(data)
 
-    def _open_stream(self, s: Http2Stream, fields, end_stream: bool) -> None:
+    def _open_stream(self, s: Http2Stream, head, end_stream: bool) -> None:
         if self.connection.closed or self.going_away:
             # (Handed out just before its connection went: never on the wire, retriable.)
             self._stream_done(s, False)
@@ -230,7 +231,7 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
             return
         sid = self.h2.get_next_available_stream_id()
         try:
-            self.h2.send_headers(sid, fields, end_stream=end_stream)
+            self.h2.send_headers(sid, request_fields(head), end_stream=end_stream)
         except H2Error:
             # Headers h2 will not send (a field HTTP/2 forbids): this stream alone fails.
             self._flush()
@@ -264,7 +265,7 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
             if not out and s.out_end:
                 s.out_end = False
                 if s.out_trailers:
-                    h2.send_headers(sid, [(n.lower(), v) for n, v in s.out_trailers],
+                    h2.send_headers(sid, checked_fields(trailer_fields(s.out_trailers)),
                                     end_stream=True)
                 else:
                     h2.end_stream(sid)

@@ -64,6 +64,8 @@ def _route_config() -> dict[str, Any]:
          "route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 1}]}}},
         {"match": {"prefix": "/"}, "redirect": {"host_redirect": "x"}},
         {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "x"}}},
+        {"match": {"connect_matcher": {}},
+         "route": {"cluster": "c", "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}},
     ]}]}
 
 
@@ -102,6 +104,9 @@ _AT: dict[str, Callable[[dict], dict]] = {
     "envoy.config.route.v3.RetryPolicy.ResetHeader":
         lambda rc: _route(0)(rc)["route"]["retry_policy"]["rate_limited_retry_back_off"][
             "reset_headers"][0],
+    "envoy.config.route.v3.RouteMatch.ConnectMatcher": lambda rc: _route(4)(rc)["match"]["connect_matcher"],
+    "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig":
+        lambda rc: _route(4)(rc)["route"]["upgrade_configs"][0]["connect_config"],
     "envoy.config.route.v3.RouteAction.UpgradeConfig":
         lambda rc: _route(0)(rc)["route"]["upgrade_configs"][0],
     "envoy.config.route.v3.RouteAction.MaxStreamDuration":

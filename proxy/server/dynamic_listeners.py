@@ -9,9 +9,10 @@ finish (they are not reset). Removed: the workers stop accepting on it, its sock
 connections finish.
 
 Warming (Envoy's listener warming): a listener whose HTTP connection managers take their routes
-from a control plane (RDS over gRPC) that has not answered yet is bound (not listening:
+from a control plane (RDS over gRPC) that has not answered yet, or whose TLS contexts name a
+secret from a control plane (SDS over xDS, proxy/xds/sds.py) that has not come yet, is bound (not listening:
 connections are refused, as Envoy's) but not handed to the workers: it waits in `warming` — a listener it replaces keeps serving meanwhile — until every
-such route subscription has had its first answer (or it failed, or its initial_fetch_timeout
+such route or secret subscription has had its first answer (or it failed, or its initial_fetch_timeout
 passed), checked every 10 ms on the main loop. A newer update of a warming listener replaces it;
 removing it drops it. File-sourced routes are read when subscribed: nothing to wait for.
 
@@ -32,9 +33,18 @@ from ..config.listener import address_string
 from ..config.reader import ConfigError, join
 from ..network.listener import BACKLOG
 
-__all__ = ["DynamicListeners", "LdsListener"]
+__all__ = ["DynamicListeners", "LdsListener", "listener_transports"]
 
 log = logging.getLogger("ftproxy.lds")
+
+
+def listener_transports(lc) -> list:
+    """The transport socket factories of a listener's filter chains (default chain included)."""
+    chains = list(lc.filter_chains)
+    default = getattr(lc, "default_filter_chain", None)
+    if default is not None and default not in chains:
+        chains.append(default)
+    return [fc.transport_socket for fc in chains]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +107,14 @@ class DynamicListeners:
         entry = LdsListener(lc, tuple(socks), version_info, time.time())
         self._stats.counter("listener_manager.listener_modified" if old is not None or pending is not None
                             else "listener_manager.listener_added").inc()
-        cold = self._cold_routes(lc)
+        watcher = self.server.secret_watcher
+        if watcher is not None:
+            watcher.track(listener_transports(lc))
+        cold = self._cold_routes(lc) + (watcher.cold(listener_transports(lc)) if watcher is not None else [])
         if cold:
             self.warming[lc.name] = _Warming(entry, same_socket, cold)
             self._refresh_gauge()
-            log.info("lds: listener %s warming until its routes arrive", lc.name)
+            log.info("lds: listener %s warming until its routes and secrets arrive", lc.name)
             self._arm()
             return
         self._activate(entry, factory, same_socket)
@@ -172,14 +185,20 @@ class DynamicListeners:
         if self.warming:
             self._timer.enable(0.01)
 
+    def _untrack(self, lc) -> None:
+        if self.server.secret_watcher is not None:
+            self.server.secret_watcher.untrack(listener_transports(lc))
+
     def _drop_warming(self, name: str) -> None:
         w = self.warming.pop(name)
+        self._untrack(w.entry.config)
         if not w.same_socket:
             for sock in w.entry.sockets:
                 sock.close()
 
     def _stop_on_workers(self, old: LdsListener, close_sockets: bool) -> None:
         name = old.config.name
+        self._untrack(old.config)   # its connections keep the secrets they were made with
         for w in self.server.workers:
             w.post(lambda w=w: w.remove_listener(name, close_sockets))
         if close_sockets and not old.config.enable_reuse_port:

@@ -50,7 +50,8 @@ from ..xds.lds import LdsApplier
 from ..xds.rds import RouteConfigProvider
 from ..router.table import RouteTable
 from ..xds.subscription import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from .dynamic_listeners import DynamicListeners
+from .dynamic_listeners import DynamicListeners, listener_transports
+from ..xds.sds import XdsSecretProvider
 from ..xds.xds_manager import XdsManager
 from .admin_context import ServerAdminContext
 
@@ -278,6 +279,14 @@ class Server:
         dynamic = self.bootstrap.dynamic_resources
         self.xds.configure(self.main, self.bootstrap.node, dynamic.ads_config, self._cluster_hosts,
                            self.cluster_manager.batch, self._cluster_config)
+        # Secrets (static, file and xDS SDS) of the bootstrap's listeners and clusters; xDS ones
+        # are subscribed now and waited for below, as Envoy's init manager holds start-up.
+        self.secret_watcher = SecretWatcher(
+            [ts for lc in self.bootstrap.listeners for ts in listener_transports(lc)]
+            + [c.transport_socket for c in self.bootstrap.clusters], self.main_store,
+            xds=lambda source: XdsSecretProvider(source, self.xds.subscribe))
+        self.cluster_manager.on_transport = self._on_cluster_transport
+        self.xds.wait_initial()
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
                                           CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
@@ -317,9 +326,6 @@ class Server:
         for name, (host, port) in self.listener_addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
         b = self.bootstrap
-        self.secret_watcher = SecretWatcher(
-            [fc.transport_socket for lc in b.listeners for fc in lc.filter_chains]
-            + [c.transport_socket for c in b.clusters], self.main_store)
         self._tick_timer = self.main.create_timer(self._tick)
         self._tick_timer.enable(1.0)
         # Stats sinks, flushed on the main thread every stats_flush_interval (as Envoy).
@@ -499,6 +505,15 @@ class Server:
     def _publish_route_table(self, key: tuple, table) -> None:
         for w in self.workers:
             w.post(lambda w=w: w.set_route_table(key, table))
+
+    def _on_cluster_transport(self, added, removed) -> None:
+        """A CDS cluster's transport socket factory came or went: its secrets are tracked."""
+        if self.secret_watcher is None:
+            return
+        if removed is not None:
+            self.secret_watcher.untrack((removed,))
+        if added is not None:
+            self.secret_watcher.track((added,))
 
     def _cluster_hosts(self, name: str) -> list[tuple[str, int]]:
         """The (address, port) of a cluster's hosts (a gRPC xDS source's control plane)."""

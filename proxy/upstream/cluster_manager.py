@@ -95,6 +95,9 @@ class ClusterManager:
         self._publish = publish
         self._dispatcher = dispatcher  # the main thread's: active health checks run on it
         self._eds_subscribe = eds_subscribe
+        # (added, removed) transport socket factory of a CDS cluster: the server tracks their
+        # secrets (file and xDS SDS, proxy/tls/watcher.py).
+        self.on_transport: Callable[[Any, Any], None] = lambda added, removed: None
         self._holding = False  # inside a batch (initialize, apply_cds): publish once at its end
         self._resolver = resolver
         self._clock = clock
@@ -343,6 +346,8 @@ class ClusterManager:
                 state.outlier = self._outlier_detection(state)
                 if old is not None:
                     self._stop_eds(old)
+                self.on_transport(cfg.transport_socket,
+                                  old.config.transport_socket if old is not None else None)
                 self._clusters[cfg.name] = state
                 self._count("cluster_manager.cluster_modified" if old is not None
                             else "cluster_manager.cluster_added")
@@ -374,6 +379,7 @@ class ClusterManager:
     def _remove(self, name: str) -> None:
         state = self._clusters.pop(name)
         self._stop_eds(state)
+        self.on_transport(None, state.config.transport_socket)
         self._count("cluster_manager.cluster_removed")
         log.info("cds: cluster %s removed", name)
 

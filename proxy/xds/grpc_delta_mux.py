@@ -27,7 +27,7 @@ from proxy.config.reader import ConfigError, all_errors
 
 from . import proto
 from .grpc_mux import GrpcMux, _TypeState, _WILDCARD_TYPES, _resource_name, fail_all
-from .subscription import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from .subscription import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE
 
 __all__ = ["DeltaGrpcMux", "DELTA_ADS_PATH", "DELTA_TYPE_PATHS"]
 
@@ -39,6 +39,7 @@ DELTA_TYPE_PATHS = {
     CLUSTER_TYPE: "/envoy.service.cluster.v3.ClusterDiscoveryService/DeltaClusters",
     ROUTE_TYPE: "/envoy.service.route.v3.RouteDiscoveryService/DeltaRoutes",
     ENDPOINT_TYPE: "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints",
+    SECRET_TYPE: "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
 }
 
 

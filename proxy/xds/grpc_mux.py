@@ -40,7 +40,7 @@ from proxy.config.reader import ConfigError, all_errors
 
 from . import proto
 from .grpc_stream import GrpcStream
-from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
                            SubscriptionCallbacks, SubscriptionStats)
 
 __all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS", "fail_all"]
@@ -53,6 +53,7 @@ TYPE_PATHS = {
     CLUSTER_TYPE: "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
     ROUTE_TYPE: "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
     ENDPOINT_TYPE: "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
+    SECRET_TYPE: "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
 }
 _WILDCARD_TYPES = (LISTENER_TYPE, CLUSTER_TYPE)
 BACKOFF_BASE = 0.5

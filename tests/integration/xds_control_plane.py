@@ -46,6 +46,7 @@ LISTENER = T + "envoy.config.listener.v3.Listener"
 CLUSTER = T + "envoy.config.cluster.v3.Cluster"
 ROUTE = T + "envoy.config.route.v3.RouteConfiguration"
 CLA = T + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = T + "envoy.extensions.transport_sockets.tls.v3.Secret"
 _WILDCARD = (LISTENER, CLUSTER)
 _DELTA_PATHS = {
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources": None,
@@ -53,6 +54,7 @@ _DELTA_PATHS = {
     "/envoy.service.cluster.v3.ClusterDiscoveryService/DeltaClusters": CLUSTER,
     "/envoy.service.route.v3.RouteDiscoveryService/DeltaRoutes": ROUTE,
     "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints": CLA,
+    "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets": SECRET,
 }
 _PATHS = {
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources": None,
@@ -60,6 +62,7 @@ _PATHS = {
     "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters": CLUSTER,
     "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes": ROUTE,
     "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints": CLA,
+    "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets": SECRET,
 }
 
 

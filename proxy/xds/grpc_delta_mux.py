@@ -16,6 +16,8 @@ this reuses):
 - A new stream's first request for a type names every resource held with its version
   (`initial_resource_versions`), so the server sends only what changed meanwhile.
 - The subscription's `version` stat follows `system_version_info`.
+- TTLs (`Resource.ttl`, refreshed by heartbeats: a resource entry without a resource) expire
+  as in grpc_mux.py; an expired name is also forgotten from the versions held.
 Thread affinity: main thread only; no lock.
 """
 
@@ -189,4 +191,25 @@ class DeltaGrpcMux(GrpcMux):
             st.versions[name] = v
         for name in resp.removed:
             st.versions.pop(name, None)
+            st.ttl.pop(name, None)
+        # TTLs: every resource of the response, heartbeats (no resource) included, sets its
+        # TTL or clears it (Envoy's DeltaSubscriptionState::addResourceState).
+        self._set_ttls(st, {name: resp.ttls.get(name) for name, _, _ in resp.resources if name})
         return None
+
+    def _remove_expired(self, type_url: str, st: _DeltaState, expired: set[str]) -> None:
+        """As Envoy's delta expiry: the names are waiting for the server again (not named in a
+        new stream's initial_resource_versions) and every watch gets them as removed."""
+        for n in expired:
+            st.versions.pop(n, None)
+        with self._batch():
+            if type_url in _WILDCARD_TYPES:
+                held = {n: d for n, d in st.held.items() if n not in expired}
+                whole = [(d, f"{n} (in force)") for n, d in held.items()]
+                for w in list(st.watches):
+                    w.deliver(whole, "")
+                st.held = held
+            else:
+                for w in list(st.watches):
+                    w.stats.update_attempt.inc()
+                    w.stats.accepted("")

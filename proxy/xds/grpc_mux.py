@@ -18,6 +18,14 @@ Protocol, as Envoy speaks it:
   field-path errors} — what was refused keeps its last good config (LDS and CDS still apply
   the good resources of the push, as Envoy) — and every watch of the type counts the
   rejection (Envoy's onConfigUpdateFailed on all of them; a warming one stops waiting).
+- TTL (`Resource.ttl` in the `Resource` wrapper): an accepted resource with a TTL must be sent
+  again (or refreshed by a heartbeat: a wrapper without a resource) within it; one sent
+  without a TTL clears it. When it passes, the resource is removed as Envoy's mux removes it:
+  every watch of the type gets the expired names as removed resources (version ""): LDS and
+  CDS drop those listeners and clusters; RDS, EDS and SDS keep what they hold (Envoy ignores
+  the removal of a named resource) and count the update. A heartbeat refreshes the TTL as
+  Envoy's unified mux does (the legacy GrpcMuxImpl drops heartbeats before its TTL
+  bookkeeping, which this does not copy). TTLs are taken from accepted responses only.
 - When the stream closes, `control_plane.connected_state` goes to 0 and a new stream is tried
   after a jittered exponential backoff (Envoy's: 500 ms base, 30 s cap, full jitter); its
   first request for each type carries the last accepted version and an empty nonce. Every
@@ -33,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -139,7 +148,7 @@ class Watch:
 
 
 class _TypeState:
-    __slots__ = ("watches", "version_info", "nonce", "sent_names", "dirty")
+    __slots__ = ("watches", "version_info", "nonce", "sent_names", "dirty", "ttl", "last")
 
     def __init__(self) -> None:
         self.watches: list[Watch] = []
@@ -147,6 +156,8 @@ class _TypeState:
         self.nonce = ""
         self.sent_names: tuple[str, ...] | None = None
         self.dirty = False
+        self.ttl: dict[str, float] = {}          # resource name -> monotonic deadline (Resource.ttl)
+        self.last: list[tuple[dict, str]] = []   # SotW LDS/CDS: the last accepted set (TTL expiry)
 
     def names(self, type_url: str) -> tuple[str, ...]:
         if type_url in _WILDCARD_TYPES:
@@ -181,6 +192,8 @@ class GrpcMux:
         self.stopped = False
         self._flush_queued = False
         self._retry = dispatcher.create_timer(self._connect)
+        self._ttl_timer = dispatcher.create_timer(self._expire)
+        self._clock = time.monotonic
 
     # -- watches --------------------------------------------------------------------------------
     def add_watch(self, watch: Watch) -> None:
@@ -252,6 +265,7 @@ class GrpcMux:
     def stop(self) -> None:
         self.stopped = True
         self._retry.disable()
+        self._ttl_timer.disable()
         if self.stream is not None:
             self.stream.close()
             self.stream = None
@@ -317,10 +331,13 @@ class GrpcMux:
         """Deliver to the watches; the NACK's message, or None to ACK."""
         where = "resources"
         decoded: list[tuple[dict, str]] = []
+        ttls: dict[str, float | None] = {}   # name -> its TTL (None: none, which clears one)
         try:
             for i, res in enumerate(resp.resources):
-                if proto.is_heartbeat(res):
-                    continue   # a TTL heartbeat: nothing to apply (TTLs are not kept)
+                info = proto.wrapper_info(res)
+                if info is not None and not info[2]:
+                    ttls[info[0]] = info[1]   # a heartbeat: refreshes the TTL, nothing to apply
+                    continue
                 path = f"{where}[{i}]"
                 d = proto.resource_to_dict(res)
                 got = d.pop("@type", None)
@@ -328,6 +345,9 @@ class GrpcMux:
                     raise ConfigError(path, f"{got} does not match the message-wide type URL "
                                             f"{resp.type_url} in DiscoveryResponse")
                 decoded.append((d, path))
+                name = (info[0] if info is not None else "") or _resource_name(d, resp.type_url)
+                if name:
+                    ttls[name] = info[1] if info is not None else None
         except (ConfigError, ValueError) as e:
             message = str(e)
             for w in list(st.watches):
@@ -355,7 +375,61 @@ class GrpcMux:
                     refused.append(w)
         if errors:
             fail_all(st.watches, refused)
-        return "\n".join(errors) if errors else None
+            return "\n".join(errors)
+        if resp.type_url in _WILDCARD_TYPES:
+            st.last = decoded
+            names = {_resource_name(d, resp.type_url) for d, _ in decoded}
+            for gone in [n for n in st.ttl if n not in names and n not in ttls]:
+                del st.ttl[gone]   # absent from a LDS/CDS state of the world: removed
+        self._set_ttls(st, ttls)
+        return None
+
+    # -- TTL (Resource.ttl) ---------------------------------------------------------------------
+    def _set_ttls(self, st: _TypeState, ttls: dict[str, float | None]) -> None:
+        """An accepted response's TTLs: a resource (or heartbeat) with one is due again within
+        it, one without clears it (Envoy's TtlManager add/clear)."""
+        now = self._clock()
+        for name, ttl in ttls.items():
+            if ttl is None:
+                st.ttl.pop(name, None)
+            else:
+                st.ttl[name] = now + ttl
+        self._arm_ttl()
+
+    def _arm_ttl(self) -> None:
+        due = [d for st in self.types.values() for d in st.ttl.values()]
+        if not due:
+            self._ttl_timer.disable()
+            return
+        self._ttl_timer.enable(max(0.0, min(due) - self._clock()))
+
+    def _expire(self) -> None:
+        """Resources whose TTL passed without a refresh are removed as Envoy's mux removes them:
+        every watch of the type gets them as removed resources (version ""). LDS and CDS drop
+        those listeners and clusters; RDS, EDS and SDS keep what they have (Envoy ignores a
+        removal of a named resource) but still count the update."""
+        now = self._clock()
+        for type_url, st in self.types.items():
+            expired = {n for n, d in st.ttl.items() if d <= now}
+            if not expired:
+                continue
+            for n in expired:
+                del st.ttl[n]
+            log.warning("xds: %s %s expired (TTL passed without a refresh)", type_url,
+                        ", ".join(sorted(expired)))
+            self._remove_expired(type_url, st, expired)
+        self._arm_ttl()
+
+    def _remove_expired(self, type_url: str, st: _TypeState, expired: set[str]) -> None:
+        with self._batch():
+            if type_url in _WILDCARD_TYPES:
+                st.last = [item for item in st.last if _resource_name(item[0], type_url) not in expired]
+                for w in list(st.watches):
+                    w.deliver(st.last, "")
+            else:
+                for w in list(st.watches):
+                    w.stats.update_attempt.inc()
+                    w.stats.accepted("")
 
 
 def fail_all(watches: list, refused: list) -> None:

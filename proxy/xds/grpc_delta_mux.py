@@ -46,7 +46,7 @@ DELTA_TYPE_PATHS = {
 
 
 class _DeltaState(_TypeState):
-    __slots__ = ("versions", "held", "subscribed", "started")
+    __slots__ = ("versions", "held", "subscribed", "started", "queued")
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,6 +54,7 @@ class _DeltaState(_TypeState):
         self.held: dict[str, dict] = {}        # LDS/CDS: the accepted set, by name
         self.subscribed: set[str] = set()      # names subscribed on this stream
         self.started = False                   # the stream's first request for it was sent
+        self.queued = False                    # its subscription request waits for a token
 
 
 class DeltaGrpcMux(GrpcMux):
@@ -66,6 +67,7 @@ class DeltaGrpcMux(GrpcMux):
     def _connect(self) -> None:
         for st in self.types.values():
             st.started = False
+            st.queued = False
             st.subscribed = set()
         super()._connect()
 
@@ -73,8 +75,14 @@ class DeltaGrpcMux(GrpcMux):
         if not self.open or self.stream is None:
             return
         for type_url, st in self.types.items():
-            if st.watches and (st.dirty or not st.started):
-                self._send_subscription(type_url, st)
+            if st.watches and (st.dirty or not st.started) and not st.queued:
+                st.queued = True
+                self._enqueue(lambda type_url=type_url, st=st: self._send_queued(type_url, st))
+
+    def _send_queued(self, type_url: str, st: _DeltaState) -> None:
+        st.queued = False
+        if self.open and self.stream is not None and st.watches:
+            self._send_subscription(type_url, st)
 
     def _node_once(self):
         if self.node_first_only and self.sent_node:
@@ -122,9 +130,13 @@ class DeltaGrpcMux(GrpcMux):
             log.exception("xds: applying %s %r failed", resp.type_url, resp.system_version_info)
             error = f"internal error applying the update: {type(e).__name__}: {e}"
         if self.stream is not None and self.open:
-            data = proto.encode_delta_request(resp.type_url, resp.nonce, [], [], {},
-                                              self._node_once(), error)
-            self.stream.send(data)
+            type_url, nonce = resp.type_url, resp.nonce
+            self._enqueue(lambda: self._send_ack(type_url, nonce, error))
+
+    def _send_ack(self, type_url: str, nonce: str, error: str | None) -> None:
+        if self.stream is not None and self.open:
+            self.stream.send(proto.encode_delta_request(type_url, nonce, [], [], {},
+                                                        self._node_once(), error))
 
     def _apply_delta(self, resp: proto.DeltaProtoResponse, st: _DeltaState) -> str | None:
         decoded: list[tuple[str, str, dict, str]] = []   # (name, version, resource, path)

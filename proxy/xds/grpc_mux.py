@@ -26,12 +26,17 @@ Protocol, as Envoy speaks it:
   the removal of a named resource) and count the update. A heartbeat refreshes the TTL as
   Envoy's unified mux does (the legacy GrpcMuxImpl drops heartbeats before its TTL
   bookkeeping, which this does not copy). TTLs are taken from accepted responses only.
+- `rate_limit_settings` (max_tokens, fill_rate): requests wait in a queue for a token of the
+  stream's bucket, as Envoy's request queue (`control_plane.pending_requests` gauge,
+  `control_plane.rate_limit_enforced` counting each wait); a request goes with the type's
+  state at the time it is sent. A new stream drops the queue (it asks afresh).
 - When the stream closes, `control_plane.connected_state` goes to 0 and a new stream is tried
   after a jittered exponential backoff (Envoy's: 500 ms base, 30 s cap, full jitter); its
   first request for each type carries the last accepted version and an empty nonce. Every
   config in force stays in force meanwhile.
 
-Stats (main store): `control_plane.connected_state` (gauge), and through each watch its
+Stats (main store): `control_plane.connected_state`, `control_plane.pending_requests`
+(gauges), `control_plane.rate_limit_enforced` (counter), and through each watch its
 subscription's stats (`listener_manager.lds.*`, `cluster_manager.cds.*`, ...).
 Thread affinity: main thread only; no lock.
 """
@@ -42,6 +47,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +55,7 @@ from proxy.config.reader import ConfigError, all_errors
 
 from . import proto
 from .grpc_stream import GrpcStream
+from .token_bucket import TokenBucket
 from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
                            SubscriptionCallbacks, SubscriptionStats)
 
@@ -172,7 +179,8 @@ class GrpcMux:
     def __init__(self, dispatcher, cluster_name: str, path: str, hosts: Callable[[], list],
                  node: Any, store, set_node_on_first_message_only: bool = False,
                  rand: Callable[[], float] = random.random,
-                 batch: Callable[[], Any] = contextlib.nullcontext, cluster: Any = None) -> None:
+                 batch: Callable[[], Any] = contextlib.nullcontext, cluster: Any = None,
+                 rate_limit: tuple[int, float] | None = None) -> None:
         self.dispatcher = dispatcher
         self.cluster_name = cluster_name
         self.path = path
@@ -194,6 +202,12 @@ class GrpcMux:
         self._retry = dispatcher.create_timer(self._connect)
         self._ttl_timer = dispatcher.create_timer(self._expire)
         self._clock = time.monotonic
+        # rate_limit_settings: requests wait in `_queue` for a token (Envoy's request queue).
+        self._bucket = TokenBucket(*rate_limit) if rate_limit is not None else None
+        self._queue: deque[Callable[[], None]] = deque()
+        self._drain_timer = dispatcher.create_timer(self._drain)
+        self.rate_limit_enforced = store.counter("control_plane.rate_limit_enforced")
+        self.pending_requests = store.gauge("control_plane.pending_requests")
 
     # -- watches --------------------------------------------------------------------------------
     def add_watch(self, watch: Watch) -> None:
@@ -228,6 +242,8 @@ class GrpcMux:
         address = hosts[self.host_index % len(hosts)]
         self.host_index += 1
         self.sent_node = False
+        self._queue.clear()          # requests of the old stream (the new one asks afresh)
+        self.pending_requests.set(0)
         for st in self.types.values():
             st.nonce = ""            # a new stream: nonces of the old one mean nothing
             st.sent_names = None
@@ -266,6 +282,8 @@ class GrpcMux:
         self.stopped = True
         self._retry.disable()
         self._ttl_timer.disable()
+        self._drain_timer.disable()
+        self._queue.clear()
         if self.stream is not None:
             self.stream.close()
             self.stream = None
@@ -289,7 +307,38 @@ class GrpcMux:
             if st.dirty and st.watches:
                 self._send(type_url, st, None)
 
+    def _enqueue(self, send: Callable[[], None]) -> None:
+        """A request to send: at once, or (rate_limit_settings) when the bucket has a token."""
+        if self._bucket is None:
+            send()
+            return
+        self._queue.append(send)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Send queued requests while tokens last (Envoy's drainRequests); the rest wait for
+        the next token (`control_plane.rate_limit_enforced` counts each wait)."""
+        assert self._bucket is not None
+        while self._queue:
+            if self.stream is None or not self.open:
+                self._queue.clear()       # no stream: a new one asks afresh
+                break
+            if not self._bucket.consume():
+                self.rate_limit_enforced.inc()
+                if not self._drain_timer.enabled:
+                    self._drain_timer.enable(self._bucket.next_token())
+                break
+            self._queue.popleft()()
+        self.pending_requests.set(len(self._queue))
+
     def _send(self, type_url: str, st: _TypeState, error: str | None) -> None:
+        """Queue the type's request; what it says (names, version, nonce) is read when it goes."""
+        st.dirty = False
+        self._enqueue(lambda: self._send_now(type_url, st, error))
+
+    def _send_now(self, type_url: str, st: _TypeState, error: str | None) -> None:
+        if self.stream is None or not self.open:
+            return
         names = st.names(type_url)
         node = None
         if not (self.node_first_only and self.sent_node):

@@ -58,16 +58,16 @@ def test_sotw_a_listener_with_a_ttl_not_sent_again_is_removed(world):
     lport = free_port()
     cp.set(CLUSTER, "c1", [_static_cluster_resource("svc", ups["one"].port)])
     cp.set(ROUTE, "r1", [route("svc")])
-    cp.set(LISTENER, "l1", [listener(lport)], ttl=2.0)
+    cp.set(LISTENER, "l1", [listener(lport)], ttl=4.0)
     p = ProxyUnderTest(bootstrap(cp.port, "GRPC"))
     proxies.append(p)
     assert served_by(lport) == "one"
-    time.sleep(1.2)
-    cp.set(LISTENER, "l2", [listener(lport)], ttl=2.0)   # the same listener again: refreshed
+    time.sleep(2.5)
+    cp.set(LISTENER, "l2", [listener(lport)], ttl=4.0)   # the same listener again: refreshed
     assert cp.wait(lambda: cp.acked(LISTENER, "l2"))
-    time.sleep(1.2)                                     # 2.4 s after the first push
+    time.sleep(2.0)                                     # 4.5 s after the first one was taken
     assert served_by(lport) == "one"
-    assert p.wait_for(lambda: p.counters().get("listener_manager.listener_removed", 0) == 1, 5)
+    assert p.wait_for(lambda: p.counters().get("listener_manager.listener_removed", 0) == 1, 6)
     assert get(lport)[0] == 0
     assert p.gauges()["listener_manager.lds.version"] == XXH64_EMPTY
 

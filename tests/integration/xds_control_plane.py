@@ -322,7 +322,7 @@ class ControlPlane:
                   "response_nonce": req.response_nonce, "resource_names": list(req.resource_names),
                   "error_detail": err, "node": req.node.id if req.HasField("node") else None,
                   "user_agent_name": req.node.user_agent_name if req.HasField("node") else None,
-                  "stream_node": s.node}
+                  "stream_node": s.node, "at": time.monotonic()}
         with self._lock:
             self.requests.append(record)
         t = req.type_url
@@ -373,7 +373,7 @@ class ControlPlane:
                   "initial_resource_versions": dict(req.initial_resource_versions),
                   "error_detail": err, "node": req.node.id if req.HasField("node") else None,
                   "user_agent_name": req.node.user_agent_name if req.HasField("node") else None,
-                  "stream_node": s.node}
+                  "stream_node": s.node, "at": time.monotonic()}
         with self._lock:
             self.requests.append(record)
         changed = first

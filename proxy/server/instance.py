@@ -70,7 +70,7 @@ class ServerOptions:
                  codec: str = "fast", log_level: str = "info", hot_restart_epoch: int = 0,
                  base_id: int = 0, hot_restart_socket_path: str | None = None,
                  parent_shutdown_time_s: float = 900.0, disable_hot_restart: bool = False,
-                 on_ready: Callable[[dict], None] | None = None) -> None:
+                 on_ready: Callable[[dict], None] | None = None, drain_strategy: str = "gradual") -> None:
         self.config_path = config_path
         self.concurrency = max(1, concurrency if concurrency is not None else (os.cpu_count() or 1))
         self.drain_time_s = drain_time_s
@@ -81,6 +81,7 @@ class ServerOptions:
         self.hot_restart_socket_path = hot_restart_socket_path
         self.parent_shutdown_time_s = parent_shutdown_time_s
         self.disable_hot_restart = disable_hot_restart
+        self.drain_strategy = drain_strategy   # LDS listener drains: "gradual" or "immediate"
         self.on_ready = on_ready  # called on main with {"listeners": {...}, "admin": "ip:port"}
 
 

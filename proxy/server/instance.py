@@ -106,6 +106,7 @@ class Server:
         self.health = ServerHealth(getattr(getattr(bootstrap, "node", None), "cluster", "") or "")
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
+        self._cds_secrets_timer = None   # while CDS clusters wait for their xDS secrets
         self.xds = XdsManager(self.main_store)   # xDS subscriptions (main thread)
         self.cds = None                          # the CDS subscription's handle, if any
         self.lds = None                          # the LDS subscription's handle, if any
@@ -508,13 +509,25 @@ class Server:
             w.post(lambda w=w: w.set_route_table(key, table))
 
     def _on_cluster_transport(self, added, removed) -> None:
-        """A CDS cluster's transport socket factory came or went: its secrets are tracked."""
+        """A CDS cluster's transport socket factory came or went: its secrets are tracked; the
+        xDS ones the new factory still waits for are returned (the cluster warms on them)."""
         if self.secret_watcher is None:
-            return
+            return ()
         if removed is not None:
             self.secret_watcher.untrack((removed,))
-        if added is not None:
-            self.secret_watcher.track((added,))
+        if added is None:
+            return ()
+        self.secret_watcher.track((added,))
+        cold = self.secret_watcher.cold((added,))
+        if cold:
+            if self._cds_secrets_timer is None:
+                self._cds_secrets_timer = self.main.create_timer(self._check_cds_secrets)
+            self._cds_secrets_timer.enable(0.01)
+        return cold
+
+    def _check_cds_secrets(self) -> None:
+        if self.cluster_manager is not None and self.cluster_manager.check_secrets():
+            self._cds_secrets_timer.enable(0.01)
 
     def _cluster_hosts(self, name: str) -> list[tuple[str, int]]:
         """The (address, port) of a cluster's hosts (a gRPC xDS source's control plane)."""

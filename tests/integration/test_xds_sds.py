@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import urllib.error
+import urllib.request
 
 import pytest
 from cryptography import x509
@@ -196,7 +198,6 @@ def test_an_upstream_validation_context_from_sds_verifies_and_rotates(world, tmp
             "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}}
         p = ProxyUnderTest(cfg)
         proxies.append(p)
-        import urllib.request
         with urllib.request.urlopen(p.url("/one"), timeout=5) as r:
             assert r.status == 200
         cp.set(SECRET, "v2", [ca_secret("upstream_ca", other)])
@@ -225,3 +226,46 @@ def test_sds_config_sources_the_proxy_does_not_speak_are_refused_by_path():
     lst["filter_chains"][0]["transport_socket"] = tls_transport("s", {"self": {}})
     with pytest.raises(ConfigError, match=r"sds_config\.self"):
         parse_bootstrap(cfg)
+
+
+def test_a_cds_cluster_warms_until_its_sds_validation_context_arrives(world, tmp_path):
+    cp, up, proxies = world
+    ca = CertAuthority()
+    cert, key = ca.issue_files(tmp_path, "upstream", ["127.0.0.1"])
+    tls_up = EchoUpstream("tls-backend")
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    tls_up.httpd.socket = sctx.wrap_socket(tls_up.httpd.socket, server_side=True)
+    from .test_xds_grpc import CLUSTER
+    try:
+        secure = {"@type": CLUSTER, **static_cluster("secure", tls_up.port, transport_socket={
+            "name": TLS, "typed_config": {"@type": UPSTREAM_URL, "common_tls_context": {
+                "validation_context_sds_secret_config": {"name": "upstream_ca", "sds_config": ADS}}}})}
+        cp.set(CLUSTER, "c0", [])
+        cfg = front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "secure"}}], [
+            static_cluster("xds_cluster", cp.port, typed_extension_protocol_options=H2_OPTIONS)])
+        cfg["node"] = {"id": "id_1", "cluster": "test"}
+        cfg["dynamic_resources"] = {"ads_config": {
+            "api_type": "GRPC", "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]}, "cds_config": ADS}
+        cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "route_config"]["validate_clusters"] = False   # "secure" comes by CDS
+        p = ProxyUnderTest(cfg)
+        proxies.append(p)
+        cp.set(CLUSTER, "c1", [secure])
+        assert cp.wait(lambda: cp.acked(CLUSTER, "c1"))
+        assert cp.wait(lambda: any(r["resource_names"] == ["upstream_ca"] for r in cp.requests_for(SECRET)))
+        # Warming: not handed to the workers (no such cluster there: 503), counted as warming.
+        assert p.gauges()["cluster_manager.warming_clusters"] == 1
+        try:
+            urllib.request.urlopen(p.url("/early"), timeout=5)
+            status = 200
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status == 503
+        cp.set(SECRET, "v1", [ca_secret("upstream_ca", ca)])
+        assert p.wait_for(lambda: p.gauges()["cluster_manager.warming_clusters"] == 0, 5)
+        with urllib.request.urlopen(p.url("/warm"), timeout=5) as r:
+            assert r.status == 200
+    finally:
+        tls_up.close()

@@ -593,9 +593,10 @@ class UpstreamTlsFactory:
     implements_secure_transport = True
 
     def __init__(self, config: UpstreamTls) -> None:
-        self.config = config
-        # None while an xDS secret is missing: sockets fail (not ready) until it arrives.
-        self.context = None if config.common_tls_context.pending else client_context(config)
+        # (config, context), replaced by one reference store (a rotation): a worker making a
+        # socket reads both from the same version. The context is None while an xDS secret is
+        # missing: sockets fail (not ready) until it arrives.
+        self._state = (config, None if config.common_tls_context.pending else client_context(config))
         self.max_session_keys = config.max_session_keys
         self.key = ("tls-client", next(_FACTORY_IDS))
 
@@ -608,12 +609,19 @@ class UpstreamTlsFactory:
         replaced by one reference store; sessions of the old one are not resumed)."""
         common = self.config.common_tls_context.with_secret(source, value)
         config = dataclasses.replace(self.config, common_tls_context=common)
-        context = None if common.pending else client_context(config)
-        self.context, self.config = context, config
+        self._state = (config, None if common.pending else client_context(config))
+
+    @property
+    def config(self) -> UpstreamTls:
+        return self._state[0]
+
+    @property
+    def context(self):
+        return self._state[1]
 
     @property
     def ready(self) -> bool:
-        return self.context is not None
+        return self._state[1] is not None
 
     def for_worker(self, scope) -> WorkerTlsFactory:
         return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
@@ -626,7 +634,7 @@ class UpstreamTlsFactory:
                    alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
         """`alpn_fallback`: offered when the context configures no alpn_protocols (Envoy's
         ALPN fallback: the pool's protocols; a configured list wins, auto_config included)."""
-        config, context = self.config, self.context
+        config, context = self._state
         if context is None:
             return NotReadySocket(sock)
         tls = SSL.Connection(context, None)

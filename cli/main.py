@@ -42,6 +42,9 @@ pid_file_option = click.option(
 @click.option("-l", "--log-level", type=click.Choice(_LEVELS, case_sensitive=False), default="info")
 @click.option("--drain-time-s", type=float, default=600.0, show_default=True,
               help="Longest time to finish in-flight requests on shutdown (SIGTERM, stop).")
+@click.option("--drain-strategy", type=click.Choice(["gradual", "immediate"]), default="gradual",
+              show_default=True, help="How a replaced or removed LDS listener's connections drain "
+                                      "over --drain-time-s.")
 @click.option("--parent-shutdown-time-s", type=float, default=900.0, show_default=True,
               help="After a reload, the old epoch exits at the latest this long after the new one serves.")
 @click.option("--base-id", type=click.IntRange(min=0), default=0, show_default=True,
@@ -57,7 +60,7 @@ pid_file_option = click.option(
               help="HTTP/1.1 codec: fast (httptools/llhttp) or h11 (reference).")
 @click.option("--config-yaml", default=None, help="YAML merged over the config file (Envoy's flag).")
 def start(config_path: str, concurrency: int | None, log_level: str, drain_time_s: float,
-          parent_shutdown_time_s: float, base_id: int, hot_restart_socket_path: str | None,
+          drain_strategy: str, parent_shutdown_time_s: float, base_id: int, hot_restart_socket_path: str | None,
           pid_file: str | None, daemon: bool, log_file: str | None, codec: str, config_yaml: str | None) -> None:
     """Run the proxy under a hot-restart supervisor until `proxyctl stop` or SIGTERM/SIGINT.
 
@@ -70,7 +73,7 @@ def start(config_path: str, concurrency: int | None, log_level: str, drain_time_
 
     opts = EpochOptions(concurrency, base_id, drain_time_s, parent_shutdown_time_s, log_level.lower(),
                         os.path.abspath(hot_restart_socket_path) if hot_restart_socket_path else None,
-                        codec, config_yaml)
+                        codec, config_yaml, drain_strategy)
     pid_file = os.path.abspath(pid_file or default_pid_file())
     config_path = os.path.abspath(config_path)
     if daemon:

@@ -3,7 +3,9 @@
 
 ftproxy runs as its own process (`--concurrency 1`), fed over ADS by the test control plane
 (tests/integration/xds_control_plane.py) in this process; one client thread sends keep-alive
-GETs through it to a local upstream as fast as answers come and records each latency. Phases:
+GETs through it to a local upstream as fast as answers come and records each latency (in its
+own process: this one packs and serializes the push, which on 3.13 would hold the client's
+GIL and count as proxy latency). Phases:
 `steady` (3 s, nothing pushed), `push` (from the moment 1,000 EDS clusters and their 1,000
 assignments are set until the proxy ACKed both, plus 0.5 s), `after` (2 s). The route answers
 with a direct_response (the proxy's own latency; UPSTREAM=1 routes to the upstream instead).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -52,6 +55,26 @@ def eds_cluster(name: str) -> dict:
 def cla(name: str, port: int) -> dict:
     return {"@type": CLA, "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+
+
+def client(lport: int, stop, out) -> None:
+    """Keep-alive GETs as fast as answers come: sends [(start, latency, status)] when stopped."""
+    samples: list[tuple[float, float, int]] = []
+    conn = http.client.HTTPConnection("127.0.0.1", lport, timeout=10)
+    out.send("started")
+    while not stop.is_set():
+        t0 = time.monotonic()
+        try:
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            status = r.status
+        except OSError:
+            status = 0
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", lport, timeout=10)
+        samples.append((t0, time.monotonic() - t0, status))
+    out.send(samples)
 
 
 def main() -> None:
@@ -97,26 +120,17 @@ def main() -> None:
                 pass
             assert time.monotonic() < deadline, "proxy not serving"
             time.sleep(0.1)
-        samples: list[tuple[float, float, int]] = []   # (start, latency, status)
-        stop = threading.Event()
-
-        def client() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", lport, timeout=10)
-            while not stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    conn.request("GET", "/")
-                    r = conn.getresponse()
-                    r.read()
-                    status = r.status
-                except OSError:
-                    status = 0
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", lport, timeout=10)
-                samples.append((t0, time.monotonic() - t0, status))
-
-        th = threading.Thread(target=client, daemon=True)
+        # The client runs in its own process: in this one the control plane packs and
+        # serializes the push, which would hold this process's GIL and stretch the client's
+        # own timings (on 3.13) — not the proxy's latency.
+        ctx = multiprocessing.get_context("spawn")
+        stop = ctx.Event()
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        th = ctx.Process(target=client, args=(lport, stop, child_end), daemon=True)
         th.start()
+        while not parent_end.poll(0.05):   # the client says when it started
+            pass
+        parent_end.recv()
         time.sleep(3.0)
         t_push = time.monotonic()
         cp.set(CLUSTER, "big", [eds_cluster("svc")] + [eds_cluster(f"c{i}") for i in range(N)])
@@ -127,6 +141,7 @@ def main() -> None:
         t_after = time.monotonic()
         time.sleep(2.0)
         stop.set()
+        samples = parent_end.recv()
         th.join(15)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

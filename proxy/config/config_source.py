@@ -6,7 +6,8 @@ aggregated stream (`ads: {}`, which needs the bootstrap's `dynamic_resources.ads
 a per-type gRPC stream (`api_config_source` with `api_type: GRPC`). Both gRPC forms name one
 static cluster through `grpc_services[0].envoy_grpc.cluster_name` (`ApiConfigSourceConfig`).
 `api_type` GRPC is state of the world, DELTA_GRPC incremental, REST JSON polling
-(`cluster_names`, `refresh_delay`, `request_timeout`). `self` and `authorities` are refused by
+(`cluster_names`, `refresh_delay`, `request_timeout`); gRPC ones may pace their requests
+(`rate_limit_settings`). `self` and `authorities` are refused by
 their path ("not supported yet").
 SDS keeps its own table (proxy/tls/secrets.py), which names the same message for secrets.
 
@@ -39,6 +40,9 @@ class ApiConfigSourceConfig:
     rest: bool = False                    # REST: JSON DiscoveryRequests polled over HTTP/1.1
     refresh_delay: float = 1.0            # REST: between two polls
     request_timeout: float = 1.0          # REST: for one poll's answer
+    # rate_limit_settings: (max_tokens, fill_rate per second) of the token bucket that paces
+    # the stream's outgoing discovery requests; None: not limited.
+    rate_limit: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,8 @@ API_CONFIG_SOURCE = Message("envoy.config.core.v3.ApiConfigSource", fields=(
     used("cluster_names", attr="cluster_name", why="REST: the one cluster polled"),
     used("refresh_delay", why="REST: between two polls"),
     used("request_timeout", why="REST: for one poll's answer"),
-    refused("rate_limit_settings", _NOT_YET),
+    used("rate_limit_settings", attr="rate_limit", why="gRPC: a token bucket on the stream's "
+                                                       "outgoing discovery requests"),
     refused("config_validators", _NOT_YET),
 ))
 
@@ -87,6 +92,11 @@ GRPC_SERVICE = Message("envoy.config.core.v3.GrpcService (xDS)", fields=(
     refused("timeout", "a deadline for a streaming xDS call: " + _NOT_YET),
     refused("initial_metadata", _NOT_YET),
     refused("retry_policy", _NOT_YET),
+))
+
+RATE_LIMIT_SETTINGS = Message("envoy.config.core.v3.RateLimitSettings", fields=(
+    used("max_tokens", attr="", why="the bucket's size (default 100)"),
+    used("fill_rate", attr="", why="tokens per second (default 10)"),
 ))
 
 ENVOY_GRPC = Message("envoy.config.core.v3.GrpcService.EnvoyGrpc (xDS)", fields=(
@@ -142,14 +152,25 @@ def parse_api_config_source(raw: Any, path: str, aggregated: bool) -> ApiConfigS
     cluster = e.str("cluster_name", required=True)
     if not cluster:
         raise ConfigError(e.at("cluster_name"), "must not be empty")
+    rate_limit = None
+    if a.has("rate_limit_settings"):
+        r = RATE_LIMIT_SETTINGS.read(a.value("rate_limit_settings"), a.at("rate_limit_settings"))
+        tokens = r.int("max_tokens", 100, min=0, max=2**32 - 1)
+        fill = r.float("fill_rate", 10.0)
+        if not fill > 0 or fill == float("inf"):   # PGV: gt 0; Envoy refuses NaN and Inf
+            raise ConfigError(r.at("fill_rate"), f"must be a finite number greater than 0, got {fill}")
+        rate_limit = (tokens, fill)
     return ApiConfigSourceConfig(cluster, bool(a.bool("set_node_on_first_message_only", False)),
-                                 delta=api_type == "DELTA_GRPC")
+                                 delta=api_type == "DELTA_GRPC", rate_limit=rate_limit)
 
 
 def _rest(a) -> ApiConfigSourceConfig:
     """REST-JSON polling: one of `cluster_names`, `refresh_delay` (1 s), `request_timeout` (1 s)."""
     if a.has("grpc_services"):
         raise ConfigError(a.at("grpc_services"), "api_type REST takes cluster_names, not grpc_services")
+    if a.has("rate_limit_settings"):
+        raise ConfigError(a.at("rate_limit_settings"), "only for gRPC api types: REST polls every "
+                                                       "refresh_delay")
     names = a.strs("cluster_names", required=True, min_items=1)
     if len(names) != 1:
         raise ConfigError(a.at("cluster_names"), f"exactly one cluster is supported, got {len(names)}")

@@ -5,18 +5,25 @@ each worker gets its ActiveListener. Modified (a different config): on the same 
 listen sockets are kept and each worker swaps its ActiveListener in one posted call (stop the
 old, start the new: no accept queue is dropped); on a new address new sockets are bound and
 the old ones closed. Connections the old listener accepted keep their old filter chains and
-finish (they are not reset). Removed: the workers stop accepting on it, its sockets close, its
-connections finish.
+drain over the drain time (Envoy's listener drain, --drain-time-s and --drain-strategy: each
+starts draining — `connection: close`, HTTP/2 GOAWAY — at a moment drawn uniformly over its
+first 90%, or at once with `immediate`; those still open at its end are closed). When only the filter
+chains changed (Envoy's in-place filter chain update), only the connections of the chains
+that changed or went drain (listener_in_place_updated, total_filter_chains_draining).
+Removed: the workers stop accepting on it, its sockets close, its connections drain the same
+way (total_listeners_draining).
 
 Warming (Envoy's listener warming): a listener whose HTTP connection managers take their routes
-from a control plane (RDS over gRPC) that has not answered yet is bound (not listening:
+from a control plane (RDS over gRPC) that has not answered yet, or whose TLS contexts name a
+secret from a control plane (SDS over xDS, proxy/xds/sds.py) that has not come yet, is bound (not listening:
 connections are refused, as Envoy's) but not handed to the workers: it waits in `warming` — a listener it replaces keeps serving meanwhile — until every
-such route subscription has had its first answer (or it failed, or its initial_fetch_timeout
+such route or secret subscription has had its first answer (or it failed, or its initial_fetch_timeout
 passed), checked every 10 ms on the main loop. A newer update of a warming listener replaces it;
 removing it drops it. File-sourced routes are read when subscribed: nothing to wait for.
 
 Stats (main store, Envoy's): listener_manager.listener_added, listener_modified,
-listener_removed, total_listeners_active, total_listeners_warming.
+listener_removed, listener_in_place_updated, total_listeners_active, total_listeners_warming,
+total_listeners_draining, total_filter_chains_draining.
 Thread affinity: main thread only (implements proxy/xds/lds.py `ListenerTarget`).
 """
 
@@ -32,9 +39,34 @@ from ..config.listener import address_string
 from ..config.reader import ConfigError, join
 from ..network.listener import BACKLOG
 
-__all__ = ["DynamicListeners", "LdsListener"]
+__all__ = ["DynamicListeners", "LdsListener", "listener_transports"]
 
 log = logging.getLogger("ftproxy.lds")
+
+
+def kept_chains(old, new) -> frozenset | None:
+    """Envoy's in-place filter chain update: when two versions of a listener differ only in
+    their filter chains, the indexes of `old`'s chains that `new` still has unchanged (their
+    connections need not drain); None when anything else differs (a full replacement)."""
+    if old.raw is None or new.raw is None:
+        return None
+    chains = ("filter_chains", "default_filter_chain")
+    if {k: v for k, v in old.raw.items() if k not in chains} != \
+            {k: v for k, v in new.raw.items() if k not in chains}:
+        return None
+    if old.raw.get("default_filter_chain") != new.raw.get("default_filter_chain"):
+        return frozenset()   # the default chain changed: every chain's connections drain
+    new_chains = new.raw.get("filter_chains") or []
+    return frozenset(i for i, chain in enumerate(old.raw.get("filter_chains") or []) if chain in new_chains)
+
+
+def listener_transports(lc) -> list:
+    """The transport socket factories of a listener's filter chains (default chain included)."""
+    chains = list(lc.filter_chains)
+    default = getattr(lc, "default_filter_chain", None)
+    if default is not None and default not in chains:
+        chains.append(default)
+    return [fc.transport_socket for fc in chains]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +133,14 @@ class DynamicListeners:
         entry = LdsListener(lc, tuple(socks), version_info, time.time())
         self._stats.counter("listener_manager.listener_modified" if old is not None or pending is not None
                             else "listener_manager.listener_added").inc()
-        cold = self._cold_routes(lc)
+        watcher = self.server.secret_watcher
+        if watcher is not None:
+            watcher.track(listener_transports(lc))
+        cold = self._cold_routes(lc) + (watcher.cold(listener_transports(lc)) if watcher is not None else [])
         if cold:
             self.warming[lc.name] = _Warming(entry, same_socket, cold)
             self._refresh_gauge()
-            log.info("lds: listener %s warming until its routes arrive", lc.name)
+            log.info("lds: listener %s warming until its routes and secrets arrive", lc.name)
             self._arm()
             return
         self._activate(entry, factory, same_socket)
@@ -139,7 +174,13 @@ class DynamicListeners:
         log.info("lds: listener %s %s on %s", lc.name, "modified" if old is not None else "added",
                  address_string(*socks[0].getsockname()[:2]))
         if old is not None:
-            self._stop_on_workers(old, close_sockets=not same_socket)
+            keep = kept_chains(old.config, lc) if same_socket else None
+            if keep is not None:
+                # Envoy's in-place filter chain update: only the connections of the chains
+                # that changed or went drain; the others carry on.
+                self._stats.counter("listener_manager.listener_in_place_updated").inc()
+            self._stop_on_workers(old, close_sockets=not same_socket, keep_chains=keep or frozenset(),
+                                  in_place=keep is not None)
         self.server._post_listener(lc, socks, factory)
 
     def _cold_routes(self, lc) -> list:
@@ -176,16 +217,34 @@ class DynamicListeners:
         if self.warming:
             self._timer.enable(0.01)
 
+    def _untrack(self, lc) -> None:
+        if self.server.secret_watcher is not None:
+            self.server.secret_watcher.untrack(listener_transports(lc))
+
     def _drop_warming(self, name: str) -> None:
         w = self.warming.pop(name)
+        self._untrack(w.entry.config)
         if not w.same_socket:
             for sock in w.entry.sockets:
                 sock.close()
 
-    def _stop_on_workers(self, old: LdsListener, close_sockets: bool) -> None:
+    def _stop_on_workers(self, old: LdsListener, close_sockets: bool,
+                         keep_chains: frozenset = frozenset(), in_place: bool = False) -> None:
+        """The workers stop `old` and drain its connections over the drain time (Envoy's
+        listener drain: --drain-time-s, --drain-strategy), except those of `keep_chains`."""
         name = old.config.name
+        self._untrack(old.config)   # its connections keep the secrets they were made with
+        opts = self.server.options
+        drain_time = opts.drain_time_s
+        gradual = getattr(opts, "drain_strategy", "gradual") == "gradual"
         for w in self.server.workers:
-            w.post(lambda w=w: w.remove_listener(name, close_sockets))
+            w.post(lambda w=w: w.remove_listener(name, close_sockets, drain_time, gradual, keep_chains))
+        if drain_time > 0:
+            gauge = "listener_manager.total_filter_chains_draining" if in_place else \
+                "listener_manager.total_listeners_draining"
+            count = len(old.config.filter_chains) - len(keep_chains) if in_place else 1
+            self._stats.gauge(gauge).inc(count)
+            self.server.main.call_later(drain_time, lambda: self._stats.gauge(gauge).dec(count))
         if close_sockets and not old.config.enable_reuse_port:
             # A shared socket is registered in every worker: close it once all stopped.
             left = [len(self.server.workers)]

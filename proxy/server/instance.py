@@ -50,7 +50,8 @@ from ..xds.lds import LdsApplier
 from ..xds.rds import RouteConfigProvider
 from ..router.table import RouteTable
 from ..xds.subscription import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from .dynamic_listeners import DynamicListeners
+from .dynamic_listeners import DynamicListeners, listener_transports
+from ..xds.sds import XdsSecretProvider
 from ..xds.xds_manager import XdsManager
 from .admin_context import ServerAdminContext
 
@@ -69,7 +70,7 @@ class ServerOptions:
                  codec: str = "fast", log_level: str = "info", hot_restart_epoch: int = 0,
                  base_id: int = 0, hot_restart_socket_path: str | None = None,
                  parent_shutdown_time_s: float = 900.0, disable_hot_restart: bool = False,
-                 on_ready: Callable[[dict], None] | None = None) -> None:
+                 on_ready: Callable[[dict], None] | None = None, drain_strategy: str = "gradual") -> None:
         self.config_path = config_path
         self.concurrency = max(1, concurrency if concurrency is not None else (os.cpu_count() or 1))
         self.drain_time_s = drain_time_s
@@ -80,6 +81,7 @@ class ServerOptions:
         self.hot_restart_socket_path = hot_restart_socket_path
         self.parent_shutdown_time_s = parent_shutdown_time_s
         self.disable_hot_restart = disable_hot_restart
+        self.drain_strategy = drain_strategy   # LDS listener drains: "gradual" or "immediate"
         self.on_ready = on_ready  # called on main with {"listeners": {...}, "admin": "ip:port"}
 
 
@@ -116,6 +118,7 @@ class Server:
         self.health = ServerHealth(getattr(getattr(bootstrap, "node", None), "cluster", "") or "")
         self.cluster_manager: ClusterManager | None = None
         self.secret_watcher: SecretWatcher | None = None
+        self._cds_secrets_timer = None   # while CDS clusters wait for their xDS secrets
         self.xds = XdsManager(self.main_store)   # xDS subscriptions (main thread)
         self.cds = None                          # the CDS subscription's handle, if any
         self.lds = None                          # the LDS subscription's handle, if any
@@ -290,6 +293,14 @@ class Server:
         dynamic = self.bootstrap.dynamic_resources
         self.xds.configure(self.main, self.bootstrap.node, dynamic.ads_config, self._cluster_hosts,
                            self.cluster_manager.batch, self._cluster_config)
+        # Secrets (static, file and xDS SDS) of the bootstrap's listeners and clusters; xDS ones
+        # are subscribed now and waited for below, as Envoy's init manager holds start-up.
+        self.secret_watcher = SecretWatcher(
+            [ts for lc in self.bootstrap.listeners for ts in listener_transports(lc)]
+            + [c.transport_socket for c in self.bootstrap.clusters], self.main_store,
+            xds=lambda source: XdsSecretProvider(source, self.xds.subscribe))
+        self.cluster_manager.on_transport = self._on_cluster_transport
+        self.xds.wait_initial()
         if dynamic.cds_config is not None:  # CDS first, as Envoy: listeners may route to them
             self.cds = self.xds.subscribe(dynamic.cds_config, CLUSTER_TYPE,
                                           CdsApplier(self.cluster_manager), "cluster_manager.cds", "cds")
@@ -329,9 +340,6 @@ class Server:
         for name, (host, port) in self.listener_addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
         b = self.bootstrap
-        self.secret_watcher = SecretWatcher(
-            [fc.transport_socket for lc in b.listeners for fc in lc.filter_chains]
-            + [c.transport_socket for c in b.clusters], self.main_store)
         self._tick_timer = self.main.create_timer(self._tick)
         self._tick_timer.enable(1.0)
         # Stats sinks, flushed on the main thread every stats_flush_interval (as Envoy).
@@ -511,6 +519,27 @@ class Server:
     def _publish_route_table(self, key: tuple, table) -> None:
         for w in self.workers:
             w.post(lambda w=w: w.set_route_table(key, table))
+
+    def _on_cluster_transport(self, added, removed) -> None:
+        """A CDS cluster's transport socket factory came or went: its secrets are tracked; the
+        xDS ones the new factory still waits for are returned (the cluster warms on them)."""
+        if self.secret_watcher is None:
+            return ()
+        if removed is not None:
+            self.secret_watcher.untrack((removed,))
+        if added is None:
+            return ()
+        self.secret_watcher.track((added,))
+        cold = self.secret_watcher.cold((added,))
+        if cold:
+            if self._cds_secrets_timer is None:
+                self._cds_secrets_timer = self.main.create_timer(self._check_cds_secrets)
+            self._cds_secrets_timer.enable(0.01)
+        return cold
+
+    def _check_cds_secrets(self) -> None:
+        if self.cluster_manager is not None and self.cluster_manager.check_secrets():
+            self._cds_secrets_timer.enable(0.01)
 
     def _cluster_hosts(self, name: str) -> list[tuple[str, int]]:
         """The (address, port) of a cluster's hosts (a gRPC xDS source's control plane)."""

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="filesystem path prefix for the hot-restart socket (default: abstract namespace)")
     p.add_argument("--disable-hot-restart", action="store_true")
     p.add_argument("--drain-time-s", type=float, default=600.0)
+    p.add_argument("--drain-strategy", choices=("gradual", "immediate"), default="gradual",
+                   help="how a replaced or removed LDS listener's connections drain over --drain-time-s")
     p.add_argument("--parent-shutdown-time-s", type=float, default=900.0)
     p.add_argument("--codec", choices=("fast", "h11"), default="fast")
     p.add_argument("--status-fd", type=int, default=None)
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                          hot_restart_socket_path=args.hot_restart_socket_path,
                          parent_shutdown_time_s=args.parent_shutdown_time_s,
                          disable_hot_restart=args.disable_hot_restart,
+                         drain_strategy=args.drain_strategy,
                          on_ready=lambda info: status({"event": "ready", **info}))
     server = Server(bootstrap, opts)
     try:

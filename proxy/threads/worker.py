@@ -202,20 +202,51 @@ class Worker:
         self.listeners.append(al)
         al.start()
 
-    def remove_listener(self, name: str, close_sockets: bool) -> None:
+    def remove_listener(self, name: str, close_sockets: bool, drain_time: float = 0.0,
+                        gradual: bool = False, keep_chains: frozenset = frozenset()) -> None:
         """LDS removed or replaced listener `name`: stop accepting on its sockets (closed
         unless `close_sockets` is false: a replacement takes them over), and drain the
         connections it accepted, as Envoy drains a listener's: they keep the config they
-        started with; HTTP ones answer their next request with `connection: close` (an idle
-        one closes after a short grace), tcp_proxy ones end on their own. None is reset."""
+        started with; HTTP ones answer a request with `connection: close` (HTTP/2: GOAWAY; an
+        idle one closes after a short grace), tcp_proxy ones end on their own. With a
+        `drain_time`, each connection starts draining at a moment drawn uniformly over its
+        first 90% (`gradual`) or at once (immediate), and those still open when it ends are closed, as
+        Envoy closes a drained listener's connections. `keep_chains`: indexes of filter chains
+        an in-place update kept unchanged — their connections are not drained at all."""
         gone = [al for al in self.listeners if al.config.name == name]
         for al in gone:
             al.stop(close_sockets)
             self.listeners.remove(al)
+        victims = []
         for conn in list(self.connections):
             # Each connection's on_closed is its ActiveListener's bound method.
-            if getattr(getattr(conn, "on_closed", None), "__self__", None) in gone:
+            owner = getattr(getattr(conn, "on_closed", None), "__self__", None)
+            if owner in gone and _chain_index(owner, conn) not in keep_chains:
+                victims.append(conn)
+        if drain_time <= 0:
+            for conn in victims:
                 conn.start_drain(False)
+            return
+        later = self.dispatcher.call_later
+        # Over the first 90% of the drain time: each connection hears `connection: close` (or
+        # GOAWAY) before the rest are closed at its end (Envoy's per-request coin can fall in
+        # its last instant, racing that close with a request).
+        spread = drain_time * GRADUAL_SPREAD
+        for conn in victims:
+            delay = random.random() * spread if gradual else 0.0
+            if delay <= 0:
+                conn.start_drain(False)
+            else:
+                later(delay, lambda c=conn: None if _is_closed(c) else c.start_drain(False))
+        later(drain_time, lambda: self._close_drained(victims))
+
+    def _close_drained(self, conns: list) -> None:
+        """The drain time of a removed listener is over: what it accepted and is still open
+        closes (Envoy removes the listener from the worker, closing its connections)."""
+        for conn in conns:
+            c = getattr(conn, "connection", None) or getattr(conn, "downstream", None)
+            if c is not None and not c.closed:
+                c.close(flush=True, delay=0.1)
 
     def drain_listeners(self, names: frozenset, stop: bool, done: Callable[[], None]) -> None:
         """Admin /drain_listeners on this worker: the listeners named start draining (the
@@ -257,3 +288,22 @@ class Worker:
 
     def stop(self) -> None:
         self.dispatcher.exit()
+
+
+GRADUAL_SPREAD = 0.9   # the share of the drain time over which gradual drain moments fall
+
+
+def _chain_index(listener, conn) -> int | None:
+    """Which of `listener`'s filter chains `conn` runs (by its per-worker context), if known."""
+    ctx = getattr(conn, "ctx", None)
+    if ctx is None:
+        return None
+    for i, chain in enumerate(listener.chains):
+        if chain[0] is ctx:
+            return i
+    return None
+
+
+def _is_closed(conn) -> bool:
+    c = getattr(conn, "connection", None) or getattr(conn, "downstream", None)
+    return c is None or c.closed

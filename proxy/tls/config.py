@@ -118,6 +118,15 @@ class CommonTls:
     def sources(self) -> tuple[SecretSource, ...]:
         return tuple(s for s in (*self.certificate_sources, self.validation_source) if s is not None)
 
+    @property
+    def pending(self) -> tuple[SecretSource, ...]:
+        """The xDS secrets whose first value has not arrived (their placeholder is None)."""
+        out = [src for cert, src in zip(self.tls_certificates, self.certificate_sources)
+               if cert is None and src is not None]
+        if self.validation_source is not None and self.validation_context is None:
+            out.append(self.validation_source)
+        return tuple(out)
+
     def with_secret(self, source: SecretSource, value: Any) -> CommonTls:
         """This context with the secret from `source` replaced by `value` (its new version)."""
         certs = tuple(value if src == source else cert
@@ -285,8 +294,8 @@ def parse_downstream_tls(raw: Mapping[str, Any], path: str) -> DownstreamTls:
         # Envoy: "No TLS certificates found for server context"
         raise ConfigError(f.at("common_tls_context"), "a server (downstream) TLS context needs "
                                                       "tls_certificates")
-    if out["require_client_certificate"] and (common.validation_context is None
-                                              or not common.validation_context.asks_for_certificate):
+    if out["require_client_certificate"] and common.validation_source not in common.pending and (
+            common.validation_context is None or not common.validation_context.asks_for_certificate):
         # Envoy refuses this too ("require_client_certificate ... without a validation context").
         raise ConfigError(f.at("require_client_certificate"),
                           "needs a validation_context with trusted_ca (or SAN matchers or pins)")
@@ -332,7 +341,8 @@ def _parse_common(parent: Fields, defaults: tuple[str, str], server: bool) -> Co
         found = errors.run(resolve, item, spath, "tls_certificate")
         if found is not MISSING:
             message, mpath, source = found
-            certs.append(errors.run(_parse_certificate, message, mpath))
+            # An xDS secret: a placeholder until its value comes (CommonTls.pending).
+            certs.append(errors.run(_parse_certificate, message, mpath) if message is not None else None)
             sources.append(source)
     validation, vsource = None, None
     which = errors.run(c.oneof, "validation_context", "validation_context_sds_secret_config",
@@ -352,16 +362,18 @@ def _parse_common(parent: Fields, defaults: tuple[str, str], server: bool) -> Co
                      alpn_protocols=alpn, certificate_sources=tuple(sources), validation_source=vsource)
 
 
-def _validation_secret(c: Fields, which: str) -> tuple[ValidationContext, SecretSource]:
+def _validation_secret(c: Fields, which: str) -> tuple[ValidationContext | None, SecretSource]:
     if which == "validation_context_sds_secret_config":
         message, mpath, source = resolve(c.value(which), c.at(which), "validation_context")
-        return _parse_validation(message, mpath), source
+        return (_parse_validation(message, mpath) if message is not None else None), source
     m = COMBINED.read(c.value(which), c.at(which))
     default = m.raw_obj("default_validation_context", required=True)
     _parse_validation(default, m.at("default_validation_context"))  # valid on its own too
     message, mpath, source = resolve(m.value("validation_context_sds_secret_config", required=True),
                                      m.at("validation_context_sds_secret_config"), "validation_context")
     source = replace(source, default=default)
+    if message is None:   # xDS: merged when it arrives
+        return None, source
     return _parse_validation(merge_validation(default, message), mpath), source
 
 

@@ -10,6 +10,11 @@ written inline, plus a `SecretSource` saying where it came from. A file-based so
 at once (its first version must be valid: Envoy would wait for it, ftproxy refuses to start
 without it, naming the field).
 
+An xDS source (`sds_config: {ads: {}}` or an `api_config_source` GRPC/DELTA_GRPC) resolves to
+no message: the context holds a placeholder (None) for that secret, the factory using it is
+not ready (handshakes fail, Envoy's "secrets not ready") and a listener using it warms, until
+the secret arrives from the stream (proxy/xds/sds.py).
+
 Run time: the main thread's `SecretWatcher` (watcher.py) re-reads a file source when the file
 at its path is replaced (rename onto it, or a symlink swap of its directory, as Kubernetes
 does; an in-place write is ignored, as Envoy ignores it) and hands the new value to the
@@ -28,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from proxy.config.config_source import parse_config_source
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import ConfigError, Fields, join
 
@@ -35,7 +41,7 @@ __all__ = ["SecretSource", "SecretScope", "secret_scope", "resolve", "read_sds_f
            "merge_validation"]
 
 SECRET_TYPE = "envoy.extensions.transport_sockets.tls.v3.Secret"
-_XDS = "dynamic secrets from a control plane come with xDS"
+_XDS = "not supported yet for secrets (files, ads and api_config_source GRPC/DELTA_GRPC are)"
 
 SECRET = Message(SECRET_TYPE, title="Secrets", fields=(
     used("name", attr="", why="what SdsSecretConfig.name refers to"),
@@ -54,9 +60,10 @@ CONFIG_SOURCE = Message("envoy.config.core.v3.ConfigSource (SDS)", fields=(
     used("path_config_source", attr="", why="a file holding the secret, watched"),
     used("path", attr="", why="deprecated spelling of path_config_source.path"),
     used("resource_api_version", attr="", why="only V3"),
-    inert("initial_fetch_timeout", "a file source is read at once: nothing is fetched"),
-    refused("api_config_source", _XDS),
-    refused("ads", _XDS),
+    used("initial_fetch_timeout", attr="", why="xDS: how long a listener warms for the secret "
+                                               "(a file source is read at once)"),
+    used("api_config_source", attr="", why="xDS: api_type GRPC or DELTA_GRPC (proxy/xds/sds.py)"),
+    used("ads", attr="", why="xDS: the bootstrap's ads_config stream (proxy/xds/sds.py)"),
     refused("self", _XDS),
     refused("authorities", _XDS),
 ))
@@ -72,7 +79,10 @@ class SecretSource:
     """Where a TLS context's certificate or validation context came from."""
     name: str
     kind: str                          # "tls_certificate" or "validation_context"
-    path: str | None = None            # file SDS; None: static_resources.secrets
+    path: str | None = None            # file SDS; None: static_resources.secrets or xDS
+    # xDS SDS (`ads: {}` or an api_config_source): the ConfigSourceConfig it is fetched from;
+    # its value arrives later (proxy/xds/sds.py), the TLS context waits for it.
+    config_source: Any = None
     # combined_validation_context: the default context the secret is merged into.
     default: Mapping[str, Any] | None = field(default=None, compare=False)
 
@@ -114,8 +124,9 @@ def parse_static_secrets(items: list[tuple[Any, str]]) -> dict[str, tuple[Mappin
     return out
 
 
-def resolve(raw: Any, path: str, kind: str) -> tuple[Mapping[str, Any], str, SecretSource]:
-    """An `SdsSecretConfig` at `path` -> (the secret's `kind` message, its path, source)."""
+def resolve(raw: Any, path: str, kind: str) -> tuple[Mapping[str, Any] | None, str, SecretSource]:
+    """An `SdsSecretConfig` at `path` -> (the secret's `kind` message, its path, source); an
+    xDS source has no message yet: (None, path, source) — its value comes from the stream."""
     c = SDS_SECRET_CONFIG.read(raw, path)
     name = c.str("name", required=True)
     if not name:
@@ -131,9 +142,25 @@ def resolve(raw: Any, path: str, kind: str) -> tuple[Mapping[str, Any], str, Sec
         if message.get(kind) is None:
             raise ConfigError(c.at("name"), f'secret "{name}" (at {spath}) holds no {kind}')
         return message[kind], join(spath, kind), SecretSource(name, kind)
+    xds = _xds_source(c.value("sds_config"), c.at("sds_config"))
+    if xds is not None:
+        return None, c.at("sds_config"), SecretSource(name, kind, config_source=xds)
     file_path = _file_source(c.value("sds_config"), c.at("sds_config"))
     message, mpath = read_sds_file(file_path, name, kind, c.at("sds_config"))
     return message, mpath, SecretSource(name, kind, file_path)
+
+
+def _xds_source(raw: Any, path: str):
+    """The ConfigSourceConfig of an `ads: {}` or `api_config_source` (GRPC, DELTA_GRPC) secret
+    source, validated by the same table as every other xDS source; None for a file."""
+    if not isinstance(raw, Mapping) or not ("ads" in raw or "api_config_source" in raw):
+        return None
+    CONFIG_SOURCE.read(raw, path)   # refuses the fields this table refuses, by path
+    source = parse_config_source(raw, path)
+    if source.kind == "rest":
+        raise ConfigError(join(path, "api_config_source.api_type"),
+                          "REST is not supported for secrets yet (GRPC and DELTA_GRPC are)")
+    return source
 
 
 def _file_source(raw: Any, path: str) -> str:

@@ -44,13 +44,14 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from ..config.registry import Extension, register
-from ..network.transport_socket import DOWNSTREAM, READ, UPSTREAM, WRITE
+from ..network.transport_socket import DOWNSTREAM, READ, UPSTREAM, WRITE, RawBufferSocket
 from .config import (DOWNSTREAM_PROTO, TLS_NAME, UPSTREAM_PROTO, DownstreamTls, UpstreamTls,
                      parse_downstream_tls, parse_upstream_tls)
 from .context import ServerContexts, client_context, server_contexts
 from .info import TlsInfo
 
-__all__ = ["TlsSocket", "DownstreamTlsFactory", "UpstreamTlsFactory", "SslStats", "WorkerTlsFactory"]
+__all__ = ["TlsSocket", "DownstreamTlsFactory", "UpstreamTlsFactory", "SslStats", "WorkerTlsFactory",
+           "NotReadySocket"]
 
 _RECV_SIZE = 256 * 1024     # ciphertext per socket read
 _WRITE_CHUNK = 256 * 1024   # plaintext encrypted per do_write, at most (a bulk read's worth)
@@ -441,6 +442,28 @@ class IoBuffers:
         self.write = _ffi.new("char[]", _WRITE_CHUNK + _WRITE_CHUNK // _RECORD * 64 + 4096)
 
 
+class NotReadySocket(RawBufferSocket):
+    """Envoy's NotReadySslSocket: the factory's xDS secrets have not arrived yet, so there is
+    no TLS context; the connection fails as soon as it is connected (accepted, or its connect
+    completes) with Envoy's failure reason, and nothing is read or written."""
+
+    __slots__ = ()
+    failure_reason = "TLS error: Secret is not supplied by SDS"
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.do_read = self._fail_read
+
+    def on_connected(self) -> None:
+        raise ConnectionResetError(self.failure_reason)
+
+    def _fail_read(self, max_bytes: int) -> bytes:
+        raise ConnectionResetError(self.failure_reason)
+
+    def do_write(self, buffers: deque, size: int) -> int:
+        raise ConnectionResetError(self.failure_reason)
+
+
 class WorkerTlsFactory:
     """A TLS factory bound to one worker's stats, I/O buffers and (upstream) session cache."""
 
@@ -469,10 +492,18 @@ class WorkerTlsFactory:
         if self.shared.max_session_keys:
             session = tls.get_session()
             if session is not None:
-                self._sessions.append(session)
+                self._sessions.append((tls.get_context(), session))
 
-    def session(self):
-        return self._sessions[-1] if self._sessions else None
+    def session(self, context=None):
+        """The newest session kept, if it was made with `context` (a rotated secret makes a
+        new context: OpenSSL refuses sessions of the old one)."""
+        if not self._sessions:
+            return None
+        made_with, session = self._sessions[-1]
+        if context is not None and made_with is not context:
+            self._sessions.clear()
+            return None
+        return session
 
 
 class DownstreamTlsFactory:
@@ -485,12 +516,22 @@ class DownstreamTlsFactory:
     def __init__(self, config: DownstreamTls, connect_timeout: float = 0.0) -> None:
         self.connect_timeout = connect_timeout  # the filter chain's transport_socket_connect_timeout
         self.alpn = tuple(p.encode() for p in config.common_tls_context.alpn_protocols)
+        self.contexts: ServerContexts | None = None
         self._install(config)
         self.key = ("tls-server", next(_FACTORY_IDS))
 
+    @property
+    def ready(self) -> bool:
+        """Every secret it names has a value (xDS secrets arrive after it is made)."""
+        return self.contexts is not None
+
     def _install(self, config: DownstreamTls) -> None:
         """Build the contexts of `config` and publish them: one reference store, so a worker
-        making a socket sees the old set or the new one, never a mix (a secret rotation)."""
+        making a socket sees the old set or the new one, never a mix (a secret rotation).
+        While an xDS secret is missing there are no contexts (sockets fail: not ready)."""
+        if config.common_tls_context.pending:
+            self.config = config
+            return
         contexts = server_contexts(config, self._select_alpn)
         others = [c for c in (*contexts.exact.values(), *contexts.wildcard.values()) if c is not contexts.default]
         if others or contexts.mismatch is not None:
@@ -533,8 +574,11 @@ class DownstreamTlsFactory:
         return self.new_socket(sock, server_name, None)
 
     def new_socket(self, sock, server_name, worker: WorkerTlsFactory | None,
-                   alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
-        tls = SSL.Connection(self.contexts.default, None)
+                   alpn_fallback: tuple[str, ...] = ()) -> TlsSocket | NotReadySocket:
+        contexts = self.contexts
+        if contexts is None:
+            return NotReadySocket(sock)
+        tls = SSL.Connection(contexts.default, None)
         tls.set_accept_state()
         return TlsSocket(sock, tls, True, worker.stats if worker else None, worker, self.connect_timeout)
 
@@ -549,8 +593,10 @@ class UpstreamTlsFactory:
     implements_secure_transport = True
 
     def __init__(self, config: UpstreamTls) -> None:
-        self.config = config
-        self.context = client_context(config)
+        # (config, context), replaced by one reference store (a rotation): a worker making a
+        # socket reads both from the same version. The context is None while an xDS secret is
+        # missing: sockets fail (not ready) until it arrives.
+        self._state = (config, None if config.common_tls_context.pending else client_context(config))
         self.max_session_keys = config.max_session_keys
         self.key = ("tls-client", next(_FACTORY_IDS))
 
@@ -563,8 +609,19 @@ class UpstreamTlsFactory:
         replaced by one reference store; sessions of the old one are not resumed)."""
         common = self.config.common_tls_context.with_secret(source, value)
         config = dataclasses.replace(self.config, common_tls_context=common)
-        context = client_context(config)
-        self.context, self.config = context, config
+        self._state = (config, None if common.pending else client_context(config))
+
+    @property
+    def config(self) -> UpstreamTls:
+        return self._state[0]
+
+    @property
+    def context(self):
+        return self._state[1]
+
+    @property
+    def ready(self) -> bool:
+        return self._state[1] is not None
 
     def for_worker(self, scope) -> WorkerTlsFactory:
         return WorkerTlsFactory(self, SslStats(scope) if scope is not None else None)
@@ -577,8 +634,10 @@ class UpstreamTlsFactory:
                    alpn_fallback: tuple[str, ...] = ()) -> TlsSocket:
         """`alpn_fallback`: offered when the context configures no alpn_protocols (Envoy's
         ALPN fallback: the pool's protocols; a configured list wins, auto_config included)."""
-        config = self.config
-        tls = SSL.Connection(self.context, None)
+        config, context = self._state
+        if context is None:
+            return NotReadySocket(sock)
+        tls = SSL.Connection(context, None)
         tls.set_connect_state()
         if alpn_fallback and not config.common_tls_context.alpn_protocols:
             tls.set_alpn_protos([p.encode() for p in alpn_fallback])
@@ -586,7 +645,7 @@ class UpstreamTlsFactory:
         if sni:
             tls.set_tlsext_host_name(sni.encode("idna") if not sni.isascii() else sni.encode())
         if worker is not None and self.max_session_keys:
-            session = worker.session()
+            session = worker.session(context)
             if session is not None:
                 tls.set_session(session)
         ts = TlsSocket(sock, tls, False, worker.stats if worker else None, worker)

@@ -16,7 +16,9 @@ Dynamic clusters (CDS, EDS; the section "dynamic clusters" at the end): `apply_c
 modifies (a new cluster object and limits: workers drain the old pools) and removes clusters
 given a whole validated CDS set; an EDS cluster takes its hosts from the subscription made by
 the injected `eds_subscribe` and is warming — not published to workers — until its first
-ClusterLoadAssignment (or a failed first fetch) arrives, as Envoy's init manager does.
+ClusterLoadAssignment (or a failed first fetch) arrives, as Envoy's init manager does; a CDS
+cluster whose TLS context names secrets from a control plane also warms until they came
+(`on_transport` returns them; `check_secrets()`).
 
 Must not: resolve names anywhere but through `resolver` (blocking, hence main thread only),
 sleep, or own timers: the caller calls `tick()` about once a second, or at `next_deadline()`.
@@ -63,7 +65,7 @@ class _ClusterState:
 
     __slots__ = ("config", "limits", "high_limits", "target_hosts", "next_refresh", "snapshot",
                  "added_via_api", "version_info", "last_updated", "eds", "warm", "health",
-                 "outlier", "policy")
+                 "outlier", "policy", "cold")
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
@@ -81,6 +83,7 @@ class _ClusterState:
         self.health: ClusterHealthChecker | None = None   # active health checks, if configured
         self.outlier: ClusterOutlierDetection | None = None   # outlier detection, if configured
         self.policy = None   # an EDS cluster's latest ClusterLoadAssignment.policy
+        self.cold: list = []   # a CDS cluster's xDS secrets still awaited (each has .first_done)
 
     @property
     def is_dns(self) -> bool:
@@ -95,6 +98,10 @@ class ClusterManager:
         self._publish = publish
         self._dispatcher = dispatcher  # the main thread's: active health checks run on it
         self._eds_subscribe = eds_subscribe
+        # (added, removed) transport socket factory of a CDS cluster: the server tracks their
+        # secrets (file and xDS SDS, proxy/tls/watcher.py) and returns the xDS ones the added
+        # factory still waits for (the cluster warms until they came).
+        self.on_transport: Callable[[Any, Any], Any] = lambda added, removed: ()
         self._holding = False  # inside a batch (initialize, apply_cds): publish once at its end
         self._resolver = resolver
         self._clock = clock
@@ -282,9 +289,24 @@ class ClusterManager:
         self._set_gauge(f"cluster.{cfg.name}.membership_healthy", len(healthy))
         self._set_gauge(f"cluster.{cfg.name}.membership_degraded", len(degraded))
 
+    def check_secrets(self) -> bool:
+        """CDS clusters waiting for their xDS secrets: those whose secrets came (or failed
+        their first fetch) are published. True while some still wait (the caller polls every
+        10 ms meanwhile: proxy/server/instance.py)."""
+        warmed = waiting = False
+        for state in self._clusters.values():
+            if state.cold:
+                state.cold = [p for p in state.cold if not p.first_done]
+                warmed |= not state.cold
+                waiting |= bool(state.cold)
+        if warmed and not self._holding:
+            self._refresh_cluster_gauges()
+            self._publish_all()
+        return waiting
+
     def _publish_all(self) -> None:
         snaps = {name: s.snapshot for name, s in self._clusters.items()
-                 if s.snapshot is not None and s.warm}
+                 if s.snapshot is not None and s.warm and not s.cold}
         self._published = MappingProxyType(snaps)
         self._publish(self._published)
 
@@ -343,6 +365,9 @@ class ClusterManager:
                 state.outlier = self._outlier_detection(state)
                 if old is not None:
                     self._stop_eds(old)
+                # Its xDS secrets (SDS): it warms until they came, as Envoy's cluster warming.
+                state.cold = list(self.on_transport(cfg.transport_socket,
+                                                    old.config.transport_socket if old is not None else None) or ())
                 self._clusters[cfg.name] = state
                 self._count("cluster_manager.cluster_modified" if old is not None
                             else "cluster_manager.cluster_added")
@@ -374,6 +399,7 @@ class ClusterManager:
     def _remove(self, name: str) -> None:
         state = self._clusters.pop(name)
         self._stop_eds(state)
+        self.on_transport(None, state.config.transport_socket)
         self._count("cluster_manager.cluster_removed")
         log.info("cds: cluster %s removed", name)
 
@@ -433,6 +459,6 @@ class ClusterManager:
             self._publish_all()
 
     def _refresh_cluster_gauges(self) -> None:
-        warming = sum(1 for s in self._clusters.values() if not s.warm)
+        warming = sum(1 for s in self._clusters.values() if not s.warm or s.cold)
         self._set_gauge("cluster_manager.active_clusters", len(self._clusters) - warming)
         self._set_gauge("cluster_manager.warming_clusters", warming)

@@ -18,12 +18,25 @@ Protocol, as Envoy speaks it:
   field-path errors} — what was refused keeps its last good config (LDS and CDS still apply
   the good resources of the push, as Envoy) — and every watch of the type counts the
   rejection (Envoy's onConfigUpdateFailed on all of them; a warming one stops waiting).
+- TTL (`Resource.ttl` in the `Resource` wrapper): an accepted resource with a TTL must be sent
+  again (or refreshed by a heartbeat: a wrapper without a resource) within it; one sent
+  without a TTL clears it. When it passes, the resource is removed as Envoy's mux removes it:
+  every watch of the type gets the expired names as removed resources (version ""): LDS and
+  CDS drop those listeners and clusters; RDS, EDS and SDS keep what they hold (Envoy ignores
+  the removal of a named resource) and count the update. A heartbeat refreshes the TTL as
+  Envoy's unified mux does (the legacy GrpcMuxImpl drops heartbeats before its TTL
+  bookkeeping, which this does not copy). TTLs are taken from accepted responses only.
+- `rate_limit_settings` (max_tokens, fill_rate): requests wait in a queue for a token of the
+  stream's bucket, as Envoy's request queue (`control_plane.pending_requests` gauge,
+  `control_plane.rate_limit_enforced` counting each wait); a request goes with the type's
+  state at the time it is sent. A new stream drops the queue (it asks afresh).
 - When the stream closes, `control_plane.connected_state` goes to 0 and a new stream is tried
   after a jittered exponential backoff (Envoy's: 500 ms base, 30 s cap, full jitter); its
   first request for each type carries the last accepted version and an empty nonce. Every
   config in force stays in force meanwhile.
 
-Stats (main store): `control_plane.connected_state` (gauge), and through each watch its
+Stats (main store): `control_plane.connected_state`, `control_plane.pending_requests`
+(gauges), `control_plane.rate_limit_enforced` (counter), and through each watch its
 subscription's stats (`listener_manager.lds.*`, `cluster_manager.cds.*`, ...).
 Thread affinity: main thread only; no lock.
 """
@@ -33,6 +46,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,11 +55,11 @@ from proxy.config.reader import ConfigError, all_errors
 
 from . import proto
 from .grpc_stream import GrpcStream
-from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+from .token_bucket import TokenBucket
+from .subscription import (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE,
                            SubscriptionCallbacks, SubscriptionStats)
 
-__all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS", "checked_resources", "deliver",
-           "fail_all"]
+__all__ = ["GrpcMux", "Watch", "ADS_PATH", "TYPE_PATHS", "fail_all"]
 
 log = logging.getLogger("ftproxy.xds")
 
@@ -54,6 +69,7 @@ TYPE_PATHS = {
     CLUSTER_TYPE: "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
     ROUTE_TYPE: "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
     ENDPOINT_TYPE: "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
+    SECRET_TYPE: "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
 }
 _WILDCARD_TYPES = (LISTENER_TYPE, CLUSTER_TYPE)
 BACKOFF_BASE = 0.5
@@ -139,7 +155,7 @@ class Watch:
 
 
 class _TypeState:
-    __slots__ = ("watches", "version_info", "nonce", "sent_names", "dirty")
+    __slots__ = ("watches", "version_info", "nonce", "sent_names", "dirty", "ttl", "last")
 
     def __init__(self) -> None:
         self.watches: list[Watch] = []
@@ -147,6 +163,8 @@ class _TypeState:
         self.nonce = ""
         self.sent_names: tuple[str, ...] | None = None
         self.dirty = False
+        self.ttl: dict[str, float] = {}          # resource name -> monotonic deadline (Resource.ttl)
+        self.last: list[tuple[dict, str]] = []   # SotW LDS/CDS: the last accepted set (TTL expiry)
 
     def names(self, type_url: str) -> tuple[str, ...]:
         if type_url in _WILDCARD_TYPES:
@@ -161,7 +179,8 @@ class GrpcMux:
     def __init__(self, dispatcher, cluster_name: str, path: str, hosts: Callable[[], list],
                  node: Any, store, set_node_on_first_message_only: bool = False,
                  rand: Callable[[], float] = random.random,
-                 batch: Callable[[], Any] = contextlib.nullcontext, cluster: Any = None) -> None:
+                 batch: Callable[[], Any] = contextlib.nullcontext, cluster: Any = None,
+                 rate_limit: tuple[int, float] | None = None) -> None:
         self.dispatcher = dispatcher
         self.cluster_name = cluster_name
         self.path = path
@@ -181,6 +200,14 @@ class GrpcMux:
         self.stopped = False
         self._flush_queued = False
         self._retry = dispatcher.create_timer(self._connect)
+        self._ttl_timer = dispatcher.create_timer(self._expire)
+        self._clock = time.monotonic
+        # rate_limit_settings: requests wait in `_queue` for a token (Envoy's request queue).
+        self._bucket = TokenBucket(*rate_limit) if rate_limit is not None else None
+        self._queue: deque[Callable[[], None]] = deque()
+        self._drain_timer = dispatcher.create_timer(self._drain)
+        self.rate_limit_enforced = store.counter("control_plane.rate_limit_enforced")
+        self.pending_requests = store.gauge("control_plane.pending_requests")
 
     # -- watches --------------------------------------------------------------------------------
     def add_watch(self, watch: Watch) -> None:
@@ -215,6 +242,8 @@ class GrpcMux:
         address = hosts[self.host_index % len(hosts)]
         self.host_index += 1
         self.sent_node = False
+        self._queue.clear()          # requests of the old stream (the new one asks afresh)
+        self.pending_requests.set(0)
         for st in self.types.values():
             st.nonce = ""            # a new stream: nonces of the old one mean nothing
             st.sent_names = None
@@ -252,6 +281,9 @@ class GrpcMux:
     def stop(self) -> None:
         self.stopped = True
         self._retry.disable()
+        self._ttl_timer.disable()
+        self._drain_timer.disable()
+        self._queue.clear()
         if self.stream is not None:
             self.stream.close()
             self.stream = None
@@ -275,35 +307,57 @@ class GrpcMux:
             if st.dirty and st.watches:
                 self._send(type_url, st, None)
 
-    def _node_once(self) -> Any:
-        """The node for the next request: every request's, or only a stream's first one."""
-        if self.node_first_only and self.sent_node:
-            return None
-        self.sent_node = True
-        return self.node
+    def _enqueue(self, send: Callable[[], None]) -> None:
+        """A request to send: at once, or (rate_limit_settings) when the bucket has a token."""
+        if self._bucket is None:
+            send()
+            return
+        self._queue.append(send)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Send queued requests while tokens last (Envoy's drainRequests); the rest wait for
+        the next token (`control_plane.rate_limit_enforced` counts each wait)."""
+        assert self._bucket is not None
+        while self._queue:
+            if self.stream is None or not self.open:
+                self._queue.clear()       # no stream: a new one asks afresh
+                break
+            if not self._bucket.consume():
+                self.rate_limit_enforced.inc()
+                if not self._drain_timer.enabled:
+                    self._drain_timer.enable(self._bucket.next_token())
+                break
+            self._queue.popleft()()
+        self.pending_requests.set(len(self._queue))
 
     def _send(self, type_url: str, st: _TypeState, error: str | None) -> None:
+        """Queue the type's request; what it says (names, version, nonce) is read when it goes."""
+        st.dirty = False
+        self._enqueue(lambda: self._send_now(type_url, st, error))
+
+    def _send_now(self, type_url: str, st: _TypeState, error: str | None) -> None:
+        if self.stream is None or not self.open:
+            return
         names = st.names(type_url)
-        data = proto.encode_request(type_url, st.version_info, st.nonce, list(names),
-                                    self._node_once(), error)
+        node = None
+        if not (self.node_first_only and self.sent_node):
+            node = self.node
+            self.sent_node = True
+        data = proto.encode_request(type_url, st.version_info, st.nonce, list(names), node, error)
         st.sent_names = names
         st.dirty = False
         assert self.stream is not None
         self.stream.send(data)
 
     # -- responses ------------------------------------------------------------------------------
-    # One path for both variants: decode, find the type's state, apply, then ACK or NACK. The
-    # delta mux (grpc_delta_mux.py) supplies its own decoder, applier and answer.
-    RESPONSE_MESSAGE = "DiscoveryResponse"
-    decode = staticmethod(proto.decode_response)
-
     def _on_message(self, data: bytes) -> None:
         try:
-            resp = self.decode(data)
+            resp = proto.decode_response(data)
         except proto.DecodeError as e:
-            log.error("xds: undecodable %s from %s: %s", self.RESPONSE_MESSAGE, self.cluster_name, e)
+            log.error("xds: undecodable DiscoveryResponse from %s: %s", self.cluster_name, e)
             if self.stream is not None:   # as Envoy's gRPC client: the stream ends, and is retried
-                self.stream.reset(f"undecodable {self.RESPONSE_MESSAGE}")
+                self.stream.reset("undecodable DiscoveryResponse")
             return
         st = self.types.get(resp.type_url)
         if st is None or not st.watches:
@@ -311,88 +365,120 @@ class GrpcMux:
                         "subscribers", resp.type_url)
             return
         self.attempt = 0
+        st.nonce = resp.nonce
         try:
             error = self._apply(resp, st)
         except Exception as e:  # a bug past validation: NACK it, keep the stream and the loop
-            log.exception("xds: applying %s %r failed", resp.type_url, _version(resp))
+            log.exception("xds: applying %s %r failed", resp.type_url, resp.version_info)
             error = f"internal error applying the update: {type(e).__name__}: {e}"
-        self._answer(resp, st, error)
-
-    def _answer(self, resp: proto.ProtoResponse, st: _TypeState, error: str | None) -> None:
-        """ACK (error None) or NACK: the response's nonce, and the version last accepted."""
-        st.nonce = resp.nonce
         if error is None:
-            st.version_info = resp.version_info   # also what a new stream's first request names
+            st.version_info = resp.version_info   # what a new stream's first request names
         if self.stream is not None and self.open:
             self._send(resp.type_url, st, error)
 
     def _apply(self, resp: proto.ProtoResponse, st: _TypeState) -> str | None:
         """Deliver to the watches; the NACK's message, or None to ACK."""
-        decoded = checked_resources(resp, ((None, r) for r in resp.resources),
-                                    proto.is_heartbeat, st, self.RESPONSE_MESSAGE)
-        if isinstance(decoded, str):
-            return decoded
+        where = "resources"
+        decoded: list[tuple[dict, str]] = []
+        ttls: dict[str, float | None] = {}   # name -> its TTL (None: none, which clears one)
+        try:
+            for i, res in enumerate(resp.resources):
+                info = proto.wrapper_info(res)
+                if info is not None and not info[2]:
+                    ttls[info[0]] = info[1]   # a heartbeat: refreshes the TTL, nothing to apply
+                    continue
+                path = f"{where}[{i}]"
+                d = proto.resource_to_dict(res)
+                got = d.pop("@type", None)
+                if got != resp.type_url:
+                    raise ConfigError(path, f"{got} does not match the message-wide type URL "
+                                            f"{resp.type_url} in DiscoveryResponse")
+                decoded.append((d, path))
+                name = (info[0] if info is not None else "") or _resource_name(d, resp.type_url)
+                if name:
+                    ttls[name] = info[1] if info is not None else None
+        except (ConfigError, ValueError) as e:
+            message = str(e)
+            for w in list(st.watches):
+                w.failed("update_rejected")
+            log.error("xds: %s response %r refused: %s", resp.type_url, resp.version_info, message)
+            return message
         by_name = {}
-        for _, d, path in decoded:
-            name = _resource_name(d, resp.type_url)
+        for item in decoded:
+            name = _resource_name(item[0], resp.type_url)
             if name is not None and name not in by_name:   # a repeated name: the first counts
-                by_name[name] = (d, path)
-        whole = [(d, path) for _, d, path in decoded]
+                by_name[name] = item
+        errors: list[str] = []
+        refused: list[Watch] = []
         with self._batch():
-            return deliver(st.watches, resp.version_info,
-                           lambda w: whole if not w.names else
-                           [by_name[n] for n in w.names if n in by_name])
+            for w in list(st.watches):
+                if not w.names:
+                    got = decoded
+                else:
+                    got = [by_name[n] for n in w.names if n in by_name]
+                    if not got:
+                        continue
+                e = w.deliver(got, resp.version_info)
+                if e is not None:
+                    errors.extend(str(x) for x in all_errors(e))
+                    refused.append(w)
+        if errors:
+            fail_all(st.watches, refused)
+            return "\n".join(errors)
+        if resp.type_url in _WILDCARD_TYPES:
+            st.last = decoded
+            names = {_resource_name(d, resp.type_url) for d, _ in decoded}
+            for gone in [n for n in st.ttl if n not in names and n not in ttls]:
+                del st.ttl[gone]   # absent from a LDS/CDS state of the world: removed
+        self._set_ttls(st, ttls)
+        return None
 
+    # -- TTL (Resource.ttl) ---------------------------------------------------------------------
+    def _set_ttls(self, st: _TypeState, ttls: dict[str, float | None]) -> None:
+        """An accepted response's TTLs: a resource (or heartbeat) with one is due again within
+        it, one without clears it (Envoy's TtlManager add/clear)."""
+        now = self._clock()
+        for name, ttl in ttls.items():
+            if ttl is None:
+                st.ttl.pop(name, None)
+            else:
+                st.ttl[name] = now + ttl
+        self._arm_ttl()
 
-def _version(resp: Any) -> str:
-    return getattr(resp, "version_info", None) or getattr(resp, "system_version_info", "")
+    def _arm_ttl(self) -> None:
+        due = [d for st in self.types.values() for d in st.ttl.values()]
+        if not due:
+            self._ttl_timer.disable()
+            return
+        self._ttl_timer.enable(max(0.0, min(due) - self._clock()))
 
-
-def checked_resources(resp: Any, items, is_heartbeat: Callable[[Any], bool], st: _TypeState,
-                      message: str) -> list[tuple[str, dict, str]] | str:
-    """The response's resources as (name sent beside it, dict, path), each `@type` checked
-    against the response's type URL; heartbeats (TTL refreshes) skipped. On a bad resource:
-    every watch of the type counts the rejection, and the NACK message is returned."""
-    decoded = []
-    try:
-        for i, (name, res) in enumerate(items):
-            if is_heartbeat(res):
+    def _expire(self) -> None:
+        """Resources whose TTL passed without a refresh are removed as Envoy's mux removes them:
+        every watch of the type gets them as removed resources (version ""). LDS and CDS drop
+        those listeners and clusters; RDS, EDS and SDS keep what they have (Envoy ignores a
+        removal of a named resource) but still count the update."""
+        now = self._clock()
+        for type_url, st in self.types.items():
+            expired = {n for n, d in st.ttl.items() if d <= now}
+            if not expired:
                 continue
-            path = f"resources[{i}]"
-            d = proto.resource_to_dict(res)
-            got = d.pop("@type", None)
-            if got != resp.type_url:
-                raise ConfigError(path, f"{got} does not match the message-wide type URL "
-                                        f"{resp.type_url} in {message}")
-            own = _resource_name(d, resp.type_url)
-            if own is not None and name and own != name:
-                raise ConfigError(path, f'resource "{own}" is sent under the name "{name}"')
-            decoded.append((name or own or "", d, path))
-    except (ConfigError, ValueError) as e:
-        for w in list(st.watches):
-            w.failed("update_rejected")
-        log.error("xds: %s response %r refused: %s", resp.type_url, _version(resp), e)
-        return str(e)
-    return decoded
+            for n in expired:
+                del st.ttl[n]
+            log.warning("xds: %s %s expired (TTL passed without a refresh)", type_url,
+                        ", ".join(sorted(expired)))
+            self._remove_expired(type_url, st, expired)
+        self._arm_ttl()
 
-
-def deliver(watches: list, version: str, resources_for: Callable[[Watch], list]) -> str | None:
-    """Each watch gets `resources_for(watch)` (a named watch with none of its names in the
-    response gets nothing); the NACK message when any refuses, which fails them all."""
-    errors: list[str] = []
-    refused: list[Watch] = []
-    for w in list(watches):
-        got = resources_for(w)
-        if w.names and not got:
-            continue
-        e = w.deliver(got, version)
-        if e is not None:
-            errors.extend(str(x) for x in all_errors(e))
-            refused.append(w)
-    if errors:
-        fail_all(watches, refused)
-        return "\n".join(errors)
-    return None
+    def _remove_expired(self, type_url: str, st: _TypeState, expired: set[str]) -> None:
+        with self._batch():
+            if type_url in _WILDCARD_TYPES:
+                st.last = [item for item in st.last if _resource_name(item[0], type_url) not in expired]
+                for w in list(st.watches):
+                    w.deliver(st.last, "")
+            else:
+                for w in list(st.watches):
+                    w.stats.update_attempt.inc()
+                    w.stats.accepted("")
 
 
 def fail_all(watches: list, refused: list) -> None:

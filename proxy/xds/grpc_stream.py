@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -42,18 +43,29 @@ __all__ = ["GrpcFramer", "GrpcStream", "frame"]
 
 log = logging.getLogger("ftproxy.xds")
 
+XDS_SWITCH_INTERVAL = 0.0002   # seconds: the GIL's switch interval while main decodes a push
+
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic collection while one message is decoded and applied: decoding a big push
     allocates hundreds of thousands of short-lived (acyclic) objects, which would trigger
     collections — stop-the-world on a free-threaded build, so every worker would pause too.
-    They are freed by reference counting; the collector runs again afterwards."""
+    They are freed by reference counting; the collector runs again afterwards.
+    With a GIL (3.13), the switch interval is lowered meanwhile (5 ms -> XDS_SWITCH_INTERVAL):
+    a worker waiting for the GIL while main decodes takes it after that long instead of 5 ms,
+    and a request waits for it several times (perf/RESULTS.md, xDS under load)."""
     was = gc.isenabled()
     gc.disable()
+    interval = None
+    if getattr(sys, "_is_gil_enabled", lambda: True)():
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, XDS_SWITCH_INTERVAL))
     try:
         yield
     finally:
+        if interval is not None:
+            sys.setswitchinterval(interval)
         if was:
             gc.enable()
 

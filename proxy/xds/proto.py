@@ -43,7 +43,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 
 __all__ = ["DecodeError", "ProtoResponse", "DeltaProtoResponse", "decode_response", "decode_delta_response",
            "encode_request", "encode_delta_request", "implementation",
-           "is_heartbeat", "node_message", "resource_to_dict"]
+           "is_heartbeat", "node_message", "resource_to_dict", "wrapper_info"]
 
 _RESOURCE_WRAPPER = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 _INTERNAL = 13   # google.rpc.Code INTERNAL: what Envoy puts in a NACK's error_detail
@@ -103,6 +103,17 @@ def is_heartbeat(any_msg: Any) -> bool:
     wrapper = discovery_pb2.Resource()
     wrapper.ParseFromString(any_msg.value)
     return not wrapper.HasField("resource")
+
+
+def wrapper_info(any_msg: Any) -> tuple[str, float | None, bool] | None:
+    """A `Resource` wrapper's (name, ttl in seconds or None, holds a resource); None when the
+    Any is the resource itself (no wrapper: no TTL)."""
+    if any_msg.type_url != _RESOURCE_WRAPPER:
+        return None
+    wrapper = discovery_pb2.Resource()
+    wrapper.ParseFromString(any_msg.value)
+    ttl = wrapper.ttl.ToTimedelta().total_seconds() if wrapper.HasField("ttl") else None
+    return wrapper.name, ttl, wrapper.HasField("resource")
 
 
 def resource_to_dict(any_msg: Any) -> dict[str, Any]:
@@ -180,15 +191,16 @@ def encode_request(type_url: str, version_info: str, nonce: str, resource_names:
 class DeltaProtoResponse:
     """A decoded DeltaDiscoveryResponse: [(name, version, Any or None)] and the removed names."""
 
-    __slots__ = ("system_version_info", "type_url", "nonce", "resources", "removed")
+    __slots__ = ("system_version_info", "type_url", "nonce", "resources", "removed", "ttls")
 
     def __init__(self, system_version_info: str, type_url: str, nonce: str, resources: list,
-                 removed: list[str]) -> None:
+                 removed: list[str], ttls: dict[str, float] | None = None) -> None:
         self.system_version_info = system_version_info
         self.type_url = type_url
         self.nonce = nonce
         self.resources = resources
         self.removed = removed
+        self.ttls = ttls or {}   # name -> Resource.ttl in seconds (only those that have one)
 
 
 def decode_delta_response(data: bytes) -> DeltaProtoResponse:
@@ -196,8 +208,9 @@ def decode_delta_response(data: bytes) -> DeltaProtoResponse:
     msg.ParseFromString(data)
     resources = [(r.name, r.version, r.resource if r.HasField("resource") else None)
                  for r in msg.resources]
+    ttls = {r.name: r.ttl.ToTimedelta().total_seconds() for r in msg.resources if r.HasField("ttl")}
     return DeltaProtoResponse(msg.system_version_info, msg.type_url, msg.nonce, resources,
-                              list(msg.removed_resources))
+                              list(msg.removed_resources), ttls)
 
 
 def encode_delta_request(type_url: str, nonce: str, subscribe: list[str], unsubscribe: list[str],

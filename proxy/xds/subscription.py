@@ -25,13 +25,14 @@ from proxy.config.reader import ConfigError, Fields, index
 from ..upstream.hashing_lb import xxhash64 as xxh64  # Envoy: HashUtil::xxHash64(version_info)
 
 __all__ = ["Subscription", "SubscriptionCallbacks", "SubscriptionStats", "decode_response",
-           "LISTENER_TYPE", "CLUSTER_TYPE", "ROUTE_TYPE", "ENDPOINT_TYPE"]
+           "LISTENER_TYPE", "CLUSTER_TYPE", "ROUTE_TYPE", "ENDPOINT_TYPE", "SECRET_TYPE"]
 
 _PREFIX = "type.googleapis.com/"
 LISTENER_TYPE = _PREFIX + "envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ROUTE_TYPE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 ENDPOINT_TYPE = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 class SubscriptionCallbacks(Protocol):

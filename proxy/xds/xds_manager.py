@@ -108,7 +108,8 @@ class XdsManager:
             mux = cls(self._dispatcher, cluster, path, lambda: self._hosts(cluster), node, self.store,
                       api.set_node_on_first_message_only,
                       **({"batch": self._batch} if self._batch is not None else {}),
-                      cluster=self._cluster(cluster) if self._cluster is not None else None)
+                      cluster=self._cluster(cluster) if self._cluster is not None else None,
+                      rate_limit=api.rate_limit)
             self._muxes[key] = mux
         return mux
 

@@ -314,6 +314,9 @@ def test_lds_file_adds_modifies_and_removes_listeners(tmp_path, upstreams, proxy
     lds = tmp_path / "lds.yaml"
     move_onto(lds, lds_doc(hcm_listener("l1", a, "c1"), version="1"))
     p = proxy_factory(lds_bootstrap(lds, s1, s2))
+    # --drain-strategy immediate: the replaced listener's connections hear `connection: close`
+    # at their next response (gradual spreads that over the drain time: test_xds_drain.py).
+    p.server.options.drain_strategy = "immediate"
     assert served_by(p, port=a) == "service1"
     assert p.counters()["listener_manager.listener_added"] == 1
     assert f"l1::127.0.0.1:{a}" in p.admin("/listeners")[1]

@@ -20,11 +20,16 @@ small).
   have (from its `initial_resource_versions` and what was sent) and, in `removed_resources`,
   those it has that left the snapshot. A delta ACK is recorded with `version_info` set to
   the system version of the response it answers (a delta request has none).
+- TTL: `set(..., ttl=seconds)` sends that type's resources with a TTL (SotW: each in a
+  `Resource` wrapper with `ttl`; delta: `Resource.ttl`); `heartbeat(type_url)` sends every
+  stream holding the current version a heartbeat for each of its resources (a wrapper or delta
+  entry with the name and TTL and no resource), as a control plane keeps TTL'd resources alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import json
 import itertools
@@ -46,6 +51,7 @@ LISTENER = T + "envoy.config.listener.v3.Listener"
 CLUSTER = T + "envoy.config.cluster.v3.Cluster"
 ROUTE = T + "envoy.config.route.v3.RouteConfiguration"
 CLA = T + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = T + "envoy.extensions.transport_sockets.tls.v3.Secret"
 _WILDCARD = (LISTENER, CLUSTER)
 _DELTA_PATHS = {
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources": None,
@@ -53,6 +59,7 @@ _DELTA_PATHS = {
     "/envoy.service.cluster.v3.ClusterDiscoveryService/DeltaClusters": CLUSTER,
     "/envoy.service.route.v3.RouteDiscoveryService/DeltaRoutes": ROUTE,
     "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints": CLA,
+    "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets": SECRET,
 }
 _PATHS = {
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources": None,
@@ -60,6 +67,7 @@ _PATHS = {
     "/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters": CLUSTER,
     "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes": ROUTE,
     "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints": CLA,
+    "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets": SECRET,
 }
 
 
@@ -124,6 +132,7 @@ class _Stream:
 class ControlPlane:
     def __init__(self) -> None:
         self.snapshots: dict[str | None, dict[str, tuple[str, list]]] = {None: {}}
+        self.ttls: dict[str, float] = {}     # type_url -> TTL of its resources (seconds)
         self.requests: list[dict] = []
         self.streams_opened = 0
         self._lock = threading.Lock()     # guards requests (loop thread appends, tests read)
@@ -162,10 +171,15 @@ class ControlPlane:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-    def set(self, type_url: str, version: str, resources: list[dict], node: str | None = None) -> None:
+    def set(self, type_url: str, version: str, resources: list[dict], node: str | None = None,
+            ttl: float | None = None) -> None:
         packed = [pack(r) for r in resources]   # on the caller's thread: a bad dict raises here
 
         def apply() -> None:
+            if ttl is None:
+                self.ttls.pop(type_url, None)
+            else:
+                self.ttls[type_url] = ttl
             self.snapshots.setdefault(node, {})[type_url] = (version, list(zip(resources, packed)))
             for s in list(self._streams):
                 st = s.types.get(type_url)
@@ -181,6 +195,57 @@ class ControlPlane:
     def _snapshot(self, s: "_Stream", type_url: str):
         own = self.snapshots.get(s.node, {})
         return own.get(type_url) or self.snapshots[None].get(type_url)
+
+    def heartbeat(self, type_url: str) -> None:
+        """A TTL heartbeat of `type_url` on every stream that holds its current version."""
+        def go() -> None:
+            ttl = self.ttls.get(type_url)
+            for s in list(self._streams):
+                st = s.types.get(type_url)
+                snap = self._snapshot(s, type_url)
+                if st is None or snap is None:
+                    continue
+                version, items = snap
+                names = [_name(r, type_url) for r, _ in items
+                         if type_url in _WILDCARD or _name(r, type_url) in st.names
+                         or (s.delta and (st.subscribed is None or _name(r, type_url) in st.subscribed))]
+                nonce = str(next(self._nonces))
+                if s.delta:
+                    resp = discovery_pb2.DeltaDiscoveryResponse(system_version_info=version,
+                                                                type_url=type_url, nonce=nonce)
+                    for n in names:
+                        res = resp.resources.add()
+                        res.name, res.version = n, st.client_versions.get(n, "")
+                        if ttl is not None:
+                            res.ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
+                    st.nonce_versions[nonce] = version
+                else:
+                    if st.sent_version != version:
+                        continue
+                    resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url,
+                                                           nonce=nonce)
+                    for n in names:
+                        w = discovery_pb2.Resource(name=n, version=version)
+                        if ttl is not None:
+                            w.ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
+                        a = any_pb2.Any()
+                        a.Pack(w)
+                        resp.resources.append(a)
+                st.last_nonce = nonce
+                s.queue.put_nowait(resp)
+        self.loop.call_soon_threadsafe(go)
+
+    def _wrap(self, type_url: str, resource: dict, packed, version: str):
+        """A resource as sent: wrapped in a `Resource` with the type's TTL, if it has one."""
+        ttl = self.ttls.get(type_url)
+        if ttl is None:
+            return packed
+        w = discovery_pb2.Resource(name=_name(resource, type_url), version=version)
+        w.ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
+        w.resource.CopyFrom(packed)
+        a = any_pb2.Any()
+        a.Pack(w)
+        return a
 
     def send_raw(self, data: bytes) -> None:
         """Send `data` as one gRPC message on every open stream (a malformed response)."""
@@ -257,7 +322,7 @@ class ControlPlane:
                   "response_nonce": req.response_nonce, "resource_names": list(req.resource_names),
                   "error_detail": err, "node": req.node.id if req.HasField("node") else None,
                   "user_agent_name": req.node.user_agent_name if req.HasField("node") else None,
-                  "stream_node": s.node}
+                  "stream_node": s.node, "at": time.monotonic()}
         with self._lock:
             self.requests.append(record)
         t = req.type_url
@@ -284,7 +349,7 @@ class ControlPlane:
             items = [(r, p) for r, p in items if _name(r, type_url) in st.names]
         nonce = str(next(self._nonces))
         resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
-        resp.resources.extend(p for _, p in items)
+        resp.resources.extend(self._wrap(type_url, r, p, version) for r, p in items)
         st.sent_version = version
         st.last_nonce = nonce
         s.queue.put_nowait(resp)
@@ -308,7 +373,7 @@ class ControlPlane:
                   "initial_resource_versions": dict(req.initial_resource_versions),
                   "error_detail": err, "node": req.node.id if req.HasField("node") else None,
                   "user_agent_name": req.node.user_agent_name if req.HasField("node") else None,
-                  "stream_node": s.node}
+                  "stream_node": s.node, "at": time.monotonic()}
         with self._lock:
             self.requests.append(record)
         changed = first
@@ -346,6 +411,8 @@ class ControlPlane:
             res = resp.resources.add()
             res.name, res.version = n, v
             res.resource.CopyFrom(p)
+            if self.ttls.get(type_url) is not None:
+                res.ttl.FromTimedelta(datetime.timedelta(seconds=self.ttls[type_url]))
             st.client_versions[n] = v
         for n in removed:
             st.client_versions.pop(n, None)

@@ -97,6 +97,9 @@ def test_backoff_is_jittered_exponential_capped_at_30s():
                     pass
             return G()
 
+        def counter(self, name):   # control_plane.rate_limit_enforced
+            return self.gauge(name)
+
     delays: list[float] = []
     mux = grpc_mux.GrpcMux(Dispatcher(), "xds", grpc_mux.ADS_PATH, lambda: [], None, Store(),
                            rand=lambda: 0.999999)

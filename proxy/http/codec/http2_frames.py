@@ -13,7 +13,8 @@ What it does, as h2 4.x does it for a server (validate_inbound_headers on):
   client's END_STREAM reset the stream (STREAM_CLOSED); on a stream closed by RST_STREAM
   they get RST_STREAM(STREAM_CLOSED), on one closed by END_STREAM both ways they are a
   connection error (STREAM_CLOSED); trailers must end the stream;
-- header validation equal to h2's validate_headers: names without upper case, controls,
+- header validation equal to h2's validate_headers (after its joining of cookie crumbs,
+  which it validates as one field): names without upper case, controls,
   DEL/8-bit bytes or a colon past the first byte; values without NUL/CR/LF and not starting
   or ending in SP/HTAB; `te` only "trailers"; no connection-specific fields; pseudo-headers
   known, unique, first, none in trailers; :method, :scheme, :path (ordinary CONNECT: neither
@@ -37,7 +38,10 @@ a connection error on a stream closed normally once it forgot that stream).
 Events are tuples, kind first: (EV_REQUEST, sid, headers, end), (EV_DATA, sid, data,
 flow_controlled_length, end), (EV_TRAILERS, sid, headers), (EV_RESET, sid, error_code,
 remote), (EV_WINDOW, sid), (EV_PRIORITY, sid), (EV_GOAWAY, error_code, last_stream_id),
-(EV_PING_ACK, payload). A connection error raises ConnectionError_ after queueing GOAWAY.
+(EV_PING_ACK, payload). A connection error raises H2ProtocolError after queueing GOAWAY.
+The events of one input are made before the owner sees any: a stream may close (a reset
+later in the same input) while the owner still acts on an earlier event: sending on it then
+sends nothing and its window is 0.
 
 Thread affinity: one connection's (its worker's). Must not: do I/O.
 """
@@ -137,8 +141,16 @@ def validate_request_headers(headers) -> int | None:
     regular = False
     method = authority = host = None
     length = None
+    cookies = None
     for field in headers:
         name, value = field[0], field[1]
+        if name == b"cookie":
+            # h2 joins the crumbs first (at the end of the list), then validates the result.
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
+            continue
         _check_field(name, value)
         if name[0] == 0x3A:  # ":"
             if name in pseudo:
@@ -167,6 +179,8 @@ def validate_request_headers(headers) -> int | None:
                 if length is not None and n != length:
                     raise H2ProtocolError(PROTOCOL_ERROR, "Conflicting content-length headers")
                 length = n
+    if cookies is not None:
+        _check_field(b"cookie", b"; ".join(cookies))
     if b":method" not in pseudo:
         raise H2ProtocolError(PROTOCOL_ERROR, "Header block missing mandatory b':method' header")
     connect = method == b"CONNECT"
@@ -193,8 +207,15 @@ def validate_trailers(headers) -> int | None:
     """Trailers: the field rules, no pseudo-headers. The content-length they carry, if any
     (h2 takes it as the stream's new expectation)."""
     length = None
+    cookies = None
     for field in headers:
         name, value = field[0], field[1]
+        if name == b"cookie":
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
+            continue
         _check_field(name, value)
         if name[0] == 0x3A:
             if name not in _PSEUDO:
@@ -207,7 +228,47 @@ def validate_trailers(headers) -> int | None:
             if length is not None and n != length:
                 raise H2ProtocolError(PROTOCOL_ERROR, "Conflicting content-length headers")
             length = n
+    if cookies is not None:
+        _check_field(b"cookie", b"; ".join(cookies))
     return length
+
+
+# -- frame bodies -------------------------------------------------------------------------------
+
+def _check_body(ftype: int, flags: int, payload: bytes) -> None:
+    """The body checks hyperframe makes of a frame before h2 looks at it (used where the
+    frame is refused anyway, so that the error code is the same)."""
+    n = len(payload)
+    fsize = H2ProtocolError(FRAME_SIZE_ERROR, "Frame data missing or invalid")
+    if ftype in (T_DATA, T_HEADERS, T_PUSH):
+        k = 0
+        pad = 0
+        if flags & F_PADDED:
+            if not n:
+                raise fsize
+            pad, k = payload[0], 1
+        if ftype == T_HEADERS and flags & F_PRIORITY and n - k < 5:
+            raise fsize
+        if ftype == T_PUSH:
+            if n - k < 4:
+                raise fsize
+            promised = int.from_bytes(payload[k:k + 4], "big")
+            if not promised or promised & 1:
+                raise H2ProtocolError(PROTOCOL_ERROR, "Received frame with non-compliant data")
+        if pad and pad >= (n if ftype == T_DATA else n - k) + (k if ftype == T_PUSH else 0):
+            raise H2ProtocolError(PROTOCOL_ERROR, "Received frame with invalid padding.")
+    elif ftype == T_PRIORITY and n != 5 or ftype in (T_RST, T_WINDOW) and n != 4 or \
+            ftype == T_PING and n != 8 or ftype == T_GOAWAY and n < 8:
+        raise fsize
+    elif ftype == T_SETTINGS:
+        if flags & F_ACK and n:
+            raise H2ProtocolError(PROTOCOL_ERROR, "SETTINGS ack frame must not have payload")
+        if n % 6:
+            raise fsize
+    elif ftype == T_WINDOW and not int.from_bytes(payload, "big") & 0x7FFFFFFF:
+        raise H2ProtocolError(PROTOCOL_ERROR, "Received frame with non-compliant data")
+    elif ftype == T_ALTSVC and (n < 2 or int.from_bytes(payload[:2], "big") > n - 2):
+        raise H2ProtocolError(FRAME_SIZE_ERROR, "Invalid ALTSVC frame body.")
 
 
 # -- connection ---------------------------------------------------------------------------------
@@ -273,9 +334,9 @@ class ServerConnection:
                  initial_connection_window: int = 65535, max_header_list_size: int = 65536,
                  header_table_size: int = 4096) -> None:
         self.out: list[bytes] = []
-        decoder = self.decoder = Decoder(max_header_list_size)
-        decoder.max_allowed_table_size = header_table_size
-        decoder.header_table_size = header_table_size
+        # The decoder's table stays at HPACK's default 4096 whatever SETTINGS_HEADER_TABLE_SIZE
+        # says (as h2 leaves it: it applies its initial settings at once and never on ACK).
+        self.decoder = Decoder(max_header_list_size)
         self.encoder = Encoder()
         self.streams: dict[int, _Stream] = {}
         self.closed: dict[int, bool] = {}   # closed stream id -> closed by RST_STREAM
@@ -365,6 +426,7 @@ class ServerConnection:
     def _frame_in(self, events: list, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if self._block is not None:
             if ftype != T_CONT or sid != self._block_sid:
+                _check_body(ftype, flags, payload)
                 raise H2ProtocolError(PROTOCOL_ERROR, "Invalid frame during header block.")
             self._block.append(payload)
             self._block_frames += 1
@@ -372,6 +434,8 @@ class ServerConnection:
                 raise H2ProtocolError(PROTOCOL_ERROR, "Too many continuation frames received.")
             if flags & F_END_HEADERS:
                 block, self._block = b"".join(self._block), None
+                if self._block_flags < 0:
+                    raise H2ProtocolError(PROTOCOL_ERROR, "Received pushed stream")
                 self._headers(events, sid, self._block_flags, block, self._block_priority)
             return
         if ftype == T_DATA:
@@ -467,8 +531,13 @@ class ServerConnection:
             raise H2ProtocolError(PROTOCOL_ERROR if sid not in self.closed or self.closed[sid]
                                   else STREAM_CLOSED, "Received unexpected CONTINUATION frame")
         elif ftype == T_PUSH:
-            if not sid:
-                raise H2ProtocolError(PROTOCOL_ERROR, "Received frame with invalid header")
+            _check_body(ftype, flags, payload)
+            if not flags & F_END_HEADERS:  # its header block is assembled first (as h2 does)
+                self._block = [b""]
+                self._block_sid = sid
+                self._block_flags = -1
+                self._block_frames = 1
+                return
             raise H2ProtocolError(PROTOCOL_ERROR, "Received pushed stream")
         elif ftype == T_ALTSVC:
             # Ignored by a server (RFC 7838), but hyperframe parses it first.
@@ -627,14 +696,14 @@ class ServerConnection:
     # -- output ----------------------------------------------------------------------------
     def local_flow_control_window(self, sid: int) -> int:
         st = self.streams.get(sid)
-        if st is None:
+        if st is None or not st.send_open:
             return 0
         return min(self.out_window, st.out_window)
 
     def send_headers(self, sid: int, headers, end_stream: bool = False) -> None:
         st = self.streams.get(sid)
         if st is None or not st.send_open:
-            raise H2ProtocolError(STREAM_CLOSED, f"Stream {sid} is closed")
+            return  # closed meanwhile (a reset later in the same input): nothing to send
         block = self.encoder.encode(headers)
         size = self.max_outbound_frame_size
         flags = F_END_STREAM if end_stream else 0
@@ -654,7 +723,7 @@ class ServerConnection:
         max_outbound_frame_size."""
         st = self.streams.get(sid)
         if st is None or not st.send_open:
-            raise H2ProtocolError(STREAM_CLOSED, f"Stream {sid} is closed")
+            return  # closed meanwhile: nothing to send
         n = len(data)
         self.out_window -= n
         st.out_window -= n

@@ -15,6 +15,7 @@ from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, Prio
                        RequestReceived, StreamReset, TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+from h2.stream import StreamState
 
 from .hpack_codec import install as install_hpack
 from .http2_frames import (EV_DATA, EV_GOAWAY, EV_PING_ACK, EV_PRIORITY, EV_REQUEST, EV_RESET,
@@ -87,17 +88,29 @@ class H2Engine:
                 append((EV_PING_ACK, ev.ping_data))
         return events
 
+    def _sendable(self, sid: int) -> bool:
+        """The stream may still send: h2 has already applied every frame of the input whose
+        events the codec is still going through (a later RST_STREAM may have closed it)."""
+        stream = self.conn.streams.get(sid)
+        return stream is not None and not stream.closed and stream.state_machine.state not in \
+            (StreamState.HALF_CLOSED_LOCAL,)
+
     def local_flow_control_window(self, sid: int) -> int:
+        if not self._sendable(sid):
+            return 0
         return self.conn.local_flow_control_window(sid)
 
     def send_headers(self, sid: int, headers, end_stream: bool = False) -> None:
-        self._call(self.conn.send_headers, sid, headers, end_stream)
+        if self._sendable(sid):
+            self._call(self.conn.send_headers, sid, headers, end_stream)
 
     def send_data(self, sid: int, data: bytes, end_stream: bool = False) -> None:
-        self._call(self.conn.send_data, sid, data, end_stream)
+        if self._sendable(sid):
+            self._call(self.conn.send_data, sid, data, end_stream)
 
     def end_stream(self, sid: int) -> None:
-        self._call(self.conn.end_stream, sid)
+        if self._sendable(sid):
+            self._call(self.conn.end_stream, sid)
 
     def reset_stream(self, sid: int, code: int) -> None:
         self._call(self.conn.reset_stream, sid, code)

@@ -130,7 +130,7 @@ _CONTROL_FRAMES = frozenset({3, 4, 6, 7})  # RST_STREAM, SETTINGS, PING, GOAWAY
 
 class _Stream:
     __slots__ = ("request_open", "disabled", "unacked", "pending", "pending_end", "trailers",
-                 "responded")
+                 "responded", "reset_after")
 
     def __init__(self, request_open: bool) -> None:
         self.request_open = request_open  # DATA or trailers of its request still to come
@@ -140,6 +140,7 @@ class _Stream:
         self.pending = b""                # response bytes waiting for window
         self.pending_end = False          # ... and the end of the response after them
         self.trailers = None              # ... or trailers after them
+        self.reset_after = False          # RST_STREAM(NO_ERROR) once they went out
 
 
 class Http2ServerCodec:
@@ -471,6 +472,8 @@ class Http2ServerCodec:
                     self._send_trailers(s, trailers)
             if not st.pending and s in self.flushing:
                 del self.flushing[s]
+                if st.reset_after:
+                    self._reset_no_error(s)
 
     # -- stream and connection control ------------------------------------------------------
     def reset_stream(self, stream_id: int) -> bool:
@@ -492,6 +495,12 @@ class Http2ServerCodec:
             self.going_away = True
             self._flush()
             self.transport.write(self.conn.goaway_frame(NO_ERROR))
+
+    def _reset_no_error(self, stream_id: int) -> None:
+        try:
+            self.conn.reset_stream(stream_id, NO_ERROR)
+        except H2ProtocolError:
+            pass  # the request ended meanwhile: the stream is closed
 
     def abandon_request(self, stream_id: int) -> None:
         pass  # stream_ended resets a request not read to its end (NO_ERROR)
@@ -515,11 +524,12 @@ class Http2ServerCodec:
             if st.pending:
                 self.flushing[stream_id] = st  # its last bytes go as the window opens
             if st.request_open:
-                # The response ended the stream before its request did (RFC 9113 §8.1).
-                try:
-                    self.conn.reset_stream(stream_id, NO_ERROR)
-                except H2ProtocolError:
-                    pass
+                # The response ended the stream before its request did (RFC 9113 §8.1):
+                # RST_STREAM(NO_ERROR) once the whole response went out.
+                if st.pending:
+                    st.reset_after = True
+                else:
+                    self._reset_no_error(stream_id)
             if st.unacked:  # the connection's window gets them back
                 self._ack(stream_id, st.unacked)
             self._flush()

@@ -134,45 +134,60 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise H2ProtocolError(PROTOCOL_ERROR, f"Invalid value for TE header: {value!r}")
 
 
-def validate_request_headers(headers) -> int | None:
+_M_METHOD, _M_SCHEME, _M_AUTHORITY, _M_PATH, _M_STATUS, _M_PROTOCOL = 1, 2, 4, 8, 16, 32
+_PSEUDO_BIT = {b":method": _M_METHOD, b":scheme": _M_SCHEME, b":authority": _M_AUTHORITY,
+               b":path": _M_PATH, b":status": _M_STATUS, b":protocol": _M_PROTOCOL}
+_SEEN_MAX = 256   # fields remembered valid per connection
+
+
+def validate_request_headers(headers, seen: set | None = None) -> int | None:
     """Raise H2ProtocolError for a request header list h2 refuses; the content-length it
-    declares (None when absent)."""
-    pseudo: set[bytes] = set()
+    declares (None when absent). `seen`: the connection's fields already found valid (a field
+    HPACK's dynamic table gives again is checked once; like that table, it is the
+    connection's own and bounded)."""
+    mask = 0
     regular = False
     method = authority = host = None
     length = None
     cookies = None
     for field in headers:
-        name, value = field[0], field[1]
+        name = field[0]
         if name == b"cookie":
             # h2 joins the crumbs first (at the end of the list), then validates the result.
             if cookies is None:
-                cookies = [value]
+                cookies = [field[1]]
             else:
-                cookies.append(value)
+                cookies.append(field[1])
             continue
-        _check_field(name, value)
+        if seen is None or field not in seen:
+            _check_field(name, field[1])
+            if seen is not None:
+                if len(seen) >= _SEEN_MAX:
+                    seen.clear()
+                seen.add(field)
         if name[0] == 0x3A:  # ":"
-            if name in pseudo:
+            bit = _PSEUDO_BIT.get(name, 0)
+            if mask & bit:
                 raise H2ProtocolError(PROTOCOL_ERROR, f"Received duplicate pseudo-header field {name!r}")
-            pseudo.add(name)
             if regular:
                 raise H2ProtocolError(PROTOCOL_ERROR, f"Received pseudo-header field out of sequence: {name!r}")
-            if name not in _PSEUDO:
+            if not bit:
                 raise H2ProtocolError(PROTOCOL_ERROR, f"Received custom pseudo-header field {name!r}")
-            if name == b":method":
-                method = value
-            elif name == b":authority":
-                authority = value
-            elif name == b":path" and not value:
+            mask |= bit
+            if bit == _M_METHOD:
+                method = field[1]
+            elif bit == _M_AUTHORITY:
+                authority = field[1]
+            elif bit == _M_PATH and not field[1]:
                 raise H2ProtocolError(PROTOCOL_ERROR, "An empty :path header is forbidden")
         else:
             regular = True
             if name == b"host":
                 if host is not None:
                     raise H2ProtocolError(PROTOCOL_ERROR, "Request header block has multiple Host headers.")
-                host = value
+                host = field[1]
             elif name == b"content-length":
+                value = field[1]
                 if not value.isdigit():
                     raise H2ProtocolError(PROTOCOL_ERROR, f"Invalid content-length header: {value!r}")
                 n = int(value)
@@ -181,19 +196,17 @@ def validate_request_headers(headers) -> int | None:
                 length = n
     if cookies is not None:
         _check_field(b"cookie", b"; ".join(cookies))
-    if b":method" not in pseudo:
+    if not mask & _M_METHOD:
         raise H2ProtocolError(PROTOCOL_ERROR, "Header block missing mandatory b':method' header")
     connect = method == b"CONNECT"
-    if connect and b":protocol" not in pseudo:
-        if b":scheme" in pseudo or b":path" in pseudo:
+    if connect and not mask & _M_PROTOCOL:
+        if mask & (_M_SCHEME | _M_PATH):
             raise H2ProtocolError(PROTOCOL_ERROR, "Ordinary CONNECT MUST NOT include :scheme or :path")
-    else:
-        for need in (b":scheme", b":path"):
-            if need not in pseudo:
-                raise H2ProtocolError(PROTOCOL_ERROR, f"Header block missing mandatory {need!r} header")
-    if b":status" in pseudo:
+    elif mask & (_M_SCHEME | _M_PATH) != _M_SCHEME | _M_PATH:
+        raise H2ProtocolError(PROTOCOL_ERROR, "Header block missing mandatory :scheme or :path header")
+    if mask & _M_STATUS:
         raise H2ProtocolError(PROTOCOL_ERROR, "Encountered response-only headers {b':status'}")
-    if not connect and b":protocol" in pseudo:
+    if not connect and mask & _M_PROTOCOL:
         raise H2ProtocolError(PROTOCOL_ERROR, "Encountered connect-request-only headers")
     if authority is None and host is None:
         raise H2ProtocolError(PROTOCOL_ERROR,
@@ -328,7 +341,7 @@ class ServerConnection:
                  "out_window", "peer_initial_window", "max_outbound_frame_size",
                  "local_initial_window", "_buf", "_preface", "_block", "_block_sid",
                  "_block_flags", "_block_frames", "_block_priority", "going_away",
-                 "peer_settings")
+                 "peer_settings", "_seen")
 
     def __init__(self, initial_stream_window: int = 65535,
                  initial_connection_window: int = 65535, max_header_list_size: int = 65536,
@@ -355,6 +368,7 @@ class ServerConnection:
         self._block_frames = 0
         self._block_priority = None
         self.going_away = False              # the client sent GOAWAY
+        self._seen: set = set()              # header fields found valid (validate_request_headers)
         settings = ((S_HEADER_TABLE_SIZE, header_table_size), (S_ENABLE_PUSH, 0),
                     (S_INITIAL_WINDOW_SIZE, self.local_initial_window),
                     (S_MAX_FRAME_SIZE, MAX_INBOUND_FRAME), (S_ENABLE_CONNECT_PROTOCOL, 0),
@@ -667,7 +681,7 @@ class ServerConnection:
             self.highest = sid
             if end:
                 st.recv_open = False
-            st.expected = validate_request_headers(headers)
+            st.expected = validate_request_headers(headers, self._seen)
             events.append((EV_REQUEST, sid, headers, end))
         elif not st.recv_open:
             self._local_reset(events, sid, st, STREAM_CLOSED)

@@ -334,26 +334,34 @@ class Http2ServerCodec:
             return
         method = path = authority = None
         headers: list[tuple[bytes, bytes]] = []
-        cookies: list[bytes] = []
+        cookies: list[bytes] | None = None
         content_length = None
-        for name, value in fields:
-            if name[:1] == b":":
+        has_host = False
+        for field in fields:
+            name = field[0]
+            if name[0] == 0x3A:  # ":"
                 if name == b":method":
-                    method = value
+                    method = field[1]
                 elif name == b":path":
-                    path = value
+                    path = field[1]
                 elif name == b":authority":
-                    authority = value
+                    authority = field[1]
                 continue
             if name == b"cookie":
-                cookies.append(value)
+                if cookies is None:
+                    cookies = [field[1]]
+                else:
+                    cookies.append(field[1])
                 continue
             if name == b"content-length":
+                value = field[1]
                 content_length = int(value) if value.isdigit() else None
-            headers.append((name, value))
-        if cookies:
+            elif name == b"host":
+                has_host = True
+            headers.append(field)
+        if cookies is not None:
             headers.append((b"cookie", b"; ".join(cookies)))
-        if authority is not None and not any(n == b"host" for n, _ in headers):
+        if authority is not None and not has_host:
             headers.insert(0, (b"host", authority))
         if method is None or path is None:  # (CONNECT: no :path; HTTP/2 CONNECT is not served)
             self.conn.reset_stream(sid, PROTOCOL_ERROR)

@@ -404,6 +404,20 @@ def test_the_preface_and_settings_are_the_same():
         assert frames_of(fast().data_to_send()) == frames_of(ref().data_to_send())
 
 
+def test_the_client_may_grow_the_hpack_table_to_the_advertised_size():
+    """hpack_table_size above 4096: a client's size update up to it is taken (by both)."""
+    opts = Http2Options(hpack_table_size=16384)
+    enc = RefEncoder()
+    enc.header_table_size = 16384
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+              (b":authority", b"h2.test"), (b"x-big", b"v" * 6000)]
+    data = PREFACE + frame(4, 0, 0) + frame(1, 5, 1, enc.encode(fields)) + frame(1, 5, 3, enc.encode(fields))
+    fast, ref = engines(opts)
+    got, want = run_engine(fast, [data]), run_engine(ref, [data])
+    assert got == want
+    assert [e[1] for e in got[0][0] if e[0] == 0] == [1, 3]
+
+
 def test_a_bad_preface_is_refused_without_goaway():
     for make in engines(OPTS[0]):
         eng = make()

@@ -347,9 +347,11 @@ class ServerConnection:
                  initial_connection_window: int = 65535, max_header_list_size: int = 65536,
                  header_table_size: int = 4096) -> None:
         self.out: list[bytes] = []
-        # The decoder's table stays at HPACK's default 4096 whatever SETTINGS_HEADER_TABLE_SIZE
-        # says (as h2 leaves it: it applies its initial settings at once and never on ACK).
+        # The decoder's table: 4096 until the client changes it, up to what our
+        # SETTINGS_HEADER_TABLE_SIZE allows (never below HPACK's default 4096, which the client
+        # may use until it has our SETTINGS).
         self.decoder = Decoder(max_header_list_size)
+        self.decoder.max_allowed_table_size = max(4096, header_table_size)
         self.encoder = Encoder()
         self.streams: dict[int, _Stream] = {}
         self.closed: dict[int, bool] = {}   # closed stream id -> closed by RST_STREAM

@@ -44,6 +44,9 @@ class H2Engine:
         })
         conn.decoder.max_header_list_size = max_header_list_size
         install_hpack(conn)
+        # h2 never applies its initial HEADER_TABLE_SIZE to its decoder: the client may grow
+        # the table to what we advertised (never below HPACK's default, as ours).
+        conn.decoder.max_allowed_table_size = max(4096, header_table_size)
         conn.initiate_connection()
         extra = initial_connection_window - 65535
         if extra > 0:

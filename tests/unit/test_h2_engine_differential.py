@@ -425,3 +425,41 @@ def test_a_bad_preface_is_refused_without_goaway():
         with pytest.raises(H2ProtocolError):
             eng.receive_data(b"GET / HTTP/1.1\r\n\r\n")
         assert eng.data_to_send() == b""
+
+
+FIELD_POOL = [(b":method", b"GET"), (b":method", b"CONNECT"), (b":method", b"POST"),
+              (b":scheme", b"http"), (b":scheme", b""), (b":path", b"/"), (b":path", b""),
+              (b":path", b"*"), (b":authority", b"h2.test"), (b":authority", b"other"),
+              (b":protocol", b"websocket"), (b":status", b"200"), (b":bogus", b"x"),
+              (b":", b"x"), (b"host", b"h2.test"), (b"host", b"other"), (b"te", b"trailers"),
+              (b"te", b"TRAILERS"), (b"te", b"gzip"), (b"connection", b"keep-alive"),
+              (b"keep-alive", b"1"), (b"proxy-connection", b"x"), (b"upgrade", b"h2c"),
+              (b"transfer-encoding", b"chunked"), (b"content-length", b"0"),
+              (b"content-length", b"5"), (b"content-length", b"+5"), (b"content-length", b""),
+              (b"cookie", b"a=1"), (b"cookie", b""), (b"cookie", b" b=2"), (b"cookie", b"c=3 "),
+              (b"x-ok", b"value"), (b"x-ok", b""), (b"x-sp", b" v"), (b"x-tab", b"v\t"),
+              (b"x-nul", b"a\x00"), (b"x-cr", b"a\rb"), (b"x-lf", b"\n"), (b"X-Up", b"v"),
+              (b"x sp", b"v"), (b"x:colon", b"v"), (b"", b"v"), (b"x-del\x7f", b"v"),
+              (b"x-8bit\xc3\xa9", b"v"), (b"x-utf8", b"caf\xc3\xa9"), (b"x-mid", b"a b\tc")]
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_request_header_validation_equals_h2s(seed):
+    """One request's header list, drawn from valid and invalid fields in any order: refused
+    by both (the same connection error) or taken by both (the same event)."""
+    rng = random.Random(30_000 + seed)
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+              (b":authority", b"h2.test")]
+    for _ in range(rng.randrange(0, 4)):
+        fields.insert(rng.randrange(len(fields) + 1), rng.choice(FIELD_POOL))
+    if rng.random() < 0.3:
+        del fields[rng.randrange(len(fields))]
+    if rng.random() < 0.2:
+        rng.shuffle(fields)
+    end = rng.random() < 0.7
+    enc = RefEncoder()
+    data = PREFACE + frame(4, 0, 0) + frame(1, 4 | (1 if end else 0), 1, enc.encode(fields))
+    if not end:
+        data += frame(0, 1, 1, b"x" * rng.choice([0, 5]))
+    fast, ref = engines(OPTS[0])
+    assert run_engine(fast, [data]) == run_engine(ref, [data])

@@ -43,10 +43,14 @@ The events of one input are made before the owner sees any: a stream may close (
 later in the same input) while the owner still acts on an earlier event: sending on it then
 sends nothing and its window is 0.
 
-Thread affinity: one connection's (its worker's). Must not: do I/O.
+Thread affinity: a ServerConnection is one connection's (its worker's). The module's cache of
+field names found valid is shared by the workers: a bounded dict from a name to a bool, where
+two threads filling it at once write equal values. Must not: do I/O.
 """
 
 from __future__ import annotations
+
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from .hpack_codec import Decoder, Encoder
 
@@ -702,11 +706,13 @@ class ServerConnection:
             events.append((EV_PRIORITY, sid))
 
     def _decode(self, block: bytes) -> list:
+        """hpack_codec raises hpack's exception classes: an oversized list is an HPACK bomb
+        (ENHANCE_YOUR_CALM, as h2), any other a bad block (PROTOCOL_ERROR, as h2)."""
         try:
             return self.decoder.decode(block, raw=True)
-        except Exception as e:  # hpack's errors (its classes, raised by our decoder)
-            if type(e).__name__ == "OversizedHeaderListError":
-                raise H2ProtocolError(ENHANCE_YOUR_CALM, f"Oversized header block: {e}") from e
+        except OversizedHeaderListError as e:
+            raise H2ProtocolError(ENHANCE_YOUR_CALM, f"Oversized header block: {e}") from e
+        except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
             raise H2ProtocolError(PROTOCOL_ERROR, f"Error decoding header block: {e}") from e
 
     # -- output ----------------------------------------------------------------------------

@@ -463,3 +463,29 @@ def test_request_header_validation_equals_h2s(seed):
         data += frame(0, 1, 1, b"x" * rng.choice([0, 5]))
     fast, ref = engines(OPTS[0])
     assert run_engine(fast, [data]) == run_engine(ref, [data])
+
+
+def test_a_client_goaway_lets_streams_in_flight_finish():
+    """Deliberate difference from h2: after the client's GOAWAY our engine still answers the
+    streams it opened (RFC 9113 §6.8) and the codec refuses new ones; h2 refuses every later
+    frame and sends nothing more (its reference engine then drops the sends quietly)."""
+    enc = RefEncoder()
+    req = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
+    t, cb = Transport(), Callbacks()
+    codec = Http2ServerCodec(t, cb, Http2Options(), (), None, "fast")
+    codec.dispatch(PREFACE + frame(4, 0, 0) + frame(1, 5, 1, enc.encode(req)) +
+                   frame(7, 0, 0, (0).to_bytes(4, "big") + (0).to_bytes(4, "big")))
+    assert codec.going_away and [e[:2] for e in cb.log] == [("headers", 1)]
+    codec.encode_response(1, 200, [], b"late but whole")
+    codec.stream_ended(1)
+    codec.dispatch(frame(1, 5, 3, enc.encode(req)))
+    out = frames_of(bytes(t.out))
+    assert ("HEADERS", 1, 0, [(b":status", b"200")]) in out
+    assert (0, 1, 1, b"late but whole") in out
+    assert (3, 0, 3, (7).to_bytes(4, "big")) in out      # REFUSED_STREAM
+    t2, cb2 = Transport(), Callbacks()
+    ref = Http2ServerCodec(t2, cb2, Http2Options(), (), None, "h2")
+    ref.dispatch(PREFACE + frame(4, 0, 0) + frame(1, 5, 1, enc.encode(req)) +
+                 frame(7, 0, 0, (0).to_bytes(4, "big") + (0).to_bytes(4, "big")))
+    ref.encode_response(1, 200, [], b"dropped")          # does not raise
+    assert not any(f[0] == 0 for f in frames_of(bytes(t2.out)))

@@ -103,17 +103,26 @@ class H2Engine:
             return 0
         return self.conn.local_flow_control_window(sid)
 
+    # Sends on a stream h2 will not send on (closed meanwhile, or every stream once the
+    # client's GOAWAY closed h2's connection state) send nothing, as ours.
     def send_headers(self, sid: int, headers, end_stream: bool = False) -> None:
         if self._sendable(sid):
-            self._call(self.conn.send_headers, sid, headers, end_stream)
+            self._quiet(self.conn.send_headers, sid, headers, end_stream)
 
     def send_data(self, sid: int, data: bytes, end_stream: bool = False) -> None:
         if self._sendable(sid):
-            self._call(self.conn.send_data, sid, data, end_stream)
+            self._quiet(self.conn.send_data, sid, data, end_stream)
 
     def end_stream(self, sid: int) -> None:
         if self._sendable(sid):
-            self._call(self.conn.end_stream, sid)
+            self._quiet(self.conn.end_stream, sid)
+
+    @staticmethod
+    def _quiet(fn, *args) -> None:
+        try:
+            fn(*args)
+        except ProtocolError:
+            pass
 
     def reset_stream(self, sid: int, code: int) -> None:
         self._call(self.conn.reset_stream, sid, code)

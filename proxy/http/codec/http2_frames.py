@@ -33,7 +33,10 @@ What it does, as h2 4.x does it for a server (validate_inbound_headers on):
 Deliberate differences from h2: a client's GOAWAY does not end the streams in flight (they
 finish, RFC 9113 §6.8; h2 refuses every later frame); an overlong frame is refused from its
 header (h2 waits for its whole body); RST_STREAM on any closed stream is ignored (h2 makes it
-a connection error on a stream closed normally once it forgot that stream).
+a connection error on a stream closed normally once it forgot that stream); how a stream
+closed is remembered for the last 4096 streams (h2: 65536), an older one taking HEADERS is a
+PROTOCOL_ERROR rather than STREAM_CLOSED; SETTINGS_HEADER_TABLE_SIZE is advertised and the
+decoder takes a table up to it (or 4096), never smaller (as h2, which never applies it).
 
 Events are tuples, kind first: (EV_REQUEST, sid, headers, end), (EV_DATA, sid, data,
 flow_controlled_length, end), (EV_TRAILERS, sid, headers), (EV_RESET, sid, error_code,

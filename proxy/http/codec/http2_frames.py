@@ -34,7 +34,7 @@ Deliberate differences from h2: a client's GOAWAY does not end the streams in fl
 finish, RFC 9113 §6.8; h2 refuses every later frame); an overlong frame is refused from its
 header (h2 waits for its whole body); RST_STREAM on any closed stream is ignored (h2 makes it
 a connection error on a stream closed normally once it forgot that stream); how a stream
-closed is remembered for the last 4096 streams (h2: 65536), an older one taking HEADERS is a
+closed is remembered for the last 4096 to 8192 streams (h2: 65536), an older one taking HEADERS is a
 PROTOCOL_ERROR rather than STREAM_CLOSED; SETTINGS_HEADER_TABLE_SIZE is advertised and the
 decoder takes a table up to it (or 4096), never smaller (as h2, which never applies it).
 
@@ -330,13 +330,14 @@ class _Window:
 
 
 class _Stream:
-    __slots__ = ("recv_open", "send_open", "window", "out_window", "expected", "received",
-                 "reset_by")
+    __slots__ = ("recv_open", "send_open", "window", "in_size", "out_window", "expected",
+                 "received", "reset_by")
 
     def __init__(self, in_size: int, out_size: int) -> None:
         self.recv_open = True    # the client may still send (no END_STREAM from it yet)
         self.send_open = True    # we may still send
-        self.window = _Window(in_size)
+        self.window: _Window | None = None   # inbound, made at the first DATA
+        self.in_size = in_size
         self.out_window = out_size
         self.expected = None     # content-length declared
         self.received = 0        # DATA bytes received
@@ -608,8 +609,10 @@ class ServerConnection:
     def _forget(self, sid: int, by_reset: bool) -> None:
         closed = self.closed
         closed[sid] = by_reset
-        if len(closed) > _CLOSED_MEMORY:
-            del closed[next(iter(closed))]
+        if len(closed) > 2 * _CLOSED_MEMORY:  # keep the newest (amortised: once per 4096)
+            newest = list(closed.items())[-_CLOSED_MEMORY:]
+            closed.clear()
+            closed.update(newest)
 
     def _local_reset(self, events: list, sid: int, st: _Stream, code: int) -> None:
         """A stream error: RST_STREAM, the owner told (remote False)."""
@@ -657,7 +660,10 @@ class ServerConnection:
                 self.out.append(_frame(T_WINDOW, 0, 0, inc.to_bytes(4, "big")))
             self._local_reset(events, sid, st, STREAM_CLOSED)
             return
-        st.window.consumed(flow)
+        window = st.window
+        if window is None:
+            window = st.window = _Window(st.in_size)
+        window.consumed(flow)
         st.received += len(data)
         end = bool(flags & F_END_STREAM)
         if st.expected is not None and (st.expected < st.received or
@@ -777,7 +783,7 @@ class ServerConnection:
         if inc:
             self.out.append(_frame(T_WINDOW, 0, 0, inc.to_bytes(4, "big")))
         st = self.streams.get(sid)
-        if st is not None:
+        if st is not None and st.window is not None:
             inc = st.window.process(n)
             if inc:
                 self.out.append(_frame(T_WINDOW, 0, sid, inc.to_bytes(4, "big")))

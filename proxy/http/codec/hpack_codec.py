@@ -133,7 +133,7 @@ class Decoder:
                 index = b & 0x7F
                 if index == 0x7F:
                     index, i = _varint(data, i, index)
-                field = self._entry(index)
+                field = _STATIC[index - 1] if 0 < index <= _STATIC_LEN else self._entry(index)
                 append(field)
             elif b & 0x40 or not b & 0x20:                 # a literal
                 if b & 0x40:

@@ -177,7 +177,8 @@ def validate_request_headers(headers, seen: set | None = None) -> int | None:
             if mask & bit:
                 raise H2ProtocolError(PROTOCOL_ERROR, f"Received duplicate pseudo-header field {name!r}")
             if regular:
-                raise H2ProtocolError(PROTOCOL_ERROR, f"Received pseudo-header field out of sequence: {name!r}")
+                raise H2ProtocolError(PROTOCOL_ERROR,
+                                      f"Received pseudo-header field out of sequence: {name!r}")
             if not bit:
                 raise H2ProtocolError(PROTOCOL_ERROR, f"Received custom pseudo-header field {name!r}")
             mask |= bit
@@ -219,7 +220,8 @@ def validate_request_headers(headers, seen: set | None = None) -> int | None:
         raise H2ProtocolError(PROTOCOL_ERROR,
                               "Request header block does not have an :authority or Host header.")
     if authority is not None and host is not None and authority != host:
-        raise H2ProtocolError(PROTOCOL_ERROR, "Request header block has mismatched :authority and Host headers")
+        raise H2ProtocolError(PROTOCOL_ERROR,
+                              "Request header block has mismatched :authority and Host headers")
     return length
 
 

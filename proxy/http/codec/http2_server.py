@@ -11,8 +11,8 @@ Streams are HTTP/2's own: each request's HEADERS opens one (`on_stream_headers`)
 trailers follow, RST_STREAM from the client ends that stream alone (`on_stream_reset`), and a
 stream the HCM resets gets RST_STREAM; the connection goes on. Requests are translated to what
 the HCM reads for HTTP/1.1: `:method`, `:path`, and `host` from `:authority`; cookie crumbs
-joined with "; " (RFC 9113 §8.2.3). The engine validates inbound headers (pseudo-headers, connection-
-specific fields, upper-case names): a request it refuses is a connection error (GOAWAY), as
+joined with "; " (RFC 9113 §8.2.3). The engine validates inbound headers (pseudo-headers,
+connection-specific fields, upper-case names): a request it refuses is a connection error (GOAWAY), as
 Envoy's default (`stream_error_on_invalid_http_messaging` false). Responses drop the fields
 HTTP/2 forbids (connection, keep-alive, transfer-encoding, upgrade, proxy-connection).
 

@@ -13,6 +13,7 @@
 #   PROBE=lane perf/instr_count.sh    # ... for perf/probe_lane.py (a fused path's lower bound)
 #   CONFIG=perf/configs/http-fault.yaml perf/instr_count.sh   # the same path with a filter added
 #   WRK_HEADER="x-api-key: demo-key" CONFIG=perf/configs/http-python-apikey.yaml perf/instr_count.sh
+#   H2=1 perf/instr_count.sh          # HTTP/2 (h2c): h2load -n $H2_N (2000) -c 10 -m 10 instead of wrk
 # Under callgrind the proxy runs ~50x slower (a few hundred requests a second).
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
@@ -40,13 +41,15 @@ setsid valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 for i in $(seq 240); do curl -fsk -o /dev/null "$URL" && break; sleep 0.5; done
 WRK_ARGS=(); [ -n "${WRK_HEADER:-}" ] && WRK_ARGS=(-H "$WRK_HEADER")  # WRK_HEADER="x-api-key: demo-key"
-wrk -t1 -c20 -d2s "${WRK_ARGS[@]}" "$URL" >/dev/null    # warm-up, not counted
+if [ "${H2:-0}" = 1 ]; then h2load -n 300 -c 10 -m 10 "$URL" >/dev/null    # warm-up, not counted
+else wrk -t1 -c20 -d2s "${WRK_ARGS[@]}" "$URL" >/dev/null; fi
 PID=$(pgrep -g "${PGS[-1]}" -f "$MATCH" | head -1)
 callgrind_control -i on "$PID" >/dev/null 2>&1
-wrk -t1 -c20 -d"${SECS}s" "${WRK_ARGS[@]}" "$URL" > "$OUT_DIR/wrk.txt"
+if [ "${H2:-0}" = 1 ]; then h2load -n "${H2_N:-2000}" -c 10 -m 10 "$URL" > "$OUT_DIR/wrk.txt"
+else wrk -t1 -c20 -d"${SECS}s" "${WRK_ARGS[@]}" "$URL" > "$OUT_DIR/wrk.txt"; fi
 callgrind_control -i off "$PID" >/dev/null 2>&1
 callgrind_control -d "$PID" >/dev/null 2>&1
-REQ=$(awk '/requests in/ {print $1}' "$OUT_DIR/wrk.txt")
+REQ=$(awk '/requests in/ {print $1} /^requests:/ {print $8}' "$OUT_DIR/wrk.txt")
 # The worker is the thread with the most instructions; per-thread files end in -NN.
 best=""; bestn=0
 for f in "$OUT_DIR"/callgrind.out.[0-9]*-*; do  # dump 1, one file per thread

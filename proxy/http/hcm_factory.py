@@ -12,7 +12,8 @@ from ..network.address import node_address
 from ..router.table import RouteTable
 from .codec import make_server_codec
 from .codec.http1_server import Http1ServerCodec
-from .codec.http2_server import PREFACE, Http2CodecStats, Http2Options, Http2ServerCodec
+from .codec.http2_server import (PREFACE, Http2CodecStats, Http2Options, Http2ServerCodec,
+                                 default_engine)
 from .conn_manager import ConnectionManager
 from .h2_keepalive import Keepalive
 from .headers import HOP_BY_HOP
@@ -27,7 +28,8 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
     chosen from its first bytes as Envoy's codec_type says: HTTP2 always HTTP/2 (h2c, prior
     knowledge); AUTO HTTP/2 when TLS negotiated ALPN "h2" or the bytes begin the client
     connection preface, else HTTP/1.1;
-    HTTP1 always HTTP/1.1 (a preface there is an unsupported version: 426)."""
+    HTTP1 always HTTP/1.1 (a preface there is an unsupported version: 426).
+    HTTP/2's engine: ours, or h2's (the reference) when FTPROXY_H2_CODEC=h2."""
     max_kb = config.max_request_headers_kb
     max_count = config.max_headers_count
     codec_type = config.codec_type
@@ -40,6 +42,7 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
                               h2.max_inbound_window_update_frames_per_data_frame_sent,
                               h2.allow_connect)
 
+    engine = default_engine()
     trailers = config.http_protocol_options.enable_trailers
     keepalive = h2.connection_keepalive if h2.connection_keepalive is not None and \
         h2.connection_keepalive.interval else None
@@ -48,7 +51,8 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
         if codec_type == "HTTP2" or (codec_type == "AUTO" and (
                 (len(first_bytes) >= 3 and PREFACE.startswith(first_bytes[:len(PREFACE)]))
                 or transport.transport_socket.protocol() == "h2")):
-            codec = Http2ServerCodec(transport, callbacks, h2_options, response_fields, http2_stats)
+            codec = Http2ServerCodec(transport, callbacks, h2_options, response_fields, http2_stats,
+                                     engine)
             if keepalive is not None:
                 codec.keepalive = Keepalive(keepalive, transport.dispatcher, codec.send_ping,
                                             codec.on_keepalive_timeout, lambda: not transport.closed)

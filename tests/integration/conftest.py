@@ -35,3 +35,11 @@ def proxy_factory():
     yield make
     for p in started:
         p.stop()
+
+
+@pytest.fixture(params=["fast", "h2"])
+def h2_engine(request, monkeypatch):
+    """Each downstream HTTP/2 engine in turn: ours (http2_frames, the hot path) and the h2
+    library's (the reference); read when the proxy builds its HCM."""
+    monkeypatch.setenv("FTPROXY_H2_CODEC", request.param)
+    return request.param

@@ -21,6 +21,9 @@ from h2.events import (ConnectionTerminated, DataReceived, ResponseReceived, Str
 
 from .harness import front_proxy_config, static_cluster
 
+# Every test runs on both downstream HTTP/2 engines (ours and h2, the reference).
+pytestmark = pytest.mark.usefixtures("h2_engine")
+
 ROUTES = [{"match": {"prefix": "/"}, "route": {"cluster": "c1"}}]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from hyperframe.frame import (DataFrame, Frame, PingFrame, PriorityFrame,
@@ -15,6 +17,9 @@ from hyperframe.frame import (DataFrame, Frame, PingFrame, PriorityFrame,
 
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
 from .test_h2_downstream import H2Client
+
+# Every test runs on both downstream HTTP/2 engines (ours and h2, the reference).
+pytestmark = pytest.mark.usefixtures("h2_engine")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -20,6 +20,9 @@ from .harness import ProxyUnderTest, front_proxy_config, static_cluster
 from .test_h2_downstream import H2Client
 from .test_h2_floods import _raw_client
 
+# Every test runs on both downstream HTTP/2 engines (ours and h2, the reference).
+pytestmark = pytest.mark.usefixtures("h2_engine")
+
 KEEPALIVE = {"interval": "0.2s", "timeout": "0.3s", "interval_jitter": {"value": 0}}
 
 

@@ -13,7 +13,8 @@ Encoder: it never adds to the dynamic table, so the peer's stays empty and a fie
 do not depend on the connection's history: a field of the static table is one byte; any other
 is a literal without indexing (never indexed for hpack's NeverIndexedHeaderTuple), its name by
 static index when the table has it, strings raw (no Huffman). The name part of each literal is
-kept in a per-process cache (names only: values, which may be secrets, are never kept). A
+kept in a per-process cache (names only: values, which may be secrets, are never kept
+there); whole encoded fields in the encoder's own cache (per connection, bounded). A
 SETTINGS_HEADER_TABLE_SIZE from the peer below the current size is announced with a dynamic
 table size update at the start of the next block (RFC 7541 §4.2; nghttp2 requires it).
 
@@ -132,7 +133,7 @@ class Decoder:
                 index = b & 0x7F
                 if index == 0x7F:
                     index, i = _varint(data, i, index)
-                field = self._entry(index)
+                field = _STATIC[index - 1] if 0 < index <= _STATIC_LEN else self._entry(index)
                 append(field)
             elif b & 0x40 or not b & 0x20:                 # a literal
                 if b & 0x40:
@@ -220,12 +221,19 @@ def _name_part(name: bytes, never: bool) -> bytes:
     return part
 
 
+_FIELD_CACHE_MAX = 256
+
+
 class Encoder:
-    __slots__ = ("max_table_bytes", "pending_sizes")
+    __slots__ = ("max_table_bytes", "pending_sizes", "fields")
 
     def __init__(self) -> None:
         self.max_table_bytes = _DEFAULT_TABLE_SIZE
         self.pending_sizes: list[int] = []   # size updates owed at the next block's start
+        # This connection's encoded fields (plain bytes tuples, not never-indexed ones): a
+        # field's bytes never depend on the history, so a field sent again is one lookup.
+        # The connection's own, bounded, as an HPACK dynamic table would be.
+        self.fields: dict[tuple[bytes, bytes], bytes] = {}
 
     @property
     def header_table_size(self) -> int:
@@ -247,8 +255,14 @@ class Encoder:
             self.pending_sizes = []
         full = _STATIC_FULL
         cache = _NAME_CACHE
+        known = self.fields
         append = out.append
         for h in headers:
+            if type(h) is tuple:
+                one = known.get(h)
+                if one is not None:
+                    append(one)
+                    continue
             name, value = h[0], h[1]
             if type(name) is not bytes:
                 name = bytes(name, "utf-8") if isinstance(name, str) else bytes(name)
@@ -261,10 +275,15 @@ class Encoder:
                     append(one)
                     continue
             part = cache.get((name, never))
-            append(part if part is not None else _name_part(name, never))
+            if part is None:
+                part = _name_part(name, never)
             n = len(value)
-            append(bytes((n,)) if n < 0x7F else _encode_int(n, 7, 0))
-            append(value)
+            one = part + (bytes((n,)) if n < 0x7F else _encode_int(n, 7, 0)) + value
+            append(one)
+            if type(h) is tuple and type(h[0]) is bytes and type(h[1]) is bytes:
+                if len(known) >= _FIELD_CACHE_MAX:
+                    known.clear()
+                known[h] = one
         return b"".join(out)
 
 

@@ -1,12 +1,18 @@
-"""HTTP/2 as a ServerCodec (protocol.py), on the `h2` library: cleartext with prior knowledge
-(h2c, the client's connection preface chooses it: codec_type AUTO or HTTP2).
+"""HTTP/2 as a ServerCodec (protocol.py): cleartext with prior knowledge (h2c, the client's
+connection preface chooses it: codec_type AUTO or HTTP2), or ALPN "h2" over TLS.
+
+The protocol engine (frames, stream states, windows, header validation) is
+http2_frames.ServerConnection, our own; `engine="h2"` (FTPROXY_H2_CODEC=h2, see
+hcm_factory) puts the `h2` library there instead (http2_h2_engine.H2Engine), the reference
+the tests run this codec against as well. Everything below talks to the engine only through
+its calls and event tuples.
 
 Streams are HTTP/2's own: each request's HEADERS opens one (`on_stream_headers`), its DATA and
 trailers follow, RST_STREAM from the client ends that stream alone (`on_stream_reset`), and a
 stream the HCM resets gets RST_STREAM; the connection goes on. Requests are translated to what
 the HCM reads for HTTP/1.1: `:method`, `:path`, and `host` from `:authority`; cookie crumbs
-joined with "; " (RFC 9113 §8.2.3). h2 validates inbound headers (pseudo-headers, connection-
-specific fields, upper-case names): a request it refuses is a connection error (GOAWAY), as
+joined with "; " (RFC 9113 §8.2.3). The engine validates inbound headers (pseudo-headers,
+connection-specific fields, upper-case names): a request it refuses is a connection error (GOAWAY), as
 Envoy's default (`stream_error_on_invalid_http_messaging` false). Responses drop the fields
 HTTP/2 forbids (connection, keep-alive, transfer-encoding, upgrade, proxy-connection).
 
@@ -20,23 +26,44 @@ Thread affinity: one connection on one worker. Must not: call the HCM from an `e
 
 from __future__ import annotations
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PriorityUpdated,
-                       RequestReceived, StreamEnded, StreamReset,
-                       TrailersReceived, WindowUpdated)
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame
+import os
 
 from .errors import CodecError
-from .hpack_codec import install as install_hpack
 from .events import RequestHeaders
+from .http2_frames import (ENHANCE_YOUR_CALM, EV_DATA, EV_GOAWAY, EV_PING_ACK, EV_PRIORITY,
+                           EV_REQUEST, EV_RESET, EV_TRAILERS, EV_WINDOW, INTERNAL_ERROR,
+                           NO_ERROR, PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, H2ProtocolError,
+                           ServerConnection)
 
-__all__ = ["Http2ServerCodec", "Http2Options", "Http2CodecStats", "PREFACE", "PREMATURE_RESET_MIN"]
+__all__ = ["Http2ServerCodec", "Http2Options", "Http2CodecStats", "PREFACE", "PREMATURE_RESET_MIN",
+           "ENGINES", "default_engine"]
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The protocol engines: ours (the hot path) and the h2 library's (the reference).
+ENGINES = ("fast", "h2")
+_ERROR_NAMES = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR",
+                4: "SETTINGS_TIMEOUT", 5: "STREAM_CLOSED", 6: "FRAME_SIZE_ERROR",
+                7: "REFUSED_STREAM", 8: "CANCEL", 9: "COMPRESSION_ERROR", 10: "CONNECT_ERROR",
+                11: "ENHANCE_YOUR_CALM", 12: "INADEQUATE_SECURITY", 13: "HTTP_1_1_REQUIRED"}
+
+
+def default_engine() -> str:
+    """The engine FTPROXY_H2_CODEC names ("fast" unless it says "h2"); read when an HCM's
+    codec factory is built (main thread)."""
+    engine = os.environ.get("FTPROXY_H2_CODEC", "fast") or "fast"
+    if engine not in ENGINES:
+        raise ValueError(f"FTPROXY_H2_CODEC={engine!r}: expected one of {', '.join(ENGINES)}")
+    return engine
+
+
+def make_engine(engine: str, options: "Http2Options"):
+    args = (options.initial_stream_window_size, options.initial_connection_window_size,
+            options.max_header_list_bytes, options.hpack_table_size, options.allow_connect)
+    if engine == "fast":
+        return ServerConnection(*args)
+    if engine == "h2":
+        from .http2_h2_engine import H2Engine
+        return H2Engine(*args)
+    raise ValueError(f"unknown HTTP/2 engine {engine!r} (expected 'fast' or 'h2')")
 
 # Rapid reset (CVE-2023-44487): once a connection has opened this many streams, if the client
 # reset at least half of them before their response started, the connection is closed with
@@ -108,7 +135,7 @@ _CONTROL_FRAMES = frozenset({3, 4, 6, 7})  # RST_STREAM, SETTINGS, PING, GOAWAY
 
 class _Stream:
     __slots__ = ("request_open", "disabled", "unacked", "pending", "pending_end", "trailers",
-                 "responded", "extended_connect")
+                 "responded", "extended_connect", "reset_after")
 
     def __init__(self, request_open: bool) -> None:
         self.request_open = request_open  # DATA or trailers of its request still to come
@@ -119,6 +146,7 @@ class _Stream:
         self.pending = b""                # response bytes waiting for window
         self.pending_end = False          # ... and the end of the response after them
         self.trailers = None              # ... or trailers after them
+        self.reset_after = False          # RST_STREAM(NO_ERROR) once they went out
 
 
 class Http2ServerCodec:
@@ -128,32 +156,16 @@ class Http2ServerCodec:
 
     def __init__(self, transport, callbacks, options: Http2Options | None = None,
                  response_fields: tuple[tuple[bytes, bytes], ...] = (),
-                 stats: Http2CodecStats | None = None) -> None:
+                 stats: Http2CodecStats | None = None, engine: str = "fast") -> None:
         self.transport = transport
         self.callbacks = callbacks
         self.stats = stats
         self.options = options = options or Http2Options()
         self.response_fields = response_fields
         self._own = frozenset(n for n, _ in response_fields) | _CONNECTION_SPECIFIC
-        conn = self.conn = H2Connection(H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True,
-            validate_outbound_headers=False, normalize_outbound_headers=False))
-        settings = {
-            SettingCodes.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1,  # enforced here (REFUSED_STREAM)
-            SettingCodes.INITIAL_WINDOW_SIZE: min(options.initial_stream_window_size, 2 ** 31 - 1),
-            SettingCodes.ENABLE_PUSH: 0,
-            SettingCodes.MAX_HEADER_LIST_SIZE: options.max_header_list_bytes,
-            SettingCodes.HEADER_TABLE_SIZE: options.hpack_table_size,
-        }
-        if options.allow_connect:
-            settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1  # RFC 8441 §3
-        conn.local_settings = conn.local_settings.__class__(client=False, initial_values=settings)
-        conn.decoder.max_header_list_size = options.max_header_list_bytes
-        install_hpack(conn)
-        conn.initiate_connection()
-        extra = options.initial_connection_window_size - 65535
-        if extra > 0:
-            conn.increment_flow_control_window(min(extra, 2 ** 31 - 1 - 65535))
+        # SETTINGS_MAX_CONCURRENT_STREAMS goes out unbounded: the limit is enforced here
+        # (REFUSED_STREAM), as Envoy does.
+        self.conn = make_engine(engine, options)
         self.streams: dict[int, _Stream] = {}
         # Streams the HCM is done with whose last response bytes wait for the peer's window.
         self.flushing: dict[int, _Stream] = {}
@@ -223,7 +235,7 @@ class Http2ServerCodec:
         if self.stats is not None:
             getattr(self.stats, stat).value += 1
         if goaway:
-            self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.conn.close_connection(ENHANCE_YOUR_CALM)
             data = self.conn.data_to_send()
             if data:
                 self.transport.write(data)
@@ -235,24 +247,23 @@ class Http2ServerCodec:
             return  # (the peer's FIN: the HCM ends what is in progress)
         try:
             events = self.conn.receive_data(data)
-        except ProtocolError as e:
+        except H2ProtocolError as e:
             self.dead = True
             if self.stats is not None:
                 stat = self.stats.header_overflow if "header list" in str(e).lower() else \
                     self.stats.rx_messaging_error
                 stat.value += 1
-            self._flush()  # h2 queued the GOAWAY
+            self._flush()  # the engine queued the GOAWAY
             self.callbacks.on_codec_error(None, CodecError(0, "http2.protocol_error", str(e)))
             return
         cb = self.callbacks
         streams = self.streams
         for ev in events:
-            cls = type(ev)
-            if cls is DataReceived:
-                sid = ev.stream_id
+            kind = ev[0]
+            if kind == EV_DATA:
+                _, sid, body, flow, end = ev
                 st = streams.get(sid)
-                end = ev.stream_ended is not None
-                if ev.data:
+                if body:
                     self.empty_frames = 0
                 elif not end:
                     self.empty_frames += 1
@@ -261,45 +272,40 @@ class Http2ServerCodec:
                                                                   "with an empty payload")
                         return
                 if st is None:
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                    self.conn.acknowledge_received_data(flow, sid)
                     continue
                 if end:
                     st.request_open = False
-                cb.on_stream_data(sid, ev.data, end)
+                cb.on_stream_data(sid, body, end)
                 if st.disabled and sid in streams:
-                    st.unacked += ev.flow_controlled_length  # acknowledged when re-enabled
+                    st.unacked += flow  # acknowledged when re-enabled
                 else:
-                    self._ack(sid, ev.flow_controlled_length)
-            elif cls is RequestReceived:
-                self._request(ev)
-            elif cls is StreamEnded:
-                st = streams.get(ev.stream_id)
-                if st is not None and st.request_open:
-                    st.request_open = False
-                    cb.on_stream_data(ev.stream_id, b"", True)
-            elif cls is TrailersReceived:
+                    self._ack(sid, flow)
+            elif kind == EV_REQUEST:
+                self._request(ev[1], ev[2], ev[3])
+            elif kind == EV_TRAILERS:
                 if self.stats is not None:
                     self.stats.trailers.value += 1
-                st = streams.get(ev.stream_id)
+                st = streams.get(ev[1])
                 if st is not None and st.request_open:
                     st.request_open = False
-                    cb.on_stream_trailers(ev.stream_id, list(ev.headers))
-            elif cls is StreamReset:
-                if self.stats is not None and ev.remote_reset:
+                    cb.on_stream_trailers(ev[1], list(ev[2]))
+            elif kind == EV_RESET:
+                _, sid, code, remote = ev
+                if self.stats is not None and remote:
                     self.stats.rx_reset.value += 1
-                self.flushing.pop(ev.stream_id, None)
-                st = streams.get(ev.stream_id)
+                self.flushing.pop(sid, None)
+                st = streams.get(sid)
                 if st is not None and not st.responded:
                     self.premature_resets += 1
                     if (self.opened >= PREMATURE_RESET_MIN
                             and self.premature_resets * 2 >= self.opened):
                         self._rapid_reset()
                         return
-                if streams.pop(ev.stream_id, None) is not None:
-                    # h2 gives a known code as ErrorCodes, an unknown one as its int.
-                    cb.on_stream_reset(ev.stream_id, getattr(ev.error_code, "name",
-                                                             str(ev.error_code)))
-            elif cls is WindowUpdated:
+                if streams.pop(sid, None) is not None:
+                    # A known code by its name, an unknown one as its number.
+                    cb.on_stream_reset(sid, _ERROR_NAMES.get(code, str(code)))
+            elif kind == EV_WINDOW:
                 self.window_updates += 1
                 # Envoy's bound: 5 + 2 x (streams opened + the limit x DATA frames sent).
                 if self.window_updates > 5 + 2 * (self.opened + self.options.
@@ -308,66 +314,72 @@ class Http2ServerCodec:
                     self._flood("inbound_window_update_frames_flood",
                                 "too many WINDOW_UPDATE frames for the DATA frames sent")
                     return
-                self._send_pending(ev.stream_id)
-            elif cls is PriorityUpdated:
+                self._send_pending(ev[1])
+            elif kind == EV_PRIORITY:
                 self.priority_frames += 1
                 if self.priority_frames > self.options.max_inbound_priority_frames_per_stream * (
                         1 + self.opened):
                     self._flood("inbound_priority_frames_flood", "too many PRIORITY frames")
                     return
-            elif cls is ConnectionTerminated:
+            elif kind == EV_GOAWAY:
                 self.going_away = True  # the client opens no new streams
-            elif cls is PingAckReceived:
+            elif kind == EV_PING_ACK:
                 if self.keepalive is not None:
                     self.keepalive.on_ack()
         self._flush()
 
     def _ack(self, sid: int, n: int) -> None:
-        """Open the windows by `n` consumed bytes (h2 updates only the connection's for a
-        stream that closed meanwhile)."""
+        """Open the windows by `n` consumed bytes (the engine updates only the connection's
+        for a stream that closed meanwhile)."""
         if n:
             self.conn.acknowledge_received_data(n, sid)
 
-    def _request(self, ev: RequestReceived) -> None:
-        sid = ev.stream_id
-        end = ev.stream_ended is not None
+    def _request(self, sid: int, fields, end: bool) -> None:
         if len(self.streams) >= self.options.max_concurrent_streams or self.going_away:
-            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(sid, REFUSED_STREAM)
             return
         method = path = authority = protocol = None
         headers: list[tuple[bytes, bytes]] = []
-        cookies: list[bytes] = []
+        cookies: list[bytes] | None = None
         content_length = None
-        for name, value in ev.headers:
-            if name[:1] == b":":
+        has_host = False
+        for field in fields:
+            name = field[0]
+            if name[0] == 0x3A:  # ":"
                 if name == b":method":
-                    method = value
+                    method = field[1]
                 elif name == b":path":
-                    path = value
+                    path = field[1]
                 elif name == b":authority":
-                    authority = value
+                    authority = field[1]
                 elif name == b":protocol":
-                    protocol = value
+                    protocol = field[1]
                 continue
             if name == b"cookie":
-                cookies.append(value)
+                if cookies is None:
+                    cookies = [field[1]]
+                else:
+                    cookies.append(field[1])
                 continue
             if name == b"content-length":
+                value = field[1]
                 content_length = int(value) if value.isdigit() else None
-            headers.append((name, value))
-        if cookies:
+            elif name == b"host":
+                has_host = True
+            headers.append(field)
+        if cookies is not None:
             headers.append((b"cookie", b"; ".join(cookies)))
-        if authority is not None and not any(n == b"host" for n, _ in headers):
+        if authority is not None and not has_host:
             headers.insert(0, (b"host", authority))
         upgrade = None
         if method == b"CONNECT":
             if protocol is not None:
-                # RFC 8441 (h2 checked :scheme and :path): Envoy's H2-to-H1 upgrade translation,
+                # RFC 8441 (the engine checked :scheme and :path): Envoy's H2-to-H1 upgrade translation,
                 # a GET asking to upgrade to :protocol.
                 if not self.options.allow_connect:
                     if self.stats is not None:
                         self.stats.rx_messaging_error.value += 1
-                    self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                    self.conn.reset_stream(sid, PROTOCOL_ERROR)
                     return
                 method = b"GET"
                 upgrade = protocol
@@ -375,15 +387,15 @@ class Http2ServerCodec:
             elif authority is None:
                 if self.stats is not None:
                     self.stats.rx_messaging_error.value += 1
-                self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                self.conn.reset_stream(sid, PROTOCOL_ERROR)
                 return
             else:
-                # RFC 9113 §8.5 (h2 checked :scheme and :path are absent): the target is
+                # RFC 9113 §8.5 (the engine checked :scheme and :path are absent): the target is
                 # :authority; DATA frames carry the tunnel's bytes, END_STREAM its half-close.
                 path = b""
                 upgrade = b"CONNECT"
-        elif method is None or path is None:  # (h2 refuses such a request already)
-            self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        elif method is None or path is None:  # (the engine refuses such a request already)
+            self.conn.reset_stream(sid, PROTOCOL_ERROR)
             return
         st = self.streams[sid] = _Stream(not end)
         if protocol is not None:
@@ -395,7 +407,7 @@ class Http2ServerCodec:
 
     def _rapid_reset(self) -> None:
         self.dead = True
-        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.conn.close_connection(ENHANCE_YOUR_CALM)
         self._flush()
         self.callbacks.on_codec_error(None, CodecError(
             0, "http2.too_many_premature_resets",
@@ -469,6 +481,11 @@ class Http2ServerCodec:
             return
         conn = self.conn
         size = conn.max_outbound_frame_size
+        n = len(data)
+        if 0 < n <= size and n <= conn.local_flow_control_window(sid):
+            conn.send_data(sid, data, end_stream=end)  # the usual body: one frame, no copy
+            self.data_frames_sent += 1
+            return
         view = memoryview(data)
         while view:
             room = min(conn.local_flow_control_window(sid), size)
@@ -503,6 +520,8 @@ class Http2ServerCodec:
                     self._send_trailers(s, trailers)
             if not st.pending and s in self.flushing:
                 del self.flushing[s]
+                if st.reset_after:
+                    self._reset_no_error(s)
 
     # -- stream and connection control ------------------------------------------------------
     def reset_stream(self, stream_id: int) -> bool:
@@ -510,23 +529,26 @@ class Http2ServerCodec:
             if self.stats is not None:
                 self.stats.tx_reset.value += 1
             try:
-                self.conn.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
-            except ProtocolError:
+                self.conn.reset_stream(stream_id, INTERNAL_ERROR)
+            except H2ProtocolError:
                 pass  # already closed on the wire
             self._flush()
         return True
 
     def go_away(self) -> None:
         """GOAWAY(NO_ERROR) naming the last stream taken: those go on to their end, new ones
-        are refused. Written as a frame of our own: h2's close_connection() would also end
-        the streams in flight (it takes no more frames to send)."""
+        are refused. Written beside the engine: h2's close_connection() would also end the
+        streams in flight (it takes no more frames to send)."""
         if not self.going_away:
             self.going_away = True
-            frame = GoAwayFrame(0)
-            frame.last_stream_id = self.conn.highest_inbound_stream_id
-            frame.error_code = ErrorCodes.NO_ERROR
             self._flush()
-            self.transport.write(frame.serialize())
+            self.transport.write(self.conn.goaway_frame(NO_ERROR))
+
+    def _reset_no_error(self, stream_id: int) -> None:
+        try:
+            self.conn.reset_stream(stream_id, NO_ERROR)
+        except H2ProtocolError:
+            pass  # the request ended meanwhile: the stream is closed
 
     def abandon_request(self, stream_id: int) -> None:
         pass  # stream_ended resets a request not read to its end (NO_ERROR)
@@ -550,11 +572,12 @@ class Http2ServerCodec:
             if st.pending:
                 self.flushing[stream_id] = st  # its last bytes go as the window opens
             if st.request_open:
-                # The response ended the stream before its request did (RFC 9113 §8.1).
-                try:
-                    self.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-                except ProtocolError:
-                    pass
+                # The response ended the stream before its request did (RFC 9113 §8.1):
+                # RST_STREAM(NO_ERROR) once the whole response went out.
+                if st.pending:
+                    st.reset_after = True
+                else:
+                    self._reset_no_error(stream_id)
             if st.unacked:  # the connection's window gets them back
                 self._ack(stream_id, st.unacked)
             self._flush()

@@ -32,10 +32,14 @@ fi
 # The proxy under test. A separate --base-id keeps its hot-restart socket apart from any other
 # ftproxy on the box (e.g. a test run; 4711 moved with PERF_PORT_BASE). proxyctl gets it when it
 # has the flag; otherwise run the epoch process proxyctl supervises (same hot path) directly.
+# proxyctl's pid file (and control socket beside it) is per user by default, so a second one
+# anywhere on the box refuses to start: one per base here.
 BASE_ID=$(perf_base_id 4711)
 if [ -z "${FTPROXY_CMD:-}" ]; then
   if .venv/bin/proxyctl start --help 2>/dev/null | grep -q -- --base-id; then
     FTPROXY_CMD=".venv/bin/proxyctl start -c {config} --concurrency {concurrency} -l warning --base-id $BASE_ID"
+    .venv/bin/proxyctl start --help 2>/dev/null | grep -q -- --pid-file &&
+      FTPROXY_CMD+=" --pid-file $PERF_LOCK_DIR/proxyctl-$PERF_PORT_BASE.pid"
   elif .venv/bin/python -c 'import proxy.server.main' 2>/dev/null; then
     FTPROXY_CMD=".venv/bin/python -m proxy.server.main -c {config} --concurrency {concurrency} -l warning --base-id $BASE_ID"
   else

@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
             print(" ".join(map(str, busy)))
             return 1
         return 0
-    print(__doc__.split("\n\n")[1], file=sys.stderr)
+    print(__doc__.split("\n\n")[2], file=sys.stderr)
     return 2
 
 

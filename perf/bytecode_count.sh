@@ -36,7 +36,7 @@ setsid env FTPROXY_BYTECODE_OUT="$OUT_DIR/counts.json" PYTHONPATH="$ROOT" "$PY" 
 PROXY_PG=${PGS[-1]}
 for i in $(seq 100); do
   curl -fsk -o /dev/null "$URL" && break
-  kill -0 -- "-$PROXY_PG" 2>/dev/null || { tail -5 "$OUT_DIR/proxy.log" >&2; echo "the proxy exited: $OUT_DIR/proxy.log" >&2; exit 1; }
+  kill -0 "$PROXY_PG" 2>/dev/null || { tail -5 "$OUT_DIR/proxy.log" >&2; echo "the proxy exited: $OUT_DIR/proxy.log" >&2; exit 1; }
   sleep 0.1
 done
 WRK_ARGS=(); [ -n "${WRK_HEADER:-}" ] && WRK_ARGS=(-H "$WRK_HEADER")  # WRK_HEADER="x-api-key: demo-key"

@@ -51,7 +51,7 @@ setsid valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
   >"$OUT_DIR/proxy.log" 2>&1 </dev/null & PGS+=($!)
 for i in $(seq 240); do
   curl -fsk -o /dev/null "$URL" && break
-  kill -0 -- "-${PGS[-1]}" 2>/dev/null || { tail -5 "$OUT_DIR/proxy.log" >&2; echo "the server exited: $OUT_DIR/proxy.log" >&2; exit 1; }
+  kill -0 "${PGS[-1]}" 2>/dev/null || { tail -5 "$OUT_DIR/proxy.log" >&2; echo "the server exited: $OUT_DIR/proxy.log" >&2; exit 1; }
   sleep 0.5
 done
 WRK_ARGS=(); [ -n "${WRK_HEADER:-}" ] && WRK_ARGS=(-H "$WRK_HEADER")  # WRK_HEADER="x-api-key: demo-key"

@@ -11,15 +11,21 @@
 # SECS each). Per round it reads each proxy's user and system CPU time from /proc and reports
 # CPU µs per request; the result is the median of the per-round ratios B/A, which cancels
 # the drift between rounds.
-# Knobs (env): ROUNDS=8 SECS=5 OUT_DIR=/tmp/ftproxy-ab. A git revision is checked out with
+# Knobs (env): ROUNDS=8 SECS=5 OUT_DIR=/tmp/ftproxy-ab[-BASE], PERF_PORT_BASE (perf/ports.sh:
+# upstream BASE, the versions on BASE+11 and BASE+12, admins BASE+1831/1832; default 18080,
+# or auto). A git revision is checked out with
 # `git worktree` under OUT_DIR (removed at the end); both versions run with this checkout's
 # .venv (the dependencies), the version's own code first on PYTHONPATH.
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
 [ $# -eq 2 ] || { echo "usage: $0 REV_A REV_B" >&2; exit 2; }
-OUT_DIR=${OUT_DIR:-/tmp/ftproxy-ab}; ROUNDS=${ROUNDS:-8}; SECS=${SECS:-5}
+ROUNDS=${ROUNDS:-8}; SECS=${SECS:-5}
+source "$HERE/ports.sh"
+DEF_OUT=/tmp/ftproxy-ab; [ "$PERF_PORT_BASE" = 18080 ] || DEF_OUT+=-$PERF_PORT_BASE
+OUT_DIR=${OUT_DIR:-$DEF_OUT}
 PY=$ROOT/.venv/bin/python
+perf_need_free "$PERF_UPSTREAM_PORT" "$PERF_AB_A_PORT" "$PERF_AB_B_PORT" "$PERF_AB_ADMIN_A_PORT" "$PERF_AB_ADMIN_B_PORT"
 rm -rf "$OUT_DIR"; mkdir -p "$OUT_DIR"
 PGS=(); TREES=()
 cleanup() {
@@ -42,7 +48,7 @@ DIR_B=$(checkout "$2" "$OUT_DIR/b"); [ -d "$2/proxy" ] || TREES+=("$OUT_DIR/b")
 start_proxy() {  # dir port admin base_id -> the proxy's pid (the process doing the work)
   local dir=$1 port=$2 admin=$3 base=$4 cfg=$OUT_DIR/http-$2.yaml
   sed -e "s/port_value: 18090/port_value: $port/" -e "s/port_value: 19901/port_value: $admin/" \
-    "$dir/perf/configs/http.yaml" > "$cfg"
+    -e "s/port_value: 18080/port_value: $PERF_UPSTREAM_PORT/" "$dir/perf/configs/http.yaml" > "$cfg"
   (cd "$dir" && PYTHONPATH="$dir" exec setsid taskset -c 0 "$PY" -m proxy.server.main -c "$cfg" \
     --concurrency 1 --drain-time-s 1 -l warning --base-id "$base") >"$OUT_DIR/proxy-$port.log" 2>&1 </dev/null &
   echo $! > "$OUT_DIR/pid-$port"   # setsid and taskset exec: this is the proxy's pid and group
@@ -50,9 +56,9 @@ start_proxy() {  # dir port admin base_id -> the proxy's pid (the process doing 
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && return; sleep 0.1; done
   echo "proxy on $port did not start; see $OUT_DIR/proxy-$port.log" >&2; exit 1
 }
-start_proxy "$DIR_A" 18091 19911 4721
-start_proxy "$DIR_B" 18092 19912 4722
-for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+A=$PERF_AB_A_PORT B=$PERF_AB_B_PORT
+start_proxy "$DIR_A" "$A" "$PERF_AB_ADMIN_A_PORT" "$(perf_base_id 4721)"
+start_proxy "$DIR_B" "$B" "$PERF_AB_ADMIN_B_PORT" "$(perf_base_id 4722)"
 
 cpu_ticks() {  # utime + stime of every thread of the process, in clock ticks
   awk '{print $14 + $15}' "/proc/$(cat "$OUT_DIR/pid-$1")/stat"
@@ -65,10 +71,10 @@ measure() {  # port -> "requests ticks"
   after=$(cpu_ticks "$port")
   echo "$reqs $((after - before))"
 }
-for port in 18091 18092; do taskset -c 1 wrk -t1 -c50 -d1s "http://127.0.0.1:$port/" >/dev/null; done
+for port in "$A" "$B"; do taskset -c 1 wrk -t1 -c50 -d1s "http://127.0.0.1:$port/" >/dev/null; done
 : > "$OUT_DIR/rounds.txt"
 for r in $(seq "$ROUNDS"); do
-  echo "$r $(measure 18091) $(measure 18092)" | tee -a "$OUT_DIR/rounds.txt"
+  echo "$r $(measure "$A") $(measure "$B")" | tee -a "$OUT_DIR/rounds.txt"
 done
 "$PY" - "$OUT_DIR/rounds.txt" "$1" "$2" "$(getconf CLK_TCK)" <<'PY'
 import statistics, sys

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_configs import FT, HAP, NGX, RELAY, UP, write_configs  # perf/ is the script dir
+from bench_configs import ADMIN, FT, HAP, HAP_TCP, NGX, RELAY, UP, render_config, write_configs  # perf/ is the script dir
 from bench_memory import idle_connections, raise_nofile, slow_reader
 
 HERE = Path(__file__).resolve().parent
@@ -65,12 +65,12 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%T')}] {msg}", file=sys.stderr, flush=True)
 
 
-def ftproxy_cmd(config: str, concurrency: int) -> list[str]:
+def ftproxy_cmd(config: str | Path, concurrency: int) -> list[str]:
     """FTPROXY_CMD (a template with {config} {concurrency}) or proxyctl start, one epoch."""
     tmpl = ENV.get("FTPROXY_CMD") or (
         f"{ROOT}/.venv/bin/proxyctl start -c {{config}} --concurrency {{concurrency}} -l warning")
     return ["bash", "-c", "cd %s && exec %s" % (ROOT, tmpl.format(
-        config=HERE / "configs" / config, concurrency=concurrency))]
+        config=config, concurrency=concurrency))]
 
 
 class Server:
@@ -158,7 +158,7 @@ class Bench:
         if system == "haproxy":
             s, port = Server("haproxy", ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], cpus, w), HAP
         elif system == "haproxy-tcp":
-            s, port = Server("haproxy", ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], cpus, w), 18084
+            s, port = Server("haproxy", ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], cpus, w), HAP_TCP
         elif system == "python-relay":  # the issue's reference for TCP bulk (perf/probe_relay.py)
             s, port = Server("python-relay", [str(PY), str(HERE / "probe_relay.py"), str(RELAY),
                                               str(UP)], cpus, w), RELAY
@@ -166,7 +166,7 @@ class Bench:
             s, port = Server("nginx", ["nginx", "-p", f"{w}/", "-e", f"{w}/nginx-proxy.err", "-c",
                                        f"{w}/nginx-proxy.conf", "-g", "daemon off;"], cpus, w), NGX
         else:
-            s, port = Server("ftproxy", ftproxy_cmd(config, concurrency), cpus, w), FT
+            s, port = Server("ftproxy", ftproxy_cmd(render_config(w, config), concurrency), cpus, w), FT
         try:
             wait_port(port)
         except RuntimeError:
@@ -345,9 +345,10 @@ def main() -> int:
     ap.add_argument("--md", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--command", default=" ".join(sys.argv))
     a = ap.parse_args()
-    for port in (UP, HAP, NGX, FT, 18084, 19901):
+    for port in (UP, HAP, NGX, FT, HAP_TCP, RELAY, ADMIN):
         if not port_free(port):
-            log(f"port {port} is in use; stop what listens there first")
+            log(f"port {port} is in use; stop what listens there first, or set PERF_PORT_BASE "
+                "(a number, as perf/ports.py; perf/run.sh also takes auto)")
             return 1
     work = Path(tempfile.mkdtemp(prefix="ftbench."))
     write_configs(work, bulk_mb=BULK_MB, slow_mb=SLOW_MB, hap_maxconn=HAP_MAXCONN)

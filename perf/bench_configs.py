@@ -1,7 +1,8 @@
 """Configs and payloads for perf/bench.py: the nginx upstream (127.0.0.1:18080), nginx and
 HAProxy as reference proxies, the files they serve and wrk's report script.
 
-Job: write them under bench.py's work directory; the ports are the ones peers.sh uses.
+Job: write them under bench.py's work directory; the ports are the ones peers.sh uses with the
+default PERF_PORT_BASE (perf/ports.py), moved with it otherwise.
 Loopback only. Benchmark tool, not imported by the proxy.
 """
 
@@ -10,10 +11,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["write_configs", "UP", "HAP", "NGX", "FT", "RELAY"]
+from ports import base_from_env, plan, render  # perf/ports.py (perf/ is on sys.path)
 
-UP, HAP, NGX, FT = 18080, 18081, 18082, 18090  # upstream, HAProxy, nginx, ftproxy
-RELAY = 18088  # perf/probe_relay.py, the plain asyncio relay (TCP bulk reference)
+__all__ = ["write_configs", "render_config", "UP", "HAP", "NGX", "FT", "RELAY", "HAP_TCP", "ADMIN"]
+
+_BASE = base_from_env()
+_PORTS = plan(_BASE)
+UP, HAP, NGX, FT = _PORTS["upstream"], _PORTS["haproxy"], _PORTS["nginx"], _PORTS["proxy"]
+HAP_TCP = _PORTS["haproxy_tcp"]  # HAProxy mode tcp (the tcp scenario)
+RELAY = _PORTS["relay"]  # perf/probe_relay.py, the plain asyncio relay (TCP bulk reference)
+ADMIN = _PORTS["admin"]  # ftproxy's admin in configs/*.yaml
+
+
+def render_config(work: Path, name: str) -> Path:
+    """perf/configs/NAME with this base's ports, written to WORK (the same text by default)."""
+    src = Path(__file__).resolve().parent / "configs" / name
+    dst = work / f"ftproxy-{name}"
+    dst.write_text(render(src.read_text(), _BASE))
+    return dst
 
 
 def write_configs(work: Path, *, bulk_mb: int, slow_mb: int, hap_maxconn: int) -> None:
@@ -68,7 +83,7 @@ backend up
     server s1 127.0.0.1:{UP}
 listen tcp
     mode tcp
-    bind 127.0.0.1:18084
+    bind 127.0.0.1:{HAP_TCP}
     server s1 127.0.0.1:{UP}
 """)
     (work / "report.lua").write_text("""

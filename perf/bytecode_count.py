@@ -9,8 +9,10 @@ C iterators (map/zip/compress over 1-10 headers) cut bytecodes by 25 % here and 
 same functions 1.5-3x slower in timeit. Confirm any change with timeit or perf/run.sh.
 
 How: `sys.monitoring` INSTRUCTION events, counted only for the thread named `worker_0`;
-counting starts on SIGUSR2 (after a warm-up) and the counts are written as JSON to
-$FTPROXY_BYTECODE_OUT when the worker stops (SIGTERM -> drain -> exit).
+SIGUSR2 switches counting on (after a warm-up), a second SIGUSR2 off again (so that the drain
+and exit are not counted), each time writing "on"/"off" to $FTPROXY_BYTECODE_OUT.state for the
+caller to wait on; the counts are written as JSON to $FTPROXY_BYTECODE_OUT when the worker
+stops (SIGTERM -> drain -> exit).
 Must not: be imported by the proxy; it is a benchmark tool only.
 """
 
@@ -47,11 +49,17 @@ def _run(self: threading.Thread) -> None:
             json.dump([[*key, n] for key, n in _counts.items()], f)
 
 
+def _toggle(*_) -> None:
+    on = sys.monitoring.get_events(TOOL) == 0
+    sys.monitoring.set_events(TOOL, sys.monitoring.events.INSTRUCTION if on else 0)
+    with open(OUT + ".state", "w") as f:
+        f.write("on" if on else "off")
+
+
 def main() -> None:
     sys.monitoring.use_tool_id(TOOL, "bytecode_count")
     sys.monitoring.register_callback(TOOL, sys.monitoring.events.INSTRUCTION, _on_instruction)
-    signal.signal(signal.SIGUSR2,
-                  lambda *_: sys.monitoring.set_events(TOOL, sys.monitoring.events.INSTRUCTION))
+    signal.signal(signal.SIGUSR2, _toggle)
     threading.Thread.run = _run  # type: ignore[method-assign]
     from proxy.server.main import main as epoch_main
     sys.exit(epoch_main(sys.argv[1:]))

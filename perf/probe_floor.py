@@ -8,7 +8,8 @@ response, drop Connection, send head and body in one sendmsg. No routing, stats,
 limits, flow control or error handling worth the name: it is a yardstick, not a proxy.
 
     PROXY_NAME=floor PROXY_CMD="exec .venv/bin/python perf/probe_floor.py" ../shared/tools/peers.sh
-Listens on 127.0.0.1:18090, forwards to 127.0.0.1:18080 (peers.sh's upstream). Loopback only.
+Listens on 127.0.0.1:18090, forwards to 127.0.0.1:18080 (peers.sh's upstream); with
+PERF_PORT_BASE set (perf/ports.py), on that base's proxy and upstream ports. Loopback only.
 Must not: be imported by the proxy.
 """
 
@@ -18,9 +19,10 @@ import select
 import socket
 
 import httptools
+from ports import plan  # perf/ports.py (perf/ is on sys.path: run as a script)
 
-LISTEN = ("127.0.0.1", 18090)
-UPSTREAM = ("127.0.0.1", 18080)
+LISTEN = ("127.0.0.1", plan()["proxy"])
+UPSTREAM = ("127.0.0.1", plan()["upstream"])
 
 
 class Loop:

@@ -20,7 +20,8 @@ It leaves out what a specialised path would still need: timeouts that fire, requ
 flow control, errors, retries, pipelining, access logs. So it is a lower bound.
 
     PROXY_NAME=lane PROXY_CMD="exec .venv/bin/python perf/probe_lane.py" ../shared/tools/peers.sh
-Listens on 127.0.0.1:18090, forwards to 127.0.0.1:18080 (peers.sh's upstream). Loopback only.
+Listens on 127.0.0.1:18090, forwards to 127.0.0.1:18080 (peers.sh's upstream); with
+PERF_PORT_BASE set, on that base's ports (perf/ports.py, as probe_floor.py). Loopback only.
 Must not: be imported by the proxy.
 """
 

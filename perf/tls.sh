@@ -36,13 +36,16 @@
 #   hs-ecdsa,hs-rsa,bulk, ENVOY=0 (leave Envoy out), ENVOY_BIN (default .venv/bin/envoy), CLIENT_CIPHERS
 #   ("" = the client's defaults), OUT (JSON, default perf/tls.json), FTPROXY_CMD (a template with
 #   {config} and {concurrency}, as perf/run.sh; default: the epoch entry point, one worker).
-# Ports (127.0.0.1 only): 18480 upstream HTTP; TLS ECDSA/RSA/plain HTTP: 18481/18482/- direct
-# nginx, 18483/18484/18493 HAProxy, 18485/18486/18494 nginx, 18487/18488/18495 Envoy (admin
+# Ports (127.0.0.1 only), with the default PERF_PORT_BASE (perf/ports.sh; BASE+400..BASE+416
+# otherwise, or PERF_PORT_BASE=auto): 18480 upstream HTTP; TLS ECDSA/RSA/plain HTTP: 18481/18482/-
+# direct nginx, 18483/18484/18493 HAProxy, 18485/18486/18494 nginx, 18487/18488/18495 Envoy (admin
 # 18489), 18490/18491/18496 ftproxy (admin 18492). Servers run in the foreground of their own sessions with configs in a fresh
 # /tmp/perftls.XXXXXX; every process group started here is killed on exit (the dir is kept on
 # failure). Measurements, not tests: nothing here asserts timings.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd); cd "$ROOT"
+PERF_PORT_BLOCK=tls   # ports BASE+400..416: its own lock (BASE.tls), beside run.sh on BASE
+source "$HERE/ports.sh"
 
 need=()
 for t in wrk:wrk haproxy:haproxy nginx:nginx taskset:util-linux curl:curl openssl:openssl; do
@@ -112,11 +115,12 @@ pg_ticks() {  # pg_ticks PGID : "user system" clock ticks used so far by the gro
 log "work dir $WORK"
 "$PY" "$HERE/tls_configs.py" "$WORK" --bulk-mb "$BULK_MB" --client-ciphers "$CLIENT_CIPHERS"
 SYSTEMS=(direct haproxy nginx); [ "$ENVOY" = 1 ] && SYSTEMS+=(envoy); SYSTEMS+=(ftproxy)
-declare -A ECDSA=() RSA=() PLAIN=()
-while read -r s e r p; do ECDSA[$s]=$e RSA[$s]=$r PLAIN[$s]=$p; done < "$WORK/ports.tsv"
+declare -A ECDSA=() RSA=() PLAIN=() ADMIN=()
+while read -r s e r p a; do ECDSA[$s]=$e RSA[$s]=$r PLAIN[$s]=$p ADMIN[$s]=$a; done < "$WORK/ports.tsv"
 for s in "${SYSTEMS[@]}"; do
-  for port in "${ECDSA[$s]}" "${RSA[$s]}" "${PLAIN[$s]}"; do
-    ss -Hltn "sport = :$port" | grep -q . && { log "port $port is already in use"; exit 1; }
+  for port in "${ECDSA[$s]}" "${RSA[$s]}" "${PLAIN[$s]}" "${ADMIN[$s]/-/}"; do
+    [ -n "$port" ] || continue
+    ss -Hltn "sport = :$port" | grep -q . && { log "port $port is already in use (PERF_PORT_BASE=$PERF_PORT_BASE; try auto)"; exit 1; }
   done
 done
 start upstream "$CLIENT_CPU" nginx -p "$WORK/" -e "$WORK/upstream.err" -c "$WORK/upstream.conf" -g 'daemon off;'
@@ -205,8 +209,7 @@ only bulk && rounds "bulk bulk_once ecdsa"
 STATS=$WORK/ssl_stats.txt; : > "$STATS"
 for s in envoy ftproxy; do
   [[ " ${SYSTEMS[*]} " == *" $s "* ]] || continue
-  admin=18489; [ "$s" = ftproxy ] && admin=18492
-  curl -fs "http://127.0.0.1:$admin/stats" 2>/dev/null |
+  curl -fs "http://127.0.0.1:${ADMIN[$s]}/stats" 2>/dev/null |
     grep -E '^listener\..*ssl\.(handshake|session_reused|connection_error): ' | sed "s/^/$s /" >> "$STATS" || true
 done
 

@@ -4,7 +4,8 @@ ftproxy in front of a plain-HTTP nginx upstream, and nginx serving TLS itself ("
 Job: write into WORK (a fresh /tmp dir made by tls.sh) an ECDSA P-256 and an RSA 2048
 self-signed certificate (CN/SAN localhost and 127.0.0.1, SHA-256, Python `cryptography`),
 the payloads (100 B body on `/`, BULK_MB MiB of random bytes on `/big.bin`), the configs of
-every system, a client OpenSSL config, and `ports.tsv` (system, ecdsa port, rsa port).
+every system, a client OpenSSL config, and `ports.tsv` (system, ecdsa port, rsa port, plain
+port, admin port or -). The ports are PERF_PORT_BASE's (perf/ports.py): 18480-18496 by default.
 
 Every TLS listener has session resumption off (no tickets, no session cache): the handshake
 case must do a full handshake per connection, and the keep-alive and bulk cases use the same
@@ -28,13 +29,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-UP = 18480                      # upstream nginx, plain HTTP/1.1 (what every proxy forwards to)
+from ports import TLS_OFFSETS, plan  # perf/ports.py (perf/ is on sys.path: run as a script)
+
+_PLAN = plan()
+_TLS = _PLAN["tls"]
+UP = _TLS + TLS_OFFSETS["upstream"]  # upstream nginx, plain HTTP/1.1 (what every proxy forwards to)
 # system -> (ECDSA port, RSA port, plain HTTP port): the TLS listeners, and a plain one for the
 # reference case ka-plain (what TLS adds to each system's keep-alive cost); "direct" is the
-# upstream nginx itself
-PORTS = {"direct": (18481, 18482, UP), "haproxy": (18483, 18484, 18493), "nginx": (18485, 18486, 18494),
-         "envoy": (18487, 18488, 18495), "ftproxy": (18490, 18491, 18496)}
-ENVOY_ADMIN, FTPROXY_ADMIN = 18489, 18492
+# upstream nginx itself. 18481/18482/18480, 18483/18484/18493, ... with the default base.
+PORTS = {s: tuple(_TLS + o for o in TLS_OFFSETS[s]) for s in ("direct", "haproxy", "nginx", "envoy", "ftproxy")}
+ENVOY_ADMIN, FTPROXY_ADMIN = _TLS + TLS_OFFSETS["envoy_admin"], _TLS + TLS_OFFSETS["ftproxy_admin"]
 BODY = "0" * 100               # the 100-byte body of peers.sh
 
 
@@ -136,9 +140,11 @@ backend up
 """)
     for system, admin in (("envoy", ENVOY_ADMIN), ("ftproxy", FTPROXY_ADMIN)):
         (w / f"{system}.yaml").write_text(envoy_bootstrap(w, system, admin))
-    # perf/configs/http.yaml's layout with TLS (ECDSA) on 127.0.0.1:18090 -> 18080, no admin: for
-    # CONFIG=... URL=https://127.0.0.1:18090/ perf/instr_count.sh (or bytecode_count.sh)
-    (w / "ftproxy-18090.yaml").write_text(envoy_bootstrap(w, "ftproxy", None, (18090,), 18080))
+    # perf/configs/http.yaml's layout with TLS (ECDSA) on 127.0.0.1:18090 -> 18080, admin 19901
+    # (PERF_PORT_BASE's proxy, upstream and admin ports): for CONFIG=... URL=https://127.0.0.1:18090/
+    # perf/instr_count.sh (or bytecode_count.sh), which read the requests served from the admin
+    (w / f"ftproxy-{_PLAN['proxy']}.yaml").write_text(
+        envoy_bootstrap(w, "ftproxy", _PLAN["admin"], (_PLAN["proxy"],), _PLAN["upstream"]))
     # Every client (wrk, curl, openssl s_client) reads this through OPENSSL_CONF: it offers
     # one TLS 1.3 suite, so that every server negotiates the same one (BoringSSL in Envoy
     # prefers AES-128-GCM, OpenSSL servers AES-256-GCM; TLS 1.3 suites are not configurable
@@ -154,7 +160,9 @@ done = function(s, lat, req)
     lat:percentile(50), lat:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
 end
 """)
-    (w / "ports.tsv").write_text("".join(f"{s}\t{p[0]}\t{p[1]}\t{p[2]}\n" for s, p in PORTS.items()))
+    admins = {"envoy": ENVOY_ADMIN, "ftproxy": FTPROXY_ADMIN}
+    (w / "ports.tsv").write_text("".join(f"{s}\t{p[0]}\t{p[1]}\t{p[2]}\t{admins.get(s, '-')}\n"
+                                         for s, p in PORTS.items()))
 
 
 def hcm(prefix: str) -> str:

@@ -9,11 +9,15 @@
 # tables; PROFILER=cprofile: the worker thread under cProfile (perf/profile_inproc.py),
 # tottime and cumulative tables (Python calls inflated: read it for where, not how much).
 #
-#   perf/tls_profile.sh     # ~20 s;  OUT_DIR=/tmp/ftproxy-tls-prof  SECS=8  CASE=ka|hs-ecdsa|hs-rsa|bulk  PROFILER=perf|cprofile
+#   perf/tls_profile.sh     # ~20 s;  OUT_DIR=/tmp/ftproxy-tls-prof[-BASE]  SECS=8  CASE=ka|hs-ecdsa|hs-rsa|bulk  PROFILER=perf|cprofile
+# Ports: tls.sh's (perf/ports.sh, PERF_PORT_BASE+400..416; 18480-18496 by default, or auto).
 # Loopback only. Kills only the process groups it started.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/.." && pwd)
-OUT_DIR=${OUT_DIR:-/tmp/ftproxy-tls-prof}; SECS=${SECS:-8}; PROFILER=${PROFILER:-perf}; CASE=${CASE:-ka}
+PERF_PORT_BLOCK=tls   # tls.sh's ports and lock
+source "$HERE/ports.sh"
+DEF_OUT=/tmp/ftproxy-tls-prof; [ "$PERF_PORT_BASE" = 18080 ] || DEF_OUT+=-$PERF_PORT_BASE
+OUT_DIR=${OUT_DIR:-$DEF_OUT}; SECS=${SECS:-8}; PROFILER=${PROFILER:-perf}; CASE=${CASE:-ka}
 PY=$ROOT/.venv/bin/python
 mkdir -p "$OUT_DIR"; rm -f "$OUT_DIR"/thread-*.prof
 BULK_MB=1; [ "$CASE" = bulk ] && BULK_MB=100
@@ -22,6 +26,7 @@ PORT=$(awk '$1 == "ftproxy" {print $2}' "$OUT_DIR/ports.tsv")
 [ "$CASE" = hs-rsa ] && PORT=$(awk '$1 == "ftproxy" {print $3}' "$OUT_DIR/ports.tsv")
 WRK=(-t1 -c50); [ "$CASE" != ka ] && WRK+=(-H "Connection: close")
 URL=https://127.0.0.1:$PORT/
+perf_need_free $(awk '$1 == "direct" || $1 == "ftproxy" { for (i = 2; i <= 5; i++) if ($i != "-") print $i }' "$OUT_DIR/ports.tsv")
 PGS=()
 cleanup() { for p in "${PGS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

@@ -1,0 +1,83 @@
+"""What a stream's filter chain looks like, worked out once per worker instead of per request.
+
+A `ChainPlan` says, for one sequence of filters (by their factories and the classes their
+`create` returned), which of them decode, which encode (in encode order), which have an
+`on_destroy` of their own, and for each (direction, call) whether every non-terminal filter
+there leaves that call to `PassThroughFilter` (it CONTINUEs and does nothing). The filter
+manager (filter_manager.py) uses it to build the per-stream chains without a loop over the
+factories, and to hand a call straight to the end of the chain when every filter before it
+would only CONTINUE and nothing is held in that direction: the same outcome, without a Python
+call per filter (e.g. the response body passing a CORS or ratelimit filter, which act on the
+headers only).
+
+`ChainPlans` holds the plans of one HcmContext's filter factories. It is per worker (the
+HcmContext is): filled and read on that worker's thread only, so no lock. A factory whose
+`create` returns objects of another class gets another plan (the key is the classes), and a
+chain a route switched gets its own (the key then names the factories too); past
+`_MAX_PLANS` plans are worked out per stream and not kept.
+"""
+
+from __future__ import annotations
+
+from .filter import PassThroughFilter
+
+__all__ = ["ChainPlan", "ChainPlans"]
+
+_MAX_PLANS = 64
+_PASS = {name: getattr(PassThroughFilter, name) for name in (
+    "decode_headers", "decode_data", "decode_trailers",
+    "encode_headers", "encode_data", "encode_trailers", "on_destroy")}
+
+
+def _passes(cls: type, name: str) -> bool:
+    """Does `cls` leave `name` to PassThroughFilter (CONTINUE, no side effect)?"""
+    return getattr(cls, name, None) is _PASS[name]
+
+
+class ChainPlan:
+    """Immutable once made. Indices are into the stream's `filters` (creation order)."""
+
+    __slots__ = ("all_decode", "decode_idx", "encode_idx", "all_destroy", "destroy_idx", "decode_data_passes",
+                 "decode_trailers_passes", "encode_headers_passes", "encode_data_passes",
+                 "encode_trailers_passes")
+
+    def __init__(self, factories, classes) -> None:
+        n = len(classes)
+        decode = tuple(i for i in range(n) if factories[i].decoder)
+        encode = tuple(i for i in reversed(range(n)) if factories[i].encoder)
+        self.all_decode = len(decode) == n
+        self.decode_idx = decode
+        self.encode_idx = encode
+        self.destroy_idx = tuple(i for i in range(n) if not _passes(classes[i], "on_destroy"))
+        self.all_destroy = len(self.destroy_idx) == n
+        before_terminal = decode[:-1]
+        self.decode_data_passes = all(_passes(classes[i], "decode_data") for i in before_terminal)
+        self.decode_trailers_passes = all(_passes(classes[i], "decode_trailers")
+                                          for i in before_terminal)
+        # (the encoders' end is the wire sink: every encoder filter is before it)
+        self.encode_headers_passes = all(_passes(classes[i], "encode_headers") for i in encode)
+        self.encode_data_passes = all(_passes(classes[i], "encode_data") for i in encode)
+        self.encode_trailers_passes = all(_passes(classes[i], "encode_trailers") for i in encode)
+
+
+class ChainPlans:
+    """One HcmContext's factories ((worker factory, disabled, switchable) triples) and the
+    plans learnt for them. Thread affinity: the worker that owns the HcmContext."""
+
+    __slots__ = ("factories", "switchable", "creates", "plain_factories", "plans")
+
+    def __init__(self, factories) -> None:
+        self.factories = factories
+        # Whether a route may leave a filter out: then each stream looks at its route.
+        self.switchable = any(switchable for _, _, switchable in factories)
+        self.creates = tuple(factory.create for factory, _, _ in factories)
+        self.plain_factories = tuple(factory for factory, _, _ in factories)
+        self.plans: dict = {}
+
+    def learn(self, key, factories, filters) -> ChainPlan:
+        """The plan for `filters` (made by `factories`), kept under `key` (the caller looked
+        in `plans` first)."""
+        plan = ChainPlan(factories, [type(flt) for flt in filters])
+        if len(self.plans) < _MAX_PLANS:
+            self.plans[key] = plan
+        return plan

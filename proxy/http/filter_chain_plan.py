@@ -64,10 +64,14 @@ class ChainPlans:
     """One HcmContext's factories ((worker factory, disabled, switchable) triples) and the
     plans learnt for them. Thread affinity: the worker that owns the HcmContext."""
 
-    __slots__ = ("factories", "switchable", "creates", "plain_factories", "plans")
+    __slots__ = ("factories", "lone", "switchable", "creates", "plain_factories", "plans")
 
     def __init__(self, factories) -> None:
         self.factories = factories
+        # One filter that no route can disable (the router alone: the usual chain): its
+        # factory's create, for a chain without a plan (no lists, nothing to skip).
+        self.lone = (factories[0][0].create if len(factories) == 1 and not factories[0][1]
+                     and not factories[0][2] else None)
         # Whether a route may leave a filter out: then each stream looks at its route.
         self.switchable = any(switchable for _, _, switchable in factories)
         self.creates = tuple(factory.create for factory, _, _ in factories)

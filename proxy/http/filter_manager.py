@@ -136,14 +136,14 @@ class FilterManager:
         both. As in Envoy the route is resolved first when a route may switch a filter.
         `plans` (the HcmContext's, per worker) keeps what the chain's shape is between
         streams; without it the shape is worked out for this stream alone."""
-        if len(factories) == 1 and not factories[0][1] and not factories[0][2]:
-            # The usual chain, the router alone (decoder-only, never disabled): no lists.
-            flt = factories[0][0].create(self)
-            self.filters = (flt,)
-            self.chains = (self.filters, ())
-            return
         if plans is None:
             plans = ChainPlans(factories)
+        lone = plans.lone
+        if lone is not None:
+            # The usual chain, the router alone (decoder-only, never disabled): no lists.
+            self.filters = (lone(self),)
+            self.chains = (self.filters, ())
+            return
         if not plans.switchable:
             filters = [create(self) for create in plans.creates]
             key = tuple(map(type, filters))
@@ -338,12 +338,11 @@ class FilterManager:
             return
         self.encoding_started = True  # (only encoder filters can hold a response back)
         self.response_head_pending = head
-        passes = self.plan.encode_headers_passes and self.held[_ENCODE] is None
         if body:  # the whole response: its head, then its body with the end, in one write
-            sink = self.chains[_ENCODE][-1]
+            sink = chains[_ENCODE][-1]
             sink.whole = True
-            if passes:  # (every encoder filter would CONTINUE and do nothing)
-                sink.encode_headers(head, False)
+            if self.plan.encode_headers_passes and self.held[_ENCODE] is None:
+                sink.encode_headers(head, False)  # (every encoder filter would CONTINUE)
             else:
                 self._encode_headers_at(0, head, False)
             sink.whole = False
@@ -352,8 +351,8 @@ class FilterManager:
             if sink.head is not None and self.held[_ENCODE] is None and self.state < CLOSED:
                 self._write_headers(sink.head, False, None)  # (the body went another way)
                 sink.head = None
-        elif passes:
-            chains[_ENCODE][-1].encode_headers(head, end_stream)
+        elif self.plan.encode_headers_passes and self.held[_ENCODE] is None:
+            self._write_headers(head, end_stream, None)  # (what the wire sink does here)
         else:
             self._encode_headers_at(0, head, end_stream)
 
@@ -365,7 +364,11 @@ class FilterManager:
             self._write_data(data, end_stream)
             return
         if self.plan.encode_data_passes and self.held[_ENCODE] is None:
-            chains[_ENCODE][-1].encode_data(data, end_stream)  # (the wire sink)
+            sink = chains[_ENCODE][-1]
+            if sink.head is None:
+                self._write_data(data, end_stream)  # (what the wire sink does then)
+            else:
+                sink.encode_data(data, end_stream)
             return
         self._data(_ENCODE, 0, data, end_stream)
 
@@ -473,7 +476,11 @@ class FilterManager:
                     self._set_held(_ENCODE, _Held(i, True, end_stream, status))
                 return
             i += 1
-        filters[last].encode_headers(head, end_stream)
+        sink = filters[last]  # (the wire sink's encode_headers, inline)
+        if sink.whole and not end_stream:
+            sink.head = head
+        else:
+            self._write_headers(head, end_stream, None)
 
     def _headers_with_body(self, d: int, i: int, head, status: int) -> None:
         """Filter `i` gave a headers-only message a body: the headers go on from the next

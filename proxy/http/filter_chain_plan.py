@@ -37,7 +37,7 @@ def _passes(cls: type, name: str) -> bool:
 class ChainPlan:
     """Immutable once made. Indices are into the stream's `filters` (creation order)."""
 
-    __slots__ = ("all_decode", "decode_idx", "encode_idx", "all_destroy", "destroy_idx", "decode_data_passes",
+    __slots__ = ("decoders_only", "all_decode", "decode_idx", "encode_idx", "all_destroy", "destroy_idx", "decode_data_passes",
                  "decode_trailers_passes", "encode_headers_passes", "encode_data_passes",
                  "encode_trailers_passes")
 
@@ -50,6 +50,8 @@ class ChainPlan:
         self.encode_idx = encode
         self.destroy_idx = tuple(i for i in range(n) if not _passes(classes[i], "on_destroy"))
         self.all_destroy = len(self.destroy_idx) == n
+        # The chain is its filters in order, as decoders, and nothing else to work out.
+        self.decoders_only = self.all_decode and not encode and self.all_destroy
         before_terminal = decode[:-1]
         self.decode_data_passes = all(_passes(classes[i], "decode_data") for i in before_terminal)
         self.decode_trailers_passes = all(_passes(classes[i], "decode_trailers")

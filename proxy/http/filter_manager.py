@@ -150,6 +150,11 @@ class FilterManager:
             plan = plans.plans.get(key)
             if plan is None:
                 plan = plans.learn(key, plans.plain_factories, filters)
+            elif plan.decoders_only:  # (decoder filters with an on_destroy each: no lists)
+                self.plan = plan
+                self.filters = filters
+                self.chains = (filters, ())
+                return
         else:
             made = []
             filters = []
@@ -169,7 +174,7 @@ class FilterManager:
             encoders = [filters[i] for i in plan.encode_idx]
             encoders.append(_WireSink(self))
         else:
-            encoders = []
+            encoders = ()
         self.filters = filters if plan.all_destroy else [filters[i] for i in plan.destroy_idx]
         self.chains = (decoders, encoders)
 

@@ -1,8 +1,7 @@
 """What a stream's filter chain looks like, worked out once per worker instead of per request.
 
 A `ChainPlan` says, for one sequence of filters (by their factories and the classes their
-`create` returned), which of them decode, which encode (in encode order), which have an
-`on_destroy` of their own, and for each (direction, call) whether every non-terminal filter
+`create` returned), which of them decode, which encode (in encode order), and for each (direction, call) whether every non-terminal filter
 there leaves that call to `PassThroughFilter` (it CONTINUEs and does nothing). The filter
 manager (filter_manager.py) uses it to build the per-stream chains without a loop over the
 factories, and to hand a call straight to the end of the chain when every filter before it
@@ -26,7 +25,7 @@ __all__ = ["ChainPlan", "ChainPlans"]
 _MAX_PLANS = 64
 _PASS = {name: getattr(PassThroughFilter, name) for name in (
     "decode_headers", "decode_data", "decode_trailers",
-    "encode_headers", "encode_data", "encode_trailers", "on_destroy")}
+    "encode_headers", "encode_data", "encode_trailers")}
 
 
 def _passes(cls: type, name: str) -> bool:
@@ -37,7 +36,7 @@ def _passes(cls: type, name: str) -> bool:
 class ChainPlan:
     """Immutable once made. Indices are into the stream's `filters` (creation order)."""
 
-    __slots__ = ("decoders_only", "all_decode", "decode_idx", "encode_idx", "all_destroy", "destroy_idx", "decode_data_passes",
+    __slots__ = ("decoders_only", "all_decode", "decode_idx", "encode_idx", "decode_data_passes",
                  "decode_trailers_passes", "encode_headers_passes", "encode_data_passes",
                  "encode_trailers_passes")
 
@@ -48,10 +47,8 @@ class ChainPlan:
         self.all_decode = len(decode) == n
         self.decode_idx = decode
         self.encode_idx = encode
-        self.destroy_idx = tuple(i for i in range(n) if not _passes(classes[i], "on_destroy"))
-        self.all_destroy = len(self.destroy_idx) == n
         # The chain is its filters in order, as decoders, and nothing else to work out.
-        self.decoders_only = self.all_decode and not encode and self.all_destroy
+        self.decoders_only = self.all_decode and not encode
         before_terminal = decode[:-1]
         self.decode_data_passes = all(_passes(classes[i], "decode_data") for i in before_terminal)
         self.decode_trailers_passes = all(_passes(classes[i], "decode_trailers")

@@ -118,7 +118,7 @@ class FilterManager:
         self.encoding_started = False
         self.cached_route = _UNRESOLVED
         self.picked_cluster = None    # route_cluster()'s choice for the cached route
-        self.filters = ()             # the filter instances whose on_destroy does something
+        self.filters = ()             # every filter instance, for on_destroy
         # Whether the request was gRPC as it arrived (Envoy's state_.is_grpc_request_, which
         # shapes local replies): None until filters that may change it see it (grpc_web
         # makes a gRPC-Web request application/grpc; its local replies stay plain HTTP).
@@ -150,7 +150,7 @@ class FilterManager:
             plan = plans.plans.get(key)
             if plan is None:
                 plan = plans.learn(key, plans.plain_factories, filters)
-            elif plan.decoders_only:  # (decoder filters with an on_destroy each: no lists)
+            elif plan.decoders_only:  # (decoder filters alone: no lists to build)
                 self.plan = plan
                 self.filters = filters
                 self.chains = (filters, ())
@@ -175,7 +175,7 @@ class FilterManager:
             encoders.append(_WireSink(self))
         else:
             encoders = ()
-        self.filters = filters if plan.all_destroy else [filters[i] for i in plan.destroy_idx]
+        self.filters = filters
         self.chains = (decoders, encoders)
 
     def _disabled_for_route(self, name: str, default: bool) -> bool:

@@ -526,19 +526,3 @@ def test_a_plan_is_per_class_so_a_factory_making_another_class_gets_its_own():
     kinds.append("headers_only")
     third.create_filter_chain(factories, plans)
     assert third.plan is first.plan  # learnt once
-
-
-def test_only_filters_with_their_own_on_destroy_are_kept_for_it():
-    destroyed = []
-
-    class Destroying(Recording):
-        def on_destroy(self):
-            destroyed.append(self.name)
-
-    s = FakeStream()
-    s.create_filter_chain([(headers_only("a"), False, False),
-                           (SimpleNamespace(name="router", decoder=True, encoder=False,
-                                            create=lambda cb: Destroying("router", cb)), False, False)])
-    assert [f.name for f in s.filters] == ["router"]
-    s.destroy_filters()
-    assert destroyed == ["router"] and s.chains is None

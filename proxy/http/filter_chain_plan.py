@@ -10,10 +10,11 @@ call per filter (e.g. the response body passing a CORS or ratelimit filter, whic
 headers only).
 
 `ChainPlans` holds the plans of one HcmContext's filter factories. It is per worker (the
-HcmContext is): filled and read on that worker's thread only, so no lock. A factory whose
-`create` returns objects of another class gets another plan (the key is the classes), and a
-chain a route switched gets its own (the key then names the factories too); past
-`_MAX_PLANS` plans are worked out per stream and not kept.
+HcmContext is): filled and read on that worker's thread only, so no lock. A plan is learnt from
+the first stream's filters: a worker factory's `create` makes filters of one class
+(filter.py's WorkerFilterFactory says so; every factory here does). A chain a route switched
+gets its own plan, keyed by the factories left in; past `_MAX_PLANS` such plans are worked
+out per stream and not kept.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class ChainPlans:
     """One HcmContext's factories ((worker factory, disabled, switchable) triples) and the
     plans learnt for them. Thread affinity: the worker that owns the HcmContext."""
 
-    __slots__ = ("factories", "lone", "switchable", "creates", "plain_factories", "plans")
+    __slots__ = ("factories", "lone", "switchable", "creates", "plain_factories", "static", "plans")
 
     def __init__(self, factories) -> None:
         self.factories = factories
@@ -75,12 +76,18 @@ class ChainPlans:
         self.switchable = any(switchable for _, _, switchable in factories)
         self.creates = tuple(factory.create for factory, _, _ in factories)
         self.plain_factories = tuple(factory for factory, _, _ in factories)
-        self.plans: dict = {}
+        self.static: ChainPlan | None = None  # the plan when no route can switch a filter
+        self.plans: dict = {}  # by the factories a route left in, when one can
 
-    def learn(self, key, factories, filters) -> ChainPlan:
-        """The plan for `filters` (made by `factories`), kept under `key` (the caller looked
-        in `plans` first)."""
-        plan = ChainPlan(factories, [type(flt) for flt in filters])
+    @staticmethod
+    def learn(factories, filters) -> ChainPlan:
+        """The plan for `filters`, made by `factories` (each makes one class of filter: the
+        plan holds for every stream these factories make filters for)."""
+        return ChainPlan(factories, [type(flt) for flt in filters])
+
+    def learn_switched(self, made: tuple, filters) -> ChainPlan:
+        """The plan of a chain a route switched, kept under the factories it left in."""
+        plan = self.learn(made, filters)
         if len(self.plans) < _MAX_PLANS:
-            self.plans[key] = plan
+            self.plans[made] = plan
         return plan

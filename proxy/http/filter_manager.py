@@ -146,10 +146,9 @@ class FilterManager:
             return
         if not plans.switchable:
             filters = [create(self) for create in plans.creates]
-            key = tuple(map(type, filters))
-            plan = plans.plans.get(key)
+            plan = plans.static
             if plan is None:
-                plan = plans.learn(key, plans.plain_factories, filters)
+                plan = plans.static = plans.learn(plans.plain_factories, filters)
             elif plan.decoders_only:  # (decoder filters alone: no lists to build)
                 self.plan = plan
                 self.filters = filters
@@ -164,10 +163,9 @@ class FilterManager:
                 made.append(factory)
                 filters.append(factory.create(self))
             made = tuple(made)
-            key = (made, tuple(map(type, filters)))
-            plan = plans.plans.get(key)
+            plan = plans.plans.get(made)
             if plan is None:
-                plan = plans.learn(key, made, filters)
+                plan = plans.learn_switched(made, filters)
         self.plan = plan
         decoders = filters if plan.all_decode else [filters[i] for i in plan.decode_idx]
         if plan.encode_idx:

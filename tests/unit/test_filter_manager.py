@@ -502,27 +502,23 @@ def test_after_a_local_reply_request_data_past_headers_only_filters_is_dropped()
     assert s.log == []
 
 
-def test_a_plan_is_per_class_so_a_factory_making_another_class_gets_its_own():
-    """The plans of one HCM's factories are kept between streams, keyed by the classes the
-    factories made: a factory that returns a filter with its own encode_data later is seen."""
+def test_a_plan_is_learnt_once_per_hcm_and_per_switched_chain():
+    """The plan of an HCM's chain is learnt from its first stream and shared by the next; a
+    chain a route switched (a filter left out) has its own."""
     from proxy.http.filter_chain_plan import ChainPlans
-    kinds = ["headers_only", "recording"]
-
-    def create(cb):
-        return HeadersOnly("a", cb) if kinds.pop(0) == "headers_only" else Recording("a", cb)
-
-    factories = ((SimpleNamespace(name="a", decoder=True, encoder=True, create=create), False, False),
-                 (Factory("router", encoder=False), False, False))
+    factories = ((headers_only("a"), False, False), (Factory("router", encoder=False), False, False))
     plans = ChainPlans(factories)
     first, second = FakeStream(), FakeStream()
     first.create_filter_chain(factories, plans)
     second.create_filter_chain(factories, plans)
-    assert first.plan.encode_data_passes and not second.plan.encode_data_passes
-    assert len(plans.plans) == 2
-    second.encode_headers(ResponseHead(200, Headers()), False)
-    second.encode_data(b"body", True)
-    assert ("a", "encode_data", (b"body", True)) in second.log
-    third = FakeStream()
-    kinds.append("headers_only")
-    third.create_filter_chain(factories, plans)
-    assert third.plan is first.plan  # learnt once
+    assert first.plan is second.plan is plans.static and first.plan.encode_data_passes
+    routed = ((headers_only("a"), True, True), (Factory("b"), False, True),
+              (Factory("router", encoder=False), False, True))
+    switched = ChainPlans(routed)
+    s = FakeStream()
+    s.create_filter_chain(routed, switched)  # "a" is disabled by default: "b" and the router
+    assert [f.name for f in s.chains[0]] == ["b", "router"]
+    assert not s.plan.encode_data_passes and len(switched.plans) == 1
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"body", True)
+    assert ("b", "encode_data", (b"body", True)) in s.log

@@ -527,7 +527,7 @@ class ConnectionManager(ConnectionCallbacks):
                 tracer.start(stream)
             except Exception:
                 log.exception("tracer failed to start a span")
-        stream.create_filter_chain(ctx.filter_factories)
+        stream.create_filter_chain(ctx.filter_factories, ctx.filter_chain_plans)
         stream.decode_headers(end_stream)
 
     def _began_earlier(self, stream: ActiveStream, now: float) -> None:

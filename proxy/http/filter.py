@@ -110,8 +110,9 @@ class FilterCallbacks(Protocol):
 
 
 class WorkerFilterFactory(Protocol):
-    """Per worker: makes one filter per stream. `decoder`/`encoder` say which sides the
-    filters it makes take part in."""
+    """Per worker: makes one filter per stream, always of the same class (the filter manager
+    learns from the first which calls the filters leave to PassThroughFilter, and skips those:
+    filter_chain_plan.py). `decoder`/`encoder` say which sides the filters take part in."""
 
     name: str                 # the name in http_filters (typed_per_filter_config's key)
     decoder: bool

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
+from .filter_chain_plan import ChainPlans
 from .async_client import AsyncRequest
 from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head
 from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_STARTED
@@ -108,7 +109,7 @@ class FilterManager:
 
     __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
                  "picked_cluster", "filters", "response_head_pending", "grpc_request",
-                 "headers_end_call", "body_added")
+                 "headers_end_call", "body_added", "plan")
 
     def init_filters(self) -> None:
         self.chains = None            # (decoders, encoders + wire sink) once created
@@ -127,32 +128,51 @@ class FilterManager:
         # are being passed, and the bytes added meanwhile.
         self.headers_end_call = None
         self.body_added = None
+        self.plan = None              # the chain's ChainPlan (filter_chain_plan.py), if any
 
-    def create_filter_chain(self, factories) -> None:
+    def create_filter_chain(self, factories, plans: ChainPlans | None = None) -> None:
         """One filter per factory (HcmContext.filter_factories: (factory, disabled by default,
         switchable per route)) but those the route disables; a filter may decode, encode or
-        both. As in Envoy the route is resolved first when a route may switch a filter."""
-        if len(factories) == 1 and not factories[0][1] and not factories[0][2]:
+        both. As in Envoy the route is resolved first when a route may switch a filter.
+        `plans` (the HcmContext's, per worker) keeps what the chain's shape is between
+        streams; without it the shape is worked out for this stream alone."""
+        if plans is None:
+            plans = ChainPlans(factories)
+        lone = plans.lone
+        if lone is not None:
             # The usual chain, the router alone (decoder-only, never disabled): no lists.
-            flt = factories[0][0].create(self)
-            self.filters = (flt,)
+            self.filters = (lone(self),)
             self.chains = (self.filters, ())
             return
-        decoders = []
-        encoders = []
-        filters = []
-        for factory, disabled, switchable in factories:
-            if switchable and self._disabled_for_route(factory.name, disabled):
-                continue
-            flt = factory.create(self)
-            filters.append(flt)
-            if factory.decoder:
-                decoders.append(flt)
-            if factory.encoder:
-                encoders.append(flt)
-        encoders.reverse()
-        if encoders:
+        if not plans.switchable:
+            filters = [create(self) for create in plans.creates]
+            plan = plans.static
+            if plan is None:
+                plan = plans.static = plans.learn(plans.plain_factories, filters)
+            elif plan.decoders_only:  # (decoder filters alone: no lists to build)
+                self.plan = plan
+                self.filters = filters
+                self.chains = (filters, ())
+                return
+        else:
+            made = []
+            filters = []
+            for factory, disabled, switchable in factories:
+                if switchable and self._disabled_for_route(factory.name, disabled):
+                    continue
+                made.append(factory)
+                filters.append(factory.create(self))
+            made = tuple(made)
+            plan = plans.plans.get(made)
+            if plan is None:
+                plan = plans.learn_switched(made, filters)
+        self.plan = plan
+        decoders = filters if plan.all_decode else [filters[i] for i in plan.decode_idx]
+        if plan.encode_idx:
+            encoders = [filters[i] for i in plan.encode_idx]
             encoders.append(_WireSink(self))
+        else:
+            encoders = ()
         self.filters = filters
         self.chains = (decoders, encoders)
 
@@ -284,16 +304,26 @@ class FilterManager:
             decoders[0].decode_headers(self.head, end_stream)
             return
         self.grpc_request = is_grpc_request(self.head.headers)
-        self._headers(_DECODE, 0, self.head, end_stream)
+        self._decode_headers_at(0, self.head, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         decoders = self.chains[_DECODE]
         if len(decoders) == 1:
             decoders[0].decode_data(data, end_stream)
             return
+        if self.plan.decode_data_passes and self.held[_DECODE] is None:
+            # Every filter before the terminal one would CONTINUE and do nothing.
+            if self.state < CLOSED and not self.decoder_aborted:
+                decoders[-1].decode_data(data, end_stream)
+            return
         self._data(_DECODE, 0, data, end_stream)
 
     def decode_trailers(self, trailers) -> None:
+        decoders = self.chains[_DECODE]
+        if len(decoders) > 1 and self.plan.decode_trailers_passes and self.held[_DECODE] is None:
+            if self.state < CLOSED and not self.decoder_aborted:
+                decoders[-1].decode_trailers(trailers)
+            return
         self._trailers(_DECODE, 0, trailers)
 
     def continue_decoding(self) -> None:
@@ -312,31 +342,48 @@ class FilterManager:
         self.encoding_started = True  # (only encoder filters can hold a response back)
         self.response_head_pending = head
         if body:  # the whole response: its head, then its body with the end, in one write
-            sink = self.chains[_ENCODE][-1]
+            sink = chains[_ENCODE][-1]
             sink.whole = True
-            self._headers(_ENCODE, 0, head, False)
+            if self.plan.encode_headers_passes and self.held[_ENCODE] is None:
+                sink.encode_headers(head, False)  # (every encoder filter would CONTINUE)
+            else:
+                self._encode_headers_at(0, head, False)
             sink.whole = False
             if self.state < CLOSED:
                 self.encode_data(body, True)
             if sink.head is not None and self.held[_ENCODE] is None and self.state < CLOSED:
                 self._write_headers(sink.head, False, None)  # (the body went another way)
                 sink.head = None
+        elif self.plan.encode_headers_passes and self.held[_ENCODE] is None:
+            self._write_headers(head, end_stream, None)  # (what the wire sink does here)
         else:
-            self._headers(_ENCODE, 0, head, end_stream)
+            self._encode_headers_at(0, head, end_stream)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if self.state >= CLOSED:
             return
-        if self.chains is None or not self.chains[_ENCODE]:
+        chains = self.chains
+        if chains is None or not chains[_ENCODE]:
             self._write_data(data, end_stream)
+            return
+        if self.plan.encode_data_passes and self.held[_ENCODE] is None:
+            sink = chains[_ENCODE][-1]
+            if sink.head is None:
+                self._write_data(data, end_stream)  # (what the wire sink does then)
+            else:
+                sink.encode_data(data, end_stream)
             return
         self._data(_ENCODE, 0, data, end_stream)
 
     def encode_trailers(self, trailers) -> None:
         if self.state >= CLOSED:
             return
-        if self.chains is None or not self.chains[_ENCODE]:
+        chains = self.chains
+        if chains is None or not chains[_ENCODE]:
             self._write_trailers(trailers)
+            return
+        if self.plan.encode_trailers_passes and self.held[_ENCODE] is None:
+            chains[_ENCODE][-1].encode_trailers(trailers)
             return
         self._trailers(_ENCODE, 0, trailers)
 
@@ -387,26 +434,56 @@ class FilterManager:
 
     # -- iteration ------------------------------------------------------------------------------
     def _headers(self, d: int, i: int, head, end_stream: bool) -> None:
-        filters = self.chains[d]
+        """The headers go through the filters of direction `d` from filter `i`. (One loop per
+        direction: a method call by name costs less than `getattr` per filter.)"""
+        if d == _DECODE:
+            self._decode_headers_at(i, head, end_stream)
+        else:
+            self._encode_headers_at(i, head, end_stream)
+
+    def _decode_headers_at(self, i: int, head, end_stream: bool) -> None:
+        filters = self.chains[_DECODE]
         last = len(filters) - 1
-        name = _NAMES[d][0]
         while i < last:
             if end_stream:
-                self.headers_end_call = d
-                status = getattr(filters[i], name)(head, end_stream)
+                self.headers_end_call = _DECODE
+                status = filters[i].decode_headers(head, True)
                 self.headers_end_call = None
                 if self.body_added is not None:
-                    self._headers_with_body(d, i, head, status)
+                    self._headers_with_body(_DECODE, i, head, status)
                     return
             else:
-                status = getattr(filters[i], name)(head, end_stream)
-            if self.state >= CLOSED or (d == _DECODE and self.decoder_aborted):
-                return
-            if status:
-                self._set_held(d, _Held(i, True, end_stream, status))
+                status = filters[i].decode_headers(head, False)
+            if status or self.decoder_aborted or self.state >= CLOSED:
+                if status and not self.decoder_aborted and self.state < CLOSED:
+                    self._set_held(_DECODE, _Held(i, True, end_stream, status))
                 return
             i += 1
-        getattr(filters[last], name)(head, end_stream)
+        filters[last].decode_headers(head, end_stream)
+
+    def _encode_headers_at(self, i: int, head, end_stream: bool) -> None:
+        filters = self.chains[_ENCODE]
+        last = len(filters) - 1
+        while i < last:
+            if end_stream:
+                self.headers_end_call = _ENCODE
+                status = filters[i].encode_headers(head, True)
+                self.headers_end_call = None
+                if self.body_added is not None:
+                    self._headers_with_body(_ENCODE, i, head, status)
+                    return
+            else:
+                status = filters[i].encode_headers(head, False)
+            if status or self.state >= CLOSED:
+                if status and self.state < CLOSED:
+                    self._set_held(_ENCODE, _Held(i, True, end_stream, status))
+                return
+            i += 1
+        sink = filters[last]  # (the wire sink's encode_headers, inline)
+        if sink.whole and not end_stream:
+            sink.head = head
+        else:
+            self._write_headers(head, end_stream, None)
 
     def _headers_with_body(self, d: int, i: int, head, status: int) -> None:
         """Filter `i` gave a headers-only message a body: the headers go on from the next

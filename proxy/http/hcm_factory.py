@@ -15,6 +15,7 @@ from .codec.http1_server import Http1ServerCodec
 from .codec.http2_server import (PREFACE, Http2CodecStats, Http2Options, Http2ServerCodec,
                                  default_engine)
 from .conn_manager import ConnectionManager
+from .filter_chain_plan import ChainPlans
 from .h2_keepalive import Keepalive
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
@@ -123,7 +124,8 @@ class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
                  "server_name", "local_address", "via", "request_headers_removed",
                  "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
-                 "response_fields", "codec_factory", "worker", "stats", "tracer", "__weakref__")
+                 "response_fields", "codec_factory", "worker", "stats", "tracer", "filter_chain_plans",
+                 "__weakref__")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config
@@ -149,6 +151,8 @@ class HcmContext:
         # (per-worker factory, disabled by default, may a route switch it on or off)
         self.filter_factories = tuple((f.for_worker(self), disabled, switchable)
                                       for f, disabled, switchable in factory.filter_factories)
+        # The chains' shapes, learnt per worker (filter_chain_plan.py).
+        self.filter_chain_plans = ChainPlans(self.filter_factories)
         if factory.rds_key is not None:  # RDS: this worker swaps route_table on updates
             worker.register_rds_context(factory.rds_key, self)
 

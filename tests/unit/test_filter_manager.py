@@ -415,3 +415,110 @@ def test_a_filter_may_give_a_headers_only_message_a_body():
     assert decode_log(s) == [("router", "decode_headers", False), ("router", "decode_data", (b"message", True))]
     s.encode_headers(ResponseHead(403, Headers()), True)
     assert s.wire == [("headers", 403, False, None), ("data", b"[]", True)]
+
+
+# -- the chain's plan (filter_chain_plan.py): calls every filter would only CONTINUE skip them --
+
+class HeadersOnly(PassThroughFilter):
+    """Acts on the headers only: data, trailers and on_destroy are PassThroughFilter's."""
+
+    __slots__ = ("name", "stream", "status")
+
+    def __init__(self, name, stream, status=0):
+        self.name, self.stream, self.status = name, stream, status
+
+    def decode_headers(self, head, end_stream):
+        self.stream.log.append((self.name, "decode_headers", end_stream))
+        return self.status
+
+    def encode_headers(self, head, end_stream):
+        self.stream.log.append((self.name, "encode_headers", (head.status, end_stream)))
+        return self.status
+
+
+def headers_only(name, status=0):
+    return SimpleNamespace(name=name, decoder=True, encoder=True,
+                           create=lambda cb: HeadersOnly(name, cb, status))
+
+
+def test_body_and_trailers_pass_headers_only_filters_unchanged():
+    """The response body and trailers go straight to the wire past filters that act on the
+    headers only, and the request body straight to the terminal filter: what the filters see
+    and the wire gets is what the filter-by-filter iteration gives."""
+    s = FakeStream()
+    router = Factory("router", encoder=False)
+    s.create_filter_chain([(headers_only("a"), False, False), (headers_only("b"), False, False),
+                           (router, False, False)])
+    assert s.plan.decode_data_passes and s.plan.encode_data_passes
+    s.decode_headers(False)
+    s.decode_data(b"x", False)
+    s.decode_trailers([(b"t", b"1")])
+    assert s.log == [("a", "decode_headers", False), ("b", "decode_headers", False),
+                     ("router", "decode_headers", False), ("router", "decode_data", (b"x", False)),
+                     ("router", "decode_trailers", [(b"t", b"1")])]
+    s.log.clear()
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"body", False)
+    s.encode_trailers([(b"grpc-status", b"0")])
+    assert s.log == [("b", "encode_headers", (200, False)), ("a", "encode_headers", (200, False))]
+    assert s.wire == [("headers", 200, False, None), ("data", b"body", False),
+                      ("trailers", [(b"grpc-status", b"0")])]
+
+
+def test_whole_response_past_headers_only_filters_is_one_write():
+    s = FakeStream()
+    s.create_filter_chain([(headers_only("a"), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.encode_headers(ResponseHead(200, Headers()), True, b"whole")
+    assert s.wire == [("headers", 200, True, b"whole")]
+
+
+def test_data_reaching_a_headers_only_filter_that_holds_the_headers_releases_them():
+    """A filter that stopped the headers (STOP_ITERATION) and passes data through: the first
+    data resumes the direction (Envoy), so that data is not sent past it on a shortcut."""
+    s = FakeStream()
+    s.create_filter_chain([(headers_only("a", H.STOP_ITERATION), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.decode_headers(False)
+    assert [c for _, c, _ in s.log] == ["decode_headers"]
+    s.decode_data(b"x", True)
+    assert s.log[1:] == [("router", "decode_headers", False), ("router", "decode_data", (b"x", True))]
+    s.log.clear()
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    assert s.wire == []  # held at "a"
+    s.encode_data(b"body", True)
+    assert s.wire == [("headers", 200, False, None), ("data", b"body", True)]
+
+
+def test_after_a_local_reply_request_data_past_headers_only_filters_is_dropped():
+    s = FakeStream()
+    router = Factory("router", encoder=False)
+    s.create_filter_chain([(headers_only("a"), False, False), (router, False, False)])
+    s.decode_headers(False)
+    s.send_local_reply(403, b"no", None, "denied")
+    s.log.clear()
+    s.decode_data(b"x", True)
+    s.decode_trailers([(b"t", b"1")])
+    assert s.log == []
+
+
+def test_a_plan_is_learnt_once_per_hcm_and_per_switched_chain():
+    """The plan of an HCM's chain is learnt from its first stream and shared by the next; a
+    chain a route switched (a filter left out) has its own."""
+    from proxy.http.filter_chain_plan import ChainPlans
+    factories = ((headers_only("a"), False, False), (Factory("router", encoder=False), False, False))
+    plans = ChainPlans(factories)
+    first, second = FakeStream(), FakeStream()
+    first.create_filter_chain(factories, plans)
+    second.create_filter_chain(factories, plans)
+    assert first.plan is second.plan is plans.static and first.plan.encode_data_passes
+    routed = ((headers_only("a"), True, True), (Factory("b"), False, True),
+              (Factory("router", encoder=False), False, True))
+    switched = ChainPlans(routed)
+    s = FakeStream()
+    s.create_filter_chain(routed, switched)  # "a" is disabled by default: "b" and the router
+    assert [f.name for f in s.chains[0]] == ["b", "router"]
+    assert not s.plan.encode_data_passes and len(switched.plans) == 1
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"body", True)
+    assert ("b", "encode_data", (b"body", True)) in s.log

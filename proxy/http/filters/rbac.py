@@ -114,7 +114,7 @@ class WorkerRbacFactory:
         self.name = factory.name
         self.config = factory.config
         self.scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.rbac")
-        self._counters: dict[str, Any] = {}
+        self._counters: dict[Any, Any] = {}  # by name, or by (prefix, shadow, outcome)
 
     def count(self, name: str) -> None:
         c = self._counters.get(name)
@@ -192,7 +192,12 @@ class RbacFilter(PassThroughFilter):
             allowed = (policy is not None) == (rbac.action == "ALLOW")
             outcome = "allowed" if allowed else "denied"
         wf = self.wf
-        wf.count(f"{prefix}{shadow}{outcome}")
+        # (wf.count inlined, its counters keyed by the name's parts: no name built per request)
+        key = (prefix, shadow, outcome)
+        counter = wf._counters.get(key)
+        if counter is None:
+            counter = wf._counters[key] = wf.scope.counter(f"{prefix}{shadow}{outcome}")
+        counter.value += 1
         if config.track_per_rule_stats and policy is not None:
             wf.count(f"{prefix}policy.{policy}.{shadow}{outcome}")
         return allowed, policy

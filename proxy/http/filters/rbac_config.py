@@ -95,7 +95,7 @@ def _header_predicate(m: HeaderMatcher) -> Callable[[RequestFacts], bool]:
             return lambda r: m.matches(r.req)
 
         def header_exact(r: RequestFacts) -> bool:
-            values = r.req.headers.get_all(name)
+            values = [v for k, v in r.req.headers.fields if k == name]  # (Headers.get_all)
             if len(values) == 1:
                 return values[0] == want
             return bool(values) and b",".join(values) == want

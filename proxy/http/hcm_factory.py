@@ -8,12 +8,14 @@ Must not: hold per-connection state.
 
 from __future__ import annotations
 
+import os
+
 from ..network.address import node_address
 from ..router.table import RouteTable
 from .codec import make_server_codec
 from .codec.http1_server import Http1ServerCodec
 from .codec.http2_server import (PREFACE, Http2CodecStats, Http2Options, Http2ServerCodec,
-                                 default_engine)
+                                 ENGINES)
 from .conn_manager import ConnectionManager
 from .filter_chain_plan import ChainPlans
 from .h2_keepalive import Keepalive
@@ -22,6 +24,15 @@ from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
 from .http_stats import HcmStats
 
 __all__ = ["HcmFactory", "HcmContext", "server_codec_factory"]
+
+
+def default_engine() -> str:
+    """The HTTP/2 server engine FTPROXY_H2_CODEC names ("fast", ours, unless it says "h2",
+    the reference); read when an HCM's codec factory is built (main thread)."""
+    engine = os.environ.get("FTPROXY_H2_CODEC", "fast") or "fast"
+    if engine not in ENGINES:
+        raise ValueError(f"FTPROXY_H2_CODEC={engine!r}: expected one of {', '.join(ENGINES)}")
+    return engine
 
 
 def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=None):

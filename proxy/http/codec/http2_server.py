@@ -26,7 +26,6 @@ Thread affinity: one connection on one worker. Must not: call the HCM from an `e
 
 from __future__ import annotations
 
-import os
 
 from .errors import CodecError
 from .events import RequestHeaders
@@ -36,7 +35,7 @@ from .http2_frames import (ENHANCE_YOUR_CALM, EV_DATA, EV_GOAWAY, EV_PING_ACK, E
                            ServerConnection)
 
 __all__ = ["Http2ServerCodec", "Http2Options", "Http2CodecStats", "PREFACE", "PREMATURE_RESET_MIN",
-           "ENGINES", "default_engine"]
+           "ENGINES"]
 
 # The protocol engines: ours (the hot path) and the h2 library's (the reference).
 ENGINES = ("fast", "h2")
@@ -44,15 +43,6 @@ _ERROR_NAMES = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLO
                 4: "SETTINGS_TIMEOUT", 5: "STREAM_CLOSED", 6: "FRAME_SIZE_ERROR",
                 7: "REFUSED_STREAM", 8: "CANCEL", 9: "COMPRESSION_ERROR", 10: "CONNECT_ERROR",
                 11: "ENHANCE_YOUR_CALM", 12: "INADEQUATE_SECURITY", 13: "HTTP_1_1_REQUIRED"}
-
-
-def default_engine() -> str:
-    """The engine FTPROXY_H2_CODEC names ("fast" unless it says "h2"); read when an HCM's
-    codec factory is built (main thread)."""
-    engine = os.environ.get("FTPROXY_H2_CODEC", "fast") or "fast"
-    if engine not in ENGINES:
-        raise ValueError(f"FTPROXY_H2_CODEC={engine!r}: expected one of {', '.join(ENGINES)}")
-    return engine
 
 
 def make_engine(engine: str, options: "Http2Options"):

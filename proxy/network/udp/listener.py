@@ -13,7 +13,7 @@ balancer chose when the session began. Datagrams from that host go back to the s
 through the listener's socket. A session ends after `idle_timeout` with no datagram either way.
 Everything here belongs to the worker thread that owns the listener: no lock on the datagram
 path. Stats as Envoy names them: `udp.<stat_prefix>.downstream_sess_*` / `idle_timeout`, and
-on the cluster `upstream_cx_{total,active,none_healthy,overflow,rx_bytes_total,tx_bytes_total}`
+on the cluster `upstream_cx_{none_healthy,overflow,rx_bytes_total,tx_bytes_total}`
 and `udp.sess_{rx,tx}_{datagrams,errors}`.
 
 Must not: parse config (config.py) or keep session bookkeeping beyond calling the table.
@@ -214,8 +214,8 @@ class UdpProxyFilter:
             cluster.limits.release_connection()
             log.warning("udp %s: no upstream socket for %s: %s", self.config.stat_prefix, host, e)
             return None
-        cluster.stats.upstream_cx_total.value += 1
-        cluster.stats.upstream_cx_active.value += 1
+        # A session holds one of the cluster's connections (its circuit breaker), but Envoy 1.40
+        # moves neither upstream_cx_total nor upstream_cx_active for it: neither does this.
         self.stats.total.value += 1
         self.stats.active.value += 1
         self.table.add(peer, session, time.monotonic())
@@ -316,6 +316,5 @@ class UdpSession:
             self.filter.worker.dispatcher.unregister(self.sock)
         finally:
             self.sock.close()
-            self.cluster.stats.upstream_cx_active.value -= 1
             self.limits.release_connection()
             self.filter.session_closed()

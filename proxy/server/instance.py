@@ -411,7 +411,9 @@ class Server:
     # ParentSide (messages.ParentLogic), main thread:
     def listen_fds(self, address: str) -> list[int]:
         for lc in [*self.bootstrap.listeners, *(e.config for e in self.lds_listeners.values())]:
-            if f"{lc.address}:{lc.port}" == address and lc.name in self.listen_sockets:
+            # Only TCP listen sockets are handed over (a UDP listener of the next epoch binds
+            # its own beside ours: _take_or_bind).
+            if lc.protocol == "TCP" and f"{lc.address}:{lc.port}" == address and lc.name in self.listen_sockets:
                 return [s.fileno() for s in self.listen_sockets[lc.name] if s.fileno() >= 0]
         return []
 

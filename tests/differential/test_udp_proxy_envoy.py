@@ -88,11 +88,16 @@ class Proc:
     def stats(self) -> dict[str, str]:
         wanted = {f"udp.{p}.{s}" for p in PREFIXES for s in UDP_STATS}
         wanted |= {f"cluster.{c}.{s}" for c in PREFIXES for s in CLUSTER_STATS}
+        wanted |= {f"listener.127.0.0.1_{port}.udp.downstream_rx_datagram_dropped"
+                   for port in self.ports.values()}
         out = {}
         for line in self.admin("/stats")[1].splitlines():
             name, _, value = line.partition(": ")
             if name in wanted:
                 out[name] = value
+        for name, port in self.ports.items():   # the listener's port differs between the two
+            wanted = {w.replace(f"_{port}.", f"_<{name}>.") for w in wanted}
+            out = {k.replace(f"_{port}.", f"_<{name}>."): v for k, v in out.items()}
         return {n: out.get(n, "<absent>") for n in sorted(wanted)}
 
     def stop(self) -> None:
@@ -114,14 +119,19 @@ def _script(p: Proc) -> dict:
             for word in (b"HELO", b"OLEH!"):
                 c.sendto(word + b"%d" % i, ("127.0.0.1", p.ports["echo"]))
                 seen[f"echo.{i}.{word.decode()}"] = c.recvfrom(100)[0]
+        # 1,500 bytes pass the listener (Envoy's default max_rx_datagram_size) and their 1,505-byte
+        # echo comes back (no limit upstream); 1,501 bytes are dropped at the listener.
+        clients[1].sendto(b"x" * 1500, ("127.0.0.1", p.ports["echo"]))
+        seen["big"] = len(clients[1].recvfrom(65535)[0])
+        clients[1].sendto(b"y" * 1501, ("127.0.0.1", p.ports["echo"]))
         for i in range(2):
             clients[0].sendto(b"nobody home", ("127.0.0.1", p.ports["dead"]))
             time.sleep(0.2)      # the ICMP answer of one datagram before the next one
         clients[0].sendto(b"no host", ("127.0.0.1", p.ports["nohost"]))
-        for c in clients:
+        for i, c in enumerate(clients):
             c.settimeout(0.1)
             try:
-                seen[f"stray.{c.getsockname()[1] - clients[0].getsockname()[1]}"] = c.recvfrom(100)[0]
+                seen[f"stray.{i}"] = c.recvfrom(65535)[0]
             except TimeoutError:
                 pass
     finally:
@@ -160,6 +170,8 @@ def test_udp_proxy_datagrams_and_stats_match_envoy(echo, tmp_path):
     assert ea["echo.2.OLEH!"] == b"echo:OLEH!2" and not any(k.startswith("stray") for k in ea)
     assert (ed["udp.echo.downstream_sess_total"], ed["udp.echo.downstream_sess_active"]) == ("3", "3")
     assert ed["cluster.dead.udp.sess_rx_errors"] != "0"
-    assert ed["cluster.echo.udp.sess_tx_datagrams"] == "6"
+    assert ed["cluster.echo.udp.sess_tx_datagrams"] == "7"
+    assert ea["big"] == 1505
+    assert ed["listener.127.0.0.1_<echo>.udp.downstream_rx_datagram_dropped"] == "1"
     assert ed["cluster.nohost.upstream_cx_none_healthy"] == "1"
     assert (ef["udp.echo.idle_timeout"], ef["udp.echo.downstream_sess_active"]) == ("3", "0")

@@ -175,3 +175,22 @@ def test_a_cluster_without_hosts_drops_datagrams_as_none_healthy(proxy_factory):
     c = proxy.counters()
     assert c["udp.service.downstream_sess_total"] == 0
     assert c["udp.service.downstream_sess_rx_datagrams"] == 0
+
+
+def test_a_datagram_over_1500_bytes_is_dropped_at_the_listener_but_not_from_upstream(echo, proxy_factory):
+    """Envoy's default max_rx_datagram_size (1,500) on the listener; none on the session."""
+    proxy = proxy_factory(udp_proxy_config(echo.port))
+    client = udp_client()
+    try:
+        assert _exchange(client, proxy.port, b"x" * 1500) == b"echo:" + b"x" * 1500
+        client.sendto(b"y" * 1501, ("127.0.0.1", proxy.port))
+        # Named by the listener's stat prefix (127.0.0.1_0 here: its configured port is 0).
+        assert proxy.wait_for(lambda: proxy.counters().get(
+            "listener.127.0.0.1_0.udp.downstream_rx_datagram_dropped") == 1)
+        assert _exchange(client, proxy.port, b"after") == b"echo:after"   # still served
+    finally:
+        client.close()
+    assert [len(d) for _p, d in echo.got()] == [1500, 5]
+    c = proxy.counters()
+    assert c["udp.service.downstream_sess_rx_datagrams"] == 2
+    assert c["cluster.service_udp.udp.sess_rx_datagrams_dropped"] == 0

@@ -37,9 +37,18 @@ log = logging.getLogger("ftproxy.udp")
 # one busy socket cannot starve the worker's other events (Envoy reads 16 packets per event
 # loop iteration from a UDP listener).
 READ_BATCH = 32
-# The largest UDP payload: a datagram is never truncated here (Envoy's default receive buffer
-# is 1,500 bytes unless GRO is on; see the report of differences in README).
-MAX_DATAGRAM = 65535
+# Read buffer: the largest UDP payload, so that a longer datagram is seen whole and dropped,
+# not truncated.
+READ_SIZE = 65535
+# Envoy's default max_rx_datagram_size of a UDP listener (udp_listener_config, refused here): a
+# longer datagram from downstream is dropped (listener.<prefix>.udp.downstream_rx_datagram_dropped).
+# From upstream Envoy 1.40 takes datagrams of any size (measured: 65,000 bytes pass), so does this.
+MAX_RX_DATAGRAM = 1500
+# The listener stats Envoy shows for a UDP listener too (all 0: nothing is accepted).
+_LISTENER_ZERO_COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "downstream_cx_overflow",
+                           "downstream_global_cx_overflow", "no_filter_chain_match",
+                           "downstream_cx_transport_socket_connect_timeout", "downstream_pre_cx_timeout",
+                           "downstream_listener_filter_remote_close", "downstream_listener_filter_error")
 
 
 def bind_udp_sockets(address: str, port: int, count: int, reuse_port: bool, *,
@@ -112,7 +121,8 @@ class _ClusterUdpStats:
         self.rx_errors = c("sess_rx_errors")
         self.tx_datagrams = c("sess_tx_datagrams")
         self.tx_errors = c("sess_tx_errors")
-        c("sess_rx_datagrams_dropped")   # present, as Envoy's (never moved: no truncation here)
+        for name in ("sess_rx_datagrams_dropped", "sess_tunnel_success", "sess_tunnel_failure", "sess_tunnel_buffer_overflow"):
+            c(name)   # present, as Envoy's (0: nothing is dropped, tunnelling is refused)
 
 
 class ActiveUdpListener:
@@ -126,6 +136,15 @@ class ActiveUdpListener:
         self.accepting = False
         self.draining = False
         self.chains = ()
+        scope = worker.stats.scope(f"listener.{config.stat_prefix}")
+        for name in _LISTENER_ZERO_COUNTERS:
+            scope.counter(name)
+        scope.gauge("downstream_cx_active")
+        scope.gauge("downstream_pre_cx_active")
+        wscope = scope.scope(f"worker_{worker.index}")
+        wscope.counter("downstream_cx_total")
+        wscope.gauge("downstream_cx_active")
+        self.rx_datagram_dropped = scope.scope("udp").counter("downstream_rx_datagram_dropped")
         self.filter = UdpProxyFilter(self, factory.config)
 
     def start(self) -> None:
@@ -145,13 +164,16 @@ class ActiveUdpListener:
         recv, on_datagram = self.sock.recvfrom, self.filter.on_datagram
         for _ in range(READ_BATCH):
             try:
-                data, peer = recv(MAX_DATAGRAM)
+                data, peer = recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 self.filter.stats.rx_errors.value += 1
                 log.debug("listener %s: receive failed: %s", self.config.name, e)
                 return
+            if len(data) > MAX_RX_DATAGRAM:
+                self.rx_datagram_dropped.value += 1
+                continue
             on_datagram(data, peer[:2])
 
     def send_downstream(self, data: bytes, peer: tuple) -> bool:
@@ -295,7 +317,7 @@ class UdpSession:
             if self.closed:
                 return
             try:
-                data = recv(MAX_DATAGRAM)
+                data = recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:

@@ -1,6 +1,6 @@
-"""The udp_proxy listener filter against real Envoy 1.40: the same bootstrap (three UDP
+"""The udp_proxy listener filter against real Envoy 1.40: the same bootstrap (four UDP
 listeners: to a real UDP echo server, to a port nothing listens on, to a cluster without
-hosts; idle timeout 2 s) and the same datagrams from real UDP clients through both. The
+hosts, to a cluster allowing one connection; idle timeout 2 s) and the same datagrams from real UDP clients through both. The
 answers each client gets and every udp_proxy stat Envoy names (the listener's
 `udp.<prefix>.*`, the clusters' `upstream_cx_*` and `udp.sess_*`) must agree, before and after
 the sessions time out."""
@@ -21,7 +21,7 @@ from tests.udp_peers import UdpEchoServer, free_udp_port, udp_client
 
 from .proxies import PortReservation, envoy_binary
 
-PREFIXES = ("echo", "dead", "nohost")
+PREFIXES = ("echo", "dead", "nohost", "limited")
 UDP_STATS = ("downstream_sess_no_route", "downstream_sess_rx_bytes", "downstream_sess_rx_datagrams",
              "downstream_sess_rx_errors", "downstream_sess_total", "downstream_sess_tx_bytes",
              "downstream_sess_tx_datagrams", "downstream_sess_tx_errors", "idle_timeout",
@@ -53,7 +53,9 @@ def _bootstrap(admin: int, ports: dict[str, int], echo: int, dead: int) -> dict:
     return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
             "static_resources": {"listeners": [listener(n) for n in PREFIXES],
                                  "clusters": [cluster("echo", echo), cluster("dead", dead),
-                                              cluster("nohost", None)]}}
+                                              cluster("nohost", None),
+                                              {**cluster("limited", echo), "circuit_breakers": {
+                                                  "thresholds": [{"max_connections": 1}]}}]}}
 
 
 class Proc:
@@ -128,6 +130,10 @@ def _script(p: Proc) -> dict:
             clients[0].sendto(b"nobody home", ("127.0.0.1", p.ports["dead"]))
             time.sleep(0.2)      # the ICMP answer of one datagram before the next one
         clients[0].sendto(b"no host", ("127.0.0.1", p.ports["nohost"]))
+        # max_connections 1: the first source's session holds it, the second's is refused.
+        clients[0].sendto(b"limited", ("127.0.0.1", p.ports["limited"]))
+        seen["limited.0"] = clients[0].recvfrom(100)[0]
+        clients[1].sendto(b"over", ("127.0.0.1", p.ports["limited"]))
         for i, c in enumerate(clients):
             c.settimeout(0.1)
             try:
@@ -174,4 +180,6 @@ def test_udp_proxy_datagrams_and_stats_match_envoy(echo, tmp_path):
     assert ea["big"] == 1505
     assert ed["listener.127.0.0.1_<echo>.udp.downstream_rx_datagram_dropped"] == "1"
     assert ed["cluster.nohost.upstream_cx_none_healthy"] == "1"
+    assert ed["cluster.limited.upstream_cx_overflow"] == "1" and ea["limited.0"] == b"echo:limited"
+    assert (ed["udp.limited.downstream_sess_total"], ed["udp.limited.downstream_sess_active"]) == ("2", "1")
     assert (ef["udp.echo.idle_timeout"], ef["udp.echo.downstream_sess_active"]) == ("3", "0")

@@ -194,3 +194,39 @@ def test_a_datagram_over_1500_bytes_is_dropped_at_the_listener_but_not_from_upst
     c = proxy.counters()
     assert c["udp.service.downstream_sess_rx_datagrams"] == 2
     assert c["cluster.service_udp.udp.sess_rx_datagrams_dropped"] == 0
+
+
+def test_the_clusters_max_connections_bounds_its_sessions(echo, proxy_factory):
+    """As Envoy: each session holds one of the cluster's connections (circuit breaker); a new
+    source past the limit is dropped as upstream_cx_overflow, and gets in once one ends."""
+    proxy = proxy_factory(udp_proxy_config(echo.port, idle_timeout="0.5s", circuit_breakers={
+        "thresholds": [{"max_connections": 1}]}))
+    first, second = udp_client(), udp_client()
+    try:
+        assert _exchange(first, proxy.port, b"1") == b"echo:1"
+        second.sendto(b"2", ("127.0.0.1", proxy.port))
+        assert proxy.wait_for(lambda: proxy.counters().get("cluster.service_udp.upstream_cx_overflow") == 1)
+        assert proxy.wait_for(lambda: proxy.counters().get("udp.service.idle_timeout") == 1)
+        assert _exchange(second, proxy.port, b"3") == b"echo:3"
+    finally:
+        first.close()
+        second.close()
+    assert [d for _p, d in echo.got()] == [b"1", b"3"]
+    # As Envoy 1.40: the refused session counts in downstream_sess_total.
+    assert proxy.counters()["udp.service.downstream_sess_total"] == 3
+
+
+def test_without_reuse_port_one_worker_reads_the_socket_and_keeps_each_session(echo, proxy_factory):
+    config = udp_proxy_config(echo.port)
+    config["static_resources"]["listeners"][0]["enable_reuse_port"] = False
+    proxy = proxy_factory(config, concurrency=2)
+    clients = [udp_client() for _ in range(4)]
+    try:
+        for _ in range(3):
+            for i, c in enumerate(clients):
+                assert _exchange(c, proxy.port, b"%d" % i) == b"echo:%d" % i
+    finally:
+        for c in clients:
+            c.close()
+    assert len({p for p, _d in echo.got()}) == 4
+    assert proxy.counters()["udp.service.downstream_sess_total"] == 4

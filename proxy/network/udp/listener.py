@@ -224,6 +224,9 @@ class UdpProxyFilter:
         # As Envoy's ClusterInfo::createSession: the circuit breaker, then a host.
         if not cluster.limits.try_acquire_connection():
             cluster.stats.upstream_cx_overflow.value += 1
+            # Measured: Envoy 1.40 counts a session refused by the breaker in
+            # downstream_sess_total (not in _active); one refused for want of a host it does not.
+            self.stats.total.value += 1
             return None
         host = cluster.choose_host()
         if host is None:

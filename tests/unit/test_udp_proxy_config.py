@@ -83,7 +83,8 @@ def test_cluster_and_matcher_together_and_neither_are_errors():
 
 
 def test_a_zero_idle_timeout_and_a_missing_stat_prefix_are_errors():
-    assert f"{PATH}.idle_timeout: must be greater than 0s" in _error(_with(idle_timeout="0s"))
+    assert f"{PATH}.idle_timeout: not supported yet" in _error(_with(idle_timeout="0s"))
+    assert f"{PATH}.idle_timeout: duration must not be negative" in _error(_with(idle_timeout="-1s"))
     raw = _with()
     del raw["static_resources"]["listeners"][0]["listener_filters"][0]["typed_config"]["stat_prefix"]
     assert f"{PATH}.stat_prefix" in _error(raw)
@@ -156,3 +157,24 @@ def test_one_session_per_peer_and_removal():
     assert len(t) == 0
     with pytest.raises(ValueError):
         SessionTable(0)
+
+
+def test_a_udp_listener_over_lds_is_nacked_naming_its_address():
+    from proxy.xds.lds import LdsApplier
+
+    class Target:   # an LDS target with no listener yet (ListenerTarget)
+        placed: list = []
+
+        def is_static(self, name): return False
+        def dynamic_names(self): return set()
+        def cluster_names(self): return {"service_udp"}
+        def cluster_configs(self): return []
+        def add_or_update(self, config, version_info, path): self.placed.append(config.name)
+        def remove(self, name): pass
+
+    target = Target()
+    raw = copy.deepcopy(BASE["static_resources"]["listeners"][0])
+    with pytest.raises(ConfigError) as e:
+        LdsApplier(target).on_update([(raw, "resources[0]")], "1")
+    assert "resources[0].address: not supported yet (a UDP listener over LDS" in str(e.value)
+    assert target.placed == []

@@ -34,7 +34,7 @@ DEFAULT_IDLE_TIMEOUT = 60.0   # Envoy's: a session with no datagram either way f
 class UdpProxyConfig:
     stat_prefix: str           # stats root: udp.<stat_prefix>.
     cluster: str               # every session's upstream cluster
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT   # > 0 (Envoy refuses 0 too: it must be positive)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT   # > 0 (0 is refused: see parse_udp_proxy)
 
 
 # -- declared fields (proxy.config.fields_table) -----------------------------------------
@@ -93,8 +93,8 @@ def parse_udp_proxy(raw: Mapping[str, Any], path: str) -> UdpProxyConfig:
     else:
         cluster = _matcher_cluster(f)
     idle = f.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT)
-    if idle <= 0:
-        raise ConfigError(f.at("idle_timeout"), "must be greater than 0s")
+    if idle == 0:   # Envoy accepts it (and ends each session at its next loop iteration)
+        raise ConfigError(f.at("idle_timeout"), "not supported yet (an idle_timeout of 0s)")
     return UdpProxyConfig(stat_prefix=stat_prefix, cluster=cluster, idle_timeout=idle)
 
 

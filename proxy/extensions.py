@@ -14,6 +14,7 @@ import proxy.access_log.config  # noqa: F401  access loggers
 import proxy.http.hcm_config  # noqa: F401  envoy.filters.network.http_connection_manager
 import proxy.http.router_filter_config  # noqa: F401  envoy.filters.http.router
 import proxy.network.tcp_proxy_config  # noqa: F401  envoy.filters.network.tcp_proxy
+import proxy.network.udp.config  # noqa: F401  envoy.filters.udp_listener.udp_proxy
 import proxy.http.filters.fault  # noqa: F401  envoy.filters.http.fault
 import proxy.http.filters.cors  # noqa: F401  envoy.filters.http.cors
 import proxy.network.filters.connection_limit  # noqa: F401  envoy.filters.network.connection_limit

@@ -394,10 +394,10 @@ def _parse_listeners_and_clusters(s: Fields, errors: ErrorCollector
                                                        f"(also at {names[lis.name]})"))
             continue
         names[lis.name] = path
-        key = (lis.address, lis.port)
+        key = (lis.address, lis.port, lis.protocol)   # TCP and UDP may share a port
         if lis.port != 0 and key in addresses:
             errors.add(ConfigError(join(path, "address"), f"duplicate listener address "
-                                                          f"{address_string(*key)} (also at {addresses[key]})"))
+                                                          f"{address_string(*key[:2])} (also at {addresses[key]})"))
             continue
         addresses[key] = path
         listeners.append(lis)
@@ -425,7 +425,7 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
         return
     errors = ErrorCollector()
     for lis, path in zip(listeners, paths):
-        if lis.port == admin.port and overlaps(lis.address, admin.address):
+        if lis.protocol == "TCP" and lis.port == admin.port and overlaps(lis.address, admin.address):
             errors.add(ConfigError(
                 join(path, "address"),
                 f"{address_string(lis.address, lis.port)} is also the admin's address "

@@ -28,7 +28,7 @@ from proxy.config.registry import resolve
 from proxy.network.transport_socket import DOWNSTREAM, RAW_BUFFER, parse_transport_socket
 
 __all__ = ["ListenerConfig", "FilterChainConfig", "FilterChainMatchConfig", "NetworkFilterConfig",
-           "ListenerFilterConfig", "parse_listener", "parse_address", "TERMINAL_NETWORK_FILTERS"]
+           "ListenerFilterConfig", "parse_listener", "parse_address", "parse_listener_address", "TERMINAL_NETWORK_FILTERS"]
 
 # Network filters that end a chain (Envoy's isTerminalFilter).
 TERMINAL_NETWORK_FILTERS = frozenset({
@@ -101,6 +101,9 @@ class ListenerConfig:
     continue_on_listener_filters_timeout: bool = False
     tcp_backlog_size: int | None = None
     ignore_global_conn_limit: bool = False  # not held to overload.global_downstream_max_connections
+    # "UDP": the address's protocol; such a listener has no filter chains, and its one listener
+    # filter (udp_proxy, category "udp_listener_filter") proxies its datagrams (network/udp/).
+    protocol: str = "TCP"
     raw: Mapping[str, Any] | None = None
 
 
@@ -201,7 +204,8 @@ ADDRESS = Message("envoy.config.core.v3.Address", fields=(
 SOCKET_ADDRESS = Message("envoy.config.core.v3.SocketAddress", fields=(
     used("address", why="an IP literal"),
     used("port_value", attr="port"),
-    refused("protocol", "UDP", default="TCP", only_default=True),
+    used("protocol", default="TCP", why="UDP on a listener: its udp_proxy listener filter proxies "
+                                        "datagrams (the admin address: only TCP)"),
     refused("named_port"),
     refused("resolver_name"),
     refused("network_namespace_filepath"),
@@ -212,9 +216,18 @@ SOCKET_ADDRESS = Message("envoy.config.core.v3.SocketAddress", fields=(
 
 def parse_address(value: Any, path: str) -> tuple[str, int]:
     """`core.v3.Address` holding a TCP `socket_address` with an IP literal -> (ip, port)."""
+    ip, port, protocol = parse_listener_address(value, path)
+    if protocol != "TCP":
+        raise ConfigError(join(join(path, "socket_address"), "protocol"),
+                          "not supported yet (only TCP here)")
+    return ip, port
+
+
+def parse_listener_address(value: Any, path: str) -> tuple[str, int, str]:
+    """`core.v3.Address` holding a `socket_address` with an IP literal -> (ip, port, protocol)."""
     a = ADDRESS.read(value, path)
     s = SOCKET_ADDRESS.read(a.value("socket_address", required=True), a.at("socket_address"))
-    SOCKET_ADDRESS.require_default(s, "protocol", s.enum("protocol", ("TCP", "UDP"), "TCP"))
+    protocol = s.enum("protocol", ("TCP", "UDP"), "TCP")
     SOCKET_ADDRESS.require_default(s, "ipv4_compat", s.bool("ipv4_compat", False))
     host = s.str("address", required=True)
     try:
@@ -223,7 +236,7 @@ def parse_address(value: Any, path: str) -> tuple[str, int]:
         raise ConfigError(s.at("address"), f"{host!r} is not an IP address "
                                            "(listener and admin addresses must be IP literals)") from None
     port = s.int("port_value", 0, min=0, max=65535)
-    return str(ip), port
+    return str(ip), port, protocol
 
 
 def address_string(ip: str, port: int) -> str:
@@ -237,14 +250,20 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
     f = LISTENER.read(raw, path, errors_to=errors)
     errors.run(_refuse_listener_defaults, f)
     name = errors.run(f.str, "name")
-    address = errors.run(parse_address, f.value("address", required=True), f.at("address"))
+    address = errors.run(parse_listener_address, f.value("address", required=True), f.at("address"))
+    udp = address is not MISSING and address[2] == "UDP"
     reuse = errors.run(_reuse_port, f)
-    chains = errors.run(_parse_filter_chains, f)
     default_chain = None
-    if f.has("default_filter_chain"):
-        default_chain = errors.run(_parse_filter_chain, f.value("default_filter_chain"),
-                                   f.at("default_filter_chain"))
-    listener_filters = errors.run(_parse_listener_filters, f)
+    if udp:
+        chains = ()
+        errors.run(_refuse_udp_chains, f)
+        listener_filters = errors.run(_parse_udp_listener_filters, f)
+    else:
+        chains = errors.run(_parse_filter_chains, f)
+        if f.has("default_filter_chain"):
+            default_chain = errors.run(_parse_filter_chain, f.value("default_filter_chain"),
+                                       f.at("default_filter_chain"))
+        listener_filters = errors.run(_parse_listener_filters, f)
     buffer_limit = errors.run(f.int, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT, min=0)
     direction = errors.run(f.enum, "traffic_direction", ("UNSPECIFIED", "INBOUND", "OUTBOUND"),
                            "UNSPECIFIED")
@@ -258,7 +277,7 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
     errors.run(f.bool, "bypass_overload_manager", False)
     errors.run(f.raw_obj, "metadata")
     errors.raise_if_any()
-    ip, port = address
+    ip, port, protocol = address
     return ListenerConfig(
         name=name or f"listener_{index}",
         address=ip,
@@ -274,6 +293,7 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
         continue_on_listener_filters_timeout=lf_continue,
         tcp_backlog_size=backlog,
         ignore_global_conn_limit=ignore_global,
+        protocol=protocol,
         raw=raw,
     )
 
@@ -363,6 +383,28 @@ def _parse_listener_filters(f: Fields) -> tuple[ListenerFilterConfig, ...]:
         out.append(ListenerFilterConfig(lf.str("name") or ext.name, cfg, ext))
     errors.raise_if_any()
     return tuple(out)
+
+
+def _refuse_udp_chains(f: Fields) -> None:
+    """A UDP listener's datagrams go to its udp_proxy listener filter: filter chains are for
+    QUIC, which is not supported."""
+    for key in ("filter_chains", "default_filter_chain"):
+        if f.has(key) and f.value(key) not in (None, [], {}):
+            raise ConfigError(f.at(key), "not supported yet (filter chains on a UDP listener: "
+                                         "QUIC); a UDP listener proxies with its udp_proxy listener filter")
+
+
+def _parse_udp_listener_filters(f: Fields) -> tuple[ListenerFilterConfig, ...]:
+    """A UDP listener's listener filters: exactly one, envoy.filters.udp_listener.udp_proxy."""
+    items = f.list("listener_filters")
+    if len(items) != 1:
+        raise ConfigError(f.at("listener_filters"), "a UDP listener needs exactly one listener "
+                                                    "filter, envoy.filters.udp_listener.udp_proxy")
+    item, path = items[0]
+    lf = LISTENER_FILTER.read(item, path)
+    ext, cfg = resolve("udp_listener_filter",
+                       {k: v for k, v in lf.raw.items() if k in ("name", "typed_config")}, path)
+    return (ListenerFilterConfig(lf.str("name") or ext.name, cfg, ext),)
 
 
 def _parse_cidrs(f: Fields, key: str) -> tuple[str, ...]:

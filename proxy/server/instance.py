@@ -33,6 +33,7 @@ from ..http.hcm_factory import HcmFactory
 from ..network.address import node_address
 from ..network.filter_chain_match import FilterChainMatcher
 from ..network.listener import ListenerFactory, bind_listen_sockets
+from ..network.udp.listener import bind_udp_sockets
 from ..threads.shared_count import SharedCount
 from ..network.filter_chain import NetworkFilterChainFactory
 from ..network.tcp_proxy import TcpProxyFactory
@@ -384,10 +385,14 @@ class Server:
         (`listen=False`: fresh ones are bound only, see bind_listen_sockets)."""
         opts = self.options
         socks = []
-        if self.hr_child is not None and lc.port != 0:
+        # A UDP listener binds its own SO_REUSEPORT sockets beside the parent's (not handed over).
+        if self.hr_child is not None and lc.port != 0 and lc.protocol == "TCP":
             socks = self.hr_child.listen_sockets(f"{lc.address}:{lc.port}")
             if socks:
                 log.info("hot restart: took %d listen socket(s) for %s:%d", len(socks), lc.address, lc.port)
+        if not socks and lc.protocol == "UDP":
+            return bind_udp_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
+                                    name=lc.name)
         if not socks:
             return bind_listen_sockets(lc.address, lc.port, opts.concurrency, lc.enable_reuse_port,
                                        lc.tcp_backlog_size, name=lc.name, listen=listen)
@@ -406,7 +411,9 @@ class Server:
     # ParentSide (messages.ParentLogic), main thread:
     def listen_fds(self, address: str) -> list[int]:
         for lc in [*self.bootstrap.listeners, *(e.config for e in self.lds_listeners.values())]:
-            if f"{lc.address}:{lc.port}" == address and lc.name in self.listen_sockets:
+            # Only TCP listen sockets are handed over (a UDP listener of the next epoch binds
+            # its own beside ours: _take_or_bind).
+            if lc.protocol == "TCP" and f"{lc.address}:{lc.port}" == address and lc.name in self.listen_sockets:
                 return [s.fileno() for s in self.listen_sockets[lc.name] if s.fileno() >= 0]
         return []
 
@@ -446,7 +453,11 @@ class Server:
         return {lc.name: self.listener_factory(lc) for lc in self.bootstrap.listeners}
 
     def listener_factory(self, lc) -> ListenerFactory:
-        """One listener's ListenerFactory (main thread; also for LDS listeners)."""
+        """One listener's ListenerFactory (main thread; also for LDS listeners); a UDP
+        listener's: its udp_proxy filter's factory (network/udp/listener.py)."""
+        if lc.protocol == "UDP":
+            lf = lc.listener_filters[0]
+            return lf.extension.factory(lf.config, lf.name)
         chains = list(lc.filter_chains)
         matcher = FilterChainMatcher([c.filter_chain_match for c in chains],
                                      lc.default_filter_chain is not None)
@@ -458,6 +469,13 @@ class Server:
 
     def _post_listener(self, lc, socks: list, factory: ListenerFactory) -> None:
         """Hand a listener's sockets to the workers (main thread; static and LDS listeners)."""
+        if lc.protocol == "UDP":
+            # One socket per worker (reuse_port: the kernel keeps a source on one socket), or
+            # the one socket on the first worker: its sessions must not split over two workers.
+            for i, sock in enumerate(socks):
+                w = self.workers[i % len(self.workers)]
+                w.post(lambda w=w, sock=sock: w.add_udp_listener(lc, sock, factory))
+            return
         for w, sock, shared in self.listener_placement(lc, socks):
             w.post(lambda w=w, sock=sock, shared=shared: w.add_listener(
                 lc, sock, factory, shared, self._global_limit, self._listener_limit(lc.name)))

@@ -202,6 +202,15 @@ class Worker:
         self.listeners.append(al)
         al.start()
 
+    def add_udp_listener(self, config, sock, factory) -> None:
+        """A UDP listener's socket (network/udp/listener.py): its datagrams and sessions are
+        this worker's."""
+        from ..network.udp.listener import ActiveUdpListener
+        self.finish_clusters()
+        al = ActiveUdpListener(self, config, sock, factory)
+        self.listeners.append(al)
+        al.start()
+
     def remove_listener(self, name: str, close_sockets: bool, drain_time: float = 0.0,
                         gradual: bool = False, keep_chains: frozenset = frozenset()) -> None:
         """LDS removed or replaced listener `name`: stop accepting on its sockets (closed

@@ -61,6 +61,10 @@ class LdsApplier:
             lc = errors.run(parse_listener, raw, path, i)
             if lc is MISSING:
                 continue
+            if lc.protocol == "UDP":
+                errors.add(ConfigError(join(path, "address"), "not supported yet (a UDP listener "
+                                                              "over LDS: only in static_resources)"))
+                continue
             if errors.run(check_route_clusters, (lc,), (path,), self.target.cluster_names(),
                           "the static or CDS clusters") is MISSING:
                 continue

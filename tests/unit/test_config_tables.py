@@ -216,6 +216,7 @@ _PARAGRAPHS = {
                  "HttpProtocolOptions (upstream)",
                  "Address (upstream)", "SocketAddress (upstream)"),
     "TCP proxy": ("TcpProxy", "TcpProxy.WeightedCluster", "TcpProxy.WeightedCluster.ClusterWeight"),
+    "UDP proxy": ("UdpProxyConfig", "Matcher (UDP proxy)", "Matcher.OnMatch (UDP proxy)"),
     "Routes": ("RouteConfiguration", "VirtualHost", "Route", "RouteMatch", "HeaderMatcher",
                "QueryParameterMatcher", "StringMatcher", "RouteAction", "RouteAction.UpgradeConfig",
                "WeightedCluster", "WeightedCluster.ClusterWeight", "RedirectAction",

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from proxy.config.config_source import parse_config_source
-from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.fields_table import Message, refused, used
 from proxy.config.reader import ConfigError, Fields, join
 
 __all__ = ["SecretSource", "SecretScope", "secret_scope", "resolve", "read_sds_file", "SECRET_TYPE",

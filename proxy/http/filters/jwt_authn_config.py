@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ...config.fields_table import Message, refused, used
-from ...config.reader import ConfigError, Fields, header_bytes
+from ...config.reader import ConfigError, header_bytes
 from ...router.matchers import RouteMatch, StringMatcher, parse_route_match, parse_string_matcher
 from .jwt_verify import Jwks, JwtError, parse_jwks, sanitize_audience
 

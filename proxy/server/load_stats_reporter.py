@@ -8,7 +8,11 @@ StreamLoadStats` call from the main thread over the gRPC client xDS uses (GrpcSt
 - Each LoadStatsResponse names the clusters to report (or `send_all_clusters`) and the
   `load_reporting_interval`; the interval restarts then, and after each report.
 - Every interval: a LoadStatsRequest with the node and one ClusterStats per named cluster that
-  exists (proxy/upstream/load_report.py computes them).
+  exists (proxy/upstream/load_report.py computes them), with each host's numbers too when the
+  server asked for `report_endpoint_granularity`.
+- The LRS cluster's `upstream_cx_total`, `upstream_rq_total` (one per stream),
+  `upstream_cx_connect_fail` and `upstream_rq_<code>`/`_<class>xx` (on the response headers)
+  count as Envoy's gRPC client, whose stream goes through the cluster's router, charges them.
 - The stream ends (any reason) -> `load_reporter.errors` (not for a grpc-status OK) and a new
   stream after 5 s (`load_reporter.retries`). Envoy's counters are named from its side:
   `load_reporter.requests` counts the responses received, `load_reporter.responses` the
@@ -65,6 +69,13 @@ def encode_request(node: Any, reports: Iterable[ClusterReport]) -> bytes:
             ls.total_error_requests = loc.error
             ls.total_requests_in_progress = loc.active
             ls.total_issued_requests = loc.issued
+            for ep in loc.endpoints:
+                es = ls.upstream_endpoint_stats.add()
+                es.address.socket_address.address, es.address.socket_address.port_value = ep.key
+                es.total_successful_requests = ep.success
+                es.total_error_requests = ep.error
+                es.total_requests_in_progress = ep.active
+                es.total_issued_requests = ep.issued
         cs.total_dropped_requests = r.dropped
         micros = int(r.interval * 1_000_000)
         cs.load_report_interval.seconds, nanos_micros = divmod(micros, 1_000_000)
@@ -108,12 +119,19 @@ class LoadStatsReporter:
         self.state = LoadReportState(sample)
         self.response = None            # the last LoadStatsResponse (Envoy's message_)
         self.stream: GrpcStream | None = None
+        self._opened = False
         self.host_index = 0
         self.stopped = False
         self.c_requests = store.counter("load_reporter.requests")
         self.c_responses = store.counter("load_reporter.responses")
         self.c_errors = store.counter("load_reporter.errors")
         self.c_retries = store.counter("load_reporter.retries")
+        # The LRS cluster's counters, as Envoy's gRPC client (a stream through the cluster's
+        # router) charges them: a connection and a request per stream, the response code.
+        scope = store.scope(f"cluster.{cluster_name}")
+        self._cluster_stats = {n: scope.counter(n) for n in (
+            "upstream_cx_total", "upstream_cx_connect_fail", "upstream_rq_total")}
+        self._scope = scope
         self._retry = dispatcher.create_timer(self._on_retry)
         self._report_timer = dispatcher.create_timer(self._send)
 
@@ -144,18 +162,32 @@ class LoadStatsReporter:
         address = hosts[self.host_index % len(hosts)]
         self.host_index += 1
         cluster = self._cluster_config(self.cluster_name)
+        self._cluster_stats["upstream_cx_total"].inc()
+        self._cluster_stats["upstream_rq_total"].inc()
         self.stream = GrpcStream(self.dispatcher, address, self.cluster_name, PATH,
-                                 lambda: None, self._on_message, self._on_close,
+                                 self._on_open, self._on_message, self._on_close,
                                  http2=getattr(cluster, "http2", None),
-                                 connect_timeout=getattr(cluster, "connect_timeout", None))
+                                 connect_timeout=getattr(cluster, "connect_timeout", None),
+                                 on_response=self._on_response)
+        self._opened = False
         self._send()
+
+    def _on_open(self) -> None:
+        self._opened = True
+
+    def _on_response(self, status: bytes) -> None:
+        code = status.decode("latin-1")
+        if code.isdigit() and len(code) == 3:
+            self._scope.counter(f"upstream_rq_{code}").inc()
+            self._scope.counter(f"upstream_rq_{code[0]}xx").inc()
 
     def _send(self) -> None:
         """Envoy's sendLoadStatsRequest: the stats of the tracked clusters (none before a first
         response), then a new interval when a response set one."""
         if self.stream is None or self.stopped:
             return
-        reports = self.state.report(self._clock())
+        granular = self.response is not None and self.response.report_endpoint_granularity
+        reports = self.state.report(self._clock(), endpoints=granular)
         self.stream.send(encode_request(self.node, reports))
         self.c_responses.inc()
         if self.response is not None:
@@ -186,6 +218,8 @@ class LoadStatsReporter:
 
     def _on_close(self, status: int | None, message: str) -> None:
         self.stream = None
+        if not self._opened:
+            self._cluster_stats["upstream_cx_connect_fail"].inc()
         self._report_timer.disable()
         if self.stopped:
             return

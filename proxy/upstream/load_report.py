@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["HostSample", "ClusterSample", "LocalityReport", "ClusterReport", "LoadReportState"]
+__all__ = ["HostSample", "ClusterSample", "EndpointReport", "LocalityReport", "ClusterReport", "LoadReportState"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,16 @@ class ClusterSample:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointReport:
+    """One host's numbers (`report_endpoint_granularity`)."""
+    key: tuple[str, int]
+    success: int
+    error: int
+    active: int
+    issued: int
+
+
+@dataclass(frozen=True, slots=True)
 class LocalityReport:
     priority: int
     locality: tuple[str, str, str]
@@ -57,6 +67,7 @@ class LocalityReport:
     error: int
     active: int
     issued: int
+    endpoints: tuple[EndpointReport, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +106,15 @@ class LoadReportState:
             self._hosts[(name, h.key)] = (h.success, h.error, h.issued)
         self._dropped[name] = s.dropped
 
-    def report(self, now: float) -> list[ClusterReport]:
+    def report(self, now: float, endpoints: bool = False) -> list[ClusterReport]:
+        """The tracked clusters' reports; `endpoints` (the server's report_endpoint_granularity):
+        each locality also lists its hosts that had something to report."""
         out = []
         for name, start in list(self.tracked.items()):
             s = self._sample(name)
             if s is None:
                 continue                       # Envoy: "Cluster ... does not exist"
-            groups: dict[tuple[int, tuple[str, str, str]], list[int]] = {}
+            groups: dict[tuple[int, tuple[str, str, str]], list] = {}
             for h in s.hosts:
                 key = (name, h.key)
                 b_success, b_error, b_issued = self._hosts.get(key, (0, 0, 0))
@@ -109,14 +122,16 @@ class LoadReportState:
                 error = _delta_one(b_error, h.error)
                 issued = _delta_one(b_issued, h.issued)
                 self._hosts[key] = (h.success, h.error, h.issued)
-                g = groups.setdefault((h.priority, h.locality), [0, 0, 0, 0])
+                g = groups.setdefault((h.priority, h.locality), [0, 0, 0, 0, []])
                 if success + error + h.active + issued:
                     g[0] += success
                     g[1] += error
                     g[2] += h.active
                     g[3] += issued
+                    if endpoints:
+                        g[4].append(EndpointReport(h.key, success, error, h.active, issued))
             # Priority levels in order, localities in the order the hosts list them.
-            localities = tuple(LocalityReport(prio, loc, *g) for (prio, loc), g in
+            localities = tuple(LocalityReport(prio, loc, *g[:4], tuple(g[4])) for (prio, loc), g in
                                sorted(groups.items(), key=lambda item: item[0][0]) if g[3] or g[2])
             dropped = _delta_one(self._dropped.get(name, 0), s.dropped)
             self._dropped[name] = s.dropped

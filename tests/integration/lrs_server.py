@@ -3,7 +3,7 @@ pure Python, both interpreters), as tests/integration/xds_control_plane.py serve
 
 - Every LoadStatsRequest is recorded (`requests`: when it came, the node id, its client
   features and its cluster_stats as proto3 JSON dicts).
-- `answer(clusters, interval, send_all=False)`: the LoadStatsResponse sent on each stream
+- `answer(clusters, interval, send_all=False, endpoints=False)`: the LoadStatsResponse sent on each stream
   after its first request (as Envoy's LRS servers wait for the node), and sent at once on the
   streams already open.
 - `stop()` drops the open streams and stops serving; `start()` serves again on the same port.
@@ -69,8 +69,10 @@ class LrsServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-    def answer(self, clusters: list[str], interval: float, send_all: bool = False) -> None:
+    def answer(self, clusters: list[str], interval: float, send_all: bool = False,
+               endpoints: bool = False) -> None:
         msg = lrs_pb2.LoadStatsResponse()
+        msg.report_endpoint_granularity = endpoints
         msg.clusters.extend(clusters)
         msg.send_all_clusters = send_all
         msg.load_reporting_interval.FromNanoseconds(int(interval * 1e9))

@@ -84,7 +84,9 @@ def encode_request(node: Any, reports: Iterable[ClusterReport]) -> bytes:
 
 
 def sample_cluster(snapshot, workers) -> ClusterSample:
-    """A cluster's per-host counters summed over the workers' pools, and its drops."""
+    """A cluster's per-host counters summed over the workers' pools. Its drops: Envoy counts
+    only requests refused by the runtime's `upstream.maintenance_mode.<cluster>` (none here:
+    ftproxy has no maintenance mode); "no healthy upstream" answers are not drops."""
     hosts = []
     name = snapshot.name
     wcs = [wc for wc in (w.clusters.get(name) for w in list(workers)) if wc is not None]
@@ -97,11 +99,10 @@ def sample_cluster(snapshot, workers) -> ClusterSample:
                 active += pool.active_requests
                 issued += pool.rq_total
         hosts.append(HostSample(h.key, h.priority, h.locality, success, error, active, issued))
-    dropped = sum(wc.stats.upstream_cx_none_healthy.value for wc in wcs)
     raw = getattr(snapshot.config, "raw", None) or {}
     eds = raw.get("eds_cluster_config") if isinstance(raw, dict) else None
     service = eds.get("service_name", "") if isinstance(eds, dict) else ""
-    return ClusterSample(service if isinstance(service, str) else "", tuple(hosts), dropped)
+    return ClusterSample(service if isinstance(service, str) else "", tuple(hosts), 0)
 
 
 class LoadStatsReporter:

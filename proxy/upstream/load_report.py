@@ -10,8 +10,8 @@ turns the counters sampled now into one `ClusterReport` per tracked cluster that
   per-host counters rq_success, rq_error, rq_total) and the requests in progress (rq_active,
   a gauge); a host with all four zero adds nothing, and a locality is reported only when
   something was issued or is in progress (Envoy 1.40, report_load_when_rq_active_is_non_zero);
-- the requests dropped since the last report (Envoy's upstream_rq_dropped: "no healthy
-  upstream" local replies);
+- the requests dropped since the last report (Envoy's upstream_rq_dropped: requests refused
+  by maintenance mode);
 - the measured interval (`now` less the interval's start), which then restarts.
 `on_response` is Envoy's startLoadReportPeriod: clusters tracked already keep their start and
 counters; a newly named one starts now, its counters latched (what came before is not reported).

@@ -55,6 +55,7 @@ class Proxy:
         hcm = {"@type": T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                "stat_prefix": "ingress_http",
                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                   {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
                    {"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]}]},
                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                    "@type": T + "envoy.extensions.filters.http.router.v3.Router"}}]}
@@ -74,6 +75,8 @@ class Proxy:
                      "load_assignment": {"cluster_name": "svc", "endpoints": [
                          {"locality": {"region": "r", "zone": "z1"}, "lb_endpoints": [_ep(one)]},
                          {"locality": {"region": "r", "zone": "z2"}, "lb_endpoints": [_ep(two)]}]}},
+                    {"name": "empty", "type": "STATIC", "connect_timeout": "1s",
+                     "load_assignment": {"cluster_name": "empty", "endpoints": []}},
                     {"name": "lrs", "type": "STATIC", "connect_timeout": "1s",
                      "typed_extension_protocol_options": H2,
                      "load_assignment": {"cluster_name": "lrs", "endpoints": [{"lb_endpoints": [_ep(lrs)]}]}}]}}
@@ -120,9 +123,9 @@ class Proxy:
         return {k: out.get(k, "0") for k in STATS}
 
 
-def _reports(lrs: LrsServer, node: str) -> list[dict]:
+def _reports(lrs: LrsServer, node: str, cluster: str = "svc") -> list[dict]:
     return [cs for r in lrs.recorded() if r["node"] == node for cs in r["cluster_stats"]
-            if cs.get("cluster_name") == "svc"]
+            if cs.get("cluster_name") == cluster]
 
 
 def _totals(reports: list[dict]) -> dict:
@@ -135,6 +138,52 @@ def _totals(reports: list[dict]) -> dict:
             t["success"] += int(ls.get("total_successful_requests", 0))
             t["error"] += int(ls.get("total_error_requests", 0))
     return out
+
+
+def _world(tmp_path):
+    lrs = LrsServer()
+    one, two = EchoUpstream("one"), EchoUpstream("two")
+    ports = PortReservation()
+    proxies = [Proxy(kind, tmp_path, ports, lrs.port, one.port, two.port) for kind in ("envoy", "ftproxy")]
+    ports.release()
+    return lrs, (one, two), proxies
+
+
+def test_drops_send_all_clusters_and_a_lost_stream_match_envoy(tmp_path):
+    """send_all_clusters: every cluster is reported (the LRS one too); 503 "no healthy
+    upstream" answers are not total_dropped_requests (Envoy: only maintenance mode drops); the server going away counts an error and,
+    5 s later, a retry whose stream is answered again — in both."""
+    lrs, ups, proxies = _world(tmp_path)
+    lrs.answer([], 0.5, send_all=True)
+    try:
+        for p in proxies:
+            p.start()
+        for p in proxies:
+            assert lrs.wait(lambda: len(_reports(lrs, p.kind, "empty")) >= 1, 10), p.kind
+        for p in proxies:
+            assert [_get(f"http://127.0.0.1:{p.port}/empty/{i}")[0] for i in range(3)] == [503] * 3
+        time.sleep(1.2)
+        for p in proxies:
+            assert sum(int(r.get("total_dropped_requests", 0)) for r in _reports(lrs, p.kind, "empty")) == 0
+            names = {cs["cluster_name"] for r in lrs.recorded() if r["node"] == p.kind
+                     for cs in r["cluster_stats"]}
+            assert names == {"svc", "empty", "lrs"}, (p.kind, names)
+        lrs.stop()
+        time.sleep(1.0)
+        lrs.start()
+        for p in proxies:
+            assert lrs.wait(lambda: p.stats()["load_reporter.retries"] == "1", 10), p.kind
+        for p in proxies:
+            assert lrs.wait(lambda: p.stats()["load_reporter.requests"] == "2", 5), p.kind
+        stats = {p.kind: p.stats() for p in proxies}
+        assert stats["envoy"] == stats["ftproxy"]
+        assert stats["envoy"]["load_reporter.errors"] == "1"
+    finally:
+        for p in proxies:
+            p.stop()
+        lrs.close()
+        for u in ups:
+            u.close()
 
 
 def test_load_reports_match_envoy(tmp_path):

@@ -169,3 +169,29 @@ def test_endpoint_granularity_and_the_lrs_clusters_stats(world):
     c = p.counters()
     assert c["cluster.lrs.upstream_rq_total"] == 1 and c["cluster.lrs.upstream_cx_total"] == 1
     assert c["cluster.lrs.upstream_rq_200"] == 1 and c["cluster.lrs.upstream_rq_2xx"] == 1
+
+
+def test_two_workers_counts_are_summed():
+    """Each worker keeps its own pools' counters: the report sums them."""
+    lrs = LrsServer()
+    one, two = EchoUpstream("one"), EchoUpstream("two")
+    p = ProxyUnderTest(bootstrap(lrs.port, one.port, two.port), concurrency=2)
+    try:
+        assert lrs.wait(lambda: lrs.recorded())
+        lrs.answer(["svc"], INTERVAL)
+        assert p.wait_for(lambda: p.counters().get("load_reporter.requests") == 1)
+        assert [get(p.port, f"/{i}") for i in range(10)] == [200] * 10
+        assert lrs.wait(lambda: _sum(lrs.reports("svc"), "total_issued_requests") >= 10)
+        n = len(lrs.reports("svc"))
+        assert lrs.wait(lambda: len(lrs.reports("svc")) >= n + 2)
+        reports = lrs.reports("svc")
+        assert _sum(reports, "total_issued_requests") == 10
+        assert _sum(reports, "total_successful_requests") == 10
+        assert len(one.requests) + len(two.requests) == 10
+        assert _sum(reports, "total_issued_requests", "z1") == len(one.requests)
+        assert _sum(reports, "total_issued_requests", "z2") == len(two.requests)
+    finally:
+        p.stop()
+        lrs.close()
+        one.close()
+        two.close()

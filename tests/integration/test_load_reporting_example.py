@@ -7,7 +7,6 @@ server gets the local_service stats."""
 
 from __future__ import annotations
 
-
 import yaml
 
 from tests.integration.lrs_server import LrsServer

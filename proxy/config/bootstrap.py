@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access_log.config import parse_access_logs
+from proxy.config.cluster_manager_config import (ClusterManagerConfig, check_load_stats_cluster,
+                                                 parse_cluster_manager)
 from proxy.config.dynamic_resources import (DynamicResources, check_file_sources_need_node,
                                              check_grpc_sources, parse_dynamic_resources)
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
@@ -66,6 +68,7 @@ class Bootstrap:
     # envoy.resource_limits.listener.<listener name>.connection_limit, by listener name.
     listener_connection_limits: Mapping[str, int] = field(default_factory=dict)
     dynamic_resources: DynamicResources = DynamicResources()
+    cluster_manager: ClusterManagerConfig = ClusterManagerConfig()   # load_stats_config
     raw: Mapping[str, Any] | None = None   # deep copy of the input, for /config_dump
     # What the operator should hear about a config that loads (e.g. one that serves nothing).
     warnings: tuple[str, ...] = ()
@@ -91,8 +94,9 @@ BOOTSTRAP = Message("envoy.config.bootstrap.v3.Bootstrap", title="Bootstrap", mo
     used("overload_manager", attr="", why="only without monitors or actions: its own table"),
     refused("enable_dispatcher_stats", default=False, only_default=True),
     used("dynamic_resources", why="lds_config and cds_config from files: its own table"),
+    used("cluster_manager", why="only load_stats_config (load reporting): its own table"),
     *(refused(name) for name in (
-        "node_context_params", "cluster_manager", "hds_config", "flags_path",
+        "node_context_params", "hds_config", "flags_path",
         "deferred_stat_options", "stats_flush_on_admin", "watchdog", "watchdogs",
         "tracing", "header_prefix", "stats_server_version_override", "use_tcp_for_dns_lookups",
         "dns_resolution_config", "typed_dns_resolver_config", "bootstrap_extensions",
@@ -178,6 +182,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
     admin = errors.run(_parse_admin, f)
     resources = errors.run(_parse_static_resources, f, errors, node)
     dynamic = errors.run(parse_dynamic_resources, f, node)
+    cm_config = errors.run(parse_cluster_manager, f)
     if resources is not MISSING:
         listeners, clusters, cluster_names, paths = resources
         errors.run(check_route_clusters, listeners, paths, cluster_names)
@@ -192,6 +197,8 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
             errors.run(check_file_sources_need_node, listeners, paths, clusters)
         if dynamic is not MISSING:
             errors.run(check_grpc_sources, dynamic, clusters)
+        if cm_config is not MISSING:
+            errors.run(check_load_stats_cluster, cm_config, clusters)
     errors.raise_if_any()
     global_limit, listener_limits = limits
     return Bootstrap(
@@ -203,6 +210,7 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         stats_sinks=sinks,
         stats_config=stats_config,
         dynamic_resources=dynamic,
+        cluster_manager=cm_config,
         global_downstream_max_connections=global_limit,
         listener_connection_limits=listener_limits,
         raw=copy.deepcopy(dict(raw)),

@@ -121,6 +121,7 @@ class Server:
         self.secret_watcher: SecretWatcher | None = None
         self._cds_secrets_timer = None   # while CDS clusters wait for their xDS secrets
         self.xds = XdsManager(self.main_store)   # xDS subscriptions (main thread)
+        self.load_reporter = None                # cluster_manager.load_stats_config (main thread)
         self.cds = None                          # the CDS subscription's handle, if any
         self.lds = None                          # the LDS subscription's handle, if any
         self.lds_listeners: dict = {}            # LDS listeners in force, by name (main thread)
@@ -348,6 +349,7 @@ class Server:
         if self.stats_sinks:
             self._flush_timer = self.main.create_timer(self._flush_sinks)
             self._flush_timer.enable(b.stats_flush_interval)
+        self._start_load_reporter()
         self.state = "LIVE"
         st.gauge("server.live").set(1)
         st.gauge("server.state").set(0)
@@ -585,6 +587,25 @@ class Server:
         if not self.main.run_until(lambda: cm.warm, cm.warm_timeout() + 1.0):
             log.warning("clusters still warming after their health checks' timeout; starting")
 
+    def _start_load_reporter(self) -> None:
+        """cluster_manager.load_stats_config: the LRS stream (main thread), as Envoy's
+        LoadStatsReporter."""
+        api = self.bootstrap.cluster_manager.load_stats_config
+        if api is None:
+            return
+        from .load_stats_reporter import LoadStatsReporter, sample_cluster
+        cm = self.cluster_manager
+
+        def sample(name: str):
+            snap = cm.snapshots().get(name)
+            return sample_cluster(snap, self.workers) if snap is not None else None
+
+        self.load_reporter = LoadStatsReporter(self.main, api.cluster_name, self.bootstrap.node,
+                                               self.main_store, self._cluster_hosts,
+                                               self._cluster_config, sample,
+                                               lambda: list(cm.snapshots()))
+        self.load_reporter.start()
+
     def _publish_clusters(self, snapshots) -> None:
         # Thread-local slot: one immutable mapping, swapped on each worker's own thread.
         for w in self.workers:
@@ -620,6 +641,8 @@ class Server:
 
     def _teardown(self) -> None:
         self.stop_admin()
+        if self.load_reporter is not None:
+            self.load_reporter.stop()
         if self.xds is not None:
             self.xds.stop()
         if self.span_exporters is not None:

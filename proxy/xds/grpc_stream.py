@@ -16,7 +16,8 @@ this connection as to its pools: the receive windows
 
 Callbacks (main thread): `on_open()` once the connection is up and the request headers are
 sent; `on_message(bytes)` for each message; `on_close(status, message)` once, when the call
-ends for any reason (status None: the connection failed or closed without a gRPC status).
+ends for any reason (status None: the connection failed or closed without a gRPC status);
+`on_response(status)`, if given, with the response headers' `:status`.
 Thread affinity: main thread only.
 """
 
@@ -101,8 +102,10 @@ class GrpcStream:
     def __init__(self, dispatcher, address: tuple[str, int], authority: str, path: str,
                  on_open: Callable[[], None], on_message: Callable[[bytes], None],
                  on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy",
-                 http2=None, connect_timeout: float | None = None) -> None:
+                 http2=None, connect_timeout: float | None = None,
+                 on_response: Callable[[bytes], None] | None = None) -> None:
         self.dispatcher = dispatcher
+        self.on_response = on_response   # the response headers' :status (once, if given)
         self.on_open, self.on_message, self.on_close = on_open, on_message, on_close
         self.framer = GrpcFramer()
         self.pending = bytearray()   # framed bytes waiting for flow-control window
@@ -215,6 +218,8 @@ class GrpcStream:
                         self.on_message(m)
             elif isinstance(ev, h2events.ResponseReceived) and sid == self.stream_id:
                 self._headers(ev.headers, trailers=False)
+                if self.on_response is not None:
+                    self.on_response(next((v for k, v in ev.headers if k == b":status"), b""))
             elif isinstance(ev, h2events.TrailersReceived) and sid == self.stream_id:
                 self._headers(ev.headers, trailers=True)
             elif isinstance(ev, h2events.StreamEnded) and sid == self.stream_id:

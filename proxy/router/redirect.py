@@ -47,11 +47,22 @@ class RegexRewrite:
     parts: tuple[str | int, ...]
 
     def apply(self, path: str) -> str:
+        """Every match replaced as RE2's GlobalReplace does (Envoy): an empty match right where
+        the previous match ended is skipped (Python's re.sub would replace it too: `.*` on
+        "/x" would give the substitution twice)."""
         parts = self.parts
-
-        def repl(m: re.Match[str]) -> str:
-            return "".join(p if isinstance(p, str) else (m.group(p) or "") for p in parts)
-        return self.pattern.sub(repl, path)
+        out: list[str] = []
+        pos = 0
+        last_end = -1
+        for m in self.pattern.finditer(path):
+            start, end = m.span()
+            if start == end == last_end:
+                continue
+            out.append(path[pos:start])
+            out.append("".join(p if isinstance(p, str) else (m.group(p) or "") for p in parts))
+            pos = last_end = end
+        out.append(path[pos:])
+        return "".join(out)
 
 
 def _compile_substitution(sub: str, groups: int, path: str) -> tuple[str | int, ...]:

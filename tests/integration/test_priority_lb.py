@@ -54,7 +54,10 @@ class Backend:
                         return
                     buf += d
                 head, buf = buf.split(b"\r\n\r\n", 1)
-                if head.split(b" ", 2)[1] == b"/hc":
+                parts = head.split(b" ", 2)
+                if len(parts) < 2:   # no request line (bytes of a connection cut short): done
+                    return
+                if parts[1] == b"/hc":
                     status = 200 if self.healthy else 503
                     body = b""
                 else:

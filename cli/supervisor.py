@@ -62,13 +62,15 @@ class EpochOptions:
     codec: str = "fast"
     config_yaml: str | None = None
     drain_strategy: str = "gradual"
+    file_flush_interval_msec: int = 1000
 
     def argv(self, config: str, epoch: int, status_fd: int) -> list[str]:
         args = [sys.executable, "-m", "proxy.server.main", "-c", config, "--restart-epoch", str(epoch),
                 "--base-id", str(self.base_id), "--drain-time-s", str(self.drain_time_s),
                 "--parent-shutdown-time-s", str(self.parent_shutdown_time_s), "-l", self.log_level,
                 "--codec", self.codec, "--status-fd", str(status_fd),
-                "--drain-strategy", self.drain_strategy]
+                "--drain-strategy", self.drain_strategy,
+                "--file-flush-interval-msec", str(self.file_flush_interval_msec)]
         if self.concurrency is not None:
             args += ["--concurrency", str(self.concurrency)]
         if self.hot_restart_socket_path:

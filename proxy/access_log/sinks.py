@@ -179,9 +179,12 @@ class StreamSink(BufferedSink):
 class SinkRegistry:
     """One shared sink per key (a file path, or "<stdout>" / "<stderr>"), reference-counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, flush_interval: float = FLUSH_INTERVAL) -> None:
         self._lock = threading.Lock()
         self._sinks: dict[str, tuple[BufferedSink, int]] = {}
+        # Of the sinks opened from now on: the server sets it once, before loading the config,
+        # from --file-flush-interval-msec (Envoy's flag).
+        self.flush_interval = flush_interval
 
     def acquire(self, key: str, factory: Callable[[], BufferedSink]) -> BufferedSink:
         with self._lock:
@@ -194,13 +197,13 @@ class SinkRegistry:
             return sink
 
     def acquire_file(self, path: str) -> BufferedSink:
-        return self.acquire(path, lambda: FileSink(path))
+        return self.acquire(path, lambda: FileSink(path, self.flush_interval))
 
     def acquire_stream(self, which: str) -> BufferedSink:
         """`which` is "stdout" or "stderr"; the stream is looked up when first opened."""
         if which not in ("stdout", "stderr"):
             raise ValueError(which)
-        return self.acquire(f"<{which}>", lambda: StreamSink(getattr(sys, which)))
+        return self.acquire(f"<{which}>", lambda: StreamSink(getattr(sys, which), self.flush_interval))
 
     def release(self, sink: BufferedSink) -> None:
         to_close = None

@@ -5,7 +5,7 @@ also be run directly, as Envoy's binary is. With `--status-fd N` it writes one J
 fd N once it serves (`{"event": "ready", ...}`) or fails to start (`{"event": "failed",
 "reason": ...}`), so the supervisor can tell `proxyctl reload` what happened.
 Options keep Envoy's names (--restart-epoch, --base-id, --drain-time-s,
---parent-shutdown-time-s, --hot-restart-version, --concurrency, -l).
+--parent-shutdown-time-s, --hot-restart-version, --concurrency, -l, --file-flush-interval-msec).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-strategy", choices=("gradual", "immediate"), default="gradual",
                    help="how a replaced or removed LDS listener's connections drain over --drain-time-s")
     p.add_argument("--parent-shutdown-time-s", type=float, default=900.0)
+    p.add_argument("--file-flush-interval-msec", type=int, default=1000,
+                   help="how often access logs are written out (Envoy's flag; its default is 10000)")
     p.add_argument("--codec", choices=("fast", "h11"), default="fast")
     p.add_argument("--status-fd", type=int, default=None)
     p.add_argument("--hot-restart-version", action="store_true")
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(args.log_level)
     status = _status_writer(args.status_fd)
+    from ..access_log.sinks import DEFAULT_SINKS
     from ..config.load import load_bootstrap, validate
     from ..config.reader import ConfigError
 
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         code, message = validate(args.config, config_yaml=args.config_yaml)
         print(message, file=sys.stderr if code else sys.stdout)
         return code
+    if args.file_flush_interval_msec <= 0:
+        print("--file-flush-interval-msec must be a positive number of milliseconds", file=sys.stderr)
+        return 1
+    DEFAULT_SINKS.flush_interval = args.file_flush_interval_msec / 1000
     # Validate before touching any socket or the parent: a bad config must not hurt it.
     try:
         bootstrap = load_bootstrap(args.config, config_yaml=args.config_yaml)

@@ -138,7 +138,7 @@ class ProxyProcess:
         else:
             cmd = [sys.executable, "-m", "proxy.server.main", "-c", str(self.config_path),
                    "--concurrency", "1", "--disable-hot-restart", "-l", "error",
-                   "--drain-time-s", "0"]
+                   "--file-flush-interval-msec", "20", "--drain-time-s", "0"]
         self.kept: list[socket.socket] = []  # client connections a case keeps open
         self.cmd = cmd
         self.proc: subprocess.Popen | None = None

@@ -278,7 +278,7 @@ def _show_envoy_only(envoy: ProxyProcess, upstreams) -> None:
         obs = _send(envoy, req, upstreams)
         observations.append(obs)
         print(f"  {req['name']}: envoy {obs.status} {dict(obs.headers)} {obs.body[:200]!r}")
-    _wait_for_logs(envoy, observations)
+    _wait_for_logs((envoy, observations))
     logs = envoy.log_lines()
     for req, obs in zip(envoy.substituted()["requests"], observations):
         lines = [line for p in obs.client_ports for line in logs.get(p, [])]
@@ -342,8 +342,7 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
         if not d:
             agreed.append(req_e["name"])
     # Access logs: wait until each request's client port has a line on each side (or give up).
-    _wait_for_logs(envoy, [o[1] for o in observations])
-    _wait_for_logs(ftp, [o[2] for o in observations])
+    _wait_for_logs((envoy, [o[1] for o in observations]), (ftp, [o[2] for o in observations]))
     logs_e, logs_f = envoy.log_lines(), ftp.log_lines()
     for name, obs_e, obs_f in observations:
         le = [line for p in obs_e.client_ports for line in logs_e.get(p, [])]
@@ -417,13 +416,14 @@ def _judge(case: Case, found: dict[str, tuple[Any, Any]], n_requests: int, agree
                       time.monotonic() - t0)
 
 
-def _wait_for_logs(proxy: ProxyProcess, observations: list[Observation],
-                   timeout: float = 1.6) -> None:
-    # ftproxy flushes access logs every second (Envoy here every 20 ms): 1.6 s covers a flush.
-    wanted = {p for o in observations for p in o.client_ports}
+def _wait_for_logs(*sides: tuple[ProxyProcess, list[Observation]], timeout: float = 1.0) -> None:
+    """Until each request's client port has a line in its proxy's access log, or `timeout`.
+    Both proxies write their logs out every 20 ms here (--file-flush-interval-msec); a request
+    that leaves no line (one that never reached a listener) costs the whole timeout, once."""
+    waiting = [(proxy, {p for o in observations for p in o.client_ports}) for proxy, observations in sides]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if wanted <= proxy.log_lines().keys():
+        if all(wanted <= proxy.log_lines().keys() for proxy, wanted in waiting):
             return
         time.sleep(0.05)
 

@@ -285,11 +285,8 @@ def test_serving_epoch_refuses_child_with_other_hot_restart_version(tmp_path, su
     assert sup.status()["serving_epoch"] == 0
 
 
-def test_sigusr1_to_proxyctl_reopens_access_logs_in_the_epoch(tmp_path, supervised):
-    """logrotate's way: rename the access log, send SIGUSR1 to the supervisor. It forwards the
-    signal to its epoch, which reopens the file: later lines land in a new file at the path."""
-    port = free_port()
-    log_path = tmp_path / "access.log"
+def logged_config(tmp_path: Path, port: int, log_path: Path) -> Path:
+    """direct_config with a file access log of each request's path."""
     config = direct_config(tmp_path / "c.yaml", port)
     cfg = yaml.safe_load(config.read_text())
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -297,7 +294,15 @@ def test_sigusr1_to_proxyctl_reopens_access_logs_in_the_epoch(tmp_path, supervis
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
         "path": str(log_path), "log_format": {"text_format_source": {"inline_string": "%REQ(:PATH)%\n"}}}}]
     config.write_text(yaml.safe_dump(cfg))
-    sup: Supervised = supervised(tmp_path, config, port)
+    return config
+
+
+def test_sigusr1_to_proxyctl_reopens_access_logs_in_the_epoch(tmp_path, supervised):
+    """logrotate's way: rename the access log, send SIGUSR1 to the supervisor. It forwards the
+    signal to its epoch, which reopens the file: later lines land in a new file at the path."""
+    port = free_port()
+    log_path = tmp_path / "access.log"
+    sup: Supervised = supervised(tmp_path, logged_config(tmp_path, port, log_path), port)
     assert curl(port, "/before") == (200, "A")
     assert wait_for(lambda: log_path.exists() and "/before" in log_path.read_text())
     os.rename(log_path, tmp_path / "access.log.1")
@@ -308,3 +313,24 @@ def test_sigusr1_to_proxyctl_reopens_access_logs_in_the_epoch(tmp_path, supervis
     assert (tmp_path / "access.log.1").read_text().split() == ["/before"]
     assert log_path.read_text().split() == ["/after"]
     assert sup.proc.poll() is None  # SIGUSR1 did not stop anything
+
+
+def test_file_flush_interval_msec_sets_when_access_logs_are_written_out(tmp_path, supervised):
+    """Envoy's --file-flush-interval-msec: with a minute, a request's line is still buffered
+    after twice the default interval (1 s); stopping writes it out."""
+    port = free_port()
+    log_path = tmp_path / "access.log"
+    sup: Supervised = supervised(tmp_path, logged_config(tmp_path, port, log_path), port,
+                                 "--file-flush-interval-msec", "60000")
+    assert curl(port, "/held") == (200, "A")
+    time.sleep(2.0)
+    assert "/held" not in (log_path.read_text() if log_path.exists() else "")
+    sup.kill()
+    assert sup.proc.returncode == 0, sup.output()
+    assert log_path.read_text().split() == ["/held"]
+
+
+def test_file_flush_interval_msec_must_be_positive(tmp_path):
+    r = proxyctl("start", "-c", str(direct_config(tmp_path / "c.yaml", free_port())),
+                 "--pid-file", str(tmp_path / "p.pid"), "--file-flush-interval-msec", "0")
+    assert r.returncode == 2 and "--file-flush-interval-msec" in r.stderr, r.stderr

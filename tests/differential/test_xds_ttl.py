@@ -47,7 +47,7 @@ def test_ttl_expiry_agrees_with_real_envoy(api_type, which, tmp_path):
         cp.set(ROUTE, "r1", [{"@type": ROUTE, **routes(("/", "dyn"))}])
 
         def heartbeats() -> None:
-            while not stop.wait(ttl / 5):
+            while not stop.wait(ttl / 8):
                 cp.heartbeat(which)
         if delta:
             threading.Thread(target=heartbeats, daemon=True).start()
@@ -56,6 +56,11 @@ def test_ttl_expiry_agrees_with_real_envoy(api_type, which, tmp_path):
         if delta:
             time.sleep(2 * ttl)
             seen = {p.kind: p.observe([("l1", "/")]) for p in proxies}
+            if seen["envoy"] != seen["ftproxy"]:
+                # Once in a CI run Envoy 1.40 answered 503 (its cluster gone) here on a loaded
+                # machine; a second look, after a few more heartbeats, tells a blip from a loss.
+                time.sleep(ttl / 2)
+                seen = {p.kind: p.observe([("l1", "/")]) for p in proxies}
             if seen["envoy"] != seen["ftproxy"] or seen["ftproxy"]["l1/"] != (200, "service1"):
                 problems.append(f"with heartbeats: {seen}")
             stop.set()

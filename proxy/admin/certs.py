@@ -25,11 +25,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from collections.abc import Mapping
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from proxy.access_log.tls_operators import serial_hex
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["certificate_details", "context_certificates", "redact_config"]
 
@@ -43,6 +44,7 @@ def _rfc3339(t: datetime.datetime) -> str:
 
 
 def _sans(cert: x509.Certificate) -> list[dict[str, str]]:
+    from cryptography import x509   # imported already by whoever loaded `cert`
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

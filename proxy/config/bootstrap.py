@@ -32,7 +32,6 @@ from proxy.config.stats_config import StatsConfig, parse_stats_config
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
 from proxy.config.registry import resolve
 from proxy.network.transport_socket import RawBufferSocketFactory
-from proxy.tls.config import parse_secret
 from proxy.tls.secrets import SecretScope, SecretSource, parse_static_secrets, secret_scope
 from proxy.upstream.cluster_config import parse_cluster
 
@@ -369,6 +368,7 @@ def _parse_static_resources(f: Fields, errors: ErrorCollector, node: Any
         for name, (message, spath) in static.items():  # used or not, each must be valid
             for kind in ("tls_certificate", "validation_context"):
                 if message.get(kind) is not None:
+                    from proxy.tls.config import parse_secret  # (cryptography: only with static secrets)
                     errors.run(parse_secret, SecretSource(name, kind), message[kind], join(spath, kind))
     with secret_scope(scope):
         return _parse_listeners_and_clusters(s, errors)

@@ -214,7 +214,9 @@ def render_readme(text: str) -> str:
 
 
 def _main(argv: list[str]) -> int:  # pragma: no cover - a maintenance command
-    import proxy.config.load  # noqa: F401  imports every config module (fills the tables)
+    import proxy.config.load  # noqa: F401  the catalogue of extensions
+    from proxy.config.registry import load_all
+    load_all()  # imports every config module (fills the tables)
     # Run as __main__, this file is a second module object: use the one the tables filled.
     from proxy.config.fields_table import render_readme
 

@@ -35,7 +35,6 @@ from typing import Any, Protocol
 
 from proxy.config.reader import ConfigError
 
-from .config import parse_secret
 from .secrets import SecretSource, read_sds_file
 
 __all__ = ["SecretWatcher", "SecretProvider", "FileSecretProvider"]
@@ -86,6 +85,7 @@ class SecretProvider(Protocol):
 def apply_secret(users: list, message, path: str) -> None:
     """A new version of a secret's message: parsed for every user's source first (all or none
     are changed when it is invalid), then installed into each factory. Raises ConfigError."""
+    from .config import parse_secret  # (cryptography: imported once a secret arrives, not at start-up)
     values = [(factory, src, parse_secret(src, message, path)) for factory, src in users]
     for factory, src, value in values:
         try:

@@ -18,10 +18,13 @@ from typing import Any
 
 import pytest
 
-import proxy.config.load  # noqa: F401  fills the tables
+import proxy.config.load  # noqa: F401  the catalogue of extensions
+from proxy.config.registry import load_all
 from proxy.config.fields_table import tables
 
 from .proxies import envoy_binary
+
+load_all()  # every config module imported: fills the tables
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"

@@ -24,11 +24,14 @@ from pathlib import Path
 
 import pytest
 
-import proxy.config.load  # noqa: F401  imports every config module: fills the tables
+import proxy.config.load  # noqa: F401  the catalogue of extensions
+from proxy.config.registry import load_all
 from proxy.config.fields_table import INERT, REFUSED, USED, Message, render_readme, tables
 from proxy.config.reader import ConfigError, all_errors
 
 ROOT = Path(__file__).resolve().parents[2]
+
+load_all()  # every config module imported: fills the tables
 README = ROOT / "README.md"
 
 # The config layer: modules that parse config. Attribute reads there do not count as use.

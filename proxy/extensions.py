@@ -52,6 +52,8 @@ BUILT_IN: tuple[tuple[str, str, str, str | None], ...] = (
     ("proxy.http.filters.local_ratelimit", "http_filter", HTTP + "local_ratelimit.v3.LocalRateLimit",
      HTTP + "local_ratelimit.v3.LocalRateLimit"),
     ("proxy.http.filters.csrf", "http_filter", HTTP + "csrf.v3.CsrfPolicy", HTTP + "csrf.v3.CsrfPolicy"),
+    ("proxy.http.filters.header_mutation_filter", "http_filter", HTTP + "header_mutation.v3.HeaderMutation",
+     HTTP + "header_mutation.v3.HeaderMutationPerRoute"),
     ("proxy.http.filters.health_check", "http_filter", HTTP + "health_check.v3.HealthCheck", None),
     ("proxy.http.filters.ext_authz", "http_filter", HTTP + "ext_authz.v3.ExtAuthz", HTTP + "ext_authz.v3.ExtAuthzPerRoute"),
     ("proxy.http.filters.ratelimit", "http_filter", HTTP + "ratelimit.v3.RateLimit", HTTP + "ratelimit.v3.RateLimitPerRoute"),

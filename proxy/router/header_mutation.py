@@ -16,6 +16,8 @@ Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `Heade
   `%DOWNSTREAM_LOCAL_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%`,
   `%DOWNSTREAM_REMOTE_PORT%`, `%DOWNSTREAM_LOCAL_PORT%`,
   `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation), `%START_TIME%`,
+  `%RESP(name)%` only where the caller allows it (`allow_resp`: the header_mutation filter,
+  whose `info` then carries `response_headers`; elsewhere it is refused at load),
   `%REQUESTED_SERVER_NAME%` and the TLS operators
   (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_PEER_SUBJECT%`, ...: access_log/tls_operators.py,
   read from `info.downstream_ssl` / `upstream_ssl`); others are refused at load. Values come from `info`: an object with `downstream_remote_address: str`,
@@ -41,7 +43,8 @@ from proxy.config.fields_table import Message, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
 from proxy.http.headers import Headers
 
-__all__ = ["HeaderMutation", "ValueFormat", "parse_header_mutations", "combine_levels",
+__all__ = ["HeaderMutation", "ValueFormat", "parse_header_mutations", "parse_header_value_option", "check_header_name",
+           "combine_levels",
            "apply_mutations", "compile_value_format",
            "APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
            "OVERWRITE_IF_EXISTS"]
@@ -105,6 +108,19 @@ def _req(names: tuple[str, ...], limit: int | None) -> Callable[[Any], str]:
     return get
 
 
+def _resp(names: tuple[str, ...], limit: int | None) -> Callable[[Any], str]:
+    def get(info: Any) -> str:
+        head = getattr(info, "response_headers", None) if info is not None else None
+        if head is None:
+            return ""
+        for n in names:
+            v = head.get_str(n)
+            if v is not None:
+                return v if limit is None else v[:limit]
+        return ""
+    return get
+
+
 _SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
     "DOWNSTREAM_REMOTE_ADDRESS": _attr("downstream_remote_address", False),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _attr("downstream_remote_address", True),
@@ -131,7 +147,9 @@ class ValueFormat:
         return "".join(p if isinstance(p, str) else p(info) for p in self.parts)
 
 
-def compile_value_format(value: str, path: str) -> ValueFormat:
+def compile_value_format(value: str, path: str, allow_resp: bool = False) -> ValueFormat:
+    """`value` compiled; `allow_resp`: `%RESP(name)%` is accepted (read from
+    `info.response_headers`, "" while there is none)."""
     parts: list[str | Callable[[Any], str]] = []
     literal: list[str] = []
     i, n = 0, len(value)
@@ -153,6 +171,8 @@ def compile_value_format(value: str, path: str) -> ValueFormat:
         if op == "REQ" and arg:
             fn: Callable[[Any], str] = _req(tuple(a.lower() for a in arg.split("?")),
                                             int(limit) if limit else None)
+        elif op == "RESP" and arg and allow_resp:
+            fn = _resp(tuple(a.lower() for a in arg.split("?")), int(limit) if limit else None)
         elif op in _SIMPLE_OPS and arg is None and limit is None:
             fn = _SIMPLE_OPS[op]
         else:
@@ -181,7 +201,7 @@ class HeaderMutation:
     keep_empty_value: bool = False
 
 
-def _check_name(name: Any, path: str) -> bytes:
+def check_header_name(name: Any, path: str) -> bytes:
     if not isinstance(name, str) or not name:
         raise ConfigError(path, "expected a non-empty header name")
     lower = name.lower()
@@ -206,10 +226,11 @@ HEADER_VALUE = Message("envoy.config.core.v3.HeaderValue (route)", fields=(
 ))
 
 
-def _parse_option(raw: Any, path: str) -> HeaderMutation:
+def parse_header_value_option(raw: Any, path: str, allow_resp: bool = False) -> HeaderMutation:
+    """One `HeaderValueOption` (see the module doc; `allow_resp` as compile_value_format's)."""
     f = HEADER_VALUE_OPTION.read(raw, path)
     h = HEADER_VALUE.read(f.value("header", required=True), f.at("header"))
-    name = _check_name(h.str("key", required=True), h.at("key"))
+    name = check_header_name(h.str("key", required=True), h.at("key"))
     if h.has("value") and h.has("raw_value"):
         raise ConfigError(h.path, "only one of value, raw_value may be set")
     if h.has("raw_value"):
@@ -217,12 +238,12 @@ def _parse_option(raw: Any, path: str) -> HeaderMutation:
             text = base64.b64decode(h.str("raw_value"), validate=True).decode("latin-1")
         except (binascii.Error, ValueError):
             raise ConfigError(h.at("raw_value"), "invalid base64") from None
-        value = compile_value_format(text, h.at("raw_value"))
+        value = compile_value_format(text, h.at("raw_value"), allow_resp)
     else:
         text = h.str("value", "")
         if any(c in text for c in "\r\n\0"):
             raise ConfigError(h.at("value"), "header values may not contain CR, LF or NUL")
-        value = compile_value_format(text, h.at("value"))
+        value = compile_value_format(text, h.at("value"), allow_resp)
     if f.has("append") and f.has("append_action"):
         raise ConfigError(f.path, "both append and append_action are set; use append_action")
     if f.has("append"):
@@ -236,8 +257,8 @@ def parse_header_mutations(f: Fields, add_key: str, remove_key: str | None) -> t
     """One level's mutations from fields `add_key` / `remove_key` (None: a message with only
     additions) of `f`: removals first."""
     removals = f.list(remove_key) if remove_key else ()
-    out = [HeaderMutation(_check_name(name, p), remove=True) for name, p in removals]
-    out.extend(_parse_option(item, p) for item, p in f.list(add_key))
+    out = [HeaderMutation(check_header_name(name, p), remove=True) for name, p in removals]
+    out.extend(parse_header_value_option(item, p) for item, p in f.list(add_key))
     return tuple(out)
 
 

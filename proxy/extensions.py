@@ -65,6 +65,8 @@ BUILT_IN: tuple[tuple[str, str, str, str | None], ...] = (
     ("proxy.http.filters.cache", "http_filter", HTTP + "cache.v3.CacheConfig", None),
     ("proxy.http.filters.jwt_authn", "http_filter", HTTP + "jwt_authn.v3.JwtAuthentication",
      HTTP + "jwt_authn.v3.PerRouteConfig"),
+    ("proxy.http.filters.buffer", "http_filter", HTTP + "buffer.v3.Buffer", HTTP + "buffer.v3.BufferPerRoute"),
+    ("proxy.http.filters.set_metadata", "http_filter", HTTP + "set_metadata.v3.Config", None),
     ("proxy.http.filters.lua_cluster_specifier", "cluster_specifier_plugin",
      "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig", None),
     ("proxy.tracing.config", "tracer", "envoy.config.trace.v3.ZipkinConfig", None),

@@ -14,6 +14,10 @@ Envoy 1.40's rules, kept here, per entry in order:
   lists append);
 - an existing namespace without it is left as it is and `http.<prefix>.set_metadata.overwrite_denied`
   counts one.
+Per route (`typed_per_filter_config`, the same `Config`; the most specific level only, a route's
+replacing its virtual host's): its entries run after the filter's own, by the same rules, and
+its refusals count `set_metadata.overwrite_denied` (no HTTP prefix: Envoy 1.40 builds route
+configs without one; the counter appears with the first refusal).
 The stream's dynamic metadata is `stream_info.dynamic_metadata`: namespace -> dict, created on
 first use (what jwt_authn and Lua write too; access logs' and header formats'
 %DYNAMIC_METADATA% read it).
@@ -159,8 +163,16 @@ class WorkerSetMetadataFactory:
     def __init__(self, factory: SetMetadataFactory, ctx) -> None:
         self.name = factory.name
         self.entries = factory.config.metadata
-        scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.set_metadata")
+        self.stats = ctx.worker.stats
+        scope = self.stats.scope(f"http.{ctx.config.stat_prefix}.set_metadata")
         self.overwrite_denied = scope.counter("overwrite_denied")
+        self.route_overwrite_denied = None   # made with the first refusal by a route's config
+
+    def route_denied(self):
+        c = self.route_overwrite_denied
+        if c is None:
+            c = self.route_overwrite_denied = self.stats.scope("set_metadata").counter("overwrite_denied")
+        return c
 
     def create(self, callbacks) -> SetMetadataFilter:
         return SetMetadataFilter(callbacks, self)
@@ -175,21 +187,34 @@ class SetMetadataFilter(PassThroughFilter):
 
     def decode_headers(self, head, end_stream: bool) -> int:
         wf = self.wf
-        if not wf.entries:
-            return FilterHeadersStatus.CONTINUE
+        denied = self._apply(wf.entries)
+        if denied:
+            wf.overwrite_denied.value += denied
+        per_route = self.cb.per_filter_config(wf.name)
+        if per_route is not None and per_route.metadata:
+            denied = self._apply(per_route.metadata)
+            if denied:
+                wf.route_denied().value += denied
+        return FilterHeadersStatus.CONTINUE
+
+    def _apply(self, entries: tuple[MetadataEntry, ...]) -> int:
+        """The entries written into the stream's dynamic metadata; how many were refused."""
+        if not entries:
+            return 0
         info = self.cb.stream_info
         md = getattr(info, "dynamic_metadata", None)
         if md is None:
             md = info.dynamic_metadata = {}
-        for entry in wf.entries:
+        denied = 0
+        for entry in entries:
             current = md.get(entry.metadata_namespace)
             if current is None:
                 md[entry.metadata_namespace] = _copy(entry.value)
             elif entry.allow_overwrite:
                 merge_struct(current, entry.value)
             else:
-                wf.overwrite_denied.value += 1
-        return FilterHeadersStatus.CONTINUE
+                denied += 1
+        return denied
 
 
 register(Extension(
@@ -199,4 +224,6 @@ register(Extension(
     parse=parse_set_metadata,
     factory=SetMetadataFactory,
     empty_config_ok=True,
+    per_route_proto=PROTO,
+    parse_per_route=parse_set_metadata,
 ))

@@ -87,8 +87,10 @@ def _check_json(v: Any, path: str) -> Any:
         return out
     if isinstance(v, list):
         return [_check_json(item, f"{path}[{i}]") for i, item in enumerate(v)]
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)  # a Value's number is a double: 2.0 is 2 (and a JSON log writes 2)
     if v is None or isinstance(v, (str, bool, int, float)):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return v
     raise ConfigError(path, f"not a JSON value: {v!r}")
 
 

@@ -137,7 +137,7 @@ def _field(fields: Any, name: bytes) -> bytes | None:
 
 FILTER = Message(f"{_P}.AccessLogFilter", model=LogFilter, bookkeeping=("kind",), fields=(
     *(used(k, attr="value") for k in _KINDS),
-    refused("metadata_filter", "no filter here writes dynamic metadata"),
+    refused("metadata_filter", "not built yet: no log filter reads dynamic metadata"),
     refused("extension_filter", "access log filter extensions"),
 ))
 COMPARISON = Message(f"{_P}.ComparisonFilter", fields=(used("op", "EQ", attr="value"), used("value", attr="value")))

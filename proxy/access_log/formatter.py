@@ -28,6 +28,7 @@ from typing import Any
 
 from proxy.config.reader import ConfigError, index, join
 
+from .metadata_format import dynamic_metadata_getter
 from .start_time import compile_start_time, format_start_time
 from .stream_info import StreamInfo
 from .tls_operators import TLS_OPERATORS
@@ -179,7 +180,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
 _PLAIN_NAMES = frozenset(_plain_ops(""))
 # Envoy operators we know but do not implement yet: refused by name rather than as unknown.
 _NOT_SUPPORTED = frozenset({
-    "DYNAMIC_METADATA", "CLUSTER_METADATA", "UPSTREAM_METADATA", "FILTER_STATE",
+    "CLUSTER_METADATA", "UPSTREAM_METADATA", "FILTER_STATE",
     "UPSTREAM_FILTER_STATE", "LOCAL_REPLY_BODY", "REQ_WITHOUT_QUERY", "GRPC_STATUS",
     "GRPC_STATUS_NUMBER", "CONNECTION_TERMINATION_DETAILS", "REQUEST_TX_DURATION",
     "UPSTREAM_WIRE_BYTES_SENT", "UPSTREAM_WIRE_BYTES_RECEIVED", "DOWNSTREAM_TLS_SESSION_ID",
@@ -191,7 +192,7 @@ _NOT_SUPPORTED = frozenset({
     "COMMON_DURATION", "RESPONSE_FLAGS_LONG", "UNIQUE_ID", "STREAM_ID",
     "REQUEST_HEADERS_BYTES", "RESPONSE_HEADERS_BYTES", "VIRTUAL_CLUSTER_NAME",
 })
-_ALL_NAMES = tuple(sorted(_PLAIN_NAMES | set(_HEADER_OPS) | {"START_TIME"}))
+_ALL_NAMES = tuple(sorted(_PLAIN_NAMES | set(_HEADER_OPS) | {"START_TIME", "DYNAMIC_METADATA"}))
 
 
 def _truncating(getter: Getter, n: int) -> Getter:
@@ -211,6 +212,8 @@ def _operator_getter(name: str, arg: str | None, max_len: str | None, path: str,
         def getter(info: StreamInfo) -> str | None:
             t = info.start_time
             return None if t is None else render(t)
+    elif name == "DYNAMIC_METADATA":
+        getter = dynamic_metadata_getter(arg, path)
     elif name in plain:
         if arg is not None:
             raise ConfigError(path, f"%{name}% takes no argument, got ({arg})")
@@ -353,7 +356,8 @@ def _compile_node(value: Any, path: str, omit: bool, host: str) -> Node:
         if text.is_constant:
             return _const(head)
         single = text.single_getter
-        return single if single is not None else text.format
+        # A typed getter (%DYNAMIC_METADATA%) gives the value itself: an object stays one.
+        return getattr(single, "typed", single) if single is not None else text.format
     if value is None or isinstance(value, (bool, int, float)):
         return _const(value)
     raise ConfigError(path, f"unsupported value in format dictionary: {type(value).__name__}")

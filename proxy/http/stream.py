@@ -249,6 +249,16 @@ class ActiveStream(FilterManager, StreamInfo):
     def downstream_above_high_watermark(self) -> bool:
         return self.hcm.connection.above_high_watermark
 
+    # A filter's setDecoderBufferLimit (the buffer filter): kept in the instance dict, not a
+    # slot, so a stream that never sets it pays nothing at creation.
+    decoder_buffer_limit = None
+
+    def set_decoder_buffer_limit(self, limit: int) -> None:
+        """Envoy's setDecoderBufferLimit: the stream's one buffer limit, from now on."""
+        self.decoder_buffer_limit = limit
+
     def buffer_limit(self) -> int:
-        """The stream's buffer limit: its connection's (per_connection_buffer_limit_bytes)."""
-        return self.hcm.connection.limit
+        """The stream's buffer limit: its connection's (per_connection_buffer_limit_bytes),
+        unless a filter set another (set_decoder_buffer_limit)."""
+        limit = self.decoder_buffer_limit
+        return self.hcm.connection.limit if limit is None else limit

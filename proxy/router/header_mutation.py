@@ -18,7 +18,8 @@ Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `Heade
   `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation), `%START_TIME%`,
   `%RESP(name)%` only where the caller allows it (`allow_resp`: the header_mutation filter,
   whose `info` then carries `response_headers`; elsewhere it is refused at load),
-  `%REQUESTED_SERVER_NAME%` and the TLS operators
+  `%REQUESTED_SERVER_NAME%`, `%DYNAMIC_METADATA(ns:key...)%` (access_log/metadata_format.py,
+  from `info.dynamic_metadata`) and the TLS operators
   (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_PEER_SUBJECT%`, ...: access_log/tls_operators.py,
   read from `info.downstream_ssl` / `upstream_ssl`); others are refused at load. Values come from `info`: an object with `downstream_remote_address: str`,
   optional `downstream_local_address: str`, `start_time: float` (epoch seconds) and
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.access_log.metadata_format import dynamic_metadata_getter
 from proxy.access_log.tls_operators import TLS_OPERATORS
 from proxy.config.fields_table import Message, used
 from proxy.config.reader import ConfigError, Fields, header_bytes
@@ -121,6 +123,15 @@ def _resp(names: tuple[str, ...], limit: int | None) -> Callable[[Any], str]:
     return get
 
 
+def _dynamic_metadata(get: Callable[[Any], str | None], limit: int | None) -> Callable[[Any], str]:
+    def fmt(info: Any) -> str:
+        v = get(info) if info is not None else None
+        if v is None:
+            return ""
+        return v if limit is None else v[:limit]
+    return fmt
+
+
 _SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
     "DOWNSTREAM_REMOTE_ADDRESS": _attr("downstream_remote_address", False),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _attr("downstream_remote_address", True),
@@ -173,6 +184,8 @@ def compile_value_format(value: str, path: str, allow_resp: bool = False) -> Val
                                             int(limit) if limit else None)
         elif op == "RESP" and arg and allow_resp:
             fn = _resp(tuple(a.lower() for a in arg.split("?")), int(limit) if limit else None)
+        elif op == "DYNAMIC_METADATA":
+            fn = _dynamic_metadata(dynamic_metadata_getter(arg, path), int(limit) if limit else None)
         elif op in _SIMPLE_OPS and arg is None and limit is None:
             fn = _SIMPLE_OPS[op]
         else:

@@ -203,7 +203,8 @@ def test_bad_syntax_is_config_error(text):
     ("%REQ%", "needs a header name"),
     ("%REQ(A?B?C)%", "more than one alternative"),
     ("%PROTOCOL(x)%", "takes no argument"),
-    ("%DYNAMIC_METADATA(ns:key)%", "not supported yet"),
+    ("%CLUSTER_METADATA(ns:key)%", "not supported yet"),
+    ("%DYNAMIC_METADATA%", "needs an argument"),
     ("%REQ(A):0%", "length must be greater than 0"),
 ])
 def test_bad_operator_use_is_config_error(text, msg):

@@ -65,7 +65,7 @@ class RateLimitEntry:
     disable_key: str = ""
 
 
-_WHY_METADATA = "dynamic and route metadata (no filter here produces dynamic metadata)"
+_WHY_METADATA = "dynamic and route metadata (not built yet)"
 RATE_LIMIT = Message("envoy.config.route.v3.RateLimit", model=RateLimitEntry, fields=(
     used("stage", 0),
     inert("disable_key", "no runtime layer: ratelimit.<key>.http_filter_enabled keeps its "

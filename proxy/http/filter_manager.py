@@ -168,13 +168,23 @@ class FilterManager:
                 plan = plans.learn_switched(made, filters)
         self.plan = plan
         decoders = filters if plan.all_decode else [filters[i] for i in plan.decode_idx]
-        if plan.encode_idx:
+        one = plan.encode_one
+        if one is not None:  # (the usual: one encoder filter)
+            encoders = [filters[one], _WireSink(self)]
+        elif plan.encode_idx:
             encoders = [filters[i] for i in plan.encode_idx]
             encoders.append(_WireSink(self))
         else:
             encoders = ()
         self.filters = filters
         self.chains = (decoders, encoders)
+
+    def note_request_grpc(self) -> None:
+        """From a filter about to change the request's headers (a content-type among them,
+        perhaps) that does not snapshot them otherwise (`keeps_request_content_type`): whether
+        the request arrived as gRPC is noted now, for the shape of a later local reply."""
+        if self.grpc_request is None:
+            self.grpc_request = is_grpc_request(self.head.headers)
 
     def _disabled_for_route(self, name: str, default: bool) -> bool:
         route = self.route()
@@ -303,7 +313,8 @@ class FilterManager:
         if len(decoders) == 1:  # the terminal filter alone: nothing can stop before it
             decoders[0].decode_headers(self.head, end_stream)
             return
-        self.grpc_request = is_grpc_request(self.head.headers)
+        if self.plan.grpc_snapshot:  # (a filter may change the content-type: note it as it came)
+            self.grpc_request = is_grpc_request(self.head.headers)
         self._decode_headers_at(0, self.head, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
@@ -342,6 +353,9 @@ class FilterManager:
         self.encoding_started = True  # (only encoder filters can hold a response back)
         self.response_head_pending = head
         if body:  # the whole response: its head, then its body with the end, in one write
+            if self.held[_ENCODE] is None:
+                self._encode_whole(chains[_ENCODE], head, body)
+                return
             sink = chains[_ENCODE][-1]
             sink.whole = True
             if self.plan.encode_headers_passes and self.held[_ENCODE] is None:
@@ -484,6 +498,34 @@ class FilterManager:
             sink.head = head
         else:
             self._write_headers(head, end_stream, None)
+
+    def _encode_whole(self, filters, head, body: bytes) -> None:
+        """A whole response, nothing held: the head through the encoder filters (as not
+        ending the stream), then, when every one of them would only CONTINUE the body, head
+        and body in one write; otherwise the head waits at the wire sink while the body goes
+        through them. The outcome of the general path, in fewer steps; a filter that stops the
+        head gets the body as there."""
+        last = len(filters) - 1
+        i = 0
+        while i < last:
+            status = filters[i].encode_headers(head, False)
+            if status or self.state >= CLOSED:
+                if status and self.state < CLOSED:
+                    self._set_held(_ENCODE, _Held(i, True, False, status))
+                    self.encode_data(body, True)
+                return
+            i += 1
+        if self.plan.encode_data_passes and self.held[_ENCODE] is None and self.chains[_ENCODE] is filters:
+            self._write_headers(head, True, body)
+            return
+        # The body goes through the encoder filters (or a filter did more than CONTINUE): the
+        # head waits at the wire sink for it, as on the general path.
+        sink = filters[last]
+        sink.head = head
+        self.encode_data(body, True)
+        if sink.head is not None and self.held[_ENCODE] is None and self.state < CLOSED:
+            self._write_headers(sink.head, False, None)
+            sink.head = None
 
     def _headers_with_body(self, d: int, i: int, head, status: int) -> None:
         """Filter `i` gave a headers-only message a body: the headers go on from the next
@@ -676,5 +718,10 @@ class FilterManager:
         filters = self.filters
         self.filters = ()
         self.chains = None
-        for flt in filters:
-            flt.on_destroy()
+        plan = self.plan
+        if plan is None or not filters:  # (not filters: destroyed already)
+            for flt in filters:
+                flt.on_destroy()
+        else:  # (a filter whose on_destroy is PassThroughFilter's is not called)
+            for i in plan.destroy_idx:
+                filters[i].on_destroy()

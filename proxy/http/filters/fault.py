@@ -220,6 +220,7 @@ def _header_only(cfg: FaultConfig) -> bool:
 
 
 class FaultFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("cb", "wf", "cfg", "timer", "active", "downstream_cluster", "fault_fields")
 
     def __init__(self, callbacks, wf: WorkerFaultFactory) -> None:

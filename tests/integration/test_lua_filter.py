@@ -349,3 +349,41 @@ def test_request_chunks_changed_in_place_reach_the_upstream(upstream):
         assert status == 200 and upstream.requests[-1][3] == b"ABC" * 1000
     finally:
         proxy.stop()
+
+
+def test_header_writes_of_a_first_run_keep_their_order_and_their_errors(upstream):
+    """The prelude queues a first run's header writes (lua_runtime.py): a read sees the writes
+    before it, the upstream gets them in the script's order, writes before a script error
+    still happen (as each write was made when called), and a write with a bad argument still
+    fails at its line."""
+    proxy = _proxy("""
+        function envoy_on_request(h)
+          local hd = h:headers()
+          hd:add("x-one", "1")
+          hd:replace("x-two", "a")
+          hd:add("x-two", "b")
+          hd:add("x-seen", hd:get("x-two") or "none")
+          hd:remove("x-drop")
+          hd:replace("x-num", 7)
+          if hd:get(":path") == "/err" then
+            hd:add("x-before-error", "yes")
+            error("boom")
+          end
+          if hd:get(":path") == "/badarg" then
+            hd:add("x-before-bad", "yes")
+            hd:add("x-bad", nil)
+          end
+        end""", upstream)
+    try:
+        for path in ("/ok", "/err", "/badarg"):
+            assert _get(proxy.port, path, headers={"x-drop": "d", "x-two": "0"})[0] == 200
+            values = upstream.requests[-1][2]   # (the echo upstream's dict: the last value of each)
+            names = list(values)
+            assert values["x-one"] == "1" and values["x-seen"] == "a,b" and values["x-num"] == "7"
+            assert values["x-two"] == "b", path
+            assert "x-drop" not in names and names.index("x-one") < names.index("x-seen")
+            assert ("x-before-error" in values) == (path == "/err")
+            assert ("x-before-bad" in values) == (path == "/badarg") and "x-bad" not in values
+        assert proxy.counters()["http.ingress_http.lua.errors"] == 2
+    finally:
+        proxy.stop()

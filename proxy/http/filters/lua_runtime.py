@@ -309,19 +309,47 @@ function H:timestamp() return pass(api("timestamp", self.id)) end
 local tostring = tostring
 -- The header writes still queued at the end of the first run follow the answer's first four
 -- values (ok, res, step or nil, value or nil), for Python to make before anything else.
+--
+-- A hook runs in a runner coroutine that LuaJIT lets yield across its pcall: one that saw its
+-- hook end (returned or failed) waits, parked, for the next hook instead of a new coroutine
+-- per hook. A hook that waits keeps its runner until it ends. (Lua 5.1 without LuaJIT cannot
+-- yield across pcall: there each hook gets a coroutine of its own, as the function it is.)
+local DONE = {}
+local POOL = rawget(_G, "jit") ~= nil
+local idle = nil
+local function runner(fn, h)
+  while true do
+    local ok, v = pcall(fn, h)
+    fn, h = yield(DONE, ok, v)
+  end
+end
 return function(fn, id)
   local h = setmetatable({id = id, scope = 0}, H)
   local value
-  local co = create(function() return fn(h) end)
-  local function step()
-    local ok, err = resume(co)
-    if not ok then return false, err end
-    if status(co) == "dead" then value = err; return true, true end
+  local co
+  if POOL then
+    co = idle
+    idle = nil
+    if co == nil then co = create(runner) end
+  else
+    co = create(function() return fn(h) end)
+  end
+  local function step(...)
+    local rok, tag, ok, v = resume(co, ...)
+    if not rok then return false, tag end
+    if POOL then
+      if tag ~= DONE then return true, false end
+      if idle == nil then idle = co end
+      if not ok then return false, v end
+      value = v
+      return true, true
+    end
+    if status(co) == "dead" then value = tag; return true, true end
     return true, false
   end
   local q = {n = 0}
   if BATCH then Q[id] = q end  -- (when the ops take "hbatch": the stream filter's do)
-  local ok, res = step()
+  local ok, res = step(fn, h)
   Q[id] = nil
   local kind = type(value)
   if ok and res and (kind == "string" or kind == "number") then value = tostring(value) else value = nil end

@@ -245,6 +245,10 @@ class WorkerHttpLocalRateLimit:
         # (enabled, enforced, rate_limited, ok) of the filter's own config: shown from the
         # start, as Envoy's; a route's config's are made on first use (stats_of).
         self.own_stats = self.stats_of(self.config)
+        # The filter's own config's shared bucket (as Envoy's, made with the config), unless
+        # it is per connection.
+        self.own_bucket = (None if self.config.per_connection or not self.config.max_tokens
+                           else self.buckets.get(self.config))
         # local_rate_limit_per_downstream_connection: this worker's connections' buckets.
         self._conn_buckets: dict[tuple[int, int], TokenBucket] = {}
         self._sweep_at = 256
@@ -321,7 +325,9 @@ class HttpLocalRateLimitFilter(PassThroughFilter):
         if config.descriptors:
             bucket, allowed = self._take(config, head)
         else:
-            bucket = wf.bucket(config, cb.stream_info.connection_id, config.per_connection)
+            bucket = wf.own_bucket if config is wf.config else None
+            if bucket is None:
+                bucket = wf.bucket(config, cb.stream_info.connection_id, config.per_connection)
             allowed = bucket.try_take(time.monotonic())
         self.bucket = bucket
         if allowed:

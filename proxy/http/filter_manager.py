@@ -313,7 +313,7 @@ class FilterManager:
         if len(decoders) == 1:  # the terminal filter alone: nothing can stop before it
             decoders[0].decode_headers(self.head, end_stream)
             return
-        if self.plan.grpc_snapshot:  # (a filter may change the content-type: note it as it came)
+        if self.plan.grpc_snapshot:  # (a filter may change the content-type: note it now)
             self.grpc_request = is_grpc_request(self.head.headers)
         self._decode_headers_at(0, self.head, end_stream)
 
@@ -515,7 +515,8 @@ class FilterManager:
                     self.encode_data(body, True)
                 return
             i += 1
-        if self.plan.encode_data_passes and self.held[_ENCODE] is None and self.chains[_ENCODE] is filters:
+        if (self.plan.encode_data_passes and self.held[_ENCODE] is None
+                and self.chains[_ENCODE] is filters):
             self._write_headers(head, True, body)
             return
         # The body goes through the encoder filters (or a filter did more than CONTINUE): the

@@ -17,9 +17,9 @@ passes (Envoy: "no rules: allowed"). Stats as Envoy: `http.<stat_prefix>.rbac.<r
 from __future__ import annotations
 
 import ipaddress
-from functools import partial
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ...config.fields_table import Message, used

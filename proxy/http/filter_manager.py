@@ -519,11 +519,31 @@ class FilterManager:
                 and self.chains[_ENCODE] is filters):
             self._write_headers(head, True, body)
             return
-        # The body goes through the encoder filters (or a filter did more than CONTINUE): the
-        # head waits at the wire sink for it, as on the general path.
+        # The body goes through the encoder filters: the head waits at the wire sink for it,
+        # as on the general path (encode_data, then _data from the first filter).
         sink = filters[last]
         sink.head = head
-        self.encode_data(body, True)
+        if self.held[_ENCODE] is None and self.chains[_ENCODE] is filters and self.state < CLOSED:
+            i = 0
+            while i < last:
+                status = filters[i].encode_data(body, True)
+                if self.state >= CLOSED:
+                    return
+                if type(status) is not int:  # bytes: CONTINUE with these in place of `body`
+                    body, status = status, 0
+                if status:
+                    self._data_stopped(_ENCODE, i, body, True, status)
+                    return
+                if self.held[_ENCODE] is not None or self.chains[_ENCODE] is not filters:
+                    self._data(_ENCODE, i + 1, body, True)  # (a filter did more: as _data goes on)
+                    break
+                i += 1
+            else:
+                sink.head = None
+                self._write_headers(head, True, body)
+                return
+        else:  # (a filter did more than CONTINUE the head)
+            self.encode_data(body, True)
         if sink.head is not None and self.held[_ENCODE] is None and self.state < CLOSED:
             self._write_headers(sink.head, False, None)
             sink.head = None
@@ -583,21 +603,25 @@ class FilterManager:
             if type(status) is not int:  # bytes: CONTINUE with these in place of `data`
                 data, status = status, 0
             if status:
-                later = self.held[d]
-                if later is not None:  # a later filter holds: one stop per direction
-                    if status != _NO_BUFFER:  # (so what this one would keep waits there)
-                        later.end_stream = later.end_stream or end_stream
-                        self._buffer(d, later, data)
-                    elif end_stream:
-                        later.end_stream = True
-                    return
-                held = self._set_held(d, _Held(i, False, False, status))
-                held.end_stream = end_stream
-                if status != _NO_BUFFER:
-                    self._buffer(d, held, data)
+                self._data_stopped(d, i, data, end_stream, status)
                 return
             i += 1
         getattr(filters[last], name)(data, end_stream)
+
+    def _data_stopped(self, d: int, i: int, data: bytes, end_stream: bool, status: int) -> None:
+        """Filter `i`, which held nothing, stopped `data`."""
+        later = self.held[d]
+        if later is not None:  # a later filter holds: one stop per direction
+            if status != _NO_BUFFER:  # (so what this one would keep waits there)
+                later.end_stream = later.end_stream or end_stream
+                self._buffer(d, later, data)
+            elif end_stream:
+                later.end_stream = True
+            return
+        held = self._set_held(d, _Held(i, False, False, status))
+        held.end_stream = end_stream
+        if status != _NO_BUFFER:
+            self._buffer(d, held, data)
 
     def _trailers(self, d: int, i: int, trailers) -> None:
         filters = self.chains[d]

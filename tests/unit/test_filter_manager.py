@@ -593,3 +593,17 @@ def test_filters_without_an_on_destroy_of_their_own_are_not_called_at_the_end():
     s.decode_headers(False)
     s.destroy_filters()
     assert destroyed == ["r"] and s.chains is None and s.filters == ()
+
+
+def test_a_whole_response_whose_body_a_filter_holds_goes_on_when_it_continues():
+    """_encode_whole's body loop: a filter that passed the head and stops the body keeps it
+    (with the head waiting at the wire sink) until it continues; a filter before it saw it."""
+    s = FakeStream()
+    chain(s, Factory("a", encode_data=[D.STOP_ITERATION_AND_BUFFER]), Factory("b"),
+          Factory("router", encoder=False))
+    s.encode_headers(ResponseHead(200, Headers()), True, b"whole")
+    assert s.wire == []
+    assert [(n, c) for n, c, _ in s.log] == [("b", "encode_headers"), ("a", "encode_headers"),
+                                             ("b", "encode_data"), ("a", "encode_data")]
+    s.continue_encoding()
+    assert s.wire == [("headers", 200, True, b"whole")]  # (one write, as before _encode_whole)

@@ -94,6 +94,7 @@ class FilterCallbacks(Protocol):
     def route(self) -> Any: ...                       # the cached Route, or None
     def clear_route_cache(self) -> None: ...
     def route_cluster(self, action: Any) -> str | None: ...  # the route's cluster, picked once
+    def note_request_grpc(self) -> None: ...          # before changing request headers (below)
     def per_filter_config(self, name: str) -> Any: ...  # most specific typed_per_filter_config
     def all_per_filter_configs(self, name: str) -> tuple: ...  # every level's, most specific first
     def http_call(self, cluster: str, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]],
@@ -131,7 +132,14 @@ class FilterFactory(Protocol):
 
 class PassThroughFilter:
     """A base for filters that act on some calls only: every call CONTINUEs, and
-    `on_destroy` does nothing. (Statuses are all 0 for CONTINUE.)"""
+    `on_destroy` does nothing. (Statuses are all 0 for CONTINUE.)
+
+    A decoder filter class that never changes the request's content-type says so with
+    `keeps_request_content_type = True`: in a chain of such filters the stream does not note
+    per request whether the request arrived as gRPC (filter_chain_plan.py). Without it (a
+    filter that may rewrite request headers: Lua, ext_authz, grpc_web, ...) it does. A filter
+    that says so but adds configured or learnt request headers on a rare path (local ratelimit
+    not enforced, the ratelimit service's headers) calls `note_request_grpc()` first."""
 
     __slots__ = ()
 

@@ -1,8 +1,11 @@
 """What a stream's filter chain looks like, worked out once per worker instead of per request.
 
 A `ChainPlan` says, for one sequence of filters (by their factories and the classes their
-`create` returned), which of them decode, which encode (in encode order), and for each (direction, call) whether every non-terminal filter
-there leaves that call to `PassThroughFilter` (it CONTINUEs and does nothing). The filter
+`create` returned), which of them decode, which encode (in encode order), and for each
+(direction, call) whether every non-terminal filter there leaves that call to
+`PassThroughFilter` (it CONTINUEs and does nothing); also whether one of them may change the
+request's content-type (a class without `keeps_request_content_type = True` may), and which
+have an `on_destroy` of their own. The filter
 manager (filter_manager.py) uses it to build the per-stream chains without a loop over the
 factories, and to hand a call straight to the end of the chain when every filter before it
 would only CONTINUE and nothing is held in that direction: the same outcome, without a Python
@@ -27,6 +30,7 @@ _MAX_PLANS = 64
 _PASS = {name: getattr(PassThroughFilter, name) for name in (
     "decode_headers", "decode_data", "decode_trailers",
     "encode_headers", "encode_data", "encode_trailers")}
+_NO_DESTROY = PassThroughFilter.on_destroy
 
 
 def _passes(cls: type, name: str) -> bool:
@@ -39,7 +43,7 @@ class ChainPlan:
 
     __slots__ = ("decoders_only", "all_decode", "decode_idx", "encode_idx", "decode_data_passes",
                  "decode_trailers_passes", "encode_headers_passes", "encode_data_passes",
-                 "encode_trailers_passes")
+                 "encode_trailers_passes", "grpc_snapshot", "destroy_idx", "encode_one")
 
     def __init__(self, factories, classes) -> None:
         n = len(classes)
@@ -48,6 +52,7 @@ class ChainPlan:
         self.all_decode = len(decode) == n
         self.decode_idx = decode
         self.encode_idx = encode
+        self.encode_one = encode[0] if len(encode) == 1 else None  # (the one encoder filter)
         # The chain is its filters in order, as decoders, and nothing else to work out.
         self.decoders_only = self.all_decode and not encode
         before_terminal = decode[:-1]
@@ -58,6 +63,14 @@ class ChainPlan:
         self.encode_headers_passes = all(_passes(classes[i], "encode_headers") for i in encode)
         self.encode_data_passes = all(_passes(classes[i], "encode_data") for i in encode)
         self.encode_trailers_passes = all(_passes(classes[i], "encode_trailers") for i in encode)
+        # Whether a filter before the terminal one may change the request's content-type: only
+        # then does the stream note, as the request arrives, whether it is gRPC (its local
+        # replies' shape); otherwise a local reply reads the unchanged header when it happens.
+        self.grpc_snapshot = not all(getattr(classes[i], "keeps_request_content_type", False)
+                                     for i in before_terminal)
+        # The filters whose on_destroy does something (the others are not called at the end).
+        self.destroy_idx = tuple(i for i in range(n)
+                                 if getattr(classes[i], "on_destroy", None) is not _NO_DESTROY)
 
 
 class ChainPlans:

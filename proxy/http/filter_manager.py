@@ -168,13 +168,23 @@ class FilterManager:
                 plan = plans.learn_switched(made, filters)
         self.plan = plan
         decoders = filters if plan.all_decode else [filters[i] for i in plan.decode_idx]
-        if plan.encode_idx:
+        one = plan.encode_one
+        if one is not None:  # (the usual: one encoder filter)
+            encoders = [filters[one], _WireSink(self)]
+        elif plan.encode_idx:
             encoders = [filters[i] for i in plan.encode_idx]
             encoders.append(_WireSink(self))
         else:
             encoders = ()
         self.filters = filters
         self.chains = (decoders, encoders)
+
+    def note_request_grpc(self) -> None:
+        """From a filter about to change the request's headers (a content-type among them,
+        perhaps) that does not snapshot them otherwise (`keeps_request_content_type`): whether
+        the request arrived as gRPC is noted now, for the shape of a later local reply."""
+        if self.grpc_request is None:
+            self.grpc_request = is_grpc_request(self.head.headers)
 
     def _disabled_for_route(self, name: str, default: bool) -> bool:
         route = self.route()
@@ -303,7 +313,8 @@ class FilterManager:
         if len(decoders) == 1:  # the terminal filter alone: nothing can stop before it
             decoders[0].decode_headers(self.head, end_stream)
             return
-        self.grpc_request = is_grpc_request(self.head.headers)
+        if self.plan.grpc_snapshot:  # (a filter may change the content-type: note it now)
+            self.grpc_request = is_grpc_request(self.head.headers)
         self._decode_headers_at(0, self.head, end_stream)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
@@ -342,6 +353,9 @@ class FilterManager:
         self.encoding_started = True  # (only encoder filters can hold a response back)
         self.response_head_pending = head
         if body:  # the whole response: its head, then its body with the end, in one write
+            if self.held[_ENCODE] is None:
+                self._encode_whole(chains[_ENCODE], head, body)
+                return
             sink = chains[_ENCODE][-1]
             sink.whole = True
             if self.plan.encode_headers_passes and self.held[_ENCODE] is None:
@@ -485,6 +499,55 @@ class FilterManager:
         else:
             self._write_headers(head, end_stream, None)
 
+    def _encode_whole(self, filters, head, body: bytes) -> None:
+        """A whole response, nothing held: the head through the encoder filters (as not
+        ending the stream), then, when every one of them would only CONTINUE the body, head
+        and body in one write; otherwise the head waits at the wire sink while the body goes
+        through them. The outcome of the general path, in fewer steps; a filter that stops the
+        head gets the body as there."""
+        last = len(filters) - 1
+        i = 0
+        while i < last:
+            status = filters[i].encode_headers(head, False)
+            if status or self.state >= CLOSED:
+                if status and self.state < CLOSED:
+                    self._set_held(_ENCODE, _Held(i, True, False, status))
+                    self.encode_data(body, True)
+                return
+            i += 1
+        if (self.plan.encode_data_passes and self.held[_ENCODE] is None
+                and self.chains[_ENCODE] is filters):
+            self._write_headers(head, True, body)
+            return
+        # The body goes through the encoder filters: the head waits at the wire sink for it,
+        # as on the general path (encode_data, then _data from the first filter).
+        sink = filters[last]
+        sink.head = head
+        if self.held[_ENCODE] is None and self.chains[_ENCODE] is filters and self.state < CLOSED:
+            i = 0
+            while i < last:
+                status = filters[i].encode_data(body, True)
+                if self.state >= CLOSED:
+                    return
+                if type(status) is not int:  # bytes: CONTINUE with these in place of `body`
+                    body, status = status, 0
+                if status:
+                    self._data_stopped(_ENCODE, i, body, True, status)
+                    return
+                if self.held[_ENCODE] is not None or self.chains[_ENCODE] is not filters:
+                    self._data(_ENCODE, i + 1, body, True)  # (a filter did more: as _data goes on)
+                    break
+                i += 1
+            else:
+                sink.head = None
+                self._write_headers(head, True, body)
+                return
+        else:  # (a filter did more than CONTINUE the head)
+            self.encode_data(body, True)
+        if sink.head is not None and self.held[_ENCODE] is None and self.state < CLOSED:
+            self._write_headers(sink.head, False, None)
+            sink.head = None
+
     def _headers_with_body(self, d: int, i: int, head, status: int) -> None:
         """Filter `i` gave a headers-only message a body: the headers go on from the next
         filter without the end of the stream, then the body with it (or both wait at `i`)."""
@@ -540,21 +603,25 @@ class FilterManager:
             if type(status) is not int:  # bytes: CONTINUE with these in place of `data`
                 data, status = status, 0
             if status:
-                later = self.held[d]
-                if later is not None:  # a later filter holds: one stop per direction
-                    if status != _NO_BUFFER:  # (so what this one would keep waits there)
-                        later.end_stream = later.end_stream or end_stream
-                        self._buffer(d, later, data)
-                    elif end_stream:
-                        later.end_stream = True
-                    return
-                held = self._set_held(d, _Held(i, False, False, status))
-                held.end_stream = end_stream
-                if status != _NO_BUFFER:
-                    self._buffer(d, held, data)
+                self._data_stopped(d, i, data, end_stream, status)
                 return
             i += 1
         getattr(filters[last], name)(data, end_stream)
+
+    def _data_stopped(self, d: int, i: int, data: bytes, end_stream: bool, status: int) -> None:
+        """Filter `i`, which held nothing, stopped `data`."""
+        later = self.held[d]
+        if later is not None:  # a later filter holds: one stop per direction
+            if status != _NO_BUFFER:  # (so what this one would keep waits there)
+                later.end_stream = later.end_stream or end_stream
+                self._buffer(d, later, data)
+            elif end_stream:
+                later.end_stream = True
+            return
+        held = self._set_held(d, _Held(i, False, False, status))
+        held.end_stream = end_stream
+        if status != _NO_BUFFER:
+            self._buffer(d, held, data)
 
     def _trailers(self, d: int, i: int, trailers) -> None:
         filters = self.chains[d]
@@ -676,5 +743,10 @@ class FilterManager:
         filters = self.filters
         self.filters = ()
         self.chains = None
-        for flt in filters:
-            flt.on_destroy()
+        plan = self.plan
+        if plan is None or not filters:  # (not filters: destroyed already)
+            for flt in filters:
+                flt.on_destroy()
+        else:  # (a filter whose on_destroy is PassThroughFilter's is not called)
+            for i in plan.destroy_idx:
+                filters[i].on_destroy()

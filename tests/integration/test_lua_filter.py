@@ -349,3 +349,82 @@ def test_request_chunks_changed_in_place_reach_the_upstream(upstream):
         assert status == 200 and upstream.requests[-1][3] == b"ABC" * 1000
     finally:
         proxy.stop()
+
+
+def test_header_writes_of_a_first_run_keep_their_order_and_their_errors(upstream):
+    """The prelude queues a first run's header writes (lua_runtime.py): a read sees the writes
+    before it, the upstream gets them in the script's order, writes before a script error
+    still happen (as each write was made when called), and a write with a bad argument still
+    fails at its line."""
+    proxy = _proxy("""
+        function envoy_on_request(h)
+          local hd = h:headers()
+          hd:add("x-one", "1")
+          hd:replace("x-two", "a")
+          hd:add("x-two", "b")
+          hd:add("x-seen", hd:get("x-two") or "none")
+          hd:remove("x-drop")
+          hd:replace("x-num", 7)
+          if hd:get(":path") == "/err" then
+            hd:add("x-before-error", "yes")
+            error("boom")
+          end
+          if hd:get(":path") == "/badarg" then
+            hd:add("x-before-bad", "yes")
+            hd:add("x-bad", nil)
+          end
+        end""", upstream)
+    try:
+        for path in ("/ok", "/err", "/badarg"):
+            assert _get(proxy.port, path, headers={"x-drop": "d", "x-two": "0"})[0] == 200
+            values = upstream.requests[-1][2]   # (the echo upstream's dict: the last value of each)
+            names = list(values)
+            assert values["x-one"] == "1" and values["x-seen"] == "a,b" and values["x-num"] == "7"
+            assert values["x-two"] == "b", path
+            assert "x-drop" not in names and names.index("x-one") < names.index("x-seen")
+            assert ("x-before-error" in values) == (path == "/err")
+            assert ("x-before-bad" in values) == (path == "/badarg") and "x-bad" not in values
+        assert proxy.counters()["http.ingress_http.lua.errors"] == 2
+    finally:
+        proxy.stop()
+
+
+def test_a_waiting_hook_keeps_its_runner_while_others_end_and_fail(upstream):
+    """The prelude reuses a runner coroutine once its hook ended (lua_runtime.py): a hook
+    waiting for its body keeps its own while other streams' hooks run, end and fail on the
+    same Lua state, and resumes as itself."""
+    proxy = _proxy("""
+        function envoy_on_request(h)
+          local n = h:headers():get("x-n")
+          if n == "fail" then error("boom") end
+          if h:headers():get(":method") == "POST" then
+            local b = h:body()
+            h:headers():add("x-got", n .. ":" .. b:getBytes(0, b:length()))
+          else
+            h:headers():add("x-got", n)
+          end
+        end""", upstream)
+    try:
+        import socket
+        waiting = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        waiting.sendall(b"POST /w HTTP/1.1\r\nhost: x\r\nx-n: first\r\ncontent-length: 4\r\n\r\n")
+        assert proxy.wait_for(lambda: any(s.handles for s in _lua_states(proxy)))  # it waits
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        for i in range(60):
+            n = "fail" if i % 7 == 3 else str(i)
+            conn.request("GET", "/g", headers={"x-n": n})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+            assert upstream.requests[-1][2].get("x-got") == (None if n == "fail" else n)
+        conn.close()
+        waiting.sendall(b"body")
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += waiting.recv(65536)
+        waiting.close()
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert upstream.requests[-1][1] == "/w" and upstream.requests[-1][2]["x-got"] == "first:body"
+        assert proxy.counters()["http.ingress_http.lua.errors"] == 9
+    finally:
+        proxy.stop()

@@ -522,3 +522,88 @@ def test_a_plan_is_learnt_once_per_hcm_and_per_switched_chain():
     s.encode_headers(ResponseHead(200, Headers()), False)
     s.encode_data(b"body", True)
     assert ("b", "encode_data", (b"body", True)) in s.log
+
+
+def test_a_chain_that_keeps_the_content_type_reads_it_at_the_local_reply():
+    """A chain whose filters all say keeps_request_content_type takes no snapshot per request
+    (filter_chain_plan.py): a local reply reads the request's content-type as it is, which no
+    filter changed; one that notes first (note_request_grpc) keeps the shape it arrived with."""
+    class Keeping(Recording):
+        keeps_request_content_type = True
+
+        def decode_headers(self, head, end_stream):
+            if self.name == "noting":
+                self.stream.note_request_grpc()
+                head.headers.set(b"content-type", b"text/plain")
+            return 0
+
+    for name, status in (("keeping", 200), ("noting", 200)):
+        s = FakeStream()
+        s.head.headers.set(b"content-type", b"application/grpc")
+        s.create_filter_chain([(SimpleNamespace(name=name, decoder=True, encoder=False,
+                                                create=lambda cb, n=name: Keeping(n, cb)), False, False),
+                               (Factory("router", encoder=False), False, False)])
+        s.decode_headers(False)
+        assert s.plan.grpc_snapshot is False
+        s.send_local_reply(503, b"down", "UF", "down")
+        assert s.wire[0][:2] == ("headers", status), name   # gRPC-shaped: HTTP 200, grpc-status
+
+
+def test_a_whole_response_through_a_body_filter_is_still_one_write():
+    """_encode_whole: the head passes the filters, the body goes through each encoder filter's
+    encode_data (a transforming one replaces it), then head and body go out together."""
+    class Upper(Recording):
+        def encode_data(self, data, end_stream):
+            self._call("encode_data", (bytes(data), end_stream))
+            return bytes(data).upper()
+
+    s = FakeStream()
+    s.create_filter_chain([(SimpleNamespace(name="u", decoder=True, encoder=True,
+                                            create=lambda cb: Upper("u", cb)), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.encode_headers(ResponseHead(200, Headers()), True, b"whole")
+    assert s.log == [("u", "encode_headers", (200, False)), ("u", "encode_data", (b"whole", True))]
+    assert s.wire == [("headers", 200, True, b"WHOLE")]
+
+
+def test_a_whole_response_whose_head_a_filter_holds_waits_with_its_body():
+    """The filter that stops the head gets the body (it buffers it here), and both go on when
+    it continues."""
+    s = FakeStream()
+    chain(s, Factory("a", encode_headers=[H.STOP_ITERATION], encode_data=[D.STOP_ITERATION_AND_BUFFER]),
+          Factory("router", encoder=False))
+    s.encode_headers(ResponseHead(200, Headers()), True, b"whole")
+    assert s.wire == []
+    assert s.log == [("a", "encode_headers", (200, False)), ("a", "encode_data", (b"whole", True))]
+    s.continue_encoding()
+    assert s.wire == [("headers", 200, False, None), ("data", b"whole", True)]
+
+
+def test_filters_without_an_on_destroy_of_their_own_are_not_called_at_the_end():
+    destroyed = []
+
+    class Counting(Recording):
+        def on_destroy(self):
+            destroyed.append(self.name)
+
+    s = FakeStream()
+    s.create_filter_chain([(headers_only("quiet"), False, False),
+                           (SimpleNamespace(name="r", decoder=True, encoder=False,
+                                            create=lambda cb: Counting("r", cb)), False, False)])
+    s.decode_headers(False)
+    s.destroy_filters()
+    assert destroyed == ["r"] and s.chains is None and s.filters == ()
+
+
+def test_a_whole_response_whose_body_a_filter_holds_goes_on_when_it_continues():
+    """_encode_whole's body loop: a filter that passed the head and stops the body keeps it
+    (with the head waiting at the wire sink) until it continues; a filter before it saw it."""
+    s = FakeStream()
+    chain(s, Factory("a", encode_data=[D.STOP_ITERATION_AND_BUFFER]), Factory("b"),
+          Factory("router", encoder=False))
+    s.encode_headers(ResponseHead(200, Headers()), True, b"whole")
+    assert s.wire == []
+    assert [(n, c) for n, c, _ in s.log] == [("b", "encode_headers"), ("a", "encode_headers"),
+                                             ("b", "encode_data"), ("a", "encode_data")]
+    s.continue_encoding()
+    assert s.wire == [("headers", 200, True, b"whole")]  # (one write, as before _encode_whole)

@@ -258,6 +258,7 @@ def choose_encoding(accept: bytes, content_type: str | None,
 
 
 class CompressorFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("wf", "registry", "accept", "encoder")
 
     def __init__(self, wf: WorkerCompressorFactory, registry: _Registry) -> None:
@@ -287,7 +288,8 @@ class CompressorFilter(PassThroughFilter):
             if length is not None and not (length.isdigit() and int(length) >= config.min_content_length):
                 stats["content_length_too_small"].value += 1
                 big_enough = False
-        content_type = _content_type(headers.get(b"content-type"))
+        # (not big enough: nothing below is counted or used, the type is not read)
+        content_type = _content_type(headers.get(b"content-type")) if big_enough else None
         compressible = (big_enough and head.status not in config.uncompressible_response_codes
                         and (content_type is None or content_type in config.content_types)
                         and not _no_transform(headers.get(b"cache-control"))

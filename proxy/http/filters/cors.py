@@ -126,6 +126,7 @@ def _first(values, unset) -> Any:
 
 
 class CorsFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("cb", "wf", "policies", "origin", "is_cors")
 
     def __init__(self, callbacks, wf: WorkerCorsFactory) -> None:

@@ -96,6 +96,7 @@ def _host_and_port(value: bytes | None) -> bytes:
 
 
 class CsrfFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("cb", "wf")
 
     def __init__(self, callbacks, wf: WorkerCsrfFactory) -> None:

@@ -162,6 +162,7 @@ def _advertised(accept: bytes | None, encoding: bytes) -> bytes:
 
 
 class DecompressorFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("cb", "wf", "request", "response")
 
     def __init__(self, callbacks, wf: WorkerDecompressorFactory) -> None:

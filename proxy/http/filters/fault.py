@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ...config.runtime_values import (FractionalPercent,
@@ -181,6 +182,7 @@ class WorkerFaultFactory:
     def __init__(self, factory: FaultFactory, ctx) -> None:
         self.name = factory.name
         self.config = factory.config
+        self.header_only = _header_only(factory.config)  # (the filter's own config's, once)
         self.active = factory.active
         self.worker = ctx.worker
         self.scope = scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.fault")
@@ -195,6 +197,7 @@ class WorkerFaultFactory:
 
 
 _FAULT_HEADER_PREFIX = b"x-envoy-fault-"
+_NO_FIELDS: Mapping[bytes, bytes] = MappingProxyType({})  # (until the request's are read)
 
 
 def _fault_headers(head) -> dict[bytes, bytes]:
@@ -220,6 +223,7 @@ def _header_only(cfg: FaultConfig) -> bool:
 
 
 class FaultFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("cb", "wf", "cfg", "timer", "active", "downstream_cluster", "fault_fields")
 
     def __init__(self, callbacks, wf: WorkerFaultFactory) -> None:
@@ -229,12 +233,13 @@ class FaultFilter(PassThroughFilter):
         self.timer = None
         self.active = False
         self.downstream_cluster = None
-        self.fault_fields: dict[bytes, bytes] = {}
+        self.fault_fields: Mapping[bytes, bytes] = _NO_FIELDS
 
     # -- decode ----------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
         cb = self.cb
-        cfg = self.cfg = cb.per_filter_config(self.wf.name) or self.wf.config
+        wf = self.wf
+        cfg = self.cfg = cb.per_filter_config(wf.name) or wf.config
         if cfg.upstream_cluster and not self._to_cluster(cfg.upstream_cluster):
             return FilterHeadersStatus.CONTINUE
         if cfg.downstream_nodes:
@@ -245,7 +250,7 @@ class FaultFilter(PassThroughFilter):
             if not matcher.matches(head):
                 return FilterHeadersStatus.CONTINUE
         fields = self.fault_fields = _fault_headers(head)
-        if not fields and _header_only(cfg):
+        if not fields and (wf.header_only if cfg is wf.config else _header_only(cfg)):
             return FilterHeadersStatus.CONTINUE  # header-controlled faults, none asked for
         cluster = head.headers.get(_CLUSTER_HEADER)
         if cluster and not cfg.disable_downstream_cluster_stats:

@@ -150,6 +150,7 @@ class WorkerGrpcStats:
 
 
 class GrpcStatsFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("cb", "wf", "prefix", "requests", "responses")
 
     def __init__(self, callbacks, wf: WorkerGrpcStats) -> None:

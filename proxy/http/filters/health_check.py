@@ -137,6 +137,7 @@ class WorkerHealthCheckFactory:
 
 
 class HealthCheckFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("cb", "wf", "hc_request", "handling")
 
     def __init__(self, callbacks, wf: WorkerHealthCheckFactory) -> None:

@@ -241,11 +241,30 @@ class WorkerHttpLocalRateLimit:
         # source_cluster descriptor entries: the node's cluster (Envoy's local_info clusterName).
         self.local_cluster = (health.node_cluster if health is not None else "").encode("utf-8")
         self._stats: dict[str, Any] = {}
-        for name in ("enabled", "enforced", "rate_limited", "ok"):  # shown from the start, as Envoy
-            self.stat(self.config, name)
+        self._by_config: dict[int, tuple] = {}
+        # (enabled, enforced, rate_limited, ok) of the filter's own config: shown from the
+        # start, as Envoy's; a route's config's are made on first use (stats_of).
+        self.own_stats = self.stats_of(self.config)
+        # The filter's own config's shared bucket (as Envoy's, made with the config), unless
+        # it is per connection.
+        self.own_bucket = (None if self.config.per_connection or not self.config.max_tokens
+                           else self.buckets.get(self.config))
         # local_rate_limit_per_downstream_connection: this worker's connections' buckets.
         self._conn_buckets: dict[tuple[int, int], TokenBucket] = {}
         self._sweep_at = 256
+
+    def stats_of(self, config: HttpLocalRateLimit) -> tuple:
+        """The counters (enabled, enforced, rate_limited, ok) under `config`'s stat_prefix,
+        kept per config seen (by identity: a route table's new configs replace the old ones
+        here, which are forgotten past 256)."""
+        entry = self._by_config.get(id(config))
+        if entry is not None and entry[0] is config:
+            return entry[1]
+        if len(self._by_config) >= 256:
+            self._by_config.clear()
+        stats = tuple(self.stat(config, name) for name in ("enabled", "enforced", "rate_limited", "ok"))
+        self._by_config[id(config)] = (config, stats)
+        return stats
 
     def stat(self, config: HttpLocalRateLimit, name: str):
         key = f"{config.stat_prefix}.http_local_rate_limit.{name}"
@@ -282,6 +301,7 @@ class WorkerHttpLocalRateLimit:
 
 
 class HttpLocalRateLimitFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: it notes the request first, when it adds)
     __slots__ = ("cb", "wf", "config", "bucket")
 
     def __init__(self, callbacks, wf: WorkerHttpLocalRateLimit) -> None:
@@ -299,22 +319,27 @@ class HttpLocalRateLimitFilter(PassThroughFilter):
         rand = wf.worker.rand_bits
         if not config.filter_enabled.enabled(rand):
             return FilterHeadersStatus.CONTINUE
-        wf.stat(config, "enabled").value += 1
+        stats = wf.own_stats if config is wf.config else wf.stats_of(config)
+        stats[0].value += 1   # enabled
         self.config = config
         if config.descriptors:
             bucket, allowed = self._take(config, head)
         else:
-            bucket = wf.bucket(config, cb.stream_info.connection_id, config.per_connection)
+            bucket = wf.own_bucket if config is wf.config else None
+            if bucket is None:
+                bucket = wf.bucket(config, cb.stream_info.connection_id, config.per_connection)
             allowed = bucket.try_take(time.monotonic())
         self.bucket = bucket
         if allowed:
-            wf.stat(config, "ok").value += 1
+            stats[3].value += 1   # ok
             return FilterHeadersStatus.CONTINUE
-        wf.stat(config, "rate_limited").value += 1
+        stats[2].value += 1   # rate_limited
         if not config.filter_enforced.enabled(rand):
+            if config.request_headers_to_add_when_not_enforced:
+                cb.note_request_grpc()  # (keeps_request_content_type: before changing them)
             apply_mutations(config.request_headers_to_add_when_not_enforced, head.headers, cb.stream_info)
             return FilterHeadersStatus.CONTINUE
-        wf.stat(config, "enforced").value += 1
+        stats[1].value += 1   # enforced
         extra = []
         if config.response_headers_to_add:
             h = Headers()

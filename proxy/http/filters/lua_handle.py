@@ -73,7 +73,9 @@ class StreamHandle:
         except Exception as e:  # (lupa's own failure: treated as the script's)
             answer = (False, e)
         ok, result = answer[0], answer[1]
-        if len(answer) == 3 and self.hid in lua.handles:
+        if len(answer) > 4:  # header writes the run queued (lua_runtime.py's prelude)
+            self._writes(answer, 4)
+        if len(answer) >= 3 and answer[2] is not None and self.hid in lua.handles:
             self.step = answer[2]  # it waits (unless its stream ended meanwhile: respond())
         self._after(ok, result)
         if self.status in (WAIT_BODY, HTTP_CALL, RESPONDED):
@@ -208,6 +210,22 @@ class StreamHandle:
 
     def op_hremove(self, kind, key):
         self._modifiable(kind).remove(to_bytes(key, "remove", 2).lower())
+
+    def op_hbatch(self, *flat):
+        """Header writes the prelude queued: (1 add | 2 replace | 3 remove, key, value)..."""
+        self._writes(flat, 0)
+
+    def _writes(self, flat, i: int) -> None:
+        n = len(flat)
+        while i < n:
+            code, key, value = flat[i], flat[i + 1], flat[i + 2]
+            if code == 1:
+                self.op_hadd(0, key, value)
+            elif code == 2:
+                self.op_hreplace(0, key, value)
+            else:
+                self.op_hremove(0, key)
+            i += 3
 
     def op_hreason(self, kind, reason):
         val = to_bytes(reason, "setHttp1ReasonPhrase", 2)

@@ -68,13 +68,37 @@ class LuaScriptError(Exception):
 # -- the prelude -------------------------------------------------------------------------------------
 
 _PRELUDE = r"""
-local api, E = ...
+local papi, E, BATCH = ...
 local yield, create, resume, status = coroutine.yield, coroutine.create, coroutine.resume, coroutine.status
 local setmetatable, getmetatable, type, select, error, unpack, rawpairs =
       setmetatable, getmetatable, type, select, error, unpack, pairs
 python = nil
 
 -- An API answer: its values, or the error it carries raised at the script's line.
+-- Header writes a hook's first run makes (add/replace/remove of its own headers with string
+-- arguments, which cannot fail then) wait in Q[id] as (op, key, value) triples: the next API
+-- call takes them first ("hbatch"), and the end of the run hands the rest to Python with its
+-- answer. One crossing into Python fewer per write (each costs more than the write).
+local Q = {}
+local function flush(id, q)
+  local r = {papi("hbatch", id, unpack(q, 1, q.n))}
+  q.n = 0
+  for i = #q, 1, -1 do q[i] = nil end
+  return r
+end
+local function api(op, id, ...)
+  local q = Q[id]
+  if q ~= nil and q.n > 0 then flush(id, q) end
+  return papi(op, id, ...)
+end
+local function queue(o, code, k, v)
+  local q = Q[o.h.id]
+  if q == nil or o.k ~= 0 or type(k) ~= "string" or type(v) ~= "string" then return false end
+  local n = q.n
+  q[n + 1] = code; q[n + 2] = k; q[n + 3] = v
+  q.n = n + 3
+  return true
+end
 local function pass(...)
   if ... == E then error((select(2, ...)), 2) end
   return ...
@@ -131,9 +155,21 @@ end
 function HM:get(k) live(self); return pass(api("hget", self.h.id, self.k, k)) end
 function HM:getAtIndex(k, i) live(self); return pass(api("hgetat", self.h.id, self.k, k, i)) end
 function HM:getNumValues(k) live(self); return pass(api("hnum", self.h.id, self.k, k)) end
-function HM:add(k, v) modify(self); return pass(api("hadd", self.h.id, self.k, k, v)) end
-function HM:replace(k, v) modify(self); return pass(api("hreplace", self.h.id, self.k, k, v)) end
-function HM:remove(k) modify(self); return pass(api("hremove", self.h.id, self.k, k)) end
+function HM:add(k, v)
+  modify(self)
+  if queue(self, 1, k, v) then return end
+  return pass(api("hadd", self.h.id, self.k, k, v))
+end
+function HM:replace(k, v)
+  modify(self)
+  if queue(self, 2, k, v) then return end
+  return pass(api("hreplace", self.h.id, self.k, k, v))
+end
+function HM:remove(k)
+  modify(self)
+  if queue(self, 3, k, "") then return end
+  return pass(api("hremove", self.h.id, self.k, k))
+end
 function HM:setHttp1ReasonPhrase(r) modify(self); return pass(api("hreason", self.h.id, self.k, r)) end
 HM.__pairs = function(self)
   live(self)
@@ -199,6 +235,11 @@ local H = {}
 H.__index = H
 -- Wait for what the filter brings; the objects given out so far die (Envoy's markDead).
 local function wait(h)
+  local q = Q[h.id]
+  if q ~= nil then  -- (writes are queued in the first run only, before any wait)
+    if q.n > 0 then flush(h.id, q) end
+    Q[h.id] = nil
+  end
   h.scope = h.scope + 1
   h._hm = nil
   return yield()
@@ -266,20 +307,57 @@ function H:timestamp() return pass(api("timestamp", self.id)) end
 -- as its string: Lua's coercion) answers true, true, nil, that string: the cluster
 -- specifier's envoy_on_route. (Only strings cross: no Lua object goes to Python.)
 local tostring = tostring
+-- The header writes still queued at the end of the first run follow the answer's first four
+-- values (ok, res, step or nil, value or nil), for Python to make before anything else.
+--
+-- A hook runs in a runner coroutine that LuaJIT lets yield across its pcall: one that saw its
+-- hook end (returned or failed) waits, parked, for the next hook instead of a new coroutine
+-- per hook. A hook that waits keeps its runner until it ends. (Lua 5.1 without LuaJIT cannot
+-- yield across pcall: there each hook gets a coroutine of its own, as the function it is.)
+local DONE = {}
+local POOL = rawget(_G, "jit") ~= nil
+local idle = nil
+local function runner(fn, h)
+  while true do
+    local ok, v = pcall(fn, h)
+    fn, h = yield(DONE, ok, v)
+  end
+end
 return function(fn, id)
   local h = setmetatable({id = id, scope = 0}, H)
   local value
-  local co = create(function() return fn(h) end)
-  local function step()
-    local ok, err = resume(co)
-    if not ok then return false, err end
-    if status(co) == "dead" then value = err; return true, true end
+  local co
+  if POOL then
+    co = idle
+    idle = nil
+    if co == nil then co = create(runner) end
+  else
+    co = create(function() return fn(h) end)
+  end
+  local function step(...)
+    local rok, tag, ok, v = resume(co, ...)
+    if not rok then return false, tag end
+    if POOL then
+      if tag ~= DONE then return true, false end
+      if idle == nil then idle = co end
+      if not ok then return false, v end
+      value = v
+      return true, true
+    end
+    if status(co) == "dead" then value = tag; return true, true end
     return true, false
   end
-  local ok, res = step()
-  if ok and not res then return ok, res, step end
+  local q = {n = 0}
+  if BATCH then Q[id] = q end  -- (when the ops take "hbatch": the stream filter's do)
+  local ok, res = step(fn, h)
+  Q[id] = nil
   local kind = type(value)
-  if ok and (kind == "string" or kind == "number") then return ok, res, nil, tostring(value) end
+  if ok and res and (kind == "string" or kind == "number") then value = tostring(value) else value = nil end
+  local st = nil
+  if ok and not res then st = step end
+  if q.n > 0 then return ok, res, st, value, unpack(q, 1, q.n) end
+  if value ~= nil then return ok, res, nil, value end
+  if st ~= nil then return ok, res, st end
   return ok, res  -- (ended: no step function to hand to Python, which costs a wrapper)
 end
 """
@@ -302,7 +380,7 @@ class LuaState:
         rt = self.runtime = _lupa.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                              register_eval=False, register_builtins=False)
         g = rt.globals()
-        self._start = rt.execute(_PRELUDE.encode(), self._api, ERR)
+        self._start = rt.execute(_PRELUDE.encode(), self._api, ERR, b"hbatch" in self.ops)
         # Compiled by Lua's own loadstring: chunk names (and error messages) as Envoy's.
         chunk = g[b"loadstring"](code)
         if type(chunk) is tuple:  # nil, message

@@ -240,6 +240,7 @@ _IDLE, _CALLING, _DONE, _RESPONDED = 0, 1, 2, 3
 
 
 class RateLimitFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (filter.py: it notes the request first, when it adds)
     __slots__ = ("cb", "wf", "state", "request", "head", "cluster", "response_headers", "local")
 
     def __init__(self, callbacks, wf: WorkerRateLimit) -> None:
@@ -265,8 +266,8 @@ class RateLimitFilter(PassThroughFilter):
         cb = self.cb
         route = cb.route()
         action = route.action if route is not None else None
-        if action is None:
-            return FilterHeadersStatus.CONTINUE
+        if action is None or not (action.rate_limits or action.vh_rate_limits):
+            return FilterHeadersStatus.CONTINUE  # (no descriptor can come of it)
         name = action.cluster or cb.route_cluster(action)
         cluster = wf.worker.clusters.get(name) if name is not None else None
         if cluster is None:
@@ -343,6 +344,8 @@ class RateLimitFilter(PassThroughFilter):
                                      grpc_status=_RESOURCE_EXHAUSTED if cfg.grpc_resource_exhausted else None)
             return
         headers = self.head.headers
+        if answer.request_headers:
+            self.cb.note_request_grpc()  # (keeps_request_content_type: before changing them)
         for name, value in answer.request_headers:
             headers.add(name, value)
         self.cb.continue_decoding()

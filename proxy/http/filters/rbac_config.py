@@ -156,20 +156,26 @@ class Policy:
 class Rbac:
     action: str                      # ALLOW, DENY, LOG
     policies: tuple[Policy, ...]     # in name order (Envoy keeps them in a sorted map)
-    # (name, permissions' predicate, principals' predicate) per policy, built from `policies`
+    # (name, permissions' predicate, principals' predicate) per policy, built from `policies`;
+    # a side that matches every request (`any: true`) is None: no call per request for it.
     compiled: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compiled", tuple(
-            (p.name, _any_of(tuple(predicate(r) for r in p.permissions)),
-             _any_of(tuple(predicate(r) for r in p.principals)))
+            (p.name, _or_none(_any_of(tuple(predicate(r) for r in p.permissions))),
+             _or_none(_any_of(tuple(predicate(r) for r in p.principals))))
             for p in self.policies))
 
     def matched_policy(self, r: RequestFacts) -> str | None:
         for name, permitted, principal in self.compiled:
-            if permitted(r) and principal(r):
+            if (permitted is None or permitted(r)) and (principal is None or principal(r)):
                 return name
         return None
+
+
+def _or_none(fn: Callable[[RequestFacts], bool]) -> Callable[[RequestFacts], bool] | None:
+    """None for the predicate that is always true (the caller skips it)."""
+    return None if fn is _true else fn
 
 
 RBAC = Message(f"{_P}.RBAC", model=Rbac, bookkeeping=("compiled",), fields=(

@@ -76,6 +76,25 @@ def _fresh_port() -> int:
         return _PORT_BASE + next(_next_port) % _PORT_SPAN
 
 
+def _bindable_port() -> int:
+    """A fresh client port that can be bound now. One a connection closed from the client's end
+    within the last minute is still in TIME_WAIT, and runs of hundreds of them are common (each
+    raw request takes the next port, and the other test processes draw from the same range):
+    curl's `--local-port` does not skip such a port with SO_REUSEADDR, it fails its bind
+    ("bind failed with errno 98", exit 45) once every port of its range is one."""
+    for _ in range(_PORT_SPAN):
+        port = _fresh_port()
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        return port
+    raise RuntimeError(f"no bindable client port in {_PORT_LO}-{_PORT_HI - 1}")
+
+
 def _connect(port: int, timeout: float) -> socket.socket:
     """A connection to 127.0.0.1:`port` from a client port not used before in this run."""
     for _ in range(100):
@@ -111,6 +130,12 @@ def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
         obs.client_ports.append(s.getsockname()[1])
         reader = new_reader(s)
         try:
+            if half_close:
+                # The bytes and the FIN in one segment (TCP_CORK holds them until shutdown()
+                # pushes both): the proxy always reads them together. Sent apart, a client
+                # thread preempted between the two lets the proxy answer before it sees the
+                # FIN, or not, as the machine's load decides.
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             s.sendall(raw)
             if half_close:
                 s.shutdown(socket.SHUT_WR)
@@ -141,10 +166,11 @@ def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
 def send_curl(args: list[str], timeout: float) -> Observation:
     obs = Observation()
     marker = "\n@@diff-local-port=%{local_port}@@"
-    first = _fresh_port()
+    first = _bindable_port()
     for _ in range(9):  # a range of ten fresh ports: curl takes the first one free
         _fresh_port()
-    cmd = ["curl", "-sS", "-i", "--max-time", str(timeout), "--local-port", f"{first}-{first + 9}",
+    last = min(first + 9, _PORT_HI - 1)
+    cmd = ["curl", "-sS", "-i", "--max-time", str(timeout), "--local-port", f"{first}-{last}",
            "-w", marker, *args]
     out = subprocess.run(cmd, capture_output=True, timeout=timeout + 5)
     data = out.stdout
@@ -152,6 +178,8 @@ def send_curl(args: list[str], timeout: float) -> Observation:
     if m:
         obs.client_ports.append(int(m.group(1)))
         data = data[:m.start()]
+    if out.returncode == 45:  # CURLE_INTERFACE_FAILED: no client port; the proxy saw nothing
+        raise RuntimeError(f"curl could not bind a client port in {first}-{last}: {out.stderr!r}")
     if out.returncode != 0 and not data:
         obs.status = CLOSED
         obs.error = f"curl exit {out.returncode}"

@@ -99,13 +99,16 @@ def test_wrk_load_through_five_reloads_sees_no_errors_and_new_routes(tmp_path, s
     assert "Non-2xx or 3xx responses" not in out, out
 
 
-class SlowUpstream(AcceptLoop):
-    """Answers every request with `size` bytes (a known pattern) spread over `seconds`."""
+class GatedUpstream(AcceptLoop):
+    """Answers every request with `size` bytes (a known pattern) in 256 KiB steps, one every
+    `pause` seconds, but holds back the last `held` bytes until `release` is set: however long
+    a reload takes on a loaded machine, the response is still streaming when it completes."""
 
-    def __init__(self, size: int, seconds: float) -> None:
-        self.size, self.seconds = size, seconds
+    def __init__(self, size: int, pause: float, held: int) -> None:
+        self.size, self.pause, self.held = size, pause, held
         self.payload = (bytes(range(256)) * (size // 256 + 1))[:size]
-        super().__init__("slow-upstream")
+        self.release = threading.Event()
+        super().__init__("gated-upstream")
 
     def handle(self, conn: socket.socket, n: int) -> None:
         with conn:
@@ -113,24 +116,28 @@ class SlowUpstream(AcceptLoop):
                 return
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % self.size)
             step = 256 * 1024
-            pause = self.seconds / (self.size / step)
             for off in range(0, self.size, step):
+                if off >= self.size - self.held and not self.release.is_set():
+                    if not self.release.wait(60):
+                        return  # the test gave up: end the response short
                 conn.sendall(self.payload[off:off + step])
-                time.sleep(pause)
+                if not self.release.is_set():
+                    time.sleep(self.pause)
 
 
 def test_streaming_response_started_before_reload_completes_intact(tmp_path, supervised):
     size = 20 * 1024 * 1024
-    # Long enough that the reload (a new process importing everything, ~1 s on 3.14t under a
-    # loaded CI) finishes while the response is still streaming.
-    up = SlowUpstream(size, 8.0)
+    # Bytes flow through the old epoch while the reload (a new process importing everything,
+    # ~1 s on 3.14t, several under a loaded CI) runs, ~5 MB/s; the last 4 MiB wait until the
+    # reload has returned, so the response is always still streaming when it completes.
+    up = GatedUpstream(size, 0.05, 4 * 1024 * 1024)
     port = free_port()
     cfg = upstream_config(tmp_path / "s.yaml", port, "slow", up.port, timeout="30s")
     sup = supervised(tmp_path, cfg, port)
     got = {"n": 0, "head": b"", "digest": None}
 
     def download() -> None:
-        s = socket.create_connection(("127.0.0.1", port), timeout=15)
+        s = socket.create_connection(("127.0.0.1", port), timeout=60)
         s.sendall(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
         buf = b""
         while b"\r\n\r\n" not in buf:
@@ -151,12 +158,14 @@ def test_streaming_response_started_before_reload_completes_intact(tmp_path, sup
     t = threading.Thread(target=download)
     t.start()
     try:
-        assert wait_for(lambda: got["n"] > 2 * 1024 * 1024, 10), "the download never started"
+        assert wait_for(lambda: got["n"] > 2 * 1024 * 1024, 30), "the download never started"
         r = sup.reload()
         assert r.returncode == 0, r.stderr
         assert got["n"] < size, "the response finished before the reload; the test proves nothing"
+        up.release.set()
         t.join(30)
     finally:
+        up.release.set()
         up.close()
     assert got["head"].startswith(b"HTTP/1.1 200")
     assert got["n"] == size

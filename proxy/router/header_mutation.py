@@ -97,26 +97,15 @@ def _start_time(info: Any) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def _req(names: tuple[str, ...], limit: int | None) -> Callable[[Any], str]:
+def _header_of(which: str, names: tuple[str, ...], limit: int | None) -> Callable[[Any], str]:
+    """%REQ(a?b)% / %RESP(a?b)%: the first of `names` present in `info.<which>` (the request's
+    or the response's headers), cut to `limit`; "" without them."""
     def get(info: Any) -> str:
-        headers = getattr(info, "request_headers", None) if info is not None else None
+        headers = getattr(info, which, None) if info is not None else None
         if headers is None:
             return ""
         for n in names:
             v = headers.get_str(n)
-            if v is not None:
-                return v if limit is None else v[:limit]
-        return ""
-    return get
-
-
-def _resp(names: tuple[str, ...], limit: int | None) -> Callable[[Any], str]:
-    def get(info: Any) -> str:
-        head = getattr(info, "response_headers", None) if info is not None else None
-        if head is None:
-            return ""
-        for n in names:
-            v = head.get_str(n)
             if v is not None:
                 return v if limit is None else v[:limit]
         return ""
@@ -180,10 +169,11 @@ def compile_value_format(value: str, path: str, allow_resp: bool = False) -> Val
                               "(write %% for a literal percent)")
         op, arg, limit = m.group(1), m.group(2), m.group(3)
         if op == "REQ" and arg:
-            fn: Callable[[Any], str] = _req(tuple(a.lower() for a in arg.split("?")),
-                                            int(limit) if limit else None)
+            fn: Callable[[Any], str] = _header_of("request_headers", tuple(a.lower() for a in arg.split("?")),
+                                                  int(limit) if limit else None)
         elif op == "RESP" and arg and allow_resp:
-            fn = _resp(tuple(a.lower() for a in arg.split("?")), int(limit) if limit else None)
+            fn = _header_of("response_headers", tuple(a.lower() for a in arg.split("?")),
+                            int(limit) if limit else None)
         elif op == "DYNAMIC_METADATA":
             fn = _dynamic_metadata(dynamic_metadata_getter(arg, path), int(limit) if limit else None)
         elif op in _SIMPLE_OPS and arg is None and limit is None:

@@ -183,8 +183,14 @@ class WorkerCompressorFactory:
         self.stats = {n: scope.counter(config.response_stats_prefix + n if n in prefixed else n)
                       for n in _STATS}
         self.request_stats = {n: scope.counter(f"request.{n}") for n in _REQUEST_STATS}
+        # The only compressor of its chain (the usual): it chooses the encoding alone, and a
+        # stream needs no registry of its compressors.
+        alone = sum(isinstance(f.config, CompressorConfig) for f in ctx.config.http_filters) == 1
+        self.alone = (config,) if alone else None
 
     def create(self, callbacks) -> CompressorFilter:
+        if self.alone is not None:
+            return CompressorFilter(self, None)
         # Envoy's CompressorRegistry: the stream's compressor filters, in chain order, so the
         # first of them to see the response chooses the encoding for all (chooseEncoding).
         info = callbacks.stream_info
@@ -227,7 +233,7 @@ def _q_pairs(accept: bytes):
 
 
 def choose_encoding(accept: bytes, content_type: str | None,
-                    configs: list[CompressorConfig]) -> tuple[str, str]:
+                    configs: list[CompressorConfig] | tuple[CompressorConfig, ...]) -> tuple[str, str]:
     """Envoy's chooseEncoding for a stream's compressor filters: (the encoding, the header stat).
     Filters whose content types exclude the response's step aside; of several filters for one
     encoding the first counts. The acceptable encoding of the highest q wins (ties: the first
@@ -261,7 +267,7 @@ class CompressorFilter(PassThroughFilter):
     keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
     __slots__ = ("wf", "registry", "accept", "encoder")
 
-    def __init__(self, wf: WorkerCompressorFactory, registry: _Registry) -> None:
+    def __init__(self, wf: WorkerCompressorFactory, registry: _Registry | None) -> None:
         self.wf = wf
         self.registry = registry
         self.accept: bytes | None = None   # the request's Accept-Encoding
@@ -316,9 +322,12 @@ class CompressorFilter(PassThroughFilter):
             stats["no_accept_header"].value += 1
             return False
         registry = self.registry
-        decision = registry.decision
-        if decision is None:
-            decision = registry.decision = choose_encoding(self.accept, content_type, registry.configs)
+        if registry is None:  # (the chain's only compressor)
+            decision = choose_encoding(self.accept, content_type, self.wf.alone)
+        else:
+            decision = registry.decision
+            if decision is None:
+                decision = registry.decision = choose_encoding(self.accept, content_type, registry.configs)
         encoding, stat = decision
         mine = encoding.lower() == self.wf.encoding
         if stat == "header_compressor_used" and not mine:

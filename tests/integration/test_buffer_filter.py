@@ -15,6 +15,7 @@ from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
+from .servers import read_response
 from .test_h2_downstream import H2Client
 
 BUFFER = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
@@ -27,24 +28,6 @@ def _config(port: int, limit: int = 100) -> dict:
     return front_proxy_config(routes, [static_cluster("c1", port)], http_filters=[
         {"name": "envoy.filters.http.buffer", "typed_config": {"@type": BUFFER, "max_request_bytes": limit}},
         ROUTER])
-
-
-def _read_response(sock: socket.socket) -> bytes:
-    out = bytearray()
-    while b"\r\n\r\n" not in out:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        out += chunk
-    head, _, rest = bytes(out).partition(b"\r\n\r\n")
-    length = int(next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), b"0"))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return head + b"\r\n\r\n" + rest
 
 
 def _rx_bytes(p: ProxyUnderTest) -> int:
@@ -64,8 +47,8 @@ def test_a_body_arriving_in_pieces_goes_upstream_whole_once_it_ends(upstream):
             assert p.wait_for(lambda: _rx_bytes(p) >= len(first) + len(second))
             assert upstream.requests == []      # read by the proxy, held by the filter
             s.sendall(b"0\r\n\r\n")
-            reply = _read_response(s)
-        assert reply.startswith(b"HTTP/1.1 200")
+            reply = read_response(s, "POST")
+        assert reply.status == 200
         method, path, headers, body = upstream.requests[-1]
         assert (method, path, body) == ("POST", "/slow", b"hello world")
         assert headers["content-length"] == "11"
@@ -81,9 +64,9 @@ def test_a_chunked_body_past_the_limit_is_answered_413_before_it_ends(upstream):
             s.sendall(b"POST /big HTTP/1.1\r\nhost: example.com\r\ntransfer-encoding: chunked\r\n\r\n"
                       b"8\r\n01234567\r\n")
             s.sendall(b"8\r\n89abcdef\r\n")      # 16 bytes: past 10, the request not ended
-            reply = _read_response(s)
-        assert reply.startswith(b"HTTP/1.1 413")
-        assert reply.endswith(b"\r\n\r\nPayload Too Large")
+            reply = read_response(s, "POST")
+        assert reply.status == 413
+        assert reply.body == b"Payload Too Large"
         assert upstream.requests == []
         assert p.counters()["http.ingress_http.downstream_rq_too_large"] == 1
     finally:

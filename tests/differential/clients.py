@@ -30,6 +30,7 @@ class Observation:
     upstream: dict[str, list] = field(default_factory=dict)
     error: str | None = None
     echo: bool = False  # a body was the echo upstream's JSON (compared as what it received)
+    log_lines: int = 1  # access-log lines the request leaves (one per pipelined response read)
 
 
 def is_echo_json(body: bytes) -> bool:
@@ -155,6 +156,8 @@ def send_raw(port: int, raw: bytes, timeout: float, keep: list | None = None,
             statuses.append(CLOSED)
             obs.error = type(e).__name__
         obs.status = statuses if responses > 1 else statuses[0]
+        if _method_of(raw) != "CONNECT":
+            obs.log_lines = max(1, sum(1 for st in statuses if st != CLOSED))
         return obs
     finally:
         if keep is not None and CLOSED not in statuses:

@@ -417,15 +417,26 @@ def _judge(case: Case, found: dict[str, tuple[Any, Any]], n_requests: int, agree
 
 
 def _wait_for_logs(*sides: tuple[ProxyProcess, list[Observation]], timeout: float = 1.0) -> None:
-    """Until each request's client port has a line in its proxy's access log, or `timeout`.
-    Both proxies write their logs out every 20 ms here (--file-flush-interval-msec); a request
-    that leaves no line (one that never reached a listener) costs the whole timeout, once."""
-    waiting = [(proxy, {p for o in observations for p in o.client_ports}) for proxy, observations in sides]
+    """Until each request's client port has its lines in its proxy's access log (one per
+    pipelined response read), or `timeout`. Both proxies write their logs out every 20 ms here
+    (--file-flush-interval-msec); a request that leaves fewer lines (one that never reached a
+    listener) costs the whole timeout, once."""
+    waiting = []
+    for proxy, observations in sides:
+        wanted: dict[int, int] = {}
+        for o in observations:
+            for p in o.client_ports:
+                wanted[p] = wanted.get(p, 0) + o.log_lines
+        waiting.append((proxy, wanted))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(wanted <= proxy.log_lines().keys() for proxy, wanted in waiting):
+        if all(_has_lines(proxy.log_lines(), wanted) for proxy, wanted in waiting):
             return
         time.sleep(0.05)
+
+
+def _has_lines(logs: dict[int, list], wanted: dict[int, int]) -> bool:
+    return all(len(logs.get(port, ())) >= n for port, n in wanted.items())
 
 
 def main(argv: list[str]) -> int:

@@ -278,12 +278,18 @@ def test_ads_steps_agree_with_real_envoy(api_type, tmp_path):
                     problems.append(f"{name}: ftproxy's NACK names no field path: {got['ftproxy']}")
                 for v in got.values():
                     seen_nacks.extend(v)
-            time.sleep(0.5)  # the workers apply what the main thread accepted
-            seen = {p.kind: (p.observe(reqs), p.stats()) for p in proxies}
-            (eo, es), (fo, fs) = seen["envoy"], seen["ftproxy"]
+            # The workers apply what the main thread accepted, each proxy in its own time: look
+            # until the two agree, for at most 5 s (what differs then is reported).
+            deadline = time.monotonic() + 5
+            while True:
+                time.sleep(0.2)
+                seen = {p.kind: (p.observe(reqs), p.stats()) for p in proxies}
+                (eo, es), (fo, fs) = seen["envoy"], seen["ftproxy"]
+                diff = {k: (es[k], fs[k]) for k in STATS if es[k] != fs[k] and k not in stats_skip}
+                if (eo == fo and not diff) or time.monotonic() > deadline:
+                    break
             if eo != fo:
                 problems.append(f"{name}: responses differ: envoy {eo} ftproxy {fo}")
-            diff = {k: (es[k], fs[k]) for k in STATS if es[k] != fs[k] and k not in stats_skip}
             if diff:
                 problems.append(f"{name}: stats differ (envoy, ftproxy): {diff}")
     finally:

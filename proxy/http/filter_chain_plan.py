@@ -43,7 +43,8 @@ class ChainPlan:
 
     __slots__ = ("decoders_only", "all_decode", "decode_idx", "encode_idx", "decode_data_passes",
                  "decode_trailers_passes", "encode_headers_passes", "encode_data_passes",
-                 "encode_trailers_passes", "grpc_snapshot", "destroy_idx", "encode_one")
+                 "encode_trailers_passes", "grpc_snapshot", "destroy_idx", "encode_one",
+                 "encode_body_filters")
 
     def __init__(self, factories, classes) -> None:
         n = len(classes)
@@ -63,6 +64,12 @@ class ChainPlan:
         self.encode_headers_passes = all(_passes(classes[i], "encode_headers") for i in encode)
         self.encode_data_passes = all(_passes(classes[i], "encode_data") for i in encode)
         self.encode_trailers_passes = all(_passes(classes[i], "encode_trailers") for i in encode)
+        # The encoder filters with a body or trailers call of their own: when each of them
+        # said a response's body is not theirs (FilterManager.pass_encoded_body), that
+        # response's body and trailers go straight to the wire sink.
+        self.encode_body_filters = sum(
+            1 for i in encode
+            if not (_passes(classes[i], "encode_data") and _passes(classes[i], "encode_trailers")))
         # Whether a filter before the terminal one may change the request's content-type: only
         # then does the stream note, as the request arrives, whether it is gRPC (its local
         # replies' shape); otherwise a local reply reads the unchanged header when it happens.

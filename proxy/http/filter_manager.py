@@ -109,7 +109,7 @@ class FilterManager:
 
     __slots__ = ("chains", "held", "decoder_aborted", "encoding_started", "cached_route",
                  "picked_cluster", "filters", "response_head_pending", "grpc_request",
-                 "headers_end_call", "body_added", "plan")
+                 "headers_end_call", "body_added", "plan", "encode_body_left")
 
     def init_filters(self) -> None:
         self.chains = None            # (decoders, encoders + wire sink) once created
@@ -167,6 +167,8 @@ class FilterManager:
             if plan is None:
                 plan = plans.learn_switched(made, filters)
         self.plan = plan
+        # Encoder filters yet to say this response's body is not theirs (pass_encoded_body).
+        self.encode_body_left = plan.encode_body_filters
         decoders = filters if plan.all_decode else [filters[i] for i in plan.decode_idx]
         one = plan.encode_one
         if one is not None:  # (the usual: one encoder filter)
@@ -185,6 +187,13 @@ class FilterManager:
         the request arrived as gRPC is noted now, for the shape of a later local reply."""
         if self.grpc_request is None:
             self.grpc_request = is_grpc_request(self.head.headers)
+
+    def pass_encoded_body(self) -> None:
+        """From an encoder filter, at most once per stream (at its encode_headers): its
+        encode_data and encode_trailers would only CONTINUE this response unchanged. Once
+        every encoder filter with such calls of its own said so, the body and trailers skip
+        them (the filter may still be called, e.g. when another filter holds the response)."""
+        self.encode_body_left -= 1
 
     def _disabled_for_route(self, name: str, default: bool) -> bool:
         route = self.route()
@@ -380,7 +389,7 @@ class FilterManager:
         if chains is None or not chains[_ENCODE]:
             self._write_data(data, end_stream)
             return
-        if self.plan.encode_data_passes and self.held[_ENCODE] is None:
+        if (not self.encode_body_left or self.plan.encode_data_passes) and self.held[_ENCODE] is None:
             sink = chains[_ENCODE][-1]
             if sink.head is None:
                 self._write_data(data, end_stream)  # (what the wire sink does then)
@@ -396,7 +405,7 @@ class FilterManager:
         if chains is None or not chains[_ENCODE]:
             self._write_trailers(trailers)
             return
-        if self.plan.encode_trailers_passes and self.held[_ENCODE] is None:
+        if (not self.encode_body_left or self.plan.encode_trailers_passes) and self.held[_ENCODE] is None:
             chains[_ENCODE][-1].encode_trailers(trailers)
             return
         self._trailers(_ENCODE, 0, trailers)
@@ -515,7 +524,7 @@ class FilterManager:
                     self.encode_data(body, True)
                 return
             i += 1
-        if (self.plan.encode_data_passes and self.held[_ENCODE] is None
+        if ((not self.encode_body_left or self.plan.encode_data_passes) and self.held[_ENCODE] is None
                 and self.chains[_ENCODE] is filters):
             self._write_headers(head, True, body)
             return

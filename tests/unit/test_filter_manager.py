@@ -607,3 +607,42 @@ def test_a_whole_response_whose_body_a_filter_holds_goes_on_when_it_continues():
                                              ("b", "encode_data"), ("a", "encode_data")]
     s.continue_encoding()
     assert s.wire == [("headers", 200, True, b"whole")]  # (one write, as before _encode_whole)
+
+
+def test_a_body_every_body_filter_passed_on_skips_them():
+    """pass_encoded_body: once each encoder filter with a body call of its own said this
+    response's body is not its (a compressor that chose not to compress), the body and the
+    trailers go straight to the wire; until the last of them said so, they still run."""
+    class Passing(Recording):
+        def encode_headers(self, head, end_stream):
+            if self.name in passing:
+                self.stream.pass_encoded_body()
+            return self._call("encode_headers", (head.status, end_stream))
+
+    def passing_factory(name):
+        return SimpleNamespace(name=name, decoder=True, encoder=True,
+                               create=lambda cb: Passing(name, cb))
+
+    passing = {"a", "b"}
+    s = FakeStream()
+    s.create_filter_chain([(passing_factory("a"), False, False), (passing_factory("b"), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    assert s.plan.encode_body_filters == 2 and not s.plan.encode_data_passes
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"body", False)
+    s.encode_trailers([(b"t", b"1")])
+    assert [call for _, call, _ in s.log] == ["encode_headers", "encode_headers"]
+    assert s.wire == [("headers", 200, False, None), ("data", b"body", False), ("trailers", [(b"t", b"1")])]
+    whole = FakeStream()
+    whole.create_filter_chain([(passing_factory("a"), False, False), (passing_factory("b"), False, False),
+                               (Factory("router", encoder=False), False, False)])
+    whole.encode_headers(ResponseHead(200, Headers()), True, b"whole")
+    assert whole.wire == [("headers", 200, True, b"whole")] and len(whole.log) == 2
+
+    passing = {"a"}  # "b" keeps the body: both still see it
+    s = FakeStream()
+    s.create_filter_chain([(passing_factory("a"), False, False), (passing_factory("b"), False, False),
+                           (Factory("router", encoder=False), False, False)])
+    s.encode_headers(ResponseHead(200, Headers()), False)
+    s.encode_data(b"body", True)
+    assert ("a", "encode_data", (b"body", True)) in s.log and ("b", "encode_data", (b"body", True)) in s.log

@@ -183,6 +183,8 @@ class WorkerCompressorFactory:
         self.stats = {n: scope.counter(config.response_stats_prefix + n if n in prefixed else n)
                       for n in _STATS}
         self.request_stats = {n: scope.counter(f"request.{n}") for n in _REQUEST_STATS}
+        self.request_not_compressed = self.request_stats["not_compressed"]
+        self.remove_accept = config.remove_accept_encoding_header
         # The only compressor of its chain (the usual): it chooses the encoding alone, and a
         # stream needs no registry of its compressors.
         alone = sum(isinstance(f.config, CompressorConfig) for f in ctx.config.http_filters) == 1
@@ -190,7 +192,7 @@ class WorkerCompressorFactory:
 
     def create(self, callbacks) -> CompressorFilter:
         if self.alone is not None:
-            return CompressorFilter(self, None)
+            return CompressorFilter(self, None, callbacks)
         # Envoy's CompressorRegistry: the stream's compressor filters, in chain order, so the
         # first of them to see the response chooses the encoding for all (chooseEncoding).
         info = callbacks.stream_info
@@ -198,7 +200,7 @@ class WorkerCompressorFactory:
         if registry is None:
             registry = info.compressors = _Registry()
         registry.configs.append(self.config)
-        return CompressorFilter(self, registry)
+        return CompressorFilter(self, registry, callbacks)
 
 
 class _Registry:
@@ -265,19 +267,21 @@ def choose_encoding(accept: bytes, content_type: str | None,
 
 class CompressorFilter(PassThroughFilter):
     keeps_request_content_type = True  # (filter.py: no gRPC snapshot needed for it)
-    __slots__ = ("wf", "registry", "accept", "encoder")
+    __slots__ = ("wf", "registry", "cb", "accept", "encoder")
 
-    def __init__(self, wf: WorkerCompressorFactory, registry: _Registry | None) -> None:
+    def __init__(self, wf: WorkerCompressorFactory, registry: _Registry | None, callbacks) -> None:
         self.wf = wf
         self.registry = registry
+        self.cb = callbacks
         self.accept: bytes | None = None   # the request's Accept-Encoding
         self.encoder = None
 
     def decode_headers(self, head, end_stream: bool) -> int:
+        wf = self.wf
         headers = head.headers
         self.accept = headers.get(b"accept-encoding")
-        self.wf.request_stats["not_compressed"].value += 1
-        if self.wf.config.remove_accept_encoding_header:
+        wf.request_not_compressed.value += 1
+        if wf.remove_accept:
             headers.remove(b"accept-encoding")
         return FilterHeadersStatus.CONTINUE
 
@@ -310,6 +314,7 @@ class CompressorFilter(PassThroughFilter):
             self.encoder = config.library.new()
         else:
             stats["not_compressed"].value += 1
+            self.cb.pass_encoded_body()  # (its encode_data and encode_trailers: CONTINUE)
         if compressible:
             _add_vary(headers)  # even when this client did not accept it (caches in front)
         return FilterHeadersStatus.CONTINUE

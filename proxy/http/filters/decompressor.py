@@ -106,6 +106,7 @@ class WorkerDecompressorFactory:
         scope = ctx.worker.stats.scope(f"http.{ctx.config.stat_prefix}.decompressor.{config.library_name}."
                                        f"{config.library.stats_name}")
         self.encoding = config.library.encoding.encode()
+        self.advertise = config.response_enabled and config.advertise_accept_encoding
         self.stats = {d: {n: scope.counter(f"{d}.{n}") for n in _STATS} for d in ("request", "response")}
 
     def create(self, callbacks) -> DecompressorFilter:
@@ -150,12 +151,10 @@ def _drop_outer_coding(headers) -> None:
     headers.remove(b"content-length")
 
 
-def _advertised(accept: bytes | None, encoding: bytes) -> bytes:
+def _advertised(accept: bytes, encoding: bytes) -> bytes:
     """Accept-Encoding with the library's coding advertised as Envoy rewrites it: the tokens
     trimmed, any naming this coding (as written, q-value or not) dropped, the coding appended,
     joined with ","."""
-    if accept is None:
-        return encoding
     tokens = [t.strip() for t in accept.split(b",")]
     kept = [t for t in tokens if t and t.split(b";", 1)[0].strip() != encoding]
     return b",".join([*kept, encoding])
@@ -172,13 +171,18 @@ class DecompressorFilter(PassThroughFilter):
         self.response: _Inflate | None = None
 
     def decode_headers(self, head, end_stream: bool) -> int:
-        config = self.wf.config
+        wf = self.wf
         headers = head.headers
-        stats = self.wf.stats["request"]
-        if config.response_enabled and config.advertise_accept_encoding:
-            headers.set(b"accept-encoding", _advertised(headers.get(b"accept-encoding"), self.wf.encoding))
+        if wf.advertise:
+            accept = headers.get(b"accept-encoding")
+            if accept is None:
+                headers.add(b"accept-encoding", wf.encoding)
+            else:
+                headers.set(b"accept-encoding", _advertised(accept, wf.encoding))
         if end_stream:
             return FilterHeadersStatus.CONTINUE  # a headers-only request counts nothing, as Envoy
+        config = wf.config
+        stats = wf.stats["request"]
         if config.request_enabled and _outer_is(headers, self.wf.encoding):
             _drop_outer_coding(headers)
             self.request = _Inflate(config, stats)
@@ -199,18 +203,20 @@ class DecompressorFilter(PassThroughFilter):
         return out
 
     def encode_headers(self, head, end_stream: bool) -> int:
-        config = self.wf.config
-        headers = head.headers
-        stats = self.wf.stats["response"]
         if end_stream:
             return FilterHeadersStatus.CONTINUE  # a headers-only response counts nothing, as Envoy
-        no_transform = b"no-transform" in (headers.get(b"cache-control") or b"").lower()
-        if config.response_enabled and not no_transform and _outer_is(headers, self.wf.encoding):
+        wf = self.wf
+        config = wf.config
+        headers = head.headers
+        stats = wf.stats["response"]
+        if (config.response_enabled and _outer_is(headers, wf.encoding)
+                and b"no-transform" not in (headers.get(b"cache-control") or b"").lower()):
             _drop_outer_coding(headers)
             self.response = _Inflate(config, stats)
             stats["decompressed"].value += 1
         else:
             stats["not_decompressed"].value += 1
+            self.cb.pass_encoded_body()  # (its encode_data: CONTINUE)
         return FilterHeadersStatus.CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool):

@@ -24,7 +24,7 @@ from dataclasses import replace
 from ..router.grpc_timeout import (format_grpc_timeout, legacy_grpc_timeout_ms, parse_grpc_timeout,
                                    stream_duration_ms)
 from ..router.hash_policy import request_hash, set_cookie_value
-from ..router.header_mutation import apply_mutations
+from ..router.header_mutation import ResponseInfo, apply_mutations
 from ..upstream.hashing_lb import xxhash64
 from ..router.mirror_policy import shadow_authority
 from .codec.events import ResponseHeaders
@@ -195,7 +195,7 @@ class RouterFilter:
         stream = self.stream
         head = local_reply_head(status, body, extra)
         if self.route.response_mutations:
-            apply_mutations(self.route.response_mutations, head.headers, stream)
+            apply_mutations(self.route.response_mutations, head.headers, ResponseInfo(stream, head.headers))
         stream.response_code_details = details
         if not stream.request_complete:
             stream.abandon_request()  # the rest of the request body will not be read
@@ -490,7 +490,7 @@ class RouterFilter:
         if self.set_cookies is not None:
             headers.fields.extend((b"set-cookie", c) for c in self.set_cookies)
         if self.route.response_mutations:
-            apply_mutations(self.route.response_mutations, headers, stream)
+            apply_mutations(self.route.response_mutations, headers, ResponseInfo(stream, headers))
         if rc.dynamic_stats:
             self.cluster.stats.record_response(ev.status, self.pool)
         elif ev.status < 500:

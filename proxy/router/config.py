@@ -201,8 +201,8 @@ class RouteConfiguration:
 
 
 def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation, ...]]:
-    return (parse_header_mutations(f, "request_headers_to_add", "request_headers_to_remove"),
-            parse_header_mutations(f, "response_headers_to_add", "response_headers_to_remove"))
+    return (parse_header_mutations(f, "request_headers_to_add", "request_headers_to_remove", True),
+            parse_header_mutations(f, "response_headers_to_add", "response_headers_to_remove", True))
 
 
 # -- RouteAction ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `Heade
 - levels run innermost first (route, virtual host, route config) so outer levels win
   conflicts; with `most_specific_header_mutations_wins` the order is reversed;
 - `append_action` default APPEND_IF_EXISTS_OR_ADD; legacy `append: false` means
-  OVERWRITE_IF_EXISTS_OR_ADD; both set is an error;
+  OVERWRITE_IF_EXISTS_OR_ADD; both set is an error unless append_action is the default;
 - an empty formatted value is skipped unless `keep_empty_value`;
 - `:`-prefixed names and `host` may not be added or removed;
 - values are format strings: `%%` is a literal percent; supported operators are
@@ -16,8 +16,9 @@ Job: parse `HeaderValueOption` lists and remove lists into flat tuples of `Heade
   `%DOWNSTREAM_LOCAL_ADDRESS%`, `%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%`,
   `%DOWNSTREAM_REMOTE_PORT%`, `%DOWNSTREAM_LOCAL_PORT%`,
   `%REQ(name)%` (also `%REQ(a?b)%` and `:N` truncation), `%START_TIME%`,
-  `%RESP(name)%` only where the caller allows it (`allow_resp`: the header_mutation filter,
-  whose `info` then carries `response_headers`; elsewhere it is refused at load),
+  `%RESP(name)%` where the caller allows it (`allow_resp`: the route tables and the
+  header_mutation filter, whose `info` for a response is a `ResponseInfo`; a request's mutations
+  read "" as Envoy's do; elsewhere it is refused at load),
   `%REQUESTED_SERVER_NAME%`, `%DYNAMIC_METADATA(ns:key...)%` (access_log/metadata_format.py,
   from `info.dynamic_metadata`) and the TLS operators
   (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_PEER_SUBJECT%`, ...: access_log/tls_operators.py,
@@ -247,7 +248,9 @@ def parse_header_value_option(raw: Any, path: str, allow_resp: bool = False) -> 
         if any(c in text for c in "\r\n\0"):
             raise ConfigError(h.at("value"), "header values may not contain CR, LF or NUL")
         value = compile_value_format(text, h.at("value"), allow_resp)
-    if f.has("append") and f.has("append_action"):
+    if f.has("append") and f.enum("append_action", _APPEND_ACTIONS,
+                                  APPEND_IF_EXISTS_OR_ADD) != APPEND_IF_EXISTS_OR_ADD:
+        # (as Envoy: append_action at its default is as good as unset)
         raise ConfigError(f.path, "both append and append_action are set; use append_action")
     if f.has("append"):
         action = APPEND_IF_EXISTS_OR_ADD if f.bool("append") else OVERWRITE_IF_EXISTS_OR_ADD
@@ -256,13 +259,28 @@ def parse_header_value_option(raw: Any, path: str, allow_resp: bool = False) -> 
     return HeaderMutation(name, False, value, action, f.bool("keep_empty_value", False))
 
 
-def parse_header_mutations(f: Fields, add_key: str, remove_key: str | None) -> tuple[HeaderMutation, ...]:
+def parse_header_mutations(f: Fields, add_key: str, remove_key: str | None,
+                           allow_resp: bool = False) -> tuple[HeaderMutation, ...]:
     """One level's mutations from fields `add_key` / `remove_key` (None: a message with only
-    additions) of `f`: removals first."""
+    additions) of `f`: removals first (`allow_resp` as compile_value_format's)."""
     removals = f.list(remove_key) if remove_key else ()
     out = [HeaderMutation(check_header_name(name, p), remove=True) for name, p in removals]
-    out.extend(parse_header_value_option(item, p) for item, p in f.list(add_key))
+    out.extend(parse_header_value_option(item, p, allow_resp) for item, p in f.list(add_key))
     return tuple(out)
+
+
+class ResponseInfo:
+    """A stream's info with the response headers being mutated, for %RESP(...)%: the stream
+    records its response head only as it is written, after the filters and route tables."""
+
+    __slots__ = ("_info", "response_headers")
+
+    def __init__(self, info: Any, response_headers: Any) -> None:
+        self._info = info
+        self.response_headers = response_headers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._info, name)
 
 
 def combine_levels(levels_inner_first: Iterable[tuple[HeaderMutation, ...]],

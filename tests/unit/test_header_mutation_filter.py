@@ -71,10 +71,18 @@ def test_resp_operator_reads_the_response_head_and_is_empty_before_it():
     assert not h.has(b"x-none")  # empty, and no keep_empty_value
 
 
-def test_resp_operator_stays_refused_in_the_route_tables():
-    with pytest.raises(ConfigError, match="unsupported header value operator %RESP%"):
+def test_route_tables_take_resp_and_append_beside_a_default_append_action():
+    """As Envoy 1.40 (tests/differential/cases/header_mutation.yaml, /resp-op): %RESP()% in
+    a route table's header values, and `append` with `append_action` at its default."""
+    rc = parse_route_configuration({"name": "rc", "response_headers_to_add": [
+        {"header": {"key": "x", "value": "%RESP(a)%"}},
+        {"header": {"key": "y", "value": "1"}, "append": False,
+         "append_action": "APPEND_IF_EXISTS_OR_ADD"}], "virtual_hosts": []}, "rc")
+    assert rc is not None
+    with pytest.raises(ConfigError, match="both append and append_action are set"):
         parse_route_configuration({"name": "rc", "response_headers_to_add": [
-            {"header": {"key": "x", "value": "%RESP(a)%"}}], "virtual_hosts": []}, "rc")
+            {"header": {"key": "y", "value": "1"}, "append": True,
+             "append_action": "OVERWRITE_IF_EXISTS"}], "virtual_hosts": []}, "rc")
 
 
 def test_config_errors_name_the_field():

@@ -33,8 +33,9 @@ from typing import Any
 from ...config.fields_table import Message, refused, used
 from ...config.reader import ConfigError, Fields
 from ...config.registry import Extension, register
-from ...router.header_mutation import (HeaderMutation, apply_mutations, check_header_name,
-                                       compile_value_format, parse_header_value_option)
+from ...router.header_mutation import (HeaderMutation, ResponseInfo, apply_mutations,
+                                       check_header_name, compile_value_format,
+                                       parse_header_value_option)
 from ..filter import FilterHeadersStatus, PassThroughFilter
 from ..headers import Headers
 from .header_mutation_query import QUERY_APPEND_ACTIONS, QueryMutation, apply_query_mutations
@@ -192,20 +193,6 @@ class WorkerHeaderMutationFactory:
         return HeaderMutationFilter(callbacks, self)
 
 
-class _ResponseInfo:
-    """The stream's info with the response head the encoder sees (for %RESP(...)%): the
-    stream records its response head only when it is written, after the encoders."""
-
-    __slots__ = ("_info", "response_headers")
-
-    def __init__(self, info: Any, response_headers: Any) -> None:
-        self._info = info
-        self.response_headers = response_headers
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._info, name)
-
-
 def _mutate_trailers(trailers: list[tuple[bytes, bytes]], levels: list[tuple[HeaderMutation, ...]],
                      info: Any) -> None:
     """Trailers are a list of (name, value) the filter chain passes on: changed in place."""
@@ -224,7 +211,7 @@ class HeaderMutationFilter(PassThroughFilter):
         self.cb = callbacks
         self.wf = wf
         self.levels: tuple[Mutations, ...] | None = None  # filter's, then the routes', in order
-        self.response_info: _ResponseInfo | None = None
+        self.response_info: ResponseInfo | None = None
 
     def _levels(self) -> tuple[Mutations, ...]:
         """Resolved once per stream (Envoy's maybeInitializeRouteConfigs): the same levels for
@@ -254,14 +241,14 @@ class HeaderMutationFilter(PassThroughFilter):
         return 0
 
     def encode_headers(self, head, end_stream: bool) -> int:
-        info = self.response_info = _ResponseInfo(self.cb.stream_info, head)
+        info = self.response_info = ResponseInfo(self.cb.stream_info, head)
         for m in self._levels():
             if m.response_mutations:
                 apply_mutations(m.response_mutations, head.headers, info)
         return FilterHeadersStatus.CONTINUE
 
     def encode_trailers(self, trailers) -> int:
-        info = self.response_info or _ResponseInfo(self.cb.stream_info, None)
+        info = self.response_info or ResponseInfo(self.cb.stream_info, None)
         _mutate_trailers(trailers, [m.response_trailers_mutations for m in self._levels()], info)
         return 0
 

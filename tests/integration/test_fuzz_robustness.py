@@ -397,13 +397,18 @@ class Bystander:
                 n += 1
                 path = b"/bystander/%d" % n
                 idle = time.monotonic() - idle_since
-                s.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\nX-Fz-Id: bystander\r\n\r\n" % path)
                 chunk = b"-"
-                while not re.search(rb"\r\n\r\nok", buf):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
+                try:
+                    s.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\nX-Fz-Id: bystander\r\n\r\n" % path)
+                    while not re.search(rb"\r\n\r\nok", buf):
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        buf += chunk
+                except ConnectionResetError:
+                    # The request met the proxy's idle close (it came to a socket the proxy
+                    # had closed: a reset, not a FIN): judged below as a close.
+                    chunk = b""
                 if not chunk:
                     s.close()
                     s = None

@@ -121,16 +121,13 @@ class AsyncRequest:
         self.on_response = on_response
         self.deadlines = deadlines
         self.stream = self        # what a DownstreamProtocolPool reads: stream.head.http_version
+        self.cluster = self.pool = self.upstream = self.pool_handle = self.timer = None
+        self.holds_slot = False
+        self.done = False
+        self.started = 0.0
+        self.status = 0
+        self.headers: HeaderList = []
         self.chunks: list[bytes] = []
-        # (the other attributes start as the class's, below: one request per call to
-        # another service, ext_authz's for every request, so no stores it need not make)
-
-    cluster = pool = upstream = pool_handle = timer = None
-    holds_slot = False
-    done = False
-    started = 0.0
-    status = 0
-    headers: HeaderList | tuple = ()   # the answer's, set with its head
 
     # -- the caller's side ---------------------------------------------------------------------
     def send(self) -> None:

@@ -42,7 +42,6 @@ Stats `http.<prefix>.ext_authz.[<stat_prefix>.]{ok,denied,error,disabled,failure
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -335,7 +334,9 @@ class WorkerExtAuthz:
         self.error = scope.counter("error")
         self.disabled = scope.counter("disabled")
         self.failure_mode_allowed = scope.counter("failure_mode_allowed")
-        self.create = functools.partial(ExtAuthzFilter, wf=self)   # (no frame of its own per stream)
+
+    def create(self, callbacks) -> ExtAuthzFilter:
+        return ExtAuthzFilter(callbacks, self)   # (a call from Python: specialized, no type lookups)
 
 
 class ExtAuthzFilter(PassThroughFilter):

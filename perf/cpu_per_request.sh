@@ -116,10 +116,16 @@ for line in open(path):
 base = {"ext_authz": "router", "ext_authz_grpc": "router+auth"}
 def rel(d, s, name):
     b = d.get((s, base.get(name, "")))
-    return f"{100 * (statistics.median(d[s, name]) / statistics.median(b) - 1):+.1f} %" if b else "—"
+    if not b:
+        return "—"
+    # the medians' ratio, and the median of the ratios within each run (the rows of one run
+    # are measured minutes apart, not hours: that cancels the machine's drift between runs)
+    paired = statistics.median(x / y for x, y in zip(d[s, name], b))
+    return f"{100 * (statistics.median(d[s, name]) / statistics.median(b) - 1):+.1f} % ({100 * (paired - 1):+.1f} %)"
 runs = len(next(iter(total.values())))
 print(f"CPU µs per request: utime+stime of the proxy process / requests it served (median of {runs} "
-      f"runs of {secs} s, wrk -t1 -c{conns}, one worker); user: utime alone\n")
+      f"runs of {secs} s, wrk -t1 -c{conns}, one worker); user: utime alone. vs. router: the ratio of "
+      f"the medians (in brackets the median of the runs' own ratios)\n")
 print("| row | " + " | ".join(f"{s} µs/req (runs) | {s} vs. router | {s} user µs/req | {s} user vs. router"
                              for s in systems) + " |")
 print("|---|" + "---:|---:|---:|---:|" * len(systems))

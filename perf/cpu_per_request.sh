@@ -6,16 +6,18 @@
 # For each system (Envoy, ftproxy) and each row (config; request header), RUNS times in turn:
 # the proxy alone on the base's ports (perf/ports.sh), one worker (--concurrency 1), the nginx
 # upstream (perf/upstream.sh) that is also the HTTP authorization service of
-# configs/http-ext-authz-http.yaml, perf/grpc_authz_server.py for the gRPC row; wrk -t1 -c1
-# warms up for 1 s, then runs SECS seconds. The proxy's CPU time is utime+stime of its whole
+# configs/http-ext-authz-http.yaml, perf/grpc_authz_server.py for the gRPC row; wrk -t1
+# -c$WRK_C (1) warms up for 1 s, then runs SECS seconds. The proxy's CPU time is utime+stime of its whole
 # process from /proc/PID/stat (every thread, the kernel's share included), read after its
 # admin says it is idle before and after the run; it is divided by the requests the proxy
 # served in between (http.<prefix>.downstream_rq_total, perf/admin_stats.py). One connection,
-# as perf/filter_cost.sh: no batching of events, the same for both systems.
+# as perf/filter_cost.sh: no batching of events, the same for both systems. The table gives
+# per row the median over the runs and each system's ratio to its own router row: the ratio of
+# the medians and, in brackets, the median of each run's own ratio.
 #   perf/cpu_per_request.sh                  # RUNS=3 SECS=10 -> $OUT_DIR/table.md
 #   ROWS="router ext_authz" SYSTEMS=ftproxy perf/cpu_per_request.sh
 #   PY=/work/main/.venv-314t/bin/python perf/cpu_per_request.sh    # ftproxy on 3.14t
-# Knobs: PY (ftproxy's interpreter, default .venv/bin/python), ENVOY_BIN (.venv/bin/envoy),
+# Knobs: PY (ftproxy's interpreter, default .venv/bin/python), ENVOY_BIN (.venv/bin/envoy), WRK_C,
 # PROXY_CPU / CLIENT_CPU (taskset lists; default: not pinned), OUT_DIR
 # (/tmp/ftproxy-cpu-per-request[-BASE]). Loopback only; PERF_PORT_BASE=auto unless set.
 # Kills only the process groups it started.
@@ -75,6 +77,9 @@ stop_proxy() {
   kill -TERM -- "-$PROXY_PG" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$PROXY_PG" 2>/dev/null || break; sleep 0.1; done
   kill -KILL -- "-$PROXY_PG" 2>/dev/null || true
+  local keep=() p   # (its group is gone: never signalled again, its number may be reused)
+  for p in "${PGS[@]}"; do [ "$p" = "$PROXY_PG" ] || keep+=("$p"); done
+  PGS=("${keep[@]}")
   for _ in $(seq 100); do (perf_need_free "$PERF_PROXY_PORT" "$PERF_ADMIN_PORT") 2>/dev/null && break; sleep 0.1; done
 }
 cpu_ticks() { awk '{print $14, $15}' "/proc/$PROXY_PID/stat"; }   # utime stime

@@ -41,7 +41,8 @@ _NAME = itemgetter(0)
 class HeaderNames:
     """A ListStringMatcher over header names, precompiled, plus names always in (`always`) and
     never in (`never`, stronger than both). `name in names`; the hot paths read `exact` and
-    `others` themselves and call `matches_other` only when `others` is not empty."""
+    `others` themselves and call `matches_other` only when `others` is not empty. Immutable
+    once made (a frozenset, a tuple): shared by every worker."""
 
     __slots__ = ("exact", "others", "never")
 

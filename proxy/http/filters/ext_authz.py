@@ -22,7 +22,11 @@ Config `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz` with `http_service`
 The check (Envoy's RawHttpClientImpl): the request's method, its path behind `path_prefix`,
 its authority, `content-length` (0, or the body sent along), the client's Authorization and
 the headers `allowed_headers` matches (case-sensitively, as Envoy 1.40), then `headers_to_add`; sent to the
-cluster through the worker's async client (async_client.py) with the service's timeout.
+cluster through the worker's async client (async_client.py) with the service's timeout (one
+Deadlines per worker times every check). What goes in the check and where the answer's
+headers go is worked out once per config (ext_authz_http.py's CheckPlan: the name lists
+precompiled, static values encoded); the filter is an encoder only when the response may get
+the service's headers (allowed_client_headers_on_success, or the gRPC service).
 - 200: allowed. The answer's headers that `allowed_upstream_headers` matches replace the
   request's, `allowed_upstream_headers_to_append` ones are appended, and
   `allowed_client_headers_on_success` ones go on the client's response. Stat `ok`.
@@ -50,8 +54,9 @@ from ...config.runtime_values import FractionalPercent, parse_runtime_fractional
 from ...router.header_mutation import ValueFormat, compile_value_format
 from ...router.matchers import StringMatcher, parse_string_matcher
 from ...grpc.unary import GrpcFailure, frame, reply_message, request_headers
-from ..async_client import AsyncRequest, AsyncResponse
+from ..async_client import AsyncRequest, AsyncResponse, Deadlines
 from . import ext_authz_wire as wire
+from .ext_authz_http import CheckPlan, check_headers
 from .ext_authz_grpc import SERVICE_PATH, GrpcAuthzService, parse_grpc_service
 from ..filter import FilterDataStatus, FilterHeadersStatus, PassThroughFilter
 
@@ -288,17 +293,6 @@ def parse_ext_authz_per_route(raw: Mapping[str, Any], path: str) -> ExtAuthzPerR
                             context_extensions=tuple(extensions.items()))
 
 
-# Envoy's defaults: the check request always carries these; a denial, when
-# allowed_client_headers is set, always passes these on too.
-_REQUEST_ALWAYS = frozenset({b"authorization"})
-_CLIENT_ALWAYS = frozenset({b"content-length", b"www-authenticate", b"location"})
-
-
-def _matches(matchers: tuple[StringMatcher, ...], name: bytes) -> bool:
-    text = name.decode("latin-1")
-    return any(m.match(text) for m in matchers)
-
-
 def _reply_headers(mutations) -> list[tuple[bytes, bytes]]:
     """A denial's headers for the local reply (each replaces the reply's own)."""
     return [(name, value) for name, value, _ in mutations if name != b"content-length"]
@@ -308,22 +302,32 @@ class ExtAuthzFactory:
     def __init__(self, config: ExtAuthz, name: str) -> None:
         self.config = config
         self.name = name
+        # The HTTP service's selections, compiled once (immutable, read by every worker).
+        self.plan = CheckPlan.compile(config) if config.grpc_service is None else None
 
     def for_worker(self, ctx) -> WorkerExtAuthz:
         return WorkerExtAuthz(self, ctx)
 
 
 class WorkerExtAuthz:
+    """Per worker: the stats, the timeouts of the checks (one Deadlines), and the filter's
+    maker. A decoder filter; an encoder too only when the response may get headers from the
+    service: the gRPC service's response_headers_to_add, or the HTTP service's
+    allowed_client_headers_on_success (no per-route setting changes that, so the chain's shape
+    is known from the filter's own config)."""
+
     decoder = True
-    encoder = True
 
     def __init__(self, factory: ExtAuthzFactory, ctx) -> None:
         self.name = factory.name
-        self.config = factory.config
+        config = self.config = factory.config
+        self.plan = factory.plan
+        self.encoder = config.grpc_service is not None or factory.plan.on_success is not None
         self.worker = ctx.worker
+        self.deadlines = Deadlines(ctx.worker.dispatcher, config.timeout) if config.timeout else None
         prefix = f"http.{ctx.config.stat_prefix}.ext_authz"
-        if factory.config.stat_prefix:
-            prefix += "." + factory.config.stat_prefix
+        if config.stat_prefix:
+            prefix += "." + config.stat_prefix
         scope = ctx.worker.stats.scope(prefix)
         self.ok = scope.counter("ok")
         self.denied = scope.counter("denied")
@@ -332,12 +336,17 @@ class WorkerExtAuthz:
         self.failure_mode_allowed = scope.counter("failure_mode_allowed")
 
     def create(self, callbacks) -> ExtAuthzFilter:
-        return ExtAuthzFilter(callbacks, self)
+        return ExtAuthzFilter(callbacks, self)   # (a call from Python: specialized, no type lookups)
 
 
 class ExtAuthzFilter(PassThroughFilter):
     __slots__ = ("cb", "wf", "head", "request", "body", "buffering", "buffered", "pending",
                  "on_success_headers", "response_mutations")
+
+    # The request's content-type is not changed before the service answers; the answer's
+    # header changes (and failure_mode_allow_header_add) note first whether the request
+    # arrived as gRPC (filter_chain_plan.py).
+    keeps_request_content_type = True
 
     def __init__(self, callbacks, wf: WorkerExtAuthz) -> None:
         self.cb = callbacks
@@ -345,10 +354,9 @@ class ExtAuthzFilter(PassThroughFilter):
         self.head = None
         self.request: AsyncRequest | None = None
         self.body: BodySettings | None = None
-        self.buffering = False
-        self.buffered = 0
+        self.buffering = False   # (`buffered` is set when it starts)
         self.pending = False
-        self.on_success_headers: list[tuple[bytes, bytes]] = []
+        self.on_success_headers: list[tuple[bytes, bytes]] | None = None
         self.response_mutations: tuple = ()   # the gRPC service's response_headers_to_add
 
     # -- the request -------------------------------------------------------------------------
@@ -356,23 +364,24 @@ class ExtAuthzFilter(PassThroughFilter):
         wf = self.wf
         cfg = wf.config
         route_cfg = self.cb.per_filter_config(wf.name)
-        if route_cfg is not None and route_cfg.disabled:
-            return _CONTINUE
-        if cfg.filter_enabled is not None and not cfg.filter_enabled.enabled(wf.worker.rand_bits):
-            wf.disabled.value += 1
-            return _CONTINUE
-        self.head = head
         body = cfg.with_request_body
         if route_cfg is not None:
+            if route_cfg.disabled:
+                return _CONTINUE
             if route_cfg.disable_request_body_buffering:
                 body = None
             elif route_cfg.with_request_body is not None:
                 body = route_cfg.with_request_body
-        self.body = body
+        if cfg.filter_enabled is not None and not cfg.filter_enabled.enabled(wf.worker.rand_bits):
+            wf.disabled.value += 1
+            return _CONTINUE
+        self.head = head
         if body is not None and not end_stream:
+            self.body = body
             self.buffering = True
+            self.buffered = 0
             return FilterHeadersStatus.STOP_ITERATION
-        self.body = None  # no body to send along: no x-envoy-auth-partial-body either (Envoy)
+        # (no body to send along: no x-envoy-auth-partial-body either, as Envoy)
         self._check(b"", False)
         return _HOLD
 
@@ -398,28 +407,20 @@ class ExtAuthzFilter(PassThroughFilter):
         return 1 if self.pending else 0
 
     def _check(self, body: bytes, partial: bool) -> None:
-        """Ask the service (Envoy's RawHttpClientImpl::check)."""
+        """Ask the service (Envoy's RawHttpClientImpl::check): the request's method, its path
+        behind path_prefix, its authority, and the headers of ext_authz_http.check_headers."""
         wf = self.wf
         cfg = wf.config
         if cfg.grpc_service is not None:
             return self._check_grpc(body, partial)
         head = self.head
-        fields: list[tuple[bytes, bytes]] = [(b"content-length", b"%d" % len(body))]
-        allowed = cfg.allowed_headers
-        for name, value in head.headers.fields:
-            if name == b"host" or name == b"content-length":
-                continue
-            if name in _REQUEST_ALWAYS or (allowed and _matches(allowed, name)):
-                fields.append((name, value))
-        if self.body is not None:
-            fields.append((b"x-envoy-auth-partial-body", b"true" if partial else b"false"))
-        for name, value in cfg.headers_to_add:
-            fields = [kv for kv in fields if kv[0] != name]
-            fields.append((name, value.format(self.cb).encode("latin-1", "replace")))
+        fields = check_headers(wf.plan, head.headers.fields, len(body),
+                               partial if self.body is not None else None, self.cb)
         self.pending = True
-        self.request = AsyncRequest(wf.worker, cfg.cluster, head.method, cfg.path_prefix + head.path,
-                                    head.authority, fields, body, cfg.timeout, self._on_answer)
-        self.request.send()
+        request = self.request = AsyncRequest(
+            wf.worker, cfg.cluster, head.method, cfg.path_prefix + head.path if cfg.path_prefix else head.path,
+            head.authority, fields, body, cfg.timeout, self._on_answer, False, wf.deadlines)
+        request.send()
 
     def _check_grpc(self, body: bytes, partial: bool) -> None:
         """Ask the gRPC service (Envoy's GrpcClientImpl::check): one CheckRequest, unary."""
@@ -441,7 +442,7 @@ class ExtAuthzFilter(PassThroughFilter):
         self.request = AsyncRequest(wf.worker, service.cluster, b"POST", SERVICE_PATH,
                                     service.authority, request_headers(service.timeout, metadata),
                                     frame(message), service.timeout, self._on_grpc_answer,
-                                    send_xff=True)   # Envoy's gRPC async client appends its address
+                                    True, wf.deadlines)   # Envoy's gRPC async client appends its address
         self.request.send()
 
     # -- the answer --------------------------------------------------------------------------
@@ -478,6 +479,8 @@ class ExtAuthzFilter(PassThroughFilter):
             self.cb.send_local_reply(503, bad.encode("latin-1"), "DPE",
                                      "filter_removed_required_request_headers{%s}" % bad.replace(" ", "_"))
             return
+        if mutations or answer.remove:
+            self.cb.note_request_grpc()   # (before the request's headers change)
         changed = wire.apply_mutations(headers, mutations)
         for name in answer.remove:
             if name[:1] != b":" and name != b"host":   # Envoy's isRemovableHeader
@@ -493,44 +496,56 @@ class ExtAuthzFilter(PassThroughFilter):
         self.request = None
         self.pending = False
         wf = self.wf
-        if answer.local or answer.status >= 500:
+        status = answer.status
+        if status == 200 and not answer.local:
+            wf.ok.value += 1
+            if wf.plan.reads_answer:
+                self._allow(wf.plan, answer.headers)
+            self.cb.continue_decoding()
+        elif answer.local or status >= 500:
             wf.error.value += 1
             self._on_error()
-        elif answer.status == 200:
-            wf.ok.value += 1
-            self._allow(answer)
         else:
             wf.denied.value += 1
             self._deny(answer)
 
-    def _allow(self, answer: AsyncResponse) -> None:
-        cfg = self.wf.config
+    def _allow(self, plan: CheckPlan, answer_headers) -> None:
+        """A 200's headers: those allowed_upstream_headers names replace the request's,
+        allowed_upstream_headers_to_append ones are appended, and
+        allowed_client_headers_on_success ones go on the client's response."""
         headers = self.head.headers
+        upstream, append, on_success = plan.upstream, plan.upstream_append, plan.on_success
         changed = False
-        for name, value in answer.headers:
+        for name, value in answer_headers:
             name = name.lower()
-            if cfg.allowed_upstream_headers and _matches(cfg.allowed_upstream_headers, name):
+            if upstream is not None and name in upstream:
+                if not changed:
+                    self.cb.note_request_grpc()   # (before the request's headers change)
                 headers.set(name, value)
                 changed = True
-            if cfg.allowed_upstream_headers_to_append and _matches(cfg.allowed_upstream_headers_to_append, name):
+            if append is not None and name in append:
+                if not changed:
+                    self.cb.note_request_grpc()
                 headers.fields.append((name, value))
                 changed = True
-            if cfg.allowed_client_headers_on_success and _matches(cfg.allowed_client_headers_on_success, name):
+            if on_success is not None and name in on_success:
+                if self.on_success_headers is None:
+                    self.on_success_headers = []
                 self.on_success_headers.append((name, value))
-        if changed and cfg.clear_route_cache:
+        if changed and self.wf.config.clear_route_cache:
             self.cb.clear_route_cache()
-        self.cb.continue_decoding()
 
     def _deny(self, answer: AsyncResponse) -> None:
-        cfg = self.wf.config
-        allowed = cfg.allowed_client_headers
+        """The service's status, body and headers (those allowed_client_headers names, with
+        Envoy's defaults; all but host when it is unset) to the client."""
+        client = self.wf.plan.client
         extra = []
         for name, value in answer.headers:
             name = name.lower()
             if name == b"content-length":
                 continue  # the local reply's own
-            if allowed:
-                if name in _CLIENT_ALWAYS or _matches(allowed, name):
+            if client is not None:
+                if name in client:
                     extra.append((name, value))
             elif name != b"host":
                 extra.append((name, value))
@@ -541,6 +556,7 @@ class ExtAuthzFilter(PassThroughFilter):
         if cfg.failure_mode_allow:
             self.wf.failure_mode_allowed.value += 1
             if cfg.failure_mode_allow_header_add:
+                self.cb.note_request_grpc()   # (before the request's headers change)
                 self.head.headers.set(b"x-envoy-auth-failure-mode-allowed", b"true")
             self.cb.continue_decoding()
             return
@@ -553,10 +569,11 @@ class ExtAuthzFilter(PassThroughFilter):
     def _reply(self, status: int, body: bytes, details: str, extra) -> None:
         self.cb.send_local_reply(status, body, "UAEX", details, extra)
 
-    # -- the response ------------------------------------------------------------------------
+    # -- the response (only when the factory is an encoder) ----------------------------------
     def encode_headers(self, head, end_stream: bool) -> int:
-        for name, value in self.on_success_headers:
-            head.headers.set(name, value)
+        if self.on_success_headers:
+            for name, value in self.on_success_headers:
+                head.headers.set(name, value)
         if self.response_mutations:
             wire.apply_mutations(head.headers, self.response_mutations)
         return _CONTINUE

@@ -35,17 +35,20 @@ Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
   `jwt_cache_size` verified tokens (LRU, tokens up to `jwt_max_token_size`); a token found there
   skips parsing and the signature check, not the issuer, time, audience, subject and lifetime
   checks; one expired (60 s skew) is dropped. Only a named provider's tokens are cached.
+  (jwt_cache.py: with the token the entry keeps what those checks need, so that the usual
+  requirement, one provider at the root of its rule, passes a cached token by one lookup and
+  one time comparison, with the same outcome, stats and effects.)
 Stats `http.<stat_prefix>.jwt_authn.[<filter stat_prefix>.]{allowed,denied,cors_preflight_bypassed,
 jwks_fetch_success,jwks_fetch_failed,jwt_cache_hit,jwt_cache_miss}` (a named provider's token
 looked up in its cache; without one every lookup is a miss, as Envoy counts it).
 
-Thread affinity: the factory's compiled verifiers are immutable and shared; each worker's JWKS
-cache belongs to it; a filter and its verification state belong to the stream's worker.
+Thread affinity: the factory's compiled verifiers (and their Shortcuts) are immutable and shared;
+each worker's JWKS cache and token caches belong to it (no lock); a filter and its verification
+state belong to the stream's worker.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from functools import partial
@@ -55,6 +58,8 @@ from ...router.matchers import RequestView
 from ..async_client import AsyncRequest, AsyncResponse
 from ..filter import FilterHeadersStatus, PassThroughFilter
 from . import jwt_verify as jv
+from . import jwt_cache
+from .jwt_cache import CachedJwt, Shortcut
 from .jwt_extract import Extractor, Token, remove_token
 from .jwt_authn_config import (NAME, PER_ROUTE_PROTO, PROTO, AllowAll, AllowMissing, AllRequirement,
                                AnyRequirement, JwtAuthentication, JwtProvider, ProviderRequirement,
@@ -67,7 +72,6 @@ _HOLD = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
 _MAX_URI_PATH = 256   # Envoy's MaximumUriLength for the realm
 _OK = jv.OK
 _time = time.time
-_CACHE_SKEW = 60      # JwtCache::lookup drops a token expired by more than this (jwt_verify_lib's default)
 
 
 # -- the requirement tree, compiled (Verifier) ------------------------------------------------
@@ -86,7 +90,7 @@ class _Node:
         self.extractor = None
         self.children: tuple = ()
         self.allow_missing_or_failed = self.allow_missing = self.failed = False
-        self.direct = None   # a root provider requirement's _Direct, when it has one
+        self.direct = None   # a root provider requirement's Shortcut (jwt_cache.py), if any
 
 
 def _compile(req, providers: tuple[JwtProvider, ...], parent=None) -> _Node:
@@ -111,81 +115,8 @@ def _compile(req, providers: tuple[JwtProvider, ...], parent=None) -> _Node:
         assert isinstance(req, AllowAll), req
         n = _Node("none", parent)
     if parent is None and n.kind == "provider":
-        n.direct = _Direct.of(n)
+        n.direct = Shortcut.of(n.provider, n.audiences, n.extractor)
     return n
-
-
-class _Direct:
-    """The usual requirement (one provider, the root of its rule, its verified tokens cached:
-    jwt_cache_config) as a cache lookup: the token from its one header location, looked up in
-    this worker's cache of the provider, and when the entry's time window holds the clock and
-    it was checked against these same audiences, the request passes as the whole check would
-    pass it (filter.decode_headers). Anything else (no entry, a time check that would fail, a
-    query or cookie that may carry another token, a header name twice) goes the whole way.
-    Immutable, shared by the workers."""
-
-    __slots__ = ("cache", "header", "prefix", "skip", "audiences", "forward", "params", "cookies")
-
-    def __init__(self, node: _Node, header: bytes, prefix: bytes) -> None:
-        provider = node.provider
-        self.cache = provider.name
-        self.header = header
-        self.prefix = prefix
-        self.skip = len(prefix)
-        self.audiences = node.audiences if node.audiences is not None else provider.audiences
-        self.forward = provider.forward
-        self.params = bool(node.extractor.params)
-        self.cookies = bool(node.extractor.cookies)
-
-    @classmethod
-    def of(cls, node: _Node) -> _Direct | None:
-        """The shortcut for a root provider node, or None when its provider or locations ask
-        for more than the shortcut does (then every request takes the whole path)."""
-        provider = node.provider
-        locations = node.extractor.headers
-        if not provider.jwt_cache_size or len(locations) != 1:
-            return None
-        if provider.header_in_metadata or provider.payload_in_metadata:
-            return None
-        if provider.clear_route_cache and provider.claim_to_headers:
-            return None
-        header, prefix, _ = locations[0]
-        if header == provider.forward_payload_header or any(h == header for h, _ in provider.claim_to_headers):
-            return None   # a header the token came in and one it writes: the whole path's order
-        return cls(node, header, prefix)
-
-
-class _Cached:
-    """A verified token in a provider's cache (JwtCache's entry), with what a later request
-    needs worked out once: `lo <= time.time() < hi` is the wall-clock window in which the
-    provider's nbf / exp checks (its clock skew), the cache's own expiry (60 s) and
-    max_lifetime all pass (integer bounds: `int(t) >= n` is `t >= n`); `audiences` the allowed
-    set it passed (only the same set may skip the check); `adds` the payload and claim headers
-    a good token adds. The issuer and subject checks depend on the token and provider alone
-    (a provider's cache only takes tokens of its own requirement nodes, whose locations know
-    only its issuer), so an entry passed them. Immutable once made; per worker."""
-
-    __slots__ = ("jwt", "lo", "hi", "audiences", "adds")
-
-    def __init__(self, jwt: jv.Jwt, provider: JwtProvider, audiences, adds: tuple) -> None:
-        self.jwt = jwt
-        self.audiences = audiences
-        self.adds = adds
-        skew = provider.clock_skew_seconds
-        lo = jwt.nbf - skew                       # not "Jwt not yet valid": int(t) + skew >= nbf
-        hi = math.inf
-        if jwt.exp:                               # not expired: int(t) <= exp + skew (and + 60)
-            hi = jwt.exp + min(skew, _CACHE_SKEW) + 1
-        lifetime = provider.max_lifetime
-        if lifetime is not None:                  # exp - int(t) < max_lifetime
-            if not jwt.exp:
-                hi = -math.inf
-            elif lifetime != math.inf:
-                lo = max(lo, math.floor(jwt.exp - lifetime) + 1)
-        # Floats, compared with time.time()'s (an int would be converted per request); a bound
-        # near the clock is an integer far below 2**53, exact as a float.
-        self.lo = float(lo)
-        self.hi = float(hi)
 
 
 class _State:
@@ -266,7 +197,7 @@ class WorkerJwtAuthn:
         self.jwt_cache_hit = scope.counter("jwt_cache_hit")
         self.jwt_cache_miss = scope.counter("jwt_cache_miss")
         # (Worker-owned, no lock: only this worker's thread reads or changes them.)
-        self.jwt_caches: dict[str, OrderedDict[bytes, _Cached]] = {
+        self.jwt_caches: dict[str, OrderedDict[bytes, CachedJwt]] = {
             p.name: OrderedDict() for p in factory.config.providers if p.jwt_cache_size}
         # This worker's fetched keys: provider name -> (Jwks, monotonic expiry). Worker-owned.
         self.remote_jwks: dict[str, tuple[jv.Jwks, float]] = {}
@@ -285,24 +216,12 @@ class WorkerJwtAuthn:
     def cached_jwt(self, provider: JwtProvider, token: bytes) -> jv.Jwt | None:
         """JwtCache::lookup: a verified token of this provider, unless expired (60 s skew)."""
         cache = self.jwt_caches.get(provider.name)
-        entry = cache.get(token) if cache is not None else None
-        if entry is None:
-            return None
-        jwt = entry.jwt
-        if jwt.exp and int(time.time()) > jwt.exp + _CACHE_SKEW:
-            del cache[token]
-            return None
-        cache.move_to_end(token)
-        return jwt
+        return None if cache is None else jwt_cache.lookup(cache, token, int(time.time()))
 
     def cache_jwt(self, provider: JwtProvider, token: bytes, jwt: jv.Jwt, audiences, adds: tuple) -> None:
         cache = self.jwt_caches.get(provider.name)
-        if cache is None or len(token) > provider.jwt_max_token_size:
-            return
-        cache[token] = _Cached(jwt, provider, audiences, adds)
-        cache.move_to_end(token)
-        while len(cache) > provider.jwt_cache_size:
-            cache.popitem(last=False)
+        if cache is not None:
+            jwt_cache.insert(cache, provider, token, jwt, audiences, adds)
 
     def jwks_for(self, provider: JwtProvider) -> jv.Jwks | None:
         if provider.local_jwks is not None:
@@ -513,7 +432,7 @@ def _details(message: str) -> str:
 
 
 class JwtAuthnFilter(PassThroughFilter):
-    """One request's check. A request the usual requirement passes from the cache (_Direct)
+    """One request's check. A request the usual requirement passes from the cache (Shortcut)
     ends in decode_headers with nothing made; the whole check's state (`head`, `states`,
     `auths`, `uri`, `extracted`) is set by `_begin` when a request takes that path."""
 
@@ -598,7 +517,7 @@ class JwtAuthnFilter(PassThroughFilter):
             return _CONTINUE
         direct = node.direct
         if direct is not None and names is not None:
-            # The usual requirement, its token cached (_Direct, _Cached): the whole check's
+            # The usual requirement, its token cached (jwt_cache.py): the whole check's
             # outcome and effects when every condition below holds, else the whole check.
             value = names.get(direct.header)
             if value is not None and value.startswith(direct.prefix):

@@ -118,7 +118,8 @@ class Shortcut:
         if provider.clear_route_cache and provider.claim_to_headers:
             return None
         header, prefix, _ = locations[0]
-        if header == provider.forward_payload_header or any(h == header for h, _ in provider.claim_to_headers):
+        if header == provider.forward_payload_header or any(h == header for h, _ in
+                                                            provider.claim_to_headers):
             return None   # a header the token came in and one it writes: the whole path's order
         return cls(provider, audiences if audiences is not None else provider.audiences, header, prefix,
                    bool(extractor.params), bool(extractor.cookies))

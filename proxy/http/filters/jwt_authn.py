@@ -534,8 +534,12 @@ class JwtAuthnFilter(PassThroughFilter):
                     cache.move_to_end(token)       # (LRU, as JwtCache::lookup)
                     wf.jwt_cache_hit.value += 1
                     if not direct.forward:
-                        fields.remove((direct.header, value))   # (its only field: `names`)
-                    fields += entry.adds            # the payload and claim headers, in order
+                        try:
+                            fields.remove((direct.header, value))   # (its only field: `names`)
+                        except ValueError:   # (a field another filter made a list, not a tuple)
+                            head.headers.remove(direct.header)
+                            fields = head.headers.fields
+                    fields.extend(entry.adds)       # the payload and claim headers, in order
                     wf.allowed.value += 1
                     self.state = 1
                     return _CONTINUE

@@ -437,3 +437,54 @@ def test_over_http2_tokens_from_a_header_and_split_cookies(upstream, keys):
         assert head.startswith(b"HTTP/2 200"), head
     finally:
         p.stop()
+
+
+def test_a_cached_token_is_refused_once_expired_and_passes_with_its_headers(upstream, keys):
+    """A cached token (jwt_cache_config) passes without its signature check, yet with every
+    effect of a good token (payload and claim headers, the token header taken out); a request
+    that might carry another token (a query) or a forged payload header still gets the whole
+    check; and the time checks still hold it: expired past the cache's 60 s it is dropped (a
+    miss), expired past a provider's own skew (1 s) it stays cached and is refused (a hit)."""
+    key = keys["ES256"]
+    cached = {"jwt_cache_config": {}, "forward_payload_header": "x-payload",
+              "claim_to_headers": [{"header_name": "x-sub", "claim_name": "sub"}]}
+    p = ProxyUnderTest(_config(upstream.port, {"main": _local([key], **cached),
+                                               "strict": _local([key], clock_skew_seconds=1, **cached)},
+                               rules=[{"match": {"prefix": "/strict"}, "requires": {"provider_name": "strict"}},
+                                      {"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]))
+    try:
+        now = int(time.time())
+        if time.time() - now > 0.5:   # start early in a second: both tokens expire at now + 2
+            while int(time.time()) == now:
+                time.sleep(0.01)
+            now += 1
+        a = key.sign(_claims(sub="a", exp=now - 59))   # good while int(t) <= exp + 60
+        b = key.sign(_claims(sub="b", exp=now))        # good for "strict" while int(t) <= exp + 1
+        for path, token, sub in (("/x", a, "a"), ("/x", a, "a"), ("/strict", b, "b"), ("/strict", b, "b")):
+            status, _, body = _get(p.port, path, token)
+            assert status == 200, body
+            seen = upstream.requests[-1][2]
+            assert seen["x-sub"] == sub and "authorization" not in seen
+            assert json.loads(__import__("base64").urlsafe_b64decode(seen["x-payload"] + "=="))["sub"] == sub
+        # A forged payload header is taken out, the cached token's put in.
+        assert _get(p.port, "/x", a, {"x-payload": "forged", "x-sub": "mallory"})[0] == 200
+        seen = upstream.requests[-1][2]
+        assert seen["x-sub"] == "a" and seen["x-payload"] != "forged"
+        # A query may hold another token (access_token, the default location): it must verify too.
+        assert _get(p.port, "/x?access_token=garbage", a)[2] == (
+            b"Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+        assert time.time() < now + 2, "too slow a machine for this test's window"
+        c = p.counters()
+        assert (c["http.ingress_http.jwt_authn.jwt_cache_hit"], c["http.ingress_http.jwt_authn.jwt_cache_miss"]) == (3, 3)
+        while int(time.time()) < now + 2:
+            time.sleep(0.02)
+        for path, token in (("/x", a), ("/strict", b)):
+            status, headers, body = _get(p.port, path, token)
+            assert (status, body) == (401, b"Jwt is expired")
+            assert headers["www-authenticate"].endswith(', error="invalid_token"')
+        c = p.counters()
+        # a: dropped from the cache (a miss); b: still cached (a hit), refused by its provider's skew.
+        assert (c["http.ingress_http.jwt_authn.jwt_cache_hit"], c["http.ingress_http.jwt_authn.jwt_cache_miss"]) == (4, 4)
+        assert (c["http.ingress_http.jwt_authn.allowed"], c["http.ingress_http.jwt_authn.denied"]) == (5, 3)
+    finally:
+        p.stop()

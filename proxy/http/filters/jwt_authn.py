@@ -35,24 +35,31 @@ Decisions as Envoy's (filter.cc, verifier.cc, authenticator.cc, extractor.cc):
   `jwt_cache_size` verified tokens (LRU, tokens up to `jwt_max_token_size`); a token found there
   skips parsing and the signature check, not the issuer, time, audience, subject and lifetime
   checks; one expired (60 s skew) is dropped. Only a named provider's tokens are cached.
+  (jwt_cache.py: with the token the entry keeps what those checks need, so that the usual
+  requirement, one provider at the root of its rule, passes a cached token by one lookup and
+  one time comparison, with the same outcome, stats and effects.)
 Stats `http.<stat_prefix>.jwt_authn.[<filter stat_prefix>.]{allowed,denied,cors_preflight_bypassed,
 jwks_fetch_success,jwks_fetch_failed,jwt_cache_hit,jwt_cache_miss}` (a named provider's token
 looked up in its cache; without one every lookup is a miss, as Envoy counts it).
 
-Thread affinity: the factory's compiled verifiers are immutable and shared; each worker's JWKS
-cache belongs to it; a filter and its verification state belong to the stream's worker.
+Thread affinity: the factory's compiled verifiers (and their Shortcuts) are immutable and shared;
+each worker's JWKS cache and token caches belong to it (no lock); a filter and its verification
+state belong to the stream's worker.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from functools import partial
 
 from ...config.registry import Extension, register
 from ...router.matchers import RequestView
 from ..async_client import AsyncRequest, AsyncResponse
 from ..filter import FilterHeadersStatus, PassThroughFilter
 from . import jwt_verify as jv
+from . import jwt_cache
+from .jwt_cache import CachedJwt, Shortcut
 from .jwt_extract import Extractor, Token, remove_token
 from .jwt_authn_config import (NAME, PER_ROUTE_PROTO, PROTO, AllowAll, AllowMissing, AllRequirement,
                                AnyRequirement, JwtAuthentication, JwtProvider, ProviderRequirement,
@@ -64,6 +71,7 @@ _CONTINUE = FilterHeadersStatus.CONTINUE
 _HOLD = FilterHeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
 _MAX_URI_PATH = 256   # Envoy's MaximumUriLength for the realm
 _OK = jv.OK
+_time = time.time
 
 
 # -- the requirement tree, compiled (Verifier) ------------------------------------------------
@@ -72,7 +80,7 @@ class _Node:
     """One verifier of the tree; `parent` is set once while building. Immutable afterwards."""
 
     __slots__ = ("parent", "kind", "provider", "audiences", "extractor", "children",
-                 "allow_missing_or_failed", "allow_missing", "failed")
+                 "allow_missing_or_failed", "allow_missing", "failed", "direct")
 
     def __init__(self, kind: str, parent) -> None:
         self.kind = kind
@@ -82,6 +90,7 @@ class _Node:
         self.extractor = None
         self.children: tuple = ()
         self.allow_missing_or_failed = self.allow_missing = self.failed = False
+        self.direct = None   # a root provider requirement's Shortcut (jwt_cache.py), if any
 
 
 def _compile(req, providers: tuple[JwtProvider, ...], parent=None) -> _Node:
@@ -105,6 +114,8 @@ def _compile(req, providers: tuple[JwtProvider, ...], parent=None) -> _Node:
     else:
         assert isinstance(req, AllowAll), req
         n = _Node("none", parent)
+    if parent is None and n.kind == "provider":
+        n.direct = Shortcut.of(n.provider, n.audiences, n.extractor)
     return n
 
 
@@ -133,6 +144,10 @@ class JwtAuthnFactory:
             return compiled[id(req)]
 
         self.rules = tuple((match, node(req)) for match, req in config.rules)
+        # One rule matching a plain prefix (the target's bytes say it: table.py): (prefix, node).
+        self.lone_rule = None
+        if len(self.rules) == 1 and self.rules[0][0].raw_prefix is not None:
+            self.lone_rule = (self.rules[0][0].raw_prefix, self.rules[0][1])
         self.named = {name: node(req) for name, req in (config.requirement_map or {}).items()}
         self.single_provider = config.providers[0] if len(config.providers) == 1 else None
         self.by_issuer: dict[str, JwtProvider] = {}
@@ -141,6 +156,13 @@ class JwtAuthnFactory:
         # Envoy 1.40 removes every provider's payload and claim headers from each request
         # first, whatever the route requires (a client cannot send them).
         self.sanitize = Extractor(config.providers).sanitize
+        self.fetches = any(p.remote_jwks is not None for p in config.providers)
+        written = set(self.sanitize)
+        for p in config.providers:
+            written.update(name for name, _ in p.from_headers)
+            if not p.from_headers and not p.from_params and not p.from_cookies:
+                written.add(b"authorization")
+        self.writes_content_type = b"content-type" in written
 
     def find_by_issuer(self, issuer: str) -> JwtProvider | None:
         p = self.by_issuer.get(issuer)
@@ -174,34 +196,32 @@ class WorkerJwtAuthn:
         # tokens (per worker); without jwt_cache_config there is none and every lookup misses.
         self.jwt_cache_hit = scope.counter("jwt_cache_hit")
         self.jwt_cache_miss = scope.counter("jwt_cache_miss")
-        self.jwt_caches: dict[str, OrderedDict[bytes, jv.Jwt]] = {
+        # (Worker-owned, no lock: only this worker's thread reads or changes them.)
+        self.jwt_caches: dict[str, OrderedDict[bytes, CachedJwt]] = {
             p.name: OrderedDict() for p in factory.config.providers if p.jwt_cache_size}
         # This worker's fetched keys: provider name -> (Jwks, monotonic expiry). Worker-owned.
         self.remote_jwks: dict[str, tuple[jv.Jwks, float]] = {}
-
-    def create(self, callbacks) -> JwtAuthnFilter:
-        return JwtAuthnFilter(callbacks, self)
+        # The sanitized header names (payload and claim headers of every provider).
+        self.sanitize = factory.sanitize
+        self.bypass_cors_preflight = factory.config.bypass_cors_preflight
+        self.lone_rule = factory.lone_rule
+        # Whether a header this filter removes or adds may be the content-type: then the
+        # stream notes first whether the request arrived as gRPC (keeps_request_content_type).
+        self.notes_grpc = factory.writes_content_type
+        # One class of filter per factory (filter.py): with a remote JWKS a filter may wait
+        # on a fetch, which its on_destroy cancels; without one nothing outlives decode_headers.
+        cls = _FetchingJwtAuthnFilter if factory.fetches else JwtAuthnFilter
+        self.create = partial(cls, self)
 
     def cached_jwt(self, provider: JwtProvider, token: bytes) -> jv.Jwt | None:
         """JwtCache::lookup: a verified token of this provider, unless expired (60 s skew)."""
         cache = self.jwt_caches.get(provider.name)
-        jwt = cache.get(token) if cache is not None else None
-        if jwt is None:
-            return None
-        if jwt.exp and int(time.time()) > jwt.exp + 60:
-            del cache[token]
-            return None
-        cache.move_to_end(token)
-        return jwt
+        return None if cache is None else jwt_cache.lookup(cache, token, int(time.time()))
 
-    def cache_jwt(self, provider: JwtProvider, token: bytes, jwt: jv.Jwt) -> None:
+    def cache_jwt(self, provider: JwtProvider, token: bytes, jwt: jv.Jwt, audiences, adds: tuple) -> None:
         cache = self.jwt_caches.get(provider.name)
-        if cache is None or len(token) > provider.jwt_max_token_size:
-            return
-        cache[token] = jwt
-        cache.move_to_end(token)
-        while len(cache) > provider.jwt_cache_size:
-            cache.popitem(last=False)
+        if cache is not None:
+            jwt_cache.insert(cache, provider, token, jwt, audiences, adds)
 
     def jwks_for(self, provider: JwtProvider) -> jv.Jwks | None:
         if provider.local_jwks is not None:
@@ -318,18 +338,19 @@ class _Authenticator:
         provider = self.using
         jwt = self.jwt
         head = self.f.head
-        headers = head.headers
+        adds = []
         if provider.forward_payload_header:
             payload = jwt.payload_b64
             if provider.pad_forward_payload_header:
                 payload += b"=" * (-len(payload) % 4)
-            headers.add(provider.forward_payload_header, payload)
+            adds.append((provider.forward_payload_header, payload))
         added = False
         for header, path in provider.claim_to_headers:
             value = _claim_text(jwt.payload, path)
             if value:
-                headers.add(header, value.encode("utf-8"))
+                adds.append((header, value.encode("utf-8")))
                 added = True
+        head.headers.fields.extend(adds)   # (Headers.add, in order)
         if not provider.forward:
             remove_token(head, self.current)
         if provider.header_in_metadata:
@@ -339,7 +360,8 @@ class _Authenticator:
         if (added or provider.payload_in_metadata) and provider.clear_route_cache:
             self.f.cb.clear_route_cache()
         if self.provider is not None and not self.cache_hit:
-            self.f.wf.cache_jwt(provider, self.current.token, jwt)
+            allowed = self.audiences if self.audiences is not None else provider.audiences
+            self.f.wf.cache_jwt(provider, self.current.token, jwt, allowed, tuple(adds))
         self._done(_OK)
 
     def _done(self, status: str) -> None:
@@ -410,27 +432,48 @@ def _details(message: str) -> str:
 
 
 class JwtAuthnFilter(PassThroughFilter):
-    __slots__ = ("cb", "wf", "head", "states", "auths", "stopped", "state", "uri", "extracted")
+    """One request's check. A request the usual requirement passes from the cache (Shortcut)
+    ends in decode_headers with nothing made; the whole check's state (`head`, `states`,
+    `auths`, `uri`, `extracted`) is set by `_begin` when a request takes that path."""
 
-    def __init__(self, callbacks, wf: WorkerJwtAuthn) -> None:
+    __slots__ = ("cb", "wf", "head", "states", "auths", "stopped", "state", "uri", "extracted")
+    keeps_request_content_type = True   # (filter.py; `notes_grpc` when it may write it)
+
+    def __init__(self, wf: WorkerJwtAuthn, callbacks) -> None:
         self.cb = callbacks
         self.wf = wf
-        self.head = None
-        self.states: dict[int, _State] = {}
-        self.auths: list[_Authenticator] = []
         self.stopped = False
         self.state = 0      # 0 calling, 1 complete, 2 responded
-        self.uri = None
+
+    def _begin(self, head, first: dict | None) -> None:
+        """The whole check's state. The realm is the request as it came (a good token may be
+        removed from its query before another fails): what it is made of is kept now, the
+        text only on a failure. `first`: each header name's first value, when known."""
+        self.head = head
+        self.states: dict[int, _State] = {}
+        self.auths: list[_Authenticator] = []
         self.extracted: dict[str, dict] = {}   # payload/header_in_metadata of good tokens
+        if first is None:
+            first = dict(reversed(head.headers.fields))   # each name's first value, in C
+        self.uri = (first.get(b"x-forwarded-proto"), head.authority,
+                    first.get(b"x-envoy-original-path") or head.path)
 
     def decode_headers(self, head, end_stream: bool) -> int:
         wf = self.wf
-        cfg = wf.config
-        self.head = head
-        sanitize = wf.factory.sanitize
-        if sanitize and not sanitize.isdisjoint(dict(head.headers.fields)):   # (C loops)
+        if wf.notes_grpc:
+            self.cb.note_request_grpc()
+        fields = head.headers.fields
+        names = dict(fields)            # (in C) each name's last value
+        if len(names) != len(fields):   # a name twice: `names` says too little
+            names = None
+        sanitize = wf.sanitize
+        if sanitize and (names is None or not names.keys().isdisjoint(sanitize)):  # (looks up the few)
+            before = len(fields)
             head.headers.remove_many(sanitize)
-        if cfg.bypass_cors_preflight and _is_cors_preflight(head):
+            fields = head.headers.fields
+            if len(fields) != before:
+                names = None
+        if wf.bypass_cors_preflight and _is_cors_preflight(head):
             wf.cors_preflight_bypassed.value += 1
             self._complete(_OK)
             return _CONTINUE
@@ -441,6 +484,7 @@ class JwtAuthnFilter(PassThroughFilter):
             else:
                 node = wf.factory.named.get(per_route.requirement_name)
                 if node is None:
+                    cfg = wf.config
                     msg = (f"Wrong requirement_name: {per_route.requirement_name}. "
                            f"It should be one of [{cfg.requirement_names}]")
                     wf.denied.value += 1
@@ -449,6 +493,10 @@ class JwtAuthnFilter(PassThroughFilter):
                         ("Failed JWT authentication: " + msg).encode()
                     self.cb.send_local_reply(403, body, None, _details(msg))
                     return FilterHeadersStatus.STOP_ITERATION
+        elif wf.lone_rule is not None:   # one rule, a plain prefix (the usual)
+            prefix, node = wf.lone_rule
+            if not head.path.startswith(prefix):
+                node = None
         else:
             node = None
             view = None
@@ -467,11 +515,35 @@ class JwtAuthnFilter(PassThroughFilter):
         if node is None:
             self._complete(_OK)
             return _CONTINUE
-        # The realm is the request as it came (a good token may be removed from its query
-        # before another fails): what it is made of is kept now, the text only on a failure.
-        first = dict(reversed(head.headers.fields))   # each name's first value, in C
-        self.uri = (first.get(b"x-forwarded-proto"), head.authority,
-                    first.get(b"x-envoy-original-path") or head.path)
+        direct = node.direct
+        if direct is not None and names is not None:
+            # The usual requirement, its token cached (jwt_cache.py): the whole check's
+            # outcome and effects when every condition below holds, else the whole check.
+            value = names.get(direct.header)
+            if value is not None and value.startswith(direct.prefix):
+                # (A cached token begins with a base64url character or a dot: a value that
+                # does not there is no key of the cache, so this slice is what extract takes.
+                # A prefix further in: the whole check finds it.)
+                token = value[direct.skip:]
+                cache = wf.jwt_caches[direct.cache]
+                entry = cache.get(token)
+                if (entry is not None and entry.lo <= _time() < entry.hi
+                        and entry.audiences is direct.audiences
+                        and not (direct.params and head.path.find(b"?") >= 0)   # (`in`: a TypeError inside)
+                        and not (direct.cookies and b"cookie" in names)):
+                    cache.move_to_end(token)       # (LRU, as JwtCache::lookup)
+                    wf.jwt_cache_hit.value += 1
+                    if not direct.forward:
+                        try:
+                            fields.remove((direct.header, value))   # (its only field: `names`)
+                        except ValueError:   # (a field another filter made a list, not a tuple)
+                            head.headers.remove(direct.header)
+                            fields = head.headers.fields
+                    fields.extend(entry.adds)       # the payload and claim headers, in order
+                    wf.allowed.value += 1
+                    self.state = 1
+                    return _CONTINUE
+        self._begin(head, names)
         self._verify(node)
         if self.state == 1:
             return _CONTINUE
@@ -582,6 +654,17 @@ class JwtAuthnFilter(PassThroughFilter):
         auths, self.auths = self.auths, []
         for auth in auths:
             auth.cancel()
+
+
+class _FetchingJwtAuthnFilter(JwtAuthnFilter):
+    """The filter of a config with a remote JWKS: a request may wait on a key fetch, which
+    ends with the stream."""
+
+    __slots__ = ()
+
+    def __init__(self, wf: WorkerJwtAuthn, callbacks) -> None:
+        super().__init__(wf, callbacks)
+        self.auths = []
 
     def on_destroy(self) -> None:
         self.state = 2

@@ -131,7 +131,7 @@ class Extractor:
                         continue
                     value = _after_prefix(value, pos + len(prefix))
                 tokens.append(Token(value, checker, "header", name))
-        if self.params and b"?" in head.path:
+        if self.params and head.path.find(b"?") >= 0:   # (`in` raises and clears a TypeError)
             query = _query_params(head.path)
             for param, checker in self.params:
                 for k, v in query:

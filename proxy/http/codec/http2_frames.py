@@ -110,6 +110,9 @@ _CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection", b"keep-aliv
 _PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":status", b":protocol"})
 # Bytes a field name must not hold: controls and space, upper case, DEL and 8-bit.
 _BAD_NAME = bytes(c for c in range(256) if c <= 0x20 or 0x41 <= c <= 0x5A or c >= 0x7F)
+# Bytes a field value must not hold. (Tested with translate, not `in`: `b"x" in value` first
+# tries its operand as an int and raises and clears a TypeError, ~0.5 µs a test on 3.13.)
+_BAD_VALUE = b"\x00\r\n"
 _CACHE_OK: dict[bytes, bool] = {}  # names seen valid (names only; bounded)
 
 
@@ -130,7 +133,7 @@ def _check_field(name: bytes, value: bytes) -> None:
             raise H2ProtocolError(PROTOCOL_ERROR, "Received header name with zero length.")
         raise H2ProtocolError(PROTOCOL_ERROR, f"Illegal character in header name: {name!r}")
     if value:
-        if b"\x00" in value or b"\r" in value or b"\n" in value:
+        if len(value.translate(None, _BAD_VALUE)) != len(value):
             raise H2ProtocolError(PROTOCOL_ERROR, f"Illegal character in header value: {value!r}")
         if value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09):
             raise H2ProtocolError(PROTOCOL_ERROR,

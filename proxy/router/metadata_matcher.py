@@ -25,6 +25,7 @@ immutable after parse and shared by all workers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,10 @@ class ValueMatcher:
         if kind == "double_match":
             if not _is_number(v):
                 return False
-            x = float(v)
+            try:
+                x = float(v)
+            except OverflowError:  # an int past a double's range (JSON can carry one)
+                x = math.inf if v > 0 else -math.inf
             if arg[0] == "exact":
                 return x == arg[1]
             return arg[1] <= x < arg[2]

@@ -50,6 +50,9 @@ def test_double_match_exact_and_half_open_range_on_numbers_only():
     assert not m({"double_match": {"range": {"start": 7, "end": 7.5}}}, ("score",)).matches(MD)
     assert not m({"double_match": {"exact": 0}}, ("flag",)).matches(MD)  # a bool is no number
     assert not m({"double_match": {"exact": 1}}, ("x",), "other").matches(MD)  # nor is "1"
+    huge = {"auth": {"n": 10 ** 400}}                       # past a double: +inf, no error
+    assert m({"double_match": {"range": {"start": 0, "end": 1e308}}}, ("n",)).matches(huge) is False
+    assert m({"double_match": {"exact": float("inf")}}, ("n",)).matches(huge)
 
 
 def test_bool_and_null_match_their_own_kind_only():

@@ -101,8 +101,10 @@ class ActiveStream(FilterManager, StreamInfo):
     # The stream's dynamic metadata: namespace -> dict (set_metadata, jwt_authn and Lua write
     # it), None until the first write. It lives on the request head, where route matching's
     # `dynamic_metadata` matchers read it. Envoy resolves the route before any filter runs, so
-    # the first write resolves a route no filter asked for yet: a route sees the metadata only
-    # once a filter clears the route cache, as in Envoy.
+    # the first write resolves a route no filter asked for yet (set_metadata writes before it
+    # asks for its per-route config): a route sees the metadata only once a filter clears the
+    # route cache, as in Envoy. (Not told apart: a cache cleared before the stream's first
+    # write, which Envoy would resolve with that write.)
     @property
     def dynamic_metadata(self):
         return self.head.dynamic_metadata

@@ -19,8 +19,9 @@ makes one descriptor of its actions' entries, or none when an action cannot prod
 - `metadata`: (descriptor_key, the string at `metadata_key` (a namespace and a path of keys) in the
   stream's dynamic metadata, as Envoy reads it when the filter runs); a missing value, or one
   that is not a string or is empty, gives `default_value` when set, else with `skip_if_absent`
-  this entry is left out, else the descriptor is dropped. `source: ROUTE_ENTRY` is refused, and
-  so is the deprecated `dynamic_metadata` (Envoy 1.40 refuses it too, without a runtime override).
+  this entry is left out, else the descriptor is dropped; with `source: ROUTE_ENTRY` the
+  route's metadata (`metadata.filter_metadata`) instead. The deprecated `dynamic_metadata`
+  action is refused (Envoy 1.40 refuses it too, without a runtime override).
 `disable_key` would let a runtime key `ratelimit.<key>.http_filter_enabled` turn an entry off;
 without a runtime layer its default (100 %) applies, so the entry is always on. The other
 actions (query parameters, extensions), `limit` overrides, `hits_addend` and
@@ -37,7 +38,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.fields_table import Message, inert, not_supported, refused, used
+from ..config.fields_table import Message, inert, refused, used
 from ..config.reader import ConfigError, Fields, header_bytes
 from .matchers import HeaderMatcher, parse_header_matcher
 from .metadata_matcher import lookup, parse_metadata_path
@@ -48,7 +49,7 @@ __all__ = ["RateLimitEntry", "RateLimitAction", "parse_rate_limits", "descriptor
 MAX_STAGE = 10     # Envoy's RateLimitPolicyImpl::MAX_STAGE_NUMBER
 
 (SOURCE_CLUSTER, DESTINATION_CLUSTER, REQUEST_HEADERS, REMOTE_ADDRESS, GENERIC_KEY,
- HEADER_VALUE_MATCH, MASKED_REMOTE_ADDRESS, METADATA) = range(8)
+ HEADER_VALUE_MATCH, MASKED_REMOTE_ADDRESS, METADATA, ROUTE_METADATA) = range(9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ METADATA_ACTION = Message("envoy.config.route.v3.RateLimit.Action.MetaData", fie
     used("descriptor_key", attr="key"),
     used("metadata_key"),
     used("default_value", "", attr="value"),
-    used("source", "DYNAMIC", attr="kind", why="DYNAMIC: the stream's dynamic metadata"),
+    used("source", "DYNAMIC", attr="kind", why="DYNAMIC: the stream's dynamic metadata; ROUTE_ENTRY: the route's"),
     used("skip_if_absent", False),
 ))
 METADATA_KEY = Message("envoy.type.metadata.v3.MetadataKey", fields=(
@@ -176,13 +177,12 @@ def _parse_action(raw: Any, path: str) -> RateLimitAction:
         key = a.str("descriptor_key", required=True)
         if not key:
             raise ConfigError(a.at("descriptor_key"), "must not be empty")
-        if a.enum("source", ("DYNAMIC", "ROUTE_ENTRY"), "DYNAMIC") != "DYNAMIC":
-            raise not_supported(a.at("source"), "ROUTE_ENTRY: route metadata in descriptors")
+        source = a.enum("source", ("DYNAMIC", "ROUTE_ENTRY"), "DYNAMIC")
         k = METADATA_KEY.read(a.value("metadata_key", required=True), a.at("metadata_key"))
         namespace = k.str("key", required=True)
         if not namespace:
             raise ConfigError(k.at("key"), "must not be empty")
-        return RateLimitAction(METADATA, key=key.encode(), value=a.str("default_value", "").encode(),
+        return RateLimitAction(METADATA if source == "DYNAMIC" else ROUTE_METADATA, key=key.encode(), value=a.str("default_value", "").encode(),
                                skip_if_absent=a.bool("skip_if_absent", False),
                                metadata_key=(namespace, parse_metadata_path(k)))
     raise ConfigError(at, "unknown action")  # unreachable: the table refused it
@@ -241,9 +241,10 @@ def _entry(action: RateLimitAction, head, info, local_cluster: str, cluster: str
         ip = _ip(info.downstream_remote_address)
         masked = _masked(ip, action) if ip else None
         return (b"masked_remote_address", masked.encode()) if masked else None
-    if kind == METADATA:
+    if kind == METADATA or kind == ROUTE_METADATA:
         namespace, path = action.metadata_key
-        found = lookup(getattr(info, "dynamic_metadata", None), namespace, path)
+        md = getattr(info, "dynamic_metadata", None) if kind == METADATA else _route_metadata(info)
+        found = lookup(md, namespace, path)
         if isinstance(found, str) and found:
             return (action.key, found.encode("utf-8"))
         if action.value:
@@ -252,6 +253,13 @@ def _entry(action: RateLimitAction, head, info, local_cluster: str, cluster: str
     if kind == SOURCE_CLUSTER:
         return (b"source_cluster", local_cluster)
     return (b"destination_cluster", cluster)
+
+
+def _route_metadata(info) -> Any:
+    """The metadata of the stream's route (Envoy's info.route()->metadata())."""
+    route_of = getattr(info, "route", None)   # the HTTP stream: its cached route
+    route = route_of() if route_of is not None else None
+    return route.metadata if route is not None else None
 
 
 def _pseudo(head, name: bytes) -> bytes | None:

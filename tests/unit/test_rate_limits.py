@@ -5,6 +5,8 @@ action or field named by its path."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from proxy.config.reader import ConfigError, Fields
@@ -98,6 +100,14 @@ def test_metadata_action_reads_a_string_of_the_dynamic_metadata():
             ((b"generic_key", b"g"),)]
         assert _build([{"actions": [g, {"metadata": md(path)}]}], info=info) == []
     assert _build([{"actions": [{"metadata": md(["user"])}]}], info=Info()) == []  # no metadata at all
+    # source ROUTE_ENTRY: the route's metadata, not the stream's
+    route_md = {"ns": {"user": "from-route"}}
+    info.route = lambda: SimpleNamespace(metadata=route_md)
+    assert _build([{"actions": [{"metadata": md(["user"], source="ROUTE_ENTRY")}]}], info=info) == [
+        ((b"d", b"from-route"),)]
+    route_md = {}
+    assert _build([{"actions": [{"metadata": md(["user"], source="ROUTE_ENTRY", default_value="x")}]}],
+                  info=info) == [((b"d", b"x"),)]
 
 
 def test_disable_key_is_accepted_and_the_entry_stays_on():
@@ -110,8 +120,8 @@ def test_disable_key_is_accepted_and_the_entry_stays_on():
      "rate_limits[0].actions[0].query_parameters: not supported yet"),
     ([{"actions": [{"metadata": {}}]}], "rate_limits[0].actions[0].metadata.descriptor_key: required"),
     ([{"actions": [{"metadata": {"descriptor_key": "d", "metadata_key": {"key": "ns", "path": [{"key": "k"}]},
-                                 "source": "ROUTE_ENTRY"}}]}],
-     "rate_limits[0].actions[0].metadata.source: not supported yet"),
+                                 "source": "ROUTE"}}]}],
+     "rate_limits[0].actions[0].metadata.source: unknown value"),
     ([{"actions": [{"metadata": {"descriptor_key": "d", "metadata_key": {"key": "ns"}}}]}],
      "rate_limits[0].actions[0].metadata.metadata_key.path: required"),
     ([{"actions": [{"metadata": {"descriptor_key": "d", "metadata_key": {"key": "", "path": [{"key": "k"}]}}}]}],

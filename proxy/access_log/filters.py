@@ -11,8 +11,11 @@ x-request-id as Envoy does unless `use_independent_randomness`), `and_filter`, `
 `header_filter`, `response_flag_filter` (any of the listed flags, or any flag when none is
 listed), `grpc_status_filter` (`statuses`, `exclude`; the status from grpc-status in the
 trailers or headers, else mapped from the HTTP status), `log_type_filter` (the log ftproxy
-writes is the one at the stream's or connection's end). `metadata_filter` and
-`extension_filter` are refused.
+writes is the one at the stream's or connection's end), `metadata_filter` (Envoy 1.40's
+MetadataFilter: the `matcher`'s namespace and path looked up in the stream's dynamic metadata;
+a value there is tested with the matcher's value matcher, its `invert` NOT applied, as Envoy
+builds only the value matcher; no value there, or no `matcher`, gives `match_if_key_not_found`,
+default true). `extension_filter` is refused.
 Must not: do I/O. Thread affinity: immutable; evaluated on any worker.
 """
 
@@ -26,6 +29,7 @@ from proxy.config.fields_table import Message, refused, used
 from proxy.config.reader import ConfigError, Fields
 from proxy.config.runtime_values import ZERO_PERCENT, parse_fractional_percent
 from proxy.router.matchers import parse_header_matcher
+from proxy.router.metadata_matcher import ABSENT, lookup, parse_metadata_matcher
 
 __all__ = ["LogFilter", "parse_log_filter", "RESPONSE_FLAGS"]
 
@@ -48,7 +52,7 @@ _LOG_TYPES = ("NOT_SET", "TCP_UPSTREAM_CONNECTED", "TCP_PERIODIC", "TCP_CONNECTI
 
 _KINDS = ("status_code_filter", "duration_filter", "not_health_check_filter", "traceable_filter",
           "runtime_filter", "and_filter", "or_filter", "header_filter", "response_flag_filter",
-          "grpc_status_filter", "log_type_filter")
+          "grpc_status_filter", "log_type_filter", "metadata_filter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,12 @@ class LogFilter:
         if kind == "grpc_status_filter":
             statuses, exclude = value
             return (_grpc_status(info) in statuses) != exclude
+        if kind == "metadata_filter":
+            matcher, if_not_found = value
+            if matcher is None:
+                return if_not_found
+            found = lookup(getattr(info, "dynamic_metadata", None), matcher.filter, matcher.path)
+            return if_not_found if found is ABSENT else matcher.value.match(found)
         if kind == "log_type_filter":
             types, exclude = value
             end = "DOWNSTREAM_END" if getattr(info, "request_headers", None) is not None else "TCP_CONNECTION_END"
@@ -137,7 +147,6 @@ def _field(fields: Any, name: bytes) -> bytes | None:
 
 FILTER = Message(f"{_P}.AccessLogFilter", model=LogFilter, bookkeeping=("kind",), fields=(
     *(used(k, attr="value") for k in _KINDS),
-    refused("metadata_filter", "not built yet: no log filter reads dynamic metadata"),
     refused("extension_filter", "access log filter extensions"),
 ))
 COMPARISON = Message(f"{_P}.ComparisonFilter", fields=(used("op", "EQ", attr="value"), used("value", attr="value")))
@@ -154,6 +163,10 @@ HEADER = Message(f"{_P}.HeaderFilter", fields=(used("header", attr="value"),))
 FLAGS = Message(f"{_P}.ResponseFlagFilter", fields=(used("flags", attr="value"),))
 GRPC = Message(f"{_P}.GrpcStatusFilter", fields=(used("statuses", attr="value"), used("exclude", False, attr="value")))
 LOG_TYPE = Message(f"{_P}.LogTypeFilter", fields=(used("types", attr="value"), used("exclude", False, attr="value")))
+METADATA = Message(f"{_P}.MetadataFilter", fields=(
+    used("matcher", attr="value", why="its invert is not applied (Envoy 1.40)"),
+    used("match_if_key_not_found", True, attr="value"),
+))
 EMPTY = Message(f"{_P}.NotHealthCheckFilter / TraceableFilter", fields=())
 
 
@@ -200,6 +213,11 @@ def parse_log_filter(raw: Any, path: str) -> LogFilter:
             name = Fields({"s": item}, p, ("s",)).enum("s", _GRPC)
             statuses.append(_GRPC.index(name))
         return LogFilter(kind, (frozenset(statuses), g.bool("exclude", False)))
+    if kind == "metadata_filter":
+        m = METADATA.read(body, at)
+        matcher = (parse_metadata_matcher(m.value("matcher"), m.at("matcher"))
+                   if m.has("matcher") else None)
+        return LogFilter(kind, (matcher, m.bool("match_if_key_not_found", True)))
     t = LOG_TYPE.read(body, at)
     types = tuple(Fields({"t": item}, p, ("t",)).enum("t", _LOG_TYPES) for item, p in t.list("types"))
     return LogFilter(kind, (frozenset(types), t.bool("exclude", False)))

@@ -110,9 +110,12 @@ class Headers:
 
 class RequestHead:
     """A request's start line and headers. `path` is the full request target (with query).
-    `tls`: the downstream connection's TlsInfo when it is TLS (route match `tls_context`)."""
+    `tls`: the downstream connection's TlsInfo when it is TLS (route match `tls_context`);
+    `dynamic_metadata`: the stream's (stream.ActiveStream keeps it here: route match
+    `dynamic_metadata`), None until a filter writes some."""
 
     tls = None
+    dynamic_metadata = None
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
                  headers: Headers, http_version: bytes = b"1.1") -> None:

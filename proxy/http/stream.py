@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..access_log.stream_info import StreamInfo
-from .filter_manager import FilterManager
+from .filter_manager import _UNRESOLVED, FilterManager
 from .headers import RequestHead, ResponseHead, append_via
 from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED,
                            UPGRADE_ACCEPTED, UPGRADED)
@@ -97,6 +97,23 @@ class ActiveStream(FilterManager, StreamInfo):
     @property
     def closed(self) -> bool:
         return self.state >= CLOSED
+
+    # The stream's dynamic metadata: namespace -> dict (set_metadata, jwt_authn and Lua write
+    # it), None until the first write. It lives on the request head, where route matching's
+    # `dynamic_metadata` matchers read it. Envoy resolves the route before any filter runs, so
+    # the first write resolves a route no filter asked for yet (set_metadata writes before it
+    # asks for its per-route config): a route sees the metadata only once a filter clears the
+    # route cache, as in Envoy. (Not told apart: a cache cleared before the stream's first
+    # write, which Envoy would resolve with that write.)
+    @property
+    def dynamic_metadata(self):
+        return self.head.dynamic_metadata
+
+    @dynamic_metadata.setter
+    def dynamic_metadata(self, md) -> None:
+        if self.cached_route is _UNRESOLVED:
+            self.route()
+        self.head.dynamic_metadata = md
 
     # StreamInfo's connection-level facts, for access loggers.
     @property

@@ -11,10 +11,14 @@ Envoy's semantics:
   `:path`, `:authority`, `:scheme` and `host` come from the request head); a missing header
   fails the match (true when inverted) unless `treat_missing_header_as_empty`;
 - a matcher with no specifier is a presence match;
-- query parameters are percent-decoded and the first value of a name is used.
+- query parameters are percent-decoded and the first value of a name is used;
+- `dynamic_metadata` matchers (router/metadata_matcher.py) read the stream's dynamic metadata
+  as it was when the route was resolved (`req.dynamic_metadata`: Envoy resolves the route
+  before the filters run, again only after a filter clears the route cache).
 
 Must not: do I/O, keep per-request state, or import anything from `proxy` beyond
-`proxy.config.reader`, `proxy.config.fields_table` and `proxy.http.headers`. Thread affinity:
+`proxy.config.reader`, `proxy.config.fields_table`, `proxy.http.headers` and (when parsing)
+`proxy.router.metadata_matcher`. Thread affinity:
 none; every object here is immutable after parse and shared by all workers.
 """
 
@@ -343,6 +347,8 @@ class RouteMatch:
     # plaintext: then neither was).
     tls_presented: bool | None = None
     tls_validated: bool | None = None
+    # dynamic_metadata: MetadataMatchers (router/metadata_matcher.py), all must match.
+    dynamic_metadata: tuple = ()
     # A case-sensitive prefix with nothing else to check matches on the raw target bytes
     # (a prefix without "?" or "#" matches the target iff it matches its path part).
     raw_prefix: bytes | None = field(default=None, compare=False)
@@ -350,7 +356,7 @@ class RouteMatch:
     def __post_init__(self) -> None:
         if (self.kind == "prefix" and self.case_sensitive and not self.headers
                 and not self.query_parameters and not self.grpc and self.tls_presented is None
-                and self.tls_validated is None and "?" not in self.value
+                and self.tls_validated is None and not self.dynamic_metadata and "?" not in self.value
                 and "#" not in self.value and self.value.isascii()):
             object.__setattr__(self, "raw_prefix", self.value.encode("ascii"))
 
@@ -376,6 +382,11 @@ class RouteMatch:
             if self.tls_validated is not None and self.tls_validated != (
                     tls is not None and tls.peer_validated):
                 return False
+        if self.dynamic_metadata:
+            md = getattr(req, "dynamic_metadata", None)
+            for m in self.dynamic_metadata:
+                if not m.matches(md):
+                    return False
         return True
 
     def _path_matches(self, view: RequestView) -> bool:
@@ -416,7 +427,7 @@ ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch", model=RouteMatch,
     refused("cookies"),
     used("grpc"),
     used("tls_context", attr="tls_presented"),
-    refused("dynamic_metadata"),
+    used("dynamic_metadata"),
     refused("filter_state"),
 ))
 GRPC_ROUTE_MATCH = Message("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", fields=())
@@ -455,5 +466,10 @@ def parse_route_match(raw: Any, path: str) -> RouteMatch:
         t = TLS_CONTEXT_MATCH.read(f.value("tls_context"), f.at("tls_context"))
         presented = t.bool("presented", None)
         validated = t.bool("validated", None)
+    dynamic_metadata = ()
+    if f.has("dynamic_metadata"):
+        from .metadata_matcher import parse_metadata_matcher  # (it imports this module)
+        dynamic_metadata = tuple(parse_metadata_matcher(item, p)
+                                 for item, p in f.list("dynamic_metadata"))
     return RouteMatch(kind, value, regex, case_sensitive, headers, queries, grpc,
-                      presented, validated)
+                      presented, validated, dynamic_metadata)

@@ -16,9 +16,15 @@ makes one descriptor of its actions' entries, or none when an action cannot prod
 - `header_value_match`: (descriptor_key, default "header_match", descriptor_value) when the
   request's match of `headers` (all must match) equals `expect_match` (default true), else the
   descriptor is dropped.
+- `metadata`: (descriptor_key, the string at `metadata_key` (a namespace and a path of keys) in the
+  stream's dynamic metadata, as Envoy reads it when the filter runs); a missing value, or one
+  that is not a string or is empty, gives `default_value` when set, else with `skip_if_absent`
+  this entry is left out, else the descriptor is dropped; with `source: ROUTE_ENTRY` the
+  route's metadata (`metadata.filter_metadata`) instead. The deprecated `dynamic_metadata`
+  action is refused (Envoy 1.40 refuses it too, without a runtime override).
 `disable_key` would let a runtime key `ratelimit.<key>.http_filter_enabled` turn an entry off;
 without a runtime layer its default (100 %) applies, so the entry is always on. The other
-actions (metadata, query parameters, extensions), `limit` overrides, `hits_addend` and
+actions (query parameters, extensions), `limit` overrides, `hits_addend` and
 `apply_on_stream_done` are refused.
 
 One builder (`descriptors`) for every rate limit filter: the global ratelimit filter today, the
@@ -35,6 +41,7 @@ from typing import Any
 from ..config.fields_table import Message, inert, refused, used
 from ..config.reader import ConfigError, Fields, header_bytes
 from .matchers import HeaderMatcher, parse_header_matcher
+from .metadata_matcher import lookup, parse_metadata_path
 
 __all__ = ["RateLimitEntry", "RateLimitAction", "parse_rate_limits", "descriptors",
            "RATE_LIMIT", "MAX_STAGE"]
@@ -42,7 +49,7 @@ __all__ = ["RateLimitEntry", "RateLimitAction", "parse_rate_limits", "descriptor
 MAX_STAGE = 10     # Envoy's RateLimitPolicyImpl::MAX_STAGE_NUMBER
 
 (SOURCE_CLUSTER, DESTINATION_CLUSTER, REQUEST_HEADERS, REMOTE_ADDRESS, GENERIC_KEY,
- HEADER_VALUE_MATCH, MASKED_REMOTE_ADDRESS) = range(7)
+ HEADER_VALUE_MATCH, MASKED_REMOTE_ADDRESS, METADATA, ROUTE_METADATA) = range(9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,7 @@ class RateLimitAction:
     headers: tuple[HeaderMatcher, ...] = ()
     v4_mask: int = 32
     v6_mask: int = 128
+    metadata_key: tuple[str, tuple[str, ...]] = ("", ())   # metadata: (namespace, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,6 @@ class RateLimitEntry:
     disable_key: str = ""
 
 
-_WHY_METADATA = "dynamic and route metadata (not built yet)"
 RATE_LIMIT = Message("envoy.config.route.v3.RateLimit", model=RateLimitEntry, fields=(
     used("stage", 0),
     inert("disable_key", "no runtime layer: ratelimit.<key>.http_filter_enabled keeps its "
@@ -87,8 +94,8 @@ ACTION = Message("envoy.config.route.v3.RateLimit.Action", model=RateLimitAction
     used("masked_remote_address", attr="kind", why="its own table"),
     refused("query_parameters"),
     refused("query_parameter_value_match"),
-    refused("dynamic_metadata", _WHY_METADATA),
-    refused("metadata", _WHY_METADATA),
+    refused("dynamic_metadata", "deprecated, and refused by Envoy 1.40 too: use metadata"),
+    used("metadata", attr="kind", why="its own table"),
     refused("extension", "descriptor extensions"),
 ))
 REQUEST_HEADERS_ACTION = Message("envoy.config.route.v3.RateLimit.Action.RequestHeaders", fields=(
@@ -109,6 +116,17 @@ HEADER_VALUE_MATCH_ACTION = Message("envoy.config.route.v3.RateLimit.Action.Head
 MASKED_REMOTE_ADDRESS_ACTION = Message("envoy.config.route.v3.RateLimit.Action.MaskedRemoteAddress", fields=(
     used("v4_prefix_mask_len", 32, attr="v4_mask"),
     used("v6_prefix_mask_len", 128, attr="v6_mask"),
+))
+METADATA_ACTION = Message("envoy.config.route.v3.RateLimit.Action.MetaData", fields=(
+    used("descriptor_key", attr="key"),
+    used("metadata_key"),
+    used("default_value", "", attr="value"),
+    used("source", "DYNAMIC", attr="kind", why="DYNAMIC: the stream's dynamic metadata; ROUTE_ENTRY: the route's"),
+    used("skip_if_absent", False),
+))
+METADATA_KEY = Message("envoy.type.metadata.v3.MetadataKey", fields=(
+    used("key", attr="metadata_key", why="the namespace; required, non-empty"),
+    used("path", attr="metadata_key", why="at least one key"),
 ))
 EMPTY = Message("envoy.config.route.v3.RateLimit.Action.{SourceCluster,DestinationCluster,RemoteAddress}",
                 fields=())
@@ -154,6 +172,19 @@ def _parse_action(raw: Any, path: str) -> RateLimitAction:
         a = MASKED_REMOTE_ADDRESS_ACTION.read(f.value(kind) or {}, at)
         return RateLimitAction(MASKED_REMOTE_ADDRESS, v4_mask=a.int("v4_prefix_mask_len", 32, min=0, max=32),
                                v6_mask=a.int("v6_prefix_mask_len", 128, min=0, max=128))
+    if kind == "metadata":
+        a = METADATA_ACTION.read(f.value(kind), at)
+        key = a.str("descriptor_key", required=True)
+        if not key:
+            raise ConfigError(a.at("descriptor_key"), "must not be empty")
+        source = a.enum("source", ("DYNAMIC", "ROUTE_ENTRY"), "DYNAMIC")
+        k = METADATA_KEY.read(a.value("metadata_key", required=True), a.at("metadata_key"))
+        namespace = k.str("key", required=True)
+        if not namespace:
+            raise ConfigError(k.at("key"), "must not be empty")
+        return RateLimitAction(METADATA if source == "DYNAMIC" else ROUTE_METADATA, key=key.encode(), value=a.str("default_value", "").encode(),
+                               skip_if_absent=a.bool("skip_if_absent", False),
+                               metadata_key=(namespace, parse_metadata_path(k)))
     raise ConfigError(at, "unknown action")  # unreachable: the table refused it
 
 
@@ -210,9 +241,25 @@ def _entry(action: RateLimitAction, head, info, local_cluster: str, cluster: str
         ip = _ip(info.downstream_remote_address)
         masked = _masked(ip, action) if ip else None
         return (b"masked_remote_address", masked.encode()) if masked else None
+    if kind == METADATA or kind == ROUTE_METADATA:
+        namespace, path = action.metadata_key
+        md = getattr(info, "dynamic_metadata", None) if kind == METADATA else _route_metadata(info)
+        found = lookup(md, namespace, path)
+        if isinstance(found, str) and found:
+            return (action.key, found.encode("utf-8"))
+        if action.value:
+            return (action.key, action.value)
+        return () if action.skip_if_absent else None
     if kind == SOURCE_CLUSTER:
         return (b"source_cluster", local_cluster)
     return (b"destination_cluster", cluster)
+
+
+def _route_metadata(info) -> Any:
+    """The metadata of the stream's route (Envoy's info.route()->metadata())."""
+    route_of = getattr(info, "route", None)   # the HTTP stream: its cached route
+    route = route_of() if route_of is not None else None
+    return route.metadata if route is not None else None
 
 
 def _pseudo(head, name: bytes) -> bytes | None:

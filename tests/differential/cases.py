@@ -41,7 +41,7 @@ def load_case(path: Path) -> Case:
     return Case(path, text, data, names)
 
 
-_PLACEHOLDER = re.compile(r"\{\{(port|upstream|closed_port|cert|key)(?::([A-Za-z0-9_]+))?\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(port|upstream|closed_port|cert|key|access_log)(?::([A-Za-z0-9_]+))?\}\}")
 
 
 def substitute(text: str, value) -> str:

@@ -120,6 +120,8 @@ class ProxyProcess:
                 return str(upstream_ports[name])
             if k in ("cert", "key"):
                 return str((certs or {})[name][0 if k == "cert" else 1])
+            if k == "access_log":
+                return str(self.log_path)
             return str(closed_port)
 
         self.case_data = yaml.safe_load(substitute(case.text, value))

@@ -124,7 +124,9 @@ def test_runtime_sampling_follows_the_request_id(upstream, tmp_path):
 
 
 @pytest.mark.parametrize("flt,where", [
-    ({"metadata_filter": {}}, "filter.metadata_filter: not supported yet"),
+    ({"extension_filter": {"name": "x"}}, "filter.extension_filter: not supported yet"),
+    ({"metadata_filter": {"matcher": {"filter": "ns", "path": [{"key": "k"}]}}},
+     "filter.metadata_filter.matcher.value: required field is missing"),
     ({"response_flag_filter": {"flags": ["XX"]}}, "unknown response flag 'XX'"),
     ({"and_filter": {"filters": [{"traceable_filter": {}}]}}, "must have at least 2 item(s)"),
 ])

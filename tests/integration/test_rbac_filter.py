@@ -80,7 +80,13 @@ def test_plaintext_is_never_authenticated(upstream, proxy_factory):
 
 @pytest.mark.parametrize("rbac,where", [
     ({"rules": {"policies": {"p": {"permissions": [{"metadata": {}}], "principals": [{"any": True}]}}}},
-     'rules.policies["p"].permissions[0].metadata: not supported yet'),
+     'rules.policies["p"].permissions[0].metadata.filter: required field is missing'),
+    ({"rules": {"policies": {"p": {"permissions": [{"any": True}], "principals": [{"sourced_metadata": {
+        "metadata_matcher": {"filter": "ns", "path": [{"key": "k"}], "value": {"present_match": True}},
+        "metadata_source": "NOPE"}}]}}}},
+     'rules.policies["p"].principals[0].sourced_metadata.metadata_source: unknown value "NOPE"'),
+    ({"rules": {"policies": {"p": {"permissions": [{"any": True}], "principals": [{"filter_state": {"key": "k"}}]}}}},
+     'rules.policies["p"].principals[0].filter_state: not supported yet'),
     ({"rules": {"policies": {"p": {"permissions": [{"any": True}], "principals": [{"any": True}],
                                    "condition": {"const_expr": {"bool_value": True}}}}}},
      'rules.policies["p"].condition: not supported yet (CEL expressions)'),

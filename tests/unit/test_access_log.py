@@ -343,11 +343,12 @@ def test_an_access_log_filter_error_names_its_path():
         parse_access_logs([(item, "listeners[0].access_log[2]")])
     assert e.value.path == "listeners[0].access_log[2].filter.status_code_filter.comparison"
     assert e.value.message == "required field is missing"
-    item = {"name": "envoy.access_loggers.stdout", "filter": {"metadata_filter": {}}}
+    item = {"name": "envoy.access_loggers.stdout", "filter": {"metadata_filter": {"matcher": {
+        "filter": "ns", "path": [], "value": {"present_match": True}}}}}
     with pytest.raises(ConfigError) as e:
         parse_access_logs([(item, "listeners[0].access_log[2]")])
-    assert e.value.path == "listeners[0].access_log[2].filter.metadata_filter"
-    assert "not supported" in e.value.message
+    assert e.value.path == "listeners[0].access_log[2].filter.metadata_filter.matcher.path"
+    assert e.value.message == "must have at least 1 item(s)"
 
 
 def test_unknown_logger_name_is_refused():

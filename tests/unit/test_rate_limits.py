@@ -5,6 +5,8 @@ action or field named by its path."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from proxy.config.reader import ConfigError, Fields
@@ -80,6 +82,34 @@ def test_stage_selects_entries():
     assert _build(raw, stage=3) == [((b"generic_key", b"three"),)]
 
 
+def test_metadata_action_reads_a_string_of_the_dynamic_metadata():
+    info = Info()
+    info.dynamic_metadata = {"ns": {"user": "alice", "n": 3, "empty": "", "obj": {"k": "v"}}}
+
+    def md(key_path, **more):
+        return {"descriptor_key": "d", "metadata_key": {"key": "ns", "path": [{"key": k} for k in key_path]}, **more}
+    g = {"generic_key": {"descriptor_value": "g"}}
+    assert _build([{"actions": [g, {"metadata": md(["user"])}]}], info=info) == [
+        ((b"generic_key", b"g"), (b"d", b"alice"))]
+    assert _build([{"actions": [{"metadata": md(["obj", "k"])}]}], info=info) == [((b"d", b"v"),)]
+    # not a string, empty, missing: the default, else skip_if_absent leaves the entry out, else no descriptor
+    for path in (["n"], ["empty"], ["nope"], ["obj"]):
+        assert _build([{"actions": [g, {"metadata": md(path, default_value="dflt")}]}], info=info) == [
+            ((b"generic_key", b"g"), (b"d", b"dflt"))]
+        assert _build([{"actions": [g, {"metadata": md(path, skip_if_absent=True)}]}], info=info) == [
+            ((b"generic_key", b"g"),)]
+        assert _build([{"actions": [g, {"metadata": md(path)}]}], info=info) == []
+    assert _build([{"actions": [{"metadata": md(["user"])}]}], info=Info()) == []  # no metadata at all
+    # source ROUTE_ENTRY: the route's metadata, not the stream's
+    route_md = {"ns": {"user": "from-route"}}
+    info.route = lambda: SimpleNamespace(metadata=route_md)
+    assert _build([{"actions": [{"metadata": md(["user"], source="ROUTE_ENTRY")}]}], info=info) == [
+        ((b"d", b"from-route"),)]
+    route_md = {}
+    assert _build([{"actions": [{"metadata": md(["user"], source="ROUTE_ENTRY", default_value="x")}]}],
+                  info=info) == [((b"d", b"x"),)]
+
+
 def test_disable_key_is_accepted_and_the_entry_stays_on():
     raw = [{"disable_key": "k", "actions": [{"generic_key": {"descriptor_value": "v"}}]}]
     assert _build(raw) == [((b"generic_key", b"v"),)]
@@ -88,7 +118,16 @@ def test_disable_key_is_accepted_and_the_entry_stays_on():
 @pytest.mark.parametrize("raw, where", [
     ([{"actions": [{"query_parameters": {"query_parameter_name": "q", "descriptor_key": "q"}}]}],
      "rate_limits[0].actions[0].query_parameters: not supported yet"),
-    ([{"actions": [{"metadata": {}}]}], "rate_limits[0].actions[0].metadata: not supported yet"),
+    ([{"actions": [{"metadata": {}}]}], "rate_limits[0].actions[0].metadata.descriptor_key: required"),
+    ([{"actions": [{"metadata": {"descriptor_key": "d", "metadata_key": {"key": "ns", "path": [{"key": "k"}]},
+                                 "source": "ROUTE"}}]}],
+     "rate_limits[0].actions[0].metadata.source: unknown value"),
+    ([{"actions": [{"metadata": {"descriptor_key": "d", "metadata_key": {"key": "ns"}}}]}],
+     "rate_limits[0].actions[0].metadata.metadata_key.path: required"),
+    ([{"actions": [{"metadata": {"descriptor_key": "d", "metadata_key": {"key": "", "path": [{"key": "k"}]}}}]}],
+     "rate_limits[0].actions[0].metadata.metadata_key.key: must not be empty"),
+    ([{"actions": [{"dynamic_metadata": {"descriptor_key": "d"}}]}],
+     "rate_limits[0].actions[0].dynamic_metadata: not supported yet (deprecated"),
     ([{"actions": [{"generic_key": {"descriptor_value": "v"}}], "limit": {}}], "rate_limits[0].limit: not supported yet"),
     ([{"actions": [{"generic_key": {"descriptor_value": "v"}}], "apply_on_stream_done": True}],
      "rate_limits[0].apply_on_stream_done: not supported yet"),

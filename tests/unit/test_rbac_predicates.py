@@ -87,3 +87,31 @@ def test_an_exact_header_value_no_header_can_carry_is_a_config_that_never_matche
     pred = _header_predicate(parse_header_matcher({"name": "x-k", "string_match": {"exact": "/€"}}, "h"))
     head = RequestHead(b"GET", b"/", b"a", b"http", Headers([(b"x-k", "/€".encode())]), b"1.1")
     assert pred(SimpleNamespace(req=head)) is False
+
+
+def test_metadata_rules_read_the_streams_dynamic_metadata_and_the_routes_metadata():
+    from types import SimpleNamespace
+
+    from proxy.http.filters.rbac_config import RequestFacts
+    md = {"filter": "auth", "path": [{"key": "role"}], "value": {"string_match": {"exact": "admin"}}}
+    rbac = parse_rbac({"action": "ALLOW", "policies": {
+        "dyn": {"permissions": [{"metadata": md}], "principals": [{"any": True}]},
+        "not_user": {"permissions": [{"url_path": {"path": {"prefix": "/inv"}}}],
+                     "principals": [{"metadata": {**md, "value": {"string_match": {"exact": "user"}}, "invert": True}}]},
+        "route": {"permissions": [{"url_path": {"path": {"prefix": "/route"}}}], "principals": [{"sourced_metadata": {
+            "metadata_source": "ROUTE", "metadata_matcher": {**md, "filter": "rt"}}}]},
+    }}, "rules")
+
+    def facts(path="/p", dynamic=None, route_md=None):
+        route = SimpleNamespace(metadata=route_md or {})
+        cb = SimpleNamespace(stream_info=SimpleNamespace(dynamic_metadata=dynamic), route=lambda: route)
+        return LazyRequestFacts(cb, _req(path=path))
+    assert rbac.matched_policy(facts(dynamic={"auth": {"role": "admin"}})) == "dyn"
+    assert rbac.matched_policy(facts(dynamic={"auth": {"role": "user"}})) is None
+    assert rbac.matched_policy(facts("/inv")) == "not_user"                       # no metadata: inverted
+    assert rbac.matched_policy(facts("/inv", {"auth": {"role": "user"}})) is None
+    assert rbac.matched_policy(facts("/route", route_md={"rt": {"role": "admin"}})) == "route"
+    assert rbac.matched_policy(facts("/route", {"rt": {"role": "admin"}})) is None  # not the route's
+    # The network filter's facts carry no metadata: a metadata rule there sees none.
+    net = RequestFacts(None, "", None, None, None, 0, "", None)
+    assert rbac.matched_policy(net) is None

@@ -161,8 +161,8 @@ def test_route_needs_exactly_one_action():
 
 @pytest.mark.parametrize("where,field,value,expected_path", [
     ("vhost", "cors", {}, "route_config.virtual_hosts[0].cors"),
-    ("vhost", "rate_limits", [{"actions": [{"metadata": {}}]}],
-     "route_config.virtual_hosts[0].rate_limits[0].actions[0].metadata"),
+    ("vhost", "rate_limits", [{"actions": [{"dynamic_metadata": {}}]}],
+     "route_config.virtual_hosts[0].rate_limits[0].actions[0].dynamic_metadata"),
     ("vhost", "virtual_clusters", [{"name": "v"}], "route_config.virtual_hosts[0].virtual_clusters"),
     ("vhost", "hedge_policy", {"hedge_on_per_try_timeout": True},
      "route_config.virtual_hosts[0].hedge_policy"),

@@ -485,3 +485,26 @@ def test_value_operators():
 def test_operator_values_without_info_are_empty_and_skipped():
     t = mutations_table([add("x-addr", "%DOWNSTREAM_REMOTE_ADDRESS%")])
     assert apply(t) == []
+
+
+# -- dynamic_metadata (Envoy reads the stream's metadata as it is when the route is resolved) ---
+
+def test_route_match_dynamic_metadata_needs_every_matcher_and_sees_the_heads_metadata():
+    md = [{"filter": "ns", "path": [{"key": "k"}], "value": {"string_match": {"exact": "v"}}},
+          {"filter": "ns", "path": [{"key": "n"}], "value": {"present_match": True}, "invert": True}]
+    t = table([{"name": "vh", "domains": ["*"], "routes": [
+        {"name": "md", "match": {"prefix": "/", "dynamic_metadata": md}, "route": {"cluster": "a"}},
+        {"name": "other", "match": {"prefix": "/"}, "route": {"cluster": "b"}}]}])
+    r = req("/x")
+    assert t.route(r).name == "other"                       # no metadata yet
+    r.dynamic_metadata = {"ns": {"k": "v"}}
+    assert t.route(r).name == "md"
+    r.dynamic_metadata = {"ns": {"k": "v", "n": 1}}           # the inverted one fails
+    assert t.route(r).name == "other"
+    assert t.route(req("/y")).name == "other"                 # another request: its own head
+
+
+def test_route_match_dynamic_metadata_errors_name_the_field():
+    with pytest.raises(Exception) as e:
+        one({"prefix": "/", "dynamic_metadata": [{"filter": "ns", "path": [{"key": "k"}]}]})
+    assert "rc.virtual_hosts[0].routes[0].match.dynamic_metadata[0].value: required field is missing" in str(e.value)

@@ -319,6 +319,17 @@ class LazyRequestFacts:
             return v
 
     @property
+    def dynamic_metadata(self):
+        """The stream's dynamic metadata as it is when the filter decides (what filters before
+        it wrote: set_metadata, jwt_authn, Lua); read afresh on each ask."""
+        return getattr(self.info, "dynamic_metadata", None)
+
+    @property
+    def route_metadata(self):
+        route = self.cb.route()
+        return route.metadata if route is not None else None
+
+    @property
     def peer_principals(self):
         try:
             return self._principals

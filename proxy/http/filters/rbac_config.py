@@ -3,8 +3,11 @@ HTTP filter `envoy.filters.http.rbac` uses it: policies of permissions (what is 
 principals (who asks), each a small tree of and/or/not over leaf matchers.
 
 Job: validate into immutable matchers whose `matches(req)` the filter calls (rbac.py). Every
-field is declared once in the tables; what needs data ftproxy does not keep (dynamic
-metadata, filter state, CEL conditions) is refused by name.
+field is declared once in the tables; what needs data ftproxy does not keep (filter state,
+CEL conditions) is refused by name. `metadata` (a MetadataMatcher, router/metadata_matcher.py)
+tests the stream's dynamic metadata; `sourced_metadata` the dynamic metadata (DYNAMIC) or the
+route's metadata (ROUTE). The network filter's facts have no dynamic metadata (no network
+filter here writes a connection's): a metadata rule there sees none.
 Must not: do I/O. Thread affinity: parsed on the main thread; immutable afterwards.
 """
 
@@ -18,12 +21,13 @@ from typing import Any
 from ...config.fields_table import Message, refused, used
 from ...config.reader import ConfigError, Fields
 from ...router.matchers import HeaderMatcher, parse_header_matcher, parse_string_matcher
+from ...router.metadata_matcher import parse_metadata_matcher
 
 __all__ = ["Rbac", "Policy", "Rule", "parse_rbac", "ACTIONS"]
 
 _P = "envoy.config.rbac.v3"
 ACTIONS = ("ALLOW", "DENY", "LOG")
-_NO_METADATA = "no filter here writes dynamic metadata or filter state"
+_NO_FILTER_STATE = "no filter here writes filter state"
 
 
 class RequestFacts:
@@ -43,6 +47,15 @@ class RequestFacts:
         self.local_port = local_port
         self.server_name = server_name        # the TLS SNI ("" without)
         self.peer_principals = peer_principals  # URI SANs, else DNS SANs, else subject; None: no TLS cert
+
+    @property
+    def dynamic_metadata(self) -> None:
+        """A connection's dynamic metadata: none (no network filter here writes any)."""
+        return None
+
+    @property
+    def route_metadata(self) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +148,10 @@ def predicate(rule: Rule) -> Callable[[RequestFacts], bool]:
         return lambda r: lo <= r.local_port < hi
     if kind == "requested_server_name":
         return lambda r: value.match(r.server_name)
+    if kind == "metadata":
+        return lambda r: value.matches(r.dynamic_metadata)
+    if kind == "route_metadata":
+        return lambda r: value.matches(r.route_metadata)
     if kind == "authenticated":
         def authenticated(r: RequestFacts) -> bool:
             principals = r.peer_principals
@@ -203,10 +220,10 @@ PERMISSION = Message(f"{_P}.Permission", model=Rule, bookkeeping=("kind",), fiel
     used("destination_port_range", attr="value"),
     used("not_rule", attr="value"),
     used("requested_server_name", attr="value"),
-    refused("metadata", _NO_METADATA),
+    used("metadata", attr="value"),
     refused("matcher", "extension matchers"),
     refused("uri_template", "extension matchers"),
-    refused("sourced_metadata", _NO_METADATA),
+    used("sourced_metadata", attr="value"),
 ))
 
 PRINCIPAL = Message(f"{_P}.Principal", model=Rule, bookkeeping=("kind",), fields=(
@@ -220,10 +237,10 @@ PRINCIPAL = Message(f"{_P}.Principal", model=Rule, bookkeeping=("kind",), fields
     used("header", attr="value"),
     used("url_path", attr="value"),
     used("not_id", attr="value"),
-    refused("metadata", _NO_METADATA),
-    refused("filter_state", _NO_METADATA),
+    used("metadata", attr="value"),
+    refused("filter_state", _NO_FILTER_STATE),
     refused("custom", "extension principals"),
-    refused("sourced_metadata", _NO_METADATA),
+    used("sourced_metadata", attr="value"),
 ))
 
 SET = Message(f"{_P}.Permission.Set (and_rules, or_rules)", fields=(used("rules", attr="value"),))
@@ -232,13 +249,18 @@ AUTHENTICATED = Message(f"{_P}.Principal.Authenticated", fields=(used("principal
 PATH_MATCHER = Message("envoy.type.matcher.v3.PathMatcher (RBAC)", fields=(used("path", attr="value"),))
 CIDR = Message("envoy.config.core.v3.CidrRange (RBAC)", fields=(
     used("address_prefix", attr="value"), used("prefix_len", attr="value")))
+SOURCED_METADATA = Message(f"{_P}.SourcedMetadata", fields=(
+    used("metadata_matcher", attr="value"),
+    used("metadata_source", "DYNAMIC", attr="value", why="DYNAMIC: the stream's dynamic metadata; ROUTE: the route's"),
+))
 PORT_RANGE = Message("envoy.type.v3.Int32Range (RBAC)", fields=(used("start", attr="value"),
                                                                 used("end", attr="value")))
 
 _PERMISSION_KINDS = ("and_rules", "or_rules", "any", "header", "url_path", "destination_ip",
-                     "destination_port", "destination_port_range", "not_rule", "requested_server_name")
+                     "destination_port", "destination_port_range", "not_rule", "requested_server_name",
+                     "metadata", "sourced_metadata")
 _PRINCIPAL_KINDS = ("and_ids", "or_ids", "any", "authenticated", "source_ip", "direct_remote_ip",
-                    "remote_ip", "header", "url_path", "not_id")
+                    "remote_ip", "header", "url_path", "not_id", "metadata", "sourced_metadata")
 
 
 def parse_rbac(raw: Any, path: str) -> Rbac:
@@ -286,6 +308,14 @@ def _rule(raw: Any, path: str, table: Message, kinds: tuple[str, ...]) -> Rule:
         return Rule(kind, (r.int("start", 0), r.int("end", 0)))
     if kind == "requested_server_name":
         return Rule(kind, parse_string_matcher(f.value(kind), at))
+    if kind == "metadata":
+        return Rule(kind, parse_metadata_matcher(f.value(kind), at))
+    if kind == "sourced_metadata":
+        sm = SOURCED_METADATA.read(f.value(kind), at)
+        matcher = parse_metadata_matcher(sm.value("metadata_matcher", required=True),
+                                         sm.at("metadata_matcher"))
+        source = sm.enum("metadata_source", ("DYNAMIC", "ROUTE"), "DYNAMIC")
+        return Rule("metadata" if source == "DYNAMIC" else "route_metadata", matcher)
     # authenticated: principal_name matches the peer certificate's URI SAN, else DNS SAN, else
     # subject (Envoy's order); no principal_name: any verified peer certificate.
     a = AUTHENTICATED.read(f.value(kind) or {}, at)

@@ -255,17 +255,17 @@ class LuaFilter:
     """One stream's filter. A hook that ended in its first run (the usual) leaves no handle
     behind: the rest of its direction passes as it would past an ended hook."""
 
-    __slots__ = ("cb", "wf", "state", "req", "resp")
     # A request header write of content-type notes first whether the request arrived as gRPC
     # (lua_handle.py): no snapshot per request needed (filter_chain_plan.py).
     keeps_request_content_type = True
+    # (No __slots__: what a stream may change later keeps its class default until then.)
+    state: Any = _UNRESOLVED              # the stream's LuaState, once resolved (routed)
+    req: StreamHandle | None = None       # the request hook's handle while it is not over
+    resp: StreamHandle | None = None      # the response hook's
 
     def __init__(self, callbacks, wf: WorkerLua) -> None:
         self.cb = callbacks
         self.wf = wf
-        self.state = _UNRESOLVED
-        self.req: StreamHandle | None = None
-        self.resp: StreamHandle | None = None
 
     def _state(self):
         state = self.state
@@ -284,6 +284,7 @@ class LuaFilter:
         fn = state.on_request
         if fn is None:
             return 0
+        wf.executions.value += 1
         h = self.req = StreamHandle(self, state, True, head, end_stream)
         status = h.start(fn)
         if h.status == DONE:  # (set first: the stream may end while it runs, respond())
@@ -306,6 +307,7 @@ class LuaFilter:
         fn = state.on_response
         if fn is None:
             return 0
+        self.wf.executions.value += 1
         h = self.resp = StreamHandle(self, state, False, head, end_stream)
         status = h.start(fn)
         if h.status == DONE:  # (set first: the stream may end while it runs, respond())

@@ -66,7 +66,7 @@ class StreamHandle:
 
     # -- driving the coroutine -------------------------------------------------------------------
     def start(self, fn) -> int:
-        self.f.wf.executions.value += 1
+        """The hook's first run (the filter counted it in `executions`)."""
         lua = self.lua
         hid = self.hid = lua.next_id = lua.next_id + 1
         handles = lua.handles
@@ -233,30 +233,32 @@ class StreamHandle:
         went on), each a (1 add | 2 replace | 3 remove, name, value) of the stream's own
         headers with strings, the name lower-case, no pseudo-header: the checks of op_hadd &
         co. cannot fail."""
-        decoding = self.decoding
         headers = self.head.headers
-        cb = self.f.cb
-        if decoding and self.f.wf.config.clear_route_cache:
-            cb.clear_route_cache()
+        noted = ()
+        if self.decoding:
+            noted = _REQUEST_NAMES_NOTED
+            if self.f.wf.config.clear_route_cache:
+                self.f.cb.clear_route_cache()
         n = len(flat)
         while i < n:
-            code, name, value = flat[i], flat[i + 1], flat[i + 2]
-            i += 3
-            if decoding and name in _REQUEST_NAMES_NOTED:
+            code, name = flat[i], flat[i + 1]
+            if name in noted:  # (a request's host or content-type)
                 if name == b"host":  # (the request's :authority)
                     view = self._map(0)
                     if code == 3:
                         view.remove(name)
                     else:
-                        view.add(name, value)  # (add or replace: as HeaderView's, the same)
+                        view.add(name, flat[i + 2])  # (add or replace: HeaderView's, the same)
+                    i += 3
                     continue
-                cb.note_request_grpc()  # (content-type: LuaFilter.keeps_request_content_type)
+                self.f.cb.note_request_grpc()  # (LuaFilter.keeps_request_content_type)
             if code == 1:
-                headers.add(name, value)
+                headers.add(name, flat[i + 2])
             elif code == 2:
-                headers.set(name, value)
+                headers.set(name, flat[i + 2])
             else:
                 headers.remove(name)
+            i += 3
 
     def op_hreason(self, kind, reason):
         val = to_bytes(reason, "setHttp1ReasonPhrase", 2)

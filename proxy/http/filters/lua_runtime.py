@@ -69,7 +69,7 @@ class LuaScriptError(Exception):
 
 _PRELUDE = r"""
 local papi, E, BATCH = ...
-local yield, create, resume, status = coroutine.yield, coroutine.create, coroutine.resume, coroutine.status
+local yield, create, resume = coroutine.yield, coroutine.create, coroutine.resume
 local setmetatable, getmetatable, type, select, error, unpack, rawpairs =
       setmetatable, getmetatable, type, select, error, unpack, pairs
 python = nil
@@ -316,45 +316,33 @@ local tostring = tostring
 -- The header writes still queued at the end of the first run follow the answer's first four
 -- values (ok, res, step or nil, value or nil), for Python to make before anything else.
 --
--- A hook runs in a runner coroutine that LuaJIT lets yield across its pcall: one that saw its
--- hook end (returned or failed) waits, parked, for the next hook instead of a new coroutine
--- per hook. A hook that waits keeps its runner until it ends. (Lua 5.1 without LuaJIT cannot
--- yield across pcall: there each hook gets a coroutine of its own, as the function it is.)
+-- A hook runs in a runner coroutine: one that saw its hook return waits, parked, for the
+-- next hook instead of a new coroutine per hook. A hook that waits keeps its runner until it
+-- ends; one that fails kills its runner (no pcall in it: one call less per hook), and the
+-- next hook gets a new one.
 local DONE = {}
-local POOL = rawget(_G, "jit") ~= nil
 local idle = nil
 local function runner(fn, h)
   while true do
-    local ok, v = pcall(fn, h)
-    fn, h = yield(DONE, ok, v)
+    fn, h = yield(DONE, fn(h))
   end
 end
--- One run of a hook's coroutine: ok, true, the value it returned | ok, false (it waits) |
--- false, message.
+-- One run of a hook's coroutine: true, true, the value it returned | true, false (it
+-- waits) | false, message.
 local function run(co, ...)
-  local rok, tag, ok, v = resume(co, ...)
+  local rok, tag, v = resume(co, ...)
   if not rok then return false, tag end
-  if POOL then
-    if tag ~= DONE then return true, false end
-    if idle == nil then idle = co end
-    if not ok then return false, v end
-    return true, true, v
-  end
-  if status(co) == "dead" then return true, true, tag end
-  return true, false
+  if tag ~= DONE then return true, false end
+  if idle == nil then idle = co end
+  return true, true, v
 end
 return function(fn, id)
   -- (every field the handle gets, made at once: no resize of the table later)
   local h = setmetatable({id = id, scope = 0, q = false, _hm = false}, H)
   if not BATCH then h.q = nil end  -- (the stream filter's ops take "hbatch")
-  local co
-  if POOL then
-    co = idle
-    idle = nil
-    if co == nil then co = create(runner) end
-  else
-    co = create(function() return fn(h) end)
-  end
+  local co = idle
+  idle = nil
+  if co == nil then co = create(runner) end
   local ok, res, value = run(co, fn, h)
   local q = h.q
   h.q = nil

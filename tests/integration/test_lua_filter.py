@@ -428,3 +428,98 @@ def test_a_waiting_hook_keeps_its_runner_while_others_end_and_fail(upstream):
         assert proxy.counters()["http.ingress_http.lua.errors"] == 9
     finally:
         proxy.stop()
+
+
+def _worker_luas(proxy: ProxyUnderTest) -> list:
+    """The proxy's WorkerLua objects (tests only: as _lua_states finds them)."""
+    import gc
+
+    from proxy.http.filters.lua import WorkerLua
+    found, seen, frontier = [], set(), list(proxy.server.workers)
+    for _ in range(16):
+        nxt = []
+        for o in frontier:
+            if id(o) in seen or isinstance(o, (str, bytes, int, float)):
+                continue
+            seen.add(id(o))
+            if isinstance(o, WorkerLua):
+                found.append(o)
+                continue
+            nxt.extend(gc.get_referents(o))
+        frontier = nxt
+    return found
+
+
+def test_response_path_only_when_a_script_it_may_run_has_envoy_on_response(upstream):
+    """A filter whose scripts (default, named, every route's own in a static table) define no
+    envoy_on_response is not in the response path, and runs its default script without
+    resolving the route when no route configures it; a named script or a route's own that
+    defines one puts it there, and that hook runs."""
+    request_only = """
+        function envoy_on_request(h)
+          h:headers():add("x-req", "1")
+        end"""
+    own = {"@type": PER_ROUTE, "source_code": {"inline_string": """
+        function envoy_on_response(h)
+          h:headers():add("x-own", "yes")
+        end"""}}
+    for routes, encoder, routed in (
+            (None, False, False),
+            ([{"match": {"prefix": "/own"}, "route": {"cluster": "app"},
+               "typed_per_filter_config": {"envoy.filters.http.lua": own}},
+              {"match": {"prefix": "/"}, "route": {"cluster": "app"}}], True, True)):
+        proxy = _proxy(request_only, upstream, routes)
+        try:
+            assert [(w.encoder, w.routed) for w in _worker_luas(proxy)] == [(encoder, routed)]
+            status, headers, _ = _get(proxy.port, "/")
+            assert status == 200 and upstream.requests[-1][2]["x-req"] == "1"
+            assert "x-own" not in headers
+            if routes:
+                status, headers, _ = _get(proxy.port, "/own")
+                assert status == 200 and headers["x-own"] == "yes"
+                assert "x-req" not in upstream.requests[-1][2]  # (the route's script only)
+        finally:
+            proxy.stop()
+    # A named script with a response hook, picked by a route.
+    config = front_proxy_config(
+        [{"match": {"prefix": "/named"}, "route": {"cluster": "app"},
+          "typed_per_filter_config": {"envoy.filters.http.lua": {"@type": PER_ROUTE, "name": "resp.lua"}}},
+         {"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
+        [static_cluster("app", upstream.port)],
+        http_filters=[_lua(request_only, source_codes={"resp.lua": {"inline_string": """
+            function envoy_on_response(h)
+              h:headers():add("x-named", "yes")
+            end"""}}), ROUTER])
+    proxy = ProxyUnderTest(config)
+    try:
+        assert [(w.encoder, w.routed) for w in _worker_luas(proxy)] == [(True, True)]
+        assert "x-named" not in _get(proxy.port, "/")[1]
+        assert _get(proxy.port, "/named")[1]["x-named"] == "yes"
+    finally:
+        proxy.stop()
+
+
+def test_local_reply_to_a_grpc_request_stays_grpc_after_the_script_changes_its_content_type(upstream):
+    """The filter takes no gRPC snapshot per request (keeps_request_content_type): a script's
+    write of the request's content-type notes first that it arrived as gRPC, so respond()
+    afterwards is still answered as to a gRPC request (HTTP 200, grpc-status), as Envoy's
+    local reply follows how the request arrived."""
+    proxy = _proxy("""
+        function envoy_on_request(h)
+          h:headers():replace("content-type", "text/plain")
+          if h:headers():get(":path") == "/deny" then
+            h:respond({[":status"] = "403"}, "denied")
+          end
+        end""", upstream)
+    try:
+        status, headers, _ = _get(proxy.port, "/deny", "POST", b"x",
+                                  headers={"content-type": "application/grpc"})
+        assert status == 200 and headers["grpc-status"] == "7", headers
+        assert headers["content-type"] == "application/grpc"
+        status, headers, _ = _get(proxy.port, "/deny", "POST", b"x",
+                                  headers={"content-type": "application/json"})
+        assert status == 403 and "grpc-status" not in headers
+        assert _get(proxy.port, "/pass", "POST", b"x", headers={"content-type": "application/grpc"})[0] == 200
+        assert upstream.requests[-1][2]["content-type"] == "text/plain"
+    finally:
+        proxy.stop()

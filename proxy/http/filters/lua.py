@@ -29,6 +29,7 @@ Must not: import lupa at module level (this module is imported by proxy/extensio
 from __future__ import annotations
 
 import importlib
+from functools import partial
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -38,7 +39,7 @@ from ...config.data_source import read_data_source
 from ...config.fields_table import Message, refused, used
 from ...config.reader import ConfigError
 from ...config.registry import Extension, register
-from .lua_handle import OPS, StreamHandle
+from .lua_handle import DONE, OPS, StreamHandle
 
 __all__ = ["LuaConfig", "LuaPerRoute", "parse_lua", "parse_lua_per_route"]
 
@@ -54,6 +55,10 @@ class LuaConfig:
     source_codes: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
     stat_prefix: str = ""
     clear_route_cache: bool = True
+    # Whether the default script or a named one defines envoy_on_response (found at load):
+    # without one, and without a route's own script that does, the filter is not in the
+    # response path at all (WorkerLua.encoder). True unless parse_lua found out.
+    response_hooks: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +66,19 @@ class LuaPerRoute:
     disabled: bool = False
     name: str = ""
     source_code: bytes | None = None
+    # Whether `source_code` defines envoy_on_response (found at load; see LuaConfig's).
+    response_hook: bool = True
 
 
-LUA = Message(PROTO, title="HTTP filter lua", model=LuaConfig, fields=(
+LUA = Message(PROTO, title="HTTP filter lua", model=LuaConfig, bookkeeping=("response_hooks",), fields=(
     used("inline_code", attr="default_source_code", why="deprecated; the same as default_source_code"),
     used("default_source_code", why="DataSource, loaded at config load and on each worker"),
     used("source_codes", why="named DataSources a route picks with LuaPerRoute.name"),
     used("stat_prefix", ""),
     used("clear_route_cache", True, why="a header change on the request path clears the route cache"),
 ))
-PER_ROUTE = Message(PER_ROUTE_PROTO, title="HTTP filter lua per route", model=LuaPerRoute, fields=(
+PER_ROUTE = Message(PER_ROUTE_PROTO, title="HTTP filter lua per route", model=LuaPerRoute,
+                    bookkeeping=("response_hook",), fields=(
     used("disabled", False),
     used("name", ""),
     used("source_code"),
@@ -98,12 +106,12 @@ def _read_source(raw: Any, path: str) -> bytes:
     return read_data_source(DATA_SOURCE, raw, path)
 
 
-def _check_script(code: bytes, path: str) -> None:
+def _check_script(code: bytes, path: str) -> bool:
     """Load the script once now, as Envoy does at config load: a syntax error or an error in
-    its top-level code is the config's."""
+    its top-level code is the config's. Answers whether it defines envoy_on_response."""
     rt = _runtime(path)
     try:
-        rt.LuaState(code)
+        return rt.LuaState(code).on_response is not None
     except rt.LuaScriptError as e:
         raise ConfigError(path, f"script load error: {e}") from None
 
@@ -113,12 +121,13 @@ def parse_lua(raw: Mapping[str, Any], path: str) -> LuaConfig:
     _runtime(path)  # lupa first: without it, say how to get it before anything else
     f.oneof("inline_code", "default_source_code")
     code = None
+    response_hooks = False
     if f.has("inline_code"):
         code = f.str("inline_code").encode()
-        _check_script(code, f.at("inline_code"))
+        response_hooks = _check_script(code, f.at("inline_code"))
     elif f.has("default_source_code"):
         code = _read_source(f.value("default_source_code"), f.at("default_source_code"))
-        _check_script(code, f.at("default_source_code"))
+        response_hooks = _check_script(code, f.at("default_source_code"))
     named: dict[str, bytes] = {}
     sources = f.value("source_codes", {}) or {}
     if not isinstance(sources, Mapping):
@@ -126,29 +135,31 @@ def parse_lua(raw: Mapping[str, Any], path: str) -> LuaConfig:
     for name, value in sources.items():
         p = f"{f.at('source_codes')}.{name}"
         named[str(name)] = _read_source(value, p)
-        _check_script(named[str(name)], p)
+        if _check_script(named[str(name)], p):
+            response_hooks = True
     return LuaConfig(default_source_code=code, source_codes=MappingProxyType(named),
                      stat_prefix=f.str("stat_prefix", ""),
-                     clear_route_cache=f.bool("clear_route_cache", True))
+                     clear_route_cache=f.bool("clear_route_cache", True),
+                     response_hooks=response_hooks)
 
 
 def parse_lua_per_route(raw: Mapping[str, Any], path: str) -> LuaPerRoute:
     f = PER_ROUTE.read(raw, path)
     kind = f.oneof("disabled", "name", "source_code")
+    # (response_hook: a named script is the filter config's, which says for it)
     if kind is None:  # Envoy accepts it: no override, the filter's default script runs
-        return LuaPerRoute()
+        return LuaPerRoute(response_hook=False)
     if kind == "disabled":
         if not f.bool("disabled"):
             raise ConfigError(f.at("disabled"), "must be true when set")
-        return LuaPerRoute(disabled=True)
+        return LuaPerRoute(disabled=True, response_hook=False)
     if kind == "name":
         name = f.str("name")
         if not name:
             raise ConfigError(f.at("name"), "must not be empty")
-        return LuaPerRoute(name=name)
+        return LuaPerRoute(name=name, response_hook=False)
     code = _read_source(f.value("source_code"), f.at("source_code"))
-    _check_script(code, f.at("source_code"))
-    return LuaPerRoute(source_code=code)
+    return LuaPerRoute(source_code=code, response_hook=_check_script(code, f.at("source_code")))
 
 
 # -- runtime ----------------------------------------------------------------------------------
@@ -164,10 +175,18 @@ class LuaFactory:
 
 class WorkerLua:
     """Per worker: the scripts' Lua states (made here, used only by this worker's streams),
-    and the stats."""
+    the stats, and what the HCM's route table says of this filter (both fixed for the
+    worker's HcmContext unless the table comes from RDS):
+
+    - `routed`: whether a stream's script depends on its route (a route with a
+      typed_per_filter_config for this filter, or RDS). Otherwise every stream runs the
+      default script, found without resolving the route (which a header the script adds would
+      make the router resolve again).
+    - `encoder`: whether the filter is in the response path at all (filter_chain_plan.py reads
+      it per worker factory): only when a script it may run defines envoy_on_response (the
+      default, a named one, or a route's own; with RDS, a later route's may)."""
 
     decoder = True
-    encoder = True
 
     def __init__(self, factory: LuaFactory, ctx) -> None:
         self.rt = _runtime(factory.name)
@@ -183,6 +202,11 @@ class WorkerLua:
         self.default = self.rt.LuaState(cfg.default_source_code, OPS) if cfg.default_source_code else None
         self.named: dict[str, Any] = {}
         self.per_route: dict[bytes, Any] = {}
+        routes = _route_configs(ctx, factory.name)
+        self.routed = routes is None or bool(routes)
+        self.encoder = (cfg.response_hooks or routes is None
+                        or any(isinstance(c, LuaPerRoute) and c.response_hook for c in routes))
+        self.create = partial(LuaFilter, wf=self)  # create(callbacks): a stream's filter
 
     def state_for(self, per_route: LuaPerRoute | None):
         """The Lua state a stream runs (None: the filter does nothing for it)."""
@@ -206,36 +230,66 @@ class WorkerLua:
             state = self.per_route[code] = self.rt.LuaState(code, OPS)
         return state
 
-    def create(self, callbacks) -> LuaFilter:
-        return LuaFilter(callbacks, self)
+
+
+def _route_configs(ctx, name: str) -> list | None:
+    """This filter's per-route configs in the HCM's route table (each route's merged
+    typed_per_filter_config), or None when the table may change under the worker (RDS)."""
+    table = getattr(ctx, "route_table", None)
+    config = getattr(table, "config", None)
+    if config is None or getattr(ctx.config, "rds", None) is not None:
+        return None
+    out = []
+    for vh in config.virtual_hosts:
+        for route in (*vh.routes, vh.tls_redirect_route):
+            entry = route.per_filter_config.get(name) if route is not None else None
+            if entry is not None:
+                out.append(entry.config)
+    return out
 
 
 _UNRESOLVED = object()
 
 
 class LuaFilter:
-    __slots__ = ("cb", "wf", "state", "req", "resp")
+    """One stream's filter. A hook that ended in its first run (the usual) leaves no handle
+    behind: the rest of its direction passes as it would past an ended hook."""
+
+    # A request header write of content-type notes first whether the request arrived as gRPC
+    # (lua_handle.py): no snapshot per request needed (filter_chain_plan.py).
+    keeps_request_content_type = True
+    # (No __slots__: what a stream may change later keeps its class default until then.)
+    state: Any = _UNRESOLVED              # the stream's LuaState, once resolved (routed)
+    req: StreamHandle | None = None       # the request hook's handle while it is not over
+    resp: StreamHandle | None = None      # the response hook's
 
     def __init__(self, callbacks, wf: WorkerLua) -> None:
         self.cb = callbacks
         self.wf = wf
-        self.state = _UNRESOLVED
-        self.req: StreamHandle | None = None
-        self.resp: StreamHandle | None = None
 
     def _state(self):
         state = self.state
         if state is _UNRESOLVED:
-            state = self.state = self.wf.state_for(self.cb.per_filter_config(self.wf.name))
+            wf = self.wf
+            state = self.state = (wf.state_for(self.cb.per_filter_config(wf.name)) if wf.routed
+                                  else wf.default)
         return state
 
     # -- the request -----------------------------------------------------------------------------
     def decode_headers(self, head, end_stream: bool) -> int:
-        state = self._state()
-        if state is None or state.on_request is None:
+        wf = self.wf
+        state = self._state() if wf.routed else wf.default
+        if state is None:
             return 0
+        fn = state.on_request
+        if fn is None:
+            return 0
+        wf.executions.value += 1
         h = self.req = StreamHandle(self, state, True, head, end_stream)
-        return h.start(state.on_request)
+        status = h.start(fn)
+        if h.status == DONE:  # (set first: the stream may end while it runs, respond())
+            self.req = None
+        return status
 
     def decode_data(self, data: bytes, end_stream: bool):
         h = self.req
@@ -245,13 +299,20 @@ class LuaFilter:
         h = self.req
         return 0 if h is None else h.on_trailers(trailers)
 
-    # -- the response ----------------------------------------------------------------------------
+    # -- the response (only when a script may have envoy_on_response: WorkerLua.encoder) --------
     def encode_headers(self, head, end_stream: bool) -> int:
         state = self._state()
-        if state is None or state.on_response is None:
+        if state is None:
             return 0
+        fn = state.on_response
+        if fn is None:
+            return 0
+        self.wf.executions.value += 1
         h = self.resp = StreamHandle(self, state, False, head, end_stream)
-        return h.start(state.on_response)
+        status = h.start(fn)
+        if h.status == DONE:  # (set first: the stream may end while it runs, respond())
+            self.resp = None
+        return status
 
     def encode_data(self, data: bytes, end_stream: bool):
         h = self.resp
@@ -262,10 +323,14 @@ class LuaFilter:
         return 0 if h is None else h.on_trailers(trailers)
 
     def on_destroy(self) -> None:
-        for h in (self.req, self.resp):
-            if h is not None:
-                h.abandon()
-        self.req = self.resp = None
+        h = self.req
+        if h is not None:
+            self.req = None
+            h.abandon()
+        h = self.resp
+        if h is not None:
+            self.resp = None
+            h.abandon()
 
 
 register(Extension(

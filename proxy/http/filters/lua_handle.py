@@ -22,7 +22,7 @@ from typing import Any
 from ..async_client import AsyncRequest, AsyncResponse
 from .lua_values import HeaderView, LuaApiError, to_bytes, to_int
 
-__all__ = ["StreamHandle", "OPS"]
+__all__ = ["StreamHandle", "OPS", "DONE"]
 
 log = logging.getLogger("ftproxy.lua")
 
@@ -30,6 +30,8 @@ NAME = "envoy.filters.http.lua"  # route metadata is looked up under the filter'
 
 # Stream handle states (Envoy's StreamHandleWrapper::State), and DONE: the coroutine ended.
 RUNNING, WAIT_BODY, WAIT_CHUNK, WAIT_TRAILERS, HTTP_CALL, RESPONDED, DONE = range(7)
+# Request header names a queued write cannot just make (StreamHandle._writes).
+_REQUEST_NAMES_NOTED = frozenset((b"host", b"content-type"))
 _LOG_LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR,
                logging.CRITICAL)
 # The body of the local reply Envoy's router makes when a call gets no answer.
@@ -41,9 +43,19 @@ class StreamHandle:
     """One hook's run over one direction of a stream: the coroutine's driver, and the
     operations the prelude's objects call (`OPS`, through LuaState._api)."""
 
-    __slots__ = ("f", "lua", "decoding", "head", "end_stream", "status", "step", "hid",
-                 "headers_continued", "saw_body", "buffered_body", "trailers_list",
-                 "request", "answer", "chunk", "view")
+    # No __slots__: what most hooks never change keeps its class default below, and a handle
+    # is made with five stores (one per hook run, on the request path of every stream).
+    status = RUNNING
+    step = None          # the function that resumes the hook (lua_runtime.py), while it waits
+    hid = 0
+    headers_continued = False
+    saw_body = False
+    buffered_body = False
+    trailers_list = None
+    request: AsyncRequest | None = None
+    answer: tuple = ()
+    chunk: bytearray | None = None
+    view = None
 
     def __init__(self, flt, lua, decoding: bool, head, end_stream: bool) -> None:
         self.f = flt
@@ -51,31 +63,27 @@ class StreamHandle:
         self.decoding = decoding
         self.head = head
         self.end_stream = end_stream
-        self.status = RUNNING
-        self.step = None
-        self.hid = 0
-        self.headers_continued = False
-        self.saw_body = False
-        self.buffered_body = False
-        self.trailers_list = None
-        self.request: AsyncRequest | None = None
-        self.answer: tuple = ()
-        self.chunk: bytearray | None = None
-        self.view = None
 
     # -- driving the coroutine -------------------------------------------------------------------
     def start(self, fn) -> int:
-        self.f.wf.executions.value += 1
+        """The hook's first run (the filter counted it in `executions`)."""
         lua = self.lua
-        self.hid = lua.register(self)
+        hid = self.hid = lua.next_id = lua.next_id + 1
+        handles = lua.handles
+        handles[hid] = self  # (LuaState.register, inline)
         try:
-            answer = lua.start(fn, self.hid)
+            answer = lua.start(fn, hid)
         except Exception as e:  # (lupa's own failure: treated as the script's)
             answer = (False, e)
-        ok, result = answer[0], answer[1]
         if len(answer) > 4:  # header writes the run queued (lua_runtime.py's prelude)
             self._writes(answer, 4)
-        if len(answer) >= 3 and answer[2] is not None and self.hid in lua.handles:
+        ok, result = answer[0], answer[1]
+        if ok is True and result is True:  # it returned (the usual): over, nothing to drive
+            self.status = DONE
+            handles.pop(hid, None)  # (LuaState.release, inline)
+            self.headers_continued = True
+            return 0
+        if len(answer) >= 3 and answer[2] is not None and hid in handles:
             self.step = answer[2]  # it waits (unless its stream ended meanwhile: respond())
         self._after(ok, result)
         if self.status in (WAIT_BODY, HTTP_CALL, RESPONDED):
@@ -177,13 +185,17 @@ class StreamHandle:
             view = self.view = HeaderView(self.head, None)
         return view
 
-    def _modifiable(self, kind) -> HeaderView:
+    def _modifiable(self, kind, name: bytes = b"") -> HeaderView:
         view = self._map(kind)
         if not kind:
             if self.headers_continued:
                 raise LuaApiError("header map can no longer be modified")
-            if self.decoding and self.f.wf.config.clear_route_cache:
-                self.f.cb.clear_route_cache()
+            if self.decoding:
+                cb = self.f.cb
+                if name == b"content-type":  # (LuaFilter.keeps_request_content_type)
+                    cb.note_request_grpc()
+                if self.f.wf.config.clear_route_cache:
+                    cb.clear_route_cache()
         return view
 
     def op_hget(self, kind, key):
@@ -202,29 +214,50 @@ class StreamHandle:
 
     def op_hadd(self, kind, key, value):
         name, val = to_bytes(key, "add", 2).lower(), to_bytes(value, "add", 3)
-        self._modifiable(kind).add(name, val)
+        self._modifiable(kind, name).add(name, val)
 
     def op_hreplace(self, kind, key, value):
         name, val = to_bytes(key, "replace", 2).lower(), to_bytes(value, "replace", 3)
-        self._modifiable(kind).replace(name, val)
+        self._modifiable(kind, name).replace(name, val)
 
     def op_hremove(self, kind, key):
-        self._modifiable(kind).remove(to_bytes(key, "remove", 2).lower())
+        name = to_bytes(key, "remove", 2).lower()
+        self._modifiable(kind, name).remove(name)
 
     def op_hbatch(self, *flat):
         """Header writes the prelude queued: (1 add | 2 replace | 3 remove, key, value)..."""
         self._writes(flat, 0)
 
     def _writes(self, flat, i: int) -> None:
+        """Made in order: what the prelude queued in the hook's first run (before its headers
+        went on), each a (1 add | 2 replace | 3 remove, name, value) of the stream's own
+        headers with strings, the name lower-case, no pseudo-header: the checks of op_hadd &
+        co. cannot fail."""
+        headers = self.head.headers
+        noted = ()
+        if self.decoding:
+            noted = _REQUEST_NAMES_NOTED
+            if self.f.wf.config.clear_route_cache:
+                self.f.cb.clear_route_cache()
         n = len(flat)
         while i < n:
-            code, key, value = flat[i], flat[i + 1], flat[i + 2]
+            code, name = flat[i], flat[i + 1]
+            if name in noted:  # (a request's host or content-type)
+                if name == b"host":  # (the request's :authority)
+                    view = self._map(0)
+                    if code == 3:
+                        view.remove(name)
+                    else:
+                        view.add(name, flat[i + 2])  # (add or replace: HeaderView's, the same)
+                    i += 3
+                    continue
+                self.f.cb.note_request_grpc()  # (LuaFilter.keeps_request_content_type)
             if code == 1:
-                self.op_hadd(0, key, value)
+                headers.add(name, flat[i + 2])
             elif code == 2:
-                self.op_hreplace(0, key, value)
+                headers.set(name, flat[i + 2])
             else:
-                self.op_hremove(0, key)
+                headers.remove(name)
             i += 3
 
     def op_hreason(self, kind, reason):

@@ -69,34 +69,42 @@ class LuaScriptError(Exception):
 
 _PRELUDE = r"""
 local papi, E, BATCH = ...
-local yield, create, resume, status = coroutine.yield, coroutine.create, coroutine.resume, coroutine.status
+local yield, create, resume = coroutine.yield, coroutine.create, coroutine.resume
 local setmetatable, getmetatable, type, select, error, unpack, rawpairs =
       setmetatable, getmetatable, type, select, error, unpack, pairs
 python = nil
 
 -- An API answer: its values, or the error it carries raised at the script's line.
--- Header writes a hook's first run makes (add/replace/remove of its own headers with string
--- arguments, which cannot fail then) wait in Q[id] as (op, key, value) triples: the next API
--- call takes them first ("hbatch"), and the end of the run hands the rest to Python with its
--- answer. One crossing into Python fewer per write (each costs more than the write).
-local Q = {}
-local function flush(id, q)
-  local r = {papi("hbatch", id, unpack(q, 1, q.n))}
-  q.n = 0
-  for i = #q, 1, -1 do q[i] = nil end
-  return r
+-- Header writes a hook's first run makes (add/replace/remove of its own headers, not
+-- pseudo-headers, with string arguments, which cannot fail then) wait in the handle's `q` as
+-- (op, lower-case name, value) triples: the next API call takes them first ("hbatch"), and
+-- the end of the run hands the rest to Python with its answer. One crossing into Python fewer
+-- per write (each costs more than the write). h.q: nil once writes are no longer queued (after
+-- the first run, or a wait), false while none waits, else the queue.
+local function flush(h, q)
+  h.q = false
+  return papi("hbatch", h.id, unpack(q, 1, q.n))
 end
-local function api(op, id, ...)
-  local q = Q[id]
-  if q ~= nil and q.n > 0 then flush(id, q) end
-  return papi(op, id, ...)
+local function api(op, h, ...)
+  local q = h.q
+  if q then flush(h, q) end
+  return papi(op, h.id, ...)
 end
+local byte, lower = string.byte, string.lower
 local function queue(o, code, k, v)
-  local q = Q[o.h.id]
-  if q == nil or o.k ~= 0 or type(k) ~= "string" or type(v) ~= "string" then return false end
-  local n = q.n
-  q[n + 1] = code; q[n + 2] = k; q[n + 3] = v
-  q.n = n + 3
+  local h = o.h
+  local q = h.q
+  if q == nil or o.k ~= 0 or type(k) ~= "string" or type(v) ~= "string" or byte(k, 1) == 58 then
+    return false  -- (a pseudo-header's value may be refused: that goes to Python now)
+  end
+  k = lower(k)
+  if q then
+    local n = q.n
+    q[n + 1] = code; q[n + 2] = k; q[n + 3] = v
+    q.n = n + 3
+  else
+    h.q = {code, k, v, n = 3}
+  end
   return true
 end
 local function pass(...)
@@ -152,28 +160,28 @@ local function modify(o)
   if o.s ~= o.h.scope then error("object used outside of proper scope", 3) end
   if o.it then error("header map cannot be modified while iterating", 3) end
 end
-function HM:get(k) live(self); return pass(api("hget", self.h.id, self.k, k)) end
-function HM:getAtIndex(k, i) live(self); return pass(api("hgetat", self.h.id, self.k, k, i)) end
-function HM:getNumValues(k) live(self); return pass(api("hnum", self.h.id, self.k, k)) end
+function HM:get(k) live(self); return pass(api("hget", self.h, self.k, k)) end
+function HM:getAtIndex(k, i) live(self); return pass(api("hgetat", self.h, self.k, k, i)) end
+function HM:getNumValues(k) live(self); return pass(api("hnum", self.h, self.k, k)) end
 function HM:add(k, v)
   modify(self)
   if queue(self, 1, k, v) then return end
-  return pass(api("hadd", self.h.id, self.k, k, v))
+  return pass(api("hadd", self.h, self.k, k, v))
 end
 function HM:replace(k, v)
   modify(self)
   if queue(self, 2, k, v) then return end
-  return pass(api("hreplace", self.h.id, self.k, k, v))
+  return pass(api("hreplace", self.h, self.k, k, v))
 end
 function HM:remove(k)
   modify(self)
   if queue(self, 3, k, "") then return end
-  return pass(api("hremove", self.h.id, self.k, k))
+  return pass(api("hremove", self.h, self.k, k))
 end
-function HM:setHttp1ReasonPhrase(r) modify(self); return pass(api("hreason", self.h.id, self.k, r)) end
+function HM:setHttp1ReasonPhrase(r) modify(self); return pass(api("hreason", self.h, self.k, r)) end
 HM.__pairs = function(self)
   live(self)
-  local it = flatpairs(chk(api("hpairs", self.h.id, self.k)))
+  local it = flatpairs(chk(api("hpairs", self.h, self.k)))
   self.it = true
   return function()
     local k, v = it()
@@ -184,46 +192,46 @@ end
 
 local B = {}
 B.__index = B
-function B:length() live(self); return pass(api("blen", self.h.id, self.k)) end
-function B:getBytes(i, n) live(self); return pass(api("bget", self.h.id, self.k, i, n)) end
-function B:setBytes(s) live(self); return pass(api("bset", self.h.id, self.k, s)) end
+function B:length() live(self); return pass(api("blen", self.h, self.k)) end
+function B:getBytes(i, n) live(self); return pass(api("bget", self.h, self.k, i, n)) end
+function B:setBytes(s) live(self); return pass(api("bset", self.h, self.k, s)) end
 
 local MD = {}
 MD.__index = MD
-function MD:get(k) live(self); return pass(api("mdget", self.h.id, k)) end
-MD.__pairs = function(self) live(self); return flatpairs(chk(api("mdpairs", self.h.id))), self, nil end
+function MD:get(k) live(self); return pass(api("mdget", self.h, k)) end
+MD.__pairs = function(self) live(self); return flatpairs(chk(api("mdpairs", self.h))), self, nil end
 
 local DM = {}
 DM.__index = DM
-function DM:get(ns) live(self); return pass(api("dmget", self.h.id, ns)) end
+function DM:get(ns) live(self); return pass(api("dmget", self.h, ns)) end
 function DM:set(ns, k, v)
   live(self)
   if type(v) == "table" then
-    return pass(api("dmset", self.h.id, ns, k, true, unpack(flatten(v))))
+    return pass(api("dmset", self.h, ns, k, true, unpack(flatten(v))))
   end
-  return pass(api("dmset", self.h.id, ns, k, false, v))
+  return pass(api("dmset", self.h, ns, k, false, v))
 end
-DM.__pairs = function(self) live(self); return flatpairs(chk(api("dmpairs", self.h.id))), self, nil end
+DM.__pairs = function(self) live(self); return flatpairs(chk(api("dmpairs", self.h))), self, nil end
 
 local S = {}
 S.__index = S
-function S:peerCertificatePresented() live(self); return pass(api("ssl", self.h.id, "peer")) end
-function S:tlsVersion() live(self); return pass(api("ssl", self.h.id, "version")) end
-function S:ciphersuiteString() live(self); return pass(api("ssl", self.h.id, "cipher")) end
-function S:sni() live(self); return pass(api("ssl", self.h.id, "sni")) end
+function S:peerCertificatePresented() live(self); return pass(api("ssl", self.h, "peer")) end
+function S:tlsVersion() live(self); return pass(api("ssl", self.h, "version")) end
+function S:ciphersuiteString() live(self); return pass(api("ssl", self.h, "cipher")) end
+function S:sni() live(self); return pass(api("ssl", self.h, "sni")) end
 local function ssl(o)
-  if chk(api("ssl", o.h.id, "present")) then return setmetatable({h = o.h, s = o.s}, S) end
+  if chk(api("ssl", o.h, "present")) then return setmetatable({h = o.h, s = o.s}, S) end
   return nil
 end
 
 local SI = {}
 SI.__index = SI
-function SI:protocol() live(self); return pass(api("si", self.h.id, "protocol")) end
-function SI:downstreamLocalAddress() live(self); return pass(api("si", self.h.id, "local")) end
-function SI:downstreamDirectRemoteAddress() live(self); return pass(api("si", self.h.id, "direct_remote")) end
-function SI:downstreamRemoteAddress() live(self); return pass(api("si", self.h.id, "remote")) end
-function SI:requestedServerName() live(self); return pass(api("si", self.h.id, "sni")) end
-function SI:routeName() live(self); return pass(api("si", self.h.id, "route")) end
+function SI:protocol() live(self); return pass(api("si", self.h, "protocol")) end
+function SI:downstreamLocalAddress() live(self); return pass(api("si", self.h, "local")) end
+function SI:downstreamDirectRemoteAddress() live(self); return pass(api("si", self.h, "direct_remote")) end
+function SI:downstreamRemoteAddress() live(self); return pass(api("si", self.h, "remote")) end
+function SI:requestedServerName() live(self); return pass(api("si", self.h, "sni")) end
+function SI:routeName() live(self); return pass(api("si", self.h, "route")) end
 function SI:dynamicMetadata() live(self); return setmetatable({h = self.h, s = self.s}, DM) end
 function SI:downstreamSslConnection() live(self); return ssl(self) end
 
@@ -235,39 +243,37 @@ local H = {}
 H.__index = H
 -- Wait for what the filter brings; the objects given out so far die (Envoy's markDead).
 local function wait(h)
-  local q = Q[h.id]
-  if q ~= nil then  -- (writes are queued in the first run only, before any wait)
-    if q.n > 0 then flush(h.id, q) end
-    Q[h.id] = nil
-  end
+  local q = h.q
+  if q then flush(h, q) end
+  h.q = nil  -- (writes are queued in the first run only, before any wait)
   h.scope = h.scope + 1
-  h._hm = nil
+  h._hm = false
   return yield()
 end
 local function new(h, mt, k) return setmetatable({h = h, s = h.scope, k = k}, mt) end
 function H:headers()
   local o = self._hm
-  if o == nil then o = new(self, HM, 0); self._hm = o end
+  if not o then o = new(self, HM, 0); self._hm = o end
   return o
 end
 function H:body(always_wrap)
-  if chk(api("body_wait", self.id, always_wrap)) then wait(self) end
-  if chk(api("body_has", self.id, always_wrap)) then return new(self, B, 0) end
+  if chk(api("body_wait", self, always_wrap)) then wait(self) end
+  if chk(api("body_has", self, always_wrap)) then return new(self, B, 0) end
 end
 function H:bodyChunks()
-  chk(api("chunks_start", self.id))
+  chk(api("chunks_start", self))
   local h = self
   return function()
-    if chk(api("chunk_wait", h.id)) then
+    if chk(api("chunk_wait", h)) then
       wait(h)
-      if chk(api("chunk_has", h.id)) then return new(h, B, 1) end
+      if chk(api("chunk_has", h)) then return new(h, B, 1) end
     end
     return nil
   end
 end
 function H:trailers()
-  if chk(api("trailers_wait", self.id)) then wait(self) end
-  if chk(api("trailers_has", self.id)) then return new(self, HM, 1) end
+  if chk(api("trailers_wait", self)) then wait(self) end
+  if chk(api("trailers_has", self)) then return new(self, HM, 1) end
 end
 local function answer(body, ...) return map(...), body end
 function H:httpCall(cluster, headers, body, options, asynchronous)
@@ -278,28 +284,28 @@ function H:httpCall(cluster, headers, body, options, asynchronous)
     asynchronous = options.asynchronous
     if options.send_xff == false then send_xff = false end
   end
-  if chk(api("http_call", self.id, cluster, body, timeout, asynchronous, send_xff, unpack(flatten(headers)))) then
+  if chk(api("http_call", self, cluster, body, timeout, asynchronous, send_xff, unpack(flatten(headers)))) then
     wait(self)
-    return answer(chk(api("http_answer", self.id)))
+    return answer(chk(api("http_answer", self)))
   end
 end
 function H:respond(headers, body)
   if type(headers) ~= "table" then error("bad argument #2 to 'respond' (table expected, got " .. type(headers) .. ")", 2) end
-  chk(api("respond", self.id, body, unpack(flatten(headers))))
+  chk(api("respond", self, body, unpack(flatten(headers))))
   return wait(self)
 end
 function H:metadata() return new(self, MD) end
 function H:streamInfo() return new(self, SI) end
 function H:connection() return new(self, C) end
-function H:logTrace(m) chk(api("log", self.id, 0, m)) end
-function H:logDebug(m) chk(api("log", self.id, 1, m)) end
-function H:logInfo(m) chk(api("log", self.id, 2, m)) end
-function H:logWarn(m) chk(api("log", self.id, 3, m)) end
-function H:logErr(m) chk(api("log", self.id, 4, m)) end
-function H:logCritical(m) chk(api("log", self.id, 5, m)) end
-function H:clearRouteCache() chk(api("clear_route_cache", self.id)) end
+function H:logTrace(m) chk(api("log", self, 0, m)) end
+function H:logDebug(m) chk(api("log", self, 1, m)) end
+function H:logInfo(m) chk(api("log", self, 2, m)) end
+function H:logWarn(m) chk(api("log", self, 3, m)) end
+function H:logErr(m) chk(api("log", self, 4, m)) end
+function H:logCritical(m) chk(api("log", self, 5, m)) end
+function H:clearRouteCache() chk(api("clear_route_cache", self)) end
 function H:base64Escape(s) return pass(api("base64", self.id, s)) end
-function H:timestamp() return pass(api("timestamp", self.id)) end
+function H:timestamp() return pass(api("timestamp", self)) end
 
 -- start(fn, id): the hook as a coroutine, run until it first ends or waits (one call from
 -- Python instead of two); then the step function resumes it. Each run answers
@@ -310,55 +316,53 @@ local tostring = tostring
 -- The header writes still queued at the end of the first run follow the answer's first four
 -- values (ok, res, step or nil, value or nil), for Python to make before anything else.
 --
--- A hook runs in a runner coroutine that LuaJIT lets yield across its pcall: one that saw its
--- hook end (returned or failed) waits, parked, for the next hook instead of a new coroutine
--- per hook. A hook that waits keeps its runner until it ends. (Lua 5.1 without LuaJIT cannot
--- yield across pcall: there each hook gets a coroutine of its own, as the function it is.)
+-- A hook runs in a runner coroutine: one that saw its hook return waits, parked, for the
+-- next hook instead of a new coroutine per hook. A hook that waits keeps its runner until it
+-- ends; one that fails kills its runner (no pcall in it: one call less per hook), and the
+-- next hook gets a new one.
 local DONE = {}
-local POOL = rawget(_G, "jit") ~= nil
 local idle = nil
 local function runner(fn, h)
   while true do
-    local ok, v = pcall(fn, h)
-    fn, h = yield(DONE, ok, v)
+    fn, h = yield(DONE, fn(h))
   end
 end
+-- One run of a hook's coroutine: true, true, the value it returned | true, false (it
+-- waits) | false, message.
+local function run(co, ...)
+  local rok, tag, v = resume(co, ...)
+  if not rok then return false, tag end
+  if tag ~= DONE then return true, false end
+  if idle == nil then idle = co end
+  return true, true, v
+end
 return function(fn, id)
-  local h = setmetatable({id = id, scope = 0}, H)
-  local value
-  local co
-  if POOL then
-    co = idle
-    idle = nil
-    if co == nil then co = create(runner) end
-  else
-    co = create(function() return fn(h) end)
+  -- (every field the handle gets, made at once: no resize of the table later)
+  local h = setmetatable({id = id, scope = 0, q = false, _hm = false}, H)
+  if not BATCH then h.q = nil end  -- (the stream filter's ops take "hbatch")
+  local co = idle
+  idle = nil
+  if co == nil then co = create(runner) end
+  local ok, res, value = run(co, fn, h)
+  local q = h.q
+  h.q = nil
+  if ok and res then
+    local kind = type(value)
+    if kind == "string" or kind == "number" then value = tostring(value) else value = nil end
+    if q then return true, true, nil, value, unpack(q, 1, q.n) end
+    if value ~= nil then return true, true, nil, value end
+    return true, true  -- (the usual: it returned, nothing more to hand to Python)
   end
-  local function step(...)
-    local rok, tag, ok, v = resume(co, ...)
-    if not rok then return false, tag end
-    if POOL then
-      if tag ~= DONE then return true, false end
-      if idle == nil then idle = co end
-      if not ok then return false, v end
-      value = v
-      return true, true
-    end
-    if status(co) == "dead" then value = tag; return true, true end
-    return true, false
-  end
-  local q = {n = 0}
-  if BATCH then Q[id] = q end  -- (when the ops take "hbatch": the stream filter's do)
-  local ok, res = step(fn, h)
-  Q[id] = nil
-  local kind = type(value)
-  if ok and res and (kind == "string" or kind == "number") then value = tostring(value) else value = nil end
   local st = nil
-  if ok and not res then st = step end
-  if q.n > 0 then return ok, res, st, value, unpack(q, 1, q.n) end
-  if value ~= nil then return ok, res, nil, value end
+  if ok then  -- it waits: the function that resumes it
+    st = function(...)
+      local a, b = run(co, ...)
+      return a, b
+    end
+  end
+  if q then return ok, res, st, nil, unpack(q, 1, q.n) end
   if st ~= nil then return ok, res, st end
-  return ok, res  -- (ended: no step function to hand to Python, which costs a wrapper)
+  return ok, res  -- (failed: no step function to hand to Python, which costs a wrapper)
 end
 """
 
@@ -370,7 +374,7 @@ class LuaState:
     methods (lua.py). Made on the worker that uses it; at config load one is made to check
     the script."""
 
-    __slots__ = ("runtime", "_start", "on_request", "on_response", "on_route", "table_from",
+    __slots__ = ("runtime", "start", "on_request", "on_response", "on_route", "table_from",
                  "handles", "next_id", "ops")
 
     def __init__(self, code: bytes, ops: Mapping[bytes, Callable[..., Any]] | None = None) -> None:
@@ -380,7 +384,12 @@ class LuaState:
         rt = self.runtime = _lupa.LuaRuntime(encoding=None, unpack_returned_tuples=True,
                                              register_eval=False, register_builtins=False)
         g = rt.globals()
-        self._start = rt.execute(_PRELUDE.encode(), self._api, ERR, b"hbatch" in self.ops)
+        # start(fn, hid): make the hook's coroutine for handle `hid` and run it until it ends or
+        # waits: the first run's answer (ok, dead or message), and when it waits the step
+        # function that resumes it; when it ended returning a string or number, (True, True,
+        # None, that string as bytes); then the header writes it queued (the prelude's end).
+        # (The Lua function itself: no Python frame around the call.)
+        self.start = rt.execute(_PRELUDE.encode(), self._api, ERR, b"hbatch" in self.ops)
         # Compiled by Lua's own loadstring: chunk names (and error messages) as Envoy's.
         chunk = g[b"loadstring"](code)
         if type(chunk) is tuple:  # nil, message
@@ -402,13 +411,6 @@ class LuaState:
         self.next_id += 1
         self.handles[self.next_id] = handle
         return self.next_id
-
-    def start(self, fn: Any, hid: int) -> tuple:
-        """Make the hook's coroutine for handle `hid` and run it until it ends or waits: the
-        first run's answer (ok, dead or message), and when it waits the step function that
-        resumes it; when it ended returning a string or number, (True, True, None, that
-        string as bytes)."""
-        return self._start(fn, hid)
 
     def release(self, hid: int) -> None:
         self.handles.pop(hid, None)

@@ -16,6 +16,7 @@
 # the medians and, in brackets, the median of each run's own ratio.
 #   perf/cpu_per_request.sh                  # RUNS=3 SECS=10 -> $OUT_DIR/table.md
 #   ROWS="router ext_authz" SYSTEMS=ftproxy perf/cpu_per_request.sh
+#   ROWS="router lua" SYSTEMS=envoy RUNS=13 SECS=5 perf/cpu_per_request.sh   # Envoy's own Lua filter
 #   PY=/work/main/.venv-314t/bin/python perf/cpu_per_request.sh    # ftproxy on 3.14t
 # Knobs: PY (ftproxy's interpreter, default .venv/bin/python), ENVOY_BIN (.venv/bin/envoy), WRK_C,
 # PROXY_CPU / CLIENT_CPU (taskset lists; default: not pinned), OUT_DIR
@@ -38,6 +39,7 @@ ALL_ROWS=(
   "ext_authz|http-ext-authz-http.yaml|"
   "router+auth|http.yaml|$GRPC_HEADER"
   "ext_authz_grpc|http-ext-authz-grpc.yaml|$GRPC_HEADER"
+  "lua|http-lua.yaml|"
 )
 ROWS=${ROWS:-"router ext_authz router+auth ext_authz_grpc"}
 mkdir -p "$OUT_DIR/tmp"; chmod 755 "$OUT_DIR"
@@ -118,7 +120,7 @@ for line in open(path):
     per = lambda ticks: ticks / hz * 1e6 / max(int(reqs), 1)
     total.setdefault((system, name), []).append(per(int(utime) + int(stime)))
     user.setdefault((system, name), []).append(per(int(utime)))
-base = {"ext_authz": "router", "ext_authz_grpc": "router+auth"}
+base = {"ext_authz": "router", "ext_authz_grpc": "router+auth", "lua": "router"}
 def rel(d, s, name):
     b = d.get((s, base.get(name, "")))
     if not b:

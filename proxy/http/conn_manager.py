@@ -438,8 +438,11 @@ class ConnectionManager(ConnectionCallbacks):
         self.stats.downstream_cx_protocol_error.value += 1
         if not e.status:
             # A connection error the codec answered on the wire itself (HTTP/2's GOAWAY): its
-            # streams end, and so does the connection.
-            self.connection.close(flush=True)
+            # streams end, and so does the connection, lingering (the client may still be
+            # sending: its unread bytes would turn the close into a reset that can destroy the
+            # GOAWAY before it is read; Envoy delays the close for the same reason).
+            self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
+                                  linger=True)
             return
         if e.status == 431:
             self.stats.downstream_rq_too_large.value += 1

@@ -64,6 +64,31 @@ class ConnectionCallbacks:
     def on_early_close(self) -> None: ...
 
 
+class _Lingering(ConnectionCallbacks):
+    """A lingering close's callbacks (Connection.close(linger=True)): the peer's bytes are
+    dropped, its FIN ends the connection; the owner hears only the close, with the reason it
+    closed for."""
+
+    __slots__ = ("connection", "owner", "reason")
+
+    def __init__(self, connection: Connection, owner: ConnectionCallbacks, reason: str) -> None:
+        self.connection = connection
+        self.owner = owner
+        self.reason = reason
+
+    def on_data(self, data: bytes) -> None:
+        pass
+
+    def on_eof(self) -> None:
+        self.connection.close(flush=False, reason=self.reason)
+
+    def on_early_close(self) -> None:
+        self.connection.close(flush=False, reason=self.reason)
+
+    def on_close(self, reason: str) -> None:
+        self.owner.on_close(reason)
+
+
 class Connection:
     __slots__ = ("dispatcher", "transport_socket", "fd", "callbacks", "limit", "read_size", "_out",
                  "buffered_bytes", "_read_disable", "_interest", "closed", "_connecting", "_connect_timer",
@@ -71,7 +96,7 @@ class Connection:
                  "remote_address", "local_address", "bytes_received", "bytes_sent", "id",
                  "_delayed_close_timer", "_flush_scheduled", "_do_read",
                  "_transport_interest", "_transport_readable", "connect_errno",
-                 "_detect_early_close", "_close_delay", "close_reason")
+                 "_detect_early_close", "_close_delay", "close_reason", "_linger")
 
     def __init__(self, dispatcher: Dispatcher, transport_socket: TransportSocket, callbacks: ConnectionCallbacks,
                  *, buffer_limit: int = 1024 * 1024, read_size: int = READ_SIZE,
@@ -103,6 +128,7 @@ class Connection:
         self.above_high_watermark = False
         self._close_after_flush = False
         self._shutdown_after_flush = False
+        self._linger = None  # close(linger=True): the reason it closes with, once lingering ends
         self._read_eof = False
         self.remote_address = remote_address
         self.local_address = local_address
@@ -357,6 +383,9 @@ class Connection:
             self.callbacks.on_below_write_watermark()
         if not out and not self._transport_interest & WRITE:
             if self._close_after_flush:
+                if self._linger is not None:
+                    self._start_lingering()
+                    return
                 self.close(flush=False, reason=CloseReason.LOCAL)
                 return
             if self._shutdown_after_flush:
@@ -400,11 +429,37 @@ class Connection:
     def _shutdown_now(self) -> None:
         self.transport_socket.shutdown_write()
 
-    def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0) -> None:
+    def _start_lingering(self) -> None:
+        """close(linger=True), the answer written: FIN, then read and drop until the peer's
+        FIN or the delay (the delayed close timer, re-armed for the whole delay)."""
+        self._close_after_flush = False
+        self._shutdown_now()
+        self.callbacks = _Lingering(self, self.callbacks, self._linger)
+        self._read_disable = 0
+        self._update_interest()
+        self._delayed_close_timer.enable(self._close_delay)
+
+    def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0,
+              linger: bool = False) -> None:
         """Close; with `flush`, after the write buffer drains (given up after `delay` seconds
-        without write progress, Envoy's delayed_close_timeout)."""
+        without write progress, Envoy's delayed_close_timeout). With `linger` too (a GOAWAY
+        or an error reply to a peer that may still be sending), once flushed the write side
+        is shut (FIN) and what the peer still sends is read and dropped until it closes too,
+        or `delay` seconds: closing with its bytes unread would send a reset, which can destroy
+        the answer before the peer reads it. (Envoy's FlushWriteAndDelay instead waits up to
+        the delay without a FIN and without reading.)"""
         if self.closed:
             return
+        if flush and self._linger is not None:
+            return  # (already closing: it ends when the lingering does)
+        if flush and linger and not self._connecting:
+            self._linger = reason
+            if not (self._out or self._transport_interest & WRITE):
+                self._close_delay = delay
+                self._delayed_close_timer = self.dispatcher.call_later(
+                    delay, lambda: self.close(flush=False, reason=reason))
+                self._start_lingering()
+                return
         if flush and (self._out or self._transport_interest & WRITE) and not self._connecting:
             if not self._close_after_flush:
                 self._close_after_flush = True

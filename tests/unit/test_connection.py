@@ -231,3 +231,57 @@ def test_small_writes_of_one_iteration_leave_in_one_send_large_ones_in_one_sendm
         got += peer.recv(1 << 16)
     assert got == b"head" + big * 6
     assert conn.bytes_sent == 4 + 6 * 3000 + len(b"HTTP/1.1 200 OK\r\n\r\nbody")
+
+
+def tcp_pair(d):
+    """A real loopback TCP connection (a reset's behaviour is TCP's): the Connection's end
+    and the peer's."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(srv.getsockname())
+    mine, _ = srv.accept()
+    srv.close()
+    mine.setblocking(False)
+    rec = Recorder()
+    conn = Connection(d, RAW_BUFFER.create(mine), rec)
+    conn.start()
+    return conn, rec, peer
+
+
+def test_a_lingering_close_sends_fin_and_drops_what_the_peer_still_sends_until_it_closes():
+    """close(linger=True) with the peer's bytes unread (a client still sending when a GOAWAY
+    goes out): the answer, then a FIN; the peer can go on sending (no reset) and reads the
+    answer and the end; its own close ends the connection, long before the delay."""
+    import time
+    d = Dispatcher("t")
+    conn, rec, peer = tcp_pair(d)
+    peer.sendall(b"x" * 50_000)            # unread when the owner closes
+    conn.write(b"bye")
+    conn.close(flush=True, delay=5.0, linger=True)
+    run_once(d, 0.05)
+    assert not conn.closed
+    peer.sendall(b"more" * 10_000)         # after the FIN: read and dropped, no reset
+    peer.settimeout(2)
+    got = b""
+    while chunk := peer.recv(65536):
+        got += chunk
+    assert got == b"bye"
+    t0 = time.monotonic()
+    peer.close()
+    while not conn.closed and time.monotonic() - t0 < 3:
+        run_once(d, 0.02)
+    assert conn.closed and time.monotonic() - t0 < 3
+    assert ("close", "local") in rec.events and rec.data == b""
+
+
+def test_a_lingering_close_ends_after_the_delay_when_the_peer_never_closes():
+    import time
+    d = Dispatcher("t")
+    conn, rec, peer = tcp_pair(d)
+    peer.sendall(b"x" * 1000)
+    t0 = time.monotonic()
+    conn.close(flush=True, delay=0.3, linger=True)
+    while not conn.closed and time.monotonic() - t0 < 3:
+        run_once(d, 0.02)
+    assert conn.closed and time.monotonic() - t0 >= 0.3
+    assert rec.events == [("close", "local")]
+    peer.close()

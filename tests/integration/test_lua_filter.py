@@ -228,13 +228,17 @@ def test_each_worker_has_its_own_lua_state(upstream):
 
 
 def _lua_states(proxy: ProxyUnderTest) -> list:
-    """The Lua states of the proxy's workers, found by walking what the workers reference
-    (tests only)."""
+    """The Lua states of the proxy's workers (their WorkerLua's default state; tests only)."""
+    return [w.default for w in _worker_luas(proxy) if w.default is not None]
+
+
+def _worker_luas(proxy: ProxyUnderTest) -> list:
+    """The proxy's WorkerLua objects, found by walking what the workers reference (tests
+    only)."""
     import gc
 
     from proxy.http.filters.lua import WorkerLua
-    found, seen = [], set()
-    frontier = list(proxy.server.workers)
+    found, seen, frontier = [], set(), list(proxy.server.workers)
     for _ in range(16):
         nxt = []
         for o in frontier:
@@ -242,8 +246,7 @@ def _lua_states(proxy: ProxyUnderTest) -> list:
                 continue
             seen.add(id(o))
             if isinstance(o, WorkerLua):
-                if o.default is not None:
-                    found.append(o.default)
+                found.append(o)
                 continue
             nxt.extend(gc.get_referents(o))
         frontier = nxt
@@ -428,26 +431,6 @@ def test_a_waiting_hook_keeps_its_runner_while_others_end_and_fail(upstream):
         assert proxy.counters()["http.ingress_http.lua.errors"] == 9
     finally:
         proxy.stop()
-
-
-def _worker_luas(proxy: ProxyUnderTest) -> list:
-    """The proxy's WorkerLua objects (tests only: as _lua_states finds them)."""
-    import gc
-
-    from proxy.http.filters.lua import WorkerLua
-    found, seen, frontier = [], set(), list(proxy.server.workers)
-    for _ in range(16):
-        nxt = []
-        for o in frontier:
-            if id(o) in seen or isinstance(o, (str, bytes, int, float)):
-                continue
-            seen.add(id(o))
-            if isinstance(o, WorkerLua):
-                found.append(o)
-                continue
-            nxt.extend(gc.get_referents(o))
-        frontier = nxt
-    return found
 
 
 def test_response_path_only_when_a_script_it_may_run_has_envoy_on_response(upstream):

@@ -38,6 +38,9 @@ ROWS=(
   "lua|http-lua.yaml|"
   "jwt_authn|http-jwt-cached.yaml|$JWT"
   "ext_authz|http-ext-authz-http.yaml|"
+  "buffer|http-buffer.yaml|"
+  "header_mutation|http-header-mutation.yaml|"
+  "set_metadata|http-set-metadata.yaml|"
 )
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name cfg header <<<"$row"

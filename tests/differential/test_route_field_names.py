@@ -54,7 +54,9 @@ def _route_config() -> dict[str, Any]:
                        {"generic_key": {"descriptor_value": "v"}},
                        {"header_value_match": {"descriptor_value": "v",
                                                "headers": [{"name": "x", "present_match": True}]}},
-                       {"masked_remote_address": {}}, {"source_cluster": {}}]}],
+                       {"masked_remote_address": {}}, {"source_cluster": {}},
+                       {"metadata": {"descriptor_key": "d", "metadata_key": {
+                           "key": "f", "path": [{"key": "k"}]}}}]}],
                    "retry_policy": {"retry_back_off": {"base_interval": "0.1s"},
                                     "rate_limited_retry_back_off": {
                                         "reset_headers": [{"name": "retry-after"}]}}},
@@ -63,7 +65,13 @@ def _route_config() -> dict[str, Any]:
          "typed_per_filter_config": {"envoy.filters.http.router": {"@type": _FILTER_CONFIG,
                                                                     "disabled": False}}},
         {"match": {"prefix": "/", "headers": [{"name": "y", "range_match": {"start": 1, "end": 2}}],
-                   "tls_context": {"presented": True}},
+                   "tls_context": {"presented": True},
+                   "dynamic_metadata": [
+                       {"filter": "f", "path": [{"key": "k"}], "value": {"double_match": {"exact": 1}}},
+                       {"filter": "f", "path": [{"key": "k"}],
+                        "value": {"list_match": {"one_of": {"null_match": {}}}}},
+                       {"filter": "f", "path": [{"key": "k"}],
+                        "value": {"or_match": {"value_matchers": [{"present_match": True}]}}}]},
          "route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 1}]}}},
         {"match": {"prefix": "/"}, "redirect": {"host_redirect": "x"}},
         {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "x"}}},
@@ -78,6 +86,10 @@ def _route(i: int) -> Callable[[dict], dict]:
 
 def _action(rc: dict, i: int) -> dict:
     return rc["virtual_hosts"][0]["routes"][0]["route"]["rate_limits"][0]["actions"][i]
+
+
+def _metadata_matcher(rc: dict, i: int) -> dict:
+    return rc["virtual_hosts"][0]["routes"][1]["match"]["dynamic_metadata"][i]
 
 
 # Where each table's message sits in _route_config().
@@ -147,6 +159,15 @@ _AT: dict[str, Callable[[dict], dict]] = {
         lambda rc: _route(0)(rc)["typed_per_filter_config"]["envoy.filters.http.router"],
     "envoy.type.v3.Int64Range (range_match)": lambda rc: _route(1)(rc)["match"]["headers"][0]["range_match"],
     "envoy.config.route.v3.RouteMatch.TlsContextMatchOptions": lambda rc: _route(1)(rc)["match"]["tls_context"],
+    "envoy.type.matcher.v3.MetadataMatcher": lambda rc: _metadata_matcher(rc, 0),
+    "envoy.type.matcher.v3.MetadataMatcher.PathSegment": lambda rc: _metadata_matcher(rc, 0)["path"][0],
+    "envoy.type.matcher.v3.ValueMatcher": lambda rc: _metadata_matcher(rc, 0)["value"],
+    "envoy.type.matcher.v3.DoubleMatcher": lambda rc: _metadata_matcher(rc, 0)["value"]["double_match"],
+    "envoy.type.matcher.v3.ListMatcher": lambda rc: _metadata_matcher(rc, 1)["value"]["list_match"],
+    "envoy.type.matcher.v3.ValueMatcher.NullMatch":
+        lambda rc: _metadata_matcher(rc, 1)["value"]["list_match"]["one_of"]["null_match"],
+    "envoy.type.matcher.v3.OrMatcher": lambda rc: _metadata_matcher(rc, 2)["value"]["or_match"],
+    "envoy.config.route.v3.RateLimit.Action.MetaData": lambda rc: _action(rc, 5)["metadata"],
     "envoy.config.route.v3.WeightedCluster": lambda rc: _route(1)(rc)["route"]["weighted_clusters"],
     "envoy.config.route.v3.WeightedCluster.ClusterWeight":
         lambda rc: _route(1)(rc)["route"]["weighted_clusters"]["clusters"][0],

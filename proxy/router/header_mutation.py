@@ -37,7 +37,7 @@ import binascii
 import datetime
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.access_log.metadata_format import dynamic_metadata_getter
@@ -139,10 +139,18 @@ _OP_RE = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::(\d{1,9}))?%")
 
 @dataclass(frozen=True, slots=True)
 class ValueFormat:
-    """A header value with its operators compiled: parts are literal str or callables."""
+    """A header value with its operators compiled: parts are literal str or callables.
+    `literal`: the value's bytes when it has no operator (None otherwise)."""
 
     source: str
     parts: tuple[str | Callable[[Any], str], ...]
+    literal: bytes | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        literal = None
+        if all(isinstance(p, str) for p in self.parts):
+            literal = "".join(self.parts).encode("latin-1", "replace")  # type: ignore[arg-type]
+        object.__setattr__(self, "literal", literal)
 
     def format(self, info: Any = None) -> str:
         return "".join(p if isinstance(p, str) else p(info) for p in self.parts)
@@ -299,10 +307,11 @@ def apply_mutations(mutations: Iterable[HeaderMutation], headers: Headers,
         if m.remove:
             headers.remove(m.name)
             continue
-        text = m.value.format(info)  # type: ignore[union-attr]
-        if not text and not m.keep_empty_value:
+        value = m.value.literal  # type: ignore[union-attr]
+        if value is None:
+            value = m.value.format(info).encode("latin-1", "replace")  # type: ignore[union-attr]
+        if not value and not m.keep_empty_value:
             continue
-        value = text.encode("latin-1", "replace")
         action = m.append_action
         if action == APPEND_IF_EXISTS_OR_ADD:
             headers.add(m.name, value)

@@ -55,6 +55,9 @@ class Mutations:
     query_parameter_mutations: tuple[QueryMutation, ...] = ()
     request_trailers_mutations: tuple[HeaderMutation, ...] = ()
     response_trailers_mutations: tuple[HeaderMutation, ...] = ()
+    # A request mutation adds or removes content-type: the stream notes first whether the
+    # request arrived as gRPC (its local replies' shape; filter.py keeps_request_content_type).
+    request_content_type: bool = False
 
 
 NO_MUTATIONS = Mutations()
@@ -79,7 +82,8 @@ PER_ROUTE = Message(PER_ROUTE_PROTO, title="HTTP filter header_mutation (per rou
                     model=HeaderMutationPerRoute, fields=(
     used("mutations"),
 ))
-MUTATIONS = Message("envoy.extensions.filters.http.header_mutation.v3.Mutations", model=Mutations, fields=(
+MUTATIONS = Message("envoy.extensions.filters.http.header_mutation.v3.Mutations", model=Mutations,
+                    bookkeeping=("request_content_type",), fields=(
     used("request_mutations"),
     used("response_mutations"),
     used("query_parameter_mutations"),
@@ -149,12 +153,14 @@ def _parse_mutations(raw: Any, path: str) -> Mutations:
     if raw is None:
         return NO_MUTATIONS
     f = MUTATIONS.read(raw, path)
+    request = _header_rules(f, "request_mutations")
     return Mutations(
-        request_mutations=_header_rules(f, "request_mutations"),
+        request_mutations=request,
         response_mutations=_header_rules(f, "response_mutations"),
         query_parameter_mutations=_query_rules(f),
         request_trailers_mutations=_header_rules(f, "request_trailers_mutations"),
         response_trailers_mutations=_header_rules(f, "response_trailers_mutations"),
+        request_content_type=any(m.name == b"content-type" for m in request),
     )
 
 
@@ -188,6 +194,7 @@ class WorkerHeaderMutationFactory:
     def __init__(self, factory: HeaderMutationFactory) -> None:
         self.name = factory.name
         self.config = factory.config
+        self.own_levels = (factory.config.mutations,)  # a stream whose route configures none
 
     def create(self, callbacks) -> HeaderMutationFilter:
         return HeaderMutationFilter(callbacks, self)
@@ -205,6 +212,7 @@ def _mutate_trailers(trailers: list[tuple[bytes, bytes]], levels: list[tuple[Hea
 
 
 class HeaderMutationFilter(PassThroughFilter):
+    keeps_request_content_type = True  # (it notes the request's gRPC-ness before changing it)
     __slots__ = ("cb", "wf", "levels", "response_info")
 
     def __init__(self, callbacks, wf: WorkerHeaderMutationFactory) -> None:
@@ -218,8 +226,13 @@ class HeaderMutationFilter(PassThroughFilter):
         the request and the response."""
         levels = self.levels
         if levels is None:
-            config = self.wf.config
-            routes = [c.mutations for c in self.cb.all_per_filter_configs(self.wf.name)
+            wf = self.wf
+            configs = self.cb.all_per_filter_configs(wf.name)
+            if not configs:  # (the usual: the filter's own mutations alone)
+                levels = self.levels = wf.own_levels
+                return levels
+            config = wf.config
+            routes = [c.mutations for c in configs
                       if isinstance(c, HeaderMutationPerRoute)]  # most specific first
             if config.most_specific_header_mutations_wins:
                 routes.reverse()
@@ -230,6 +243,8 @@ class HeaderMutationFilter(PassThroughFilter):
         info = self.cb.stream_info
         for m in self._levels():
             if m.request_mutations:
+                if m.request_content_type:
+                    self.cb.note_request_grpc()
                 apply_mutations(m.request_mutations, head.headers, info)
             if m.query_parameter_mutations and head.path:
                 head.set_path(apply_query_mutations(head.path, m.query_parameter_mutations, info))

@@ -39,6 +39,7 @@ ROWS=(
   "jwt_authn|http-jwt-cached.yaml|$JWT"
   "ext_authz|http-ext-authz-http.yaml|"
   "buffer|http-buffer.yaml|"
+  "router+headers|http-route-headers.yaml|"
   "header_mutation|http-header-mutation.yaml|"
   "set_metadata|http-set-metadata.yaml|"
 )

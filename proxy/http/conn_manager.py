@@ -458,7 +458,8 @@ class ConnectionManager(ConnectionCallbacks):
         # Envoy's body for a codec error is the status' reason phrase ("Bad Request"); the
         # parser's own message stays in the details (%RESPONSE_CODE_DETAILS%).
         stream.send_local_reply(e.status, _reason_phrase(e.status), "DPE", e.details)
-        self.connection.close(flush=True)
+        self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
+                              linger=True)  # (the client may still be sending: as above)
 
     # -- streams ------------------------------------------------------------------------------
     def on_stream_headers(self, stream_id: int, ev: RequestHeaders, end_stream: bool) -> None:
@@ -574,12 +575,15 @@ class ConnectionManager(ConnectionCallbacks):
             if stream.state & REQUEST_COMPLETE:
                 self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
             else:
-                # The response finished before the request did: its rest is never read.
+                # The response finished before the request did: its rest is never handed on,
+                # but read and dropped while the close lingers (left unread, it would turn the
+                # close into a reset that can destroy the response before the client reads it).
                 if stream.upgrade is not None and not stream.state & UPGRADED:
                     # A refused CONNECT (its request has no end of its own): Envoy counts the
                     # connection's close under it as the client's reset.
                     self.stats.downstream_rq_rx_reset.value += 1
-                self.connection.close(flush=True)
+                self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
+                                      linger=True)
             return
         if self.streams:
             return

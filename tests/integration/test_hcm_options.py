@@ -175,3 +175,37 @@ def test_headers_with_underscores_rejected_or_dropped(upstream, proxy_factory):
     seen = echo(drop.port, "/", headers={"x_bad": "1", "x-good": "2"})["headers"]
     assert "x_bad" not in seen and seen["x-good"] == "2"
     assert drop.counters()["http1.dropped_headers_with_underscores"] == 1
+
+
+def test_an_answer_before_the_request_ends_reaches_a_client_still_sending(upstream, proxy_factory):
+    """A local answer (here a direct response) while the client is still sending a large body:
+    the proxy closes lingering (FIN after the answer, the rest of the body read and dropped), so
+    the client's sends neither fail nor reset the connection, and it reads the whole answer and
+    the end. Closed with the body unread, the socket sent a reset instead."""
+    import threading
+    rts = [{"match": {"prefix": "/early"},
+            "direct_response": {"status": 403, "body": {"inline_string": "not you"}}}] + routes()
+    p = proxy_factory(front_proxy_config(rts, [static_cluster("backend", upstream.port)]))
+    body = b"x" * (4 << 20)
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    errors = []
+
+    def send():
+        try:
+            s.sendall(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            s.sendall(body)
+            s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            errors.append(e)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    reply = b""
+    try:
+        while chunk := s.recv(65536):
+            reply += chunk
+        sender.join(5)
+    finally:
+        s.close()
+    assert reply.startswith(b"HTTP/1.1 403 ") and reply.endswith(b"not you")
+    assert errors == []

@@ -179,7 +179,10 @@ class Connection:
         return self.transport_socket.failure_reason
 
     def read_disable(self, disable: bool) -> None:
-        """Counted pause/resume of reading: n disables need n enables."""
+        """Counted pause/resume of reading: n disables need n enables. (None once closing
+        lingers: reading then only drops what the peer sends.)"""
+        if self._linger is not None:
+            return
         if disable:
             self._read_disable += 1
         elif self._read_disable > 0:

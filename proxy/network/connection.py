@@ -437,10 +437,15 @@ class Connection:
         FIN or the delay (the delayed close timer, re-armed for the whole delay)."""
         self._close_after_flush = False
         self._shutdown_now()
-        self.callbacks = _Lingering(self, self.callbacks, self._linger)
+        reason = self._linger
+        self.callbacks = _Lingering(self, self.callbacks, reason)
         self._read_disable = 0
         self._update_interest()
-        self._delayed_close_timer.enable(self._close_delay)
+        if self._delayed_close_timer is None:  # (nothing was left to flush)
+            self._delayed_close_timer = self.dispatcher.call_later(
+                self._close_delay, lambda: self.close(flush=False, reason=reason))
+        else:
+            self._delayed_close_timer.enable(self._close_delay)
 
     def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0,
               linger: bool = False) -> None:
@@ -459,8 +464,6 @@ class Connection:
             self._linger = reason
             if not (self._out or self._transport_interest & WRITE):
                 self._close_delay = delay
-                self._delayed_close_timer = self.dispatcher.call_later(
-                    delay, lambda: self.close(flush=False, reason=reason))
                 self._start_lingering()
                 return
         if flush and (self._out or self._transport_interest & WRITE) and not self._connecting:

@@ -77,8 +77,14 @@ def test_route_tables_take_resp_and_append_beside_a_default_append_action():
     rc = parse_route_configuration({"name": "rc", "response_headers_to_add": [
         {"header": {"key": "x", "value": "%RESP(a)%"}},
         {"header": {"key": "y", "value": "1"}, "append": False,
-         "append_action": "APPEND_IF_EXISTS_OR_ADD"}], "virtual_hosts": []}, "rc")
-    assert rc is not None
+         "append_action": "APPEND_IF_EXISTS_OR_ADD"}], "virtual_hosts": [
+        {"name": "vh", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]}, "rc")
+    x, y = rc.virtual_hosts[0].routes[0].response_mutations
+    resp = ResponseHead(200, Headers([(b"a", b"from-the-response"), (b"y", b"old")]))
+    apply_mutations((x, y), resp.headers, Info(None, resp))
+    assert resp.headers.get(b"x") == b"from-the-response"
+    assert resp.headers.get_all(b"y") == [b"1"]  # append: false overwrote, append_action as default
     with pytest.raises(ConfigError, match="both append and append_action are set"):
         parse_route_configuration({"name": "rc", "response_headers_to_add": [
             {"header": {"key": "y", "value": "1"}, "append": True,

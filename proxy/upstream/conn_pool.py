@@ -96,7 +96,8 @@ class HttpConnPool:
         self.host_str = str(host)
         self.address = (host.address, host.port)
         # READY connections (they may take a stream), least recently used first: new_stream
-        # takes the last (warmest); the idle check closes expired ones.
+        # takes the last (warmest); the idle check (its timer, or new_stream when the timer is
+        # late) closes expired ones.
         self.ready: list[PoolConnection] = []
         self.busy: set[PoolConnection] = set()         # connected, taking no stream now
         # Connecting connections -> the streams each will offer (as counted when opened).
@@ -127,6 +128,11 @@ class HttpConnPool:
         (a retry after a reused one failed)."""
         self.active_requests += 1
         self.rq_total += 1
+        timer = self.idle_timer
+        if timer is not None and (due := timer.deadline) is not None and due <= time.monotonic():
+            # The idle timer is late (a busy worker): close what it would have closed rather
+            # than reuse a connection the upstream may be closing as its own idle timeout.
+            self._close_idle()
         ready = self.ready
         while ready and not fresh:
             conn = ready[-1]
@@ -344,6 +350,8 @@ class HttpConnPool:
         idle = [c.idle_since for c in self.ready if c.is_idle()]
         if idle and timeout:
             self.idle_timer.enable(max(0.0, min(idle) + timeout - now))
+        else:
+            self.idle_timer.disable()
 
     def on_closed(self, conn: PoolConnection, prev_state: str, reason: str, lost: int) -> None:
         c = self.cluster

@@ -376,6 +376,30 @@ def test_idle_timeout_closes_a_connection_only_once_no_stream_is_active(backend,
     assert env.call(lambda: env.pool.cx_active) == 0
 
 
+def test_a_late_idle_timer_does_not_let_an_expired_connection_be_reused(backend, make_env):
+    opts = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"idle_timeout": "0.2s"},
+        "explicit_http_config": {"http_protocol_options": {}}}}
+    env = make_env(backend.port, typed_extension_protocol_options=opts)
+    assert env.start(Exchange("first", "/a")).wait().status == 200
+    second = Exchange("second", "/b")
+    second.env = env
+
+    def busy_then_ask():
+        # The worker is busy past the idle timeout: its timer has not fired when the next
+        # request asks the pool for a stream.
+        time.sleep(0.3)
+        assert env.pool.idle_timer.deadline is not None
+        second.handle = env.pool.new_stream(second)
+
+    env.call(busy_then_ask)
+    assert second.wait().status == 200
+    assert env.stat("upstream_cx_idle_timeout") == 1
+    assert env.stat("upstream_cx_total") == 2  # a new connection, not the expired one
+    assert backend.connections[0].closed
+
+
 def test_pending_overflow_fails_the_request_and_a_queued_one_gets_capacity_back(backend, make_env):
     env = make_env(backend.port, MUX2, circuit_breakers={"thresholds": [
         {"max_connections": 1, "max_pending_requests": 1}]})

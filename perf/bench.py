@@ -9,11 +9,12 @@ and write perf/results.json and perf/RESULTS.md.
 
 Scenarios: newconn (wrk, `Connection: close`), 1 MiB responses, 1,000 keep-alive connections,
 TCP bulk (tcp_proxy), concurrency sweep, 10,000 idle keep-alive connections (RSS per
-connection), 1 GiB through a slow reader (RSS growth vs the buffer limit).
+connection), 1 GiB through a slow reader over HTTP/1.1 and over HTTP/2 (h2c) (RSS growth vs
+the buffer limit).
 Everything listens on / connects to 127.0.0.1 only. It kills only the process groups it
 started. Benchmark tool, not imported by the proxy; no timed assertions anywhere.
 
-    .venv/bin/python perf/bench.py [--only newconn,mib,c1000,tcp,sweep,idle,slow] [--quick]
+    .venv/bin/python perf/bench.py [--only newconn,mib,c1000,tcp,sweep,idle,slow,slow-h2] [--quick]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 from bench_configs import ADMIN, FT, HAP, HAP_TCP, NGX, RELAY, UP, render_config, write_configs  # perf/ is the script dir
-from bench_memory import idle_connections, raise_nofile, slow_reader
+from bench_memory import idle_connections, raise_nofile, slow_reader, slow_reader_h2
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -291,25 +292,28 @@ class Bench:
             log(f"idle/{system}: {r['open']} conns, {r['kib_per_conn']:.1f} KiB/conn")
 
     # -- memory: 1 GiB through a slow reader ------------------------------------------------
-    def slow_case(self) -> None:
+    def slow_case(self, h2: bool = False) -> None:
         # RSS growth moves by about 1 MiB between identical runs (allocator slack), so each
         # system gets SLOW_RUNS fresh servers and the run with the median growth is reported.
+        # h2: the client speaks HTTP/2 with prior knowledge (HAProxy detects the preface on
+        # its HTTP frontend, ftproxy's codec_type is AUTO); the upstream is HTTP/1.1 nginx.
+        key, read = ("slow_reader_h2", slow_reader_h2) if h2 else ("slow_reader", slow_reader)
         for system in ("ftproxy", "haproxy"):
             runs = []
             for _ in range(SLOW_RUNS):
                 server, port = self.start(system)
                 try:
-                    runs.append(slow_reader(server, port, SLOW_MB, SLOW_RATE_MBPS, BUFFER_LIMIT))
+                    runs.append(read(server, port, SLOW_MB, SLOW_RATE_MBPS, BUFFER_LIMIT))
                 finally:
                     server.stop()
             runs.sort(key=lambda r: r["rss_growth_kib"])
             r = dict(runs[len(runs) // 2])
             r["rss_growth_runs_kib"] = [x["rss_growth_kib"] for x in runs]
-            self.results.setdefault("slow_reader", {})[system] = r
-            log(f"slow_reader/{system}: {r['bytes']>>20} MiB, RSS growth {r['rss_growth_kib']} KiB "
+            self.results.setdefault(key, {})[system] = r
+            log(f"{key}/{system}: {r['bytes']>>20} MiB, RSS growth {r['rss_growth_kib']} KiB "
                 f"(median of {r['rss_growth_runs_kib']})")
 
-SCENARIOS = ("newconn", "mib", "c1000", "tcp", "sweep", "idle", "slow")
+SCENARIOS = ("newconn", "mib", "c1000", "tcp", "sweep", "idle", "slow", "slow-h2")
 
 
 def run(only: list[str], work: Path) -> dict:
@@ -332,6 +336,8 @@ def run(only: list[str], work: Path) -> dict:
                 b.idle_case()
             elif sc == "slow":
                 b.slow_case()
+            elif sc == "slow-h2":
+                b.slow_case(h2=True)
     finally:
         b.upstream.stop()
     return b.results

@@ -1,5 +1,6 @@
 """The memory scenarios' clients for perf/bench.py: 10,000 idle keep-alive connections and a
-1 GiB response through a slow reader, each sampling the server's RSS.
+1 GiB response through a slow reader (HTTP/1.1, or HTTP/2 with prior knowledge), each
+sampling the server's RSS.
 
 Job: drive a server already started by bench.py on 127.0.0.1 and return the figures as a dict;
 `server` is bench.py's Server (its `mem_kib(key)` reads VmRSS / VmHWM of its process group).
@@ -15,7 +16,7 @@ import statistics
 import subprocess
 import time
 
-__all__ = ["idle_connections", "slow_reader", "raise_nofile"]
+__all__ = ["idle_connections", "slow_reader", "slow_reader_h2", "raise_nofile"]
 
 
 def raise_nofile(n: int = 65536) -> None:
@@ -133,6 +134,61 @@ def slow_reader(server, port: int, mb: int, rate_mbps: float, buffer_limit: int)
     return {"bytes": got, "seconds": secs, "MBps": got / secs / 1e6, "rss_before_kib": base,
             "rss_peak_kib": peak, "rss_growth_kib": peak - base, "samples": len(samples),
             "buffer_limit_kib": buffer_limit // 1024,
+            "growth_vs_limit": (peak - base) / (buffer_limit / 1024)}
+
+
+def slow_reader_h2(server, port: int, mb: int, rate_mbps: float, buffer_limit: int) -> dict:
+    """As `slow_reader`, over HTTP/2 with prior knowledge (h2c): one stream GETs /huge.bin and
+    the client's flow-control windows (64 KiB, the protocol's default) open only as it consumes
+    the DATA, at `rate_mbps`. The server must hold the upstream back by its own windows and
+    buffer limits, not by buffering the response."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import ConnectionTerminated, DataReceived, StreamEnded, StreamReset
+    subprocess.run(["curl", "-fs", "--http2-prior-knowledge", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
+    time.sleep(0.3)
+    base = server.mem_kib()
+    samples = []
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)   # keep the kernel queue small
+    h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    h2.initiate_connection()
+    h2.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"bench"),
+                        (b":path", b"/huge.bin")], end_stream=True)
+    s.sendall(h2.data_to_send())
+    got, t0, want = 0, time.monotonic(), mb * 1024 * 1024
+    next_sample, ended = t0, None
+    while ended is None:
+        data = s.recv(64 * 1024)
+        if not data:
+            ended = "closed"
+            break
+        for ev in h2.receive_data(data):
+            if isinstance(ev, DataReceived):
+                got += len(ev.data)
+                # the window opens as the bytes are consumed (h2 sends WINDOW_UPDATE past half)
+                h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, StreamEnded):
+                ended = "end"
+            elif isinstance(ev, (StreamReset, ConnectionTerminated)):
+                ended = type(ev).__name__
+        out = h2.data_to_send()
+        if out:
+            s.sendall(out)
+        if got >= want:
+            break
+        lag = got / (rate_mbps * 1e6) - (time.monotonic() - t0)
+        if lag > 0:
+            time.sleep(lag)
+        if time.monotonic() >= next_sample:
+            samples.append(server.mem_kib())
+            next_sample += 0.1
+    s.close()
+    secs = time.monotonic() - t0
+    peak = max(samples) if samples else base
+    return {"bytes": got, "seconds": secs, "MBps": got / secs / 1e6, "rss_before_kib": base,
+            "rss_peak_kib": peak, "rss_growth_kib": peak - base, "samples": len(samples),
+            "buffer_limit_kib": buffer_limit // 1024, "ended": ended or "read",
             "growth_vs_limit": (peak - base) / (buffer_limit / 1024)}
 
 

@@ -388,13 +388,28 @@ class ConnectionManager(ConnectionCallbacks):
                 self._finish_stream(stream)
         self.on_closed(self)
 
+    # Two things hold a stream's upstream back: the connection's write buffer above its high
+    # watermark (every stream), and a multiplexing codec's own buffer for the stream above its
+    # limit (the peer's flow-control window is shut: on_stream_watermark). A stream hears
+    # on_downstream_watermark when the two together change: paused while either holds.
     def on_above_write_watermark(self) -> None:
         for s in list(self.streams.values()):
-            s.on_downstream_watermark(True)
+            if not s.codec_above_high_watermark:
+                s.on_downstream_watermark(True)
 
     def on_below_write_watermark(self) -> None:
         for s in list(self.streams.values()):
-            s.on_downstream_watermark(False)
+            if not s.codec_above_high_watermark:
+                s.on_downstream_watermark(False)
+
+    def on_stream_watermark(self, stream_id: int, above: bool) -> None:
+        """The codec's buffer for this stream crossed its high (True) or low (False) mark."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.state >= CLOSED:
+            return
+        stream.codec_above_high_watermark = above
+        if not self.connection.above_high_watermark:
+            stream.on_downstream_watermark(above)
 
     # -- codec callbacks (ServerCodecCallbacks) ------------------------------------------------
     def on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:

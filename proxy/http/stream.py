@@ -263,8 +263,13 @@ class ActiveStream(FilterManager, StreamInfo):
     def read_disable_downstream(self, disable: bool) -> None:
         self.hcm.codec.read_disable_stream(self.stream_id, disable)
 
+    # The codec holds more of this stream's response than the buffer limit (HTTP/2: the
+    # client's window is shut): set by the HCM's on_stream_watermark. A class default, kept in
+    # the instance dict once set, so an HTTP/1.1 stream pays nothing.
+    codec_above_high_watermark = False
+
     def downstream_above_high_watermark(self) -> bool:
-        return self.hcm.connection.above_high_watermark
+        return self.hcm.connection.above_high_watermark or self.codec_above_high_watermark
 
     # A filter's setDecoderBufferLimit (the buffer filter): kept in the instance dict, not a
     # slot, so a stream that never sets it pays nothing at creation.

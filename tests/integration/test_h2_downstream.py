@@ -20,6 +20,7 @@ from h2.events import (ConnectionTerminated, DataReceived, ResponseReceived, Str
                        StreamReset)
 
 from .harness import front_proxy_config, static_cluster
+from .servers import AcceptLoop
 
 # Every test runs on both downstream HTTP/2 engines (ours and h2, the reference).
 pytestmark = pytest.mark.usefixtures("h2_engine")
@@ -43,7 +44,7 @@ class H2Client:
         self.sock.sendall(self.conn.data_to_send())
         self.status: dict[int, int] = {}
         self.headers: dict[int, dict] = {}
-        self.body: dict[int, bytes] = {}
+        self.body: dict[int, bytearray] = {}
         self.ended: set[int] = set()
         self.reset: dict[int, int] = {}
         self.goaway: ConnectionTerminated | None = None
@@ -84,7 +85,7 @@ class H2Client:
                     self.status[ev.stream_id] = int(dict(ev.headers)[b":status"])
                     self.headers[ev.stream_id] = dict(ev.headers)
                 elif isinstance(ev, DataReceived):
-                    self.body[ev.stream_id] = self.body.get(ev.stream_id, b"") + ev.data
+                    self.body.setdefault(ev.stream_id, bytearray()).extend(ev.data)
                     if self.ack:
                         self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, StreamEnded):
@@ -195,6 +196,93 @@ def test_a_large_response_flows_through_small_client_windows(proxy_factory, upst
         assert c.status[sid] == 200 and len(c.body[sid]) == 3000000
     finally:
         c.close()
+
+
+class CountingUpstream(AcceptLoop):
+    """HTTP/1.1: answers `/big/<n>` with n bytes in 64 KiB writes, counting what it got into
+    its socket (`sent`); blocked writes mean the proxy stopped reading. Anything else: 200 ok."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        super().__init__("counting-upstream")
+
+    def handle(self, s: socket.socket, n: int) -> None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                if not path.startswith(b"/big/"):
+                    s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    continue
+                size = int(path[5:])
+                s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+                chunk = b"x" * 65536
+                left = size
+                while left:
+                    piece = chunk[:min(left, 65536)]
+                    s.sendall(piece)
+                    self.sent += len(piece)
+                    left -= len(piece)
+        except OSError:
+            return
+        finally:
+            s.close()
+
+
+def test_a_client_that_reads_slowly_holds_back_only_its_own_stream(proxy_factory):
+    """A stream whose client window stays shut stops the proxy reading its upstream once the
+    stream's buffer passes the buffer limit (per_connection_buffer_limit_bytes: Envoy's stream
+    watermark), instead of buffering the whole response; other streams of the connection and
+    other connections go on; once the client reads, the response completes intact."""
+    up = CountingUpstream()
+    size = 32 * 1024 * 1024
+    limit = 256 * 1024
+    try:
+        cfg = front_proxy_config(ROUTES, [static_cluster("c1", up.port)])
+        cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = limit
+        p = proxy_factory(cfg)
+        c = H2Client(p.port)
+        try:
+            c.ack = False  # read nothing past the 64 KiB initial window
+            sid = c.request(b"GET", b"/big/%d" % size)
+            c.wait(lambda: len(c.body.get(sid, b"")) >= 65535, timeout=10)
+            # A second stream of this connection (its answer waits for the connection's
+            # window, which the first stream used up) and another connection, served at once.
+            other = c.request(b"GET", b"/small")
+            h = H2Client(p.port)
+            try:
+                sid2 = h.request(b"GET", b"/other")
+                h.wait(lambda: sid2 in h.ended)
+                assert h.status[sid2] == 200 and h.body[sid2] == b"ok"
+            finally:
+                h.close()
+            # The upstream stops once the stream's buffer limit and the kernel's socket buffers
+            # (the proxy's receive buffer grows to a few MiB on loopback) are full: far short of
+            # the response.
+            stalled, deadline = -1, time.monotonic() + 10
+            while up.sent != stalled and time.monotonic() < deadline:
+                stalled = up.sent
+                time.sleep(0.3)
+            assert up.sent == stalled, "the upstream kept being read with the client's window shut"
+            assert stalled < 12 * 1024 * 1024, stalled
+            got = len(c.body[sid])
+            c.conn.acknowledge_received_data(got, sid)
+            c.ack = True
+            c.flush()
+            c.wait(lambda: sid in c.ended and other in c.ended, timeout=30)
+            assert len(c.body[sid]) == size and c.body[sid] == b"x" * size
+            assert c.status[other] == 200 and c.body[other] == b"ok"
+        finally:
+            c.close()
+    finally:
+        up.close()
 
 
 def test_a_protocol_error_is_a_goaway_and_others_are_served(proxy_factory, upstream):

@@ -351,6 +351,9 @@ class Callbacks:
     def on_stream_reset(self, sid, reason):
         self.log.append(("reset", sid, reason))
 
+    def on_stream_watermark(self, sid, above):
+        self.log.append(("watermark", sid, above))
+
     def on_codec_error(self, sid, error):
         self.log.append(("error", sid, error.details))
 

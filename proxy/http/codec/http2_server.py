@@ -19,13 +19,22 @@ HTTP/2 forbids (connection, keep-alive, transfer-encoding, upgrade, proxy-connec
 Flow control tied to consumption: a stream's DATA is acknowledged (its window opened) when
 `on_stream_data` has handed it on, unless the HCM read-disabled the stream (its upstream is
 slow): then when it is re-enabled. Outbound DATA respects the peer's windows; what does not
-fit waits per stream for WINDOW_UPDATE. `max_concurrent_streams` past the limit: REFUSED_STREAM.
+fit waits per stream for WINDOW_UPDATE. A stream whose waiting bytes pass the connection's
+buffer limit (per_connection_buffer_limit_bytes, Envoy's per-stream limit too) tells the HCM
+(`on_stream_watermark(sid, True)`: its upstream stops being read), and again once they fall to
+half of it (False), as Envoy's stream write-buffer watermarks: a client that reads slowly holds
+back its own stream's upstream, not the others, and the proxy's memory stays bounded.
+`max_concurrent_streams` past the limit: REFUSED_STREAM.
 
-Thread affinity: one connection on one worker. Must not: call the HCM from an `encode_*`.
+Thread affinity: one connection on one worker. Must not: call the HCM from an `encode_*`,
+except `on_stream_watermark` (as a transport's watermark callbacks, which only pause or resume
+reading).
 """
 
 from __future__ import annotations
 
+
+from collections import deque
 
 from .errors import CodecError
 from .events import RequestHeaders
@@ -124,8 +133,8 @@ _CONTROL_FRAMES = frozenset({3, 4, 6, 7})  # RST_STREAM, SETTINGS, PING, GOAWAY
 
 
 class _Stream:
-    __slots__ = ("request_open", "disabled", "unacked", "pending", "pending_end", "trailers",
-                 "responded", "extended_connect", "reset_after")
+    __slots__ = ("request_open", "disabled", "unacked", "pending", "queued", "above",
+                 "pending_end", "trailers", "responded", "extended_connect", "reset_after")
 
     def __init__(self, request_open: bool) -> None:
         self.request_open = request_open  # DATA or trailers of its request still to come
@@ -133,7 +142,9 @@ class _Stream:
         self.responded = False            # its response head went out
         self.disabled = 0                 # read_disable count
         self.unacked = 0                  # DATA bytes handed on while disabled
-        self.pending = b""                # response bytes waiting for window
+        self.pending: deque | None = None  # response bytes waiting for window (never empty)
+        self.queued = 0                   # ... how many
+        self.above = False                # ... past the high watermark: the HCM was told
         self.pending_end = False          # ... and the end of the response after them
         self.trailers = None              # ... or trailers after them
         self.reset_after = False          # RST_STREAM(NO_ERROR) once they went out
@@ -149,6 +160,7 @@ class Http2ServerCodec:
                  stats: Http2CodecStats | None = None, engine: str = "fast") -> None:
         self.transport = transport
         self.callbacks = callbacks
+        self.stream_limit = getattr(transport, "limit", 1024 * 1024)  # the stream's high watermark
         self.stats = stats
         self.options = options = options or Http2Options()
         self.response_fields = response_fields
@@ -465,8 +477,9 @@ class Http2ServerCodec:
     def _send(self, sid: int, data: bytes, end: bool) -> None:
         """DATA within the peer's windows; the rest waits on the stream for WINDOW_UPDATE."""
         st = self.streams.get(sid) or self.flushing[sid]
-        if st.pending:
-            st.pending += data
+        if st.pending is not None:
+            if data:
+                self._queue(sid, st, data)
             st.pending_end = st.pending_end or end
             return
         conn = self.conn
@@ -480,8 +493,9 @@ class Http2ServerCodec:
         while view:
             room = min(conn.local_flow_control_window(sid), size)
             if room <= 0:
-                st.pending = bytes(view)
+                st.pending = deque()
                 st.pending_end = end
+                self._queue(sid, st, view)
                 return
             chunk = view[:room]
             view = view[room:]
@@ -489,6 +503,13 @@ class Http2ServerCodec:
             self.data_frames_sent += 1
         if end and not data:
             conn.end_stream(sid)
+
+    def _queue(self, sid: int, st: _Stream, data) -> None:
+        st.pending.append(data)
+        st.queued += len(data)
+        if not st.above and st.queued > self.stream_limit and sid in self.streams:
+            st.above = True
+            self.callbacks.on_stream_watermark(sid, True)
 
     def _send_pending(self, sid: int) -> None:
         if sid:
@@ -498,20 +519,45 @@ class Http2ServerCodec:
             targets += [s for s, st in self.flushing.items() if st.pending]
         for s in targets:
             st = self.streams.get(s) or self.flushing.get(s)
-            if st is None or not st.pending:
-                continue
-            data, end, trailers = st.pending, st.pending_end, st.trailers
-            st.pending, st.pending_end, st.trailers = b"", False, None
-            self._send(s, data, end and trailers is None)
-            if trailers is not None:
-                if st.pending:
-                    st.pending_end, st.trailers = False, trailers
-                else:
-                    self._send_trailers(s, trailers)
-            if not st.pending and s in self.flushing:
-                del self.flushing[s]
-                if st.reset_after:
-                    self._reset_no_error(s)
+            if st is not None and st.pending:
+                self._drain(s, st)
+
+    def _drain(self, sid: int, st: _Stream) -> None:
+        """Send what waits on the stream as far as the windows allow; then its end (with the
+        trailers, if any) once nothing waits."""
+        conn = self.conn
+        size = conn.max_outbound_frame_size
+        pending = st.pending
+        while pending:
+            room = min(conn.local_flow_control_window(sid), size)
+            if room <= 0:
+                break
+            chunk = pending[0]
+            if len(chunk) > room:
+                conn.send_data(sid, bytes(chunk[:room]), end_stream=False)
+                pending[0] = memoryview(chunk)[room:]
+                st.queued -= room
+            else:
+                pending.popleft()
+                st.queued -= len(chunk)
+                conn.send_data(sid, bytes(chunk),
+                               end_stream=not pending and st.pending_end and st.trailers is None)
+            self.data_frames_sent += 1
+        if st.above and st.queued <= self.stream_limit // 2:
+            st.above = False
+            if sid in self.streams:
+                self.callbacks.on_stream_watermark(sid, False)
+        if pending:
+            return
+        st.pending = None
+        st.pending_end = False
+        trailers, st.trailers = st.trailers, None
+        if trailers is not None:
+            self._send_trailers(sid, trailers)
+        if sid in self.flushing:
+            del self.flushing[sid]
+            if st.reset_after:
+                self._reset_no_error(sid)
 
     # -- stream and connection control ------------------------------------------------------
     def reset_stream(self, stream_id: int) -> bool:
@@ -561,6 +607,7 @@ class Http2ServerCodec:
         if st is not None:
             if st.pending:
                 self.flushing[stream_id] = st  # its last bytes go as the window opens
+                st.above = False  # (the HCM is done with it: no more watermark calls)
             if st.request_open:
                 # The response ended the stream before its request did (RFC 9113 §8.1):
                 # RST_STREAM(NO_ERROR) once the whole response went out.

@@ -52,6 +52,10 @@ class ServerCodecCallbacks(Protocol):
     def on_stream_reset(self, stream_id: int, reason: str) -> None:
         """The peer abandoned this stream alone (HTTP/2 RST_STREAM); others go on."""
 
+    def on_stream_watermark(self, stream_id: int, above: bool) -> None:
+        """A multiplexing codec holds more of this stream's response than the buffer limit
+        (True: stop reading its upstream) or has sent it down to half of that (False)."""
+
     def on_codec_error(self, stream_id: int | None, error: CodecError) -> None:
         """Input the codec refuses. `stream_id`: the stream it concerns (which is answered with
         error.status when its response has not started), or None: a request whose head never

@@ -97,11 +97,13 @@ def render_tables(doc: dict) -> str:
             out.append(f"| {name} | {r['open']} | {r['still_open']} | {_f(r['rss_before_kib'] / 1024)} | "
                        f"{_f(r['rss_loaded_kib'] / 1024)} | {_f(r['kib_per_conn'], 2)} | {_f(r['seconds_to_open'])} |")
         out.append("")
-    if "slow_reader" in s:
-        out += ["### Large response through a slow reader (RSS sampled every 0.1 s; median of fresh-server runs)", "",
+    for key, over in (("slow_reader", ""), ("slow_reader_h2", " over HTTP/2 (h2c, 64 KiB client windows)")):
+        if key not in s:
+            continue
+        out += [f"### Large response through a slow reader{over} (RSS sampled every 0.1 s; median of fresh-server runs)", "",
                 "| case | MiB read | MB/s | RSS before MiB | RSS peak MiB | growth KiB | growth / buffer limit (1 MiB) | growth per run KiB |",
                 "|---|---|---|---|---|---|---|---|"]
-        for name, r in s["slow_reader"].items():
+        for name, r in s[key].items():
             runs = " / ".join(str(g) for g in r.get("rss_growth_runs_kib", [r["rss_growth_kib"]]))
             out.append(f"| {name} | {r['bytes'] >> 20} | {_f(r['MBps'], 0)} | {_f(r['rss_before_kib'] / 1024)} | "
                        f"{_f(r['rss_peak_kib'] / 1024)} | {r['rss_growth_kib']} | {_f(r['growth_vs_limit'], 2)} | {runs} |")

@@ -31,6 +31,7 @@ from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
 from ..network.address import node_address
+from ..stats.sink import SinkContext
 from ..network.filter_chain_match import FilterChainMatcher
 from ..network.listener import ListenerFactory, bind_listen_sockets
 from ..network.udp.listener import bind_udp_sockets
@@ -346,6 +347,12 @@ class Server:
         self._tick_timer.enable(1.0)
         # Stats sinks, flushed on the main thread every stats_flush_interval (as Envoy).
         self.stats_sinks = [ext.factory(config, ext.name) for ext, config in b.stats_sinks]
+        sink_context = SinkContext(self.main, self.main_store, b.node, self._cluster_hosts,
+                                   self._cluster_config, time.time)
+        for sink in self.stats_sinks:
+            start = getattr(sink, "start", None)   # a ConnectedSink (proxy/stats/sink.py)
+            if start is not None:
+                start(sink_context)
         if self.stats_sinks:
             self._flush_timer = self.main.create_timer(self._flush_sinks)
             self._flush_timer.enable(b.stats_flush_interval)
@@ -641,6 +648,11 @@ class Server:
 
     def _teardown(self) -> None:
         self.stop_admin()
+        for sink in self.stats_sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("stats sink %r failed to close", sink)
         if self.load_reporter is not None:
             self.load_reporter.stop()
         if self.xds is not None:

@@ -78,7 +78,7 @@ GRPC_SERVICE = Message("envoy.config.core.v3.GrpcService (metrics_service)", mod
                        fields=(
     used("envoy_grpc", attr="", why="the cluster the stream goes to (its own table)"),
     used("initial_metadata"),
-    inert("timeout", "Envoy's metrics stream takes no deadline from it (a stream lives on)"),
+    inert("timeout", "Envoy's metrics stream takes no deadline from it: a stream lives on"),
     refused("google_grpc", "use envoy_grpc"),
     refused("retry_policy", "no retries: a failed stream is opened again at the next flush"),
 ))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .histogram import DEFAULT_BUCKETS, Histogram, HistogramSummary, merge_summaries
+from .recent_lookups import RecentLookups
 from .tag_extraction import TagProducer, default_tag_producer
 
 __all__ = ["Counter", "Gauge", "Store", "Scope", "StatsRegistry", "StatsSnapshot"]
@@ -133,8 +134,10 @@ class Store:
 
     def __init__(self, name: str, bounds: tuple[float, ...] = DEFAULT_BUCKETS,
                  rejects: Callable[[str], bool] = _no,
-                 buckets_for: Callable[[str], tuple[float, ...]] | None = None) -> None:
+                 buckets_for: Callable[[str], tuple[float, ...]] | None = None,
+                 lookups: RecentLookups | None = None) -> None:
         self.name = name
+        self._lookups = lookups   # the registry's, for /stats/recentlookups (creations only)
         self._bounds = bounds
         self._rejects = rejects
         self._buckets_for = buckets_for
@@ -182,6 +185,8 @@ class Store:
     def _create(self, table: dict, name: str, factory):  # type: ignore[no-untyped-def]
         if not name or not isinstance(name, str):
             raise ValueError(f"stat name must be a non-empty string, got {name!r}")
+        if self._lookups is not None:
+            self._lookups.lookup(name)
         if self._rejects(name):
             with self._lock:
                 stat = self._rejected.get(name)
@@ -223,6 +228,7 @@ class StatsRegistry:
         self.tag_producer = tag_producer
         self.rejects = rejects or _no
         self._buckets_for = buckets_for
+        self.recent_lookups = RecentLookups()   # /stats/recentlookups (its own lock)
         # StatsRegistry._lock guards _stores, the carryover references and _gauges_used.
         # Never held while reading stat values or calling into a store.
         self._lock = threading.Lock()
@@ -234,7 +240,7 @@ class StatsRegistry:
         self._gauges_used: set[str] = set()
 
     def new_store(self, name: str) -> Store:
-        store = Store(name, self.histogram_bounds, self.rejects, self._buckets_for)
+        store = Store(name, self.histogram_bounds, self.rejects, self._buckets_for, self.recent_lookups)
         with self._lock:
             if any(s.name == name for s in self._stores):
                 raise ValueError(f"stats store {name!r} already exists")

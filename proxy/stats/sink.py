@@ -13,7 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["StatsSink", "ConnectedSink", "SinkContext"]
+__all__ = ["StatsSink", "ConnectedSink", "SinkContext", "SAMPLE_SINKS"]
+
+# Sinks that send every histogram sample (Envoy's onHistogramComplete): with one configured,
+# the stats registry's histograms keep their samples for the flush (StatsSnapshot.samples).
+SAMPLE_SINKS = frozenset({"envoy.stat_sinks.statsd", "envoy.stat_sinks.dog_statsd"})
 
 
 class StatsSink(Protocol):

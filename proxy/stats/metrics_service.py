@@ -59,6 +59,23 @@ class MetricsServiceConfig:
     emit_tags_as_labels: bool = False
     histogram_emit_mode: str = "SUMMARY_AND_HISTOGRAM"
 
+    def check_clusters(self, clusters: tuple[Any, ...], path: str) -> None:
+        """At load, as Envoy: the cluster must be a static one of the bootstrap (Envoy: "Unknown
+        gRPC client cluster"); and, for ftproxy's gRPC client, speak HTTP/2 over plain TCP."""
+        at = f"{path}.grpc_service.envoy_grpc.cluster_name"
+        found = {c.name: c for c in clusters}.get(self.cluster_name)
+        if found is None:
+            raise ConfigError(at, f"Unknown gRPC client cluster '{self.cluster_name}' (as Envoy: "
+                                  "no static cluster of that name)")
+        if found.http2 is None or found.auto_config or found.use_downstream_protocol:
+            raise ConfigError(at, f'cluster "{found.name}" must speak HTTP/2 for gRPC (set '
+                                  "typed_extension_protocol_options ... explicit_http_config."
+                                  "http2_protocol_options)")
+        if getattr(found.transport_socket, "name", "envoy.transport_sockets.raw_buffer") != \
+                "envoy.transport_sockets.raw_buffer":
+            raise ConfigError(at, f'cluster "{found.name}": TLS to the metrics service is not '
+                                  "supported yet")
+
     def flush_options(self) -> FlushOptions:
         mode = self.histogram_emit_mode
         return FlushOptions(self.report_counters_as_deltas, self.emit_tags_as_labels,

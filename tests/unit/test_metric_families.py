@@ -145,3 +145,35 @@ def test_config_defaults_and_values():
     assert (c.cluster_name, c.authority, c.initial_metadata) == ("ms", "a.b", ((b"x-a", b"1"),))
     assert c.report_counters_as_deltas and not c.emit_tags_as_labels
     assert c.histogram_emit_mode == "SUMMARY_AND_HISTOGRAM"
+
+
+def _bootstrap(cluster: dict, name: str = "ms") -> dict:
+    return {"stats_sinks": [{"name": "envoy.stat_sinks.metrics_service", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": name}}}}],
+            "static_resources": {"clusters": [cluster]}}
+
+
+H2_CLUSTER = {"name": "ms", "type": "STATIC", "connect_timeout": "1s",
+              "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                  "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                  "explicit_http_config": {"http2_protocol_options": {}}}},
+              "load_assignment": {"cluster_name": "ms", "endpoints": []}}
+
+
+@pytest.mark.parametrize(("cluster", "name", "words"), [
+    (H2_CLUSTER, "nope", "Unknown gRPC client cluster 'nope'"),   # Envoy 1.40's words
+    ({k: v for k, v in H2_CLUSTER.items() if k != "typed_extension_protocol_options"}, "ms", "HTTP/2"),
+])
+def test_the_cluster_is_checked_at_load(cluster, name, words):
+    from proxy.config.load import parse_bootstrap
+    with pytest.raises(ConfigError) as e:
+        parse_bootstrap(_bootstrap(cluster, name))
+    assert "stats_sinks[0].typed_config.grpc_service.envoy_grpc.cluster_name" in str(e.value)
+    assert words in str(e.value)
+
+
+def test_a_static_http2_cluster_loads():
+    from proxy.config.load import parse_bootstrap
+    boot = parse_bootstrap(_bootstrap(H2_CLUSTER))
+    assert boot.stats_sinks[0][1].cluster_name == "ms"

@@ -187,7 +187,10 @@ def test_the_proxy_keeps_serving_while_the_server_is_down_and_streams_again():
         assert server.wait(lambda: total([m for s, m in server.received() if s == server.streams_opened],
                                          "COUNTER", "http.ing.downstream_rq_total") >= 5)
         c = p.counters()
-        assert c["cluster.ms.upstream_rq_total"] == c["cluster.ms.upstream_cx_total"] >= 3
+        failed = c["cluster.ms.upstream_cx_connect_fail"]
+        assert failed == c["cluster.ms.upstream_rq_pending_failure_eject"] == c["cluster.ms.upstream_rq_503"]
+        assert c["cluster.ms.upstream_rq_total"] == 2          # the streams that had a connection
+        assert c["cluster.ms.upstream_cx_total"] == failed + 2
     finally:
         _close(server, upstream, p)
 
@@ -295,3 +298,46 @@ def _at(labels: tuple, port: int) -> tuple:
 def _report(messages, port: int) -> dict:
     return {(kind, name, labels): total(messages, kind, name, _at(labels, port))
             for kind, name, labels, _ in DRIVEN}
+
+
+def _envoy_counters(admin_port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.isdigit():
+            out[name] = int(value)
+    return out
+
+
+def test_a_server_down_is_counted_as_envoy_counts_it(tmp_path):
+    """The metrics service's cluster names a port nobody listens on: both proxies keep serving
+    and count each flush's failed stream on the cluster the same way."""
+    upstream = EchoUpstream("svc")
+    ports = PortReservation()
+    e_port, e_admin, dead = ports.take(), ports.take(), ports.take()
+    ports.release()
+    envoy = _Envoy(tmp_path, bootstrap("envoy", dead, upstream.port, e_port, e_admin))
+    ftproxy = ProxyUnderTest(bootstrap("ftproxy", dead, upstream.port))
+    try:
+        assert ftproxy.wait_for(lambda: _ready(e_admin), 20)
+        counters = {"envoy": lambda: _envoy_counters(e_admin), "ftproxy": ftproxy.counters}
+        for kind, port in (("envoy", e_port), ("ftproxy", ftproxy.port)):
+            assert ftproxy.wait_for(lambda: counters[kind]().get("cluster.ms.upstream_cx_connect_fail", 0) >= 2), kind
+            drive(port)
+        nonzero = {}
+        for kind, read in counters.items():
+            c = {k: v for k, v in read().items() if k.startswith("cluster.ms.") and v}
+            failed = c["cluster.ms.upstream_cx_connect_fail"]
+            for name in ("upstream_cx_total", "upstream_rq_pending_total", "upstream_rq_pending_failure_eject",
+                         "upstream_rq_503", "upstream_rq_5xx"):
+                # A flush may be between its connect and its failure: one apart at most.
+                assert failed <= c[f"cluster.ms.{name}"] <= failed + 1, (kind, name, c)
+            assert "cluster.ms.upstream_rq_total" not in c, kind
+            nonzero[kind] = set(c)
+        assert nonzero["ftproxy"] <= nonzero["envoy"], nonzero["ftproxy"] - nonzero["envoy"]
+    finally:
+        ftproxy.stop()
+        envoy.stop()
+        upstream.close()

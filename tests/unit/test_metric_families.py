@@ -177,3 +177,29 @@ def test_a_static_http2_cluster_loads():
     from proxy.config.load import parse_bootstrap
     boot = parse_bootstrap(_bootstrap(H2_CLUSTER))
     assert boot.stats_sinks[0][1].cluster_name == "ms"
+
+
+class FakeStream:
+    def __init__(self, pending: int) -> None:
+        self.pending = bytearray(pending)
+        self.sent: list[bytes] = []
+
+    def send(self, message: bytes) -> None:
+        self.sent.append(message)
+
+
+def test_a_stream_that_does_not_drain_drops_flushes_past_the_bound():
+    from proxy.stats.metrics_service import MAX_QUEUED, MetricsServiceSink
+    from proxy.stats.sink import SinkContext
+
+    reg, store = _registry()
+    store.counter("c").inc()
+    sink = MetricsServiceSink(parse_metrics_service({"grpc_service": {"envoy_grpc": {"cluster_name": "ms"}}}, "s"))
+    node = type("Node", (), {"id": "n", "cluster": "c", "zone": "", "metadata": None})()
+    sink.start(SinkContext(None, store, node, lambda name: [], lambda name: None, lambda: 1.0))
+    sink.stream = FakeStream(MAX_QUEUED)
+    sink.flush(reg.snapshot())
+    assert len(sink.stream.sent) == 1 and store.counter("metrics_service.messages_dropped").value == 0
+    sink.stream = FakeStream(MAX_QUEUED + 1)
+    sink.flush(reg.snapshot())
+    assert sink.stream.sent == [] and store.counter("metrics_service.messages_dropped").value == 1

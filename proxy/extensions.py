@@ -78,6 +78,7 @@ BUILT_IN: tuple[tuple[str, str, str, str | None], ...] = (
     ("proxy.tracing.datadog_config", "tracer", "envoy.config.trace.v3.DatadogConfig", None),
     ("proxy.stats.statsd", "stats_sink", "envoy.config.metrics.v3.StatsdSink", None),
     ("proxy.stats.dog_statsd", "stats_sink", "envoy.config.metrics.v3.DogStatsdSink", None),
+    ("proxy.stats.metrics_service", "stats_sink", "envoy.config.metrics.v3.MetricsServiceConfig", None),
 )
 
 for _row in BUILT_IN:

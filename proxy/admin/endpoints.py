@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from proxy.admin.log_levels import handle_logging
 from proxy.admin.safe_regex import SafeRegex, SafeRegexError
 from proxy.stats.render import render_json, render_prometheus, render_text
+from proxy.stats.recent_lookups import RecentLookups
 from proxy.stats.store import StatsSnapshot
 
 __all__ = ["AdminContext", "AdminResponse", "Endpoint", "ENDPOINTS", "handle", "help_text",
@@ -66,6 +67,7 @@ class AdminContext(Protocol):
     def runtime(self) -> dict[str, Any]: ...
     def memory(self) -> dict[str, Any]: ...
     def init_dump(self) -> dict[str, Any]: ...
+    def recent_lookups(self) -> RecentLookups: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +404,18 @@ def _init_dump(ctx: AdminContext, params: Params) -> AdminResponse:
     return _json(ctx.init_dump())
 
 
+def _recent_lookups(ctx: AdminContext, params: Params) -> AdminResponse:
+    """Envoy's `/stats/recentlookups` (proxy/stats/recent_lookups.py says what a lookup is)."""
+    return _text(200, ctx.recent_lookups().render())
+
+
+def _recent_lookups_action(action: str) -> Handler:
+    def handler(ctx: AdminContext, params: Params) -> AdminResponse:
+        getattr(ctx.recent_lookups(), action)()
+        return _text(200, "OK\n")
+    return handler
+
+
 def _contention(ctx: AdminContext, params: Params) -> AdminResponse:
     return _text(200, "Mutex contention tracing is not supported by ftproxy.\n")
 
@@ -431,6 +445,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/server_info", "print server version/status information", _server_info),
     Endpoint("/stats", "print server stats", _stats),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", _stats_prometheus),
+    Endpoint("/stats/recentlookups", "Show recent stat-name lookups", _recent_lookups),
+    Endpoint("/stats/recentlookups/clear", "clear list of stat-name lookups and counter",
+             _recent_lookups_action("clear"), mutates=True),
+    Endpoint("/stats/recentlookups/disable", "disable recording of reset stat-name lookup names",
+             _recent_lookups_action("disable"), mutates=True),
+    Endpoint("/stats/recentlookups/enable", "enable recording of reset stat-name lookup names",
+             _recent_lookups_action("enable"), mutates=True),
 )
 _BY_PATH: Mapping[str, Endpoint] = {e.path: e for e in ENDPOINTS}
 

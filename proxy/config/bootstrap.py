@@ -186,6 +186,10 @@ def parse_bootstrap(raw: Any) -> Bootstrap:
         listeners, clusters, cluster_names, paths = resources
         errors.run(check_route_clusters, listeners, paths, cluster_names)
         errors.run(check_tracing_collectors, listeners, paths, clusters)
+        for i, sink in enumerate(sinks):   # a sink that streams to a cluster checks it (metrics_service)
+            check = getattr(sink[1], "check_clusters", None) if isinstance(sink, tuple) else None
+            if check is not None:
+                errors.run(check, clusters, f"stats_sinks[{i}].typed_config")
         if limits is not MISSING:
             extra_warnings = [f"runtime key envoy.resource_limits.listener.{name}.connection_limit "
                               f"names no listener: it limits nothing (as in Envoy)"

@@ -44,6 +44,10 @@ class ServerAdminContext:
         return dataclasses.replace(snap, counters={name: max(0, value - base.get(name, 0))
                                                    for name, value in snap.counters.items()})
 
+    def recent_lookups(self):
+        """The registry's stat-name lookups (thread-safe: its own lock)."""
+        return self.server.stats.recent_lookups
+
     def reset_counters(self) -> None:
         self.server.counter_baseline = dict(self.server.stats.snapshot().counters)
 

@@ -31,6 +31,7 @@ from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
 from ..network.address import node_address
+from ..stats.sink import SAMPLE_SINKS, SinkContext
 from ..network.filter_chain_match import FilterChainMatcher
 from ..network.listener import ListenerFactory, bind_listen_sockets
 from ..network.udp.listener import bind_udp_sockets
@@ -90,12 +91,15 @@ def _stats_registry(bootstrap) -> StatsRegistry:
     """The registry as the bootstrap's stats_config asks: its tag extraction (for Prometheus and
     dog_statsd), its stats_matcher (rejected stats are never reported) and histogram buckets."""
     sc = bootstrap.stats_config if hasattr(bootstrap, "stats_config") else None
+    # A statsd sink sends every histogram sample: only then do histograms keep them.
+    keep = any(ext.name in SAMPLE_SINKS for ext, _ in getattr(bootstrap, "stats_sinks", ()))
     if sc is None:
-        return StatsRegistry()
+        return StatsRegistry(keep_samples=keep)
     matcher = sc.stats_matcher
     return StatsRegistry(tag_producer=sc.tag_producer(),
                          rejects=matcher.rejects if matcher is not None else None,
-                         buckets_for=sc.buckets_for if sc.histogram_bucket_settings else None)
+                         buckets_for=sc.buckets_for if sc.histogram_bucket_settings else None,
+                         keep_samples=keep)
 
 
 class Server:
@@ -346,6 +350,12 @@ class Server:
         self._tick_timer.enable(1.0)
         # Stats sinks, flushed on the main thread every stats_flush_interval (as Envoy).
         self.stats_sinks = [ext.factory(config, ext.name) for ext, config in b.stats_sinks]
+        sink_context = SinkContext(self.main, self.main_store, b.node, self._cluster_hosts,
+                                   self._cluster_config, time.time)
+        for sink in self.stats_sinks:
+            start = getattr(sink, "start", None)   # a ConnectedSink (proxy/stats/sink.py)
+            if start is not None:
+                start(sink_context)
         if self.stats_sinks:
             self._flush_timer = self.main.create_timer(self._flush_sinks)
             self._flush_timer.enable(b.stats_flush_interval)
@@ -627,7 +637,7 @@ class Server:
 
     def _flush_sinks(self) -> None:
         try:
-            snapshot = self.stats.snapshot()
+            snapshot = self.stats.snapshot(take_samples=self.stats.keep_samples)
             for sink in self.stats_sinks:
                 try:
                     sink.flush(snapshot)
@@ -641,6 +651,11 @@ class Server:
 
     def _teardown(self) -> None:
         self.stop_admin()
+        for sink in self.stats_sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("stats sink %r failed to close", sink)
         if self.load_reporter is not None:
             self.load_reporter.stop()
         if self.xds is not None:

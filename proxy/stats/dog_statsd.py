@@ -7,7 +7,8 @@ that size; unset: one metric per datagram). As Envoy's sink (Common::Statsd::Udp
 DogStatsD's tag format), each flush sends every used counter as
 `<prefix>.<tag-extracted name>:<delta>|c|#<tag>:<value>,...` and every used gauge as `...|g|#...`,
 the tags those of the bootstrap's stats_config (proxy.stats.tag_extraction), in Envoy's order;
-a stat without tags has no `|#`. Histograms are not sent (see statsd.py: a declared difference).
+a stat without tags has no `|#`; each histogram sample as `...:<ms>|ms|#...` (see statsd.py:
+sent at the flush).
 Thread affinity: main thread only.
 """
 

@@ -4,9 +4,12 @@ bootstrap's `stats_flush_interval`, as Envoy flushes its sinks.
 Config `envoy.config.metrics.v3.StatsdSink`: `address` (a UDP socket address; an IP literal)
 and `prefix` (default `envoy`). `tcp_cluster_name` is refused. Each flush sends, one metric per
 UDP datagram as Envoy's UDP sink does, every used counter as `<prefix>.<name>:<delta since
-the last flush>|c` (0 once it stops changing) and every used gauge as `<prefix>.<name>:<value>|g`.
-Histograms are not sent: Envoy's sink sends each sample as it is recorded (`|ms`), and ftproxy
-keeps histograms as buckets on the workers, not samples (a declared difference).
+the last flush>|c` (0 once it stops changing), every used gauge as `<prefix>.<name>:<value>|g`,
+and every histogram sample recorded since the last flush as `<prefix>.<name>:<ms>|ms` (whole
+milliseconds, as Envoy's timers). Envoy's sink sends each sample from the worker as it is
+recorded; ftproxy's workers keep them (proxy.stats.histogram.SampledHistogram, made only when a
+statsd sink is configured: Histogram.record is unchanged for everyone else) and main sends them
+at the flush, after the counters and gauges: the same lines, later, in another order.
 Thread affinity: main thread only (the workers' stores are merged by StatsRegistry.snapshot).
 """
 
@@ -108,6 +111,9 @@ class UdpStatsdSink:
         for name, value in snapshot.gauges.items():
             if name in used:
                 lines.append(self._line(producer, name, value, "|g"))
+        for name, values in snapshot.samples.items():
+            for v in values:
+                lines.append(self._line(producer, name, int(v), "|ms"))
         return lines
 
     def datagrams(self, lines: list[str]) -> list[bytes]:

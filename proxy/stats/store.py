@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .histogram import DEFAULT_BUCKETS, Histogram, HistogramSummary, merge_summaries
+from .histogram import DEFAULT_BUCKETS, Histogram, HistogramSummary, SampledHistogram, merge_summaries
+from .recent_lookups import RecentLookups
 from .tag_extraction import TagProducer, default_tag_producer
 
 __all__ = ["Counter", "Gauge", "Store", "Scope", "StatsRegistry", "StatsSnapshot"]
@@ -82,6 +83,9 @@ class StatsSnapshot:
     used: frozenset[str] = field(default_factory=frozenset)
     # The bootstrap's tag extraction (stats_config), for the outputs that print tags.
     tag_producer: TagProducer | None = None
+    # Each histogram's samples since the previous flush (only `snapshot(take_samples=True)`,
+    # a registry that keeps samples: statsd sinks send each one).
+    samples: Mapping[str, tuple[float, ...]] = _EMPTY
 
     def is_used(self, name: str) -> bool:
         return name in self.used
@@ -133,8 +137,11 @@ class Store:
 
     def __init__(self, name: str, bounds: tuple[float, ...] = DEFAULT_BUCKETS,
                  rejects: Callable[[str], bool] = _no,
-                 buckets_for: Callable[[str], tuple[float, ...]] | None = None) -> None:
+                 buckets_for: Callable[[str], tuple[float, ...]] | None = None,
+                 lookups: RecentLookups | None = None, keep_samples: bool = False) -> None:
         self.name = name
+        self._histogram_class = SampledHistogram if keep_samples else Histogram
+        self._lookups = lookups   # the registry's, for /stats/recentlookups (creations only)
         self._bounds = bounds
         self._rejects = rejects
         self._buckets_for = buckets_for
@@ -162,7 +169,8 @@ class Store:
         h = self._histograms.get(name)
         if h is None:
             bounds = self._buckets_for(name) if self._buckets_for is not None else self._bounds
-            h = self._create(self._histograms, name, lambda: Histogram(unit, bounds))
+            cls = self._histogram_class
+            h = self._create(self._histograms, name, lambda: cls(unit, bounds))
         return h
 
     def scope(self, prefix: str) -> Scope:
@@ -182,6 +190,8 @@ class Store:
     def _create(self, table: dict, name: str, factory):  # type: ignore[no-untyped-def]
         if not name or not isinstance(name, str):
             raise ValueError(f"stat name must be a non-empty string, got {name!r}")
+        if self._lookups is not None:
+            self._lookups.lookup(name)
         if self._rejects(name):
             with self._lock:
                 stat = self._rejected.get(name)
@@ -214,15 +224,19 @@ class StatsRegistry:
     def __init__(self, histogram_bounds: tuple[float, ...] = DEFAULT_BUCKETS, *,
                  tag_producer: TagProducer | None = None,
                  rejects: Callable[[str], bool] | None = None,
-                 buckets_for: Callable[[str], tuple[float, ...]] | None = None) -> None:
+                 buckets_for: Callable[[str], tuple[float, ...]] | None = None,
+                 keep_samples: bool = False) -> None:
         """`tag_producer`, `rejects` and `buckets_for` come from the bootstrap's stats_config
-        (tags for the outputs, the stats_matcher, histogram_bucket_settings)."""
+        (tags for the outputs, the stats_matcher, histogram_bucket_settings); `keep_samples`
+        (a statsd sink is configured): histograms keep each sample for the flush."""
         if list(histogram_bounds) != sorted(set(histogram_bounds)) or not histogram_bounds:
             raise ValueError("histogram bucket bounds must be a non-empty strictly increasing sequence")
         self.histogram_bounds = tuple(histogram_bounds)
         self.tag_producer = tag_producer
         self.rejects = rejects or _no
         self._buckets_for = buckets_for
+        self.keep_samples = keep_samples
+        self.recent_lookups = RecentLookups()   # /stats/recentlookups (its own lock)
         # StatsRegistry._lock guards _stores, the carryover references and _gauges_used.
         # Never held while reading stat values or calling into a store.
         self._lock = threading.Lock()
@@ -234,7 +248,8 @@ class StatsRegistry:
         self._gauges_used: set[str] = set()
 
     def new_store(self, name: str) -> Store:
-        store = Store(name, self.histogram_bounds, self.rejects, self._buckets_for)
+        store = Store(name, self.histogram_bounds, self.rejects, self._buckets_for, self.recent_lookups,
+                      self.keep_samples)
         with self._lock:
             if any(s.name == name for s in self._stores):
                 raise ValueError(f"stats store {name!r} already exists")
@@ -255,13 +270,18 @@ class StatsRegistry:
             self._carry_counters = c
             self._carry_gauges = g
 
-    def snapshot(self) -> StatsSnapshot:
+    def snapshot(self, take_samples: bool = False) -> StatsSnapshot:
+        """`take_samples` (the sinks' flush, main thread): the samples each histogram kept since
+        the last take, removed from it; a histogram aliased under two names gives its samples
+        to both."""
         with self._lock:
             stores = tuple(self._stores)
             carry_c, carry_g = self._carry_counters, self._carry_gauges
         counters: dict[str, int] = dict(carry_c)
         gauges: dict[str, int] = dict(carry_g)
         parts: dict[str, list[HistogramSummary]] = {}
+        samples: dict[str, list[float]] = {}
+        taken: dict[int, list[float]] = {}   # id(histogram) -> its samples (aliases share one)
         for store in stores:
             cs, gs, hs = store.tables()
             for name, c in cs:
@@ -269,6 +289,12 @@ class StatsRegistry:
             for name, g in gs:
                 gauges[name] = gauges.get(name, 0) + g.value
             for name, h in hs:
+                if take_samples and type(h) is SampledHistogram:
+                    got = taken.get(id(h))
+                    if got is None:
+                        got = taken[id(h)] = h.take_samples()
+                    if got:
+                        samples.setdefault(name, []).extend(got)
                 parts.setdefault(name, []).append(h.summary())
         histograms = {name: merge_summaries(p) for name, p in parts.items()}
         used = {n for n, v in counters.items() if v != 0}
@@ -283,4 +309,5 @@ class StatsRegistry:
             histograms=MappingProxyType(histograms),
             used=frozenset(used),
             tag_producer=self.tag_producer,
+            samples=MappingProxyType({n: tuple(v) for n, v in samples.items()}) if samples else _EMPTY,
         )

@@ -1,6 +1,7 @@
 """The statsd stats sink through the running proxy: a real UDP receiver on 127.0.0.1 gets
-`<prefix>.<name>:<delta>|c` and `<prefix>.<name>:<value>|g`, one metric per datagram, every
-stats_flush_interval, as Envoy's sink sends them."""
+`<prefix>.<name>:<delta>|c`, `<prefix>.<name>:<value>|g` and each histogram sample as
+`<prefix>.<name>:<ms>|ms`, one metric per datagram, every stats_flush_interval, as Envoy's sink
+sends them (its histogram names compared with real Envoy's)."""
 
 from __future__ import annotations
 
@@ -138,3 +139,91 @@ def test_what_the_dog_statsd_sink_refuses(upstream, sink, where):
     cfg["stats_sinks"][0]["typed_config"].update(sink)
     with pytest.raises(ConfigError, match=__import__("re").escape(where)):
         parse_bootstrap(cfg)
+
+
+def _ms_lines(datagrams: list[str]) -> list[tuple[str, str]]:
+    """(name, value) of each histogram sample line (`<name>:<value>|ms`)."""
+    out = []
+    for d in datagrams:
+        for line in d.split("\n"):
+            if line.endswith("|ms"):
+                name, _, value = line[:-3].rpartition(":")
+                out.append((name, value))
+    return out
+
+
+def test_histogram_samples_go_as_whole_milliseconds_named_as_envoy_names_them(upstream, tmp_path):
+    """The same bootstrap through real Envoy 1.40 and ftproxy, three requests each: every sample
+    ftproxy sends is named as one of Envoy's, and the request histograms have one sample per
+    request in both."""
+    import os
+    import signal
+    import subprocess
+
+    import yaml
+
+    from tests.differential.proxies import PortReservation, envoy_binary
+
+    got = {}
+    ports = PortReservation()
+    e_port, e_admin = ports.take(), ports.take()
+    ports.release()
+    for kind in ("envoy", "ftproxy"):
+        r = Receiver()
+        cfg = _config(upstream.port, r.port)
+        if kind == "envoy":
+            cfg["admin"]["address"]["socket_address"]["port_value"] = e_admin
+            cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = e_port
+            (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(cfg))
+            with open(tmp_path / "envoy.log", "wb") as log:
+                proc = subprocess.Popen([envoy_binary(), "-c", str(tmp_path / "envoy.yaml"), "--concurrency", "1",
+                                         "--disable-hot-restart", "-l", "error"], stdout=subprocess.DEVNULL,
+                                        stderr=log, start_new_session=True)
+            try:
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{e_admin}/ready", timeout=1) as resp:
+                            if resp.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.05)
+                for _ in range(3):
+                    urllib.request.urlopen(f"http://127.0.0.1:{e_port}/x", timeout=5).read()
+                r.collect(0.8)
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(10)
+        else:
+            p = ProxyUnderTest(cfg)
+            try:
+                for _ in range(3):
+                    urllib.request.urlopen(p.url("/x"), timeout=5).read()
+                r.collect(0.8)
+            finally:
+                p.stop()
+        r.sock.close()
+        got[kind] = _ms_lines(r.datagrams)
+    envoy_names = {n for n, _ in got["envoy"]}
+    ftproxy_names = {n for n, _ in got["ftproxy"]}
+    assert ftproxy_names and ftproxy_names <= envoy_names, ftproxy_names - envoy_names
+    assert all(v.isdigit() for _, v in got["ftproxy"])
+    for name in ("envoy.http.ingress_http.downstream_rq_time", "envoy.cluster.c1.upstream_rq_time",
+                 "envoy.cluster.c1.external.upstream_rq_time"):
+        for kind in ("envoy", "ftproxy"):
+            assert sum(1 for n, _ in got[kind] if n == name) == 3, (kind, name)
+
+
+def test_dog_statsd_sends_histogram_samples_with_tags(upstream):
+    r = Receiver()
+    p = ProxyUnderTest(_dog_config(upstream.port, r.port))
+    try:
+        urllib.request.urlopen(p.url("/x"), timeout=5).read()
+        r.collect(0.6)
+        lines = [line for d in r.datagrams for line in d.split("\n")]
+        rq = [line for line in lines if line.startswith("envoy.cluster.upstream_rq_time:")]
+        assert len(rq) == 1 and rq[0].endswith("|ms|#envoy.cluster_name:c1"), rq
+    finally:
+        p.stop()

@@ -287,7 +287,7 @@ def test_known_but_unsupported_top_level_field():
     assert _error(_boot(stats_flush_on_admin=True)) == "stats_flush_on_admin: not supported yet"
     assert _error(_boot(stats_sinks=[{"name": "envoy.stat_sinks.hystrix"}])) == (
         'stats_sinks[0].name: unsupported stats sink "envoy.stat_sinks.hystrix"; '
-        "supported: envoy.stat_sinks.dog_statsd, envoy.stat_sinks.statsd")
+        "supported: envoy.stat_sinks.dog_statsd, envoy.stat_sinks.metrics_service, envoy.stat_sinks.statsd")
 
 
 def test_cluster_field_typo_names_cluster_path():

@@ -103,7 +103,10 @@ class GrpcStream:
                  on_open: Callable[[], None], on_message: Callable[[bytes], None],
                  on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy",
                  http2=None, connect_timeout: float | None = None,
-                 on_response: Callable[[bytes], None] | None = None) -> None:
+                 on_response: Callable[[bytes], None] | None = None,
+                 metadata: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """`metadata`: more request headers (a gRPC service's `initial_metadata`), after the
+        fixed ones."""
         self.dispatcher = dispatcher
         self.on_response = on_response   # the response headers' :status (once, if given)
         self.on_open, self.on_message, self.on_close = on_open, on_message, on_close
@@ -128,7 +131,7 @@ class GrpcStream:
         self.h2.send_headers(self.stream_id, [
             (b":method", b"POST"), (b":scheme", b"http"), (b":authority", authority.encode()),
             (b":path", path.encode()), (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"), (b"user-agent", user_agent)])
+            (b"te", b"trailers"), (b"user-agent", user_agent), *metadata])
         self.sock = ClientSocket(dispatcher, address, self._on_connected, self._on_data, self._on_closed)
         if connect_timeout and not self.sock.closed:
             self._connect_timer = dispatcher.call_later(connect_timeout, self._connect_timed_out)

@@ -5,7 +5,8 @@ StreamAccessLogsMessage with the `xds-protos` package's generated classes (an in
 protobuf implementation of what ftproxy encodes by hand).
 
 `streams`: one list per stream opened, of the messages received on it (proto3 JSON dicts,
-`preserving_proto_field_name`); `metadata`: each stream's request metadata;
+`preserving_proto_field_name`); `times`: when each came (time.monotonic(), the same shape);
+`metadata`: each stream's request metadata;
 `http_entries()` / `tcp_entries()`: every entry received, in order.
 `stop()` drops the open streams and stops serving; `start()` serves again on the same port.
 """
@@ -32,6 +33,7 @@ PATH = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 class AlsServer:
     def __init__(self, port: int = 0) -> None:
         self.streams: list[list[dict[str, Any]]] = []
+        self.times: list[list[float]] = []
         self.metadata: list[dict[str, str]] = []
         self._lock = threading.Lock()     # guards streams and metadata (loop thread appends)
         self._transports: set = set()
@@ -95,14 +97,17 @@ class AlsServer:
         transport = stream._stream._transport   # grpclib internals: to drop it in stop()
         self._transports.add(transport)
         received: list[dict[str, Any]] = []
+        times: list[float] = []
         with self._lock:
             self.streams.append(received)
+            self.times.append(times)
             self.metadata.append({k: v for k, v in stream.metadata.items()})
         try:
             async for msg in stream:
                 d = json_format.MessageToDict(msg, preserving_proto_field_name=True)
                 with self._lock:
                     received.append(d)
+                    times.append(time.monotonic())
             await stream.send_message(als_pb2.StreamAccessLogsResponse())
         finally:
             self._transports.discard(transport)

@@ -21,7 +21,10 @@ main-thread gRPC client xDS uses (proxy/xds/grpc_stream.py GrpcStream).
   (Envoy: the same, with no retry timer). Batches that find more than MAX_PENDING_BYTES
   unsent on an open stream (a stalled service: Envoy's write-buffer high watermark) are
   dropped too. Counters (main store, Envoy's names): `grpc_entries_flushed` (entries put on
-  a stream), `grpc_entries_flush_failed` and `logs_dropped` (entries dropped).
+  a stream), `logs_dropped` (entries dropped), `grpc_entries_flush_failed` (those of them that
+  were due on a stream that could not take them: no host, a connection that failed, too much
+  unsent). Envoy counts entries sent on a stream whose connection then fails as flushed (they
+  are lost unseen); ftproxy holds them until the stream is open, and counts them dropped.
 - Unlike Envoy (one stream per worker), one stream per logger config for the whole process.
 
 Thread affinity: `GrpcAccessLogService.logger` and everything of `LogStream` on main;
@@ -221,7 +224,7 @@ class LogStream:
         if self.service.closed:
             return
         if self.stream is None and not self._start():
-            self._drop(len(parts))
+            self._drop(len(parts), failed=True)
             return
         if not self.opened:
             if self.waiting_bytes + size > MAX_PENDING_BYTES:
@@ -235,8 +238,7 @@ class LogStream:
     def _send(self, parts: list[bytes]) -> None:
         stream = self.stream
         if len(stream.pending) > MAX_PENDING_BYTES:
-            self.flush_failed.inc(len(parts))
-            self._drop(len(parts))
+            self._drop(len(parts), failed=True)
             return
         message = length_delimited(self.field, b"".join(parts))
         if not self.identified:
@@ -247,8 +249,12 @@ class LogStream:
         stream.send(message)
         self.flushed.inc(len(parts))
 
-    def _drop(self, n: int) -> None:
+    def _drop(self, n: int, failed: bool = False) -> None:
+        """`failed`: the entries were due on a stream that could not take them (it could not
+        be made, failed before it opened, or holds too much unsent)."""
         self.logs_dropped.inc(n)
+        if failed:
+            self.flush_failed.inc(n)
 
     # -- the stream -------------------------------------------------------------------------
     def _start(self) -> bool:
@@ -288,7 +294,7 @@ class LogStream:
         dropped = sum(len(parts) for parts, _ in self.waiting)
         self.waiting, self.waiting_bytes = [], 0
         if dropped:
-            self._drop(dropped)
+            self._drop(dropped, failed=True)
         self._warn(f"stream to {self.config.cluster_name!r} ended: {status}, {message}")
 
     def _warn(self, what: str) -> None:

@@ -83,9 +83,13 @@ def address_message(addr: str | None) -> bytes:
 
 
 def _timestamp(epoch: float) -> bytes:
-    nanos = round(epoch * 1e9)
-    seconds, nanos = divmod(nanos, 1_000_000_000)
-    return uint(1, seconds) + uint(2, nanos)
+    """A Timestamp to the microsecond (Envoy's clock's resolution; a float's nanoseconds past
+    1e9 seconds are noise)."""
+    seconds = int(epoch)
+    micros = round((epoch - seconds) * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return uint(1, seconds) + uint(2, micros * 1000)
 
 
 def _duration(start: float | None, end: float | None) -> bytes | None:

@@ -301,3 +301,88 @@ def test_entries_match_envoys_field_by_field(tmp_path, dead_port):
     assert http[3]["common_properties"]["response_flags"] == {"no_route_found": True}
     assert http[0]["request"]["request_headers"] == {"x-custom": "a"}
     assert [e["response"]["response_code"] for _, e in ours_entries["errors_log"]] == [503]
+
+
+# -- ftproxy alone: buffering, and a service that is down -------------------------------------
+def _counters(p: ProxyUnderTest) -> dict[str, int]:
+    c = p.counters()
+    return {n: c.get(f"access_logs.grpc_access_log.{n}", 0) for n in STATS}
+
+
+def _get(port: int, n: int = 1) -> list[int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    out = []
+    for _ in range(n):
+        conn.request("GET", "/app", headers={"host": "app.local"})
+        r = conn.getresponse()
+        r.read()
+        out.append(r.status)
+    conn.close()
+    return out
+
+
+def _stream_of(als: AlsServer, log_name: str) -> int:
+    with als._lock:
+        names = [s[0]["identifier"]["log_name"] if s else None for s in als.streams]
+    return names.index(log_name) if log_name in names else -1
+
+
+def test_buffer_size_and_flush_interval_decide_when_entries_go(upstream, dead_port):
+    """buffer_size_bytes 1: each entry goes at once, one message each; the default size with a
+    0.4 s buffer_flush_interval: the three entries go together, not before 0.4 s."""
+    als = AlsServer()
+    loggers = [http_logger("prompt", buffer_flush_interval="60s", buffer_size_bytes=1),
+               http_logger("timed", buffer_flush_interval="0.4s")]
+    p = ProxyUnderTest(bootstrap(upstream.port, dead_port, als.port, loggers=loggers, tcp=False))
+    try:
+        started = time.monotonic()
+        assert _get(p.port, 3) == [200, 200, 200]
+        assert als.wait(lambda: _stream_of(als, "timed") >= 0 and _stream_of(als, "prompt") >= 0)
+        prompt, timed = _stream_of(als, "prompt"), _stream_of(als, "timed")
+        assert als.wait(lambda: len(als.streams[prompt]) == 3)
+        with als._lock:
+            prompt_msgs, timed_msgs = list(als.streams[prompt]), list(als.streams[timed])
+            prompt_at, timed_at = list(als.times[prompt]), list(als.times[timed])
+        assert [len(m["http_logs"]["log_entry"]) for m in prompt_msgs] == [1, 1, 1]
+        assert [len(m["http_logs"]["log_entry"]) for m in timed_msgs] == [3]
+        assert timed_at[0] - started >= 0.39
+        assert max(prompt_at) < timed_at[0]
+        assert _counters(p)["logs_written"] == 6
+    finally:
+        p.stop()
+        als.close()
+
+
+def test_the_proxy_keeps_serving_while_the_service_is_down_and_streams_again_later(
+        upstream, dead_port):
+    """Entries due while the AccessLogService is down are dropped and counted; requests are
+    answered as ever; once it is back, the next entries start a new stream, identifier first."""
+    als = AlsServer()
+    loggers = [http_logger("http_log", buffer_flush_interval="0.05s")]
+    p = ProxyUnderTest(bootstrap(upstream.port, dead_port, als.port, loggers=loggers, tcp=False))
+    try:
+        assert _get(p.port) == [200]
+        assert als.wait(lambda: len(als.http_entries()) == 1)
+        als.stop()
+        streams = p.server.grpc_access_logs.streams.values()
+        assert p.wait_for(lambda: all(s.stream is None for s in streams))  # it saw the close
+        for i in range(3):      # each batch finds the service down (its own flush)
+            assert _get(p.port) == [200]
+            assert p.wait_for(lambda: _counters(p)["logs_dropped"] == i + 1)
+        c = _counters(p)
+        assert c["grpc_entries_flush_failed"] == 3 and c["grpc_entries_flushed"] == 1
+        als.start()
+        assert _get(p.port, 2) == [200, 200]
+        assert als.wait(lambda: len(als.http_entries()) == 3)
+        with als._lock:
+            streams = [list(s) for s in als.streams]
+        assert len(streams) == 2
+        for s in streams:
+            assert s[0]["identifier"]["log_name"] == "http_log"
+            assert s[0]["identifier"]["node"]["id"] == "node-1"
+        assert p.wait_for(lambda: _counters(p) == {
+            "logs_written": 6, "logs_dropped": 3, "grpc_entries_flushed": 3,
+            "grpc_entries_flush_failed": 3})
+    finally:
+        p.stop()
+        als.close()

@@ -27,6 +27,7 @@ BUILT_IN: tuple[tuple[str, str, str, str | None], ...] = (
     ("proxy.access_log.config", "access_logger", "envoy.extensions.access_loggers.stream.v3.StderrAccessLog", None),
     ("proxy.access_log.grpc_config", "access_logger", "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig", None),
     ("proxy.access_log.grpc_config", "access_logger", "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig", None),
+    ("proxy.access_log.otel_config", "access_logger", "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig", None),
     ("proxy.http.hcm_config", "network_filter", NETWORK + "http_connection_manager.v3.HttpConnectionManager", None),
     ("proxy.network.tcp_proxy_config", "network_filter", NETWORK + "tcp_proxy.v3.TcpProxy", None),
     ("proxy.network.filters.connection_limit", "network_filter", NETWORK + "connection_limit.v3.ConnectionLimit", None),

@@ -25,7 +25,7 @@ from grpclib.server import Server
 
 from envoy.service.accesslog.v3 import als_pb2
 
-__all__ = ["AlsServer", "PATH"]
+__all__ = ["AlsServer", "OtlpLogsCollector", "PATH"]
 
 PATH = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 
@@ -111,3 +111,56 @@ class AlsServer:
             await stream.send_message(als_pb2.StreamAccessLogsResponse())
         finally:
             self._transports.discard(transport)
+
+
+class OtlpLogsCollector:
+    """An OTLP/gRPC logs collector: `/opentelemetry.proto.collector.logs.v1.LogsService/Export`
+    (unary), each ExportLogsServiceRequest recorded as a proto3 JSON dict (`requests`) with
+    its metadata (`metadata`)."""
+
+    EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+        self._pb = logs_service_pb2
+        self.requests: list[dict[str, Any]] = []
+        self.metadata: list[dict[str, str]] = []
+        self._lock = threading.Lock()     # guards requests, metadata (loop thread appends)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="otlp-logs")
+        self.thread.start()
+
+        async def go() -> None:
+            self.server = Server([self])
+            await self.server.start("127.0.0.1", 0)
+            self.port = self.server._server.sockets[0].getsockname()[1]
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def __mapping__(self):
+        return {self.EXPORT: Handler(self._export, Cardinality.UNARY_UNARY,
+                                     self._pb.ExportLogsServiceRequest,
+                                     self._pb.ExportLogsServiceResponse)}
+
+    async def _export(self, stream) -> None:
+        msg = await stream.recv_message()
+        with self._lock:
+            self.requests.append(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+            self.metadata.append({k: v for k, v in stream.metadata.items()})
+        await stream.send_message(self._pb.ExportLogsServiceResponse())
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            reqs = list(self.requests)
+        return [r for req in reqs for rl in req["resource_logs"] for sl in rl["scope_logs"]
+                for r in sl.get("log_records", [])]
+
+    def wait(self, predicate, timeout: float = 10.0) -> bool:
+        return AlsServer.wait(self, predicate, timeout)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

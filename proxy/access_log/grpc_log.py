@@ -75,19 +75,27 @@ class GrpcAccessLogService:
         self._buffers_lock = threading.Lock()   # guards _buffers (for_worker from any thread)
         self._buffers: dict[tuple[int, GrpcLogStreamConfig], WorkerLogBuffer] = {}
 
-    def logger(self, config: GrpcAccessLogConfig) -> GrpcAccessLogger:
-        """A configured logger (config load, main thread)."""
+    def logger(self, config: Any) -> Any:
+        """A configured logger (config load, main thread): a GrpcAccessLogConfig's, or an
+        OpenTelemetry one's (otel_log.py), whose sink (stream or exporter) is shared by the
+        loggers with the same `stream` config."""
         stream = self.streams.get(config.stream)
+        if isinstance(config, GrpcAccessLogConfig):
+            if stream is None:
+                stream = self.streams[config.stream] = LogStream(self, config.stream)
+            return GrpcAccessLogger(self, config, stream)
+        from .otel_log import OtelAccessLogger, OtelLogSink
         if stream is None:
-            stream = self.streams[config.stream] = LogStream(self, config.stream)
-        return GrpcAccessLogger(self, config, stream)
+            stream = self.streams[config.stream] = OtelLogSink(self, config.stream)
+        return OtelAccessLogger(self, config, stream)
 
-    def buffer_for(self, worker, stream: LogStream) -> WorkerLogBuffer:
-        key = (id(worker), stream.config)
+    def buffer_for(self, worker, sink) -> WorkerLogBuffer:
+        """The worker's buffer of entries due to `sink` (a LogStream or an OtelLogSink)."""
+        key = (id(worker), sink.config)
         with self._buffers_lock:
             b = self._buffers.get(key)
             if b is None:
-                b = self._buffers[key] = WorkerLogBuffer(stream, worker.dispatcher, worker.stats)
+                b = self._buffers[key] = WorkerLogBuffer(sink, worker.dispatcher, worker.stats)
             return b
 
     def node_bytes(self) -> bytes:
@@ -158,12 +166,14 @@ class WorkerGrpcLogger:
 
 
 class WorkerLogBuffer:
-    """A worker's entries of one stream on their way to main (worker thread)."""
+    """A worker's entries of one sink on their way to main (worker thread). The sink says
+    the field its entries are framed as (`entry_field`), its counters' prefix and whether its
+    entries count as `logs_written` (`counts_written`)."""
 
     __slots__ = ("stream", "dispatcher", "parts", "size", "timer", "limit", "interval",
-                 "logs_written", "_http")
+                 "logs_written", "_field")
 
-    def __init__(self, stream: LogStream, dispatcher, store) -> None:
+    def __init__(self, stream, dispatcher, store) -> None:
         self.stream = stream
         self.dispatcher = dispatcher
         self.parts: list[bytes] = []
@@ -171,13 +181,14 @@ class WorkerLogBuffer:
         self.timer = None
         self.limit = stream.config.buffer_size_bytes
         self.interval = stream.config.flush_interval
-        self._http = stream.config.kind == "http"
-        self.logs_written = store.counter(f"{STATS_PREFIX}.logs_written")
+        self._field = stream.entry_field
+        self.logs_written = (store.counter(f"{stream.stats_prefix}.logs_written")
+                             if stream.counts_written else None)
 
     def add(self, entry: bytes) -> None:
-        if self._http:
+        if self.logs_written is not None:
             self.logs_written.inc()
-        self.parts.append(length_delimited(1, entry))
+        self.parts.append(length_delimited(self._field, entry))
         self.size += len(entry)
         if self.size >= self.limit:
             self.flush()
@@ -203,9 +214,13 @@ class WorkerLogBuffer:
 class LogStream:
     """One AccessLogService stream and what waits for it (main thread)."""
 
+    entry_field = 1           # HTTPAccessLogEntries / TCPAccessLogEntries.log_entry
+    stats_prefix = STATS_PREFIX
+
     def __init__(self, service: GrpcAccessLogService, config: GrpcLogStreamConfig) -> None:
         self.service = service
         self.config = config
+        self.counts_written = config.kind == "http"        # Envoy counts HTTP entries only
         self.field = 2 if config.kind == "http" else 3     # http_logs / tcp_logs
         self.stream = None           # GrpcStream while one is started
         self.opened = False

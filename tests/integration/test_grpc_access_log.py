@@ -292,7 +292,12 @@ def test_entries_match_envoys_field_by_field(tmp_path, dead_port):
             for part, names in NOT_FILLED.items():
                 here = o["common_properties"] if part == "common_properties" else o.get(part, {})
                 assert ok != "http_logs" or not set(names) & set(here), (part, here)
-            assert masked(o) == masked(without_not_filled(tk, t)), (name, o, t)
+            t = without_not_filled(tk, t)
+            if o.get("response", {}).get("response_code_details") == "via_upstream":
+                # x-envoy-upstream-service-time's digits are the upstream's milliseconds
+                ob, tb = (int(x["response"].pop("response_headers_bytes")) for x in (o, t))
+                assert abs(ob - tb) <= 2, (ob, tb)
+            assert masked(o) == masked(t), (name, o, t)
     # What the comparison covers, spelled out: the 503's flag and reason, the NR flag.
     http = [e for _, e in ours_entries["http_log"]]
     assert http[2]["common_properties"]["response_flags"] == {"upstream_connection_failure": True}
@@ -386,3 +391,104 @@ def test_the_proxy_keeps_serving_while_the_service_is_down_and_streams_again_lat
     finally:
         p.stop()
         als.close()
+
+
+# -- the OpenTelemetry access logger, against Envoy ----------------------------------------------
+OTEL_TYPE = ("type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3."
+             "OpenTelemetryAccessLogConfig")
+OTEL_LOGGERS = [
+    {"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": OTEL_TYPE, "common_config": _common("otel_log", buffer_flush_interval="0.1s"),
+        "body": {"kvlist_value": {"values": [
+            {"key": "line", "value": {"string_value": "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%"}},
+            {"key": "codes", "value": {"array_value": {"values": [
+                {"string_value": "%RESPONSE_CODE%"}, {"string_value": "%RESPONSE_FLAGS%"}]}}}]}},
+        "attributes": {"values": [
+            {"key": "ua", "value": {"string_value": "%REQ(USER-AGENT)%"}},
+            {"key": "details", "value": {"string_value": "%RESPONSE_CODE_DETAILS%"}},
+            {"key": "lit", "value": {"string_value": "x"}}]},
+        "resource_attributes": {"values": [{"key": "deployment", "value": {"string_value": "test"}}]}}},
+    {"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": OTEL_TYPE, "grpc_service": {"envoy_grpc": {"cluster_name": "als"}},
+        "log_name": "errors", "buffer_flush_interval": "0.1s", "stat_prefix": "errors",
+        "disable_builtin_labels": True, "body": {"string_value": "%RESPONSE_CODE% %UPSTREAM_CLUSTER%"},
+        "resource_attributes": {"values": [{"key": "which", "value": {"string_value": "errors"}}]}},
+     "filter": {"status_code_filter": {"comparison": {"op": "GE", "value": {
+         "default_value": 500, "runtime_key": "k"}}}}},
+]
+
+
+def _otel_records(c) -> dict[str, list]:
+    """Records by their export's resource (as JSON), times masked."""
+    out: dict[str, list] = {}
+    with c._lock:
+        reqs = list(c.requests)
+    for req in reqs:
+        for rl in req["resource_logs"]:
+            key = repr(rl["resource"])
+            for sl in rl["scope_logs"]:
+                assert set(sl) == {"log_records"}      # no scope, as Envoy
+                out.setdefault(key, []).extend(
+                    {**r, "time_unix_nano": "<time>" if r.pop("time_unix_nano", None) else None}
+                    for r in sl["log_records"])
+    return out
+
+
+def _otel_stats(counters: dict) -> dict:
+    return {k: v for k, v in counters.items() if k.startswith("access_logs.open_telemetry_access_log.")
+            and k.rsplit(".", 1)[1] in ("logs_written", "logs_dropped")}
+
+
+def test_opentelemetry_log_records_match_envoys(tmp_path, dead_port):
+    """The same requests through real Envoy 1.40 and ftproxy give the same OTLP exports:
+    resources (built-in labels, resource_attributes, or only those with
+    disable_builtin_labels), records (body as a key-value list with an array, attributes,
+    from format strings), the filter's choice, and the counters under stat_prefix."""
+    from ..als_server import OtlpLogsCollector
+    upstream = EchoUpstream()
+    results = {}
+    try:
+        for kind in ("envoy", "ftproxy"):
+            c = OtlpLogsCollector()
+            try:
+                if kind == "envoy":
+                    reservation = PortReservation()
+                    ports = (reservation.take(), reservation.take(), reservation.take())
+                    cfg = bootstrap(upstream.port, dead_port, c.port, ports, OTEL_LOGGERS, tcp=False)
+                    proc = _run_envoy(cfg, tmp_path, reservation, None)
+                    try:
+                        _wait_ready(ports[2], proc)
+                        statuses = send_traffic(ports[0], None)
+                        assert c.wait(lambda: len(c.records()) >= 6)
+                        with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/stats", timeout=5) as r:
+                            counters = {n: int(v) for n, _, v in (
+                                line.partition(": ") for line in r.read().decode().splitlines())
+                                if v.isdigit()}
+                    finally:
+                        proc.terminate()
+                        proc.wait(10)
+                else:
+                    p = ProxyUnderTest(bootstrap(upstream.port, dead_port, c.port,
+                                                 loggers=OTEL_LOGGERS, tcp=False))
+                    try:
+                        statuses = send_traffic(p.port, None)
+                        assert c.wait(lambda: len(c.records()) >= 6)
+                        counters = p.counters()
+                    finally:
+                        p.stop()
+                assert statuses == [200, 418, 503, 404, 200]
+                results[kind] = (_otel_records(c), _otel_stats(counters))
+            finally:
+                c.close()
+    finally:
+        upstream.close()
+    (theirs, their_stats), (ours, our_stats) = results["envoy"], results["ftproxy"]
+    assert ours == theirs
+    assert len(ours) == 2 and sorted(len(v) for v in ours.values()) == [1, 5]
+    # (Envoy's `errors.` prefixed counters sometimes read 0 in its /stats though the record
+    # was exported: only the unprefixed logger's are compared with Envoy's.)
+    main = [k for k in their_stats if ".errors." not in k]
+    assert {k: our_stats[k] for k in main} == {k: their_stats[k] for k in main}
+    assert our_stats["access_logs.open_telemetry_access_log.errors.logs_dropped"] == 0
+    assert our_stats["access_logs.open_telemetry_access_log.logs_written"] == 5
+    assert our_stats["access_logs.open_telemetry_access_log.errors.logs_written"] == 1

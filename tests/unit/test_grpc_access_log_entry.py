@@ -246,3 +246,67 @@ def test_config_errors_name_the_field(common, path):
 def test_a_grpc_logger_needs_the_servers_service():
     with pytest.raises(RuntimeError, match="GrpcAccessLogService"):
         _parse(_common()).create()
+
+
+# -- the OpenTelemetry access logger -------------------------------------------------------------
+OTEL = "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig"
+
+
+def _otel(**cfg):
+    (c,) = parse_access_logs([({"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+        "@type": OTEL, **cfg}}, "access_log[0]")])
+    return c
+
+
+def test_an_otel_record_renders_body_and_attributes_and_carries_the_span():
+    from opentelemetry.proto.logs.v1 import logs_pb2
+    from proxy.access_log.otel_log import encode_log_record
+
+    class _Span:
+        trace_id, id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+
+    cfg = _otel(grpc_service={"envoy_grpc": {"cluster_name": "c"}}, body={"kvlist_value": {"values": [
+        {"key": "m", "value": {"string_value": "%REQ(:METHOD)%"}},
+        {"key": "a", "value": {"array_value": {"values": [{"string_value": "%RESPONSE_CODE%"}]}}}]}},
+        attributes={"values": [{"key": "ua", "value": {"string_value": "%REQ(USER-AGENT)%"}}]})
+    record = _decode(logs_pb2.LogRecord, encode_log_record(
+        _http_info(active_span=_Span()), cfg.body, cfg.attributes))
+    assert record == {
+        "time_unix_nano": str(1_700_000_000_250_000_000),
+        "body": {"kvlist_value": {"values": [
+            {"key": "m", "value": {"string_value": "POST"}},
+            {"key": "a", "value": {"array_value": {"values": [{"string_value": "200"}]}}}]}},
+        "attributes": [{"key": "ua", "value": {"string_value": "ua"}}],
+        "trace_id": "CvdlGRbNQ92ESOshHIAxnA==", "span_id": "t61rcWkgMzE="}
+
+
+def test_otel_transport_and_sink_config():
+    a = _otel(common_config=_common(buffer_flush_interval="2s"), stat_prefix="p",
+              resource_attributes={"values": [{"key": "k", "value": {"int_value": "3"}}]})
+    b = _otel(grpc_service={"envoy_grpc": {"cluster_name": "als"}}, log_name="l",
+              buffer_flush_interval="2s", stat_prefix="p",
+              resource_attributes={"values": [{"key": "k", "value": {"int_value": "3"}}]})
+    assert a.stream == b.stream    # the same exporter either way
+    assert (a.stream.flush_interval, a.stream.stat_prefix, a.stream.log_name) == (2.0, "p", "l")
+
+
+@pytest.mark.parametrize("cfg,path,words", [
+    ({}, "", "exactly one transport"),
+    ({"grpc_service": {"envoy_grpc": {"cluster_name": "c"}}, "common_config": _common()},
+     "", "exactly one transport"),
+    ({"grpc_service": {"envoy_grpc": {"cluster_name": "c"}}, "http_service": {"x": 1}},
+     ".http_service", "not supported"),
+    ({"grpc_service": {"envoy_grpc": {"cluster_name": "c"}}, "body": {"int_value": "1"}},
+     ".body.int_value", "only string values"),
+    ({"grpc_service": {"envoy_grpc": {"cluster_name": "c"}},
+      "attributes": {"values": [{"key": "k", "value": {"string_value": "%NOPE%"}}]}},
+     ".attributes.values[0].value.string_value", ""),
+    ({"grpc_service": {"envoy_grpc": {"cluster_name": "c"}}, "formatters": [{"name": "x"}]},
+     ".formatters", "not supported"),
+])
+def test_otel_config_errors_name_the_field(cfg, path, words):
+    with pytest.raises(ConfigError) as e:
+        _otel(**cfg)
+    errs = all_errors(e.value)
+    assert any(err.path == f"access_log[0].typed_config{path}" and words in err.message
+               for err in errs), [str(x) for x in errs]

@@ -138,13 +138,14 @@ class GrpcAccessLogger:
 class WorkerGrpcLogger:
     """One logger on one worker: filter, encode, buffer (worker thread)."""
 
-    __slots__ = ("config", "buffer", "_http", "_headers")
+    __slots__ = ("config", "buffer", "_http", "_headers", "_cache")
 
     def __init__(self, config: GrpcAccessLogConfig, buffer: WorkerLogBuffer) -> None:
         self.config = config
         self.buffer = buffer
         self._http = config.stream.kind == "http"
         self._headers = (config.request_headers, config.response_headers, config.response_trailers)
+        self._cache: dict = {}   # encodings that repeat (addresses); this worker's, bounded
 
     def for_worker(self, worker) -> WorkerGrpcLogger:
         return self
@@ -154,9 +155,9 @@ class WorkerGrpcLogger:
         if log_filter is not None and not log_filter.passes(info):
             return
         if self._http:
-            self.buffer.add(encode_http_entry(info, *self._headers))
+            self.buffer.add(encode_http_entry(info, *self._headers, self._cache))
         else:
-            self.buffer.add(encode_tcp_entry(info))
+            self.buffer.add(encode_tcp_entry(info, self._cache))
 
     def flush(self) -> None:
         pass

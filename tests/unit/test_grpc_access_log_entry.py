@@ -310,3 +310,10 @@ def test_otel_config_errors_name_the_field(cfg, path, words):
     errs = all_errors(e.value)
     assert any(err.path == f"access_log[0].typed_config{path}" and words in err.message
                for err in errs), [str(x) for x in errs]
+
+
+def test_the_address_cache_gives_the_same_bytes():
+    cache: dict = {}
+    info = _http_info()
+    first = encode_http_entry(info, cache=cache)
+    assert cache and encode_http_entry(info, cache=cache) == first == encode_http_entry(info)

@@ -26,6 +26,8 @@ main-thread gRPC client xDS uses (proxy/xds/grpc_stream.py GrpcStream).
   unsent). Envoy counts entries sent on a stream whose connection then fails as flushed (they
   are lost unseen); ftproxy holds them until the stream is open, and counts them dropped.
 - Unlike Envoy (one stream per worker), one stream per logger config for the whole process.
+- The OpenTelemetry access logger (otel_log.py) reuses the worker side and this service: its
+  OtelLogSink takes a LogStream's place (`logger()` picks by the config's type).
 
 Thread affinity: `GrpcAccessLogService.logger` and everything of `LogStream` on main;
 `GrpcAccessLogger.for_worker` on main or the worker; `WorkerGrpcLogger.log` and

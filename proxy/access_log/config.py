@@ -155,6 +155,11 @@ class AccessLogger:
             return
         self._sink.write(self._format(info))
 
+    def for_worker(self, worker) -> AccessLogger:
+        """The logger a worker logs through: this one (its sink is thread-safe); a gRPC
+        logger gives each worker its own (grpc_log.py)."""
+        return self
+
     def flush(self) -> None:
         self._sink.flush()
 
@@ -188,9 +193,10 @@ class AccessLogConfig:
     log_format: LogFormat
     log_filter: Any = None          # filters.LogFilter: only requests it passes are logged
 
-    def create(self, sinks: SinkRegistry | None = None) -> AccessLogger:
+    def create(self, sinks: SinkRegistry | None = None, grpc_logs: Any = None) -> AccessLogger:
         """Acquire the shared sink (opening the file the first time) and return a logger.
-        OSError from opening the file propagates (the caller reports it with the config path)."""
+        OSError from opening the file propagates (the caller reports it with the config path).
+        (`grpc_logs`: the server's gRPC access-log service, for gRPC loggers' `create`.)"""
         registry = DEFAULT_SINKS if sinks is None else sinks
         if self.logger == FILE_LOGGER:
             sink = registry.acquire_file(self.target)

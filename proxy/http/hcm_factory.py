@@ -77,9 +77,10 @@ def server_codec_factory(config, codec_impl: str, response_fields, http2_stats=N
 
 class HcmFactory:
     def __init__(self, config, codec_impl: str = "fast", listener_stat_prefix: str | None = None,
-                 node=None, tracing=None, rds=None) -> None:
+                 node=None, tracing=None, rds=None, grpc_logs=None) -> None:
         """`rds`: the RDS provider (proxy/xds/rds.py) of an HCM with `rds`: its current table
-        now, newer ones posted to each worker's contexts (Worker.set_route_table)."""
+        now, newer ones posted to each worker's contexts (Worker.set_route_table).
+        `grpc_logs`: the server's gRPC access-log service (proxy/access_log/grpc_log.py)."""
         self.config = config
         self.tracing = tracing  # proxy.tracing.tracer.HcmTracing when the HCM traces
         # add_user_agent: the node's cluster (user-agent when the request has none, and
@@ -92,7 +93,7 @@ class HcmFactory:
         self.listener_stat_prefix = listener_stat_prefix  # for listener.<prefix>.http.<hcm>.*
         self.route_table = rds.table if rds is not None else RouteTable(config.route_config)
         self.rds_key = rds.key if rds is not None else None
-        self.access_loggers = tuple(a.create() for a in config.access_logs)
+        self.access_loggers = tuple(a.create(grpc_logs=grpc_logs) for a in config.access_logs)
         # The HTTP filter chain: each filter's extension makes its runtime factory. With RDS
         # any filter may be switched by a later route table: each is looked up per route.
         switchable = config.route_config.filters_switched_per_route
@@ -142,7 +143,7 @@ class HcmContext:
         self.config = factory.config
         self.codec_impl = factory.codec_impl
         self.route_table = factory.route_table
-        self.access_loggers = factory.access_loggers
+        self.access_loggers = tuple(a.for_worker(worker) for a in factory.access_loggers)
         self.upgrades = factory.upgrades
         self.server_name = factory.server_name
         self.local_address = factory.local_address

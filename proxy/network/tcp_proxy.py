@@ -33,11 +33,12 @@ _COUNTERS = ("downstream_cx_total", "downstream_cx_no_route", "downstream_cx_rx_
 
 
 class TcpProxyFactory:
-    def __init__(self, config, use_splice: bool | None = None) -> None:
+    def __init__(self, config, use_splice: bool | None = None, grpc_logs=None) -> None:
+        """`grpc_logs`: the server's gRPC access-log service (proxy/access_log/grpc_log.py)."""
         self.config = config
         # Probed once here (immutable afterwards): os.splice present and working on sockets.
         self.use_splice = splice_supported() if use_splice is None else use_splice
-        self.access_loggers = tuple(a.create() for a in config.access_logs)
+        self.access_loggers = tuple(a.create(grpc_logs=grpc_logs) for a in config.access_logs)
         w = config.weighted_clusters
         self.weighted = tuple((c.name, c.weight) for c in w)
         self.total_weight = sum(c.weight for c in w)
@@ -55,6 +56,7 @@ class TcpProxyContext:
         for n in _COUNTERS:
             setattr(self, n, scope.counter(n))
         self.downstream_cx_active = scope.gauge("downstream_cx_active")
+        self.access_loggers = tuple(a.for_worker(worker) for a in factory.access_loggers)
         self.upstream_cx_active = scope.gauge("upstream_flush_active")
 
     def choose_cluster(self) -> str | None:
@@ -359,7 +361,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         info.bytes_received = d.bytes_received
         info.bytes_sent = d.bytes_sent
         info.end_monotonic = time.monotonic()
-        if ctx.factory.access_loggers:  # what the TLS handshakes established, for the operators
+        if ctx.access_loggers:  # what the TLS handshakes established, for the operators
             info.downstream_ssl = d.transport_socket.ssl()
             info.downstream_transport_failure_reason = d.transport_socket.failure_reason or None
             up = self.upstream
@@ -367,7 +369,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
                 info.upstream_ssl = up.transport_socket.ssl()
                 if not info.upstream_transport_failure_reason:
                     info.upstream_transport_failure_reason = up.transport_socket.failure_reason or None
-        for logger in ctx.factory.access_loggers:
+        for logger in ctx.access_loggers:
             logger.log(info)
         self.on_closed(self)
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from .. import __version__
+from ..access_log.grpc_log import GrpcAccessLogService
 from ..access_log.sinks import DEFAULT_SINKS
 from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
@@ -133,6 +134,7 @@ class Server:
         self.rds_providers: dict = {}            # RDS route tables, by (source, name)
         self.stats_sinks: list = []
         self.span_exporters: Exporters | None = None  # HTTP tracing's span export (main)
+        self.grpc_access_logs: GrpcAccessLogService | None = None  # gRPC access loggers (main)
         self._flush_timer = None
         self._tick_timer = None
         self._exit_code = 0
@@ -264,6 +266,8 @@ class Server:
         st.gauge("server.hot_restart_epoch").set(opts.hot_restart_epoch)
         st.gauge("server.live").set(0)
         self.span_exporters = Exporters(self.main, self.main_store, self._local_info())
+        self.grpc_access_logs = GrpcAccessLogService(self.main, self.main_store, self.bootstrap.node,
+                                                     self._cluster_hosts, self._cluster_config)
         factories = self._build_filter_factories()
         limit = self.bootstrap.global_downstream_max_connections
         global_limit = (SharedCount(), limit) if limit is not None else None
@@ -519,9 +523,9 @@ class Server:
                                      lc.traffic_direction == "OUTBOUND", router.start_child_span)
             rds = self._rds_provider(terminal) if terminal.rds is not None else None
             factory = HcmFactory(terminal, self.options.codec, lc.stat_prefix, self.bootstrap.node,
-                                 tracing, rds)
+                                 tracing, rds, self.grpc_access_logs)
         elif isinstance(terminal, TcpProxyConfig):
-            factory = TcpProxyFactory(terminal)
+            factory = TcpProxyFactory(terminal, grpc_logs=self.grpc_access_logs)
         else:  # config parsing only admits the two terminal filters above
             raise RuntimeError(f"listener {lc.name}: unsupported terminal filter {chain.filters[-1].name}")
         before = chain.filters[:-1]
@@ -662,6 +666,8 @@ class Server:
             self.xds.stop()
         if self.span_exporters is not None:
             self.span_exporters.close()
+        if self.grpc_access_logs is not None:
+            self.grpc_access_logs.close()
         if self.cluster_manager is not None:
             self.cluster_manager.stop_health_checks()
         if self.hr_parent is not None:

@@ -158,6 +158,8 @@ class ConnectionManager(ConnectionCallbacks):
         """The connection's one timer: each stream's stream_idle_timeout / request_timeout
         (a stream that times out ends alone; the others go on), the head in progress, else
         the connection's idle_timeout."""
+        if self.connection.closing:
+            return  # (it ends when the flush or the lingering does; on_close stops this timer)
         streams = self.streams
         if streams:
             now = time.monotonic()
@@ -199,7 +201,7 @@ class ConnectionManager(ConnectionCallbacks):
                 self.stats.downstream_cx_drain_close.value += 1
             else:
                 self.stats.downstream_cx_idle_timeout.value += 1
-            self.connection.close(flush=True)
+            self.close_after_answers()
 
     # -- a request head in progress ---------------------------------------------------------
     # Envoy's stream begins at a request's first byte (llhttp's message begin), so a head
@@ -588,7 +590,11 @@ class ConnectionManager(ConnectionCallbacks):
                 stream.state & UPGRADED and self.codec.protocol != "HTTP/2"):
             # (An HTTP/1.1 tunnel ends with its connection; an HTTP/2 one is one stream.)
             if stream.state & REQUEST_COMPLETE:
-                self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
+                # `connection: close` (the client's, HTTP/1.0's, a drain's, the last of
+                # max_requests_per_connection): requests pipelined behind it and whatever the
+                # client still sends are never read; the close lingers so they do not turn it
+                # into a reset that destroys this answer.
+                self.close_after_answers()
             else:
                 # The response finished before the request did: its rest is never handed on,
                 # but read and dropped while the close lingers (left unread, it would turn the
@@ -698,9 +704,21 @@ class ConnectionManager(ConnectionCallbacks):
             self._arm_idle_timer(rearm=True)
 
     def close_idle(self) -> None:
-        if not self.streams and self.head_started is None and not self.connection.closed:
+        c = self.connection
+        if not self.streams and self.head_started is None and not c.closed and not c.closing:
             self.stats.downstream_cx_drain_close.value += 1
-            self.connection.close(flush=True)
+            self.close_after_answers()
+
+    def close_after_answers(self) -> None:
+        """End the connection once what was written (its last answer) is flushed: a FIN, then
+        what the client still sends is read and dropped until it closes too, or for at most
+        delayed_close_timeout (Connection.close(linger=True)). Closed at once instead, a client
+        still sending (pipelined requests, an upload, a request racing an idle close) would
+        find its bytes unread and get a reset, which destroys the answer still in flight and
+        turns its read of the end into ECONNRESET. The connection is counted active, and a
+        drain waits for it, until then."""
+        self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
+                              linger=True)
 
 
 def _reason_phrase(status: int) -> bytes:

@@ -199,6 +199,12 @@ class Connection:
         self._update_interest()
 
     @property
+    def closing(self) -> bool:
+        """A close was asked for and waits for the flush, or for the lingering to end (False
+        once the socket is gone: `closed`)."""
+        return not self.closed and (self._close_after_flush or self._linger is not None)
+
+    @property
     def reading_enabled(self) -> bool:
         return self._read_disable == 0
 
@@ -450,8 +456,8 @@ class Connection:
     def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0,
               linger: bool = False) -> None:
         """Close; with `flush`, after the write buffer drains (given up after `delay` seconds
-        without write progress, Envoy's delayed_close_timeout). With `linger` too (a GOAWAY
-        or an error reply to a peer that may still be sending), once flushed the write side
+        without write progress, Envoy's delayed_close_timeout). With `linger` too (the HCM's
+        close after an answer: the peer may still be sending), once flushed the write side
         is shut (FIN) and what the peer still sends is read and dropped until it closes too,
         or `delay` seconds: closing with its bytes unread would send a reset, which can destroy
         the answer before the peer reads it. (Envoy's FlushWriteAndDelay instead waits up to

@@ -286,3 +286,24 @@ def test_a_lingering_close_ends_after_the_delay_when_the_peer_never_closes():
     assert conn.closed and time.monotonic() - t0 >= 0.3
     assert rec.events == [("close", "local")]
     peer.close()
+
+
+def test_closing_says_a_close_waits_for_its_flush_or_its_lingering():
+    """`closing` is what owners check before starting a close of their own (the HCM's idle
+    timer, a drain): True from close(flush=True) until the socket is gone."""
+    d = Dispatcher("t")
+    conn, rec, peer = tcp_pair(d)
+    assert not conn.closing
+    conn.write(b"answer")
+    conn.close(flush=True, delay=5.0, linger=True)
+    assert conn.closing and not conn.closed      # the flush is pending
+    run_once(d, 0.05)
+    assert conn.closing and not conn.closed      # lingering
+    peer.settimeout(2)
+    assert peer.recv(100) == b"answer" and peer.recv(100) == b""
+    peer.close()
+    for _ in range(100):
+        if conn.closed:
+            break
+        run_once(d, 0.02)
+    assert conn.closed and not conn.closing and rec.events == [("close", "local")]

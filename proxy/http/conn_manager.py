@@ -458,8 +458,7 @@ class ConnectionManager(ConnectionCallbacks):
             # streams end, and so does the connection, lingering (the client may still be
             # sending: its unread bytes would turn the close into a reset that can destroy the
             # GOAWAY before it is read; Envoy delays the close for the same reason).
-            self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
-                                  linger=True)
+            self.close_flushed(linger=True)
             return
         if e.status == 431:
             self.stats.downstream_rq_too_large.value += 1
@@ -475,8 +474,7 @@ class ConnectionManager(ConnectionCallbacks):
         # Envoy's body for a codec error is the status' reason phrase ("Bad Request"); the
         # parser's own message stays in the details (%RESPONSE_CODE_DETAILS%).
         stream.send_local_reply(e.status, _reason_phrase(e.status), "DPE", e.details)
-        self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
-                              linger=True)  # (the client may still be sending: as above)
+        self.close_flushed(linger=True)  # (the client may still be sending: as above)
 
     # -- streams ------------------------------------------------------------------------------
     def on_stream_headers(self, stream_id: int, ev: RequestHeaders, end_stream: bool) -> None:
@@ -603,8 +601,7 @@ class ConnectionManager(ConnectionCallbacks):
                     # A refused CONNECT (its request has no end of its own): Envoy counts the
                     # connection's close under it as the client's reset.
                     self.stats.downstream_rq_rx_reset.value += 1
-                self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
-                                      linger=True)
+                self.close_flushed(linger=True)
             return
         if self.streams:
             return
@@ -625,7 +622,7 @@ class ConnectionManager(ConnectionCallbacks):
         closes."""
         self._finish_stream(stream)
         if not self.codec.reset_stream(stream.stream_id):
-            self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0)
+            self.close_flushed()
             return
         self.stream_done(stream)
 
@@ -709,6 +706,14 @@ class ConnectionManager(ConnectionCallbacks):
             self.stats.downstream_cx_drain_close.value += 1
             self.close_after_answers()
 
+    def close_flushed(self, linger: bool = False) -> None:
+        """Close once what was written is flushed, given up after delayed_close_timeout
+        without write progress; `linger`: see close_after_answers. delayed_close_timeout 0
+        turns the delay off, as in Envoy: closed right after the flush, however long it takes,
+        and without lingering."""
+        delay = self.ctx.config.delayed_close_timeout
+        self.connection.close(flush=True, delay=delay, linger=linger and delay > 0)
+
     def close_after_answers(self) -> None:
         """End the connection once what was written (its last answer) is flushed: a FIN, then
         what the client still sends is read and dropped until it closes too, or for at most
@@ -717,8 +722,7 @@ class ConnectionManager(ConnectionCallbacks):
         find its bytes unread and get a reset, which destroys the answer still in flight and
         turns its read of the end into ECONNRESET. The connection is counted active, and a
         drain waits for it, until then."""
-        self.connection.close(flush=True, delay=self.ctx.config.delayed_close_timeout or 1.0,
-                              linger=True)
+        self.close_flushed(linger=True)
 
 
 def _reason_phrase(status: int) -> bytes:

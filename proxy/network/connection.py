@@ -456,7 +456,7 @@ class Connection:
     def close(self, flush: bool = True, reason: str = CloseReason.LOCAL, delay: float = 1.0,
               linger: bool = False) -> None:
         """Close; with `flush`, after the write buffer drains (given up after `delay` seconds
-        without write progress, Envoy's delayed_close_timeout). With `linger` too (the HCM's
+        without write progress, Envoy's delayed_close_timeout; 0: never). With `linger` too (the HCM's
         close after an answer: the peer may still be sending), once flushed the write side
         is shut (FIN) and what the peer still sends is read and dropped until it closes too,
         or `delay` seconds: closing with its bytes unread would send a reset, which can destroy
@@ -478,8 +478,9 @@ class Connection:
                 self._read_disable += 1
                 self._update_interest()
                 self._close_delay = delay
-                self._delayed_close_timer = self.dispatcher.call_later(
-                    delay, lambda: self.close(flush=False, reason=reason))
+                if delay > 0:  # (0: no limit, as Envoy's delayed_close_timeout 0)
+                    self._delayed_close_timer = self.dispatcher.call_later(
+                        delay, lambda: self.close(flush=False, reason=reason))
             return
         self.closed = True
         self.close_reason = reason

@@ -257,3 +257,24 @@ def test_a_shutdown_drain_waits_for_a_lingering_connection_no_longer_than_its_de
     assert not p.thread.is_alive()
     assert time.monotonic() - started < 2
     s.close()
+
+
+def test_delayed_close_timeout_0_waits_for_the_flush_however_long(upstream, proxy_factory):
+    """Envoy: delayed_close_timeout 0 turns the delay off: a connection closing after its
+    answer closes once the answer is flushed, however long the client takes to read it (with
+    a delay, it is given up after that long without write progress)."""
+    size = 4_000_000  # more than the kernel's buffers hold
+    p = proxy_factory(config(upstream, delayed_close_timeout="0s"))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", p.port))
+    s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+    time.sleep(1.5)  # past the 1 s the connection would have been given up after before
+    reply = bytearray()
+    while chunk := s.recv(1 << 20):
+        reply += chunk
+    s.close()
+    head, _, body = bytes(reply).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) == size
+    assert p.wait_for(lambda: p.gauges()["http.ingress_http.downstream_cx_active"] == 0, 3)

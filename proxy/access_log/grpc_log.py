@@ -30,7 +30,7 @@ main-thread gRPC client xDS uses (proxy/xds/grpc_stream.py GrpcStream).
   OtelLogSink takes a LogStream's place (`logger()` picks by the config's type).
 
 Thread affinity: `GrpcAccessLogService.logger` and everything of `LogStream` on main;
-`GrpcAccessLogger.for_worker` on main or the worker; `WorkerGrpcLogger.log` and
+`ServiceLogger.for_worker` on main or the worker; `WorkerGrpcLogger.log` and
 `WorkerLogBuffer` on their worker. `_buffers_lock` guards the service's buffer registry only.
 """
 
@@ -45,7 +45,7 @@ from ..grpc.protobuf_wire import length_delimited, string
 from .grpc_config import GrpcAccessLogConfig, GrpcLogStreamConfig
 from .grpc_log_entry import encode_http_entry, encode_tcp_entry
 
-__all__ = ["GrpcAccessLogService", "GrpcAccessLogger", "WorkerGrpcLogger", "WorkerLogBuffer",
+__all__ = ["GrpcAccessLogService", "ServiceLogger", "WorkerGrpcLogger", "WorkerLogBuffer",
            "LogStream", "PATH", "MAX_PENDING_BYTES", "STATS_PREFIX"]
 
 log = logging.getLogger("ftproxy.access_log")
@@ -85,11 +85,11 @@ class GrpcAccessLogService:
         if isinstance(config, GrpcAccessLogConfig):
             if stream is None:
                 stream = self.streams[config.stream] = LogStream(self, config.stream)
-            return GrpcAccessLogger(self, config, stream)
-        from .otel_log import OtelAccessLogger, OtelLogSink
+            return ServiceLogger(self, config, stream, WorkerGrpcLogger)
+        from .otel_log import OtelLogSink, WorkerOtelLogger
         if stream is None:
             stream = self.streams[config.stream] = OtelLogSink(self, config.stream)
-        return OtelAccessLogger(self, config, stream)
+        return ServiceLogger(self, config, stream, WorkerOtelLogger)
 
     def buffer_for(self, worker, sink) -> WorkerLogBuffer:
         """The worker's buffer of entries due to `sink` (a LogStream or an OtelLogSink)."""
@@ -115,17 +115,20 @@ class GrpcAccessLogService:
             s.close()
 
 
-class GrpcAccessLogger:
-    """A configured gRPC logger; each worker logs through its own `for_worker` logger."""
+class ServiceLogger:
+    """A configured logger whose entries go through this service (gRPC or OpenTelemetry):
+    each worker logs through its own logger, `worker_logger(config, buffer)` made by
+    `for_worker` over the worker's buffer of entries due to `sink`."""
 
-    def __init__(self, service: GrpcAccessLogService, config: GrpcAccessLogConfig,
-                 stream: LogStream) -> None:
+    def __init__(self, service: GrpcAccessLogService, config: Any, sink: Any,
+                 worker_logger: Callable[[Any, WorkerLogBuffer], Any]) -> None:
         self.service = service
         self.config = config
-        self.stream = stream
+        self.sink = sink
+        self.worker_logger = worker_logger
 
-    def for_worker(self, worker) -> WorkerGrpcLogger:
-        return WorkerGrpcLogger(self.config, self.service.buffer_for(worker, self.stream))
+    def for_worker(self, worker) -> Any:
+        return self.worker_logger(self.config, self.service.buffer_for(worker, self.sink))
 
     def log(self, info) -> None:   # pragma: no cover - a wiring bug, not a runtime path
         raise RuntimeError(f"{self.config.logger}: log through for_worker(worker)'s logger")

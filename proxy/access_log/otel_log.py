@@ -30,7 +30,7 @@ from ..grpc.protobuf_wire import length_delimited, string
 from .grpc_log import MAX_PENDING_BYTES
 from .otel_config import OtelAccessLogConfig, OtelSinkConfig
 
-__all__ = ["OtelAccessLogger", "WorkerOtelLogger", "OtelLogSink", "encode_log_record",
+__all__ = ["WorkerOtelLogger", "OtelLogSink", "encode_log_record",
            "EXPORT_PATH", "STATS_PREFIX", "REQUEST_TIMEOUT"]
 
 log = logging.getLogger("ftproxy.access_log")
@@ -79,27 +79,6 @@ def encode_log_record(info: Any, body: tuple | None, attributes: tuple) -> bytes
         if span_id:
             parts.append(length_delimited(10, span_id))
     return b"".join(parts)
-
-
-class OtelAccessLogger:
-    """A configured OpenTelemetry logger; each worker logs through its `for_worker` logger."""
-
-    def __init__(self, service, config: OtelAccessLogConfig, sink: OtelLogSink) -> None:
-        self.service = service
-        self.config = config
-        self.sink = sink
-
-    def for_worker(self, worker) -> WorkerOtelLogger:
-        return WorkerOtelLogger(self.config, self.service.buffer_for(worker, self.sink))
-
-    def log(self, info) -> None:   # pragma: no cover - a wiring bug, not a runtime path
-        raise RuntimeError(f"{self.config.logger}: log through for_worker(worker)'s logger")
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class WorkerOtelLogger:

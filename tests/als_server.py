@@ -13,7 +13,6 @@ protobuf implementation of what ftproxy encodes by hand).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from typing import Any
@@ -21,54 +20,23 @@ from typing import Any
 import proxy.xds.proto  # noqa: F401  first: selects protobuf's pure-Python backend on 3.14t
 from google.protobuf import json_format
 from grpclib.const import Cardinality, Handler
-from grpclib.server import Server
 
 from envoy.service.accesslog.v3 import als_pb2
+
+from tests.grpclib_thread import ThreadedGrpcServer
 
 __all__ = ["AlsServer", "OtlpLogsCollector", "PATH"]
 
 PATH = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 
 
-class AlsServer:
+class AlsServer(ThreadedGrpcServer):
     def __init__(self, port: int = 0) -> None:
         self.streams: list[list[dict[str, Any]]] = []
         self.times: list[list[float]] = []
         self.metadata: list[dict[str, str]] = []
         self._lock = threading.Lock()     # guards streams and metadata (loop thread appends)
-        self._transports: set = set()
-        self.loop = asyncio.new_event_loop()
-        self.server: Server | None = None
-        self.port = port
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="als")
-        self.thread.start()
-        self.start()
-
-    # -- test API (any thread) ------------------------------------------------------------
-    def start(self) -> None:
-        async def go() -> None:
-            self.server = Server([self])
-            await self.server.start("127.0.0.1", self.port)
-            self.port = self.server._server.sockets[0].getsockname()[1]
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def stop(self) -> None:
-        async def go() -> None:
-            server, self.server = self.server, None
-            if server is not None:
-                for t in list(self._transports):
-                    t.abort()
-                server.close()
-                try:
-                    await asyncio.wait_for(server.wait_closed(), 5)
-                except asyncio.TimeoutError:
-                    pass
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__("als", port)
 
     def messages(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -113,7 +81,7 @@ class AlsServer:
             self._transports.discard(transport)
 
 
-class OtlpLogsCollector:
+class OtlpLogsCollector(ThreadedGrpcServer):
     """An OTLP/gRPC logs collector: `/opentelemetry.proto.collector.logs.v1.LogsService/Export`
     (unary), each ExportLogsServiceRequest recorded as a proto3 JSON dict (`requests`) with
     its metadata (`metadata`)."""
@@ -126,15 +94,7 @@ class OtlpLogsCollector:
         self.requests: list[dict[str, Any]] = []
         self.metadata: list[dict[str, str]] = []
         self._lock = threading.Lock()     # guards requests, metadata (loop thread appends)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="otlp-logs")
-        self.thread.start()
-
-        async def go() -> None:
-            self.server = Server([self])
-            await self.server.start("127.0.0.1", 0)
-            self.port = self.server._server.sockets[0].getsockname()[1]
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+        super().__init__("otlp-logs")
 
     def __mapping__(self):
         return {self.EXPORT: Handler(self._export, Cardinality.UNARY_UNARY,
@@ -156,11 +116,3 @@ class OtlpLogsCollector:
 
     def wait(self, predicate, timeout: float = 10.0) -> bool:
         return AlsServer.wait(self, predicate, timeout)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)

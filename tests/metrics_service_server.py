@@ -10,7 +10,6 @@ what ftproxy encodes by hand. Works on 3.13 and 3.14t.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -19,7 +18,8 @@ from envoy.config.core.v3 import base_pb2  # noqa: F401  (the Node type, in the 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpclib.const import Cardinality, Handler
 from grpclib.encoding.base import CodecBase
-from grpclib.server import Server
+
+from tests.grpclib_thread import ThreadedGrpcServer
 
 __all__ = ["MetricsServiceServer", "PATH", "MetricFamily", "StreamMetricsMessage", "families"]
 
@@ -131,44 +131,13 @@ def families(message) -> dict[tuple[str, str, tuple], object]:
     return out
 
 
-class MetricsServiceServer:
+class MetricsServiceServer(ThreadedGrpcServer):
     def __init__(self) -> None:
         self.messages: list[tuple[int, object]] = []
         self.streams_opened = 0
         self.metadata: list[dict] = []
         self._lock = threading.Lock()     # guards messages, metadata (loop thread appends)
-        self._transports: set = set()
-        self.loop = asyncio.new_event_loop()
-        self.server: Server | None = None
-        self.port = 0
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="metrics-service")
-        self.thread.start()
-        self.start()
-
-    def start(self) -> None:
-        async def go() -> None:
-            self.server = Server([self], codec=_RawCodec())
-            await self.server.start("127.0.0.1", self.port)
-            self.port = self.server._server.sockets[0].getsockname()[1]
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def stop(self) -> None:
-        async def go() -> None:
-            server, self.server = self.server, None
-            if server is not None:
-                for t in list(self._transports):
-                    t.abort()
-                server.close()
-                try:
-                    await asyncio.wait_for(server.wait_closed(), 5)
-                except asyncio.TimeoutError:
-                    pass
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__("metrics-service", codec=_RawCodec())
 
     def received(self) -> list[tuple[int, object]]:
         with self._lock:

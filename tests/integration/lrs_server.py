@@ -19,55 +19,24 @@ from typing import Any
 import proxy.xds.proto  # noqa: F401  first: selects protobuf's pure-Python backend on 3.14t
 from google.protobuf import json_format
 from grpclib.const import Cardinality, Handler
-from grpclib.server import Server
 
 from envoy.service.load_stats.v3 import lrs_pb2
+
+from tests.grpclib_thread import ThreadedGrpcServer
 
 __all__ = ["LrsServer"]
 
 PATH = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats"
 
 
-class LrsServer:
+class LrsServer(ThreadedGrpcServer):
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.streams_opened = 0
         self._lock = threading.Lock()     # guards requests (loop thread appends, tests read)
         self._response: lrs_pb2.LoadStatsResponse | None = None
         self._queues: set[asyncio.Queue] = set()
-        self._transports: set = set()
-        self.loop = asyncio.new_event_loop()
-        self.server: Server | None = None
-        self.port = 0
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="lrs")
-        self.thread.start()
-        self.start()
-
-    # -- test API (any thread) ------------------------------------------------------------
-    def start(self) -> None:
-        async def go() -> None:
-            self.server = Server([self])
-            await self.server.start("127.0.0.1", self.port)
-            self.port = self.server._server.sockets[0].getsockname()[1]
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def stop(self) -> None:
-        async def go() -> None:
-            server, self.server = self.server, None
-            if server is not None:
-                for t in list(self._transports):
-                    t.abort()
-                server.close()
-                try:
-                    await asyncio.wait_for(server.wait_closed(), 5)
-                except asyncio.TimeoutError:
-                    pass
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__("lrs")
 
     def answer(self, clusters: list[str], interval: float, send_all: bool = False,
                endpoints: bool = False) -> None:

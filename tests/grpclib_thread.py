@@ -1,0 +1,55 @@
+"""A grpclib server on its own thread and event loop, for the tests' gRPC peers (ALS, metrics
+service, LRS): pure Python, on both interpreters.
+
+Subclasses are grpclib services (`__mapping__`) and call `ThreadedGrpcServer.__init__` last,
+once their own fields are set (serving starts there). A handler registers its stream's
+transport with `self._transports` (add on entry, discard on exit) so that `stop()` can drop the
+open streams. `start()` serves (again, on the same port after a `stop()`); `close()` ends the
+thread. Loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from grpclib.server import Server
+
+__all__ = ["ThreadedGrpcServer"]
+
+
+class ThreadedGrpcServer:
+    def __init__(self, name: str, port: int = 0, codec=None) -> None:
+        self._transports: set = set()     # the open streams' transports (loop thread only)
+        self._codec = codec
+        self.loop = asyncio.new_event_loop()
+        self.server: Server | None = None
+        self.port = port
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
+        self.thread.start()
+        self.start()
+
+    def start(self) -> None:
+        async def go() -> None:
+            self.server = Server([self]) if self._codec is None else Server([self], codec=self._codec)
+            await self.server.start("127.0.0.1", self.port)
+            self.port = self.server._server.sockets[0].getsockname()[1]
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def stop(self) -> None:
+        async def go() -> None:
+            server, self.server = self.server, None
+            if server is not None:
+                for t in list(self._transports):
+                    t.abort()
+                server.close()
+                try:
+                    await asyncio.wait_for(server.wait_closed(), 5)
+                except asyncio.TimeoutError:
+                    pass
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.grpc_metadata import parse_initial_metadata
 from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register
 
@@ -144,24 +145,7 @@ def _parse_grpc_service(raw: Any, path: str) -> tuple[str, str, tuple[tuple[byte
     if not cluster:
         raise ConfigError(e.at("cluster_name"), "must not be empty")
     g.duration("timeout", None)          # checked, not used (inert)
-    metadata = []
-    for item, ipath in g.list("initial_metadata"):
-        m = HEADER_VALUE.read(item, ipath)
-        key = m.str("key", required=True)
-        if not key or key.lower() != key or key.startswith(":") or _HEADER_NAME_BAD & set(key):
-            raise ConfigError(m.at("key"), "must be a non-empty lower-case header name")
-        value = m.str("value", "") or ""
-        if any(c in value for c in "\r\n\0"):
-            raise ConfigError(m.at("value"), "header values may not contain CR, LF or NUL")
-        metadata.append((key.encode("latin-1"), value.encode("latin-1", "replace")))
-    return cluster, e.str("authority", "") or "", tuple(metadata)
-
-
-HEADER_VALUE = Message("envoy.config.core.v3.HeaderValue (access log metadata)", fields=(
-    used("key", attr="", why="a header of the stream's request"),
-    used("value", attr="", why="its value"),
-    refused("raw_value", "use value"),
-))
+    return cluster, e.str("authority", "") or "", parse_initial_metadata(g)
 
 
 def _parse_common(raw: Any, path: str, kind: str) -> GrpcLogStreamConfig:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.fields_table import Message, refused, used
+from proxy.config.grpc_metadata import parse_initial_metadata
 from proxy.config.reader import ConfigError
 
 __all__ = ["ConfigSourceConfig", "ApiConfigSourceConfig", "parse_config_source",
@@ -43,6 +44,8 @@ class ApiConfigSourceConfig:
     # rate_limit_settings: (max_tokens, fill_rate per second) of the token bucket that paces
     # the stream's outgoing discovery requests; None: not limited.
     rate_limit: tuple[int, float] | None = None
+    authority: str = ""                   # gRPC: the stream's :authority ("": the cluster's name)
+    initial_metadata: tuple[tuple[bytes, bytes], ...] = ()   # gRPC: request headers added
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,8 @@ GRPC_SERVICE = Message("envoy.config.core.v3.GrpcService (xDS)", fields=(
     refused("google_grpc", "the Google C++ gRPC client: ftproxy speaks gRPC over its own HTTP/2 "
                            "client (use envoy_grpc)"),
     refused("timeout", "a deadline for a streaming xDS call: " + _NOT_YET),
-    refused("initial_metadata", _NOT_YET),
+    used("initial_metadata", attr="initial_metadata", why="request headers of the xDS stream "
+                                                          "(e.g. a control plane's credentials)"),
     refused("retry_policy", _NOT_YET),
 ))
 
@@ -101,7 +105,7 @@ RATE_LIMIT_SETTINGS = Message("envoy.config.core.v3.RateLimitSettings", fields=(
 
 ENVOY_GRPC = Message("envoy.config.core.v3.GrpcService.EnvoyGrpc (xDS)", fields=(
     used("cluster_name", why="a static cluster (HTTP/2) defined in the bootstrap"),
-    refused("authority", _NOT_YET),
+    used("authority", attr="authority", why="the stream's :authority (default: the cluster's name)"),
     refused("retry_policy", _NOT_YET),
     refused("max_receive_message_length", _NOT_YET),
     refused("skip_envoy_headers", _NOT_YET),
@@ -161,7 +165,9 @@ def parse_api_config_source(raw: Any, path: str, aggregated: bool) -> ApiConfigS
             raise ConfigError(r.at("fill_rate"), f"must be a finite number greater than 0, got {fill}")
         rate_limit = (tokens, fill)
     return ApiConfigSourceConfig(cluster, bool(a.bool("set_node_on_first_message_only", False)),
-                                 delta=api_type == "DELTA_GRPC", rate_limit=rate_limit)
+                                 delta=api_type == "DELTA_GRPC", rate_limit=rate_limit,
+                                 authority=e.str("authority", "") or "",
+                                 initial_metadata=parse_initial_metadata(g))
 
 
 def _rest(a) -> ApiConfigSourceConfig:

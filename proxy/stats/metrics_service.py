@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.fields_table import Message, inert, refused, used
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.grpc_metadata import parse_initial_metadata
+from proxy.config.reader import ConfigError
 from proxy.config.registry import Extension, register
 
 from .metric_families import FlushOptions, MetricsFlusher, encode_stream_message
@@ -113,20 +114,6 @@ ENVOY_GRPC = Message("envoy.config.core.v3.GrpcService.EnvoyGrpc (metrics_servic
 ))
 
 
-def _metadata(g: Fields) -> tuple[tuple[bytes, bytes], ...]:
-    out = []
-    for item, ipath in g.list("initial_metadata"):
-        m = Fields(item, ipath, ("key", "value", "raw_value"))
-        key = m.str("key", required=True)
-        if not key or key.lower() != key or key.startswith(":"):
-            raise ConfigError(m.at("key"), "must be a non-empty lower-case header name")
-        value = m.str("value", "") or ""
-        if any(c in value for c in "\r\n\0"):
-            raise ConfigError(m.at("value"), "header values may not contain CR, LF or NUL")
-        out.append((key.encode(), value.encode("latin-1", "replace")))
-    return tuple(out)
-
-
 def parse_metrics_service(raw: Mapping[str, Any], path: str) -> MetricsServiceConfig:
     f = METRICS_SERVICE.read(raw, path)
     METRICS_SERVICE.require_default(f, "batch_size", f.int("batch_size", 0, min=0))
@@ -145,7 +132,7 @@ def parse_metrics_service(raw: Mapping[str, Any], path: str) -> MetricsServiceCo
         raise ConfigError(e.at("cluster_name"), "must not be empty")
     return MetricsServiceConfig(
         cluster_name=cluster, authority=e.str("authority", "") or "",
-        initial_metadata=_metadata(g),
+        initial_metadata=parse_initial_metadata(g),
         report_counters_as_deltas=bool(f.bool("report_counters_as_deltas", False)),
         emit_tags_as_labels=bool(f.bool("emit_tags_as_labels", False)),
         histogram_emit_mode=f.enum("histogram_emit_mode", HISTOGRAM_EMIT_MODES, "SUMMARY_AND_HISTOGRAM"))

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config.fields_table import Message, inert, refused, used
+from ..config.grpc_metadata import parse_initial_metadata
 from ..config.reader import ConfigError, Fields
 from ..config.registry import Extension, register
 
@@ -171,14 +172,7 @@ def read_grpc_service(raw: Mapping[str, Any], path: str
     timeout = g.duration("timeout", None)
     if timeout is not None and timeout <= 0:
         timeout = None  # Envoy: 0 is no timeout
-    metadata = []
-    for item, ipath in g.list("initial_metadata"):
-        m = Fields(item, ipath, ("key", "value", "raw_value"))
-        key = m.str("key", required=True)
-        if not key or key.lower() != key or key.startswith(":"):
-            raise ConfigError(m.at("key"), "must be a non-empty lower-case header name")
-        metadata.append((key.encode(), str(m.str("value", "")).encode("latin-1")))
-    return cluster, e.str("authority", "") or "", timeout, tuple(metadata)
+    return cluster, e.str("authority", "") or "", timeout, parse_initial_metadata(g)
 
 
 def _max_cache_size(f: Fields) -> int:

@@ -180,9 +180,12 @@ class GrpcMux:
                  node: Any, store, set_node_on_first_message_only: bool = False,
                  rand: Callable[[], float] = random.random,
                  batch: Callable[[], Any] = contextlib.nullcontext, cluster: Any = None,
-                 rate_limit: tuple[int, float] | None = None) -> None:
+                 rate_limit: tuple[int, float] | None = None, authority: str = "",
+                 metadata: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.dispatcher = dispatcher
         self.cluster_name = cluster_name
+        self.authority = authority or cluster_name   # the stream's :authority
+        self.metadata = metadata                     # the GrpcService's initial_metadata
         self.path = path
         self._hosts = hosts
         self.node = node
@@ -248,10 +251,11 @@ class GrpcMux:
             st.nonce = ""            # a new stream: nonces of the old one mean nothing
             st.sent_names = None
             st.dirty = bool(st.watches)
-        self.stream = GrpcStream(self.dispatcher, address, self.cluster_name, self.path,
+        self.stream = GrpcStream(self.dispatcher, address, self.authority, self.path,
                                  self._on_open, self._on_message, self._on_close,
                                  http2=getattr(self.cluster, "http2", None),
-                                 connect_timeout=getattr(self.cluster, "connect_timeout", None))
+                                 connect_timeout=getattr(self.cluster, "connect_timeout", None),
+                                 metadata=self.metadata)
 
     def _on_open(self) -> None:
         self.open = True

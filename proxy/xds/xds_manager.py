@@ -98,7 +98,7 @@ class XdsManager:
         else:
             cls = grpc_mux.GrpcMux
             path = grpc_mux.ADS_PATH if source.kind == "ads" else grpc_mux.TYPE_PATHS[type_url]
-        key = (api.cluster_name, path)
+        key = (api, path)   # one stream per control-plane config and path (its metadata too)
         mux = self._muxes.get(key)
         if mux is None:
             if self._dispatcher is None or self._hosts is None:
@@ -109,7 +109,8 @@ class XdsManager:
                       api.set_node_on_first_message_only,
                       **({"batch": self._batch} if self._batch is not None else {}),
                       cluster=self._cluster(cluster) if self._cluster is not None else None,
-                      rate_limit=api.rate_limit)
+                      rate_limit=api.rate_limit, authority=api.authority,
+                      metadata=api.initial_metadata)
             self._muxes[key] = mux
         return mux
 

@@ -74,7 +74,9 @@ def test_the_service_gets_the_routes_descriptors_as_a_grpc_call(upstream, rls):
               {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]
     vh = [{"actions": [{"header_value_match": {"descriptor_value": "flagged",
                                                "headers": [{"name": "x-flag", "present_match": True}]}}]}]
-    p = ProxyUnderTest(_config(upstream.port, rls.port, routes, vh))
+    service = {"transport_api_version": "V3", "grpc_service": {
+        "envoy_grpc": {"cluster_name": "rls"}, "initial_metadata": [{"key": "x-rls-token", "value": "s3cret"}]}}
+    p = ProxyUnderTest(_config(upstream.port, rls.port, routes, vh, rate_limit_service=service))
     try:
         assert _request(p.port, "/multi", "ann", headers={"x-flag": "1"})[0] == 200
         assert _request(p.port, "/multi")[0] == 200
@@ -87,6 +89,7 @@ def test_the_service_gets_the_routes_descriptors_as_a_grpc_call(upstream, rls):
         headers = rls.requests[0][2]
         assert headers["grpc:x-envoy-internal"] == "true"
         assert headers["grpc:x-envoy-expected-rq-timeout-ms"] == "2000"
+        assert headers["grpc:x-rls-token"] == "s3cret"   # the grpc_service's initial_metadata
         assert p.counters()["cluster.app.ratelimit.ok"] == 3
     finally:
         p.stop()
@@ -227,7 +230,8 @@ def test_concurrent_calls_on_two_workers_and_a_client_leaving(upstream, rls):
     ({"rate_limit_service": {"transport_api_version": "V3", "grpc_service": {
         "google_grpc": {"target_uri": "x", "stat_prefix": "s"}}}}, "google_grpc"),
     ({"rate_limit_service": {"transport_api_version": "V3", "grpc_service": {
-        "envoy_grpc": {"cluster_name": "rls"}, "initial_metadata": [{"key": "a", "value": "b"}]}}}, "initial_metadata"),
+        "envoy_grpc": {"cluster_name": "rls"}, "initial_metadata": [{"key": "A", "value": "b"}]}}},
+     r"initial_metadata\[0\]\.key"),
     ({"request_type": "sometimes"}, "request_type"),
     ({"domain": ""}, "domain"),
     ({"stage": 11}, "stage"),

@@ -529,3 +529,71 @@ def test_ads_against_a_grpcio_control_plane():
         cp.close()
         for u in ups.values():
             u.close()
+
+
+class HeadRecorder:
+    """An h2c listener that records the request headers of the first stream each connection
+    opens, then closes it (a control plane that never answers)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        self.heads: list[dict[bytes, bytes]] = []
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True, name="xds-heads").start()
+
+    def _accept(self) -> None:
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+        from h2.events import RequestReceived
+        while True:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+            h2.initiate_connection()
+            s.settimeout(5)
+            try:
+                s.sendall(h2.data_to_send())
+                while True:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    events = h2.receive_data(data)
+                    s.sendall(h2.data_to_send())
+                    heads = [dict(e.headers) for e in events if isinstance(e, RequestReceived)]
+                    if heads:
+                        self.heads.append(heads[0])
+                        break
+            except OSError:
+                pass
+            finally:
+                s.close()
+
+    def close(self) -> None:
+        self.lsock.close()
+
+
+def test_the_xds_stream_carries_the_grpc_services_authority_and_initial_metadata():
+    """envoy_grpc.authority is the stream's :authority and initial_metadata its extra request
+    headers (a control plane's credentials, as Envoy sends them)."""
+    rec = HeadRecorder()
+    cfg = bootstrap(rec.port)
+    ads = cfg["dynamic_resources"]["ads_config"]
+    ads["grpc_services"][0]["envoy_grpc"]["authority"] = "xds.example.test"
+    ads["grpc_services"][0]["initial_metadata"] = [
+        {"key": "authorization", "value": "Bearer t0ken"}, {"key": "x-tenant", "value": "blue"}]
+    for source in ("cds_config", "lds_config"):
+        cfg["dynamic_resources"][source]["initial_fetch_timeout"] = "0.2s"
+    p = ProxyUnderTest(cfg)
+    try:
+        assert p.wait_for(lambda: rec.heads, 5)
+        head = rec.heads[0]
+        assert head[b":authority"] == b"xds.example.test"
+        assert head[b":path"] == b"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+        assert head[b"authorization"] == b"Bearer t0ken" and head[b"x-tenant"] == b"blue"
+    finally:
+        p.stop()
+        rec.close()

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config.fields_table import Message, refused, used
+from ...config.grpc_metadata import parse_initial_metadata
 from ...config.reader import ConfigError, Fields
 from ...config.registry import Extension, register
 from ...config.runtime_values import FractionalPercent, parse_runtime_fractional_percent
@@ -70,6 +71,7 @@ class RateLimit:
     domain: bytes
     cluster: str                                  # rate_limit_service's envoy_grpc cluster
     authority: bytes = b""
+    initial_metadata: tuple[tuple[bytes, bytes], ...] = ()   # the grpc_service's, on every call
     stage: int = 0
     request_type: int = BOTH
     timeout: float = 0.02
@@ -117,7 +119,7 @@ GRPC_SERVICE = Message("envoy.config.core.v3.GrpcService (ratelimit)", fields=(
     used("envoy_grpc", attr="cluster", why="its own table"),
     refused("google_grpc", "the Google C++ gRPC client (envoy_grpc is the one built)"),
     refused("timeout", "the filter's own `timeout` bounds the call"),
-    refused("initial_metadata"),
+    used("initial_metadata", why="request headers of every rate limit call"),
     refused("retry_policy", "retries of the rate limit call"),
 ))
 ENVOY_GRPC = Message("envoy.config.core.v3.GrpcService.EnvoyGrpc (ratelimit)", fields=(
@@ -143,7 +145,7 @@ def _status(f: Fields, key: str, default: int) -> int:
     return s.int("code", required=True, min=100, max=599)
 
 
-def _service(f: Fields) -> tuple[str, bytes]:
+def _service(f: Fields) -> tuple[str, bytes, tuple[tuple[bytes, bytes], ...]]:
     s = SERVICE.read(f.value("rate_limit_service", required=True), f.at("rate_limit_service"))
     if s.enum("transport_api_version", ("AUTO", "V2", "V3"), "AUTO") == "V2":
         raise ConfigError(s.at("transport_api_version"), "V2 is not supported (Envoy 1.40 has only V3; AUTO means V3)")
@@ -154,7 +156,7 @@ def _service(f: Fields) -> tuple[str, bytes]:
     cluster = e.str("cluster_name", required=True)
     if not cluster:
         raise ConfigError(e.at("cluster_name"), "must not be empty")
-    return cluster, (e.str("authority", "") or cluster).encode("latin-1")
+    return cluster, (e.str("authority", "") or cluster).encode("latin-1"), parse_initial_metadata(g)
 
 
 def parse_ratelimit(raw: Mapping[str, Any], path: str) -> RateLimit:
@@ -162,7 +164,7 @@ def parse_ratelimit(raw: Mapping[str, Any], path: str) -> RateLimit:
     domain = f.str("domain", required=True)
     if not domain:
         raise ConfigError(f.at("domain"), "must not be empty")
-    cluster, authority = _service(f)
+    cluster, authority, metadata = _service(f)
     kind = f.str("request_type", "both")
     if kind not in ("both", "internal", "external", ""):   # a string field, case-sensitive
         raise ConfigError(f.at("request_type"), f'unknown value "{kind}"; expected internal, external or both')
@@ -175,6 +177,7 @@ def parse_ratelimit(raw: Mapping[str, Any], path: str) -> RateLimit:
         raise ConfigError(f.at("response_headers_to_add"), "at most 10 headers")
     return RateLimit(
         domain=domain.encode("utf-8"), cluster=cluster, authority=authority,
+        initial_metadata=metadata,
         stage=f.int("stage", 0, min=0, max=10),
         request_type={"internal": INTERNAL, "external": EXTERNAL}.get(kind, BOTH),
         timeout=f.duration("timeout", 0.02),
@@ -218,7 +221,7 @@ class WorkerRateLimit:
         health = ctx.worker.server_health
         # source_cluster: the node's cluster (Envoy's local_info clusterName).
         self.local_cluster = (health.node_cluster if health is not None else "").encode("utf-8")
-        self.grpc_headers = tuple(request_headers(self.config.timeout))
+        self.grpc_headers = tuple(request_headers(self.config.timeout, self.config.initial_metadata))
         self._stats: dict[str, tuple] = {}   # cluster name -> (its ClusterStats, counters)
 
     def stats(self, cluster) -> tuple:

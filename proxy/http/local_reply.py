@@ -8,7 +8,7 @@ from __future__ import annotations
 from .headers import Headers, ResponseHead
 
 __all__ = ["local_reply_head", "UPSTREAM_RESET_PREFIX", "reset_body", "is_grpc_request",
-           "grpc_local_reply_head"]
+           "grpc_local_reply_head", "grpc_message", "http_to_grpc_status"]
 
 UPSTREAM_RESET_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
@@ -37,6 +37,19 @@ _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 5
 _GRPC_UNKNOWN = 2
 
 
+def http_to_grpc_status(status: int) -> int:
+    return _HTTP_TO_GRPC.get(status, _GRPC_UNKNOWN)
+
+
+def grpc_message(body: bytes) -> bytes:
+    """A grpc-message value as Envoy writes it (Http::Utility::PercentEncoding::encode with
+    "%" reserved): bytes below space or from "~" up, and "%", as %XX."""
+    if all(0x20 <= c < 0x7E and c != 0x25 for c in body):
+        return body
+    return b"".join(b"%%%02X" % c if c < 0x20 or c >= 0x7E or c == 0x25 else bytes((c,))
+                    for c in body)
+
+
 def is_grpc_request(headers: Headers) -> bool:
     """Envoy's test: content-type application/grpc (optionally +proto, +json, ...)."""
     ctype = headers.get(b"content-type")
@@ -50,6 +63,6 @@ def grpc_local_reply_head(status: int, body: bytes, grpc_status: int | None) -> 
     code = grpc_status if grpc_status is not None else _HTTP_TO_GRPC.get(status, _GRPC_UNKNOWN)
     items = [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code)]
     if body:
-        items.append((b"grpc-message", body))
+        items.append((b"grpc-message", grpc_message(body)))
     items.append((b"content-length", b"0"))
     return ResponseHead(200, Headers(items))

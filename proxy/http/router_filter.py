@@ -193,6 +193,19 @@ class RouterFilter:
         """A direct response or redirect: a local reply that the route's response header
         mutations apply to (Envoy applies them; it does not to error replies)."""
         stream = self.stream
+        rewrite = stream.ctx.config.local_reply
+        if rewrite is not None:
+            # Envoy's sendLocalReply: the route's mutations, then local_reply_config's rewrite.
+            headers = Headers(list(extra) if extra else [])
+            if self.route.response_mutations:
+                apply_mutations(self.route.response_mutations, headers, ResponseInfo(stream, headers))
+            stream.response_code_details = details
+            head, body = rewrite.prepare(stream, status, body, headers.items(), False, None,
+                                         stream.head.method == b"HEAD")
+            if not stream.request_complete:
+                stream.abandon_request()
+            stream.encode_local(head, body)
+            return
         head = local_reply_head(status, body, extra)
         if self.route.response_mutations:
             apply_mutations(self.route.response_mutations, head.headers, ResponseInfo(stream, head.headers))

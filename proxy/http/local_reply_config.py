@@ -17,7 +17,7 @@ LocalReplyImpl::rewrite and Utility::prepareLocalReply do:
   headers_to_add set it; no body: no content-length, no content-type;
 - to a gRPC request: HTTP 200, content-type application/grpc, grpc-status (unless a mapper set
   one: the filter's, else the mapped HTTP code's), the body as a percent-encoded grpc-message
-  (a JSON body's trailing newline dropped), content-length 0.
+  (a JSON body's trailing newline dropped), no content-length.
 Direct responses and redirects are local replies in Envoy: they go through here too.
 
 An HCM without `local_reply_config` has `local_reply = None`: nothing here runs for it.
@@ -157,8 +157,7 @@ class LocalReplyConfig:
                 body = body[:-1]
             headers.remove(b"grpc-message")
             headers.add(b"grpc-message", grpc_message(body))
-        headers.remove(b"content-length")
-        headers.add(b"content-length", b"0")
+        headers.remove(b"content-length")  # (HTTP/1.1's codec says content-length: 0)
         return ResponseHead(200, headers)
 
 

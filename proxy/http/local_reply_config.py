@@ -28,7 +28,8 @@ config is immutable and shared by every worker; `prepare` mutates only the strea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from proxy.access_log.config import JSON_FORMAT_OPTIONS
@@ -73,7 +74,7 @@ def _local_reply_body(info: Any) -> str:
     return info.local_reply_body
 
 
-_EXTRA_OPS = {"LOCAL_REPLY_BODY": _local_reply_body}
+_EXTRA_OPS = MappingProxyType({"LOCAL_REPLY_BODY": _local_reply_body})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,6 @@ class ResponseMapper:
 class LocalReplyConfig:
     mappers: tuple[ResponseMapper, ...] = ()
     body_format: BodyFormat | None = None   # None: the body as it is, text/plain
-    source: Any = field(default=None, compare=False, repr=False)
 
     def prepare(self, stream: Any, status: int, body: bytes,
                 extra: list[tuple[bytes, bytes]] | None, grpc: bool,
@@ -164,7 +164,7 @@ class LocalReplyConfig:
 # -- declared fields (proxy.config.fields_table) -------------------------------------------
 
 LOCAL_REPLY = Message(f"{_P}.LocalReplyConfig", title="Local reply config", model=LocalReplyConfig,
-                      bookkeeping=("source",), fields=(
+                      fields=(
     used("mappers"),
     used("body_format"),
 ))
@@ -259,4 +259,4 @@ def parse_local_reply_config(raw: Any, path: str) -> LocalReplyConfig:
     mappers = tuple(_parse_mapper(item, p) for item, p in f.list("mappers"))
     fmt = (parse_body_format(f.value("body_format"), f.at("body_format"))
            if f.has("body_format") else None)
-    return LocalReplyConfig(mappers, fmt, raw)
+    return LocalReplyConfig(mappers, fmt)

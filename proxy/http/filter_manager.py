@@ -103,8 +103,8 @@ class _WireSink:
 class FilterManager:
     """Mixin for the stream: the filter chain and the callbacks filters get (FilterCallbacks).
 
-    The subclass provides `head`, `ctx` (route table, worker), `state` (stream_state.py's
-    flags), `abandon_request()`, `close_after_bad_request()`, `set_response_flag`,
+    The subclass provides `head`, `ctx` (route table, worker, `config.local_reply`), `state`
+    (stream_state.py's flags), `abandon_request()`, `close_after_bad_request()`, `set_response_flag`,
     `response_code_details`, `buffer_limit()`, `read_disable_downstream(bool)`, `reset()` and
     the three `_write_*` methods."""
 
@@ -455,7 +455,8 @@ class FilterManager:
             if flag:
                 self.set_response_flag(flag)
         elif grpc:
-            head = grpc_local_reply_head(status, body, grpc_status)
+            head = grpc_local_reply_head(status, body, grpc_status, extra,
+                                         self.head.method == b"HEAD")
             body = b""
         else:
             head = local_reply_head(status, body, extra)

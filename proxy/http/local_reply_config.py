@@ -41,7 +41,7 @@ from proxy.config.reader import ConfigError
 from proxy.router.header_mutation import HeaderMutation, apply_mutations, parse_header_value_option
 
 from .headers import Headers, ResponseHead
-from .local_reply import grpc_message, http_to_grpc_status
+from .local_reply import grpc_reply_headers
 
 __all__ = ["LocalReplyConfig", "ResponseMapper", "BodyFormat", "parse_local_reply_config",
            "FLAG_AFTER_REPLY"]
@@ -131,8 +131,9 @@ class LocalReplyConfig:
             content_type = fmt.content_type
         custom_ctype = headers.get(b"content-type") != ctype_before
         if grpc:
-            return self._grpc(headers, code, body, grpc_status, head_request,
-                              fmt is not None and fmt.json), b""
+            grpc_reply_headers(headers, code, body, grpc_status, head_request,
+                               fmt is not None and fmt.json)
+            return ResponseHead(200, headers), b""
         headers.remove(b"content-length")
         if body:
             headers.add(b"content-length", b"%d" % len(body))
@@ -142,23 +143,6 @@ class LocalReplyConfig:
         else:
             headers.remove(b"content-type")
         return ResponseHead(code, headers), body
-
-    @staticmethod
-    def _grpc(headers: Headers, code: int, body: bytes, grpc_status: int | None,
-              head_request: bool, json: bool) -> ResponseHead:
-        headers.remove(b"content-type")
-        headers.add(b"content-type", b"application/grpc")
-        if not headers.get(b"grpc-status"):
-            headers.remove(b"grpc-status")
-            status = grpc_status if grpc_status is not None else http_to_grpc_status(code)
-            headers.add(b"grpc-status", b"%d" % status)
-        if body and not head_request:
-            if json and body.endswith(b"\n"):
-                body = body[:-1]
-            headers.remove(b"grpc-message")
-            headers.add(b"grpc-message", grpc_message(body))
-        headers.remove(b"content-length")  # (HTTP/1.1's codec says content-length: 0)
-        return ResponseHead(200, headers)
 
 
 # -- declared fields (proxy.config.fields_table) -------------------------------------------

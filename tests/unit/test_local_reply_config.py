@@ -184,3 +184,14 @@ def test_head_request_grpc_reply_has_no_message():
 def test_grpc_message_percent_encoding_is_envoys():
     assert grpc_message(b"plain text") == b"plain text"
     assert grpc_message(b"a%b\r\n~\xc3\xa9") == b"a%25b%0D%0A%7E%C3%A9"
+
+
+def test_default_grpc_reply_keeps_the_callers_headers_and_no_content_length():
+    from proxy.http.local_reply import grpc_local_reply_head
+    head = grpc_local_reply_head(429, b"limited", None, [(b"x-rl", b"1")])
+    assert head.status == 200
+    assert dict(head.headers.items()) == {b"x-rl": b"1", b"content-type": b"application/grpc",
+                                          b"grpc-status": b"14", b"grpc-message": b"limited"}
+    head = grpc_local_reply_head(503, b"down", 4, head_request=True)
+    assert dict(head.headers.items()) == {b"content-type": b"application/grpc",
+                                          b"grpc-status": b"4"}

@@ -232,11 +232,15 @@ def _operator_getter(name: str, arg: str | None, max_len: str | None, path: str,
     return getter
 
 
-def _parse(text: str, path: str, hostname: str) -> tuple[str, tuple[tuple[Getter, str], ...]]:
-    """(leading literal, ((getter, literal after it), ...))."""
+def _parse(text: str, path: str, hostname: str,
+           extra: Mapping[str, Getter] | None = None) -> tuple[str, tuple[tuple[Getter, str], ...]]:
+    """(leading literal, ((getter, literal after it), ...)). `extra`: operators a caller adds
+    (the local reply formats' %LOCAL_REPLY_BODY%)."""
     if not isinstance(text, str):
         raise ConfigError(path, f"expected a format string, got {type(text).__name__}")
     plain = _plain_ops(hostname)
+    if extra:
+        plain = {**plain, **extra}
     head: str | None = None
     steps: list[tuple[Getter, str]] = []
     lit: list[str] = []
@@ -314,10 +318,12 @@ class TextFormatter:
 
 
 def compile_format(text: str, path: str, *, omit_empty_values: bool = False,
-                   hostname: str | None = None) -> TextFormatter:
-    """Compile an Envoy format string; ConfigError naming `path` on a bad operator."""
+                   hostname: str | None = None,
+                   extra_ops: Mapping[str, Getter] | None = None) -> TextFormatter:
+    """Compile an Envoy format string; ConfigError naming `path` on a bad operator.
+    `extra_ops`: operators beyond the access log's, by name (NAME -> getter)."""
     host = platform.node() if hostname is None else hostname
-    head, steps = _parse(text, path, host)
+    head, steps = _parse(text, path, host, extra_ops)
     return TextFormatter(text, head, steps, omit_empty_values)
 
 
@@ -329,14 +335,24 @@ def _const(value: Any) -> Node:
     return lambda info: value
 
 
-def _compile_node(value: Any, path: str, omit: bool, host: str) -> Node:
+def _compile_node(value: Any, path: str, omit: bool | str, host: str,
+                  extra: Mapping[str, Getter] | None = None) -> Node:
     if isinstance(value, Mapping):
         items = []
         for key, sub in value.items():
             if not isinstance(key, str):
                 raise ConfigError(path, f"format dictionary keys must be strings, got {key!r}")
-            items.append((key, _compile_node(sub, join(path, key), omit, host)))
+            items.append((key, _compile_node(sub, join(path, key), omit, host, extra)))
         fields = tuple(items)
+        if omit == "unset":
+            def omitting_unset(info: StreamInfo) -> dict[str, Any]:
+                out = {}
+                for k, f in fields:
+                    v = f(info)
+                    if v is not None:
+                        out[k] = v
+                return out
+            return omitting_unset
         if omit:
             def omitting(info: StreamInfo) -> dict[str, Any]:
                 out = {}
@@ -348,10 +364,10 @@ def _compile_node(value: Any, path: str, omit: bool, host: str) -> Node:
             return omitting
         return lambda info: {k: f(info) for k, f in fields}
     if isinstance(value, list):
-        elems = tuple(_compile_node(v, index(path, i), omit, host) for i, v in enumerate(value))
+        elems = tuple(_compile_node(v, index(path, i), omit, host, extra) for i, v in enumerate(value))
         return lambda info: [f(info) for f in elems]
     if isinstance(value, str):
-        head, steps = _parse(value, path, host)
+        head, steps = _parse(value, path, host, extra)
         text = TextFormatter(value, head, steps, omit)
         if text.is_constant:
             return _const(head)
@@ -390,10 +406,15 @@ class JsonFormatter:
 
 
 def compile_json_format(mapping: Any, path: str, omit_empty_values: bool = False, *,
-                        sort_properties: bool = False, hostname: str | None = None) -> JsonFormatter:
-    """Compile an Envoy format dictionary (json_format); ConfigError naming the bad key's path."""
+                        sort_properties: bool = False, hostname: str | None = None,
+                        extra_ops: Mapping[str, Getter] | None = None,
+                        omit_only_unset: bool = False) -> JsonFormatter:
+    """Compile an Envoy format dictionary (json_format); ConfigError naming the bad key's path.
+    `omit_only_unset`: omit_empty_values drops unset values only, an empty string stays (as
+    Envoy's local reply bodies: their %LOCAL_REPLY_BODY% is "" when there is none)."""
     if not isinstance(mapping, Mapping):
         raise ConfigError(path, f"expected an object, got {type(mapping).__name__}")
     host = platform.node() if hostname is None else hostname
-    root = _compile_node(mapping, path, omit_empty_values, host)
+    omit: bool | str = "unset" if omit_empty_values and omit_only_unset else omit_empty_values
+    root = _compile_node(mapping, path, omit, host, extra_ops)
     return JsonFormatter(mapping, root, sort_properties)

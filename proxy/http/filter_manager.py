@@ -29,6 +29,7 @@ from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .filter_chain_plan import ChainPlans
 from .async_client import AsyncRequest
 from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head
+from .local_reply_config import FLAG_AFTER_REPLY
 from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_STARTED
 
 __all__ = ["FilterManager"]
@@ -102,8 +103,8 @@ class _WireSink:
 class FilterManager:
     """Mixin for the stream: the filter chain and the callbacks filters get (FilterCallbacks).
 
-    The subclass provides `head`, `ctx` (route table, worker), `state` (stream_state.py's
-    flags), `abandon_request()`, `close_after_bad_request()`, `set_response_flag`,
+    The subclass provides `head`, `ctx` (route table, worker, `config.local_reply`), `state`
+    (stream_state.py's flags), `abandon_request()`, `close_after_bad_request()`, `set_response_flag`,
     `response_code_details`, `buffer_limit()`, `read_disable_downstream(bool)`, `reset()` and
     the three `_write_*` methods."""
 
@@ -427,12 +428,17 @@ class FilterManager:
                          grpc_status: int | None = None) -> None:
         """Envoy's local reply (text/plain body; to a gRPC request a 200 carrying grpc-status,
         `grpc_status` or one mapped from `status`) through the encoder filters; a reset once
-        the response reached the wire. The decoder chain stops here."""
-        if flag:
+        the response reached the wire. The decoder chain stops here. With the HCM's
+        local_reply_config its mappers and body format rewrite the reply
+        (local_reply_config.py)."""
+        rewrite = self.ctx.config.local_reply
+        if flag and (rewrite is None or details not in FLAG_AFTER_REPLY):
             self.set_response_flag(flag)
         self.response_code_details = details
         self.decoder_aborted = True
         if self.state & RESPONSE_STARTED:
+            if flag:
+                self.set_response_flag(flag)
             self.reset(details)
             return
         if not self.state & REQUEST_COMPLETE:
@@ -443,8 +449,14 @@ class FilterManager:
         grpc = self.grpc_request
         if grpc is None:
             grpc = is_grpc_request(self.head.headers)
-        if grpc:
-            head = grpc_local_reply_head(status, body, grpc_status)
+        if rewrite is not None:
+            head, body = rewrite.prepare(self, status, body, extra, grpc, grpc_status,
+                                         self.head.method == b"HEAD")
+            if flag:
+                self.set_response_flag(flag)
+        elif grpc:
+            head = grpc_local_reply_head(status, body, grpc_status, extra,
+                                         self.head.method == b"HEAD")
             body = b""
         else:
             head = local_reply_head(status, body, extra)

@@ -26,6 +26,7 @@ from proxy.router.config import parse_route_configuration
 from proxy.tracing.config import parse_tracing
 
 from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
+from .local_reply_config import parse_local_reply_config
 
 __all__ = ["RdsConfig", "HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]
@@ -130,6 +131,7 @@ class HcmConfig:
     # rds: the route table is RDS's (route_config is then an empty table until it arrives).
     rds: RdsConfig | None = None
     tracing: Any = None                    # proxy.tracing.config.TracingConfig, or None
+    local_reply: Any = None                # local_reply_config.LocalReplyConfig, or None
     raw: Mapping[str, Any] | None = None   # the typed_config body as written (config_dump)
 
 
@@ -179,6 +181,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     used("forward_client_cert_details", "SANITIZE"),
     used("set_current_client_cert_details"),
     used("tracing"),
+    used("local_reply_config", attr="local_reply", why="its own table"),
     refused("stream_error_on_invalid_http_message", _ONLY_DEFAULT, default=False, only_default=True),
     refused("append_x_forwarded_port", _ONLY_DEFAULT, default=False, only_default=True),
     used("rds", why="from a file (path_config_source): its own table; a control plane is refused"),
@@ -188,7 +191,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
         "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
         "original_ip_detection_extensions", "early_header_mutation_extensions",
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
-        "request_id_extension", "local_reply_config", "path_normalization_options",
+        "request_id_extension", "path_normalization_options",
         "proxy_status_config", "typed_header_validation_config", "append_local_overload",
         "add_proxy_protocol_connection_state")),
 ))
@@ -303,6 +306,8 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         set_current_client_cert_details=_parse_client_cert_details(f),
         rds=rds,
         tracing=parse_tracing(f.raw_obj("tracing"), f.at("tracing")) if f.has("tracing") else None,
+        local_reply=(parse_local_reply_config(f.value("local_reply_config"), f.at("local_reply_config"))
+                     if f.has("local_reply_config") else None),
         raw=raw,
         **kwargs,
     )

@@ -32,7 +32,7 @@ from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
 from .async_client import AsyncRequest
 from ..upstream.outlier_monitor import grpc_http_status
-from .local_reply import is_grpc_request, local_reply_head, reset_body
+from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head, reset_body
 from .stream_state import UPGRADED
 
 __all__ = ["RouterFilter", "RouterFactory"]
@@ -191,14 +191,31 @@ class RouterFilter:
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header
-        mutations apply to (Envoy applies them; it does not to error replies)."""
+        mutations apply to (Envoy applies them; it does not to error replies). As every local
+        reply: to a gRPC request a trailers-only 200, and local_reply_config rewrites it."""
         stream = self.stream
-        head = local_reply_head(status, body, extra)
-        if self.route.response_mutations:
-            apply_mutations(self.route.response_mutations, head.headers, ResponseInfo(stream, head.headers))
         stream.response_code_details = details
         if not stream.request_complete:
             stream.abandon_request()  # the rest of the request body will not be read
+        rewrite = stream.ctx.config.local_reply
+        grpc = stream.grpc_request
+        if grpc is None:
+            grpc = is_grpc_request(stream.head.headers)
+        if rewrite is None and not grpc:
+            head = local_reply_head(status, body, extra)
+            if self.route.response_mutations:
+                apply_mutations(self.route.response_mutations, head.headers, ResponseInfo(stream, head.headers))
+            stream.encode_local(head, body)
+            return
+        # Envoy's sendLocalReply: the route's mutations (modify_headers), then the rewrite.
+        headers = Headers(list(extra) if extra else [])
+        if self.route.response_mutations:
+            apply_mutations(self.route.response_mutations, headers, ResponseInfo(stream, headers))
+        head_request = stream.head.method == b"HEAD"
+        if rewrite is not None:
+            head, body = rewrite.prepare(stream, status, body, headers.items(), grpc, None, head_request)
+        else:
+            head, body = grpc_local_reply_head(status, body, None, headers.items(), head_request), b""
         stream.encode_local(head, body)
 
     def _prepare(self, route, action, head, end_stream: bool):

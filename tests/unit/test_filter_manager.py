@@ -27,7 +27,8 @@ class FakeStream(FilterManager):
         self.head = RequestHead(b"GET", b"/", b"x", b"http", Headers([(b"host", b"x")]))
         stats = SimpleNamespace(downstream_rq_too_large=SimpleNamespace(value=0),
                                 rs_too_large=SimpleNamespace(value=0))
-        self.ctx = SimpleNamespace(stats=stats, route_table=SimpleNamespace(route=lambda h: None))
+        self.ctx = SimpleNamespace(stats=stats, route_table=SimpleNamespace(route=lambda h: None),
+                                   config=SimpleNamespace(local_reply=None))
         self.state = REQUEST_COMPLETE
         self.abandoned = False
         self.closing = False  # a 400 local reply asked for the connection to close

@@ -11,7 +11,8 @@ RBAC, access logs and the upstream all see one canonical request:
 - `normalize_path`: RFC 3986 normalisation as Chromium's URL library canonicalises a path
   (Envoy links that library): `.` and `..` segments resolved (also spelt %2E), `\\` as a
   separator, escapes of unreserved characters decoded, characters a URL may not carry
-  escaped, and an escaped NUL refused;
+  escaped, and an escaped NUL refused; before it, a segment `..;x` or `.;x` loses its
+  parameters (as Envoy 1.40 does: measured, see drop_dot_segment_parameters);
 - `merge_slashes`: runs of `/` in the path merged, after the normalisation;
 - `strip_trailing_host_dot`, then `strip_matching_host_port` (the listener's port) or
   `strip_any_host_port`: the authority as the routes match it;
@@ -31,7 +32,8 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["CONTINUE", "REJECT", "REDIRECT", "HeadNormalization", "compile_normalization",
-           "normalize_request_path", "canonical_path", "merge_slashes", "unescape_slashes",
+           "normalize_request_path", "canonical_path", "drop_dot_segment_parameters",
+           "merge_slashes", "unescape_slashes",
            "strip_trailing_host_dot", "strip_host_port"]
 
 # What a path normalisation decides (Envoy's NormalizePathAction).
@@ -113,6 +115,8 @@ def normalize_request_path(path: bytes, norm: HeadNormalization | None) -> tuple
             if norm.escaped_slashes == _REDIRECT:
                 action = REDIRECT
     if norm.normalize_path:
+        if b";" in path:
+            path = drop_dot_segment_parameters(path)
         canonical = canonical_path(path)
         if canonical is None:
             return REJECT, path
@@ -140,6 +144,23 @@ def unescape_slashes(path: bytes) -> bytes | None:
         return None
     decoded, n = _ESCAPED_SLASH.subn(_escaped_slash, head)
     return decoded + query if n else None
+
+
+# -- normalize_path: parameters of dot segments -------------------------------------------
+
+# A segment `.;<params>` or `..;<params>` (after a literal `/`, with literal dots).
+_DOT_PARAMETERS = re.compile(rb"(?<=/)(\.\.?);[^/]*")
+
+
+def drop_dot_segment_parameters(path: bytes) -> bytes:
+    """A segment `.;x` or `..;x` of the path part made `.` or `..`, its parameters dropped up
+    to the next `/` (as a servlet container reads "/..;/"): what Envoy 1.40's normalize_path
+    does before canonicalising (measured: only literal dots after a literal `/`, not %2E, not
+    after `\\`; a path that then fails the canonicalisation is logged with them dropped)."""
+    q = path.find(b"?")
+    if q < 0:
+        return _DOT_PARAMETERS.sub(rb"\1", path)
+    return _DOT_PARAMETERS.sub(rb"\1", path[:q]) + path[q:]
 
 
 # -- merge_slashes --------------------------------------------------------------------------
@@ -211,6 +232,7 @@ def _canonicalize(s: bytes) -> bytes | None:
     if not end or s[0] not in _SLASHES:
         out.append(0x2F)
     ok = True
+    last_invalid = -4   # where the output's last `%` of no valid escape is (Chromium's)
     i = 0
     while i < end:
         c = s[i]
@@ -227,12 +249,15 @@ def _canonicalize(s: bytes) -> bytes | None:
                 vflags = _CHARS[value]
                 if vflags & _UNESCAPE:
                     out.append(value)
+                    if last_invalid >= len(out) - 3:
+                        _nested_escape(s, i + 3, end, last_invalid, out)
                 else:                        # kept as written (the case of its hex too)
                     out += s[i:i + 3]
                     if vflags & 8:
                         ok = False           # an escaped NUL
                 i += 2
             else:
+                last_invalid = len(out)
                 out.append(_PERCENT)         # not an escape: passed on
         elif flags & 8:
             out += b"%%%02X" % c             # a raw NUL (codecs refuse it before this)
@@ -241,6 +266,27 @@ def _canonicalize(s: bytes) -> bytes | None:
             out += b"%%%02X" % c
         i += 1
     return bytes(out) if ok else None
+
+
+def _nested_escape(s: bytes, nxt: int, end: int, percent: int, out: bytearray) -> None:
+    """Chromium's CheckForNestedEscapes: a byte just decoded has made, with an earlier `%` of
+    no valid escape (at `percent`), a new escape ("%2%41" -> "%2A"): that `%` becomes "%25"
+    ("%252A"), so a second decoding cannot read what the first did not."""
+    length = len(out)
+    last = out[-1]
+    append_next = percent == length - 2       # "%c": try with the next input byte
+    if append_next:
+        if nxt == end or s[nxt] >= 0x80:
+            return
+        out.append(s[nxt])
+    if percent + 3 <= len(out) and out[percent + 1] in _HEX and out[percent + 2] in _HEX:
+        if not append_next:
+            out.append(out[percent + 1])
+        out[percent + 1] = 0x32                # "2"
+        out[percent + 2] = 0x35                # "5"
+        out.append(last)
+    elif append_next:
+        del out[length:]
 
 
 def _dot(s: bytes, i: int, dot: int, end: int, out: bytearray) -> int:

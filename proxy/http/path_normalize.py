@@ -62,10 +62,7 @@ class HeadNormalization:
     append_x_forwarded_port: bool = False
     # use_remote_address: the client's x-forwarded-port is replaced; else it is kept.
     overwrite_x_forwarded_port: bool = False
-
-    @property
-    def changes_host(self) -> bool:
-        return self.strip_trailing_host_dot or self.strip_port != _STRIP_NONE
+    changes_host: bool = False   # strip_trailing_host_dot or a strip_*_host_port
 
     def host(self, authority: bytes, local_port: int) -> bytes:
         """The authority as the routes see it (Envoy's maybeNormalizeHost); `local_port`: the
@@ -91,6 +88,7 @@ def compile_normalization(config) -> HeadNormalization | None:
         strip_port=strip,
         append_x_forwarded_port=config.append_x_forwarded_port,
         overwrite_x_forwarded_port=config.use_remote_address,
+        changes_host=config.strip_trailing_host_dot or strip != _STRIP_NONE,
     )
     if norm == HeadNormalization(overwrite_x_forwarded_port=config.use_remote_address):
         return None

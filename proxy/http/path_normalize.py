@@ -103,25 +103,28 @@ def normalize_request_path(path: bytes, norm: HeadNormalization | None) -> tuple
         return REJECT, path
     if norm is None:
         return CONTINUE, path
+    q = path.find(b"?")   # each step works on the path part: split once
+    head, query = (path, b"") if q < 0 else (path[:q], path[q:])
+    original = head
     action = CONTINUE
-    if norm.escaped_slashes != _KEEP:
-        unescaped = unescape_slashes(path)
-        if unescaped is not None:
-            path = unescaped
+    if norm.escaped_slashes != _KEEP and b"%" in head:
+        unescaped, found = _ESCAPED_SLASH.subn(_escaped_slash, head)
+        if found:
+            head = unescaped
             if norm.escaped_slashes == _REJECT:
-                return REJECT, path
+                return REJECT, head + query
             if norm.escaped_slashes == _REDIRECT:
                 action = REDIRECT
     if norm.normalize_path:
-        if b";" in path:
-            path = drop_dot_segment_parameters(path)
-        canonical = canonical_path(path)
+        if b";" in head:
+            head = _DOT_PARAMETERS.sub(rb"\1", head)
+        canonical = _canonical_head(head)
         if canonical is None:
-            return REJECT, path
-        path = canonical
-    if norm.merge_slashes:
-        path = merge_slashes(path)
-    return action, path
+            return REJECT, head + query
+        head = canonical
+    if norm.merge_slashes and b"//" in head:
+        head = _merge_slashes(head)
+    return action, (path if head is original else head + query)
 
 
 # -- escaped slashes ------------------------------------------------------------------------
@@ -170,9 +173,13 @@ def merge_slashes(path: bytes) -> bytes:
     head, query = (path, b"") if q < 0 else (path[:q], path[q:])
     if b"//" not in head:
         return path
+    return _merge_slashes(head) + query
+
+
+def _merge_slashes(head: bytes) -> bytes:
     prefix = b"/" if head.startswith(b"/") else b""
     suffix = b"/" if head.endswith(b"/") else b""
-    return prefix + b"/".join(s for s in head.split(b"/") if s) + suffix + query
+    return prefix + b"/".join(s for s in head.split(b"/") if s) + suffix
 
 
 # -- normalize_path: Chromium's path canonicalisation ---------------------------------------
@@ -208,10 +215,15 @@ def canonical_path(path: bytes) -> bytes | None:
     None when Chromium's canonicaliser fails (an escaped or raw NUL)."""
     q = path.find(b"?")
     head, query = (path, b"") if q < 0 else (path[:q], path[q:])
+    out = _canonical_head(head)
+    return None if out is None else (path if out is head else out + query)
+
+
+def _canonical_head(head: bytes) -> bytes | None:
+    """The path part canonicalised (itself when nothing changes), or None."""
     if head[:1] == b"/" and not head.translate(None, _PLAIN) and b"/." not in head:
-        return path
-    out = _canonicalize(head)
-    return None if out is None else out + query
+        return head
+    return _canonicalize(head)
 
 
 def _is_dot(s: bytes, i: int, end: int) -> int:
@@ -349,6 +361,8 @@ def strip_host_port(host: bytes, port: int | None) -> bytes:
 
 def _port_number(text: bytes) -> int | None:
     """absl::SimpleAtoi into a uint32: optional whitespace around, an optional `+`."""
+    if text.isdigit() and len(text) < 10:
+        return int(text)
     text = text.strip()
     if text[:1] == b"+":
         text = text[1:]

@@ -29,6 +29,8 @@ from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec.errors import CodecError
 from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
+from .local_reply import is_grpc_request
+from .path_normalize import CONTINUE, REDIRECT, normalize_request_path
 from .request_headers import absolute_form, mutate_request_headers
 from .stream import ActiveStream
 from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED,
@@ -535,7 +537,12 @@ class ConnectionManager(ConnectionCallbacks):
                 st.downstream_rq_non_relative_path.value += 1
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
+        norm = ctx.head_normalization  # None: no option set, only the fragment test
+        if (norm is not None or b"#" in head.path) and self._normalize_head(stream, head, norm):
+            return
         scheme = mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade, self.tls)
+        if norm is not None and norm.append_x_forwarded_port:
+            self._x_forwarded_port(head.headers, norm.overwrite_x_forwarded_port)
         # :scheme: an absolute-form target's, else x-forwarded-proto's or the connection's.
         head.scheme = url_scheme or scheme
         if self.tls is not None:
@@ -548,6 +555,43 @@ class ConnectionManager(ConnectionCallbacks):
                 log.exception("tracer failed to start a span")
         stream.create_filter_chain(ctx.filter_factories, ctx.filter_chain_plans)
         stream.decode_headers(end_stream)
+
+    def _normalize_head(self, stream: ActiveStream, head: RequestHead, norm) -> bool:
+        """Envoy's path and host normalisation (path_normalize.py; `norm` its compiled
+        options, or None): True when it answered the request, with a 400, or a 307 to the
+        normalised path (a gRPC request, whose clients do not follow it, gets the 400)."""
+        if head.method != b"CONNECT":  # (a CONNECT has no path)
+            action, path = normalize_request_path(head.path, norm)
+            if path is not head.path:
+                head.set_path(path)
+            if action != CONTINUE:
+                if action == REDIRECT and not is_grpc_request(head.headers):
+                    self.stats.downstream_rq_redirected_with_normalized_path.value += 1
+                    stream.send_local_reply(307, b"", None, "path_normalization_failed",
+                                            [(b"location", path)])
+                else:
+                    self.stats.downstream_rq_failed_path_normalization.value += 1
+                    stream.send_local_reply(400, b"", None, "path_normalization_failed")
+                return True
+            if norm is not None and norm.changes_host:
+                authority = norm.host(head.authority, self._local_port())
+                if authority != head.authority:
+                    head.set_authority(authority)
+                    head.headers.set(b"host", authority)
+        return False
+
+    def _local_port(self) -> int:
+        """The port the client connected to (the one original_dst restored, if it did)."""
+        if self.restored_local is not None:
+            return self.restored_local[1]
+        port = self.local.rpartition(":")[2]
+        return int(port) if port.isdigit() else 0
+
+    def _x_forwarded_port(self, headers: Headers, overwrite: bool) -> None:
+        """append_x_forwarded_port: the port the client connected to; a client's value is
+        kept unless use_remote_address (`overwrite`), as Envoy's mutateRequestHeaders."""
+        if overwrite or not headers.has(b"x-forwarded-port"):
+            headers.set(b"x-forwarded-port", b"%d" % self._local_port())
 
     def _began_earlier(self, stream: ActiveStream, now: float) -> None:
         """`stream`'s head took from `head_started` until now: its request_timeout and its

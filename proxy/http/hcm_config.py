@@ -132,6 +132,14 @@ class HcmConfig:
     rds: RdsConfig | None = None
     tracing: Any = None                    # proxy.tracing.config.TracingConfig, or None
     local_reply: Any = None                # local_reply_config.LocalReplyConfig, or None
+    # Path and host normalisation before routing (path_normalize.py compiles them).
+    normalize_path: bool = False
+    merge_slashes: bool = False
+    path_with_escaped_slashes_action: str = "KEEP_UNCHANGED"
+    strip_matching_host_port: bool = False
+    strip_any_host_port: bool = False
+    strip_trailing_host_dot: bool = False
+    append_x_forwarded_port: bool = False
     raw: Mapping[str, Any] | None = None   # the typed_config body as written (config_dump)
 
 
@@ -168,22 +176,24 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     refused("internal_address_config", "every request is external (only an empty config)",
             only_default=True),
     refused("xff_num_trusted_hops", _ONLY_DEFAULT, default=0, only_default=True),
-    refused("normalize_path", _ONLY_DEFAULT, default=False, only_default=True),
-    refused("merge_slashes", _ONLY_DEFAULT, default=False, only_default=True),
-    refused("path_with_escaped_slashes_action", _ONLY_DEFAULT, default="KEEP_UNCHANGED",
-            only_default=True),
+    used("normalize_path", False),
+    used("merge_slashes", False),
+    used("path_with_escaped_slashes_action", "IMPLEMENTATION_SPECIFIC_DEFAULT",
+         why="its default is Envoy 1.40's, KEEP_UNCHANGED"),
     used("add_user_agent", False, why="user-agent and x-envoy-downstream-service-* from the node"),
     refused("proxy_100_continue", "the proxy answers expect: 100-continue itself",
             default=False, only_default=True),
-    refused("strip_matching_host_port", _ONLY_DEFAULT, default=False, only_default=True),
-    refused("strip_any_host_port", _ONLY_DEFAULT, default=False, only_default=True),
-    refused("strip_trailing_host_dot", _ONLY_DEFAULT, default=False, only_default=True),
+    used("strip_matching_host_port", False),
+    used("strip_any_host_port", False),
+    used("strip_trailing_host_dot", False),
     used("forward_client_cert_details", "SANITIZE"),
     used("set_current_client_cert_details"),
     used("tracing"),
     used("local_reply_config", attr="local_reply", why="its own table"),
     refused("stream_error_on_invalid_http_message", _ONLY_DEFAULT, default=False, only_default=True),
-    refused("append_x_forwarded_port", _ONLY_DEFAULT, default=False, only_default=True),
+    used("append_x_forwarded_port", False),
+    inert("path_normalization_options", "Envoy 1.40 validates it and does nothing with it "
+          "(hidden in its API, not implemented)"),
     used("rds", why="from a file (path_config_source): its own table; a control plane is refused"),
     *(refused(name) for name in (
         "scoped_routes", "http3_protocol_options",
@@ -191,7 +201,7 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
         "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
         "original_ip_detection_extensions", "early_header_mutation_extensions",
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
-        "request_id_extension", "path_normalization_options",
+        "request_id_extension",
         "proxy_status_config", "typed_header_validation_config", "append_local_overload",
         "add_proxy_protocol_connection_state")),
 ))
@@ -276,6 +286,7 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
     route_config = parse_route_configuration(f.raw_obj("route_config") or {}, f.at("route_config"))
     kwargs: dict[str, Any] = {}
     _parse_common_options(f, kwargs)
+    _parse_normalization(f, kwargs)
     _refuse_non_defaults(f)
     max_kb = f.int("max_request_headers_kb", 60, min=1, max=8192)
     return HcmConfig(
@@ -333,17 +344,42 @@ def _refuse_non_defaults(f: Fields) -> None:
     """Fields understood but without runtime behaviour yet: only their default is accepted."""
     for name in ("xff_num_trusted_hops",):
         HCM.require_default(f, name, f.int(name, 0, min=0))
-    for name in ("normalize_path", "merge_slashes", "proxy_100_continue",
-                 "strip_matching_host_port", "strip_any_host_port", "strip_trailing_host_dot",
-                 "stream_error_on_invalid_http_message", "append_x_forwarded_port"):
+    for name in ("proxy_100_continue", "stream_error_on_invalid_http_message"):
         HCM.require_default(f, name, f.bool(name, False))
-    slashes = f.enum("path_with_escaped_slashes_action", _ESCAPED_SLASHES, "KEEP_UNCHANGED")
-    HCM.require_default(f, "path_with_escaped_slashes_action",
-                        "KEEP_UNCHANGED" if slashes == "IMPLEMENTATION_SPECIFIC_DEFAULT" else slashes)
     internal = f.raw_obj("internal_address_config")
     if internal:  # an empty object asks for nothing
         raise ConfigError(f.at("internal_address_config"),
                           "not supported yet (every request is external (only an empty config))")
+
+
+def _parse_normalization(f: Fields, out: dict[str, Any]) -> None:
+    """Path and host normalisation (path_normalize.py has what each does)."""
+    for name in ("normalize_path", "merge_slashes", "strip_matching_host_port",
+                 "strip_any_host_port", "strip_trailing_host_dot", "append_x_forwarded_port"):
+        out[name] = f.bool(name, False)
+    if out["strip_matching_host_port"] and out["strip_any_host_port"]:
+        raise ConfigError(f.at("strip_any_host_port"), "only one of strip_matching_host_port "
+                          "or strip_any_host_port can be set (as Envoy says)")
+    slashes = f.enum("path_with_escaped_slashes_action", _ESCAPED_SLASHES, "KEEP_UNCHANGED")
+    out["path_with_escaped_slashes_action"] = (
+        "KEEP_UNCHANGED" if slashes == "IMPLEMENTATION_SPECIFIC_DEFAULT" else slashes)
+    if f.has("path_normalization_options"):
+        _check_path_normalization_options(f.value("path_normalization_options"),
+                                          f.at("path_normalization_options"))
+
+
+def _check_path_normalization_options(raw: Any, path: str) -> None:
+    """Validated as Envoy validates it (each operation names one transformation), then
+    ignored as Envoy ignores it."""
+    opts = Fields(raw, path, ("forwarding_transformation", "http_filter_transformation"))
+    for which in ("forwarding_transformation", "http_filter_transformation"):
+        if not opts.has(which):
+            continue
+        t = Fields(opts.value(which), opts.at(which), ("operations",))
+        for item, op_path in t.list("operations"):
+            op = Fields(item, op_path, ("normalize_path_rfc_3986", "merge_slashes"))
+            name = op.oneof("normalize_path_rfc_3986", "merge_slashes", required=True)
+            Fields(op.value(name), op.at(name), ())  # both are empty messages
 
 
 def _parse_client_cert_details(f: Fields) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from .h2_keepalive import Keepalive
 from .headers import HOP_BY_HOP
 from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
 from .http_stats import HcmStats
+from .path_normalize import compile_normalization
 
 __all__ = ["HcmFactory", "HcmContext", "server_codec_factory"]
 
@@ -124,6 +125,8 @@ class HcmFactory:
         # and request_timeout (those set), or 0 when neither is.
         self.first_stream_timeout = min([t for t in (config.stream_idle_timeout,
                                                      config.request_timeout) if t], default=0)
+        # Path and host normalisation (path_normalize.py), None when no option asks for any.
+        self.head_normalization = compile_normalization(config)
     def codec_factory_for(self, worker):
         return server_codec_factory(self.config, self.codec_impl, self.response_fields,
                                     http2_stats=Http2CodecStats(worker.stats.scope("http2")))
@@ -137,7 +140,7 @@ class HcmContext:
                  "server_name", "local_address", "via", "request_headers_removed",
                  "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
                  "response_fields", "codec_factory", "worker", "stats", "tracer", "filter_chain_plans",
-                 "__weakref__")
+                 "head_normalization", "__weakref__")
 
     def __init__(self, factory: HcmFactory, worker) -> None:
         self.config = factory.config
@@ -151,6 +154,7 @@ class HcmContext:
         self.request_headers_removed = factory.request_headers_removed
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
         self.first_stream_timeout = factory.first_stream_timeout
+        self.head_normalization = factory.head_normalization
         self.user_agent = factory.user_agent
         self.response_fields = factory.response_fields
         # Per worker: the HTTP/2 codec counts Envoy's http2.* stats in this worker's store.

@@ -344,11 +344,14 @@ def _compare_case(case: Case, upstreams, envoy: ProxyProcess, ftp: ProxyProcess,
     # Access logs: wait until each request's client port has a line on each side (or give up).
     _wait_for_logs((envoy, [o[1] for o in observations]), (ftp, [o[2] for o in observations]))
     logs_e, logs_f = envoy.log_lines(), ftp.log_lines()
+    # A case's own log may write a proxy's port (%REQ(:AUTHORITY)%): as its placeholder.
+    ports_e, ports_f = ({str(p): f"{{{{port:{n}}}}}" for n, p in proxy.ports.items()}
+                        for proxy in (envoy, ftp))
     for name, obs_e, obs_f in observations:
         le = [line for p in obs_e.client_ports for line in logs_e.get(p, [])]
         lf = [line for p in obs_f.client_ports for line in logs_f.get(p, [])]
-        fe = [x[1] for x in le] or None
-        ff = [x[1] for x in lf] or None
+        fe = [_unport(x[1], ports_e) for x in le] or None
+        ff = [_unport(x[1], ports_f) for x in lf] or None
         if fe != ff:
             found[f"{name}: log.flags"] = (fe, ff)
         de = [x[2] for x in le] or None

@@ -145,7 +145,8 @@ class RedisSession(ConnectionCallbacks):
         self.decoder = Decoder(self._on_request, inline=True)
         self.slots: deque[_Slot] = deque()
         self.allowed = not ctx.auth_required
-        self.quitting = False
+        self.quitting = False       # QUIT seen: close once every answer before it is written
+        self.closing = False        # closed (or closing once flushed): nothing more is read
         self.draining = False
         self.finished = False
         self.downstream = Connection(ctx.worker.dispatcher, transport_socket, self, buffer_limit=buffer_limit,
@@ -157,14 +158,16 @@ class RedisSession(ConnectionCallbacks):
     # -- downstream bytes --------------------------------------------------------------------
     def on_data(self, data: bytes) -> None:
         self.ctx.downstream_cx_rx_bytes_total.value += len(data)
-        if self.quitting:
+        if self.closing:
             return
         try:
             self.decoder.feed(data)
         except ProtocolError:
             self.ctx.downstream_cx_protocol_error.value += 1
-            self.quitting = True
-            self._write(PROTOCOL_ERROR_REPLY)
+            self.closing = True
+            # Written but not counted in downstream_cx_tx_bytes_total, as Envoy 1.40 does
+            # (its close without flush skips the count; the client still gets the bytes).
+            self.downstream.write(PROTOCOL_ERROR_REPLY)
             self.downstream.close(flush=True)
 
     def on_eof(self) -> None:
@@ -196,6 +199,7 @@ class RedisSession(ConnectionCallbacks):
         self.draining = True
         if not self.slots:
             self.ctx.downstream_cx_drain_close.value += 1
+            self.closing = True
             self.downstream.close(flush=True)
 
     # -- answers, in request order -----------------------------------------------------------
@@ -216,13 +220,16 @@ class RedisSession(ConnectionCallbacks):
             ctx.downstream_rq_active.value -= 1
         self._write(b"".join(out))
         if not slots and (self.quitting or self.draining):
+            # As Envoy: the requests read after a QUIT, in the same read, are still answered
+            # while an answer before it is pending; once none is, the connection closes.
             if self.draining and not self.quitting:
                 ctx.downstream_cx_drain_close.value += 1
+            self.closing = True
             self.downstream.close(flush=True)
 
     # -- commands ----------------------------------------------------------------------------
     def _on_request(self, value) -> None:
-        if self.quitting:
+        if self.closing:
             return
         ctx = self.ctx
         ctx.downstream_rq_total.value += 1

@@ -129,6 +129,8 @@ def parse_redis_proxy(raw: Mapping[str, Any], path: str) -> RedisProxyConfig:
             routes.append(r)
         if p.has("catch_all_route"):
             catch_all = _route(p.value("catch_all_route"), p.at("catch_all_route"), False, catch_all=True)
+    if not routes and catch_all is None:   # Envoy's message
+        raise ConfigError(f.at("prefix_routes"), "cannot configure a redis-proxy without any upstream")
     routes.sort(key=lambda r: len(r.prefix), reverse=True)
     passwords: list[bytes] = []
     if f.has("downstream_auth_password"):

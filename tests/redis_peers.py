@@ -24,14 +24,18 @@ def command(*args: str | bytes) -> bytes:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    """`password`: the server's requirepass (this class's own calls AUTH first)."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
         s.close()
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--logfile", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--daemonize", "no", "--logfile", "", *(("--requirepass", password) if password else ())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -46,10 +50,14 @@ class RedisServer:
 
     def call(self, data: bytes, answers: int = 1) -> bytes:
         with RespClient(self.port) as c:
+            if self.password:
+                c.send(command("AUTH", self.password))
             return c.send(data, answers)
 
     def keys(self) -> list[bytes]:
         with RespClient(self.port) as c:
+            if self.password:
+                c.send(command("AUTH", self.password))
             c.sock.sendall(command("KEYS", "*"))
             return sorted(c.values(1)[0])
 

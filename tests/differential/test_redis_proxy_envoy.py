@@ -41,7 +41,8 @@ def _filter(prefix: str, **extra) -> dict:
         "stat_prefix": prefix, **extra}}
 
 
-def _bootstrap(admin: int, ports: dict[str, int], redis: list[int], silent: int, closed: int) -> dict:
+def _bootstrap(admin: int, ports: dict[str, int], redis: list[int], silent: int, closed: int,
+               locked: int) -> dict:
     def listener(name: str, flt: dict) -> dict:
         return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[name]}},
                 "filter_chains": [{"filters": [flt]}]}
@@ -63,7 +64,9 @@ def _bootstrap(admin: int, ports: dict[str, int], redis: list[int], silent: int,
                                {"prefix": "gone:", "cluster": "dead"},
                                {"prefix": "none:", "cluster": "empty"},
                                {"prefix": "strip:", "remove_prefix": True, "cluster": "redis"},
-                               {"prefix": "strip:long:", "cluster": "redis"}],
+                               {"prefix": "strip:long:", "cluster": "redis"},
+                               {"prefix": "locked:", "cluster": "locked"},
+                               {"prefix": "wrongpw:", "cluster": "wrongpw"}],
                     **catch_all})),
                 listener("auth", _filter("auth", settings={"op_timeout": "1s"}, prefix_routes=catch_all,
                                          downstream_auth_passwords=[{"inline_string": "sekret"},
@@ -77,18 +80,29 @@ def _bootstrap(admin: int, ports: dict[str, int], redis: list[int], silent: int,
                                          prefix_routes={"catch_all_route": {"cluster": "ring"}})),
             ],
             "clusters": [cluster("redis", redis), cluster("ring", redis, "RING_HASH"),
-                         cluster("silent", [silent]), cluster("dead", [closed]), cluster("empty", [])],
+                         cluster("silent", [silent]), cluster("dead", [closed]), cluster("empty", []),
+                         _locked("locked", locked, "s3cret"), _locked("wrongpw", locked, "nope")],
         }}
 
 
+def _locked(name: str, port: int, password: str) -> dict:
+    """A cluster whose redis_proxy connections AUTH with `password` first."""
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.filters.network.redis_proxy": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions",
+                "auth_password": {"inline_string": password}}},
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
 class Proc:
-    def __init__(self, kind: str, tmp_path, redis: list[int], silent: int, closed: int) -> None:
+    def __init__(self, kind: str, tmp_path, redis: list[int], silent: int, closed: int, locked: int) -> None:
         reserve = PortReservation()
         self.admin_port = reserve.take()
         self.ports = {n: reserve.take() for n in PREFIXES}
         reserve.release()
         path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps(_bootstrap(self.admin_port, self.ports, redis, silent, closed)))
+        path.write_text(json.dumps(_bootstrap(self.admin_port, self.ports, redis, silent, closed, locked)))
         common = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
         cmd = ([envoy_binary(), *common] if kind == "envoy" else [sys.executable, "-m", "proxy.server.main", *common])
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -145,6 +159,8 @@ SCRIPT = [
      + c("GET", "none:a") + c("MGET", "none:a", "k1") + c("DEL", "none:a", "k1"), 7),
     ("timeout", "main", c("GET", "slow:a") + c("GET", "d") + c("SET", "Slow:b", "1") + c("PING"), 4),
     ("refused", "main", c("GET", "gone:a") + c("MSET", "gone:a", "1", "f", "6") + c("GET", "f"), 3),
+    ("upstream-auth", "main", c("SET", "locked:k", "1") + c("GET", "locked:k") + c("GET", "wrongpw:k")
+     + c("MGET", "locked:k", "wrongpw:k"), 4),
     ("quit", "main", c("SET", "q", "1") + c("QUIT") + c("GET", "q"), None),
     ("protocol-error", "main", c("SET", "p", "1") + b"$x\r\n" + c("GET", "p"), None),
     ("unbalanced-inline", "main", b'GET "p\r\n', None),
@@ -170,7 +186,7 @@ def _run(p: Proc) -> dict[str, bytes]:
 
 @pytest.fixture
 def backends():
-    made = [RedisServer(), RedisServer()]
+    made = [RedisServer(), RedisServer(), RedisServer(password="s3cret")]
     silent = SilentServer()
     reserve = PortReservation()
     closed = reserve.take()
@@ -187,7 +203,7 @@ def test_redis_proxy_answers_keys_and_stats_match_envoy(backends, tmp_path):
     for kind in ("envoy", "ftproxy"):
         for r in redis:
             r.call(c("FLUSHALL"))
-        p = Proc(kind, tmp_path, [r.port for r in redis], silent.port, closed)
+        p = Proc(kind, tmp_path, [r.port for r in redis[:2]], silent.port, closed, redis[2].port)
         try:
             answers = _run(p)
             time.sleep(0.1)   # the last connections' closes counted
@@ -207,5 +223,6 @@ def test_redis_proxy_answers_keys_and_stats_match_envoy(backends, tmp_path):
     assert ea["quit"] == b"+OK\r\n+OK\r\n$1\r\n1\r\n<EOF>"   # what came in the QUIT's read is answered
     # The SET before the bad bytes is sent upstream, its answer dropped: the close comes first.
     assert ea["protocol-error"] == b"-downstream protocol error\r\n<EOF>"
+    assert ea["upstream-auth"].startswith(b"+OK\r\n$1\r\n1\r\n-NOAUTH") and ek[2] == [b"locked:k"]
     assert all(ek) and es["redis.main.downstream_cx_protocol_error"] == "2"
     assert es["cluster.silent.upstream_rq_timeout"] == "1" and es["cluster.dead.upstream_cx_connect_fail"] != "0"

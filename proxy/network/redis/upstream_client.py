@@ -6,8 +6,10 @@ or `buffer_flush_timeout` when that is set), decode its responses and hand each 
 at the head of the queue: Redis answers a connection's commands in order. `op_timeout` runs
 from the first request written on a connected client and restarts at each response; when it
 fires, or the connection fails or closes, every request still waiting fails ("upstream
-failure") and the client is forgotten (the next request connects again). A response nobody
-waits for, or bytes that are not RESP, close the connection (`upstream_cx_protocol_error`).
+failure") and the client is forgotten (the next request connects again). With the cluster's
+RedisProtocolOptions (`redis_auth`) a new connection sends AUTH first and drops its answer, as
+Envoy does. A response nobody waits for, or bytes that are not RESP, close the connection
+(`upstream_cx_protocol_error`).
 
 Thread affinity: the worker of its owner (`RedisProxyContext`). Must not: know about commands
 or downstream connections (requests are bytes and a callback).
@@ -21,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..connection import CloseReason, Connection, ConnectionCallbacks
-from .resp import Decoder, ProtocolError
+from .resp import Decoder, ProtocolError, encode_request
 
 __all__ = ["UpstreamClient", "UpstreamRequest", "FAILED"]
 
@@ -32,7 +34,7 @@ class UpstreamRequest:
     """A request in flight; `cancel()` drops its answer (its downstream went away)."""
     __slots__ = ("callback",)
 
-    def __init__(self, callback: Callable[[object], None]) -> None:
+    def __init__(self, callback: Callable[[object], None] | None) -> None:
         self.callback = callback
 
     def cancel(self) -> None:
@@ -68,9 +70,14 @@ class UpstreamClient(ConnectionCallbacks):
                                      buffer_limit=cluster.buffer_limit or 1024 * 1024, remote_address=str(host))
         self.connect_started = time.monotonic()
         self.connection.connect((host.address, host.port), cluster.config.connect_timeout)
+        auth = cluster.config.redis_auth
+        if auth is not None:   # the cluster's RedisProtocolOptions: AUTH first, its answer unread
+            user, password = auth
+            self.request(encode_request([b"auth", user, password] if user is not None
+                                        else [b"auth", password]), None)
 
     # -- requests ----------------------------------------------------------------------------
-    def request(self, payload: bytes, callback: Callable[[object], None]) -> UpstreamRequest:
+    def request(self, payload: bytes, callback: Callable[[object], None] | None) -> UpstreamRequest:
         req = UpstreamRequest(callback)
         self.pending.append(req)
         stats = self.cluster.stats

@@ -193,11 +193,13 @@ class RedisSession(ConnectionCallbacks):
         self.downstream.read_disable(False)
 
     def start_drain(self, close_idle: bool = True) -> None:
-        """A draining listener: close once every answer is written (at once when idle)."""
+        """Draining: as Envoy's drain decision, the connection closes after the next answer
+        that leaves nothing pending (downstream_cx_drain_close); an idle one closes now only
+        with `close_idle` (else at the end of the drain time, by the worker)."""
         if self.finished or self.draining:
             return
         self.draining = True
-        if not self.slots:
+        if close_idle and not self.slots:
             self.ctx.downstream_cx_drain_close.value += 1
             self.closing = True
             self.downstream.close(flush=True)

@@ -77,3 +77,14 @@ def test_murmur_hash2_is_envoys_and_hash_tags_follow_redis_cluster():
     assert murmur_hash2(b"foo") == 9631199822919835226   # Envoy's hash_test.cc value
     assert hash_tag(b"{user1000}.following") == b"user1000"
     assert hash_tag(b"{}x") == b"{}x" and hash_tag(b"a{b") == b"a{b" and hash_tag(b"plain") == b"plain"
+
+
+def test_pipelined_commands_decode_the_same_whatever_the_reads():
+    """Whole commands take the one-pass path, split ones the incremental one: same values."""
+    cmds = [[b"SET", b"k", b"v" * 300], [b"GET", b"k"], [b"MGET", b"a", b"", b"c\r\nd"]]
+    data = b"".join(encode_request(c) for c in cmds) + b"*2\r\n$3\r\nGET\r\n:1\r\n"
+    expected = [*cmds, [b"GET", 1]]
+    assert _decode([data], inline=True)[0] == expected
+    for size in (1, 5, 64):
+        pieces = [data[i:i + size] for i in range(0, len(data), size)]
+        assert _decode(pieces, inline=True)[0] == expected

@@ -9,6 +9,8 @@ for a RING_HASH or MAGLEV cluster's pick.
 
 from __future__ import annotations
 
+import struct
+
 __all__ = ["SIMPLE", "EVAL", "OBJECT", "SUM_RESULT", "STAT_COMMANDS", "NOT_BUILT", "KNOWN",
            "WITHOUT_ARGS", "murmur_hash2", "hash_tag"]
 
@@ -67,8 +69,8 @@ def murmur_hash2(key: bytes, seed: int = _SEED) -> int:
     n = len(key)
     h = (seed ^ ((n * _M) & _MASK)) & _MASK
     aligned = n & ~7
-    for i in range(0, aligned, 8):
-        d = (int.from_bytes(key[i:i + 8], "little") * _M) & _MASK
+    for w in struct.unpack_from("<%dQ" % (n >> 3), key) if aligned else ():
+        d = (w * _M) & _MASK
         d = ((d ^ (d >> 47)) * _M) & _MASK
         h = ((h ^ d) * _M) & _MASK
     if n & 7:

@@ -101,6 +101,12 @@ class Decoder:
                 if end - pos > MAX_LINE:
                     raise ProtocolError("line too long")
                 kind = buf[pos]
+                if kind == 42 and not self._stack:   # *: a whole array of bulk strings, at once
+                    done = _bulk_array(buf, pos, end)
+                    if done is not None:
+                        pos = done[1]
+                        self.on_value(done[0])
+                        continue
                 if kind not in _TYPES:
                     if not self.inline or self._stack:
                         raise ProtocolError("invalid value type")
@@ -155,6 +161,39 @@ class Decoder:
             stack.pop()
             value = top[0]
         self.on_value(value)
+
+
+def _bulk_array(buf: bytearray, pos: int, end: int) -> tuple[list, int] | None:
+    """The common case in one pass: a complete array of bulk strings (a command) at `pos`,
+    its header ending at `end`; None (nothing consumed) when it is anything else, malformed
+    or not all there yet: the general path then decodes it, byte for byte the same."""
+    line = buf[pos + 1:end]
+    if not line.isdigit():
+        return None
+    n = int(line)
+    if n == 0 or n > MAX_ARRAY:
+        return None
+    items = []
+    append = items.append
+    i = end + 2
+    size = len(buf)
+    for _ in range(n):
+        if i >= size or buf[i] != 36:   # $
+            return None
+        e = buf.find(b"\r\n", i)
+        if e < 0:
+            return None
+        digits = buf[i + 1:e]
+        if not digits.isdigit():
+            return None
+        length = int(digits)
+        start = e + 2
+        stop = start + length
+        if length > MAX_BULK or stop + 2 > size or buf[stop] != 13 or buf[stop + 1] != 10:
+            return None
+        append(bytes(buf[start:stop]))
+        i = stop + 2
+    return items, i
 
 
 def split_inline(line: bytes) -> list[bytes]:

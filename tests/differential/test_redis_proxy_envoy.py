@@ -31,7 +31,8 @@ STATS = ("downstream_cx_total", "downstream_cx_protocol_error", "downstream_rq_t
          "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total", "downstream_cx_active",
          "downstream_rq_active", "splitter.invalid_request", "splitter.unsupported_command",
          *(f"command.{cmd}.{s}" for cmd in ("get", "set", "mget", "mset", "del", "exists", "eval",
-                                             "incr", "lpush", "object", "hset", "hgetall", "unlink")
+                                             "incr", "lpush", "object", "hset", "hgetall", "unlink",
+                                             "multi", "exec", "discard", "watch", "unwatch")
            for s in ("total", "success", "error")))
 
 
@@ -161,6 +162,15 @@ SCRIPT = [
     ("refused", "main", c("GET", "gone:a") + c("MSET", "gone:a", "1", "f", "6") + c("GET", "f"), 3),
     ("upstream-auth", "main", c("SET", "locked:k", "1") + c("GET", "locked:k") + c("GET", "wrongpw:k")
      + c("MGET", "locked:k", "wrongpw:k"), 4),
+    ("tx-local", "main", c("MULTI") + c("EXEC") + c("DISCARD") + c("MULTI") + c("MULTI") + c("UNWATCH")
+     + c("DISCARD") + c("UNWATCH") + c("EXEC"), 9),
+    ("tx", "main", c("MULTI") + c("SET", "t1", "1") + c("INCR", "t1") + c("MGET", "t1") + c("FOO", "x")
+     + c("KEYS", "*") + c("GET", "other") + c("EXEC"), 8),
+    ("tx-after", "main", c("GET", "t1"), 1),
+    ("tx-discard", "main", c("MULTI") + c("SET", "t2", "x") + c("DISCARD"), 3),
+    ("tx-discarded", "main", c("GET", "t2"), 1),
+    ("watch", "main", c("WATCH", "w1") + c("MULTI") + c("SET", "w1", "1") + c("EXEC") + c("UNWATCH"), 5),
+    ("watch-unwatch", "main", c("WATCH", "w2") + c("UNWATCH") + c("MULTI") + c("EXEC"), 4),
     ("quit", "main", c("SET", "q", "1") + c("QUIT") + c("GET", "q"), None),
     ("protocol-error", "main", c("SET", "p", "1") + b"$x\r\n" + c("GET", "p"), None),
     ("unbalanced-inline", "main", b'GET "p\r\n', None),

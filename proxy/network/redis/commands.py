@@ -2,7 +2,7 @@
 
 Job: which commands the splitter handles and how (by their first key, EVAL's key after
 numkeys, OBJECT's key after the subcommand, MGET/MSET and the summed multi-key ones split per
-key), the commands Envoy supports that ftproxy does not build yet, the hash tag of a key and
+key, transactions), the commands Envoy supports that ftproxy does not build yet, the hash tag of a key and
 the 64-bit MurmurHash2 Envoy hashes keys with (source/common/common/hash.cc, seed 0xc70f6907)
 for a RING_HASH or MAGLEV cluster's pick.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["SIMPLE", "EVAL", "OBJECT", "SUM_RESULT", "STAT_COMMANDS", "NOT_BUILT", "KNOWN",
-           "WITHOUT_ARGS", "murmur_hash2", "hash_tag"]
+__all__ = ["SIMPLE", "EVAL", "OBJECT", "SUM_RESULT", "TRANSACTION", "MULTI_KEY", "STAT_COMMANDS",
+           "NOT_BUILT", "KNOWN", "WITHOUT_ARGS", "murmur_hash2", "hash_tag"]
 
 # Hash to one server by their first key (args[1]).
 SIMPLE = frozenset((
@@ -41,18 +41,20 @@ EVAL = frozenset(("eval", "evalsha"))          # key: args[3] (after the script 
 OBJECT = frozenset(("object",))                # key: args[2] (after the subcommand)
 SUM_RESULT = frozenset(("del", "exists", "touch", "unlink"))   # per key, integers summed
 
-# Envoy 1.40 handles these too (transactions, commands sent to every shard or a random one,
+# Envoy 1.40 handles these too (commands sent to every shard or a random one,
 # pub/sub, HELLO, CLIENT, SCAN, INFO.SHARD, PUBLISH); ftproxy answers them with
 # "ERR command '<name>' is not supported by ftproxy yet".
 NOT_BUILT = frozenset((
-    "multi", "exec", "discard", "watch", "unwatch",
     "script", "flushall", "flushdb", "slowlog", "config", "info", "keys", "select", "role",
     "cluster", "randomkey", "subscribe", "unsubscribe", "publish", "spublish",
     "hello", "client", "scan", "info.shard",
 ))
 
+TRANSACTION = frozenset(("multi", "exec", "discard", "watch", "unwatch"))   # transaction.py
+MULTI_KEY = frozenset(("del", "mget", "mset", "touch", "unlink", "msetnx"))   # whole in a transaction
+
 # The commands with stats `redis.<prefix>.command.<name>.{total,success,error}`.
-STAT_COMMANDS = SIMPLE | EVAL | OBJECT | SUM_RESULT | {"mget", "mset"} | NOT_BUILT
+STAT_COMMANDS = SIMPLE | EVAL | OBJECT | SUM_RESULT | TRANSACTION | {"mget", "mset"} | NOT_BUILT
 LOCAL = frozenset(("auth", "ping", "echo", "time", "quit"))
 KNOWN = STAT_COMMANDS | LOCAL
 # Valid with no argument after the command name (others need at least one).

@@ -10,6 +10,7 @@ order, and split them:
   OBJECT: the key after the subcommand);
 - MGET, MSET and DEL/EXISTS/TOUCH/UNLINK are split into one GET/SET/<command> per key, each to
   its key's host, and the answers put together (an array, OK, or the sum) as Envoy does;
+- MULTI/EXEC/DISCARD/WATCH/UNWATCH and what comes between them: transaction.py;
 - a key picks its cluster by the longest matching `prefix_routes` prefix (or the catch-all)
   and its host by the cluster's load balancer given the key's MurmurHash2 (of its hash tag
   with `enable_hashtagging`): RING_HASH and MAGLEV keep a key on one host, other policies
@@ -29,6 +30,7 @@ from collections import deque
 from ..connection import Connection, ConnectionCallbacks
 from .commands import EVAL, KNOWN, NOT_BUILT, OBJECT, SIMPLE, STAT_COMMANDS, SUM_RESULT, WITHOUT_ARGS, hash_tag, murmur_hash2
 from .resp import Decoder, Error, ProtocolError, SimpleString, encode, encode_request
+from .transaction import TRANSACTION, Transaction, transaction_request
 from .upstream_client import FAILED, UpstreamClient
 
 __all__ = ["RedisProxyFactory", "RedisProxyContext", "RedisSession"]
@@ -101,9 +103,8 @@ class RedisProxyContext:
                 return r, (key[len(r.prefix):] if r.remove_prefix else key)
         return self.catch_all, key
 
-    def send(self, key: bytes, build, callback):
-        """Route `key`, send `build(key as routed)` to its host; the request handle, or None
-        when there is no cluster or host for it."""
+    def _pick(self, key: bytes):
+        """(cluster, host, key as routed) for `key`, or None without a cluster or host."""
         route, key = self.route(key)
         if route is None:
             return None
@@ -115,6 +116,24 @@ class RedisProxyContext:
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
             return None
+        return cluster, host, key
+
+    def dedicated_client(self, key: bytes) -> UpstreamClient | None:
+        """A connection of its own to `key`'s host (a transaction's), or None."""
+        picked = self._pick(key)
+        if picked is None:
+            return None
+        cfg = self.config
+        return UpstreamClient(self, picked[0], picked[1], cfg.op_timeout, cfg.max_buffer_size_before_flush,
+                              cfg.buffer_flush_timeout)
+
+    def send(self, key: bytes, build, callback):
+        """Route `key`, send `build(key as routed)` to its host; the request handle, or None
+        when there is no cluster or host for it."""
+        picked = self._pick(key)
+        if picked is None:
+            return None
+        cluster, host, key = picked
         client = self.clients.get((cluster.name, host.key))
         if client is None or client.closed:
             cfg = self.config
@@ -145,6 +164,7 @@ class RedisSession(ConnectionCallbacks):
         self.decoder = Decoder(self._on_request, inline=True)
         self.slots: deque[_Slot] = deque()
         self.allowed = not ctx.auth_required
+        self.tx = Transaction()
         self.quitting = False       # QUIT seen: close once every answer before it is written
         self.closing = False        # closed (or closing once flushed): nothing more is read
         self.draining = False
@@ -183,6 +203,7 @@ class RedisSession(ConnectionCallbacks):
                 h.cancel()
             ctx.downstream_rq_active.value -= 1
         self.slots.clear()
+        self.tx.close(abort=True)
         ctx.downstream_cx_active.value -= 1
         self.on_closed(self)
 
@@ -275,6 +296,12 @@ class RedisSession(ConnectionCallbacks):
         if len(value) < 2 and name not in WITHOUT_ARGS:
             ctx.invalid_request.value += 1
             self._answer(slot, INVALID_REQUEST)
+            return
+        if self.tx.active or name in TRANSACTION:
+            # Inside a transaction every command counts as MULTI, as Envoy counts them.
+            stats = ctx.commands["multi" if self.tx.active else name]
+            stats.total.value += 1
+            transaction_request(self, slot, stats, value, name, UPSTREAM_FAILURE, NO_UPSTREAM_HOST)
             return
         stats = ctx.commands[name]
         stats.total.value += 1

@@ -54,6 +54,7 @@ class UpstreamClient(ConnectionCallbacks):
         self.decoder = Decoder(self._on_value)
         self.connected = False
         self.closed = False
+        self.close_when_idle = False   # close once every pending request is answered
         self.batch: list[bytes] = []
         self.batch_bytes = 0
         dispatcher = owner.worker.dispatcher
@@ -117,6 +118,8 @@ class UpstreamClient(ConnectionCallbacks):
             self.op_timer.disable()
         if req.callback is not None:
             req.callback(value)
+        if self.close_when_idle and not self.pending:
+            self.connection.close(flush=False)
 
     # -- ConnectionCallbacks -----------------------------------------------------------------
     def on_connected(self) -> None:
@@ -169,4 +172,12 @@ class UpstreamClient(ConnectionCallbacks):
         pass
 
     def close(self) -> None:
+        """Close once the requests written are answered (at once when none is pending)."""
+        if self.pending:
+            self.close_when_idle = True
+        else:
+            self.connection.close(flush=False)
+
+    def abort(self) -> None:
+        """Close now: what is pending fails."""
         self.connection.close(flush=False)

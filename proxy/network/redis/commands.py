@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 
 __all__ = ["SIMPLE", "EVAL", "OBJECT", "SUM_RESULT", "TRANSACTION", "MULTI_KEY", "STAT_COMMANDS",
-           "NOT_BUILT", "KNOWN", "WITHOUT_ARGS", "murmur_hash2", "hash_tag"]
+           "NOT_BUILT", "CLUSTER_SCOPE", "RANDOM_SHARD", "KNOWN", "WITHOUT_ARGS", "murmur_hash2", "hash_tag"]
 
 # Hash to one server by their first key (args[1]).
 SIMPLE = frozenset((
@@ -41,20 +41,22 @@ EVAL = frozenset(("eval", "evalsha"))          # key: args[3] (after the script 
 OBJECT = frozenset(("object",))                # key: args[2] (after the subcommand)
 SUM_RESULT = frozenset(("del", "exists", "touch", "unlink"))   # per key, integers summed
 
-# Envoy 1.40 handles these too (commands sent to every shard or a random one,
-# pub/sub, HELLO, CLIENT, SCAN, INFO.SHARD, PUBLISH); ftproxy answers them with
+# Envoy 1.40 handles these too (INFO, pub/sub, HELLO, CLIENT, SCAN, INFO.SHARD, PUBLISH);
+# ftproxy answers them with
 # "ERR command '<name>' is not supported by ftproxy yet".
 NOT_BUILT = frozenset((
-    "script", "flushall", "flushdb", "slowlog", "config", "info", "keys", "select", "role",
-    "cluster", "randomkey", "subscribe", "unsubscribe", "publish", "spublish",
-    "hello", "client", "scan", "info.shard",
+    "info", "subscribe", "unsubscribe", "publish", "spublish", "hello", "client", "scan", "info.shard",
 ))
+# Sent to every host of the catch-all cluster, or to one at random (cluster_scope.py).
+CLUSTER_SCOPE = frozenset(("script", "flushall", "flushdb", "slowlog", "config", "keys", "select", "role"))
+RANDOM_SHARD = frozenset(("cluster", "randomkey"))
 
 TRANSACTION = frozenset(("multi", "exec", "discard", "watch", "unwatch"))   # transaction.py
 MULTI_KEY = frozenset(("del", "mget", "mset", "touch", "unlink", "msetnx"))   # whole in a transaction
 
 # The commands with stats `redis.<prefix>.command.<name>.{total,success,error}`.
-STAT_COMMANDS = SIMPLE | EVAL | OBJECT | SUM_RESULT | TRANSACTION | {"mget", "mset"} | NOT_BUILT
+STAT_COMMANDS = (SIMPLE | EVAL | OBJECT | SUM_RESULT | TRANSACTION | {"mget", "mset"} | NOT_BUILT
+                 | CLUSTER_SCOPE | RANDOM_SHARD)
 LOCAL = frozenset(("auth", "ping", "echo", "time", "quit"))
 KNOWN = STAT_COMMANDS | LOCAL
 # Valid with no argument after the command name (others need at least one).

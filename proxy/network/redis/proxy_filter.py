@@ -11,6 +11,7 @@ order, and split them:
 - MGET, MSET and DEL/EXISTS/TOUCH/UNLINK are split into one GET/SET/<command> per key, each to
   its key's host, and the answers put together (an array, OK, or the sum) as Envoy does;
 - MULTI/EXEC/DISCARD/WATCH/UNWATCH and what comes between them: transaction.py;
+- KEYS, SELECT, SCRIPT, FLUSHALL... to every host, RANDOMKEY/CLUSTER to one: cluster_scope.py;
 - a key picks its cluster by the longest matching `prefix_routes` prefix (or the catch-all)
   and its host by the cluster's load balancer given the key's MurmurHash2 (of its hash tag
   with `enable_hashtagging`): RING_HASH and MAGLEV keep a key on one host, other policies
@@ -30,6 +31,7 @@ from collections import deque
 from ..connection import Connection, ConnectionCallbacks
 from .commands import EVAL, KNOWN, NOT_BUILT, OBJECT, SIMPLE, STAT_COMMANDS, SUM_RESULT, WITHOUT_ARGS, hash_tag, murmur_hash2
 from .resp import Decoder, Error, ProtocolError, SimpleString, encode, encode_request
+from .cluster_scope import CLUSTER_SCOPE, RANDOM_SHARD, cluster_scope_request
 from .transaction import TRANSACTION, Transaction, transaction_request
 from .upstream_client import FAILED, UpstreamClient
 
@@ -111,12 +113,16 @@ class RedisProxyContext:
         cluster = self.worker.clusters.get(route.cluster)
         if cluster is None:
             return None
+        host = self.pick_host(cluster, key)
+        return None if host is None else (cluster, host, key)
+
+    def pick_host(self, cluster, key: bytes):
+        """The host `cluster`'s balancer picks for `key`'s hash, or None."""
         hkey = hash_tag(key) if self.config.enable_hashtagging else key
         host = cluster.choose_host_by_hash(murmur_hash2(hkey))
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
-            return None
-        return cluster, host, key
+        return host
 
     def dedicated_client(self, key: bytes) -> UpstreamClient | None:
         """A connection of its own to `key`'s host (a transaction's), or None."""
@@ -126,6 +132,16 @@ class RedisProxyContext:
         cfg = self.config
         return UpstreamClient(self, picked[0], picked[1], cfg.op_timeout, cfg.max_buffer_size_before_flush,
                               cfg.buffer_flush_timeout)
+
+    def send_to(self, cluster, host, payload: bytes, callback):
+        """`payload` to `host` of `cluster` on the shared connection."""
+        client = self.clients.get((cluster.name, host.key))
+        if client is None or client.closed:
+            cfg = self.config
+            client = UpstreamClient(self, cluster, host, cfg.op_timeout, cfg.max_buffer_size_before_flush,
+                                    cfg.buffer_flush_timeout)
+            self.clients[client.key] = client
+        return client.request(payload, callback)
 
     def send(self, key: bytes, build, callback):
         """Route `key`, send `build(key as routed)` to its host; the request handle, or None
@@ -164,6 +180,7 @@ class RedisSession(ConnectionCallbacks):
         self.decoder = Decoder(self._on_request, inline=True)
         self.slots: deque[_Slot] = deque()
         self.allowed = not ctx.auth_required
+        self.failure = UPSTREAM_FAILURE
         self.tx = Transaction()
         self.quitting = False       # QUIT seen: close once every answer before it is written
         self.closing = False        # closed (or closing once flushed): nothing more is read
@@ -318,6 +335,8 @@ class RedisSession(ConnectionCallbacks):
             _Fragmented(self, slot, stats, value, "mset")
         elif cmd in SUM_RESULT:
             _Fragmented(self, slot, stats, value, "sum")
+        elif cmd in CLUSTER_SCOPE or cmd in RANDOM_SHARD:
+            cluster_scope_request(self, slot, stats, value, cmd, NO_UPSTREAM_HOST)
         else:   # NOT_BUILT
             stats.error.value += 1
             self._answer(slot, Error(b"ERR command '%s' is not supported by ftproxy yet" % value[0]))

@@ -33,7 +33,8 @@ STATS = ("downstream_cx_total", "downstream_cx_protocol_error", "downstream_rq_t
          *(f"command.{cmd}.{s}" for cmd in ("get", "set", "mget", "mset", "del", "exists", "eval",
                                              "incr", "lpush", "object", "hset", "hgetall", "unlink",
                                              "multi", "exec", "discard", "watch", "unwatch", "select",
-                                             "script", "config", "slowlog", "role", "cluster")
+                                             "script", "config", "slowlog", "role", "cluster", "hello",
+                                             "client", "publish")   # (client: none, as Envoy)
            for s in ("total", "success", "error")))
 
 
@@ -179,6 +180,14 @@ SCRIPT = [
     ("cluster-scope", "scope", c("SELECT", "0") + c("SCRIPT", "EXISTS", "ab")
      + c("CONFIG", "GET", "maxmemory") + c("SLOWLOG", "HELP") + c("ROLE") + c("CLUSTER", "LIST")
      + c("CLUSTER", "INFO") + c("CONFIG", "SET", "nosuch", "1") + c("SLOWLOG", "LEN"), 9),
+    ("hello", "main", c("HELLO") + c("HELLO", "2") + c("HELLO", "3") + c("HELLO", "2", "AUTH", "u", "p")
+     + c("HELLO", "2", "FOO") + c("hello", "2", "setname", "n") + c("HELLO", "2", "AUTH", "default"), 7),
+    ("hello-auth", "auth", c("HELLO") + c("HELLO", "3") + c("HELLO", "2", "AUTH", "default", "x") + c("GET", "k1")
+     + c("HELLO", "2", "SETNAME", "n", "AUTH", "default", "sekret") + c("GET", "k1"), 6),
+    ("client", "main", c("CLIENT", "SETNAME", "x") + c("client", "setinfo", "lib-name", "y") + c("CLIENT", "GETNAME")
+     + c("CLIENT") + c("CLIENT", "SETNAME") + c("CLIENT", "id"), 6),
+    ("client-noauth", "auth", c("CLIENT", "SETNAME", "x"), 1),
+    ("publish", "main", c("PUBLISH", "ch", "m") + c("PUBLISH", "ch"), 2),
     ("quit", "main", c("SET", "q", "1") + c("QUIT") + c("GET", "q"), None),
     ("protocol-error", "main", c("SET", "p", "1") + b"$x\r\n" + c("GET", "p"), None),
     ("unbalanced-inline", "main", b'GET "p\r\n', None),

@@ -41,12 +41,11 @@ EVAL = frozenset(("eval", "evalsha"))          # key: args[3] (after the script 
 OBJECT = frozenset(("object",))                # key: args[2] (after the subcommand)
 SUM_RESULT = frozenset(("del", "exists", "touch", "unlink"))   # per key, integers summed
 
-# Envoy 1.40 handles these too (INFO, pub/sub, HELLO, CLIENT, SCAN, INFO.SHARD, PUBLISH);
+# Envoy 1.40 handles these too (INFO, SUBSCRIBE/UNSUBSCRIBE/SPUBLISH, SCAN, INFO.SHARD);
 # ftproxy answers them with
 # "ERR command '<name>' is not supported by ftproxy yet".
-NOT_BUILT = frozenset((
-    "info", "subscribe", "unsubscribe", "publish", "spublish", "hello", "client", "scan", "info.shard",
-))
+NOT_BUILT = frozenset(("info", "subscribe", "unsubscribe", "spublish", "scan", "info.shard"))
+LOCAL_STATS = frozenset(("hello", "publish"))   # with stats, handled by proxy_filter.py
 # Sent to every host of the catch-all cluster, or to one at random (cluster_scope.py).
 CLUSTER_SCOPE = frozenset(("script", "flushall", "flushdb", "slowlog", "config", "keys", "select", "role"))
 RANDOM_SHARD = frozenset(("cluster", "randomkey"))
@@ -56,8 +55,8 @@ MULTI_KEY = frozenset(("del", "mget", "mset", "touch", "unlink", "msetnx"))   # 
 
 # The commands with stats `redis.<prefix>.command.<name>.{total,success,error}`.
 STAT_COMMANDS = (SIMPLE | EVAL | OBJECT | SUM_RESULT | TRANSACTION | {"mget", "mset"} | NOT_BUILT
-                 | CLUSTER_SCOPE | RANDOM_SHARD)
-LOCAL = frozenset(("auth", "ping", "echo", "time", "quit"))
+                 | CLUSTER_SCOPE | RANDOM_SHARD | LOCAL_STATS)
+LOCAL = frozenset(("auth", "ping", "echo", "time", "quit", "client"))
 KNOWN = STAT_COMMANDS | LOCAL
 # Valid with no argument after the command name (others need at least one).
 WITHOUT_ARGS = frozenset(("ping", "time", "flushall", "flushdb", "randomkey", "quit", "role",

@@ -4,8 +4,8 @@ redis_proxy ProxyFilter and CommandSplitter).
 Per downstream connection (`RedisSession`): decode pipelined commands (RESP arrays of bulk
 strings or inline commands), answer each in the order it came even when hosts answer out of
 order, and split them:
-- PING, ECHO, TIME, QUIT and AUTH are answered here (AUTH against `downstream_auth_password(s)`
-  and `downstream_auth_username`; until it succeeds every other command gets NOAUTH);
+- PING, ECHO, TIME, QUIT, AUTH, HELLO and CLIENT SETNAME/SETINFO are answered here (AUTH and
+  HELLO's: connection_commands.py; until AUTH succeeds every other command gets NOAUTH);
 - a simple command goes to the host of its first key (EVAL/EVALSHA: the key after numkeys;
   OBJECT: the key after the subcommand);
 - MGET, MSET and DEL/EXISTS/TOUCH/UNLINK are split into one GET/SET/<command> per key, each to
@@ -31,6 +31,7 @@ from collections import deque
 from ..connection import Connection, ConnectionCallbacks
 from .commands import EVAL, KNOWN, NOT_BUILT, OBJECT, SIMPLE, STAT_COMMANDS, SUM_RESULT, WITHOUT_ARGS, hash_tag, murmur_hash2
 from .resp import Decoder, Error, ProtocolError, SimpleString, encode, encode_request
+from .connection_commands import auth_answer, client_answer, hello_answer, uncounted
 from .cluster_scope import CLUSTER_SCOPE, RANDOM_SHARD, cluster_scope_request
 from .transaction import TRANSACTION, Transaction, transaction_request
 from .upstream_client import FAILED, UpstreamClient
@@ -293,6 +294,16 @@ class RedisSession(ConnectionCallbacks):
             self.quitting = True
             self._answer(slot, OK)
             return
+        if name == "hello":   # before NOAUTH: its AUTH option may authenticate
+            stats = ctx.commands[name]
+            stats.total.value += 1
+            answer, allowed = hello_answer(ctx.config, value[1:], self.allowed)
+            if allowed is not None:
+                self.allowed = allowed
+            if not uncounted(answer):
+                (stats.error if type(answer) is Error else stats.success).value += 1
+            self._answer(slot, answer)
+            return
         if not self.allowed:
             self._answer(slot, AUTH_REQUIRED)
             return
@@ -320,6 +331,9 @@ class RedisSession(ConnectionCallbacks):
             stats.total.value += 1
             transaction_request(self, slot, stats, value, name, UPSTREAM_FAILURE, NO_UPSTREAM_HOST)
             return
+        if name == "client":   # no stats in Envoy 1.40
+            self._answer(slot, client_answer(value[1:]))
+            return
         stats = ctx.commands[name]
         stats.total.value += 1
         cmd = name
@@ -335,6 +349,12 @@ class RedisSession(ConnectionCallbacks):
             _Fragmented(self, slot, stats, value, "mset")
         elif cmd in SUM_RESULT:
             _Fragmented(self, slot, stats, value, "sum")
+        elif cmd == "publish":
+            if len(value) < 3:   # counted a success, as Envoy 1.40 counts it
+                stats.success.value += 1
+                self._answer(slot, Error(b"ERR wrong number of arguments for 'publish' command"))
+            else:
+                self._single(slot, stats, value, 1)
         elif cmd in CLUSTER_SCOPE or cmd in RANDOM_SHARD:
             cluster_scope_request(self, slot, stats, value, cmd, NO_UPSTREAM_HOST)
         else:   # NOT_BUILT
@@ -374,27 +394,9 @@ class RedisSession(ConnectionCallbacks):
             self.ctx.invalid_request.value += 1
             self._answer(slot, INVALID_REQUEST)
             return
-        cfg = self.ctx.config
-        passwords = cfg.downstream_auth_passwords
-        user = cfg.downstream_auth_username
-        if len(value) == 3:
-            username, password = value[1], value[2]
-            if user is None and not passwords:
-                answer = Error(b"ERR Client sent AUTH, but no username-password pair is set")
-            elif password in passwords and (username == user or (user is None and username == b"default")):
-                answer = OK
-            else:
-                answer = Error(b"WRONGPASS invalid username-password pair")
-        elif not passwords:
-            answer = Error(b"ERR Client sent AUTH, but no password is set")
-        elif value[1] in passwords:
-            answer = OK
-        else:
-            answer = Error(b"ERR invalid password")
-        if answer is OK:
-            self.allowed = True
-        elif not answer.startswith(b"ERR Client sent AUTH"):
-            self.allowed = False
+        answer, allowed = auth_answer(self.ctx.config, value[1:3] if len(value) == 3 else value[1:2])
+        if allowed is not None:
+            self.allowed = allowed
         self._answer(slot, answer)
 
 

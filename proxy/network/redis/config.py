@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy.config.data_source import read_data_source
 from proxy.config.fields_table import Message, refused, used
-from proxy.config.reader import ConfigError, Fields
+from proxy.config.reader import ConfigError
 from proxy.config.registry import Extension, register
 
 __all__ = ["RedisProxyConfig", "PrefixRoute", "parse_redis_proxy", "REDIS_PROXY_NAME", "REDIS_PROXY_PROTO"]

@@ -29,7 +29,7 @@ import time
 from collections import deque
 
 from ..connection import Connection, ConnectionCallbacks
-from .commands import EVAL, KNOWN, NOT_BUILT, OBJECT, SIMPLE, STAT_COMMANDS, SUM_RESULT, WITHOUT_ARGS, hash_tag, murmur_hash2
+from .commands import EVAL, KNOWN, OBJECT, SIMPLE, STAT_COMMANDS, SUM_RESULT, WITHOUT_ARGS, hash_tag, murmur_hash2
 from .resp import Decoder, Error, ProtocolError, SimpleString, encode, encode_request
 from .connection_commands import auth_answer, client_answer, hello_answer, uncounted
 from .cluster_scope import CLUSTER_SCOPE, RANDOM_SHARD, cluster_scope_request

@@ -34,7 +34,7 @@ STATS = ("downstream_cx_total", "downstream_cx_protocol_error", "downstream_rq_t
                                              "incr", "lpush", "object", "hset", "hgetall", "unlink",
                                              "multi", "exec", "discard", "watch", "unwatch", "select",
                                              "script", "config", "slowlog", "role", "cluster", "hello",
-                                             "client", "publish")   # (client: none, as Envoy)
+                                             "client", "publish", "scan", "info.shard")   # (client: none, as Envoy)
            for s in ("total", "success", "error")))
 
 
@@ -179,7 +179,8 @@ SCRIPT = [
     # Envoy 1.40 sometimes asked the same host twice, listing its keys twice).
     ("cluster-scope", "scope", c("SELECT", "0") + c("SCRIPT", "EXISTS", "ab")
      + c("CONFIG", "GET", "maxmemory") + c("SLOWLOG", "HELP") + c("ROLE") + c("CLUSTER", "LIST")
-     + c("CLUSTER", "INFO") + c("CONFIG", "SET", "nosuch", "1") + c("SLOWLOG", "LEN"), 9),
+     + c("CLUSTER", "INFO") + c("CONFIG", "SET", "nosuch", "1") + c("SLOWLOG", "LEN") + c("INFO.SHARD", "x")
+     + c("INFO.SHARD", "2") + c("INFO.SHARD", "0", "a", "b") + c("SCAN", "0", "MATCH", "nokey*"), 13),
     ("hello", "main", c("HELLO") + c("HELLO", "2") + c("HELLO", "3") + c("HELLO", "2", "AUTH", "u", "p")
      + c("HELLO", "2", "FOO") + c("hello", "2", "setname", "n") + c("HELLO", "2", "AUTH", "default"), 7),
     ("hello-auth", "auth", c("HELLO") + c("HELLO", "3") + c("HELLO", "2", "AUTH", "default", "x") + c("GET", "k1")
@@ -236,13 +237,15 @@ def test_redis_proxy_answers_keys_and_stats_match_envoy(backends, tmp_path):
             time.sleep(0.1)   # the last connections' closes counted
             stats = p.stats()
             with RespClient(p.ports["scope"]) as client:
-                client.sock.sendall(c("KEYS", "*"))
-                listed = client.values(1)[0]
+                client.sock.sendall(c("KEYS", "*") + c("SCAN", "0", "COUNT", "1000"))
+                listed, scanned = client.values(2)
         finally:
             p.stop()
         results[kind] = (answers, stats, [r.keys() for r in redis])
-        if kind == "ftproxy":   # KEYS through the proxy: every key of both servers, once
-            assert sorted(listed) == sorted(results[kind][2][0] + results[kind][2][1])
+        if kind == "ftproxy":   # KEYS and SCAN through the proxy: every key of both servers, once
+            every = sorted(results[kind][2][0] + results[kind][2][1])
+            assert sorted(listed) == every
+            assert scanned[0::2] == [b"0", b"0"] and sorted(scanned[1] + scanned[3]) == every
     (ea, es, ek), (fa, fs, fk) = results["envoy"], results["ftproxy"]
     diffs = [f"{n}: envoy {ea[n]!r}\n   ftproxy {fa[n]!r}" for n in ea if ea[n] != fa[n]]
     assert not diffs, "\n".join(diffs)

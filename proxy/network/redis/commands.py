@@ -41,11 +41,11 @@ EVAL = frozenset(("eval", "evalsha"))          # key: args[3] (after the script 
 OBJECT = frozenset(("object",))                # key: args[2] (after the subcommand)
 SUM_RESULT = frozenset(("del", "exists", "touch", "unlink"))   # per key, integers summed
 
-# Envoy 1.40 handles these too (INFO, SUBSCRIBE/UNSUBSCRIBE/SPUBLISH, SCAN, INFO.SHARD);
+# Envoy 1.40 handles these too (INFO, SUBSCRIBE/UNSUBSCRIBE/SPUBLISH);
 # ftproxy answers them with
 # "ERR command '<name>' is not supported by ftproxy yet".
-NOT_BUILT = frozenset(("info", "subscribe", "unsubscribe", "spublish", "scan", "info.shard"))
-LOCAL_STATS = frozenset(("hello", "publish"))   # with stats, handled by proxy_filter.py
+NOT_BUILT = frozenset(("info", "subscribe", "unsubscribe", "spublish"))
+LOCAL_STATS = frozenset(("hello", "publish", "scan", "info.shard"))   # with stats, handled by proxy_filter.py
 # Sent to every host of the catch-all cluster, or to one at random (cluster_scope.py).
 CLUSTER_SCOPE = frozenset(("script", "flushall", "flushdb", "slowlog", "config", "keys", "select", "role"))
 RANDOM_SHARD = frozenset(("cluster", "randomkey"))

@@ -11,7 +11,8 @@ order, and split them:
 - MGET, MSET and DEL/EXISTS/TOUCH/UNLINK are split into one GET/SET/<command> per key, each to
   its key's host, and the answers put together (an array, OK, or the sum) as Envoy does;
 - MULTI/EXEC/DISCARD/WATCH/UNWATCH and what comes between them: transaction.py;
-- KEYS, SELECT, SCRIPT, FLUSHALL... to every host, RANDOMKEY/CLUSTER to one: cluster_scope.py;
+- KEYS, SELECT, SCRIPT, FLUSHALL, SCAN... to every host, RANDOMKEY/CLUSTER/INFO.SHARD to one:
+  cluster_scope.py;
 - a key picks its cluster by the longest matching `prefix_routes` prefix (or the catch-all)
   and its host by the cluster's load balancer given the key's MurmurHash2 (of its hash tag
   with `enable_hashtagging`): RING_HASH and MAGLEV keep a key on one host, other policies
@@ -32,7 +33,7 @@ from ..connection import Connection, ConnectionCallbacks
 from .commands import EVAL, KNOWN, OBJECT, SIMPLE, STAT_COMMANDS, SUM_RESULT, WITHOUT_ARGS, hash_tag, murmur_hash2
 from .resp import Decoder, Error, ProtocolError, SimpleString, encode, encode_request
 from .connection_commands import auth_answer, client_answer, hello_answer, uncounted
-from .cluster_scope import CLUSTER_SCOPE, RANDOM_SHARD, cluster_scope_request
+from .cluster_scope import CLUSTER_SCOPE, RANDOM_SHARD, cluster_scope_request, info_shard_request, scan_request
 from .transaction import TRANSACTION, Transaction, transaction_request
 from .upstream_client import FAILED, UpstreamClient
 
@@ -355,6 +356,10 @@ class RedisSession(ConnectionCallbacks):
                 self._answer(slot, Error(b"ERR wrong number of arguments for 'publish' command"))
             else:
                 self._single(slot, stats, value, 1)
+        elif cmd == "scan":
+            scan_request(self, slot, stats, value, NO_UPSTREAM_HOST)
+        elif cmd == "info.shard":
+            info_shard_request(self, slot, stats, value, NO_UPSTREAM_HOST)
         elif cmd in CLUSTER_SCOPE or cmd in RANDOM_SHARD:
             cluster_scope_request(self, slot, stats, value, cmd, NO_UPSTREAM_HOST)
         else:   # NOT_BUILT

@@ -234,8 +234,13 @@ def test_redis_proxy_answers_keys_and_stats_match_envoy(backends, tmp_path):
         p = Proc(kind, tmp_path, [r.port for r in redis[:2]], silent.port, closed, redis[2].port)
         try:
             answers = _run(p)
-            time.sleep(0.1)   # the last connections' closes counted
-            stats = p.stats()
+            deadline = time.monotonic() + 5   # the last connections' closes counted
+            while True:
+                stats = p.stats()
+                if time.monotonic() > deadline or all(
+                        stats[f"redis.{n}.downstream_cx_active"] == "0" for n in PREFIXES):
+                    break
+                time.sleep(0.02)
             with RespClient(p.ports["scope"]) as client:
                 client.sock.sendall(c("KEYS", "*") + c("SCAN", "0", "COUNT", "1000"))
                 listed, scanned = client.values(2)

@@ -137,13 +137,7 @@ class RedisProxyContext:
 
     def send_to(self, cluster, host, payload: bytes, callback):
         """`payload` to `host` of `cluster` on the shared connection."""
-        client = self.clients.get((cluster.name, host.key))
-        if client is None or client.closed:
-            cfg = self.config
-            client = UpstreamClient(self, cluster, host, cfg.op_timeout, cfg.max_buffer_size_before_flush,
-                                    cfg.buffer_flush_timeout)
-            self.clients[client.key] = client
-        return client.request(payload, callback)
+        return self._client(cluster, host).request(payload, callback)
 
     def send(self, key: bytes, build, callback):
         """Route `key`, send `build(key as routed)` to its host; the request handle, or None
@@ -152,13 +146,23 @@ class RedisProxyContext:
         if picked is None:
             return None
         cluster, host, key = picked
+        return self._client(cluster, host).request(build(key), callback)
+
+    def _client(self, cluster, host) -> UpstreamClient:
+        """The shared connection to `host`, made on first use. Making one also closes (once
+        answered) those to hosts the cluster no longer has, as Envoy drains a removed host's."""
         client = self.clients.get((cluster.name, host.key))
         if client is None or client.closed:
             cfg = self.config
             client = UpstreamClient(self, cluster, host, cfg.op_timeout, cfg.max_buffer_size_before_flush,
                                     cfg.buffer_flush_timeout)
+            current = {h.key for h in cluster.snapshot.hosts}
+            for key, old in list(self.clients.items()):
+                if key[0] == cluster.name and key[1] not in current:
+                    del self.clients[key]
+                    old.close()
             self.clients[client.key] = client
-        return client.request(build(key), callback)
+        return client
 
     def forget(self, client: UpstreamClient) -> None:
         if self.clients.get(client.key) is client:

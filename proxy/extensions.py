@@ -30,6 +30,7 @@ BUILT_IN: tuple[tuple[str, str, str, str | None], ...] = (
     ("proxy.access_log.otel_config", "access_logger", "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig", None),
     ("proxy.http.hcm_config", "network_filter", NETWORK + "http_connection_manager.v3.HttpConnectionManager", None),
     ("proxy.network.tcp_proxy_config", "network_filter", NETWORK + "tcp_proxy.v3.TcpProxy", None),
+    ("proxy.network.redis.config", "network_filter", NETWORK + "redis_proxy.v3.RedisProxy", None),
     ("proxy.network.filters.connection_limit", "network_filter", NETWORK + "connection_limit.v3.ConnectionLimit", None),
     ("proxy.network.filters.local_ratelimit", "network_filter", NETWORK + "local_ratelimit.v3.LocalRateLimit", None),
     ("proxy.network.filters.rbac", "network_filter", NETWORK + "rbac.v3.RBAC", None),

@@ -34,6 +34,7 @@ __all__ = ["ListenerConfig", "FilterChainConfig", "FilterChainMatchConfig", "Net
 TERMINAL_NETWORK_FILTERS = frozenset({
     "envoy.filters.network.http_connection_manager",
     "envoy.filters.network.tcp_proxy",
+    "envoy.filters.network.redis_proxy",
 })
 
 DEFAULT_BUFFER_LIMIT = 1024 * 1024   # Envoy's per-connection soft watermark: 1 MiB

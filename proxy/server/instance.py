@@ -526,7 +526,10 @@ class Server:
                                  tracing, rds, self.grpc_access_logs)
         elif isinstance(terminal, TcpProxyConfig):
             factory = TcpProxyFactory(terminal, grpc_logs=self.grpc_access_logs)
-        else:  # config parsing only admits the two terminal filters above
+        elif chain.filters[-1].extension is not None and chain.filters[-1].extension.factory is not None:
+            # Another terminal filter (redis_proxy): its extension's factory makes its runtime.
+            factory = chain.filters[-1].extension.factory(terminal, chain.filters[-1].name)
+        else:  # config parsing only admits the terminal filters above
             raise RuntimeError(f"listener {lc.name}: unsupported terminal filter {chain.filters[-1].name}")
         before = chain.filters[:-1]
         if before:  # filters before the terminal run when a connection is accepted

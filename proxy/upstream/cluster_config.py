@@ -167,6 +167,9 @@ class ClusterConfig:
     # http_protocol_options.enable_trailers: HTTP/1.1 trailers sent and received upstream
     # (without it Envoy's codec drops them both ways).
     http1_enable_trailers: bool = False
+    # typed_extension_protocol_options "envoy.filters.network.redis_proxy": the AUTH a Redis
+    # proxy's upstream connection sends first, (username or None, password); None: no AUTH.
+    redis_auth: tuple[bytes | None, bytes] | None = None
     least_request_choice_count: int = 2
     # least_request_lb_config.active_request_bias: a weighted LEAST_REQUEST host's weight is
     # divided by (active requests + 1) ** bias (Envoy's default 1.0).
@@ -231,7 +234,8 @@ CLUSTER = Message("envoy.config.cluster.v3.Cluster", title="Clusters", fields=(
          why="also locality_weighted_lb_config and consistent_hashing_lb_config"),
     used("least_request_lb_config", attr="least_request_choice_count"),
     used("typed_extension_protocol_options", attr="idle_timeout",
-         why=f"{'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'} only"),
+         why="envoy.extensions.upstreams.http.v3.HttpProtocolOptions and the redis_proxy's "
+             "RedisProtocolOptions (upstream AUTH)"),
     used("common_http_protocol_options", attr="idle_timeout", why="deprecated spelling"),
     used("http_protocol_options", attr="", why="deprecated spelling; its own table"),
     used("max_requests_per_connection", attr="max_requests_per_connection", why="deprecated spelling"),
@@ -427,6 +431,46 @@ RUNTIME_DOUBLE = Message("envoy.config.core.v3.RuntimeDouble (active_request_bia
     inert("runtime_key", "no runtime layer overrides it here"),
 ))
 
+REDIS_PROTOCOL_OPTIONS_KEY = "envoy.filters.network.redis_proxy"
+_REDIS_PROTOCOL_OPTIONS_URL = ("type.googleapis.com/"
+                               "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions")
+
+REDIS_PROTOCOL_OPTIONS = Message("envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions", fields=(
+    used("auth_password", attr="redis_auth"),
+    used("auth_username", attr="redis_auth"),
+    refused("aws_iam", "AWS IAM authentication"),
+    refused("credentials", "per-endpoint credentials"),
+))
+
+REDIS_AUTH_SOURCE = Message("envoy.config.core.v3.DataSource (redis upstream auth)", fields=(
+    used("filename", attr="", why="read at load"),
+    used("inline_bytes", attr="", why="read at load"),
+    used("inline_string", attr="", why="read at load"),
+    used("environment_variable", attr="", why="read at load"),
+    refused("watched_directory"),
+))
+
+
+def _redis_auth(f: Fields) -> tuple[bytes | None, bytes] | None:
+    """The cluster's Redis upstream AUTH (what a redis_proxy sends on each new connection)."""
+    from proxy.config.data_source import read_data_source
+    typed = f.raw_obj("typed_extension_protocol_options") or {}
+    if REDIS_PROTOCOL_OPTIONS_KEY not in typed:
+        return None
+    p = f"{f.at('typed_extension_protocol_options')}.{REDIS_PROTOCOL_OPTIONS_KEY}"
+    o = REDIS_PROTOCOL_OPTIONS.read(typed[REDIS_PROTOCOL_OPTIONS_KEY], p, extra=("@type",))
+    url = o.str("@type")
+    if url is not None and url != _REDIS_PROTOCOL_OPTIONS_URL:
+        raise ConfigError(o.at("@type"), f'expected "{_REDIS_PROTOCOL_OPTIONS_URL}", got "{url}"')
+    password = (read_data_source(REDIS_AUTH_SOURCE, o.value("auth_password"), o.at("auth_password"))
+                if o.has("auth_password") else b"")
+    username = (read_data_source(REDIS_AUTH_SOURCE, o.value("auth_username"), o.at("auth_username"))
+                if o.has("auth_username") else b"")
+    if not password and not username:
+        return None
+    return (username or None, password)
+
+
 UPSTREAM_HTTP_OPTIONS = Message("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", fields=(
     used("common_http_protocol_options", attr="idle_timeout"),
     used("explicit_http_config", attr="", why="http_protocol_options (HTTP/1.1) or "
@@ -564,6 +608,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
                if f.has("outlier_detection") else None)
     errors.run(lambda: CLUSTER.require_default(f, "respect_dns_ttl", f.bool("respect_dns_ttl", False)))
     errors.run(f.raw_obj, "metadata")
+    redis_auth = errors.run(_redis_auth, f)
     errors.raise_if_any()
     default_cb, high_cb = cbs
     idle_timeout, max_rpc, http1_trailers = options
@@ -581,6 +626,7 @@ def parse_cluster(raw: Mapping, path: str) -> ClusterConfig:
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_rpc,
         http1_enable_trailers=http1_trailers,
+        redis_auth=redis_auth,
         least_request_choice_count=least_request[0],
         least_request_active_request_bias=least_request[1],
         locality_weighted_lb=locality_weighted,
@@ -935,8 +981,11 @@ def _protocol_options(f: Fields) -> tuple[float, int | None, bool]:
     typed = f.raw_obj("typed_extension_protocol_options") or {}
     for key, value in typed.items():
         p = f"{f.at('typed_extension_protocol_options')}.{key}"
+        if key == REDIS_PROTOCOL_OPTIONS_KEY:
+            continue   # _redis_auth
         if key != HTTP_PROTOCOL_OPTIONS:
-            raise not_supported(p, f'protocol options "{key}"; only "{HTTP_PROTOCOL_OPTIONS}"')
+            raise not_supported(p, f'protocol options "{key}"; only "{HTTP_PROTOCOL_OPTIONS}" and '
+                                    f'"{REDIS_PROTOCOL_OPTIONS_KEY}"')
         o = UPSTREAM_HTTP_OPTIONS.read(value, p, extra=("@type",))
         url = o.str("@type")
         if url is not None and url != _HTTP_PROTOCOL_OPTIONS_URL:

@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -970,3 +971,34 @@ def test_lua_cluster_specifier_example():
     finally:
         server.request_shutdown()
         thread.join(15)
+
+
+# -- redis: the redis_proxy filter in front of a real redis-server ------------------------------
+
+def test_redis_example():
+    """verify.sh: SET and GET through the proxy with redis-cli, then the
+    `redis.egress_redis.command.*` stats on the admin."""
+    from tests.integration.servers import free_port
+    from tests.redis_peers import REDIS_SERVER, RedisServer
+    if REDIS_SERVER is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    redis = RedisServer()
+    admin = free_port()
+    ex = RunningExample("redis/envoy.yaml", {"redis": redis.port, "admin": admin})
+    try:
+        def cli(*args: str) -> str:
+            r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(ex.port()), *args],
+                               capture_output=True, text=True, timeout=10)
+            assert r.returncode == 0, r.stderr
+            return r.stdout.strip()
+        assert cli("set", "foo", "FOO") == "OK" and cli("set", "bar", "BAR") == "OK"
+        assert (cli("get", "foo"), cli("get", "bar")) == ("FOO", "BAR")
+        assert redis.keys() == [b"bar", b"foo"]   # they reached the real server
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?usedonly&filter=redis.egress_redis.command",
+                                    timeout=5) as r:
+            stats = dict(line.split(": ") for line in r.read().decode().splitlines())
+        assert stats["redis.egress_redis.command.set.success"] == "2"
+        assert stats["redis.egress_redis.command.get.total"] == "2"
+    finally:
+        ex.stop()
+        redis.close()

@@ -29,6 +29,7 @@ from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec.errors import CodecError
 from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
+from .original_ip import IpDetectionRejected
 from .request_headers import absolute_form, mutate_request_headers
 from .stream import ActiveStream
 from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE_STARTED,
@@ -37,6 +38,7 @@ from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE
 __all__ = ["ConnectionManager"]
 
 log = logging.getLogger("ftproxy.http")
+_IP_DETECTION_FAILED = "rejecting_because_detection_failed"
 
 
 class ConnectionManager(ConnectionCallbacks):
@@ -537,7 +539,13 @@ class ConnectionManager(ConnectionCallbacks):
                 st.downstream_rq_non_relative_path.value += 1
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
-        scheme = mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade, self.tls)
+        try:
+            scheme = mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade, self.tls,
+                                            stream)
+        except IpDetectionRejected as rejected:  # an original_ip_detection extension's answer
+            st.downstream_rq_rejected_via_ip_detection.value += 1
+            stream.send_local_reply(rejected.status, b"", None, _IP_DETECTION_FAILED)
+            return
         # :scheme: an absolute-form target's, else x-forwarded-proto's or the connection's.
         head.scheme = url_scheme or scheme
         if self.tls is not None:

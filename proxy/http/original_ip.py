@@ -21,6 +21,7 @@ connection manager turns into a local reply).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,24 +48,34 @@ class IpDetectionRejected(Exception):
         self.status = status
 
 
+# An IPv4 dotted quad as inet_pton takes it (no leading zeros): its text is already Envoy's.
+_V4 = re.compile(rb"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                 rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+_v4_match = _V4.fullmatch
+
+
 def parse_ip(text: str | bytes) -> str | None:
     """The address as Envoy prints it (inet_ntop's form), or None: Envoy's
     Network::Utility::parseInternetAddressNoThrow takes a bare IPv4 dotted quad or an IPv6
     literal, nothing around it (no brackets, no port, no spaces)."""
-    if isinstance(text, bytes):
+    if isinstance(text, str):
         try:
-            text = text.decode("ascii")
-        except UnicodeDecodeError:
+            text = text.encode("ascii")
+        except UnicodeEncodeError:
             return None
-    if not text or text[0] in " \t" or text[-1] in " \t":
+    if _v4_match(text):
+        return text.decode("ascii")
+    if b":" not in text or text[:1] in b" \t" or text[-1:] in b" \t":
         return None
     try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
+        ip = ipaddress.IPv6Address(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
         return None
-    if ip.version == 6 and ip.scope_id:
+    if ip.scope_id:
         return _scoped(ip)
-    return _ip_text(ip)
+    if ip.ipv4_mapped is not None:
+        return "::ffff:" + str(ip.ipv4_mapped)  # inet_ntop's form (3.12's str() writes hex)
+    return str(ip)
 
 
 def _scoped(ip: ipaddress.IPv6Address) -> str | None:
@@ -80,30 +91,29 @@ def _scoped(ip: ipaddress.IPv6Address) -> str | None:
     return f"{str(ip).split('%', 1)[0]}%{scope}"
 
 
-def _ip_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return "::ffff:" + str(ip.ipv4_mapped)  # inet_ntop's form (3.12's str() writes hex)
-    return str(ip)
-
-
 def last_address_from_xff(xff: bytes, skip: int) -> tuple[str | None, bool]:
     """Envoy's getLastAddressFromXFF: (the address `skip` entries from the right of
     x-forwarded-for, or None; whether it is the only entry and skip is 0, which is what lets
     it count as internal). Only the text after the last remaining comma is read: an entry
     left of it is never looked at."""
-    for _ in range(skip):
+    single = not skip
+    while skip:
         comma = xff.rfind(b",")
         if comma < 0:
             return None, False
         xff = xff[:comma]
+        skip -= 1
     comma = xff.rfind(b",")
-    if comma >= 0 and comma + 1 < len(xff):
-        xff = xff[comma + 1:]
+    if comma >= 0:
+        single = False
+        if comma + 1 < len(xff):
+            xff = xff[comma + 1:]
     # (A value ending with a comma keeps its comma, and does not parse: Envoy's quirk.)
-    ip = parse_ip(xff.strip(b" \t"))
-    if ip is None:
-        return None, False
-    return ip, comma < 0 and skip == 0
+    xff = xff.strip(b" \t")
+    if _v4_match(xff):  # the usual case, without a call
+        return xff.decode("ascii"), single
+    ip = parse_ip(xff)
+    return (None, False) if ip is None else (ip, single)
 
 
 def last_non_trusted_address_from_xff(xff: bytes, trusted: tuple) -> tuple[str | None, bool]:
@@ -127,19 +137,12 @@ def _in_any(ip: str, networks: tuple) -> bool:
     return any(addr in n for n in networks if n.version == addr.version)
 
 
-@dataclass(frozen=True, slots=True)
-class Detected:
-    """What a detection extension said: the address (None: not found, the next extension is
-    asked), whether the HCM may use it to decide the request is internal, and whether
-    x-forwarded-for is left as it is (Envoy takes this from the last extension asked, found
-    or not)."""
-    ip: str | None
-    trusted: bool
-    skip_xff_append: bool
-
-
-_UNTRUSTED_PEER = Detected(None, False, False)
-_NOT_FOUND_CUSTOM = Detected(None, False, True)
+# What a detection extension says (`detect`), a tuple: the address (None: not found, the
+# next extension is asked), whether the HCM may use it to decide the request is internal, and
+# whether x-forwarded-for is left as it is (Envoy takes this from the last extension asked,
+# found or not).
+_UNTRUSTED_PEER = (None, False, False)
+_NOT_FOUND_CUSTOM = (None, False, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,7 @@ class XffDetection:
     xff_trusted_cidrs: tuple = ()
     skip_xff_append: bool = True
 
-    def detect(self, xff: bytes | None, peer_ip: str, headers) -> Detected:
+    def detect(self, xff: bytes | None, peer_ip: str, headers) -> tuple[str | None, bool, bool]:
         cidrs = self.xff_trusted_cidrs
         if cidrs:
             if not _in_any(peer_ip, cidrs):
@@ -165,7 +168,7 @@ class XffDetection:
             ip, trusted = None, False
         else:
             ip, trusted = last_address_from_xff(xff, self.xff_num_trusted_hops)
-        return Detected(ip, trusted, self.skip_xff_append)
+        return ip, trusted, self.skip_xff_append
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,14 +180,14 @@ class CustomHeaderDetection:
     allow_extension_to_set_address_as_trusted: bool = False
     reject_with_status: int | None = None
 
-    def detect(self, xff: bytes | None, peer_ip: str, headers) -> Detected:
+    def detect(self, xff: bytes | None, peer_ip: str, headers) -> tuple[str | None, bool, bool]:
         value = headers.get(self.header_name)
         ip = parse_ip(value) if value is not None else None
         if ip is None:
             if self.reject_with_status is not None:
                 raise IpDetectionRejected(self.reject_with_status)
             return _NOT_FOUND_CUSTOM
-        return Detected(ip, self.allow_extension_to_set_address_as_trusted, True)
+        return ip, self.allow_extension_to_set_address_as_trusted, True
 
 
 @dataclass(frozen=True, slots=True)

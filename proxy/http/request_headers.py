@@ -46,6 +46,8 @@ class AddressRules(NamedTuple):
     detectors: tuple[Any, ...]
     # Only the HCM's own rule: nothing to derive from a request without x-forwarded-for.
     xff_only: bool
+    # Rules to apply to a request without x-forwarded-for too (use_remote_address, extensions).
+    always: bool
     internal: Any                          # original_ip.InternalAddresses, or None
     # What an internal request loses (it keeps Envoy's x-envoy-* fields), and an upgrade one.
     internal_removed: frozenset[bytes]
@@ -54,9 +56,10 @@ class AddressRules(NamedTuple):
 
 def address_rules(config, forward_client_cert: str = "SANITIZE") -> AddressRules:
     detectors = config.original_ip_detection or (XffDetection(config.xff_num_trusted_hops),)
-    internal = _ENVOY_ROUTER_CONSUMED | (
+    internal = (_ENVOY_ROUTER_CONSUMED - {b"x-envoy-internal"}) | (
         {XFCC} if forward_client_cert == "SANITIZE" else frozenset())
     return AddressRules(detectors, not config.original_ip_detection,
+                        config.use_remote_address or bool(config.original_ip_detection),
                         config.internal_address_config,
                         HOP_BY_HOP | internal, HOP_BY_HOP_UPGRADE | internal)
 
@@ -102,30 +105,10 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
     # One pass collects the names present; each rule below is then a set lookup, and
     # the header list is only rebuilt when something must go.
     present = {kv[0] for kv in headers.fields}
-    # The client's address (None: the peer's) and whether the request is internal.
-    client_ip = None
-    internal = False
-    append_xff = cfg.use_remote_address and not cfg.skip_xff_append
-    has_xff = b"x-forwarded-for" in present
-    rules = ctx.address_rules
-    if cfg.use_remote_address:
-        if has_xff and cfg.xff_num_trusted_hops:
-            client_ip = last_address_from_xff(_xff(headers), cfg.xff_num_trusted_hops - 1)[0]
-        # Trusted only when no x-forwarded-for came (the peer is then the client).
-        internal = not has_xff and rules.internal is not None and rules.internal.is_internal(
-            client_ip or remote_ip)
-    elif has_xff or not rules.xff_only:
-        xff = _xff(headers) if has_xff else None
-        for detector in rules.detectors:
-            found = detector.detect(xff, remote_ip, headers)
-            append_xff = not found.skip_xff_append
-            if found.ip is not None:
-                client_ip = found.ip
-                internal = found.trusted and rules.internal is not None and (
-                    rules.internal.is_internal(client_ip))
-                break
-    if internal:
-        drop = rules.internal_upgrade_removed if upgrade is not None else rules.internal_removed
+    # Who the client is, and so what the request loses: only looked into when there is
+    # something to look at (_client_address).
+    if b"x-forwarded-for" in present or ctx.address_rules.always:
+        client_ip, internal, drop = _client_address(ctx, headers, present, remote_ip, upgrade, info)
     else:
         drop = ctx.upgrade_request_headers_removed if upgrade is not None else ctx.request_headers_removed
     if upgrade is None and b"connection" in present:
@@ -138,24 +121,11 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
         if te is not None and _asks_trailers(te):
             headers.fields.append((b"te", b"trailers"))  # Envoy's sanitizeTEHeader
         present = {kv[0] for kv in headers.fields}
-    if internal:
-        headers.fields.append((b"x-envoy-internal", b"true"))
-        if b"x-envoy-force-trace" in present and info is not None:
-            info.force_trace = True  # kept: Envoy echoes x-request-id in the response then
-    if client_ip is not None and info is not None:
-        info.derived_remote_address = (f"[{client_ip}]:0" if ":" in client_ip
-                                       else client_ip + ":0")
     if cfg.via:
         append_via(headers, ctx.via)
     if ctx.user_agent is not None:
         _add_user_agent(headers, ctx.user_agent)
-    if append_xff:
-        xff = _xff(headers) if b"x-forwarded-for" in present else None
-        # Envoy appends its own address, not the peer's, when the peer is on loopback.
-        ip = ctx.local_address if is_loopback(remote_ip) else remote_ip.encode()
-        headers.set(b"x-forwarded-for", xff + b"," + ip if xff else ip)  # Envoy: "," alone
-    edge = cfg.use_remote_address and not internal
-    if cfg.use_remote_address:
+    if cfg.use_remote_address:  # (client_ip and internal were set: _client_address ran)
         # A trusted hop's x-forwarded-proto is kept (Envoy: with xff_num_trusted_hops).
         if not cfg.xff_num_trusted_hops or b"x-forwarded-proto" not in present:
             headers.set(b"x-forwarded-proto", proto)
@@ -163,7 +133,7 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
         else:
             xfp = headers.get(b"x-forwarded-proto")
             scheme = xfp if xfp.lower() in (b"http", b"https") else proto
-        if edge:
+        if not internal:
             # The edge: the first ingress into the trusted network (x-envoy-external-address).
             headers.fields.append((b"x-envoy-external-address",
                                    client_ip.encode() if client_ip else remote_ip.encode()))
@@ -176,12 +146,64 @@ def mutate_request_headers(ctx, headers: Headers, remote_ip: str, upgrade: bytes
     if cfg.generate_request_id:
         if b"x-request-id" not in present:
             headers.fields.append((b"x-request-id", ctx.worker.new_request_id()))
-        elif edge and not cfg.preserve_external_request_id:
+        elif cfg.use_remote_address and not internal and not cfg.preserve_external_request_id:
+            # (at the edge)
             headers.set(b"x-request-id", ctx.worker.new_request_id())
     mode = cfg.forward_client_cert_details
     if mode != "SANITIZE" and mode != "ALWAYS_FORWARD_ONLY":
         _mutate_xfcc(headers, mode, cfg.set_current_client_cert_details, tls)
     return scheme
+
+
+def _client_address(ctx, headers: Headers, present: set[bytes], remote_ip: str,
+                    upgrade: bytes | None, info) -> tuple[str | None, bool, frozenset[bytes]]:
+    """Envoy's rules (module docstring): (the client's address when it is not the peer's,
+    whether the request is internal, the fields it loses); sets `info.derived_remote_address`,
+    appends this hop to x-forwarded-for when the rules say so, and marks an internal request
+    (x-envoy-internal: true, which the drop set then keeps)."""
+    cfg = ctx.config
+    rules = ctx.address_rules
+    networks = rules.internal
+    has_xff = b"x-forwarded-for" in present
+    client_ip = None
+    if cfg.use_remote_address:
+        if has_xff and cfg.xff_num_trusted_hops:
+            client_ip = last_address_from_xff(_xff(headers), cfg.xff_num_trusted_hops - 1)[0]
+        # Trusted only when no x-forwarded-for came (the peer is then the client).
+        internal = not has_xff and networks is not None and networks.is_internal(
+            client_ip or remote_ip)
+        append = not cfg.skip_xff_append
+    elif rules.xff_only:  # the HCM's own rule: x-forwarded-for's entry (one came)
+        client_ip, trusted = last_address_from_xff(_xff(headers), cfg.xff_num_trusted_hops)
+        internal = trusted and networks is not None and networks.is_internal(client_ip)
+        append = False
+    else:
+        xff = _xff(headers) if has_xff else None
+        internal = False
+        skip = True
+        for detector in rules.detectors:
+            ip, trusted, skip = detector.detect(xff, remote_ip, headers)
+            if ip is not None:
+                client_ip = ip
+                internal = trusted and networks is not None and networks.is_internal(ip)
+                break
+        append = not skip
+    if client_ip is not None and info is not None:
+        info.derived_remote_address = (f"[{client_ip}]:0" if ":" in client_ip
+                                       else client_ip + ":0")
+    if append:
+        xff = _xff(headers) if has_xff else None
+        # Envoy appends its own address, not the peer's, when the peer is on loopback.
+        ip = ctx.local_address if is_loopback(remote_ip) else remote_ip.encode()
+        headers.set(b"x-forwarded-for", xff + b"," + ip if xff else ip)  # Envoy: "," alone
+    if not internal:
+        return client_ip, False, (ctx.upgrade_request_headers_removed if upgrade is not None
+                                  else ctx.request_headers_removed)
+    headers.set(b"x-envoy-internal", b"true")
+    if b"x-envoy-force-trace" in present and info is not None:
+        info.force_trace = True  # kept: Envoy echoes x-request-id in the response then
+    return client_ip, True, (rules.internal_upgrade_removed if upgrade is not None
+                             else rules.internal_removed)
 
 
 def _xff(headers: Headers) -> bytes:

@@ -71,7 +71,7 @@ def request_fields_removed(hop_by_hop: frozenset[bytes], use_remote_address: boo
     `hop_by_hop` (connection-level fields), x-forwarded-client-cert under SANITIZE (the other
     modes decide per connection: client_cert.py), Envoy's x-envoy-* sanitising, and the route
     configuration's `internal_only` headers (internal_only_headers: Envoy removes them from
-    external requests, and every request is external here)."""
+    external requests): what an external request loses (an internal one: AddressRules)."""
     removed = hop_by_hop | _ENVOY_EXTERNAL | frozenset(internal_only)
     if forward_client_cert == "SANITIZE":
         removed |= {XFCC}
@@ -267,6 +267,7 @@ _ENVOY_ROUTER_CONSUMED = frozenset({
     b"x-envoy-upstream-alt-stat-name", b"x-envoy-upstream-rq-timeout-ms",
     b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-hedge-on-per-try-timeout",
     b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names",
+    b"x-envoy-expected-rq-timeout-ms",  # (the router sets its own: respect_expected_rq_timeout)
 })
 # Also dropped at the edge: the fields naming the caller, the client's own
 # x-envoy-external-address (ours replaces it), and x-envoy-original-path (only ftproxy sets it).

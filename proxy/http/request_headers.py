@@ -170,8 +170,7 @@ def _client_address(ctx, headers: Headers, present: set[bytes], remote_ip: str,
         if has_xff and cfg.xff_num_trusted_hops:
             client_ip = last_address_from_xff(_xff(headers), cfg.xff_num_trusted_hops - 1)[0]
         # Trusted only when no x-forwarded-for came (the peer is then the client).
-        internal = not has_xff and networks is not None and networks.is_internal(
-            client_ip or remote_ip)
+        internal = networks is not None and not has_xff and networks.is_internal(remote_ip)
         append = not cfg.skip_xff_append
     elif rules.xff_only:  # the HCM's own rule: x-forwarded-for's entry (one came)
         client_ip, trusted = last_address_from_xff(_xff(headers), cfg.xff_num_trusted_hops)

@@ -24,6 +24,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from proxy.config.fields_table import Message, used
@@ -250,6 +251,10 @@ CUSTOM_HEADER = Message(CUSTOM_HEADER_PROTO, title="Original IP detection: custo
     used("reject_with_status", why="its code; out of 400..511, 403 (as Envoy)"),
 ))
 
+# envoy.type.v3.StatusCode names ("Unauthorized", "TooManyRequests"): the reason phrases.
+_STATUS_BY_NAME = {"OK": 200, **{s.phrase.replace(" ", "").replace("-", ""): s.value
+                                 for s in HTTPStatus if s.value != 200}}
+
 _HEADER_NAME_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
                                b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -257,6 +262,9 @@ _HEADER_NAME_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuv
 def parse_custom_header(raw: Mapping[str, Any], path: str) -> CustomHeaderDetection:
     f = CUSTOM_HEADER.read(raw, path)
     name = f.str("header_name", required=True)
+    if name and name[0] == ":":
+        raise ConfigError(f.at("header_name"), f"{name!r}: a pseudo-header is not supported yet "
+                                               "(Envoy takes one)")
     if not name or not set(name.encode("latin-1", "replace")) <= _HEADER_NAME_CHARS:
         raise ConfigError(f.at("header_name"), f"{name!r} is not an HTTP header name")
     status = None
@@ -265,8 +273,11 @@ def parse_custom_header(raw: Mapping[str, Any], path: str) -> CustomHeaderDetect
         if not isinstance(reject, Mapping) or set(reject) - {"code"}:
             raise ConfigError(f.at("reject_with_status"), "an HttpStatus ({code: N}) is expected")
         code = reject.get("code", 0)
-        if not isinstance(code, int) or isinstance(code, bool):
-            raise ConfigError(f.at("reject_with_status") + ".code", "an integer is expected")
+        if isinstance(code, str):  # the StatusCode enum's name, as protobuf JSON allows
+            code = _STATUS_BY_NAME.get(code, code)
+        if not isinstance(code, int) or isinstance(code, bool) or not code:
+            raise ConfigError(f.at("reject_with_status") + ".code",
+                              f"{code!r} is not an HTTP status (a number, or its StatusCode name)")
         status = code if 400 <= code <= 511 else 403
     return CustomHeaderDetection(name.lower().encode("latin-1"),
                                  f.bool("allow_extension_to_set_address_as_trusted", False), status)

@@ -197,3 +197,13 @@ def test_xff_extension_appends_for_an_untrusted_peer_or_without_skip():
     headers, info = _request(f, "10.0.0.9", (b"x-forwarded-for", b"1.2.3.4,10.0.0.5"))
     assert info.derived_remote_address == "1.2.3.4:0"
     assert headers.get(b"x-forwarded-for") == b"1.2.3.4,10.0.0.5"   # skip_xff_append: true
+
+
+def test_reject_status_by_name_and_pseudo_header_names():
+    c = parse_hcm(_hcm(original_ip_detection_extensions=[
+        _ext(CUSTOM_TYPE, header_name="x-a", reject_with_status={"code": "TooManyRequests"})]), "hcm")
+    assert c.original_ip_detection[0].reject_with_status == 429
+    assert "reject_with_status.code" in _err(_hcm(original_ip_detection_extensions=[
+        _ext(CUSTOM_TYPE, header_name="x-a", reject_with_status={"code": "Nope"})]))
+    assert "pseudo-header is not supported yet" in _err(_hcm(original_ip_detection_extensions=[
+        _ext(CUSTOM_TYPE, header_name=":authority")]))

@@ -30,6 +30,7 @@ from .codec.errors import CodecError
 from .codec.events import RequestHeaders
 from .headers import Headers, RequestHead
 from .local_reply import is_grpc_request
+from .original_ip import IpDetectionRejected
 from .path_normalize import CONTINUE, REDIRECT, normalize_request_path
 from .request_headers import absolute_form, mutate_request_headers
 from .stream import ActiveStream
@@ -39,6 +40,7 @@ from .stream_state import (CLOSED, REQUEST_COMPLETE, RESPONSE_COMPLETE, RESPONSE
 __all__ = ["ConnectionManager"]
 
 log = logging.getLogger("ftproxy.http")
+_IP_DETECTION_FAILED = "rejecting_because_detection_failed"
 
 
 class ConnectionManager(ConnectionCallbacks):
@@ -540,7 +542,13 @@ class ConnectionManager(ConnectionCallbacks):
         norm = ctx.head_normalization  # None: no option set, only the fragment test
         if (norm is not None or b"#" in head.path) and self._normalize_head(stream, head, norm):
             return
-        scheme = mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade, self.tls)
+        try:
+            scheme = mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade, self.tls,
+                                            stream)
+        except IpDetectionRejected as rejected:  # an original_ip_detection extension's answer
+            st.downstream_rq_rejected_via_ip_detection.value += 1
+            stream.send_local_reply(rejected.status, b"", None, _IP_DETECTION_FAILED)
+            return
         if norm is not None and norm.append_x_forwarded_port:
             self._x_forwarded_port(head.headers, norm.overwrite_x_forwarded_port)
         # :scheme: an absolute-form target's, else x-forwarded-proto's or the connection's.

@@ -27,6 +27,7 @@ from proxy.tracing.config import parse_tracing
 
 from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
 from .local_reply_config import parse_local_reply_config
+from .original_ip import InternalAddresses, parse_cidr_ranges
 
 __all__ = ["RdsConfig", "HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]
@@ -101,6 +102,12 @@ class HcmConfig:
     access_logs: tuple[Any, ...] = ()
     use_remote_address: bool = False
     skip_xff_append: bool = False
+    # The original client's address (original_ip.py, request_headers.py): x-forwarded-for
+    # entries from the right to trust; the detection extensions (without use_remote_address);
+    # the networks whose addresses are internal (x-envoy-internal).
+    xff_num_trusted_hops: int = 0
+    original_ip_detection: tuple[Any, ...] = ()
+    internal_address_config: Any = None    # original_ip.InternalAddresses, or None: no network
     generate_request_id: bool = True
     preserve_external_request_id: bool = False
     always_set_request_id_in_response: bool = False
@@ -173,9 +180,8 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     used("upgrade_configs"),
     used("http_protocol_options"),
     used("http2_protocol_options"),
-    refused("internal_address_config", "every request is external (only an empty config)",
-            only_default=True),
-    refused("xff_num_trusted_hops", _ONLY_DEFAULT, default=0, only_default=True),
+    used("internal_address_config", why="its own table: the networks of internal requests"),
+    used("xff_num_trusted_hops", 0),
     used("normalize_path", False),
     used("merge_slashes", False),
     used("path_with_escaped_slashes_action", "IMPLEMENTATION_SPECIFIC_DEFAULT",
@@ -194,12 +200,15 @@ HCM = Message(HCM_PROTO, title="HTTP connection manager", model=HcmConfig, bookk
     used("append_x_forwarded_port", False),
     inert("path_normalization_options", "Envoy 1.40 validates it and does nothing with it "
           "(hidden in its API, not implemented)"),
+    used("original_ip_detection_extensions", attr="original_ip_detection",
+         why="xff and custom_header (original_ip.py); not with use_remote_address or "
+             "xff_num_trusted_hops, as Envoy"),
     used("rds", why="from a file (path_config_source): its own table; a control plane is refused"),
     *(refused(name) for name in (
         "scoped_routes", "http3_protocol_options",
         "http1_safe_max_connection_duration", "scheme_header_transformation",
         "access_log_flush_interval", "flush_access_log_on_new_request", "access_log_options",
-        "original_ip_detection_extensions", "early_header_mutation_extensions",
+        "early_header_mutation_extensions",
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         "request_id_extension",
         "proxy_status_config", "typed_header_validation_config", "append_local_overload",
@@ -297,6 +306,9 @@ def parse_hcm(raw: Mapping[str, Any], path: str) -> HcmConfig:
         access_logs=tuple(parse_access_logs(f.list("access_log"))),
         use_remote_address=f.bool("use_remote_address", False),
         skip_xff_append=f.bool("skip_xff_append", False),
+        xff_num_trusted_hops=f.int("xff_num_trusted_hops", 0, min=0, max=2**32 - 1),
+        original_ip_detection=_parse_ip_detection(f),
+        internal_address_config=_parse_internal_addresses(f),
         generate_request_id=f.bool("generate_request_id", True),
         preserve_external_request_id=f.bool("preserve_external_request_id", False),
         always_set_request_id_in_response=f.bool("always_set_request_id_in_response", False),
@@ -342,14 +354,44 @@ def _parse_rds(f: Fields) -> RdsConfig:
 
 def _refuse_non_defaults(f: Fields) -> None:
     """Fields understood but without runtime behaviour yet: only their default is accepted."""
-    for name in ("xff_num_trusted_hops",):
-        HCM.require_default(f, name, f.int(name, 0, min=0))
     for name in ("proxy_100_continue", "stream_error_on_invalid_http_message"):
         HCM.require_default(f, name, f.bool(name, False))
-    internal = f.raw_obj("internal_address_config")
-    if internal:  # an empty object asks for nothing
-        raise ConfigError(f.at("internal_address_config"),
-                          "not supported yet (every request is external (only an empty config))")
+
+
+INTERNAL_ADDRESS = Message("envoy.extensions.filters.network.http_connection_manager.v3"
+                           ".HttpConnectionManager.InternalAddressConfig",
+                           model=InternalAddresses, fields=(
+    used("cidr_ranges"),
+    inert("unix_sockets", "a peer on a Unix socket is internal; ftproxy's listeners are IP "
+                          "sockets only (pipe is refused)", default=False),
+))
+
+
+def _parse_internal_addresses(f: Fields) -> InternalAddresses | None:
+    """internal_address_config: None when it lists no network (Envoy 1.40: then no address
+    is internal)."""
+    if f.value("internal_address_config") is None:
+        return None
+    i = INTERNAL_ADDRESS.read(f.value("internal_address_config"), f.at("internal_address_config"))
+    ranges = parse_cidr_ranges(i.list("cidr_ranges"))
+    i.bool("unix_sockets", False)  # type-checked
+    return InternalAddresses(ranges) if ranges else None
+
+
+def _parse_ip_detection(f: Fields) -> tuple[Any, ...]:
+    """original_ip_detection_extensions, each resolved by its registered proto; Envoy refuses
+    them beside use_remote_address or xff_num_trusted_hops."""
+    items = f.list("original_ip_detection_extensions")
+    if not items:
+        return ()
+    at = f.at("original_ip_detection_extensions")
+    if f.bool("use_remote_address", False):
+        raise ConfigError(at, "Original IP detection extensions and use_remote_address may not "
+                              "be mixed (as Envoy)")
+    if f.int("xff_num_trusted_hops", 0, min=0):
+        raise ConfigError(at, "Original IP detection extensions and xff_num_trusted_hops may not "
+                              "be mixed (as Envoy)")
+    return tuple(resolve("original_ip_detection", item, path)[1] for item, path in items)
 
 
 def _parse_normalization(f: Fields, out: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from .conn_manager import ConnectionManager
 from .filter_chain_plan import ChainPlans
 from .h2_keepalive import Keepalive
 from .headers import HOP_BY_HOP
-from .request_headers import HOP_BY_HOP_UPGRADE, request_fields_removed
+from .request_headers import HOP_BY_HOP_UPGRADE, address_rules, request_fields_removed
 from .http_stats import HcmStats
 from .path_normalize import compile_normalization
 
@@ -106,8 +106,9 @@ class HcmFactory:
         self.server_name = config.server_name.encode()
         # What x-forwarded-for gets for a loopback peer (use_remote_address): this host's
         # address, as Envoy appends its local_info address there.
-        self.local_address = (node_address().encode()
-                              if config.use_remote_address and not config.skip_xff_append else b"")
+        appends = (config.use_remote_address and not config.skip_xff_append
+                   or bool(config.original_ip_detection))  # (an xff extension may append)
+        self.local_address = node_address().encode() if appends else b""
         self.via = config.via.encode() if config.via else b""
         # What a request loses before routing (request_headers.py): for an upgrade request
         # the hop-by-hop fields but Connection and Upgrade.
@@ -117,6 +118,8 @@ class HcmFactory:
             HOP_BY_HOP, config.use_remote_address, internal_only, xfcc)
         self.upgrade_request_headers_removed = request_fields_removed(
             HOP_BY_HOP_UPGRADE, config.use_remote_address, internal_only, xfcc)
+        # Who the client is behind other proxies, and what an internal request keeps.
+        self.address_rules = address_rules(config, xfcc)
         # Fields the codec writes on every response in place of the head's own: Envoy's
         # server_header_transformation OVERWRITE (the default) sets `server` so.
         self.response_fields = (((b"server", self.server_name),)
@@ -137,7 +140,7 @@ class HcmFactory:
 
 class HcmContext:
     __slots__ = ("config", "codec_impl", "route_table", "access_loggers", "filter_factories", "upgrades",
-                 "server_name", "local_address", "via", "request_headers_removed",
+                 "server_name", "local_address", "via", "request_headers_removed", "address_rules",
                  "upgrade_request_headers_removed", "first_stream_timeout", "user_agent",
                  "response_fields", "codec_factory", "worker", "stats", "tracer", "filter_chain_plans",
                  "head_normalization", "__weakref__")
@@ -153,6 +156,7 @@ class HcmContext:
         self.via = factory.via
         self.request_headers_removed = factory.request_headers_removed
         self.upgrade_request_headers_removed = factory.upgrade_request_headers_removed
+        self.address_rules = factory.address_rules
         self.first_stream_timeout = factory.first_stream_timeout
         self.head_normalization = factory.head_normalization
         self.user_agent = factory.user_agent

@@ -18,6 +18,7 @@ _COUNTERS = (
     "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_timeout",
     "downstream_rq_idle_timeout", "downstream_rq_header_timeout", "downstream_rq_max_duration_reached", "downstream_rq_too_large", "downstream_rq_rx_reset",
     "downstream_rq_tx_reset", "downstream_rq_ws_on_non_ws_route", "downstream_rq_non_relative_path",
+    "downstream_rq_rejected_via_ip_detection",
     "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total", "rs_too_large",
     "downstream_rq_failed_path_normalization", "downstream_rq_redirected_with_normalized_path",
 )

@@ -37,10 +37,10 @@ class RouterFilterConfig:
 
 
 # Every x-envoy-* header these fields act on is removed from each request before the router
-# sees it (every request is external: internal_address_config is refused; see
-# proxy/http/request_headers.py), so there is nothing for them to check or respect.
+# sees it (an internal request's too: see proxy/http/request_headers.py), so there is nothing
+# for them to check or respect.
 _STEERING_REMOVED = ("the x-envoy-* request headers it acts on are removed from every request "
-                     "first (every request is external)")
+                     "first (an internal one's too)")
 
 ROUTER = Message(ROUTER_PROTO, title="Router filter", model=RouterFilterConfig, fields=(
     used("dynamic_stats", True),

@@ -115,10 +115,20 @@ class ActiveStream(FilterManager, StreamInfo):
             self.route()
         self.head.dynamic_metadata = md
 
+    # The client's address when the HCM derived it from the request (x-forwarded-for or a
+    # detection extension: request_headers.py), "ip:0"; None: the connection's peer. Kept in
+    # the instance dict once set, so a request that derives nothing pays nothing.
+    derived_remote_address = None
+    # An internal request kept its x-envoy-force-trace: the response echoes x-request-id.
+    force_trace = False
+
     # StreamInfo's connection-level facts, for access loggers.
     @property
     def downstream_remote_address(self) -> str:
-        return self.hcm.remote
+        """Envoy's stream remote address: the derived one, else the connection's (the peer,
+        or what a PROXY protocol header said)."""
+        derived = self.derived_remote_address
+        return self.hcm.remote if derived is None else derived
 
     @property
     def downstream_direct_remote_address(self) -> str:
@@ -164,7 +174,7 @@ class ActiveStream(FilterManager, StreamInfo):
             headers.fields.append((b"date", ctx.worker.http_date()))
         if cfg.via:
             append_via(headers, ctx.via)
-        if cfg.always_set_request_id_in_response:
+        if cfg.always_set_request_id_in_response or self.force_trace:
             rid = self.head.headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)

@@ -125,6 +125,8 @@ def _dynamic_metadata(get: Callable[[Any], str | None], limit: int | None) -> Ca
 _SIMPLE_OPS: dict[str, Callable[[Any], str]] = {
     "DOWNSTREAM_REMOTE_ADDRESS": _attr("downstream_remote_address", False),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _attr("downstream_remote_address", True),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _attr("downstream_direct_remote_address", False),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": _attr("downstream_direct_remote_address", True),
     "DOWNSTREAM_LOCAL_ADDRESS": _attr("downstream_local_address", False),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _attr("downstream_local_address", True),
     "DOWNSTREAM_REMOTE_PORT": _port("downstream_remote_address"),

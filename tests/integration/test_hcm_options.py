@@ -144,7 +144,6 @@ def test_http10_accepted_with_accept_http_10_and_default_host(upstream, proxy_fa
 
 
 @pytest.mark.parametrize("field,value,path", [
-    ("xff_num_trusted_hops", 1, "hcm.xff_num_trusted_hops"),
     ("proxy_100_continue", True, "hcm.proxy_100_continue"),
     ("common_http_protocol_options", {"max_connection_duration": "10s"},
      "hcm.common_http_protocol_options.max_connection_duration"),

@@ -187,10 +187,7 @@ def test_http1_options_and_via():
 
 
 def test_known_options_without_runtime_support_are_refused_unless_default():
-    assert _err(parse_hcm, _hcm(xff_num_trusted_hops=1)).startswith("hcm.xff_num_trusted_hops: not supported yet")
-    assert _err(parse_hcm, _hcm(internal_address_config={
-        "cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]})).startswith(
-        "hcm.internal_address_config: not supported yet")
+    # (xff_num_trusted_hops and internal_address_config are honoured: test_original_ip.py.)
     # The defaults themselves are accepted.
     parse_hcm(_hcm(xff_num_trusted_hops=0, internal_address_config={}, normalize_path=False,
                    common_http_protocol_options={"max_connection_duration": "0s"}), P)

@@ -481,7 +481,8 @@ class Server:
             chains.append(lc.default_filter_chain)
         return ListenerFactory(
             tuple(lf.extension.factory(lf.config, lf.name) for lf in lc.listener_filters),
-            matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains))
+            matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains),
+            tuple(a.create(grpc_logs=self.grpc_access_logs) for a in lc.access_logs))
 
     def _post_listener(self, lc, socks: list, factory: ListenerFactory) -> None:
         """Hand a listener's sockets to the workers (main thread; static and LDS listeners)."""

@@ -189,22 +189,19 @@ class ActiveListener:
             self.sock.close()
 
     def _on_readable(self, _mask: int) -> None:
-        accepted_count = self._accept_batch()
+        worker = self.worker
         # As Envoy's TcpListenerImpl: every socket event records how many connections it took
         # from the kernel (those then refused by a connection limit included).
-        self.accepted_per_event.record(accepted_count)
-
-    def _accept_batch(self) -> int:
-        worker = self.worker
         n = 0
-        for n in range(ACCEPT_BATCH):
+        while n < ACCEPT_BATCH:
             try:
                 sock, remote = self.sock.accept()
             except (BlockingIOError, InterruptedError):
-                return n
+                break
             except OSError as e:
                 log.warning("listener %s: accept failed: %s", self.config.name, e)
-                return n
+                break
+            n += 1
             # As Envoy: the global limit first (the socket listener), then the listener's own
             # (ActiveTcpListener); either way the connection is closed at once, unread.
             if self.global_limit is not None and not self.global_limit[0].try_acquire(
@@ -241,7 +238,7 @@ class ActiveListener:
                     pending.close()
                 continue
             self.new_connection(sock, None, remote[:2], local[:2])
-        return ACCEPT_BATCH
+        self.accepted_per_event.record(n)
 
     def pending_done(self, pending: ActiveSocket, close: bool) -> None:
         """`pending` left the listener filters: closed, or about to be handed to a chain."""
@@ -320,22 +317,6 @@ class ActiveListener:
         if self.listener_limit is not None:
             self.listener_limit[0].release()
 
-    def _on_closed(self, conn, active: ActiveConnection) -> None:
-        self._release()
-        self.cx_active.value -= 1
-        self.w_cx_active.value -= 1
-        self.cx_destroy.value += 1
-        self.cx_length_ms.record((time.monotonic() - active.started) * 1000.0)
-        if conn is not None:
-            c = getattr(conn, "connection", None) or getattr(conn, "downstream", None)
-            if c is not None and c.close_reason == CloseReason.CONNECT_TIMEOUT:
-                self.cx_transport_connect_timeout.value += 1
-            self.worker.connections.discard(conn)
-            self.worker.on_connection_closed()
-        if active.log_info is not None:
-            self._log(log_closed, self.access_loggers, active.log_info, conn, active.chain_name,
-                      active.conn_id)
-
     def _log(self, emit, *args) -> None:
         """Run the listener's access loggers (listener_access_log.py); a failing logger is
         counted and logged, never raised into the worker loop."""
@@ -361,7 +342,23 @@ class ActiveConnection:
         self.conn_id = conn_id
 
     def closed(self, conn) -> None:
-        self.listener._on_closed(conn, self)
+        """The terminal's connection (None: making it failed) closed."""
+        listener = self.listener
+        listener._release()
+        listener.cx_active.value -= 1
+        listener.w_cx_active.value -= 1
+        listener.cx_destroy.value += 1
+        listener.cx_length_ms.record((time.monotonic() - self.started) * 1000.0)
+        if conn is not None:
+            c = getattr(conn, "connection", None) or getattr(conn, "downstream", None)
+            if c is not None and c.close_reason == CloseReason.CONNECT_TIMEOUT:
+                listener.cx_transport_connect_timeout.value += 1
+            worker = listener.worker
+            worker.connections.discard(conn)
+            worker.on_connection_closed()
+        if self.log_info is not None:
+            listener._log(log_closed, listener.access_loggers, self.log_info, conn,
+                          self.chain_name, self.conn_id)
 
 
 def _closed(conn) -> bool:

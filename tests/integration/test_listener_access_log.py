@@ -310,3 +310,45 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
                       if mo[part].get(k) != mt[part].get(k)}
             assert not differ, (part, differ)
         assert mo == mt
+
+
+def test_http_grpc_and_opentelemetry_loggers_log_a_listeners_connections():
+    """The HTTP gRPC logger and the OpenTelemetry logger on a listener: one entry per
+    connection (no request in it), the OTLP body rendered from the connection's facts."""
+    from ..als_server import OtlpLogsCollector
+    from .test_grpc_access_log import HTTP_GRPC, OTEL_TYPE
+    als, otel = AlsServer(), OtlpLogsCollector()
+    loggers = [
+        {"name": "envoy.access_loggers.http_grpc", "typed_config": {"@type": HTTP_GRPC, "common_config": {
+            "log_name": "listener_http", "transport_api_version": "V3", "buffer_flush_interval": "0.05s",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "als"}}}}},
+        {"name": "envoy.access_loggers.open_telemetry", "typed_config": {
+            "@type": OTEL_TYPE, "common_config": {
+                "log_name": "listener_otel", "transport_api_version": "V3",
+                "buffer_flush_interval": "0.05s", "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}}},
+            "body": {"string_value": "%FILTER_CHAIN_NAME% %PROTOCOL% %BYTES_RECEIVED%"}}},
+    ]
+    cfg = bootstrap({}, 1, 1, als.port, Path("/nonexistent"))
+    listener = cfg["static_resources"]["listeners"][0]
+    listener["access_log"] = loggers
+    cfg["static_resources"]["listeners"] = [listener]
+    cfg["static_resources"]["clusters"].append(_h2_cluster("otel", otel.port))
+    p = ProxyUnderTest(cfg)
+    try:
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", p.server.listener_port("http"), timeout=5)
+            conn.request("GET", "/", headers={"host": "h"})
+            assert conn.getresponse().read() == b"hello"
+            conn.close()
+        assert als.wait(lambda: len(als.http_entries()) >= 2)
+        assert otel.wait(lambda: len(otel.records()) >= 2)
+        for entry in als.http_entries():
+            assert entry["protocol_version"] == "HTTP11"
+            assert "request_headers" not in entry.get("request", {})
+            assert "access_log_type" not in entry["common_properties"]   # NotSet
+        bodies = sorted(r["body"]["string_value"] for r in otel.records())
+        assert bodies == ["chain_a HTTP/1.1 54"] * 2, bodies   # the GET as http.client sends it
+    finally:
+        p.stop()
+        als.close()
+        otel.close()

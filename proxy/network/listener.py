@@ -8,7 +8,10 @@ on each accepted socket (active_socket.py; none configured: straight on), choose
 chain (filter_chain_match.py: no match closes it, `no_filter_chain_match`), and hands it to
 that chain's network filters and terminal (HCM or tcp_proxy) — a connection lives and dies
 there — wrapped in a transport socket from that chain's `transport_socket` factory, with a
-`DownstreamInfo` (connection_info.py) of what the listener found.
+`DownstreamInfo` (connection_info.py) of what the listener found. Per connection, Envoy's
+listener accounting: `downstream_cx_*`, the `downstream_cx_length_ms` and
+`connections_accepted_per_socket_event` histograms, and the listener's access logs
+(listener_access_log.py: at close, at no match, when the listener filters close the socket).
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ class ActiveListener:
             if self.listener_filters:
                 pending = ActiveSocket(self, sock, remote[:2], local[:2])
                 if self.access_loggers:
-                    pending.log_info = accepted(remote, local)
+                    pending.log_info = accepted(remote[:2], local[:2])
                 self.pre_cx_active.value += 1
                 worker.add_connection(pending)
                 try:

@@ -99,6 +99,16 @@ def _attr(name: str) -> Getter:
     return operator.attrgetter(name)
 
 
+def _filter_chain_name(info: StreamInfo) -> str | None:
+    """%FILTER_CHAIN_NAME%: the connection's filter chain; an HTTP stream reads its
+    connection manager's (`hcm`), so no request pays for it unless the operator is used."""
+    name = info.filter_chain_name
+    if name is None:
+        hcm = getattr(info, "hcm", None)
+        name = getattr(hcm, "filter_chain_name", None)
+    return name
+
+
 def _failure_reason(name: str) -> Getter:
     """A transport failure reason with its spaces as "_", as Envoy renders both
     ("delayed_connect_error:_Connection_refused")."""
@@ -180,7 +190,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
             lambda i: _without_port(i.downstream_direct_remote_address),
         "REQUESTED_SERVER_NAME": _attr("requested_server_name"),
         "ROUTE_NAME": _attr("route_name"),
-        "FILTER_CHAIN_NAME": _attr("filter_chain_name"),
+        "FILTER_CHAIN_NAME": _filter_chain_name,
         "TRACE_ID": _trace_id,
         "CONNECTION_ID": _attr("connection_id"),
         "HOSTNAME": lambda i: hostname,

@@ -72,8 +72,13 @@ def _tcp_proxy(cluster: str) -> dict:
 def bootstrap(ports: dict[str, int], upstream: int, dead: int, als: int, logs: Path) -> dict:
     main_log, uf_log = logs / "listeners.log", logs / "uf.log"
     uf_filter = {"response_flag_filter": {"flags": ["UF"]}}
+    # The HCM's own log: its streams' %FILTER_CHAIN_NAME% is the connection's chain too.
+    hcm_log = {"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": FILE_LOG, "path": str(logs / "hcm.log"), "log_format": {"json_format": {
+            "path": "%REQ(:PATH)%", "chain": "%FILTER_CHAIN_NAME%"}}}}
     hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": HCM_TYPE, "stat_prefix": "ingress", "route_config": {"virtual_hosts": [{
+        "@type": HCM_TYPE, "stat_prefix": "ingress", "access_log": [hcm_log],
+        "route_config": {"virtual_hosts": [{
             "name": "vh", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {
                 "status": 200, "body": {"inline_string": "hello"}}}]}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
@@ -260,6 +265,7 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
                     actions = drive(ports)
                     lines = _lines(logs / "listeners.log", len(actions))
                     uf = _lines(logs / "uf.log", 1)
+                    hcm_lines = _lines(logs / "hcm.log", 2)
                     assert als.wait(lambda: len(als.tcp_entries()) >= 2)
                 finally:
                     proc.terminate()
@@ -271,11 +277,12 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
                     actions = drive(ports)
                     lines = _lines(logs / "listeners.log", len(actions))
                     uf = _lines(logs / "uf.log", 1)
+                    hcm_lines = _lines(logs / "hcm.log", 2)
                     assert als.wait(lambda: len(als.tcp_entries()) >= 2)
                 finally:
                     p.stop()
             results[kind] = (_by_action(lines, actions, ports), _by_action(uf, actions, ports),
-                             entries(als))
+                             entries(als), hcm_lines)
         finally:
             als.close()
 
@@ -296,6 +303,8 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
     assert (lines["tcp"]["rx"], lines["tcp"]["tx"], lines["tcp"]["cluster"]) == (5, 5, "echo")
     assert lines["dead"]["flags"] == "UF,URX" and lines["dead"]["chain"] is None
     assert lines["slow_timeout"]["chain"] is None and lines["slow_timeout"]["flags"] == "-"
+    assert ours[3] == theirs[3] == [{"path": "/a", "chain": "chain_a"},
+                                    {"path": "/b", "chain": "chain_a"}]
     # The filtered logger: only the UF line.
     assert list(ours[1]) == list(theirs[1]) == ["dead"]
     # gRPC TCP entries: the same, times and ports masked.
@@ -312,7 +321,7 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
         assert mo == mt
 
 
-def test_http_grpc_and_opentelemetry_loggers_log_a_listeners_connections():
+def test_http_grpc_and_opentelemetry_loggers_log_a_listeners_connections(tmp_path):
     """The HTTP gRPC logger and the OpenTelemetry logger on a listener: one entry per
     connection (no request in it), the OTLP body rendered from the connection's facts."""
     from ..als_server import OtlpLogsCollector
@@ -328,7 +337,7 @@ def test_http_grpc_and_opentelemetry_loggers_log_a_listeners_connections():
                 "buffer_flush_interval": "0.05s", "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}}},
             "body": {"string_value": "%FILTER_CHAIN_NAME% %PROTOCOL% %BYTES_RECEIVED%"}}},
     ]
-    cfg = bootstrap({}, 1, 1, als.port, Path("/nonexistent"))
+    cfg = bootstrap({}, 1, 1, als.port, tmp_path)
     listener = cfg["static_resources"]["listeners"][0]
     listener["access_log"] = loggers
     cfg["static_resources"]["listeners"] = [listener]

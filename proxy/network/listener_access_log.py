@@ -55,8 +55,11 @@ def _emit(loggers, info: StreamInfo) -> None:
     info.access_log_type = ACCESS_LOG_TYPE_NOT_SET
     if info.end_monotonic is None:
         info.end_monotonic = time.monotonic()
-    for logger in loggers:
-        logger.log(info)
+    try:
+        for logger in loggers:
+            logger.log(info)
+    finally:
+        info.access_log_type = None    # tcp_proxy's own loggers log the same StreamInfo next
 
 
 def log_unmatched(loggers, info: StreamInfo) -> None:
@@ -83,10 +86,13 @@ def log_closed(loggers, info: StreamInfo, conn, chain_name: str, conn_id: int) -
     if isinstance(session_info, StreamInfo):
         # tcp_proxy: Envoy's tcp_proxy writes the connection's own StreamInfo; ours keeps it on
         # the session, already finished (bytes, upstream, flags, end time). Log that one, from
-        # the listener's start.
+        # the listener's start (tcp_proxy's own loggers, after these, see the same).
         session_info.start_time = info.start_time
         session_info.start_monotonic = info.start_monotonic
         session_info.filter_chain_name = info.filter_chain_name
+        d = getattr(terminal, "downstream", None)
+        if session_info.downstream_ssl is None and d is not None:
+            session_info.downstream_ssl = d.transport_socket.ssl()
         _emit(loggers, session_info)
         return
     c = getattr(terminal, "connection", None) if terminal is not None else None

@@ -378,9 +378,11 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
                 info.upstream_ssl = up.transport_socket.ssl()
                 if not info.upstream_transport_failure_reason:
                     info.upstream_transport_failure_reason = up.transport_socket.failure_reason or None
+        # The listener's accounting and access logs first, then tcp_proxy's own: Envoy's
+        # ActiveTcpConnection logs before its connection's filters are destroyed.
+        self.on_closed(self)
         for logger in ctx.access_loggers:
             logger.log(info)
-        self.on_closed(self)
 
     def start_drain(self, close_idle: bool = True) -> None:
         """tcp_proxy connections are not interrupted by a drain; they end on their own."""

@@ -571,6 +571,8 @@ def _send_and_wait(http_port: int, als: AlsServer, service: str, read) -> None:
     assert statuses == [200, 418, 503, 404, 200]
     if service == "live":
         assert als.wait(lambda: len(als.http_entries()) >= 5)
+        # The service's SETTINGS (and their ACK) come on their own time: wait for them.
+        assert als.wait(lambda: read().get("cluster.als.upstream_cx_rx_bytes_total", 0) > 0)
     else:
         deadline = time.monotonic() + 10
         while read().get("cluster.als.upstream_cx_connect_fail", 0) < 1:

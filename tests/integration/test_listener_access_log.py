@@ -64,9 +64,17 @@ def _tcp_grpc(log_name: str) -> dict:
             "grpc_service": {"envoy_grpc": {"cluster_name": "als"}}}}}
 
 
-def _tcp_proxy(cluster: str) -> dict:
-    return {"name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {"@type": TCP_TYPE, "stat_prefix": cluster, "cluster": cluster}}
+def _tcp_proxy(cluster: str, access_log: list | None = None) -> dict:
+    cfg = {"@type": TCP_TYPE, "stat_prefix": cluster, "cluster": cluster}
+    if access_log:
+        cfg["access_log"] = access_log
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}
+
+
+def _text_log(path: Path, text: str) -> dict:
+    return {"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": FILE_LOG, "path": str(path), "log_format": {"text_format_source": {
+            "inline_string": text}}}}
 
 
 def bootstrap(ports: dict[str, int], upstream: int, dead: int, als: int, logs: Path) -> dict:
@@ -94,8 +102,11 @@ def bootstrap(ports: dict[str, int], upstream: int, dead: int, als: int, logs: P
         listener("nomatch", [{"name": "only_ten", "filter_chain_match": {"source_prefix_ranges": [
             {"address_prefix": "10.0.0.0", "prefix_len": 8}]}, "filters": [_tcp_proxy("echo")]}],
             [_file_log(main_log)]),
-        listener("tcp", [{"name": "tcp_chain", "filters": [_tcp_proxy("echo")]}],
-                 [_file_log(main_log), _file_log(uf_log, uf_filter), _tcp_grpc("tcp_listener")]),
+        # order.log: the listener's line and tcp_proxy's own, in the order they are logged.
+        listener("tcp", [{"name": "tcp_chain", "filters": [_tcp_proxy("echo", [
+                     _text_log(logs / "order.log", "tcp_proxy %FILTER_CHAIN_NAME% %BYTES_SENT%\n")])]}],
+                 [_file_log(main_log), _file_log(uf_log, uf_filter), _tcp_grpc("tcp_listener"),
+                  _text_log(logs / "order.log", "listener %FILTER_CHAIN_NAME% %BYTES_SENT%\n")]),
         listener("dead", [{"filters": [_tcp_proxy("dead")]}],
                  [_file_log(main_log), _file_log(uf_log, uf_filter), _tcp_grpc("tcp_listener")]),
         listener("slow", [{"name": "never", "filters": [_tcp_proxy("echo")]}],
@@ -177,6 +188,15 @@ def _lines(path: Path, n: int, timeout: float = 5.0) -> list[dict]:
     while True:
         text = path.read_text() if path.exists() else ""
         lines = [json.loads(x) for x in text.splitlines() if x.strip()]
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def _text_lines(path: Path, n: int, timeout: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
         if len(lines) >= n or time.monotonic() > deadline:
             return lines
         time.sleep(0.05)
@@ -266,6 +286,7 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
                     lines = _lines(logs / "listeners.log", len(actions))
                     uf = _lines(logs / "uf.log", 1)
                     hcm_lines = _lines(logs / "hcm.log", 2)
+                    order = _text_lines(logs / "order.log", 2)
                     assert als.wait(lambda: len(als.tcp_entries()) >= 2)
                 finally:
                     proc.terminate()
@@ -278,11 +299,12 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
                     lines = _lines(logs / "listeners.log", len(actions))
                     uf = _lines(logs / "uf.log", 1)
                     hcm_lines = _lines(logs / "hcm.log", 2)
+                    order = _text_lines(logs / "order.log", 2)
                     assert als.wait(lambda: len(als.tcp_entries()) >= 2)
                 finally:
                     p.stop()
             results[kind] = (_by_action(lines, actions, ports), _by_action(uf, actions, ports),
-                             entries(als), hcm_lines)
+                             entries(als), hcm_lines, order)
         finally:
             als.close()
 
@@ -305,6 +327,8 @@ def test_listener_logs_match_envoys(tmp_path, dead_port, echo_upstream):
     assert lines["slow_timeout"]["chain"] is None and lines["slow_timeout"]["flags"] == "-"
     assert ours[3] == theirs[3] == [{"path": "/a", "chain": "chain_a"},
                                     {"path": "/b", "chain": "chain_a"}]
+    # The listener logs a tcp_proxy connection before tcp_proxy's own logger does.
+    assert ours[4] == theirs[4] == ["listener tcp_chain 5", "tcp_proxy tcp_chain 5"]
     # The filtered logger: only the UF line.
     assert list(ours[1]) == list(theirs[1]) == ["dead"]
     # gRPC TCP entries: the same, times and ports masked.

@@ -99,6 +99,27 @@ def _attr(name: str) -> Getter:
     return operator.attrgetter(name)
 
 
+def _filter_chain_name(info: StreamInfo) -> str | None:
+    """%FILTER_CHAIN_NAME%: the connection's filter chain; an HTTP stream reads its
+    connection manager's (`hcm`), so no request pays for it unless the operator is used."""
+    name = info.filter_chain_name
+    if name is None:
+        hcm = getattr(info, "hcm", None)
+        name = getattr(hcm, "filter_chain_name", None)
+    return name
+
+
+def _failure_reason(name: str) -> Getter:
+    """A transport failure reason with its spaces as "_", as Envoy renders both
+    ("delayed_connect_error:_Connection_refused")."""
+    get = operator.attrgetter(name)
+
+    def reason(info: StreamInfo) -> str | None:
+        v = get(info)
+        return v.replace(" ", "_") if v else None
+    return reason
+
+
 # -- operators ---------------------------------------------------------------------------------
 def _trace_id(info: StreamInfo) -> str | None:
     """%TRACE_ID%: the trace id of the request's span (proxy/tracing), '-' without one."""
@@ -156,8 +177,8 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
         "UPSTREAM_REMOTE_ADDRESS": _attr("upstream_host"),
         "UPSTREAM_CLUSTER": _attr("upstream_cluster"),
         "UPSTREAM_LOCAL_ADDRESS": _attr("upstream_local_address"),
-        "UPSTREAM_TRANSPORT_FAILURE_REASON": _attr("upstream_transport_failure_reason"),
-        "DOWNSTREAM_TRANSPORT_FAILURE_REASON": _attr("downstream_transport_failure_reason"),
+        "UPSTREAM_TRANSPORT_FAILURE_REASON": _failure_reason("upstream_transport_failure_reason"),
+        "DOWNSTREAM_TRANSPORT_FAILURE_REASON": _failure_reason("downstream_transport_failure_reason"),
         "DOWNSTREAM_REMOTE_ADDRESS": _attr("downstream_remote_address"),
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
             lambda i: _without_port(i.downstream_remote_address),
@@ -169,6 +190,7 @@ def _plain_ops(hostname: str) -> dict[str, Getter]:
             lambda i: _without_port(i.downstream_direct_remote_address),
         "REQUESTED_SERVER_NAME": _attr("requested_server_name"),
         "ROUTE_NAME": _attr("route_name"),
+        "FILTER_CHAIN_NAME": _filter_chain_name,
         "TRACE_ID": _trace_id,
         "CONNECTION_ID": _attr("connection_id"),
         "HOSTNAME": lambda i: hostname,

@@ -25,6 +25,8 @@ main-thread gRPC client xDS uses (proxy/xds/grpc_stream.py GrpcStream).
   were due on a stream that could not take them: no host, a connection that failed, too much
   unsent). Envoy counts entries sent on a stream whose connection then fails as flushed (they
   are lost unseen); ftproxy holds them until the stream is open, and counts them dropped.
+  The stream charges its cluster's `upstream_cx_*` / `upstream_rq_*` stats as Envoy's gRPC
+  client does (proxy/stats/grpc_client_stats.py), one connection per stream.
 - Unlike Envoy (one stream per worker), one stream per logger config for the whole process.
 - The OpenTelemetry access logger (otel_log.py) reuses the worker side and this service: its
   OtelLogSink takes a LogStream's place (`logger()` picks by the config's type).
@@ -42,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..grpc.protobuf_wire import length_delimited, string
+from ..stats.grpc_client_stats import GrpcClientStats
 from .grpc_config import GrpcAccessLogConfig, GrpcLogStreamConfig
 from .grpc_log_entry import encode_http_entry, encode_tcp_entry
 
@@ -76,6 +79,14 @@ class GrpcAccessLogService:
         self._node_bytes: bytes | None = None
         self._buffers_lock = threading.Lock()   # guards _buffers (for_worker from any thread)
         self._buffers: dict[tuple[int, GrpcLogStreamConfig], WorkerLogBuffer] = {}
+        self._cluster_stats: dict[str, GrpcClientStats] = {}
+
+    def cluster_stats(self, cluster: str) -> GrpcClientStats:
+        """The `cluster.<cluster>.upstream_*` stats the streams to it charge (main thread)."""
+        s = self._cluster_stats.get(cluster)
+        if s is None:
+            s = self._cluster_stats[cluster] = GrpcClientStats(self.store, cluster)
+        return s
 
     def logger(self, config: Any) -> Any:
         """A configured logger (config load, main thread): a GrpcAccessLogConfig's, or an
@@ -293,7 +304,8 @@ class LogStream:
                             PATH, self._on_open, self._on_message, self._on_close,
                             http2=getattr(cluster, "http2", None),
                             connect_timeout=getattr(cluster, "connect_timeout", None),
-                            metadata=cfg.initial_metadata)
+                            metadata=cfg.initial_metadata,
+                            stats=self.service.cluster_stats(cfg.cluster_name).call())
         if stream.closed:      # failed at once (its on_close has run)
             return False
         self.stream = stream

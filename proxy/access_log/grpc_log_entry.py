@@ -283,7 +283,9 @@ def _common(info: Any, log_type: int, stream_id: str, wire: tuple[int, int] | No
         add(uint(29, sent) + uint(30, received))
         if info.upstream_host and info.upstream_local_address:
             add(uint(31, received) + uint(32, sent))
-    add(uint(33, log_type))
+    # A listener's log says NotSet (0, not written), as Envoy's emitLogs (StreamInfo.access_log_type).
+    override = info.access_log_type if hasattr(info, "access_log_type") else None
+    add(uint(33, log_type if override is None else override))
     return length_delimited(1, b"".join(parts))
 
 

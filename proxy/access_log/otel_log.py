@@ -137,7 +137,7 @@ class OtelLogSink:
         store = service.store
         self.logs_dropped = store.counter(f"{self.stats_prefix}.logs_dropped")
         self.flush_failed = store.counter(f"{self.stats_prefix}.grpc_entries_flush_failed")
-        self._cluster = store.scope(f"cluster.{config.cluster_name}")
+        self._cluster = service.cluster_stats(config.cluster_name)
         self.channel = None
         self.in_flight = 0            # records of the export out (0: none)
         self.waiting: list[bytes] = []
@@ -146,7 +146,7 @@ class OtelLogSink:
 
     def count(self, name: str) -> None:
         """One more of the cluster's `upstream_*` counter `name` (GrpcChannel's callback)."""
-        self._cluster.counter(name).inc()
+        self._cluster.count(name)
 
     def receive(self, parts: list[bytes], size: int) -> None:
         if self.service.closed:

@@ -56,6 +56,12 @@ class StreamInfo:
     downstream_local_address: str | None = None
     downstream_direct_remote_address: str | None = None
     route_name: str | None = None
+    # The name of the filter chain that took the connection (listener access logs; None when
+    # it has none, as Envoy's %FILTER_CHAIN_NAME%).
+    filter_chain_name: str | None = None
+    # Envoy's AccessLogType number when the log point sets it (a listener's log: 0, NotSet);
+    # None: the logger's own (DownstreamEnd for HTTP, TcpConnectionEnd for TCP entries).
+    access_log_type: int | None = None
     requested_server_name: str | None = None
     upstream_transport_failure_reason: str | None = None
     downstream_transport_failure_reason: str | None = None

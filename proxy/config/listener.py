@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from proxy.access_log.config import parse_access_logs
 from proxy.config.fields_table import Message, inert, refused, used
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
 from proxy.config.registry import resolve
@@ -105,6 +106,8 @@ class ListenerConfig:
     # "UDP": the address's protocol; such a listener has no filter chains, and its one listener
     # filter (udp_proxy, category "udp_listener_filter") proxies its datagrams (network/udp/).
     protocol: str = "TCP"
+    # Listener access logs (proxy.access_log AccessLogConfig): one entry per connection.
+    access_logs: tuple[Any, ...] = ()
     raw: Mapping[str, Any] | None = None
 
 
@@ -129,7 +132,9 @@ LISTENER = Message("envoy.config.listener.v3.Listener", title="Listeners", model
     used("ignore_global_conn_limit", default=False),
     inert("bypass_overload_manager", "the overload manager has no actions (they are refused)",
           default=False),
-    refused("access_log", "log from the http_connection_manager or tcp_proxy"),
+    used("access_log", attr="access_logs", why="once per connection when it closes, and for a "
+         "connection closed before it had a filter chain (no match: NR; a listener filter); "
+         "proxy/network/listener_access_log.py"),
     refused("drain_type", "MODIFY_ONLY: a hot restart or shutdown drains every listener",
             default="DEFAULT", only_default=True),
     refused("connection_balance_config", "the kernel balances connections across workers "
@@ -277,6 +282,9 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
     ignore_global = errors.run(f.bool, "ignore_global_conn_limit", False)
     errors.run(f.bool, "bypass_overload_manager", False)
     errors.run(f.raw_obj, "metadata")
+    access_logs = errors.run(lambda: parse_access_logs(f.list("access_log")))
+    if udp and access_logs:
+        errors.add(ConfigError(f.at("access_log"), "not supported yet on a UDP listener"))
     errors.raise_if_any()
     ip, port, protocol = address
     return ListenerConfig(
@@ -295,6 +303,7 @@ def parse_listener(raw: Any, path: str, index: int = 0) -> ListenerConfig:
         tcp_backlog_size=backlog,
         ignore_global_conn_limit=ignore_global,
         protocol=protocol,
+        access_logs=access_logs,
         raw=raw,
     )
 

@@ -51,7 +51,7 @@ class ConnectionManager(ConnectionCallbacks):
                  "requested_server_name", "connection", "tls", "on_closed",
                  "streams", "requests", "draining", "created", "tx_reported", "idle_timer",
                  "idle_since", "head_started", "protocol_stats", "restored_local",
-                 "eof_pending")
+                 "eof_pending", "filter_chain_name")
 
     def __init__(self, ctx, sock, remote: tuple[str, int], local: tuple[str, int], conn_id: int,
                  buffer_limit: int, on_closed, info=None) -> None:
@@ -69,6 +69,8 @@ class ConnectionManager(ConnectionCallbacks):
         # The client's FIN came while an upgrade or CONNECT awaited its answer: passed on once
         # the tunnel is up, after the bytes the codec held (_resume), as Envoy relays it.
         self.eof_pending = False
+        # The filter chain's name (its streams' %FILTER_CHAIN_NAME%), None without one.
+        self.filter_chain_name = info.filter_chain_name or None if info is not None else None
         if info is None:
             self.direct_remote = self.remote
             self.requested_server_name = None

@@ -46,7 +46,8 @@ class ActiveSocket:
 
     __slots__ = ("listener", "socket", "fd", "remote", "local", "direct_remote", "direct_local",
                  "requested_server_name", "application_protocols", "transport_protocol",
-                 "filters", "index", "current", "timer", "registered", "capacity", "done")
+                 "filters", "index", "current", "timer", "registered", "capacity", "done",
+                 "log_info")
 
     def __init__(self, listener, sock: socket.socket, remote: tuple[str, int],
                  local: tuple[str, int]) -> None:
@@ -65,6 +66,8 @@ class ActiveSocket:
         self.registered = False
         self.capacity = 0          # how many bytes the current filter wants to see
         self.done = False
+        # The listener's access-log StreamInfo, from the accept (listener_access_log.py), or None.
+        self.log_info = None
 
     @property
     def dispatcher(self):

@@ -16,6 +16,7 @@ Thread affinity: one worker.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -127,6 +128,7 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
         if downstream is not None:
             info.downstream_direct_remote_address = format_address(downstream.direct_remote)
             info.requested_server_name = downstream.requested_server_name or None
+            info.filter_chain_name = downstream.filter_chain_name or None
         else:
             info.downstream_direct_remote_address = info.downstream_remote_address
         info.connection_id = conn_id
@@ -336,7 +338,14 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
                     od.put_timeout(self.ctx.worker.index)
             elif od is not None:
                 od.put_connect_failed(self.ctx.worker.index)
-            self.info.set_response_flag("UF")
+            info = self.info
+            info.set_response_flag("UF")
+            # Envoy: max_connect_attempts (1) reached, "upstream retry limit exceeded": UF,URX;
+            # the connect's errno as the router reports it.
+            info.set_response_flag("URX")
+            if up.connect_errno and not info.upstream_transport_failure_reason:
+                info.upstream_transport_failure_reason = (
+                    f"delayed_connect_error: {os.strerror(up.connect_errno)}")
             self.downstream.close(flush=False)
             return
         self.downstream.close(flush=True)
@@ -369,9 +378,11 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
                 info.upstream_ssl = up.transport_socket.ssl()
                 if not info.upstream_transport_failure_reason:
                     info.upstream_transport_failure_reason = up.transport_socket.failure_reason or None
+        # The listener's accounting and access logs first, then tcp_proxy's own: Envoy's
+        # ActiveTcpConnection logs before its connection's filters are destroyed.
+        self.on_closed(self)
         for logger in ctx.access_loggers:
             logger.log(info)
-        self.on_closed(self)
 
     def start_drain(self, close_idle: bool = True) -> None:
         """tcp_proxy connections are not interrupted by a drain; they end on their own."""

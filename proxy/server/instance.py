@@ -32,6 +32,7 @@ from ..admin.server import AdminServer
 from ..http.hcm_config import HcmConfig
 from ..http.hcm_factory import HcmFactory
 from ..network.address import node_address
+from ..stats.server_stats import ServerStats
 from ..stats.sink import SAMPLE_SINKS, SinkContext
 from ..network.filter_chain_match import FilterChainMatcher
 from ..network.listener import ListenerFactory, bind_listen_sockets
@@ -109,6 +110,7 @@ class Server:
         self.options = options
         self.state = "INITIALIZING"
         self.start_time = time.time()
+        self.start_monotonic = time.monotonic()   # server.initialization_time_ms runs from here
         self.original_start_time = self.start_time  # first epoch's start (server.uptime)
         self.epoch = options.hot_restart_epoch
         self.hr_parent = None   # HotRestartParent: we listen for the next epoch
@@ -116,6 +118,7 @@ class Server:
         self.main = Dispatcher("main")
         self.stats = _stats_registry(bootstrap)
         self.main_store = self.stats.new_store("main")
+        self.server_stats = ServerStats(self.main_store)
         self.workers: list[Worker] = []
         self.listen_sockets: dict[str, list] = {}
         self.listener_addresses: dict[str, tuple[str, int]] = {}
@@ -367,6 +370,7 @@ class Server:
         self.state = "LIVE"
         st.gauge("server.live").set(1)
         st.gauge("server.state").set(0)
+        self.server_stats.initialized(time.monotonic() - self.start_monotonic)
         self._update_uptime()
         # Config, route tables and modules live for the whole process: move them out of the
         # cyclic GC's generations so collections only scan what requests allocate.
@@ -481,7 +485,8 @@ class Server:
             chains.append(lc.default_filter_chain)
         return ListenerFactory(
             tuple(lf.extension.factory(lf.config, lf.name) for lf in lc.listener_filters),
-            matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains))
+            matcher, tuple((self._chain_factory(lc, chain), chain) for chain in chains),
+            tuple(a.create(grpc_logs=self.grpc_access_logs) for a in lc.access_logs))
 
     def _post_listener(self, lc, socks: list, factory: ListenerFactory) -> None:
         """Hand a listener's sockets to the workers (main thread; static and LDS listeners)."""
@@ -655,6 +660,10 @@ class Server:
 
     def _update_uptime(self) -> None:
         self.main_store.gauge("server.uptime").set(int(time.time() - self.original_start_time))
+        try:
+            self.server_stats.refresh(ServerAdminContext(self).certificates())
+        except Exception:
+            log.exception("refreshing the server stats failed")
 
     def _teardown(self) -> None:
         self.stop_admin()

@@ -10,9 +10,10 @@ StreamLoadStats` call from the main thread over the gRPC client xDS uses (GrpcSt
 - Every interval: a LoadStatsRequest with the node and one ClusterStats per named cluster that
   exists (proxy/upstream/load_report.py computes them), with each host's numbers too when the
   server asked for `report_endpoint_granularity`.
-- The LRS cluster's `upstream_cx_total`, `upstream_rq_total` (one per stream),
-  `upstream_cx_connect_fail` and `upstream_rq_<code>`/`_<class>xx` (on the response headers)
-  count as Envoy's gRPC client, whose stream goes through the cluster's router, charges them.
+- The LRS cluster's `upstream_cx_*` / `upstream_rq_*` stats count as Envoy's gRPC client, whose
+  stream goes through the cluster's router, charges them (proxy/stats/grpc_client_stats.py:
+  a connection per stream, `upstream_rq_total` once connected, `upstream_cx_connect_fail`,
+  the response's `upstream_rq_<code>`/`_<class>xx` on its headers).
 - The stream ends (any reason) -> `load_reporter.errors` (not for a grpc-status OK) and a new
   stream after 5 s (`load_reporter.retries`). Envoy's counters are named from its side:
   `load_reporter.requests` counts the responses received, `load_reporter.responses` the
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..stats.grpc_client_stats import GrpcClientStats
 from ..upstream.load_report import ClusterReport, ClusterSample, HostSample, LoadReportState
 from ..xds.grpc_stream import GrpcStream
 from ..xds.proto import DecodeError, node_message
@@ -127,12 +129,9 @@ class LoadStatsReporter:
         self.c_responses = store.counter("load_reporter.responses")
         self.c_errors = store.counter("load_reporter.errors")
         self.c_retries = store.counter("load_reporter.retries")
-        # The LRS cluster's counters, as Envoy's gRPC client (a stream through the cluster's
-        # router) charges them: a connection and a request per stream, the response code.
-        scope = store.scope(f"cluster.{cluster_name}")
-        self._cluster_stats = {n: scope.counter(n) for n in (
-            "upstream_cx_total", "upstream_cx_connect_fail", "upstream_rq_total")}
-        self._scope = scope
+        # The LRS cluster's stats, as Envoy's gRPC client (a stream through the cluster's
+        # router) charges them.
+        self._cluster_stats = GrpcClientStats(store, cluster_name)
         self._retry = dispatcher.create_timer(self._on_retry)
         self._report_timer = dispatcher.create_timer(self._send)
 
@@ -163,24 +162,16 @@ class LoadStatsReporter:
         address = hosts[self.host_index % len(hosts)]
         self.host_index += 1
         cluster = self._cluster_config(self.cluster_name)
-        self._cluster_stats["upstream_cx_total"].inc()
-        self._cluster_stats["upstream_rq_total"].inc()
         self.stream = GrpcStream(self.dispatcher, address, self.cluster_name, PATH,
                                  self._on_open, self._on_message, self._on_close,
                                  http2=getattr(cluster, "http2", None),
                                  connect_timeout=getattr(cluster, "connect_timeout", None),
-                                 on_response=self._on_response)
+                                 stats=self._cluster_stats.call())
         self._opened = False
         self._send()
 
     def _on_open(self) -> None:
         self._opened = True
-
-    def _on_response(self, status: bytes) -> None:
-        code = status.decode("latin-1")
-        if code.isdigit() and len(code) == 3:
-            self._scope.counter(f"upstream_rq_{code}").inc()
-            self._scope.counter(f"upstream_rq_{code[0]}xx").inc()
 
     def _send(self) -> None:
         """Envoy's sendLoadStatsRequest: the stats of the tracked clusters (none before a first
@@ -219,8 +210,6 @@ class LoadStatsReporter:
 
     def _on_close(self, status: int | None, message: str) -> None:
         self.stream = None
-        if not self._opened:
-            self._cluster_stats["upstream_cx_connect_fail"].inc()
         self._report_timer.disable()
         if self.stopped:
             return

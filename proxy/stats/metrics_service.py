@@ -15,12 +15,12 @@ cluster_name/authority, initial_metadata), `transport_api_version` (V3; V2 refus
   `initial_metadata` and `x-envoy-internal: true`, as Envoy's gRPC client sends them.
 - A stream that ends (the server closed it, the connection failed or was lost) is dropped;
   the next flush opens a new one (Envoy's onRemoteClose). Nothing is retried: that flush's
-  metrics are lost, as in Envoy. The cluster's counters, as Envoy's gRPC client charges them:
-  per stream `upstream_cx_total`, `upstream_cx_http2_total`, `upstream_rq_pending_total`, and
-  `upstream_rq_total` once connected; a failed connection `upstream_cx_connect_fail`,
-  `upstream_rq_pending_failure_eject` and a local 503 (`upstream_rq_503`, `_5xx`,
-  `upstream_rq_completed`); the answer's `upstream_rq_<code>`/`_<class>xx`. Not counted:
-  Envoy's `internal.*` copies, `upstream_cx_destroy*`, flow-control counters.
+  metrics are lost, as in Envoy. The cluster's stats, as Envoy's gRPC client charges them:
+  grpc_client_stats.py (per stream `upstream_cx_total`, `upstream_cx_http2_total`,
+  `upstream_rq_pending_total`, `upstream_rq_total` once connected, bytes, a failed
+  connection's `upstream_cx_connect_fail`, `upstream_rq_pending_failure_eject` and local
+  503, the answer's `upstream_rq_<code>`...). Not counted: Envoy's `internal.*` copies,
+  `upstream_cx_destroy_local/remote`, flow-control counters.
 - Limit: a server that stops reading leaves messages queued on the stream; past MAX_QUEUED
   bytes a flush's message is dropped (`metrics_service.messages_dropped`, ftproxy's own
   counter) instead of growing main's memory without bound.
@@ -40,6 +40,7 @@ from proxy.config.grpc_metadata import parse_initial_metadata
 from proxy.config.reader import ConfigError
 from proxy.config.registry import Extension, register
 
+from .grpc_client_stats import GrpcClientStats
 from .metric_families import FlushOptions, MetricsFlusher, encode_stream_message
 from .sink import SinkContext
 
@@ -155,14 +156,7 @@ class MetricsServiceSink:
         from proxy.xds.xds_manager import USER_AGENT_NAME, USER_AGENT_VERSION
         self.context = context
         self.node = node_message(context.node, USER_AGENT_NAME, USER_AGENT_VERSION).SerializeToString()
-        scope = context.store.scope(f"cluster.{self.config.cluster_name}")
-        self._scope = scope
-        self.cx_total = scope.counter("upstream_cx_total")
-        self.cx_http2_total = scope.counter("upstream_cx_http2_total")
-        self.rq_pending_total = scope.counter("upstream_rq_pending_total")
-        self.rq_total = scope.counter("upstream_rq_total")
-        self.cx_connect_fail = scope.counter("upstream_cx_connect_fail")
-        self.rq_pending_failure_eject = scope.counter("upstream_rq_pending_failure_eject")
+        self.cluster_stats = GrpcClientStats(context.store, self.config.cluster_name)
         self.dropped = context.store.counter("metrics_service.messages_dropped")
         self._opened = False
 
@@ -193,39 +187,23 @@ class MetricsServiceSink:
         address = hosts[self.host_index % len(hosts)]
         self.host_index += 1
         cluster = ctx.cluster_config(name)
-        self.cx_total.inc()
-        self.cx_http2_total.inc()
-        self.rq_pending_total.inc()   # the stream waits for its connection
         self._opened = False
         self.streams += 1
         self.stream = GrpcStream(ctx.dispatcher, address, self.config.authority or name, PATH,
                                  self._on_open, self._on_message, self._on_close,
                                  http2=getattr(cluster, "http2", None),
                                  connect_timeout=getattr(cluster, "connect_timeout", None),
-                                 on_response=self._on_response,
-                                 metadata=(*self.config.initial_metadata, (b"x-envoy-internal", b"true")))
+                                 metadata=(*self.config.initial_metadata, (b"x-envoy-internal", b"true")),
+                                 stats=self.cluster_stats.call())
 
     def _on_open(self) -> None:
         self._opened = True
-        self.rq_total.inc()           # Envoy: once the stream has its connection
 
     def _on_message(self, data: bytes) -> None:
         pass   # StreamMetricsResponse is empty; Envoy ignores it too
 
-    def _on_response(self, status: bytes) -> None:
-        code = status.decode("latin-1")
-        if code.isdigit() and len(code) == 3:
-            self._scope.counter(f"upstream_rq_{code}").inc()
-            self._scope.counter(f"upstream_rq_{code[0]}xx").inc()
-
     def _on_close(self, status: int | None, message: str) -> None:
         self.stream = None
-        if not self._opened:
-            # Envoy's router ejects the pending stream and answers it a local 503.
-            self.cx_connect_fail.inc()
-            self.rq_pending_failure_eject.inc()
-            self._on_response(b"503")
-            self._scope.counter("upstream_rq_completed").inc()
         log.debug("metrics_service: stream to %s closed: %s, %s", self.config.cluster_name, status, message)
 
     def close(self) -> None:

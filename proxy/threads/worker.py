@@ -228,8 +228,7 @@ class Worker:
             self.listeners.remove(al)
         victims = []
         for conn in list(self.connections):
-            # Each connection's on_closed is its ActiveListener's bound method.
-            owner = getattr(getattr(conn, "on_closed", None), "__self__", None)
+            owner = _listener_of(conn)
             if owner in gone and _chain_index(owner, conn) not in keep_chains:
                 victims.append(conn)
         if drain_time <= 0:
@@ -268,8 +267,7 @@ class Worker:
             if stop:
                 al.stop(True)
         for conn in list(self.connections):
-            # Each connection's on_closed is its ActiveListener's bound method.
-            if getattr(getattr(conn, "on_closed", None), "__self__", None) in chosen:
+            if _listener_of(conn) in chosen:
                 conn.start_drain(False)
         done()
 
@@ -300,6 +298,13 @@ class Worker:
 
 
 GRADUAL_SPREAD = 0.9   # the share of the drain time over which gradual drain moments fall
+
+
+def _listener_of(conn):
+    """The ActiveListener that accepted `conn`: its on_closed is the bound `closed` of the
+    listener's ActiveConnection record (proxy/network/listener.py), which names it."""
+    record = getattr(getattr(conn, "on_closed", None), "__self__", None)
+    return getattr(record, "listener", None)
 
 
 def _chain_index(listener, conn) -> int | None:

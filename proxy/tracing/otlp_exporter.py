@@ -38,6 +38,7 @@ from h2.exceptions import H2Error
 
 from .. import __version__
 from ..http.codec.hpack_codec import install as install_hpack
+from ..stats.grpc_client_stats import GrpcClientStats
 from ..threads.client_socket import ClientSocket
 from . import exporter as common
 from .otlp import Resource, encode_export_request
@@ -75,8 +76,8 @@ class OtlpExporter:
         self.spans_sent = scope.counter("spans_sent")
         self.spans_dropped = scope.counter("spans_dropped")
         self.timer_flushed = scope.counter("timer_flushed")
-        self._cluster_stats: dict[str, object] = {}  # made on first use: only for a cluster
-        #                                               that exists (an unknown one loads)
+        # Made on first use: only for a cluster that exists (an unknown one loads).
+        self._cluster_stats: GrpcClientStats | None = None
         authority = (config.authority or config.cluster_name).encode()
         headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", authority),
                    (b":path", EXPORT_PATH), (b"content-type", b"application/grpc"),
@@ -109,11 +110,9 @@ class OtlpExporter:
 
     def count(self, name: str) -> None:
         """One more of the collector cluster's `upstream_*` counter `name` (main thread)."""
-        c = self._cluster_stats.get(name)
-        if c is None:
-            c = self._cluster_stats[name] = self.store.scope(
-                f"cluster.{self.config.cluster_name}").counter(name)
-        c.inc()
+        if self._cluster_stats is None:
+            self._cluster_stats = GrpcClientStats(self.store, self.config.cluster_name)
+        self._cluster_stats.count(name)
 
     def batcher_for(self, worker) -> common.SpanBatcher:
         with self._batchers_lock:

@@ -18,6 +18,9 @@ Callbacks (main thread): `on_open()` once the connection is up and the request h
 sent; `on_message(bytes)` for each message; `on_close(status, message)` once, when the call
 ends for any reason (status None: the connection failed or closed without a gRPC status);
 `on_response(status)`, if given, with the response headers' `:status`.
+`stats`, if given (proxy/stats/grpc_client_stats.py GrpcCallStats): told the call's life
+(connected, the response's :status, bytes sent and received, its end) to charge the cluster's
+`upstream_*` stats as Envoy's gRPC client does.
 Thread affinity: main thread only.
 """
 
@@ -104,10 +107,11 @@ class GrpcStream:
                  on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy",
                  http2=None, connect_timeout: float | None = None,
                  on_response: Callable[[bytes], None] | None = None,
-                 metadata: Sequence[tuple[bytes, bytes]] = ()) -> None:
+                 metadata: Sequence[tuple[bytes, bytes]] = (), stats=None) -> None:
         """`metadata`: more request headers, after the call's own (a gRPC service's
-        `initial_metadata`)."""
+        `initial_metadata`); `stats`: the call's stats hook (module docstring), or None."""
         self.dispatcher = dispatcher
+        self.stats = stats
         self.on_response = on_response   # the response headers' :status (once, if given)
         self.on_open, self.on_message, self.on_close = on_open, on_message, on_close
         self.framer = GrpcFramer()
@@ -167,6 +171,8 @@ class GrpcStream:
             out = self.h2.data_to_send()
             if out:
                 self.sock.write(out)
+                if self.stats is not None:
+                    self.stats.on_sent(len(out))
 
     # -- receiving ---------------------------------------------------------------------------
     def _connect_timed_out(self) -> None:
@@ -180,6 +186,8 @@ class GrpcStream:
             self._connect_timer = None
         if self.closed:
             return
+        if self.stats is not None:
+            self.stats.on_connected()
         ka = getattr(self.http2, "connection_keepalive", None)
         if ka is not None:
             self.keepalive = Keepalive(ka, self.dispatcher, self._send_ping, self._keepalive_timeout,
@@ -196,6 +204,8 @@ class GrpcStream:
     def _on_data(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.stats is not None:
+            self.stats.on_received(len(data))
         try:
             events = self.h2.receive_data(data)
         except H2Error as e:
@@ -221,8 +231,12 @@ class GrpcStream:
                         self.on_message(m)
             elif isinstance(ev, h2events.ResponseReceived) and sid == self.stream_id:
                 self._headers(ev.headers, trailers=False)
-                if self.on_response is not None:
-                    self.on_response(next((v for k, v in ev.headers if k == b":status"), b""))
+                if self.on_response is not None or self.stats is not None:
+                    status = next((v for k, v in ev.headers if k == b":status"), b"")
+                    if self.stats is not None:
+                        self.stats.on_response(status)
+                    if self.on_response is not None:
+                        self.on_response(status)
             elif isinstance(ev, h2events.TrailersReceived) and sid == self.stream_id:
                 self._headers(ev.headers, trailers=True)
             elif isinstance(ev, h2events.StreamEnded) and sid == self.stream_id:
@@ -272,6 +286,8 @@ class GrpcStream:
         self.closed = True
         self._stop_timers()
         self.sock.close()
+        if self.stats is not None:
+            self.stats.on_end()
         self.on_close(status, message)
 
     def close(self) -> None:
@@ -280,6 +296,8 @@ class GrpcStream:
             self.closed = True
             self._stop_timers()
             self.sock.close()
+            if self.stats is not None:
+                self.stats.on_end()
 
     def _stop_timers(self) -> None:
         if self.keepalive is not None:

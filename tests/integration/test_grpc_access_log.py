@@ -492,3 +492,89 @@ def test_opentelemetry_log_records_match_envoys(tmp_path, dead_port):
     assert our_stats["access_logs.open_telemetry_access_log.errors.logs_dropped"] == 0
     assert our_stats["access_logs.open_telemetry_access_log.logs_written"] == 5
     assert our_stats["access_logs.open_telemetry_access_log.errors.logs_written"] == 1
+
+
+# -- the ALS cluster's own stats, as Envoy's gRPC client charges them ---------------------------
+ALS_CHARGED = ("upstream_cx_total", "upstream_cx_http2_total", "upstream_rq_total",
+               "upstream_rq_pending_total", "upstream_cx_active", "upstream_rq_active")
+
+
+def _als_cluster_stats(read) -> dict[str, int]:
+    return {k[len("cluster.als."):]: v for k, v in read().items()
+            if k.startswith("cluster.als.") and v}
+
+
+def _envoy_values(admin_port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats", timeout=5) as r:
+        text = r.read().decode()
+    return {n: int(v) for n, _, v in (line.partition(": ") for line in text.splitlines())
+            if v.isdigit()}
+
+
+def test_the_als_stream_charges_its_cluster_as_envoys_grpc_client(tmp_path, dead_port):
+    """One gRPC access-log stream to a live service, then to a port nobody listens on: the
+    `als` cluster's upstream_cx_* / upstream_rq_* stats under ftproxy are Envoy 1.40's (the
+    same counts; bytes both counted), and ftproxy charges nothing Envoy does not."""
+    upstream = EchoUpstream()
+    loggers = [http_logger("http_log", buffer_flush_interval="0.05s")]
+    seen: dict[tuple[str, str], dict[str, int]] = {}
+    try:
+        for service in ("live", "dead"):
+            for kind in ("envoy", "ftproxy"):
+                als = AlsServer()
+                als_port = als.port if service == "live" else dead_port
+                try:
+                    if kind == "envoy":
+                        reservation = PortReservation()
+                        ports = (reservation.take(), reservation.take(), reservation.take())
+                        proc = _run_envoy(bootstrap(upstream.port, dead_port, als_port, ports,
+                                                    loggers, tcp=False), tmp_path, reservation, als)
+                        read = lambda ports=ports: _envoy_values(ports[2])  # noqa: E731
+                        try:
+                            _wait_ready(ports[2], proc)
+                            _send_and_wait(ports[0], als, service, read)
+                            seen[(service, kind)] = _als_cluster_stats(read)
+                        finally:
+                            proc.terminate()
+                            proc.wait(10)
+                    else:
+                        p = ProxyUnderTest(bootstrap(upstream.port, dead_port, als_port,
+                                                     loggers=loggers, tcp=False))
+                        read = lambda p=p: {**p.counters(), **p.gauges()}  # noqa: E731
+                        try:
+                            _send_and_wait(p.port, als, service, read)
+                            seen[(service, kind)] = _als_cluster_stats(read)
+                        finally:
+                            p.stop()
+                finally:
+                    als.close()
+    finally:
+        upstream.close()
+    live_e, live_o = seen[("live", "envoy")], seen[("live", "ftproxy")]
+    assert {n: live_o.get(n) for n in ALS_CHARGED} == {n: live_e.get(n) for n in ALS_CHARGED} == {
+        n: 1 for n in ALS_CHARGED}
+    for n in ("upstream_cx_tx_bytes_total", "upstream_cx_rx_bytes_total"):
+        assert live_o[n] > 0 and live_e[n] > 0, n
+    dead_e, dead_o = seen[("dead", "envoy")], seen[("dead", "ftproxy")]
+    for stats in (dead_e, dead_o):
+        failed = stats["upstream_cx_connect_fail"]
+        assert failed >= 1 and "upstream_rq_total" not in stats
+        for n in ("upstream_cx_total", "upstream_rq_pending_total",
+                  "upstream_rq_pending_failure_eject", "upstream_rq_503", "upstream_rq_5xx"):
+            assert failed <= stats[n] <= failed + 1, (n, stats)   # one may be connecting
+    for theirs, ours in ((live_e, live_o), (dead_e, dead_o)):
+        assert set(ours) <= set(theirs), set(ours) - set(theirs)
+
+
+def _send_and_wait(http_port: int, als: AlsServer, service: str, read) -> None:
+    statuses = send_traffic(http_port, None)
+    assert statuses == [200, 418, 503, 404, 200]
+    if service == "live":
+        assert als.wait(lambda: len(als.http_entries()) >= 5)
+        # The service's SETTINGS (and their ACK) come on their own time: wait for them.
+        assert als.wait(lambda: read().get("cluster.als.upstream_cx_rx_bytes_total", 0) > 0)
+    else:
+        deadline = time.monotonic() + 10
+        while read().get("cluster.als.upstream_cx_connect_fail", 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

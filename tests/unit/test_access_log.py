@@ -46,6 +46,8 @@ def make_info() -> StreamInfo:
     info.route_name = "main_route"
     info.requested_server_name = "example.com"
     info.upstream_transport_failure_reason = "TLS_error"
+    info.downstream_transport_failure_reason = "connection reset"
+    info.filter_chain_name = "chain_a"
     info.connection_id = 42
     info.upstream_request_attempt_count = 2
     return info
@@ -110,6 +112,8 @@ def test_default_format_with_nothing_set_renders_dashes_and_zeros():
     ("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", "192.168.1.8:51001"),
     ("%REQUESTED_SERVER_NAME%", "example.com"),
     ("%ROUTE_NAME%", "main_route"),
+    ("%FILTER_CHAIN_NAME%", "chain_a"),
+    ("%DOWNSTREAM_TRANSPORT_FAILURE_REASON%", "connection_reset"),   # spaces as "_", as Envoy
     ("%CONNECTION_ID%", "42"),
     ("%HOSTNAME%", "testhost"),
     ("%UPSTREAM_REQUEST_ATTEMPT_COUNT%", "2"),
@@ -125,7 +129,7 @@ def test_operator_renders_stream_info_value(text, expected):
     "%DOWNSTREAM_REMOTE_ADDRESS%", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     "%DOWNSTREAM_LOCAL_ADDRESS%", "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
     "%REQUESTED_SERVER_NAME%", "%ROUTE_NAME%", "%REQ(:METHOD)%", "%RESP(X)%", "%TRAILER(X)%",
-    "%RESPONSE_FLAGS%",
+    "%RESPONSE_FLAGS%", "%FILTER_CHAIN_NAME%", "%DOWNSTREAM_TRANSPORT_FAILURE_REASON%",
 ])
 def test_unset_value_renders_dash(text):
     assert fmt(text, StreamInfo()) == "-"

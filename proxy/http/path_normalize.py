@@ -60,7 +60,8 @@ class HeadNormalization:
     strip_trailing_host_dot: bool = False
     strip_port: int = _STRIP_NONE
     append_x_forwarded_port: bool = False
-    # use_remote_address: the client's x-forwarded-port is replaced; else it is kept.
+    # use_remote_address with no trusted hop: the client's x-forwarded-port is replaced; else it
+    # is kept (as Envoy trusts a trusted hop's x-forwarded-proto).
     overwrite_x_forwarded_port: bool = False
     changes_host: bool = False   # strip_trailing_host_dot or a strip_*_host_port
 
@@ -80,6 +81,7 @@ def compile_normalization(config) -> HeadNormalization | None:
     """`config`: an HcmConfig. None when no option asks for anything."""
     strip = (_STRIP_ANY if config.strip_any_host_port
              else _STRIP_MATCHING if config.strip_matching_host_port else _STRIP_NONE)
+    overwrite = config.use_remote_address and not config.xff_num_trusted_hops
     norm = HeadNormalization(
         escaped_slashes=_ESCAPED_SLASHES[config.path_with_escaped_slashes_action],
         normalize_path=config.normalize_path,
@@ -87,10 +89,10 @@ def compile_normalization(config) -> HeadNormalization | None:
         strip_trailing_host_dot=config.strip_trailing_host_dot,
         strip_port=strip,
         append_x_forwarded_port=config.append_x_forwarded_port,
-        overwrite_x_forwarded_port=config.use_remote_address,
+        overwrite_x_forwarded_port=overwrite,
         changes_host=config.strip_trailing_host_dot or strip != _STRIP_NONE,
     )
-    if norm == HeadNormalization(overwrite_x_forwarded_port=config.use_remote_address):
+    if norm == HeadNormalization(overwrite_x_forwarded_port=overwrite):
         return None
     return norm
 

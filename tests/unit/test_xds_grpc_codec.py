@@ -100,6 +100,9 @@ def test_backoff_is_jittered_exponential_capped_at_30s():
         def counter(self, name):   # control_plane.rate_limit_enforced
             return self.gauge(name)
 
+        def scope(self, prefix):   # cluster.<xds cluster> (the stream's gRPC client stats)
+            return self
+
     delays: list[float] = []
     mux = grpc_mux.GrpcMux(Dispatcher(), "xds", grpc_mux.ADS_PATH, lambda: [], None, Store(),
                            rand=lambda: 0.999999)

@@ -30,6 +30,8 @@ from .filter_chain_plan import ChainPlans
 from .async_client import AsyncRequest
 from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head
 from .local_reply_config import FLAG_AFTER_REPLY
+from .headers import Headers
+from ..router.header_mutation import ResponseInfo, apply_mutations
 from .stream_state import CLOSED, REQUEST_COMPLETE, RESPONSE_STARTED
 
 __all__ = ["FilterManager"]
@@ -430,7 +432,9 @@ class FilterManager:
         `grpc_status` or one mapped from `status`) through the encoder filters; a reset once
         the response reached the wire. The decoder chain stops here. With the HCM's
         local_reply_config its mappers and body format rewrite the reply
-        (local_reply_config.py)."""
+        (local_reply_config.py). The route's response header mutations (route, virtual host
+        and route configuration levels) apply first, as Envoy 1.40 applies them to every
+        local reply of a stream that has a route (a filter's denial, the router's 503/504)."""
         rewrite = self.ctx.config.local_reply
         if flag and (rewrite is None or details not in FLAG_AFTER_REPLY):
             self.set_response_flag(flag)
@@ -449,6 +453,14 @@ class FilterManager:
         grpc = self.grpc_request
         if grpc is None:
             grpc = is_grpc_request(self.head.headers)
+        route = self.cached_route
+        if route is _UNRESOLVED and self.chains is not None:
+            route = self.route()   # (Envoy resolved it before the filters ran)
+        mutations = route.response_mutations if route is not None and route is not _UNRESOLVED else ()
+        if mutations and (rewrite is not None or grpc):
+            headers = Headers(list(extra) if extra else [])
+            apply_mutations(mutations, headers, ResponseInfo(self, headers))
+            extra = headers.items()
         if rewrite is not None:
             head, body = rewrite.prepare(self, status, body, extra, grpc, grpc_status,
                                          self.head.method == b"HEAD")
@@ -460,6 +472,8 @@ class FilterManager:
             body = b""
         else:
             head = local_reply_head(status, body, extra)
+            if mutations:
+                apply_mutations(mutations, head.headers, ResponseInfo(self, head.headers))
         if self.encoding_started:
             # A response is inside the encoder chain (held by a filter) but not on the wire:
             # the local reply replaces it and goes straight out, as Envoy's direct reply.

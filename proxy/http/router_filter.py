@@ -191,8 +191,9 @@ class RouterFilter:
 
     def _local_with_mutations(self, status: int, body: bytes, details: str, extra=None) -> None:
         """A direct response or redirect: a local reply that the route's response header
-        mutations apply to (Envoy applies them; it does not to error replies). As every local
-        reply: to a gRPC request a trailers-only 200, and local_reply_config rewrites it."""
+        mutations apply to (as to every local reply of a routed stream: send_local_reply).
+        As every local reply: to a gRPC request a trailers-only 200, and local_reply_config
+        rewrites it."""
         stream = self.stream
         stream.response_code_details = details
         if not stream.request_complete:

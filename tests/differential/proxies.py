@@ -234,3 +234,53 @@ def _add_access_logs(bootstrap: dict, path: str) -> None:
             for f in chain.get("filters", []):
                 if f.get("name") == HCM_NAME or f.get("typed_config", {}).get("@type") == HCM_TYPE:
                     f["typed_config"].setdefault("access_log", []).append(entry)
+
+
+class BootstrapProcess:
+    """A whole bootstrap (`bootstrap`, its admin on `admin_port`) under real Envoy (`kind`
+    "envoy") or ftproxy, one worker, for the differential tests that drive a proxy themselves
+    rather than through a case file. Started and ready (admin /ready answers 200) once made;
+    `admin(path)` -> (status, text), `stat_values()`, `stop()`."""
+
+    def __init__(self, kind: str, bootstrap: dict, admin_port: int, path: Path,
+                 ready_timeout: float = 20.0) -> None:
+        self.kind = kind
+        self.admin_port = admin_port
+        path.write_text(json.dumps(bootstrap))
+        common = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
+        cmd = ([envoy_binary(), *common] if kind == "envoy"
+               else [sys.executable, "-m", "proxy.server.main", *common])
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        deadline = time.monotonic() + ready_timeout
+        while self.admin("/ready")[0] != 200:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(f"{kind} did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+
+    def admin(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def stat_values(self) -> dict[str, str]:
+        """Every stat of /stats: name -> its value as printed."""
+        out = {}
+        for line in self.admin("/stats")[1].splitlines():
+            name, _, value = line.partition(": ")
+            out[name] = value
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

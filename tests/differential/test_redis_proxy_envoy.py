@@ -11,18 +11,13 @@ tag where enabled, prefixes removed where asked); and the `redis.<prefix>.*` sta
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from tests.redis_peers import REDIS_SERVER, RedisServer, RespClient, SilentServer, command as c
 
-from .proxies import PortReservation, envoy_binary
+from .proxies import BootstrapProcess, PortReservation
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs it)")
 
@@ -100,51 +95,20 @@ def _locked(name: str, port: int, password: str) -> dict:
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
-class Proc:
+class Proc(BootstrapProcess):
     def __init__(self, kind: str, tmp_path, redis: list[int], silent: int, closed: int, locked: int) -> None:
         reserve = PortReservation()
-        self.admin_port = reserve.take()
+        admin_port = reserve.take()
         self.ports = {n: reserve.take() for n in PREFIXES}
         reserve.release()
-        path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps(_bootstrap(self.admin_port, self.ports, redis, silent, closed, locked)))
-        common = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
-        cmd = ([envoy_binary(), *common] if kind == "envoy" else [sys.executable, "-m", "proxy.server.main", *common])
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while self.admin("/ready")[0] != 200:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"{kind} did not start: {self.proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.05)
-
-    def admin(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        super().__init__(kind, _bootstrap(admin_port, self.ports, redis, silent, closed, locked),
+                         admin_port, tmp_path / f"{kind}.json")
 
     def stats(self) -> dict[str, str]:
         wanted = {f"redis.{p}.{s}" for p in PREFIXES for s in STATS}
         wanted |= {"cluster.silent.upstream_rq_timeout", "cluster.dead.upstream_cx_connect_fail"}
-        found = {}
-        for line in self.admin("/stats")[1].splitlines():
-            name, _, value = line.partition(": ")
-            if name in wanted:
-                found[name] = value
+        found = self.stat_values()
         return {n: found.get(n, "<absent>") for n in sorted(wanted)}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # (name, listener, bytes, answers to read: a count, or None for "until the proxy closes")

@@ -7,19 +7,13 @@ the sessions time out."""
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from tests.udp_peers import UdpEchoServer, free_udp_port, udp_client
 
-from .proxies import PortReservation, envoy_binary
+from .proxies import BootstrapProcess, PortReservation
 
 PREFIXES = ("echo", "dead", "nohost", "limited")
 UDP_STATS = ("downstream_sess_no_route", "downstream_sess_rx_bytes", "downstream_sess_rx_datagrams",
@@ -58,58 +52,25 @@ def _bootstrap(admin: int, ports: dict[str, int], echo: int, dead: int) -> dict:
                                                   "thresholds": [{"max_connections": 1}]}}]}}
 
 
-class Proc:
+class Proc(BootstrapProcess):
     def __init__(self, kind: str, tmp_path, echo: int, dead: int) -> None:
         reserve = PortReservation()
-        self.admin_port = reserve.take()
+        admin_port = reserve.take()
         reserve.release()
         self.ports = {n: free_udp_port() for n in PREFIXES}
-        path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps(_bootstrap(self.admin_port, self.ports, echo, dead)))
-        common = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
-        cmd = ([envoy_binary(), *common] if kind == "envoy"
-               else [sys.executable, "-m", "proxy.server.main", *common])
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while self.admin("/ready")[0] != 200:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"{kind} did not start: {self.proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.05)
-
-    def admin(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        super().__init__(kind, _bootstrap(admin_port, self.ports, echo, dead), admin_port,
+                         tmp_path / f"{kind}.json")
 
     def stats(self) -> dict[str, str]:
         wanted = {f"udp.{p}.{s}" for p in PREFIXES for s in UDP_STATS}
         wanted |= {f"cluster.{c}.{s}" for c in PREFIXES for s in CLUSTER_STATS}
         wanted |= {f"listener.127.0.0.1_{port}.udp.downstream_rx_datagram_dropped"
                    for port in self.ports.values()}
-        out = {}
-        for line in self.admin("/stats")[1].splitlines():
-            name, _, value = line.partition(": ")
-            if name in wanted:
-                out[name] = value
+        out = {k: v for k, v in self.stat_values().items() if k in wanted}
         for name, port in self.ports.items():   # the listener's port differs between the two
             wanted = {w.replace(f"_{port}.", f"_<{name}>.") for w in wanted}
             out = {k.replace(f"_{port}.", f"_<{name}>."): v for k, v in out.items()}
         return {n: out.get(n, "<absent>") for n in sorted(wanted)}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _script(p: Proc) -> dict:

@@ -97,18 +97,43 @@ def _drive(sel: selectors.BaseSelector, pending: dict, req: bytes) -> int:
     return done
 
 
+class _PacedRead:
+    """A slow reader's clock: `after(got)` sleeps to keep the reading at `rate_mbps` and
+    samples the server's VmRSS every 0.1 s; `result` is the scenario's figures."""
+
+    def __init__(self, server, rate_mbps: float, base_kib: int) -> None:
+        self.server, self.rate, self.base = server, rate_mbps, base_kib
+        self.samples: list[int] = []
+        self.t0 = self.next_sample = time.monotonic()
+
+    def after(self, got: int) -> None:
+        lag = got / (self.rate * 1e6) - (time.monotonic() - self.t0)
+        if lag > 0:
+            time.sleep(lag)
+        if time.monotonic() >= self.next_sample:
+            self.samples.append(self.server.mem_kib())
+            self.next_sample += 0.1
+
+    def result(self, got: int, buffer_limit: int, **extra) -> dict:
+        secs = time.monotonic() - self.t0
+        base = self.base
+        peak = max(self.samples) if self.samples else base
+        return {"bytes": got, "seconds": secs, "MBps": got / secs / 1e6, "rss_before_kib": base,
+                "rss_peak_kib": peak, "rss_growth_kib": peak - base, "samples": len(self.samples),
+                "buffer_limit_kib": buffer_limit // 1024,
+                "growth_vs_limit": (peak - base) / (buffer_limit / 1024), **extra}
+
+
 def slow_reader(server, port: int, mb: int, rate_mbps: float, buffer_limit: int) -> dict:
     """Read `mb` MiB of /huge.bin at `rate_mbps`, sampling the server's VmRSS every 0.1 s."""
     subprocess.run(["curl", "-fs", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
     time.sleep(0.3)
     base = server.mem_kib()
-    samples = []
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)   # keep the kernel queue small
     s.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: bench\r\n\r\n")
-    got, chunk, t0 = 0, 64 * 1024, time.monotonic()
+    got, chunk, pace = 0, 64 * 1024, _PacedRead(server, rate_mbps, base)
     want = mb * 1024 * 1024
-    next_sample = t0
     head_len = None
     buf = bytearray(chunk)
     while True:
@@ -121,20 +146,9 @@ def slow_reader(server, port: int, mb: int, rate_mbps: float, buffer_limit: int)
             head_len = i + 4 if i >= 0 else 0
         if got - (head_len or 0) >= want:
             break
-        # pace the reader to rate_mbps
-        lag = got / (rate_mbps * 1e6) - (time.monotonic() - t0)
-        if lag > 0:
-            time.sleep(lag)
-        if time.monotonic() >= next_sample:
-            samples.append(server.mem_kib())
-            next_sample += 0.1
+        pace.after(got)
     s.close()
-    secs = time.monotonic() - t0
-    peak = max(samples) if samples else base
-    return {"bytes": got, "seconds": secs, "MBps": got / secs / 1e6, "rss_before_kib": base,
-            "rss_peak_kib": peak, "rss_growth_kib": peak - base, "samples": len(samples),
-            "buffer_limit_kib": buffer_limit // 1024,
-            "growth_vs_limit": (peak - base) / (buffer_limit / 1024)}
+    return pace.result(got, buffer_limit)
 
 
 def slow_reader_h2(server, port: int, mb: int, rate_mbps: float, buffer_limit: int) -> dict:
@@ -148,7 +162,6 @@ def slow_reader_h2(server, port: int, mb: int, rate_mbps: float, buffer_limit: i
     subprocess.run(["curl", "-fs", "--http2-prior-knowledge", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
     time.sleep(0.3)
     base = server.mem_kib()
-    samples = []
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)   # keep the kernel queue small
     h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
@@ -156,8 +169,7 @@ def slow_reader_h2(server, port: int, mb: int, rate_mbps: float, buffer_limit: i
     h2.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"bench"),
                         (b":path", b"/huge.bin")], end_stream=True)
     s.sendall(h2.data_to_send())
-    got, t0, want = 0, time.monotonic(), mb * 1024 * 1024
-    next_sample, ended = t0, None
+    got, want, ended, pace = 0, mb * 1024 * 1024, None, _PacedRead(server, rate_mbps, base)
     while ended is None:
         data = s.recv(64 * 1024)
         if not data:
@@ -177,19 +189,9 @@ def slow_reader_h2(server, port: int, mb: int, rate_mbps: float, buffer_limit: i
             s.sendall(out)
         if got >= want:
             break
-        lag = got / (rate_mbps * 1e6) - (time.monotonic() - t0)
-        if lag > 0:
-            time.sleep(lag)
-        if time.monotonic() >= next_sample:
-            samples.append(server.mem_kib())
-            next_sample += 0.1
+        pace.after(got)
     s.close()
-    secs = time.monotonic() - t0
-    peak = max(samples) if samples else base
-    return {"bytes": got, "seconds": secs, "MBps": got / secs / 1e6, "rss_before_kib": base,
-            "rss_peak_kib": peak, "rss_growth_kib": peak - base, "samples": len(samples),
-            "buffer_limit_kib": buffer_limit // 1024, "ended": ended or "read",
-            "growth_vs_limit": (peak - base) / (buffer_limit / 1024)}
+    return pace.result(got, buffer_limit, ended=ended or "read")
 
 
 def _alive(s: socket.socket) -> bool:

@@ -643,7 +643,7 @@ def test_an_idle_tunnel_ends_at_stream_idle_timeout(proxy_factory, echo):
     assert recv_until_eof(s) == b""
     s.close()
     assert p.wait_for(lambda: echo.fins == 2)
-    assert p.counters()["http.ingress_http.downstream_rq_idle_timeout"] == 2
+    assert p.wait_for(lambda: p.counters().get("http.ingress_http.downstream_rq_idle_timeout") == 2)
 
 
 # -- tcp_proxy tunneling_config: TCP encapsulated in CONNECT -------------------------------------
@@ -801,7 +801,7 @@ def test_an_http2_client_closing_its_connection_ends_all_its_tunnels(proxy_facto
     gauges = ("http.ingress_http.downstream_cx_active", "cluster.tcp.upstream_cx_active",
               "http.ingress_http.downstream_cx_upgrades_active")
     assert p.wait_for(lambda: all(p.gauges().get(g) == 0 for g in gauges))
-    assert p.counters()["http.ingress_http.downstream_rq_rx_reset"] == 3
+    assert p.wait_for(lambda: p.counters().get("http.ingress_http.downstream_rq_rx_reset") == 3)
 
 
 def test_a_fin_sent_before_the_tunnel_is_up_is_passed_on_after_its_bytes(proxy_factory):

@@ -305,7 +305,7 @@ def test_immediate_fail_header_on_routed_traffic(ups, proxy_factory):
     for _ in range(3):   # round robin: one of these reaches a
         request(p.port, "/c/x")
     assert p.wait_for(lambda: _flags(p, "c")[a.port] == "/failed_active_hc/excluded_via_immediate_hc_fail")
-    assert p.counters()["cluster.c.health_check.passive_failure"] == 1
+    assert p.wait_for(lambda: p.counters().get("cluster.c.health_check.passive_failure") == 1)
     assert _served(p, "c") == {"b", "c3"}
     a.traffic_headers = b""
     assert p.wait_for(lambda: _flags(p, "c")[a.port] == "healthy", 5)

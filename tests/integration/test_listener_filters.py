@@ -219,7 +219,7 @@ def test_stalled_connections_time_out_while_a_good_client_is_served(sni_proxy):
     stalled = [socket.create_connection(("127.0.0.1", p.port), timeout=10) for _ in range(200)]
     try:
         assert p.wait_for(lambda: p.gauges()["listener.l.downstream_pre_cx_active"] == 200)
-        assert p.gauges()["server.total_connections"] == 200
+        assert p.wait_for(lambda: p.gauges().get("server.total_connections") == 200)
         started = time.monotonic()
         assert https_get(p.port, "a.example.com")["server"] == "a"
         assert time.monotonic() - started < 1.0

@@ -208,6 +208,6 @@ def test_a_kubernetes_style_symlink_swap_rotates_the_certificate(upstream, tmp_p
         assert _served_cert(p.port, cafile) == _serial(first)
         second = publish("2026_02", ["localhost"])
         assert p.wait_for(lambda: _served_cert(p.port, cafile) == _serial(second), timeout=10)
-        assert p.counters()["sds.server_cert.update_success"] == 2
+        assert p.wait_for(lambda: p.counters().get("sds.server_cert.update_success") == 2)
     finally:
         p.stop()

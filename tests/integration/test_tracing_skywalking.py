@@ -236,7 +236,7 @@ def test_a_request_segment_its_sw8_and_the_stream_metadata(upstream, collector):
         assert len(collector.streams) == 1  # one stream, every segment on it
         # (the collector may read the segment before the main thread counts it as sent)
         assert p.wait_for(lambda: p.counters()["tracing.skywalking.segments_sent"] == 1)
-        assert p.counters()["cluster.skywalking.upstream_rq_total"] == 1
+        assert p.wait_for(lambda: p.counters().get("cluster.skywalking.upstream_rq_total") == 1)
     finally:
         p.stop()
 

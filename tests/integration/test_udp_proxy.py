@@ -103,7 +103,7 @@ def test_idle_timeout_ends_the_session_and_the_next_datagram_starts_another(echo
     try:
         assert _exchange(client, proxy.port, b"one") == b"echo:one"
         assert proxy.wait_for(lambda: proxy.counters().get("udp.service.idle_timeout") == 1)
-        assert proxy.gauges()["udp.service.downstream_sess_active"] == 0
+        assert proxy.wait_for(lambda: proxy.gauges().get("udp.service.downstream_sess_active") == 0)
         assert _exchange(client, proxy.port, b"two") == b"echo:two"
     finally:
         client.close()

@@ -17,7 +17,7 @@ def test_idle_upstream_connection_is_closed_after_cluster_idle_timeout(upstream,
     echo(p.port, "/one")
     assert p.gauges()["cluster.backend.upstream_cx_active"] == 1
     assert p.wait_for(lambda: p.gauges()["cluster.backend.upstream_cx_active"] == 0, timeout=5)
-    assert p.counters()["cluster.backend.upstream_cx_idle_timeout"] == 1
+    assert p.wait_for(lambda: p.counters().get("cluster.backend.upstream_cx_idle_timeout") == 1)
     # The next request opens a fresh connection and succeeds.
     assert echo(p.port, "/two")["path"] == "/two"
     assert p.counters()["cluster.backend.upstream_cx_total"] == 2

@@ -118,7 +118,7 @@ def test_cds_file_adds_modifies_and_removes_a_cluster(tmp_path, upstreams, proxy
 
     move_onto(cds, cds_doc(version="v3"))
     assert p.wait_for(lambda: get(p.url("/"))[0] == 503, 5)
-    assert p.counters()["cluster_manager.cluster_removed"] == 1
+    assert p.wait_for(lambda: p.counters().get("cluster_manager.cluster_removed") == 1)
     assert p.gauges()["cluster_manager.active_clusters"] == 0
 
 
@@ -192,7 +192,7 @@ def test_eds_cluster_takes_its_hosts_from_the_file_and_follows_moves(tmp_path, u
     assert p.gauges()["cluster.backend.membership_total"] == 1
     move_onto(eds, cla_doc("svc", s2.port, version="e2"))
     assert p.wait_for(lambda: served_by(p) == "service2", 5)
-    assert p.counters()["cluster.backend.update_success"] == 2
+    assert p.wait_for(lambda: p.counters().get("cluster.backend.update_success") == 2)
     # A ClusterLoadAssignment for another cluster is rejected; the hosts stay.
     move_onto(eds, cla_doc("nope", s1.port, version="e3"))
     assert p.wait_for(lambda: p.counters().get("cluster.backend.update_rejected") == 1, 5)

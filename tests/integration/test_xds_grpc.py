@@ -165,7 +165,7 @@ def test_ads_update_changes_routing(world):
     # Endpoints move: the same cluster now goes to the other upstream.
     cp.set(CLA, "e3", [cla("svc", ups["two"].port), cla("svc2", ups["one"].port)])
     assert p.wait_for(lambda: served_by(lport) == "one", 10)
-    assert p.counters()["http.ingress_http.rds.local_route.update_success"] == 2
+    assert p.wait_for(lambda: p.counters().get("http.ingress_http.rds.local_route.update_success") == 2)
 
 
 def test_ads_bad_push_is_nacked_with_the_field_path_and_old_config_serves(world):
@@ -238,7 +238,7 @@ def test_ads_a_thousand_clusters_in_one_push(world):
     p = start(cp, proxies)
     assert cp.wait(lambda: cp.acked(CLUSTER, "big") and cp.acked(CLA, "big"), 30)
     assert p.wait_for(lambda: p.gauges().get("cluster_manager.active_clusters") == n + 1, 30)
-    assert p.gauges()["cluster_manager.warming_clusters"] == 0
+    assert p.wait_for(lambda: p.gauges().get("cluster_manager.warming_clusters") == 0)
     assert served_by(lport) == "two"
     assert len(cp.requests_for(CLA)[0]["resource_names"]) == n   # one EDS request for all
 
@@ -387,7 +387,7 @@ def test_a_listener_warms_until_its_routes_arrive(world):
                                                          "direct_response": {"status": 204}}]}]}])
     assert p.wait_for(lambda: get(lport2, timeout=1)[0] == 203, 10)
     assert p.wait_for(lambda: get(lport, timeout=1)[0] == 204, 10)
-    assert p.gauges()["listener_manager.total_listeners_warming"] == 0
+    assert p.wait_for(lambda: p.gauges().get("listener_manager.total_listeners_warming") == 0)
     assert p.counters()["listener_manager.listener_added"] == 2
     assert p.counters()["listener_manager.listener_modified"] == 1
 

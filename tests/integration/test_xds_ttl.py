@@ -45,7 +45,7 @@ def test_delta_heartbeats_keep_a_listener_with_a_ttl_and_it_is_removed_when_they
     assert p.wait_for(lambda: p.counters().get("listener_manager.listener_removed", 0) == 1, 5)
     # Counted first, then the workers close the listening socket (dynamic_listeners.py).
     assert p.wait_for(lambda: get(lport)[0] == 0, 5), get(lport)
-    assert p.gauges()["listener_manager.total_listeners_active"] == 0
+    assert p.wait_for(lambda: p.gauges().get("listener_manager.total_listeners_active") == 0)
     # As Envoy: the removal is an update with version "" (xxHash64 of the empty string),
     # recorded once the update applied (the listener went first: wait, do not race main).
     assert p.wait_for(lambda: p.gauges()["listener_manager.lds.version"] == XXH64_EMPTY, 5)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.integration.servers import new_reader, read_response
 
-from .proxies import port_slice
+from ..ports import port_slice
 
 CLOSED = "<closed without a response>"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from ..ports import port_slice
 from .cases import Case, substitute
 
 ACCESS_LOG_FORMAT = ("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %RESPONSE_CODE% %RESPONSE_FLAGS% "
@@ -47,26 +48,6 @@ def envoy_binary() -> str:
 def proxyctl_binary() -> str:
     here = Path(sys.executable).parent / "proxyctl"
     return str(here) if here.exists() else "proxyctl"
-
-
-def port_slice(base: int, span: int, per_worker: bool = True) -> tuple[int, int]:
-    """[lo, hi) of `base`..`base + span` for this test process. `make test` runs the 3.13 and
-    3.14t suites side by side (FTPROXY_TEST_PORT_SLICE=0 or 1), each in pytest-xdist workers
-    (PYTEST_XDIST_WORKER gw0, gw1...): with `per_worker`, each process gets its own part, so a
-    port one process releases for its proxy is never drawn by another (whose proxy's
-    SO_REUSEPORT bind would then share the port and its connections). Without, the part is
-    the run's (client ports: processes sharing them only skip each other's busy ones)."""
-    runs = 2 if os.environ.get("FTPROXY_TEST_PORT_SLICE") in ("0", "1") else 1
-    run = int(os.environ.get("FTPROXY_TEST_PORT_SLICE", "0")) if runs == 2 else 0
-    workers, worker = 1, 0
-    if per_worker:
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-        name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-        worker = int(name[2:]) if name[2:].isdigit() else 0
-        worker = min(worker, workers - 1)
-    size = span // (runs * workers)
-    lo = base + (run * workers + worker) * size
-    return lo, lo + size
 
 
 class PortReservation:

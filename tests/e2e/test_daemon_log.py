@@ -16,7 +16,7 @@ import yaml
 
 from cli.control import pid_alive
 from tests.e2e.test_supervisor import PROXYCTL, curl, direct_config, proxyctl, unique_base_id, wait_for
-from tests.integration.servers import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PROXYCTL), reason="proxyctl is not installed in this venv")
 

@@ -21,7 +21,7 @@ import yaml
 
 from tests.e2e.test_supervisor import children, direct_config, unique_base_id, wait_for
 from tests.integration.harness import EchoUpstream, front_proxy_config, static_cluster
-from tests.integration.servers import free_port
+from tests.ports import free_port
 
 PROXYCTL = str(Path(sys.executable).parent / "proxyctl")
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.e2e.test_supervisor import PROXYCTL, curl, direct_config, proxyctl, supervised, unique_base_id
-from tests.integration.servers import free_port
+from tests.ports import free_port
 
 __all__ = ["supervised"]  # the fixture, imported for pytest
 

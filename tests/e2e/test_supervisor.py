@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from cli.control import pid_alive
-from tests.integration.servers import free_port
+from tests.ports import free_port
 
 PROXYCTL = str(Path(sys.executable).parent / "proxyctl")
 

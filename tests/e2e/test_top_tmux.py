@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import EchoUpstream, front_proxy_config, static_cluster
-from tests.integration.servers import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable

@@ -13,6 +13,8 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 
+from tests.ports import free_port
+
 from .servers import close_listener
 
 
@@ -113,9 +115,6 @@ def read_request_head(sock) -> bytes:
 
 
 def closed_port() -> int:
-    """A 127.0.0.1 port nothing listens on (bound then closed)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A 127.0.0.1 port nothing listens on (tests/ports.py: below the ephemeral range, so no
+    upstream another test binds to port 0 can take it meanwhile)."""
+    return free_port()

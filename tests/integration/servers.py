@@ -274,15 +274,6 @@ class TcpEchoUpstream(AcceptLoop):
             s.close()
 
 
-def free_port() -> int:
-    """A port that nothing listens on right now (bound then released)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Response:
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.status = status

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from h2.errors import ErrorCodes
 
+from tests.ports import free_port
+
 from .harness import EchoUpstream, front_proxy_config, static_cluster
 from .servers import AcceptLoop, TcpEchoUpstream, read_response
 from .test_h2_downstream import H2Client
@@ -264,10 +266,7 @@ def test_connect_without_a_route_or_upgrade_config_is_refused_and_the_connection
 
 
 def test_connect_to_a_closed_port_is_503_uf(proxy_factory, tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    closed_port = s.getsockname()[1]
-    s.close()
+    closed_port = free_port()  # nothing listens there
     log = tmp_path / "access.log"
     p = terminating_proxy(proxy_factory, closed_port, access_log=[{
         "name": "envoy.access_loggers.file", "typed_config": {

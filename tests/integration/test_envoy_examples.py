@@ -275,7 +275,7 @@ def test_tls_inspector_example(services, tmp_path):
 # -- local_ratelimit: the service's listener limits to 2 per 5 s, the admin's stays usable ------
 
 def test_local_ratelimit_example(services):
-    from tests.integration.servers import free_port
+    from tests.ports import free_port
     svc = services(ExampleService, "service")
     ex = RunningExample("local_ratelimit/envoy.yaml", {"service": svc.port, "admin": free_port()})
     try:
@@ -380,7 +380,7 @@ class GzipService:
 
 
 def test_gzip_example(services, tmp_path):
-    from tests.integration.servers import free_port
+    from tests.ports import free_port
     svc = services(GzipService)
     ex = RunningExample("gzip/envoy.yaml", {"service": svc.port, "admin": free_port()})
     try:
@@ -418,7 +418,7 @@ def test_brotli_and_zstd_examples(example, encoding, services, tmp_path):
     /file.json (application/json) comes back encoded and decodes to the service's body,
     /file.txt does not; the admin's /stats/prometheus is plain on the admin port and encoded
     through the second TLS listener."""
-    from tests.integration.servers import free_port
+    from tests.ports import free_port
     svc = services(GzipService)  # the same aiohttp-data-service: /file.json, /file.txt
     admin = free_port()
     ex = RunningExample(f"{example}/envoy.yaml", {"service": svc.port, "admin": admin})
@@ -450,7 +450,7 @@ def test_brotli_and_zstd_examples(example, encoding, services, tmp_path):
 # -- rbac: the matcher tree denying requests without a docs Referer ------------------------------
 
 def test_rbac_example(services):
-    from tests.integration.servers import free_port
+    from tests.ports import free_port
     svc = services(ExampleService, "service")
     hosts = {"backend": svc.port}
     hosts["admin"] = free_port()
@@ -948,7 +948,7 @@ def test_lua_cluster_specifier_example():
     not exist: 503."""
     if LUA_IN_PROCESS_SKIP:
         pytest.skip(LUA_IN_PROCESS_SKIP)
-    from tests.integration.servers import free_port
+    from tests.ports import free_port
     raw = yaml.safe_load((EXAMPLES / "lua-cluster-specifier/envoy.yaml").read_text())
     front, back = free_port(), free_port()
     res = raw["static_resources"]
@@ -978,7 +978,7 @@ def test_lua_cluster_specifier_example():
 def test_redis_example():
     """verify.sh: SET and GET through the proxy with redis-cli, then the
     `redis.egress_redis.command.*` stats on the admin."""
-    from tests.integration.servers import free_port
+    from tests.ports import free_port
     from tests.redis_peers import REDIS_SERVER, RedisServer
     if REDIS_SERVER is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server is not installed (.ci/run installs it)")

@@ -20,6 +20,8 @@ from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 from tests.grpc_authz_server import GrpcAuthzServer
 
+from tests.ports import free_port
+
 from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, static_cluster
 
 URL = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
@@ -131,10 +133,7 @@ def test_denials_and_errors(upstream, authz):
 
 
 def test_failure_mode_allow_and_no_server(upstream):
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
+    port = free_port()  # nothing listens there
     p = ProxyUnderTest(_config(upstream.port, port, failure_mode_allow=True, failure_mode_allow_header_add=True))
     try:
         status, _, body = _request(p.port, "/x", "token1")

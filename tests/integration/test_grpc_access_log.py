@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ports import free_port
+
 from ..als_server import AlsServer
 from ..differential.proxies import PortReservation, envoy_binary
 from .harness import EchoUpstream, ProxyUnderTest, static_cluster
@@ -221,10 +223,7 @@ def _wait_ready(admin_port: int, proc) -> None:
 
 @pytest.fixture
 def dead_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()        # nobody listens there: connections are refused
+    port = free_port()  # nothing listens there
     return port
 
 

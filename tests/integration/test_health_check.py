@@ -18,6 +18,8 @@ import pytest
 from proxy.config.reader import ConfigError, all_errors
 from proxy.upstream.cluster_config import parse_cluster
 
+from tests.ports import free_port
+
 from .clients import request
 from .harness import front_proxy_config
 
@@ -272,10 +274,7 @@ def test_retriable_statuses_and_timeouts_count_to_the_unhealthy_threshold(ups, p
 
 def test_immediate_fail_header_resets_and_refused_connections(ups, proxy_factory):
     a, b, reset, c3 = ups("a"), ups("b"), ups("reset"), ups("c3")
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
-    closed.close()   # nothing listens there: every check is refused
+    closed_port = free_port()  # nothing listens there
     p = _proxy(proxy_factory, _cluster("c", [a.port, b.port, reset.port, c3.port, closed_port],
                                        [_hc(unhealthy_threshold=1)]))
     assert _flags(p, "c")[closed_port] == "/failed_active_hc"
@@ -357,10 +356,7 @@ def test_tcp_send_receive(proxy_factory):
                "unhealthy_threshold": 1, "healthy_threshold": 1,
                "tcp_health_check": {"send": {"text": "70696e67"}, "receive": [{"text": "706f6e67"}]}}
         connect_only = dict(tcp, tcp_health_check={})
-        closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))
-        closed_port = closed.getsockname()[1]
-        closed.close()
+        closed_port = free_port()  # nothing listens there
         p = _proxy(proxy_factory, _cluster("t", [good.port, wrong.port], [tcp]),
                    _cluster("conn", [good.port, closed_port], [connect_only]))
         assert _flags(p, "t") == {good.port: "healthy", wrong.port: "/failed_active_hc/active_hc_timeout"}
@@ -558,10 +554,7 @@ def test_grpc_health_check_needs_an_http2_cluster():
 
 def test_tcp_event_log_as_envoy_writes_it(proxy_factory, tmp_path):
     """(Envoy 1.40's line for this case, recorded: a TCP check also has http_status_code 0.)"""
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
+    port = free_port()  # nothing listens there
     path = tmp_path / "ev.log"
     tcp = {"timeout": "1s", "interval": "60s", "unhealthy_threshold": 1, "healthy_threshold": 1,
            "event_log_path": str(path), "tcp_health_check": {}}

@@ -9,7 +9,7 @@ import yaml
 
 from proxy.config.load import parse_bootstrap
 from proxy.server.instance import Server, ServerOptions
-from tests.integration.servers import free_port
+from tests.ports import free_port
 
 
 def config(port: int, admin_port: int, body: str) -> dict:

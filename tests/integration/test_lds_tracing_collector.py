@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from .harness import static_cluster
-from .servers import free_port
+from tests.ports import free_port
 from .test_xds_fs import (hcm_listener, lds_bootstrap, lds_doc, move_onto, refused, served_by,
                           upstreams)  # noqa: F401  (a fixture)
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ports import free_port
+
 from ..als_server import AlsServer
 from ..differential.proxies import PortReservation, envoy_binary
 from .harness import ProxyUnderTest, static_cluster
@@ -230,10 +232,7 @@ def _run_envoy(cfg: dict, tmp_path: Path, reservation: PortReservation) -> subpr
 
 @pytest.fixture
 def dead_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()  # nothing listens there
     return port
 
 

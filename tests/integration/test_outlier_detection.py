@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 
+from tests.ports import free_port
+
 from .clients import request
 from .harness import front_proxy_config, static_cluster
 
@@ -76,10 +78,7 @@ class StatusUpstream:
 
 
 def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()  # nothing listens there
     return port
 
 

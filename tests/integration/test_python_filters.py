@@ -16,7 +16,9 @@ from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
-from .servers import DecidingService, free_port
+from tests.ports import free_port
+
+from .servers import DecidingService
 
 ROOT = Path(__file__).resolve().parents[2]
 FILTERS = str(ROOT / "examples" / "python_filters")

@@ -19,6 +19,8 @@ from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 from tests.ratelimit_server import RateLimitServer
 
+from tests.ports import free_port
+
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
 
 URL = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit"
@@ -161,10 +163,7 @@ def test_errors_with_and_without_failure_mode_deny(upstream, rls):
 
 
 def test_no_service_listening(upstream):
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
+    port = free_port()  # nothing listens there
     p = ProxyUnderTest(_config(upstream.port, port, failure_mode_deny=True))
     try:
         status, headers, body = _request(p.port, "/n", "alice")

@@ -10,7 +10,9 @@ import threading
 import pytest
 
 from .harness import static_cluster
-from .servers import TcpEchoUpstream, free_port, pattern_bytes, pattern_sha256
+from tests.ports import free_port
+
+from .servers import TcpEchoUpstream, pattern_bytes, pattern_sha256
 
 MiB = 1024 * 1024
 

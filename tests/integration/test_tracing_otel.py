@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 
 import pytest
 from grpclib.const import Status
@@ -18,6 +17,8 @@ from proxy import __version__
 from proxy.config.load import parse_bootstrap
 from proxy.config.reader import ConfigError
 from proxy.tracing import exporter
+
+from tests.ports import free_port
 
 from ..otlp_collector import OtlpCollector, OtlpHttpCollector
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
@@ -277,10 +278,7 @@ def test_max_cache_size_bounds_the_spans_waiting_and_counts_the_rest_dropped(
 
 
 def test_collector_down_is_counted_and_the_proxy_keeps_serving(upstream):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    closed_port = s.getsockname()[1]
-    s.close()
+    closed_port = free_port()  # nothing listens there
     p = ProxyUnderTest(_config(upstream.port, closed_port))
     try:
         for i in range(6):
@@ -371,7 +369,9 @@ def test_an_export_past_the_grpc_timeout_is_reset_and_counted_and_the_connection
         assert p.wait_for(lambda: p.counters().get("cluster.otel.upstream_rq_timeout", 0) >= 1, timeout=15)
         metadata, _ = slow.reports[0]
         assert 0 < metadata["deadline"] <= 0.25     # grpc-timeout: 250m
-        assert p.wait_for(lambda: len(slow.reports) == p.counters()["cluster.otel.upstream_rq_timeout"])
+        # Every export the collector received was reset at its deadline and counted (under load
+        # the proxy may reset one before the collector's handler saw it: never fewer counted).
+        assert p.wait_for(lambda: p.counters()["cluster.otel.upstream_rq_timeout"] >= len(slow.reports))
         before = len(slow.reports)
         _get(p.port, "/after")
         assert p.wait_for(lambda: len(slow.reports) == before + 1)

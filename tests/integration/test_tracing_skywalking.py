@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import socket
 import uuid
 
 import pytest
@@ -18,6 +17,8 @@ from grpclib.const import Status
 
 from proxy.config.load import parse_bootstrap
 from proxy.tracing import exporter, skywalking_exporter
+
+from tests.ports import free_port
 
 from ..skywalking_collector import SkyWalkingCollector
 from .harness import ProxyUnderTest, front_proxy_config, static_cluster
@@ -205,14 +206,6 @@ def _ask(port: int, path: str, headers: dict | None = None) -> tuple[int, dict]:
     return r.status, json.loads(body) if body.startswith(b"{") else {}
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_a_request_segment_its_sw8_and_the_stream_metadata(upstream, collector):
     p = ProxyUnderTest(_config(upstream.port, collector.port, provider=_provider(
         service_name="svc", instance_name="inst", backend_token="tok-1")))
@@ -354,7 +347,7 @@ def test_service_and_instance_default_to_the_node_then_envoyproxy(upstream, coll
 
 
 def test_segments_wait_while_no_collector_listens_and_are_flushed_when_one_does(upstream):
-    port = _free_port()
+    port = free_port()
     p = ProxyUnderTest(_config(upstream.port, port, provider=_provider(max_cache_size=3)))
     late = None
     try:

@@ -10,7 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .clients import echo
 from .harness import front_proxy_config, static_cluster
-from .servers import TcpEchoUpstream, free_port
+from tests.ports import free_port
+
+from .servers import TcpEchoUpstream
 from .test_tcp_proxy import tcp_proxy_config
 
 

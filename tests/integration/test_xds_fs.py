@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ports import free_port
+
 from .harness import EchoUpstream, ProxyUnderTest, front_proxy_config, static_cluster
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -269,12 +271,6 @@ def test_no_request_lost_while_cds_swaps_the_upstream(tmp_path, upstreams, proxy
 
 
 # -- LDS -----------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def hcm_listener(name: str, port: int, cluster: str | None = None, rds: dict | None = None,
                  stat_prefix: str = "ingress_http") -> dict:

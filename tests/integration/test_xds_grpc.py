@@ -15,6 +15,8 @@ import urllib.request
 
 import pytest
 
+from tests.ports import free_port
+
 from .harness import EchoUpstream, ProxyUnderTest, static_cluster
 from .xds_control_plane import CLA, CLUSTER, LISTENER, ROUTE, ControlPlane
 
@@ -64,15 +66,6 @@ def cla(name: str, *ports: int) -> dict:
     return {"@type": CLA, "cluster_name": name, "endpoints": [{"lb_endpoints": [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
         for p in ports]}]}
-
-
-def free_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:

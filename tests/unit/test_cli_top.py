@@ -4,7 +4,6 @@ one-shot views (stats, config-dump, clusters) against a fake admin (a real local
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +15,7 @@ from rich.console import Console
 from cli.admin_client import AdminClient, AdminError, AdminUnreachable, parse_address
 from cli.top import UNREACHABLE, TopModel, format_duration, parse_stats_json, poll_once, render_top
 from cli.views import register_commands
+from tests.ports import free_port
 
 LST = "127.0.0.1_10000"
 QUANTILES = [0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100]
@@ -230,10 +230,7 @@ def fake_admin():
 
 
 def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()  # nothing listens there
     return port
 
 

@@ -8,7 +8,6 @@ on_pool_ready/on_pool_failure, and calls only the UpstreamStream interface.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -23,6 +22,7 @@ from proxy.upstream.conn_pool import HttpConnPool, register_client_connection
 from tests.mux.backend import MuxBackend
 from tests.mux.client_codec import MUX, MuxClientConnection, register
 from tests.mux.frames import RESET
+from tests.ports import free_port
 
 
 class MuxTwo(MuxClientConnection):
@@ -450,10 +450,7 @@ def test_goaway_sends_new_streams_to_a_new_connection(backend, make_env):
 
 
 def test_failed_connect_fails_every_pending_stream(make_env):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there
+    port = free_port()  # nothing listens there
     env = make_env(port)
     exs = env.start_all([Exchange(f"s{i}", "/x") for i in range(3)])
     for ex in exs:

@@ -215,17 +215,16 @@ def test_a_client_hello_over_the_maximum_is_closed(sni_proxy):
 # -- the timeout, stalled clients, drain --------------------------------------------------------
 
 def test_stalled_connections_time_out_while_a_good_client_is_served(sni_proxy):
-    p = sni_proxy(listener_filters_timeout="1s")
+    p = sni_proxy(listener_filters_timeout="2s")
     stalled = [socket.create_connection(("127.0.0.1", p.port), timeout=10) for _ in range(200)]
     try:
         assert p.wait_for(lambda: p.gauges()["listener.l.downstream_pre_cx_active"] == 200)
         assert p.wait_for(lambda: p.gauges().get("server.total_connections") == 200)
-        started = time.monotonic()
         assert https_get(p.port, "a.example.com")["server"] == "a"
-        assert time.monotonic() - started < 1.0
+        # Served while every stalled connection still waited in the listener filters.
+        assert p.counters().get("listener.l.downstream_pre_cx_timeout", 0) == 0
         for s in stalled:
-            assert s.recv(10) == b""            # closed by the proxy at the timeout
-        assert time.monotonic() - started < 5.0
+            assert s.recv(10) == b""            # closed by the proxy at the timeout (< 10 s)
     finally:
         for s in stalled:
             s.close()

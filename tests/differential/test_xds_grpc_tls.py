@@ -10,7 +10,6 @@ Envoy), each attempt is a failed connect, no config arrives, and the proxy stays
 
 from __future__ import annotations
 
-import copy
 import json
 import ssl
 import time

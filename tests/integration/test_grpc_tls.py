@@ -216,3 +216,24 @@ def test_metrics_service_over_mtls(world):
                                for f in m.envoy_metrics), 10)
     assert set(seen["sni"]) == {SERVER_NAME}
     assert p.counters()["cluster.ms.ssl.handshake"] >= 1
+
+
+def test_a_handshake_that_never_completes_is_bounded_by_the_connect_timeout(world):
+    """A control plane that accepts the TCP connection and never answers the ClientHello: the
+    xDS cluster's connect_timeout covers the handshake too (as Envoy's), and the stream retries."""
+    import socket
+    pki, ups, closers = world
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)          # connections complete in the kernel; nothing is ever read
+    closers.append(silent.close)
+    sport = free_port()
+    boot = bootstrap(silent.getsockname()[1], tls_socket(pki.ca_file), sport, ups["static"].port)
+    boot["static_resources"]["clusters"][0]["connect_timeout"] = "0.25s"
+    p = ProxyUnderTest(boot)
+    closers.append(p.stop)
+    assert p.wait_for(lambda: p.counters().get("cluster.xds_cluster.upstream_cx_connect_fail", 0) >= 2, 15)
+    c = p.counters()
+    assert c.get("cluster.xds_cluster.ssl.handshake", 0) == 0
+    assert c.get("cluster.xds_cluster.upstream_rq_total", 0) == 0   # no stream ever opened
+    assert served_by(sport) == "static"

@@ -237,3 +237,24 @@ def test_a_handshake_that_never_completes_is_bounded_by_the_connect_timeout(worl
     assert c.get("cluster.xds_cluster.ssl.handshake", 0) == 0
     assert c.get("cluster.xds_cluster.upstream_rq_total", 0) == 0   # no stream ever opened
     assert served_by(sport) == "static"
+
+
+def test_grpc_access_logs_over_mtls(world):
+    from tests.als_server import AlsServer
+
+    from .test_grpc_access_log import bootstrap as als_bootstrap, http_logger
+
+    pki, ups, closers = world
+    ctx, seen = pki.server_context(require_client=True)
+    als = AlsServer(ssl=ctx)
+    closers.append(als.close)
+    boot = als_bootstrap(ups["one"].port, free_port(), als.port, loggers=[http_logger("tls_log")], tcp=False)
+    clusters = boot["static_resources"]["clusters"]
+    next(c for c in clusters if c["name"] == "als")["transport_socket"] = tls_socket(pki.ca_file, "client_cert")
+    boot["static_resources"]["secrets"] = [client_secret(pki)]
+    p = ProxyUnderTest(boot)
+    closers.append(p.stop)
+    assert served_by(p.port, "/app") == "one"
+    assert als.wait(lambda: any(e.get("request", {}).get("path") == "/app" for e in als.http_entries()), 10)
+    assert set(seen["sni"]) == {SERVER_NAME}
+    assert p.counters()["cluster.als.ssl.handshake"] >= 1

@@ -1,5 +1,6 @@
 """Load-time checks of a TLS cluster that a main-thread gRPC client (xDS, LRS, the metrics
-service sink; proxy/xds/grpc_stream.py) speaks to.
+service sink: proxy/xds/grpc_stream.py; the OpenTelemetry trace exporter:
+proxy/tracing/otlp_exporter.py) speaks to.
 
 Those clients connect to a host's address through the cluster's UpstreamTlsContext factory,
 as the workers do, with two exceptions refused here by path rather than half honoured:
@@ -20,22 +21,28 @@ from proxy.config.reader import ConfigError, ErrorCollector, join
 __all__ = ["check_grpc_client_tls"]
 
 
-def check_grpc_client_tls(cluster: Any, at: str, cluster_path: str, service: str,
+def check_grpc_client_tls(cluster: Any, at: str, cluster_path: str | None, service: str,
                           xds: bool = False) -> None:
     """`cluster`: the client's cluster config; `at`: the path naming it (the grpc service's
-    cluster_name), for errors about the cluster as a whole; `cluster_path`: where the cluster
-    is written (`static_resources.clusters[i]`); `service`: what the client talks to, for
-    messages; `xds`: the cluster carries the xDS stream (xDS-delivered secrets refused)."""
+    cluster_name); `cluster_path`: where the cluster is written (`static_resources.clusters[i]`),
+    or None when it has no path here (a CDS cluster: errors are then reported at `at`);
+    `service`: what the client talks to, for messages; `xds`: the cluster carries the xDS
+    stream (xDS-delivered secrets refused)."""
     factory = getattr(cluster, "transport_socket", None)
     if factory is None or not getattr(factory, "implements_secure_transport", False):
         return
     config = factory.config
-    tls_at = join(cluster_path, "transport_socket.typed_config")
     errors = ErrorCollector()
     if config.auto_host_sni:
-        errors.add(ConfigError(join(tls_at, "auto_host_sni"),
-                               f"not supported yet for the {service} (its gRPC client connects "
-                               f'to an address: set sni) (cluster "{cluster.name}", at {at})'))
+        if cluster_path is None:
+            errors.add(ConfigError(at, f'cluster "{cluster.name}": transport_socket auto_host_sni is '
+                                       f"not supported yet for the {service} (its gRPC client "
+                                       "connects to an address: set sni)"))
+        else:
+            errors.add(ConfigError(join(cluster_path, "transport_socket.typed_config.auto_host_sni"),
+                                   f"not supported yet for the {service} (its gRPC client connects "
+                                   f'to an address: set sni) (cluster "{cluster.name}", at {at})'))
+    tls_at = join(cluster_path or "", "transport_socket.typed_config")
     if xds:
         common = config.common_tls_context
         base = join(tls_at, "common_tls_context")

@@ -258,3 +258,29 @@ def test_grpc_access_logs_over_mtls(world):
     assert als.wait(lambda: any(e.get("request", {}).get("path") == "/app" for e in als.http_entries()), 10)
     assert set(seen["sni"]) == {SERVER_NAME}
     assert p.counters()["cluster.als.ssl.handshake"] >= 1
+
+
+def test_opentelemetry_spans_over_mtls(world, monkeypatch):
+    """OTLP over gRPC (the OpenTelemetry tracer's own unary client, GrpcChannel) to a TLS
+    collector cluster: the spans arrive over mTLS."""
+    from proxy.tracing import exporter
+    from tests.otlp_collector import OtlpCollector
+
+    from .test_tracing_otel import _config, _get
+
+    monkeypatch.setattr(exporter, "FLUSH_INTERVAL", 0.2)
+    monkeypatch.setattr(exporter, "WORKER_HOLD", 0.05)
+    pki, ups, closers = world
+    ctx, seen = pki.server_context(require_client=True)
+    collector = OtlpCollector(ssl=ctx)
+    closers.append(collector.close)
+    cfg = _config(ups["one"].port, collector.port)
+    otel = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == "otel")
+    otel["transport_socket"] = tls_socket(pki.ca_file, "client_cert")
+    cfg["static_resources"]["secrets"] = [client_secret(pki)]
+    p = ProxyUnderTest(cfg)
+    closers.append(p.stop)
+    assert [_get(p.port, f"/t{i}")[0] for i in range(5)] == [200] * 5
+    assert p.wait_for(lambda: len(collector.spans) == 5, 10)
+    assert set(seen["sni"]) == {SERVER_NAME}
+    assert p.counters()["cluster.otel.ssl.handshake"] >= 1

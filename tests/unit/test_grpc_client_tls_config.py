@@ -114,3 +114,16 @@ def test_lrs_and_metrics_service_clusters_with_tls_are_accepted():
     assert all(c.transport_socket.implements_secure_transport for c in b.clusters)
     raw["static_resources"]["clusters"][1] = _cluster("ms", _tls(auto_host_sni=True))
     assert "static_resources.clusters[1].transport_socket.typed_config.auto_host_sni" in _error(raw)
+
+
+def test_an_opentelemetry_grpc_collector_may_be_tls_but_not_auto_host_sni():
+    from tests.integration.harness import front_proxy_config
+    otel = {"name": "envoy.tracers.opentelemetry", "typed_config": {
+        "@type": T + "envoy.config.trace.v3.OpenTelemetryConfig",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}}}}
+    cfg = front_proxy_config([{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                             [_cluster("otel", _tls())], tracing={"provider": otel})
+    parse_bootstrap(copy.deepcopy(cfg))
+    cfg["static_resources"]["clusters"][0] = _cluster("otel", _tls(auto_host_sni=True))
+    msg = _error(cfg)
+    assert "typed_config.tracing.provider: cluster \"otel\": transport_socket auto_host_sni is not supported yet" in msg

@@ -31,12 +31,12 @@ PATH = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 
 
 class AlsServer(ThreadedGrpcServer):
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, ssl=None) -> None:
         self.streams: list[list[dict[str, Any]]] = []
         self.times: list[list[float]] = []
         self.metadata: list[dict[str, str]] = []
         self._lock = threading.Lock()     # guards streams and metadata (loop thread appends)
-        super().__init__("als", port)
+        super().__init__("als", port, ssl=ssl)
 
     def messages(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -5,7 +5,8 @@ Subclasses are grpclib services (`__mapping__`) and call `ThreadedGrpcServer.__i
 once their own fields are set (serving starts there). A handler registers its stream's
 transport with `self._transports` (add on entry, discard on exit) so that `stop()` can drop the
 open streams. `start()` serves (again, on the same port after a `stop()`); `close()` ends the
-thread. Loopback only.
+thread. Loopback only. `ssl`: an `ssl.SSLContext` to serve over TLS (mTLS when it requires
+client certificates).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ __all__ = ["ThreadedGrpcServer"]
 
 
 class ThreadedGrpcServer:
-    def __init__(self, name: str, port: int = 0, codec=None) -> None:
+    def __init__(self, name: str, port: int = 0, codec=None, ssl=None) -> None:
+        self._ssl = ssl
         self._transports: set = set()     # the open streams' transports (loop thread only)
         self._codec = codec
         self.loop = asyncio.new_event_loop()
@@ -32,7 +34,7 @@ class ThreadedGrpcServer:
     def start(self) -> None:
         async def go() -> None:
             self.server = Server([self]) if self._codec is None else Server([self], codec=self._codec)
-            await self.server.start("127.0.0.1", self.port)
+            await self.server.start("127.0.0.1", self.port, ssl=self._ssl)
             self.port = self.server._server.sockets[0].getsockname()[1]
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
 

@@ -132,12 +132,12 @@ def families(message) -> dict[tuple[str, str, tuple], object]:
 
 
 class MetricsServiceServer(ThreadedGrpcServer):
-    def __init__(self) -> None:
+    def __init__(self, ssl=None) -> None:
         self.messages: list[tuple[int, object]] = []
         self.streams_opened = 0
         self.metadata: list[dict] = []
         self._lock = threading.Lock()     # guards messages, metadata (loop thread appends)
-        super().__init__("metrics-service", codec=_RawCodec())
+        super().__init__("metrics-service", codec=_RawCodec(), ssl=ssl)
 
     def received(self) -> list[tuple[int, object]]:
         with self._lock:

@@ -54,7 +54,8 @@ def span_dict(span, resource: dict, scope) -> dict:
 
 
 class OtlpCollector:
-    def __init__(self, status: Status | None = None, delay: float = 0.0) -> None:
+    def __init__(self, status: Status | None = None, delay: float = 0.0, ssl=None) -> None:
+        self.ssl = ssl          # an ssl.SSLContext: served over TLS
         self.status = status
         self.delay = delay      # seconds before answering (a slow collector)
         self.reports: list[tuple[dict, ExportTraceServiceRequest]] = []
@@ -91,7 +92,7 @@ class OtlpCollector:
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.server = Server([self], codec=_RawCodec())
-        self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
+        self.loop.run_until_complete(self.server.start("127.0.0.1", 0, ssl=self.ssl))
         ready.set()
         self.loop.run_forever()
 

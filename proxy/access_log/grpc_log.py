@@ -305,7 +305,8 @@ class LogStream:
                             http2=getattr(cluster, "http2", None),
                             connect_timeout=getattr(cluster, "connect_timeout", None),
                             metadata=cfg.initial_metadata,
-                            stats=self.service.cluster_stats(cfg.cluster_name).call())
+                            stats=self.service.cluster_stats(cfg.cluster_name).call(),
+                            transport=getattr(cluster, "transport_socket", None))
         if stream.closed:      # failed at once (its on_close has run)
             return False
         self.stream = stream

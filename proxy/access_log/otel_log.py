@@ -175,7 +175,9 @@ class OtelLogSink:
             address = hosts[self._next_host % len(hosts)]
             self._next_host += 1
             self.count("upstream_cx_total")
-            channel = self.channel = GrpcChannel(self, address)
+            cluster = self.service.cluster_config(self.config.cluster_name)
+            channel = self.channel = GrpcChannel(self, address, getattr(cluster, "transport_socket", None),
+                                                 self._cluster)
         self.in_flight = len(parts)
         self.count("upstream_rq_total")
         channel.call(self.headers, b"\x00" + len(body).to_bytes(4, "big") + body, REQUEST_TIMEOUT)

@@ -28,6 +28,7 @@ from proxy.config.dynamic_resources import (DynamicResources, check_file_sources
                                              check_grpc_sources, parse_dynamic_resources)
 from proxy.config.listener import ListenerConfig, address_string, parse_address, parse_listener
 from proxy.config.fields_table import Message, inert, not_supported, refused, used
+from proxy.config.grpc_client_tls import check_grpc_client_tls
 from proxy.config.stats_config import StatsConfig, parse_stats_config
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields, index, join
 from proxy.config.registry import resolve
@@ -450,9 +451,10 @@ def _check_admin_port(admin: AdminConfig | None, listeners: tuple[ListenerConfig
 
 def check_tracing_collectors(listeners: tuple[ListenerConfig, ...], paths: tuple[str, ...],
                              clusters) -> None:
-    """A tracer's collector cluster must be plaintext: span exports (proxy/tracing) open their
-    own connections and do not speak TLS, so a cluster with a TLS transport_socket is refused
-    rather than sent spans in the clear."""
+    """A tracer's collector cluster must be plaintext unless its exporter speaks TLS (OTLP over
+    gRPC: `collector_tls`, then grpc_client_tls.py's rules apply): the other span exports
+    (proxy/tracing) open their own connections without TLS, so a cluster with a TLS
+    transport_socket is refused rather than sent spans in the clear."""
     by_name = {c.name: c for c in clusters}
     errors = ErrorCollector()
     for lis, lpath in zip(listeners, paths):
@@ -461,7 +463,13 @@ def check_tracing_collectors(listeners: tuple[ListenerConfig, ...], paths: tuple
             for fi, flt in enumerate(chain.filters):
                 tracing = getattr(flt.config, "tracing", None)
                 cluster = by_name.get(tracing.provider.collector_cluster) if tracing is not None else None
-                if cluster is not None and not isinstance(cluster.transport_socket, RawBufferSocketFactory):
+                if cluster is None or isinstance(cluster.transport_socket, RawBufferSocketFactory):
+                    continue
+                if getattr(tracing.provider, "collector_tls", False):
+                    errors.run(check_grpc_client_tls, cluster,
+                               join(index(join(cpath, "filters"), fi), "typed_config.tracing.provider"),
+                               None, "trace collector")
+                else:
                     errors.add(ConfigError(
                         join(index(join(cpath, "filters"), fi), "typed_config.tracing.provider"),
                         f'not supported yet (the collector cluster "{cluster.name}" has a TLS '

@@ -13,6 +13,7 @@ from typing import Any
 
 from proxy.config.config_source import ApiConfigSourceConfig, parse_api_config_source
 from proxy.config.fields_table import Message, refused, used
+from proxy.config.grpc_client_tls import check_grpc_client_tls
 from proxy.config.reader import ConfigError, Fields
 
 __all__ = ["ClusterManagerConfig", "CLUSTER_MANAGER", "parse_cluster_manager"]
@@ -72,7 +73,5 @@ def check_load_stats_cluster(config: ClusterManagerConfig, clusters: tuple[Any, 
     if getattr(found, "type", "STATIC") == "EDS":
         raise ConfigError(at, f'cluster "{found.name}" is an EDS cluster: the load reporting '
                               "service needs a static or DNS cluster")
-    if getattr(found.transport_socket, "name", "envoy.transport_sockets.raw_buffer") != \
-            "envoy.transport_sockets.raw_buffer":
-        raise ConfigError(at, f'cluster "{found.name}": TLS to the load reporting service is not '
-                              "supported yet")
+    i = next(k for k, c in enumerate(clusters) if c is found)
+    check_grpc_client_tls(found, at, f"static_resources.clusters[{i}]", "load reporting service")

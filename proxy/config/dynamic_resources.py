@@ -14,6 +14,7 @@ from typing import Any
 from proxy.config.config_source import (ApiConfigSourceConfig, ConfigSourceConfig,
                                         parse_api_config_source, parse_config_source)
 from proxy.config.fields_table import Message, refused, used
+from proxy.config.grpc_client_tls import check_grpc_client_tls
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 
 _RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
@@ -67,8 +68,8 @@ def parse_dynamic_resources(f: Fields, node: Any) -> DynamicResources:
 
 def check_grpc_sources(dynamic: DynamicResources, clusters: tuple[Any, ...]) -> None:
     """Envoy requires a gRPC xDS service's cluster to be a static cluster of the bootstrap;
-    ftproxy speaks to it in HTTP/2 cleartext (prior knowledge), so it must say HTTP/2 and
-    have no TLS transport socket (not supported yet for xDS)."""
+    ftproxy speaks HTTP/2 to it (prior knowledge, or ALPN h2 over TLS), so it must say HTTP/2;
+    a TLS cluster must not need an xDS-delivered secret (grpc_client_tls.py)."""
     by_name = {c.name: (i, c) for i, c in enumerate(clusters)}
     errors = ErrorCollector()
     where = {"ads_config": dynamic.ads_config}
@@ -94,8 +95,11 @@ def check_grpc_sources(dynamic: DynamicResources, clusters: tuple[Any, ...]) -> 
         if getattr(c, "type", "STATIC") == "EDS":
             errors.add(ConfigError(at, f'cluster "{c.name}" is an EDS cluster: a gRPC xDS service '
                                        "needs a static or DNS cluster"))
-        if getattr(c.transport_socket, "name", _RAW_BUFFER) != _RAW_BUFFER:
-            errors.add(ConfigError(at, f'cluster "{c.name}": TLS to the control plane is not '
+        if not api.rest:
+            errors.run(check_grpc_client_tls, c, at, f"static_resources.clusters[{i}]",
+                       "control plane", xds=True)
+        elif getattr(c.transport_socket, "name", _RAW_BUFFER) != _RAW_BUFFER:
+            errors.add(ConfigError(at, f'cluster "{c.name}": TLS to a REST control plane is not '
                                        "supported yet"))
     errors.raise_if_any()
 

@@ -166,7 +166,8 @@ class LoadStatsReporter:
                                  self._on_open, self._on_message, self._on_close,
                                  http2=getattr(cluster, "http2", None),
                                  connect_timeout=getattr(cluster, "connect_timeout", None),
-                                 stats=self._cluster_stats.call())
+                                 stats=self._cluster_stats.call(),
+                                 transport=getattr(cluster, "transport_socket", None))
         self._opened = False
         self._send()
 

@@ -18,6 +18,9 @@ Per call, on `cluster.<name>.`:
 - failed before it connected: `upstream_cx_connect_fail`, `upstream_rq_pending_failure_eject`
   and the router's local 503 (completed, `upstream_rq_503`, `upstream_rq_5xx`).
 - ended: the gauges back down, `upstream_cx_destroy`.
+Over TLS, the cluster's `ssl.*` counters (`handshake`, `connection_error`, `fail_verify_*`,
+`ciphers.*`, ...) are charged by the TLS socket itself: `transport(factory)` binds the
+cluster's transport socket factory to `cluster.<name>.ssl` in this store, once per factory.
 Difference from Envoy: each call here has its own connection (Envoy multiplexes a cluster's
 calls on one pooled connection), so two streams count two connections.
 
@@ -36,6 +39,7 @@ class GrpcClientStats:
         self.scope = store.scope(f"cluster.{cluster_name}")
         self._counters: dict[str, object] = {}
         self._gauges: dict[str, object] = {}
+        self._transport: tuple[object, object] | None = None   # (factory key, bound factory)
 
     def count(self, name: str, n: int = 1) -> None:
         """`n` more of the cluster's counter `name`."""
@@ -58,6 +62,14 @@ class GrpcClientStats:
             self.count(f"upstream_rq_{code[0]}xx")
             self.count(f"upstream_rq_{code}")
 
+    def transport(self, factory):
+        """`factory` (the cluster's transport_socket) bound to this cluster's `ssl.*` stats
+        and TLS session cache here, made once and kept while the factory is the same."""
+        kept = self._transport
+        if kept is None or kept[0] != factory.key:
+            kept = self._transport = (factory.key, factory.for_worker(self.scope.scope("ssl")))
+        return kept[1]
+
     def call(self) -> GrpcCallStats:
         """The stats hook of one new call (a GrpcStream's `stats`); counts it started."""
         return GrpcCallStats(self)
@@ -78,6 +90,10 @@ class GrpcCallStats:
         client.count("upstream_rq_pending_total")
         client.gauge("upstream_cx_active", 1)
         client.gauge("upstream_rq_pending_active", 1)
+
+    def transport(self, factory):
+        """The cluster's transport factory bound to its ssl.* stats (GrpcClientStats.transport)."""
+        return self.client.transport(factory)
 
     def on_connected(self) -> None:
         if self.connected or self.ended:

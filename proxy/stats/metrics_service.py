@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.grpc_client_tls import check_grpc_client_tls
 from proxy.config.grpc_metadata import parse_initial_metadata
 from proxy.config.reader import ConfigError
 from proxy.config.registry import Extension, register
@@ -66,7 +67,7 @@ class MetricsServiceConfig:
 
     def check_clusters(self, clusters: tuple[Any, ...], path: str) -> None:
         """At load, as Envoy: the cluster must be a static one of the bootstrap (Envoy: "Unknown
-        gRPC client cluster"); and, for ftproxy's gRPC client, speak HTTP/2 over plain TCP."""
+        gRPC client cluster"); and, for ftproxy's gRPC client, speak HTTP/2 (over TLS too: grpc_client_tls.py)."""
         at = f"{path}.grpc_service.envoy_grpc.cluster_name"
         found = {c.name: c for c in clusters}.get(self.cluster_name)
         if found is None:
@@ -76,10 +77,8 @@ class MetricsServiceConfig:
             raise ConfigError(at, f'cluster "{found.name}" must speak HTTP/2 for gRPC (set '
                                   "typed_extension_protocol_options ... explicit_http_config."
                                   "http2_protocol_options)")
-        if getattr(found.transport_socket, "name", "envoy.transport_sockets.raw_buffer") != \
-                "envoy.transport_sockets.raw_buffer":
-            raise ConfigError(at, f'cluster "{found.name}": TLS to the metrics service is not '
-                                  "supported yet")
+        i = next(k for k, c in enumerate(clusters) if c is found)
+        check_grpc_client_tls(found, at, f"static_resources.clusters[{i}]", "metrics service")
 
     def flush_options(self) -> FlushOptions:
         mode = self.histogram_emit_mode
@@ -194,7 +193,8 @@ class MetricsServiceSink:
                                  http2=getattr(cluster, "http2", None),
                                  connect_timeout=getattr(cluster, "connect_timeout", None),
                                  metadata=(*self.config.initial_metadata, (b"x-envoy-internal", b"true")),
-                                 stats=self.cluster_stats.call())
+                                 stats=self.cluster_stats.call(),
+                                 transport=getattr(cluster, "transport_socket", None))
 
     def _on_open(self) -> None:
         self._opened = True

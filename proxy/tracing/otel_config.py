@@ -56,6 +56,11 @@ class OpenTelemetryConfig:
     def collector_cluster(self) -> str:
         return self.cluster_name
 
+    @property
+    def collector_tls(self) -> bool:
+        """Its exporter speaks TLS to a TLS cluster (OTLP over gRPC; OTLP/HTTP does not)."""
+        return self.http is None
+
 
 OPENTELEMETRY = Message(OTEL_PROTO, title="OpenTelemetry tracer", model=OpenTelemetryConfig, fields=(
     used("grpc_service", attr="", why="OTLP over gRPC (envoy_grpc); it wins when both are set"),

@@ -10,7 +10,8 @@ Envoy's OpenTelemetryGrpcTraceExporter does, batched as the Zipkin exporter batc
   5 spans per worker). At most `max_cache_size` spans wait (Envoy's span buffer bound,
   1024): more are dropped and counted in `spans_dropped`. `spans_sent` counts the spans of
   every export attempted (Envoy's names, `tracing.opentelemetry.*`).
-- The gRPC call: HTTP/2 with prior knowledge (h2, as the gRPC health checks), one connection
+- The gRPC call: HTTP/2 with prior knowledge (h2, as the gRPC health checks), or over TLS
+  when the cluster's transport_socket is TLS (GrpcChannel), one connection
   kept and a stream per export; `:authority` the envoy_grpc authority or the cluster's name,
   `grpc-timeout` and a deadline from `grpc_service.timeout` (without one, REQUEST_TIMEOUT
   bounds the export: the deadline is ftproxy's, the header is not sent, as Envoy sends none),
@@ -39,6 +40,7 @@ from h2.exceptions import H2Error
 from .. import __version__
 from ..http.codec.hpack_codec import install as install_hpack
 from ..stats.grpc_client_stats import GrpcClientStats
+from ..network.client_transport_socket import TransportClientSocket
 from ..threads.client_socket import ClientSocket
 from . import exporter as common
 from .otlp import Resource, encode_export_request
@@ -167,7 +169,8 @@ class OtlpExporter:
             host = hosts[self._next_host % len(hosts)]
             self._next_host += 1
             self.count("upstream_cx_total")
-            channel = self.channel = GrpcChannel(self, (host.address, host.port))
+            channel = self.channel = GrpcChannel(self, (host.address, host.port),
+                                                 cluster.config.transport_socket, self._cluster_stats)
         self.in_flight = True
         self.count("upstream_rq_total")
         channel.call(self.request_headers, message, self.timeout)
@@ -216,10 +219,13 @@ class OtlpExporter:
 
 
 class GrpcChannel:
-    """One HTTP/2 (h2c) connection to a collector on the main Dispatcher, one unary call at a
-    time: `call(headers, message, timeout)`, then `exporter.call_done(ok)` exactly once."""
+    """One HTTP/2 connection to a collector on the main Dispatcher, one unary call at a
+    time: `call(headers, message, timeout)`, then `exporter.call_done(ok)` exactly once.
+    Cleartext (h2c), or TLS when `transport` (the cluster's transport_socket) is TLS: the
+    workers' TLS client (proxy/network/client_transport_socket.py), ALPN h2, `:scheme https`,
+    the handshake counted on the cluster's `ssl.*` through `stats` (a GrpcClientStats)."""
 
-    def __init__(self, exporter: OtlpExporter, address: tuple[str, int]) -> None:
+    def __init__(self, exporter, address: tuple[str, int], transport=None, stats=None) -> None:
         self.exporter = exporter
         self.closed = False
         self.connected = False
@@ -231,8 +237,14 @@ class GrpcChannel:
         self.outbox = memoryview(b"")     # the message's bytes not yet sent (flow control)
         self._reset()
         self.timer = None
-        self.sock = ClientSocket(exporter.main, address, self._on_connected, self._on_data,
-                               self._on_closed)
+        self.secure = transport is not None and transport.implements_secure_transport
+        if self.secure:
+            bound = stats.transport(transport) if stats is not None else transport
+            self.sock = TransportClientSocket(exporter.main, address, bound, self._on_connected,
+                                              self._on_data, self._on_closed, alpn=("h2",))
+        else:
+            self.sock = ClientSocket(exporter.main, address, self._on_connected, self._on_data,
+                                     self._on_closed)
 
     def _reset(self) -> None:
         self.status = 0
@@ -243,6 +255,8 @@ class GrpcChannel:
         self.calling = True
         self.stream_id = sid = self.h2.get_next_available_stream_id()
         self.outbox = memoryview(message)
+        if self.secure:
+            headers = [(k, b"https") if k == b":scheme" else (k, v) for k, v in headers]
         try:
             self.h2.send_headers(sid, headers)
             self._send_body()

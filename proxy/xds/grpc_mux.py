@@ -258,7 +258,8 @@ class GrpcMux:
                                  self._on_open, self._on_message, self._on_close,
                                  http2=getattr(self.cluster, "http2", None),
                                  connect_timeout=getattr(self.cluster, "connect_timeout", None),
-                                 metadata=self.metadata, stats=self.cluster_stats.call())
+                                 metadata=self.metadata, stats=self.cluster_stats.call(),
+                                 transport=getattr(self.cluster, "transport_socket", None))
 
     def _on_open(self) -> None:
         self.open = True

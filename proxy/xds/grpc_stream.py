@@ -9,7 +9,16 @@ no I/O; `GrpcStream` is the call. Every DATA frame is acknowledged to h2 as it i
 (else the peer stalls at the 64 KiB window); messages larger than the peer's window wait for
 its WINDOW_UPDATE.
 
-The xDS cluster's `connect_timeout` bounds the TCP connect, and its HTTP/2 options apply to
+Transport: plaintext (`ClientSocket`) or, when the cluster's transport socket is TLS
+(`transport`: its UpstreamTlsContext factory), TLS through that factory — the workers' own
+TLS client (proxy/network/client_transport_socket.py): ALPN `h2` unless the context names
+its own, SNI from `sni`, its validation_context and client certificate (mTLS), `:scheme
+https`. A failed handshake is counted on `cluster.<name>.ssl.*` (`connection_error`, or
+the `fail_verify_*` of the check that failed, as Envoy counts them; `handshake` when it
+succeeds) and ends the call like a failed connect (`on_close(None, ...)` naming the TLS
+failure), so the caller retries with its backoff.
+
+The xDS cluster's `connect_timeout` bounds the TCP connect (and the TLS handshake), and its HTTP/2 options apply to
 this connection as to its pools: the receive windows
 (`initial_stream_window_size`, `initial_connection_window_size`) and `connection_keepalive`
 (PINGs; an unanswered one closes the connection, and the stream is retried).
@@ -41,6 +50,7 @@ from h2.settings import SettingCodes
 
 from proxy.http.codec.hpack_codec import install as install_hpack
 from proxy.http.h2_keepalive import Keepalive
+from proxy.network.client_transport_socket import TransportClientSocket
 from proxy.threads.client_socket import ClientSocket
 
 __all__ = ["GrpcFramer", "GrpcStream", "frame"]
@@ -107,9 +117,11 @@ class GrpcStream:
                  on_close: Callable[[int | None, str], None], user_agent: bytes = b"ftproxy",
                  http2=None, connect_timeout: float | None = None,
                  on_response: Callable[[bytes], None] | None = None,
-                 metadata: Sequence[tuple[bytes, bytes]] = (), stats=None) -> None:
+                 metadata: Sequence[tuple[bytes, bytes]] = (), stats=None, transport=None) -> None:
         """`metadata`: more request headers, after the call's own (a gRPC service's
-        `initial_metadata`); `stats`: the call's stats hook (module docstring), or None."""
+        `initial_metadata`); `stats`: the call's stats hook (module docstring), or None;
+        `transport`: the cluster's transport socket factory (its `transport_socket`), or None
+        (plaintext)."""
         self.dispatcher = dispatcher
         self.stats = stats
         self.on_response = on_response   # the response headers' :status (once, if given)
@@ -132,11 +144,18 @@ class GrpcStream:
         if http2 is not None and http2.initial_connection_window_size > 65535:
             self.h2.increment_flow_control_window(http2.initial_connection_window_size - 65535)
         self.stream_id = self.h2.get_next_available_stream_id()
+        secure = transport is not None and transport.implements_secure_transport
         self.h2.send_headers(self.stream_id, [
-            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", authority.encode()),
+            (b":method", b"POST"), (b":scheme", b"https" if secure else b"http"), (b":authority", authority.encode()),
             (b":path", path.encode()), (b"content-type", b"application/grpc"),
             (b"te", b"trailers"), (b"user-agent", user_agent), *metadata])
-        self.sock = ClientSocket(dispatcher, address, self._on_connected, self._on_data, self._on_closed)
+        if secure:
+            # Bound to the cluster's ssl.* stats (cached per cluster by the stats hook).
+            bound = stats.transport(transport) if stats is not None else transport
+            self.sock = TransportClientSocket(dispatcher, address, bound, self._on_connected,
+                                              self._on_data, self._on_closed, alpn=("h2",))
+        else:
+            self.sock = ClientSocket(dispatcher, address, self._on_connected, self._on_data, self._on_closed)
         if connect_timeout and not self.sock.closed:
             self._connect_timer = dispatcher.call_later(connect_timeout, self._connect_timed_out)
         self._flush()
@@ -266,7 +285,9 @@ class GrpcStream:
                 self.status_message = v.decode("utf-8", "replace")
 
     def _on_closed(self) -> None:
-        self._finish(None, "connection closed" if self.sock.connected else "connection failed")
+        why = "connection closed" if self.sock.connected else "connection failed"
+        failure = getattr(self.sock, "failure_reason", "")
+        self._finish(None, f"{why}: {failure}" if failure else why)
 
     def reset(self, why: str) -> None:
         """End the call from our side (RST_STREAM CANCEL), reported through on_close."""

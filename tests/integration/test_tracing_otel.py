@@ -402,12 +402,16 @@ def test_google_grpc_is_refused_by_name():
     assert "google_grpc: not supported yet" in str(e.value)
 
 
-@pytest.mark.parametrize("provider", ["otel", "zipkin"])
+@pytest.mark.parametrize("provider", ["otel_http", "zipkin"])
 def test_a_tls_collector_cluster_is_refused_by_name(provider):
-    """Span exports do not speak TLS: a collector cluster with a TLS transport_socket is
-    refused at load rather than sent spans in the clear."""
+    """Span exports other than OTLP over gRPC do not speak TLS: a collector cluster with a TLS
+    transport_socket is refused at load rather than sent spans in the clear (OTLP over gRPC:
+    tests/integration/test_grpc_tls.py)."""
     from .test_tracing_zipkin import ZIPKIN
-    cfg = _config(1, 2, provider=OTEL if provider == "otel" else {
+    otel_http = {"name": OTEL["name"], "typed_config": {
+        "@type": OTEL["typed_config"]["@type"], "http_service": {"http_uri": {
+            "uri": "http://collector/v1/traces", "cluster": "otel", "timeout": "1s"}}}}
+    cfg = _config(1, 2, provider=otel_http if provider == "otel_http" else {
         **ZIPKIN, "typed_config": {**ZIPKIN["typed_config"], "collector_cluster": "otel"}})
     tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",

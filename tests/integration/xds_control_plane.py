@@ -13,6 +13,8 @@ small).
   A request whose nonce is not the last one sent on its stream for its type is stale and
   ignored (as go-control-plane does).
 - `stop()` kills the server (open streams end); `start()` serves again on the same port.
+- `ControlPlane(ssl=context)`: served over TLS with that `ssl.SSLContext` (a server context;
+  mTLS when it requires client certificates).
 - `set(..., node="id")` sets a snapshot for that node id only (a stream's node is the one of
   its first request); other nodes get the snapshot set without a node.
 - Delta (incremental) xDS on the Delta* services from the same snapshots: each resource's
@@ -130,7 +132,8 @@ class _Stream:
 
 
 class ControlPlane:
-    def __init__(self) -> None:
+    def __init__(self, ssl=None) -> None:
+        self.ssl = ssl                       # an ssl.SSLContext: served over TLS
         self.snapshots: dict[str | None, dict[str, tuple[str, list]]] = {None: {}}
         self.ttls: dict[str, float] = {}     # type_url -> TTL of its resources (seconds)
         self.requests: list[dict] = []
@@ -149,7 +152,7 @@ class ControlPlane:
     def start(self) -> None:
         async def go() -> None:
             self.server = Server([self])
-            await self.server.start("127.0.0.1", self.port)
+            await self.server.start("127.0.0.1", self.port, ssl=self.ssl)
             self.port = self.server._server.sockets[0].getsockname()[1]
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
 

@@ -18,10 +18,11 @@ import threading
 import pytest
 
 from tests.metrics_service_server import MetricsServiceServer
+from tests.ports import free_port
 from tests.tls_certs import CertAuthority, key_pem, pem
 
 from .harness import EchoUpstream, ProxyUnderTest, static_cluster
-from .test_xds_grpc import H2_OPTIONS, ROUTER, cla, eds_cluster, free_port, listener, route, served_by
+from .test_xds_grpc import H2_OPTIONS, ROUTER, cla, eds_cluster, listener, route, served_by
 from .xds_control_plane import CLA, CLUSTER, LISTENER, ROUTE, ControlPlane
 
 T = "type.googleapis.com/"

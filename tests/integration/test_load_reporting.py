@@ -17,6 +17,16 @@ H2_OPTIONS = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "explicit_http_config": {"http2_protocol_options": {}}}}
 INTERVAL = 0.3
+# For the tests that count a burst of requests: a burst starts just after a report and ends
+# well within this interval. (A request whose response comes in the interval after the one it
+# was issued in, with nothing issued or in progress in its locality then, has its success or
+# error dropped, by Envoy's rule: report_load_when_rq_active_is_non_zero.)
+BURST_INTERVAL = 1.0
+
+
+def _just_after_a_report(lrs) -> None:
+    n = len(lrs.reports("svc"))
+    assert lrs.wait(lambda: len(lrs.reports("svc")) > n)
 
 
 def _ep(port: int) -> dict:
@@ -81,9 +91,10 @@ def test_first_request_carries_the_node_and_no_stats(world):
 def test_counts_per_locality_over_intervals(world):
     lrs, p = world
     assert lrs.wait(lambda: lrs.recorded())
-    lrs.answer(["svc"], INTERVAL)
+    lrs.answer(["svc"], BURST_INTERVAL)
     assert lrs.wait(lambda: len(lrs.reports("svc")) >= 1)   # the interval has started
     assert p.wait_for(lambda: p.counters().get("load_reporter.requests") == 1)
+    _just_after_a_report(lrs)
     # Six requests, round robin over the two localities: 4 answered 200, 2 answered 503.
     statuses = [get(p.port, path) for path in ("/a", "/b", "/flaky/1000/503", "/flaky/1000/503",
                                                 "/c", "/d")]
@@ -106,10 +117,11 @@ def test_counts_per_locality_over_intervals(world):
             assert ls["locality"]["region"] == "r"
             assert int(ls.get("total_issued_requests", 0)) > 0
     assert reports[-1].get("upstream_locality_stats", []) == []   # an idle interval
-    # Each report's interval is about the configured one.
+    # Each report's interval is the measured time since the last: the configured one, or more
+    # when the main thread is late (a loaded machine), never much less.
     for r in reports[1:]:
         secs = float(r["load_report_interval"].rstrip("s"))
-        assert 0.2 <= secs <= 1.5, r
+        assert 0.9 * BURST_INTERVAL <= secs <= 5 * BURST_INTERVAL, r
     assert "empty" not in {cs["cluster_name"] for req in lrs.recorded() for cs in req["cluster_stats"]}
 
 
@@ -178,8 +190,9 @@ def test_two_workers_counts_are_summed():
     p = ProxyUnderTest(bootstrap(lrs.port, one.port, two.port), concurrency=2)
     try:
         assert lrs.wait(lambda: lrs.recorded())
-        lrs.answer(["svc"], INTERVAL)
+        lrs.answer(["svc"], BURST_INTERVAL)
         assert p.wait_for(lambda: p.counters().get("load_reporter.requests") == 1)
+        _just_after_a_report(lrs)
         assert [get(p.port, f"/{i}") for i in range(10)] == [200] * 10
         assert lrs.wait(lambda: _sum(lrs.reports("svc"), "total_issued_requests") >= 10)
         n = len(lrs.reports("svc"))

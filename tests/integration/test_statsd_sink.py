@@ -29,9 +29,10 @@ class Receiver:
         self.port = self.sock.getsockname()[1]
         self.datagrams: list[str] = []
 
-    def collect(self, seconds: float) -> None:
+    def collect(self, seconds: float, until=None) -> None:
+        """Datagrams for `seconds`, or until `until(datagrams)` holds (checked as they come)."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (until and until(self.datagrams)):
             try:
                 self.datagrams.append(self.sock.recv(65535).decode())
             except socket.timeout:
@@ -94,6 +95,20 @@ def _dog_config(upstream_port: int, receiver_port: int, **sink) -> dict:
     return cfg
 
 
+DS_TAGS = "#dc:eu,envoy.http_conn_manager_prefix:ingress_http"
+
+
+def _counter_total(datagrams: list[str], name: str, tags: str) -> int:
+    """The sum of the deltas sent for one DogStatsD counter (`name:delta|c|tags`)."""
+    total = 0
+    for d in datagrams:
+        metric, _, rest = d.partition(":")
+        value, _, suffix = rest.partition("|")
+        if metric == name and suffix == "c|" + tags:
+            total += int(value)
+    return total
+
+
 def test_dog_statsd_sends_tag_extracted_names_with_tags(upstream):
     r = Receiver()
     cfg = _dog_config(upstream.port, r.port)
@@ -103,13 +118,15 @@ def test_dog_statsd_sends_tag_extracted_names_with_tags(upstream):
         for _ in range(2):
             urllib.request.urlopen(p.url("/x"), timeout=5).read()
         r.collect(1.0)
+        r.collect(5.0, until=lambda got: _counter_total(got, "envoy.http.downstream_rq_total", DS_TAGS) >= 2)
         assert all("\n" not in d for d in r.datagrams)  # no max_bytes_per_datagram: one each
-        lines = set(r.datagrams)
+        lines = r.datagrams
         # Envoy's DogStatsD form: prefix, tag-extracted name, value, type, then |#name:value,...
-        assert ("envoy.cluster.upstream_rq:2|c|#envoy.response_code:200,dc:eu,envoy.cluster_name:c1"
-                in lines)
+        # Counters go as deltas: a flush may fall between the two requests.
+        assert _counter_total(lines, "envoy.cluster.upstream_rq",
+                              "#envoy.response_code:200,dc:eu,envoy.cluster_name:c1") == 2
         assert "envoy.cluster.upstream_cx_active:1|g|#dc:eu,envoy.cluster_name:c1" in lines
-        assert "envoy.http.downstream_rq_total:2|c|#dc:eu,envoy.http_conn_manager_prefix:ingress_http" in lines
+        assert _counter_total(lines, "envoy.http.downstream_rq_total", DS_TAGS) == 2
         assert not any(d.startswith("envoy.cluster.c1.") for d in lines)  # no flat names
     finally:
         p.stop()

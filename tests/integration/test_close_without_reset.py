@@ -238,7 +238,7 @@ def test_a_lingering_close_ends_after_delayed_close_timeout_when_the_client_neve
     started = time.monotonic()
     assert reply.startswith(b"HTTP/1.1 200 ")
     assert p.wait_for(lambda: p.gauges()["http.ingress_http.downstream_cx_active"] == 0, 3)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5   # not the drain time (10 s) nor idle_timeout (1 h)
     assert p.counters()["http.ingress_http.downstream_cx_destroy_local"] == 1
     s.close()
 
@@ -255,7 +255,7 @@ def test_a_shutdown_drain_waits_for_a_lingering_connection_no_longer_than_its_de
     p.server.request_shutdown()
     p.thread.join(5)
     assert not p.thread.is_alive()
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5   # not the drain time (10 s) nor idle_timeout (1 h)
     s.close()
 
 

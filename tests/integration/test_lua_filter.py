@@ -120,12 +120,12 @@ def test_response_body_rewritten_whole(upstream):
 
 
 def test_http_call_waits_without_blocking_the_worker(upstream):
-    """One worker: while a script waits 0.8 s for its call's answer, another request through the
+    """One worker: while a script waits 2 s for its call's answer, another request through the
     same worker is answered at once; then the first resumes with the answer."""
     proxy = _proxy("""
         function envoy_on_request(h)
           if h:headers():get(":path") == "/slow" then
-            local rh, rb = h:httpCall("app", {[":method"] = "GET", [":path"] = "/delay/0.8",
+            local rh, rb = h:httpCall("app", {[":method"] = "GET", [":path"] = "/delay/2",
                                                [":authority"] = "app"}, nil, 5000)
             h:respond({[":status"] = "200", ["x-call"] = rh[":status"]}, "after call")
           end
@@ -140,15 +140,13 @@ def test_http_call_waits_without_blocking_the_worker(upstream):
         t = threading.Thread(target=call_slow)
         t.start()
         # The slow request is waiting for its call once the upstream has the call.
-        assert proxy.wait_for(lambda: any(r[1] == "/delay/0.8" for r in upstream.requests))
-        started = time.monotonic()
+        assert proxy.wait_for(lambda: any(r[1] == "/delay/2" for r in upstream.requests))
         status, _, _ = _get(proxy.port, "/fast")
-        fast_took = time.monotonic() - started
+        assert status == 200 and "answer" not in slow   # answered while the call still waits
         t.join(10)
-        assert status == 200 and fast_took < 0.5, fast_took
         status, headers, body = slow["answer"]
         assert (status, headers["x-call"], body) == (200, "200", b"after call")
-        assert slow["took"] >= 0.7
+        assert slow["took"] >= 1.9
     finally:
         proxy.stop()
 
@@ -161,10 +159,9 @@ def test_http_call_timeout_answers_504(upstream):
           h:respond({[":status"] = "200"}, rh[":status"] .. " " .. tostring(rb))
         end""", upstream)
     try:
-        started = time.monotonic()
         status, _, body = _get(proxy.port, "/x")
+        # The call's 100 ms timeout answered it (the upstream would have answered 200 after 2 s).
         assert (status, body) == (200, b"504 upstream request timeout")
-        assert time.monotonic() - started < 1.5
     finally:
         proxy.stop()
 

@@ -353,7 +353,7 @@ def test_per_try_timeout_retries_a_slow_attempt(scripted, proxy_factory):
     p = proxy_factory(_config(up.port, {"retry_on": "5xx", "per_try_timeout": "0.2s"}))
     t0 = time.monotonic()
     r = request(p.port, "/x")
-    assert r.status == 200 and time.monotonic() - t0 < 1.5
+    assert r.status == 200 and time.monotonic() - t0 < 1.9   # not the slow attempt's 2 s
     assert _c(p, "upstream_rq_per_try_timeout") == 1 and _c(p, "upstream_rq_retry") == 1
     # The upstream is told the per-try timeout, the shorter one.
     assert up.requests[0][3]["x-envoy-expected-rq-timeout-ms"] == "200"
@@ -395,7 +395,7 @@ def test_backoff_is_bounded_by_max_interval(scripted, proxy_factory):
     t0 = time.monotonic()
     assert request(p.port, "/x").status == 200
     # Three back-offs, each drawn from [0, 50 ms), [0, 100 ms), [0, 100 ms).
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 3
     assert _c(p, "upstream_rq_retry_backoff_exponential") == 3
 
 
@@ -406,7 +406,7 @@ def test_rate_limited_back_off_waits_what_the_reset_header_says(scripted, proxy_
     t0 = time.monotonic()
     assert request(p.port, "/x").status == 200
     elapsed = time.monotonic() - t0
-    assert 1.0 <= elapsed < 3.0  # [1 s, 1.5 s): Envoy's jittered lower bound
+    assert 1.0 <= elapsed < 4.5  # [1 s, 1.5 s): Envoy's jittered lower bound (not the 5 s max)
     assert _c(p, "upstream_rq_retry_backoff_ratelimited") == 1
     assert _c(p, "upstream_rq_retry_backoff_exponential") == 0
 

@@ -139,7 +139,7 @@ def test_idle_timeout_closes_quiet_session_but_not_active_one(proxy_factory, ech
         assert quiet.recv(1) == b"q"
         t0 = time.monotonic()
         assert _recv_until_eof(quiet) == b""
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 4.0   # the 0.4 s idle timeout, not the 5 s recv timeout
     assert p.wait_for(lambda: p.counters().get("tcp.idle.idle_timeout") == 1)
 
 

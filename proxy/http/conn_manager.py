@@ -682,7 +682,10 @@ class ConnectionManager(ConnectionCallbacks):
             return
         self.stream_done(stream)
 
-    def _finish_stream(self, stream: ActiveStream) -> None:
+    def _finish_stream(self, stream: ActiveStream, count_response: bool = True) -> None:
+        """The stream is over: stats, tracing, access logs. `count_response` False: a stream
+        replaced by another (an internal redirect: redirect_follow.py), whose 3xx is logged
+        but not counted as a completed response."""
         stream.state |= CLOSED
         c = self.connection  # tx bytes counted per stream (written, incl. still queued)
         sent = c.bytes_sent + c.buffered_bytes
@@ -696,7 +699,7 @@ class ConnectionManager(ConnectionCallbacks):
         stream.destroy_filters()  # also breaks the stream <-> filter cycles (freed by refcount)
         stream.end_monotonic = now = time.monotonic()
         code = stream.response_code
-        if code:
+        if code and count_response:
             st.downstream_rq_completed.value += 1
             cls = code // 100
             per_listener = st.listener_rq

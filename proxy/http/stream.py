@@ -281,6 +281,10 @@ class ActiveStream(FilterManager, StreamInfo):
     def downstream_above_high_watermark(self) -> bool:
         return self.hcm.connection.above_high_watermark or self.codec_above_high_watermark
 
+    # An internal redirect's RedirectState (proxy/router/internal_redirect.py), handed from a
+    # stream to the one recreated for it: in the instance dict, set only by a redirect.
+    internal_redirect_state = None
+
     # A filter's setDecoderBufferLimit (the buffer filter): kept in the instance dict, not a
     # slot, so a stream that never sets it pays nothing at creation.
     decoder_buffer_limit = None

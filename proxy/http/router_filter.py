@@ -47,13 +47,15 @@ _MS = tuple(b"%d" % i for i in range(1000))  # x-envoy-upstream-service-time val
 
 
 class RouterFilter:
-    # A plain class whose __init__ sets every field (CPython 3.13 builds it inline; slotted
-    # objects go through type_call), one per request. perf/RESULTS.md, fourth round.
     # A route's internal_redirect_policy, and the request body kept for a redirect (None past
-    # the buffer limit): set by _prepare for such a route only (redirect_follow.py).
+    # the buffer limit): class defaults, set by _prepare for such a route only
+    # (redirect_follow.py), so other requests pay nothing at creation.
     redirect_policy = None
     redirect_body: list[bytes] | None = None
     redirect_body_bytes = 0
+
+    # A plain class whose __init__ sets every field (CPython 3.13 builds it inline; slotted
+    # objects go through type_call), one per request. perf/RESULTS.md, fourth round.
     def __init__(self, stream, ctx, config) -> None:
         self.stream = stream          # its FilterCallbacks (and StreamInfo)
         self.ctx = ctx

@@ -73,7 +73,7 @@ def _redirect(router, stream, headers) -> bool:
         reason = "predicate"
     if reason is not None:
         fields, head.scheme, authority, path, stream.cached_route, stream.picked_cluster = saved
-        head.headers.fields[:] = fields
+        head.headers.fields = fields
         head.set_authority(authority)
         head.set_path(path)
         getattr(router.ctx.stats, "passthrough_internal_redirect_" + reason).value += 1

@@ -568,6 +568,41 @@ class ConnectionManager(ConnectionCallbacks):
         stream.create_filter_chain(ctx.filter_factories, ctx.filter_chain_plans)
         stream.decode_headers(end_stream)
 
+    def recreate_stream(self, old: ActiveStream, body: bytes) -> None:
+        """An internal redirect (ActiveStream.recreate): `old` ends, logged with its 3xx but
+        not counted as a completed response, and a new stream with its id, its head (as its
+        router left it), start time and redirect state runs the whole HTTP filter chain
+        again (new filter instances), with `body`. What this manager did to the head when it
+        arrived (x-forwarded-for, x-request-id...) is not done again: it is there already.
+        Nothing if `old` ended meanwhile (a reset, a timeout's reply, the client gone)."""
+        if (old.state & (CLOSED | RESPONSE_STARTED) or self.streams.get(old.stream_id) is not old
+                or self.connection.closed):
+            return
+        self._finish_stream(old, count_response=False)
+        st = self.stats
+        st.downstream_rq_total.value += 1   # Envoy counts the new stream as a request
+        st.downstream_rq_active.value += 1
+        ps = self.protocol_stats
+        if ps is not None:
+            ps[2].value += 1
+        stream = ActiveStream(self, old.stream_id, old.head, None, old.start_time, old.start_monotonic)
+        stream.internal_redirect_state = old.internal_redirect_state
+        stream.state = REQUEST_COMPLETE
+        stream.request_complete_monotonic = old.request_complete_monotonic or time.monotonic()
+        stream.bytes_received = old.bytes_received
+        self.streams[old.stream_id] = stream
+        self.watch_stream(stream)
+        ctx = self.ctx
+        if ctx.tracer is not None:
+            try:
+                ctx.tracer.start(stream)
+            except Exception:
+                log.exception("tracer failed to start a span")
+        stream.create_filter_chain(ctx.filter_factories, ctx.filter_chain_plans)
+        stream.decode_headers(not body)
+        if body and stream.state < CLOSED:
+            stream.decode_data(body, True)
+
     def _normalize_head(self, stream: ActiveStream, head: RequestHead, norm) -> bool:
         """Envoy's path and host normalisation (path_normalize.py; `norm` its compiled
         options, or None): True when it answered the request, with a 400, or a 307 to the
@@ -682,7 +717,10 @@ class ConnectionManager(ConnectionCallbacks):
             return
         self.stream_done(stream)
 
-    def _finish_stream(self, stream: ActiveStream) -> None:
+    def _finish_stream(self, stream: ActiveStream, count_response: bool = True) -> None:
+        """The stream is over: stats, tracing, access logs. `count_response` False: a stream
+        replaced by another (an internal redirect: redirect_follow.py), whose 3xx is logged
+        but not counted as a completed response."""
         stream.state |= CLOSED
         c = self.connection  # tx bytes counted per stream (written, incl. still queued)
         sent = c.bytes_sent + c.buffered_bytes
@@ -696,7 +734,7 @@ class ConnectionManager(ConnectionCallbacks):
         stream.destroy_filters()  # also breaks the stream <-> filter cycles (freed by refcount)
         stream.end_monotonic = now = time.monotonic()
         code = stream.response_code
-        if code:
+        if code and count_response:
             st.downstream_rq_completed.value += 1
             cls = code // 100
             per_listener = st.listener_rq

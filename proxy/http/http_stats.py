@@ -21,6 +21,10 @@ _COUNTERS = (
     "downstream_rq_rejected_via_ip_detection",
     "no_route", "no_cluster", "rq_redirect", "rq_direct_response", "rq_total", "rs_too_large",
     "downstream_rq_failed_path_normalization", "downstream_rq_redirected_with_normalized_path",
+    # the router's internal redirects passed through, by reason (redirect_follow.py)
+    "passthrough_internal_redirect_bad_location", "passthrough_internal_redirect_unsafe_scheme",
+    "passthrough_internal_redirect_too_many_redirects", "passthrough_internal_redirect_no_route",
+    "passthrough_internal_redirect_predicate",
 )
 _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
            "downstream_rq_active",

@@ -33,6 +33,7 @@ from .headers import HOP_BY_HOP, Headers, ResponseHead
 from .async_client import AsyncRequest
 from ..upstream.outlier_monitor import grpc_http_status
 from .local_reply import grpc_local_reply_head, is_grpc_request, local_reply_head, reset_body
+from .redirect_follow import follow_internal_redirect
 from .stream_state import UPGRADED
 
 __all__ = ["RouterFilter", "RouterFactory"]
@@ -46,6 +47,13 @@ _MS = tuple(b"%d" % i for i in range(1000))  # x-envoy-upstream-service-time val
 
 
 class RouterFilter:
+    # A route's internal_redirect_policy, and the request body kept for a redirect (None past
+    # the buffer limit): class defaults, set by _prepare for such a route only
+    # (redirect_follow.py), so other requests pay nothing at creation.
+    redirect_policy = None
+    redirect_body: list[bytes] | None = None
+    redirect_body_bytes = 0
+
     # A plain class whose __init__ sets every field (CPython 3.13 builds it inline; slotted
     # objects go through type_call), one per request. perf/RESULTS.md, fourth round.
     def __init__(self, stream, ctx, config) -> None:
@@ -235,6 +243,9 @@ class RouterFilter:
             self._rewrite_request(action)
         if action.request_mirror_policies:
             self._start_shadows(action, head, end_stream)
+        if action.internal_redirect is not None and self.stream.upgrade is None:
+            self.redirect_policy = action.internal_redirect
+            self.redirect_body = []
         if action.attempt_count_in_request:
             head.headers.set(b"x-envoy-attempt-count", b"1")
         if (action.retry_policy is not None or route.retry_headers_added
@@ -337,6 +348,8 @@ class RouterFilter:
             self._feed_shadows(data, end_stream)
         if self.done:
             return _TAKEN
+        if self.redirect_body is not None and data:
+            self._keep_for_redirect(data)
         if end_stream and not data and self.stream.upgraded:
             self.decode_eof()  # the downstream half-closed a tunnel
             return _TAKEN
@@ -354,6 +367,15 @@ class RouterFilter:
         if end_stream:
             self.decode_end(None)
         return _TAKEN
+
+    def _keep_for_redirect(self, data: bytes) -> None:
+        """The request body, kept while a redirect may replay it: up to the stream's buffer
+        limit (Envoy's retry_shadow_buffer_limit), past which no redirect is followed."""
+        self.redirect_body_bytes += len(data)
+        if self.redirect_body_bytes > self.stream.buffer_limit():
+            self.redirect_body = None
+        else:
+            self.redirect_body.append(data)
 
     def decode_trailers(self, trailers) -> int:
         if self.shadows is not None:
@@ -499,6 +521,10 @@ class RouterFilter:
             self._outlier_response(od, ev.status, headers)
         if self.cluster.hc_report is not None and headers.has(b"x-envoy-immediate-health-check-fail"):
             self.cluster.hc_report(self.host)   # health-checked clusters only: main marks the host
+        policy = self.redirect_policy
+        if (policy is not None and ev.status in policy.redirect_response_codes
+                and follow_internal_redirect(self, ev.status, headers, body is not None)):
+            return  # the stream is recreated for the Location (redirect_follow.py)
         rc = self.config
         if not rc.suppress_envoy_headers and (stream.upgrade is None or self.request_ended):
             # (Envoy adds it once the downstream request is complete: not to a tunnel's answer.)

@@ -281,6 +281,24 @@ class ActiveStream(FilterManager, StreamInfo):
     def downstream_above_high_watermark(self) -> bool:
         return self.hcm.connection.above_high_watermark or self.codec_above_high_watermark
 
+    # An internal redirect's RedirectState (proxy/router/internal_redirect.py), handed from a
+    # stream to the one recreated for it: in the instance dict, set only by a redirect.
+    internal_redirect_state = None
+
+    def recreate(self, head: ResponseHead, body: bytes) -> None:
+        """Envoy's recreateStream, from the router that followed an internal redirect (its
+        request rewritten in `self.head`, `body` the request body kept): this stream ends,
+        logged with the upstream's 3xx `head` and details `internal_redirect`, and a new one
+        runs the whole filter chain for the rewritten request. The connection manager does it
+        once the upstream callback that decided it has returned (Envoy defers the old
+        stream's deletion the same way): the new stream's router may take the very
+        connection the 3xx came on."""
+        self.response_code = head.status
+        self.response_code_details = "internal_redirect"
+        self.response_headers = head
+        hcm = self.hcm
+        self.ctx.worker.dispatcher.defer(lambda: hcm.recreate_stream(self, body))
+
     # A filter's setDecoderBufferLimit (the buffer filter): kept in the instance dict, not a
     # slot, so a stream that never sets it pays nothing at creation.
     decoder_buffer_limit = None

@@ -35,6 +35,8 @@ from .per_filter_config import (NO_PER_FILTER_CONFIG, PerFilterConfig, merge_lev
 from .redirect import (PathRewrite, RedirectAction, RegexRewrite, parse_redirect,
                        parse_regex_rewrite)
 from .hash_policy import HashPolicy, parse_hash_policy
+from .internal_redirect import (InternalRedirectPolicy, legacy_internal_redirect_policy,
+                                parse_internal_redirect_policy)
 from .mirror_policy import MirrorPolicy, parse_mirror_policy
 from .rate_limits import RateLimitEntry, parse_rate_limits
 from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
@@ -91,6 +93,9 @@ class RouteAction:
     rate_limits: tuple[RateLimitEntry, ...] = ()
     vh_rate_limits: tuple[RateLimitEntry, ...] = ()
     include_vh_rate_limits: bool = False
+    # internal_redirect_policy (or the deprecated internal_redirect_action): the upstream's
+    # 3xx the router follows itself (internal_redirect.py); None: every 3xx is passed on.
+    internal_redirect: InternalRedirectPolicy | None = None
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -177,7 +182,7 @@ class Route:
             or self.request_mutations or a.retry_policy is not None
             or a.attempt_count_in_request or a.attempt_count_in_response
             or a.max_stream_duration is not None or a.max_grpc_timeout is not None
-            or a.request_mirror_policies))
+            or a.request_mirror_policies or a.internal_redirect is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,9 +250,11 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     used("max_grpc_timeout", why="gRPC requests' router timeout from grpc-timeout, capped"),
     used("grpc_timeout_offset"),
     used("upgrade_configs"),
-    refused("internal_redirect_policy"),
-    refused("internal_redirect_action"),
-    refused("max_internal_redirects"),
+    used("internal_redirect_policy", attr="internal_redirect",
+         why="its own table (internal_redirect.py)"),
+    used("internal_redirect_action", attr="internal_redirect",
+         why="deprecated: HANDLE_INTERNAL_REDIRECT is a policy with its defaults"),
+    used("max_internal_redirects", attr="internal_redirect", why="deprecated, with the above"),
     refused("hedge_policy"),
     used("max_stream_duration", why="its own table; with it Envoy ignores `timeout`"),
 ))
@@ -389,6 +396,10 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         attempt_count_in_request=outer.attempt_count_in_request,
         attempt_count_in_response=outer.attempt_count_in_response,
         is_timeout_retry_header=outer.is_timeout_retry_header,
+        internal_redirect=(parse_internal_redirect_policy(f.value("internal_redirect_policy"),
+                                                          f.at("internal_redirect_policy"))
+                           if f.has("internal_redirect_policy")
+                           else legacy_internal_redirect_policy(f)),
     )
 
 

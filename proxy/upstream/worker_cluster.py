@@ -50,6 +50,7 @@ _COUNTERS = (
     "upstream_rq_per_try_timeout", "upstream_rq_per_try_idle_timeout", "retry_or_shadow_abandoned",
     "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
     "upstream_rq_5xx", "lb_healthy_panic", "original_dst_host_invalid",
+    "upstream_internal_redirect_succeeded_total", "upstream_internal_redirect_failed_total",
 )
 _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active")
 

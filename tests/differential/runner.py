@@ -306,6 +306,8 @@ def _send(proxy: ProxyProcess, req: dict, upstreams: dict[str, EchoUpstream]) ->
                        proxy.kept if req.get("keep_open") else None,
                        responses=int(req.get("responses", 1)),
                        half_close=bool(req.get("half_close")))
+    if req.get("log_lines"):  # an internal redirect logs each stream it replaced too
+        obs.log_lines = int(req["log_lines"])
     if req.get("settle"):
         # The echo upstream records a request once its body ends; a body cut short ends only
         # when the proxy closes the upstream connection, which may come after the reply.

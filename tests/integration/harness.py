@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -75,6 +76,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
             return
         if path.startswith("/cache/"):
             self._cacheable()
+            return
+        if path.startswith("/redirect/"):
+            self._redirect(path)
             return
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
@@ -167,6 +171,20 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(f"cacheable {self.path}\n")))
         self.end_headers()
         self.wfile.write(body)
+
+    def _redirect(self, path: str) -> None:
+        """/redirect/<code>?to=<location>[&hdr=<name>:<value>...]: a <code> answer with that
+        Location (absent without `to`), the extra headers, and the body `redirecting`."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        self.send_response(int(path.split("/")[2]))
+        for to in query.get("to", ()):
+            self.send_header("location", to)
+        for h in query.get("hdr", ()):
+            name, _, value = h.partition(":")
+            self.send_header(name, value)
+        self.send_header("content-length", "11")
+        self.end_headers()
+        self.wfile.write(b"redirecting")
 
     def _authz(self) -> None:
         """An ext_authz HTTP service: `authorization: Bearer <token>` decides. allow-<user>:

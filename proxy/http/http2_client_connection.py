@@ -12,6 +12,9 @@ owns a socket and a clock; the sans-I/O part is h2 and codec/http2_client.py.
 Behaviour, as Envoy's HTTP/2 client codec:
 - a request becomes :method, :scheme (http), :authority, :path and its headers less the
   connection-specific ones (`te` only as "trailers"); trailers go as a HEADERS frame;
+- an upgrade request (HTTP/1.1 `Upgrade`) goes as an extended CONNECT (RFC 8441, `:protocol`)
+  and the host's 200 reaches the router as a 101 (Envoy's H1<->H2 upgrade translation); only
+  the client's half-close ends such a stream;
 - a response head reaches the router as ResponseHeaders(http_version=b"2"); a response that
   arrived whole in one read is handed over in one on_upstream_headers(ev, body) call;
 - flow control: the connection window is returned as DATA arrives (a held stream's bytes are
@@ -45,8 +48,9 @@ from ..network.connection import CloseReason, Connection, ConnectionCallbacks
 from .codec.client_protocol import CLOSED, CONNECTING, PoolConnectionPredicates
 from .h2_keepalive import Keepalive
 from .codec_client import lost_stream_reset, transport_failure
-from .codec.http2_client import (checked_fields, new_client_connection, request_fields,
-                                 response_headers, trailer_fields)
+from .codec.http2_client import (checked_fields, extended_connect_fields, new_client_connection,
+                                 request_fields, response_headers, trailer_fields,
+                                 upgrade_response)
 
 __all__ = ["Http2ClientConnection", "Http2Stream", "HTTP2"]
 
@@ -64,7 +68,7 @@ class Http2Stream:
 
     __slots__ = ("conn", "id", "callbacks", "reused", "state", "local_ended", "remote_ended",
                  "response_started", "paused", "held", "unacked", "out", "out_bytes",
-                 "out_end", "out_trailers", "above_watermark")
+                 "out_end", "out_trailers", "above_watermark", "upgrade")
 
     def __init__(self, conn: Http2ClientConnection, callbacks, reused: bool) -> None:
         self.conn = conn
@@ -83,6 +87,7 @@ class Http2Stream:
         self.out_end = False          # END_STREAM waits behind `out`
         self.out_trailers = None      # ... as these trailers
         self.above_watermark = False
+        self.upgrade = None           # an HTTP/1.1 upgrade sent as extended CONNECT: its token
 
     # -- UpstreamStream ---------------------------------------------------------------------
     @property
@@ -95,10 +100,15 @@ class Http2Stream:
         return self.conn.connection.transport_socket.ssl()
 
     def send_headers(self, head, end_stream: bool, upgrade: bool) -> None:
-        """`upgrade`: HTTP/2 has no Upgrade (RFC 9113 §8.6); the request goes as an ordinary
-        one and the host answers it as such (extended CONNECT is not spoken)."""
+        """`upgrade`: HTTP/2 has no Upgrade (RFC 9113 §8.6): an upgrade request goes as an
+        extended CONNECT (RFC 8441, `:protocol` its Upgrade token) and the host's 200 reaches
+        the router as a 101, as Envoy's codec does it (whether or not the host announced
+        SETTINGS_ENABLE_CONNECT_PROTOCOL: Envoy 1.40 does not wait for it either); a CONNECT
+        goes as a CONNECT."""
         if self.state != IDLE:
             return
+        if upgrade and head.method != b"CONNECT":
+            self.upgrade = head.headers.get(b"upgrade")
         self.conn._open_stream(self, head, end_stream)
 
     def send_data(self, data: bytes) -> None:
@@ -108,6 +118,12 @@ class Http2Stream:
             self.conn._send_pending(self)
 
     def end(self, trailers) -> None:
+        if self.upgrade is None:
+            self._end(trailers)
+        # (An upgrade request's end, right after its head, is not the tunnel's: as over
+        # HTTP/1.1, only the client's half-close ends it, shutdown_write.)
+
+    def _end(self, trailers) -> None:
         if self.state != OPEN or self.local_ended:
             return
         self.local_ended = True
@@ -116,7 +132,7 @@ class Http2Stream:
         self.conn._send_pending(self)
 
     def shutdown_write(self) -> None:
-        self.end(None)
+        self._end(None)
 
     def read_disable(self, disable: bool) -> None:
         self.paused += 1 if disable else -1
@@ -193,6 +209,7 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
         self.close_reason = None  # (reason, flag, status) for its streams when we close it
         self.connect_started = connect_started
         self.keepalive_settings = opts.connection_keepalive
+        self.allow_connect = opts.allow_connect
         self.keepalive: Keepalive | None = None
 
     # -- PoolConnection ---------------------------------------------------------------------
@@ -231,7 +248,9 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
             return
         sid = self.h2.get_next_available_stream_id()
         try:
-            self.h2.send_headers(sid, request_fields(head), end_stream=end_stream)
+            fields = (request_fields(head) if s.upgrade is None
+                      else extended_connect_fields(head, s.upgrade))
+            self.h2.send_headers(sid, fields, end_stream=end_stream)
         except H2Error:
             # Headers h2 will not send (a field HTTP/2 forbids): this stream alone fails.
             self._flush()
@@ -355,11 +374,14 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
         elif cls is ResponseReceived:
             s.response_started = True
             ended = ev.stream_ended is not None
+            head = response_headers(ev.headers)
+            if s.upgrade is not None:
+                head = upgrade_response(head, s.upgrade)
             if ended:
                 s.remote_ended = True
-                cb.on_upstream_headers(response_headers(ev.headers), b"")
+                cb.on_upstream_headers(head, b"")
             else:
-                cb.on_upstream_headers(response_headers(ev.headers))
+                cb.on_upstream_headers(head)
         elif cls is TrailersReceived:
             s.remote_ended = True
             cb.on_upstream_complete([(n, v) for n, v in ev.headers if not n.startswith(b":")])
@@ -374,6 +396,8 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
         h2 = self.h2
         h2.local_settings.update({SettingCodes.ENABLE_PUSH: 0,
                                   SettingCodes.INITIAL_WINDOW_SIZE: self.stream_window})
+        if self.allow_connect:  # (Envoy's client sends it with allow_connect; RFC 8441 §3)
+            h2.local_settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
         h2.local_settings.acknowledge()  # in force for our new streams at once
         h2.initiate_connection()
         if self.connection_window > 65535:
@@ -459,8 +483,10 @@ class Http2ClientConnection(PoolConnectionPredicates, ConnectionCallbacks):
                         s.response_started = s.remote_ended = True
                         s.unacked += flow
                         i = j
-                        s.callbacks.on_upstream_headers(response_headers(ev.headers),
-                                                        b"".join(body))
+                        head = response_headers(ev.headers)
+                        if s.upgrade is not None:
+                            head = upgrade_response(head, s.upgrade)
+                        s.callbacks.on_upstream_headers(head, b"".join(body))
                         if s.state != DONE:
                             self._ack_stream(s)
                         continue

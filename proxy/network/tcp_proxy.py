@@ -198,6 +198,9 @@ class TcpProxySession(ConnectionCallbacks, RelayCallbacks):
 
     def _on_upstream_connected(self) -> None:
         self.connected = True
+        # Envoy's TCP pool counts the connection it hands tcp_proxy as a request (probed:
+        # case connect_extras, cluster.echo.upstream_rq_total).
+        self.cluster.stats.upstream_rq_total.value += 1
         if self.outlier is not None:   # Envoy's LocalOriginConnectSuccessFinal
             self.outlier.put_connect_success_final(self.ctx.worker.index)
         self.cluster.stats.upstream_cx_connect_ms.record((time.monotonic() - self.connect_started) * 1000.0)

@@ -71,6 +71,11 @@ class RouteAction:
     # is terminated here (answered 200 once a TCP connection to the host is up, its bytes then
     # streamed over it); without, a CONNECT request is forwarded to the upstream as it came.
     connect_terminate: bool = False
+    # That connect_config's `allow_post`: a POST is terminated the same way (its body bytes
+    # are the tunnel's); and its proxy_protocol_config's version (1 or 2; 0: none): the PROXY
+    # header written first on the tunnel's upstream connection.
+    connect_allow_post: bool = False
+    connect_proxy_protocol: int = 0
     path_rewrite: PathRewrite = PathRewrite()
     # The route's retry_policy, else its virtual host's (Envoy: the route's replaces the
     # virtual host's whole); None: neither has one.
@@ -265,8 +270,16 @@ UPGRADE_CONFIG = Message("envoy.config.route.v3.RouteAction.UpgradeConfig", fiel
          "the CONNECT and streams its bytes to a TCP connection to the host"),
 ))
 CONNECT_CONFIG = Message("envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig", fields=(
-    refused("proxy_protocol_config", "a PROXY protocol header on the tunnel's upstream connection"),
-    refused("allow_post", "POST requests tunnelled as raw TCP", default=False, only_default=True),
+    used("proxy_protocol_config", attr="connect_proxy_protocol", why="a PROXY header (the "
+         "downstream connection's addresses) first on the tunnel's upstream connection"),
+    used("allow_post", False, attr="connect_allow_post", why="a POST on the route is "
+         "terminated as a CONNECT: its body bytes go raw to a TCP connection to the host"),
+))
+_NO_TLVS = "Envoy 1.40's CONNECT termination writes its header without TLVs, probed"
+PROXY_PROTOCOL_CONFIG = Message("envoy.config.core.v3.ProxyProtocolConfig (connect_config)", fields=(
+    used("version", "V1", attr="connect_proxy_protocol"),
+    inert("pass_through_tlvs", _NO_TLVS),
+    inert("added_tlvs", _NO_TLVS),
 ))
 WEIGHTED_CLUSTER = Message("envoy.config.route.v3.WeightedCluster", fields=(
     used("clusters", attr="weighted_clusters"),
@@ -345,7 +358,8 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
     host_literal = f.str("host_rewrite_literal")
     f.oneof("host_rewrite_literal", "auto_host_rewrite")
     upgrades = []
-    connect_terminate = False
+    connect_terminate = allow_post = False
+    proxy_protocol = 0
     for item, upath in f.list("upgrade_configs"):
         u = UPGRADE_CONFIG.read(item, upath)
         kind = u.str("upgrade_type", required=True).lower()
@@ -356,8 +370,14 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
                 raise ConfigError(u.at("connect_config"), f"only a CONNECT upgrade config may have "
                                   f"one, not {kind!r}")
             c = CONNECT_CONFIG.read(u.value("connect_config"), u.at("connect_config"))
-            CONNECT_CONFIG.require_default(c, "allow_post", c.bool("allow_post", False))
             connect_terminate = enabled
+            allow_post = c.bool("allow_post", False)
+            if c.has("proxy_protocol_config"):
+                pp = PROXY_PROTOCOL_CONFIG.read(c.value("proxy_protocol_config"),
+                                                c.at("proxy_protocol_config"))
+                proxy_protocol = 1 if pp.enum("version", ("V1", "V2"), "V1") == "V1" else 2
+                pp.value("pass_through_tlvs")  # accepted: no TLVs are written (see the table)
+                pp.list("added_tlvs")
     code = f.enum("cluster_not_found_response_code", tuple(_NOT_FOUND_CODES),
                   "SERVICE_UNAVAILABLE")
     msd = (parse_max_stream_duration(MAX_STREAM_DURATION.read(f.value("max_stream_duration"),
@@ -389,6 +409,8 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
         cluster_not_found_response_code=_NOT_FOUND_CODES[code],
         upgrade_configs=tuple(upgrades),
         connect_terminate=connect_terminate,
+        connect_allow_post=connect_terminate and allow_post,
+        connect_proxy_protocol=proxy_protocol if connect_terminate else 0,
         path_rewrite=PathRewrite(match.matched_length, prefix, regex),
         # Envoy: the route's retry_policy, if it has one, replaces the virtual host's whole.
         retry_policy=(parse_retry_policy(f.value("retry_policy"), f.at("retry_policy"))

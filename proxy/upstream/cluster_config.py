@@ -121,6 +121,9 @@ class Http2Options:
     initial_connection_window_size: int = 268435456
     # connection_keepalive (http/codec/h2_keepalive.py), or None.
     connection_keepalive: KeepaliveSettings | None = None
+    # SETTINGS_ENABLE_CONNECT_PROTOCOL=1 in our SETTINGS (RFC 8441), as Envoy sends it. An
+    # upgrade goes as extended CONNECT with or without it (Envoy 1.40, probed).
+    allow_connect: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,7 +532,8 @@ UPSTREAM_HTTP2 = Message("envoy.config.core.v3.Http2ProtocolOptions (upstream)",
     used("initial_connection_window_size", 268435456),
     inert("use_oghttp2_codec", "chooses between Envoy's HTTP/2 codec libraries; ftproxy uses h2"),
     refused("hpack_table_size", default=4096, only_default=True),
-    refused("allow_connect", "extended CONNECT upstream", default=False, only_default=True),
+    used("allow_connect", False, why="SETTINGS_ENABLE_CONNECT_PROTOCOL=1 sent to the host; "
+         "an upgrade goes to an HTTP/2 host as extended CONNECT with or without it, as in Envoy"),
     refused("allow_metadata", default=False, only_default=True),
     refused("max_metadata_size"),
     refused("max_outbound_frames", _FLOOD),
@@ -914,7 +918,7 @@ def _http2_options(raw: Any, path: str) -> Http2Options:
     """An upstream Http2ProtocolOptions: the three sizes honoured, the rest refused."""
     h = UPSTREAM_HTTP2.read(raw, path)
     h.bool("use_oghttp2_codec")
-    for key, default in (("allow_connect", False), ("allow_metadata", False),
+    for key, default in (("allow_metadata", False),
                          ("stream_error_on_invalid_http_messaging", False)):
         UPSTREAM_HTTP2.require_default(h, key, h.bool(key, default))
     UPSTREAM_HTTP2.require_default(h, "hpack_table_size", h.int("hpack_table_size", 4096, min=0))
@@ -928,6 +932,7 @@ def _http2_options(raw: Any, path: str) -> Http2Options:
         initial_connection_window_size=h.int("initial_connection_window_size",
                                              d.initial_connection_window_size,
                                              min=65535, max=2147483647),
+        allow_connect=h.bool("allow_connect", False),
         connection_keepalive=(parse_keepalive(h.value("connection_keepalive"), h.at("connection_keepalive"),
                                               client=True) if h.has("connection_keepalive") else None),
     )

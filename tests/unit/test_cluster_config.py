@@ -231,7 +231,7 @@ def test_http2_protocol_options_make_the_cluster_speak_h2():
 @pytest.mark.parametrize("field,value,expected", [
     ("max_concurrent_streams", 0, "must be >= 1, got 0"),
     ("initial_stream_window_size", 1000, "must be >= 65535, got 1000"),
-    ("allow_connect", True, "not supported yet (extended CONNECT upstream)"),
+    ("allow_metadata", True, "not supported yet (only the default, false, is)"),
     ("hpack_table_size", 100, "not supported yet (only the default, 4096, is)"),
     ("max_outbound_frames", 10, "not supported yet (flood limits"),
 ])
@@ -287,8 +287,8 @@ def test_use_downstream_protocol_config_follows_the_request():
     ("auto_config", {"http3_protocol_options": {}}, "http3_protocol_options: not supported yet (HTTP/3"),
     ("auto_config", {"alternate_protocols_cache_options": {"name": "x"}},
      "alternate_protocols_cache_options: not supported yet (HTTP/3"),
-    ("auto_config", {"http2_protocol_options": {"allow_connect": True}},
-     "http2_protocol_options.allow_connect: not supported yet"),
+    ("auto_config", {"http2_protocol_options": {"allow_metadata": True}},
+     "http2_protocol_options.allow_metadata: not supported yet"),
     ("auto_config", {"http_protocol_options": {"allow_chunked_length": True}},
      "http_protocol_options.allow_chunked_length: not supported yet"),
     ("auto_config", {"bogus": 1}, 'unknown field "bogus"'),

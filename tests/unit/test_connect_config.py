@@ -48,11 +48,25 @@ def test_connect_config_makes_a_route_terminate_connect():
                          "connect_config": {}}]).connect_terminate
 
 
+def test_connect_config_allow_post_and_proxy_protocol_version():
+    def action(connect_config, enabled=True):
+        t = _table([{"match": {"prefix": "/"}, "route": {"cluster": "c", "upgrade_configs": [
+            {"upgrade_type": "CONNECT", "enabled": enabled, "connect_config": connect_config}]}}])
+        return t.route(_req(b"POST", b"/")).action
+    a = action({"allow_post": True, "proxy_protocol_config": {"version": "V2",
+                "pass_through_tlvs": {"match_type": "INCLUDE_ALL"}}})
+    assert (a.connect_allow_post, a.connect_proxy_protocol) == (True, 2)
+    a = action({"proxy_protocol_config": {}})          # version's default is V1
+    assert (a.connect_allow_post, a.connect_proxy_protocol) == (False, 1)
+    a = action({"allow_post": True, "proxy_protocol_config": {}}, enabled=False)
+    assert (a.connect_terminate, a.connect_allow_post, a.connect_proxy_protocol) == (False, False, 0)
+
+
 @pytest.mark.parametrize("upgrade, message", [
-    ({"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}},
-     "connect_config.allow_post: not supported yet (POST requests tunnelled as raw TCP)"),
-    ({"upgrade_type": "CONNECT", "connect_config": {"proxy_protocol_config": {}}},
-     "not supported yet"),
+    ({"upgrade_type": "CONNECT", "connect_config": {"proxy_protocol_config": {"version": "V3"}}},
+     "proxy_protocol_config.version"),
+    ({"upgrade_type": "CONNECT", "connect_config": {"proxy_protocol_config": {"versio": "V2"}}},
+     'unknown field "versio"'),
     ({"upgrade_type": "websocket", "connect_config": {}},
      "connect_config: only a CONNECT upgrade config may have one, not 'websocket'"),
     ({"upgrade_type": "CONNECT", "connect_config": {"allow_postt": True}}, 'unknown field "allow_postt"'),

@@ -8,7 +8,9 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, ResponseReceived, StreamEnded
 
-from proxy.http.codec.http2_client import new_client_connection, request_fields, response_headers
+from proxy.http.codec.events import ResponseHeaders
+from proxy.http.codec.http2_client import (extended_connect_fields, new_client_connection,
+                                           request_fields, response_headers, upgrade_response)
 from proxy.http.headers import Headers, RequestHead
 
 
@@ -36,6 +38,21 @@ def test_response_header_block_becomes_response_headers_of_http2():
     ev = response_headers([(b":status", b"201"), (b"content-length", b"3"), (b"x-a", b"b")])
     assert (ev.status, ev.http_version, ev.content_length) == (201, b"2", 3)
     assert ev.headers == [(b"content-length", b"3"), (b"x-a", b"b")]
+
+
+def test_an_upgrade_goes_as_extended_connect_and_its_200_comes_back_as_101():
+    head = _head([(b"Host", b"example.com"), (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+                  (b"Content-Length", b"0"), (b"Sec-WebSocket-Key", b"k")], method=b"POST")
+    # Envoy's transformUpgradeRequestFromH1toH2: the method is lost, :scheme and :path stay.
+    assert extended_connect_fields(head, b"websocket") == [
+        (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+        (b":authority", b"example.com"), (b":path", b"/p?q=1"), (b"sec-websocket-key", b"k")]
+    ok = upgrade_response(ResponseHeaders(200, b"", b"2", [(b"x-a", b"1")], True, None, False),
+                          b"websocket")
+    assert (ok.status, ok.headers) == (101, [(b"x-a", b"1"), (b"upgrade", b"websocket"),
+                                             (b"connection", b"upgrade")])
+    no = ResponseHeaders(403, b"", b"2", [], True, 0, False)
+    assert upgrade_response(no, b"websocket") is no
 
 
 def test_client_takes_frames_of_streams_a_goaway_lets_finish():

@@ -193,3 +193,20 @@ def test_not_found_skip_and_disallowed():
 ])
 def test_http_inspection(data, verdict):
     assert inspect_http(data) == verdict
+
+
+def test_proxy_header_writer_writes_what_envoy_writes_and_the_parser_reads_back():
+    # Envoy 1.40's bytes for a terminated CONNECT from 127.0.0.1:46278 to 127.0.0.1:19000.
+    assert pp.proxy_header(1, ("127.0.0.1", 46278), ("127.0.0.1", 19000)) == \
+        b"PROXY TCP4 127.0.0.1 127.0.0.1 46278 19000\r\n"
+    assert pp.proxy_header(2, ("127.0.0.1", 0xB4C6), ("127.0.0.1", 0x4A38)) == (
+        pp.V2_SIGNATURE + b"\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01\xb4\xc6\x4a\x38")
+    for version in (1, 2):
+        for src, dst in ((("10.1.2.3", 1), ("10.4.5.6", 65535)),
+                         (("2001:db8::1", 443), ("2001:db8::2", 8443)),
+                         (("::1", 7), ("127.0.0.1", 8))):   # the source's family for both
+            r = pp.parse_proxy_header(pp.proxy_header(version, src, dst) + b"GET /")
+            assert (r.state, r.version, r.remote) == (pp.DONE, version, src)
+            assert r.local[1] == dst[1] and r.tlvs == ()
+    with pytest.raises(ValueError):
+        pp.proxy_header(1, ("not-an-ip", 1), ("127.0.0.1", 2))

@@ -17,7 +17,7 @@ from .events import ResponseHeaders
 from .hpack_codec import install as install_hpack
 
 __all__ = ["request_fields", "trailer_fields", "response_headers", "new_client_connection",
-           "checked_fields"]
+           "checked_fields", "extended_connect_fields", "upgrade_response"]
 
 # RFC 9113 §8.2.2: connection-specific header fields are not sent in HTTP/2 (`te` is, only as
 # "trailers"); `host` becomes :authority.
@@ -76,6 +76,30 @@ def request_fields(head) -> list[tuple[bytes, bytes]]:
     if head.method == b"CONNECT":  # RFC 9113 §8.5: no :scheme, no :path
         fields = [f for f in fields if f[0] not in (b":scheme", b":path")]
     return checked_fields(fields)
+
+
+def extended_connect_fields(head, protocol: bytes) -> list[tuple[bytes, bytes]]:
+    """An HTTP/1.1 upgrade request (`Upgrade: protocol`) as an extended CONNECT (RFC 8441),
+    Envoy's transformUpgradeRequestFromH1toH2: :method CONNECT, :protocol the upgrade token,
+    :scheme and :path kept; `upgrade` and `connection` dropped (request_fields drops them), and
+    a `content-length: 0`. The original method is lost, as in Envoy."""
+    fields = [(b":method", b"CONNECT"), (b":protocol", protocol)]
+    for name, value in request_fields(head):
+        if name == b":method" or (name == b"content-length" and value == b"0"):
+            continue
+        fields.append((name, value))
+    return fields
+
+
+def upgrade_response(r: ResponseHeaders, protocol: bytes) -> ResponseHeaders:
+    """The answer to an extended CONNECT as the HTTP/1.1 upgrade's (Envoy's
+    transformUpgradeResponseFromH2toH1): a 200 is a 101 with `upgrade: <protocol>` and
+    `connection: upgrade`; any other status stays what it is (the upgrade was refused)."""
+    if r.status != 200:
+        return r
+    return ResponseHeaders(101, b"", r.http_version,
+                           r.headers + [(b"upgrade", protocol), (b"connection", b"upgrade")],
+                           True, None, False)
 
 
 def trailer_fields(trailers) -> list[tuple[bytes, bytes]]:

@@ -1,5 +1,11 @@
-"""PROXY protocol v1 and v2 headers (haproxy's proxy-protocol.txt), read from the first bytes
-of a connection. Pure parsing, no I/O; the verdicts are Envoy's proxy_protocol filter's.
+"""PROXY protocol v1 and v2 headers (haproxy's proxy-protocol.txt): read from the first bytes
+of a connection, and written (`proxy_header`). Pure, no I/O; the parser's verdicts are Envoy's
+proxy_protocol filter's, the writer's bytes Envoy's generateProxyProtoHeader's.
+
+`proxy_header(version, source, destination)` -> the bytes of a v1 ("PROXY TCP4|TCP6 src dst
+sport dport\r\n") or v2 (PROXY command, STREAM transport, no TLVs) header for a connection
+from `source` to `destination` ((ip, port) pairs; the family is the source's, as Envoy's).
+The one writer: a terminated CONNECT's upstream (router connect_config) uses it.
 
 `parse_proxy_header(data, ...)` -> `ProxyHeaderResult`:
 - `NEED_MORE`: wait for more bytes (`need` says how many in all, when known: a v2 header's
@@ -25,7 +31,7 @@ from typing import NamedTuple
 
 __all__ = ["NEED_MORE", "SKIP", "NOT_FOUND", "DISALLOWED", "ERROR", "DONE", "ProxyHeaderResult",
            "parse_proxy_header", "V1_SIGNATURE", "V2_SIGNATURE", "MAX_V1_LENGTH",
-           "V2_HEADER_LENGTH"]
+           "V2_HEADER_LENGTH", "proxy_header"]
 
 NEED_MORE = "need_more"
 SKIP = "skip"
@@ -172,3 +178,26 @@ def _tlvs(b: bytes) -> tuple[tuple[int, bytes], ...] | None:
         out.append((kind, bytes(b[i:i + size])))
         i += size
     return tuple(out)
+
+
+def proxy_header(version: int, source: tuple[str, int], destination: tuple[str, int]) -> bytes:
+    """A PROXY protocol `version` (1 or 2) header saying the connection came from `source` to
+    `destination`. ValueError for an address that is no IP literal."""
+    src = ipaddress.ip_address(source[0])
+    dst = ipaddress.ip_address(destination[0])
+    if dst.version != src.version:   # one family for both, the source's (as Envoy's)
+        if src.version == 6:
+            dst = ipaddress.IPv6Address(f"::ffff:{dst}")
+        elif dst.ipv4_mapped is not None:
+            dst = dst.ipv4_mapped
+        else:
+            raise ValueError(f"{destination[0]} is not an IPv4 address like {source[0]}")
+    sport, dport = int(source[1]), int(destination[1])
+    if version == 1:
+        family = b"TCP4" if src.version == 4 else b"TCP6"
+        return b"PROXY %s %s %s %d %d\r\n" % (family, str(src).encode(), str(dst).encode(),
+                                              sport, dport)
+    family = _AF_INET if src.version == 4 else _AF_INET6
+    body = src.packed + dst.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+    return (V2_SIGNATURE + bytes([2 << 4 | _V2_PROXY, family << 4 | _STREAM])
+            + len(body).to_bytes(2, "big") + body)

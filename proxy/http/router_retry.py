@@ -49,6 +49,7 @@ from ..router.retry_policy import (GRPC_STATUS_BITS, RETRY_ON_5XX, RETRY_ON_CONN
                                    RETRY_REQUEST_HEADERS, RetryPolicy, exponential_backoff_ms,
                                    lower_bound_backoff_ms, parse_retry_grpc_on, parse_retry_on,
                                    reset_interval_ms)
+from ..router.steering import simple_atoi
 from .headers import Headers, ResponseHead
 from .local_reply import reset_body
 from .router_filter import _TAKEN, RouterFilter
@@ -89,7 +90,9 @@ class RetryingRouter(RouterFilter):
         self.status_codes = policy.retriable_status_codes
         self.retriable_headers = policy.retriable_headers
         from_headers = False
-        if route.retry_headers_added:
+        # The retry fields the route's mutations added, or an internal request kept.
+        read_headers = route.retry_headers_added or stream.steering
+        if read_headers:
             v = headers.get(b"x-envoy-retry-on")
             if v is not None:
                 retry_on |= parse_retry_on(v.decode("latin-1"))
@@ -101,14 +104,15 @@ class RetryingRouter(RouterFilter):
         if policy.retriable_request_headers and not any(
                 m.matches(head) for m in policy.retriable_request_headers):
             retry_on = 0  # the route limits retries to requests with these headers
-        if route.retry_headers_added:
+        if read_headers:
             v = headers.get(b"x-envoy-max-retries")
-            if retry_on and v is not None and v.strip().isdigit():
-                retries = int(v)  # the header takes precedence
+            n = simple_atoi(v) if retry_on and v is not None else None
+            if n is not None:
+                retries = n  # the header takes precedence
             v = headers.get(b"x-envoy-retriable-status-codes")
             if v is not None:
-                codes = [int(c) for c in v.split(b",") if c.strip().isdigit()]
-                self.status_codes = self.status_codes + tuple(codes)
+                codes = [simple_atoi(c, 0xFFFFFFFF) for c in v.split(b",")]
+                self.status_codes = self.status_codes + tuple(c for c in codes if c is not None)
             v = headers.get(b"x-envoy-retriable-header-names")
             if v is not None:
                 from ..router.matchers import HeaderMatcher
@@ -559,7 +563,7 @@ class RetryingRouter(RouterFilter):
             if self._maybe_retry_reset(OTHER):
                 return
             self.timeout_retry = False
-            self._charge_local(504)
+            self._charge_local(self._timeout_reply()[0])
         self._timeout_abort(details)
 
     def _on_timeout(self) -> None:
@@ -573,7 +577,7 @@ class RetryingRouter(RouterFilter):
             self.pool.rq_timeout += 1   # the host's (admin /clusters)
             self._outlier_timeout()
             if not self.response_started:
-                self._charge_local(504)
+                self._charge_local(self._timeout_reply()[0])
             self._abandon_attempt()
         self._timeout_abort("response_timeout")
 
@@ -581,8 +585,8 @@ class RetryingRouter(RouterFilter):
         self._cancel_timers()
         self._stop_retrying()
         self._release_request_slot()
-        self.stream.send_local_reply(504, b"upstream request timeout", "UT", details,
-                                     self._attempt_header())
+        status, body = self._timeout_reply()
+        self.stream.send_local_reply(status, body, "UT", details, self._attempt_header())
 
     def _attempt_header(self) -> list[tuple[bytes, bytes]] | None:
         if self.response_attempt_header:

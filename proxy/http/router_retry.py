@@ -53,6 +53,7 @@ from ..router.steering import simple_atoi
 from .headers import Headers, ResponseHead
 from .local_reply import reset_body
 from .router_filter import _TAKEN, RouterFilter
+from .router_hedge import HedgeAttempt
 
 __all__ = ["RetryingRouter", "become_retrying"]
 
@@ -139,6 +140,8 @@ class RetryingRouter(RouterFilter):
         if self.attempted is not None and self.host is not None:
             self.attempted.add(self.host.key)
         self.per_try_timeout = action.per_try_timeout
+        self.hedging = action.hedge_on_per_try_timeout and bool(self.retry_on)
+        self.hedges: list[HedgeAttempt] = []   # attempts started beside this one (hedging)
         self.per_try_idle_timeout = policy.per_try_idle_timeout
         # The request body kept for a replay (while retries are possible).
         self.body: list[bytes] | None = [] if self.retry_on else None
@@ -200,7 +203,7 @@ class RetryingRouter(RouterFilter):
         self._outlier_connect_failed(flag)
         self._end_attempt()
         kind = OVERFLOWED if flag == "UO" else CONNECT_FAILURE
-        if self._maybe_retry_reset(kind):
+        if self._maybe_retry_reset(kind) or self._others_out():
             return
         self._charge_local(503)
         self._reset_reply(503, reason, flag, transport_failure)
@@ -210,6 +213,7 @@ class RetryingRouter(RouterFilter):
         x-envoy-attempt-count when asked."""
         stream = self.stream
         self._cancel_timers()
+        self._reset_hedges()
         detail = reason
         if transport_failure:
             stream.upstream_transport_failure_reason = transport_failure
@@ -252,7 +256,17 @@ class RetryingRouter(RouterFilter):
                 self.stream.set_response_flag("URX")
             elif status is OVERFLOW:
                 self.stream.set_response_flag("UO")
+            if status is not NO_RETRY and self._others_out():
+                # Envoy: a bad answer while other attempts may still answer is dropped.
+                self.pool.rq_error += 1
+                self._abandon_attempt()
+                return
             self._stop_retrying()
+        if self.hedges or self.retry_timer is not None:
+            self._reset_hedges()   # this answer wins (Envoy's resetOtherUpstreams)
+            if self.retry_timer is not None:
+                self.retry_timer.disable()
+                self.retry_timer = None
         if self.per_try_timer is not None:
             self.per_try_timer.disable()  # Envoy ignores it once the response started
             self.per_try_timer = None
@@ -276,7 +290,7 @@ class RetryingRouter(RouterFilter):
             self._end_attempt()
             kind = (REFUSED if reason == "remote refused stream reset"
                     else CONNECT_FAILURE if flag == "UF" else OTHER)
-            if self._maybe_retry_reset(kind):
+            if self._maybe_retry_reset(kind) or self._others_out():
                 return
             self._charge_local(status)
             self._reset_reply(status, reason, flag, transport_failure)
@@ -486,14 +500,19 @@ class RetryingRouter(RouterFilter):
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream",
                                     self._attempt_header())
             return
-        self.host = host
         action = self.route.action
-        pool = self.pool = cluster.pool_for(host, action.high_priority)
+        pool = cluster.pool_for(host, action.high_priority)
+        hedge = self.upstream is not None or self.pool_handle is not None
         if not pool.limits.try_acquire_request():
             cluster.stats.upstream_rq_active_overflow.value += 1
+            if hedge or self.hedges:
+                return  # the attempts already out go on
+            self.host, self.pool = host, pool
             self._reset_reply(503, "overflow", "UO")
             return
-        self.holds_request_slot = True
+        if not hedge:
+            self.host, self.pool = host, pool
+            self.holds_request_slot = True
         head = stream.head
         headers = head.headers
         if self.request_attempt_header:
@@ -505,10 +524,15 @@ class RetryingRouter(RouterFilter):
             head.set_authority(host.hostname.encode("idna"))
         if action.timeout_ms and not self.config.suppress_envoy_headers:
             headers.set(b"x-envoy-expected-rq-timeout-ms", self._expected_timeout_ms(action))
+        cluster.stats.upstream_rq_active.value += 1
+        if hedge:   # the attempt out keeps running: this one beside it (router_hedge.py)
+            attempt = HedgeAttempt(self, cluster, host, pool)
+            self.hedges.append(attempt)
+            attempt.pool_handle = pool.new_stream(attempt)
+            return
         if self.body:
             self.buffered = list(self.body)
             self.buffered_bytes = self.body_bytes
-        cluster.stats.upstream_rq_active.value += 1
         self.pool_handle = pool.new_stream(self)
 
     def _choose_host(self, cluster):
@@ -528,7 +552,8 @@ class RetryingRouter(RouterFilter):
     def _expected_timeout_ms(self, action) -> bytes:
         """Envoy's setTimeoutHeaders for a retry: the per-try or the route timeout, at most
         what is left of the route timeout since the request's end."""
-        expected = int((self.per_try_timeout or action.timeout) * 1000)
+        expected = int((action.timeout if self.hedging else (self.per_try_timeout or action.timeout))
+                       * 1000)
         total = int(action.timeout * 1000)
         done = self.stream.request_complete_monotonic
         if total and done is not None:
@@ -543,6 +568,11 @@ class RetryingRouter(RouterFilter):
         self.per_try_timer = None
         if self.done or self.response_started:
             return  # once the response started only the route timeout applies (Envoy)
+        if self.hedging:
+            self.timeout_recorded = True
+            self._outlier_timeout()
+            self._hedge()
+            return
         self._per_try_expired(self.cluster.stats.upstream_rq_per_try_timeout,
                               "upstream_per_try_timeout")
 
@@ -572,10 +602,14 @@ class RetryingRouter(RouterFilter):
         self.timeout_timer = None
         if self.done:
             return
-        if self.upstream is not None or self.pool_handle is not None:
+        if self.upstream is not None or self.pool_handle is not None or self.hedges:
             self.cluster.stats.upstream_rq_timeout.value += 1
             self.pool.rq_timeout += 1   # the host's (admin /clusters)
-            self._outlier_timeout()
+            if not self.timeout_recorded:
+                self._outlier_timeout()
+            for attempt in self.hedges:
+                if not attempt.timeout_recorded and attempt.host.outlier is not None:
+                    attempt.host.outlier.put_timeout(self.ctx.worker.index)
             if not self.response_started:
                 self._charge_local(self._timeout_reply()[0])
             self._abandon_attempt()
@@ -583,6 +617,7 @@ class RetryingRouter(RouterFilter):
 
     def _timeout_abort(self, details: str) -> None:
         self._cancel_timers()
+        self._reset_hedges()
         self._stop_retrying()
         self._release_request_slot()
         status, body = self._timeout_reply()
@@ -593,10 +628,119 @@ class RetryingRouter(RouterFilter):
             return [(b"x-envoy-attempt-count", b"%d" % self.attempt_count)]
         return None
 
+    # -- hedging (router_hedge.py) ---------------------------------------------------------------
+    timeout_recorded = False   # the first attempt's soft per-try timeout told the outlier detector
+
+    def _hedge(self) -> None:
+        """Envoy's onSoftPerTryTimeout: the attempt that timed out keeps running; another
+        starts after the back-off if the policy allows one more retry (any retry_on: a hedge
+        does not look at the answer). Not counted as a per-try timeout."""
+        if self.response_started or not self.retry_on:
+            return
+        status = self._should_retry(BACKOFF)
+        if status is YES:
+            self.timeout_retry = True
+        elif status is LIMIT:
+            self.stream.set_response_flag("URX")
+        elif status is OVERFLOW:
+            self.stream.set_response_flag("UO")
+
+    def _others_out(self) -> bool:
+        """Another attempt may still answer: a hedge awaiting its response, or a retry armed."""
+        return bool(self.hedges) or self.retry_timer is not None
+
+    def _reset_hedges(self) -> None:
+        hedges = self.hedges
+        if hedges:
+            self.hedges = []
+            for attempt in hedges:
+                attempt.abandon()
+
+    def _hedge_per_try_timeout(self, attempt: HedgeAttempt) -> None:
+        attempt.timeout_recorded = True
+        od = attempt.host.outlier
+        if od is not None:
+            od.put_timeout(self.ctx.worker.index)
+        self._hedge()
+
+    def _hedge_headers(self, attempt: HedgeAttempt, ev, body: bytes | None) -> None:
+        """A hedged attempt's response: retried, dropped while others are out, or the one."""
+        if self.done or self.response_started:
+            attempt.abandon()
+            self._drop(attempt)
+            return
+        if self.retry_on:
+            headers = Headers.adopt(ev.headers)
+            status = self._should_retry(self._would_retry_headers(ev.status, headers))
+            if status is YES:
+                attempt.pool.rq_error += 1
+                self._charge_retried(ev.status)
+                attempt.finish(body is not None)
+                self._drop(attempt)
+                return
+            if status is LIMIT:
+                self.stream.set_response_flag("URX")
+            elif status is OVERFLOW:
+                self.stream.set_response_flag("UO")
+            if status is not NO_RETRY and (self.upstream is not None or self.pool_handle is not None
+                                           or len(self.hedges) > 1 or self.retry_timer is not None):
+                attempt.pool.rq_error += 1
+                attempt.abandon()
+                self._drop(attempt)
+                return
+            self._stop_retrying()
+        self._adopt(attempt)
+        self.on_upstream_headers(ev, body)
+
+    def _hedge_failed(self, attempt: HedgeAttempt, reason: str, flag: str, transport_failure: str,
+                      status: int = 503, pool_failure: bool = False) -> None:
+        """A hedged attempt's connect failure or reset: retried if the policy says so; else the
+        request fails only when nothing else is out."""
+        self._drop(attempt)
+        if self.done or self.response_started:
+            return
+        if not pool_failure:
+            self.cluster.stats.upstream_rq_rx_reset.value += 1
+        od = attempt.host.outlier
+        if od is not None and flag != "UO":
+            od.put_connect_failed(self.ctx.worker.index)
+        kind = (OVERFLOWED if flag == "UO" else CONNECT_FAILURE if pool_failure or flag == "UF"
+                else REFUSED if reason == "remote refused stream reset" else OTHER)
+        if self._maybe_retry_reset(kind):
+            return
+        if self.upstream is not None or self.pool_handle is not None or self._others_out():
+            return
+        self.host, self.pool, self.cluster = attempt.host, attempt.pool, attempt.cluster
+        self._charge_local(status)
+        self._reset_reply(status, reason, flag, transport_failure)
+
+    def _drop(self, attempt: HedgeAttempt) -> None:
+        if attempt in self.hedges:
+            self.hedges.remove(attempt)
+
+    def _adopt(self, attempt: HedgeAttempt) -> None:
+        """`attempt`'s response is the one: the other attempts are reset and it becomes the
+        router's own (its stream, host and request slot)."""
+        self._abandon_attempt()   # the first attempt, if still out
+        self._drop(attempt)
+        self._reset_hedges()
+        if self.retry_timer is not None:
+            self.retry_timer.disable()
+            self.retry_timer = None
+        attempt.cancel_timer()
+        attempt.adopted = True
+        self.cluster, self.host, self.pool = attempt.cluster, attempt.host, attempt.pool
+        self.upstream = attempt.upstream
+        self.holds_request_slot = attempt.holds_slot
+        attempt.holds_slot = False
+        self.upstream_start = attempt.start
+        self.stream.upstream_host = attempt.pool.host_str
+
     # -- teardown -----------------------------------------------------------------------------------
     def on_destroy(self) -> None:
         if not self.done:
             self._cancel_timers()
+            self._reset_hedges()
         self._reset_retry()
         self.body = None
         RouterFilter.on_destroy(self)

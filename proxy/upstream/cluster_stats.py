@@ -49,34 +49,32 @@ class _Sum(Counter):
 
 
 class _Split:
-    """The internal.* or external.* half of the per-response stats: by code, by class,
-    completed. `named`: whether its counters are reported yet (internal: at first charge)."""
+    """The internal.* or external.* half of the per-response stats: by code (the codes
+    charged so far), by class, completed. The class and completed counters are reported from
+    the start (external) or from the first charge (internal: `report`)."""
 
-    __slots__ = ("scope", "prefix", "by_code", "rq_class", "completed", "named")
+    __slots__ = ("scope", "prefix", "by_code", "rq_class", "completed", "reported")
 
-    def __init__(self, scope, prefix: str, named: bool) -> None:
+    def __init__(self, scope, prefix: str, reported: bool) -> None:
         self.scope = scope
         self.prefix = prefix
         self.by_code: dict[int, Counter] = {}
         self.rq_class = (None,) + tuple(Counter() for _ in range(5))
         self.completed = Counter()
-        self.named = named
-        if named:
-            self._name_all()
+        self.reported = False
+        if reported:
+            self.report()
 
-    def _name_all(self) -> None:
-        self.named = True
+    def report(self) -> None:
+        self.reported = True
         scope, prefix = self.scope, self.prefix
         for i in range(1, 6):
             scope.alias(f"{prefix}upstream_rq_{i}xx", self.rq_class[i])
         scope.alias(f"{prefix}upstream_rq_completed", self.completed)
-        for code, c in self.by_code.items():
-            scope.alias(f"{prefix}upstream_rq_{code}", c)
 
-    def code(self, status: int) -> Counter:
-        c = self.by_code[status] = Counter()
-        if self.named:
-            self.scope.alias(f"{self.prefix}upstream_rq_{status}", c)
+    def add_code(self, status: int, c: Counter) -> Counter:
+        self.by_code[status] = c
+        self.scope.alias(f"{self.prefix}upstream_rq_{status}", c)
         return c
 
 
@@ -84,7 +82,7 @@ class ClusterStats:
     __slots__ = _COUNTERS + _GAUGES + (
         "scope", "rq_class", "by_code", "upstream_rq_completed", "upstream_rq_time",
         "upstream_cx_connect_ms", "upstream_cx_length_ms", "external", "internal",
-        "internal_rq_time", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx",
+        "internal_rq_time", "pairs", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx",
         "upstream_rq_4xx", "upstream_rq_5xx")
 
     def __init__(self, store, name: str) -> None:
@@ -98,6 +96,9 @@ class ClusterStats:
         # The request path's handles (external requests): by code, by class.
         self.by_code = ext.by_code
         self.rq_class = ext.rq_class
+        # code -> (external, internal) counters, whose sum is reported as upstream_rq_<code>;
+        # each half is reported at its own first charge (as Envoy makes its stats).
+        self.pairs: dict[int, tuple[Counter, Counter]] = {}
         # What a caller charging the plain stat alone writes (the Redis proxy's completed
         # requests: Envoy counts no internal/external twin for them).
         self.upstream_rq_completed = Counter()
@@ -126,12 +127,12 @@ class ClusterStats:
             h = self.internal_rq_time = self.scope.histogram("internal.upstream_rq_time", "ms")
         h.record(ms)
 
-    def _code(self, status: int) -> Counter:
-        """The external counter of `status`, making the code's pair and their sum."""
-        c = self.external.code(status)
-        i = self.internal.code(status)
-        self.scope.alias("upstream_rq_%d" % status, _Sum(c, i))
-        return c
+    def _pair(self, status: int) -> tuple[Counter, Counter]:
+        pair = self.pairs.get(status)
+        if pair is None:
+            pair = self.pairs[status] = (Counter(), Counter())
+            self.scope.alias("upstream_rq_%d" % status, _Sum(*pair))
+        return pair
 
     def record_response(self, status: int, pool, internal: bool = False) -> None:
         """A response (or a reply the router made for the chosen host) to an external request,
@@ -147,7 +148,7 @@ class ClusterStats:
             return
         c = self.by_code.get(status)
         if c is None:
-            c = self._code(status)
+            c = self.external.add_code(status, self._pair(status)[0])
         c.value += 1
         cls = status // 100
         if 1 <= cls <= 5:
@@ -162,12 +163,11 @@ class ClusterStats:
 
     def _charge_internal(self, status: int) -> None:
         internal = self.internal
-        if not internal.named:
-            internal._name_all()
+        if not internal.reported:
+            internal.report()
         c = internal.by_code.get(status)
         if c is None:
-            self._code(status)
-            c = internal.by_code[status]
+            c = internal.add_code(status, self._pair(status)[1])
         c.value += 1
         cls = status // 100
         if 1 <= cls <= 5:

@@ -4,8 +4,10 @@ the retry half of Router::Filter).
 A RouterFilter becomes a `RetryingRouter` (its class is switched in place) when its route has a
 `retry_policy` (its own or its virtual host's), when the route's request header mutations add
 a header Envoy's retry state reads (x-envoy-retry-on, x-envoy-max-retries...: Envoy honours
-those, as it honours them from an internal request; ftproxy's requests are all external, so the
-HCM removed the client's), or when the virtual host asks for x-envoy-attempt-count in responses.
+those, as it honours them from an internal request), when an internal request kept one of the
+x-envoy-* fields that steer the router (`stream.steering`: router/steering.py; an external
+request's were removed by the HCM), or when the virtual host asks for x-envoy-attempt-count in
+responses. Hedged attempts (hedge_on_per_try_timeout) are router_hedge.py's.
 A request on any other route runs the plain RouterFilter: not one more test per request.
 
 What it adds, as Envoy 1.40 does:
@@ -140,7 +142,8 @@ class RetryingRouter(RouterFilter):
         if self.attempted is not None and self.host is not None:
             self.attempted.add(self.host.key)
         self.per_try_timeout = action.per_try_timeout
-        self.hedging = action.hedge_on_per_try_timeout and bool(self.retry_on)
+        # (Without retry_on a hedged per-try timeout starts nothing: the attempt goes on.)
+        self.hedging = action.hedge_on_per_try_timeout
         self.hedges: list[HedgeAttempt] = []   # attempts started beside this one (hedging)
         self.per_try_idle_timeout = policy.per_try_idle_timeout
         # The request body kept for a replay (while retries are possible).

@@ -164,6 +164,15 @@ def test_the_route_timeout_ends_every_attempt(attempts, proxy_factory, tmp_path)
     assert _log(p, log) == ["504 URX,UT 2 response_timeout"]
 
 
+def test_without_retry_on_a_hedged_per_try_timeout_lets_the_attempt_finish(attempts, proxy_factory):
+    # Envoy: no retry state, so the soft timeout starts nothing and ends nothing.
+    up = attempts(("sleep", 0.5))
+    p = proxy_factory(_config(up.port, policy={"per_try_timeout": "0.15s"}))
+    r = request(p.port, "/x")
+    assert r.status == 200 and up.count == 1
+    assert _c(p, "upstream_rq_per_try_timeout") == 0 and _c(p, "upstream_rq_retry") == 0
+
+
 def test_without_hedging_a_per_try_timeout_ends_the_attempt(attempts, proxy_factory):
     up = attempts(("hold",), ("ok",))
     p = proxy_factory(_config(up.port, hedge=False))

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import time
 
-from ..router.retry_policy import (GRPC_STATUS_BITS, RETRY_ON_5XX, RETRY_ON_CONNECT_FAILURE,
+from ..router.retry_policy import (BACKOFF, CONNECT_FAILURE, IMMEDIATELY, LIMIT, NO, NO_RETRY,
+                                   OTHER, OVERFLOW, OVERFLOWED, REFUSED, YES, GRPC_STATUS_BITS, RETRY_ON_5XX, RETRY_ON_CONNECT_FAILURE,
                                    RETRY_ON_ENVOY_RATE_LIMITED, RETRY_ON_GATEWAY_ERROR,
                                    RETRY_ON_GRPC, RETRY_ON_REFUSED_STREAM, RETRY_ON_RESET,
                                    RETRY_ON_RESET_BEFORE_REQUEST, RETRY_ON_RETRIABLE_4XX,
@@ -55,18 +56,12 @@ from ..router.steering import simple_atoi
 from .headers import Headers, ResponseHead
 from .local_reply import reset_body
 from .router_filter import _TAKEN, RouterFilter
-from .router_hedge import HedgeAttempt
+from .router_hedge import HedgeAttempt, Hedging
 
 __all__ = ["RetryingRouter", "become_retrying"]
 
 _EMPTY_POLICY = RetryPolicy()
 
-# Retry decisions (Envoy's RetryState::RetryDecision) and statuses (RetryStatus).
-NO, BACKOFF, IMMEDIATELY = 0, 1, 2
-YES, NO_RETRY, LIMIT, OVERFLOW = "yes", "no", "limit", "overflow"
-
-# Reset kinds, by what the connection said (Envoy's StreamResetReason, as far as it matters here).
-CONNECT_FAILURE, REFUSED, OVERFLOWED, OTHER = "connect", "refused", "overflow", "other"
 
 _RETRIED_PREFIX = b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
 
@@ -79,7 +74,7 @@ def become_retrying(router: RouterFilter, route, action, head) -> None:
     router._init_retry(route, action, head)
 
 
-class RetryingRouter(RouterFilter):
+class RetryingRouter(Hedging, RouterFilter):
     """A RouterFilter that may try its request more than once (see the module docstring)."""
 
     # -- set-up -------------------------------------------------------------------------------
@@ -630,114 +625,6 @@ class RetryingRouter(RouterFilter):
         if self.response_attempt_header:
             return [(b"x-envoy-attempt-count", b"%d" % self.attempt_count)]
         return None
-
-    # -- hedging (router_hedge.py) ---------------------------------------------------------------
-    timeout_recorded = False   # the first attempt's soft per-try timeout told the outlier detector
-
-    def _hedge(self) -> None:
-        """Envoy's onSoftPerTryTimeout: the attempt that timed out keeps running; another
-        starts after the back-off if the policy allows one more retry (any retry_on: a hedge
-        does not look at the answer). Not counted as a per-try timeout."""
-        if self.response_started or not self.retry_on:
-            return
-        status = self._should_retry(BACKOFF)
-        if status is YES:
-            self.timeout_retry = True
-        elif status is LIMIT:
-            self.stream.set_response_flag("URX")
-        elif status is OVERFLOW:
-            self.stream.set_response_flag("UO")
-
-    def _others_out(self) -> bool:
-        """Another attempt may still answer: a hedge awaiting its response, or a retry armed."""
-        return bool(self.hedges) or self.retry_timer is not None
-
-    def _reset_hedges(self) -> None:
-        hedges = self.hedges
-        if hedges:
-            self.hedges = []
-            for attempt in hedges:
-                attempt.abandon()
-
-    def _hedge_per_try_timeout(self, attempt: HedgeAttempt) -> None:
-        attempt.timeout_recorded = True
-        od = attempt.host.outlier
-        if od is not None:
-            od.put_timeout(self.ctx.worker.index)
-        self._hedge()
-
-    def _hedge_headers(self, attempt: HedgeAttempt, ev, body: bytes | None) -> None:
-        """A hedged attempt's response: retried, dropped while others are out, or the one."""
-        if self.done or self.response_started:
-            attempt.abandon()
-            self._drop(attempt)
-            return
-        if self.retry_on:
-            headers = Headers.adopt(ev.headers)
-            status = self._should_retry(self._would_retry_headers(ev.status, headers))
-            if status is YES:
-                attempt.pool.rq_error += 1
-                self._charge_retried(ev.status)
-                attempt.finish(body is not None)
-                self._drop(attempt)
-                return
-            if status is LIMIT:
-                self.stream.set_response_flag("URX")
-            elif status is OVERFLOW:
-                self.stream.set_response_flag("UO")
-            if status is not NO_RETRY and (self.upstream is not None or self.pool_handle is not None
-                                           or len(self.hedges) > 1 or self.retry_timer is not None):
-                attempt.pool.rq_error += 1
-                attempt.abandon()
-                self._drop(attempt)
-                return
-            self._stop_retrying()
-        self._adopt(attempt)
-        self.on_upstream_headers(ev, body)
-
-    def _hedge_failed(self, attempt: HedgeAttempt, reason: str, flag: str, transport_failure: str,
-                      status: int = 503, pool_failure: bool = False) -> None:
-        """A hedged attempt's connect failure or reset: retried if the policy says so; else the
-        request fails only when nothing else is out."""
-        self._drop(attempt)
-        if self.done or self.response_started:
-            return
-        if not pool_failure:
-            self.cluster.stats.upstream_rq_rx_reset.value += 1
-        od = attempt.host.outlier
-        if od is not None and flag != "UO":
-            od.put_connect_failed(self.ctx.worker.index)
-        kind = (OVERFLOWED if flag == "UO" else CONNECT_FAILURE if pool_failure or flag == "UF"
-                else REFUSED if reason == "remote refused stream reset" else OTHER)
-        if self._maybe_retry_reset(kind):
-            return
-        if self.upstream is not None or self.pool_handle is not None or self._others_out():
-            return
-        self.host, self.pool, self.cluster = attempt.host, attempt.pool, attempt.cluster
-        self._charge_local(status)
-        self._reset_reply(status, reason, flag, transport_failure)
-
-    def _drop(self, attempt: HedgeAttempt) -> None:
-        if attempt in self.hedges:
-            self.hedges.remove(attempt)
-
-    def _adopt(self, attempt: HedgeAttempt) -> None:
-        """`attempt`'s response is the one: the other attempts are reset and it becomes the
-        router's own (its stream, host and request slot)."""
-        self._abandon_attempt()   # the first attempt, if still out
-        self._drop(attempt)
-        self._reset_hedges()
-        if self.retry_timer is not None:
-            self.retry_timer.disable()
-            self.retry_timer = None
-        attempt.cancel_timer()
-        attempt.adopted = True
-        self.cluster, self.host, self.pool = attempt.cluster, attempt.host, attempt.pool
-        self.upstream = attempt.upstream
-        self.holds_request_slot = attempt.holds_slot
-        attempt.holds_slot = False
-        self.upstream_start = attempt.start
-        self.stream.upstream_host = attempt.pool.host_str
 
     # -- teardown -----------------------------------------------------------------------------------
     def on_destroy(self) -> None:

@@ -78,6 +78,13 @@ RETRY_REQUEST_HEADERS = frozenset({
     b"x-envoy-retriable-status-codes", b"x-envoy-upstream-rq-per-try-timeout-ms",
 })
 
+# Retry decisions (Envoy's RetryState::RetryDecision) and statuses (RetryStatus), and the reset
+# kinds a decision looks at (Envoy's StreamResetReason, as far as it matters here): the
+# router's retry state (proxy/http/router_retry.py, router_hedge.py) speaks in these.
+NO, BACKOFF, IMMEDIATELY = 0, 1, 2
+YES, NO_RETRY, LIMIT, OVERFLOW = "yes", "no", "limit", "overflow"
+CONNECT_FAILURE, REFUSED, OVERFLOWED, OTHER = "connect", "refused", "overflow", "other"
+
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 _PREVIOUS_HOSTS_TYPE = ("type.googleapis.com/"
                         "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")

@@ -6,7 +6,7 @@ Envoy charges a response (or a reply the router made for a chosen host) twice
 (x-envoy-internal: true, proxy/http/request_headers.py) or `external.` for any other. Here the
 request path counts each response once, into the external.* or internal.* counter, and each
 plain stat is the sum of its two (a `_Sum`, read by the merger): no extra work per request.
-The internal.* stats appear on their first charge, as Envoy creates them.
+The internal.* and external.* stats appear on their first charge, as Envoy creates them.
 `upstream_rq_time` likewise has `internal.upstream_rq_time` (recorded too for an internal
 request) and `external.upstream_rq_time`, here the plain histogram under a second name (it
 includes internal requests' times: README).
@@ -50,31 +50,32 @@ class _Sum(Counter):
 
 class _Split:
     """The internal.* or external.* half of the per-response stats: by code (the codes
-    charged so far), by class, completed. The class and completed counters are reported from
-    the start (external) or from the first charge (internal: `report`)."""
+    charged so far), by class, completed. Each is reported from its first charge, as Envoy
+    makes these stats: a code's first charge (the only one that misses `by_code`) reports
+    its class and `completed` too, so the request path never checks."""
 
     __slots__ = ("scope", "prefix", "by_code", "rq_class", "completed", "reported")
 
-    def __init__(self, scope, prefix: str, reported: bool) -> None:
+    def __init__(self, scope, prefix: str) -> None:
         self.scope = scope
         self.prefix = prefix
         self.by_code: dict[int, Counter] = {}
         self.rq_class = (None,) + tuple(Counter() for _ in range(5))
         self.completed = Counter()
-        self.reported = False
-        if reported:
-            self.report()
+        self.reported: set[str] = set()
 
-    def report(self) -> None:
-        self.reported = True
-        scope, prefix = self.scope, self.prefix
-        for i in range(1, 6):
-            scope.alias(f"{prefix}upstream_rq_{i}xx", self.rq_class[i])
-        scope.alias(f"{prefix}upstream_rq_completed", self.completed)
+    def _report(self, name: str, c: Counter) -> None:
+        if name not in self.reported:
+            self.reported.add(name)
+            self.scope.alias(self.prefix + name, c)
 
     def add_code(self, status: int, c: Counter) -> Counter:
         self.by_code[status] = c
-        self.scope.alias(f"{self.prefix}upstream_rq_{status}", c)
+        self._report("upstream_rq_%d" % status, c)
+        cls = status // 100
+        if 1 <= cls <= 5:
+            self._report("upstream_rq_%dxx" % cls, self.rq_class[cls])
+        self._report("upstream_rq_completed", self.completed)
         return c
 
 
@@ -91,8 +92,8 @@ class ClusterStats:
             setattr(self, n, scope.counter(n))
         for n in _GAUGES:
             setattr(self, n, scope.gauge(n))
-        ext = self.external = _Split(scope, "external.", True)
-        internal = self.internal = _Split(scope, "internal.", False)
+        ext = self.external = _Split(scope, "external.")
+        internal = self.internal = _Split(scope, "internal.")
         # The request path's handles (external requests): by code, by class.
         self.by_code = ext.by_code
         self.rq_class = ext.rq_class
@@ -163,8 +164,6 @@ class ClusterStats:
 
     def _charge_internal(self, status: int) -> None:
         internal = self.internal
-        if not internal.reported:
-            internal.report()
         c = internal.by_code.get(status)
         if c is None:
             c = internal.add_code(status, self._pair(status)[1])

@@ -240,6 +240,10 @@ class RouterFilter:
             if steered is not action:
                 action = steered
                 self.route = route = replace(route, action=action)
+                if (action.max_grpc_timeout is not None and action.max_stream_duration is None
+                        and action.timeout_ms and is_grpc_request(head.headers)):
+                    # Envoy's setTimeoutHeaders: the upstream is told the timeout in force.
+                    head.headers.set(b"grpc-timeout", format_grpc_timeout(int(action.timeout_ms)))
         if (action.rewrites_path or action.host_rewrite_literal is not None
                 or action.auto_host_rewrite or route.request_mutations):
             self._rewrite_request(action)

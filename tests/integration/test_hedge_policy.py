@@ -17,6 +17,7 @@ import pytest
 
 from proxy.config.reader import ConfigError
 from proxy.router.config import parse_route_configuration
+from tests.h2_backend import H2Backend
 
 from .clients import request
 from .harness import front_proxy_config, static_cluster
@@ -219,3 +220,24 @@ def test_a_virtual_hosts_hedge_policy_applies_to_routes_without_their_own():
             {"match": {"prefix": "/b"}, "route": {"cluster": "c", "hedge_policy": {}}}]}]}
     routes = parse_route_configuration(raw, "rc").virtual_hosts[0].routes
     assert [r.action.hedge_on_per_try_timeout for r in routes] == [True, False]
+
+
+def test_hedging_over_http2_resets_only_the_losing_stream(proxy_factory):
+    backend = H2Backend()
+    try:
+        cfg = _config(backend.port)
+        cfg["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}
+        p = proxy_factory(cfg)
+        r = request(p.port, "/slow?ms=600")
+        assert r.status == 200 and r.json()["stream_id"] == 1   # the first attempt won
+        assert len(backend.requests) == 2                         # the hedge was sent too
+        assert _c(p, "upstream_rq_retry") == 1
+        # One connection carried both; the hedge's stream alone was reset: it serves on.
+        r = request(p.port, "/after")
+        assert r.status == 200 and _c(p, "upstream_cx_total") == 1
+        assert p.wait_for(lambda: _c(p, "upstream_rq_active") == 0)
+    finally:
+        backend.close()

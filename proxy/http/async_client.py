@@ -216,7 +216,8 @@ class AsyncRequest:
         if up is not None:
             up.release(True)
         self._release()
-        self.cluster.stats.record_response(self.status, self.pool)
+        # Its request carries x-envoy-internal: true, so Envoy charges the internal.* stats.
+        self.cluster.stats.record_response(self.status, self.pool, True)
         self.on_response(AsyncResponse(self.status, self.headers, b"".join(self.chunks), trailers))
 
     def _on_timeout(self) -> None:

@@ -34,6 +34,7 @@ from ..network.address import is_loopback
 from .client_cert import XFCC, xfcc_details
 from .headers import HOP_BY_HOP, Headers, RequestHead, append_via
 from .original_ip import XffDetection, last_address_from_xff
+from ..router.steering import ROUTER_STEERING
 
 __all__ = ["mutate_request_headers", "absolute_form", "request_fields_removed", "address_rules",
            "AddressRules"]
@@ -199,8 +200,12 @@ def _client_address(ctx, headers: Headers, present: set[bytes], remote_ip: str,
         return client_ip, False, (ctx.upgrade_request_headers_removed if upgrade is not None
                                   else ctx.request_headers_removed)
     headers.set(b"x-envoy-internal", b"true")
-    if b"x-envoy-force-trace" in present and info is not None:
-        info.force_trace = True  # kept: Envoy echoes x-request-id in the response then
+    if info is not None:
+        info.internal_request = True   # the router charges internal.* stats for it
+        if not present.isdisjoint(ROUTER_STEERING):
+            info.steering = True       # the router reads (and removes) these: router/steering.py
+        if b"x-envoy-force-trace" in present:
+            info.force_trace = True  # kept: Envoy echoes x-request-id in the response then
     return client_ip, True, (rules.internal_upgrade_removed if upgrade is not None
                              else rules.internal_removed)
 
@@ -258,16 +263,10 @@ _ENVOY_EXTERNAL = frozenset({
     b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names",
     b"x-envoy-hedge-on-per-try-timeout", b"x-envoy-original-url",
 })
-# What an internal request loses of them: x-envoy-internal (Envoy sets its own) and the fields
-# Envoy's router reads and removes before the request goes upstream (ftproxy's router does
-# not act on a client's: a deliberate difference, README).
-_ENVOY_ROUTER_CONSUMED = frozenset({
-    b"x-envoy-internal", b"x-envoy-retry-on", b"x-envoy-retry-grpc-on", b"x-envoy-max-retries",
-    b"x-envoy-upstream-alt-stat-name", b"x-envoy-upstream-rq-timeout-ms",
-    b"x-envoy-upstream-rq-per-try-timeout-ms", b"x-envoy-hedge-on-per-try-timeout",
-    b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names",
-    b"x-envoy-expected-rq-timeout-ms",  # (the router sets its own: respect_expected_rq_timeout)
-})
+# What an internal request loses of them: x-envoy-internal (Envoy sets its own) and
+# x-envoy-upstream-alt-stat-name (no alternate stat names here). The fields Envoy's router acts
+# on (ROUTER_STEERING) are kept for the router, which reads and removes them.
+_ENVOY_ROUTER_CONSUMED = frozenset({b"x-envoy-internal", b"x-envoy-upstream-alt-stat-name"})
 # Also dropped at the edge: the fields naming the caller, the client's own
 # x-envoy-external-address (ours replaces it), and x-envoy-original-path (only ftproxy sets it).
 _ENVOY_EDGE = frozenset({

@@ -27,6 +27,7 @@ from ..router.hash_policy import request_hash, set_cookie_value
 from ..router.header_mutation import ResponseInfo, apply_mutations
 from ..upstream.hashing_lb import xxhash64
 from ..router.mirror_policy import shadow_authority
+from ..router.steering import steer_action, strict_value_ok
 from .codec.events import ResponseHeaders
 from .filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from .headers import HOP_BY_HOP, Headers, ResponseHead
@@ -129,6 +130,8 @@ class RouterFilter:
         self.cluster = cluster
         stream.upstream_cluster = cluster.name
         cstats = cluster.stats
+        if self.config.strict_check_headers and stream.steering and self._strict_check_failed(head):
+            return
         if action.hash_policy and cluster.hashing:  # RING_HASH/MAGLEV: by the request's hash
             remote = stream.downstream_remote_address or ""
             h = request_hash(action.hash_policy, head, remote.rsplit(":", 1)[0].strip("[]"),
@@ -143,7 +146,7 @@ class RouterFilter:
             if host is None:
                 cstats.upstream_cx_none_healthy.value += 1
                 if self.config.dynamic_stats:  # Envoy charges the cluster a 503 (no host's tally)
-                    cstats.record_response(503, _HostlessTally())
+                    cstats.record_response(503, _HostlessTally(), stream.internal_request)
                 stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
                 return
         self.host = host
@@ -165,7 +168,8 @@ class RouterFilter:
             self._reset_reply(503, "overflow", "UO")
             return
         self.holds_request_slot = True
-        if route.prepare:  # rewrites, header mutations, retries, deadlines (one test for all)
+        if route.prepare or stream.steering:  # rewrites, header mutations, retries, deadlines,
+            # an internal request's x-envoy-* steering fields (one test for all)
             action = self._prepare(route, action, head, end_stream)
         elif ctx.config.max_stream_duration:
             self._set_deadlines(route, action, head)
@@ -249,6 +253,16 @@ class RouterFilter:
                 or self.ctx.config.max_stream_duration):
             action = self._set_deadlines(route, action, head)
             route = self.route
+        steering = self.stream.steering
+        if steering:  # an internal request's timeouts and hedging (router/steering.py)
+            steered = steer_action(action, head.headers, self.config.respect_expected_rq_timeout)
+            if steered is not action:
+                action = steered
+                self.route = route = replace(route, action=action)
+                if (action.max_grpc_timeout is not None and action.max_stream_duration is None
+                        and action.timeout_ms and is_grpc_request(head.headers)):
+                    # Envoy's setTimeoutHeaders: the upstream is told the timeout in force.
+                    head.headers.set(b"grpc-timeout", format_grpc_timeout(int(action.timeout_ms)))
         if (action.rewrites_path or action.host_rewrite_literal is not None
                 or action.auto_host_rewrite or route.request_mutations):
             self._rewrite_request(action)
@@ -259,7 +273,7 @@ class RouterFilter:
             self.redirect_body = []
         if action.attempt_count_in_request:
             head.headers.set(b"x-envoy-attempt-count", b"1")
-        if (action.retry_policy is not None or route.retry_headers_added
+        if (action.retry_policy is not None or route.retry_headers_added or steering
                 or action.attempt_count_in_response):
             from .router_retry import become_retrying
             become_retrying(self, route, action, head)
@@ -423,9 +437,32 @@ class RouterFilter:
         self.cluster.stats.upstream_rq_timeout.value += 1
         self.pool.rq_timeout += 1   # the host's (admin /clusters)
         self._outlier_timeout()
-        self._charge_local(504)
+        status, body = self._timeout_reply()
+        self._charge_local(status)
         self._abandon_upstream()
-        self.stream.send_local_reply(504, b"upstream request timeout", "UT", "response_timeout")
+        self.stream.send_local_reply(status, body, "UT", "response_timeout")
+
+    def _timeout_reply(self) -> tuple[int, bytes]:
+        """Envoy's answer to a timeout: 504 "upstream request timeout", or an empty 204 when
+        the (internal) request asked with x-envoy-upstream-rq-timeout-alt-response."""
+        if self.route.action.timeout_alt_response:
+            return 204, b""
+        return 504, b"upstream request timeout"
+
+    def _strict_check_failed(self, head) -> bool:
+        """strict_check_headers (Envoy's StrictHeaderChecker): a named field with a value
+        Envoy would not parse is answered 400 (IH) before anything else is done."""
+        headers = head.headers
+        for name in self.config.strict_check_headers:
+            value = headers.get(name)
+            if value is None or strict_value_ok(name, value):
+                continue
+            stream = self.stream
+            stream.send_local_reply(
+                400, b"invalid header '%s' with value '%s'" % (name, value), "IH",
+                "request_headers_failed_strict_check{%s}" % name.decode())
+            return True
+        return False
 
     # -- pool callbacks ----------------------------------------------------------------------------
     def on_pool_ready(self, upstream) -> None:
@@ -550,7 +587,7 @@ class RouterFilter:
         if self.route.response_mutations:
             apply_mutations(self.route.response_mutations, headers, ResponseInfo(stream, headers))
         if rc.dynamic_stats:
-            self.cluster.stats.record_response(ev.status, self.pool)
+            self.cluster.stats.record_response(ev.status, self.pool, stream.internal_request)
         elif ev.status < 500:
             self.pool.rq_success += 1  # Envoy counts a host's successes either way
         # The reason phrase is not passed on: like Envoy, the downstream codec writes the
@@ -632,14 +669,17 @@ class RouterFilter:
         """Envoy counts a reply the router made for a chosen host (reset, timeout) in the
         cluster's upstream_rq_<code> stats too (dynamic stats, like a response's; no time)."""
         if self.config.dynamic_stats:
-            self.cluster.stats.record_response(status, self.pool)
+            self.cluster.stats.record_response(status, self.pool, self.stream.internal_request)
 
     def _record_time(self, now: float) -> None:
         """Envoy's upstream_rq_time: from the end of the downstream request to the end of
         the upstream response, recorded when the response is complete."""
         if self.config.dynamic_stats:
-            start = self.stream.request_complete_monotonic or self.upstream_start
-            self.cluster.stats.upstream_rq_time.record((now - start) * 1000.0)
+            stream = self.stream
+            ms = (now - (stream.request_complete_monotonic or self.upstream_start)) * 1000.0
+            self.cluster.stats.upstream_rq_time.record(ms)
+            if stream.internal_request:   # (Envoy's internal.upstream_rq_time too)
+                self.cluster.stats.record_internal_time(ms)
 
     # -- teardown -----------------------------------------------------------------------------------
     def _finish_upstream(self, reusable: bool) -> None:

@@ -32,21 +32,20 @@ class RouterFilterConfig:
     # False: no upstream_rq_<code>/<class>xx/completed and no upstream_rq_time, as in Envoy.
     dynamic_stats: bool = True
     suppress_envoy_headers: bool = False
-    strict_check_headers: tuple[str, ...] = ()
+    strict_check_headers: tuple[bytes, ...] = ()
     start_child_span: bool = False     # with HCM tracing: the upstream span (tracing/tracer.py)
+    # An internal request's x-envoy-expected-rq-timeout-ms (an egress Envoy's) is its route
+    # timeout (router/steering.py).
+    respect_expected_rq_timeout: bool = False
 
-
-# Every x-envoy-* header these fields act on is removed from each request before the router
-# sees it (an internal request's too: see proxy/http/request_headers.py), so there is nothing
-# for them to check or respect.
-_STEERING_REMOVED = ("the x-envoy-* request headers it acts on are removed from every request "
-                     "first (an internal one's too)")
 
 ROUTER = Message(ROUTER_PROTO, title="Router filter", model=RouterFilterConfig, fields=(
     used("dynamic_stats", True),
     used("suppress_envoy_headers", False),
-    inert("strict_check_headers", _STEERING_REMOVED, attr="strict_check_headers"),
-    inert("respect_expected_rq_timeout", _STEERING_REMOVED, default=False),
+    used("strict_check_headers", why="an internal request's fields (an external request's are "
+         "removed before the router sees them)"),
+    used("respect_expected_rq_timeout", False, why="an internal request's (an external "
+         "request's x-envoy-expected-rq-timeout-ms is removed before the router sees it)"),
     used("start_child_span", False, why="when the HCM traces: the router's upstream span, as "
          "the HCM tracing's spawn_upstream_span"),
     refused("suppress_grpc_request_failure_code_stats", "gRPC status stats", default=False,
@@ -65,8 +64,7 @@ def parse_router_filter(raw: Mapping[str, Any], path: str) -> RouterFilterConfig
     for (name, ipath) in f.list("strict_check_headers"):
         if not isinstance(name, str) or name.lower() not in _STRICT_CHECKABLE:
             raise ConfigError(ipath, f"unknown header {name!r}; expected one of {', '.join(_STRICT_CHECKABLE)}")
-        strict.append(name.lower())
-    f.bool("respect_expected_rq_timeout", False)
+        strict.append(name.lower().encode())
     for key in ("suppress_grpc_request_failure_code_stats", "reject_connect_request_early_data"):
         ROUTER.require_default(f, key, f.bool(key, False))
     return RouterFilterConfig(
@@ -74,6 +72,7 @@ def parse_router_filter(raw: Mapping[str, Any], path: str) -> RouterFilterConfig
         suppress_envoy_headers=f.bool("suppress_envoy_headers", False),
         strict_check_headers=tuple(strict),
         start_child_span=f.bool("start_child_span", False),
+        respect_expected_rq_timeout=f.bool("respect_expected_rq_timeout", False),
     )
 
 

@@ -4,8 +4,10 @@ the retry half of Router::Filter).
 A RouterFilter becomes a `RetryingRouter` (its class is switched in place) when its route has a
 `retry_policy` (its own or its virtual host's), when the route's request header mutations add
 a header Envoy's retry state reads (x-envoy-retry-on, x-envoy-max-retries...: Envoy honours
-those, as it honours them from an internal request; ftproxy's requests are all external, so the
-HCM removed the client's), or when the virtual host asks for x-envoy-attempt-count in responses.
+those, as it honours them from an internal request), when an internal request kept one of the
+x-envoy-* fields that steer the router (`stream.steering`: router/steering.py; an external
+request's were removed by the HCM), or when the virtual host asks for x-envoy-attempt-count in
+responses. Hedged attempts (hedge_on_per_try_timeout) are router_hedge.py's.
 A request on any other route runs the plain RouterFilter: not one more test per request.
 
 What it adds, as Envoy 1.40 does:
@@ -41,7 +43,8 @@ from __future__ import annotations
 
 import time
 
-from ..router.retry_policy import (GRPC_STATUS_BITS, RETRY_ON_5XX, RETRY_ON_CONNECT_FAILURE,
+from ..router.retry_policy import (BACKOFF, CONNECT_FAILURE, IMMEDIATELY, LIMIT, NO, NO_RETRY,
+                                   OTHER, OVERFLOW, OVERFLOWED, REFUSED, YES, GRPC_STATUS_BITS, RETRY_ON_5XX, RETRY_ON_CONNECT_FAILURE,
                                    RETRY_ON_ENVOY_RATE_LIMITED, RETRY_ON_GATEWAY_ERROR,
                                    RETRY_ON_GRPC, RETRY_ON_REFUSED_STREAM, RETRY_ON_RESET,
                                    RETRY_ON_RESET_BEFORE_REQUEST, RETRY_ON_RETRIABLE_4XX,
@@ -49,20 +52,16 @@ from ..router.retry_policy import (GRPC_STATUS_BITS, RETRY_ON_5XX, RETRY_ON_CONN
                                    RETRY_REQUEST_HEADERS, RetryPolicy, exponential_backoff_ms,
                                    lower_bound_backoff_ms, parse_retry_grpc_on, parse_retry_on,
                                    reset_interval_ms)
+from ..router.steering import simple_atoi
 from .headers import Headers, ResponseHead
 from .local_reply import reset_body
 from .router_filter import _TAKEN, RouterFilter
+from .router_hedge import HedgeAttempt, Hedging
 
 __all__ = ["RetryingRouter", "become_retrying"]
 
 _EMPTY_POLICY = RetryPolicy()
 
-# Retry decisions (Envoy's RetryState::RetryDecision) and statuses (RetryStatus).
-NO, BACKOFF, IMMEDIATELY = 0, 1, 2
-YES, NO_RETRY, LIMIT, OVERFLOW = "yes", "no", "limit", "overflow"
-
-# Reset kinds, by what the connection said (Envoy's StreamResetReason, as far as it matters here).
-CONNECT_FAILURE, REFUSED, OVERFLOWED, OTHER = "connect", "refused", "overflow", "other"
 
 _RETRIED_PREFIX = b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
 
@@ -75,7 +74,7 @@ def become_retrying(router: RouterFilter, route, action, head) -> None:
     router._init_retry(route, action, head)
 
 
-class RetryingRouter(RouterFilter):
+class RetryingRouter(Hedging, RouterFilter):
     """A RouterFilter that may try its request more than once (see the module docstring)."""
 
     # -- set-up -------------------------------------------------------------------------------
@@ -89,7 +88,9 @@ class RetryingRouter(RouterFilter):
         self.status_codes = policy.retriable_status_codes
         self.retriable_headers = policy.retriable_headers
         from_headers = False
-        if route.retry_headers_added:
+        # The retry fields the route's mutations added, or an internal request kept.
+        read_headers = route.retry_headers_added or stream.steering
+        if read_headers:
             v = headers.get(b"x-envoy-retry-on")
             if v is not None:
                 retry_on |= parse_retry_on(v.decode("latin-1"))
@@ -101,14 +102,15 @@ class RetryingRouter(RouterFilter):
         if policy.retriable_request_headers and not any(
                 m.matches(head) for m in policy.retriable_request_headers):
             retry_on = 0  # the route limits retries to requests with these headers
-        if route.retry_headers_added:
+        if read_headers:
             v = headers.get(b"x-envoy-max-retries")
-            if retry_on and v is not None and v.strip().isdigit():
-                retries = int(v)  # the header takes precedence
+            n = simple_atoi(v) if retry_on and v is not None else None
+            if n is not None:
+                retries = n  # the header takes precedence
             v = headers.get(b"x-envoy-retriable-status-codes")
             if v is not None:
-                codes = [int(c) for c in v.split(b",") if c.strip().isdigit()]
-                self.status_codes = self.status_codes + tuple(codes)
+                codes = [simple_atoi(c, 0xFFFFFFFF) for c in v.split(b",")]
+                self.status_codes = self.status_codes + tuple(c for c in codes if c is not None)
             v = headers.get(b"x-envoy-retriable-header-names")
             if v is not None:
                 from ..router.matchers import HeaderMatcher
@@ -135,6 +137,9 @@ class RetryingRouter(RouterFilter):
         if self.attempted is not None and self.host is not None:
             self.attempted.add(self.host.key)
         self.per_try_timeout = action.per_try_timeout
+        # (Without retry_on a hedged per-try timeout starts nothing: the attempt goes on.)
+        self.hedging = action.hedge_on_per_try_timeout
+        self.hedges: list[HedgeAttempt] = []   # attempts started beside this one (hedging)
         self.per_try_idle_timeout = policy.per_try_idle_timeout
         # The request body kept for a replay (while retries are possible).
         self.body: list[bytes] | None = [] if self.retry_on else None
@@ -196,7 +201,7 @@ class RetryingRouter(RouterFilter):
         self._outlier_connect_failed(flag)
         self._end_attempt()
         kind = OVERFLOWED if flag == "UO" else CONNECT_FAILURE
-        if self._maybe_retry_reset(kind):
+        if self._maybe_retry_reset(kind) or self._others_out():
             return
         self._charge_local(503)
         self._reset_reply(503, reason, flag, transport_failure)
@@ -206,6 +211,7 @@ class RetryingRouter(RouterFilter):
         x-envoy-attempt-count when asked."""
         stream = self.stream
         self._cancel_timers()
+        self._reset_hedges()
         detail = reason
         if transport_failure:
             stream.upstream_transport_failure_reason = transport_failure
@@ -248,7 +254,17 @@ class RetryingRouter(RouterFilter):
                 self.stream.set_response_flag("URX")
             elif status is OVERFLOW:
                 self.stream.set_response_flag("UO")
+            if status is not NO_RETRY and self._others_out():
+                # Envoy: a bad answer while other attempts may still answer is dropped.
+                self.pool.rq_error += 1
+                self._abandon_attempt()
+                return
             self._stop_retrying()
+        if self.hedges or self.retry_timer is not None:
+            self._reset_hedges()   # this answer wins (Envoy's resetOtherUpstreams)
+            if self.retry_timer is not None:
+                self.retry_timer.disable()
+                self.retry_timer = None
         if self.per_try_timer is not None:
             self.per_try_timer.disable()  # Envoy ignores it once the response started
             self.per_try_timer = None
@@ -272,7 +288,7 @@ class RetryingRouter(RouterFilter):
             self._end_attempt()
             kind = (REFUSED if reason == "remote refused stream reset"
                     else CONNECT_FAILURE if flag == "UF" else OTHER)
-            if self._maybe_retry_reset(kind):
+            if self._maybe_retry_reset(kind) or self._others_out():
                 return
             self._charge_local(status)
             self._reset_reply(status, reason, flag, transport_failure)
@@ -482,14 +498,19 @@ class RetryingRouter(RouterFilter):
             stream.send_local_reply(503, b"no healthy upstream", "UH", "no_healthy_upstream",
                                     self._attempt_header())
             return
-        self.host = host
         action = self.route.action
-        pool = self.pool = cluster.pool_for(host, action.high_priority)
+        pool = cluster.pool_for(host, action.high_priority)
+        hedge = self.upstream is not None or self.pool_handle is not None
         if not pool.limits.try_acquire_request():
             cluster.stats.upstream_rq_active_overflow.value += 1
+            if hedge or self.hedges:
+                return  # the attempts already out go on
+            self.host, self.pool = host, pool
             self._reset_reply(503, "overflow", "UO")
             return
-        self.holds_request_slot = True
+        if not hedge:
+            self.host, self.pool = host, pool
+            self.holds_request_slot = True
         head = stream.head
         headers = head.headers
         if self.request_attempt_header:
@@ -501,10 +522,15 @@ class RetryingRouter(RouterFilter):
             head.set_authority(host.hostname.encode("idna"))
         if action.timeout_ms and not self.config.suppress_envoy_headers:
             headers.set(b"x-envoy-expected-rq-timeout-ms", self._expected_timeout_ms(action))
+        cluster.stats.upstream_rq_active.value += 1
+        if hedge:   # the attempt out keeps running: this one beside it (router_hedge.py)
+            attempt = HedgeAttempt(self, cluster, host, pool)
+            self.hedges.append(attempt)
+            attempt.pool_handle = pool.new_stream(attempt)
+            return
         if self.body:
             self.buffered = list(self.body)
             self.buffered_bytes = self.body_bytes
-        cluster.stats.upstream_rq_active.value += 1
         self.pool_handle = pool.new_stream(self)
 
     def _choose_host(self, cluster):
@@ -524,7 +550,8 @@ class RetryingRouter(RouterFilter):
     def _expected_timeout_ms(self, action) -> bytes:
         """Envoy's setTimeoutHeaders for a retry: the per-try or the route timeout, at most
         what is left of the route timeout since the request's end."""
-        expected = int((self.per_try_timeout or action.timeout) * 1000)
+        expected = int((action.timeout if self.hedging else (self.per_try_timeout or action.timeout))
+                       * 1000)
         total = int(action.timeout * 1000)
         done = self.stream.request_complete_monotonic
         if total and done is not None:
@@ -539,6 +566,11 @@ class RetryingRouter(RouterFilter):
         self.per_try_timer = None
         if self.done or self.response_started:
             return  # once the response started only the route timeout applies (Envoy)
+        if self.hedging:
+            self.timeout_recorded = True
+            self._outlier_timeout()
+            self._hedge()
+            return
         self._per_try_expired(self.cluster.stats.upstream_rq_per_try_timeout,
                               "upstream_per_try_timeout")
 
@@ -559,7 +591,7 @@ class RetryingRouter(RouterFilter):
             if self._maybe_retry_reset(OTHER):
                 return
             self.timeout_retry = False
-            self._charge_local(504)
+            self._charge_local(self._timeout_reply()[0])
         self._timeout_abort(details)
 
     def _on_timeout(self) -> None:
@@ -568,21 +600,26 @@ class RetryingRouter(RouterFilter):
         self.timeout_timer = None
         if self.done:
             return
-        if self.upstream is not None or self.pool_handle is not None:
+        if self.upstream is not None or self.pool_handle is not None or self.hedges:
             self.cluster.stats.upstream_rq_timeout.value += 1
             self.pool.rq_timeout += 1   # the host's (admin /clusters)
-            self._outlier_timeout()
+            if not self.timeout_recorded:
+                self._outlier_timeout()
+            for attempt in self.hedges:
+                if not attempt.timeout_recorded and attempt.host.outlier is not None:
+                    attempt.host.outlier.put_timeout(self.ctx.worker.index)
             if not self.response_started:
-                self._charge_local(504)
+                self._charge_local(self._timeout_reply()[0])
             self._abandon_attempt()
         self._timeout_abort("response_timeout")
 
     def _timeout_abort(self, details: str) -> None:
         self._cancel_timers()
+        self._reset_hedges()
         self._stop_retrying()
         self._release_request_slot()
-        self.stream.send_local_reply(504, b"upstream request timeout", "UT", details,
-                                     self._attempt_header())
+        status, body = self._timeout_reply()
+        self.stream.send_local_reply(status, body, "UT", details, self._attempt_header())
 
     def _attempt_header(self) -> list[tuple[bytes, bytes]] | None:
         if self.response_attempt_header:
@@ -593,6 +630,7 @@ class RetryingRouter(RouterFilter):
     def on_destroy(self) -> None:
         if not self.done:
             self._cancel_timers()
+            self._reset_hedges()
         self._reset_retry()
         self.body = None
         RouterFilter.on_destroy(self)

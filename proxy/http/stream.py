@@ -121,6 +121,10 @@ class ActiveStream(FilterManager, StreamInfo):
     derived_remote_address = None
     # An internal request kept its x-envoy-force-trace: the response echoes x-request-id.
     force_trace = False
+    # The request is internal (request_headers.py: x-envoy-internal: true); `steering`: it also
+    # kept an x-envoy-* field the router acts on (router/steering.py). Instance dict once set.
+    internal_request = False
+    steering = False
 
     # StreamInfo's connection-level facts, for access loggers.
     @property

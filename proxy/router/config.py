@@ -40,7 +40,8 @@ from .internal_redirect import (InternalRedirectPolicy, legacy_internal_redirect
 from .mirror_policy import MirrorPolicy, parse_mirror_policy
 from .rate_limits import RateLimitEntry, parse_rate_limits
 from .grpc_timeout import MAX_STREAM_DURATION, MaxStreamDuration, parse_max_stream_duration
-from .retry_policy import RETRY_REQUEST_HEADERS, RetryPolicy, parse_retry_policy
+from .retry_policy import (RETRY_REQUEST_HEADERS, RetryPolicy, parse_hedge_policy,
+                           parse_retry_policy)
 
 __all__ = ["RouteConfiguration", "VirtualHost", "Route", "RouteAction", "DirectResponseAction",
            "parse_route_configuration", "DEFAULT_ROUTE_TIMEOUT"]
@@ -101,6 +102,15 @@ class RouteAction:
     # internal_redirect_policy (or the deprecated internal_redirect_action): the upstream's
     # 3xx the router follows itself (internal_redirect.py); None: every 3xx is passed on.
     internal_redirect: InternalRedirectPolicy | None = None
+    # hedge_policy.hedge_on_per_try_timeout (the route's, else its virtual host's; an internal
+    # request's x-envoy-hedge-on-per-try-timeout replaces it): on a per-try timeout the
+    # attempt keeps running and another starts (proxy/http/router_hedge.py).
+    hedge_on_per_try_timeout: bool = False
+    # An internal request's own (router/steering.py; a per-request copy of the action):
+    # x-envoy-upstream-rq-per-try-timeout-ms (None: the retry policy's), and
+    # x-envoy-upstream-rq-timeout-alt-response (a timeout answers 204, not 504).
+    per_try_override: float | None = None
+    timeout_alt_response: bool = False
     rewrites_path: bool = field(default=False, init=False, compare=False)  # derived
     # x-envoy-expected-rq-timeout-ms, formatted once per route instead of once per request:
     # the per-try timeout when it is shorter than the route's, as Envoy's setTimeoutHeaders
@@ -111,11 +121,14 @@ class RouteAction:
     def __post_init__(self) -> None:
         object.__setattr__(self, "rewrites_path",
                            self.prefix_rewrite is not None or self.regex_rewrite is not None)
-        per_try = self.retry_policy.per_try_timeout if self.retry_policy is not None else 0.0
+        per_try = self.per_try_override
+        if per_try is None:
+            per_try = self.retry_policy.per_try_timeout if self.retry_policy is not None else 0.0
         if self.timeout and per_try >= self.timeout:
             per_try = 0.0  # Envoy ignores a per-try timeout not shorter than the route's
         object.__setattr__(self, "per_try_timeout", per_try)
-        expected = per_try or self.timeout
+        # Envoy's setTimeoutHeaders: with hedging the upstream may use the whole route timeout.
+        expected = self.timeout if self.hedge_on_per_try_timeout else (per_try or self.timeout)
         object.__setattr__(self, "timeout_ms", b"%d" % int(expected * 1000) if expected else b"")
 
     def choose_cluster(self, req: Any, rand: int) -> str | None:
@@ -219,7 +232,8 @@ def _levels(f: Fields) -> tuple[tuple[HeaderMutation, ...], tuple[HeaderMutation
 
 ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
                        bookkeeping=("path_rewrite", "rewrites_path", "timeout_ms",
-                                    "per_try_timeout",  # the virtual host's, copied:
+                                    "per_try_timeout", "per_try_override",
+                                    "timeout_alt_response",  # the virtual host's, copied:
                                     "attempt_count_in_request", "attempt_count_in_response",
                                     "is_timeout_retry_header"), fields=(
     used("cluster"),
@@ -260,7 +274,8 @@ ROUTE_ACTION = Message("envoy.config.route.v3.RouteAction", model=RouteAction,
     used("internal_redirect_action", attr="internal_redirect",
          why="deprecated: HANDLE_INTERNAL_REDIRECT is a policy with its defaults"),
     used("max_internal_redirects", attr="internal_redirect", why="deprecated, with the above"),
-    refused("hedge_policy"),
+    used("hedge_policy", attr="hedge_on_per_try_timeout", why="its own table; it replaces the "
+         "virtual host's"),
     used("max_stream_duration", why="its own table; with it Envoy ignores `timeout`"),
 ))
 UPGRADE_CONFIG = Message("envoy.config.route.v3.RouteAction.UpgradeConfig", fields=(
@@ -422,6 +437,8 @@ def _parse_route_action(raw: Any, path: str, match: RouteMatch, outer: _Outer) -
                                                           f.at("internal_redirect_policy"))
                            if f.has("internal_redirect_policy")
                            else legacy_internal_redirect_policy(f)),
+        hedge_on_per_try_timeout=(parse_hedge_policy(f.value("hedge_policy"), f.at("hedge_policy"))
+                                  if f.has("hedge_policy") else outer.hedge_on_per_try_timeout),
     )
 
 
@@ -500,6 +517,7 @@ class _Outer:
     attempt_count_in_response: bool = False
     is_timeout_retry_header: bool = False
     rate_limits: tuple[RateLimitEntry, ...] = ()
+    hedge_on_per_try_timeout: bool = False       # the virtual host's hedge_policy
     plugins: Mapping[str, Any] = field(default_factory=dict)  # cluster_specifier_plugins by name
 
 
@@ -602,7 +620,7 @@ VIRTUAL_HOST = Message("envoy.config.route.v3.VirtualHost", model=VirtualHost,
     used("include_attempt_count_in_response", False, attr="", why=_IN_EACH_ACTION),
     used("retry_policy", attr="", why="each route without its own retry_policy takes it at load"),
     refused("retry_policy_typed_config", "retry policy extensions"),
-    refused("hedge_policy"),
+    used("hedge_policy", attr="", why="each route without its own hedge_policy takes it at load"),
     used("include_is_timeout_retry_header", False, attr="", why=_IN_EACH_ACTION),
     refused("per_request_buffer_limit_bytes"),
     refused("request_body_buffer_limit"),
@@ -644,7 +662,9 @@ def _parse_vhost(raw: Any, path: str, config_req: tuple[HeaderMutation, ...],
                    f.bool("include_request_attempt_count", False),
                    f.bool("include_attempt_count_in_response", False),
                    f.bool("include_is_timeout_retry_header", False),
-                   parse_rate_limits(f, "rate_limits"), plugins)
+                   parse_rate_limits(f, "rate_limits"),
+                   parse_hedge_policy(f.value("hedge_policy"), f.at("hedge_policy"))
+                   if f.has("hedge_policy") else False, plugins)
     routes = tuple(_parse_route(item, p, outer) for item, p in f.list("routes"))
     require_tls = f.enum("require_tls", ("NONE", "EXTERNAL_ONLY", "ALL"), "NONE")
     tls_route = None

@@ -21,7 +21,7 @@ from proxy.config.reader import ConfigError, header_bytes
 
 from .matchers import HeaderMatcher, parse_header_matcher
 
-__all__ = ["RetryPolicy", "parse_retry_policy", "parse_retry_on", "parse_retry_grpc_on",
+__all__ = ["RetryPolicy", "parse_retry_policy", "parse_hedge_policy", "parse_retry_on", "parse_retry_grpc_on",
            "RETRY_ON_5XX", "RETRY_ON_GATEWAY_ERROR", "RETRY_ON_CONNECT_FAILURE",
            "RETRY_ON_RETRIABLE_4XX", "RETRY_ON_REFUSED_STREAM", "RETRY_ON_RETRIABLE_STATUS_CODES",
            "RETRY_ON_RETRIABLE_HEADERS", "RETRY_ON_RESET", "RETRY_ON_RESET_BEFORE_REQUEST",
@@ -78,6 +78,13 @@ RETRY_REQUEST_HEADERS = frozenset({
     b"x-envoy-retriable-status-codes", b"x-envoy-upstream-rq-per-try-timeout-ms",
 })
 
+# Retry decisions (Envoy's RetryState::RetryDecision) and statuses (RetryStatus), and the reset
+# kinds a decision looks at (Envoy's StreamResetReason, as far as it matters here): the
+# router's retry state (proxy/http/router_retry.py, router_hedge.py) speaks in these.
+NO, BACKOFF, IMMEDIATELY = 0, 1, 2
+YES, NO_RETRY, LIMIT, OVERFLOW = "yes", "no", "limit", "overflow"
+CONNECT_FAILURE, REFUSED, OVERFLOWED, OTHER = "connect", "refused", "overflow", "other"
+
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 _PREVIOUS_HOSTS_TYPE = ("type.googleapis.com/"
                         "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")
@@ -101,6 +108,15 @@ def parse_retry_grpc_on(value: str) -> int:
     for t in _tokens(value):
         bits |= _RETRY_GRPC_ON.get(t, 0)
     return bits
+
+
+def retry_on_valid(value: str) -> bool:
+    """Whether every x-envoy-retry-on token is a known condition (parseRetryOn's validity)."""
+    return all(t in _RETRY_ON for t in _tokens(value))
+
+
+def retry_grpc_on_valid(value: str) -> bool:
+    return all(t in _RETRY_GRPC_ON for t in _tokens(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +174,31 @@ RETRY_HOST_PREDICATE = Message("envoy.config.core.v3.TypedExtensionConfig (retry
     used("name", attr="previous_hosts"),
     used("typed_config", attr="previous_hosts"),
 ))
+
+
+HEDGE_POLICY = Message("envoy.config.route.v3.HedgePolicy", fields=(
+    refused("initial_requests", "Envoy 1.40 does not implement it either (only its default)",
+            default=1, only_default=True),
+    refused("additional_request_chance", "Envoy 1.40 does not implement it either (only its "
+            "default)", only_default=True),
+    used("hedge_on_per_try_timeout", False),
+))
+
+
+def parse_hedge_policy(raw: Any, path: str) -> bool:
+    """`raw` (a HedgePolicy): whether a per-try timeout hedges (Envoy's router reads only
+    hedge_on_per_try_timeout; initial_requests and additional_request_chance are
+    not-implemented in Envoy, so only their defaults are accepted)."""
+    f = HEDGE_POLICY.read(raw, path)
+    n = f.int("initial_requests", 1, min=1, max=2**32 - 1)
+    HEDGE_POLICY.require_default(f, "initial_requests", n)
+    if f.has("additional_request_chance"):
+        chance = f.value("additional_request_chance")
+        if chance not in ({}, None) and (not isinstance(chance, dict)
+                                         or chance.get("numerator", 0) != 0):
+            raise ConfigError(f.at("additional_request_chance"), "not supported yet (Envoy 1.40 "
+                              "does not implement it either; only a zero chance is accepted)")
+    return f.bool("hedge_on_per_try_timeout", False)
 
 
 def _ms(seconds: float) -> int:

@@ -13,8 +13,8 @@ ActiveStream::traceRequest) and zipkin driver do:
    `client_sampling`, else `random_sampling` of the first 32 bits of the request id modulo
    10,000; `overall_sampling` (same draw) may veto. A new decision is written back into the
    request id, as Envoy's UUID extension packs it. A route's `tracing` replaces the three
-   samplings. x-envoy-force-trace is honoured only from internal requests, and every request
-   is external here (request_headers.py drops it).
+   samplings. x-envoy-force-trace (after x-client-trace-id, before random_sampling) forces
+   the trace; only an internal request keeps it (request_headers.py drops an external one's).
 2. The span (zipkin.py): the incoming B3 context's sampled flag overrides the decision. On an
    egress listener (traffic_direction OUTBOUND) without spawn_upstream_span the request's span
    is a CLIENT span, child of the caller's; else a SERVER span sharing the caller's context
@@ -332,6 +332,8 @@ class WorkerTracer:
         if reason == NOT_TRACEABLE:
             if b"x-client-trace-id" in h and cfg.client_sampling.enabled(self.rng.getrandbits(32)):
                 reason = CLIENT_FORCED
+            elif b"x-envoy-force-trace" in h:  # (only an internal request keeps it)
+                reason = SERVICE_FORCED
             else:
                 rs = cfg.random_sampling
                 if draw % rs.denominator < rs.numerator:  # Sampling.enabled, inlined

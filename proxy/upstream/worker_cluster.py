@@ -16,6 +16,7 @@ Thread affinity: one worker.
 from __future__ import annotations
 
 from ..network.transport_socket import upstream_transport_factory
+from .cluster_stats import ClusterStats
 from .conn_pool import HTTP2, HTTP11, MIXED, TCP, DownstreamProtocolPool, HttpConnPool, PoolKey
 from .original_dst import OriginalDstHosts
 from .priority_lb import PriorityLoadBalancer
@@ -38,102 +39,6 @@ def upstream_protocol(config) -> str:
     if config.auto_config:
         return MIXED
     return HTTP2 if config.http2 is not None else HTTP11
-
-_COUNTERS = (
-    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_http2_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_overflow",
-    "upstream_cx_destroy", "upstream_cx_none_healthy", "upstream_cx_idle_timeout", "upstream_cx_rx_bytes_total",
-    "upstream_cx_tx_bytes_total", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
-    "upstream_rq_pending_overflow", "upstream_rq_active_overflow", "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
-    "upstream_rq_cancelled", "upstream_rq_retry", "upstream_rq_retry_overflow",
-    "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
-    "upstream_rq_retry_backoff_exponential", "upstream_rq_retry_backoff_ratelimited",
-    "upstream_rq_per_try_timeout", "upstream_rq_per_try_idle_timeout", "retry_or_shadow_abandoned",
-    "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
-    "upstream_rq_5xx", "lb_healthy_panic", "original_dst_host_invalid",
-    "upstream_internal_redirect_succeeded_total", "upstream_internal_redirect_failed_total",
-)
-_GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active")
-
-
-class ClusterStats:
-    __slots__ = _COUNTERS + _GAUGES + ("scope", "rq_class", "by_code", "upstream_rq_time",
-                                       "upstream_cx_connect_ms", "upstream_cx_length_ms")
-
-    def __init__(self, store, name: str) -> None:
-        self.scope = scope = store.scope(f"cluster.{name}")
-        for n in _COUNTERS:
-            setattr(self, n, scope.counter(n))
-        for n in _GAUGES:
-            setattr(self, n, scope.gauge(n))
-        self.rq_class = (None, self.upstream_rq_1xx, self.upstream_rq_2xx, self.upstream_rq_3xx,
-                         self.upstream_rq_4xx, self.upstream_rq_5xx)
-        self.by_code: dict[int, object] = {}
-        # Envoy makes upstream_rq_time at its first sample (it is absent from /stats until a
-        # response was timed); so does the stand-in, which puts the real one in its place.
-        self.upstream_rq_time = _FirstRecord(self)
-        # Envoy charges each response twice: the plain stats and the internal.* or external.*
-        # ones. Every request is external here (request_headers.py), so the external.* names
-        # are the same stats under a second name: no extra work per request.
-        for i in range(1, 6):
-            scope.alias(f"external.upstream_rq_{i}xx", self.rq_class[i])
-        scope.alias("external.upstream_rq_completed", self.upstream_rq_completed)
-        self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms", "ms")
-        self.upstream_cx_length_ms = scope.histogram("upstream_cx_length_ms", "ms")
-
-    def make_upstream_rq_time(self):
-        h = self.upstream_rq_time = self.scope.histogram("upstream_rq_time", "ms")
-        self.scope.alias("external.upstream_rq_time", h)
-        return h
-
-    def record_response(self, status: int, pool) -> None:
-        """A response (or a reply the router made for the chosen host): the cluster's
-        upstream_rq_<code>/<class>xx/completed stats, and the host's success/error count in
-        `pool` (upstream_rq_time is the router's, at the response's end)."""
-        if status >= 500:
-            pool.rq_error += 1
-        else:
-            pool.rq_success += 1
-        c = self.by_code.get(status)
-        if c is None:
-            c = self.by_code[status] = self.scope.counter("upstream_rq_%d" % status)
-            self.scope.alias("external.upstream_rq_%d" % status, c)
-        c.value += 1
-        cls = status // 100
-        if 1 <= cls <= 5:
-            self.rq_class[cls].value += 1
-        self.upstream_rq_completed.value += 1
-
-    def record_filter_response(self, status: int) -> None:
-        """A reply a filter charges to the cluster as an internal request (the ratelimit
-        filter's over-limit status, Envoy's CodeStats::chargeResponseStat with
-        internal_request): upstream_rq_<code>/<class>xx/completed and their internal.* twins."""
-        scope = self.scope
-        c = self.by_code.get(status)
-        if c is None:
-            c = self.by_code[status] = scope.counter("upstream_rq_%d" % status)
-            scope.alias("external.upstream_rq_%d" % status, c)
-        c.value += 1
-        cls = status // 100
-        if 1 <= cls <= 5:
-            self.rq_class[cls].value += 1
-            scope.counter("internal.upstream_rq_%dxx" % cls).value += 1
-        self.upstream_rq_completed.value += 1
-        scope.counter("internal.upstream_rq_%d" % status).value += 1
-        scope.counter("internal.upstream_rq_completed").value += 1
-
-
-class _FirstRecord:
-    """ClusterStats.upstream_rq_time until its first sample: records it into the histogram it
-    then creates (and which replaces this object)."""
-
-    __slots__ = ("stats",)
-
-    def __init__(self, stats: ClusterStats) -> None:
-        self.stats = stats
-
-    def record(self, v: float) -> None:
-        self.stats.make_upstream_rq_time().record(v)
-
 
 class WorkerCluster:
     def __init__(self, worker, snapshot) -> None:

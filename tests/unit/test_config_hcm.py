@@ -219,7 +219,7 @@ def test_router_filter_defaults():
 
 def test_router_strict_check_headers_validated():
     c = parse_router_filter({"strict_check_headers": ["x-envoy-max-retries"]}, "r")
-    assert c.strict_check_headers == ("x-envoy-max-retries",)
+    assert c.strict_check_headers == (b"x-envoy-max-retries",)
     assert _err(parse_router_filter, {"strict_check_headers": ["x-foo"]}, "r").startswith(
         "r.strict_check_headers[0]: unknown header")
 

@@ -284,7 +284,7 @@ def _http(router: dict) -> dict:
 ROUTER_AT = f"{L0}.filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"
 
 
-def test_router_fields_with_nothing_to_act_on_load_and_unimplemented_ones_are_refused():
+def test_router_steering_fields_load_and_unimplemented_ones_are_refused():
     assert parse_bootstrap(_http({"strict_check_headers": ["x-envoy-max-retries"],
                                   "respect_expected_rq_timeout": True, "start_child_span": True}))
     assert error(_http({"suppress_grpc_request_failure_code_stats": True})) == (

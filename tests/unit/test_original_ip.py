@@ -147,7 +147,8 @@ def test_a_single_internal_xff_entry_makes_the_request_internal():
     ip_tags = (b"x-envoy-ip-tags", b"t")
     headers, _ = _request(f, "127.0.0.1", (b"x-forwarded-for", b"10.1.2.3"), retry, ip_tags)
     assert headers.get(b"x-envoy-internal") == b"true"
-    assert headers.get(b"x-envoy-ip-tags") == b"t" and headers.get(b"x-envoy-retry-on") is None
+    # It keeps its x-envoy-* fields, those steering the router too (the router removes them).
+    assert headers.get(b"x-envoy-ip-tags") == b"t" and headers.get(b"x-envoy-retry-on") == b"5xx"
     for xff in (b"10.1.2.3,10.1.2.4", b"1.2.3.4"):   # two entries, or not internal: external
         headers, _ = _request(f, "127.0.0.1", (b"x-forwarded-for", xff), ip_tags,
                               (b"x-envoy-internal", b"true"))

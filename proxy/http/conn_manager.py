@@ -587,6 +587,8 @@ class ConnectionManager(ConnectionCallbacks):
             ps[2].value += 1
         stream = ActiveStream(self, old.stream_id, old.head, None, old.start_time, old.start_monotonic)
         stream.internal_redirect_state = old.internal_redirect_state
+        if old.internal_request:   # decided when the head arrived (its steering fields: gone)
+            stream.internal_request = True
         stream.state = REQUEST_COMPLETE
         stream.request_complete_monotonic = old.request_complete_monotonic or time.monotonic()
         stream.bytes_received = old.bytes_received

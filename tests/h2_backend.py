@@ -62,6 +62,7 @@ class _Conn:
         self.h2 = h2
         self.streams: dict[int, dict] = {}      # open requests by stream id
         self.out: dict[int, list] = {}          # stream id -> [bytes left, then-trailers]
+        self.waiting: dict[int, tuple] = {}     # stream id -> a _queue's rest, for the window
         self.http1 = False                      # an HTTP/1.1 connection (http1_too)
         self.buf = b""                          # ... its unparsed bytes
 
@@ -235,9 +236,15 @@ class H2Backend:
                 if rec is not None:
                     rec["reset_by_peer"] = ev.error_code
             conn.out.pop(ev.stream_id, None)
+            conn.waiting.pop(ev.stream_id, None)
         elif isinstance(ev, WindowUpdated):
             for sid in list(conn.out):
                 self._pump(conn, sid)
+            for sid in list(conn.waiting):
+                try:
+                    self._queue(conn, sid, *conn.waiting.pop(sid))
+                except H2Error:
+                    pass   # the stream closed meanwhile
         elif isinstance(ev, ConnectionTerminated):
             self._send(conn)
             self._drop(conn)
@@ -371,12 +378,15 @@ class H2Backend:
         self._queue(conn, sid, body, None)
 
     def _queue(self, conn: _Conn, sid: int, data: bytes, trailers, end: bool = True) -> None:
-        """Send `data` (then trailers or END_STREAM if `end`) as the window allows."""
+        """Send `data` (then trailers or END_STREAM if `end`) as the window allows; what it
+        does not allow waits for the proxy's WINDOW_UPDATE (a small body too: the connection
+        window may be taken by another stream the proxy has not read yet)."""
         h2 = conn.h2
         while data:
             window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
             if window <= 0:
-                break  # (only /big waits; the other bodies are small)
+                conn.waiting[sid] = (data, trailers, end)
+                return
             h2.send_data(sid, data[:window])
             data = data[window:]
         if end:

@@ -208,7 +208,9 @@ def test_peer_settings_max_concurrent_streams_is_respected(proxy_factory):
 
 def test_large_response_to_a_slow_reader_is_flow_controlled(proxy_factory, backend):
     size = 16 * 1024 * 1024
-    p = proxy_factory(front_proxy_config(ROUTES, [h2_cluster(
+    # 16 MiB at a slow reader's pace: longer than ROUTES' 10 s on a loaded machine.
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "h2c", "timeout": "60s"}}]
+    p = proxy_factory(front_proxy_config(routes, [h2_cluster(
         backend.port, initial_stream_window_size=65535, initial_connection_window_size=65535)]))
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)

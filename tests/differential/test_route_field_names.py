@@ -59,7 +59,8 @@ def _route_config() -> dict[str, Any]:
                            "key": "f", "path": [{"key": "k"}]}}}]}],
                    "retry_policy": {"retry_back_off": {"base_interval": "0.1s"},
                                     "rate_limited_retry_back_off": {
-                                        "reset_headers": [{"name": "retry-after"}]}}},
+                                        "reset_headers": [{"name": "retry-after"}]}},
+                   "hedge_policy": {}, "internal_redirect_policy": {}},
          "request_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
          "decorator": {"operation": "op"}, "tracing": {}, "metadata": {"filter_metadata": {"x": {}}},
          "typed_per_filter_config": {"envoy.filters.http.router": {"@type": _FILTER_CONFIG,
@@ -119,6 +120,9 @@ _AT: dict[str, Callable[[dict], dict]] = {
     "envoy.config.route.v3.RetryPolicy.ResetHeader":
         lambda rc: _route(0)(rc)["route"]["retry_policy"]["rate_limited_retry_back_off"][
             "reset_headers"][0],
+    "envoy.config.route.v3.HedgePolicy": lambda rc: _route(0)(rc)["route"]["hedge_policy"],
+    "envoy.config.route.v3.InternalRedirectPolicy":
+        lambda rc: _route(0)(rc)["route"]["internal_redirect_policy"],
     "envoy.config.route.v3.RouteMatch.ConnectMatcher": lambda rc: _route(4)(rc)["match"]["connect_matcher"],
     "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig":
         lambda rc: _route(4)(rc)["route"]["upgrade_configs"][0]["connect_config"],

@@ -318,7 +318,10 @@ class ProxyUnderTest:
     def gauges(self) -> dict[str, int]:
         return dict(self.server.stats.snapshot().gauges)
 
-    def wait_for(self, predicate, timeout: float = 5.0) -> bool:
+    def wait_for(self, predicate, timeout: float = 15.0) -> bool:
+        """Poll `predicate` until it holds (True) or `timeout` passes (its last value). The
+        default is long: it only costs a test that fails, and a loaded machine (CI's two cores
+        under three test processes) can be seconds late with a flush or a timer."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():

@@ -246,7 +246,10 @@ class UpgradeUpstream(AcceptLoop):
         refused: Seen | None = None  # after a refusal the connection stays HTTP: record its bytes
         try:
             while True:
-                s.settimeout(0.3 if not buf else 2.0)
+                # An idle connection is the pool's to close (its idle_timeout is 0.1 s): this
+                # side waits well longer, or a request the pool just put on it would race
+                # this close on a loaded machine (a 503 UC, as any proxy would answer).
+                s.settimeout(1.0 if not buf else 2.0)
                 while b"\r\n\r\n" not in buf:
                     try:
                         data = s.recv(65536)

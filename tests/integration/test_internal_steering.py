@@ -8,29 +8,14 @@ tests/differential/cases/internal_steering.yaml compares the same behaviours wit
 
 from __future__ import annotations
 
-import pytest
 
 from .clients import request
 from .harness import front_proxy_config, static_cluster
-from .test_retries import Scripted
+from .test_retries import scripted  # noqa: F401  (the fixture)
 from .test_tracing_zipkin import ZIPKIN, Collector
 
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 EXTERNAL = {"x-forwarded-for": "192.0.2.7"}
-
-
-@pytest.fixture
-def scripted():
-    made = []
-
-    def make(*script):
-        s = Scripted(*script)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def _config(port: int, router=None, action=None, clusters=(), **hcm):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from types import MappingProxyType
 
 from .histogram import DEFAULT_BUCKETS, Histogram, HistogramSummary, SampledHistogram, merge_summaries
@@ -122,6 +123,9 @@ class Scope:
     def alias(self, name: str, stat: Counter | Gauge | Histogram) -> None:
         self._store.alias(_join(self.prefix, name), stat)
 
+    def kept(self, name: str, factory: Callable[[], Any]) -> Any:
+        return self._store.kept(_join(self.prefix, name), factory)
+
 
 def _no(name: str) -> bool:
     return False
@@ -152,6 +156,20 @@ class Store:
         self._gauges: dict[str, Gauge] = {}
         self._histograms: dict[str, Histogram] = {}
         self._rejected: dict[str, Counter | Gauge | Histogram] = {}
+        self._kept: dict[str, Any] = {}
+
+    def kept(self, name: str, factory: Callable[[], Any]) -> Any:
+        """The object kept with this store under `name`, made by `factory` at the first ask:
+        what backs stats of the store (a cluster's internal.* / external.* halves) and must
+        outlive the object that made it, as the stats do (a cluster rebuilt by CDS goes on
+        counting where it was). Asked by the store's own thread only (its worker, or main for
+        its own store), so `factory` runs at most once; it may create stats (not under the lock)."""
+        k = self._kept.get(name)
+        if k is None:
+            k = factory()
+            with self._lock:
+                self._kept[name] = k
+        return k
 
     def counter(self, name: str) -> Counter:
         c = self._counters.get(name)

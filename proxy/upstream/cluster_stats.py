@@ -80,6 +80,28 @@ class _Split:
         return c
 
 
+class _ResponseCounters:
+    """A cluster's per-response counters behind upstream_rq_<code>/<class>xx/completed: the
+    external.* and internal.* halves, the (external, internal) pair of each code, and what a
+    caller charges to the plain stat alone (the Redis proxy's completed requests: Envoy counts
+    no twin for them). Made once per cluster name and worker store (Scope.kept): a cluster
+    rebuilt by a CDS update goes on counting in the same ones, as its other stats do."""
+
+    __slots__ = ("external", "internal", "pairs", "completed", "rq_class")
+
+    def __init__(self, scope) -> None:
+        ext = self.external = _Split(scope, "external.")
+        internal = self.internal = _Split(scope, "internal.")
+        # code -> (external, internal) counters, whose sum is reported as upstream_rq_<code>;
+        # each half is reported at its own first charge (as Envoy makes its stats).
+        self.pairs: dict[int, tuple[Counter, Counter]] = {}
+        self.completed = Counter()
+        self.rq_class = (None,) + tuple(_Sum(ext.rq_class[i], internal.rq_class[i]) for i in range(1, 6))
+        for i in range(1, 6):
+            scope.alias(f"upstream_rq_{i}xx", self.rq_class[i])
+        scope.alias("upstream_rq_completed", _Sum(ext.completed, internal.completed, self.completed))
+
+
 class ClusterStats:
     __slots__ = _COUNTERS + _GAUGES + (
         "scope", "rq_class", "by_code", "upstream_rq_completed", "upstream_rq_time",
@@ -93,23 +115,16 @@ class ClusterStats:
             setattr(self, n, scope.counter(n))
         for n in _GAUGES:
             setattr(self, n, scope.gauge(n))
-        ext = self.external = _Split(scope, "external.")
-        internal = self.internal = _Split(scope, "internal.")
+        rc = scope.kept("response_counters", lambda: _ResponseCounters(scope))
+        ext = self.external = rc.external
+        self.internal = rc.internal
         # The request path's handles (external requests): by code, by class.
         self.by_code = ext.by_code
         self.rq_class = ext.rq_class
-        # code -> (external, internal) counters, whose sum is reported as upstream_rq_<code>;
-        # each half is reported at its own first charge (as Envoy makes its stats).
-        self.pairs: dict[int, tuple[Counter, Counter]] = {}
-        # What a caller charging the plain stat alone writes (the Redis proxy's completed
-        # requests: Envoy counts no internal/external twin for them).
-        self.upstream_rq_completed = Counter()
-        for i in range(1, 6):
-            total = _Sum(ext.rq_class[i], internal.rq_class[i])
-            setattr(self, f"upstream_rq_{i}xx", total)
-            scope.alias(f"upstream_rq_{i}xx", total)
-        scope.alias("upstream_rq_completed",
-                    _Sum(ext.completed, internal.completed, self.upstream_rq_completed))
+        self.pairs = rc.pairs
+        self.upstream_rq_completed = rc.completed
+        (self.upstream_rq_1xx, self.upstream_rq_2xx, self.upstream_rq_3xx, self.upstream_rq_4xx,
+         self.upstream_rq_5xx) = rc.rq_class[1:]
         # Envoy makes upstream_rq_time at its first sample (it is absent from /stats until a
         # response was timed); so does the stand-in, which puts the real one in its place.
         self.upstream_rq_time = _FirstRecord(self)

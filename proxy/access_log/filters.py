@@ -4,9 +4,9 @@ log writes a line for, evaluated at the stream's end as Envoy does.
 Filters: `status_code_filter` and `duration_filter` (a comparison: EQ, GE, LE, NE against a
 `RuntimeUInt32`'s default value; duration in milliseconds from the request's start to its end),
 `not_health_check_filter` (nothing here marks a request as a health check: it passes), 
-`traceable_filter` (as Envoy: the request is traced and its trace reason is "service forced",
-which here only an incoming x-request-id can carry: every request is external, so
-x-envoy-force-trace is dropped), `runtime_filter` (`percent_sampled`, drawn from the request's
+`traceable_filter` (as Envoy: the request is traced and its trace reason is "service forced":
+an incoming x-request-id that carries it, or an internal request's x-envoy-force-trace; an
+external request's is removed), `runtime_filter` (`percent_sampled`, drawn from the request's
 x-request-id as Envoy does unless `use_independent_randomness`), `and_filter`, `or_filter`,
 `header_filter`, `response_flag_filter` (any of the listed flags, or any flag when none is
 listed), `grpc_status_filter` (`statuses`, `exclude`; the status from grpc-status in the

@@ -82,7 +82,7 @@ def test_a_client_leaving_during_its_check_cancels_it(upstream):
         s.close()  # gone while the service thinks (1 s)
         time.sleep(1.5)
         assert not upstream.requests  # never forwarded
-        assert p.gauges()["cluster.authz.upstream_rq_active"] == 0
+        assert p.wait_for(lambda: p.gauges()["cluster.authz.upstream_rq_active"] == 0)
         assert _get(p.port, "/after", "allow-z")[0] == 200  # serving on
     finally:
         p.stop()

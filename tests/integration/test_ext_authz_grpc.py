@@ -187,7 +187,7 @@ def test_concurrent_checks_and_a_client_leaving(upstream, authz):
             time.sleep(0.01)
         s.close()
         time.sleep(0.8)
-        assert p.gauges()["cluster.authz.upstream_rq_active"] == 0
+        assert p.wait_for(lambda: p.gauges()["cluster.authz.upstream_rq_active"] == 0)
         assert _request(p.port, "/after", "token3")[0] == 200
     finally:
         p.stop()

@@ -379,8 +379,9 @@ def test_the_proxy_keeps_serving_while_the_service_is_down_and_streams_again_lat
         for i in range(3):      # each batch finds the service down (its own flush)
             assert _get(p.port) == [200]
             assert p.wait_for(lambda: _counters(p)["logs_dropped"] == i + 1)
-        c = _counters(p)
-        assert c["grpc_entries_flush_failed"] == 3 and c["grpc_entries_flushed"] == 1
+        # (_drop counts logs_dropped, then grpc_entries_flush_failed: wait for the latter too.)
+        assert p.wait_for(lambda: _counters(p)["grpc_entries_flush_failed"] == 3)
+        assert _counters(p)["grpc_entries_flushed"] == 1
         als.start()
         assert _get(p.port, 2) == [200, 200]
         assert als.wait(lambda: len(als.http_entries()) == 3)

@@ -84,7 +84,8 @@ def test_first_request_carries_the_node_and_no_stats(world):
     assert first["node"] == "node-1"
     assert "envoy.lrs.supports_send_all_clusters" in first["client_features"]
     assert first["cluster_stats"] == []
-    assert p.counters()["load_reporter.responses"] >= 1   # Envoy's name for requests sent
+    # Envoy's name for requests sent; counted just after the send (which the server saw).
+    assert p.wait_for(lambda: p.counters().get("load_reporter.responses", 0) >= 1)
     assert p.counters().get("load_reporter.requests", 0) == 0
 
 

@@ -95,6 +95,10 @@ def _active(proxy) -> int:
     return proxy.gauges().get("cluster.c.outlier_detection.ejections_active", 0)
 
 
+# An ejection on main (outlier_detector.py on_consecutive/_eject, then cluster_outlier's
+# on_change -> cluster_manager _rebuild and _publish_all): ejections_detected, the
+# ejections_active gauge, ejections_enforced_*, the membership gauges, then the flags /clusters
+# shows. A test that waited on the gauge waits for what comes after it.
 def _flags(proxy, port: int) -> str:
     _, text = proxy.admin("/clusters")
     return next(line.rsplit("::", 1)[1] for line in text.splitlines()
@@ -130,7 +134,7 @@ def test_a_host_failing_consecutive_5xx_times_is_ejected_and_traffic_goes_to_the
         assert _flags(proxy, bad.port) == "healthy"
         _send_until(proxy, lambda: bad.served == 3)
         assert _until(lambda: _active(proxy) == 1)
-        assert _flags(proxy, bad.port) == "/failed_outlier_check"
+        assert _until(lambda: _flags(proxy, bad.port) == "/failed_outlier_check")
         assert _flags(proxy, good1.port) == "healthy"
         statuses = [request(proxy.port, "/x").status for _ in range(20)]
         assert statuses == [200] * 20 and bad.served == 3
@@ -156,7 +160,7 @@ def test_an_ejected_host_returns_after_base_ejection_time(proxy_factory):
         assert _until(lambda: _active(proxy) == 0, 3.0)
         out = time.monotonic() - t0
         assert 0.55 <= out < 1.5, out
-        assert _flags(proxy, bad.port) == "healthy"
+        assert _until(lambda: _flags(proxy, bad.port) == "healthy")
         served = bad.served
         bodies = {request(proxy.port, "/x").body for _ in range(4)}
         assert bodies == {b"good", b"bad"} and bad.served == served + 2
@@ -227,7 +231,7 @@ def test_gateway_failures_count_apart_from_other_5xx(proxy_factory):
                                       max_ejection_percent=50, interval="30s"))
         _send_until(proxy, lambda: e503.served == 2 and e500.served >= 2)
         assert _until(lambda: _active(proxy) == 1)
-        assert _flags(proxy, e503.port) == "/failed_outlier_check"
+        assert _until(lambda: _flags(proxy, e503.port) == "/failed_outlier_check")
         assert _flags(proxy, e500.port) == "healthy"
         assert (_stat(proxy, "ejections_detected_consecutive_gateway_failure"),
                 _stat(proxy, "ejections_enforced_consecutive_gateway_failure"),
@@ -244,7 +248,7 @@ def test_connect_failures_count_as_5xx_without_the_split(proxy_factory):
                                       interval="30s"))
         statuses = _send_until(proxy, lambda: _active(proxy) == 1, limit=10)
         assert statuses.count(503) >= 2   # (one more may beat the new host set to the worker)
-        assert _flags(proxy, dead) == "/failed_outlier_check"
+        assert _until(lambda: _flags(proxy, dead) == "/failed_outlier_check")
         assert _stat(proxy, "ejections_enforced_consecutive_5xx") == 1
         assert [request(proxy.port, "/x").status for _ in range(4)] == [200] * 4
     finally:
@@ -259,7 +263,7 @@ def test_local_origin_failures_count_apart_with_the_split(proxy_factory):
                                       consecutive_local_origin_failure=2, max_ejection_percent=50,
                                       interval="30s"))
         _send_until(proxy, lambda: _active(proxy) == 1, limit=10)
-        assert _flags(proxy, dead) == "/failed_outlier_check"
+        assert _until(lambda: _flags(proxy, dead) == "/failed_outlier_check")
         assert (_stat(proxy, "ejections_detected_consecutive_local_origin_failure"),
                 _stat(proxy, "ejections_enforced_consecutive_local_origin_failure"),
                 _stat(proxy, "ejections_detected_consecutive_5xx")) == (1, 1, 0)
@@ -304,7 +308,7 @@ def test_a_passing_active_health_check_takes_an_ejected_host_back(proxy_factory)
         assert _until(lambda: _stat(proxy, "ejections_enforced_total") == 1)
         # The next check of `bad` passes (0.2 s): back in long before base_ejection_time.
         assert _until(lambda: _active(proxy) == 0)
-        assert _flags(proxy, bad.port) == "healthy"
+        assert _until(lambda: _flags(proxy, bad.port) == "healthy")
     finally:
         good.close()
         bad.close()
@@ -336,7 +340,7 @@ def test_success_rate_ejects_the_host_far_below_the_others(proxy_factory):
         for _ in range(80):
             request(proxy.port, "/x")
         assert _until(lambda: _active(proxy) == 1, 3.0)
-        assert _flags(proxy, ups[-1].port) == "/failed_outlier_check"
+        assert _until(lambda: _flags(proxy, ups[-1].port) == "/failed_outlier_check")
         assert (_stat(proxy, "ejections_detected_success_rate"),
                 _stat(proxy, "ejections_enforced_success_rate")) == (1, 1)
     finally:
@@ -379,7 +383,7 @@ def test_the_tcp_proxy_reports_connect_failures_and_an_unreachable_host_is_eject
         # may start before the new host set reaches the worker (they find it already out).
         assert results.count(False) >= 2
         assert _stat(proxy, "ejections_detected_consecutive_5xx") == 1
-        assert _flags(proxy, dead) == "/failed_outlier_check"
+        assert _until(lambda: _flags(proxy, dead) == "/failed_outlier_check")
         assert all(echoed() for _ in range(4))
     finally:
         echo.close()
@@ -400,7 +404,7 @@ def test_a_grpc_status_in_the_response_headers_counts_as_its_http_status(proxy_f
                 break
             request(proxy.port, "/svc/M", method="POST", headers=grpc, body=b"")
         assert _until(lambda: _active(proxy) == 1)
-        assert _stat(proxy, "ejections_enforced_consecutive_5xx") == 1
+        assert _until(lambda: _stat(proxy, "ejections_enforced_consecutive_5xx") == 1)
     finally:
         good.close()
         bad.close()

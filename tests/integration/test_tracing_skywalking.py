@@ -362,6 +362,9 @@ def test_segments_wait_while_no_collector_listens_and_are_flushed_when_one_does(
         # The oldest went: the cache keeps the last max_cache_size.
         assert [s["spans"][0]["operationName"] for s in late.segments] == ["/2", "/3", "/4"]
         assert p.wait_for(lambda: c()["tracing.skywalking.segments_sent"] == 3)
+        # (stream_ready counts each segment sent, then segments_flushed, and cache_flushed
+        # once the cache is through: wait for that last one.)
+        assert p.wait_for(lambda: c().get("tracing.skywalking.cache_flushed") == 1)
         counters = c()
         assert counters["tracing.skywalking.segments_flushed"] == 3
         assert counters["tracing.skywalking.segments_sent"] == 3

@@ -15,7 +15,11 @@ def test_idle_upstream_connection_is_closed_after_cluster_idle_timeout(upstream,
     p = proxy_factory(front_proxy_config([{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
                                          [cluster]))
     echo(p.port, "/one")
-    assert p.gauges()["cluster.backend.upstream_cx_active"] == 1
+    # Kept after the answer. (A test thread 0.3 s late finds it already closed by the idle
+    # timeout: conn_pool._close_idle counts upstream_cx_idle_timeout before the close lowers
+    # the gauge, so a 0 read first is explained by the counter read after.)
+    kept = p.gauges()["cluster.backend.upstream_cx_active"]
+    assert kept == 1 or p.counters().get("cluster.backend.upstream_cx_idle_timeout") == 1
     assert p.wait_for(lambda: p.gauges()["cluster.backend.upstream_cx_active"] == 0, timeout=5)
     assert p.wait_for(lambda: p.counters().get("cluster.backend.upstream_cx_idle_timeout") == 1)
     # The next request opens a fresh connection and succeeds.

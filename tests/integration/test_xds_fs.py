@@ -105,6 +105,9 @@ def test_cds_file_adds_modifies_and_removes_a_cluster(tmp_path, upstreams, proxy
 
     move_onto(cds, cds_doc(static_cluster("dyn", s2.port), version="v2"))
     assert p.wait_for(lambda: served_by(p) == "service2", 5)
+    # (The workers have the update before the main thread counts it accepted: the subscription
+    # counts update_success, then sets the version gauge, after on_update returned.)
+    assert p.wait_for(lambda: p.gauges().get("cluster_manager.cds.version") == 17234765554138278603)
     c, g = p.counters(), p.gauges()
     assert c["cluster_manager.cds.update_attempt"] == 2 and c["cluster_manager.cds.update_success"] == 2
     assert c["cluster_manager.cluster_modified"] == 1
@@ -328,7 +331,7 @@ def test_lds_file_adds_modifies_and_removes_listeners(tmp_path, upstreams, proxy
     # Applied on the workers after the main thread accepted it: wait for what it brings.
     assert p.wait_for(lambda: served_by(p, port=a) == "service2", 5)
     assert served_by(p, port=b) == "service1"
-    assert p.counters()["listener_manager.lds.update_success"] == 2
+    assert p.wait_for(lambda: p.counters().get("listener_manager.lds.update_success") == 2)
     # Drained as Envoy drains a replaced listener's connections: the request in flight is
     # answered from the old config, and the answer says `connection: close`.
     answer = old.getresponse()
@@ -418,6 +421,8 @@ def test_rds_file_routes_and_follows_moves_and_rejects_a_wrong_name(tmp_path, up
     move_onto(rds, rds_doc("c2", version="r2"))
     assert p.wait_for(lambda: served_by(p) == "service2", 5)
     prefix = "http.ingress_http.rds.local_route."
+    # (Accepted, counted and its version set, on main after the workers have the table.)
+    assert p.wait_for(lambda: p.gauges().get(prefix + "version") == 8003343158660992332)
     c = p.counters()
     assert c[prefix + "update_attempt"] == 2 and c[prefix + "update_success"] == 2
     assert p.gauges()[prefix + "version"] == 8003343158660992332  # xxHash64("r2"), as Envoy's gauge

@@ -4,8 +4,9 @@ service, LRS): pure Python, on both interpreters.
 Subclasses are grpclib services (`__mapping__`) and call `ThreadedGrpcServer.__init__` last,
 once their own fields are set (serving starts there). A handler registers its stream's
 transport with `self._transports` (add on entry, discard on exit) so that `stop()` can drop the
-open streams. `start()` serves (again, on the same port after a `stop()`); `close()` ends the
-thread. Loopback only. `ssl`: an `ssl.SSLContext` to serve over TLS (mTLS when it requires
+open streams' connections (a connection carrying several streams stays listed until its last
+ends). `start()` serves (again, on the same port after a `stop()`); `close()` ends the thread.
+Loopback only. `ssl`: an `ssl.SSLContext` to serve over TLS (mTLS when it requires
 client certificates).
 """
 
@@ -19,10 +20,32 @@ from grpclib.server import Server
 __all__ = ["ThreadedGrpcServer"]
 
 
+class _OpenTransports:
+    """The transports of the open streams, counted per stream: `add` once per stream and
+    `discard` when it ends, so a connection carrying two streams stays listed until both have
+    ended. Iterates over the distinct transports. Loop thread only."""
+
+    def __init__(self) -> None:
+        self._streams: dict = {}   # transport -> open streams on it
+
+    def add(self, transport) -> None:
+        self._streams[transport] = self._streams.get(transport, 0) + 1
+
+    def discard(self, transport) -> None:
+        left = self._streams.get(transport, 0) - 1
+        if left > 0:
+            self._streams[transport] = left
+        else:
+            self._streams.pop(transport, None)
+
+    def __iter__(self):
+        return iter(list(self._streams))
+
+
 class ThreadedGrpcServer:
     def __init__(self, name: str, port: int = 0, codec=None, ssl=None) -> None:
         self._ssl = ssl
-        self._transports: set = set()     # the open streams' transports (loop thread only)
+        self._transports = _OpenTransports()   # the open streams' transports (loop thread only)
         self._codec = codec
         self.loop = asyncio.new_event_loop()
         self.server: Server | None = None

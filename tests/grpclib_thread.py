@@ -7,7 +7,9 @@ transport with `self._transports` (add on entry, discard on exit) so that `stop(
 open streams' connections (a connection carrying several streams stays listed until its last
 ends). `start()` serves (again, on the same port after a `stop()`); `close()` ends the thread.
 Loopback only. `ssl`: an `ssl.SSLContext` to serve over TLS (mTLS when it requires
-client certificates).
+client certificates). `port`: 0 (the default) takes tests/ports.py `free_port()`, below the
+kernel's ephemeral range: a port the kernel handed out could be taken by another socket
+(a connection's source port) between a `stop()` and the `start()` that serves on it again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import threading
 
 from grpclib.server import Server
+
+from tests.ports import free_port
 
 __all__ = ["ThreadedGrpcServer"]
 
@@ -49,7 +53,7 @@ class ThreadedGrpcServer:
         self._codec = codec
         self.loop = asyncio.new_event_loop()
         self.server: Server | None = None
-        self.port = port
+        self.port = port or free_port()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=name)
         self.thread.start()
         self.start()

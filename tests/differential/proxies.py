@@ -219,30 +219,41 @@ def _add_access_logs(bootstrap: dict, path: str) -> None:
 
 class BootstrapProcess:
     """A whole bootstrap (`bootstrap`, its admin on `admin_port`) under real Envoy (`kind`
-    "envoy") or ftproxy, one worker, for the differential tests that drive a proxy themselves
-    rather than through a case file. Started and ready (admin /ready answers 200) once made;
-    `admin(path)` -> (status, text), `stat_values()`, `stop()`."""
+    "envoy") or ftproxy, for the differential tests that drive a proxy themselves rather than
+    through a case file. `concurrency` workers (one unless told), no hot restart, `extra_args`
+    after the common ones (e.g. `--drain-time-s 1`); stderr goes to a file beside the config
+    (`path` with `.stderr`: a pipe nobody reads would block a chatty proxy). Started and ready
+    (admin /ready answers 200) once made; `admin(path, method)` -> (status, text),
+    `stat_values()`, `stop()` (a subclass extending it keeps calling it: a failed start stops
+    through it too)."""
 
     def __init__(self, kind: str, bootstrap: dict, admin_port: int, path: Path,
-                 ready_timeout: float = 20.0) -> None:
+                 ready_timeout: float = 20.0, concurrency: int = 1,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.admin_port = admin_port
         path.write_text(json.dumps(bootstrap))
-        common = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
+        common = ["-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart",
+                  "-l", "error", *extra_args]
         cmd = ([envoy_binary(), *common] if kind == "envoy"
                else [sys.executable, "-m", "proxy.server.main", *common])
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        self.stderr_path = path.with_suffix(".stderr")
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr,
+                                         start_new_session=True)
         deadline = time.monotonic() + ready_timeout
         while self.admin("/ready")[0] != 200:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
-                raise AssertionError(f"{kind} did not start: {self.proc.stderr.read().decode()[-2000:]}")
+                raise AssertionError(f"{kind} did not start: "
+                                     f"{self.stderr_path.read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
 
-    def admin(self, path: str) -> tuple[int, str]:
+    def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
+        """(status, body) of an admin request; (0, "") when the admin does not answer."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

@@ -11,15 +11,10 @@ value); `/init_dump` ({} once started); `/memory`'s keys, each a decimal string;
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from .proxies import PortReservation, envoy_binary
+from .proxies import BootstrapProcess, PortReservation
 
 RUNTIME = {"layers": [
     {"name": "static_layer_0", "static_layer": {
@@ -30,42 +25,17 @@ RUNTIME = {"layers": [
 ]}
 
 
-class _Proc:
+class _Proc(BootstrapProcess):
     def __init__(self, kind: str, tmp_path) -> None:
         ports = PortReservation()
-        self.admin_port = ports.take()
-        path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps({
-            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
-            "layered_runtime": RUNTIME, "static_resources": {}}))
-        common = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
-        cmd = ([envoy_binary(), *common] if kind == "envoy"
-               else [sys.executable, "-m", "proxy.server.main", *common])
+        admin_port = ports.take()
         ports.release()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while self.get("/ready")[0] != 200:
-            assert time.monotonic() < deadline and self.proc.poll() is None, f"{kind} did not start"
-            time.sleep(0.05)
+        super().__init__(kind, {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "layered_runtime": RUNTIME, "static_resources": {}}, admin_port, tmp_path / f"{kind}.json")
 
     def get(self, path: str, method: str = "GET") -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return self.admin(path, method)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +43,7 @@ def both(tmp_path_factory):
     procs = {k: _Proc(k, tmp_path_factory.mktemp(k)) for k in ("envoy", "ftproxy")}
     yield procs
     for p in procs.values():
-        p.close()
+        p.stop()
 
 
 def test_runtime_layers_and_entries_agree(both):

@@ -11,17 +11,12 @@ response: `connection: close` is not compared.)"""
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from .proxies import PortReservation, envoy_binary
+from .proxies import BootstrapProcess, PortReservation
 
 
 def _bootstrap(admin: int, inbound: int, outbound: int) -> dict:
@@ -45,47 +40,20 @@ def _bootstrap(admin: int, inbound: int, outbound: int) -> dict:
                                                listener("out", outbound, "OUTBOUND")]}}
 
 
-class Proc:
+class Proc(BootstrapProcess):
     def __init__(self, kind: str, tmp_path) -> None:
         ports = PortReservation()
-        self.admin_port, self.inbound, self.outbound = ports.take(), ports.take(), ports.take()
-        path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps(_bootstrap(self.admin_port, self.inbound, self.outbound)))
-        common = ["-c", str(path), "--concurrency", "2", "--disable-hot-restart", "-l", "error",
-                  "--drain-time-s", "1"]
-        cmd = ([envoy_binary(), *common] if kind == "envoy"
-               else [sys.executable, "-m", "proxy.server.main", *common])
+        admin_port, self.inbound, self.outbound = ports.take(), ports.take(), ports.take()
         ports.release()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while self.admin("/ready")[0] != 200:
-            assert time.monotonic() < deadline and self.proc.poll() is None, f"{kind} did not start"
-            time.sleep(0.05)
-
-    def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        super().__init__(kind, _bootstrap(admin_port, self.inbound, self.outbound), admin_port,
+                         tmp_path / f"{kind}.json", concurrency=2,
+                         extra_args=("--drain-time-s", "1"))
 
     def counter(self, name: str) -> int:
         for line in self.admin("/stats")[1].splitlines():
             if line.startswith(name + ": "):
                 return int(line.split(": ", 1)[1])
         return -1
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _get(s: socket.socket) -> str:

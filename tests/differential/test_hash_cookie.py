@@ -10,19 +10,14 @@ host the first one did. A ROUND_ROBIN cluster never computes the hash: no cookie
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 import xxhash
 
 from tests.integration.harness import EchoUpstream
 
-from .proxies import PortReservation, envoy_binary
+from .proxies import BootstrapProcess, PortReservation
 
 ROUTES = [
     ("/ring/p", "ring", {"name": "sticky", "ttl": "3600s", "path": "/p"}),
@@ -68,28 +63,13 @@ def _bootstrap(admin: int, listener: int, upstreams: list[int]) -> dict:
                              cluster("rr", "ROUND_ROBIN")]}}
 
 
-class _Proxy:
+class _Proxy(BootstrapProcess):
     def __init__(self, kind: str, tmp_path, upstreams: list[int]) -> None:
         ports = PortReservation()
-        self.admin_port, self.port = ports.take(), ports.take()
-        path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps(_bootstrap(self.admin_port, self.port, upstreams)))
-        common = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"]
-        cmd = ([envoy_binary(), *common] if kind == "envoy"
-               else [sys.executable, "-m", "proxy.server.main", *common])
+        admin_port, self.port = ports.take(), ports.take()
         ports.release()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and self.proc.poll() is None, f"{kind} did not start"
-            time.sleep(0.05)
+        super().__init__(kind, _bootstrap(admin_port, self.port, upstreams), admin_port,
+                         tmp_path / f"{kind}.json")
 
     def get(self, path: str, cookie: str | None = None) -> tuple[int, list[str], str]:
         """One request on a new connection: (status, set-cookie values, client address)."""
@@ -106,14 +86,6 @@ class _Proxy:
                    if line.lower().startswith("set-cookie:")]
         return int(head[0].split()[1]), cookies, client
 
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
 
 @pytest.fixture(scope="module")
 def upstreams():
@@ -127,7 +99,7 @@ def upstreams():
 def proxy(request, upstreams, tmp_path_factory):
     p = _Proxy(request.param, tmp_path_factory.mktemp(request.param), [u.port for u in upstreams])
     yield p
-    p.close()
+    p.stop()
 
 
 def _answered(upstreams, before: list[int]) -> int:

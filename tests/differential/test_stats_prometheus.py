@@ -24,17 +24,15 @@ import json
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.integration.harness import EchoUpstream
 
-from .proxies import PortReservation, envoy_binary
+from .proxies import BootstrapProcess, PortReservation
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -109,11 +107,11 @@ def _bootstrap(admin: int, listener: int, upstream: int, udp: int) -> dict:
 REQUESTS = ["/a", "/b", "/c", "/status/404", "/status/404", "/status/503", "/direct"]
 
 
-class Proc:
+class Proc(BootstrapProcess):
     def __init__(self, kind: str, upstream: int, tmp_path) -> None:
         ports = PortReservation()
-        self.kind = kind
-        self.admin_port, self.port = ports.take(), ports.take()
+        admin_port, self.port = ports.take(), ports.take()
+        ports.release()
         # The sinks' receiver, drained by its own thread: Envoy sends every counter each
         # flush (hundreds of datagrams), more than a socket buffer holds for long.
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -123,30 +121,8 @@ class Proc:
         self._receiving = True
         self._receiver = threading.Thread(target=self._receive_loop, daemon=True, name=f"udp-{kind}")
         self._receiver.start()
-        path = tmp_path / f"{kind}.json"
-        path.write_text(json.dumps(_bootstrap(self.admin_port, self.port, upstream,
-                                              self.udp.getsockname()[1])))
-        common = ["-c", str(path), "--concurrency", "1", "-l", "error", "--disable-hot-restart"]
-        cmd = ([envoy_binary(), *common] if kind == "envoy"
-               else [sys.executable, "-m", "proxy.server.main", *common])
-        ports.release()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 30
-        while self.admin("/ready")[0] != 200:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"{kind} did not start: {self.proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.05)
-
-    def admin(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        super().__init__(kind, _bootstrap(admin_port, self.port, upstream, self.udp.getsockname()[1]),
+                         admin_port, tmp_path / f"{kind}.json", ready_timeout=30)
 
     def get(self, path: str) -> int:
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
@@ -180,13 +156,7 @@ class Proc:
         self._receiving = False
         self._receiver.join(2)
         self.udp.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop()
 
 
 @pytest.fixture(scope="module")

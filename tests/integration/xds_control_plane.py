@@ -12,7 +12,8 @@ small).
   error_detail, node) so tests can check ACKs, NACKs and what a reconnecting client sends.
   A request whose nonce is not the last one sent on its stream for its type is stale and
   ignored (as go-control-plane does).
-- `stop()` kills the server (open streams end); `start()` serves again on the same port.
+- `stop()` kills the server (open streams end); `start()` serves again on the same port
+  (tests/grpclib_thread.py `ThreadedGrpcServer`: its own thread and event loop).
 - `ControlPlane(ssl=context)`: served over TLS with that `ssl.SSLContext` (a server context;
   mTLS when it requires client certificates).
 - `set(..., node="id")` sets a snapshot for that node id only (a stream's node is the one of
@@ -42,9 +43,9 @@ from typing import Any
 import proxy.xds.proto as xproto  # first: selects protobuf's pure-Python backend on 3.14t
 from google.protobuf import any_pb2, json_format, symbol_database
 from grpclib.const import Cardinality, Handler
-from grpclib.server import Server
 
 from envoy.service.discovery.v3 import discovery_pb2
+from tests.grpclib_thread import ThreadedGrpcServer
 
 __all__ = ["ControlPlane", "pack"]
 
@@ -122,18 +123,18 @@ class _Raw:
 
 
 class _Stream:
-    def __init__(self, only_type: str | None) -> None:
+    def __init__(self, only_type: str | None, transport) -> None:
         self.only_type = only_type
         self.types: dict[str, _TypeState] = {}
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.transport = None
+        self.transport = transport   # its connection (tests read its TLS peer)
         self.node: str | None = None
         self.delta = False
 
 
-class ControlPlane:
+class ControlPlane(ThreadedGrpcServer):
     def __init__(self, ssl=None) -> None:
-        self.ssl = ssl                       # an ssl.SSLContext: served over TLS
+        """`ssl`: an ssl.SSLContext to serve over TLS. Serving from here on."""
         self.snapshots: dict[str | None, dict[str, tuple[str, list]]] = {None: {}}
         self.ttls: dict[str, float] = {}     # type_url -> TTL of its resources (seconds)
         self.requests: list[dict] = []
@@ -141,39 +142,9 @@ class ControlPlane:
         self._lock = threading.Lock()     # guards requests (loop thread appends, tests read)
         self._nonces = itertools.count(1)
         self._streams: set[_Stream] = set()
-        self.loop = asyncio.new_event_loop()
-        self.server: Server | None = None
-        self.port = 0
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="xds-cp")
-        self.thread.start()
-        self.start()
+        super().__init__("xds-cp", ssl=ssl)
 
-    # -- test API (any thread) ------------------------------------------------------------
-    def start(self) -> None:
-        async def go() -> None:
-            self.server = Server([self])
-            await self.server.start("127.0.0.1", self.port, ssl=self.ssl)
-            self.port = self.server._server.sockets[0].getsockname()[1]
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def stop(self) -> None:
-        async def go() -> None:
-            server, self.server = self.server, None
-            if server is not None:
-                for st in list(self._streams):
-                    st.transport.abort()        # as a killed process: the connections drop
-                server.close()                  # no new connections
-                try:
-                    await asyncio.wait_for(server.wait_closed(), 5)
-                except asyncio.TimeoutError:
-                    pass
-        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
-
-    def close(self) -> None:
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
+    # -- test API (any thread): start(), stop(), close() as ThreadedGrpcServer's -----------
     def set(self, type_url: str, version: str, resources: list[dict], node: str | None = None,
             ttl: float | None = None) -> None:
         packed = [pack(r) for r in resources]   # on the caller's thread: a bad dict raises here
@@ -290,9 +261,9 @@ class ControlPlane:
         return out
 
     async def _serve(self, stream, only_type: str | None, delta: bool = False) -> None:
-        s = _Stream(only_type)
+        s = _Stream(only_type, stream._stream._transport)   # grpclib internals: to drop it in stop()
         s.delta = delta
-        s.transport = stream._stream._transport   # grpclib internals: to drop it in stop()
+        self._transports.add(s.transport)
         self._streams.add(s)
         self.streams_opened += 1
 
@@ -313,6 +284,7 @@ class ControlPlane:
                 await stream.send_message(msg)
         finally:
             self._streams.discard(s)
+            self._transports.discard(s.transport)
             task.cancel()
 
     def _on_request(self, s: _Stream, req) -> None:

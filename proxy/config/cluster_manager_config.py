@@ -13,7 +13,7 @@ from typing import Any
 
 from proxy.config.config_source import ApiConfigSourceConfig, parse_api_config_source
 from proxy.config.fields_table import Message, refused, used
-from proxy.config.grpc_client_tls import check_grpc_client_tls
+from proxy.config.grpc_client_tls import check_grpc_client_http2, check_grpc_client_tls
 from proxy.config.reader import ConfigError, Fields
 
 __all__ = ["ClusterManagerConfig", "CLUSTER_MANAGER", "parse_cluster_manager"]
@@ -66,10 +66,7 @@ def check_load_stats_cluster(config: ClusterManagerConfig, clusters: tuple[Any, 
     if found is None:
         raise ConfigError(at, f'unknown static cluster "{api.cluster_name}" (the load reporting '
                               "service must name a static cluster)")
-    if found.http2 is None or found.auto_config or found.use_downstream_protocol:
-        raise ConfigError(at, f'cluster "{found.name}" must speak HTTP/2 for gRPC (set '
-                              "typed_extension_protocol_options ... explicit_http_config."
-                              "http2_protocol_options)")
+    check_grpc_client_http2(found, at)
     if getattr(found, "type", "STATIC") == "EDS":
         raise ConfigError(at, f'cluster "{found.name}" is an EDS cluster: the load reporting '
                               "service needs a static or DNS cluster")

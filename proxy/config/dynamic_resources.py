@@ -14,7 +14,7 @@ from typing import Any
 from proxy.config.config_source import (ApiConfigSourceConfig, ConfigSourceConfig,
                                         parse_api_config_source, parse_config_source)
 from proxy.config.fields_table import Message, refused, used
-from proxy.config.grpc_client_tls import check_grpc_client_tls
+from proxy.config.grpc_client_tls import check_grpc_client_http2, check_grpc_client_tls
 from proxy.config.reader import MISSING, ConfigError, ErrorCollector, Fields
 
 _RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
@@ -88,10 +88,8 @@ def check_grpc_sources(dynamic: DynamicResources, clusters: tuple[Any, ...]) -> 
                                        "service must name a static cluster)"))
             continue
         i, c = found
-        if not api.rest and (c.http2 is None or c.auto_config or c.use_downstream_protocol):
-            errors.add(ConfigError(at, f'cluster "{c.name}" must speak HTTP/2 for gRPC (set '
-                                       "typed_extension_protocol_options ... explicit_http_config."
-                                       "http2_protocol_options)"))
+        if not api.rest:
+            errors.run(check_grpc_client_http2, c, at)
         if getattr(c, "type", "STATIC") == "EDS":
             errors.add(ConfigError(at, f'cluster "{c.name}" is an EDS cluster: a gRPC xDS service '
                                        "needs a static or DNS cluster"))

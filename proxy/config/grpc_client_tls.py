@@ -1,6 +1,7 @@
-"""Load-time checks of a TLS cluster that a main-thread gRPC client (xDS, LRS, the metrics
-service sink: proxy/xds/grpc_stream.py; the OpenTelemetry trace exporter:
-proxy/tracing/otlp_exporter.py) speaks to.
+"""Load-time checks of the cluster a main-thread gRPC client (xDS, LRS, the metrics service
+sink: proxy/xds/grpc_stream.py; the OpenTelemetry trace exporter:
+proxy/tracing/otlp_exporter.py) speaks to: HTTP/2 (`check_grpc_client_http2`), and, for a
+TLS cluster, what the client can honour (`check_grpc_client_tls`).
 
 Those clients connect to a host's address through the cluster's UpstreamTlsContext factory,
 as the workers do, with two exceptions refused here by path rather than half honoured:
@@ -18,7 +19,16 @@ from typing import Any
 
 from proxy.config.reader import ConfigError, ErrorCollector, join
 
-__all__ = ["check_grpc_client_tls"]
+__all__ = ["check_grpc_client_http2", "check_grpc_client_tls"]
+
+
+def check_grpc_client_http2(cluster: Any, at: str) -> None:
+    """ConfigError at `at` unless `cluster` can carry ftproxy's gRPC client: HTTP/2, explicitly
+    configured (not auto_config, not the downstream's protocol)."""
+    if cluster.http2 is None or cluster.auto_config or cluster.use_downstream_protocol:
+        raise ConfigError(at, f'cluster "{cluster.name}" must speak HTTP/2 for gRPC (set '
+                              "typed_extension_protocol_options ... explicit_http_config."
+                              "http2_protocol_options)")
 
 
 def check_grpc_client_tls(cluster: Any, at: str, cluster_path: str | None, service: str,

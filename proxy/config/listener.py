@@ -417,9 +417,11 @@ def _parse_udp_listener_filters(f: Fields) -> tuple[ListenerFilterConfig, ...]:
     return (ListenerFilterConfig(lf.str("name") or ext.name, cfg, ext),)
 
 
-def _parse_cidrs(f: Fields, key: str) -> tuple[str, ...]:
+def parse_cidr_ranges(items: list) -> tuple:
+    """CidrRanges (`(value, path)` pairs, as Fields.list gives them) as ipaddress networks
+    (host bits cleared, prefix_len clamped to the address's length, as Envoy's CidrRange)."""
     out = []
-    for item, path in f.list(key):
+    for item, path in items:
         c = CIDR_RANGE.read(item, path)
         prefix = c.str("address_prefix", required=True)
         try:
@@ -427,8 +429,12 @@ def _parse_cidrs(f: Fields, key: str) -> tuple[str, ...]:
         except ValueError:
             raise ConfigError(c.at("address_prefix"), f"malformed IP address: {prefix}") from None
         length = min(c.int("prefix_len", 0, min=0, max=128), ip.max_prefixlen)
-        out.append(str(ipaddress.ip_network(f"{ip}/{length}", strict=False)))
+        out.append(ipaddress.ip_network((ip, length), strict=False))
     return tuple(out)
+
+
+def _parse_cidrs(f: Fields, key: str) -> tuple[str, ...]:
+    return tuple(str(n) for n in parse_cidr_ranges(f.list(key)))
 
 
 def _parse_filter_chain_match(raw: Any, path: str) -> FilterChainMatchConfig:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from proxy.access_log.config import parse_access_logs
 from proxy.config.config_source import ConfigSourceConfig, parse_config_source
 from proxy.config.fields_table import Message, inert, refused, used
+from proxy.config.listener import parse_cidr_ranges
 from proxy.config.reader import ConfigError, Fields
 from proxy.config.registry import Extension, register, resolve
 from proxy.router.config import parse_route_configuration
@@ -27,7 +28,7 @@ from proxy.tracing.config import parse_tracing
 
 from .codec.keepalive_config import KeepaliveSettings, parse_keepalive
 from .local_reply_config import parse_local_reply_config
-from .original_ip import InternalAddresses, parse_cidr_ranges
+from .original_ip import InternalAddresses
 
 __all__ = ["RdsConfig", "HcmConfig", "HttpFilterConfig", "Http1Options", "Http2Config", "UpgradeConfig", "parse_hcm",
            "ROUTER_FILTER_NAME", "HCM_FILTER_NAME", "HCM_PROTO"]

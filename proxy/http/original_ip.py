@@ -28,13 +28,13 @@ from http import HTTPStatus
 from typing import Any
 
 from proxy.config.fields_table import Message, used
-from proxy.config.listener import CIDR_RANGE
+from proxy.config.listener import parse_cidr_ranges
 from proxy.config.reader import ConfigError
 from proxy.config.registry import Extension, register
 
 __all__ = ["XffDetection", "CustomHeaderDetection", "InternalAddresses", "IpDetectionRejected",
            "parse_ip", "last_address_from_xff", "last_non_trusted_address_from_xff",
-           "parse_cidr_ranges", "XFF_PROTO", "CUSTOM_HEADER_PROTO"]
+           "XFF_PROTO", "CUSTOM_HEADER_PROTO"]
 
 XFF_PROTO = "envoy.extensions.http.original_ip_detection.xff.v3.XffConfig"
 CUSTOM_HEADER_PROTO = ("envoy.extensions.http.original_ip_detection.custom_header.v3"
@@ -202,22 +202,6 @@ class InternalAddresses:
 
 
 # -- config ---------------------------------------------------------------------------------
-
-def parse_cidr_ranges(items: list) -> tuple:
-    """`cidr_ranges` / `cidrs` (lists of CidrRange at their paths) as ipaddress networks
-    (host bits cleared, prefix_len clamped to the address's length, as Envoy's CidrRange)."""
-    out = []
-    for item, path in items:
-        c = CIDR_RANGE.read(item, path)
-        prefix = c.str("address_prefix", required=True)
-        try:
-            ip = ipaddress.ip_address(prefix)
-        except ValueError:
-            raise ConfigError(c.at("address_prefix"), f"malformed IP address: {prefix}") from None
-        length = min(c.int("prefix_len", 0, min=0, max=128), ip.max_prefixlen)
-        out.append(ipaddress.ip_network((ip, length), strict=False))
-    return tuple(out)
-
 
 XFF = Message(XFF_PROTO, title="Original IP detection: xff", model=XffDetection, fields=(
     used("xff_num_trusted_hops", 0),

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.fields_table import Message, inert, refused, used
-from proxy.config.grpc_client_tls import check_grpc_client_tls
+from proxy.config.grpc_client_tls import check_grpc_client_http2, check_grpc_client_tls
 from proxy.config.grpc_metadata import parse_initial_metadata
 from proxy.config.reader import ConfigError
 from proxy.config.registry import Extension, register
@@ -73,10 +73,7 @@ class MetricsServiceConfig:
         if found is None:
             raise ConfigError(at, f"Unknown gRPC client cluster '{self.cluster_name}' (as Envoy: "
                                   "no static cluster of that name)")
-        if found.http2 is None or found.auto_config or found.use_downstream_protocol:
-            raise ConfigError(at, f'cluster "{found.name}" must speak HTTP/2 for gRPC (set '
-                                  "typed_extension_protocol_options ... explicit_http_config."
-                                  "http2_protocol_options)")
+        check_grpc_client_http2(found, at)
         i = next(k for k, c in enumerate(clusters) if c is found)
         check_grpc_client_tls(found, at, f"static_resources.clusters[{i}]", "metrics service")
 
